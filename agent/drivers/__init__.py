@@ -1,0 +1,1 @@
+"""Device drivers behind one contract (``base.py``)."""

@@ -1,0 +1,1 @@
+"""Device transports: REST over pinned TLS, SSH with pinned host keys."""

@@ -1,0 +1,1 @@
+"""The polyfleet controller: stores what agents report, judges it, acts on it."""

@@ -1,0 +1,1 @@
+"""Aiohttp handlers of the admin and agent APIs."""

@@ -1,0 +1,16 @@
+"""``polyfleet controller``: the server and its admin commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from controller.cli import core, entitlement, tickets
+
+#: Each module adds its own subcommands; a plain list, no import magic.
+SECTIONS = (core, entitlement, tickets)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for section in SECTIONS:
+        section.register(commands)

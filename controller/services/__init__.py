@@ -1,0 +1,1 @@
+"""Things with side effects: ticket delivery, rollout execution."""

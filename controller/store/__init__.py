@@ -1,0 +1,1 @@
+"""Durable storage behind the small ``Store`` protocol."""

@@ -1,0 +1,1 @@
+"""What the agent and the controller both speak: wire schema, version parsing, errors."""

@@ -1,0 +1,216 @@
+"""The agent-controller wire protocol, version 1: one schema for encoding and validation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+PROTOCOL_VERSION = 1
+#: Protocol versions the controller accepts.
+SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
+#: Most snapshots in one ``POST /api/v1/agent/reports``.
+MAX_BATCH_SNAPSHOTS = 500
+#: Largest request body the controller reads, in bytes.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+Serial = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+ReportId = Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+
+
+class Model(StrEnum):
+    STUDIO_X30 = "studio_x30"
+    STUDIO_X50 = "studio_x50"
+    STUDIO_X70 = "studio_x70"
+    STUDIO_E70 = "studio_e70"
+    G7500 = "g7500"
+    UNKNOWN = "unknown"
+
+
+class Provider(StrEnum):
+    TEAMS = "teams"
+    ZOOM = "zoom"
+    POLY = "poly"
+    DEVICE_MODE = "device_mode"
+    UNKNOWN = "unknown"
+
+
+class HealthState(StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"
+    FAULT = "fault"
+    UNREACHABLE = "unreachable"
+
+
+class ProblemCode(StrEnum):
+    LAN_DOWN = "lan_down"
+    CAMERA_DOWN = "camera_down"
+    MICROPHONE_DOWN = "microphone_down"
+    SIP_UNREGISTERED = "sip_unregistered"
+    LOG_STORAGE_FULL = "log_storage_full"
+    REBOOT_NEEDED = "reboot_needed"
+    PERIPHERAL_DISCONNECTED = "peripheral_disconnected"
+    API_ERROR = "api_error"
+    AUTH_FAILED = "auth_failed"
+    LOCKED_OUT = "locked_out"
+    UNREACHABLE = "unreachable"
+    CERTIFICATE_CHANGED = "certificate_changed"
+
+
+#: How bad each problem is on its own (the device document's mapping table).
+PROBLEM_SEVERITY: dict[ProblemCode, HealthState] = {
+    ProblemCode.LAN_DOWN: HealthState.FAULT,
+    ProblemCode.CAMERA_DOWN: HealthState.FAULT,
+    ProblemCode.MICROPHONE_DOWN: HealthState.FAULT,
+    ProblemCode.SIP_UNREGISTERED: HealthState.DEGRADED,
+    ProblemCode.LOG_STORAGE_FULL: HealthState.DEGRADED,
+    ProblemCode.REBOOT_NEEDED: HealthState.DEGRADED,
+    ProblemCode.PERIPHERAL_DISCONNECTED: HealthState.DEGRADED,
+    ProblemCode.API_ERROR: HealthState.FAULT,
+    ProblemCode.AUTH_FAILED: HealthState.DEGRADED,
+    ProblemCode.LOCKED_OUT: HealthState.DEGRADED,
+    ProblemCode.UNREACHABLE: HealthState.UNREACHABLE,
+    ProblemCode.CERTIFICATE_CHANGED: HealthState.DEGRADED,
+}
+
+_SEVERITY_ORDER = [HealthState.OK, HealthState.DEGRADED, HealthState.FAULT, HealthState.UNREACHABLE]
+
+
+def worst_state(states: list[HealthState]) -> HealthState:
+    """The worst of several health states (ok < degraded < fault < unreachable)."""
+    return max(states, key=_SEVERITY_ORDER.index, default=HealthState.OK)
+
+
+class Via(StrEnum):
+    REST = "rest"
+    SSH = "ssh"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Problem(_Strict):
+    code: ProblemCode
+    detail: ShortText = ""
+
+
+class Health(_Strict):
+    state: HealthState
+    problems: list[Problem] = Field(default_factory=list, max_length=64)
+
+    @classmethod
+    def from_problems(cls, problems: list[Problem]) -> Health:
+        """Health whose state is the worst severity among ``problems``."""
+        state = worst_state([PROBLEM_SEVERITY[p.code] for p in problems])
+        return cls(state=state, problems=problems)
+
+
+class Firmware(_Strict):
+    version: ShortText = ""
+    build: ShortText = ""
+
+
+class Peripheral(_Strict):
+    kind: Literal["camera", "touch_controller", "microphone", "remote", "other"]
+    model_raw: ShortText = ""
+    serial: ShortText = ""
+    firmware: ShortText = ""
+    state: ShortText = ""
+
+
+class Snapshot(_Strict):
+    """What an agent saw of one device at one moment (``polyfleet agent probe --json``)."""
+
+    serial: Serial
+    model: Model
+    model_raw: ShortText = ""
+    system_name: ShortText = ""
+    firmware: Firmware
+    provider: Provider
+    health: Health
+    in_call: bool = False
+    uptime_s: float | None = Field(default=None, ge=0)
+    peripherals: list[Peripheral] = Field(default_factory=list, max_length=64)
+    #: Set on a camera's own entry: the serial of the system it hangs off (E70).
+    host_serial: Serial | None = None
+    collected_at: AwareDatetime
+    via: Via
+
+
+class Report(_Strict):
+    """One snapshot with the agent's idempotency id: resending it stores it once."""
+
+    id: ReportId
+    snapshot: Snapshot
+
+
+class AgentNotice(_Strict):
+    """Something the agent wants the controller to know (e.g. what its full outbox dropped)."""
+
+    kind: Literal["outbox_dropped", "certificate_changed", "agent_started"]
+    detail: ShortText = ""
+    count: int = Field(default=0, ge=0)
+    at: AwareDatetime
+
+
+class ReportBatch(_Strict):
+    protocol_version: int
+    reports: list[Report] = Field(max_length=MAX_BATCH_SNAPSHOTS)
+    notices: list[AgentNotice] = Field(default_factory=list, max_length=64)
+
+
+class ReportBatchAck(_Strict):
+    accepted: int
+    duplicates: int
+
+
+class EnrollRequest(_Strict):
+    protocol_version: int
+    code: Annotated[str, StringConstraints(min_length=8, max_length=128)]
+    agent_name: ShortText = ""
+    hostname: ShortText = ""
+
+
+class EnrollResponse(_Strict):
+    agent_id: str
+    site_id: str
+    token: str
+    poll_interval_s: int
+
+
+class JobKind(StrEnum):
+    COLLECT_DIAGNOSTICS = "collect_diagnostics"
+    REBOOT = "reboot"
+    FIRMWARE_UPDATE = "firmware_update"
+
+
+class Job(_Strict):
+    id: str
+    kind: JobKind
+    serial: Serial
+    params: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class JobList(_Strict):
+    jobs: list[Job]
+
+
+class JobResult(_Strict):
+    """Posted to ``/api/v1/agent/jobs/{id}/result``; a bundle goes to ``.../artifact`` first."""
+
+    status: Literal["done", "failed", "refused"]
+    detail: ShortText = ""
+    artifact_sha256: str | None = None
+
+
+class ErrorBody(_Strict):
+    """Every 4xx/5xx from the controller: ``{"error": {...}}``."""
+
+    code: str
+    message: str
+    field: str | None = None

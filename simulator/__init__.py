@@ -1,0 +1,1 @@
+"""The Poly device lab: simulated REST and SSH devices on loopback."""
