@@ -1,0 +1,391 @@
+"""Fault detection: debounce, clearing, flapping and site correlation over reports and events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from shared.schema import PROBLEM_SEVERITY, HealthState, ProblemCode, Snapshot
+
+DEFAULT_MIN_REPORTS = 2
+DEFAULT_MIN_DURATION = timedelta(minutes=5)
+#: Unreachable needs longer: a reboot or a short network blip must not file a ticket.
+DEFAULT_UNREACHABLE_MIN_DURATION = timedelta(minutes=15)
+DEFAULT_CLEAR_AFTER = timedelta(minutes=10)
+DEFAULT_FLAP_WINDOW = timedelta(hours=1)
+#: Appearances of one problem within the flap window that make it flapping.
+DEFAULT_FLAP_COUNT = 3
+#: A site is down when more than this share of its devices is unreachable together.
+DEFAULT_SITE_UNREACHABLE_RATIO = 0.5
+DEFAULT_SITE_MIN_DEVICES = 2
+#: Problems worth a service ticket: hardware-looking faults, not configuration or credentials.
+DEFAULT_TICKET_CODES = frozenset(
+    {code.value for code, state in PROBLEM_SEVERITY.items() if state is HealthState.FAULT}
+    | {ProblemCode.UNREACHABLE.value, ProblemCode.PERIPHERAL_DISCONNECTED.value}
+)
+
+UNREACHABLE = ProblemCode.UNREACHABLE.value
+AGENT_OFFLINE = "agent_offline"
+SITE_UNREACHABLE = "site_unreachable"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultPolicy:
+    """How long a problem must hold before it is a fault, and when it is over."""
+
+    min_reports: int = DEFAULT_MIN_REPORTS
+    min_duration: timedelta = DEFAULT_MIN_DURATION
+    unreachable_min_duration: timedelta = DEFAULT_UNREACHABLE_MIN_DURATION
+    clear_after: timedelta = DEFAULT_CLEAR_AFTER
+    flap_window: timedelta = DEFAULT_FLAP_WINDOW
+    flap_count: int = DEFAULT_FLAP_COUNT
+    site_unreachable_ratio: float = DEFAULT_SITE_UNREACHABLE_RATIO
+    site_min_devices: int = DEFAULT_SITE_MIN_DEVICES
+    ticket_codes: frozenset[str] = DEFAULT_TICKET_CODES
+
+    def __post_init__(self) -> None:
+        if self.min_reports < 1:
+            raise ValueError(f"min_reports: {self.min_reports} must be at least 1")
+        if self.flap_count < 2:
+            raise ValueError(f"flap_count: {self.flap_count} must be at least 2")
+        if not 0 < self.site_unreachable_ratio < 1:
+            raise ValueError(f"site_unreachable_ratio: {self.site_unreachable_ratio} not in (0, 1)")
+        unknown = self.ticket_codes - {code.value for code in ProblemCode}
+        if unknown:
+            raise ValueError(f"ticket_codes: unknown problem codes {sorted(unknown)}")
+
+    def hold_time(self, code: str) -> timedelta:
+        return self.unreachable_min_duration if code == UNREACHABLE else self.min_duration
+
+
+class FaultEventKind(StrEnum):
+    OPENED = "opened"  # a new fault: file a ticket
+    RECURRED = "recurred"  # it was over and came back: reopen or note on the same ticket
+    CLEARED = "cleared"  # gone for long enough: a recovery note
+    FLAPPING = "flapping"  # an open fault is flapping: mark the ticket
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultEvent:
+    """What the detector decided; ``subject`` is a serial, or ``site:ID`` for a site fault."""
+
+    kind: FaultEventKind
+    subject: str
+    fault: str
+    at: datetime
+    site: str | None
+    serial: str | None = None
+    detail: str = ""
+    first_seen: datetime | None = None
+    host_serial: str | None = None
+    model: str | None = None
+    flapping: bool = False
+    affected: tuple[str, ...] = ()
+    evidence: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def is_site(self) -> bool:
+        return self.serial is None
+
+
+@dataclass
+class _Track:
+    """One (device, problem) pair: idle -> pending -> open (-> clearing -> idle)."""
+
+    serial: str
+    code: str
+    site: str | None
+    state: str = "idle"
+    streak: int = 0
+    first_seen: datetime | None = None
+    gone_since: datetime | None = None
+    appearances: list[datetime] = field(default_factory=list)
+    flapping: bool = False
+    opened_before: bool = False
+    detail: str = ""
+    host_serial: str | None = None
+    model: str | None = None
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _SiteState:
+    devices: set[str] = field(default_factory=set)
+    agent_offline: bool = False
+    majority_since: datetime | None = None
+    unreachable_open: bool = False
+    affected: tuple[str, ...] = ()
+
+
+class FaultDetector:
+    """A pure state machine: feed it snapshots and events with their time, act on what it returns.
+
+    It holds no tickets. The same fault after a restart comes out as ``opened``
+    again; the ticket side maps it onto the one ticket of that device and fault.
+    """
+
+    def __init__(self, policy: FaultPolicy | None = None) -> None:
+        self.policy = policy or FaultPolicy()
+        self._tracks: dict[tuple[str, str], _Track] = {}
+        self._sites: dict[str, _SiteState] = {}
+        self._device_site: dict[str, str | None] = {}
+
+    # -- inputs -------------------------------------------------------------------
+
+    def observe(self, snapshot: Snapshot, *, site: str | None, at: datetime) -> list[FaultEvent]:
+        """One report of one device: its problems now, and proof that it is reachable."""
+        serial = snapshot.serial
+        self._remember(serial, site)
+        evidence = snapshot.model_dump(mode="json")
+        present: dict[str, str] = {}
+        for problem in snapshot.health.problems:
+            if problem.code.value in self.policy.ticket_codes:
+                present.setdefault(problem.code.value, problem.detail)
+        events: list[FaultEvent] = []
+        for code, detail in present.items():
+            track = self._track(serial, code, site)
+            track.detail = detail
+            track.host_serial = snapshot.host_serial
+            track.model = snapshot.model.value
+            self._present(track, at, evidence, streak_step=1)
+        for (track_serial, code), track in list(self._tracks.items()):
+            if track_serial == serial and code not in present:
+                events += self._absent(track, at)
+        events += self._evaluate(at)
+        return events
+
+    def device_unreachable(
+        self, serial: str, *, site: str | None, at: datetime
+    ) -> list[FaultEvent]:
+        """The controller noticed silence (no report for several polls): the report count is met."""
+        self._remember(serial, site)
+        track = self._track(serial, UNREACHABLE, site)
+        if track.state in ("idle", "pending"):
+            # The silence itself spans several missed reports, so the report count is met.
+            self._present(track, at, None, streak_step=self.policy.min_reports)
+        else:
+            self._present(track, at, None, streak_step=1)
+        return self._evaluate(at)
+
+    def agent_offline(self, site: str, *, at: datetime) -> list[FaultEvent]:
+        """The site's agent stopped calling in: one site ticket, nothing per device."""
+        state = self._sites.setdefault(site, _SiteState())
+        if state.agent_offline:
+            return []
+        state.agent_offline = True
+        return [
+            FaultEvent(
+                kind=FaultEventKind.OPENED,
+                subject=f"site:{site}",
+                fault=AGENT_OFFLINE,
+                at=at,
+                site=site,
+                first_seen=at,
+                affected=tuple(sorted(state.devices)),
+            )
+        ]
+
+    def agent_online(self, site: str, *, at: datetime) -> list[FaultEvent]:
+        state = self._sites.setdefault(site, _SiteState())
+        if not state.agent_offline:
+            return []
+        state.agent_offline = False
+        # Silence during the outage was the site's, not each device's.
+        for track in self._tracks.values():
+            if track.site == site and track.code == UNREACHABLE and track.state == "pending":
+                self._reset(track)
+        return [
+            FaultEvent(
+                kind=FaultEventKind.CLEARED,
+                subject=f"site:{site}",
+                fault=AGENT_OFFLINE,
+                at=at,
+                site=site,
+            )
+        ]
+
+    def tick(self, now: datetime) -> list[FaultEvent]:
+        """Let time pass: opens faults whose hold time ran out without a new report."""
+        return self._evaluate(now)
+
+    # -- state machine ------------------------------------------------------------
+
+    def _remember(self, serial: str, site: str | None) -> None:
+        previous = self._device_site.get(serial)
+        if previous is not None and previous != site and previous in self._sites:
+            self._sites[previous].devices.discard(serial)
+        self._device_site[serial] = site
+        if site is not None:
+            self._sites.setdefault(site, _SiteState()).devices.add(serial)
+
+    def _track(self, serial: str, code: str, site: str | None) -> _Track:
+        track = self._tracks.get((serial, code))
+        if track is None:
+            track = self._tracks[(serial, code)] = _Track(serial=serial, code=code, site=site)
+        track.site = site
+        return track
+
+    @staticmethod
+    def _reset(track: _Track) -> None:
+        track.state = "idle"
+        track.streak = 0
+        track.first_seen = None
+        track.gone_since = None
+        track.evidence = []
+
+    def _present(
+        self, track: _Track, at: datetime, evidence: dict[str, Any] | None, *, streak_step: int
+    ) -> None:
+        if track.state == "idle":
+            track.state = "pending"
+            track.streak = 0
+            track.first_seen = at
+            track.evidence = []
+            track.appearances = [
+                seen for seen in track.appearances if at - seen < self.policy.flap_window
+            ] + [at]
+        if track.state == "clearing":
+            # Back before it was gone long enough: the same fault, never cleared,
+            # but one more appearance towards flapping.
+            track.state = "open"
+            track.gone_since = None
+            track.appearances = [
+                seen for seen in track.appearances if at - seen < self.policy.flap_window
+            ] + [at]
+        track.streak += streak_step
+        if evidence is not None:
+            if len(track.evidence) < 3:
+                track.evidence.append(evidence)
+            else:
+                track.evidence[-1] = evidence
+
+    def _absent(self, track: _Track, at: datetime) -> list[FaultEvent]:
+        if track.state == "pending":
+            # A blip: never held long enough to be a fault.
+            self._reset(track)
+        elif track.state == "open":
+            track.state = "clearing"
+            track.gone_since = at
+        elif track.state == "clearing":
+            assert track.gone_since is not None
+            if at - track.gone_since >= self.policy.clear_after:
+                event = self._event(track, FaultEventKind.CLEARED, at)
+                self._reset(track)
+                return [event]
+        return []
+
+    def _evaluate(self, now: datetime) -> list[FaultEvent]:
+        events = self._evaluate_sites(now)
+        suppressed = {
+            site
+            for site, state in self._sites.items()
+            if state.agent_offline or state.majority_since is not None
+        }
+        for track in self._tracks.values():
+            if track.state == "open" and not track.flapping:
+                recent = [
+                    seen for seen in track.appearances if now - seen < self.policy.flap_window
+                ]
+                if len(recent) >= self.policy.flap_count:
+                    track.flapping = True
+                    events.append(self._event(track, FaultEventKind.FLAPPING, now))
+            if track.state != "pending" or track.first_seen is None:
+                continue
+            if track.code == UNREACHABLE and track.site in suppressed:
+                # Part of a site outage: the site ticket speaks for it (correlation).
+                continue
+            flapping = len(track.appearances) >= self.policy.flap_count
+            held = (
+                track.streak >= self.policy.min_reports
+                and now - track.first_seen >= self.policy.hold_time(track.code)
+            )
+            if not (held or flapping):
+                continue
+            kind = FaultEventKind.RECURRED if track.opened_before else FaultEventKind.OPENED
+            track.state = "open"
+            track.opened_before = True
+            newly_flapping = flapping and not track.flapping
+            track.flapping = track.flapping or flapping
+            events.append(self._event(track, kind, now))
+            if newly_flapping and kind is FaultEventKind.RECURRED:
+                events.append(self._event(track, FaultEventKind.FLAPPING, now))
+        return events
+
+    def _evaluate_sites(self, now: datetime) -> list[FaultEvent]:
+        events: list[FaultEvent] = []
+        policy = self.policy
+        for site, state in self._sites.items():
+            down = sorted(
+                serial
+                for serial in state.devices
+                if (track := self._tracks.get((serial, UNREACHABLE))) is not None
+                and track.state in ("pending", "open")
+                and track.streak >= policy.min_reports
+            )
+            majority = (
+                len(down) >= policy.site_min_devices
+                and len(down) > policy.site_unreachable_ratio * len(state.devices)
+                and not state.agent_offline
+            )
+            if majority:
+                if state.majority_since is None:
+                    state.majority_since = now
+                state.affected = tuple(down)
+                if (
+                    not state.unreachable_open
+                    and now - state.majority_since >= policy.unreachable_min_duration
+                ):
+                    state.unreachable_open = True
+                    events.append(
+                        FaultEvent(
+                            kind=FaultEventKind.OPENED,
+                            subject=f"site:{site}",
+                            fault=SITE_UNREACHABLE,
+                            at=now,
+                            site=site,
+                            first_seen=state.majority_since,
+                            affected=tuple(down),
+                        )
+                    )
+            else:
+                state.majority_since = None
+                if state.unreachable_open:
+                    state.unreachable_open = False
+                    # Devices still silent when the site recovers get their own full hold
+                    # from now: most of them are seconds behind the others.
+                    for track in self._tracks.values():
+                        if (
+                            track.site == site
+                            and track.code == UNREACHABLE
+                            and track.state == "pending"
+                        ):
+                            track.first_seen = now
+                    events.append(
+                        FaultEvent(
+                            kind=FaultEventKind.CLEARED,
+                            subject=f"site:{site}",
+                            fault=SITE_UNREACHABLE,
+                            at=now,
+                            site=site,
+                            affected=state.affected,
+                        )
+                    )
+        return events
+
+    def _event(self, track: _Track, kind: FaultEventKind, at: datetime) -> FaultEvent:
+        return FaultEvent(
+            kind=kind,
+            subject=track.serial,
+            fault=track.code,
+            at=at,
+            site=track.site,
+            serial=track.serial,
+            detail=track.detail,
+            first_seen=track.first_seen,
+            host_serial=track.host_serial,
+            model=track.model,
+            flapping=track.flapping,
+            evidence=tuple(track.evidence),
+        )

@@ -1,0 +1,250 @@
+"""Fault detection: debounce, clearing, flapping, site correlation, E70 faults."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from controller.domain.faults import (
+    AGENT_OFFLINE,
+    SITE_UNREACHABLE,
+    FaultDetector,
+    FaultEvent,
+    FaultEventKind,
+    FaultPolicy,
+)
+from shared.schema import Firmware, Health, Model, Problem, ProblemCode, Provider, Snapshot, Via
+
+T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def snap(
+    serial: str,
+    at: datetime,
+    *codes: ProblemCode,
+    model: Model = Model.STUDIO_X50,
+    host: str | None = None,
+) -> Snapshot:
+    problems = [Problem(code=code, detail=f"{code.value} seen") for code in codes]
+    return Snapshot(
+        serial=serial,
+        model=model,
+        firmware=Firmware(version="4.1.0"),
+        provider=Provider.TEAMS,
+        health=Health.from_problems(problems),
+        host_serial=host,
+        collected_at=at,
+        via=Via.REST,
+    )
+
+
+def feed(
+    detector: FaultDetector,
+    serial: str,
+    minutes: range,
+    *codes: ProblemCode,
+    site: str = "krk",
+    host: str | None = None,
+    model: Model = Model.STUDIO_X50,
+) -> list[FaultEvent]:
+    events: list[FaultEvent] = []
+    for minute in minutes:
+        moment = T0 + minute * MINUTE
+        events += detector.observe(
+            snap(serial, moment, *codes, host=host, model=model), site=site, at=moment
+        )
+    return events
+
+
+def kinds(events: list[FaultEvent]) -> list[tuple[str, str, str]]:
+    return [(e.kind.value, e.subject, e.fault) for e in events]
+
+
+def test_fault_held_long_enough_opens_once() -> None:
+    """A camera fault held past the minimum time over several reports opens exactly one fault."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE))
+    events = feed(detector, "X1", range(0, 12), ProblemCode.CAMERA_DOWN)
+    assert kinds(events) == [("opened", "X1", "camera_down")]
+    opened = events[0]
+    assert opened.at == T0 + 5 * MINUTE
+    assert opened.first_seen == T0
+    assert opened.site == "krk"
+    assert opened.evidence and opened.evidence[0]["serial"] == "X1"
+    assert opened.detail == "camera_down seen"
+
+
+def test_short_blip_opens_nothing() -> None:
+    """A problem gone before the minimum time opens no fault, however many reports showed it."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE))
+    events = feed(detector, "X1", range(0, 4), ProblemCode.CAMERA_DOWN)
+    events += feed(detector, "X1", range(4, 20))
+    assert events == []
+
+
+def test_one_report_is_never_enough() -> None:
+    """A single report does not open a fault even when the minimum time is zero."""
+    detector = FaultDetector(FaultPolicy(min_duration=timedelta(0)))
+    assert feed(detector, "X1", range(0, 1), ProblemCode.CAMERA_DOWN) == []
+    assert kinds(feed(detector, "X1", range(1, 2), ProblemCode.CAMERA_DOWN)) == [
+        ("opened", "X1", "camera_down")
+    ]
+
+
+def test_unreachable_needs_longer_hold() -> None:
+    """Unreachable reports open a fault only after the longer unreachable hold time."""
+    policy = FaultPolicy(min_duration=5 * MINUTE, unreachable_min_duration=15 * MINUTE)
+    detector = FaultDetector(policy)
+    assert feed(detector, "X1", range(0, 15), ProblemCode.UNREACHABLE) == []
+    assert kinds(feed(detector, "X1", range(15, 16), ProblemCode.UNREACHABLE)) == [
+        ("opened", "X1", "unreachable")
+    ]
+
+
+def test_clears_after_gone_long_enough_and_recurs() -> None:
+    """An open fault clears only after being gone a while; coming back later is a recurrence."""
+    detector = FaultDetector(FaultPolicy(min_duration=2 * MINUTE, clear_after=10 * MINUTE))
+    assert kinds(feed(detector, "X1", range(0, 3), ProblemCode.CAMERA_DOWN)) == [
+        ("opened", "X1", "camera_down")
+    ]
+    # Gone for 5 minutes then back: the same fault, nothing new.
+    assert feed(detector, "X1", range(3, 8)) == []
+    assert feed(detector, "X1", range(8, 9), ProblemCode.CAMERA_DOWN) == []
+    # Gone for 10 minutes: cleared once.
+    cleared = feed(detector, "X1", range(9, 25))
+    assert kinds(cleared) == [("cleared", "X1", "camera_down")]
+    assert cleared[0].at == T0 + 19 * MINUTE
+    # Back after the clear and held: a recurrence of the same fault.
+    assert kinds(feed(detector, "X1", range(90, 93), ProblemCode.CAMERA_DOWN)) == [
+        ("recurred", "X1", "camera_down")
+    ]
+
+
+def test_flapping_short_episodes_open_one_flapping_fault() -> None:
+    """A problem appearing and vanishing repeatedly within an hour opens one flapping fault."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE, flap_count=3))
+    events: list[FaultEvent] = []
+    for start in (0, 6, 12, 18, 24, 30):
+        events += feed(detector, "X1", range(start, start + 2), ProblemCode.CAMERA_DOWN)
+        events += feed(detector, "X1", range(start + 2, start + 6))
+    assert kinds(events) == [("opened", "X1", "camera_down")]
+    assert events[0].flapping
+
+
+def test_flapping_open_fault_is_marked_once() -> None:
+    """A fault that keeps clearing and coming back is flagged flapping exactly once."""
+    policy = FaultPolicy(min_duration=MINUTE, clear_after=2 * MINUTE, flap_count=3)
+    detector = FaultDetector(policy)
+    events: list[FaultEvent] = []
+    for start in range(0, 60, 6):
+        events += feed(detector, "X1", range(start, start + 3), ProblemCode.CAMERA_DOWN)
+        events += feed(detector, "X1", range(start + 3, start + 6))
+    opened = [e for e in events if e.kind in (FaultEventKind.OPENED, FaultEventKind.RECURRED)]
+    assert opened[0].kind is FaultEventKind.OPENED
+    assert [e.kind for e in events].count(FaultEventKind.FLAPPING) == 1
+
+
+def test_e70_fault_is_the_cameras_own_linked_to_host() -> None:
+    """A fault on an E70's own entry is keyed by the E70's serial and names its host."""
+    detector = FaultDetector(FaultPolicy(min_duration=2 * MINUTE))
+    events = feed(
+        detector,
+        "E70-1",
+        range(0, 4),
+        ProblemCode.PERIPHERAL_DISCONNECTED,
+        host="X1",
+        model=Model.STUDIO_E70,
+    )
+    assert kinds(events) == [("opened", "E70-1", "peripheral_disconnected")]
+    assert events[0].host_serial == "X1"
+    assert events[0].model == "studio_e70"
+
+
+def test_one_fault_per_device_and_problem() -> None:
+    """Two problems on one device are two faults; repeating reports add none."""
+    detector = FaultDetector(FaultPolicy(min_duration=MINUTE))
+    events = feed(
+        detector, "X1", range(0, 10), ProblemCode.CAMERA_DOWN, ProblemCode.MICROPHONE_DOWN
+    )
+    assert sorted(kinds(events)) == [
+        ("opened", "X1", "camera_down"),
+        ("opened", "X1", "microphone_down"),
+    ]
+
+
+def test_non_ticket_problems_are_ignored() -> None:
+    """Configuration problems (SIP, credentials) never become service faults."""
+    detector = FaultDetector(FaultPolicy(min_duration=MINUTE))
+    events = feed(
+        detector, "X1", range(0, 10), ProblemCode.SIP_UNREGISTERED, ProblemCode.AUTH_FAILED
+    )
+    assert events == []
+
+
+def test_agent_offline_is_one_site_fault() -> None:
+    """An agent going offline opens one site fault, listing its devices, and closes on return."""
+    detector = FaultDetector(FaultPolicy(min_duration=MINUTE))
+    for serial in ("X1", "X2", "X3"):
+        feed(detector, serial, range(0, 2))
+    events = detector.agent_offline("krk", at=T0 + 5 * MINUTE)
+    assert kinds(events) == [("opened", "site:krk", AGENT_OFFLINE)]
+    assert events[0].affected == ("X1", "X2", "X3")
+    assert events[0].is_site
+    # The controller then finds each device silent: no per-device fault.
+    later: list[FaultEvent] = []
+    for serial in ("X1", "X2", "X3"):
+        later += detector.device_unreachable(serial, site="krk", at=T0 + 6 * MINUTE)
+    later += detector.tick(T0 + 120 * MINUTE)
+    assert detector.agent_offline("krk", at=T0 + 121 * MINUTE) == []
+    assert later == []
+    assert kinds(detector.agent_online("krk", at=T0 + 130 * MINUTE)) == [
+        ("cleared", "site:krk", AGENT_OFFLINE)
+    ]
+    assert detector.tick(T0 + 300 * MINUTE) == []
+
+
+def test_most_devices_unreachable_is_one_site_fault() -> None:
+    """Most of a site's devices going unreachable together is one site fault, not one each."""
+    policy = FaultPolicy(unreachable_min_duration=15 * MINUTE)
+    detector = FaultDetector(policy)
+    for serial in ("X1", "X2", "X3", "X4"):
+        feed(detector, serial, range(0, 2))
+    events: list[FaultEvent] = []
+    for serial in ("X1", "X2", "X3"):
+        events += detector.device_unreachable(serial, site="krk", at=T0 + 10 * MINUTE)
+    events += detector.tick(T0 + 24 * MINUTE)
+    assert events == []
+    events += detector.tick(T0 + 26 * MINUTE)
+    events += detector.tick(T0 + 90 * MINUTE)
+    assert kinds(events) == [("opened", "site:krk", SITE_UNREACHABLE)]
+    assert events[0].affected == ("X1", "X2", "X3")
+    # The devices come back: the site fault clears; no device fault ever opened.
+    back: list[FaultEvent] = []
+    for serial in ("X1", "X2", "X3"):
+        back += feed(detector, serial, range(95, 96))
+    assert kinds(back) == [("cleared", "site:krk", SITE_UNREACHABLE)]
+
+
+def test_one_unreachable_device_is_its_own_fault() -> None:
+    """A single silent device among healthy ones is a device fault after the unreachable hold."""
+    detector = FaultDetector(FaultPolicy(unreachable_min_duration=15 * MINUTE))
+    for serial in ("X1", "X2", "X3"):
+        feed(detector, serial, range(0, 2))
+    events = detector.device_unreachable("X1", site="krk", at=T0 + 10 * MINUTE)
+    events += detector.tick(T0 + 20 * MINUTE)
+    assert events == []
+    events += detector.tick(T0 + 25 * MINUTE)
+    assert kinds(events) == [("opened", "X1", "unreachable")]
+
+
+def test_site_recovery_gives_stragglers_a_fresh_hold() -> None:
+    """After a site outage clears, a device still silent gets a full hold before its own fault."""
+    detector = FaultDetector(FaultPolicy(unreachable_min_duration=15 * MINUTE))
+    for serial in ("X1", "X2", "X3"):
+        feed(detector, serial, range(0, 2))
+    for serial in ("X1", "X2", "X3"):
+        detector.device_unreachable(serial, site="krk", at=T0 + 10 * MINUTE)
+    assert kinds(detector.tick(T0 + 30 * MINUTE)) == [("opened", "site:krk", SITE_UNREACHABLE)]
+    events = feed(detector, "X1", range(40, 41)) + feed(detector, "X2", range(40, 41))
+    assert kinds(events) == [("cleared", "site:krk", SITE_UNREACHABLE)]
+    assert detector.tick(T0 + 54 * MINUTE) == []
+    assert kinds(detector.tick(T0 + 56 * MINUTE)) == [("opened", "X3", "unreachable")]
