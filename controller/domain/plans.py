@@ -1,0 +1,219 @@
+"""The service-plan catalogue: the seed's plan table as validated data (data/plans.toml)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any, Literal
+
+from shared.schema import Model
+
+Window = Literal["8x5", "24x7"]
+PatchRule = Literal["purchase_90_days", "whole_term"]
+DeliveryKind = Literal["next_business_day", "clock_hours", "calendar_days"]
+
+WINDOWS: tuple[Window, ...] = ("8x5", "24x7")
+PATCH_RULES: tuple[PatchRule, ...] = ("purchase_90_days", "whole_term")
+DELIVERY_KINDS: tuple[DeliveryKind, ...] = ("next_business_day", "clock_hours", "calendar_days")
+LANGUAGES = ("pl", "en")
+#: Models an asset may be; ``unknown`` is what an agent says when it cannot tell.
+ASSET_MODELS = tuple(model.value for model in Model if model is not Model.UNKNOWN)
+
+
+class CatalogueError(ValueError):
+    """The plan or release catalogue is malformed; the message names the key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """One repair/replacement time option (W3, E9)."""
+
+    key: str
+    label: str
+    kind: DeliveryKind
+    amount: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """One plan of the seed table, with every cell and our decisions as fields."""
+
+    id: str
+    name: str
+    contract: bool
+    window: Window
+    repair: Delivery
+    patches: PatchRule
+    upgrades: bool
+    technical_support: bool
+    configuration_help: bool
+    language: str | None
+    max_term_years: int
+    term_years: tuple[int, ...] | None
+    term_rule: str | None
+    term_breach: Literal["ineligible", "error"]
+    return_days: int
+    reaction_hours: int | None
+    eligible_models: frozenset[str] | None
+    eligibility_rule: str | None
+    purchase_to_contract_days: int | None
+    purchase_rule: str | None
+    shipping_paid: bool
+
+    @property
+    def patches_whole_term(self) -> bool:
+        """True when patches run for the whole contract (S1, E4)."""
+        return self.patches == "whole_term"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanCatalogue:
+    """Every plan by id, the delivery options, and the purchase-based periods."""
+
+    plans: Mapping[str, Plan]
+    deliveries: Mapping[str, Delivery]
+    patch_days_from_purchase: int
+    standard_warranty_years: int
+
+    def get(self, plan_id: str) -> Plan:
+        """The plan ``plan_id``; KeyError names the known ones."""
+        try:
+            return self.plans[plan_id]
+        except KeyError:
+            known = ", ".join(sorted(self.plans))
+            raise KeyError(f"unknown plan {plan_id!r} (known: {known})") from None
+
+    @property
+    def standard(self) -> Plan:
+        """The manufacturer warranty every device has from its purchase (E3)."""
+        return self.plans["standard"]
+
+    def standard_warranty_until(self, purchase: date) -> date:
+        """Last day of the manufacturer warranty (E1, E3)."""
+        return add_years(purchase, self.standard_warranty_years) - timedelta(days=1)
+
+    def purchase_patches_until(self, purchase: date) -> date:
+        """Last day of patches counted from the hardware purchase (S1, E1, E4)."""
+        return purchase + timedelta(days=self.patch_days_from_purchase - 1)
+
+
+def add_years(day: date, years: int) -> date:
+    """``day`` moved by whole years; 29 February lands on 28 February in a common year."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
+def _take(table: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise CatalogueError(f"{where}: missing key {key!r}")
+        return default
+    value = table[key]
+    # bool is an int in Python; a count given as true/false is a typo, not a number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CatalogueError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _choice(value: str, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise CatalogueError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _parse_delivery(key: str, table: Mapping[str, Any]) -> Delivery:
+    where = f"delivery.{key}"
+    kind = _choice(_take(table, "kind", str, where), DELIVERY_KINDS, f"{where}.kind")
+    amount = _take(table, "amount", int, where, 0)
+    if kind != "next_business_day" and amount <= 0:
+        raise CatalogueError(f"{where}.amount: a {kind} delivery needs a positive amount")
+    return Delivery(key=key, label=_take(table, "label", str, where), kind=kind, amount=amount)  # type: ignore[arg-type]
+
+
+def _parse_plan(plan_id: str, table: Mapping[str, Any], deliveries: Mapping[str, Delivery]) -> Plan:
+    where = f"plans.{plan_id}"
+    repair_key = _take(table, "repair", str, where)
+    if repair_key not in deliveries:
+        raise CatalogueError(f"{where}.repair: {repair_key!r} is not a [delivery] option")
+    language = _take(table, "language", str, where, None)
+    if language is not None:
+        _choice(language, LANGUAGES, f"{where}.language")
+    term_years_raw = _take(table, "term_years", list, where, None)
+    term_years: tuple[int, ...] | None = None
+    max_term = _take(table, "max_term_years", int, where)
+    if term_years_raw is not None:
+        if not term_years_raw or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 < n <= max_term
+            for n in term_years_raw
+        ):
+            raise CatalogueError(f"{where}.term_years: whole years from 1 to max_term_years")
+        term_years = tuple(term_years_raw)
+    models_raw = _take(table, "eligible_models", list, where, None)
+    models: frozenset[str] | None = None
+    if models_raw is not None:
+        for model in models_raw:
+            _choice(str(model), ASSET_MODELS, f"{where}.eligible_models")
+        models = frozenset(models_raw)
+    reaction = _take(table, "reaction_hours", int, where, None)
+    purchase_days = _take(table, "purchase_to_contract_days", int, where, None)
+    plan = Plan(
+        id=plan_id,
+        name=_take(table, "name", str, where),
+        contract=_take(table, "contract", bool, where),
+        window=_choice(_take(table, "window", str, where), WINDOWS, f"{where}.window"),  # type: ignore[arg-type]
+        repair=deliveries[repair_key],
+        patches=_choice(_take(table, "patches", str, where), PATCH_RULES, f"{where}.patches"),  # type: ignore[arg-type]
+        upgrades=_take(table, "upgrades", bool, where),
+        technical_support=_take(table, "technical_support", bool, where),
+        configuration_help=_take(table, "configuration_help", bool, where),
+        language=language,
+        max_term_years=max_term,
+        term_years=term_years,
+        term_rule=_take(table, "term_rule", str, where, None),
+        term_breach=_choice(  # type: ignore[arg-type]
+            _take(table, "term_breach", str, where, "error"),
+            ("ineligible", "error"),
+            f"{where}.term_breach",
+        ),
+        return_days=_take(table, "return_days", int, where),
+        reaction_hours=reaction,
+        eligible_models=models,
+        eligibility_rule=_take(table, "eligibility_rule", str, where, None),
+        purchase_to_contract_days=purchase_days,
+        purchase_rule=_take(table, "purchase_rule", str, where, None),
+        shipping_paid=_take(table, "shipping_paid", bool, where, False),
+    )
+    if plan.term_years is not None and plan.term_rule is None:
+        raise CatalogueError(f"{where}.term_rule: needed with term_years (which rule it is)")
+    if plan.eligible_models is not None and plan.eligibility_rule is None:
+        raise CatalogueError(f"{where}.eligibility_rule: needed with eligible_models")
+    if plan.purchase_to_contract_days is not None and plan.purchase_rule is None:
+        raise CatalogueError(f"{where}.purchase_rule: needed with purchase_to_contract_days")
+    return plan
+
+
+def parse_plans(document: Mapping[str, Any]) -> PlanCatalogue:
+    """Validate a parsed plans.toml; CatalogueError names the offending key."""
+    delivery_tables = _take(document, "delivery", dict, "plans.toml")
+    deliveries = {
+        key: _parse_delivery(key, _take(delivery_tables, key, dict, "delivery"))
+        for key in delivery_tables
+    }
+    plan_tables = _take(document, "plans", dict, "plans.toml")
+    plans = {
+        plan_id: _parse_plan(plan_id, _take(plan_tables, plan_id, dict, "plans"), deliveries)
+        for plan_id in plan_tables
+    }
+    if "standard" not in plans or plans["standard"].contract:
+        raise CatalogueError(
+            "plans.standard: the manufacturer warranty (contract = false) is needed"
+        )
+    return PlanCatalogue(
+        plans=plans,
+        deliveries=deliveries,
+        patch_days_from_purchase=_take(document, "patch_days_from_purchase", int, "plans.toml"),
+        standard_warranty_years=_take(document, "standard_warranty_years", int, "plans.toml"),
+    )
