@@ -1,0 +1,539 @@
+"""The asset registry: a CSV checked whole into devices with contract chains (E2, E5, H1, H5)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from controller.domain.plans import ASSET_MODELS, Plan, PlanCatalogue, add_years
+from shared.version import FirmwareVersion, VersionError
+
+#: The registry CSV columns, in the order we write them.
+COLUMNS = (
+    "serial",
+    "model",
+    "purchase_date",
+    "plan",
+    "contract_number",
+    "contract_start",
+    "contract_end",
+    "site",
+    "room",
+    "host_serial",
+)
+CONTRACT_COLUMNS = ("contract_number", "contract_start", "contract_end")
+FIRMWARE_COLUMNS = ("serial", "version")
+#: Rows in one import; a registry for 10,000 devices with renewals fits with room to spare.
+MAX_ROWS = 100_000
+_SERIAL_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_SITE_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_MAX_TEXT = 256
+_DEVICE_FIELDS = ("model", "purchase_date", "site", "room", "host_serial")
+
+
+@dataclass(frozen=True, kw_only=True, order=True)
+class ImportProblem:
+    """One thing wrong with one cell (line 1 is the header)."""
+
+    line: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}, column {self.column}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "column": self.column, "message": self.message}
+
+
+class RegistryImportError(ValueError):
+    """The file has bad rows; ``problems`` lists every one, and nothing was imported."""
+
+    def __init__(self, problems: Iterable[ImportProblem]) -> None:
+        self.problems = sorted(problems)
+        first = self.problems[0] if self.problems else "no details"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"{first}{more}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Contract:
+    """One service contract term; ``end`` is its last covered day (E1, E2)."""
+
+    plan: str
+    number: str
+    start: date
+    end: date
+    #: Eligibility rules this contract breaks (H1, H5); it is kept and flagged.
+    ineligible_rules: tuple[str, ...] = ()
+    line: int = field(default=0, compare=False)
+
+    def covers(self, day: date) -> bool:
+        return self.start <= day <= self.end
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan,
+            "contract_number": self.number,
+            "contract_start": self.start.isoformat(),
+            "contract_end": self.end.isoformat(),
+            "ineligible_rules": list(self.ineligible_rules),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Contract:
+        return cls(
+            plan=str(doc["plan"]),
+            number=str(doc["contract_number"]),
+            start=date.fromisoformat(str(doc["contract_start"])),
+            end=date.fromisoformat(str(doc["contract_end"])),
+            ineligible_rules=tuple(str(rule) for rule in doc.get("ineligible_rules", ())),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Asset:
+    """One registered device with its contracts chained oldest first (E5)."""
+
+    serial: str
+    model: str
+    purchase_date: date
+    site: str
+    room: str = ""
+    host_serial: str | None = None
+    contracts: tuple[Contract, ...] = ()
+    lines: tuple[int, ...] = field(default=(), compare=False)
+
+    @property
+    def ineligible_rules(self) -> tuple[str, ...]:
+        """Every eligibility rule any of its contracts breaks, sorted."""
+        return tuple(sorted({rule for c in self.contracts for rule in c.ineligible_rules}))
+
+    def contract_at(self, day: date) -> Contract | None:
+        """The contract whose term covers ``day`` (E5)."""
+        return next((c for c in self.contracts if c.covers(day)), None)
+
+    def to_doc(self) -> dict[str, Any]:
+        """A JSON-safe document for the store."""
+        return {
+            "serial": self.serial,
+            "model": self.model,
+            "purchase_date": self.purchase_date.isoformat(),
+            "site": self.site,
+            "room": self.room,
+            "host_serial": self.host_serial,
+            "contracts": [c.to_doc() for c in self.contracts],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Asset:
+        host = doc.get("host_serial")
+        return cls(
+            serial=str(doc["serial"]),
+            model=str(doc["model"]),
+            purchase_date=date.fromisoformat(str(doc["purchase_date"])),
+            site=str(doc["site"]),
+            room=str(doc.get("room") or ""),
+            host_serial=str(host) if host else None,
+            contracts=tuple(Contract.from_doc(c) for c in doc.get("contracts", ())),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportPlan:
+    """What an import would do to the registry: serials added, changed, left as they were."""
+
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    ineligible: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "added": list(self.added),
+            "updated": list(self.updated),
+            "unchanged": list(self.unchanged),
+            "ineligible": list(self.ineligible),
+        }
+
+
+def plan_import(current: Mapping[str, Asset], incoming: Iterable[Asset]) -> ImportPlan:
+    """Compare ``incoming`` with the registry: each serial in the file replaces its old history."""
+    added: list[str] = []
+    updated: list[str] = []
+    unchanged: list[str] = []
+    ineligible: list[str] = []
+    for asset in incoming:
+        old = current.get(asset.serial)
+        bucket = added if old is None else unchanged if old == asset else updated
+        bucket.append(asset.serial)
+        if asset.ineligible_rules:
+            ineligible.append(asset.serial)
+    return ImportPlan(
+        added=tuple(added),
+        updated=tuple(updated),
+        unchanged=tuple(unchanged),
+        ineligible=tuple(ineligible),
+    )
+
+
+def normalise_model(text: str) -> str | None:
+    """``studio_x50`` from "Studio X50", "Poly Studio X50" or "X50"; None if unknown."""
+    key = re.sub(r"[\s\-]+", "_", text.strip().lower())
+    key = key.removeprefix("poly_")
+    if key in ASSET_MODELS:
+        return key
+    if f"studio_{key}" in ASSET_MODELS:
+        return f"studio_{key}"
+    return None
+
+
+def whole_years(start: date, end: date) -> tuple[int, date] | None:
+    """(N, last covered day) when start..end is a term of N whole years either way (E2)."""
+    years = end.year - start.year
+    for n in (years, years + 1):
+        if n >= 1 and end == add_years(start, n) - timedelta(days=1):
+            return n, end
+    if years >= 1 and end == add_years(start, years):
+        # E2: data entered as start + N years means the term ends the day before.
+        return years, end - timedelta(days=1)
+    return None
+
+
+def _last_day(start: date, years: int) -> date:
+    return add_years(start, years) - timedelta(days=1)
+
+
+@dataclass
+class _Row:
+    line: int
+    cells: dict[str, str]
+    serial: str = ""
+    model: str = ""
+    purchase: date | None = None
+    contract: Contract | None = None
+    host_serial: str | None = None
+
+
+class _Checker:
+    """Collects every problem of a file before deciding anything."""
+
+    def __init__(self, plans: PlanCatalogue | None, today: date | None) -> None:
+        self.plans = plans
+        self.today = today
+        self.problems: list[ImportProblem] = []
+
+    def problem(self, line: int, column: str, message: str) -> None:
+        self.problems.append(ImportProblem(line=line, column=column, message=message))
+
+    def date_cell(self, row: _Row, column: str, *, required: bool) -> date | None:
+        text = row.cells[column]
+        if not text:
+            if required:
+                self.problem(row.line, column, "missing: give a date as YYYY-MM-DD")
+            return None
+        try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                raise ValueError
+            return date.fromisoformat(text)
+        except ValueError:
+            self.problem(row.line, column, f"{text!r} is not a real date (expected YYYY-MM-DD)")
+            return None
+
+    def check_row(self, row: _Row) -> None:
+        cells, line = row.cells, row.line
+        for column in COLUMNS:
+            if len(cells[column]) > _MAX_TEXT:
+                self.problem(line, column, f"longer than {_MAX_TEXT} characters")
+        row.serial = cells["serial"]
+        if not _SERIAL_RE.match(row.serial):
+            self.problem(line, "serial", "missing or not a serial (letters, digits, . _ -)")
+        model = normalise_model(cells["model"]) if cells["model"] else None
+        if model is None:
+            self.problem(
+                line,
+                "model",
+                f"unknown model {cells['model']!r} (one of {', '.join(ASSET_MODELS)})",
+            )
+        else:
+            row.model = model
+        row.purchase = self.date_cell(row, "purchase_date", required=True)
+        if row.purchase and self.today and row.purchase > self.today:
+            self.problem(line, "purchase_date", f"{row.purchase} is in the future")
+        if not _SITE_RE.match(cells["site"]):
+            self.problem(line, "site", "missing or not a site id (letters, digits, . _ -)")
+        host = cells["host_serial"]
+        if host:
+            if not _SERIAL_RE.match(host):
+                self.problem(line, "host_serial", "not a serial (letters, digits, . _ -)")
+            elif model is not None and model != "studio_e70":
+                self.problem(
+                    line, "host_serial", "only an E70 camera hangs off a host; leave empty"
+                )
+            elif host == row.serial:
+                self.problem(line, "host_serial", "a camera cannot be its own host")
+            else:
+                row.host_serial = host
+        self.check_contract(row)
+
+    def check_contract(self, row: _Row) -> None:
+        cells, line = row.cells, row.line
+        plan_id = cells["plan"]
+        filled = [c for c in CONTRACT_COLUMNS if cells[c]]
+        plan: Plan | None = None
+        if plan_id and self.plans is not None:
+            try:
+                plan = self.plans.get(plan_id)
+            except KeyError as exc:
+                self.problem(line, "plan", str(exc.args[0]))
+                return
+        if plan is None or not plan.contract:
+            for column in filled:
+                reason = (
+                    "a contract needs a plan"
+                    if plan is None
+                    else (f"{plan_id} is the manufacturer warranty from purchase, not a contract")
+                )
+                self.problem(line, column, f"{reason}; leave it empty or set the plan")
+            return
+        number = cells["contract_number"]
+        if not number:
+            # W5: no ticket can be filed without the contract number.
+            self.problem(line, "contract_number", f"missing: a {plan_id} contract needs its number")
+        start = self.date_cell(row, "contract_start", required=True)
+        end = self.date_cell(row, "contract_end", required=True)
+        if start is None or end is None:
+            return
+        if end < start:
+            self.problem(line, "contract_end", f"{end} is before contract_start {start}")
+            return
+        if row.purchase is not None and start < row.purchase:
+            self.problem(
+                line, "contract_start", f"{start} is before the purchase_date {row.purchase}"
+            )
+            return
+        rules: list[str] = []
+        term = whole_years(start, end)
+        last = term[1] if term else end
+        longest = add_years(start, plan.max_term_years) - timedelta(days=1)
+        if last > longest:
+            self.problem(
+                line,
+                "contract_end",
+                f"{plan_id} runs at most {plan.max_term_years} year(s): "
+                f"the last day from {start} is {longest}",
+            )
+        elif plan.term_years is not None and (term is None or term[0] not in plan.term_years):
+            choices = " or ".join(
+                f"{_last_day(start, n)} ({n} year{'s' if n > 1 else ''})" for n in plan.term_years
+            )
+            if plan.term_breach == "error":
+                self.problem(
+                    line,
+                    "contract_end",
+                    f"{plan.term_rule}: {plan_id} is sold in whole terms only; "
+                    f"from {start} the last day is {choices}",
+                )
+            else:
+                rules.append(str(plan.term_rule))
+        if plan.eligible_models is not None and row.model and row.model not in plan.eligible_models:
+            rules.append(str(plan.eligibility_rule))  # H1
+        if (
+            plan.purchase_to_contract_days is not None
+            and row.purchase is not None
+            and (start - row.purchase).days > plan.purchase_to_contract_days
+        ):
+            rules.append(str(plan.purchase_rule))  # H5, E6: day 30 is still eligible, 31 is not
+        # Kept even when its own cells are wrong, so that E5 still checks the chain around it.
+        row.contract = Contract(
+            plan=plan_id,
+            number=number,
+            start=start,
+            end=last,
+            ineligible_rules=tuple(sorted(set(rules))),
+            line=line,
+        )
+
+    def check_device(self, rows: list[_Row]) -> Asset | None:
+        first = rows[0]
+        for row in rows[1:]:
+            for column in _DEVICE_FIELDS:
+                mine, theirs = row.cells[column], first.cells[column]
+                if column == "model":
+                    mine, theirs = row.model, first.model
+                if mine != theirs:
+                    self.problem(
+                        row.line,
+                        column,
+                        f"serial {row.serial}: {column} {row.cells[column]!r} disagrees with "
+                        f"line {first.line} ({first.cells[column]!r})",
+                    )
+        bare = [r for r in rows if self.is_bare(r)]
+        if bare and len(rows) > 1:
+            for row in bare:
+                self.problem(
+                    row.line,
+                    "plan",
+                    f"serial {row.serial} is listed on lines "
+                    f"{', '.join(str(r.line) for r in rows)}; a row without a contract must be "
+                    "its only row",
+                )
+        contracts = sorted((r.contract for r in rows if r.contract), key=lambda c: c.start)
+        for before, after in itertools.pairwise(contracts):
+            expected = before.end + timedelta(days=1)
+            if after.start < expected:
+                self.problem(
+                    after.line,
+                    "contract_start",
+                    f"E5: overlaps the contract on line {before.line} (covered to {before.end}); "
+                    f"a renewal starts on {expected}",
+                )
+            elif after.start > expected:
+                self.problem(
+                    after.line,
+                    "contract_start",
+                    f"E5: gap after the contract on line {before.line} (covered to {before.end}); "
+                    f"a renewal starts on {expected}",
+                )
+        if first.purchase is None or not first.model:
+            return None
+        return Asset(
+            serial=first.serial,
+            model=first.model,
+            purchase_date=first.purchase,
+            site=first.cells["site"],
+            room=first.cells["room"],
+            host_serial=first.host_serial,
+            contracts=tuple(contracts),
+            lines=tuple(r.line for r in rows),
+        )
+
+    def is_bare(self, row: _Row) -> bool:
+        """True for a row with no contract (plain manufacturer warranty)."""
+        if not row.cells["plan"]:
+            return True
+        plan = self.plans.plans.get(row.cells["plan"]) if self.plans else None
+        return plan is not None and not plan.contract
+
+
+def _read_csv(text: str, columns: tuple[str, ...], checker: _Checker) -> list[_Row]:
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
+    try:
+        header = next(reader)
+    except StopIteration:
+        checker.problem(1, "-", f"empty file: the first line names the columns {','.join(columns)}")
+        return []
+    except csv.Error as exc:
+        checker.problem(1, "-", f"not CSV: {exc}")
+        return []
+    names = [name.strip().lower() for name in header]
+    missing = [c for c in columns if c not in names]
+    unknown = [n for n in names if n not in columns]
+    for column in missing:
+        checker.problem(1, column, "missing column")
+    for name in unknown:
+        checker.problem(1, name or "-", f"unknown column (expected {','.join(columns)})")
+    if len(set(names)) != len(names):
+        checker.problem(1, "-", "a column is named twice")
+    if missing or unknown or len(set(names)) != len(names):
+        return []
+    rows: list[_Row] = []
+    try:
+        for cells in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(rows) >= MAX_ROWS:
+                checker.problem(line, "-", f"more than {MAX_ROWS} rows: split the file")
+                break
+            if len(cells) != len(names):
+                checker.problem(line, "-", f"{len(cells)} cells, the header has {len(names)}")
+                continue
+            values = {name: cell.strip() for name, cell in zip(names, cells, strict=True)}
+            rows.append(_Row(line=line, cells=values))
+    except csv.Error as exc:
+        checker.problem(reader.line_num, "-", f"not CSV: {exc}")
+    return rows
+
+
+def parse_registry(text: str, plans: PlanCatalogue, *, today: date | None = None) -> list[Asset]:
+    """Every device of a registry CSV, or RegistryImportError listing every bad cell.
+
+    A well-formed contract that breaks an eligibility rule (H1, H5) is kept
+    with the rule's id in ``ineligible_rules``. ``today`` refuses purchases in
+    the future when given.
+    """
+    checker = _Checker(plans, today)
+    rows = _read_csv(text, COLUMNS, checker)
+    for row in rows:
+        checker.check_row(row)
+    by_serial: dict[str, list[_Row]] = {}
+    for row in rows:
+        if row.serial:
+            by_serial.setdefault(row.serial, []).append(row)
+    assets = [
+        asset
+        for serial_rows in by_serial.values()
+        if (asset := checker.check_device(serial_rows)) is not None
+    ]
+    if checker.problems:
+        raise RegistryImportError(checker.problems)
+    return assets
+
+
+def parse_installed_firmware(text: str) -> dict[str, FirmwareVersion]:
+    """serial -> installed version from a ``serial,version`` CSV, or RegistryImportError."""
+    checker = _Checker(None, None)
+    rows = _read_csv(text, FIRMWARE_COLUMNS, checker)
+    installed: dict[str, FirmwareVersion] = {}
+    seen: dict[str, int] = {}
+    for row in rows:
+        serial, version = row.cells["serial"], row.cells["version"]
+        if not _SERIAL_RE.match(serial):
+            checker.problem(row.line, "serial", "missing or not a serial (letters, digits, . _ -)")
+            continue
+        if serial in seen:
+            checker.problem(row.line, "serial", f"{serial} is already on line {seen[serial]}")
+            continue
+        seen[serial] = row.line
+        try:
+            installed[serial] = FirmwareVersion.parse(version)
+        except VersionError as exc:
+            checker.problem(row.line, "version", str(exc))
+    if checker.problems:
+        raise RegistryImportError(checker.problems)
+    return installed
+
+
+def render_registry(assets: Iterable[Asset]) -> str:
+    """The registry as CSV with the import columns, one row per contract (or one bare row)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for asset in sorted(assets, key=lambda a: a.serial):
+        device = {
+            "serial": asset.serial,
+            "model": asset.model,
+            "purchase_date": asset.purchase_date.isoformat(),
+            "site": asset.site,
+            "room": asset.room,
+            "host_serial": asset.host_serial or "",
+        }
+        contracts: list[Contract | None] = list(asset.contracts) or [None]
+        for contract in contracts:
+            cells = dict(device, plan="", contract_number="", contract_start="", contract_end="")
+            if contract is not None:
+                cells.update(
+                    plan=contract.plan,
+                    contract_number=contract.number,
+                    contract_start=contract.start.isoformat(),
+                    contract_end=contract.end.isoformat(),
+                )
+            writer.writerow([cells[c] for c in COLUMNS])
+    return out.getvalue()

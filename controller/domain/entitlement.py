@@ -1,0 +1,319 @@
+"""What a device may get at a moment: plan, warranty, patches, upgrades, next firmware hop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from controller.domain.assets import Asset, Contract
+from controller.domain.calendar import warsaw_date
+from controller.domain.plans import Plan, PlanCatalogue
+from controller.domain.releases import HopKind, Release, ReleaseCatalogue, hop_kind
+from shared.version import FirmwareVersion
+
+#: Horizons of the ``contract_expiring_N`` flags, smallest first.
+EXPIRY_HORIZONS = (30, 60, 90, 180)
+#: ``patch_window_closing`` when patches end within this many days.
+PATCH_CLOSING_DAYS = 30
+#: Every flag a verdict may carry, in the order they are listed.
+FLAGS = (
+    "update_entitled",
+    "update_not_entitled",
+    "patch_window_closing",
+    *(f"contract_expiring_{days}" for days in EXPIRY_HORIZONS),
+    "out_of_warranty",
+    "ineligible_contract",
+    "unknown_asset",
+    "not_reported",
+)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A run of covered days, both ends included (E1)."""
+
+    start: date
+    end: date
+
+    def covers(self, day: date) -> bool:
+        return self.start <= day <= self.end
+
+
+@dataclass(frozen=True)
+class Window:
+    """The covered runs of one right (warranty, patches or upgrades), merged where they touch."""
+
+    spans: tuple[Span, ...]
+
+    @classmethod
+    def of(cls, spans: Iterable[Span]) -> Window:
+        merged: list[Span] = []
+        for span in sorted(spans, key=lambda s: s.start):
+            if merged and span.start <= merged[-1].end + timedelta(days=1):
+                merged[-1] = Span(merged[-1].start, max(merged[-1].end, span.end))
+            else:
+                merged.append(span)
+        return cls(tuple(merged))
+
+    def covers(self, day: date) -> bool:
+        return any(span.covers(day) for span in self.spans)
+
+    def relevant(self, day: date) -> Span | None:
+        """The run holding ``day``; else the last one before it; else the first one after it."""
+        for span in self.spans:
+            if span.covers(day):
+                return span
+        past = [span for span in self.spans if span.end < day]
+        if past:
+            return past[-1]
+        return self.spans[0] if self.spans else None
+
+    def until(self, day: date) -> date | None:
+        """Last covered day of the relevant run (E1), or None when the right never applies."""
+        span = self.relevant(day)
+        return span.end if span else None
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The warranty, patch and upgrade windows of one device across its whole history."""
+
+    warranty: Window
+    patches: Window
+    upgrades: Window
+
+    def window_for(self, kind: HopKind) -> Window:
+        """The patch window for a patch, the upgrade window for an upgrade (S4)."""
+        return self.patches if kind == "patch" else self.upgrades
+
+
+def coverage(asset: Asset, plans: PlanCatalogue) -> Coverage:
+    """Windows from purchase and contracts (E3, E4, S1, S2)."""
+    purchase = asset.purchase_date
+    warranty = [Span(purchase, plans.standard_warranty_until(purchase))]  # E3
+    patches = [Span(purchase, plans.purchase_patches_until(purchase))]  # S1
+    upgrades: list[Span] = []
+    for contract in asset.contracts:
+        plan = plans.get(contract.plan)
+        term = Span(contract.start, contract.end)
+        warranty.append(term)  # E3: every plan covers hardware during its term
+        if plan.patches_whole_term:
+            patches.append(term)  # E4
+        if plan.upgrades:
+            upgrades.append(term)  # S2
+    return Coverage(Window.of(warranty), Window.of(patches), Window.of(upgrades))
+
+
+def plan_in_force(asset: Asset, plans: PlanCatalogue, day: date) -> Plan | None:
+    """The contract's plan covering ``day``; else standard while the 1-year warranty runs (E5)."""
+    contract = asset.contract_at(day)
+    if contract is not None:
+        return plans.get(contract.plan)
+    if asset.purchase_date <= day <= plans.standard_warranty_until(asset.purchase_date):
+        return plans.standard
+    return None
+
+
+def entitled_to(
+    asset: Asset,
+    plans: PlanCatalogue,
+    installed: FirmwareVersion,
+    target: FirmwareVersion,
+    install_at: datetime,
+) -> bool:
+    """True when installing ``target`` over ``installed`` at ``install_at`` is covered (S3, S4)."""
+    window = coverage(asset, plans).window_for(hop_kind(installed, target))
+    return window.covers(warsaw_date(install_at))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FirmwareVerdict:
+    """The installed version and the next hop towards the newest release (E7)."""
+
+    installed: str | None = None
+    next: str | None = None
+    kind: HopKind | None = None
+    entitled: bool | None = None
+    entitled_next: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "installed": self.installed,
+            "next": self.next,
+            "kind": self.kind,
+            "entitled": self.entitled,
+            "entitled_next": self.entitled_next,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntitlementVerdict:
+    """Everything one device may get at one moment; ``to_json`` is the issue's verdict shape."""
+
+    serial: str
+    plan: str | None
+    warranty_until: date | None
+    patches_until: date | None
+    upgrades_until: date | None
+    window: str | None
+    reaction_hours: int | None
+    repair: str | None
+    language: str | None
+    eligible: bool
+    ineligible_rules: tuple[str, ...]
+    flags: tuple[str, ...]
+    firmware: FirmwareVerdict = field(default_factory=FirmwareVerdict)
+    contract_number: str | None = None
+    contract_until: date | None = None
+
+    def with_flags(self, *extra: str) -> EntitlementVerdict:
+        """The same verdict with more flags, kept in the canonical order."""
+        merged = set(self.flags) | set(extra)
+        return replace(self, flags=tuple(flag for flag in FLAGS if flag in merged))
+
+    def to_json(self) -> dict[str, Any]:
+        def day(value: date | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "serial": self.serial,
+            "plan": self.plan,
+            "warranty_until": day(self.warranty_until),
+            "patches_until": day(self.patches_until),
+            "upgrades_until": day(self.upgrades_until),
+            "window": self.window,
+            "reaction_hours": self.reaction_hours,
+            "repair": self.repair,
+            "language": self.language,
+            "eligible": self.eligible,
+            "ineligible_rules": list(self.ineligible_rules),
+            "flags": list(self.flags),
+            "firmware": self.firmware.to_json(),
+        }
+
+
+def _firmware_verdict(
+    model: str | None,
+    installed: FirmwareVersion | None,
+    installed_text: str | None,
+    releases: ReleaseCatalogue,
+    cover: Coverage,
+    day: date,
+) -> FirmwareVerdict:
+    if installed is None or (model is not None and not releases.applies_to(model)):
+        # An E70 camera runs firmware of its own; the VideoOS catalogue says nothing about it.
+        return FirmwareVerdict(installed=installed_text or (str(installed) if installed else None))
+    text = installed_text or str(installed)
+    candidates: Sequence[Release] = releases.candidates(installed, day)  # E7
+    if not candidates:
+        return FirmwareVerdict(installed=text)
+    hop = candidates[-1]
+    kind = hop_kind(installed, hop.version)  # S3
+    covered = [
+        release
+        for release in candidates
+        if cover.window_for(hop_kind(installed, release.version)).covers(day)  # S4
+    ]
+    return FirmwareVerdict(
+        installed=text,
+        next=hop.text,
+        kind=kind,
+        entitled=cover.window_for(kind).covers(day),
+        entitled_next=covered[-1].text if covered else None,
+    )
+
+
+def judge(
+    asset: Asset,
+    plans: PlanCatalogue,
+    releases: ReleaseCatalogue,
+    at: datetime,
+    *,
+    installed: FirmwareVersion | None = None,
+    installed_text: str | None = None,
+) -> EntitlementVerdict:
+    """The verdict for ``asset`` at ``at`` (S1-S4, H1-H6, P5, E1-E7); ``at`` must be aware."""
+    day = warsaw_date(at)  # E1: day boundaries are Warsaw dates
+    cover = coverage(asset, plans)
+    plan = plan_in_force(asset, plans, day)
+    in_force = asset.contract_at(day)
+    # Past contracts no longer matter; the one in force and those still to come do (H1, H5).
+    live: list[Contract] = [c for c in asset.contracts if c.end >= day]
+    rules = tuple(sorted({rule for c in live for rule in c.ineligible_rules}))
+    firmware = _firmware_verdict(asset.model, installed, installed_text, releases, cover, day)
+    flags: set[str] = set()
+    if firmware.entitled_next is not None:
+        flags.add("update_entitled")
+    if firmware.next is not None and not firmware.entitled:
+        flags.add("update_not_entitled")
+    patches_until = cover.patches.until(day)
+    if (
+        cover.patches.covers(day)
+        and patches_until is not None
+        and (patches_until - day).days <= PATCH_CLOSING_DAYS
+    ):
+        flags.add("patch_window_closing")
+    contract_until: date | None = None
+    if in_force is not None:
+        # E5: renewals already registered continue the contract, so the chain's end is what lapses.
+        contract_until = asset.contracts[-1].end
+        left = (contract_until - day).days
+        horizon = next((h for h in EXPIRY_HORIZONS if left <= h), None)
+        if horizon is not None:
+            flags.add(f"contract_expiring_{horizon}")
+    if not cover.warranty.covers(day):
+        flags.add("out_of_warranty")
+    if rules:
+        flags.add("ineligible_contract")
+    return EntitlementVerdict(
+        serial=asset.serial,
+        plan=plan.id if plan else None,
+        warranty_until=cover.warranty.until(day),
+        patches_until=patches_until,
+        upgrades_until=cover.upgrades.until(day),
+        window=plan.window if plan else None,
+        reaction_hours=plan.reaction_hours if plan else None,  # W2: none unless promised
+        repair=plan.repair.key if plan else None,
+        language=plan.language if plan else None,
+        eligible=not rules,
+        ineligible_rules=rules,
+        flags=tuple(flag for flag in FLAGS if flag in flags),
+        firmware=firmware,
+        contract_number=in_force.number if in_force else None,
+        contract_until=contract_until,
+    )
+
+
+def unknown_asset_verdict(
+    serial: str,
+    releases: ReleaseCatalogue,
+    at: datetime,
+    *,
+    installed: FirmwareVersion | None = None,
+    installed_text: str | None = None,
+    model: str | None = None,
+) -> EntitlementVerdict:
+    """A device an agent reports but the registry lacks: nothing is known to be covered."""
+    empty = Coverage(Window(()), Window(()), Window(()))
+    day = warsaw_date(at)
+    firmware = _firmware_verdict(model, installed, installed_text, releases, empty, day)
+    flags = {"unknown_asset"}
+    if firmware.next is not None:
+        flags.add("update_not_entitled")
+    return EntitlementVerdict(
+        serial=serial,
+        plan=None,
+        warranty_until=None,
+        patches_until=None,
+        upgrades_until=None,
+        window=None,
+        reaction_hours=None,
+        repair=None,
+        language=None,
+        eligible=True,
+        ineligible_rules=(),
+        flags=tuple(flag for flag in FLAGS if flag in flags),
+        firmware=firmware,
+    )

@@ -1,0 +1,101 @@
+"""Entitlement's side of the disk: catalogue files in, releases.toml written atomically."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
+from controller.domain.releases import (
+    Release,
+    ReleaseCatalogue,
+    make_release,
+    parse_releases,
+    render_releases,
+)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_PLANS_PATH = DATA_DIR / "plans.toml"
+DEFAULT_RELEASES_PATH = DATA_DIR / "releases.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise CatalogueError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_plans(path: Path | None = None) -> PlanCatalogue:
+    """The plan catalogue from ``path`` (default: the shipped plans.toml)."""
+    source = path or DEFAULT_PLANS_PATH
+    try:
+        return parse_plans(_read_toml(source))
+    except CatalogueError as exc:
+        raise CatalogueError(f"{source}: {exc}") from None
+
+
+def load_releases(path: Path | None = None) -> ReleaseCatalogue:
+    """The release catalogue from ``path`` (default: the shipped releases.toml)."""
+    source = path or DEFAULT_RELEASES_PATH
+    try:
+        return parse_releases(_read_toml(source))
+    except CatalogueError as exc:
+        raise CatalogueError(f"{source}: {exc}") from None
+
+
+def catalogue_paths(section: Mapping[str, Any]) -> tuple[Path | None, Path | None]:
+    """(plans, releases) paths from a config's ``[entitlement]`` table; None = shipped file."""
+    paths: list[Path | None] = []
+    for key in ("plans", "releases"):
+        value = section.get(key)
+        if value is not None and not isinstance(value, str):
+            raise CatalogueError(f"[entitlement].{key}: a file path expected")
+        paths.append(Path(value) if value else None)
+    return paths[0], paths[1]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: write a sibling, fsync, rename, fsync the folder."""
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def add_release(
+    version: str, released: date, needs: str | None = None, *, path: Path | None = None
+) -> Release:
+    """Validate one release and add it to the catalogue file; CatalogueError leaves it unchanged."""
+    target = path or DEFAULT_RELEASES_PATH
+    release = make_release(version, released, needs)
+    lock_path = target.with_name(f".{target.name}.lock")
+    # Two admins adding at once must not lose one of the additions.
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        catalogue = load_releases(target).add(release)
+        text = render_releases(catalogue)
+        parse_releases(tomllib.loads(text))  # what we write must read back the same way
+        write_atomically(target, text)
+    return release
