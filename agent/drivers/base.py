@@ -1,0 +1,110 @@
+"""The one contract every device driver fulfils (its docstrings are the specification)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from agent.config import DeviceConfig
+from shared.schema import Snapshot
+
+
+@dataclass
+class Pins:
+    """The fingerprints a driver must hold the device to; ``None`` means "learn it" (first use)."""
+
+    tls: str | None = None
+    ssh: str | None = None
+    #: Filled in by the driver with what it saw, so the caller can pin on first use.
+    seen_tls: str | None = None
+    seen_ssh: str | None = None
+
+
+@dataclass
+class DriverContext:
+    """What a driver gets besides the device: shared HTTP session, timeouts, pins."""
+
+    session: aiohttp.ClientSession
+    pins: Pins = field(default_factory=Pins)
+    request_timeout_s: float = 10.0
+
+
+class DeviceDriver(ABC):
+    """A device family behind one interface; drivers return ``shared`` models, never vendor dicts.
+
+    Failures raise the ``shared.errors`` tree: ``DeviceUnreachable``,
+    ``CertificateMismatch`` (before any credential is sent), ``AuthenticationFailed``,
+    ``LockedOut``, ``NotAPolyDevice``, ``DeviceWedged``, ``DeviceProtocolError``.
+    Each carries a one-line ``reason`` and the ``host``; none carries a password.
+
+    Every call logs in, works, and logs out again: no session outlives a call.
+    """
+
+    #: Registry key (``[[devices]] driver = ...`` in the agent config).
+    platform: str = ""
+
+    def __init__(self, device: DeviceConfig, password: str, context: DriverContext) -> None:
+        self.device = device
+        self._password = password
+        self.context = context
+
+    @abstractmethod
+    async def poll(self) -> list[Snapshot]:
+        """Read the device once and return its snapshot, then one per camera with its own entry.
+
+        The first item is the device itself; cameras that carry their own serial
+        (Studio E70) follow with ``host_serial`` set. Example (``model_dump(mode="json")``)::
+
+            [
+              {"serial": "8L200353429AFC", "model": "g7500", "model_raw": "G7500",
+               "system_name": "Krakow Boardroom", "firmware": {"version": "4.1.0",
+               "build": "382263"}, "provider": "teams",
+               "health": {"state": "degraded", "problems": [
+                   {"code": "peripheral_disconnected",
+                    "detail": "Poly Studio E70 E70A1 DISCONNECTED"}]},
+               "in_call": false, "uptime_s": 693845.31,
+               "peripherals": [{"kind": "camera", "model_raw": "Poly Studio E70",
+                                "serial": "E70A1", "firmware": "1.2.0", "state": "DISCONNECTED"}],
+               "host_serial": null, "collected_at": "2026-11-25T21:00:00Z", "via": "rest"},
+              {"serial": "E70A1", "model": "studio_e70", "model_raw": "Poly Studio E70",
+               "system_name": "Krakow Boardroom", "firmware": {"version": "1.2.0", "build": ""},
+               "provider": "teams", "health": {"state": "fault", "problems": [
+                   {"code": "peripheral_disconnected", "detail": "DISCONNECTED"}]},
+               "in_call": false, "uptime_s": null, "peripherals": [],
+               "host_serial": "8L200353429AFC", "collected_at": "2026-11-25T21:00:00Z",
+               "via": "rest"}
+            ]
+
+        Problems found on a device that answered are in ``health.problems``; a
+        device that could not be read raises instead (the poller turns that into
+        ``unreachable``, ``auth_failed``, ``locked_out``, ``certificate_changed``).
+        """
+
+    @abstractmethod
+    async def poll_fallback(self, cause: Exception) -> list[Snapshot]:
+        """Read the device another way after ``poll`` failed with ``cause`` (REST wedged/down).
+
+        Example: a wedged VideoOS unit read over SSH gives the same shape as
+        ``poll`` with ``"via": "ssh"`` and an ``api_error`` problem naming the
+        cause. Raises like ``poll`` when the other way fails too.
+        """
+
+    @abstractmethod
+    async def in_call(self) -> bool:
+        """True while the device is in a call (or ringing); reading only. Example: ``False``."""
+
+    @abstractmethod
+    async def reboot(self) -> None:
+        """Restart the device. Callers must check :meth:`in_call` first (never disturb a call)."""
+
+    @abstractmethod
+    async def diagnostics(self) -> dict[str, bytes]:
+        """Files for a diagnostics bundle, name -> content. Example::
+
+            {"system-logs.tar": b"...", "ssh-status.txt": b"camera up\\n...status end\\n",
+             "ssh-whoami.txt": b"Hi, my name is : Krakow Boardroom\\n..."}
+
+        A part that cannot be read is replaced by ``<name>.error.txt`` saying why.
+        """

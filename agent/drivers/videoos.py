@@ -1,0 +1,542 @@
+"""Driver for Poly VideoOS bars and codecs (Studio X30/X50/X70, G7500), E70 through its host."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.drivers.base import DeviceDriver
+from agent.transport.rest import FeatureAbsent, RestClient, fetch_certificate_fingerprint
+from agent.transport.ssh import SshClient, SshSession
+from shared.errors import DeviceError, DeviceProtocolError, NotAPolyDevice
+from shared.schema import (
+    Firmware,
+    Health,
+    HealthState,
+    Model,
+    Peripheral,
+    Problem,
+    ProblemCode,
+    Provider,
+    Snapshot,
+    Via,
+)
+from shared.version import FirmwareVersion, VersionError
+
+log = logging.getLogger(__name__)
+
+#: ``GET /rest/system`` ``model`` (spaces and case removed) -> our model.
+MODEL_MAP: dict[str, Model] = {
+    "studiox30": Model.STUDIO_X30,
+    "polystudiox30": Model.STUDIO_X30,
+    "studiox50": Model.STUDIO_X50,
+    "polystudiox50": Model.STUDIO_X50,
+    "studiox70": Model.STUDIO_X70,
+    "polystudiox70": Model.STUDIO_X70,
+    "g7500": Model.G7500,
+    "polyg7500": Model.G7500,
+    "studioe70": Model.STUDIO_E70,
+    "polystudioe70": Model.STUDIO_E70,
+}
+
+#: Package or persona names -> provider mode (Teams/Zoom names are assumed, see the device doc).
+PROVIDER_HINTS: tuple[tuple[str, Provider], ...] = (
+    ("camuvc", Provider.DEVICE_MODE),
+    ("teams", Provider.TEAMS),
+    ("skype", Provider.TEAMS),
+    ("zoom", Provider.ZOOM),
+    ("polylauncher", Provider.POLY),
+    ("polyvideo", Provider.POLY),
+    ("poly", Provider.POLY),
+)
+
+#: Peripheral states that count as present.
+GOOD_PERIPHERAL_STATES = frozenset({"CONNECTED", "PAIRED"})
+#: Status values that are never a fault: ``off`` = not configured, ``unknown`` = optional.
+NEUTRAL_STATUS = frozenset({"off", "unknown", ""})
+GOOD_STATUS = frozenset({"up", "all_up", "ok", "on", "registered"})
+#: Connection states that mean a call is live.
+CALL_STATES = frozenset({"CONNECTED", "RINGING", "CONNECTING", "ALERTING", "DIALING"})
+_UPTIME_PART = re.compile(r"(\d+)\s*(day|hour|minute|second)s?", re.IGNORECASE)
+_MAX_ITEMS = 64
+
+
+def normalise_model(raw: str) -> Model:
+    key = re.sub(r"[^a-z0-9]", "", raw.lower())
+    return MODEL_MAP.get(key, Model.UNKNOWN)
+
+
+def provider_from_text(*texts: str) -> Provider:
+    for text in texts:
+        lowered = text.lower()
+        for needle, provider in PROVIDER_HINTS:
+            if needle in lowered:
+                return provider
+    return Provider.UNKNOWN
+
+
+def _text(value: Any, limit: int = 256) -> str:
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, str | int | float):
+        return str(value).strip()[:limit]
+    return ""
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value[: _MAX_ITEMS * 4] if isinstance(value, list) else []
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if number >= 0 else None
+    return None
+
+
+def _serial(value: Any) -> str:
+    text = _text(value, 64)
+    return text if re.fullmatch(r"[A-Za-z0-9._\-]+", text) else ""
+
+
+def split_firmware(version: str, build: str = "") -> Firmware:
+    """``4.1.0`` + ``382263``, or ``4.1.0-382263`` alone -> Firmware(version, build)."""
+    try:
+        parsed = FirmwareVersion.parse(version, build or None)
+    except VersionError:
+        return Firmware(version=version[:256], build=build[:256])
+    return Firmware(version=parsed.release, build=str(parsed.build) if parsed.build else build)
+
+
+def status_map(entries: Any) -> dict[str, str]:
+    """``GET /rest/system/status`` list -> {short name: state}, e.g. {"mr.camera": "all_up"}."""
+    result: dict[str, str] = {}
+    for entry in _list(entries):
+        item = _dict(entry)
+        name = _text(item.get("name")).lower()
+        if not name:
+            continue
+        states = _list(item.get("stateList"))
+        state = _text(states[0]).lower() if states else _text(item.get("state")).lower()
+        result[name.removeprefix("system.status.")] = state
+    return result
+
+
+#: SSH ``status`` names (legacy API) -> the REST short names.
+SSH_STATUS_NAMES = {
+    "ipnetwork": "ipnetwork",
+    "lan": "ipnetwork",
+    "network": "ipnetwork",
+    "camera": "mr.camera",
+    "cameras": "mr.camera",
+    "mr.camera": "mr.camera",
+    "trackablecamera": "trackablecamera",
+    "audio": "mr.audio",
+    "microphone": "mr.audio",
+    "microphones": "mr.audio",
+    "mr.audio": "mr.audio",
+    "sip": "sipserver",
+    "sipserver": "sipserver",
+    "logthreshold": "logthreshold",
+    "log": "logthreshold",
+}
+
+
+def ssh_status_map(text: str) -> dict[str, str]:
+    """SSH ``status`` output (``<name> <state>`` lines, ``status end``) -> REST-style names."""
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.strip().split()
+        if len(parts) < 2 or parts[0].lower() in ("status", "error:", "info:"):
+            continue
+        name = parts[0].lower().removeprefix("system.status.")
+        name = SSH_STATUS_NAMES.get(name, name)
+        result[name] = parts[-1].lower()
+    return result
+
+
+def problems_from_status(status: dict[str, str], *, lan_state: str = "") -> list[Problem]:
+    """Problem codes from subsystem states (the device document's mapping table)."""
+    problems: list[Problem] = []
+
+    def bad(name: str) -> str | None:
+        value = status.get(name)
+        if value is None or value in NEUTRAL_STATUS or value in GOOD_STATUS:
+            return None
+        return value
+
+    ipnet = status.get("ipnetwork", "")
+    if (lan_state and lan_state != "LAN_UP") or ipnet == "down":
+        problems.append(
+            Problem(code=ProblemCode.LAN_DOWN, detail=f"lan {lan_state or ipnet}".strip())
+        )
+    camera = bad("mr.camera")
+    tracking = status.get("trackablecamera")
+    if camera is not None or tracking == "down":
+        problems.append(
+            Problem(code=ProblemCode.CAMERA_DOWN, detail=f"camera {camera or 'tracking down'}")
+        )
+    audio = bad("mr.audio")
+    if audio is not None:
+        problems.append(Problem(code=ProblemCode.MICROPHONE_DOWN, detail=f"audio {audio}"))
+    if status.get("sipserver") == "down":
+        problems.append(Problem(code=ProblemCode.SIP_UNREGISTERED, detail="sip server down"))
+    if status.get("logthreshold") == "full":
+        problems.append(Problem(code=ProblemCode.LOG_STORAGE_FULL, detail="log storage full"))
+    return problems
+
+
+def provider_from_mode(mode: dict[str, Any]) -> Provider:
+    if _text(mode.get("activePersona")).lower() == "camuvc":
+        return Provider.DEVICE_MODE
+    return provider_from_text(
+        _text(mode.get("app")),
+        _text(mode.get("appPersona")),
+        _text(mode.get("activePersona")),
+        _text(mode.get("mode")),
+    )
+
+
+def provider_from_apps(apps: Any) -> Provider:
+    """Provider from ``GET /rest/system/apps`` when the firmware lacks ``/rest/system/mode``."""
+    items = [_dict(a) for a in _list(apps)]
+    active = [
+        a
+        for a in items
+        if a.get("active") is True or a.get("isActive") is True or a.get("running") is True
+    ]
+    for app in active or items:
+        found = provider_from_text(
+            _text(app.get("packageName")), _text(app.get("personaName")), _text(app.get("appName"))
+        )
+        # An installed Poly launcher is on every unit; a third-party app wins over it.
+        if found not in (Provider.UNKNOWN, Provider.POLY):
+            return found
+    for app in active or items:
+        found = provider_from_text(_text(app.get("packageName")), _text(app.get("appName")))
+        if found is not Provider.UNKNOWN:
+            return found
+    return Provider.UNKNOWN
+
+
+def in_call_from_conferences(conferences: Any) -> bool:
+    for conference in _list(conferences):
+        item = _dict(conference)
+        connections = _list(item.get("connections"))
+        if not connections:
+            return True
+        for connection in connections:
+            if _text(_dict(connection).get("state")).upper() in CALL_STATES:
+                return True
+    return False
+
+
+def parse_uptime_text(text: str) -> float | None:
+    """``3 Days, 2 Hours, 5 Minutes`` -> seconds."""
+    units = {"day": 86400, "hour": 3600, "minute": 60, "second": 1}
+    parts = _UPTIME_PART.findall(text)
+    if not parts:
+        return None
+    return float(sum(int(n) * units[u.lower()] for n, u in parts))
+
+
+def parse_whoami(text: str) -> dict[str, str]:
+    """``Hi, my name is : X`` / ``Model: ...`` lines -> {"name", "model", "serial", ...}."""
+    keys = {
+        "hi, my name is": "name",
+        "model": "model",
+        "serial number": "serial",
+        "software version": "version",
+        "build information": "build",
+    }
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        label, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = keys.get(label.strip().lower())
+        if key and key not in result:
+            result[key] = value.strip()
+    return result
+
+
+class VideoOSDriver(DeviceDriver):
+    """REST first (log in, read, log out), SSH where REST cannot answer and for diagnostics."""
+
+    platform = "videoos"
+
+    async def _rest(self) -> RestClient:
+        pins = self.context.pins
+        pin = pins.tls
+        if pin is None:
+            pin = await fetch_certificate_fingerprint(
+                self.device.host, self.device.rest_port, timeout=self.context.request_timeout_s
+            )
+            pins.seen_tls = pin
+        return RestClient(
+            self.device.host,
+            self.device.rest_port,
+            session=self.context.session,
+            pin=pin,
+            timeout=self.context.request_timeout_s,
+        )
+
+    def _ssh(self) -> SshClient:
+        if not self.device.ssh_port:
+            raise DeviceProtocolError(
+                f"{self.device.host}: no SSH port configured", host=self.device.host
+            )
+        return SshClient(
+            self.device.host,
+            self.device.ssh_port,
+            user=self.device.user,
+            password=self._password,
+            pin=self.context.pins.ssh,
+            timeout=self.context.request_timeout_s,
+        )
+
+    async def _ssh_run(self, commands: list[str], *, wait_reply: bool = True) -> SshSession:
+        result = await self._ssh().run(commands, wait_reply=wait_reply)
+        self.context.pins.seen_ssh = result.host_key_fingerprint
+        return result
+
+    async def poll(self) -> list[Snapshot]:
+        rest = await self._rest()
+        async with rest.logged_in_session(self.device.user, self._password):
+            system = await rest.get("/rest/system")
+            if not isinstance(system, dict) or not (
+                "serialNumber" in system and "softwareVersion" in system
+            ):
+                raise NotAPolyDevice(
+                    f"{self.device.host}: /rest/system is not a VideoOS system answer",
+                    host=self.device.host,
+                )
+            status = status_map(await rest.get("/rest/system/status"))
+            provider = await self._provider(rest)
+            peripherals_raw = await self._optional(
+                rest, "POST", "/rest/current/devicemanagement/devices"
+            )
+            microphones = await self._optional(rest, "GET", "/rest/audio/microphones")
+            conferences = await self._optional(rest, "GET", "/rest/conferences")
+        return self._snapshots(system, status, provider, peripherals_raw, microphones, conferences)
+
+    async def _optional(self, rest: RestClient, method: str, path: str) -> Any:
+        try:
+            if method == "POST":
+                return await rest.post(path)
+            return await rest.get(path)
+        except FeatureAbsent:
+            return None
+
+    async def _provider(self, rest: RestClient) -> Provider:
+        try:
+            mode = await rest.get("/rest/system/mode")
+        except FeatureAbsent:
+            # Older firmware: no mode endpoint, the installed apps tell the mode.
+            apps = await self._optional(rest, "GET", "/rest/system/apps")
+            return provider_from_apps(apps)
+        return provider_from_mode(_dict(mode))
+
+    def _snapshots(
+        self,
+        system: dict[str, Any],
+        status: dict[str, str],
+        provider: Provider,
+        peripherals_raw: Any,
+        microphones: Any,
+        conferences: Any,
+    ) -> list[Snapshot]:
+        now = datetime.now(UTC)
+        serial = _serial(system.get("serialNumber"))
+        if not serial:
+            raise DeviceProtocolError(
+                f"{self.device.host}: no usable serial number", host=self.device.host
+            )
+        model_raw = _text(system.get("model"))
+        system_name = _text(system.get("systemName"))
+        lan_state = _text(_dict(system.get("lanStatus")).get("state"))
+        problems = problems_from_status(status, lan_state=lan_state)
+        if system.get("rebootNeeded") is True:
+            problems.append(
+                Problem(code=ProblemCode.REBOOT_NEEDED, detail="device asks for a reboot")
+            )
+        mic_problem = self._microphone_problem(microphones)
+        if mic_problem and not any(p.code is ProblemCode.MICROPHONE_DOWN for p in problems):
+            problems.append(Problem(code=ProblemCode.MICROPHONE_DOWN, detail=mic_problem))
+        peripherals: list[Peripheral] = []
+        cameras: list[tuple[Peripheral, dict[str, Any]]] = []
+        seen: set[tuple[str, str]] = set()
+        for entry in _list(peripherals_raw):
+            item = _dict(entry)
+            category = _text(item.get("deviceCategory")).upper()
+            device_type = _text(item.get("deviceType")).upper()
+            p_serial = _serial(item.get("serialNumber"))
+            if category == "SYSTEM" or device_type == "CODEC" or (p_serial and p_serial == serial):
+                continue
+            kind = _peripheral_kind(category, device_type)
+            product = _text(item.get("productName"))
+            key = (p_serial, product)
+            if key in seen:
+                continue  # real units repeat entries
+            seen.add(key)
+            state = _text(item.get("deviceState")).upper()
+            peripheral = Peripheral(
+                kind=kind,
+                model_raw=product,
+                serial=p_serial,
+                firmware=_text(item.get("softwareVersion")),
+                state=state,
+            )
+            if len(peripherals) < _MAX_ITEMS:
+                peripherals.append(peripheral)
+            if state not in GOOD_PERIPHERAL_STATES:
+                problems.append(
+                    Problem(
+                        code=ProblemCode.PERIPHERAL_DISCONNECTED,
+                        detail=f"{product or kind} {p_serial} {state or 'missing'}".strip()[:256],
+                    )
+                )
+            if kind == "camera" and normalise_model(product) is Model.STUDIO_E70 and p_serial:
+                cameras.append((peripheral, item))
+        in_call = in_call_from_conferences(conferences)
+        host = Snapshot(
+            serial=serial,
+            model=normalise_model(model_raw),
+            model_raw=model_raw,
+            system_name=system_name,
+            firmware=split_firmware(
+                _text(system.get("softwareVersion")), _text(system.get("build"))
+            ),
+            provider=provider,
+            health=Health.from_problems(problems[:64]),
+            in_call=in_call,
+            uptime_s=_float(system.get("uptime")),
+            peripherals=peripherals,
+            collected_at=now,
+            via=Via.REST,
+        )
+        result = [host]
+        for camera, _raw in cameras:
+            cam_problems: list[Problem] = []
+            if camera.state not in GOOD_PERIPHERAL_STATES:
+                cam_problems.append(
+                    Problem(
+                        code=ProblemCode.PERIPHERAL_DISCONNECTED, detail=camera.state or "missing"
+                    )
+                )
+            # The camera's own entry: losing it is a fault for the camera itself.
+            cam_state = HealthState.FAULT if cam_problems else HealthState.OK
+            result.append(
+                Snapshot(
+                    serial=camera.serial,
+                    model=Model.STUDIO_E70,
+                    model_raw=camera.model_raw,
+                    system_name=system_name,
+                    firmware=split_firmware(camera.firmware),
+                    provider=provider,
+                    health=Health(state=cam_state, problems=cam_problems),
+                    in_call=in_call,
+                    host_serial=serial,
+                    collected_at=now,
+                    via=Via.REST,
+                )
+            )
+        return result
+
+    @staticmethod
+    def _microphone_problem(microphones: Any) -> str:
+        bad = []
+        for mic in _list(microphones):
+            state = _text(_dict(mic).get("state")).upper()
+            if state and state != "MIC_STATE_GREEN":
+                bad.append(state)
+        return f"microphone {', '.join(sorted(set(bad)))}" if bad else ""
+
+    async def poll_fallback(self, cause: Exception) -> list[Snapshot]:
+        result = await self._ssh_run(["whoami", "status", "callinfo all", "uptime get"])
+        who = parse_whoami(result.outputs.get("whoami", "") or result.banner)
+        serial = _serial(who.get("serial"))
+        if not serial:
+            raise NotAPolyDevice(
+                f"{self.device.host}: SSH whoami names no serial number", host=self.device.host
+            )
+        status = ssh_status_map(result.outputs.get("status", ""))
+        problems = problems_from_status(status)
+        reason = cause.reason if isinstance(cause, DeviceError) else type(cause).__name__
+        problems.insert(0, Problem(code=ProblemCode.API_ERROR, detail=f"REST: {reason}"))
+        callinfo = result.outputs.get("callinfo all", "")
+        in_call = "callinfo begin" in callinfo and "not in a call" not in callinfo
+        model_raw = who.get("model", "")
+        return [
+            Snapshot(
+                serial=serial,
+                model=normalise_model(model_raw),
+                model_raw=model_raw,
+                system_name=who.get("name", ""),
+                firmware=split_firmware(
+                    who.get("version", ""), _build_digits(who.get("build", ""))
+                ),
+                provider=Provider.UNKNOWN,
+                health=Health.from_problems(problems),
+                in_call=in_call,
+                uptime_s=parse_uptime_text(result.outputs.get("uptime get", "")),
+                collected_at=datetime.now(UTC),
+                via=Via.SSH,
+            )
+        ]
+
+    async def in_call(self) -> bool:
+        rest = await self._rest()
+        async with rest.logged_in_session(self.device.user, self._password):
+            return in_call_from_conferences(await rest.get("/rest/conferences"))
+
+    async def reboot(self) -> None:
+        rest = await self._rest()
+        async with rest.logged_in_session(self.device.user, self._password):
+            await rest.post("/rest/system/reboot", {"action": "reboot"})
+
+    async def diagnostics(self) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        try:
+            rest = await self._rest()
+            async with rest.logged_in_session(self.device.user, self._password):
+                files["system-logs.tar"] = await rest.get_bytes("/rest/system/logs")
+        except DeviceError as exc:
+            files["system-logs.error.txt"] = f"{exc.reason}: {exc}\n".encode()
+        try:
+            result = await self._ssh_run(["status", "whoami"])
+            files["ssh-status.txt"] = result.outputs.get("status", "").encode() + b"\n"
+            files["ssh-whoami.txt"] = result.outputs.get("whoami", "").encode() + b"\n"
+        except DeviceError as exc:
+            files["ssh.error.txt"] = f"{exc.reason}: {exc}\n".encode()
+        return files
+
+
+def _peripheral_kind(category: str, device_type: str) -> Any:
+    if category == "CAMERA" or device_type == "CAMERA":
+        return "camera"
+    if device_type == "TOUCHCONTROL":
+        return "touch_controller"
+    if category == "REMOTE":
+        return "remote"
+    if "MIC" in device_type or "MIC" in category:
+        return "microphone"
+    return "other"
+
+
+def _build_digits(text: str) -> str:
+    match = re.search(r"\d{3,}", text)
+    return match.group(0) if match else ""
