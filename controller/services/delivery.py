@@ -1,0 +1,254 @@
+"""The ticket outbox: durable e-mail and webhook deliveries, retried with back-off, sent once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from controller.services.email import Attachment, DeliveryError, SmtpSender, build_email
+from controller.services.ticket_config import TicketSettings
+from controller.services.webhook import WebhookSender, encode_payload
+from controller.store.base import Doc, Store
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "ticket_outbox"
+#: Entries delivered: kept so that enqueueing the same entry again sends nothing.
+SENT = "ticket_outbox_sent"
+#: Entries given up on (permanent refusal or too many attempts), for the admin to see.
+FAILED = "ticket_outbox_failed"
+
+Channel = Literal["email", "webhook"]
+Clock = Callable[[], datetime]
+#: Called after a delivery with the entry and the time; returns more puts made durable with it.
+DeliveredHook = Callable[[Doc, datetime], Mapping[str, Mapping[str, Doc]]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutgoingMessage:
+    """One message of a ticket, before it is split per channel."""
+
+    ticket_id: str
+    purpose: str  # "ticket", "reopened-2", "escalation-0", ...
+    to: str
+    subject: str
+    body: str
+    payload: dict[str, Any]
+    attachments: tuple[Attachment, ...] = ()
+
+
+def outbox_entries(
+    message: OutgoingMessage, *, channels: tuple[Channel, ...], now: datetime
+) -> dict[str, Doc]:
+    """Outbox documents for ``message``, one per channel, keyed by a stable entry id."""
+    entries: dict[str, Doc] = {}
+    for channel in channels:
+        entry_id = f"{message.ticket_id}.{message.purpose}.{channel}"
+        entry: Doc = {
+            "id": entry_id,
+            "channel": channel,
+            "ticket_id": message.ticket_id,
+            "purpose": message.purpose,
+            "created_at": now.isoformat(),
+            "attempts": 0,
+            "next_attempt_at": now.isoformat(),
+            "last_error": None,
+        }
+        if channel == "email":
+            entry["email"] = {
+                "to": message.to,
+                "subject": message.subject,
+                "body": message.body,
+                "attachments": [
+                    {"filename": a.filename, "path": str(a.path), "content_type": a.content_type}
+                    for a in message.attachments
+                ],
+            }
+        else:
+            entry["webhook"] = {
+                "payload": {
+                    **message.payload,
+                    "delivery_id": entry_id,
+                    "purpose": message.purpose,
+                }
+            }
+        entries[entry_id] = entry
+    return entries
+
+
+class TicketOutbox:
+    """Outbox documents in the store: enqueueing is idempotent against pending and sent entries."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def fresh(self, entries: Mapping[str, Doc]) -> dict[str, Doc]:
+        """The entries neither waiting nor already delivered (so a retry of a save adds none)."""
+        return {
+            key: doc
+            for key, doc in entries.items()
+            if self.store.get(OUTBOX, key) is None
+            and self.store.get(SENT, key) is None
+            and self.store.get(FAILED, key) is None
+        }
+
+    def pending(self) -> list[Doc]:
+        return sorted(self.store.scan(OUTBOX).values(), key=lambda d: str(d["created_at"]))
+
+    def sent(self) -> list[Doc]:
+        return sorted(self.store.scan(SENT).values(), key=lambda d: str(d["sent_at"]))
+
+    def failed(self) -> list[Doc]:
+        return list(self.store.scan(FAILED).values())
+
+
+class DeliveryWorker:
+    """Drains the outbox: each due entry is tried once per pass; failures wait with back-off."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: TicketSettings,
+        *,
+        clock: Clock = utc_now,
+        on_delivered: DeliveredHook | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.on_delivered = on_delivered
+        self.outbox = TicketOutbox(store)
+        self.smtp = SmtpSender(settings.smtp) if settings.smtp is not None else None
+        self.webhook = WebhookSender(settings.webhook) if settings.webhook is not None else None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._failing: set[str] = set()
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        found: list[Channel] = []
+        if self.smtp is not None:
+            found.append("email")
+        if self.webhook is not None:
+            found.append("webhook")
+        return tuple(found)
+
+    def wake(self) -> None:
+        """Something was enqueued: try now rather than at the next interval."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.close()
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Exponential: base, 2x base, 4x base ... capped at retry_max."""
+        base = self.settings.retry_base
+        delay: timedelta = base * (2 ** min(attempts - 1, 30))
+        return min(delay, self.settings.retry_max)
+
+    async def run_once(self, now: datetime | None = None) -> int:
+        """Try every due entry once; returns how many were delivered."""
+        async with self._lock:
+            moment = now or self.clock()
+            delivered = 0
+            for entry in list(self.outbox.pending()):
+                if datetime.fromisoformat(entry["next_attempt_at"]) > moment:
+                    continue
+                if await self._attempt(dict(entry), moment):
+                    delivered += 1
+            return delivered
+
+    async def run(self) -> None:
+        """Forever: a pass now, then after each wake-up or check interval."""
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The loop boundary: one bad entry or a store hiccup must not stop delivery.
+                log.exception("ticket delivery pass failed; retrying at the next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.check_interval_s)
+            self._wake.clear()
+
+    async def _send(self, entry: Doc) -> None:
+        channel = entry["channel"]
+        if channel == "email":
+            if self.smtp is None or self.settings.smtp is None:
+                raise DeliveryError("e-mail is not configured ([smtp] is missing)")
+            mail = entry["email"]
+            message = await asyncio.to_thread(
+                build_email,
+                entry_id=entry["id"],
+                sender=self.settings.smtp.sender,
+                to=mail["to"],
+                subject=mail["subject"],
+                body=mail["body"],
+                created_at=datetime.fromisoformat(entry["created_at"]),
+                attachments=[
+                    Attachment(
+                        filename=a["filename"], path=Path(a["path"]), content_type=a["content_type"]
+                    )
+                    for a in mail["attachments"]
+                ],
+                ticket_id=entry["ticket_id"],
+            )
+            await self.smtp.send(message)
+        elif channel == "webhook":
+            if self.webhook is None:
+                raise DeliveryError("the webhook is not configured ([webhook] is missing)")
+            await self.webhook.send(entry["id"], encode_payload(entry["webhook"]["payload"]))
+        else:
+            raise DeliveryError(f"unknown channel {channel!r}", permanent=True)
+
+    async def _attempt(self, entry: Doc, now: datetime) -> bool:
+        channel = entry["channel"]
+        try:
+            await self._send(entry)
+        except (DeliveryError, OSError) as exc:
+            permanent = isinstance(exc, DeliveryError) and exc.permanent
+            entry["attempts"] = int(entry["attempts"]) + 1
+            entry["last_error"] = str(exc)
+            if channel not in self._failing:
+                # Log the first failure of a channel, not every retry (then its recovery).
+                log.warning("ticket %s via %s failed: %s", entry["ticket_id"], channel, exc)
+                self._failing.add(channel)
+            if permanent or entry["attempts"] >= self.settings.max_attempts:
+                entry["failed_at"] = now.isoformat()
+                log.error("ticket %s via %s given up: %s", entry["ticket_id"], channel, exc)
+                seq = self.store.apply({FAILED: {entry["id"]: entry}}, {OUTBOX: [entry["id"]]})
+            else:
+                entry["next_attempt_at"] = (now + self.backoff(entry["attempts"])).isoformat()
+                seq = self.store.apply({OUTBOX: {entry["id"]: entry}})
+            await self.store.wait_durable(seq)
+            return False
+        if channel in self._failing:
+            self._failing.discard(channel)
+            log.info("ticket delivery via %s works again", channel)
+        record: Doc = {
+            "id": entry["id"],
+            "channel": channel,
+            "ticket_id": entry["ticket_id"],
+            "purpose": entry["purpose"],
+            "attempts": int(entry["attempts"]) + 1,
+            "sent_at": now.isoformat(),
+        }
+        puts: dict[str, dict[str, Doc]] = {SENT: {entry["id"]: record}}
+        if self.on_delivered is not None:
+            for collection, docs in self.on_delivered(entry, now).items():
+                puts.setdefault(collection, {}).update(docs)
+        seq = self.store.apply(puts, {OUTBOX: [entry["id"]]})
+        await self.store.wait_durable(seq)
+        return True

@@ -1,0 +1,228 @@
+"""Real peers for ticket tests: aiosmtpd with STARTTLS and login, a signed-webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from controller.services.webhook import DELIVERY_HEADER, verify
+from controller.store.tinydb import TinyDBStore
+
+SMTP_USER = "polyfleet"
+SMTP_PASSWORD = "smtp-secret-Zq81"
+WEBHOOK_SECRET = "hook-secret-Yw52"
+
+
+@dataclass
+class TlsFiles:
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A self-signed certificate for 127.0.0.1, trusted by the clients through ca_file."""
+    directory = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    files = TlsFiles(cert=directory / "cert.pem", key=directory / "key.pem")
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+@dataclass
+class ReceivedMail:
+    envelope_from: str
+    recipients: list[str]
+    message: EmailMessage
+    login: str
+    tls: bool
+
+
+@dataclass
+class SmtpPeer:
+    """An SMTP server that can be stopped and started again on the same port."""
+
+    tls: TlsFiles
+    port: int = 0
+    received: list[ReceivedMail] = field(default_factory=list)
+    logins_refused: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls.cert, self.tls.key)
+        peer = self
+
+        class Handler:
+            async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+                assert isinstance(envelope.content, bytes)
+                message = message_from_bytes(envelope.content, policy=policy.default)
+                assert isinstance(message, EmailMessage)
+                peer.received.append(
+                    ReceivedMail(
+                        envelope_from=str(envelope.mail_from),
+                        recipients=list(envelope.rcpt_tos),
+                        message=message,
+                        login=(session.auth_data or b"").decode()
+                        if isinstance(session.auth_data, bytes)
+                        else str(session.auth_data),
+                        tls=session.ssl is not None,
+                    )
+                )
+                return "250 OK"
+
+        def authenticator(
+            server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+        ) -> AuthResult:
+            ok = (
+                isinstance(data, LoginPassword)
+                and data.login.decode() == SMTP_USER
+                and data.password.decode() == SMTP_PASSWORD
+            )
+            if not ok:
+                peer.logins_refused += 1
+                return AuthResult(success=False, handled=False)
+            return AuthResult(success=True, auth_data=data.login)
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(
+                Handler(),
+                tls_context=context,
+                require_starttls=True,
+                auth_required=True,
+                authenticator=authenticator,
+                hostname="127.0.0.1",
+            ),
+            "127.0.0.1",
+            self.port,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+@pytest.fixture
+async def smtp_peer(tls_files: TlsFiles) -> AsyncIterator[SmtpPeer]:
+    peer = SmtpPeer(tls=tls_files)
+    await peer.start()
+    yield peer
+    await peer.stop()
+
+
+@dataclass
+class WebhookPeer:
+    """An aiohttp receiver that checks the HMAC signature; answers can be scripted."""
+
+    url: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+    delivery_ids: list[str] = field(default_factory=list)
+    bad_signatures: int = 0
+    script: list[int] = field(default_factory=list)
+    calls: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        body = await request.read()
+        if self.script:
+            status = self.script.pop(0)
+            if status != 200:
+                return web.json_response({"error": "scripted"}, status=status)
+        signature = request.headers.get("X-Polyfleet-Signature", "")
+        if not verify(WEBHOOK_SECRET, body, signature):
+            self.bad_signatures += 1
+            return web.json_response({"error": "bad signature"}, status=401)
+        self.received.append(json.loads(body))
+        self.delivery_ids.append(request.headers[DELIVERY_HEADER])
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def webhook_peer() -> AsyncIterator[WebhookPeer]:
+    peer = WebhookPeer()
+    app = web.Application()
+    app.router.add_post("/hook", peer.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    peer.url = f"http://127.0.0.1:{port}/hook"
+    yield peer
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[TinyDBStore]:
+    """The real controller store in a temporary data directory."""
+    instance = TinyDBStore(tmp_path / "data")
+    await instance.open()
+    yield instance
+    await instance.close()
+
+
+def ticket_sections(
+    smtp: SmtpPeer | None, webhook: WebhookPeer | None, **tickets: Any
+) -> dict[str, dict[str, Any]]:
+    """Config tables as an admin would write them in controller.toml."""
+    sections: dict[str, dict[str, Any]] = {"tickets": {"retry_base_s": 30, **tickets}}
+    if smtp is not None:
+        sections["smtp"] = {
+            "host": "127.0.0.1",
+            "port": smtp.port,
+            "username": SMTP_USER,
+            "password": SMTP_PASSWORD,
+            "from": "polyfleet@fleet.example.pl",
+            "ca_file": str(smtp.tls.cert),
+            "timeout_s": 10,
+        }
+    if webhook is not None:
+        sections["webhook"] = {"url": webhook.url, "secret": WEBHOOK_SECRET, "timeout_s": 10}
+    return sections
