@@ -1,0 +1,176 @@
+"""The lab's control API: JSON over loopback HTTP, to change the simulated world while it runs."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from simulator.device import FaultError, SimDevice
+from simulator.fleet import FAULTS
+
+if TYPE_CHECKING:
+    from simulator.lab import Lab
+
+LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
+
+ENDPOINTS = [
+    "GET /devices",
+    "GET /devices/{serial}",
+    "POST /devices/{serial}/faults {fault, active, ...params}",
+    "POST /devices/{serial}/call {active, remote?}",
+    "POST /devices/{serial}/power {on}",
+    "POST /devices/{serial}/reboot",
+    "GET /timeline",
+    "POST /timeline {seconds}",
+    "POST /timeline/reset",
+]
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+class _BadRequest(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.text)
+        self.response = response
+
+
+def _device(request: web.Request) -> SimDevice:
+    serial = request.match_info["serial"]
+    device = request.app[LAB_KEY].devices.get(serial)
+    if device is None:
+        raise _BadRequest(
+            _error(404, f"no device with serial {serial!r} in this lab", serial=serial)
+        )
+    return device
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadRequest(_error(400, f"body is not JSON: {exc}")) from exc
+    if not isinstance(payload, dict):
+        raise _BadRequest(_error(400, "body must be a JSON object"))
+    return payload
+
+
+def _flag(payload: dict[str, Any], name: str) -> bool:
+    value = payload.get(name)
+    if not isinstance(value, bool):
+        raise _BadRequest(_error(400, f"{name} must be true or false", field=name))
+    return value
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except _BadRequest as exc:
+        return exc.response
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(exc.status, exc.reason)
+        raise
+    return response
+
+
+async def index(_request: web.Request) -> web.Response:
+    return web.json_response({"endpoints": ENDPOINTS, "faults": list(FAULTS)})
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    lab = request.app[LAB_KEY]
+    return web.json_response(
+        {
+            "timeline": {"seconds": round(lab.timeline_seconds(), 3)},
+            "devices": [d.view() for d in lab.devices.values()],
+        }
+    )
+
+
+async def get_device(request: web.Request) -> web.Response:
+    return web.json_response(_device(request).view())
+
+
+async def set_fault(request: web.Request) -> web.Response:
+    device = _device(request)
+    payload = await _body(request)
+    name = payload.pop("fault", None)
+    if not isinstance(name, str):
+        return _error(400, "fault must be a fault name", field="fault", known=list(FAULTS))
+    active = _flag(payload, "active")
+    payload.pop("active")
+    try:
+        await device.set_fault(name, active, **payload)
+    except FaultError as exc:
+        return _error(400, str(exc), field="fault", known=list(FAULTS))
+    return web.json_response(device.view())
+
+
+async def set_call(request: web.Request) -> web.Response:
+    device = _device(request)
+    payload = await _body(request)
+    if _flag(payload, "active"):
+        remote = payload.get("remote", "sip:meeting@127.0.0.1")
+        if not isinstance(remote, str):
+            return _error(400, "remote must be a string", field="remote")
+        await device.start_call(remote)
+    else:
+        await device.end_call()
+    return web.json_response(device.view())
+
+
+async def set_power(request: web.Request) -> web.Response:
+    device = _device(request)
+    payload = await _body(request)
+    if _flag(payload, "on"):
+        await device.power_on()
+    else:
+        await device.power_off()
+    return web.json_response(device.view())
+
+
+async def reboot(request: web.Request) -> web.Response:
+    device = _device(request)
+    if device.power != "on":
+        return _error(409, f"device {device.serial} is {device.power}, not on", power=device.power)
+    await device.reboot()
+    return web.json_response(device.view())
+
+
+async def get_timeline(request: web.Request) -> web.Response:
+    return web.json_response({"seconds": round(request.app[LAB_KEY].timeline_seconds(), 3)})
+
+
+async def set_timeline(request: web.Request) -> web.Response:
+    payload = await _body(request)
+    seconds = payload.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        return _error(400, "seconds must be a number >= 0", field="seconds")
+    await request.app[LAB_KEY].jump_timeline(float(seconds))
+    return await get_timeline(request)
+
+
+async def reset_timeline(request: web.Request) -> web.Response:
+    await request.app[LAB_KEY].jump_timeline(0.0)
+    return await get_timeline(request)
+
+
+def create_control_app(lab: Lab) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app[LAB_KEY] = lab
+    app.router.add_get("/", index)
+    app.router.add_get("/devices", list_devices)
+    app.router.add_get("/devices/{serial}", get_device)
+    app.router.add_post("/devices/{serial}/faults", set_fault)
+    app.router.add_post("/devices/{serial}/call", set_call)
+    app.router.add_post("/devices/{serial}/power", set_power)
+    app.router.add_post("/devices/{serial}/reboot", reboot)
+    app.router.add_get("/timeline", get_timeline)
+    app.router.add_post("/timeline", set_timeline)
+    app.router.add_post("/timeline/reset", reset_timeline)
+    return app

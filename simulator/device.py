@@ -1,0 +1,520 @@
+"""One simulated VideoOS device: its state, its faults, and its REST and SSH listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from aiohttp import web
+
+from shared.version import FirmwareVersion, VersionError
+from simulator import identity
+from simulator.fleet import FAULTS, DeviceSpec, PeripheralSpec
+
+log = logging.getLogger(__name__)
+
+#: Power states: ``on`` serves, every other state answers nothing at all.
+POWER_STATES = ("on", "off", "booting", "installing", "bricked")
+
+#: Config variables a fresh device holds (``POST /rest/config`` reads and sets these).
+DEFAULT_CONFIG = {
+    "upgrade.auto.enable": "false",
+    "upgrade.auto.polling.interval": "3600",
+    "upgrade.auto.server.type": "prov_server",
+    "upgrade.auto.server.address": "",
+    "upgrade.auto.version": "",
+    "upgrade.auto.timeFrame.enable": "false",
+    "upgrade.auto.timeFrame.startTime": "01:00",
+    "upgrade.auto.timeFrame.stopTime": "05:00",
+    "device.local.contact.adminname": "",
+    "device.local.roomName": "",
+}
+
+LISTEN_BACKLOG = 64
+
+
+class FaultError(ValueError):
+    """A fault name the lab does not know, or bad parameters for it."""
+
+
+@dataclass
+class Session:
+    """One REST login."""
+
+    session_id: str
+    xsrf_token: str
+    created: float
+    last_used: float
+
+
+@dataclass
+class Call:
+    remote: str
+    started: float
+
+
+@dataclass
+class LoginVerdict:
+    """A login outcome: ``ok``, ``bad_credentials``, ``locked_out`` or ``session_limit``."""
+
+    outcome: str
+    session: Session | None = None
+    failures: int = 0
+
+
+@dataclass
+class _Listeners:
+    rest_server: asyncio.Server | None = None
+    ssh_socket: socket.socket | None = None
+    ssh_task: asyncio.Task[None] | None = None
+    ssh_transports: set[paramiko.Transport] = field(default_factory=set)
+
+
+class SimDevice:
+    """A simulated bar or codec on its own loopback address.
+
+    State changes (``set_fault``, ``start_call``, ``power_off``...) are coroutines:
+    they return once the network reflects them (for ``reboot``: once the device is
+    down; it comes back by itself after ``boot_seconds``).
+    """
+
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        *,
+        site: str,
+        room: str,
+        data_dir: Path,
+        timezone: str = "Europe/Warsaw",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.site = site
+        self.room = room
+        self.timezone = timezone
+        self.data_dir = data_dir
+        self.clock = clock
+        self.firmware_version = spec.firmware
+        self.build = spec.build
+        self.power = "off"
+        self.faults: dict[str, dict[str, Any]] = {}
+        self.call: Call | None = None
+        self.sessions: dict[str, Session] = {}
+        self.config: dict[str, str] = dict(DEFAULT_CONFIG)
+        self.config["device.local.roomName"] = room
+        self.failed_logins = 0
+        self.locked_until = 0.0
+        self.boot_time = clock()
+        self.booted_once = False
+        self.rest_port = spec.rest_port if spec.rest_port is not None else 0
+        self.ssh_port = spec.ssh_port if spec.ssh_port is not None else 0
+        self.tls: identity.TlsIdentity | None = None
+        self.host_key: paramiko.PKey | None = None
+        self.ssh_fingerprint = ""
+        self.last_update: dict[str, str] = {}
+        self._ssl_context: ssl.SSLContext | None = None
+        self._auth_lock = threading.Lock()
+        self._listeners = _Listeners()
+        self._transition: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._power_changed = asyncio.Event()
+        # Imported here: rest and ssh import this module for its types.
+        from simulator.rest import RestApi
+
+        self._web = web.Server(RestApi(self), handler_cancellation=True)
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def serial(self) -> str:
+        return self.spec.serial
+
+    @property
+    def model(self) -> str:
+        return self.spec.model
+
+    @property
+    def address(self) -> str:
+        return self.spec.address
+
+    @property
+    def admin_password(self) -> str:
+        return self.spec.admin_password
+
+    @property
+    def tls_fingerprint(self) -> str:
+        return self.tls.fingerprint if self.tls else ""
+
+    @property
+    def version(self) -> FirmwareVersion:
+        return FirmwareVersion.parse(self.firmware_version, self.build)
+
+    @property
+    def peripherals(self) -> list[PeripheralSpec]:
+        return self.spec.peripherals
+
+    @property
+    def listening(self) -> bool:
+        return self.power == "on" and "lan_down" not in self.faults
+
+    def uptime(self) -> float:
+        base = 0.0 if self.booted_once else self.spec.uptime_seconds
+        return base + max(0.0, self.clock() - self.boot_time)
+
+    def has_fault(self, name: str) -> bool:
+        return name in self.faults
+
+    def load_identity(self) -> None:
+        """Load or create the certificate and host key (blocking: call from a thread)."""
+        self.tls = identity.load_or_make_tls_identity(
+            self.data_dir, self.spec.display_name, self.address
+        )
+        self._ssl_context = self.tls.server_context()
+        self.host_key = identity.load_or_make_host_key(self.data_dir, self.spec.ssh_host_key_type)
+        self.ssh_fingerprint = identity.host_key_fingerprint(self.host_key)
+
+    def _regenerate_certificate(self) -> None:
+        self.tls = identity.make_tls_identity(self.data_dir, self.spec.display_name, self.address)
+        self._ssl_context = self.tls.server_context()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen (identity must be loaded) and apply the initial call."""
+        self._loop = asyncio.get_running_loop()
+        if self.tls is None:
+            await asyncio.to_thread(self.load_identity)
+        if self.spec.in_call and self.call is None:
+            self.call = Call(remote="sip:meeting@127.0.0.1", started=self.clock())
+        self._set_power("on")
+        self.boot_time = self.clock()
+        await self._open_network()
+
+    async def stop(self) -> None:
+        """Stop serving for good (lab shutdown)."""
+        if self._transition is not None:
+            self._transition.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._transition
+            self._transition = None
+        self._set_power("off")
+        await self._close_network()
+
+    def _set_power(self, state: str) -> None:
+        self.power = state
+        self._power_changed.set()
+        self._power_changed = asyncio.Event()
+
+    async def wait_power(self, state: str, timeout: float = 10.0) -> None:
+        """Wait until the device reaches power state ``state`` (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            while self.power != state:
+                await self._power_changed.wait()
+
+    # --- network --------------------------------------------------------------------------
+
+    def _bind(self, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.address, port))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    async def _open_network(self) -> None:
+        if not self.listening or self._listeners.rest_server is not None:
+            return
+        assert self._ssl_context is not None and self.host_key is not None
+        loop = asyncio.get_running_loop()
+        rest_sock = self._bind(self.rest_port)
+        self.rest_port = rest_sock.getsockname()[1]
+        try:
+            ssh_sock = self._bind(self.ssh_port)
+        except OSError:
+            rest_sock.close()
+            raise
+        self.ssh_port = ssh_sock.getsockname()[1]
+        self._listeners.rest_server = await loop.create_server(
+            self._web, sock=rest_sock, ssl=self._ssl_context, ssl_handshake_timeout=10
+        )
+        self._listeners.ssh_socket = ssh_sock
+        self._listeners.ssh_task = loop.create_task(self._accept_ssh(ssh_sock))
+
+    async def _close_network(self) -> None:
+        listeners = self._listeners
+        if listeners.rest_server is not None:
+            listeners.rest_server.close()
+            for handler in self._web.connections:
+                if handler.transport is not None:
+                    handler.transport.abort()
+            listeners.rest_server = None
+        if listeners.ssh_task is not None:
+            listeners.ssh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listeners.ssh_task
+            listeners.ssh_task = None
+        if listeners.ssh_socket is not None:
+            listeners.ssh_socket.close()
+            listeners.ssh_socket = None
+        with self._auth_lock:
+            transports = list(listeners.ssh_transports)
+            listeners.ssh_transports.clear()
+        for ssh_transport in transports:
+            # Closing joins paramiko's thread: keep that off the event loop.
+            await asyncio.to_thread(ssh_transport.close)
+
+    async def _accept_ssh(self, sock: socket.socket) -> None:
+        from simulator.ssh import serve_connection
+
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _peer = await loop.sock_accept(sock)
+            except OSError:
+                return
+            conn.setblocking(True)
+            # One short-lived thread per SSH connection: paramiko is blocking.
+            threading.Thread(
+                target=serve_connection,
+                args=(self, conn),
+                name=f"ssh-{self.serial}",
+                daemon=True,
+            ).start()
+
+    def track_ssh_transport(self, transport: paramiko.Transport, active: bool) -> bool:
+        """Register (or forget) a live SSH transport; False when the device is no longer serving."""
+        with self._auth_lock:
+            if not active:
+                self._listeners.ssh_transports.discard(transport)
+                return True
+            if not self.listening:
+                return False
+            self._listeners.ssh_transports.add(transport)
+            return True
+
+    # --- authentication (REST and SSH share the lockout, as real units do) -------------------
+
+    def locked_out(self) -> bool:
+        return "locked_out" in self.faults or self.clock() < self.locked_until
+
+    def check_password(self, user: str, password: str) -> str:
+        """``ok``, ``bad_credentials`` or ``locked_out``; counts failures (thread-safe)."""
+        with self._auth_lock:
+            if self.locked_out():
+                return "locked_out"
+            good = user == "admin" and secrets.compare_digest(
+                password.encode(), self.admin_password.encode()
+            )
+            if good:
+                self.failed_logins = 0
+                return "ok"
+            self.failed_logins += 1
+            if self.failed_logins >= self.spec.lockout_failures:
+                self.locked_until = self.clock() + self.spec.lockout_seconds
+                self.failed_logins = 0
+                log.info("device %s locked out after repeated failed logins", self.serial)
+            return "bad_credentials"
+
+    def login(self, user: str, password: str) -> LoginVerdict:
+        """Check credentials and open a REST session when allowed."""
+        self.expire_sessions()
+        outcome = self.check_password(user, password)
+        if outcome != "ok":
+            return LoginVerdict(outcome, failures=self.failed_logins)
+        if len(self.sessions) >= self.spec.session_limit:
+            return LoginVerdict("session_limit")
+        now = self.clock()
+        session = Session(
+            session_id="PS" + secrets.token_hex(12),
+            xsrf_token=secrets.token_urlsafe(24),
+            created=now,
+            last_used=now,
+        )
+        self.sessions[session.session_id] = session
+        return LoginVerdict("ok", session=session)
+
+    def expire_sessions(self) -> None:
+        limit = self.clock() - self.spec.session_idle_seconds
+        for sid in [sid for sid, s in self.sessions.items() if s.last_used < limit]:
+            del self.sessions[sid]
+
+    def find_session(self, session_id: str | None) -> Session | None:
+        self.expire_sessions()
+        session = self.sessions.get(session_id or "")
+        if session is not None:
+            session.last_used = self.clock()
+        return session
+
+    # --- state changes --------------------------------------------------------------------
+
+    async def set_fault(self, name: str, active: bool, **params: Any) -> None:
+        """Raise or clear fault ``name`` (one of ``fleet.FAULTS``) with its parameters."""
+        if name not in FAULTS:
+            raise FaultError(f"unknown fault {name!r} (known: {', '.join(FAULTS)})")
+        if name == "slow" and active:
+            latency = params.get("latency_ms", 2000)
+            if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
+                raise FaultError("slow needs latency_ms, a number of milliseconds >= 0")
+            params = {**params, "latency_ms": float(latency)}
+        if name == "peripheral_disconnected" and active:
+            target = params.get("serial")
+            if target is not None and target not in {p.serial for p in self.peripherals}:
+                raise FaultError(f"device {self.serial} has no peripheral {target!r}")
+        if active:
+            self.faults[name] = dict(params)
+        else:
+            self.faults.pop(name, None)
+            if name == "locked_out":
+                with self._auth_lock:
+                    self.locked_until = 0.0
+                    self.failed_logins = 0
+        if name == "lan_down":
+            if active:
+                self.sessions.clear()
+                await self._close_network()
+            elif self.power == "on":
+                await self._open_network()
+
+    async def start_call(self, remote: str = "sip:meeting@127.0.0.1") -> None:
+        if self.call is None:
+            self.call = Call(remote=remote, started=self.clock())
+
+    async def end_call(self) -> None:
+        self.call = None
+
+    async def power_off(self) -> None:
+        """Cut the power: nothing answers until ``power_on``."""
+        if self.power == "bricked":
+            return
+        self._cancel_transition()
+        self._set_power("off")
+        self._drop_volatile_state()
+        await self._close_network()
+
+    async def power_on(self) -> None:
+        """Switch on: the device boots for ``boot_seconds`` and then serves again."""
+        if self.power != "off":
+            return
+        self._set_power("booting")
+        self._transition = asyncio.get_running_loop().create_task(
+            self._boot(self.spec.boot_seconds)
+        )
+
+    async def reboot(self) -> None:
+        """Reboot (installing an ordered update first); returns once the device is down."""
+        if self.power != "on":
+            return
+        self._cancel_transition()
+        self._drop_volatile_state()
+        pending = self.pending_update()
+        await self._close_network()
+        if pending is not None:
+            self._set_power("installing")
+            self._transition = asyncio.get_running_loop().create_task(self._install(pending))
+        else:
+            self._set_power("booting")
+            self._transition = asyncio.get_running_loop().create_task(
+                self._boot(self.spec.boot_seconds)
+            )
+
+    def request_reboot_threadsafe(self) -> None:
+        """Reboot from an SSH thread (``reboot now``)."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.reboot(), self._loop)
+
+    def _cancel_transition(self) -> None:
+        if self._transition is not None and self._transition is not asyncio.current_task():
+            self._transition.cancel()
+        self._transition = None
+
+    def _drop_volatile_state(self) -> None:
+        self.sessions.clear()
+        self.call = None
+        # A reboot cures the software faults; hardware faults stay.
+        self.faults.pop("wedged", None)
+        self.faults.pop("reboot_needed", None)
+
+    def pending_update(self) -> tuple[str, str] | None:
+        """(version, build) ordered through ``upgrade.auto.*`` and not yet installed."""
+        if self.config.get("upgrade.auto.enable", "").lower() not in ("true", "1", "yes"):
+            return None
+        if not self.config.get("upgrade.auto.server.address"):
+            return None
+        wanted = self.config.get("upgrade.auto.version", "").strip()
+        if not wanted:
+            return None
+        try:
+            target = FirmwareVersion.parse(wanted)
+        except VersionError:
+            return None
+        if target.same_release(self.version):
+            return None
+        build = str(target.build) if target.build else "100000"
+        return target.release, build
+
+    async def _install(self, target: tuple[str, str]) -> None:
+        await asyncio.sleep(self.spec.update.install_seconds)  # waits-for: the simulated install
+        outcome = self.spec.update.outcome
+        self.last_update = {"version": target[0], "build": target[1], "outcome": outcome}
+        if outcome == "brick":
+            log.info("device %s did not come back from its update", self.serial)
+            self._set_power("bricked")
+            self._transition = None
+            return
+        if outcome == "ok":
+            self.firmware_version, self.build = target
+        await self._boot(self.spec.boot_seconds)
+
+    async def _boot(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # waits-for: the simulated boot
+        if self.spec.regenerate_cert_on_reboot:
+            await asyncio.to_thread(self._regenerate_certificate)
+        self.boot_time = self.clock()
+        self.booted_once = True
+        self._set_power("on")
+        self._transition = None
+        await self._open_network()
+
+    # --- what the control API shows ---------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "model": self.model,
+            "site": self.site,
+            "room": self.room,
+            "system_name": self.spec.display_name,
+            "provider": self.spec.provider,
+            "address": self.address,
+            "rest_port": self.rest_port,
+            "ssh_port": self.ssh_port,
+            "tls_fingerprint": self.tls_fingerprint,
+            "ssh_fingerprint": self.ssh_fingerprint,
+            "firmware": {"version": self.firmware_version, "build": self.build},
+            "power": self.power,
+            "listening": self.listening,
+            "in_call": self.call is not None,
+            "faults": {name: dict(params) for name, params in sorted(self.faults.items())},
+            "locked_out": self.locked_out(),
+            "sessions": len(self.sessions),
+            "peripherals": [
+                {"kind": p.kind, "serial": p.serial, "firmware": p.firmware}
+                for p in self.peripherals
+            ],
+            "last_update": dict(self.last_update),
+        }

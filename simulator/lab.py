@@ -1,0 +1,249 @@
+"""The device lab: a fleet's devices, their fault timeline and the control API, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from simulator.device import SimDevice
+from simulator.fleet import CallWindow, FaultWindow, FleetSpec, default_port
+
+log = logging.getLogger(__name__)
+
+#: File descriptors one device needs at rest (REST and SSH listeners) plus head room for clients.
+FDS_PER_DEVICE = 4
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One timeline entry: a fault or a call on one device, active on [at, until)."""
+
+    serial: str
+    at: float
+    until: float
+    fault: FaultWindow | None = None
+    call: CallWindow | None = None
+
+    def active_at(self, t: float) -> bool:
+        return self.at <= t < self.until
+
+
+def _load_identities(devices: list[SimDevice]) -> None:
+    for device in devices:
+        device.load_identity()
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (1,000 devices need a few thousand fds)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+class Lab:
+    """Every device of a fleet on loopback, a fault timeline, and the control API.
+
+    ``await lab.start()`` returns once every device and the control API listen;
+    ``lab.devices`` maps serial -> :class:`SimDevice`; ``lab.control_url`` is the
+    control API's base URL.
+    """
+
+    def __init__(
+        self,
+        fleet: FleetSpec,
+        *,
+        data_dir: Path,
+        control_host: str = "127.0.0.1",
+        control_port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fleet = fleet
+        self.data_dir = Path(data_dir)
+        self.control_host = control_host
+        self.control_port = control_port
+        self.clock = clock
+        self.devices: dict[str, SimDevice] = {}
+        self._windows: list[_Window] = []
+        for site, room, spec in fleet.placed_devices():
+            device = SimDevice(
+                spec,
+                site=site.id,
+                room=room.id,
+                timezone=site.timezone,
+                data_dir=self.data_dir / "devices" / spec.serial,
+                clock=clock,
+            )
+            if spec.rest_port is None:
+                device.rest_port = default_port(443)
+            if spec.ssh_port is None:
+                device.ssh_port = default_port(22)
+            self.devices[spec.serial] = device
+            for f in spec.faults:
+                until = math.inf if f.until is None else f.until
+                self._windows.append(_Window(spec.serial, f.at, until, fault=f))
+            for c in spec.calls:
+                until = math.inf if c.until is None else c.until
+                self._windows.append(_Window(spec.serial, c.at, until, call=c))
+        self._t0 = clock()
+        self._cursor = -math.inf
+        self._timeline_task: asyncio.Task[None] | None = None
+        self._timeline_moved = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._started = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Make identities, listen on every device and the control API, start the timeline."""
+        limit = raise_open_file_limit()
+        needed = FDS_PER_DEVICE * len(self.devices) + 64
+        if limit < needed:
+            log.warning(
+                "open file limit %d is low for %d devices (want %d)",
+                limit,
+                len(self.devices),
+                needed,
+            )
+        devices = list(self.devices.values())
+        await asyncio.to_thread(_load_identities, devices)
+        try:
+            for device in devices:
+                await device.start()
+            from simulator.control import create_control_app
+
+            self._runner = web.AppRunner(create_control_app(self), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.control_host, self.control_port)
+            await site.start()
+            server = site._server
+            assert isinstance(server, asyncio.Server)
+            self.control_port = server.sockets[0].getsockname()[1]
+            self._t0 = self.clock()
+            self._cursor = -math.inf
+            await self._apply_until(0.0)
+            self._timeline_task = asyncio.get_running_loop().create_task(self._run_timeline())
+        except BaseException:
+            await self.stop()
+            raise
+        self._started = True
+        log.info("lab up: %d devices, control API %s", len(self.devices), self.control_url)
+
+    async def stop(self) -> None:
+        """Stop the timeline, every device and the control API."""
+        if self._timeline_task is not None:
+            self._timeline_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timeline_task
+            self._timeline_task = None
+        for device in self.devices.values():
+            await device.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self._started = False
+
+    async def __aenter__(self) -> Lab:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.control_host}:{self.control_port}"
+
+    def device(self, serial: str) -> SimDevice:
+        """The device with ``serial`` (KeyError names it when unknown)."""
+        try:
+            return self.devices[serial]
+        except KeyError:
+            raise KeyError(f"no device {serial!r} in this lab") from None
+
+    # --- timeline -------------------------------------------------------------------------
+
+    def timeline_seconds(self) -> float:
+        """Seconds on the fault timeline (since start, or since the last jump)."""
+        return self.clock() - self._t0
+
+    async def jump_timeline(self, seconds: float) -> None:
+        """Move the timeline to ``seconds``: every timeline fault and call takes its state there."""
+        self._t0 = self.clock() - seconds
+        for window in self._windows:
+            await self._set_window(window, window.active_at(seconds))
+        self._cursor = seconds
+        self._timeline_moved.set()
+
+    async def _set_window(self, window: _Window, active: bool) -> None:
+        device = self.devices[window.serial]
+        if window.fault is not None:
+            await device.set_fault(window.fault.name, active, **window.fault.params)
+        elif window.call is not None:
+            if active:
+                await device.start_call(window.call.remote)
+            else:
+                await device.end_call()
+
+    async def _apply_until(self, t: float) -> None:
+        """Apply every timeline edge in (cursor, t]."""
+        for window in self._windows:
+            if any(self._cursor < edge <= t for edge in (window.at, window.until)):
+                await self._set_window(window, window.active_at(t))
+        self._cursor = t
+
+    async def _run_timeline(self) -> None:
+        edges = sorted(
+            {w.at for w in self._windows} | {w.until for w in self._windows if w.until != math.inf}
+        )
+        while True:
+            upcoming = next((e for e in edges if e > self._cursor), None)
+            self._timeline_moved.clear()
+            if upcoming is None:
+                await self._timeline_moved.wait()
+                continue
+            delay = upcoming - self.timeline_seconds()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._timeline_moved.wait(), timeout=delay)
+                continue
+            try:
+                await self._apply_until(upcoming)
+            except Exception:
+                # The timeline must outlive one device's failure to change state.
+                log.exception("timeline step at %.1fs failed", upcoming)
+                self._cursor = upcoming
+
+    # --- what the ready file and the control API show -------------------------------------
+
+    def ready_info(self) -> dict[str, Any]:
+        """What ``--ready-file`` holds (no passwords: those come from the fleet file)."""
+        return {
+            "control_url": self.control_url,
+            "devices": [
+                {
+                    "serial": d.serial,
+                    "model": d.model,
+                    "site": d.site,
+                    "room": d.room,
+                    "address": d.address,
+                    "rest_port": d.rest_port,
+                    "ssh_port": d.ssh_port,
+                    "tls_fingerprint": d.tls_fingerprint,
+                    "ssh_fingerprint": d.ssh_fingerprint,
+                    "firmware": {"version": d.firmware_version, "build": d.build},
+                }
+                for d in self.devices.values()
+            ],
+        }

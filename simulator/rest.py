@@ -1,0 +1,658 @@
+"""The VideoOS REST API of one simulated device, with the quirks real firmware shows."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import tarfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from shared.version import FirmwareVersion
+
+if TYPE_CHECKING:
+    from simulator.device import Session, SimDevice
+
+#: From this firmware the login sets XSRF-TOKEN and later calls need the x-xsrf-token header.
+XSRF_SINCE = FirmwareVersion(4, 6, 2)
+#: ``/rest/system/mode`` and ``/rest/system/mode/device`` exist from this firmware (404 before).
+MODE_API_SINCE = FirmwareVersion(4, 0, 0)
+#: ``/rest/calendar`` exists from this firmware (404 before).
+CALENDAR_SINCE = FirmwareVersion(3, 14, 0)
+#: The simulated reboot starts this long after the answer to ``POST /rest/system/reboot``,
+#: so the answer reaches the client before the connection drops.
+REBOOT_DELAY = 0.1
+HTML = "text/html"
+
+FORBIDDEN_HTML = (
+    "<!DOCTYPE html><html><head><title>403 Forbidden</title></head>"
+    "<body><h1>403 Forbidden</h1><p>Access is denied.</p></body></html>\r\n"
+)
+NOT_FOUND_HTML = (
+    "<!DOCTYPE html><html><head><title>404 Not Found</title></head>"
+    "<body><h1>404 Not Found</h1></body></html>\r\n"
+)
+ERROR_HTML = (
+    "<!DOCTYPE html><html><head><title>500 Internal Server Error</title></head>"
+    "<body><h1>500 Internal Server Error</h1></body></html>\r\n"
+)
+
+#: Provider mode -> what ``/rest/system/mode`` reports (app names: device document, assumed).
+MODE_BY_PROVIDER: dict[str, dict[str, Any]] = {
+    "teams": {
+        "activePersona": "teams",
+        "app": "com.microsoft.skype.teams.ipphone",
+        "appPersona": "teams",
+        "mode": "PARTNER",
+    },
+    "zoom": {
+        "activePersona": "zoom",
+        "app": "us.zoom.zoompresence",
+        "appPersona": "zoom",
+        "mode": "PARTNER",
+    },
+    "poly": {
+        "activePersona": "polyvideo",
+        "app": "com.poly.polylauncher",
+        "appPersona": "polyvideo",
+        "mode": "POLY",
+    },
+    "device_mode": {
+        "activePersona": "camuvc",
+        "app": "com.poly.polylauncher",
+        "appPersona": "polyvideo",
+        "mode": "DEVICE",
+    },
+}
+
+APPS_BY_PROVIDER: dict[str, list[tuple[str, str, str, str]]] = {
+    "teams": [
+        ("Microsoft Teams", "com.microsoft.skype.teams.ipphone", "teams", "1449/1.0.96.2023")
+    ],
+    "zoom": [("Zoom Rooms", "us.zoom.zoompresence", "zoom", "5.17.5.3720")],
+    "poly": [],
+    "device_mode": [],
+}
+
+Handler = Callable[["SimDevice", web.BaseRequest, "Session | None"], Awaitable[web.StreamResponse]]
+
+
+def json_body(value: Any, *, status: int = 200, crlf: bool = False) -> web.Response:
+    text = json.dumps(value, ensure_ascii=False) + ("\r\n" if crlf else "")
+    return web.Response(status=status, text=text, content_type="application/json")
+
+
+def scalar_body(text: str) -> web.Response:
+    """A bare scalar (``39``, ``true``, even unquoted ``CONTENT_IDLE``) with a JSON content type."""
+    return web.Response(text=text, content_type="application/json")
+
+
+def html(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text, content_type=HTML)
+
+
+class RestApi:
+    """The request handler of one device (an aiohttp low-level ``web.Server`` handler)."""
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        device = self.device
+        slow = device.faults.get("slow")
+        if slow is not None:
+            await asyncio.sleep(float(slow.get("latency_ms", 0)) / 1000)  # waits-for: fault "slow"
+        if request.path == "/" and request.method in ("GET", "HEAD"):
+            return landing_page(device)
+        if request.path.startswith("/rest") and device.has_fault("wedged"):
+            return html(500, ERROR_HTML)
+        route = ROUTES.get((request.method, request.path.rstrip("/") or "/"))
+        if route is None:
+            return html(404, NOT_FOUND_HTML)
+        handler, needs_session, since = route
+        if since is not None and device.version < since:
+            return html(404, NOT_FOUND_HTML)
+        if not needs_session:
+            return await handler(device, request, None)
+        session = device.find_session(request.cookies.get("session_id"))
+        if session is None:
+            return html(403, FORBIDDEN_HTML)
+        if device.version >= XSRF_SINCE:
+            header = request.headers.get("x-xsrf-token", "")
+            cookie = request.cookies.get("XSRF-TOKEN", "")
+            if header != session.xsrf_token or cookie != session.xsrf_token:
+                return html(403, FORBIDDEN_HTML)
+        if device.has_fault("garbage"):
+            return garbage(request.path)
+        return await handler(device, request, session)
+
+
+def landing_page(device: SimDevice) -> web.Response:
+    os_name = "PolyOS" if device.version.major >= 4 else "Poly VideoOS"
+    title = f"Poly {device.spec.model_name}"
+    body = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{title}</title></head><body>"
+        f"<h1>{title}</h1><p>{os_name}</p>"
+        "<p><a href='/#/login'>Sign in</a> to manage this system.</p>"
+        "</body></html>\r\n"
+    )
+    return html(200, body)
+
+
+def garbage(path: str) -> web.Response:
+    """Hostile answers: the agent must survive them without crashing or trusting them."""
+    if path == "/rest/system":
+        return scalar_body('{"model": "StudioX5')
+    if path == "/rest/system/status":
+        return json_body({"stateList": "oops", "name": None})
+    if path == "/rest/system/mode":
+        return json_body(["not", "an", "object"])
+    if path == "/rest/current/devicemanagement/devices":
+        return json_body(
+            [None, 42, {"serialNumber": {"nested": True}, "deviceState": 7}, "x" * 4096]
+        )
+    if path == "/rest/conferences":
+        return scalar_body("CONTENT_IDLE")
+    if path == "/rest/audio":
+        return json_body({"numOfMicsConnected": "lots", "volume": None})
+    return web.Response(body=b"\x00\xff\xfe garbage \x80", content_type="application/json")
+
+
+# --- login ---------------------------------------------------------------------------------
+
+
+def _login_failure(device: SimDevice, reason: str, login_result: str) -> web.Response:
+    # 3.x answers 400 with a reason; 4.x answers 403 (device document).
+    status = 400 if device.version.major < 4 else 403
+    remaining = max(0, int(device.locked_until - device.clock()))
+    return json_body(
+        {
+            "success": False,
+            "reason": reason,
+            "loginStatus": {
+                "failedLogins": device.failed_logins,
+                "isTimeLocked": login_result == "LOCKOUT",
+                "lockoutTimeRemaining": remaining,
+                "loginResult": login_result,
+            },
+        },
+        status=status,
+    )
+
+
+async def login(device: SimDevice, request: web.BaseRequest, _s: Session | None) -> web.Response:
+    try:
+        payload = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("password"), str):
+        return _login_failure(device, "SessionRequestInvalid", "NOLOCKOUT")
+    existing = device.find_session(request.cookies.get("session_id"))
+    if existing is not None and device.version.major < 4:
+        return _login_failure(device, "SessionAlreadyActive", "NOLOCKOUT")
+    user = payload.get("user", "admin")
+    # Blocking-free: the check is a constant-time compare, no I/O.
+    verdict = device.login(user if isinstance(user, str) else "", payload["password"])
+    if verdict.outcome == "locked_out":
+        return _login_failure(device, "SessionPortLockout", "LOCKOUT")
+    if verdict.outcome == "bad_credentials":
+        if device.locked_out():
+            return _login_failure(device, "SessionPortLockout", "LOCKOUT")
+        return _login_failure(device, "SessionRequestInvalid", "NOLOCKOUT")
+    if verdict.outcome == "session_limit":
+        return _login_failure(device, "SessionLimitReached", "NOLOCKOUT")
+    session = verdict.session
+    assert session is not None
+    response = json_body(
+        {
+            "success": True,
+            "loginStatus": {
+                "failedLogins": 0,
+                "isTimeLocked": False,
+                "lockoutTimeRemaining": 0,
+                "loginResult": "NOLOCKOUT",
+            },
+            "session": {
+                "sessionId": session.session_id,
+                "role": "ADMIN",
+                "userId": "admin",
+                "clientType": "WEB",
+                "isAuthenticated": True,
+                "isConnected": True,
+                "location": request.remote or "",
+            },
+        }
+    )
+    response.set_cookie("session_id", session.session_id, path="/", secure=True, httponly=True)
+    if device.version >= XSRF_SINCE:
+        response.set_cookie("XSRF-TOKEN", session.xsrf_token, path="/", secure=True)
+    return response
+
+
+async def logout(device: SimDevice, request: web.BaseRequest, _s: Session | None) -> web.Response:
+    session = device.find_session(request.cookies.get("session_id"))
+    if session is None:
+        if device.version.major < 4:
+            return json_body({"success": False, "reason": "SessionNoActiveSession"}, status=400)
+        return html(403, FORBIDDEN_HTML)
+    if device.version >= XSRF_SINCE and request.headers.get("x-xsrf-token") != session.xsrf_token:
+        return html(403, FORBIDDEN_HTML)
+    device.sessions.pop(session.session_id, None)
+    return json_body({"success": True})
+
+
+# --- the poll cycle ------------------------------------------------------------------------
+
+
+def _time_offset_ms(timezone: str) -> int:
+    offset = datetime.now(ZoneInfo(timezone)).utcoffset()
+    return int(offset.total_seconds() * 1000) if offset is not None else 0
+
+
+async def system(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    return json_body(
+        {
+            "build": device.build,
+            "buildType": "Release",
+            "hardwareVersion": "1",
+            "lanStatus": {"duplex": "FULL", "speedMbps": 1000, "state": "LAN_UP"},
+            "model": device.spec.rest_model,
+            "rebootNeeded": device.has_fault("reboot_needed"),
+            "serialNumber": device.serial,
+            "softwareVersion": device.firmware_version,
+            "state": "READY" if device.call is not None else "ASLEEP",
+            "systemName": device.spec.display_name,
+            "systemTime": int(time.time() * 1000),
+            "timeOffset": _time_offset_ms(device.timezone),
+            "timeServerState": "TIMESERVER_UP",
+            "uptime": round(device.uptime(), 2),
+        }
+    )
+
+
+def _has_e70(device: SimDevice) -> bool:
+    return any(p.kind == "e70" for p in device.peripherals)
+
+
+def camera_state(device: SimDevice) -> str:
+    """``system.status.mr.camera``: ``all_up``, ``some_down`` or ``all_down``."""
+    if device.has_fault("camera_down"):
+        return "all_down"
+    if device.has_fault("e70_down"):
+        # A G7500's only camera is its E70; a bar keeps its built-in camera.
+        return "all_down" if device.model == "g7500" else "some_down"
+    return "all_up"
+
+
+def microphones(device: SimDevice) -> list[dict[str, Any]]:
+    mics: list[dict[str, Any]] = [
+        {"index": 0, "name": "Built-in microphone", "serialNumber": "", "type": "BUILT_IN"}
+    ]
+    for p in device.peripherals:
+        if p.kind == "microphone":
+            mics.append(
+                {
+                    "index": len(mics),
+                    "name": p.product_name,
+                    "serialNumber": p.serial,
+                    "type": "EXTERNAL",
+                }
+            )
+    down = device.has_fault("microphone_down")
+    for mic in mics:
+        # The fault silences the first microphone (all of them when there is only one).
+        mic["state"] = "MIC_STATE_RED" if down and mic["index"] == 0 else "MIC_STATE_GREEN"
+        mic["muted"] = False
+    return mics
+
+
+def audio_state(device: SimDevice) -> str:
+    if not device.has_fault("microphone_down"):
+        return "all_up"
+    return "all_down" if len(microphones(device)) == 1 else "some_down"
+
+
+def status_entries(device: SimDevice) -> list[tuple[str, str]]:
+    """(subsystem, state) as ``/rest/system/status`` and the SSH ``status`` command report them."""
+    sip = "off"
+    if device.spec.sip:
+        sip = "down" if device.has_fault("sip_unregistered") else "up"
+    camera_bad = device.has_fault("camera_down") or device.has_fault("e70_down")
+    return [
+        ("ipnetwork", "up"),
+        ("trackablecamera", "down" if camera_bad else "up"),
+        ("sipserver", sip),
+        ("gatekeeper", "off"),
+        ("mr.camera", camera_state(device)),
+        ("mr.audio", audio_state(device)),
+        ("provisioning", "up" if device.config.get("upgrade.auto.server.address") else "off"),
+        ("remotecontrol", "up"),
+        ("logthreshold", "full" if device.has_fault("log_storage_full") else "up"),
+        ("autoanswerp2p", "off"),
+        ("globaldirectory", "unknown"),
+        ("calendar", "up" if device.spec.provider in ("teams", "zoom") else "off"),
+    ]
+
+
+async def system_status(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    entries = [
+        {
+            "langtag": name.upper().replace(".", "_"),
+            "name": f"system.status.{name}",
+            "stateList": [state],
+        }
+        for name, state in status_entries(device)
+    ]
+    return json_body(entries, crlf=True)
+
+
+async def system_mode(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    mode = dict(MODE_BY_PROVIDER[device.spec.provider])
+    mode.update({"appLocked": device.spec.provider in ("teams", "zoom"), "ecoMode": False})
+    mode["polyCallControl"] = device.spec.provider == "poly"
+    return json_body(mode)
+
+
+async def system_mode_device(
+    device: SimDevice, _r: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    return json_body({"result": device.spec.provider == "device_mode"})
+
+
+async def system_apps(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    apps = [("Poly Video", "com.poly.polylauncher", "polyvideo", device.firmware_version)]
+    apps += APPS_BY_PROVIDER[device.spec.provider]
+    return json_body(
+        [
+            {
+                "appName": name,
+                "packageName": package,
+                "personaName": persona,
+                "versionInfo": version,
+                "lastUpdatedOn": "2024-06-21T00:00:00Z",
+                "isActive": persona == MODE_BY_PROVIDER[device.spec.provider]["appPersona"],
+            }
+            for name, package, persona, version in apps
+        ]
+    )
+
+
+def _mac(serial: str, salt: str) -> str:
+    digest = hashlib.sha256((serial + salt).encode()).digest()
+    return ":".join(f"{b:02x}" for b in (b"\x00\xe0\xdb" + digest[:3]))
+
+
+def peripheral_state(device: SimDevice, serial: str, kind: str) -> str:
+    if kind == "e70" and device.has_fault("e70_down"):
+        return "ERROR"
+    fault = device.faults.get("peripheral_disconnected")
+    if fault is None:
+        return "CONNECTED"
+    target = fault.get("serial")
+    if target is None:
+        kinds = [p.kind for p in device.peripherals]
+        preferred = next(
+            (k for k in ("touch_controller", "e70") if k in kinds), kinds[0] if kinds else ""
+        )
+        first = next((p.serial for p in device.peripherals if p.kind == preferred), None)
+        target = first
+    return "DISCONNECTED" if serial == target else "CONNECTED"
+
+
+async def device_list(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    host_uid = f"uid-{device.serial.lower()}"
+    entries: list[dict[str, Any]] = [
+        {
+            "connectionType": "LOCAL",
+            "deviceCategory": "SYSTEM",
+            "deviceState": "CONNECTED",
+            "deviceType": "CODEC",
+            "ip": device.address,
+            "macAddress": _mac(device.serial, "host"),
+            "productName": device.spec.model_name,
+            "serialNumber": device.serial,
+            "softwareVersion": f"{device.firmware_version}-{device.build}",
+            "systemName": device.spec.display_name,
+            "uid": host_uid,
+        }
+    ]
+    for p in device.peripherals:
+        category, kind, connection = {
+            "touch_controller": ("MODULE", "TOUCHCONTROL", "NETWORK"),
+            "e70": ("CAMERA", "CAMERA", "USB" if device.model != "g7500" else "NETWORK"),
+            "microphone": ("MODULE", "UNKNOWN", "WIRED"),
+        }[p.kind]
+        entries.append(
+            {
+                "connectionType": connection,
+                "deviceCategory": category,
+                "deviceState": peripheral_state(device, p.serial, p.kind),
+                "deviceType": kind,
+                # Real units leave these empty for wired and USB modules.
+                "ip": "",
+                "macAddress": "" if p.kind == "microphone" else _mac(p.serial, "peripheral"),
+                "productName": p.product_name,
+                "serialNumber": p.serial,
+                "softwareVersion": p.firmware,
+                "systemName": "",
+                "uid": f"uid-{p.serial.lower()}",
+            }
+        )
+    # Real output repeats the host uid on a remote entry with empty fields.
+    entries.append(
+        {
+            "connectionType": "BLUETOOTH",
+            "deviceCategory": "REMOTE",
+            "deviceState": "PAIRED",
+            "deviceType": "UNKNOWN",
+            "ip": "",
+            "macAddress": "00:00:00:00:00:00",
+            "productName": "",
+            "serialNumber": "",
+            "softwareVersion": "",
+            "systemName": "",
+            "uid": host_uid,
+        }
+    )
+    return json_body(entries)
+
+
+async def conferences(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    call = device.call
+    if call is None:
+        return json_body([], crlf=True)
+    started_ms = int((time.time() - (device.clock() - call.started)) * 1000)
+    return json_body(
+        [
+            {
+                "id": 0,
+                "isActive": True,
+                "startTime": started_ms,
+                "connections": [
+                    {
+                        "id": 0,
+                        "address": call.remote,
+                        "callType": "VIDEO",
+                        "state": "CONNECTED",
+                        "startTime": started_ms,
+                    }
+                ],
+            }
+        ],
+        crlf=True,
+    )
+
+
+async def content_status(_d: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    return scalar_body("CONTENT_IDLE")
+
+
+async def audio(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    connected = sum(1 for m in microphones(device) if m["state"] == "MIC_STATE_GREEN")
+    return json_body(
+        {"muteLocked": False, "muted": False, "numOfMicsConnected": connected, "volume": 39},
+        crlf=True,
+    )
+
+
+async def audio_muted(_d: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    return scalar_body("false")
+
+
+async def audio_volume(_d: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    return scalar_body("39")
+
+
+async def audio_microphones(
+    device: SimDevice, _r: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    return json_body(microphones(device))
+
+
+async def sipservers(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    if not device.spec.sip:
+        return json_body([])
+    state = "DOWN" if device.has_fault("sip_unregistered") else "UP"
+    return json_body(
+        [
+            {
+                "address": "127.0.0.1",
+                "port": 5061,
+                "protocol": "TLS",
+                "registrar": True,
+                "state": state,
+            }
+        ]
+    )
+
+
+async def calendar(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    status = "ONLINE" if device.spec.provider in ("teams", "zoom") else "DISABLED"
+    return json_body({"status": status, "meetings": []})
+
+
+async def system_reboot(
+    device: SimDevice, request: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    try:
+        payload = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict) or payload.get("action", "reboot") != "reboot":
+        return json_body({"success": False, "reason": "InvalidAction"}, status=400)
+    loop = asyncio.get_running_loop()
+    loop.call_later(REBOOT_DELAY, lambda: loop.create_task(device.reboot()))
+    return json_body({"success": True})
+
+
+def _config_value_ok(name: str, value: str) -> bool:
+    if name in ("upgrade.auto.enable", "upgrade.auto.timeFrame.enable"):
+        return value.lower() in ("true", "false")
+    if name == "upgrade.auto.polling.interval":
+        return value.isdigit()
+    if name == "upgrade.auto.version" and value:
+        try:
+            FirmwareVersion.parse(value)
+        except ValueError:
+            return False
+    return True
+
+
+async def config(device: SimDevice, request: web.BaseRequest, _s: Session | None) -> web.Response:
+    try:
+        payload = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("names"), list):
+        out = []
+        for name in payload["names"]:
+            key = str(name)
+            if key in device.config:
+                out.append({"name": key, "value": device.config[key], "result": "NOERROR"})
+            else:
+                out.append({"name": key, "value": "", "result": "ERR_NOTFOUND"})
+        return json_body({"vars": out})
+    if isinstance(payload, dict) and isinstance(payload.get("vars"), list):
+        out = []
+        for item in payload["vars"]:
+            if not isinstance(item, dict) or "name" not in item:
+                out.append({"name": "", "value": "", "result": "ERR_BADREQUEST"})
+                continue
+            key, value = str(item["name"]), item.get("value", "")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if key not in device.config:
+                out.append({"name": key, "value": "", "result": "ERR_NOTFOUND"})
+            elif not _config_value_ok(key, text):
+                out.append({"name": key, "value": device.config[key], "result": "ERR_INVALIDVALUE"})
+            else:
+                device.config[key] = text
+                out.append({"name": key, "value": text, "result": "NOERROR"})
+        return json_body({"vars": out})
+    return json_body(
+        {"success": False, "reason": "expected {names: [...]} or {vars: [...]}"}, status=400
+    )
+
+
+def log_archive(device: SimDevice) -> bytes:
+    """A small tar archive like the device's log download."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    files = {
+        "logs/system.log": (
+            f"{now} INFO  boot: {device.spec.model_name} {device.firmware_version}-{device.build}\n"
+            f"{now} INFO  net: LAN_UP 1000/FULL\n"
+            + "".join(f"{now} WARN  fault: {name} active\n" for name in sorted(device.faults))
+        ),
+        "logs/info.txt": (
+            f"serial={device.serial}\nmodel={device.spec.rest_model}\n"
+            f"softwareVersion={device.firmware_version}\nbuild={device.build}\n"
+        ),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def system_logs(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
+    return web.Response(
+        body=log_archive(device),
+        content_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{device.serial}-logs.tar"'},
+    )
+
+
+#: (method, path) -> (handler, needs a session, firmware it appeared in or None).
+ROUTES: dict[tuple[str, str], tuple[Handler, bool, FirmwareVersion | None]] = {
+    ("POST", "/rest/session"): (login, False, None),
+    ("DELETE", "/rest/session"): (logout, False, None),
+    ("GET", "/rest/system"): (system, True, None),
+    ("GET", "/rest/system/status"): (system_status, True, None),
+    ("GET", "/rest/system/mode"): (system_mode, True, MODE_API_SINCE),
+    ("GET", "/rest/system/mode/device"): (system_mode_device, True, MODE_API_SINCE),
+    ("GET", "/rest/system/apps"): (system_apps, True, None),
+    ("POST", "/rest/current/devicemanagement/devices"): (device_list, True, None),
+    ("GET", "/rest/conferences"): (conferences, True, None),
+    ("GET", "/rest/conferences/contentstatus"): (content_status, True, None),
+    ("GET", "/rest/audio"): (audio, True, None),
+    ("GET", "/rest/audio/muted"): (audio_muted, True, None),
+    ("GET", "/rest/audio/volume"): (audio_volume, True, None),
+    ("GET", "/rest/audio/microphones"): (audio_microphones, True, None),
+    ("GET", "/rest/system/sipservers"): (sipservers, True, None),
+    ("GET", "/rest/calendar"): (calendar, True, CALENDAR_SINCE),
+    ("POST", "/rest/system/reboot"): (system_reboot, True, None),
+    ("POST", "/rest/config"): (config, True, None),
+    ("GET", "/rest/system/logs"): (system_logs, True, None),
+}

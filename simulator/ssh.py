@@ -1,0 +1,260 @@
+"""The legacy SSH command-line API of a simulated device (paramiko, one thread per connection)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from simulator.rest import status_entries
+
+if TYPE_CHECKING:
+    from simulator.device import SimDevice
+
+log = logging.getLogger(__name__)
+
+# paramiko's constants, typed (its stubs do not export them at the top level).
+AUTH_SUCCESSFUL: int = paramiko.common.AUTH_SUCCESSFUL
+AUTH_FAILED: int = paramiko.common.AUTH_FAILED
+OPEN_SUCCEEDED: int = paramiko.common.OPEN_SUCCEEDED
+OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED: int = (
+    paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+)
+
+PROMPT = "-> "
+EOL = "\r\n"
+#: How long a client may take to open its session channel after logging in.
+CHANNEL_TIMEOUT = 20.0
+#: Longest command line accepted; longer input is dropped (a hostile or stuck client).
+MAX_LINE = 1024
+#: How long to wait for the client to hang up after the last answer.
+CLOSE_GRACE = 2.0
+
+NOT_FOUND = "error: command not found"
+NEEDS_MORE = "error: command needs more parameters to execute successfully"
+ILLEGAL = "error: command has illegal parameters"
+
+#: REST subsystem name -> legacy ``status`` name.
+LEGACY_STATUS_NAMES = {
+    "ipnetwork": "ipnetwork",
+    "trackablecamera": "trackablecamera",
+    "mr.camera": "camera",
+    "mr.audio": "microphones",
+    "sipserver": "sipserver",
+    "gatekeeper": "gatekeeper",
+    "logthreshold": "logthreshold",
+    "remotecontrol": "remotecontrol",
+    "autoanswerp2p": "autoanswerp2p",
+    "globaldirectory": "globaldirectory",
+    "calendar": "calendar",
+    "provisioning": "provisioning",
+}
+LEGACY_STATES = {
+    "up": "online",
+    "all_up": "online",
+    "down": "offline",
+    "some_down": "offline",
+    "all_down": "offline",
+    "off": "disabled",
+    "full": "full",
+    "unknown": "unknown",
+}
+
+
+class DeviceSshServer(paramiko.ServerInterface):
+    """Password login against the device's admin password; one shell or exec channel."""
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+        self.ready = threading.Event()
+        self.command: str | None = None
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "password"
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        if self.device.check_password(username, password) == "ok":
+            return AUTH_SUCCESSFUL
+        return AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session":
+            return OPEN_SUCCEEDED
+        return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_pty_request(
+        self,
+        channel: paramiko.Channel,
+        term: bytes,
+        width: int,
+        height: int,
+        pixelwidth: int,
+        pixelheight: int,
+        modes: bytes,
+    ) -> bool:
+        return True
+
+    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        self.ready.set()
+        return True
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        self.command = command.decode("utf-8", "replace")
+        self.ready.set()
+        return True
+
+
+def format_uptime(seconds: float) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    return f"{days} Days, {hours} Hours, {minutes} Minutes"
+
+
+def banner(device: SimDevice) -> list[str]:
+    """What ``whoami`` prints (and the greeting after login)."""
+    sip = "True" if device.spec.sip else "False"
+    return [
+        f"Hi, my name is : {device.spec.display_name}",
+        "Here is what I know about myself:",
+        f"Model: {device.spec.model_name}",
+        f"Serial Number: {device.serial}",
+        f"Software Version: {device.firmware_version}",
+        f"Build Information: {device.build}",
+        f"Contact Number: {device.address}",
+        f"Time In Last Call: {'0:00:00'}",
+        f"Uptime: {format_uptime(device.uptime())}",
+        f"SIP Enabled: {sip}",
+    ]
+
+
+def run_command(device: SimDevice, line: str) -> tuple[list[str], bool]:
+    """Output lines of one command, and whether the connection should close after it."""
+    words = line.split()
+    if not words:
+        return [], False
+    command, args = words[0].lower(), [w.lower() for w in words[1:]]
+    if command in ("exit", "bye", "quit"):
+        return [], True
+    if command == "whoami":
+        return banner(device), False
+    if command == "status":
+        lines = [f"inacall {'online' if device.call is not None else 'offline'}"]
+        for name, state in status_entries(device):
+            lines.append(f"{LEGACY_STATUS_NAMES[name]} {LEGACY_STATES.get(state, state)}")
+        return [*lines, "status end"], False
+    if command == "systemsetting":
+        if len(args) < 2:
+            return [NEEDS_MORE], False
+        if args[0] == "get" and args[1] == "model":
+            return [f'systemsetting model "{device.spec.model_name}"'], False
+        if args[0] == "get" and args[1] == "systemname":
+            return [f'systemsetting systemname "{device.spec.display_name}"'], False
+        return [ILLEGAL], False
+    if command == "uptime":
+        if not args:
+            return [NEEDS_MORE], False
+        if args[0] == "get":
+            return [format_uptime(device.uptime())], False
+        return [ILLEGAL], False
+    if command == "callinfo":
+        if not args:
+            return [NEEDS_MORE], False
+        if args[0] != "all":
+            return [ILLEGAL], False
+        call = device.call
+        if call is None:
+            return ["system is not in a call"], False
+        return [
+            "callinfo begin",
+            f"callinfo:0:{call.remote}:1920:connected:notmuted:outgoing:videocall",
+            "callinfo end",
+        ], False
+    if command == "reboot":
+        if args[:1] != ["now"]:
+            return [NEEDS_MORE], False
+        device.request_reboot_threadsafe()
+        return [], True
+    return [NOT_FOUND], False
+
+
+def _send_lines(channel: paramiko.Channel, lines: list[str]) -> None:
+    if lines:
+        channel.sendall(("".join(line + EOL for line in lines)).encode())
+
+
+def _delay(device: SimDevice) -> None:
+    slow = device.faults.get("slow")
+    if slow is not None:
+        time.sleep(float(slow.get("latency_ms", 0)) / 1000)  # waits-for: fault "slow" (SSH thread)
+
+
+def _shell(device: SimDevice, channel: paramiko.Channel) -> None:
+    _send_lines(channel, banner(device))
+    channel.sendall(PROMPT.encode())
+    line = bytearray()
+    skip_lf = False
+    while True:
+        data = channel.recv(1024)
+        if not data:
+            return
+        for byte in data:
+            if byte == 0x0A and skip_lf:
+                skip_lf = False
+                continue
+            skip_lf = byte == 0x0D
+            if byte not in (0x0A, 0x0D):
+                if len(line) < MAX_LINE:
+                    line.append(byte)
+                continue
+            text = line.decode("utf-8", "replace").strip()
+            line.clear()
+            # Real units echo the command before answering it.
+            channel.sendall((text + EOL).encode())
+            _delay(device)
+            lines, close = run_command(device, text)
+            _send_lines(channel, lines)
+            if close:
+                return
+            channel.sendall(PROMPT.encode())
+
+
+def serve_connection(device: SimDevice, conn: socket.socket) -> None:
+    """Serve one accepted SSH connection to the end (runs in its own thread)."""
+    transport = paramiko.Transport(conn)
+    if not device.track_ssh_transport(transport, True):
+        transport.close()
+        return
+    try:
+        assert device.host_key is not None
+        transport.add_server_key(device.host_key)
+        server = DeviceSshServer(device)
+        try:
+            transport.start_server(server=server)
+        except (paramiko.SSHException, EOFError, OSError):
+            return
+        channel = transport.accept(CHANNEL_TIMEOUT)
+        if channel is None or not server.ready.wait(CHANNEL_TIMEOUT):
+            return
+        try:
+            if server.command is not None:
+                _delay(device)
+                lines, _close = run_command(device, server.command)
+                _send_lines(channel, lines)
+                failed = any(line.startswith("error:") for line in lines)
+                channel.send_exit_status(1 if failed else 0)
+            else:
+                _shell(device, channel)
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+        finally:
+            channel.close()
+        # Let the client close first, so OpenSSH does not report "closed by remote host".
+        transport.join(CLOSE_GRACE)
+    finally:
+        transport.close()
+        device.track_ssh_transport(transport, False)
