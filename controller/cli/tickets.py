@@ -5,20 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from controller.domain.calendar import to_warsaw
-from controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
+from controller.domain.plans import CatalogueError
 from controller.domain.sla import SlaTerms, deadlines
-
-
-def load_plan_catalogue() -> PlanCatalogue:
-    """The packaged plan catalogue (controller/data/plans.toml)."""
-    text = (resources.files("controller") / "data" / "plans.toml").read_text(encoding="utf-8")
-    return parse_plans(tomllib.loads(text))
+from controller.services.entitlement import load_plans
 
 
 def _moment(text: str | None, flag: str) -> datetime | None:
@@ -45,7 +38,7 @@ def _fail(message: str, as_json: bool) -> int:
 def cmd_sla(args: argparse.Namespace) -> int:
     """Print the deadlines of a ticket under ``--plan`` sent/accepted/received at given times."""
     try:
-        catalogue = load_plan_catalogue()
+        catalogue = load_plans()
         plan = catalogue.get(args.plan)
     except KeyError as exc:
         return _fail(f"--plan: {exc.args[0]}", args.json)

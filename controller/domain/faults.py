@@ -131,12 +131,18 @@ class FaultDetector:
         self._tracks: dict[tuple[str, str], _Track] = {}
         self._sites: dict[str, _SiteState] = {}
         self._device_site: dict[str, str | None] = {}
+        self._last_report: dict[str, datetime] = {}
 
     # -- inputs -------------------------------------------------------------------
 
     def observe(self, snapshot: Snapshot, *, site: str | None, at: datetime) -> list[FaultEvent]:
         """One report of one device: its problems now, and proof that it is reachable."""
         serial = snapshot.serial
+        last = self._last_report.get(serial)
+        if last is not None and at < last:
+            # A late report replayed from an agent's outbox says nothing about now.
+            return []
+        self._last_report[serial] = at
         self._remember(serial, site)
         evidence = snapshot.model_dump(mode="json")
         present: dict[str, str] = {}

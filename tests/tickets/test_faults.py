@@ -248,3 +248,10 @@ def test_site_recovery_gives_stragglers_a_fresh_hold() -> None:
     assert kinds(events) == [("cleared", "site:krk", SITE_UNREACHABLE)]
     assert detector.tick(T0 + 54 * MINUTE) == []
     assert kinds(detector.tick(T0 + 56 * MINUTE)) == [("opened", "X3", "unreachable")]
+
+
+def test_late_replayed_report_is_ignored() -> None:
+    """A report older than the latest one (replayed from an agent's outbox) changes nothing."""
+    detector = FaultDetector(FaultPolicy(min_duration=MINUTE))
+    feed(detector, "X1", range(10, 11))
+    assert feed(detector, "X1", range(0, 5), ProblemCode.CAMERA_DOWN) == []

@@ -7,11 +7,11 @@ from datetime import datetime
 
 import pytest
 
-from controller.cli.tickets import load_plan_catalogue
 from controller.domain.sla import SlaTerms, delivery_due, reaction_due, return_due
+from controller.services.entitlement import load_plans
 from polyfleet.cli import main
 
-CATALOGUE = load_plan_catalogue()
+CATALOGUE = load_plans()
 
 
 def terms(plan: str) -> SlaTerms:
