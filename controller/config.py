@@ -1,0 +1,212 @@
+"""Controller configuration: one frozen object read once from TOML, overridable by flags."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+DEFAULT_LISTEN_PORT = 8080
+DEFAULT_DATA_DIR = Path("polyfleet-data")
+DEFAULT_POLL_INTERVAL_S = 60
+DEFAULT_UNREACHABLE_AFTER_POLLS = 3
+DEFAULT_LIVENESS_CHECK_S = 5.0
+DEFAULT_ENROLL_CODE_TTL_S = 24 * 3600
+DEFAULT_JOB_LEASE_S = 600
+DEFAULT_MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
+DEFAULT_SNAPSHOT_INTERVAL_S = 30.0
+DEFAULT_JOURNAL_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_REPORT_HISTORY = 5
+DEFAULT_HEALTH_HISTORY = 100
+DEFAULT_EVENTS_KEEP = 10_000
+DEFAULT_METRICS_REQUIRE_TOKEN = True
+
+#: Sections other features parse themselves; kept here as raw tables.
+FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerConfig:
+    """What the controller reads from ``controller.toml`` (deploy/controller.example.toml)."""
+
+    listen_host: str = DEFAULT_LISTEN_HOST
+    listen_port: int = DEFAULT_LISTEN_PORT
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_require_token: bool = DEFAULT_METRICS_REQUIRE_TOKEN
+    data_dir: Path = DEFAULT_DATA_DIR
+    snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
+    journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
+    report_history: int = DEFAULT_REPORT_HISTORY
+    health_history: int = DEFAULT_HEALTH_HISTORY
+    events_keep: int = DEFAULT_EVENTS_KEEP
+    poll_interval_s: int = DEFAULT_POLL_INTERVAL_S
+    unreachable_after_polls: int = DEFAULT_UNREACHABLE_AFTER_POLLS
+    liveness_check_s: float = DEFAULT_LIVENESS_CHECK_S
+    enroll_code_ttl_s: int = DEFAULT_ENROLL_CODE_TTL_S
+    job_lease_s: int = DEFAULT_JOB_LEASE_S
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    #: Raw tables of ``[entitlement]``, ``[tickets]``, ``[smtp]``, ``[webhook]``.
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    source: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def silence_s(self) -> float:
+        """How long without a mention before a device or agent counts as gone."""
+        return float(self.poll_interval_s * self.unreachable_after_polls)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """The raw table of a feature section (empty when absent)."""
+        if name not in FEATURE_SECTIONS:
+            raise KeyError(
+                f"{name!r} is not a feature section; known: {', '.join(FEATURE_SECTIONS)}"
+            )
+        return self.sections.get(name, MappingProxyType({}))
+
+    def with_overrides(
+        self, *, data_dir: Path | None = None, listen: str | None = None
+    ) -> ControllerConfig:
+        """The config with ``--data-dir`` and ``--listen HOST:PORT`` applied."""
+        result = self
+        if data_dir is not None:
+            result = replace(result, data_dir=data_dir)
+        if listen is not None:
+            host, port = parse_listen(listen, where="--listen")
+            result = replace(result, listen_host=host, listen_port=port)
+        return result
+
+
+def parse_listen(text: str, *, where: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:8080`` for IPv6); the error names ``where``."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{where}: expected HOST:PORT such as 127.0.0.1:8080, got {text!r}")
+    return host, int(port_text)
+
+
+# section -> key -> (field name, type); a plain table so the file format is readable in one place.
+_KEYS: dict[str, dict[str, tuple[str, type]]] = {
+    "server": {
+        "listen": ("listen", str),
+        "tls_cert": ("tls_cert", Path),
+        "tls_key": ("tls_key", Path),
+        "metrics_require_token": ("metrics_require_token", bool),
+    },
+    "store": {
+        "data_dir": ("data_dir", Path),
+        "snapshot_interval_s": ("snapshot_interval_s", float),
+        "journal_max_bytes": ("journal_max_bytes", int),
+        "report_history": ("report_history", int),
+        "health_history": ("health_history", int),
+        "events_keep": ("events_keep", int),
+    },
+    "agents": {
+        "poll_interval_s": ("poll_interval_s", int),
+        "unreachable_after_polls": ("unreachable_after_polls", int),
+        "liveness_check_s": ("liveness_check_s", float),
+        "enroll_code_ttl_s": ("enroll_code_ttl_s", int),
+        "job_lease_s": ("job_lease_s", int),
+        "max_artifact_bytes": ("max_artifact_bytes", int),
+    },
+}
+
+_POSITIVE = {
+    "snapshot_interval_s",
+    "journal_max_bytes",
+    "report_history",
+    "health_history",
+    "events_keep",
+    "poll_interval_s",
+    "unreachable_after_polls",
+    "liveness_check_s",
+    "enroll_code_ttl_s",
+    "job_lease_s",
+    "max_artifact_bytes",
+}
+
+
+def load_config(path: Path | None) -> ControllerConfig:
+    """Read ``path`` (or the embedded defaults when None) into a validated config."""
+    if path is None:
+        return ControllerConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from_mapping(raw, source=path)
+
+
+def config_from_mapping(raw: Mapping[str, Any], *, source: Path | None = None) -> ControllerConfig:
+    """Validate a parsed TOML document; every error names the file and ``section.key``."""
+    where = str(source) if source is not None else "<config>"
+    values: dict[str, Any] = {}
+    sections: dict[str, Mapping[str, Any]] = {}
+    base = source.parent if source is not None else Path()
+    for section_name, table in raw.items():
+        if section_name in FEATURE_SECTIONS:
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{where}: [{section_name}] must be a table")
+            sections[section_name] = MappingProxyType(dict(table))
+            continue
+        keys = _KEYS.get(section_name)
+        if keys is None:
+            known = ", ".join([*_KEYS, *FEATURE_SECTIONS])
+            raise ConfigError(f"{where}: unknown section [{section_name}]; known sections: {known}")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: [{section_name}] must be a table")
+        for key, value in table.items():
+            spec = keys.get(key)
+            if spec is None:
+                raise ConfigError(
+                    f"{where}: unknown key {section_name}.{key}; known keys: {', '.join(keys)}"
+                )
+            name, kind = spec
+            values[name] = _coerce(value, kind, f"{where}: {section_name}.{key}", base)
+            if name in _POSITIVE and values[name] <= 0:
+                raise ConfigError(f"{where}: {section_name}.{key} must be positive, got {value!r}")
+    listen = values.pop("listen", None)
+    if listen is not None:
+        values["listen_host"], values["listen_port"] = parse_listen(
+            listen, where=f"{where}: server.listen"
+        )
+    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
+        raise ConfigError(f"{where}: server.tls_cert and server.tls_key must be set together")
+    return ControllerConfig(**values, sections=MappingProxyType(sections), source=source)
+
+
+def _coerce(value: Any, kind: type, where: str, base: Path) -> Any:
+    if kind is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a non-empty path string, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value

@@ -1,0 +1,326 @@
+"""In-process event bus: features subscribe to what happens to devices, agents and jobs.
+
+Usage (from a feature's background task, see ``controller.app.BACKGROUND``)::
+
+    bus = app[EVENT_BUS]
+    subscription = bus.subscribe(on_event, kinds={HealthChanged, AgentOffline})
+    ...
+    subscription.cancel()
+
+``on_event(event)`` may be a plain function or a coroutine function. Each subscriber gets
+every event in publication order from its own queue, so a slow subscriber never delays
+ingestion or other subscribers; an exception is logged (first one per subscriber in a row)
+and delivery goes on. ``await bus.drain()`` waits until every subscriber has handled every
+event published so far (tests use it instead of sleeping).
+
+Every event except ``SnapshotIngested`` is also stored (collection ``events``, newest
+``events_keep`` kept) and served by ``GET /api/v1/events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from controller.store.base import EVENTS, Doc, Store
+from shared.schema import HealthState, Problem, Snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Something that happened, at ``at`` (UTC), about a site and/or a device."""
+
+    kind: ClassVar[str] = "event"
+    #: Whether the event is kept for ``GET /api/v1/events`` (snapshots are far too many).
+    stored: ClassVar[bool] = True
+    at: datetime
+    site_id: str | None = None
+    serial: str | None = None
+
+    def data(self) -> dict[str, Any]:
+        """Kind-specific fields as JSON."""
+        return {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotIngested(Event):
+    """A report was accepted (first time, not a resend) and is durable."""
+
+    kind: ClassVar[str] = "snapshot_ingested"
+    stored: ClassVar[bool] = False
+    snapshot: Snapshot
+    report_id: str
+    agent_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceAdded(Event):
+    """A device was reported for the first time."""
+
+    kind: ClassVar[str] = "device_added"
+    model: str
+
+    def data(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthChanged(Event):
+    """A device's health state or set of problem codes changed (``old`` None: first report)."""
+
+    kind: ClassVar[str] = "health_changed"
+    old: HealthState | None
+    new: HealthState
+    problems: tuple[Problem, ...] = ()
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "old": None if self.old is None else self.old.value,
+            "new": self.new.value,
+            "problems": [p.model_dump(mode="json") for p in self.problems],
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceUnreachable(Event):
+    """No report mentioned the device for ``unreachable_after_polls`` poll intervals."""
+
+    kind: ClassVar[str] = "device_unreachable"
+    last_seen: datetime | None
+
+    def data(self) -> dict[str, Any]:
+        return {"last_seen": None if self.last_seen is None else self.last_seen.isoformat()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentOffline(Event):
+    """No agent of the site called in for ``unreachable_after_polls`` poll intervals."""
+
+    kind: ClassVar[str] = "agent_offline"
+    last_seen: datetime | None
+
+    def data(self) -> dict[str, Any]:
+        return {"last_seen": None if self.last_seen is None else self.last_seen.isoformat()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentOnline(Event):
+    """An agent of a site that was offline called in again."""
+
+    kind: ClassVar[str] = "agent_online"
+    agent_id: str
+
+    def data(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentEnrolled(Event):
+    """An agent exchanged an enrollment code for its credential."""
+
+    kind: ClassVar[str] = "agent_enrolled"
+    agent_id: str
+    agent_name: str = ""
+    hostname: str = ""
+
+    def data(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "agent_name": self.agent_name, "hostname": self.hostname}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentNoticeReceived(Event):
+    """An agent told the controller something (e.g. what its full outbox dropped)."""
+
+    kind: ClassVar[str] = "agent_notice"
+    agent_id: str
+    notice: str
+    detail: str = ""
+    count: int = 0
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "notice": self.notice,
+            "detail": self.detail,
+            "count": self.count,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceMoved(Event):
+    """An admin moved a device to another site (``site_id`` is the new one)."""
+
+    kind: ClassVar[str] = "device_moved"
+    from_site: str | None
+
+    def data(self) -> dict[str, Any]:
+        return {"from_site": self.from_site}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobFinished(Event):
+    """An agent posted the result of a job."""
+
+    kind: ClassVar[str] = "job_finished"
+    job_id: str
+    job_kind: str
+    status: str
+    detail: str = ""
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "job_kind": self.job_kind,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+#: Every event kind, by name (used by the events API filter).
+EVENT_KINDS: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        SnapshotIngested,
+        DeviceAdded,
+        HealthChanged,
+        DeviceUnreachable,
+        AgentOffline,
+        AgentOnline,
+        AgentEnrolled,
+        AgentNoticeReceived,
+        DeviceMoved,
+        JobFinished,
+    )
+}
+
+Callback = Callable[[Event], Awaitable[None] | None]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's queue and delivery task; ``cancel()`` stops delivery."""
+
+    callback: Callback
+    kinds: frozenset[type[Event]] | None
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    bus: EventBus | None = None
+
+    def wants(self, event: Event) -> bool:
+        return self.kinds is None or type(event) in self.kinds
+
+    def cancel(self) -> None:
+        if self.bus is not None:
+            self.bus._subscriptions.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+
+
+class EventBus:
+    """Publishes events to subscribers and records the storable ones in the store."""
+
+    def __init__(self, store: Store, *, keep: int) -> None:
+        self._store = store
+        self._keep = keep
+        self._subscriptions: set[Subscription] = set()
+        self._next_id = 1
+
+    def load(self) -> None:
+        """Continue numbering after the stored events (call once the store is open)."""
+        keys = [int(key) for key in self._store.scan(EVENTS)]
+        self._next_id = max(keys, default=0) + 1
+
+    def subscribe(
+        self, callback: Callback, *, kinds: Iterable[type[Event]] | None = None
+    ) -> Subscription:
+        """Deliver events (all, or only ``kinds``) to ``callback`` from now on."""
+        subscription = Subscription(
+            callback=callback, kinds=None if kinds is None else frozenset(kinds), bus=self
+        )
+        subscription.task = asyncio.create_task(
+            self._deliver(subscription), name="event-subscriber"
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def record(self, events: Iterable[Event]) -> tuple[dict[str, Doc], list[str]]:
+        """Documents to put and keys to delete so ``events`` are stored (for one store commit)."""
+        puts: dict[str, Doc] = {}
+        deletes: list[str] = []
+        for event in events:
+            if not event.stored:
+                continue
+            event_id = self._next_id
+            self._next_id += 1
+            puts[f"{event_id:012d}"] = event_doc(event_id, event)
+            expired = event_id - self._keep
+            if expired > 0:
+                deletes.append(f"{expired:012d}")
+        return puts, deletes
+
+    def dispatch(self, events: Iterable[Event]) -> None:
+        """Hand ``events`` to subscribers (after they are recorded and durable)."""
+        for event in events:
+            for subscription in self._subscriptions:
+                if subscription.wants(event):
+                    subscription.queue.put_nowait(event)
+
+    async def publish(self, *events: Event) -> None:
+        """Record ``events`` durably, then deliver them."""
+        puts, deletes = self.record(events)
+        if puts or deletes:
+            await self._store.wait_durable(self._store.apply({EVENTS: puts}, {EVENTS: deletes}))
+        self.dispatch(events)
+
+    async def drain(self) -> None:
+        """Return once every subscriber has handled everything published so far."""
+        for subscription in list(self._subscriptions):
+            await subscription.queue.join()
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            subscription.cancel()
+            if subscription.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await subscription.task
+
+    async def _deliver(self, subscription: Subscription) -> None:
+        failing = False
+        while True:
+            event = await subscription.queue.get()
+            try:
+                result = subscription.callback(event)
+                if inspect.isawaitable(result):
+                    await result
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Log the first failure of a run, not every one (a broken subscriber would flood).
+                if not failing:
+                    log.exception(
+                        "event subscriber %r failed on %s", subscription.callback, event.kind
+                    )
+                failing = True
+            finally:
+                subscription.queue.task_done()
+
+
+def event_doc(event_id: int, event: Event) -> Doc:
+    """The stored and served form of an event."""
+    return {
+        "id": event_id,
+        "kind": event.kind,
+        "at": event.at.isoformat(),
+        "site_id": event.site_id,
+        "serial": event.serial,
+        "data": event.data(),
+    }

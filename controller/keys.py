@@ -1,0 +1,23 @@
+"""Typed ``web.AppKey``s: where route modules and features find the core services."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from controller.clock import Clock
+from controller.config import ControllerConfig
+from controller.events import EventBus
+from controller.services.access import AccessService
+from controller.services.inventory import Inventory
+from controller.services.jobs import JobService
+from controller.store.base import Store
+
+CONFIG = web.AppKey("config", ControllerConfig)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+STORE = web.AppKey("store", Store)
+EVENT_BUS = web.AppKey("event_bus", EventBus)
+ACCESS = web.AppKey("access", AccessService)
+INVENTORY = web.AppKey("inventory", Inventory)
+JOBS = web.AppKey("jobs", JobService)
+METRICS = web.AppKey("metrics", CollectorRegistry)

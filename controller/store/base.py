@@ -1,0 +1,107 @@
+"""The ``Store`` protocol: durable collections of JSON documents, kept in memory, keyed by string.
+
+Every piece of controller state is a document in a named collection. Core collections are
+named below; features add their own (``assets``, ``tickets``, ``ticket_outbox``...) simply by
+writing to a new name: collections need no declaration and no change to any store module.
+
+Contract (what callers may rely on):
+
+- Reads (``get``, ``scan``, ``count``) are synchronous and see every change applied so far.
+- ``apply(puts, deletes)`` changes state at once and returns a sequence number; the change is
+  durable (it survives ``kill -9``) once ``await wait_durable(seq)`` returns. ``put_many`` and
+  ``delete`` are the simple form: they return only when the change is durable.
+- Documents are plain JSON values (dict/list/str/int/float/bool/None). A stored document is
+  never modified in place: treat what ``get``/``scan`` return as read-only and ``put`` a new
+  dict to change it. ``scan`` returns a live view; copy it (``list(...)``) before awaiting.
+- Several changes given to one ``apply`` become durable together or not at all.
+- If the disk fails, the store stops accepting changes: ``StoreUnavailable`` is raised, and a
+  restart recovers every acknowledged change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+#: A JSON document as stored.
+Doc = dict[str, Any]
+
+SITES = "sites"
+DEVICES = "devices"
+REPORTS = "reports"
+AGENTS = "agents"
+TOKENS = "tokens"
+INVITES = "invites"
+EVENTS = "events"
+JOBS = "jobs"
+META = "meta"
+
+COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class StoreError(Exception):
+    """Base of store failures."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot make changes durable (disk failure); restart the controller."""
+
+
+class StoreLocked(StoreError):
+    """Another process (a running controller) holds the data directory."""
+
+    def __init__(self, data_dir: str) -> None:
+        super().__init__(
+            f"{data_dir} is in use by a running controller; "
+            "the command goes through that server instead"
+        )
+        self.data_dir = data_dir
+
+
+class Store(Protocol):
+    """Durable document collections; see the module docstring for the contract."""
+
+    async def open(self) -> None:
+        """Load state (snapshot plus journal replay) and start the background writers."""
+
+    async def close(self) -> None:
+        """Make everything durable, write a final snapshot and release the data directory."""
+
+    def get(self, collection: str, key: str) -> Doc | None:
+        """The document under ``key``, or None."""
+
+    def scan(self, collection: str) -> Mapping[str, Doc]:
+        """A read-only live view of a whole collection, key -> document."""
+
+    def count(self, collection: str) -> int:
+        """How many documents a collection holds."""
+
+    def apply(
+        self,
+        puts: Mapping[str, Mapping[str, Doc]],
+        deletes: Mapping[str, Iterable[str]] | None = None,
+    ) -> int:
+        """Change state now (puts: collection -> key -> doc; deletes: collection -> keys)."""
+
+    async def wait_durable(self, seq: int) -> None:
+        """Return once the change numbered ``seq`` (and all before it) is on disk."""
+
+    async def sync(self) -> None:
+        """Return once every change applied so far is on disk."""
+
+    async def put_many(self, collection: str, docs: Mapping[str, Doc]) -> None:
+        """Store ``docs`` (key -> document); durable when this returns."""
+
+    async def delete(self, collection: str, key: str) -> None:
+        """Remove one document (no error when absent); durable when this returns."""
+
+    async def checkpoint(self) -> None:
+        """Write a full snapshot now and drop the journal it covers."""
+
+
+def check_collection(name: str) -> str:
+    """``name`` if it is a valid collection name (also a safe file name)."""
+    if not COLLECTION_NAME.match(name):
+        raise ValueError(f"collection name {name!r} must match {COLLECTION_NAME.pattern}")
+    return name

@@ -1,0 +1,142 @@
+"""Append-only, fsynced journal of store changes; blocking, so only ever called from a thread.
+
+A file ``journal/<generation>.log`` holds one change per line: ``<crc32 hex> <json>\\n``.
+A crash can leave a torn last line; replay stops at the first line whose checksum fails
+(nothing after it was ever acknowledged, since acknowledgement waits for the fsync).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def journal_path(directory: Path, generation: int) -> Path:
+    return directory / f"{generation:012d}.log"
+
+
+def journal_generations(directory: Path) -> list[int]:
+    """Generations of the journal files present, oldest first."""
+    found = []
+    for path in directory.glob("*.log"):
+        if path.stem.isdigit():
+            found.append(int(path.stem))
+    return sorted(found)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+class JournalWriter:
+    """Writes records to the file of their generation, one fsync per call of ``write``."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._generation: int | None = None
+        self._file: Any = None
+        self.bytes_written = 0
+
+    def write(self, records: list[tuple[int, bytes]]) -> int:
+        """Append encoded ``(generation, line)`` pairs in order and fsync; return bytes written."""
+        total = 0
+        chunk: list[bytes] = []
+        for generation, line in records:
+            if generation != self._generation:
+                total += self._flush(chunk)
+                chunk = []
+                self._switch(generation)
+            chunk.append(line)
+        total += self._flush(chunk)
+        return total
+
+    def _flush(self, chunk: list[bytes]) -> int:
+        if not chunk or self._file is None:
+            return 0
+        data = b"".join(chunk)
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.bytes_written += len(data)
+        return len(data)
+
+    def _switch(self, generation: int) -> None:
+        self.close()
+        path = journal_path(self._directory, generation)
+        existed = path.exists()
+        self._file = open(path, "ab")  # noqa: SIM115 - kept open across calls on purpose
+        self._generation = generation
+        self.bytes_written = 0
+        if not existed:
+            fsync_dir(self._directory)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            self._generation = None
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of one journal file; a torn or corrupt tail is logged and cut off."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    offset = 0
+    lineno = 0
+    while offset < len(data):
+        end = data.find(b"\n", offset)
+        lineno += 1
+        if end < 0:
+            _report_tail(path, lineno, len(data) - offset, "torn last line")
+            _truncate(path, offset)
+            return
+        line = data[offset:end]
+        record = _decode(line)
+        if record is None:
+            _report_tail(path, lineno, len(data) - offset, "checksum mismatch")
+            _truncate(path, offset)
+            return
+        yield record
+        offset = end + 1
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    crc_text, _, body = line.partition(b" ")
+    try:
+        if int(crc_text, 16) != zlib.crc32(body):
+            return None
+        record = json.loads(body)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _report_tail(path: Path, lineno: int, size: int, why: str) -> None:
+    # Only an unacknowledged write can be torn: acknowledgement waits for fsync of the line.
+    log.warning("journal %s: dropping %d bytes from line %d on (%s)", path, size, lineno, why)
+
+
+def _truncate(path: Path, offset: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(offset)
+        handle.flush()
+        os.fsync(handle.fileno())
