@@ -1,0 +1,93 @@
+"""A pinned REST client and small waiting tools for the device lab tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from simulator.device import SimDevice
+from simulator.lab import Lab
+
+LabFactory = Callable[..., Awaitable[Lab]]
+
+
+def pin(fingerprint: str) -> aiohttp.Fingerprint:
+    """An aiohttp pin for a ``SHA256:<b64>`` certificate fingerprint."""
+    body = fingerprint.removeprefix("SHA256:")
+    return aiohttp.Fingerprint(base64.b64decode(body + "=" * (-len(body) % 4)))
+
+
+class RestClient:
+    """A client of one device's REST API that pins its certificate and handles XSRF."""
+
+    def __init__(self, device: SimDevice, http: aiohttp.ClientSession) -> None:
+        self.device = device
+        self.http = http
+        self.xsrf = ""
+
+    @property
+    def base(self) -> str:
+        return f"https://{self.device.address}:{self.device.rest_port}"
+
+    async def request(
+        self, method: str, path: str, *, xsrf: bool = True, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        headers = dict(kwargs.pop("headers", {}))
+        if xsrf and self.xsrf:
+            headers["x-xsrf-token"] = self.xsrf
+        response = await self.http.request(
+            method,
+            self.base + path,
+            ssl=pin(self.device.tls_fingerprint),
+            headers=headers,
+            **kwargs,
+        )
+        await response.read()
+        return response
+
+    async def login(self, password: str | None = None) -> aiohttp.ClientResponse:
+        secret = self.device.admin_password if password is None else password
+        response = await self.request(
+            "POST", "/rest/session", json={"user": "admin", "password": secret}
+        )
+        token = response.cookies.get("XSRF-TOKEN")
+        if token is not None:
+            self.xsrf = token.value
+        return response
+
+    async def json_post(self, path: str, payload: Any) -> Any:
+        response = await self.request("POST", path, json=payload)
+        assert response.status == 200, (path, response.status, await response.text())
+        return await response.json(content_type=None)
+
+    async def json(self, method: str, path: str) -> Any:
+        response = await self.request(method, path)
+        assert response.status == 200, (path, response.status, await response.text())
+        return await response.json(content_type=None)
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, checking often, failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        await asyncio.sleep(0.01)  # waits-for: the polled condition
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

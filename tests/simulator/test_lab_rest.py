@@ -1,0 +1,438 @@
+"""The REST API of simulated devices, driven through aiohttp over pinned TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import time
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+from lab_client import FakeClock, LabFactory, RestClient, pin, wait_for
+
+from simulator.device import SimDevice
+from simulator.fleet import PeripheralSpec
+from simulator.testing import make_device
+
+Rest = Callable[[SimDevice], RestClient]
+
+
+def status_map(entries: list[dict[str, object]]) -> dict[str, object]:
+    return {str(e["name"]).removeprefix("system.status."): e["stateList"] for e in entries}
+
+
+async def test_poll_cycle_answers_like_the_device_document(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """Login, the poll cycle's GETs and logout answer with the documented shapes."""
+    lab = await lab_factory([make_device(serial="X50POLL1", model="studio_x50", provider="teams")])
+    device = lab.devices["X50POLL1"]
+    client = rest_factory(device)
+    login = await client.login()
+    assert login.status == 200
+    body = await login.json()
+    assert body["success"] is True and body["session"]["sessionId"].startswith("PS")
+    assert login.cookies["session_id"].value == body["session"]["sessionId"]
+    system = await client.json("GET", "/rest/system")
+    assert system["serialNumber"] == "X50POLL1"
+    assert system["model"] == "StudioX50"
+    assert (system["softwareVersion"], system["build"]) == ("4.2.2", "408037")
+    assert system["lanStatus"]["state"] == "LAN_UP"
+    assert system["rebootNeeded"] is False
+    status = status_map(await client.json("GET", "/rest/system/status"))
+    assert status["mr.camera"] == ["all_up"] and status["sipserver"] == ["up"]
+    mode = await client.json("GET", "/rest/system/mode")
+    assert mode["app"] == "com.microsoft.skype.teams.ipphone"
+    apps = await client.json("GET", "/rest/system/apps")
+    assert "com.microsoft.skype.teams.ipphone" in {a["packageName"] for a in apps}
+    assert await client.json("GET", "/rest/system/mode/device") == {"result": False}
+    devices = await client.json("POST", "/rest/current/devicemanagement/devices")
+    assert devices[0]["serialNumber"] == "X50POLL1" and devices[0]["deviceCategory"] == "SYSTEM"
+    assert await client.json("GET", "/rest/conferences") == []
+    logout = await client.request("DELETE", "/rest/session")
+    assert logout.status == 200
+    after = await client.request("GET", "/rest/system")
+    assert after.status == 403
+
+
+async def test_certificate_pin_is_what_the_device_serves(lab_factory: LabFactory) -> None:
+    """The advertised TLS fingerprint matches the served certificate; a wrong pin is refused."""
+    lab = await lab_factory([make_device(), make_device()])
+    first, second = lab.devices.values()
+    assert first.tls_fingerprint != second.tls_fingerprint
+    async with aiohttp.ClientSession() as http:
+        url = f"https://{first.address}:{first.rest_port}/"
+        async with http.get(url, ssl=pin(first.tls_fingerprint)) as ok:
+            assert ok.status == 200
+        with pytest.raises(aiohttp.ServerFingerprintMismatch):
+            await http.get(url, ssl=pin(second.tls_fingerprint))
+
+
+async def test_landing_page_names_the_device(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """``/`` is a plain HTML page naming the Poly model, no login needed."""
+    lab = await lab_factory([make_device(model="studio_x70")])
+    client = rest_factory(next(iter(lab.devices.values())))
+    response = await client.request("GET", "/")
+    assert response.status == 200 and response.content_type == "text/html"
+    assert "Poly Studio X70" in await response.text()
+
+
+async def test_no_session_gets_403_with_html(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """A call without a session is refused with 403 and an HTML body."""
+    lab = await lab_factory([make_device()])
+    client = rest_factory(next(iter(lab.devices.values())))
+    response = await client.request("GET", "/rest/system")
+    assert response.status == 403
+    assert response.content_type == "text/html" and "403" in await response.text()
+
+
+@pytest.mark.parametrize(
+    ("firmware", "status"),
+    [("3.12.0-366027", 400), ("3.14.1", 400), ("4.0.2", 403), ("4.6.2", 403)],
+)
+async def test_bad_login_depends_on_firmware(
+    lab_factory: LabFactory, rest_factory: Rest, firmware: str, status: int
+) -> None:
+    """3.x refuses bad credentials with 400 SessionRequestInvalid, 4.x with 403."""
+    lab = await lab_factory([make_device(firmware=firmware)])
+    client = rest_factory(next(iter(lab.devices.values())))
+    response = await client.login("wrong")
+    assert response.status == status
+    body = await response.json()
+    assert body["success"] is False and body["reason"] == "SessionRequestInvalid"
+
+
+async def test_3x_reason_codes_for_logout_and_second_login(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """3.x: logout without session is SessionNoActiveSession, login twice SessionAlreadyActive."""
+    lab = await lab_factory([make_device(firmware="3.12.0")])
+    client = rest_factory(next(iter(lab.devices.values())))
+    logout = await client.request("DELETE", "/rest/session")
+    assert (logout.status, (await logout.json())["reason"]) == (400, "SessionNoActiveSession")
+    assert (await client.login()).status == 200
+    again = await client.login()
+    assert (again.status, (await again.json())["reason"]) == (400, "SessionAlreadyActive")
+
+
+async def test_lockout_after_repeated_failures_then_expiry(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """After lockout_failures bad logins even the right password fails until the lockout ends."""
+    clock = FakeClock()
+    lab = await lab_factory(
+        [make_device(firmware="3.14.1", lockout_failures=3, lockout_seconds=120)], clock=clock
+    )
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    for _ in range(3):
+        assert (await client.login("wrong")).status == 400
+    locked = await client.login()
+    body = await locked.json()
+    assert (locked.status, body["reason"]) == (400, "SessionPortLockout")
+    assert body["loginStatus"]["loginResult"] == "LOCKOUT"
+    clock.advance(119)
+    assert (await client.login()).status == 400
+    clock.advance(2)
+    assert (await client.login()).status == 200
+
+
+async def test_locked_out_fault_refuses_good_password_on_4x(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """The locked_out fault makes a 4.x device answer 403 SessionPortLockout until cleared."""
+    lab = await lab_factory([make_device(firmware="4.2.2")])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await device.set_fault("locked_out", True)
+    response = await client.login()
+    assert (response.status, (await response.json())["reason"]) == (403, "SessionPortLockout")
+    await device.set_fault("locked_out", False)
+    assert (await client.login()).status == 200
+
+
+async def test_xsrf_required_from_4_6_2(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """From 4.6.2 calls need the XSRF-TOKEN cookie and x-xsrf-token header; older ones do not."""
+    lab = await lab_factory([make_device(firmware="4.6.2"), make_device(firmware="4.2.2")])
+    new, old = lab.devices.values()
+    client = rest_factory(new)
+    login = await client.login()
+    assert "XSRF-TOKEN" in login.cookies
+    assert (await client.request("GET", "/rest/system", xsrf=False)).status == 403
+    wrong = await client.request("GET", "/rest/system", xsrf=False, headers={"x-xsrf-token": "x"})
+    assert wrong.status == 403
+    assert (await client.request("GET", "/rest/system")).status == 200
+    old_client = rest_factory(old)
+    old_login = await old_client.login()
+    assert "XSRF-TOKEN" not in old_login.cookies
+    assert (await old_client.request("GET", "/rest/system", xsrf=False)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("firmware", "present"), [("3.12.0", False), ("3.14.1", False), ("4.0.2", True)]
+)
+async def test_mode_endpoint_absent_on_old_firmware(
+    lab_factory: LabFactory, rest_factory: Rest, firmware: str, present: bool
+) -> None:
+    """/rest/system/mode answers 404 before 4.0.0 (feature absent, not a fault)."""
+    lab = await lab_factory([make_device(firmware=firmware)])
+    client = rest_factory(next(iter(lab.devices.values())))
+    await client.login()
+    response = await client.request("GET", "/rest/system/mode")
+    assert response.status == (200 if present else 404)
+    assert (await client.request("GET", "/rest/no/such/thing")).status == 404
+
+
+async def test_bare_scalars_and_trailing_crlf(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """Some answers are bare scalars with a JSON content type; some bodies end in CRLF."""
+    lab = await lab_factory([make_device()])
+    client = rest_factory(next(iter(lab.devices.values())))
+    await client.login()
+    volume = await client.request("GET", "/rest/audio/volume")
+    assert volume.content_type == "application/json" and await volume.text() == "39"
+    content = await client.request("GET", "/rest/conferences/contentstatus")
+    assert await content.text() == "CONTENT_IDLE"
+    status = await client.request("GET", "/rest/system/status")
+    assert (await status.read()).endswith(b"\r\n")
+
+
+async def test_session_limit_refuses_extra_logins(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """Beyond session_limit concurrent sessions a login is refused until one logs out."""
+    lab = await lab_factory([make_device(session_limit=2, firmware="4.1.0_00")])
+    device = next(iter(lab.devices.values()))
+    first, second, third = (rest_factory(device) for _ in range(3))
+    assert (await first.login()).status == 200
+    assert (await second.login()).status == 200
+    refused = await third.login()
+    assert (refused.status, (await refused.json())["reason"]) == (403, "SessionLimitReached")
+    await first.request("DELETE", "/rest/session")
+    assert (await third.login()).status == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "path", "check"),
+    [
+        (
+            "camera_down",
+            "/rest/system/status",
+            lambda b: status_map(b)["mr.camera"] == ["all_down"],
+        ),
+        (
+            "microphone_down",
+            "/rest/audio/microphones",
+            lambda b: b[0]["state"] == "MIC_STATE_RED",
+        ),
+        (
+            "sip_unregistered",
+            "/rest/system/status",
+            lambda b: status_map(b)["sipserver"] == ["down"],
+        ),
+        ("sip_unregistered", "/rest/system/sipservers", lambda b: b[0]["state"] == "DOWN"),
+        (
+            "log_storage_full",
+            "/rest/system/status",
+            lambda b: status_map(b)["logthreshold"] == ["full"],
+        ),
+        ("reboot_needed", "/rest/system", lambda b: b["rebootNeeded"] is True),
+    ],
+)
+async def test_faults_change_the_answers(
+    lab_factory: LabFactory,
+    rest_factory: Rest,
+    fault: str,
+    path: str,
+    check: Callable[[object], bool],
+) -> None:
+    """Each fault shows in the answer the device document maps it from, and clears again."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    assert not check(await client.json("GET", path))
+    await device.set_fault(fault, True)
+    assert check(await client.json("GET", path))
+    await device.set_fault(fault, False)
+    assert not check(await client.json("GET", path))
+
+
+async def test_microphone_down_lowers_connected_count(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """With microphone_down, mr.audio is some_down and one microphone fewer is connected."""
+    extra = PeripheralSpec(kind="microphone", serial="MIC0001")
+    lab = await lab_factory([make_device(peripherals=[extra])])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    assert (await client.json("GET", "/rest/audio"))["numOfMicsConnected"] == 2
+    await device.set_fault("microphone_down", True)
+    assert (await client.json("GET", "/rest/audio"))["numOfMicsConnected"] == 1
+    assert status_map(await client.json("GET", "/rest/system/status"))["mr.audio"] == ["some_down"]
+
+
+async def test_g7500_peripherals_e70_and_disconnects(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """A G7500 lists its E70 and TC8; peripheral_disconnected and e70_down change their state."""
+    lab = await lab_factory([make_device(model="g7500")])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+
+    async def states() -> dict[str, str]:
+        entries = await client.json("POST", "/rest/current/devicemanagement/devices")
+        return {e["productName"]: e["deviceState"] for e in entries if e["serialNumber"]}
+
+    assert await states() == {
+        "G7500": "CONNECTED",
+        "Poly Studio E70": "CONNECTED",
+        "Poly TC8": "CONNECTED",
+    }
+    e70 = next(p.serial for p in device.peripherals if p.kind == "e70")
+    await device.set_fault("peripheral_disconnected", True, serial=e70)
+    assert (await states())["Poly Studio E70"] == "DISCONNECTED"
+    await device.set_fault("peripheral_disconnected", True)
+    assert (await states())["Poly TC8"] == "DISCONNECTED"
+    await device.set_fault("peripheral_disconnected", False)
+    await device.set_fault("e70_down", True)
+    assert (await states())["Poly Studio E70"] == "ERROR"
+    status = status_map(await client.json("GET", "/rest/system/status"))
+    assert status["mr.camera"] == ["all_down"] and status["trackablecamera"] == ["down"]
+
+
+async def test_wedged_answers_5xx_until_reboot(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """A wedged device answers 500 to every REST call until it reboots."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await device.set_fault("wedged", True)
+    assert (await client.login()).status == 500
+    await device.reboot()
+    await device.wait_power("on")
+    assert (await client.login()).status == 200
+    assert "wedged" not in device.faults
+
+
+async def test_slow_adds_latency(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """The slow fault delays every answer by latency_ms."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await device.set_fault("slow", True, latency_ms=300)
+    started = time.monotonic()
+    await client.request("GET", "/")
+    assert time.monotonic() - started >= 0.3
+    await device.set_fault("slow", False)
+    started = time.monotonic()
+    await client.request("GET", "/")
+    assert time.monotonic() - started < 0.3
+
+
+async def test_lan_down_stops_answering_and_comes_back(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """lan_down refuses REST and SSH connections and drops sessions; clearing restores both."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    await device.set_fault("lan_down", True)
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await client.request("GET", "/")
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(device.address, device.ssh_port)
+    await device.set_fault("lan_down", False)
+    assert (await client.request("GET", "/rest/system")).status == 403
+    _reader, writer = await asyncio.open_connection(device.address, device.ssh_port)
+    writer.close()
+
+
+async def test_call_shows_in_conferences_and_state(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """In a call /rest/conferences lists a CONNECTED connection; the device stays readable."""
+    lab = await lab_factory([make_device(in_call=True)])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    calls = await client.json("GET", "/rest/conferences")
+    assert calls[0]["connections"][0]["state"] == "CONNECTED"
+    assert (await client.json("GET", "/rest/system"))["state"] == "READY"
+    await device.end_call()
+    assert await client.json("GET", "/rest/conferences") == []
+
+
+async def test_garbage_answers_are_not_json(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """The garbage fault answers malformed JSON and odd shapes after a normal login."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await device.set_fault("garbage", True)
+    assert (await client.login()).status == 200
+    system = await client.request("GET", "/rest/system")
+    with pytest.raises(ValueError):
+        await system.json()
+    status = await client.json("GET", "/rest/system/status")
+    assert not isinstance(status, list)
+
+
+async def test_config_get_set_and_log_archive(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """POST /rest/config reads and sets variables; /rest/system/logs is a real tar archive."""
+    lab = await lab_factory([make_device(serial="CFG00001")])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    got = await client.json_post("/rest/config", {"names": ["upgrade.auto.enable", "no.such.key"]})
+    assert [v["result"] for v in got["vars"]] == ["NOERROR", "ERR_NOTFOUND"]
+    assert got["vars"][0]["value"] == "false"
+    set_ = await client.json_post(
+        "/rest/config",
+        {
+            "vars": [
+                {"name": "upgrade.auto.enable", "value": "true"},
+                {"name": "upgrade.auto.version", "value": "nonsense"},
+            ]
+        },
+    )
+    assert [v["result"] for v in set_["vars"]] == ["NOERROR", "ERR_INVALIDVALUE"]
+    assert device.config["upgrade.auto.enable"] == "true"
+    logs = await client.request("GET", "/rest/system/logs")
+    with tarfile.open(fileobj=io.BytesIO(await logs.read())) as archive:
+        names = archive.getnames()
+        info = archive.extractfile("logs/info.txt")
+        assert info is not None and b"serial=CFG00001" in info.read()
+    assert "logs/system.log" in names
+
+
+async def test_reboot_drops_sessions_and_keeps_certificate(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """POST /rest/system/reboot answers, goes down, comes back; sessions are gone, cert kept."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    fingerprint = device.tls_fingerprint
+    client = rest_factory(device)
+    await client.login()
+    response = await client.request("POST", "/rest/system/reboot", json={"action": "reboot"})
+    assert response.status == 200
+    await wait_for(lambda: device.power != "on")
+    await device.wait_power("on")
+    assert (await client.request("GET", "/rest/system")).status == 403
+    assert device.tls_fingerprint == fingerprint
+
+
+async def test_certificate_regenerated_on_reboot_when_configured(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """With regenerate_cert_on_reboot the device serves a new certificate after a reboot."""
+    lab = await lab_factory([make_device(regenerate_cert_on_reboot=True)])
+    device = next(iter(lab.devices.values()))
+    before = device.tls_fingerprint
+    await device.reboot()
+    await device.wait_power("on")
+    assert device.tls_fingerprint != before
+    assert (await rest_factory(device).request("GET", "/")).status == 200
