@@ -1,0 +1,209 @@
+"""The ticket model: W5 holds, lifecycle order, reopening, language and rendering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller.domain.sla import SlaTerms
+from controller.domain.tickets import (
+    Ticket,
+    TicketError,
+    TicketKind,
+    TicketStatus,
+    choose_language,
+    render_escalation,
+    render_ticket,
+    ticket_id,
+)
+from controller.services.entitlement import load_plans
+
+T0 = datetime(2025, 11, 28, 15, 30, tzinfo=UTC)  # Friday 16:30 in Warsaw
+
+
+def make(**overrides: object) -> Ticket:
+    fields: dict[str, object] = {
+        "id": ticket_id("X1", "camera_down"),
+        "kind": TicketKind.DEVICE,
+        "fault": "camera_down",
+        "status": TicketStatus.OPEN,
+        "serial": "X1",
+        "contract_number": "HZ-2025-001",
+        "plan": "hezo_plus",
+        "model": "studio_x50",
+        "site": "krk",
+        "room": "Sala Wawel",
+        "language": "pl",
+        "first_seen": T0 - timedelta(minutes=10),
+        "opened_at": T0,
+    }
+    fields.update(overrides)
+    ticket = Ticket.model_validate(fields)
+    ticket.apply_terms(SlaTerms.from_plan(load_plans().get(str(fields["plan"]))))
+    return ticket
+
+
+def test_W5_missing_serial_and_contract_are_named() -> None:
+    """A ticket without serial or contract number says exactly which is missing."""
+    assert make(contract_number=None).missing == ["contract_number"]
+    assert make(serial=None, contract_number=None).missing == ["serial", "contract_number"]
+    assert make().missing == []
+
+
+def test_W5_fill_releases_a_held_ticket() -> None:
+    """Filling in the contract number turns needs_data into open; partial input keeps it held."""
+    ticket = make(contract_number=None, status=TicketStatus.NEEDS_DATA)
+    ticket.fill(serial=None, contract_number="  ", at=T0)
+    assert ticket.status is TicketStatus.NEEDS_DATA
+    ticket.fill(serial=None, contract_number="HZ-9", at=T0)
+    assert ticket.status is TicketStatus.OPEN and ticket.contract_number == "HZ-9"
+
+
+def test_W5_sent_ticket_cannot_be_refilled() -> None:
+    """Once sent, the ticket's serial and contract number are the desk's record."""
+    ticket = make()
+    ticket.mark_sent(T0)
+    with pytest.raises(TicketError, match="before it is sent"):
+        ticket.fill(serial="X2", contract_number=None, at=T0)
+
+
+def test_lifecycle_moves_forward_only() -> None:
+    """ack, accept, received, close in order; going back or acting before sending is refused."""
+    ticket = make()
+    with pytest.raises(TicketError, match="must be sent"):
+        ticket.transition("ack", T0)
+    ticket.mark_sent(T0)
+    assert ticket.status is TicketStatus.SENT and ticket.sent_at == T0
+    ticket.transition("accept", T0 + timedelta(hours=1))
+    assert ticket.acknowledged_at == T0 + timedelta(hours=1)
+    with pytest.raises(TicketError, match="move it back"):
+        ticket.transition("ack", T0 + timedelta(hours=2))
+    ticket.transition("received", T0 + timedelta(days=2))
+    ticket.transition("close", T0 + timedelta(days=3))
+    assert ticket.status is TicketStatus.CLOSED
+    with pytest.raises(TicketError, match="unknown"):
+        ticket.transition("explode", T0)
+
+
+def test_W2_E9_W6_deadlines_follow_the_lifecycle() -> None:
+    """Reaction from sending, delivery from acceptance, return from the replacement's arrival."""
+    ticket = make()
+    ticket.mark_sent(T0)
+    ticket.transition("accept", T0 + timedelta(minutes=20))
+    ticket.transition("received", datetime(2025, 12, 1, 12, 0, tzinfo=UTC))
+    sla = ticket.sla()
+    assert sla is not None
+    assert sla.as_json() == {
+        "window": "8x5",
+        "reaction_due": "2025-12-01T09:30:00+01:00",
+        "delivery_due": "2025-12-01T17:00:00+01:00",
+        "return_due": "2025-12-08T13:00:00+01:00",
+    }
+
+
+def test_W2_reaction_overdue_only_when_sent_and_unacknowledged() -> None:
+    """The escalation condition: sent, past reaction_due, not acknowledged, not yet escalated."""
+    ticket = make()
+    monday_0931 = datetime(2025, 12, 1, 8, 31, tzinfo=UTC)
+    assert not ticket.reaction_overdue(monday_0931)
+    ticket.mark_sent(T0)
+    assert not ticket.reaction_overdue(datetime(2025, 12, 1, 8, 29, tzinfo=UTC))
+    assert ticket.reaction_overdue(monday_0931)
+    ticket.escalated_at = monday_0931
+    assert not ticket.reaction_overdue(monday_0931 + timedelta(hours=1))
+    poly = make(plan="poly_plus", language="en")
+    poly.mark_sent(T0)
+    assert not poly.reaction_overdue(T0 + timedelta(days=30))
+
+
+def test_recurrence_after_close_reopens_the_same_ticket() -> None:
+    """A closed ticket comes back as the same id, open again, with clocks reset."""
+    ticket = make()
+    ticket.mark_sent(T0)
+    ticket.transition("close", T0 + timedelta(days=1))
+    ticket.reopen(T0 + timedelta(days=2), "fault came back")
+    assert ticket.id == ticket_id("X1", "camera_down")
+    assert ticket.status is TicketStatus.OPEN
+    assert ticket.reopen_count == 1 and ticket.sent_at is None and ticket.closed_at is None
+
+
+def test_document_round_trip_keeps_everything() -> None:
+    """A stored document reads back as the same ticket (the store holds plain JSON)."""
+    ticket = make(flapping=True, affected_serials=["A", "B"])
+    ticket.add_note(T0, "recovered")
+    ticket.add_evidence({"serial": "X1"})
+    doc = ticket.as_document()
+    assert doc["missing"] == [] and doc["sla"]["window"] == "8x5"
+    assert Ticket.from_document(doc) == ticket
+
+
+@pytest.mark.parametrize(
+    ("plan", "admin", "expected"),
+    [
+        ("hezo_plus", "en", "pl"),
+        ("partner_poly_plus", "en", "pl"),
+        ("poly_plus", "pl", "en"),
+        ("standard", "pl", "pl"),
+        ("extended", "en", "en"),
+        (None, "pl", "pl"),
+    ],
+)
+def test_H4_P2_ticket_language(plan: str | None, admin: str, expected: str) -> None:
+    """Polish for HEZO+ and Partner POLY+, English for POLY+, else the admin's language."""
+    language = None if plan is None else load_plans().get(plan).language
+    assert choose_language(language, admin) == expected
+
+
+def test_polish_rendering_carries_every_desk_fact() -> None:
+    """The Polish ticket names serial, contract, plan, model, site, room, fault and first seen."""
+    ticket = make(fault_detail="system.status.mr.camera down")
+    ticket.add_evidence(
+        {
+            "serial": "X1",
+            "collected_at": "2025-11-28T15:20:00Z",
+            "health": {"problems": [{"code": "camera_down"}]},
+        }
+    )
+    text = render_ticket(ticket)
+    assert "awaria kamery" in text.subject and "X1" in text.subject
+    for needle in (
+        "Numer seryjny: X1",
+        "Numer umowy serwisowej: HZ-2025-001",
+        "Usługa: hezo_plus",
+        "Sala: Sala Wawel",
+        "Lokalizacja: krk",
+        "Pierwsze wystąpienie: 2025-11-28T16:20:00+01:00",
+        "system.status.mr.camera down",
+        "Pakiet diagnostyczny niedostępny",
+        "camera_down",
+    ):
+        assert needle in text.body
+
+
+def test_english_rendering_and_escalation() -> None:
+    """POLY+ tickets render in English; the escalation repeats the ticket after its notice."""
+    ticket = make(plan="poly_plus", language="en", flapping=True)
+    ticket.mark_sent(T0)
+    text = render_ticket(ticket)
+    assert "Service contract number: HZ-2025-001" in text.body
+    assert "Flapping" in text.body
+    escalation = render_escalation(ticket)
+    assert escalation.subject.startswith("Escalation: ")
+    assert "has not been acknowledged" in escalation.body
+
+
+def test_site_ticket_needs_no_serial() -> None:
+    """A site ticket (network or power) is complete without a serial or contract."""
+    ticket = make(
+        id=ticket_id("site:krk", "agent_offline"),
+        kind=TicketKind.SITE,
+        fault="agent_offline",
+        serial=None,
+        contract_number=None,
+        affected_serials=["X1", "X2"],
+        language="en",
+    )
+    assert ticket.missing == []
+    body = render_ticket(ticket).body
+    assert "Affected devices: X1, X2" in body and "network or power" in body
