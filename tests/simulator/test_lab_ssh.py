@@ -1,0 +1,219 @@
+"""The legacy SSH command-line API, driven by paramiko and the stock OpenSSH client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+from lab_client import LabFactory, wait_for
+
+from shared.fingerprint import sha256_fingerprint
+from simulator.device import SimDevice
+from simulator.lab import Lab
+from simulator.testing import fleet_of, make_device
+
+
+def connect(device: SimDevice, password: str | None = None) -> paramiko.SSHClient:
+    """A paramiko client that accepts only the device's advertised host key fingerprint."""
+
+    class PinnedPolicy(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(
+            self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+        ) -> None:
+            if sha256_fingerprint(key.asbytes()) != device.ssh_fingerprint:
+                raise paramiko.SSHException("host key does not match the pin")
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(PinnedPolicy())
+    client.connect(
+        device.address,
+        port=device.ssh_port,
+        username="admin",
+        password=device.admin_password if password is None else password,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+        banner_timeout=10,
+        auth_timeout=10,
+    )
+    return client
+
+
+def exec_command(device: SimDevice, command: str) -> tuple[str, int]:
+    client = connect(device)
+    try:
+        _stdin, stdout, _stderr = client.exec_command(command, timeout=10)
+        output = stdout.read().decode()
+        return output, stdout.channel.recv_exit_status()
+    finally:
+        client.close()
+
+
+def read_until(channel: paramiko.Channel, marker: bytes, timeout: float = 10.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    channel.settimeout(timeout)
+    while marker not in data:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {marker!r} in {data!r}")
+        chunk = channel.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_exec_status_lists_subsystems_and_ends(lab_factory: LabFactory) -> None:
+    """``status`` prints one ``<name> <state>`` line per subsystem and ends with ``status end``."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    await device.set_fault("camera_down", True)
+    output, code = await asyncio.to_thread(exec_command, device, "status")
+    lines = output.split("\r\n")
+    assert code == 0
+    assert lines[0] == "inacall offline"
+    assert "camera offline" in lines and "microphones online" in lines
+    assert lines[-2:] == ["status end", ""]
+
+
+async def test_exec_commands_and_errors(lab_factory: LabFactory) -> None:
+    """systemsetting, uptime, callinfo and unknown commands answer as the legacy API does."""
+    lab = await lab_factory([make_device(model="studio_x30")])
+    device = next(iter(lab.devices.values()))
+    model, _ = await asyncio.to_thread(exec_command, device, "systemsetting get model")
+    assert model == 'systemsetting model "Studio X30"\r\n'
+    uptime, _ = await asyncio.to_thread(exec_command, device, "uptime get")
+    assert uptime.startswith("3 Days, 2 Hours, ")
+    idle, _ = await asyncio.to_thread(exec_command, device, "callinfo all")
+    assert idle == "system is not in a call\r\n"
+    await device.start_call("sip:room@127.0.0.1")
+    busy, _ = await asyncio.to_thread(exec_command, device, "callinfo all")
+    assert busy.startswith("callinfo begin\r\n") and busy.endswith("callinfo end\r\n")
+    unknown, code = await asyncio.to_thread(exec_command, device, "frobnicate")
+    assert (unknown, code) == ("error: command not found\r\n", 1)
+    short, _ = await asyncio.to_thread(exec_command, device, "systemsetting")
+    assert short == "error: command needs more parameters to execute successfully\r\n"
+
+
+def run_shell(device: SimDevice) -> tuple[bytes, bytes]:
+    client = connect(device)
+    try:
+        channel = client.invoke_shell()
+        greeting = read_until(channel, b"-> ")
+        channel.sendall(b"whoami\r\n")
+        answer = read_until(channel, b"-> ")
+        channel.sendall(b"exit\n")
+        return greeting, answer
+    finally:
+        client.close()
+
+
+async def test_interactive_shell_banner_prompt_and_echo(lab_factory: LabFactory) -> None:
+    """An interactive shell greets with the banner and ``-> ``, echoes commands and answers them."""
+    lab = await lab_factory([make_device(serial="SHELL001", system_name="Sala Wawel")])
+    device = next(iter(lab.devices.values()))
+    greeting, answer = await asyncio.to_thread(run_shell, device)
+    assert greeting.startswith(b"Hi, my name is : Sala Wawel\r\n")
+    assert b"Serial Number: SHELL001\r\n" in greeting and greeting.endswith(b"-> ")
+    assert answer.startswith(b"whoami\r\nHi, my name is : Sala Wawel\r\n")
+    assert answer.endswith(b"-> ")
+
+
+async def test_wrong_password_refused_and_counts_to_lockout(lab_factory: LabFactory) -> None:
+    """SSH refuses a wrong password; failures count towards the shared lockout."""
+    lab = await lab_factory([make_device(lockout_failures=2)])
+    device = next(iter(lab.devices.values()))
+    for _ in range(2):
+        with pytest.raises(paramiko.AuthenticationException):
+            await asyncio.to_thread(connect, device, "wrong")
+    assert device.locked_out()
+    with pytest.raises(paramiko.AuthenticationException):
+        await asyncio.to_thread(connect, device)
+
+
+async def test_rsa_host_key_is_pinned_and_persisted(tmp_path: Path) -> None:
+    """An ssh-rsa device serves an RSA host key matching its pin; key and cert survive a restart."""
+    spec = make_device(ssh_host_key_type="rsa")
+    lab = Lab(fleet_of([spec]), data_dir=tmp_path / "lab")
+    await lab.start()
+    try:
+        device = lab.devices[spec.serial]
+        client = await asyncio.to_thread(connect, device)
+        transport = client.get_transport()
+        assert transport is not None
+        assert transport.get_remote_server_key().get_name() == "ssh-rsa"
+        client.close()
+        fingerprints = (device.ssh_fingerprint, device.tls_fingerprint)
+    finally:
+        await lab.stop()
+    again = Lab(fleet_of([spec]), data_dir=tmp_path / "lab")
+    await again.start()
+    try:
+        device = again.devices[spec.serial]
+        assert (device.ssh_fingerprint, device.tls_fingerprint) == fingerprints
+    finally:
+        await again.stop()
+
+
+async def test_reboot_now_takes_the_device_down_and_back(lab_factory: LabFactory) -> None:
+    """``reboot now`` over SSH reboots the device: it goes down, then serves again."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    boots_before = device.boot_time
+    await asyncio.to_thread(exec_command, device, "reboot now")
+    await wait_for(lambda: device.boot_time != boots_before and device.power == "on")
+    output, _ = await asyncio.to_thread(exec_command, device, "whoami")
+    assert "Hi, my name is" in output
+
+
+@pytest.mark.skipif(
+    shutil.which("ssh") is None or shutil.which("sshpass") is None,
+    reason="needs the OpenSSH client and sshpass (apt-get install openssh-client sshpass)",
+)
+@pytest.mark.parametrize("key_type", ["ed25519", "rsa"])
+async def test_openssh_client_logs_in_and_runs_status(
+    lab_factory: LabFactory, tmp_path: Path, key_type: str
+) -> None:
+    """The stock OpenSSH client logs in by password and runs ``status``, checking the host key."""
+    lab = await lab_factory([make_device(ssh_host_key_type=key_type)])
+    device = next(iter(lab.devices.values()))
+    known_hosts = tmp_path / "known_hosts"
+    assert device.host_key is not None
+    known_hosts.write_text(
+        f"[{device.address}]:{device.ssh_port} {device.host_key.get_name()} "
+        f"{device.host_key.get_base64()}\n"
+    )
+    command = [
+        "sshpass",
+        "-e",
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "ConnectTimeout=10",
+        "-p",
+        str(device.ssh_port),
+        f"admin@{device.address}",
+        "status",
+    ]
+    env = {**os.environ, "SSHPASS": device.admin_password}
+    result = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=30, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "status end"
+    assert "ipnetwork online" in result.stdout.splitlines()
