@@ -487,11 +487,19 @@ def parse_registry(text: str, plans: PlanCatalogue, *, today: date | None = None
     return assets
 
 
-def parse_installed_firmware(text: str) -> dict[str, FirmwareVersion]:
+@dataclass(frozen=True)
+class InstalledFirmware:
+    """A device's installed version: as it prints it, and parsed for comparison."""
+
+    text: str
+    version: FirmwareVersion
+
+
+def parse_installed_firmware(text: str) -> dict[str, InstalledFirmware]:
     """serial -> installed version from a ``serial,version`` CSV, or RegistryImportError."""
     checker = _Checker(None, None)
     rows = _read_csv(text, FIRMWARE_COLUMNS, checker)
-    installed: dict[str, FirmwareVersion] = {}
+    installed: dict[str, InstalledFirmware] = {}
     seen: dict[str, int] = {}
     for row in rows:
         serial, version = row.cells["serial"], row.cells["version"]
@@ -503,7 +511,7 @@ def parse_installed_firmware(text: str) -> dict[str, FirmwareVersion]:
             continue
         seen[serial] = row.line
         try:
-            installed[serial] = FirmwareVersion.parse(version)
+            installed[serial] = InstalledFirmware(version, FirmwareVersion.parse(version))
         except VersionError as exc:
             checker.problem(row.line, "version", str(exc))
     if checker.problems:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from controller.domain.assets import Asset, Contract
+from controller.domain.assets import Asset, Contract, InstalledFirmware
 from controller.domain.calendar import warsaw_date
 from controller.domain.plans import Plan, PlanCatalogue
 from controller.domain.releases import HopKind, Release, ReleaseCatalogue, hop_kind
@@ -196,16 +196,17 @@ class EntitlementVerdict:
 
 def _firmware_verdict(
     model: str | None,
-    installed: FirmwareVersion | None,
-    installed_text: str | None,
+    installed_firmware: InstalledFirmware | None,
     releases: ReleaseCatalogue,
     cover: Coverage,
     day: date,
 ) -> FirmwareVerdict:
-    if installed is None or (model is not None and not releases.applies_to(model)):
+    if installed_firmware is None:
+        return FirmwareVerdict()
+    text, installed = installed_firmware.text, installed_firmware.version
+    if model is not None and not releases.applies_to(model):
         # An E70 camera runs firmware of its own; the VideoOS catalogue says nothing about it.
-        return FirmwareVerdict(installed=installed_text or (str(installed) if installed else None))
-    text = installed_text or str(installed)
+        return FirmwareVerdict(installed=text)
     candidates: Sequence[Release] = releases.candidates(installed, day)  # E7
     if not candidates:
         return FirmwareVerdict(installed=text)
@@ -231,8 +232,7 @@ def judge(
     releases: ReleaseCatalogue,
     at: datetime,
     *,
-    installed: FirmwareVersion | None = None,
-    installed_text: str | None = None,
+    installed: InstalledFirmware | None = None,
 ) -> EntitlementVerdict:
     """The verdict for ``asset`` at ``at`` (S1-S4, H1-H6, P5, E1-E7); ``at`` must be aware."""
     day = warsaw_date(at)  # E1: day boundaries are Warsaw dates
@@ -242,7 +242,7 @@ def judge(
     # Past contracts no longer matter; the one in force and those still to come do (H1, H5).
     live: list[Contract] = [c for c in asset.contracts if c.end >= day]
     rules = tuple(sorted({rule for c in live for rule in c.ineligible_rules}))
-    firmware = _firmware_verdict(asset.model, installed, installed_text, releases, cover, day)
+    firmware = _firmware_verdict(asset.model, installed, releases, cover, day)
     flags: set[str] = set()
     if firmware.entitled_next is not None:
         flags.add("update_entitled")
@@ -291,14 +291,13 @@ def unknown_asset_verdict(
     releases: ReleaseCatalogue,
     at: datetime,
     *,
-    installed: FirmwareVersion | None = None,
-    installed_text: str | None = None,
+    installed: InstalledFirmware | None = None,
     model: str | None = None,
 ) -> EntitlementVerdict:
     """A device an agent reports but the registry lacks: nothing is known to be covered."""
     empty = Coverage(Window(()), Window(()), Window(()))
     day = warsaw_date(at)
-    firmware = _firmware_verdict(model, installed, installed_text, releases, empty, day)
+    firmware = _firmware_verdict(model, installed, releases, empty, day)
     flags = {"unknown_asset"}
     if firmware.next is not None:
         flags.add("update_not_entitled")

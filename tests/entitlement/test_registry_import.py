@@ -1,0 +1,356 @@
+"""Registry CSV: the file is checked whole, every problem named by line and column (E2, E5, E6)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+
+import pytest
+
+from controller.domain.assets import (
+    Asset,
+    RegistryImportError,
+    parse_installed_firmware,
+    parse_registry,
+    plan_import,
+    render_registry,
+    whole_years,
+)
+from controller.domain.plans import PlanCatalogue
+
+from .conftest import csv_of, row
+
+HEZO = {"plan": "hezo_plus", "contract_number": "HZ-1"}
+
+
+def problems(plans: PlanCatalogue, text: str) -> list[tuple[int, str]]:
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(text, plans)
+    return [(p.line, p.column) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("cells", "column"),
+    [
+        ({"plan": "gold"}, "plan"),
+        ({"model": "studio_x90"}, "model"),
+        ({"model": ""}, "model"),
+        ({"serial": "bad serial!"}, "serial"),
+        ({"purchase_date": "2025-02-30"}, "purchase_date"),
+        ({"purchase_date": "10.01.2025"}, "purchase_date"),
+        ({"purchase_date": ""}, "purchase_date"),
+        ({"site": ""}, "site"),
+        ({"host_serial": "HOST1"}, "host_serial"),  # an X50 does not hang off a host
+        ({"contract_number": "C-1"}, "contract_number"),  # contract cells without a plan
+        ({"plan": "standard", "contract_start": "2025-01-10"}, "contract_start"),
+        (
+            {"plan": "extended", "contract_start": "2025-01-10", "contract_end": "2026-01-09"},
+            "contract_number",
+        ),  # W5: no contract number, no ticket
+        (
+            {**HEZO, "contract_start": "2025-01-10", "contract_end": "2024-01-09"},
+            "contract_end",
+        ),
+        (
+            {**HEZO, "contract_start": "2025-01-10", "contract_end": "2025-13-01"},
+            "contract_end",
+        ),
+        (
+            {**HEZO, "contract_start": "2025-01-01", "contract_end": "2026-12-31"},
+            "contract_start",
+        ),  # starts before the device was bought
+        (
+            {**HEZO, "contract_start": "2025-01-10", "contract_end": "2028-01-09"},
+            "contract_end",
+        ),  # 3 years: longer than HEZO+ allows
+        (
+            {
+                "plan": "extended",
+                "contract_number": "EX-1",
+                "contract_start": "2025-01-10",
+                "contract_end": "2027-01-11",
+            },
+            "contract_end",
+        ),  # extended: up to 2 years, this is 2 years and a day either way (E2)
+        (
+            {
+                "plan": "poly_plus",
+                "contract_number": "PP-1",
+                "contract_start": "2025-01-10",
+                "contract_end": "2030-01-11",
+            },
+            "contract_end",
+        ),  # POLY+: up to 5 years
+    ],
+)
+def test_bad_row_rejects_the_file_naming_line_and_column(
+    plans: PlanCatalogue, cells: dict[str, str], column: str
+) -> None:
+    """One bad cell rejects the whole file and the problem names its line and column."""
+    text = csv_of(row("GOOD1"), row(**{"serial": "BAD1", **cells}))
+    assert (3, column) in problems(plans, text)
+
+
+def test_P5_partner_term_other_than_1_or_3_years_is_refused(plans: PlanCatalogue) -> None:
+    """Partner POLY+ is sold for 1 or 3 years: a 2-year row rejects the file (P5)."""
+    bad = row(
+        plan="partner_poly_plus",
+        contract_number="PP-1",
+        contract_start="2025-01-10",
+        contract_end="2027-01-09",
+    )
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(csv_of(bad), plans)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (2, "contract_end")
+    assert "P5" in problem.message and "2026-01-09" in problem.message
+
+
+@pytest.mark.parametrize("years,end", [(1, "2026-01-09"), (3, "2028-01-09")])
+def test_P5_partner_one_and_three_year_variants_are_accepted(
+    one_asset: Callable[..., Asset], years: int, end: str
+) -> None:
+    """Both Partner POLY+ variants import and end on their last covered day (P5, E2)."""
+    asset = one_asset(
+        row(
+            plan="partner_poly_plus",
+            contract_number="PP-1",
+            contract_start="2025-01-10",
+            contract_end=end,
+        )
+    )
+    assert asset.contracts[0].end == date.fromisoformat(end)
+    assert asset.ineligible_rules == ()
+
+
+def test_every_problem_of_the_file_is_listed(plans: PlanCatalogue) -> None:
+    """Problems on several lines are all reported at once, in line order."""
+    text = csv_of(
+        row("A", model="nope"),
+        row("B"),
+        row("C", purchase_date="2025-02-29", plan="silver"),
+    )
+    assert problems(plans, text) == [(2, "model"), (4, "plan"), (4, "purchase_date")]
+
+
+def test_header_must_name_the_columns(plans: PlanCatalogue) -> None:
+    """A missing or unknown column is reported on line 1 before any row is read."""
+    text = "serial,model,purchase_date,plan,colour\nA,studio_x30,2025-01-01,,red\n"
+    found = problems(plans, text)
+    assert (1, "colour") in found and (1, "site") in found and (1, "host_serial") in found
+
+
+def test_rows_of_one_serial_must_agree_on_the_device(plans: PlanCatalogue) -> None:
+    """Two rows of one serial with different model or purchase date reject the file."""
+    first = row(
+        plan="partner_poly_plus",
+        contract_number="PP-1",
+        contract_start="2025-01-10",
+        contract_end="2026-01-09",
+    )
+    second = dict(first, contract_start="2026-01-10", contract_end="2027-01-09")
+    second.update(model="studio_x70", purchase_date="2025-01-11")
+    assert problems(plans, csv_of(first, second)) == [(3, "model"), (3, "purchase_date")]
+
+
+def test_E2_contract_end_conventions(one_asset: Callable[..., Asset]) -> None:
+    """End given as start+2y-1d or start+2y both mean 2 years; the last covered day is stored."""
+    inclusive = one_asset(row(**HEZO, contract_start="2025-01-10", contract_end="2027-01-09"))
+    exclusive = one_asset(row(**HEZO, contract_start="2025-01-10", contract_end="2027-01-10"))
+    assert inclusive.contracts[0].end == exclusive.contracts[0].end == date(2027, 1, 9)
+    assert inclusive.ineligible_rules == exclusive.ineligible_rules == ()
+
+
+def test_E2_whole_years_across_29_february() -> None:
+    """A term from 29 February ends on 27 February (or 28 given the other way)."""
+    assert whole_years(date(2024, 2, 29), date(2025, 2, 27)) == (1, date(2025, 2, 27))
+    assert whole_years(date(2024, 2, 29), date(2025, 2, 28)) == (1, date(2025, 2, 27))
+    assert whole_years(date(2024, 3, 1), date(2025, 3, 15)) is None
+
+
+@pytest.mark.parametrize(
+    ("start", "rules"),
+    [
+        ("2025-01-10", ()),  # bought with the device
+        ("2025-02-09", ()),  # day 30: still eligible (E6)
+        ("2025-02-10", ("H5",)),  # day 31: not eligible
+    ],
+)
+def test_E6_H5_thirty_day_edge(
+    one_asset: Callable[..., Asset], start: str, rules: tuple[str, ...]
+) -> None:
+    """HEZO+ started 30 days after purchase is eligible, 31 days is flagged H5 (E6)."""
+    end = f"{int(start[:4]) + 2}{start[4:]}"
+    asset = one_asset(row(**HEZO, contract_start=start, contract_end=end))
+    assert asset.ineligible_rules == rules
+
+
+def test_H5_hezo_not_for_exactly_two_years_is_imported_and_flagged(
+    one_asset: Callable[..., Asset],
+) -> None:
+    """A one-year HEZO+ is well-formed but breaks H5: kept with the rule id."""
+    asset = one_asset(row(**HEZO, contract_start="2025-01-10", contract_end="2026-01-09"))
+    assert asset.contracts[0].ineligible_rules == ("H5",)
+
+
+def test_H1_hezo_on_a_model_it_does_not_cover_is_imported_and_flagged(
+    one_asset: Callable[..., Asset],
+) -> None:
+    """HEZO+ on a G7500 (not a D1 model) imports and is flagged H1."""
+    asset = one_asset(
+        row(model="g7500", **HEZO, contract_start="2025-01-10", contract_end="2027-01-09")
+    )
+    assert asset.ineligible_rules == ("H1",)
+
+
+def test_H1_H5_both_broken_lists_both(one_asset: Callable[..., Asset]) -> None:
+    """A late HEZO+ on a G7500 carries both rule ids, sorted."""
+    asset = one_asset(
+        row(model="g7500", **HEZO, contract_start="2025-03-10", contract_end="2027-03-09")
+    )
+    assert asset.ineligible_rules == ("H1", "H5")
+
+
+def test_D1_hezo_covers_the_E70_camera(one_asset: Callable[..., Asset]) -> None:
+    """HEZO+ on a Studio E70 (a D1 model) is eligible."""
+    asset = one_asset(
+        row(model="Studio E70", **HEZO, contract_start="2025-01-10", contract_end="2027-01-09")
+    )
+    assert asset.model == "studio_e70" and asset.ineligible_rules == ()
+
+
+def test_E70_asset_keeps_its_host(plans: PlanCatalogue) -> None:
+    """An E70 row names the system it hangs off; the host may be in the same file."""
+    assets = parse_registry(
+        csv_of(row("BAR1"), row("CAM1", model="studio_e70", host_serial="BAR1")), plans
+    )
+    camera = next(a for a in assets if a.serial == "CAM1")
+    assert camera.host_serial == "BAR1"
+
+
+def test_E70_cannot_be_its_own_host(plans: PlanCatalogue) -> None:
+    """host_serial equal to the camera's own serial is refused."""
+    text = csv_of(row("CAM1", model="studio_e70", host_serial="CAM1"))
+    assert problems(plans, text) == [(2, "host_serial")]
+
+
+def _partner(start: str, end: str, number: str = "PP") -> dict[str, str]:
+    return row(
+        plan="partner_poly_plus", contract_number=number, contract_start=start, contract_end=end
+    )
+
+
+def test_E5_renewals_chain_into_one_history(one_asset: Callable[..., Asset]) -> None:
+    """Rows of one serial, each starting the day after the previous ends, form one chain."""
+    asset = one_asset(
+        _partner("2026-01-10", "2029-01-09", "PP-2"),  # listed out of order on purpose
+        _partner("2025-01-10", "2026-01-09", "PP-1"),
+    )
+    assert [c.number for c in asset.contracts] == ["PP-1", "PP-2"]
+
+
+def test_E5_chain_mixes_entry_conventions(one_asset: Callable[..., Asset]) -> None:
+    """A renewal after a term given as start+1y chains, since that term ends the day before."""
+    asset = one_asset(
+        _partner("2025-01-10", "2026-01-10", "PP-1"),
+        _partner("2026-01-10", "2027-01-09", "PP-2"),
+    )
+    assert [c.end for c in asset.contracts] == [date(2026, 1, 9), date(2027, 1, 9)]
+
+
+def test_E5_gap_in_a_chain_is_an_error(plans: PlanCatalogue) -> None:
+    """A renewal starting later than the day after the previous end is refused (gap)."""
+    text = csv_of(_partner("2025-01-10", "2026-01-09"), _partner("2026-01-12", "2027-01-11"))
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(text, plans)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (3, "contract_start")
+    assert "gap" in problem.message and "2026-01-10" in problem.message
+
+
+def test_E5_overlap_in_a_chain_is_an_error(plans: PlanCatalogue) -> None:
+    """A renewal starting before the previous term ends is refused (overlap)."""
+    text = csv_of(_partner("2025-01-10", "2028-01-09"), _partner("2026-01-10", "2027-01-09"))
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(text, plans)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (3, "contract_start")
+    assert "overlaps" in problem.message
+
+
+def test_E5_chain_checked_even_when_a_term_is_wrong(plans: PlanCatalogue) -> None:
+    """A wrong-length renewal and a gap are both listed, not just the first."""
+    text = csv_of(_partner("2025-01-10", "2026-01-09"), _partner("2026-01-15", "2028-01-14"))
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(text, plans)
+    messages = [p.message for p in caught.value.problems]
+    assert any("P5" in m for m in messages) and any("gap" in m for m in messages)
+
+
+def test_a_bare_row_must_be_the_serials_only_row(plans: PlanCatalogue) -> None:
+    """A serial listed twice with no contract is a duplicate, not a history."""
+    assert problems(plans, csv_of(row("A"), row("A"))) == [(2, "plan"), (3, "plan")]
+
+
+def test_model_spellings_are_understood(plans: PlanCatalogue) -> None:
+    """ "Poly Studio X30", "Studio X30", "X30" and studio_x30 name one model."""
+    spellings = ["Poly Studio X30", "Studio X30", "X30", "studio_x30"]
+    text = csv_of(*(row(f"S{i}", model=m) for i, m in enumerate(spellings)))
+    assert {a.model for a in parse_registry(text, plans)} == {"studio_x30"}
+
+
+def test_purchase_in_the_future_is_refused_on_import(plans: PlanCatalogue) -> None:
+    """With today given, a purchase date after it is an impossible date."""
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(csv_of(row(purchase_date="2027-01-01")), plans, today=date(2026, 11, 25))
+    assert [(p.line, p.column) for p in caught.value.problems] == [(2, "purchase_date")]
+
+
+def test_quoted_cells_bom_and_blank_lines(plans: PlanCatalogue) -> None:
+    """A spreadsheet export with a BOM, quotes and a trailing blank line imports."""
+    text = "\ufeff" + csv_of(row("A", room='"Room, big"')) + "\n\n"
+    (asset,) = parse_registry(text, plans)
+    assert asset.room == "Room, big"
+
+
+def test_registry_round_trips_through_csv_and_store_documents(plans: PlanCatalogue) -> None:
+    """Rendering the registry and reading it back, or storing and loading it, changes nothing."""
+    text = csv_of(
+        _partner("2025-01-10", "2026-01-09", "PP-1"),
+        _partner("2026-01-10", "2029-01-09", "PP-2"),
+        row("CAM1", model="studio_e70", host_serial="SN1", room="Board room"),
+        row("OLD", model="g7500", **HEZO, contract_start="2025-01-10", contract_end="2027-01-09"),
+    )
+    assets = parse_registry(text, plans)
+    again = parse_registry(render_registry(assets), plans)
+    assert sorted(again, key=lambda a: a.serial) == sorted(assets, key=lambda a: a.serial)
+    assert [Asset.from_doc(a.to_doc()) for a in assets] == assets
+
+
+def test_plan_import_tells_added_updated_unchanged(plans: PlanCatalogue) -> None:
+    """Re-importing a serial with a new renewal is an update; the same rows are unchanged."""
+    before = {a.serial: a for a in parse_registry(csv_of(row("A"), row("B")), plans)}
+    incoming = parse_registry(
+        csv_of(
+            row("A"),
+            row("B", room="R2"),
+            row("C", model="g7500", **HEZO, contract_start="2025-01-10", contract_end="2027-01-09"),
+        ),
+        plans,
+    )
+    plan = plan_import(before, incoming)
+    assert (plan.added, plan.updated, plan.unchanged, plan.ineligible) == (
+        ("C",),
+        ("B",),
+        ("A",),
+        ("C",),
+    )
+
+
+def test_firmware_csv_is_checked_whole() -> None:
+    """The --firmware file lists serial,version; bad versions and repeats are named by line."""
+    good = parse_installed_firmware("serial,version\nA,4.1.0_00.180034\nB,4.0.0-376092\n")
+    assert good["A"].text == "4.1.0_00.180034" and good["B"].version.major == 4
+    with pytest.raises(RegistryImportError) as caught:
+        parse_installed_firmware("serial,version\nA,four\nA,4.1.0\n")
+    assert [(p.line, p.column) for p in caught.value.problems] == [(2, "version"), (3, "serial")]
