@@ -1,4 +1,4 @@
-"""Entitlement's side of the disk: catalogue files in, releases.toml written atomically."""
+"""Entitlement with side effects: catalogue files, atomic release adds, the stored registry."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import fcntl
 import os
 import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from controller.domain.assets import Asset, ImportPlan, plan_import
 from controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
 from controller.domain.releases import (
     Release,
@@ -19,6 +20,7 @@ from controller.domain.releases import (
     parse_releases,
     render_releases,
 )
+from controller.store.base import Store
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_PLANS_PATH = DATA_DIR / "plans.toml"
@@ -99,3 +101,33 @@ def add_release(
         parse_releases(tomllib.loads(text))  # what we write must read back the same way
         write_atomically(target, text)
     return release
+
+
+# -- the registry in the controller's store ---------------------------------------------------
+
+#: Store collection of registered assets, keyed by serial.
+ASSETS = "assets"
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry cannot be read or written right now; the message says what to do."""
+
+
+def registry(store: Store) -> dict[str, Asset]:
+    """Every registered asset by serial."""
+    return {serial: Asset.from_doc(doc) for serial, doc in list(store.scan(ASSETS).items())}
+
+
+async def import_assets(store: Store, assets: Sequence[Asset], *, dry_run: bool) -> ImportPlan:
+    """Replace the history of every serial in ``assets``; durable when this returns.
+
+    The file was checked whole before this is called, so either every device is
+    written in one change or (dry run) none is.
+    """
+    plan = plan_import(registry(store), assets)
+    changed = set(plan.added) | set(plan.updated)
+    puts = {asset.serial: asset.to_doc() for asset in assets if asset.serial in changed}
+    if puts and not dry_run:
+        # One apply: every device of the file becomes durable together or not at all.
+        await store.wait_durable(store.apply({ASSETS: puts}))
+    return plan
