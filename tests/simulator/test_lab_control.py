@@ -1,0 +1,115 @@
+"""The lab's control API and fault timeline, driven over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from lab_client import LabFactory, wait_for
+
+from simulator.fleet import FaultWindow
+from simulator.lab import Lab
+from simulator.testing import make_device
+
+
+async def call(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, lab.control_url + path, json=body) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_list_and_get_devices(lab_factory: LabFactory) -> None:
+    """GET /devices lists every device with where it listens and what it pins."""
+    lab = await lab_factory([make_device(serial="CTL00001"), make_device(serial="CTL00002")])
+    status, body = await call(lab, "GET", "/devices")
+    assert status == 200
+    assert [d["serial"] for d in body["devices"]] == ["CTL00001", "CTL00002"]
+    first = body["devices"][0]
+    device = lab.devices["CTL00001"]
+    assert (first["address"], first["rest_port"], first["ssh_port"]) == (
+        device.address,
+        device.rest_port,
+        device.ssh_port,
+    )
+    assert first["tls_fingerprint"] == device.tls_fingerprint
+    assert "admin_password" not in first
+    status, one = await call(lab, "GET", "/devices/CTL00002")
+    assert (status, one["serial"], one["power"]) == (200, "CTL00002", "on")
+
+
+async def test_unknown_serial_and_fault_are_clear_4xx(lab_factory: LabFactory) -> None:
+    """Unknown serials answer 404 and unknown faults 400, both as JSON naming the problem."""
+    lab = await lab_factory([make_device(serial="CTL00003")])
+    status, body = await call(lab, "GET", "/devices/NOPE")
+    assert status == 404 and "NOPE" in body["error"]
+    status, body = await call(
+        lab, "POST", "/devices/CTL00003/faults", {"fault": "on_fire", "active": True}
+    )
+    assert status == 400 and "on_fire" in body["error"] and "camera_down" in body["known"]
+    status, body = await call(lab, "POST", "/devices/CTL00003/faults", {"fault": "slow"})
+    assert status == 400 and body["field"] == "active"
+    status, body = await call(lab, "POST", "/devices/CTL00003/power", [1])
+    assert status == 400
+
+
+async def test_faults_calls_power_and_reboot(lab_factory: LabFactory) -> None:
+    """The control API raises faults with parameters, starts calls, powers off and on, reboots."""
+    lab = await lab_factory([make_device(serial="CTL00004")])
+    device = lab.devices["CTL00004"]
+    status, body = await call(
+        lab, "POST", "/devices/CTL00004/faults", {"fault": "slow", "active": True, "latency_ms": 50}
+    )
+    assert status == 200 and body["faults"] == {"slow": {"latency_ms": 50.0}}
+    status, body = await call(lab, "POST", "/devices/CTL00004/call", {"active": True})
+    assert body["in_call"] is True and device.call is not None
+    status, body = await call(lab, "POST", "/devices/CTL00004/power", {"on": False})
+    assert body["power"] == "off" and not body["listening"]
+    status, body = await call(lab, "POST", "/devices/CTL00004/reboot")
+    assert status == 409
+    status, body = await call(lab, "POST", "/devices/CTL00004/power", {"on": True})
+    assert body["power"] == "booting"
+    await device.wait_power("on")
+    status, body = await call(lab, "POST", "/devices/CTL00004/reboot")
+    assert status == 200 and body["power"] == "booting"
+
+
+async def test_timeline_raises_and_clears_faults(lab_factory: LabFactory) -> None:
+    """Fault windows apply at their times; jumping the timeline sets every window's state."""
+    spec = make_device(
+        serial="CTL00005",
+        faults=[
+            FaultWindow(name="camera_down", at=0, until=100),
+            FaultWindow(name="lan_down", at=200, until=300),
+            FaultWindow(name="slow", at=50, params={"latency_ms": 10}),
+        ],
+    )
+    lab = await lab_factory([spec])
+    device = lab.devices["CTL00005"]
+    assert set(device.faults) == {"camera_down"}
+    status, body = await call(lab, "POST", "/timeline", {"seconds": 250})
+    assert status == 200 and body["seconds"] >= 250
+    assert set(device.faults) == {"lan_down", "slow"} and not device.listening
+    await call(lab, "POST", "/timeline", {"seconds": 120})
+    assert set(device.faults) == {"slow"} and device.listening
+    status, _ = await call(lab, "POST", "/timeline/reset")
+    assert status == 200 and set(device.faults) == {"camera_down"}
+    status, body = await call(lab, "POST", "/timeline", {"seconds": -1})
+    assert status == 400 and body["field"] == "seconds"
+
+
+async def test_timeline_advances_by_itself(lab_factory: LabFactory) -> None:
+    """Windows start and end on time without anyone moving the timeline."""
+    spec = make_device(
+        faults=[
+            FaultWindow(name="log_storage_full", at=0, until=0.1),
+            FaultWindow(name="reboot_needed", at=0.05),
+        ]
+    )
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    assert "log_storage_full" in device.faults
+    await wait_for(lambda: "reboot_needed" in device.faults)
+    await wait_for(lambda: "log_storage_full" not in device.faults)
+    assert lab.timeline_seconds() >= 0.1

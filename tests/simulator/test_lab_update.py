@@ -1,0 +1,109 @@
+"""Firmware updates ordered through upgrade.auto.* and a reboot: ok, fail and brick."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+from lab_client import LabFactory, RestClient, wait_for
+
+from simulator.device import SimDevice
+from simulator.testing import make_device, with_update
+
+Rest = Callable[[SimDevice], RestClient]
+
+
+async def order_update(client: RestClient, version: str) -> None:
+    """Point the device at the update server and version, as a rollout does, then reboot it."""
+    answer = await client.json_post(
+        "/rest/config",
+        {
+            "vars": [
+                {"name": "upgrade.auto.enable", "value": "true"},
+                {"name": "upgrade.auto.server.address", "value": "https://127.0.0.1:8443/fw"},
+                {"name": "upgrade.auto.version", "value": version},
+            ]
+        },
+    )
+    assert {v["result"] for v in answer["vars"]} == {"NOERROR"}
+    response = await client.request("POST", "/rest/system/reboot", json={"action": "reboot"})
+    assert response.status == 200
+
+
+async def test_update_ok_comes_back_on_the_new_version(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """The device installs, reboots, drops sessions and reports the ordered version and build."""
+    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    await client.login()
+    await order_update(client, "4.2.2-408037")
+    await wait_for(lambda: device.power == "installing")
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await client.request("GET", "/")
+    await device.wait_power("on")
+    assert (await client.request("GET", "/rest/system")).status == 403
+    await client.login()
+    system = await client.json("GET", "/rest/system")
+    assert (system["softwareVersion"], system["build"]) == ("4.2.2", "408037")
+    assert device.last_update["outcome"] == "ok"
+
+
+async def test_update_fail_returns_on_the_old_version(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """A failing update reboots back onto the version the device had."""
+    spec = with_update(make_device(firmware="3.14.1"), "fail")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    await client.login()
+    await order_update(client, "4.0.2.384012")
+    await wait_for(lambda: device.power == "installing")
+    await device.wait_power("on")
+    await client.login()
+    system = await client.json("GET", "/rest/system")
+    assert (system["softwareVersion"], system["build"]) == ("3.14.1", "374010")
+    assert device.last_update["outcome"] == "fail"
+
+
+async def test_update_brick_never_returns(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """A bricking update leaves the device silent, even after a power cycle."""
+    spec = with_update(make_device(firmware="4.2.2"), "brick")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    await client.login()
+    await order_update(client, "4.6.2")
+    await device.wait_power("bricked")
+    await device.power_on()
+    assert device.power == "bricked"
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await client.request("GET", "/")
+
+
+async def test_reboot_without_order_keeps_the_version(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """Without upgrade.auto.enable a reboot installs nothing."""
+    lab = await lab_factory([make_device(firmware="4.0.2")])
+    device = next(iter(lab.devices.values()))
+    device.config["upgrade.auto.version"] = "4.2.2"
+    await device.reboot()
+    assert device.power == "booting"
+    await device.wait_power("on")
+    assert (device.firmware_version, device.build) == ("4.0.2", "384012")
+
+
+async def test_device_in_a_call_stays_readable(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """A device in a call answers the whole poll cycle; the call shows until it ends."""
+    lab = await lab_factory([make_device(in_call=True, firmware="4.6.2")])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    assert (await client.login()).status == 200
+    for path in ("/rest/system", "/rest/system/status", "/rest/audio"):
+        await client.json("GET", path)
+    assert len(await client.json("GET", "/rest/conferences")) == 1
