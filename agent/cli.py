@@ -1,9 +1,326 @@
-"""Command-line group (filled in by its package)."""
+"""``polyfleet agent``: probe, discover, enroll, run, pins."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.config import AgentConfig, DeviceConfig, Secret, load_config
+from agent.discovery import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, Found, discover
+from agent.drivers import DRIVERS
+from agent.drivers.base import DriverContext, Pins
+from agent.pins import PinStore
+from agent.service import enroll, run_service
+from agent.uplink import ControllerRefused, ControllerUnavailable
+from shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
+from shared.fingerprint import normalise_fingerprint
+from shared.schema import Snapshot
+
+DEFAULT_CONFIG = os.environ.get("POLYFLEET_AGENT_CONFIG", "agent.toml")
+EXIT_DEVICE = 3
+EXIT_CONFIG = 2
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    probe = commands.add_parser(
+        "probe",
+        help="log in to one device, print its snapshot, log out",
+        description="Log in to one device, print its normalised snapshot, log out. "
+        "Exits 3 with a one-line reason when the device cannot be read.",
+    )
+    probe.add_argument("host")
+    probe.add_argument("--rest-port", type=int, default=443)
+    probe.add_argument("--ssh-port", type=int, default=22)
+    probe.add_argument("--user", required=True)
+    probe.add_argument("--password-file", required=True, type=Path)
+    trust = probe.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--fingerprint", help="pin: SHA256:... of the certificate (or SSH host key)")
+    trust.add_argument("--insecure", action="store_true", help="accept any certificate")
+    probe.add_argument(
+        "--via", choices=("rest", "ssh"), default="rest", help="read over REST (default) or SSH"
+    )
+    probe.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    probe.add_argument("--json", action="store_true", help="print Snapshot JSON")
+    probe.set_defaults(func=_probe)
+
+    disc = commands.add_parser(
+        "discover",
+        help="find Poly devices in the given ranges",
+        description="Find Poly devices in the given address ranges only (HTTPS and SSH), "
+        "without logging in.",
+    )
+    disc.add_argument("ranges", nargs="+", metavar="CIDR")
+    disc.add_argument("--rest-port", type=int, action="append", help="HTTPS port (repeatable; 443)")
+    disc.add_argument("--ssh-port", type=int, action="append", help="SSH port (repeatable; 22)")
+    disc.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    disc.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    disc.add_argument("--json", action="store_true")
+    disc.set_defaults(func=_discover)
+
+    enr = commands.add_parser(
+        "enroll",
+        help="exchange a one-time code for this agent's credential",
+        description="Exchange a one-time enrollment code for the agent's credential "
+        "(stored with mode 0600 where the config's controller.credential_file says).",
+    )
+    enr.add_argument(
+        "--controller", required=True, help="controller URL, e.g. http://127.0.0.1:8080"
+    )
+    enr.add_argument("--code", required=True)
+    enr.add_argument("--config", default=None, help=f"agent config (default {DEFAULT_CONFIG})")
+    enr.add_argument("--credential-file", type=Path, default=None)
+    enr.add_argument("--json", action="store_true")
+    enr.set_defaults(func=_enroll)
+
+    run = commands.add_parser("run", help="run the agent service", description="Run the agent.")
+    run.add_argument("--config", default=DEFAULT_CONFIG)
+    run.set_defaults(func=_run)
+
+    pins = commands.add_parser("pins", help="list or accept pinned certificates and host keys")
+    pin_commands = pins.add_subparsers(dest="pins_command", metavar="ACTION", required=True)
+    pin_list = pin_commands.add_parser("list", help="show pins and changes waiting for review")
+    pin_list.add_argument("--config", default=DEFAULT_CONFIG)
+    pin_list.add_argument("--json", action="store_true")
+    pin_list.set_defaults(func=_pins_list)
+    accept = pin_commands.add_parser(
+        "accept", help="trust a device's changed certificate/host key (after checking it)"
+    )
+    accept.add_argument("device", metavar="SERIAL_OR_HOST")
+    accept.add_argument("--config", default=DEFAULT_CONFIG)
+    accept.set_defaults(func=_pins_accept)
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    first_line = message.splitlines()[0] if message else "failed"
+    print(f"polyfleet agent {command}: {first_line}", file=sys.stderr)
+    return code
+
+
+# --- probe --------------------------------------------------------------------------------
+
+
+async def probe_device(
+    host: str,
+    *,
+    rest_port: int,
+    ssh_port: int | None,
+    user: str,
+    password: str,
+    fingerprint: str | None,
+    via: str = "rest",
+    timeout: float = 10.0,
+) -> list[Snapshot]:
+    """Read one device once (``polyfleet agent probe``); raises the shared device errors."""
+    device = DeviceConfig(
+        host=host,
+        rest_port=rest_port,
+        ssh_port=ssh_port,
+        user=user,
+        password=Secret(origin="--password-file"),
+    )
+    pins = Pins(
+        tls=fingerprint if via == "rest" else None, ssh=fingerprint if via == "ssh" else None
+    )
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        context = DriverContext(session=session, pins=pins, request_timeout_s=timeout)
+        driver = DRIVERS[device.driver](device, password, context)
+        if via == "ssh":
+            return await driver.poll_fallback(RuntimeError("read over SSH on request"))
+        return await driver.poll()
+
+
+def _probe(args: argparse.Namespace) -> int:
+    try:
+        password = Secret(file=args.password_file, origin="--password-file").read()
+        fingerprint = None if args.insecure else normalise_fingerprint(args.fingerprint)
+    except (ConfigError, ValueError) as exc:
+        return _fail("probe", str(exc), EXIT_CONFIG)
+    try:
+        snapshots = asyncio.run(
+            probe_device(
+                args.host,
+                rest_port=args.rest_port,
+                ssh_port=args.ssh_port,
+                user=args.user,
+                password=password,
+                fingerprint=fingerprint,
+                via=args.via,
+                timeout=args.timeout,
+            )
+        )
+    except DeviceError as exc:
+        return _fail("probe", f"{args.host}: {exc.reason}", EXIT_DEVICE)
+    snapshot = snapshots[0]
+    if args.via == "ssh" and snapshot.health.problems:
+        # The probe asked for SSH: the "REST not used" marker is not a device problem.
+        rest = [p for p in snapshot.health.problems if not p.detail.startswith("REST: ")]
+        snapshot = snapshot.model_copy(update={"health": type(snapshot.health).from_problems(rest)})
+    if args.json:
+        print(snapshot.model_dump_json(indent=2))
+        return 0
+    _print_snapshot(snapshot)
+    for camera in snapshots[1:]:
+        print()
+        _print_snapshot(camera)
+    return 0
+
+
+def _print_snapshot(s: Snapshot) -> None:
+    print(f"{s.serial}  {s.model.value} ({s.model_raw})  {s.system_name}")
+    print(f"  firmware  {s.firmware.version} build {s.firmware.build}")
+    print(
+        f"  provider  {s.provider.value}   in call: {'yes' if s.in_call else 'no'}"
+        f"   via {s.via.value}"
+    )
+    if s.host_serial:
+        print(f"  attached to {s.host_serial}")
+    print(f"  health    {s.health.state.value}")
+    for problem in s.health.problems:
+        print(f"    - {problem.code.value}: {problem.detail}")
+    for p in s.peripherals:
+        print(f"  {p.kind:<17} {p.model_raw} {p.serial} {p.firmware} {p.state}")
+
+
+# --- discover -----------------------------------------------------------------------------
+
+
+def _discover(args: argparse.Namespace) -> int:
+    show_progress = sys.stderr.isatty()
+
+    def progress(done: int, total: int, found: int) -> None:
+        if show_progress:
+            end = "\n" if done == total else ""
+            sys.stderr.write(f"\rscanned {done}/{total} addresses, {found} Poly devices found{end}")
+            sys.stderr.flush()
+
+    try:
+        found = asyncio.run(
+            discover(
+                args.ranges,
+                rest_ports=tuple(args.rest_port or (443,)),
+                ssh_ports=tuple(args.ssh_port or (22,)),
+                concurrency=args.concurrency,
+                timeout=args.timeout,
+                progress=progress,
+            )
+        )
+    except ConfigError as exc:
+        return _fail("discover", str(exc), EXIT_CONFIG)
+    if args.json:
+        print(json.dumps([f.as_json() for f in found], indent=2))
+        return 0
+    _print_found(found)
+    return 0
+
+
+def _print_found(found: list[Found]) -> None:
+    poly = [f for f in found if f.poly]
+    for f in poly:
+        print(
+            f"{f.address}  {f.model_hint or '?'}  {f.os or ''}  https:{f.rest_port} "
+            f"{f.tls_fingerprint}  ssh:{f.ssh_port or '-'} {f.ssh_banner}"
+        )
+    others = len(found) - len(poly)
+    print(f"{len(poly)} Poly devices" + (f", {others} other hosts answered" if others else ""))
+
+
+# --- enroll, run, pins --------------------------------------------------------------------
+
+
+def _config_or_none(path: str | None) -> AgentConfig | None:
+    if path is None:
+        return load_config(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else None
+    return load_config(path)
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    try:
+        config = _config_or_none(args.config)
+        if args.credential_file is not None:
+            target = args.credential_file
+        elif config is not None:
+            target = config.credential_path
+        else:
+            return _fail(
+                "enroll", "give --config (for its credential_file) or --credential-file", 2
+            )
+        credential = asyncio.run(
+            enroll(
+                args.controller,
+                args.code,
+                credential_path=target,
+                agent_name=config.agent_name if config else "",
+                ca_file=config.controller_ca_file if config else None,
+            )
+        )
+    except (ConfigError, ProtocolError) as exc:
+        return _fail("enroll", str(exc), EXIT_CONFIG)
+    except ControllerRefused as exc:
+        return _fail("enroll", str(exc), 1)
+    except ControllerUnavailable as exc:
+        return _fail("enroll", f"controller unreachable: {exc}", 1)
+    info: dict[str, Any] = {
+        "agent_id": credential.agent_id,
+        "site_id": credential.site_id,
+        "credential_file": str(target),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(
+            f"enrolled as agent {credential.agent_id} of site {credential.site_id}; "
+            f"credential stored in {target} (mode 0600)"
+        )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail("run", str(exc), EXIT_CONFIG)
+    try:
+        return run_service(config)
+    except PolyfleetError as exc:
+        return _fail("run", str(exc), 1)
+
+
+def _pins_list(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        records = PinStore(config.data_dir).all()
+    except ConfigError as exc:
+        return _fail("pins list", str(exc), EXIT_CONFIG)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in records], indent=2))
+        return 0
+    for r in records:
+        waiting = []
+        if r.pending_tls:
+            waiting.append(f"certificate changed to {r.pending_tls}")
+        if r.pending_ssh:
+            waiting.append(f"host key changed to {r.pending_ssh}")
+        print(f"{r.key}  {r.serial or '?'}  tls {r.tls or '-'}  ssh {r.ssh or '-'}  ({r.source})")
+        for line in waiting:
+            print(f"    WAITING FOR REVIEW: {line}")
+    return 0
+
+
+def _pins_accept(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        accepted = PinStore(config.data_dir).accept(args.device)
+    except ConfigError as exc:
+        return _fail("pins accept", str(exc), EXIT_CONFIG)
+    for r in accepted:
+        print(f"{r.key} ({r.serial or '?'}): now trusting tls {r.tls or '-'}, ssh {r.ssh or '-'}")
+    return 0

@@ -155,6 +155,10 @@ SSH_STATUS_NAMES = {
 }
 
 
+#: Legacy-API states -> REST states.
+SSH_STATES = {"online": "up", "offline": "down", "disabled": "off"}
+
+
 def ssh_status_map(text: str) -> dict[str, str]:
     """SSH ``status`` output (``<name> <state>`` lines, ``status end``) -> REST-style names."""
     result: dict[str, str] = {}
@@ -164,7 +168,8 @@ def ssh_status_map(text: str) -> dict[str, str]:
             continue
         name = parts[0].lower().removeprefix("system.status.")
         name = SSH_STATUS_NAMES.get(name, name)
-        result[name] = parts[-1].lower()
+        state = parts[-1].lower()
+        result[name] = SSH_STATES.get(state, state)
     return result
 
 
@@ -478,7 +483,9 @@ class VideoOSDriver(DeviceDriver):
         reason = cause.reason if isinstance(cause, DeviceError) else type(cause).__name__
         problems.insert(0, Problem(code=ProblemCode.API_ERROR, detail=f"REST: {reason}"))
         callinfo = result.outputs.get("callinfo all", "")
-        in_call = "callinfo begin" in callinfo and "not in a call" not in callinfo
+        in_call = status.get("inacall") == "up" or (
+            "callinfo begin" in callinfo and "not in a call" not in callinfo
+        )
         model_raw = who.get("model", "")
         return [
             Snapshot(

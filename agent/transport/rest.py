@@ -309,6 +309,8 @@ class RestClient:
             raise DeviceProtocolError(
                 f"{where}: login refused ({reason[:64] or 'no reason'})", host=self.host
             )
+        if reason == "SessionLimitReached":
+            raise DeviceProtocolError(f"{where}: the device has no free session", host=self.host)
         if "LOCK" in login_result.upper() and login_result.upper() != "NOLOCKOUT":
             raise LockedOut(
                 f"{where}: the device locked the account ({login_result[:64]})", host=self.host

@@ -1,0 +1,369 @@
+"""Polls every configured device on its own jittered schedule; the one place poll failures stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from agent.config import AgentConfig, DeviceConfig
+from agent.drivers import DRIVERS
+from agent.drivers.base import DeviceDriver, DriverContext, Pins
+from agent.outbox import Outbox, OutboxFullError
+from agent.pins import PinStore
+from shared.errors import (
+    AuthenticationFailed,
+    CertificateMismatch,
+    DeviceError,
+    DeviceProtocolError,
+    DeviceUnreachable,
+    DeviceWedged,
+    LockedOut,
+    NotAPolyDevice,
+    PolyfleetError,
+)
+from shared.schema import (
+    Firmware,
+    Health,
+    HealthState,
+    Model,
+    Problem,
+    ProblemCode,
+    Provider,
+    Snapshot,
+    Via,
+)
+
+log = logging.getLogger(__name__)
+
+#: Snapshots kept per device for diagnostics bundles.
+HISTORY = 5
+
+#: Driver failure -> problem code reported for the device.
+ERROR_PROBLEMS: dict[type[DeviceError], ProblemCode] = {
+    CertificateMismatch: ProblemCode.CERTIFICATE_CHANGED,
+    LockedOut: ProblemCode.LOCKED_OUT,
+    AuthenticationFailed: ProblemCode.AUTH_FAILED,
+    DeviceUnreachable: ProblemCode.UNREACHABLE,
+    DeviceWedged: ProblemCode.API_ERROR,
+    NotAPolyDevice: ProblemCode.API_ERROR,
+    DeviceProtocolError: ProblemCode.API_ERROR,
+}
+
+
+def problem_for(exc: DeviceError) -> ProblemCode:
+    for kind, code in ERROR_PROBLEMS.items():
+        if isinstance(exc, kind):
+            return code
+    return ProblemCode.API_ERROR
+
+
+@dataclass
+class DeviceState:
+    """What the poller remembers about one configured device between cycles."""
+
+    device: DeviceConfig
+    serial: str = ""
+    last: list[Snapshot] = field(default_factory=list)
+    history: deque[Snapshot] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    password: str | None = None
+    backoff_until: float = 0.0
+    backoff_s: float = 0.0
+    failing: str | None = None
+    blocked: DeviceError | None = None
+    polls: int = 0
+    device_contacts: int = 0
+
+
+class Poller:
+    """One APScheduler job per device; a global semaphore bounds concurrent device sessions.
+
+    Each poll runs under its own deadline, so a hung device only ever costs
+    its own slot. Lockouts and refused credentials back off exponentially:
+    every login attempt on a locked unit would extend the lockout.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        session: aiohttp.ClientSession,
+        outbox: Outbox | None,
+        pins: PinStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.outbox = outbox
+        self.pins = pins
+        self.clock = clock
+        self.states: dict[str, DeviceState] = {d.key: DeviceState(d) for d in config.devices}
+        self._semaphore = asyncio.Semaphore(config.concurrency)
+        self._scheduler: AsyncIOScheduler | None = None
+        for state in self.states.values():
+            state.serial = state.device.serial
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    async def apply_config_pins(self) -> None:
+        for state in self.states.values():
+            device = state.device
+            record = await asyncio.to_thread(
+                self.pins.apply_config, device.key, device.tls_fingerprint, device.ssh_fingerprint
+            )
+            state.serial = state.serial or record.serial
+
+    def start(self) -> None:
+        """Schedule every device; first polls are spread over the jitter window."""
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        interval = self.config.poll_interval_s
+        jitter = self.config.jitter_s
+        now = datetime.now(UTC)
+        for key in self.states:
+            first = now + timedelta(seconds=random.uniform(0, min(jitter, interval)))
+            scheduler.add_job(
+                self.poll_device,
+                IntervalTrigger(seconds=interval, jitter=jitter or None, timezone=UTC),
+                args=[key],
+                id=key,
+                name=f"poll {key}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=first,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+    async def sweep(self) -> list[Snapshot]:
+        """Poll every device once, concurrently (bounded); returns what was reported."""
+        results = await asyncio.gather(*(self.poll_device(key) for key in self.states))
+        return [s for result in results for s in result]
+
+    # --- one device ---------------------------------------------------------------------
+
+    def driver_for(self, state: DeviceState, password: str, pins: Pins) -> DeviceDriver:
+        context = DriverContext(
+            session=self.session,
+            pins=pins,
+            request_timeout_s=self.config.device_timeout_s,
+        )
+        return DRIVERS[state.device.driver](state.device, password, context)
+
+    async def driver(self, key: str) -> tuple[DeviceDriver, Pins]:
+        """A driver for ``key`` holding the device to its current pins (for jobs)."""
+        state = self.states[key]
+        record = await asyncio.to_thread(self.pins.get, key)
+        pins = Pins(tls=record.tls, ssh=record.ssh)
+        return self.driver_for(state, await self._password(state), pins), pins
+
+    def find(self, serial: str) -> str | None:
+        """The configured device whose serial (or whose camera's serial) is ``serial``."""
+        for key, state in self.states.items():
+            if state.serial == serial or any(s.serial == serial for s in state.last):
+                return key
+        return None
+
+    async def _password(self, state: DeviceState) -> str:
+        if state.password is None:
+            state.password = await asyncio.to_thread(state.device.password.read)
+        return state.password
+
+    async def poll_device(self, key: str) -> list[Snapshot]:
+        """Poll one device and spool its snapshots; never raises (this is the poll boundary)."""
+        state = self.states[key]
+        state.polls += 1
+        try:
+            snapshots = await self._poll(state)
+        except Exception:  # the boundary: one broken device must not stop the others
+            log.exception("%s: unexpected failure while polling", key)
+            return []
+        if self.outbox is not None:
+            for snapshot in snapshots:
+                try:
+                    await self.outbox.put(snapshot)
+                except OutboxFullError as exc:
+                    log.warning("%s: %s", key, exc)
+        return snapshots
+
+    async def _poll(self, state: DeviceState) -> list[Snapshot]:
+        key = state.device.key
+        now = self.clock()
+        if state.blocked is not None and now < state.backoff_until:
+            # Backing off: report what we know without touching the device (W: no lockout churn).
+            return self._failure_snapshots(state, state.blocked)
+        try:
+            password = await self._password(state)
+        except PolyfleetError as exc:
+            log.error("%s: %s", key, exc)
+            return []
+        record = await asyncio.to_thread(self.pins.get, key)
+        pins = Pins(tls=record.tls, ssh=record.ssh)
+        driver = self.driver_for(state, password, pins)
+        async with self._semaphore:
+            state.device_contacts += 1
+            try:
+                async with asyncio.timeout(self.config.device_timeout_s):
+                    if record.tls is None and not self.config.trust_on_first_use:
+                        await self._refuse_unpinned(state)
+                    try:
+                        snapshots = await driver.poll()
+                    except (DeviceWedged, DeviceUnreachable, DeviceProtocolError) as exc:
+                        if not state.device.ssh_port:
+                            raise
+                        try:
+                            snapshots = await driver.poll_fallback(exc)
+                        except DeviceError:
+                            raise exc from None
+            except TimeoutError:
+                error: DeviceError = DeviceUnreachable(
+                    f"{key}: no complete answer within {self.config.device_timeout_s:g}s",
+                    host=state.device.host,
+                )
+                return await self._failed(state, error)
+            except DeviceError as exc:
+                return await self._failed(state, exc)
+        await self._learn_pins(state, pins, record.tls, record.ssh, snapshots)
+        if state.failing is not None:
+            log.info("%s: answering again (was: %s)", key, state.failing)
+        state.failing = None
+        state.blocked = None
+        state.backoff_s = 0.0
+        snapshots = self._fill_from_last(state, snapshots)
+        state.serial = snapshots[0].serial
+        state.last = snapshots
+        state.history.append(snapshots[0])
+        return snapshots
+
+    async def _refuse_unpinned(self, state: DeviceState) -> None:
+        """Without trust on first use, an unpinned device waits for ``pins accept``."""
+        from agent.transport.rest import fetch_certificate_fingerprint
+
+        device = state.device
+        seen = await fetch_certificate_fingerprint(
+            device.host, device.rest_port, timeout=self.config.device_timeout_s
+        )
+        raise CertificateMismatch(
+            f"{device.key}: certificate {seen} is not pinned (trust_on_first_use = false)",
+            host=device.host,
+            seen=seen,
+            pinned="",
+        )
+
+    async def _failed(self, state: DeviceState, exc: DeviceError) -> list[Snapshot]:
+        key = state.device.key
+        if state.failing != exc.reason:
+            # Log the first failure of a kind, not every repeat (the poll boundary's habit).
+            log.warning("%s: %s (%s)", key, exc.reason, exc)
+        state.failing = exc.reason
+        if isinstance(exc, AuthenticationFailed | LockedOut):
+            state.password = None  # re-read: the admin may have fixed the file
+            base = max(self.config.lockout_backoff_s, 0.0)
+            state.backoff_s = min(
+                self.config.lockout_backoff_max_s, state.backoff_s * 2 if state.backoff_s else base
+            )
+            state.backoff_until = self.clock() + state.backoff_s
+            state.blocked = exc
+        if isinstance(exc, CertificateMismatch):
+            await asyncio.to_thread(self._record_pending, state, exc)
+        return self._failure_snapshots(state, exc)
+
+    def _record_pending(self, state: DeviceState, exc: CertificateMismatch) -> None:
+        record = self.pins.get(state.device.key)
+        # Certificate and host key fingerprints differ, so the pin says which one changed.
+        field_name = "pending_ssh" if record.ssh and exc.pinned == record.ssh else "pending_tls"
+        if getattr(record, field_name) != exc.seen:
+            log.warning(
+                "%s: %s changed to %s; not trusted until: polyfleet agent pins accept %s",
+                state.device.key,
+                "SSH host key" if field_name == "pending_ssh" else "certificate",
+                exc.seen,
+                state.serial or state.device.host,
+            )
+            self.pins.update(state.device.key, **{field_name: exc.seen})
+
+    def _failure_snapshots(self, state: DeviceState, exc: DeviceError) -> list[Snapshot]:
+        code = problem_for(exc)
+        problem = Problem(code=code, detail=_short(exc))
+        now = datetime.now(UTC)
+        if not state.last and not state.serial:
+            return []
+        base = state.last or [
+            Snapshot(
+                serial=state.serial,
+                model=Model.UNKNOWN,
+                firmware=Firmware(),
+                provider=Provider.UNKNOWN,
+                health=Health(state=HealthState.OK),
+                collected_at=now,
+                via=Via.REST,
+            )
+        ]
+        result = []
+        for snapshot in base:
+            health = Health.from_problems([problem])
+            result.append(
+                snapshot.model_copy(
+                    update={
+                        "health": health,
+                        "collected_at": now,
+                        "uptime_s": None,
+                        "in_call": False if code is ProblemCode.UNREACHABLE else snapshot.in_call,
+                    }
+                )
+            )
+        return result
+
+    def _fill_from_last(self, state: DeviceState, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """An SSH read cannot see provider or peripherals: keep what REST saw last."""
+        if not snapshots or snapshots[0].via is not Via.SSH or not state.last:
+            return snapshots
+        last = state.last[0]
+        first = snapshots[0]
+        update: dict[str, Any] = {}
+        if first.provider is Provider.UNKNOWN:
+            update["provider"] = last.provider
+        if not first.peripherals:
+            update["peripherals"] = last.peripherals
+        return [first.model_copy(update=update), *snapshots[1:]]
+
+    async def _learn_pins(
+        self,
+        state: DeviceState,
+        pins: Pins,
+        had_tls: str | None,
+        had_ssh: str | None,
+        snapshots: list[Snapshot],
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if had_tls is None and pins.seen_tls and self.config.trust_on_first_use:
+            changes["tls"] = pins.seen_tls
+            log.info("%s: pinned certificate %s on first use", state.device.key, pins.seen_tls)
+        if had_ssh is None and pins.seen_ssh and self.config.trust_on_first_use:
+            changes["ssh"] = pins.seen_ssh
+        serial = snapshots[0].serial if snapshots else ""
+        record = await asyncio.to_thread(self.pins.get, state.device.key)
+        if serial and record.serial != serial:
+            changes["serial"] = serial
+        if changes:
+            await asyncio.to_thread(self.pins.update, state.device.key, **changes)
+
+
+def _short(exc: DeviceError) -> str:
+    text = f"{exc.reason}: {exc}"
+    return text[:256]

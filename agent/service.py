@@ -1,0 +1,251 @@
+"""The running agent: poller, outbox, uplink and jobs wired together (``polyfleet agent run``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from agent.config import AgentConfig
+from agent.jobs import JobRunner
+from agent.outbox import Outbox
+from agent.pins import PinStore
+from agent.poller import Poller
+from agent.uplink import (
+    ControllerRefused,
+    ControllerUnavailable,
+    Credential,
+    Uplink,
+    backoff_delay,
+    ssl_context_for,
+)
+from shared.errors import ConfigError, PolyfleetError, ProtocolError
+from shared.schema import PROTOCOL_VERSION, AgentNotice, ReportBatch
+
+log = logging.getLogger(__name__)
+
+OUTBOX_DIR = "outbox"
+
+
+async def enroll(
+    config_or_url: AgentConfig | str,
+    code: str,
+    *,
+    credential_path: Path,
+    agent_name: str = "",
+    ca_file: Path | None = None,
+) -> Credential:
+    """Exchange a one-time enrollment code for this agent's credential and store it (mode 0600)."""
+    if isinstance(config_or_url, AgentConfig):
+        url = config_or_url.controller_url
+        ca_file = ca_file or config_or_url.controller_ca_file
+    else:
+        url = config_or_url.rstrip("/")
+    if not url:
+        raise ConfigError("no controller URL (give --controller or controller.url)")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        uplink = Uplink(url, session=session, ssl_context=ssl_context_for(ca_file))
+        answer = await uplink.enroll(code, agent_name=agent_name)
+    credential = Credential(
+        controller_url=url,
+        agent_id=answer.agent_id,
+        site_id=answer.site_id,
+        token=answer.token,
+        poll_interval_s=answer.poll_interval_s,
+    )
+    await asyncio.to_thread(credential.save, credential_path)
+    return credential
+
+
+class AgentService:
+    """Everything ``polyfleet agent run`` does, startable in-process (``start``/``stop``)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.outbox = Outbox(
+            config.data_dir / OUTBOX_DIR,
+            max_bytes=config.outbox_max_bytes,
+            segment_bytes=config.outbox_segment_bytes,
+        )
+        self.pins = PinStore(config.data_dir)
+        self.credential: Credential | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.poller: Poller | None = None
+        self.jobs: JobRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self.batches_sent = 0
+
+    async def start(self) -> None:
+        config = self.config
+        await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True)
+        await self.outbox.open()
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        )
+        self.poller = Poller(config, session=self.session, outbox=self.outbox, pins=self.pins)
+        await self.poller.apply_config_pins()
+        await self.outbox.put_notice(
+            AgentNotice(
+                kind="agent_started",
+                detail=f"{len(config.devices)} devices configured",
+                at=datetime.now(UTC),
+            )
+        )
+        self.poller.start()
+        self._tasks.append(asyncio.create_task(self._send_loop(), name="outbox sender"))
+        self._tasks.append(asyncio.create_task(self._jobs_loop(), name="job puller"))
+        log.info(
+            "agent started: %d devices, poll every %gs, outbox %s",
+            len(config.devices),
+            config.poll_interval_s,
+            self.outbox.directory,
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.poller is not None:
+            self.poller.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.outbox.close()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # --- the controller side ------------------------------------------------------------
+
+    async def _credential(self) -> Credential | None:
+        """Load the stored credential; enroll with the configured code when there is none."""
+        if self.credential is not None:
+            return self.credential
+        path = self.config.credential_path
+        if await asyncio.to_thread(path.exists):
+            self.credential = await asyncio.to_thread(Credential.load, path)
+            return self.credential
+        if self.config.enrollment_code is not None and self.config.controller_url:
+            code = await asyncio.to_thread(self.config.enrollment_code.read)
+            self.credential = await enroll(
+                self.config,
+                code,
+                credential_path=path,
+                agent_name=self.config.agent_name,
+            )
+            log.info(
+                "enrolled as agent %s of site %s", self.credential.agent_id, self.credential.site_id
+            )
+            return self.credential
+        return None
+
+    def _uplink(self, credential: Credential) -> Uplink:
+        assert self.session is not None
+        return Uplink(
+            self.config.controller_url or credential.controller_url,
+            session=self.session,
+            token=credential.token,
+            ssl_context=ssl_context_for(self.config.controller_ca_file),
+        )
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    async def _send_loop(self) -> None:
+        attempt = 0
+        down_since: str | None = None
+        cap = self.config.backoff_max_s
+        while not self._stopping.is_set():
+            try:
+                credential = await self._credential()
+            except PolyfleetError as exc:
+                attempt += 1
+                log.warning("cannot enroll yet: %s", exc)
+                await self._pause(backoff_delay(attempt, cap=cap))
+                continue
+            if credential is None:
+                await self._pause(self.config.send_interval_s)
+                continue
+            await self.outbox.wait_for_entries(self.config.send_interval_s)
+            entries = self.outbox.peek(self.config.batch_size)
+            if not entries:
+                continue
+            batch = ReportBatch(
+                protocol_version=PROTOCOL_VERSION,
+                reports=[e.report() for e in entries if e.kind == "report"],
+                notices=[e.notice() for e in entries if e.kind == "notice"],
+            )
+            try:
+                await self._uplink(credential).post_batch(batch)
+            except (ControllerUnavailable, ControllerRefused, ProtocolError) as exc:
+                attempt += 1
+                if down_since is None:
+                    down_since = str(exc)
+                    log.warning(
+                        "controller not taking reports (%s); keeping them in the outbox", exc
+                    )
+                await self._pause(backoff_delay(attempt, base=self.config.send_interval_s, cap=cap))
+                continue
+            await self.outbox.ack(entries[-1].seq)
+            self.batches_sent += 1
+            if down_since is not None:
+                log.info("controller taking reports again; %d still queued", len(self.outbox))
+            down_since = None
+            attempt = 0
+
+    async def _jobs_loop(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            credential = self.credential
+            if credential is None or self.poller is None:
+                await self._pause(self.config.jobs_interval_s)
+                continue
+            uplink = self._uplink(credential)
+            if self.jobs is None:
+                self.jobs = JobRunner(self.poller, uplink)
+            try:
+                listing = await uplink.pull_jobs()
+            except (ControllerUnavailable, ControllerRefused, ProtocolError) as exc:
+                attempt += 1
+                log.debug("job pull failed: %s", exc)
+                await self._pause(
+                    backoff_delay(
+                        attempt, base=self.config.jobs_interval_s, cap=self.config.backoff_max_s
+                    )
+                )
+                continue
+            attempt = 0
+            for job in listing.jobs:
+                self.jobs.submit(job)
+            await self._pause(self.config.jobs_interval_s)
+
+
+def run_service(config: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT (``polyfleet agent run``)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await AgentService(config).run_until(stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,220 @@
+"""The agent's side of the controller protocol: enroll, post report batches, pull jobs, upload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import ConfigError, PolyfleetError, ProtocolError
+from shared.schema import (
+    PROTOCOL_VERSION,
+    EnrollRequest,
+    EnrollResponse,
+    JobList,
+    JobResult,
+    ReportBatch,
+    ReportBatchAck,
+)
+
+log = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
+
+DEFAULT_TIMEOUT_S = 30.0
+_MAX_ANSWER_BYTES = 8 * 1024 * 1024
+
+
+class ControllerUnavailable(PolyfleetError):
+    """The controller did not answer (or answered 5xx): try again later."""
+
+
+class ControllerRefused(PolyfleetError):
+    """The controller answered 4xx: ``code``/``message``/``field`` from its error body."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        where = f" (field {field})" if field else ""
+        super().__init__(f"controller refused (HTTP {status}, {code}): {message}{where}")
+        self.status = status
+        self.code = code
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What enrollment gave this agent; kept in a mode-0600 file, never logged."""
+
+    controller_url: str
+    agent_id: str
+    site_id: str
+    token: str
+    poll_interval_s: int
+
+    def __repr__(self) -> str:
+        return f"Credential(agent_id={self.agent_id!r}, site_id={self.site_id!r})"
+
+    def save(self, path: Path) -> None:
+        """Write atomically with mode 0600 from the first byte (the token is a secret)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(
+                {
+                    "controller_url": self.controller_url,
+                    "agent_id": self.agent_id,
+                    "site_id": self.site_id,
+                    "token": self.token,
+                    "poll_interval_s": self.poll_interval_s,
+                },
+                handle,
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Credential:
+        from agent.config import read_secret_file
+
+        text = read_secret_file(path, origin="agent credential")
+        try:
+            raw = json.loads(text)
+            return cls(
+                controller_url=str(raw["controller_url"]),
+                agent_id=str(raw["agent_id"]),
+                site_id=str(raw["site_id"]),
+                token=str(raw["token"]),
+                poll_interval_s=int(raw.get("poll_interval_s", 60)),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: not an agent credential file ({exc})") from exc
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential back-off with jitter: attempt 1 waits about ``base``, doubling up to ``cap``."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext | None:
+    if ca_file is None:
+        return None
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+class Uplink:
+    """HTTP client for ``/api/v1/agent/...``; one ``_request`` turns failures into our errors."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session: aiohttp.ClientSession,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._token = token
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        model: BaseModel | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        headers: dict[str, str] = {}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        body: bytes | None = data
+        if model is not None:
+            body = model.model_dump_json().encode()
+            headers["Content-Type"] = "application/json"
+        elif content_type is not None:
+            headers["Content-Type"] = content_type
+        url = self.base_url + path
+        try:
+            async with self._session.request(
+                method, url, data=body, headers=headers, timeout=self._timeout, ssl=self._ssl
+            ) as resp:
+                raw = await resp.content.read(_MAX_ANSWER_BYTES + 1)
+                status = resp.status
+        except TimeoutError as exc:
+            raise ControllerUnavailable(f"{method} {url}: no answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ControllerUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        if len(raw) > _MAX_ANSWER_BYTES:
+            raise ProtocolError(f"{method} {url}: answer too large")
+        if status >= 500 or status in (408, 429):
+            raise ControllerUnavailable(f"{method} {url}: HTTP {status}")
+        try:
+            doc = json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            raise ProtocolError(f"{method} {url}: answer is not JSON (HTTP {status})") from exc
+        if status >= 400:
+            error = doc.get("error") if isinstance(doc, dict) else None
+            error = error if isinstance(error, dict) else {}
+            raise ControllerRefused(
+                status,
+                str(error.get("code", "error")),
+                str(error.get("message", f"HTTP {status}")),
+                error.get("field") if isinstance(error.get("field"), str) else None,
+            )
+        return doc
+
+    async def enroll(self, code: str, *, agent_name: str = "") -> EnrollResponse:
+        request = EnrollRequest(
+            protocol_version=PROTOCOL_VERSION,
+            code=code,
+            agent_name=agent_name,
+            hostname=socket.gethostname()[:256],
+        )
+        doc = await self._request("POST", "/api/v1/agent/enroll", model=request)
+        return _parse(EnrollResponse, doc, "enroll answer")
+
+    async def post_batch(self, batch: ReportBatch) -> ReportBatchAck:
+        doc = await self._request("POST", "/api/v1/agent/reports", model=batch)
+        return _parse(ReportBatchAck, doc, "report batch answer")
+
+    async def pull_jobs(self) -> JobList:
+        doc = await self._request("GET", "/api/v1/agent/jobs")
+        return _parse(JobList, doc, "job list")
+
+    async def upload_artifact(self, job_id: str, data: bytes) -> None:
+        await self._request(
+            "PUT",
+            f"/api/v1/agent/jobs/{job_id}/artifact",
+            data=data,
+            content_type="application/gzip",
+        )
+
+    async def post_result(self, job_id: str, result: JobResult) -> None:
+        await self._request("POST", f"/api/v1/agent/jobs/{job_id}/result", model=result)
+
+
+def _parse(model: type[_M], doc: Any, what: str) -> _M:
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors()
+        field = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+        raise ProtocolError(
+            f"{what} does not match the schema at {field or '?'}", field=field
+        ) from exc
