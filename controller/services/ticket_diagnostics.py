@@ -1,0 +1,55 @@
+"""Ticket diagnostics through the jobs service: the site agent collects, the bundle comes back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from controller.services.jobs import JobService
+from controller.services.ticket_service import CollectedBundle
+from shared.schema import JobKind
+
+
+class DiagnosticsFailed(RuntimeError):
+    """The agent could not collect the bundle; the message says what it answered."""
+
+
+def _kind_of(content: bytes) -> tuple[str, str]:
+    """(file suffix, content type) from the bundle's first bytes."""
+    if content.startswith(b"\x1f\x8b"):
+        return ".tar.gz", "application/gzip"
+    if content.startswith(b"PK\x03\x04"):
+        return ".zip", "application/zip"
+    if len(content) > 262 and content[257:262] == b"ustar":
+        return ".tar", "application/x-tar"
+    return ".bin", "application/octet-stream"
+
+
+class JobDiagnostics:
+    """``DiagnosticsSource`` over ``JobService``: one ``collect_diagnostics`` job per call (W4)."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    async def collect(self, serial: str, *, site: str | None, timeout_s: float) -> CollectedBundle:
+        del site  # the jobs service routes by the device's own site
+        job = await self.jobs.enqueue(
+            serial,
+            JobKind.COLLECT_DIAGNOSTICS,
+            params={"reason": "fault ticket"},
+            created_by="tickets",
+        )
+        done = await self.jobs.wait(job["id"], timeout=timeout_s)
+        result = done.get("result") or {}
+        if done["status"] != "done":
+            detail = result.get("detail") or "no detail"
+            raise DiagnosticsFailed(f"agent answered {done['status']}: {detail}")
+        path = self.jobs.artifact_path(job["id"])
+        if path is None:
+            raise DiagnosticsFailed(f"job {job['id']} finished without uploading a bundle")
+        content = await asyncio.to_thread(path.read_bytes)
+        suffix, content_type = _kind_of(content)
+        return CollectedBundle(
+            filename=f"diagnostics-{serial}-{job['id']}{suffix}",
+            content=content,
+            content_type=content_type,
+        )

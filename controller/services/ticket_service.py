@@ -1,0 +1,482 @@
+"""Fault tickets with side effects: filed from faults, evidence gathered, sent, escalated."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from controller.domain.assets import Asset
+from controller.domain.calendar import warsaw_date
+from controller.domain.entitlement import plan_in_force
+from controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
+from controller.domain.plans import PlanCatalogue
+from controller.domain.sla import SlaTerms
+from controller.domain.tickets import (
+    ACTIVE,
+    Bundle,
+    Ticket,
+    TicketError,
+    TicketKind,
+    TicketStatus,
+    choose_language,
+    render_escalation,
+    render_ticket,
+    ticket_id,
+)
+from controller.services.delivery import (
+    FAILED,
+    OUTBOX,
+    SENT,
+    Channel,
+    Clock,
+    DeliveryWorker,
+    OutgoingMessage,
+    TicketOutbox,
+    outbox_entries,
+    utc_now,
+)
+from controller.services.email import Attachment
+from controller.services.entitlement import ASSETS
+from controller.services.ticket_config import TicketSettings
+from controller.store.base import Doc, Store
+from shared.schema import Model, Snapshot
+
+log = logging.getLogger(__name__)
+
+TICKETS = "tickets"
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectedBundle:
+    """A diagnostics bundle as the agent uploaded it (logs archive, SSH ``status`` output)."""
+
+    filename: str
+    content: bytes
+    content_type: str = "application/gzip"
+
+
+class DiagnosticsSource(Protocol):
+    """Asks the device's site agent to collect diagnostics and returns the uploaded artifact."""
+
+    async def collect(self, serial: str, *, site: str | None, timeout_s: float) -> CollectedBundle:
+        """The bundle; raises an exception whose message says why it could not be had."""
+        ...
+
+
+class TicketNotFound(KeyError):
+    def __init__(self, ticket: str) -> None:
+        super().__init__(ticket)
+        self.ticket = ticket
+
+    def __str__(self) -> str:
+        return f"no ticket {self.ticket!r}; `polyfleet controller tickets list` shows them"
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    """Write beside, fsync, rename: a bundle is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TicketService:
+    """The one place that turns faults into tickets and tickets into messages.
+
+    Every ticket change and the outbox entries it causes go into the store in one
+    ``apply``, so a crash leaves either both or neither.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: TicketSettings,
+        *,
+        plans: PlanCatalogue,
+        bundle_dir: Path,
+        diagnostics: DiagnosticsSource | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.plans = plans
+        self.bundle_dir = bundle_dir
+        self.diagnostics = diagnostics
+        self.clock = clock
+        self.detector = FaultDetector(settings.policy)
+        self.worker = DeliveryWorker(store, settings, clock=clock, on_delivered=self._on_delivered)
+        self.outbox = TicketOutbox(store)
+        self._lock = asyncio.Lock()
+        self._preparing: dict[str, asyncio.Task[None]] = {}
+        self._warned_no_channel = False
+
+    # -- reading --------------------------------------------------------------------
+
+    def get(self, ticket: str) -> Ticket:
+        doc = self.store.get(TICKETS, ticket)
+        if doc is None:
+            raise TicketNotFound(ticket)
+        return Ticket.from_document(doc)
+
+    def tickets(self, *, status: str | None = None) -> list[Ticket]:
+        tickets = [Ticket.from_document(doc) for doc in list(self.store.scan(TICKETS).values())]
+        if status is not None:
+            tickets = [t for t in tickets if t.status.value == status]
+        return sorted(tickets, key=lambda t: t.opened_at, reverse=True)
+
+    def deliveries(self, ticket: str) -> list[Doc]:
+        """Every outbox record of one ticket: waiting, sent or given up."""
+        found: list[Doc] = []
+        for collection, state in ((OUTBOX, "pending"), (SENT, "sent"), (FAILED, "failed")):
+            for doc in list(self.store.scan(collection).values()):
+                if doc.get("ticket_id") == ticket:
+                    found.append({**doc, "state": state})
+        return found
+
+    # -- inputs from the controller -----------------------------------------------------
+
+    async def on_snapshot(self, snapshot: Snapshot, *, site: str | None) -> None:
+        events = self.detector.observe(snapshot, site=site, at=snapshot.collected_at)
+        await self.handle(events)
+
+    async def on_device_unreachable(self, serial: str, *, site: str | None, at: datetime) -> None:
+        await self.handle(self.detector.device_unreachable(serial, site=site, at=at))
+
+    async def on_agent_offline(self, site: str, *, at: datetime) -> None:
+        await self.handle(self.detector.agent_offline(site, at=at))
+
+    async def on_agent_online(self, site: str, *, at: datetime) -> None:
+        await self.handle(self.detector.agent_online(site, at=at))
+
+    async def tick(self, now: datetime | None = None) -> None:
+        """Time passes: hold times run out, reaction deadlines pass."""
+        moment = now or self.clock()
+        await self.handle(self.detector.tick(moment))
+        await self.check_escalations(moment)
+
+    async def resume(self) -> None:
+        """After a restart: finish preparing tickets that were open but not yet enqueued."""
+        for ticket in self.tickets(status=TicketStatus.OPEN.value):
+            self._prepare_later(ticket.id)
+
+    async def close(self) -> None:
+        for task in list(self._preparing.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.worker.close()
+
+    async def wait_prepared(self) -> None:
+        """Wait for every diagnostics collection and enqueue in flight (tests, shutdown)."""
+        while self._preparing:
+            await asyncio.gather(*list(self._preparing.values()), return_exceptions=True)
+
+    # -- faults to tickets ------------------------------------------------------------
+
+    async def handle(self, events: list[FaultEvent]) -> None:
+        for event in events:
+            try:
+                await self._handle_one(event)
+            except Exception:
+                # One bad event must not stop detection of the others.
+                log.exception("ticket handling failed for %s %s", event.subject, event.fault)
+
+    async def _handle_one(self, event: FaultEvent) -> None:
+        key = ticket_id(event.subject, event.fault)
+        now = self.clock()
+        async with self._lock:
+            doc = self.store.get(TICKETS, key)
+            existing = None if doc is None else Ticket.from_document(doc)
+            prepare = False
+            if event.kind in (FaultEventKind.OPENED, FaultEventKind.RECURRED):
+                if existing is None:
+                    ticket = self._new_ticket(key, event, now)
+                    prepare = True
+                elif existing.status is TicketStatus.CLOSED:
+                    ticket = existing
+                    self._refresh_registry_facts(ticket, now)
+                    ticket.reopen(now, f"fault came back at {event.at.isoformat()}; reopened")
+                    ticket.flapping = ticket.flapping or event.flapping
+                    prepare = True
+                else:
+                    # One open ticket per device and fault: a recurrence is a note.
+                    ticket = existing
+                    ticket.flapping = ticket.flapping or event.flapping
+                    ticket.add_note(now, f"fault seen again at {event.at.isoformat()}")
+                for snapshot in event.evidence:
+                    ticket.add_evidence(snapshot)
+            elif existing is None:
+                return
+            elif event.kind is FaultEventKind.CLEARED:
+                ticket = existing
+                if ticket.status not in ACTIVE:
+                    return
+                ticket.add_note(now, f"recovered: the fault was gone at {event.at.isoformat()}")
+            elif event.kind is FaultEventKind.FLAPPING:
+                ticket = existing
+                ticket.flapping = True
+                ticket.add_note(now, "flapping: appears and clears repeatedly within an hour")
+            else:
+                return
+            await self._save(ticket)
+        log.info("ticket %s %s (%s %s)", ticket.id, event.kind.value, event.subject, event.fault)
+        if prepare:
+            self._prepare_later(ticket.id)
+
+    def _asset(self, serial: str | None) -> Asset | None:
+        if serial is None:
+            return None
+        doc = self.store.get(ASSETS, serial)
+        return None if doc is None else Asset.from_doc(doc)
+
+    def _refresh_registry_facts(self, ticket: Ticket, now: datetime) -> None:
+        """Serial, contract, plan, room, language and SLA terms from the registry today."""
+        if ticket.kind is TicketKind.SITE:
+            ticket.language = self.settings.language
+            return
+        asset = self._asset(ticket.serial)
+        day = warsaw_date(now)
+        plan = None if asset is None else plan_in_force(asset, self.plans, day)
+        contract = None if asset is None else asset.contract_at(day)
+        if contract is not None:
+            ticket.contract_number = contract.number
+        if asset is not None:
+            ticket.room = asset.room or ticket.room
+            ticket.host_serial = ticket.host_serial or asset.host_serial
+            if not ticket.site:
+                ticket.site = asset.site
+        ticket.plan = None if plan is None else plan.id
+        ticket.language = choose_language(
+            None if plan is None else plan.language, self.settings.language
+        )
+        ticket.apply_terms(None if plan is None else SlaTerms.from_plan(plan))
+
+    def _new_ticket(self, key: str, event: FaultEvent, now: datetime) -> Ticket:
+        ticket = Ticket(
+            id=key,
+            kind=TicketKind.SITE if event.is_site else TicketKind.DEVICE,
+            fault=event.fault,
+            fault_detail=event.detail,
+            status=TicketStatus.OPEN,
+            serial=event.serial,
+            model=event.model,
+            site=event.site,
+            host_serial=event.host_serial,
+            affected_serials=list(event.affected),
+            language=self.settings.language,
+            flapping=event.flapping,
+            first_seen=event.first_seen or event.at,
+            opened_at=now,
+        )
+        self._refresh_registry_facts(ticket, now)
+        if ticket.missing:
+            # W5: the desk cannot accept it without these; the admin fills them in.
+            ticket.status = TicketStatus.NEEDS_DATA
+            ticket.add_note(now, f"held: missing {', '.join(ticket.missing)} (W5)")
+        return ticket
+
+    async def _save(self, ticket: Ticket, extra: Mapping[str, Doc] | None = None) -> None:
+        puts: dict[str, dict[str, Doc]] = {TICKETS: {ticket.id: ticket.as_document()}}
+        if extra:
+            puts[OUTBOX] = dict(extra)
+        await self.store.wait_durable(self.store.apply(puts))
+
+    # -- evidence and sending ---------------------------------------------------------
+
+    def _prepare_later(self, key: str) -> None:
+        if key in self._preparing:
+            return
+        task = asyncio.create_task(self._prepare(key), name=f"ticket-{key}")
+        self._preparing[key] = task
+        task.add_done_callback(lambda _t: self._preparing.pop(key, None))
+
+    async def _prepare(self, key: str) -> None:
+        try:
+            ticket = self.get(key)
+            if (
+                ticket.kind is TicketKind.DEVICE
+                and ticket.bundle is None
+                and ticket.bundle_error is None
+            ):
+                await self._collect_bundle(ticket)
+            ticket = self.get(key)
+            if ticket.status is TicketStatus.OPEN:
+                await self._enqueue(ticket, self._ticket_purpose(ticket))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ticket %s could not be prepared; it stays open for a resend", key)
+
+    async def _collect_bundle(self, ticket: Ticket) -> None:
+        """W4: the desk verifies with the device's logs, so ask the agent for them first."""
+        if self.diagnostics is None:
+            error = "no diagnostics source configured"
+        else:
+            target = ticket.serial
+            if ticket.model == Model.STUDIO_E70.value and ticket.host_serial:
+                # An E70 has no API of its own: its host collects the logs.
+                target = ticket.host_serial
+            assert target is not None
+            try:
+                bundle = await self.diagnostics.collect(
+                    target, site=ticket.site, timeout_s=self.settings.diagnostics_timeout_s
+                )
+            except Exception as exc:  # the agent, the device or the network may fail
+                error = f"diagnostics from {target} failed: {exc}"
+            else:
+                filename = _SAFE_NAME.sub("_", bundle.filename) or "diagnostics.bin"
+                path = self.bundle_dir / ticket.id / filename
+                await asyncio.to_thread(_write_file, path, bundle.content)
+                async with self._lock:
+                    fresh = self.get(ticket.id)
+                    fresh.bundle = Bundle(
+                        filename=filename,
+                        sha256=hashlib.sha256(bundle.content).hexdigest(),
+                        size=len(bundle.content),
+                        content_type=bundle.content_type,
+                    )
+                    fresh.bundle_error = None
+                    await self._save(fresh)
+                return
+        async with self._lock:
+            fresh = self.get(ticket.id)
+            fresh.bundle_error = error
+            fresh.add_note(self.clock(), f"diagnostics bundle missing: {error}")
+            await self._save(fresh)
+        log.warning("ticket %s: %s", ticket.id, error)
+
+    @staticmethod
+    def _ticket_purpose(ticket: Ticket) -> str:
+        return "ticket" if ticket.reopen_count == 0 else f"reopened-{ticket.reopen_count}"
+
+    def _bundle_attachments(self, ticket: Ticket) -> tuple[Attachment, ...]:
+        if ticket.bundle is None:
+            return ()
+        if ticket.bundle.size > self.settings.max_attachment_bytes:
+            return ()
+        return (
+            Attachment(
+                filename=ticket.bundle.filename,
+                path=self.bundle_dir / ticket.id / ticket.bundle.filename,
+                content_type=ticket.bundle.content_type,
+            ),
+        )
+
+    def _payload(self, ticket: Ticket, event: str) -> dict[str, Any]:
+        payload: dict[str, Any] = {"event": event, "ticket": ticket.as_document()}
+        return payload
+
+    async def _enqueue(self, ticket: Ticket, purpose: str, *, escalation: bool = False) -> None:
+        channels: tuple[Channel, ...] = self.worker.channels
+        if not channels:
+            if not self._warned_no_channel:
+                log.warning("tickets are filed but not sent: neither [smtp] nor [webhook] is set")
+                self._warned_no_channel = True
+            return
+        rendered = render_escalation(ticket) if escalation else render_ticket(ticket)
+        to = self.settings.escalation_email if escalation else self.settings.desk_email
+        payload = self._payload(ticket, "escalation" if escalation else purpose.split("-")[0])
+        if ticket.bundle is not None:
+            payload["bundle"] = ticket.bundle.model_dump(mode="json")
+        message = OutgoingMessage(
+            ticket_id=ticket.id,
+            purpose=purpose,
+            to=to,
+            subject=rendered.subject,
+            body=rendered.body,
+            payload=payload,
+            attachments=() if escalation else self._bundle_attachments(ticket),
+        )
+        entries = self.outbox.fresh(outbox_entries(message, channels=channels, now=self.clock()))
+        if entries:
+            await self.store.wait_durable(self.store.apply({OUTBOX: entries}))
+            self.worker.wake()
+
+    def _on_delivered(self, entry: Doc, at: datetime) -> Mapping[str, Mapping[str, Doc]]:
+        """The first channel to deliver a ticket marks it sent: the reaction clock starts (W2)."""
+        purpose = str(entry.get("purpose", ""))
+        if not (purpose == "ticket" or purpose.startswith("reopened-")):
+            return {}
+        doc = self.store.get(TICKETS, str(entry["ticket_id"]))
+        if doc is None:
+            return {}
+        ticket = Ticket.from_document(doc)
+        if ticket.status is not TicketStatus.OPEN:
+            return {}
+        ticket.mark_sent(at)
+        return {TICKETS: {ticket.id: ticket.as_document()}}
+
+    async def check_escalations(self, now: datetime | None = None) -> int:
+        """W2, W7: one escalation per ticket whose reaction time passed unacknowledged."""
+        moment = now or self.clock()
+        count = 0
+        for ticket in self.tickets(status=TicketStatus.SENT.value):
+            if not ticket.reaction_overdue(moment):
+                continue
+            async with self._lock:
+                fresh = self.get(ticket.id)
+                if not fresh.reaction_overdue(moment):
+                    continue
+                fresh.escalated_at = moment
+                fresh.add_note(
+                    moment,
+                    f"reaction time passed unacknowledged; escalated to "
+                    f"{self.settings.escalation_email} (W7)",
+                )
+                # Enqueue first (idempotent by id), then record: a crash repeats nothing.
+                await self._enqueue(fresh, f"escalation-{fresh.reopen_count}", escalation=True)
+                await self._save(fresh)
+            count += 1
+        return count
+
+    # -- admin actions ------------------------------------------------------------------
+
+    async def fill(
+        self, key: str, *, serial: str | None = None, contract_number: str | None = None
+    ) -> Ticket:
+        """W5: complete a held ticket; once complete it is prepared and sent."""
+        async with self._lock:
+            ticket = self.get(key)
+            ticket.fill(serial=serial, contract_number=contract_number, at=self.clock())
+            await self._save(ticket)
+        if ticket.status is TicketStatus.OPEN:
+            self._prepare_later(ticket.id)
+        return ticket
+
+    async def act(self, key: str, action: str) -> Ticket:
+        """An admin lifecycle action (ack, accept, shipped, received, returned, close)."""
+        async with self._lock:
+            ticket = self.get(key)
+            ticket.transition(action, self.clock())
+            await self._save(ticket)
+        return ticket
+
+    async def resend(self, key: str) -> Ticket:
+        """Send an open ticket now (e.g. after fixing the delivery settings)."""
+        ticket = self.get(key)
+        if ticket.status is TicketStatus.NEEDS_DATA:
+            raise TicketError(
+                f"ticket {key} is held: missing {', '.join(ticket.missing)} (W5); fill it first"
+            )
+        if ticket.status is not TicketStatus.OPEN:
+            raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")
+        self._prepare_later(key)
+        return ticket

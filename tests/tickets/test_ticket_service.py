@@ -1,0 +1,253 @@
+"""The ticket service: faults become tickets in the store, sent to real SMTP and webhook peers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.domain.assets import Asset, Contract
+from controller.domain.tickets import TicketStatus, ticket_id
+from controller.services.delivery import SENT
+from controller.services.entitlement import ASSETS, load_plans
+from controller.services.ticket_config import ticket_settings
+from controller.services.ticket_service import TicketService
+from controller.store.tinydb import TinyDBStore
+from shared.schema import Firmware, Health, Model, Problem, ProblemCode, Provider, Snapshot, Via
+from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
+
+# Monday 24 November 2025, 10:00 in Warsaw.
+T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+class Clock:
+    """The service's notion of now, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def asset(serial: str, plan: str | None, *, number: str = "C-1", room: str = "Wawel") -> Asset:
+    contracts = ()
+    if plan is not None:
+        contracts = (
+            Contract(plan=plan, number=number, start=date(2025, 1, 10), end=date(2027, 1, 9)),
+        )
+    return Asset(
+        serial=serial,
+        model="studio_x50",
+        purchase_date=date(2025, 1, 1),
+        site="krk",
+        room=room,
+        contracts=contracts,
+    )
+
+
+def snap(serial: str, at: datetime, *codes: ProblemCode) -> Snapshot:
+    return Snapshot(
+        serial=serial,
+        model=Model.STUDIO_X50,
+        firmware=Firmware(version="4.1.0"),
+        provider=Provider.TEAMS,
+        health=Health.from_problems([Problem(code=c) for c in codes]),
+        collected_at=at,
+        via=Via.REST,
+    )
+
+
+@pytest.fixture
+async def desk(
+    store: TinyDBStore, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer, tmp_path: Path
+) -> AsyncIterator[tuple[TicketService, Clock]]:
+    clock = Clock()
+    await store.put_many(
+        ASSETS,
+        {
+            a.serial: a.to_doc()
+            for a in (
+                asset("X1", "hezo_plus"),
+                asset("X2", "poly_plus"),
+                asset("X3", None),
+                asset("X4", "hezo_plus"),
+            )
+        },
+    )
+    settings = ticket_settings(
+        ticket_sections(smtp_peer, webhook_peer, min_duration_s=300, language="en")
+    )
+    service = TicketService(
+        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
+    )
+    yield service, clock
+    await service.close()
+
+
+async def report(
+    service: TicketService, clock: Clock, serial: str, minutes: range, *codes: ProblemCode
+) -> None:
+    for minute in minutes:
+        clock.now = T0 + minute * MINUTE
+        await service.on_snapshot(snap(serial, clock.now, *codes), site="krk")
+    await service.wait_prepared()
+
+
+async def test_held_fault_files_one_ticket_sent_by_mail_and_webhook(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """A camera fault held 5 minutes files one Polish HEZO+ ticket, delivered on both channels."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 12), ProblemCode.CAMERA_DOWN)
+    tickets = service.tickets()
+    assert [(t.serial, t.fault, t.status) for t in tickets] == [
+        ("X1", "camera_down", TicketStatus.OPEN)
+    ]
+    ticket = tickets[0]
+    assert ticket.contract_number == "C-1" and ticket.plan == "hezo_plus"
+    assert ticket.room == "Wawel" and ticket.language == "pl"
+    assert ticket.first_seen == T0 and ticket.evidence
+    assert ticket.bundle is None and ticket.bundle_error  # no diagnostics source here
+    assert await service.worker.run_once(clock.now) == 2
+    assert service.get(ticket.id).status is TicketStatus.SENT
+    assert service.get(ticket.id).sent_at == clock.now
+    assert len(smtp_peer.received) == 1
+    assert "awaria kamery" in smtp_peer.received[0].message["Subject"]
+    assert webhook_peer.bad_signatures == 0
+    assert [p["ticket"]["id"] for p in webhook_peer.received] == [ticket.id]
+    # More reports of the same fault add no ticket and no message.
+    await report(service, clock, "X1", range(12, 40), ProblemCode.CAMERA_DOWN)
+    assert await service.worker.run_once(clock.now) == 0
+    assert len(service.tickets()) == 1 and len(smtp_peer.received) == 1
+
+
+async def test_short_blip_files_nothing(desk: tuple[TicketService, Clock]) -> None:
+    """A camera problem gone within the hold time files no ticket."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 3), ProblemCode.CAMERA_DOWN)
+    await report(service, clock, "X1", range(3, 30))
+    assert service.tickets() == []
+
+
+async def test_flapping_gives_one_ticket_marked_flapping(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+) -> None:
+    """A camera that keeps failing and recovering within an hour gives one flapping ticket."""
+    service, clock = desk
+    for start in range(0, 60, 6):
+        await report(service, clock, "X1", range(start, start + 2), ProblemCode.CAMERA_DOWN)
+        await report(service, clock, "X1", range(start + 2, start + 6))
+        await service.worker.run_once(clock.now)
+    tickets = service.tickets()
+    assert len(tickets) == 1 and tickets[0].flapping
+    assert len(smtp_peer.received) == 1
+
+
+async def test_W5_missing_contract_holds_ticket_until_filled(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+) -> None:
+    """No contract number: held as needs_data naming it; filled in, the ticket goes out."""
+    service, clock = desk
+    await report(service, clock, "X3", range(0, 8), ProblemCode.MICROPHONE_DOWN)
+    (ticket,) = service.tickets()
+    assert ticket.status is TicketStatus.NEEDS_DATA
+    assert ticket.missing == ["contract_number"]
+    assert ticket.plan == "standard" and ticket.language == "en"
+    assert await service.worker.run_once(clock.now) == 0
+    filled = await service.fill(ticket.id, contract_number="INV-2025-17")
+    assert filled.status is TicketStatus.OPEN
+    await service.wait_prepared()
+    assert await service.worker.run_once(clock.now) == 2
+    assert "INV-2025-17" in smtp_peer.received[0].message.get_body().get_content()  # type: ignore[union-attr]
+
+
+async def test_unknown_device_is_held_naming_both_fields(
+    desk: tuple[TicketService, Clock],
+) -> None:
+    """A device missing from the registry is held for its contract number (its serial is known)."""
+    service, clock = desk
+    await report(service, clock, "NOTREG", range(0, 8), ProblemCode.LAN_DOWN)
+    (ticket,) = service.tickets()
+    assert ticket.status is TicketStatus.NEEDS_DATA and ticket.missing == ["contract_number"]
+    assert ticket.plan is None and ticket.sla() is None
+
+
+async def test_W2_W7_missed_reaction_sends_one_escalation(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """An unacknowledged HEZO+ ticket past its reaction time escalates exactly once."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
+    await service.worker.run_once(clock.now)
+    (ticket,) = service.tickets()
+    due = ticket.sla().reaction_due  # type: ignore[union-attr]
+    assert due == clock.now + timedelta(hours=1)
+    assert await service.check_escalations(due - timedelta(seconds=1)) == 0
+    assert await service.check_escalations(due) == 1
+    assert await service.check_escalations(due + timedelta(hours=3)) == 0
+    await service.worker.run_once(due)
+    escalations = [m for m in smtp_peer.received if m.recipients == ["escalation@myhezo.pl"]]
+    assert len(escalations) == 1
+    assert escalations[0].message["Subject"].startswith("Eskalacja: ")
+    assert [p["event"] for p in webhook_peer.received] == ["ticket", "escalation"]
+
+
+async def test_W2_acknowledged_ticket_is_not_escalated(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+) -> None:
+    """An acknowledged ticket never escalates; POLY+ (no reaction promise) never does either."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
+    await report(service, clock, "X2", range(0, 8), ProblemCode.CAMERA_DOWN)
+    await service.worker.run_once(clock.now)
+    await service.act(ticket_id("X1", "camera_down"), "ack")
+    assert await service.check_escalations(clock.now + timedelta(days=10)) == 0
+    assert service.get(ticket_id("X2", "camera_down")).language == "en"
+
+
+async def test_recovery_adds_note_and_recurrence_reopens_closed_ticket(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+) -> None:
+    """Recovery adds a note; after closing, the same fault reopens the same ticket and resends."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
+    await service.worker.run_once(clock.now)
+    key = ticket_id("X1", "camera_down")
+    await report(service, clock, "X1", range(8, 30))
+    assert any("recovered" in note.text for note in service.get(key).notes)
+    await service.act(key, "close")
+    await report(service, clock, "X1", range(200, 210), ProblemCode.CAMERA_DOWN)
+    reopened = service.get(key)
+    assert reopened.status is TicketStatus.OPEN and reopened.reopen_count == 1
+    assert await service.worker.run_once(clock.now) == 2
+    assert len(service.tickets()) == 1
+    subjects = [m.message["Subject"] for m in smtp_peer.received]
+    assert len(subjects) == 2 and "#1" in subjects[1]
+    sent: dict[str, Any] = dict(service.store.scan(SENT))
+    assert f"{key}.reopened-1.email" in sent
+
+
+async def test_site_outage_gives_one_site_ticket(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+) -> None:
+    """An agent going offline files one site ticket in the admin's language, no device tickets."""
+    service, clock = desk
+    for serial in ("X1", "X2", "X4"):
+        await report(service, clock, serial, range(0, 1))
+    clock.now = T0 + 10 * MINUTE
+    await service.on_agent_offline("krk", at=clock.now)
+    for serial in ("X1", "X2", "X4"):
+        await service.on_device_unreachable(serial, site="krk", at=clock.now)
+    await service.tick(clock.now + timedelta(hours=2))
+    await service.wait_prepared()
+    (ticket,) = service.tickets()
+    assert ticket.kind.value == "site" and ticket.fault == "agent_offline"
+    assert ticket.affected_serials == ["X1", "X2", "X4"]
+    assert ticket.status is TicketStatus.OPEN and ticket.language == "en"
+    assert await service.worker.run_once(clock.now) == 2
+    assert "site offline" in smtp_peer.received[0].message["Subject"]
