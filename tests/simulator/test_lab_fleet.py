@@ -1,0 +1,138 @@
+"""Fleet files: the demo fleet loads, bad files fail with the file and the key named."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigError
+from simulator.fleet import FAULTS, DeviceSpec, load_fleet
+
+DEMO = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "fleet-demo.toml"
+
+GOOD = """
+[[sites]]
+id = "krakow"
+name = "Kraków"
+
+[[sites.rooms]]
+id = "r1"
+name = "Room 1"
+
+[[sites.rooms.devices]]
+serial = "AAA0001"
+model = "studio_x30"
+firmware = "3.12.0-366027"
+address = "127.44.0.1"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_demo_fleet_covers_models_modes_and_generations() -> None:
+    """The demo fleet: three Polish sites, ~30 devices of every model and mode, E70s, faults."""
+    fleet = load_fleet(DEMO)
+    assert [(s.id, s.name) for s in fleet.sites] == [
+        ("krakow", "Kraków"),
+        ("warszawa", "Warszawa"),
+        ("gdansk", "Gdańsk"),
+    ]
+    devices = [d for _, _, d in fleet.placed_devices()]
+    assert 25 <= len(devices) <= 40
+    assert set(Counter(d.model for d in devices)) == {
+        "studio_x30",
+        "studio_x50",
+        "studio_x70",
+        "g7500",
+    }
+    assert set(Counter(d.provider for d in devices)) == {"teams", "zoom", "poly", "device_mode"}
+    assert {d.version.major for d in devices} == {3, 4}
+    assert any(d.firmware == "4.6.2" for d in devices)
+    assert all(any(p.kind == "e70" for p in d.peripherals) for d in devices if d.model == "g7500")
+    assert {f.name for d in devices for f in d.faults} >= {
+        "camera_down",
+        "microphone_down",
+        "lan_down",
+    }
+    assert all(d.rest_port == 0 and d.ssh_port == 0 for d in devices)
+    assert len({d.address for d in devices}) == len(devices)
+
+
+def test_defaults_fill_in_a_minimal_device(tmp_path: Path) -> None:
+    """A device needs only serial, model and address; the build splits off the version."""
+    fleet = load_fleet(write(tmp_path, GOOD))
+    device = fleet.sites[0].rooms[0].devices[0]
+    assert (device.firmware, device.build, device.provider) == ("3.12.0", "366027", "poly")
+    assert device.ssh_host_key_type == "ed25519" and device.update.outcome == "ok"
+    assert fleet.sites[0].timezone == "Europe/Warsaw"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (('model = "studio_x30"', 'model = "x99"'), "sites[0].rooms[0].devices[0].model"),
+        (
+            ('address = "127.44.0.1"', 'address = "10.0.0.1"'),
+            "sites[0].rooms[0].devices[0].address",
+        ),
+        (
+            ('firmware = "3.12.0-366027"', 'firmware = "four"'),
+            "sites[0].rooms[0].devices[0].firmware",
+        ),
+        (('serial = "AAA0001"', 'serial = "AAA0001"\nrest_port = "x"'), "devices[0].rest_port"),
+        (('serial = "AAA0001"', 'serial = "AAA0001"\ncolour = "red"'), "devices[0].colour"),
+        (
+            (
+                'serial = "AAA0001"',
+                'serial = "AAA0001"\n[[sites.rooms.devices.faults]]\nname = "fire"',
+            ),
+            "devices[0].faults[0].name",
+        ),
+        (
+            (
+                'serial = "AAA0001"',
+                'serial = "AAA0001"\n[[sites.rooms.devices.faults]]\n'
+                'name = "slow"\nat = 5\nuntil = 2',
+            ),
+            "devices[0].faults[0].until",
+        ),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str) -> None:
+    """A wrong value fails with a ConfigError naming the file and the key path."""
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(ConfigError) as caught:
+        load_fleet(path)
+    assert str(path) in str(caught.value) and key in str(caught.value)
+
+
+def test_duplicate_serial_and_bad_toml(tmp_path: Path) -> None:
+    """A serial used twice and a TOML syntax error are both reported with the file."""
+    second = (
+        '[[sites.rooms.devices]]\nserial = "AAA0001"\nmodel = "g7500"\naddress = "127.44.0.2"\n'
+    )
+    path = write(tmp_path, GOOD + second)
+    with pytest.raises(ConfigError, match="already used"):
+        load_fleet(path)
+    broken = write(tmp_path, "[[sites]\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as caught:
+        load_fleet(broken)
+    assert str(broken) in str(caught.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_fleet(tmp_path / "missing.toml")
+
+
+def test_device_spec_validates_in_code() -> None:
+    """DeviceSpec built in code rejects unknown models, faults and non-loopback addresses."""
+    DeviceSpec(serial="OK1", model="g7500", address="127.0.0.9")
+    with pytest.raises(ValueError, match="model"):
+        DeviceSpec(serial="BAD1", model="studio_x99", address="127.0.0.9")
+    with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
+        DeviceSpec(serial="BAD2", model="g7500", address="192.168.1.1")
+    assert "garbage" in FAULTS and "e70_down" in FAULTS
