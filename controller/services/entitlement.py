@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import logging
 import os
 import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.domain.assets import Asset, ImportPlan, plan_import
+from controller.domain.assets import Asset, ImportPlan, InstalledFirmware, plan_import
+from controller.domain.entitlement import EntitlementVerdict, judge, unknown_asset_verdict
 from controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
 from controller.domain.releases import (
     Release,
@@ -20,7 +23,10 @@ from controller.domain.releases import (
     parse_releases,
     render_releases,
 )
-from controller.store.base import Store
+from controller.store.base import DEVICES, Store
+from shared.version import FirmwareVersion, VersionError
+
+log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_PLANS_PATH = DATA_DIR / "plans.toml"
@@ -131,3 +137,97 @@ async def import_assets(store: Store, assets: Sequence[Asset], *, dry_run: bool)
         # One apply: every device of the file becomes durable together or not at all.
         await store.wait_durable(store.apply({ASSETS: puts}))
     return plan
+
+
+def installed_of(device: Mapping[str, Any] | None) -> InstalledFirmware | None:
+    """The installed version an agent last reported for a device, when it parses."""
+    firmware = (device or {}).get("firmware") or {}
+    version, build = str(firmware.get("version") or ""), str(firmware.get("build") or "")
+    if not version:
+        return None
+    try:
+        parsed = FirmwareVersion.parse(version, build=build or None)
+    except VersionError:
+        return None
+    return InstalledFirmware(str(parsed) if build else version, parsed)
+
+
+def live_verdict(
+    store: Store,
+    plans: PlanCatalogue,
+    releases: ReleaseCatalogue,
+    serial: str,
+    at: datetime,
+) -> EntitlementVerdict | None:
+    """The verdict of a registered or reported device (None when neither knows it)."""
+    doc = store.get(ASSETS, serial)
+    device = store.get(DEVICES, serial)
+    installed = installed_of(device)
+    if doc is not None:
+        verdict = judge(Asset.from_doc(doc), plans, releases, at, installed=installed)
+        return verdict if device is not None else verdict.with_flags("not_reported")
+    if device is not None:
+        model = device.get("model")
+        return unknown_asset_verdict(
+            serial, releases, at, installed=installed, model=str(model) if model else None
+        )
+    return None
+
+
+def live_verdicts(
+    store: Store,
+    plans: PlanCatalogue,
+    releases: ReleaseCatalogue,
+    at: datetime,
+    *,
+    site: str | None = None,
+) -> list[EntitlementVerdict]:
+    """Verdicts of every registered or reported device (of ``site`` when given), by serial."""
+    assets = dict(store.scan(ASSETS))
+    devices = dict(store.scan(DEVICES))
+    serials = set(assets) | set(devices)
+    if site is not None:
+        serials = {
+            serial
+            for serial in serials
+            if (assets.get(serial) or {}).get("site") == site
+            or (devices.get(serial) or {}).get("site_id") == site
+        }
+    found = (live_verdict(store, plans, releases, serial, at) for serial in sorted(serials))
+    return [verdict for verdict in found if verdict is not None]
+
+
+class Catalogues:
+    """The plan and release catalogues a running controller uses; releases reload when changed."""
+
+    def __init__(self, plans_path: Path | None = None, releases_path: Path | None = None) -> None:
+        self.plans_path = plans_path or DEFAULT_PLANS_PATH
+        self.releases_path = releases_path or DEFAULT_RELEASES_PATH
+        self._plans: PlanCatalogue | None = None
+        self._releases: ReleaseCatalogue | None = None
+        self._releases_mtime: int | None = None
+
+    async def load(self) -> None:
+        """Read both files (off the event loop); CatalogueError names a bad file and key."""
+        self._plans = await asyncio.to_thread(load_plans, self.plans_path)
+        await self.releases()
+
+    @property
+    def plans(self) -> PlanCatalogue:
+        if self._plans is None:
+            raise RuntimeError("catalogues not loaded: await Catalogues.load() at startup")
+        return self._plans
+
+    async def releases(self) -> ReleaseCatalogue:
+        """The release catalogue, re-read when `releases add` changed the file."""
+        mtime = await asyncio.to_thread(lambda: self.releases_path.stat().st_mtime_ns)
+        if self._releases is None or mtime != self._releases_mtime:
+            try:
+                self._releases = await asyncio.to_thread(load_releases, self.releases_path)
+            except CatalogueError:
+                if self._releases is None:
+                    raise
+                # A half-edited file by hand: keep serving the last good catalogue.
+                log.exception("keeping the previous release catalogue")
+            self._releases_mtime = mtime
+        return self._releases

@@ -1,0 +1,285 @@
+"""Entitlement API: the asset registry import, live verdicts per device, and the expiry forecast."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import date, datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from controller.api.errors import ApiError
+from controller.api.spec import ADMINS, READERS, endpoint
+from controller.domain.assets import RegistryImportError, parse_registry
+from controller.domain.calendar import WARSAW, to_warsaw
+from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
+from controller.keys import CLOCK, CONFIG, STORE
+from controller.services import entitlement as service
+from shared.schema import ErrorBody
+
+CATALOGUES = web.AppKey("entitlement_catalogues", service.Catalogues)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImportProblemOut(_Out):
+    line: int
+    column: str
+    message: str
+
+
+class ImportRejected(_Out):
+    error: ErrorBody
+    problems: list[ImportProblemOut]
+
+
+class ImportResult(_Out):
+    dry_run: bool
+    added: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    ineligible: list[str]
+
+
+class FirmwareOut(_Out):
+    installed: str | None
+    next: str | None
+    kind: Literal["patch", "upgrade"] | None
+    entitled: bool | None
+    entitled_next: str | None
+
+
+class VerdictOut(_Out):
+    serial: str
+    plan: str | None
+    warranty_until: date | None
+    patches_until: date | None
+    upgrades_until: date | None
+    window: Literal["8x5", "24x7"] | None
+    reaction_hours: int | None
+    repair: str | None
+    language: str | None
+    eligible: bool
+    ineligible_rules: list[str]
+    flags: list[str]
+    firmware: FirmwareOut
+
+
+class DeviceVerdictOut(VerdictOut):
+    at: datetime
+
+
+class VerdictList(_Out):
+    at: datetime
+    assets: list[VerdictOut]
+
+
+class ForecastEventOut(_Out):
+    date: date
+    days_left: int
+    kind: Literal[
+        "contract_ends", "warranty_ends", "patches_end", "upgrades_end", "purchase_window_closes"
+    ]
+    serial: str
+    room: str
+    model: str
+    plan: str | None
+    contract_number: str | None
+
+
+class SiteForecastOut(_Out):
+    site: str
+    events: list[ForecastEventOut]
+
+
+class ForecastOut(_Out):
+    at: datetime
+    days: int
+    until: date
+    sites: list[SiteForecastOut]
+
+
+class ContractOut(_Out):
+    plan: str
+    contract_number: str
+    contract_start: date
+    contract_end: date
+    ineligible_rules: list[str]
+
+
+class AssetOut(_Out):
+    serial: str
+    model: str
+    purchase_date: date
+    site: str
+    room: str
+    host_serial: str | None
+    contracts: list[ContractOut]
+
+
+class AssetList(_Out):
+    assets: list[AssetOut]
+
+
+def _moment(request: web.Request) -> datetime:
+    """``?at=`` (ISO 8601 with offset, or a date) for what-if questions; else the clock."""
+    text = request.query.get("at")
+    if not text:
+        return to_warsaw(request.app[CLOCK]())
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=WARSAW)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, "invalid", f"at: {text!r} is not ISO 8601", "at") from None
+    if moment.tzinfo is None:
+        raise ApiError(400, "invalid", "at: give an offset (e.g. +01:00 or Z)", "at")
+    return to_warsaw(moment)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, "invalid", f"{name}: expected 1 or 0, got {value!r}", name)
+
+
+@endpoint(
+    summary="Import a registry CSV (checked whole; any bad row changes nothing)",
+    roles=ADMINS,
+    request_media="text/csv",
+    response=ImportResult,
+    query={"dry_run": "1 to check and report without changing anything"},
+    errors=(400, 401, 403, 413, 422),
+    tags=("entitlement",),
+)
+async def import_assets(request: web.Request) -> web.Response:
+    dry_run = _flag(request, "dry_run")
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "invalid", f"body: not UTF-8 text at byte {exc.start}", "body"
+        ) from None
+    catalogues = request.app[CATALOGUES]
+    today = _moment(request).date()
+    try:
+        assets = await asyncio.to_thread(parse_registry, text, catalogues.plans, today=today)
+    except RegistryImportError as exc:
+        body = ImportRejected(
+            error=ErrorBody(
+                code="invalid_registry",
+                message=f"nothing imported: {len(exc.problems)} problem(s), first: {exc}",
+                field="body",
+            ),
+            problems=[ImportProblemOut(**p.to_json()) for p in exc.problems],
+        )
+        return web.json_response(body.model_dump(mode="json"), status=422)
+    plan = await service.import_assets(request.app[STORE], assets, dry_run=dry_run)
+    return web.json_response({"dry_run": dry_run, **plan.to_json()})
+
+
+@endpoint(
+    summary="The asset registry",
+    roles=READERS,
+    response=AssetList,
+    query={"site": "only assets of this site id"},
+    errors=(401,),
+    tags=("entitlement",),
+)
+async def list_assets(request: web.Request) -> web.Response:
+    site = request.query.get("site")
+    assets = [
+        asset.to_doc()
+        for serial, asset in sorted(service.registry(request.app[STORE]).items())
+        if site is None or asset.site == site
+    ]
+    return web.json_response({"assets": assets})
+
+
+@endpoint(
+    summary="What one device may get now (registry plus the firmware its agent reported)",
+    roles=READERS,
+    response=DeviceVerdictOut,
+    query={"at": "judge at this ISO 8601 moment instead of now (e.g. a planned install)"},
+    errors=(400, 401, 404),
+    tags=("entitlement",),
+)
+async def device_entitlement(request: web.Request) -> web.Response:
+    serial = request.match_info["serial"]
+    at = _moment(request)
+    catalogues = request.app[CATALOGUES]
+    releases = await catalogues.releases()
+    verdict = service.live_verdict(request.app[STORE], catalogues.plans, releases, serial, at)
+    if verdict is None:
+        raise ApiError(404, "not_found", f"no device {serial!r} in the registry or in reports")
+    return web.json_response({"at": at.isoformat(), **verdict.to_json()})
+
+
+@endpoint(
+    summary="Verdicts of every registered or reported device",
+    roles=READERS,
+    response=VerdictList,
+    query={"site": "only this site id", "at": "judge at this ISO 8601 moment instead of now"},
+    errors=(400, 401),
+    tags=("entitlement",),
+)
+async def all_entitlements(request: web.Request) -> web.Response:
+    at = _moment(request)
+    catalogues = request.app[CATALOGUES]
+    releases = await catalogues.releases()
+    verdicts = service.live_verdicts(
+        request.app[STORE], catalogues.plans, releases, at, site=request.query.get("site")
+    )
+    return web.json_response({"at": at.isoformat(), "assets": [v.to_json() for v in verdicts]})
+
+
+@endpoint(
+    summary="What expires or closes when, per site, over the next N days",
+    roles=READERS,
+    response=ForecastOut,
+    query={
+        "days": f"horizon in days, 0..{MAX_FORECAST_DAYS} (default 90)",
+        "site": "only this site id",
+        "at": "start from this ISO 8601 moment instead of now",
+    },
+    errors=(400, 401),
+    tags=("entitlement",),
+)
+async def entitlement_forecast(request: web.Request) -> web.Response:
+    text = request.query.get("days", "90")
+    if not text.isdigit() or not 0 <= int(text) <= MAX_FORECAST_DAYS:
+        raise ApiError(400, "invalid", f"days: a whole number 0..{MAX_FORECAST_DAYS}", "days")
+    site = request.query.get("site")
+    assets = [
+        asset
+        for asset in service.registry(request.app[STORE]).values()
+        if site is None or asset.site == site
+    ]
+    result = forecast(assets, request.app[CATALOGUES].plans, _moment(request), int(text))
+    return web.json_response(result.to_json())
+
+
+async def _catalogue_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    # Read at startup, off the event loop; a bad catalogue stops the server with its file and key.
+    await app[CATALOGUES].load()
+    yield
+
+
+def register(app: web.Application) -> None:
+    section: Any = app[CONFIG].section("entitlement") if CONFIG in app else {}
+    app[CATALOGUES] = service.Catalogues(*service.catalogue_paths(section))
+    app.cleanup_ctx.append(_catalogue_lifecycle)
+    router = app.router
+    router.add_post("/api/v1/assets/import", import_assets)
+    router.add_get("/api/v1/assets", list_assets, allow_head=False)
+    router.add_get("/api/v1/devices/{serial}/entitlement", device_entitlement, allow_head=False)
+    router.add_get("/api/v1/entitlement", all_entitlements, allow_head=False)
+    router.add_get("/api/v1/entitlement/forecast", entitlement_forecast, allow_head=False)

@@ -1,0 +1,231 @@
+"""The registry and verdicts in a running controller: import over HTTP, live verdicts, forecast."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from controller.keys import ACCESS
+from controller.services.access import Role
+from controller.testing import RunningController, running_controller
+from shared.schema import (
+    PROTOCOL_VERSION,
+    Firmware,
+    Health,
+    HealthState,
+    Model,
+    Provider,
+    Report,
+    ReportBatch,
+    Snapshot,
+    Via,
+)
+
+from .conftest import csv_of, row
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+REGISTRY = csv_of(
+    row(
+        "X50HZ",
+        site="krakow",
+        plan="hezo_plus",
+        contract_number="HZ-1",
+        contract_start="2025-01-10",
+        contract_end="2027-01-09",
+    ),
+    row(
+        "X30PP",
+        model="studio_x30",
+        site="krakow",
+        plan="partner_poly_plus",
+        contract_number="PP-1",
+        contract_start="2024-01-01",
+        contract_end="2026-12-31",
+        purchase_date="2024-01-01",
+    ),
+    row("NEVERSEEN", site="gdansk", purchase_date="2026-10-01"),
+)
+
+
+@pytest.fixture
+async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
+    async with running_controller(tmp_path / "data", clock=lambda: NOW) as running:
+        yield running
+
+
+async def _import(
+    controller: RunningController, text: str, *, dry_run: bool = False, token: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {
+        "Authorization": f"Bearer {token or controller.admin_token}",
+        "Content-Type": "text/csv",
+    }
+    url = controller.url + "/api/v1/assets/import" + ("?dry_run=1" if dry_run else "")
+    async with aiohttp.ClientSession() as http, http.post(url, data=text, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def _get(controller: RunningController, path: str) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession(headers=controller.admin_headers) as http,
+        http.get(controller.url + path) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def _report(controller: RunningController, site: str, *snapshots: Snapshot) -> None:
+    agent = await controller.enroll(site)
+    batch = ReportBatch(
+        protocol_version=PROTOCOL_VERSION,
+        reports=[Report(id=f"report-{s.serial}", snapshot=s) for s in snapshots],
+    )
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent.token}"}) as http,
+        http.post(
+            controller.url + "/api/v1/agent/reports", json=batch.model_dump(mode="json")
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+def _snapshot(serial: str, model: Model, version: str, build: str) -> Snapshot:
+    return Snapshot(
+        serial=serial,
+        model=model,
+        firmware=Firmware(version=version, build=build),
+        provider=Provider.TEAMS,
+        health=Health(state=HealthState.OK),
+        collected_at=NOW,
+        via=Via.REST,
+    )
+
+
+async def test_import_over_the_api_then_dry_run_and_reimport(controller: RunningController) -> None:
+    """A dry run changes nothing; the import stores every device; the same file again is a no-op."""
+    status, body = await _import(controller, REGISTRY, dry_run=True)
+    assert (status, body["dry_run"], sorted(body["added"])) == (
+        200,
+        True,
+        ["NEVERSEEN", "X30PP", "X50HZ"],
+    )
+    assert (await _get(controller, "/api/v1/assets"))[1]["assets"] == []
+    status, body = await _import(controller, REGISTRY)
+    assert status == 200 and len(body["added"]) == 3
+    assets = (await _get(controller, "/api/v1/assets"))[1]["assets"]
+    assert [a["serial"] for a in assets] == ["NEVERSEEN", "X30PP", "X50HZ"]
+    status, body = await _import(controller, REGISTRY)
+    assert sorted(body["unchanged"]) == ["NEVERSEEN", "X30PP", "X50HZ"] and body["added"] == []
+
+
+async def test_bad_import_over_the_api_leaves_the_registry_untouched(
+    controller: RunningController,
+) -> None:
+    """A file with one bad row is refused with 422, every problem listed, nothing changed."""
+    assert (await _import(controller, REGISTRY))[0] == 200
+    before = (await _get(controller, "/api/v1/assets"))[1]
+    bad = csv_of(
+        row("X50HZ", site="krakow", room="moved"),  # would change a device
+        row("NEW1", model="studio_x99"),
+        row("NEW2", purchase_date="2026-02-30"),
+    )
+    status, body = await _import(controller, bad)
+    assert status == 422 and body["error"]["code"] == "invalid_registry"
+    assert [(p["line"], p["column"]) for p in body["problems"]] == [
+        (3, "model"),
+        (4, "purchase_date"),
+    ]
+    assert (await _get(controller, "/api/v1/assets"))[1] == before
+
+
+async def test_viewer_cannot_import_and_anonymous_is_refused(controller: RunningController) -> None:
+    """Importing needs an admin token: viewer gets 403, no token 401."""
+    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    assert (await _import(controller, REGISTRY, token=viewer))[0] == 403
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(controller.url + "/api/v1/assets/import", data=REGISTRY) as response,
+    ):
+        assert response.status == 401
+
+
+async def test_live_verdicts_use_reported_firmware_and_flag_unknown_and_unreported(
+    controller: RunningController,
+) -> None:
+    """Registered+reported: firmware judged; reported only: unknown_asset; registered only: not_reported."""
+    assert (await _import(controller, REGISTRY))[0] == 200
+    await _report(
+        controller,
+        "krakow",
+        _snapshot("X50HZ", Model.STUDIO_X50, "4.1.0_00", "180034"),
+        _snapshot("X30PP", Model.STUDIO_X30, "4.1.3", "394009"),
+        _snapshot("GHOST1", Model.STUDIO_X70, "4.2.0", "396113"),
+    )
+    status, hezo = await _get(controller, "/api/v1/devices/X50HZ/entitlement")
+    assert status == 200 and hezo["plan"] == "hezo_plus"
+    assert hezo["firmware"] == {
+        "installed": "4.1.0_00.180034",
+        "next": "4.2.2-408037",
+        "kind": "upgrade",
+        "entitled": False,
+        "entitled_next": "4.1.3.394009",
+    }
+    assert hezo["flags"] == ["update_entitled", "update_not_entitled", "contract_expiring_60"]
+    _, partner = await _get(controller, "/api/v1/devices/X30PP/entitlement")
+    assert partner["firmware"]["entitled"] is True and "contract_expiring_60" in partner["flags"]
+    _, ghost = await _get(controller, "/api/v1/devices/GHOST1/entitlement")
+    assert ghost["plan"] is None and "unknown_asset" in ghost["flags"]
+    _, unseen = await _get(controller, "/api/v1/devices/NEVERSEEN/entitlement")
+    assert unseen["plan"] == "standard" and "not_reported" in unseen["flags"]
+    assert unseen["firmware"]["installed"] is None
+    status, _ = await _get(controller, "/api/v1/devices/NOSUCH/entitlement")
+    assert status == 404
+    _, everything = await _get(controller, "/api/v1/entitlement?site=krakow")
+    assert [v["serial"] for v in everything["assets"]] == ["GHOST1", "X30PP", "X50HZ"]
+
+
+async def test_forecast_per_site_over_n_days(controller: RunningController) -> None:
+    """The forecast lists, per site, what ends within N days of the controller's now."""
+    assert (await _import(controller, REGISTRY))[0] == 200
+    status, body = await _get(controller, "/api/v1/entitlement/forecast?days=60")
+    assert status == 200 and body["until"] == "2027-01-24"
+    sites = {s["site"]: s["events"] for s in body["sites"]}
+    assert [(e["serial"], e["kind"], e["date"]) for e in sites["krakow"]] == [
+        ("X30PP", "contract_ends", "2026-12-31"),
+        ("X30PP", "patches_end", "2026-12-31"),
+        ("X30PP", "upgrades_end", "2026-12-31"),
+        ("X30PP", "warranty_ends", "2026-12-31"),
+        ("X50HZ", "contract_ends", "2027-01-09"),
+        ("X50HZ", "patches_end", "2027-01-09"),
+        ("X50HZ", "warranty_ends", "2027-01-09"),
+    ]
+    assert sites["gdansk"] == [
+        {
+            "date": "2026-12-29",
+            "days_left": 34,
+            "kind": "patches_end",
+            "serial": "NEVERSEEN",
+            "room": "",
+            "model": "studio_x50",
+            "plan": None,
+            "contract_number": None,
+        }
+    ]
+    status, _ = await _get(controller, "/api/v1/entitlement/forecast?days=-1")
+    assert status == 400
+
+
+async def test_openapi_lists_the_entitlement_routes(controller: RunningController) -> None:
+    """The OpenAPI document names the import, verdict and forecast routes."""
+    _, document = await _get(controller, "/api/v1/openapi.json")
+    for path in (
+        "/api/v1/assets/import",
+        "/api/v1/devices/{serial}/entitlement",
+        "/api/v1/entitlement/forecast",
+    ):
+        assert path in document["paths"]
