@@ -157,7 +157,7 @@ async def test_viewer_cannot_import_and_anonymous_is_refused(controller: Running
 async def test_live_verdicts_use_reported_firmware_and_flag_unknown_and_unreported(
     controller: RunningController,
 ) -> None:
-    """Registered+reported: firmware judged; reported only: unknown_asset; registered only: not_reported."""
+    """Reported devices get their firmware judged; unknown_asset and not_reported are flagged."""
     assert (await _import(controller, REGISTRY))[0] == 200
     await _report(
         controller,
