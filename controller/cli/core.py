@@ -1,10 +1,434 @@
-"""Controller subcommands (filled in by their issue)."""
+"""``polyfleet controller serve|site|token|agent|devices``: the server and its admin commands.
+
+Admin commands are safe while the server runs: the server holds an exclusive lock on its data
+directory; a command that cannot take the lock goes through the running server's local
+control socket (``<data dir>/controller.json`` says where), otherwise it opens the store
+itself, holding the lock, so the two never write the store at the same time.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import asyncio
+import csv
+import io
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from controller.app import read_runtime, serve
+from controller.clock import system_clock
+from controller.config import ConfigError, ControllerConfig, load_config
+from controller.events import EventBus
+from controller.services.access import AccessService, Role, UnknownSite
+from controller.services.inventory import DeviceFilter, InvalidInput, Inventory, UnknownDevice
+from controller.store.base import StoreLocked
+from controller.store.tinydb import TinyDBStore
+
+#: How long a command waits for a starting server to publish its control socket.
+SERVER_WAIT_S = 15.0
+
+CSV_COLUMNS = (
+    "serial",
+    "model",
+    "provider",
+    "firmware_version",
+    "firmware_build",
+    "health",
+    "problems",
+    "site",
+    "room",
+    "system_name",
+    "host_serial",
+    "last_seen",
+)
 
 
-def register(commands: "argparse._SubParsersAction[Any]") -> None:
-    del commands
+class CommandError(Exception):
+    """A command failed for a reason the user can act on; printed as one line."""
+
+
+class Backend(Protocol):
+    """What admin commands need; answers have the admin API's shapes."""
+
+    async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]: ...
+    async def sites(self) -> list[dict[str, Any]]: ...
+    async def create_token(self, role: str, name: str) -> dict[str, Any]: ...
+    async def invite(self, site_id: str) -> dict[str, Any]: ...
+    async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]: ...
+    async def move(self, serial: str, site_id: str) -> dict[str, Any]: ...
+
+
+class DirectBackend:
+    """Works on the store directly (no server running; the store lock is held)."""
+
+    def __init__(self, store: TinyDBStore, config: ControllerConfig) -> None:
+        bus = EventBus(store, keep=config.events_keep)
+        bus.load()
+        self._access = AccessService(
+            store,
+            bus,
+            system_clock,
+            code_ttl_s=config.enroll_code_ttl_s,
+            poll_interval_s=config.poll_interval_s,
+        )
+        self._inventory = Inventory(store, bus, system_clock, config)
+        self._inventory.load()
+
+    async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
+        await self._inventory.add_site(site_id, name=name, timezone=timezone)
+        return next(site for site in self._inventory.sites() if site["id"] == site_id)
+
+    async def sites(self) -> list[dict[str, Any]]:
+        return self._inventory.sites()
+
+    async def create_token(self, role: str, name: str) -> dict[str, Any]:
+        token, record = await self._access.create_token(Role(role), name)
+        return {**record, "token": token}
+
+    async def invite(self, site_id: str) -> dict[str, Any]:
+        code, expires = await self._access.create_invite(site_id)
+        return {"code": code, "site": site_id, "expires_at": expires.isoformat()}
+
+    async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        return self._inventory.devices(DeviceFilter.parse(dict(filters)))
+
+    async def move(self, serial: str, site_id: str) -> dict[str, Any]:
+        return await self._inventory.move_device(serial, site_id)
+
+
+class ServerBackend:
+    """Goes through the running server's control socket (admin rights by file permission)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._http = session
+
+    async def _call(self, method: str, path: str, body: Any = None, **query: str) -> Any:
+        params = {key: value for key, value in query.items() if value}
+        async with self._http.request(
+            method, f"http://controller{path}", json=body, params=params
+        ) as response:
+            data = await response.json(content_type=None)
+            if response.status >= 400:
+                error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+                raise CommandError(error.get("message") or f"server answered {response.status}")
+            return data
+
+    async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
+        body = {"id": site_id, "name": name, "timezone": timezone}
+        result: dict[str, Any] = await self._call("POST", "/api/v1/sites", body)
+        return result
+
+    async def sites(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self._call("GET", "/api/v1/sites"))["sites"]
+        return result
+
+    async def create_token(self, role: str, name: str) -> dict[str, Any]:
+        body = {"role": role, "name": name}
+        result: dict[str, Any] = await self._call("POST", "/api/v1/tokens", body)
+        return result
+
+    async def invite(self, site_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", "/api/v1/invites", {"site": site_id})
+        return result
+
+    async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        query = {key: value for key, value in filters.items() if value}
+        answer = await self._call("GET", "/api/v1/devices", **query)
+        result: list[dict[str, Any]] = answer["devices"]
+        return result
+
+    async def move(self, serial: str, site_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST", f"/api/v1/devices/{serial}/move", {"site": site_id}
+        )
+        return result
+
+
+def _config(args: argparse.Namespace) -> ControllerConfig:
+    config = load_config(Path(args.config) if args.config else None)
+    return config.with_overrides(
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        listen=getattr(args, "listen", None),
+    )
+
+
+async def _with_backend(
+    config: ControllerConfig, action: Callable[[Backend], Awaitable[int]]
+) -> int:
+    deadline = time.monotonic() + SERVER_WAIT_S
+    while True:
+        store = TinyDBStore(config.data_dir / "store")
+        try:
+            await store.open()
+        except StoreLocked:
+            runtime = await asyncio.to_thread(read_runtime, config.data_dir)
+            socket = runtime.get("control_socket") if runtime else None
+            if socket:
+                connector = aiohttp.UnixConnector(path=socket)
+                try:
+                    async with aiohttp.ClientSession(connector=connector) as session:
+                        return await action(ServerBackend(session))
+                except aiohttp.ClientConnectionError:
+                    pass  # the server is starting or stopping: try again
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"{config.data_dir} is locked by another process but no server answers "
+                    f"on its control socket"
+                ) from None
+            await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
+            continue
+        try:
+            return await action(DirectBackend(store, config))
+        finally:
+            await store.close()
+
+
+def _run(args: argparse.Namespace, action: Callable[[Backend], Awaitable[int]]) -> int:
+    try:
+        return asyncio.run(_with_backend(_config(args), action))
+    except (CommandError, ConfigError, InvalidInput, UnknownSite, UnknownDevice) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def ready(url: str) -> None:
+        print(f"polyfleet controller listening on {url}", flush=True)
+
+    try:
+        asyncio.run(serve(config, on_ready=ready))
+    except StoreLocked as exc:
+        print(f"error: another controller is running: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"error: cannot serve on {config.listen_host}:{config.listen_port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_site_add(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        site = await backend.add_site(args.site_id, args.name, args.timezone)
+        if args.json:
+            _print_json(site)
+        else:
+            print(f"site {site['id']} ({site['name']}, {site['timezone']})")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_site_list(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        sites = await backend.sites()
+        if args.json:
+            _print_json({"sites": sites})
+        else:
+            for site in sites:
+                online = {True: "online", False: "agent offline", None: "no agent"}[
+                    site["agent_online"]
+                ]
+                print(f"{site['id']:<16} {site['name']:<24} {site['devices']:>6} devices  {online}")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        created = await backend.create_token(args.role, args.name or "")
+        if args.json:
+            _print_json({"token": created["token"], "id": created["id"], "role": created["role"]})
+        else:
+            print(created["token"])
+            print(f"{args.role} token {created['id']}: shown once, store it now", file=sys.stderr)
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_agent_invite(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        invite = await backend.invite(args.site)
+        if args.json:
+            _print_json(invite)
+        else:
+            print(invite["code"])
+            print(
+                f"one-time enrollment code for site {args.site}, expires {invite['expires_at']}: "
+                f"polyfleet agent enroll --controller URL --code {invite['code']}",
+                file=sys.stderr,
+            )
+        return 0
+
+    return _run(args, action)
+
+
+def _filters(args: argparse.Namespace) -> dict[str, str | None]:
+    return {
+        name: getattr(args, name, None)
+        for name in ("site", "model", "provider", "health", "firmware")
+    }
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        devices = await backend.devices(_filters(args))
+        if args.json:
+            _print_json({"devices": devices})
+            return 0
+        print(f"{'SERIAL':<18} {'MODEL':<11} {'PROVIDER':<11} {'FIRMWARE':<18} {'HEALTH':<12} SITE")
+        for device in devices:
+            firmware = device["firmware"]["version"]
+            if device["firmware"]["build"]:
+                firmware += f"-{device['firmware']['build']}"
+            print(
+                f"{device['serial']:<18} {device['model']:<11} {device['provider']:<11} "
+                f"{firmware:<18} {device['health']['state']:<12} {device['site']}"
+                + (f" / {device['room']}" if device.get("room") else "")
+            )
+        return 0
+
+    return _run(args, action)
+
+
+def devices_csv(devices: list[dict[str, Any]]) -> str:
+    """The device list as CSV (``devices export --csv``)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for device in devices:
+        writer.writerow(
+            [
+                device["serial"],
+                device["model"],
+                device["provider"],
+                device["firmware"]["version"],
+                device["firmware"]["build"],
+                device["health"]["state"],
+                " ".join(problem["code"] for problem in device["health"]["problems"]),
+                device["site"],
+                device.get("room") or "",
+                device.get("system_name", ""),
+                device.get("host_serial") or "",
+                device.get("last_seen") or "",
+            ]
+        )
+    return out.getvalue()
+
+
+def cmd_devices_export(args: argparse.Namespace) -> int:
+    if not args.csv:
+        print("error: choose a format: devices export --csv", file=sys.stderr)
+        return 2
+
+    async def action(backend: Backend) -> int:
+        sys.stdout.write(devices_csv(await backend.devices(_filters(args))))
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_devices_move(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        device = await backend.move(args.serial, args.to_site)
+        if args.json:
+            _print_json(device)
+        else:
+            print(f"device {device['serial']} now belongs to site {device['site']}")
+        return 0
+
+    return _run(args, action)
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument("--config", help="controller.toml (default: built-in defaults)")
+    parser.add_argument("--data-dir", help="data directory (overrides the config)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _device_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", help="only this site")
+    parser.add_argument("--health", help="ok, degraded, fault or unreachable")
+    parser.add_argument("--model", help="studio_x30, studio_x50, studio_x70, studio_e70, g7500")
+    parser.add_argument("--provider", help="teams, zoom, poly, device_mode")
+    parser.add_argument("--firmware", help="firmware version, e.g. 4.1.0")
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    serve_parser = commands.add_parser("serve", help="run the controller")
+    _common(serve_parser, json_flag=False)
+    serve_parser.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
+    serve_parser.set_defaults(func=cmd_serve)
+
+    site = commands.add_parser("site", help="sites").add_subparsers(
+        dest="site_command", metavar="ACTION", required=True
+    )
+    site_add = site.add_parser("add", help="add (or rename) a site")
+    site_add.add_argument("site_id")
+    site_add.add_argument("--name", required=True)
+    site_add.add_argument("--timezone", required=True, help="IANA zone, e.g. Europe/Warsaw")
+    _common(site_add)
+    site_add.set_defaults(func=cmd_site_add)
+    site_list = site.add_parser("list", help="list sites")
+    _common(site_list)
+    site_list.set_defaults(func=cmd_site_list)
+
+    token = commands.add_parser("token", help="API tokens").add_subparsers(
+        dest="token_command", metavar="ACTION", required=True
+    )
+    token_create = token.add_parser("create", help="create an API token (printed once)")
+    token_create.add_argument("--role", required=True, choices=["admin", "viewer"])
+    token_create.add_argument("--name", default="")
+    _common(token_create)
+    token_create.set_defaults(func=cmd_token_create)
+
+    agent = commands.add_parser("agent", help="site agents").add_subparsers(
+        dest="agent_command", metavar="ACTION", required=True
+    )
+    invite = agent.add_parser("invite", help="one-time enrollment code for a site's agent")
+    invite.add_argument("--site", required=True)
+    _common(invite)
+    invite.set_defaults(func=cmd_agent_invite)
+
+    devices = commands.add_parser("devices", help="list, export or move devices")
+    _common(devices)
+    _device_filters(devices)
+    devices.set_defaults(func=cmd_devices)
+    device_actions = devices.add_subparsers(dest="devices_command", metavar="ACTION")
+    export = device_actions.add_parser("export", help="export the device list")
+    export.add_argument("--csv", action="store_true", help="CSV on standard output")
+    _common(export, json_flag=False)
+    _device_filters(export)
+    export.set_defaults(func=cmd_devices_export)
+    move = device_actions.add_parser("move", help="move a device (and its cameras) to a site")
+    move.add_argument("serial")
+    move.add_argument("--site", dest="to_site", required=True, help="the new site")
+    _common(move)
+    move.set_defaults(func=cmd_devices_move)

@@ -1,0 +1,295 @@
+"""The admin API: sites, devices, moves, jobs, events, tokens and enrollment codes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from controller.api.auth import principal
+from controller.api.errors import ApiError, read_model
+from controller.api.models import (
+    DeviceDetail,
+    DeviceList,
+    DeviceOut,
+    DevicePatch,
+    EventList,
+    InviteIn,
+    InviteOut,
+    JobIn,
+    JobOut,
+    JobOutList,
+    MoveIn,
+    Ok,
+    ReportList,
+    SiteIn,
+    SiteList,
+    SiteOut,
+    TokenCreated,
+    TokenIn,
+    TokenList,
+)
+from controller.api.spec import ADMINS, READERS, endpoint
+from controller.keys import ACCESS, INVENTORY, JOBS, STORE
+from controller.services.access import Role
+from controller.services.inventory import DeviceFilter
+from controller.services.jobs import UnknownJob
+from controller.store.base import EVENTS
+
+DEVICE_QUERY = {
+    "site": "only devices of this site id",
+    "model": "studio_x30, studio_x50, studio_x70, studio_e70, g7500 or unknown",
+    "provider": "teams, zoom, poly, device_mode or unknown",
+    "health": "ok, degraded, fault or unreachable",
+    "firmware": "firmware version, e.g. 4.1.0 (or version-build)",
+    "room": "only devices in this room",
+}
+EVENT_QUERY = {
+    "since": "only events with a larger id (poll with the last id seen)",
+    "kind": "only this kind (health_changed, device_unreachable, agent_offline...)",
+    "site": "only events of this site id",
+    "serial": "only events of this device",
+    "limit": "at most this many (default 100, max 1000); without since, the newest",
+}
+
+
+@endpoint(summary="List sites", roles=READERS, response=SiteList, tags=("sites",))
+async def list_sites(request: web.Request) -> web.Response:
+    return web.json_response({"sites": request.app[INVENTORY].sites()})
+
+
+@endpoint(
+    summary="Add or rename a site",
+    roles=ADMINS,
+    request=SiteIn,
+    response=SiteOut,
+    response_status=201,
+    errors=(400, 401, 403, 422),
+    tags=("sites",),
+)
+async def add_site(request: web.Request) -> web.Response:
+    body = await read_model(request, SiteIn)
+    inventory = request.app[INVENTORY]
+    await inventory.add_site(body.id, name=body.name, timezone=body.timezone)
+    site = next(site for site in inventory.sites() if site["id"] == body.id)
+    return web.json_response(site, status=201)
+
+
+@endpoint(
+    summary="List devices (E70 cameras are their own entries)",
+    roles=READERS,
+    response=DeviceList,
+    query=DEVICE_QUERY,
+    errors=(400, 401),
+    tags=("devices",),
+)
+async def list_devices(request: web.Request) -> web.Response:
+    where = DeviceFilter.parse({name: request.query.get(name) for name in DEVICE_QUERY})
+    return web.json_response({"devices": request.app[INVENTORY].devices(where)})
+
+
+@endpoint(
+    summary="One device with peripherals, host/camera links and health history",
+    roles=READERS,
+    response=DeviceDetail,
+    errors=(401, 404),
+    tags=("devices",),
+)
+async def get_device(request: web.Request) -> web.Response:
+    return web.json_response(request.app[INVENTORY].device_detail(request.match_info["serial"]))
+
+
+@endpoint(
+    summary="Set a device's room",
+    roles=ADMINS,
+    request=DevicePatch,
+    response=DeviceOut,
+    errors=(401, 403, 404, 422),
+    tags=("devices",),
+)
+async def patch_device(request: web.Request) -> web.Response:
+    body = await read_model(request, DevicePatch)
+    serial = request.match_info["serial"]
+    return web.json_response(await request.app[INVENTORY].set_room(serial, body.room))
+
+
+@endpoint(
+    summary="Move a device (and its E70 cameras) to another site",
+    roles=ADMINS,
+    request=MoveIn,
+    response=DeviceOut,
+    errors=(401, 403, 404, 422),
+    tags=("devices",),
+)
+async def move_device(request: web.Request) -> web.Response:
+    body = await read_model(request, MoveIn)
+    serial = request.match_info["serial"]
+    return web.json_response(await request.app[INVENTORY].move_device(serial, body.site))
+
+
+@endpoint(
+    summary="The retained reports of a device, oldest first",
+    roles=READERS,
+    response=ReportList,
+    errors=(401, 404),
+    tags=("devices",),
+)
+async def device_reports(request: web.Request) -> web.Response:
+    reports = request.app[INVENTORY].recent_reports(request.match_info["serial"])
+    return web.json_response({"reports": reports})
+
+
+@endpoint(
+    summary="Jobs of a device",
+    roles=READERS,
+    response=JobOutList,
+    errors=(401, 404),
+    tags=("jobs",),
+)
+async def device_jobs(request: web.Request) -> web.Response:
+    serial = request.match_info["serial"]
+    request.app[INVENTORY].device(serial)
+    return web.json_response({"jobs": request.app[JOBS].find(serial=serial)})
+
+
+@endpoint(
+    summary="Queue a job (collect_diagnostics, reboot...) for the device's site agent",
+    roles=ADMINS,
+    request=JobIn,
+    response=JobOut,
+    response_status=201,
+    errors=(401, 403, 404, 422),
+    tags=("jobs",),
+)
+async def create_job(request: web.Request) -> web.Response:
+    body = await read_model(request, JobIn)
+    job = await request.app[JOBS].enqueue(
+        request.match_info["serial"],
+        body.kind,
+        body.params,
+        created_by=principal(request).name,
+    )
+    return web.json_response(job, status=201)
+
+
+@endpoint(summary="One job", roles=READERS, response=JobOut, errors=(401, 404), tags=("jobs",))
+async def get_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    job = request.app[JOBS].get(job_id)
+    if job is None:
+        raise UnknownJob(job_id)
+    return web.json_response(job)
+
+
+@endpoint(
+    summary="Download a job's artifact",
+    roles=READERS,
+    response_media="application/octet-stream",
+    errors=(401, 404),
+    tags=("jobs",),
+)
+async def get_job_artifact(request: web.Request) -> web.StreamResponse:
+    job_id = request.match_info["job_id"]
+    path = request.app[JOBS].artifact_path(job_id)
+    if path is None:
+        raise ApiError(404, "not_found", f"job {job_id!r} has no artifact")
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+@endpoint(
+    summary="Events (health changes, unreachable devices, offline sites, jobs...)",
+    roles=READERS,
+    response=EventList,
+    query=EVENT_QUERY,
+    errors=(400, 401),
+    tags=("events",),
+)
+async def list_events(request: web.Request) -> web.Response:
+    query = request.query
+    since = _int_query(request, "since", 0)
+    limit = min(_int_query(request, "limit", 100), 1000)
+    if limit < 1:
+        raise ApiError(400, "invalid", "limit must be at least 1", "limit")
+    kind, site, serial = query.get("kind"), query.get("site"), query.get("serial")
+    found = [
+        doc
+        for key, doc in sorted(request.app[STORE].scan(EVENTS).items())
+        if doc["id"] > since
+        and (kind is None or doc["kind"] == kind)
+        and (site is None or doc["site_id"] == site)
+        and (serial is None or doc["serial"] == serial)
+    ]
+    found = found[:limit] if since else found[-limit:]
+    return web.json_response({"events": found})
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(400, "invalid", f"{name} must be an integer, got {text!r}", name) from None
+
+
+@endpoint(summary="List API tokens (never their secrets)", roles=ADMINS, response=TokenList)
+async def list_tokens(request: web.Request) -> web.Response:
+    return web.json_response({"tokens": request.app[ACCESS].list_tokens()})
+
+
+@endpoint(
+    summary="Create an admin or viewer token (shown once)",
+    roles=ADMINS,
+    request=TokenIn,
+    response=TokenCreated,
+    response_status=201,
+    errors=(401, 403, 422),
+)
+async def create_token(request: web.Request) -> web.Response:
+    body = await read_model(request, TokenIn)
+    token, record = await request.app[ACCESS].create_token(Role(body.role), body.name)
+    return web.json_response({**record, "token": token}, status=201)
+
+
+@endpoint(summary="Revoke a token", roles=ADMINS, response=Ok, errors=(401, 403, 404))
+async def revoke_token(request: web.Request) -> web.Response:
+    token_id = request.match_info["token_id"]
+    if not await request.app[ACCESS].revoke_token(token_id):
+        raise ApiError(404, "not_found", f"no token {token_id!r}")
+    return web.json_response({"ok": True})
+
+
+@endpoint(
+    summary="Create a one-time, expiring enrollment code for a site's agent",
+    roles=ADMINS,
+    request=InviteIn,
+    response=InviteOut,
+    response_status=201,
+    errors=(401, 403, 404, 422),
+    tags=("sites",),
+)
+async def create_invite(request: web.Request) -> web.Response:
+    body = await read_model(request, InviteIn)
+    code, expires = await request.app[ACCESS].create_invite(body.site)
+    return web.json_response(
+        {"code": code, "site": body.site, "expires_at": expires.isoformat()}, status=201
+    )
+
+
+def register(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/api/v1/sites", list_sites, allow_head=False)
+    router.add_post("/api/v1/sites", add_site)
+    router.add_post("/api/v1/invites", create_invite)
+    router.add_get("/api/v1/devices", list_devices, allow_head=False)
+    router.add_get("/api/v1/devices/{serial}", get_device, allow_head=False)
+    router.add_patch("/api/v1/devices/{serial}", patch_device)
+    router.add_post("/api/v1/devices/{serial}/move", move_device)
+    router.add_get("/api/v1/devices/{serial}/reports", device_reports, allow_head=False)
+    router.add_get("/api/v1/devices/{serial}/jobs", device_jobs, allow_head=False)
+    router.add_post("/api/v1/devices/{serial}/jobs", create_job)
+    router.add_get("/api/v1/jobs/{job_id}", get_job, allow_head=False)
+    router.add_get("/api/v1/jobs/{job_id}/artifact", get_job_artifact, allow_head=False)
+    router.add_get("/api/v1/events", list_events, allow_head=False)
+    router.add_get("/api/v1/tokens", list_tokens, allow_head=False)
+    router.add_post("/api/v1/tokens", create_token)
+    router.add_delete("/api/v1/tokens/{token_id}", revoke_token)

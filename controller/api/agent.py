@@ -1,0 +1,147 @@
+"""The agent protocol: enroll, post report batches, pull jobs, upload artifacts and results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from controller.api.auth import principal
+from controller.api.errors import ApiError, read_json, validate
+from controller.api.models import ArtifactOut, Ok
+from controller.api.spec import AGENTS, PUBLIC, endpoint
+from controller.keys import ACCESS, INVENTORY, JOBS
+from shared.schema import (
+    MAX_BATCH_SNAPSHOTS,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    EnrollRequest,
+    EnrollResponse,
+    JobList,
+    JobResult,
+    ReportBatch,
+    ReportBatchAck,
+)
+
+ARTIFACT_CHUNK = 64 * 1024
+
+
+def check_protocol(data: dict[str, Any]) -> None:
+    """Refuse a protocol version this controller does not speak, before anything else."""
+    version = data.get("protocol_version")
+    # A non-integer version is a type error, reported by schema validation with its field.
+    is_int = isinstance(version, int) and not isinstance(version, bool)
+    if is_int and version not in SUPPORTED_PROTOCOL_VERSIONS:
+        supported = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOL_VERSIONS))
+        raise ApiError(
+            400,
+            "unsupported_protocol_version",
+            f"protocol_version {version} is not supported (supported: {supported}); "
+            "upgrade the agent or the controller",
+            "protocol_version",
+        )
+
+
+@endpoint(
+    summary="Exchange a one-time enrollment code for the agent's credential",
+    roles=PUBLIC,
+    request=EnrollRequest,
+    response=EnrollResponse,
+    errors=(400, 403, 413, 422),
+    tags=("agent",),
+)
+async def enroll(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    check_protocol(data)
+    body = validate(EnrollRequest, data)
+    answer = await request.app[ACCESS].enroll(
+        body.code, agent_name=body.agent_name, hostname=body.hostname
+    )
+    return web.json_response(answer.model_dump(mode="json"))
+
+
+@endpoint(
+    summary="Post a batch of device snapshots (idempotent per report id)",
+    roles=AGENTS,
+    request=ReportBatch,
+    response=ReportBatchAck,
+    errors=(400, 401, 403, 413, 422),
+    tags=("agent",),
+)
+async def post_reports(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    check_protocol(data)
+    reports = data.get("reports")
+    if isinstance(reports, list) and len(reports) > MAX_BATCH_SNAPSHOTS:
+        raise ApiError(
+            413,
+            "too_many_snapshots",
+            f"{len(reports)} snapshots in one batch; at most {MAX_BATCH_SNAPSHOTS}: split it",
+            "reports",
+        )
+    batch = validate(ReportBatch, data)
+    ack = await request.app[INVENTORY].ingest(principal(request), batch)
+    return web.json_response(ack.model_dump(mode="json"))
+
+
+@endpoint(
+    summary="Jobs waiting for this agent (also the agent's heartbeat)",
+    roles=AGENTS,
+    response=JobList,
+    errors=(401, 403),
+    tags=("agent",),
+)
+async def get_jobs(request: web.Request) -> web.Response:
+    agent = principal(request)
+    assert agent.site_id is not None
+    request.app[INVENTORY].note_agent_call(agent)
+    jobs = await request.app[JOBS].hand_out(agent.site_id)
+    return web.json_response(JobList(jobs=jobs).model_dump(mode="json"))
+
+
+@endpoint(
+    summary="Upload a job's artifact (binary bundle, size-limited); stored with its sha256",
+    roles=AGENTS,
+    request_media="application/octet-stream",
+    response=ArtifactOut,
+    errors=(401, 403, 404, 409, 413),
+    tags=("agent",),
+)
+async def put_artifact(request: web.Request) -> web.Response:
+    agent = principal(request)
+    assert agent.site_id is not None
+    jobs = request.app[JOBS]
+    declared = request.content_length
+    if declared is not None and declared > jobs.max_artifact_bytes:
+        raise ApiError(
+            413,
+            "body_too_large",
+            f"artifact larger than the limit of {jobs.max_artifact_bytes} bytes",
+        )
+    artifact = await jobs.store_artifact(
+        request.match_info["job_id"], agent.site_id, request.content.iter_chunked(ARTIFACT_CHUNK)
+    )
+    return web.json_response(artifact)
+
+
+@endpoint(
+    summary="Post a job's result",
+    roles=AGENTS,
+    request=JobResult,
+    response=Ok,
+    errors=(400, 401, 403, 404, 409, 422),
+    tags=("agent",),
+)
+async def post_result(request: web.Request) -> web.Response:
+    agent = principal(request)
+    assert agent.site_id is not None
+    result = validate(JobResult, await read_json(request))
+    await request.app[JOBS].finish(request.match_info["job_id"], agent.site_id, result)
+    return web.json_response(Ok(ok=True).model_dump())
+
+
+def register(app: web.Application) -> None:
+    app.router.add_post("/api/v1/agent/enroll", enroll)
+    app.router.add_post("/api/v1/agent/reports", post_reports)
+    app.router.add_get("/api/v1/agent/jobs", get_jobs, allow_head=False)
+    app.router.add_put("/api/v1/agent/jobs/{job_id}/artifact", put_artifact)
+    app.router.add_post("/api/v1/agent/jobs/{job_id}/result", post_result)

@@ -1,0 +1,53 @@
+"""Bearer-token authentication and role checks, driven by each handler's ``EndpointSpec``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
+
+from controller.api.errors import ApiError, Handler
+from controller.api.spec import spec_of
+from controller.keys import ACCESS
+from controller.services.access import LOCAL_ADMIN, Principal, Role
+
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+
+
+def principal(request: web.Request) -> Principal:
+    """Who is calling (set by the middleware on every authenticated route)."""
+    return request[PRINCIPAL]
+
+
+def _via_control_socket(request: web.Request) -> bool:
+    # A Unix socket's name is a path string; TCP gives a (host, port) tuple.
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+
+
+def _bearer(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    found = None
+    if scheme.lower() == "bearer" and token.strip():
+        found = request.app[ACCESS].authenticate(token.strip())
+    if found is None:
+        # Never echo the token back, not even partly.
+        raise ApiError(401, "unauthorized", "missing or unknown bearer token", "Authorization")
+    return found
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match = request.match_info
+    if isinstance(match, MatchInfoError):
+        return await handler(request)
+    spec = spec_of(match.handler, request.method)
+    if not spec.roles:
+        return await handler(request)
+    found = LOCAL_ADMIN if _via_control_socket(request) else _bearer(request)
+    if found.role not in spec.roles:
+        if found.role is Role.VIEWER:
+            raise ApiError(403, "forbidden", "viewer tokens are read-only")
+        raise ApiError(403, "forbidden", f"{found.role.value} credentials cannot use this endpoint")
+    request[PRINCIPAL] = found
+    return await handler(request)

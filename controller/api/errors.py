@@ -1,0 +1,118 @@
+"""JSON errors (``{"error": {"code", "message", "field"}}``) and strict request body parsing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from controller.services.access import EnrollmentRefused, UnknownSite
+from controller.services.inventory import DeviceAtOtherSite, InvalidInput, UnknownDevice
+from controller.services.jobs import ArtifactTooLarge, JobConflict, UnknownJob
+from controller.store.base import StoreUnavailable
+from shared.schema import ErrorBody
+
+log = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable ``code``, a message and the field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    body = ErrorBody(code=code, message=message, field=field)
+    return web.json_response({"error": body.model_dump(mode="json")}, status=status)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the JSON error shape; unexpected ones are logged, not leaked."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+    except DeviceAtOtherSite as exc:
+        return error_response(403, "device_at_other_site", str(exc), "reports")
+    except InvalidInput as exc:
+        return error_response(400, "invalid", str(exc), exc.field)
+    except (UnknownDevice, UnknownSite, UnknownJob) as exc:
+        return error_response(404, "not_found", str(exc))
+    except EnrollmentRefused as exc:
+        return error_response(403, "enrollment_refused", str(exc), "code")
+    except JobConflict as exc:
+        return error_response(409, "conflict", str(exc))
+    except ArtifactTooLarge as exc:
+        return error_response(413, "body_too_large", str(exc))
+    except StoreUnavailable:
+        log.error("refusing %s %s: store unavailable", request.method, request.path)
+        return error_response(503, "store_unavailable", "storage failed; restart the controller")
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "body_too_large", f"request body too large: {exc.text}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; the controller log has details")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; 413 when too large, 400 when not JSON."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid", "request body must be a JSON object")
+    return data
+
+
+def validate(model: type[ModelT], data: dict[str, Any]) -> ModelT:
+    """``data`` as ``model``; 422 naming the first bad field (dotted path) and the problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        more = exc.error_count() - 1
+        suffix = f" ({more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+        raise ApiError(
+            422, "invalid", f"{field or 'body'}: {first['msg']}{suffix}", field
+        ) from None
+
+
+async def read_model(request: web.Request, model: type[ModelT]) -> ModelT:
+    return validate(model, await read_json(request))

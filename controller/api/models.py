@@ -1,0 +1,174 @@
+"""Pydantic shapes of the admin API's requests and answers (the OpenAPI document uses them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schema import ErrorBody, Firmware, Health, JobKind, Peripheral, Serial
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorResponse(_Out):
+    error: ErrorBody
+
+
+class SiteIn(_In):
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(default="", max_length=256)
+    timezone: str = Field(default="Europe/Warsaw", max_length=64)
+
+
+class SiteOut(_Out):
+    id: str
+    name: str
+    timezone: str
+    agent_online: bool | None
+    agents: int
+    devices: int
+
+
+class SiteList(_Out):
+    sites: list[SiteOut]
+
+
+class DeviceOut(_Out):
+    serial: str
+    model: str
+    provider: str
+    firmware: Firmware
+    health: Health
+    site: str
+    room: str | None
+    system_name: str
+    host_serial: str | None
+    last_seen: str | None
+
+
+class DeviceList(_Out):
+    devices: list[DeviceOut]
+
+
+class HealthChange(_Out):
+    at: str
+    state: str
+    problems: list[dict[str, Any]]
+
+
+class DeviceDetail(DeviceOut):
+    model_raw: str
+    in_call: bool
+    uptime_s: float | None
+    via: str | None
+    collected_at: str | None
+    first_seen: str | None
+    peripherals: list[Peripheral]
+    cameras: list[str] = Field(description="serials of cameras (E70) hanging off this device")
+    health_history: list[HealthChange]
+    reports: list[str] = Field(description="ids of the retained reports, oldest first")
+
+
+class ReportOut(_Out):
+    id: str
+    serial: str
+    site_id: str
+    agent_id: str
+    received_at: str
+    snapshot: dict[str, Any]
+
+
+class ReportList(_Out):
+    reports: list[ReportOut]
+
+
+class MoveIn(_In):
+    site: str = Field(min_length=1, max_length=64)
+
+
+class DevicePatch(_In):
+    room: str | None = Field(default=None, max_length=256)
+
+
+class EventOut(_Out):
+    id: int
+    kind: str
+    at: str
+    site_id: str | None
+    serial: str | None
+    data: dict[str, Any]
+
+
+class EventList(_Out):
+    events: list[EventOut]
+
+
+class TokenIn(_In):
+    role: Literal["admin", "viewer"]
+    name: str = Field(default="", max_length=256)
+
+
+class TokenOut(_Out):
+    id: str
+    role: str
+    name: str
+    created_at: str
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown once; only its sha256 is stored")
+
+
+class TokenList(_Out):
+    tokens: list[TokenOut]
+
+
+class InviteIn(_In):
+    site: str = Field(min_length=1, max_length=64)
+
+
+class InviteOut(_Out):
+    code: str
+    site: str
+    expires_at: str
+
+
+class JobIn(_In):
+    kind: JobKind
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobOut(_Out):
+    id: str
+    kind: str
+    serial: Serial
+    site_id: str
+    params: dict[str, Any]
+    status: str
+    created_at: str
+    created_by: str
+    sent_at: str | None
+    finished_at: str | None
+    result: dict[str, Any] | None
+    artifact: dict[str, Any] | None
+
+
+class JobOutList(_Out):
+    jobs: list[JobOut]
+
+
+class ArtifactOut(_Out):
+    sha256: str
+    size: int
+    uploaded_at: str
+
+
+class Ok(_Out):
+    ok: bool

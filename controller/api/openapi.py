@@ -1,0 +1,127 @@
+"""``/api/v1/openapi.json``: built from the live route table and the pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from controller.api.models import ErrorResponse
+from controller.api.spec import PUBLIC, EndpointSpec, endpoint, spec_of
+
+_PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+_STATUS_TEXT = {
+    400: "Bad request (malformed JSON, unknown protocol version, bad query value)",
+    401: "Missing or unknown bearer token",
+    403: "Not allowed for this role (or device of another site)",
+    404: "Not found",
+    409: "Conflict with the current state",
+    413: "Body too large or too many snapshots",
+    422: "Body does not match the schema; `field` names the place",
+}
+
+
+def build_openapi(app: web.Application) -> dict[str, Any]:
+    """An OpenAPI 3.1 document describing every route the application serves."""
+    routes: list[tuple[str, str, EndpointSpec]] = []
+    models: set[type[BaseModel]] = {ErrorResponse}
+    for route in app.router.routes():
+        method = route.method.upper()
+        if method in ("HEAD", "*", "OPTIONS"):
+            continue
+        path = route.resource.canonical if route.resource is not None else None
+        if path is None:
+            continue
+        spec = spec_of(route.handler, method)
+        routes.append((path, method, spec))
+        models.update(model for model in (spec.request, spec.response) if model is not None)
+    ordered = sorted(models, key=lambda model: model.__name__)
+    _, schema = models_json_schema(
+        [(model, "validation") for model in ordered],
+        ref_template="#/components/schemas/{model}",
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, spec in sorted(routes, key=lambda item: (item[0], item[1])):
+        paths.setdefault(_PATH_PARAM.sub(r"{\1}", path), {})[method.lower()] = _operation(
+            path, method, spec
+        )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "polyfleet controller",
+            "version": "1",
+            "description": "Admin API (bearer tokens: admin or viewer) and agent protocol.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schema.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _operation(path: str, method: str, spec: EndpointSpec) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": spec.summary.strip().splitlines()[0] if spec.summary.strip() else path,
+        "operationId": f"{method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', path).strip('_')}",
+    }
+    if spec.tags:
+        operation["tags"] = list(spec.tags)
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(path)
+    ]
+    parameters += [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": text,
+            "schema": {"type": "string"},
+        }
+        for name, text in spec.query.items()
+    ]
+    if parameters:
+        operation["parameters"] = parameters
+    if spec.request is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(spec.request)}},
+        }
+    elif spec.request_media is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {spec.request_media: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    ok: dict[str, Any] = {"description": "Success"}
+    if spec.response is not None:
+        ok["content"] = {spec.response_media: {"schema": _ref(spec.response)}}
+    elif spec.response_media != "application/json":
+        ok["content"] = {spec.response_media: {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {str(spec.response_status): ok}
+    for status in spec.errors:
+        responses[str(status)] = {
+            "description": _STATUS_TEXT.get(status, "Error"),
+            "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+        }
+    operation["responses"] = responses
+    operation["security"] = [] if spec.roles == PUBLIC else [{"bearer": []}]
+    if spec.roles:
+        operation["description"] = "Roles: " + ", ".join(sorted(role.value for role in spec.roles))
+    return operation
+
+
+@endpoint(summary="This OpenAPI document", roles=PUBLIC, tags=("meta",))
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app))
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/api/v1/openapi.json", openapi_document, allow_head=False)

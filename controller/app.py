@@ -1,0 +1,246 @@
+"""The controller's aiohttp application: ``create_app`` wires store, services, routes, lifecycles.
+
+Extension points (plain lists, no import magic):
+
+- ``ROUTE_MODULES``: modules with ``register(app: web.Application) -> None`` that add routes
+  (``app.router.add_get(...)`` with handlers decorated by ``controller.api.spec.endpoint``,
+  so they appear in ``/api/v1/openapi.json`` and get role checks). A feature starts its
+  background work from the same ``register`` by appending an async generator to
+  ``app.cleanup_ctx``; it runs after the core is up (store open, services ready) and is
+  torn down before the store closes. Core services are found through ``controller.keys``
+  (``app[STORE]``, ``app[EVENT_BUS]``, ``app[INVENTORY]``, ``app[JOBS]``, ``app[CLOCK]``...).
+- ``FEATURE_ROUTE_MODULES``: the entitlement and tickets route modules, added when present.
+- ``BACKGROUND``: the core's own ``cleanup_ctx`` tasks (the reachability monitor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+from aiohttp import web
+
+from controller.api import admin as admin_api
+from controller.api import agent as agent_api
+from controller.api import metrics as metrics_api
+from controller.api import openapi as openapi_api
+from controller.api.auth import auth_middleware
+from controller.api.errors import error_middleware
+from controller.api.metrics import build_registry
+from controller.clock import Clock, system_clock
+from controller.config import ControllerConfig
+from controller.events import EventBus
+from controller.keys import ACCESS, CLOCK, CONFIG, EVENT_BUS, INVENTORY, JOBS, METRICS, STORE
+from controller.services.access import AccessService
+from controller.services.inventory import Inventory
+from controller.services.jobs import JobService
+from controller.store.base import Store, StoreUnavailable
+from controller.store.tinydb import TinyDBStore
+from shared.schema import MAX_BODY_BYTES
+
+log = logging.getLogger(__name__)
+
+
+class RouteModule(Protocol):
+    def register(self, app: web.Application) -> None: ...
+
+
+Lifecycle = Callable[[web.Application], AsyncIterator[None]]
+
+#: Core route modules, in registration order.
+ROUTE_MODULES: list[RouteModule] = [agent_api, admin_api, metrics_api, openapi_api]
+
+#: Feature route modules (issues 5 and 6), registered when the module exists.
+FEATURE_ROUTE_MODULES = ("controller.api.entitlement", "controller.api.tickets")
+
+#: Name of the file in the data directory that tells CLI commands where the server is.
+RUNTIME_FILE = "controller.json"
+
+
+def _feature_modules() -> list[RouteModule]:
+    found: list[RouteModule] = []
+    for name in FEATURE_ROUTE_MODULES:
+        try:
+            module: ModuleType = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        found.append(module)
+    return found
+
+
+async def _core_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.open()
+    app[EVENT_BUS].load()
+    app[INVENTORY].load()
+    try:
+        yield
+    finally:
+        await app[EVENT_BUS].close()
+        await store.close()
+
+
+async def liveness_monitor(app: web.Application) -> AsyncIterator[None]:
+    """Every ``liveness_check_s``: silent agents -> site offline; silent devices -> unreachable."""
+    inventory = app[INVENTORY]
+    interval = app[CONFIG].liveness_check_s
+
+    async def loop() -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await inventory.check_liveness()
+                failing = False
+            except StoreUnavailable:
+                return
+            except Exception:
+                if not failing:
+                    log.exception("reachability check failed")
+                failing = True
+
+    task = asyncio.create_task(loop(), name="liveness-monitor")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+#: The core's background work, run after the store is open.
+BACKGROUND: list[Lifecycle] = [liveness_monitor]
+
+
+def create_app(
+    config: ControllerConfig, *, store: Store | None = None, clock: Clock = system_clock
+) -> web.Application:
+    """The controller application; the store opens and closes with the app's lifecycle."""
+    if store is None:
+        store = TinyDBStore(
+            config.data_dir / "store",
+            snapshot_interval_s=config.snapshot_interval_s,
+            journal_max_bytes=config.journal_max_bytes,
+        )
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware]
+    )
+    bus = EventBus(store, keep=config.events_keep)
+    inventory = Inventory(store, bus, clock, config)
+    app[CONFIG] = config
+    app[CLOCK] = clock
+    app[STORE] = store
+    app[EVENT_BUS] = bus
+    app[ACCESS] = AccessService(
+        store,
+        bus,
+        clock,
+        code_ttl_s=config.enroll_code_ttl_s,
+        poll_interval_s=config.poll_interval_s,
+    )
+    app[INVENTORY] = inventory
+    app[JOBS] = JobService(
+        store,
+        bus,
+        clock,
+        artifacts_dir=config.data_dir / "artifacts",
+        lease_s=config.job_lease_s,
+        max_artifact_bytes=config.max_artifact_bytes,
+    )
+    app[METRICS] = build_registry(store, inventory)
+    app.cleanup_ctx.append(_core_lifecycle)
+    app.cleanup_ctx.extend(BACKGROUND)
+    for module in [*ROUTE_MODULES, *_feature_modules()]:
+        module.register(app)
+    return app
+
+
+def tls_context(config: ControllerConfig) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    assert config.tls_cert is not None and config.tls_key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def control_socket_path(data_dir: Path) -> Path:
+    """Where the local control socket goes (Unix socket paths are limited to ~100 bytes)."""
+    path = data_dir.resolve() / "control.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    return Path(tempfile.mkdtemp(prefix="polyfleet-")) / "control.sock"
+
+
+def read_runtime(data_dir: Path) -> dict[str, str] | None:
+    """What a running server wrote about itself (url, control socket), or None."""
+    try:
+        data = json.loads((data_dir / RUNTIME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def serve(
+    config: ControllerConfig,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the server until SIGTERM/SIGINT (or ``stop``): TCP (TLS if set) + control socket."""
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    socket_path = control_socket_path(config.data_dir)
+    runtime = config.data_dir / RUNTIME_FILE
+    try:
+        context = tls_context(config)
+        tcp = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context)
+        await tcp.start()
+        host, port = runner.addresses[0][:2]
+        shown_host = f"[{host}]" if ":" in host else host
+        url = f"{'https' if context else 'http'}://{shown_host}:{port}"
+        await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+        control = web.UnixSite(runner, str(socket_path))
+        await control.start()
+        await asyncio.to_thread(os.chmod, socket_path, 0o600)
+        await asyncio.to_thread(
+            _write_private,
+            runtime,
+            json.dumps({"url": url, "control_socket": str(socket_path), "pid": os.getpid()}),
+        )
+        log.info("controller listening on %s (data in %s)", url, config.data_dir)
+        if on_ready is not None:
+            on_ready(url)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("controller stopping")
+    finally:
+        await runner.cleanup()
+        await asyncio.to_thread(runtime.unlink, missing_ok=True)
+        await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

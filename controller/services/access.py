@@ -1,0 +1,192 @@
+"""API tokens, agent enrollment codes and agent credentials; only their sha256 is ever stored."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from controller.clock import Clock
+from controller.events import AgentEnrolled, EventBus
+from controller.store.base import AGENTS, EVENTS, INVITES, SITES, TOKENS, Doc, Store
+from shared.schema import EnrollResponse
+
+TOKEN_PREFIX = "pft_"  # noqa: S105 - a visible prefix, not a secret
+AGENT_TOKEN_PREFIX = "pfa_"  # noqa: S105 - a visible prefix, not a secret
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    VIEWER = "viewer"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """Who is calling: an admin or viewer token, an agent, or the local control socket."""
+
+    role: Role
+    name: str
+    token_id: str
+    agent_id: str | None = None
+    site_id: str | None = None
+
+
+#: The principal of the local control socket (file permissions guard it, like a root socket).
+LOCAL_ADMIN = Principal(role=Role.ADMIN, name="local control socket", token_id="local")  # noqa: S106
+
+
+class EnrollmentRefused(Exception):
+    """The enrollment code is unknown, used already, or expired."""
+
+
+class UnknownSite(KeyError):
+    """No site with that id."""
+
+    def __init__(self, site_id: str) -> None:
+        super().__init__(site_id)
+        self.site_id = site_id
+
+    def __str__(self) -> str:
+        return f"no site {self.site_id!r}; add it with `polyfleet controller site add`"
+
+
+def token_digest(token: str) -> str:
+    """The stored form of a secret: sha256 hex (the secrets are high-entropy random)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def normalise_code(code: str) -> str:
+    """Enrollment codes are typed by people: ignore case, dashes and spaces."""
+    return code.replace("-", "").replace(" ", "").upper()
+
+
+class AccessService:
+    """Creates and checks credentials. Plain secrets are returned once and never stored."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        clock: Clock,
+        *,
+        code_ttl_s: int,
+        poll_interval_s: int,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._clock = clock
+        self._code_ttl = timedelta(seconds=code_ttl_s)
+        self._poll_interval_s = poll_interval_s
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal owning ``token``, or None."""
+        digest = token_digest(token)
+        doc = self._store.get(TOKENS, digest)
+        # The lookup is by digest; comparing again in constant time keeps timing flat anyway.
+        if doc is None or not hmac.compare_digest(str(doc.get("sha256", "")), digest):
+            return None
+        return Principal(
+            role=Role(doc["role"]),
+            name=str(doc.get("name", "")),
+            token_id=str(doc["id"]),
+            agent_id=doc.get("agent_id"),
+            site_id=doc.get("site_id"),
+        )
+
+    async def create_token(self, role: Role, name: str = "") -> tuple[str, Doc]:
+        """A new admin or viewer token: (the secret, to show once; its stored record)."""
+        if role is Role.AGENT:
+            raise ValueError("agent credentials come from enrollment, not token create")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        digest = token_digest(token)
+        doc: Doc = {
+            "id": digest[:12],
+            "sha256": digest,
+            "role": role.value,
+            "name": name,
+            "created_at": self._clock().isoformat(),
+        }
+        await self._store.put_many(TOKENS, {digest: doc})
+        return token, public_token(doc)
+
+    def list_tokens(self) -> list[Doc]:
+        return [public_token(doc) for doc in self._store.scan(TOKENS).values()]
+
+    async def revoke_token(self, token_id: str) -> bool:
+        for digest, doc in list(self._store.scan(TOKENS).items()):
+            if doc["id"] == token_id:
+                await self._store.delete(TOKENS, digest)
+                return True
+        return False
+
+    async def create_invite(self, site_id: str) -> tuple[str, datetime]:
+        """A one-time enrollment code for ``site_id``'s agent and when it expires."""
+        if self._store.get(SITES, site_id) is None:
+            raise UnknownSite(site_id)
+        raw = base64.b32encode(secrets.token_bytes(10)).decode("ascii")
+        code = "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
+        now = self._clock()
+        expires = now + self._code_ttl
+        doc = {"site_id": site_id, "created_at": now.isoformat(), "expires_at": expires.isoformat()}
+        await self._store.put_many(INVITES, {token_digest(normalise_code(code)): doc})
+        return code, expires
+
+    async def enroll(self, code: str, *, agent_name: str, hostname: str) -> EnrollResponse:
+        """Exchange a code for an agent credential; the code is consumed."""
+        key = token_digest(normalise_code(code))
+        invite = self._store.get(INVITES, key)
+        now = self._clock()
+        if invite is None:
+            raise EnrollmentRefused("unknown or already used enrollment code")
+        if datetime.fromisoformat(invite["expires_at"]) <= now:
+            await self._store.delete(INVITES, key)
+            raise EnrollmentRefused(
+                "enrollment code expired; create a new one with `polyfleet controller agent invite`"
+            )
+        site_id = str(invite["site_id"])
+        agent_id = "agt_" + secrets.token_hex(6)
+        token = AGENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        digest = token_digest(token)
+        agent: Doc = {
+            "id": agent_id,
+            "site_id": site_id,
+            "name": agent_name,
+            "hostname": hostname,
+            "enrolled_at": now.isoformat(),
+            "last_seen": now.isoformat(),
+            "token_id": digest[:12],
+        }
+        credential: Doc = {
+            "id": digest[:12],
+            "sha256": digest,
+            "role": Role.AGENT.value,
+            "name": agent_name or agent_id,
+            "agent_id": agent_id,
+            "site_id": site_id,
+            "created_at": now.isoformat(),
+        }
+        event = AgentEnrolled(
+            at=now, site_id=site_id, agent_id=agent_id, agent_name=agent_name, hostname=hostname
+        )
+        event_puts, event_deletes = self._bus.record([event])
+        # One commit: the code is gone exactly when the credential exists.
+        seq = self._store.apply(
+            {AGENTS: {agent_id: agent}, TOKENS: {digest: credential}, EVENTS: event_puts},
+            {INVITES: [key], EVENTS: event_deletes},
+        )
+        await self._store.wait_durable(seq)
+        self._bus.dispatch([event])
+        return EnrollResponse(
+            agent_id=agent_id, site_id=site_id, token=token, poll_interval_s=self._poll_interval_s
+        )
+
+
+def public_token(doc: Doc) -> dict[str, Any]:
+    """A token record without its digest."""
+    return {key: doc[key] for key in ("id", "role", "name", "created_at") if key in doc}

@@ -1,0 +1,600 @@
+"""Sites, devices and peripherals: report ingestion, site moves and reachability.
+
+A device document (collection ``devices``, key = serial) holds the latest snapshot's fields
+plus ``site_id``, ``room``, ``first_seen``, ``last_seen`` (when a report last mentioned it,
+controller time), ``reports`` (ids and collection times of the retained reports, oldest
+first) and ``health_history`` (changes only). Each retained report is a document in
+``reports`` (key = report id): ``{id, serial, site_id, agent_id, received_at, snapshot}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from controller.clock import Clock
+from controller.config import ControllerConfig
+from controller.events import (
+    AgentNoticeReceived,
+    AgentOffline,
+    AgentOnline,
+    DeviceAdded,
+    DeviceMoved,
+    DeviceUnreachable,
+    Event,
+    EventBus,
+    HealthChanged,
+    SnapshotIngested,
+)
+from controller.services.access import Principal, UnknownSite
+from controller.store.base import AGENTS, DEVICES, EVENTS, REPORTS, SITES, Doc, Store
+from shared.schema import (
+    HealthState,
+    Model,
+    Problem,
+    ProblemCode,
+    Provider,
+    ReportBatch,
+    ReportBatchAck,
+    Snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class DeviceAtOtherSite(Exception):
+    """A batch mentions devices that belong to another site; nothing of it was stored."""
+
+    def __init__(self, site_id: str, foreign: dict[str, str]) -> None:
+        self.site_id = site_id
+        self.foreign = foreign
+        first, owner = next(iter(foreign.items()))
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        super().__init__(
+            f"device {first} belongs to site {owner!r}, not {site_id!r}{more}; nothing from this "
+            f"batch was stored. An admin moves a device between sites with "
+            f"`polyfleet controller devices move {first} --site {site_id}` "
+            f"(POST /api/v1/devices/{first}/move)"
+        )
+
+
+class InvalidInput(ValueError):
+    """An admin request names a bad value; ``field`` says which."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownDevice(KeyError):
+    def __init__(self, serial: str) -> None:
+        super().__init__(serial)
+        self.serial = serial
+
+    def __str__(self) -> str:
+        return f"no device {self.serial!r}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceFilter:
+    """Filters of ``GET /api/v1/devices`` and ``polyfleet controller devices``; None = any."""
+
+    site: str | None = None
+    model: Model | None = None
+    provider: Provider | None = None
+    health: HealthState | None = None
+    firmware: str | None = None
+    room: str | None = None
+
+    def matches(self, doc: Doc) -> bool:
+        if self.site is not None and doc.get("site_id") != self.site:
+            return False
+        if self.model is not None and doc.get("model") != self.model.value:
+            return False
+        if self.provider is not None and doc.get("provider") != self.provider.value:
+            return False
+        if self.health is not None and doc["health"]["state"] != self.health.value:
+            return False
+        if self.room is not None and doc.get("room") != self.room:
+            return False
+        if self.firmware is not None:
+            firmware = doc.get("firmware") or {}
+            version, build = firmware.get("version", ""), firmware.get("build", "")
+            # Accept what people type: "3.12.0", "3.12.0-366027" or "3.12.0_366027".
+            if self.firmware not in (version, f"{version}-{build}", f"{version}_{build}"):
+                return False
+        return True
+
+    @classmethod
+    def parse(cls, values: dict[str, str | None]) -> DeviceFilter:
+        """From query or CLI strings; InvalidInput names the bad field."""
+        kwargs: dict[str, Any] = {}
+        enums: dict[str, Any] = {"model": Model, "provider": Provider, "health": HealthState}
+        for name in ("site", "model", "provider", "health", "firmware", "room"):
+            value = values.get(name)
+            if value is None or value == "":
+                continue
+            enum = enums.get(name)
+            if enum is not None:
+                try:
+                    kwargs[name] = enum(value)
+                except ValueError:
+                    allowed = ", ".join(member.value for member in enum)
+                    raise InvalidInput(
+                        name, f"{name} must be one of {allowed}; got {value!r}"
+                    ) from None
+            else:
+                kwargs[name] = value
+        return cls(**kwargs)
+
+
+@dataclass
+class _SiteLiveness:
+    online: bool | None
+    last_call: datetime
+
+
+@dataclass
+class IngestStats:
+    """Counters the metrics endpoint reads."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    refused_batches: int = 0
+    observers: list[Callable[[float], None]] = field(default_factory=list)
+
+
+def _health_key(health: Doc) -> tuple[str, frozenset[str]]:
+    return health["state"], frozenset(p["code"] for p in health.get("problems", ()))
+
+
+class Inventory:
+    """Owns the ``sites``, ``devices`` and ``reports`` collections."""
+
+    def __init__(self, store: Store, bus: EventBus, clock: Clock, config: ControllerConfig) -> None:
+        self._store = store
+        self._bus = bus
+        self._clock = clock
+        self._report_history = config.report_history
+        self._health_history = config.health_history
+        self._silence = timedelta(seconds=config.silence_s)
+        self._persist_every = timedelta(seconds=config.poll_interval_s)
+        self.stats = IngestStats()
+        self._started_at = clock()
+        self._agent_calls: dict[str, datetime] = {}
+        self._sites: dict[str, _SiteLiveness] = {}
+
+    def load(self) -> None:
+        """Take reachability baselines from the store (call once it is open)."""
+        self._started_at = self._clock()
+        for site_id, site in self._store.scan(SITES).items():
+            self._sites[site_id] = _SiteLiveness(
+                online=site.get("agent_online"), last_call=self._started_at
+            )
+
+    # -- sites -------------------------------------------------------------------------------
+
+    async def add_site(self, site_id: str, *, name: str, timezone: str) -> Doc:
+        if not SITE_ID.match(site_id):
+            raise InvalidInput(
+                "site_id", f"site id {site_id!r} must be lowercase letters, digits, '.', '_', '-'"
+            )
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(
+                "timezone", f"unknown time zone {timezone!r} (use an IANA name like Europe/Warsaw)"
+            ) from None
+        existing = self._store.get(SITES, site_id)
+        doc: Doc = {
+            "id": site_id,
+            "name": name or site_id,
+            "timezone": timezone,
+            "created_at": existing["created_at"] if existing else self._clock().isoformat(),
+            "agent_online": existing.get("agent_online") if existing else None,
+        }
+        await self._store.put_many(SITES, {site_id: doc})
+        self._sites.setdefault(
+            site_id, _SiteLiveness(online=doc["agent_online"], last_call=self._clock())
+        )
+        return doc
+
+    def sites(self) -> list[Doc]:
+        devices_per_site: dict[str, int] = {}
+        for device in self._store.scan(DEVICES).values():
+            devices_per_site[device["site_id"]] = devices_per_site.get(device["site_id"], 0) + 1
+        agents_per_site: dict[str, int] = {}
+        for agent in self._store.scan(AGENTS).values():
+            agents_per_site[agent["site_id"]] = agents_per_site.get(agent["site_id"], 0) + 1
+        return [
+            site_summary(site, devices_per_site.get(site_id, 0), agents_per_site.get(site_id, 0))
+            for site_id, site in sorted(self._store.scan(SITES).items())
+        ]
+
+    # -- devices -----------------------------------------------------------------------------
+
+    def devices(self, where: DeviceFilter | None = None) -> list[Doc]:
+        where = where or DeviceFilter()
+        return [
+            device_summary(doc)
+            for _, doc in sorted(self._store.scan(DEVICES).items())
+            if where.matches(doc)
+        ]
+
+    def device(self, serial: str) -> Doc:
+        doc = self._store.get(DEVICES, serial)
+        if doc is None:
+            raise UnknownDevice(serial)
+        return doc
+
+    def device_detail(self, serial: str) -> Doc:
+        """One device with its peripherals, host/camera links, health history, recent reports."""
+        doc = self.device(serial)
+        detail = device_summary(doc)
+        cameras = sorted(
+            other_serial
+            for other_serial, other in self._store.scan(DEVICES).items()
+            if other.get("host_serial") == serial
+        )
+        detail.update(
+            model_raw=doc.get("model_raw", ""),
+            system_name=doc.get("system_name", ""),
+            in_call=doc.get("in_call", False),
+            uptime_s=doc.get("uptime_s"),
+            via=doc.get("via"),
+            collected_at=doc.get("collected_at"),
+            first_seen=doc.get("first_seen"),
+            peripherals=doc.get("peripherals", []),
+            cameras=cameras,
+            health_history=doc.get("health_history", []),
+            reports=[rid for rid, _ in doc.get("reports", [])],
+        )
+        return detail
+
+    def recent_reports(self, serial: str) -> list[Doc]:
+        """The retained reports of a device, oldest first (tickets attach these as evidence)."""
+        doc = self.device(serial)
+        found = []
+        for report_id, _ in doc.get("reports", []):
+            report = self._store.get(REPORTS, report_id)
+            if report is not None:
+                found.append(report)
+        return found
+
+    async def move_device(self, serial: str, site_id: str) -> Doc:
+        """Assign a device (and the cameras hanging off it) to another site."""
+        doc = self.device(serial)
+        if self._store.get(SITES, site_id) is None:
+            raise UnknownSite(site_id)
+        now = self._clock()
+        moved = {serial: {**doc, "site_id": site_id}}
+        for other_serial, other in self._store.scan(DEVICES).items():
+            if other.get("host_serial") == serial:
+                moved[other_serial] = {**other, "site_id": site_id}
+        events: list[Event] = [
+            DeviceMoved(at=now, site_id=site_id, serial=moved_serial, from_site=old["site_id"])
+            for moved_serial, old in ((s, self.device(s)) for s in moved)
+            if old["site_id"] != site_id
+        ]
+        puts, deletes = self._bus.record(events)
+        await self._store.wait_durable(
+            self._store.apply({DEVICES: moved, EVENTS: puts}, {EVENTS: deletes})
+        )
+        self._bus.dispatch(events)
+        return device_summary(moved[serial])
+
+    async def set_room(self, serial: str, room: str | None) -> Doc:
+        doc = self.device(serial)
+        updated = {**doc, "room": room or None}
+        await self._store.put_many(DEVICES, {serial: updated})
+        return device_summary(updated)
+
+    # -- ingestion ---------------------------------------------------------------------------
+
+    async def ingest(self, agent: Principal, batch: ReportBatch) -> ReportBatchAck:
+        """Store a batch: all of it or (403) none of it; returns once it is durable."""
+        started = time.perf_counter()
+        assert agent.site_id is not None and agent.agent_id is not None
+        site_id = agent.site_id
+        store = self._store
+        foreign = {}
+        for report in batch.reports:
+            known = store.get(DEVICES, report.snapshot.serial)
+            if known is not None and known["site_id"] != site_id:
+                foreign[report.snapshot.serial] = known["site_id"]
+        if foreign:
+            self.stats.refused_batches += 1
+            raise DeviceAtOtherSite(site_id, foreign)
+
+        now = self._clock()
+        now_text = now.isoformat()
+        self._note_call(agent.agent_id, site_id, now)
+        devices: dict[str, Doc] = {}
+        reports: dict[str, Doc] = {}
+        dropped: list[str] = []
+        events: list[Event] = []
+        ingested: list[Event] = []
+        duplicates = 0
+        for report in batch.reports:
+            if report.id in reports or store.get(REPORTS, report.id) is not None:
+                duplicates += 1
+                continue
+            snapshot = report.snapshot
+            serial = snapshot.serial
+            device = devices.get(serial) or store.get(DEVICES, serial)
+            snap = snapshot.model_dump(mode="json")
+            collected_text = snap["collected_at"]
+            retained: list[list[str]] = list(device["reports"]) if device else []
+            if (
+                device is not None
+                and len(retained) >= self._report_history
+                and snapshot.collected_at < datetime.fromisoformat(retained[0][1])
+            ):
+                # Older than every retained report of a full history: superseded, nothing to keep.
+                continue
+            reports[report.id] = {
+                "id": report.id,
+                "serial": serial,
+                "site_id": site_id,
+                "agent_id": agent.agent_id,
+                "received_at": now_text,
+                "snapshot": snap,
+            }
+            retained.append([report.id, collected_text])
+            retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
+            while len(retained) > self._report_history:
+                old_id = retained.pop(0)[0]
+                if reports.pop(old_id, None) is None:
+                    dropped.append(old_id)
+            device = dict(self._apply_snapshot(device, snap, snapshot, site_id, now, events))
+            device["reports"] = retained
+            devices[serial] = device
+            ingested.append(
+                SnapshotIngested(
+                    at=now,
+                    site_id=site_id,
+                    serial=serial,
+                    snapshot=snapshot,
+                    report_id=report.id,
+                    agent_id=agent.agent_id,
+                )
+            )
+        for notice in batch.notices:
+            events.append(
+                AgentNoticeReceived(
+                    at=now,
+                    site_id=site_id,
+                    agent_id=agent.agent_id,
+                    notice=notice.kind,
+                    detail=notice.detail,
+                    count=notice.count,
+                )
+            )
+        event_puts, event_deletes = self._bus.record(events)
+        puts: dict[str, dict[str, Doc]] = {DEVICES: devices, REPORTS: reports, EVENTS: event_puts}
+        agent_doc = self._agent_update(agent.agent_id, now)
+        if agent_doc is not None:
+            puts[AGENTS] = {agent.agent_id: agent_doc}
+        store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes})
+        # Also covers resends of reports still in flight from an earlier request.
+        await store.sync()
+        accepted = len(batch.reports) - duplicates
+        self.stats.accepted += accepted
+        self.stats.duplicates += duplicates
+        elapsed = time.perf_counter() - started
+        for observer in self.stats.observers:
+            observer(elapsed)
+        self._bus.dispatch(events)
+        self._bus.dispatch(ingested)
+        return ReportBatchAck(accepted=accepted, duplicates=duplicates)
+
+    def _apply_snapshot(
+        self,
+        device: Doc | None,
+        snap: Doc,
+        snapshot: Snapshot,
+        site_id: str,
+        now: datetime,
+        events: list[Event],
+    ) -> Doc:
+        serial = snapshot.serial
+        now_text = now.isoformat()
+        if device is None:
+            events.append(DeviceAdded(at=now, site_id=site_id, serial=serial, model=snap["model"]))
+            device = {
+                "serial": serial,
+                "site_id": site_id,
+                "room": None,
+                "first_seen": now_text,
+                "health": None,
+                "health_history": [],
+                "collected_at": None,
+            }
+        else:
+            latest = device.get("collected_at")
+            if latest is not None and snapshot.collected_at < datetime.fromisoformat(latest):
+                # An old report arriving late (outbox catching up) is history, not current state.
+                return device
+            device = dict(device)
+        device["last_seen"] = now_text
+        device["unreachable_since"] = None
+        old_health = device.get("health")
+        for key in (
+            "model",
+            "model_raw",
+            "system_name",
+            "firmware",
+            "provider",
+            "in_call",
+            "uptime_s",
+            "peripherals",
+            "host_serial",
+            "collected_at",
+            "via",
+        ):
+            device[key] = snap[key]
+        new_health = snap["health"]
+        device["health"] = new_health
+        if old_health is None or _health_key(old_health) != _health_key(new_health):
+            device["health_history"] = [
+                *device.get("health_history", [])[-(self._health_history - 1) :],
+                {"at": snap["collected_at"], **new_health},
+            ]
+            events.append(
+                HealthChanged(
+                    at=now,
+                    site_id=site_id,
+                    serial=serial,
+                    old=None if old_health is None else HealthState(old_health["state"]),
+                    new=snapshot.health.state,
+                    problems=tuple(snapshot.health.problems),
+                )
+            )
+        return device
+
+    # -- reachability ------------------------------------------------------------------------
+
+    def note_agent_call(self, principal: Principal) -> None:
+        """An agent called in (jobs poll = heartbeat); may bring its site back online."""
+        assert principal.agent_id is not None and principal.site_id is not None
+        now = self._clock()
+        self._note_call(principal.agent_id, principal.site_id, now)
+        doc = self._agent_update(principal.agent_id, now)
+        if doc is not None:
+            self._store.apply({AGENTS: {principal.agent_id: doc}})
+
+    def _note_call(self, agent_id: str, site_id: str, now: datetime) -> None:
+        self._agent_calls[agent_id] = now
+        liveness = self._sites.setdefault(site_id, _SiteLiveness(online=None, last_call=now))
+        liveness.last_call = max(liveness.last_call, now)
+        if liveness.online is not True:
+            was_offline = liveness.online is False
+            liveness.online = True
+            site = self._store.get(SITES, site_id)
+            events: list[Event] = (
+                [AgentOnline(at=now, site_id=site_id, agent_id=agent_id)] if was_offline else []
+            )
+            puts, deletes = self._bus.record(events)
+            changes: dict[str, dict[str, Doc]] = {EVENTS: puts}
+            if site is not None:
+                changes[SITES] = {site_id: {**site, "agent_online": True}}
+            self._store.apply(changes, {EVENTS: deletes})
+            self._bus.dispatch(events)
+
+    def _agent_update(self, agent_id: str, now: datetime) -> Doc | None:
+        """The agent document with a fresh ``last_seen``, if it is worth a write."""
+        doc = self._store.get(AGENTS, agent_id)
+        if doc is None:
+            return None
+        last = datetime.fromisoformat(doc["last_seen"])
+        if now - last < self._persist_every:
+            return None
+        return {**doc, "last_seen": now.isoformat()}
+
+    def agent_last_call(self, agent_id: str) -> datetime | None:
+        return self._agent_calls.get(agent_id)
+
+    def site_online(self, site_id: str) -> bool | None:
+        liveness = self._sites.get(site_id)
+        return None if liveness is None else liveness.online
+
+    async def check_liveness(self) -> list[Event]:
+        """Mark silent sites ``agent offline`` and silent devices ``unreachable``; durable."""
+        now = self._clock()
+        events: list[Event] = []
+        sites: dict[str, Doc] = {}
+        for site_id, liveness in self._sites.items():
+            if liveness.online and now - liveness.last_call > self._silence:
+                liveness.online = False
+                site = self._store.get(SITES, site_id)
+                if site is not None:
+                    sites[site_id] = {**site, "agent_online": False}
+                # One event for the site; its devices are not judged while nobody watches them.
+                events.append(AgentOffline(at=now, site_id=site_id, last_seen=liveness.last_call))
+        devices: dict[str, Doc] = {}
+        baseline = now - self._silence
+        for serial, doc in self._store.scan(DEVICES).items():
+            if doc.get("unreachable_since") or self.site_online(doc["site_id"]) is False:
+                continue
+            last_seen = datetime.fromisoformat(doc["last_seen"])
+            if max(last_seen, self._started_at) >= baseline:
+                continue
+            devices[serial] = self._mark_unreachable(doc, now, last_seen, events)
+        if events:
+            puts, deletes = self._bus.record(events)
+            changes: dict[str, dict[str, Doc]] = {DEVICES: devices, SITES: sites, EVENTS: puts}
+            await self._store.wait_durable(self._store.apply(changes, {EVENTS: deletes}))
+            self._bus.dispatch(events)
+        return events
+
+    def _mark_unreachable(
+        self, doc: Doc, now: datetime, last_seen: datetime, events: list[Event]
+    ) -> Doc:
+        silent_s = int((now - last_seen).total_seconds())
+        problem = Problem(code=ProblemCode.UNREACHABLE, detail=f"no report for {silent_s} s")
+        health = {
+            "state": HealthState.UNREACHABLE.value,
+            "problems": [problem.model_dump(mode="json")],
+        }
+        old = doc.get("health")
+        history = [
+            *doc.get("health_history", [])[-(self._health_history - 1) :],
+            {"at": now.isoformat(), **health},
+        ]
+        serial, site_id = doc["serial"], doc["site_id"]
+        events.append(
+            DeviceUnreachable(at=now, site_id=site_id, serial=serial, last_seen=last_seen)
+        )
+        events.append(
+            HealthChanged(
+                at=now,
+                site_id=site_id,
+                serial=serial,
+                old=None if old is None else HealthState(old["state"]),
+                new=HealthState.UNREACHABLE,
+                problems=(problem,),
+            )
+        )
+        return {
+            **doc,
+            "health": health,
+            "health_history": history,
+            "unreachable_since": now.isoformat(),
+        }
+
+
+def device_summary(doc: Doc) -> Doc:
+    """A device as ``GET /api/v1/devices`` lists it."""
+    firmware = doc.get("firmware") or {"version": "", "build": ""}
+    health = doc.get("health") or {"state": HealthState.UNREACHABLE.value, "problems": []}
+    return {
+        "serial": doc["serial"],
+        "model": doc.get("model", Model.UNKNOWN.value),
+        "provider": doc.get("provider", Provider.UNKNOWN.value),
+        "firmware": {"version": firmware.get("version", ""), "build": firmware.get("build", "")},
+        "health": {"state": health["state"], "problems": list(health.get("problems", []))},
+        "site": doc["site_id"],
+        "room": doc.get("room"),
+        "system_name": doc.get("system_name", ""),
+        "host_serial": doc.get("host_serial"),
+        "last_seen": doc.get("last_seen"),
+    }
+
+
+def site_summary(site: Doc, devices: int, agents: int) -> Doc:
+    return {
+        "id": site["id"],
+        "name": site.get("name", site["id"]),
+        "timezone": site.get("timezone", "UTC"),
+        "agent_online": site.get("agent_online"),
+        "agents": agents,
+        "devices": devices,
+    }

@@ -1,0 +1,266 @@
+"""Jobs for agents (collect diagnostics, reboot...): queue, hand out, store artifacts and results.
+
+Python API for features (``app[JOBS]``)::
+
+    job = await jobs.enqueue("SERIAL", JobKind.COLLECT_DIAGNOSTICS, params={...})
+    done = await jobs.wait(job["id"], timeout=600)     # JobTimeout if not finished in time
+    done["status"]                                     # "done" | "failed" | "refused"
+    path = jobs.artifact_path(job["id"])               # the uploaded bundle, or None
+    jobs.get(job_id), jobs.find(serial=..., site_id=...)
+
+A job document (collection ``jobs``): ``{id, kind, serial, site_id, params, status, created_at,
+created_by, sent_at, finished_at, result: {status, detail} | None, artifact: {sha256, size,
+uploaded_at} | None}``; ``status`` goes ``queued`` -> ``sent`` -> ``done|failed|refused``.
+A ``sent`` job is handed out again after ``job_lease_s`` without a result (agent restarted).
+Artifacts live in ``<data dir>/artifacts/<job id>.bin``, written elsewhere, fsynced, renamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from controller.clock import Clock
+from controller.events import EventBus, JobFinished
+from controller.services.inventory import UnknownDevice
+from controller.store.base import DEVICES, EVENTS, JOBS, Doc, Store
+from controller.store.journal import fsync_dir
+from shared.schema import Job, JobKind, JobResult
+
+FINISHED = frozenset({"done", "failed", "refused"})
+
+
+class UnknownJob(KeyError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no job {self.job_id!r} for this agent"
+
+
+class JobConflict(Exception):
+    """The job cannot take this call (finished already, artifact digest mismatch...)."""
+
+
+class ArtifactTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"artifact larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+class JobTimeout(TimeoutError):
+    """``JobService.wait`` gave up; the job may still finish later."""
+
+
+class JobService:
+    """Owns the ``jobs`` collection and the artifacts directory."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        clock: Clock,
+        *,
+        artifacts_dir: Path,
+        lease_s: int,
+        max_artifact_bytes: int,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._clock = clock
+        self._artifacts = artifacts_dir
+        self._lease = timedelta(seconds=lease_s)
+        self.max_artifact_bytes = max_artifact_bytes
+        self._finished: dict[str, asyncio.Event] = {}
+
+    async def enqueue(
+        self,
+        serial: str,
+        kind: JobKind,
+        params: dict[str, Any] | None = None,
+        *,
+        created_by: str = "",
+    ) -> Doc:
+        """Queue a job for the agent of the device's site; durable when it returns."""
+        device = self._store.get(DEVICES, serial)
+        if device is None:
+            raise UnknownDevice(serial)
+        job_id = "job_" + secrets.token_hex(8)
+        doc: Doc = {
+            "id": job_id,
+            "kind": kind.value,
+            "serial": serial,
+            "site_id": device["site_id"],
+            "params": dict(params or {}),
+            "status": "queued",
+            "created_at": self._clock().isoformat(),
+            "created_by": created_by,
+            "sent_at": None,
+            "finished_at": None,
+            "result": None,
+            "artifact": None,
+        }
+        await self._store.put_many(JOBS, {job_id: doc})
+        return doc
+
+    def get(self, job_id: str) -> Doc | None:
+        return self._store.get(JOBS, job_id)
+
+    def find(self, *, serial: str | None = None, site_id: str | None = None) -> list[Doc]:
+        return sorted(
+            (
+                doc
+                for doc in self._store.scan(JOBS).values()
+                if (serial is None or doc["serial"] == serial)
+                and (site_id is None or doc["site_id"] == site_id)
+            ),
+            key=lambda doc: str(doc["created_at"]),
+        )
+
+    async def wait(self, job_id: str, *, timeout: float) -> Doc:
+        """The job once finished (``done``, ``failed`` or ``refused``)."""
+        doc = self.get(job_id)
+        if doc is None:
+            raise UnknownJob(job_id)
+        if doc["status"] in FINISHED:
+            return doc
+        event = self._finished.setdefault(job_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            raise JobTimeout(f"job {job_id} not finished within {timeout} s") from None
+        result = self.get(job_id)
+        assert result is not None
+        return result
+
+    def artifact_path(self, job_id: str) -> Path | None:
+        doc = self.get(job_id)
+        if doc is None or doc.get("artifact") is None:
+            return None
+        return self._artifacts / f"{job_id}.bin"
+
+    # -- the agent's side --------------------------------------------------------------------
+
+    async def hand_out(self, site_id: str) -> list[Job]:
+        """Jobs for a site's agent: queued ones and sent ones whose lease ran out."""
+        now = self._clock()
+        handed: dict[str, Doc] = {}
+        for job_id, doc in self._store.scan(JOBS).items():
+            if doc["site_id"] != site_id or doc["status"] in FINISHED:
+                continue
+            sent_at = doc["sent_at"]
+            if doc["status"] == "sent" and now - datetime.fromisoformat(sent_at) < self._lease:
+                continue
+            handed[job_id] = {**doc, "status": "sent", "sent_at": now.isoformat()}
+        if handed:
+            await self._store.put_many(JOBS, handed)
+        return [
+            Job(
+                id=doc["id"],
+                kind=JobKind(doc["kind"]),
+                serial=doc["serial"],
+                params=doc["params"],
+                created_at=datetime.fromisoformat(doc["created_at"]),
+            )
+            for doc in sorted(handed.values(), key=lambda doc: str(doc["created_at"]))
+        ]
+
+    def _agent_job(self, job_id: str, site_id: str) -> Doc:
+        doc = self.get(job_id)
+        if doc is None or doc["site_id"] != site_id:
+            raise UnknownJob(job_id)
+        return doc
+
+    async def store_artifact(self, job_id: str, site_id: str, chunks: AsyncIterator[bytes]) -> Doc:
+        """Stream an uploaded bundle to disk; returns ``{sha256, size, uploaded_at}``."""
+        doc = self._agent_job(job_id, site_id)
+        if doc["status"] in FINISHED:
+            raise JobConflict(f"job {job_id} is finished already")
+        await asyncio.to_thread(self._artifacts.mkdir, parents=True, exist_ok=True, mode=0o700)
+        final = self._artifacts / f"{job_id}.bin"
+        tmp = self._artifacts / f"{job_id}.{secrets.token_hex(4)}.part"
+        digest = hashlib.sha256()
+        size = 0
+        handle = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self.max_artifact_bytes:
+                    raise ArtifactTooLarge(self.max_artifact_bytes)
+                digest.update(chunk)
+                await asyncio.to_thread(handle.write, chunk)
+            await asyncio.to_thread(_fsync_close, handle)
+            await asyncio.to_thread(os.replace, tmp, final)
+            await asyncio.to_thread(fsync_dir, self._artifacts)
+        except BaseException:
+            await asyncio.to_thread(_discard, handle, tmp)
+            raise
+        artifact = {
+            "sha256": digest.hexdigest(),
+            "size": size,
+            "uploaded_at": self._clock().isoformat(),
+        }
+        current = self.get(job_id) or doc
+        await self._store.put_many(JOBS, {job_id: {**current, "artifact": artifact}})
+        return artifact
+
+    async def finish(self, job_id: str, site_id: str, result: JobResult) -> Doc:
+        """Record the agent's result; wakes ``wait`` and publishes ``JobFinished``."""
+        doc = self._agent_job(job_id, site_id)
+        if doc["status"] in FINISHED:
+            if doc["result"] == result.model_dump(mode="json", exclude={"artifact_sha256"}):
+                return doc  # a resend of the same result
+            raise JobConflict(f"job {job_id} is finished already with {doc['status']}")
+        artifact = doc.get("artifact")
+        if result.artifact_sha256 is not None:
+            if artifact is None:
+                raise JobConflict(
+                    f"job {job_id}: no artifact uploaded; PUT it to .../artifact first"
+                )
+            if artifact["sha256"] != result.artifact_sha256.lower():
+                raise JobConflict(
+                    f"job {job_id}: artifact_sha256 does not match the uploaded artifact"
+                )
+        now = self._clock()
+        updated = {
+            **doc,
+            "status": result.status,
+            "finished_at": now.isoformat(),
+            "result": result.model_dump(mode="json", exclude={"artifact_sha256"}),
+        }
+        event = JobFinished(
+            at=now,
+            site_id=site_id,
+            serial=doc["serial"],
+            job_id=job_id,
+            job_kind=doc["kind"],
+            status=result.status,
+            detail=result.detail,
+        )
+        puts, deletes = self._bus.record([event])
+        await self._store.wait_durable(
+            self._store.apply({JOBS: {job_id: updated}, EVENTS: puts}, {EVENTS: deletes})
+        )
+        waiter = self._finished.pop(job_id, None)
+        if waiter is not None:
+            waiter.set()
+        self._bus.dispatch([event])
+        return updated
+
+
+def _fsync_close(handle: Any) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _discard(handle: Any, path: Path) -> None:
+    handle.close()
+    path.unlink(missing_ok=True)

@@ -1,0 +1,95 @@
+"""A real controller on loopback port 0 for tests of any area (agent, tickets, e2e).
+
+Usage::
+
+    async with running_controller(tmp_path) as controller:
+        code = await controller.enrollment_code("krk")        # site created if missing
+        agent = await controller.enroll("krk")                 # EnrollResponse with token
+        async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
+            await http.get(controller.url + "/api/v1/devices")
+        controller.app[INVENTORY], controller.app[JOBS]...      # the live services
+
+Give ``clock=`` to set time, and config overrides as keyword arguments
+(``poll_interval_s=5``, ``sections={"tickets": {...}}``...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from controller.app import create_app
+from controller.clock import Clock, system_clock
+from controller.config import ControllerConfig
+from controller.keys import ACCESS, INVENTORY, STORE
+from controller.services.access import Role
+from controller.store.base import SITES
+from shared.schema import PROTOCOL_VERSION, EnrollResponse
+
+
+@dataclass
+class RunningController:
+    url: str
+    admin_token: str
+    app: web.Application
+    data_dir: Path
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    async def ensure_site(self, site_id: str, *, timezone: str = "Europe/Warsaw") -> None:
+        if self.app[STORE].get(SITES, site_id) is None:
+            await self.app[INVENTORY].add_site(site_id, name=site_id, timezone=timezone)
+
+    async def enrollment_code(self, site_id: str) -> str:
+        """A fresh one-time code for ``site_id`` (the site is created if missing)."""
+        await self.ensure_site(site_id)
+        code, _ = await self.app[ACCESS].create_invite(site_id)
+        return code
+
+    async def enroll(self, site_id: str, *, agent_name: str = "test-agent") -> EnrollResponse:
+        """Enroll an agent over HTTP, as a real agent would; returns its credential."""
+        code = await self.enrollment_code(site_id)
+        body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": agent_name}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.url}/api/v1/agent/enroll", json=body) as response,
+        ):
+            response.raise_for_status()
+            return EnrollResponse.model_validate(await response.json())
+
+
+@asynccontextmanager
+async def running_controller(
+    data_dir: Path,
+    *,
+    clock: Clock = system_clock,
+    config: ControllerConfig | None = None,
+    **overrides: Any,
+) -> AsyncIterator[RunningController]:
+    """Start ``create_app`` on 127.0.0.1:0 with its data in ``data_dir``; stop it on exit."""
+    base = config or ControllerConfig()
+    final = dataclasses.replace(
+        base, data_dir=data_dir, listen_host="127.0.0.1", listen_port=0, **overrides
+    )
+    app = create_app(final, clock=clock)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        token, _ = await app[ACCESS].create_token(Role.ADMIN, "test admin")
+        yield RunningController(
+            url=f"http://{host}:{port}", admin_token=token, app=app, data_dir=data_dir
+        )
+    finally:
+        await runner.cleanup()
