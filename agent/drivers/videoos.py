@@ -23,7 +23,6 @@ from shared.schema import (
     Snapshot,
     Via,
 )
-from shared.version import FirmwareVersion, VersionError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,7 @@ NEUTRAL_STATUS = frozenset({"off", "unknown", ""})
 GOOD_STATUS = frozenset({"up", "all_up", "ok", "on", "registered"})
 #: Connection states that mean a call is live.
 CALL_STATES = frozenset({"CONNECTED", "RINGING", "CONNECTING", "ALERTING", "DIALING"})
+_VERSION_TEXT = re.compile(r"^(?P<release>\d+\.\d+\.\d+(?:_\d+)?)(?:[.\-](?P<build>\d+))?$")
 _UPTIME_PART = re.compile(r"(\d+)\s*(day|hour|minute|second)s?", re.IGNORECASE)
 _MAX_ITEMS = 64
 
@@ -114,11 +114,11 @@ def _serial(value: Any) -> str:
 
 def split_firmware(version: str, build: str = "") -> Firmware:
     """``4.1.0`` + ``382263``, or ``4.1.0-382263`` alone -> Firmware(version, build)."""
-    try:
-        parsed = FirmwareVersion.parse(version, build or None)
-    except VersionError:
+    match = _VERSION_TEXT.match(version.strip())
+    if match is None:
         return Firmware(version=version[:256], build=build[:256])
-    return Firmware(version=parsed.release, build=str(parsed.build) if parsed.build else build)
+    # Keep the build as printed (leading zeros included): it is an identifier.
+    return Firmware(version=match["release"], build=match["build"] or build)
 
 
 def status_map(entries: Any) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -117,6 +118,11 @@ class SshClient:
                 if not wait_reply:
                     continue
                 session.outputs[command] = _strip_echo(reader.until_prompt(), command)
+            if wait_reply:
+                # Leave the way a person would; dropping the line upsets some units.
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    channel.sendall(b"exit\n")
+                    _drain_until_closed(channel, timeout=min(self.timeout, 2.0))
             channel.close()
             return session
         except paramiko.SSHException as exc:
@@ -191,6 +197,18 @@ class _PromptReader:
                 )
             # A \r\r\n can be split across reads; normalise only whole texts.
             self.pending += data.decode("utf-8", errors="replace")
+
+
+def _drain_until_closed(channel: paramiko.Channel, *, timeout: float) -> None:
+    """Let the device close its side first, so neither end writes into a dead connection."""
+    deadline = time.monotonic() + timeout
+    channel.settimeout(timeout)
+    while time.monotonic() < deadline:
+        try:
+            if not channel.recv(4096):
+                return
+        except TimeoutError:
+            return
 
 
 def _strip_echo(text: str, command: str) -> str:

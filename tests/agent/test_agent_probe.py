@@ -1,0 +1,177 @@
+"""``polyfleet agent probe`` against lab devices: snapshots and every one-line failure reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from polyfleet.cli import main
+from shared.schema import Snapshot
+from simulator.device import SimDevice
+from simulator.testing import make_device
+
+
+async def probe(
+    capsys: pytest.CaptureFixture[str],
+    device: SimDevice,
+    password_file: Path,
+    *extra: str,
+    fingerprint: str | None = None,
+    rest_port: int | None = None,
+) -> tuple[int, str, str]:
+    argv = [
+        "agent",
+        "probe",
+        device.address,
+        "--rest-port",
+        str(rest_port or device.rest_port),
+        "--ssh-port",
+        str(device.ssh_port),
+        "--user",
+        "admin",
+        "--password-file",
+        str(password_file),
+        "--timeout",
+        "3",
+    ]
+    argv += (
+        ["--fingerprint", fingerprint] if fingerprint else ["--fingerprint", device.tls_fingerprint]
+    )
+    argv += list(extra)
+    code = await asyncio.to_thread(main, argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot_of(out: str) -> Snapshot:
+    return Snapshot.model_validate_json(out)
+
+
+async def test_probe_prints_snapshot_json(
+    lab_factory: Any, password_file: Path, capsys: Any
+) -> None:
+    """probe --json prints exactly the wire Snapshot of a 4.x device."""
+    lab = await lab_factory([make_device("X50PROBE1", model="studio_x50", provider="teams")])
+    device = lab.devices["X50PROBE1"]
+    code, out, err = await probe(capsys, device, password_file, "--json")
+    assert code == 0, err
+    snap = snapshot_of(out)
+    assert snap.serial == "X50PROBE1"
+    assert snap.model.value == "studio_x50"
+    assert snap.model_raw == "StudioX50"
+    assert snap.provider.value == "teams"
+    assert snap.firmware.version == "4.2.2" and snap.firmware.build == "408037"
+    assert snap.health.state.value == "ok"
+    assert snap.via.value == "rest"
+    assert set(json.loads(out)) == set(Snapshot.model_fields)
+    assert not device.sessions, "probe must log out"
+
+
+@pytest.mark.parametrize(
+    ("firmware", "provider", "expected"),
+    [
+        ("3.12.0", "zoom", "zoom"),
+        ("4.6.2", "device_mode", "device_mode"),
+        ("3.14.1", "teams", "teams"),
+    ],
+)
+async def test_probe_firmware_variants(
+    lab_factory: Any, password_file: Path, capsys: Any, firmware: str, provider: str, expected: str
+) -> None:
+    """3.x logins (no mode endpoint: provider from apps) and 4.6.2 XSRF logins both read fine."""
+    lab = await lab_factory([make_device("VAR1", firmware=firmware, provider=provider)])
+    device = lab.devices["VAR1"]
+    code, out, err = await probe(capsys, device, password_file, "--json")
+    assert code == 0, err
+    snap = snapshot_of(out)
+    assert snap.firmware.version == firmware
+    assert snap.provider.value == expected
+    assert not device.sessions
+
+
+async def test_probe_g7500_lists_e70_as_own_entry(
+    lab_factory: Any, password_file: Path, capsys: Any
+) -> None:
+    """A G7500's E70 camera is a peripheral of the host and its own entry with host_serial."""
+    lab = await lab_factory([make_device("G75HOST", model="g7500")])
+    device = lab.devices["G75HOST"]
+    code, out, err = await probe(capsys, device, password_file)
+    assert code == 0, err
+    assert "studio_e70" in out and "attached to G75HOST" in out
+    e70 = next(p for p in device.peripherals if p.kind == "e70")
+    assert e70.serial in out
+
+
+async def test_probe_over_ssh(lab_factory: Any, password_file: Path, capsys: Any) -> None:
+    """probe --via ssh reads the legacy command line, pinned by the SSH host key."""
+    lab = await lab_factory([make_device("SSHPROBE", firmware="4.1.0")])
+    device = lab.devices["SSHPROBE"]
+    code, out, err = await probe(
+        capsys, device, password_file, "--via", "ssh", "--json", fingerprint=device.ssh_fingerprint
+    )
+    assert code == 0, err
+    snap = snapshot_of(out)
+    assert (snap.serial, snap.via.value, snap.firmware.version) == ("SSHPROBE", "ssh", "4.1.0")
+    assert snap.health.state.value == "ok"
+
+
+async def test_probe_failure_reasons(
+    lab_factory: Any, password_file: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """Each failure exits non-zero with its one-line reason and never prints the password."""
+    lab = await lab_factory([make_device(f"FAIL{i}") for i in range(6)])
+    d = [lab.devices[f"FAIL{i}"] for i in range(6)]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password")
+    os.chmod(wrong, 0o600)
+
+    await d[0].set_fault("lan_down", True)
+    await d[3].set_fault("locked_out", True)
+    await d[4].set_fault("wedged", True)
+    other = d[1].tls_fingerprint
+    cases = [
+        (await probe(capsys, d[0], password_file), "unreachable"),
+        (
+            await probe(capsys, d[1], password_file, fingerprint=d[2].tls_fingerprint),
+            "certificate does not match the pinned fingerprint",
+        ),
+        (await probe(capsys, d[2], wrong), "bad credentials"),
+        (await probe(capsys, d[3], password_file), "locked out"),
+        (
+            await probe(capsys, d[5], password_file, rest_port=d[5].ssh_port, fingerprint=other),
+            "not a Poly VideoOS device",
+        ),
+        (await probe(capsys, d[4], password_file), "device wedged"),
+    ]
+    for (code, out, err), reason in cases:
+        assert code != 0
+        assert out == ""
+        lines = err.strip().splitlines()
+        assert lines[-1].endswith(reason), err
+        assert "lab-admin-pw" not in err and "not-the-password" not in err
+
+
+async def test_probe_survives_garbage(lab_factory: Any, password_file: Path, capsys: Any) -> None:
+    """Hostile answers end in a clear reason, not a crash."""
+    lab = await lab_factory([make_device("GARB1")])
+    device = lab.devices["GARB1"]
+    await device.set_fault("garbage", True)
+    code, _out, err = await probe(capsys, device, password_file)
+    assert code == 3
+    assert err.strip().endswith("unexpected answer")
+
+
+async def test_probe_refuses_readable_password_file(
+    lab_factory: Any, password_file: Path, capsys: Any
+) -> None:
+    """A password file others can read is refused before any device is contacted."""
+    lab = await lab_factory([make_device("MODE1")])
+    os.chmod(password_file, 0o644)
+    code, _out, err = await probe(capsys, lab.devices["MODE1"], password_file)
+    assert code == 2
+    assert "chmod 600" in err
