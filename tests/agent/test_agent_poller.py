@@ -1,0 +1,254 @@
+"""The poller against the lab: problem codes, pins, lockout back-off, hung devices."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from agent_testkit import agent_config, device_config, make_poller
+
+from agent.drivers.videoos import problems_from_status
+from agent.pins import PinStore
+from polyfleet.cli import main
+from shared.schema import HealthState, ProblemCode, Snapshot
+from simulator.testing import make_device
+
+
+def codes(snapshot: Snapshot) -> set[str]:
+    return {p.code.value for p in snapshot.health.problems}
+
+
+@pytest.mark.parametrize(
+    ("fault", "params", "code", "state"),
+    [
+        ("camera_down", {}, "camera_down", "fault"),
+        ("microphone_down", {}, "microphone_down", "fault"),
+        ("sip_unregistered", {}, "sip_unregistered", "degraded"),
+        ("log_storage_full", {}, "log_storage_full", "degraded"),
+        ("reboot_needed", {}, "reboot_needed", "degraded"),
+        ("peripheral_disconnected", {}, "peripheral_disconnected", "degraded"),
+        ("lan_down", {}, "unreachable", "unreachable"),
+        ("locked_out", {}, "locked_out", "degraded"),
+        ("wedged", {}, "api_error", "fault"),
+    ],
+)
+async def test_fault_maps_to_problem_code(
+    lab_factory: Any,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    fault: str,
+    params: dict[str, Any],
+    code: str,
+    state: str,
+) -> None:
+    """Each lab fault shows up as its problem code and health state."""
+    lab = await lab_factory([make_device("PC1", model="g7500")])
+    device = lab.devices["PC1"]
+    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
+    key = next(iter(poller.states))
+    first = await poller.poll_device(key)
+    assert first and first[0].health.state is HealthState.OK
+    await device.set_fault(fault, True, **params)
+    snapshots = await poller.poll_device(key)
+    host = snapshots[0]
+    assert code in codes(host)
+    assert host.health.state.value == state
+    assert not device.sessions, "every cycle logs out"
+
+
+async def test_wedged_rest_is_read_over_ssh(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A wedged REST API falls back to SSH: via ssh, api_error, provider kept from REST."""
+    lab = await lab_factory([make_device("WEDGE1", provider="zoom")])
+    device = lab.devices["WEDGE1"]
+    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
+    key = next(iter(poller.states))
+    await poller.poll_device(key)
+    await device.set_fault("wedged", True)
+    await device.set_fault("camera_down", True)
+    [snap] = await poller.poll_device(key)
+    assert snap.via.value == "ssh"
+    assert {"api_error", "camera_down"} <= codes(snap)
+    assert snap.provider.value == "zoom"
+
+
+async def test_e70_behind_g7500_has_own_entry(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The E70 is reported as its own device with host_serial; its loss is a fault for it."""
+    lab = await lab_factory([make_device("G7HOST", model="g7500")])
+    device = lab.devices["G7HOST"]
+    e70 = next(p for p in device.peripherals if p.kind == "e70")
+    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
+    key = next(iter(poller.states))
+    host, camera = await poller.poll_device(key)
+    assert (camera.serial, camera.model.value, camera.host_serial) == (
+        e70.serial,
+        "studio_e70",
+        "G7HOST",
+    )
+    assert camera.firmware.version == "1.3.0"
+    await device.set_fault("e70_down", True)
+    host, camera = await poller.poll_device(key)
+    assert camera.health.state is HealthState.FAULT
+    assert codes(camera) == {"peripheral_disconnected"}
+    assert {"camera_down", "peripheral_disconnected"} <= codes(host)
+
+
+def test_lan_status_and_neutral_states() -> None:
+    """lanStatus not LAN_UP is lan_down; off/unknown states are never problems."""
+    problems = problems_from_status(
+        {"ipnetwork": "up", "gatekeeper": "off", "calendar": "unknown", "sipserver": "off"},
+        lan_state="LAN_DOWN",
+    )
+    assert [p.code for p in problems] == [ProblemCode.LAN_DOWN]
+    assert (
+        problems_from_status({"mr.camera": "all_up", "mr.audio": "all_up", "sipserver": "up"}) == []
+    )
+
+
+async def test_auth_failure_is_reported(
+    lab_factory: Any, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Bad credentials give auth_failed (the device is known from an earlier poll)."""
+    lab = await lab_factory([make_device("AUTH1")])
+    device = lab.devices["AUTH1"]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope")
+    os.chmod(wrong, 0o600)
+    config = agent_config(tmp_path, [device_config(device, wrong, serial="AUTH1")])
+    poller = make_poller(config, http)
+    [snap] = await poller.poll_device(next(iter(poller.states)))
+    assert codes(snap) == {"auth_failed"} and snap.serial == "AUTH1"
+
+
+async def test_lockout_backoff_stops_login_attempts(
+    lab_factory: Any, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """After a refused login the agent waits out its back-off instead of adding failures."""
+    lab = await lab_factory([make_device("LOCK1", lockout_failures=3)])
+    device = lab.devices["LOCK1"]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope")
+    os.chmod(wrong, 0o600)
+    now = [1000.0]
+    config = agent_config(
+        tmp_path, [device_config(device, wrong, serial="LOCK1")], lockout_backoff_s=60.0
+    )
+    poller = make_poller(config, http, clock=lambda: now[0])
+    key = next(iter(poller.states))
+    for _ in range(5):
+        [snap] = await poller.poll_device(key)
+        assert codes(snap) == {"auth_failed"}
+    assert device.failed_logins == 1, "polls inside the back-off must not try to log in"
+    assert not device.locked_out()
+    now[0] += 61
+    await poller.poll_device(key)
+    assert device.failed_logins == 2
+    now[0] += 61  # the back-off doubled: still waiting
+    await poller.poll_device(key)
+    assert device.failed_logins == 2
+    now[0] += 60
+    [snap] = await poller.poll_device(key)
+    # The third failure locks the unit; the agent says so and backs off further.
+    assert device.locked_out() and codes(snap) == {"locked_out"}
+    [snap] = await poller.poll_device(key)
+    assert codes(snap) == {"locked_out"}
+
+
+async def test_locked_out_device_reports_locked_out(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A locked unit gives locked_out and is not asked again until the back-off ends."""
+    lab = await lab_factory([make_device("LOCK2", firmware="3.12.0")])
+    device = lab.devices["LOCK2"]
+    now = [0.0]
+    config = agent_config(tmp_path, [device_config(device, password_file)], lockout_backoff_s=30.0)
+    poller = make_poller(config, http, clock=lambda: now[0])
+    key = next(iter(poller.states))
+    await poller.poll_device(key)
+    await device.set_fault("locked_out", True)
+    [snap] = await poller.poll_device(key)
+    assert codes(snap) == {"locked_out"}
+    await device.set_fault("locked_out", False)
+    [snap] = await poller.poll_device(key)
+    assert codes(snap) == {"locked_out"}, "still backing off: the device was not asked"
+    now[0] += 31
+    [snap] = await poller.poll_device(key)
+    assert snap.health.state is HealthState.OK
+
+
+async def test_pin_change_waits_for_admin_accept(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession, capsys: Any
+) -> None:
+    """A new certificate is certificate_changed and untrusted until `pins accept SERIAL`."""
+    lab = await lab_factory([make_device("PIN1", regenerate_cert_on_reboot=True)])
+    device = lab.devices["PIN1"]
+    config = agent_config(tmp_path, [device_config(device, password_file)])
+    poller = make_poller(config, http)
+    key = next(iter(poller.states))
+    await poller.poll_device(key)
+    old = device.tls_fingerprint
+    assert PinStore(config.data_dir).get(key).tls == old
+    await device.reboot()
+    await device.wait_power("on")
+    assert device.tls_fingerprint != old
+    [snap] = await poller.poll_device(key)
+    assert codes(snap) == {"certificate_changed"}
+    record = PinStore(config.data_dir).get(key)
+    assert (record.tls, record.pending_tls) == (old, device.tls_fingerprint)
+    [snap] = await poller.poll_device(key)
+    assert codes(snap) == {"certificate_changed"}, "never trusted by itself"
+
+    toml = tmp_path / "agent.toml"
+    toml.write_text(f'[agent]\ndata_dir = "{config.data_dir}"\n')
+    code = await asyncio.to_thread(main, ["agent", "pins", "accept", "PIN1", "--config", str(toml)])
+    assert code == 0, capsys.readouterr().err
+    [snap] = await poller.poll_device(key)
+    assert snap.health.state is HealthState.OK
+    assert PinStore(config.data_dir).get(key).tls == device.tls_fingerprint
+
+
+async def test_configured_pin_mismatch(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A pin given in the config that the device does not match is never trusted."""
+    lab = await lab_factory([make_device("CPIN1"), make_device("CPIN2")])
+    a, b = lab.devices["CPIN1"], lab.devices["CPIN2"]
+    cfg = device_config(a, password_file, tls_fingerprint=b.tls_fingerprint, serial="CPIN1")
+    poller = make_poller(agent_config(tmp_path, [cfg]), http)
+    await poller.apply_config_pins()
+    [snap] = await poller.poll_device(cfg.key)
+    assert codes(snap) == {"certificate_changed"}
+    assert not a.sessions and a.failed_logins == 0
+
+
+async def test_hung_device_does_not_delay_others(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A device answering in 30 s times out alone; the others finish in their own time."""
+    lab = await lab_factory([make_device(f"HUNG{i}") for i in range(4)])
+    await lab.devices["HUNG0"].set_fault("slow", True, latency_ms=30000)
+    configs = [device_config(lab.devices[f"HUNG{i}"], password_file) for i in range(4)]
+    poller = make_poller(agent_config(tmp_path, configs, device_timeout_s=1.0, concurrency=2), http)
+    durations: dict[str, float] = {}
+
+    async def timed(key: str) -> list[Snapshot]:
+        start = time.monotonic()
+        result = await poller.poll_device(key)
+        durations[key] = time.monotonic() - start
+        return result
+
+    results = await asyncio.gather(*(timed(c.key) for c in configs))
+    assert results[0] == [] or codes(results[0][0]) == {"unreachable"}
+    for cfg, result in zip(configs[1:], results[1:], strict=True):
+        assert result[0].health.state is HealthState.OK
+        assert durations[cfg.key] < 1.5
+    assert durations[configs[0].key] < 2.5
