@@ -18,6 +18,7 @@ LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
 ENDPOINTS = [
     "GET /devices",
     "GET /devices/{serial}",
+    "GET /devices/{serial}/config",
     "POST /devices/{serial}/faults {fault, active, ...params}",
     "POST /devices/{serial}/call {active, remote?}",
     "POST /devices/{serial}/power {on}",
@@ -96,6 +97,10 @@ async def get_device(request: web.Request) -> web.Response:
     return web.json_response(_device(request).view())
 
 
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response({"vars": dict(sorted(_device(request).config.items()))})
+
+
 async def set_fault(request: web.Request) -> web.Response:
     device = _device(request)
     payload = await _body(request)
@@ -166,6 +171,7 @@ def create_control_app(lab: Lab) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/devices", list_devices)
     app.router.add_get("/devices/{serial}", get_device)
+    app.router.add_get("/devices/{serial}/config", get_config)
     app.router.add_post("/devices/{serial}/faults", set_fault)
     app.router.add_post("/devices/{serial}/call", set_call)
     app.router.add_post("/devices/{serial}/power", set_power)

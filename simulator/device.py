@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import secrets
 import socket
 import ssl
@@ -42,6 +44,8 @@ DEFAULT_CONFIG = {
 }
 
 LISTEN_BACKLOG = 64
+#: OS-chosen ports are remembered here, so a restarted lab keeps its devices' ports.
+PORTS_FILE = "ports.json"
 
 
 class FaultError(ValueError):
@@ -124,6 +128,7 @@ class SimDevice:
         self.ssh_fingerprint = ""
         self.last_update: dict[str, str] = {}
         self._ssl_context: ssl.SSLContext | None = None
+        self._saved_ports: dict[str, int] = {}
         self._auth_lock = threading.Lock()
         self._listeners = _Listeners()
         self._transition: asyncio.Task[None] | None = None
@@ -183,6 +188,7 @@ class SimDevice:
         self._ssl_context = self.tls.server_context()
         self.host_key = identity.load_or_make_host_key(self.data_dir, self.spec.ssh_host_key_type)
         self.ssh_fingerprint = identity.host_key_fingerprint(self.host_key)
+        self._saved_ports = self._load_ports()
 
     def _regenerate_certificate(self) -> None:
         self.tls = identity.make_tls_identity(self.data_dir, self.spec.display_name, self.address)
@@ -236,19 +242,48 @@ class SimDevice:
             raise
         return sock
 
+    def _bind_preferring(self, port: int, saved: int) -> socket.socket:
+        """Bind ``port``; for an OS-chosen port (0) try the one used last time first."""
+        if port == 0 and saved:
+            try:
+                return self._bind(saved)
+            except OSError:
+                pass  # taken meanwhile: take any
+        return self._bind(port)
+
+    def _load_ports(self) -> dict[str, int]:
+        try:
+            data = json.loads((self.data_dir / PORTS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {
+            k: v for k, v in data.items() if k in ("rest_port", "ssh_port") and isinstance(v, int)
+        }
+
+    def _save_ports(self, ports: dict[str, int]) -> None:
+        tmp = self.data_dir / (PORTS_FILE + ".tmp")
+        tmp.write_text(json.dumps(ports), encoding="utf-8")
+        os.replace(tmp, self.data_dir / PORTS_FILE)
+
     async def _open_network(self) -> None:
         if not self.listening or self._listeners.rest_server is not None:
             return
         assert self._ssl_context is not None and self.host_key is not None
         loop = asyncio.get_running_loop()
-        rest_sock = self._bind(self.rest_port)
-        self.rest_port = rest_sock.getsockname()[1]
+        rest_sock = self._bind_preferring(self.rest_port, self._saved_ports.get("rest_port", 0))
         try:
-            ssh_sock = self._bind(self.ssh_port)
+            ssh_sock = self._bind_preferring(self.ssh_port, self._saved_ports.get("ssh_port", 0))
         except OSError:
             rest_sock.close()
             raise
+        self.rest_port = rest_sock.getsockname()[1]
         self.ssh_port = ssh_sock.getsockname()[1]
+        chosen = {"rest_port": self.rest_port, "ssh_port": self.ssh_port}
+        if chosen != self._saved_ports:
+            self._saved_ports = chosen
+            await asyncio.to_thread(self._save_ports, chosen)
         self._listeners.rest_server = await loop.create_server(
             self._web, sock=rest_sock, ssl=self._ssl_context, ssl_handshake_timeout=10
         )

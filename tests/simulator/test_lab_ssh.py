@@ -138,7 +138,7 @@ async def test_wrong_password_refused_and_counts_to_lockout(lab_factory: LabFact
 
 
 async def test_rsa_host_key_is_pinned_and_persisted(tmp_path: Path) -> None:
-    """An ssh-rsa device serves an RSA host key matching its pin; key and cert survive a restart."""
+    """An ssh-rsa device serves its pinned RSA host key; key, cert and ports survive a restart."""
     spec = make_device(ssh_host_key_type="rsa")
     lab = Lab(fleet_of([spec]), data_dir=tmp_path / "lab")
     await lab.start()
@@ -150,6 +150,7 @@ async def test_rsa_host_key_is_pinned_and_persisted(tmp_path: Path) -> None:
         assert transport.get_remote_server_key().get_name() == "ssh-rsa"
         client.close()
         fingerprints = (device.ssh_fingerprint, device.tls_fingerprint)
+        ports = (device.rest_port, device.ssh_port)
     finally:
         await lab.stop()
     again = Lab(fleet_of([spec]), data_dir=tmp_path / "lab")
@@ -157,6 +158,7 @@ async def test_rsa_host_key_is_pinned_and_persisted(tmp_path: Path) -> None:
     try:
         device = again.devices[spec.serial]
         assert (device.ssh_fingerprint, device.tls_fingerprint) == fingerprints
+        assert (device.rest_port, device.ssh_port) == ports
     finally:
         await again.stop()
 

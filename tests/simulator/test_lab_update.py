@@ -41,6 +41,10 @@ async def test_update_ok_comes_back_on_the_new_version(
     client = rest_factory(device)
     await client.login()
     await order_update(client, "4.2.2-408037")
+    url = f"{lab.control_url}/devices/{spec.serial}/config"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        config = (await response.json())["vars"]
+    assert config["upgrade.auto.version"] == "4.2.2-408037"
     await wait_for(lambda: device.power == "installing")
     with pytest.raises(aiohttp.ClientConnectorError):
         await client.request("GET", "/")
