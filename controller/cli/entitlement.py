@@ -1,10 +1,384 @@
-"""Controller subcommands (filled in by their issue)."""
+"""``polyfleet controller assets|entitlement|releases``: registry, verdicts, release catalogue."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sys
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 
-def register(commands: "argparse._SubParsersAction[Any]") -> None:
-    del commands
+from controller.app import read_runtime
+from controller.config import ConfigError, load_config
+from controller.domain.assets import (
+    Asset,
+    ImportPlan,
+    ImportProblem,
+    InstalledFirmware,
+    RegistryImportError,
+    parse_installed_firmware,
+    parse_registry,
+)
+from controller.domain.calendar import WARSAW, to_warsaw
+from controller.domain.entitlement import judge
+from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
+from controller.domain.plans import CatalogueError, PlanCatalogue
+from controller.domain.releases import ReleaseCatalogue
+from controller.services import entitlement as service
+from controller.store.base import StoreError, StoreLocked
+from controller.store.tinydb import TinyDBStore
+
+#: The store's folder inside the data directory (as ``controller.app.create_app`` opens it).
+STORE_SUBDIR = "store"
+
+#: Exit codes: 0 done, 1 the input is wrong (every problem listed), 2 the command line is wrong.
+EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def parse_at(text: str | None) -> datetime:
+    """``--at``: an ISO 8601 moment with an offset, or a date (its Warsaw midnight); default now."""
+    if text is None:
+        return datetime.now(WARSAW)
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=WARSAW)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--at {text!r}: expected ISO 8601 like 2026-12-01T09:00:00+01:00 or 2026-12-01"
+        ) from None
+    if moment.tzinfo is None:
+        # C2: a moment without an offset is ambiguous across DST; make the caller say it.
+        raise argparse.ArgumentTypeError(
+            f"--at {text!r}: give an offset (e.g. +01:00 or Z), or a plain date"
+        )
+    return to_warsaw(moment)
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def _fail(
+    args: argparse.Namespace,
+    message: str,
+    problems: list[ImportProblem] | None = None,
+    *,
+    file: str | None = None,
+) -> int:
+    if getattr(args, "json", False):
+        document: dict[str, Any] = {"error": message}
+        if problems is not None:
+            document["file"] = file
+            document["problems"] = [p.to_json() for p in problems]
+        _print_json(document)
+    print(f"error: {message}", file=sys.stderr)
+    for problem in problems or ():
+        print(f"  {file}: {problem}" if file else f"  {problem}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise OSError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _catalogues(args: argparse.Namespace) -> tuple[PlanCatalogue, ReleaseCatalogue]:
+    return service.load_plans(args.plans), service.load_releases(args.releases)
+
+
+def _add_catalogue_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plans", type=Path, help="plan catalogue (default: the shipped one)")
+    parser.add_argument("--releases", type=Path, help="release catalogue (default: shipped)")
+
+
+# -- entitlement check / forecast ------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        at = parse_at(args.at)
+        plans, releases = _catalogues(args)
+        assets_text = _read_text(args.assets)
+        firmware_text = _read_text(args.firmware) if args.firmware else None
+    except (argparse.ArgumentTypeError, CatalogueError, OSError) as exc:
+        return _fail(args, str(exc))
+    try:
+        assets = parse_registry(assets_text, plans)
+    except RegistryImportError as exc:
+        return _fail(args, f"{args.assets}: bad rows", exc.problems, file=str(args.assets))
+    installed: dict[str, InstalledFirmware] = {}
+    if firmware_text is not None:
+        try:
+            installed = parse_installed_firmware(firmware_text)
+        except RegistryImportError as exc:
+            return _fail(args, f"{args.firmware}: bad rows", exc.problems, file=str(args.firmware))
+    verdicts = [
+        judge(
+            asset,
+            plans,
+            releases,
+            at,
+            installed=installed.get(asset.serial),
+        )
+        for asset in sorted(assets, key=lambda a: a.serial)
+    ]
+    if args.json:
+        _print_json({"at": at.isoformat(), "assets": [v.to_json() for v in verdicts]})
+        return EXIT_OK
+    print(f"entitlement at {at.isoformat()}")
+    for v in verdicts:
+        fw = v.firmware
+        hop = (
+            f"{fw.installed or '?'} -> {fw.next} ({fw.kind}, "
+            + ("entitled)" if fw.entitled else "not entitled)")
+            if fw.next
+            else (fw.installed or "firmware unknown")
+        )
+        print(
+            f"{v.serial:<16} {v.plan or '-':<18} warranty {v.warranty_until or '-'}  "
+            f"patches {v.patches_until or '-'}  upgrades {v.upgrades_until or '-'}  {hop}"
+        )
+        if v.flags:
+            rules = f" ({', '.join(v.ineligible_rules)})" if v.ineligible_rules else ""
+            print(f"{'':<16} flags: {', '.join(v.flags)}{rules}")
+    return EXIT_OK
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    try:
+        at = parse_at(args.at)
+        plans = service.load_plans(args.plans)
+        assets = parse_registry(_read_text(args.assets), plans)
+    except RegistryImportError as exc:
+        return _fail(args, f"{args.assets}: bad rows", exc.problems, file=str(args.assets))
+    except (argparse.ArgumentTypeError, CatalogueError, OSError) as exc:
+        return _fail(args, str(exc))
+    result = forecast(assets, plans, at, args.days)
+    if args.json:
+        _print_json(result.to_json())
+        return EXIT_OK
+    print(f"what ends between {at.date()} and {result.to_json()['until']}")
+    for site in result.sites:
+        print(f"site {site.site}: {len(site.events)} event(s)")
+        for event in site.events:
+            plan = f" {event.plan}" if event.plan else ""
+            print(
+                f"  {event.last_day} ({event.days_left:>3} d) {event.serial:<16} {event.kind}{plan}"
+            )
+    return EXIT_OK
+
+
+# -- releases --------------------------------------------------------------------------------
+
+
+def _release_json(release: Any) -> dict[str, Any]:
+    return {
+        "version": release.text,
+        "build": release.build or None,
+        "date": release.released.isoformat(),
+        "needs": release.needs_text,
+    }
+
+
+def _releases_list(args: argparse.Namespace) -> int:
+    try:
+        catalogue = service.load_releases(args.file)
+    except CatalogueError as exc:
+        return _fail(args, str(exc))
+    if args.json:
+        _print_json(
+            {
+                "models": sorted(catalogue.models),
+                "releases": [_release_json(r) for r in catalogue.releases],
+            }
+        )
+        return EXIT_OK
+    for release in catalogue.releases:
+        needs = f"  needs {release.needs_text}" if release.needs_text else ""
+        print(f"{release.released}  {release.text}{needs}")
+    return EXIT_OK
+
+
+def _releases_add(args: argparse.Namespace) -> int:
+    try:
+        released = date.fromisoformat(args.date)
+    except ValueError:
+        return _fail(args, f"--date {args.date!r}: expected YYYY-MM-DD")
+    try:
+        release = service.add_release(args.version, released, args.needs, path=args.file)
+    except (CatalogueError, OSError) as exc:
+        return _fail(args, str(exc))
+    if args.json:
+        _print_json({"added": _release_json(release)})
+    else:
+        print(f"added {release.text} ({release.released})")
+    return EXIT_OK
+
+
+# -- assets import ---------------------------------------------------------------------------
+
+
+class _ServerAnswer(Exception):
+    """The running server refused the import; ``body`` is its JSON answer."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+async def _import_via_server(socket: str, text: str, dry_run: bool) -> dict[str, Any]:
+    # The control socket is the running server's own door for local admin commands.
+    connector = aiohttp.UnixConnector(path=socket)
+    url = "http://localhost/api/v1/assets/import" + ("?dry_run=1" if dry_run else "")
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
+        http.post(url, data=text.encode(), headers={"Content-Type": "text/csv"}) as response,
+    ):
+        body = await response.json(content_type=None)
+        if response.status != 200:
+            raise _ServerAnswer(response.status, body if isinstance(body, dict) else {})
+        return dict(body)
+
+
+async def _import_into_store(data_dir: Path, assets: list[Asset], dry_run: bool) -> ImportPlan:
+    store = TinyDBStore(data_dir / STORE_SUBDIR)
+    await store.open()  # StoreLocked when a server holds the data directory
+    try:
+        return await service.import_assets(store, assets, dry_run=dry_run)
+    finally:
+        await store.close()
+
+
+def _server_socket(data_dir: Path) -> str | None:
+    runtime = read_runtime(data_dir) or {}
+    socket = runtime.get("control_socket")
+    return socket if isinstance(socket, str) and Path(socket).exists() else None
+
+
+def _assets_import(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config).with_overrides(data_dir=args.data_dir)
+        plans_path, _ = service.catalogue_paths(config.section("entitlement"))
+        plans = service.load_plans(args.plans or plans_path)
+        text = _read_text(args.file)
+    except (CatalogueError, ConfigError, OSError) as exc:
+        return _fail(args, str(exc))
+    try:
+        assets = parse_registry(text, plans, today=datetime.now(WARSAW).date())
+    except RegistryImportError as exc:
+        return _fail(
+            args,
+            f"{args.file}: nothing imported, fix these rows",
+            exc.problems,
+            file=str(args.file),
+        )
+    try:
+        socket = _server_socket(config.data_dir)
+        if socket is None:
+            try:
+                document = {
+                    "dry_run": bool(args.dry_run),
+                    **asyncio.run(
+                        _import_into_store(config.data_dir, assets, args.dry_run)
+                    ).to_json(),
+                }
+            except StoreLocked:
+                # A server is starting up and holds the store: go through it once it listens.
+                socket = _server_socket(config.data_dir)
+                if socket is None:
+                    raise
+        if socket is not None:
+            document = asyncio.run(_import_via_server(socket, text, args.dry_run))
+    except _ServerAnswer as exc:
+        problems = [ImportProblem(**p) for p in exc.body.get("problems", [])]
+        error = exc.body.get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else None
+        return _fail(
+            args, f"server refused the import: {message or exc}", problems, file=str(args.file)
+        )
+    except (StoreLocked, StoreError, aiohttp.ClientError, OSError) as exc:
+        return _fail(args, f"registry not changed: {exc}")
+    if args.json:
+        _print_json(document)
+    else:
+        verb = "would import" if args.dry_run else "imported"
+        print(
+            f"{verb} {len(assets)} device(s): {len(document['added'])} new, "
+            f"{len(document['updated'])} changed, {len(document['unchanged'])} unchanged"
+        )
+        if document["ineligible"]:
+            print(f"flagged ineligible: {', '.join(document['ineligible'])}")
+    return EXIT_OK
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    assets = commands.add_parser("assets", help="the asset registry (devices and contracts)")
+    assets_commands = assets.add_subparsers(dest="assets_command", metavar="ACTION", required=True)
+    imp = assets_commands.add_parser(
+        "import",
+        help="check a registry CSV whole and import it",
+        description="Columns: serial,model,purchase_date,plan,contract_number,contract_start,"
+        "contract_end,site,room,host_serial. Any bad row rejects the whole file.",
+    )
+    imp.add_argument("file", type=Path, metavar="FILE.csv")
+    imp.add_argument("--dry-run", action="store_true", help="check and report, change nothing")
+    imp.add_argument("--data-dir", type=Path, help="controller data directory")
+    imp.add_argument("--config", type=Path, help="controller.toml (for its data directory)")
+    imp.add_argument("--json", action="store_true", help="machine-readable output")
+    imp.add_argument("--plans", type=Path, help="plan catalogue (default: the shipped one)")
+    imp.set_defaults(func=_assets_import)
+
+    ent = commands.add_parser("entitlement", help="what devices may get: verdicts and forecast")
+    ent_commands = ent.add_subparsers(dest="entitlement_command", metavar="ACTION", required=True)
+    check = ent_commands.add_parser(
+        "check", help="judge every asset of a registry CSV (no server needed)"
+    )
+    check.add_argument("--assets", type=Path, required=True, metavar="FILE.csv")
+    check.add_argument(
+        "--firmware", type=Path, metavar="FILE.csv", help="installed versions: serial,version"
+    )
+    check.add_argument("--at", help="ISO 8601 moment (default: now)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_catalogue_flags(check)
+    check.set_defaults(func=_check)
+    fc = ent_commands.add_parser("forecast", help="what expires or closes when, per site")
+    fc.add_argument("--assets", type=Path, required=True, metavar="FILE.csv")
+    fc.add_argument("--days", type=_days, default=90, help="horizon in days (default 90)")
+    fc.add_argument("--at", help="ISO 8601 moment (default: now)")
+    fc.add_argument("--json", action="store_true", help="machine-readable output")
+    fc.add_argument("--plans", type=Path, help="plan catalogue (default: the shipped one)")
+    fc.set_defaults(func=_forecast)
+
+    rel = commands.add_parser("releases", help="the firmware release catalogue")
+    rel_commands = rel.add_subparsers(dest="releases_command", metavar="ACTION", required=True)
+    add = rel_commands.add_parser("add", help="add a release once its publication date is known")
+    add.add_argument("--version", required=True, help="as Poly prints it, e.g. 4.2.5.412345")
+    add.add_argument("--date", required=True, help="publication date, YYYY-MM-DD")
+    add.add_argument("--needs", help="oldest installed version that may step to it")
+    add.add_argument("--file", type=Path, help="releases.toml to change (default: shipped)")
+    add.add_argument("--json", action="store_true", help="machine-readable output")
+    add.set_defaults(func=_releases_add)
+    lst = rel_commands.add_parser("list", help="the catalogued releases, oldest first")
+    lst.add_argument("--file", type=Path, help="releases.toml to read (default: shipped)")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.set_defaults(func=_releases_list)
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 0 <= days <= MAX_FORECAST_DAYS:
+        raise argparse.ArgumentTypeError(f"{days} is outside 0..{MAX_FORECAST_DAYS}")
+    return days

@@ -1,0 +1,302 @@
+"""`polyfleet controller assets|entitlement|releases` run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from controller.app import read_runtime, serve
+from controller.config import ControllerConfig
+from controller.services.entitlement import DEFAULT_RELEASES_PATH, registry
+from controller.store.tinydb import TinyDBStore
+
+from .conftest import csv_of, row
+
+REGISTRY = csv_of(
+    row(
+        "X50HZ",
+        plan="hezo_plus",
+        contract_number="HZ-1",
+        contract_start="2025-01-10",
+        contract_end="2027-01-09",
+    ),
+    row(
+        "G7HZ",
+        model="g7500",
+        plan="hezo_plus",
+        contract_number="HZ-2",
+        contract_start="2025-03-01",
+        contract_end="2027-02-28",
+    ),
+    row("CAM1", model="studio_e70", host_serial="X50HZ"),
+)
+FIRMWARE = "serial,version\nX50HZ,4.1.0_00.180034\nG7HZ,4.2.2-408037\n"
+
+
+def polyfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "polyfleet", "controller", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_check_prints_the_verdict_json(tmp_path: Path) -> None:
+    """`entitlement check --json` judges every asset of the file at --at, with its firmware."""
+    assets = write(tmp_path / "assets.csv", REGISTRY)
+    firmware = write(tmp_path / "fw.csv", FIRMWARE)
+    done = polyfleet(
+        "entitlement",
+        "check",
+        "--assets",
+        str(assets),
+        "--firmware",
+        str(firmware),
+        "--at",
+        "2026-12-01T10:00:00+01:00",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    assert document["at"] == "2026-12-01T10:00:00+01:00"
+    verdicts = {v["serial"]: v for v in document["assets"]}
+    assert list(verdicts) == ["CAM1", "G7HZ", "X50HZ"]
+    assert verdicts["X50HZ"] == {
+        "serial": "X50HZ",
+        "plan": "hezo_plus",
+        "warranty_until": "2027-01-09",
+        "patches_until": "2027-01-09",
+        "upgrades_until": None,
+        "window": "8x5",
+        "reaction_hours": 1,
+        "repair": "nbd",
+        "language": "pl",
+        "eligible": True,
+        "ineligible_rules": [],
+        "flags": ["update_entitled", "update_not_entitled", "contract_expiring_60"],
+        "firmware": {
+            "installed": "4.1.0_00.180034",
+            "next": "4.2.2-408037",
+            "kind": "upgrade",
+            "entitled": False,
+            "entitled_next": "4.1.3.394009",
+        },
+    }
+    assert verdicts["G7HZ"]["ineligible_rules"] == ["H1", "H5"]
+    assert "ineligible_contract" in verdicts["G7HZ"]["flags"]
+    assert verdicts["CAM1"]["plan"] is None and "out_of_warranty" in verdicts["CAM1"]["flags"]
+
+
+def test_check_with_a_bad_file_exits_non_zero_listing_every_line(tmp_path: Path) -> None:
+    """A bad row makes `entitlement check` fail, naming every problem by line."""
+    bad = write(
+        tmp_path / "assets.csv",
+        csv_of(row("A", model="x99"), row("B"), row("C", purchase_date="2025-02-30")),
+    )
+    done = polyfleet("entitlement", "check", "--assets", str(bad), "--json", cwd=tmp_path)
+    assert done.returncode == 1
+    problems = json.loads(done.stdout)["problems"]
+    assert [(p["line"], p["column"]) for p in problems] == [(2, "model"), (4, "purchase_date")]
+    assert "line 2, column model" in done.stderr and "line 4, column purchase_date" in done.stderr
+
+
+def test_check_refuses_an_at_without_offset(tmp_path: Path) -> None:
+    """--at without an offset is refused (C2) rather than guessed."""
+    assets = write(tmp_path / "assets.csv", REGISTRY)
+    done = polyfleet(
+        "entitlement", "check", "--assets", str(assets), "--at", "2026-12-01T10:00", cwd=tmp_path
+    )
+    assert done.returncode == 1 and "offset" in done.stderr
+
+
+def test_forecast_command_lists_per_site(tmp_path: Path) -> None:
+    """`entitlement forecast --days N --json` lists what ends per site."""
+    assets = write(tmp_path / "assets.csv", REGISTRY)
+    done = polyfleet(
+        "entitlement",
+        "forecast",
+        "--assets",
+        str(assets),
+        "--days",
+        "60",
+        "--at",
+        "2026-12-01",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    (site,) = json.loads(done.stdout)["sites"]
+    assert site["site"] == "waw"
+    assert ("X50HZ", "contract_ends", "2027-01-09") in [
+        (e["serial"], e["kind"], e["date"]) for e in site["events"]
+    ]
+
+
+def test_E7_releases_add_and_list(tmp_path: Path) -> None:
+    """`releases add` puts a dated release into the catalogue file; `list` shows it in order."""
+    catalogue = tmp_path / "releases.toml"
+    shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
+    done = polyfleet(
+        "releases",
+        "add",
+        "--version",
+        "4.2.5.412001",
+        "--date",
+        "2024-10-01",
+        "--needs",
+        "4.1.0_00.180034",
+        "--file",
+        str(catalogue),
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["added"]["version"] == "4.2.5.412001"
+    listed = polyfleet("releases", "list", "--file", str(catalogue), "--json", cwd=tmp_path)
+    versions = [r["version"] for r in json.loads(listed.stdout)["releases"]]
+    assert versions[-2:] == ["4.2.2-408037", "4.2.5.412001"]
+    firmware = write(tmp_path / "fw.csv", "serial,version\nX50HZ,4.2.2-408037\n")
+    assets = write(tmp_path / "assets.csv", REGISTRY)
+    check = polyfleet(
+        "entitlement",
+        "check",
+        "--assets",
+        str(assets),
+        "--firmware",
+        str(firmware),
+        "--releases",
+        str(catalogue),
+        "--at",
+        "2026-01-01",
+        "--json",
+        cwd=tmp_path,
+    )
+    hezo = next(v for v in json.loads(check.stdout)["assets"] if v["serial"] == "X50HZ")
+    assert (hezo["firmware"]["next"], hezo["firmware"]["kind"]) == ("4.2.5.412001", "patch")
+
+
+def test_releases_add_refuses_bad_input_and_leaves_the_file_alone(tmp_path: Path) -> None:
+    """A duplicate, a bad date or a needs newer than the release changes nothing."""
+    catalogue = tmp_path / "releases.toml"
+    shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
+    before = catalogue.read_bytes()
+    for args in (
+        ["--version", "4.2.2.408037", "--date", "2024-06-21"],
+        ["--version", "4.4.0", "--date", "2025-02-30"],
+        ["--version", "4.4.0", "--date", "2025-02-01", "--needs", "4.5.0"],
+        ["--version", "four", "--date", "2025-02-01"],
+    ):
+        done = polyfleet("releases", "add", *args, "--file", str(catalogue), cwd=tmp_path)
+        assert done.returncode == 1, args
+        assert "error:" in done.stderr
+    assert catalogue.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _stored(data_dir: Path) -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
+        store = TinyDBStore(data_dir / "store")
+        await store.open()
+        try:
+            return {serial: asset.to_doc() for serial, asset in registry(store).items()}
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_assets_import_offline_and_rejection_leaves_registry_untouched(tmp_path: Path) -> None:
+    """Without a server the import writes the store under its lock; a bad file changes nothing."""
+    data = tmp_path / "data"
+    good = write(tmp_path / "good.csv", REGISTRY)
+    dry = polyfleet(
+        "assets", "import", str(good), "--dry-run", "--data-dir", str(data), "--json", cwd=tmp_path
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["dry_run"] is True and _stored(data) == {}
+    done = polyfleet("assets", "import", str(good), "--data-dir", str(data), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert sorted(result["added"]) == ["CAM1", "G7HZ", "X50HZ"] and result["ineligible"] == ["G7HZ"]
+    before = _stored(data)
+    bad = write(
+        tmp_path / "bad.csv",
+        csv_of(row("X50HZ", room="elsewhere"), row("NEW", purchase_date="2025-13-01")),
+    )
+    refused = polyfleet("assets", "import", str(bad), "--data-dir", str(data), cwd=tmp_path)
+    assert refused.returncode == 1 and "line 3, column purchase_date" in refused.stderr
+    assert _stored(data) == before
+
+
+async def test_assets_import_goes_through_a_running_server(tmp_path: Path) -> None:
+    """With the server running, the CLI imports through its control socket, not the locked store."""
+    data = tmp_path / "data"
+    config = ControllerConfig(data_dir=data, listen_host="127.0.0.1", listen_port=0)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    server = asyncio.create_task(serve(config, on_ready=lambda url: ready.set(), stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=30)
+        assert read_runtime(data) is not None
+        good = write(tmp_path / "good.csv", REGISTRY)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "polyfleet",
+            "controller",
+            "assets",
+            "import",
+            str(good),
+            "--data-dir",
+            str(data),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=tmp_path,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err.decode()
+        assert sorted(json.loads(out)["added"]) == ["CAM1", "G7HZ", "X50HZ"]
+        bad = write(tmp_path / "bad.csv", csv_of(row("Q", model="nope")))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "polyfleet",
+            "controller",
+            "assets",
+            "import",
+            str(bad),
+            "--data-dir",
+            str(data),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=tmp_path,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 1 and "line 2, column model" in err.decode()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, timeout=30)
+    assert sorted(_stored_async_safe(data)) == ["CAM1", "G7HZ", "X50HZ"]
+
+
+def _stored_async_safe(data_dir: Path) -> dict[str, Any]:
+    """Read the store from a worker thread (this test's loop is running)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(_stored, data_dir).result(timeout=60)
