@@ -521,9 +521,11 @@ class SimDevice:
             await asyncio.to_thread(self._regenerate_certificate)
         self.boot_time = self.clock()
         self.booted_once = True
-        self._set_power("on")
         self._transition = None
+        # listening needs power "on"; waiters hear of it once the listeners are up.
+        self.power = "on"
         await self._open_network()
+        self._set_power("on")
 
     # --- what the control API shows ---------------------------------------------------------
 
