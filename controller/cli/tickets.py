@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import ssl
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from controller.domain.calendar import to_warsaw
 from controller.domain.plans import CatalogueError
@@ -28,11 +34,13 @@ def _moment(text: str | None, flag: str) -> datetime | None:
     return to_warsaw(moment)
 
 
-def _fail(message: str, as_json: bool) -> int:
+def _fail(message: str, as_json: bool, *, code: int = 2) -> int:
+    """Exit 2 for bad input, 1 when the server refused or could not be reached."""
     if as_json:
-        print(json.dumps({"error": {"code": "bad_input", "message": message}}))
+        kind = "bad_input" if code == 2 else "refused"
+        print(json.dumps({"error": {"code": kind, "message": message}}))
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def cmd_sla(args: argparse.Namespace) -> int:
@@ -61,6 +69,180 @@ def cmd_sla(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- tickets: a client of the running server's API ------------------------------------------
+
+DEFAULT_DATA_DIR = Path("polyfleet-data")
+DEFAULT_URL = "http://127.0.0.1:8080"
+TOKEN_ENV = "POLYFLEET_TOKEN"  # noqa: S105  # the variable's name, not a secret
+#: Runtime file a running server writes into its data directory (controller.app.RUNTIME_FILE).
+RUNTIME_FILE = "controller.json"
+
+
+class ClientError(Exception):
+    """The server could not be reached or refused the call; the message says what to do."""
+
+
+def _endpoint(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """(base url, unix socket or None, token or None) from flags, env and the runtime file."""
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if args.url:
+        if not token:
+            raise ClientError(f"--token (or {TOKEN_ENV}) is required with --url: an admin token")
+        return args.url.rstrip("/"), None, token
+    runtime: dict[str, Any] = {}
+    try:
+        runtime = json.loads((Path(args.data_dir) / RUNTIME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        runtime = {}
+    if token:
+        return str(runtime.get("url") or DEFAULT_URL).rstrip("/"), None, token
+    socket_path = runtime.get("control_socket")
+    if isinstance(socket_path, str) and Path(socket_path).exists():
+        # The local control socket (owner-only) stands for an admin token.
+        return "http://localhost", socket_path, None
+    raise ClientError(
+        f"no running controller found in {args.data_dir} and no token given: "
+        f"pass --data-dir of the running server, or --url and --token (or {TOKEN_ENV})"
+    )
+
+
+async def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    base, socket_path, token = _endpoint(args)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    connector: aiohttp.BaseConnector
+    if socket_path is not None:
+        connector = aiohttp.UnixConnector(path=socket_path)
+    else:
+        context: ssl.SSLContext | bool = True
+        if args.ca_file:
+            context = ssl.create_default_context(cafile=args.ca_file)
+        connector = aiohttp.TCPConnector(ssl=context)
+    url = base + path
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+            ) as http,
+            http.request(method, url, json=body, headers=headers) as response,
+        ):
+            try:
+                data = await response.json(content_type=None)
+            except ValueError:
+                data = None
+            if response.status >= 400:
+                error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+                message = error.get("message") or f"HTTP {response.status}"
+                raise ClientError(f"{method} {path}: {message}")
+            return data
+    except aiohttp.ClientError as exc:
+        raise ClientError(f"cannot reach the controller at {base}: {exc}") from None
+
+
+def _line(ticket: dict[str, Any]) -> str:
+    missing = ticket.get("missing") or []
+    held = f" missing: {', '.join(missing)}" if missing else ""
+    subject = ticket.get("serial") or ticket.get("site") or "-"
+    flags = " flapping" if ticket.get("flapping") else ""
+    return (
+        f"{ticket['id']}  {ticket['status']:<20} {subject:<16} {ticket['fault']:<24}"
+        f" {ticket.get('plan') or '-':<18}{flags}{held}"
+    )
+
+
+def _show(ticket: dict[str, Any]) -> str:
+    lines = [_line(ticket)]
+    keys = (
+        "kind", "serial", "contract_number", "plan", "model", "site", "room", "host_serial",
+        "language", "first_seen", "opened_at", "sent_at", "acknowledged_at", "accepted_at",
+        "received_at", "closed_at", "escalated_at",
+    )  # fmt: skip
+    lines += [f"  {key:>16}: {ticket[key]}" for key in keys if ticket.get(key)]
+    sla = ticket.get("sla") or {}
+    lines += [f"  {key:>16}: {value}" for key, value in sla.items() if value]
+    bundle = ticket.get("bundle")
+    if bundle:
+        lines.append(f"  {'bundle':>16}: {bundle['filename']} ({bundle['size']} bytes)")
+    elif ticket.get("bundle_error"):
+        lines.append(f"  {'bundle':>16}: none ({ticket['bundle_error']})")
+    for note in ticket.get("notes", [])[-10:]:
+        lines.append(f"  {note['at']}  {note['text']}")
+    for delivery in ticket.get("deliveries", []):
+        lines.append(
+            f"  delivery {delivery['id']}: {delivery['state']}"
+            + (f" ({delivery['last_error']})" if delivery.get("last_error") else "")
+        )
+    return "\n".join(lines)
+
+
+def cmd_tickets(args: argparse.Namespace) -> int:
+    """Run one ``tickets`` subcommand against the server."""
+    action = args.tickets_command
+    try:
+        if action == "list":
+            query = {k: v for k, v in (("status", args.status), ("site", args.site)) if v}
+            suffix = ("?" + "&".join(f"{k}={v}" for k, v in query.items())) if query else ""
+            data = asyncio.run(_call(args, "GET", "/api/v1/tickets" + suffix))
+        elif action == "show":
+            data = asyncio.run(_call(args, "GET", f"/api/v1/tickets/{args.ticket_id}"))
+        elif action == "fill":
+            if args.serial is None and args.contract_number is None:
+                raise ClientError("fill: give --serial and/or --contract-number")
+            body = {"serial": args.serial, "contract_number": args.contract_number}
+            data = asyncio.run(_call(args, "PATCH", f"/api/v1/tickets/{args.ticket_id}", body))
+        else:
+            path = f"/api/v1/tickets/{args.ticket_id}/{action}"
+            data = asyncio.run(_call(args, "POST", path))
+    except ClientError as exc:
+        return _fail(str(exc), args.json, code=1)
+    if args.json:
+        print(json.dumps(data))
+    elif action == "list":
+        for ticket in data["tickets"]:
+            print(_line(ticket))
+        if not data["tickets"]:
+            print("no tickets", file=sys.stderr)
+    else:
+        print(_show(data))
+    return 0
+
+
+def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
+    tickets = commands.add_parser(
+        "tickets",
+        help="fault tickets on the running controller: list, show, ack, accept, received, close",
+        description="Fault tickets through the running server's API. With --data-dir of a "
+        "server on this machine no token is needed; otherwise give --url and an admin --token.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the server's data dir")
+    common.add_argument("--url", help="the controller's URL, e.g. https://127.0.0.1:8080")
+    common.add_argument("--token", help=f"an admin API token (or set {TOKEN_ENV})")
+    common.add_argument("--ca-file", help="CA certificate to trust for an https --url")
+    common.add_argument("--json", action="store_true", help="print the server's JSON")
+    sub = tickets.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", parents=[common], help="tickets, newest first")
+    listing.add_argument("--status", help="only this status (needs_data, open, sent...)")
+    listing.add_argument("--site", help="only this site")
+    described = {
+        "show": "one ticket with its notes, SLA and deliveries",
+        "ack": "the desk contacted us (stops the reaction clock, W2)",
+        "accept": "the desk accepted the ticket as valid (starts the delivery clock, W3)",
+        "shipped": "the replacement is on its way",
+        "received": "the replacement arrived (starts the return clock, W6, P4)",
+        "returned": "the failed unit was sent back",
+        "close": "the ticket is done",
+        "send": "send an open ticket now",
+        "fill": "fill in a held ticket's serial or contract number (W5); then it is sent",
+    }
+    for name, help_text in described.items():
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command.add_argument("ticket_id", help="e.g. PF-1A2B3C4D5E")
+        if name == "fill":
+            command.add_argument("--serial", help="the failed device's serial number")
+            command.add_argument("--contract-number", help="the service contract number")
+    tickets.set_defaults(func=cmd_tickets)
+
+
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     sla = commands.add_parser(
         "sla",
@@ -74,3 +256,4 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     sla.add_argument("--received", help="when the replacement arrived (ISO 8601)")
     sla.add_argument("--json", action="store_true", help="machine-readable output")
     sla.set_defaults(func=cmd_sla)
+    _register_tickets(commands)

@@ -215,19 +215,22 @@ class Ticket(BaseModel):
         target = ACTIONS.get(action)
         if target is None:
             raise TicketError(f"action {action!r} is unknown; use one of {', '.join(ACTIONS)}")
-        if target is TicketStatus.CLOSED:
-            if self.status is TicketStatus.CLOSED:
-                raise TicketError(f"ticket {self.id} is already closed")
-        elif self.status not in DELIVERED:
+        if self.status is TicketStatus.CLOSED:
             raise TicketError(
-                f"ticket {self.id} is {self.status.value}: it must be sent before it can be "
-                f"{target.value}"
-                + (f" (missing: {', '.join(self.missing)})" if self.missing else "")
+                f"ticket {self.id} is closed; it reopens by itself if the fault comes back"
             )
-        elif _ORDER.index(target) <= _ORDER.index(self.status):
-            raise TicketError(
-                f"ticket {self.id} is already {self.status.value}; {action} would move it back"
-            )
+        # Closing is always allowed (a false alarm is closed before it is sent).
+        if target is not TicketStatus.CLOSED:
+            if self.status not in DELIVERED:
+                raise TicketError(
+                    f"ticket {self.id} is {self.status.value}: it must be sent before it can be "
+                    f"{target.value}"
+                    + (f" (missing: {', '.join(self.missing)})" if self.missing else "")
+                )
+            if _ORDER.index(target) <= _ORDER.index(self.status):
+                raise TicketError(
+                    f"ticket {self.id} is already {self.status.value}; {action} would move it back"
+                )
         self.status = target
         stamp = {
             TicketStatus.ACKNOWLEDGED: "acknowledged_at",

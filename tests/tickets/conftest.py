@@ -191,9 +191,7 @@ async def webhook_peer() -> AsyncIterator[WebhookPeer]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     peer.url = f"http://127.0.0.1:{port}/hook"
     yield peer
     await runner.cleanup()

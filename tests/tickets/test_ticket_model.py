@@ -82,6 +82,8 @@ def test_lifecycle_moves_forward_only() -> None:
     ticket.transition("received", T0 + timedelta(days=2))
     ticket.transition("close", T0 + timedelta(days=3))
     assert ticket.status is TicketStatus.CLOSED
+    with pytest.raises(TicketError, match="is closed"):
+        ticket.transition("ack", T0 + timedelta(days=4))
     with pytest.raises(TicketError, match="unknown"):
         ticket.transition("explode", T0)
 

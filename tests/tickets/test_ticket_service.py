@@ -35,7 +35,7 @@ class Clock:
 
 
 def asset(serial: str, plan: str | None, *, number: str = "C-1", room: str = "Wawel") -> Asset:
-    contracts = ()
+    contracts: tuple[Contract, ...] = ()
     if plan is not None:
         contracts = (
             Contract(plan=plan, number=number, start=date(2025, 1, 10), end=date(2027, 1, 9)),

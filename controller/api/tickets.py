@@ -1,0 +1,274 @@
+"""Ticket routes (``/api/v1/tickets``) and the background work that files and sends tickets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.api.errors import ApiError, read_model
+from controller.api.spec import ADMINS, READERS, endpoint
+from controller.domain.tickets import ACTIONS, Ticket, TicketError, TicketStatus
+from controller.events import (
+    AgentOffline,
+    AgentOnline,
+    DeviceUnreachable,
+    Event,
+    SnapshotIngested,
+)
+from controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, STORE
+from controller.services.entitlement import catalogue_paths, load_plans
+from controller.services.ticket_config import ticket_settings
+from controller.services.ticket_diagnostics import JobDiagnostics
+from controller.services.ticket_service import TicketNotFound, TicketService
+
+log = logging.getLogger(__name__)
+
+#: ``send`` (re)sends an open ticket; the rest are lifecycle steps.
+VERBS = (*ACTIONS, "send")
+
+
+@dataclass
+class TicketDesk:
+    """Holds the service once the app has started (the app's state is frozen by then)."""
+
+    service: TicketService | None = None
+
+    def get(self) -> TicketService:
+        if self.service is None:
+            raise ApiError(503, "tickets_unavailable", "the ticket service is starting")
+        return self.service
+
+
+TICKET_DESK = web.AppKey("ticket_desk", TicketDesk)
+
+
+class TicketView(BaseModel):
+    """A ticket as stored, plus what W5 still needs and its SLA deadlines."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    kind: str
+    status: str
+    fault: str
+    serial: str | None = None
+    contract_number: str | None = None
+    plan: str | None = None
+    missing: list[str] = Field(default_factory=list)
+    sla: dict[str, str | None] | None = None
+
+
+class TicketList(BaseModel):
+    tickets: list[TicketView]
+
+
+class TicketDetail(TicketView):
+    deliveries: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TicketFill(BaseModel):
+    """The data W5 requires, filled in by the admin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: str | None = Field(default=None, max_length=64)
+    contract_number: str | None = Field(default=None, max_length=128)
+
+
+def _service(request: web.Request) -> TicketService:
+    return request.app[TICKET_DESK].get()
+
+
+def _ticket(service: TicketService, key: str) -> Ticket:
+    try:
+        return service.get(key)
+    except TicketNotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+
+def _detail(service: TicketService, ticket: Ticket) -> dict[str, Any]:
+    return {**ticket.as_document(), "deliveries": service.deliveries(ticket.id)}
+
+
+@endpoint(
+    summary="List fault tickets",
+    roles=READERS,
+    response=TicketList,
+    query={"status": "only tickets in this status", "site": "only tickets of this site"},
+    errors=(400,),
+    tags=("tickets",),
+)
+async def list_tickets(request: web.Request) -> web.Response:
+    service = _service(request)
+    status = request.query.get("status")
+    if status is not None and status not in {s.value for s in TicketStatus}:
+        known = ", ".join(s.value for s in TicketStatus)
+        raise ApiError(400, "invalid", f"status: {status!r} is not one of {known}", "status")
+    site = request.query.get("site")
+    tickets = [t for t in service.tickets(status=status) if site is None or t.site == site]
+    return web.json_response({"tickets": [t.as_document() for t in tickets]})
+
+
+@endpoint(
+    summary="One ticket with its deliveries",
+    roles=READERS,
+    response=TicketDetail,
+    errors=(404,),
+    tags=("tickets",),
+)
+async def show_ticket(request: web.Request) -> web.Response:
+    service = _service(request)
+    return web.json_response(_detail(service, _ticket(service, request.match_info["ticket_id"])))
+
+
+@endpoint(
+    summary="Fill in a held ticket's serial or contract number (W5); complete, it is sent",
+    roles=ADMINS,
+    request=TicketFill,
+    response=TicketDetail,
+    errors=(404, 409, 422),
+    tags=("tickets",),
+)
+async def fill_ticket(request: web.Request) -> web.Response:
+    service = _service(request)
+    key = request.match_info["ticket_id"]
+    _ticket(service, key)
+    body = await read_model(request, TicketFill)
+    try:
+        ticket = await service.fill(key, serial=body.serial, contract_number=body.contract_number)
+    except TicketError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return web.json_response(_detail(service, ticket))
+
+
+@endpoint(
+    summary="Move a ticket along its lifecycle (ack, accept, shipped, received, returned, "
+    "close) or send an open one",
+    roles=ADMINS,
+    response=TicketDetail,
+    errors=(404, 409),
+    tags=("tickets",),
+)
+async def ticket_action(request: web.Request) -> web.Response:
+    service = _service(request)
+    key = request.match_info["ticket_id"]
+    verb = request.match_info["action"]
+    if verb not in VERBS:
+        raise ApiError(
+            404, "not_found", f"no ticket action {verb!r}; use one of {', '.join(VERBS)}"
+        )
+    _ticket(service, key)
+    try:
+        ticket = await (service.resend(key) if verb == "send" else service.act(key, verb))
+    except TicketError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return web.json_response(_detail(service, ticket))
+
+
+@endpoint(
+    summary="The ticket's diagnostics bundle (W4)",
+    roles=READERS,
+    response_media="application/octet-stream",
+    errors=(404,),
+    tags=("tickets",),
+)
+async def ticket_bundle(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    ticket = _ticket(service, request.match_info["ticket_id"])
+    if ticket.bundle is None:
+        reason = ticket.bundle_error or "not collected yet"
+        raise ApiError(404, "not_found", f"ticket {ticket.id} has no diagnostics bundle: {reason}")
+    path = service.bundle_dir / ticket.id / ticket.bundle.filename
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": ticket.bundle.content_type,
+            "Content-Disposition": f'attachment; filename="{ticket.bundle.filename}"',
+        },
+    )
+
+
+def register(app: web.Application) -> None:
+    """Add the ticket routes and the background work (``ticket_context``)."""
+    app[TICKET_DESK] = TicketDesk()
+    app.cleanup_ctx.append(ticket_context)
+    app.router.add_get("/api/v1/tickets", list_tickets)
+    app.router.add_get("/api/v1/tickets/{ticket_id}", show_ticket)
+    app.router.add_patch("/api/v1/tickets/{ticket_id}", fill_ticket)
+    app.router.add_get("/api/v1/tickets/{ticket_id}/bundle", ticket_bundle)
+    app.router.add_post("/api/v1/tickets/{ticket_id}/{action}", ticket_action)
+
+
+def build_service(app: web.Application) -> TicketService:
+    """The ticket service from the app's config, store, clock and jobs."""
+    config = app[CONFIG]
+    base = config.source.parent if config.source is not None else Path()
+    settings = ticket_settings(config.sections, base=base)
+    plans_path, _ = catalogue_paths(config.section("entitlement"))
+    return TicketService(
+        app[STORE],
+        settings,
+        plans=load_plans(plans_path),
+        bundle_dir=config.data_dir / "ticket-bundles",
+        diagnostics=JobDiagnostics(app[JOBS]),
+        clock=app[CLOCK],
+    )
+
+
+async def _feed(service: TicketService, event: Event) -> None:
+    if isinstance(event, SnapshotIngested):
+        await service.on_snapshot(event.snapshot, site=event.site_id)
+    elif isinstance(event, DeviceUnreachable) and event.serial is not None:
+        await service.on_device_unreachable(event.serial, site=event.site_id, at=event.at)
+    elif isinstance(event, AgentOffline) and event.site_id is not None:
+        await service.on_agent_offline(event.site_id, at=event.at)
+    elif isinstance(event, AgentOnline) and event.site_id is not None:
+        await service.on_agent_online(event.site_id, at=event.at)
+
+
+async def _tick_loop(service: TicketService) -> None:
+    while True:
+        try:
+            await service.tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ticket tick failed; trying again at the next interval")
+        await asyncio.sleep(service.settings.check_interval_s)  # waits-for: the next tick
+
+
+async def ticket_context(app: web.Application) -> AsyncIterator[None]:
+    """Background work for ``cleanup_ctx``: detection from events, delivery, escalation."""
+    service = build_service(app)
+    app[TICKET_DESK].service = service
+    tasks: list[asyncio.Task[None]] = []
+    subscription = None
+    if service.settings.enabled:
+        subscription = app[EVENT_BUS].subscribe(
+            lambda event: _feed(service, event),
+            kinds={SnapshotIngested, DeviceUnreachable, AgentOffline, AgentOnline},
+        )
+        await service.resume()
+        tasks = [
+            asyncio.create_task(service.worker.run(), name="ticket-delivery"),
+            asyncio.create_task(_tick_loop(service), name="ticket-tick"),
+        ]
+    try:
+        yield
+    finally:
+        if subscription is not None:
+            subscription.cancel()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await service.close()
+        app[TICKET_DESK].service = None

@@ -1,0 +1,331 @@
+"""Tickets in a running controller: HTTP report batches, the jobs protocol, SMTP and webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from controller.api.tickets import TICKET_DESK
+from controller.keys import EVENT_BUS, INVENTORY, JOBS
+from controller.services.ticket_service import TicketService
+from controller.testing import RunningController, running_controller
+from shared.schema import (
+    PROTOCOL_VERSION,
+    Firmware,
+    Health,
+    Model,
+    Problem,
+    ProblemCode,
+    Provider,
+    Report,
+    ReportBatch,
+    Snapshot,
+    Via,
+)
+from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
+
+# Monday 24 November 2025, 10:00 in Warsaw.
+T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+BUNDLE = b"\x1f\x8b\x08\x00" + b"status end\n" * 500
+
+REGISTRY = """\
+serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,host_serial
+X1,studio_x50,2025-01-05,hezo_plus,HZ-2025-0001,2025-01-10,2027-01-09,krk,Sala Wawel,
+E1,studio_e70,2025-01-05,hezo_plus,HZ-2025-0002,2025-01-10,2027-01-09,krk,Sala Wawel,X1
+X2,studio_x30,2025-01-05,poly_plus,PP-0002,2025-01-10,2026-01-09,krk,Sala Kopiec,
+X3,studio_x70,2025-01-05,,,,,krk,Sala Sukiennice,
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until true or fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)  # waits-for: background delivery and job hand-off
+
+
+def snapshot(
+    serial: str, at: datetime, *codes: ProblemCode, model: Model = Model.STUDIO_X50
+) -> Snapshot:
+    return Snapshot(
+        serial=serial,
+        model=model,
+        firmware=Firmware(version="4.1.0", build="180034"),
+        provider=Provider.TEAMS,
+        health=Health.from_problems([Problem(code=c, detail=f"{c.value} seen") for c in codes]),
+        host_serial="X1" if model is Model.STUDIO_E70 else None,
+        collected_at=at,
+        via=Via.REST,
+    )
+
+
+@dataclass
+class Lab:
+    controller: RunningController
+    clock: Clock
+    agent_token: str
+    http: aiohttp.ClientSession
+
+    @property
+    def service(self) -> TicketService:
+        return self.controller.app[TICKET_DESK].get()
+
+    async def post(self, *snapshots: Snapshot) -> None:
+        batch = ReportBatch(
+            protocol_version=PROTOCOL_VERSION,
+            reports=[
+                Report(id=f"r-{s.serial}-{s.collected_at.timestamp():.0f}", snapshot=s)
+                for s in snapshots
+            ],
+        )
+        async with self.http.post(
+            f"{self.controller.url}/api/v1/agent/reports",
+            data=batch.model_dump_json(),
+            headers={
+                "Authorization": f"Bearer {self.agent_token}",
+                "Content-Type": "application/json",
+            },
+        ) as response:
+            assert response.status == 200, await response.text()
+        await self.controller.app[EVENT_BUS].drain()
+
+    async def report_minutes(
+        self, serials: tuple[str, ...], minutes: range, *codes: ProblemCode
+    ) -> None:
+        for minute in minutes:
+            self.clock.now = T0 + minute * MINUTE
+            await self.post(*(snapshot(s, self.clock.now, *codes) for s in serials))
+
+    async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self.http.request(
+            method,
+            self.controller.url + path,
+            headers=self.controller.admin_headers,
+            **kwargs,
+        ) as response:
+            body = await response.json()
+            assert response.status < 400, body
+            return body
+
+    async def agent_does_jobs(self, content: bytes = BUNDLE) -> list[str]:
+        """Act as the site's agent: fetch jobs, upload the bundle, post the result."""
+        auth = {"Authorization": f"Bearer {self.agent_token}"}
+        url = self.controller.url
+        async with self.http.get(f"{url}/api/v1/agent/jobs", headers=auth) as response:
+            jobs = (await response.json())["jobs"]
+        for job in jobs:
+            async with self.http.put(
+                f"{url}/api/v1/agent/jobs/{job['id']}/artifact",
+                data=content,
+                headers={**auth, "Content-Type": "application/octet-stream"},
+            ) as response:
+                assert response.status == 200, await response.text()
+            result = {"status": "done", "artifact_sha256": hashlib.sha256(content).hexdigest()}
+            async with self.http.post(
+                f"{url}/api/v1/agent/jobs/{job['id']}/result", json=result, headers=auth
+            ) as response:
+                assert response.status == 200, await response.text()
+        return [job["serial"] for job in jobs]
+
+
+@pytest.fixture
+async def lab(tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer) -> AsyncIterator[Lab]:
+    clock = Clock()
+    sections = ticket_sections(
+        smtp_peer,
+        webhook_peer,
+        min_duration_s=300,
+        check_interval_s=3600,
+        diagnostics_timeout_s=60,
+        language="en",
+    )
+    async with (
+        running_controller(
+            tmp_path / "controller", clock=clock, sections=sections, liveness_check_s=3600
+        ) as controller,
+        aiohttp.ClientSession() as http,
+    ):
+        agent = await controller.enroll("krk")
+        lab = Lab(controller=controller, clock=clock, agent_token=agent.token, http=http)
+        async with http.post(
+            f"{controller.url}/api/v1/assets/import",
+            data=REGISTRY.encode(),
+            headers={**controller.admin_headers, "Content-Type": "text/csv"},
+        ) as response:
+            assert response.status == 200, await response.text()
+        yield lab
+
+
+async def test_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
+    lab: Lab, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """A camera fault held 5 minutes: one ticket, the agent's bundle attached, both channels."""
+    await lab.report_minutes(("X1", "X2"), range(0, 1))
+    await lab.report_minutes(("X1",), range(1, 8), ProblemCode.CAMERA_DOWN)
+    listed = await lab.admin("GET", "/api/v1/tickets")
+    assert [(t["serial"], t["fault"]) for t in listed["tickets"]] == [("X1", "camera_down")]
+    # W4: the controller asked the site's agent for diagnostics before sending.
+    await wait_until(lambda: _has_job(lab))
+    assert await lab.agent_does_jobs() == ["X1"]
+    await wait_until(lambda: len(smtp_peer.received) == 1 and len(webhook_peer.received) == 1)
+    mail = smtp_peer.received[0].message
+    assert mail["Subject"].startswith("[PF-") and "awaria kamery" in mail["Subject"]
+    (attachment,) = list(mail.iter_attachments())
+    assert attachment.get_content() == BUNDLE
+    body = mail.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    for needle in ("X1", "HZ-2025-0001", "hezo_plus", "studio_x50", "krk", "Sala Wawel"):
+        assert needle in text
+    hook = webhook_peer.received[0]
+    assert hook["bundle"]["sha256"] == hashlib.sha256(BUNDLE).hexdigest()
+    assert hook["ticket"]["contract_number"] == "HZ-2025-0001"
+    ticket = (await lab.admin("GET", "/api/v1/tickets"))["tickets"][0]
+    await wait_until(lambda: lab.service.get(ticket["id"]).status.value == "sent")
+    shown = await lab.admin("GET", f"/api/v1/tickets/{ticket['id']}")
+    assert shown["status"] == "sent"
+    assert shown["sla"]["reaction_due"] == "2025-11-24T11:07:00+01:00"
+    assert {d["state"] for d in shown["deliveries"]} == {"sent"}
+    async with lab.http.get(
+        f"{lab.controller.url}/api/v1/tickets/{ticket['id']}/bundle",
+        headers=lab.controller.admin_headers,
+    ) as response:
+        assert await response.read() == BUNDLE
+    # The fault goes on: still one ticket, nothing resent.
+    await lab.report_minutes(("X1",), range(8, 30), ProblemCode.CAMERA_DOWN)
+    await lab.service.worker.run_once(lab.clock.now)
+    assert len((await lab.admin("GET", "/api/v1/tickets"))["tickets"]) == 1
+    assert len(smtp_peer.received) == 1
+
+
+def _has_job(lab: Lab, serial: str = "X1") -> bool:
+    return bool(lab.controller.app[JOBS].find(serial=serial))
+
+
+async def test_short_blip_opens_no_ticket(lab: Lab) -> None:
+    """Two reports of a camera problem within a minute, then healthy: no ticket."""
+    await lab.report_minutes(("X1",), range(0, 2), ProblemCode.CAMERA_DOWN)
+    await lab.report_minutes(("X1",), range(2, 20))
+    assert (await lab.admin("GET", "/api/v1/tickets"))["tickets"] == []
+
+
+async def test_e70_fault_is_the_cameras_ticket_linked_to_host(lab: Lab) -> None:
+    """An E70 fault is filed with the E70's serial and contract and names its host."""
+    for minute in range(0, 8):
+        lab.clock.now = T0 + minute * MINUTE
+        await lab.post(
+            snapshot("X1", lab.clock.now),
+            snapshot("E1", lab.clock.now, ProblemCode.CAMERA_DOWN, model=Model.STUDIO_E70),
+        )
+    (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
+    assert ticket["serial"] == "E1" and ticket["host_serial"] == "X1"
+    assert ticket["contract_number"] == "HZ-2025-0002"
+    await wait_until(lambda: _has_job(lab))  # the host collects for its camera
+
+
+async def test_site_outage_files_one_site_ticket(lab: Lab, smtp_peer: SmtpPeer) -> None:
+    """The site's agent goes silent: one site ticket listing its devices, no device tickets."""
+    await lab.report_minutes(("X1", "X2", "X3"), range(0, 2))
+    lab.clock.now = T0 + 30 * MINUTE
+    await lab.controller.app[INVENTORY].check_liveness()
+    await lab.controller.app[EVENT_BUS].drain()
+    await lab.service.tick(T0 + 120 * MINUTE)
+    await lab.service.wait_prepared()
+    (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
+    assert ticket["kind"] == "site" and ticket["fault"] == "agent_offline"
+    assert ticket["affected_serials"] == ["X1", "X2", "X3"]
+    await wait_until(lambda: len(smtp_peer.received) == 1)
+    assert "krk" in smtp_peer.received[0].message["Subject"]
+
+
+async def test_W5_held_ticket_filled_and_acted_on_through_the_cli(
+    lab: Lab, smtp_peer: SmtpPeer
+) -> None:
+    """No contract: needs_data; the admin fills it and moves it along with the tickets CLI."""
+    await lab.report_minutes(("X3",), range(0, 8), ProblemCode.MICROPHONE_DOWN)
+    (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
+    assert ticket["status"] == "needs_data" and ticket["missing"] == ["contract_number"]
+    listed = await cli(lab, "list", "--status", "needs_data")
+    assert [t["id"] for t in listed["tickets"]] == [ticket["id"]]
+    filled = await cli(lab, "fill", ticket["id"], "--contract-number", "INV-77")
+    assert filled["status"] == "open" and filled["contract_number"] == "INV-77"
+    await wait_until(lambda: _has_job(lab, "X3"))
+    await lab.agent_does_jobs()
+    await wait_until(lambda: lab.service.get(ticket["id"]).status.value == "sent")
+    for action, status in (("ack", "acknowledged"), ("accept", "accepted"), ("received",
+        "replacement_received"), ("close", "closed")):  # fmt: skip
+        assert (await cli(lab, action, ticket["id"]))["status"] == status
+    shown = await cli(lab, "show", ticket["id"])
+    assert shown["sla"]["return_due"] is not None
+    refused = await cli(lab, "ack", ticket["id"], expect=1)
+    assert "is closed" in refused["error"]["message"]
+    assert len(smtp_peer.received) == 1
+
+
+async def cli(lab: Lab, *argv: str, expect: int = 0) -> Any:
+    """Run ``polyfleet controller tickets ...`` as a real process against the server."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "controller",
+        "tickets",
+        *argv,
+        "--url",
+        lab.controller.url,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token},
+    )
+    out, err = await process.communicate()
+    assert process.returncode == expect, err.decode()
+    assert lab.controller.admin_token not in err.decode()
+    return json.loads(out)
+
+
+async def test_W2_W7_missed_reaction_escalates_once(
+    lab: Lab, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """Sent and not acknowledged within the hour: one escalation to escalation@myhezo.pl."""
+    await lab.report_minutes(("X1",), range(0, 8), ProblemCode.CAMERA_DOWN)
+    await wait_until(lambda: _has_job(lab))
+    await lab.agent_does_jobs()
+    await wait_until(lambda: len(smtp_peer.received) == 1)
+    (ticket,) = lab.service.tickets()
+    await wait_until(lambda: lab.service.get(ticket.id).status.value == "sent")
+    due = lab.service.get(ticket.id).sla().reaction_due  # type: ignore[union-attr]
+    assert due is not None
+    for minutes in (0, 1, 30, 120):
+        lab.clock.now = due + minutes * MINUTE
+        await lab.service.tick(lab.clock.now)
+    await wait_until(lambda: len(smtp_peer.received) == 2)
+    await lab.service.worker.run_once(lab.clock.now + timedelta(hours=1))
+    escalations = [m for m in smtp_peer.received if m.recipients == ["escalation@myhezo.pl"]]
+    assert len(escalations) == 1 and len(smtp_peer.received) == 2
+    assert escalations[0].message["Subject"].startswith("Eskalacja")
+    shown = await lab.admin("GET", f"/api/v1/tickets/{ticket.id}")
+    assert shown["escalated_at"] is not None
