@@ -1,0 +1,255 @@
+"""The durable store: generic documents, restarts, torn journals, kill -9 during ingestion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from controller_testkit import batch, bearer, report, snapshot
+
+from controller.store.base import StoreLocked
+from controller.store.tinydb import TinyDBStore
+from controller.testing import running_controller
+from shared.schema import PROTOCOL_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def opened(directory: Path, **kwargs: float) -> AsyncIterator[TinyDBStore]:
+    store = TinyDBStore(directory, **kwargs)  # type: ignore[arg-type]
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_documents_survive_reopen(tmp_path: Path) -> None:
+    """put_many/delete are durable: a reopened store has exactly the same documents."""
+    async with opened(tmp_path) as store:
+        await store.put_many("tickets", {"t1": {"state": "open"}, "t2": {"state": "sent"}})
+        await store.delete("tickets", "t1")
+        await store.put_many("ticket_outbox", {"m1": {"to": "desk@example.invalid"}})
+        assert store.get("tickets", "t2") == {"state": "sent"}
+    async with opened(tmp_path) as store:
+        assert dict(store.scan("tickets")) == {"t2": {"state": "sent"}}
+        assert store.get("ticket_outbox", "m1") == {"to": "desk@example.invalid"}
+        assert store.count("tickets") == 1
+
+
+async def test_journal_alone_recovers_state_after_crash(tmp_path: Path) -> None:
+    """Without a clean close (no final snapshot), the journal replays every durable change."""
+    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    await store.open()
+    for i in range(50):
+        await store.put_many("things", {f"k{i}": {"n": i}})
+    await store.delete("things", "k0")
+    # Simulate a crash: drop the store without close(); the lock goes with the descriptor.
+    assert store._writer_task is not None and store._snapshot_task is not None
+    store._writer_task.cancel()
+    store._snapshot_task.cancel()
+    store._release_lock()
+    async with opened(tmp_path) as reopened:
+        assert reopened.count("things") == 49
+        assert reopened.get("things", "k49") == {"n": 49}
+        assert reopened.get("things", "k0") is None
+
+
+async def test_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
+    """A half-written last journal line (crash mid-write) is dropped; earlier changes stay."""
+    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    await store.open()
+    await store.put_many("things", {"a": {"n": 1}})
+    assert store._writer_task is not None and store._snapshot_task is not None
+    store._writer_task.cancel()
+    store._snapshot_task.cancel()
+    store._release_lock()
+    journal = max((tmp_path / "journal").glob("*.log"))
+    with open(journal, "ab") as handle:
+        handle.write(b'1234abcd {"p": {"things": {"b"')
+    async with opened(tmp_path) as reopened:
+        assert dict(reopened.scan("things")) == {"a": {"n": 1}}
+        await reopened.put_many("things", {"c": {"n": 3}})
+    async with opened(tmp_path) as again:
+        assert set(again.scan("things")) == {"a", "c"}
+
+
+async def test_snapshot_replaces_journal_atomically(tmp_path: Path) -> None:
+    """A checkpoint leaves one complete snapshot, no temporary files and no old journal."""
+    async with opened(tmp_path, snapshot_interval_s=3600) as store:
+        await store.put_many("devices", {f"S{i}": {"i": i} for i in range(9000)})
+        await store.checkpoint()
+        snapshots = list((tmp_path / "snapshots").iterdir())
+        assert len(snapshots) == 1 and not snapshots[0].name.endswith(".tmp")
+        # 9000 documents are split over several TinyDB files.
+        assert len(list(snapshots[0].glob("devices.*.json"))) == 3
+        assert all(path.stat().st_size == 0 for path in (tmp_path / "journal").glob("*.log"))
+    async with opened(tmp_path) as store:
+        assert store.count("devices") == 9000
+
+
+async def test_second_opener_is_locked_out(tmp_path: Path) -> None:
+    """Two processes never write one store: the second open fails with StoreLocked."""
+    async with opened(tmp_path):
+        with pytest.raises(StoreLocked):
+            await TinyDBStore(tmp_path).open()
+
+
+async def test_unserialisable_document_changes_nothing(tmp_path: Path) -> None:
+    """A document that is not JSON is refused before anything is applied."""
+    async with opened(tmp_path) as store:
+        with pytest.raises(TypeError):
+            await store.put_many("things", {"ok": {"n": 1}, "bad": {"when": object()}})
+        assert store.count("things") == 0
+
+
+async def test_restart_keeps_devices_tokens_and_report_ids(tmp_path: Path) -> None:
+    """After a restart the inventory, credentials and idempotency of report ids are intact."""
+    body = batch(
+        report(snapshot("X50-1"), "rep-restart-1"), report(snapshot("X50-2"), "rep-restart-2")
+    )
+    async with running_controller(tmp_path) as controller, aiohttp.ClientSession() as http:
+        agent = await controller.enroll("krk")
+        async with http.post(
+            f"{controller.url}/api/v1/agent/reports", json=body, headers=bearer(agent.token)
+        ) as response:
+            assert await response.json() == {"accepted": 2, "duplicates": 0}
+        admin = controller.admin_token
+    async with running_controller(tmp_path) as controller, aiohttp.ClientSession() as http:
+        async with http.get(f"{controller.url}/api/v1/devices", headers=bearer(admin)) as response:
+            assert response.status == 200
+            assert [d["serial"] for d in (await response.json())["devices"]] == ["X50-1", "X50-2"]
+        async with http.post(
+            f"{controller.url}/api/v1/agent/reports", json=body, headers=bearer(agent.token)
+        ) as response:
+            assert await response.json() == {"accepted": 0, "duplicates": 2}
+
+
+async def _start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "controller",
+        "serve",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert b"listening on" in line, line
+    return process, line.decode().strip().rsplit(" ", 1)[-1]
+
+
+async def _cli(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "controller",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, out
+    return out.decode()
+
+
+async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Path) -> None:
+    """kill -9 of a serving controller mid-ingestion: after restart every acked report is there."""
+    data_dir = tmp_path / "data"
+    config = tmp_path / "controller.toml"
+    # Frequent snapshots so the kill also lands during snapshot writes.
+    config.write_text("[store]\nsnapshot_interval_s = 0.05\n", encoding="utf-8")
+    await _cli(
+        "site",
+        "add",
+        "krk",
+        "--name",
+        "Kraków",
+        "--timezone",
+        "Europe/Warsaw",
+        "--data-dir",
+        str(data_dir),
+    )
+    admin = (await _cli("token", "create", "--role", "admin", "--data-dir", str(data_dir))).strip()
+    code = (await _cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
+    process, url = await _start_server(data_dir, config)
+    acked: dict[str, str] = {}
+    stop = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{url}/api/v1/agent/enroll",
+                json={"protocol_version": PROTOCOL_VERSION, "code": code},
+            ) as response:
+                token = (await response.json())["token"]
+
+            async def poster(worker: int) -> None:
+                number = 0
+                while not stop.is_set():
+                    number += 1
+                    reports = [
+                        report(
+                            snapshot(f"K{worker}-{number}-{i}"), f"kill-{worker}-{number}-{i:03d}"
+                        )
+                        for i in range(40)
+                    ]
+                    try:
+                        async with http.post(
+                            f"{url}/api/v1/agent/reports",
+                            json=batch(*reports),
+                            headers=bearer(token),
+                        ) as response:
+                            if response.status == 200:
+                                await response.read()
+                                for item in reports:
+                                    acked[item["id"]] = item["snapshot"]["serial"]
+                    except aiohttp.ClientError:
+                        return
+
+            posters = [asyncio.create_task(poster(worker)) for worker in range(4)]
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(acked) < 2000:
+                assert asyncio.get_running_loop().time() < deadline, "ingestion too slow"
+                await asyncio.sleep(0.01)  # waits-for: enough acknowledged reports
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            stop.set()
+            await asyncio.gather(*posters)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+    survived = dict(acked)
+    assert len(survived) >= 2000
+    process, url = await _start_server(data_dir, config)
+    try:
+        async with aiohttp.ClientSession(headers=bearer(admin)) as http:
+            async with http.get(f"{url}/api/v1/devices") as response:
+                serials = {d["serial"] for d in (await response.json())["devices"]}
+            missing = [rid for rid, serial in survived.items() if serial not in serials]
+            assert missing == []
+            for report_id, serial in survived.items():
+                async with http.get(f"{url}/api/v1/devices/{serial}/reports") as response:
+                    ids = [r["id"] for r in (await response.json())["reports"]]
+                assert report_id in ids
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    assert not os.path.exists(data_dir / "controller.json")
