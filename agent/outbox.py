@@ -116,6 +116,8 @@ class Outbox:
         self._io_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyfleet-outbox")
         self.dropped_total = 0
+        #: Drops not yet told to the controller (one merged notice carries them).
+        self.unreported_drops = 0
         self._changed = asyncio.Event()
 
     # --- opening ------------------------------------------------------------------------
@@ -261,9 +263,9 @@ class Outbox:
                 pending.make_data(self._next_seq),
             ).size
             if self._bytes + incoming + size > self.max_bytes:
-                dropped_now += await self._drop_repeats(
-                    self._bytes + incoming + size - self.max_bytes
-                )
+                # Free a margin too, so a full spool is not rewritten on every put.
+                needed = self._bytes + incoming + size - self.max_bytes + self.max_bytes // 8
+                dropped_now += await self._drop_repeats(needed)
             if self._bytes + incoming + size > self.max_bytes:
                 if pending.repeat:
                     dropped_now += 1
@@ -288,18 +290,17 @@ class Outbox:
             incoming += entry.size
         if dropped_now:
             self.dropped_total += dropped_now
+            self.unreported_drops += dropped_now
             log.warning("outbox full: dropped %d repeated unchanged reports", dropped_now)
-            notice = AgentNotice(
-                kind="outbox_dropped",
-                detail="outbox full during a controller outage: dropped repeated reports "
-                "of unchanged device state (no state change was dropped)",
-                count=dropped_now,
-                at=self.clock(),
+        if self.unreported_drops:
+            seq = self._next_seq
+            entry = _make_entry(
+                seq, "notice", "", "", False, self._drop_notice_data(seq, peek=True)
             )
-            seq = self._take_seq()
-            accepted.append(
-                (_make_entry(seq, "notice", "", "", False, notice.model_dump(mode="json")), None)
-            )
+            if self._bytes + incoming + entry.size <= self.max_bytes:
+                self._take_seq()
+                entry = _make_entry(seq, "notice", "", "", False, self._drop_notice_data(seq))
+                accepted.append((entry, None))
         if not accepted:
             return
         lines = [_encode(entry) for entry, _ in accepted]
@@ -310,6 +311,18 @@ class Outbox:
             if waiting is not None and not waiting.future.done():
                 waiting.future.set_result(entry)
         self._changed.set()
+
+    def _drop_notice_data(self, _seq: int, *, peek: bool = False) -> dict[str, Any]:
+        count = self.unreported_drops
+        if not peek:
+            self.unreported_drops = 0
+        return AgentNotice(
+            kind="outbox_dropped",
+            detail="outbox full during a controller outage: dropped repeated reports "
+            "of unchanged device state (no state change was dropped)",
+            count=count,
+            at=self.clock(),
+        ).model_dump(mode="json")
 
     def _append_blocking(self, lines: list[bytes], first: int, last: int) -> None:
         segment = self._segments[-1] if self._segments else None
@@ -330,20 +343,28 @@ class Outbox:
     async def _drop_repeats(self, needed: int) -> int:
         """Drop the oldest repeats until ``needed`` bytes are free; rewrite the spool once."""
         freed = 0
+        dropped = 0
         drop: set[int] = set()
+        for entry in self._entries:
+            if entry.kind == "notice" and entry.data.get("kind") == "outbox_dropped":
+                # Earlier drop notices still queued merge into the next one.
+                drop.add(entry.seq)
+                freed += entry.size
+                self.unreported_drops += int(entry.data.get("count", 0))
         for entry in self._entries:
             if freed >= needed:
                 break
             if entry.kind == "report" and entry.repeat:
                 drop.add(entry.seq)
                 freed += entry.size
+                dropped += 1
         if not drop:
             return 0
         keep = [e for e in self._entries if e.seq not in drop]
         await self._run(self._rewrite_blocking, keep)
         self._entries = keep
         self._bytes = sum(e.size for e in keep)
-        return len(drop)
+        return dropped
 
     def _rewrite_blocking(self, keep: list[Entry]) -> None:
         self._close_handle()
@@ -394,6 +415,9 @@ class Outbox:
             self._acked = up_to_seq
             self._entries = [e for e in self._entries if e.seq > up_to_seq]
             self._bytes = sum(e.size for e in self._entries)
+        if self.unreported_drops:
+            # Room again: say what was dropped while there was none.
+            await self._enqueue("notice", "", "", False, self._drop_notice_data)
 
     def _ack_blocking(self, up_to_seq: int) -> None:
         _atomic_write(self.directory / _ACKED_FILE, str(up_to_seq).encode())

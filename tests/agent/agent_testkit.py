@@ -39,3 +39,85 @@ def agent_config(tmp_path: Path, devices: list[DeviceConfig], **overrides: Any) 
 
 def make_poller(config: AgentConfig, http: aiohttp.ClientSession, **kwargs: Any) -> Poller:
     return Poller(config, session=http, outbox=None, pins=PinStore(config.data_dir), **kwargs)
+
+
+class RecordingController:
+    """A real HTTP server speaking the agent protocol's report side, switchable down (503).
+
+    It stores each report id once, like the controller, and counts every time an
+    id arrives so tests can tell "delivered once" from "sent twice".
+    """
+
+    def __init__(self) -> None:
+        self.up = False
+        self.received: dict[str, int] = {}
+        self.snapshots: list[dict[str, Any]] = []
+        self.notices: list[dict[str, Any]] = []
+        self.batches = 0
+        self.url = ""
+        self._runner: Any = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def reports(request: web.Request) -> web.Response:
+            if not self.up:
+                return web.json_response(
+                    {"error": {"code": "unavailable", "message": "down", "field": None}}, status=503
+                )
+            body = await request.json()
+            accepted = duplicates = 0
+            for report in body["reports"]:
+                count = self.received.get(report["id"], 0)
+                self.received[report["id"]] = count + 1
+                if count:
+                    duplicates += 1
+                else:
+                    accepted += 1
+                    self.snapshots.append(report["snapshot"])
+            self.notices.extend(body.get("notices", []))
+            self.batches += 1
+            return web.json_response({"accepted": accepted, "duplicates": duplicates})
+
+        async def jobs(request: web.Request) -> web.Response:
+            if not self.up:
+                return web.json_response({"error": {"code": "x", "message": "down"}}, status=503)
+            return web.json_response({"jobs": []})
+
+        app = web.Application()
+        app.router.add_post("/api/v1/agent/reports", reports)
+        app.router.add_get("/api/v1/agent/jobs", jobs)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def write_credential(path: Path, url: str) -> None:
+    from agent.uplink import Credential
+
+    Credential(
+        controller_url=url,
+        agent_id="agent-1",
+        site_id="test-site",
+        token="t" * 32,
+        poll_interval_s=60,
+    ).save(path)
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """Wait until ``predicate()`` is true, checking often; fail after ``timeout`` seconds."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)  # waits-for: polling a condition with a deadline
