@@ -132,6 +132,8 @@ class FaultDetector:
         self._sites: dict[str, _SiteState] = {}
         self._device_site: dict[str, str | None] = {}
         self._last_report: dict[str, datetime] = {}
+        #: host serial -> serials of cameras (E70) that report under their own entry.
+        self._children: dict[str, set[str]] = {}
 
     # -- inputs -------------------------------------------------------------------
 
@@ -144,11 +146,20 @@ class FaultDetector:
             return []
         self._last_report[serial] = at
         self._remember(serial, site)
+        if snapshot.host_serial is not None:
+            self._children.setdefault(snapshot.host_serial, set()).add(serial)
+        children = self._children.get(serial, set())
         evidence = snapshot.model_dump(mode="json")
         present: dict[str, str] = {}
         for problem in snapshot.health.problems:
-            if problem.code.value in self.policy.ticket_codes:
-                present.setdefault(problem.code.value, problem.detail)
+            if problem.code.value not in self.policy.ticket_codes:
+                continue
+            if problem.code is ProblemCode.PERIPHERAL_DISCONNECTED and any(
+                child in problem.detail for child in children
+            ):
+                # The camera's own entry carries this fault: it is the E70's ticket, not the host's.
+                continue
+            present.setdefault(problem.code.value, problem.detail)
         events: list[FaultEvent] = []
         for code, detail in present.items():
             track = self._track(serial, code, site)

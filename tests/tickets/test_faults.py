@@ -255,3 +255,31 @@ def test_late_replayed_report_is_ignored() -> None:
     detector = FaultDetector(FaultPolicy(min_duration=MINUTE))
     feed(detector, "X1", range(10, 11))
     assert feed(detector, "X1", range(0, 5), ProblemCode.CAMERA_DOWN) == []
+
+
+def test_host_peripheral_problem_about_its_e70_is_left_to_the_e70() -> None:
+    """A host reporting its E70 disconnected opens no host fault; the E70's own entry does."""
+    detector = FaultDetector(FaultPolicy(min_duration=2 * MINUTE))
+    events: list[FaultEvent] = []
+    for minute in range(0, 5):
+        moment = T0 + minute * MINUTE
+        camera = snap(
+            "E70-1", moment, ProblemCode.PERIPHERAL_DISCONNECTED, model=Model.STUDIO_E70, host="X1"
+        )
+        host = Snapshot.model_validate(
+            {
+                **snap("X1", moment).model_dump(),
+                "health": Health.from_problems(
+                    [
+                        Problem(
+                            code=ProblemCode.PERIPHERAL_DISCONNECTED,
+                            detail="Poly Studio E70 E70-1 DISCONNECTED",
+                        )
+                    ]
+                ),
+            }
+        )
+        events += detector.observe(camera, site="krk", at=moment)
+        events += detector.observe(host, site="krk", at=moment)
+    assert kinds(events) == [("opened", "E70-1", "peripheral_disconnected")]
+    assert events[0].host_serial == "X1"
