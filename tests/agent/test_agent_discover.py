@@ -1,0 +1,113 @@
+"""`polyfleet agent discover`: only the given ranges, progress on a terminal, JSON otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.discovery import discover, expand_ranges
+from shared.errors import ConfigError
+from simulator.testing import make_device
+
+
+def test_ranges_are_bounded() -> None:
+    """Only given addresses are scanned; oversized ranges are refused with the fix."""
+    assert expand_ranges(["127.0.0.8/30"]) == ["127.0.0.9", "127.0.0.10"]
+    assert expand_ranges(["127.0.0.5"]) == ["127.0.0.5"]
+    with pytest.raises(ConfigError, match="split it"):
+        expand_ranges(["10.0.0.0/8"])
+    with pytest.raises(ConfigError, match="not an address range"):
+        expand_ranges(["nonsense"])
+
+
+async def test_discover_finds_lab_devices(lab_factory: Any) -> None:
+    """Lab devices in the range are found as Poly with their certificate and SSH banner."""
+    lab = await lab_factory([make_device("DISC1"), make_device("DISC2", firmware="3.12.0")])
+    d1, d2 = lab.devices["DISC1"], lab.devices["DISC2"]
+    found = await discover(
+        [f"{d1.address}/32", f"{d2.address}/32"],
+        rest_ports=(d1.rest_port, d2.rest_port),
+        ssh_ports=(d1.ssh_port, d2.ssh_port),
+        timeout=2.0,
+    )
+    by_address = {f.address: f for f in found}
+    assert (
+        by_address[d1.address].poly and by_address[d1.address].tls_fingerprint == d1.tls_fingerprint
+    )
+    assert by_address[d1.address].os == "PolyOS"
+    assert by_address[d2.address].os == "Poly VideoOS"
+    assert by_address[d2.address].ssh_banner.startswith("SSH-2.0")
+
+
+async def test_discover_shows_progress_on_a_terminal(lab_factory: Any) -> None:
+    """On a terminal (pty) discover writes progress to stderr; stdout stays JSON."""
+    lab = await lab_factory([make_device("DISC3")])
+    d = lab.devices["DISC3"]
+    network = d.address.rsplit(".", 1)[0] + ".0/28"
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "agent",
+        "discover",
+        network,
+        "--rest-port",
+        str(d.rest_port),
+        "--ssh-port",
+        str(d.ssh_port),
+        "--json",
+        "--timeout",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    out, _ = await proc.communicate()
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"scanned 14/14 addresses" in terminal
+    found = json.loads(out)
+    assert d.address in {f["address"] for f in found if f["poly"]}
+    assert all(f["address"].startswith(d.address.rsplit(".", 1)[0] + ".") for f in found)
+
+
+async def test_discover_without_terminal_prints_no_progress(
+    tmp_path: Path, lab_factory: Any
+) -> None:
+    """Without a terminal there is no progress noise on stderr."""
+    lab = await lab_factory([make_device("DISC4")])
+    d = lab.devices["DISC4"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "agent",
+        "discover",
+        f"{d.address}/32",
+        "--rest-port",
+        str(d.rest_port),
+        "--ssh-port",
+        str(d.ssh_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert b"scanned" not in err
+    assert b"1 Poly devices" in out
