@@ -1,0 +1,109 @@
+"""Ticket settings from [tickets], [smtp], [webhook]: defaults, secrets, clear errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.services.ticket_config import Secret, TicketConfigError, ticket_settings
+
+
+def test_W7_defaults_desk_and_escalation_contacts() -> None:
+    """With no sections: pomoc@ and escalation@myhezo.pl, English, no delivery channel."""
+    settings = ticket_settings({})
+    assert settings.desk_email == "pomoc@myhezo.pl"
+    assert settings.escalation_email == "escalation@myhezo.pl"
+    assert settings.language == "en"
+    assert settings.smtp is None and settings.webhook is None
+
+
+def test_W7_escalation_contact_is_configurable() -> None:
+    """The escalation contact and the debounce times come from [tickets]."""
+    settings = ticket_settings(
+        {
+            "tickets": {
+                "escalation_email": "it-lead@firma.pl",
+                "language": "pl",
+                "min_duration_s": 120,
+                "unreachable_min_duration_s": 900,
+            }
+        }
+    )
+    assert settings.escalation_email == "it-lead@firma.pl"
+    assert settings.language == "pl"
+    assert settings.policy.min_duration == timedelta(minutes=2)
+    assert settings.policy.unreachable_min_duration == timedelta(minutes=15)
+
+
+def test_secrets_from_file_and_env_never_show(tmp_path: Path) -> None:
+    """Passwords come from a file or an environment variable and print as ***."""
+    secret_file = tmp_path / "smtp.pass"
+    secret_file.write_text("file-pass-123\n")
+    settings = ticket_settings(
+        {
+            "smtp": {
+                "host": "127.0.0.1",
+                "from": "fleet@firma.pl",
+                "username": "fleet",
+                "password_file": "smtp.pass",
+            },
+            "webhook": {"url": "http://127.0.0.1:9/hook", "secret_env": "HOOK_SECRET"},
+        },
+        base=tmp_path,
+        env={"HOOK_SECRET": "env-secret-456"},
+    )
+    assert settings.smtp is not None and settings.webhook is not None
+    assert settings.smtp.password == Secret("file-pass-123")
+    assert settings.webhook.secret.reveal() == "env-secret-456"
+    shown = repr(settings) + str(settings.smtp) + str(settings.webhook)
+    assert "file-pass-123" not in shown and "env-secret-456" not in shown
+
+
+@pytest.mark.parametrize(
+    ("sections", "needle"),
+    [
+        ({"tickets": {"language": "de"}}, "tickets.language"),
+        ({"tickets": {"min_reports": 0}}, "tickets.min_reports"),
+        ({"tickets": {"min_duration_s": "5m"}}, "tickets.min_duration_s"),
+        ({"tickets": {"codes": ["camera_on_fire"]}}, "ticket_codes"),
+        ({"tickets": {"escalation": "x@y"}}, "unknown key(s) escalation"),
+        ({"smtp": {"from": "a@b"}}, "smtp.host"),
+        ({"smtp": {"host": "127.0.0.1"}}, "smtp.from"),
+        ({"smtp": {"host": "127.0.0.1", "from": "a@b", "username": "u"}}, "smtp.username"),
+        (
+            {
+                "smtp": {
+                    "host": "h",
+                    "from": "a@b",
+                    "username": "u",
+                    "password": "p",
+                    "starttls": False,
+                }
+            },
+            "smtp.starttls",
+        ),
+        ({"smtp": {"host": "h", "from": "a@b", "password_env": "NOPE_UNSET"}}, "NOPE_UNSET"),
+        ({"webhook": {"url": "ftp://x", "secret": "s"}}, "webhook.url"),
+        ({"webhook": {"url": "http://127.0.0.1/h"}}, "webhook.secret"),
+        ({"webhook": {"url": "http://127.0.0.1/h", "secret": "a", "secret_env": "B"}}, "only one"),
+    ],
+)
+def test_bad_settings_name_the_key(sections: dict[str, Any], needle: str) -> None:
+    """Every bad setting is refused with a message naming the key."""
+    with pytest.raises(TicketConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        ticket_settings(sections, env={})
+
+
+def test_password_value_is_not_in_error_messages() -> None:
+    """An error about the SMTP table does not echo the password given in it."""
+    with pytest.raises(TicketConfigError) as caught:
+        ticket_settings(
+            {"smtp": {"host": "h", "from": "a@b", "username": "u", "password": "hunter2-Secret",
+                      "bogus": 1}},
+            env={},
+        )  # fmt: skip
+    assert "hunter2-Secret" not in str(caught.value)
+    assert "bogus" in str(caught.value)
