@@ -205,7 +205,7 @@ class Catalogues:
         self.releases_path = releases_path or DEFAULT_RELEASES_PATH
         self._plans: PlanCatalogue | None = None
         self._releases: ReleaseCatalogue | None = None
-        self._releases_mtime: int | None = None
+        self._releases_stamp: tuple[int, int] | None = None
 
     async def load(self) -> None:
         """Read both files (off the event loop); CatalogueError names a bad file and key."""
@@ -220,8 +220,10 @@ class Catalogues:
 
     async def releases(self) -> ReleaseCatalogue:
         """The release catalogue, re-read when `releases add` changed the file."""
-        mtime = await asyncio.to_thread(lambda: self.releases_path.stat().st_mtime_ns)
-        if self._releases is None or mtime != self._releases_mtime:
+        stat = await asyncio.to_thread(self.releases_path.stat)
+        # An atomic rewrite gives a new inode, so this notices even a change within one mtime tick.
+        stamp = (stat.st_ino, stat.st_mtime_ns)
+        if self._releases is None or stamp != self._releases_stamp:
             try:
                 self._releases = await asyncio.to_thread(load_releases, self.releases_path)
             except CatalogueError:
@@ -229,5 +231,5 @@ class Catalogues:
                     raise
                 # A half-edited file by hand: keep serving the last good catalogue.
                 log.exception("keeping the previous release catalogue")
-            self._releases_mtime = mtime
+            self._releases_stamp = stamp
         return self._releases

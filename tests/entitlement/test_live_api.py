@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from controller.keys import ACCESS
 from controller.services.access import Role
+from controller.services.entitlement import DEFAULT_RELEASES_PATH, add_release
 from controller.testing import RunningController, running_controller
 from shared.schema import (
     PROTOCOL_VERSION,
@@ -229,3 +232,21 @@ async def test_openapi_lists_the_entitlement_routes(controller: RunningControlle
         "/api/v1/entitlement/forecast",
     ):
         assert path in document["paths"]
+
+
+async def test_E7_running_controller_sees_a_release_added_by_the_cli(tmp_path: Path) -> None:
+    """A release added to the configured catalogue file is used by the next verdict."""
+    catalogue = tmp_path / "releases.toml"
+    shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
+    sections = {"entitlement": {"releases": str(catalogue)}}
+    async with running_controller(tmp_path / "data", clock=lambda: NOW, sections=sections) as ctl:
+        assert (await _import(ctl, REGISTRY))[0] == 200
+        await _report(ctl, "krakow", _snapshot("X30PP", Model.STUDIO_X30, "4.2.2", "408037"))
+        _, before = await _get(ctl, "/api/v1/devices/X30PP/entitlement")
+        assert before["firmware"]["next"] is None
+        await asyncio.to_thread(
+            add_release, "4.4.0.415000", date(2025, 3, 1), "4.2.2-408037", path=catalogue
+        )
+        _, after = await _get(ctl, "/api/v1/devices/X30PP/entitlement")
+        assert (after["firmware"]["next"], after["firmware"]["kind"]) == ("4.4.0.415000", "upgrade")
+        assert after["firmware"]["entitled"] is True

@@ -354,3 +354,12 @@ def test_firmware_csv_is_checked_whole() -> None:
     with pytest.raises(RegistryImportError) as caught:
         parse_installed_firmware("serial,version\nA,four\nA,4.1.0\n")
     assert [(p.line, p.column) for p in caught.value.problems] == [(2, "version"), (3, "serial")]
+
+
+def test_W5_contract_without_its_number_is_refused(plans: PlanCatalogue) -> None:
+    """A ticket needs the contract number, so a contract row without one rejects the file."""
+    text = csv_of(row(plan="poly_plus", contract_start="2025-01-10", contract_end="2026-01-09"))
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(text, plans)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (2, "contract_number")
