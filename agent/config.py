@@ -94,6 +94,8 @@ class DeviceConfig:
     serial: str = ""
     tls_fingerprint: str | None = None
     ssh_fingerprint: str | None = None
+    #: Log in to SSH with this private key instead of the password (where the unit allows it).
+    ssh_key_file: Path | None = None
 
     @property
     def key(self) -> str:
@@ -218,6 +220,10 @@ def _secret(t: _Table, defaults: _Table | None, base: Path, origin: str) -> Secr
     return Secret(file=path, env=env, origin=origin)
 
 
+def _optional_path(text: str | None, base: Path) -> Path | None:
+    return None if text is None else _path(text, base)
+
+
 def _path(text: str, base: Path) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else base / path
@@ -279,6 +285,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
             serial=t.text("serial", "") or "",
             tls_fingerprint=t.fingerprint("tls_fingerprint"),
             ssh_fingerprint=t.fingerprint("ssh_fingerprint"),
+            ssh_key_file=_optional_path(t.text("ssh_key_file"), base),
         )
         t.reject_unknown()
         from agent.drivers import DRIVERS  # late: drivers import transports, config is leaf

@@ -310,6 +310,7 @@ class VideoOSDriver(DeviceDriver):
             user=self.device.user,
             password=self._password,
             pin=self.context.pins.ssh,
+            key_file=self.device.ssh_key_file,
             timeout=self.context.request_timeout_s,
         )
 
