@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from shared.schema import PROTOCOL_VERSION
 
+REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)
 
 
@@ -67,3 +71,42 @@ def batch(*reports: dict[str, Any], version: int = PROTOCOL_VERSION) -> dict[str
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """Start `polyfleet controller serve` on port 0; returns the process and its URL."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "controller",
+        "serve",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert b"listening on" in line, line
+    return process, line.decode().strip().rsplit(" ", 1)[-1]
+
+
+async def cli(*args: str) -> str:
+    """Run `polyfleet controller ARGS...`; its standard output (exit status must be 0)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "controller",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, out
+    return out.decode()

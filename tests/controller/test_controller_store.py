@@ -6,20 +6,17 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, report, snapshot
+from controller_testkit import batch, bearer, cli, report, snapshot, start_server
 
 from controller.store.base import StoreLocked
 from controller.store.tinydb import TinyDBStore
 from controller.testing import running_controller
 from shared.schema import PROTOCOL_VERSION
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
@@ -133,50 +130,13 @@ async def test_restart_keeps_devices_tokens_and_report_ids(tmp_path: Path) -> No
             assert await response.json() == {"accepted": 0, "duplicates": 2}
 
 
-async def _start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess.Process, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "polyfleet",
-        "controller",
-        "serve",
-        "--config",
-        str(config),
-        "--data-dir",
-        str(data_dir),
-        "--listen",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert b"listening on" in line, line
-    return process, line.decode().strip().rsplit(" ", 1)[-1]
-
-
-async def _cli(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "polyfleet",
-        "controller",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, out
-    return out.decode()
-
-
 async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Path) -> None:
     """kill -9 of a serving controller mid-ingestion: after restart every acked report is there."""
     data_dir = tmp_path / "data"
     config = tmp_path / "controller.toml"
     # Frequent snapshots so the kill also lands during snapshot writes.
     config.write_text("[store]\nsnapshot_interval_s = 0.05\n", encoding="utf-8")
-    await _cli(
+    await cli(
         "site",
         "add",
         "krk",
@@ -187,9 +147,9 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
         "--data-dir",
         str(data_dir),
     )
-    admin = (await _cli("token", "create", "--role", "admin", "--data-dir", str(data_dir))).strip()
-    code = (await _cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
-    process, url = await _start_server(data_dir, config)
+    admin = (await cli("token", "create", "--role", "admin", "--data-dir", str(data_dir))).strip()
+    code = (await cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
+    process, url = await start_server(data_dir, config)
     acked: dict[str, str] = {}
     stop = asyncio.Event()
     try:
@@ -238,7 +198,7 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
         await process.wait()
     survived = dict(acked)
     assert len(survived) >= 2000
-    process, url = await _start_server(data_dir, config)
+    process, url = await start_server(data_dir, config)
     try:
         async with aiohttp.ClientSession(headers=bearer(admin)) as http:
             async with http.get(f"{url}/api/v1/devices") as response:
