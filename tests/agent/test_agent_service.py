@@ -26,7 +26,7 @@ from simulator.testing import make_device
 async def test_controller_outage_every_report_delivered_once(
     lab_factory: Any, password_file: Path, tmp_path: Path
 ) -> None:
-    """Reports taken while the controller is down all arrive once it is back, each once, in order."""
+    """Reports taken while the controller is down all arrive once it is back, once, in order."""
     lab = await lab_factory([make_device(f"OUT{i}") for i in range(3)])
     controller = RecordingController()
     await controller.start()
