@@ -283,21 +283,18 @@ def _assets_import(args: argparse.Namespace) -> int:
             file=str(args.file),
         )
     try:
-        socket = _server_socket(config.data_dir)
-        if socket is None:
-            try:
-                document = {
-                    "dry_run": bool(args.dry_run),
-                    **asyncio.run(
-                        _import_into_store(config.data_dir, assets, args.dry_run)
-                    ).to_json(),
-                }
-            except StoreLocked:
-                # A server is starting up and holds the store: go through it once it listens.
-                socket = _server_socket(config.data_dir)
-                if socket is None:
-                    raise
-        if socket is not None:
+        try:
+            # The store's lock is the truth: if we get it, no server runs on this data directory.
+            plan = asyncio.run(_import_into_store(config.data_dir, assets, args.dry_run))
+            document = {"dry_run": bool(args.dry_run), **plan.to_json()}
+        except StoreLocked:
+            socket = _server_socket(config.data_dir)
+            if socket is None:
+                return _fail(
+                    args,
+                    f"registry not changed: a controller holds {config.data_dir} but has not "
+                    "opened its control socket yet; try again once it is up",
+                )
             document = asyncio.run(_import_via_server(socket, text, args.dry_run))
     except _ServerAnswer as exc:
         problems = [ImportProblem(**p) for p in exc.body.get("problems", [])]
