@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,9 +152,16 @@ class Lab:
         return [job["serial"] for job in jobs]
 
 
-@pytest.fixture
-async def lab(tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer) -> AsyncIterator[Lab]:
-    clock = Clock()
+@asynccontextmanager
+async def start_lab(
+    data_dir: Path,
+    clock: Clock,
+    smtp_peer: SmtpPeer | None,
+    webhook_peer: WebhookPeer | None,
+    *,
+    agent_token: str | None = None,
+) -> AsyncIterator[Lab]:
+    """A controller with ticket delivery configured, an enrolled agent and the registry."""
     sections = ticket_sections(
         smtp_peer,
         webhook_peer,
@@ -163,19 +171,25 @@ async def lab(tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer) ->
         language="en",
     )
     async with (
-        running_controller(
-            tmp_path / "controller", clock=clock, sections=sections, liveness_check_s=3600
-        ) as controller,
+        running_controller(data_dir, clock=clock, sections=sections, liveness_check_s=3600) as (
+            controller
+        ),
         aiohttp.ClientSession() as http,
     ):
-        agent = await controller.enroll("krk")
-        lab = Lab(controller=controller, clock=clock, agent_token=agent.token, http=http)
-        async with http.post(
-            f"{controller.url}/api/v1/assets/import",
-            data=REGISTRY.encode(),
-            headers={**controller.admin_headers, "Content-Type": "text/csv"},
-        ) as response:
-            assert response.status == 200, await response.text()
+        if agent_token is None:
+            agent_token = (await controller.enroll("krk")).token
+            async with http.post(
+                f"{controller.url}/api/v1/assets/import",
+                data=REGISTRY.encode(),
+                headers={**controller.admin_headers, "Content-Type": "text/csv"},
+            ) as response:
+                assert response.status == 200, await response.text()
+        yield Lab(controller=controller, clock=clock, agent_token=agent_token, http=http)
+
+
+@pytest.fixture
+async def lab(tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer) -> AsyncIterator[Lab]:
+    async with start_lab(tmp_path / "controller", Clock(), smtp_peer, webhook_peer) as lab:
         yield lab
 
 
@@ -329,3 +343,62 @@ async def test_W2_W7_missed_reaction_escalates_once(
     assert escalations[0].message["Subject"].startswith("Eskalacja")
     shown = await lab.admin("GET", f"/api/v1/tickets/{ticket.id}")
     assert shown["escalated_at"] is not None
+
+
+async def test_flapping_camera_gives_one_flapping_ticket(lab: Lab, smtp_peer: SmtpPeer) -> None:
+    """A camera failing for two minutes in every six, for an hour: one ticket marked flapping."""
+    for start in range(0, 60, 6):
+        await lab.report_minutes(("X1",), range(start, start + 2), ProblemCode.CAMERA_DOWN)
+        await lab.report_minutes(("X1",), range(start + 2, start + 6))
+        if _has_job(lab):
+            await lab.agent_does_jobs()
+    (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
+    assert ticket["flapping"] is True
+    await wait_until(lambda: len(smtp_peer.received) == 1)
+    body = smtp_peer.received[0].message.get_body(("plain",))
+    assert body is not None and "niestabilna" in body.get_content()
+
+
+async def test_most_devices_unreachable_gives_one_site_ticket(lab: Lab) -> None:
+    """The agent still calls in but most devices went silent together: one site ticket."""
+    await lab.report_minutes(("X1", "X2", "X3"), range(0, 2))
+    lab.clock.now = T0 + 6 * MINUTE
+    await lab.agent_does_jobs()  # the agent's heartbeat
+    events = await lab.controller.app[INVENTORY].check_liveness()
+    assert sorted(e.serial or "" for e in events if e.kind == "device_unreachable") == [
+        "X1",
+        "X2",
+        "X3",
+    ]
+    await lab.controller.app[EVENT_BUS].drain()
+    await lab.service.tick(T0 + 60 * MINUTE)
+    await lab.service.wait_prepared()
+    (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
+    assert ticket["kind"] == "site" and ticket["fault"] == "site_unreachable"
+    assert ticket["affected_serials"] == ["X1", "X2", "X3"]
+
+
+async def test_smtp_down_then_up_across_restart_delivers_exactly_once(
+    tmp_path: Path, smtp_peer: SmtpPeer
+) -> None:
+    """SMTP down while the ticket is filed, controller restarted, SMTP back: one e-mail."""
+    await smtp_peer.stop()
+    clock = Clock()
+    data_dir = tmp_path / "controller"
+    async with start_lab(data_dir, clock, smtp_peer, None) as lab:
+        await lab.report_minutes(("X1",), range(0, 8), ProblemCode.CAMERA_DOWN)
+        await wait_until(lambda: _has_job(lab))
+        await lab.agent_does_jobs()
+        (ticket,) = lab.service.tickets()
+        await wait_until(lambda: any(d["attempts"] for d in lab.service.deliveries(ticket.id)))
+        assert lab.service.get(ticket.id).status.value == "open"
+        token = lab.agent_token
+    await smtp_peer.start()
+    clock.now += timedelta(minutes=10)
+    async with start_lab(data_dir, clock, smtp_peer, None, agent_token=token) as lab:
+        await wait_until(lambda: lab.service.get(ticket.id).status.value == "sent")
+        await lab.service.worker.run_once(clock.now + timedelta(hours=2))
+        await lab.report_minutes(("X1",), range(20, 25), ProblemCode.CAMERA_DOWN)
+        await lab.service.worker.run_once(clock.now + timedelta(hours=3))
+    assert len(smtp_peer.received) == 1
+    assert smtp_peer.received[0].message["Message-ID"].startswith(f"<{ticket.id}.ticket.email@")
