@@ -42,13 +42,13 @@ class Span:
 
 
 @dataclass(frozen=True)
-class Window:
+class CoveredDays:
     """The covered runs of one right (warranty, patches or upgrades), merged where they touch."""
 
     spans: tuple[Span, ...]
 
     @classmethod
-    def of(cls, spans: Iterable[Span]) -> Window:
+    def of(cls, spans: Iterable[Span]) -> CoveredDays:
         merged: list[Span] = []
         for span in sorted(spans, key=lambda s: s.start):
             if merged and span.start <= merged[-1].end + timedelta(days=1):
@@ -80,11 +80,11 @@ class Window:
 class Coverage:
     """The warranty, patch and upgrade windows of one device across its whole history."""
 
-    warranty: Window
-    patches: Window
-    upgrades: Window
+    warranty: CoveredDays
+    patches: CoveredDays
+    upgrades: CoveredDays
 
-    def window_for(self, kind: HopKind) -> Window:
+    def window_for(self, kind: HopKind) -> CoveredDays:
         """The patch window for a patch, the upgrade window for an upgrade (S4)."""
         return self.patches if kind == "patch" else self.upgrades
 
@@ -103,7 +103,7 @@ def coverage(asset: Asset, plans: PlanCatalogue) -> Coverage:
             patches.append(term)  # E4
         if plan.upgrades:
             upgrades.append(term)  # S2
-    return Coverage(Window.of(warranty), Window.of(patches), Window.of(upgrades))
+    return Coverage(CoveredDays.of(warranty), CoveredDays.of(patches), CoveredDays.of(upgrades))
 
 
 def plan_in_force(asset: Asset, plans: PlanCatalogue, day: date) -> Plan | None:
@@ -295,7 +295,7 @@ def unknown_asset_verdict(
     model: str | None = None,
 ) -> EntitlementVerdict:
     """A device an agent reports but the registry lacks: nothing is known to be covered."""
-    empty = Coverage(Window(()), Window(()), Window(()))
+    empty = Coverage(CoveredDays(()), CoveredDays(()), CoveredDays(()))
     day = warsaw_date(at)
     firmware = _firmware_verdict(model, installed, releases, empty, day)
     flags = {"unknown_asset"}

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from controller.domain.assets import Asset
 from controller.domain.calendar import warsaw_date
-from controller.domain.entitlement import Window, coverage
+from controller.domain.entitlement import CoveredDays, coverage
 from controller.domain.plans import PlanCatalogue
 
 EventKind = Literal[
@@ -74,7 +74,7 @@ class Forecast:
         }
 
 
-def _ends(window: Window, first: date, last: date) -> list[date]:
+def _ends(window: CoveredDays, first: date, last: date) -> list[date]:
     return [span.end for span in window.spans if first <= span.end <= last]
 
 
