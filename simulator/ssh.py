@@ -249,6 +249,7 @@ def serve_connection(device: SimDevice, conn: socket.socket) -> None:
                 channel.send_exit_status(1 if failed else 0)
             else:
                 _shell(device, channel)
+                channel.send_exit_status(0)
         except (OSError, EOFError, paramiko.SSHException):
             return
         finally:

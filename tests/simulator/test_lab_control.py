@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 from lab_client import LabFactory, wait_for
 
-from simulator.fleet import FaultWindow
+from simulator.fleet import CallWindow, FaultWindow
 from simulator.lab import Lab
 from simulator.testing import make_device
 
@@ -76,7 +76,7 @@ async def test_faults_calls_power_and_reboot(lab_factory: LabFactory) -> None:
 
 
 async def test_timeline_raises_and_clears_faults(lab_factory: LabFactory) -> None:
-    """Fault windows apply at their times; jumping the timeline sets every window's state."""
+    """Fault and call windows apply at their times; a jump sets every window's state."""
     spec = make_device(
         serial="CTL00005",
         faults=[
@@ -84,6 +84,7 @@ async def test_timeline_raises_and_clears_faults(lab_factory: LabFactory) -> Non
             FaultWindow(name="lan_down", at=200, until=300),
             FaultWindow(name="slow", at=50, params={"latency_ms": 10}),
         ],
+        calls=[CallWindow(at=100, until=220)],
     )
     lab = await lab_factory([spec])
     device = lab.devices["CTL00005"]
@@ -91,8 +92,10 @@ async def test_timeline_raises_and_clears_faults(lab_factory: LabFactory) -> Non
     status, body = await call(lab, "POST", "/timeline", {"seconds": 250})
     assert status == 200 and body["seconds"] >= 250
     assert set(device.faults) == {"lan_down", "slow"} and not device.listening
+    assert device.call is None
     await call(lab, "POST", "/timeline", {"seconds": 120})
     assert set(device.faults) == {"slow"} and device.listening
+    assert device.call is not None
     status, _ = await call(lab, "POST", "/timeline/reset")
     assert status == 200 and set(device.faults) == {"camera_down"}
     status, body = await call(lab, "POST", "/timeline", {"seconds": -1})

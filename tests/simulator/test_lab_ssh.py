@@ -222,3 +222,35 @@ async def test_openssh_client_logs_in_and_runs_status(
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "status end"
     assert "ipnetwork online" in result.stdout.splitlines()
+
+
+@pytest.mark.skipif(
+    shutil.which("ssh") is None or shutil.which("sshpass") is None,
+    reason="needs the OpenSSH client and sshpass (apt-get install openssh-client sshpass)",
+)
+async def test_openssh_interactive_shell_reads_commands_from_stdin(lab_factory: LabFactory) -> None:
+    """OpenSSH without a command opens the shell: banner, prompt, answers, exit status 0."""
+    lab = await lab_factory([make_device(serial="SHELL002", firmware="3.12.0")])
+    device = next(iter(lab.devices.values()))
+    command = [
+        "sshpass", "-e", "ssh", "-T", "-F", "/dev/null",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+        "-p", str(device.ssh_port), f"admin@{device.address}",
+    ]  # fmt: skip
+    env = {**os.environ, "SSHPASS": device.admin_password}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        input="systemsetting get model\nnonsense\nexit\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Hi, my name is : Studio X50 L002" and "Serial Number: SHELL002" in lines
+    assert "-> systemsetting get model" in lines
+    assert 'systemsetting model "Studio X50"' in lines
+    assert "error: command not found" in lines and lines[-1] == "-> exit"
