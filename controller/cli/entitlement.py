@@ -120,6 +120,11 @@ def _check(args: argparse.Namespace) -> int:
             installed = parse_installed_firmware(firmware_text)
         except RegistryImportError as exc:
             return _fail(args, f"{args.firmware}: bad rows", exc.problems, file=str(args.firmware))
+    registered = {asset.serial for asset in assets}
+    for serial in sorted(set(installed) - registered):
+        print(
+            f"warning: {args.firmware}: {serial} is not in {args.assets}; ignored", file=sys.stderr
+        )
     verdicts = [
         judge(
             asset,
