@@ -238,6 +238,14 @@ class TicketService:
                 return
             await self._save(ticket)
         log.info("ticket %s %s (%s %s)", ticket.id, event.kind.value, event.subject, event.fault)
+        if ticket.status is TicketStatus.NEEDS_DATA:
+            # W5: the desk refuses it without these; say so where the admin looks.
+            log.warning(
+                "ticket %s held: missing %s; fill in with `polyfleet controller tickets fill %s`",
+                ticket.id,
+                ", ".join(ticket.missing),
+                ticket.id,
+            )
         if prepare:
             self._prepare_later(ticket.id)
 
