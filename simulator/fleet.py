@@ -17,6 +17,7 @@ PROVIDERS = ("teams", "zoom", "poly", "device_mode")
 PERIPHERAL_KINDS = ("touch_controller", "microphone", "e70")
 UPDATE_OUTCOMES = ("ok", "fail", "brick")
 SSH_HOST_KEY_TYPES = ("ed25519", "rsa")
+LOGIN_FAILURE_STATUSES = (None, 200, 400, 403)
 
 #: Every fault a device can carry (timeline, control API and SimDevice.set_fault use these).
 FAULTS = (
@@ -149,6 +150,8 @@ class DeviceSpec:
     session_idle_seconds: float = DEFAULT_SESSION_IDLE_SECONDS
     boot_seconds: float = DEFAULT_BOOT_SECONDS
     uptime_seconds: float = DEFAULT_UPTIME_SECONDS
+    #: Status of a refused login; None = by firmware (400 on 3.x, 403 on 4.x). Some builds use 200.
+    login_failure_status: int | None = None
 
     def __post_init__(self) -> None:
         problems = _device_problems(self)
@@ -230,6 +233,8 @@ def _device_problems(spec: DeviceSpec) -> list[str]:
             problems.append(f"{name} {port} is not a TCP port")
     if spec.ssh_host_key_type not in SSH_HOST_KEY_TYPES:
         problems.append(f"ssh_host_key_type must be one of {', '.join(SSH_HOST_KEY_TYPES)}")
+    if spec.login_failure_status not in LOGIN_FAILURE_STATUSES:
+        problems.append("login_failure_status must be 200, 400 or 403")
     if spec.update.outcome not in UPDATE_OUTCOMES:
         problems.append(f"update.outcome must be one of {', '.join(UPDATE_OUTCOMES)}")
     for window in spec.faults:
@@ -336,6 +341,7 @@ _DEVICE_KEYS = {
     "session_idle_seconds",
     "boot_seconds",
     "uptime_seconds",
+    "login_failure_status",
 }
 
 
@@ -406,6 +412,9 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
             raise merged.fail(name, f"{port} is not a TCP port (0 = any)")
         if port is not None:
             ports[name] = port
+    login_failure_status = merged.integer("login_failure_status", None)
+    if login_failure_status not in LOGIN_FAILURE_STATUSES:
+        raise merged.fail("login_failure_status", "must be 200, 400 or 403")
     lockout_failures = merged.integer("lockout_failures", DEFAULT_LOCKOUT_FAILURES) or 0
     session_limit = merged.integer("session_limit", DEFAULT_SESSION_LIMIT) or 0
     if lockout_failures < 1:
@@ -440,6 +449,7 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
             ),
             boot_seconds=merged.number("boot_seconds", DEFAULT_BOOT_SECONDS),
             uptime_seconds=merged.number("uptime_seconds", DEFAULT_UPTIME_SECONDS),
+            login_failure_status=login_failure_status,
         )
     except ValueError as exc:
         raise ConfigError(f"{table.path}: {table.where}: {exc}") from exc

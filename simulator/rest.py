@@ -170,8 +170,8 @@ def garbage(path: str) -> web.Response:
 
 
 def _login_failure(device: SimDevice, reason: str, login_result: str) -> web.Response:
-    # 3.x answers 400 with a reason; 4.x answers 403 (device document).
-    status = 400 if device.version.major < 4 else 403
+    # 3.x answers 400 with a reason; 4.x answers 403; some builds 200 (device document).
+    status = device.spec.login_failure_status or (400 if device.version.major < 4 else 403)
     remaining = max(0, int(device.locked_until - device.clock()))
     return json_body(
         {

@@ -436,3 +436,14 @@ async def test_certificate_regenerated_on_reboot_when_configured(
     await device.wait_power("on")
     assert device.tls_fingerprint != before
     assert (await rest_factory(device).request("GET", "/")).status == 200
+
+
+async def test_some_builds_refuse_login_with_200(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """With login_failure_status = 200 a refused login is 200 with success false in the body."""
+    lab = await lab_factory([make_device(login_failure_status=200)])
+    client = rest_factory(next(iter(lab.devices.values())))
+    response = await client.login("wrong")
+    assert response.status == 200 and (await response.json())["success"] is False
+    assert "session_id" not in response.cookies
