@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict
 from controller.api.errors import ApiError
 from controller.api.spec import ADMINS, READERS, endpoint
 from controller.domain.assets import RegistryImportError, parse_registry
-from controller.domain.calendar import WARSAW, to_warsaw
+from controller.domain.calendar import to_warsaw
+from controller.domain.entitlement import parse_moment
 from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
 from controller.keys import CLOCK, CONFIG, STORE
 from controller.services import entitlement as service
@@ -131,14 +132,9 @@ def _moment(request: web.Request) -> datetime:
     if not text:
         return to_warsaw(request.app[CLOCK]())
     try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=WARSAW)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, "invalid", f"at: {text!r} is not ISO 8601", "at") from None
-    if moment.tzinfo is None:
-        raise ApiError(400, "invalid", "at: give an offset (e.g. +01:00 or Z)", "at")
-    return to_warsaw(moment)
+        return parse_moment(text)
+    except ValueError as exc:
+        raise ApiError(400, "invalid", f"at: {exc}", "at") from None
 
 
 def _flag(request: web.Request, name: str) -> bool:

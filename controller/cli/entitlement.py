@@ -23,8 +23,8 @@ from controller.domain.assets import (
     parse_installed_firmware,
     parse_registry,
 )
-from controller.domain.calendar import WARSAW, to_warsaw
-from controller.domain.entitlement import judge
+from controller.domain.calendar import WARSAW
+from controller.domain.entitlement import judge, parse_moment
 from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
 from controller.domain.plans import CatalogueError, PlanCatalogue
 from controller.domain.releases import ReleaseCatalogue
@@ -43,21 +43,10 @@ def parse_at(text: str | None) -> datetime:
     """``--at``: an ISO 8601 moment with an offset, or a date (its Warsaw midnight); default now."""
     if text is None:
         return datetime.now(WARSAW)
-    text = text.strip()
     try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=WARSAW)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--at {text!r}: expected ISO 8601 like 2026-12-01T09:00:00+01:00 or 2026-12-01"
-        ) from None
-    if moment.tzinfo is None:
-        # C2: a moment without an offset is ambiguous across DST; make the caller say it.
-        raise argparse.ArgumentTypeError(
-            f"--at {text!r}: give an offset (e.g. +01:00 or Z), or a plain date"
-        )
-    return to_warsaw(moment)
+        return parse_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--at {exc}") from None
 
 
 def _print_json(document: Any) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from controller.domain.assets import Asset, Contract, InstalledFirmware
-from controller.domain.calendar import warsaw_date
+from controller.domain.calendar import WARSAW, to_warsaw, warsaw_date
 from controller.domain.plans import Plan, PlanCatalogue
 from controller.domain.releases import HopKind, Release, ReleaseCatalogue, hop_kind
 from shared.version import FirmwareVersion
@@ -104,6 +104,25 @@ def coverage(asset: Asset, plans: PlanCatalogue) -> Coverage:
         if plan.upgrades:
             upgrades.append(term)  # S2
     return Coverage(CoveredDays.of(warranty), CoveredDays.of(patches), CoveredDays.of(upgrades))
+
+
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 moment with an offset, or a plain date meaning its Warsaw midnight (C2).
+
+    A moment without an offset is refused: across DST it is ambiguous, so the caller says it.
+    """
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(0, 0), tzinfo=WARSAW)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not ISO 8601 (e.g. 2026-12-01T09:00:00+01:00 or 2026-12-01)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no offset: add one (e.g. +01:00 or Z) or give a date")
+    return to_warsaw(moment)
 
 
 def plan_in_force(asset: Asset, plans: PlanCatalogue, day: date) -> Plan | None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controller.domain.assets import Asset, InstalledFirmware
-from controller.domain.entitlement import entitled_to, judge, unknown_asset_verdict
+from controller.domain.entitlement import entitled_to, judge, parse_moment, unknown_asset_verdict
 from controller.domain.plans import PlanCatalogue, parse_plans
 from controller.domain.releases import ReleaseCatalogue, hop_kind
 from controller.services.entitlement import DEFAULT_PLANS_PATH
@@ -555,3 +555,23 @@ def test_verdict_json_has_exactly_the_issue_keys(
         "firmware",
     ]
     assert list(v["firmware"]) == ["installed", "next", "kind", "entitled", "entitled_next"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-29", "2026-03-29T00:00:00+01:00"),  # the day DST starts: midnight is still +01
+        ("2026-03-29T12:00:00Z", "2026-03-29T14:00:00+02:00"),
+        ("2026-10-25T01:30:00+00:00", "2026-10-25T02:30:00+01:00"),  # after the autumn change
+    ],
+)
+def test_C2_moments_are_read_with_explicit_offsets(text: str, expected: str) -> None:
+    """--at and ?at= take a date (Warsaw midnight) or an offset moment, shown in Warsaw time."""
+    assert parse_moment(text).isoformat() == expected
+
+
+@pytest.mark.parametrize("text", ["2026-03-29T12:00:00", "tomorrow", "2026-02-30"])
+def test_C2_ambiguous_or_bad_moments_are_refused(text: str) -> None:
+    """A moment without an offset, or not a moment at all, is refused with the text quoted."""
+    with pytest.raises(ValueError, match=repr(text).replace("(", r"\(")):
+        parse_moment(text)
