@@ -1,0 +1,116 @@
+"""End to end: a lab device's camera fails, the real agent reports it, a ticket reaches the desk."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import tarfile
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+
+import aiohttp
+
+from agent.config import AgentConfig, DeviceConfig, Secret
+from agent.service import AgentService
+from agent.uplink import Credential
+from controller.api.tickets import TICKET_DESK
+from controller.testing import running_controller
+from simulator.testing import TEST_PASSWORD, make_device, start_lab
+from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
+
+SITE = "test-site"
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout: float = 40.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)  # waits-for: real agent polls and deliveries
+
+
+async def test_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
+    tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """Lab camera fault -> agent reports -> one ticket, the agent's bundle mailed and posted."""
+    lab = await start_lab(tmp_path, [make_device("E2EX1"), make_device("E2EX2")])
+    password = tmp_path / "device-password"
+    password.write_text(TEST_PASSWORD + "\n")
+    os.chmod(password, 0o600)
+    sections = ticket_sections(
+        smtp_peer, webhook_peer, min_duration_s=1, check_interval_s=0.2, language="en"
+    )
+    registry = (
+        "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,"
+        "site,room,host_serial\n"
+        f"E2EX1,studio_x50,2025-01-05,poly_plus,PP-E2E-1,2025-01-10,2028-01-09,{SITE},Boardroom,\n"
+    )
+    service: AgentService | None = None
+    try:
+        async with (
+            running_controller(tmp_path / "controller", sections=sections) as controller,
+            aiohttp.ClientSession(headers=controller.admin_headers) as http,
+        ):
+            async with http.post(
+                f"{controller.url}/api/v1/assets/import",
+                data=registry.encode(),
+                headers={"Content-Type": "text/csv"},
+            ) as response:
+                assert response.status == 200, await response.text()
+            enrolled = await controller.enroll(SITE)
+            config = AgentConfig(
+                data_dir=tmp_path / "agent",
+                controller_url=controller.url,
+                devices=tuple(
+                    DeviceConfig(
+                        host=device.address,
+                        rest_port=device.rest_port,
+                        ssh_port=device.ssh_port,
+                        user="admin",
+                        password=Secret(file=password, origin="test"),
+                    )
+                    for device in lab.devices.values()
+                ),
+                poll_interval_s=0.2,
+                jitter_s=0.0,
+                send_interval_s=0.05,
+                jobs_interval_s=0.1,
+                backoff_max_s=0.2,
+            )
+            Credential(
+                controller_url=controller.url,
+                agent_id=enrolled.agent_id,
+                site_id=enrolled.site_id,
+                token=enrolled.token,
+                poll_interval_s=enrolled.poll_interval_s,
+            ).save(config.credential_path)
+            service = AgentService(config)
+            await service.start()
+            desk = controller.app[TICKET_DESK]
+            await wait_until(lambda: desk.service is not None)
+            await lab.devices["E2EX1"].set_fault("camera_down", True)
+            await wait_until(lambda: len(smtp_peer.received) >= 1 and bool(webhook_peer.received))
+            tickets = desk.get().tickets()
+            assert [(t.serial, t.fault, t.contract_number) for t in tickets] == [
+                ("E2EX1", "camera_down", "PP-E2E-1")
+            ]
+            ticket = tickets[0]
+            assert ticket.language == "en" and ticket.room == "Boardroom"
+            mail = smtp_peer.received[0].message
+            assert "camera failure" in mail["Subject"]
+            (attachment,) = list(mail.iter_attachments())
+            bundle = attachment.get_content()
+            assert isinstance(bundle, bytes) and bundle.startswith(b"\x1f\x8b")
+            with tarfile.open(fileobj=BytesIO(gzip.decompress(bundle))) as archive:
+                names = archive.getnames()
+            assert any("last-snapshots" in name for name in names)
+            assert webhook_peer.received[0]["ticket"]["serial"] == "E2EX1"
+            assert webhook_peer.bad_signatures == 0
+            assert len(smtp_peer.received) == 1
+    finally:
+        if service is not None:
+            await service.stop()
+        await lab.stop()
