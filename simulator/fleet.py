@@ -18,6 +18,7 @@ PERIPHERAL_KINDS = ("touch_controller", "microphone", "e70")
 UPDATE_OUTCOMES = ("ok", "fail", "brick")
 SSH_HOST_KEY_TYPES = ("ed25519", "rsa")
 LOGIN_FAILURE_STATUSES = (None, 200, 400, 403)
+SSH_LINE_ENDINGS = ("crlf", "crcrlf")
 
 #: Every fault a device can carry (timeline, control API and SimDevice.set_fault use these).
 FAULTS = (
@@ -152,6 +153,10 @@ class DeviceSpec:
     uptime_seconds: float = DEFAULT_UPTIME_SECONDS
     #: Status of a refused login; None = by firmware (400 on 3.x, 403 on 4.x). Some builds use 200.
     login_failure_status: int | None = None
+    #: SSH line ending: ``crlf`` or ``crcrlf`` (``\r\r\n``, seen on some units).
+    ssh_line_ending: str = "crlf"
+    #: Delay before the SSH shell banner, in milliseconds.
+    ssh_banner_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         problems = _device_problems(self)
@@ -235,6 +240,8 @@ def _device_problems(spec: DeviceSpec) -> list[str]:
         problems.append(f"ssh_host_key_type must be one of {', '.join(SSH_HOST_KEY_TYPES)}")
     if spec.login_failure_status not in LOGIN_FAILURE_STATUSES:
         problems.append("login_failure_status must be 200, 400 or 403")
+    if spec.ssh_line_ending not in SSH_LINE_ENDINGS:
+        problems.append(f"ssh_line_ending must be one of {', '.join(SSH_LINE_ENDINGS)}")
     if spec.update.outcome not in UPDATE_OUTCOMES:
         problems.append(f"update.outcome must be one of {', '.join(UPDATE_OUTCOMES)}")
     for window in spec.faults:
@@ -342,6 +349,8 @@ _DEVICE_KEYS = {
     "boot_seconds",
     "uptime_seconds",
     "login_failure_status",
+    "ssh_line_ending",
+    "ssh_banner_delay_ms",
 }
 
 
@@ -450,6 +459,8 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
             boot_seconds=merged.number("boot_seconds", DEFAULT_BOOT_SECONDS),
             uptime_seconds=merged.number("uptime_seconds", DEFAULT_UPTIME_SECONDS),
             login_failure_status=login_failure_status,
+            ssh_line_ending=_choice(merged, "ssh_line_ending", SSH_LINE_ENDINGS, "crlf"),
+            ssh_banner_delay_ms=merged.number("ssh_banner_delay_ms", 0.0),
         )
     except ValueError as exc:
         raise ConfigError(f"{table.path}: {table.where}: {exc}") from exc

@@ -26,7 +26,8 @@ OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED: int = (
 )
 
 PROMPT = "-> "
-EOL = "\r\n"
+#: Line endings by ``DeviceSpec.ssh_line_ending``; some units send ``\r\r\n``.
+EOLS = {"crlf": "\r\n", "crcrlf": "\r\r\n"}
 #: How long a client may take to open its session channel after logging in.
 CHANNEL_TIMEOUT = 20.0
 #: Longest command line accepted; longer input is dropped (a hostile or stuck client).
@@ -182,9 +183,10 @@ def run_command(device: SimDevice, line: str) -> tuple[list[str], bool]:
     return [NOT_FOUND], False
 
 
-def _send_lines(channel: paramiko.Channel, lines: list[str]) -> None:
+def _send_lines(device: SimDevice, channel: paramiko.Channel, lines: list[str]) -> None:
     if lines:
-        channel.sendall(("".join(line + EOL for line in lines)).encode())
+        eol = EOLS[device.spec.ssh_line_ending]
+        channel.sendall(("".join(line + eol for line in lines)).encode())
 
 
 def _delay(device: SimDevice) -> None:
@@ -194,7 +196,10 @@ def _delay(device: SimDevice) -> None:
 
 
 def _shell(device: SimDevice, channel: paramiko.Channel) -> None:
-    _send_lines(channel, banner(device))
+    if device.spec.ssh_banner_delay_ms:
+        # Real units may greet late; clients must wait for the prompt, not assume it.
+        time.sleep(device.spec.ssh_banner_delay_ms / 1000)  # waits-for: simulated late banner
+    _send_lines(device, channel, banner(device))
     channel.sendall(PROMPT.encode())
     line = bytearray()
     skip_lf = False
@@ -214,10 +219,10 @@ def _shell(device: SimDevice, channel: paramiko.Channel) -> None:
             text = line.decode("utf-8", "replace").strip()
             line.clear()
             # Real units echo the command before answering it.
-            channel.sendall((text + EOL).encode())
+            _send_lines(device, channel, [text])
             _delay(device)
             lines, close = run_command(device, text)
-            _send_lines(channel, lines)
+            _send_lines(device, channel, lines)
             if close:
                 return
             channel.sendall(PROMPT.encode())
@@ -244,7 +249,7 @@ def serve_connection(device: SimDevice, conn: socket.socket) -> None:
             if server.command is not None:
                 _delay(device)
                 lines, _close = run_command(device, server.command)
-                _send_lines(channel, lines)
+                _send_lines(device, channel, lines)
                 failed = any(line.startswith("error:") for line in lines)
                 channel.send_exit_status(1 if failed else 0)
             else:

@@ -254,3 +254,16 @@ async def test_openssh_interactive_shell_reads_commands_from_stdin(lab_factory: 
     assert "-> systemsetting get model" in lines
     assert 'systemsetting model "Studio X50"' in lines
     assert "error: command not found" in lines and lines[-1] == "-> exit"
+
+
+async def test_crcrlf_line_endings_and_late_banner(lab_factory: LabFactory) -> None:
+    """A crcrlf unit ends lines in \\r\\r\\n; a late banner still comes before the prompt."""
+    lab = await lab_factory([make_device(ssh_line_ending="crcrlf", ssh_banner_delay_ms=200)])
+    device = next(iter(lab.devices.values()))
+    output, _ = await asyncio.to_thread(exec_command, device, "uptime get")
+    assert output.endswith(" Minutes\r\r\n")
+    started = time.monotonic()
+    greeting, answer = await asyncio.to_thread(run_shell, device)
+    assert time.monotonic() - started >= 0.2
+    assert greeting.startswith(b"Hi, my name is : ") and b"\r\r\n" in greeting
+    assert answer.startswith(b"whoami\r\r\n")
