@@ -77,6 +77,8 @@ class Lab:
         self.devices: dict[str, SimDevice] = {}
         self._windows: list[_Window] = []
         for site, room, spec in fleet.placed_devices():
+            if spec.serial in self.devices:
+                raise ValueError(f"serial {spec.serial} appears twice in the fleet")
             device = SimDevice(
                 spec,
                 site=site.id,

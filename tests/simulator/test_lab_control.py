@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from lab_client import LabFactory, wait_for
 
 from simulator.fleet import CallWindow, FaultWindow
 from simulator.lab import Lab
-from simulator.testing import make_device
+from simulator.testing import fleet_of, make_device
 
 
 async def call(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -116,3 +118,9 @@ async def test_timeline_advances_by_itself(lab_factory: LabFactory) -> None:
     await wait_for(lambda: "reboot_needed" in device.faults)
     await wait_for(lambda: "log_storage_full" not in device.faults)
     assert lab.timeline_seconds() >= 0.1
+
+
+async def test_duplicate_serial_in_code_built_fleet_is_refused(tmp_path: Path) -> None:
+    """A fleet built in code with one serial twice is refused before anything listens."""
+    with pytest.raises(ValueError, match="DUP00001"):
+        Lab(fleet_of([make_device("DUP00001"), make_device("DUP00001")]), data_dir=tmp_path)
