@@ -149,6 +149,11 @@ class FaultDetector:
         if snapshot.host_serial is not None:
             self._children.setdefault(snapshot.host_serial, set()).add(serial)
         children = self._children.get(serial, set())
+        camera_faulty = any(
+            track.state != "idle"
+            for (child, _code), track in self._tracks.items()
+            if child in children
+        )
         evidence = snapshot.model_dump(mode="json")
         present: dict[str, str] = {}
         for problem in snapshot.health.problems:
@@ -158,6 +163,9 @@ class FaultDetector:
                 child in problem.detail for child in children
             ):
                 # The camera's own entry carries this fault: it is the E70's ticket, not the host's.
+                continue
+            if problem.code is ProblemCode.CAMERA_DOWN and camera_faulty:
+                # The host has no camera but its E70, whose own ticket speaks for it.
                 continue
             present.setdefault(problem.code.value, problem.detail)
         events: list[FaultEvent] = []

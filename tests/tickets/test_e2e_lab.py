@@ -6,7 +6,8 @@ import asyncio
 import gzip
 import os
 import tarfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from io import BytesIO
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import aiohttp
 from agent.config import AgentConfig, DeviceConfig, Secret
 from agent.service import AgentService
 from agent.uplink import Credential
-from controller.api.tickets import TICKET_DESK
+from controller.api.tickets import TICKET_DESK, TicketDesk
 from controller.testing import running_controller
+from simulator.fleet import DeviceSpec, PeripheralSpec
+from simulator.lab import Lab
 from simulator.testing import TEST_PASSWORD, make_device, start_lab
 from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
 
@@ -32,11 +35,16 @@ async def wait_until(condition: Callable[[], bool], *, timeout: float = 40.0) ->
         await asyncio.sleep(0.05)  # waits-for: real agent polls and deliveries
 
 
-async def test_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
-    tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
-) -> None:
-    """Lab camera fault -> agent reports -> one ticket, the agent's bundle mailed and posted."""
-    lab = await start_lab(tmp_path, [make_device("E2EX1"), make_device("E2EX2")])
+@asynccontextmanager
+async def whole_product(
+    tmp_path: Path,
+    devices: list[DeviceSpec],
+    registry_rows: list[str],
+    smtp_peer: SmtpPeer,
+    webhook_peer: WebhookPeer,
+) -> AsyncIterator[tuple[Lab, TicketDesk]]:
+    """Lab devices, a real agent polling them, a controller filing tickets to the peers."""
+    lab = await start_lab(tmp_path, devices)
     password = tmp_path / "device-password"
     password.write_text(TEST_PASSWORD + "\n")
     os.chmod(password, 0o600)
@@ -45,8 +53,7 @@ async def test_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
     )
     registry = (
         "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,"
-        "site,room,host_serial\n"
-        f"E2EX1,studio_x50,2025-01-05,poly_plus,PP-E2E-1,2025-01-10,2028-01-09,{SITE},Boardroom,\n"
+        "site,room,host_serial\n" + "".join(row + "\n" for row in registry_rows)
     )
     service: AgentService | None = None
     try:
@@ -91,26 +98,60 @@ async def test_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
             await service.start()
             desk = controller.app[TICKET_DESK]
             await wait_until(lambda: desk.service is not None)
-            await lab.devices["E2EX1"].set_fault("camera_down", True)
-            await wait_until(lambda: len(smtp_peer.received) >= 1 and bool(webhook_peer.received))
-            tickets = desk.get().tickets()
-            assert [(t.serial, t.fault, t.contract_number) for t in tickets] == [
-                ("E2EX1", "camera_down", "PP-E2E-1")
-            ]
-            ticket = tickets[0]
-            assert ticket.language == "en" and ticket.room == "Boardroom"
-            mail = smtp_peer.received[0].message
-            assert "camera failure" in mail["Subject"]
-            (attachment,) = list(mail.iter_attachments())
-            bundle = attachment.get_content()
-            assert isinstance(bundle, bytes) and bundle.startswith(b"\x1f\x8b")
-            with tarfile.open(fileobj=BytesIO(gzip.decompress(bundle))) as archive:
-                names = archive.getnames()
-            assert any("last-snapshots" in name for name in names)
-            assert webhook_peer.received[0]["ticket"]["serial"] == "E2EX1"
-            assert webhook_peer.bad_signatures == 0
-            assert len(smtp_peer.received) == 1
+            yield lab, desk
     finally:
         if service is not None:
             await service.stop()
         await lab.stop()
+
+
+async def test_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
+    tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """Lab camera fault -> agent reports -> one ticket, the agent's bundle mailed and posted."""
+    rows = [
+        f"E2EX1,studio_x50,2025-01-05,poly_plus,PP-E2E-1,2025-01-10,2028-01-09,{SITE},Boardroom,"
+    ]
+    devices = [make_device("E2EX1"), make_device("E2EX2")]
+    async with whole_product(tmp_path, devices, rows, smtp_peer, webhook_peer) as (lab, desk):
+        await lab.devices["E2EX1"].set_fault("camera_down", True)
+        await wait_until(lambda: len(smtp_peer.received) >= 1 and bool(webhook_peer.received))
+        tickets = desk.get().tickets()
+        assert [(t.serial, t.fault, t.contract_number) for t in tickets] == [
+            ("E2EX1", "camera_down", "PP-E2E-1")
+        ]
+        ticket = tickets[0]
+        assert ticket.language == "en" and ticket.room == "Boardroom"
+        mail = smtp_peer.received[0].message
+        assert "camera failure" in mail["Subject"]
+        (attachment,) = list(mail.iter_attachments())
+        bundle = attachment.get_content()
+        assert isinstance(bundle, bytes) and bundle.startswith(b"\x1f\x8b")
+        with tarfile.open(fileobj=BytesIO(gzip.decompress(bundle))) as archive:
+            names = archive.getnames()
+        assert any("last-snapshots" in name for name in names)
+        assert webhook_peer.received[0]["ticket"]["serial"] == "E2EX1"
+        assert webhook_peer.bad_signatures == 0
+        assert len(smtp_peer.received) == 1
+
+
+async def test_lab_e70_fault_is_the_cameras_ticket_with_host_diagnostics(
+    tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """An E70 failing on a G7500: one E70 ticket (its contract, Polish), linked to the host."""
+    camera = PeripheralSpec(kind="e70", serial="E2EE70", firmware="1.3.0-001234")
+    devices = [make_device("E2EG1", model="g7500", peripherals=[camera])]
+    rows = [
+        f"E2EG1,g7500,2025-01-05,poly_plus,PP-G1,2025-01-10,2028-01-09,{SITE},Aula,",
+        f"E2EE70,studio_e70,2025-01-05,hezo_plus,HZ-E70,2025-01-10,2027-01-09,{SITE},Aula,E2EG1",
+    ]
+    async with whole_product(tmp_path, devices, rows, smtp_peer, webhook_peer) as (lab, desk):
+        await lab.devices["E2EG1"].set_fault("e70_down", True)
+        await wait_until(lambda: len(smtp_peer.received) >= 1)
+        tickets = desk.get().tickets()
+        assert [(t.serial, t.host_serial, t.contract_number) for t in tickets] == [
+            ("E2EE70", "E2EG1", "HZ-E70")
+        ]
+        assert tickets[0].language == "pl" and tickets[0].bundle is not None
+        mail = smtp_peer.received[0].message
+        assert "E2EE70" in mail["Subject"] and len(list(mail.iter_attachments())) == 1

@@ -258,7 +258,7 @@ def test_late_replayed_report_is_ignored() -> None:
 
 
 def test_host_peripheral_problem_about_its_e70_is_left_to_the_e70() -> None:
-    """A host reporting its E70 disconnected opens no host fault; the E70's own entry does."""
+    """A host reporting its E70 down opens no host fault; the E70's own entry does."""
     detector = FaultDetector(FaultPolicy(min_duration=2 * MINUTE))
     events: list[FaultEvent] = []
     for minute in range(0, 5):
@@ -271,10 +271,11 @@ def test_host_peripheral_problem_about_its_e70_is_left_to_the_e70() -> None:
                 **snap("X1", moment).model_dump(),
                 "health": Health.from_problems(
                     [
+                        Problem(code=ProblemCode.CAMERA_DOWN, detail="camera not all_up"),
                         Problem(
                             code=ProblemCode.PERIPHERAL_DISCONNECTED,
                             detail="Poly Studio E70 E70-1 DISCONNECTED",
-                        )
+                        ),
                     ]
                 ),
             }
