@@ -79,13 +79,25 @@ def _read_text(path: Path) -> str:
         raise OSError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def _catalogue_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """(plans, releases): the flags, else the config's [entitlement] table, else None (shipped)."""
+    config = load_config(getattr(args, "config", None))
+    plans, releases = service.catalogue_paths(config.section("entitlement"))
+    return getattr(args, "plans", None) or plans, getattr(args, "releases", None) or releases
+
+
 def _catalogues(args: argparse.Namespace) -> tuple[PlanCatalogue, ReleaseCatalogue]:
-    return service.load_plans(args.plans), service.load_releases(args.releases)
+    plans, releases = _catalogue_paths(args)
+    return service.load_plans(plans), service.load_releases(releases)
 
 
-def _add_catalogue_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plans", type=Path, help="plan catalogue (default: the shipped one)")
-    parser.add_argument("--releases", type=Path, help="release catalogue (default: shipped)")
+def _add_catalogue_flags(parser: argparse.ArgumentParser, *, releases: bool = True) -> None:
+    parser.add_argument("--plans", type=Path, help="plan catalogue (default: from --config)")
+    if releases:
+        parser.add_argument("--releases", type=Path, help="release catalogue (default: ditto)")
+    parser.add_argument(
+        "--config", type=Path, help="controller.toml whose [entitlement] names the catalogues"
+    )
 
 
 # -- entitlement check / forecast ------------------------------------------------------------
@@ -97,7 +109,7 @@ def _check(args: argparse.Namespace) -> int:
         plans, releases = _catalogues(args)
         assets_text = _read_text(args.assets)
         firmware_text = _read_text(args.firmware) if args.firmware else None
-    except (argparse.ArgumentTypeError, CatalogueError, OSError) as exc:
+    except (argparse.ArgumentTypeError, CatalogueError, ConfigError, OSError) as exc:
         return _fail(args, str(exc))
     try:
         assets = parse_registry(assets_text, plans)
@@ -149,11 +161,11 @@ def _check(args: argparse.Namespace) -> int:
 def _forecast(args: argparse.Namespace) -> int:
     try:
         at = parse_at(args.at)
-        plans = service.load_plans(args.plans)
+        plans = service.load_plans(_catalogue_paths(args)[0])
         assets = parse_registry(_read_text(args.assets), plans)
     except RegistryImportError as exc:
         return _fail(args, f"{args.assets}: bad rows", exc.problems, file=str(args.assets))
-    except (argparse.ArgumentTypeError, CatalogueError, OSError) as exc:
+    except (argparse.ArgumentTypeError, CatalogueError, ConfigError, OSError) as exc:
         return _fail(args, str(exc))
     result = forecast(assets, plans, at, args.days)
     if args.json:
@@ -184,8 +196,8 @@ def _release_json(release: Any) -> dict[str, Any]:
 
 def _releases_list(args: argparse.Namespace) -> int:
     try:
-        catalogue = service.load_releases(args.file)
-    except CatalogueError as exc:
+        catalogue = service.load_releases(args.file or _catalogue_paths(args)[1])
+    except (CatalogueError, ConfigError) as exc:
         return _fail(args, str(exc))
     if args.json:
         _print_json(
@@ -207,8 +219,9 @@ def _releases_add(args: argparse.Namespace) -> int:
     except ValueError:
         return _fail(args, f"--date {args.date!r}: expected YYYY-MM-DD")
     try:
-        release = service.add_release(args.version, released, args.needs, path=args.file)
-    except (CatalogueError, OSError) as exc:
+        target = args.file or _catalogue_paths(args)[1]
+        release = service.add_release(args.version, released, args.needs, path=target)
+    except (CatalogueError, ConfigError, OSError) as exc:
         return _fail(args, str(exc))
     if args.json:
         _print_json({"added": _release_json(release)})
@@ -262,8 +275,7 @@ def _server_socket(data_dir: Path) -> str | None:
 def _assets_import(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config).with_overrides(data_dir=args.data_dir)
-        plans_path, _ = service.catalogue_paths(config.section("entitlement"))
-        plans = service.load_plans(args.plans or plans_path)
+        plans = service.load_plans(_catalogue_paths(args)[0])
         text = _read_text(args.file)
     except (CatalogueError, ConfigError, OSError) as exc:
         return _fail(args, str(exc))
@@ -324,9 +336,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     imp.add_argument("file", type=Path, metavar="FILE.csv")
     imp.add_argument("--dry-run", action="store_true", help="check and report, change nothing")
     imp.add_argument("--data-dir", type=Path, help="controller data directory")
-    imp.add_argument("--config", type=Path, help="controller.toml (for its data directory)")
+    imp.add_argument(
+        "--config", type=Path, help="controller.toml (data directory, [entitlement] catalogues)"
+    )
     imp.add_argument("--json", action="store_true", help="machine-readable output")
-    imp.add_argument("--plans", type=Path, help="plan catalogue (default: the shipped one)")
+    imp.add_argument("--plans", type=Path, help="plan catalogue (default: from --config)")
     imp.set_defaults(func=_assets_import)
 
     ent = commands.add_parser("entitlement", help="what devices may get: verdicts and forecast")
@@ -347,7 +361,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     fc.add_argument("--days", type=_days, default=90, help="horizon in days (default 90)")
     fc.add_argument("--at", help="ISO 8601 moment (default: now)")
     fc.add_argument("--json", action="store_true", help="machine-readable output")
-    fc.add_argument("--plans", type=Path, help="plan catalogue (default: the shipped one)")
+    _add_catalogue_flags(fc, releases=False)
     fc.set_defaults(func=_forecast)
 
     rel = commands.add_parser("releases", help="the firmware release catalogue")
@@ -356,11 +370,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add.add_argument("--version", required=True, help="as Poly prints it, e.g. 4.2.5.412345")
     add.add_argument("--date", required=True, help="publication date, YYYY-MM-DD")
     add.add_argument("--needs", help="oldest installed version that may step to it")
-    add.add_argument("--file", type=Path, help="releases.toml to change (default: shipped)")
+    add.add_argument("--file", type=Path, help="releases.toml to change (default: from --config)")
+    add.add_argument("--config", type=Path, help="controller.toml naming [entitlement] releases")
     add.add_argument("--json", action="store_true", help="machine-readable output")
     add.set_defaults(func=_releases_add)
     lst = rel_commands.add_parser("list", help="the catalogued releases, oldest first")
-    lst.add_argument("--file", type=Path, help="releases.toml to read (default: shipped)")
+    lst.add_argument("--file", type=Path, help="releases.toml to read (default: from --config)")
+    lst.add_argument("--config", type=Path, help="controller.toml naming [entitlement] releases")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(func=_releases_list)
 

@@ -300,3 +300,23 @@ def _stored_async_safe(data_dir: Path) -> dict[str, Any]:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(_stored, data_dir).result(timeout=60)
+
+
+def test_releases_add_writes_the_catalogue_named_by_the_config(tmp_path: Path) -> None:
+    """With --config, `releases add` changes the file [entitlement] releases names."""
+    catalogue = tmp_path / "releases.toml"
+    shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
+    config = write(tmp_path / "controller.toml", f'[entitlement]\nreleases = "{catalogue}"\n')
+    done = polyfleet(
+        "releases",
+        "add",
+        "--version",
+        "4.4.0.415000",
+        "--date",
+        "2025-03-01",
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"4.4.0.415000"' in catalogue.read_text(encoding="utf-8")
