@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 
 from controller.api.tickets import TICKET_DESK
+from controller.app import serve
+from controller.config import ControllerConfig
 from controller.keys import EVENT_BUS, INVENTORY, JOBS
 from controller.services.ticket_service import TicketService
 from controller.testing import RunningController, running_controller
@@ -402,3 +404,36 @@ async def test_smtp_down_then_up_across_restart_delivers_exactly_once(
         await lab.service.worker.run_once(clock.now + timedelta(hours=3))
     assert len(smtp_peer.received) == 1
     assert smtp_peer.received[0].message["Message-ID"].startswith(f"<{ticket.id}.ticket.email@")
+
+
+async def test_tickets_cli_finds_a_local_server_through_its_data_dir(tmp_path: Path) -> None:
+    """With only --data-dir, the CLI reaches the running server over its control socket."""
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    config = ControllerConfig(data_dir=data_dir, listen_port=0, liveness_check_s=3600)
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(config, on_ready=lambda _url: ready.set(), stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        env = {k: v for k, v in os.environ.items() if k != "POLYFLEET_TOKEN"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "polyfleet",
+            "controller",
+            "tickets",
+            "list",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()
+        assert json.loads(out) == {"tickets": []}
+    finally:
+        stop.set()
+        await server
