@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: paramiko logs every client that hangs up abruptly as an ERROR; for a lab that is normal.
+TRANSPORT_LOG = "simulator.ssh.transport"
+logging.getLogger(TRANSPORT_LOG).setLevel(logging.CRITICAL)
+
 # paramiko's constants, typed (its stubs do not export them at the top level).
 AUTH_SUCCESSFUL: int = paramiko.common.AUTH_SUCCESSFUL
 AUTH_FAILED: int = paramiko.common.AUTH_FAILED
@@ -231,6 +235,7 @@ def _shell(device: SimDevice, channel: paramiko.Channel) -> None:
 def serve_connection(device: SimDevice, conn: socket.socket) -> None:
     """Serve one accepted SSH connection to the end (runs in its own thread)."""
     transport = paramiko.Transport(conn)
+    transport.set_log_channel(TRANSPORT_LOG)
     if not device.track_ssh_transport(transport, True):
         transport.close()
         return
