@@ -128,7 +128,9 @@ class FaultDetector:
 
     def __init__(self, policy: FaultPolicy | None = None) -> None:
         self.policy = policy or FaultPolicy()
-        self._tracks: dict[tuple[str, str], _Track] = {}
+        #: serial -> problem code -> track; and the tracks not idle (what time can change).
+        self._tracks: dict[str, dict[str, _Track]] = {}
+        self._busy: dict[tuple[str, str], _Track] = {}
         self._sites: dict[str, _SiteState] = {}
         self._device_site: dict[str, str | None] = {}
         self._last_report: dict[str, datetime] = {}
@@ -150,9 +152,9 @@ class FaultDetector:
             self._children.setdefault(snapshot.host_serial, set()).add(serial)
         children = self._children.get(serial, set())
         camera_faulty = any(
-            track.state != "idle"
-            for (child, _code), track in self._tracks.items()
-            if child in children
+            (child, code) in self._busy
+            for child in children
+            for code in self._tracks.get(child, {})
         )
         evidence = snapshot.model_dump(mode="json")
         present: dict[str, str] = {}
@@ -175,10 +177,10 @@ class FaultDetector:
             track.host_serial = snapshot.host_serial
             track.model = snapshot.model.value
             self._present(track, at, evidence, streak_step=1)
-        for (track_serial, code), track in list(self._tracks.items()):
-            if track_serial == serial and code not in present:
+        for code, track in list(self._tracks.get(serial, {}).items()):
+            if code not in present:
                 events += self._absent(track, at)
-        events += self._evaluate(at)
+        events += self._evaluate(at, serial=serial, site=site)
         return events
 
     def device_unreachable(
@@ -192,7 +194,7 @@ class FaultDetector:
             self._present(track, at, None, streak_step=self.policy.min_reports)
         else:
             self._present(track, at, None, streak_step=1)
-        return self._evaluate(at)
+        return self._evaluate(at, serial=serial, site=site)
 
     def agent_offline(self, site: str, *, at: datetime) -> list[FaultEvent]:
         """The site's agent stopped calling in: one site ticket, nothing per device."""
@@ -218,7 +220,7 @@ class FaultDetector:
             return []
         state.agent_offline = False
         # Silence during the outage was the site's, not each device's.
-        for track in self._tracks.values():
+        for track in list(self._busy.values()):
             if track.site == site and track.code == UNREACHABLE and track.state == "pending":
                 self._reset(track)
         return [
@@ -246,14 +248,15 @@ class FaultDetector:
             self._sites.setdefault(site, _SiteState()).devices.add(serial)
 
     def _track(self, serial: str, code: str, site: str | None) -> _Track:
-        track = self._tracks.get((serial, code))
+        codes = self._tracks.setdefault(serial, {})
+        track = codes.get(code)
         if track is None:
-            track = self._tracks[(serial, code)] = _Track(serial=serial, code=code, site=site)
+            track = codes[code] = _Track(serial=serial, code=code, site=site)
         track.site = site
         return track
 
-    @staticmethod
-    def _reset(track: _Track) -> None:
+    def _reset(self, track: _Track) -> None:
+        self._busy.pop((track.serial, track.code), None)
         track.state = "idle"
         track.streak = 0
         track.first_seen = None
@@ -264,6 +267,7 @@ class FaultDetector:
         self, track: _Track, at: datetime, evidence: dict[str, Any] | None, *, streak_step: int
     ) -> None:
         if track.state == "idle":
+            self._busy[(track.serial, track.code)] = track
             track.state = "pending"
             track.streak = 0
             track.first_seen = at
@@ -301,14 +305,21 @@ class FaultDetector:
                 return [event]
         return []
 
-    def _evaluate(self, now: datetime) -> list[FaultEvent]:
-        events = self._evaluate_sites(now)
+    def _evaluate(
+        self, now: datetime, *, serial: str | None = None, site: str | None = None
+    ) -> list[FaultEvent]:
+        """Decide what ``now`` changes: for one device and its site, or (tick) for all."""
+        events = self._evaluate_sites(now, None if serial is None else (site,))
         suppressed = {
-            site
-            for site, state in self._sites.items()
+            name
+            for name, state in self._sites.items()
             if state.agent_offline or state.majority_since is not None
         }
-        for track in self._tracks.values():
+        if serial is None:
+            candidates = list(self._busy.values())
+        else:
+            candidates = list(self._tracks.get(serial, {}).values())
+        for track in candidates:
             if track.state == "open" and not track.flapping:
                 recent = [
                     seen for seen in track.appearances if now - seen < self.policy.flap_window
@@ -338,17 +349,24 @@ class FaultDetector:
                 events.append(self._event(track, FaultEventKind.FLAPPING, now))
         return events
 
-    def _evaluate_sites(self, now: datetime) -> list[FaultEvent]:
+    def _evaluate_sites(
+        self, now: datetime, only: tuple[str | None, ...] | None = None
+    ) -> list[FaultEvent]:
         events: list[FaultEvent] = []
         policy = self.policy
-        for site, state in self._sites.items():
-            down = sorted(
-                serial
-                for serial in state.devices
-                if (track := self._tracks.get((serial, UNREACHABLE))) is not None
+        names = list(self._sites) if only is None else [s for s in only if s in self._sites]
+        silent: dict[str, list[str]] = {}
+        for track in self._busy.values():
+            if (
+                track.code == UNREACHABLE
+                and track.site is not None
                 and track.state in ("pending", "open")
                 and track.streak >= policy.min_reports
-            )
+            ):
+                silent.setdefault(track.site, []).append(track.serial)
+        for site in names:
+            state = self._sites[site]
+            down = sorted(s for s in silent.get(site, []) if s in state.devices)
             majority = (
                 len(down) >= policy.site_min_devices
                 and len(down) > policy.site_unreachable_ratio * len(state.devices)
@@ -380,7 +398,7 @@ class FaultDetector:
                     state.unreachable_open = False
                     # Devices still silent when the site recovers get their own full hold
                     # from now: most of them are seconds behind the others.
-                    for track in self._tracks.values():
+                    for track in self._busy.values():
                         if (
                             track.site == site
                             and track.code == UNREACHABLE

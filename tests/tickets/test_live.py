@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ from controller.config import ControllerConfig
 from controller.keys import EVENT_BUS, INVENTORY, JOBS
 from controller.services.ticket_service import TicketService
 from controller.testing import RunningController, running_controller
+from polyfleet.cli import main
 from shared.schema import (
     PROTOCOL_VERSION,
     Firmware,
@@ -284,7 +287,7 @@ async def test_W5_held_ticket_filled_and_acted_on_through_the_cli(
     await lab.report_minutes(("X3",), range(0, 8), ProblemCode.MICROPHONE_DOWN)
     (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
     assert ticket["status"] == "needs_data" and ticket["missing"] == ["contract_number"]
-    listed = await cli(lab, "list", "--status", "needs_data")
+    listed = await cli(lab, "list", "--status", "needs_data", process=True)
     assert [t["id"] for t in listed["tickets"]] == [ticket["id"]]
     filled = await cli(lab, "fill", ticket["id"], "--contract-number", "INV-77")
     assert filled["status"] == "open" and filled["contract_number"] == "INV-77"
@@ -301,26 +304,51 @@ async def test_W5_held_ticket_filled_and_acted_on_through_the_cli(
     assert len(smtp_peer.received) == 1
 
 
-async def cli(lab: Lab, *argv: str, expect: int = 0) -> Any:
-    """Run ``polyfleet controller tickets ...`` as a real process against the server."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "polyfleet",
-        "controller",
-        "tickets",
-        *argv,
-        "--url",
-        lab.controller.url,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token},
-    )
-    out, err = await process.communicate()
-    assert process.returncode == expect, err.decode()
-    assert lab.controller.admin_token not in err.decode()
+async def cli(lab: Lab, *argv: str, expect: int = 0, process: bool = False) -> Any:
+    """Run ``polyfleet controller tickets ...`` against the server (as a process if asked)."""
+    args = ["controller", "tickets", *argv, "--url", lab.controller.url, "--json"]
+    env = {**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token}
+    if process:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "polyfleet",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out_bytes, err_bytes = await child.communicate()
+        code, out, err = child.returncode, out_bytes.decode(), err_bytes.decode()
+    else:
+        # The CLI's own event loop runs in a thread while this loop keeps serving.
+        stdout, stderr = io.StringIO(), io.StringIO()
+
+        def run() -> int:
+            with (
+                contextlib.redirect_stdout(stdout),
+                contextlib.redirect_stderr(stderr),
+                process_env(env),
+            ):
+                return main(args)
+
+        code = await asyncio.to_thread(run)
+        out, err = stdout.getvalue(), stderr.getvalue()
+    assert code == expect, err
+    assert lab.controller.admin_token not in err + out
     return json.loads(out)
+
+
+@contextlib.contextmanager
+def process_env(env: dict[str, str]) -> Iterator[None]:
+    """Set the process environment for an in-process CLI run, then restore it."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 async def test_W2_W7_missed_reaction_escalates_once(
