@@ -89,13 +89,29 @@ class Coverage:
         return self.patches if kind == "patch" else self.upgrades
 
 
+def granting(asset: Asset, plans: PlanCatalogue) -> tuple[Contract, ...]:
+    """The contracts that give rights: all, or only eligible ones, as the catalogue decides."""
+    if plans.ineligible_contracts_grant:
+        return asset.contracts
+    return tuple(c for c in asset.contracts if not c.ineligible_rules)
+
+
+def chain_end(contracts: Sequence[Contract], first: Contract) -> date:
+    """Last day of the renewals that follow ``first`` without a break (E5)."""
+    end = first.end
+    for contract in contracts:
+        if contract.start == end + timedelta(days=1):
+            end = contract.end
+    return end
+
+
 def coverage(asset: Asset, plans: PlanCatalogue) -> Coverage:
     """Windows from purchase and contracts (E3, E4, S1, S2)."""
     purchase = asset.purchase_date
     warranty = [Span(purchase, plans.standard_warranty_until(purchase))]  # E3
     patches = [Span(purchase, plans.purchase_patches_until(purchase))]  # S1
     upgrades: list[Span] = []
-    for contract in asset.contracts:
+    for contract in granting(asset, plans):
         plan = plans.get(contract.plan)
         term = Span(contract.start, contract.end)
         warranty.append(term)  # E3: every plan covers hardware during its term
@@ -127,12 +143,16 @@ def parse_moment(text: str) -> datetime:
 
 def plan_in_force(asset: Asset, plans: PlanCatalogue, day: date) -> Plan | None:
     """The contract's plan covering ``day``; else standard while the 1-year warranty runs (E5)."""
-    contract = asset.contract_at(day)
+    contract = _contract_at(granting(asset, plans), day)
     if contract is not None:
         return plans.get(contract.plan)
     if asset.purchase_date <= day <= plans.standard_warranty_until(asset.purchase_date):
         return plans.standard
     return None
+
+
+def _contract_at(contracts: Sequence[Contract], day: date) -> Contract | None:
+    return next((c for c in contracts if c.covers(day)), None)
 
 
 def entitled_to(
@@ -257,7 +277,8 @@ def judge(
     day = warsaw_date(at)  # E1: day boundaries are Warsaw dates
     cover = coverage(asset, plans)
     plan = plan_in_force(asset, plans, day)
-    in_force = asset.contract_at(day)
+    contracts = granting(asset, plans)
+    in_force = _contract_at(contracts, day)
     # Past contracts no longer matter; the one in force and those still to come do (H1, H5).
     live: list[Contract] = [c for c in asset.contracts if c.end >= day]
     rules = tuple(sorted({rule for c in live for rule in c.ineligible_rules}))
@@ -277,7 +298,7 @@ def judge(
     contract_until: date | None = None
     if in_force is not None:
         # E5: renewals already registered continue the contract, so the chain's end is what lapses.
-        contract_until = asset.contracts[-1].end
+        contract_until = chain_end(contracts, in_force)
         left = (contract_until - day).days
         horizon = next((h for h in EXPIRY_HORIZONS if left <= h), None)
         if horizon is not None:

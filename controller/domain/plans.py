@@ -75,6 +75,8 @@ class PlanCatalogue:
     deliveries: Mapping[str, Delivery]
     patch_days_from_purchase: int
     standard_warranty_years: int
+    #: [decision] A contract flagged ineligible (H1, H5) still counts in verdicts, flagged.
+    ineligible_contracts_grant: bool = True
 
     def get(self, plan_id: str) -> Plan:
         """The plan ``plan_id``; KeyError names the known ones."""
@@ -216,4 +218,7 @@ def parse_plans(document: Mapping[str, Any]) -> PlanCatalogue:
         deliveries=deliveries,
         patch_days_from_purchase=_take(document, "patch_days_from_purchase", int, "plans.toml"),
         standard_warranty_years=_take(document, "standard_warranty_years", int, "plans.toml"),
+        ineligible_contracts_grant=_take(
+            document, "ineligible_contracts_grant", bool, "plans.toml", True
+        ),
     )

@@ -575,3 +575,18 @@ def test_C2_ambiguous_or_bad_moments_are_refused(text: str) -> None:
     """A moment without an offset, or not a moment at all, is refused with the text quoted."""
     with pytest.raises(ValueError, match=repr(text).replace("(", r"\(")):
         parse_moment(text)
+
+
+def test_H5_whether_an_ineligible_contract_counts_is_one_catalogue_field(
+    one_asset: Callable[..., Asset], releases: ReleaseCatalogue
+) -> None:
+    """By default a late HEZO+ counts and is flagged; with the field false it grants nothing."""
+    document = tomllib.loads(DEFAULT_PLANS_PATH.read_text(encoding="utf-8"))
+    strict = copy.deepcopy(document)
+    strict["ineligible_contracts_grant"] = False
+    asset = one_asset(row(**contract("hezo_plus", "2025-03-01", "2027-02-28")))
+    counted = verdict_json(asset, parse_plans(document), releases, "2025-06-01")
+    ignored = verdict_json(asset, parse_plans(strict), releases, "2025-06-01")
+    assert (counted["plan"], counted["warranty_until"]) == ("hezo_plus", "2027-02-28")
+    assert (ignored["plan"], ignored["warranty_until"]) == ("standard", "2026-01-09")
+    assert counted["ineligible_rules"] == ignored["ineligible_rules"] == ["H5"]
