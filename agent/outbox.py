@@ -10,7 +10,7 @@ import os
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +43,7 @@ class Entry:
     repeat: bool
     data: dict[str, Any]
     size: int
+    line: bytes = field(default=b"", repr=False)
 
     @property
     def report_id(self) -> str:
@@ -55,9 +56,10 @@ class Entry:
         return AgentNotice.model_validate(self.data)
 
 
-def state_key(snapshot: Snapshot) -> str:
+def state_key(snapshot: Snapshot | dict[str, Any]) -> str:
     """Digest of what a snapshot says about the device, ignoring when it was taken and uptime."""
-    payload = snapshot.model_dump(mode="json", exclude={"collected_at", "uptime_s"})
+    doc = snapshot.model_dump(mode="json") if isinstance(snapshot, Snapshot) else snapshot
+    payload = {k: v for k, v in doc.items() if k not in ("collected_at", "uptime_s")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -204,13 +206,16 @@ class Outbox:
         Raises OutboxFullError when full of state changes only (the caller keeps
         the state and tries again next cycle).
         """
-        state = state_key(snapshot)
+        # Dumped once: the state digest and the spooled line both come from this dict.
+        doc = snapshot.model_dump(mode="json")
+        state = state_key(doc)
         repeat = self._last_state.get(snapshot.serial) == state
         self._last_state[snapshot.serial] = state
         instance = self.instance
 
         def make(seq: int) -> dict[str, Any]:
-            return Report(id=f"{instance}-{seq}", snapshot=snapshot).model_dump(mode="json")
+            # The shape of shared.schema.Report, built without a second validation.
+            return {"id": f"{instance}-{seq}", "snapshot": doc}
 
         return await self._enqueue("report", snapshot.serial, state, repeat, make)
 
@@ -253,15 +258,17 @@ class Outbox:
         incoming = 0
         dropped_now = 0
         for pending in batch:
-            # Sizes barely depend on the seq; measure with a placeholder, number on acceptance.
-            size = _make_entry(
-                self._next_seq,
+            # Numbered before admission: a refused entry leaves a gap, which is harmless.
+            seq = self._take_seq()
+            entry = _make_entry(
+                seq,
                 pending.kind,
                 pending.serial,
                 pending.state,
                 pending.repeat,
-                pending.make_data(self._next_seq),
-            ).size
+                pending.make_data(seq),
+            )
+            size = entry.size
             if self._bytes + incoming + size > self.max_bytes:
                 # Free a margin too, so a full spool is not rewritten on every put.
                 needed = self._bytes + incoming + size - self.max_bytes + self.max_bytes // 8
@@ -277,15 +284,6 @@ class Outbox:
                     )
                 )
                 continue
-            seq = self._take_seq()
-            entry = _make_entry(
-                seq,
-                pending.kind,
-                pending.serial,
-                pending.state,
-                pending.repeat,
-                pending.make_data(seq),
-            )
             accepted.append((entry, pending))
             incoming += entry.size
         if dropped_now:
@@ -303,7 +301,7 @@ class Outbox:
                 accepted.append((entry, None))
         if not accepted:
             return
-        lines = [_encode(entry) for entry, _ in accepted]
+        lines = [entry.line for entry, _ in accepted]
         await self._run(self._append_blocking, lines, accepted[0][0].seq, accepted[-1][0].seq)
         for entry, waiting in accepted:
             self._entries.append(entry)
@@ -381,7 +379,7 @@ class Outbox:
             if old
             else self.directory / f"{_SEGMENT_PREFIX}{keep[0].seq:012d}{_SEGMENT_SUFFIX}"
         )
-        data = b"".join(_encode(e) for e in keep)
+        data = b"".join(e.line for e in keep)
         _atomic_write(target, data)
         for seg in old[1:]:
             seg.path.unlink(missing_ok=True)
@@ -448,7 +446,8 @@ def _make_entry(
     seq: int, kind: str, serial: str, state: str, repeat: bool, data: dict[str, Any]
 ) -> Entry:
     entry = Entry(seq=seq, kind=kind, serial=serial, state=state, repeat=repeat, data=data, size=0)
-    return Entry(**{**entry.__dict__, "size": len(_encode(entry))})
+    line = _encode(entry)
+    return Entry(**{**entry.__dict__, "size": len(line), "line": line})
 
 
 def _encode(entry: Entry) -> bytes:
@@ -473,6 +472,7 @@ def _decode(line: bytes) -> Entry:
         repeat=bool(doc["repeat"]),
         data=dict(doc["data"]),
         size=len(line),
+        line=line,
     )
 
 

@@ -76,7 +76,7 @@ class PinStore:
             return {}
         stamp = (info.st_mtime_ns, info.st_size)
         if self._cache.stamp == stamp:
-            return dict(self._cache.records)
+            return self._cache.records
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -88,7 +88,7 @@ class PinStore:
                 known["key"] = key
                 records[key] = PinRecord(**known)
         self._cache = _Cache(stamp=stamp, records=records)
-        return dict(records)
+        return records
 
     def _write(self, records: dict[str, PinRecord]) -> None:
         doc: dict[str, Any] = {
@@ -107,7 +107,8 @@ class PinStore:
 
     def get(self, key: str) -> PinRecord:
         with self._thread_lock:
-            return self._read().get(key, PinRecord(key=key))
+            self._read()
+            return self._cache.records.get(key) or PinRecord(key=key)
 
     def all(self) -> list[PinRecord]:
         with self._thread_lock:
@@ -116,16 +117,24 @@ class PinStore:
     def update(self, key: str, **changes: Any) -> PinRecord:
         """Change one record under the lock; returns the new record."""
         with self._locked():
-            records = self._read()
+            records = dict(self._read())
             record = replace(records.get(key, PinRecord(key=key)), **changes)
             records[key] = record
             self._write(records)
             return record
 
+    def update_many(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Apply several records' changes in one locked rewrite (first contact of a whole site)."""
+        with self._locked():
+            records = dict(self._read())
+            for key, fields in changes.items():
+                records[key] = replace(records.get(key, PinRecord(key=key)), **fields)
+            self._write(records)
+
     def apply_config(self, key: str, tls: str | None, ssh: str | None) -> PinRecord:
         """Pins given in the config win over first-use pins, unless an admin accepted newer ones."""
         with self._locked():
-            records = self._read()
+            records = dict(self._read())
             record = records.get(key, PinRecord(key=key))
             changed = False
             if tls is not None and tls != record.config_tls:
@@ -142,7 +151,7 @@ class PinStore:
     def accept(self, selector: str) -> list[PinRecord]:
         """Trust the pending certificate/host key of devices matching serial, host or host:port."""
         with self._locked():
-            records = self._read()
+            records = dict(self._read())
             chosen = [r for r in records.values() if selector in (r.serial, r.key, r.host)]
             if not chosen:
                 raise ConfigError(

@@ -82,6 +82,7 @@ class DeviceState:
     failing: str | None = None
     blocked: DeviceError | None = None
     polls: int = 0
+    pinned_serial: str = ""
     device_contacts: int = 0
 
 
@@ -110,6 +111,8 @@ class Poller:
         self.states: dict[str, DeviceState] = {d.key: DeviceState(d) for d in config.devices}
         self._semaphore = asyncio.Semaphore(config.concurrency)
         self._scheduler: AsyncIOScheduler | None = None
+        self._pin_changes: dict[str, dict[str, Any]] = {}
+        self._pin_writer: asyncio.Task[None] | None = None
         for state in self.states.values():
             state.serial = state.device.serial
 
@@ -357,11 +360,26 @@ class Poller:
         if had_ssh is None and pins.seen_ssh and self.config.trust_on_first_use:
             changes["ssh"] = pins.seen_ssh
         serial = snapshots[0].serial if snapshots else ""
-        record = await asyncio.to_thread(self.pins.get, state.device.key)
-        if serial and record.serial != serial:
-            changes["serial"] = serial
+        if serial and state.pinned_serial != serial:
+            record = await asyncio.to_thread(self.pins.get, state.device.key)
+            if record.serial != serial:
+                changes["serial"] = serial
+            state.pinned_serial = serial
         if changes:
-            await asyncio.to_thread(self.pins.update, state.device.key, **changes)
+            await self._save_pins(state.device.key, changes)
+
+    async def _save_pins(self, key: str, changes: dict[str, Any]) -> None:
+        """Queue pin changes; polls finishing together share one locked rewrite of the store."""
+        self._pin_changes.setdefault(key, {}).update(changes)
+        if self._pin_writer is None or self._pin_writer.done():
+            self._pin_writer = asyncio.create_task(self._write_pins())
+        await asyncio.shield(self._pin_writer)
+
+    async def _write_pins(self) -> None:
+        while self._pin_changes:
+            await asyncio.sleep(0)  # let polls finishing in this tick join the same write
+            changes, self._pin_changes = self._pin_changes, {}
+            await asyncio.to_thread(self.pins.update_many, changes)
 
 
 def _short(exc: DeviceError) -> str:
