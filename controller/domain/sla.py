@@ -103,7 +103,10 @@ def reaction_due(terms: SlaTerms, submitted: datetime) -> datetime | None:
     """
     if terms.reaction_hours is None:
         return None
-    return add_window_time(submitted, timedelta(hours=terms.reaction_hours), terms.window)
+    # In UTC: adding hours to a Europe/Warsaw datetime would be wall-clock arithmetic,
+    # wrong across a DST change (C2).
+    start = to_warsaw(submitted).astimezone(UTC)
+    return add_window_time(start, timedelta(hours=terms.reaction_hours), terms.window)
 
 
 def delivery_due(terms: SlaTerms, accepted: datetime) -> datetime:
@@ -113,7 +116,9 @@ def delivery_due(terms: SlaTerms, accepted: datetime) -> datetime:
         return at_warsaw(next_business_day(warsaw_date(accepted)), NBD_DEADLINE)
     if terms.delivery_kind == "clock_hours":
         # E9: clock hours, so elapsed time even across a DST change.
-        return to_warsaw(accepted + timedelta(hours=terms.delivery_amount))
+        return to_warsaw(
+            to_warsaw(accepted).astimezone(UTC) + timedelta(hours=terms.delivery_amount)
+        )
     return _same_time_days_later(accepted, terms.delivery_amount)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -235,3 +236,28 @@ def test_C2_sla_cli_refuses_bad_input_naming_the_flag(
     captured = capsys.readouterr()
     assert needle in json.loads(captured.out)["error"]["message"]
     assert needle in captured.err
+
+
+def test_C2_zoned_inputs_count_elapsed_hours_across_dst() -> None:
+    """Times given in Europe/Warsaw (not fixed offsets) still count real hours across DST."""
+    warsaw = ZoneInfo("Europe/Warsaw")
+    spring = datetime(2026, 3, 29, 1, 30, tzinfo=warsaw)
+    due = reaction_due(terms("partner_poly_plus"), spring)
+    assert due is not None and due.isoformat() == "2026-03-29T03:30:00+02:00"
+    autumn = datetime(2025, 10, 25, 22, 0, tzinfo=warsaw)
+    option = CATALOGUE.deliveries["8h"]
+    eight = SlaTerms(
+        window="24x7",
+        reaction_hours=None,
+        delivery_kind=option.kind,
+        delivery_amount=option.amount,
+        return_days=7,
+    )
+    assert delivery_due(eight, autumn).isoformat() == "2025-10-26T05:00:00+01:00"
+
+
+def test_C2_sla_cli_24x7_reaction_across_spring_gap(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI shows 01:30+01:00 plus one hour as 03:30+02:00 (02:00-03:00 does not exist)."""
+    argv = ["--plan", "partner_poly_plus", "--submitted", "2026-03-29T01:30:00+01:00"]
+    assert main(["controller", "sla", *argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reaction_due"] == "2026-03-29T03:30:00+02:00"
