@@ -149,7 +149,10 @@ def installed_of(device: Mapping[str, Any] | None) -> InstalledFirmware | None:
         parsed = FirmwareVersion.parse(version, build=build or None)
     except VersionError:
         return None
-    return InstalledFirmware(str(parsed) if build else version, parsed)
+    # Shown as the device's tools print it (4.1.0_00.180034), leading zeros of the build kept.
+    build_in_text = FirmwareVersion.parse(version).build != 0
+    text = f"{version}.{build}" if build and not build_in_text else version
+    return InstalledFirmware(text, parsed)
 
 
 def live_verdict(

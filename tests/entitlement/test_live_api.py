@@ -250,3 +250,38 @@ async def test_E7_running_controller_sees_a_release_added_by_the_cli(tmp_path: P
         _, after = await _get(ctl, "/api/v1/devices/X30PP/entitlement")
         assert (after["firmware"]["next"], after["firmware"]["kind"]) == ("4.4.0.415000", "upgrade")
         assert after["firmware"]["entitled"] is True
+
+
+async def test_E70_camera_reported_on_its_host_gets_its_own_verdict(
+    controller: RunningController,
+) -> None:
+    """An E70 registered with its host is judged on its own contract, with no VideoOS hop."""
+    registry = csv_of(
+        row("G7HOST", model="g7500", site="krakow"),
+        row(
+            "E70CAM",
+            model="studio_e70",
+            site="krakow",
+            host_serial="G7HOST",
+            plan="hezo_plus",
+            contract_number="HZ-9",
+            contract_start="2025-01-10",
+            contract_end="2027-01-09",
+        ),
+    )
+    assert (await _import(controller, registry))[0] == 200
+    camera = _snapshot("E70CAM", Model.STUDIO_E70, "1.3.0", "009011").model_copy(
+        update={"host_serial": "G7HOST"}
+    )
+    await _report(controller, "krakow", _snapshot("G7HOST", Model.G7500, "4.1.3", "394009"), camera)
+    _, verdict = await _get(controller, "/api/v1/devices/E70CAM/entitlement")
+    assert (verdict["plan"], verdict["eligible"]) == ("hezo_plus", True)
+    assert verdict["firmware"] == {
+        "installed": "1.3.0.009011",
+        "next": None,
+        "kind": None,
+        "entitled": None,
+        "entitled_next": None,
+    }
+    _, host = await _get(controller, "/api/v1/devices/G7HOST/entitlement")
+    assert host["firmware"]["next"] == "4.2.2-408037" and host["plan"] is None
