@@ -486,5 +486,13 @@ class TicketService:
             )
         if ticket.status is not TicketStatus.OPEN:
             raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")
+        # Deliveries given up on (e.g. a refused webhook, since fixed) may be tried again.
+        given_up = [
+            entry_id
+            for entry_id, doc in list(self.store.scan(FAILED).items())
+            if doc.get("ticket_id") == key
+        ]
+        if given_up:
+            await self.store.wait_durable(self.store.apply({}, {FAILED: given_up}))
         self._prepare_later(key)
         return ticket

@@ -251,3 +251,28 @@ async def test_site_outage_gives_one_site_ticket(
     assert ticket.status is TicketStatus.OPEN and ticket.language == "en"
     assert await service.worker.run_once(clock.now) == 2
     assert "site offline" in smtp_peer.received[0].message["Subject"]
+
+
+async def test_send_retries_deliveries_given_up_on(
+    store: TinyDBStore, webhook_peer: WebhookPeer, tmp_path: Path
+) -> None:
+    """A webhook refused for good is tried again when the admin sends the ticket again."""
+    clock = Clock()
+    await store.put_many(ASSETS, {"X1": asset("X1", "hezo_plus").to_doc()})
+    settings = ticket_settings(ticket_sections(None, webhook_peer, min_duration_s=60))
+    service = TicketService(
+        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
+    )
+    try:
+        webhook_peer.script = [400]
+        await report(service, clock, "X1", range(0, 3), ProblemCode.CAMERA_DOWN)
+        (ticket,) = service.tickets()
+        assert await service.worker.run_once(clock.now) == 0
+        assert [d["state"] for d in service.deliveries(ticket.id)] == ["failed"]
+        await service.resend(ticket.id)
+        await service.wait_prepared()
+        assert await service.worker.run_once(clock.now) == 1
+        assert service.get(ticket.id).status is TicketStatus.SENT
+        assert len(webhook_peer.received) == 1
+    finally:
+        await service.close()
