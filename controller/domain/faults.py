@@ -100,6 +100,10 @@ class _Track:
     state: str = "idle"
     streak: int = 0
     first_seen: datetime | None = None
+    #: The latest moment the problem was seen: a fault must be *seen* to persist.
+    last_seen: datetime | None = None
+    #: Started by the controller noticing silence: it persists until a report says otherwise.
+    from_silence: bool = False
     gone_since: datetime | None = None
     appearances: list[datetime] = field(default_factory=list)
     flapping: bool = False
@@ -176,6 +180,7 @@ class FaultDetector:
             track.detail = detail
             track.host_serial = snapshot.host_serial
             track.model = snapshot.model.value
+            track.from_silence = False
             self._present(track, at, evidence, streak_step=1)
         for code, track in list(self._tracks.get(serial, {}).items()):
             if code not in present:
@@ -189,6 +194,7 @@ class FaultDetector:
         """The controller noticed silence (no report for several polls): the report count is met."""
         self._remember(serial, site)
         track = self._track(serial, UNREACHABLE, site)
+        track.from_silence = True
         if track.state in ("idle", "pending"):
             # The silence itself spans several missed reports, so the report count is met.
             self._present(track, at, None, streak_step=self.policy.min_reports)
@@ -260,6 +266,8 @@ class FaultDetector:
         track.state = "idle"
         track.streak = 0
         track.first_seen = None
+        track.last_seen = None
+        track.from_silence = False
         track.gone_since = None
         track.evidence = []
 
@@ -284,6 +292,7 @@ class FaultDetector:
                 seen for seen in track.appearances if at - seen < self.policy.flap_window
             ] + [at]
         track.streak += streak_step
+        track.last_seen = at
         if evidence is not None:
             if len(track.evidence) < 3:
                 track.evidence.append(evidence)
@@ -333,9 +342,12 @@ class FaultDetector:
                 # Part of a site outage: the site ticket speaks for it (correlation).
                 continue
             flapping = len(track.appearances) >= self.policy.flap_count
+            # A reported problem has held only as long as reports show it; silence
+            # (unreachable noticed by the controller) holds until a report ends it.
+            seen_until = now if track.from_silence else (track.last_seen or track.first_seen)
             held = (
                 track.streak >= self.policy.min_reports
-                and now - track.first_seen >= self.policy.hold_time(track.code)
+                and seen_until - track.first_seen >= self.policy.hold_time(track.code)
             )
             if not (held or flapping):
                 continue

@@ -284,3 +284,14 @@ def test_host_peripheral_problem_about_its_e70_is_left_to_the_e70() -> None:
         events += detector.observe(host, site="krk", at=moment)
     assert kinds(events) == [("opened", "E70-1", "peripheral_disconnected")]
     assert events[0].host_serial == "X1"
+
+
+def test_reported_problem_must_be_seen_for_the_whole_hold() -> None:
+    """Two reports of a problem, then silence: time passing alone does not open a fault."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE))
+    assert feed(detector, "X1", range(0, 2), ProblemCode.CAMERA_DOWN) == []
+    assert detector.tick(T0 + 30 * MINUTE) == []
+    # The next report still showing it (held since minute 0) opens it.
+    assert kinds(feed(detector, "X1", range(31, 32), ProblemCode.CAMERA_DOWN)) == [
+        ("opened", "X1", "camera_down")
+    ]
