@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ from typing import Any
 import aiohttp
 
 from controller.app import read_runtime
+from controller.cli.core import SERVER_WAIT_S
 from controller.config import ConfigError, load_config
 from controller.domain.assets import (
     Asset,
-    ImportPlan,
     ImportProblem,
     InstalledFirmware,
     RegistryImportError,
@@ -257,19 +258,33 @@ async def _import_via_server(socket: str, text: str, dry_run: bool) -> dict[str,
         return dict(body)
 
 
-async def _import_into_store(data_dir: Path, assets: list[Asset], dry_run: bool) -> ImportPlan:
-    store = TinyDBStore(data_dir / STORE_SUBDIR)
-    await store.open()  # StoreLocked when a server holds the data directory
-    try:
-        return await service.import_assets(store, assets, dry_run=dry_run)
-    finally:
-        await store.close()
-
-
-def _server_socket(data_dir: Path) -> str | None:
-    runtime = read_runtime(data_dir) or {}
-    socket = runtime.get("control_socket")
-    return socket if isinstance(socket, str) and Path(socket).exists() else None
+async def _import(data_dir: Path, assets: list[Asset], text: str, dry_run: bool) -> dict[str, Any]:
+    """Import under the store's lock, or through the server that holds it (as core commands do)."""
+    deadline = time.monotonic() + SERVER_WAIT_S
+    while True:
+        store = TinyDBStore(data_dir / STORE_SUBDIR)
+        try:
+            await store.open()
+        except StoreLocked:
+            runtime = await asyncio.to_thread(read_runtime, data_dir)
+            socket = runtime.get("control_socket") if runtime else None
+            if isinstance(socket, str):
+                try:
+                    return await _import_via_server(socket, text, dry_run)
+                except aiohttp.ClientConnectionError:
+                    pass  # the server is starting or stopping: try again
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"{data_dir} is locked by another process but no server answers "
+                    "on its control socket"
+                ) from None
+            await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
+            continue
+        try:
+            plan = await service.import_assets(store, assets, dry_run=dry_run)
+            return {"dry_run": dry_run, **plan.to_json()}
+        finally:
+            await store.close()
 
 
 def _assets_import(args: argparse.Namespace) -> int:
@@ -289,19 +304,7 @@ def _assets_import(args: argparse.Namespace) -> int:
             file=str(args.file),
         )
     try:
-        try:
-            # The store's lock is the truth: if we get it, no server runs on this data directory.
-            plan = asyncio.run(_import_into_store(config.data_dir, assets, args.dry_run))
-            document = {"dry_run": bool(args.dry_run), **plan.to_json()}
-        except StoreLocked:
-            socket = _server_socket(config.data_dir)
-            if socket is None:
-                return _fail(
-                    args,
-                    f"registry not changed: a controller holds {config.data_dir} but has not "
-                    "opened its control socket yet; try again once it is up",
-                )
-            document = asyncio.run(_import_via_server(socket, text, args.dry_run))
+        document = asyncio.run(_import(config.data_dir, assets, text, bool(args.dry_run)))
     except _ServerAnswer as exc:
         problems = [ImportProblem(**p) for p in exc.body.get("problems", [])]
         error = exc.body.get("error") or {}
@@ -309,7 +312,7 @@ def _assets_import(args: argparse.Namespace) -> int:
         return _fail(
             args, f"server refused the import: {message or exc}", problems, file=str(args.file)
         )
-    except (StoreLocked, StoreError, aiohttp.ClientError, OSError) as exc:
+    except (StoreError, aiohttp.ClientError, OSError) as exc:
         return _fail(args, f"registry not changed: {exc}")
     if args.json:
         _print_json(document)
