@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from controller.config import DEFAULT_DATA_DIR, ConfigError, load_config
 from controller.domain.calendar import to_warsaw
 from controller.domain.plans import CatalogueError
 from controller.domain.sla import SlaTerms, deadlines
@@ -71,7 +72,6 @@ def cmd_sla(args: argparse.Namespace) -> int:
 
 # -- tickets: a client of the running server's API ------------------------------------------
 
-DEFAULT_DATA_DIR = Path("polyfleet-data")
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "POLYFLEET_TOKEN"  # noqa: S105  # the variable's name, not a secret
 #: Runtime file a running server writes into its data directory (controller.app.RUNTIME_FILE).
@@ -82,6 +82,17 @@ class ClientError(Exception):
     """The server could not be reached or refused the call; the message says what to do."""
 
 
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir:
+        return Path(args.data_dir)
+    if args.config:
+        try:
+            return load_config(Path(args.config)).data_dir
+        except ConfigError as exc:
+            raise ClientError(str(exc)) from None
+    return DEFAULT_DATA_DIR
+
+
 def _endpoint(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     """(base url, unix socket or None, token or None) from flags, env and the runtime file."""
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -89,9 +100,10 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
         if not token:
             raise ClientError(f"--token (or {TOKEN_ENV}) is required with --url: an admin token")
         return args.url.rstrip("/"), None, token
+    data_dir = _data_dir(args)
     runtime: dict[str, Any] = {}
     try:
-        runtime = json.loads((Path(args.data_dir) / RUNTIME_FILE).read_text(encoding="utf-8"))
+        runtime = json.loads((data_dir / RUNTIME_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         runtime = {}
     if token:
@@ -101,7 +113,7 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
         # The local control socket (owner-only) stands for an admin token.
         return "http://localhost", socket_path, None
     raise ClientError(
-        f"no running controller found in {args.data_dir} and no token given: "
+        f"no running controller found in {data_dir} and no token given: "
         f"pass --data-dir of the running server, or --url and --token (or {TOKEN_ENV})"
     )
 
@@ -214,7 +226,8 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         "server on this machine no token is needed; otherwise give --url and an admin --token.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the server's data dir")
+    common.add_argument("--config", help="controller.toml (its data dir finds the server)")
+    common.add_argument("--data-dir", help=f"the server's data dir (default {DEFAULT_DATA_DIR})")
     common.add_argument("--url", help="the controller's URL, e.g. https://127.0.0.1:8080")
     common.add_argument("--token", help=f"an admin API token (or set {TOKEN_ENV})")
     common.add_argument("--ca-file", help="CA certificate to trust for an https --url")
