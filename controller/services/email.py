@@ -84,7 +84,7 @@ class SmtpSender:
         s = self.settings
         where = f"SMTP {s.host}:{s.port}"
         try:
-            with smtplib.SMTP(s.host, s.port, timeout=s.timeout_s) as client:
+            with smtplib.SMTP(s.host, s.port, local_hostname=s.helo, timeout=s.timeout_s) as client:
                 client.ehlo()
                 if s.starttls:
                     if not client.has_extn("starttls"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -76,6 +77,8 @@ class SmtpSettings:
     starttls: bool = True
     ca_file: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    #: Name given in EHLO; the host name, never a DNS lookup (which can hang offline).
+    helo: str = field(default_factory=socket.gethostname)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -283,6 +286,7 @@ def _smtp(raw: Mapping[str, Any] | None, base: Path, env: Mapping[str, str]) -> 
         starttls=s.bool_("starttls", True),
         ca_file=s.path("ca_file"),
         timeout_s=s.float_("timeout_s", DEFAULT_TIMEOUT_S, minimum=0.1),
+        helo=s.str_("helo") or socket.gethostname(),
     )
     if settings.password is not None and not settings.starttls:
         # Never send a password in clear over the network.
