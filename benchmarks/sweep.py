@@ -155,8 +155,10 @@ async def bare_sweep(devices: list[dict[str, Any]], concurrency: int) -> dict[st
                     if path == "/rest/session" and method == "POST"
                     else None
                 )
+                # The agent closes its connection with the logout; so does the bare loop.
+                last = {"Connection": "close"} if method == "DELETE" else {}
                 async with session.request(
-                    method, base + path, json=body, headers=headers, ssl=fingerprint
+                    method, base + path, json=body, headers={**headers, **last}, ssl=fingerprint
                 ) as resp:
                     await resp.read()
                     cookies = {k: m.value for k, m in resp.cookies.items()}
@@ -176,6 +178,25 @@ async def bare_sweep(devices: list[dict[str, Any]], concurrency: int) -> dict[st
     return {"wall_s": wall, "cpu_s": cpu, "devices_ok": ok}
 
 
+def run_side(side: str, work: Path, concurrency: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--run-side",
+            side,
+            str(work),
+            "--concurrency",
+            str(concurrency),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=1000)
@@ -183,6 +204,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve-lab", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--run-side", nargs=2, metavar=("SIDE", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_lab is not None:
         serve_lab(
@@ -193,18 +215,28 @@ def main() -> int:
     from simulator.lab import raise_open_file_limit
 
     raise_open_file_limit()
+    if args.run_side is not None:
+        # A child: one contestant in a fresh process, so its RSS is its own.
+        side, work = args.run_side
+        devices = json.loads((Path(work) / "lab.json").read_text())
+        if side == "bare":
+            asyncio.run(bare_sweep(devices, args.concurrency))  # warm-up of the lab
+            measured = asyncio.run(bare_sweep(devices, args.concurrency))
+        else:
+            measured = asyncio.run(agent_sweep(devices, Path(work), args.concurrency))
+        measured["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(measured))
+        return 0
     with tempfile.TemporaryDirectory(prefix="polyfleet-sweep-") as tmp:
         work = Path(tmp)
-        lab, devices = start_lab_process(args.devices, args.latency_ms, work)
+        lab, _devices = start_lab_process(args.devices, args.latency_ms, work)
         try:
-            # A warm-up pass so neither side pays the lab's first-contact costs.
-            asyncio.run(bare_sweep(devices, args.concurrency))
-            bare = asyncio.run(bare_sweep(devices, args.concurrency))
-            agent = asyncio.run(agent_sweep(devices, work, args.concurrency))
-            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            bare = run_side("bare", work, args.concurrency)
+            agent = run_side("agent", work, args.concurrency)
         finally:
             lab.send_signal(signal.SIGTERM)
             lab.wait(timeout=120)
+    rss_mb = agent["rss_mb"]
     result = {
         "devices": args.devices,
         "latency_ms": args.latency_ms,
@@ -233,7 +265,7 @@ def main() -> int:
         f"ratio       : {result['wall_ratio']:.2f}x wall (target <= 1.5), "
         f"{result['cpu_ratio'] or 0:.2f}x CPU"
     )
-    print(f"agent RSS   : {rss_mb:.0f} MB (target < 300)")
+    print(f"agent RSS   : {rss_mb:.0f} MB (target < 300; bare loop {bare['rss_mb']:.0f} MB)")
     return 0
 
 
