@@ -105,7 +105,7 @@ async def whole_product(
         await lab.stop()
 
 
-async def test_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
+async def test_W4_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
     tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
     """Lab camera fault -> agent reports -> one ticket, the agent's bundle mailed and posted."""
@@ -135,7 +135,7 @@ async def test_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
         assert len(smtp_peer.received) == 1
 
 
-async def test_lab_e70_fault_is_the_cameras_ticket_with_host_diagnostics(
+async def test_D1_lab_e70_fault_is_the_cameras_ticket_with_host_diagnostics(
     tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
     """An E70 failing on a G7500: one E70 ticket (its contract, Polish), linked to the host."""

@@ -198,7 +198,7 @@ async def lab(tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer) ->
         yield lab
 
 
-async def test_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
+async def test_W4_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
     lab: Lab, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
     """A camera fault held 5 minutes: one ticket, the agent's bundle attached, both channels."""
@@ -251,7 +251,7 @@ async def test_short_blip_opens_no_ticket(lab: Lab) -> None:
     assert (await lab.admin("GET", "/api/v1/tickets"))["tickets"] == []
 
 
-async def test_e70_fault_is_the_cameras_ticket_linked_to_host(lab: Lab) -> None:
+async def test_D1_e70_fault_is_the_cameras_ticket_linked_to_host(lab: Lab) -> None:
     """An E70 fault is filed with the E70's serial and contract and names its host."""
     for minute in range(0, 8):
         lab.clock.now = T0 + minute * MINUTE

@@ -261,3 +261,21 @@ def test_C2_sla_cli_24x7_reaction_across_spring_gap(capsys: pytest.CaptureFixtur
     argv = ["--plan", "partner_poly_plus", "--submitted", "2026-03-29T01:30:00+01:00"]
     assert main(["controller", "sla", *argv, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reaction_due"] == "2026-03-29T03:30:00+02:00"
+
+
+@pytest.mark.parametrize(
+    ("sent", "reaction", "delivery"),
+    [
+        # 2024: 24 December was still a working day.
+        ("2024-12-23T16:30:00+01:00", "2024-12-24T09:30:00+01:00", "2024-12-24T17:00:00+01:00"),
+        # From 2025 it is a public holiday (C1), as every year after.
+        ("2025-12-23T16:30:00+01:00", "2025-12-29T09:30:00+01:00", "2025-12-29T17:00:00+01:00"),
+        ("2026-12-23T16:30:00+01:00", "2026-12-28T09:30:00+01:00", "2026-12-28T17:00:00+01:00"),
+    ],
+)
+def test_C1_24_december_is_a_holiday_from_2025(sent: str, reaction: str, delivery: str) -> None:
+    """The holiday library's calendar, not a fixed list: 24 December counts from 2025 on."""
+    hezo = terms("hezo_plus")
+    due = reaction_due(hezo, at(sent))
+    assert due is not None and due.isoformat() == reaction
+    assert delivery_due(hezo, at(sent)).isoformat() == delivery
