@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -63,6 +64,9 @@ ROUTE_MODULES: list[RouteModule] = [agent_api, admin_api, metrics_api, openapi_a
 
 #: Feature route modules (issues 5 and 6), registered when the module exists.
 FEATURE_ROUTE_MODULES = ("controller.api.entitlement", "controller.api.tickets")
+
+#: Allocations between young-generation collections in a serving process (CPython default 700).
+GC_THRESHOLD_YOUNG = 20_000
 
 #: Name of the file in the data directory that tells CLI commands where the server is.
 RUNTIME_FILE = "controller.json"
@@ -202,6 +206,7 @@ async def serve(
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    tune_gc()
     socket_path = control_socket_path(config.data_dir)
     runtime = config.data_dir / RUNTIME_FILE
     try:
@@ -234,6 +239,18 @@ async def serve(
         await runner.cleanup()
         await asyncio.to_thread(runtime.unlink, missing_ok=True)
         await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+
+
+def tune_gc() -> None:
+    """Keep the cyclic collector off the loaded state (and collect young objects less often).
+
+    The state is millions of small, acyclic dicts; each full collection walks all of them and
+    cost ingestion a factor of three in the benchmark. Freezing moves what exists now out of
+    the collector's sight; reference counting still frees it.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_YOUNG, *gc.get_threshold()[1:])
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from controller.api.auth import principal
-from controller.api.errors import ApiError, read_json, validate
+from controller.api.errors import ApiError, parse_json, read_json, validate
 from controller.api.models import ArtifactOut, Ok
 from controller.api.spec import AGENTS, PUBLIC, endpoint
 from controller.keys import ACCESS, INVENTORY, JOBS
@@ -68,7 +69,25 @@ async def enroll(request: web.Request) -> web.Response:
     tags=("agent",),
 )
 async def post_reports(request: web.Request) -> web.Response:
-    data = await read_json(request)
+    batch = await _read_batch(request)
+    ack = await request.app[INVENTORY].ingest(principal(request), batch)
+    return web.json_response(ack.model_dump(mode="json"))
+
+
+async def _read_batch(request: web.Request) -> ReportBatch:
+    """A valid batch: parsed in one pass; on failure, a second pass finds the precise error."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
+    try:
+        batch = ReportBatch.model_validate_json(raw)
+    except ValidationError:
+        pass
+    else:
+        check_protocol({"protocol_version": batch.protocol_version})
+        return batch
+    data = parse_json(raw)
     check_protocol(data)
     reports = data.get("reports")
     if isinstance(reports, list) and len(reports) > MAX_BATCH_SNAPSHOTS:
@@ -78,9 +97,7 @@ async def post_reports(request: web.Request) -> web.Response:
             f"{len(reports)} snapshots in one batch; at most {MAX_BATCH_SNAPSHOTS}: split it",
             "reports",
         )
-    batch = validate(ReportBatch, data)
-    ack = await request.app[INVENTORY].ingest(principal(request), batch)
-    return web.json_response(ack.model_dump(mode="json"))
+    return validate(ReportBatch, data)
 
 
 @endpoint(

@@ -2,9 +2,11 @@
 
 A device document (collection ``devices``, key = serial) holds the latest snapshot's fields
 plus ``site_id``, ``room``, ``first_seen``, ``last_seen`` (when a report last mentioned it,
-controller time), ``reports`` (ids and collection times of the retained reports, oldest
-first) and ``health_history`` (changes only). Each retained report is a document in
-``reports`` (key = report id): ``{id, serial, site_id, agent_id, received_at, snapshot}``.
+controller time) and ``reports`` (ids and collection times of the retained reports, oldest
+first). Each retained report is a document in ``reports`` (key = report id): ``{id, serial,
+site_id, agent_id, received_at, snapshot}``. Health changes (not every report) are kept in
+``health_history`` (key = serial): ``{"changes": [{at, state, problems}, ...]}``, written
+only when the health changes, so a steady report rewrites no history.
 """
 
 from __future__ import annotations
@@ -33,7 +35,16 @@ from controller.events import (
     SnapshotIngested,
 )
 from controller.services.access import Principal, UnknownSite
-from controller.store.base import AGENTS, DEVICES, EVENTS, REPORTS, SITES, Doc, Store
+from controller.store.base import (
+    AGENTS,
+    DEVICES,
+    EVENTS,
+    HEALTH_HISTORY,
+    REPORTS,
+    SITES,
+    Doc,
+    Store,
+)
 from shared.schema import (
     HealthState,
     Model,
@@ -152,8 +163,14 @@ class IngestStats:
     observers: list[Callable[[float], None]] = field(default_factory=list)
 
 
-def _health_key(health: Doc) -> tuple[str, frozenset[str]]:
-    return health["state"], frozenset(p["code"] for p in health.get("problems", ()))
+def _same_health(old: Doc, new: Doc) -> bool:
+    """Same state and problem codes (detail text may change without it being news)."""
+    if old["state"] != new["state"]:
+        return False
+    old_problems, new_problems = old.get("problems") or (), new.get("problems") or ()
+    if not old_problems and not new_problems:
+        return True
+    return {p["code"] for p in old_problems} == {p["code"] for p in new_problems}
 
 
 class Inventory:
@@ -254,10 +271,20 @@ class Inventory:
             first_seen=doc.get("first_seen"),
             peripherals=doc.get("peripherals", []),
             cameras=cameras,
-            health_history=doc.get("health_history", []),
+            health_history=self.health_history(serial),
             reports=[rid for rid, _ in doc.get("reports", [])],
         )
         return detail
+
+    def health_history(self, serial: str) -> list[Doc]:
+        """The device's health changes, oldest first: ``{at, state, problems}``."""
+        doc = self._store.get(HEALTH_HISTORY, serial)
+        return list(doc["changes"]) if doc else []
+
+    def _record_change(self, serial: str, change: Doc, pending: dict[str, Doc]) -> None:
+        known = pending.get(serial) or self._store.get(HEALTH_HISTORY, serial)
+        changes = known["changes"] if known else []
+        pending[serial] = {"changes": [*changes[-(self._health_history - 1) :], change]}
 
     def recent_reports(self, serial: str) -> list[Doc]:
         """The retained reports of a device, oldest first (tickets attach these as evidence)."""
@@ -319,6 +346,7 @@ class Inventory:
         self._note_call(agent.agent_id, site_id, now)
         devices: dict[str, Doc] = {}
         reports: dict[str, Doc] = {}
+        history: dict[str, Doc] = {}
         dropped: list[str] = []
         events: list[Event] = []
         ingested: list[Event] = []
@@ -349,12 +377,17 @@ class Inventory:
                 "snapshot": snap,
             }
             retained.append([report.id, collected_text])
-            retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
+            if len(retained) > 1 and snapshot.collected_at < datetime.fromisoformat(
+                retained[-2][1]
+            ):
+                retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
             while len(retained) > self._report_history:
                 old_id = retained.pop(0)[0]
                 if reports.pop(old_id, None) is None:
                     dropped.append(old_id)
-            device = dict(self._apply_snapshot(device, snap, snapshot, site_id, now, events))
+            device = dict(
+                self._apply_snapshot(device, snap, snapshot, site_id, now, events, history)
+            )
             device["reports"] = retained
             devices[serial] = device
             ingested.append(
@@ -379,7 +412,12 @@ class Inventory:
                 )
             )
         event_puts, event_deletes = self._bus.record(events)
-        puts: dict[str, dict[str, Doc]] = {DEVICES: devices, REPORTS: reports, EVENTS: event_puts}
+        puts: dict[str, dict[str, Doc]] = {
+            DEVICES: devices,
+            REPORTS: reports,
+            HEALTH_HISTORY: history,
+            EVENTS: event_puts,
+        }
         agent_doc = self._agent_update(agent.agent_id, now)
         if agent_doc is not None:
             puts[AGENTS] = {agent.agent_id: agent_doc}
@@ -404,6 +442,7 @@ class Inventory:
         site_id: str,
         now: datetime,
         events: list[Event],
+        history: dict[str, Doc],
     ) -> Doc:
         serial = snapshot.serial
         now_text = now.isoformat()
@@ -415,7 +454,6 @@ class Inventory:
                 "room": None,
                 "first_seen": now_text,
                 "health": None,
-                "health_history": [],
                 "collected_at": None,
             }
         else:
@@ -443,11 +481,8 @@ class Inventory:
             device[key] = snap[key]
         new_health = snap["health"]
         device["health"] = new_health
-        if old_health is None or _health_key(old_health) != _health_key(new_health):
-            device["health_history"] = [
-                *device.get("health_history", [])[-(self._health_history - 1) :],
-                {"at": snap["collected_at"], **new_health},
-            ]
+        if old_health is None or not _same_health(old_health, new_health):
+            self._record_change(serial, {"at": snap["collected_at"], **new_health}, history)
             events.append(
                 HealthChanged(
                     at=now,
@@ -520,6 +555,7 @@ class Inventory:
                 # One event for the site; its devices are not judged while nobody watches them.
                 events.append(AgentOffline(at=now, site_id=site_id, last_seen=liveness.last_call))
         devices: dict[str, Doc] = {}
+        history: dict[str, Doc] = {}
         baseline = now - self._silence
         for serial, doc in self._store.scan(DEVICES).items():
             if doc.get("unreachable_since") or self.site_online(doc["site_id"]) is False:
@@ -527,16 +563,26 @@ class Inventory:
             last_seen = datetime.fromisoformat(doc["last_seen"])
             if max(last_seen, self._started_at) >= baseline:
                 continue
-            devices[serial] = self._mark_unreachable(doc, now, last_seen, events)
+            devices[serial] = self._mark_unreachable(doc, now, last_seen, events, history)
         if events:
             puts, deletes = self._bus.record(events)
-            changes: dict[str, dict[str, Doc]] = {DEVICES: devices, SITES: sites, EVENTS: puts}
+            changes: dict[str, dict[str, Doc]] = {
+                DEVICES: devices,
+                SITES: sites,
+                HEALTH_HISTORY: history,
+                EVENTS: puts,
+            }
             await self._store.wait_durable(self._store.apply(changes, {EVENTS: deletes}))
             self._bus.dispatch(events)
         return events
 
     def _mark_unreachable(
-        self, doc: Doc, now: datetime, last_seen: datetime, events: list[Event]
+        self,
+        doc: Doc,
+        now: datetime,
+        last_seen: datetime,
+        events: list[Event],
+        history: dict[str, Doc],
     ) -> Doc:
         silent_s = int((now - last_seen).total_seconds())
         problem = Problem(code=ProblemCode.UNREACHABLE, detail=f"no report for {silent_s} s")
@@ -545,11 +591,8 @@ class Inventory:
             "problems": [problem.model_dump(mode="json")],
         }
         old = doc.get("health")
-        history = [
-            *doc.get("health_history", [])[-(self._health_history - 1) :],
-            {"at": now.isoformat(), **health},
-        ]
         serial, site_id = doc["serial"], doc["site_id"]
+        self._record_change(serial, {"at": now.isoformat(), **health}, history)
         events.append(
             DeviceUnreachable(at=now, site_id=site_id, serial=serial, last_seen=last_seen)
         )
@@ -566,7 +609,6 @@ class Inventory:
         return {
             **doc,
             "health": health,
-            "health_history": history,
             "unreachable_since": now.isoformat(),
         }
 

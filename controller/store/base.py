@@ -30,6 +30,7 @@ Doc = dict[str, Any]
 SITES = "sites"
 DEVICES = "devices"
 REPORTS = "reports"
+HEALTH_HISTORY = "health_history"
 AGENTS = "agents"
 TOKENS = "tokens"
 INVITES = "invites"

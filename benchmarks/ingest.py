@@ -1,0 +1,309 @@
+"""Ingest benchmark: 50 agents posting batches for 10,000 devices, controller vs bare aiohttp.
+
+Runs on loopback only. In the same run it measures the real controller (``polyfleet
+controller serve`` in its own process, with a fresh data directory) and a bare aiohttp
+endpoint that only parses and validates the same batches, then prints snapshots per second,
+p99 request latency, the ratio, and the controller's peak RSS.
+
+    python benchmarks/ingest.py [--agents 50] [--devices 10000] [--rounds 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from controller.clock import system_clock  # noqa: E402
+from controller.config import ControllerConfig  # noqa: E402
+from controller.events import EventBus  # noqa: E402
+from controller.services.access import AccessService, Role  # noqa: E402
+from controller.services.inventory import Inventory  # noqa: E402
+from controller.store.tinydb import TinyDBStore  # noqa: E402
+from shared.schema import PROTOCOL_VERSION, ReportBatch, ReportBatchAck  # noqa: E402
+
+#: Hard cap on the whole run, so the benchmark always ends.
+TIME_LIMIT_S = 240.0
+
+
+def build_payloads(agents: int, devices: int, rounds: int) -> list[list[bytes]]:
+    """Per agent, one encoded batch per round covering all of that agent's devices."""
+    per_agent = devices // agents
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    payloads: list[list[bytes]] = []
+    models = ["studio_x30", "studio_x50", "studio_x70", "g7500"]
+    for agent in range(agents):
+        batches = []
+        for round_no in range(rounds):
+            collected = (start + timedelta(seconds=60 * round_no)).isoformat()
+            reports = []
+            for index in range(per_agent):
+                serial = f"B{agent:03d}D{index:05d}"
+                problems = (
+                    [{"code": "camera_down", "detail": "no video"}]
+                    if (index + round_no) % 17 == 0
+                    else []
+                )
+                reports.append(
+                    {
+                        "id": f"bench-{agent}-{round_no}-{index}",
+                        "snapshot": {
+                            "serial": serial,
+                            "model": models[index % len(models)],
+                            "model_raw": "Poly Studio",
+                            "system_name": f"Room {serial}",
+                            "firmware": {"version": "4.1.0", "build": "180034"},
+                            "provider": "teams",
+                            "health": {
+                                "state": "fault" if problems else "ok",
+                                "problems": problems,
+                            },
+                            "in_call": False,
+                            "uptime_s": 3600.0 + round_no,
+                            "peripherals": [
+                                {
+                                    "kind": "touch_controller",
+                                    "model_raw": "TC8",
+                                    "serial": f"TC{serial}",
+                                    "firmware": "4.1.0",
+                                    "state": "connected",
+                                }
+                            ],
+                            "collected_at": collected,
+                            "via": "rest",
+                        },
+                    }
+                )
+            body = {"protocol_version": PROTOCOL_VERSION, "reports": reports}
+            batches.append(json.dumps(body).encode())
+        payloads.append(batches)
+    return payloads
+
+
+async def prepare_controller(data_dir: Path, agents: int) -> tuple[list[str], str]:
+    """Sites and enrollment codes for every agent, written directly to a fresh store."""
+    config = ControllerConfig(data_dir=data_dir)
+    store = TinyDBStore(data_dir / "store")
+    await store.open()
+    try:
+        bus = EventBus(store, keep=config.events_keep)
+        inventory = Inventory(store, bus, system_clock, config)
+        access = AccessService(
+            store, bus, system_clock, code_ttl_s=3600, poll_interval_s=config.poll_interval_s
+        )
+        codes = []
+        for agent in range(agents):
+            site = f"site-{agent:03d}"
+            await inventory.add_site(site, name=site, timezone="Europe/Warsaw")
+            codes.append((await access.create_invite(site))[0])
+        admin, _ = await access.create_token(Role.ADMIN, "bench")
+        return codes, admin
+    finally:
+        await store.close()
+
+
+async def start_process(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, cwd=REPO
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 60)
+    if not line:
+        raise RuntimeError(f"{args} did not start")
+    return process, line.decode().strip().rsplit(" ", 1)[-1]
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 60)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def drive(url: str, tokens: list[str], payloads: list[list[bytes]]) -> dict[str, float]:
+    """Every agent posts its batches one after another; all agents at once."""
+    latencies: list[float] = []
+    snapshots = 0
+    connector = aiohttp.TCPConnector(limit=len(tokens) + 10)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def agent(token: str, batches: list[bytes]) -> None:
+            nonlocal snapshots
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            for body in batches:
+                started = time.perf_counter()
+                async with http.post(
+                    f"{url}/api/v1/agent/reports", data=body, headers=headers
+                ) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"{response.status}: {await response.text()}")
+                    ack = await response.json()
+                latencies.append(time.perf_counter() - started)
+                snapshots += ack["accepted"] + ack["duplicates"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(agent(t, b) for t, b in zip(tokens, payloads, strict=True)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return {"snapshots": snapshots, "seconds": elapsed, "rate": snapshots / elapsed, "p99_s": p99}
+
+
+async def enroll_all(url: str, codes: list[str]) -> list[str]:
+    tokens = []
+    async with aiohttp.ClientSession() as http:
+        for code in codes:
+            body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "bench"}
+            async with http.post(f"{url}/api/v1/agent/enroll", json=body) as response:
+                tokens.append((await response.json())["token"])
+    return tokens
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    payloads = build_payloads(args.agents, args.devices, args.rounds)
+    with tempfile.TemporaryDirectory(prefix="polyfleet-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        codes, _ = await prepare_controller(data_dir, args.agents)
+        bare, bare_url = await start_process(__file__, "--bare-server")
+        try:
+            # Warm-up round so both sides have imported and allocated what they need.
+            await drive(bare_url, ["bare"] * args.agents, [[p[0]] for p in payloads])
+            bare_result = await drive(bare_url, ["bare"] * args.agents, payloads)
+        finally:
+            await stop_process(bare)
+        controller, url = await start_process(
+            __file__,
+            "--serve-controller",
+            str(data_dir),
+            *(["--core-only"] if args.core_only else []),
+        )
+        try:
+            tokens = await enroll_all(url, codes)
+            controller_result = await drive(url, tokens, payloads)
+            rss = peak_rss_mb(controller.pid)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{url}/api/v1/openapi.json") as response,
+            ):
+                assert response.status == 200
+        finally:
+            await stop_process(controller)
+    return {
+        "agents": args.agents,
+        "devices": args.devices,
+        "rounds": args.rounds,
+        "controller": controller_result,
+        "bare": bare_result,
+        "core_only": args.core_only,
+        "ratio": controller_result["rate"] / bare_result["rate"],
+        "controller_peak_rss_mb": rss,
+    }
+
+
+def serve_bare() -> None:
+    """The baseline: parse and validate the batch, answer an ack, nothing else."""
+
+    async def reports(request: web.Request) -> web.Response:
+        # The same one-pass parse and validation the controller uses on a good batch.
+        batch = ReportBatch.model_validate_json(await request.read())
+        ack = ReportBatchAck(accepted=len(batch.reports), duplicates=0)
+        return web.json_response(ack.model_dump())
+
+    async def main() -> None:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_post("/api/v1/agent/reports", reports)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        print(f"bare endpoint listening on http://{host}:{port}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def serve_controller(data_dir: Path, *, core_only: bool) -> None:
+    """The real controller (``controller.app.serve``, as ``polyfleet controller serve`` runs it)."""
+    import logging
+
+    from controller import app as controller_app
+
+    logging.basicConfig(level=logging.WARNING)
+    if core_only:
+        controller_app.FEATURE_ROUTE_MODULES = ()
+    config = ControllerConfig(data_dir=data_dir, listen_port=0)
+
+    def ready(url: str) -> None:
+        print(f"controller listening on {url}", flush=True)
+
+    asyncio.run(controller_app.serve(config, on_ready=ready))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5, help="batches per agent")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--core-only",
+        action="store_true",
+        help="the controller without the entitlement and tickets modules (the core's own cost)",
+    )
+    parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-controller", metavar="DATA_DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        serve_bare()
+        return 0
+    if args.serve_controller:
+        serve_controller(Path(args.serve_controller), core_only=args.core_only)
+        return 0
+    if os.isatty(2) and not args.json:
+        print("running (about a minute)...", file=sys.stderr)
+    result = asyncio.run(asyncio.wait_for(run(args), TIME_LIMIT_S))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name in ("controller", "bare"):
+        side = result[name]
+        print(
+            f"{name:<10} {side['rate']:>9.0f} snapshots/s   p99 {side['p99_s'] * 1000:7.1f} ms"
+            f"   ({side['snapshots']} snapshots in {side['seconds']:.1f} s)"
+        )
+    scope = "core only" if result["core_only"] else "with all features"
+    print(f"ratio      {result['ratio']:.2f} (target >= 0.25; controller {scope})")
+    print(f"controller peak RSS {result['controller_peak_rss_mb']:.0f} MB (target < 500 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
