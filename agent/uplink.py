@@ -202,7 +202,7 @@ class Uplink:
             "PUT",
             f"/api/v1/agent/jobs/{job_id}/artifact",
             data=data,
-            content_type="application/gzip",
+            content_type="application/octet-stream",
         )
 
     async def post_result(self, job_id: str, result: JobResult) -> None:

@@ -121,3 +121,18 @@ async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)  # waits-for: polling a condition with a deadline
+
+
+async def wait_for_async(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    """Await ``predicate()`` until it returns something truthy; return it; fail after ``timeout``."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)  # waits-for: polling a condition with a deadline
