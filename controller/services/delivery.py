@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -80,7 +81,12 @@ def outbox_entries(
                     **message.payload,
                     "delivery_id": entry_id,
                     "purpose": message.purpose,
-                }
+                },
+                # Inlined at send time (bytes stay out of the store), if small enough.
+                "attachments": [
+                    {"filename": a.filename, "path": str(a.path), "content_type": a.content_type}
+                    for a in message.attachments
+                ],
             }
         entries[entry_id] = entry
     return entries
@@ -209,9 +215,31 @@ class DeliveryWorker:
         elif channel == "webhook":
             if self.webhook is None:
                 raise DeliveryError("the webhook is not configured ([webhook] is missing)")
-            await self.webhook.send(entry["id"], encode_payload(entry["webhook"]["payload"]))
+            body = await asyncio.to_thread(self._webhook_body, entry["webhook"])
+            await self.webhook.send(entry["id"], body)
         else:
             raise DeliveryError(f"unknown channel {channel!r}", permanent=True)
+
+    def _webhook_body(self, webhook: Doc) -> bytes:
+        """The payload, with each attachment inlined as base64 when within the size limit."""
+        assert self.settings.webhook is not None
+        payload = dict(webhook["payload"])
+        limit = self.settings.webhook.max_bundle_bytes
+        inlined = []
+        for attachment in webhook.get("attachments", []):
+            path = Path(attachment["path"])
+            if path.stat().st_size > limit:
+                continue
+            inlined.append(
+                {
+                    "filename": attachment["filename"],
+                    "content_type": attachment["content_type"],
+                    "base64": base64.b64encode(path.read_bytes()).decode("ascii"),
+                }
+            )
+        if inlined:
+            payload["attachments"] = inlined
+        return encode_payload(payload)
 
     async def _attempt(self, entry: Doc, now: datetime) -> bool:
         channel = entry["channel"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,6 +86,22 @@ async def test_webhook_is_signed_and_sent_once(
     assert webhook_peer.bad_signatures == 0
     assert webhook_peer.received[0]["ticket"]["serial"] == "X1"
     assert webhook_peer.delivery_ids == ["PF-0000000001.ticket.webhook"]
+    (attached,) = webhook_peer.received[0]["attachments"]
+    assert attached["filename"] == "diag-X1.tar.gz"
+    assert base64.b64decode(attached["base64"]) == (tmp_path / "diag.tar.gz").read_bytes()
+
+
+async def test_webhook_leaves_out_a_bundle_over_its_limit(
+    store: TinyDBStore, webhook_peer: WebhookPeer, tmp_path: Path
+) -> None:
+    """A bundle larger than webhook.max_bundle_bytes is not inlined; the ticket still goes."""
+    sections = ticket_sections(None, webhook_peer)
+    sections["webhook"]["max_bundle_bytes"] = 100
+    worker = DeliveryWorker(store, ticket_settings(sections))
+    await enqueue(store, worker, message(tmp_path))
+    assert await worker.run_once(NOW) == 1
+    await worker.close()
+    assert "attachments" not in webhook_peer.received[0]
 
 
 async def test_webhook_with_wrong_secret_is_refused_and_retried(
