@@ -64,3 +64,15 @@ def test_flags_override(tmp_path: Path) -> None:
     """--data-dir and --listen win over the file."""
     config = ControllerConfig().with_overrides(data_dir=tmp_path, listen="[::1]:0")
     assert (config.data_dir, config.listen_host, config.listen_port) == (tmp_path, "::1", 0)
+
+
+def test_example_config_in_deploy_is_valid() -> None:
+    """deploy/controller.example.toml loads and matches the documented defaults."""
+    example = Path(__file__).resolve().parents[2] / "deploy" / "controller.example.toml"
+    config = load_config(example)
+    defaults = ControllerConfig()
+    assert config.data_dir == Path("/var/lib/polyfleet-controller")
+    assert (config.listen_host, config.listen_port) == (defaults.listen_host, defaults.listen_port)
+    assert config.poll_interval_s == defaults.poll_interval_s
+    assert config.snapshot_interval_s == defaults.snapshot_interval_s
+    assert config.max_artifact_bytes == defaults.max_artifact_bytes
