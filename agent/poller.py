@@ -113,6 +113,7 @@ class Poller:
         self._scheduler: AsyncIOScheduler | None = None
         self._pin_changes: dict[str, dict[str, Any]] = {}
         self._pin_writer: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
         for state in self.states.values():
             state.serial = state.device.serial
 
@@ -148,10 +149,17 @@ class Poller:
         scheduler.start()
         self._scheduler = scheduler
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop scheduling and end polls in flight (their sessions still log out)."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        inflight = list(self._inflight)
+        for task in inflight:
+            task.cancel()
+        await asyncio.gather(*inflight, return_exceptions=True)
+        if self._pin_writer is not None:
+            await asyncio.gather(self._pin_writer, return_exceptions=True)
 
     async def sweep(self) -> list[Snapshot]:
         """Poll every device once, concurrently (bounded); returns what was reported."""
@@ -191,11 +199,17 @@ class Poller:
         """Poll one device and spool its snapshots; never raises (this is the poll boundary)."""
         state = self.states[key]
         state.polls += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
         try:
             snapshots = await self._poll(state)
         except Exception:  # the boundary: one broken device must not stop the others
             log.exception("%s: unexpected failure while polling", key)
             return []
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
         if self.outbox is not None:
             for snapshot in snapshots:
                 try:

@@ -111,7 +111,7 @@ class AgentService:
     async def stop(self) -> None:
         self._stopping.set()
         if self.poller is not None:
-            self.poller.stop()
+            await self.poller.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -244,7 +244,8 @@ class RestClient:
         if status == 404 and 404 not in accept_statuses:
             raise FeatureAbsent(f"{where}: not on this firmware (404)", host=self.host)
         if status in (401, 403) and status not in accept_statuses:
-            raise AuthenticationFailed(
+            # Mid-cycle this is a lost session, not bad credentials (login decides those).
+            raise DeviceProtocolError(
                 f"{where}: the device refused the session (HTTP {status})", host=self.host
             )
         if not (200 <= status < 300) and status not in accept_statuses:

@@ -124,7 +124,7 @@ async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition
 
 
 async def wait_for_async(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Await ``predicate()`` until it returns something truthy; return it; fail after ``timeout``."""
+    """Await ``predicate()`` until it gives something truthy, and return that (with a deadline)."""
     import asyncio
     import time
 

@@ -20,7 +20,7 @@ from simulator.testing import make_device
 async def test_agent_reports_and_runs_jobs(
     lab_factory: Any, password_file: Path, tmp_path: Path
 ) -> None:
-    """Enrolled from its config, the agent's devices (E70 included) appear; jobs run and report back."""
+    """Enrolled from its config, the agent's devices (E70 too) appear; jobs run and report back."""
     lab = await lab_factory(
         [make_device("CTLG75", model="g7500"), make_device("CTLX30", model="studio_x30")]
     )
