@@ -201,12 +201,14 @@ async def serve(
     *,
     on_ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    process_wide_gc_tuning: bool = True,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or ``stop``): TCP (TLS if set) + control socket."""
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    tune_gc()
+    if process_wide_gc_tuning:
+        tune_gc()
     socket_path = control_socket_path(config.data_dir)
     runtime = config.data_dir / RUNTIME_FILE
     try:
