@@ -133,20 +133,33 @@ class PinStore:
 
     def apply_config(self, key: str, tls: str | None, ssh: str | None) -> PinRecord:
         """Pins given in the config win over first-use pins, unless an admin accepted newer ones."""
+        return self.apply_config_many({key: (tls, ssh)})[key]
+
+    def apply_config_many(
+        self, given: dict[str, tuple[str | None, str | None]]
+    ) -> dict[str, PinRecord]:
+        """:meth:`apply_config` for many devices in one locked rewrite."""
         with self._locked():
             records = dict(self._read())
-            record = records.get(key, PinRecord(key=key))
+            result: dict[str, PinRecord] = {}
             changed = False
-            if tls is not None and tls != record.config_tls:
-                record = replace(record, tls=tls, config_tls=tls, pending_tls=None, source="config")
-                changed = True
-            if ssh is not None and ssh != record.config_ssh:
-                record = replace(record, ssh=ssh, config_ssh=ssh, pending_ssh=None, source="config")
-                changed = True
-            if changed:
+            for key, (tls, ssh) in given.items():
+                record = records.get(key, PinRecord(key=key))
+                if tls is not None and tls != record.config_tls:
+                    record = replace(
+                        record, tls=tls, config_tls=tls, pending_tls=None, source="config"
+                    )
+                    changed = True
+                if ssh is not None and ssh != record.config_ssh:
+                    record = replace(
+                        record, ssh=ssh, config_ssh=ssh, pending_ssh=None, source="config"
+                    )
+                    changed = True
                 records[key] = record
+                result[key] = record
+            if changed:
                 self._write(records)
-            return record
+            return result
 
     def accept(self, selector: str) -> list[PinRecord]:
         """Trust the pending certificate/host key of devices matching serial, host or host:port."""

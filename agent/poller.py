@@ -120,12 +120,14 @@ class Poller:
     # --- scheduling ---------------------------------------------------------------------
 
     async def apply_config_pins(self) -> None:
-        for state in self.states.values():
-            device = state.device
-            record = await asyncio.to_thread(
-                self.pins.apply_config, device.key, device.tls_fingerprint, device.ssh_fingerprint
-            )
-            state.serial = state.serial or record.serial
+        """Store the config's pins (one rewrite for the whole site) and recall known serials."""
+        given = {
+            s.device.key: (s.device.tls_fingerprint, s.device.ssh_fingerprint)
+            for s in self.states.values()
+        }
+        records = await asyncio.to_thread(self.pins.apply_config_many, given)
+        for key, state in self.states.items():
+            state.serial = state.serial or records[key].serial
 
     def start(self) -> None:
         """Schedule every device; first polls are spread over the jitter window."""
@@ -227,7 +229,9 @@ class Poller:
         try:
             password = await self._password(state)
         except PolyfleetError as exc:
-            log.error("%s: %s", key, exc)
+            if state.failing != str(exc):
+                log.error("%s: %s", key, exc)
+            state.failing = str(exc)
             return []
         record = await asyncio.to_thread(self.pins.get, key)
         pins = Pins(tls=record.tls, ssh=record.ssh)
@@ -245,6 +249,8 @@ class Poller:
                             raise
                         try:
                             snapshots = await driver.poll_fallback(exc)
+                        except CertificateMismatch:
+                            raise  # a changed SSH host key is news in itself
                         except DeviceError:
                             raise exc from None
             except TimeoutError:

@@ -252,3 +252,22 @@ async def test_hung_device_does_not_delay_others(
         assert result[0].health.state is HealthState.OK
         assert durations[cfg.key] < 1.5
     assert durations[configs[0].key] < 2.5
+
+
+async def test_changed_ssh_host_key_is_certificate_changed(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """When REST is wedged and the SSH host key is not the pinned one, nothing is trusted."""
+    lab = await lab_factory([make_device("SSHPIN1"), make_device("SSHPIN2")])
+    a, b = lab.devices["SSHPIN1"], lab.devices["SSHPIN2"]
+    cfg = device_config(a, password_file, ssh_fingerprint=b.ssh_fingerprint, serial="SSHPIN1")
+    config = agent_config(tmp_path, [cfg])
+    poller = make_poller(config, http)
+    await poller.apply_config_pins()
+    await poller.poll_device(cfg.key)
+    await a.set_fault("wedged", True)
+    [snap] = await poller.poll_device(cfg.key)
+    assert codes(snap) == {"certificate_changed"}
+    record = PinStore(config.data_dir).get(cfg.key)
+    assert (record.ssh, record.pending_ssh) == (b.ssh_fingerprint, a.ssh_fingerprint)
+    assert record.pending_tls is None
