@@ -1,1 +1,1 @@
-"""The ``polyfleet`` command: one entry point for the lab, the agent, the controller and the demo."""
+"""The ``polyfleet`` command: one entry point for the lab, agent, controller and demo."""

@@ -1,4 +1,4 @@
-"""``polyfleet``: the one console script, with groups ``sim``, ``agent``, ``controller``, ``demo``."""
+"""``polyfleet``: the one console script, with groups sim, agent, controller and demo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from agent import cli as agent_cli
 from controller import cli as controller_cli
 from polyfleet import demo
 from simulator import cli as simulator_cli
+
+#: Third-party loggers that narrate every request or job run; shown only at DEBUG.
+CHATTY_LOGGERS = ("aiohttp.access", "apscheduler", "paramiko.transport")
 
 #: Group name -> module with ``register(parser)``; plain dict, no import magic.
 GROUPS = {
@@ -40,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if logging.getLogger().level > logging.DEBUG:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     func = getattr(args, "func", None)
     if func is None:
         parser.parse_args([*(argv or sys.argv[1:]), "--help"])

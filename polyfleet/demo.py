@@ -1,10 +1,401 @@
-"""``polyfleet demo``: the whole product on simulated devices (grows with each part)."""
+"""``polyfleet demo``: the lab, a controller and one agent per site, all on loopback."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from agent.config import load_config as load_agent_config
+from agent.service import AgentService
+from controller.app import serve as serve_controller
+from controller.config import ControllerConfig
+from controller.services.webhook import verify as verify_signature
+from shared.errors import PolyfleetError
+from simulator.fleet import FleetSpec, load_fleet
+from simulator.lab import Lab
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path("polyfleet-demo")
+DEFAULT_LISTEN = "127.0.0.1:8080"
+EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+DEMO_FLEET = EXAMPLES / "fleet-demo.toml"
+DEMO_ASSETS = EXAMPLES / "assets-demo.csv"
+#: Short enough that the demo's faults turn into tickets within a few minutes.
+DEMO_POLL_INTERVAL_S = 10
+STATUS_EVERY_S = 15.0
+DESK_SIGNATURE_HEADER = "X-Polyfleet-Signature"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=None)
-    parser.add_argument("--data-dir", default="polyfleet-demo")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="run this long, then stop cleanly (default: until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"where everything the demo writes goes (default ./{DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"controller address (default {DEFAULT_LISTEN}; another free port if taken)",
+    )
+    parser.add_argument("--fleet", type=Path, default=DEMO_FLEET, help="lab fleet file")
+    parser.add_argument("--assets", type=Path, default=DEMO_ASSETS, help="asset registry CSV")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON line per status instead of text"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(Demo(args).main())
+    except PolyfleetError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+
+
+@dataclass
+class ServiceDesk:
+    """A stand-in for the service desk's webhook: checks signatures, keeps what it receives."""
+
+    inbox: Path
+    secret: str
+    received: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify_signature(self.secret, body, request.headers.get(DESK_SIGNATURE_HEADER, "")):
+            self.rejected += 1
+            return web.json_response({"error": "bad signature"}, status=401)
+        payload = json.loads(body)
+        self.received.append(payload)
+        name = f"{len(self.received):04d}.json"
+        await asyncio.to_thread(
+            (self.inbox / name).write_text, json.dumps(payload, indent=2), "utf-8"
+        )
+        return web.json_response({"ok": True})
+
+
+class Demo:
+    """Starts everything, shows what happens, stops everything cleanly."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.data_dir: Path = args.data_dir.resolve()
+        self.stop = asyncio.Event()
+        self.controller_url = ""
+        self.admin_token = ""
+        self.out = sys.stdout
+
+    def say(self, text: str) -> None:
+        if not self.args.json:
+            print(text, file=self.out, flush=True)
+
+    async def main(self) -> int:
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fleet = load_fleet(self.args.fleet)
+        async with contextlib.AsyncExitStack() as stack:
+            lab = Lab(fleet, data_dir=self.data_dir / "lab")
+            await lab.start()
+            stack.push_async_callback(lab.stop)
+            self.say(f"lab: {len(lab.devices)} simulated devices, control API {lab.control_url}")
+
+            desk, desk_url = await self._start_desk(stack)
+            controller_task = await self._start_controller(desk_url, desk.secret)
+            stack.push_async_callback(self._stop_controller, controller_task)
+            await self._write_demo_json()
+            self.say(f"controller: {self.controller_url}")
+            self.say(f"admin token: {self.admin_token}")
+            self.say(f"  (also in {self.data_dir / 'demo.json'})")
+
+            async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self.admin_token}"}
+            ) as http:
+                await self._setup_sites(http, fleet)
+                await self._import_assets(http)
+                agents = await self._start_agents(http, fleet, lab)
+                for agent in agents:
+                    stack.push_async_callback(agent.stop)
+                self.say(f"agents: one per site ({', '.join(s.id for s in fleet.sites)})")
+                self.say("service desk (webhook) inbox: " + str(desk.inbox))
+                await self._watch(http, desk, started)
+        self.say("demo stopped cleanly")
+        return 0
+
+    async def _start_desk(self, stack: contextlib.AsyncExitStack) -> tuple[ServiceDesk, str]:
+        inbox = self.data_dir / "desk"
+        inbox.mkdir(exist_ok=True)
+        desk = ServiceDesk(inbox=inbox, secret=secrets.token_urlsafe(24))
+        app = web.Application()
+        app.router.add_post("/tickets", desk.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        stack.push_async_callback(runner.cleanup)
+        host, port = runner.addresses[0][:2]
+        return desk, f"http://{host}:{port}/tickets"
+
+    async def _start_controller(self, desk_url: str, desk_secret: str) -> asyncio.Task[None]:
+        data_dir = self.data_dir / "controller"
+        data_dir.mkdir(exist_ok=True)
+        secret_file = data_dir / "desk-webhook.secret"
+        _write_private(secret_file, desk_secret)
+        host, _, port = self.args.listen.rpartition(":")
+        if not _port_free(host, int(port)):
+            self.say(f"{self.args.listen} is taken: the controller takes another free port")
+            port = "0"
+        config = ControllerConfig(
+            listen_host=host,
+            listen_port=int(port),
+            data_dir=data_dir,
+            poll_interval_s=DEMO_POLL_INTERVAL_S,
+            sections={
+                "tickets": {
+                    "min_duration_s": 20,
+                    "unreachable_min_duration_s": 45,
+                    "clear_after_s": 30,
+                    "check_interval_s": 2,
+                    "diagnostics_timeout_s": 30,
+                },
+                "webhook": {
+                    "url": desk_url,
+                    "secret_file": str(secret_file),
+                    "signature_header": DESK_SIGNATURE_HEADER,
+                },
+            },
+        )
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def on_ready(url: str) -> None:
+            if not ready.done():
+                ready.set_result(url)
+
+        task = asyncio.create_task(serve_controller(config, on_ready=on_ready, stop=self.stop))
+        waiters: set[asyncio.Future[Any]] = {task, ready}
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises why the controller could not start
+            raise PolyfleetError("the controller stopped before it was ready")
+        self.controller_url = ready.result()
+        self.admin_token = await self._create_admin_token(data_dir)
+        return task
+
+    async def _create_admin_token(self, data_dir: Path) -> str:
+        # The same command an admin runs; it goes through the running server.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "polyfleet",
+            "controller",
+            "token",
+            "create",
+            "--role",
+            "admin",
+            "--name",
+            "demo",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        if process.returncode != 0:
+            raise PolyfleetError(f"could not create the admin token: {err.decode().strip()}")
+        token = json.loads(out)["token"]
+        assert isinstance(token, str)
+        return token
+
+    async def _stop_controller(self, task: asyncio.Task[None]) -> None:
+        self.stop.set()
+        await task
+
+    async def _write_demo_json(self) -> None:
+        path = self.data_dir / "demo.json"
+        body = json.dumps({"url": self.controller_url, "admin_token": self.admin_token})
+        await asyncio.to_thread(_write_private, path, body)
+
+    async def _setup_sites(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> None:
+        for site in fleet.sites:
+            body = {"id": site.id, "name": site.name, "timezone": site.timezone}
+            await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
+
+    async def _import_assets(self, http: aiohttp.ClientSession) -> None:
+        text = await asyncio.to_thread(self.args.assets.read_text, "utf-8")
+        async with http.post(
+            f"{self.controller_url}/api/v1/assets/import",
+            data=text.encode(),
+            headers={"Content-Type": "text/csv"},
+        ) as response:
+            answer = await response.json(content_type=None)
+            if response.status >= 400:
+                raise PolyfleetError(f"asset import refused: {answer}")
+        self.say(f"asset registry: {self.args.assets.name} imported")
+
+    async def _start_agents(
+        self, http: aiohttp.ClientSession, fleet: FleetSpec, lab: Lab
+    ) -> list[AgentService]:
+        agents: list[AgentService] = []
+        for site in fleet.sites:
+            invite = await _api(
+                http, "POST", f"{self.controller_url}/api/v1/invites", {"site": site.id}
+            )
+            folder = self.data_dir / "agents" / site.id
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_private(folder / "enrollment-code", invite["code"])
+            lines = [
+                "# Written by `polyfleet demo`: this site's agent and the lab devices it polls.",
+                "[agent]",
+                f"data_dir = {_toml(str(folder / 'data'))}",
+                f"name = {_toml(site.id + '-agent')}",
+                f"poll_interval_s = {DEMO_POLL_INTERVAL_S}",
+                "jitter_s = 2",
+                "lockout_backoff_s = 120",
+                "",
+                "[controller]",
+                f"url = {_toml(self.controller_url)}",
+                f"enrollment_code_file = {_toml(str(folder / 'enrollment-code'))}",
+                "send_interval_s = 1",
+                "jobs_interval_s = 2",
+                "",
+            ]
+            for room in site.rooms:
+                for spec in room.devices:
+                    device = lab.devices[spec.serial]
+                    password_file = folder / f"{spec.serial}.password"
+                    _write_private(password_file, spec.admin_password)
+                    lines += [
+                        "[[devices]]",
+                        f"host = {_toml(device.address)}",
+                        f"name = {_toml(spec.system_name or spec.serial)}",
+                        f"serial = {_toml(spec.serial)}",
+                        f"rest_port = {device.rest_port}",
+                        f"ssh_port = {device.ssh_port}",
+                        f"password_file = {_toml(str(password_file))}",
+                        f"tls_fingerprint = {_toml(device.tls_fingerprint)}",
+                        f"ssh_fingerprint = {_toml(device.ssh_fingerprint)}",
+                        "",
+                    ]
+            config_path = folder / "agent.toml"
+            config_path.write_text("\n".join(lines), encoding="utf-8")
+            agent = AgentService(load_agent_config(config_path))
+            await agent.start()
+            agents.append(agent)
+        return agents
+
+    async def _watch(self, http: aiohttp.ClientSession, desk: ServiceDesk, started: float) -> None:
+        duration = self.args.duration
+        deadline = None if duration is None else started + duration
+        seen_tickets: set[str] = set()
+        while not self.stop.is_set():
+            timeout = STATUS_EVERY_S
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=timeout)
+            await self._status(http, desk, seen_tickets, started)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+
+    async def _status(
+        self,
+        http: aiohttp.ClientSession,
+        desk: ServiceDesk,
+        seen_tickets: set[str],
+        started: float,
+    ) -> None:
+        try:
+            devices = (await _api(http, "GET", f"{self.controller_url}/api/v1/devices"))["devices"]
+            tickets = (await _api(http, "GET", f"{self.controller_url}/api/v1/tickets"))["tickets"]
+        except (aiohttp.ClientError, PolyfleetError) as exc:
+            self.say(f"status unavailable: {exc}")
+            return
+        health = Counter(str(d["health"]["state"]) for d in devices)
+        status = {
+            "elapsed_s": round(time.monotonic() - started),
+            "devices": len(devices),
+            "health": dict(sorted(health.items())),
+            "tickets": len(tickets),
+            "delivered_to_desk": len(desk.received),
+        }
+        if self.args.json:
+            print(json.dumps(status), flush=True)
+        else:
+            parts = ", ".join(f"{n} {state}" for state, n in sorted(health.items()))
+            self.say(
+                f"[{status['elapsed_s']:>4}s] {len(devices)} devices ({parts or 'none yet'}); "
+                f"{len(tickets)} tickets, {len(desk.received)} delivered to the desk"
+            )
+        for ticket in tickets:
+            ticket_id = str(ticket.get("id"))
+            if ticket_id not in seen_tickets:
+                seen_tickets.add(ticket_id)
+                self.say(
+                    f"  new ticket {ticket_id}: {ticket.get('fault')} on {ticket.get('serial')} "
+                    f"({ticket.get('site')}), state {ticket.get('state')}"
+                )
+
+
+async def _api(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
+) -> dict[str, Any]:
+    async with http.request(method, url, json=body) as response:
+        answer = await response.json(content_type=None)
+        if response.status >= 400:
+            raise PolyfleetError(f"{method} {url} answered {response.status}: {answer}")
+        assert isinstance(answer, dict)
+        return answer
+
+
+def _toml(text: str) -> str:
+    # A JSON string is a valid TOML basic string.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _port_free(host: str, port: int) -> bool:
+    if port == 0:
+        return True
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

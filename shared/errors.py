@@ -1,16 +1,16 @@
 """The polyfleet error tree.
 
-    PolyfleetError
-    ├── ConfigError            a config file or flag is wrong (names the file and key)
-    ├── ProtocolError          a wire message does not match the schema (names the field)
-    └── DeviceError            talking to one device failed (carries host)
-        ├── DeviceUnreachable      no TCP/TLS/SSH answer
-        ├── CertificateMismatch    TLS certificate or SSH host key differs from the pin
-        ├── AuthenticationFailed   the device refused the credentials
-        ├── LockedOut              the device locked the account after failures
-        ├── NotAPolyDevice         something answered, but not a Poly VideoOS device
-        ├── DeviceWedged           repeated 5xx from calls that used to work
-        └── DeviceProtocolError    the device answered something we cannot read
+PolyfleetError
+├── ConfigError            a config file or flag is wrong (names the file and key)
+├── ProtocolError          a wire message does not match the schema (names the field)
+└── DeviceError            talking to one device failed (carries host)
+    ├── DeviceUnreachable      no TCP/TLS/SSH answer
+    ├── CertificateMismatch    TLS certificate or SSH host key differs from the pin
+    ├── AuthenticationFailed   the device refused the credentials
+    ├── LockedOut              the device locked the account after failures
+    ├── NotAPolyDevice         something answered, but not a Poly VideoOS device
+    ├── DeviceWedged           repeated 5xx from calls that used to work
+    └── DeviceProtocolError    the device answered something we cannot read
 """
 
 from __future__ import annotations

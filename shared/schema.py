@@ -16,9 +16,13 @@ MAX_BATCH_SNAPSHOTS = 500
 #: Largest request body the controller reads, in bytes.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
-Serial = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+Serial = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")
+]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
-ReportId = Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+ReportId = Annotated[
+    str, StringConstraints(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")
+]
 
 
 class Model(StrEnum):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -68,7 +68,8 @@ def add_window_time(start: datetime, duration: timedelta, window: str) -> dateti
     plus one hour is Monday 09:30, later after a holiday.
     """
     if window == "24x7":
-        return to_warsaw(start + duration)
+        # Elapsed time, not wall-clock time: add in UTC so a DST change is counted right.
+        return to_warsaw(start.astimezone(UTC) + duration)
     if window != "8x5":
         raise ValueError(f"unknown ticket window {window!r} (expected 8x5 or 24x7)")
     remaining = duration
