@@ -85,16 +85,18 @@ class JobRunner:
 
     async def _reboot(self, key: str) -> JobResult:
         driver, _pins = await self.poller.driver(key)
-        # Never disturb a device in a call: read first, act only when idle.
-        if await driver.in_call():
-            return JobResult(status="refused", detail="device is in a call")
-        await driver.reboot()
+        async with self.poller.states[key].busy:
+            # Never disturb a device in a call: read first, act only when idle.
+            if await driver.in_call():
+                return JobResult(status="refused", detail="device is in a call")
+            await driver.reboot()
         return JobResult(status="done", detail="reboot requested")
 
     async def _diagnostics(self, job: Job, key: str) -> JobResult:
         driver, _pins = await self.poller.driver(key)
         started = time.monotonic()
-        files = await driver.diagnostics()
+        async with self.poller.states[key].busy:
+            files = await driver.diagnostics()
         state = self.poller.states[key]
         history = [s.model_dump(mode="json") for s in state.history]
         files["last-snapshots.json"] = json.dumps(history, indent=2).encode()

@@ -83,6 +83,8 @@ class DeviceState:
     blocked: DeviceError | None = None
     polls: int = 0
     pinned_serial: str = ""
+    #: Held while anything talks to the device: real units dislike parallel sessions.
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     device_contacts: int = 0
 
 
@@ -224,7 +226,8 @@ class Poller:
         key = state.device.key
         now = self.clock()
         if state.blocked is not None and now < state.backoff_until:
-            # Backing off: report what we know without touching the device (W: no lockout churn).
+            # Backing off: report what we know without touching the device, since every
+            # login attempt on a locked unit extends its lockout.
             return self._failure_snapshots(state, state.blocked)
         try:
             password = await self._password(state)
@@ -236,7 +239,8 @@ class Poller:
         record = await asyncio.to_thread(self.pins.get, key)
         pins = Pins(tls=record.tls, ssh=record.ssh)
         driver = self.driver_for(state, password, pins)
-        async with self._semaphore:
+        # One session per device at a time (a job may be using it); then a global slot.
+        async with state.busy, self._semaphore:
             state.device_contacts += 1
             try:
                 async with asyncio.timeout(self.config.device_timeout_s):
