@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from agent.drivers.base import DeviceDriver
 from agent.transport.rest import FeatureAbsent, RestClient, fetch_certificate_fingerprint
@@ -383,7 +383,7 @@ class VideoOSDriver(DeviceDriver):
         if mic_problem and not any(p.code is ProblemCode.MICROPHONE_DOWN for p in problems):
             problems.append(Problem(code=ProblemCode.MICROPHONE_DOWN, detail=mic_problem))
         peripherals: list[Peripheral] = []
-        cameras: list[tuple[Peripheral, dict[str, Any]]] = []
+        cameras: list[Peripheral] = []
         seen: set[tuple[str, str]] = set()
         for entry in _list(peripherals_raw):
             item = _dict(entry)
@@ -416,7 +416,7 @@ class VideoOSDriver(DeviceDriver):
                     )
                 )
             if kind == "camera" and normalise_model(product) is Model.STUDIO_E70 and p_serial:
-                cameras.append((peripheral, item))
+                cameras.append(peripheral)
         in_call = in_call_from_conferences(conferences)
         host = Snapshot(
             serial=serial,
@@ -435,7 +435,7 @@ class VideoOSDriver(DeviceDriver):
             via=Via.REST,
         )
         result = [host]
-        for camera, _raw in cameras:
+        for camera in cameras:
             cam_problems: list[Problem] = []
             if camera.state not in GOOD_PERIPHERAL_STATES:
                 cam_problems.append(
@@ -533,7 +533,10 @@ class VideoOSDriver(DeviceDriver):
         return files
 
 
-def _peripheral_kind(category: str, device_type: str) -> Any:
+PeripheralKind = Literal["camera", "touch_controller", "microphone", "remote", "other"]
+
+
+def _peripheral_kind(category: str, device_type: str) -> PeripheralKind:
     if category == "CAMERA" or device_type == "CAMERA":
         return "camera"
     if device_type == "TOUCHCONTROL":
