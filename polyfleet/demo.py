@@ -359,7 +359,7 @@ class Demo:
                 seen_tickets.add(ticket_id)
                 self.say(
                     f"  new ticket {ticket_id}: {ticket.get('fault')} on {ticket.get('serial')} "
-                    f"({ticket.get('site')}), state {ticket.get('state')}"
+                    f"({ticket.get('site')}), status {ticket.get('status')}"
                 )
 
 

@@ -1,0 +1,100 @@
+"""The demo as an admin runs it: lab, controller and agents, stopping by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from simulator.fleet import load_fleet
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_FLEET = ROOT / "deploy" / "examples" / "fleet-demo.toml"
+#: Long enough for faults in the demo timeline to persist into tickets.
+DEMO_SECONDS = 75
+
+
+def demo_serials() -> dict[str, str]:
+    """Serial -> expected model for every demo device, E70 cameras included."""
+    expected: dict[str, str] = {}
+    for site in load_fleet(DEMO_FLEET).sites:
+        for room in site.rooms:
+            for device in room.devices:
+                expected[device.serial] = device.model
+                for peripheral in device.peripherals:
+                    if peripheral.kind == "e70":
+                        expected[peripheral.serial] = "studio_e70"
+    return expected
+
+
+async def wait_for_file(path: Path, process: asyncio.subprocess.Process, deadline: float) -> Any:
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8"))
+        if process.returncode is not None:
+            raise AssertionError(f"demo exited early with {process.returncode}")
+        await asyncio.sleep(0.2)  # waits-for: the demo to write demo.json
+    raise AssertionError(f"{path} never appeared")
+
+
+async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_path: Path) -> None:
+    """`polyfleet demo --duration` serves every demo device with its facts, files tickets, exits 0."""
+    expected = demo_serials()
+    assert any(model == "studio_e70" for model in expected.values())
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyfleet",
+        "demo",
+        "--duration",
+        str(DEMO_SECONDS),
+        "--data-dir",
+        str(tmp_path / "demo"),
+        "--listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    output = asyncio.create_task(process.stdout.read())  # type: ignore[union-attr]
+    try:
+        demo = await wait_for_file(tmp_path / "demo" / "demo.json", process, time.monotonic() + 60)
+        headers = {"Authorization": f"Bearer {demo['admin_token']}"}
+        listed: dict[str, dict[str, Any]] = {}
+        tickets: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession(headers=headers) as http:
+            deadline = time.monotonic() + DEMO_SECONDS - 5
+            while time.monotonic() < deadline:
+                async with http.get(demo["url"] + "/api/v1/devices") as response:
+                    assert response.status == 200
+                    listed = {d["serial"]: d for d in (await response.json())["devices"]}
+                async with http.get(demo["url"] + "/api/v1/tickets") as response:
+                    tickets = (await response.json())["tickets"]
+                if set(expected) <= set(listed) and tickets:
+                    break
+                await asyncio.sleep(1)  # waits-for: agents' first polls and a fault to persist
+        missing = set(expected) - set(listed)
+        assert not missing, f"devices never listed: {sorted(missing)}"
+        for serial, model in expected.items():
+            device = listed[serial]
+            assert device["model"] == model
+            assert device["provider"] in {"teams", "zoom", "poly", "device_mode", "unknown"}
+            assert device["firmware"]["version"]
+            assert device["health"]["state"] in {"ok", "degraded", "fault", "unreachable"}
+        assert tickets, "no ticket was opened for the demo's faults"
+        assert all(t["serial"] in expected or t["kind"] == "site" for t in tickets)
+        code = await asyncio.wait_for(process.wait(), timeout=DEMO_SECONDS + 60)
+        text = (await output).decode()
+        assert code == 0, text[-3000:]
+        assert "demo stopped cleanly" in text
+        assert demo["admin_token"] not in text.replace(f"admin token: {demo['admin_token']}", "")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
