@@ -44,7 +44,7 @@ async def wait_for_file(path: Path, process: asyncio.subprocess.Process, deadlin
 
 
 async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_path: Path) -> None:
-    """`polyfleet demo --duration` serves every demo device with its facts, files tickets, exits 0."""
+    """`polyfleet demo --duration` serves every demo device, files tickets, and exits 0."""
     expected = demo_serials()
     assert any(model == "studio_e70" for model in expected.values())
     process = await asyncio.create_subprocess_exec(
