@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from pathlib import Path
@@ -271,3 +272,29 @@ async def test_changed_ssh_host_key_is_certificate_changed(
     record = PinStore(config.data_dir).get(cfg.key)
     assert (record.ssh, record.pending_ssh) == (b.ssh_fingerprint, a.ssh_fingerprint)
     assert record.pending_tls is None
+
+
+async def test_passwords_never_logged_or_reported(
+    lab_factory: Any,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Neither good nor bad passwords appear in logs (at DEBUG) or in snapshots."""
+    caplog.set_level(logging.DEBUG)
+    lab = await lab_factory([make_device("SEC1"), make_device("SEC2"), make_device("SEC3")])
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong-Secret-42")
+    os.chmod(wrong, 0o600)
+    await lab.devices["SEC3"].set_fault("wedged", True)
+    configs = [
+        device_config(lab.devices["SEC1"], password_file),
+        device_config(lab.devices["SEC2"], wrong, serial="SEC2"),
+        device_config(lab.devices["SEC3"], password_file),
+    ]
+    poller = make_poller(agent_config(tmp_path, configs), http)
+    reported = await poller.sweep()
+    assert {s.serial for s in reported} == {"SEC1", "SEC2", "SEC3"}
+    text = caplog.text + "".join(s.model_dump_json() for s in reported)
+    assert "lab-admin-pw" not in text and "wrong-Secret-42" not in text
