@@ -36,6 +36,7 @@ from tinydb.storages import JSONStorage
 from controller.config import DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_SNAPSHOT_INTERVAL_S
 from controller.store.base import (
     Doc,
+    StoreError,
     StoreLocked,
     StoreUnavailable,
     check_collection,
@@ -136,7 +137,8 @@ class TinyDBStore:
         self._opened = False
 
     def _take_lock(self) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.mkdir(exist_ok=True, mode=0o700)
         (self.directory / "journal").mkdir(exist_ok=True, mode=0o700)
         (self.directory / "snapshots").mkdir(exist_ok=True, mode=0o700)
         fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
@@ -303,6 +305,12 @@ class TinyDBStore:
         data: dict[str, dict[str, Doc]] = {}
         if current:
             snapshot_dir = self.directory / "snapshots" / f"{current:012d}"
+            if not snapshot_dir.is_dir():
+                # Starting empty here would silently lose the whole inventory.
+                raise StoreError(
+                    f"{current_file} names snapshot {snapshot_dir.name}, which is missing; "
+                    "restore it from backup (nothing was changed)"
+                )
             for path in sorted(snapshot_dir.glob("*.json")):
                 collection = path.name.split(".", 1)[0]
                 docs = data.setdefault(collection, {})

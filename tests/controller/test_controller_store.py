@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from controller_testkit import batch, bearer, cli, report, snapshot, start_server
 
-from controller.store.base import StoreLocked
+from controller.store.base import StoreError, StoreLocked
 from controller.store.tinydb import TinyDBStore
 from controller.testing import running_controller
 from shared.schema import PROTOCOL_VERSION
@@ -213,3 +213,18 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     assert not os.path.exists(data_dir / "controller.json")
+
+
+async def test_missing_snapshot_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
+    """If the snapshot CURRENT names is gone, opening fails loudly instead of starting empty."""
+    async with opened(tmp_path) as store:
+        await store.put_many("devices", {"X50-1": {"site_id": "krk"}})
+    for path in (tmp_path / "snapshots").iterdir():
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
+    with pytest.raises(StoreError, match="missing"):
+        await TinyDBStore(tmp_path).open()
+    # The failed open released the lock: a later open (after a restore) is possible.
+    with pytest.raises(StoreError, match="missing"):
+        await TinyDBStore(tmp_path).open()
