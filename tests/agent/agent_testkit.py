@@ -136,3 +136,49 @@ async def wait_for_async(predicate: Any, timeout: float = 20.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)  # waits-for: polling a condition with a deadline
+
+
+class SwitchableLink:
+    """A TCP relay on loopback that can cut the line to a real server (an uplink outage)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.up = False
+        self.port = 0
+        self._server: Any = None
+        self._writers: set[Any] = set()
+
+    async def start(self) -> None:
+        import asyncio
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if not self.up:
+                writer.close()
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            self._writers.update({writer, up_writer})
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            self._writers.difference_update({writer, up_writer})
+
+        self._server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        self.up = False
+        for writer in list(self._writers):
+            writer.close()
+
+    async def stop(self) -> None:
+        self.cut()
+        self._server.close()
+        await self._server.wait_closed()

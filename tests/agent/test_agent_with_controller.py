@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from agent_testkit import agent_config, device_config, wait_for_async
+from agent_testkit import SwitchableLink, agent_config, device_config, wait_for, wait_for_async
 
 from agent.config import Secret
 from agent.service import AgentService
+from agent.uplink import Credential
 from controller.testing import running_controller
 from simulator.testing import make_device
 
@@ -95,3 +96,53 @@ async def test_agent_reports_and_runs_jobs(
                 } <= names
         finally:
             await service.stop()
+
+
+async def test_uplink_outage_then_every_report_stored_once(
+    lab_factory: Any, password_file: Path, tmp_path: Path
+) -> None:
+    """Reports taken while the line to the real controller is cut are all stored, each once."""
+    lab = await lab_factory([make_device("LINK1"), make_device("LINK2", model="g7500")])
+    async with running_controller(tmp_path / "ctl", report_history=10_000) as controller:
+        host, port = controller.url.removeprefix("http://").split(":")
+        link = SwitchableLink(host, int(port))
+        await link.start()
+        enrolled = await controller.enroll("waw")
+        url = f"http://127.0.0.1:{link.port}"
+        config = agent_config(
+            tmp_path,
+            [device_config(d, password_file) for d in lab.devices.values()],
+            controller_url=url,
+            poll_interval_s=0.2,
+            send_interval_s=0.05,
+            backoff_max_s=0.2,
+        )
+        Credential(
+            controller_url=url,
+            agent_id=enrolled.agent_id,
+            site_id=enrolled.site_id,
+            token=enrolled.token,
+            poll_interval_s=enrolled.poll_interval_s,
+        ).save(config.credential_path)
+        service = AgentService(config)
+        await service.start()
+        try:
+            await wait_for(
+                lambda: len(service.outbox) >= 15, what="reports spooled during the outage"
+            )
+            taken = [e for e in service.outbox.peek(500) if e.kind == "report"]
+            link.up = True
+            await wait_for(
+                lambda: len(service.outbox) == 0 or service.outbox.peek(1)[0].seq > taken[-1].seq,
+                what="backlog sent",
+            )
+        finally:
+            await service.stop()
+            await link.stop()
+        async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
+            stored: list[str] = []
+            for serial in {e.serial for e in taken}:
+                async with http.get(f"{controller.url}/api/v1/devices/{serial}/reports") as resp:
+                    stored += [r["id"] for r in (await resp.json())["reports"]]
+        assert len(stored) == len(set(stored)), "a report stored twice"
+        assert {e.report_id for e in taken} <= set(stored)
