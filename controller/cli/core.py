@@ -371,19 +371,31 @@ def cmd_devices_move(args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------
 
 
-def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    parser.add_argument("--config", help="controller.toml (default: built-in defaults)")
-    parser.add_argument("--data-dir", help="data directory (overrides the config)")
+def _common(
+    parser: argparse.ArgumentParser, *, json_flag: bool = True, nested: bool = False
+) -> None:
+    # A nested action (devices export/move) must not reset what was given before its name.
+    default = argparse.SUPPRESS if nested else None
+    parser.add_argument("--config", default=default, help="controller.toml (default: built-in)")
+    parser.add_argument("--data-dir", default=default, help="data directory (overrides config)")
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS if nested else False,
+            help="machine-readable output",
+        )
 
 
-def _device_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--site", help="only this site")
-    parser.add_argument("--health", help="ok, degraded, fault or unreachable")
-    parser.add_argument("--model", help="studio_x30, studio_x50, studio_x70, studio_e70, g7500")
-    parser.add_argument("--provider", help="teams, zoom, poly, device_mode")
-    parser.add_argument("--firmware", help="firmware version, e.g. 4.1.0")
+def _device_filters(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    default = argparse.SUPPRESS if nested else None
+    parser.add_argument("--site", default=default, help="only this site")
+    parser.add_argument("--health", default=default, help="ok, degraded, fault or unreachable")
+    parser.add_argument(
+        "--model", default=default, help="studio_x30, studio_x50, studio_x70, studio_e70, g7500"
+    )
+    parser.add_argument("--provider", default=default, help="teams, zoom, poly, device_mode")
+    parser.add_argument("--firmware", default=default, help="firmware version, e.g. 4.1.0")
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -429,11 +441,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     device_actions = devices.add_subparsers(dest="devices_command", metavar="ACTION")
     export = device_actions.add_parser("export", help="export the device list")
     export.add_argument("--csv", action="store_true", help="CSV on standard output")
-    _common(export, json_flag=False)
-    _device_filters(export)
+    _common(export, json_flag=False, nested=True)
+    _device_filters(export, nested=True)
     export.set_defaults(func=cmd_devices_export)
     move = device_actions.add_parser("move", help="move a device (and its cameras) to a site")
     move.add_argument("serial")
     move.add_argument("--site", dest="to_site", required=True, help="the new site")
-    _common(move)
+    _common(move, nested=True)
     move.set_defaults(func=cmd_devices_move)

@@ -18,9 +18,10 @@ from shared.schema import PROTOCOL_VERSION
 
 
 def test_first_run_commands_without_server(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a fresh data dir: site add, token create --json, agent invite and devices all work."""
+    monkeypatch.chdir(tmp_path)
     data = str(tmp_path / "data")
     assert (
         main(
@@ -51,10 +52,14 @@ def test_first_run_commands_without_server(
     assert len(capsys.readouterr().out.strip()) == 19
     assert main(["controller", "devices", "--data-dir", data, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"devices": []}
+    # Options given before a nested action still apply to it.
+    assert main(["controller", "devices", "--data-dir", data, "export", "--csv"]) == 0
+    assert capsys.readouterr().out.startswith("serial,model,provider,")
     # The token is stored hashed: the secret appears nowhere in the data directory.
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+    assert not (tmp_path / "polyfleet-data").exists()
 
 
 def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
