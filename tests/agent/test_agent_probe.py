@@ -39,9 +39,10 @@ async def probe(
         "--timeout",
         "3",
     ]
-    argv += (
-        ["--fingerprint", fingerprint] if fingerprint else ["--fingerprint", device.tls_fingerprint]
-    )
+    if fingerprint == "insecure":
+        argv.append("--insecure")
+    else:
+        argv += ["--fingerprint", fingerprint or device.tls_fingerprint]
     argv += list(extra)
     code = await asyncio.to_thread(main, argv)
     out, err = capsys.readouterr()
@@ -175,3 +176,15 @@ async def test_probe_refuses_readable_password_file(
     code, _out, err = await probe(capsys, lab.devices["MODE1"], password_file)
     assert code == 2
     assert "chmod 600" in err
+
+
+async def test_probe_insecure_accepts_any_certificate(
+    lab_factory: Any, password_file: Path, capsys: Any
+) -> None:
+    """--insecure reads the device without a pin (first contact)."""
+    lab = await lab_factory([make_device("INSEC1", firmware="3.12.0")])
+    code, out, err = await probe(
+        capsys, lab.devices["INSEC1"], password_file, "--json", fingerprint="insecure"
+    )
+    assert code == 0, err
+    assert snapshot_of(out).serial == "INSEC1"
