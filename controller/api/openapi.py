@@ -38,15 +38,17 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
         spec = spec_of(route.handler, method)
         routes.append((path, method, spec))
         models.update(model for model in (spec.request, spec.response) if model is not None)
-    ordered = sorted(models, key=lambda model: model.__name__)
-    _, schema = models_json_schema(
+    ordered = sorted(models, key=lambda model: (model.__module__, model.__qualname__))
+    refs, schema = models_json_schema(
         [(model, "validation") for model in ordered],
         ref_template="#/components/schemas/{model}",
     )
+    # Pydantic renames models whose names clash (features may reuse a name); use its refs.
+    ref_of = {model: dict(refs[(model, "validation")]) for model in ordered}
     paths: dict[str, dict[str, Any]] = {}
     for path, method, spec in sorted(routes, key=lambda item: (item[0], item[1])):
         paths.setdefault(_PATH_PARAM.sub(r"{\1}", path), {})[method.lower()] = _operation(
-            path, method, spec
+            path, method, spec, ref_of
         )
     return {
         "openapi": "3.1.0",
@@ -63,11 +65,9 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
     }
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-
-def _operation(path: str, method: str, spec: EndpointSpec) -> dict[str, Any]:
+def _operation(
+    path: str, method: str, spec: EndpointSpec, ref_of: dict[type[BaseModel], dict[str, Any]]
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": spec.summary.strip().splitlines()[0] if spec.summary.strip() else path,
         "operationId": f"{method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', path).strip('_')}",
@@ -93,7 +93,7 @@ def _operation(path: str, method: str, spec: EndpointSpec) -> dict[str, Any]:
     if spec.request is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(spec.request)}},
+            "content": {"application/json": {"schema": ref_of[spec.request]}},
         }
     elif spec.request_media is not None:
         operation["requestBody"] = {
@@ -102,14 +102,14 @@ def _operation(path: str, method: str, spec: EndpointSpec) -> dict[str, Any]:
         }
     ok: dict[str, Any] = {"description": "Success"}
     if spec.response is not None:
-        ok["content"] = {spec.response_media: {"schema": _ref(spec.response)}}
+        ok["content"] = {spec.response_media: {"schema": ref_of[spec.response]}}
     elif spec.response_media != "application/json":
         ok["content"] = {spec.response_media: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(spec.response_status): ok}
     for status in spec.errors:
         responses[str(status)] = {
             "description": _STATUS_TEXT.get(status, "Error"),
-            "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+            "content": {"application/json": {"schema": ref_of[ErrorResponse]}},
         }
     operation["responses"] = responses
     operation["security"] = [] if spec.roles == PUBLIC else [{"bearer": []}]

@@ -12,9 +12,15 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from aiohttp import web
 from controller_testkit import batch, bearer, report, snapshot
 from openapi_spec_validator import validate as validate_spec
+from pydantic import BaseModel
 
+from controller.api.openapi import build_openapi
+from controller.api.spec import READERS, endpoint
+from controller.app import create_app
+from controller.config import ControllerConfig
 from controller.events import Event, JobFinished
 from controller.keys import ACCESS, EVENT_BUS, JOBS
 from controller.services.access import Role
@@ -222,3 +228,29 @@ async def test_metrics_pass_promtool(
     assert 'polyfleet_reports_ingested_total{result="accepted"} 3.0' in text
     assert "polyfleet_ingest_seconds_count 1.0" in text
     assert 'polyfleet_store_flush_seconds_count{kind="journal"}' in text
+
+
+def test_openapi_keeps_clashing_model_names_apart(tmp_path: Path) -> None:
+    """A feature route whose model reuses a core model's name gets its own, resolvable schema."""
+
+    class DeviceOut(BaseModel):  # same name as controller.api.models.DeviceOut
+        feature_only: int
+
+    @endpoint(summary="A feature's route", roles=READERS, response=DeviceOut)
+    async def feature(request: web.Request) -> web.Response:
+        return web.json_response({"feature_only": 1})
+
+    app = create_app(ControllerConfig(data_dir=tmp_path))
+    app.router.add_get("/api/v1/feature", feature, allow_head=False)
+    document = build_openapi(app)
+    validate_spec(document)
+    schemas = document["components"]["schemas"]
+    ref = document["paths"]["/api/v1/feature"]["get"]["responses"]["200"]["content"][
+        "application/json"
+    ]["schema"]["$ref"]
+    feature_schema = schemas[ref.rsplit("/", 1)[-1]]
+    assert "feature_only" in feature_schema["properties"]
+    core_ref = document["paths"]["/api/v1/devices/{serial}/move"]["post"]["responses"]["200"][
+        "content"
+    ]["application/json"]["schema"]["$ref"]
+    assert "serial" in schemas[core_ref.rsplit("/", 1)[-1]]["properties"]
