@@ -151,6 +151,8 @@ class DeviceFilter:
 class _SiteLiveness:
     online: bool | None
     last_call: datetime
+    #: Since when the site's agent calls in (devices get a full silence period from then).
+    watched_since: datetime
 
 
 @dataclass
@@ -194,7 +196,9 @@ class Inventory:
         self._started_at = self._clock()
         for site_id, site in self._store.scan(SITES).items():
             self._sites[site_id] = _SiteLiveness(
-                online=site.get("agent_online"), last_call=self._started_at
+                online=site.get("agent_online"),
+                last_call=self._started_at,
+                watched_since=self._started_at,
             )
 
     # -- sites -------------------------------------------------------------------------------
@@ -220,7 +224,10 @@ class Inventory:
         }
         await self._store.put_many(SITES, {site_id: doc})
         self._sites.setdefault(
-            site_id, _SiteLiveness(online=doc["agent_online"], last_call=self._clock())
+            site_id,
+            _SiteLiveness(
+                online=doc["agent_online"], last_call=self._clock(), watched_since=self._clock()
+            ),
         )
         return doc
 
@@ -508,11 +515,15 @@ class Inventory:
 
     def _note_call(self, agent_id: str, site_id: str, now: datetime) -> None:
         self._agent_calls[agent_id] = now
-        liveness = self._sites.setdefault(site_id, _SiteLiveness(online=None, last_call=now))
+        liveness = self._sites.setdefault(
+            site_id, _SiteLiveness(online=None, last_call=now, watched_since=now)
+        )
         liveness.last_call = max(liveness.last_call, now)
         if liveness.online is not True:
             was_offline = liveness.online is False
             liveness.online = True
+            # Back from silence: its devices get a whole silence period to be mentioned again.
+            liveness.watched_since = now
             site = self._store.get(SITES, site_id)
             events: list[Event] = (
                 [AgentOnline(at=now, site_id=site_id, agent_id=agent_id)] if was_offline else []
@@ -558,10 +569,12 @@ class Inventory:
         history: dict[str, Doc] = {}
         baseline = now - self._silence
         for serial, doc in self._store.scan(DEVICES).items():
-            if doc.get("unreachable_since") or self.site_online(doc["site_id"]) is False:
+            watch = self._sites.get(doc["site_id"])
+            if doc.get("unreachable_since") or (watch is not None and watch.online is False):
                 continue
             last_seen = datetime.fromisoformat(doc["last_seen"])
-            if max(last_seen, self._started_at) >= baseline:
+            watched_since = watch.watched_since if watch is not None else self._started_at
+            if max(last_seen, self._started_at, watched_since) >= baseline:
                 continue
             devices[serial] = self._mark_unreachable(doc, now, last_seen, events, history)
         if events:

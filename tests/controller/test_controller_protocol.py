@@ -317,6 +317,19 @@ async def test_silent_device_becomes_unreachable_and_silent_agent_one_site_event
             f"{controller.url}/api/v1/agent/jobs", headers=bearer(agent.token)
         ) as response:
             assert response.status == 200
+        # Back online: its devices get a fresh silence period before being judged again.
+        assert await inventory.check_liveness() == []
+        for step in (120, 61):  # the agent keeps calling in but never mentions X50-2
+            clock.advance(step)
+            async with http.get(
+                f"{controller.url}/api/v1/agent/jobs", headers=bearer(agent.token)
+            ) as response:
+                assert response.status == 200
+        events = await inventory.check_liveness()
+        assert [(e.kind, e.serial) for e in events] == [
+            ("device_unreachable", "X50-2"),
+            ("health_changed", "X50-2"),
+        ]
         async with http.get(
             f"{controller.url}/api/v1/events?site=krk&kind=agent_online",
             headers=controller.admin_headers,
