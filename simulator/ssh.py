@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import socket
 import threading
@@ -263,7 +265,9 @@ def serve_connection(device: SimDevice, conn: socket.socket) -> None:
         except (OSError, EOFError, paramiko.SSHException):
             return
         finally:
-            channel.close()
+            # The client may have gone first; closing a dead channel is not an error.
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.close()
         # Let the client close first, so OpenSSH does not report "closed by remote host".
         transport.join(CLOSE_GRACE)
     finally:
