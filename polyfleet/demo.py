@@ -320,6 +320,8 @@ class Demo:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=timeout)
+            if self.stop.is_set():
+                break  # Ctrl-C or SIGTERM: the controller is already going away
             await self._status(http, desk, seen_tickets, started)
             if deadline is not None and time.monotonic() >= deadline:
                 break
