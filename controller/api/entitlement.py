@@ -11,10 +11,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from controller.api.errors import ApiError
-from controller.api.spec import ADMINS, READERS, endpoint
-from controller.domain.assets import RegistryImportError, parse_registry
+from controller.api.spec import ADMINS, READERS, Param, endpoint
+from controller.domain.assets import COLUMNS, RegistryImportError, parse_registry
 from controller.domain.calendar import to_warsaw
-from controller.domain.entitlement import parse_moment
+from controller.domain.entitlement import Flag, parse_moment
 from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
 from controller.keys import CLOCK, CONFIG, STORE
 from controller.services import entitlement as service
@@ -63,10 +63,10 @@ class VerdictOut(_Out):
     window: Literal["8x5", "24x7"] | None
     reaction_hours: int | None
     repair: str | None
-    language: str | None
+    language: Literal["pl", "en"] | None
     eligible: bool
     ineligible_rules: list[str]
-    flags: list[str]
+    flags: list[Flag]
     firmware: FirmwareOut
 
 
@@ -126,6 +126,19 @@ class AssetList(_Out):
     assets: list[AssetOut]
 
 
+#: ``?at=``: a moment with its offset, or a date meaning its midnight in Warsaw (C2).
+AT_SCHEMA = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]
+}
+SITE_PARAM = Param("only this site id")
+REGISTRY_CSV = {
+    "type": "string",
+    "description": "UTF-8 CSV (a BOM is allowed) whose header names the columns "
+    + ",".join(COLUMNS)
+    + "; contract columns stay empty for the plain manufacturer warranty.",
+}
+
+
 def _moment(request: web.Request) -> datetime:
     """``?at=`` (ISO 8601 with offset, or a date) for what-if questions; else the clock."""
     text = request.query.get("at")
@@ -150,9 +163,17 @@ def _flag(request: web.Request, name: str) -> bool:
     summary="Import a registry CSV (checked whole; any bad row changes nothing)",
     roles=ADMINS,
     request_media="text/csv",
+    request_schema=REGISTRY_CSV,
     response=ImportResult,
-    query={"dry_run": "1 to check and report without changing anything"},
-    errors=(400, 401, 403, 413, 422),
+    query={
+        "dry_run": Param(
+            "true (or 1, yes) to check and report without changing anything",
+            {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
+        ),
+        "at": Param("check purchase dates against this day instead of today", AT_SCHEMA),
+    },
+    errors=(400,),
+    error_models={422: ImportRejected},
     tags=("entitlement",),
 )
 async def import_assets(request: web.Request) -> web.Response:
@@ -186,8 +207,7 @@ async def import_assets(request: web.Request) -> web.Response:
     summary="The asset registry",
     roles=READERS,
     response=AssetList,
-    query={"site": "only assets of this site id"},
-    errors=(401,),
+    query={"site": SITE_PARAM},
     tags=("entitlement",),
 )
 async def list_assets(request: web.Request) -> web.Response:
@@ -204,8 +224,8 @@ async def list_assets(request: web.Request) -> web.Response:
     summary="What one device may get now (registry plus the firmware its agent reported)",
     roles=READERS,
     response=DeviceVerdictOut,
-    query={"at": "judge at this ISO 8601 moment instead of now (e.g. a planned install)"},
-    errors=(400, 401, 404),
+    query={"at": Param("judge at this moment instead of now (e.g. a planned install)", AT_SCHEMA)},
+    errors=(400, 404),
     tags=("entitlement",),
 )
 async def device_entitlement(request: web.Request) -> web.Response:
@@ -223,8 +243,8 @@ async def device_entitlement(request: web.Request) -> web.Response:
     summary="Verdicts of every registered or reported device",
     roles=READERS,
     response=VerdictList,
-    query={"site": "only this site id", "at": "judge at this ISO 8601 moment instead of now"},
-    errors=(400, 401),
+    query={"site": SITE_PARAM, "at": Param("judge at this moment instead of now", AT_SCHEMA)},
+    errors=(400,),
     tags=("entitlement",),
 )
 async def all_entitlements(request: web.Request) -> web.Response:
@@ -242,11 +262,14 @@ async def all_entitlements(request: web.Request) -> web.Response:
     roles=READERS,
     response=ForecastOut,
     query={
-        "days": f"horizon in days, 0..{MAX_FORECAST_DAYS} (default 90)",
-        "site": "only this site id",
-        "at": "start from this ISO 8601 moment instead of now",
+        "days": Param(
+            "horizon in days",
+            {"type": "integer", "minimum": 0, "maximum": MAX_FORECAST_DAYS, "default": 90},
+        ),
+        "site": SITE_PARAM,
+        "at": Param("start from this moment instead of now", AT_SCHEMA),
     },
-    errors=(400, 401),
+    errors=(400,),
     tags=("entitlement",),
 )
 async def entitlement_forecast(request: web.Request) -> web.Response:

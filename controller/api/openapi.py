@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from controller.api.models import ErrorResponse
-from controller.api.spec import PUBLIC, EndpointSpec, endpoint, spec_of
+from controller.api.spec import PUBLIC, EndpointSpec, Param, endpoint, spec_of
 
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _STATUS_TEXT = {
@@ -21,7 +22,22 @@ _STATUS_TEXT = {
     409: "Conflict with the current state",
     413: "Body too large or too many snapshots",
     422: "Body does not match the schema; `field` names the place",
+    503: "Temporarily unavailable (store failed, service starting)",
 }
+#: Any status not listed for an operation (405, 500, 503...) still answers ``ErrorResponse``.
+_DEFAULT_ERROR = "Any other error (e.g. 503 store unavailable, 500 internal); see `error.code`"
+
+
+def implied_errors(spec: EndpointSpec) -> tuple[int, ...]:
+    """Statuses the middlewares answer for this route whatever its handler does."""
+    statuses: set[int] = set()
+    if spec.roles != PUBLIC:
+        statuses |= {401, 403}  # auth_middleware: no or unknown token; a role not allowed
+    if spec.request is not None:
+        statuses |= {400, 413, 422}  # errors.read_json and validate: not JSON, too big, schema
+    elif spec.request_media is not None:
+        statuses.add(413)  # client_max_size, unless the handler streams with its own limit
+    return tuple(sorted(statuses))
 
 
 def build_openapi(app: web.Application) -> dict[str, Any]:
@@ -38,6 +54,7 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
         spec = spec_of(route.handler, method)
         routes.append((path, method, spec))
         models.update(model for model in (spec.request, spec.response) if model is not None)
+        models.update(spec.error_models.values())
     ordered = sorted(models, key=lambda model: (model.__module__, model.__qualname__))
     refs, schema = models_json_schema(
         [(model, "validation") for model in ordered],
@@ -65,6 +82,25 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
     }
 
 
+def _parameter(name: str, where: str, param: str | Param) -> dict[str, Any]:
+    if isinstance(param, str):
+        param = Param(param)
+    return {
+        "name": name,
+        "in": where,
+        "required": True if where == "path" else param.required,
+        "description": param.description,
+        "schema": dict(param.schema),
+    }
+
+
+def _error(status: int, schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "description": _STATUS_TEXT.get(status, "Error"),
+        "content": {"application/json": {"schema": dict(schema)}},
+    }
+
+
 def _operation(
     path: str, method: str, spec: EndpointSpec, ref_of: dict[type[BaseModel], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -74,20 +110,11 @@ def _operation(
     }
     if spec.tags:
         operation["tags"] = list(spec.tags)
-    parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    parameters = [
+        _parameter(name, "path", spec.path.get(name, Param(f"the {name.replace('_', ' ')}")))
         for name in _PATH_PARAM.findall(path)
     ]
-    parameters += [
-        {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "description": text,
-            "schema": {"type": "string"},
-        }
-        for name, text in spec.query.items()
-    ]
+    parameters += [_parameter(name, "query", param) for name, param in spec.query.items()]
     if parameters:
         operation["parameters"] = parameters
     if spec.request is not None:
@@ -96,29 +123,41 @@ def _operation(
             "content": {"application/json": {"schema": ref_of[spec.request]}},
         }
     elif spec.request_media is not None:
+        body = spec.request_schema or {"type": "string", "format": "binary"}
         operation["requestBody"] = {
             "required": True,
-            "content": {spec.request_media: {"schema": {"type": "string", "format": "binary"}}},
+            "content": {spec.request_media: {"schema": dict(body)}},
         }
     ok: dict[str, Any] = {"description": "Success"}
     if spec.response is not None:
         ok["content"] = {spec.response_media: {"schema": ref_of[spec.response]}}
+    elif spec.response_schema is not None:
+        ok["content"] = {spec.response_media: {"schema": dict(spec.response_schema)}}
     elif spec.response_media != "application/json":
         ok["content"] = {spec.response_media: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(spec.response_status): ok}
-    for status in spec.errors:
-        responses[str(status)] = {
-            "description": _STATUS_TEXT.get(status, "Error"),
-            "content": {"application/json": {"schema": ref_of[ErrorResponse]}},
-        }
-    operation["responses"] = responses
+    for status in sorted({*spec.errors, *implied_errors(spec)} - set(spec.error_models)):
+        responses[str(status)] = _error(status, ref_of[ErrorResponse])
+    for status, model in sorted(spec.error_models.items()):
+        responses[str(status)] = _error(status, ref_of[model])
+    responses["default"] = {
+        "description": _DEFAULT_ERROR,
+        "content": {"application/json": {"schema": ref_of[ErrorResponse]}},
+    }
+    operation["responses"] = dict(sorted(responses.items()))
     operation["security"] = [] if spec.roles == PUBLIC else [{"bearer": []}]
     if spec.roles:
         operation["description"] = "Roles: " + ", ".join(sorted(role.value for role in spec.roles))
+    operation.update(spec.extra)
     return operation
 
 
-@endpoint(summary="This OpenAPI document", roles=PUBLIC, tags=("meta",))
+@endpoint(
+    summary="This OpenAPI document",
+    roles=PUBLIC,
+    response_schema={"type": "object", "required": ["openapi", "info", "paths"]},
+    tags=("meta",),
+)
 async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app))
 

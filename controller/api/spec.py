@@ -3,11 +3,17 @@
 A route module decorates its handlers::
 
     @endpoint(summary="List devices", roles=READERS, response=DeviceList,
-              query={"site": "only this site"})
+              query={"site": "only this site",
+                     "limit": Param("at most this many", {"type": "integer", "minimum": 1})})
     async def list_devices(request: web.Request) -> web.Response: ...
 
 and adds them in its ``register(app)`` with ``app.router.add_get(path, list_devices)``.
 A handler without ``@endpoint`` is admin-only for changes and readable by viewers for GET.
+
+The OpenAPI builder adds what the middlewares answer for every route (401/403 for
+authenticated routes; 400/413/422 for JSON bodies; 413 for any body; a ``default``
+error), so a spec lists only the statuses its handler itself produces in ``errors``,
+and names in ``error_models`` any status whose body is not the usual ``ErrorResponse``.
 """
 
 from __future__ import annotations
@@ -31,19 +37,39 @@ _ATTRIBUTE = "__polyfleet_endpoint__"
 HandlerT = TypeVar("HandlerT", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
 
 
+@dataclass(frozen=True)
+class Param:
+    """A query or path parameter: what it means and the JSON schema of its value."""
+
+    description: str
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
 @dataclass(frozen=True, kw_only=True)
 class EndpointSpec:
     summary: str
     roles: frozenset[Role]
     request: type[BaseModel] | None = None
-    #: Media type of a non-JSON body (e.g. an artifact upload).
+    #: Media type of a non-JSON body (e.g. an artifact upload, a CSV file).
     request_media: str | None = None
+    #: JSON schema of that non-JSON body (default: any bytes); say its format in "description".
+    request_schema: Mapping[str, Any] | None = None
     response: type[BaseModel] | None = None
+    #: JSON schema of a success body that has no model (used when ``response`` is None).
+    response_schema: Mapping[str, Any] | None = None
     response_status: int = 200
     response_media: str = "application/json"
-    query: Mapping[str, str] = field(default_factory=dict)
+    #: Query parameters: a description (a string value) or a ``Param`` with its schema.
+    query: Mapping[str, str | Param] = field(default_factory=dict)
+    #: Path parameters that are more than any string (e.g. an enum); others are plain strings.
+    path: Mapping[str, Param] = field(default_factory=dict)
+    #: Error statuses the handler itself answers with ``ErrorResponse``.
     errors: tuple[int, ...] = ()
+    #: Error statuses whose body is another model (e.g. 422 with a list of problems).
+    error_models: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    #: Raw OpenAPI keys merged into the operation last, for what the fields above cannot say.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

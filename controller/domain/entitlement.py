@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from controller.domain.assets import Asset, Contract, InstalledFirmware
 from controller.domain.calendar import WARSAW, to_warsaw, warsaw_date
@@ -17,17 +17,21 @@ from shared.version import FirmwareVersion
 EXPIRY_HORIZONS = (30, 60, 90, 180)
 #: ``patch_window_closing`` when patches end within this many days.
 PATCH_CLOSING_DAYS = 30
-#: Every flag a verdict may carry, in the order they are listed.
-FLAGS = (
+Flag = Literal[
     "update_entitled",
     "update_not_entitled",
     "patch_window_closing",
-    *(f"contract_expiring_{days}" for days in EXPIRY_HORIZONS),
+    "contract_expiring_30",
+    "contract_expiring_60",
+    "contract_expiring_90",
+    "contract_expiring_180",
     "out_of_warranty",
     "ineligible_contract",
     "unknown_asset",
     "not_reported",
-)
+]
+#: Every flag a verdict may carry, in the order they are listed.
+FLAGS: tuple[str, ...] = get_args(Flag)
 
 
 @dataclass(frozen=True)
