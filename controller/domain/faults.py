@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -29,6 +30,10 @@ DEFAULT_TICKET_CODES = frozenset(
 UNREACHABLE = ProblemCode.UNREACHABLE.value
 AGENT_OFFLINE = "agent_offline"
 SITE_UNREACHABLE = "site_unreachable"
+#: Layout of the detector's saved documents; a document of another version is refused.
+STATE_VERSION = 1
+#: Key prefix of a site's saved document (a device's is its serial).
+SITE_KEY = "site:"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +118,75 @@ class _Track:
     model: str | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def lasting(self) -> bool:
+        """Whether the track holds anything a restart must not forget."""
+        return self.state != "idle" or bool(self.appearances) or self.opened_before
+
+    def milestone(self) -> tuple[Any, ...]:
+        """What changes only on a transition (not on every report): the save trigger."""
+        return (
+            self.state,
+            self.first_seen,
+            self.gone_since,
+            self.from_silence,
+            self.flapping,
+            self.opened_before,
+            tuple(self.appearances),
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "streak": self.streak,
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+            "from_silence": self.from_silence,
+            "gone_since": _iso(self.gone_since),
+            "appearances": [seen.isoformat() for seen in self.appearances],
+            "flapping": self.flapping,
+            "opened_before": self.opened_before,
+            "detail": self.detail,
+            "host_serial": self.host_serial,
+            "model": self.model,
+            "evidence": list(self.evidence),
+        }
+
+    @classmethod
+    def from_doc(cls, serial: str, code: str, site: str | None, doc: dict[str, Any]) -> _Track:
+        state = doc["state"]
+        if state not in _TRACK_STATES:
+            raise ValueError(f"track {serial}/{code}: unknown state {state!r}")
+        return cls(
+            serial=serial,
+            code=code,
+            site=site,
+            state=state,
+            streak=int(doc["streak"]),
+            first_seen=_moment(doc["first_seen"]),
+            last_seen=_moment(doc["last_seen"]),
+            from_silence=bool(doc["from_silence"]),
+            gone_since=_moment(doc["gone_since"]),
+            appearances=[datetime.fromisoformat(seen) for seen in doc["appearances"]],
+            flapping=bool(doc["flapping"]),
+            opened_before=bool(doc["opened_before"]),
+            detail=str(doc["detail"]),
+            host_serial=doc["host_serial"],
+            model=doc["model"],
+            evidence=list(doc["evidence"]),
+        )
+
+
+_TRACK_STATES = ("idle", "pending", "open", "clearing")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
 
 @dataclass
 class _SiteState:
@@ -122,12 +196,21 @@ class _SiteState:
     unreachable_open: bool = False
     affected: tuple[str, ...] = ()
 
+    @property
+    def lasting(self) -> bool:
+        return self.agent_offline or self.majority_since is not None or self.unreachable_open
+
+    def milestone(self) -> tuple[Any, ...]:
+        return (self.agent_offline, self.majority_since, self.unreachable_open, self.affected)
+
 
 class FaultDetector:
     """A pure state machine: feed it snapshots and events with their time, act on what it returns.
 
-    It holds no tickets. The same fault after a restart comes out as ``opened``
-    again; the ticket side maps it onto the one ticket of that device and fault.
+    It holds no tickets; the ticket side maps each event onto the one ticket of that
+    device (or site) and fault. Its state survives a restart through ``changes`` (what
+    to save, only on transitions) and ``restore``: a pending fault keeps its hold time,
+    an open one clears with a recovery, flapping and site outages are remembered.
     """
 
     def __init__(self, policy: FaultPolicy | None = None) -> None:
@@ -140,6 +223,10 @@ class FaultDetector:
         self._last_report: dict[str, datetime] = {}
         #: host serial -> serials of cameras (E70) that report under their own entry.
         self._children: dict[str, set[str]] = {}
+        self._host: dict[str, str] = {}
+        #: Keys (serials, ``site:ID``) an input may have changed, and the milestone last saved.
+        self._touched: set[str] = set()
+        self._saved: dict[str, tuple[Any, ...]] = {}
 
     # -- inputs -------------------------------------------------------------------
 
@@ -151,9 +238,11 @@ class FaultDetector:
             # A late report replayed from an agent's outbox says nothing about now.
             return []
         self._last_report[serial] = at
+        self._touched.add(serial)
         self._remember(serial, site)
         if snapshot.host_serial is not None:
             self._children.setdefault(snapshot.host_serial, set()).add(serial)
+            self._host[serial] = snapshot.host_serial
         children = self._children.get(serial, set())
         camera_faulty = any(
             (child, code) in self._busy
@@ -192,6 +281,7 @@ class FaultDetector:
         self, serial: str, *, site: str | None, at: datetime
     ) -> list[FaultEvent]:
         """The controller noticed silence (no report for several polls): the report count is met."""
+        self._touched.add(serial)
         self._remember(serial, site)
         track = self._track(serial, UNREACHABLE, site)
         track.from_silence = True
@@ -208,6 +298,7 @@ class FaultDetector:
         if state.agent_offline:
             return []
         state.agent_offline = True
+        self._touched.add(SITE_KEY + site)
         return [
             FaultEvent(
                 kind=FaultEventKind.OPENED,
@@ -225,9 +316,11 @@ class FaultDetector:
         if not state.agent_offline:
             return []
         state.agent_offline = False
+        self._touched.add(SITE_KEY + site)
         # Silence during the outage was the site's, not each device's.
         for track in list(self._busy.values()):
             if track.site == site and track.code == UNREACHABLE and track.state == "pending":
+                self._touched.add(track.serial)
                 self._reset(track)
         return [
             FaultEvent(
@@ -242,6 +335,126 @@ class FaultDetector:
     def tick(self, now: datetime) -> list[FaultEvent]:
         """Let time pass: opens faults whose hold time ran out without a new report."""
         return self._evaluate(now)
+
+    # -- lasting state ----------------------------------------------------------------
+
+    def changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Documents to save and keys to delete since the last call, for a restart to resume.
+
+        Only transitions count (a fault pending, open, clearing or over; flapping; a site
+        down or back; a device first seen at a site): another report of the same fault
+        changes nothing to save, so saving costs nothing per report.
+        """
+        puts: dict[str, dict[str, Any]] = {}
+        deletes: list[str] = []
+        for key in sorted(self._touched):
+            if key.startswith(SITE_KEY):
+                mark, doc = self._site_doc(key[len(SITE_KEY) :])
+            else:
+                mark, doc = self._device_doc(key)
+            if mark == self._saved.get(key):
+                continue
+            if mark is None or doc is None:
+                deletes.append(key)
+                self._saved.pop(key, None)
+            else:
+                puts[key] = doc
+                self._saved[key] = mark
+        self._touched.clear()
+        return puts, deletes
+
+    def restore(self, docs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """Take back what ``changes`` saved (after a restart); returns key -> why it was skipped."""
+        skipped: dict[str, str] = {}
+        devices = [(k, d) for k, d in docs.items() if not k.startswith(SITE_KEY)]
+        sites = [(k, d) for k, d in docs.items() if k.startswith(SITE_KEY)]
+        for key, doc in devices + sites:
+            try:
+                if doc.get("v") != STATE_VERSION:
+                    raise ValueError(f"layout version {doc.get('v')!r}, expected {STATE_VERSION}")
+                if key.startswith(SITE_KEY):
+                    self._restore_site(key[len(SITE_KEY) :], doc)
+                else:
+                    self._restore_device(key, doc)
+            except (KeyError, TypeError, ValueError) as exc:
+                skipped[key] = f"{type(exc).__name__}: {exc}"
+        for key, _ in devices + sites:
+            if key in skipped:
+                continue
+            if key.startswith(SITE_KEY):
+                mark, _doc = self._site_doc(key[len(SITE_KEY) :])
+            else:
+                mark, _doc = self._device_doc(key)
+            if mark is not None:
+                self._saved[key] = mark
+        return skipped
+
+    def _device_doc(self, serial: str) -> tuple[tuple[Any, ...] | None, dict[str, Any] | None]:
+        site = self._device_site.get(serial)
+        host = self._host.get(serial)
+        tracks = {
+            code: track for code, track in self._tracks.get(serial, {}).items() if track.lasting
+        }
+        if site is None and host is None and not tracks:
+            return None, None
+        mark = (
+            site,
+            host,
+            tuple((code, tracks[code].milestone()) for code in sorted(tracks)),
+        )
+        last = self._last_report.get(serial)
+        doc = {
+            "v": STATE_VERSION,
+            "serial": serial,
+            "site": site,
+            "host_serial": host,
+            "last_report": _iso(last),
+            "tracks": {code: track.to_doc() for code, track in sorted(tracks.items())},
+        }
+        return mark, doc
+
+    def _site_doc(self, site: str) -> tuple[tuple[Any, ...] | None, dict[str, Any] | None]:
+        state = self._sites.get(site)
+        if state is None or not state.lasting:
+            return None, None
+        doc = {
+            "v": STATE_VERSION,
+            "site": site,
+            "agent_offline": state.agent_offline,
+            "majority_since": _iso(state.majority_since),
+            "unreachable_open": state.unreachable_open,
+            "affected": list(state.affected),
+        }
+        return state.milestone(), doc
+
+    def _restore_device(self, serial: str, doc: Mapping[str, Any]) -> None:
+        site = doc["site"]
+        tracks = {
+            code: _Track.from_doc(serial, code, site, dict(raw))
+            for code, raw in dict(doc["tracks"]).items()
+        }
+        unknown = set(tracks) - {code.value for code in ProblemCode}
+        if unknown:
+            raise ValueError(f"unknown problem codes {sorted(unknown)}")
+        last = _moment(doc["last_report"])
+        host = doc["host_serial"]
+        self._remember(serial, site)
+        if host is not None:
+            self._children.setdefault(host, set()).add(serial)
+            self._host[serial] = host
+        if last is not None:
+            self._last_report[serial] = last
+        self._tracks[serial] = tracks
+        for code, track in tracks.items():
+            if track.state != "idle":
+                self._busy[(serial, code)] = track
+
+    def _restore_site(self, site: str, doc: Mapping[str, Any]) -> None:
+        state = self._sites.setdefault(site, _SiteState())
+        state.agent_offline = bool(doc["agent_offline"])
+        state.majority_since = _moment(doc["majority_since"])
+        state.unreachable_open = bool(doc["unreachable_open"])
+        state.affected = tuple(str(serial) for serial in doc["affected"])
 
     # -- state machine ------------------------------------------------------------
 
@@ -318,6 +531,11 @@ class FaultDetector:
         self, now: datetime, *, serial: str | None = None, site: str | None = None
     ) -> list[FaultEvent]:
         """Decide what ``now`` changes: for one device and its site, or (tick) for all."""
+        if serial is None:
+            self._touched.update(track.serial for track in self._busy.values())
+            self._touched.update(SITE_KEY + name for name in self._sites)
+        elif site is not None:
+            self._touched.add(SITE_KEY + site)
         events = self._evaluate_sites(now, None if serial is None else (site,))
         suppressed = {
             name
@@ -417,6 +635,7 @@ class FaultDetector:
                             and track.state == "pending"
                         ):
                             track.first_seen = now
+                            self._touched.add(track.serial)
                     events.append(
                         FaultEvent(
                             kind=FaultEventKind.CLEARED,

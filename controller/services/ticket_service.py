@@ -53,6 +53,9 @@ from shared.schema import Model, Snapshot
 log = logging.getLogger(__name__)
 
 TICKETS = "tickets"
+#: The fault detector's lasting state (debounce, open faults, flapping, site outages), saved
+#: on transitions so that a restart resumes detection where it stood.
+FAULT_STATE = "ticket_fault_state"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -122,6 +125,7 @@ class TicketService:
         self.diagnostics = diagnostics
         self.clock = clock
         self.detector = FaultDetector(settings.policy)
+        self._restore_detector()
         self.worker = DeliveryWorker(store, settings, clock=clock, on_delivered=self._on_delivered)
         self.outbox = TicketOutbox(store)
         self._lock = asyncio.Lock()
@@ -192,12 +196,32 @@ class TicketService:
     # -- faults to tickets ------------------------------------------------------------
 
     async def handle(self, events: list[FaultEvent]) -> None:
+        """File the events' tickets, then save the detector's transitions (in that order)."""
         for event in events:
             try:
                 await self._handle_one(event)
             except Exception:
                 # One bad event must not stop detection of the others.
                 log.exception("ticket handling failed for %s %s", event.subject, event.fault)
+        # After the tickets: a crash in between repeats an event (mapped onto the same
+        # ticket), never loses one whose ticket was not yet filed.
+        await self._save_detector()
+
+    def _restore_detector(self) -> None:
+        docs = dict(self.store.scan(FAULT_STATE))
+        skipped = self.detector.restore(docs)
+        for key, why in skipped.items():
+            log.warning("fault state of %s not restored (%s); detection starts afresh", key, why)
+        if docs:
+            log.info("fault detection resumed for %d devices and sites", len(docs) - len(skipped))
+
+    async def _save_detector(self) -> None:
+        puts, deletes = self.detector.changes()
+        if not puts and not deletes:
+            return
+        stamp = self.clock().isoformat()
+        docs = {key: {**doc, "saved_at": stamp} for key, doc in puts.items()}
+        await self.store.wait_durable(self.store.apply({FAULT_STATE: docs}, {FAULT_STATE: deletes}))
 
     async def _handle_one(self, event: FaultEvent) -> None:
         key = ticket_id(event.subject, event.fault)

@@ -295,3 +295,108 @@ def test_reported_problem_must_be_seen_for_the_whole_hold() -> None:
     assert kinds(feed(detector, "X1", range(31, 32), ProblemCode.CAMERA_DOWN)) == [
         ("opened", "X1", "camera_down")
     ]
+
+
+def saved(detector: FaultDetector, docs: dict[str, dict[str, object]]) -> bool:
+    """Apply the detector's pending changes to ``docs``; True when there were any."""
+    puts, deletes = detector.changes()
+    docs.update(puts)
+    for key in deletes:
+        docs.pop(key, None)
+    return bool(puts or deletes)
+
+
+def test_state_is_saved_on_transitions_not_on_every_report() -> None:
+    """A pending, then open, then clearing fault is saved at each step; repeats save nothing."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE, clear_after=10 * MINUTE))
+    docs: dict[str, dict[str, object]] = {}
+    feed(detector, "X1", range(0, 1), ProblemCode.CAMERA_DOWN)
+    assert saved(detector, docs) and docs["X1"]["site"] == "krk"
+    feed(detector, "X1", range(1, 4), ProblemCode.CAMERA_DOWN)
+    assert not saved(detector, docs)
+    assert kinds(feed(detector, "X1", range(4, 6), ProblemCode.CAMERA_DOWN)) == [
+        ("opened", "X1", "camera_down")
+    ]
+    assert saved(detector, docs)
+    feed(detector, "X1", range(6, 30), ProblemCode.CAMERA_DOWN)
+    assert not saved(detector, docs)
+    detector.tick(T0 + 31 * MINUTE)
+    assert not saved(detector, docs)
+    feed(detector, "X1", range(31, 32))
+    assert saved(detector, docs)
+    tracks = docs["X1"]["tracks"]
+    assert isinstance(tracks, dict) and tracks["camera_down"]["state"] == "clearing"
+
+
+def restarted(detector: FaultDetector, docs: dict[str, dict[str, object]]) -> FaultDetector:
+    """A new detector from what ``detector`` saved, as after a controller restart."""
+    saved(detector, docs)
+    fresh = FaultDetector(detector.policy)
+    assert fresh.restore(docs) == {}
+    assert not saved(fresh, dict(docs))
+    return fresh
+
+
+def test_restart_keeps_the_hold_time_of_a_pending_fault() -> None:
+    """Debounce resumes after a restart: the fault opens 5 minutes after it was first seen."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE))
+    docs: dict[str, dict[str, object]] = {}
+    feed(detector, "X1", range(0, 3), ProblemCode.CAMERA_DOWN)
+    detector = restarted(detector, docs)
+    assert feed(detector, "X1", range(3, 5), ProblemCode.CAMERA_DOWN) == []
+    opened = feed(detector, "X1", range(5, 6), ProblemCode.CAMERA_DOWN)
+    assert kinds(opened) == [("opened", "X1", "camera_down")]
+    assert opened[0].first_seen == T0 and opened[0].evidence
+
+
+def test_restart_then_recovery_clears_the_open_fault() -> None:
+    """A fault open before a restart clears after it once the device reports healthy."""
+    detector = FaultDetector(FaultPolicy(min_duration=2 * MINUTE, clear_after=10 * MINUTE))
+    docs: dict[str, dict[str, object]] = {}
+    assert kinds(feed(detector, "X1", range(0, 4), ProblemCode.CAMERA_DOWN)) == [
+        ("opened", "X1", "camera_down")
+    ]
+    detector = restarted(detector, docs)
+    cleared = feed(detector, "X1", range(40, 60))
+    assert kinds(cleared) == [("cleared", "X1", "camera_down")]
+    assert cleared[0].first_seen == T0
+    # Over and saved as such: a later restart has nothing open to clear.
+    detector = restarted(detector, docs)
+    assert feed(detector, "X1", range(60, 90)) == []
+
+
+def test_restart_remembers_flapping_and_site_outages() -> None:
+    """Flapping history and an offline site survive a restart."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE, flap_count=3))
+    docs: dict[str, dict[str, object]] = {}
+    for start in (0, 6):
+        feed(detector, "X1", range(start, start + 2), ProblemCode.CAMERA_DOWN)
+        feed(detector, "X1", range(start + 2, start + 6))
+    feed(detector, "X2", range(0, 1), site="waw")
+    offline = detector.agent_offline("waw", at=T0)
+    assert kinds(offline) == [("opened", "site:waw", AGENT_OFFLINE)]
+    assert offline[0].affected == ("X2",)
+    detector = restarted(detector, docs)
+    # The third short episode within the hour is flapping, as it would have been without a restart.
+    events = feed(detector, "X1", range(12, 14), ProblemCode.CAMERA_DOWN)
+    assert kinds(events) == [("opened", "X1", "camera_down")] and events[0].flapping
+    assert detector.agent_offline("waw", at=T0 + 20 * MINUTE) == []
+    assert kinds(detector.agent_online("waw", at=T0 + 30 * MINUTE)) == [
+        ("cleared", "site:waw", AGENT_OFFLINE)
+    ]
+    saved(detector, docs)
+    assert "site:waw" not in docs
+
+
+def test_restore_skips_unreadable_documents() -> None:
+    """A saved document of another layout or with bad fields is skipped, named, not fatal."""
+    detector = FaultDetector()
+    skipped = detector.restore(
+        {
+            "X1": {"v": 99},
+            "X2": {"v": 1, "site": "krk", "host_serial": None, "last_report": None,
+                   "tracks": {"camera_down": {"state": "exploded"}}},
+        }
+    )  # fmt: skip
+    assert sorted(skipped) == ["X1", "X2"] and "version" in skipped["X1"]
+    assert feed(detector, "X2", range(0, 1)) == []

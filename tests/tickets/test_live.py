@@ -22,8 +22,9 @@ import pytest
 from controller.api.tickets import TICKET_DESK
 from controller.app import serve
 from controller.config import ControllerConfig
-from controller.keys import EVENT_BUS, INVENTORY, JOBS
-from controller.services.ticket_service import TicketService
+from controller.domain.tickets import ticket_id
+from controller.keys import EVENT_BUS, INVENTORY, JOBS, STORE
+from controller.services.ticket_service import FAULT_STATE, TicketService
 from controller.testing import RunningController, running_controller
 from polyfleet.cli import main
 from shared.schema import (
@@ -465,3 +466,33 @@ async def test_tickets_cli_finds_a_local_server_through_its_data_dir(tmp_path: P
     finally:
         stop.set()
         await server
+
+
+async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path: Path) -> None:
+    """Detector state survives restarts: the hold time goes on, a recovery is still noted."""
+    clock = Clock()
+    data_dir = tmp_path / "controller"
+    key = ticket_id("X1", "camera_down")
+    async with start_lab(data_dir, clock, None, None) as lab:
+        await lab.report_minutes(("X1",), range(0, 3), ProblemCode.CAMERA_DOWN)
+        assert lab.service.tickets() == []
+        token = lab.agent_token
+    # Restarted 3 minutes into the fault: it opens 5 minutes after it was first seen.
+    async with start_lab(data_dir, clock, None, None, agent_token=token) as lab:
+        await lab.report_minutes(("X1",), range(3, 5), ProblemCode.CAMERA_DOWN)
+        assert lab.service.tickets() == []
+        await lab.report_minutes(("X1",), range(5, 6), ProblemCode.CAMERA_DOWN)
+        (ticket,) = lab.service.tickets()
+        assert ticket.id == key and ticket.first_seen == T0
+        assert ticket.opened_at == T0 + 5 * MINUTE
+        # Saved on the transition only: more reports of the same fault write nothing.
+        store = lab.controller.app[STORE]
+        saved_at = store.get(FAULT_STATE, "X1")["saved_at"]  # type: ignore[index]
+        await lab.report_minutes(("X1",), range(6, 12), ProblemCode.CAMERA_DOWN)
+        assert store.get(FAULT_STATE, "X1")["saved_at"] == saved_at  # type: ignore[index]
+    # The camera recovers while the controller is down; it comes back to healthy reports.
+    async with start_lab(data_dir, clock, None, None, agent_token=token) as lab:
+        await lab.report_minutes(("X1",), range(30, 45))
+        notes = [note.text for note in lab.service.get(key).notes]
+        assert any(text.startswith("recovered") for text in notes), notes
+        assert len(lab.service.tickets()) == 1
