@@ -83,6 +83,12 @@ def _summary(lab: Lab) -> str:
             f"https://{d.address}:{d.rest_port}  ssh {d.address}:{d.ssh_port}  "
             f"{d.firmware_version}-{d.build}"
         )
+    for o in lab.other_hosts.values():
+        ssh = f"  ssh {o.address}:{o.ssh_port}" if o.ssh_port is not None else ""
+        lines.append(
+            f"  {o.name:<16} {'not Poly: ' + o.spec.kind:<22} {o.site}/{o.room:<14} "
+            f"https://{o.address}:{o.rest_port}{ssh}"
+        )
     return "\n".join(lines)
 
 

@@ -20,12 +20,14 @@ ENDPOINTS = [
     "GET /devices/{serial}",
     "GET /devices/{serial}/config",
     "POST /devices/{serial}/faults {fault, active, ...params}",
+    "DELETE /devices/{serial}/faults",
     "POST /devices/{serial}/call {active, remote?}",
     "POST /devices/{serial}/power {on}",
     "POST /devices/{serial}/reboot",
     "GET /timeline",
     "POST /timeline {seconds}",
     "POST /timeline/reset",
+    "GET /other_hosts",
 ]
 
 
@@ -116,6 +118,18 @@ async def set_fault(request: web.Request) -> web.Response:
     return web.json_response(device.view())
 
 
+async def clear_faults(request: web.Request) -> web.Response:
+    device = _device(request)
+    for name in list(device.faults):
+        await device.set_fault(name, False)
+    return web.json_response(device.view())
+
+
+async def list_other_hosts(request: web.Request) -> web.Response:
+    lab = request.app[LAB_KEY]
+    return web.json_response({"other_hosts": [o.view() for o in lab.other_hosts.values()]})
+
+
 async def set_call(request: web.Request) -> web.Response:
     device = _device(request)
     payload = await _body(request)
@@ -173,10 +187,12 @@ def create_control_app(lab: Lab) -> web.Application:
     app.router.add_get("/devices/{serial}", get_device)
     app.router.add_get("/devices/{serial}/config", get_config)
     app.router.add_post("/devices/{serial}/faults", set_fault)
+    app.router.add_delete("/devices/{serial}/faults", clear_faults)
     app.router.add_post("/devices/{serial}/call", set_call)
     app.router.add_post("/devices/{serial}/power", set_power)
     app.router.add_post("/devices/{serial}/reboot", reboot)
     app.router.add_get("/timeline", get_timeline)
     app.router.add_post("/timeline", set_timeline)
     app.router.add_post("/timeline/reset", reset_timeline)
+    app.router.add_get("/other_hosts", list_other_hosts)
     return app

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from shared.version import FirmwareVersion, VersionError
 from simulator import identity
-from simulator.fleet import FAULTS, DeviceSpec, PeripheralSpec
+from simulator.fleet import FAULTS, SILENT_MODES, DeviceSpec, PeripheralSpec
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ class _Listeners:
     ssh_socket: socket.socket | None = None
     ssh_task: asyncio.Task[None] | None = None
     ssh_transports: set[paramiko.Transport] = field(default_factory=set)
+    #: While silent in ``drop`` mode: listeners that never accept, plus the connections
+    #: that fill their one-slot queues, so the kernel drops every new connection attempt.
+    tarpit: list[socket.socket] = field(default_factory=list)
 
 
 class SimDevice:
@@ -215,7 +218,7 @@ class SimDevice:
                 await self._transition
             self._transition = None
         self._set_power("off")
-        await self._close_network()
+        await self._close_network(silent=False)
 
     def _set_power(self, state: str) -> None:
         self.power = state
@@ -267,9 +270,40 @@ class SimDevice:
         tmp.write_text(json.dumps(ports), encoding="utf-8")
         os.replace(tmp, self.data_dir / PORTS_FILE)
 
+    def silent_mode(self) -> str:
+        """How this device is silent now: the lan_down fault's ``mode``, else the spec's."""
+        mode = self.faults.get("lan_down", {}).get("mode")
+        return mode if isinstance(mode, str) else self.spec.silent_mode
+
+    async def _open_tarpit(self) -> None:
+        """Hold the ports without answering: connection attempts time out (Linux backlog 0)."""
+        loop = asyncio.get_running_loop()
+        for port in (self.rest_port, self.ssh_port):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((self.address, port))
+                # Backlog 0 queues one connection; ours fills it and the kernel drops the rest.
+                listener.listen(0)
+                filler.setblocking(False)
+                await loop.sock_connect(filler, (self.address, port))
+            except OSError as exc:
+                listener.close()
+                filler.close()
+                log.warning("device %s: cannot hold port %d silently: %s", self.serial, port, exc)
+                continue
+            self._listeners.tarpit += [listener, filler]
+
+    def _close_tarpit(self) -> None:
+        for sock in self._listeners.tarpit:
+            sock.close()
+        self._listeners.tarpit.clear()
+
     async def _open_network(self) -> None:
         if not self.listening or self._listeners.rest_server is not None:
             return
+        self._close_tarpit()
         assert self._ssl_context is not None and self.host_key is not None
         loop = asyncio.get_running_loop()
         rest_sock = self._bind_preferring(self.rest_port, self._saved_ports.get("rest_port", 0))
@@ -290,8 +324,10 @@ class SimDevice:
         self._listeners.ssh_socket = ssh_sock
         self._listeners.ssh_task = loop.create_task(self._accept_ssh(ssh_sock))
 
-    async def _close_network(self) -> None:
+    async def _close_network(self, *, silent: bool = True) -> None:
+        """Stop answering; ``silent`` (not a lab shutdown) in ``drop`` mode holds the ports."""
         listeners = self._listeners
+        self._close_tarpit()
         if listeners.rest_server is not None:
             listeners.rest_server.close()
             for handler in self._web.connections:
@@ -312,6 +348,8 @@ class SimDevice:
         for ssh_transport in transports:
             # Closing joins paramiko's thread: keep that off the event loop.
             await asyncio.to_thread(ssh_transport.close)
+        if silent and self.silent_mode() == "drop" and self.rest_port and self.ssh_port:
+            await self._open_tarpit()
 
     async def _accept_ssh(self, sock: socket.socket) -> None:
         from simulator.ssh import serve_connection
@@ -406,6 +444,10 @@ class SimDevice:
             if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
                 raise FaultError("slow needs latency_ms, a number of milliseconds >= 0")
             params = {**params, "latency_ms": float(latency)}
+        if name == "lan_down" and active:
+            mode = params.get("mode", self.spec.silent_mode)
+            if mode not in SILENT_MODES:
+                raise FaultError(f"lan_down mode must be one of {', '.join(SILENT_MODES)}")
         if name == "peripheral_disconnected" and active:
             target = params.get("serial")
             if target is not None and target not in {p.serial for p in self.peripherals}:
@@ -424,6 +466,9 @@ class SimDevice:
                 await self._close_network()
             elif self.power == "on":
                 await self._open_network()
+            else:
+                # Still off or booting: silent in the device's own mode from now on.
+                await self._close_network()
 
     async def start_call(self, remote: str = "sip:meeting@127.0.0.1") -> None:
         if self.call is None:

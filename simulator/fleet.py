@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,19 @@ UPDATE_OUTCOMES = ("ok", "fail", "brick")
 SSH_HOST_KEY_TYPES = ("ed25519", "rsa")
 LOGIN_FAILURE_STATUSES = (None, 200, 400, 403)
 SSH_LINE_ENDINGS = ("crlf", "crcrlf")
+#: How a device that does not answer (LAN down, off, booting, bricked) is silent:
+#: ``refuse`` = connections refused at once (fast tests); ``drop`` = connection
+#: attempts time out, as with a real unit whose cable is out.
+SILENT_MODES = ("refuse", "drop")
+#: Hosts that answer on the network but are not Poly VideoOS devices (see OtherHostSpec).
+OTHER_HOST_KINDS = ("web_server", "json_api", "poly_phone")
 
 #: Every fault a device can carry (timeline, control API and SimDevice.set_fault use these).
 FAULTS = (
     "camera_down",
     "microphone_down",
     "lan_down",
+    "lan_degraded",
     "sip_unregistered",
     "log_storage_full",
     "reboot_needed",
@@ -46,6 +54,10 @@ DEFAULT_SESSION_IDLE_SECONDS = 600.0
 DEFAULT_BOOT_SECONDS = 2.0
 DEFAULT_INSTALL_SECONDS = 10.0
 DEFAULT_UPTIME_SECONDS = 3 * 86400.0 + 2 * 3600.0 + 5 * 60.0
+#: The software part of the SSH identification string (``SSH-2.0-<this>``). Nobody
+#: documents what real units send [assumed]; a stock OpenSSH, as on an embedded Linux.
+DEFAULT_SSH_SERVER_VERSION = "OpenSSH_8.4"
+_SSH_VERSION = re.compile(r"[!-,.-~]{1,64}( [ -~]{1,120})?")
 
 #: Builds of releases the device document lists, so a fleet may name the version alone.
 KNOWN_BUILDS = {
@@ -157,6 +169,10 @@ class DeviceSpec:
     ssh_line_ending: str = "crlf"
     #: Delay before the SSH shell banner, in milliseconds.
     ssh_banner_delay_ms: float = 0.0
+    #: SSH identification after ``SSH-2.0-`` (software version, optional comment).
+    ssh_server_version: str = DEFAULT_SSH_SERVER_VERSION
+    #: How the device is silent when it does not answer: ``refuse`` or ``drop`` (SILENT_MODES).
+    silent_mode: str = "refuse"
 
     def __post_init__(self) -> None:
         problems = _device_problems(self)
@@ -183,10 +199,52 @@ class DeviceSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OtherHostSpec:
+    """A host in a room that answers HTTPS (and maybe SSH) but is not a Poly VideoOS device.
+
+    ``web_server``: a web UI (printer, NAS): ``/`` is an HTML page titled ``title``,
+    everything else 404. ``json_api``: another vendor's JSON API: every request 401
+    JSON. ``poly_phone``: a Poly desk phone's web UI: the landing page says "Poly",
+    but there is no VideoOS REST API (404). With ``ssh_port`` set it also runs an SSH
+    server of a plain Linux box (password login, shell commands it does not know).
+    """
+
+    name: str
+    address: str
+    kind: str = "web_server"
+    title: str = ""
+    rest_port: int | None = None
+    ssh_port: int | None = None
+    admin_password: str = DEFAULT_PASSWORD
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.kind not in OTHER_HOST_KINDS:
+            problems.append(f"kind {self.kind!r} is not one of {', '.join(OTHER_HOST_KINDS)}")
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            problems.append("name must be letters, digits, - and _")
+        problems += _address_problems(self.address)
+        if problems:
+            raise ValueError(f"other host {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def page_title(self) -> str:
+        if self.title:
+            return self.title
+        return {
+            "web_server": "Web Management",
+            "json_api": "API",
+            "poly_phone": "Poly CCX 500 Business Media Phone",
+        }[self.kind]
+
+
+@dataclass(frozen=True, kw_only=True)
 class RoomSpec:
     id: str
     name: str
     devices: list[DeviceSpec] = field(default_factory=list)
+    #: Hosts that are not Poly VideoOS devices (never polled; for discovery and probe tests).
+    other_hosts: list[OtherHostSpec] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +263,10 @@ class FleetSpec:
         """Every device with the site and room it sits in, in file order."""
         return [(s, r, d) for s in self.sites for r in s.rooms for d in r.devices]
 
+    def placed_other_hosts(self) -> list[tuple[SiteSpec, RoomSpec, OtherHostSpec]]:
+        """Every non-Poly host with its site and room, in file order."""
+        return [(s, r, o) for s in self.sites for r in s.rooms for o in r.other_hosts]
+
 
 def split_firmware(text: str, build: str = "") -> tuple[str, str]:
     """``("4.2.2", "408037")`` from ``4.2.2-408037``, or ``4.2.2`` plus a given or known build."""
@@ -215,6 +277,16 @@ def split_firmware(text: str, build: str = "") -> tuple[str, str]:
     return release, KNOWN_BUILDS.get(release, "100000")
 
 
+def _address_problems(text: str) -> list[str]:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return [f"address {text!r} is not an IPv4 address"]
+    if not address.is_loopback or address.version != 4:
+        return [f"address {text} is not in 127.0.0.0/8"]
+    return []
+
+
 def _device_problems(spec: DeviceSpec) -> list[str]:
     problems: list[str] = []
     if not spec.serial or not spec.serial.replace("-", "").replace("_", "").isalnum():
@@ -223,12 +295,7 @@ def _device_problems(spec: DeviceSpec) -> list[str]:
         problems.append(f"model {spec.model!r} is not one of {', '.join(MODELS)}")
     if spec.provider not in PROVIDERS:
         problems.append(f"provider {spec.provider!r} is not one of {', '.join(PROVIDERS)}")
-    try:
-        address = ipaddress.ip_address(spec.address)
-        if not address.is_loopback or address.version != 4:
-            problems.append(f"address {spec.address} is not in 127.0.0.0/8")
-    except ValueError:
-        problems.append(f"address {spec.address!r} is not an IPv4 address")
+    problems += _address_problems(spec.address)
     try:
         FirmwareVersion.parse(spec.firmware, spec.build)
     except VersionError as exc:
@@ -242,6 +309,13 @@ def _device_problems(spec: DeviceSpec) -> list[str]:
         problems.append("login_failure_status must be 200, 400 or 403")
     if spec.ssh_line_ending not in SSH_LINE_ENDINGS:
         problems.append(f"ssh_line_ending must be one of {', '.join(SSH_LINE_ENDINGS)}")
+    if not _SSH_VERSION.fullmatch(spec.ssh_server_version):
+        problems.append(
+            "ssh_server_version must be printable ASCII without '-' or spaces in the version"
+            " (e.g. OpenSSH_8.4)"
+        )
+    if spec.silent_mode not in SILENT_MODES:
+        problems.append(f"silent_mode must be one of {', '.join(SILENT_MODES)}")
     if spec.update.outcome not in UPDATE_OUTCOMES:
         problems.append(f"update.outcome must be one of {', '.join(UPDATE_OUTCOMES)}")
     for window in spec.faults:
@@ -351,6 +425,8 @@ _DEVICE_KEYS = {
     "login_failure_status",
     "ssh_line_ending",
     "ssh_banner_delay_ms",
+    "ssh_server_version",
+    "silent_mode",
 }
 
 
@@ -461,6 +537,36 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
             login_failure_status=login_failure_status,
             ssh_line_ending=_choice(merged, "ssh_line_ending", SSH_LINE_ENDINGS, "crlf"),
             ssh_banner_delay_ms=merged.number("ssh_banner_delay_ms", 0.0),
+            ssh_server_version=merged.text("ssh_server_version", DEFAULT_SSH_SERVER_VERSION),
+            silent_mode=_choice(merged, "silent_mode", SILENT_MODES, "refuse"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{table.path}: {table.where}: {exc}") from exc
+
+
+def _other_host(table: _Table) -> OtherHostSpec:
+    table.reject_unknown(
+        {"name", "address", "kind", "title", "rest_port", "ssh_port", "admin_password"}
+    )
+    ports: dict[str, int | None] = {}
+    for name in ("rest_port", "ssh_port"):
+        port = table.integer(name, None)
+        if port is not None and not 0 <= port <= 65535:
+            raise table.fail(name, f"{port} is not a TCP port (0 = any)")
+        ports[name] = port
+    address = table.text("address")
+    problems = _address_problems(address)
+    if problems:
+        raise table.fail("address", problems[0].removeprefix("address "))
+    try:
+        return OtherHostSpec(
+            name=table.text("name"),
+            address=address,
+            kind=_choice(table, "kind", OTHER_HOST_KINDS, "web_server"),
+            title=table.text("title", ""),
+            rest_port=ports["rest_port"],
+            ssh_port=ports["ssh_port"],
+            admin_password=table.text("admin_password", DEFAULT_PASSWORD),
         )
     except ValueError as exc:
         raise ConfigError(f"{table.path}: {table.where}: {exc}") from exc
@@ -474,12 +580,25 @@ def parse_fleet(data: dict[str, Any], path: Path) -> FleetSpec:
     defaults.reject_unknown(_DEVICE_KEYS - {"serial", "address", "system_name"})
     sites: list[SiteSpec] = []
     serials: dict[str, str] = {}
-    endpoints: dict[tuple[str, str, int], str] = {}
+    others: dict[str, str] = {}
+    endpoints: dict[tuple[str, int], str] = {}
+
+    def claim_ports(table: _Table, address: str, rest: int | None, ssh: int | None) -> None:
+        # REST and SSH share the TCP port space of an address: a clash either way fails.
+        for kind, port in (("rest", rest), ("ssh", ssh)):
+            if port:
+                key = (address, port)
+                if key in endpoints:
+                    raise table.fail(
+                        f"{kind}_port", f"{address}:{port} is already used at {endpoints[key]}"
+                    )
+                endpoints[key] = table.where
+
     for s in root.tables("sites"):
         s.reject_unknown({"id", "name", "timezone", "rooms"})
         rooms: list[RoomSpec] = []
         for r in s.tables("rooms"):
-            r.reject_unknown({"id", "name", "devices"})
+            r.reject_unknown({"id", "name", "devices", "other_hosts"})
             devices: list[DeviceSpec] = []
             for d in r.tables("devices"):
                 device = _device(d, defaults)
@@ -488,18 +607,23 @@ def parse_fleet(data: dict[str, Any], path: Path) -> FleetSpec:
                         "serial", f"{device.serial} is already used at {serials[device.serial]}"
                     )
                 serials[device.serial] = d.where
-                for kind, port in (("rest", device.rest_port), ("ssh", device.ssh_port)):
-                    if port:
-                        key = (kind, device.address, port)
-                        if key in endpoints:
-                            raise d.fail(
-                                f"{kind}_port",
-                                f"{device.address}:{port} is already used at {endpoints[key]}",
-                            )
-                        endpoints[key] = d.where
+                claim_ports(d, device.address, device.rest_port, device.ssh_port)
                 devices.append(device)
+            other_hosts: list[OtherHostSpec] = []
+            for o in r.tables("other_hosts"):
+                other = _other_host(o)
+                if other.name in others:
+                    raise o.fail("name", f"{other.name} is already used at {others[other.name]}")
+                others[other.name] = o.where
+                claim_ports(o, other.address, other.rest_port, other.ssh_port)
+                other_hosts.append(other)
             rooms.append(
-                RoomSpec(id=r.text("id"), name=r.text("name", r.text("id")), devices=devices)
+                RoomSpec(
+                    id=r.text("id"),
+                    name=r.text("name", r.text("id")),
+                    devices=devices,
+                    other_hosts=other_hosts,
+                )
             )
         site_id = s.text("id")
         sites.append(

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from simulator.device import SimDevice
 from simulator.fleet import CallWindow, FaultWindow, FleetSpec, default_port
+from simulator.other_host import OtherHost
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,11 @@ class _Window:
         return self.at <= t < self.until
 
 
-def _load_identities(devices: list[SimDevice]) -> None:
+def _load_identities(devices: list[SimDevice], others: list[OtherHost]) -> None:
     for device in devices:
         device.load_identity()
+    for other in others:
+        other.load_identity()
 
 
 def raise_open_file_limit() -> int:
@@ -56,7 +59,8 @@ class Lab:
     """Every device of a fleet on loopback, a fault timeline, and the control API.
 
     ``await lab.start()`` returns once every device and the control API listen;
-    ``lab.devices`` maps serial -> :class:`SimDevice`; ``lab.control_url`` is the
+    ``lab.devices`` maps serial -> :class:`SimDevice`; ``lab.other_hosts`` maps name ->
+    :class:`OtherHost` (hosts that are not Poly devices); ``lab.control_url`` is the
     control API's base URL.
     """
 
@@ -98,6 +102,13 @@ class Lab:
             for c in spec.calls:
                 until = math.inf if c.until is None else c.until
                 self._windows.append(_Window(spec.serial, c.at, until, call=c))
+        self.other_hosts: dict[str, OtherHost] = {}
+        for site, room, other in fleet.placed_other_hosts():
+            if other.name in self.other_hosts:
+                raise ValueError(f"other host {other.name} appears twice in the fleet")
+            self.other_hosts[other.name] = OtherHost(
+                other, site=site.id, room=room.id, data_dir=self.data_dir / "others" / other.name
+            )
         self._t0 = clock()
         self._cursor = -math.inf
         self._timeline_task: asyncio.Task[None] | None = None
@@ -119,10 +130,13 @@ class Lab:
                 needed,
             )
         devices = list(self.devices.values())
-        await asyncio.to_thread(_load_identities, devices)
+        others = list(self.other_hosts.values())
+        await asyncio.to_thread(_load_identities, devices, others)
         try:
             for device in devices:
                 await device.start()
+            for other in others:
+                await other.start()
             from simulator.control import create_control_app
 
             self._runner = web.AppRunner(create_control_app(self), access_log=None)
@@ -151,6 +165,8 @@ class Lab:
             self._timeline_task = None
         for device in self.devices.values():
             await device.stop()
+        for other in self.other_hosts.values():
+            await other.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -254,4 +270,5 @@ class Lab:
                 }
                 for d in self.devices.values()
             ],
+            "other_hosts": [o.view() for o in self.other_hosts.values()],
         }

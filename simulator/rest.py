@@ -263,7 +263,7 @@ async def system(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> 
             "build": device.build,
             "buildType": "Release",
             "hardwareVersion": "1",
-            "lanStatus": {"duplex": "FULL", "speedMbps": 1000, "state": "LAN_UP"},
+            "lanStatus": lan_status(device),
             "model": device.spec.rest_model,
             "rebootNeeded": device.has_fault("reboot_needed"),
             "serialNumber": device.serial,
@@ -276,6 +276,13 @@ async def system(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> 
             "uptime": round(device.uptime(), 2),
         }
     )
+
+
+def lan_status(device: SimDevice) -> dict[str, Any]:
+    """``lanStatus``: ``LAN_DOWN`` under lan_degraded (the unit still answers) [assumed]."""
+    if device.has_fault("lan_degraded"):
+        return {"duplex": "UNKNOWN", "speedMbps": 0, "state": "LAN_DOWN"}
+    return {"duplex": "FULL", "speedMbps": 1000, "state": "LAN_UP"}
 
 
 def _has_e70(device: SimDevice) -> bool:
@@ -327,7 +334,7 @@ def status_entries(device: SimDevice) -> list[tuple[str, str]]:
         sip = "down" if device.has_fault("sip_unregistered") else "up"
     camera_bad = device.has_fault("camera_down") or device.has_fault("e70_down")
     return [
-        ("ipnetwork", "up"),
+        ("ipnetwork", "down" if device.has_fault("lan_degraded") else "up"),
         ("trackablecamera", "down" if camera_bad else "up"),
         ("sipserver", sip),
         ("gatekeeper", "off"),
@@ -604,10 +611,11 @@ async def config(device: SimDevice, request: web.BaseRequest, _s: Session | None
 def log_archive(device: SimDevice) -> bytes:
     """A small tar archive like the device's log download."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lan = lan_status(device)
     files = {
         "logs/system.log": (
             f"{now} INFO  boot: {device.spec.model_name} {device.firmware_version}-{device.build}\n"
-            f"{now} INFO  net: LAN_UP 1000/FULL\n"
+            f"{now} INFO  net: {lan['state']} {lan['speedMbps']}/{lan['duplex']}\n"
             + "".join(f"{now} WARN  fault: {name} active\n" for name in sorted(device.faults))
         ),
         "logs/info.txt": (

@@ -237,6 +237,8 @@ def serve_connection(device: SimDevice, conn: socket.socket) -> None:
     """Serve one accepted SSH connection to the end (runs in its own thread)."""
     transport = paramiko.Transport(conn)
     transport.set_log_channel(TRANSPORT_LOG)
+    # Clients and scanners read this line first; paramiko's own name would give the lab away.
+    transport.local_version = f"SSH-2.0-{device.spec.ssh_server_version}"
     if not device.track_ssh_transport(transport, True):
         transport.close()
         return

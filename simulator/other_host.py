@@ -1,0 +1,300 @@
+"""Hosts on a site's network that answer HTTPS (and maybe SSH) but are not Poly VideoOS devices."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import shlex
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from aiohttp import web
+
+from simulator import identity
+from simulator.fleet import OtherHostSpec, default_port
+
+log = logging.getLogger(__name__)
+
+#: What each kind says in its ``Server`` header and SSH identification [assumed: typical].
+SERVER_HEADERS = {"web_server": "lighttpd/1.4.59", "json_api": "nginx", "poly_phone": "Poly"}
+SSH_VERSION = "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"
+CHANNEL_TIMEOUT = 20.0
+MAX_LINE = 1024
+
+AUTH_SUCCESSFUL: int = paramiko.common.AUTH_SUCCESSFUL
+AUTH_FAILED: int = paramiko.common.AUTH_FAILED
+OPEN_SUCCEEDED: int = paramiko.common.OPEN_SUCCEEDED
+OPEN_FAILED: int = paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+
+def _page(status: int, title: str, body: str, server: str) -> web.Response:
+    text = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        f"<body>{body}</body></html>\n"
+    )
+    return web.Response(
+        status=status, text=text, content_type="text/html", headers={"Server": server}
+    )
+
+
+class OtherHost:
+    """One non-Poly host: an HTTPS server of its ``kind`` and, with ``ssh_port``, a Linux SSH."""
+
+    def __init__(self, spec: OtherHostSpec, *, site: str, room: str, data_dir: Path) -> None:
+        self.spec = spec
+        self.site = site
+        self.room = room
+        self.data_dir = data_dir
+        self.rest_port = spec.rest_port if spec.rest_port is not None else default_port(443)
+        self.ssh_port: int | None = spec.ssh_port
+        self.tls_fingerprint = ""
+        self.ssh_fingerprint = ""
+        self._tls: identity.TlsIdentity | None = None
+        self._host_key: paramiko.PKey | None = None
+        self._server: asyncio.Server | None = None
+        self._ssh_socket: socket.socket | None = None
+        self._ssh_task: asyncio.Task[None] | None = None
+        self._transports: set[paramiko.Transport] = set()
+        self._lock = threading.Lock()
+        self._web = web.Server(self._handle)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def address(self) -> str:
+        return self.spec.address
+
+    def load_identity(self) -> None:
+        """Load or make the certificate and host key (blocking: call from a thread)."""
+        self._tls = identity.load_or_make_tls_identity(
+            self.data_dir, self.spec.page_title, self.address
+        )
+        self.tls_fingerprint = self._tls.fingerprint
+        if self.spec.ssh_port is not None:
+            self._host_key = identity.load_or_make_host_key(self.data_dir, "ed25519")
+            self.ssh_fingerprint = identity.host_key_fingerprint(self._host_key)
+
+    async def start(self) -> None:
+        if self._tls is None:
+            await asyncio.to_thread(self.load_identity)
+        assert self._tls is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._web,
+            self.address,
+            self.rest_port,
+            ssl=self._tls.server_context(),
+            ssl_handshake_timeout=10,
+        )
+        self.rest_port = self._server.sockets[0].getsockname()[1]
+        if self.ssh_port is not None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.address, self.ssh_port))
+                sock.listen(16)
+            except OSError:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            self.ssh_port = sock.getsockname()[1]
+            self._ssh_socket = sock
+            self._ssh_task = loop.create_task(self._accept_ssh(sock))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for handler in self._web.connections:
+                if handler.transport is not None:
+                    handler.transport.abort()
+            self._server = None
+        if self._ssh_task is not None:
+            self._ssh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ssh_task
+            self._ssh_task = None
+        if self._ssh_socket is not None:
+            self._ssh_socket.close()
+            self._ssh_socket = None
+        with self._lock:
+            transports = list(self._transports)
+            self._transports.clear()
+        for transport in transports:
+            await asyncio.to_thread(transport.close)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.spec.kind,
+            "site": self.site,
+            "room": self.room,
+            "address": self.address,
+            "rest_port": self.rest_port,
+            "ssh_port": self.ssh_port,
+            "tls_fingerprint": self.tls_fingerprint,
+            "ssh_fingerprint": self.ssh_fingerprint,
+            "title": self.spec.page_title,
+        }
+
+    # --- HTTPS ----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        kind = self.spec.kind
+        server = SERVER_HEADERS[kind]
+        title = self.spec.page_title
+        if kind == "json_api":
+            # Another vendor's API: everything needs its own token, none of VideoOS's shapes.
+            return web.Response(
+                status=401,
+                text=json.dumps({"error": "unauthorized", "message": "missing bearer token"}),
+                content_type="application/json",
+                headers={"Server": server, "WWW-Authenticate": 'Bearer realm="api"'},
+            )
+        if request.path == "/" and request.method in ("GET", "HEAD"):
+            if kind == "poly_phone":
+                body = f"<h1>{title}</h1><p>Web Configuration Utility</p><form>Password</form>"
+            else:
+                body = f"<h1>{title}</h1><p>Sign in to manage this device.</p>"
+            return _page(200, title, body, server)
+        return _page(404, "404 Not Found", "<h1>Not Found</h1>", server)
+
+    # --- SSH: a plain Linux box -----------------------------------------------------------
+
+    async def _accept_ssh(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _peer = await loop.sock_accept(sock)
+            except OSError:
+                return
+            conn.setblocking(True)
+            threading.Thread(
+                target=self._serve_ssh, args=(conn,), name=f"ssh-{self.name}", daemon=True
+            ).start()
+
+    def answer(self, line: str) -> tuple[str, int]:
+        """A shell's output and exit status for one command line."""
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            return "sh: 1: Syntax error: Unterminated quoted string\n", 2
+        if not words:
+            return "", 0
+        if words[0] == "whoami":
+            return "admin\n", 0
+        if words[0] == "hostname":
+            return f"{self.name}\n", 0
+        if words[0] == "uname":
+            return f"Linux {self.name} 6.1.0-18-amd64 #1 SMP Debian 6.1.76-1 x86_64 GNU/Linux\n", 0
+        return f"sh: 1: {words[0]}: not found\n", 127
+
+    def _serve_ssh(self, conn: socket.socket) -> None:
+        transport = paramiko.Transport(conn)
+        transport.local_version = SSH_VERSION
+        transport.set_log_channel("simulator.ssh.transport")
+        with self._lock:
+            if self._ssh_socket is None:
+                transport.close()
+                return
+            self._transports.add(transport)
+        try:
+            assert self._host_key is not None
+            transport.add_server_key(self._host_key)
+            server = _LinuxSshServer(self.spec.admin_password)
+            try:
+                transport.start_server(server=server)
+            except (paramiko.SSHException, EOFError, OSError):
+                return
+            channel = transport.accept(CHANNEL_TIMEOUT)
+            if channel is None or not server.ready.wait(CHANNEL_TIMEOUT):
+                return
+            try:
+                if server.command is not None:
+                    output, status = self.answer(server.command)
+                    if status:
+                        channel.sendall_stderr(output.encode())
+                    else:
+                        channel.sendall(output.encode())
+                    channel.send_exit_status(status)
+                else:
+                    self._shell(channel)
+                    channel.send_exit_status(0)
+            except (OSError, EOFError, paramiko.SSHException):
+                return
+            finally:
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    channel.close()
+            transport.join(2.0)
+        finally:
+            transport.close()
+            with self._lock:
+                self._transports.discard(transport)
+
+    def _shell(self, channel: paramiko.Channel) -> None:
+        prompt = f"admin@{self.name}:~$ ".encode()
+        channel.sendall(b"Linux " + self.name.encode() + b" 6.1.0-18-amd64 x86_64\r\n\r\n" + prompt)
+        line = bytearray()
+        while True:
+            data = channel.recv(1024)
+            if not data:
+                return
+            for byte in data:
+                if byte not in (0x0A, 0x0D):
+                    if len(line) < MAX_LINE:
+                        line.append(byte)
+                    continue
+                if byte == 0x0A and not line:
+                    continue
+                text = line.decode("utf-8", "replace").strip()
+                line.clear()
+                if text in ("exit", "logout"):
+                    channel.sendall(b"logout\r\n")
+                    return
+                output, _status = self.answer(text)
+                channel.sendall(output.replace("\n", "\r\n").encode() + prompt)
+
+
+class _LinuxSshServer(paramiko.ServerInterface):
+    def __init__(self, password: str) -> None:
+        self.password = password
+        self.ready = threading.Event()
+        self.command: str | None = None
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "password"
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        good = secrets.compare_digest(password.encode(), self.password.encode())
+        return AUTH_SUCCESSFUL if good else AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED
+
+    def check_channel_pty_request(
+        self,
+        channel: paramiko.Channel,
+        term: bytes,
+        width: int,
+        height: int,
+        pixelwidth: int,
+        pixelheight: int,
+        modes: bytes,
+    ) -> bool:
+        return True
+
+    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        self.ready.set()
+        return True
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        self.command = command.decode("utf-8", "replace")
+        self.ready.set()
+        return True
