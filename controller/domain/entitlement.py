@@ -166,9 +166,32 @@ def entitled_to(
     target: FirmwareVersion,
     install_at: datetime,
 ) -> bool:
-    """True when installing ``target`` over ``installed`` at ``install_at`` is covered (S3, S4)."""
+    """True when installing ``target`` over ``installed`` at ``install_at`` is covered (S3, S4).
+
+    A rollout planner asks this for each device at its wave's planned install time.
+    """
     window = coverage(asset, plans).window_for(hop_kind(installed, target))
     return window.covers(warsaw_date(install_at))
+
+
+def install_window(
+    asset: Asset,
+    plans: PlanCatalogue,
+    installed: FirmwareVersion,
+    target: FirmwareVersion,
+    at: datetime,
+) -> Span | None:
+    """The days on which installing ``target`` over ``installed`` is covered, seen from ``at``.
+
+    The covered run holding ``at``, else the next one after it (a contract yet to
+    start), else None: the hop is never covered from ``at`` on. S4: a wave planned
+    after ``end`` is too late, so the planner moves the device to an earlier wave;
+    one planned before ``start`` waits for the window to open. Ends are last covered
+    Warsaw days (E1).
+    """
+    day = warsaw_date(at)
+    window = coverage(asset, plans).window_for(hop_kind(installed, target))
+    return next((span for span in window.spans if span.end >= day), None)
 
 
 @dataclass(frozen=True, kw_only=True)

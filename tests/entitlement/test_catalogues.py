@@ -91,3 +91,27 @@ def test_catalogue_paths_from_the_config_section(tmp_path: Path) -> None:
     assert catalogue_paths({"releases": str(tmp_path / "r.toml")}) == (None, tmp_path / "r.toml")
     with pytest.raises(CatalogueError, match="releases"):
         catalogue_paths({"releases": 5})
+
+
+# The dated releases of the device document (shared/devices/poly-videoos.md), as published.
+DEVICE_DOCUMENT_RELEASES = [
+    ("2023-03-23", "4.0.0-376092", None),
+    ("2023-05-03", "4.0.1.380048", "3.14.1.374010"),
+    ("2023-06-16", "4.0.2.384012", "3.14.1.374010"),
+    ("2023-08-28", "4.1.0.382263", "3.14.1.374010"),
+    ("2023-10-05", "4.1.0_00.180034", "4.1.0.382263"),
+    ("2023-12-14", "4.1.2-388101", "4.1.0_00.180034"),
+    ("2024-02-13", "4.1.3.394009", "4.1.0_00.180034"),
+    ("2024-05-02", "4.2.0-396113", "4.1.0_00.180034"),
+    ("2024-06-21", "4.2.2-408037", "4.1.0_00.180034"),
+]
+
+
+def test_E7_shipped_releases_are_the_device_document_table() -> None:
+    """releases.toml holds exactly the dated releases Poly published, with builds and needs."""
+    catalogue = load_releases()
+    assert [
+        (r.released.isoformat(), r.text, r.needs_text) for r in catalogue.releases
+    ] == DEVICE_DOCUMENT_RELEASES
+    assert [r.build for r in catalogue.releases][-1] == 408037
+    assert catalogue.models == {"studio_x30", "studio_x50", "studio_x70", "g7500"}

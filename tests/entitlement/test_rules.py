@@ -11,9 +11,18 @@ from typing import Any
 import pytest
 
 from controller.domain.assets import Asset, InstalledFirmware
-from controller.domain.entitlement import entitled_to, judge, parse_moment, unknown_asset_verdict
+from controller.domain.entitlement import (
+    EXPIRY_HORIZONS,
+    FLAGS,
+    entitled_to,
+    install_window,
+    judge,
+    parse_moment,
+    unknown_asset_verdict,
+)
 from controller.domain.plans import PlanCatalogue, parse_plans
 from controller.domain.releases import ReleaseCatalogue, hop_kind
+from controller.domain.sla import SlaTerms, delivery_due
 from controller.services.entitlement import DEFAULT_PLANS_PATH
 from shared.version import FirmwareVersion
 
@@ -126,6 +135,40 @@ def test_W2_verdict_shows_the_plan_in_force_terms(
         reaction,
         language,
     )
+
+
+D1_MODELS = frozenset({"studio_x30", "studio_x50", "studio_x70", "studio_e70"})
+TERM_TABLE = [
+    # plan, patches, upgrades, max term, terms sold, term rule, models, purchase limit (days)
+    ("standard", "purchase_90_days", False, 1, None, None, None, None),
+    ("extended", "purchase_90_days", False, 2, None, None, None, None),
+    ("hezo_plus", "whole_term", False, 2, (2,), "H5", D1_MODELS, 30),
+    ("partner_poly_plus", "whole_term", True, 5, (1, 3), "P5", None, None),
+    ("poly_plus", "whole_term", True, 5, None, None, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("plan_id", "patches", "upgrades", "longest", "terms", "rule", "models", "limit"), TERM_TABLE
+)
+def test_S1_S2_H1_H5_P5_plan_table_terms_and_software_are_data(
+    plans: PlanCatalogue,
+    plan_id: str,
+    patches: str,
+    upgrades: bool,
+    longest: int,
+    terms: tuple[int, ...] | None,
+    rule: str | None,
+    models: frozenset[str] | None,
+    limit: int | None,
+) -> None:
+    """The software warranty, upgrades, term limits, models and purchase limit read as seeded."""
+    plan = plans.get(plan_id)
+    assert (plan.patches, plan.upgrades, plan.max_term_years) == (patches, upgrades, longest)
+    assert (plan.term_years, plan.term_rule, plan.eligible_models) == (terms, rule, models)
+    assert plan.purchase_to_contract_days == limit
+    assert plan.contract is (plan_id != "standard")
+    assert (plans.patch_days_from_purchase, plans.standard_warranty_years) == (90, 1)
 
 
 def test_W3_delivery_options_include_8h_even_unused(plans: PlanCatalogue) -> None:
@@ -497,6 +540,84 @@ def test_S4_entitlement_is_judged_at_install_time(
     installed, target = V("4.1.0_00.180034"), V("4.1.3.394009")
     assert entitled_to(asset, plans, installed, target, noon("2025-04-09"))
     assert not entitled_to(asset, plans, installed, target, noon("2025-04-10"))
+
+
+HOTFIX, PATCHED, NEWEST = "4.1.0_00.180034", "4.1.3.394009", "4.2.2-408037"
+INSTALL_WINDOWS = [
+    # plan, installed, target, asked on, planned install, entitled then, covered "start..end"
+    # Standard warranty: a patch is covered to purchase + 89 days; a later wave is too late.
+    (None, HOTFIX, PATCHED, "2025-03-01", "2025-04-20", False, "2025-01-10..2025-04-09"),
+    (None, HOTFIX, PATCHED, "2025-03-01", "2025-04-09", True, "2025-01-10..2025-04-09"),
+    # HEZO+: patches for the whole term, but no upgrade window at all (S2).
+    ("hezo_plus", HOTFIX, PATCHED, "2026-06-01", "2027-01-09", True, "2025-01-10..2027-01-09"),
+    ("hezo_plus", PATCHED, NEWEST, "2026-06-01", "2026-06-02", False, None),
+    # An extension after the first year: the only patch window was the purchase one (S1).
+    ("extended", HOTFIX, PATCHED, "2026-06-01", "2026-06-02", False, None),
+    # POLY+: the upgrade window is the contract, to its last Warsaw day (E1).
+    ("poly_plus", PATCHED, NEWEST, "2029-12-01", "2030-01-10", False, "2025-01-10..2030-01-09"),
+]
+
+
+@pytest.mark.parametrize(
+    ("plan_id", "installed", "target", "asked", "planned", "entitled", "window"), INSTALL_WINDOWS
+)
+def test_S4_rollout_planner_sees_when_an_install_is_covered(
+    bought: Callable[[str | None], Asset],
+    plans: PlanCatalogue,
+    plan_id: str | None,
+    installed: str,
+    target: str,
+    asked: str,
+    planned: str,
+    entitled: bool,
+    window: str | None,
+) -> None:
+    """entitled_to judges the planned install; install_window says by when it must happen."""
+    asset = bought(plan_id)
+    assert entitled_to(asset, plans, V(installed), V(target), noon(planned)) is entitled
+    span = install_window(asset, plans, V(installed), V(target), noon(asked))
+    assert (f"{span.start}..{span.end}" if span else None) == window
+    if span is not None and not entitled:
+        # S4: the window closes before the planned install: an earlier wave would be covered.
+        assert noon(planned).date() > span.end and entitled_to(
+            asset, plans, V(installed), V(target), noon(span.end.isoformat())
+        )
+
+
+def test_S4_install_window_opens_with_a_contract_yet_to_start(
+    one_asset: Callable[..., Asset], plans: PlanCatalogue
+) -> None:
+    """Before a POLY+ term starts, the upgrade window shown is the coming one (wait for it)."""
+    asset = one_asset(row(**contract("poly_plus", "2025-06-01", "2026-05-31")))
+    span = install_window(asset, plans, V("4.1.3.394009"), V("4.2.2-408037"), noon("2025-03-01"))
+    assert span is not None and (span.start, span.end) == (date(2025, 6, 1), date(2026, 5, 31))
+    assert not entitled_to(asset, plans, V("4.1.3.394009"), V("4.2.2-408037"), noon("2025-05-31"))
+    assert entitled_to(asset, plans, V("4.1.3.394009"), V("4.2.2-408037"), noon("2025-06-01"))
+
+
+@pytest.mark.parametrize(
+    ("plan_id", "accepted", "due"),
+    [
+        # 24 December is a public holiday from 2025; 25, 26 December and the weekend follow.
+        ("hezo_plus", "2025-12-23T10:00:00+01:00", "2025-12-29T17:00:00+01:00"),
+        ("hezo_plus", "2024-12-23T10:00:00+01:00", "2024-12-24T17:00:00+01:00"),
+        ("partner_poly_plus", "2026-11-10T10:00:00+01:00", "2026-11-12T17:00:00+01:00"),
+        ("extended", "2026-11-10T10:00:00+01:00", "2026-11-17T10:00:00+01:00"),
+    ],
+)
+def test_C1_repair_time_of_the_plan_counts_polish_business_days(
+    plans: PlanCatalogue, plan_id: str, accepted: str, due: str
+) -> None:
+    """The verdict's repair `nbd` means the next Polish business day (holidays package, C1)."""
+    terms = SlaTerms.from_plan(plans.get(plan_id))
+    assert delivery_due(terms, datetime.fromisoformat(accepted)).isoformat() == due
+
+
+def test_E5_every_expiry_horizon_has_its_flag() -> None:
+    """contract_expiring_30|60|90|180 are all verdict flags, smallest horizon first."""
+    names = [f"contract_expiring_{days}" for days in EXPIRY_HORIZONS]
+    assert names == [flag for flag in FLAGS if flag.startswith("contract_expiring_")]
+    assert list(EXPIRY_HORIZONS) == sorted(EXPIRY_HORIZONS) == [30, 60, 90, 180]
 
 
 def test_S1_patch_window_closing_flag(
