@@ -28,6 +28,11 @@ DEFAULT_BATCH_SIZE = 200
 DEFAULT_SEND_INTERVAL_S = 2.0
 DEFAULT_JOBS_INTERVAL_S = 10.0
 DEFAULT_BACKOFF_MAX_S = 300.0
+#: How often reports the controller refused (device at another site...) are offered again.
+DEFAULT_HELD_RETRY_S = 300.0
+DEFAULT_HELD_MAX_BYTES = 16 * 1024 * 1024
+#: Every this many REST polls, model/serial/firmware are checked over SSH too (0 = never).
+DEFAULT_SSH_CROSS_CHECK_EVERY = 10
 DEFAULT_CREDENTIAL_FILE = "credential.json"
 
 
@@ -127,6 +132,9 @@ class AgentConfig:
     send_interval_s: float = DEFAULT_SEND_INTERVAL_S
     jobs_interval_s: float = DEFAULT_JOBS_INTERVAL_S
     backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
+    held_retry_s: float = DEFAULT_HELD_RETRY_S
+    held_max_bytes: int = DEFAULT_HELD_MAX_BYTES
+    ssh_cross_check_every: int = DEFAULT_SSH_CROSS_CHECK_EVERY
     source: str = field(default="<built in code>", compare=False)
 
     @property
@@ -341,6 +349,11 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
         send_interval_s=controller.number("send_interval_s", DEFAULT_SEND_INTERVAL_S, minimum=0.01),
         jobs_interval_s=controller.number("jobs_interval_s", DEFAULT_JOBS_INTERVAL_S, minimum=0.05),
         backoff_max_s=controller.number("backoff_max_s", DEFAULT_BACKOFF_MAX_S, minimum=0.05),
+        held_retry_s=controller.number("held_retry_s", DEFAULT_HELD_RETRY_S, minimum=0.05),
+        held_max_bytes=outbox.integer("held_max_bytes", DEFAULT_HELD_MAX_BYTES, minimum=16 * 1024),
+        ssh_cross_check_every=agent.integer(
+            "ssh_cross_check_every", DEFAULT_SSH_CROSS_CHECK_EVERY, minimum=0, maximum=1_000_000
+        ),
         source=source,
     )
     for t in (agent, controller, outbox):

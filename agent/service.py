@@ -12,6 +12,8 @@ from pathlib import Path
 import aiohttp
 
 from agent.config import AgentConfig
+from agent.delivery import ReportSender
+from agent.held import HeldReports
 from agent.jobs import JobRunner
 from agent.outbox import Outbox
 from agent.pins import PinStore
@@ -25,11 +27,12 @@ from agent.uplink import (
     ssl_context_for,
 )
 from shared.errors import ConfigError, PolyfleetError, ProtocolError
-from shared.schema import PROTOCOL_VERSION, AgentNotice, ReportBatch
+from shared.schema import AgentNotice
 
 log = logging.getLogger(__name__)
 
 OUTBOX_DIR = "outbox"
+HELD_DIR = "held"
 
 
 async def enroll(
@@ -72,6 +75,13 @@ class AgentService:
             max_bytes=config.outbox_max_bytes,
             segment_bytes=config.outbox_segment_bytes,
         )
+        self.held = HeldReports(config.data_dir / HELD_DIR, max_bytes=config.held_max_bytes)
+        self.sender = ReportSender(
+            self.outbox,
+            self.held,
+            batch_size=config.batch_size,
+            held_retry_s=config.held_retry_s,
+        )
         self.pins = PinStore(config.data_dir)
         self.credential: Credential | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -79,12 +89,16 @@ class AgentService:
         self.jobs: JobRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self.batches_sent = 0
+
+    @property
+    def batches_sent(self) -> int:
+        return self.sender.batches_sent
 
     async def start(self) -> None:
         config = self.config
         await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True)
         await self.outbox.open()
+        await self.held.open()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar()
@@ -119,6 +133,7 @@ class AgentService:
                 await task
         self._tasks.clear()
         await self.outbox.close()
+        await self.held.close()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -184,16 +199,12 @@ class AgentService:
                 await self._pause(self.config.send_interval_s)
                 continue
             await self.outbox.wait_for_entries(self.config.send_interval_s)
-            entries = self.outbox.peek(self.config.batch_size)
-            if not entries:
-                continue
-            batch = ReportBatch(
-                protocol_version=PROTOCOL_VERSION,
-                reports=[e.report() for e in entries if e.kind == "report"],
-                notices=[e.notice() for e in entries if e.kind == "notice"],
-            )
+            uplink = self._uplink(credential)
             try:
-                await self._uplink(credential).post_batch(batch)
+                if self.sender.held_due():
+                    await self.sender.retry_held(uplink)
+                if not await self.sender.send_once(uplink):
+                    continue
             except (ControllerUnavailable, ControllerRefused, ProtocolError) as exc:
                 attempt += 1
                 if down_since is None:
@@ -203,8 +214,6 @@ class AgentService:
                     )
                 await self._pause(backoff_delay(attempt, base=self.config.send_interval_s, cap=cap))
                 continue
-            await self.outbox.ack(entries[-1].seq)
-            self.batches_sent += 1
             if down_since is not None:
                 log.info("controller taking reports again; %d still queued", len(self.outbox))
             down_since = None

@@ -46,6 +46,7 @@ class ControllerRefused(PolyfleetError):
         super().__init__(f"controller refused (HTTP {status}, {code}): {message}{where}")
         self.status = status
         self.code = code
+        self.message = message
         self.field = field
 
 

@@ -1,0 +1,187 @@
+"""Reports the controller refuses are held aside while the rest of the site keeps reporting."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from agent_testkit import agent_config, device_config, wait_for, wait_for_async
+
+from agent.held import HeldReports
+from agent.service import AgentService
+from agent.uplink import Credential, Uplink
+from controller.keys import INVENTORY
+from controller.testing import RunningController, running_controller
+from shared.schema import (
+    PROTOCOL_VERSION,
+    Firmware,
+    Health,
+    HealthState,
+    Model,
+    Provider,
+    Report,
+    ReportBatch,
+    Snapshot,
+    Via,
+)
+from simulator.testing import make_device
+
+
+async def register_at(controller: RunningController, site: str, serials: list[str]) -> None:
+    """Make the controller know ``serials`` at ``site`` (as that site's own agent would)."""
+    enrolled = await controller.enroll(site, agent_name=f"{site}-agent")
+    now = datetime.now(UTC)
+    reports = [
+        Report(
+            id=f"seed-{site}-{serial}",
+            snapshot=Snapshot(
+                serial=serial,
+                model=Model.STUDIO_X50,
+                firmware=Firmware(version="4.2.2", build="408037"),
+                provider=Provider.TEAMS,
+                health=Health(state=HealthState.OK),
+                collected_at=now,
+                via=Via.REST,
+            ),
+        )
+        for serial in serials
+    ]
+    async with aiohttp.ClientSession() as http:
+        uplink = Uplink(controller.url, session=http, token=enrolled.token)
+        await uplink.post_batch(ReportBatch(protocol_version=PROTOCOL_VERSION, reports=reports))
+
+
+async def start_agent(
+    controller: RunningController, site: str, lab: Any, password_file: Path, tmp_path: Path
+) -> AgentService:
+    enrolled = await controller.enroll(site)
+    config = agent_config(
+        tmp_path,
+        [device_config(d, password_file) for d in lab.devices.values()],
+        controller_url=controller.url,
+        poll_interval_s=0.2,
+        send_interval_s=0.05,
+        backoff_max_s=0.2,
+        held_retry_s=0.3,
+    )
+    Credential(
+        controller_url=controller.url,
+        agent_id=enrolled.agent_id,
+        site_id=enrolled.site_id,
+        token=enrolled.token,
+        poll_interval_s=enrolled.poll_interval_s,
+    ).save(config.credential_path)
+    service = AgentService(config)
+    await service.start()
+    return service
+
+
+async def stored_ids(controller: RunningController, serial: str) -> list[str]:
+    async with (
+        aiohttp.ClientSession(headers=controller.admin_headers) as http,
+        http.get(f"{controller.url}/api/v1/devices/{serial}/reports") as resp,
+    ):
+        if resp.status == 404:
+            return []  # not known to the controller yet
+        return [r["id"] for r in (await resp.json())["reports"]]
+
+
+async def test_device_at_other_site_is_held_until_moved(
+    lab_factory: Any, password_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device known at site A is held by B's agent while B's others arrive; moved, it arrives once."""
+    caplog.set_level(logging.INFO, logger="agent")
+    lab = await lab_factory(
+        [make_device("HELDX1"), make_device("OWNB1"), make_device("OWNB2", model="g7500")]
+    )
+    async with running_controller(tmp_path / "ctl", report_history=10_000) as controller:
+        await register_at(controller, "site-a", ["HELDX1"])
+        service = await start_agent(controller, "site-b", lab, password_file, tmp_path)
+        try:
+
+            async def others_arrived() -> bool:
+                ids = [await stored_ids(controller, s) for s in ("OWNB1", "OWNB2")]
+                return all(len(i) >= 3 for i in ids) and len(service.held) >= 3
+
+            await wait_for_async(others_arrived, what="site B's other devices reporting")
+            assert service.held.serials == {"HELDX1"}
+            assert await stored_ids(controller, "HELDX1") == ["seed-site-a-HELDX1"]
+            lines = [r.getMessage() for r in caplog.records if "HELDX1" in r.getMessage()]
+            refused = [line for line in lines if "refused" in line]
+            assert len(refused) == 1, lines  # one clear line, not one per batch
+            assert "device_at_other_site" in refused[0]
+            assert "polyfleet controller devices move HELDX1" in refused[0]
+
+            async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
+                async with http.get(
+                    f"{controller.url}/api/v1/events", params={"kind": "agent_notice"}
+                ) as resp:
+                    notices = [e["data"] for e in (await resp.json())["events"]]
+                assert any(
+                    n["notice"] == "reports_held" and "HELDX1" in n["detail"] for n in notices
+                ), notices
+                held_ids = {h.entry.report_id for h in service.held.reports()}
+                async with http.post(
+                    f"{controller.url}/api/v1/devices/HELDX1/move", json={"site": "site-b"}
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+            await wait_for(lambda: len(service.held) == 0, what="held reports delivered")
+            await wait_for_async(
+                lambda: _has_more(controller, "HELDX1", len(held_ids) + 2),
+                what="HELDX1 reporting normally after the move",
+            )
+        finally:
+            await service.stop()
+        ids = await stored_ids(controller, "HELDX1")
+        assert len(ids) == len(set(ids)), "a report stored twice"
+        assert held_ids <= set(ids)
+        # Nothing the controller stored was ever sent to it again.
+        assert controller.app[INVENTORY].stats.duplicates == 0
+
+
+async def _has_more(controller: RunningController, serial: str, count: int) -> bool:
+    return len(await stored_ids(controller, serial)) >= count
+
+
+async def test_held_reports_survive_a_restart(tmp_path: Path) -> None:
+    """Held reports are on disk: a new HeldReports over the same folder has them, in order."""
+    from agent.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    await outbox.open()
+    held = HeldReports(tmp_path / "held")
+    await held.open()
+    try:
+        snapshot = Snapshot(
+            serial="KEEP1",
+            model=Model.STUDIO_X30,
+            firmware=Firmware(version="4.2.2"),
+            provider=Provider.POLY,
+            health=Health(state=HealthState.OK),
+            collected_at=datetime.now(UTC),
+            via=Via.REST,
+        )
+        first = await outbox.put(snapshot)
+        second = await outbox.put(snapshot.model_copy(update={"in_call": True}))
+        assert first is not None and second is not None
+        await held.hold([(second, "device_at_other_site", "x"), (first, "invalid", "y")])
+    finally:
+        await held.close()
+        await outbox.close()
+    again = HeldReports(tmp_path / "held")
+    await again.open()
+    try:
+        assert [h.seq for h in again.reports()] == [first.seq, second.seq]
+        assert again.device_serials == {"KEEP1"}
+        assert again.reports()[0].entry.report().snapshot.serial == "KEEP1"
+        await again.release([first.seq])
+    finally:
+        await again.close()
+    third = HeldReports(tmp_path / "held")
+    await third.open()
+    assert [h.seq for h in third.reports()] == [second.seq]
+    await third.close()
