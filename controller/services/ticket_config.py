@@ -38,6 +38,8 @@ DEFAULT_WEBHOOK_BUNDLE_BYTES = 2 * 1024 * 1024
 DEFAULT_CHECK_INTERVAL_S = 30.0
 DEFAULT_DIAGNOSTICS_TIMEOUT_S = 300.0
 DEFAULT_SIGNATURE_HEADER = "X-Polyfleet-Signature"
+#: Records of delivered (or given-up) messages of finished tickets are kept this long.
+DEFAULT_SENT_RETENTION_DAYS = 90.0
 
 
 class TicketConfigError(ValueError):
@@ -106,6 +108,7 @@ class TicketSettings:
     max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES
     check_interval_s: float = DEFAULT_CHECK_INTERVAL_S
     diagnostics_timeout_s: float = DEFAULT_DIAGNOSTICS_TIMEOUT_S
+    sent_retention: timedelta = timedelta(days=DEFAULT_SENT_RETENTION_DAYS)
     smtp: SmtpSettings | None = None
     webhook: WebhookSettings | None = None
 
@@ -255,6 +258,9 @@ def ticket_settings(
         check_interval_s=t.float_("check_interval_s", DEFAULT_CHECK_INTERVAL_S, minimum=0.01),
         diagnostics_timeout_s=t.float_(
             "diagnostics_timeout_s", DEFAULT_DIAGNOSTICS_TIMEOUT_S, minimum=0.0
+        ),
+        sent_retention=timedelta(
+            days=t.float_("sent_retention_days", DEFAULT_SENT_RETENTION_DAYS, minimum=0.0)
         ),
         smtp=_smtp(sections.get("smtp"), base, env),
         webhook=_webhook(sections.get("webhook"), base, env),

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +53,8 @@ from shared.schema import Model, Snapshot
 log = logging.getLogger(__name__)
 
 TICKETS = "tickets"
+#: How often ``tick`` looks for delivery records that may be forgotten.
+PRUNE_INTERVAL = timedelta(hours=1)
 #: The fault detector's lasting state (debounce, open faults, flapping, site outages), saved
 #: on transitions so that a restart resumes detection where it stood.
 FAULT_STATE = "ticket_fault_state"
@@ -83,6 +85,12 @@ class TicketNotFound(KeyError):
 
     def __str__(self) -> str:
         return f"no ticket {self.ticket!r}; `polyfleet controller tickets list` shows them"
+
+
+def _round(purpose: str) -> int:
+    """The reopening a message belongs to: ``ticket`` 0, ``reopened-2`` and ``escalation-2`` 2."""
+    _, _, number = purpose.rpartition("-")
+    return int(number) if number.isdigit() else 0
 
 
 def _write_file(path: Path, content: bytes) -> None:
@@ -131,6 +139,7 @@ class TicketService:
         self._lock = asyncio.Lock()
         self._preparing: dict[str, asyncio.Task[None]] = {}
         self._warned_no_channel = False
+        self._pruned_at: datetime | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -175,6 +184,8 @@ class TicketService:
         moment = now or self.clock()
         await self.handle(self.detector.tick(moment))
         await self.check_escalations(moment)
+        if self._pruned_at is None or moment - self._pruned_at >= PRUNE_INTERVAL:
+            await self.prune_deliveries(moment)
 
     async def resume(self) -> None:
         """After a restart: finish preparing tickets that were open but not yet enqueued."""
@@ -479,6 +490,40 @@ class TicketService:
             count += 1
         return count
 
+    async def prune_deliveries(self, now: datetime | None = None) -> int:
+        """Forget records of delivered or given-up messages that nothing needs any more.
+
+        A record stops a message of the same id from going out twice (stable Message-ID),
+        which matters only while its ticket can still produce that id: until the ticket
+        is closed or a later round (reopening) has begun. After that it is history, kept
+        for ``sent_retention`` (``tickets.sent_retention_days``) and then dropped, so the
+        store does not grow with every ticket ever sent.
+        """
+        moment = now or self.clock()
+        self._pruned_at = moment
+        cutoff = moment - self.settings.sent_retention
+        tickets = self.store.scan(TICKETS)
+        doomed: dict[str, list[str]] = {}
+        for collection, stamp in ((SENT, "sent_at"), (FAILED, "failed_at")):
+            for key, doc in list(self.store.scan(collection).items()):
+                when = doc.get(stamp)
+                if not isinstance(when, str) or datetime.fromisoformat(when) > cutoff:
+                    continue
+                ticket = tickets.get(str(doc.get("ticket_id")))
+                finished = (
+                    ticket is None
+                    or ticket.get("status") == TicketStatus.CLOSED.value
+                    or _round(str(doc.get("purpose", ""))) < int(ticket.get("reopen_count", 0))
+                )
+                if finished:
+                    doomed.setdefault(collection, []).append(key)
+        if not doomed:
+            return 0
+        await self.store.wait_durable(self.store.apply({}, doomed))
+        count = sum(len(keys) for keys in doomed.values())
+        log.info("forgot %d delivery records of finished tickets", count)
+        return count
+
     # -- admin actions ------------------------------------------------------------------
 
     async def fill(
@@ -497,8 +542,24 @@ class TicketService:
         """An admin lifecycle action (ack, accept, shipped, received, returned, close)."""
         async with self._lock:
             ticket = self.get(key)
-            ticket.transition(action, self.clock())
-            await self._save(ticket)
+            now = self.clock()
+            ticket.transition(action, now)
+            # Messages still waiting that the new status makes wrong: all of a closed ticket
+            # (a false alarm must not reach the desk once SMTP is back), and an escalation
+            # once the desk has reacted (W2, W7).
+            closed = ticket.status is TicketStatus.CLOSED
+            stale = sorted(
+                entry_id
+                for entry_id, doc in list(self.store.scan(OUTBOX).items())
+                if doc.get("ticket_id") == key
+                and (closed or str(doc.get("purpose", "")).startswith("escalation"))
+            )
+            if stale:
+                ticket.add_note(now, f"no longer sent: {', '.join(stale)}")
+            seq = self.store.apply(
+                {TICKETS: {ticket.id: ticket.as_document()}}, {OUTBOX: stale} if stale else None
+            )
+            await self.store.wait_durable(seq)
         return ticket
 
     async def resend(self, key: str) -> Ticket:

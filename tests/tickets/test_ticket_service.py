@@ -276,3 +276,61 @@ async def test_send_retries_deliveries_given_up_on(
         assert len(webhook_peer.received) == 1
     finally:
         await service.close()
+
+
+async def test_sent_records_are_kept_while_needed_then_pruned(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+) -> None:
+    """Sent records live while their ticket can resend that id, then for the retention only."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
+    await report(service, clock, "X2", range(0, 8), ProblemCode.CAMERA_DOWN)
+    assert await service.worker.run_once(clock.now) == 4
+    x1, x2 = ticket_id("X1", "camera_down"), ticket_id("X2", "camera_down")
+    await report(service, clock, "X1", range(8, 30))
+    await service.act(x1, "close")
+    # Closed, then back: the reopened round sends under new ids.
+    await report(service, clock, "X1", range(200, 208), ProblemCode.CAMERA_DOWN)
+    assert await service.worker.run_once(clock.now) == 2
+    sent_at = clock.now
+
+    def kept() -> list[str]:
+        return sorted(service.store.scan(SENT))
+
+    assert len(kept()) == 6
+    # Within the retention (90 days by default) nothing goes.
+    assert await service.prune_deliveries(sent_at + timedelta(days=89)) == 0
+    # Past it: only the first round of X1 (a later round has begun) is forgotten.
+    await service.tick(sent_at + timedelta(days=91))
+    assert kept() == sorted(
+        f"{key}.{purpose}.{channel}"
+        for key, purpose in ((x1, "reopened-1"), (x2, "ticket"))
+        for channel in ("email", "webhook")
+    )
+    # X2 (poly_plus, sent, never closed) keeps its records however old; closed X1 loses them.
+    await service.act(x1, "close")
+    assert await service.prune_deliveries(sent_at + timedelta(days=400)) == 2
+    assert {doc["ticket_id"] for doc in service.store.scan(SENT).values()} == {x2}
+    # Nothing of the pruned rounds is sent again.
+    await service.resume()
+    await service.wait_prepared()
+    assert await service.worker.run_once(sent_at + timedelta(days=400)) == 0
+    assert len(smtp_peer.received) == 3
+
+
+async def test_closing_an_unsent_ticket_drops_its_waiting_messages(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """A false alarm closed while SMTP and the webhook are down never reaches the desk later."""
+    service, clock = desk
+    await smtp_peer.stop()
+    webhook_peer.script = [503]
+    await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
+    assert await service.worker.run_once(clock.now) == 0
+    key = ticket_id("X1", "camera_down")
+    assert [d["state"] for d in service.deliveries(key)] == ["pending", "pending"]
+    closed = await service.act(key, "close")
+    assert "no longer sent" in closed.notes[-1].text
+    await smtp_peer.start()
+    assert await service.worker.run_once(clock.now + timedelta(hours=5)) == 0
+    assert smtp_peer.received == [] and webhook_peer.received == []
