@@ -72,6 +72,10 @@ class OtherHost:
     def address(self) -> str:
         return self.spec.address
 
+    @property
+    def admin_password(self) -> str:
+        return self.spec.admin_password
+
     def load_identity(self) -> None:
         """Load or make the certificate and host key (blocking: call from a thread)."""
         self._tls = identity.load_or_make_tls_identity(

@@ -6,10 +6,12 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
+import paramiko
 
+from shared.fingerprint import sha256_fingerprint
 from simulator.device import SimDevice
 from simulator.lab import Lab
 
@@ -91,3 +93,52 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class SshTarget(Protocol):
+    """A simulated device or other host with an SSH server."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def admin_password(self) -> str: ...
+
+    ssh_port: Any
+    ssh_fingerprint: str
+
+
+def connect(device: SshTarget, password: str | None = None) -> paramiko.SSHClient:
+    """A paramiko client that accepts only the target's advertised host key fingerprint."""
+
+    class PinnedPolicy(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(
+            self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+        ) -> None:
+            if sha256_fingerprint(key.asbytes()) != device.ssh_fingerprint:
+                raise paramiko.SSHException("host key does not match the pin")
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(PinnedPolicy())
+    client.connect(
+        device.address,
+        port=device.ssh_port,
+        username="admin",
+        password=device.admin_password if password is None else password,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+        banner_timeout=10,
+        auth_timeout=10,
+    )
+    return client
+
+
+def exec_command(device: SshTarget, command: str) -> tuple[str, int]:
+    """Output (stdout, then stderr) and exit status of one command over a pinned connection."""
+    client = connect(device)
+    try:
+        _stdin, stdout, stderr = client.exec_command(command, timeout=10)
+        output = stdout.read().decode() + stderr.read().decode()
+        return output, stdout.channel.recv_exit_status()
+    finally:
+        client.close()

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import tarfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
 from lab_client import FakeClock, LabFactory, RestClient, pin, wait_for
 
-from simulator.device import SimDevice
+from simulator.device import FaultError, SimDevice
 from simulator.fleet import PeripheralSpec
-from simulator.testing import make_device
+from simulator.testing import make_device, start_lab
 
 Rest = Callable[[SimDevice], RestClient]
 
@@ -436,6 +438,9 @@ async def test_certificate_regenerated_on_reboot_when_configured(
     await device.wait_power("on")
     assert device.tls_fingerprint != before
     assert (await rest_factory(device).request("GET", "/")).status == 200
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ServerFingerprintMismatch):
+            await http.get(f"https://{device.address}:{device.rest_port}/", ssl=pin(before))
 
 
 async def test_some_builds_refuse_login_with_200(
@@ -447,3 +452,194 @@ async def test_some_builds_refuse_login_with_200(
     response = await client.login("wrong")
     assert response.status == 200 and (await response.json())["success"] is False
     assert "session_id" not in response.cookies
+
+
+async def test_idle_session_expires(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """A session unused for session_idle_seconds is gone: the next call is 403 HTML."""
+    clock = FakeClock()
+    lab = await lab_factory([make_device(session_idle_seconds=60)], clock=clock)
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    clock.advance(59)
+    assert (await client.request("GET", "/rest/system")).status == 200
+    clock.advance(59)
+    assert (await client.request("GET", "/rest/system")).status == 200
+    clock.advance(61)
+    expired = await client.request("GET", "/rest/system")
+    assert expired.status == 403 and expired.content_type == "text/html"
+    assert not device.sessions
+
+
+async def test_4x_logout_and_relogin(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """4.x: logout without a session is 403 HTML; a second login opens a second session."""
+    lab = await lab_factory([make_device(firmware="4.2.2")])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    logout = await client.request("DELETE", "/rest/session")
+    assert (logout.status, logout.content_type) == (403, "text/html")
+    first = (await (await client.login()).json())["session"]["sessionId"]
+    again = await client.login()
+    assert again.status == 200
+    assert (await again.json())["session"]["sessionId"] != first
+    assert len(device.sessions) == 2
+
+
+async def test_xsrf_needs_cookie_and_header_also_on_logout(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """4.6.2: the header without the XSRF cookie is refused, and logout needs the header too."""
+    lab = await lab_factory([make_device(firmware="4.6.2")])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    token = client.xsrf
+    assert token
+    client.http.cookie_jar.clear(lambda morsel: morsel.key == "XSRF-TOKEN")
+    assert (await client.request("GET", "/rest/system")).status == 403
+    await client.login()
+    assert (await client.request("DELETE", "/rest/session", xsrf=False)).status == 403
+    assert len(device.sessions) == 2
+    assert (await client.request("DELETE", "/rest/session")).status == 200
+    assert len(device.sessions) == 1
+
+
+@pytest.mark.parametrize(
+    ("firmware", "provider", "calendar", "mode_device"),
+    [
+        ("3.12.0", "teams", 404, 404),
+        ("3.14.1", "teams", "ONLINE", 404),
+        ("4.0.2", "zoom", "ONLINE", 200),
+        ("4.2.2", "poly", "DISABLED", 200),
+    ],
+)
+async def test_calendar_and_mode_device_by_firmware(
+    lab_factory: LabFactory,
+    rest_factory: Rest,
+    firmware: str,
+    provider: str,
+    calendar: int | str,
+    mode_device: int,
+) -> None:
+    """/rest/calendar exists from 3.14 (ONLINE for Teams/Zoom), /rest/system/mode/device from 4."""
+    lab = await lab_factory([make_device(firmware=firmware, provider=provider)])
+    client = rest_factory(next(iter(lab.devices.values())))
+    await client.login()
+    answer = await client.request("GET", "/rest/calendar")
+    if isinstance(calendar, int):
+        assert (answer.status, answer.content_type) == (calendar, "text/html")
+    else:
+        assert answer.status == 200 and (await answer.json())["status"] == calendar
+    assert (await client.request("GET", "/rest/system/mode/device")).status == mode_device
+
+
+async def test_more_scalars_and_crlf_bodies(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """/rest/audio/muted is a bare ``false``; /rest/audio and /rest/conferences end in CRLF."""
+    lab = await lab_factory([make_device()])
+    client = rest_factory(next(iter(lab.devices.values())))
+    await client.login()
+    muted = await client.request("GET", "/rest/audio/muted")
+    assert muted.content_type == "application/json" and await muted.read() == b"false"
+    for path in ("/rest/audio", "/rest/conferences"):
+        body = await (await client.request("GET", path)).read()
+        assert body.endswith(b"\r\n") and not body.endswith(b"\r\n\r\n"), path
+
+
+async def test_session_limit_on_3x_is_400(lab_factory: LabFactory, rest_factory: Rest) -> None:
+    """A 3.x unit refuses a login beyond session_limit with 400 SessionLimitReached."""
+    lab = await lab_factory([make_device(session_limit=1, firmware="3.14.1")])
+    device = next(iter(lab.devices.values()))
+    first, second = rest_factory(device), rest_factory(device)
+    assert (await first.login()).status == 200
+    refused = await second.login()
+    assert (refused.status, (await refused.json())["reason"]) == (400, "SessionLimitReached")
+
+
+async def test_e70_has_its_own_serial_and_firmware(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """The G7500's devices list carries the E70's and the TC8's own serials and firmware."""
+    e70 = PeripheralSpec(kind="e70", serial="E70OWN001", firmware="1.3.0-009011")
+    tc8 = PeripheralSpec(kind="touch_controller", serial="TC8OWN001", firmware="4.2.2-210716")
+    lab = await lab_factory([make_device(model="g7500", peripherals=[e70, tc8])])
+    client = rest_factory(next(iter(lab.devices.values())))
+    await client.login()
+    entries = await client.json("POST", "/rest/current/devicemanagement/devices")
+    by_serial = {e["serialNumber"]: e for e in entries if e["serialNumber"]}
+    assert by_serial["E70OWN001"]["softwareVersion"] == "1.3.0-009011"
+    assert by_serial["E70OWN001"]["deviceCategory"] == "CAMERA"
+    assert by_serial["TC8OWN001"]["deviceType"] == "TOUCHCONTROL"
+
+
+async def test_lan_degraded_answers_but_reports_lan_down(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """lan_degraded keeps the device answering with lanStatus LAN_DOWN and ipnetwork down."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await client.login()
+    await device.set_fault("lan_degraded", True)
+    system = await client.json("GET", "/rest/system")
+    assert system["lanStatus"]["state"] == "LAN_DOWN"
+    assert status_map(await client.json("GET", "/rest/system/status"))["ipnetwork"] == ["down"]
+    await device.set_fault("lan_degraded", False)
+    assert (await client.json("GET", "/rest/system"))["lanStatus"]["state"] == "LAN_UP"
+    assert status_map(await client.json("GET", "/rest/system/status"))["ipnetwork"] == ["up"]
+
+
+async def test_power_off_refuses_and_drop_mode_times_out(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """Silent devices refuse connections by default; with silent_mode drop attempts time out."""
+    lab = await lab_factory([make_device(), make_device(silent_mode="drop")])
+    refusing, dropping = lab.devices.values()
+    await refusing.power_off()
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await rest_factory(refusing).request("GET", "/")
+    await dropping.power_off()
+    client = rest_factory(dropping)
+    timeout = aiohttp.ClientTimeout(total=0.5)
+    with pytest.raises(TimeoutError):
+        await client.request("GET", "/", timeout=timeout)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.open_connection(dropping.address, dropping.ssh_port), 0.5)
+    await dropping.power_on()
+    await dropping.wait_power("on")
+    assert (await client.request("GET", "/")).status == 200
+
+
+async def test_lan_down_mode_drop_overrides_the_device(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """lan_down with mode drop times out even on a refusing device; clearing it serves again."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    client = rest_factory(device)
+    await device.set_fault("lan_down", True, mode="drop")
+    with pytest.raises(TimeoutError):
+        await client.request("GET", "/", timeout=aiohttp.ClientTimeout(total=0.5))
+    await device.set_fault("lan_down", False)
+    assert (await client.request("GET", "/")).status == 200
+    with pytest.raises(FaultError, match="mode"):
+        await device.set_fault("lan_down", True, mode="sideways")
+
+
+async def test_default_ports_are_443_and_22_for_root(tmp_path: Path) -> None:
+    """Without ports in the spec a device takes 443/22 as root, OS-chosen ports otherwise."""
+    pid = os.getpid()
+    address = f"127.43.{(pid >> 8) % 250}.{pid % 250 + 1}"
+    spec = make_device(address=address, rest_port=None, ssh_port=None)
+    lab = await start_lab(tmp_path, [spec])
+    try:
+        device = lab.devices[spec.serial]
+        if os.geteuid() == 0:
+            assert (device.rest_port, device.ssh_port) == (443, 22)
+        else:
+            assert device.rest_port not in (0, 443) and device.ssh_port not in (0, 22)
+        async with aiohttp.ClientSession() as http:
+            url = f"https://{address}:{device.rest_port}/"
+            async with http.get(url, ssl=pin(device.tls_fingerprint)) as response:
+                assert response.status == 200
+    finally:
+        await lab.stop()

@@ -12,48 +12,11 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from lab_client import LabFactory, wait_for
+from lab_client import LabFactory, connect, exec_command, wait_for
 
-from shared.fingerprint import sha256_fingerprint
 from simulator.device import SimDevice
 from simulator.lab import Lab
 from simulator.testing import fleet_of, make_device
-
-
-def connect(device: SimDevice, password: str | None = None) -> paramiko.SSHClient:
-    """A paramiko client that accepts only the device's advertised host key fingerprint."""
-
-    class PinnedPolicy(paramiko.MissingHostKeyPolicy):
-        def missing_host_key(
-            self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-        ) -> None:
-            if sha256_fingerprint(key.asbytes()) != device.ssh_fingerprint:
-                raise paramiko.SSHException("host key does not match the pin")
-
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(PinnedPolicy())
-    client.connect(
-        device.address,
-        port=device.ssh_port,
-        username="admin",
-        password=device.admin_password if password is None else password,
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=10,
-        banner_timeout=10,
-        auth_timeout=10,
-    )
-    return client
-
-
-def exec_command(device: SimDevice, command: str) -> tuple[str, int]:
-    client = connect(device)
-    try:
-        _stdin, stdout, _stderr = client.exec_command(command, timeout=10)
-        output = stdout.read().decode()
-        return output, stdout.channel.recv_exit_status()
-    finally:
-        client.close()
 
 
 def read_until(channel: paramiko.Channel, marker: bytes, timeout: float = 10.0) -> bytes:
