@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 
 import pytest
 
@@ -58,3 +58,91 @@ def one_asset(plans: PlanCatalogue) -> Callable[..., Asset]:
         return asset
 
     return build
+
+
+def _contract(plan: str, number: str, start: str, end: str) -> dict[str, str]:
+    return {"plan": plan, "contract_number": number, "contract_start": start, "contract_end": end}
+
+
+#: The day the rejection cases are checked on (a purchase after it is in the future).
+TODAY = date(2026, 11, 25)
+#: A registry to import first; every case of REJECTED would change it if it got through.
+BASELINE = csv_of(
+    row("KEEP1", room="Wawel", **_contract("hezo_plus", "HZ-1", "2025-01-10", "2027-01-09")),
+    row("KEEP2", model="studio_x30", room="Praga"),
+)
+#: The changes each rejected file carries besides its bad rows (line 2 and 3).
+_CHANGES = (row("KEEP1", room="moved"), row("NEWDEV", room="new"))
+#: The import rejection cases the issue lists: (file, the (line, column) of the problem).
+REJECTED: dict[str, tuple[str, tuple[int, str]]] = {
+    "unknown_plan": (csv_of(*_CHANGES, row("BAD", plan="gold")), (4, "plan")),
+    "unknown_model": (csv_of(*_CHANGES, row("BAD", model="studio_x99")), (4, "model")),
+    "bad_date": (csv_of(*_CHANGES, row("BAD", purchase_date="10.01.2025")), (4, "purchase_date")),
+    "purchase_in_the_future": (
+        csv_of(*_CHANGES, row("BAD", purchase_date="2030-01-10")),
+        (4, "purchase_date"),
+    ),
+    "impossible_date": (
+        csv_of(*_CHANGES, row("BAD", purchase_date="2025-02-30")),
+        (4, "purchase_date"),
+    ),
+    "end_before_start": (
+        csv_of(*_CHANGES, row("BAD", **_contract("poly_plus", "P-1", "2025-03-01", "2025-02-01"))),
+        (4, "contract_end"),
+    ),
+    "contract_before_purchase": (
+        csv_of(*_CHANGES, row("BAD", **_contract("poly_plus", "P-1", "2024-03-01", "2025-02-28"))),
+        (4, "contract_start"),
+    ),
+    "serial_disagrees_on_model": (
+        csv_of(
+            *_CHANGES,
+            row("BAD", **_contract("poly_plus", "P-1", "2025-01-10", "2026-01-09")),
+            row(
+                "BAD",
+                model="studio_x70",
+                **_contract("poly_plus", "P-2", "2026-01-10", "2027-01-09"),
+            ),
+        ),
+        (5, "model"),
+    ),
+    "serial_disagrees_on_purchase_date": (
+        csv_of(
+            *_CHANGES,
+            row("BAD", **_contract("poly_plus", "P-1", "2025-01-10", "2026-01-09")),
+            row(
+                "BAD",
+                purchase_date="2025-01-11",
+                **_contract("poly_plus", "P-2", "2026-01-10", "2027-01-09"),
+            ),
+        ),
+        (5, "purchase_date"),
+    ),
+    "longer_than_the_plan_allows": (
+        csv_of(*_CHANGES, row("BAD", **_contract("extended", "E-1", "2026-01-10", "2029-01-09"))),
+        (4, "contract_end"),
+    ),
+    "P5_partner_term_not_1_or_3_years": (
+        csv_of(
+            *_CHANGES,
+            row("BAD", **_contract("partner_poly_plus", "PP-1", "2025-01-10", "2027-01-09")),
+        ),
+        (4, "contract_end"),
+    ),
+    "E5_renewal_gap": (
+        csv_of(
+            *_CHANGES,
+            row("BAD", **_contract("poly_plus", "P-1", "2025-01-10", "2026-01-09")),
+            row("BAD", **_contract("poly_plus", "P-2", "2026-01-11", "2027-01-10")),
+        ),
+        (5, "contract_start"),
+    ),
+    "E5_renewal_overlap": (
+        csv_of(
+            *_CHANGES,
+            row("BAD", **_contract("poly_plus", "P-1", "2025-01-10", "2026-01-09")),
+            row("BAD", **_contract("poly_plus", "P-2", "2026-01-09", "2027-01-08")),
+        ),
+        (5, "contract_start"),
+    ),
+}

@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.app import read_runtime, serve
 from controller.config import ControllerConfig
 from controller.services.entitlement import DEFAULT_RELEASES_PATH, registry
 from controller.store.tinydb import TinyDBStore
+from polyfleet.cli import main
 
-from .conftest import csv_of, row
+from .conftest import BASELINE, REJECTED, csv_of, row
 
 REGISTRY = csv_of(
     row(
@@ -320,3 +323,66 @@ def test_releases_add_writes_the_catalogue_named_by_the_config(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert '"4.4.0.415000"' in catalogue.read_text(encoding="utf-8")
+
+
+def _import_in_process(path: Path, data: Path) -> int:
+    """`polyfleet controller assets import` run by the real entry point in this process."""
+    return main(["controller", "assets", "import", str(path), "--data-dir", str(data), "--json"])
+
+
+def _check_refusals(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], run: Any
+) -> list[str]:
+    """Run every rejection case; returns the cases whose output or exit code was wrong."""
+    wrong: list[str] = []
+    for case, (text, (line, column)) in sorted(REJECTED.items()):
+        path = write(tmp_path / f"{case}.csv", text)
+        code = run(path)
+        out, err = capsys.readouterr()
+        problems = json.loads(out).get("problems", [])
+        if (
+            code != 1
+            or [(p["line"], p["column"]) for p in problems] != [(line, column)]
+            or f"line {line}, column {column}" not in err
+        ):
+            wrong.append(f"{case}: exit {code}, {out!r} {err!r}")
+    return wrong
+
+
+def test_each_rejection_case_leaves_the_store_untouched_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a server every bad file the issue lists exits 1 naming its cell; nothing changes."""
+    data = tmp_path / "data"
+    assert _import_in_process(write(tmp_path / "base.csv", BASELINE), data) == 0
+    capsys.readouterr()
+    before = _stored(data)
+    assert _check_refusals(tmp_path, data, capsys, lambda p: _import_in_process(p, data)) == []
+    assert _stored(data) == before and sorted(before) == ["KEEP1", "KEEP2"]
+
+
+async def test_each_rejection_case_leaves_the_registry_untouched_while_the_server_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the server holding the store, every bad file is refused through it; nothing changes."""
+    data = tmp_path / "data"
+    config = ControllerConfig(data_dir=data, listen_host="127.0.0.1", listen_port=0)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(serve(config, on_ready=lambda url: ready.set(), stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=30)
+        base = write(tmp_path / "base.csv", BASELINE)
+        assert await asyncio.to_thread(_import_in_process, base, data) == 0
+        capsys.readouterr()
+        assert read_runtime(data) is not None
+
+        def run(path: Path) -> int:
+            return _import_in_process(path, data)
+
+        wrong = await asyncio.to_thread(_check_refusals, tmp_path, data, capsys, run)
+        assert wrong == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, timeout=30)
+    stored = _stored_async_safe(data)
+    assert sorted(stored) == ["KEEP1", "KEEP2"] and stored["KEEP1"]["room"] == "Wawel"

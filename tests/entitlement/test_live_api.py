@@ -29,7 +29,7 @@ from shared.schema import (
     Via,
 )
 
-from .conftest import csv_of, row
+from .conftest import BASELINE, REJECTED, csv_of, row
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -144,6 +144,24 @@ async def test_bad_import_over_the_api_leaves_the_registry_untouched(
         (4, "purchase_date"),
     ]
     assert (await _get(controller, "/api/v1/assets"))[1] == before
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+async def test_each_rejection_case_over_the_api_leaves_the_registry_untouched(
+    controller: RunningController, case: str
+) -> None:
+    """Each bad file the issue lists gets 422 naming its cell; the registry stays as it was."""
+    assert (await _import(controller, BASELINE))[0] == 200
+    before = (await _get(controller, "/api/v1/assets"))[1]
+    text, (line, column) = REJECTED[case]
+    for dry_run in (True, False):
+        status, body = await _import(controller, text, dry_run=dry_run)
+        assert status == 422 and body["error"]["code"] == "invalid_registry"
+        assert [(p["line"], p["column"]) for p in body["problems"]] == [(line, column)]
+        assert f"line {line}, column {column}" in body["error"]["message"]
+    assert (await _get(controller, "/api/v1/assets"))[1] == before
+    _, verdicts = await _get(controller, "/api/v1/entitlement")
+    assert {v["serial"] for v in verdicts["assets"]} == {"KEEP1", "KEEP2"}
 
 
 async def test_viewer_cannot_import_and_anonymous_is_refused(controller: RunningController) -> None:

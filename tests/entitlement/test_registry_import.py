@@ -18,7 +18,7 @@ from controller.domain.assets import (
 )
 from controller.domain.plans import PlanCatalogue
 
-from .conftest import csv_of, row
+from .conftest import BASELINE, REJECTED, TODAY, csv_of, row
 
 HEZO = {"plan": "hezo_plus", "contract_number": "HZ-1"}
 
@@ -89,6 +89,18 @@ def test_bad_row_rejects_the_file_naming_line_and_column(
     """One bad cell rejects the whole file and the problem names its line and column."""
     text = csv_of(row("GOOD1"), row(**{"serial": "BAD1", **cells}))
     assert (3, column) in problems(plans, text)
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_each_rejection_case_of_the_issue_names_its_line_and_column(
+    plans: PlanCatalogue, case: str
+) -> None:
+    """Every kind of bad row the issue lists rejects the file, naming only that cell."""
+    text, where = REJECTED[case]
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(text, plans, today=TODAY)
+    assert [(p.line, p.column) for p in caught.value.problems] == [where]
+    assert parse_registry(BASELINE, plans, today=TODAY)
 
 
 def test_P5_partner_term_other_than_1_or_3_years_is_refused(plans: PlanCatalogue) -> None:
