@@ -48,6 +48,7 @@ from controller.services.inventory import Inventory
 from controller.services.jobs import JobService
 from controller.store.base import Store, StoreUnavailable
 from controller.store.tinydb import TinyDBStore
+from shared.durable import write_atomically
 from shared.schema import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ async def serve(
         await control.start()
         await asyncio.to_thread(os.chmod, socket_path, 0o600)
         await asyncio.to_thread(
-            _write_private,
+            write_atomically,
             runtime,
             json.dumps({"url": url, "control_socket": str(socket_path), "pid": os.getpid()}),
         )
@@ -272,13 +273,3 @@ async def gc_housekeeping(
                 gc.collect(1)
     finally:
         gc.enable()
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import socket
 import sys
@@ -25,6 +24,7 @@ from agent.service import AgentService
 from controller.app import serve as serve_controller
 from controller.config import ControllerConfig
 from controller.services.webhook import verify as verify_signature
+from shared.durable import write_atomically
 from shared.errors import PolyfleetError
 from simulator.fleet import FleetSpec, load_fleet
 from simulator.lab import Lab
@@ -166,7 +166,7 @@ class Demo:
         data_dir = self.data_dir / "controller"
         data_dir.mkdir(exist_ok=True)
         secret_file = data_dir / "desk-webhook.secret"
-        _write_private(secret_file, desk_secret)
+        write_atomically(secret_file, desk_secret)
         host, _, port = self.args.listen.rpartition(":")
         if not _port_free(host, int(port)):
             self.say(f"{self.args.listen} is taken: the controller takes another free port")
@@ -240,7 +240,7 @@ class Demo:
     async def _write_demo_json(self) -> None:
         path = self.data_dir / "demo.json"
         body = json.dumps({"url": self.controller_url, "admin_token": self.admin_token})
-        await asyncio.to_thread(_write_private, path, body)
+        await asyncio.to_thread(write_atomically, path, body)
 
     async def _setup_sites(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> None:
         for site in fleet.sites:
@@ -269,7 +269,7 @@ class Demo:
             )
             folder = self.data_dir / "agents" / site.id
             folder.mkdir(parents=True, exist_ok=True)
-            _write_private(folder / "enrollment-code", invite["code"])
+            write_atomically(folder / "enrollment-code", invite["code"])
             lines = [
                 "# Written by `polyfleet demo`: this site's agent and the lab devices it polls.",
                 "[agent]",
@@ -290,7 +290,7 @@ class Demo:
                 for spec in room.devices:
                     device = lab.devices[spec.serial]
                     password_file = folder / f"{spec.serial}.password"
-                    _write_private(password_file, spec.admin_password)
+                    write_atomically(password_file, spec.admin_password)
                     lines += [
                         "[[devices]]",
                         f"host = {_toml(device.address)}",
@@ -304,7 +304,7 @@ class Demo:
                         "",
                     ]
             config_path = folder / "agent.toml"
-            config_path.write_text("\n".join(lines), encoding="utf-8")
+            write_atomically(config_path, "\n".join(lines))
             agent = AgentService(load_agent_config(config_path))
             await agent.start()
             agents.append(agent)
@@ -391,13 +391,3 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
