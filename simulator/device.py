@@ -22,7 +22,7 @@ from aiohttp import web
 
 from shared.version import FirmwareVersion, VersionError
 from simulator import identity
-from simulator.fleet import FAULTS, SILENT_MODES, DeviceSpec, PeripheralSpec
+from simulator.fleet import FAULTS, SILENT_MODES, DeviceSpec, PeripheralSpec, split_firmware
 
 log = logging.getLogger(__name__)
 
@@ -544,8 +544,8 @@ class SimDevice:
             return None
         if target.same_release(self.version):
             return None
-        build = str(target.build) if target.build else "100000"
-        return target.release, build
+        # A version named without its build installs the release's known build.
+        return split_firmware(wanted)
 
     async def _install(self, target: tuple[str, str]) -> None:
         await asyncio.sleep(self.spec.update.install_seconds)  # waits-for: the simulated install

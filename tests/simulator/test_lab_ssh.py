@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -101,9 +102,10 @@ async def test_wrong_password_refused_and_counts_to_lockout(lab_factory: LabFact
         await asyncio.to_thread(connect, device)
 
 
-async def test_rsa_host_key_is_pinned_and_persisted(tmp_path: Path) -> None:
-    """An ssh-rsa device serves its pinned RSA host key; key, cert and ports survive a restart."""
-    spec = make_device(ssh_host_key_type="rsa")
+@pytest.mark.parametrize("key_type", ["rsa", "ed25519"])
+async def test_host_key_is_pinned_and_persisted(tmp_path: Path, key_type: str) -> None:
+    """A device serves its pinned host key of its type; key, cert and ports survive a restart."""
+    spec = make_device(ssh_host_key_type=key_type)
     lab = Lab(fleet_of([spec]), data_dir=tmp_path / "lab")
     await lab.start()
     try:
@@ -111,7 +113,8 @@ async def test_rsa_host_key_is_pinned_and_persisted(tmp_path: Path) -> None:
         client = await asyncio.to_thread(connect, device)
         transport = client.get_transport()
         assert transport is not None
-        assert transport.get_remote_server_key().get_name() == "ssh-rsa"
+        expected = {"rsa": "ssh-rsa", "ed25519": "ssh-ed25519"}[key_type]
+        assert transport.get_remote_server_key().get_name() == expected
         client.close()
         fingerprints = (device.ssh_fingerprint, device.tls_fingerprint)
         ports = (device.rest_port, device.ssh_port)
@@ -230,3 +233,98 @@ async def test_crcrlf_line_endings_and_late_banner(lab_factory: LabFactory) -> N
     assert time.monotonic() - started >= 0.2
     assert greeting.startswith(b"Hi, my name is : ") and b"\r\r\n" in greeting
     assert answer.startswith(b"whoami\r\r\n")
+
+
+def read_identification(address: str, port: int) -> bytes:
+    """The first line an SSH server sends (its identification string)."""
+    with socket.create_connection((address, port), timeout=10) as sock:
+        sock.settimeout(10)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n", 1)[0]
+
+
+async def test_ssh_identification_is_openssh_not_paramiko(lab_factory: LabFactory) -> None:
+    """The server identifies as OpenSSH (or what ssh_server_version says), never as paramiko."""
+    lab = await lab_factory([make_device(), make_device(ssh_server_version="OpenSSH_7.4 Poly")])
+    default, custom = lab.devices.values()
+    line = await asyncio.to_thread(read_identification, default.address, default.ssh_port)
+    assert line == b"SSH-2.0-OpenSSH_8.4"
+    line = await asyncio.to_thread(read_identification, custom.address, custom.ssh_port)
+    assert line == b"SSH-2.0-OpenSSH_7.4 Poly"
+    client = await asyncio.to_thread(connect, custom)
+    try:
+        transport = client.get_transport()
+        assert transport is not None and transport.remote_version == "SSH-2.0-OpenSSH_7.4 Poly"
+    finally:
+        client.close()
+
+
+async def test_status_in_a_call_and_lan_degraded(lab_factory: LabFactory) -> None:
+    """``status`` says ``inacall online`` in a call and ``ipnetwork offline`` under lan_degraded."""
+    lab = await lab_factory([make_device(in_call=True)])
+    device = next(iter(lab.devices.values()))
+    await device.set_fault("lan_degraded", True)
+    output, _ = await asyncio.to_thread(exec_command, device, "status")
+    lines = output.split("\r\n")
+    assert lines[0] == "inacall online" and "ipnetwork offline" in lines
+    await device.set_fault("lan_degraded", False)
+    await device.end_call()
+    output, _ = await asyncio.to_thread(exec_command, device, "status")
+    lines = output.split("\r\n")
+    assert lines[0] == "inacall offline" and "ipnetwork online" in lines
+
+
+@pytest.mark.parametrize(
+    ("command", "answer"),
+    [
+        ("whoami", "Hi, my name is : "),
+        ("systemsetting get systemname", 'systemsetting systemname "'),
+        ("systemsetting set model", "error: command has illegal parameters"),
+        ("uptime", "error: command needs more parameters to execute successfully"),
+        ("uptime set", "error: command has illegal parameters"),
+        ("callinfo", "error: command needs more parameters to execute successfully"),
+        ("callinfo some", "error: command has illegal parameters"),
+        ("reboot", "error: command needs more parameters to execute successfully"),
+    ],
+)
+async def test_exec_answers_and_error_lines(
+    lab_factory: LabFactory, command: str, answer: str
+) -> None:
+    """Each command form gets its documented answer; error lines give exit status 1."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    output, code = await asyncio.to_thread(exec_command, device, command)
+    assert output.startswith(answer)
+    assert code == (1 if answer.startswith("error:") else 0)
+    assert device.power == "on"
+
+
+async def test_ssh_slow_and_locked_out_faults(lab_factory: LabFactory) -> None:
+    """slow delays SSH answers; locked_out refuses even the right password until cleared."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    await device.set_fault("slow", True, latency_ms=300)
+    started = time.monotonic()
+    output, _ = await asyncio.to_thread(exec_command, device, "uptime get")
+    assert time.monotonic() - started >= 0.3 and output.endswith(" Minutes\r\n")
+    await device.set_fault("slow", False)
+    await device.set_fault("locked_out", True)
+    with pytest.raises(paramiko.AuthenticationException):
+        await asyncio.to_thread(connect, device)
+    await device.set_fault("locked_out", False)
+    output, _ = await asyncio.to_thread(exec_command, device, "whoami")
+    assert "Serial Number: " in output
+
+
+async def test_wedged_rest_leaves_ssh_working(lab_factory: LabFactory) -> None:
+    """A wedged unit still answers the SSH command-line API (the agent's fallback path)."""
+    lab = await lab_factory([make_device()])
+    device = next(iter(lab.devices.values()))
+    await device.set_fault("wedged", True)
+    output, code = await asyncio.to_thread(exec_command, device, "status")
+    assert code == 0 and output.endswith("status end\r\n")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 import aiohttp
+import paramiko
 import pytest
-from lab_client import LabFactory, RestClient, wait_for
+from lab_client import LabFactory, RestClient, exec_command, pin, wait_for
 
 from simulator.device import SimDevice
 from simulator.testing import make_device, with_update
@@ -111,3 +114,52 @@ async def test_device_in_a_call_stays_readable(lab_factory: LabFactory, rest_fac
     for path in ("/rest/system", "/rest/system/status", "/rest/audio"):
         await client.json("GET", path)
     assert len(await client.json("GET", "/rest/conferences")) == 1
+
+
+async def test_update_can_bring_a_new_certificate(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """With regenerate_cert_on_reboot the updated device serves a new certificate."""
+    spec = with_update(make_device(firmware="4.2.2", regenerate_cert_on_reboot=True), "ok")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    before = device.tls_fingerprint
+    client = rest_factory(device)
+    await client.login()
+    await order_update(client, "4.6.2")
+    await wait_for(lambda: device.power == "installing")
+    await device.wait_power("on")
+    assert device.tls_fingerprint != before
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ServerFingerprintMismatch):
+            await http.get(f"https://{device.address}:{device.rest_port}/", ssl=pin(before))
+    await client.login()
+    system = await client.json("GET", "/rest/system")
+    assert (system["softwareVersion"], system["build"]) == ("4.6.2", "420118")
+
+
+async def test_ssh_reboot_now_installs_an_ordered_update(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """An update ordered over REST is installed by an SSH ``reboot now`` as well."""
+    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    await client.login()
+    await client.json_post(
+        "/rest/config",
+        {
+            "vars": [
+                {"name": "upgrade.auto.enable", "value": "true"},
+                {"name": "upgrade.auto.server.address", "value": "https://127.0.0.1:8443/fw"},
+                {"name": "upgrade.auto.version", "value": "4.1.3.394009"},
+            ]
+        },
+    )
+    with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
+        await asyncio.to_thread(exec_command, device, "reboot now")
+    await wait_for(lambda: device.power == "installing")
+    await device.wait_power("on")
+    output, _ = await asyncio.to_thread(exec_command, device, "whoami")
+    assert "Software Version: 4.1.3\r\n" in output and "Build Information: 394009" in output
