@@ -49,6 +49,13 @@ class JobRunner:
         self._running[job.id] = task
         task.add_done_callback(lambda _t: self._running.pop(job.id, None))
 
+    async def stop(self) -> None:
+        """End jobs in flight (a result not yet posted is lost; the controller can order again)."""
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     async def wait_idle(self) -> None:
         while self._running:
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)

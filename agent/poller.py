@@ -116,6 +116,9 @@ class Poller:
         self._pin_changes: dict[str, dict[str, Any]] = {}
         self._pin_writer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        #: Polls started by the schedule, one per device at most.
+        self._polling: dict[str, asyncio.Task[list[Snapshot]]] = {}
+        self._stopping = False
         for state in self.states.values():
             state.serial = state.device.serial
 
@@ -140,7 +143,7 @@ class Poller:
         for key in self.states:
             first = now + timedelta(seconds=random.uniform(0, min(jitter, interval)))
             scheduler.add_job(
-                self.poll_device,
+                self._launch_poll,
                 IntervalTrigger(seconds=interval, jitter=jitter or None, timezone=UTC),
                 args=[key],
                 id=key,
@@ -153,12 +156,38 @@ class Poller:
         scheduler.start()
         self._scheduler = scheduler
 
+    async def _launch_poll(self, key: str) -> None:
+        """The scheduled job: start a poll this poller owns, unless the last one still runs.
+
+        APScheduler's job returns at once, so stopping never cancels a job under
+        APScheduler (which logs that as an error with a traceback); the polls
+        themselves are ended quietly by :meth:`stop`.
+        """
+        if self._stopping:
+            return
+        running = self._polling.get(key)
+        if running is not None and not running.done():
+            log.debug("%s: previous poll still running; skipping this turn", key)
+            return
+        task = asyncio.create_task(self.poll_device(key), name=f"poll {key}")
+        self._polling[key] = task
+        task.add_done_callback(lambda done: self._forget_poll(key, done))
+
+    def _forget_poll(self, key: str, task: asyncio.Task[list[Snapshot]]) -> None:
+        if self._polling.get(key) is task:
+            del self._polling[key]
+
     async def stop(self) -> None:
-        """Stop scheduling and end polls in flight (their sessions still log out)."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
-        inflight = list(self._inflight)
+        """Stop scheduling and end polls in flight quietly (REST sessions still log out)."""
+        self._stopping = True
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.pause()
+            # Jobs already handed to the event loop run their (instant) first step
+            # now, so the shutdown below has no unstarted job to cancel and log.
+            await asyncio.sleep(0)  # waits-for: one loop turn for submitted jobs
+            scheduler.shutdown(wait=False)
+        inflight = list(self._inflight | set(self._polling.values()))
         for task in inflight:
             task.cancel()
         await asyncio.gather(*inflight, return_exceptions=True)

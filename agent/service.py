@@ -132,6 +132,8 @@ class AgentService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.jobs is not None:
+            await self.jobs.stop()
         await self.outbox.close()
         await self.held.close()
         if self.session is not None:

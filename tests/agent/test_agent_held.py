@@ -93,7 +93,7 @@ async def stored_ids(controller: RunningController, serial: str) -> list[str]:
 async def test_device_at_other_site_is_held_until_moved(
     lab_factory: Any, password_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A device known at site A is held by B's agent while B's others arrive; moved, it arrives once."""
+    """A device of site A is held at B while B's others arrive; once moved, it arrives once."""
     caplog.set_level(logging.INFO, logger="agent")
     lab = await lab_factory(
         [make_device("HELDX1"), make_device("OWNB1"), make_device("OWNB2", model="g7500")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from agent_testkit import (
     RecordingController,
     agent_config,
@@ -158,3 +160,29 @@ async def test_enroll_command_stores_credential_0600(tmp_path: Path) -> None:
             ) as resp,
         ):
             assert resp.status == 200
+
+
+async def test_stop_mid_poll_is_quiet_and_logs_out(
+    lab_factory: Any, password_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping while polls are in flight logs no error and leaves no device session open."""
+    caplog.set_level(logging.INFO)
+    lab = await lab_factory([make_device("STOP1"), make_device("STOP2", model="g7500")])
+    for device in lab.devices.values():
+        await device.set_fault("slow", True, latency_ms=150)
+    config = agent_config(
+        tmp_path,
+        [device_config(d, password_file) for d in lab.devices.values()],
+        poll_interval_s=0.05,
+    )
+    service = AgentService(config)
+    await service.start()
+    try:
+        await wait_for(
+            lambda: all(d.sessions for d in lab.devices.values()), what="polls logged in"
+        )
+    finally:
+        await service.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert not any(d.sessions for d in lab.devices.values()), "a cancelled poll still logs out"
