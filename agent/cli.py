@@ -35,6 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "probe",
         help="log in to one device, print its snapshot, log out",
         description="Log in to one device, print its normalised snapshot, log out. "
+        "Cameras with their own serial (Studio E70) follow as their own entries. "
         "Exits 3 with a one-line reason when the device cannot be read.",
     )
     probe.add_argument("host")
@@ -49,7 +50,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--via", choices=("rest", "ssh"), default="rest", help="read over REST (default) or SSH"
     )
     probe.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    probe.add_argument("--json", action="store_true", help="print Snapshot JSON")
+    probe.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON Lines: one Snapshot object per line, the device first, then one per "
+        "camera that is its own device entry (Studio E70, with host_serial); a device "
+        "without such cameras prints exactly one Snapshot object",
+    )
     probe.set_defaults(func=_probe)
 
     disc = commands.add_parser(
@@ -165,7 +172,10 @@ def _probe(args: argparse.Namespace) -> int:
         rest = [p for p in snapshot.health.problems if not p.detail.startswith("REST: ")]
         snapshot = snapshot.model_copy(update={"health": type(snapshot.health).from_problems(rest)})
     if args.json:
-        print(snapshot.model_dump_json(indent=2))
+        # One object per line keeps every line a complete Snapshot (the wire shape exactly),
+        # so `jq` or a line-by-line reader gets the cameras too.
+        for entry in [snapshot, *snapshots[1:]]:
+            print(entry.model_dump_json())
         return 0
     _print_snapshot(snapshot)
     for camera in snapshots[1:]:

@@ -108,6 +108,28 @@ async def test_probe_g7500_lists_e70_as_own_entry(
     assert e70.serial in out
 
 
+async def test_probe_json_lines_carry_the_e70_entry(
+    lab_factory: Any, password_file: Path, capsys: Any
+) -> None:
+    """probe --json on a G7500: the host Snapshot line, then the E70's own Snapshot line."""
+    lab = await lab_factory([make_device("G75JSON", model="g7500")])
+    device = lab.devices["G75JSON"]
+    e70 = next(p for p in device.peripherals if p.kind == "e70")
+    code, out, err = await probe(capsys, device, password_file, "--json")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2
+    host, camera = (Snapshot.model_validate_json(line) for line in lines)
+    assert set(json.loads(lines[0])) == set(Snapshot.model_fields)
+    assert (host.serial, host.host_serial) == ("G75JSON", None)
+    assert e70.serial in {p.serial for p in host.peripherals}
+    assert (camera.serial, camera.model.value, camera.host_serial) == (
+        e70.serial,
+        "studio_e70",
+        "G75JSON",
+    )
+
+
 async def test_probe_over_ssh(lab_factory: Any, password_file: Path, capsys: Any) -> None:
     """probe --via ssh reads the legacy command line, pinned by the SSH host key."""
     lab = await lab_factory([make_device("SSHPROBE", firmware="4.1.0")])
