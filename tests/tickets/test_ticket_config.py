@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.config import load_config
 from controller.services.ticket_config import Secret, TicketConfigError, ticket_settings
 
 
@@ -70,6 +73,7 @@ def test_secrets_from_file_and_env_never_show(tmp_path: Path) -> None:
         ({"tickets": {"min_duration_s": "5m"}}, "tickets.min_duration_s"),
         ({"tickets": {"codes": ["camera_on_fire"]}}, "ticket_codes"),
         ({"tickets": {"escalation": "x@y"}}, "unknown key(s) escalation"),
+        ({"tickets": {"sent_retention_days": -1}}, "tickets.sent_retention_days"),
         ({"smtp": {"from": "a@b"}}, "smtp.host"),
         ({"smtp": {"host": "127.0.0.1"}}, "smtp.from"),
         ({"smtp": {"host": "127.0.0.1", "from": "a@b", "username": "u"}}, "smtp.username"),
@@ -107,3 +111,36 @@ def test_password_value_is_not_in_error_messages() -> None:
         )  # fmt: skip
     assert "hunter2-Secret" not in str(caught.value)
     assert "bogus" in str(caught.value)
+
+
+def _known_keys(section: str, required: dict[str, Any]) -> list[str]:
+    """The keys the parser reads in ``section``, as its unknown-key error lists them."""
+    with pytest.raises(TicketConfigError) as caught:
+        ticket_settings({section: {**required, "no_such_key": 1}})
+    message = str(caught.value)
+    assert "no_such_key" in message
+    return message.partition("known: ")[2].split(", ")
+
+
+def test_deploy_example_documents_every_key_and_loads() -> None:
+    """deploy/controller.example.toml shows every ticket key, with defaults, and validates."""
+    example = Path(__file__).resolve().parents[2] / "deploy" / "controller.example.toml"
+    config = load_config(example)
+    env = {"POLYFLEET_SMTP_PASSWORD": "from-env-1", "POLYFLEET_WEBHOOK_SECRET": "from-env-2"}
+    settings = ticket_settings(config.sections, base=example.parent, env=env)
+    defaults = ticket_settings({})
+    assert dataclasses.replace(settings, smtp=None, webhook=None) == defaults
+    assert settings.smtp is not None and settings.webhook is not None
+    assert settings.smtp.host == "127.0.0.1" and settings.smtp.starttls
+    assert settings.smtp.password == Secret("from-env-1")
+    assert settings.webhook.url.startswith("https://127.0.0.1:")
+    assert settings.webhook.secret == Secret("from-env-2")
+    text = example.read_text(encoding="utf-8")
+    for section, required in (
+        ("tickets", {}),
+        ("smtp", {"host": "127.0.0.1", "from": "a@b.pl"}),
+        ("webhook", {"url": "http://127.0.0.1:1/", "secret": "s"}),
+    ):
+        body = text.partition(f"\n[{section}]\n")[2].partition("\n[")[0]
+        for key in _known_keys(section, required):
+            assert re.search(rf"^(# )?{key} = ", body, re.MULTILINE), f"{section}.{key}"
