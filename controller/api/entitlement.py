@@ -44,6 +44,8 @@ class ImportResult(_Out):
     updated: list[str]
     unchanged: list[str]
     ineligible: list[str]
+    #: serial -> rule ids its contracts break (H1, H5); such contracts are imported, flagged.
+    ineligible_rules: dict[str, list[str]]
 
 
 class FirmwareOut(_Out):

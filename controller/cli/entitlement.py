@@ -322,8 +322,13 @@ def _assets_import(args: argparse.Namespace) -> int:
             f"{verb} {len(assets)} device(s): {len(document['added'])} new, "
             f"{len(document['updated'])} changed, {len(document['unchanged'])} unchanged"
         )
+        rules = document.get("ineligible_rules") or {}
         if document["ineligible"]:
-            print(f"flagged ineligible: {', '.join(document['ineligible'])}")
+            flagged = (
+                f"{serial} ({', '.join(rules.get(serial, []))})" if rules.get(serial) else serial
+                for serial in document["ineligible"]
+            )
+            print(f"flagged ineligible (imported): {', '.join(flagged)}")
     return EXIT_OK
 
 

@@ -153,6 +153,8 @@ class ImportPlan:
     updated: tuple[str, ...]
     unchanged: tuple[str, ...]
     ineligible: tuple[str, ...]
+    #: serial -> the eligibility rules its contracts break (H1, H5): imported, and flagged.
+    ineligible_rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +162,9 @@ class ImportPlan:
             "updated": list(self.updated),
             "unchanged": list(self.unchanged),
             "ineligible": list(self.ineligible),
+            "ineligible_rules": {
+                serial: list(rules) for serial, rules in self.ineligible_rules.items()
+            },
         }
 
 
@@ -168,18 +173,19 @@ def plan_import(current: Mapping[str, Asset], incoming: Iterable[Asset]) -> Impo
     added: list[str] = []
     updated: list[str] = []
     unchanged: list[str] = []
-    ineligible: list[str] = []
+    ineligible: dict[str, tuple[str, ...]] = {}
     for asset in incoming:
         old = current.get(asset.serial)
         bucket = added if old is None else unchanged if old == asset else updated
         bucket.append(asset.serial)
         if asset.ineligible_rules:
-            ineligible.append(asset.serial)
+            ineligible[asset.serial] = asset.ineligible_rules
     return ImportPlan(
         added=tuple(added),
         updated=tuple(updated),
         unchanged=tuple(unchanged),
         ineligible=tuple(ineligible),
+        ineligible_rules=ineligible,
     )
 
 

@@ -235,6 +235,7 @@ def test_assets_import_offline_and_rejection_leaves_registry_untouched(tmp_path:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert sorted(result["added"]) == ["CAM1", "G7HZ", "X50HZ"] and result["ineligible"] == ["G7HZ"]
+    assert result["ineligible_rules"] == {"G7HZ": ["H1", "H5"]}
     before = _stored(data)
     bad = write(
         tmp_path / "bad.csv",
@@ -386,3 +387,16 @@ async def test_each_rejection_case_leaves_the_registry_untouched_while_the_serve
         await asyncio.wait_for(server, timeout=30)
     stored = _stored_async_safe(data)
     assert sorted(stored) == ["KEEP1", "KEEP2"] and stored["KEEP1"]["room"] == "Wawel"
+
+
+def test_H1_H5_import_names_the_rules_an_ineligible_contract_breaks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ineligible HEZO+ is imported, and the summary names the serial with its rule ids."""
+    data = tmp_path / "data"
+    path = write(tmp_path / "assets.csv", REGISTRY)
+    code = main(["controller", "assets", "import", str(path), "--data-dir", str(data)])
+    out = capsys.readouterr().out
+    assert code == 0 and "imported 3 device(s): 3 new" in out
+    assert "flagged ineligible (imported): G7HZ (H1, H5)" in out
+    assert _stored(data)["G7HZ"]["contracts"][0]["ineligible_rules"] == ["H1", "H5"]

@@ -117,6 +117,7 @@ async def test_import_over_the_api_then_dry_run_and_reimport(controller: Running
         True,
         ["NEVERSEEN", "X30PP", "X50HZ"],
     )
+    assert (body["ineligible"], body["ineligible_rules"]) == ([], {})
     assert (await _get(controller, "/api/v1/assets"))[1]["assets"] == []
     status, body = await _import(controller, REGISTRY)
     assert status == 200 and len(body["added"]) == 3
@@ -208,6 +209,34 @@ async def test_live_verdicts_use_reported_firmware_and_flag_unknown_and_unreport
     assert status == 404
     _, everything = await _get(controller, "/api/v1/entitlement?site=krakow")
     assert [v["serial"] for v in everything["assets"]] == ["GHOST1", "X30PP", "X50HZ"]
+
+
+async def test_D2_verdict_is_the_same_in_teams_zoom_or_poly_mode(
+    controller: RunningController,
+) -> None:
+    """The plans cover a device in any provider mode: the mode does not change its verdict."""
+    assert (await _import(controller, REGISTRY))[0] == 200
+    verdicts = []
+    for number, provider in enumerate((Provider.TEAMS, Provider.ZOOM, Provider.POLY)):
+        snap = _snapshot("X50HZ", Model.STUDIO_X50, "4.1.0_00", "180034")
+        snap = snap.model_copy(update={"provider": provider, "collected_at": NOW})
+        agent = await controller.enroll("krakow", agent_name=f"agent-{number}")
+        batch = ReportBatch(
+            protocol_version=PROTOCOL_VERSION,
+            reports=[Report(id=f"mode-{provider.value}", snapshot=snap)],
+        )
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent.token}"}) as http,
+            http.post(
+                controller.url + "/api/v1/agent/reports", json=batch.model_dump(mode="json")
+            ) as response,
+        ):
+            assert response.status == 200
+        _, device = await _get(controller, "/api/v1/devices/X50HZ")
+        assert device["provider"] == provider.value
+        verdicts.append((await _get(controller, "/api/v1/devices/X50HZ/entitlement"))[1])
+    assert verdicts[0]["plan"] == "hezo_plus" and verdicts[0]["firmware"]["installed"]
+    assert verdicts[0] == verdicts[1] == verdicts[2]
 
 
 async def test_forecast_per_site_over_n_days(controller: RunningController) -> None:
