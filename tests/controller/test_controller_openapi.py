@@ -13,10 +13,13 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from aiohttp import web
 from controller_testkit import batch, bearer, report, snapshot
 from openapi_spec_validator import validate as validate_spec
+from pydantic import BaseModel
 
 from controller.api.openapi import build_openapi
+from controller.api.spec import ADMINS, Param, endpoint
 from controller.app import create_app
 from controller.config import ControllerConfig
 from controller.keys import ACCESS, EVENT_BUS
@@ -327,3 +330,41 @@ def test_import_refusal_is_documented_with_its_problem_list(tmp_path: Path) -> N
     forecast = document["paths"]["/api/v1/entitlement/forecast"]["get"]
     days = next(p for p in forecast["parameters"] if p["name"] == "days")
     assert days["schema"]["type"] == "integer" and days["schema"]["maximum"] > 0
+
+
+def test_spec_fields_reach_the_document(tmp_path: Path) -> None:
+    """Param schemas, error models, raw bodies and extra keys are written as the spec says."""
+
+    class Refusal(BaseModel):
+        reasons: list[str]
+
+    @endpoint(
+        summary="A feature's upload",
+        roles=ADMINS,
+        request_media="text/plain",
+        request_schema={"type": "string", "description": "one name a line"},
+        response_schema={"type": "object"},
+        path={"kind": Param("what to upload", {"type": "string", "enum": ["a", "b"]})},
+        query={"n": Param("how many", {"type": "integer", "minimum": 1}, required=True)},
+        errors=(404,),
+        error_models={409: Refusal},
+        extra={"deprecated": True},
+    )
+    async def upload(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = create_app(ControllerConfig(data_dir=tmp_path))
+    app.router.add_post("/api/v1/feature/{kind}", upload)
+    document = build_openapi(app)
+    validate_spec(document)
+    operation = document["paths"]["/api/v1/feature/{kind}"]["post"]
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert params["kind"]["schema"]["enum"] == ["a", "b"] and params["kind"]["required"]
+    assert params["n"]["schema"]["type"] == "integer" and params["n"]["required"]
+    assert operation["requestBody"]["content"]["text/plain"]["schema"]["description"]
+    responses = operation["responses"]
+    # Auth and body size come from the middlewares; 404 and 409 from the spec.
+    assert set(responses) == {"200", "401", "403", "404", "409", "413", "default"}
+    ref = responses["409"]["content"]["application/json"]["schema"]["$ref"]
+    assert "reasons" in document["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
+    assert operation["deprecated"] is True
