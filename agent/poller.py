@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Snapshots kept per device for diagnostics bundles.
 HISTORY = 5
+#: Peripheral state when the device was read a way that cannot see peripherals (SSH).
+UNKNOWN_STATE = "UNKNOWN"
 
 #: Driver failure -> problem code reported for the device.
 ERROR_PROBLEMS: dict[type[DeviceError], ProblemCode] = {
@@ -386,7 +388,13 @@ class Poller:
         return result
 
     def _fill_from_last(self, state: DeviceState, snapshots: list[Snapshot]) -> list[Snapshot]:
-        """An SSH read cannot see provider or peripherals: keep what REST saw last."""
+        """An SSH read cannot see provider or peripherals: keep what REST saw last.
+
+        Peripherals keep their identity but not their state (``UNKNOWN``), and a
+        camera with its own entry (E70) is still reported, as ``api_error`` with
+        "state unknown": claiming it fine would be a guess, dropping it would
+        look like the camera is gone.
+        """
         if not snapshots or snapshots[0].via is not Via.SSH or not state.last:
             return snapshots
         last = state.last[0]
@@ -395,8 +403,38 @@ class Poller:
         if first.provider is Provider.UNKNOWN:
             update["provider"] = last.provider
         if not first.peripherals:
-            update["peripherals"] = last.peripherals
-        return [first.model_copy(update=update), *snapshots[1:]]
+            update["peripherals"] = [
+                p.model_copy(update={"state": UNKNOWN_STATE}) for p in last.peripherals
+            ]
+        host = first.model_copy(update=update)
+        cause = next(
+            (p.detail for p in first.health.problems if p.code is ProblemCode.API_ERROR),
+            "REST does not answer",
+        )
+        seen = {s.serial for s in snapshots}
+        cameras = []
+        for camera in state.last[1:]:
+            if camera.serial in seen or camera.host_serial != host.serial:
+                continue
+            problem = Problem(
+                code=ProblemCode.API_ERROR,
+                detail=(
+                    f"state unknown: host {host.serial} answers over SSH only ({cause}); "
+                    "cameras are read through its REST API"
+                )[:256],
+            )
+            cameras.append(
+                camera.model_copy(
+                    update={
+                        "health": Health.from_problems([problem]),
+                        "collected_at": host.collected_at,
+                        "in_call": host.in_call,
+                        "uptime_s": None,
+                        "via": Via.SSH,
+                    }
+                )
+            )
+        return [host, *snapshots[1:], *cameras]
 
     async def _learn_pins(
         self,

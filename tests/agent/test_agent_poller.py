@@ -103,6 +103,37 @@ async def test_e70_behind_g7500_has_own_entry(
     assert {"camera_down", "peripheral_disconnected"} <= codes(host)
 
 
+async def test_e70_state_unknown_while_host_answers_only_over_ssh(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Host REST wedged (read over SSH): the E70 is still reported, as state unknown, never ok."""
+    lab = await lab_factory([make_device("G7SSH", model="g7500")])
+    device = lab.devices["G7SSH"]
+    e70 = next(p for p in device.peripherals if p.kind == "e70")
+    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
+    key = next(iter(poller.states))
+    await poller.poll_device(key)
+    await device.set_fault("wedged", True)
+    host, camera = await poller.poll_device(key)
+    assert host.via.value == "ssh" and camera.via.value == "ssh"
+    assert (camera.serial, camera.host_serial, camera.model.value) == (
+        e70.serial,
+        "G7SSH",
+        "studio_e70",
+    )
+    assert camera.health.state is HealthState.FAULT
+    [problem] = camera.health.problems
+    assert problem.code is ProblemCode.API_ERROR and "state unknown" in problem.detail
+    assert camera.firmware.version == "1.3.0"
+    assert {p.state for p in host.peripherals} == {"UNKNOWN"}
+    # Still unknown on the next SSH-only cycle, and fine again once REST answers.
+    host, camera = await poller.poll_device(key)
+    assert camera.health.state is HealthState.FAULT
+    await device.set_fault("wedged", False)
+    host, camera = await poller.poll_device(key)
+    assert camera.health.state is HealthState.OK and host.via.value == "rest"
+
+
 def test_lan_status_and_neutral_states() -> None:
     """lanStatus not LAN_UP is lan_down; off/unknown states are never problems."""
     problems = problems_from_status(
