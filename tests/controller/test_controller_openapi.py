@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -315,6 +316,91 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     ):
         assert any(t == template for t, _ in exercised), template
     assert ("/api/v1/assets/import", "post", "422") in c.seen
+
+
+async def test_every_documented_operation_answers_as_documented(conformance: Conformance) -> None:
+    """Together with the test above, one answer of every operation is checked; here the rest."""
+    c = conformance
+    agent = await c.controller.enroll("krk")
+    await c.controller.ensure_site("waw")
+    body = batch(report(snapshot("X50-1", collected_at=NOW)))
+    await c.call("post", "/api/v1/agent/reports", token=agent.token, json_body=body)
+    code = await c.call("post", "/api/v1/invites", json_body={"site": "krk"}, expect=201)
+    enrolled = await c.call(
+        "post",
+        "/api/v1/agent/enroll",
+        token=None,
+        json_body={"protocol_version": 1, "code": code["code"], "agent_name": "second"},
+    )
+    await c.call(
+        "post",
+        "/api/v1/agent/enroll",
+        token=None,
+        json_body={"protocol_version": 99, "code": "x", "agent_name": "old"},
+        expect=400,
+    )
+    await c.call("post", "/api/v1/invites", json_body={"site": "nowhere"}, expect=404)
+    created = await c.call(
+        "post", "/api/v1/tokens", json_body={"role": "viewer", "name": "wall"}, expect=201
+    )
+    await c.call("delete", f"/api/v1/tokens/{created['id']}")
+    await c.call("delete", "/api/v1/tokens/none", expect=404)
+    await c.call("patch", "/api/v1/devices/X50-1", json_body={"room": "Wawel"})
+    await c.call("post", "/api/v1/devices/X50-1/move", json_body={"site": "waw"})
+    await c.call("post", "/api/v1/devices/X50-1/move", json_body={"site": "krk"})
+    await c.call("post", "/api/v1/devices/NOPE/move", json_body={"site": "krk"}, expect=404)
+    await c.call("get", "/api/v1/devices/X50-1/reports")
+    job = await c.call(
+        "post",
+        "/api/v1/devices/X50-1/jobs",
+        json_body={"kind": "collect_diagnostics"},
+        expect=201,
+    )
+    await c.call("get", "/api/v1/devices/X50-1/jobs")
+    await c.call("get", f"/api/v1/jobs/{job['id']}")
+    await c.call("get", f"/api/v1/jobs/{job['id']}/artifact", expect=404)
+    jobs = await c.call("get", "/api/v1/agent/jobs", token=enrolled["token"])
+    assert [j["id"] for j in jobs["jobs"]] == [job["id"]]
+    blob = b"diagnostics" * 100
+    await c.call(
+        "put",
+        f"/api/v1/agent/jobs/{job['id']}/artifact",
+        token=enrolled["token"],
+        data=blob,
+        media="application/octet-stream",
+    )
+    digest = hashlib.sha256(blob).hexdigest()
+    await c.call(
+        "post",
+        f"/api/v1/agent/jobs/{job['id']}/result",
+        token=enrolled["token"],
+        json_body={"status": "done", "artifact_sha256": digest},
+    )
+    artifact = await c.call("get", f"/api/v1/jobs/{job['id']}/artifact")
+    assert artifact == blob
+    exercised = {(template, method) for template, method, _ in c.seen}
+    documented = {(path, method) for path, ops in c.document["paths"].items() for method in ops}
+    earlier = {
+        ("/api/v1/assets/import", "post"),
+        ("/api/v1/assets", "get"),
+        ("/api/v1/devices/{serial}/entitlement", "get"),
+        ("/api/v1/entitlement", "get"),
+        ("/api/v1/entitlement/forecast", "get"),
+        ("/api/v1/tickets", "get"),
+        ("/api/v1/tickets/{ticket_id}", "get"),
+        ("/api/v1/tickets/{ticket_id}", "patch"),
+        ("/api/v1/tickets/{ticket_id}/{action}", "post"),
+        ("/api/v1/tickets/{ticket_id}/bundle", "get"),
+        ("/api/v1/sites", "get"),
+        ("/api/v1/sites", "post"),
+        ("/api/v1/devices", "get"),
+        ("/api/v1/devices/{serial}", "get"),
+        ("/api/v1/events", "get"),
+        ("/api/v1/tokens", "get"),
+        ("/api/v1/openapi.json", "get"),
+        ("/metrics", "get"),
+    }
+    assert documented - exercised - earlier == set()
 
 
 def test_import_refusal_is_documented_with_its_problem_list(tmp_path: Path) -> None:
