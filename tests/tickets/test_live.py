@@ -40,7 +40,7 @@ from shared.schema import (
     Snapshot,
     Via,
 )
-from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
+from tickets.conftest import SMTP_USER, SmtpPeer, WebhookPeer, ticket_sections
 
 # Monday 24 November 2025, 10:00 in Warsaw.
 T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
@@ -53,6 +53,7 @@ X1,studio_x50,2025-01-05,hezo_plus,HZ-2025-0001,2025-01-10,2027-01-09,krk,Sala W
 E1,studio_e70,2025-01-05,hezo_plus,HZ-2025-0002,2025-01-10,2027-01-09,krk,Sala Wawel,X1
 X2,studio_x30,2025-01-05,poly_plus,PP-0002,2025-01-10,2026-01-09,krk,Sala Kopiec,
 X3,studio_x70,2025-01-05,,,,,krk,Sala Sukiennice,
+X4,studio_x30,2025-01-05,partner_poly_plus,PPP-0004,2025-01-10,2026-01-09,krk,Sala Smocza,
 """
 
 
@@ -166,16 +167,17 @@ async def start_lab(
     webhook_peer: WebhookPeer | None,
     *,
     agent_token: str | None = None,
+    **tickets: Any,
 ) -> AsyncIterator[Lab]:
     """A controller with ticket delivery configured, an enrolled agent and the registry."""
-    sections = ticket_sections(
-        smtp_peer,
-        webhook_peer,
-        min_duration_s=300,
-        check_interval_s=3600,
-        diagnostics_timeout_s=60,
-        language="en",
-    )
+    settings: dict[str, Any] = {
+        "min_duration_s": 300,
+        "check_interval_s": 3600,
+        "diagnostics_timeout_s": 60,
+        "language": "en",
+        **tickets,
+    }
+    sections = ticket_sections(smtp_peer, webhook_peer, **settings)
     async with (
         running_controller(data_dir, clock=clock, sections=sections, liveness_check_s=3600) as (
             controller
@@ -496,3 +498,55 @@ async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path:
         notes = [note.text for note in lab.service.get(key).notes]
         assert any(text.startswith("recovered") for text in notes), notes
         assert len(lab.service.tickets()) == 1
+
+
+async def test_W2_W7_escalation_by_real_smtp_once_not_after_ack_nor_without_promise(
+    tmp_path: Path, smtp_peer: SmtpPeer
+) -> None:
+    """Past the reaction time: one escalation mail to the configured contact, naming the
+    ticket, serial and contract; none for an acknowledged ticket or a plan promising none."""
+    clock = Clock()
+    contact = "eskalacja@fleet.example.pl"
+    async with start_lab(
+        tmp_path / "controller", clock, smtp_peer, None, escalation_email=contact
+    ) as lab:
+        await lab.report_minutes(("X1", "X2", "X4"), range(0, 8), ProblemCode.CAMERA_DOWN)
+        await wait_until(lambda: all(_has_job(lab, s) for s in ("X1", "X2", "X4")))
+        assert sorted(await lab.agent_does_jobs()) == ["X1", "X2", "X4"]
+        keys = {serial: ticket_id(serial, "camera_down") for serial in ("X1", "X2", "X4")}
+        await wait_until(
+            lambda: all(lab.service.get(k).status.value == "sent" for k in keys.values())
+        )
+        assert len(smtp_peer.received) == 3
+        # Partner POLY+ (X4): the desk called back in time; POLY+ (X2) promises no reaction.
+        await lab.admin("POST", f"/api/v1/tickets/{keys['X4']}/ack")
+        assert lab.service.get(keys["X2"]).sla().reaction_due is None  # type: ignore[union-attr]
+        due = lab.service.get(keys["X1"]).sla().reaction_due  # type: ignore[union-attr]
+        assert due == T0 + 7 * MINUTE + timedelta(hours=1)
+        lab.clock.now = due - timedelta(seconds=1)
+        await lab.service.tick(lab.clock.now)
+        await lab.service.worker.run_once(lab.clock.now)
+        assert len(smtp_peer.received) == 3
+        for minutes in (0, 1, 30, 24 * 60, 7 * 24 * 60):
+            lab.clock.now = due + minutes * MINUTE
+            await lab.service.tick(lab.clock.now)
+            await lab.service.worker.run_once(lab.clock.now)
+        await wait_until(lambda: len(smtp_peer.received) == 4)
+        escalation = smtp_peer.received[3]
+        assert escalation.recipients == [contact]
+        assert escalation.tls and escalation.login == SMTP_USER
+        message = escalation.message
+        assert message["X-Polyfleet-Ticket"] == keys["X1"]
+        assert message["Subject"].startswith(f"Eskalacja: [{keys['X1']}]")
+        body = message.get_body(("plain",))
+        assert body is not None
+        text = body.get_content()
+        for needle in (keys["X1"], "X1", "HZ-2025-0001", "Czas reakcji minął"):
+            assert needle in text, needle
+        assert list(message.iter_attachments()) == []
+        shown = await lab.admin("GET", f"/api/v1/tickets/{keys['X1']}")
+        assert datetime.fromisoformat(shown["escalated_at"]) == due
+        for serial in ("X2", "X4"):
+            assert lab.service.get(keys[serial]).escalated_at is None
+    assert sum(1 for m in smtp_peer.received if m.recipients == [contact]) == 1
+    assert len(smtp_peer.received) == 4

@@ -334,3 +334,25 @@ async def test_closing_an_unsent_ticket_drops_its_waiting_messages(
     await smtp_peer.start()
     assert await service.worker.run_once(clock.now + timedelta(hours=5)) == 0
     assert smtp_peer.received == [] and webhook_peer.received == []
+
+
+async def test_W7_acknowledged_while_escalation_waits_sends_no_escalation(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """An escalation held up by a delivery outage is dropped once the desk acknowledges."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
+    assert await service.worker.run_once(clock.now) == 2
+    key = ticket_id("X1", "camera_down")
+    due = service.get(key).sla().reaction_due  # type: ignore[union-attr]
+    assert due is not None
+    await smtp_peer.stop()
+    webhook_peer.script = [503]
+    assert await service.check_escalations(due) == 1
+    assert await service.worker.run_once(due) == 0
+    clock.now = due + MINUTE
+    await service.act(key, "ack")
+    await smtp_peer.start()
+    assert await service.worker.run_once(due + timedelta(hours=5)) == 0
+    assert len(smtp_peer.received) == 1 and len(webhook_peer.received) == 1
+    assert service.deliveries(key) and all(d["state"] == "sent" for d in service.deliveries(key))
