@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -142,3 +143,16 @@ def exec_command(device: SshTarget, command: str) -> tuple[str, int]:
         return output, stdout.channel.recv_exit_status()
     finally:
         client.close()
+
+
+def read_identification(address: str, port: int) -> bytes:
+    """The first line an SSH server sends (its identification string)."""
+    with socket.create_connection((address, port), timeout=10) as sock:
+        sock.settimeout(10)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n", 1)[0]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from lab_client import LabFactory, wait_for
+from lab_client import FakeClock, LabFactory, RestClient, wait_for
 
-from simulator.fleet import CallWindow, FaultWindow
+from simulator.device import SimDevice
+from simulator.fleet import FAULTS, CallWindow, FaultWindow
 from simulator.lab import Lab
 from simulator.testing import fleet_of, make_device
 
@@ -124,3 +126,70 @@ async def test_duplicate_serial_in_code_built_fleet_is_refused(tmp_path: Path) -
     """A fleet built in code with one serial twice is refused before anything listens."""
     with pytest.raises(ValueError, match="DUP00001"):
         Lab(fleet_of([make_device("DUP00001"), make_device("DUP00001")]), data_dir=tmp_path)
+
+
+async def test_index_lists_every_endpoint_and_fault(lab_factory: LabFactory) -> None:
+    """GET / names every control endpoint and every fault the lab knows."""
+    lab = await lab_factory([make_device()])
+    status, body = await call(lab, "GET", "/")
+    assert status == 200
+    assert body["faults"] == list(FAULTS) and "lan_degraded" in body["faults"]
+    routes = {" ".join(e.split()[:2]) for e in body["endpoints"]}
+    assert routes == {
+        "GET /devices",
+        "GET /devices/{serial}",
+        "GET /devices/{serial}/config",
+        "POST /devices/{serial}/faults",
+        "DELETE /devices/{serial}/faults",
+        "POST /devices/{serial}/call",
+        "POST /devices/{serial}/power",
+        "POST /devices/{serial}/reboot",
+        "GET /timeline",
+        "POST /timeline",
+        "POST /timeline/reset",
+        "GET /other_hosts",
+    }
+
+
+async def test_get_timeline_counts_seconds(lab_factory: LabFactory) -> None:
+    """GET /timeline tells the timeline's seconds; a jump moves it."""
+    clock = FakeClock()
+    lab = await lab_factory([make_device()], clock=clock)
+    clock.advance(12.5)
+    assert await call(lab, "GET", "/timeline") == (200, {"seconds": 12.5})
+    await call(lab, "POST", "/timeline", {"seconds": 100})
+    clock.advance(1)
+    assert await call(lab, "GET", "/timeline") == (200, {"seconds": 101.0})
+
+
+async def test_clear_all_faults(lab_factory: LabFactory) -> None:
+    """DELETE /devices/{serial}/faults clears every fault, lan_down included."""
+    lab = await lab_factory([make_device(serial="CTL00006")])
+    device = lab.devices["CTL00006"]
+    for fault in ("camera_down", "lan_down", "locked_out"):
+        await call(lab, "POST", "/devices/CTL00006/faults", {"fault": fault, "active": True})
+    assert not device.listening and device.locked_out()
+    status, body = await call(lab, "DELETE", "/devices/CTL00006/faults")
+    assert status == 200 and body["faults"] == {} and body["listening"] is True
+    assert not device.locked_out()
+
+
+async def test_control_changes_are_seen_by_real_clients(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """A call, a fault and a power cut set over the control API show on the device's REST API."""
+    lab = await lab_factory([make_device(serial="CTL00007")])
+    client = rest_factory(lab.devices["CTL00007"])
+    await client.login()
+    await call(lab, "POST", "/devices/CTL00007/call", {"active": True, "remote": "sip:x@127.0.0.1"})
+    [conference] = await client.json("GET", "/rest/conferences")
+    assert conference["connections"][0]["address"] == "sip:x@127.0.0.1"
+    await call(lab, "POST", "/devices/CTL00007/call", {"active": False})
+    assert await client.json("GET", "/rest/conferences") == []
+    await call(lab, "POST", "/devices/CTL00007/faults", {"fault": "reboot_needed", "active": True})
+    assert (await client.json("GET", "/rest/system"))["rebootNeeded"] is True
+    await call(lab, "POST", "/devices/CTL00007/power", {"on": False})
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await client.request("GET", "/")
+    status, body = await call(lab, "POST", "/devices/CTL00007/call", {"active": "yes"})
+    assert status == 400 and body["field"] == "active"

@@ -29,6 +29,45 @@ address = "127.44.0.1"
 """
 
 
+ADDRESS = 'address = "127.44.0.1"\n'
+OTHER = """[[sites.rooms.other_hosts]]
+name = "nas-1"
+kind = "json_api"
+address = "127.44.0.9"
+rest_port = 8443
+
+[[sites.rooms.devices]]"""
+
+FULL = (
+    GOOD
+    + """provider = "zoom"
+silent_mode = "drop"
+ssh_server_version = "OpenSSH_7.4"
+update = { install_seconds = 3, outcome = "brick" }
+
+[[sites.rooms.devices.peripherals]]
+kind = "microphone"
+serial = "MIC0001"
+
+[[sites.rooms.devices.faults]]
+name = "slow"
+at = 10
+until = 20
+latency_ms = 250
+
+[[sites.rooms.devices.calls]]
+at = 5
+remote = "sip:board@127.0.0.1"
+
+[[sites.rooms.other_hosts]]
+name = "printer-1"
+address = "127.44.0.10"
+title = "Printer"
+ssh_port = 2222
+"""
+)
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "fleet.toml"
     path.write_text(text, encoding="utf-8")
@@ -62,6 +101,8 @@ def test_demo_fleet_covers_models_modes_and_generations() -> None:
     }
     assert all(d.rest_port == 0 and d.ssh_port == 0 for d in devices)
     assert len({d.address for d in devices}) == len(devices)
+    others = [o for _, _, o in fleet.placed_other_hosts()]
+    assert others and {o.address for o in others}.isdisjoint({d.address for d in devices})
 
 
 def test_defaults_fill_in_a_minimal_device(tmp_path: Path) -> None:
@@ -102,6 +143,48 @@ def test_defaults_fill_in_a_minimal_device(tmp_path: Path) -> None:
             ),
             "devices[0].faults[0].until",
         ),
+        (
+            (ADDRESS, ADDRESS + "[[sites.rooms.devices.calls]]\nat = -1\n"),
+            "devices[0].calls[0].at",
+        ),
+        (('serial = "AAA0001"', 'serial = "AAA0001"\nprovider = "webex"'), "devices[0].provider"),
+        (('serial = "AAA0001"', 'serial = "AAA0001"\nlockout_failures = 0'), "lockout_failures"),
+        (('serial = "AAA0001"', 'serial = "AAA0001"\nsession_limit = 0'), "session_limit"),
+        (('serial = "AAA0001"', 'serial = "AAA0001"\nrest_port = 70000'), "devices[0].rest_port"),
+        (
+            ('serial = "AAA0001"', 'serial = "AAA0001"\nlogin_failure_status = 401'),
+            "devices[0].login_failure_status",
+        ),
+        (('serial = "AAA0001"', 'serial = "AAA0001"\nsilent_mode = "hide"'), "silent_mode"),
+        (
+            ('serial = "AAA0001"', 'serial = "AAA0001"\nssh_server_version = "Open-SSH_8"'),
+            "ssh_server_version",
+        ),
+        (
+            ('serial = "AAA0001"', 'serial = "AAA0001"\nin_call = "yes"'),
+            "devices[0].in_call",
+        ),
+        (
+            (
+                ADDRESS,
+                ADDRESS + '[[sites.rooms.devices.peripherals]]\nkind = "webcam"\nserial = "W1"\n',
+            ),
+            "devices[0].peripherals[0].kind",
+        ),
+        (
+            ('serial = "AAA0001"', 'serial = "AAA0001"\nupdate = { outcome = "maybe" }'),
+            "devices[0].update.outcome",
+        ),
+        (("[[sites]]", '[defaults]\nserial = "X"\n\n[[sites]]'), "defaults.serial"),
+        (("[[sites]]", "colour = 1\n[[sites]]"), "colour"),
+        (
+            ("[[sites.rooms.devices]]", OTHER.replace('kind = "json_api"', 'kind = "fridge"')),
+            "rooms[0].other_hosts[0].kind",
+        ),
+        (
+            ("[[sites.rooms.devices]]", OTHER.replace("127.44.0.9", "8.8.8.8")),
+            "rooms[0].other_hosts[0].address",
+        ),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str) -> None:
@@ -110,6 +193,52 @@ def test_bad_values_name_file_and_key(tmp_path: Path, change: tuple[str, str], k
     with pytest.raises(ConfigError) as caught:
         load_fleet(path)
     assert str(path) in str(caught.value) and key in str(caught.value)
+
+
+def test_every_table_is_read(tmp_path: Path) -> None:
+    """Peripherals, fault windows with parameters, calls, update and other hosts are all read."""
+    fleet = load_fleet(write(tmp_path, FULL))
+    device = fleet.sites[0].rooms[0].devices[0]
+    assert (device.provider, device.silent_mode, device.ssh_server_version) == (
+        "zoom",
+        "drop",
+        "OpenSSH_7.4",
+    )
+    assert (device.update.install_seconds, device.update.outcome) == (3.0, "brick")
+    assert [(p.kind, p.serial) for p in device.peripherals] == [("microphone", "MIC0001")]
+    [fault] = device.faults
+    assert (fault.name, fault.at, fault.until, fault.params) == (
+        "slow",
+        10,
+        20,
+        {"latency_ms": 250},
+    )
+    [call] = device.calls
+    assert (call.at, call.until, call.remote) == (5, None, "sip:board@127.0.0.1")
+    [(_site, room, other)] = fleet.placed_other_hosts()
+    assert (room.id, other.name, other.kind, other.title, other.ssh_port) == (
+        "r1",
+        "printer-1",
+        "web_server",
+        "Printer",
+        2222,
+    )
+
+
+def test_port_clashes_are_refused(tmp_path: Path) -> None:
+    """One address:port taken twice (REST or SSH, device or other host) fails naming both."""
+    second = (
+        '[[sites.rooms.devices]]\nserial = "AAA0002"\nmodel = "g7500"\naddress = "127.44.0.1"\n'
+        "ssh_port = 8443\n"
+    )
+    clash = GOOD.replace('address = "127.44.0.1"', 'address = "127.44.0.1"\nrest_port = 8443')
+    with pytest.raises(ConfigError, match=r"devices\[1\]\.ssh_port: 127\.44\.0\.1:8443 is already"):
+        load_fleet(write(tmp_path, clash + second))
+    other = OTHER.replace("127.44.0.9", "127.44.0.1")
+    with pytest.raises(ConfigError, match=r"other_hosts\[0\]\.rest_port"):
+        load_fleet(write(tmp_path, clash.replace("[[sites.rooms.devices]]", other)))
+    with pytest.raises(ConfigError, match="no devices"):
+        load_fleet(write(tmp_path, '[[sites]]\nid = "empty"\n'))
 
 
 def test_duplicate_serial_and_bad_toml(tmp_path: Path) -> None:

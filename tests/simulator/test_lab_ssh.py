@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import paramiko
 import pytest
-from lab_client import LabFactory, connect, exec_command, wait_for
+from lab_client import LabFactory, connect, exec_command, read_identification, wait_for
 
 from simulator.device import SimDevice
 from simulator.lab import Lab
@@ -233,19 +232,6 @@ async def test_crcrlf_line_endings_and_late_banner(lab_factory: LabFactory) -> N
     assert time.monotonic() - started >= 0.2
     assert greeting.startswith(b"Hi, my name is : ") and b"\r\r\n" in greeting
     assert answer.startswith(b"whoami\r\r\n")
-
-
-def read_identification(address: str, port: int) -> bytes:
-    """The first line an SSH server sends (its identification string)."""
-    with socket.create_connection((address, port), timeout=10) as sock:
-        sock.settimeout(10)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(256)
-            if not chunk:
-                break
-            data += chunk
-        return data.split(b"\r\n", 1)[0]
 
 
 async def test_ssh_identification_is_openssh_not_paramiko(lab_factory: LabFactory) -> None:
