@@ -45,6 +45,13 @@ model = "studio_x30"
 firmware = "3.12.0"
 admin_password = "cli-secret-pw2"
 address = "127.45.0.2"
+
+[[sites.rooms.other_hosts]]
+name = "cli-printer"
+address = "127.45.0.3"
+rest_port = 0
+ssh_port = 0
+admin_password = "cli-secret-pw3"
 """
 
 
@@ -88,7 +95,16 @@ async def test_sim_writes_ready_file_serves_and_stops_on_sigterm(tmp_path: Path)
         first = info["devices"][0]
         assert first["site"] == "gdansk" and first["room"] == "zuraw"
         assert first["firmware"] == {"version": "4.6.2", "build": "420118"}
+        [other] = info["other_hosts"]
+        assert (other["name"], other["kind"], other["room"]) == (
+            "cli-printer",
+            "web_server",
+            "zuraw",
+        )
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            url = f"https://{other['address']}:{other['rest_port']}/rest/session"
+            async with http.post(url, ssl=pin(other["tls_fingerprint"])) as response:
+                assert response.status == 404
             url = f"https://{first['address']}:{first['rest_port']}/rest/session"
             body = {"user": "admin", "password": "cli-secret-pw"}
             async with http.post(url, json=body, ssl=pin(first["tls_fingerprint"])) as response:
@@ -113,6 +129,7 @@ async def test_sim_duration_stops_by_itself(tmp_path: Path) -> None:
     out, err = await asyncio.to_thread(proc.communicate, timeout=60)
     assert proc.returncode == 0, err
     assert "lab running: 2 devices" in out
+    assert "cli-printer" in out and "not Poly: web_server" in out
     assert (tmp_path / "polyfleet-lab" / "devices" / "CLI00001").is_dir()
 
 
