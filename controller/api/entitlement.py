@@ -34,6 +34,8 @@ class ImportProblemOut(_Out):
 
 
 class ImportRejected(_Out):
+    """The file has bad rows: nothing was imported; `problems` lists each by line and column."""
+
     error: ErrorBody
     problems: list[ImportProblemOut]
 

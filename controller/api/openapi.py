@@ -94,9 +94,13 @@ def _parameter(name: str, where: str, param: str | Param) -> dict[str, Any]:
     }
 
 
-def _error(status: int, schema: Mapping[str, Any]) -> dict[str, Any]:
+def _error(
+    status: int, schema: Mapping[str, Any], model: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    # An error model says in its own docstring when it is answered (e.g. "bad rows").
+    own = (model.__dict__.get("__doc__") or "").strip() if model is not None else ""
     return {
-        "description": _STATUS_TEXT.get(status, "Error"),
+        "description": own.splitlines()[0] if own else _STATUS_TEXT.get(status, "Error"),
         "content": {"application/json": {"schema": dict(schema)}},
     }
 
@@ -139,7 +143,7 @@ def _operation(
     for status in sorted({*spec.errors, *implied_errors(spec)} - set(spec.error_models)):
         responses[str(status)] = _error(status, ref_of[ErrorResponse])
     for status, model in sorted(spec.error_models.items()):
-        responses[str(status)] = _error(status, ref_of[model])
+        responses[str(status)] = _error(status, ref_of[model], model)
     responses["default"] = {
         "description": _DEFAULT_ERROR,
         "content": {"application/json": {"schema": ref_of[ErrorResponse]}},
