@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ class DeviceState:
     #: Held while anything talks to the device: real units dislike parallel sessions.
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     device_contacts: int = 0
+    #: Successful REST reads, counting towards the next SSH cross-check.
+    rest_reads: int = 0
+    cross_check_failing: str | None = None
+    cross_check_problems: list[Problem] = field(default_factory=list)
 
 
 class Poller:
@@ -296,6 +301,10 @@ class Poller:
                 return await self._failed(state, error)
             except DeviceError as exc:
                 return await self._failed(state, exc)
+            if snapshots and snapshots[0].via is Via.REST:
+                state.rest_reads += 1
+                if self._cross_check_due(state, snapshots[0]):
+                    snapshots = await self._cross_check(state, driver, snapshots)
         await self._learn_pins(state, pins, record.tls, record.ssh, snapshots)
         if state.failing is not None:
             log.info("%s: answering again (was: %s)", key, state.failing)
@@ -307,6 +316,57 @@ class Poller:
         state.last = snapshots
         state.history.append(snapshots[0])
         return snapshots
+
+    def _cross_check_due(self, state: DeviceState, snapshot: Snapshot) -> bool:
+        """Every Nth REST read, and whenever REST names another unit, model or firmware.
+
+        Devices are spread over the N cycles (a stable offset per device), so a
+        site never opens all its SSH sessions in the same cycle.
+        """
+        if not state.device.ssh_port:
+            return False
+        last = state.last[0] if state.last else None
+        if state.serial and snapshot.serial != state.serial:
+            return True
+        if (
+            last is not None
+            and last.via is Via.REST
+            and (last.model, last.firmware) != (snapshot.model, snapshot.firmware)
+        ):
+            return True
+        every = self.config.ssh_cross_check_every
+        if every <= 0:
+            return False
+        offset = zlib.crc32(state.device.key.encode()) % every
+        return (state.rest_reads + offset) % every == 0
+
+    async def _cross_check(
+        self, state: DeviceState, driver: DeviceDriver, snapshots: list[Snapshot]
+    ) -> list[Snapshot]:
+        """Compare what REST said with the SSH command line; a mismatch is a problem."""
+        key = state.device.key
+        host = snapshots[0]
+        try:
+            async with asyncio.timeout(self.config.device_timeout_s):
+                problems = await driver.cross_check(host)
+        except CertificateMismatch as exc:
+            await asyncio.to_thread(self._record_pending, state, exc)
+            problems = [Problem(code=ProblemCode.CERTIFICATE_CHANGED, detail=_short(exc))]
+        except (DeviceError, TimeoutError) as exc:
+            # SSH may be switched off on the unit: REST answered, so this is not a fault.
+            reason = exc.reason if isinstance(exc, DeviceError) else "no SSH answer in time"
+            if state.cross_check_failing != reason:
+                log.info("%s: SSH cross-check not possible (%s)", key, reason)
+            state.cross_check_failing = reason
+            return snapshots
+        state.cross_check_failing = None
+        if not problems:
+            return snapshots
+        if state.cross_check_problems != problems:
+            log.warning("%s: %s", key, "; ".join(p.detail for p in problems))
+        state.cross_check_problems = problems
+        merged = [*host.health.problems, *problems][:64]
+        return [host.model_copy(update={"health": Health.from_problems(merged)}), *snapshots[1:]]
 
     async def _refuse_unpinned(self, state: DeviceState) -> None:
         """Without trust on first use, an unpinned device waits for ``pins accept``."""

@@ -122,6 +122,9 @@ async def agent_sweep(
         ),
         concurrency=concurrency,
         device_timeout_s=60.0,
+        # The bare loop makes the REST cycle only; SSH cross-checks (one poll in
+        # ssh_cross_check_every) are another kind of work, left out of both sides.
+        ssh_cross_check_every=0,
     )
     outbox = Outbox(config.data_dir / "outbox")
     await outbox.open()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from agent.config import DeviceConfig
-from shared.schema import Snapshot
+from shared.schema import Problem, Snapshot
 
 
 @dataclass
@@ -90,6 +90,21 @@ class DeviceDriver(ABC):
         ``poll`` with ``"via": "ssh"`` and an ``api_error`` problem naming the
         cause. Raises like ``poll`` when the other way fails too.
         """
+
+    async def cross_check(self, snapshot: Snapshot) -> list[Problem]:
+        """Read the device's identity another way and compare it with ``snapshot`` (from ``poll``).
+
+        Returns a problem per disagreement, ``[]`` when all agrees. Example (a VideoOS
+        unit whose SSH command line names another serial than its REST API)::
+
+            [{"code": "api_error",
+              "detail": "SSH cross-check: serial 8L200353429AFC over SSH, 8L2003534299 over REST"}]
+
+        Logs in, reads, logs out, like every call. Raises like ``poll`` when the other
+        way cannot be read. The default has no other way, so it finds nothing.
+        """
+        del snapshot
+        return []
 
     @abstractmethod
     async def in_call(self) -> bool:

@@ -506,6 +506,39 @@ class VideoOSDriver(DeviceDriver):
             )
         ]
 
+    async def cross_check(self, snapshot: Snapshot) -> list[Problem]:
+        """SSH ``whoami``: model, serial and firmware must match what REST said."""
+        result = await self._ssh_run(["whoami"])
+        who = parse_whoami(result.outputs.get("whoami", "") or result.banner)
+        if not who:
+            raise DeviceProtocolError(
+                f"{self.device.host}: SSH whoami answered nothing readable", host=self.device.host
+            )
+        firmware = split_firmware(who.get("version", ""), _build_digits(who.get("build", "")))
+        ssh_model = normalise_model(who.get("model", ""))
+        checks = [
+            ("serial", _serial(who.get("serial")), snapshot.serial),
+            (
+                "model",
+                who.get("model", "") if ssh_model is not snapshot.model else "",
+                snapshot.model_raw if ssh_model is not snapshot.model else "",
+            ),
+            ("firmware", firmware.version, snapshot.firmware.version),
+            ("build", firmware.build, snapshot.firmware.build),
+        ]
+        problems = []
+        for what, over_ssh, over_rest in checks:
+            # A value one side does not give is no disagreement.
+            if over_ssh and over_rest and over_ssh != over_rest:
+                problems.append(
+                    Problem(
+                        code=ProblemCode.API_ERROR,
+                        detail=f"SSH cross-check: {what} {over_ssh} over SSH, "
+                        f"{over_rest} over REST"[:256],
+                    )
+                )
+        return problems
+
     async def in_call(self) -> bool:
         rest = await self._rest()
         async with rest.logged_in_session(self.device.user, self._password):

@@ -120,3 +120,19 @@ def test_credential_file_is_owner_only(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     assert Credential.load(path) == cred
     assert "tok-123" not in repr(cred)
+
+
+def test_example_config_documents_the_defaults() -> None:
+    """deploy/agent.example.toml loads, and every value it shows is the built-in default."""
+    from dataclasses import fields
+
+    from agent.config import AgentConfig
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "agent.example.toml"
+    config = load_config(example)
+    bare = AgentConfig(data_dir=config.data_dir)
+    skip = {"devices", "source", "controller_url", "agent_name", "data_dir"}
+    for f in fields(AgentConfig):
+        if f.name not in skip:
+            assert getattr(config, f.name) == getattr(bare, f.name), f.name
+    assert config.ssh_cross_check_every == 10 and config.held_retry_s == 300

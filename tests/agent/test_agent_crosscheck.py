@@ -1,0 +1,93 @@
+"""SSH cross-checks while REST is healthy: agreement is silent, a mismatch is a problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from agent_testkit import SwitchableLink, agent_config, device_config, make_poller
+
+from agent.pins import PinStore
+from shared.schema import HealthState, ProblemCode
+from simulator.testing import make_device
+
+
+async def test_cross_check_every_nth_read_agrees_and_pins_the_host_key(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A healthy unit cross-checked over SSH stays ok; its host key gets pinned; no session left."""
+    lab = await lab_factory([make_device("XCHK1", model="g7500", firmware="4.1.0")])
+    device = lab.devices["XCHK1"]
+    config = agent_config(tmp_path, [device_config(device, password_file)], ssh_cross_check_every=1)
+    poller = make_poller(config, http)
+    key = next(iter(poller.states))
+    assert PinStore(config.data_dir).get(key).ssh is None
+    for _ in range(2):
+        host, _camera = await poller.poll_device(key)
+        assert host.via.value == "rest"
+        assert host.health.state is HealthState.OK, host.health
+    assert PinStore(config.data_dir).get(key).ssh == device.ssh_fingerprint
+    assert not device.sessions
+
+
+async def test_cross_check_mismatch_is_reported_with_detail(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """REST and SSH at one address naming different units: api_error naming both serials."""
+    lab = await lab_factory([make_device("RESTUNIT"), make_device("SSHUNIT", firmware="4.1.0")])
+    rest_dev, ssh_dev = lab.devices["RESTUNIT"], lab.devices["SSHUNIT"]
+    # One address whose HTTPS is one unit and whose SSH is another (e.g. a wrong port forward).
+    rest_link = SwitchableLink(rest_dev.address, rest_dev.rest_port)
+    ssh_link = SwitchableLink(ssh_dev.address, ssh_dev.ssh_port)
+    for link in (rest_link, ssh_link):
+        await link.start()
+        link.up = True
+    try:
+        config = agent_config(
+            tmp_path,
+            [
+                device_config(
+                    rest_dev,
+                    password_file,
+                    host="127.0.0.1",
+                    rest_port=rest_link.port,
+                    ssh_port=ssh_link.port,
+                )
+            ],
+            ssh_cross_check_every=1,
+        )
+        poller = make_poller(config, http)
+        [snap] = await poller.poll_device(next(iter(poller.states)))
+    finally:
+        await rest_link.stop()
+        await ssh_link.stop()
+    assert snap.serial == "RESTUNIT" and snap.via.value == "rest"
+    details = [p.detail for p in snap.health.problems if p.code is ProblemCode.API_ERROR]
+    assert "SSH cross-check: serial SSHUNIT over SSH, RESTUNIT over REST" in details
+    assert any(d.startswith("SSH cross-check: firmware 4.1.0 over SSH, 4.2.2") for d in details)
+    assert snap.health.state is HealthState.FAULT
+
+
+async def test_cross_check_when_rest_names_another_unit(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """With periodic checks off, a REST answer naming an unexpected serial is checked over SSH."""
+    lab = await lab_factory([make_device("SWAPPED1"), make_device("STEADY1")])
+    swapped, steady = lab.devices["SWAPPED1"], lab.devices["STEADY1"]
+    config = agent_config(
+        tmp_path,
+        [
+            device_config(swapped, password_file, serial="OLDUNIT"),
+            device_config(steady, password_file, serial="STEADY1"),
+        ],
+        ssh_cross_check_every=0,
+    )
+    poller = make_poller(config, http)
+    for key in poller.states:
+        [snap] = await poller.poll_device(key)
+        assert snap.health.state is HealthState.OK
+    pins = PinStore(config.data_dir)
+    by_serial = {s.serial: pins.get(k) for k, s in poller.states.items()}
+    assert by_serial["SWAPPED1"].ssh == swapped.ssh_fingerprint
+    assert by_serial["STEADY1"].ssh is None, "no SSH visit when REST says nothing odd"
