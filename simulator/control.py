@@ -24,6 +24,8 @@ ENDPOINTS = [
     "POST /devices/{serial}/call {active, remote?}",
     "POST /devices/{serial}/power {on}",
     "POST /devices/{serial}/reboot",
+    "POST /devices/{serial}/update {version}",
+    "POST /devices/{serial}/password {password}",
     "GET /timeline",
     "POST /timeline {seconds}",
     "POST /timeline/reset",
@@ -161,6 +163,31 @@ async def reboot(request: web.Request) -> web.Response:
     return web.json_response(device.view())
 
 
+async def deliver_update(request: web.Request) -> web.Response:
+    device = _device(request)
+    payload = await _body(request)
+    version = payload.get("version")
+    if not isinstance(version, str) or not version:
+        return _error(400, "version must be a firmware version, e.g. 4.2.2-408037", field="version")
+    if device.power != "on":
+        return _error(409, f"device {device.serial} is {device.power}, not on", power=device.power)
+    try:
+        await device.deliver_update(version)
+    except FaultError as exc:
+        return _error(400, str(exc), field="version")
+    return web.json_response(device.view())
+
+
+async def set_password(request: web.Request) -> web.Response:
+    device = _device(request)
+    payload = await _body(request)
+    password = payload.get("password")
+    if not isinstance(password, str) or not password:
+        return _error(400, "password must be a non-empty string", field="password")
+    device.set_admin_password(password)
+    return web.json_response(device.view())
+
+
 async def get_timeline(request: web.Request) -> web.Response:
     return web.json_response({"seconds": round(request.app[LAB_KEY].timeline_seconds(), 3)})
 
@@ -191,6 +218,8 @@ def create_control_app(lab: Lab) -> web.Application:
     app.router.add_post("/devices/{serial}/call", set_call)
     app.router.add_post("/devices/{serial}/power", set_power)
     app.router.add_post("/devices/{serial}/reboot", reboot)
+    app.router.add_post("/devices/{serial}/update", deliver_update)
+    app.router.add_post("/devices/{serial}/password", set_password)
     app.router.add_get("/timeline", get_timeline)
     app.router.add_post("/timeline", set_timeline)
     app.router.add_post("/timeline/reset", reset_timeline)

@@ -120,6 +120,7 @@ class SimDevice:
         self.sessions: dict[str, Session] = {}
         self.config: dict[str, str] = dict(DEFAULT_CONFIG)
         self.config["device.local.roomName"] = room
+        self._admin_password = spec.admin_password
         self.failed_logins = 0
         self.locked_until = 0.0
         self.boot_time = clock()
@@ -158,7 +159,15 @@ class SimDevice:
 
     @property
     def admin_password(self) -> str:
-        return self.spec.admin_password
+        """The password logins are checked against (the fleet's, until changed)."""
+        return self._admin_password
+
+    def set_admin_password(self, password: str) -> None:
+        """Change the admin password, as an admin on the device's web UI would."""
+        if not password:
+            raise ValueError("the admin password must not be empty")
+        with self._auth_lock:
+            self._admin_password = password
 
     @property
     def tls_fingerprint(self) -> str:
@@ -511,6 +520,23 @@ class SimDevice:
             self._transition = asyncio.get_running_loop().create_task(
                 self._boot(self.spec.boot_seconds)
             )
+
+    async def deliver_update(self, version: str) -> None:
+        """Install ``version`` now, as a provider's own channel (Teams admin center) would.
+
+        Returns once the device is down; it comes back as ``update.outcome`` says.
+        """
+        try:
+            target = split_firmware(version)
+        except VersionError as exc:
+            raise FaultError(f"version {version!r}: {exc}") from exc
+        if self.power != "on":
+            raise FaultError(f"device {self.serial} is {self.power}, not on")
+        self._cancel_transition()
+        self._drop_volatile_state()
+        await self._close_network()
+        self._set_power("installing")
+        self._transition = asyncio.get_running_loop().create_task(self._install(target))
 
     def request_reboot_threadsafe(self) -> None:
         """Reboot from an SSH thread (``reboot now``)."""

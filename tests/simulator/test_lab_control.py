@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import paramiko
 import pytest
-from lab_client import FakeClock, LabFactory, RestClient, wait_for
+from lab_client import FakeClock, LabFactory, RestClient, connect, wait_for
 
 from simulator.device import SimDevice
 from simulator.fleet import FAULTS, CallWindow, FaultWindow
 from simulator.lab import Lab
-from simulator.testing import fleet_of, make_device
+from simulator.testing import fleet_of, make_device, with_update
 
 
 async def call(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -144,6 +147,8 @@ async def test_index_lists_every_endpoint_and_fault(lab_factory: LabFactory) -> 
         "POST /devices/{serial}/call",
         "POST /devices/{serial}/power",
         "POST /devices/{serial}/reboot",
+        "POST /devices/{serial}/update",
+        "POST /devices/{serial}/password",
         "GET /timeline",
         "POST /timeline",
         "POST /timeline/reset",
@@ -193,3 +198,42 @@ async def test_control_changes_are_seen_by_real_clients(
         await client.request("GET", "/")
     status, body = await call(lab, "POST", "/devices/CTL00007/call", {"active": "yes"})
     assert status == 400 and body["field"] == "active"
+
+
+async def test_provider_delivered_update(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """POST /devices/{serial}/update installs a version as Teams would: silent, then back on it."""
+    spec = with_update(make_device(serial="CTL00008", firmware="4.1.3", provider="teams"), "ok")
+    lab = await lab_factory([spec])
+    device = lab.devices["CTL00008"]
+    status, body = await call(lab, "POST", "/devices/CTL00008/update", {"version": "4.2.0"})
+    assert status == 200 and body["power"] == "installing"
+    status, body = await call(lab, "POST", "/devices/CTL00008/update", {"version": "4.2.0"})
+    assert status == 409
+    await device.wait_power("on")
+    client = rest_factory(device)
+    await client.login()
+    system = await client.json("GET", "/rest/system")
+    assert (system["softwareVersion"], system["build"]) == ("4.2.0", "396113")
+    status, body = await call(lab, "POST", "/devices/CTL00008/update", {"version": "four"})
+    assert status == 400 and body["field"] == "version"
+
+
+async def test_password_change_refuses_the_old_one(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """POST /devices/{serial}/password changes the password for REST and SSH; it is never shown."""
+    lab = await lab_factory([make_device(serial="CTL00009", firmware="4.2.2")])
+    device = lab.devices["CTL00009"]
+    old = device.admin_password
+    status, body = await call(lab, "POST", "/devices/CTL00009/password", {"password": "rotated-1"})
+    assert status == 200 and "rotated-1" not in json.dumps(body)
+    client = rest_factory(device)
+    assert (await client.login(old)).status == 403
+    assert (await client.login("rotated-1")).status == 200
+    with pytest.raises(paramiko.AuthenticationException):
+        await asyncio.to_thread(connect, device, old)
+    await asyncio.to_thread(lambda: connect(device, "rotated-1").close())
+    status, body = await call(lab, "POST", "/devices/CTL00009/password", {"password": ""})
+    assert status == 400 and body["field"] == "password"

@@ -16,6 +16,7 @@ from lab_client import FakeClock, LabFactory, RestClient, pin, wait_for
 
 from simulator.device import FaultError, SimDevice
 from simulator.fleet import PeripheralSpec
+from simulator.lab import Lab
 from simulator.testing import make_device, start_lab
 
 Rest = Callable[[SimDevice], RestClient]
@@ -430,7 +431,7 @@ async def test_reboot_drops_sessions_and_keeps_certificate(
 async def test_certificate_regenerated_on_reboot_when_configured(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
-    """With regenerate_cert_on_reboot the device serves a new certificate after a reboot."""
+    """regenerate_cert_on_reboot: a new certificate after a reboot, kept across a lab restart."""
     lab = await lab_factory([make_device(regenerate_cert_on_reboot=True)])
     device = next(iter(lab.devices.values()))
     before = device.tls_fingerprint
@@ -441,6 +442,14 @@ async def test_certificate_regenerated_on_reboot_when_configured(
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ServerFingerprintMismatch):
             await http.get(f"https://{device.address}:{device.rest_port}/", ssl=pin(before))
+    regenerated = device.tls_fingerprint
+    await lab.stop()
+    again = Lab(lab.fleet, data_dir=lab.data_dir)
+    await again.start()
+    try:
+        assert again.devices[device.serial].tls_fingerprint == regenerated
+    finally:
+        await again.stop()
 
 
 async def test_some_builds_refuse_login_with_200(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -62,15 +63,18 @@ async def test_update_ok_comes_back_on_the_new_version(
 async def test_update_fail_returns_on_the_old_version(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
-    """A failing update reboots back onto the version the device had."""
-    spec = with_update(make_device(firmware="3.14.1"), "fail")
+    """A failing update installs for install_seconds, then boots back onto the old version."""
+    spec = with_update(make_device(firmware="3.14.1"), "fail", install_seconds=0.5)
     lab = await lab_factory([spec])
     device = lab.devices[spec.serial]
     client = rest_factory(device)
     await client.login()
     await order_update(client, "4.0.2.384012")
     await wait_for(lambda: device.power == "installing")
+    started = time.monotonic()
     await device.wait_power("on")
+    # The install takes install_seconds (boot_seconds follow).
+    assert time.monotonic() - started >= 0.5
     await client.login()
     system = await client.json("GET", "/rest/system")
     assert (system["softwareVersion"], system["build"]) == ("3.14.1", "374010")
