@@ -14,7 +14,7 @@ import pytest
 
 from controller.app import read_runtime, serve
 from controller.config import ControllerConfig
-from controller.services.entitlement import DEFAULT_RELEASES_PATH, registry
+from controller.services.entitlement import DEFAULT_PLANS_PATH, DEFAULT_RELEASES_PATH, registry
 from controller.store.tinydb import TinyDBStore
 from polyfleet.cli import main
 
@@ -382,6 +382,35 @@ async def test_each_rejection_case_leaves_the_registry_untouched_while_the_serve
 
         wrong = await asyncio.to_thread(_check_refusals, tmp_path, data, capsys, run)
         assert wrong == []
+        # A file the CLI's own catalogue accepts but the server's refuses: the server's answer
+        # (422 with every problem) is what the admin sees, and nothing changes either.
+        plans = tmp_path / "plans.toml"
+        plans.write_text(
+            DEFAULT_PLANS_PATH.read_text(encoding="utf-8")
+            + '\n[plans.gold]\nname = "gold"\ncontract = true\nwindow = "24x7"\n'
+            'repair = "nbd"\npatches = "whole_term"\nupgrades = true\n'
+            "technical_support = true\nconfiguration_help = true\nmax_term_years = 5\n"
+            "return_days = 7\n",
+            encoding="utf-8",
+        )
+        gold = write(
+            tmp_path / "gold.csv",
+            csv_of(
+                row("KEEP1", room="moved"),
+                row(
+                    "NEW",
+                    plan="gold",
+                    contract_number="G-1",
+                    contract_start="2025-01-10",
+                    contract_end="2026-01-09",
+                ),
+            ),
+        )
+        argv = ["controller", "assets", "import", str(gold), "--data-dir", str(data)]
+        code = await asyncio.to_thread(main, [*argv, "--plans", str(plans)])
+        err = capsys.readouterr().err
+        assert code == 1 and "server refused the import" in err
+        assert "line 3, column plan: unknown plan 'gold'" in err
     finally:
         stop.set()
         await asyncio.wait_for(server, timeout=30)
