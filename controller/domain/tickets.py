@@ -61,10 +61,14 @@ class TicketError(ValueError):
 
 
 class Note(BaseModel):
+    """A line of the ticket's history; ``key`` and ``params`` let it be rendered in Polish."""
+
     model_config = ConfigDict(extra="forbid")
 
     at: AwareDatetime
     text: str
+    key: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
 
 
 class Bundle(BaseModel):
@@ -91,6 +95,7 @@ class Ticket(BaseModel):
     serial: str | None = None
     contract_number: str | None = None
     plan: str | None = None
+    plan_name: str | None = None
     model: str | None = None
     site: str | None = None
     room: str | None = None
@@ -180,6 +185,11 @@ class Ticket(BaseModel):
     def add_note(self, at: datetime, text: str) -> None:
         self.notes = [*self.notes, Note(at=at, text=text)][-MAX_NOTES:]
 
+    def note(self, at: datetime, key: str, **params: str) -> None:
+        """A note from the ``NOTES`` table: stored in English, rendered in the ticket's language."""
+        text = NOTES[key]["en"].format(**params)
+        self.notes = [*self.notes, Note(at=at, text=text, key=key, params=params)][-MAX_NOTES:]
+
     def add_evidence(self, snapshot: dict[str, Any]) -> None:
         """Keep the first snapshots that showed the fault and the latest ones."""
         kept = [*self.evidence, snapshot]
@@ -203,7 +213,7 @@ class Ticket(BaseModel):
             self.status = TicketStatus.NEEDS_DATA
         else:
             self.status = TicketStatus.OPEN
-            self.add_note(at, "serial and contract number completed by the admin")
+            self.note(at, "filled")
 
     def mark_sent(self, at: datetime) -> None:
         if self.status is TicketStatus.OPEN:
@@ -245,7 +255,7 @@ class Ticket(BaseModel):
         if target is not TicketStatus.CLOSED and self.acknowledged_at is None:
             self.acknowledged_at = at
 
-    def reopen(self, at: datetime, reason: str) -> None:
+    def reopen(self, at: datetime, came_back: datetime) -> None:
         """A recurrence after closing brings back the same ticket (one per device and fault)."""
         self.reopen_count += 1
         for stamp in (
@@ -260,7 +270,7 @@ class Ticket(BaseModel):
         ):
             setattr(self, stamp, None)
         self.status = TicketStatus.NEEDS_DATA if self.missing else TicketStatus.OPEN
-        self.add_note(at, reason)
+        self.note(at, "reopened", when=came_back.isoformat())
 
     def reaction_overdue(self, now: datetime) -> bool:
         """Sent, not acknowledged, reaction deadline passed and not yet escalated (W2, W7)."""
@@ -313,6 +323,56 @@ _FAULTS: dict[str, dict[Language, str]] = {
     },
 }
 
+#: Ticket history notes; ``{when}`` is an ISO time (shown in Warsaw time), ``{missing}`` a
+#: comma-separated list of field names (shown by their labels).
+NOTES: dict[str, dict[Language, str]] = {
+    "held": {
+        "pl": "wstrzymane: brak danych wymaganych przez serwis ({missing}) (W5)",
+        "en": "held: missing {missing} (W5)",
+    },
+    "filled": {
+        "pl": "numer seryjny i numer umowy serwisowej uzupełnione przez administratora",
+        "en": "serial and contract number completed by the admin",
+    },
+    "seen_again": {
+        "pl": "usterka ponownie zaobserwowana {when}",
+        "en": "fault seen again at {when}",
+    },
+    "recovered": {
+        "pl": "urządzenie odzyskało sprawność: usterki nie ma od {when}",
+        "en": "recovered: the fault was gone at {when}",
+    },
+    "flapping": {
+        "pl": "usterka niestabilna: pojawia się i znika wielokrotnie w ciągu godziny",
+        "en": "flapping: appears and clears repeatedly within an hour",
+    },
+    "reopened": {
+        "pl": "usterka powróciła {when}; zgłoszenie ponownie otwarte",
+        "en": "fault came back at {when}; reopened",
+    },
+    "bundle_missing": {
+        "pl": "brak pakietu diagnostycznego: {error}",
+        "en": "diagnostics bundle missing: {error}",
+    },
+    "escalated": {
+        "pl": "czas reakcji minął bez potwierdzenia zgłoszenia; eskalacja do {email} (W7)",
+        "en": "reaction time passed unacknowledged; escalated to {email} (W7)",
+    },
+    "dropped": {
+        "pl": "nie zostaną już wysłane: {entries}",
+        "en": "no longer sent: {entries}",
+    },
+}
+
+#: How the desk knows the models (D1).
+MODEL_NAMES: dict[str, str] = {
+    "studio_x30": "Poly Studio X30",
+    "studio_x50": "Poly Studio X50",
+    "studio_x70": "Poly Studio X70",
+    "studio_e70": "Poly Studio E70",
+    "g7500": "Poly G7500",
+}
+
 _LABELS: dict[str, dict[Language, str]] = {
     "ticket": {"pl": "Zgłoszenie serwisowe", "en": "Service ticket"},
     "site_ticket": {"pl": "Zgłoszenie dotyczące lokalizacji", "en": "Site ticket"},
@@ -340,6 +400,11 @@ _LABELS: dict[str, dict[Language, str]] = {
         "en": "Diagnostics bundle not available",
     },
     "reaction_due": {"pl": "Termin reakcji", "en": "Reaction due"},
+    "window": {"pl": "Okno przyjmowania zgłoszeń", "en": "Ticket window"},
+    "reaction": {"pl": "Czas reakcji", "en": "Reaction time"},
+    "hours": {"pl": "godz.", "en": "h"},
+    "firmware": {"pl": "oprogramowanie", "en": "firmware"},
+    "healthy": {"pl": "bez usterek", "en": "no problems"},
     "reopened": {"pl": "Zgłoszenie ponownie otwarte", "en": "Ticket reopened"},
     "escalation": {"pl": "Eskalacja", "en": "Escalation"},
     "escalation_body": {
@@ -367,6 +432,66 @@ def _when(moment: datetime | None) -> str:
     return "-" if moment is None else to_warsaw(moment).isoformat(timespec="seconds")
 
 
+def _when_text(text: object) -> str:
+    """An ISO time from a stored document, in Warsaw time; anything else as it is."""
+    if not isinstance(text, str):
+        return "?"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return _when(moment) if moment.tzinfo is not None else text
+
+
+def note_text(note: Note, language: Language) -> str:
+    """A note in ``language`` (notes from before keys existed stay as written)."""
+    template = NOTES.get(note.key or "", {}).get(language)
+    if template is None:
+        return note.text
+    params = dict(note.params)
+    if "when" in params:
+        params["when"] = _when_text(params["when"])
+    if "missing" in params:
+        params["missing"] = ", ".join(
+            _label(name, language) if name in _LABELS else name
+            for name in params["missing"].split(",")
+            if name
+        )
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError):
+        return note.text
+
+
+def model_name(model: str | None) -> str:
+    if model is None:
+        return "?"
+    return MODEL_NAMES.get(model, model)
+
+
+def _evidence_line(snap: dict[str, Any], language: Language) -> str:
+    """One snapshot that shows the fault: when, what, firmware, and every problem it listed."""
+    problems = snap.get("health", {}).get("problems", [])
+    listed = "; ".join(
+        str(p.get("code", "?")) + (f" ({p['detail']})" if p.get("detail") else "")
+        for p in problems
+        if isinstance(p, dict)
+    )
+    firmware = snap.get("firmware", {})
+    version = firmware.get("version") if isinstance(firmware, dict) else None
+    parts = [
+        _when_text(snap.get("collected_at")),
+        str(snap.get("serial", "?")),
+        model_name(snap.get("model")),
+    ]
+    if version:
+        parts.append(f"{_label('firmware', language)} {version}")
+    if snap.get("provider"):
+        parts.append(str(snap["provider"]))
+    parts.append(listed or _label("healthy", language))
+    return "  " + "  ".join(parts)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RenderedMessage:
     subject: str
@@ -380,15 +505,18 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     if ticket.kind is TicketKind.SITE:
         head = f"[{ticket.id}] {_label('site_ticket', lang)}: {ticket.site} - {fault}"
     else:
-        device = f"{ticket.model or '?'} {ticket.serial or '?'}"
+        device = f"{model_name(ticket.model)} {ticket.serial or '?'}"
         head = f"[{ticket.id}] {_label('ticket', lang)}: {device} - {fault}"
     if ticket.reopen_count:
         head += f" ({_label('reopened', lang)} #{ticket.reopen_count})"
+    plan = ticket.plan
+    if plan and ticket.plan_name and ticket.plan_name != plan:
+        plan = f"{ticket.plan_name} ({plan})"
     rows: list[tuple[str, str | None]] = [
         ("serial", ticket.serial),
         ("contract_number", ticket.contract_number),
-        ("plan", ticket.plan),
-        ("model", ticket.model),
+        ("plan", plan),
+        ("model", None if ticket.model is None else model_name(ticket.model)),
         ("site", ticket.site),
         ("room", ticket.room),
         ("host", ticket.host_serial),
@@ -400,6 +528,10 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     detail = f" ({ticket.fault_detail})" if ticket.fault_detail else ""
     lines.append(f"{_label('fault', lang)}: {fault}{detail}")
     lines.append(f"{_label('first_seen', lang)}: {_when(ticket.first_seen)}")
+    if ticket.window is not None:
+        lines.append(f"{_label('window', lang)}: {ticket.window}")
+    if ticket.reaction_hours is not None:
+        lines.append(f"{_label('reaction', lang)}: {ticket.reaction_hours} {_label('hours', lang)}")
     sla = ticket.sla()
     if sla is not None and sla.reaction_due is not None:
         lines.append(f"{_label('reaction_due', lang)}: {_when(sla.reaction_due)}")
@@ -411,16 +543,10 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     lines.append(_label("bundle", lang) if ticket.bundle else _label("no_bundle", lang))
     if ticket.evidence:
         lines += ["", f"{_label('evidence', lang)}:"]
-        for snap in ticket.evidence:
-            problems = ", ".join(
-                p.get("code", "?") for p in snap.get("health", {}).get("problems", [])
-            )
-            lines.append(
-                f"  {snap.get('collected_at', '?')}  {snap.get('serial', '?')}  {problems}"
-            )
+        lines += [_evidence_line(snap, lang) for snap in ticket.evidence]
     if ticket.notes:
         lines += ["", f"{_label('notes', lang)}:"]
-        lines += [f"  {_when(note.at)}  {note.text}" for note in ticket.notes[-10:]]
+        lines += [f"  {_when(note.at)}  {note_text(note, lang)}" for note in ticket.notes[-10:]]
     lines += ["", _label("footer", lang)]
     return RenderedMessage(subject=head, body="\n".join(lines) + "\n")
 

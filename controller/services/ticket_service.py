@@ -248,14 +248,14 @@ class TicketService:
                 elif existing.status is TicketStatus.CLOSED:
                     ticket = existing
                     self._refresh_registry_facts(ticket, now)
-                    ticket.reopen(now, f"fault came back at {event.at.isoformat()}; reopened")
+                    ticket.reopen(now, event.at)
                     ticket.flapping = ticket.flapping or event.flapping
                     prepare = True
                 else:
                     # One open ticket per device and fault: a recurrence is a note.
                     ticket = existing
                     ticket.flapping = ticket.flapping or event.flapping
-                    ticket.add_note(now, f"fault seen again at {event.at.isoformat()}")
+                    ticket.note(now, "seen_again", when=event.at.isoformat())
                 for snapshot in event.evidence:
                     ticket.add_evidence(snapshot)
             elif existing is None:
@@ -264,11 +264,11 @@ class TicketService:
                 ticket = existing
                 if ticket.status not in ACTIVE:
                     return
-                ticket.add_note(now, f"recovered: the fault was gone at {event.at.isoformat()}")
+                ticket.note(now, "recovered", when=event.at.isoformat())
             elif event.kind is FaultEventKind.FLAPPING:
                 ticket = existing
                 ticket.flapping = True
-                ticket.add_note(now, "flapping: appears and clears repeatedly within an hour")
+                ticket.note(now, "flapping")
             else:
                 return
             await self._save(ticket)
@@ -307,6 +307,7 @@ class TicketService:
             if not ticket.site:
                 ticket.site = asset.site
         ticket.plan = None if plan is None else plan.id
+        ticket.plan_name = None if plan is None else plan.name
         ticket.language = choose_language(
             None if plan is None else plan.language, self.settings.language
         )
@@ -333,7 +334,7 @@ class TicketService:
         if ticket.missing:
             # W5: the desk cannot accept it without these; the admin fills them in.
             ticket.status = TicketStatus.NEEDS_DATA
-            ticket.add_note(now, f"held: missing {', '.join(ticket.missing)} (W5)")
+            ticket.note(now, "held", missing=",".join(ticket.missing))
         return ticket
 
     async def _save(self, ticket: Ticket, extra: Mapping[str, Doc] | None = None) -> None:
@@ -402,7 +403,7 @@ class TicketService:
         async with self._lock:
             fresh = self.get(ticket.id)
             fresh.bundle_error = error
-            fresh.add_note(self.clock(), f"diagnostics bundle missing: {error}")
+            fresh.note(self.clock(), "bundle_missing", error=error)
             await self._save(fresh)
         log.warning("ticket %s: %s", ticket.id, error)
 
@@ -479,11 +480,7 @@ class TicketService:
                 if not fresh.reaction_overdue(moment):
                     continue
                 fresh.escalated_at = moment
-                fresh.add_note(
-                    moment,
-                    f"reaction time passed unacknowledged; escalated to "
-                    f"{self.settings.escalation_email} (W7)",
-                )
+                fresh.note(moment, "escalated", email=self.settings.escalation_email)
                 # Enqueue first (idempotent by id), then record: a crash repeats nothing.
                 await self._enqueue(fresh, f"escalation-{fresh.reopen_count}", escalation=True)
                 await self._save(fresh)
@@ -555,7 +552,7 @@ class TicketService:
                 and (closed or str(doc.get("purpose", "")).startswith("escalation"))
             )
             if stale:
-                ticket.add_note(now, f"no longer sent: {', '.join(stale)}")
+                ticket.note(now, "dropped", entries=", ".join(stale))
             seq = self.store.apply(
                 {TICKETS: {ticket.id: ticket.as_document()}}, {OUTBOX: stale} if stale else None
             )

@@ -8,6 +8,9 @@ import pytest
 
 from controller.domain.sla import SlaTerms
 from controller.domain.tickets import (
+    _FAULTS,
+    _LABELS,
+    NOTES,
     Ticket,
     TicketError,
     TicketKind,
@@ -124,7 +127,7 @@ def test_recurrence_after_close_reopens_the_same_ticket() -> None:
     ticket = make()
     ticket.mark_sent(T0)
     ticket.transition("close", T0 + timedelta(days=1))
-    ticket.reopen(T0 + timedelta(days=2), "fault came back")
+    ticket.reopen(T0 + timedelta(days=2), T0 + timedelta(days=2) - timedelta(minutes=5))
     assert ticket.id == ticket_id("X1", "camera_down")
     assert ticket.status is TicketStatus.OPEN
     assert ticket.reopen_count == 1 and ticket.sent_at is None and ticket.closed_at is None
@@ -157,30 +160,72 @@ def test_H4_P2_ticket_language(plan: str | None, admin: str, expected: str) -> N
     assert choose_language(language, admin) == expected
 
 
+EVIDENCE = {
+    "serial": "X1",
+    "model": "studio_x50",
+    "firmware": {"version": "4.1.0", "build": "180034"},
+    "provider": "teams",
+    "collected_at": "2025-11-28T15:20:00Z",
+    "health": {"problems": [{"code": "camera_down", "detail": "camera not all_up"}]},
+}
+
+
 def test_polish_rendering_carries_every_desk_fact() -> None:
     """The Polish ticket names serial, contract, plan, model, site, room, fault and first seen."""
-    ticket = make(fault_detail="system.status.mr.camera down")
-    ticket.add_evidence(
-        {
-            "serial": "X1",
-            "collected_at": "2025-11-28T15:20:00Z",
-            "health": {"problems": [{"code": "camera_down"}]},
-        }
-    )
+    ticket = make(fault_detail="system.status.mr.camera down", plan_name="HEZO+")
+    ticket.add_evidence(EVIDENCE)
     text = render_ticket(ticket)
-    assert "awaria kamery" in text.subject and "X1" in text.subject
-    for needle in (
+    assert text.subject == f"[{ticket.id}] Zgłoszenie serwisowe: Poly Studio X50 X1 - awaria kamery"
+    lines = text.body.splitlines()
+    for line in (
         "Numer seryjny: X1",
         "Numer umowy serwisowej: HZ-2025-001",
-        "Usługa: hezo_plus",
-        "Sala: Sala Wawel",
+        "Usługa: HEZO+ (hezo_plus)",
+        "Model: Poly Studio X50",
         "Lokalizacja: krk",
+        "Sala: Sala Wawel",
+        "Usterka: awaria kamery (system.status.mr.camera down)",
         "Pierwsze wystąpienie: 2025-11-28T16:20:00+01:00",
-        "system.status.mr.camera down",
+        "Okno przyjmowania zgłoszeń: 8x5",
+        "Czas reakcji: 1 godz.",
         "Pakiet diagnostyczny niedostępny",
-        "camera_down",
+        "Raporty potwierdzające usterkę:",
+        "  2025-11-28T16:20:00+01:00  X1  Poly Studio X50  oprogramowanie 4.1.0  teams"
+        "  camera_down (camera not all_up)",
     ):
-        assert needle in text.body
+        assert line in lines, line
+
+
+def test_polish_ticket_notes_are_polish_and_english_stays_english() -> None:
+    """History notes render in the ticket's language; the stored text stays English."""
+    ticket = make(contract_number=None)
+    ticket.note(T0, "held", missing="contract_number")
+    ticket.note(T0, "recovered", when="2025-11-28T15:45:00+00:00")
+    ticket.note(T0, "escalated", email="escalation@myhezo.pl")
+    body = render_ticket(ticket).body
+    assert "wstrzymane: brak danych wymaganych przez serwis (Numer umowy serwisowej) (W5)" in body
+    assert "urządzenie odzyskało sprawność: usterki nie ma od 2025-11-28T16:45:00+01:00" in body
+    assert "eskalacja do escalation@myhezo.pl (W7)" in body
+    assert "recovered" not in body and "held" not in body
+    assert ticket.notes[0].text == "held: missing contract_number (W5)"
+    english = render_ticket(ticket.model_copy(update={"language": "en"})).body
+    assert "recovered: the fault was gone at 2025-11-28T16:45:00+01:00" in english
+    assert "held: missing Service contract number (W5)" in english
+
+
+def test_polish_texts_are_proper_polish_with_diacritics() -> None:
+    """Every Polish label, fault and note is written with Polish letters, none left English."""
+    polish = [t["pl"] for t in (*_FAULTS.values(), *_LABELS.values(), *NOTES.values())]
+    english = [t["en"] for t in (*_FAULTS.values(), *_LABELS.values(), *NOTES.values())]
+    joined = " ".join(polish).lower()
+    for letter in "ąęółśżćń":
+        assert letter in joined, letter
+    # Words typed without their Polish letters would read as a careless translation.
+    for folded in ("zglosz", "urzadz", "uslug", "polaczen", "pamiec", "blad", "wystap", "zalacz"):
+        assert folded not in joined, folded
+    # Each Polish text differs from its English one, except names that are the same in both.
+    same = {pl for pl, en in zip(polish, english, strict=True) if pl == en}
+    assert same <= {"Model"}
 
 
 def test_english_rendering_and_escalation() -> None:
