@@ -34,6 +34,7 @@ from shared.errors import (
     PolyfleetError,
 )
 from shared.schema import (
+    AgentNotice,
     Firmware,
     Health,
     HealthState,
@@ -350,7 +351,7 @@ class Poller:
             async with asyncio.timeout(self.config.device_timeout_s):
                 problems = await driver.cross_check(host)
         except CertificateMismatch as exc:
-            await asyncio.to_thread(self._record_pending, state, exc)
+            await self._pin_changed(state, exc)
             problems = [Problem(code=ProblemCode.CERTIFICATE_CHANGED, detail=_short(exc))]
         except (DeviceError, TimeoutError) as exc:
             # SSH may be switched off on the unit: REST answered, so this is not a fault.
@@ -398,22 +399,36 @@ class Poller:
             state.backoff_until = self.clock() + state.backoff_s
             state.blocked = exc
         if isinstance(exc, CertificateMismatch):
-            await asyncio.to_thread(self._record_pending, state, exc)
+            await self._pin_changed(state, exc)
         return self._failure_snapshots(state, exc)
 
-    def _record_pending(self, state: DeviceState, exc: CertificateMismatch) -> None:
+    async def _pin_changed(self, state: DeviceState, exc: CertificateMismatch) -> None:
+        """Keep the new fingerprint for review; the first sighting is logged and told upstream."""
+        message = await asyncio.to_thread(self._record_pending, state, exc)
+        if message is None or self.outbox is None:
+            return
+        notice = AgentNotice(kind="certificate_changed", detail=message[:256], at=datetime.now(UTC))
+        try:
+            await self.outbox.put_notice(notice)
+        except OutboxFullError as exc_full:
+            log.warning("%s: cannot queue the notice: %s", state.device.key, exc_full)
+
+    def _record_pending(self, state: DeviceState, exc: CertificateMismatch) -> str | None:
+        """Store a changed fingerprint as pending; returns what was logged when it is new."""
         record = self.pins.get(state.device.key)
         # Certificate and host key fingerprints differ, so the pin says which one changed.
         field_name = "pending_ssh" if record.ssh and exc.pinned == record.ssh else "pending_tls"
-        if getattr(record, field_name) != exc.seen:
-            log.warning(
-                "%s: %s changed to %s; not trusted until: polyfleet agent pins accept %s",
-                state.device.key,
-                "SSH host key" if field_name == "pending_ssh" else "certificate",
-                exc.seen,
-                state.serial or state.device.host,
-            )
-            self.pins.update(state.device.key, **{field_name: exc.seen})
+        if getattr(record, field_name) == exc.seen:
+            return None
+        message = (
+            f"{state.serial or state.device.key}: "
+            f"{'SSH host key' if field_name == 'pending_ssh' else 'certificate'} "
+            f"changed to {exc.seen}; not trusted until: "
+            f"polyfleet agent pins accept {state.serial or state.device.host}"
+        )
+        log.warning("%s: %s", state.device.key, message)
+        self.pins.update(state.device.key, **{field_name: exc.seen})
+        return message
 
     def _failure_snapshots(self, state: DeviceState, exc: DeviceError) -> list[Snapshot]:
         code = problem_for(exc)

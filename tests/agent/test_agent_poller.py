@@ -14,7 +14,9 @@ import pytest
 from agent_testkit import agent_config, device_config, make_poller
 
 from agent.drivers.videoos import problems_from_status
+from agent.outbox import Outbox
 from agent.pins import PinStore
+from agent.poller import Poller
 from polyfleet.cli import main
 from shared.schema import HealthState, ProblemCode, Snapshot
 from simulator.testing import make_device
@@ -34,6 +36,7 @@ def codes(snapshot: Snapshot) -> set[str]:
         ("reboot_needed", {}, "reboot_needed", "degraded"),
         ("peripheral_disconnected", {}, "peripheral_disconnected", "degraded"),
         ("lan_down", {}, "unreachable", "unreachable"),
+        ("lan_degraded", {}, "lan_down", "fault"),
         ("locked_out", {}, "locked_out", "degraded"),
         ("wedged", {}, "api_error", "fault"),
     ],
@@ -220,11 +223,13 @@ async def test_locked_out_device_reports_locked_out(
 async def test_pin_change_waits_for_admin_accept(
     lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession, capsys: Any
 ) -> None:
-    """A new certificate is certificate_changed and untrusted until `pins accept SERIAL`."""
+    """A new certificate is certificate_changed, told upstream once, untrusted until accepted."""
     lab = await lab_factory([make_device("PIN1", regenerate_cert_on_reboot=True)])
     device = lab.devices["PIN1"]
     config = agent_config(tmp_path, [device_config(device, password_file)])
-    poller = make_poller(config, http)
+    outbox = Outbox(config.data_dir / "outbox")
+    await outbox.open()
+    poller = Poller(config, session=http, outbox=outbox, pins=PinStore(config.data_dir))
     key = next(iter(poller.states))
     await poller.poll_device(key)
     old = device.tls_fingerprint
@@ -238,6 +243,9 @@ async def test_pin_change_waits_for_admin_accept(
     assert (record.tls, record.pending_tls) == (old, device.tls_fingerprint)
     [snap] = await poller.poll_device(key)
     assert codes(snap) == {"certificate_changed"}, "never trusted by itself"
+    notices = [e.notice() for e in outbox.peek(100) if e.kind == "notice"]
+    assert [n.kind for n in notices] == ["certificate_changed"]
+    assert device.tls_fingerprint in notices[0].detail and "pins accept PIN1" in notices[0].detail
 
     toml = tmp_path / "agent.toml"
     toml.write_text(f'[agent]\ndata_dir = "{config.data_dir}"\n')
@@ -246,6 +254,7 @@ async def test_pin_change_waits_for_admin_accept(
     [snap] = await poller.poll_device(key)
     assert snap.health.state is HealthState.OK
     assert PinStore(config.data_dir).get(key).tls == device.tls_fingerprint
+    await outbox.close()
 
 
 async def test_configured_pin_mismatch(
