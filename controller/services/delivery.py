@@ -86,6 +86,7 @@ def outbox_entries(
                 "attachments": [
                     {"filename": a.filename, "path": str(a.path), "content_type": a.content_type}
                     for a in message.attachments
+                    if not a.email_only
                 ],
             }
         entries[entry_id] = entry

@@ -27,6 +27,8 @@ class Attachment:
     filename: str
     path: Path
     content_type: str = "application/gzip"
+    #: Only for e-mail: the webhook's JSON already carries the same data.
+    email_only: bool = False
 
 
 def message_id(entry_id: str, sender: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -424,6 +425,23 @@ class TicketService:
             ),
         )
 
+    async def _attachments(self, ticket: Ticket, purpose: str) -> tuple[Attachment, ...]:
+        """The bundle (W4) and, for the e-mail, the snapshots that show the fault as JSON."""
+        found = self._bundle_attachments(ticket)
+        if not ticket.evidence:
+            return found
+        # Written before the outbox entry that names it, so a send never misses it.
+        path = self.bundle_dir / ticket.id / f"evidence-{purpose}.json"
+        content = json.dumps(ticket.evidence, indent=2, ensure_ascii=False).encode()
+        await asyncio.to_thread(_write_file, path, content)
+        evidence = Attachment(
+            filename=f"evidence-{ticket.id}.json",
+            path=path,
+            content_type="application/json",
+            email_only=True,
+        )
+        return (*found, evidence)
+
     def _payload(self, ticket: Ticket, event: str) -> dict[str, Any]:
         payload: dict[str, Any] = {"event": event, "ticket": ticket.as_document()}
         return payload
@@ -447,7 +465,7 @@ class TicketService:
             subject=rendered.subject,
             body=rendered.body,
             payload=payload,
-            attachments=() if escalation else self._bundle_attachments(ticket),
+            attachments=() if escalation else await self._attachments(ticket, purpose),
         )
         entries = self.outbox.fresh(outbox_entries(message, channels=channels, now=self.clock()))
         if entries:

@@ -215,8 +215,15 @@ async def test_W4_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
     await wait_until(lambda: len(smtp_peer.received) == 1 and len(webhook_peer.received) == 1)
     mail = smtp_peer.received[0].message
     assert mail["Subject"].startswith("[PF-") and "awaria kamery" in mail["Subject"]
-    (attachment,) = list(mail.iter_attachments())
-    assert attachment.get_content() == BUNDLE
+    bundle, evidence = list(mail.iter_attachments())
+    assert bundle.get_content() == BUNDLE
+    # The snapshots that show the fault, whole, for the desk's engineer.
+    assert evidence.get_content_type() == "application/json"
+    assert evidence.get_filename().startswith("evidence-PF-")
+    snapshots = json.loads(evidence.get_content())
+    assert len(snapshots) >= 2 and {s["serial"] for s in snapshots} == {"X1"}
+    assert all([p["code"] for p in s["health"]["problems"]] == ["camera_down"] for s in snapshots)
+    assert snapshots[0]["collected_at"] == "2025-11-24T09:01:00Z"
     body = mail.get_body(("plain",))
     assert body is not None
     text = body.get_content()
@@ -235,6 +242,8 @@ async def test_W4_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
         assert line in text.splitlines(), line
     hook = webhook_peer.received[0]
     assert hook["bundle"]["sha256"] == hashlib.sha256(BUNDLE).hexdigest()
+    assert [a["filename"] for a in hook["attachments"]] == [bundle.get_filename()]
+    assert hook["ticket"]["evidence"] == snapshots
     assert hook["ticket"]["contract_number"] == "HZ-2025-0001"
     ticket = (await lab.admin("GET", "/api/v1/tickets"))["tickets"][0]
     await wait_until(lambda: lab.service.get(ticket["id"]).status.value == "sent")
