@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import os
 import tarfile
 from collections.abc import AsyncIterator, Callable
@@ -124,7 +125,8 @@ async def test_W4_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
         assert ticket.language == "en" and ticket.room == "Boardroom"
         mail = smtp_peer.received[0].message
         assert "camera failure" in mail["Subject"]
-        (attachment,) = list(mail.iter_attachments())
+        attachment, evidence = list(mail.iter_attachments())
+        assert json.loads(evidence.get_content())[0]["serial"] == "E2EX1"
         bundle = attachment.get_content()
         assert isinstance(bundle, bytes) and bundle.startswith(b"\x1f\x8b")
         with tarfile.open(fileobj=BytesIO(gzip.decompress(bundle))) as archive:
@@ -154,4 +156,6 @@ async def test_D1_lab_e70_fault_is_the_cameras_ticket_with_host_diagnostics(
         ]
         assert tickets[0].language == "pl" and tickets[0].bundle is not None
         mail = smtp_peer.received[0].message
-        assert "E2EE70" in mail["Subject"] and len(list(mail.iter_attachments())) == 1
+        assert "E2EE70" in mail["Subject"]
+        names = [part.get_filename() for part in mail.iter_attachments()]
+        assert names == [tickets[0].bundle.filename, f"evidence-{tickets[0].id}.json"]
