@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import logging
 import secrets
@@ -13,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from agent.config import load_config as load_agent_config
 from agent.service import AgentService
 from controller.app import serve as serve_controller
 from controller.config import ControllerConfig
+from controller.domain.plans import add_years
 from controller.services.webhook import verify as verify_signature
 from shared.durable import write_atomically
 from shared.errors import PolyfleetError
@@ -36,6 +40,8 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
 DEMO_FLEET = EXAMPLES / "fleet-demo.toml"
 DEMO_ASSETS = EXAMPLES / "assets-demo.csv"
+#: The day the demo registry was written for: its dates move with the calendar from there.
+DEMO_ASSETS_AS_OF = date(2026, 11, 25)
 #: Short enough that the demo's faults turn into tickets within a few minutes.
 DEMO_POLL_INTERVAL_S = 10
 STATUS_EVERY_S = 15.0
@@ -249,15 +255,22 @@ class Demo:
 
     async def _import_assets(self, http: aiohttp.ClientSession) -> None:
         text = await asyncio.to_thread(self.args.assets.read_text, "utf-8")
-        async with http.post(
-            f"{self.controller_url}/api/v1/assets/import",
-            data=text.encode(),
-            headers={"Content-Type": "text/csv"},
-        ) as response:
-            answer = await response.json(content_type=None)
-            if response.status >= 400:
+        shift = (datetime.now(UTC).date() - DEMO_ASSETS_AS_OF).days
+        candidates = [(shift_registry_dates(text, shift), shift)] if shift else []
+        candidates.append((text, 0))
+        for body, days in candidates:
+            async with http.post(
+                f"{self.controller_url}/api/v1/assets/import",
+                data=body.encode(),
+                headers={"Content-Type": "text/csv"},
+            ) as response:
+                answer = await response.json(content_type=None)
+            if response.status < 400:
+                moved = f", dates moved {days} days to keep them current" if days else ""
+                self.say(f"asset registry: {self.args.assets.name} imported{moved}")
+                return
+            if days == 0:
                 raise PolyfleetError(f"asset import refused: {answer}")
-        self.say(f"asset registry: {self.args.assets.name} imported")
 
     async def _start_agents(
         self, http: aiohttp.ClientSession, fleet: FleetSpec, lab: Lab
@@ -391,3 +404,41 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def shift_registry_dates(text: str, days: int) -> str:
+    """The registry CSV moved ``days`` later, so "expiring soon" stays true on any day.
+
+    Terms keep their whole-year lengths (E2) and renewals stay back to back
+    (E5), so a leap day on the way does not turn a valid file into a bad one.
+    """
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        return text
+    shift = timedelta(days=days)
+    previous: dict[str, tuple[date, date]] = {}  # serial -> (old end, new end)
+    for row in rows:
+        if row.get("purchase_date"):
+            row["purchase_date"] = (date.fromisoformat(row["purchase_date"]) + shift).isoformat()
+        if not (row.get("contract_start") and row.get("contract_end")):
+            continue
+        start = date.fromisoformat(row["contract_start"])
+        end = date.fromisoformat(row["contract_end"])
+        chained = previous.get(row["serial"])
+        if chained is not None and start == chained[0] + timedelta(days=1):
+            new_start = chained[1] + timedelta(days=1)
+        else:
+            new_start = start + shift
+        new_end = end + shift
+        for years in range(1, 11):
+            if add_years(start, years) - timedelta(days=1) == end:
+                new_end = add_years(new_start, years) - timedelta(days=1)
+            elif add_years(start, years) == end:
+                new_end = add_years(new_start, years)
+        previous[row["serial"]] = (end, new_end)
+        row["contract_start"], row["contract_end"] = new_start.isoformat(), new_end.isoformat()
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
