@@ -13,8 +13,12 @@ ingestion or other subscribers; an exception is logged (first one per subscriber
 and delivery goes on. ``await bus.drain()`` waits until every subscriber has handled every
 event published so far (tests use it instead of sleeping).
 
-Every event except ``SnapshotIngested`` is also stored (collection ``events``, newest
-``events_keep`` kept) and served by ``GET /api/v1/events``.
+Accepted reports come as one ``SnapshotsIngested`` per batch (a batch holds up to hundreds
+of them; one event each made delivery cost more than storing them). The per-report
+``SnapshotIngested`` is still published, but only while some subscriber asks for it.
+
+Every event except those two is also stored (collection ``events``, newest ``events_keep``
+kept) and served by ``GET /api/v1/events``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from controller.store.base import EVENTS, Doc, Store
-from shared.schema import HealthState, Problem, Snapshot
+from shared.schema import HealthState, Problem, Report, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +56,29 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True)
 class SnapshotIngested(Event):
-    """A report was accepted (first time, not a resend) and is durable."""
+    """A report was accepted (first time, not a resend) and is durable.
+
+    Made only while a subscriber asks for this kind; ``SnapshotsIngested`` carries a batch.
+    """
 
     kind: ClassVar[str] = "snapshot_ingested"
     stored: ClassVar[bool] = False
     snapshot: Snapshot
     report_id: str
     agent_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotsIngested(Event):
+    """The reports of one batch that were accepted (first time, not resends), now durable.
+
+    ``reports`` are in batch order; ``site_id`` is the reporting agent's site.
+    """
+
+    kind: ClassVar[str] = "snapshots_ingested"
+    stored: ClassVar[bool] = False
+    agent_id: str
+    reports: tuple[Report, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +209,7 @@ EVENT_KINDS: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
         SnapshotIngested,
+        SnapshotsIngested,
         DeviceAdded,
         HealthChanged,
         DeviceUnreachable,
@@ -250,6 +271,13 @@ class EventBus:
         )
         self._subscriptions.add(subscription)
         return subscription
+
+    def wants(self, kind: type[Event]) -> bool:
+        """Whether any subscriber would receive events of ``kind`` (so they are worth making)."""
+        return any(
+            subscription.kinds is None or kind in subscription.kinds
+            for subscription in self._subscriptions
+        )
 
     def record(self, events: Iterable[Event]) -> tuple[dict[str, Doc], list[str]]:
         """Documents to put and keys to delete so ``events`` are stored (for one store commit)."""

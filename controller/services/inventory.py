@@ -33,6 +33,7 @@ from controller.events import (
     EventBus,
     HealthChanged,
     SnapshotIngested,
+    SnapshotsIngested,
 )
 from controller.services.access import Principal, UnknownSite
 from controller.store.base import (
@@ -51,6 +52,7 @@ from shared.schema import (
     Problem,
     ProblemCode,
     Provider,
+    Report,
     ReportBatch,
     ReportBatchAck,
     Snapshot,
@@ -338,10 +340,14 @@ class Inventory:
         started = time.perf_counter()
         assert agent.site_id is not None and agent.agent_id is not None
         site_id = agent.site_id
+        agent_id = agent.agent_id
         store = self._store
+        # Live read-only views: nothing below awaits until the one ``apply``.
+        known_devices = store.scan(DEVICES)
+        known_reports = store.scan(REPORTS)
         foreign = {}
         for report in batch.reports:
-            known = store.get(DEVICES, report.snapshot.serial)
+            known = known_devices.get(report.snapshot.serial)
             if known is not None and known["site_id"] != site_id:
                 foreign[report.snapshot.serial] = known["site_id"]
         if foreign:
@@ -350,69 +356,62 @@ class Inventory:
 
         now = self._clock()
         now_text = now.isoformat()
-        self._note_call(agent.agent_id, site_id, now)
+        self._note_call(agent_id, site_id, now)
+        # One serializer call for the whole batch (JSON form, as stored) instead of one per report.
+        dumped = batch.model_dump(mode="json", include={"reports": {"__all__": {"snapshot"}}})
+        history_size = self._report_history
         devices: dict[str, Doc] = {}
         reports: dict[str, Doc] = {}
         history: dict[str, Doc] = {}
         dropped: list[str] = []
         events: list[Event] = []
-        ingested: list[Event] = []
+        accepted_reports: list[Report] = []
         duplicates = 0
-        for report in batch.reports:
-            if report.id in reports or store.get(REPORTS, report.id) is not None:
+        for report, plain in zip(batch.reports, dumped["reports"], strict=True):
+            report_id = report.id
+            if report_id in reports or report_id in known_reports:
                 duplicates += 1
                 continue
             snapshot = report.snapshot
             serial = snapshot.serial
-            device = devices.get(serial) or store.get(DEVICES, serial)
-            snap = snapshot.model_dump(mode="json")
+            device = devices.get(serial) or known_devices.get(serial)
+            snap: Doc = plain["snapshot"]
             collected_text = snap["collected_at"]
             retained: list[list[str]] = list(device["reports"]) if device else []
             if (
                 device is not None
-                and len(retained) >= self._report_history
+                and len(retained) >= history_size
                 and snapshot.collected_at < datetime.fromisoformat(retained[0][1])
             ):
                 # Older than every retained report of a full history: superseded, nothing to keep.
                 continue
-            reports[report.id] = {
-                "id": report.id,
+            reports[report_id] = {
+                "id": report_id,
                 "serial": serial,
                 "site_id": site_id,
-                "agent_id": agent.agent_id,
+                "agent_id": agent_id,
                 "received_at": now_text,
                 "snapshot": snap,
             }
-            retained.append([report.id, collected_text])
+            retained.append([report_id, collected_text])
             if len(retained) > 1 and snapshot.collected_at < datetime.fromisoformat(
                 retained[-2][1]
             ):
                 retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
-            while len(retained) > self._report_history:
+            while len(retained) > history_size:
                 old_id = retained.pop(0)[0]
                 if reports.pop(old_id, None) is None:
                     dropped.append(old_id)
-            device = dict(
-                self._apply_snapshot(device, snap, snapshot, site_id, now, events, history)
+            devices[serial] = self._apply_snapshot(
+                device, snap, snapshot, site_id, now, now_text, retained, events, history
             )
-            device["reports"] = retained
-            devices[serial] = device
-            ingested.append(
-                SnapshotIngested(
-                    at=now,
-                    site_id=site_id,
-                    serial=serial,
-                    snapshot=snapshot,
-                    report_id=report.id,
-                    agent_id=agent.agent_id,
-                )
-            )
+            accepted_reports.append(report)
         for notice in batch.notices:
             events.append(
                 AgentNoticeReceived(
                     at=now,
                     site_id=site_id,
-                    agent_id=agent.agent_id,
+                    agent_id=agent_id,
                     notice=notice.kind,
                     detail=notice.detail,
                     count=notice.count,
@@ -425,9 +424,9 @@ class Inventory:
             HEALTH_HISTORY: history,
             EVENTS: event_puts,
         }
-        agent_doc = self._agent_update(agent.agent_id, now)
+        agent_doc = self._agent_update(agent_id, now)
         if agent_doc is not None:
-            puts[AGENTS] = {agent.agent_id: agent_doc}
+            puts[AGENTS] = {agent_id: agent_doc}
         store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes})
         # Also covers resends of reports still in flight from an earlier request.
         await store.sync()
@@ -438,8 +437,31 @@ class Inventory:
         for observer in self.stats.observers:
             observer(elapsed)
         self._bus.dispatch(events)
-        self._bus.dispatch(ingested)
+        if accepted_reports:
+            self._bus.dispatch(self._ingested(now, site_id, agent_id, accepted_reports))
         return ReportBatchAck(accepted=accepted, duplicates=duplicates)
+
+    def _ingested(
+        self, now: datetime, site_id: str, agent_id: str, accepted: list[Report]
+    ) -> list[Event]:
+        """The batch's ingest event, and one per report only when a subscriber asks for those."""
+        ingested: list[Event] = []
+        if self._bus.wants(SnapshotIngested):
+            ingested.extend(
+                SnapshotIngested(
+                    at=now,
+                    site_id=site_id,
+                    serial=report.snapshot.serial,
+                    snapshot=report.snapshot,
+                    report_id=report.id,
+                    agent_id=agent_id,
+                )
+                for report in accepted
+            )
+        ingested.append(
+            SnapshotsIngested(at=now, site_id=site_id, agent_id=agent_id, reports=tuple(accepted))
+        )
+        return ingested
 
     def _apply_snapshot(
         self,
@@ -448,11 +470,13 @@ class Inventory:
         snapshot: Snapshot,
         site_id: str,
         now: datetime,
+        now_text: str,
+        retained: list[list[str]],
         events: list[Event],
         history: dict[str, Doc],
     ) -> Doc:
+        """The device document after this report (a new dict; stored ones are never mutated)."""
         serial = snapshot.serial
-        now_text = now.isoformat()
         if device is None:
             events.append(DeviceAdded(at=now, site_id=site_id, serial=serial, model=snap["model"]))
             device = {
@@ -467,27 +491,9 @@ class Inventory:
             latest = device.get("collected_at")
             if latest is not None and snapshot.collected_at < datetime.fromisoformat(latest):
                 # An old report arriving late (outbox catching up) is history, not current state.
-                return device
-            device = dict(device)
-        device["last_seen"] = now_text
-        device["unreachable_since"] = None
+                return {**device, "reports": retained}
         old_health = device.get("health")
-        for key in (
-            "model",
-            "model_raw",
-            "system_name",
-            "firmware",
-            "provider",
-            "in_call",
-            "uptime_s",
-            "peripherals",
-            "host_serial",
-            "collected_at",
-            "via",
-        ):
-            device[key] = snap[key]
         new_health = snap["health"]
-        device["health"] = new_health
         if old_health is None or not _same_health(old_health, new_health):
             self._record_change(serial, {"at": snap["collected_at"], **new_health}, history)
             events.append(
@@ -500,7 +506,25 @@ class Inventory:
                     problems=tuple(snapshot.health.problems),
                 )
             )
-        return device
+        # One dict display: the latest snapshot's fields over whatever the device had.
+        return {
+            **device,
+            "last_seen": now_text,
+            "unreachable_since": None,
+            "model": snap["model"],
+            "model_raw": snap["model_raw"],
+            "system_name": snap["system_name"],
+            "firmware": snap["firmware"],
+            "provider": snap["provider"],
+            "in_call": snap["in_call"],
+            "uptime_s": snap["uptime_s"],
+            "peripherals": snap["peripherals"],
+            "host_serial": snap["host_serial"],
+            "collected_at": snap["collected_at"],
+            "via": snap["via"],
+            "health": new_health,
+            "reports": retained,
+        }
 
     # -- reachability ------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
+
 log = logging.getLogger(__name__)
 
 
@@ -40,9 +42,23 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON of a document tree; TypeError for a value with no JSON form.
+
+    pydantic-core's encoder is about three times faster than ``json.dumps`` on report-sized
+    documents, and ingestion encodes every report once. It refuses what UTF-8 cannot hold
+    (a lone surrogate from a ``\\ud800`` escape), which the standard encoder writes as an
+    escape, and refuses objects of unknown types, where the standard encoder says TypeError.
+    """
+    try:
+        return to_json(value)
+    except PydanticSerializationError:
+        # Documents are trees (never cyclic), so the cycle check is skipped: it costs ~15%.
+        return json.dumps(value, separators=(",", ":"), check_circular=False).encode("ascii")
+
+
 def encode_line(record: dict[str, Any]) -> bytes:
-    # Documents are trees (never cyclic), so the cycle check is skipped: it costs ~15%.
-    body = json.dumps(record, separators=(",", ":"), check_circular=False).encode("ascii")
+    body = encode_json(record)
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
