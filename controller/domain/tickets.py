@@ -334,6 +334,10 @@ NOTES: dict[str, dict[Language, str]] = {
         "pl": "numer seryjny i numer umowy serwisowej uzupełnione przez administratora",
         "en": "serial and contract number completed by the admin",
     },
+    "completed": {
+        "pl": "numer umowy serwisowej uzupełniony z rejestru urządzeń",
+        "en": "contract number completed from the asset registry",
+    },
     "seen_again": {
         "pl": "usterka ponownie zaobserwowana {when}",
         "en": "fault seen again at {when}",

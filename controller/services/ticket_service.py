@@ -151,9 +151,12 @@ class TicketService:
         return Ticket.from_document(doc)
 
     def tickets(self, *, status: str | None = None) -> list[Ticket]:
-        tickets = [Ticket.from_document(doc) for doc in list(self.store.scan(TICKETS).values())]
-        if status is not None:
-            tickets = [t for t in tickets if t.status.value == status]
+        # Filtered before parsing: the periodic checks want the few open ones of many.
+        tickets = [
+            Ticket.from_document(doc)
+            for doc in list(self.store.scan(TICKETS).values())
+            if status is None or doc.get("status") == status
+        ]
         return sorted(tickets, key=lambda t: t.opened_at, reverse=True)
 
     def deliveries(self, ticket: str) -> list[Doc]:
@@ -185,6 +188,7 @@ class TicketService:
         moment = now or self.clock()
         await self.handle(self.detector.tick(moment))
         await self.check_escalations(moment)
+        await self.recheck_held(moment)
         if self._pruned_at is None or moment - self._pruned_at >= PRUNE_INTERVAL:
             await self.prune_deliveries(moment)
 
@@ -485,6 +489,28 @@ class TicketService:
             return {}
         ticket.mark_sent(at)
         return {TICKETS: {ticket.id: ticket.as_document()}}
+
+    async def recheck_held(self, now: datetime | None = None) -> int:
+        """W5: held tickets whose contract has since reached the asset registry go out."""
+        moment = now or self.clock()
+        released: list[str] = []
+        for ticket in self.tickets(status=TicketStatus.NEEDS_DATA.value):
+            asset = self._asset(ticket.serial)
+            if asset is None or asset.contract_at(warsaw_date(moment)) is None:
+                continue
+            async with self._lock:
+                fresh = self.get(ticket.id)
+                if fresh.status is not TicketStatus.NEEDS_DATA:
+                    continue
+                self._refresh_registry_facts(fresh, moment)
+                if fresh.missing:
+                    continue
+                fresh.status = TicketStatus.OPEN
+                fresh.note(moment, "completed")
+                await self._save(fresh)
+            released.append(fresh.id)
+            self._prepare_later(fresh.id)
+        return len(released)
 
     async def check_escalations(self, now: datetime | None = None) -> int:
         """W2, W7: one escalation per ticket whose reaction time passed unacknowledged."""

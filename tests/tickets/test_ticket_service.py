@@ -356,3 +356,28 @@ async def test_W7_acknowledged_while_escalation_waits_sends_no_escalation(
     assert await service.worker.run_once(due + timedelta(hours=5)) == 0
     assert len(smtp_peer.received) == 1 and len(webhook_peer.received) == 1
     assert service.deliveries(key) and all(d["state"] == "sent" for d in service.deliveries(key))
+
+
+async def test_W5_held_ticket_goes_out_once_the_registry_has_its_contract(
+    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+) -> None:
+    """A ticket held for its contract number is completed from a later registry import."""
+    service, clock = desk
+    await report(service, clock, "X3", range(0, 8), ProblemCode.MICROPHONE_DOWN)
+    key = ticket_id("X3", "microphone_down")
+    await service.tick(clock.now)
+    assert service.get(key).status is TicketStatus.NEEDS_DATA
+    await service.store.put_many(
+        ASSETS, {"X3": asset("X3", "partner_poly_plus", number="PPP-33").to_doc()}
+    )
+    await service.tick(clock.now)
+    await service.wait_prepared()
+    ticket = service.get(key)
+    assert ticket.status is TicketStatus.OPEN and ticket.contract_number == "PPP-33"
+    assert ticket.plan == "partner_poly_plus" and ticket.language == "pl"
+    assert await service.worker.run_once(clock.now) == 2
+    body = smtp_peer.received[0].message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "Numer umowy serwisowej: PPP-33" in text
+    assert "numer umowy serwisowej uzupełniony z rejestru urządzeń" in text
