@@ -496,6 +496,8 @@ class FaultDetector:
             track.appearances = [
                 seen for seen in track.appearances if at - seen < self.policy.flap_window
             ] + [at]
+            # Flapping ends once the flap window has been calm; a later fault is a plain one.
+            track.flapping = track.flapping and len(track.appearances) >= self.policy.flap_count
         if track.state == "clearing":
             # Back before it was gone long enough: the same fault, never cleared,
             # but one more appearance towards flapping.

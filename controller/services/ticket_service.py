@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -171,7 +171,13 @@ class TicketService:
     # -- inputs from the controller -----------------------------------------------------
 
     async def on_snapshot(self, snapshot: Snapshot, *, site: str | None) -> None:
-        events = self.detector.observe(snapshot, site=site, at=snapshot.collected_at)
+        await self.on_snapshots((snapshot,), site=site)
+
+    async def on_snapshots(self, snapshots: Iterable[Snapshot], *, site: str | None) -> None:
+        """The accepted reports of one batch, in order: detector state is saved once per batch."""
+        events: list[FaultEvent] = []
+        for snapshot in snapshots:
+            events += self.detector.observe(snapshot, site=site, at=snapshot.collected_at)
         await self.handle(events)
 
     async def on_device_unreachable(self, serial: str, *, site: str | None, at: datetime) -> None:
@@ -254,7 +260,8 @@ class TicketService:
                     ticket = existing
                     self._refresh_registry_facts(ticket, now)
                     ticket.reopen(now, event.at)
-                    ticket.flapping = ticket.flapping or event.flapping
+                    # A new round: flapping only if it flaps now, not because it once did.
+                    ticket.flapping = event.flapping
                     prepare = True
                 else:
                     # One open ticket per device and fault: a recurrence is a note.

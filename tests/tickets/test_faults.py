@@ -400,3 +400,18 @@ def test_restore_skips_unreadable_documents() -> None:
     )  # fmt: skip
     assert sorted(skipped) == ["X1", "X2"] and "version" in skipped["X1"]
     assert feed(detector, "X2", range(0, 1)) == []
+
+
+def test_flapping_ends_after_a_calm_hour() -> None:
+    """A fault that flapped, then stayed away over an hour, comes back as a plain fault."""
+    policy = FaultPolicy(min_duration=MINUTE, clear_after=2 * MINUTE, flap_count=3)
+    detector = FaultDetector(policy)
+    events: list[FaultEvent] = []
+    for start in range(0, 30, 6):
+        events += feed(detector, "X1", range(start, start + 3), ProblemCode.CAMERA_DOWN)
+        events += feed(detector, "X1", range(start + 3, start + 6))
+    assert any(e.kind is FaultEventKind.FLAPPING for e in events)
+    feed(detector, "X1", range(30, 120))
+    later = feed(detector, "X1", range(120, 123), ProblemCode.CAMERA_DOWN)
+    assert kinds(later) == [("recurred", "X1", "camera_down")]
+    assert not later[0].flapping
