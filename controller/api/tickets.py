@@ -21,7 +21,7 @@ from controller.events import (
     AgentOnline,
     DeviceUnreachable,
     Event,
-    SnapshotIngested,
+    SnapshotsIngested,
 )
 from controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, STORE
 from controller.services.entitlement import catalogue_paths, load_plans
@@ -224,8 +224,10 @@ def build_service(app: web.Application) -> TicketService:
 
 
 async def _feed(service: TicketService, event: Event) -> None:
-    if isinstance(event, SnapshotIngested):
-        await service.on_snapshot(event.snapshot, site=event.site_id)
+    if isinstance(event, SnapshotsIngested):
+        await service.on_snapshots(
+            (report.snapshot for report in event.reports), site=event.site_id
+        )
     elif isinstance(event, DeviceUnreachable) and event.serial is not None:
         await service.on_device_unreachable(event.serial, site=event.site_id, at=event.at)
     elif isinstance(event, AgentOffline) and event.site_id is not None:
@@ -254,7 +256,7 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
     if service.settings.enabled:
         subscription = app[EVENT_BUS].subscribe(
             lambda event: _feed(service, event),
-            kinds={SnapshotIngested, DeviceUnreachable, AgentOffline, AgentOnline},
+            kinds={SnapshotsIngested, DeviceUnreachable, AgentOffline, AgentOnline},
         )
         await service.resume()
         tasks = [
