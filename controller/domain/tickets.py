@@ -98,6 +98,7 @@ class Ticket(BaseModel):
     plan_name: str | None = None
     model: str | None = None
     site: str | None = None
+    site_name: str | None = None
     room: str | None = None
     host_serial: str | None = None
     affected_serials: list[str] = Field(default_factory=list)
@@ -467,6 +468,13 @@ def note_text(note: Note, language: Language) -> str:
         return note.text
 
 
+def _site(ticket: Ticket) -> str:
+    """``Name (id)`` when the site has a name of its own, else its id."""
+    if ticket.site_name:
+        return f"{ticket.site_name} ({ticket.site})"
+    return ticket.site or "?"
+
+
 def model_name(model: str | None) -> str:
     if model is None:
         return "?"
@@ -507,7 +515,7 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     lang = ticket.language
     fault = fault_text(ticket.fault, lang)
     if ticket.kind is TicketKind.SITE:
-        head = f"[{ticket.id}] {_label('site_ticket', lang)}: {ticket.site} - {fault}"
+        head = f"[{ticket.id}] {_label('site_ticket', lang)}: {_site(ticket)} - {fault}"
     else:
         device = f"{model_name(ticket.model)} {ticket.serial or '?'}"
         head = f"[{ticket.id}] {_label('ticket', lang)}: {device} - {fault}"
@@ -521,7 +529,7 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
         ("contract_number", ticket.contract_number),
         ("plan", plan),
         ("model", None if ticket.model is None else model_name(ticket.model)),
-        ("site", ticket.site),
+        ("site", _site(ticket) if ticket.site else None),
         ("room", ticket.room),
         ("host", ticket.host_serial),
     ]

@@ -48,7 +48,7 @@ from controller.services.delivery import (
 from controller.services.email import Attachment
 from controller.services.entitlement import ASSETS
 from controller.services.ticket_config import TicketSettings
-from controller.store.base import Doc, Store
+from controller.store.base import SITES, Doc, Store
 from shared.schema import Model, Snapshot
 
 log = logging.getLogger(__name__)
@@ -302,8 +302,14 @@ class TicketService:
         doc = self.store.get(ASSETS, serial)
         return None if doc is None else Asset.from_doc(doc)
 
+    def _refresh_site_name(self, ticket: Ticket) -> None:
+        site = None if ticket.site is None else self.store.get(SITES, ticket.site)
+        name = None if site is None else site.get("name")
+        ticket.site_name = name if isinstance(name, str) and name != ticket.site else None
+
     def _refresh_registry_facts(self, ticket: Ticket, now: datetime) -> None:
         """Serial, contract, plan, room, language and SLA terms from the registry today."""
+        self._refresh_site_name(ticket)
         if ticket.kind is TicketKind.SITE:
             ticket.language = self.settings.language
             return
@@ -319,6 +325,8 @@ class TicketService:
             if not ticket.site:
                 ticket.site = asset.site
         ticket.plan = None if plan is None else plan.id
+        # The registry may name a site the reports did not (a device not yet reporting).
+        self._refresh_site_name(ticket)
         ticket.plan_name = None if plan is None else plan.name
         ticket.language = choose_language(
             None if plan is None else plan.language, self.settings.language

@@ -172,7 +172,9 @@ EVIDENCE = {
 
 def test_polish_rendering_carries_every_desk_fact() -> None:
     """The Polish ticket names serial, contract, plan, model, site, room, fault and first seen."""
-    ticket = make(fault_detail="system.status.mr.camera down", plan_name="HEZO+")
+    ticket = make(
+        fault_detail="system.status.mr.camera down", plan_name="HEZO+", site_name="Kraków Zabłocie"
+    )
     ticket.add_evidence(EVIDENCE)
     text = render_ticket(ticket)
     assert text.subject == f"[{ticket.id}] Zgłoszenie serwisowe: Poly Studio X50 X1 - awaria kamery"
@@ -182,7 +184,7 @@ def test_polish_rendering_carries_every_desk_fact() -> None:
         "Numer umowy serwisowej: HZ-2025-001",
         "Usługa: HEZO+ (hezo_plus)",
         "Model: Poly Studio X50",
-        "Lokalizacja: krk",
+        "Lokalizacja: Kraków Zabłocie (krk)",
         "Sala: Sala Wawel",
         "Usterka: awaria kamery (system.status.mr.camera down)",
         "Pierwsze wystąpienie: 2025-11-28T16:20:00+01:00",

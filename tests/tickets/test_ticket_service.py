@@ -15,6 +15,7 @@ from controller.services.delivery import SENT
 from controller.services.entitlement import ASSETS, load_plans
 from controller.services.ticket_config import ticket_settings
 from controller.services.ticket_service import TicketService
+from controller.store.base import SITES
 from controller.store.tinydb import TinyDBStore
 from shared.schema import Firmware, Health, Model, Problem, ProblemCode, Provider, Snapshot, Via
 from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
@@ -237,6 +238,7 @@ async def test_site_outage_gives_one_site_ticket(
 ) -> None:
     """An agent going offline files one site ticket in the admin's language, no device tickets."""
     service, clock = desk
+    await service.store.put_many(SITES, {"krk": {"id": "krk", "name": "Kraków Zabłocie"}})
     for serial in ("X1", "X2", "X4"):
         await report(service, clock, serial, range(0, 1))
     clock.now = T0 + 10 * MINUTE
@@ -250,7 +252,11 @@ async def test_site_outage_gives_one_site_ticket(
     assert ticket.affected_serials == ["X1", "X2", "X4"]
     assert ticket.status is TicketStatus.OPEN and ticket.language == "en"
     assert await service.worker.run_once(clock.now) == 2
-    assert "site offline" in smtp_peer.received[0].message["Subject"]
+    assert ticket.site_name == "Kraków Zabłocie"
+    subject = smtp_peer.received[0].message["Subject"]
+    assert subject.endswith(
+        "Site ticket: Kraków Zabłocie (krk) - site offline (agent offline: network or power)"
+    )
 
 
 async def test_send_retries_deliveries_given_up_on(
