@@ -592,6 +592,10 @@ async def test_lan_degraded_answers_but_reports_lan_down(
     system = await client.json("GET", "/rest/system")
     assert system["lanStatus"]["state"] == "LAN_DOWN"
     assert status_map(await client.json("GET", "/rest/system/status"))["ipnetwork"] == ["down"]
+    logs = await client.request("GET", "/rest/system/logs")
+    with tarfile.open(fileobj=io.BytesIO(await logs.read())) as archive:
+        member = archive.extractfile("logs/system.log")
+        assert member is not None and b"net: LAN_DOWN 0/UNKNOWN" in member.read()
     await device.set_fault("lan_degraded", False)
     assert (await client.json("GET", "/rest/system"))["lanStatus"]["state"] == "LAN_UP"
     assert status_map(await client.json("GET", "/rest/system/status"))["ipnetwork"] == ["up"]
