@@ -12,7 +12,13 @@ from typing import Any
 
 import aiohttp
 
-from agent.config import AgentConfig, DeviceConfig, Secret, load_config
+from agent.config import (
+    DEFAULT_CREDENTIAL_FILE,
+    AgentConfig,
+    DeviceConfig,
+    Secret,
+    load_config,
+)
 from agent.discovery import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, Found, discover
 from agent.drivers import DRIVERS
 from agent.drivers.base import DriverContext, Pins
@@ -24,6 +30,10 @@ from shared.fingerprint import normalise_fingerprint
 from shared.schema import Snapshot
 
 DEFAULT_CONFIG = os.environ.get("POLYFLEET_AGENT_CONFIG", "agent.toml")
+#: Where the systemd unit (deploy/polyfleet-agent.service) reads its config.
+SYSTEM_CONFIG = Path("/etc/polyfleet/agent.toml")
+#: The unit's state directory: the credential goes here when no config names a place.
+SYSTEM_DATA_DIR = Path("/var/lib/polyfleet-agent")
 EXIT_DEVICE = 3
 EXIT_CONFIG = 2
 
@@ -83,8 +93,19 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--controller", required=True, help="controller URL, e.g. http://127.0.0.1:8080"
     )
     enr.add_argument("--code", required=True)
-    enr.add_argument("--config", default=None, help=f"agent config (default {DEFAULT_CONFIG})")
-    enr.add_argument("--credential-file", type=Path, default=None)
+    enr.add_argument(
+        "--config",
+        default=None,
+        help=f"agent config whose controller.credential_file says where to store it "
+        f"(default: {DEFAULT_CONFIG}, else {SYSTEM_CONFIG}, if present)",
+    )
+    enr.add_argument(
+        "--credential-file",
+        type=Path,
+        default=None,
+        help=f"store the credential here (default: from the config, else "
+        f"{SYSTEM_DATA_DIR / DEFAULT_CREDENTIAL_FILE})",
+    )
     enr.add_argument("--json", action="store_true")
     enr.set_defaults(func=_enroll)
 
@@ -247,9 +268,13 @@ def _print_found(found: list[Found]) -> None:
 
 
 def _config_or_none(path: str | None) -> AgentConfig | None:
-    if path is None:
-        return load_config(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else None
-    return load_config(path)
+    """The config given, else $POLYFLEET_AGENT_CONFIG (or ./agent.toml), else the system one."""
+    if path is not None:
+        return load_config(path)
+    for candidate in (Path(DEFAULT_CONFIG), SYSTEM_CONFIG):
+        if candidate.exists():
+            return load_config(candidate)
+    return None
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -260,9 +285,7 @@ def _enroll(args: argparse.Namespace) -> int:
         elif config is not None:
             target = config.credential_path
         else:
-            return _fail(
-                "enroll", "give --config (for its credential_file) or --credential-file", 2
-            )
+            target = SYSTEM_DATA_DIR / DEFAULT_CREDENTIAL_FILE
         credential = asyncio.run(
             enroll(
                 args.controller,

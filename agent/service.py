@@ -51,6 +51,8 @@ async def enroll(
         url = config_or_url.rstrip("/")
     if not url:
         raise ConfigError("no controller URL (give --controller or controller.url)")
+    # The code works once: make sure the credential can be stored before spending it.
+    await asyncio.to_thread(Credential.check_writable, credential_path)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         uplink = Uplink(url, session=session, ssl_context=ssl_context_for(ca_file))
         answer = await uplink.enroll(code, agent_name=agent_name)

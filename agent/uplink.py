@@ -84,6 +84,22 @@ class Credential:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
 
+    @staticmethod
+    def check_writable(path: Path) -> None:
+        """Raise ConfigError naming ``path`` unless a credential can be written there."""
+        probe = path.with_name(f".{path.name}.probe")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot store the agent credential at {path}: {exc.strerror or exc}; "
+                "give --credential-file PATH or a config whose controller.credential_file "
+                "is writable (the enrollment code was not used)"
+            ) from exc
+
     @classmethod
     def load(cls, path: Path) -> Credential:
         from agent.config import read_secret_file

@@ -186,3 +186,28 @@ async def test_stop_mid_poll_is_quiet_and_logs_out(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
     assert not any(d.sessions for d in lab.devices.values()), "a cancelled poll still logs out"
+
+
+async def test_enroll_refuses_before_spending_the_code_when_it_cannot_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`agent enroll` with nowhere to store the credential fails first; the code still works."""
+    from controller.testing import running_controller
+    from polyfleet.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    async with running_controller(tmp_path / "ctl") as controller:
+        code = await controller.enrollment_code("krk")
+
+        def enroll(target: Path) -> int:
+            argv = ["agent", "enroll", "--controller", controller.url, "--code", code]
+            return main([*argv, "--credential-file", str(target)])
+
+        rc = await asyncio.to_thread(enroll, blocker / "cred.json")
+        err = capsys.readouterr().err
+        assert rc == 2 and "cannot store the agent credential" in err
+        assert "was not used" in err and len(err.strip().splitlines()) == 1
+        good = tmp_path / "good" / "cred.json"
+        assert await asyncio.to_thread(enroll, good) == 0
+        assert good.stat().st_mode & 0o777 == 0o600
