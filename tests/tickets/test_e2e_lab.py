@@ -9,8 +9,10 @@ import os
 import tarfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -18,7 +20,10 @@ from agent.config import AgentConfig, DeviceConfig, Secret
 from agent.service import AgentService
 from agent.uplink import Credential
 from controller.api.tickets import TICKET_DESK, TicketDesk
+from controller.events import Event, SnapshotIngested
+from controller.keys import EVENT_BUS
 from controller.testing import running_controller
+from shared.schema import ProblemCode, Snapshot
 from simulator.fleet import DeviceSpec, PeripheralSpec
 from simulator.lab import Lab
 from simulator.testing import TEST_PASSWORD, make_device, start_lab
@@ -36,6 +41,20 @@ async def wait_until(condition: Callable[[], bool], *, timeout: float = 40.0) ->
         await asyncio.sleep(0.05)  # waits-for: real agent polls and deliveries
 
 
+class SnapshotLog:
+    """Every snapshot the controller ingests, in order (a subscriber of its event bus)."""
+
+    def __init__(self) -> None:
+        self.seen: list[Snapshot] = []
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, SnapshotIngested):
+            self.seen.append(event.snapshot)
+
+    def of(self, serial: str) -> list[Snapshot]:
+        return [s for s in self.seen if s.serial == serial]
+
+
 @asynccontextmanager
 async def whole_product(
     tmp_path: Path,
@@ -43,15 +62,22 @@ async def whole_product(
     registry_rows: list[str],
     smtp_peer: SmtpPeer,
     webhook_peer: WebhookPeer,
+    *,
+    snapshots: SnapshotLog | None = None,
+    **tickets: Any,
 ) -> AsyncIterator[tuple[Lab, TicketDesk]]:
     """Lab devices, a real agent polling them, a controller filing tickets to the peers."""
     lab = await start_lab(tmp_path, devices)
     password = tmp_path / "device-password"
     password.write_text(TEST_PASSWORD + "\n")
     os.chmod(password, 0o600)
-    sections = ticket_sections(
-        smtp_peer, webhook_peer, min_duration_s=1, check_interval_s=0.2, language="en"
-    )
+    settings: dict[str, Any] = {
+        "min_duration_s": 1,
+        "check_interval_s": 0.2,
+        "language": "en",
+        **tickets,
+    }
+    sections = ticket_sections(smtp_peer, webhook_peer, **settings)
     registry = (
         "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,"
         "site,room,host_serial\n" + "".join(row + "\n" for row in registry_rows)
@@ -98,6 +124,8 @@ async def whole_product(
             service = AgentService(config)
             await service.start()
             desk = controller.app[TICKET_DESK]
+            if snapshots is not None:
+                controller.app[EVENT_BUS].subscribe(snapshots, kinds={SnapshotIngested})
             await wait_until(lambda: desk.service is not None)
             yield lab, desk
     finally:
@@ -159,3 +187,79 @@ async def test_D1_lab_e70_fault_is_the_cameras_ticket_with_host_diagnostics(
         assert "E2EE70" in mail["Subject"]
         names = [part.get_filename() for part in mail.iter_attachments()]
         assert names == [tickets[0].bundle.filename, f"evidence-{tickets[0].id}.json"]
+
+
+def _codes(snapshot: Snapshot) -> set[str]:
+    return {p.code.value for p in snapshot.health.problems}
+
+
+async def test_lab_short_camera_blip_files_no_ticket(
+    tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """A lab camera down for under the hold time, then fine for longer: no ticket, no mail."""
+    rows = [f"E2EB1,studio_x50,2025-01-05,hezo_plus,HZ-B1,2025-01-10,2027-01-09,{SITE},Aula,"]
+    hold = timedelta(seconds=3)
+    log = SnapshotLog()
+    async with whole_product(
+        tmp_path,
+        [make_device("E2EB1")],
+        rows,
+        smtp_peer,
+        webhook_peer,
+        snapshots=log,
+        min_duration_s=hold.total_seconds(),
+    ) as (lab, desk):
+        await lab.devices["E2EB1"].set_fault("camera_down", True)
+        await wait_until(lambda: any("camera_down" in _codes(s) for s in log.of("E2EB1")))
+        await lab.devices["E2EB1"].set_fault("camera_down", False)
+        down = [s.collected_at for s in log.of("E2EB1") if "camera_down" in _codes(s)]
+        # Healthy reports until past the moment a held fault would have opened.
+        await wait_until(
+            lambda: any(
+                s.collected_at - down[0] > hold + timedelta(seconds=1) and not _codes(s)
+                for s in log.of("E2EB1")
+            )
+        )
+        down = [s.collected_at for s in log.of("E2EB1") if "camera_down" in _codes(s)]
+        assert down[-1] - down[0] < hold, "the blip lasted longer than the hold time"
+        await desk.get().tick()
+        assert desk.get().tickets() == []
+        assert smtp_peer.received == [] and webhook_peer.received == []
+
+
+async def test_lab_site_with_most_devices_dark_files_one_site_ticket(
+    tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """Three lab rooms lose power together: one site ticket naming them, no device tickets."""
+    serials = ("E2ES1", "E2ES2", "E2ES3")
+    rows = [
+        f"{serial},studio_x30,2025-01-05,poly_plus,PP-{serial},2025-01-10,2028-01-09,{SITE},R{n},"
+        for n, serial in enumerate(serials)
+    ]
+    log = SnapshotLog()
+    async with whole_product(
+        tmp_path,
+        [make_device(serial, model="studio_x30") for serial in serials],
+        rows,
+        smtp_peer,
+        webhook_peer,
+        snapshots=log,
+        unreachable_min_duration_s=1,
+    ) as (lab, desk):
+        await wait_until(lambda: all(log.of(serial) for serial in serials))
+        for serial in serials:
+            await lab.devices[serial].power_off()
+        await wait_until(lambda: len(smtp_peer.received) >= 1 and bool(webhook_peer.received))
+        (ticket,) = desk.get().tickets()
+        assert ticket.kind.value == "site" and ticket.fault == "site_unreachable"
+        assert ticket.affected_serials == sorted(serials)
+        assert all(
+            ProblemCode.UNREACHABLE.value in _codes(log.of(serial)[-1]) for serial in serials
+        )
+        mail = smtp_peer.received[0].message
+        assert "most of the site's devices unreachable" in mail["Subject"]
+        # Power back: the site ticket notes the recovery; still the one ticket.
+        for serial in serials:
+            await lab.devices[serial].power_on()
+        await wait_until(lambda: any(n.key == "recovered" for n in desk.get().get(ticket.id).notes))
+        assert len(desk.get().tickets()) == 1
