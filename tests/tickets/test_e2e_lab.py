@@ -159,7 +159,9 @@ async def test_W4_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
         assert isinstance(bundle, bytes) and bundle.startswith(b"\x1f\x8b")
         with tarfile.open(fileobj=BytesIO(gzip.decompress(bundle))) as archive:
             names = archive.getnames()
-        assert any("last-snapshots" in name for name in names)
+        # W4: the logs archive and the SSH status output, as the issue names them.
+        for wanted in ("system-logs.tar", "ssh-status.txt", "last-snapshots.json"):
+            assert any(name.endswith(wanted) for name in names), (wanted, names)
         assert webhook_peer.received[0]["ticket"]["serial"] == "E2EX1"
         assert webhook_peer.bad_signatures == 0
         assert len(smtp_peer.received) == 1
