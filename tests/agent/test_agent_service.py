@@ -183,7 +183,12 @@ async def test_stop_mid_poll_is_quiet_and_logs_out(
         )
     finally:
         await service.stop()
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # The lab may grumble about hung-up clients; the agent and its scheduler must not.
+    errors = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("agent", "apscheduler")
+    ]
     assert not errors, [r.getMessage() for r in errors]
     assert not any(d.sessions for d in lab.devices.values()), "a cancelled poll still logs out"
 
