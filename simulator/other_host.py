@@ -229,7 +229,7 @@ class OtherHost:
                         channel.sendall(output.encode())
                     channel.send_exit_status(status)
                 else:
-                    self._shell(channel)
+                    self._shell(channel, echo=server.pty)
                     channel.send_exit_status(0)
             except (OSError, EOFError, paramiko.SSHException):
                 return
@@ -242,7 +242,7 @@ class OtherHost:
             with self._lock:
                 self._transports.discard(transport)
 
-    def _shell(self, channel: paramiko.Channel) -> None:
+    def _shell(self, channel: paramiko.Channel, *, echo: bool) -> None:
         prompt = f"admin@{self.name}:~$ ".encode()
         channel.sendall(b"Linux " + self.name.encode() + b" 6.1.0-18-amd64 x86_64\r\n\r\n" + prompt)
         line = bytearray()
@@ -259,6 +259,9 @@ class OtherHost:
                     continue
                 text = line.decode("utf-8", "replace").strip()
                 line.clear()
+                if echo:
+                    # A terminal echoes what was typed; without a pty nothing does.
+                    channel.sendall(text.encode() + b"\r\n")
                 if text in ("exit", "logout"):
                     channel.sendall(b"logout\r\n")
                     return
@@ -271,6 +274,7 @@ class _LinuxSshServer(paramiko.ServerInterface):
         self.password = password
         self.ready = threading.Event()
         self.command: str | None = None
+        self.pty = False
 
     def get_allowed_auths(self, username: str) -> str:
         return "password"
@@ -292,6 +296,7 @@ class _LinuxSshServer(paramiko.ServerInterface):
         pixelheight: int,
         modes: bytes,
     ) -> bool:
+        self.pty = True
         return True
 
     def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:

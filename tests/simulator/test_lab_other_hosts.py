@@ -48,19 +48,26 @@ async def fetch(host: OtherHost, method: str, path: str) -> tuple[int, str, str,
         )
 
 
-def shell_greeting(host: OtherHost) -> bytes:
-    """What an interactive shell prints up to its first prompt."""
+def read_prompt(channel: paramiko.Channel) -> bytes:
+    """Everything up to and including the next ``$ `` prompt."""
+    data = b""
+    while not data.endswith(b"$ "):
+        chunk = channel.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def shell_session(host: OtherHost) -> tuple[bytes, bytes]:
+    """An interactive shell (with a pty): its greeting, then what ``whoami`` prints."""
     client = connect(host)
     try:
         channel = client.invoke_shell()
         channel.settimeout(10)
-        greeting = b""
-        while not greeting.endswith(b"$ "):
-            chunk = channel.recv(1024)
-            if not chunk:
-                break
-            greeting += chunk
-        return greeting
+        greeting = read_prompt(channel)
+        channel.sendall(b"whoami\r")
+        return greeting, read_prompt(channel)
     finally:
         client.close()
 
@@ -124,8 +131,9 @@ async def test_linux_ssh_logs_in_but_knows_no_legacy_commands(tmp_path: Path) ->
         assert (output, code) == ("sh: 1: status: not found\n", 127)
         with pytest.raises(paramiko.AuthenticationException):
             await asyncio.to_thread(connect, host, "wrong")
-        greeting = await asyncio.to_thread(shell_greeting, host)
+        greeting, answer = await asyncio.to_thread(shell_session, host)
         assert greeting.endswith(b"admin@linux-1:~$ ") and b"Hi, my name is" not in greeting
+        assert answer == b"whoami\r\nadmin\r\nadmin@linux-1:~$ "
     finally:
         await lab.stop()
 
