@@ -81,6 +81,14 @@ class JobRunner:
             return JobResult(status="failed", detail=f"no device {job.serial} at this site")
         try:
             if job.kind is JobKind.REBOOT:
+                host = self.poller.states[key].serial
+                if job.serial != host:
+                    # An E70 has no API of its own; restarting its host would end more than asked.
+                    return JobResult(
+                        status="refused",
+                        detail=f"{job.serial} is a camera of {host} and cannot restart alone; "
+                        f"reboot {host} instead",
+                    )
                 return await self._reboot(key)
             if job.kind is JobKind.COLLECT_DIAGNOSTICS:
                 return await self._diagnostics(job, key)

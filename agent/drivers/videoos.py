@@ -10,7 +10,13 @@ from typing import Any, Literal
 from agent.drivers.base import DeviceDriver
 from agent.transport.rest import FeatureAbsent, RestClient, fetch_certificate_fingerprint
 from agent.transport.ssh import SshClient, SshSession
-from shared.errors import DeviceError, DeviceProtocolError, NotAPolyDevice
+from shared.errors import (
+    DeviceError,
+    DeviceProtocolError,
+    DeviceUnreachable,
+    DeviceWedged,
+    NotAPolyDevice,
+)
 from shared.schema import (
     Firmware,
     Health,
@@ -540,14 +546,44 @@ class VideoOSDriver(DeviceDriver):
         return problems
 
     async def in_call(self) -> bool:
-        rest = await self._rest()
-        async with rest.logged_in_session(self.device.user, self._password):
-            return in_call_from_conferences(await rest.get("/rest/conferences"))
+        """REST conferences; over SSH (``callinfo all``) when REST is wedged or down."""
+        try:
+            rest = await self._rest()
+            async with rest.logged_in_session(self.device.user, self._password):
+                return in_call_from_conferences(await rest.get("/rest/conferences"))
+        except _REST_DOWN as exc:
+            if not self.device.ssh_port:
+                raise
+            try:
+                result = await self._ssh_run(["callinfo all"])
+            except DeviceError:
+                raise exc from None
+            callinfo = result.outputs.get("callinfo all", "")
+            if "not in a call" in callinfo:
+                return False
+            if "callinfo begin" in callinfo:
+                return True
+            # Neither answer: a call cannot be ruled out, and a call must never be cut.
+            raise DeviceProtocolError(
+                f"{self.device.host}: SSH callinfo gave no answer ({callinfo[:64]!r})",
+                host=self.device.host,
+            ) from exc
 
     async def reboot(self) -> None:
-        rest = await self._rest()
-        async with rest.logged_in_session(self.device.user, self._password):
-            await rest.post("/rest/system/reboot", {"action": "reboot"})
+        """REST reboot; ``reboot now`` over SSH when REST is wedged (what a wedged unit needs)."""
+        try:
+            rest = await self._rest()
+            async with rest.logged_in_session(self.device.user, self._password):
+                await rest.post("/rest/system/reboot", {"action": "reboot"})
+        except _REST_DOWN as exc:
+            if not self.device.ssh_port:
+                raise
+            try:
+                # The unit drops the line as it goes down: no reply to wait for.
+                await self._ssh_run(["reboot now"], wait_reply=False)
+            except DeviceError:
+                raise exc from None
+            log.info("%s: rebooted over SSH (REST: %s)", self.device.host, exc.reason)
 
     async def diagnostics(self) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
@@ -565,6 +601,9 @@ class VideoOSDriver(DeviceDriver):
             files["ssh.error.txt"] = f"{exc.reason}: {exc}\n".encode()
         return files
 
+
+#: REST failures after which SSH may still reach the unit (not credentials or pins).
+_REST_DOWN = (DeviceWedged, DeviceUnreachable, DeviceProtocolError)
 
 PeripheralKind = Literal["camera", "touch_controller", "microphone", "remote", "other"]
 
