@@ -1,4 +1,4 @@
-"""``polyfleet agent``: probe, discover, enroll, run, pins."""
+"""``polyfleet agent``: probe, discover, enroll, run, held, pins."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from agent.config import (
 from agent.discovery import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, Found, discover
 from agent.drivers import DRIVERS
 from agent.drivers.base import DriverContext, Pins
+from agent.held import read_held, summarise
 from agent.pins import PinStore
-from agent.service import enroll, run_service
+from agent.service import HELD_DIR, enroll, run_service
 from agent.uplink import ControllerRefused, ControllerUnavailable
 from shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
 from shared.fingerprint import normalise_fingerprint
@@ -112,6 +113,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     run = commands.add_parser("run", help="run the agent service", description="Run the agent.")
     run.add_argument("--config", default=DEFAULT_CONFIG)
     run.set_defaults(func=_run)
+
+    held = commands.add_parser(
+        "held",
+        help="list reports the controller refused (e.g. device known at another site)",
+        description="Reports the controller refused are kept in <data_dir>/held and offered "
+        "again every controller.held_retry_s; this lists them per device with the "
+        "controller's reason (and the fix it names).",
+    )
+    held.add_argument("--config", default=DEFAULT_CONFIG)
+    held.add_argument("--json", action="store_true", help="print a JSON array, one item a device")
+    held.set_defaults(func=_held)
 
     pins = commands.add_parser("pins", help="list or accept pinned certificates and host keys")
     pin_commands = pins.add_subparsers(dest="pins_command", metavar="ACTION", required=True)
@@ -325,6 +337,22 @@ def _run(args: argparse.Namespace) -> int:
         return run_service(config)
     except PolyfleetError as exc:
         return _fail("run", str(exc), 1)
+
+
+def _held(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        devices = summarise(read_held(config.data_dir / HELD_DIR))
+    except ConfigError as exc:
+        return _fail("held", str(exc), EXIT_CONFIG)
+    if args.json:
+        print(json.dumps(devices, indent=2))
+        return 0
+    for d in devices:
+        print(f"{d['serial']}  {d['count']} report(s) held since {d['held_since']}")
+        print(f"    {d['code']}: {d['reason']}")
+    print(f"{sum(d['count'] for d in devices)} held reports of {len(devices)} devices")
+    return 0
 
 
 def _pins_list(args: argparse.Namespace) -> int:

@@ -90,16 +90,7 @@ class HeldReports:
 
     def _open_blocking(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            return
-        for line in self.path.read_bytes().splitlines():
-            try:
-                held = _decode(line)
-            except (ValueError, KeyError, TypeError):
-                # Written atomically, so this is damage from outside: say so, keep the rest.
-                log.error("%s: skipping an unreadable line", self.path)
-                continue
-            self._held[held.seq] = held
+        self._held = {h.seq: h for h in read_held(self.directory)}
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -154,6 +145,42 @@ class HeldReports:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_held(directory: Path) -> list[HeldReport]:
+    """What ``directory`` holds, oldest first (blocking; also for ``polyfleet agent held``)."""
+    path = directory / HELD_FILE
+    if not path.exists():
+        return []
+    found: dict[int, HeldReport] = {}
+    for line in path.read_bytes().splitlines():
+        try:
+            held = _decode(line)
+        except (ValueError, KeyError, TypeError):
+            # Written atomically, so this is damage from outside: say so, keep the rest.
+            log.error("%s: skipping an unreadable line", path)
+            continue
+        found[held.seq] = held
+    return [found[seq] for seq in sorted(found)]
+
+
+def summarise(held: list[HeldReport]) -> list[dict[str, Any]]:
+    """One line per device: how many reports wait, why (the latest refusal), since when."""
+    result = []
+    for serial in sorted({h.serial for h in held}):
+        mine = [h for h in held if h.serial == serial]
+        latest = mine[-1]
+        result.append(
+            {
+                "serial": serial,
+                "count": len(mine),
+                "code": latest.code,
+                "reason": latest.reason,
+                "held_since": min(h.held_at for h in mine),
+                "report_ids": [h.entry.report_id for h in mine],
+            }
+        )
+    return result
 
 
 def _over_budget(held: dict[int, HeldReport], max_bytes: int) -> list[int]:

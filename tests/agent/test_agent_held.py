@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from agent.service import AgentService
 from agent.uplink import Credential, Uplink
 from controller.keys import INVENTORY
 from controller.testing import RunningController, running_controller
+from polyfleet.cli import main
 from shared.schema import (
     PROTOCOL_VERSION,
     Firmware,
@@ -91,7 +94,11 @@ async def stored_ids(controller: RunningController, serial: str) -> list[str]:
 
 
 async def test_device_at_other_site_is_held_until_moved(
-    lab_factory: Any, password_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    lab_factory: Any,
+    password_file: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A device of site A is held at B while B's others arrive; once moved, it arrives once."""
     caplog.set_level(logging.INFO, logger="agent")
@@ -115,6 +122,14 @@ async def test_device_at_other_site_is_held_until_moved(
             assert len(refused) == 1, lines  # one clear line, not one per batch
             assert "device_at_other_site" in refused[0]
             assert "polyfleet controller devices move HELDX1" in refused[0]
+
+            toml = tmp_path / "agent.toml"
+            toml.write_text(f'[agent]\ndata_dir = "{service.config.data_dir}"\n')
+            argv = ["agent", "held", "--config", str(toml), "--json"]
+            assert await asyncio.to_thread(main, argv) == 0
+            [listed] = json.loads(capsys.readouterr().out)
+            assert (listed["serial"], listed["code"]) == ("HELDX1", "device_at_other_site")
+            assert listed["count"] >= 3 and "devices move HELDX1" in listed["reason"]
 
             async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
                 async with http.get(
