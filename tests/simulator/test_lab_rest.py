@@ -314,6 +314,8 @@ async def test_wedged_answers_5xx_until_reboot(lab_factory: LabFactory, rest_fac
     client = rest_factory(device)
     await device.set_fault("wedged", True)
     assert (await client.login()).status == 500
+    assert (await client.request("GET", "/rest/no/such/thing")).status == 500
+    assert (await client.request("GET", "/")).status == 200
     await device.reboot()
     await device.wait_power("on")
     assert (await client.login()).status == 200
