@@ -189,6 +189,7 @@ class AgentService:
 
     async def _send_loop(self) -> None:
         attempt = 0
+        told_unenrolled = False
         down_since: str | None = None
         cap = self.config.backoff_max_s
         while not self._stopping.is_set():
@@ -200,6 +201,13 @@ class AgentService:
                 await self._pause(backoff_delay(attempt, cap=cap))
                 continue
             if credential is None:
+                if not told_unenrolled:
+                    told_unenrolled = True
+                    log.warning(
+                        "not enrolled: no credential at %s and no enrollment code configured; "
+                        "reports stay in the outbox until `polyfleet agent enroll` is run",
+                        self.config.credential_path,
+                    )
                 await self._pause(self.config.send_interval_s)
                 continue
             await self.outbox.wait_for_entries(self.config.send_interval_s)
@@ -216,6 +224,13 @@ class AgentService:
                     log.warning(
                         "controller not taking reports (%s); keeping them in the outbox", exc
                     )
+                await self._pause(backoff_delay(attempt, base=self.config.send_interval_s, cap=cap))
+                continue
+            except Exception as exc:  # a disk error must not end sending for good
+                attempt += 1
+                if down_since != repr(exc):
+                    log.exception("sending reports failed; retrying")
+                down_since = repr(exc)
                 await self._pause(backoff_delay(attempt, base=self.config.send_interval_s, cap=cap))
                 continue
             if down_since is not None:
