@@ -200,3 +200,87 @@ async def test_held_reports_survive_a_restart(tmp_path: Path) -> None:
     await third.open()
     assert [h.seq for h in third.reports()] == [second.seq]
     await third.close()
+
+
+def snapshot_of(serial: str, name: str = "") -> Snapshot:
+    return Snapshot(
+        serial=serial,
+        model=Model.STUDIO_X30,
+        system_name=name,
+        firmware=Firmware(version="4.2.2"),
+        provider=Provider.POLY,
+        health=Health(state=HealthState.OK),
+        collected_at=datetime.now(UTC),
+        via=Via.REST,
+    )
+
+
+async def test_refusal_naming_nobody_is_bisected_and_agent_refusals_block(
+    tmp_path: Path,
+) -> None:
+    """A 422 naming no report: halves go until the bad one stands alone; a 401 holds nothing."""
+    from aiohttp import web
+
+    from agent.delivery import ReportSender
+    from agent.outbox import Outbox
+    from agent.uplink import ControllerRefused
+
+    received: list[str] = []
+    notices: list[dict[str, Any]] = []
+    posts = [0]
+    token_ok = [False]
+
+    async def reports(request: web.Request) -> web.Response:
+        posts[0] += 1
+        if not token_ok[0]:
+            error = {"code": "unauthorized", "message": "token revoked", "field": None}
+            return web.json_response({"error": error}, status=401)
+        body = await request.json()
+        if any(r["snapshot"]["system_name"] == "broken" for r in body["reports"]):
+            error = {"code": "invalid", "message": "a snapshot is invalid", "field": None}
+            return web.json_response({"error": error}, status=422)
+        received.extend(r["id"] for r in body["reports"])
+        notices.extend(body["notices"])
+        return web.json_response({"accepted": len(body["reports"]), "duplicates": 0})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/agent/reports", reports)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    outbox = Outbox(tmp_path / "outbox")
+    await outbox.open()
+    held = HeldReports(tmp_path / "held")
+    await held.open()
+    try:
+        entries = []
+        for i in range(8):
+            name = "broken" if i == 5 else ""
+            entry = await outbox.put(snapshot_of(f"GOOD{i}" if i != 5 else "ODD5", name))
+            assert entry is not None
+            entries.append(entry)
+        async with aiohttp.ClientSession() as http:
+            uplink = Uplink(f"http://{host}:{port}", session=http, token="t" * 32)
+            sender = ReportSender(outbox, held, batch_size=200, held_retry_s=60.0)
+            with pytest.raises(ControllerRefused):
+                await sender.send_once(uplink)
+            assert len(outbox) == 8 and len(held) == 0, "a refusal of the agent holds nothing"
+            token_ok[0] = True
+            posts[0] = 0
+            assert await sender.send_once(uplink)
+            assert [h.serial for h in held.reports()] == ["ODD5"]
+            assert received == [e.report_id for e in entries if e.serial != "ODD5"]
+            assert posts[0] <= 7, "bisection, not one request per report"
+            # Refused for what it said, not for being ODD5: its next report goes straight up.
+            later = await outbox.put(snapshot_of("ODD5", "fixed"))
+            assert later is not None
+            await sender.send_once(uplink)
+            assert received[-1] == later.report_id and len(held) == 1
+            assert [n["kind"] for n in notices] == ["reports_held"]
+            assert "ODD5" in notices[0]["detail"] and notices[0]["count"] == 1
+    finally:
+        await held.close()
+        await outbox.close()
+        await runner.cleanup()
