@@ -116,6 +116,8 @@ async def set_fault(request: web.Request) -> web.Response:
     try:
         await device.set_fault(name, active, **payload)
     except FaultError as exc:
+        if exc.field != "fault":
+            return _error(400, str(exc), field=exc.field)
         return _error(400, str(exc), field="fault", known=list(FAULTS))
     return web.json_response(device.view())
 

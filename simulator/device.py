@@ -22,7 +22,14 @@ from aiohttp import web
 
 from shared.version import FirmwareVersion, VersionError
 from simulator import identity
-from simulator.fleet import FAULTS, SILENT_MODES, DeviceSpec, PeripheralSpec, split_firmware
+from simulator.fleet import (
+    FAULTS,
+    DeviceSpec,
+    FaultParamError,
+    PeripheralSpec,
+    fault_params,
+    split_firmware,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,11 @@ PORTS_FILE = "ports.json"
 
 
 class FaultError(ValueError):
-    """A fault name the lab does not know, or bad parameters for it."""
+    """A fault name the lab does not know, or bad parameters for it; ``field`` names which."""
+
+    def __init__(self, message: str, field: str = "fault") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -448,19 +459,11 @@ class SimDevice:
         """Raise or clear fault ``name`` (one of ``fleet.FAULTS``) with its parameters."""
         if name not in FAULTS:
             raise FaultError(f"unknown fault {name!r} (known: {', '.join(FAULTS)})")
-        if name == "slow" and active:
-            latency = params.get("latency_ms", 2000)
-            if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
-                raise FaultError("slow needs latency_ms, a number of milliseconds >= 0")
-            params = {**params, "latency_ms": float(latency)}
-        if name == "lan_down" and active:
-            mode = params.get("mode", self.spec.silent_mode)
-            if mode not in SILENT_MODES:
-                raise FaultError(f"lan_down mode must be one of {', '.join(SILENT_MODES)}")
-        if name == "peripheral_disconnected" and active:
-            target = params.get("serial")
-            if target is not None and target not in {p.serial for p in self.peripherals}:
-                raise FaultError(f"device {self.serial} has no peripheral {target!r}")
+        if active:
+            try:
+                params = fault_params(name, params, [p.serial for p in self.peripherals])
+            except FaultParamError as exc:
+                raise FaultError(f"device {self.serial}: {exc}", exc.key) from exc
         if active:
             self.faults[name] = dict(params)
         else:
@@ -529,9 +532,9 @@ class SimDevice:
         try:
             target = split_firmware(version)
         except VersionError as exc:
-            raise FaultError(f"version {version!r}: {exc}") from exc
+            raise FaultError(f"version {version!r}: {exc}", "version") from exc
         if self.power != "on":
-            raise FaultError(f"device {self.serial} is {self.power}, not on")
+            raise FaultError(f"device {self.serial} is {self.power}, not on", "power")
         self._cancel_transition()
         self._drop_volatile_state()
         await self._close_network()

@@ -44,6 +44,14 @@ FAULTS = (
     "garbage",
 )
 
+#: The parameters a fault takes; any other parameter is an error.
+FAULT_PARAMS: dict[str, frozenset[str]] = {
+    "slow": frozenset({"latency_ms"}),
+    "lan_down": frozenset({"mode"}),
+    "peripheral_disconnected": frozenset({"serial"}),
+}
+DEFAULT_SLOW_LATENCY_MS = 2000.0
+
 DEFAULT_PASSWORD = "Polycom12345"  # noqa: S105 - the factory default of a lab device
 DEFAULT_FIRMWARE = "4.2.2"
 DEFAULT_BUILD = "408037"
@@ -268,6 +276,42 @@ class FleetSpec:
         return [(s, r, o) for s in self.sites for r in s.rooms for o in r.other_hosts]
 
 
+class FaultParamError(ValueError):
+    """A fault parameter that is unknown or has a bad value; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def fault_params(name: str, params: dict[str, Any], peripherals: list[str]) -> dict[str, Any]:
+    """The checked parameters of fault ``name``; FaultParamError names the bad one.
+
+    ``peripherals`` are the serials of the device's peripherals (for
+    ``peripheral_disconnected``'s ``serial``).
+    """
+    allowed = FAULT_PARAMS.get(name, frozenset())
+    for key in params:
+        if key not in allowed:
+            known = f" (it takes {', '.join(sorted(allowed))})" if allowed else ""
+            raise FaultParamError(key, f"{name} takes no parameter {key!r}{known}")
+    checked = dict(params)
+    if name == "slow":
+        latency = params.get("latency_ms", DEFAULT_SLOW_LATENCY_MS)
+        if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
+            raise FaultParamError(
+                "latency_ms", "slow needs latency_ms, a number of milliseconds >= 0"
+            )
+        checked["latency_ms"] = float(latency)
+    if name == "lan_down" and "mode" in params and params["mode"] not in SILENT_MODES:
+        raise FaultParamError("mode", f"lan_down mode must be one of {', '.join(SILENT_MODES)}")
+    if name == "peripheral_disconnected" and "serial" in params:
+        target = params["serial"]
+        if not isinstance(target, str) or target not in peripherals:
+            raise FaultParamError("serial", f"no peripheral {target!r} on this device")
+    return checked
+
+
 def split_firmware(text: str, build: str = "") -> tuple[str, str]:
     """``("4.2.2", "408037")`` from ``4.2.2-408037``, or ``4.2.2`` plus a given or known build."""
     version = FirmwareVersion.parse(text, build or None)
@@ -466,6 +510,10 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
         if until is not None and until <= at:
             raise f.fail("until", f"must be after at ({at:g})")
         params = {k: v for k, v in f.data.items() if k not in {"name", "at", "until"}}
+        try:
+            params = fault_params(name, params, [p.serial for p in peripherals])
+        except FaultParamError as exc:
+            raise f.fail(exc.key, str(exc)) from exc
         faults.append(FaultWindow(name=name, at=at, until=until, params=params))
     calls = []
     for c in merged.tables("calls"):

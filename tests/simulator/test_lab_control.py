@@ -57,6 +57,18 @@ async def test_unknown_serial_and_fault_are_clear_4xx(lab_factory: LabFactory) -
     assert status == 400 and "on_fire" in body["error"] and "camera_down" in body["known"]
     status, body = await call(lab, "POST", "/devices/CTL00003/faults", {"fault": "slow"})
     assert status == 400 and body["field"] == "active"
+    status, body = await call(
+        lab, "POST", "/devices/CTL00003/faults", {"fault": "slow", "active": True, "ms": 5}
+    )
+    assert status == 400 and body["field"] == "ms" and "latency_ms" in body["error"]
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CTL00003/faults",
+        {"fault": "slow", "active": True, "latency_ms": -1},
+    )
+    assert status == 400 and body["field"] == "latency_ms"
+    assert lab.devices["CTL00003"].faults == {}
     status, body = await call(lab, "POST", "/devices/CTL00003/power", [1])
     assert status == 400
 

@@ -30,6 +30,7 @@ address = "127.44.0.1"
 
 
 ADDRESS = 'address = "127.44.0.1"\n'
+FAULT = "[[sites.rooms.devices.faults]]\n"
 OTHER = """[[sites.rooms.other_hosts]]
 name = "nas-1"
 kind = "json_api"
@@ -174,6 +175,22 @@ def test_defaults_fill_in_a_minimal_device(tmp_path: Path) -> None:
         (
             ('serial = "AAA0001"', 'serial = "AAA0001"\nupdate = { outcome = "maybe" }'),
             "devices[0].update.outcome",
+        ),
+        (
+            (ADDRESS, ADDRESS + FAULT + 'name = "slow"\nlatency_ms = "lots"\n'),
+            "devices[0].faults[0].latency_ms",
+        ),
+        (
+            (ADDRESS, ADDRESS + FAULT + 'name = "camera_down"\ncolour = 1\n'),
+            "devices[0].faults[0].colour",
+        ),
+        (
+            (ADDRESS, ADDRESS + FAULT + 'name = "lan_down"\nmode = "sideways"\n'),
+            "devices[0].faults[0].mode",
+        ),
+        (
+            (ADDRESS, ADDRESS + FAULT + 'name = "peripheral_disconnected"\nserial = "TC8X"\n'),
+            "devices[0].faults[0].serial",
         ),
         (("[[sites]]", '[defaults]\nserial = "X"\n\n[[sites]]'), "defaults.serial"),
         (("[[sites]]", "colour = 1\n[[sites]]"), "colour"),
