@@ -94,6 +94,8 @@ class DeviceState:
     rest_reads: int = 0
     cross_check_failing: str | None = None
     cross_check_problems: list[Problem] = field(default_factory=list)
+    #: Set when SSH refused the credentials: no more SSH attempts (they feed a lockout).
+    ssh_refused: str | None = None
 
 
 class Poller:
@@ -286,12 +288,15 @@ class Poller:
                     try:
                         snapshots = await driver.poll()
                     except (DeviceWedged, DeviceUnreachable, DeviceProtocolError) as exc:
-                        if not state.device.ssh_port:
+                        if not state.device.ssh_port or state.ssh_refused is not None:
                             raise
                         try:
                             snapshots = await driver.poll_fallback(exc)
                         except CertificateMismatch:
                             raise  # a changed SSH host key is news in itself
+                        except (AuthenticationFailed, LockedOut) as ssh_exc:
+                            self._ssh_refused(state, ssh_exc)
+                            raise exc from None
                         except DeviceError:
                             raise exc from None
             except TimeoutError:
@@ -318,13 +323,23 @@ class Poller:
         state.history.append(snapshots[0])
         return snapshots
 
+    def _ssh_refused(self, state: DeviceState, exc: DeviceError) -> None:
+        """SSH refused the login: stop trying it, since failed logins lead to a lockout."""
+        state.ssh_refused = exc.reason
+        log.warning(
+            "%s: SSH refused the login (%s); no SSH fallback or cross-check for this device "
+            "until its password is read again (after a REST login failure or a restart)",
+            state.device.key,
+            exc.reason,
+        )
+
     def _cross_check_due(self, state: DeviceState, snapshot: Snapshot) -> bool:
         """Every Nth REST read, and whenever REST names another unit, model or firmware.
 
         Devices are spread over the N cycles (a stable offset per device), so a
         site never opens all its SSH sessions in the same cycle.
         """
-        if not state.device.ssh_port:
+        if not state.device.ssh_port or state.ssh_refused is not None:
             return False
         last = state.last[0] if state.last else None
         if state.serial and snapshot.serial != state.serial:
@@ -353,6 +368,9 @@ class Poller:
         except CertificateMismatch as exc:
             await self._pin_changed(state, exc)
             problems = [Problem(code=ProblemCode.CERTIFICATE_CHANGED, detail=_short(exc))]
+        except (AuthenticationFailed, LockedOut) as exc:
+            self._ssh_refused(state, exc)
+            return snapshots
         except (DeviceError, TimeoutError) as exc:
             # SSH may be switched off on the unit: REST answered, so this is not a fault.
             reason = exc.reason if isinstance(exc, DeviceError) else "no SSH answer in time"
@@ -392,6 +410,7 @@ class Poller:
         state.failing = exc.reason
         if isinstance(exc, AuthenticationFailed | LockedOut):
             state.password = None  # re-read: the admin may have fixed the file
+            state.ssh_refused = None
             base = max(self.config.lockout_backoff_s, 0.0)
             state.backoff_s = min(
                 self.config.lockout_backoff_max_s, state.backoff_s * 2 if state.backoff_s else base

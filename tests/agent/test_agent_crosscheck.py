@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from agent_testkit import SwitchableLink, agent_config, device_config, make_poller
 
 from agent.pins import PinStore
@@ -91,3 +94,67 @@ async def test_cross_check_when_rest_names_another_unit(
     by_serial = {s.serial: pins.get(k) for k, s in poller.states.items()}
     assert by_serial["SWAPPED1"].ssh == swapped.ssh_fingerprint
     assert by_serial["STEADY1"].ssh is None, "no SSH visit when REST says nothing odd"
+
+
+async def test_ssh_login_refused_stops_ssh_attempts(
+    lab_factory: Any,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SSH refusing the login is said once and not retried each poll (failures feed a lockout)."""
+    import paramiko
+
+    lab = await lab_factory([make_device("SSHNO1")])
+    device = lab.devices["SSHNO1"]
+    key_file = tmp_path / "agent-key"
+    paramiko.RSAKey.generate(2048).write_private_key_file(str(key_file))
+    connections = [0]
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        up_reader, up_writer = await asyncio.open_connection(device.address, device.ssh_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    ssh_port = server.sockets[0].getsockname()[1]
+    try:
+        # REST and SSH of one address (127.0.0.1), with a count of SSH connections.
+        rest_relay = SwitchableLink(device.address, device.rest_port)
+        await rest_relay.start()
+        rest_relay.up = True
+        config = agent_config(
+            tmp_path,
+            [
+                device_config(
+                    device,
+                    password_file,
+                    host="127.0.0.1",
+                    rest_port=rest_relay.port,
+                    ssh_port=ssh_port,
+                    ssh_key_file=key_file,
+                )
+            ],
+            ssh_cross_check_every=1,
+        )
+        poller = make_poller(config, http)
+        key = next(iter(poller.states))
+        for _ in range(3):
+            [snap] = await poller.poll_device(key)
+            assert snap.health.state is HealthState.OK and snap.via.value == "rest"
+        await rest_relay.stop()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections[0] == 1
+    refused = [r for r in caplog.records if "SSH refused the login" in r.getMessage()]
+    assert len(refused) == 1
