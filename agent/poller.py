@@ -103,7 +103,10 @@ class Poller:
 
     Each poll runs under its own deadline, so a hung device only ever costs
     its own slot. Lockouts and refused credentials back off exponentially:
-    every login attempt on a locked unit would extend the lockout.
+    every login attempt on a locked unit would extend the lockout. A wedged
+    REST API is read over SSH; a healthy one is cross-checked over SSH every
+    ``ssh_cross_check_every`` polls and whenever it names another unit, model
+    or firmware than the last read.
     """
 
     def __init__(
