@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 OUTBOX_DIR = "outbox"
 HELD_DIR = "held"
+#: Poll intervals of silence after which the controller calls a device unreachable.
+SILENCE_POLLS = 3
 
 
 async def enroll(
@@ -158,8 +160,7 @@ class AgentService:
         path = self.config.credential_path
         if await asyncio.to_thread(path.exists):
             self.credential = await asyncio.to_thread(Credential.load, path)
-            return self.credential
-        if self.config.enrollment_code is not None and self.config.controller_url:
+        elif self.config.enrollment_code is not None and self.config.controller_url:
             code = await asyncio.to_thread(self.config.enrollment_code.read)
             self.credential = await enroll(
                 self.config,
@@ -170,8 +171,21 @@ class AgentService:
             log.info(
                 "enrolled as agent %s of site %s", self.credential.agent_id, self.credential.site_id
             )
-            return self.credential
-        return None
+        else:
+            return None
+        slowest = self.config.poll_interval_s + self.config.jitter_s
+        expected = self.credential.poll_interval_s
+        if expected > 0 and slowest >= SILENCE_POLLS * expected:
+            # The controller calls a device unreachable after that many of its intervals.
+            log.warning(
+                "agent.poll_interval_s %gs (+ jitter %gs) is not below %d x the controller's "
+                "poll interval of %ds: its devices will look unreachable between polls",
+                self.config.poll_interval_s,
+                self.config.jitter_s,
+                SILENCE_POLLS,
+                expected,
+            )
+        return self.credential
 
     def _uplink(self, credential: Credential) -> Uplink:
         assert self.session is not None
