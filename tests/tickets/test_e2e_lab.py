@@ -20,7 +20,7 @@ from agent.config import AgentConfig, DeviceConfig, Secret
 from agent.service import AgentService
 from agent.uplink import Credential
 from controller.api.tickets import TICKET_DESK, TicketDesk
-from controller.events import Event, SnapshotIngested
+from controller.events import Event, SnapshotsIngested
 from controller.keys import EVENT_BUS
 from controller.testing import running_controller
 from shared.schema import ProblemCode, Snapshot
@@ -48,8 +48,8 @@ class SnapshotLog:
         self.seen: list[Snapshot] = []
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, SnapshotIngested):
-            self.seen.append(event.snapshot)
+        if isinstance(event, SnapshotsIngested):
+            self.seen += [report.snapshot for report in event.reports]
 
     def of(self, serial: str) -> list[Snapshot]:
         return [s for s in self.seen if s.serial == serial]
@@ -125,7 +125,7 @@ async def whole_product(
             await service.start()
             desk = controller.app[TICKET_DESK]
             if snapshots is not None:
-                controller.app[EVENT_BUS].subscribe(snapshots, kinds={SnapshotIngested})
+                controller.app[EVENT_BUS].subscribe(snapshots, kinds={SnapshotsIngested})
             await wait_until(lambda: desk.service is not None)
             yield lab, desk
     finally:
