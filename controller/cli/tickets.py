@@ -164,9 +164,10 @@ def _line(ticket: dict[str, Any]) -> str:
 def _show(ticket: dict[str, Any]) -> str:
     lines = [_line(ticket)]
     keys = (
-        "kind", "serial", "contract_number", "plan", "model", "site", "room", "host_serial",
+        "kind", "serial", "contract_number", "plan", "plan_name", "model", "site", "site_name",
+        "room", "host_serial",
         "language", "first_seen", "opened_at", "sent_at", "acknowledged_at", "accepted_at",
-        "received_at", "closed_at", "escalated_at",
+        "shipped_at", "received_at", "returned_at", "closed_at", "escalated_at",
     )  # fmt: skip
     lines += [f"  {key:>16}: {ticket[key]}" for key in keys if ticket.get(key)]
     sla = ticket.get("sla") or {}
