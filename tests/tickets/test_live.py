@@ -570,3 +570,35 @@ async def test_W2_W7_escalation_by_real_smtp_once_not_after_ack_nor_without_prom
             assert lab.service.get(keys[serial]).escalated_at is None
     assert sum(1 for m in smtp_peer.received if m.recipients == [contact]) == 1
     assert len(smtp_peer.received) == 4
+
+
+async def test_tickets_show_prints_the_desk_facts_for_a_person(lab: Lab) -> None:
+    """`tickets show` without --json prints the ticket's facts, SLA terms and notes as lines."""
+    await lab.report_minutes(("X3",), range(0, 8), ProblemCode.MICROPHONE_DOWN)
+    (ticket,) = lab.service.tickets()
+    args = ["controller", "tickets", "show", ticket.id, "--url", lab.controller.url]
+    stdout, stderr = io.StringIO(), io.StringIO()
+
+    def run() -> int:
+        env = {**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token}
+        with (
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+            process_env(env),
+        ):
+            return main(args)
+
+    assert await asyncio.to_thread(run) == 0, stderr.getvalue()
+    lines = [line.strip() for line in stdout.getvalue().splitlines()]
+    assert (
+        lines[0].startswith(f"{ticket.id}  needs_data") and "missing: contract_number" in lines[0]
+    )
+    for wanted in (
+        "serial: X3",
+        "plan: standard",
+        "plan_name: standard manufacturer warranty",
+        "model: studio_x50",  # as the device reports itself
+        "room: Sala Sukiennice",
+    ):
+        assert wanted in lines, wanted
+    assert any(line.endswith("held: missing contract_number (W5)") for line in lines)
