@@ -16,18 +16,32 @@ from shared.schema import HealthState, ProblemCode
 from simulator.testing import make_device
 
 
+@pytest.mark.parametrize(
+    ("model", "firmware"),
+    [
+        ("g7500", "4.1.0"),
+        ("studio_x30", "3.12.0"),
+        ("studio_x70", "4.1.0_00"),
+        ("studio_x50", "4.6.2"),
+    ],
+)
 async def test_cross_check_every_nth_read_agrees_and_pins_the_host_key(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    lab_factory: Any,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    model: str,
+    firmware: str,
 ) -> None:
     """A healthy unit cross-checked over SSH stays ok; its host key gets pinned; no session left."""
-    lab = await lab_factory([make_device("XCHK1", model="g7500", firmware="4.1.0")])
+    lab = await lab_factory([make_device("XCHK1", model=model, firmware=firmware)])
     device = lab.devices["XCHK1"]
     config = agent_config(tmp_path, [device_config(device, password_file)], ssh_cross_check_every=1)
     poller = make_poller(config, http)
     key = next(iter(poller.states))
     assert PinStore(config.data_dir).get(key).ssh is None
     for _ in range(2):
-        host, _camera = await poller.poll_device(key)
+        host = (await poller.poll_device(key))[0]
         assert host.via.value == "rest"
         assert host.health.state is HealthState.OK, host.health
     assert PinStore(config.data_dir).get(key).ssh == device.ssh_fingerprint
