@@ -105,6 +105,7 @@ class TinyDBStore:
         self._checkpoint_lock = asyncio.Lock()
         self._failed: BaseException | None = None
         self._closing = False
+        self._stop_snapshots = False
         self._opened = False
         self._lock_fd: int | None = None
         self._journal = JournalWriter(directory / "journal")
@@ -123,6 +124,7 @@ class TinyDBStore:
         self._data = data
         self._generation = max(current, last_gen) + 1
         self._opened = True
+        self._stop_snapshots = False
         self._writer_task = asyncio.create_task(self._write_loop(), name="store-journal")
         self._snapshot_task = asyncio.create_task(self._snapshot_loop(), name="store-snapshot")
         if replayed:
@@ -137,9 +139,11 @@ class TinyDBStore:
         with contextlib.suppress(StoreUnavailable):
             await self.sync()
         if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._snapshot_task
+            # Asked to stop, not cancelled: a cancel mid-snapshot leaves its thread running on,
+            # and that thread's commit removes every other snapshot directory (the final one).
+            self._stop_snapshots = True
+            self._checkpoint_wanted.set()
+            await self._snapshot_task
         if self._failed is None:
             try:
                 await self.checkpoint()
@@ -285,6 +289,8 @@ class TinyDBStore:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._checkpoint_wanted.wait(), self.snapshot_interval_s)
+            if self._stop_snapshots:
+                return
             self._checkpoint_wanted.clear()
             try:
                 await self.checkpoint()

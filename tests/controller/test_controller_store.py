@@ -93,6 +93,43 @@ async def test_snapshot_replaces_journal_atomically(tmp_path: Path) -> None:
         assert store.count("devices") == 9000
 
 
+async def test_text_of_any_kind_survives_journal_and_snapshot(tmp_path: Path) -> None:
+    """Non-ASCII text, escapes, a lone surrogate and odd numbers read back the same both ways."""
+    docs = {
+        "pl": {"name": "Kraków, sala Żółta", "lines": 'a\nb\t"c"\\', "n": [0, -1.5, 10**18]},
+        "odd": {"text": "half \ud800 pair", "nested": {"empty": {}, "none": None, "t": True}},
+    }
+    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    await store.open()
+    await store.put_many("things", docs)
+    assert store._writer_task is not None and store._snapshot_task is not None
+    store._writer_task.cancel()
+    store._snapshot_task.cancel()
+    store._release_lock()
+    # Reopening replays the journal, then writes a snapshot; the second reopen reads that.
+    async with opened(tmp_path) as replayed:
+        assert dict(replayed.scan("things")) == docs
+    async with opened(tmp_path) as from_snapshot:
+        assert dict(from_snapshot.scan("things")) == docs
+
+
+async def test_close_during_a_snapshot_leaves_one_complete_snapshot(tmp_path: Path) -> None:
+    """Closing while the background snapshot is written waits for it instead of racing it."""
+    store = TinyDBStore(tmp_path, journal_max_bytes=1)
+    await store.open()
+    await store.put_many("devices", {f"S{i}": {"i": i, "pad": "x" * 200} for i in range(20000)})
+    deadline = asyncio.get_running_loop().time() + 10
+    while not store._checkpoint_lock.locked():
+        assert asyncio.get_running_loop().time() < deadline, "no background snapshot started"
+        await asyncio.sleep(0.001)  # waits-for: the size-triggered snapshot to begin
+    await store.put_many("devices", {"last": {"i": -1}})
+    await store.close()
+    current = (tmp_path / "CURRENT").read_text(encoding="ascii").strip()
+    assert [path.name for path in (tmp_path / "snapshots").iterdir()] == [f"{int(current):012d}"]
+    async with opened(tmp_path) as reopened:
+        assert reopened.count("devices") == 20001
+
+
 async def test_second_opener_is_locked_out(tmp_path: Path) -> None:
     """Two processes never write one store: the second open fails with StoreLocked."""
     async with opened(tmp_path):
