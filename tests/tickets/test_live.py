@@ -538,6 +538,17 @@ async def test_W2_W7_escalation_by_real_smtp_once_not_after_ack_nor_without_prom
             lambda: all(lab.service.get(k).status.value == "sent" for k in keys.values())
         )
         assert len(smtp_peer.received) == 3
+        # H4, P2: Polish for HEZO+ and Partner POLY+; English for POLY+.
+        subjects = {
+            m.message["X-Polyfleet-Ticket"]: m.message["Subject"] for m in smtp_peer.received
+        }
+        assert subjects[keys["X1"]].endswith(
+            "Zgłoszenie serwisowe: Poly Studio X50 X1 - awaria kamery"
+        )
+        assert subjects[keys["X4"]].endswith(
+            "Zgłoszenie serwisowe: Poly Studio X50 X4 - awaria kamery"
+        )
+        assert subjects[keys["X2"]].endswith("Service ticket: Poly Studio X50 X2 - camera failure")
         # Partner POLY+ (X4): the desk called back in time; POLY+ (X2) promises no reaction.
         await lab.admin("POST", f"/api/v1/tickets/{keys['X4']}/ack")
         assert lab.service.get(keys["X2"]).sla().reaction_due is None  # type: ignore[union-attr]

@@ -387,3 +387,35 @@ async def test_W5_held_ticket_goes_out_once_the_registry_has_its_contract(
     text = body.get_content()
     assert "Numer umowy serwisowej: PPP-33" in text
     assert "numer umowy serwisowej uzupełniony z rejestru urządzeń" in text
+
+
+async def test_plans_without_a_language_use_the_admins(
+    store: TinyDBStore, smtp_peer: SmtpPeer, tmp_path: Path
+) -> None:
+    """Standard warranty and site tickets follow tickets.language; POLY+ stays English."""
+    clock = Clock()
+    await store.put_many(
+        ASSETS,
+        {a.serial: a.to_doc() for a in (asset("X2", "poly_plus"), asset("X3", "standard"))},
+    )
+    settings = ticket_settings(ticket_sections(smtp_peer, None, min_duration_s=60, language="pl"))
+    service = TicketService(
+        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
+    )
+    try:
+        await report(service, clock, "X2", range(0, 3), ProblemCode.LAN_DOWN)
+        await report(service, clock, "X3", range(0, 3), ProblemCode.LAN_DOWN)
+        await service.on_agent_offline("krk", at=clock.now)
+        await service.wait_prepared()
+        languages = {t.serial or t.site: t.language for t in service.tickets()}
+        assert languages == {"X2": "en", "X3": "pl", "krk": "pl"}
+        assert await service.worker.run_once(clock.now) == 3
+        subjects = sorted(m.message["Subject"].split("] ", 1)[1] for m in smtp_peer.received)
+        assert subjects == [
+            "Service ticket: Poly Studio X50 X2 - network link (LAN) down",
+            "Zgłoszenie dotyczące lokalizacji: krk - lokalizacja bez łączności "
+            "(agent offline: sieć lub zasilanie)",
+            "Zgłoszenie serwisowe: Poly Studio X50 X3 - brak połączenia sieciowego (LAN)",
+        ]
+    finally:
+        await service.close()
