@@ -82,6 +82,10 @@ class Credential:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o600)
+        if os.geteuid() == 0:
+            # Enrolled by root into the service's state folder: the service user must read it.
+            folder = path.parent.stat()
+            os.chown(tmp, folder.st_uid, folder.st_gid)
         os.replace(tmp, path)
 
     @staticmethod

@@ -136,3 +136,21 @@ def test_example_config_documents_the_defaults() -> None:
         if f.name not in skip:
             assert getattr(config, f.name) == getattr(bare, f.name), f.name
     assert config.ssh_cross_check_every == 10 and config.held_retry_s == 300
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root enrolls on behalf of the service user")
+def test_credential_saved_by_root_belongs_to_the_state_folder_owner(tmp_path: Path) -> None:
+    """Enrolled by root into the service's state folder, the credential is the service user's."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    os.chown(folder, 4242, 4243)
+    path = folder / "credential.json"
+    Credential(
+        controller_url="http://127.0.0.1:1",
+        agent_id="a",
+        site_id="s",
+        token="tok-123",
+        poll_interval_s=60,
+    ).save(path)
+    info = path.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (4242, 4243, 0o600)
