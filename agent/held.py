@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.outbox import Entry
+from shared.durable import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +133,7 @@ class HeldReports:
             self._held = keep
 
     def _write_blocking(self, items: list[HeldReport]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(b"".join(_encode(h) for h in items))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(self.path, b"".join(_encode(h) for h in items))
 
 
 def read_held(directory: Path) -> list[HeldReport]:
