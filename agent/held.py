@@ -93,7 +93,9 @@ class HeldReports:
         self._held = {h.seq: h for h in read_held(self.directory)}
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Wait for a rewrite in flight (it finishes even when its caller was cancelled)."""
+        async with self._lock:
+            await asyncio.to_thread(self._executor.shutdown, True)
 
     async def hold(self, refused: Iterable[tuple[Entry, str, str]]) -> list[HeldReport]:
         """Keep ``(entry, code, reason)`` items durably; returns the ones newly held."""
