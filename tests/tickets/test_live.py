@@ -219,7 +219,7 @@ async def test_W4_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
     assert bundle.get_content() == BUNDLE
     # The snapshots that show the fault, whole, for the desk's engineer.
     assert evidence.get_content_type() == "application/json"
-    assert evidence.get_filename().startswith("evidence-PF-")
+    assert str(evidence.get_filename()).startswith("evidence-PF-")
     snapshots = json.loads(evidence.get_content())
     assert len(snapshots) >= 2 and {s["serial"] for s in snapshots} == {"X1"}
     assert all([p["code"] for p in s["health"]["problems"]] == ["camera_down"] for s in snapshots)
