@@ -324,12 +324,12 @@ _FAULTS: dict[str, dict[Language, str]] = {
     },
 }
 
-#: Ticket history notes; ``{when}`` is an ISO time (shown in Warsaw time), ``{missing}`` a
-#: comma-separated list of field names (shown by their labels).
+#: Ticket history notes, read by the desk too (so no rule ids). ``{when}`` is an ISO time
+#: (shown in Warsaw time), ``{missing}`` comma-separated field names (shown by their labels).
 NOTES: dict[str, dict[Language, str]] = {
     "held": {
-        "pl": "wstrzymane: brak danych wymaganych przez serwis ({missing}) (W5)",
-        "en": "held: missing {missing} (W5)",
+        "pl": "wstrzymane: brak danych wymaganych przez serwis ({missing})",
+        "en": "held: missing {missing}",
     },
     "filled": {
         "pl": "numer seryjny i numer umowy serwisowej uzupełnione przez administratora",
@@ -360,8 +360,8 @@ NOTES: dict[str, dict[Language, str]] = {
         "en": "diagnostics bundle missing: {error}",
     },
     "escalated": {
-        "pl": "czas reakcji minął bez potwierdzenia zgłoszenia; eskalacja do {email} (W7)",
-        "en": "reaction time passed unacknowledged; escalated to {email} (W7)",
+        "pl": "czas reakcji minął bez potwierdzenia zgłoszenia; eskalacja do {email}",
+        "en": "reaction time passed unacknowledged; escalated to {email}",
     },
     "dropped": {
         "pl": "nie zostaną już wysłane: {entries}",

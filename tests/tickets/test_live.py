@@ -612,4 +612,4 @@ async def test_tickets_show_prints_the_desk_facts_for_a_person(lab: Lab) -> None
         "room: Sala Sukiennice",
     ):
         assert wanted in lines, wanted
-    assert any(line.endswith("held: missing contract_number (W5)") for line in lines)
+    assert any(line.endswith("held: missing contract_number") for line in lines)
