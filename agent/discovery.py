@@ -38,6 +38,8 @@ class Found:
     model_hint: str = ""
     ssh_port: int | None = None
     ssh_banner: str = ""
+    #: Whether ``/rest/system`` asks for a session (VideoOS); None when not looked at.
+    videoos_api: bool | None = None
     evidence: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -71,16 +73,39 @@ async def _landing_page(
     session: aiohttp.ClientSession, address: str, port: int, timeout: float
 ) -> tuple[int, bytes]:
     host = f"[{address}]" if ":" in address else address
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
     async with session.get(
         f"https://{host}:{port}/",
-        ssl=context,
+        ssl=_no_verify(),
         timeout=aiohttp.ClientTimeout(total=timeout),
         allow_redirects=False,
     ) as resp:
         return resp.status, await resp.content.read(_MAX_PAGE)
+
+
+async def _rest_api_status(
+    session: aiohttp.ClientSession, address: str, port: int, timeout: float
+) -> int | None:
+    """Status of ``GET /rest/system`` without a session: 403 on VideoOS, 404 elsewhere."""
+    host = f"[{address}]" if ":" in address else address
+    try:
+        async with session.get(
+            f"https://{host}:{port}/rest/system",
+            ssl=_no_verify(),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as resp:
+            await resp.content.read(_MAX_PAGE)
+            return resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+
+
+def _no_verify() -> ssl.SSLContext:
+    # Discovery only looks (no credentials are sent): any certificate is worth a look.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def _ssh_banner(address: str, port: int, timeout: float) -> str:
@@ -126,9 +151,16 @@ async def probe_address(
         elif b"videoos" in lowered:
             found.os = "Poly VideoOS"
         if status == 200 and (found.os or found.title.lower().startswith("poly")):
-            found.poly = True
             found.evidence.append(f"landing page {found.title!r}")
             found.model_hint = found.title.removeprefix("Poly ").strip()
+            # Poly desk phones say "Poly" too: only a VideoOS REST API makes it one of ours.
+            api = await _rest_api_status(session, address, port, timeout)
+            found.videoos_api = api in (401, 403)
+            if found.videoos_api:
+                found.poly = True
+                found.evidence.append(f"VideoOS REST API (/rest/system asks for a session: {api})")
+            else:
+                found.evidence.append(f"no VideoOS REST API (/rest/system: {api or 'no answer'})")
         break
     for port in ssh_ports:
         banner = await _ssh_banner(address, port, timeout)

@@ -113,3 +113,48 @@ async def test_discover_without_terminal_prints_no_progress(
     out, err = await proc.communicate()
     assert b"scanned" not in err
     assert b"1 Poly devices" in out
+
+
+async def test_discover_tells_videoos_from_other_hosts(tmp_path: Path) -> None:
+    """A Poly desk phone, a web UI and another vendor's API answer; only VideoOS counts as Poly."""
+    from simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
+    from simulator.lab import Lab
+    from simulator.testing import fleet_of, next_address
+
+    others = [
+        OtherHostSpec(name="phone-1", address=next_address(), kind="poly_phone", rest_port=0),
+        OtherHostSpec(
+            name="printer", address=next_address(), kind="web_server", title="Printer", rest_port=0
+        ),
+        OtherHostSpec(name="nas", address=next_address(), kind="json_api", rest_port=0),
+    ]
+    fleet = fleet_of([make_device("DISCV1")])
+    room = fleet.sites[0].rooms[0]
+    site = SiteSpec(
+        id="test-site",
+        name="Test site",
+        rooms=[RoomSpec(id=room.id, name=room.name, devices=room.devices, other_hosts=others)],
+    )
+    lab = Lab(type(fleet)(sites=[site]), data_dir=tmp_path / "lab")
+    await lab.start()
+    try:
+        device = lab.devices["DISCV1"]
+        hosts = lab.other_hosts
+        addresses = [device.address, *(h.address for h in hosts.values())]
+        ports = tuple(sorted({device.rest_port, *(h.rest_port for h in hosts.values())}))
+        found = await discover(
+            [f"{a}/32" for a in addresses],
+            rest_ports=ports,
+            ssh_ports=(device.ssh_port,),
+            timeout=2.0,
+        )
+    finally:
+        await lab.stop()
+    by_address = {f.address: f for f in found}
+    assert by_address[device.address].poly and by_address[device.address].videoos_api
+    phone = by_address[hosts["phone-1"].address]
+    assert not phone.poly and phone.videoos_api is False
+    assert any("no VideoOS REST API" in e for e in phone.evidence)
+    assert not by_address[hosts["printer"].address].poly
+    assert not by_address[hosts["nas"].address].poly
+    assert [f.address for f in found if f.poly] == [device.address]
