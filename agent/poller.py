@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Snapshots kept per device for diagnostics bundles.
 HISTORY = 5
+#: Cross-checks of a unit whose SSH does not answer back off up to 2**this periods.
+CROSS_CHECK_MAX_DOUBLINGS = 6
 #: Peripheral state when the device was read a way that cannot see peripherals (SSH).
 UNKNOWN_STATE = "UNKNOWN"
 
@@ -96,6 +98,9 @@ class DeviceState:
     cross_check_problems: list[Problem] = field(default_factory=list)
     #: Set when SSH refused the credentials: no more SSH attempts (they feed a lockout).
     ssh_refused: str | None = None
+    #: Periodic cross-checks wait until this many REST reads after SSH did not answer.
+    cross_check_after: int = 0
+    cross_check_failures: int = 0
 
 
 class Poller:
@@ -354,7 +359,7 @@ class Poller:
         ):
             return True
         every = self.config.ssh_cross_check_every
-        if every <= 0:
+        if every <= 0 or state.rest_reads < state.cross_check_after:
             return False
         offset = zlib.crc32(state.device.key.encode()) % every
         return (state.rest_reads + offset) % every == 0
@@ -380,8 +385,15 @@ class Poller:
             if state.cross_check_failing != reason:
                 log.info("%s: SSH cross-check not possible (%s)", key, reason)
             state.cross_check_failing = reason
+            # A filtered port costs a whole timeout in a concurrency slot: ask ever less often.
+            state.cross_check_failures += 1
+            pause = max(1, self.config.ssh_cross_check_every)
+            pause *= 2 ** min(state.cross_check_failures, CROSS_CHECK_MAX_DOUBLINGS)
+            state.cross_check_after = state.rest_reads + pause
             return snapshots
         state.cross_check_failing = None
+        state.cross_check_failures = 0
+        state.cross_check_after = 0
         if not problems:
             return snapshots
         if state.cross_check_problems != problems:

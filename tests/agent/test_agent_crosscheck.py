@@ -172,3 +172,45 @@ async def test_ssh_login_refused_stops_ssh_attempts(
     assert connections[0] == 1
     refused = [r for r in caplog.records if "SSH refused the login" in r.getMessage()]
     assert len(refused) == 1
+
+
+async def test_silent_ssh_is_cross_checked_ever_less_often(
+    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """SSH that does not answer is no problem for a healthy REST unit; it is tried ever less."""
+    lab = await lab_factory([make_device("NOSSH1")])
+    device = lab.devices["NOSSH1"]
+    connections = [0]
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    rest_relay = SwitchableLink(device.address, device.rest_port)
+    await rest_relay.start()
+    rest_relay.up = True
+    try:
+        config = agent_config(
+            tmp_path,
+            [
+                device_config(
+                    device,
+                    password_file,
+                    host="127.0.0.1",
+                    rest_port=rest_relay.port,
+                    ssh_port=server.sockets[0].getsockname()[1],
+                )
+            ],
+            ssh_cross_check_every=1,
+        )
+        poller = make_poller(config, http)
+        key = next(iter(poller.states))
+        for _ in range(8):
+            [snap] = await poller.poll_device(key)
+            assert snap.health.state is HealthState.OK and snap.via.value == "rest"
+    finally:
+        await rest_relay.stop()
+        server.close()
+        await server.wait_closed()
+    assert connections[0] == 3  # reads 1, 3 and 7: the pause doubles after each miss
