@@ -284,3 +284,33 @@ async def test_refusal_naming_nobody_is_bisected_and_agent_refusals_block(
         await held.close()
         await outbox.close()
         await runner.cleanup()
+
+
+async def test_held_over_its_bound_drops_repeats_first_and_counts_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past its size bound the held spool drops unchanged repeats before any change, and says so."""
+    from agent.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    await outbox.open()
+    entries = []
+    for i in range(6):
+        # Even puts repeat the state before them; odd ones change it.
+        entry = await outbox.put(snapshot_of("FULL1", f"room {i // 2}"))
+        assert entry is not None
+        entries.append(entry)
+    await outbox.close()
+    assert [e.repeat for e in entries] == [False, True, False, True, False, True]
+    one = len(json.dumps({"data": entries[0].data}))
+    held = HeldReports(tmp_path / "held", max_bytes=one * 4 + 600)
+    await held.open()
+    try:
+        await held.hold((e, "device_at_other_site", "moved away") for e in entries)
+        kept = [h.seq for h in held.reports()]
+    finally:
+        await held.close()
+    changes = [e.seq for e in entries if not e.repeat]
+    assert set(changes) <= set(kept), "a state change was dropped while repeats remained"
+    assert len(kept) < len(entries) and held.unreported_drops == len(entries) - len(kept)
+    assert any("dropped report" in r.getMessage() for r in caplog.records)
