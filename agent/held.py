@@ -44,9 +44,9 @@ class HeldReport:
 class HeldReports:
     """``<data_dir>/held/held.jsonl``: every change is one atomic rewrite, so none is half-done.
 
-    A report lands here only after it is on disk here, and only then leaves the
-    outbox, so a crash in between leaves it in both places (the same seq, kept
-    once) and never in neither. Bounded: past ``max_bytes`` the oldest repeats
+    A refused report leaves the outbox only once it is on disk here, so a crash
+    in between leaves it in both places (the same seq, kept once), never in
+    neither. Bounded: past ``max_bytes`` the oldest repeats
     of unchanged state go first, then the oldest reports, each drop logged and
     counted for a notice (never silently).
     """
