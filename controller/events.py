@@ -10,8 +10,10 @@ Usage (from a feature's background task, see ``controller.app.BACKGROUND``)::
 ``on_event(event)`` may be a plain function or a coroutine function. Each subscriber gets
 every event in publication order from its own queue, so a slow subscriber never delays
 ingestion or other subscribers; an exception is logged (first one per subscriber in a row)
-and delivery goes on. ``await bus.drain()`` waits until every subscriber has handled every
-event published so far (tests use it instead of sleeping).
+and delivery goes on. ``bus.subscribe_batches(on_events, kinds=...)`` hands over every event
+waiting at that moment in one call (``on_events(events)``), for subscribers that pay a fixed
+cost per call. ``await bus.drain()`` waits until every subscriber has handled every event
+published so far (tests use it instead of sleeping).
 
 Accepted reports come as one ``SnapshotsIngested`` per batch (a batch holds up to hundreds
 of them; one event each made delivery cost more than storing them). The per-report
@@ -223,14 +225,16 @@ EVENT_KINDS: dict[str, type[Event]] = {
 }
 
 Callback = Callable[[Event], Awaitable[None] | None]
+BatchCallback = Callable[[list[Event]], Awaitable[None] | None]
 
 
 @dataclass(eq=False)
 class Subscription:
     """One subscriber's queue and delivery task; ``cancel()`` stops delivery."""
 
-    callback: Callback
+    callback: Callback | None
     kinds: frozenset[type[Event]] | None
+    batch_callback: BatchCallback | None = None
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     bus: EventBus | None = None
@@ -268,6 +272,26 @@ class EventBus:
         )
         subscription.task = asyncio.create_task(
             self._deliver(subscription), name="event-subscriber"
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def subscribe_batches(
+        self, callback: BatchCallback, *, kinds: Iterable[type[Event]] | None = None
+    ) -> Subscription:
+        """Like ``subscribe``, but ``callback`` gets every event waiting at once, in order.
+
+        For a subscriber whose work per call has a fixed cost (a durable write): when it falls
+        behind, it catches up in one call instead of paying that cost per event.
+        """
+        subscription = Subscription(
+            callback=None,
+            batch_callback=callback,
+            kinds=None if kinds is None else frozenset(kinds),
+            bus=self,
+        )
+        subscription.task = asyncio.create_task(
+            self._deliver_batches(subscription), name="event-subscriber"
         )
         self._subscriptions.add(subscription)
         return subscription
@@ -321,6 +345,7 @@ class EventBus:
                     await subscription.task
 
     async def _deliver(self, subscription: Subscription) -> None:
+        assert subscription.callback is not None
         failing = False
         while True:
             event = await subscription.queue.get()
@@ -340,6 +365,33 @@ class EventBus:
                 failing = True
             finally:
                 subscription.queue.task_done()
+
+    async def _deliver_batches(self, subscription: Subscription) -> None:
+        assert subscription.batch_callback is not None
+        queue = subscription.queue
+        failing = False
+        while True:
+            events = [await queue.get()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
+            try:
+                result = subscription.batch_callback(events)
+                if inspect.isawaitable(result):
+                    await result
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not failing:
+                    log.exception(
+                        "event subscriber %r failed on %d events",
+                        subscription.batch_callback,
+                        len(events),
+                    )
+                failing = True
+            finally:
+                for _ in events:
+                    queue.task_done()
 
 
 def event_doc(event_id: int, event: Event) -> Doc:

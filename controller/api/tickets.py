@@ -28,6 +28,7 @@ from controller.services.entitlement import catalogue_paths, load_plans
 from controller.services.ticket_config import ticket_settings
 from controller.services.ticket_diagnostics import JobDiagnostics
 from controller.services.ticket_service import TicketNotFound, TicketService
+from shared.schema import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -223,17 +224,24 @@ def build_service(app: web.Application) -> TicketService:
     )
 
 
-async def _feed(service: TicketService, event: Event) -> None:
-    if isinstance(event, SnapshotsIngested):
-        await service.on_snapshots(
-            (report.snapshot for report in event.reports), site=event.site_id
-        )
-    elif isinstance(event, DeviceUnreachable) and event.serial is not None:
-        await service.on_device_unreachable(event.serial, site=event.site_id, at=event.at)
-    elif isinstance(event, AgentOffline) and event.site_id is not None:
-        await service.on_agent_offline(event.site_id, at=event.at)
-    elif isinstance(event, AgentOnline) and event.site_id is not None:
-        await service.on_agent_online(event.site_id, at=event.at)
+async def _feed(service: TicketService, events: list[Event]) -> None:
+    """Events in order; the reports of consecutive batches go to the detector together."""
+    reports: list[tuple[Snapshot, str | None]] = []
+    for event in events:
+        if isinstance(event, SnapshotsIngested):
+            reports.extend((report.snapshot, event.site_id) for report in event.reports)
+            continue
+        if reports:
+            await service.on_snapshots(reports)
+            reports = []
+        if isinstance(event, DeviceUnreachable) and event.serial is not None:
+            await service.on_device_unreachable(event.serial, site=event.site_id, at=event.at)
+        elif isinstance(event, AgentOffline) and event.site_id is not None:
+            await service.on_agent_offline(event.site_id, at=event.at)
+        elif isinstance(event, AgentOnline) and event.site_id is not None:
+            await service.on_agent_online(event.site_id, at=event.at)
+    if reports:
+        await service.on_snapshots(reports)
 
 
 async def _tick_loop(service: TicketService) -> None:
@@ -254,8 +262,9 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
     tasks: list[asyncio.Task[None]] = []
     subscription = None
     if service.settings.enabled:
-        subscription = app[EVENT_BUS].subscribe(
-            lambda event: _feed(service, event),
+        # In batches: each call saves detector state durably once, however much it took in.
+        subscription = app[EVENT_BUS].subscribe_batches(
+            lambda events: _feed(service, events),
             kinds={SnapshotsIngested, DeviceUnreachable, AgentOffline, AgentOnline},
         )
         await service.resume()

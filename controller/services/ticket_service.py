@@ -171,12 +171,12 @@ class TicketService:
     # -- inputs from the controller -----------------------------------------------------
 
     async def on_snapshot(self, snapshot: Snapshot, *, site: str | None) -> None:
-        await self.on_snapshots((snapshot,), site=site)
+        await self.on_snapshots([(snapshot, site)])
 
-    async def on_snapshots(self, snapshots: Iterable[Snapshot], *, site: str | None) -> None:
-        """The accepted reports of one batch, in order: detector state is saved once per batch."""
+    async def on_snapshots(self, reports: Iterable[tuple[Snapshot, str | None]]) -> None:
+        """Accepted reports (each with its site) in order; detector state is saved once for all."""
         events: list[FaultEvent] = []
-        for snapshot in snapshots:
+        for snapshot, site in reports:
             events += self.detector.observe(snapshot, site=site, at=snapshot.collected_at)
         await self.handle(events)
 
