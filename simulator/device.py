@@ -461,7 +461,7 @@ class SimDevice:
             raise FaultError(f"unknown fault {name!r} (known: {', '.join(FAULTS)})")
         if active:
             try:
-                params = fault_params(name, params, [p.serial for p in self.peripherals])
+                params = fault_params(name, params, self.peripherals)
             except FaultParamError as exc:
                 raise FaultError(f"device {self.serial}: {exc}", exc.key) from exc
         if active:
@@ -514,15 +514,14 @@ class SimDevice:
         self._cancel_transition()
         self._drop_volatile_state()
         pending = self.pending_update()
+        # Leave "on" before closing (which awaits): nobody may see an "on" unit going down.
+        self._set_power("installing" if pending is not None else "booting")
         await self._close_network()
+        loop = asyncio.get_running_loop()
         if pending is not None:
-            self._set_power("installing")
-            self._transition = asyncio.get_running_loop().create_task(self._install(pending))
+            self._transition = loop.create_task(self._install(pending))
         else:
-            self._set_power("booting")
-            self._transition = asyncio.get_running_loop().create_task(
-                self._boot(self.spec.boot_seconds)
-            )
+            self._transition = loop.create_task(self._boot(self.spec.boot_seconds))
 
     async def deliver_update(self, version: str) -> None:
         """Install ``version`` now, as a provider's own channel (Teams admin center) would.
@@ -537,8 +536,8 @@ class SimDevice:
             raise FaultError(f"device {self.serial} is {self.power}, not on", "power")
         self._cancel_transition()
         self._drop_volatile_state()
-        await self._close_network()
         self._set_power("installing")
+        await self._close_network()
         self._transition = asyncio.get_running_loop().create_task(self._install(target))
 
     def request_reboot_threadsafe(self) -> None:

@@ -284,12 +284,19 @@ class FaultParamError(ValueError):
         self.key = key
 
 
-def fault_params(name: str, params: dict[str, Any], peripherals: list[str]) -> dict[str, Any]:
-    """The checked parameters of fault ``name``; FaultParamError names the bad one.
+def fault_params(
+    name: str, params: dict[str, Any], peripherals: list[PeripheralSpec]
+) -> dict[str, Any]:
+    """The checked parameters of fault ``name`` on a device with ``peripherals``.
 
-    ``peripherals`` are the serials of the device's peripherals (for
-    ``peripheral_disconnected``'s ``serial``).
+    FaultParamError names the bad parameter (``name`` when the device cannot have
+    the fault at all: ``e70_down`` without an E70, ``peripheral_disconnected``
+    without peripherals).
     """
+    if name == "e70_down" and not any(p.kind == "e70" for p in peripherals):
+        raise FaultParamError("name", "e70_down needs a Studio E70 on this device")
+    if name == "peripheral_disconnected" and not peripherals:
+        raise FaultParamError("name", "peripheral_disconnected needs a peripheral on this device")
     allowed = FAULT_PARAMS.get(name, frozenset())
     for key in params:
         if key not in allowed:
@@ -307,7 +314,7 @@ def fault_params(name: str, params: dict[str, Any], peripherals: list[str]) -> d
         raise FaultParamError("mode", f"lan_down mode must be one of {', '.join(SILENT_MODES)}")
     if name == "peripheral_disconnected" and "serial" in params:
         target = params["serial"]
-        if not isinstance(target, str) or target not in peripherals:
+        if not isinstance(target, str) or target not in {p.serial for p in peripherals}:
             raise FaultParamError("serial", f"no peripheral {target!r} on this device")
     return checked
 
@@ -511,7 +518,7 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
             raise f.fail("until", f"must be after at ({at:g})")
         params = {k: v for k, v in f.data.items() if k not in {"name", "at", "until"}}
         try:
-            params = fault_params(name, params, [p.serial for p in peripherals])
+            params = fault_params(name, params, peripherals)
         except FaultParamError as exc:
             raise f.fail(exc.key, str(exc)) from exc
         faults.append(FaultWindow(name=name, at=at, until=until, params=params))

@@ -200,12 +200,34 @@ def _delay(device: SimDevice) -> None:
         time.sleep(float(slow.get("latency_ms", 0)) / 1000)  # waits-for: fault "slow" (SSH thread)
 
 
+class _Terminal:
+    """The shell's output side: once the client has gone, output is dropped, input still runs.
+
+    A client may type ``reboot now`` and hang up at once; a real unit still reboots.
+    """
+
+    def __init__(self, device: SimDevice, channel: paramiko.Channel) -> None:
+        self.device = device
+        self.channel = channel
+        self.gone = False
+
+    def send(self, lines: list[str], prompt: bool = False) -> None:
+        if self.gone:
+            return
+        try:
+            _send_lines(self.device, self.channel, lines)
+            if prompt:
+                self.channel.sendall(PROMPT.encode())
+        except (OSError, EOFError, paramiko.SSHException):
+            self.gone = True
+
+
 def _shell(device: SimDevice, channel: paramiko.Channel) -> None:
+    terminal = _Terminal(device, channel)
     if device.spec.ssh_banner_delay_ms:
         # Real units may greet late; clients must wait for the prompt, not assume it.
         time.sleep(device.spec.ssh_banner_delay_ms / 1000)  # waits-for: simulated late banner
-    _send_lines(device, channel, banner(device))
-    channel.sendall(PROMPT.encode())
+    terminal.send(banner(device), prompt=True)
     line = bytearray()
     skip_lf = False
     while True:
@@ -224,13 +246,12 @@ def _shell(device: SimDevice, channel: paramiko.Channel) -> None:
             text = line.decode("utf-8", "replace").strip()
             line.clear()
             # Real units echo the command before answering it.
-            _send_lines(device, channel, [text])
+            terminal.send([text])
             _delay(device)
             lines, close = run_command(device, text)
-            _send_lines(device, channel, lines)
+            terminal.send(lines, prompt=not close)
             if close:
                 return
-            channel.sendall(PROMPT.encode())
 
 
 def serve_connection(device: SimDevice, conn: socket.socket) -> None:

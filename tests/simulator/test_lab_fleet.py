@@ -189,8 +189,19 @@ def test_defaults_fill_in_a_minimal_device(tmp_path: Path) -> None:
             "devices[0].faults[0].mode",
         ),
         (
-            (ADDRESS, ADDRESS + FAULT + 'name = "peripheral_disconnected"\nserial = "TC8X"\n'),
+            (
+                ADDRESS,
+                ADDRESS
+                + '[[sites.rooms.devices.peripherals]]\nkind = "microphone"\nserial = "M1"\n'
+                + FAULT
+                + 'name = "peripheral_disconnected"\nserial = "TC8X"\n',
+            ),
             "devices[0].faults[0].serial",
+        ),
+        ((ADDRESS, ADDRESS + FAULT + 'name = "e70_down"\n'), "devices[0].faults[0].name"),
+        (
+            (ADDRESS, ADDRESS + FAULT + 'name = "peripheral_disconnected"\n'),
+            "devices[0].faults[0].name",
         ),
         (("[[sites]]", '[defaults]\nserial = "X"\n\n[[sites]]'), "defaults.serial"),
         (("[[sites]]", "colour = 1\n[[sites]]"), "colour"),

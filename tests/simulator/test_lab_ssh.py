@@ -314,3 +314,22 @@ async def test_wedged_rest_leaves_ssh_working(lab_factory: LabFactory) -> None:
     await device.set_fault("wedged", True)
     output, code = await asyncio.to_thread(exec_command, device, "status")
     assert code == 0 and output.endswith("status end\r\n")
+
+
+def type_and_hang_up(device: SimDevice, line: bytes) -> None:
+    """Open a shell, type ``line`` and close at once, without reading anything."""
+    client = connect(device)
+    try:
+        channel = client.invoke_shell()
+        channel.sendall(line)
+    finally:
+        client.close()
+
+
+async def test_reboot_now_typed_before_hanging_up_still_reboots(lab_factory: LabFactory) -> None:
+    """``reboot now`` typed by a client that hangs up before the late banner still reboots."""
+    lab = await lab_factory([make_device(ssh_banner_delay_ms=200)])
+    device = next(iter(lab.devices.values()))
+    boots_before = device.boot_time
+    await asyncio.to_thread(type_and_hang_up, device, b"reboot now\n")
+    await wait_for(lambda: device.boot_time != boots_before and device.power == "on")
