@@ -618,6 +618,7 @@ class SimDevice:
             "firmware": {"version": self.firmware_version, "build": self.build},
             "power": self.power,
             "listening": self.listening,
+            "silent_mode": self.silent_mode(),
             "in_call": self.call is not None,
             "faults": {name: dict(params) for name, params in sorted(self.faults.items())},
             "locked_out": self.locked_out(),

@@ -180,14 +180,22 @@ async def test_get_timeline_counts_seconds(lab_factory: LabFactory) -> None:
 
 
 async def test_clear_all_faults(lab_factory: LabFactory) -> None:
-    """DELETE /devices/{serial}/faults clears every fault, lan_down included."""
+    """DELETE /devices/{serial}/faults clears every fault, lan_down in drop mode included."""
     lab = await lab_factory([make_device(serial="CTL00006")])
     device = lab.devices["CTL00006"]
-    for fault in ("camera_down", "lan_down", "locked_out"):
+    for fault in ("camera_down", "locked_out"):
         await call(lab, "POST", "/devices/CTL00006/faults", {"fault": fault, "active": True})
-    assert not device.listening and device.locked_out()
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CTL00006/faults",
+        {"fault": "lan_down", "active": True, "mode": "drop"},
+    )
+    assert (status, body["listening"], body["silent_mode"]) == (200, False, "drop")
+    assert device.locked_out()
     status, body = await call(lab, "DELETE", "/devices/CTL00006/faults")
     assert status == 200 and body["faults"] == {} and body["listening"] is True
+    assert body["silent_mode"] == "refuse"
     assert not device.locked_out()
 
 
