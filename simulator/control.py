@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from simulator.device import FaultError, SimDevice
-from simulator.fleet import FAULTS
+from simulator.fleet import FAULTS, FaultParamError, fault_params
 
 if TYPE_CHECKING:
     from simulator.lab import Lab
@@ -21,6 +21,7 @@ ENDPOINTS = [
     "GET /devices/{serial}/config",
     "POST /devices/{serial}/faults {fault, active, ...params}",
     "DELETE /devices/{serial}/faults",
+    "POST /sites/{site}/faults {fault, active, ...params}",
     "POST /devices/{serial}/call {active, remote?}",
     "POST /devices/{serial}/power {on}",
     "POST /devices/{serial}/reboot",
@@ -122,6 +123,30 @@ async def set_fault(request: web.Request) -> web.Response:
     return web.json_response(device.view())
 
 
+async def set_site_fault(request: web.Request) -> web.Response:
+    """One fault on every device of a site (a site outage: lan_down); all or none."""
+    lab = request.app[LAB_KEY]
+    site = request.match_info["site"]
+    if site not in {s.id for s in lab.fleet.sites}:
+        return _error(404, f"no site {site!r} in this lab", site=site)
+    payload = await _body(request)
+    name = payload.pop("fault", None)
+    if not isinstance(name, str) or name not in FAULTS:
+        return _error(400, "fault must be a fault name", field="fault", known=list(FAULTS))
+    active = _flag(payload, "active")
+    payload.pop("active")
+    devices = [d for d in lab.devices.values() if d.site == site]
+    if active:
+        for device in devices:
+            try:
+                fault_params(name, payload, device.peripherals)
+            except FaultParamError as exc:
+                return _error(400, f"device {device.serial}: {exc}", field=exc.key)
+    for device in devices:
+        await device.set_fault(name, active, **payload)
+    return web.json_response({"site": site, "devices": [d.view() for d in devices]})
+
+
 async def clear_faults(request: web.Request) -> web.Response:
     device = _device(request)
     for name in list(device.faults):
@@ -217,6 +242,7 @@ def create_control_app(lab: Lab) -> web.Application:
     app.router.add_get("/devices/{serial}/config", get_config)
     app.router.add_post("/devices/{serial}/faults", set_fault)
     app.router.add_delete("/devices/{serial}/faults", clear_faults)
+    app.router.add_post("/sites/{site}/faults", set_site_fault)
     app.router.add_post("/devices/{serial}/call", set_call)
     app.router.add_post("/devices/{serial}/power", set_power)
     app.router.add_post("/devices/{serial}/reboot", reboot)

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,18 +285,21 @@ class FaultParamError(ValueError):
 
 
 def fault_params(
-    name: str, params: dict[str, Any], peripherals: list[PeripheralSpec]
+    name: str, params: dict[str, Any], peripherals: list[PeripheralSpec] | None
 ) -> dict[str, Any]:
     """The checked parameters of fault ``name`` on a device with ``peripherals``.
 
     FaultParamError names the bad parameter (``name`` when the device cannot have
     the fault at all: ``e70_down`` without an E70, ``peripheral_disconnected``
-    without peripherals).
+    without peripherals). ``peripherals`` None skips what depends on the device.
     """
-    if name == "e70_down" and not any(p.kind == "e70" for p in peripherals):
-        raise FaultParamError("name", "e70_down needs a Studio E70 on this device")
-    if name == "peripheral_disconnected" and not peripherals:
-        raise FaultParamError("name", "peripheral_disconnected needs a peripheral on this device")
+    if peripherals is not None:
+        if name == "e70_down" and not any(p.kind == "e70" for p in peripherals):
+            raise FaultParamError("name", "e70_down needs a Studio E70 on this device")
+        if name == "peripheral_disconnected" and not peripherals:
+            raise FaultParamError(
+                "name", "peripheral_disconnected needs a peripheral on this device"
+            )
     allowed = FAULT_PARAMS.get(name, frozenset())
     for key in params:
         if key not in allowed:
@@ -314,7 +317,9 @@ def fault_params(
         raise FaultParamError("mode", f"lan_down mode must be one of {', '.join(SILENT_MODES)}")
     if name == "peripheral_disconnected" and "serial" in params:
         target = params["serial"]
-        if not isinstance(target, str) or target not in {p.serial for p in peripherals}:
+        if not isinstance(target, str) or (
+            peripherals is not None and target not in {p.serial for p in peripherals}
+        ):
             raise FaultParamError("serial", f"no peripheral {target!r} on this device")
     return checked
 
@@ -488,6 +493,45 @@ def _choice(table: _Table, name: str, choices: tuple[str, ...], default: str | N
     return value
 
 
+def _fault_windows(
+    table: _Table, peripherals: list[PeripheralSpec] | None
+) -> list[tuple[_Table, FaultWindow]]:
+    """The ``faults`` windows of a device (or of a site: ``peripherals`` None, see fault_params)."""
+    windows = []
+    for f in table.tables("faults"):
+        name = _choice(f, "name", FAULTS, None)
+        at = f.number("at", 0.0)
+        until = f.optional_number("until")
+        if until is not None and until <= at:
+            raise f.fail("until", f"must be after at ({at:g})")
+        params = {k: v for k, v in f.data.items() if k not in {"name", "at", "until"}}
+        try:
+            params = fault_params(name, params, peripherals)
+        except FaultParamError as exc:
+            raise f.fail(exc.key, str(exc)) from exc
+        windows.append((f, FaultWindow(name=name, at=at, until=until, params=params)))
+    return windows
+
+
+def _with_site_faults(site: _Table, rooms: list[RoomSpec]) -> list[RoomSpec]:
+    """Rooms whose devices also carry the site's fault windows (a site outage, say)."""
+    windows = _fault_windows(site, None)
+    if not windows:
+        return rooms
+    placed = []
+    for room in rooms:
+        devices = []
+        for device in room.devices:
+            for f, window in windows:
+                try:
+                    fault_params(window.name, window.params, device.peripherals)
+                except FaultParamError as exc:
+                    raise f.fail(exc.key, f"device {device.serial}: {exc}") from exc
+            devices.append(replace(device, faults=[*device.faults, *(w for _f, w in windows)]))
+        placed.append(replace(room, devices=devices))
+    return placed
+
+
 def _device(table: _Table, defaults: _Table) -> DeviceSpec:
     merged = _Table(table.path, table.where, {**defaults.data, **table.data})
     merged.reject_unknown(_DEVICE_KEYS)
@@ -509,19 +553,7 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
                 name=p.text("name", ""),
             )
         )
-    faults = []
-    for f in merged.tables("faults"):
-        name = _choice(f, "name", FAULTS, None)
-        at = f.number("at", 0.0)
-        until = f.optional_number("until")
-        if until is not None and until <= at:
-            raise f.fail("until", f"must be after at ({at:g})")
-        params = {k: v for k, v in f.data.items() if k not in {"name", "at", "until"}}
-        try:
-            params = fault_params(name, params, peripherals)
-        except FaultParamError as exc:
-            raise f.fail(exc.key, str(exc)) from exc
-        faults.append(FaultWindow(name=name, at=at, until=until, params=params))
+    faults = [window for _table, window in _fault_windows(merged, peripherals)]
     calls = []
     for c in merged.tables("calls"):
         c.reject_unknown({"at", "until", "remote"})
@@ -650,7 +682,7 @@ def parse_fleet(data: dict[str, Any], path: Path) -> FleetSpec:
                 endpoints[key] = table.where
 
     for s in root.tables("sites"):
-        s.reject_unknown({"id", "name", "timezone", "rooms"})
+        s.reject_unknown({"id", "name", "timezone", "rooms", "faults"})
         rooms: list[RoomSpec] = []
         for r in s.tables("rooms"):
             r.reject_unknown({"id", "name", "devices", "other_hosts"})
@@ -686,7 +718,7 @@ def parse_fleet(data: dict[str, Any], path: Path) -> FleetSpec:
                 id=site_id,
                 name=s.text("name", site_id),
                 timezone=s.text("timezone", "Europe/Warsaw"),
-                rooms=rooms,
+                rooms=_with_site_faults(s, rooms),
             )
         )
     if not serials:

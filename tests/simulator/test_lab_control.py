@@ -156,6 +156,7 @@ async def test_index_lists_every_endpoint_and_fault(lab_factory: LabFactory) -> 
         "GET /devices/{serial}/config",
         "POST /devices/{serial}/faults",
         "DELETE /devices/{serial}/faults",
+        "POST /sites/{site}/faults",
         "POST /devices/{serial}/call",
         "POST /devices/{serial}/power",
         "POST /devices/{serial}/reboot",
@@ -257,3 +258,31 @@ async def test_password_change_refuses_the_old_one(
     await asyncio.to_thread(lambda: connect(device, "rotated-1").close())
     status, body = await call(lab, "POST", "/devices/CTL00009/password", {"password": ""})
     assert status == 400 and body["field"] == "password"
+
+
+async def test_site_outage_over_the_control_api(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """POST /sites/{site}/faults sets a fault on every device of the site, or on none."""
+    lab = await lab_factory([make_device(model="g7500"), make_device(model="studio_x30")])
+    g7500, x30 = lab.devices.values()
+    status, body = await call(
+        lab, "POST", "/sites/test-site/faults", {"fault": "e70_down", "active": True}
+    )
+    assert status == 400 and x30.serial in body["error"] and body["field"] == "name"
+    assert g7500.faults == {} and x30.faults == {}
+    status, body = await call(
+        lab, "POST", "/sites/test-site/faults", {"fault": "lan_down", "active": True}
+    )
+    assert status == 200 and [d["listening"] for d in body["devices"]] == [False, False]
+    for device in (g7500, x30):
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await rest_factory(device).request("GET", "/")
+    status, body = await call(
+        lab, "POST", "/sites/test-site/faults", {"fault": "lan_down", "active": False}
+    )
+    assert status == 200 and all(d["listening"] for d in body["devices"])
+    status, body = await call(
+        lab, "POST", "/sites/nowhere/faults", {"fault": "lan_down", "active": True}
+    )
+    assert status == 404 and "nowhere" in body["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -253,6 +254,26 @@ def test_every_table_is_read(tmp_path: Path) -> None:
     )
 
 
+def test_site_faults_reach_every_device_of_the_site(tmp_path: Path) -> None:
+    """A site's fault windows go to each of its devices; one a device cannot have is an error."""
+    second = (
+        '[[sites.rooms.devices]]\nserial = "AAA0002"\nmodel = "g7500"\naddress = "127.44.0.2"\n'
+    )
+    outage = '[[sites.faults]]\nname = "lan_down"\nat = 60\nuntil = 120\nmode = "drop"\n'
+    fleet = load_fleet(write(tmp_path, GOOD + second + outage))
+    for _site, _room, device in fleet.placed_devices():
+        [window] = device.faults
+        assert (window.name, window.at, window.until, window.params) == (
+            "lan_down",
+            60,
+            120,
+            {"mode": "drop"},
+        )
+    bad = GOOD + second + '[[sites.faults]]\nname = "e70_down"\n'
+    with pytest.raises(ConfigError, match=r"sites\[0\]\.faults\[0\]\.name: device AAA0001"):
+        load_fleet(write(tmp_path, bad))
+
+
 def test_port_clashes_are_refused(tmp_path: Path) -> None:
     """One address:port taken twice (REST or SSH, device or other host) fails naming both."""
     second = (
@@ -293,3 +314,15 @@ def test_device_spec_validates_in_code() -> None:
     with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
         DeviceSpec(serial="BAD2", model="g7500", address="192.168.1.1")
     assert "garbage" in FAULTS and "e70_down" in FAULTS
+
+
+def test_the_documented_fleet_example_loads(tmp_path: Path) -> None:
+    """The fleet file example in docs/lab.md is a valid fleet using every table."""
+    text = (DEMO.parents[2] / "docs" / "lab.md").read_text(encoding="utf-8")
+    match = re.search(r"## Fleet files\n\n```toml\n(.*?)```", text, re.DOTALL)
+    assert match is not None
+    fleet = load_fleet(write(tmp_path, match.group(1)))
+    [(_site, _room, device)] = fleet.placed_devices()
+    assert [w.name for w in device.faults] == ["camera_down", "lan_down"]
+    assert [p.kind for p in device.peripherals] == ["e70"] and device.calls
+    assert [o.name for _, _, o in fleet.placed_other_hosts()] == ["waw-wisla-printer"]
