@@ -333,3 +333,25 @@ async def test_reboot_now_typed_before_hanging_up_still_reboots(lab_factory: Lab
     boots_before = device.boot_time
     await asyncio.to_thread(type_and_hang_up, device, b"reboot now\n")
     await wait_for(lambda: device.boot_time != boots_before and device.power == "on")
+
+
+@pytest.mark.parametrize(
+    ("fault", "line"),
+    [
+        ("camera_down", "camera offline"),
+        ("e70_down", "trackablecamera offline"),
+        ("microphone_down", "microphones offline"),
+        ("sip_unregistered", "sipserver offline"),
+        ("log_storage_full", "logthreshold full"),
+        ("lan_degraded", "ipnetwork offline"),
+    ],
+)
+async def test_status_lines_follow_faults(lab_factory: LabFactory, fault: str, line: str) -> None:
+    """Each fault shows in its legacy ``status`` line, and only while it is raised."""
+    lab = await lab_factory([make_device(model="g7500")])
+    device = next(iter(lab.devices.values()))
+    before, _ = await asyncio.to_thread(exec_command, device, "status")
+    assert line not in before.split("\r\n")
+    await device.set_fault(fault, True)
+    during, _ = await asyncio.to_thread(exec_command, device, "status")
+    assert line in during.split("\r\n")
