@@ -151,6 +151,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def drive_rounds(
     url: str, tokens: list[str], rounds: list[list[bytes]]
 ) -> tuple[list[float], list[float], int]:
@@ -183,8 +190,14 @@ async def drive_rounds(
     return rates, latencies, total
 
 
-def summary(rates: list[float], latencies: list[float], snapshots: int) -> dict[str, Any]:
-    """Median of the per-round rates (robust to a round disturbed by other load) and p99."""
+def summary(
+    rates: list[float], latencies: list[float], snapshots: int, cpu_s: float
+) -> dict[str, Any]:
+    """Median of the per-round rates (robust to a round disturbed by other load), p99, CPU.
+
+    CPU per snapshot is the server process's own time, so it hardly moves with other load on
+    the machine; it is the steadier number to compare two versions of the controller with.
+    """
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return {
@@ -193,6 +206,7 @@ def summary(rates: list[float], latencies: list[float], snapshots: int) -> dict[
         "rate": statistics.median(rates),
         "round_rates": [round(rate) for rate in rates],
         "p99_s": p99,
+        "cpu_us_per_snapshot": cpu_s / snapshots * 1e6,
     }
 
 
@@ -220,9 +234,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             # The bare rounds are split around the controller's so both see the same machine.
             await drive_rounds(bare_url, bare_tokens, [warm_up])
+            bare_cpu = cpu_seconds(bare.pid)
             bare_rates, bare_latencies, bare_total = await drive_rounds(
                 bare_url, bare_tokens, measured[:half]
             )
+            bare_cpu = cpu_seconds(bare.pid) - bare_cpu
             controller, url = await start_process(
                 __file__,
                 "--serve-controller",
@@ -232,7 +248,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 tokens = await enroll_all(url, codes)
                 await drive_rounds(url, tokens, [warm_up])
+                cpu = cpu_seconds(controller.pid)
                 rates, latencies, total = await drive_rounds(url, tokens, measured)
+                cpu = cpu_seconds(controller.pid) - cpu
                 rss = peak_rss_mb(controller.pid)
                 async with (
                     aiohttp.ClientSession() as http,
@@ -241,11 +259,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     assert response.status == 200
             finally:
                 await stop_process(controller)
+            more_cpu = cpu_seconds(bare.pid)
             more = await drive_rounds(bare_url, bare_tokens, measured[half:])
+            bare_cpu += cpu_seconds(bare.pid) - more_cpu
         finally:
             await stop_process(bare)
-    controller_result = summary(rates, latencies, total)
-    bare_result = summary(bare_rates + more[0], bare_latencies + more[1], bare_total + more[2])
+    controller_result = summary(rates, latencies, total, cpu)
+    bare_result = summary(
+        bare_rates + more[0], bare_latencies + more[1], bare_total + more[2], bare_cpu
+    )
     return {
         "agents": args.agents,
         "devices": args.devices,
@@ -332,6 +354,7 @@ def main() -> int:
         side = result[name]
         print(
             f"{name:<10} {side['rate']:>9.0f} snapshots/s   p99 {side['p99_s'] * 1000:7.1f} ms"
+            f"   CPU {side['cpu_us_per_snapshot']:5.1f} us/snapshot"
             f"   (median of {side['rounds']} rounds, {side['snapshots']} snapshots)"
         )
     scope = "core only" if result["core_only"] else "with all features"
