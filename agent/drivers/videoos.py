@@ -556,8 +556,8 @@ class VideoOSDriver(DeviceDriver):
                 raise
             try:
                 result = await self._ssh_run(["callinfo all"])
-            except DeviceError:
-                raise exc from None
+            except DeviceError as ssh_exc:
+                raise _both_failed(exc, ssh_exc) from None
             callinfo = result.outputs.get("callinfo all", "")
             if "not in a call" in callinfo:
                 return False
@@ -581,8 +581,8 @@ class VideoOSDriver(DeviceDriver):
             try:
                 # The unit drops the line as it goes down: no reply to wait for.
                 await self._ssh_run(["reboot now"], wait_reply=False)
-            except DeviceError:
-                raise exc from None
+            except DeviceError as ssh_exc:
+                raise _both_failed(exc, ssh_exc) from None
             log.info("%s: rebooted over SSH (REST: %s)", self.device.host, exc.reason)
 
     async def diagnostics(self) -> dict[str, bytes]:
@@ -604,6 +604,11 @@ class VideoOSDriver(DeviceDriver):
 
 #: REST failures after which SSH may still reach the unit (not credentials or pins).
 _REST_DOWN = (DeviceWedged, DeviceUnreachable, DeviceProtocolError)
+
+def _both_failed(rest_exc: DeviceError, ssh_exc: DeviceError) -> DeviceError:
+    """The REST failure (its kind decides the reason), with why SSH could not stand in."""
+    return type(rest_exc)(f"{rest_exc}; over SSH: {ssh_exc}", host=rest_exc.host)
+
 
 PeripheralKind = Literal["camera", "touch_controller", "microphone", "remote", "other"]
 

@@ -123,7 +123,14 @@ class SshClient:
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     channel.sendall(b"exit\n")
                     _drain_until_closed(channel, timeout=min(self.timeout, 2.0))
-            channel.close()
+            else:
+                # A command without reply (``reboot now``) ends with the unit hanging up:
+                # hanging up first could drop the command before the unit has read it.
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    _drain_until_closed(channel, timeout=min(self.timeout, 5.0))
+            # The work is done; a unit that already hung up makes closing fail, harmlessly.
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.close()
             return session
         except paramiko.SSHException as exc:
             raise DeviceUnreachable(f"{where}: SSH failed ({exc})", host=self.host) from exc
