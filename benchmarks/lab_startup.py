@@ -62,13 +62,48 @@ async def run_lab(count: int, data_dir: Path, probe: int) -> dict[str, Any]:
                 assert response.status == 200, response.status
             latencies.append(time.perf_counter() - t0)
             http.cookie_jar.clear()
+    # And the SSH side of a few: log in and run `status` (paramiko, in threads).
+    ssh_sample = sample[:3]
+    answers = await asyncio.gather(*(asyncio.to_thread(ssh_status, d) for d in ssh_sample))
+    assert all(answer.endswith("status end\r\n") for answer in answers), answers
     await lab.stop()
     return {
         "start_s": round(start_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "probed": len(latencies),
         "probe_max_ms": round(max(latencies, default=0) * 1000, 1),
+        "ssh_probed": len(answers),
     }
+
+
+def ssh_status(device: Any) -> str:
+    """``status`` over SSH, trusting the host key the lab advertises (and no other)."""
+    import paramiko
+
+    from shared.fingerprint import sha256_fingerprint
+
+    client = paramiko.SSHClient()
+
+    class Pin(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, _c: paramiko.SSHClient, _h: str, key: paramiko.PKey) -> None:
+            if sha256_fingerprint(key.asbytes()) != device.ssh_fingerprint:
+                raise paramiko.SSHException("host key does not match the lab's")
+
+    client.set_missing_host_key_policy(Pin())
+    client.connect(
+        device.address,
+        port=device.ssh_port,
+        username="admin",
+        password=device.admin_password,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+    try:
+        _stdin, stdout, _stderr = client.exec_command("status", timeout=10)
+        return str(stdout.read().decode())
+    finally:
+        client.close()
 
 
 async def run_bare(count: int, data_dir: Path) -> dict[str, Any]:
@@ -172,7 +207,10 @@ def main() -> int:
         print(f"  warm start (reuses them):                 {warm['start_s']:.2f} s")
         per_device = report["rss_per_device_kb"]
         print(f"  peak RSS: {warm['peak_rss_mb']:.0f} MB ({per_device} KB per device)")
-        print(f"  probe: {warm['probed']} devices logged in, slowest {warm['probe_max_ms']} ms")
+        print(
+            f"  probe: {warm['probed']} devices logged in over REST "
+            f"(slowest {warm['probe_max_ms']} ms), {warm['ssh_probed']} ran status over SSH"
+        )
         print(
             f"10-device lab: start {small['start_s']:.2f} s, peak RSS {small['peak_rss_mb']:.0f} MB"
         )
