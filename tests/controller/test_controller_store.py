@@ -60,6 +60,31 @@ async def test_journal_alone_recovers_state_after_crash(tmp_path: Path) -> None:
         assert reopened.get("things", "k0") is None
 
 
+async def test_changed_fields_replay_onto_documents_after_crash(tmp_path: Path) -> None:
+    """Updates journaled as changed fields rebuild exactly the documents, across a snapshot."""
+    device = {f"f{n}": n for n in range(10)} | {"nested": {"a": [1, 2]}, "seen": "t0"}
+    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    await store.open()
+    await store.put_many("devices", {"D1": device, "D2": device})
+    await store.checkpoint()
+    await store.put_many("devices", {"D1": {**device, "seen": "t1", "nested": {"a": [1, 3]}}})
+    await store.put_many("devices", {"D1": {**device, "seen": "t2", "nested": {"a": [1, 3]}}})
+    fewer = {name: value for name, value in device.items() if name != "f0"}
+    await store.put_many("devices", {"D2": {**fewer, "extra": None}, "D3": {"new": True}})
+    expected = dict(store.scan("devices"))
+    journal = b"".join(path.read_bytes() for path in (tmp_path / "journal").glob("*.log"))
+    # The point of the form: D1's unchanged fields are not written again.
+    assert b'"u":{"devices":{"D1":{"seen":"t2"}}}' in journal
+    assert store._writer_task is not None and store._snapshot_task is not None
+    store._writer_task.cancel()
+    store._snapshot_task.cancel()
+    store._release_lock()
+    async with opened(tmp_path) as reopened:
+        assert dict(reopened.scan("devices")) == expected
+        assert reopened.get("devices", "D1") == {**device, "seen": "t2", "nested": {"a": [1, 3]}}
+        assert "f0" not in (reopened.get("devices", "D2") or {})
+
+
 async def test_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
     """A half-written last journal line (crash mid-write) is dropped; earlier changes stay."""
     store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
