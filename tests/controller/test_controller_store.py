@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -275,6 +276,100 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     assert not os.path.exists(data_dir / "controller.json")
+
+
+async def test_kill_9_while_devices_report_again_keeps_their_latest_acked_state(
+    tmp_path: Path,
+) -> None:
+    """kill -9 while the same devices report over and over: each keeps its last acked report."""
+    data_dir = tmp_path / "data"
+    config = tmp_path / "controller.toml"
+    config.write_text("[store]\nsnapshot_interval_s = 0.05\n", encoding="utf-8")
+    await cli(
+        "site",
+        "add",
+        "krk",
+        "--name",
+        "Krakow",
+        "--timezone",
+        "Europe/Warsaw",
+        "--data-dir",
+        str(data_dir),
+    )
+    admin = (await cli("token", "create", "--role", "admin", "--data-dir", str(data_dir))).strip()
+    code = (await cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
+    process, url = await start_server(data_dir, config)
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    last_acked: dict[str, tuple[int, str]] = {}
+    rounds = 0
+    stop = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{url}/api/v1/agent/enroll",
+                json={"protocol_version": PROTOCOL_VERSION, "code": code},
+            ) as response:
+                token = (await response.json())["token"]
+
+            async def poster(worker: int) -> None:
+                nonlocal rounds
+                number = 0
+                while not stop.is_set():
+                    number += 1
+                    reports = []
+                    for i in range(25):
+                        snap = snapshot(
+                            f"R{worker}-{i}", collected_at=start + timedelta(seconds=number)
+                        )
+                        snap["uptime_s"] = float(number)
+                        reports.append(report(snap, f"again-{worker}-{number:05d}-{i:03d}"))
+                    try:
+                        async with http.post(
+                            f"{url}/api/v1/agent/reports",
+                            json=batch(*reports),
+                            headers=bearer(token),
+                        ) as response:
+                            if response.status == 200:
+                                await response.read()
+                                rounds += 1
+                                for item in reports:
+                                    serial = item["snapshot"]["serial"]
+                                    last_acked[serial] = (number, item["id"])
+                    except aiohttp.ClientError:
+                        return
+
+            posters = [asyncio.create_task(poster(worker)) for worker in range(4)]
+            deadline = asyncio.get_running_loop().time() + 30
+            while rounds < 80:
+                assert asyncio.get_running_loop().time() < deadline, "ingestion too slow"
+                await asyncio.sleep(0.01)  # waits-for: enough acknowledged rounds
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            stop.set()
+            await asyncio.gather(*posters)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+    acked = dict(last_acked)
+    assert len(acked) == 100
+    process, url = await start_server(data_dir, config)
+    try:
+        async with aiohttp.ClientSession(headers=bearer(admin)) as http:
+            for serial, (number, report_id) in acked.items():
+                async with http.get(f"{url}/api/v1/devices/{serial}") as response:
+                    device = await response.json()
+                async with http.get(f"{url}/api/v1/devices/{serial}/reports") as response:
+                    reports = (await response.json())["reports"]
+                assert report_id in device["reports"]
+                # At most the one batch in flight at the kill may have landed after it.
+                assert number <= device["uptime_s"] <= number + 1
+                newest = max(reports, key=lambda r: r["snapshot"]["collected_at"])
+                assert device["uptime_s"] == newest["snapshot"]["uptime_s"]
+                assert device["collected_at"] == newest["snapshot"]["collected_at"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
 async def test_missing_snapshot_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
