@@ -39,6 +39,11 @@ class _Window:
         return self.at <= t < self.until
 
 
+def _thread_of(window: _Window) -> tuple[str, str]:
+    """Windows of one fault (or the calls) of one device overlap into one on/off thread."""
+    return window.serial, window.fault.name if window.fault is not None else "call"
+
+
 def _load_identities(devices: list[SimDevice], others: list[OtherHost]) -> None:
     for device in devices:
         device.load_identity()
@@ -199,26 +204,33 @@ class Lab:
     async def jump_timeline(self, seconds: float) -> None:
         """Move the timeline to ``seconds``: every timeline fault and call takes its state there."""
         self._t0 = self.clock() - seconds
-        for window in self._windows:
-            await self._set_window(window, window.active_at(seconds))
+        for key in dict.fromkeys(_thread_of(w) for w in self._windows):
+            await self._set_thread(key, seconds)
         self._cursor = seconds
         self._timeline_moved.set()
 
-    async def _set_window(self, window: _Window, active: bool) -> None:
-        device = self.devices[window.serial]
-        if window.fault is not None:
-            await device.set_fault(window.fault.name, active, **window.fault.params)
-        elif window.call is not None:
-            if active:
-                await device.start_call(window.call.remote)
+    async def _set_thread(self, key: tuple[str, str], t: float) -> None:
+        """Set one device's fault (or call) as its windows say at ``t``: on while any is."""
+        serial, what = key
+        device = self.devices[serial]
+        active = next((w for w in self._windows if _thread_of(w) == key and w.active_at(t)), None)
+        if what == "call":
+            if active is not None and active.call is not None:
+                await device.start_call(active.call.remote)
             else:
                 await device.end_call()
+        elif active is not None and active.fault is not None:
+            await device.set_fault(what, True, **active.fault.params)
+        else:
+            await device.set_fault(what, False)
 
     async def _apply_until(self, t: float) -> None:
         """Apply every timeline edge in (cursor, t]."""
-        for window in self._windows:
-            if any(self._cursor < edge <= t for edge in (window.at, window.until)):
-                await self._set_window(window, window.active_at(t))
+        crossed = [
+            w for w in self._windows if any(self._cursor < edge <= t for edge in (w.at, w.until))
+        ]
+        for key in dict.fromkeys(_thread_of(w) for w in crossed):
+            await self._set_thread(key, t)
         self._cursor = t
 
     async def _run_timeline(self) -> None:

@@ -286,3 +286,37 @@ async def test_site_outage_over_the_control_api(
         lab, "POST", "/sites/nowhere/faults", {"fault": "lan_down", "active": True}
     )
     assert status == 404 and "nowhere" in body["error"]
+
+
+async def test_overlapping_windows_of_one_fault_add_up(lab_factory: LabFactory) -> None:
+    """Two windows of one fault keep it raised until the last one ends (a jump agrees)."""
+    spec = make_device(
+        # The later-starting windows come first: a last-one-wins timeline would fail here.
+        faults=[
+            FaultWindow(name="camera_down", at=50, until=150),
+            FaultWindow(name="camera_down", at=0, until=100),
+        ],
+        calls=[CallWindow(at=40, until=90), CallWindow(at=10, until=60)],
+    )
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    assert "camera_down" in device.faults and device.call is None
+    for t, camera, in_call in ((70, True, True), (120, True, False), (160, False, False)):
+        await call(lab, "POST", "/timeline", {"seconds": t})
+        assert ("camera_down" in device.faults, device.call is not None) == (camera, in_call), t
+
+
+async def test_running_timeline_keeps_an_overlapped_fault(lab_factory: LabFactory) -> None:
+    """When one window ends by itself while another of the fault runs, the fault stays."""
+    spec = make_device(
+        faults=[
+            FaultWindow(name="log_storage_full", at=0, until=0.1),
+            FaultWindow(name="log_storage_full", at=0.05, until=30),
+            FaultWindow(name="reboot_needed", at=0.2),
+        ]
+    )
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    # reboot_needed starts after the first window's end: once it is up, that edge has passed.
+    await wait_for(lambda: "reboot_needed" in device.faults)
+    assert "log_storage_full" in device.faults

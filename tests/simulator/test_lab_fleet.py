@@ -77,7 +77,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_demo_fleet_covers_models_modes_and_generations() -> None:
-    """The demo fleet: three Polish sites, ~30 devices of every model and mode, E70s, faults."""
+    """The demo fleet: three Polish sites, ~30 devices of every model and mode, faults, others."""
     fleet = load_fleet(DEMO)
     assert [(s.id, s.name) for s in fleet.sites] == [
         ("krakow", "Kraków"),
@@ -103,6 +103,8 @@ def test_demo_fleet_covers_models_modes_and_generations() -> None:
     }
     assert all(d.rest_port == 0 and d.ssh_port == 0 for d in devices)
     assert len({d.address for d in devices}) == len(devices)
+    gdansk = [d for s, _, d in fleet.placed_devices() if s.id == "gdansk"]
+    assert all(any(f.name == "lan_down" and f.at == 200 for f in d.faults) for d in gdansk)
     others = [o for _, _, o in fleet.placed_other_hosts()]
     assert others and {o.address for o in others}.isdisjoint({d.address for d in devices})
 
