@@ -39,6 +39,8 @@ MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 #: Firmware answers some calls with an unquoted word (``CONTENT_IDLE``).
 _BARE_WORD = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+#: How long a cancelled poll still waits for its login, to log that session out.
+LOGIN_GRACE_S = 2.0
 #: Retries of a 5xx before the unit counts as wedged ("repeated 5xx").
 _SERVER_ERROR_RETRIES = 1
 
@@ -362,8 +364,22 @@ class RestClient:
 
     @asynccontextmanager
     async def logged_in_session(self, user: str, password: str) -> AsyncIterator[RestClient]:
-        """Log in, yield, and always log out: long-lived sessions wedge real units."""
-        await self.login(user, password)
+        """Log in, yield, and always log out: long-lived sessions wedge real units.
+
+        Cancelled mid-login (the agent stopping, a poll deadline), the login gets a
+        short grace to finish, so a session it opened on the unit is closed too.
+        """
+        login = asyncio.ensure_future(self.login(user, password))
+        try:
+            await asyncio.shield(login)
+        except asyncio.CancelledError:
+            await asyncio.wait([login], timeout=LOGIN_GRACE_S)
+            if login.done():
+                if not login.cancelled() and login.exception() is None:
+                    await asyncio.shield(self.logout())
+            else:
+                login.cancel()
+            raise
         try:
             yield self
         finally:
