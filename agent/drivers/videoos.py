@@ -605,6 +605,7 @@ class VideoOSDriver(DeviceDriver):
 #: REST failures after which SSH may still reach the unit (not credentials or pins).
 _REST_DOWN = (DeviceWedged, DeviceUnreachable, DeviceProtocolError)
 
+
 def _both_failed(rest_exc: DeviceError, ssh_exc: DeviceError) -> DeviceError:
     """The REST failure (its kind decides the reason), with why SSH could not stand in."""
     return type(rest_exc)(f"{rest_exc}; over SSH: {ssh_exc}", host=rest_exc.host)
