@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import secrets
 import shlex
 import socket
@@ -18,8 +17,7 @@ from aiohttp import web
 
 from simulator import identity
 from simulator.fleet import OtherHostSpec, default_port
-
-log = logging.getLogger(__name__)
+from simulator.ssh import TRANSPORT_LOG
 
 #: What each kind says in its ``Server`` header and SSH identification [assumed: typical].
 SERVER_HEADERS = {"web_server": "lighttpd/1.4.59", "json_api": "nginx", "poly_phone": "Poly"}
@@ -203,7 +201,7 @@ class OtherHost:
     def _serve_ssh(self, conn: socket.socket) -> None:
         transport = paramiko.Transport(conn)
         transport.local_version = SSH_VERSION
-        transport.set_log_channel("simulator.ssh.transport")
+        transport.set_log_channel(TRANSPORT_LOG)
         with self._lock:
             if self._ssh_socket is None:
                 transport.close()
