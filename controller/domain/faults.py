@@ -249,6 +249,10 @@ class FaultDetector:
             for child in children
             for code in self._tracks.get(child, {})
         )
+        host_unreadable = (
+            snapshot.host_serial is not None
+            and ProblemCode.API_ERROR.value in self._tracks.get(snapshot.host_serial, {})
+        )
         evidence = snapshot.model_dump(mode="json")
         present: dict[str, str] = {}
         for problem in snapshot.health.problems:
@@ -261,6 +265,10 @@ class FaultDetector:
                 continue
             if problem.code is ProblemCode.CAMERA_DOWN and camera_faulty:
                 # The host has no camera but its E70, whose own ticket speaks for it.
+                continue
+            if problem.code is ProblemCode.API_ERROR and host_unreadable:
+                # A camera read through a host whose API fails is unreadable for the
+                # host's reason: the host's ticket speaks for both.
                 continue
             present.setdefault(problem.code.value, problem.detail)
         events: list[FaultEvent] = []

@@ -286,6 +286,30 @@ def test_host_peripheral_problem_about_its_e70_is_left_to_the_e70() -> None:
     assert events[0].host_serial == "X1"
 
 
+def test_e70_unreadable_through_a_failing_host_is_left_to_the_host() -> None:
+    """An E70 unreadable because its host's API fails opens no ticket of its own."""
+    detector = FaultDetector(FaultPolicy(min_duration=2 * MINUTE))
+    events: list[FaultEvent] = []
+    for minute in range(0, 5):
+        moment = T0 + minute * MINUTE
+        events += detector.observe(snap("X1", moment, ProblemCode.API_ERROR), site="krk", at=moment)
+        camera = snap("E70-1", moment, ProblemCode.API_ERROR, model=Model.STUDIO_E70, host="X1")
+        events += detector.observe(camera, site="krk", at=moment)
+    assert kinds(events) == [("opened", "X1", "api_error")]
+
+
+def test_e70_api_error_with_a_healthy_host_is_the_cameras_own() -> None:
+    """An E70 whose own reading fails while its host answers well gets its own ticket."""
+    detector = FaultDetector(FaultPolicy(min_duration=2 * MINUTE))
+    events: list[FaultEvent] = []
+    for minute in range(0, 5):
+        moment = T0 + minute * MINUTE
+        events += detector.observe(snap("X1", moment), site="krk", at=moment)
+        camera = snap("E70-1", moment, ProblemCode.API_ERROR, model=Model.STUDIO_E70, host="X1")
+        events += detector.observe(camera, site="krk", at=moment)
+    assert kinds(events) == [("opened", "E70-1", "api_error")]
+
+
 def test_reported_problem_must_be_seen_for_the_whole_hold() -> None:
     """Two reports of a problem, then silence: time passing alone does not open a fault."""
     detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE))
