@@ -69,8 +69,8 @@ async def enroll(request: web.Request) -> web.Response:
     tags=("agent",),
 )
 async def post_reports(request: web.Request) -> web.Response:
-    batch = await _read_batch(request)
-    ack = await request.app[INVENTORY].ingest(principal(request), batch)
+    # No local name for the batch: ingest lets go of it before waiting for the disk.
+    ack = await request.app[INVENTORY].ingest(principal(request), await _read_batch(request))
     return web.json_response(ack.model_dump(mode="json"))
 
 

@@ -366,6 +366,9 @@ class Inventory:
         dropped: list[str] = []
         events: list[Event] = []
         accepted_reports: list[Report] = []
+        # The validated models are kept past the durable write only for those who want them:
+        # a batch in flight holds thousands of objects that the collector would otherwise scan.
+        keep_reports = self._bus.wants(SnapshotsIngested) or self._bus.wants(SnapshotIngested)
         duplicates = 0
         for report, plain in zip(batch.reports, dumped["reports"], strict=True):
             report_id = report.id
@@ -405,7 +408,8 @@ class Inventory:
             devices[serial] = self._apply_snapshot(
                 device, snap, snapshot, site_id, now, now_text, retained, events, history
             )
-            accepted_reports.append(report)
+            if keep_reports:
+                accepted_reports.append(report)
         for notice in batch.notices:
             events.append(
                 AgentNoticeReceived(
@@ -429,8 +433,9 @@ class Inventory:
             puts[AGENTS] = {agent_id: agent_doc}
         store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes})
         # Also covers resends of reports still in flight from an earlier request.
-        await store.sync()
         accepted = len(batch.reports) - duplicates
+        del batch, dumped
+        await store.sync()
         self.stats.accepted += accepted
         self.stats.duplicates += duplicates
         elapsed = time.perf_counter() - started

@@ -117,3 +117,23 @@ async def test_batch_subscriber_gets_every_waiting_event_in_one_call(
     finally:
         await bus.close()
         await store.close()
+
+
+async def test_batch_of_notices_only_is_acknowledged_and_recorded(
+    controller: RunningController, http: aiohttp.ClientSession
+) -> None:
+    """A batch without reports (only a notice) is acknowledged; no ingest event, one notice."""
+    bus = controller.app[EVENT_BUS]
+    ingested: list[Event] = []
+    bus.subscribe(ingested.append, kinds={SnapshotsIngested})
+    agent = await controller.enroll("krk")
+    notice = {"kind": "agent_started", "detail": "v1", "at": datetime.now(UTC).isoformat()}
+    body = {**batch(), "notices": [notice]}
+    assert await _post(http, controller, agent.token, body) == {"accepted": 0, "duplicates": 0}
+    await bus.drain()
+    assert ingested == []
+    async with http.get(
+        f"{controller.url}/api/v1/events", headers=controller.admin_headers
+    ) as response:
+        events = (await response.json())["events"]
+    assert [e["data"]["notice"] for e in events if e["kind"] == "agent_notice"] == ["agent_started"]
