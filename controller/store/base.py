@@ -10,9 +10,12 @@ Contract (what callers may rely on):
 - ``apply(puts, deletes)`` changes state at once and returns a sequence number; the change is
   durable (it survives ``kill -9``) once ``await wait_durable(seq)`` returns. ``put_many`` and
   ``delete`` are the simple form: they return only when the change is durable.
-- Documents are plain JSON values (dict/list/str/int/float/bool/None). A stored document is
-  never modified in place: treat what ``get``/``scan`` return as read-only and ``put`` a new
-  dict to change it. ``scan`` returns a live view; copy it (``list(...)``) before awaiting.
+- Documents are plain JSON values (dict/list/str/int/float/bool/None). An object with no JSON
+  form is refused (TypeError) before anything changes; a value with a standard one (datetime,
+  tuple, enum) is written in that form, so it reads back as str/list after a restart: pass
+  plain JSON. A stored document is never modified in place: treat what ``get``/``scan``
+  return as read-only and ``put`` a new dict to change it. ``scan`` returns a live view; copy
+  it (``list(...)``) before awaiting.
 - Several changes given to one ``apply`` become durable together or not at all.
 - If the disk fails, the store stops accepting changes: ``StoreUnavailable`` is raised, and a
   restart recovers every acknowledged change.
