@@ -45,6 +45,12 @@ LOGIN_GRACE_S = 2.0
 _SERVER_ERROR_RETRIES = 1
 
 
+#: Keys of a VideoOS login answer (device document); a body with none of them is not one.
+_LOGIN_KEYS = frozenset({"success", "reason", "loginStatus", "session"})
+#: Login statuses judged by :meth:`RestClient.login` itself rather than the request funnel.
+_LOGIN_JUDGED_STATUSES = frozenset(range(300, 500))
+
+
 class FeatureAbsent(DeviceProtocolError):
     """The firmware has no such endpoint (404): a missing feature, not a fault."""
 
@@ -279,26 +285,45 @@ class RestClient:
                 self._cookies[name] = morsel.value
 
     async def login(self, user: str, password: str) -> None:
-        """``POST /rest/session``; raises AuthenticationFailed, LockedOut or NotAPolyDevice."""
+        """``POST /rest/session``; raises AuthenticationFailed, LockedOut or NotAPolyDevice.
+
+        Only the answers the device document lists count as a VideoOS login: 3.x 400
+        with a ``reason``, 4.x 403, 200 with ``success`` (and a session when it says
+        true). Anything else (another vendor's 401, a redirect, a 404 page, a 200 of
+        another shape) is some other host, never "bad credentials".
+        """
         self._cookies.clear()
         self._xsrf = None
         where = f"{self.host}:{self.port} login"
-        try:
-            answer = await self._request(
-                "POST",
-                "/rest/session",
-                json_body={"user": user, "password": password},
-                accept_statuses=frozenset({400, 401, 403}),
-            )
-        except FeatureAbsent as exc:
-            raise NotAPolyDevice(f"{where}: no /rest/session here (404)", host=self.host) from exc
+        answer = await self._request(
+            "POST",
+            "/rest/session",
+            json_body={"user": user, "password": password},
+            # Every 3xx/4xx is judged here: only some of them are a VideoOS answer.
+            accept_statuses=_LOGIN_JUDGED_STATUSES,
+        )
+        status = answer.status
         body = answer.body if isinstance(answer.body, dict) else {}
+        videoos_shaped = bool(_LOGIN_KEYS & body.keys())
+        if status not in (200, 400, 401, 403):
+            raise NotAPolyDevice(
+                f"{where}: HTTP {status} is no VideoOS login answer"
+                + (" (no /rest/session here)" if status == 404 else ""),
+                host=self.host,
+            )
+        if status == 401 and not videoos_shaped:
+            # VideoOS never answers 401 of its own; a bare 401 is another API's login.
+            raise NotAPolyDevice(
+                f"{where}: HTTP 401 without a VideoOS login answer (another API)", host=self.host
+            )
+        if status == 400 and not videoos_shaped:
+            raise NotAPolyDevice(f"{where}: HTTP 400 without a VideoOS reason", host=self.host)
         reason = str(body.get("reason", "") or "")
         login_status = body.get("loginStatus")
         login_result = ""
         if isinstance(login_status, dict):
             login_result = str(login_status.get("loginResult", "") or "")
-        if answer.status == 400:
+        if status == 400:
             # 3.x firmware: the reason decides.
             if reason == "SessionAlreadyActive":
                 self.logged_in = True
@@ -311,8 +336,6 @@ class RestClient:
                 raise AuthenticationFailed(
                     f"{where}: the device refused the credentials", host=self.host
                 )
-            if not body:
-                raise NotAPolyDevice(f"{where}: HTTP 400 without a VideoOS reason", host=self.host)
             raise DeviceProtocolError(
                 f"{where}: login refused ({reason[:64] or 'no reason'})", host=self.host
             )
@@ -324,13 +347,13 @@ class RestClient:
             )
         if reason == "SessionPortLockout":
             raise LockedOut(f"{where}: the device locked the account", host=self.host)
-        if answer.status in (401, 403):
+        if status in (401, 403):
             # 4.x firmware answers bad credentials with 403, sometimes as HTML.
             raise AuthenticationFailed(
-                f"{where}: the device refused the credentials (HTTP {answer.status})",
+                f"{where}: the device refused the credentials (HTTP {status})",
                 host=self.host,
             )
-        if not isinstance(answer.body, dict):
+        if not isinstance(answer.body, dict) or "success" not in body:
             raise NotAPolyDevice(f"{where}: login answer is not a VideoOS session", host=self.host)
         if body.get("success") is not True:
             # Some builds say 200 with success false: the body decides, not the status.
@@ -342,6 +365,11 @@ class RestClient:
             session_id = session.get("sessionId")
             if isinstance(session_id, str) and session_id and "session_id" not in self._cookies:
                 self._cookies["session_id"] = session_id
+        if "session_id" not in self._cookies:
+            # "success" without a session to carry is no VideoOS login.
+            raise NotAPolyDevice(
+                f"{where}: login said success but gave no VideoOS session", host=self.host
+            )
         self.logged_in = True
 
     async def logout(self) -> None:

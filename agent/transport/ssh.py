@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 15.0
 PROMPT = "-> "
+#: Lines of the VideoOS greeting (the ``whoami`` banner, device document), lower case.
+VIDEOOS_GREETING_MARKERS = ("hi, my name is", "serial number:", "software version:")
+#: A shell waiting for input at the end of the text: ``admin@host:~$ ``, ``bash-5.2# ``,
+#: ``host> ``, ``Router#``; the VideoOS ``-> `` is not one.
+_SHELL_PROMPT = re.compile(r"(?:\A|\n|[^\s-])[$#%>] ?\Z")
+#: How long a shell-like prompt must stay quiet before the host counts as a shell.
+SHELL_SETTLE_S = 0.3
 #: Most output kept from one command; a runaway device cannot fill memory.
 MAX_OUTPUT_BYTES = 1024 * 1024
 
@@ -112,7 +120,7 @@ class SshClient:
             channel.invoke_shell()
             channel.settimeout(self.timeout)
             reader = _PromptReader(channel, where=where, host=self.host, timeout=self.timeout)
-            session.banner = reader.until_prompt()
+            session.banner = reader.until_prompt(greeting=True)
             for command in commands:
                 channel.sendall((command + "\n").encode())
                 if not wait_reply:
@@ -178,7 +186,14 @@ class _PromptReader:
         self.timeout = timeout
         self.pending = ""
 
-    def until_prompt(self) -> str:
+    def until_prompt(self, *, greeting: bool = False) -> str:
+        """Text up to the next prompt; ``greeting``: the first, where other hosts show themselves.
+
+        After login a VideoOS unit greets (maybe late) with its banner and ``-> ``. A
+        host that instead settles at a shell prompt (``admin@host:~$ ``), or says
+        something else and never shows ``-> ``, is not a VideoOS unit: it says so
+        at once rather than the "no prompt" of a unit that stays silent.
+        """
         deadline = time.monotonic() + self.timeout
         while True:
             text = normalise_lines(self.pending)
@@ -188,22 +203,66 @@ class _PromptReader:
                 return body
             if len(self.pending) > MAX_OUTPUT_BYTES:
                 raise DeviceProtocolError(f"{self.where}: output too long", host=self.host)
-            if time.monotonic() > deadline:
-                raise DeviceUnreachable(
-                    f"{self.where}: no prompt within {self.timeout:g}s", host=self.host
+            foreign = greeting and text.strip() != "" and not _looks_like_videoos(text)
+            if foreign and _SHELL_PROMPT.search(text) and not self._more_within(SHELL_SETTLE_S):
+                raise NotAPolyDevice(
+                    f"{self.where}: a shell prompt ({_last_line(text)!r}), "
+                    "not the VideoOS command line",
+                    host=self.host,
                 )
+            if time.monotonic() > deadline:
+                raise self._no_prompt(text, foreign)
             try:
                 data = self.channel.recv(65536)
             except TimeoutError as exc:
-                raise DeviceUnreachable(
-                    f"{self.where}: no prompt within {self.timeout:g}s", host=self.host
-                ) from exc
+                raise self._no_prompt(text, foreign) from exc
             if not data:
+                if foreign:
+                    raise NotAPolyDevice(
+                        f"{self.where}: closed after {_last_line(text)!r}, no VideoOS prompt",
+                        host=self.host,
+                    )
                 raise DeviceUnreachable(
                     f"{self.where}: the device closed the session", host=self.host
                 )
             # A \r\r\n can be split across reads; normalise only whole texts.
             self.pending += data.decode("utf-8", errors="replace")
+
+    def _more_within(self, seconds: float) -> bool:
+        """Whether more output arrives within ``seconds`` (kept in ``pending``)."""
+        self.channel.settimeout(seconds)
+        try:
+            data = self.channel.recv(65536)
+        except TimeoutError:
+            return False
+        finally:
+            self.channel.settimeout(self.timeout)
+        if data:
+            self.pending += data.decode("utf-8", errors="replace")
+            return True
+        return False
+
+    def _no_prompt(self, text: str, foreign: bool) -> DeviceUnreachable | NotAPolyDevice:
+        if foreign:
+            # Something answered, in words that are not a VideoOS greeting.
+            return NotAPolyDevice(
+                f"{self.where}: no VideoOS prompt within {self.timeout:g}s "
+                f"(last said {_last_line(text)!r})",
+                host=self.host,
+            )
+        return DeviceUnreachable(
+            f"{self.where}: no prompt within {self.timeout:g}s", host=self.host
+        )
+
+
+def _looks_like_videoos(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in VIDEOOS_GREETING_MARKERS)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.split("\n") if line.strip()]
+    return lines[-1].strip()[:80] if lines else ""
 
 
 def _drain_until_closed(channel: paramiko.Channel, *, timeout: float) -> None:
