@@ -74,7 +74,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "discover",
         help="find Poly devices in the given ranges",
         description="Find Poly devices in the given address ranges only (HTTPS and SSH), "
-        "without logging in.",
+        "without logging in. Hosts that answer but are not Poly VideoOS devices (desk "
+        "phones, printers, other APIs, Linux SSH) are listed after them, marked NOT A POLY "
+        "VIDEOOS DEVICE with what was seen (--json: poly false, evidence).",
     )
     disc.add_argument("ranges", nargs="+", metavar="CIDR")
     disc.add_argument("--rest-port", type=int, action="append", help="HTTPS port (repeatable; 443)")
@@ -272,8 +274,14 @@ def _print_found(found: list[Found]) -> None:
             f"{f.address}  {f.model_hint or '?'}  {f.os or ''}  https:{f.rest_port} "
             f"{f.tls_fingerprint}  ssh:{f.ssh_port or '-'} {f.ssh_banner}"
         )
-    others = len(found) - len(poly)
-    print(f"{len(poly)} Poly devices" + (f", {others} other hosts answered" if others else ""))
+    others = [f for f in found if not f.poly]
+    for f in others:
+        # Listed apart and marked, so nobody mistakes them for rooms to enroll.
+        print(f"{f.address}  NOT A POLY VIDEOOS DEVICE  {'; '.join(f.evidence) or 'answered'}")
+    print(
+        f"{len(poly)} Poly devices"
+        + (f", {len(others)} other hosts answered (not Poly VideoOS)" if others else "")
+    )
 
 
 # --- enroll, run, pins --------------------------------------------------------------------

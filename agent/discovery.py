@@ -36,6 +36,8 @@ class Found:
     title: str = ""
     os: str = ""
     model_hint: str = ""
+    #: The HTTPS ``Server`` header, what a host that is not Poly often names itself by.
+    server: str = ""
     ssh_port: int | None = None
     ssh_banner: str = ""
     #: Whether ``/rest/system`` asks for a session (VideoOS); None when not looked at.
@@ -71,7 +73,7 @@ def expand_ranges(ranges: Iterable[str]) -> list[str]:
 
 async def _landing_page(
     session: aiohttp.ClientSession, address: str, port: int, timeout: float
-) -> tuple[int, bytes]:
+) -> tuple[int, str, bytes]:
     host = f"[{address}]" if ":" in address else address
     async with session.get(
         f"https://{host}:{port}/",
@@ -79,13 +81,14 @@ async def _landing_page(
         timeout=aiohttp.ClientTimeout(total=timeout),
         allow_redirects=False,
     ) as resp:
-        return resp.status, await resp.content.read(_MAX_PAGE)
+        server = resp.headers.get("Server", "")[:100]
+        return resp.status, server, await resp.content.read(_MAX_PAGE)
 
 
 async def _rest_api_status(
     session: aiohttp.ClientSession, address: str, port: int, timeout: float
 ) -> int | None:
-    """Status of ``GET /rest/system`` without a session: 403 on VideoOS, 404 elsewhere."""
+    """Status of ``GET /rest/system`` without a session: 403 on VideoOS, else 404 or other."""
     host = f"[{address}]" if ":" in address else address
     try:
         async with session.get(
@@ -140,9 +143,11 @@ async def probe_address(
         found.rest_port = port
         found.tls_fingerprint = fingerprint
         try:
-            status, page = await _landing_page(session, address, port, timeout)
+            status, server, page = await _landing_page(session, address, port, timeout)
         except (aiohttp.ClientError, TimeoutError, OSError):
+            found.evidence.append(f"https:{port}: TLS, but no HTTP answer")
             break
+        found.server = server
         match = _TITLE.search(page)
         found.title = match.group(1).decode("utf-8", "replace").strip() if match else ""
         lowered = page.lower()
@@ -150,23 +155,36 @@ async def probe_address(
             found.os = "PolyOS"
         elif b"videoos" in lowered:
             found.os = "Poly VideoOS"
+        landing = f"landing page HTTP {status}" + (f" {found.title!r}" if found.title else "")
+        if found.os:
+            landing += f" (says {found.os})"
+        if server:
+            landing += f" [{server}]"
         if status == 200 and (found.os or found.title.lower().startswith("poly")):
-            found.evidence.append(f"landing page {found.title!r}")
-            found.model_hint = found.title.removeprefix("Poly ").strip()
+            found.evidence.append(landing)
             # Poly desk phones say "Poly" too: only a VideoOS REST API makes it one of ours.
             api = await _rest_api_status(session, address, port, timeout)
-            found.videoos_api = api in (401, 403)
+            # VideoOS asks for a session with 403 (device document); a 401 is another API.
+            found.videoos_api = api == 403
             if found.videoos_api:
                 found.poly = True
+                found.model_hint = found.title.removeprefix("Poly ").strip()
                 found.evidence.append(f"VideoOS REST API (/rest/system asks for a session: {api})")
             else:
                 found.evidence.append(f"no VideoOS REST API (/rest/system: {api or 'no answer'})")
+                # What the page claims is in the evidence; the fields name only Poly devices.
+                found.os = ""
+        else:
+            found.evidence.append(f"{landing}: not a Poly page")
         break
     for port in ssh_ports:
         banner = await _ssh_banner(address, port, timeout)
         if banner:
             found.ssh_port = port
             found.ssh_banner = banner
+            if not found.poly:
+                # Without logging in SSH names only its software, never "VideoOS".
+                found.evidence.append(f"ssh:{port} {banner}")
             break
     if found.rest_port is None and found.ssh_port is None:
         return None
