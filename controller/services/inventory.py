@@ -432,9 +432,9 @@ class Inventory:
         if agent_doc is not None:
             puts[AGENTS] = {agent_id: agent_doc}
         store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes})
-        # Also covers resends of reports still in flight from an earlier request.
         accepted = len(batch.reports) - duplicates
         del batch, dumped
+        # Also covers resends of reports still in flight from an earlier request.
         await store.sync()
         self.stats.accepted += accepted
         self.stats.duplicates += duplicates
