@@ -1,4 +1,4 @@
-"""The real ``polyfleet agent`` CLI against lab hosts that are not Poly VideoOS devices."""
+"""The agent (the real CLI as a process, and the poller) against lab hosts that are not Poly."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from agent_testkit import agent_config, make_poller
 
+from agent.config import DeviceConfig, Secret
 from simulator.fleet import DeviceSpec, FleetSpec, OtherHostSpec, RoomSpec, SiteSpec
 from simulator.lab import Lab
 from simulator.other_host import OtherHost
@@ -265,3 +268,28 @@ async def test_discover_lists_only_videoos_as_poly(lab_with_others: Lab) -> None
             h.tls_fingerprint,
             h.ssh_port,
         )
+
+
+async def test_service_reports_a_misconfigured_other_host_without_lockout_backoff(
+    lab_with_others: Lab, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """An API host configured as a device is api_error 'not Poly', polled again at once."""
+    h = host_of(lab_with_others, "json_api")
+    device = DeviceConfig(
+        host=h.address,
+        rest_port=h.rest_port,
+        ssh_port=h.ssh_port,
+        user="admin",
+        password=Secret(file=password_file, origin="test"),
+        serial="NOTPOLY1",
+    )
+    poller = make_poller(agent_config(tmp_path, [device], lockout_backoff_s=600.0), http)
+    key = next(iter(poller.states))
+    for contacts in (1, 2):
+        [snap] = await poller.poll_device(key)
+        assert snap.serial == "NOTPOLY1"
+        assert [(p.code.value, p.detail.startswith(NOT_POLY)) for p in snap.health.problems] == [
+            ("api_error", True)
+        ], snap.health.problems
+        # Bad credentials would back off for 600 s; a host that is not Poly is no lockout risk.
+        assert poller.states[key].device_contacts == contacts
