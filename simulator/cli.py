@@ -6,13 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
+from shared.durable import write_atomically
 from shared.errors import ConfigError
 from simulator.fleet import load_fleet
 from simulator.lab import Lab
@@ -60,21 +58,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def write_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so a reader sees the whole file or none of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _summary(lab: Lab) -> str:
     lines = [f"lab running: {len(lab.devices)} devices, control API {lab.control_url}"]
     for d in lab.devices.values():
@@ -107,7 +90,8 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         info = lab.ready_info()
         if args.ready_file is not None:
-            await asyncio.to_thread(write_atomically, args.ready_file, info)
+            ready = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
+            await asyncio.to_thread(write_atomically, args.ready_file, ready, mode=0o644)
         if args.json:
             print(json.dumps(info, ensure_ascii=False), flush=True)
         else:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import os
-import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -24,9 +22,13 @@ from controller.domain.releases import (
     render_releases,
 )
 from controller.store.base import DEVICES, Store
+from shared.durable import write_atomically
 from shared.version import FirmwareVersion, VersionError
 
 log = logging.getLogger(__name__)
+
+#: Catalogue files are data an admin reads and edits: not secret.
+CATALOGUE_MODE = 0o644
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_PLANS_PATH = DATA_DIR / "plans.toml"
@@ -72,26 +74,6 @@ def catalogue_paths(section: Mapping[str, Any]) -> tuple[Path | None, Path | Non
     return paths[0], paths[1]
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: write a sibling, fsync, rename, fsync the folder."""
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def add_release(
     version: str, released: date, needs: str | None = None, *, path: Path | None = None
 ) -> Release:
@@ -105,7 +87,7 @@ def add_release(
         catalogue = load_releases(target).add(release)
         text = render_releases(catalogue)
         parse_releases(tomllib.loads(text))  # what we write must read back the same way
-        write_atomically(target, text)
+        write_atomically(target, text, mode=CATALOGUE_MODE)
     return release
 
 
