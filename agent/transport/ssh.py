@@ -32,6 +32,10 @@ VIDEOOS_GREETING_MARKERS = ("hi, my name is", "serial number:", "software versio
 #: A shell waiting for input at the end of the text: ``admin@host:~$ ``, ``bash-5.2# ``,
 #: ``host> ``, ``Router#``; the VideoOS ``-> `` is not one.
 _SHELL_PROMPT = re.compile(r"(?:\A|\n|[^\s-])[$#%>] ?\Z")
+#: Terminal control sequences (colours, window titles, bracketed paste) around a shell prompt.
+_TERMINAL_CONTROL = re.compile(
+    r"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])"
+)
 #: How long a shell-like prompt must stay quiet before the host counts as a shell.
 SHELL_SETTLE_S = 0.3
 #: Most output kept from one command; a runaway device cannot fill memory.
@@ -203,23 +207,24 @@ class _PromptReader:
                 return body
             if len(self.pending) > MAX_OUTPUT_BYTES:
                 raise DeviceProtocolError(f"{self.where}: output too long", host=self.host)
-            foreign = greeting and text.strip() != "" and not _looks_like_videoos(text)
-            if foreign and _SHELL_PROMPT.search(text) and not self._more_within(SHELL_SETTLE_S):
+            plain = _TERMINAL_CONTROL.sub("", text) if greeting else ""
+            foreign = greeting and plain.strip() != "" and not _looks_like_videoos(plain)
+            if foreign and _SHELL_PROMPT.search(plain) and not self._more_within(SHELL_SETTLE_S):
                 raise NotAPolyDevice(
-                    f"{self.where}: a shell prompt ({_last_line(text)!r}), "
+                    f"{self.where}: a shell prompt ({_last_line(plain)!r}), "
                     "not the VideoOS command line",
                     host=self.host,
                 )
             if time.monotonic() > deadline:
-                raise self._no_prompt(text, foreign)
+                raise self._no_prompt(plain, foreign)
             try:
                 data = self.channel.recv(65536)
             except TimeoutError as exc:
-                raise self._no_prompt(text, foreign) from exc
+                raise self._no_prompt(plain, foreign) from exc
             if not data:
                 if foreign:
                     raise NotAPolyDevice(
-                        f"{self.where}: closed after {_last_line(text)!r}, no VideoOS prompt",
+                        f"{self.where}: closed after {_last_line(plain)!r}, no VideoOS prompt",
                         host=self.host,
                     )
                 raise DeviceUnreachable(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import shutil
@@ -20,7 +21,7 @@ from agent.config import DeviceConfig, Secret
 from agent.drivers.base import DriverContext, Pins
 from agent.drivers.videoos import VideoOSDriver
 from agent.transport.ssh import SshClient
-from shared.errors import CertificateMismatch
+from shared.errors import CertificateMismatch, DeviceError, DeviceUnreachable, NotAPolyDevice
 from shared.fingerprint import normalise_fingerprint
 
 SSHD = "/usr/sbin/sshd"
@@ -74,14 +75,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-async def stock_sshd(tmp_path: Path) -> AsyncIterator[StockSshd]:
+@contextlib.asynccontextmanager
+async def running_sshd(tmp_path: Path, login_script: str) -> AsyncIterator[StockSshd]:
     """sshd on a loopback port with its own config and host key; key login runs the script."""
     if os.geteuid() == 0:
         # sshd refuses to start without its privilege-separation directory.
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     script = tmp_path / "device-shell"
-    script.write_text(DEVICE_SCRIPT)
+    script.write_text(login_script)
     script.chmod(0o755)
     host_key = tmp_path / "host_ed25519"
     client_key = tmp_path / "client_ed25519"
@@ -124,6 +125,13 @@ async def stock_sshd(tmp_path: Path) -> AsyncIterator[StockSshd]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def stock_sshd(tmp_path: Path) -> AsyncIterator[StockSshd]:
+    """sshd whose login runs the device script."""
+    async with running_sshd(tmp_path, DEVICE_SCRIPT) as sshd:
+        yield sshd
 
 
 async def test_driver_reads_device_over_stock_sshd(stock_sshd: StockSshd) -> None:
@@ -185,3 +193,44 @@ async def test_stock_sshd_wrong_pin_refused_before_login(
     with pytest.raises(CertificateMismatch) as caught:
         await client.run(["whoami"])
     assert caught.value.seen == stock_sshd.host_fingerprint
+
+
+@pytest.mark.parametrize(
+    ("login_script", "expected", "says"),
+    [
+        # A plain Linux host: a real interactive shell and its prompt ("$ ", "# " as root).
+        ("#!/bin/sh\nexec /bin/sh -i\n", NotAPolyDevice, "a shell prompt"),
+        (
+            "#!/bin/sh\nexec /bin/bash --norc --noprofile -i\n",
+            NotAPolyDevice,
+            "a shell prompt ('bash-",
+        ),
+        # An appliance that greets in its own words and never shows "-> ".
+        (
+            "#!/bin/sh\nprintf 'ACME NAS 7.1\\r\\nMenu: 1) Status 2) Exit\\r\\n'\nexec sleep 30\n",
+            NotAPolyDevice,
+            "no VideoOS prompt within 1.5s (last said 'Menu: 1) Status 2) Exit')",
+        ),
+        # Silence may be a VideoOS unit greeting late: no verdict on what it is.
+        ("#!/bin/sh\nexec sleep 30\n", DeviceUnreachable, "no prompt within 1.5s"),
+    ],
+    ids=["sh", "bash", "own-greeting", "silent"],
+)
+async def test_stock_sshd_that_is_no_videoos_unit(
+    tmp_path: Path, login_script: str, expected: type[DeviceError], says: str
+) -> None:
+    """Over stock OpenSSH a shell or a foreign greeting is 'not Poly'; silence stays unreachable."""
+    async with running_sshd(tmp_path, login_script) as sshd:
+        client = SshClient(
+            "127.0.0.1",
+            sshd.port,
+            user=sshd.user,
+            password=None,
+            pin=sshd.host_fingerprint,
+            key_file=sshd.client_key,
+            timeout=1.5,
+        )
+        with pytest.raises(DeviceError) as caught:
+            await client.run(["whoami"])
+    assert type(caught.value) is expected, caught.value
+    assert says in str(caught.value)
