@@ -16,7 +16,8 @@ from controller.domain.assets import COLUMNS, RegistryImportError, parse_registr
 from controller.domain.calendar import to_warsaw
 from controller.domain.entitlement import Flag, parse_moment
 from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
-from controller.keys import CLOCK, CONFIG, STORE
+from controller.events import DeviceAdded, Event
+from controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
 from controller.services import entitlement as service
 from shared.schema import ErrorBody
 
@@ -296,10 +297,24 @@ async def _catalogue_lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _placement_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """A device first reported after the registry import still gets the registry's room."""
+    store = app[STORE]
+
+    async def on_added(event: Event) -> None:
+        if event.serial is not None:
+            await service.place_new_device(store, event.serial)
+
+    subscription = app[EVENT_BUS].subscribe(on_added, kinds={DeviceAdded})
+    yield
+    subscription.cancel()
+
+
 def register(app: web.Application) -> None:
     section: Any = app[CONFIG].section("entitlement") if CONFIG in app else {}
     app[CATALOGUES] = service.Catalogues(*service.catalogue_paths(section))
     app.cleanup_ctx.append(_catalogue_lifecycle)
+    app.cleanup_ctx.append(_placement_lifecycle)
     router = app.router
     router.add_post("/api/v1/assets/import", import_assets)
     router.add_get("/api/v1/assets", list_assets, allow_head=False)

@@ -116,9 +116,35 @@ async def import_assets(store: Store, assets: Sequence[Asset], *, dry_run: bool)
     changed = set(plan.added) | set(plan.updated)
     puts = {asset.serial: asset.to_doc() for asset in assets if asset.serial in changed}
     if puts and not dry_run:
+        rooms = rooms_from_registry(store, assets)
         # One apply: every device of the file becomes durable together or not at all.
-        await store.wait_durable(store.apply({ASSETS: puts}))
+        await store.wait_durable(store.apply({ASSETS: puts, DEVICES: rooms}))
     return plan
+
+
+def rooms_from_registry(store: Store, assets: Sequence[Asset]) -> dict[str, dict[str, Any]]:
+    """Device documents given the registry's room where the inventory has none yet.
+
+    Agents cannot see which room a unit stands in; the registry says. A room an
+    admin set on the device itself is never overwritten. Read and written with
+    no await in between, so no report can slip in and be lost.
+    """
+    updated: dict[str, dict[str, Any]] = {}
+    for asset in assets:
+        device = store.get(DEVICES, asset.serial)
+        if asset.room and device is not None and not device.get("room"):
+            updated[asset.serial] = {**device, "room": asset.room}
+    return updated
+
+
+async def place_new_device(store: Store, serial: str) -> None:
+    """Give a device seen for the first time the room its registry entry names."""
+    doc = store.get(ASSETS, serial)
+    if doc is None:
+        return
+    rooms = rooms_from_registry(store, [Asset.from_doc(doc)])
+    if rooms:
+        await store.wait_durable(store.apply({DEVICES: rooms}))
 
 
 def installed_of(device: Mapping[str, Any] | None) -> InstalledFirmware | None:

@@ -332,3 +332,48 @@ async def test_E70_camera_reported_on_its_host_gets_its_own_verdict(
     }
     _, host = await _get(controller, "/api/v1/devices/G7HOST/entitlement")
     assert host["firmware"]["next"] == "4.2.2-408037" and host["plan"] is None
+
+
+async def _room_of(controller: RunningController, serial: str) -> Any:
+    status, device = await _get(controller, f"/api/v1/devices/{serial}")
+    assert status == 200
+    return device["room"]
+
+
+async def test_registry_room_fills_devices_reported_before_the_import(
+    controller: RunningController,
+) -> None:
+    """A device already reported gets the room the imported registry names for it."""
+    await _report(controller, "krakow", _snapshot("ROOMED", Model.STUDIO_X50, "4.1.0", "382263"))
+    assert await _room_of(controller, "ROOMED") is None
+    status, _ = await _import(controller, csv_of(row("ROOMED", site="krakow", room="krk-wawel")))
+    assert status == 200
+    assert await _room_of(controller, "ROOMED") == "krk-wawel"
+
+
+async def test_registry_room_fills_devices_first_reported_after_the_import(
+    controller: RunningController,
+) -> None:
+    """A device first reported after the import is placed in its registry room."""
+    status, _ = await _import(controller, csv_of(row("LATER", site="krakow", room="krk-kazimierz")))
+    assert status == 200
+    await _report(controller, "krakow", _snapshot("LATER", Model.STUDIO_X50, "4.1.0", "382263"))
+    deadline = asyncio.get_running_loop().time() + 5
+    while await _room_of(controller, "LATER") != "krk-kazimierz":
+        assert asyncio.get_running_loop().time() < deadline, "room never filled in"
+        await asyncio.sleep(0.05)  # waits-for: the device-added event to be handled
+
+
+async def test_room_set_by_an_admin_is_not_overwritten_by_the_registry(
+    controller: RunningController,
+) -> None:
+    """An admin's own room for a device wins over the registry's."""
+    await _report(controller, "krakow", _snapshot("MINE", Model.STUDIO_X50, "4.1.0", "382263"))
+    async with (
+        aiohttp.ClientSession(headers=controller.admin_headers) as http,
+        http.patch(controller.url + "/api/v1/devices/MINE", json={"room": "lab"}) as response,
+    ):
+        assert response.status == 200, await response.text()
+    status, _ = await _import(controller, csv_of(row("MINE", site="krakow", room="krk-wawel")))
+    assert status == 200
+    assert await _room_of(controller, "MINE") == "lab"
