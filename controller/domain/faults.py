@@ -34,6 +34,8 @@ SITE_UNREACHABLE = "site_unreachable"
 STATE_VERSION = 1
 #: Key prefix of a site's saved document (a device's is its serial).
 SITE_KEY = "site:"
+#: A device the detector has not heard of yet (its site may be None).
+_UNSEEN = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +118,9 @@ class _Track:
     detail: str = ""
     host_serial: str | None = None
     model: str | None = None
-    evidence: list[dict[str, Any]] = field(default_factory=list)
+    #: The reports that show it: kept as received and turned into JSON only when an event or
+    #: a save needs them (most reports of a fault replace the newest one unread).
+    evidence: list[Snapshot | dict[str, Any]] = field(default_factory=list)
 
     @property
     def lasting(self) -> bool:
@@ -149,8 +153,14 @@ class _Track:
             "detail": self.detail,
             "host_serial": self.host_serial,
             "model": self.model,
-            "evidence": list(self.evidence),
+            "evidence": self.evidence_docs(),
         }
+
+    def evidence_docs(self) -> list[dict[str, Any]]:
+        return [
+            item.model_dump(mode="json") if isinstance(item, Snapshot) else item
+            for item in self.evidence
+        ]
 
     @classmethod
     def from_doc(cls, serial: str, code: str, site: str | None, doc: dict[str, Any]) -> _Track:
@@ -211,6 +221,12 @@ class FaultDetector:
     device (or site) and fault. Its state survives a restart through ``changes`` (what
     to save, only on transitions) and ``restore``: a pending fault keeps its hold time,
     an open one clears with a recovery, flapping and site outages are remembered.
+
+    A report costs in proportion to its own problems and the device's faults in progress:
+    a healthy report of a device with nothing pending or open reads no other device, walks
+    no site and builds nothing to save (most reports of a fleet). A site is judged again
+    when something at it changed (a device silent or back, joining or leaving, its agent
+    offline or back), while its outage is waiting out its hold, and on every ``tick``.
     """
 
     def __init__(self, policy: FaultPolicy | None = None) -> None:
@@ -227,6 +243,8 @@ class FaultDetector:
         #: Keys (serials, ``site:ID``) an input may have changed, and the milestone last saved.
         self._touched: set[str] = set()
         self._saved: dict[str, tuple[Any, ...]] = {}
+        #: Sites where something changed since they were last judged.
+        self._unjudged: set[str] = set()
 
     # -- inputs -------------------------------------------------------------------
 
@@ -238,51 +256,40 @@ class FaultDetector:
             # A late report replayed from an agent's outbox says nothing about now.
             return []
         self._last_report[serial] = at
-        self._touched.add(serial)
-        self._remember(serial, site)
-        if snapshot.host_serial is not None:
-            self._children.setdefault(snapshot.host_serial, set()).add(serial)
-            self._host[serial] = snapshot.host_serial
-        children = self._children.get(serial, set())
-        camera_faulty = any(
-            (child, code) in self._busy
-            for child in children
-            for code in self._tracks.get(child, {})
-        )
-        host_unreadable = (
-            snapshot.host_serial is not None
-            and ProblemCode.API_ERROR.value in self._tracks.get(snapshot.host_serial, {})
-        )
-        evidence = snapshot.model_dump(mode="json")
-        present: dict[str, str] = {}
-        for problem in snapshot.health.problems:
-            if problem.code.value not in self.policy.ticket_codes:
-                continue
-            if problem.code is ProblemCode.PERIPHERAL_DISCONNECTED and any(
-                child in problem.detail for child in children
-            ):
-                # The camera's own entry carries this fault: it is the E70's ticket, not the host's.
-                continue
-            if problem.code is ProblemCode.CAMERA_DOWN and camera_faulty:
-                # The host has no camera but its E70, whose own ticket speaks for it.
-                continue
-            if problem.code is ProblemCode.API_ERROR and host_unreadable:
-                # A camera read through a host whose API fails is unreadable for the
-                # host's reason: the host's ticket speaks for both.
-                continue
-            present.setdefault(problem.code.value, problem.detail)
+        previous_site = self._device_site.get(serial, _UNSEEN)
+        if previous_site != site:
+            self._touched.add(serial)
+            self._remember(serial, site)
+        host = snapshot.host_serial
+        if host is not None and self._host.get(serial) != host:
+            self._touched.add(serial)
+            self._children.setdefault(host, set()).add(serial)
+            self._host[serial] = host
+        present = self._ticket_problems(snapshot) if snapshot.health.problems else {}
+        tracks = self._tracks.get(serial)
+        busy = tracks is not None and any(track.state != "idle" for track in tracks.values())
         events: list[FaultEvent] = []
-        for code, detail in present.items():
-            track = self._track(serial, code, site)
-            track.detail = detail
-            track.host_serial = snapshot.host_serial
-            track.model = snapshot.model.value
-            track.from_silence = False
-            self._present(track, at, evidence, streak_step=1)
-        for code, track in list(self._tracks.get(serial, {}).items()):
-            if code not in present:
-                events += self._absent(track, at)
-        events += self._evaluate(at, serial=serial, site=site)
+        if present or busy:
+            self._touched.add(serial)
+            silent = UNREACHABLE in present or (
+                tracks is not None and UNREACHABLE in tracks and tracks[UNREACHABLE].state != "idle"
+            )
+            if silent and site is not None:
+                # Silence starting, going on or ending moves the site's count of silent devices.
+                self._unjudged.add(site)
+            for code, detail in present.items():
+                track = self._track(serial, code, site)
+                track.detail = detail
+                track.host_serial = host
+                track.model = snapshot.model.value
+                track.from_silence = False
+                self._present(track, at, snapshot, streak_step=1)
+            for code, track in list(self._tracks.get(serial, {}).items()):
+                if code not in present and track.state != "idle":
+                    events += self._absent(track, at)
+        events += self._judge_sites(at, site, previous_site)
+        if present or busy:
+            events += self._evaluate_tracks(at, list(self._tracks.get(serial, {}).values()))
         return events
 
     def device_unreachable(
@@ -290,7 +297,9 @@ class FaultDetector:
     ) -> list[FaultEvent]:
         """The controller noticed silence (no report for several polls): the report count is met."""
         self._touched.add(serial)
-        self._remember(serial, site)
+        previous_site = self._device_site.get(serial, _UNSEEN)
+        if previous_site != site:
+            self._remember(serial, site)
         track = self._track(serial, UNREACHABLE, site)
         track.from_silence = True
         if track.state in ("idle", "pending"):
@@ -298,7 +307,10 @@ class FaultDetector:
             self._present(track, at, None, streak_step=self.policy.min_reports)
         else:
             self._present(track, at, None, streak_step=1)
-        return self._evaluate(at, serial=serial, site=site)
+        if site is not None:
+            self._unjudged.add(site)
+        events = self._judge_sites(at, site, previous_site)
+        return events + self._evaluate_tracks(at, list(self._tracks[serial].values()))
 
     def agent_offline(self, site: str, *, at: datetime) -> list[FaultEvent]:
         """The site's agent stopped calling in: one site ticket, nothing per device."""
@@ -307,6 +319,7 @@ class FaultDetector:
             return []
         state.agent_offline = True
         self._touched.add(SITE_KEY + site)
+        self._unjudged.add(site)
         return [
             FaultEvent(
                 kind=FaultEventKind.OPENED,
@@ -325,6 +338,7 @@ class FaultDetector:
             return []
         state.agent_offline = False
         self._touched.add(SITE_KEY + site)
+        self._unjudged.add(site)
         # Silence during the outage was the site's, not each device's.
         for track in list(self._busy.values()):
             if track.site == site and track.code == UNREACHABLE and track.state == "pending":
@@ -342,7 +356,9 @@ class FaultDetector:
 
     def tick(self, now: datetime) -> list[FaultEvent]:
         """Let time pass: opens faults whose hold time ran out without a new report."""
-        return self._evaluate(now)
+        self._touched.update(track.serial for track in self._busy.values())
+        events = self._evaluate_sites(now, None)
+        return events + self._evaluate_tracks(now, list(self._busy.values()))
 
     # -- lasting state ----------------------------------------------------------------
 
@@ -356,17 +372,16 @@ class FaultDetector:
         puts: dict[str, dict[str, Any]] = {}
         deletes: list[str] = []
         for key in sorted(self._touched):
-            if key.startswith(SITE_KEY):
-                mark, doc = self._site_doc(key[len(SITE_KEY) :])
-            else:
-                mark, doc = self._device_doc(key)
+            site = key[len(SITE_KEY) :] if key.startswith(SITE_KEY) else None
+            mark = self._device_mark(key) if site is None else self._site_mark(site)
             if mark == self._saved.get(key):
                 continue
-            if mark is None or doc is None:
+            if mark is None:
                 deletes.append(key)
                 self._saved.pop(key, None)
             else:
-                puts[key] = doc
+                # Built only now that it is to be saved: the evidence is turned into JSON here.
+                puts[key] = self._device_doc(key) if site is None else self._site_doc(site)
                 self._saved[key] = mark
         self._touched.clear()
         return puts, deletes
@@ -390,42 +405,53 @@ class FaultDetector:
             if key in skipped:
                 continue
             if key.startswith(SITE_KEY):
-                mark, _doc = self._site_doc(key[len(SITE_KEY) :])
+                mark = self._site_mark(key[len(SITE_KEY) :])
             else:
-                mark, _doc = self._device_doc(key)
+                mark = self._device_mark(key)
             if mark is not None:
                 self._saved[key] = mark
+        # What was saved need not be what the restored devices add up to: judge every site.
+        self._unjudged.update(self._sites)
         return skipped
 
-    def _device_doc(self, serial: str) -> tuple[tuple[Any, ...] | None, dict[str, Any] | None]:
+    def _lasting_tracks(self, serial: str) -> dict[str, _Track]:
+        return {
+            code: track
+            for code, track in sorted(self._tracks.get(serial, {}).items())
+            if track.lasting
+        }
+
+    def _device_mark(self, serial: str) -> tuple[Any, ...] | None:
+        """What a device's saved document stands for; None when there is nothing to keep."""
         site = self._device_site.get(serial)
         host = self._host.get(serial)
-        tracks = {
-            code: track for code, track in self._tracks.get(serial, {}).items() if track.lasting
-        }
+        tracks = self._lasting_tracks(serial)
         if site is None and host is None and not tracks:
-            return None, None
-        mark = (
-            site,
-            host,
-            tuple((code, tracks[code].milestone()) for code in sorted(tracks)),
-        )
+            return None
+        return (site, host, tuple((code, track.milestone()) for code, track in tracks.items()))
+
+    def _device_doc(self, serial: str) -> dict[str, Any]:
         last = self._last_report.get(serial)
-        doc = {
+        return {
             "v": STATE_VERSION,
             "serial": serial,
-            "site": site,
-            "host_serial": host,
+            "site": self._device_site.get(serial),
+            "host_serial": self._host.get(serial),
             "last_report": _iso(last),
-            "tracks": {code: track.to_doc() for code, track in sorted(tracks.items())},
+            "tracks": {
+                code: track.to_doc() for code, track in self._lasting_tracks(serial).items()
+            },
         }
-        return mark, doc
 
-    def _site_doc(self, site: str) -> tuple[tuple[Any, ...] | None, dict[str, Any] | None]:
+    def _site_mark(self, site: str) -> tuple[Any, ...] | None:
         state = self._sites.get(site)
         if state is None or not state.lasting:
-            return None, None
-        doc = {
+            return None
+        return state.milestone()
+
+    def _site_doc(self, site: str) -> dict[str, Any]:
+        state = self._sites[site]
+        return {
             "v": STATE_VERSION,
             "site": site,
             "agent_offline": state.agent_offline,
@@ -433,7 +459,6 @@ class FaultDetector:
             "unreachable_open": state.unreachable_open,
             "affected": list(state.affected),
         }
-        return state.milestone(), doc
 
     def _restore_device(self, serial: str, doc: Mapping[str, Any]) -> None:
         site = doc["site"]
@@ -466,13 +491,46 @@ class FaultDetector:
 
     # -- state machine ------------------------------------------------------------
 
+    def _ticket_problems(self, snapshot: Snapshot) -> dict[str, str]:
+        """The report's problems worth a ticket of this device (code -> detail)."""
+        serial = snapshot.serial
+        children = self._children.get(serial, set())
+        present: dict[str, str] = {}
+        for problem in snapshot.health.problems:
+            if problem.code.value not in self.policy.ticket_codes:
+                continue
+            if problem.code is ProblemCode.PERIPHERAL_DISCONNECTED and any(
+                child in problem.detail for child in children
+            ):
+                # The camera's own entry carries this fault: it is the E70's ticket, not the host's.
+                continue
+            if problem.code is ProblemCode.CAMERA_DOWN and any(
+                (child, code) in self._busy
+                for child in children
+                for code in self._tracks.get(child, {})
+            ):
+                # The host has no camera but its E70, whose own ticket speaks for it.
+                continue
+            if (
+                problem.code is ProblemCode.API_ERROR
+                and snapshot.host_serial is not None
+                and ProblemCode.API_ERROR.value in self._tracks.get(snapshot.host_serial, {})
+            ):
+                # A camera read through a host whose API fails is unreadable for the
+                # host's reason: the host's ticket speaks for both.
+                continue
+            present.setdefault(problem.code.value, problem.detail)
+        return present
+
     def _remember(self, serial: str, site: str | None) -> None:
         previous = self._device_site.get(serial)
         if previous is not None and previous != site and previous in self._sites:
             self._sites[previous].devices.discard(serial)
+            self._unjudged.add(previous)
         self._device_site[serial] = site
         if site is not None:
             self._sites.setdefault(site, _SiteState()).devices.add(serial)
+            self._unjudged.add(site)
 
     def _track(self, serial: str, code: str, site: str | None) -> _Track:
         codes = self._tracks.setdefault(serial, {})
@@ -493,7 +551,7 @@ class FaultDetector:
         track.evidence = []
 
     def _present(
-        self, track: _Track, at: datetime, evidence: dict[str, Any] | None, *, streak_step: int
+        self, track: _Track, at: datetime, evidence: Snapshot | None, *, streak_step: int
     ) -> None:
         if track.state == "idle":
             self._busy[(track.serial, track.code)] = track
@@ -537,26 +595,15 @@ class FaultDetector:
                 return [event]
         return []
 
-    def _evaluate(
-        self, now: datetime, *, serial: str | None = None, site: str | None = None
-    ) -> list[FaultEvent]:
-        """Decide what ``now`` changes: for one device and its site, or (tick) for all."""
-        if serial is None:
-            self._touched.update(track.serial for track in self._busy.values())
-            self._touched.update(SITE_KEY + name for name in self._sites)
-        elif site is not None:
-            self._touched.add(SITE_KEY + site)
-        events = self._evaluate_sites(now, None if serial is None else (site,))
-        suppressed = {
-            name
-            for name, state in self._sites.items()
-            if state.agent_offline or state.majority_since is not None
-        }
-        if serial is None:
-            candidates = list(self._busy.values())
-        else:
-            candidates = list(self._tracks.get(serial, {}).values())
-        for track in candidates:
+    def _suppressed(self, site: str | None) -> bool:
+        """Whether the site's outage speaks for its silent devices (correlation)."""
+        state = None if site is None else self._sites.get(site)
+        return state is not None and (state.agent_offline or state.majority_since is not None)
+
+    def _evaluate_tracks(self, now: datetime, tracks: list[_Track]) -> list[FaultEvent]:
+        """Decide what ``now`` changes for these tracks: flapping, and holds run out."""
+        events: list[FaultEvent] = []
+        for track in tracks:
             if track.state == "open" and not track.flapping:
                 recent = [
                     seen for seen in track.appearances if now - seen < self.policy.flap_window
@@ -566,7 +613,7 @@ class FaultDetector:
                     events.append(self._event(track, FaultEventKind.FLAPPING, now))
             if track.state != "pending" or track.first_seen is None:
                 continue
-            if track.code == UNREACHABLE and track.site in suppressed:
+            if track.code == UNREACHABLE and self._suppressed(track.site):
                 # Part of a site outage: the site ticket speaks for it (correlation).
                 continue
             flapping = len(track.appearances) >= self.policy.flap_count
@@ -589,22 +636,57 @@ class FaultDetector:
                 events.append(self._event(track, FaultEventKind.FLAPPING, now))
         return events
 
-    def _evaluate_sites(
-        self, now: datetime, only: tuple[str | None, ...] | None = None
-    ) -> list[FaultEvent]:
+    def _judge_sites(self, now: datetime, *sites: object) -> list[FaultEvent]:
+        """Judge a reporting device's site (and the one it left) if anything calls for it.
+
+        Judging a site where nothing changed can only open its outage once the hold has
+        run out, so a site is judged when it changed or while its outage waits for that.
+        """
+        due: list[str] = []
+        for name in sites:
+            # A device's site may be None, or (its first report) a site it never had.
+            if not isinstance(name, str) or name in due:
+                continue
+            state = self._sites.get(name)
+            if state is None:
+                continue
+            waiting = state.majority_since is not None and not state.unreachable_open
+            if name in self._unjudged or waiting:
+                due.append(name)
+        return self._evaluate_sites(now, due) if due else []
+
+    def _silent(self, track: _Track) -> bool:
+        """Whether the track counts towards its site's silent devices."""
+        return (
+            track.code == UNREACHABLE
+            and track.site is not None
+            and track.state in ("pending", "open")
+            and track.streak >= self.policy.min_reports
+        )
+
+    def _evaluate_sites(self, now: datetime, only: list[str] | None) -> list[FaultEvent]:
+        """Judge these sites (``None``: every site, as ``tick`` does) at ``now``."""
         events: list[FaultEvent] = []
         policy = self.policy
-        names = list(self._sites) if only is None else [s for s in only if s in self._sites]
         silent: dict[str, list[str]] = {}
-        for track in self._busy.values():
-            if (
-                track.code == UNREACHABLE
-                and track.site is not None
-                and track.state in ("pending", "open")
-                and track.streak >= policy.min_reports
-            ):
-                silent.setdefault(track.site, []).append(track.serial)
+        if only is None:
+            names = list(self._sites)
+            self._unjudged.clear()
+            for track in self._busy.values():
+                if self._silent(track):
+                    assert track.site is not None
+                    silent.setdefault(track.site, []).append(track.serial)
+        else:
+            names = only
+            self._unjudged.difference_update(only)
+            for name in only:
+                # A site's own devices: the work grows with the site, not with the fleet.
+                for serial in self._sites[name].devices:
+                    quiet = self._tracks.get(serial, {}).get(UNREACHABLE)
+                    if quiet is not None and quiet.site == name and self._silent(quiet):
+                        silent.setdefault(name, []).append(serial)
         for site in names:
+            self._touched.add(SITE_KEY + site)
             state = self._sites[site]
             down = sorted(s for s in silent.get(site, []) if s in state.devices)
             majority = (
@@ -671,5 +753,5 @@ class FaultDetector:
             host_serial=track.host_serial,
             model=track.model,
             flapping=track.flapping,
-            evidence=tuple(track.evidence),
+            evidence=tuple(track.evidence_docs()),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 from controller.domain.faults import (
     AGENT_OFFLINE,
@@ -439,3 +440,93 @@ def test_flapping_ends_after_a_calm_hour() -> None:
     later = feed(detector, "X1", range(120, 123), ProblemCode.CAMERA_DOWN)
     assert kinds(later) == [("recurred", "X1", "camera_down")]
     assert not later[0].flapping
+
+
+def test_healthy_report_of_a_quiet_device_saves_nothing() -> None:
+    """A healthy report of a device with nothing pending or open leaves nothing to save."""
+    detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE))
+    docs: dict[str, dict[str, object]] = {}
+    feed(detector, "X1", range(0, 1))
+    feed(detector, "X2", range(0, 2), ProblemCode.CAMERA_DOWN)
+    assert saved(detector, docs)
+    before = {key: dict(doc) for key, doc in docs.items()}
+    assert feed(detector, "X1", range(1, 60)) == []
+    assert not saved(detector, docs) and docs == before
+
+
+class CountedSnapshot(Snapshot):
+    """A real snapshot that counts how often it is turned into a dict (JSON form or other)."""
+
+    dumps: ClassVar[list[str]] = []
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        self.dumps.append(self.serial)
+        return super().model_dump(**kwargs)
+
+
+def counted(serial: str, minute: int, *codes: ProblemCode) -> CountedSnapshot:
+    return CountedSnapshot.model_validate(
+        snap(serial, T0 + minute * MINUTE, *codes), from_attributes=True
+    )
+
+
+def test_reports_build_no_evidence_until_a_fault_needs_it() -> None:
+    """Healthy reports and repeats of a pending fault build no JSON; the opened fault shows them."""
+    detector = FaultDetector(FaultPolicy(min_duration=30 * MINUTE))
+    docs: dict[str, dict[str, object]] = {}
+    CountedSnapshot.dumps.clear()
+    for minute in range(0, 30):
+        for report in (counted("X1", minute), counted("X2", minute, ProblemCode.CAMERA_DOWN)):
+            assert detector.observe(report, site="krk", at=report.collected_at) == []
+        if minute == 0:
+            # The fault became pending: that transition is saved, with what shows it.
+            assert saved(detector, docs) and CountedSnapshot.dumps == ["X2"]
+            CountedSnapshot.dumps.clear()
+        assert not saved(detector, docs)
+    assert CountedSnapshot.dumps == []
+    report = counted("X2", 30, ProblemCode.CAMERA_DOWN)
+    opened = detector.observe(report, site="krk", at=report.collected_at)
+    assert kinds(opened) == [("opened", "X2", "camera_down")]
+    # The first reports and the latest one, in JSON form, made now.
+    shown = [item["collected_at"] for item in opened[0].evidence]
+    assert shown == [(T0 + m * MINUTE).isoformat().replace("+00:00", "Z") for m in (0, 1, 30)]
+    assert CountedSnapshot.dumps == ["X2"] * 3
+
+
+def test_device_joining_a_site_counts_towards_its_majority() -> None:
+    """Two silent devices of three are a site outage; once a fourth joins, they are not most."""
+    detector = FaultDetector(FaultPolicy(unreachable_min_duration=15 * MINUTE))
+    for serial in ("X1", "X2", "X3"):
+        feed(detector, serial, range(0, 2))
+    for serial in ("X1", "X2"):
+        detector.device_unreachable(serial, site="krk", at=T0 + 10 * MINUTE)
+    feed(detector, "X4", range(11, 12))
+    events = detector.tick(T0 + 30 * MINUTE)
+    assert kinds(events) == [("opened", "X1", "unreachable"), ("opened", "X2", "unreachable")]
+
+
+def test_device_leaving_a_site_is_no_longer_counted() -> None:
+    """A device moved to another site no longer counts among the first site's devices."""
+    detector = FaultDetector(FaultPolicy(unreachable_min_duration=15 * MINUTE))
+    for serial in ("X1", "X2", "X3", "X4"):
+        feed(detector, serial, range(0, 2))
+    for serial in ("X1", "X2"):
+        detector.device_unreachable(serial, site="krk", at=T0 + 10 * MINUTE)
+    # Two of four is not most; X4 moving to Warsaw leaves two of three.
+    feed(detector, "X4", range(11, 12), site="waw")
+    events = detector.tick(T0 + 26 * MINUTE)
+    assert kinds(events) == [("opened", "site:krk", SITE_UNREACHABLE)]
+    assert events[0].affected == ("X1", "X2")
+
+
+def test_site_outage_opens_on_a_report_once_its_hold_ran_out() -> None:
+    """A site outage that has waited out its hold opens on the next report from the site."""
+    detector = FaultDetector(FaultPolicy(unreachable_min_duration=15 * MINUTE))
+    for serial in ("X1", "X2", "X3", "X4"):
+        feed(detector, serial, range(0, 2))
+    for serial in ("X1", "X2", "X3"):
+        detector.device_unreachable(serial, site="krk", at=T0 + 10 * MINUTE)
+    assert feed(detector, "X4", range(20, 25)) == []
+    events = feed(detector, "X4", range(25, 27))
+    assert kinds(events) == [("opened", "site:krk", SITE_UNREACHABLE)]
+    assert events[0].at == T0 + 25 * MINUTE
