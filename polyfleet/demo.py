@@ -372,8 +372,9 @@ class Demo:
             ticket_id = str(ticket.get("id"))
             if ticket_id not in seen_tickets:
                 seen_tickets.add(ticket_id)
+                subject = ticket.get("serial") or "the whole site"
                 self.say(
-                    f"  new ticket {ticket_id}: {ticket.get('fault')} on {ticket.get('serial')} "
+                    f"  new ticket {ticket_id}: {ticket.get('fault')} on {subject} "
                     f"({ticket.get('site')}), status {ticket.get('status')}"
                 )
 
