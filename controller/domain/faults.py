@@ -243,8 +243,12 @@ class FaultDetector:
         #: Keys (serials, ``site:ID``) an input may have changed, and the milestone last saved.
         self._touched: set[str] = set()
         self._saved: dict[str, tuple[Any, ...]] = {}
-        #: Sites where something changed since they were last judged.
+        #: Sites where something changed since they were last judged, and sites whose outage
+        #: waits out its hold (judged on every report from them, as time alone opens it).
         self._unjudged: set[str] = set()
+        self._waiting: set[str] = set()
+        #: serial -> how many of its tracks are not idle (absent: none).
+        self._busy_count: dict[str, int] = {}
 
     # -- inputs -------------------------------------------------------------------
 
@@ -265,32 +269,34 @@ class FaultDetector:
             self._touched.add(serial)
             self._children.setdefault(host, set()).add(serial)
             self._host[serial] = host
-        present = self._ticket_problems(snapshot) if snapshot.health.problems else {}
-        tracks = self._tracks.get(serial)
-        busy = tracks is not None and any(track.state != "idle" for track in tracks.values())
+        if not snapshot.health.problems and serial not in self._busy_count:
+            # The common case: a healthy report of a device with nothing pending or open.
+            if site in self._unjudged or site in self._waiting or previous_site != site:
+                return self._judge_sites(at, site, previous_site)
+            return []
+        present = self._ticket_problems(snapshot)
+        tracks = self._tracks.get(serial, {})
         events: list[FaultEvent] = []
-        if present or busy:
+        unreachable = tracks.get(UNREACHABLE)
+        if site is not None and (
+            UNREACHABLE in present or (unreachable is not None and unreachable.state != "idle")
+        ):
+            # Silence starting, going on or ending moves the site's count of silent devices.
+            self._unjudged.add(site)
+        if present or serial in self._busy_count:
             self._touched.add(serial)
-            silent = UNREACHABLE in present or (
-                tracks is not None and UNREACHABLE in tracks and tracks[UNREACHABLE].state != "idle"
-            )
-            if silent and site is not None:
-                # Silence starting, going on or ending moves the site's count of silent devices.
-                self._unjudged.add(site)
-            for code, detail in present.items():
-                track = self._track(serial, code, site)
-                track.detail = detail
-                track.host_serial = host
-                track.model = snapshot.model.value
-                track.from_silence = False
-                self._present(track, at, snapshot, streak_step=1)
-            for code, track in list(self._tracks.get(serial, {}).items()):
-                if code not in present and track.state != "idle":
-                    events += self._absent(track, at)
+        for code, detail in present.items():
+            track = self._track(serial, code, site)
+            track.detail = detail
+            track.host_serial = host
+            track.model = snapshot.model.value
+            track.from_silence = False
+            self._present(track, at, snapshot, streak_step=1)
+        for code, track in list(self._tracks.get(serial, {}).items()):
+            if code not in present and track.state != "idle":
+                events += self._absent(track, at)
         events += self._judge_sites(at, site, previous_site)
-        if present or busy:
-            events += self._evaluate_tracks(at, list(self._tracks.get(serial, {}).values()))
-        return events
+        return events + self._evaluate_tracks(at, list(self._tracks.get(serial, {}).values()))
 
     def device_unreachable(
         self, serial: str, *, site: str | None, at: datetime
@@ -478,9 +484,9 @@ class FaultDetector:
         if last is not None:
             self._last_report[serial] = last
         self._tracks[serial] = tracks
-        for code, track in tracks.items():
+        for track in tracks.values():
             if track.state != "idle":
-                self._busy[(serial, code)] = track
+                self._engage(track)
 
     def _restore_site(self, site: str, doc: Mapping[str, Any]) -> None:
         state = self._sites.setdefault(site, _SiteState())
@@ -488,6 +494,8 @@ class FaultDetector:
         state.majority_since = _moment(doc["majority_since"])
         state.unreachable_open = bool(doc["unreachable_open"])
         state.affected = tuple(str(serial) for serial in doc["affected"])
+        if state.majority_since is not None and not state.unreachable_open:
+            self._waiting.add(site)
 
     # -- state machine ------------------------------------------------------------
 
@@ -540,8 +548,18 @@ class FaultDetector:
         track.site = site
         return track
 
+    def _engage(self, track: _Track) -> None:
+        """The track leaves idle: time and every report of its device may now change it."""
+        key = (track.serial, track.code)
+        if key not in self._busy:
+            self._busy[key] = track
+            self._busy_count[track.serial] = self._busy_count.get(track.serial, 0) + 1
+
     def _reset(self, track: _Track) -> None:
-        self._busy.pop((track.serial, track.code), None)
+        if self._busy.pop((track.serial, track.code), None) is not None:
+            left = self._busy_count.pop(track.serial) - 1
+            if left:
+                self._busy_count[track.serial] = left
         track.state = "idle"
         track.streak = 0
         track.first_seen = None
@@ -554,7 +572,7 @@ class FaultDetector:
         self, track: _Track, at: datetime, evidence: Snapshot | None, *, streak_step: int
     ) -> None:
         if track.state == "idle":
-            self._busy[(track.serial, track.code)] = track
+            self._engage(track)
             track.state = "pending"
             track.streak = 0
             track.first_seen = at
@@ -647,11 +665,7 @@ class FaultDetector:
             # A device's site may be None, or (its first report) a site it never had.
             if not isinstance(name, str) or name in due:
                 continue
-            state = self._sites.get(name)
-            if state is None:
-                continue
-            waiting = state.majority_since is not None and not state.unreachable_open
-            if name in self._unjudged or waiting:
+            if name in self._sites and (name in self._unjudged or name in self._waiting):
                 due.append(name)
         return self._evaluate_sites(now, due) if due else []
 
@@ -738,6 +752,10 @@ class FaultDetector:
                             affected=state.affected,
                         )
                     )
+            if state.majority_since is not None and not state.unreachable_open:
+                self._waiting.add(site)
+            else:
+                self._waiting.discard(site)
         return events
 
     def _event(self, track: _Track, kind: FaultEventKind, at: datetime) -> FaultEvent:
