@@ -175,9 +175,12 @@ class TicketService:
 
     async def on_snapshots(self, reports: Iterable[tuple[Snapshot, str | None]]) -> None:
         """Accepted reports (each with its site) in order; detector state is saved once for all."""
+        observe = self.detector.observe
         events: list[FaultEvent] = []
         for snapshot, site in reports:
-            events += self.detector.observe(snapshot, site=site, at=snapshot.collected_at)
+            found = observe(snapshot, site=site, at=snapshot.collected_at)
+            if found:
+                events += found
         await self.handle(events)
 
     async def on_device_unreachable(self, serial: str, *, site: str | None, at: datetime) -> None:
@@ -242,8 +245,10 @@ class TicketService:
         if not puts and not deletes:
             return
         stamp = self.clock().isoformat()
-        docs = {key: {**doc, "saved_at": stamp} for key, doc in puts.items()}
-        await self.store.wait_durable(self.store.apply({FAULT_STATE: docs}, {FAULT_STATE: deletes}))
+        for doc in puts.values():
+            # Fresh documents from ``changes``: stamped in place rather than copied.
+            doc["saved_at"] = stamp
+        await self.store.wait_durable(self.store.apply({FAULT_STATE: puts}, {FAULT_STATE: deletes}))
 
     async def _handle_one(self, event: FaultEvent) -> None:
         key = ticket_id(event.subject, event.fault)

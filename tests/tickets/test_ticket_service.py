@@ -14,7 +14,7 @@ from controller.domain.tickets import TicketStatus, ticket_id
 from controller.services.delivery import SENT
 from controller.services.entitlement import ASSETS, load_plans
 from controller.services.ticket_config import ticket_settings
-from controller.services.ticket_service import TicketService
+from controller.services.ticket_service import FAULT_STATE, TicketService
 from controller.store.base import SITES
 from controller.store.tinydb import TinyDBStore
 from shared.schema import Firmware, Health, Model, Problem, ProblemCode, Provider, Snapshot, Via
@@ -419,3 +419,15 @@ async def test_plans_without_a_language_use_the_admins(
         ]
     finally:
         await service.close()
+
+
+async def test_healthy_reports_do_not_rewrite_detector_state(
+    desk: tuple[TicketService, Clock],
+) -> None:
+    """Detector state is saved when a device is first seen, not again for its healthy reports."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 1))
+    first = dict(service.store.scan(FAULT_STATE))
+    assert first["X1"]["site"] == "krk"
+    await report(service, clock, "X1", range(1, 30))
+    assert dict(service.store.scan(FAULT_STATE)) == first
