@@ -634,6 +634,9 @@ class FaultDetector:
             if track.code == UNREACHABLE and self._suppressed(track.site):
                 # Part of a site outage: the site ticket speaks for it (correlation).
                 continue
+            if track.code == UNREACHABLE and self._host_silent(track.serial):
+                # A camera read through its host falls silent with it: one ticket, the host's.
+                continue
             flapping = len(track.appearances) >= self.policy.flap_count
             # A reported problem has held only as long as reports show it; silence
             # (unreachable noticed by the controller) holds until a report ends it.
@@ -653,6 +656,10 @@ class FaultDetector:
             if newly_flapping and kind is FaultEventKind.RECURRED:
                 events.append(self._event(track, FaultEventKind.FLAPPING, now))
         return events
+
+    def _host_silent(self, serial: str) -> bool:
+        host = self._host.get(serial)
+        return host is not None and UNREACHABLE in self._tracks.get(host, {})
 
     def _judge_sites(self, now: datetime, *sites: object) -> list[FaultEvent]:
         """Judge a reporting device's site (and the one it left) if anything calls for it.

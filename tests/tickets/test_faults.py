@@ -311,6 +311,32 @@ def test_e70_api_error_with_a_healthy_host_is_the_cameras_own() -> None:
     assert kinds(events) == [("opened", "E70-1", "api_error")]
 
 
+def test_e70_silent_with_its_host_is_left_to_the_host() -> None:
+    """Host and E70 falling silent together give the host's unreachable ticket only."""
+    detector = FaultDetector(FaultPolicy(unreachable_min_duration=15 * MINUTE))
+    for serial in ("X2", "X3", "X4", "X5"):
+        feed(detector, serial, range(0, 2))
+    feed(detector, "X1", range(0, 2))
+    feed(detector, "E70-1", range(0, 2), host="X1", model=Model.STUDIO_E70)
+    events = detector.device_unreachable("X1", site="krk", at=T0 + 10 * MINUTE)
+    events += detector.device_unreachable("E70-1", site="krk", at=T0 + 10 * MINUTE)
+    events += detector.tick(T0 + 26 * MINUTE)
+    assert kinds(events) == [("opened", "X1", "unreachable")]
+
+
+def test_e70_silent_while_its_host_reports_is_the_cameras_own() -> None:
+    """An E70 gone silent while its host still reports gets its own unreachable ticket."""
+    detector = FaultDetector(FaultPolicy(unreachable_min_duration=15 * MINUTE))
+    for serial in ("X2", "X3", "X4", "X5"):
+        feed(detector, serial, range(0, 2))
+    feed(detector, "E70-1", range(0, 2), host="X1", model=Model.STUDIO_E70)
+    feed(detector, "X1", range(0, 10))
+    events = detector.device_unreachable("E70-1", site="krk", at=T0 + 10 * MINUTE)
+    events += feed(detector, "X1", range(10, 27))
+    events += detector.tick(T0 + 26 * MINUTE)
+    assert kinds(events) == [("opened", "E70-1", "unreachable")]
+
+
 def test_reported_problem_must_be_seen_for_the_whole_hold() -> None:
     """Two reports of a problem, then silence: time passing alone does not open a fault."""
     detector = FaultDetector(FaultPolicy(min_duration=5 * MINUTE))
