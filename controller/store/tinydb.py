@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 SHARD_DOCS = 4000
 _TABLE = "docs"
 _EMPTY: Mapping[str, Doc] = MappingProxyType({})
+_ABSENT = object()
 
 #: Called with ("journal" | "snapshot", seconds) after each durable write.
 FlushObserver = Callable[[str, float], None]
@@ -95,8 +96,11 @@ def _journal_form(
     for key, doc in docs.items():
         old = current.get(key)
         if old is not None and old.keys() <= doc.keys():
+            # Identity first: fields carried over from the old document are the same objects.
             changed = {
-                name: value for name, value in doc.items() if name not in old or old[name] != value
+                name: value
+                for name, value in doc.items()
+                if (was := old.get(name, _ABSENT)) is not value and was != value
             }
             if 2 * len(changed) < len(doc):
                 if changed:
