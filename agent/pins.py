@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from shared.durable import write_atomically
 from shared.errors import ConfigError
 
 PINS_FILE = "pins.json"
@@ -97,13 +97,7 @@ class PinStore:
                 for k, r in sorted(records.items())
             }
         }
-        tmp = self.path.with_suffix(".json.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        write_atomically(self.path, json.dumps(doc, indent=2))
 
     def get(self, key: str) -> PinRecord:
         with self._thread_lock:
@@ -185,11 +179,3 @@ class PinStore:
                 accepted.append(new)
             self._write(records)
             return accepted
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
