@@ -74,13 +74,24 @@ class SnapshotIngested(Event):
 class SnapshotsIngested(Event):
     """The reports of one batch that were accepted (first time, not resends), now durable.
 
-    ``reports`` are in batch order; ``site_id`` is the reporting agent's site.
+    ``documents`` are the reports as stored (``id``, ``serial``, ``snapshot`` in JSON form),
+    in batch order; ``site_id`` is the reporting agent's site.
     """
 
     kind: ClassVar[str] = "snapshots_ingested"
     stored: ClassVar[bool] = False
     agent_id: str
-    reports: tuple[Report, ...]
+    # The stored documents, not models: they are alive in the store anyway, while a batch of
+    # models kept until the subscribers run is thousands of objects for the collector to scan.
+    documents: tuple[Doc, ...]
+
+    @property
+    def reports(self) -> tuple[Report, ...]:
+        """The reports as models (built on each access)."""
+        return tuple(
+            Report(id=doc["id"], snapshot=Snapshot.model_validate(doc["snapshot"]))
+            for doc in self.documents
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

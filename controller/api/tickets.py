@@ -28,7 +28,7 @@ from controller.services.entitlement import catalogue_paths, load_plans
 from controller.services.ticket_config import ticket_settings
 from controller.services.ticket_diagnostics import JobDiagnostics
 from controller.services.ticket_service import TicketNotFound, TicketService
-from shared.schema import Snapshot
+from controller.store.base import Doc
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +226,14 @@ def build_service(app: web.Application) -> TicketService:
 
 async def _feed(service: TicketService, events: list[Event]) -> None:
     """Events in order; the reports of consecutive batches go to the detector together."""
-    reports: list[tuple[Snapshot, str | None]] = []
+    reports: list[tuple[Doc, str | None]] = []
     for event in events:
         if isinstance(event, SnapshotsIngested):
-            reports.extend((report.snapshot, event.site_id) for report in event.reports)
+            site = event.site_id
+            reports.extend((document["snapshot"], site) for document in event.documents)
             continue
         if reports:
-            await service.on_snapshots(reports)
+            await service.on_documents(reports)
             reports = []
         if isinstance(event, DeviceUnreachable) and event.serial is not None:
             await service.on_device_unreachable(event.serial, site=event.site_id, at=event.at)
@@ -241,7 +242,7 @@ async def _feed(service: TicketService, events: list[Event]) -> None:
         elif isinstance(event, AgentOnline) and event.site_id is not None:
             await service.on_agent_online(event.site_id, at=event.at)
     if reports:
-        await service.on_snapshots(reports)
+        await service.on_documents(reports)
 
 
 async def _tick_loop(service: TicketService) -> None:

@@ -36,6 +36,7 @@ STATE_VERSION = 1
 SITE_KEY = "site:"
 #: A device the detector has not heard of yet (its site may be None).
 _UNSEEN = object()
+_STALE = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,25 +256,53 @@ class FaultDetector:
     def observe(self, snapshot: Snapshot, *, site: str | None, at: datetime) -> list[FaultEvent]:
         """One report of one device: its problems now, and proof that it is reachable."""
         serial = snapshot.serial
-        last = self._last_report.get(serial)
-        if last is not None and at < last:
-            # A late report replayed from an agent's outbox says nothing about now.
+        previous_site = self._arrive(serial, snapshot.host_serial, site, at)
+        if previous_site is _STALE:
             return []
-        self._last_report[serial] = at
-        previous_site = self._device_site.get(serial, _UNSEEN)
-        if previous_site != site:
-            self._touched.add(serial)
-            self._remember(serial, site)
-        host = snapshot.host_serial
-        if host is not None and self._host.get(serial) != host:
-            self._touched.add(serial)
-            self._children.setdefault(host, set()).add(serial)
-            self._host[serial] = host
         if not snapshot.health.problems and serial not in self._busy_count:
             # The common case: a healthy report of a device with nothing pending or open.
             if site in self._unjudged or site in self._waiting or previous_site != site:
                 return self._judge_sites(at, site, previous_site)
             return []
+        return self._observe_tracks(snapshot, site, at, previous_site)
+
+    def observe_document(self, snap: Mapping[str, Any], *, site: str | None) -> list[FaultEvent]:
+        """``observe`` for a report in its stored JSON form; the model is built only if needed."""
+        serial: str = snap["serial"]
+        at = datetime.fromisoformat(snap["collected_at"])
+        previous_site = self._arrive(serial, snap["host_serial"], site, at)
+        if previous_site is _STALE:
+            return []
+        if not snap["health"]["problems"] and serial not in self._busy_count:
+            # As in ``observe``: a healthy quiet device needs none of the report's model.
+            if site in self._unjudged or site in self._waiting or previous_site != site:
+                return self._judge_sites(at, site, previous_site)
+            return []
+        return self._observe_tracks(Snapshot.model_validate(snap), site, at, previous_site)
+
+    def _arrive(self, serial: str, host: str | None, site: str | None, at: datetime) -> object:
+        """Note that a report came; the device's site before it, or ``_STALE`` for a late one."""
+        last = self._last_report.get(serial)
+        if last is not None and at < last:
+            # A late report replayed from an agent's outbox says nothing about now.
+            return _STALE
+        self._last_report[serial] = at
+        previous_site = self._device_site.get(serial, _UNSEEN)
+        if previous_site != site:
+            self._touched.add(serial)
+            self._remember(serial, site)
+        if host is not None and self._host.get(serial) != host:
+            self._touched.add(serial)
+            self._children.setdefault(host, set()).add(serial)
+            self._host[serial] = host
+        return previous_site
+
+    def _observe_tracks(
+        self, snapshot: Snapshot, site: str | None, at: datetime, previous_site: object
+    ) -> list[FaultEvent]:
+        """A report with problems, or of a device with something pending or open."""
+        serial = snapshot.serial
+        host = snapshot.host_serial
         present = self._ticket_problems(snapshot)
         tracks = self._tracks.get(serial, {})
         events: list[FaultEvent] = []

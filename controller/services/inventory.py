@@ -378,9 +378,11 @@ class Inventory:
         dropped: list[str] = []
         events: list[Event] = []
         accepted_reports: list[Report] = []
+        accepted_documents: list[Doc] = []
         # The validated models are kept past the durable write only for those who want them:
         # a batch in flight holds thousands of objects that the collector would otherwise scan.
-        keep_reports = self._bus.wants(SnapshotsIngested) or self._bus.wants(SnapshotIngested)
+        keep_reports = self._bus.wants(SnapshotIngested)
+        keep_documents = self._bus.wants(SnapshotsIngested)
         duplicates = 0
         for report, plain in zip(batch.reports, dumped["reports"], strict=True):
             report_id = report.id
@@ -400,7 +402,7 @@ class Inventory:
             ):
                 # Older than every retained report of a full history: superseded, nothing to keep.
                 continue
-            reports[report_id] = {
+            document: Doc = {
                 "id": report_id,
                 "serial": serial,
                 "site_id": site_id,
@@ -408,6 +410,7 @@ class Inventory:
                 "received_at": now_text,
                 "snapshot": snap,
             }
+            reports[report_id] = document
             retained.append([report_id, collected_text])
             if len(retained) > 1 and _earlier(
                 collected_text, snapshot.collected_at, retained[-2][1]
@@ -422,6 +425,8 @@ class Inventory:
             )
             if keep_reports:
                 accepted_reports.append(report)
+            if keep_documents:
+                accepted_documents.append(document)
         for notice in batch.notices:
             events.append(
                 AgentNoticeReceived(
@@ -454,16 +459,23 @@ class Inventory:
         for observer in self.stats.observers:
             observer(elapsed)
         self._bus.dispatch(events)
-        if accepted_reports:
-            self._bus.dispatch(self._ingested(now, site_id, agent_id, accepted_reports))
+        if accepted_reports or accepted_documents:
+            self._bus.dispatch(
+                self._ingested(now, site_id, agent_id, accepted_reports, accepted_documents)
+            )
         return ReportBatchAck(accepted=accepted, duplicates=duplicates)
 
     def _ingested(
-        self, now: datetime, site_id: str, agent_id: str, accepted: list[Report]
+        self,
+        now: datetime,
+        site_id: str,
+        agent_id: str,
+        accepted: list[Report],
+        documents: list[Doc],
     ) -> list[Event]:
         """The batch's ingest event, and one per report only when a subscriber asks for those."""
         ingested: list[Event] = []
-        if self._bus.wants(SnapshotIngested):
+        if accepted:
             ingested.extend(
                 SnapshotIngested(
                     at=now,
@@ -475,9 +487,12 @@ class Inventory:
                 )
                 for report in accepted
             )
-        ingested.append(
-            SnapshotsIngested(at=now, site_id=site_id, agent_id=agent_id, reports=tuple(accepted))
-        )
+        if documents:
+            ingested.append(
+                SnapshotsIngested(
+                    at=now, site_id=site_id, agent_id=agent_id, documents=tuple(documents)
+                )
+            )
         return ingested
 
     def _apply_snapshot(

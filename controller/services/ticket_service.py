@@ -183,6 +183,16 @@ class TicketService:
                 events += found
         await self.handle(events)
 
+    async def on_documents(self, reports: Iterable[tuple[Doc, str | None]]) -> None:
+        """``on_snapshots`` for reports in their stored JSON form (snapshot documents)."""
+        observe = self.detector.observe_document
+        events: list[FaultEvent] = []
+        for snap, site in reports:
+            found = observe(snap, site=site)
+            if found:
+                events += found
+        await self.handle(events)
+
     async def on_device_unreachable(self, serial: str, *, site: str | None, at: datetime) -> None:
         await self.handle(self.detector.device_unreachable(serial, site=site, at=at))
 
