@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from simulator.fleet import (
     fault_params,
     split_firmware,
 )
+from simulator.listeners import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,6 @@ class LoginVerdict:
     failures: int = 0
 
 
-@dataclass
-class _Listeners:
-    rest_server: asyncio.Server | None = None
-    ssh_socket: socket.socket | None = None
-    ssh_task: asyncio.Task[None] | None = None
-    ssh_transports: set[paramiko.Transport] = field(default_factory=set)
-    #: While silent in ``drop`` mode: listeners that never accept, plus the connections
-    #: that fill their one-slot queues, so the kernel drops every new connection attempt.
-    tarpit: list[socket.socket] = field(default_factory=list)
-
-
 class SimDevice:
     """A simulated bar or codec on its own loopback address.
 
@@ -145,7 +135,7 @@ class SimDevice:
         self._ssl_context: ssl.SSLContext | None = None
         self._saved_ports: dict[str, int] = {}
         self._auth_lock = threading.Lock()
-        self._listeners = _Listeners()
+        self._listeners = Listeners()
         self._transition: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._power_changed = asyncio.Event()
@@ -346,28 +336,8 @@ class SimDevice:
 
     async def _close_network(self, *, silent: bool = True) -> None:
         """Stop answering; ``silent`` (not a lab shutdown) in ``drop`` mode holds the ports."""
-        listeners = self._listeners
         self._close_tarpit()
-        if listeners.rest_server is not None:
-            listeners.rest_server.close()
-            for handler in self._web.connections:
-                if handler.transport is not None:
-                    handler.transport.abort()
-            listeners.rest_server = None
-        if listeners.ssh_task is not None:
-            listeners.ssh_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listeners.ssh_task
-            listeners.ssh_task = None
-        if listeners.ssh_socket is not None:
-            listeners.ssh_socket.close()
-            listeners.ssh_socket = None
-        with self._auth_lock:
-            transports = list(listeners.ssh_transports)
-            listeners.ssh_transports.clear()
-        for ssh_transport in transports:
-            # Closing joins paramiko's thread: keep that off the event loop.
-            await asyncio.to_thread(ssh_transport.close)
+        await self._listeners.close(self._web, self._auth_lock)
         if silent and self.silent_mode() == "drop" and self.rest_port and self.ssh_port:
             await self._open_tarpit()
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from simulator import identity
 from simulator.fleet import OtherHostSpec, default_port
+from simulator.listeners import Listeners
 from simulator.ssh import TRANSPORT_LOG
 
 #: What each kind says in its ``Server`` header and SSH identification [assumed: typical].
@@ -55,10 +56,7 @@ class OtherHost:
         self.ssh_fingerprint = ""
         self._tls: identity.TlsIdentity | None = None
         self._host_key: paramiko.PKey | None = None
-        self._server: asyncio.Server | None = None
-        self._ssh_socket: socket.socket | None = None
-        self._ssh_task: asyncio.Task[None] | None = None
-        self._transports: set[paramiko.Transport] = set()
+        self._listeners = Listeners()
         self._lock = threading.Lock()
         self._web = web.Server(self._handle)
 
@@ -89,14 +87,15 @@ class OtherHost:
             await asyncio.to_thread(self.load_identity)
         assert self._tls is not None
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        server = await loop.create_server(
             self._web,
             self.address,
             self.rest_port,
             ssl=self._tls.server_context(),
             ssl_handshake_timeout=10,
         )
-        self.rest_port = self._server.sockets[0].getsockname()[1]
+        self._listeners.rest_server = server
+        self.rest_port = server.sockets[0].getsockname()[1]
         if self.ssh_port is not None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -108,29 +107,11 @@ class OtherHost:
                 raise
             sock.setblocking(False)
             self.ssh_port = sock.getsockname()[1]
-            self._ssh_socket = sock
-            self._ssh_task = loop.create_task(self._accept_ssh(sock))
+            self._listeners.ssh_socket = sock
+            self._listeners.ssh_task = loop.create_task(self._accept_ssh(sock))
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for handler in self._web.connections:
-                if handler.transport is not None:
-                    handler.transport.abort()
-            self._server = None
-        if self._ssh_task is not None:
-            self._ssh_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ssh_task
-            self._ssh_task = None
-        if self._ssh_socket is not None:
-            self._ssh_socket.close()
-            self._ssh_socket = None
-        with self._lock:
-            transports = list(self._transports)
-            self._transports.clear()
-        for transport in transports:
-            await asyncio.to_thread(transport.close)
+        await self._listeners.close(self._web, self._lock)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -203,10 +184,10 @@ class OtherHost:
         transport.local_version = SSH_VERSION
         transport.set_log_channel(TRANSPORT_LOG)
         with self._lock:
-            if self._ssh_socket is None:
+            if self._listeners.ssh_socket is None:
                 transport.close()
                 return
-            self._transports.add(transport)
+            self._listeners.ssh_transports.add(transport)
         try:
             assert self._host_key is not None
             transport.add_server_key(self._host_key)
@@ -238,7 +219,7 @@ class OtherHost:
         finally:
             transport.close()
             with self._lock:
-                self._transports.discard(transport)
+                self._listeners.ssh_transports.discard(transport)
 
     def _shell(self, channel: paramiko.Channel, *, echo: bool) -> None:
         prompt = f"admin@{self.name}:~$ ".encode()
