@@ -119,9 +119,8 @@ class _Track:
     detail: str = ""
     host_serial: str | None = None
     model: str | None = None
-    #: The reports that show it: kept as received and turned into JSON only when an event or
-    #: a save needs them (most reports of a fault replace the newest one unread).
-    evidence: list[Snapshot | dict[str, Any]] = field(default_factory=list)
+    #: The reports that show it, in their stored JSON form (shared with the store: read-only).
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def lasting(self) -> bool:
@@ -158,10 +157,7 @@ class _Track:
         }
 
     def evidence_docs(self) -> list[dict[str, Any]]:
-        return [
-            item.model_dump(mode="json") if isinstance(item, Snapshot) else item
-            for item in self.evidence
-        ]
+        return list(self.evidence)
 
     @classmethod
     def from_doc(cls, serial: str, code: str, site: str | None, doc: dict[str, Any]) -> _Track:
@@ -264,10 +260,10 @@ class FaultDetector:
             if site in self._unjudged or site in self._waiting or previous_site != site:
                 return self._judge_sites(at, site, previous_site)
             return []
-        return self._observe_tracks(snapshot, site, at, previous_site)
+        return self._observe_tracks(snapshot.model_dump(mode="json"), site, at, previous_site)
 
-    def observe_document(self, snap: Mapping[str, Any], *, site: str | None) -> list[FaultEvent]:
-        """``observe`` for a report in its stored JSON form; the model is built only if needed."""
+    def observe_document(self, snap: dict[str, Any], *, site: str | None) -> list[FaultEvent]:
+        """``observe`` for a report in its stored JSON form (kept as evidence, never changed)."""
         serial: str = snap["serial"]
         at = datetime.fromisoformat(snap["collected_at"])
         previous_site = self._arrive(serial, snap["host_serial"], site, at)
@@ -278,7 +274,7 @@ class FaultDetector:
             if site in self._unjudged or site in self._waiting or previous_site != site:
                 return self._judge_sites(at, site, previous_site)
             return []
-        return self._observe_tracks(Snapshot.model_validate(snap), site, at, previous_site)
+        return self._observe_tracks(snap, site, at, previous_site)
 
     def _arrive(self, serial: str, host: str | None, site: str | None, at: datetime) -> object:
         """Note that a report came; the device's site before it, or ``_STALE`` for a late one."""
@@ -298,12 +294,12 @@ class FaultDetector:
         return previous_site
 
     def _observe_tracks(
-        self, snapshot: Snapshot, site: str | None, at: datetime, previous_site: object
+        self, snap: dict[str, Any], site: str | None, at: datetime, previous_site: object
     ) -> list[FaultEvent]:
-        """A report with problems, or of a device with something pending or open."""
-        serial = snapshot.serial
-        host = snapshot.host_serial
-        present = self._ticket_problems(snapshot)
+        """A report (JSON form) with problems, or of a device with something pending or open."""
+        serial: str = snap["serial"]
+        host: str | None = snap["host_serial"]
+        present = self._ticket_problems(snap)
         tracks = self._tracks.get(serial, {})
         events: list[FaultEvent] = []
         unreachable = tracks.get(UNREACHABLE)
@@ -318,9 +314,9 @@ class FaultDetector:
             track = self._track(serial, code, site)
             track.detail = detail
             track.host_serial = host
-            track.model = snapshot.model.value
+            track.model = snap["model"]
             track.from_silence = False
-            self._present(track, at, snapshot, streak_step=1)
+            self._present(track, at, snap, streak_step=1)
         for code, track in list(self._tracks.get(serial, {}).items()):
             if code not in present and track.state != "idle":
                 events += self._absent(track, at)
@@ -528,20 +524,23 @@ class FaultDetector:
 
     # -- state machine ------------------------------------------------------------
 
-    def _ticket_problems(self, snapshot: Snapshot) -> dict[str, str]:
+    def _ticket_problems(self, snap: dict[str, Any]) -> dict[str, str]:
         """The report's problems worth a ticket of this device (code -> detail)."""
-        serial = snapshot.serial
+        serial: str = snap["serial"]
+        host: str | None = snap["host_serial"]
         children = self._children.get(serial, set())
         present: dict[str, str] = {}
-        for problem in snapshot.health.problems:
-            if problem.code.value not in self.policy.ticket_codes:
+        for problem in snap["health"]["problems"]:
+            code: str = problem["code"]
+            detail: str = problem["detail"]
+            if code not in self.policy.ticket_codes:
                 continue
-            if problem.code is ProblemCode.PERIPHERAL_DISCONNECTED and any(
-                child in problem.detail for child in children
+            if code == ProblemCode.PERIPHERAL_DISCONNECTED.value and any(
+                child in detail for child in children
             ):
                 # The camera's own entry carries this fault: it is the E70's ticket, not the host's.
                 continue
-            if problem.code is ProblemCode.CAMERA_DOWN and any(
+            if code == ProblemCode.CAMERA_DOWN.value and any(
                 (child, code) in self._busy
                 for child in children
                 for code in self._tracks.get(child, {})
@@ -549,14 +548,14 @@ class FaultDetector:
                 # The host has no camera but its E70, whose own ticket speaks for it.
                 continue
             if (
-                problem.code is ProblemCode.API_ERROR
-                and snapshot.host_serial is not None
-                and ProblemCode.API_ERROR.value in self._tracks.get(snapshot.host_serial, {})
+                code == ProblemCode.API_ERROR.value
+                and host is not None
+                and ProblemCode.API_ERROR.value in self._tracks.get(host, {})
             ):
                 # A camera read through a host whose API fails is unreadable for the
                 # host's reason: the host's ticket speaks for both.
                 continue
-            present.setdefault(problem.code.value, problem.detail)
+            present.setdefault(code, detail)
         return present
 
     def _remember(self, serial: str, site: str | None) -> None:
@@ -598,7 +597,7 @@ class FaultDetector:
         track.evidence = []
 
     def _present(
-        self, track: _Track, at: datetime, evidence: Snapshot | None, *, streak_step: int
+        self, track: _Track, at: datetime, evidence: dict[str, Any] | None, *, streak_step: int
     ) -> None:
         if track.state == "idle":
             self._engage(track)

@@ -167,6 +167,21 @@ class IngestStats:
     observers: list[Callable[[float], None]] = field(default_factory=list)
 
 
+#: Snapshot fields a device document carries over as they are (besides health and times).
+_SNAPSHOT_FIELDS = (
+    "model",
+    "model_raw",
+    "system_name",
+    "firmware",
+    "provider",
+    "in_call",
+    "peripherals",
+    "host_serial",
+    "via",
+)
+_ABSENT = object()
+
+
 def _same_health(old: Doc, new: Doc) -> bool:
     """Same state and problem codes (detail text may change without it being news)."""
     if old["state"] != new["state"]:
@@ -372,7 +387,9 @@ class Inventory:
         # No ``include`` filter: the serializer is faster dumping the small rest than filtering.
         dumped = batch.model_dump(mode="json")
         history_size = self._report_history
+        # Devices new in this batch as whole documents; known ones as the fields that change.
         devices: dict[str, Doc] = {}
+        patches: dict[str, Doc] = {}
         reports: dict[str, Doc] = {}
         history: dict[str, Doc] = {}
         dropped: list[str] = []
@@ -391,7 +408,12 @@ class Inventory:
                 continue
             snapshot = report.snapshot
             serial = snapshot.serial
-            device = devices.get(serial) or known_devices.get(serial)
+            device = devices.get(serial)
+            if device is None:
+                device = known_devices.get(serial)
+                if device is not None and serial in patches:
+                    # The same device twice in one batch (an outbox catching up): rare.
+                    device = {**device, **patches[serial]}
             snap: Doc = plain["snapshot"]
             collected_text = snap["collected_at"]
             retained: list[list[str]] = list(device["reports"]) if device else []
@@ -420,9 +442,20 @@ class Inventory:
                 old_id = retained.pop(0)[0]
                 if reports.pop(old_id, None) is None:
                     dropped.append(old_id)
-            devices[serial] = self._apply_snapshot(
-                device, snap, snapshot, site_id, now, now_text, retained, events, history
-            )
+            if device is None:
+                devices[serial] = self._new_device(
+                    snap, snapshot, site_id, now, now_text, retained, events, history
+                )
+            else:
+                changed = self._apply_snapshot(
+                    device, snap, snapshot, site_id, now, now_text, retained, events, history
+                )
+                if serial in devices:
+                    devices[serial] = {**device, **changed}
+                elif serial in patches:
+                    patches[serial].update(changed)
+                else:
+                    patches[serial] = changed
             if keep_reports:
                 accepted_reports.append(report)
             if keep_documents:
@@ -448,7 +481,7 @@ class Inventory:
         agent_doc = self._agent_update(agent_id, now)
         if agent_doc is not None:
             puts[AGENTS] = {agent_id: agent_doc}
-        store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes})
+        store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes}, {DEVICES: patches})
         accepted = len(batch.reports) - duplicates
         del batch, dumped
         # Also covers resends of reports still in flight from an earlier request.
@@ -495,9 +528,8 @@ class Inventory:
             )
         return ingested
 
-    def _apply_snapshot(
+    def _new_device(
         self,
-        device: Doc | None,
         snap: Doc,
         snapshot: Snapshot,
         site_id: str,
@@ -507,56 +539,63 @@ class Inventory:
         events: list[Event],
         history: dict[str, Doc],
     ) -> Doc:
-        """The device document after this report (a new dict; stored ones are never mutated)."""
+        """The document of a device that no report mentioned before."""
         serial = snapshot.serial
-        if device is None:
-            events.append(DeviceAdded(at=now, site_id=site_id, serial=serial, model=snap["model"]))
-            device = {
-                "serial": serial,
-                "site_id": site_id,
-                "room": None,
-                "first_seen": now_text,
-                "health": None,
-                "collected_at": None,
-            }
-        else:
-            latest = device.get("collected_at")
-            if latest is not None and _earlier(snap["collected_at"], snapshot.collected_at, latest):
-                # An old report arriving late (outbox catching up) is history, not current state.
-                return {**device, "reports": retained}
-        old_health = device.get("health")
-        new_health = snap["health"]
-        if old_health is None or not _same_health(old_health, new_health):
-            self._record_change(serial, {"at": snap["collected_at"], **new_health}, history)
-            events.append(
-                HealthChanged(
-                    at=now,
-                    site_id=site_id,
-                    serial=serial,
-                    old=None if old_health is None else HealthState(old_health["state"]),
-                    new=snapshot.health.state,
-                    problems=tuple(snapshot.health.problems),
-                )
-            )
-        # One dict display: the latest snapshot's fields over whatever the device had.
-        return {
-            **device,
+        events.append(DeviceAdded(at=now, site_id=site_id, serial=serial, model=snap["model"]))
+        blank: Doc = {"serial": serial, "site_id": site_id, "room": None, "first_seen": now_text}
+        changed = self._apply_snapshot(
+            blank, snap, snapshot, site_id, now, now_text, retained, events, history
+        )
+        return {**blank, "unreachable_since": None, **changed}
+
+    def _apply_snapshot(
+        self,
+        device: Doc,
+        snap: Doc,
+        snapshot: Snapshot,
+        site_id: str,
+        now: datetime,
+        now_text: str,
+        retained: list[list[str]],
+        events: list[Event],
+        history: dict[str, Doc],
+    ) -> Doc:
+        """The fields of ``device`` that this report changes (the store merges them over it)."""
+        latest = device.get("collected_at")
+        if latest is not None and _earlier(snap["collected_at"], snapshot.collected_at, latest):
+            # An old report arriving late (outbox catching up) is history, not current state.
+            return {"reports": retained}
+        changed: Doc = {
             "last_seen": now_text,
-            "unreachable_since": None,
-            "model": snap["model"],
-            "model_raw": snap["model_raw"],
-            "system_name": snap["system_name"],
-            "firmware": snap["firmware"],
-            "provider": snap["provider"],
-            "in_call": snap["in_call"],
-            "uptime_s": snap["uptime_s"],
-            "peripherals": snap["peripherals"],
-            "host_serial": snap["host_serial"],
             "collected_at": snap["collected_at"],
-            "via": snap["via"],
-            "health": new_health,
+            "uptime_s": snap["uptime_s"],
             "reports": retained,
         }
+        if device.get("unreachable_since") is not None:
+            changed["unreachable_since"] = None
+        # Naming only what differs keeps the journal line short: most reports repeat these.
+        for name in _SNAPSHOT_FIELDS:
+            value = snap[name]
+            if device.get(name, _ABSENT) != value:
+                changed[name] = value
+        old_health = device.get("health")
+        new_health = snap["health"]
+        if old_health != new_health:
+            changed["health"] = new_health
+            if old_health is None or not _same_health(old_health, new_health):
+                serial = snapshot.serial
+                self._record_change(serial, {"at": snap["collected_at"], **new_health}, history)
+                events.append(
+                    HealthChanged(
+                        at=now,
+                        site_id=site_id,
+                        serial=serial,
+                        old=None if old_health is None else HealthState(old_health["state"]),
+                        new=snapshot.health.state,
+                        problems=tuple(snapshot.health.problems),
+                    )
+                )
+        return changed
 
     # -- reachability ------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ writing to a new name: collections need no declaration and no change to any stor
 Contract (what callers may rely on):
 
 - Reads (``get``, ``scan``, ``count``) are synchronous and see every change applied so far.
-- ``apply(puts, deletes)`` changes state at once and returns a sequence number; the change is
-  durable (it survives ``kill -9``) once ``await wait_durable(seq)`` returns. ``put_many`` and
-  ``delete`` are the simple form: they return only when the change is durable.
+- ``apply(puts, deletes, patches)`` changes state at once and returns a sequence number; the
+  change is durable (it survives ``kill -9``) once ``await wait_durable(seq)`` returns.
+  ``patches`` name only the fields that change in a document (merged over it, or the whole
+  document when there is none yet): the cheap form for a caller that knows what it changed.
+  ``put_many`` and ``delete`` are the simple form: they return only when the change is durable.
 - Documents are plain JSON values (dict/list/str/int/float/bool/None). An object with no JSON
   form is refused (TypeError) before anything changes; a value with a standard one (datetime,
   tuple, enum) is written in that form, so it reads back as str/list after a restart: pass
@@ -85,8 +87,10 @@ class Store(Protocol):
         self,
         puts: Mapping[str, Mapping[str, Doc]],
         deletes: Mapping[str, Iterable[str]] | None = None,
+        patches: Mapping[str, Mapping[str, Doc]] | None = None,
     ) -> int:
-        """Change state now (puts: collection -> key -> doc; deletes: collection -> keys)."""
+        """Change state now: puts and patches (collection -> key -> document or changed
+        fields), then deletes (collection -> keys)."""
 
     async def wait_durable(self, seq: int) -> None:
         """Return once the change numbered ``seq`` (and all before it) is on disk."""

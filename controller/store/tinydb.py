@@ -228,6 +228,7 @@ class TinyDBStore:
         self,
         puts: Mapping[str, Mapping[str, Doc]],
         deletes: Mapping[str, Iterable[str]] | None = None,
+        patches: Mapping[str, Mapping[str, Doc]] | None = None,
     ) -> int:
         if self._failed is not None:
             raise StoreUnavailable(f"store {self.directory} failed: {self._failed}")
@@ -246,6 +247,18 @@ class TinyDBStore:
                     journal_puts[collection] = whole
                 if fields:
                     journal_fields[collection] = fields
+        for collection, changes in (patches or {}).items():
+            check_collection(collection)
+            if changes:
+                current = self._data.get(collection, _EMPTY)
+                merged = put_record.setdefault(collection, {})
+                fields = journal_fields.setdefault(collection, {})
+                for key, changed in changes.items():
+                    key = str(key)
+                    old = merged.get(key) or current.get(key)
+                    # The caller names what changed: no comparison of whole documents here.
+                    merged[key] = dict(changed) if old is None else {**old, **changed}
+                    fields[key] = {**fields[key], **changed} if key in fields else dict(changed)
         delete_record: dict[str, list[str]] = {}
         for collection, keys in (deletes or {}).items():
             check_collection(collection)

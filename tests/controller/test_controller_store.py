@@ -86,6 +86,35 @@ async def test_changed_fields_replay_onto_documents_after_crash(tmp_path: Path) 
         assert "f0" not in (reopened.get("devices", "D2") or {})
 
 
+async def test_patches_journal_named_fields_and_replay_after_crash(tmp_path: Path) -> None:
+    """Patches merge over documents (or start one), journal only their fields, and replay."""
+    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    await store.open()
+    await store.put_many("devices", {"D1": {"a": 1, "b": [1, 2], "seen": "t0"}})
+    await store.checkpoint()
+    seq = store.apply(
+        {"devices": {"D2": {"a": 2}}},
+        None,
+        {"devices": {"D1": {"seen": "t1"}, "D2": {"seen": "t1"}, "D3": {"new": True}}},
+    )
+    await store.wait_durable(seq)
+    await store.wait_durable(store.apply({}, {"devices": ["D3"]}, {"devices": {"D1": {"b": []}}}))
+    assert store.get("devices", "D1") == {"a": 1, "b": [], "seen": "t1"}
+    assert store.get("devices", "D2") == {"a": 2, "seen": "t1"}
+    assert store.get("devices", "D3") is None
+    journal = b"".join(path.read_bytes() for path in (tmp_path / "journal").glob("*.log"))
+    assert b'"D1":{"seen":"t1"}' in journal and b'"a":1' not in journal
+    assert store._writer_task is not None and store._snapshot_task is not None
+    store._writer_task.cancel()
+    store._snapshot_task.cancel()
+    store._release_lock()
+    async with opened(tmp_path) as reopened:
+        assert dict(reopened.scan("devices")) == {
+            "D1": {"a": 1, "b": [], "seen": "t1"},
+            "D2": {"a": 2, "seen": "t1"},
+        }
+
+
 async def test_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
     """A half-written last journal line (crash mid-write) is dropped; earlier changes stay."""
     store = TinyDBStore(tmp_path, snapshot_interval_s=3600)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 from controller.domain.faults import (
     AGENT_OFFLINE,
@@ -480,43 +480,34 @@ def test_healthy_report_of_a_quiet_device_saves_nothing() -> None:
     assert not saved(detector, docs) and docs == before
 
 
-class CountedSnapshot(Snapshot):
-    """A real snapshot that counts how often it is turned into a dict (JSON form or other)."""
-
-    dumps: ClassVar[list[str]] = []
-
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        self.dumps.append(self.serial)
-        return super().model_dump(**kwargs)
+def stored(serial: str, minute: int, *codes: ProblemCode) -> dict[str, Any]:
+    """A report's snapshot in its stored JSON form, as ingestion hands it to the detector."""
+    return snap(serial, T0 + minute * MINUTE, *codes).model_dump(mode="json")
 
 
-def counted(serial: str, minute: int, *codes: ProblemCode) -> CountedSnapshot:
-    return CountedSnapshot.model_validate(
-        snap(serial, T0 + minute * MINUTE, *codes), from_attributes=True
-    )
-
-
-def test_reports_build_no_evidence_until_a_fault_needs_it() -> None:
-    """Healthy reports and repeats of a pending fault build no JSON; the opened fault shows them."""
+def test_reports_are_kept_as_stored_and_repeats_save_nothing() -> None:
+    """Repeats of a pending fault save nothing; the opened fault shows the stored reports."""
     detector = FaultDetector(FaultPolicy(min_duration=30 * MINUTE))
     docs: dict[str, dict[str, object]] = {}
-    CountedSnapshot.dumps.clear()
+    shown_docs = []
     for minute in range(0, 30):
-        for report in (counted("X1", minute), counted("X2", minute, ProblemCode.CAMERA_DOWN)):
-            assert detector.observe(report, site="krk", at=report.collected_at) == []
+        faulty = stored("X2", minute, ProblemCode.CAMERA_DOWN)
+        if minute < 2:
+            shown_docs.append(faulty)
+        for report in (stored("X1", minute), faulty):
+            assert detector.observe_document(report, site="krk") == []
         if minute == 0:
             # The fault became pending: that transition is saved, with what shows it.
-            assert saved(detector, docs) and CountedSnapshot.dumps == ["X2"]
-            CountedSnapshot.dumps.clear()
+            assert saved(detector, docs)
+            assert docs["X2"]["tracks"]["camera_down"]["evidence"] == [faulty]  # type: ignore[index]
         assert not saved(detector, docs)
-    assert CountedSnapshot.dumps == []
-    report = counted("X2", 30, ProblemCode.CAMERA_DOWN)
-    opened = detector.observe(report, site="krk", at=report.collected_at)
+    latest = stored("X2", 30, ProblemCode.CAMERA_DOWN)
+    opened = detector.observe_document(latest, site="krk")
     assert kinds(opened) == [("opened", "X2", "camera_down")]
-    # The first reports and the latest one, in JSON form, made now.
+    # The first reports and the latest one: the very documents given, not copies.
+    assert [id(item) for item in opened[0].evidence] == [id(d) for d in [*shown_docs, latest]]
     shown = [item["collected_at"] for item in opened[0].evidence]
     assert shown == [(T0 + m * MINUTE).isoformat().replace("+00:00", "Z") for m in (0, 1, 30)]
-    assert CountedSnapshot.dumps == ["X2"] * 3
 
 
 def test_device_joining_a_site_counts_towards_its_majority() -> None:
