@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic_core import PydanticSerializationError, to_json
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,16 @@ def fsync_dir(directory: Path) -> None:
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON of a document tree; TypeError for a value with no JSON form.
 
-    pydantic-core's encoder is about three times faster than ``json.dumps`` on report-sized
-    documents, and ingestion encodes every report once. It refuses what UTF-8 cannot hold
-    (a lone surrogate from a ``\\ud800`` escape), which the standard encoder writes as an
-    escape, and refuses objects of unknown types, where the standard encoder says TypeError.
+    orjson is about five times faster than pydantic-core's ``to_json`` and ten times faster
+    than ``json.dumps`` on report-sized documents, with the same bytes for plain JSON values;
+    ingestion encodes every report once and every snapshot encodes the whole state. It refuses
+    what UTF-8 cannot hold (a lone surrogate from a ``\\ud800`` escape), integers beyond 64
+    bits and non-string keys; the standard encoder writes those (as an escape, digits, a string
+    key), and says TypeError for objects of unknown types, as orjson does.
     """
     try:
-        return to_json(value)
-    except PydanticSerializationError:
+        return orjson.dumps(value, option=orjson.OPT_UTC_Z)
+    except orjson.JSONEncodeError:
         # Documents are trees (never cyclic), so the cycle check is skipped: it costs ~15%.
         return json.dumps(value, separators=(",", ":"), check_circular=False).encode("ascii")
 
@@ -141,10 +143,18 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     try:
         if int(crc_text, 16) != zlib.crc32(body):
             return None
-        record = json.loads(body)
+        record = _loads(body)
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def _loads(body: bytes) -> Any:
+    """orjson's parser, and the standard one for what orjson refuses (an escaped surrogate)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def _report_tail(path: Path, lineno: int, size: int, why: str) -> None:

@@ -149,9 +149,9 @@ async def test_snapshot_replaces_journal_atomically(tmp_path: Path) -> None:
 
 
 async def test_text_of_any_kind_survives_journal_and_snapshot(tmp_path: Path) -> None:
-    """Non-ASCII text, escapes, a lone surrogate and odd numbers read back the same both ways."""
+    """Non-ASCII text, escapes, a lone surrogate and huge numbers read back the same both ways."""
     docs = {
-        "pl": {"name": "Kraków, sala Żółta", "lines": 'a\nb\t"c"\\', "n": [0, -1.5, 10**18]},
+        "pl": {"name": "Kraków, sala Żółta", "lines": 'a\nb\t"c"\\', "n": [0, -1.5, 10**18, 2**70]},
         "odd": {"text": "half \ud800 pair", "nested": {"empty": {}, "none": None, "t": True}},
     }
     store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
