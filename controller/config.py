@@ -19,7 +19,11 @@ DEFAULT_ENROLL_CODE_TTL_S = 24 * 3600
 DEFAULT_JOB_LEASE_S = 600
 DEFAULT_MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
 DEFAULT_SNAPSHOT_INTERVAL_S = 30.0
-DEFAULT_JOURNAL_MAX_BYTES = 64 * 1024 * 1024
+#: The journal size that forces a snapshot before the interval is up (a burst of reports, such
+#: as agents emptying their outboxes after an outage). Replaying it after a crash runs at
+#: about 115 MB/s (10,000 devices, measured), so this bounds a restart at ~2 s, while a
+#: snapshot in a burst is obsolete within seconds and costs as much as encoding the whole state.
+DEFAULT_JOURNAL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_REPORT_HISTORY = 5
 DEFAULT_HEALTH_HISTORY = 100
 DEFAULT_EVENTS_KEEP = 10_000
