@@ -226,11 +226,10 @@ def build_service(app: web.Application) -> TicketService:
 
 async def _feed(service: TicketService, events: list[Event]) -> None:
     """Events in order; the reports of consecutive batches go to the detector together."""
-    reports: list[tuple[Doc, str | None]] = []
+    reports: list[tuple[str | None, tuple[Doc, ...]]] = []
     for event in events:
         if isinstance(event, SnapshotsIngested):
-            site = event.site_id
-            reports.extend((document["snapshot"], site) for document in event.documents)
+            reports.append((event.site_id, event.documents))
             continue
         if reports:
             await service.on_documents(reports)

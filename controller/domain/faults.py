@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -275,6 +275,39 @@ class FaultDetector:
                 return self._judge_sites(at, site, previous_site)
             return []
         return self._observe_tracks(snap, site, at, previous_site)
+
+    def observe_documents(
+        self, snaps: Iterable[dict[str, Any]], *, site: str | None
+    ) -> list[FaultEvent]:
+        """``observe_document`` for one site's reports in order (a batch), quicker per report.
+
+        Most reports are healthy reports of a quiet device that is known at this site: all they
+        change is the time of its latest report. Anything else takes the whole way.
+        """
+        events: list[FaultEvent] = []
+        last_report = self._last_report
+        device_site = self._device_site
+        host_of = self._host
+        busy = self._busy_count
+        for snap in snaps:
+            serial: str = snap["serial"]
+            host: str | None = snap["host_serial"]
+            if (
+                serial in busy
+                or snap["health"]["problems"]
+                or device_site.get(serial, _UNSEEN) != site
+                or (host is not None and host_of.get(serial) != host)
+                or site in self._unjudged
+                or site in self._waiting
+            ):
+                events += self.observe_document(snap, site=site)
+                continue
+            at = datetime.fromisoformat(snap["collected_at"])
+            last = last_report.get(serial)
+            # A late report replayed from an agent's outbox says nothing about now.
+            if last is None or at >= last:
+                last_report[serial] = at
+        return events
 
     def _arrive(self, serial: str, host: str | None, site: str | None, at: datetime) -> object:
         """Note that a report came; the device's site before it, or ``_STALE`` for a late one."""

@@ -183,12 +183,12 @@ class TicketService:
                 events += found
         await self.handle(events)
 
-    async def on_documents(self, reports: Iterable[tuple[Doc, str | None]]) -> None:
-        """``on_snapshots`` for reports in their stored JSON form (snapshot documents)."""
-        observe = self.detector.observe_document
+    async def on_documents(self, batches: Iterable[tuple[str | None, Iterable[Doc]]]) -> None:
+        """``on_snapshots`` for batches of one site's reports as stored (report documents)."""
+        observe = self.detector.observe_documents
         events: list[FaultEvent] = []
-        for snap, site in reports:
-            found = observe(snap, site=site)
+        for site, documents in batches:
+            found = observe((document["snapshot"] for document in documents), site=site)
             if found:
                 events += found
         await self.handle(events)

@@ -547,3 +547,36 @@ def test_site_outage_opens_on_a_report_once_its_hold_ran_out() -> None:
     events = feed(detector, "X4", range(25, 27))
     assert kinds(events) == [("opened", "site:krk", SITE_UNREACHABLE)]
     assert events[0].at == T0 + 25 * MINUTE
+
+
+def test_a_batch_of_reports_decides_as_one_report_at_a_time() -> None:
+    """Batches give the events and saved state that the same reports one by one give."""
+    policy = FaultPolicy(min_duration=3 * MINUTE, unreachable_min_duration=3 * MINUTE)
+    one_by_one, batched = FaultDetector(policy), FaultDetector(policy)
+    singles: list[FaultEvent] = []
+    batches: list[FaultEvent] = []
+    saved_singles: dict[str, dict[str, object]] = {}
+    saved_batches: dict[str, dict[str, object]] = {}
+    for minute in range(0, 40):
+        site = "krk" if minute < 25 else "waw"  # everything moves site once
+        reports = [
+            stored(f"X{n}", minute, *([ProblemCode.CAMERA_DOWN] if (n + minute) % 7 == 0 else []))
+            for n in range(6)
+        ]
+        # A camera on X0, a device that falls silent for a while, and a late report.
+        reports.append(snap("E1", T0 + minute * MINUTE, host="X0").model_dump(mode="json"))
+        if not 10 <= minute < 20:
+            reports.append(stored("S1", minute))
+        if minute % 9 == 4:
+            reports.append(stored("X1", minute - 3, ProblemCode.CAMERA_DOWN))
+        for report in reports:
+            singles += one_by_one.observe_document(report, site=site)
+        batches += batched.observe_documents(reports, site=site)
+        if minute == 16:
+            for detector, into in ((one_by_one, singles), (batched, batches)):
+                into += detector.device_unreachable("S1", site=site, at=T0 + minute * MINUTE)
+        singles += one_by_one.tick(T0 + minute * MINUTE)
+        batches += batched.tick(T0 + minute * MINUTE)
+        assert saved(one_by_one, saved_singles) == saved(batched, saved_batches)
+    assert kinds(batches) == kinds(singles) and len(kinds(singles)) > 4
+    assert saved_batches == saved_singles
