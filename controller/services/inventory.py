@@ -52,7 +52,6 @@ from shared.schema import (
     Problem,
     ProblemCode,
     Provider,
-    Report,
     ReportBatch,
     ReportBatchAck,
     Snapshot,
@@ -192,15 +191,15 @@ def _same_health(old: Doc, new: Doc) -> bool:
     return {p["code"] for p in old_problems} == {p["code"] for p in new_problems}
 
 
-def _earlier(text: str, when: datetime, other: str) -> bool:
-    """Whether a report collected at ``when`` (stored as ``text``) is before stored ``other``.
+def _earlier(text: str, other: str) -> bool:
+    """Whether stored time ``text`` is before stored time ``other``.
 
     Stored times are pydantic's JSON form: two UTC texts of the same length compare as
     strings, which spares a parse per report; anything else is parsed.
     """
     if len(text) == len(other) and text[-1] == "Z" and other[-1] == "Z":
         return text < other
-    return when < datetime.fromisoformat(other)
+    return datetime.fromisoformat(text) < datetime.fromisoformat(other)
 
 
 class Inventory:
@@ -383,9 +382,23 @@ class Inventory:
         now = self._clock()
         now_text = now.isoformat()
         self._note_call(agent_id, site_id, now)
-        # One serializer call for the whole batch (JSON form, as stored) instead of one per report.
+        events: list[Event] = [
+            AgentNoticeReceived(
+                at=now,
+                site_id=site_id,
+                agent_id=agent_id,
+                notice=notice.kind,
+                detail=notice.detail,
+                count=notice.count,
+            )
+            for notice in batch.notices
+        ]
+        # One serializer call for the whole batch (JSON form, as stored) instead of one per
+        # report; from here on only that form is read, and the models go at once (a batch holds
+        # thousands of objects that the collector would otherwise walk again and again).
         # No ``include`` filter: the serializer is faster dumping the small rest than filtering.
-        dumped = batch.model_dump(mode="json")
+        plain_reports: list[Doc] = batch.model_dump(mode="json")["reports"]
+        del batch
         history_size = self._report_history
         # Devices new in this batch as whole documents; known ones as the fields that change.
         devices: dict[str, Doc] = {}
@@ -393,34 +406,27 @@ class Inventory:
         reports: dict[str, Doc] = {}
         history: dict[str, Doc] = {}
         dropped: list[str] = []
-        events: list[Event] = []
-        accepted_reports: list[Report] = []
         accepted_documents: list[Doc] = []
-        # The validated models are kept past the durable write only for those who want them:
-        # a batch in flight holds thousands of objects that the collector would otherwise scan.
-        keep_reports = self._bus.wants(SnapshotIngested)
-        keep_documents = self._bus.wants(SnapshotsIngested)
         duplicates = 0
-        for report, plain in zip(batch.reports, dumped["reports"], strict=True):
-            report_id = report.id
+        for plain in plain_reports:
+            report_id: str = plain["id"]
             if report_id in reports or report_id in known_reports:
                 duplicates += 1
                 continue
-            snapshot = report.snapshot
-            serial = snapshot.serial
+            snap: Doc = plain["snapshot"]
+            serial: str = snap["serial"]
             device = devices.get(serial)
             if device is None:
                 device = known_devices.get(serial)
                 if device is not None and serial in patches:
                     # The same device twice in one batch (an outbox catching up): rare.
                     device = {**device, **patches[serial]}
-            snap: Doc = plain["snapshot"]
-            collected_text = snap["collected_at"]
+            collected_text: str = snap["collected_at"]
             retained: list[list[str]] = list(device["reports"]) if device else []
             if (
                 device is not None
                 and len(retained) >= history_size
-                and _earlier(collected_text, snapshot.collected_at, retained[0][1])
+                and _earlier(collected_text, retained[0][1])
             ):
                 # Older than every retained report of a full history: superseded, nothing to keep.
                 continue
@@ -434,9 +440,7 @@ class Inventory:
             }
             reports[report_id] = document
             retained.append([report_id, collected_text])
-            if len(retained) > 1 and _earlier(
-                collected_text, snapshot.collected_at, retained[-2][1]
-            ):
+            if len(retained) > 1 and _earlier(collected_text, retained[-2][1]):
                 retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
             while len(retained) > history_size:
                 old_id = retained.pop(0)[0]
@@ -444,11 +448,11 @@ class Inventory:
                     dropped.append(old_id)
             if device is None:
                 devices[serial] = self._new_device(
-                    snap, snapshot, site_id, now, now_text, retained, events, history
+                    snap, site_id, now, now_text, retained, events, history
                 )
             else:
                 changed = self._apply_snapshot(
-                    device, snap, snapshot, site_id, now, now_text, retained, events, history
+                    device, snap, site_id, now, now_text, retained, events, history
                 )
                 if serial in devices:
                     devices[serial] = {**device, **changed}
@@ -456,21 +460,7 @@ class Inventory:
                     patches[serial].update(changed)
                 else:
                     patches[serial] = changed
-            if keep_reports:
-                accepted_reports.append(report)
-            if keep_documents:
-                accepted_documents.append(document)
-        for notice in batch.notices:
-            events.append(
-                AgentNoticeReceived(
-                    at=now,
-                    site_id=site_id,
-                    agent_id=agent_id,
-                    notice=notice.kind,
-                    detail=notice.detail,
-                    count=notice.count,
-                )
-            )
+            accepted_documents.append(document)
         event_puts, event_deletes = self._bus.record(events)
         puts: dict[str, dict[str, Doc]] = {
             DEVICES: devices,
@@ -482,8 +472,8 @@ class Inventory:
         if agent_doc is not None:
             puts[AGENTS] = {agent_id: agent_doc}
         store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes}, {DEVICES: patches})
-        accepted = len(batch.reports) - duplicates
-        del batch, dumped
+        accepted = len(plain_reports) - duplicates
+        del plain_reports
         # Also covers resends of reports still in flight from an earlier request.
         await store.sync()
         self.stats.accepted += accepted
@@ -492,35 +482,29 @@ class Inventory:
         for observer in self.stats.observers:
             observer(elapsed)
         self._bus.dispatch(events)
-        if accepted_reports or accepted_documents:
-            self._bus.dispatch(
-                self._ingested(now, site_id, agent_id, accepted_reports, accepted_documents)
-            )
+        if accepted_documents:
+            self._bus.dispatch(self._ingested(now, site_id, agent_id, accepted_documents))
         return ReportBatchAck(accepted=accepted, duplicates=duplicates)
 
     def _ingested(
-        self,
-        now: datetime,
-        site_id: str,
-        agent_id: str,
-        accepted: list[Report],
-        documents: list[Doc],
+        self, now: datetime, site_id: str, agent_id: str, documents: list[Doc]
     ) -> list[Event]:
         """The batch's ingest event, and one per report only when a subscriber asks for those."""
         ingested: list[Event] = []
-        if accepted:
+        if self._bus.wants(SnapshotIngested):
+            # Models again, only for such a subscriber: ingestion itself lets them go early.
             ingested.extend(
                 SnapshotIngested(
                     at=now,
                     site_id=site_id,
-                    serial=report.snapshot.serial,
-                    snapshot=report.snapshot,
-                    report_id=report.id,
+                    serial=document["serial"],
+                    snapshot=Snapshot.model_validate(document["snapshot"]),
+                    report_id=document["id"],
                     agent_id=agent_id,
                 )
-                for report in accepted
+                for document in documents
             )
-        if documents:
+        if self._bus.wants(SnapshotsIngested):
             ingested.append(
                 SnapshotsIngested(
                     at=now, site_id=site_id, agent_id=agent_id, documents=tuple(documents)
@@ -531,7 +515,6 @@ class Inventory:
     def _new_device(
         self,
         snap: Doc,
-        snapshot: Snapshot,
         site_id: str,
         now: datetime,
         now_text: str,
@@ -540,11 +523,11 @@ class Inventory:
         history: dict[str, Doc],
     ) -> Doc:
         """The document of a device that no report mentioned before."""
-        serial = snapshot.serial
+        serial = snap["serial"]
         events.append(DeviceAdded(at=now, site_id=site_id, serial=serial, model=snap["model"]))
         blank: Doc = {"serial": serial, "site_id": site_id, "room": None, "first_seen": now_text}
         changed = self._apply_snapshot(
-            blank, snap, snapshot, site_id, now, now_text, retained, events, history
+            blank, snap, site_id, now, now_text, retained, events, history
         )
         return {**blank, "unreachable_since": None, **changed}
 
@@ -552,7 +535,6 @@ class Inventory:
         self,
         device: Doc,
         snap: Doc,
-        snapshot: Snapshot,
         site_id: str,
         now: datetime,
         now_text: str,
@@ -561,38 +543,40 @@ class Inventory:
         history: dict[str, Doc],
     ) -> Doc:
         """The fields of ``device`` that this report changes (the store merges them over it)."""
+        collected_text = snap["collected_at"]
         latest = device.get("collected_at")
-        if latest is not None and _earlier(snap["collected_at"], snapshot.collected_at, latest):
+        if latest is not None and _earlier(collected_text, latest):
             # An old report arriving late (outbox catching up) is history, not current state.
             return {"reports": retained}
         changed: Doc = {
             "last_seen": now_text,
-            "collected_at": snap["collected_at"],
+            "collected_at": collected_text,
             "uptime_s": snap["uptime_s"],
             "reports": retained,
         }
         if device.get("unreachable_since") is not None:
             changed["unreachable_since"] = None
         # Naming only what differs keeps the journal line short: most reports repeat these.
+        get = device.get
         for name in _SNAPSHOT_FIELDS:
             value = snap[name]
-            if device.get(name, _ABSENT) != value:
+            if get(name, _ABSENT) != value:
                 changed[name] = value
-        old_health = device.get("health")
+        old_health = get("health")
         new_health = snap["health"]
         if old_health != new_health:
             changed["health"] = new_health
             if old_health is None or not _same_health(old_health, new_health):
-                serial = snapshot.serial
-                self._record_change(serial, {"at": snap["collected_at"], **new_health}, history)
+                serial = snap["serial"]
+                self._record_change(serial, {"at": collected_text, **new_health}, history)
                 events.append(
                     HealthChanged(
                         at=now,
                         site_id=site_id,
                         serial=serial,
                         old=None if old_health is None else HealthState(old_health["state"]),
-                        new=snapshot.health.state,
-                        problems=tuple(snapshot.health.problems),
+                        new=HealthState(new_health["state"]),
+                        problems=tuple(Problem.model_validate(p) for p in new_health["problems"]),
                     )
                 )
         return changed
