@@ -559,8 +559,7 @@ class Inventory:
         # Naming only what differs keeps the journal line short: most reports repeat these.
         get = device.get
         for name in _SNAPSHOT_FIELDS:
-            value = snap[name]
-            if get(name, _ABSENT) != value:
+            if get(name, _ABSENT) != (value := snap[name]):
                 changed[name] = value
         old_health = get("health")
         new_health = snap["health"]

@@ -258,7 +258,8 @@ class TinyDBStore:
                     old = merged.get(key) or current.get(key)
                     # The caller names what changed: no comparison of whole documents here.
                     merged[key] = dict(changed) if old is None else {**old, **changed}
-                    fields[key] = {**fields[key], **changed} if key in fields else dict(changed)
+                    # Only encoded (below, before this returns): no copy of the caller's dict.
+                    fields[key] = {**fields[key], **changed} if key in fields else changed
         delete_record: dict[str, list[str]] = {}
         for collection, keys in (deletes or {}).items():
             check_collection(collection)
