@@ -557,13 +557,21 @@ class Inventory:
         if device.get("unreachable_since") is not None:
             changed["unreachable_since"] = None
         # Naming only what differs keeps the journal line short: most reports repeat these.
+        # An equal value is taken from the device document into the report's snapshot (both
+        # are immutable): retained reports share their firmware, peripherals and health
+        # instead of holding thousands of equal copies for the collector to walk and free.
         get = device.get
         for name in _SNAPSHOT_FIELDS:
-            if get(name, _ABSENT) != (value := snap[name]):
+            old = get(name, _ABSENT)
+            if old != (value := snap[name]):
                 changed[name] = value
+            elif old is not value:
+                snap[name] = old
         old_health = get("health")
         new_health = snap["health"]
-        if old_health != new_health:
+        if old_health == new_health:
+            snap["health"] = old_health
+        else:
             changed["health"] = new_health
             if old_health is None or not _same_health(old_health, new_health):
                 serial = snap["serial"]
