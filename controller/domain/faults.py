@@ -289,18 +289,20 @@ class FaultDetector:
         device_site = self._device_site
         host_of = self._host
         busy = self._busy_count
+        settled = site not in self._unjudged and site not in self._waiting
         for snap in snaps:
             serial: str = snap["serial"]
             host: str | None = snap["host_serial"]
             if (
-                serial in busy
+                not settled
+                or serial in busy
                 or snap["health"]["problems"]
                 or device_site.get(serial, _UNSEEN) != site
                 or (host is not None and host_of.get(serial) != host)
-                or site in self._unjudged
-                or site in self._waiting
             ):
                 events += self.observe_document(snap, site=site)
+                # That may have changed whether the site waits to be judged.
+                settled = site not in self._unjudged and site not in self._waiting
                 continue
             at = datetime.fromisoformat(snap["collected_at"])
             last = last_report.get(serial)
@@ -437,15 +439,16 @@ class FaultDetector:
         deletes: list[str] = []
         for key in sorted(self._touched):
             site = key[len(SITE_KEY) :] if key.startswith(SITE_KEY) else None
-            mark = self._device_mark(key) if site is None else self._site_mark(site)
+            tracks = self._lasting_tracks(key) if site is None else {}
+            mark = self._device_mark(key, tracks) if site is None else self._site_mark(site)
             if mark == self._saved.get(key):
                 continue
             if mark is None:
                 deletes.append(key)
                 self._saved.pop(key, None)
             else:
-                # Built only now that it is to be saved: the evidence is turned into JSON here.
-                puts[key] = self._device_doc(key) if site is None else self._site_doc(site)
+                # Built only now that it is to be saved.
+                puts[key] = self._device_doc(key, tracks) if site is None else self._site_doc(site)
                 self._saved[key] = mark
         self._touched.clear()
         return puts, deletes
@@ -471,7 +474,7 @@ class FaultDetector:
             if key.startswith(SITE_KEY):
                 mark = self._site_mark(key[len(SITE_KEY) :])
             else:
-                mark = self._device_mark(key)
+                mark = self._device_mark(key, self._lasting_tracks(key))
             if mark is not None:
                 self._saved[key] = mark
         # What was saved need not be what the restored devices add up to: judge every site.
@@ -485,16 +488,18 @@ class FaultDetector:
             if track.lasting
         }
 
-    def _device_mark(self, serial: str) -> tuple[Any, ...] | None:
-        """What a device's saved document stands for; None when there is nothing to keep."""
+    def _device_mark(self, serial: str, tracks: dict[str, _Track]) -> tuple[Any, ...] | None:
+        """What a device's saved document stands for; None when there is nothing to keep.
+
+        ``tracks`` are the device's lasting tracks (``_lasting_tracks``).
+        """
         site = self._device_site.get(serial)
         host = self._host.get(serial)
-        tracks = self._lasting_tracks(serial)
         if site is None and host is None and not tracks:
             return None
         return (site, host, tuple((code, track.milestone()) for code, track in tracks.items()))
 
-    def _device_doc(self, serial: str) -> dict[str, Any]:
+    def _device_doc(self, serial: str, tracks: dict[str, _Track]) -> dict[str, Any]:
         last = self._last_report.get(serial)
         return {
             "v": STATE_VERSION,
@@ -502,9 +507,7 @@ class FaultDetector:
             "site": self._device_site.get(serial),
             "host_serial": self._host.get(serial),
             "last_report": _iso(last),
-            "tracks": {
-                code: track.to_doc() for code, track in self._lasting_tracks(serial).items()
-            },
+            "tracks": {code: track.to_doc() for code, track in tracks.items()},
         }
 
     def _site_mark(self, site: str) -> tuple[Any, ...] | None:

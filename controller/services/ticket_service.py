@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -52,6 +53,9 @@ from controller.store.base import SITES, Doc, Store
 from shared.schema import Model, Snapshot
 
 log = logging.getLogger(__name__)
+
+#: The snapshot of a stored report document.
+_SNAPSHOT = operator.itemgetter("snapshot")
 
 TICKETS = "tickets"
 #: How often ``tick`` looks for delivery records that may be forgotten.
@@ -188,7 +192,7 @@ class TicketService:
         observe = self.detector.observe_documents
         events: list[FaultEvent] = []
         for site, documents in batches:
-            found = observe((document["snapshot"] for document in documents), site=site)
+            found = observe(map(_SNAPSHOT, documents), site=site)
             if found:
                 events += found
         await self.handle(events)
