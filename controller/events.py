@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from controller.store.base import EVENTS, Doc, Store
-from shared.schema import HealthState, Problem, Report, Snapshot
+from shared.schema import HealthState, Report, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,14 @@ class HealthChanged(Event):
     kind: ClassVar[str] = "health_changed"
     old: HealthState | None
     new: HealthState
-    problems: tuple[Problem, ...] = ()
+    #: In their JSON form (``{"code", "detail"}``), as the report stored them.
+    problems: tuple[Doc, ...] = ()
 
     def data(self) -> dict[str, Any]:
         return {
             "old": None if self.old is None else self.old.value,
             "new": self.new.value,
-            "problems": [p.model_dump(mode="json") for p in self.problems],
+            "problems": list(self.problems),
         }
 
 

@@ -583,7 +583,7 @@ class Inventory:
                         serial=serial,
                         old=None if old_health is None else HealthState(old_health["state"]),
                         new=HealthState(new_health["state"]),
-                        problems=tuple(Problem.model_validate(p) for p in new_health["problems"]),
+                        problems=tuple(new_health["problems"]),
                     )
                 )
         return changed
@@ -685,10 +685,8 @@ class Inventory:
     ) -> Doc:
         silent_s = int((now - last_seen).total_seconds())
         problem = Problem(code=ProblemCode.UNREACHABLE, detail=f"no report for {silent_s} s")
-        health = {
-            "state": HealthState.UNREACHABLE.value,
-            "problems": [problem.model_dump(mode="json")],
-        }
+        problem_doc: Doc = problem.model_dump(mode="json")
+        health: Doc = {"state": HealthState.UNREACHABLE.value, "problems": [problem_doc]}
         old = doc.get("health")
         serial, site_id = doc["serial"], doc["site_id"]
         self._record_change(serial, {"at": now.isoformat(), **health}, history)
@@ -702,7 +700,7 @@ class Inventory:
                 serial=serial,
                 old=None if old is None else HealthState(old["state"]),
                 new=HealthState.UNREACHABLE,
-                problems=(problem,),
+                problems=(problem_doc,),
             )
         )
         return {
