@@ -1,12 +1,15 @@
 """Sites, devices and peripherals: report ingestion, site moves and reachability.
 
 A device document (collection ``devices``, key = serial) holds the latest snapshot's fields
-plus ``site_id``, ``room``, ``first_seen``, ``last_seen`` (when a report last mentioned it,
-controller time) and ``reports`` (ids and collection times of the retained reports, oldest
-first). Each retained report is a document in ``reports`` (key = report id): ``{id, serial,
-site_id, agent_id, received_at, snapshot}``. Health changes (not every report) are kept in
-``health_history`` (key = serial): ``{"changes": [{at, state, problems}, ...]}``, written
-only when the health changes, so a steady report rewrites no history.
+that seldom change (model, firmware, provider, peripherals, health...) plus ``site_id``,
+``room`` and ``first_seen``; it is written only when one of them changes. Each retained report
+is a document in ``reports`` (key = report id): ``{id, serial, site_id, agent_id,
+received_at, snapshot}``. What every report changes is derived from those: which reports a
+device retains, and from its latest one ``last_seen`` (when the controller received it),
+``collected_at`` and ``uptime_s``; the inventory keeps them in memory, rebuilds them from the
+stored reports on start, and adds them to the device wherever a device is shown. So a steady
+report writes nothing but itself. Health changes (not every report) are kept in
+``health_history`` (key = serial): ``{"changes": [{at, state, problems}, ...]}``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,13 @@ from shared.schema import (
 log = logging.getLogger(__name__)
 
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+#: A device's latest report: when the controller received it, when it was collected, uptime.
+_Latest = tuple[str, str, float | None]
+
+#: Fields an earlier version kept in device documents; now derived from the retained reports.
+_DERIVED = frozenset({"last_seen", "collected_at", "uptime_s", "reports"})
 
 
 class DeviceAtOtherSite(Exception):
@@ -217,9 +227,13 @@ class Inventory:
         self._started_at = clock()
         self._agent_calls: dict[str, datetime] = {}
         self._sites: dict[str, _SiteLiveness] = {}
+        #: Per device, its retained reports (id, collection time), oldest first.
+        self._retained: dict[str, list[tuple[str, str]]] = {}
+        #: Per device, from its latest report: (last seen, collected at, uptime).
+        self._latest: dict[str, _Latest] = {}
 
     def load(self) -> None:
-        """Take reachability baselines from the store (call once it is open)."""
+        """Take reachability baselines and each device's reports from the store (once open)."""
         self._started_at = self._clock()
         for site_id, site in self._store.scan(SITES).items():
             self._sites[site_id] = _SiteLiveness(
@@ -227,6 +241,42 @@ class Inventory:
                 last_call=self._started_at,
                 watched_since=self._started_at,
             )
+        retained: dict[str, list[tuple[str, str]]] = {}
+        reports = self._store.scan(REPORTS)
+        for report_id, report in reports.items():
+            retained.setdefault(report["serial"], []).append(
+                (report_id, report["snapshot"]["collected_at"])
+            )
+        latest: dict[str, _Latest] = {}
+        for serial, items in retained.items():
+            items.sort(key=lambda item: datetime.fromisoformat(item[1]))
+            newest = reports[items[-1][0]]
+            latest[serial] = (
+                newest["received_at"],
+                newest["snapshot"]["collected_at"],
+                newest["snapshot"]["uptime_s"],
+            )
+        self._retained, self._latest = retained, latest
+        self._migrate_devices()
+
+    def _migrate_devices(self) -> None:
+        """Drop what an earlier version wrote into device documents on every report."""
+        old = {
+            serial: {name: value for name, value in doc.items() if name not in _DERIVED}
+            for serial, doc in self._store.scan(DEVICES).items()
+            if not _DERIVED.isdisjoint(doc)
+        }
+        if old:
+            self._store.apply({DEVICES: old})
+            log.info("%d device documents rewritten without per-report fields", len(old))
+
+    def _with_latest(self, doc: Doc) -> Doc:
+        """A device document with what its latest report says (``last_seen``...)."""
+        latest = self._latest.get(doc["serial"])
+        if latest is None:
+            return {**doc, "last_seen": None, "collected_at": None, "uptime_s": None}
+        last_seen, collected_at, uptime_s = latest
+        return {**doc, "last_seen": last_seen, "collected_at": collected_at, "uptime_s": uptime_s}
 
     # -- sites -------------------------------------------------------------------------------
 
@@ -275,7 +325,7 @@ class Inventory:
     def devices(self, where: DeviceFilter | None = None) -> list[Doc]:
         where = where or DeviceFilter()
         return [
-            device_summary(doc)
+            device_summary(self._with_latest(doc))
             for _, doc in sorted(self._store.scan(DEVICES).items())
             if where.matches(doc)
         ]
@@ -288,7 +338,7 @@ class Inventory:
 
     def device_detail(self, serial: str) -> Doc:
         """One device with its peripherals, host/camera links, health history, recent reports."""
-        doc = self.device(serial)
+        doc = self._with_latest(self.device(serial))
         detail = device_summary(doc)
         cameras = sorted(
             other_serial
@@ -306,7 +356,7 @@ class Inventory:
             peripherals=doc.get("peripherals", []),
             cameras=cameras,
             health_history=self.health_history(serial),
-            reports=[rid for rid, _ in doc.get("reports", [])],
+            reports=[rid for rid, _ in self._retained.get(serial, ())],
         )
         return detail
 
@@ -322,9 +372,9 @@ class Inventory:
 
     def recent_reports(self, serial: str) -> list[Doc]:
         """The retained reports of a device, oldest first (tickets attach these as evidence)."""
-        doc = self.device(serial)
+        self.device(serial)
         found = []
-        for report_id, _ in doc.get("reports", []):
+        for report_id, _ in self._retained.get(serial, ()):
             report = self._store.get(REPORTS, report_id)
             if report is not None:
                 found.append(report)
@@ -350,13 +400,13 @@ class Inventory:
             self._store.apply({DEVICES: moved, EVENTS: puts}, {EVENTS: deletes})
         )
         self._bus.dispatch(events)
-        return device_summary(moved[serial])
+        return device_summary(self._with_latest(moved[serial]))
 
     async def set_room(self, serial: str, room: str | None) -> Doc:
         doc = self.device(serial)
         updated = {**doc, "room": room or None}
         await self._store.put_many(DEVICES, {serial: updated})
-        return device_summary(updated)
+        return device_summary(self._with_latest(updated))
 
     # -- ingestion ---------------------------------------------------------------------------
 
@@ -400,9 +450,15 @@ class Inventory:
         plain_reports: list[Doc] = batch.model_dump(mode="json")["reports"]
         del batch
         history_size = self._report_history
-        # Devices new in this batch as whole documents; known ones as the fields that change.
+        known_retained = self._retained
+        known_latest = self._latest
+        # Devices new in this batch as whole documents; known ones as the fields that change
+        # (most reports change none); each touched device's retained reports and latest one,
+        # taken into memory once the store has the batch.
         devices: dict[str, Doc] = {}
         patches: dict[str, Doc] = {}
+        retained_now: dict[str, list[tuple[str, str]]] = {}
+        latest_now: dict[str, _Latest] = {}
         reports: dict[str, Doc] = {}
         history: dict[str, Doc] = {}
         dropped: list[str] = []
@@ -422,12 +478,10 @@ class Inventory:
                     # The same device twice in one batch (an outbox catching up): rare.
                     device = {**device, **patches[serial]}
             collected_text: str = snap["collected_at"]
-            retained: list[list[str]] = list(device["reports"]) if device else []
-            if (
-                device is not None
-                and len(retained) >= history_size
-                and _earlier(collected_text, retained[0][1])
-            ):
+            retained = retained_now.get(serial)
+            if retained is None:
+                retained = list(known_retained.get(serial, ()))
+            if len(retained) >= history_size and _earlier(collected_text, retained[0][1]):
                 # Older than every retained report of a full history: superseded, nothing to keep.
                 continue
             document: Doc = {
@@ -439,28 +493,32 @@ class Inventory:
                 "snapshot": snap,
             }
             reports[report_id] = document
-            retained.append([report_id, collected_text])
+            retained.append((report_id, collected_text))
             if len(retained) > 1 and _earlier(collected_text, retained[-2][1]):
                 retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
             while len(retained) > history_size:
                 old_id = retained.pop(0)[0]
                 if reports.pop(old_id, None) is None:
                     dropped.append(old_id)
-            if device is None:
-                devices[serial] = self._new_device(
-                    snap, site_id, now, now_text, retained, events, history
-                )
-            else:
-                changed = self._apply_snapshot(
-                    device, snap, site_id, now, now_text, retained, events, history
-                )
-                if serial in devices:
-                    devices[serial] = {**device, **changed}
-                elif serial in patches:
-                    patches[serial].update(changed)
-                else:
-                    patches[serial] = changed
+            retained_now[serial] = retained
             accepted_documents.append(document)
+            latest = latest_now.get(serial) or known_latest.get(serial)
+            if latest is not None and _earlier(collected_text, latest[1]):
+                # An old report arriving late (outbox catching up) is history, not current state.
+                continue
+            latest_now[serial] = (now_text, collected_text, snap["uptime_s"])
+            if device is None:
+                devices[serial] = self._new_device(snap, site_id, now, now_text, events, history)
+                continue
+            changed = self._apply_snapshot(device, snap, site_id, now, events, history)
+            if not changed:
+                continue
+            if serial in devices:
+                devices[serial] = {**device, **changed}
+            elif serial in patches:
+                patches[serial].update(changed)
+            else:
+                patches[serial] = changed
         event_puts, event_deletes = self._bus.record(events)
         puts: dict[str, dict[str, Doc]] = {
             DEVICES: devices,
@@ -472,6 +530,9 @@ class Inventory:
         if agent_doc is not None:
             puts[AGENTS] = {agent_id: agent_doc}
         store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes}, {DEVICES: patches})
+        # Only now that the store took the batch (``apply`` refuses all of it or nothing).
+        known_retained.update(retained_now)
+        known_latest.update(latest_now)
         accepted = len(plain_reports) - duplicates
         del plain_reports
         # Also covers resends of reports still in flight from an earlier request.
@@ -518,18 +579,20 @@ class Inventory:
         site_id: str,
         now: datetime,
         now_text: str,
-        retained: list[list[str]],
         events: list[Event],
         history: dict[str, Doc],
     ) -> Doc:
         """The document of a device that no report mentioned before."""
         serial = snap["serial"]
         events.append(DeviceAdded(at=now, site_id=site_id, serial=serial, model=snap["model"]))
-        blank: Doc = {"serial": serial, "site_id": site_id, "room": None, "first_seen": now_text}
-        changed = self._apply_snapshot(
-            blank, snap, site_id, now, now_text, retained, events, history
-        )
-        return {**blank, "unreachable_since": None, **changed}
+        blank: Doc = {
+            "serial": serial,
+            "site_id": site_id,
+            "room": None,
+            "first_seen": now_text,
+            "unreachable_since": None,
+        }
+        return {**blank, **self._apply_snapshot(blank, snap, site_id, now, events, history)}
 
     def _apply_snapshot(
         self,
@@ -537,26 +600,14 @@ class Inventory:
         snap: Doc,
         site_id: str,
         now: datetime,
-        now_text: str,
-        retained: list[list[str]],
         events: list[Event],
         history: dict[str, Doc],
     ) -> Doc:
         """The fields of ``device`` that this report changes (the store merges them over it)."""
-        collected_text = snap["collected_at"]
-        latest = device.get("collected_at")
-        if latest is not None and _earlier(collected_text, latest):
-            # An old report arriving late (outbox catching up) is history, not current state.
-            return {"reports": retained}
-        changed: Doc = {
-            "last_seen": now_text,
-            "collected_at": collected_text,
-            "uptime_s": snap["uptime_s"],
-            "reports": retained,
-        }
+        changed: Doc = {}
         if device.get("unreachable_since") is not None:
             changed["unreachable_since"] = None
-        # Naming only what differs keeps the journal line short: most reports repeat these.
+        # Naming only what differs: most reports change none of these, and write no device.
         # An equal value is taken from the device document into the report's snapshot (both
         # are immutable): retained reports share their firmware, peripherals and health
         # instead of holding thousands of equal copies for the collector to walk and free.
@@ -575,7 +626,7 @@ class Inventory:
             changed["health"] = new_health
             if old_health is None or not _same_health(old_health, new_health):
                 serial = snap["serial"]
-                self._record_change(serial, {"at": collected_text, **new_health}, history)
+                self._record_change(serial, {"at": snap["collected_at"], **new_health}, history)
                 events.append(
                     HealthChanged(
                         at=now,
@@ -654,11 +705,15 @@ class Inventory:
         devices: dict[str, Doc] = {}
         history: dict[str, Doc] = {}
         baseline = now - self._silence
+        latest = self._latest
         for serial, doc in self._store.scan(DEVICES).items():
             watch = self._sites.get(doc["site_id"])
             if doc.get("unreachable_since") or (watch is not None and watch.online is False):
                 continue
-            last_seen = datetime.fromisoformat(doc["last_seen"])
+            seen = latest.get(serial)
+            if seen is None:
+                continue  # no report retained: nothing says when it was last heard from
+            last_seen = datetime.fromisoformat(seen[0])
             watched_since = watch.watched_since if watch is not None else self._started_at
             if max(last_seen, self._started_at, watched_since) >= baseline:
                 continue
