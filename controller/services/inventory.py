@@ -625,19 +625,35 @@ class Inventory:
         else:
             changed["health"] = new_health
             if old_health is None or not _same_health(old_health, new_health):
-                serial = snap["serial"]
-                self._record_change(serial, {"at": snap["collected_at"], **new_health}, history)
-                events.append(
-                    HealthChanged(
-                        at=now,
-                        site_id=site_id,
-                        serial=serial,
-                        old=None if old_health is None else HealthState(old_health["state"]),
-                        new=HealthState(new_health["state"]),
-                        problems=tuple(new_health["problems"]),
-                    )
+                at = snap["collected_at"]
+                self._health_changed(
+                    snap["serial"], site_id, old_health, new_health, at, now, events, history
                 )
         return changed
+
+    def _health_changed(
+        self,
+        serial: str,
+        site_id: str,
+        old: Doc | None,
+        new: Doc,
+        at: str,
+        now: datetime,
+        events: list[Event],
+        history: dict[str, Doc],
+    ) -> None:
+        """Record a change of health (``at``: when it was seen) in history and as an event."""
+        self._record_change(serial, {"at": at, **new}, history)
+        events.append(
+            HealthChanged(
+                at=now,
+                site_id=site_id,
+                serial=serial,
+                old=None if old is None else HealthState(old["state"]),
+                new=HealthState(new["state"]),
+                problems=tuple(new["problems"]),
+            )
+        )
 
     # -- reachability ------------------------------------------------------------------------
 
@@ -742,21 +758,12 @@ class Inventory:
         problem = Problem(code=ProblemCode.UNREACHABLE, detail=f"no report for {silent_s} s")
         problem_doc: Doc = problem.model_dump(mode="json")
         health: Doc = {"state": HealthState.UNREACHABLE.value, "problems": [problem_doc]}
-        old = doc.get("health")
         serial, site_id = doc["serial"], doc["site_id"]
-        self._record_change(serial, {"at": now.isoformat(), **health}, history)
         events.append(
             DeviceUnreachable(at=now, site_id=site_id, serial=serial, last_seen=last_seen)
         )
-        events.append(
-            HealthChanged(
-                at=now,
-                site_id=site_id,
-                serial=serial,
-                old=None if old is None else HealthState(old["state"]),
-                new=HealthState.UNREACHABLE,
-                problems=(problem_doc,),
-            )
+        self._health_changed(
+            serial, site_id, doc.get("health"), health, now.isoformat(), now, events, history
         )
         return {
             **doc,
