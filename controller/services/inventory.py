@@ -481,7 +481,20 @@ class Inventory:
             retained = retained_now.get(serial)
             if retained is None:
                 retained = list(known_retained.get(serial, ()))
-            if len(retained) >= history_size and _earlier(collected_text, retained[0][1]):
+            # The usual case: newer than every retained report (their newest is the device's
+            # latest), compared as text when both are UTC texts of one length (``_earlier``).
+            newest = retained[-1][1] if retained else None
+            if newest is None:
+                in_order = True
+            elif len(collected_text) == len(newest) and collected_text[-1] == newest[-1] == "Z":
+                in_order = collected_text >= newest
+            else:
+                in_order = not _earlier(collected_text, newest)
+            if (
+                not in_order
+                and len(retained) >= history_size
+                and _earlier(collected_text, retained[0][1])
+            ):
                 # Older than every retained report of a full history: superseded, nothing to keep.
                 continue
             document: Doc = {
@@ -494,7 +507,7 @@ class Inventory:
             }
             reports[report_id] = document
             retained.append((report_id, collected_text))
-            if len(retained) > 1 and _earlier(collected_text, retained[-2][1]):
+            if not in_order:
                 retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
             while len(retained) > history_size:
                 old_id = retained.pop(0)[0]
@@ -502,10 +515,12 @@ class Inventory:
                     dropped.append(old_id)
             retained_now[serial] = retained
             accepted_documents.append(document)
-            latest = latest_now.get(serial) or known_latest.get(serial)
-            if latest is not None and _earlier(collected_text, latest[1]):
-                # An old report arriving late (outbox catching up) is history, not current state.
-                continue
+            if not in_order:
+                latest = latest_now.get(serial) or known_latest.get(serial)
+                if latest is not None and _earlier(collected_text, latest[1]):
+                    # An old report arriving late (an outbox catching up) is history, not
+                    # current state.
+                    continue
             latest_now[serial] = (now_text, collected_text, snap["uptime_s"])
             if device is None:
                 devices[serial] = self._new_device(snap, site_id, now, now_text, events, history)

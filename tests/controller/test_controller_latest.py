@@ -122,3 +122,25 @@ async def test_device_documents_of_an_earlier_version_lose_per_report_fields(
         assert detail["last_seen"] == "2026-03-02T09:00:05+00:00"
         assert detail["reports"] == ["r-9"]
         assert detail["uptime_s"] == 3600.0
+
+
+async def test_reports_out_of_order_keep_the_newest_five_and_the_newest_state(
+    tmp_path: Path,
+) -> None:
+    """Late reports (any offset) are sorted in; one older than a full history is not kept."""
+    clock = SettableClock(T0)
+    async with inventory(tmp_path, clock) as inv:
+        await inv.add_site("krk", name="Kraków", timezone="Europe/Warsaw")
+        for minute in (10, 11, 12, 14, 15):
+            await inv.ingest(
+                AGENT, ReportBatch.model_validate(batch(at(minute, minute, f"report-{minute}")))
+            )
+        # 09:13 written as 10:13+01:00: newer than three retained reports, older than two.
+        late = at(13, 13.0, "report-13")
+        late["snapshot"]["collected_at"] = "2026-03-02T10:13:00+01:00"
+        too_old = at(5, 5.0, "report-05")
+        ack = await inv.ingest(AGENT, ReportBatch.model_validate(batch(late, too_old)))
+        assert ack.accepted == 2
+        detail = inv.device_detail("X1")
+        assert detail["reports"] == [f"report-{m}" for m in (11, 12, 13, 14, 15)]
+        assert (detail["collected_at"], detail["uptime_s"]) == ("2026-03-02T09:15:00Z", 15.0)
