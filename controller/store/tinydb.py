@@ -86,10 +86,11 @@ def _journal_form(
 ) -> tuple[dict[str, Doc], dict[str, Doc]]:
     """How ``docs`` go into the journal: whole documents, and changed fields of known ones.
 
-    A report rewrites its device's document but changes only a few of its fields (last seen,
-    uptime, retained report ids); journaling just those makes a line about a third shorter,
-    so the journal fills (and forces a full snapshot) that much later. Replay merges the
-    fields into the document as it stood, which is the document ``current`` holds now.
+    A new version of a document often changes few of its fields (a ticket's status, a fault
+    state's latest report); journaling just those keeps the line short, so the journal fills
+    (and forces a full snapshot) that much later. Replay merges the fields into the document
+    as it stood, which is the document ``current`` holds now. A caller that knows which
+    fields it changed passes them as ``patches`` to ``apply`` and skips this comparison.
     """
     whole: dict[str, Doc] = {}
     fields: dict[str, Doc] = {}
