@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -222,11 +223,11 @@ async def test_restart_keeps_devices_tokens_and_report_ids(tmp_path: Path) -> No
             assert await response.json() == {"accepted": 0, "duplicates": 2}
 
 
-async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Path) -> None:
-    """kill -9 of a serving controller mid-ingestion: after restart every acked report is there."""
+async def prepare_kill_test(tmp_path: Path) -> tuple[Path, Path, str, str]:
+    """A data directory with a site, an admin token and an enrollment code; a config whose
+    frequent snapshots make the kill also land during snapshot writes."""
     data_dir = tmp_path / "data"
     config = tmp_path / "controller.toml"
-    # Frequent snapshots so the kill also lands during snapshot writes.
     config.write_text("[store]\nsnapshot_interval_s = 0.05\n", encoding="utf-8")
     await cli(
         "site",
@@ -241,8 +242,19 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
     )
     admin = (await cli("token", "create", "--role", "admin", "--data-dir", str(data_dir))).strip()
     code = (await cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
-    process, url = await start_server(data_dir, config)
-    acked: dict[str, str] = {}
+    return data_dir, config, admin, code
+
+
+async def ingest_until_killed(
+    process: asyncio.subprocess.Process,
+    url: str,
+    code: str,
+    make_reports: Callable[[int, int], list[dict[str, Any]]],
+    on_ack: Callable[[int, list[dict[str, Any]]], None],
+    enough: Callable[[], bool],
+) -> None:
+    """Four posters send batches (``make_reports(worker, number)``) and note each acked one
+    (``on_ack(number, reports)``) until ``enough()``; then the server gets kill -9."""
     stop = asyncio.Event()
     try:
         async with aiohttp.ClientSession() as http:
@@ -256,12 +268,7 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
                 number = 0
                 while not stop.is_set():
                     number += 1
-                    reports = [
-                        report(
-                            snapshot(f"K{worker}-{number}-{i}"), f"kill-{worker}-{number}-{i:03d}"
-                        )
-                        for i in range(40)
-                    ]
+                    reports = make_reports(worker, number)
                     try:
                         async with http.post(
                             f"{url}/api/v1/agent/reports",
@@ -270,14 +277,13 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
                         ) as response:
                             if response.status == 200:
                                 await response.read()
-                                for item in reports:
-                                    acked[item["id"]] = item["snapshot"]["serial"]
+                                on_ack(number, reports)
                     except aiohttp.ClientError:
                         return
 
             posters = [asyncio.create_task(poster(worker)) for worker in range(4)]
             deadline = asyncio.get_running_loop().time() + 30
-            while len(acked) < 2000:
+            while not enough():
                 assert asyncio.get_running_loop().time() < deadline, "ingestion too slow"
                 await asyncio.sleep(0.01)  # waits-for: enough acknowledged reports
             process.send_signal(signal.SIGKILL)
@@ -288,6 +294,25 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+
+
+async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Path) -> None:
+    """kill -9 of a serving controller mid-ingestion: after restart every acked report is there."""
+    data_dir, config, admin, code = await prepare_kill_test(tmp_path)
+    process, url = await start_server(data_dir, config)
+    acked: dict[str, str] = {}
+
+    def reports_of(worker: int, number: int) -> list[dict[str, Any]]:
+        return [
+            report(snapshot(f"K{worker}-{number}-{i}"), f"kill-{worker}-{number}-{i:03d}")
+            for i in range(40)
+        ]
+
+    def note(number: int, reports: list[dict[str, Any]]) -> None:
+        for item in reports:
+            acked[item["id"]] = item["snapshot"]["serial"]
+
+    await ingest_until_killed(process, url, code, reports_of, note, lambda: len(acked) >= 2000)
     survived = dict(acked)
     assert len(survived) >= 2000
     process, url = await start_server(data_dir, config)
@@ -311,75 +336,27 @@ async def test_kill_9_while_devices_report_again_keeps_their_latest_acked_state(
     tmp_path: Path,
 ) -> None:
     """kill -9 while the same devices report over and over: each keeps its last acked report."""
-    data_dir = tmp_path / "data"
-    config = tmp_path / "controller.toml"
-    config.write_text("[store]\nsnapshot_interval_s = 0.05\n", encoding="utf-8")
-    await cli(
-        "site",
-        "add",
-        "krk",
-        "--name",
-        "Krakow",
-        "--timezone",
-        "Europe/Warsaw",
-        "--data-dir",
-        str(data_dir),
-    )
-    admin = (await cli("token", "create", "--role", "admin", "--data-dir", str(data_dir))).strip()
-    code = (await cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
+    data_dir, config, admin, code = await prepare_kill_test(tmp_path)
     process, url = await start_server(data_dir, config)
     start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     last_acked: dict[str, tuple[int, str]] = {}
     rounds = 0
-    stop = asyncio.Event()
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{url}/api/v1/agent/enroll",
-                json={"protocol_version": PROTOCOL_VERSION, "code": code},
-            ) as response:
-                token = (await response.json())["token"]
 
-            async def poster(worker: int) -> None:
-                nonlocal rounds
-                number = 0
-                while not stop.is_set():
-                    number += 1
-                    reports = []
-                    for i in range(25):
-                        snap = snapshot(
-                            f"R{worker}-{i}", collected_at=start + timedelta(seconds=number)
-                        )
-                        snap["uptime_s"] = float(number)
-                        reports.append(report(snap, f"again-{worker}-{number:05d}-{i:03d}"))
-                    try:
-                        async with http.post(
-                            f"{url}/api/v1/agent/reports",
-                            json=batch(*reports),
-                            headers=bearer(token),
-                        ) as response:
-                            if response.status == 200:
-                                await response.read()
-                                rounds += 1
-                                for item in reports:
-                                    serial = item["snapshot"]["serial"]
-                                    last_acked[serial] = (number, item["id"])
-                    except aiohttp.ClientError:
-                        return
+    def reports_of(worker: int, number: int) -> list[dict[str, Any]]:
+        reports = []
+        for i in range(25):
+            snap = snapshot(f"R{worker}-{i}", collected_at=start + timedelta(seconds=number))
+            snap["uptime_s"] = float(number)
+            reports.append(report(snap, f"again-{worker}-{number:05d}-{i:03d}"))
+        return reports
 
-            posters = [asyncio.create_task(poster(worker)) for worker in range(4)]
-            deadline = asyncio.get_running_loop().time() + 30
-            while rounds < 80:
-                assert asyncio.get_running_loop().time() < deadline, "ingestion too slow"
-                await asyncio.sleep(0.01)  # waits-for: enough acknowledged rounds
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
-            stop.set()
-            await asyncio.gather(*posters)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+    def note(number: int, reports: list[dict[str, Any]]) -> None:
+        nonlocal rounds
+        rounds += 1
+        for item in reports:
+            last_acked[item["snapshot"]["serial"]] = (number, item["id"])
+
+    await ingest_until_killed(process, url, code, reports_of, note, lambda: rounds >= 80)
     acked = dict(last_acked)
     assert len(acked) == 100
     process, url = await start_server(data_dir, config)
