@@ -14,7 +14,7 @@ from controller.services.access import Principal, Role
 from controller.services.inventory import Inventory
 from controller.store.base import DEVICES, REPORTS
 from controller.store.tinydb import TinyDBStore
-from shared.schema import ReportBatch
+from shared.schema import ReportBatch, ReportBatchAck
 from tests.controller.controller_testkit import SettableClock, batch, report, snapshot
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -34,6 +34,11 @@ async def inventory(data_dir: Path, clock: SettableClock) -> AsyncIterator[Inven
         yield found
     finally:
         await store.close()
+
+
+async def post(inv: Inventory, *reports: dict[str, Any]) -> ReportBatchAck:
+    """One batch from the site's agent, validated as the API would."""
+    return await inv.ingest(AGENT, ReportBatch.model_validate(batch(*reports)))
 
 
 def at(minutes: int, uptime: float, report_id: str, serial: str = "X1") -> dict[str, Any]:
@@ -56,15 +61,15 @@ async def test_steady_reports_write_only_themselves_and_survive_a_restart(
     clock = SettableClock(T0)
     async with inventory(tmp_path, clock) as inv:
         await inv.add_site("krk", name="Kraków", timezone="Europe/Warsaw")
-        await inv.ingest(AGENT, ReportBatch.model_validate(batch(at(0, 100.0, "report-0"))))
+        await post(inv, at(0, 100.0, "report-0"))
         clock.advance(60)
         before = len(journal_text(tmp_path))
-        await inv.ingest(AGENT, ReportBatch.model_validate(batch(at(1, 160.0, "report-1"))))
+        await post(inv, at(1, 160.0, "report-1"))
         steady = journal_text(tmp_path)[before:]
         assert len(steady) == 1 and '"report-1"' in steady[0] and '"devices"' not in steady[0]
         clock.advance(60)
         # Collected between the two: kept in the history, but not the device's state.
-        await inv.ingest(AGENT, ReportBatch.model_validate(batch(at(0, 130.0, "report-late"))))
+        await post(inv, at(0, 130.0, "report-late"))
         detail = inv.device_detail("X1")
         expected = {
             "last_seen": (T0 + timedelta(seconds=60)).isoformat(),
@@ -132,14 +137,12 @@ async def test_reports_out_of_order_keep_the_newest_five_and_the_newest_state(
     async with inventory(tmp_path, clock) as inv:
         await inv.add_site("krk", name="Kraków", timezone="Europe/Warsaw")
         for minute in (10, 11, 12, 14, 15):
-            await inv.ingest(
-                AGENT, ReportBatch.model_validate(batch(at(minute, minute, f"report-{minute}")))
-            )
+            await post(inv, at(minute, minute, f"report-{minute}"))
         # 09:13 written as 10:13+01:00: newer than three retained reports, older than two.
         late = at(13, 13.0, "report-13")
         late["snapshot"]["collected_at"] = "2026-03-02T10:13:00+01:00"
         too_old = at(5, 5.0, "report-05")
-        ack = await inv.ingest(AGENT, ReportBatch.model_validate(batch(late, too_old)))
+        ack = await post(inv, late, too_old)
         assert ack.accepted == 2
         detail = inv.device_detail("X1")
         assert detail["reports"] == [f"report-{m}" for m in (11, 12, 13, 14, 15)]
