@@ -65,8 +65,9 @@ log = logging.getLogger(__name__)
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
-#: A device's latest report: when the controller received it, when it was collected, uptime.
-_Latest = tuple[str, str, float | None]
+#: From a device's latest report: when the controller received it, and the uptime it gave
+#: (when it was collected is the newest of the device's retained reports).
+_Latest = tuple[str, float | None]
 
 #: Fields an earlier version kept in device documents; now derived from the retained reports.
 _DERIVED = frozenset({"last_seen", "collected_at", "uptime_s", "reports"})
@@ -229,7 +230,7 @@ class Inventory:
         self._sites: dict[str, _SiteLiveness] = {}
         #: Per device, its retained reports (id, collection time), oldest first.
         self._retained: dict[str, list[tuple[str, str]]] = {}
-        #: Per device, from its latest report: (last seen, collected at, uptime).
+        #: Per device, from its latest report: (last seen, uptime).
         self._latest: dict[str, _Latest] = {}
 
     def load(self) -> None:
@@ -251,11 +252,7 @@ class Inventory:
         for serial, items in retained.items():
             items.sort(key=lambda item: datetime.fromisoformat(item[1]))
             newest = reports[items[-1][0]]
-            latest[serial] = (
-                newest["received_at"],
-                newest["snapshot"]["collected_at"],
-                newest["snapshot"]["uptime_s"],
-            )
+            latest[serial] = (newest["received_at"], newest["snapshot"]["uptime_s"])
         self._retained, self._latest = retained, latest
         self._migrate_devices()
 
@@ -272,10 +269,12 @@ class Inventory:
 
     def _with_latest(self, doc: Doc) -> Doc:
         """A device document with what its latest report says (``last_seen``...)."""
-        latest = self._latest.get(doc["serial"])
+        serial = doc["serial"]
+        latest = self._latest.get(serial)
         if latest is None:
             return {**doc, "last_seen": None, "collected_at": None, "uptime_s": None}
-        last_seen, collected_at, uptime_s = latest
+        last_seen, uptime_s = latest
+        collected_at = self._retained[serial][-1][1]
         return {**doc, "last_seen": last_seen, "collected_at": collected_at, "uptime_s": uptime_s}
 
     # -- sites -------------------------------------------------------------------------------
@@ -516,12 +515,10 @@ class Inventory:
             retained_now[serial] = retained
             accepted_documents.append(document)
             if not in_order:
-                latest = latest_now.get(serial) or known_latest.get(serial)
-                if latest is not None and _earlier(collected_text, latest[1]):
-                    # An old report arriving late (an outbox catching up) is history, not
-                    # current state.
-                    continue
-            latest_now[serial] = (now_text, collected_text, snap["uptime_s"])
+                # Older than the device's newest report, which is its state: a report arriving
+                # late (an outbox catching up) is history, not current state.
+                continue
+            latest_now[serial] = (now_text, snap["uptime_s"])
             if device is None:
                 devices[serial] = self._new_device(snap, site_id, now, now_text, events, history)
                 continue
