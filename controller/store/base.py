@@ -12,6 +12,9 @@ Contract (what callers may rely on):
   ``patches`` name only the fields that change in a document (merged over it, or the whole
   document when there is none yet): the cheap form for a caller that knows what it changed.
   ``put_many`` and ``delete`` are the simple form: they return only when the change is durable.
+  The store keeps its own copy of each put document, unless the caller hands them over
+  (``handover=True``: documents built for this change alone, never touched again), as
+  ingestion does with thousands of fresh report documents a second.
 - Documents are plain JSON values (dict/list/str/int/float/bool/None). An object with no JSON
   form is refused (TypeError) before anything changes; a value with a standard one (datetime,
   tuple, enum) is written in that form, so it reads back as str/list after a restart: pass
@@ -88,9 +91,12 @@ class Store(Protocol):
         puts: Mapping[str, Mapping[str, Doc]],
         deletes: Mapping[str, Iterable[str]] | None = None,
         patches: Mapping[str, Mapping[str, Doc]] | None = None,
+        *,
+        handover: bool = False,
     ) -> int:
         """Change state now: puts and patches (collection -> key -> document or changed
-        fields), then deletes (collection -> keys)."""
+        fields), then deletes (collection -> keys). ``handover``: the caller gives the put
+        documents up (never changes them again), so the store keeps them without a copy."""
 
     async def wait_durable(self, seq: int) -> None:
         """Return once the change numbered ``seq`` (and all before it) is on disk."""

@@ -230,6 +230,8 @@ class TinyDBStore:
         puts: Mapping[str, Mapping[str, Doc]],
         deletes: Mapping[str, Iterable[str]] | None = None,
         patches: Mapping[str, Mapping[str, Doc]] | None = None,
+        *,
+        handover: bool = False,
     ) -> int:
         if self._failed is not None:
             raise StoreUnavailable(f"store {self.directory} failed: {self._failed}")
@@ -241,7 +243,7 @@ class TinyDBStore:
         for collection, docs in puts.items():
             check_collection(collection)
             if docs:
-                full = {str(key): dict(doc) for key, doc in docs.items()}
+                full = dict(docs) if handover else {str(k): dict(d) for k, d in docs.items()}
                 put_record[collection] = full
                 whole, fields = _journal_form(self._data.get(collection, _EMPTY), full)
                 if whole:

@@ -116,6 +116,19 @@ async def test_patches_journal_named_fields_and_replay_after_crash(tmp_path: Pat
         }
 
 
+async def test_handed_over_documents_are_kept_as_given_and_replay(tmp_path: Path) -> None:
+    """Handed-over puts are stored as the very dicts given; others are copied; both replay."""
+    async with opened(tmp_path) as store:
+        given = {"serial": "D1", "snapshot": {"via": "rest"}}
+        copied = {"serial": "D2"}
+        await store.wait_durable(store.apply({"reports": {"R1": given}}, handover=True))
+        await store.wait_durable(store.apply({"reports": {"R2": copied}}))
+        assert store.get("reports", "R1") is given
+        assert store.get("reports", "R2") == copied and store.get("reports", "R2") is not copied
+    async with opened(tmp_path) as reopened:
+        assert dict(reopened.scan("reports")) == {"R1": given, "R2": copied}
+
+
 async def test_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
     """A half-written last journal line (crash mid-write) is dropped; earlier changes stay."""
     store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
