@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from controller.clock import earlier
 from shared.schema import PROBLEM_SEVERITY, HealthState, ProblemCode, Snapshot
 
 DEFAULT_MIN_REPORTS = 2
@@ -233,7 +234,9 @@ class FaultDetector:
         self._busy: dict[tuple[str, str], _Track] = {}
         self._sites: dict[str, _SiteState] = {}
         self._device_site: dict[str, str | None] = {}
-        self._last_report: dict[str, datetime] = {}
+        #: serial -> when its latest report was collected, as the report gave it (text: most
+        #: reports are only compared with it, which needs no parse; see ``earlier``).
+        self._last_report: dict[str, str] = {}
         #: host serial -> serials of cameras (E70) that report under their own entry.
         self._children: dict[str, set[str]] = {}
         self._host: dict[str, str] = {}
@@ -252,7 +255,7 @@ class FaultDetector:
     def observe(self, snapshot: Snapshot, *, site: str | None, at: datetime) -> list[FaultEvent]:
         """One report of one device: its problems now, and proof that it is reachable."""
         serial = snapshot.serial
-        previous_site = self._arrive(serial, snapshot.host_serial, site, at)
+        previous_site = self._arrive(serial, snapshot.host_serial, site, at, at.isoformat())
         if previous_site is _STALE:
             return []
         if not snapshot.health.problems and serial not in self._busy_count:
@@ -265,8 +268,9 @@ class FaultDetector:
     def observe_document(self, snap: dict[str, Any], *, site: str | None) -> list[FaultEvent]:
         """``observe`` for a report in its stored JSON form (kept as evidence, never changed)."""
         serial: str = snap["serial"]
-        at = datetime.fromisoformat(snap["collected_at"])
-        previous_site = self._arrive(serial, snap["host_serial"], site, at)
+        collected: str = snap["collected_at"]
+        at = datetime.fromisoformat(collected)
+        previous_site = self._arrive(serial, snap["host_serial"], site, at, collected)
         if previous_site is _STALE:
             return []
         if not snap["health"]["problems"] and serial not in self._busy_count:
@@ -304,20 +308,23 @@ class FaultDetector:
                 # That may have changed whether the site waits to be judged.
                 settled = site not in self._unjudged and site not in self._waiting
                 continue
-            at = datetime.fromisoformat(snap["collected_at"])
+            collected: str = snap["collected_at"]
             last = last_report.get(serial)
             # A late report replayed from an agent's outbox says nothing about now.
-            if last is None or at >= last:
-                last_report[serial] = at
+            if last is None or not earlier(collected, last):
+                last_report[serial] = collected
         return events
 
-    def _arrive(self, serial: str, host: str | None, site: str | None, at: datetime) -> object:
-        """Note that a report came; the device's site before it, or ``_STALE`` for a late one."""
+    def _arrive(
+        self, serial: str, host: str | None, site: str | None, at: datetime, collected: str
+    ) -> object:
+        """Note that a report came (collected ``at``, in text ``collected``); the device's site
+        before it, or ``_STALE`` for a late one."""
         last = self._last_report.get(serial)
-        if last is not None and at < last:
+        if last is not None and at < datetime.fromisoformat(last):
             # A late report replayed from an agent's outbox says nothing about now.
             return _STALE
-        self._last_report[serial] = at
+        self._last_report[serial] = collected
         previous_site = self._device_site.get(serial, _UNSEEN)
         if previous_site != site:
             self._touched.add(serial)
@@ -506,7 +513,7 @@ class FaultDetector:
             "serial": serial,
             "site": self._device_site.get(serial),
             "host_serial": self._host.get(serial),
-            "last_report": _iso(last),
+            "last_report": last,
             "tracks": {code: track.to_doc() for code, track in tracks.items()},
         }
 
@@ -543,7 +550,7 @@ class FaultDetector:
             self._children.setdefault(host, set()).add(serial)
             self._host[serial] = host
         if last is not None:
-            self._last_report[serial] = last
+            self._last_report[serial] = last.isoformat()
         self._tracks[serial] = tracks
         for track in tracks.values():
             if track.state != "idle":

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from controller.clock import Clock
+from controller.clock import Clock, earlier
 from controller.config import ControllerConfig
 from controller.events import (
     AgentNoticeReceived,
@@ -200,17 +200,6 @@ def _same_health(old: Doc, new: Doc) -> bool:
     if not old_problems and not new_problems:
         return True
     return {p["code"] for p in old_problems} == {p["code"] for p in new_problems}
-
-
-def _earlier(text: str, other: str) -> bool:
-    """Whether stored time ``text`` is before stored time ``other``.
-
-    Stored times are pydantic's JSON form: two UTC texts of the same length compare as
-    strings, which spares a parse per report; anything else is parsed.
-    """
-    if len(text) == len(other) and text[-1] == "Z" and other[-1] == "Z":
-        return text < other
-    return datetime.fromisoformat(text) < datetime.fromisoformat(other)
 
 
 class Inventory:
@@ -481,18 +470,18 @@ class Inventory:
             if retained is None:
                 retained = list(known_retained.get(serial, ()))
             # The usual case: newer than every retained report (their newest is the device's
-            # latest), compared as text when both are UTC texts of one length (``_earlier``).
+            # latest), compared as text when both are UTC texts of one length (``earlier``).
             newest = retained[-1][1] if retained else None
             if newest is None:
                 in_order = True
             elif len(collected_text) == len(newest) and collected_text[-1] == newest[-1] == "Z":
                 in_order = collected_text >= newest
             else:
-                in_order = not _earlier(collected_text, newest)
+                in_order = not earlier(collected_text, newest)
             if (
                 not in_order
                 and len(retained) >= history_size
-                and _earlier(collected_text, retained[0][1])
+                and earlier(collected_text, retained[0][1])
             ):
                 # Older than every retained report of a full history: superseded, nothing to keep.
                 continue

@@ -549,6 +549,33 @@ def test_site_outage_opens_on_a_report_once_its_hold_ran_out() -> None:
     assert events[0].at == T0 + 25 * MINUTE
 
 
+def test_late_stored_report_is_recognised_whatever_its_offset() -> None:
+    """Collection times compare as moments, not as text: a stored report written with another
+    offset than the device's latest is late when it is earlier, in a batch or alone."""
+    detector = FaultDetector(FaultPolicy(min_duration=MINUTE))
+    latest = stored("X1", 10)
+    assert latest["collected_at"].endswith("Z")
+    detector.observe_documents([latest], site="krk")
+    docs: dict[str, dict[str, object]] = {}
+    saved(detector, docs)
+    # 10:05 in Warsaw is 09:05 UTC: five minutes before the latest report, however it is written.
+    late_healthy = {**stored("X1", 5), "collected_at": "2025-11-24T10:05:00+01:00"}
+    late_faulty = {
+        **stored("X1", 6, ProblemCode.CAMERA_DOWN),
+        "collected_at": "2025-11-24T10:06:00+01:00",
+    }
+    assert detector.observe_documents([late_healthy], site="krk") == []
+    assert detector.observe_documents([late_faulty], site="krk") == []
+    assert detector.observe_document(late_faulty, site="krk") == []
+    assert not saved(detector, docs)
+    # Later than the latest, in the offset form: it counts (the fault is pending, and saved).
+    newer_faulty = {**late_faulty, "collected_at": "2025-11-24T10:12:00+01:00"}
+    detector.observe_documents([newer_faulty], site="krk")
+    assert saved(detector, docs)
+    assert docs["X1"]["last_report"] == "2025-11-24T10:12:00+01:00"
+    assert docs["X1"]["tracks"]["camera_down"]["state"] == "pending"  # type: ignore[index]
+
+
 def test_a_batch_of_reports_decides_as_one_report_at_a_time() -> None:
     """Batches give the events and saved state that the same reports one by one give."""
     policy = FaultPolicy(min_duration=3 * MINUTE, unreachable_min_duration=3 * MINUTE)
