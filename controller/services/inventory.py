@@ -405,21 +405,12 @@ class Inventory:
         site_id = agent.site_id
         agent_id = agent.agent_id
         store = self._store
-        # Live read-only views: nothing below awaits until the one ``apply``.
+        # Live read-only views: nothing below awaits until the one ``apply``, and nothing
+        # outside this call changes before it (a batch with a foreign device changes nothing).
         known_devices = store.scan(DEVICES)
         known_reports = store.scan(REPORTS)
-        foreign = {}
-        for report in batch.reports:
-            known = known_devices.get(report.snapshot.serial)
-            if known is not None and known["site_id"] != site_id:
-                foreign[report.snapshot.serial] = known["site_id"]
-        if foreign:
-            self.stats.refused_batches += 1
-            raise DeviceAtOtherSite(site_id, foreign)
-
         now = self._clock()
         now_text = now.isoformat()
-        self._note_call(agent_id, site_id, now)
         events: list[Event] = [
             AgentNoticeReceived(
                 at=now,
@@ -451,20 +442,25 @@ class Inventory:
         history: dict[str, Doc] = {}
         dropped: list[str] = []
         accepted_documents: list[Doc] = []
+        foreign: dict[str, str] = {}
         duplicates = 0
         for plain in plain_reports:
-            report_id: str = plain["id"]
-            if report_id in reports or report_id in known_reports:
-                duplicates += 1
-                continue
             snap: Doc = plain["snapshot"]
             serial: str = snap["serial"]
             device = devices.get(serial)
             if device is None:
                 device = known_devices.get(serial)
-                if device is not None and serial in patches:
-                    # The same device twice in one batch (an outbox catching up): rare.
-                    device = {**device, **patches[serial]}
+                if device is not None:
+                    if device["site_id"] != site_id:
+                        foreign[serial] = device["site_id"]
+                        continue
+                    if serial in patches:
+                        # The same device twice in one batch (an outbox catching up): rare.
+                        device = {**device, **patches[serial]}
+            report_id: str = plain["id"]
+            if report_id in reports or report_id in known_reports:
+                duplicates += 1
+                continue
             collected_text: str = snap["collected_at"]
             retained = retained_now.get(serial)
             if retained is None:
@@ -520,6 +516,10 @@ class Inventory:
                 patches[serial].update(changed)
             else:
                 patches[serial] = changed
+        if foreign:
+            self.stats.refused_batches += 1
+            raise DeviceAtOtherSite(site_id, foreign)
+        self._note_call(agent_id, site_id, now)
         event_puts, event_deletes = self._bus.record(events)
         puts: dict[str, dict[str, Doc]] = {
             DEVICES: devices,
@@ -530,7 +530,11 @@ class Inventory:
         agent_doc = self._agent_update(agent_id, now)
         if agent_doc is not None:
             puts[AGENTS] = {agent_id: agent_doc}
-        store.apply(puts, {REPORTS: dropped, EVENTS: event_deletes}, {DEVICES: patches})
+        # Every document here was built for this change (reports, new devices, history,
+        # events): handed over to the store, not copied.
+        store.apply(
+            puts, {REPORTS: dropped, EVENTS: event_deletes}, {DEVICES: patches}, handover=True
+        )
         # Only now that the store took the batch (``apply`` refuses all of it or nothing).
         known_retained.update(retained_now)
         known_latest.update(latest_now)
