@@ -47,7 +47,10 @@ TIME_LIMIT_S = 240.0
 
 
 def build_payloads(agents: int, devices: int, rounds: int) -> list[list[bytes]]:
-    """Per agent, one encoded batch per round covering all of that agent's devices."""
+    """Per agent, one encoded batch per round covering all of that agent's devices.
+
+    Encoded the way the agent encodes what it sends (the shared schema's JSON).
+    """
     per_agent = devices // agents
     start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     payloads: list[list[bytes]] = []
@@ -95,7 +98,8 @@ def build_payloads(agents: int, devices: int, rounds: int) -> list[list[bytes]]:
                     }
                 )
             body = {"protocol_version": PROTOCOL_VERSION, "reports": reports}
-            batches.append(json.dumps(body).encode())
+            # Encoded as an agent's uplink encodes a batch: every field, times in UTC ("Z").
+            batches.append(ReportBatch.model_validate(body).model_dump_json().encode())
         payloads.append(batches)
     return payloads
 
