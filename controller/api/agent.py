@@ -69,17 +69,17 @@ async def enroll(request: web.Request) -> web.Response:
     tags=("agent",),
 )
 async def post_reports(request: web.Request) -> web.Response:
-    # No local name for the batch: ingest lets go of it before waiting for the disk.
-    ack = await request.app[INVENTORY].ingest(principal(request), await _read_batch(request))
-    return web.json_response(ack.model_dump(mode="json"))
-
-
-async def _read_batch(request: web.Request) -> ReportBatch:
-    """A valid batch: parsed in one pass; on failure, a second pass finds the precise error."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
+    # No local name for the batch: ingest lets go of it before waiting for the disk.
+    ack = await request.app[INVENTORY].ingest(principal(request), _read_batch(raw), raw=raw)
+    return web.json_response(ack.model_dump(mode="json"))
+
+
+def _read_batch(raw: bytes) -> ReportBatch:
+    """A valid batch: parsed in one pass; on failure, a second pass finds the precise error."""
     try:
         batch = ReportBatch.model_validate_json(raw)
     except ValidationError:

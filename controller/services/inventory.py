@@ -58,6 +58,7 @@ from shared.schema import (
     ReportBatch,
     ReportBatchAck,
     Snapshot,
+    reports_json,
 )
 
 log = logging.getLogger(__name__)
@@ -398,8 +399,14 @@ class Inventory:
 
     # -- ingestion ---------------------------------------------------------------------------
 
-    async def ingest(self, agent: Principal, batch: ReportBatch) -> ReportBatchAck:
-        """Store a batch: all of it or (403) none of it; returns once it is durable."""
+    async def ingest(
+        self, agent: Principal, batch: ReportBatch, *, raw: bytes | None = None
+    ) -> ReportBatchAck:
+        """Store a batch: all of it or (403) none of it; returns once it is durable.
+
+        ``raw``: the request body the batch was validated from, read again for the reports'
+        JSON form where it already is in that form (``reports_json``).
+        """
         started = time.perf_counter()
         assert agent.site_id is not None and agent.agent_id is not None
         site_id = agent.site_id
@@ -422,11 +429,13 @@ class Inventory:
             )
             for notice in batch.notices
         ]
-        # One serializer call for the whole batch (JSON form, as stored) instead of one per
-        # report; from here on only that form is read, and the models go at once (a batch holds
-        # thousands of objects that the collector would otherwise walk again and again).
-        # No ``include`` filter: the serializer is faster dumping the small rest than filtering.
-        plain_reports: list[Doc] = batch.model_dump(mode="json")["reports"]
+        # The reports in their JSON form, as stored: from the body where an agent wrote them
+        # so, else one serializer call for the whole batch. From here on only that form is
+        # read, and the models go at once (a batch holds thousands of objects that the
+        # collector would otherwise walk again and again).
+        plain_reports: list[Doc] = (
+            batch.model_dump(mode="json")["reports"] if raw is None else reports_json(raw, batch)
+        )
         del batch
         history_size = self._report_history
         known_retained = self._retained
