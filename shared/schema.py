@@ -138,7 +138,7 @@ class Snapshot(_Strict):
     provider: Provider
     health: Health
     in_call: bool = False
-    uptime_s: float | None = Field(default=None, ge=0)
+    uptime_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     peripherals: list[Peripheral] = Field(default_factory=list, max_length=64)
     #: Set on a camera's own entry: the serial of the system it hangs off (E70).
     host_serial: Serial | None = None

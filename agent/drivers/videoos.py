@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -100,17 +101,14 @@ def _list(value: Any) -> list[Any]:
 
 
 def _float(value: Any) -> float | None:
-    if isinstance(value, bool):
+    """A finite number >= 0 from a device's answer, else None (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        return number if number >= 0 else None
-    return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _serial(value: Any) -> str:
@@ -261,7 +259,7 @@ def parse_uptime_text(text: str) -> float | None:
     parts = _UPTIME_PART.findall(text)
     if not parts:
         return None
-    return float(sum(int(n) * units[u.lower()] for n, u in parts))
+    return _float(sum(int(n) * units[u.lower()] for n, u in parts))
 
 
 def parse_whoami(text: str) -> dict[str, str]:

@@ -178,6 +178,12 @@ async def test_device_of_other_site_refuses_whole_batch(
             "reports",
         ),
         (b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}", 413, "body_too_large", None),
+        (
+            json.dumps(batch(report(snapshot("X50-9")))).replace("3600.0", "1e400").encode(),
+            422,
+            "invalid",
+            "reports.0.snapshot.uptime_s",
+        ),
     ],
     ids=[
         "malformed-json",
@@ -189,6 +195,7 @@ async def test_device_of_other_site_refuses_whole_batch(
         "unknown-key",
         "too-many-snapshots",
         "oversized-body",
+        "infinite-uptime",
     ],
 )
 async def test_bad_input_is_refused_and_changes_nothing(
