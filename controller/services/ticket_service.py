@@ -260,9 +260,10 @@ class TicketService:
             return
         stamp = self.clock().isoformat()
         for doc in puts.values():
-            # Fresh documents from ``changes``: stamped in place rather than copied.
+            # Fresh documents from ``changes``: stamped in place, and handed over to the store.
             doc["saved_at"] = stamp
-        await self.store.wait_durable(self.store.apply({FAULT_STATE: puts}, {FAULT_STATE: deletes}))
+        seq = self.store.apply({FAULT_STATE: puts}, {FAULT_STATE: deletes}, handover=True)
+        await self.store.wait_durable(seq)
 
     async def _handle_one(self, event: FaultEvent) -> None:
         key = ticket_id(event.subject, event.fault)
