@@ -31,6 +31,14 @@ async def opened(directory: Path, **kwargs: float) -> AsyncIterator[TinyDBStore]
         await store.close()
 
 
+def abandon(store: TinyDBStore) -> None:
+    """Leave the store as a crash would: writers stopped, no closing snapshot, lock released."""
+    assert store._writer_task is not None and store._snapshot_task is not None
+    store._writer_task.cancel()
+    store._snapshot_task.cancel()
+    store._release_lock()
+
+
 async def test_documents_survive_reopen(tmp_path: Path) -> None:
     """put_many/delete are durable: a reopened store has exactly the same documents."""
     async with opened(tmp_path) as store:
@@ -52,10 +60,7 @@ async def test_journal_alone_recovers_state_after_crash(tmp_path: Path) -> None:
         await store.put_many("things", {f"k{i}": {"n": i}})
     await store.delete("things", "k0")
     # Simulate a crash: drop the store without close(); the lock goes with the descriptor.
-    assert store._writer_task is not None and store._snapshot_task is not None
-    store._writer_task.cancel()
-    store._snapshot_task.cancel()
-    store._release_lock()
+    abandon(store)
     async with opened(tmp_path) as reopened:
         assert reopened.count("things") == 49
         assert reopened.get("things", "k49") == {"n": 49}
@@ -77,10 +82,7 @@ async def test_changed_fields_replay_onto_documents_after_crash(tmp_path: Path) 
     journal = b"".join(path.read_bytes() for path in (tmp_path / "journal").glob("*.log"))
     # The point of the form: D1's unchanged fields are not written again.
     assert b'"u":{"devices":{"D1":{"seen":"t2"}}}' in journal
-    assert store._writer_task is not None and store._snapshot_task is not None
-    store._writer_task.cancel()
-    store._snapshot_task.cancel()
-    store._release_lock()
+    abandon(store)
     async with opened(tmp_path) as reopened:
         assert dict(reopened.scan("devices")) == expected
         assert reopened.get("devices", "D1") == {**device, "seen": "t2", "nested": {"a": [1, 3]}}
@@ -105,10 +107,7 @@ async def test_patches_journal_named_fields_and_replay_after_crash(tmp_path: Pat
     assert store.get("devices", "D3") is None
     journal = b"".join(path.read_bytes() for path in (tmp_path / "journal").glob("*.log"))
     assert b'"D1":{"seen":"t1"}' in journal and b'"a":1' not in journal
-    assert store._writer_task is not None and store._snapshot_task is not None
-    store._writer_task.cancel()
-    store._snapshot_task.cancel()
-    store._release_lock()
+    abandon(store)
     async with opened(tmp_path) as reopened:
         assert dict(reopened.scan("devices")) == {
             "D1": {"a": 1, "b": [], "seen": "t1"},
@@ -134,10 +133,7 @@ async def test_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
     store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
     await store.open()
     await store.put_many("things", {"a": {"n": 1}})
-    assert store._writer_task is not None and store._snapshot_task is not None
-    store._writer_task.cancel()
-    store._snapshot_task.cancel()
-    store._release_lock()
+    abandon(store)
     journal = max((tmp_path / "journal").glob("*.log"))
     with open(journal, "ab") as handle:
         handle.write(b'1234abcd {"p": {"things": {"b"')
@@ -171,10 +167,7 @@ async def test_text_of_any_kind_survives_journal_and_snapshot(tmp_path: Path) ->
     store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
     await store.open()
     await store.put_many("things", docs)
-    assert store._writer_task is not None and store._snapshot_task is not None
-    store._writer_task.cancel()
-    store._snapshot_task.cancel()
-    store._release_lock()
+    abandon(store)
     # Reopening replays the journal, then writes a snapshot; the second reopen reads that.
     async with opened(tmp_path) as replayed:
         assert dict(replayed.scan("things")) == docs
