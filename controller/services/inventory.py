@@ -77,13 +77,18 @@ _DERIVED = frozenset({"last_seen", "collected_at", "uptime_s", "reports"})
 class DeviceAtOtherSite(Exception):
     """A batch mentions devices that belong to another site; nothing of it was stored."""
 
+    #: How many of the foreign devices the message names (an agent holds those it names).
+    NAMED = 20
+
     def __init__(self, site_id: str, foreign: dict[str, str]) -> None:
         self.site_id = site_id
         self.foreign = foreign
-        first, owner = next(iter(foreign.items()))
-        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        named = list(foreign.items())[: self.NAMED]
+        first = named[0][0]
+        owners = ", ".join(f"device {serial} belongs to site {owner!r}" for serial, owner in named)
+        more = f" (and {len(foreign) - len(named)} more)" if len(foreign) > len(named) else ""
         super().__init__(
-            f"device {first} belongs to site {owner!r}, not {site_id!r}{more}; nothing from this "
+            f"{owners}{more}, not {site_id!r}; nothing from this "
             f"batch was stored. An admin moves a device between sites with "
             f"`polyfleet controller devices move {first} --site {site_id}` "
             f"(POST /api/v1/devices/{first}/move)"

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from controller_testkit import SettableClock, batch, bearer, report, snapshot
 
+from agent.delivery import _NAMED_SERIAL
 from controller.keys import INVENTORY
 from controller.testing import RunningController, running_controller
 from shared.schema import MAX_BATCH_SNAPSHOTS, MAX_BODY_BYTES, PROTOCOL_VERSION
@@ -132,6 +133,28 @@ async def test_device_of_other_site_refuses_whole_batch(
         assert response.status == 200
     status, _ = await _post(http, controller, waw.token, batch(report(snapshot("X50-1"))))
     assert status == 200
+
+
+async def test_refusal_names_every_foreign_device_of_the_batch(
+    controller: RunningController, http: aiohttp.ClientSession
+) -> None:
+    """Several foreign devices are all named, so an agent can hold them in one round trip."""
+    krk = await controller.enroll("krk")
+    gda = await controller.enroll("gda")
+    waw = await controller.enroll("waw")
+    assert (await _post(http, controller, krk.token, batch(report(snapshot("X50-1")))))[0] == 200
+    assert (await _post(http, controller, gda.token, batch(report(snapshot("X30-7")))))[0] == 200
+    body = batch(report(snapshot("X50-1")), report(snapshot("OWN-1")), report(snapshot("X30-7")))
+    status, answer = await _post(http, controller, waw.token, body)
+    assert status == 403
+    error = answer["error"]
+    assert isinstance(error, dict)
+    message = str(error["message"])
+    assert "device X50-1 belongs to site 'krk'" in message
+    assert "device X30-7 belongs to site 'gda'" in message
+    assert set(_NAMED_SERIAL.findall(message)) == {"X50-1", "X30-7"}  # what the agent reads
+    assert "OWN-1" not in message
+    assert {d["serial"] for d in await _devices(http, controller)} == {"X50-1", "X30-7"}
 
 
 @pytest.mark.parametrize(
