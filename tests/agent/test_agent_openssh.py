@@ -68,6 +68,18 @@ class StockSshd:
     client_key: Path
     host_fingerprint: str
 
+    def client(self, *, pin: str | None = None, **options: float) -> SshClient:
+        """The agent's SSH client for this sshd: its key, and its host key pinned (or ``pin``)."""
+        return SshClient(
+            "127.0.0.1",
+            self.port,
+            user=self.user,
+            password=None,
+            pin=pin or self.host_fingerprint,
+            key_file=self.client_key,
+            **options,
+        )
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -163,14 +175,7 @@ async def test_driver_reads_device_over_stock_sshd(stock_sshd: StockSshd) -> Non
 
 async def test_stock_sshd_outputs_are_clean(stock_sshd: StockSshd) -> None:
     """Command outputs come back without echo, prompt or carriage returns."""
-    client = SshClient(
-        "127.0.0.1",
-        stock_sshd.port,
-        user=stock_sshd.user,
-        password=None,
-        pin=stock_sshd.host_fingerprint,
-        key_file=stock_sshd.client_key,
-    )
+    client = stock_sshd.client()
     session = await client.run(["status", "bogus"])
     assert session.outputs["status"].splitlines()[-1] == "status end"
     assert "\r" not in session.outputs["status"] and "-> " not in session.outputs["status"]
@@ -182,14 +187,7 @@ async def test_stock_sshd_wrong_pin_refused_before_login(
     stock_sshd: StockSshd, tmp_path: Path
 ) -> None:
     """A host key that differs from the pin stops the connection before authentication."""
-    client = SshClient(
-        "127.0.0.1",
-        stock_sshd.port,
-        user=stock_sshd.user,
-        password=None,
-        pin="SHA256:" + "A" * 43,
-        key_file=stock_sshd.client_key,
-    )
+    client = stock_sshd.client(pin="SHA256:" + "A" * 43)
     with pytest.raises(CertificateMismatch) as caught:
         await client.run(["whoami"])
     assert caught.value.seen == stock_sshd.host_fingerprint
@@ -221,15 +219,7 @@ async def test_stock_sshd_that_is_no_videoos_unit(
 ) -> None:
     """Over stock OpenSSH a shell or a foreign greeting is 'not Poly'; silence stays unreachable."""
     async with running_sshd(tmp_path, login_script) as sshd:
-        client = SshClient(
-            "127.0.0.1",
-            sshd.port,
-            user=sshd.user,
-            password=None,
-            pin=sshd.host_fingerprint,
-            key_file=sshd.client_key,
-            timeout=1.5,
-        )
+        client = sshd.client(timeout=1.5)
         with pytest.raises(DeviceError) as caught:
             await client.run(["whoami"])
     assert type(caught.value) is expected, caught.value
