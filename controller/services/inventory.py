@@ -480,14 +480,8 @@ class Inventory:
             if retained is None:
                 retained = list(known_retained.get(serial, ()))
             # The usual case: newer than every retained report (their newest is the device's
-            # latest), compared as text when both are UTC texts of one length (``earlier``).
-            newest = retained[-1][1] if retained else None
-            if newest is None:
-                in_order = True
-            elif len(collected_text) == len(newest) and collected_text[-1] == newest[-1] == "Z":
-                in_order = collected_text >= newest
-            else:
-                in_order = not earlier(collected_text, newest)
+            # latest); ``earlier`` compares stored UTC texts without parsing them.
+            in_order = not retained or not earlier(collected_text, retained[-1][1])
             if (
                 not in_order
                 and len(retained) >= history_size
