@@ -12,23 +12,23 @@ from typing import Any
 
 import aiohttp
 
-from agent.config import (
+from polyfleet.agent.config import (
     DEFAULT_CREDENTIAL_FILE,
     AgentConfig,
     DeviceConfig,
     Secret,
     load_config,
 )
-from agent.discovery import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, Found, discover
-from agent.drivers import DRIVERS
-from agent.drivers.base import DriverContext, Pins
-from agent.held import read_held, summarise
-from agent.pins import PinStore
-from agent.service import HELD_DIR, enroll, run_service
-from agent.uplink import ControllerRefused, ControllerUnavailable
-from shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
-from shared.fingerprint import normalise_fingerprint
-from shared.schema import Snapshot
+from polyfleet.agent.discovery import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, Found, discover
+from polyfleet.agent.drivers import DRIVERS
+from polyfleet.agent.drivers.base import DriverContext, Pins
+from polyfleet.agent.held import read_held, summarise
+from polyfleet.agent.pins import PinStore
+from polyfleet.agent.service import HELD_DIR, enroll, run_service
+from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable
+from polyfleet.shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
+from polyfleet.shared.fingerprint import normalise_fingerprint
+from polyfleet.shared.schema import Snapshot
 
 DEFAULT_CONFIG = os.environ.get("POLYFLEET_AGENT_CONFIG", "agent.toml")
 #: Where the systemd unit (deploy/polyfleet-agent.service) reads its config.

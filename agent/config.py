@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError
-from shared.fingerprint import normalise_fingerprint
+from polyfleet.shared.errors import ConfigError
+from polyfleet.shared.fingerprint import normalise_fingerprint
 
 DEFAULT_POLL_INTERVAL_S = 60.0
 DEFAULT_JITTER_S = 5.0
@@ -296,7 +296,9 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
             ssh_key_file=_optional_path(t.text("ssh_key_file"), base),
         )
         t.reject_unknown()
-        from agent.drivers import DRIVERS  # late: drivers import transports, config is leaf
+        from polyfleet.agent.drivers import (
+            DRIVERS,
+        )  # late: drivers import transports, config is leaf
 
         if device.driver not in DRIVERS:
             raise ConfigError(

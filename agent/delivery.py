@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from agent.held import DEVICE_REFUSALS, HeldReports
-from agent.outbox import Entry, Outbox, OutboxFullError
-from agent.uplink import ControllerRefused, Uplink
-from shared.schema import PROTOCOL_VERSION, AgentNotice, Report, ReportBatch
+from polyfleet.agent.held import DEVICE_REFUSALS, HeldReports
+from polyfleet.agent.outbox import Entry, Outbox, OutboxFullError
+from polyfleet.agent.uplink import ControllerRefused, Uplink
+from polyfleet.shared.schema import PROTOCOL_VERSION, AgentNotice, Report, ReportBatch
 
 log = logging.getLogger(__name__)
 

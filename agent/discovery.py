@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from agent.transport.rest import fetch_certificate_fingerprint
-from shared.errors import ConfigError, DeviceError
+from polyfleet.agent.transport.rest import fetch_certificate_fingerprint
+from polyfleet.shared.errors import ConfigError, DeviceError
 
 DEFAULT_REST_PORTS = (443,)
 DEFAULT_SSH_PORTS = (22,)

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.outbox import Entry
-from shared.durable import write_atomically
+from polyfleet.agent.outbox import Entry
+from polyfleet.shared.durable import write_atomically
 
 log = logging.getLogger(__name__)
 

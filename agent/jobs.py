@@ -11,10 +11,10 @@ import tarfile
 import time
 from datetime import UTC, datetime
 
-from agent.poller import Poller
-from agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
-from shared.errors import DeviceError
-from shared.schema import Job, JobKind, JobResult
+from polyfleet.agent.poller import Poller
+from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
+from polyfleet.shared.errors import DeviceError
+from polyfleet.shared.schema import Job, JobKind, JobResult
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from shared.errors import PolyfleetError
-from shared.schema import AgentNotice, Report, Snapshot
+from polyfleet.shared.errors import PolyfleetError
+from polyfleet.shared.schema import AgentNotice, Report, Snapshot
 
 log = logging.getLogger(__name__)
 

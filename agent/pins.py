@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.durable import write_atomically
-from shared.errors import ConfigError
+from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.errors import ConfigError
 
 PINS_FILE = "pins.json"
 _LOCK_FILE = "pins.lock"

@@ -17,12 +17,12 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from agent.config import AgentConfig, DeviceConfig
-from agent.drivers import DRIVERS
-from agent.drivers.base import DeviceDriver, DriverContext, Pins
-from agent.outbox import Outbox, OutboxFullError
-from agent.pins import PinStore
-from shared.errors import (
+from polyfleet.agent.config import AgentConfig, DeviceConfig
+from polyfleet.agent.drivers import DRIVERS
+from polyfleet.agent.drivers.base import DeviceDriver, DriverContext, Pins
+from polyfleet.agent.outbox import Outbox, OutboxFullError
+from polyfleet.agent.pins import PinStore
+from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
     DeviceError,
@@ -33,7 +33,7 @@ from shared.errors import (
     NotAPolyDevice,
     PolyfleetError,
 )
-from shared.schema import (
+from polyfleet.shared.schema import (
     AgentNotice,
     Firmware,
     Health,
@@ -404,7 +404,7 @@ class Poller:
 
     async def _refuse_unpinned(self, state: DeviceState) -> None:
         """Without trust on first use, an unpinned device waits for ``pins accept``."""
-        from agent.transport.rest import fetch_certificate_fingerprint
+        from polyfleet.agent.transport.rest import fetch_certificate_fingerprint
 
         device = state.device
         seen = await fetch_certificate_fingerprint(

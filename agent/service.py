@@ -11,14 +11,14 @@ from pathlib import Path
 
 import aiohttp
 
-from agent.config import AgentConfig
-from agent.delivery import ReportSender
-from agent.held import HeldReports
-from agent.jobs import JobRunner
-from agent.outbox import Outbox
-from agent.pins import PinStore
-from agent.poller import Poller
-from agent.uplink import (
+from polyfleet.agent.config import AgentConfig
+from polyfleet.agent.delivery import ReportSender
+from polyfleet.agent.held import HeldReports
+from polyfleet.agent.jobs import JobRunner
+from polyfleet.agent.outbox import Outbox
+from polyfleet.agent.pins import PinStore
+from polyfleet.agent.poller import Poller
+from polyfleet.agent.uplink import (
     ControllerRefused,
     ControllerUnavailable,
     Credential,
@@ -26,8 +26,8 @@ from agent.uplink import (
     backoff_delay,
     ssl_context_for,
 )
-from shared.errors import ConfigError, PolyfleetError, ProtocolError
-from shared.schema import AgentNotice
+from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError
+from polyfleet.shared.schema import AgentNotice
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import ConfigError, PolyfleetError, ProtocolError
-from shared.schema import (
+from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError
+from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
     EnrollRequest,
     EnrollResponse,
@@ -106,7 +106,7 @@ class Credential:
 
     @classmethod
     def load(cls, path: Path) -> Credential:
-        from agent.config import read_secret_file
+        from polyfleet.agent.config import read_secret_file
 
         text = read_secret_file(path, origin="agent credential")
         try:

@@ -34,13 +34,13 @@ from aiohttp import web
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller.clock import system_clock  # noqa: E402
-from controller.config import ControllerConfig  # noqa: E402
-from controller.events import EventBus  # noqa: E402
-from controller.services.access import AccessService, Role  # noqa: E402
-from controller.services.inventory import Inventory  # noqa: E402
-from controller.store.tinydb import TinyDBStore  # noqa: E402
-from shared.schema import PROTOCOL_VERSION, ReportBatch, ReportBatchAck  # noqa: E402
+from polyfleet.controller.clock import system_clock  # noqa: E402
+from polyfleet.controller.config import ControllerConfig  # noqa: E402
+from polyfleet.controller.events import EventBus  # noqa: E402
+from polyfleet.controller.services.access import AccessService, Role  # noqa: E402
+from polyfleet.controller.services.inventory import Inventory  # noqa: E402
+from polyfleet.controller.store.tinydb import TinyDBStore  # noqa: E402
+from polyfleet.shared.schema import PROTOCOL_VERSION, ReportBatch, ReportBatchAck  # noqa: E402
 
 #: Hard cap on the whole run, so the benchmark always ends.
 TIME_LIMIT_S = 240.0
@@ -313,11 +313,15 @@ def serve_controller(data_dir: Path, *, core_only: bool) -> None:
     """The real controller (``controller.app.serve``, as ``polyfleet controller serve`` runs it)."""
     import logging
 
-    from controller import app as controller_app
+    from polyfleet.controller import app as controller_app
 
     logging.basicConfig(level=logging.WARNING)
     if core_only:
-        controller_app.FEATURE_ROUTE_MODULES = ()
+        controller_app.ROUTE_MODULES[:] = [
+            module
+            for module in controller_app.ROUTE_MODULES
+            if module not in (controller_app.entitlement_api, controller_app.tickets_api)
+        ]
     config = ControllerConfig(data_dir=data_dir, listen_port=0)
 
     def ready(url: str) -> None:

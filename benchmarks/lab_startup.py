@@ -27,9 +27,9 @@ def address(n: int) -> str:
 async def run_lab(count: int, data_dir: Path, probe: int) -> dict[str, Any]:
     import aiohttp
 
-    from simulator.fleet import DeviceSpec
-    from simulator.lab import Lab
-    from simulator.testing import fleet_of
+    from polyfleet.simulator.fleet import DeviceSpec
+    from polyfleet.simulator.lab import Lab
+    from polyfleet.simulator.testing import fleet_of
 
     started = time.perf_counter()
     specs = [
@@ -80,7 +80,7 @@ def ssh_status(device: Any) -> str:
     """``status`` over SSH, trusting the host key the lab advertises (and no other)."""
     import paramiko
 
-    from shared.fingerprint import sha256_fingerprint
+    from polyfleet.shared.fingerprint import sha256_fingerprint
 
     client = paramiko.SSHClient()
 
@@ -110,7 +110,7 @@ async def run_bare(count: int, data_dir: Path) -> dict[str, Any]:
     """Baseline: per address a bare aiohttp TLS server and a plain TCP listener, nothing else."""
     from aiohttp import web
 
-    from simulator.identity import make_tls_identity
+    from polyfleet.simulator.identity import make_tls_identity
 
     identity = make_tls_identity(data_dir, "bench", "127.0.0.1")
     started = time.perf_counter()
@@ -136,7 +136,7 @@ async def run_bare(count: int, data_dir: Path) -> dict[str, Any]:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from simulator.lab import raise_open_file_limit
+    from polyfleet.simulator.lab import raise_open_file_limit
 
     raise_open_file_limit()
     data_dir = Path(args.data_dir)

@@ -17,11 +17,11 @@ from typing import Any
 
 import aiohttp
 
-from agent.config import AgentConfig, DeviceConfig, Secret
-from agent.outbox import Outbox
-from agent.pins import PinStore
-from agent.poller import Poller
-from agent.transport.rest import fingerprint_digest
+from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
+from polyfleet.agent.outbox import Outbox
+from polyfleet.agent.pins import PinStore
+from polyfleet.agent.poller import Poller
+from polyfleet.agent.transport.rest import fingerprint_digest
 
 PASSWORD = "bench-admin-pw"
 
@@ -42,9 +42,9 @@ CYCLE = [
 
 
 def serve_lab(count: int, latency_ms: float, data_dir: Path, info_path: Path) -> None:
-    from simulator.fleet import FaultWindow
-    from simulator.lab import raise_open_file_limit
-    from simulator.testing import make_device, start_lab
+    from polyfleet.simulator.fleet import FaultWindow
+    from polyfleet.simulator.lab import raise_open_file_limit
+    from polyfleet.simulator.testing import make_device, start_lab
 
     raise_open_file_limit()
 
@@ -215,7 +215,7 @@ def main() -> int:
         )
         return 0
 
-    from simulator.lab import raise_open_file_limit
+    from polyfleet.simulator.lab import raise_open_file_limit
 
     raise_open_file_limit()
     if args.run_side is not None:

@@ -9,7 +9,6 @@ Extension points (plain lists, no import magic):
   ``app.cleanup_ctx``; it runs after the core is up (store open, services ready) and is
   torn down before the store closes. Core services are found through ``controller.keys``
   (``app[STORE]``, ``app[EVENT_BUS]``, ``app[INVENTORY]``, ``app[JOBS]``, ``app[CLOCK]``...).
-- ``FEATURE_ROUTE_MODULES``: the entitlement and tickets route modules, added when present.
 - ``BACKGROUND``: the core's own ``cleanup_ctx`` tasks (the reachability monitor).
 """
 
@@ -18,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import json
 import logging
 import os
@@ -27,29 +25,39 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol
 
 from aiohttp import web
 
-from controller.api import admin as admin_api
-from controller.api import agent as agent_api
-from controller.api import metrics as metrics_api
-from controller.api import openapi as openapi_api
-from controller.api.auth import auth_middleware
-from controller.api.errors import error_middleware
-from controller.api.metrics import build_registry
-from controller.clock import Clock, system_clock
-from controller.config import ControllerConfig
-from controller.events import EventBus
-from controller.keys import ACCESS, CLOCK, CONFIG, EVENT_BUS, INVENTORY, JOBS, METRICS, STORE
-from controller.services.access import AccessService
-from controller.services.inventory import Inventory
-from controller.services.jobs import JobService
-from controller.store.base import Store, StoreUnavailable
-from controller.store.tinydb import TinyDBStore
-from shared.durable import write_atomically
-from shared.schema import MAX_BODY_BYTES
+from polyfleet.controller.api import admin as admin_api
+from polyfleet.controller.api import agent as agent_api
+from polyfleet.controller.api import entitlement as entitlement_api
+from polyfleet.controller.api import metrics as metrics_api
+from polyfleet.controller.api import openapi as openapi_api
+from polyfleet.controller.api import tickets as tickets_api
+from polyfleet.controller.api.auth import auth_middleware
+from polyfleet.controller.api.errors import error_middleware
+from polyfleet.controller.api.metrics import build_registry
+from polyfleet.controller.clock import Clock, system_clock
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.events import EventBus
+from polyfleet.controller.keys import (
+    ACCESS,
+    CLOCK,
+    CONFIG,
+    EVENT_BUS,
+    INVENTORY,
+    JOBS,
+    METRICS,
+    STORE,
+)
+from polyfleet.controller.services.access import AccessService
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.store.base import Store, StoreUnavailable
+from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.schema import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +68,15 @@ class RouteModule(Protocol):
 
 Lifecycle = Callable[[web.Application], AsyncIterator[None]]
 
-#: Core route modules, in registration order.
-ROUTE_MODULES: list[RouteModule] = [agent_api, admin_api, metrics_api, openapi_api]
-
-#: Feature route modules (issues 5 and 6), registered when the module exists.
-FEATURE_ROUTE_MODULES = ("controller.api.entitlement", "controller.api.tickets")
+#: Route modules, in registration order.
+ROUTE_MODULES: list[RouteModule] = [
+    agent_api,
+    admin_api,
+    metrics_api,
+    openapi_api,
+    entitlement_api,
+    tickets_api,
+]
 
 #: In a serving process, young objects are collected automatically at these thresholds (the
 #: first two of ``gc.set_threshold``); a full pass runs on a schedule, this often.
@@ -75,19 +87,6 @@ _GC_NO_AUTOMATIC_FULL_PASS = 1_000_000_000
 
 #: Name of the file in the data directory that tells CLI commands where the server is.
 RUNTIME_FILE = "controller.json"
-
-
-def _feature_modules() -> list[RouteModule]:
-    found: list[RouteModule] = []
-    for name in FEATURE_ROUTE_MODULES:
-        try:
-            module: ModuleType = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        found.append(module)
-    return found
 
 
 async def _core_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -170,7 +169,7 @@ def create_app(
     app[METRICS] = build_registry(store, inventory)
     app.cleanup_ctx.append(_core_lifecycle)
     app.cleanup_ctx.extend(BACKGROUND)
-    for module in [*ROUTE_MODULES, *_feature_modules()]:
+    for module in ROUTE_MODULES:
         module.register(app)
     return app
 

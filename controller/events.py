@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from controller.store.base import EVENTS, Doc, Store
-from shared.schema import HealthState, Report, Snapshot
+from polyfleet.controller.store.base import EVENTS, Doc, Store
+from polyfleet.shared.schema import HealthState, Report, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from controller.clock import Clock
-from controller.config import ControllerConfig
-from controller.events import EventBus
-from controller.services.access import AccessService
-from controller.services.inventory import Inventory
-from controller.services.jobs import JobService
-from controller.store.base import Store
+from polyfleet.controller.clock import Clock
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.events import EventBus
+from polyfleet.controller.services.access import AccessService
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.store.base import Store
 
 CONFIG = web.AppKey("config", ControllerConfig)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")

@@ -25,13 +25,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from controller.app import create_app
-from controller.clock import Clock, system_clock
-from controller.config import ControllerConfig
-from controller.keys import ACCESS, INVENTORY, STORE
-from controller.services.access import Role
-from controller.store.base import SITES
-from shared.schema import PROTOCOL_VERSION, EnrollResponse
+from polyfleet.controller.app import create_app
+from polyfleet.controller.clock import Clock, system_clock
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.keys import ACCESS, INVENTORY, STORE
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.store.base import SITES
+from polyfleet.shared.schema import PROTOCOL_VERSION, EnrollResponse
 
 
 @dataclass

@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent import cli as agent_cli
-from controller import cli as controller_cli
 from polyfleet import demo
-from simulator import cli as simulator_cli
+from polyfleet.agent import cli as agent_cli
+from polyfleet.controller import cli as controller_cli
+from polyfleet.simulator import cli as simulator_cli
 
 #: Third-party loggers that narrate every request or job run; shown only at DEBUG.
 CHATTY_LOGGERS = ("aiohttp.access", "apscheduler", "paramiko.transport")

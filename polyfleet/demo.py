@@ -22,16 +22,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from agent.config import load_config as load_agent_config
-from agent.service import AgentService
-from controller.app import serve as serve_controller
-from controller.config import ControllerConfig
-from controller.domain.plans import add_years
-from controller.services.webhook import verify as verify_signature
-from shared.durable import write_atomically
-from shared.errors import PolyfleetError
-from simulator.fleet import FleetSpec, load_fleet
-from simulator.lab import Lab
+from polyfleet.agent.config import load_config as load_agent_config
+from polyfleet.agent.service import AgentService
+from polyfleet.controller.app import serve as serve_controller
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.domain.plans import add_years
+from polyfleet.controller.services.webhook import verify as verify_signature
+from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.errors import PolyfleetError
+from polyfleet.shared.process import polyfleet_argv
+from polyfleet.simulator.fleet import FleetSpec, load_fleet
+from polyfleet.simulator.lab import Lab
 
 log = logging.getLogger(__name__)
 
@@ -216,19 +217,18 @@ class Demo:
     async def _create_admin_token(self, data_dir: Path) -> str:
         # The same command an admin runs; it goes through the running server.
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "polyfleet",
-            "controller",
-            "token",
-            "create",
-            "--role",
-            "admin",
-            "--name",
-            "demo",
-            "--data-dir",
-            str(data_dir),
-            "--json",
+            *polyfleet_argv(
+                "controller",
+                "token",
+                "create",
+                "--role",
+                "admin",
+                "--name",
+                "demo",
+                "--data-dir",
+                str(data_dir),
+                "--json",
+            ),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

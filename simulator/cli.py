@@ -10,10 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.durable import write_atomically
-from shared.errors import ConfigError
-from simulator.fleet import load_fleet
-from simulator.lab import Lab
+from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.errors import ConfigError
+from polyfleet.simulator.fleet import load_fleet
+from polyfleet.simulator.lab import Lab
 
 DEFAULT_DATA_DIR = "polyfleet-lab"
 DEFAULT_CONTROL_LISTEN = "127.0.0.1:0"

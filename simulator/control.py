@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from simulator.device import FaultError, SimDevice
-from simulator.fleet import FAULTS, FaultParamError, fault_params
+from polyfleet.simulator.device import FaultError, SimDevice
+from polyfleet.simulator.fleet import FAULTS, FaultParamError, fault_params
 
 if TYPE_CHECKING:
-    from simulator.lab import Lab
+    from polyfleet.simulator.lab import Lab
 
 LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
 

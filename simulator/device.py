@@ -20,9 +20,9 @@ from typing import Any
 import paramiko
 from aiohttp import web
 
-from shared.version import FirmwareVersion, VersionError
-from simulator import identity
-from simulator.fleet import (
+from polyfleet.shared.version import FirmwareVersion, VersionError
+from polyfleet.simulator import identity
+from polyfleet.simulator.fleet import (
     FAULTS,
     DeviceSpec,
     FaultParamError,
@@ -30,7 +30,7 @@ from simulator.fleet import (
     fault_params,
     split_firmware,
 )
-from simulator.listeners import Listeners
+from polyfleet.simulator.listeners import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class SimDevice:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._power_changed = asyncio.Event()
         # Imported here: rest and ssh import this module for its types.
-        from simulator.rest import RestApi
+        from polyfleet.simulator.rest import RestApi
 
         self._web = web.Server(RestApi(self), handler_cancellation=True)
 
@@ -342,7 +342,7 @@ class SimDevice:
             await self._open_tarpit()
 
     async def _accept_ssh(self, sock: socket.socket) -> None:
-        from simulator.ssh import serve_connection
+        from polyfleet.simulator.ssh import serve_connection
 
         loop = asyncio.get_running_loop()
         while True:

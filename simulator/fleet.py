@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError
-from shared.version import FirmwareVersion, VersionError
+from polyfleet.shared.errors import ConfigError
+from polyfleet.shared.version import FirmwareVersion, VersionError
 
 MODELS = ("studio_x30", "studio_x50", "studio_x70", "g7500")
 PROVIDERS = ("teams", "zoom", "poly", "device_mode")

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from shared.fingerprint import sha256_fingerprint
+from polyfleet.shared.fingerprint import sha256_fingerprint
 
 CERT_FILE = "tls-cert.pem"
 KEY_FILE = "tls-key.pem"

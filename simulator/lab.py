@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.device import SimDevice
-from simulator.fleet import CallWindow, FaultWindow, FleetSpec, default_port
-from simulator.other_host import OtherHost
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.fleet import CallWindow, FaultWindow, FleetSpec, default_port
+from polyfleet.simulator.other_host import OtherHost
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Lab:
                 await device.start()
             for other in others:
                 await other.start()
-            from simulator.control import create_control_app
+            from polyfleet.simulator.control import create_control_app
 
             self._runner = web.AppRunner(create_control_app(self), access_log=None)
             await self._runner.setup()

@@ -15,10 +15,10 @@ from typing import Any
 import paramiko
 from aiohttp import web
 
-from simulator import identity
-from simulator.fleet import OtherHostSpec, default_port
-from simulator.listeners import Listeners
-from simulator.ssh import TRANSPORT_LOG
+from polyfleet.simulator import identity
+from polyfleet.simulator.fleet import OtherHostSpec, default_port
+from polyfleet.simulator.listeners import Listeners
+from polyfleet.simulator.ssh import TRANSPORT_LOG
 
 #: What each kind says in its ``Server`` header and SSH identification [assumed: typical].
 SERVER_HEADERS = {"web_server": "lighttpd/1.4.59", "json_api": "nginx", "poly_phone": "Poly"}

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from shared.version import FirmwareVersion
+from polyfleet.shared.version import FirmwareVersion
 
 if TYPE_CHECKING:
-    from simulator.device import Session, SimDevice
+    from polyfleet.simulator.device import Session, SimDevice
 
 #: From this firmware the login sets XSRF-TOKEN and later calls need the x-xsrf-token header.
 XSRF_SINCE = FirmwareVersion(4, 6, 2)

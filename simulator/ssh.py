@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from simulator.rest import status_entries
+from polyfleet.simulator.rest import status_entries
 
 if TYPE_CHECKING:
-    from simulator.device import SimDevice
+    from polyfleet.simulator.device import SimDevice
 
 log = logging.getLogger(__name__)
 
 #: paramiko logs every client that hangs up abruptly as an ERROR; for a lab that is normal.
-TRANSPORT_LOG = "simulator.ssh.transport"
+TRANSPORT_LOG = "polyfleet.simulator.ssh.transport"
 logging.getLogger(TRANSPORT_LOG).setLevel(logging.CRITICAL)
 
 # paramiko's constants, typed (its stubs do not export them at the top level).

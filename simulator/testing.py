@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from simulator.fleet import (
+from polyfleet.simulator.fleet import (
     DeviceSpec,
     FleetSpec,
     PeripheralSpec,
@@ -16,7 +16,7 @@ from simulator.fleet import (
     UpdateBehaviour,
     split_firmware,
 )
-from simulator.lab import Lab
+from polyfleet.simulator.lab import Lab
 
 #: Test devices boot this fast, so reboots and updates finish within a test.
 TEST_BOOT_SECONDS = 0.05

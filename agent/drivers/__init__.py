@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.drivers.base import DeviceDriver
-from agent.drivers.videoos import VideoOSDriver
+from polyfleet.agent.drivers.base import DeviceDriver
+from polyfleet.agent.drivers.videoos import VideoOSDriver
 
 #: Driver name (``[[devices]] driver = ...``) -> class; explicit, no import magic.
 DRIVERS: dict[str, type[DeviceDriver]] = {

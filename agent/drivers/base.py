@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from agent.config import DeviceConfig
-from shared.schema import Problem, Snapshot
+from polyfleet.agent.config import DeviceConfig
+from polyfleet.shared.schema import Problem, Snapshot
 
 
 @dataclass

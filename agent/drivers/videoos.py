@@ -8,17 +8,17 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from agent.drivers.base import DeviceDriver
-from agent.transport.rest import FeatureAbsent, RestClient, fetch_certificate_fingerprint
-from agent.transport.ssh import SshClient, SshSession
-from shared.errors import (
+from polyfleet.agent.drivers.base import DeviceDriver
+from polyfleet.agent.transport.rest import FeatureAbsent, RestClient, fetch_certificate_fingerprint
+from polyfleet.agent.transport.ssh import SshClient, SshSession
+from polyfleet.shared.errors import (
     DeviceError,
     DeviceProtocolError,
     DeviceUnreachable,
     DeviceWedged,
     NotAPolyDevice,
 )
-from shared.schema import (
+from polyfleet.shared.schema import (
     Firmware,
     Health,
     HealthState,

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from shared.errors import (
+from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
     DeviceError,
@@ -26,7 +26,7 @@ from shared.errors import (
     LockedOut,
     NotAPolyDevice,
 )
-from shared.fingerprint import normalise_fingerprint, sha256_fingerprint
+from polyfleet.shared.fingerprint import normalise_fingerprint, sha256_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import paramiko
 
-from shared.errors import (
+from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
     DeviceProtocolError,
     DeviceUnreachable,
     NotAPolyDevice,
 )
-from shared.fingerprint import normalise_fingerprint, sha256_fingerprint
+from polyfleet.shared.fingerprint import normalise_fingerprint, sha256_fingerprint
 
 log = logging.getLogger(__name__)
 

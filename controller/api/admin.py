@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controller.api.auth import principal
-from controller.api.errors import ApiError, read_model
-from controller.api.models import (
+from polyfleet.controller.api.auth import principal
+from polyfleet.controller.api.errors import ApiError, read_model
+from polyfleet.controller.api.models import (
     DeviceDetail,
     DeviceList,
     DeviceOut,
@@ -27,12 +27,12 @@ from controller.api.models import (
     TokenIn,
     TokenList,
 )
-from controller.api.spec import ADMINS, READERS, endpoint
-from controller.keys import ACCESS, INVENTORY, JOBS, STORE
-from controller.services.access import Role
-from controller.services.inventory import DeviceFilter
-from controller.services.jobs import UnknownJob
-from controller.store.base import EVENTS
+from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS, STORE
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.services.inventory import DeviceFilter
+from polyfleet.controller.services.jobs import UnknownJob
+from polyfleet.controller.store.base import EVENTS
 
 DEVICE_QUERY = {
     "site": "only devices of this site id",

@@ -7,12 +7,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from controller.api.auth import principal
-from controller.api.errors import ApiError, parse_json, read_json, validate
-from controller.api.models import ArtifactOut, Ok
-from controller.api.spec import AGENTS, PUBLIC, endpoint
-from controller.keys import ACCESS, INVENTORY, JOBS
-from shared.schema import (
+from polyfleet.controller.api.auth import principal
+from polyfleet.controller.api.errors import ApiError, parse_json, read_json, validate
+from polyfleet.controller.api.models import ArtifactOut, Ok
+from polyfleet.controller.api.spec import AGENTS, PUBLIC, endpoint
+from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS
+from polyfleet.shared.schema import (
     MAX_BATCH_SNAPSHOTS,
     SUPPORTED_PROTOCOL_VERSIONS,
     EnrollRequest,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from controller.api.errors import ApiError, Handler
-from controller.api.spec import spec_of
-from controller.keys import ACCESS
-from controller.services.access import LOCAL_ADMIN, Principal, Role
+from polyfleet.controller.api.errors import ApiError, Handler
+from polyfleet.controller.api.spec import spec_of
+from polyfleet.controller.keys import ACCESS
+from polyfleet.controller.services.access import LOCAL_ADMIN, Principal, Role
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
 

@@ -10,16 +10,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from controller.api.errors import ApiError
-from controller.api.spec import ADMINS, READERS, Param, endpoint
-from controller.domain.assets import COLUMNS, RegistryImportError, parse_registry
-from controller.domain.calendar import to_warsaw
-from controller.domain.entitlement import Flag, parse_moment
-from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
-from controller.events import DeviceAdded, Event
-from controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
-from controller.services import entitlement as service
-from shared.schema import ErrorBody
+from polyfleet.controller.api.errors import ApiError
+from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
+from polyfleet.controller.domain.assets import COLUMNS, RegistryImportError, parse_registry
+from polyfleet.controller.domain.calendar import to_warsaw
+from polyfleet.controller.domain.entitlement import Flag, parse_moment
+from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, forecast
+from polyfleet.controller.events import DeviceAdded, Event
+from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
+from polyfleet.controller.services import entitlement as service
+from polyfleet.shared.schema import ErrorBody
 
 CATALOGUES = web.AppKey("entitlement_catalogues", service.Catalogues)
 

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from controller.services.access import EnrollmentRefused, UnknownSite
-from controller.services.inventory import DeviceAtOtherSite, InvalidInput, UnknownDevice
-from controller.services.jobs import ArtifactTooLarge, JobConflict, UnknownJob
-from controller.store.base import StoreUnavailable
-from shared.schema import ErrorBody
+from polyfleet.controller.services.access import EnrollmentRefused, UnknownSite
+from polyfleet.controller.services.inventory import DeviceAtOtherSite, InvalidInput, UnknownDevice
+from polyfleet.controller.services.jobs import ArtifactTooLarge, JobConflict, UnknownJob
+from polyfleet.controller.store.base import StoreUnavailable
+from polyfleet.shared.schema import ErrorBody
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from controller.api.spec import PUBLIC, READERS, endpoint
-from controller.keys import CONFIG, METRICS
-from controller.services.inventory import Inventory
-from controller.store.base import DEVICES, SITES, Store
+from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.keys import CONFIG, METRICS
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.store.base import DEVICES, SITES, Store
 
 INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

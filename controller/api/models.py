@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schema import ErrorBody, Firmware, Health, JobKind, Peripheral, Serial
+from polyfleet.shared.schema import ErrorBody, Firmware, Health, JobKind, Peripheral, Serial
 
 
 class _Out(BaseModel):

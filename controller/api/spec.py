@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from controller.services.access import Role
+from polyfleet.controller.services.access import Role
 
 ADMINS = frozenset({Role.ADMIN})
 READERS = frozenset({Role.ADMIN, Role.VIEWER})

@@ -13,22 +13,22 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.api.errors import ApiError, read_model
-from controller.api.spec import ADMINS, READERS, endpoint
-from controller.domain.tickets import ACTIONS, Ticket, TicketError, TicketStatus
-from controller.events import (
+from polyfleet.controller.api.errors import ApiError, read_model
+from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.domain.tickets import ACTIONS, Ticket, TicketError, TicketStatus
+from polyfleet.controller.events import (
     AgentOffline,
     AgentOnline,
     DeviceUnreachable,
     Event,
     SnapshotsIngested,
 )
-from controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, STORE
-from controller.services.entitlement import catalogue_paths, load_plans
-from controller.services.ticket_config import ticket_settings
-from controller.services.ticket_diagnostics import JobDiagnostics
-from controller.services.ticket_service import TicketNotFound, TicketService
-from controller.store.base import Doc
+from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, STORE
+from polyfleet.controller.services.entitlement import catalogue_paths, load_plans
+from polyfleet.controller.services.ticket_config import ticket_settings
+from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
+from polyfleet.controller.services.ticket_service import TicketNotFound, TicketService
+from polyfleet.controller.store.base import Doc
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli import core, entitlement, tickets
+from polyfleet.controller.cli import core, entitlement, tickets
 
 #: Each module adds its own subcommands; a plain list, no import magic.
 SECTIONS = (core, entitlement, tickets)

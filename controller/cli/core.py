@@ -21,14 +21,19 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from controller.app import read_runtime, serve
-from controller.clock import system_clock
-from controller.config import ConfigError, ControllerConfig, load_config
-from controller.events import EventBus
-from controller.services.access import AccessService, Role, UnknownSite
-from controller.services.inventory import DeviceFilter, InvalidInput, Inventory, UnknownDevice
-from controller.store.base import StoreLocked
-from controller.store.tinydb import TinyDBStore
+from polyfleet.controller.app import read_runtime, serve
+from polyfleet.controller.clock import system_clock
+from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
+from polyfleet.controller.events import EventBus
+from polyfleet.controller.services.access import AccessService, Role, UnknownSite
+from polyfleet.controller.services.inventory import (
+    DeviceFilter,
+    InvalidInput,
+    Inventory,
+    UnknownDevice,
+)
+from polyfleet.controller.store.base import StoreLocked
+from polyfleet.controller.store.tinydb import TinyDBStore
 
 #: How long a command waits for a starting server to publish its control socket.
 SERVER_WAIT_S = 15.0

@@ -13,10 +13,10 @@ from typing import Any
 
 import aiohttp
 
-from controller.app import read_runtime
-from controller.cli.core import SERVER_WAIT_S
-from controller.config import ConfigError, load_config
-from controller.domain.assets import (
+from polyfleet.controller.app import read_runtime
+from polyfleet.controller.cli.core import SERVER_WAIT_S
+from polyfleet.controller.config import ConfigError, load_config
+from polyfleet.controller.domain.assets import (
     Asset,
     ImportProblem,
     InstalledFirmware,
@@ -24,14 +24,14 @@ from controller.domain.assets import (
     parse_installed_firmware,
     parse_registry,
 )
-from controller.domain.calendar import WARSAW
-from controller.domain.entitlement import judge, parse_moment
-from controller.domain.forecast import MAX_FORECAST_DAYS, forecast
-from controller.domain.plans import CatalogueError, PlanCatalogue
-from controller.domain.releases import ReleaseCatalogue
-from controller.services import entitlement as service
-from controller.store.base import StoreError, StoreLocked
-from controller.store.tinydb import TinyDBStore
+from polyfleet.controller.domain.calendar import WARSAW
+from polyfleet.controller.domain.entitlement import judge, parse_moment
+from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, forecast
+from polyfleet.controller.domain.plans import CatalogueError, PlanCatalogue
+from polyfleet.controller.domain.releases import ReleaseCatalogue
+from polyfleet.controller.services import entitlement as service
+from polyfleet.controller.store.base import StoreError, StoreLocked
+from polyfleet.controller.store.tinydb import TinyDBStore
 
 #: The store's folder inside the data directory (as ``controller.app.create_app`` opens it).
 STORE_SUBDIR = "store"

@@ -14,11 +14,11 @@ from typing import Any
 
 import aiohttp
 
-from controller.config import DEFAULT_DATA_DIR, ConfigError, load_config
-from controller.domain.calendar import to_warsaw
-from controller.domain.plans import CatalogueError
-from controller.domain.sla import SlaTerms, deadlines
-from controller.services.entitlement import load_plans
+from polyfleet.controller.config import DEFAULT_DATA_DIR, ConfigError, load_config
+from polyfleet.controller.domain.calendar import to_warsaw
+from polyfleet.controller.domain.plans import CatalogueError
+from polyfleet.controller.domain.sla import SlaTerms, deadlines
+from polyfleet.controller.services.entitlement import load_plans
 
 
 def _moment(text: str | None, flag: str) -> datetime | None:

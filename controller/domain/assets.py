@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from controller.domain.plans import ASSET_MODELS, Plan, PlanCatalogue, add_years
-from shared.version import FirmwareVersion, VersionError
+from polyfleet.controller.domain.plans import ASSET_MODELS, Plan, PlanCatalogue, add_years
+from polyfleet.shared.version import FirmwareVersion, VersionError
 
 #: The registry CSV columns, in the order we write them.
 COLUMNS = (

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from controller.domain.assets import Asset, Contract, InstalledFirmware
-from controller.domain.calendar import WARSAW, to_warsaw, warsaw_date
-from controller.domain.plans import Plan, PlanCatalogue
-from controller.domain.releases import HopKind, Release, ReleaseCatalogue, hop_kind
-from shared.version import FirmwareVersion
+from polyfleet.controller.domain.assets import Asset, Contract, InstalledFirmware
+from polyfleet.controller.domain.calendar import WARSAW, to_warsaw, warsaw_date
+from polyfleet.controller.domain.plans import Plan, PlanCatalogue
+from polyfleet.controller.domain.releases import HopKind, Release, ReleaseCatalogue, hop_kind
+from polyfleet.shared.version import FirmwareVersion
 
 #: Horizons of the ``contract_expiring_N`` flags, smallest first.
 EXPIRY_HORIZONS = (30, 60, 90, 180)

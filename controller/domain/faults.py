@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from controller.clock import earlier
-from shared.schema import PROBLEM_SEVERITY, HealthState, ProblemCode, Snapshot
+from polyfleet.controller.clock import earlier
+from polyfleet.shared.schema import PROBLEM_SEVERITY, HealthState, ProblemCode, Snapshot
 
 DEFAULT_MIN_REPORTS = 2
 DEFAULT_MIN_DURATION = timedelta(minutes=5)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from controller.domain.assets import Asset
-from controller.domain.calendar import warsaw_date
-from controller.domain.entitlement import CoveredDays, coverage
-from controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.assets import Asset
+from polyfleet.controller.domain.calendar import warsaw_date
+from polyfleet.controller.domain.entitlement import CoveredDays, coverage
+from polyfleet.controller.domain.plans import PlanCatalogue
 
 EventKind = Literal[
     "contract_ends", "warranty_ends", "patches_end", "upgrades_end", "purchase_window_closes"

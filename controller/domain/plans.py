@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from shared.schema import Model
+from polyfleet.shared.schema import Model
 
 Window = Literal["8x5", "24x7"]
 PatchRule = Literal["purchase_90_days", "whole_term"]

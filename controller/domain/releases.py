@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
-from controller.domain.plans import ASSET_MODELS, CatalogueError
-from shared.version import FirmwareVersion, VersionError
+from polyfleet.controller.domain.plans import ASSET_MODELS, CatalogueError
+from polyfleet.shared.version import FirmwareVersion, VersionError
 
 HopKind = Literal["patch", "upgrade"]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Literal
 
-from controller.domain.calendar import (
+from polyfleet.controller.domain.calendar import (
     WARSAW,
     add_window_time,
     at_warsaw,
@@ -14,7 +14,7 @@ from controller.domain.calendar import (
     to_warsaw,
     warsaw_date,
 )
-from controller.domain.plans import Plan
+from polyfleet.controller.domain.plans import Plan
 
 Window = Literal["8x5", "24x7"]
 DeliveryKind = Literal["next_business_day", "clock_hours", "calendar_days"]

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from controller.domain.calendar import to_warsaw
-from controller.domain.sla import DeliveryKind, SlaDeadlines, SlaTerms, deadlines
+from polyfleet.controller.domain.calendar import to_warsaw
+from polyfleet.controller.domain.sla import DeliveryKind, SlaDeadlines, SlaTerms, deadlines
 
 Language = Literal["pl", "en"]
 LANGUAGES: tuple[Language, ...] = ("pl", "en")

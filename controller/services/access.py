@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from controller.clock import Clock
-from controller.events import AgentEnrolled, EventBus
-from controller.store.base import AGENTS, EVENTS, INVITES, SITES, TOKENS, Doc, Store
-from shared.schema import EnrollResponse
+from polyfleet.controller.clock import Clock
+from polyfleet.controller.events import AgentEnrolled, EventBus
+from polyfleet.controller.store.base import AGENTS, EVENTS, INVITES, SITES, TOKENS, Doc, Store
+from polyfleet.shared.schema import EnrollResponse
 
 TOKEN_PREFIX = "pft_"  # noqa: S105 - a visible prefix, not a secret
 AGENT_TOKEN_PREFIX = "pfa_"  # noqa: S105 - a visible prefix, not a secret

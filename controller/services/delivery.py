@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.services.email import Attachment, DeliveryError, SmtpSender, build_email
-from controller.services.ticket_config import TicketSettings
-from controller.services.webhook import WebhookSender, encode_payload
-from controller.store.base import Doc, Store
+from polyfleet.controller.services.email import Attachment, DeliveryError, SmtpSender, build_email
+from polyfleet.controller.services.ticket_config import TicketSettings
+from polyfleet.controller.services.webhook import WebhookSender, encode_payload
+from polyfleet.controller.store.base import Doc, Store
 
 log = logging.getLogger(__name__)
 

@@ -11,19 +11,19 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.domain.assets import Asset, ImportPlan, InstalledFirmware, plan_import
-from controller.domain.entitlement import EntitlementVerdict, judge, unknown_asset_verdict
-from controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
-from controller.domain.releases import (
+from polyfleet.controller.domain.assets import Asset, ImportPlan, InstalledFirmware, plan_import
+from polyfleet.controller.domain.entitlement import EntitlementVerdict, judge, unknown_asset_verdict
+from polyfleet.controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
+from polyfleet.controller.domain.releases import (
     Release,
     ReleaseCatalogue,
     make_release,
     parse_releases,
     render_releases,
 )
-from controller.store.base import DEVICES, Store
-from shared.durable import write_atomically
-from shared.version import FirmwareVersion, VersionError
+from polyfleet.controller.store.base import DEVICES, Store
+from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.version import FirmwareVersion, VersionError
 
 log = logging.getLogger(__name__)
 

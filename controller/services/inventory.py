@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from controller.clock import Clock, earlier
-from controller.config import ControllerConfig
-from controller.events import (
+from polyfleet.controller.clock import Clock, earlier
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.events import (
     AgentNoticeReceived,
     AgentOffline,
     AgentOnline,
@@ -38,8 +38,8 @@ from controller.events import (
     SnapshotIngested,
     SnapshotsIngested,
 )
-from controller.services.access import Principal, UnknownSite
-from controller.store.base import (
+from polyfleet.controller.services.access import Principal, UnknownSite
+from polyfleet.controller.store.base import (
     AGENTS,
     DEVICES,
     EVENTS,
@@ -49,7 +49,7 @@ from controller.store.base import (
     Doc,
     Store,
 )
-from shared.schema import (
+from polyfleet.shared.schema import (
     HealthState,
     Model,
     Problem,

@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from controller.clock import Clock
-from controller.events import EventBus, JobFinished
-from controller.services.inventory import UnknownDevice
-from controller.store.base import DEVICES, EVENTS, JOBS, Doc, Store
-from controller.store.journal import fsync_dir
-from shared.schema import Job, JobKind, JobResult
+from polyfleet.controller.clock import Clock
+from polyfleet.controller.events import EventBus, JobFinished
+from polyfleet.controller.services.inventory import UnknownDevice
+from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, Doc, Store
+from polyfleet.controller.store.journal import fsync_dir
+from polyfleet.shared.schema import Job, JobKind, JobResult
 
 FINISHED = frozenset({"done", "failed", "refused"})
 

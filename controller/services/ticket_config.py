@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from controller.domain.faults import (
+from polyfleet.controller.domain.faults import (
     DEFAULT_CLEAR_AFTER,
     DEFAULT_FLAP_COUNT,
     DEFAULT_FLAP_WINDOW,
@@ -22,7 +22,7 @@ from controller.domain.faults import (
     DEFAULT_UNREACHABLE_MIN_DURATION,
     FaultPolicy,
 )
-from controller.domain.tickets import LANGUAGES, Language
+from polyfleet.controller.domain.tickets import LANGUAGES, Language
 
 #: W7: the desk's e-mail and the escalation contact.
 DEFAULT_DESK_EMAIL = "pomoc@myhezo.pl"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from controller.services.jobs import JobService
-from controller.services.ticket_service import CollectedBundle
-from shared.schema import JobKind
+from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.services.ticket_service import CollectedBundle
+from polyfleet.shared.schema import JobKind
 
 
 class DiagnosticsFailed(RuntimeError):

@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.domain.assets import Asset
-from controller.domain.calendar import warsaw_date
-from controller.domain.entitlement import plan_in_force
-from controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
-from controller.domain.plans import PlanCatalogue
-from controller.domain.sla import SlaTerms
-from controller.domain.tickets import (
+from polyfleet.controller.domain.assets import Asset
+from polyfleet.controller.domain.calendar import warsaw_date
+from polyfleet.controller.domain.entitlement import plan_in_force
+from polyfleet.controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
+from polyfleet.controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.sla import SlaTerms
+from polyfleet.controller.domain.tickets import (
     ACTIVE,
     Bundle,
     Ticket,
@@ -34,7 +34,7 @@ from controller.domain.tickets import (
     render_ticket,
     ticket_id,
 )
-from controller.services.delivery import (
+from polyfleet.controller.services.delivery import (
     FAILED,
     OUTBOX,
     SENT,
@@ -46,11 +46,11 @@ from controller.services.delivery import (
     outbox_entries,
     utc_now,
 )
-from controller.services.email import Attachment
-from controller.services.entitlement import ASSETS
-from controller.services.ticket_config import TicketSettings
-from controller.store.base import SITES, Doc, Store
-from shared.schema import Model, Snapshot
+from polyfleet.controller.services.email import Attachment
+from polyfleet.controller.services.entitlement import ASSETS
+from polyfleet.controller.services.ticket_config import TicketSettings
+from polyfleet.controller.store.base import SITES, Doc, Store
+from polyfleet.shared.schema import Model, Snapshot
 
 log = logging.getLogger(__name__)
 

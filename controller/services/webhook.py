@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from controller.services.email import DeliveryError
-from controller.services.ticket_config import WebhookSettings
+from polyfleet.controller.services.email import DeliveryError
+from polyfleet.controller.services.ticket_config import WebhookSettings
 
 DELIVERY_HEADER = "X-Polyfleet-Delivery"
 

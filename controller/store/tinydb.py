@@ -34,15 +34,15 @@ from types import MappingProxyType
 from tinydb import TinyDB
 from tinydb.storages import JSONStorage
 
-from controller.config import DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_SNAPSHOT_INTERVAL_S
-from controller.store.base import (
+from polyfleet.controller.config import DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_SNAPSHOT_INTERVAL_S
+from polyfleet.controller.store.base import (
     Doc,
     StoreError,
     StoreLocked,
     StoreUnavailable,
     check_collection,
 )
-from controller.store.journal import (
+from polyfleet.controller.store.journal import (
     JournalWriter,
     encode_json,
     encode_line,

@@ -7,10 +7,10 @@ from typing import Any
 
 import aiohttp
 
-from agent.config import AgentConfig, DeviceConfig, Secret
-from agent.pins import PinStore
-from agent.poller import Poller
-from simulator.device import SimDevice
+from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
+from polyfleet.agent.pins import PinStore
+from polyfleet.agent.poller import Poller
+from polyfleet.simulator.device import SimDevice
 
 
 def device_config(device: SimDevice, password_file: Path, **overrides: Any) -> DeviceConfig:
@@ -100,7 +100,7 @@ class RecordingController:
 
 
 def write_credential(path: Path, url: str) -> None:
-    from agent.uplink import Credential
+    from polyfleet.agent.uplink import Credential
 
     Credential(
         controller_url=url,

@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from simulator.fleet import DeviceSpec
-from simulator.lab import Lab
-from simulator.testing import TEST_PASSWORD, start_lab
+from polyfleet.simulator.fleet import DeviceSpec
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import TEST_PASSWORD, start_lab
 
 LabFactory = Callable[[list[DeviceSpec]], Awaitable[Lab]]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.uplink import Credential
-from shared.errors import ConfigError
+from polyfleet.agent.config import load_config
+from polyfleet.agent.uplink import Credential
+from polyfleet.shared.errors import ConfigError
 
 GOOD = """
 [agent]
@@ -126,7 +126,7 @@ def test_example_config_documents_the_defaults() -> None:
     """deploy/agent.example.toml loads, and every value it shows is the built-in default."""
     from dataclasses import fields
 
-    from agent.config import AgentConfig
+    from polyfleet.agent.config import AgentConfig
 
     example = Path(__file__).resolve().parents[2] / "deploy" / "agent.example.toml"
     config = load_config(example)

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from agent_testkit import SwitchableLink, agent_config, device_config, make_poller
 
-from agent.pins import PinStore
-from shared.schema import HealthState, ProblemCode
-from simulator.testing import make_device
+from polyfleet.agent.pins import PinStore
+from polyfleet.shared.schema import HealthState, ProblemCode
+from polyfleet.simulator.testing import make_device
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.drivers.videoos import _float, parse_uptime_text
+from polyfleet.agent.drivers.videoos import _float, parse_uptime_text
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from agent.discovery import discover, expand_ranges
-from shared.errors import ConfigError
-from simulator.testing import make_device
+from polyfleet.agent.discovery import discover, expand_ranges
+from polyfleet.shared.errors import ConfigError
+from polyfleet.simulator.testing import make_device
 
 
 def test_ranges_are_bounded() -> None:
@@ -56,6 +56,7 @@ async def test_discover_shows_progress_on_a_terminal(lab_factory: Any) -> None:
     master, slave = pty.openpty()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "polyfleet",
         "agent",
@@ -98,6 +99,7 @@ async def test_discover_without_terminal_prints_no_progress(
     d = lab.devices["DISC4"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "polyfleet",
         "agent",
@@ -117,9 +119,9 @@ async def test_discover_without_terminal_prints_no_progress(
 
 async def test_discover_tells_videoos_from_other_hosts(tmp_path: Path) -> None:
     """A Poly desk phone, a web UI and another vendor's API answer; only VideoOS counts as Poly."""
-    from simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
-    from simulator.lab import Lab
-    from simulator.testing import fleet_of, next_address
+    from polyfleet.simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
+    from polyfleet.simulator.lab import Lab
+    from polyfleet.simulator.testing import fleet_of, next_address
 
     others = [
         OtherHostSpec(name="phone-1", address=next_address(), kind="poly_phone", rest_port=0),

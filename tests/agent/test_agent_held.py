@@ -13,13 +13,13 @@ import aiohttp
 import pytest
 from agent_testkit import agent_config, device_config, wait_for, wait_for_async
 
-from agent.held import HeldReports
-from agent.service import AgentService
-from agent.uplink import Credential, Uplink
-from controller.keys import INVENTORY
-from controller.testing import RunningController, running_controller
+from polyfleet.agent.held import HeldReports
+from polyfleet.agent.service import AgentService
+from polyfleet.agent.uplink import Credential, Uplink
 from polyfleet.cli import main
-from shared.schema import (
+from polyfleet.controller.keys import INVENTORY
+from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
     Firmware,
     Health,
@@ -31,7 +31,7 @@ from shared.schema import (
     Snapshot,
     Via,
 )
-from simulator.testing import make_device
+from polyfleet.simulator.testing import make_device
 
 
 async def register_at(controller: RunningController, site: str, serials: list[str]) -> None:
@@ -164,7 +164,7 @@ async def _has_more(controller: RunningController, serial: str, count: int) -> b
 
 async def test_held_reports_survive_a_restart(tmp_path: Path) -> None:
     """Held reports are on disk: a new HeldReports over the same folder has them, in order."""
-    from agent.outbox import Outbox
+    from polyfleet.agent.outbox import Outbox
 
     outbox = Outbox(tmp_path / "outbox")
     await outbox.open()
@@ -221,9 +221,9 @@ async def test_refusal_naming_nobody_is_bisected_and_agent_refusals_block(
     """A 422 naming no report: halves go until the bad one stands alone; a 401 holds nothing."""
     from aiohttp import web
 
-    from agent.delivery import ReportSender
-    from agent.outbox import Outbox
-    from agent.uplink import ControllerRefused
+    from polyfleet.agent.delivery import ReportSender
+    from polyfleet.agent.outbox import Outbox
+    from polyfleet.agent.uplink import ControllerRefused
 
     received: list[str] = []
     notices: list[dict[str, Any]] = []
@@ -290,7 +290,7 @@ async def test_held_over_its_bound_drops_repeats_first_and_counts_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past its size bound the held spool drops unchanged repeats before any change, and says so."""
-    from agent.outbox import Outbox
+    from polyfleet.agent.outbox import Outbox
 
     outbox = Outbox(tmp_path / "outbox")
     await outbox.open()

@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 from agent_testkit import agent_config, device_config, make_poller, wait_for
 
-from agent.jobs import JobRunner
-from agent.uplink import Uplink
-from shared.schema import HealthState, Job, JobKind
-from simulator.testing import make_device
+from polyfleet.agent.jobs import JobRunner
+from polyfleet.agent.uplink import Uplink
+from polyfleet.shared.schema import HealthState, Job, JobKind
+from polyfleet.simulator.testing import make_device
 
 
 def job(serial: str, kind: JobKind) -> Job:

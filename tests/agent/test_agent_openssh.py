@@ -17,12 +17,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.config import DeviceConfig, Secret
-from agent.drivers.base import DriverContext, Pins
-from agent.drivers.videoos import VideoOSDriver
-from agent.transport.ssh import SshClient
-from shared.errors import CertificateMismatch, DeviceError, DeviceUnreachable, NotAPolyDevice
-from shared.fingerprint import normalise_fingerprint
+from polyfleet.agent.config import DeviceConfig, Secret
+from polyfleet.agent.drivers.base import DriverContext, Pins
+from polyfleet.agent.drivers.videoos import VideoOSDriver
+from polyfleet.agent.transport.ssh import SshClient
+from polyfleet.shared.errors import (
+    CertificateMismatch,
+    DeviceError,
+    DeviceUnreachable,
+    NotAPolyDevice,
+)
+from polyfleet.shared.fingerprint import normalise_fingerprint
 
 SSHD = "/usr/sbin/sshd"
 

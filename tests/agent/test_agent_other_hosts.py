@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from agent_testkit import agent_config, make_poller
 
-from agent.config import DeviceConfig, Secret
-from simulator.fleet import DeviceSpec, FleetSpec, OtherHostSpec, RoomSpec, SiteSpec
-from simulator.lab import Lab
-from simulator.other_host import OtherHost
-from simulator.testing import TEST_PASSWORD, fleet_of, make_device, next_address
+from polyfleet.agent.config import DeviceConfig, Secret
+from polyfleet.simulator.fleet import DeviceSpec, FleetSpec, OtherHostSpec, RoomSpec, SiteSpec
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.other_host import OtherHost
+from polyfleet.simulator.testing import TEST_PASSWORD, fleet_of, make_device, next_address
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("web_server", "json_api", "poly_phone")
@@ -45,6 +45,7 @@ async def polyfleet(*argv: str) -> Run:
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "polyfleet",
         *argv,

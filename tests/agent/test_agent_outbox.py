@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.outbox import Outbox, OutboxFullError
-from shared.schema import (
+from polyfleet.agent.outbox import Outbox, OutboxFullError
+from polyfleet.shared.schema import (
     Firmware,
     Health,
     HealthState,

@@ -13,13 +13,13 @@ import aiohttp
 import pytest
 from agent_testkit import agent_config, device_config, make_poller
 
-from agent.drivers.videoos import problems_from_status
-from agent.outbox import Outbox
-from agent.pins import PinStore
-from agent.poller import Poller
+from polyfleet.agent.drivers.videoos import problems_from_status
+from polyfleet.agent.outbox import Outbox
+from polyfleet.agent.pins import PinStore
+from polyfleet.agent.poller import Poller
 from polyfleet.cli import main
-from shared.schema import HealthState, ProblemCode, Snapshot
-from simulator.testing import make_device
+from polyfleet.shared.schema import HealthState, ProblemCode, Snapshot
+from polyfleet.simulator.testing import make_device
 
 
 def codes(snapshot: Snapshot) -> set[str]:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from polyfleet.cli import main
-from shared.schema import Snapshot
-from simulator.device import SimDevice
-from simulator.testing import make_device
+from polyfleet.shared.schema import Snapshot
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.testing import make_device
 
 
 async def probe(

@@ -12,14 +12,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agent.transport.rest import FeatureAbsent, RestClient
-from shared.errors import (
+from polyfleet.agent.transport.rest import FeatureAbsent, RestClient
+from polyfleet.shared.errors import (
     AuthenticationFailed,
     DeviceProtocolError,
     DeviceWedged,
     LockedOut,
 )
-from simulator.identity import make_tls_identity
+from polyfleet.simulator.identity import make_tls_identity
 
 Handler = Callable[[web.Request], web.StreamResponse]
 

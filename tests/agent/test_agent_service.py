@@ -21,8 +21,8 @@ from agent_testkit import (
     write_credential,
 )
 
-from agent.service import AgentService
-from simulator.testing import make_device
+from polyfleet.agent.service import AgentService
+from polyfleet.simulator.testing import make_device
 
 
 async def test_controller_outage_every_report_delivered_once(
@@ -107,7 +107,7 @@ async def test_kill_9_and_restart_loses_nothing(
     toml = tmp_path / "agent.toml"
     agent_toml(toml, data_dir, controller.url, list(lab.devices.values()), password_file)
     write_credential(data_dir / "credential.json", controller.url)
-    argv = [sys.executable, "-m", "polyfleet", "agent", "run", "--config", str(toml)]
+    argv = [sys.executable, "-P", "-m", "polyfleet", "agent", "run", "--config", str(toml)]
     first = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.DEVNULL)
     try:
         await wait_for(lambda: len(spooled_ids(data_dir / "outbox")) >= 10, what="spooled reports")
@@ -129,8 +129,8 @@ async def test_kill_9_and_restart_loses_nothing(
 
 async def test_enroll_command_stores_credential_0600(tmp_path: Path) -> None:
     """`agent enroll` against the real controller stores the credential with mode 0600."""
-    from controller.testing import running_controller
     from polyfleet.cli import main
+    from polyfleet.controller.testing import running_controller
 
     async with running_controller(tmp_path / "ctl") as controller:
         code = await controller.enrollment_code("krk")
@@ -197,8 +197,8 @@ async def test_enroll_refuses_before_spending_the_code_when_it_cannot_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`agent enroll` with nowhere to store the credential fails first; the code still works."""
-    from controller.testing import running_controller
     from polyfleet.cli import main
+    from polyfleet.controller.testing import running_controller
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 from agent_testkit import SwitchableLink, agent_config, device_config, wait_for, wait_for_async
 
-from agent.config import Secret
-from agent.service import AgentService
-from agent.uplink import Credential
-from controller.testing import running_controller
-from simulator.testing import make_device
+from polyfleet.agent.config import Secret
+from polyfleet.agent.service import AgentService
+from polyfleet.agent.uplink import Credential
+from polyfleet.controller.testing import running_controller
+from polyfleet.simulator.testing import make_device
 
 
 async def test_agent_reports_and_runs_jobs(

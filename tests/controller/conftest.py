@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from controller_testkit import SettableClock
 
-from controller.testing import RunningController, running_controller
+from polyfleet.controller.testing import RunningController, running_controller
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.schema import PROTOCOL_VERSION
+from polyfleet.shared.schema import PROTOCOL_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)
@@ -77,6 +77,7 @@ async def start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess
     """Start `polyfleet controller serve` on port 0; returns the process and its URL."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "polyfleet",
         "controller",
@@ -100,6 +101,7 @@ async def cli(*args: str) -> str:
     """Run `polyfleet controller ARGS...`; its standard output (exit status must be 0)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "polyfleet",
         "controller",

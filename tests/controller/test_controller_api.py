@@ -17,15 +17,15 @@ from controller_testkit import batch, bearer, report, snapshot
 from openapi_spec_validator import validate as validate_spec
 from pydantic import BaseModel
 
-from controller.api.openapi import build_openapi
-from controller.api.spec import READERS, endpoint
-from controller.app import create_app
-from controller.config import ControllerConfig
-from controller.events import Event, JobFinished
-from controller.keys import ACCESS, EVENT_BUS, JOBS
-from controller.services.access import Role
-from controller.testing import RunningController, running_controller
-from shared.schema import JobKind
+from polyfleet.controller.api.openapi import build_openapi
+from polyfleet.controller.api.spec import READERS, endpoint
+from polyfleet.controller.app import create_app
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.events import Event, JobFinished
+from polyfleet.controller.keys import ACCESS, EVENT_BUS, JOBS
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.shared.schema import JobKind
 
 
 async def _seed(controller: RunningController, http: aiohttp.ClientSession) -> str:

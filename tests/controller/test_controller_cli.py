@@ -14,7 +14,7 @@ import pytest
 from controller_testkit import batch, bearer, cli, report, snapshot, start_server
 
 from polyfleet.cli import main
-from shared.schema import PROTOCOL_VERSION
+from polyfleet.shared.schema import PROTOCOL_VERSION
 
 
 def test_first_run_commands_without_server(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import ConfigError, ControllerConfig, load_config
+from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 
 
 def _write(tmp_path: Path, text: str) -> Path:

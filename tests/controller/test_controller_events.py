@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from controller_testkit import batch, bearer, report, snapshot
 
-from controller.events import (
+from polyfleet.controller.events import (
     AgentOnline,
     DeviceAdded,
     Event,
@@ -19,9 +19,9 @@ from controller.events import (
     SnapshotIngested,
     SnapshotsIngested,
 )
-from controller.keys import EVENT_BUS
-from controller.store.tinydb import TinyDBStore
-from controller.testing import RunningController
+from polyfleet.controller.keys import EVENT_BUS
+from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.testing import RunningController
 
 
 async def _post(
@@ -105,7 +105,7 @@ async def test_batch_subscriber_gets_every_waiting_event_in_one_call(
             AgentOnline(at=at, site_id="krk", agent_id="a1"),
             DeviceAdded(at=at, site_id="krk", serial="B", model="studio_x30"),
         ]
-        with caplog.at_level(logging.ERROR, logger="controller.events"):
+        with caplog.at_level(logging.ERROR, logger="polyfleet.controller.events"):
             bus.dispatch(first)
             await bus.drain()
         assert calls == [first]

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from controller.config import ControllerConfig
-from controller.events import EventBus
-from controller.services.access import Principal, Role
-from controller.services.inventory import Inventory
-from controller.store.base import DEVICES, REPORTS
-from controller.store.tinydb import TinyDBStore
-from shared.schema import ReportBatch, ReportBatchAck
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.events import EventBus
+from polyfleet.controller.services.access import Principal, Role
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.store.base import DEVICES, REPORTS
+from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.shared.schema import ReportBatch, ReportBatchAck
 from tests.controller.controller_testkit import SettableClock, batch, report, snapshot
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

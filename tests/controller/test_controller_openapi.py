@@ -19,13 +19,13 @@ from controller_testkit import batch, bearer, report, snapshot
 from openapi_spec_validator import validate as validate_spec
 from pydantic import BaseModel
 
-from controller.api.openapi import build_openapi
-from controller.api.spec import ADMINS, Param, endpoint
-from controller.app import create_app
-from controller.config import ControllerConfig
-from controller.keys import ACCESS, EVENT_BUS
-from controller.services.access import Role
-from controller.testing import RunningController, running_controller
+from polyfleet.controller.api.openapi import build_openapi
+from polyfleet.controller.api.spec import ADMINS, Param, endpoint
+from polyfleet.controller.app import create_app
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.keys import ACCESS, EVENT_BUS
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.testing import RunningController, running_controller
 
 NOW = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
 REGISTRY = """\

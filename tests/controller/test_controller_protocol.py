@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from controller_testkit import SettableClock, batch, bearer, report, snapshot
 
-from agent.delivery import _NAMED_SERIAL
-from controller.keys import INVENTORY
-from controller.testing import RunningController, running_controller
-from shared.schema import MAX_BATCH_SNAPSHOTS, MAX_BODY_BYTES, PROTOCOL_VERSION
+from polyfleet.agent.delivery import _NAMED_SERIAL
+from polyfleet.controller.keys import INVENTORY
+from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.shared.schema import MAX_BATCH_SNAPSHOTS, MAX_BODY_BYTES, PROTOCOL_VERSION
 
 
 async def _post(

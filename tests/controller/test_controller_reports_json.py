@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from controller_testkit import batch, bearer, report, snapshot
 
-from controller.testing import RunningController
-from shared.schema import ReportBatch, _in_json_form, reports_json
+from polyfleet.controller.testing import RunningController
+from polyfleet.shared.schema import ReportBatch, _in_json_form, reports_json
 
 AGENT_FORM = json.loads(
     ReportBatch.model_validate(

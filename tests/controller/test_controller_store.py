@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from controller_testkit import batch, bearer, cli, report, snapshot, start_server
 
-from controller.store.base import StoreError, StoreLocked
-from controller.store.tinydb import TinyDBStore
-from controller.testing import running_controller
-from shared.schema import PROTOCOL_VERSION
+from polyfleet.controller.store.base import StoreError, StoreLocked
+from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.testing import running_controller
+from polyfleet.shared.schema import PROTOCOL_VERSION
 
 
 @contextlib.asynccontextmanager

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controller.app import read_runtime, serve
-from controller.config import ControllerConfig
+from polyfleet.controller.app import read_runtime, serve
+from polyfleet.controller.config import ControllerConfig
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:

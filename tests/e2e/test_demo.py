@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from simulator.fleet import load_fleet
+from polyfleet.simulator.fleet import load_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_FLEET = ROOT / "deploy" / "examples" / "fleet-demo.toml"
@@ -49,6 +49,7 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
     assert any(model == "studio_e70" for model in expected.values())
     process = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "polyfleet",
         "demo",

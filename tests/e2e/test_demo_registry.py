@@ -6,8 +6,8 @@ from datetime import date, timedelta
 
 import pytest
 
-from controller.domain.assets import parse_registry
-from controller.services.entitlement import load_plans
+from polyfleet.controller.domain.assets import parse_registry
+from polyfleet.controller.services.entitlement import load_plans
 from polyfleet.demo import DEMO_ASSETS, DEMO_ASSETS_AS_OF, shift_registry_dates
 
 

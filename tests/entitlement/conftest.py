@@ -7,11 +7,11 @@ from datetime import date, datetime
 
 import pytest
 
-from controller.domain.assets import COLUMNS, Asset, parse_registry
-from controller.domain.calendar import WARSAW
-from controller.domain.plans import PlanCatalogue
-from controller.domain.releases import ReleaseCatalogue
-from controller.services.entitlement import load_plans, load_releases
+from polyfleet.controller.domain.assets import COLUMNS, Asset, parse_registry
+from polyfleet.controller.domain.calendar import WARSAW
+from polyfleet.controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.releases import ReleaseCatalogue
+from polyfleet.controller.services.entitlement import load_plans, load_releases
 
 Row = dict[str, str]
 CsvOf = Callable[..., str]

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from controller.domain.plans import CatalogueError, parse_plans
-from controller.domain.releases import make_release, parse_releases, render_releases
-from controller.services.entitlement import (
+from polyfleet.controller.domain.plans import CatalogueError, parse_plans
+from polyfleet.controller.domain.releases import make_release, parse_releases, render_releases
+from polyfleet.controller.services.entitlement import (
     DEFAULT_PLANS_PATH,
     DEFAULT_RELEASES_PATH,
     add_release,

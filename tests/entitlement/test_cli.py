@@ -12,11 +12,15 @@ from typing import Any
 
 import pytest
 
-from controller.app import read_runtime, serve
-from controller.config import ControllerConfig
-from controller.services.entitlement import DEFAULT_PLANS_PATH, DEFAULT_RELEASES_PATH, registry
-from controller.store.tinydb import TinyDBStore
 from polyfleet.cli import main
+from polyfleet.controller.app import read_runtime, serve
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.services.entitlement import (
+    DEFAULT_PLANS_PATH,
+    DEFAULT_RELEASES_PATH,
+    registry,
+)
+from polyfleet.controller.store.tinydb import TinyDBStore
 
 from .conftest import BASELINE, REJECTED, csv_of, row
 
@@ -43,7 +47,7 @@ FIRMWARE = "serial,version\nX50HZ,4.1.0_00.180034\nG7HZ,4.2.2-408037\n"
 
 def polyfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "polyfleet", "controller", *args],
+        [sys.executable, "-P", "-m", "polyfleet", "controller", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -259,6 +263,7 @@ async def test_assets_import_goes_through_a_running_server(tmp_path: Path) -> No
         good = write(tmp_path / "good.csv", REGISTRY)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",
             "-m",
             "polyfleet",
             "controller",
@@ -278,6 +283,7 @@ async def test_assets_import_goes_through_a_running_server(tmp_path: Path) -> No
         bad = write(tmp_path / "bad.csv", csv_of(row("Q", model="nope")))
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",
             "-m",
             "polyfleet",
             "controller",

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.domain.assets import Asset, parse_registry
-from controller.domain.entitlement import judge
-from controller.domain.forecast import forecast
-from controller.domain.plans import PlanCatalogue
-from controller.domain.releases import ReleaseCatalogue
+from polyfleet.controller.domain.assets import Asset, parse_registry
+from polyfleet.controller.domain.entitlement import judge
+from polyfleet.controller.domain.forecast import forecast
+from polyfleet.controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.releases import ReleaseCatalogue
 
 from .conftest import csv_of, noon, row
 

@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller.keys import ACCESS
-from controller.services.access import Role
-from controller.services.entitlement import DEFAULT_RELEASES_PATH, add_release
-from controller.testing import RunningController, running_controller
-from shared.schema import (
+from polyfleet.controller.keys import ACCESS
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.services.entitlement import DEFAULT_RELEASES_PATH, add_release
+from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
     Firmware,
     Health,

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from controller.domain.assets import (
+from polyfleet.controller.domain.assets import (
     Asset,
     RegistryImportError,
     parse_installed_firmware,
@@ -16,7 +16,7 @@ from controller.domain.assets import (
     render_registry,
     whole_years,
 )
-from controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.plans import PlanCatalogue
 
 from .conftest import BASELINE, REJECTED, TODAY, csv_of, row
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from controller.domain.assets import Asset, InstalledFirmware
-from controller.domain.entitlement import (
+from polyfleet.controller.domain.assets import Asset, InstalledFirmware
+from polyfleet.controller.domain.entitlement import (
     EXPIRY_HORIZONS,
     FLAGS,
     entitled_to,
@@ -20,11 +20,11 @@ from controller.domain.entitlement import (
     parse_moment,
     unknown_asset_verdict,
 )
-from controller.domain.plans import PlanCatalogue, parse_plans
-from controller.domain.releases import ReleaseCatalogue, hop_kind
-from controller.domain.sla import SlaTerms, delivery_due
-from controller.services.entitlement import DEFAULT_PLANS_PATH
-from shared.version import FirmwareVersion
+from polyfleet.controller.domain.plans import PlanCatalogue, parse_plans
+from polyfleet.controller.domain.releases import ReleaseCatalogue, hop_kind
+from polyfleet.controller.domain.sla import SlaTerms, delivery_due
+from polyfleet.controller.services.entitlement import DEFAULT_PLANS_PATH
+from polyfleet.shared.version import FirmwareVersion
 
 from .conftest import noon, row
 

@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from lab_client import LabFactory, RestClient
 
-from simulator.device import SimDevice
-from simulator.fleet import DeviceSpec
-from simulator.lab import Lab
-from simulator.testing import start_lab
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.fleet import DeviceSpec
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import start_lab
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 import aiohttp
 import paramiko
 
-from shared.fingerprint import sha256_fingerprint
-from simulator.device import SimDevice
-from simulator.lab import Lab
+from polyfleet.shared.fingerprint import sha256_fingerprint
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.lab import Lab
 
 LabFactory = Callable[..., Awaitable[Lab]]
 

@@ -57,7 +57,7 @@ admin_password = "cli-secret-pw3"
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "polyfleet", "sim", *args],
+        [sys.executable, "-P", "-m", "polyfleet", "sim", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

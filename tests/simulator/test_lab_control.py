@@ -13,10 +13,10 @@ import paramiko
 import pytest
 from lab_client import FakeClock, LabFactory, RestClient, connect, wait_for
 
-from simulator.device import SimDevice
-from simulator.fleet import FAULTS, CallWindow, FaultWindow
-from simulator.lab import Lab
-from simulator.testing import fleet_of, make_device, with_update
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.fleet import FAULTS, CallWindow, FaultWindow
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import fleet_of, make_device, with_update
 
 
 async def call(lab: Lab, method: str, path: str, body: Any = None) -> tuple[int, Any]:

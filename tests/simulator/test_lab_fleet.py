@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from simulator.fleet import FAULTS, DeviceSpec, load_fleet
+from polyfleet.shared.errors import ConfigError
+from polyfleet.simulator.fleet import FAULTS, DeviceSpec, load_fleet
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "fleet-demo.toml"
 

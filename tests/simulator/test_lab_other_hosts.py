@@ -10,10 +10,10 @@ import paramiko
 import pytest
 from lab_client import connect, exec_command, pin, read_identification
 
-from simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
-from simulator.lab import Lab
-from simulator.other_host import OtherHost
-from simulator.testing import fleet_of, make_device, next_address
+from polyfleet.simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.other_host import OtherHost
+from polyfleet.simulator.testing import fleet_of, make_device, next_address
 
 
 async def other_lab(tmp_path: Path, others: list[OtherHostSpec]) -> Lab:

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from lab_client import FakeClock, LabFactory, RestClient, pin, wait_for
 
-from simulator.device import FaultError, SimDevice
-from simulator.fleet import PeripheralSpec
-from simulator.lab import Lab
-from simulator.testing import make_device, start_lab
+from polyfleet.simulator.device import FaultError, SimDevice
+from polyfleet.simulator.fleet import PeripheralSpec
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import make_device, start_lab
 
 Rest = Callable[[SimDevice], RestClient]
 

@@ -8,7 +8,7 @@ import threading
 import aiohttp
 from lab_client import LabFactory, RestClient, exec_command
 
-from simulator.testing import make_device
+from polyfleet.simulator.testing import make_device
 
 DEVICES = 1000
 

@@ -14,9 +14,9 @@ import paramiko
 import pytest
 from lab_client import LabFactory, connect, exec_command, read_identification, wait_for
 
-from simulator.device import SimDevice
-from simulator.lab import Lab
-from simulator.testing import fleet_of, make_device
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import fleet_of, make_device
 
 
 def read_until(channel: paramiko.Channel, marker: bytes, timeout: float = 10.0) -> bytes:

@@ -12,8 +12,8 @@ import paramiko
 import pytest
 from lab_client import LabFactory, RestClient, exec_command, pin, wait_for
 
-from simulator.device import SimDevice
-from simulator.testing import make_device, with_update
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.testing import make_device, with_update
 
 Rest = Callable[[SimDevice], RestClient]
 

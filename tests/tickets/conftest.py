@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controller.services.webhook import DELIVERY_HEADER, verify
-from controller.store.tinydb import TinyDBStore
+from polyfleet.controller.services.webhook import DELIVERY_HEADER, verify
+from polyfleet.controller.store.tinydb import TinyDBStore
 
 SMTP_USER = "polyfleet"
 SMTP_PASSWORD = "smtp-secret-Zq81"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.services.delivery import (
+from polyfleet.controller.services.delivery import (
     FAILED,
     OUTBOX,
     DeliveryWorker,
@@ -17,9 +17,9 @@ from controller.services.delivery import (
     TicketOutbox,
     outbox_entries,
 )
-from controller.services.email import Attachment
-from controller.services.ticket_config import ticket_settings
-from controller.store.tinydb import TinyDBStore
+from polyfleet.controller.services.email import Attachment
+from polyfleet.controller.services.ticket_config import ticket_settings
+from polyfleet.controller.store.tinydb import TinyDBStore
 from tickets.conftest import (
     SMTP_PASSWORD,
     SMTP_USER,

@@ -16,17 +16,17 @@ from typing import Any
 
 import aiohttp
 
-from agent.config import AgentConfig, DeviceConfig, Secret
-from agent.service import AgentService
-from agent.uplink import Credential
-from controller.api.tickets import TICKET_DESK, TicketDesk
-from controller.events import Event, SnapshotsIngested
-from controller.keys import EVENT_BUS
-from controller.testing import running_controller
-from shared.schema import ProblemCode, Snapshot
-from simulator.fleet import DeviceSpec, PeripheralSpec
-from simulator.lab import Lab
-from simulator.testing import TEST_PASSWORD, make_device, start_lab
+from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
+from polyfleet.agent.service import AgentService
+from polyfleet.agent.uplink import Credential
+from polyfleet.controller.api.tickets import TICKET_DESK, TicketDesk
+from polyfleet.controller.events import Event, SnapshotsIngested
+from polyfleet.controller.keys import EVENT_BUS
+from polyfleet.controller.testing import running_controller
+from polyfleet.shared.schema import ProblemCode, Snapshot
+from polyfleet.simulator.fleet import DeviceSpec, PeripheralSpec
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import TEST_PASSWORD, make_device, start_lab
 from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
 
 SITE = "test-site"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controller.domain.faults import (
+from polyfleet.controller.domain.faults import (
     AGENT_OFFLINE,
     SITE_UNREACHABLE,
     FaultDetector,
@@ -13,7 +13,16 @@ from controller.domain.faults import (
     FaultEventKind,
     FaultPolicy,
 )
-from shared.schema import Firmware, Health, Model, Problem, ProblemCode, Provider, Snapshot, Via
+from polyfleet.shared.schema import (
+    Firmware,
+    Health,
+    Model,
+    Problem,
+    ProblemCode,
+    Provider,
+    Snapshot,
+    Via,
+)
 
 T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)

@@ -19,15 +19,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller.api.tickets import TICKET_DESK
-from controller.app import serve
-from controller.config import ControllerConfig
-from controller.domain.tickets import ticket_id
-from controller.keys import EVENT_BUS, INVENTORY, JOBS, STORE
-from controller.services.ticket_service import FAULT_STATE, TicketService
-from controller.testing import RunningController, running_controller
 from polyfleet.cli import main
-from shared.schema import (
+from polyfleet.controller.api.tickets import TICKET_DESK
+from polyfleet.controller.app import serve
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.domain.tickets import ticket_id
+from polyfleet.controller.keys import EVENT_BUS, INVENTORY, JOBS, STORE
+from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
+from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
     Firmware,
     Health,
@@ -334,6 +334,7 @@ async def cli(lab: Lab, *argv: str, expect: int = 0, process: bool = False) -> A
     if process:
         child = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",
             "-m",
             "polyfleet",
             *args,
@@ -470,6 +471,7 @@ async def test_tickets_cli_finds_a_local_server_through_its_data_dir(tmp_path: P
         env = {k: v for k, v in os.environ.items() if k != "POLYFLEET_TOKEN"}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",
             "-m",
             "polyfleet",
             "controller",

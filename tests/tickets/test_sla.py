@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from controller.domain.sla import SlaTerms, delivery_due, reaction_due, return_due
-from controller.services.entitlement import load_plans
 from polyfleet.cli import main
+from polyfleet.controller.domain.sla import SlaTerms, delivery_due, reaction_due, return_due
+from polyfleet.controller.services.entitlement import load_plans
 
 CATALOGUE = load_plans()
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controller.domain.sla import SlaTerms
-from controller.domain.tickets import (
+from polyfleet.controller.domain.sla import SlaTerms
+from polyfleet.controller.domain.tickets import (
     _FAULTS,
     _LABELS,
     NOTES,
@@ -20,7 +20,7 @@ from controller.domain.tickets import (
     render_ticket,
     ticket_id,
 )
-from controller.services.entitlement import load_plans
+from polyfleet.controller.services.entitlement import load_plans
 
 T0 = datetime(2025, 11, 28, 15, 30, tzinfo=UTC)  # Friday 16:30 in Warsaw
 

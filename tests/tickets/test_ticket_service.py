@@ -9,15 +9,24 @@ from typing import Any
 
 import pytest
 
-from controller.domain.assets import Asset, Contract
-from controller.domain.tickets import TicketStatus, ticket_id
-from controller.services.delivery import SENT
-from controller.services.entitlement import ASSETS, load_plans
-from controller.services.ticket_config import ticket_settings
-from controller.services.ticket_service import FAULT_STATE, TicketService
-from controller.store.base import SITES
-from controller.store.tinydb import TinyDBStore
-from shared.schema import Firmware, Health, Model, Problem, ProblemCode, Provider, Snapshot, Via
+from polyfleet.controller.domain.assets import Asset, Contract
+from polyfleet.controller.domain.tickets import TicketStatus, ticket_id
+from polyfleet.controller.services.delivery import SENT
+from polyfleet.controller.services.entitlement import ASSETS, load_plans
+from polyfleet.controller.services.ticket_config import ticket_settings
+from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
+from polyfleet.controller.store.base import SITES
+from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.shared.schema import (
+    Firmware,
+    Health,
+    Model,
+    Problem,
+    ProblemCode,
+    Provider,
+    Snapshot,
+    Via,
+)
 from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
 
 # Monday 24 November 2025, 10:00 in Warsaw.
