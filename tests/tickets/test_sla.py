@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import holidays
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from polyfleet.cli import main
 from polyfleet.controller.domain.sla import SlaTerms, delivery_due, reaction_due, return_due
@@ -279,3 +284,21 @@ def test_C1_24_december_is_a_holiday_from_2025(sent: str, reaction: str, deliver
     due = reaction_due(hezo, at(sent))
     assert due is not None and due.isoformat() == reaction
     assert delivery_due(hezo, at(sent)).isoformat() == delivery
+
+
+#: The first release of ``holidays`` whose Polish calendar has 24 December from 2025 on,
+#: found by installing each release in turn (0.63 lacks it, 0.64 has it).
+FIRST_HOLIDAYS_WITH_24_DECEMBER = Version("0.64")
+
+
+def test_C1_declared_holidays_floor_has_24_december() -> None:
+    """The lowest `holidays` the package allows knows 24 December as a Polish holiday."""
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text("utf-8"))
+    (declared,) = [
+        Requirement(text)
+        for text in project["project"]["dependencies"]
+        if Requirement(text).name == "holidays"
+    ]
+    floors = [Version(spec.version) for spec in declared.specifier if spec.operator == ">="]
+    assert floors and min(floors) >= FIRST_HOLIDAYS_WITH_24_DECEMBER, str(declared)
+    assert Version(holidays.__version__) in declared.specifier
