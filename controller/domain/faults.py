@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from polyfleet.controller.clock import earlier
+from polyfleet.controller.domain.timestamps import earlier
 from polyfleet.shared.schema import PROBLEM_SEVERITY, HealthState, ProblemCode, Snapshot
 
 DEFAULT_MIN_REPORTS = 2
