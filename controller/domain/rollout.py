@@ -1,0 +1,848 @@
+"""Firmware rollout planning: devices, catalogues, contracts and now in; waves, hops, reasons out.
+
+A plan puts every device in scope into one of three states:
+
+- ``planned``: it gets a wave and a window (site time), and one hop per catalogue step from
+  its installed version to the target (E7), each judged for entitlement at its planned
+  install time (S3, S4). Teams mode units are planned too, as ``teams_admin_center``: the
+  rollout tracks and verifies them, it never orders them.
+- ``held``: it could be updated but not now (open ticket, unhealthy, unreachable, penalty
+  box, or no entitlement at any wave's time): no wave.
+- ``excluded``: it will not be updated by this rollout (already current, no path, an E70
+  that follows its host, or the admin said so): no wave.
+
+Wave 0 is the canary: per site, the healthiest devices of the most common model and mode
+among those the rollout updates itself. The other waves take cumulative shares of each
+site's remaining devices (``10%,50%,100%``). A device whose entitlement window closes
+before its wave is moved to the latest earlier wave that is still inside it (S4), and its
+entry says so in ``notes``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, tzinfo
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from polyfleet.controller.domain.assets import Asset
+from polyfleet.controller.domain.calendar import warsaw_date
+from polyfleet.controller.domain.entitlement import Span, coverage
+from polyfleet.controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.releases import Release, ReleaseCatalogue, hop_kind, is_newer
+from polyfleet.shared.version import FirmwareVersion, VersionError
+
+DEFAULT_CANARY = 1
+DEFAULT_WAVES = (10, 50, 100)
+DEFAULT_WINDOW = "01:00-05:00"
+DEFAULT_MAX_FAILURES = 10
+DEFAULT_PER_SITE = 5
+#: Each wave opens this long after the one before it (a night, by default).
+DEFAULT_WAVE_GAP = timedelta(days=1)
+#: The planned spacing of two hops of one device inside its window: install, reboot, verify.
+HOP_SPACING = timedelta(minutes=45)
+
+Channel = Literal["agent", "teams_admin_center", "none"]
+ReasonCode = Literal[
+    "already_current",
+    "not_entitled",
+    "no_path",
+    "open_ticket",
+    "unhealthy",
+    "unreachable",
+    "in_penalty_box",
+    "follows_host",
+    "teams_managed",
+    "excluded_by_admin",
+]
+REASON_CODES: tuple[str, ...] = (
+    "already_current",
+    "not_entitled",
+    "no_path",
+    "open_ticket",
+    "unhealthy",
+    "unreachable",
+    "in_penalty_box",
+    "follows_host",
+    "teams_managed",
+    "excluded_by_admin",
+)
+#: Reasons that leave a device out of this rollout for good.
+EXCLUDING = frozenset({"already_current", "no_path", "follows_host", "excluded_by_admin"})
+#: Reasons that hold a device that could otherwise be updated.
+HOLDING = frozenset({"not_entitled", "open_ticket", "unhealthy", "unreachable", "in_penalty_box"})
+#: Every status a device entry may have, planned ones first, then the running ones.
+DEVICE_STATUSES = (
+    "planned",
+    "held",
+    "excluded",
+    "waiting_window",
+    "postponed_in_call",
+    "downloading",
+    "installing",
+    "verifying",
+    "done",
+    "failed",
+    "skipped",
+)
+#: Problems that keep the agent from ordering an update even though the unit answers.
+BLOCKING_PROBLEMS = frozenset({"auth_failed", "locked_out", "certificate_changed"})
+#: Health order for the canary choice: the best first.
+_HEALTH_RANK = {"ok": 0, "degraded": 1, "fault": 2, "unreachable": 3}
+#: Models whose firmware comes with their host's (E70 cameras).
+CAMERA_MODELS = frozenset({"studio_e70"})
+
+
+class PlanError(ValueError):
+    """A plan request that cannot be planned; ``field`` names the flag or key to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Window:
+    """A daily maintenance window in site time; ``end`` before ``start`` crosses midnight."""
+
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """``HH:MM-HH:MM``; PlanError names the problem."""
+        parts = text.strip().split("-")
+        if len(parts) != 2:
+            raise PlanError("window", f"{text!r} is not HH:MM-HH:MM (e.g. 01:00-05:00)")
+        try:
+            start, end = (time.fromisoformat(part.strip()) for part in parts)
+        except ValueError:
+            raise PlanError("window", f"{text!r} is not HH:MM-HH:MM (e.g. 01:00-05:00)") from None
+        if start == end:
+            raise PlanError("window", f"{text!r} is empty: start and end are the same time")
+        return cls(start.replace(second=0, microsecond=0), end.replace(second=0, microsecond=0))
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+    def on(
+        self, day: date, zone: tzinfo, shift: timedelta = timedelta(0)
+    ) -> tuple[datetime, datetime]:
+        """The window opening on ``day`` in ``zone`` (wall clock, shifted by ``shift``), DST-right.
+
+        Wall-clock arithmetic first, then the zone: a window at 01:00 stays at 01:00 local
+        on both sides of a DST change. A start that does not exist (spring forward) is read
+        as the same instant after the jump; an ambiguous one takes its first occurrence.
+        """
+        local_start = datetime.combine(day, self.start) + shift
+        local_end = datetime.combine(day, self.end) + shift
+        if self.end <= self.start:
+            local_end += timedelta(days=1)
+        return _localise(local_start, zone), _localise(local_end, zone)
+
+
+def _localise(naive: datetime, zone: tzinfo) -> datetime:
+    # Round-trip through UTC so that a time inside a spring-forward gap becomes a real one.
+    return naive.replace(tzinfo=zone).astimezone(ZoneInfo("UTC")).astimezone(zone)
+
+
+def parse_waves(text: str) -> tuple[int, ...]:
+    """``10%,50%,100%``: rising cumulative shares ending at 100; PlanError names the problem."""
+    shares: list[int] = []
+    for part in text.split(","):
+        value = part.strip().removesuffix("%").strip()
+        if not value.isdigit() or not 1 <= int(value) <= 100:
+            raise PlanError("waves", f"{part.strip()!r} is not a share from 1% to 100%")
+        shares.append(int(value))
+    if any(b <= a for a, b in itertools.pairwise(shares)):
+        raise PlanError("waves", f"{text!r}: each wave's share must be larger than the one before")
+    if not shares or shares[-1] != 100:
+        raise PlanError("waves", f"{text!r}: the last wave must reach 100%")
+    return tuple(shares)
+
+
+def parse_gap(text: str) -> timedelta:
+    """``1d``, ``12h``, ``30m``: the time between two waves' windows."""
+    text = text.strip().lower()
+    units = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) < 1:
+        raise PlanError("wave_gap", f"{text!r} is not a duration such as 1d, 12h or 30m")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def format_gap(gap: timedelta) -> str:
+    minutes = int(gap.total_seconds()) // 60
+    if minutes % (24 * 60) == 0:
+        return f"{minutes // (24 * 60)}d"
+    if minutes % 60 == 0:
+        return f"{minutes // 60}h"
+    return f"{minutes}m"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanRequest:
+    """What an admin asks for (the ``rollout plan`` flags), already validated by type."""
+
+    target: str
+    sites: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    canary: int = DEFAULT_CANARY
+    waves: tuple[int, ...] = DEFAULT_WAVES
+    window: Window = field(default_factory=lambda: Window.parse(DEFAULT_WINDOW))
+    start: date | None = None
+    wave_gap: timedelta = DEFAULT_WAVE_GAP
+    max_failures: int = DEFAULT_MAX_FAILURES
+    per_site: int = DEFAULT_PER_SITE
+    name: str = ""
+    exclude: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if self.canary < 0:
+            raise PlanError("canary", f"{self.canary} devices per site: 0 or more expected")
+        if not 0 <= self.max_failures <= 100:
+            raise PlanError("max_failures", f"{self.max_failures}%: a share from 0 to 100")
+        if self.per_site < 1:
+            raise PlanError("per_site", f"{self.per_site}: at least 1 update at once per site")
+        if len(self.name) > 200:
+            raise PlanError("name", "at most 200 characters")
+        if self.wave_gap < timedelta(minutes=1):
+            raise PlanError("wave_gap", "at least one minute between waves")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanDevice:
+    """One device as the inventory knows it, with what the planner needs about it."""
+
+    serial: str
+    site: str
+    model: str
+    provider: str
+    room: str = ""
+    version: str = ""
+    build: str = ""
+    health: str = "ok"
+    problems: tuple[str, ...] = ()
+    host_serial: str | None = None
+    open_tickets: tuple[str, ...] = ()
+    #: Why the device sits in the penalty box of an earlier rollout, when it does.
+    penalty: str | None = None
+
+    @property
+    def installed_text(self) -> str:
+        if not self.version:
+            return ""
+        try:
+            has_build = FirmwareVersion.parse(self.version).build != 0
+        except VersionError:
+            return self.version
+        return f"{self.version}.{self.build}" if self.build and not has_build else self.version
+
+    def installed(self) -> FirmwareVersion | None:
+        try:
+            return FirmwareVersion.parse(self.version, build=self.build or None)
+        except VersionError:
+            return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hop:
+    """One catalogue step of a device's way to the target, judged at its install time."""
+
+    version: str
+    kind: str
+    install_at: datetime
+    entitled: bool
+    entitled_until: date | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "kind": self.kind,
+            "install_at": self.install_at.isoformat(),
+            "entitled": self.entitled,
+            "entitled_until": self.entitled_until.isoformat() if self.entitled_until else None,
+        }
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    text: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "text": self.text}
+
+
+@dataclass(kw_only=True)
+class DeviceEntry:
+    """One device's line in a plan."""
+
+    device: PlanDevice
+    channel: Channel
+    hops: list[Hop] = field(default_factory=list)
+    wave: int | None = None
+    window: tuple[datetime, datetime] | None = None
+    reasons: list[Reason] = field(default_factory=list)
+    notes: list[Reason] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        codes = {reason.code for reason in self.reasons}
+        if codes & EXCLUDING:
+            return "excluded"
+        if codes & HOLDING:
+            return "held"
+        return "planned"
+
+    def to_json(self) -> dict[str, Any]:
+        device = self.device
+        return {
+            "serial": device.serial,
+            "site": device.site,
+            "room": device.room,
+            "model": device.model,
+            "provider": device.provider,
+            "installed": device.installed_text or None,
+            "hops": [hop.to_json() for hop in self.hops],
+            "channel": self.channel,
+            "wave": self.wave,
+            "window": (
+                {"start": self.window[0].isoformat(), "end": self.window[1].isoformat()}
+                if self.window
+                else None
+            ),
+            "reasons": [reason.to_json() for reason in self.reasons],
+            "notes": [note.to_json() for note in self.notes],
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Wave:
+    index: int
+    name: str
+    opens_at: datetime | None
+    devices: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "opens_at": self.opens_at.isoformat() if self.opens_at else None,
+            "devices": list(self.devices),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutPlan:
+    """The computed plan; ``to_json`` is the stored and shown document (without id/status)."""
+
+    request: PlanRequest
+    target: str
+    start: date
+    waves: tuple[Wave, ...]
+    entries: tuple[DeviceEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        request = self.request
+        devices = [entry.to_json() for entry in self.entries]
+        statuses = Counter(entry["status"] for entry in devices)
+        reasons = Counter(reason["code"] for entry in devices for reason in entry["reasons"])
+        return {
+            "name": request.name,
+            "target": self.target,
+            "sites": list(request.sites),
+            "models": list(request.models),
+            "canary": request.canary,
+            "wave_shares": [f"{share}%" for share in request.waves],
+            "window": str(request.window),
+            "start": self.start.isoformat(),
+            "wave_gap": format_gap(request.wave_gap),
+            "max_failures": request.max_failures,
+            "per_site": request.per_site,
+            "exclude": list(request.exclude),
+            "waves": [wave.to_json() for wave in self.waves],
+            "devices": devices,
+            "summary": {
+                "devices": len(devices),
+                "by_status": dict(sorted(statuses.items())),
+                "by_reason": {code: reasons[code] for code in REASON_CODES if reasons[code]},
+            },
+        }
+
+
+def path_to(
+    catalogue: ReleaseCatalogue, installed: FirmwareVersion, target: Release, day: date
+) -> list[Release] | None:
+    """The catalogue steps from ``installed`` to ``target`` (E7); None when there is no way.
+
+    Each step is the newest release not beyond the target whose "needs at least" the
+    current version meets, among those published on or before ``day``.
+    """
+    hops: list[Release] = []
+    current = installed
+    while not current.same_release(target.version):
+        steps = [
+            release
+            for release in catalogue.candidates(current, day)
+            if not is_newer(release.version, target.version)
+        ]
+        if not steps:
+            return None
+        hops.append(steps[-1])
+        current = steps[-1].version
+    return hops
+
+
+@dataclass(frozen=True)
+class _Covering:
+    """The windows of one device's rights, computed once (coverage walks every contract)."""
+
+    patches: tuple[Span, ...]
+    upgrades: tuple[Span, ...]
+
+    def span(self, kind: str, day: date) -> Span | None:
+        spans = self.patches if kind == "patch" else self.upgrades
+        return next((span for span in spans if span.covers(day)), None)
+
+    def next_span(self, kind: str, day: date) -> Span | None:
+        spans = self.patches if kind == "patch" else self.upgrades
+        return next((span for span in spans if span.end >= day), None)
+
+    def last_end_before(self, kind: str, day: date) -> date | None:
+        spans = self.patches if kind == "patch" else self.upgrades
+        ended = [span.end for span in spans if span.end < day]
+        return ended[-1] if ended else None
+
+
+_NOTHING = _Covering((), ())
+
+
+def _covering(asset: Asset | None, plans: PlanCatalogue) -> _Covering:
+    if asset is None:
+        return _NOTHING
+    cover = coverage(asset, plans)
+    return _Covering(cover.patches.spans, cover.upgrades.spans)
+
+
+def _covering_plans(plans: PlanCatalogue, kind: str) -> list[str]:
+    """Plans whose contract would cover a hop of ``kind`` for its whole term (E4, S2)."""
+    return [
+        plan.id
+        for plan in plans.plans.values()
+        if plan.contract and (plan.upgrades if kind == "upgrade" else plan.patches_whole_term)
+    ]
+
+
+class _Planner:
+    def __init__(
+        self,
+        request: PlanRequest,
+        devices: Sequence[PlanDevice],
+        site_zones: Mapping[str, str],
+        assets: Mapping[str, Asset],
+        plans: PlanCatalogue,
+        releases: ReleaseCatalogue,
+        now: datetime,
+    ) -> None:
+        self.request = request
+        self.devices = devices
+        self.assets = assets
+        self.plans = plans
+        self.releases = releases
+        self.now = now
+        self.zones: dict[str, tzinfo] = {}
+        for site, name in site_zones.items():
+            try:
+                self.zones[site] = ZoneInfo(name or "UTC")
+            except (KeyError, ValueError):
+                self.zones[site] = ZoneInfo("UTC")
+        found = None
+        try:
+            found = releases.find(FirmwareVersion.parse(request.target))
+        except VersionError as exc:
+            raise PlanError("target", str(exc)) from None
+        if found is None:
+            raise PlanError(
+                "target",
+                f"{request.target} is not in the release catalogue "
+                "(see `polyfleet controller releases list`)",
+            )
+        self.target = found
+        self.waves = 1 + len(request.waves)
+
+    def start_day(self) -> date:
+        start = self.request.start
+        if start is None:
+            start = warsaw_date(self.now) + timedelta(days=1)
+        # A day of slack: a site east of Warsaw may already be on the next date.
+        elif start < warsaw_date(self.now) - timedelta(days=1):
+            raise PlanError("start", f"{start.isoformat()} is in the past")
+        if self.target.released > start:
+            raise PlanError(
+                "target",
+                f"{self.target.text} is published on {self.target.released.isoformat()}, "
+                f"after the start {start.isoformat()} (E7)",
+            )
+        return start
+
+    def window(self, site: str, wave: int, start: date) -> tuple[datetime, datetime]:
+        zone = self.zones.get(site, ZoneInfo("UTC"))
+        return self.request.window.on(start, zone, self.request.wave_gap * wave)
+
+    def hops(
+        self,
+        path: list[Release],
+        installed: FirmwareVersion,
+        cover: _Covering,
+        window: tuple[datetime, datetime],
+    ) -> list[Hop]:
+        hops: list[Hop] = []
+        current = installed
+        # Several hops share one window: spaced out, and never planned past its end.
+        spacing = min(HOP_SPACING, (window[1] - window[0]) / max(len(path), 1))
+        for index, release in enumerate(path):
+            install_at = window[0] + spacing * index
+            kind = hop_kind(current, release.version)  # S3
+            span = cover.span(kind, warsaw_date(install_at))  # S4: judged at the install moment
+            hops.append(
+                Hop(
+                    version=release.text,
+                    kind=kind,
+                    install_at=install_at,
+                    entitled=span is not None,
+                    entitled_until=span.end if span is not None else None,
+                )
+            )
+            current = release.version
+        return hops
+
+    def not_entitled_text(self, hops: list[Hop], cover: _Covering, asset: Asset | None) -> str:
+        hop = next(h for h in hops if not h.entitled)
+        day = warsaw_date(hop.install_at)
+        kind = "patches" if hop.kind == "patch" else "upgrades"
+        if asset is None:
+            why = "the device has no contract in the asset registry"
+        elif (ended := cover.last_end_before(hop.kind, day)) is not None:
+            why = f"its {kind} window closed on {ended.isoformat()}"
+        elif (later := cover.next_span(hop.kind, day)) is not None:
+            why = f"its {kind} window opens only on {later.start.isoformat()}"
+        else:
+            why = f"none of its contracts grants {kind}"
+        covering = _covering_plans(self.plans, hop.kind)
+        offer = f"; a {' or '.join(covering)} contract would cover it" if covering else ""
+        return f"hop to {hop.version} ({hop.kind}) at {hop.install_at.isoformat()}: {why}{offer}"
+
+    def plan(self) -> RolloutPlan:
+        request = self.request
+        start = self.start_day()
+        sites = set(request.sites)
+        models = set(request.models)
+        excluded = set(request.exclude)
+        entries: list[DeviceEntry] = []
+        paths: dict[str, list[Release]] = {}
+        covers: dict[str, _Covering] = {}
+        for device in sorted(self.devices, key=lambda d: d.serial):
+            if sites and device.site not in sites:
+                continue
+            if models and device.model not in models:
+                continue
+            entry, path = self.judge(device, start, excluded)
+            entries.append(entry)
+            if path is not None:
+                paths[device.serial] = path
+                covers[device.serial] = _covering(self.assets.get(device.serial), self.plans)
+        self.assign(entries, paths, covers, start)
+        waves = self.wave_list(entries, start)
+        return RolloutPlan(
+            request=request,
+            target=self.target.text,
+            start=start,
+            waves=waves,
+            entries=tuple(entries),
+        )
+
+    def judge(
+        self, device: PlanDevice, start: date, excluded: set[str]
+    ) -> tuple[DeviceEntry, list[Release] | None]:
+        """Channel and reasons of one device, and its path when it may get a wave."""
+        if device.model in CAMERA_MODELS or (
+            device.host_serial and not self.releases.applies_to(device.model)
+        ):
+            entry = DeviceEntry(device=device, channel="none")
+            host = f" {device.host_serial}" if device.host_serial else ""
+            entry.reasons.append(
+                Reason("follows_host", f"an E70 camera: its firmware comes with its host{host}'s")
+            )
+            return entry, None
+        teams = device.provider == "teams"
+        entry = DeviceEntry(device=device, channel="teams_admin_center" if teams else "agent")
+        if teams:
+            entry.reasons.append(
+                Reason(
+                    "teams_managed",
+                    "Teams mode: the Teams admin center delivers its firmware; "
+                    f"the rollout checks that it reaches {self.target.text}",
+                )
+            )
+        if device.serial in excluded:
+            entry.reasons.append(Reason("excluded_by_admin", "left out by the admin (--exclude)"))
+        installed = device.installed()
+        path: list[Release] | None = None
+        if installed is None:
+            entry.reasons.append(
+                Reason("no_path", "installed firmware unknown: the device has not reported it")
+            )
+        elif not is_newer(self.target.version, installed):
+            entry.reasons.append(
+                Reason(
+                    "already_current",
+                    f"{device.installed_text} is installed, the target {self.target.text} or newer",
+                )
+            )
+        elif not self.releases.applies_to(device.model):
+            entry.reasons.append(
+                Reason("no_path", f"the release catalogue has no firmware for {device.model}")
+            )
+        else:
+            path = path_to(self.releases, installed, self.target, start)
+            if path is None:
+                entry.reasons.append(
+                    Reason(
+                        "no_path",
+                        f"no catalogue steps lead from {device.installed_text} to "
+                        f"{self.target.text}",
+                    )
+                )
+        if device.open_tickets:
+            entry.reasons.append(
+                Reason("open_ticket", f"open fault ticket {', '.join(device.open_tickets)}")
+            )
+        if device.health == "unreachable":
+            entry.reasons.append(Reason("unreachable", "the device does not answer its agent"))
+        elif device.health == "fault" or set(device.problems) & BLOCKING_PROBLEMS:
+            problems = ", ".join(device.problems) or device.health
+            entry.reasons.append(Reason("unhealthy", f"health {device.health}: {problems}"))
+        if device.penalty:
+            entry.reasons.append(Reason("in_penalty_box", device.penalty))
+        return entry, path if entry.status == "planned" else None
+
+    def assign(
+        self,
+        entries: list[DeviceEntry],
+        paths: Mapping[str, list[Release]],
+        covers: Mapping[str, _Covering],
+        start: date,
+    ) -> None:
+        """Canary, then shares of the rest per site, then moves for closing windows (S4)."""
+        request = self.request
+        by_site: dict[str, list[DeviceEntry]] = defaultdict(list)
+        for entry in entries:
+            if entry.device.serial in paths:
+                by_site[entry.device.site].append(entry)
+        last = self.waves - 1
+        for _site, site_entries in sorted(by_site.items()):
+            agents = [e for e in site_entries if e.channel == "agent"]
+            canary = self.canary(agents)
+            for entry in canary:
+                entry.wave = 0
+            rest = [e for e in agents if e.wave is None]
+            rest.sort(key=lambda e: (e.device.model, e.device.provider, e.device.serial))
+            taken = 0
+            for index, share in enumerate(request.waves, start=1):
+                upto = math.ceil(len(rest) * share / 100)
+                for entry in rest[taken:upto]:
+                    entry.wave = index
+                taken = max(taken, upto)
+            for entry in site_entries:
+                if entry.channel == "teams_admin_center":
+                    entry.wave = last
+        for entry in entries:
+            if entry.wave is None:
+                continue
+            serial = entry.device.serial
+            installed = entry.device.installed()
+            assert installed is not None
+            self.settle(entry, paths[serial], installed, covers[serial], start)
+
+    def settle(
+        self,
+        entry: DeviceEntry,
+        path: list[Release],
+        installed: FirmwareVersion,
+        cover: _Covering,
+        start: date,
+    ) -> None:
+        """Hops at the wave's window; an earlier wave when entitlement ends first (S4)."""
+        assert entry.wave is not None
+        planned = entry.wave
+        site = entry.device.site
+        window = self.window(site, planned, start)
+        hops = self.hops(path, installed, cover, window)
+        if entry.channel == "agent" and not all(hop.entitled for hop in hops):
+            # Waves before this one, latest first; the canary wave keeps its chosen few.
+            for earlier in range(planned - 1, 0, -1):
+                earlier_window = self.window(site, earlier, start)
+                earlier_hops = self.hops(path, installed, cover, earlier_window)
+                if all(hop.entitled for hop in earlier_hops):
+                    ends = min(h.entitled_until for h in earlier_hops if h.entitled_until)
+                    entry.notes.append(
+                        Reason(
+                            "moved_earlier",
+                            f"moved from wave {planned} to wave {earlier}: its entitlement "
+                            f"ends on {ends.isoformat()}, before wave {planned} opens",
+                        )
+                    )
+                    entry.wave, window, hops = earlier, earlier_window, earlier_hops
+                    break
+        entry.hops = hops
+        if entry.channel == "agent" and not all(hop.entitled for hop in hops):
+            entry.reasons.append(
+                Reason(
+                    "not_entitled",
+                    self.not_entitled_text(hops, cover, self.assets.get(entry.device.serial)),
+                )
+            )
+            entry.wave = None
+            entry.window = None
+            return
+        entry.window = window
+
+    def canary(self, agents: list[DeviceEntry]) -> list[DeviceEntry]:
+        """The site's healthiest devices of its most common model and mode."""
+        if not agents or self.request.canary == 0:
+            return []
+        kinds = Counter((e.device.model, e.device.provider) for e in agents)
+        # Most common first; a tie goes to the alphabetically first, so plans are repeatable.
+        model, provider = min(kinds, key=lambda kind: (-kinds[kind], kind))
+        pool = [e for e in agents if (e.device.model, e.device.provider) == (model, provider)]
+        pool.sort(
+            key=lambda e: (
+                _HEALTH_RANK.get(e.device.health, 3),
+                len(e.device.problems),
+                e.device.serial,
+            )
+        )
+        return pool[: self.request.canary]
+
+    def wave_list(self, entries: list[DeviceEntry], start: date) -> tuple[Wave, ...]:
+        names = ["canary", *(f"{share}%" for share in self.request.waves)]
+        members: dict[int, list[str]] = defaultdict(list)
+        for entry in entries:
+            if entry.wave is not None:
+                members[entry.wave].append(entry.device.serial)
+        sites = sorted({entry.device.site for entry in entries}) or sorted(self.zones)
+        waves: list[Wave] = []
+        for index, name in enumerate(names):
+            opens = [self.window(site, index, start)[0] for site in sites]
+            waves.append(
+                Wave(
+                    index=index,
+                    name=name,
+                    opens_at=min(opens) if opens else None,
+                    devices=tuple(members[index]),
+                )
+            )
+        return tuple(waves)
+
+
+def plan_rollout(
+    request: PlanRequest,
+    devices: Sequence[PlanDevice],
+    *,
+    site_zones: Mapping[str, str],
+    assets: Mapping[str, Asset],
+    plans: PlanCatalogue,
+    releases: ReleaseCatalogue,
+    now: datetime,
+) -> RolloutPlan:
+    """The plan for ``request`` over ``devices`` at ``now``; PlanError names a bad request."""
+    request.check()
+    unknown_sites = sorted(set(request.sites) - set(site_zones))
+    if unknown_sites:
+        raise PlanError("site", f"no site {', '.join(unknown_sites)}")
+    return _Planner(request, devices, site_zones, assets, plans, releases, now).plan()
+
+
+# -- the plan as CSV --------------------------------------------------------------------------
+
+#: The ``--csv`` columns: one row per hop (a device without hops has one row with none).
+CSV_COLUMNS = (
+    "serial",
+    "site",
+    "room",
+    "model",
+    "provider",
+    "installed",
+    "channel",
+    "wave",
+    "window_start",
+    "window_end",
+    "status",
+    "reasons",
+    "reason_texts",
+    "hop",
+    "hop_version",
+    "hop_kind",
+    "install_at",
+    "entitled",
+    "entitled_until",
+)
+
+
+def csv_rows(devices: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, str]]:
+    """The rows of ``--csv`` for device entries as a plan's JSON holds them."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    for device in devices:
+        window = device.get("window") or {}
+        common = {
+            "serial": device["serial"],
+            "site": device["site"],
+            "room": text(device.get("room")),
+            "model": device["model"],
+            "provider": device["provider"],
+            "installed": text(device.get("installed")),
+            "channel": device["channel"],
+            "wave": text(device.get("wave")),
+            "window_start": text(window.get("start")),
+            "window_end": text(window.get("end")),
+            "status": device["status"],
+            "reasons": " ".join(reason["code"] for reason in device["reasons"]),
+            "reason_texts": " | ".join(reason["text"] for reason in device["reasons"]),
+        }
+        hops = device.get("hops") or []
+        if not hops:
+            yield {**common, **dict.fromkeys(CSV_COLUMNS[13:], "")}
+        for index, hop in enumerate(hops, start=1):
+            yield {
+                **common,
+                "hop": str(index),
+                "hop_version": hop["version"],
+                "hop_kind": hop["kind"],
+                "install_at": hop["install_at"],
+                "entitled": text(hop["entitled"]),
+                "entitled_until": text(hop.get("entitled_until")),
+            }
+
+
+def render_csv(devices: Iterable[Mapping[str, Any]]) -> str:
+    """The plan's devices as CSV text (header first), as ``csv.DictReader`` reads it back."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(devices))
+    return out.getvalue()
