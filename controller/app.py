@@ -34,6 +34,7 @@ from polyfleet.controller.api import agent as agent_api
 from polyfleet.controller.api import entitlement as entitlement_api
 from polyfleet.controller.api import metrics as metrics_api
 from polyfleet.controller.api import openapi as openapi_api
+from polyfleet.controller.api import rollouts as rollouts_api
 from polyfleet.controller.api import tickets as tickets_api
 from polyfleet.controller.api.auth import auth_middleware
 from polyfleet.controller.api.errors import error_middleware
@@ -76,6 +77,7 @@ ROUTE_MODULES: list[RouteModule] = [
     openapi_api,
     entitlement_api,
     tickets_api,
+    rollouts_api,
 ]
 
 #: In a serving process, young objects are collected automatically at these thresholds (the

@@ -218,6 +218,27 @@ class JobFinished(Event):
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class RolloutChanged(Event):
+    """A rollout was started, paused, resumed, aborted, halted or finished."""
+
+    kind: ClassVar[str] = "rollout_changed"
+    rollout_id: str
+    action: str
+    status: str
+    by: str = ""
+    detail: str = ""
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "rollout_id": self.rollout_id,
+            "action": self.action,
+            "status": self.status,
+            "by": self.by,
+            "detail": self.detail,
+        }
+
+
 #: Every event kind, by name (used by the events API filter).
 EVENT_KINDS: dict[str, type[Event]] = {
     cls.kind: cls
@@ -233,6 +254,7 @@ EVENT_KINDS: dict[str, type[Event]] = {
         AgentNoticeReceived,
         DeviceMoved,
         JobFinished,
+        RolloutChanged,
     )
 }
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from polyfleet.controller.cli import core, entitlement, tickets
+from polyfleet.controller.cli import core, entitlement, rollout, tickets
 
 #: Each module adds its own subcommands; a plain list, no import magic.
-SECTIONS = (core, entitlement, tickets)
+SECTIONS = (core, entitlement, tickets, rollout)
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -387,6 +387,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     lst.add_argument("--config", type=Path, help="controller.toml naming [entitlement] releases")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(func=_releases_list)
+    # Imported here: the rollout commands import this module's neighbours, not the other way.
+    from polyfleet.controller.cli.rollout import register_packages
+
+    register_packages(rel_commands)
 
 
 def _days(text: str) -> int:

@@ -378,6 +378,35 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
     )
     artifact = await c.call("get", f"/api/v1/jobs/{job['id']}/artifact")
     assert artifact == blob
+    # Rollouts and firmware packages.
+    plan = await c.call("post", "/api/v1/rollouts", json_body={"target": "4.2.2"}, expect=201)
+    await c.call("post", "/api/v1/rollouts", json_body={"target": 5}, expect=422)
+    await c.call("get", "/api/v1/rollouts", query={"status": "planned"})
+    await c.call("get", f"/api/v1/rollouts/{plan['id']}")
+    await c.call("get", "/api/v1/rollouts/r_none", expect=404)
+    await c.call("get", f"/api/v1/rollouts/{plan['id']}/status")
+    await c.call("post", f"/api/v1/rollouts/{plan['id']}/start")
+    await c.call("post", f"/api/v1/rollouts/{plan['id']}/start", expect=409)
+    await c.call("get", "/api/v1/rollouts/penalty-box")
+    await c.call("delete", "/api/v1/rollouts/penalty-box/X50-1", expect=404)
+    firmware = b"firmware" * 1000
+    await c.call(
+        "put",
+        "/api/v1/releases/4.2.2-408037/package",
+        data=firmware,
+        media="application/octet-stream",
+        expect=201,
+    )
+    await c.call(
+        "put",
+        "/api/v1/releases/9.9.9/package",
+        data=firmware,
+        media="application/octet-stream",
+        expect=422,
+    )
+    await c.call("get", "/api/v1/releases/packages")
+    assert await c.call("get", "/api/v1/releases/4.2.2/package") == firmware
+    await c.call("get", "/api/v1/releases/4.0.0/package", expect=404)
     exercised = {(template, method) for template, method, _ in c.seen}
     documented = {(path, method) for path, ops in c.document["paths"].items() for method in ops}
     earlier = {

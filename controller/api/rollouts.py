@@ -1,0 +1,277 @@
+"""Rollouts and firmware packages API: plan, show, control, and the packages agents fetch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from polyfleet.controller.api.auth import principal
+from polyfleet.controller.api.entitlement import CATALOGUES
+from polyfleet.controller.api.errors import ApiError
+from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
+from polyfleet.controller.domain.rollout import PlanError, render_csv
+from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.services.packages import (
+    PackageError,
+    PackageService,
+    UnknownPackage,
+    package_json,
+)
+from polyfleet.controller.services.rollout import (
+    ROLLOUT_STATUSES,
+    TRANSITIONS,
+    RolloutConflict,
+    RolloutService,
+    UnknownRollout,
+    request_from_json,
+)
+
+ROLLOUTS = web.AppKey("rollouts", RolloutService)
+PACKAGES = web.AppKey("packages", PackageService)
+PACKAGE_CHUNK = 256 * 1024
+#: Readers and the site agents (which fetch packages to serve them on site).
+PACKAGE_READERS = frozenset({Role.ADMIN, Role.VIEWER, Role.AGENT})
+
+_ROLLOUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A stored plan: id, name, target, status, created_at, waves, devices, "
+    "progress; each device has serial, site, room, model, provider, installed, hops, "
+    "channel, wave, window, reasons, notes and status.",
+}
+_PLAN_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["target"],
+    "properties": {
+        "target": {"type": "string", "description": "release to reach, e.g. 4.2.2-408037"},
+        "sites": {"type": "array", "items": {"type": "string"}},
+        "models": {"type": "array", "items": {"type": "string"}},
+        "canary": {"type": "integer", "minimum": 0, "default": 1},
+        "waves": {"type": "string", "default": "10%,50%,100%"},
+        "window": {"type": "string", "default": "01:00-05:00"},
+        "start": {"type": "string", "format": "date"},
+        "wave_gap": {"type": "string", "default": "1d"},
+        "max_failures": {"type": "integer", "minimum": 0, "maximum": 100, "default": 10},
+        "per_site": {"type": "integer", "minimum": 1, "default": 5},
+        "name": {"type": "string"},
+        "exclude": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def _rollout_id(request: web.Request) -> str:
+    return request.match_info["rollout_id"]
+
+
+def _not_found(exc: UnknownRollout | UnknownPackage) -> ApiError:
+    return ApiError(404, "not_found", str(exc))
+
+
+@endpoint(
+    summary="List rollouts, newest first",
+    roles=READERS,
+    response_schema={"type": "object", "properties": {"rollouts": {"type": "array"}}},
+    query={"status": Param("only rollouts in this status", {"enum": list(ROLLOUT_STATUSES)})},
+    tags=("rollouts",),
+)
+async def list_rollouts(request: web.Request) -> web.Response:
+    status = request.query.get("status")
+    if status is not None and status not in ROLLOUT_STATUSES:
+        raise ApiError(400, "invalid", f"status must be one of {', '.join(ROLLOUT_STATUSES)}")
+    return web.json_response({"rollouts": request.app[ROLLOUTS].rollouts(status=status)})
+
+
+@endpoint(
+    summary="Plan a rollout (stored as planned; ?dry_run=1 only computes it)",
+    roles=ADMINS,
+    request_schema=_PLAN_BODY,
+    request_media="application/json",
+    response_schema=_ROLLOUT_SCHEMA,
+    response_status=201,
+    query={"dry_run": "1 to compute and show the plan without storing it"},
+    errors=(400, 422),
+    tags=("rollouts",),
+)
+async def create_rollout(request: web.Request) -> web.Response:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "body must be a JSON object")
+    catalogues = request.app[CATALOGUES]
+    releases = await catalogues.releases()
+    service = request.app[ROLLOUTS]
+    try:
+        plan_request = request_from_json(body)
+        if request.query.get("dry_run") in ("1", "true"):
+            preview = service.preview(plan_request, plans=catalogues.plans, releases=releases)
+            return web.json_response({"id": None, "status": "preview", **preview})
+        stored = await service.plan(
+            plan_request,
+            plans=catalogues.plans,
+            releases=releases,
+            created_by=principal(request).name,
+        )
+    except PlanError as exc:
+        raise ApiError(422, "invalid_plan", str(exc), exc.field) from None
+    return web.json_response(stored, status=201)
+
+
+@endpoint(
+    summary="One rollout: plan, waves, every device's state (?format=csv: one row per hop)",
+    roles=READERS,
+    response_schema=_ROLLOUT_SCHEMA,
+    query={"format": Param("json (default) or csv", {"enum": ["json", "csv"]})},
+    errors=(404,),
+    tags=("rollouts",),
+)
+async def get_rollout(request: web.Request) -> web.Response:
+    try:
+        rollout = request.app[ROLLOUTS].rollout(_rollout_id(request))
+    except UnknownRollout as exc:
+        raise _not_found(exc) from None
+    if request.query.get("format") == "csv":
+        return web.Response(text=render_csv(rollout["devices"]), content_type="text/csv")
+    return web.json_response(rollout)
+
+
+@endpoint(
+    summary="A rollout's progress: counts per status and wave, halt reason, updates under way",
+    roles=READERS,
+    response_schema={"type": "object"},
+    errors=(404,),
+    tags=("rollouts",),
+)
+async def get_status(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(request.app[ROLLOUTS].progress(_rollout_id(request)))
+    except UnknownRollout as exc:
+        raise _not_found(exc) from None
+
+
+@endpoint(
+    summary="Start, pause, resume or abort a rollout",
+    roles=ADMINS,
+    response_schema={"type": "object"},
+    path={"action": Param("what to do", {"enum": list(TRANSITIONS)}, required=True)},
+    errors=(404, 409),
+    tags=("rollouts",),
+)
+async def act(request: web.Request) -> web.Response:
+    action = request.match_info["action"]
+    if action not in TRANSITIONS:
+        raise ApiError(404, "not_found", f"no action {action!r}: {', '.join(TRANSITIONS)}")
+    try:
+        result = await request.app[ROLLOUTS].act(
+            _rollout_id(request), action, by=principal(request).name
+        )
+    except UnknownRollout as exc:
+        raise _not_found(exc) from None
+    except RolloutConflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return web.json_response(result)
+
+
+@endpoint(
+    summary="Devices in the penalty box (failed twice; no rollout retries them)",
+    roles=READERS,
+    response_schema={"type": "object", "properties": {"devices": {"type": "array"}}},
+    tags=("rollouts",),
+)
+async def penalty_box(request: web.Request) -> web.Response:
+    return web.json_response({"devices": request.app[ROLLOUTS].penalty_box()})
+
+
+@endpoint(
+    summary="Release a device from the penalty box",
+    roles=ADMINS,
+    response_schema={"type": "object"},
+    errors=(404,),
+    tags=("rollouts",),
+)
+async def release_penalty(request: web.Request) -> web.Response:
+    serial = request.match_info["serial"]
+    if not await request.app[ROLLOUTS].release_from_penalty_box(serial):
+        raise ApiError(404, "not_found", f"{serial} is not in the penalty box")
+    return web.json_response({"released": serial})
+
+
+# -- firmware packages ----------------------------------------------------------------------
+
+
+@endpoint(
+    summary="Firmware packages kept for the catalogued releases",
+    roles=READERS,
+    response_schema={"type": "object", "properties": {"packages": {"type": "array"}}},
+    tags=("releases",),
+)
+async def list_packages(request: web.Request) -> web.Response:
+    packages = [package_json(doc) for doc in request.app[PACKAGES].packages()]
+    return web.json_response({"packages": packages})
+
+
+@endpoint(
+    summary="Add a release's firmware package (the release must be catalogued)",
+    roles=ADMINS,
+    request_media="application/octet-stream",
+    response_schema={"type": "object"},
+    response_status=201,
+    query={"sha256": "the vendor's SHA-256 of the file: refused when it does not match"},
+    errors=(400, 413, 422),
+    tags=("releases",),
+)
+async def put_package(request: web.Request) -> web.Response:
+    catalogues = request.app[CATALOGUES]
+    try:
+        doc = await request.app[PACKAGES].add(
+            await catalogues.releases(),
+            request.match_info["version"],
+            request.content.iter_chunked(PACKAGE_CHUNK),
+            sha256=request.query.get("sha256"),
+            added_by=principal(request).name,
+        )
+    except PackageError as exc:
+        raise ApiError(422, "invalid_package", str(exc), exc.field) from None
+    return web.json_response(package_json(doc), status=201)
+
+
+@endpoint(
+    summary="Download a release's package (HTTP ranges resume an interrupted download)",
+    roles=PACKAGE_READERS,
+    response_media="application/octet-stream",
+    response_schema={"type": "string", "format": "binary"},
+    errors=(404,),
+    tags=("releases",),
+)
+async def get_package(request: web.Request) -> web.StreamResponse:
+    packages = request.app[PACKAGES]
+    version = request.match_info["version"]
+    doc = packages.find(version)
+    if doc is None:
+        raise _not_found(UnknownPackage(version))
+    response = web.FileResponse(packages.path(doc), chunk_size=PACKAGE_CHUNK)
+    response.headers["X-Checksum-Sha256"] = doc["sha256"]
+    response.headers["X-Firmware-Version"] = doc["version"]
+    return response
+
+
+def register(app: web.Application) -> None:
+    config = app[CONFIG]
+    app[ROLLOUTS] = RolloutService(app[STORE], app[EVENT_BUS], app[CLOCK])
+    app[PACKAGES] = PackageService(
+        app[STORE], app[CLOCK], packages_dir=config.data_dir / "packages"
+    )
+    router = app.router
+    router.add_get("/api/v1/rollouts", list_rollouts, allow_head=False)
+    router.add_post("/api/v1/rollouts", create_rollout)
+    router.add_get("/api/v1/rollouts/penalty-box", penalty_box, allow_head=False)
+    router.add_delete("/api/v1/rollouts/penalty-box/{serial}", release_penalty)
+    router.add_get("/api/v1/rollouts/{rollout_id}", get_rollout, allow_head=False)
+    router.add_get("/api/v1/rollouts/{rollout_id}/status", get_status, allow_head=False)
+    router.add_post("/api/v1/rollouts/{rollout_id}/{action}", act)
+    router.add_get("/api/v1/releases/packages", list_packages, allow_head=False)
+    router.add_put("/api/v1/releases/{version}/package", put_package)
+    router.add_get("/api/v1/releases/{version}/package", get_package, allow_head=False)

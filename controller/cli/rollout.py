@@ -1,0 +1,516 @@
+"""``polyfleet controller rollout ...`` and ``releases package ...``: plans, controls, packages.
+
+Like every admin command: through the running server's control socket when one holds the
+data directory, otherwise on the store directly (holding its lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from polyfleet.controller.app import read_runtime
+from polyfleet.controller.cli.core import SERVER_WAIT_S
+from polyfleet.controller.clock import system_clock
+from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
+from polyfleet.controller.domain.plans import CatalogueError
+from polyfleet.controller.domain.rollout import PlanError, render_csv
+from polyfleet.controller.events import EventBus
+from polyfleet.controller.services import entitlement as entitlement_service
+from polyfleet.controller.services.packages import (
+    PackageError,
+    PackageService,
+    file_chunks,
+    package_json,
+)
+from polyfleet.controller.services.rollout import (
+    ROLLOUT_STATUSES,
+    RolloutConflict,
+    RolloutService,
+    UnknownRollout,
+    request_from_json,
+)
+from polyfleet.controller.store.base import StoreLocked
+from polyfleet.controller.store.tinydb import TinyDBStore
+
+EXIT_OK, EXIT_FAILED = 0, 1
+#: ``rollout status --watch`` stops by itself once the rollout is in one of these.
+FINAL = frozenset({"done", "aborted"})
+
+
+class CommandFailed(Exception):
+    """What the server or the service refused, with its field when it names one."""
+
+    def __init__(self, message: str, *, code: str = "failed", field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+class Backend(Protocol):
+    async def plan(self, body: dict[str, Any], dry_run: bool) -> dict[str, Any]: ...
+    async def rollouts(self, status: str | None) -> list[dict[str, Any]]: ...
+    async def rollout(self, rollout_id: str) -> dict[str, Any]: ...
+    async def status(self, rollout_id: str) -> dict[str, Any]: ...
+    async def act(self, rollout_id: str, action: str) -> dict[str, Any]: ...
+    async def add_package(self, version: str, path: Path, sha256: str | None) -> dict[str, Any]: ...
+    async def packages(self) -> list[dict[str, Any]]: ...
+
+
+class DirectBackend:
+    """The services on the store itself (no server runs; the store lock is held)."""
+
+    def __init__(self, store: TinyDBStore, config: ControllerConfig) -> None:
+        bus = EventBus(store, keep=config.events_keep)
+        bus.load()
+        self._rollouts = RolloutService(store, bus, system_clock)
+        self._packages = PackageService(
+            store, system_clock, packages_dir=config.data_dir / "packages"
+        )
+        self._catalogues = entitlement_service.Catalogues(
+            *entitlement_service.catalogue_paths(config.section("entitlement"))
+        )
+
+    async def plan(self, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+        await self._catalogues.load()
+        releases = await self._catalogues.releases()
+        try:
+            request = request_from_json(body)
+            if dry_run:
+                preview = self._rollouts.preview(
+                    request, plans=self._catalogues.plans, releases=releases
+                )
+                return {"id": None, "status": "preview", **preview}
+            return await self._rollouts.plan(
+                request, plans=self._catalogues.plans, releases=releases, created_by="local admin"
+            )
+        except PlanError as exc:
+            raise CommandFailed(str(exc), code="invalid_plan", field=exc.field) from None
+
+    async def rollouts(self, status: str | None) -> list[dict[str, Any]]:
+        return self._rollouts.rollouts(status=status)
+
+    async def rollout(self, rollout_id: str) -> dict[str, Any]:
+        try:
+            return self._rollouts.rollout(rollout_id)
+        except UnknownRollout as exc:
+            raise CommandFailed(str(exc), code="not_found") from None
+
+    async def status(self, rollout_id: str) -> dict[str, Any]:
+        try:
+            return self._rollouts.progress(rollout_id)
+        except UnknownRollout as exc:
+            raise CommandFailed(str(exc), code="not_found") from None
+
+    async def act(self, rollout_id: str, action: str) -> dict[str, Any]:
+        try:
+            return await self._rollouts.act(rollout_id, action, by="local admin")
+        except UnknownRollout as exc:
+            raise CommandFailed(str(exc), code="not_found") from None
+        except RolloutConflict as exc:
+            raise CommandFailed(str(exc), code="conflict") from None
+
+    async def add_package(self, version: str, path: Path, sha256: str | None) -> dict[str, Any]:
+        await self._catalogues.load()
+        try:
+            doc = await self._packages.add(
+                await self._catalogues.releases(),
+                version,
+                file_chunks(path),
+                sha256=sha256,
+                added_by="local admin",
+            )
+        except PackageError as exc:
+            raise CommandFailed(str(exc), code="invalid_package", field=exc.field) from None
+        return package_json(doc)
+
+    async def packages(self) -> list[dict[str, Any]]:
+        return [package_json(doc) for doc in self._packages.packages()]
+
+
+class ServerBackend:
+    """The running server's API over its control socket."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._http = session
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self._http.request(method, f"http://controller{path}", **kwargs) as response:
+            if response.content_type == "application/json":
+                body = await response.json()
+            else:
+                body = await response.text()
+            if response.status >= 400:
+                error = body.get("error", {}) if isinstance(body, dict) else {}
+                raise CommandFailed(
+                    str(error.get("message") or f"HTTP {response.status}"),
+                    code=str(error.get("code") or "failed"),
+                    field=error.get("field"),
+                )
+            return body
+
+    async def plan(self, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+        query = "?dry_run=1" if dry_run else ""
+        return dict(await self._call("POST", f"/api/v1/rollouts{query}", json=body))
+
+    async def rollouts(self, status: str | None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else {}
+        return list((await self._call("GET", "/api/v1/rollouts", params=params))["rollouts"])
+
+    async def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/api/v1/rollouts/{rollout_id}"))
+
+    async def status(self, rollout_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/api/v1/rollouts/{rollout_id}/status"))
+
+    async def act(self, rollout_id: str, action: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/api/v1/rollouts/{rollout_id}/{action}"))
+
+    async def add_package(self, version: str, path: Path, sha256: str | None) -> dict[str, Any]:
+        params = {"sha256": sha256} if sha256 else {}
+        return dict(
+            await self._call(
+                "PUT",
+                f"/api/v1/releases/{version}/package",
+                data=file_chunks(path),
+                params=params,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        )
+
+    async def packages(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/api/v1/releases/packages"))["packages"])
+
+
+async def _with_backend(
+    config: ControllerConfig, action: Callable[[Backend], Awaitable[int]]
+) -> int:
+    deadline = time.monotonic() + SERVER_WAIT_S
+    while True:
+        store = TinyDBStore(config.data_dir / "store")
+        try:
+            await store.open()
+        except StoreLocked:
+            runtime = await asyncio.to_thread(read_runtime, config.data_dir)
+            socket = runtime.get("control_socket") if runtime else None
+            if socket:
+                connector = aiohttp.UnixConnector(path=socket)
+                timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
+                try:
+                    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+                        return await action(ServerBackend(http))
+                except aiohttp.ClientConnectionError:
+                    pass  # the server is starting or stopping: try again
+            if time.monotonic() > deadline:
+                raise CommandFailed(
+                    f"{config.data_dir} is locked by another process but no server answers "
+                    "on its control socket"
+                ) from None
+            await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
+            continue
+        try:
+            return await action(DirectBackend(store, config))
+        finally:
+            await store.close()
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def _run(args: argparse.Namespace, action: Callable[[Backend], Awaitable[int]]) -> int:
+    try:
+        config = load_config(args.config).with_overrides(data_dir=args.data_dir)
+        return asyncio.run(_with_backend(config, action))
+    except (CommandFailed, ConfigError, CatalogueError, OSError) as exc:
+        code = getattr(exc, "code", "failed")
+        field = getattr(exc, "field", None)
+        if getattr(args, "json", False):
+            _print_json({"error": {"code": code, "message": str(exc), "field": field}})
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- rollout plan / list / show ---------------------------------------------------------------
+
+
+def _plan_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"target": args.target}
+    for key in ("canary", "waves", "window", "start", "wave_gap", "max_failures", "per_site"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    if args.name:
+        body["name"] = args.name
+    body["sites"] = args.site or []
+    body["models"] = args.model or []
+    body["exclude"] = args.exclude or []
+    return body
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    """A plan for people: header, waves, then each device held or left out with why."""
+    ident = plan.get("id") or "(not stored: --dry-run)"
+    print(f"rollout {ident}: {plan['name'] or plan['target']} [{plan['status']}]")
+    print(
+        f"target {plan['target']}, start {plan['start']}, window {plan['window']} site time, "
+        f"max failures {plan['max_failures']}%, {plan['per_site']} at once per site"
+    )
+    for wave in plan["waves"]:
+        print(
+            f"  wave {wave['index']} {wave['name']:<7} opens {wave['opens_at']}: "
+            f"{len(wave['devices'])} device(s)"
+        )
+    counts = plan["summary"]["by_status"] if "summary" in plan else {}
+    print("devices: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for device in plan["devices"]:
+        hops = " -> ".join(h["version"] for h in device["hops"]) or "-"
+        wave = "-" if device["wave"] is None else str(device["wave"])
+        print(
+            f"  {device['serial']:<16} {device['site']:<10} {device['model']:<11} "
+            f"{device['status']:<9} wave {wave:<2} {device['installed'] or '?'} => {hops}"
+        )
+        for reason in device["reasons"]:
+            print(f"  {'':<16} {reason['code']}: {reason['text']}")
+        for note in device.get("notes") or ():
+            print(f"  {'':<16} {note['code']}: {note['text']}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        plan = await backend.plan(_plan_body(args), bool(args.dry_run))
+        if args.json:
+            _print_json(plan)
+        elif args.csv:
+            sys.stdout.write(render_csv(plan["devices"]))
+        else:
+            print_plan(plan)
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        rollouts = await backend.rollouts(args.status)
+        if args.json:
+            _print_json({"rollouts": rollouts})
+            return EXIT_OK
+        for rollout in rollouts:
+            counts = (rollout.get("summary") or {}).get("by_status", {})
+            planned = counts.get("planned", 0)
+            print(
+                f"{rollout['id']:<20} {rollout['status']:<8} {rollout['target']:<16} "
+                f"start {rollout['start']}  {planned} planned  {rollout['name']}"
+            )
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        rollout = await backend.rollout(args.id)
+        if args.json:
+            _print_json(rollout)
+        elif args.csv:
+            sys.stdout.write(render_csv(rollout["devices"]))
+        else:
+            print_plan(rollout)
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def _act(action_name: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        async def action(backend: Backend) -> int:
+            result = await backend.act(args.id, action_name)
+            if args.json:
+                _print_json(result)
+            else:
+                print(f"rollout {result['id']}: {result['status']}")
+            return EXIT_OK
+
+        return _run(args, action)
+
+    return command
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """What ``rollout status`` shows: the rollout, counts per status, then per wave."""
+    progress = status["progress"]
+    lines = [
+        f"rollout {status['id']} {status['name']}: {status['status']} (target {status['target']})",
+        "  all     " + _counts(progress["by_status"]),
+    ]
+    for wave, counts in zip(status["waves"], progress["waves"], strict=False):
+        lines.append(f"  {wave['name']:<7} " + _counts(counts["by_status"]))
+    halt = status.get("halt")
+    if halt:
+        lines.append(f"  halted: {halt.get('reason')}")
+    for active in status.get("active") or ():
+        lines.append(f"  {active['serial']:<16} {active['status']:<18} hop {active['hop']}")
+    return lines
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status} {n}" for status, n in counts.items()) or "-"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        shown = 0
+        tty = sys.stdout.isatty() and not args.json
+        while True:
+            status = await backend.status(args.id)
+            if args.json:
+                # One document per line while watching (JSON lines), one document otherwise.
+                sys.stdout.write(json.dumps(status, ensure_ascii=False) + "\n")
+            else:
+                lines = status_lines(status)
+                if tty and shown:
+                    # Back to the first line of the previous frame, and clear down.
+                    sys.stdout.write(f"\x1b[{shown}F\x1b[J")
+                sys.stdout.write("\n".join(lines) + "\n")
+                shown = len(lines)
+            sys.stdout.flush()
+            if not args.watch or status["status"] in FINAL:
+                return EXIT_OK
+            await asyncio.sleep(args.interval)  # waits-for: the next refresh of the watch
+
+    return _run(args, action)
+
+
+# -- releases package -------------------------------------------------------------------------
+
+
+def cmd_package_add(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        if not await asyncio.to_thread(args.file.is_file):
+            raise CommandFailed(f"{args.file}: no such file", field="file")
+        doc = await backend.add_package(args.version, args.file, args.sha256)
+        if args.json:
+            _print_json(doc)
+        else:
+            print(f"package {doc['version']}: {doc['size']} bytes, sha256 {doc['sha256']}")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def cmd_package_list(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        packages = await backend.packages()
+        if args.json:
+            _print_json({"packages": packages})
+            return EXIT_OK
+        for doc in packages:
+            print(f"{doc['version']:<18} {doc['size']:>12} bytes  sha256 {doc['sha256']}")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument("--data-dir", type=Path, help="controller data directory")
+    parser.add_argument("--config", type=Path, help="controller.toml")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0.1..3600 seconds")
+    return value
+
+
+def register_packages(releases: argparse._SubParsersAction[Any]) -> None:
+    """``releases package add|list`` (called from the releases command's parser)."""
+    package = releases.add_parser("package", help="firmware packages for catalogued releases")
+    actions = package.add_subparsers(dest="package_command", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="keep a release's package (SHA-256 and size recorded)")
+    add.add_argument("version", metavar="VERSION", help="a catalogued release, e.g. 4.2.2-408037")
+    add.add_argument("file", type=Path, metavar="FILE")
+    add.add_argument("--sha256", help="the vendor's SHA-256: refused when the file differs")
+    _common(add)
+    add.set_defaults(func=cmd_package_add)
+    lst = actions.add_parser("list", help="the packages kept")
+    _common(lst)
+    lst.set_defaults(func=cmd_package_list)
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    rollout = commands.add_parser("rollout", help="firmware rollouts: plan, run, watch")
+    actions = rollout.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+    plan = actions.add_parser(
+        "plan",
+        help="plan a rollout (stored; it starts only with `rollout start`)",
+        description="Plans waves per site window against contracts; every device held or "
+        "left out is listed with its reason.",
+    )
+    plan.add_argument("--target", required=True, help="release to reach, e.g. 4.2.2-408037")
+    plan.add_argument("--site", action="append", help="only this site (repeatable)")
+    plan.add_argument("--model", action="append", help="only this model (repeatable)")
+    plan.add_argument("--canary", type=int, help="canary devices per site (default 1)")
+    plan.add_argument("--waves", help="cumulative shares (default 10%%,50%%,100%%)")
+    plan.add_argument("--window", help="HH:MM-HH:MM site time (default 01:00-05:00)")
+    plan.add_argument("--start", help="first night, YYYY-MM-DD (default tomorrow)")
+    plan.add_argument("--wave-gap", dest="wave_gap", help="time between waves (default 1d)")
+    plan.add_argument("--max-failures", dest="max_failures", type=int, help="percent (default 10)")
+    plan.add_argument("--per-site", dest="per_site", type=int, help="updates at once (default 5)")
+    plan.add_argument("--name", help="a name people recognise")
+    plan.add_argument("--exclude", action="append", metavar="SERIAL", help="leave a device out")
+    plan.add_argument("--dry-run", action="store_true", help="compute and show, store nothing")
+    output = plan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="the plan as JSON")
+    output.add_argument("--csv", action="store_true", help="one row per hop, CSV")
+    _common(plan, json_flag=False)
+    plan.set_defaults(func=cmd_plan)
+
+    lst = actions.add_parser("list", help="rollouts, newest first")
+    lst.add_argument("--status", choices=ROLLOUT_STATUSES)
+    _common(lst)
+    lst.set_defaults(func=cmd_list)
+
+    show = actions.add_parser("show", help="a stored plan with each device's state")
+    show.add_argument("id", metavar="ID")
+    output = show.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="the rollout as JSON")
+    output.add_argument("--csv", action="store_true", help="one row per hop, CSV")
+    _common(show, json_flag=False)
+    show.set_defaults(func=cmd_show)
+
+    for name, text in (
+        ("start", "start a planned rollout"),
+        ("pause", "finish updates under way, start no new one"),
+        ("resume", "go on after a pause or a halt"),
+        ("abort", "finish updates under way and end the rollout"),
+    ):
+        parser = actions.add_parser(name, help=text)
+        parser.add_argument("id", metavar="ID")
+        _common(parser)
+        parser.set_defaults(func=_act(name))
+
+    status = actions.add_parser("status", help="progress: counts per status and wave")
+    status.add_argument("id", metavar="ID")
+    status.add_argument("--watch", action="store_true", help="update in place until it ends")
+    status.add_argument(
+        "--interval", type=_positive_seconds, default=2.0, help="seconds between refreshes"
+    )
+    _common(status)
+    status.set_defaults(func=cmd_status)

@@ -1,0 +1,234 @@
+"""Stored rollout plans and firmware packages through a running controller's API."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from polyfleet.controller.keys import ACCESS
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.shared.schema import (
+    PROTOCOL_VERSION,
+    Firmware,
+    Health,
+    HealthState,
+    Model,
+    Problem,
+    ProblemCode,
+    Provider,
+    Report,
+    ReportBatch,
+    Snapshot,
+    Via,
+)
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+REGISTRY = (
+    "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,"
+    "host_serial\n"
+    """K1,studio_x50,2025-01-10,poly_plus,PP-1,2025-01-10,2028-01-09,krakow,Sala A,
+K2,studio_x50,2025-01-10,poly_plus,PP-2,2025-01-10,2028-01-09,krakow,Sala B,
+K3,studio_x30,2025-01-10,hezo_plus,HZ-3,2025-01-10,2027-01-09,krakow,Sala C,
+K4,studio_x50,2025-01-10,poly_plus,PP-4,2025-01-10,2028-01-09,krakow,Sala D,
+"""
+)
+
+
+@pytest.fixture
+async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
+    async with running_controller(tmp_path / "data", clock=lambda: NOW) as running:
+        yield running
+
+
+def snapshot(serial: str, model: Model, version: str, build: str, **extra: Any) -> Snapshot:
+    return Snapshot(
+        serial=serial,
+        model=model,
+        firmware=Firmware(version=version, build=build),
+        provider=extra.pop("provider", Provider.POLY),
+        health=extra.pop("health", Health(state=HealthState.OK)),
+        collected_at=NOW,
+        via=Via.REST,
+        **extra,
+    )
+
+
+async def report(controller: RunningController, site: str, *snapshots: Snapshot) -> None:
+    await controller.ensure_site(site)
+    agent = await controller.enroll(site)
+    batch = ReportBatch(
+        protocol_version=PROTOCOL_VERSION,
+        reports=[Report(id=f"report-{s.serial}", snapshot=s) for s in snapshots],
+    )
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent.token}"}) as http,
+        http.post(
+            controller.url + "/api/v1/agent/reports", json=batch.model_dump(mode="json")
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+async def call(
+    controller: RunningController, method: str, path: str, **kwargs: Any
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(headers=controller.admin_headers) as http,
+        http.request(method, controller.url + path, **kwargs) as response,
+    ):
+        if response.content_type == "application/json":
+            return response.status, await response.json()
+        return response.status, await response.text()
+
+
+async def fleet(controller: RunningController) -> None:
+    status, _ = await call(
+        controller,
+        "POST",
+        "/api/v1/assets/import",
+        data=REGISTRY,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert status == 200
+    await report(
+        controller,
+        "krakow",
+        snapshot("K1", Model.STUDIO_X50, "4.1.0_00", "180034"),
+        snapshot("K2", Model.STUDIO_X50, "4.1.3", "394009"),
+        snapshot("K3", Model.STUDIO_X30, "4.1.0_00", "180034"),
+        snapshot(
+            "K4",
+            Model.STUDIO_X50,
+            "4.1.0_00",
+            "180034",
+            health=Health(
+                state=HealthState.FAULT, problems=[Problem(code=ProblemCode.CAMERA_DOWN)]
+            ),
+        ),
+        snapshot("K5", Model.STUDIO_X50, "4.2.2", "408037", provider=Provider.TEAMS),
+    )
+
+
+async def test_a_planned_rollout_is_stored_listed_and_shown(controller: RunningController) -> None:
+    """POST plans and stores; list and show return it with devices, reasons and waves."""
+    await fleet(controller)
+    body = {"target": "4.2.2-408037", "name": "Kraków to 4.2.2", "waves": "50%,100%"}
+    status, plan = await call(controller, "POST", "/api/v1/rollouts", json=body)
+    assert status == 201, plan
+    assert plan["status"] == "planned" and plan["target"] == "4.2.2-408037"
+    assert plan["name"] == "Kraków to 4.2.2" and plan["created_by"] == "test admin"
+    assert [w["name"] for w in plan["waves"]] == ["canary", "50%", "100%"]
+    by = {d["serial"]: d for d in plan["devices"]}
+    assert by["K1"]["status"] == "planned" and by["K1"]["room"] == "Sala A"
+    assert [r["code"] for r in by["K3"]["reasons"]] == ["not_entitled"]
+    assert [r["code"] for r in by["K4"]["reasons"]] == ["unhealthy"]
+    assert [r["code"] for r in by["K5"]["reasons"]] == ["teams_managed", "already_current"]
+    assert by["K5"]["status"] == "excluded"
+    assert by["K1"]["window"]["start"] == "2026-11-26T01:00:00+01:00"
+    status, listed = await call(controller, "GET", "/api/v1/rollouts")
+    assert status == 200 and [r["id"] for r in listed["rollouts"]] == [plan["id"]]
+    status, shown = await call(controller, "GET", f"/api/v1/rollouts/{plan['id']}")
+    assert status == 200 and shown["devices"] == plan["devices"]
+    status, text = await call(controller, "GET", f"/api/v1/rollouts/{plan['id']}?format=csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert {row["serial"] for row in rows} == {"K1", "K2", "K3", "K4", "K5"}
+    assert (await call(controller, "GET", "/api/v1/rollouts/r_nope"))[0] == 404
+
+
+async def test_dry_run_stores_nothing_and_a_bad_plan_names_its_field(
+    controller: RunningController,
+) -> None:
+    """?dry_run=1 computes only; an unknown target is 422 with field target."""
+    await fleet(controller)
+    status, preview = await call(
+        controller, "POST", "/api/v1/rollouts?dry_run=1", json={"target": "4.2.2-408037"}
+    )
+    assert status == 200 and preview["status"] == "preview" and preview["devices"]
+    assert (await call(controller, "GET", "/api/v1/rollouts"))[1]["rollouts"] == []
+    status, error = await call(controller, "POST", "/api/v1/rollouts", json={"target": "9.9.9"})
+    assert status == 422 and error["error"]["field"] == "target"
+    status, error = await call(
+        controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "waves": "50%,20%"}
+    )
+    assert status == 422 and error["error"]["field"] == "waves"
+
+
+async def test_controls_follow_the_status_and_are_events(controller: RunningController) -> None:
+    """start, pause, resume, abort move the status; a wrong one is 409; each is an event."""
+    await fleet(controller)
+    _, plan = await call(controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2"})
+    rid = plan["id"]
+    assert (await call(controller, "POST", f"/api/v1/rollouts/{rid}/resume"))[0] == 409
+    for action, status in (("start", "running"), ("pause", "paused"), ("resume", "running")):
+        code, body = await call(controller, "POST", f"/api/v1/rollouts/{rid}/{action}")
+        assert (code, body["status"]) == (200, status)
+    code, body = await call(controller, "POST", f"/api/v1/rollouts/{rid}/abort")
+    assert body["status"] == "aborted" and body["finished_at"]
+    assert (await call(controller, "POST", f"/api/v1/rollouts/{rid}/start"))[0] == 409
+    _, events = await call(controller, "GET", "/api/v1/events?kind=rollout_changed")
+    actions = [e["data"]["action"] for e in events["events"]]
+    assert sorted(actions) == ["abort", "pause", "resume", "start"]
+
+
+async def test_viewers_read_but_cannot_plan(controller: RunningController) -> None:
+    """A viewer token lists rollouts and gets 403 on planning."""
+    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    headers = {"Authorization": f"Bearer {viewer}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(controller.url + "/api/v1/rollouts") as response:
+            assert response.status == 200
+        async with http.post(controller.url + "/api/v1/rollouts", json={"target": "4.2.2"}) as r:
+            assert r.status == 403
+
+
+async def test_a_package_is_kept_with_its_checksum_and_served_in_ranges(
+    controller: RunningController,
+) -> None:
+    """PUT keeps the file with SHA-256 and size; GET serves it, also from an offset."""
+    content = bytes(range(256)) * 4096
+    digest = hashlib.sha256(content).hexdigest()
+    status, body = await call(
+        controller,
+        "PUT",
+        f"/api/v1/releases/4.2.2-408037/package?sha256={digest.upper()}",
+        data=content,
+    )
+    assert status == 201, body
+    assert (body["version"], body["sha256"], body["size"]) == ("4.2.2-408037", digest, len(content))
+    _, listed = await call(controller, "GET", "/api/v1/releases/packages")
+    assert [p["version"] for p in listed["packages"]] == ["4.2.2-408037"]
+    async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
+        url = controller.url + "/api/v1/releases/4.2.2/package"
+        async with http.get(url) as response:
+            assert response.status == 200 and await response.read() == content
+            assert response.headers["X-Checksum-Sha256"] == digest
+        async with http.get(url, headers={"Range": "bytes=1000-"}) as response:
+            assert response.status == 206 and await response.read() == content[1000:]
+
+
+async def test_a_package_with_a_wrong_checksum_or_release_is_refused(
+    controller: RunningController,
+) -> None:
+    """A mismatching --sha256 or an uncatalogued release keeps nothing."""
+    status, body = await call(
+        controller,
+        "PUT",
+        "/api/v1/releases/4.2.2-408037/package?sha256=" + "0" * 64,
+        data=b"firmware",
+    )
+    assert status == 422 and body["error"]["field"] == "sha256"
+    assert "not the 0000" in body["error"]["message"]
+    status, body = await call(controller, "PUT", "/api/v1/releases/9.9.9/package", data=b"x")
+    assert status == 422 and body["error"]["field"] == "version"
+    assert (await call(controller, "GET", "/api/v1/releases/packages"))[1]["packages"] == []
+    leftovers = list((controller.data_dir / "packages").glob("*"))
+    assert leftovers == []
