@@ -19,6 +19,7 @@ ENDPOINTS = [
     "GET /devices",
     "GET /devices/{serial}",
     "GET /devices/{serial}/config",
+    "GET /downloads",
     "POST /devices/{serial}/faults {fault, active, ...params}",
     "DELETE /devices/{serial}/faults",
     "POST /sites/{site}/faults {fault, active, ...params}",
@@ -233,6 +234,18 @@ async def reset_timeline(request: web.Request) -> web.Response:
     return await get_timeline(request)
 
 
+async def list_downloads(request: web.Request) -> web.Response:
+    """Every unit's package downloads (bytes, source, status), oldest first per unit."""
+    lab = request.app[LAB_KEY]
+    downloads = [
+        {"serial": device.serial, **download.view()}
+        for device in lab.devices.values()
+        for download in device.downloads
+    ]
+    downloads.sort(key=lambda d: (d["started"], d["serial"]))
+    return web.json_response({"downloads": downloads})
+
+
 def create_control_app(lab: Lab) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[LAB_KEY] = lab
@@ -240,6 +253,7 @@ def create_control_app(lab: Lab) -> web.Application:
     app.router.add_get("/devices", list_devices)
     app.router.add_get("/devices/{serial}", get_device)
     app.router.add_get("/devices/{serial}/config", get_config)
+    app.router.add_get("/downloads", list_downloads)
     app.router.add_post("/devices/{serial}/faults", set_fault)
     app.router.add_delete("/devices/{serial}/faults", clear_faults)
     app.router.add_post("/sites/{site}/faults", set_site_fault)

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from polyfleet.shared.version import FirmwareVersion, VersionError
 from polyfleet.simulator import identity
+from polyfleet.simulator.download import Download, DownloadFailed, fetch_package
 from polyfleet.simulator.fleet import (
     FAULTS,
     DeviceSpec,
@@ -132,6 +133,10 @@ class SimDevice:
         self.host_key: paramiko.PKey | None = None
         self.ssh_fingerprint = ""
         self.last_update: dict[str, str] = {}
+        #: Package downloads from update servers, oldest first (the last few are kept).
+        self.downloads: list[Download] = []
+        #: What ``GET /rest/system/softwareupdate`` answers: state, version and why.
+        self.update_status: dict[str, str] = {"state": "IDLE", "version": "", "reason": ""}
         self._ssl_context: ssl.SSLContext | None = None
         self._saved_ports: dict[str, int] = {}
         self._auth_lock = threading.Lock()
@@ -478,20 +483,57 @@ class SimDevice:
         )
 
     async def reboot(self) -> None:
-        """Reboot (installing an ordered update first); returns once the device is down."""
-        if self.power != "on":
+        """Reboot; returns once the device is down.
+
+        With an update ordered through ``upgrade.auto.*`` the unit first downloads and checks
+        the package while it still serves, and only then goes down to install it; a failed
+        download leaves it up, on its old version, with the reason in its update status.
+        """
+        if self.power != "on" or self.update_status["state"] == "DOWNLOADING":
+            return
+        pending = self.pending_update()
+        if pending is not None:
+            self._cancel_transition()
+            self._transition = asyncio.get_running_loop().create_task(
+                self._fetch_then_install(pending)
+            )
             return
         self._cancel_transition()
         self._drop_volatile_state()
-        pending = self.pending_update()
         # Leave "on" before closing (which awaits): nobody may see an "on" unit going down.
-        self._set_power("installing" if pending is not None else "booting")
+        self._set_power("booting")
         await self._close_network()
-        loop = asyncio.get_running_loop()
-        if pending is not None:
-            self._transition = loop.create_task(self._install(pending))
-        else:
-            self._transition = loop.create_task(self._boot(self.spec.boot_seconds))
+        self._transition = asyncio.get_running_loop().create_task(
+            self._boot(self.spec.boot_seconds)
+        )
+
+    async def _fetch_then_install(self, target: tuple[str, str]) -> None:
+        wanted = self.config.get("upgrade.auto.version", "").strip()
+        download = Download(version=wanted, source=self.config["upgrade.auto.server.address"])
+        self.downloads = [*self.downloads[-19:], download]
+        self.update_status = {"state": "DOWNLOADING", "version": wanted, "reason": ""}
+        try:
+            await fetch_package(download)
+        except DownloadFailed as exc:
+            download.status, download.detail = "failed", str(exc)
+            log.info("device %s: no install of %s: %s", self.serial, wanted, exc)
+            self.update_status = {"state": "FAILED", "version": wanted, "reason": str(exc)}
+            self.last_update = {
+                "version": target[0],
+                "build": target[1],
+                "outcome": "download_failed",
+                "detail": str(exc),
+            }
+            self._transition = None
+            return
+        download.status = "verified"
+        if self.power != "on":
+            return
+        self.update_status = {"state": "INSTALLING", "version": wanted, "reason": ""}
+        self._drop_volatile_state()
+        self._set_power("installing")
+        await self._close_network()
+        await self._install(target)
 
     async def deliver_update(self, version: str) -> None:
         """Install ``version`` now, as a provider's own channel (Teams admin center) would.
@@ -549,6 +591,12 @@ class SimDevice:
         await asyncio.sleep(self.spec.update.install_seconds)  # waits-for: the simulated install
         outcome = self.spec.update.outcome
         self.last_update = {"version": target[0], "build": target[1], "outcome": outcome}
+        version = self.update_status.get("version") or f"{target[0]}-{target[1]}"
+        self.update_status = {
+            "state": "INSTALLED" if outcome == "ok" else "FAILED",
+            "version": version,
+            "reason": "" if outcome == "ok" else "the install failed; the old version runs",
+        }
         if outcome == "brick":
             log.info("device %s did not come back from its update", self.serial)
             self._set_power("bricked")
@@ -598,4 +646,6 @@ class SimDevice:
                 for p in self.peripherals
             ],
             "last_update": dict(self.last_update),
+            "update_status": dict(self.update_status),
+            "downloads": [download.view() for download in self.downloads],
         }

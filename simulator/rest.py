@@ -642,6 +642,13 @@ async def system_logs(device: SimDevice, _r: web.BaseRequest, _s: Session | None
     )
 
 
+async def software_update(
+    device: SimDevice, _r: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    """The state of the last ordered update and why it failed [assumed shape]."""
+    return json_body(dict(device.update_status))
+
+
 #: (method, path) -> (handler, needs a session, firmware it appeared in or None).
 ROUTES: dict[tuple[str, str], tuple[Handler, bool, FirmwareVersion | None]] = {
     ("POST", "/rest/session"): (login, False, None),
@@ -661,6 +668,7 @@ ROUTES: dict[tuple[str, str], tuple[Handler, bool, FirmwareVersion | None]] = {
     ("GET", "/rest/system/sipservers"): (sipservers, True, None),
     ("GET", "/rest/calendar"): (calendar, True, CALENDAR_SINCE),
     ("POST", "/rest/system/reboot"): (system_reboot, True, None),
+    ("GET", "/rest/system/softwareupdate"): (software_update, True, None),
     ("POST", "/rest/config"): (config, True, None),
     ("GET", "/rest/system/logs"): (system_logs, True, None),
 }

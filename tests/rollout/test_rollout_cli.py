@@ -13,11 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+from test_rollout_api import REGISTRY, call, report
 
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import Firmware, Health, HealthState, Model, Provider, Snapshot, Via
-
-from test_rollout_api import REGISTRY, call, report
 
 REPO = Path(__file__).resolve().parents[2]
 

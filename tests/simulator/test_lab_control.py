@@ -154,6 +154,7 @@ async def test_index_lists_every_endpoint_and_fault(lab_factory: LabFactory) -> 
         "GET /devices",
         "GET /devices/{serial}",
         "GET /devices/{serial}/config",
+        "GET /downloads",
         "POST /devices/{serial}/faults",
         "DELETE /devices/{serial}/faults",
         "POST /sites/{site}/faults",

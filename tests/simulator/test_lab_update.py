@@ -5,27 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import paramiko
 import pytest
 from lab_client import LabFactory, RestClient, exec_command, pin, wait_for
+from package_server import PackageServer
 
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.testing import make_device, with_update
 
 Rest = Callable[[SimDevice], RestClient]
+#: Every package the tests order, as the update server offers it.
+PACKAGES = ("4.2.2-408037", "4.0.2.384012", "4.6.2", "4.1.3.394009")
+#: Where the module's update server listens; set by the ``server`` fixture.
+SERVER: dict[str, str] = {}
 
 
-async def order_update(client: RestClient, version: str) -> None:
+@pytest.fixture(autouse=True)
+async def server(tmp_path: Path) -> AsyncIterator[PackageServer]:
+    """An HTTPS update server offering every package the tests order."""
+    package_server = PackageServer(tmp_path / "update-server")
+    for version in PACKAGES:
+        package_server.add(version, version.encode() * 5000)
+    SERVER["url"] = await package_server.start()
+    yield package_server
+    await package_server.stop()
+
+
+async def order_update(client: RestClient, version: str, address: str | None = None) -> None:
     """Point the device at the update server and version, as a rollout does, then reboot it."""
     answer = await client.json_post(
         "/rest/config",
         {
             "vars": [
                 {"name": "upgrade.auto.enable", "value": "true"},
-                {"name": "upgrade.auto.server.address", "value": "https://127.0.0.1:8443/fw"},
+                {"name": "upgrade.auto.server.address", "value": address or SERVER["url"]},
                 {"name": "upgrade.auto.version", "value": version},
             ]
         },
@@ -69,9 +86,9 @@ async def test_update_fail_returns_on_the_old_version(
     device = lab.devices[spec.serial]
     client = rest_factory(device)
     await client.login()
+    started = time.monotonic()
     await order_update(client, "4.0.2.384012")
     await wait_for(lambda: device.power == "installing")
-    started = time.monotonic()
     await device.wait_power("on")
     # The install takes install_seconds (boot_seconds follow).
     assert time.monotonic() - started >= 0.5
@@ -156,7 +173,7 @@ async def test_ssh_reboot_now_installs_an_ordered_update(
         {
             "vars": [
                 {"name": "upgrade.auto.enable", "value": "true"},
-                {"name": "upgrade.auto.server.address", "value": "https://127.0.0.1:8443/fw"},
+                {"name": "upgrade.auto.server.address", "value": SERVER["url"]},
                 {"name": "upgrade.auto.version", "value": "4.1.3.394009"},
             ]
         },
@@ -167,3 +184,61 @@ async def test_ssh_reboot_now_installs_an_ordered_update(
     await device.wait_power("on")
     output, _ = await asyncio.to_thread(exec_command, device, "whoami")
     assert "Software Version: 4.1.3\r\n" in output and "Build Information: 394009" in output
+
+
+async def test_the_unit_downloads_and_checks_the_package_before_installing(
+    lab_factory: LabFactory, rest_factory: Rest, server: PackageServer
+) -> None:
+    """The package comes from the configured server; the control API shows bytes and source."""
+    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    await client.login()
+    await order_update(client, "4.2.2-408037")
+    await wait_for(lambda: device.power == "installing")
+    assert server.fetched == ["4.2.2-408037"]
+    await device.wait_power("on")
+    async with aiohttp.ClientSession() as http, http.get(f"{lab.control_url}/downloads") as r:
+        (download,) = (await r.json())["downloads"]
+    assert download["serial"] == spec.serial and download["source"] == server.url
+    assert download["bytes"] == download["size"] == len(b"4.2.2-408037") * 5000
+    assert download["status"] == "verified"
+    await client.login()
+    assert (await client.json("GET", "/rest/system/softwareupdate"))["state"] == "INSTALLED"
+
+
+async def test_a_wrong_checksum_means_no_install(
+    lab_factory: LabFactory, rest_factory: Rest, server: PackageServer
+) -> None:
+    """A package whose SHA-256 differs from the announced one is not installed; status says why."""
+    server.lie_about.add("4.2.2-408037")
+    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    await client.login()
+    await order_update(client, "4.2.2-408037")
+    await wait_for(lambda: device.update_status["state"] == "FAILED")
+    assert device.power == "on" and device.firmware_version == "4.1.0_00"
+    status = await client.json("GET", "/rest/system/softwareupdate")
+    assert status["state"] == "FAILED" and status["reason"].startswith("checksum mismatch")
+    assert device.view()["downloads"][0]["status"] == "failed"
+    assert device.last_update["outcome"] == "download_failed"
+
+
+async def test_an_unreachable_update_server_means_no_install(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """Nothing listens at the configured address: no install, and the status names the server."""
+    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    await client.login()
+    nowhere = "https://127.0.0.1:9/fw"
+    await order_update(client, "4.2.2-408037", address=nowhere)
+    await wait_for(lambda: device.update_status["state"] == "FAILED")
+    status = await client.json("GET", "/rest/system/softwareupdate")
+    assert status["reason"].startswith(f"update server unreachable: {nowhere}")
+    assert (device.firmware_version, device.build) == ("4.1.0_00", "180034")
