@@ -37,6 +37,7 @@ from polyfleet.controller.api import openapi as openapi_api
 from polyfleet.controller.api import rollouts as rollouts_api
 from polyfleet.controller.api import tickets as tickets_api
 from polyfleet.controller.api.auth import auth_middleware
+from polyfleet.controller.api.bodies import body_middleware
 from polyfleet.controller.api.errors import error_middleware
 from polyfleet.controller.api.metrics import build_registry
 from polyfleet.controller.clock import Clock, system_clock
@@ -144,7 +145,8 @@ def create_app(
             journal_max_bytes=config.journal_max_bytes,
         )
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware]
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[error_middleware, auth_middleware, body_middleware],
     )
     bus = EventBus(store, keep=config.events_keep)
     inventory = Inventory(store, bus, clock, config)

@@ -8,7 +8,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from polyfleet.controller.api.auth import principal
-from polyfleet.controller.api.errors import ApiError, parse_json, read_json, validate
+from polyfleet.controller.api.errors import (
+    ApiError,
+    check_depth,
+    parse_json,
+    read_json,
+    validate,
+)
 from polyfleet.controller.api.models import ArtifactOut, Ok
 from polyfleet.controller.api.spec import AGENTS, PUBLIC, endpoint
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS
@@ -64,6 +70,7 @@ async def enroll(request: web.Request) -> web.Response:
     summary="Post a batch of device snapshots (idempotent per report id)",
     roles=AGENTS,
     request=ReportBatch,
+    own_depth_check=True,
     response=ReportBatchAck,
     errors=(400, 401, 403, 413, 422),
     tags=("agent",),
@@ -74,12 +81,16 @@ async def post_reports(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
     # No local name for the batch: ingest lets go of it before waiting for the disk.
-    ack = await request.app[INVENTORY].ingest(principal(request), _read_batch(raw), raw=raw)
+    ack = await request.app[INVENTORY].ingest(principal(request), await _read_batch(raw), raw=raw)
     return web.json_response(ack.model_dump(mode="json"))
 
 
-def _read_batch(raw: bytes) -> ReportBatch:
-    """A valid batch: parsed in one pass; on failure, a second pass finds the precise error."""
+async def _read_batch(raw: bytes) -> ReportBatch:
+    """A valid batch: parsed in one pass; on failure, a second pass finds the precise error.
+
+    The one pass needs no depth check: its parser stops at its own (safe) recursion limit and
+    the schema allows no nesting beyond a report's, so a deep body fails it.
+    """
     try:
         batch = ReportBatch.model_validate_json(raw)
     except ValidationError:
@@ -87,6 +98,7 @@ def _read_batch(raw: bytes) -> ReportBatch:
     else:
         check_protocol({"protocol_version": batch.protocol_version})
         return batch
+    await check_depth(raw)
     data = parse_json(raw)
     check_protocol(data)
     reports = data.get("reports")

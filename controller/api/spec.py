@@ -69,6 +69,9 @@ class EndpointSpec:
     #: Error statuses whose body is another model (e.g. 422 with a list of problems).
     error_models: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    #: The handler checks the JSON body's nesting depth itself (where a cheaper check comes
+    #: first), instead of the body middleware doing it before the handler runs.
+    own_depth_check: bool = False
     #: Raw OpenAPI keys merged into the operation last, for what the fields above cannot say.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
