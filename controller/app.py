@@ -37,7 +37,8 @@ from polyfleet.controller.api import openapi as openapi_api
 from polyfleet.controller.api import rollouts as rollouts_api
 from polyfleet.controller.api import tickets as tickets_api
 from polyfleet.controller.api.auth import auth_middleware
-from polyfleet.controller.api.bodies import body_middleware
+from polyfleet.controller.api.bodies import CONNECTION_GUARD, body_middleware
+from polyfleet.controller.api.connections import ConnectionGuard, GuardedTCPSite
 from polyfleet.controller.api.errors import error_middleware
 from polyfleet.controller.api.metrics import build_registry
 from polyfleet.controller.clock import Clock, system_clock
@@ -152,6 +153,7 @@ def create_app(
     inventory = Inventory(store, bus, clock, config)
     app[CONFIG] = config
     app[CLOCK] = clock
+    app[CONNECTION_GUARD] = ConnectionGuard(config.max_unauthenticated_connections)
     app[STORE] = store
     app[EVENT_BUS] = bus
     app[ACCESS] = AccessService(
@@ -170,7 +172,7 @@ def create_app(
         lease_s=config.job_lease_s,
         max_artifact_bytes=config.max_artifact_bytes,
     )
-    app[METRICS] = build_registry(store, inventory)
+    app[METRICS] = build_registry(store, inventory, app[CONNECTION_GUARD])
     app.cleanup_ctx.append(_core_lifecycle)
     app.cleanup_ctx.extend(BACKGROUND)
     for module in ROUTE_MODULES:
@@ -213,14 +215,23 @@ async def serve(
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or ``stop``): TCP (TLS if set) + control socket."""
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # The keep-alive timer also closes a connection whose request headers do not arrive.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=config.read_timeout_s
+    )
     await runner.setup()
     housekeeping = asyncio.create_task(gc_housekeeping()) if process_wide_gc_tuning else None
     socket_path = control_socket_path(config.data_dir)
     runtime = config.data_dir / RUNTIME_FILE
     try:
         context = tls_context(config)
-        tcp = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=context)
+        tcp = GuardedTCPSite(
+            runner,
+            app[CONNECTION_GUARD],
+            host=config.listen_host,
+            port=config.listen_port,
+            ssl_context=context,
+        )
         await tcp.start()
         host, port = runner.addresses[0][:2]
         shown_host = f"[{host}]" if ":" in host else host

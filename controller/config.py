@@ -28,6 +28,13 @@ DEFAULT_REPORT_HISTORY = 5
 DEFAULT_HEALTH_HISTORY = 100
 DEFAULT_EVENTS_KEEP = 10_000
 DEFAULT_METRICS_REQUIRE_TOKEN = True
+#: How long a request may take to arrive: its headers (from the connection's start or the
+#: previous answer, which is also how long an idle connection is kept) and its body (this
+#: plus the time its size takes at ``MIN_BODY_RATE``).
+DEFAULT_READ_TIMEOUT_S = 60.0
+#: Connections that have not yet shown a credential (new ones, enrollment, public metrics);
+#: past this many, the oldest of them is closed.
+DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
 
 #: Sections other features parse themselves; kept here as raw tables.
 FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook")
@@ -46,6 +53,8 @@ class ControllerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     metrics_require_token: bool = DEFAULT_METRICS_REQUIRE_TOKEN
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    max_unauthenticated_connections: int = DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS
     data_dir: Path = DEFAULT_DATA_DIR
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
@@ -108,6 +117,8 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "tls_cert": ("tls_cert", Path),
         "tls_key": ("tls_key", Path),
         "metrics_require_token": ("metrics_require_token", bool),
+        "read_timeout_s": ("read_timeout_s", float),
+        "max_unauthenticated_connections": ("max_unauthenticated_connections", int),
     },
     "store": {
         "data_dir": ("data_dir", Path),
@@ -128,6 +139,8 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
 }
 
 _POSITIVE = {
+    "read_timeout_s",
+    "max_unauthenticated_connections",
     "snapshot_interval_s",
     "journal_max_bytes",
     "report_history",

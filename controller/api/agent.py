@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from polyfleet.controller.api.auth import principal
+from polyfleet.controller.api.bodies import body_deadline_s, deadline_chunks
 from polyfleet.controller.api.errors import (
     ApiError,
     check_depth,
@@ -146,9 +147,12 @@ async def put_artifact(request: web.Request) -> web.Response:
             "body_too_large",
             f"artifact larger than the limit of {jobs.max_artifact_bytes} bytes",
         )
-    artifact = await jobs.store_artifact(
-        request.match_info["job_id"], agent.site_id, request.content.iter_chunked(ARTIFACT_CHUNK)
+    chunks = deadline_chunks(
+        request,
+        request.content.iter_chunked(ARTIFACT_CHUNK),
+        body_deadline_s(request, most=jobs.max_artifact_bytes),
     )
+    artifact = await jobs.store_artifact(request.match_info["job_id"], agent.site_id, chunks)
     return web.json_response(artifact)
 
 

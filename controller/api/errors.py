@@ -60,6 +60,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "body_too_large",
     415: "unsupported_media_type",
@@ -73,7 +74,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        response = error_response(exc.status, exc.code, exc.message, exc.field)
+        if exc.status == 408:
+            # The rest of a late body may still trickle in: nothing more is read from it.
+            response.force_close()
+        return response
     except DeviceAtOtherSite as exc:
         return error_response(403, "device_at_other_site", str(exc), "reports")
     except InvalidInput as exc:

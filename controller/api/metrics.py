@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from polyfleet.controller.api.connections import ConnectionGuard
 from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.keys import CONFIG, METRICS
 from polyfleet.controller.services.inventory import Inventory
@@ -67,10 +68,39 @@ class InventoryCollector(Collector):
         yield refused
 
 
-def build_registry(store: Store, inventory: Inventory) -> CollectorRegistry:
+class ConnectionCollector(Collector):
+    """Connections without a credential, and those closed for holding on too long."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self._guard = guard
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        open_now = GaugeMetricFamily(
+            "polyfleet_unauthenticated_connections",
+            "Open connections that have not shown a credential yet",
+        )
+        open_now.add_metric([], self._guard.unauthenticated)
+        yield open_now
+        closed = CounterMetricFamily(
+            "polyfleet_connections_closed",
+            "Connections the controller closed: too many without a credential, or a request "
+            "body that did not arrive in time",
+            labels=["reason"],
+        )
+        stats = self._guard.stats
+        closed.add_metric(["unauthenticated_limit"], stats.closed_unauthenticated)
+        closed.add_metric(["read_timeout"], stats.closed_read_timeout)
+        yield closed
+
+
+def build_registry(
+    store: Store, inventory: Inventory, guard: ConnectionGuard | None = None
+) -> CollectorRegistry:
     """A registry of its own per application (several controllers can share a process)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(InventoryCollector(store, inventory))
+    if guard is not None:
+        registry.register(ConnectionCollector(guard))
     ingest = Histogram(
         "polyfleet_ingest_seconds",
         "Time to validate, apply and durably store one report batch",
