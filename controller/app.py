@@ -35,6 +35,7 @@ from polyfleet.controller.api import entitlement as entitlement_api
 from polyfleet.controller.api import metrics as metrics_api
 from polyfleet.controller.api import openapi as openapi_api
 from polyfleet.controller.api import rollouts as rollouts_api
+from polyfleet.controller.api import overview as overview_api
 from polyfleet.controller.api import tickets as tickets_api
 from polyfleet.controller.api.auth import auth_middleware
 from polyfleet.controller.api.bodies import CONNECTION_GUARD, body_middleware
@@ -59,6 +60,7 @@ from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.store.base import Store, StoreUnavailable
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.web import routes as web_routes
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.schema import MAX_BODY_BYTES
 
@@ -80,6 +82,8 @@ ROUTE_MODULES: list[RouteModule] = [
     entitlement_api,
     tickets_api,
     rollouts_api,
+    overview_api,
+    web_routes,
 ]
 
 #: In a serving process, young objects are collected automatically at these thresholds (the

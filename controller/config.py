@@ -37,7 +37,7 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
 
 #: Sections other features parse themselves; kept here as raw tables.
-FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook")
+FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook", "web")
 
 
 class ConfigError(ValueError):
@@ -67,7 +67,7 @@ class ControllerConfig:
     enroll_code_ttl_s: int = DEFAULT_ENROLL_CODE_TTL_S
     job_lease_s: int = DEFAULT_JOB_LEASE_S
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
-    #: Raw tables of ``[entitlement]``, ``[tickets]``, ``[smtp]``, ``[webhook]``.
+    #: Raw tables of ``[entitlement]``, ``[tickets]``, ``[smtp]``, ``[webhook]``, ``[web]``.
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -81,12 +82,13 @@ PROBLEM_SEVERITY: dict[ProblemCode, HealthState] = {
     ProblemCode.CERTIFICATE_CHANGED: HealthState.DEGRADED,
 }
 
-_SEVERITY_ORDER = [HealthState.OK, HealthState.DEGRADED, HealthState.FAULT, HealthState.UNREACHABLE]
+#: Health states from best to worst (a room's colour is its worst device's state).
+SEVERITY_ORDER = (HealthState.OK, HealthState.DEGRADED, HealthState.FAULT, HealthState.UNREACHABLE)
 
 
-def worst_state(states: list[HealthState]) -> HealthState:
+def worst_state(states: Iterable[HealthState]) -> HealthState:
     """The worst of several health states (ok < degraded < fault < unreachable)."""
-    return max(states, key=_SEVERITY_ORDER.index, default=HealthState.OK)
+    return max(states, key=SEVERITY_ORDER.index, default=HealthState.OK)
 
 
 class Via(StrEnum):

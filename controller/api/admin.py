@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from polyfleet.controller.api.auth import principal
+from polyfleet.controller.api.entitlement import verdict_lookup
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.models import (
     DeviceDetail,
@@ -27,20 +28,38 @@ from polyfleet.controller.api.models import (
     TokenIn,
     TokenList,
 )
-from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
+from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS, STORE
 from polyfleet.controller.services.access import Role
-from polyfleet.controller.services.inventory import DeviceFilter
+from polyfleet.controller.services.device_table import (
+    MAX_LIMIT,
+    SORT_KEYS,
+    DeviceQuery,
+    query_devices,
+)
 from polyfleet.controller.services.jobs import UnknownJob
 from polyfleet.controller.store.base import EVENTS
 
-DEVICE_QUERY = {
+DEVICE_QUERY: dict[str, str | Param] = {
     "site": "only devices of this site id",
     "model": "studio_x30, studio_x50, studio_x70, studio_e70, g7500 or unknown",
     "provider": "teams, zoom, poly, device_mode or unknown",
     "health": "ok, degraded, fault or unreachable",
     "firmware": "firmware version, e.g. 4.1.0 (or version-build)",
     "room": "only devices in this room",
+    "no_room": Param("1: only devices without a room", {"type": "string", "enum": ["1", "0"]}),
+    "q": "words that must all appear in the serial, name, room, site, model or firmware",
+    "flag": Param(
+        "only devices whose entitlement verdict carries this flag",
+        {"type": "string", "enum": list(FLAGS)},
+    ),
+    "sort": Param(
+        "order by this column; a leading - sorts descending (default serial)",
+        {"type": "string", "enum": [*SORT_KEYS, *(f"-{key}" for key in SORT_KEYS)]},
+    ),
+    "offset": Param("skip this many (after sorting)", {"type": "integer", "minimum": 0}),
+    "limit": Param("at most this many", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
 }
 EVENT_QUERY = {
     "since": "only events with a larger id (poll with the last id seen)",
@@ -82,8 +101,10 @@ async def add_site(request: web.Request) -> web.Response:
     tags=("devices",),
 )
 async def list_devices(request: web.Request) -> web.Response:
-    where = DeviceFilter.parse({name: request.query.get(name) for name in DEVICE_QUERY})
-    return web.json_response({"devices": request.app[INVENTORY].devices(where)})
+    query = DeviceQuery.parse(request.query)
+    verdict_of = await verdict_lookup(request.app) if query.flag is not None else None
+    found = query_devices(request.app[INVENTORY], query, verdict_of)
+    return web.json_response({"devices": found.rows, "total": found.total})
 
 
 @endpoint(

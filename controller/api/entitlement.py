@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -14,7 +14,7 @@ from polyfleet.controller.api.errors import ApiError
 from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.domain.assets import COLUMNS, RegistryImportError, parse_registry
 from polyfleet.controller.domain.calendar import to_warsaw
-from polyfleet.controller.domain.entitlement import Flag, parse_moment
+from polyfleet.controller.domain.entitlement import EntitlementVerdict, Flag, parse_moment
 from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, forecast
 from polyfleet.controller.events import DeviceAdded, Event
 from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
@@ -22,6 +22,7 @@ from polyfleet.controller.services import entitlement as service
 from polyfleet.shared.schema import ErrorBody
 
 CATALOGUES = web.AppKey("entitlement_catalogues", service.Catalogues)
+VERDICTS = web.AppKey("entitlement_verdicts", service.VerdictCache)
 
 
 class _Out(BaseModel):
@@ -238,7 +239,9 @@ async def device_entitlement(request: web.Request) -> web.Response:
     at = _moment(request)
     catalogues = request.app[CATALOGUES]
     releases = await catalogues.releases()
-    verdict = service.live_verdict(request.app[STORE], catalogues.plans, releases, serial, at)
+    verdict = request.app[VERDICTS].verdict(
+        request.app[STORE], catalogues.plans, releases, serial, at
+    )
     if verdict is None:
         raise ApiError(404, "not_found", f"no device {serial!r} in the registry or in reports")
     return web.json_response({"at": at.isoformat(), **verdict.to_json()})
@@ -257,7 +260,12 @@ async def all_entitlements(request: web.Request) -> web.Response:
     catalogues = request.app[CATALOGUES]
     releases = await catalogues.releases()
     verdicts = service.live_verdicts(
-        request.app[STORE], catalogues.plans, releases, at, site=request.query.get("site")
+        request.app[STORE],
+        catalogues.plans,
+        releases,
+        at,
+        site=request.query.get("site"),
+        cache=request.app[VERDICTS],
     )
     return web.json_response({"at": at.isoformat(), "assets": [v.to_json() for v in verdicts]})
 
@@ -291,6 +299,14 @@ async def entitlement_forecast(request: web.Request) -> web.Response:
     return web.json_response(result.to_json())
 
 
+async def verdict_lookup(app: web.Application) -> Callable[[str], EntitlementVerdict | None]:
+    """Each device's verdict now, by serial (cached: see ``VerdictCache``)."""
+    store, catalogues, cache = app[STORE], app[CATALOGUES], app[VERDICTS]
+    releases = await catalogues.releases()
+    at = to_warsaw(app[CLOCK]())
+    return lambda serial: cache.verdict(store, catalogues.plans, releases, serial, at)
+
+
 async def _catalogue_lifecycle(app: web.Application) -> AsyncIterator[None]:
     # Read at startup, off the event loop; a bad catalogue stops the server with its file and key.
     await app[CATALOGUES].load()
@@ -313,6 +329,7 @@ async def _placement_lifecycle(app: web.Application) -> AsyncIterator[None]:
 def register(app: web.Application) -> None:
     section: Any = app[CONFIG].section("entitlement") if CONFIG in app else {}
     app[CATALOGUES] = service.Catalogues(*service.catalogue_paths(section))
+    app[VERDICTS] = service.VerdictCache()
     app.cleanup_ctx.append(_catalogue_lifecycle)
     app.cleanup_ctx.append(_placement_lifecycle)
     router = app.router

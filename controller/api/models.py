@@ -55,6 +55,7 @@ class DeviceOut(_Out):
 
 class DeviceList(_Out):
     devices: list[DeviceOut]
+    total: int = Field(description="devices matching the filters, before offset and limit")
 
 
 class HealthChange(_Out):

@@ -41,7 +41,7 @@ def implied_errors(spec: EndpointSpec) -> tuple[int, ...]:
 
 
 def build_openapi(app: web.Application) -> dict[str, Any]:
-    """An OpenAPI 3.1 document describing every route the application serves."""
+    """An OpenAPI 3.1 document describing every API route (not the dashboard's pages)."""
     routes: list[tuple[str, str, EndpointSpec]] = []
     models: set[type[BaseModel]] = {ErrorResponse}
     for route in app.router.routes():
@@ -52,6 +52,8 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
         if path is None:
             continue
         spec = spec_of(route.handler, method)
+        if spec.hidden:
+            continue
         routes.append((path, method, spec))
         models.update(model for model in (spec.request, spec.response) if model is not None)
         models.update(spec.error_models.values())

@@ -74,6 +74,9 @@ class EndpointSpec:
     own_depth_check: bool = False
     #: Raw OpenAPI keys merged into the operation last, for what the fields above cannot say.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Not part of the API document: the dashboard's pages and static files, which check
+    #: their own session cookie (``roles`` is then PUBLIC, so the bearer check lets them by).
+    hidden: bool = False
 
 
 def endpoint(**kwargs: Any) -> Callable[[HandlerT], HandlerT]:

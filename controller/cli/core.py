@@ -26,6 +26,7 @@ from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import AccessService, Role, UnknownSite
+from polyfleet.controller.services.device_table import CSV_COLUMNS, csv_row
 from polyfleet.controller.services.inventory import (
     DeviceFilter,
     InvalidInput,
@@ -37,21 +38,6 @@ from polyfleet.controller.store.tinydb import TinyDBStore
 
 #: How long a command waits for a starting server to publish its control socket.
 SERVER_WAIT_S = 15.0
-
-CSV_COLUMNS = (
-    "serial",
-    "model",
-    "provider",
-    "firmware_version",
-    "firmware_build",
-    "health",
-    "problems",
-    "site",
-    "room",
-    "system_name",
-    "host_serial",
-    "last_seen",
-)
 
 
 class CommandError(Exception):
@@ -329,23 +315,7 @@ def devices_csv(devices: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for device in devices:
-        writer.writerow(
-            [
-                device["serial"],
-                device["model"],
-                device["provider"],
-                device["firmware"]["version"],
-                device["firmware"]["build"],
-                device["health"]["state"],
-                " ".join(problem["code"] for problem in device["health"]["problems"]),
-                device["site"],
-                device.get("room") or "",
-                device.get("system_name", ""),
-                device.get("host_serial") or "",
-                device.get("last_seen") or "",
-            ]
-        )
+    writer.writerows(csv_row(device) for device in devices)
     return out.getvalue()
 
 

@@ -56,6 +56,14 @@ DELIVERED = frozenset(_ORDER[_ORDER.index(TicketStatus.SENT) :]) - {TicketStatus
 ACTIVE = frozenset(_ORDER) - {TicketStatus.CLOSED}
 
 
+@dataclass(frozen=True)
+class RunningClock:
+    """One running SLA clock of a ticket: which one and when it runs out."""
+
+    name: Literal["reaction", "delivery", "return"]
+    due: datetime
+
+
 class TicketError(ValueError):
     """An action that the ticket's state does not allow; the message says why and what to do."""
 
@@ -272,6 +280,24 @@ class Ticket(BaseModel):
             setattr(self, stamp, None)
         self.status = TicketStatus.NEEDS_DATA if self.missing else TicketStatus.OPEN
         self.note(at, "reopened", when=came_back.isoformat())
+
+    def running_clock(self) -> RunningClock | None:
+        """The SLA clock the ticket waits on now, if any: reaction from sending until the desk
+        reacts (W2), delivery from acceptance until the unit arrives (W3), return from its
+        arrival until the failed unit is sent back (W6, P4)."""
+        sla = self.sla()
+        if sla is None:
+            return None
+        if self.status is TicketStatus.SENT and sla.reaction_due is not None:
+            return RunningClock(name="reaction", due=sla.reaction_due)
+        if (
+            self.status in (TicketStatus.ACCEPTED, TicketStatus.REPLACEMENT_SHIPPED)
+            and sla.delivery_due is not None
+        ):
+            return RunningClock(name="delivery", due=sla.delivery_due)
+        if self.status is TicketStatus.REPLACEMENT_RECEIVED and sla.return_due is not None:
+            return RunningClock(name="return", due=sla.return_due)
+        return None
 
     def reaction_overdue(self, now: datetime) -> bool:
         """Sent, not acknowledged, reaction deadline passed and not yet escalated (W2, W7)."""

@@ -86,7 +86,11 @@ class AccessService:
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal owning ``token``, or None."""
-        digest = token_digest(token)
+        return self.principal_of(token_digest(token))
+
+    def principal_of(self, digest: str) -> Principal | None:
+        """The principal of the stored token with this digest (a dashboard session keeps only
+        the digest, so revoking the token ends its sessions), or None."""
         doc = self._store.get(TOKENS, digest)
         # The lookup is by digest; comparing again in constant time keeps timing flat anyway.
         if doc is None or not hmac.compare_digest(str(doc.get("sha256", "")), digest):
@@ -114,6 +118,13 @@ class AccessService:
         }
         await self._store.put_many(TOKENS, {digest: doc})
         return token, public_token(doc)
+
+    def digest_of(self, token_id: str) -> str | None:
+        """The digest of the admin or viewer token with this id, or None."""
+        for digest, doc in self._store.scan(TOKENS).items():
+            if doc["id"] == token_id and doc["role"] in (Role.ADMIN.value, Role.VIEWER.value):
+                return digest
+        return None
 
     def list_tokens(self) -> list[Doc]:
         return [public_token(doc) for doc in self._store.scan(TOKENS).values()]

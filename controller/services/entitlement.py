@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from polyfleet.controller.domain.assets import Asset, ImportPlan, InstalledFirmware, plan_import
+from polyfleet.controller.domain.calendar import warsaw_date
 from polyfleet.controller.domain.entitlement import EntitlementVerdict, judge, unknown_asset_verdict
 from polyfleet.controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
 from polyfleet.controller.domain.releases import (
@@ -21,7 +22,7 @@ from polyfleet.controller.domain.releases import (
     parse_releases,
     render_releases,
 )
-from polyfleet.controller.store.base import DEVICES, Store
+from polyfleet.controller.store.base import DEVICES, Doc, Store
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -185,6 +186,53 @@ def live_verdict(
     return None
 
 
+class VerdictCache:
+    """Verdicts kept until what they are judged from changes, so pages that show every
+    device's verdict (the overview, the device table) stay fast at ten thousand devices.
+
+    A verdict depends on the device's registry entry, its reported firmware, the catalogues
+    and the Warsaw day of the moment judged (E1: every rule reads that day only). Stored
+    documents are replaced, never changed in place, so holding the documents a verdict came
+    from and finding the same objects in the store again means nothing it reads changed.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[
+            str, tuple[Doc | None, Doc | None, date, PlanCatalogue, ReleaseCatalogue, Any]
+        ] = {}
+
+    def verdict(
+        self,
+        store: Store,
+        plans: PlanCatalogue,
+        releases: ReleaseCatalogue,
+        serial: str,
+        at: datetime,
+    ) -> EntitlementVerdict | None:
+        """``live_verdict``, judged again only when one of its inputs changed."""
+        asset, device, day = store.get(ASSETS, serial), store.get(DEVICES, serial), warsaw_date(at)
+        kept = self._kept.get(serial)
+        if (
+            kept is not None
+            and kept[0] is asset
+            and kept[1] is device
+            and kept[2] == day
+            and kept[3] is plans
+            and kept[4] is releases
+        ):
+            found: EntitlementVerdict | None = kept[5]
+            return found
+        verdict = live_verdict(store, plans, releases, serial, at)
+        self._kept[serial] = (asset, device, day, plans, releases, verdict)
+        return verdict
+
+    def forget_missing(self, store: Store) -> None:
+        """Drop verdicts of devices that are neither registered nor reported any more."""
+        assets, devices = store.scan(ASSETS), store.scan(DEVICES)
+        for serial in [s for s in self._kept if s not in assets and s not in devices]:
+            del self._kept[serial]
+
+
 def live_verdicts(
     store: Store,
     plans: PlanCatalogue,
@@ -192,6 +240,7 @@ def live_verdicts(
     at: datetime,
     *,
     site: str | None = None,
+    cache: VerdictCache | None = None,
 ) -> list[EntitlementVerdict]:
     """Verdicts of every registered or reported device (of ``site`` when given), by serial."""
     assets = dict(store.scan(ASSETS))
@@ -204,7 +253,11 @@ def live_verdicts(
             if (assets.get(serial) or {}).get("site") == site
             or (devices.get(serial) or {}).get("site_id") == site
         }
-    found = (live_verdict(store, plans, releases, serial, at) for serial in sorted(serials))
+    if cache is not None:
+        cache.forget_missing(store)
+        found = (cache.verdict(store, plans, releases, serial, at) for serial in sorted(serials))
+    else:
+        found = (live_verdict(store, plans, releases, serial, at) for serial in sorted(serials))
     return [verdict for verdict in found if verdict is not None]
 
 

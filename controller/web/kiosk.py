@@ -1,0 +1,31 @@
+"""The kiosk: a read-only overview for a wall screen, in large type, refreshing itself."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from polyfleet.controller.api.overview import overview_of
+from polyfleet.controller.web.keys import SETTINGS
+from polyfleet.controller.web.render import render
+from polyfleet.controller.web.security import page
+
+
+@page("Kiosk: the overview for a wall screen", kiosk=True)
+async def kiosk_page(request: web.Request) -> web.Response:
+    data = await overview_of(request.app)
+    zones = {site["id"]: site["timezone"] for site in data["sites"]}
+    return render(
+        request,
+        "kiosk.html",
+        {
+            "live": True,
+            "live_every": request.app[SETTINGS].kiosk_refresh_s,
+            "o": data,
+            "zones": zones,
+            "kiosk": True,
+        },
+    )
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/kiosk", kiosk_page, allow_head=False, name="kiosk")

@@ -1,0 +1,94 @@
+"""The dashboard's route module: settings, sessions, templates, static files and every page."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from polyfleet.controller.api.spec import PUBLIC
+from polyfleet.controller.keys import ACCESS, CLOCK, CONFIG, STORE
+from polyfleet.controller.services.web_sessions import SessionService
+from polyfleet.controller.store.base import StoreUnavailable
+from polyfleet.controller.web import devices, kiosk, overview, signin
+from polyfleet.controller.web.keys import SESSIONS, SETTINGS, STATIC_VERSION
+from polyfleet.controller.web.render import setup_templates
+from polyfleet.controller.web.security import page, page_middleware
+from polyfleet.controller.web.settings import web_settings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: How often expired sessions and sign-in links are forgotten.
+PRUNE_INTERVAL_S = 3600.0
+#: Static addresses carry ``?v=`` (a digest of the files): cached for a year, fetched anew
+#: whenever a file changes.
+STATIC_CACHE = "public, max-age=31536000, immutable"
+
+
+def static_version() -> str:
+    """A short digest of every static file: changes whenever one of them does."""
+    digest = hashlib.sha256()
+    for path in sorted(STATIC_DIR.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(STATIC_DIR).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@page("A static file of the dashboard (styles, scripts and their licences)", roles=PUBLIC)
+async def static_file(request: web.Request) -> web.StreamResponse:
+    relative = request.match_info["path"]
+    path = (STATIC_DIR / relative).resolve()
+    if not path.is_relative_to(STATIC_DIR) or not await asyncio.to_thread(path.is_file):
+        raise web.HTTPNotFound(text=f"no file {relative!r}")
+    cache = STATIC_CACHE if request.query.get("v") == request.app[STATIC_VERSION] else "no-cache"
+    return web.FileResponse(path, headers={"Cache-Control": cache})
+
+
+async def _prune_sessions(app: web.Application) -> AsyncIterator[None]:
+    sessions = app[SESSIONS]
+
+    async def loop() -> None:
+        while True:
+            try:
+                forgotten = await sessions.prune()
+                if forgotten:
+                    log.info("forgot %d expired dashboard sessions and sign-in links", forgotten)
+            except StoreUnavailable:
+                return
+            except Exception:
+                log.exception("pruning dashboard sessions failed; trying again later")
+            await asyncio.sleep(PRUNE_INTERVAL_S)  # waits-for: the next pruning round
+
+    task = asyncio.create_task(loop(), name="web-session-prune")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def register(app: web.Application) -> None:
+    settings = web_settings(app[CONFIG].section("web"))
+    app[SETTINGS] = settings
+    app[SESSIONS] = SessionService(
+        app[STORE],
+        app[ACCESS],
+        app[CLOCK],
+        session_ttl_s=settings.session_ttl_s,
+        kiosk_session_ttl_s=settings.kiosk_session_ttl_s,
+        link_ttl_s=settings.signin_link_ttl_s,
+    )
+    app[STATIC_VERSION] = static_version()
+    setup_templates(app)
+    # Innermost: runs after the API's error and bearer middlewares have let a page by.
+    app.middlewares.append(page_middleware)
+    app.cleanup_ctx.append(_prune_sessions)
+    app.router.add_get("/static/{path:.+}", static_file, allow_head=False)
+    for module in (signin, overview, devices, kiosk):
+        module.register(app)

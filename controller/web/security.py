@@ -1,0 +1,232 @@
+"""Who may open which page: the session cookie, role checks, CSRF, and security headers.
+
+Pages are marked with ``@page(...)``; the API's bearer check lets them by (their endpoint
+spec is PUBLIC and hidden from the API document) and ``page_middleware`` checks them
+instead: a signed-in session, the role, a kiosk session kept to the kiosk, and on every
+POST the session's CSRF token and a same-origin ``Origin``. Errors become HTML pages.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
+
+from polyfleet.controller.api.errors import ApiError, Handler
+from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.services.access import Role
+from polyfleet.controller.services.inventory import InvalidInput, UnknownDevice
+from polyfleet.controller.store.base import StoreUnavailable
+from polyfleet.controller.web.keys import SESSION, SESSIONS
+from polyfleet.controller.web.render import render, translator
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "polyfleet_session"
+#: Login CSRF: a random value in a cookie and in the sign-in form must match.
+SIGNIN_COOKIE = "polyfleet_signin"
+SIGNIN_COOKIE_MAX_AGE_S = 3600
+
+#: Scripts, styles and images from this origin only; no frames, no plugins, no inline code.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+_PAGE = "__polyfleet_page__"
+HandlerT = TypeVar("HandlerT", bound=Handler)
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    """Who may open a page: ``roles`` (empty: anyone, signed in or not); ``kiosk``: a wall
+    screen's session may open it too."""
+
+    roles: frozenset[Role]
+    kiosk: bool = False
+
+
+def page(
+    summary: str, *, roles: frozenset[Role] = READERS, kiosk: bool = False
+) -> Callable[[HandlerT], HandlerT]:
+    """Mark a dashboard handler: checked by ``page_middleware``, not by the bearer check."""
+
+    def attach(handler: HandlerT) -> HandlerT:
+        endpoint(summary=summary, roles=PUBLIC, hidden=True)(handler)
+        setattr(handler, _PAGE, PageSpec(roles=roles, kiosk=kiosk))
+        return handler
+
+    return attach
+
+
+def page_spec(handler: object) -> PageSpec | None:
+    found = getattr(handler, _PAGE, None)
+    return found if isinstance(found, PageSpec) else None
+
+
+def set_session_cookie(response: web.StreamResponse, value: str, max_age_s: int) -> None:
+    # Secure: browsers keep it over HTTPS and on loopback addresses only, which is the point.
+    response.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=max_age_s,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+def clear_session_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
+
+
+def signin_nonce(request: web.Request, response_cookies: dict[str, str]) -> str:
+    """The login-CSRF value for a sign-in form (reused from its cookie, else a new one)."""
+    value = request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(24)
+    response_cookies[SIGNIN_COOKIE] = value
+    return value
+
+
+def set_signin_cookie(response: web.StreamResponse, value: str) -> None:
+    response.set_cookie(
+        SIGNIN_COOKIE,
+        value,
+        max_age=SIGNIN_COOKIE_MAX_AGE_S,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="Strict",
+    )
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path on this site only (never another host)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target:
+        return "/"
+    return target
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A POST's ``Origin`` (sent by every current browser) names this very host."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        # No Origin (old browsers, some privacy settings): the CSRF token alone decides.
+        return origin is None
+    return urlsplit(origin).netloc == request.host
+
+
+def _browser_page(request: web.Request) -> bool:
+    """A browser asking for a page (not the API, metrics or a script)."""
+    path = request.path
+    if path.startswith(("/api/", "/metrics")):
+        return False
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+def _to_signin(request: web.Request) -> web.StreamResponse:
+    target = "/signin?next=" + quote(request.path_qs if request.method == "GET" else "/", safe="")
+    if request.headers.get("HX-Request") == "true":
+        # A live update of an expired session: the browser goes to the sign-in page whole.
+        return web.Response(status=401, headers={"HX-Redirect": target})
+    raise web.HTTPSeeOther(target)
+
+
+def error_page(request: web.Request, status: int, message: str) -> web.Response:
+    t = translator(request)
+    titles = {
+        400: t.gettext("Bad request"),
+        403: t.gettext("Not allowed"),
+        404: t.gettext("Not found"),
+        409: t.gettext("Not possible now"),
+        503: t.gettext("Temporarily unavailable"),
+    }
+    title = titles.get(status, t.gettext("Something went wrong"))
+    return render(request, "error.html", {"title": title, "message": message}, status=status)
+
+
+@web.middleware
+async def page_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match = request.match_info
+    if isinstance(match, MatchInfoError):
+        if match.http_exception.status == 404 and _browser_page(request):
+            # A mistyped dashboard address gets a page, not the API's JSON.
+            request[SESSION] = request.app[SESSIONS].find(request.cookies.get(SESSION_COOKIE, ""))
+            response: web.StreamResponse = error_page(
+                request, 404, translator(request).gettext("There is no such page.")
+            )
+            response.headers.update(SECURITY_HEADERS)
+            return response
+        return await handler(request)
+    spec = page_spec(match.handler)
+    if spec is None:
+        return await handler(request)
+    response = await _guarded(request, handler, spec)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> web.StreamResponse:
+    t = translator(request)
+    try:
+        session = request.app[SESSIONS].find(request.cookies.get(SESSION_COOKIE, ""))
+        request[SESSION] = session
+        if spec.roles:
+            if session is None:
+                return _to_signin(request)
+            if session.kiosk and not spec.kiosk:
+                raise web.HTTPSeeOther("/kiosk")
+            if session.principal.role not in spec.roles:
+                log.warning(
+                    "refused %s %s to %s (%s)",
+                    request.method,
+                    request.path,
+                    session.principal.name or session.principal.token_id,
+                    session.principal.role.value,
+                )
+                message = (
+                    t.gettext("Viewers can look but not change anything.")
+                    if session.principal.role is Role.VIEWER
+                    else t.gettext("This page is not for your role.")
+                )
+                return error_page(request, 403, message)
+            if request.method == "POST":
+                form = await request.post()
+                token = form.get("csrf")
+                if not (
+                    _same_origin(request)
+                    and isinstance(token, str)
+                    and request.app[SESSIONS].csrf_ok(session, token)
+                ):
+                    forged = t.gettext("The form had expired or came from another site; try again.")
+                    return error_page(request, 403, forged)
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_page(request, exc.status, exc.text or exc.reason)
+    except ApiError as exc:
+        return error_page(request, exc.status, exc.message)
+    except UnknownDevice as exc:
+        return error_page(request, 404, str(exc))
+    except InvalidInput as exc:
+        return error_page(request, 400, str(exc))
+    except StoreUnavailable:
+        log.error("refusing %s %s: store unavailable", request.method, request.path)
+        return error_page(request, 503, t.gettext("Storage failed; restart the controller."))

@@ -1,0 +1,211 @@
+"""Signing in (with an API token or a one-time link) and out; the API that makes such links."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from polyfleet.controller.api.errors import ApiError, read_model
+from polyfleet.controller.api.spec import ADMINS, PUBLIC, READERS, endpoint
+from polyfleet.controller.services.web_sessions import SignInRefused, WebSession
+from polyfleet.controller.web.keys import SESSION, SESSIONS
+from polyfleet.controller.web.render import render, translator
+from polyfleet.controller.web.security import (
+    SIGNIN_COOKIE,
+    clear_session_cookie,
+    page,
+    safe_next,
+    set_session_cookie,
+    set_signin_cookie,
+)
+
+log = logging.getLogger(__name__)
+
+LINK_PATH = "/signin/link"
+
+
+class SignInLinkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token_id: str = Field(min_length=1, max_length=64)
+
+
+class SignInLinkOut(BaseModel):
+    """A one-time dashboard sign-in link: open ``path`` on the controller's address."""
+
+    path: str
+    token_id: str
+    expires_at: str
+
+
+def _nonce(request: web.Request) -> str:
+    return request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(24)
+
+
+def _nonce_ok(request: web.Request, given: object) -> bool:
+    expected = request.cookies.get(SIGNIN_COOKIE)
+    return isinstance(given, str) and expected is not None and hmac.compare_digest(expected, given)
+
+
+def _signin_form(
+    request: web.Request, *, error: str | None = None, status: int = 200
+) -> web.Response:
+    nonce = _nonce(request)
+    response = render(
+        request,
+        "signin.html",
+        {
+            "error": error,
+            "nonce": nonce,
+            "next": safe_next(request.query.get("next")),
+            "plain_http": _plain_http_elsewhere(request),
+        },
+        status=status,
+    )
+    set_signin_cookie(response, nonce)
+    return response
+
+
+def _plain_http_elsewhere(request: web.Request) -> bool:
+    """Plain HTTP to a host that is not this machine: the browser will not keep the cookie."""
+    if request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https":
+        return False
+    host = request.host.rsplit(":", 1)[0].strip("[]")
+    return host not in ("localhost", "::1") and not host.startswith("127.")
+
+
+def _signed_in(session: WebSession, cookie: str, target: str) -> web.StreamResponse:
+    response = web.Response(status=303, headers={"Location": target})
+    ttl = int((session.expires_at - session.created_at).total_seconds())
+    set_session_cookie(response, cookie, ttl)
+    return response
+
+
+@page("Sign-in form", roles=PUBLIC)
+async def signin_page(request: web.Request) -> web.StreamResponse:
+    if request.get(SESSION) is not None:
+        raise web.HTTPSeeOther(safe_next(request.query.get("next")))
+    return _signin_form(request)
+
+
+@page("Sign in with an API token", roles=PUBLIC)
+async def signin_submit(request: web.Request) -> web.StreamResponse:
+    t = translator(request)
+    form = await request.post()
+    if not _nonce_ok(request, form.get("nonce")):
+        return _signin_form(
+            request,
+            error=t.gettext("The sign-in form had expired; please try again."),
+            status=403,
+        )
+    token = form.get("token")
+    kiosk = form.get("kiosk") == "1"
+    target = "/kiosk" if kiosk else safe_next(str(form.get("next") or "/"))
+    if not isinstance(token, str) or not token.strip():
+        return _signin_form(request, error=t.gettext("Paste an API token."), status=400)
+    try:
+        cookie, session = await request.app[SESSIONS].sign_in(token, kiosk=kiosk)
+    except SignInRefused as exc:
+        log.warning("dashboard sign-in refused from %s: %s", request.remote, exc)
+        return _signin_form(request, error=_refusal_text(request, exc), status=401)
+    log.info(
+        "dashboard sign-in: %s (%s)%s",
+        session.principal.name or session.principal.token_id,
+        session.principal.role.value,
+        " as a wall screen" if kiosk else "",
+    )
+    return _signed_in(session, cookie, target)
+
+
+def _refusal_text(request: web.Request, exc: SignInRefused) -> str:
+    t = translator(request)
+    texts = {
+        "agent_token": t.gettext("Agent credentials cannot sign in to the dashboard."),
+        "admin_kiosk": t.gettext("A wall screen signs in with a viewer token, never an admin one."),
+        "link_expired": t.gettext("This sign-in link has expired; ask for a new one."),
+        "link_used": t.gettext("This sign-in link was used already or never existed."),
+    }
+    return texts.get(exc.reason, t.gettext("Unknown or revoked token."))
+
+
+@page("Sign out", roles=READERS, kiosk=True)
+async def signout(request: web.Request) -> web.StreamResponse:
+    session = request[SESSION]
+    assert session is not None
+    await request.app[SESSIONS].sign_out(session)
+    response = web.Response(status=303, headers={"Location": "/signin"})
+    clear_session_cookie(response)
+    return response
+
+
+@page("A one-time sign-in link: who it signs in, and a button to use it", roles=PUBLIC)
+async def link_page(request: web.Request) -> web.StreamResponse:
+    code = request.query.get("code", "")
+    principal = request.app[SESSIONS].link_principal(code)
+    nonce = _nonce(request)
+    response = render(
+        request,
+        "signin_link.html",
+        {"principal": principal, "code": code, "nonce": nonce},
+        status=200 if principal is not None else 410,
+    )
+    set_signin_cookie(response, nonce)
+    return response
+
+
+@page("Use a one-time sign-in link", roles=PUBLIC)
+async def link_submit(request: web.Request) -> web.StreamResponse:
+    t = translator(request)
+    form = await request.post()
+    if not _nonce_ok(request, form.get("nonce")):
+        return _signin_form(
+            request, error=t.gettext("The sign-in form had expired; please try again."), status=403
+        )
+    code = form.get("code")
+    try:
+        cookie, session = await request.app[SESSIONS].redeem_link(
+            code if isinstance(code, str) else ""
+        )
+    except SignInRefused as exc:
+        return _signin_form(request, error=_refusal_text(request, exc), status=401)
+    log.info(
+        "dashboard sign-in by one-time link: %s (%s)",
+        session.principal.name or session.principal.token_id,
+        session.principal.role.value,
+    )
+    return _signed_in(session, cookie, "/")
+
+
+@endpoint(
+    summary="Create a one-time dashboard sign-in link for an admin or viewer token",
+    roles=ADMINS,
+    request=SignInLinkIn,
+    response=SignInLinkOut,
+    response_status=201,
+    errors=(404,),
+    tags=("dashboard",),
+)
+async def create_signin_link(request: web.Request) -> web.Response:
+    body = await read_model(request, SignInLinkIn)
+    try:
+        code, expires = await request.app[SESSIONS].create_link(body.token_id)
+    except SignInRefused as exc:
+        raise ApiError(404, "not_found", str(exc), "token_id") from None
+    out = SignInLinkOut(
+        path=f"{LINK_PATH}?code={code}", token_id=body.token_id, expires_at=expires.isoformat()
+    )
+    return web.json_response(out.model_dump(), status=201)
+
+
+def register(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/signin", signin_page, allow_head=False)
+    router.add_post("/signin", signin_submit)
+    router.add_post("/signout", signout)
+    router.add_get(LINK_PATH, link_page, allow_head=False)
+    router.add_post(LINK_PATH, link_submit)
+    router.add_post("/api/v1/signin-links", create_signin_link)

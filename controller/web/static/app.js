@@ -1,0 +1,131 @@
+// polyfleet dashboard: what JavaScript adds to pages that work without it.
+// - live regions (htmx polling) pause while the page is hidden or the user is typing,
+//   selecting text or has a menu open, so updates never take the user's place away;
+// - a banner says when the controller cannot be reached, and goes once it answers again;
+// - a standby controller's answer sends the browser to the active one;
+// - forms marked data-confirm ask first (without JavaScript the server asks instead).
+(function () {
+  "use strict";
+
+  var ACTIVE_HEADER = "X-Polyfleet-Active-Controller";
+  var lastGood = new Date();
+
+  function banner() {
+    return document.getElementById("banner");
+  }
+
+  function clock(date) {
+    return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  function showBanner(kind, status) {
+    var el = banner();
+    if (!el) return;
+    var text = el.getAttribute(kind === "error" ? "data-error" : "data-unreachable") || "";
+    el.textContent = text.replace("{time}", clock(lastGood)).replace("{status}", String(status || ""));
+    el.hidden = false;
+  }
+
+  function hideBanner() {
+    var el = banner();
+    if (el) el.hidden = true;
+  }
+
+  function userIsBusy(region) {
+    if (document.hidden) return true;
+    var active = document.activeElement;
+    if (active && region.contains(active)) {
+      var tag = active.tagName;
+      if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || active.isContentEditable) {
+        return true;
+      }
+    }
+    var selection = window.getSelection && window.getSelection();
+    if (selection && !selection.isCollapsed && region.contains(selection.anchorNode)) return true;
+    if (region.querySelector("details[open][data-keep-open]")) return true;
+    return false;
+  }
+
+  function followActive(xhr) {
+    var active = xhr && xhr.getResponseHeader && xhr.getResponseHeader(ACTIVE_HEADER);
+    if (!active) return false;
+    try {
+      var target = new URL(window.location.pathname + window.location.search, active);
+      if (target.origin !== window.location.origin) {
+        window.location.assign(target.href);
+        return true;
+      }
+    } catch (e) {
+      return false;
+    }
+    return false;
+  }
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var region = event.detail && event.detail.elt;
+    if (region && region.hasAttribute("data-live") && userIsBusy(region)) {
+      event.preventDefault();
+    }
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var xhr = event.detail && event.detail.xhr;
+    if (!xhr) return;
+    if (xhr.status >= 200 && xhr.status < 400) {
+      lastGood = new Date();
+      hideBanner();
+    }
+  });
+
+  document.addEventListener("htmx:sendError", function () {
+    showBanner("unreachable");
+  });
+
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail && event.detail.xhr;
+    if (xhr && xhr.status === 503 && followActive(xhr)) return;
+    showBanner("error", xhr ? xhr.status : "");
+  });
+
+  document.addEventListener("htmx:timeout", function () {
+    showBanner("unreachable");
+  });
+
+  // Forms that change something important ask for confirmation; the answer travels with the
+  // form, so the server does not ask again.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!(form instanceof HTMLFormElement)) return;
+    var question = form.getAttribute("data-confirm");
+    if (!question) return;
+    if (!window.confirm(question)) {
+      event.preventDefault();
+      return;
+    }
+    var confirmed = form.querySelector("input[name=confirmed]");
+    if (!confirmed) {
+      confirmed = document.createElement("input");
+      confirmed.type = "hidden";
+      confirmed.name = "confirmed";
+      form.appendChild(confirmed);
+    }
+    confirmed.value = "1";
+  });
+
+  // "/" jumps to the page's search field, as in most admin tools.
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey) return;
+    var tag = document.activeElement && document.activeElement.tagName;
+    if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") return;
+    var search = document.querySelector("input[type=search]");
+    if (search) {
+      event.preventDefault();
+      search.focus();
+    }
+  });
+
+  // htmx timeouts are off by default; a live request that hangs counts as unreachable.
+  document.addEventListener("DOMContentLoaded", function () {
+    if (window.htmx && window.htmx.config) window.htmx.config.timeout = 20000;
+  });
+})();

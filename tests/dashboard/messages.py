@@ -1,0 +1,40 @@
+"""Every English text the dashboard shows, found in its templates and modules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from polyfleet.controller.web import i18n
+
+WEB = Path(i18n.__file__).resolve().parent
+_STRING = r'"((?:[^"\\]|\\.)*)"|\'((?:[^\'\\]|\\.)*)\''
+#: ``_("...")``, ``t.gettext("...")`` and the singular of ``ngettext("...", "...", n)``.
+_CALL = re.compile(r"(?:\b_|\bgettext|\bngettext)\(\s*(?:" + _STRING + r")", re.S)
+#: Health states, roles and the like are translated as values: ``_(value)``.
+VALUES = (
+    "ok",
+    "degraded",
+    "fault",
+    "unreachable",
+    "admin",
+    "viewer",
+    "camera",
+    "touch_controller",
+    "microphone",
+    "remote",
+    "other",
+    "queued",
+    "sent",
+    "done",
+    "failed",
+)
+
+
+def messages() -> set[str]:
+    found: set[str] = set(VALUES)
+    for path in [*WEB.glob("templates/*.html"), *WEB.glob("*.py")]:
+        for match in _CALL.finditer(path.read_text(encoding="utf-8")):
+            text = match.group(1) if match.group(1) is not None else match.group(2)
+            found.add(text.encode().decode("unicode_escape").encode("latin-1").decode("utf-8"))
+    return found

@@ -1,0 +1,163 @@
+"""The dashboard in a real browser against a controller fed by the lab and two agents."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from playwright.async_api import expect
+
+from dashboard.dashboard_testkit import (
+    E70,
+    G7500,
+    SESSION_COOKIE,
+    X30,
+    X50_FAULT,
+    World,
+    http_sign_in,
+    metric,
+    screenshot,
+    sign_in,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def test_signing_in_with_an_api_token_opens_the_overview(world: World) -> None:
+    """A browser sent to / signs in with an admin token and lands on the overview."""
+    page = await world.new_page()
+    await page.goto(world.url + "/")
+    assert urlsplit(page.url).path == "/signin"
+    await screenshot(page, "signin")
+    await sign_in(page, world.url, world.controller.admin_token)
+    assert urlsplit(page.url).path == "/"
+    assert await page.locator("h1").inner_text() == "Overview"
+    await screenshot(page, "overview")
+    await page.context.close()
+
+
+async def test_overview_numbers_equal_the_apis(world: World) -> None:
+    """Every count on the overview is the one the devices, tickets and forecast APIs give."""
+    page = await world.new_page(token=world.controller.admin_token)
+    devices = (await world.api("/api/v1/devices"))["devices"]
+    health = Counter(device["health"]["state"] for device in devices)
+    assert await metric(page, "devices") == len(devices)
+    for state in ("fault", "degraded", "unreachable", "ok"):
+        assert await metric(page, f"health-{state}") == health[state], state
+    for site in ("krk", "waw"):
+        at_site = [d for d in devices if d["site"] == site]
+        assert await metric(page, f"site-{site}-devices") == len(at_site)
+        site_health = Counter(d["health"]["state"] for d in at_site)
+        for state in ("fault", "degraded", "unreachable", "ok"):
+            assert await metric(page, f"site-{site}-{state}") == site_health[state], (site, state)
+    tickets = (await world.api("/api/v1/tickets"))["tickets"]
+    active = [t for t in tickets if t["status"] != "closed"]
+    assert await metric(page, "tickets-active") == len(active) >= 1
+    for days in (30, 60, 90, 180):
+        forecast = await world.api("/api/v1/entitlement/forecast", days=str(days))
+        events = sum(len(site["events"]) for site in forecast["sites"])
+        assert await metric(page, f"expiring-{days}-total") == events, days
+    overview = await world.api("/api/v1/overview")
+    assert overview["health"] == {state: health[state] for state in overview["health"]}
+    assert await metric(page, "firmware-current") == overview["firmware"]["totals"]["current"]
+    await page.context.close()
+
+
+async def test_devices_filtered_by_site_and_health_keep_the_view_in_the_address(
+    world: World,
+) -> None:
+    """Filtering by site and health puts both in the URL; opening that URL shows the same."""
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(world.url + "/devices")
+    await page.select_option("select[name=site]", "krk")
+    await page.select_option("select[name=health]", "fault")
+    await page.click("form.filters button[type=submit]")
+    await page.wait_for_load_state()
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["site"] == ["krk"] and query["health"] == ["fault"]
+    expected = (await world.api("/api/v1/devices", site="krk", health="fault"))["devices"]
+    shown = await page.locator("#devices tbody tr").evaluate_all(
+        "rows => rows.map(row => row.dataset.serial)"
+    )
+    assert shown == [device["serial"] for device in expected]
+    assert X50_FAULT in shown
+    await screenshot(page, "devices-filtered")
+    bookmarked = page.url
+    again = await world.new_page(token=world.controller.admin_token)
+    await again.goto(bookmarked)
+    assert await again.locator("select[name=site]").input_value() == "krk"
+    assert await again.locator("select[name=health]").input_value() == "fault"
+    assert (
+        await again.locator("#devices tbody tr").evaluate_all(
+            "rows => rows.map(row => row.dataset.serial)"
+        )
+        == shown
+    )
+    await again.context.close()
+    await page.goto(world.url + "/devices")
+    await page.click("#devices thead >> text=Firmware")
+    assert parse_qs(urlsplit(page.url).query)["sort"] == ["firmware"]
+    await page.click("#devices thead >> text=Firmware")
+    assert parse_qs(urlsplit(page.url).query)["sort"] == ["-firmware"]
+    await screenshot(page, "devices")
+    await page.context.close()
+
+
+async def test_device_page_links_an_e70_and_its_host_both_ways(world: World) -> None:
+    """The G7500's page links its E70 camera; the camera's page links back to the G7500."""
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(f"{world.url}/devices/{G7500}")
+    await screenshot(page, "device-g7500")
+    await page.click(f"#cameras a:has-text('{E70}')")
+    await page.wait_for_load_state()
+    assert urlsplit(page.url).path == f"/devices/{E70}"
+    assert G7500 in await page.locator("#host-link").inner_text()
+    await screenshot(page, "device-e70")
+    await page.click(f"#host-link a:has-text('{G7500}')")
+    assert urlsplit(page.url).path == f"/devices/{G7500}"
+    verdict = await page.locator("#verdict").inner_text()
+    assert "Partner POLY+" in verdict and "PPP-WEB-1" in verdict
+    await page.context.close()
+
+
+async def test_csv_export_holds_the_filtered_rows_in_their_order(world: World) -> None:
+    """The CSV export of a view has exactly the API's devices for the same filters and sort."""
+    async with aiohttp.ClientSession() as http:
+        cookie = await http_sign_in(http, world.url, world.controller.admin_token)
+        async with http.get(
+            world.url + "/devices.csv",
+            params={"site": "krk", "sort": "-serial", "page": "1", "per_page": "1"},
+            cookies={SESSION_COOKIE: cookie},
+        ) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/csv")
+            assert "attachment" in response.headers["Content-Disposition"]
+            rows = list(csv.DictReader(io.StringIO(await response.text())))
+    expected = (await world.api("/api/v1/devices", site="krk", sort="-serial"))["devices"]
+    assert [row["serial"] for row in rows] == [device["serial"] for device in expected]
+    assert len(rows) > 1  # every page of the view, not only the first
+    g7500 = next(row for row in rows if row["serial"] == G7500)
+    assert g7500["room"] == "Wawel" and "contract_expiring_180" in g7500["entitlement_flags"]
+
+
+async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
+    """A wall screen signed in with a viewer token shows a new fault without a reload."""
+    page = await world.new_page(width=1920, height=1080)
+    await sign_in(page, world.url, world.viewer_token, kiosk=True)
+    assert urlsplit(page.url).path == "/kiosk"
+    before = await metric(page, "health-degraded")
+    await page.evaluate("window.stillTheSamePage = true")
+    await world.lab.devices[X30].set_fault("sip_unregistered", True)
+    try:
+        degraded = page.locator("[data-metric='health-degraded']")
+        await expect(degraded).to_have_text(str(before + 1), timeout=30_000)
+        assert await page.evaluate("window.stillTheSamePage === true"), "updated in place"
+        assert await page.locator("form").count() == 0, "no action on a wall screen"
+        await screenshot(page, "kiosk")
+    finally:
+        await world.lab.devices[X30].set_fault("sip_unregistered", False)
+    await page.context.close()
