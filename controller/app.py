@@ -34,8 +34,8 @@ from polyfleet.controller.api import agent as agent_api
 from polyfleet.controller.api import entitlement as entitlement_api
 from polyfleet.controller.api import metrics as metrics_api
 from polyfleet.controller.api import openapi as openapi_api
-from polyfleet.controller.api import rollouts as rollouts_api
 from polyfleet.controller.api import overview as overview_api
+from polyfleet.controller.api import rollouts as rollouts_api
 from polyfleet.controller.api import tickets as tickets_api
 from polyfleet.controller.api.auth import auth_middleware
 from polyfleet.controller.api.bodies import CONNECTION_GUARD, body_middleware
