@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
+from pydantic import ValidationError
 
 from polyfleet.agent.config import (
     DEFAULT_CREDENTIAL_FILE,
@@ -26,6 +28,7 @@ from polyfleet.agent.held import read_held, summarise
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.service import HELD_DIR, enroll, run_service
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable
+from polyfleet.shared.cli_errors import EXIT_DEVICE, EXIT_FAILED, EXIT_USAGE, CommandFailed
 from polyfleet.shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
 from polyfleet.shared.fingerprint import normalise_fingerprint
 from polyfleet.shared.schema import Snapshot
@@ -35,8 +38,7 @@ DEFAULT_CONFIG = os.environ.get("POLYFLEET_AGENT_CONFIG", "agent.toml")
 SYSTEM_CONFIG = Path("/etc/polyfleet/agent.toml")
 #: The unit's state directory: the credential goes here when no config names a place.
 SYSTEM_DATA_DIR = Path("/var/lib/polyfleet-agent")
-EXIT_DEVICE = 3
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_USAGE
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -141,10 +143,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     accept.set_defaults(func=_pins_accept)
 
 
-def _fail(command: str, message: str, code: int) -> int:
+def _fail(
+    command: str, message: str, code: int, *, kind: str | None = None, field: str | None = None
+) -> NoReturn:
+    """Raise the shared error, printed as ``polyfleet agent COMMAND: message`` for people."""
     first_line = message.splitlines()[0] if message else "failed"
-    print(f"polyfleet agent {command}: {first_line}", file=sys.stderr)
-    return code
+    default = {EXIT_CONFIG: "config", EXIT_DEVICE: "device_error"}.get(code, "failed")
+    raise CommandFailed(
+        first_line,
+        code=kind or default,
+        exit_status=code,
+        field=field,
+        label=f"polyfleet agent {command}",
+    )
+
+
+def _error_code(exc: Exception) -> str:
+    """``DeviceUnreachable`` -> ``device_unreachable``: the error class as a code for scripts."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
 
 
 # --- probe --------------------------------------------------------------------------------
@@ -200,7 +216,7 @@ def _probe(args: argparse.Namespace) -> int:
             )
         )
     except DeviceError as exc:
-        return _fail("probe", f"{args.host}: {exc.reason}", EXIT_DEVICE)
+        return _fail("probe", f"{args.host}: {exc.reason}", EXIT_DEVICE, kind=_error_code(exc))
     snapshot = snapshots[0]
     if args.via == "ssh" and snapshot.health.problems:
         # The probe asked for SSH: the "REST not used" marker is not a device problem.
@@ -317,10 +333,22 @@ def _enroll(args: argparse.Namespace) -> int:
         )
     except (ConfigError, ProtocolError) as exc:
         return _fail("enroll", str(exc), EXIT_CONFIG)
+    except ValidationError as exc:
+        # The request is checked before it is sent: a code of the wrong form never leaves.
+        problem = exc.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"]) or "code"
+        return _fail("enroll", f"--{field}: {problem['msg']}", EXIT_CONFIG, kind="bad_input")
     except ControllerRefused as exc:
-        return _fail("enroll", str(exc), 1)
+        return _fail("enroll", str(exc), EXIT_FAILED, kind=exc.code or "refused")
     except ControllerUnavailable as exc:
-        return _fail("enroll", f"controller unreachable: {exc}", 1)
+        return _fail(
+            "enroll",
+            f"cannot reach the controller at {args.controller} ({exc}): check the URL "
+            "(scheme, host and port), that the controller runs and listens there, and that "
+            "no firewall or proxy stands between this host and it",
+            EXIT_FAILED,
+            kind="unreachable",
+        )
     info: dict[str, Any] = {
         "agent_id": credential.agent_id,
         "site_id": credential.site_id,
@@ -344,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return run_service(config)
     except PolyfleetError as exc:
-        return _fail("run", str(exc), 1)
+        return _fail("run", str(exc), EXIT_FAILED)
 
 
 def _held(args: argparse.Namespace) -> int:

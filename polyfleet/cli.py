@@ -1,15 +1,24 @@
-"""``polyfleet``: the one console script, with groups sim, agent, controller and demo."""
+"""The polyfleet command: one entry point for the lab, agent, controller and demo."""
 
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from polyfleet import demo
 from polyfleet.agent import cli as agent_cli
 from polyfleet.controller import cli as controller_cli
+from polyfleet.shared.cli_errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ArgumentParser,
+    CommandFailed,
+    report_failure,
+)
 from polyfleet.simulator import cli as simulator_cli
 
 #: Third-party loggers that narrate every request or job run; shown only at DEBUG.
@@ -24,8 +33,21 @@ GROUPS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polyfleet", description=__doc__)
+def installed_version() -> str:
+    """The installed distribution's version (``polyfleet --version``)."""
+    try:
+        return version("polyfleet")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="polyfleet",
+        description="One command for the Poly device lab, the site agent, the controller "
+        "and the demo. Errors and exit statuses: see docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"polyfleet {installed_version()}")
     parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
@@ -36,8 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _main(arguments)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Point stdout at /dev/null so that
+        # the interpreter's final flush does not complain about the closed pipe either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(arguments: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(arguments)
+    except CommandFailed as exc:
+        # A usage error; with --json on the line, scripts still get the one error object.
+        return report_failure(exc, as_json="--json" in arguments)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -48,12 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     func = getattr(args, "func", None)
     if func is None:
-        parser.parse_args([*(argv or sys.argv[1:]), "--help"])
-        return 2
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         return int(func(args))
+    except CommandFailed as exc:
+        return report_failure(exc, as_json=bool(getattr(args, "json", False)))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

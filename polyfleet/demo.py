@@ -28,6 +28,7 @@ from polyfleet.controller.app import serve as serve_controller
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.plans import add_years
 from polyfleet.controller.services.webhook import verify as verify_signature
+from polyfleet.shared.cli_errors import CommandFailed
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import PolyfleetError
 from polyfleet.shared.process import polyfleet_argv
@@ -80,9 +81,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(Demo(args).main())
+    except CommandFailed:
+        raise
     except PolyfleetError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 1
+        raise CommandFailed(str(exc), code="demo_failed", label="polyfleet demo") from None
 
 
 @dataclass

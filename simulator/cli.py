@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import ConfigError
 from polyfleet.simulator.fleet import load_fleet
@@ -112,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(args))
     except ConfigError as exc:
-        print(f"polyfleet sim: {exc}", file=sys.stderr)
-        return 2
+        raise CommandFailed(
+            str(exc), code="config", exit_status=EXIT_USAGE, label="polyfleet sim"
+        ) from None
     except OSError as exc:
-        print(f"polyfleet sim: cannot listen: {exc}", file=sys.stderr)
-        return 1
+        raise CommandFailed(
+            f"cannot listen: {exc}", code="cannot_listen", label="polyfleet sim"
+        ) from None

@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from polyfleet.controller.api.errors import ApiError
 from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
@@ -33,6 +33,9 @@ class ImportProblemOut(_Out):
     line: int
     column: str
     message: str
+    rule: str | None = Field(
+        default=None, description="the service-terms rule the cell breaks, if any"
+    )
 
 
 class ImportRejected(_Out):

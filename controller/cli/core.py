@@ -35,13 +35,14 @@ from polyfleet.controller.services.inventory import (
 )
 from polyfleet.controller.store.base import StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed
 
 #: How long a command waits for a starting server to publish its control socket.
 SERVER_WAIT_S = 15.0
 
 
-class CommandError(Exception):
-    """A command failed for a reason the user can act on; printed as one line."""
+class CommandError(CommandFailed):
+    """A command failed for a reason the user can act on (the shared error shape)."""
 
 
 class Backend(Protocol):
@@ -106,8 +107,7 @@ class ServerBackend:
         ) as response:
             data = await response.json(content_type=None)
             if response.status >= 400:
-                error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
-                raise CommandError(error.get("message") or f"server answered {response.status}")
+                raise server_refused(response.status, data)
             return data
 
     async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
@@ -141,17 +141,54 @@ class ServerBackend:
         return result
 
 
+def server_refused(status: int, body: Any) -> CommandError:
+    """The controller's error answer in the shared shape: its code, message and field."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return CommandError(f"the controller answered HTTP {status}", code="refused")
+    return CommandError(
+        str(error.get("message") or f"the controller answered HTTP {status}"),
+        code=str(error.get("code") or "refused"),
+        field=error.get("field"),
+        problems=body.get("problems") or error.get("problems") or (),
+    )
+
+
 def _config(args: argparse.Namespace) -> ControllerConfig:
-    config = load_config(Path(args.config) if args.config else None)
+    try:
+        config = load_config(Path(args.config) if args.config else None)
+    except ConfigError as exc:
+        raise CommandError(str(exc), code="config") from None
     return config.with_overrides(
         data_dir=Path(args.data_dir) if args.data_dir else None,
         listen=getattr(args, "listen", None),
     )
 
 
+def holds_store(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds a controller store (or a running server says it does)."""
+    return (data_dir / "store" / "LOCK").exists() or read_runtime(data_dir) is not None
+
+
+def require_store(data_dir: Path) -> None:
+    """Refuse a data directory without a store: a mistyped --data-dir must not make one."""
+    if not holds_store(data_dir):
+        raise CommandError(
+            f"{data_dir} holds no controller store: check --data-dir (or the config's "
+            "data_dir); a new store is made by serve or by site add",
+            code="no_store",
+            field="data_dir",
+        )
+
+
 async def _with_backend(
-    config: ControllerConfig, action: Callable[[Backend], Awaitable[int]]
+    config: ControllerConfig,
+    action: Callable[[Backend], Awaitable[int]],
+    *,
+    needs_store: bool = False,
 ) -> int:
+    if needs_store:
+        await asyncio.to_thread(require_store, config.data_dir)
     deadline = time.monotonic() + SERVER_WAIT_S
     while True:
         store = TinyDBStore(config.data_dir / "store")
@@ -170,7 +207,8 @@ async def _with_backend(
             if time.monotonic() > deadline:
                 raise CommandError(
                     f"{config.data_dir} is locked by another process but no server answers "
-                    f"on its control socket"
+                    f"on its control socket",
+                    code="store_locked",
                 ) from None
             await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
             continue
@@ -180,12 +218,27 @@ async def _with_backend(
             await store.close()
 
 
-def _run(args: argparse.Namespace, action: Callable[[Backend], Awaitable[int]]) -> int:
+def _run(
+    args: argparse.Namespace,
+    action: Callable[[Backend], Awaitable[int]],
+    *,
+    needs_store: bool = False,
+) -> int:
+    """Run ``action`` on the store or the running server; failures in the shared shape.
+
+    ``needs_store``: a command that reads, or changes something that must exist, refuses
+    a data directory that holds no store instead of making an empty one.
+    """
     try:
-        return asyncio.run(_with_backend(_config(args), action))
-    except (CommandError, ConfigError, InvalidInput, UnknownSite, UnknownDevice) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return asyncio.run(_with_backend(_config(args), action, needs_store=needs_store))
+    except ConfigError as exc:
+        raise CommandError(str(exc), code="config") from None
+    except InvalidInput as exc:
+        raise CommandError(str(exc), code="invalid", field=exc.field) from None
+    except UnknownSite as exc:
+        raise CommandError(str(exc), code="not_found", field="site") from None
+    except UnknownDevice as exc:
+        raise CommandError(str(exc), code="not_found", field="serial") from None
 
 
 def _print_json(data: Any) -> None:
@@ -198,9 +251,9 @@ def _print_json(data: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CommandFailed as exc:
+        exc.exit_status = EXIT_USAGE  # serve has always exited 2 on a wrong configuration
+        raise
 
     def ready(url: str) -> None:
         print(f"polyfleet controller listening on {url}", flush=True)
@@ -213,15 +266,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except StoreLocked as exc:
             # An admin command holds the lock for a moment; a running server publishes itself.
             if read_runtime(config.data_dir) is not None or time.monotonic() > deadline:
-                print(f"error: another controller is running: {exc}", file=sys.stderr)
-                return 1
+                raise CommandError(
+                    f"another controller is running: {exc}", code="store_locked"
+                ) from None
             time.sleep(0.2)  # waits-for: an admin command to release the data directory
         except OSError as exc:
-            print(
-                f"error: cannot serve on {config.listen_host}:{config.listen_port}: {exc}",
-                file=sys.stderr,
-            )
-            return 1
+            raise CommandError(
+                f"cannot serve on {config.listen_host}:{config.listen_port}: {exc}",
+                code="cannot_listen",
+            ) from None
 
 
 def cmd_site_add(args: argparse.Namespace) -> int:
@@ -242,14 +295,15 @@ def cmd_site_list(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"sites": sites})
         else:
+            print(f"{'SITE':<16} {'NAME':<24} {'DEVICES':>7}  AGENT")
             for site in sites:
                 online = {True: "online", False: "agent offline", None: "no agent"}[
                     site["agent_online"]
                 ]
-                print(f"{site['id']:<16} {site['name']:<24} {site['devices']:>6} devices  {online}")
+                print(f"{site['id']:<16} {site['name']:<24} {site['devices']:>7}  {online}")
         return 0
 
-    return _run(args, action)
+    return _run(args, action, needs_store=True)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -279,7 +333,29 @@ def cmd_agent_invite(args: argparse.Namespace) -> int:
             )
         return 0
 
+    if not holds_store(_config(args).data_dir):
+        raise _missing_in_empty(args, f"no site {args.site!r}", "site")
     return _run(args, action)
+
+
+def _missing_in_empty(args: argparse.Namespace, what: str, field: str) -> CommandError:
+    """``what`` is not found, and the data directory holds no store at all: say both."""
+    data_dir = _config(args).data_dir
+    return CommandError(
+        f"{what}: {data_dir} holds no controller store (check --data-dir)",
+        code="not_found",
+        field=field,
+    )
+
+
+async def _device_list(backend: Backend, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The devices the filters select; a site that does not exist is refused, not empty."""
+    filters = _filters(args)
+    devices = await backend.devices(filters)
+    site = filters.get("site")
+    if site and not devices and site not in {s["id"] for s in await backend.sites()}:
+        raise CommandError(f"no site {site!r}", code="not_found", field="site")
+    return devices
 
 
 def _filters(args: argparse.Namespace) -> dict[str, str | None]:
@@ -291,7 +367,7 @@ def _filters(args: argparse.Namespace) -> dict[str, str | None]:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     async def action(backend: Backend) -> int:
-        devices = await backend.devices(_filters(args))
+        devices = await _device_list(backend, args)
         if args.json:
             _print_json({"devices": devices})
             return 0
@@ -307,7 +383,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return _run(args, action)
+    return _run(args, action, needs_store=True)
 
 
 def devices_csv(devices: list[dict[str, Any]]) -> str:
@@ -321,14 +397,15 @@ def devices_csv(devices: list[dict[str, Any]]) -> str:
 
 def cmd_devices_export(args: argparse.Namespace) -> int:
     if not args.csv:
-        print("error: choose a format: devices export --csv", file=sys.stderr)
-        return 2
+        raise CommandError(
+            "choose a format: devices export --csv", code="usage", exit_status=EXIT_USAGE
+        )
 
     async def action(backend: Backend) -> int:
-        sys.stdout.write(devices_csv(await backend.devices(_filters(args))))
+        sys.stdout.write(devices_csv(await _device_list(backend, args)))
         return 0
 
-    return _run(args, action)
+    return _run(args, action, needs_store=True)
 
 
 def cmd_devices_move(args: argparse.Namespace) -> int:
@@ -340,6 +417,8 @@ def cmd_devices_move(args: argparse.Namespace) -> int:
             print(f"device {device['serial']} now belongs to site {device['site']}")
         return 0
 
+    if not holds_store(_config(args).data_dir):
+        raise _missing_in_empty(args, f"no device {args.serial!r}", "serial")
     return _run(args, action)
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -32,12 +32,18 @@ from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.services import entitlement as service
 from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.shared.cli_errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandFailed,
+    unreadable_file,
+)
 
 #: The store's folder inside the data directory (as ``controller.app.create_app`` opens it).
 STORE_SUBDIR = "store"
 
-#: Exit codes: 0 done, 1 the input is wrong (every problem listed), 2 the command line is wrong.
-EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
+#: The input is wrong (every problem listed): the shared "could not do what was asked".
+EXIT_BAD_INPUT = EXIT_FAILED
 
 
 def parse_at(text: str | None) -> datetime:
@@ -60,17 +66,31 @@ def _fail(
     problems: list[ImportProblem] | None = None,
     *,
     file: str | None = None,
-) -> int:
-    if getattr(args, "json", False):
-        document: dict[str, Any] = {"error": message}
-        if problems is not None:
-            document["file"] = file
-            document["problems"] = [p.to_json() for p in problems]
-        _print_json(document)
-    print(f"error: {message}", file=sys.stderr)
-    for problem in problems or ():
-        print(f"  {file}: {problem}" if file else f"  {problem}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    code: str = "bad_input",
+    field: str | None = None,
+) -> NoReturn:
+    """Raise the shared error; a file's bad rows also keep their top-level keys for scripts."""
+    rows = [p.to_json() for p in problems or ()]
+    raise CommandFailed(
+        message,
+        code="invalid_registry" if problems is not None else code,
+        exit_status=EXIT_BAD_INPUT,
+        problems=rows,
+        file=file,
+        field=field,
+        extra={"file": file, "problems": rows} if problems is not None else None,
+    )
+
+
+def _code_of(exc: Exception) -> str:
+    """The shared error code of a failure caught around a command's inputs."""
+    if isinstance(exc, CatalogueError):
+        return "catalogue"
+    if isinstance(exc, ConfigError):
+        return "config"
+    if isinstance(exc, OSError):
+        return "file_unreadable"
+    return "bad_input"
 
 
 def _read_text(path: Path) -> str:
@@ -78,6 +98,8 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise OSError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise unreadable_file(path, exc) from None
 
 
 def _catalogue_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
@@ -111,7 +133,7 @@ def _check(args: argparse.Namespace) -> int:
         assets_text = _read_text(args.assets)
         firmware_text = _read_text(args.firmware) if args.firmware else None
     except (argparse.ArgumentTypeError, CatalogueError, ConfigError, OSError) as exc:
-        return _fail(args, str(exc))
+        return _fail(args, str(exc), code=_code_of(exc))
     try:
         assets = parse_registry(assets_text, plans)
     except RegistryImportError as exc:
@@ -154,8 +176,9 @@ def _check(args: argparse.Namespace) -> int:
             f"patches {v.patches_until or '-'}  upgrades {v.upgrades_until or '-'}  {hop}"
         )
         if v.flags:
-            rules = f" ({', '.join(v.ineligible_rules)})" if v.ineligible_rules else ""
-            print(f"{'':<16} flags: {', '.join(v.flags)}{rules}")
+            print(f"{'':<16} flags: {', '.join(v.flags)}")
+        for rule in v.ineligible_rules:
+            print(f"{'':<16} contract not eligible: {plans.rule_text(rule)}")
     return EXIT_OK
 
 
@@ -167,7 +190,7 @@ def _forecast(args: argparse.Namespace) -> int:
     except RegistryImportError as exc:
         return _fail(args, f"{args.assets}: bad rows", exc.problems, file=str(args.assets))
     except (argparse.ArgumentTypeError, CatalogueError, ConfigError, OSError) as exc:
-        return _fail(args, str(exc))
+        return _fail(args, str(exc), code=_code_of(exc))
     result = forecast(assets, plans, at, args.days)
     if args.json:
         _print_json(result.to_json())
@@ -199,7 +222,7 @@ def _releases_list(args: argparse.Namespace) -> int:
     try:
         catalogue = service.load_releases(args.file or _catalogue_paths(args)[1])
     except (CatalogueError, ConfigError) as exc:
-        return _fail(args, str(exc))
+        return _fail(args, str(exc), code=_code_of(exc))
     if args.json:
         _print_json(
             {
@@ -223,7 +246,7 @@ def _releases_add(args: argparse.Namespace) -> int:
         target = args.file or _catalogue_paths(args)[1]
         release = service.add_release(args.version, released, args.needs, path=target)
     except (CatalogueError, ConfigError, OSError) as exc:
-        return _fail(args, str(exc))
+        return _fail(args, str(exc), code=_code_of(exc))
     if args.json:
         _print_json({"added": _release_json(release)})
     else:
@@ -293,7 +316,7 @@ def _assets_import(args: argparse.Namespace) -> int:
         plans = service.load_plans(_catalogue_paths(args)[0])
         text = _read_text(args.file)
     except (CatalogueError, ConfigError, OSError) as exc:
-        return _fail(args, str(exc))
+        return _fail(args, str(exc), code=_code_of(exc))
     try:
         assets = parse_registry(text, plans, today=datetime.now(WARSAW).date())
     except RegistryImportError as exc:
@@ -313,7 +336,7 @@ def _assets_import(args: argparse.Namespace) -> int:
             args, f"server refused the import: {message or exc}", problems, file=str(args.file)
         )
     except (StoreError, aiohttp.ClientError, OSError) as exc:
-        return _fail(args, f"registry not changed: {exc}")
+        return _fail(args, f"registry not changed: {exc}", code="store_error")
     if args.json:
         _print_json(document)
     else:
@@ -324,11 +347,10 @@ def _assets_import(args: argparse.Namespace) -> int:
         )
         rules = document.get("ineligible_rules") or {}
         if document["ineligible"]:
-            flagged = (
-                f"{serial} ({', '.join(rules.get(serial, []))})" if rules.get(serial) else serial
-                for serial in document["ineligible"]
-            )
-            print(f"flagged ineligible (imported): {', '.join(flagged)}")
+            print(f"flagged ineligible (imported): {', '.join(document['ineligible'])}")
+            for serial in document["ineligible"]:
+                for rule in rules.get(serial, []):
+                    print(f"  {serial}: {plans.rule_text(rule)}")
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ import ssl
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -19,6 +19,7 @@ from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.plans import CatalogueError
 from polyfleet.controller.domain.sla import SlaTerms, deadlines
 from polyfleet.controller.services.entitlement import load_plans
+from polyfleet.shared.cli_errors import EXIT_FAILED, EXIT_USAGE, CommandFailed
 
 
 def _moment(text: str | None, flag: str) -> datetime | None:
@@ -31,17 +32,32 @@ def _moment(text: str | None, flag: str) -> datetime | None:
             f"{flag}: {text!r} is not ISO 8601 (e.g. 2025-12-23T16:30:00+01:00)"
         ) from None
     if moment.tzinfo is None:
-        raise ValueError(f"{flag}: {text!r} has no offset; give one (C2), e.g. +01:00 or Z")
+        # C2: a moment without its offset is refused rather than guessed.
+        raise ValueError(f"{flag}: {text!r} has no offset; give one, e.g. +01:00 or Z")
     return to_warsaw(moment)
 
 
-def _fail(message: str, as_json: bool, *, code: int = 2) -> int:
-    """Exit 2 for bad input, 1 when the server refused or could not be reached."""
-    if as_json:
-        kind = "bad_input" if code == 2 else "refused"
-        print(json.dumps({"error": {"code": kind, "message": message}}))
-    print(f"error: {message}", file=sys.stderr)
-    return code
+def _fail(
+    message: str,
+    as_json: bool,
+    *,
+    code: int = EXIT_USAGE,
+    kind: str | None = None,
+    field: str | None = None,
+    rule: str | None = None,
+) -> NoReturn:
+    """Exit 2 for bad input, 1 when the server refused or could not be reached.
+
+    ``as_json`` is kept for callers; ``polyfleet.cli.main`` prints the error either way.
+    """
+    del as_json
+    raise CommandFailed(
+        message,
+        code=kind or ("bad_input" if code == EXIT_USAGE else "refused"),
+        exit_status=code,
+        field=field,
+        rule=rule,
+    )
 
 
 def cmd_sla(args: argparse.Namespace) -> int:
@@ -53,12 +69,18 @@ def cmd_sla(args: argparse.Namespace) -> int:
         return _fail(f"--plan: {exc.args[0]}", args.json)
     except CatalogueError as exc:
         return _fail(f"plan catalogue: {exc}", args.json)
-    try:
-        submitted = _moment(args.submitted, "--submitted")
-        accepted = _moment(args.accepted, "--accepted")
-        received = _moment(args.received, "--received")
-    except ValueError as exc:
-        return _fail(str(exc), args.json)
+    moments: dict[str, datetime | None] = {}
+    for name in ("submitted", "accepted", "received"):
+        try:
+            moments[name] = _moment(getattr(args, name), f"--{name}")
+        except ValueError as exc:
+            offset = "has no offset" in str(exc)
+            _fail(str(exc), args.json, field=name, rule="C2" if offset else None)
+    submitted, accepted, received = (
+        moments["submitted"],
+        moments["accepted"],
+        moments["received"],
+    )
     result = deadlines(
         SlaTerms.from_plan(plan), submitted=submitted, accepted=accepted, received=received
     ).as_json()
@@ -78,7 +100,7 @@ TOKEN_ENV = "POLYFLEET_TOKEN"  # noqa: S105  # the variable's name, not a secret
 RUNTIME_FILE = "controller.json"
 
 
-class ClientError(Exception):
+class ClientError(CommandFailed):
     """The server could not be reached or refused the call; the message says what to do."""
 
 
@@ -89,7 +111,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
         try:
             return load_config(Path(args.config)).data_dir
         except ConfigError as exc:
-            raise ClientError(str(exc)) from None
+            raise ClientError(str(exc), code="config") from None
     return DEFAULT_DATA_DIR
 
 
@@ -98,7 +120,11 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.url:
         if not token:
-            raise ClientError(f"--token (or {TOKEN_ENV}) is required with --url: an admin token")
+            raise ClientError(
+                f"--token (or {TOKEN_ENV}) is required with --url: an admin token",
+                code="bad_input",
+                field="token",
+            )
         return args.url.rstrip("/"), None, token
     data_dir = _data_dir(args)
     runtime: dict[str, Any] = {}
@@ -114,7 +140,8 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
         return "http://localhost", socket_path, None
     raise ClientError(
         f"no running controller found in {data_dir} and no token given: "
-        f"pass --data-dir of the running server, or --url and --token (or {TOKEN_ENV})"
+        f"pass --data-dir of the running server, or --url and --token (or {TOKEN_ENV})",
+        code="no_controller",
     )
 
 
@@ -143,11 +170,27 @@ async def _call(args: argparse.Namespace, method: str, path: str, body: Any = No
                 data = None
             if response.status >= 400:
                 error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+                error = error if isinstance(error, dict) else {"message": str(error)}
                 message = error.get("message") or f"HTTP {response.status}"
-                raise ClientError(f"{method} {path}: {message}")
+                raise ClientError(
+                    f"{method} {path}: {message}",
+                    code=str(error.get("code") or "refused"),
+                    field=error.get("field"),
+                )
             return data
     except aiohttp.ClientError as exc:
-        raise ClientError(f"cannot reach the controller at {base}: {exc}") from None
+        raise ClientError(
+            f"cannot reach the controller at {base}: {exc}. Check that it runs "
+            "(systemctl status polyfleet-controller), that --url or the data directory's "
+            "controller.json names it, and for https that --ca-file trusts its certificate",
+            code="unreachable",
+        ) from None
+
+
+#: The header row of ``tickets list``, aligned with :func:`_line`.
+LIST_HEADER = (
+    f"{'TICKET':<13}  {'STATUS':<20} {'DEVICE/SITE':<16} {'FAULT':<24} {'PLAN':<18}"
+).rstrip()
 
 
 def _line(ticket: dict[str, Any]) -> str:
@@ -195,21 +238,27 @@ def cmd_tickets(args: argparse.Namespace) -> int:
             query = {k: v for k, v in (("status", args.status), ("site", args.site)) if v}
             suffix = ("?" + "&".join(f"{k}={v}" for k, v in query.items())) if query else ""
             data = asyncio.run(_call(args, "GET", "/api/v1/tickets" + suffix))
+            if args.site and not data["tickets"]:
+                sites = asyncio.run(_call(args, "GET", "/api/v1/sites"))["sites"]
+                if args.site not in {site["id"] for site in sites}:
+                    raise ClientError(f"no site {args.site!r}", code="not_found", field="site")
         elif action == "show":
             data = asyncio.run(_call(args, "GET", f"/api/v1/tickets/{args.ticket_id}"))
         elif action == "fill":
             if args.serial is None and args.contract_number is None:
-                raise ClientError("fill: give --serial and/or --contract-number")
+                raise ClientError("fill: give --serial and/or --contract-number", code="bad_input")
             body = {"serial": args.serial, "contract_number": args.contract_number}
             data = asyncio.run(_call(args, "PATCH", f"/api/v1/tickets/{args.ticket_id}", body))
         else:
             path = f"/api/v1/tickets/{args.ticket_id}/{action}"
             data = asyncio.run(_call(args, "POST", path))
     except ClientError as exc:
-        return _fail(str(exc), args.json, code=1)
+        exc.exit_status = EXIT_FAILED
+        raise
     if args.json:
         print(json.dumps(data))
     elif action == "list":
+        print(LIST_HEADER)
         for ticket in data["tickets"]:
             print(_line(ticket))
         if not data["tickets"]:
@@ -239,14 +288,14 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
     listing.add_argument("--site", help="only this site")
     described = {
         "show": "one ticket with its notes, SLA and deliveries",
-        "ack": "the desk contacted us (stops the reaction clock, W2)",
-        "accept": "the desk accepted the ticket as valid (starts the delivery clock, W3)",
+        "ack": "the desk contacted us (stops the reaction clock)",
+        "accept": "the desk accepted the ticket as valid (starts the delivery clock)",
         "shipped": "the replacement is on its way",
-        "received": "the replacement arrived (starts the return clock, W6, P4)",
+        "received": "the replacement arrived (starts the return clock)",
         "returned": "the failed unit was sent back",
         "close": "the ticket is done",
         "send": "send an open ticket now",
-        "fill": "fill in a held ticket's serial or contract number (W5); then it is sent",
+        "fill": "fill in a held ticket's serial or contract number; then it is sent",
     }
     for name, help_text in described.items():
         command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -261,8 +310,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     sla = commands.add_parser(
         "sla",
         help="SLA deadlines of a ticket under a plan (no server needed)",
-        description="Reaction, delivery and return deadlines on the Polish business calendar "
-        "(W1-W3, W6, P4, E8-E10), in Europe/Warsaw time with explicit offsets.",
+        description="Reaction, delivery and return deadlines on the Polish business calendar, "
+        "in Europe/Warsaw time with explicit offsets.",
     )
     sla.add_argument("--plan", required=True, help="plan id from the catalogue, e.g. hezo_plus")
     sla.add_argument("--submitted", required=True, help="when the ticket was sent (ISO 8601)")

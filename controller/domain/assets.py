@@ -44,12 +44,19 @@ class ImportProblem:
     line: int
     column: str
     message: str
+    #: The service-terms rule the cell breaks, for scripts and docs (never in ``message``).
+    rule: str | None = None
 
     def __str__(self) -> str:
         return f"line {self.line}, column {self.column}: {self.message}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "column": self.column, "message": self.message}
+        return {
+            "line": self.line,
+            "column": self.column,
+            "message": self.message,
+            "rule": self.rule,
+        }
 
 
 class RegistryImportError(ValueError):
@@ -235,8 +242,8 @@ class _Checker:
         self.today = today
         self.problems: list[ImportProblem] = []
 
-    def problem(self, line: int, column: str, message: str) -> None:
-        self.problems.append(ImportProblem(line=line, column=column, message=message))
+    def problem(self, line: int, column: str, message: str, *, rule: str | None = None) -> None:
+        self.problems.append(ImportProblem(line=line, column=column, message=message, rule=rule))
 
     def date_cell(self, row: _Row, column: str, *, required: bool) -> date | None:
         text = row.cells[column]
@@ -343,8 +350,9 @@ class _Checker:
                 self.problem(
                     line,
                     "contract_end",
-                    f"{plan.term_rule}: {plan_id} is sold in whole terms only; "
+                    f"{plan_id} is sold in whole terms only; "
                     f"from {start} the last day is {choices}",
+                    rule=plan.term_rule,
                 )
             else:
                 rules.append(str(plan.term_rule))
@@ -397,15 +405,17 @@ class _Checker:
                 self.problem(
                     after.line,
                     "contract_start",
-                    f"E5: overlaps the contract on line {before.line} (covered to {before.end}); "
+                    f"overlaps the contract on line {before.line} (covered to {before.end}); "
                     f"a renewal starts on {expected}",
+                    rule="E5",
                 )
             elif after.start > expected:
                 self.problem(
                     after.line,
                     "contract_start",
-                    f"E5: gap after the contract on line {before.line} (covered to {before.end}); "
+                    f"gap after the contract on line {before.line} (covered to {before.end}); "
                     f"a renewal starts on {expected}",
+                    rule="E5",
                 )
         if first.purchase is None or not first.model:
             return None

@@ -66,6 +66,21 @@ class Plan:
         """True when patches run for the whole contract (S1, E4)."""
         return self.patches == "whole_term"
 
+    def rule_text(self, rule: str) -> str | None:
+        """What this plan's eligibility rule ``rule`` asks, in words for people; None if not its.
+
+        The rule id itself stays out: it belongs in docs and the JSON's ``rule`` fields.
+        """
+        asks: list[str] = []
+        if rule == self.eligibility_rule and self.eligible_models is not None:
+            asks.append(f"covers only {', '.join(sorted(self.eligible_models))}")
+        if rule == self.term_rule and self.term_years:
+            lengths = " or ".join(str(n) for n in self.term_years)
+            asks.append(f"is sold only for {lengths}-year terms")
+        if rule == self.purchase_rule and self.purchase_to_contract_days is not None:
+            asks.append(f"must start within {self.purchase_to_contract_days} days of the purchase")
+        return f"{self.id} {' and '.join(asks)}" if asks else None
+
 
 @dataclass(frozen=True, kw_only=True)
 class PlanCatalogue:
@@ -77,6 +92,11 @@ class PlanCatalogue:
     standard_warranty_years: int
     #: [decision] A contract flagged ineligible (H1, H5) still counts in verdicts, flagged.
     ineligible_contracts_grant: bool = True
+
+    def rule_text(self, rule: str) -> str:
+        """Eligibility rule ``rule`` in words, from every plan that has it (no rule id)."""
+        texts = [text for plan in self.plans.values() if (text := plan.rule_text(rule))]
+        return "; ".join(texts) or "an eligibility rule of the service terms"
 
     def get(self, plan_id: str) -> Plan:
         """The plan ``plan_id``; KeyError names the known ones."""

@@ -53,7 +53,7 @@ class UnknownSite(KeyError):
         self.site_id = site_id
 
     def __str__(self) -> str:
-        return f"no site {self.site_id!r}; add it with `polyfleet controller site add`"
+        return f"no site {self.site_id!r}; add it with: polyfleet controller site add"
 
 
 def token_digest(token: str) -> str:

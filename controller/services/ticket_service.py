@@ -89,7 +89,7 @@ class TicketNotFound(KeyError):
         self.ticket = ticket
 
     def __str__(self) -> str:
-        return f"no ticket {self.ticket!r}; `polyfleet controller tickets list` shows them"
+        return f"no ticket {self.ticket!r}; polyfleet controller tickets list shows them"
 
 
 def _round(purpose: str) -> int:
@@ -643,7 +643,7 @@ class TicketService:
         ticket = self.get(key)
         if ticket.status is TicketStatus.NEEDS_DATA:
             raise TicketError(
-                f"ticket {key} is held: missing {', '.join(ticket.missing)} (W5); fill it first"
+                f"ticket {key} is held: missing {', '.join(ticket.missing)}; fill it first"
             )
         if ticket.status is not TicketStatus.OPEN:
             raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -427,11 +428,14 @@ async def test_each_rejection_case_leaves_the_registry_untouched_while_the_serve
 def test_H1_H5_import_names_the_rules_an_ineligible_contract_breaks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An ineligible HEZO+ is imported, and the summary names the serial with its rule ids."""
+    """An ineligible HEZO+ is imported; the summary says in words what it breaks, not rule ids."""
     data = tmp_path / "data"
     path = write(tmp_path / "assets.csv", REGISTRY)
     code = main(["controller", "assets", "import", str(path), "--data-dir", str(data)])
     out = capsys.readouterr().out
     assert code == 0 and "imported 3 device(s): 3 new" in out
-    assert "flagged ineligible (imported): G7HZ (H1, H5)" in out
+    assert "flagged ineligible (imported): G7HZ" in out
+    assert "G7HZ: hezo_plus covers only studio_e70, studio_x30, studio_x50, studio_x70" in out
+    assert "G7HZ: hezo_plus is sold only for 2-year terms and must start within 30 days" in out
+    assert not re.search(r"\b[HWCEPS]\d\b", out), out
     assert _stored(data)["G7HZ"]["contracts"][0]["ineligible_rules"] == ["H1", "H5"]
