@@ -22,7 +22,7 @@ from polyfleet.agent.config import (
     load_config,
 )
 from polyfleet.agent.discovery import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, Found, discover
-from polyfleet.agent.drivers import DRIVERS
+from polyfleet.agent.drivers import check_drivers, driver_class
 from polyfleet.agent.drivers.base import DriverContext, Pins
 from polyfleet.agent.held import read_held, summarise
 from polyfleet.agent.pins import PinStore
@@ -190,7 +190,7 @@ async def probe_device(
     )
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         context = DriverContext(session=session, pins=pins, request_timeout_s=timeout)
-        driver = DRIVERS[device.driver](device, password, context)
+        driver = driver_class(device)(device, password, context)
         if via == "ssh":
             return await driver.poll_fallback(RuntimeError("read over SSH on request"))
         return await driver.poll()
@@ -367,6 +367,7 @@ def _enroll(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        check_drivers(config)
     except ConfigError as exc:
         return _fail("run", str(exc), EXIT_CONFIG)
     try:

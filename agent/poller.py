@@ -18,7 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from polyfleet.agent.config import AgentConfig, DeviceConfig
-from polyfleet.agent.drivers import DRIVERS
+from polyfleet.agent.drivers import driver_class
 from polyfleet.agent.drivers.base import DeviceDriver, DriverContext, Pins
 from polyfleet.agent.outbox import Outbox, OutboxFullError
 from polyfleet.agent.pins import PinStore
@@ -225,7 +225,7 @@ class Poller:
             pins=pins,
             request_timeout_s=self.config.device_timeout_s,
         )
-        return DRIVERS[state.device.driver](state.device, password, context)
+        return driver_class(state.device)(state.device, password, context)
 
     async def driver(self, key: str) -> tuple[DeviceDriver, Pins]:
         """A driver for ``key`` holding the device to its current pins (for jobs)."""

@@ -13,6 +13,7 @@ import aiohttp
 
 from polyfleet.agent.config import AgentConfig
 from polyfleet.agent.delivery import ReportSender
+from polyfleet.agent.drivers import check_drivers
 from polyfleet.agent.held import HeldReports
 from polyfleet.agent.jobs import JobRunner
 from polyfleet.agent.outbox import Outbox
@@ -73,6 +74,7 @@ class AgentService:
     """Everything ``polyfleet agent run`` does, startable in-process (``start``/``stop``)."""
 
     def __init__(self, config: AgentConfig) -> None:
+        check_drivers(config)
         self.config = config
         self.outbox = Outbox(
             config.data_dir / OUTBOX_DIR,

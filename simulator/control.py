@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from polyfleet.simulator.device import FaultError, SimDevice
-from polyfleet.simulator.fleet import FAULTS, FaultParamError, fault_params
+from polyfleet.simulator.fleet import FAULTS, FaultParamError, FleetSpec, fault_params
+from polyfleet.simulator.other_host import OtherHost
 
-if TYPE_CHECKING:
-    from polyfleet.simulator.lab import Lab
 
-LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
+class ControlledLab(Protocol):
+    """What the control API changes and shows (``simulator.lab.Lab`` is one)."""
+
+    fleet: FleetSpec
+    devices: dict[str, SimDevice]
+    other_hosts: dict[str, OtherHost]
+
+    def timeline_seconds(self) -> float: ...
+
+    async def jump_timeline(self, seconds: float) -> None: ...
+
+
+LAB_KEY: web.AppKey[ControlledLab] = web.AppKey("lab")
 
 ENDPOINTS = [
     "GET /devices",
@@ -246,7 +257,7 @@ async def list_downloads(request: web.Request) -> web.Response:
     return web.json_response({"downloads": downloads})
 
 
-def create_control_app(lab: Lab) -> web.Application:
+def create_control_app(lab: ControlledLab) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[LAB_KEY] = lab
     app.router.add_get("/", index)

@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,21 @@ class LoginVerdict:
     failures: int = 0
 
 
+RestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class DeviceApis:
+    """What a device answers on its ports, given by the lab (those modules import this one).
+
+    ``rest(device)`` makes the HTTPS request handler; ``ssh(device, conn)`` serves one
+    accepted SSH connection to its end, in a thread of its own (paramiko blocks).
+    """
+
+    rest: Callable[[SimDevice], RestHandler]
+    ssh: Callable[[SimDevice, socket.socket], None]
+
+
 class SimDevice:
     """A simulated bar or codec on its own loopback address.
 
@@ -107,6 +122,7 @@ class SimDevice:
         data_dir: Path,
         timezone: str = "Europe/Warsaw",
         clock: Callable[[], float] = time.monotonic,
+        apis: DeviceApis,
     ) -> None:
         self.spec = spec
         self.site = site
@@ -144,10 +160,8 @@ class SimDevice:
         self._transition: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._power_changed = asyncio.Event()
-        # Imported here: rest and ssh import this module for its types.
-        from polyfleet.simulator.rest import RestApi
-
-        self._web = web.Server(RestApi(self), handler_cancellation=True)
+        self._apis = apis
+        self._web = web.Server(apis.rest(self), handler_cancellation=True)
 
     # --- identity -------------------------------------------------------------------------
 
@@ -347,8 +361,6 @@ class SimDevice:
             await self._open_tarpit()
 
     async def _accept_ssh(self, sock: socket.socket) -> None:
-        from polyfleet.simulator.ssh import serve_connection
-
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -358,7 +370,7 @@ class SimDevice:
             conn.setblocking(True)
             # One short-lived thread per SSH connection: paramiko is blocking.
             threading.Thread(
-                target=serve_connection,
+                target=self._apis.ssh,
                 args=(self, conn),
                 name=f"ssh-{self.serial}",
                 daemon=True,

@@ -15,14 +15,19 @@ from typing import Any
 
 from aiohttp import web
 
-from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.control import create_control_app
+from polyfleet.simulator.device import DeviceApis, SimDevice
 from polyfleet.simulator.fleet import CallWindow, FaultWindow, FleetSpec, default_port
 from polyfleet.simulator.other_host import OtherHost
+from polyfleet.simulator.rest import RestApi
+from polyfleet.simulator.ssh import serve_connection
 
 log = logging.getLogger(__name__)
 
 #: File descriptors one device needs at rest (REST and SSH listeners) plus head room for clients.
 FDS_PER_DEVICE = 4
+#: How every lab device answers: the VideoOS REST API and the legacy SSH command line.
+VIDEOOS_APIS = DeviceApis(rest=RestApi, ssh=serve_connection)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class Lab:
                 timezone=site.timezone,
                 data_dir=self.data_dir / "devices" / spec.serial,
                 clock=clock,
+                apis=VIDEOOS_APIS,
             )
             if spec.rest_port is None:
                 device.rest_port = default_port(443)
@@ -142,8 +148,6 @@ class Lab:
                 await device.start()
             for other in others:
                 await other.start()
-            from polyfleet.simulator.control import create_control_app
-
             self._runner = web.AppRunner(create_control_app(self), access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.control_host, self.control_port)

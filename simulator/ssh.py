@@ -7,14 +7,11 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import paramiko
 
-from polyfleet.simulator.rest import status_entries
-
-if TYPE_CHECKING:
-    from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.subsystems import status_entries
 
 log = logging.getLogger(__name__)
 

@@ -154,3 +154,16 @@ def test_credential_saved_by_root_belongs_to_the_state_folder_owner(tmp_path: Pa
     ).save(path)
     info = path.stat()
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (4242, 4243, 0o600)
+
+
+def test_unknown_driver_is_refused_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`agent run` with a driver the registry lacks exits 2 naming the file, key and known ones."""
+    from polyfleet.cli import main
+
+    path = write(tmp_path, GOOD.replace('host = "127.0.0.6"', 'host = "127.0.0.6"\ndriver = "x9"'))
+    assert main(["agent", "run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: devices[1].driver: unknown driver 'x9' (known: videoos)" in err
+    assert not (tmp_path / "state").exists(), "nothing started for a config that is wrong"
