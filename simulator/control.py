@@ -39,6 +39,7 @@ ENDPOINTS = [
     "POST /devices/{serial}/reboot",
     "POST /devices/{serial}/update {version}",
     "POST /devices/{serial}/password {password}",
+    "POST /devices/{serial}/device_mode {on}",
     "GET /timeline",
     "POST /timeline {seconds}",
     "POST /timeline/reset",
@@ -227,6 +228,13 @@ async def set_password(request: web.Request) -> web.Response:
     return web.json_response(device.view())
 
 
+async def set_device_mode(request: web.Request) -> web.Response:
+    device = _device(request)
+    payload = await _body(request)
+    await device.set_device_mode(_flag(payload, "on"))
+    return web.json_response(device.view())
+
+
 async def get_timeline(request: web.Request) -> web.Response:
     return web.json_response({"seconds": round(request.app[LAB_KEY].timeline_seconds(), 3)})
 
@@ -273,6 +281,7 @@ def create_control_app(lab: ControlledLab) -> web.Application:
     app.router.add_post("/devices/{serial}/reboot", reboot)
     app.router.add_post("/devices/{serial}/update", deliver_update)
     app.router.add_post("/devices/{serial}/password", set_password)
+    app.router.add_post("/devices/{serial}/device_mode", set_device_mode)
     app.router.add_get("/timeline", get_timeline)
     app.router.add_post("/timeline", set_timeline)
     app.router.add_post("/timeline/reset", reset_timeline)

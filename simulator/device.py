@@ -133,6 +133,8 @@ class SimDevice:
         self.firmware_version = spec.firmware
         self.build = spec.build
         self.power = "off"
+        #: USB device mode: the unit serves a laptop as camera and speakerphone.
+        self.device_mode = spec.starts_in_device_mode
         self.faults: dict[str, dict[str, Any]] = {}
         self.call: Call | None = None
         self.sessions: dict[str, Session] = {}
@@ -188,6 +190,16 @@ class SimDevice:
             raise ValueError("the admin password must not be empty")
         with self._auth_lock:
             self._admin_password = password
+
+    @property
+    def provider_mode(self) -> str:
+        """The provider the unit is set up for (``teams``, ``zoom``, ``poly``)."""
+        return self.spec.provider_mode
+
+    @property
+    def provider(self) -> str:
+        """What the unit runs as now: ``device_mode`` while in device mode, else its provider."""
+        return "device_mode" if self.device_mode else self.provider_mode
 
     @property
     def tls_fingerprint(self) -> str:
@@ -469,6 +481,10 @@ class SimDevice:
                 # Still off or booting: silent in the device's own mode from now on.
                 await self._close_network()
 
+    async def set_device_mode(self, on: bool) -> None:
+        """Switch USB device mode on or off, as a person at the unit (or its laptop) would."""
+        self.device_mode = on
+
     async def start_call(self, remote: str = "sip:meeting@127.0.0.1") -> None:
         if self.call is None:
             self.call = Call(remote=remote, started=self.clock())
@@ -639,7 +655,9 @@ class SimDevice:
             "site": self.site,
             "room": self.room,
             "system_name": self.spec.display_name,
-            "provider": self.spec.provider,
+            "provider": self.provider,
+            "provider_mode": self.provider_mode,
+            "device_mode": self.device_mode,
             "address": self.address,
             "rest_port": self.rest_port,
             "ssh_port": self.ssh_port,

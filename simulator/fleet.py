@@ -152,7 +152,10 @@ class DeviceSpec:
     address: str
     firmware: str = DEFAULT_FIRMWARE
     build: str = DEFAULT_BUILD
+    #: The provider mode the unit is set up for; ``device_mode`` = Poly Video in device mode.
     provider: str = "poly"
+    #: USB device mode on at start (a laptop uses the unit as its camera and speakerphone).
+    device_mode: bool = False
     admin_password: str = DEFAULT_PASSWORD
     rest_port: int | None = None
     ssh_port: int | None = None
@@ -190,6 +193,15 @@ class DeviceSpec:
     @property
     def version(self) -> FirmwareVersion:
         return FirmwareVersion.parse(self.firmware, self.build)
+
+    @property
+    def provider_mode(self) -> str:
+        """The provider the unit is set up for: ``teams``, ``zoom`` or ``poly``."""
+        return "poly" if self.provider == "device_mode" else self.provider
+
+    @property
+    def starts_in_device_mode(self) -> bool:
+        return self.device_mode or self.provider == "device_mode"
 
     @property
     def model_name(self) -> str:
@@ -460,6 +472,7 @@ _DEVICE_KEYS = {
     "firmware",
     "build",
     "provider",
+    "device_mode",
     "admin_password",
     "rest_port",
     "ssh_port",
@@ -601,6 +614,7 @@ def _device(table: _Table, defaults: _Table) -> DeviceSpec:
             firmware=firmware,
             build=build,
             provider=_choice(merged, "provider", PROVIDERS, "poly"),
+            device_mode=merged.flag("device_mode", False),
             admin_password=merged.text("admin_password", DEFAULT_PASSWORD),
             rest_port=ports.get("rest_port"),
             ssh_port=ports.get("ssh_port"),

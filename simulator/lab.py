@@ -277,7 +277,7 @@ class Lab:
                     "tls_fingerprint": d.tls_fingerprint,
                     "ssh_fingerprint": d.ssh_fingerprint,
                     "firmware": {"version": d.firmware_version, "build": d.build},
-                    "provider": d.spec.provider,
+                    "provider": d.provider,
                     "system_name": d.spec.display_name,
                     "peripherals": [
                         {"kind": p.kind, "serial": p.serial, "firmware": p.firmware}

@@ -26,7 +26,8 @@ from polyfleet.simulator.subsystems import (
 
 #: From this firmware the login sets XSRF-TOKEN and later calls need the x-xsrf-token header.
 XSRF_SINCE = FirmwareVersion(4, 6, 2)
-#: ``/rest/system/mode`` and ``/rest/system/mode/device`` exist from this firmware (404 before).
+#: ``/rest/system/mode`` exists from this firmware (404 before); ``/rest/system/mode/device``
+#: answers on every firmware, and is what tells device mode on 3.x.
 MODE_API_SINCE = FirmwareVersion(4, 0, 0)
 #: ``/rest/calendar`` exists from this firmware (404 before).
 CALENDAR_SINCE = FirmwareVersion(3, 14, 0)
@@ -68,21 +69,22 @@ MODE_BY_PROVIDER: dict[str, dict[str, Any]] = {
         "appPersona": "polyvideo",
         "mode": "POLY",
     },
-    "device_mode": {
-        "activePersona": "camuvc",
-        "app": "com.poly.polylauncher",
-        "appPersona": "polyvideo",
-        "mode": "DEVICE",
-    },
 }
+#: In device mode the active persona is the Device Mode app's [seen]; the provider's own app
+#: stays the configured one [assumed].
+DEVICE_MODE_PERSONA = "camuvc"
 
+#: (appName, packageName, personaName, versionInfo) of ``/rest/system/apps``. Every unit
+#: has Poly Video and the Device Mode app installed, whether or not device mode is on.
+POLY_VIDEO_APP = ("Poly Video", "com.poly.polylauncher", "polyvideo")
+DEVICE_MODE_APP = ("Device Mode", "com.polycom.camuvc", DEVICE_MODE_PERSONA)
+#: The provider's own app, installed with its provider mode.
 APPS_BY_PROVIDER: dict[str, list[tuple[str, str, str, str]]] = {
     "teams": [
         ("Microsoft Teams", "com.microsoft.skype.teams.ipphone", "teams", "1449/1.0.96.2023")
     ],
     "zoom": [("Zoom Rooms", "us.zoom.zoompresence", "zoom", "5.17.5.3720")],
     "poly": [],
-    "device_mode": [],
 }
 
 Handler = Callable[["SimDevice", web.BaseRequest, "Session | None"], Awaitable[web.StreamResponse]]
@@ -295,21 +297,26 @@ async def system_status(device: SimDevice, _r: web.BaseRequest, _s: Session | No
 
 
 async def system_mode(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
-    mode = dict(MODE_BY_PROVIDER[device.spec.provider])
-    mode.update({"appLocked": device.spec.provider in ("teams", "zoom"), "ecoMode": False})
-    mode["polyCallControl"] = device.spec.provider == "poly"
+    provider = device.provider_mode
+    mode = dict(MODE_BY_PROVIDER[provider])
+    if device.device_mode:
+        mode.update({"activePersona": DEVICE_MODE_PERSONA, "mode": "DEVICE"})
+    mode.update({"appLocked": provider in ("teams", "zoom"), "ecoMode": False})
+    mode["polyCallControl"] = provider == "poly"
     return json_body(mode)
 
 
 async def system_mode_device(
     device: SimDevice, _r: web.BaseRequest, _s: Session | None
 ) -> web.Response:
-    return json_body({"result": device.spec.provider == "device_mode"})
+    return json_body({"result": device.device_mode})
 
 
 async def system_apps(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
-    apps = [("Poly Video", "com.poly.polylauncher", "polyvideo", device.firmware_version)]
-    apps += APPS_BY_PROVIDER[device.spec.provider]
+    # No "active" marker: a unit lists what is installed, not what runs [seen fields].
+    release = device.firmware_version
+    apps = [(*POLY_VIDEO_APP, release), (*DEVICE_MODE_APP, release)]
+    apps += APPS_BY_PROVIDER[device.provider_mode]
     return json_body(
         [
             {
@@ -318,7 +325,6 @@ async def system_apps(device: SimDevice, _r: web.BaseRequest, _s: Session | None
                 "personaName": persona,
                 "versionInfo": version,
                 "lastUpdatedOn": "2024-06-21T00:00:00Z",
-                "isActive": persona == MODE_BY_PROVIDER[device.spec.provider]["appPersona"],
             }
             for name, package, persona, version in apps
         ]
@@ -458,7 +464,7 @@ async def sipservers(device: SimDevice, _r: web.BaseRequest, _s: Session | None)
 
 
 async def calendar(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -> web.Response:
-    status = "ONLINE" if device.spec.provider in ("teams", "zoom") else "DISABLED"
+    status = "ONLINE" if device.provider_mode in ("teams", "zoom") else "DISABLED"
     return json_body({"status": status, "meetings": []})
 
 
@@ -572,7 +578,7 @@ ROUTES: dict[tuple[str, str], tuple[Handler, bool, FirmwareVersion | None]] = {
     ("GET", "/rest/system"): (system, True, None),
     ("GET", "/rest/system/status"): (system_status, True, None),
     ("GET", "/rest/system/mode"): (system_mode, True, MODE_API_SINCE),
-    ("GET", "/rest/system/mode/device"): (system_mode_device, True, MODE_API_SINCE),
+    ("GET", "/rest/system/mode/device"): (system_mode_device, True, None),
     ("GET", "/rest/system/apps"): (system_apps, True, None),
     ("POST", "/rest/current/devicemanagement/devices"): (device_list, True, None),
     ("GET", "/rest/conferences"): (conferences, True, None),

@@ -70,7 +70,7 @@ def status_entries(device: SimDevice) -> list[tuple[str, str]]:
         ("logthreshold", "full" if device.has_fault("log_storage_full") else "up"),
         ("autoanswerp2p", "off"),
         ("globaldirectory", "unknown"),
-        ("calendar", "up" if device.spec.provider in ("teams", "zoom") else "off"),
+        ("calendar", "up" if device.provider_mode in ("teams", "zoom") else "off"),
     ]
 
 

@@ -49,7 +49,6 @@ MODEL_MAP: dict[str, Model] = {
 
 #: Package or persona names -> provider mode (Teams/Zoom names are assumed, see the device doc).
 PROVIDER_HINTS: tuple[tuple[str, Provider], ...] = (
-    ("camuvc", Provider.DEVICE_MODE),
     ("teams", Provider.TEAMS),
     ("skype", Provider.TEAMS),
     ("zoom", Provider.ZOOM),
@@ -57,6 +56,10 @@ PROVIDER_HINTS: tuple[tuple[str, Provider], ...] = (
     ("polyvideo", Provider.POLY),
     ("poly", Provider.POLY),
 )
+
+#: The Device Mode app's persona: active (``/rest/system/mode``) while the unit is in USB device
+#: mode. The app itself (``com.polycom.camuvc``, "Device Mode") is installed on every unit.
+DEVICE_MODE_PERSONA = "camuvc"
 
 #: Peripheral states that count as present.
 GOOD_PERIPHERAL_STATES = frozenset({"CONNECTED", "PAIRED"})
@@ -209,7 +212,8 @@ def problems_from_status(status: dict[str, str], *, lan_state: str = "") -> list
 
 
 def provider_from_mode(mode: dict[str, Any]) -> Provider:
-    if _text(mode.get("activePersona")).lower() == "camuvc":
+    """Provider from ``GET /rest/system/mode`` (4.x): the active persona first, then the app."""
+    if _text(mode.get("activePersona")).lower() == DEVICE_MODE_PERSONA:
         return Provider.DEVICE_MODE
     return provider_from_text(
         _text(mode.get("app")),
@@ -219,9 +223,27 @@ def provider_from_mode(mode: dict[str, Any]) -> Provider:
     )
 
 
+def device_mode_on(answer: Any) -> bool:
+    """``GET /rest/system/mode/device``: only ``{"result": true}`` (or a bare ``true``) is on."""
+    return answer is True or _dict(answer).get("result") is True
+
+
+def is_device_mode_app(app: dict[str, Any]) -> bool:
+    """The Device Mode app, listed by every unit whether or not device mode is on."""
+    package = _text(app.get("packageName")).lower()
+    persona = _text(app.get("personaName")).lower()
+    name = _text(app.get("appName")).lower()
+    return DEVICE_MODE_PERSONA in package or persona == DEVICE_MODE_PERSONA or name == "device mode"
+
+
 def provider_from_apps(apps: Any) -> Provider:
-    """Provider from ``GET /rest/system/apps`` when the firmware lacks ``/rest/system/mode``."""
-    items = [_dict(a) for a in _list(apps)]
+    """Provider from ``GET /rest/system/apps`` when the firmware lacks ``/rest/system/mode``.
+
+    Teams or Zoom when its app is installed, else Poly Video. The Device Mode app
+    never decides: every unit has it (``GET /rest/system/mode/device`` tells device
+    mode). Apps marked active, where a unit marks them, count before the others.
+    """
+    items = [a for a in (_dict(x) for x in _list(apps)) if not is_device_mode_app(a)]
     active = [
         a
         for a in items
@@ -231,7 +253,7 @@ def provider_from_apps(apps: Any) -> Provider:
         found = provider_from_text(
             _text(app.get("packageName")), _text(app.get("personaName")), _text(app.get("appName"))
         )
-        # An installed Poly launcher is on every unit; a third-party app wins over it.
+        # Poly Video is on every unit; a third-party app wins over it.
         if found not in (Provider.UNKNOWN, Provider.POLY):
             return found
     for app in active or items:
@@ -355,7 +377,10 @@ class VideoOSDriver(DeviceDriver):
         try:
             mode = await rest.get("/rest/system/mode")
         except FeatureAbsent:
-            # Older firmware: no mode endpoint, the installed apps tell the mode.
+            # 3.x: no mode endpoint. Device mode is what /rest/system/mode/device says (the
+            # Device Mode app is installed everywhere); the other installed apps tell the rest.
+            if device_mode_on(await self._optional(rest, "GET", "/rest/system/mode/device")):
+                return Provider.DEVICE_MODE
             apps = await self._optional(rest, "GET", "/rest/system/apps")
             return provider_from_apps(apps)
         return provider_from_mode(_dict(mode))

@@ -95,6 +95,56 @@ async def test_probe_firmware_variants(
     assert not device.sessions
 
 
+#: One firmware of each generation: 3.x before calendar, 3.x, 4.0 to 4.6.1, 4.6.2 and later (XSRF).
+FIRMWARE_GENERATIONS = ("3.12.0", "3.14.1", "4.2.2", "4.6.2")
+
+
+async def test_provider_mode_on_every_firmware_with_device_mode_on_and_off(
+    lab_factory: Any, password_file: Path, capsys: Any
+) -> None:
+    """Teams, Zoom and Poly Video units report their provider, or device_mode only while on.
+
+    Every unit lists the Device Mode app; on 3.x (no /rest/system/mode) only
+    /rest/system/mode/device may say device mode.
+    """
+    combos = [
+        (firmware, provider, on)
+        for firmware in FIRMWARE_GENERATIONS
+        for provider in ("teams", "zoom", "poly")
+        for on in (False, True)
+    ]
+    lab = await lab_factory(
+        [
+            make_device(f"PM{i:02d}", firmware=firmware, provider=provider, device_mode=on)
+            for i, (firmware, provider, on) in enumerate(combos)
+        ]
+    )
+    wrong = []
+    for i, (firmware, provider, on) in enumerate(combos):
+        code, out, err = await probe(capsys, lab.devices[f"PM{i:02d}"], password_file, "--json")
+        assert code == 0, err
+        reported = snapshot_of(out).provider.value
+        expected = "device_mode" if on else provider
+        if reported != expected:
+            wrong.append(f"{firmware} {provider} device mode {on}: {reported}, not {expected}")
+    assert not wrong, wrong
+
+
+async def test_3x_unit_leaving_device_mode_reports_its_provider_again(
+    lab_factory: Any, password_file: Path, capsys: Any
+) -> None:
+    """A 3.x Teams unit switched into device mode and back reads device_mode, then teams."""
+    lab = await lab_factory([make_device("PMSWITCH", firmware="3.14.1", provider="teams")])
+    device = lab.devices["PMSWITCH"]
+    seen = []
+    for on in (True, False):
+        await device.set_device_mode(on)
+        code, out, err = await probe(capsys, device, password_file, "--json")
+        assert code == 0, err
+        seen.append(snapshot_of(out).provider.value)
+    assert seen == ["device_mode", "teams"]
+
+
 async def test_probe_g7500_lists_e70_as_own_entry(
     lab_factory: Any, password_file: Path, capsys: Any
 ) -> None:

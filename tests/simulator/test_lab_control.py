@@ -163,6 +163,7 @@ async def test_index_lists_every_endpoint_and_fault(lab_factory: LabFactory) -> 
         "POST /devices/{serial}/reboot",
         "POST /devices/{serial}/update",
         "POST /devices/{serial}/password",
+        "POST /devices/{serial}/device_mode",
         "GET /timeline",
         "POST /timeline",
         "POST /timeline/reset",

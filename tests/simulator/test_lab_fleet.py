@@ -43,6 +43,7 @@ rest_port = 8443
 FULL = (
     GOOD
     + """provider = "zoom"
+device_mode = true
 silent_mode = "drop"
 ssh_server_version = "OpenSSH_7.4"
 update = { install_seconds = 3, outcome = "brick" }
@@ -152,6 +153,10 @@ def test_defaults_fill_in_a_minimal_device(tmp_path: Path) -> None:
             "devices[0].calls[0].at",
         ),
         (('serial = "AAA0001"', 'serial = "AAA0001"\nprovider = "webex"'), "devices[0].provider"),
+        (
+            ('serial = "AAA0001"', 'serial = "AAA0001"\ndevice_mode = "on"'),
+            "devices[0].device_mode",
+        ),
         (('serial = "AAA0001"', 'serial = "AAA0001"\nlockout_failures = 0'), "lockout_failures"),
         (('serial = "AAA0001"', 'serial = "AAA0001"\nsession_limit = 0'), "session_limit"),
         (('serial = "AAA0001"', 'serial = "AAA0001"\nrest_port = 70000'), "devices[0].rest_port"),
@@ -235,6 +240,7 @@ def test_every_table_is_read(tmp_path: Path) -> None:
         "drop",
         "OpenSSH_7.4",
     )
+    assert device.device_mode and device.starts_in_device_mode and device.provider_mode == "zoom"
     assert (device.update.install_seconds, device.update.outcome) == (3.0, "brick")
     assert [(p.kind, p.serial) for p in device.peripherals] == [("microphone", "MIC0001")]
     [fault] = device.faults

@@ -516,23 +516,22 @@ async def test_xsrf_needs_cookie_and_header_also_on_logout(
 
 
 @pytest.mark.parametrize(
-    ("firmware", "provider", "calendar", "mode_device"),
+    ("firmware", "provider", "calendar"),
     [
-        ("3.12.0", "teams", 404, 404),
-        ("3.14.1", "teams", "ONLINE", 404),
-        ("4.0.2", "zoom", "ONLINE", 200),
-        ("4.2.2", "poly", "DISABLED", 200),
+        ("3.12.0", "teams", 404),
+        ("3.14.1", "teams", "ONLINE"),
+        ("4.0.2", "zoom", "ONLINE"),
+        ("4.2.2", "poly", "DISABLED"),
     ],
 )
-async def test_calendar_and_mode_device_by_firmware(
+async def test_calendar_by_firmware_and_mode_device_on_every_firmware(
     lab_factory: LabFactory,
     rest_factory: Rest,
     firmware: str,
     provider: str,
     calendar: int | str,
-    mode_device: int,
 ) -> None:
-    """/rest/calendar exists from 3.14 (ONLINE for Teams/Zoom), /rest/system/mode/device from 4."""
+    """/rest/calendar exists from 3.14 (ONLINE for Teams/Zoom); /rest/system/mode/device always."""
     lab = await lab_factory([make_device(firmware=firmware, provider=provider)])
     client = rest_factory(next(iter(lab.devices.values())))
     await client.login()
@@ -541,7 +540,83 @@ async def test_calendar_and_mode_device_by_firmware(
         assert (answer.status, answer.content_type) == (calendar, "text/html")
     else:
         assert answer.status == 200 and (await answer.json())["status"] == calendar
-    assert (await client.request("GET", "/rest/system/mode/device")).status == mode_device
+    assert await client.json("GET", "/rest/system/mode/device") == {"result": False}
+
+
+DEVICE_MODE_APP = {"appName": "Device Mode", "packageName": "com.polycom.camuvc"}
+PROVIDER_APPS = {
+    "teams": "com.microsoft.skype.teams.ipphone",
+    "zoom": "us.zoom.zoompresence",
+    "poly": None,
+}
+
+
+async def test_device_mode_app_is_listed_on_every_unit_on_or_off(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """Every firmware and provider lists the Device Mode app; only mode/device says it is on."""
+    combos = [
+        (firmware, provider, on)
+        for firmware in ("3.12.0", "3.14.1", "4.2.2", "4.6.2")
+        for provider in PROVIDER_APPS
+        for on in (False, True)
+    ]
+    lab = await lab_factory(
+        [
+            make_device(f"DM{i:02d}", firmware=firmware, provider=provider, device_mode=on)
+            for i, (firmware, provider, on) in enumerate(combos)
+        ]
+    )
+    for i, (firmware, provider, on) in enumerate(combos):
+        device = lab.devices[f"DM{i:02d}"]
+        client = rest_factory(device)
+        assert (await client.login()).status == 200
+        apps = await client.json("GET", "/rest/system/apps")
+        packages = {a["packageName"] for a in apps}
+        where = (firmware, provider, on)
+        assert any(a["appName"] == "Device Mode" and a["personaName"] == "camuvc" for a in apps), (
+            where
+        )
+        assert {DEVICE_MODE_APP["packageName"], "com.poly.polylauncher"} <= packages, where
+        other = PROVIDER_APPS[provider]
+        assert other in packages if other else len(packages) == 2, where
+        assert all("isActive" not in a for a in apps), "units list what is installed"
+        assert await client.json("GET", "/rest/system/mode/device") == {"result": on}, where
+        mode = await client.request("GET", "/rest/system/mode")
+        if firmware.startswith("3."):
+            assert mode.status == 404, where
+        else:
+            persona = (await mode.json())["activePersona"]
+            assert (persona == "camuvc") is on, where
+        view = device.view()
+        assert view["provider"] == ("device_mode" if on else provider), where
+        assert (view["provider_mode"], view["device_mode"]) == (provider, on)
+
+
+async def test_device_mode_switches_at_runtime_through_the_control_api(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> None:
+    """POST /devices/{serial}/device_mode turns it on and off; a 3.x unit's answers follow."""
+    lab = await lab_factory([make_device("DMSWITCH", firmware="3.12.0", provider="zoom")])
+    device = lab.devices["DMSWITCH"]
+    client = rest_factory(device)
+    await client.login()
+    async with aiohttp.ClientSession() as control:
+        url = f"{lab.control_url}/devices/DMSWITCH/device_mode"
+        async with control.post(url, json={"on": True}) as resp:
+            assert resp.status == 200
+            view = await resp.json()
+        assert (view["provider"], view["device_mode"], view["provider_mode"]) == (
+            "device_mode",
+            True,
+            "zoom",
+        )
+        assert await client.json("GET", "/rest/system/mode/device") == {"result": True}
+        async with control.post(url, json={"on": "yes"}) as resp:
+            assert resp.status == 400 and (await resp.json())["field"] == "on"
+        async with control.post(url, json={"on": False}) as resp:
+            assert (await resp.json())["provider"] == "zoom"
+    assert await client.json("GET", "/rest/system/mode/device") == {"result": False}
 
 
 async def test_more_scalars_and_crlf_bodies(lab_factory: LabFactory, rest_factory: Rest) -> None:
