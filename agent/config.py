@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyfleet.shared.errors import ConfigError
+from polyfleet.shared.errors import ConfigError, os_error_words
 from polyfleet.shared.fingerprint import normalise_fingerprint
 
 DEFAULT_POLL_INTERVAL_S = 60.0
@@ -69,7 +69,9 @@ def read_secret_file(path: Path, *, origin: str = "") -> str:
     try:
         info = path.stat()
     except OSError as exc:
-        raise ConfigError(f"{where}cannot read password file {path}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"{where}cannot read password file {path}: {os_error_words(exc)}"
+        ) from exc
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"{where}password file {path} is readable by others "
@@ -77,8 +79,12 @@ def read_secret_file(path: Path, *, origin: str = "") -> str:
         )
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}cannot read password file {path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}cannot read password file {path}: {os_error_words(exc)}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}password file {path} is not UTF-8 text") from exc
     value = text.rstrip("\r\n")
     if not value:
         raise ConfigError(f"{where}password file {path} is empty")
@@ -246,7 +252,7 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+        raise ConfigError(f"{source}: cannot read: {os_error_words(exc)}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     return parse_config(raw, source=source, base=file.resolve().parent)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from polyfleet.shared.durable import write_atomically
-from polyfleet.shared.errors import ConfigError
+from polyfleet.shared.errors import ConfigError, os_error_words
 
 PINS_FILE = "pins.json"
 _LOCK_FILE = "pins.lock"
@@ -79,8 +79,10 @@ class PinStore:
             return self._cache.records
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{self.path}: unreadable pin store ({exc})") from exc
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: unreadable pin store ({os_error_words(exc)})") from exc
+        except ValueError as exc:
+            raise ConfigError(f"{self.path}: unreadable pin store (not JSON: {exc})") from exc
         records: dict[str, PinRecord] = {}
         for key, item in dict(raw.get("devices", {})).items():
             if isinstance(item, dict):

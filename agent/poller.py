@@ -33,6 +33,7 @@ from polyfleet.shared.errors import (
     NotAPolyDevice,
     PolyfleetError,
 )
+from polyfleet.shared.fingerprint import short_fingerprint
 from polyfleet.shared.schema import (
     AgentNotice,
     Firmware,
@@ -411,7 +412,8 @@ class Poller:
             device.host, device.rest_port, timeout=self.config.device_timeout_s
         )
         raise CertificateMismatch(
-            f"{device.key}: certificate {seen} is not pinned (trust_on_first_use = false)",
+            f"{device.key}: the device's certificate ({short_fingerprint(seen)}) is not pinned "
+            "and trust_on_first_use is false",
             host=device.host,
             seen=seen,
             pinned="",
@@ -454,10 +456,12 @@ class Poller:
         field_name = "pending_ssh" if record.ssh and exc.pinned == record.ssh else "pending_tls"
         if getattr(record, field_name) == exc.seen:
             return None
+        what = "SSH host key" if field_name == "pending_ssh" else "certificate"
         message = (
-            f"{state.serial or state.device.key}: "
-            f"{'SSH host key' if field_name == 'pending_ssh' else 'certificate'} "
-            f"changed to {exc.seen}; not trusted until: "
+            f"{state.serial or state.device.key}: the device's {what} changed "
+            f"(device {short_fingerprint(exc.seen)}, "
+            f"pinned {short_fingerprint(exc.pinned) if exc.pinned else 'none'}); "
+            "not trusted until an admin checks it and runs: "
             f"polyfleet agent pins accept {state.serial or state.device.host}"
         )
         log.warning("%s: %s", state.device.key, message)
@@ -583,5 +587,8 @@ class Poller:
 
 
 def _short(exc: DeviceError) -> str:
-    text = f"{exc.reason}: {exc}"
-    return text[:256]
+    """A device failure as a report's problem text: words only (messages never hold objects)."""
+    if isinstance(exc, CertificateMismatch):
+        # Its message already says what differs, and from which pin.
+        return str(exc)[:256]
+    return f"{exc.reason}: {exc}"[:256]

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError
+from polyfleet.agent.transport.failures import http_failure_words
+from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError, os_error_words
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
     EnrollRequest,
@@ -99,7 +100,7 @@ class Credential:
             os.unlink(probe)
         except OSError as exc:
             raise ConfigError(
-                f"cannot store the agent credential at {path}: {exc.strerror or exc}; "
+                f"cannot store the agent credential at {path}: {os_error_words(exc)}; "
                 "give --credential-file PATH or a config whose controller.credential_file "
                 "is writable (the enrollment code was not used)"
             ) from exc
@@ -118,8 +119,10 @@ class Credential:
                 token=str(raw["token"]),
                 poll_interval_s=int(raw.get("poll_interval_s", 60)),
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}: not an agent credential file ({exc})") from exc
+        except KeyError as exc:
+            raise ConfigError(f"{path}: not an agent credential file (no {exc.args[0]})") from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: not an agent credential file (not JSON)") from exc
 
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
@@ -180,7 +183,8 @@ class Uplink:
         except TimeoutError as exc:
             raise ControllerUnavailable(f"{method} {url}: no answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise ControllerUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+            # Never str(exc): aiohttp's names the ssl= argument (an SSLContext object).
+            raise ControllerUnavailable(f"{method} {url}: {http_failure_words(exc)}") from exc
         if len(raw) > _MAX_ANSWER_BYTES:
             raise ProtocolError(f"{method} {url}: answer too large")
         if status >= 500 or status in (408, 429):

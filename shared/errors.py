@@ -15,6 +15,9 @@ PolyfleetError
 
 from __future__ import annotations
 
+import errno
+import socket
+
 
 class PolyfleetError(Exception):
     """Base of every error polyfleet raises on purpose."""
@@ -74,3 +77,39 @@ class DeviceWedged(DeviceError):
 
 class DeviceProtocolError(DeviceError):
     reason = "unexpected answer"
+
+
+#: errno -> words, for OS errors that carry no text of their own.
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EPIPE: "connection closed while sending",
+    errno.ENOSPC: "no space left on the disk",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EIO: "input/output error",
+}
+
+
+def os_error_words(exc: OSError) -> str:
+    """``connection refused``, ``no space left on the disk``...: the OS's words, lower case.
+
+    For messages people read: ``str(exc)`` of an OSError adds ``[Errno 28]`` and the
+    path, and some (``TimeoutError()``) say nothing at all.
+    """
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, socket.gaierror):
+        return "the name does not resolve"
+    if exc.errno in _ERRNO_WORDS:
+        return _ERRNO_WORDS[exc.errno]
+    if exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    if exc.errno:
+        return errno.errorcode.get(exc.errno, f"error {exc.errno}").lower()
+    return "operating system error"

@@ -43,3 +43,16 @@ def normalise_fingerprint(text: str) -> str:
 
 def sha256_fingerprint_from_digest(digest: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def short_fingerprint(fingerprint: str, chars: int = 12) -> str:
+    """``SHA256:p5uPgzfL1hwG...``: enough of a fingerprint for a person to tell two apart.
+
+    Messages for people (logs, report problems, tickets) show this; the whole value
+    stays where an admin checks and accepts it (``polyfleet agent pins list``).
+    """
+    prefix, sep, body = fingerprint.partition(":")
+    if not sep:
+        prefix, body = "", fingerprint
+    head = f"{prefix}:" if sep else ""
+    return head + body if len(body) <= chars else f"{head}{body[:chars]}..."

@@ -40,6 +40,7 @@ ENDPOINTS = [
     "POST /devices/{serial}/update {version}",
     "POST /devices/{serial}/password {password}",
     "POST /devices/{serial}/device_mode {on}",
+    "POST /devices/{serial}/identity {certificate?, host_key?}",
     "GET /timeline",
     "POST /timeline {seconds}",
     "POST /timeline/reset",
@@ -235,6 +236,21 @@ async def set_device_mode(request: web.Request) -> web.Response:
     return web.json_response(device.view())
 
 
+async def renew_identity(request: web.Request) -> web.Response:
+    device = _device(request)
+    payload = await _body(request)
+    wanted = {}
+    for name in ("certificate", "host_key"):
+        if name in payload:
+            wanted[name] = _flag(payload, name)
+    if not any(wanted.values()):
+        return _error(
+            400, "say which to renew: certificate and/or host_key true", field="certificate"
+        )
+    await device.renew_identity(**wanted)
+    return web.json_response(device.view())
+
+
 async def get_timeline(request: web.Request) -> web.Response:
     return web.json_response({"seconds": round(request.app[LAB_KEY].timeline_seconds(), 3)})
 
@@ -282,6 +298,7 @@ def create_control_app(lab: ControlledLab) -> web.Application:
     app.router.add_post("/devices/{serial}/update", deliver_update)
     app.router.add_post("/devices/{serial}/password", set_password)
     app.router.add_post("/devices/{serial}/device_mode", set_device_mode)
+    app.router.add_post("/devices/{serial}/identity", renew_identity)
     app.router.add_get("/timeline", get_timeline)
     app.router.add_post("/timeline", set_timeline)
     app.router.add_post("/timeline/reset", reset_timeline)

@@ -236,7 +236,25 @@ class SimDevice:
 
     def _regenerate_certificate(self) -> None:
         self.tls = identity.make_tls_identity(self.data_dir, self.spec.display_name, self.address)
-        self._ssl_context = self.tls.server_context()
+        if self._ssl_context is None:
+            self._ssl_context = self.tls.server_context()
+        else:
+            # A listening server holds this context: its next handshakes show the new one.
+            self._ssl_context.load_cert_chain(self.tls.cert_path, self.tls.key_path)
+
+    def _regenerate_host_key(self) -> None:
+        key = identity.make_host_key(self.data_dir, self.spec.ssh_host_key_type)
+        # SSH connections read the key as they start: the next one shows the new key.
+        self.host_key = key
+        self.ssh_fingerprint = identity.host_key_fingerprint(key)
+
+    async def renew_identity(self, *, certificate: bool = False, host_key: bool = False) -> None:
+        """A new certificate and/or SSH host key from the next connection on, as after a
+        factory reset or a main board swap; kept in the data dir like the first ones."""
+        if certificate:
+            await asyncio.to_thread(self._regenerate_certificate)
+        if host_key:
+            await asyncio.to_thread(self._regenerate_host_key)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -92,20 +92,29 @@ def load_or_make_tls_identity(directory: Path, common_name: str, address: str) -
 
 def load_or_make_host_key(directory: Path, key_type: str) -> paramiko.PKey:
     """The persisted SSH host key of ``key_type`` (ed25519 or rsa), made on first use."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{SSH_KEY_FILE}-{key_type}"
     if not path.exists():
-        private: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-        if key_type == "rsa":
-            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        else:
-            private = ed25519.Ed25519PrivateKey.generate()
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        _write_private(path, pem)
+        return make_host_key(directory, key_type)
+    if key_type == "rsa":
+        return paramiko.RSAKey.from_private_key_file(str(path))
+    return paramiko.Ed25519Key.from_private_key_file(str(path))
+
+
+def make_host_key(directory: Path, key_type: str) -> paramiko.PKey:
+    """A new SSH host key of ``key_type``, replacing the persisted one (a factory reset)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{SSH_KEY_FILE}-{key_type}"
+    private: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+    if key_type == "rsa":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    _write_private(path, pem)
     if key_type == "rsa":
         return paramiko.RSAKey.from_private_key_file(str(path))
     return paramiko.Ed25519Key.from_private_key_file(str(path))

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
@@ -25,8 +26,13 @@ from polyfleet.shared.errors import (
     DeviceWedged,
     LockedOut,
     NotAPolyDevice,
+    os_error_words,
 )
-from polyfleet.shared.fingerprint import normalise_fingerprint, sha256_fingerprint
+from polyfleet.shared.fingerprint import (
+    normalise_fingerprint,
+    sha256_fingerprint,
+    short_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +99,11 @@ async def fetch_certificate_fingerprint(host: str, port: int, *, timeout: float)
             f"{host}:{port}: no TLS answer within {timeout:g}s", host=host
         ) from exc
     except ssl.SSLError as exc:
-        raise NotAPolyDevice(f"{host}:{port}: no TLS service ({exc.reason})", host=host) from exc
+        raise NotAPolyDevice(
+            f"{host}:{port}: no TLS service ({http_failure_words(exc)})", host=host
+        ) from exc
     except OSError as exc:
-        raise DeviceUnreachable(f"{host}:{port}: {exc.strerror or exc}", host=host) from exc
+        raise DeviceUnreachable(f"{host}:{port}: {os_error_words(exc)}", host=host) from exc
     try:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -225,25 +233,28 @@ class RestClient:
             except aiohttp.ServerFingerprintMismatch as exc:
                 seen = "SHA256:" + base64.b64encode(exc.got).decode().rstrip("=")
                 raise CertificateMismatch(
-                    f"{self.host}:{self.port}: certificate {seen} does not match pin {self.pin}",
+                    f"{self.host}:{self.port}: the device's certificate does not match the "
+                    f"pinned one (device {short_fingerprint(seen)}, "
+                    f"pinned {short_fingerprint(self.pin)})",
                     host=self.host,
                     seen=seen,
                     pinned=self.pin,
                 ) from exc
             except aiohttp.ClientConnectorSSLError as exc:
-                raise NotAPolyDevice(f"{where}: TLS handshake failed", host=self.host) from exc
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-                raise DeviceUnreachable(f"{where}: {exc}", host=self.host) from exc
+                raise NotAPolyDevice(f"{where}: {http_failure_words(exc)}", host=self.host) from exc
             except TimeoutError as exc:
                 raise DeviceUnreachable(
                     f"{where}: no answer within {self._timeout.total:g}s", host=self.host
                 ) from exc
             except aiohttp.ClientResponseError as exc:
                 raise DeviceProtocolError(
-                    f"{where}: malformed HTTP: {exc.message}", host=self.host
+                    f"{where}: {http_failure_words(exc)}", host=self.host
                 ) from exc
             except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-                raise DeviceUnreachable(f"{where}: {type(exc).__name__}", host=self.host) from exc
+                # Never str(exc): aiohttp's names the ssl= argument, our pin object included.
+                raise DeviceUnreachable(
+                    f"{where}: {http_failure_words(exc)}", host=self.host
+                ) from exc
             if status >= 500 and status not in accept_statuses:
                 if attempt <= _SERVER_ERROR_RETRIES:
                     continue

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import paramiko
 
+from polyfleet.agent.transport.failures import ssh_failure_words
 from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
     DeviceProtocolError,
     DeviceUnreachable,
     NotAPolyDevice,
+    os_error_words,
 )
-from polyfleet.shared.fingerprint import normalise_fingerprint, sha256_fingerprint
+from polyfleet.shared.fingerprint import (
+    normalise_fingerprint,
+    sha256_fingerprint,
+    short_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +104,7 @@ class SshClient:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
-            raise DeviceUnreachable(f"{where}: {exc.strerror or exc}", host=self.host) from exc
+            raise DeviceUnreachable(f"{where}: {os_error_words(exc)}", host=self.host) from exc
         transport: paramiko.Transport | None = None
         try:
             transport = paramiko.Transport(sock)
@@ -107,12 +113,15 @@ class SshClient:
             try:
                 transport.start_client(timeout=self.timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise NotAPolyDevice(f"{where}: no SSH service ({exc})", host=self.host) from exc
+                raise NotAPolyDevice(
+                    f"{where}: no SSH service ({ssh_failure_words(exc)})", host=self.host
+                ) from exc
             key = transport.get_remote_server_key()
             seen = sha256_fingerprint(key.asbytes())
             if self.pin is not None and seen != self.pin:
                 raise CertificateMismatch(
-                    f"{where}: host key {seen} does not match pin {self.pin}",
+                    f"{where}: the device's SSH host key does not match the pinned one "
+                    f"(device {short_fingerprint(seen)}, pinned {short_fingerprint(self.pin)})",
                     host=self.host,
                     seen=seen,
                     pinned=self.pin,
@@ -145,9 +154,13 @@ class SshClient:
                 channel.close()
             return session
         except paramiko.SSHException as exc:
-            raise DeviceUnreachable(f"{where}: SSH failed ({exc})", host=self.host) from exc
+            raise DeviceUnreachable(
+                f"{where}: SSH failed ({ssh_failure_words(exc)})", host=self.host
+            ) from exc
         except (OSError, EOFError) as exc:
-            raise DeviceUnreachable(f"{where}: connection lost ({exc})", host=self.host) from exc
+            raise DeviceUnreachable(
+                f"{where}: connection lost ({ssh_failure_words(exc)})", host=self.host
+            ) from exc
         finally:
             if transport is not None:
                 transport.close()

@@ -18,6 +18,7 @@ from polyfleet.agent.outbox import Outbox
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.poller import Poller
 from polyfleet.cli import main
+from polyfleet.shared.fingerprint import short_fingerprint
 from polyfleet.shared.schema import HealthState, ProblemCode, Snapshot
 from polyfleet.simulator.testing import make_device
 
@@ -245,7 +246,8 @@ async def test_pin_change_waits_for_admin_accept(
     assert codes(snap) == {"certificate_changed"}, "never trusted by itself"
     notices = [e.notice() for e in outbox.peek(100) if e.kind == "notice"]
     assert [n.kind for n in notices] == ["certificate_changed"]
-    assert device.tls_fingerprint in notices[0].detail and "pins accept PIN1" in notices[0].detail
+    assert short_fingerprint(device.tls_fingerprint) in notices[0].detail
+    assert "pins accept PIN1" in notices[0].detail
 
     toml = tmp_path / "agent.toml"
     toml.write_text(f'[agent]\ndata_dir = "{config.data_dir}"\n')

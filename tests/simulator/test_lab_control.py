@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import paramiko
 import pytest
-from lab_client import FakeClock, LabFactory, RestClient, connect, wait_for
+from lab_client import FakeClock, LabFactory, RestClient, connect, exec_command, wait_for
 
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.fleet import FAULTS, CallWindow, FaultWindow
@@ -164,6 +164,7 @@ async def test_index_lists_every_endpoint_and_fault(lab_factory: LabFactory) -> 
         "POST /devices/{serial}/update",
         "POST /devices/{serial}/password",
         "POST /devices/{serial}/device_mode",
+        "POST /devices/{serial}/identity",
         "GET /timeline",
         "POST /timeline",
         "POST /timeline/reset",
@@ -322,3 +323,25 @@ async def test_running_timeline_keeps_an_overlapped_fault(lab_factory: LabFactor
     # reboot_needed starts after the first window's end: once it is up, that edge has passed.
     await wait_for(lambda: "reboot_needed" in device.faults)
     assert "log_storage_full" in device.faults
+
+
+async def test_identity_renewal_gives_a_new_certificate_and_host_key(
+    lab_factory: LabFactory,
+) -> None:
+    """POST /devices/{serial}/identity: the next TLS and SSH connections show the new ones."""
+    lab = await lab_factory([make_device(serial="CTLIDENT")])
+    device = lab.devices["CTLIDENT"]
+    old_tls, old_ssh = device.tls_fingerprint, device.ssh_fingerprint
+    status, body = await call(lab, "POST", "/devices/CTLIDENT/identity", {"host_key": "yes"})
+    assert (status, body["field"]) == (400, "host_key")
+    status, body = await call(lab, "POST", "/devices/CTLIDENT/identity", {})
+    assert status == 400 and "certificate and/or host_key" in body["error"]
+    status, body = await call(lab, "POST", "/devices/CTLIDENT/identity", {"host_key": True})
+    assert status == 200
+    assert body["ssh_fingerprint"] != old_ssh and body["tls_fingerprint"] == old_tls
+    assert "status end" in (await asyncio.to_thread(exec_command, device, "status"))[0]
+    status, body = await call(lab, "POST", "/devices/CTLIDENT/identity", {"certificate": True})
+    assert status == 200 and body["tls_fingerprint"] != old_tls
+    async with aiohttp.ClientSession() as http:
+        # The client pins the device's fingerprint as now shown: the new one is served.
+        assert (await RestClient(device, http).login()).status == 200
