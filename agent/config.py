@@ -34,6 +34,13 @@ DEFAULT_HELD_MAX_BYTES = 16 * 1024 * 1024
 #: Every this many REST polls, model/serial/firmware are checked over SSH too (0 = never).
 DEFAULT_SSH_CROSS_CHECK_EVERY = 10
 DEFAULT_CREDENTIAL_FILE = "credential.json"
+#: The site update server: where devices fetch packages from, and its package cache.
+DEFAULT_UPDATES_LISTEN = "127.0.0.1:0"
+DEFAULT_UPDATES_CACHE_MAX_BYTES = 4 * 1024 * 1024 * 1024
+#: How long a unit may take to come back from an update before it counts as not returned.
+DEFAULT_UPDATES_RETURN_TIMEOUT_S = 1800.0
+#: How often a unit in a call is looked at again before its update starts.
+DEFAULT_UPDATES_CALL_RECHECK_S = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +150,13 @@ class AgentConfig:
     held_retry_s: float = DEFAULT_HELD_RETRY_S
     held_max_bytes: int = DEFAULT_HELD_MAX_BYTES
     ssh_cross_check_every: int = DEFAULT_SSH_CROSS_CHECK_EVERY
+    #: host:port the site update server listens on (HTTPS); port 0 lets the OS choose.
+    updates_listen: str = DEFAULT_UPDATES_LISTEN
+    #: The host devices reach the update server by (default: the listen host).
+    updates_advertise: str = ""
+    updates_cache_max_bytes: int = DEFAULT_UPDATES_CACHE_MAX_BYTES
+    updates_return_timeout_s: float = DEFAULT_UPDATES_RETURN_TIMEOUT_S
+    updates_call_recheck_s: float = DEFAULT_UPDATES_CALL_RECHECK_S
     source: str = field(default="<built in code>", compare=False)
 
     @property
@@ -264,6 +278,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
     agent = root.table("agent")
     controller = root.table("controller")
     outbox = root.table("outbox")
+    updates = root.table("updates")
     defaults = root.table("defaults")
     devices_raw = root._get("devices", (list,), "an array of tables ([[devices]])") or []
     root.reject_unknown()
@@ -356,8 +371,27 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
         ssh_cross_check_every=agent.integer(
             "ssh_cross_check_every", DEFAULT_SSH_CROSS_CHECK_EVERY, minimum=0, maximum=1_000_000
         ),
+        updates_listen=_listen(updates, "listen", DEFAULT_UPDATES_LISTEN),
+        updates_advertise=updates.text("advertise", "") or "",
+        updates_cache_max_bytes=updates.integer(
+            "cache_max_bytes", DEFAULT_UPDATES_CACHE_MAX_BYTES, minimum=1024 * 1024
+        ),
+        updates_return_timeout_s=updates.number(
+            "return_timeout_s", DEFAULT_UPDATES_RETURN_TIMEOUT_S, minimum=0.05
+        ),
+        updates_call_recheck_s=updates.number(
+            "call_recheck_s", DEFAULT_UPDATES_CALL_RECHECK_S, minimum=0.01
+        ),
         source=source,
     )
-    for t in (agent, controller, outbox):
+    for t in (agent, controller, outbox, updates):
         t.reject_unknown()
     return config
+
+
+def _listen(table: _Table, key: str, default: str) -> str:
+    text = table.text(key, default) or default
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{table.where(key)}: {text!r} is not HOST:PORT (e.g. 0.0.0.0:8443)")
+    return text

@@ -1,4 +1,4 @@
-"""Jobs the controller hands the agent: collect diagnostics, reboot (never during a call)."""
+"""Jobs the controller hands the agent: diagnostics, reboot, firmware update (never in a call)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import tarfile
 import time
 from datetime import UTC, datetime
 
+from polyfleet.agent.firmware import FirmwareUpdater
 from polyfleet.agent.poller import Poller
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
 from polyfleet.shared.errors import DeviceError
@@ -36,9 +37,12 @@ def build_bundle(files: dict[str, bytes], *, now: datetime | None = None) -> byt
 class JobRunner:
     """Runs each job once and posts its result; a job already run is never run again."""
 
-    def __init__(self, poller: Poller, uplink: Uplink) -> None:
+    def __init__(
+        self, poller: Poller, uplink: Uplink, *, updater: FirmwareUpdater | None = None
+    ) -> None:
         self.poller = poller
         self.uplink = uplink
+        self.updater = updater
         self._done: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
 
@@ -92,6 +96,13 @@ class JobRunner:
                 return await self._reboot(key)
             if job.kind is JobKind.COLLECT_DIAGNOSTICS:
                 return await self._diagnostics(job, key)
+            if job.kind is JobKind.FIRMWARE_UPDATE and self.updater is not None:
+                if job.serial != self.poller.states[key].serial:
+                    return JobResult(
+                        status="refused",
+                        detail=f"{job.serial} is a camera: its firmware comes with its host's",
+                    )
+                return await self.updater.run(job, key, self.uplink)
         except DeviceError as exc:
             return JobResult(status="failed", detail=f"{exc.reason}: {exc}"[:256])
         except (ControllerUnavailable, ControllerRefused) as exc:

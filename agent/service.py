@@ -14,11 +14,13 @@ import aiohttp
 from polyfleet.agent.config import AgentConfig
 from polyfleet.agent.delivery import ReportSender
 from polyfleet.agent.drivers import check_drivers
+from polyfleet.agent.firmware import FirmwareUpdater
 from polyfleet.agent.held import HeldReports
 from polyfleet.agent.jobs import JobRunner
 from polyfleet.agent.outbox import Outbox
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.poller import Poller
+from polyfleet.agent.update_server import PackageCache, SiteUpdateServer
 from polyfleet.agent.uplink import (
     ControllerRefused,
     ControllerUnavailable,
@@ -93,6 +95,15 @@ class AgentService:
         self.session: aiohttp.ClientSession | None = None
         self.poller: Poller | None = None
         self.jobs: JobRunner | None = None
+        self.package_cache = PackageCache(
+            config.data_dir / "packages", max_bytes=config.updates_cache_max_bytes
+        )
+        self.update_server = SiteUpdateServer(
+            self.package_cache,
+            listen=config.updates_listen,
+            advertise=config.updates_advertise,
+            cert_dir=config.data_dir / "update-server",
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -118,6 +129,7 @@ class AgentService:
                 at=datetime.now(UTC),
             )
         )
+        await self.update_server.start()
         self.poller.start()
         self._tasks.append(asyncio.create_task(self._send_loop(), name="outbox sender"))
         self._tasks.append(asyncio.create_task(self._jobs_loop(), name="job puller"))
@@ -140,6 +152,7 @@ class AgentService:
         self._tasks.clear()
         if self.jobs is not None:
             await self.jobs.stop()
+        await self.update_server.stop()
         await self.outbox.close()
         await self.held.close()
         if self.session is not None:
@@ -263,7 +276,15 @@ class AgentService:
                 continue
             uplink = self._uplink(credential)
             if self.jobs is None:
-                self.jobs = JobRunner(self.poller, uplink)
+                updater = FirmwareUpdater(
+                    self.poller,
+                    self.package_cache,
+                    self.update_server,
+                    journal_dir=self.config.data_dir / "updates",
+                    return_timeout_s=self.config.updates_return_timeout_s,
+                    call_recheck_s=self.config.updates_call_recheck_s,
+                )
+                self.jobs = JobRunner(self.poller, uplink, updater=updater)
             try:
                 listing = await uplink.pull_jobs()
             except (ControllerUnavailable, ControllerRefused, ProtocolError) as exc:

@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from polyfleet.shared.schema import (
     EnrollRequest,
     EnrollResponse,
     JobList,
+    JobProgress,
     JobResult,
     ReportBatch,
     ReportBatchAck,
@@ -232,6 +234,38 @@ class Uplink:
 
     async def post_result(self, job_id: str, result: JobResult) -> None:
         await self._request("POST", f"/api/v1/agent/jobs/{job_id}/result", model=result)
+
+    async def post_progress(self, job_id: str, progress: JobProgress) -> None:
+        await self._request("POST", f"/api/v1/agent/jobs/{job_id}/progress", model=progress)
+
+    async def download_package(self, version: str, *, offset: int = 0) -> AsyncIterator[bytes]:
+        """A release's package from the controller, from byte ``offset`` on (HTTP range)."""
+        headers: dict[str, str] = {}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        url = f"{self.base_url}/api/v1/releases/{version}/package"
+        # A package takes long: only a stalled connection counts as a failure.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=timeout, ssl=self._ssl
+            ) as resp:
+                if resp.status >= 500 or resp.status in (408, 429):
+                    raise ControllerUnavailable(f"GET {url}: HTTP {resp.status}")
+                if resp.status >= 400:
+                    raise ControllerRefused(resp.status, "error", f"GET {url}: HTTP {resp.status}")
+                if offset and resp.status != 206:
+                    raise ControllerRefused(
+                        resp.status, "error", f"GET {url}: the range from {offset} was not served"
+                    )
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    yield chunk
+        except TimeoutError as exc:
+            raise ControllerUnavailable(f"GET {url}: stalled") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ControllerUnavailable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
 
 
 def _parse(model: type[_M], doc: Any, what: str) -> _M:

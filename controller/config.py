@@ -37,7 +37,7 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
 
 #: Sections other features parse themselves; kept here as raw tables.
-FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook", "web")
+FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook", "web", "rollouts")
 
 
 class ConfigError(ValueError):

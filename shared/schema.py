@@ -283,6 +283,13 @@ class JobResult(_Strict):
     artifact_sha256: str | None = None
 
 
+class JobProgress(_Strict):
+    """Posted to ``/api/v1/agent/jobs/{id}/progress`` while a firmware update runs."""
+
+    status: Literal["postponed_in_call", "downloading", "installing", "verifying"]
+    detail: ShortText = ""
+
+
 class ErrorBody(_Strict):
     """Every 4xx/5xx from the controller: ``{"error": {...}}``."""
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from polyfleet.agent.config import DeviceConfig
+from polyfleet.shared.errors import DeviceProtocolError
 from polyfleet.shared.schema import Problem, Snapshot
 
 
@@ -123,3 +124,32 @@ class DeviceDriver(ABC):
 
         A part that cannot be read is replaced by ``<name>.error.txt`` saying why.
         """
+
+    async def read_config(self, names: list[str]) -> dict[str, str]:
+        """The values of configuration variables, name -> value. Example::
+
+            {"upgrade.auto.enable": "false", "upgrade.auto.server.address": ""}
+
+        Variables the device does not know are left out. The default: no configuration API.
+        """
+        del names
+        raise DeviceProtocolError(
+            f"{self.device.host}: {self.platform} has no configuration API", host=self.device.host
+        )
+
+    async def write_config(self, values: dict[str, str]) -> None:
+        """Set configuration variables; DeviceProtocolError names one the device refused."""
+        del values
+        raise DeviceProtocolError(
+            f"{self.device.host}: {self.platform} has no configuration API", host=self.device.host
+        )
+
+    async def update_status(self) -> dict[str, str]:
+        """The device's own word on its last ordered update. Example::
+
+            {"state": "FAILED", "version": "4.2.2-408037",
+             "reason": "checksum mismatch: sha256 ab12..., 9f00... announced"}
+
+        ``state`` is one of IDLE, DOWNLOADING, INSTALLING, INSTALLED, FAILED.
+        """
+        return {"state": "IDLE", "version": "", "reason": ""}

@@ -608,6 +608,42 @@ class VideoOSDriver(DeviceDriver):
                 raise _both_failed(exc, ssh_exc) from None
             log.info("%s: rebooted over SSH (REST: %s)", self.device.host, exc.reason)
 
+    async def read_config(self, names: list[str]) -> dict[str, str]:
+        rest = await self._rest()
+        async with rest.logged_in_session(self.device.user, self._password):
+            answer = await rest.post("/rest/config", {"names": list(names)})
+        values: dict[str, str] = {}
+        for var in _list(_dict(answer).get("vars")):
+            var = _dict(var)
+            if var.get("result", "NOERROR") == "NOERROR" and isinstance(var.get("name"), str):
+                values[var["name"]] = _text(var.get("value"))
+        return values
+
+    async def write_config(self, values: dict[str, str]) -> None:
+        rest = await self._rest()
+        body = {"vars": [{"name": name, "value": value} for name, value in values.items()]}
+        async with rest.logged_in_session(self.device.user, self._password):
+            answer = await rest.post("/rest/config", body)
+        refused = [
+            f"{_text(var.get('name'))} ({_text(var.get('result'))})"
+            for var in map(_dict, _list(_dict(answer).get("vars")))
+            if var.get("result", "NOERROR") != "NOERROR"
+        ]
+        if refused:
+            raise DeviceProtocolError(
+                f"{self.device.host}: configuration refused: {', '.join(refused)}",
+                host=self.device.host,
+            )
+
+    async def update_status(self) -> dict[str, str]:
+        rest = await self._rest()
+        async with rest.logged_in_session(self.device.user, self._password):
+            try:
+                answer = _dict(await rest.get("/rest/system/softwareupdate"))
+            except FeatureAbsent:
+                return {"state": "IDLE", "version": "", "reason": ""}
+        return {key: _text(answer.get(key)) for key in ("state", "version", "reason")}
+
     async def diagnostics(self) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         try:

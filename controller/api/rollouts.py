@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from polyfleet.controller.api.auth import principal
 from polyfleet.controller.api.entitlement import CATALOGUES
-from polyfleet.controller.api.errors import ApiError
-from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
-from polyfleet.controller.domain.rollout import PlanError, render_csv
-from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
+from polyfleet.controller.api.errors import ApiError, read_json, validate
+from polyfleet.controller.api.models import Ok
+from polyfleet.controller.api.spec import ADMINS, AGENTS, READERS, Param, endpoint
+from polyfleet.controller.api.tickets import TICKET_DESK
+from polyfleet.controller.domain.faults import FaultEvent
+from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S, PlanError, render_csv
+from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, METRICS, STORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.services.packages import (
     PackageError,
@@ -21,6 +30,7 @@ from polyfleet.controller.services.packages import (
     package_json,
 )
 from polyfleet.controller.services.rollout import (
+    DEVICE_STATUS_NAMES,
     ROLLOUT_STATUSES,
     TRANSITIONS,
     RolloutConflict,
@@ -28,6 +38,10 @@ from polyfleet.controller.services.rollout import (
     UnknownRollout,
     request_from_json,
 )
+from polyfleet.controller.store.base import StoreUnavailable
+from polyfleet.shared.schema import JobProgress
+
+log = logging.getLogger(__name__)
 
 ROLLOUTS = web.AppKey("rollouts", RolloutService)
 PACKAGES = web.AppKey("packages", PackageService)
@@ -252,18 +266,94 @@ async def get_package(request: web.Request) -> web.StreamResponse:
     doc = packages.find(version)
     if doc is None:
         raise _not_found(UnknownPackage(version))
+    who = principal(request)
+    if who.role is Role.AGENT:
+        packages.note_download(doc["version"], who.site_id or "", request.headers.get("Range"))
     response = web.FileResponse(packages.path(doc), chunk_size=PACKAGE_CHUNK)
     response.headers["X-Checksum-Sha256"] = doc["sha256"]
     response.headers["X-Firmware-Version"] = doc["version"]
     return response
 
 
+@endpoint(
+    summary="Progress of a running job (firmware updates): postponed_in_call, downloading...",
+    roles=AGENTS,
+    request=JobProgress,
+    response=Ok,
+    errors=(400, 401, 403, 404, 422),
+    tags=("agent",),
+)
+async def post_progress(request: web.Request) -> web.Response:
+    agent = principal(request)
+    assert agent.site_id is not None
+    progress = validate(JobProgress, await read_json(request))
+    known = await request.app[ROLLOUTS].on_progress(
+        request.match_info["job_id"], agent.site_id, progress
+    )
+    if not known:
+        raise ApiError(404, "not_found", "no running rollout job with this id for this agent")
+    return web.json_response(Ok(ok=True).model_dump())
+
+
+class RolloutCollector(Collector):
+    """Rollouts by status and devices of live rollouts by status, at scrape time."""
+
+    def __init__(self, service: RolloutService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rollouts, devices = self._service.metrics()
+        by_status = GaugeMetricFamily("polyfleet_rollouts", "Rollouts by status", labels=["status"])
+        for status in ROLLOUT_STATUSES:
+            by_status.add_metric([status], rollouts[status])
+        yield by_status
+        entries = GaugeMetricFamily(
+            "polyfleet_rollout_devices",
+            "Devices of planned, running, paused or halted rollouts by rollout status",
+            labels=["status"],
+        )
+        for status in DEVICE_STATUS_NAMES:
+            entries.add_metric([status], devices[status])
+        yield entries
+
+
+async def _runner(app: web.Application) -> AsyncIterator[None]:
+    """Moves running rollouts on every few seconds (results, halts, windows, new orders)."""
+    service = app[ROLLOUTS]
+    desk = app[TICKET_DESK]
+
+    async def file_ticket(event: FaultEvent) -> None:
+        await desk.get().handle([event])
+
+    service.file_ticket = file_ticket
+    interval = float(app[CONFIG].section("rollouts").get("tick_s", ROLLOUT_TICK_S))
+
+    async def loop() -> None:
+        while True:
+            try:
+                await service.tick()
+            except StoreUnavailable:
+                return
+            except Exception:
+                log.exception("rollout runner failed; trying again")
+            await asyncio.sleep(interval)  # waits-for: the runner's next round
+
+    task = asyncio.create_task(loop(), name="rollout-runner")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def register(app: web.Application) -> None:
     config = app[CONFIG]
-    app[ROLLOUTS] = RolloutService(app[STORE], app[EVENT_BUS], app[CLOCK])
-    app[PACKAGES] = PackageService(
-        app[STORE], app[CLOCK], packages_dir=config.data_dir / "packages"
+    packages = PackageService(app[STORE], app[CLOCK], packages_dir=config.data_dir / "packages")
+    app[PACKAGES] = packages
+    app[ROLLOUTS] = RolloutService(
+        app[STORE], app[EVENT_BUS], app[CLOCK], jobs=app[JOBS], packages=packages
     )
+    app[METRICS].register(RolloutCollector(app[ROLLOUTS]))
+    app.cleanup_ctx.append(_runner)
     router = app.router
     router.add_get("/api/v1/rollouts", list_rollouts, allow_head=False)
     router.add_post("/api/v1/rollouts", create_rollout)
@@ -275,3 +365,4 @@ def register(app: web.Application) -> None:
     router.add_get("/api/v1/releases/packages", list_packages, allow_head=False)
     router.add_put("/api/v1/releases/{version}/package", put_package)
     router.add_get("/api/v1/releases/{version}/package", get_package, allow_head=False)
+    router.add_post("/api/v1/agent/jobs/{job_id}/progress", post_progress)

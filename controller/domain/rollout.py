@@ -45,6 +45,8 @@ DEFAULT_MAX_FAILURES = 10
 DEFAULT_PER_SITE = 5
 #: Each wave opens this long after the one before it (a night, by default).
 DEFAULT_WAVE_GAP = timedelta(days=1)
+#: How often the controller moves running rollouts on, in seconds.
+ROLLOUT_TICK_S = 5.0
 #: The planned spacing of two hops of one device inside its window: install, reboot, verify.
 HOP_SPACING = timedelta(minutes=45)
 
@@ -846,3 +848,69 @@ def render_csv(devices: Iterable[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(csv_rows(devices))
     return out.getvalue()
+
+
+# -- running: the rules the execution applies ------------------------------------------------
+
+#: Statuses of an entry whose part in the rollout is over.
+FINAL_STATUSES = frozenset({"done", "failed", "skipped", "held", "excluded"})
+#: A device that fails this often goes to the penalty box (NervesHub's rule).
+PENALTY_AFTER_FAILURES = 2
+#: The failure type that stops a rollout, as data (AWS IoT Jobs states abort criteria so).
+ABORT_CRITERIA: dict[str, dict[str, Any]] = {
+    # Any failure among the canaries halts the rollout.
+    "canary": {"failure": "any", "threshold_percent": 0.0, "min_executed": 1},
+    # A later wave halts once its failures pass --max-failures percent of the wave.
+    "wave": {"failure": "any", "threshold_percent": None, "min_executed": 1},
+}
+
+
+def breaker(
+    wave: int, entries: Sequence[Mapping[str, Any]], max_failures: int
+) -> dict[str, Any] | None:
+    """Why the rollout must halt for what ``wave``'s entries show, or None (circuit breaker)."""
+    members = [e for e in entries if e.get("wave") == wave and e.get("channel") == "agent"]
+    failed = [e for e in members if e["status"] == "failed" or e.get("failures")]
+    executed = [e for e in members if e["status"] in ("done", "failed") or e.get("failures")]
+    if not failed:
+        return None
+    criteria = ABORT_CRITERIA["canary" if wave == 0 else "wave"]
+    if len(executed) < int(criteria["min_executed"]):
+        return None
+    share = 100.0 * len(failed) / max(len(members), 1)
+    threshold = criteria["threshold_percent"]
+    limit = float(max_failures) if threshold is None else float(threshold)
+    if wave != 0 and share <= limit:
+        return None
+    devices = [
+        {
+            "serial": e["serial"],
+            "check": (e.get("failures") or [{}])[-1].get("check", "failed"),
+            "detail": (e.get("failures") or [{}])[-1].get("detail", ""),
+        }
+        for e in failed
+    ]
+    names = ", ".join(f"{d['serial']} ({d['check']})" for d in devices)
+    if wave == 0:
+        reason = f"a canary failed: {names}"
+    else:
+        reason = (
+            f"wave {wave}: {len(failed)} of {len(members)} devices failed "
+            f"({share:.0f}% > {max_failures}%): {names}"
+        )
+    return {"reason": reason, "wave": wave, "devices": devices}
+
+
+def window_after(
+    start: datetime, end: datetime, now: datetime, zone: tzinfo
+) -> tuple[datetime, datetime]:
+    """The same window on the first later day whose window ends after ``now`` (DST-right)."""
+    local_start = start.astimezone(zone).replace(tzinfo=None)
+    local_end = end.astimezone(zone).replace(tzinfo=None)
+    days = 0
+    while True:
+        days += 1
+        shift = timedelta(days=days)
+        moved = (_localise(local_start + shift, zone), _localise(local_end + shift, zone))
+        if moved[1] > now:
+            return moved

@@ -340,6 +340,10 @@ _FAULTS: dict[str, dict[Language, str]] = {
     "locked_out": {"pl": "konto zablokowane", "en": "account locked out"},
     "unreachable": {"pl": "urządzenie nieosiągalne", "en": "device unreachable"},
     "certificate_changed": {"pl": "zmiana certyfikatu", "en": "certificate changed"},
+    "firmware_update_failed": {
+        "pl": "urządzenie nie wróciło po aktualizacji oprogramowania",
+        "en": "device did not come back from a firmware update",
+    },
     "agent_offline": {
         "pl": "lokalizacja bez łączności (agent offline: sieć lub zasilanie)",
         "en": "site offline (agent offline: network or power)",

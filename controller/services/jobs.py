@@ -89,6 +89,21 @@ class JobService:
         created_by: str = "",
     ) -> Doc:
         """Queue a job for the agent of the device's site; durable when it returns."""
+        doc = self.prepare(serial, kind, params, created_by=created_by)
+        await self._store.put_many(JOBS, {doc["id"]: doc})
+        return doc
+
+    def prepare(
+        self,
+        serial: str,
+        kind: JobKind,
+        params: dict[str, Any] | None = None,
+        *,
+        created_by: str = "",
+    ) -> Doc:
+        """A new queued job's document, not yet stored: for a caller that stores it together
+        with its own change in one ``apply`` (a rollout records the order and the job at once).
+        """
         device = self._store.get(DEVICES, serial)
         if device is None:
             raise UnknownDevice(serial)
@@ -107,7 +122,6 @@ class JobService:
             "result": None,
             "artifact": None,
         }
-        await self._store.put_many(JOBS, {job_id: doc})
         return doc
 
     def get(self, job_id: str) -> Doc | None:

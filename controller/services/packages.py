@@ -67,6 +67,15 @@ class PackageService:
         self._store = store
         self._clock = clock
         self.directory = packages_dir
+        #: Whole downloads by agents since start, (site, version) -> count (ranges resume one).
+        self.downloads: dict[tuple[str, str], int] = {}
+
+    def note_download(self, version: str, site: str, range_header: str | None) -> None:
+        """Count an agent's download; a resumed one (a range) is the same download."""
+        if range_header:
+            return
+        key = (site, version)
+        self.downloads[key] = self.downloads.get(key, 0) + 1
 
     def release_of(self, releases: ReleaseCatalogue, version: str) -> Release:
         try:

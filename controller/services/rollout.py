@@ -20,37 +20,59 @@ JSON shapes and are meant to be called directly too (dashboards).
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from datetime import date
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain.assets import Asset
+from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.domain.rollout import (
     DEFAULT_WAVE_GAP,
     DEFAULT_WINDOW,
     DEVICE_STATUSES,
+    FINAL_STATUSES,
+    PENALTY_AFTER_FAILURES,
     PlanDevice,
     PlanError,
     PlanRequest,
     Window,
+    breaker,
     parse_gap,
     parse_waves,
     plan_rollout,
+    window_after,
 )
 from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
+from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.ticket_service import TICKETS
-from polyfleet.controller.store.base import DEVICES, EVENTS, SITES, Doc, Store
+from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
+from polyfleet.shared.schema import JobKind, JobProgress
+from polyfleet.shared.version import FirmwareVersion, VersionError
+
+log = logging.getLogger(__name__)
+
+#: Files a ticket through the ticket service's normal path (a bricked unit).
+TicketFiler = Callable[[FaultEvent], Awaitable[None]]
+#: The fault a unit that did not come back from its update is ticketed for.
+UPDATE_FAULT = "firmware_update_failed"
 
 ROLLOUTS = "rollouts"
 ROLLOUT_DEVICES = "rollout_devices"
 PENALTY_BOX = "penalty_box"
 
+#: Device statuses, for metrics.
+DEVICE_STATUS_NAMES = DEVICE_STATUSES
 ROLLOUT_STATUSES = ("planned", "running", "paused", "halted", "aborted", "done")
 #: Which admin action is allowed from which status, and where it leads.
 TRANSITIONS: dict[str, dict[str, str]] = {
@@ -140,12 +162,24 @@ def progress_of(entries: Iterable[Mapping[str, Any]], waves: int) -> dict[str, A
 
 
 class RolloutService:
-    """Plans, stores and controls rollouts; the runner moves device states (see ``tick``)."""
+    """Plans, stores and controls rollouts; ``tick`` moves running ones on (the runner)."""
 
-    def __init__(self, store: Store, bus: EventBus, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        clock: Clock,
+        *,
+        jobs: JobService | None = None,
+        packages: PackageService | None = None,
+        file_ticket: TicketFiler | None = None,
+    ) -> None:
         self._store = store
         self._bus = bus
         self._clock = clock
+        self._jobs = jobs
+        self._packages = packages
+        self.file_ticket = file_ticket
 
     # -- planning --------------------------------------------------------------------------
 
@@ -325,8 +359,48 @@ class RolloutService:
             raise RolloutConflict(
                 f"rollout {rollout_id} is {status}: {action} needs it to be {can}"
             )
-        await self._change(header, allowed[status], action, by=by)
+        extra: dict[str, dict[str, Doc]] = {}
+        now_text = self._clock().isoformat()
+        if action == "start":
+            missing = self._missing_packages(rollout_id)
+            if missing:
+                raise RolloutConflict(
+                    f"no firmware package for {', '.join(missing)}: add it with "
+                    "`polyfleet controller releases package add VERSION FILE`"
+                )
+            extra[ROLLOUT_DEVICES] = {
+                device_key(rollout_id, e["serial"]): {
+                    **e,
+                    "status": "waiting_window",
+                    "updated_at": now_text,
+                }
+                for e in self.entries(rollout_id)
+                if e["status"] == "planned"
+            }
+        if action == "abort":
+            # Updates under way finish and are verified; nothing else starts.
+            extra[ROLLOUT_DEVICES] = {
+                device_key(rollout_id, e["serial"]): {
+                    **e,
+                    "status": "skipped",
+                    "updated_at": now_text,
+                }
+                for e in self.entries(rollout_id)
+                if e["status"] in ("planned", "waiting_window") and not e.get("job_id")
+            }
+        await self._change(header, allowed[status], action, by=by, extra=extra)
         return self._summary(self.header(rollout_id))
+
+    def _missing_packages(self, rollout_id: str) -> list[str]:
+        if self._packages is None:
+            return []
+        needed = {
+            hop["version"]
+            for e in self.entries(rollout_id)
+            if e["status"] == "planned" and e["channel"] == "agent"
+            for hop in e["hops"]
+        }
+        return sorted(v for v in needed if self._packages.find(v) is None)
 
     async def _change(
         self,
@@ -371,6 +445,348 @@ class RolloutService:
             changes.setdefault(collection, {}).update(docs)
         await self._store.wait_durable(self._store.apply(changes, {EVENTS: deletes}))
         self._bus.dispatch([event])
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Move every live rollout on: results in, halts, windows, new orders, completion.
+
+        Each change is stored before anything acts on it: a job document and the entry
+        naming it are written together, so after a crash the job either exists (and is
+        followed) or was never ordered; no unit is ordered twice.
+        """
+        for header in list(self._store.scan(ROLLOUTS).values()):
+            if header["status"] in ("planned", "done"):
+                continue
+            try:
+                await self._tick_one(header["id"])
+            except Exception:
+                log.exception("rollout %s: tick failed", header["id"])
+
+    async def _tick_one(self, rollout_id: str) -> None:
+        now = self._clock()
+        await self._collect_results(rollout_id, now)
+        header = self.header(rollout_id)
+        entries = self.entries(rollout_id)
+        if header["status"] == "running":
+            for wave in range(len(header["waves"])):
+                verdict = breaker(wave, entries, int(header["max_failures"]))
+                if verdict is not None:
+                    verdict["at"] = now.isoformat()
+                    await self._change(
+                        header, "halted", "halt", by="circuit breaker",
+                        detail=verdict["reason"], halt=verdict,
+                    )  # fmt: skip
+                    log.warning("rollout %s halted: %s", rollout_id, verdict["reason"])
+                    return
+            await self._track_teams(rollout_id, entries, now)
+            entries = self.entries(rollout_id)
+            await self._move_missed_windows(rollout_id, entries, now)
+            entries = self.entries(rollout_id)
+            await self._order(header, entries, now)
+            entries = self.entries(rollout_id)
+        if header["status"] == "running" and all(e["status"] in FINAL_STATUSES for e in entries):
+            await self._change(self.header(rollout_id), "done", "finish", by="runner")
+
+    def _zone(self, site: str) -> ZoneInfo:
+        doc = self._store.get(SITES, site) or {}
+        try:
+            return ZoneInfo(str(doc.get("timezone") or "UTC"))
+        except (KeyError, ValueError):
+            return ZoneInfo("UTC")
+
+    async def _put_entries(self, rollout_id: str, entries: Iterable[Doc]) -> None:
+        docs = {device_key(rollout_id, e["serial"]): e for e in entries}
+        if docs:
+            await self._store.wait_durable(self._store.apply({ROLLOUT_DEVICES: docs}))
+
+    async def _move_missed_windows(
+        self, rollout_id: str, entries: list[Doc], now: datetime
+    ) -> None:
+        """A device whose window passed before its update started waits for its next one."""
+        moved: list[Doc] = []
+        for entry in entries:
+            window = entry.get("window")
+            if entry["status"] != "waiting_window" or not window or entry.get("job_id"):
+                continue
+            if entry["channel"] != "agent":
+                continue
+            end = datetime.fromisoformat(window["end"])
+            if end > now:
+                continue
+            start = datetime.fromisoformat(window["start"])
+            new_start, new_end = window_after(start, end, now, self._zone(entry["site"]))
+            note = {
+                "code": "moved_to_next_window",
+                "text": f"window {window['start']} passed before its update could start; "
+                f"next window {new_start.isoformat()}",
+            }
+            moved.append(
+                {
+                    **entry,
+                    "window": {"start": new_start.isoformat(), "end": new_end.isoformat()},
+                    "notes": [*entry.get("notes", []), note],
+                    "updated_at": now.isoformat(),
+                }
+            )
+        await self._put_entries(rollout_id, moved)
+
+    async def _track_teams(self, rollout_id: str, entries: list[Doc], now: datetime) -> None:
+        """Teams units are never ordered: done once a report shows the target, else failed."""
+        header = self.header(rollout_id)
+        target = FirmwareVersion.parse(header["target"])
+        changed: list[Doc] = []
+        for entry in entries:
+            if entry["channel"] != "teams_admin_center" or entry["status"] != "waiting_window":
+                continue
+            device = self._store.get(DEVICES, entry["serial"]) or {}
+            firmware = device.get("firmware") or {}
+            try:
+                installed = FirmwareVersion.parse(
+                    str(firmware.get("version") or ""), build=firmware.get("build") or None
+                )
+            except VersionError:
+                installed = None
+            window = entry.get("window") or {}
+            if installed is not None and (installed >= target or installed.same_release(target)):
+                evidence = {
+                    "at": now.isoformat(),
+                    "kind": "teams_report",
+                    "after": {"firmware": firmware, "collected_at": device.get("collected_at")},
+                }
+                changed.append(
+                    {**entry, "status": "done", "evidence": [*entry.get("evidence", []), evidence]}
+                )
+            elif window and datetime.fromisoformat(window["end"]) < now:
+                failure = {
+                    "at": now.isoformat(),
+                    "hop": header["target"],
+                    "check": "teams_not_delivered",
+                    "detail": f"no report showed {header['target']} by {window['end']}",
+                }
+                changed.append(
+                    {**entry, "status": "failed", "failures": [*entry["failures"], failure]}
+                )
+        await self._put_entries(rollout_id, changed)
+
+    async def _order(self, header: Doc, entries: list[Doc], now: datetime) -> None:
+        """Order the next hop of devices whose window is open, wave by wave, per-site limited."""
+        if self._jobs is None or self._packages is None:
+            return
+        rollout_id = header["id"]
+        busy: Counter[str] = Counter(
+            e["site"] for e in entries if e.get("job_id") and e["status"] not in FINAL_STATUSES
+        )
+        # A wave starts only once every wave before it is over.
+        open_wave = min(
+            (
+                int(e["wave"])
+                for e in entries
+                if e["status"] not in FINAL_STATUSES and e["channel"] == "agent"
+            ),
+            default=None,
+        )
+        if open_wave is None:
+            return
+        for entry in entries:
+            if entry["channel"] != "agent" or entry["status"] != "waiting_window":
+                continue
+            if entry.get("job_id") or entry.get("wave") != open_wave:
+                continue
+            window = entry.get("window") or {}
+            if not window:
+                continue
+            start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
+            if not start <= now < end:
+                continue
+            site = entry["site"]
+            if busy[site] >= int(header["per_site"]):
+                continue
+            hop = entry["hops"][int(entry["hop_index"])]
+            package = self._packages.find(hop["version"])
+            if package is None:
+                continue
+            params = {
+                "rollout_id": rollout_id,
+                "hop_index": int(entry["hop_index"]),
+                "version": hop["version"],
+                "sha256": package["sha256"],
+                "size": package["size"],
+                "window_end": window["end"],
+                "provider": entry["provider"],
+            }
+            job = self._jobs.prepare(
+                entry["serial"], JobKind.FIRMWARE_UPDATE, params, created_by=f"rollout {rollout_id}"
+            )
+            ordered = {
+                **entry,
+                "status": "downloading",
+                "job_id": job["id"],
+                "updated_at": now.isoformat(),
+            }
+            # One change: the job exists exactly when the entry names it.
+            await self._store.wait_durable(
+                self._store.apply(
+                    {
+                        JOBS: {job["id"]: job},
+                        ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): ordered},
+                    }
+                )
+            )
+            busy[site] += 1
+
+    async def _collect_results(self, rollout_id: str, now: datetime) -> None:
+        """Apply finished jobs to their entries (also while paused, halted or aborted)."""
+        for entry in self.entries(rollout_id):
+            job_id = entry.get("job_id")
+            if not job_id:
+                continue
+            job = self._store.get(JOBS, job_id)
+            if job is None:
+                # Ordered with the entry in one change: a missing job cannot happen but by
+                # hand; order it again in the next window rather than never.
+                await self._put_entries(
+                    rollout_id, [{**entry, "job_id": None, "status": "waiting_window"}]
+                )
+                continue
+            if job["status"] not in ("done", "failed", "refused"):
+                continue
+            await self._apply_result(rollout_id, entry, job, now)
+
+    def _evidence(self, job: Doc) -> dict[str, Any]:
+        if self._jobs is None:
+            return {}
+        path = self._jobs.artifact_path(job["id"])
+        if path is None:
+            return {}
+        try:
+            data = json.loads(Path(path).read_text("utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def _apply_result(self, rollout_id: str, entry: Doc, job: Doc, now: datetime) -> None:
+        result = job.get("result") or {}
+        detail = str(result.get("detail") or "")
+        hop_index = int(entry["hop_index"])
+        hop = entry["hops"][hop_index] if hop_index < len(entry["hops"]) else {}
+        evidence = self._evidence(job)
+        kept = [*entry.get("evidence", [])]
+        if evidence:
+            kept.append({"job_id": job["id"], "hop": hop.get("version"), **evidence})
+        base = {**entry, "job_id": None, "evidence": kept, "updated_at": now.isoformat()}
+        status = job["status"]
+        extra: dict[str, dict[str, Doc]] = {}
+        ticket: FaultEvent | None = None
+        if status == "done":
+            base["hop_index"] = hop_index + 1
+            base["status"] = "done" if hop_index + 1 >= len(entry["hops"]) else "waiting_window"
+        elif status == "refused":
+            # In a call all window long, or off/unreachable: its next window (the plan says so).
+            zone = self._zone(entry["site"])
+            window = entry["window"]
+            start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
+            new_start, new_end = window_after(start, max(end, now), now, zone)
+            new_end = max(new_end, new_start)
+            base["window"] = {"start": new_start.isoformat(), "end": new_end.isoformat()}
+            base["notes"] = [
+                *entry.get("notes", []),
+                {
+                    "code": "moved_to_next_window",
+                    "text": f"{detail or 'not updated'}; next window {new_start.isoformat()}",
+                },
+            ]
+            base["status"] = "waiting_window"
+        else:
+            check = detail.split(":", 1)[0] if ":" in detail else "failed"
+            failure = {
+                "at": now.isoformat(),
+                "hop": hop.get("version"),
+                "check": check,
+                "detail": detail,
+                "job_id": job["id"],
+            }
+            base["failures"] = [*entry["failures"], failure]
+            base["attempts"] = int(entry.get("attempts", 0)) + 1
+            returned = check != "did_not_return"
+            if len(base["failures"]) >= PENALTY_AFTER_FAILURES or not returned:
+                base["status"] = "failed"
+                extra[PENALTY_BOX] = {
+                    entry["serial"]: {
+                        "serial": entry["serial"],
+                        "rollout_id": rollout_id,
+                        "reason": f"{check} on {hop.get('version')}: {detail}"[:500],
+                        "at": now.isoformat(),
+                        "failures": base["failures"],
+                    }
+                }
+            else:
+                base["status"] = "waiting_window"
+            if not returned:
+                ticket = FaultEvent(
+                    kind=FaultEventKind.OPENED,
+                    subject=entry["serial"],
+                    fault=UPDATE_FAULT,
+                    at=now,
+                    site=entry["site"],
+                    serial=entry["serial"],
+                    model=entry.get("model"),
+                    detail=(
+                        f"did not come back from firmware update to {hop.get('version')} "
+                        f"(rollout {rollout_id}, hop {hop_index + 1} of {len(entry['hops'])}): "
+                        f"{detail}"
+                    )[:500],
+                    first_seen=now,
+                    evidence=(
+                        *(e for e in (evidence.get("before"), evidence.get("after")) if e),
+                        {"rollout": rollout_id, "hop": hop, "job_id": job["id"]},
+                    ),
+                )
+        changes: dict[str, dict[str, Doc]] = {
+            ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): base},
+            **extra,
+        }
+        await self._store.wait_durable(self._store.apply(changes))
+        if ticket is not None and self.file_ticket is not None:
+            # After the entry is stored: a crash here repeats nothing but may miss the ticket,
+            # which the unit's own silence then opens through the fault detector.
+            await self.file_ticket(ticket)
+
+    async def on_progress(self, job_id: str, site_id: str, progress: JobProgress) -> bool:
+        """An agent's word on a running update: the entry's status follows it."""
+        job = self._store.get(JOBS, job_id)
+        if job is None or job["site_id"] != site_id:
+            return False
+        rollout_id = (job.get("params") or {}).get("rollout_id")
+        if not rollout_id:
+            return False
+        key = device_key(str(rollout_id), job["serial"])
+        entry = self._store.get(ROLLOUT_DEVICES, key)
+        if entry is None or entry.get("job_id") != job_id:
+            return False
+        if entry["status"] != progress.status:
+            updated = {
+                **entry,
+                "status": progress.status,
+                "progress_detail": progress.detail,
+                "updated_at": self._clock().isoformat(),
+            }
+            await self._store.wait_durable(self._store.apply({ROLLOUT_DEVICES: {key: updated}}))
+        return True
+
+    def metrics(self) -> tuple[Counter[str], Counter[str]]:
+        """(rollouts by status, devices of live rollouts by their status) for ``/metrics``."""
+        rollouts: Counter[str] = Counter()
+        live: set[str] = set()
+        for doc in self._store.scan(ROLLOUTS).values():
+            rollouts[doc["status"]] += 1
+            if doc["status"] in ("planned", "running", "paused", "halted"):
+                live.add(doc["id"])
+        devices: Counter[str] = Counter()
+        for entry in self._store.scan(ROLLOUT_DEVICES).values():
+            if entry.get("rollout_id") in live:
+                devices[entry["status"]] += 1
+        return rollouts, devices
 
 
 def _current_hop(entry: Mapping[str, Any]) -> str | None:

@@ -387,10 +387,6 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
     await c.call("get", f"/api/v1/rollouts/{plan['id']}")
     await c.call("get", "/api/v1/rollouts/r_none", expect=404)
     await c.call("get", f"/api/v1/rollouts/{plan['id']}/status")
-    await c.call("post", f"/api/v1/rollouts/{plan['id']}/start")
-    await c.call("post", f"/api/v1/rollouts/{plan['id']}/start", expect=409)
-    await c.call("get", "/api/v1/rollouts/penalty-box")
-    await c.call("delete", "/api/v1/rollouts/penalty-box/X50-1", expect=404)
     firmware = b"firmware" * 1000
     await c.call(
         "put",
@@ -398,6 +394,17 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
         data=firmware,
         media="application/octet-stream",
         expect=201,
+    )
+    await c.call("post", f"/api/v1/rollouts/{plan['id']}/start")
+    await c.call("post", f"/api/v1/rollouts/{plan['id']}/start", expect=409)
+    await c.call("get", "/api/v1/rollouts/penalty-box")
+    await c.call("delete", "/api/v1/rollouts/penalty-box/X50-1", expect=404)
+    await c.call(
+        "post",
+        "/api/v1/agent/jobs/job_none/progress",
+        token=enrolled["token"],
+        json_body={"status": "downloading"},
+        expect=404,
     )
     await c.call(
         "put",

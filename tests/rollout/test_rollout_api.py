@@ -163,11 +163,14 @@ async def test_dry_run_stores_nothing_and_a_bad_plan_names_its_field(
 
 
 async def test_controls_follow_the_status_and_are_events(controller: RunningController) -> None:
-    """start, pause, resume, abort move the status; a wrong one is 409; each is an event."""
+    """start (only with packages), pause, resume, abort; a wrong one is 409; each is an event."""
     await fleet(controller)
     _, plan = await call(controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2"})
     rid = plan["id"]
     assert (await call(controller, "POST", f"/api/v1/rollouts/{rid}/resume"))[0] == 409
+    code, refused = await call(controller, "POST", f"/api/v1/rollouts/{rid}/start")
+    assert code == 409 and "no firmware package for 4.2.2-408037" in refused["error"]["message"]
+    await call(controller, "PUT", "/api/v1/releases/4.2.2-408037/package", data=b"fw" * 100)
     for action, status in (("start", "running"), ("pause", "paused"), ("resume", "running")):
         code, body = await call(controller, "POST", f"/api/v1/rollouts/{rid}/{action}")
         assert (code, body["status"]) == (200, status)

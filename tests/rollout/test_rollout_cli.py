@@ -120,6 +120,11 @@ async def test_plan_show_csv_and_controls_through_a_running_server(tmp_path: Pat
         ]
         _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
         assert [r["id"] for r in json.loads(listed)["rollouts"]] == [plan["id"]]
+        package = tmp_path / "fw.bin"
+        package.write_bytes(b"firmware" * 100)
+        await run_cli(
+            "releases", "package", "add", "4.2.2-408037", str(package), "--data-dir", str(data)
+        )
         _, out, _ = await run_cli("rollout", "start", plan["id"], "--data-dir", str(data))
         assert out.strip() == f"rollout {plan['id']}: running"
         code, _, err = await run_cli(

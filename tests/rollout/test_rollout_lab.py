@@ -1,0 +1,152 @@
+"""Rollouts run on the lab: agents as site update servers, verification, breaker, tickets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rollout_kit import rollout_world, wait_until
+
+from polyfleet.controller.api.rollouts import PACKAGES
+from polyfleet.simulator.testing import make_device, with_update
+
+
+def poly(serial: str, firmware: str = "4.1.0_00.180034", **extra: object) -> object:
+    return make_device(serial, firmware=firmware, provider="poly", **extra)
+
+
+async def test_a_rollout_runs_to_completion_with_one_download_per_site(tmp_path: Path) -> None:
+    """Two sites, every unit updated and verified; each site's agent fetched the package once."""
+    sites = {
+        "krakow": [poly("KRA01"), poly("KRA02"), poly("KRA03", firmware="4.1.0.382263")],
+        "gdansk": [poly("GDA01"), poly("GDA02")],
+    }
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        plan = await world.plan(waves="50%,100%", per_site=2)
+        by = {d["serial"]: d for d in plan["devices"]}
+        assert [h["version"] for h in by["KRA03"]["hops"]] == ["4.1.0_00.180034", "4.2.2-408037"]
+        await world.act(plan["id"], "start")
+        done = await world.wait_status(plan["id"], "done", "halted", timeout=120)
+        assert done["status"] == "done", done.get("halt")
+        assert {d["status"] for d in done["devices"]} == {"done"}
+        for serial, device in world.devices.items():
+            assert (device.firmware_version, device.build) == ("4.2.2", "408037"), serial
+            assert device.config["upgrade.auto.enable"] == "false"  # settings restored
+            assert device.config["upgrade.auto.server.address"] == ""
+        # Two hops on KRA03: its downloads name both versions, each once.
+        assert [d.version for d in world.devices["KRA03"].downloads] == [
+            "4.1.0_00.180034",
+            "4.2.2-408037",
+        ]
+        downloads = world.controller.app[PACKAGES].downloads
+        assert downloads[("krakow", "4.2.2-408037")] == 1
+        assert downloads[("gdansk", "4.2.2-408037")] == 1
+        evidence = {d["serial"]: d["evidence"] for d in done["devices"]}
+        checks = {c["check"]: c["ok"] for c in evidence["KRA01"][-1]["checks"]}
+        assert checks == {
+            "version": True,
+            "provider": True,
+            "camera_up": True,
+            "microphone_up": True,
+            "no_new_problems": True,
+        }
+        assert evidence["KRA01"][-1]["before"]["firmware"]["version"] == "4.1.0_00"
+        _, metrics = await world.call("GET", "/metrics")
+        assert 'polyfleet_rollouts{status="done"} 1.0' in metrics
+        _, events = await world.call("GET", "/api/v1/events?kind=rollout_changed")
+        assert [e["data"]["action"] for e in events["events"]][-2:] in (
+            ["start", "finish"],
+            ["finish", "start"],
+        )
+
+
+async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
+    """The canary says its install failed: the rollout halts naming it and the check."""
+    sites = {
+        "krakow": [
+            with_update(poly("CAN01"), "fail"),  # type: ignore[arg-type]
+            poly("CAN02"),
+            poly("CAN03"),
+        ]
+    }
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        assert plan["waves"][0]["devices"] == ["CAN01"]
+        await world.act(plan["id"], "start")
+        halted = await world.wait_status(plan["id"], "halted", timeout=90)
+        assert halted["halt"]["wave"] == 0
+        assert halted["halt"]["devices"][0]["serial"] == "CAN01"
+        assert halted["halt"]["devices"][0]["check"] == "install"
+        assert "a canary failed: CAN01 (install)" in halted["halt"]["reason"]
+        assert {d["serial"]: d["status"] for d in halted["devices"]}["CAN02"] == "waiting_window"
+        assert world.devices["CAN02"].downloads == []
+        _, events = await world.call("GET", "/api/v1/events?kind=rollout_changed")
+        assert "halt" in [e["data"]["action"] for e in events["events"]]
+
+
+async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) -> None:
+    """A unit that never comes back: failed, penalty box, and a ticket naming rollout and hop."""
+    sites = {"krakow": [with_update(poly("BRK01"), "brick"), poly("BRK02")]}  # type: ignore[arg-type]
+    async with rollout_world(tmp_path, sites, return_timeout_s=3) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        await world.act(plan["id"], "start")
+        halted = await world.wait_status(plan["id"], "halted", timeout=90)
+        entry = next(d for d in halted["devices"] if d["serial"] == "BRK01")
+        assert entry["status"] == "failed"
+        assert entry["failures"][0]["check"] == "did_not_return"
+        _, box = await world.call("GET", "/api/v1/rollouts/penalty-box")
+        assert [d["serial"] for d in box["devices"]] == ["BRK01"]
+
+        async def ticket() -> dict[str, object] | None:
+            _, body = await world.call("GET", "/api/v1/tickets")
+            found = [t for t in body["tickets"] if t["fault"] == "firmware_update_failed"]
+            return found[0] if found else None
+
+        found = await wait_until(ticket, what="the bricked unit's ticket", timeout=30)
+        assert found["serial"] == "BRK01"
+        _, shown = await world.call("GET", f"/api/v1/tickets/{found['id']}")
+        assert plan["id"] in shown["fault_detail"] and "4.2.2-408037" in shown["fault_detail"]
+        assert any(e.get("rollout") == plan["id"] for e in shown["evidence"])
+
+
+async def test_pause_lets_the_update_finish_and_resume_goes_on(tmp_path: Path) -> None:
+    """Paused during the canary: it finishes and is verified, nothing new starts until resume."""
+    sites = {"krakow": [with_update(poly("PAU01"), "ok", install_seconds=1.5), poly("PAU02")]}  # type: ignore[arg-type]
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        await world.act(plan["id"], "start")
+        await wait_until(lambda: world.devices["PAU01"].power == "installing", what="install")
+        await world.act(plan["id"], "pause")
+
+        async def canary_done() -> bool:
+            rollout = await world.rollout(plan["id"])
+            return {d["serial"]: d["status"] for d in rollout["devices"]}["PAU01"] == "done"
+
+        await wait_until(canary_done, what="the canary verified while paused", timeout=60)
+        paused = await world.rollout(plan["id"])
+        assert paused["status"] == "paused"
+        assert {d["serial"]: d["status"] for d in paused["devices"]}["PAU02"] == "waiting_window"
+        assert world.devices["PAU02"].downloads == []
+        await world.act(plan["id"], "resume")
+        done = await world.wait_status(plan["id"], "done", timeout=90)
+        assert world.devices["PAU02"].firmware_version == "4.2.2" and done["status"] == "done"
+
+
+async def test_a_unit_in_a_call_is_postponed_then_updated(tmp_path: Path) -> None:
+    """In a call: postponed_in_call while it lasts, updated once the call ends."""
+    sites = {"krakow": [poly("CALL1")]}
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        device = world.devices["CALL1"]
+        await device.start_call()
+        plan = await world.plan()
+        await world.act(plan["id"], "start")
+
+        async def postponed() -> bool:
+            rollout = await world.rollout(plan["id"])
+            return rollout["devices"][0]["status"] == "postponed_in_call"
+
+        await wait_until(postponed, what="postponed_in_call", timeout=60)
+        assert device.firmware_version == "4.1.0_00" and device.downloads == []
+        await device.end_call()
+        done = await world.wait_status(plan["id"], "done", timeout=90)
+        assert done["devices"][0]["status"] == "done"
+        assert device.firmware_version == "4.2.2"
