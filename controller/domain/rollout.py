@@ -293,6 +293,11 @@ class DeviceEntry:
     window: tuple[datetime, datetime] | None = None
     reasons: list[Reason] = field(default_factory=list)
     notes: list[Reason] = field(default_factory=list)
+    #: The installed version as shown; the planner fills it from its cache (None: compute).
+    installed_text: str | None = None
+    #: The hops' and the window's JSON, shared by devices with the same ones (read-only).
+    hops_json: list[dict[str, Any]] | None = None
+    window_json: dict[str, str] | None = None
 
     @property
     def status(self) -> str:
@@ -311,14 +316,26 @@ class DeviceEntry:
             "room": device.room,
             "model": device.model,
             "provider": device.provider,
-            "installed": device.installed_text or None,
-            "hops": [hop.to_json() for hop in self.hops],
+            "installed": (
+                self.installed_text if self.installed_text is not None else device.installed_text
+            )
+            or None,
+            # Shared by devices with the same hops: read-only, like every plan document.
+            "hops": (
+                self.hops_json
+                if self.hops_json is not None
+                else [hop.to_json() for hop in self.hops]
+            ),
             "channel": self.channel,
             "wave": self.wave,
             "window": (
-                {"start": self.window[0].isoformat(), "end": self.window[1].isoformat()}
-                if self.window
-                else None
+                self.window_json
+                if self.window_json is not None
+                else (
+                    {"start": self.window[0].isoformat(), "end": self.window[1].isoformat()}
+                    if self.window
+                    else None
+                )
             ),
             "reasons": [reason.to_json() for reason in self.reasons],
             "notes": [note.to_json() for note in self.notes],
@@ -479,6 +496,43 @@ class _Planner:
             )
         self.target = found
         self.waves = 1 + len(request.waves)
+        # Fleets share few versions and contract shapes: each is worked out once per plan.
+        self._paths: dict[FirmwareVersion, list[Release] | None] = {}
+        self._covers: dict[tuple[Any, ...], _Covering] = {}
+        self._installed: dict[tuple[str, str], FirmwareVersion | None] = {}
+        self._windows: dict[tuple[str, int], tuple[datetime, datetime]] = {}
+        self._hops: dict[tuple[Any, ...], list[Hop]] = {}
+        self._hops_json: dict[int, list[dict[str, Any]]] = {}
+        self._windows_json: dict[tuple[datetime, datetime], dict[str, str]] = {}
+        self._texts: dict[tuple[str, str], str] = {}
+
+    def installed_text(self, device: PlanDevice) -> str:
+        key = (device.version, device.build)
+        found = self._texts.get(key)
+        if found is None:
+            found = self._texts[key] = device.installed_text
+        return found
+
+    def installed(self, device: PlanDevice) -> FirmwareVersion | None:
+        key = (device.version, device.build)
+        if key not in self._installed:
+            self._installed[key] = device.installed()
+        return self._installed[key]
+
+    def path(self, installed: FirmwareVersion, start: date) -> list[Release] | None:
+        if installed not in self._paths:
+            self._paths[installed] = path_to(self.releases, installed, self.target, start)
+        return self._paths[installed]
+
+    def cover(self, serial: str) -> _Covering:
+        asset = self.assets.get(serial)
+        if asset is None:
+            return _NOTHING
+        key = (asset.purchase_date, asset.contracts)
+        found = self._covers.get(key)
+        if found is None:
+            found = self._covers[key] = _covering(asset, self.plans)
+        return found
 
     def start_day(self) -> date:
         start = self.request.start
@@ -496,10 +550,41 @@ class _Planner:
         return start
 
     def window(self, site: str, wave: int, start: date) -> tuple[datetime, datetime]:
-        zone = self.zones.get(site, ZoneInfo("UTC"))
-        return self.request.window.on(start, zone, self.request.wave_gap * wave)
+        key = (site, wave)
+        found = self._windows.get(key)
+        if found is None:
+            zone = self.zones.get(site, ZoneInfo("UTC"))
+            found = self.request.window.on(start, zone, self.request.wave_gap * wave)
+            self._windows[key] = found
+        return found
 
     def hops(
+        self,
+        path: list[Release],
+        installed: FirmwareVersion,
+        cover: _Covering,
+        window: tuple[datetime, datetime],
+    ) -> list[Hop]:
+        key = (installed, id(cover), window)
+        found = self._hops.get(key)
+        if found is None:
+            found = self._hops[key] = self._compute_hops(path, installed, cover, window)
+        return found
+
+    def hops_json(self, hops: list[Hop]) -> list[dict[str, Any]]:
+        found = self._hops_json.get(id(hops))
+        if found is None:
+            found = self._hops_json[id(hops)] = [hop.to_json() for hop in hops]
+        return found
+
+    def window_json(self, window: tuple[datetime, datetime]) -> dict[str, str]:
+        found = self._windows_json.get(window)
+        if found is None:
+            found = {"start": window[0].isoformat(), "end": window[1].isoformat()}
+            self._windows_json[window] = found
+        return found
+
+    def _compute_hops(
         self,
         path: list[Release],
         installed: FirmwareVersion,
@@ -557,10 +642,11 @@ class _Planner:
             if models and device.model not in models:
                 continue
             entry, path = self.judge(device, start, excluded)
+            entry.installed_text = self.installed_text(device)
             entries.append(entry)
             if path is not None:
                 paths[device.serial] = path
-                covers[device.serial] = _covering(self.assets.get(device.serial), self.plans)
+                covers[device.serial] = self.cover(device.serial)
         self.assign(entries, paths, covers, start)
         waves = self.wave_list(entries, start)
         return RolloutPlan(
@@ -596,7 +682,7 @@ class _Planner:
             )
         if device.serial in excluded:
             entry.reasons.append(Reason("excluded_by_admin", "left out by the admin (--exclude)"))
-        installed = device.installed()
+        installed = self.installed(device)
         path: list[Release] | None = None
         if installed is None:
             entry.reasons.append(
@@ -614,7 +700,7 @@ class _Planner:
                 Reason("no_path", f"the release catalogue has no firmware for {device.model}")
             )
         else:
-            path = path_to(self.releases, installed, self.target, start)
+            path = self.path(installed, start)
             if path is None:
                 entry.reasons.append(
                     Reason(
@@ -670,7 +756,7 @@ class _Planner:
             if entry.wave is None:
                 continue
             serial = entry.device.serial
-            installed = entry.device.installed()
+            installed = self.installed(entry.device)
             assert installed is not None
             self.settle(entry, paths[serial], installed, covers[serial], start)
 
@@ -705,6 +791,7 @@ class _Planner:
                     entry.wave, window, hops = earlier, earlier_window, earlier_hops
                     break
         entry.hops = hops
+        entry.hops_json = self.hops_json(hops)
         if entry.channel == "agent" and not all(hop.entitled for hop in hops):
             entry.reasons.append(
                 Reason(
@@ -716,6 +803,7 @@ class _Planner:
             entry.window = None
             return
         entry.window = window
+        entry.window_json = self.window_json(window)
 
     def canary(self, agents: list[DeviceEntry]) -> list[DeviceEntry]:
         """The site's healthiest devices of its most common model and mode."""

@@ -180,6 +180,7 @@ class RolloutService:
         self._jobs = jobs
         self._packages = packages
         self.file_ticket = file_ticket
+        self._parsed: dict[str, tuple[Doc, Asset]] = {}
 
     # -- planning --------------------------------------------------------------------------
 
@@ -195,9 +196,7 @@ class RolloutService:
             site_id: str(site.get("timezone") or "UTC")
             for site_id, site in list(self._store.scan(SITES).items())
         }
-        assets = {
-            serial: Asset.from_doc(doc) for serial, doc in list(self._store.scan(ASSETS).items())
-        }
+        assets = self._assets()
         plan = plan_rollout(
             request,
             plan_devices(self._store),
@@ -252,6 +251,22 @@ class RolloutService:
             self._store.apply({ROLLOUTS: {rollout_id: header}, ROLLOUT_DEVICES: docs})
         )
         return self.rollout(rollout_id)
+
+    def _assets(self) -> dict[str, Asset]:
+        """The registry's assets; a stored document never changes, so each is parsed once."""
+        parsed: dict[str, tuple[Doc, Asset]] = {}
+        for serial, doc in list(self._store.scan(ASSETS).items()):
+            known = self._parsed.get(serial)
+            parsed[serial] = (
+                known
+                if known is not None and known[0] is doc
+                else (
+                    doc,
+                    Asset.from_doc(doc),
+                )
+            )
+        self._parsed = parsed
+        return {serial: asset for serial, (_doc, asset) in parsed.items()}
 
     # -- reading (also for dashboards) -----------------------------------------------------
 
