@@ -40,19 +40,11 @@ from polyfleet.controller.services.rollout import (
 )
 from polyfleet.controller.store.base import StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.shared.cli_errors import CommandFailed
 
 EXIT_OK, EXIT_FAILED = 0, 1
 #: ``rollout status --watch`` stops by itself once the rollout is in one of these.
 FINAL = frozenset({"done", "aborted"})
-
-
-class CommandFailed(Exception):
-    """What the server or the service refused, with its field when it names one."""
-
-    def __init__(self, message: str, *, code: str = "failed", field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field
 
 
 class Backend(Protocol):
@@ -212,7 +204,8 @@ async def _with_backend(
             if time.monotonic() > deadline:
                 raise CommandFailed(
                     f"{config.data_dir} is locked by another process but no server answers "
-                    "on its control socket"
+                    "on its control socket",
+                    code="store_locked",
                 ) from None
             await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
             continue
@@ -227,18 +220,20 @@ def _print_json(document: Any) -> None:
 
 
 def _run(args: argparse.Namespace, action: Callable[[Backend], Awaitable[int]]) -> int:
+    """Run ``action`` on the store or the running server; failures in the shared shape."""
     try:
         config = load_config(args.config).with_overrides(data_dir=args.data_dir)
         return asyncio.run(_with_backend(config, action))
-    except (CommandFailed, ConfigError, CatalogueError, OSError) as exc:
-        code = getattr(exc, "code", "failed")
-        field = getattr(exc, "field", None)
-        if getattr(args, "json", False):
-            _print_json({"error": {"code": code, "message": str(exc), "field": field}})
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
+    except ConfigError as exc:
+        raise CommandFailed(str(exc), code="config") from None
+    except CatalogueError as exc:
+        raise CommandFailed(str(exc), code="catalogue") from None
+    except aiohttp.ClientError as exc:
+        raise CommandFailed(
+            f"the controller could not be reached: {exc}", code="unreachable"
+        ) from None
+    except OSError as exc:
+        raise CommandFailed(str(exc), code="file_unreadable") from None
 
 
 # -- rollout plan / list / show ---------------------------------------------------------------
@@ -398,7 +393,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_package_add(args: argparse.Namespace) -> int:
     async def action(backend: Backend) -> int:
         if not await asyncio.to_thread(args.file.is_file):
-            raise CommandFailed(f"{args.file}: no such file", field="file")
+            raise CommandFailed(
+                f"{args.file}: no such file", code="file_not_found", field="file", file=args.file
+            )
         doc = await backend.add_package(args.version, args.file, args.sha256)
         if args.json:
             _print_json(doc)
