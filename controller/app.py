@@ -8,8 +8,9 @@ Extension points (plain lists, no import magic):
   background work from the same ``register`` by appending an async generator to
   ``app.cleanup_ctx``; it runs after the core is up (store open, services ready) and is
   torn down before the store closes. Core services are found through ``controller.keys``
-  (``app[STORE]``, ``app[EVENT_BUS]``, ``app[INVENTORY]``, ``app[JOBS]``, ``app[CLOCK]``...).
-- ``BACKGROUND``: the core's own ``cleanup_ctx`` tasks (the reachability monitor).
+  (``app[STORE]``, ``app[EVENT_BUS]``, ``app[INVENTORY]``, ``app[JOBS]``, ``app[CLOCK]``...);
+  an admin action is recorded with ``controller.api.audit.record(request, ...)``.
+- ``BACKGROUND``: the core's own ``cleanup_ctx`` tasks (reachability, audit retention).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aiohttp import web
 
 from polyfleet.controller.api import admin as admin_api
 from polyfleet.controller.api import agent as agent_api
+from polyfleet.controller.api import audit as audit_api
 from polyfleet.controller.api import entitlement as entitlement_api
 from polyfleet.controller.api import metrics as metrics_api
 from polyfleet.controller.api import openapi as openapi_api
@@ -47,6 +49,7 @@ from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.keys import (
     ACCESS,
+    AUDIT,
     CLOCK,
     CONFIG,
     EVENT_BUS,
@@ -56,6 +59,7 @@ from polyfleet.controller.keys import (
     STORE,
 )
 from polyfleet.controller.services.access import AccessService
+from polyfleet.controller.services.audit import AuditLog
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.store.base import Store, StoreUnavailable
@@ -84,6 +88,7 @@ ROUTE_MODULES: list[RouteModule] = [
     rollouts_api,
     overview_api,
     web_routes,
+    audit_api,
 ]
 
 #: In a serving process, young objects are collected automatically at these thresholds (the
@@ -102,6 +107,7 @@ async def _core_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     app[EVENT_BUS].load()
     app[INVENTORY].load()
+    app[AUDIT].load()
     try:
         yield
     finally:
@@ -135,8 +141,32 @@ async def liveness_monitor(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+#: How often audit entries past their retention are dropped.
+AUDIT_PRUNE_INTERVAL_S = 3600.0
+
+
+async def audit_retention(app: web.Application) -> AsyncIterator[None]:
+    """Every hour: drop audit entries older than ``[audit] retention_days``."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(AUDIT_PRUNE_INTERVAL_S)
+            try:
+                app[AUDIT].prune()
+            except StoreUnavailable:
+                return
+            except Exception:
+                log.exception("dropping old audit entries failed; trying again in an hour")
+
+    task = asyncio.create_task(loop(), name="audit-retention")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 #: The core's background work, run after the store is open.
-BACKGROUND: list[Lifecycle] = [liveness_monitor]
+BACKGROUND: list[Lifecycle] = [liveness_monitor, audit_retention]
 
 
 def create_app(
@@ -176,6 +206,7 @@ def create_app(
         lease_s=config.job_lease_s,
         max_artifact_bytes=config.max_artifact_bytes,
     )
+    app[AUDIT] = AuditLog(store, clock, retention_days=config.audit_retention_days)
     app[METRICS] = build_registry(store, inventory, app[CONNECTION_GUARD])
     app.cleanup_ctx.append(_core_lifecycle)
     app.cleanup_ctx.extend(BACKGROUND)

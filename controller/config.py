@@ -35,6 +35,8 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 #: Connections that have not yet shown a credential (new ones, enrollment, public metrics);
 #: past this many, the oldest of them is closed.
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
+#: Audit log entries are kept this long (a little over a year: last year's audit included).
+DEFAULT_AUDIT_RETENTION_DAYS = 400
 
 #: Sections other features parse themselves; kept here as raw tables.
 FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook", "web", "rollouts")
@@ -67,6 +69,7 @@ class ControllerConfig:
     enroll_code_ttl_s: int = DEFAULT_ENROLL_CODE_TTL_S
     job_lease_s: int = DEFAULT_JOB_LEASE_S
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    audit_retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
     #: Raw tables of ``[entitlement]``, ``[tickets]``, ``[smtp]``, ``[webhook]``, ``[web]``.
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None
@@ -136,6 +139,9 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "job_lease_s": ("job_lease_s", int),
         "max_artifact_bytes": ("max_artifact_bytes", int),
     },
+    "audit": {
+        "retention_days": ("audit_retention_days", int),
+    },
 }
 
 _POSITIVE = {
@@ -152,6 +158,7 @@ _POSITIVE = {
     "enroll_code_ttl_s",
     "job_lease_s",
     "max_artifact_bytes",
+    "audit_retention_days",
 }
 
 

@@ -9,6 +9,7 @@ from polyfleet.controller.clock import Clock
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import AccessService
+from polyfleet.controller.services.audit import AuditLog
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.store.base import Store
@@ -21,3 +22,4 @@ ACCESS = web.AppKey("access", AccessService)
 INVENTORY = web.AppKey("inventory", Inventory)
 JOBS = web.AppKey("jobs", JobService)
 METRICS = web.AppKey("metrics", CollectorRegistry)
+AUDIT = web.AppKey("audit", AuditLog)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from polyfleet.controller.api import audit
 from polyfleet.controller.api.auth import principal
 from polyfleet.controller.api.entitlement import verdict_lookup
 from polyfleet.controller.api.errors import ApiError, read_model
@@ -89,6 +90,8 @@ async def add_site(request: web.Request) -> web.Response:
     inventory = request.app[INVENTORY]
     await inventory.add_site(body.id, name=body.name, timezone=body.timezone)
     site = next(site for site in inventory.sites() if site["id"] == body.id)
+    details = {"name": site["name"], "timezone": site["timezone"]}
+    await audit.record(request, "site.add", f"site:{body.id}", details, site=body.id)
     return web.json_response(site, status=201)
 
 
@@ -129,7 +132,12 @@ async def get_device(request: web.Request) -> web.Response:
 async def patch_device(request: web.Request) -> web.Response:
     body = await read_model(request, DevicePatch)
     serial = request.match_info["serial"]
-    return web.json_response(await request.app[INVENTORY].set_room(serial, body.room))
+    inventory = request.app[INVENTORY]
+    old = inventory.device(serial).get("room")
+    device = await inventory.set_room(serial, body.room)
+    details = {"room": [old, device["room"]]}
+    await audit.record(request, "device.room", f"device:{serial}", details, site=device["site"])
+    return web.json_response(device)
 
 
 @endpoint(
@@ -143,7 +151,12 @@ async def patch_device(request: web.Request) -> web.Response:
 async def move_device(request: web.Request) -> web.Response:
     body = await read_model(request, MoveIn)
     serial = request.match_info["serial"]
-    return web.json_response(await request.app[INVENTORY].move_device(serial, body.site))
+    inventory = request.app[INVENTORY]
+    old = inventory.device(serial)["site_id"]
+    device = await inventory.move_device(serial, body.site)
+    details = {"site": [old, body.site]}
+    await audit.record(request, "device.move", f"device:{serial}", details, site=body.site)
+    return web.json_response(device)
 
 
 @endpoint(
@@ -188,6 +201,8 @@ async def create_job(request: web.Request) -> web.Response:
         body.params,
         created_by=principal(request).name,
     )
+    details = {"kind": job["kind"], "serial": job["serial"], "params": job["params"]}
+    await audit.record(request, "job.create", f"job:{job['id']}", details, site=job["site_id"])
     return web.json_response(job, status=201)
 
 
@@ -268,6 +283,8 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     body = await read_model(request, TokenIn)
     token, record = await request.app[ACCESS].create_token(Role(body.role), body.name)
+    details = {"role": record["role"], "name": record["name"]}
+    await audit.record(request, "token.create", f"token:{record['id']}", details)
     return web.json_response({**record, "token": token}, status=201)
 
 
@@ -276,6 +293,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     token_id = request.match_info["token_id"]
     if not await request.app[ACCESS].revoke_token(token_id):
         raise ApiError(404, "not_found", f"no token {token_id!r}")
+    await audit.record(request, "token.revoke", f"token:{token_id}")
     return web.json_response({"ok": True})
 
 
@@ -291,6 +309,8 @@ async def revoke_token(request: web.Request) -> web.Response:
 async def create_invite(request: web.Request) -> web.Response:
     body = await read_model(request, InviteIn)
     code, expires = await request.app[ACCESS].create_invite(body.site)
+    details = {"expires_at": expires.isoformat()}
+    await audit.record(request, "invite.create", f"site:{body.site}", details, site=body.site)
     return web.json_response(
         {"code": code, "site": body.site, "expires_at": expires.isoformat()}, status=201
     )

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from polyfleet.controller.api import audit
 from polyfleet.controller.api.auth import principal
 from polyfleet.controller.api.bodies import body_deadline_s, deadline_chunks
 from polyfleet.controller.api.errors import (
@@ -19,6 +20,8 @@ from polyfleet.controller.api.errors import (
 from polyfleet.controller.api.models import ArtifactOut, Ok
 from polyfleet.controller.api.spec import AGENTS, PUBLIC, endpoint
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS
+from polyfleet.controller.services.access import token_digest
+from polyfleet.controller.services.audit import Actor
 from polyfleet.shared.schema import (
     MAX_BATCH_SNAPSHOTS,
     SUPPORTED_PROTOCOL_VERSIONS,
@@ -63,6 +66,17 @@ async def enroll(request: web.Request) -> web.Response:
     body = validate(EnrollRequest, data)
     answer = await request.app[ACCESS].enroll(
         body.code, agent_name=body.agent_name, hostname=body.hostname
+    )
+    credential = token_digest(answer.token)[:12]
+    enrolled = Actor(name=body.agent_name or answer.agent_id, role="agent", token_id=credential)
+    details = {"name": body.agent_name, "hostname": body.hostname}
+    await audit.record(
+        request,
+        "agent.enroll",
+        f"agent:{answer.agent_id}",
+        details,
+        site=answer.site_id,
+        actor=enrolled,
     )
     return web.json_response(answer.model_dump(mode="json"))
 

@@ -18,7 +18,8 @@ def principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
-def _via_control_socket(request: web.Request) -> bool:
+def via_control_socket(request: web.Request) -> bool:
+    """The request came through the local control socket (a CLI command on this machine)."""
     # A Unix socket's name is a path string; TCP gives a (host, port) tuple.
     transport = request.transport
     return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
@@ -44,7 +45,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     spec = spec_of(match.handler, request.method)
     if not spec.roles:
         return await handler(request)
-    found = LOCAL_ADMIN if _via_control_socket(request) else _bearer(request)
+    found = LOCAL_ADMIN if via_control_socket(request) else _bearer(request)
     if found.role not in spec.roles:
         if found.role is Role.VIEWER:
             raise ApiError(403, "forbidden", "viewer tokens are read-only")

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError
 from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.domain.assets import COLUMNS, RegistryImportError, parse_registry
@@ -209,6 +210,9 @@ async def import_assets(request: web.Request) -> web.Response:
         )
         return web.json_response(body.model_dump(mode="json"), status=422)
     plan = await service.import_assets(request.app[STORE], assets, dry_run=dry_run)
+    if not dry_run:
+        details = service.import_details(plan, text)
+        await audit.record(request, "assets.import", "assets", details)
     return web.json_response({"dry_run": dry_run, **plan.to_json()})
 
 

@@ -173,3 +173,35 @@ class ArtifactOut(_Out):
 
 class Ok(_Out):
     ok: bool
+
+
+class AuditActor(_Out):
+    name: str = Field(description="token name (or id), or the local OS user")
+    role: str
+    token_id: str | None
+
+
+class AuditOrigin(_Out):
+    via: Literal["http", "control_socket", "local_store"] = Field(
+        description="http: over the network (address is the client); control_socket: a CLI "
+        "command through the running server; local_store: a CLI command while none ran"
+    )
+    address: str | None
+    user: str | None = Field(description="the local OS user, for commands on this machine")
+    pid: int | None
+
+
+class AuditEntry(_Out):
+    id: int
+    at: str
+    action: str = Field(description="<object>.<verb>, e.g. token.revoke, device.move")
+    target: str = Field(description="<kind>:<id>, e.g. device:X50-1")
+    site: str | None
+    details: dict[str, Any]
+    actor: AuditActor
+    origin: AuditOrigin
+
+
+class AuditPage(_Out):
+    entries: list[AuditEntry]
+    more: bool = Field(description="more entries match: ask again with before (or after)")

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
 from polyfleet.controller.domain.tickets import ACTIONS, Ticket, TicketError, TicketStatus
@@ -147,6 +148,8 @@ async def fill_ticket(request: web.Request) -> web.Response:
         ticket = await service.fill(key, serial=body.serial, contract_number=body.contract_number)
     except TicketError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    filled = body.model_dump(exclude_none=True)
+    await audit.record(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
     return web.json_response(_detail(service, ticket))
 
 
@@ -171,6 +174,8 @@ async def ticket_action(request: web.Request) -> web.Response:
         ticket = await (service.resend(key) if verb == "send" else service.act(key, verb))
     except TicketError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    details = {"status": ticket.status.value}
+    await audit.record(request, f"ticket.{verb}", f"ticket:{ticket.id}", details, site=ticket.site)
     return web.json_response(_detail(service, ticket))
 
 

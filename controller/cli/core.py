@@ -1,4 +1,4 @@
-"""``polyfleet controller serve|site|token|agent|devices``: the server and its admin commands.
+"""``polyfleet controller serve|site|token|agent|devices|audit``: the server and admin commands.
 
 Admin commands are safe while the server runs: the server holds an exclusive lock on its data
 directory; a command that cannot take the lock goes through the running server's local
@@ -26,6 +26,12 @@ from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import AccessService, Role, UnknownSite
+from polyfleet.controller.services.audit import (
+    AuditLog,
+    AuditQuery,
+    InvalidAuditQuery,
+    local_command,
+)
 from polyfleet.controller.services.device_table import CSV_COLUMNS, csv_row
 from polyfleet.controller.services.inventory import (
     DeviceFilter,
@@ -54,6 +60,7 @@ class Backend(Protocol):
     async def invite(self, site_id: str) -> dict[str, Any]: ...
     async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]: ...
     async def move(self, serial: str, site_id: str) -> dict[str, Any]: ...
+    async def audit(self, query: Mapping[str, str]) -> dict[str, Any]: ...
 
 
 class DirectBackend:
@@ -71,27 +78,51 @@ class DirectBackend:
         )
         self._inventory = Inventory(store, bus, system_clock, config)
         self._inventory.load()
+        self._audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
+        self._audit.load()
+        self._actor, self._origin = local_command()
+
+    async def _record(
+        self, action: str, target: str, details: dict[str, Any], *, site: str | None = None
+    ) -> None:
+        await self._audit.record(self._actor, self._origin, action, target, details, site=site)
 
     async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
         await self._inventory.add_site(site_id, name=name, timezone=timezone)
-        return next(site for site in self._inventory.sites() if site["id"] == site_id)
+        site = next(site for site in self._inventory.sites() if site["id"] == site_id)
+        details = {"name": site["name"], "timezone": site["timezone"]}
+        await self._record("site.add", f"site:{site_id}", details, site=site_id)
+        return site
 
     async def sites(self) -> list[dict[str, Any]]:
         return self._inventory.sites()
 
     async def create_token(self, role: str, name: str) -> dict[str, Any]:
         token, record = await self._access.create_token(Role(role), name)
+        details = {"role": record["role"], "name": record["name"]}
+        await self._record("token.create", f"token:{record['id']}", details)
         return {**record, "token": token}
 
     async def invite(self, site_id: str) -> dict[str, Any]:
         code, expires = await self._access.create_invite(site_id)
+        details = {"expires_at": expires.isoformat()}
+        await self._record("invite.create", f"site:{site_id}", details, site=site_id)
         return {"code": code, "site": site_id, "expires_at": expires.isoformat()}
 
     async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]:
         return self._inventory.devices(DeviceFilter.parse(dict(filters)))
 
     async def move(self, serial: str, site_id: str) -> dict[str, Any]:
-        return await self._inventory.move_device(serial, site_id)
+        old = self._inventory.device(serial)["site_id"]
+        device = await self._inventory.move_device(serial, site_id)
+        await self._record(
+            "device.move", f"device:{serial}", {"site": [old, site_id]}, site=site_id
+        )
+        return device
+
+    async def audit(self, query: Mapping[str, str]) -> dict[str, Any]:
+        entries, more = self._audit.query(AuditQuery.parse(query))
+        return {"entries": entries, "more": more}
 
 
 class ServerBackend:
@@ -138,6 +169,10 @@ class ServerBackend:
         result: dict[str, Any] = await self._call(
             "POST", f"/api/v1/devices/{serial}/move", {"site": site_id}
         )
+        return result
+
+    async def audit(self, query: Mapping[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/api/v1/audit", **query)
         return result
 
 
@@ -234,6 +269,8 @@ def _run(
     except ConfigError as exc:
         raise CommandError(str(exc), code="config") from None
     except InvalidInput as exc:
+        raise CommandError(str(exc), code="invalid", field=exc.field) from None
+    except InvalidAuditQuery as exc:
         raise CommandError(str(exc), code="invalid", field=exc.field) from None
     except UnknownSite as exc:
         raise CommandError(str(exc), code="not_found", field="site") from None
@@ -422,6 +459,52 @@ def cmd_devices_move(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def _origin_text(origin: Mapping[str, Any]) -> str:
+    if origin["via"] == "http":
+        return str(origin.get("address") or "network")
+    place = "control socket" if origin["via"] == "control_socket" else "local, no server"
+    return f"{place} ({origin['user']})" if origin.get("user") else place
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    query = {
+        name: str(value)
+        for name, value in (
+            ("action", args.action),
+            ("actor", args.actor),
+            ("target", args.target),
+            ("site", args.site),
+            ("from", args.start),
+            ("to", args.end),
+            ("before", args.before),
+            ("after", args.after),
+            ("limit", args.limit),
+        )
+        if value is not None
+    }
+
+    async def action(backend: Backend) -> int:
+        page = await backend.audit(query)
+        if args.json:
+            _print_json(page)
+            return 0
+        print(f"{'ID':>6}  {'AT':<25} {'ACTOR':<16} {'FROM':<24} {'ACTION':<16} TARGET")
+        for entry in page["entries"]:
+            details = json.dumps(entry["details"], ensure_ascii=False, sort_keys=True)
+            print(
+                f"{entry['id']:>6}  {entry['at']:<25} {entry['actor']['name']:<16} "
+                f"{_origin_text(entry['origin']):<24} {entry['action']:<16} {entry['target']}"
+                + (f"  {details}" if entry["details"] else "")
+            )
+        if page["more"] and page["entries"]:
+            last = page["entries"][-1]["id"]
+            step = f"--after {last}" if args.after is not None else f"--before {last}"
+            print(f"more entries: add {step}", file=sys.stderr)
+        return 0
+
+    return _run(args, action, needs_store=True)
+
+
 # -- argument parsing ----------------------------------------------------------------------
 
 
@@ -503,3 +586,20 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     move.add_argument("--site", dest="to_site", required=True, help="the new site")
     _common(move, nested=True)
     move.set_defaults(func=cmd_devices_move)
+
+    audit = commands.add_parser(
+        "audit",
+        help="the audit log: admin actions with who, when, what and from where",
+        description="Admin actions, newest first (oldest first with --after). Filters combine.",
+    )
+    audit.add_argument("--action", help="an action (token.revoke) or a kind of action (token)")
+    audit.add_argument("--actor", help="a token name or id, or a local OS user")
+    audit.add_argument("--target", help="e.g. device:X50-1, site:krk, token:ID")
+    audit.add_argument("--site", help="only actions concerning this site")
+    audit.add_argument("--from", dest="start", help="from this moment (ISO 8601 with offset)")
+    audit.add_argument("--to", dest="end", help="before this moment (ISO 8601 with offset)")
+    audit.add_argument("--before", type=int, help="entries older than this id (next page)")
+    audit.add_argument("--after", type=int, help="entries newer than this id, oldest first")
+    audit.add_argument("--limit", type=int, help="at most this many (default 100, max 1000)")
+    _common(audit)
+    audit.set_defaults(func=cmd_audit)

@@ -15,7 +15,8 @@ import aiohttp
 
 from polyfleet.controller.app import read_runtime
 from polyfleet.controller.cli.core import SERVER_WAIT_S
-from polyfleet.controller.config import ConfigError, load_config
+from polyfleet.controller.clock import system_clock
+from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 from polyfleet.controller.domain.assets import (
     Asset,
     ImportProblem,
@@ -30,6 +31,7 @@ from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, forecast
 from polyfleet.controller.domain.plans import CatalogueError, PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.services import entitlement as service
+from polyfleet.controller.services.audit import AuditLog, local_command
 from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.cli_errors import (
@@ -281,8 +283,11 @@ async def _import_via_server(socket: str, text: str, dry_run: bool) -> dict[str,
         return dict(body)
 
 
-async def _import(data_dir: Path, assets: list[Asset], text: str, dry_run: bool) -> dict[str, Any]:
+async def _import(
+    config: ControllerConfig, assets: list[Asset], text: str, dry_run: bool
+) -> dict[str, Any]:
     """Import under the store's lock, or through the server that holds it (as core commands do)."""
+    data_dir = config.data_dir
     deadline = time.monotonic() + SERVER_WAIT_S
     while True:
         store = TinyDBStore(data_dir / STORE_SUBDIR)
@@ -305,6 +310,11 @@ async def _import(data_dir: Path, assets: list[Asset], text: str, dry_run: bool)
             continue
         try:
             plan = await service.import_assets(store, assets, dry_run=dry_run)
+            if not dry_run:
+                audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
+                actor, origin = local_command()
+                details = service.import_details(plan, text)
+                await audit.record(actor, origin, "assets.import", "assets", details)
             return {"dry_run": dry_run, **plan.to_json()}
         finally:
             await store.close()
@@ -327,7 +337,7 @@ def _assets_import(args: argparse.Namespace) -> int:
             file=str(args.file),
         )
     try:
-        document = asyncio.run(_import(config.data_dir, assets, text, bool(args.dry_run)))
+        document = asyncio.run(_import(config, assets, text, bool(args.dry_run)))
     except _ServerAnswer as exc:
         problems = [ImportProblem(**p) for p in exc.body.get("problems", [])]
         error = exc.body.get("error") or {}

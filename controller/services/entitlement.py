@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import logging
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from polyfleet.controller.domain.releases import (
     parse_releases,
     render_releases,
 )
+from polyfleet.controller.services.audit import listed
 from polyfleet.controller.store.base import DEVICES, Doc, Store
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -121,6 +123,17 @@ async def import_assets(store: Store, assets: Sequence[Asset], *, dry_run: bool)
         # One apply: every device of the file becomes durable together or not at all.
         await store.wait_durable(store.apply({ASSETS: puts, DEVICES: rooms}))
     return plan
+
+
+def import_details(plan: ImportPlan, text: str) -> dict[str, Any]:
+    """What the audit log keeps of an import: the file's digest, counts and first serials."""
+    return {
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "added": listed(plan.added),
+        "updated": listed(plan.updated),
+        "unchanged": len(plan.unchanged),
+        "ineligible": listed(plan.ineligible),
+    }
 
 
 def rooms_from_registry(store: Store, assets: Sequence[Asset]) -> dict[str, dict[str, Any]]:

@@ -432,6 +432,12 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
         query={"q": "x50", "sort": "-last_seen", "limit": "1", "offset": "0"},
     )
     assert filtered["total"] == 1
+    audit = await c.call(
+        "get", "/api/v1/audit", query={"action": "device", "limit": "1", "after": "0"}
+    )
+    assert [e["action"] for e in audit["entries"]] == ["device.room"] and audit["more"]
+    await c.call("get", "/api/v1/audit", query={"from": "2026-01-01T00:00:00Z"})
+    await c.call("get", "/api/v1/audit", query={"from": "yesterday"}, expect=400)
     exercised = {(template, method) for template, method, _ in c.seen}
     documented = {(path, method) for path, ops in c.document["paths"].items() for method in ops}
     earlier = {
