@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
 from polyfleet.controller.domain.tickets import ACTIONS, Ticket, TicketError, TicketStatus
 from polyfleet.controller.events import (
     AgentOffline,
@@ -24,7 +28,8 @@ from polyfleet.controller.events import (
     Event,
     SnapshotsIngested,
 )
-from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, STORE
+from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, METRICS, STORE
+from polyfleet.controller.services.delivery import RESULTS
 from polyfleet.controller.services.entitlement import catalogue_paths, load_plans
 from polyfleet.controller.services.ticket_config import ticket_settings
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
@@ -66,6 +71,10 @@ class TicketView(BaseModel):
     plan: str | None = None
     missing: list[str] = Field(default_factory=list)
     sla: dict[str, str | None] | None = None
+    #: How its messages fare: pending, retrying, sent or failed (null: none queued yet).
+    delivery: str | None = None
+    #: Why the last attempt failed, while retrying or once given up.
+    delivery_error: str | None = None
 
 
 class TicketList(BaseModel):
@@ -77,12 +86,36 @@ class TicketDetail(TicketView):
 
 
 class TicketFill(BaseModel):
-    """The data W5 requires, filled in by the admin."""
+    """The data W5 requires, filled in by the admin: printable text, checked before storing."""
 
     model_config = ConfigDict(extra="forbid")
 
-    serial: str | None = Field(default=None, max_length=64)
-    contract_number: str | None = Field(default=None, max_length=128)
+    serial: SerialText | None = None
+    contract_number: ContractNumberText | None = None
+
+
+class DeliveryView(BaseModel):
+    """One message of a ticket on one channel: pending (``retrying`` once it failed), sent, or
+    failed (given up, with the reason in ``last_error``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    channel: str
+    ticket_id: str
+    purpose: str
+    state: str
+    attempts: int = 0
+    last_error: str | None = None
+    retrying: bool = False
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryView]
+
+
+#: States a delivery record can be listed in.
+DELIVERY_STATES = ("pending", "retrying", "sent", "failed")
 
 
 def _service(request: web.Request) -> TicketService:
@@ -96,8 +129,17 @@ def _ticket(service: TicketService, key: str) -> Ticket:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
+def _listed(ticket: Ticket, states: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+    """The ticket's document with how its messages fare (``delivery``, ``delivery_error``)."""
+    state, error = states.get(ticket.id, (None, None))
+    return {**ticket.as_document(), "delivery": state, "delivery_error": error}
+
+
 def _detail(service: TicketService, ticket: Ticket) -> dict[str, Any]:
-    return {**ticket.as_document(), "deliveries": service.deliveries(ticket.id)}
+    return {
+        **_listed(ticket, service.delivery_states()),
+        "deliveries": service.deliveries(ticket.id),
+    }
 
 
 @endpoint(
@@ -116,7 +158,29 @@ async def list_tickets(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid", f"status: {status!r} is not one of {known}", "status")
     site = request.query.get("site")
     tickets = [t for t in service.tickets(status=status) if site is None or t.site == site]
-    return web.json_response({"tickets": [t.as_document() for t in tickets]})
+    states = service.delivery_states()
+    return web.json_response({"tickets": [_listed(t, states) for t in tickets]})
+
+
+@endpoint(
+    summary="Ticket messages by channel: waiting, retrying, sent or failed (with the reason)",
+    roles=READERS,
+    response=DeliveryList,
+    query={
+        "state": "only deliveries in this state (pending, retrying, sent, failed)",
+        "ticket": "only this ticket's deliveries",
+    },
+    errors=(400,),
+    tags=("tickets",),
+)
+async def list_deliveries(request: web.Request) -> web.Response:
+    service = _service(request)
+    state = request.query.get("state")
+    if state is not None and state not in DELIVERY_STATES:
+        known = ", ".join(DELIVERY_STATES)
+        raise ApiError(400, "invalid", f"state: {state!r} is not one of {known}", "state")
+    found = service.deliveries(request.query.get("ticket"), state=state)
+    return web.json_response({"deliveries": found})
 
 
 @endpoint(
@@ -207,6 +271,8 @@ def register(app: web.Application) -> None:
     app[TICKET_DESK] = TicketDesk()
     app.cleanup_ctx.append(ticket_context)
     app.router.add_get("/api/v1/tickets", list_tickets)
+    # Before the ticket routes: "deliveries" is not a ticket id (those are PF-...).
+    app.router.add_get("/api/v1/tickets/deliveries", list_deliveries)
     app.router.add_get("/api/v1/tickets/{ticket_id}", show_ticket)
     app.router.add_patch("/api/v1/tickets/{ticket_id}", fill_ticket)
     app.router.add_get("/api/v1/tickets/{ticket_id}/bundle", ticket_bundle)
@@ -227,6 +293,41 @@ def build_service(app: web.Application) -> TicketService:
         diagnostics=JobDiagnostics(app[JOBS]),
         clock=app[CLOCK],
     )
+
+
+class TicketDeliveryCollector(Collector):
+    """Ticket messages waiting, retrying and given up, and attempts by result, at scrape time."""
+
+    def __init__(self, service: TicketService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        channels = sorted({*self._service.worker.channels, "email", "webhook"})
+        waiting = GaugeMetricFamily(
+            "polyfleet_ticket_deliveries",
+            "Ticket messages not (yet) delivered, by channel and state (failed: given up, "
+            "see GET /api/v1/tickets/deliveries?state=failed)",
+            labels=["channel", "state"],
+        )
+        counts = Counter(
+            (str(record.get("channel")), "retrying" if record.get("retrying") else record["state"])
+            for record in self._service.deliveries()
+            if record["state"] != "sent"
+        )
+        for channel in channels:
+            for state in ("pending", "retrying", "failed"):
+                waiting.add_metric([channel, state], counts[(channel, state)])
+        yield waiting
+        attempts = CounterMetricFamily(
+            "polyfleet_ticket_delivery_attempts",
+            "Delivery attempts of ticket messages since start, by channel and result",
+            labels=["channel", "result"],
+        )
+        done = self._service.worker.stats.attempts
+        for channel in channels:
+            for result in RESULTS:
+                attempts.add_metric([channel, result], done[(channel, result)])
+        yield attempts
 
 
 async def _feed(service: TicketService, events: list[Event]) -> None:
@@ -264,6 +365,8 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
     """Background work for ``cleanup_ctx``: detection from events, delivery, escalation."""
     service = build_service(app)
     app[TICKET_DESK].service = service
+    collector = TicketDeliveryCollector(service)
+    app[METRICS].register(collector)
     tasks: list[asyncio.Task[None]] = []
     subscription = None
     if service.settings.enabled:
@@ -286,5 +389,6 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        app[METRICS].unregister(collector)
         await service.close()
         app[TICKET_DESK].service = None

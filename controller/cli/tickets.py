@@ -15,6 +15,9 @@ from typing import Any, NoReturn
 import aiohttp
 
 from polyfleet.controller.config import DEFAULT_DATA_DIR, ConfigError, load_config
+from polyfleet.controller.domain.admin_input import AdminInputError, shown
+from polyfleet.controller.domain.admin_input import contract_number as check_contract_number
+from polyfleet.controller.domain.admin_input import serial as check_serial
 from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.plans import CatalogueError
 from polyfleet.controller.domain.sla import SlaTerms, deadlines
@@ -198,9 +201,29 @@ def _line(ticket: dict[str, Any]) -> str:
     held = f" missing: {', '.join(missing)}" if missing else ""
     subject = ticket.get("serial") or ticket.get("site") or "-"
     flags = " flapping" if ticket.get("flapping") else ""
-    return (
+    delivery = ""
+    if ticket.get("delivery") in ("failed", "retrying"):
+        delivery = f" delivery {ticket['delivery']}: {ticket.get('delivery_error') or '?'}"
+    return shown(
         f"{ticket['id']}  {ticket['status']:<20} {subject:<16} {ticket['fault']:<24}"
-        f" {ticket.get('plan') or '-':<18}{flags}{held}"
+        f" {ticket.get('plan') or '-':<18}{flags}{held}{delivery}"
+    )
+
+
+#: The header row of ``tickets deliveries``, aligned with :func:`_delivery_line`.
+DELIVERY_HEADER = (
+    f"{'TICKET':<13}  {'CHANNEL':<8} {'STATE':<9} {'PURPOSE':<14} {'ATTEMPTS':<12} WHEN  LAST ERROR"
+)
+
+
+def _delivery_line(delivery: dict[str, Any]) -> str:
+    state = "retrying" if delivery.get("retrying") else str(delivery.get("state"))
+    when = delivery.get("failed_at") or delivery.get("sent_at") or delivery.get("next_attempt_at")
+    error = f"  {delivery['last_error']}" if delivery.get("last_error") else ""
+    return shown(
+        f"{delivery.get('ticket_id')}  {delivery.get('channel', '-'):<8} {state:<9}"
+        f" {delivery.get('purpose', '-'):<14} attempts {delivery.get('attempts', 0):<3}"
+        f" {when or '-'}{error}"
     )
 
 
@@ -212,7 +235,7 @@ def _show(ticket: dict[str, Any]) -> str:
         "language", "first_seen", "opened_at", "sent_at", "acknowledged_at", "accepted_at",
         "shipped_at", "received_at", "returned_at", "closed_at", "escalated_at",
     )  # fmt: skip
-    lines += [f"  {key:>16}: {ticket[key]}" for key in keys if ticket.get(key)]
+    lines += [f"  {key:>16}: {shown(str(ticket[key]))}" for key in keys if ticket.get(key)]
     sla = ticket.get("sla") or {}
     lines += [f"  {key:>16}: {value}" for key, value in sla.items() if value]
     bundle = ticket.get("bundle")
@@ -221,11 +244,14 @@ def _show(ticket: dict[str, Any]) -> str:
     elif ticket.get("bundle_error"):
         lines.append(f"  {'bundle':>16}: none ({ticket['bundle_error']})")
     for note in ticket.get("notes", [])[-10:]:
-        lines.append(f"  {note['at']}  {note['text']}")
+        lines.append(f"  {note['at']}  {shown(note['text'])}")
     for delivery in ticket.get("deliveries", []):
+        state = "retrying" if delivery.get("retrying") else delivery["state"]
         lines.append(
-            f"  delivery {delivery['id']}: {delivery['state']}"
-            + (f" ({delivery['last_error']})" if delivery.get("last_error") else "")
+            shown(
+                f"  delivery {delivery['id']}: {state}"
+                + (f" ({delivery['last_error']})" if delivery.get("last_error") else "")
+            )
         )
     return "\n".join(lines)
 
@@ -242,12 +268,26 @@ def cmd_tickets(args: argparse.Namespace) -> int:
                 sites = asyncio.run(_call(args, "GET", "/api/v1/sites"))["sites"]
                 if args.site not in {site["id"] for site in sites}:
                     raise ClientError(f"no site {args.site!r}", code="not_found", field="site")
+        elif action == "deliveries":
+            query = {k: v for k, v in (("state", args.state), ("ticket", args.ticket)) if v}
+            suffix = ("?" + "&".join(f"{k}={v}" for k, v in query.items())) if query else ""
+            data = asyncio.run(_call(args, "GET", "/api/v1/tickets/deliveries" + suffix))
         elif action == "show":
             data = asyncio.run(_call(args, "GET", f"/api/v1/tickets/{args.ticket_id}"))
         elif action == "fill":
             if args.serial is None and args.contract_number is None:
                 raise ClientError("fill: give --serial and/or --contract-number", code="bad_input")
-            body = {"serial": args.serial, "contract_number": args.contract_number}
+            try:
+                body = {
+                    "serial": None
+                    if args.serial is None
+                    else check_serial(args.serial, field="--serial"),
+                    "contract_number": None
+                    if args.contract_number is None
+                    else check_contract_number(args.contract_number, field="--contract-number"),
+                }
+            except AdminInputError as exc:
+                _fail(str(exc), args.json, field=exc.field.removeprefix("--").replace("-", "_"))
             data = asyncio.run(_call(args, "PATCH", f"/api/v1/tickets/{args.ticket_id}", body))
         else:
             path = f"/api/v1/tickets/{args.ticket_id}/{action}"
@@ -263,6 +303,12 @@ def cmd_tickets(args: argparse.Namespace) -> int:
             print(_line(ticket))
         if not data["tickets"]:
             print("no tickets", file=sys.stderr)
+    elif action == "deliveries":
+        print(DELIVERY_HEADER)
+        for delivery in data["deliveries"]:
+            print(_delivery_line(delivery))
+        if not data["deliveries"]:
+            print("no deliveries", file=sys.stderr)
     else:
         print(_show(data))
     return 0
@@ -286,6 +332,15 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
     listing = sub.add_parser("list", parents=[common], help="tickets, newest first")
     listing.add_argument("--status", help="only this status (needs_data, open, sent...)")
     listing.add_argument("--site", help="only this site")
+    deliveries = sub.add_parser(
+        "deliveries",
+        parents=[common],
+        help="ticket messages by channel: pending, retrying, sent, failed (with the reason)",
+    )
+    deliveries.add_argument(
+        "--state", choices=("pending", "retrying", "sent", "failed"), help="only this state"
+    )
+    deliveries.add_argument("--ticket", help="only this ticket's messages")
     described = {
         "show": "one ticket with its notes, SLA and deliveries",
         "ack": "the desk contacted us (stops the reaction clock)",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from polyfleet.controller.domain.admin_input import AdminInputError, contract_number, display_name
 from polyfleet.controller.domain.plans import ASSET_MODELS, Plan, PlanCatalogue, add_years
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -264,6 +265,13 @@ class _Checker:
         for column in COLUMNS:
             if len(cells[column]) > _MAX_TEXT:
                 self.problem(line, column, f"longer than {_MAX_TEXT} characters")
+        # Free text that reaches tickets, e-mail and webhooks: printable only.
+        for column, check in (("room", display_name), ("contract_number", contract_number)):
+            if cells[column]:
+                try:
+                    check(cells[column], field=column)
+                except AdminInputError as exc:
+                    self.problem(line, column, exc.reason)
         row.serial = cells["serial"]
         if not _SERIAL_RE.match(row.serial):
             self.problem(line, "serial", "missing or not a serial (letters, digits, . _ -)")
@@ -460,9 +468,11 @@ def _read_csv(text: str, columns: tuple[str, ...], checker: _Checker) -> list[_R
     if missing or unknown or len(set(names)) != len(names):
         return []
     rows: list[_Row] = []
+    ended = reader.line_num
     try:
         for cells in reader:
-            line = reader.line_num
+            # A quoted cell may span lines: a row is named by the line it starts on.
+            line, ended = ended + 1, reader.line_num
             if not any(cell.strip() for cell in cells):
                 continue
             if len(rows) >= MAX_ROWS:

@@ -393,11 +393,20 @@ NOTES: dict[str, dict[Language, str]] = {
         "pl": "czas reakcji minął bez potwierdzenia zgłoszenia; eskalacja do {email}",
         "en": "reaction time passed unacknowledged; escalated to {email}",
     },
+    "delivery_failed": {
+        "pl": "wysyłka ({channel}) nie powiodła się: {error}; po poprawieniu: "
+        "polyfleet controller tickets send {ticket}",
+        "en": "delivery by {channel} failed: {error}; once fixed: "
+        "polyfleet controller tickets send {ticket}",
+    },
     "dropped": {
         "pl": "nie zostaną już wysłane: {entries}",
         "en": "no longer sent: {entries}",
     },
 }
+
+#: Notes for the admin alone (how a delivery failed): kept out of what the desk receives.
+ADMIN_NOTES = frozenset({"delivery_failed"})
 
 #: How the desk knows the models (D1).
 MODEL_NAMES: dict[str, str] = {
@@ -586,9 +595,10 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     if ticket.evidence:
         lines += ["", f"{_label('evidence', lang)}:"]
         lines += [_evidence_line(snap, lang) for snap in ticket.evidence]
-    if ticket.notes:
+    desk_notes = [note for note in ticket.notes if note.key not in ADMIN_NOTES]
+    if desk_notes:
         lines += ["", f"{_label('notes', lang)}:"]
-        lines += [f"  {_when(note.at)}  {note_text(note, lang)}" for note in ticket.notes[-10:]]
+        lines += [f"  {_when(note.at)}  {note_text(note, lang)}" for note in desk_notes[-10:]]
     lines += ["", _label("footer", lang)]
     return RenderedMessage(subject=head, body="\n".join(lines) + "\n")
 

@@ -1,4 +1,9 @@
-"""The ticket outbox: durable e-mail and webhook deliveries, retried with back-off, sent once."""
+"""The ticket outbox: durable e-mail and webhook deliveries, retried with back-off, sent once.
+
+Each entry is tried on its own: one that cannot be built or is refused for good is moved to
+the failed entries with its reason (for the admin, the API, the CLI and ``/metrics``) and
+never holds up the others; one that may succeed later waits with exponential back-off.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +35,18 @@ Channel = Literal["email", "webhook"]
 Clock = Callable[[], datetime]
 #: Called after a delivery with the entry and the time; returns more puts made durable with it.
 DeliveredHook = Callable[[Doc, datetime], Mapping[str, Mapping[str, Doc]]]
+#: Called when an entry is given up, with the entry (``last_error`` set) and the time; returns
+#: more puts made durable with the failure (e.g. a note on the ticket).
+FailedHook = Callable[[Doc, datetime], Mapping[str, Mapping[str, Doc]]]
+#: Results an attempt is counted under (``polyfleet_ticket_delivery_attempts``).
+RESULTS = ("sent", "retry", "failed")
+
+
+@dataclass
+class DeliveryStats:
+    """Attempts since start, by channel and result, for the metrics."""
+
+    attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def utc_now() -> datetime:
@@ -129,14 +147,17 @@ class DeliveryWorker:
         *,
         clock: Clock = utc_now,
         on_delivered: DeliveredHook | None = None,
+        on_failed: FailedHook | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.on_delivered = on_delivered
+        self.on_failed = on_failed
         self.outbox = TicketOutbox(store)
         self.smtp = SmtpSender(settings.smtp) if settings.smtp is not None else None
         self.webhook = WebhookSender(settings.webhook) if settings.webhook is not None else None
+        self.stats = DeliveryStats()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._failing: set[str] = set()
@@ -165,14 +186,21 @@ class DeliveryWorker:
         return min(delay, self.settings.retry_max)
 
     async def run_once(self, now: datetime | None = None) -> int:
-        """Try every due entry once; returns how many were delivered."""
+        """Try every due entry once, each on its own; returns how many were delivered."""
         async with self._lock:
             moment = now or self.clock()
             delivered = 0
-            for entry in list(self.outbox.pending()):
-                if datetime.fromisoformat(entry["next_attempt_at"]) > moment:
+            for key, entry in sorted(
+                self.store.scan(OUTBOX).items(), key=lambda item: str(item[1].get("created_at"))
+            ):
+                try:
+                    due = datetime.fromisoformat(str(entry["next_attempt_at"]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    await self._give_up({**entry, "id": key}, moment, f"malformed entry: {exc!r}")
                     continue
-                if await self._attempt(dict(entry), moment):
+                if due > moment:
+                    continue
+                if await self._attempt({**entry, "id": key}, moment):
                     delivered += 1
             return delivered
 
@@ -243,25 +271,30 @@ class DeliveryWorker:
         return encode_payload(payload)
 
     async def _attempt(self, entry: Doc, now: datetime) -> bool:
-        channel = entry["channel"]
+        channel = str(entry.get("channel"))
         try:
             await self._send(entry)
         except (DeliveryError, OSError) as exc:
             permanent = isinstance(exc, DeliveryError) and exc.permanent
-            entry["attempts"] = int(entry["attempts"]) + 1
-            entry["last_error"] = str(exc)
+            entry["attempts"] = int(entry.get("attempts") or 0) + 1
             if channel not in self._failing:
                 # Log the first failure of a channel, not every retry (then its recovery).
-                log.warning("ticket %s via %s failed: %s", entry["ticket_id"], channel, exc)
+                log.warning("ticket %s via %s failed: %s", entry.get("ticket_id"), channel, exc)
                 self._failing.add(channel)
             if permanent or entry["attempts"] >= self.settings.max_attempts:
-                entry["failed_at"] = now.isoformat()
-                log.error("ticket %s via %s given up: %s", entry["ticket_id"], channel, exc)
-                seq = self.store.apply({FAILED: {entry["id"]: entry}}, {OUTBOX: [entry["id"]]})
+                await self._give_up(entry, now, str(exc))
             else:
+                entry["last_error"] = str(exc)
                 entry["next_attempt_at"] = (now + self.backoff(entry["attempts"])).isoformat()
-                seq = self.store.apply({OUTBOX: {entry["id"]: entry}})
-            await self.store.wait_durable(seq)
+                self.stats.attempts[(channel, "retry")] += 1
+                await self.store.wait_durable(self.store.apply({OUTBOX: {entry["id"]: entry}}))
+            return False
+        except Exception as exc:
+            # The message cannot be built or sent as it stands (a header with a line break, an
+            # entry missing a field): sending it again would fail the same way, so it is given
+            # up at once, and the entries after it still go out.
+            entry["attempts"] = int(entry.get("attempts") or 0) + 1
+            await self._give_up(entry, now, f"cannot be sent as built: {type(exc).__name__}: {exc}")
             return False
         if channel in self._failing:
             self._failing.discard(channel)
@@ -280,4 +313,27 @@ class DeliveryWorker:
                 puts.setdefault(collection, {}).update(docs)
         seq = self.store.apply(puts, {OUTBOX: [entry["id"]]})
         await self.store.wait_durable(seq)
+        self.stats.attempts[(channel, "sent")] += 1
         return True
+
+    async def _give_up(self, entry: Doc, now: datetime, reason: str) -> None:
+        """Move ``entry`` to the failed entries with ``reason``; the ticket hears of it."""
+        entry["last_error"] = reason
+        entry["failed_at"] = now.isoformat()
+        channel = str(entry.get("channel"))
+        log.error("ticket %s via %s given up: %s", entry.get("ticket_id"), channel, reason)
+        puts: dict[str, dict[str, Doc]] = {FAILED: {entry["id"]: entry}}
+        if self.on_failed is not None:
+            try:
+                extra = self.on_failed(entry, now)
+            except Exception:
+                # The failure itself must be recorded even if the ticket cannot take the note.
+                log.exception(
+                    "ticket %s: the delivery failure could not be noted", entry.get("ticket_id")
+                )
+                extra = {}
+            for collection, docs in extra.items():
+                puts.setdefault(collection, {}).update(docs)
+        seq = self.store.apply(puts, {OUTBOX: [entry["id"]]})
+        await self.store.wait_durable(seq)
+        self.stats.attempts[(channel, "failed")] += 1

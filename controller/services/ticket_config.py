@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from polyfleet.controller.domain.admin_input import AdminInputError, printable_text
 from polyfleet.controller.domain.faults import (
     DEFAULT_CLEAR_AFTER,
     DEFAULT_FLAP_COUNT,
@@ -203,6 +205,26 @@ class _Table:
             )
 
 
+#: An e-mail address as mail headers take it: one address, no display name, no spaces.
+_ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
+
+
+def _address(table: _Table, key: str, default: str | None) -> str | None:
+    """An e-mail address from ``key``: it goes into e-mail headers, so it is checked whole."""
+    value = table.str_(key, default)
+    if value is None:
+        return None
+    try:
+        text = printable_text(value, field=table.where(key), max_chars=254)
+    except AdminInputError as exc:
+        raise TicketConfigError(str(exc)) from None
+    if not _ADDRESS.fullmatch(text):
+        raise TicketConfigError(
+            f"{table.where(key)}: {text!r} is not one e-mail address (like pomoc@myhezo.pl)"
+        )
+    return text
+
+
 def _seconds(table: _Table, key: str, default: timedelta) -> timedelta:
     return timedelta(seconds=table.float_(key, default.total_seconds()))
 
@@ -247,8 +269,8 @@ def ticket_settings(
     settings = TicketSettings(
         enabled=t.bool_("enabled", True),
         language=language,
-        desk_email=t.str_("desk_email", DEFAULT_DESK_EMAIL) or DEFAULT_DESK_EMAIL,
-        escalation_email=t.str_("escalation_email", DEFAULT_ESCALATION_EMAIL)
+        desk_email=_address(t, "desk_email", DEFAULT_DESK_EMAIL) or DEFAULT_DESK_EMAIL,
+        escalation_email=_address(t, "escalation_email", DEFAULT_ESCALATION_EMAIL)
         or DEFAULT_ESCALATION_EMAIL,
         policy=policy,
         retry_base=_seconds(t, "retry_base_s", timedelta(seconds=DEFAULT_RETRY_BASE_S)),
@@ -274,7 +296,7 @@ def _smtp(raw: Mapping[str, Any] | None, base: Path, env: Mapping[str, str]) -> 
         return None
     s = _Table("smtp", raw, base)
     host = s.str_("host")
-    sender = s.str_("from")
+    sender = _address(s, "from", None)
     if host is None:
         raise TicketConfigError("smtp.host is required when [smtp] is present")
     if sender is None:

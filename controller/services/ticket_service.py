@@ -139,7 +139,13 @@ class TicketService:
         self.clock = clock
         self.detector = FaultDetector(settings.policy)
         self._restore_detector()
-        self.worker = DeliveryWorker(store, settings, clock=clock, on_delivered=self._on_delivered)
+        self.worker = DeliveryWorker(
+            store,
+            settings,
+            clock=clock,
+            on_delivered=self._on_delivered,
+            on_failed=self._on_failed,
+        )
         self.outbox = TicketOutbox(store)
         self._lock = asyncio.Lock()
         self._preparing: dict[str, asyncio.Task[None]] = {}
@@ -163,14 +169,46 @@ class TicketService:
         ]
         return sorted(tickets, key=lambda t: t.opened_at, reverse=True)
 
-    def deliveries(self, ticket: str) -> list[Doc]:
-        """Every outbox record of one ticket: waiting, sent or given up."""
+    def deliveries(self, ticket: str | None = None, *, state: str | None = None) -> list[Doc]:
+        """Outbox records (of one ticket, in one state): ``pending``, ``sent`` or ``failed``
+        (given up), oldest first. A pending record that has failed before has ``retrying``
+        true, its last error and the time of its next attempt; ``state="retrying"`` lists
+        only those.
+        """
         found: list[Doc] = []
-        for collection, state in ((OUTBOX, "pending"), (SENT, "sent"), (FAILED, "failed")):
-            for doc in list(self.store.scan(collection).values()):
-                if doc.get("ticket_id") == ticket:
-                    found.append({**doc, "state": state})
-        return found
+        for collection, kept in ((OUTBOX, "pending"), (SENT, "sent"), (FAILED, "failed")):
+            for key, doc in list(self.store.scan(collection).items()):
+                if ticket is not None and doc.get("ticket_id") != ticket:
+                    continue
+                retrying = kept == "pending" and bool(doc.get("attempts"))
+                if state is None or state == kept or (state == "retrying" and retrying):
+                    record = {**doc, "id": doc.get("id", key), "state": kept}
+                    if kept == "pending":
+                        record["retrying"] = retrying
+                    found.append(record)
+        return sorted(found, key=lambda d: str(d.get("created_at") or d.get("sent_at") or ""))
+
+    def delivery_states(self) -> dict[str, tuple[str, str | None]]:
+        """Ticket id -> (state of its current round's messages, the last error), for listings.
+
+        The worst state wins: ``failed`` (given up), ``retrying``, ``pending``, ``sent``.
+        """
+        rank = {"sent": 0, "pending": 1, "retrying": 2, "failed": 3}
+        rounds = {
+            key: int(doc.get("reopen_count") or 0)
+            for key, doc in list(self.store.scan(TICKETS).items())
+        }
+        states: dict[str, tuple[str, str | None]] = {}
+        for record in self.deliveries():
+            key = str(record.get("ticket_id"))
+            if _round(str(record.get("purpose", ""))) != rounds.get(key, 0):
+                continue
+            state = "retrying" if record.get("retrying") else str(record["state"])
+            current = states.get(key)
+            if current is None or rank[state] > rank[current[0]]:
+                error = record.get("last_error")
+                states[key] = (state, str(error) if error and state != "sent" else None)
+        return states
 
     # -- inputs from the controller -----------------------------------------------------
 
@@ -523,6 +561,21 @@ class TicketService:
         if ticket.status is not TicketStatus.OPEN:
             return {}
         ticket.mark_sent(at)
+        return {TICKETS: {ticket.id: ticket.as_document()}}
+
+    def _on_failed(self, entry: Doc, at: datetime) -> Mapping[str, Mapping[str, Doc]]:
+        """A message given up: the ticket says so in its notes, with the reason (for the admin)."""
+        doc = self.store.get(TICKETS, str(entry.get("ticket_id")))
+        if doc is None:
+            return {}
+        ticket = Ticket.from_document(doc)
+        ticket.note(
+            at,
+            "delivery_failed",
+            channel=str(entry.get("channel")),
+            error=str(entry.get("last_error")),
+            ticket=ticket.id,
+        )
         return {TICKETS: {ticket.id: ticket.as_document()}}
 
     async def recheck_held(self, now: datetime | None = None) -> int:

@@ -294,6 +294,9 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     await c.call("get", path, token=viewer)
     await c.call("get", "/api/v1/tickets/NOPE", expect=404)
     await c.call("patch", path, json_body={"contract_number": "X" * 200}, expect=422)
+    await c.call("patch", path, json_body={"serial": "GHOST\r\nBcc: x"}, expect=422)
+    await c.call("get", "/api/v1/tickets/deliveries", query={"state": "failed"})
+    await c.call("get", "/api/v1/tickets/deliveries", query={"state": "lost"}, expect=400)
     await c.call("patch", path, token=viewer, json_body={"serial": "GHOST"}, expect=403)
     await c.call("post", f"{path}/fly", expect=404)
     await c.call("post", f"{path}/returned", expect=409)
@@ -315,6 +318,7 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
         "/api/v1/tickets/{ticket_id}",
         "/api/v1/tickets/{ticket_id}/{action}",
         "/api/v1/tickets/{ticket_id}/bundle",
+        "/api/v1/tickets/deliveries",
     ):
         assert any(t == template for t, _ in exercised), template
     assert ("/api/v1/assets/import", "post", "422") in c.seen
@@ -451,6 +455,7 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
         ("/api/v1/tickets/{ticket_id}", "patch"),
         ("/api/v1/tickets/{ticket_id}/{action}", "post"),
         ("/api/v1/tickets/{ticket_id}/bundle", "get"),
+        ("/api/v1/tickets/deliveries", "get"),
         ("/api/v1/sites", "get"),
         ("/api/v1/sites", "post"),
         ("/api/v1/devices", "get"),

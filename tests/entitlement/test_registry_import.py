@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from datetime import date
 
 import pytest
 
 from polyfleet.controller.domain.assets import (
+    COLUMNS,
     Asset,
     RegistryImportError,
     parse_installed_firmware,
@@ -377,3 +380,26 @@ def test_W5_contract_without_its_number_is_refused(plans: PlanCatalogue) -> None
         parse_registry(text, plans)
     (problem,) = caught.value.problems
     assert (problem.line, problem.column) == (2, "contract_number")
+
+
+@pytest.mark.parametrize(
+    ("cells", "column", "reason"),
+    [
+        ({"room": "Sala Wawel\r\nBcc: x@y"}, "room", "line break"),
+        ({"room": "Sala\u202eWawel"}, "room", "U+202E"),
+        ({**HEZO, "contract_number": "HZ-1\n2", "contract_start": "2025-01-10",
+          "contract_end": "2027-01-09"}, "contract_number", "line break"),
+    ],
+)  # fmt: skip
+def test_room_and_contract_number_with_a_line_break_are_refused(
+    plans: PlanCatalogue, cells: dict[str, str], column: str, reason: str
+) -> None:
+    """Text that reaches tickets and e-mail must be printable: the file is refused, saying why."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([row("GOOD1"), row(**{"serial": "BAD1", **cells})])
+    with pytest.raises(RegistryImportError) as caught:
+        parse_registry(out.getvalue(), plans)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (3, column) and reason in problem.message

@@ -195,3 +195,32 @@ async def test_wrong_smtp_password_is_retried_and_never_shown(
     assert SMTP_PASSWORD not in entry["last_error"]
     assert SMTP_PASSWORD not in caplog.text
     assert smtp_peer.received == []
+
+
+async def test_unbuildable_message_fails_alone_and_the_next_goes_out(
+    store: TinyDBStore, smtp_peer: SmtpPeer, tmp_path: Path
+) -> None:
+    """An e-mail that cannot be built is given up at once with the reason; later ones go."""
+    worker = DeliveryWorker(store, ticket_settings(ticket_sections(smtp_peer, None)))
+    good = message(tmp_path)
+    poisoned = OutgoingMessage(
+        ticket_id="PF-0000000000",
+        purpose="ticket",
+        to="pomoc@myhezo.pl",
+        subject="[PF-0000000000] X3\r\nBcc: someone@example.com",
+        body="-",
+        payload={},
+    )
+    entries = outbox_entries(poisoned, channels=worker.channels, now=NOW - timedelta(minutes=1))
+    await store.put_many(OUTBOX, entries)
+    await enqueue(store, worker, good)
+    assert await worker.run_once(NOW) == 1
+    assert [m.message["X-Polyfleet-Ticket"] for m in smtp_peer.received] == ["PF-0000000001"]
+    (failed,) = TicketOutbox(store).failed()
+    assert failed["ticket_id"] == "PF-0000000000" and failed["attempts"] == 1
+    assert failed["last_error"].startswith("cannot be sent as built: ValueError")
+    assert store.scan(OUTBOX) == {}
+    assert worker.stats.attempts[("email", "failed")] == 1
+    # Nothing is retried: a later pass sends nothing more.
+    assert await worker.run_once(NOW + timedelta(days=1)) == 0
+    assert len(smtp_peer.received) == 1

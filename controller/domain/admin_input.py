@@ -1,0 +1,156 @@
+"""What an admin may type into a field: printable text of bounded length, checked in one place.
+
+Every field an admin sets (a ticket's serial and contract number, site and room names,
+token names, notes...) ends up in e-mail headers, webhook bodies, CSV files and terminal
+output. A line break in a serial once made every later e-mail fail to build, so the API,
+the CLI and the importers all check such text here, and say what is wrong in words::
+
+    from polyfleet.controller.domain.admin_input import AdminInputError, display_name
+    name = display_name(raw, field="name")      # AdminInputError(field, message) if bad
+
+For pydantic request models, the ``*Text`` annotated types apply the same checks.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from typing import Annotated
+
+from pydantic import AfterValidator, WithJsonSchema
+
+#: A serial: what devices report and the asset registry holds (shared.schema.Serial).
+SERIAL_MAX_CHARS = 64
+SERIAL_PATTERN = re.compile(r"[A-Za-z0-9._\-]+")
+#: A service contract number, as the distributor prints it.
+CONTRACT_NUMBER_MAX_CHARS = 128
+#: Names people give things: sites, rooms, tokens.
+NAME_MAX_CHARS = 128
+#: Longer free text (a note, a reason).
+TEXT_MAX_CHARS = 2000
+#: Unicode categories never allowed: control (Cc: CR, LF, TAB, ESC...), format (Cf: zero-width
+#: and bidirectional overrides, which make text read differently than it is), surrogates,
+#: private use, unassigned, and the line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+class AdminInputError(ValueError):
+    """A field's text is not acceptable; ``field`` names it, the message says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+def _describe(char: str) -> str:
+    name = unicodedata.name(char, "")
+    code = f"U+{ord(char):04X}"
+    if char in "\r\n":
+        return f"a line break ({code})"
+    if char == "\t":
+        return f"a tab ({code})"
+    return f"the invisible character {code}" + (f" {name}" if name else "")
+
+
+def printable_text(
+    value: str, *, field: str, max_chars: int = TEXT_MAX_CHARS, allow_empty: bool = False
+) -> str:
+    """``value`` without surrounding spaces; AdminInputError when it holds a character that
+    is not printable (control, format, separator) or is longer than ``max_chars``."""
+    if not isinstance(value, str):
+        raise AdminInputError(field, f"expected text, got {type(value).__name__}")
+    for position, char in enumerate(value, start=1):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise AdminInputError(
+                field, f"contains {_describe(char)} at character {position}; use printable text"
+            )
+    text = value.strip()
+    if not text and not allow_empty:
+        raise AdminInputError(field, "is empty")
+    if len(text) > max_chars:
+        raise AdminInputError(field, f"is {len(text)} characters long; at most {max_chars}")
+    return text
+
+
+def serial(value: str, *, field: str = "serial") -> str:
+    """A device serial: letters, digits, '.', '_' and '-', at most 64 characters."""
+    text = printable_text(value, field=field, max_chars=SERIAL_MAX_CHARS)
+    if not SERIAL_PATTERN.fullmatch(text):
+        raise AdminInputError(
+            field, f"{text!r} is not a serial (letters, digits, '.', '_' and '-' only)"
+        )
+    return text
+
+
+def contract_number(value: str, *, field: str = "contract_number") -> str:
+    """A service contract number: printable, not empty, at most 128 characters."""
+    return printable_text(value, field=field, max_chars=CONTRACT_NUMBER_MAX_CHARS)
+
+
+def display_name(value: str, *, field: str = "name", allow_empty: bool = False) -> str:
+    """A name people read (site, room, token): printable, at most 128 characters."""
+    return printable_text(value, field=field, max_chars=NAME_MAX_CHARS, allow_empty=allow_empty)
+
+
+def shown(value: str) -> str:
+    """``value`` for one line of a terminal or log: unprintable characters as escapes (\\n,
+    \\u202e), so stored text from before these checks cannot break or disguise the output."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in _REFUSED_CATEGORIES
+        else char
+        for char in value
+    )
+
+
+#: The same rules as a JSON schema pattern, for API documents (the checks above decide).
+_PRINTABLE_PATTERN = (
+    r"^[^\u0000-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+$"
+)
+
+
+def _as_pydantic(check: Callable[[str], str], schema: dict[str, object]) -> tuple[object, ...]:
+    def validate(value: str) -> str:
+        try:
+            return check(value)
+        except AdminInputError as exc:
+            # pydantic names the field itself; the reason alone reads well after it.
+            raise ValueError(exc.reason) from None
+
+    return (AfterValidator(validate), WithJsonSchema({"type": "string", **schema}))
+
+
+def _free_text(value: str) -> str:
+    return printable_text(value, field="text")
+
+
+#: Request-model field types applying the checks above (and documenting them).
+SerialText = Annotated[
+    str,
+    *_as_pydantic(
+        serial,
+        {"minLength": 1, "maxLength": SERIAL_MAX_CHARS, "pattern": r"^[A-Za-z0-9._\-]+$"},
+    ),
+]
+ContractNumberText = Annotated[
+    str,
+    *_as_pydantic(
+        contract_number,
+        {"minLength": 1, "maxLength": CONTRACT_NUMBER_MAX_CHARS, "pattern": _PRINTABLE_PATTERN},
+    ),
+]
+NameText = Annotated[
+    str,
+    *_as_pydantic(
+        display_name,
+        {"minLength": 1, "maxLength": NAME_MAX_CHARS, "pattern": _PRINTABLE_PATTERN},
+    ),
+]
+FreeText = Annotated[
+    str,
+    *_as_pydantic(
+        _free_text, {"minLength": 1, "maxLength": TEXT_MAX_CHARS, "pattern": _PRINTABLE_PATTERN}
+    ),
+]
