@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from polyfleet.agent.config import (
     AgentConfig,
     DeviceConfig,
     Secret,
+    check_controller_url,
     load_config,
 )
 from polyfleet.agent.discovery import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, Found, discover
@@ -112,10 +114,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         f"{SYSTEM_DATA_DIR / DEFAULT_CREDENTIAL_FILE})",
     )
     enr.add_argument("--json", action="store_true")
+    _insecure_uplink_flag(enr)
     enr.set_defaults(func=_enroll)
 
     run = commands.add_parser("run", help="run the agent service", description="Run the agent.")
     run.add_argument("--config", default=DEFAULT_CONFIG)
+    _insecure_uplink_flag(run)
     run.set_defaults(func=_run)
 
     held = commands.add_parser(
@@ -141,6 +145,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     accept.add_argument("device", metavar="SERIAL_OR_HOST")
     accept.add_argument("--config", default=DEFAULT_CONFIG)
     accept.set_defaults(func=_pins_accept)
+
+
+def _insecure_uplink_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-insecure-uplink",
+        action="store_true",
+        help="accept a plain http:// controller that is not on this machine (the agent "
+        "token and every report cross the network unencrypted); same as the config's "
+        "controller.allow_insecure_uplink = true. Without it such a URL is refused; "
+        "http:// to this machine (loopback) is accepted with a warning",
+    )
 
 
 def _fail(
@@ -322,6 +337,8 @@ def _enroll(args: argparse.Namespace) -> int:
             target = config.credential_path
         else:
             target = SYSTEM_DATA_DIR / DEFAULT_CREDENTIAL_FILE
+        allow_insecure = args.allow_insecure_uplink or bool(config and config.allow_insecure_uplink)
+        warning = check_controller_url(args.controller, allow_insecure=allow_insecure)
         credential = asyncio.run(
             enroll(
                 args.controller,
@@ -329,6 +346,7 @@ def _enroll(args: argparse.Namespace) -> int:
                 credential_path=target,
                 agent_name=config.agent_name if config else "",
                 ca_file=config.controller_ca_file if config else None,
+                allow_insecure_uplink=allow_insecure,
             )
         )
     except (ConfigError, ProtocolError) as exc:
@@ -361,13 +379,18 @@ def _enroll(args: argparse.Namespace) -> int:
             f"enrolled as agent {credential.agent_id} of site {credential.site_id}; "
             f"credential stored in {target} (mode 0600)"
         )
+    if warning:
+        print(f"polyfleet agent enroll: warning: {warning}", file=sys.stderr)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        if args.allow_insecure_uplink:
+            config = dataclasses.replace(config, allow_insecure_uplink=True)
         check_drivers(config)
+        config.check_uplink()
     except ConfigError as exc:
         return _fail("run", str(exc), EXIT_CONFIG)
     try:

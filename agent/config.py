@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from polyfleet.shared.errors import ConfigError, os_error_words
 from polyfleet.shared.fingerprint import normalise_fingerprint
@@ -157,11 +159,71 @@ class AgentConfig:
     updates_cache_max_bytes: int = DEFAULT_UPDATES_CACHE_MAX_BYTES
     updates_return_timeout_s: float = DEFAULT_UPDATES_RETURN_TIMEOUT_S
     updates_call_recheck_s: float = DEFAULT_UPDATES_CALL_RECHECK_S
+    #: Send to a plain http:// controller that is not on this machine (token and reports
+    #: unencrypted); without it such a URL is refused. ``--allow-insecure-uplink`` sets it.
+    allow_insecure_uplink: bool = False
     source: str = field(default="<built in code>", compare=False)
 
     @property
     def credential_path(self) -> Path:
         return self.credential_file or self.data_dir / DEFAULT_CREDENTIAL_FILE
+
+    def check_uplink(self, url: str | None = None) -> str:
+        """:func:`check_controller_url` for ``url`` (default ``controller.url``) by this config."""
+        target = self.controller_url if url is None else url
+        if not target:
+            return ""
+        where = f"{self.source}: controller.url" if url is None else "controller URL"
+        return check_controller_url(target, allow_insecure=self.allow_insecure_uplink, where=where)
+
+
+#: Names that mean "this machine" without asking DNS.
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``: traffic that never leaves this machine."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class InsecureUplinkRefused(ConfigError):
+    """A plain http:// controller URL off this machine, not allowed by the admin."""
+
+
+def check_controller_url(url: str, *, allow_insecure: bool, where: str = "controller URL") -> str:
+    """Refuse a plain ``http://`` controller off this machine unless the admin allows it.
+
+    Returns a warning to show (plain HTTP that is allowed: loopback, or by the admin's
+    choice), ``""`` for https. Raises ConfigError naming ``where`` and the way out.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return ""
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} is not an http:// or https:// URL")
+    host = parts.hostname
+    if is_loopback_host(host):
+        return (
+            f"the controller URL {url} is plain http://: the agent token and reports are "
+            "unencrypted, acceptable only because the controller is on this machine"
+        )
+    if not allow_insecure:
+        raise InsecureUplinkRefused(
+            f"{where}: {url} is plain http:// to {host}, which is not this machine: the "
+            "agent token and every report would cross the network unencrypted; use "
+            "https:// (with controller.ca_file), or accept the risk with "
+            "--allow-insecure-uplink (config: controller.allow_insecure_uplink = true)"
+        )
+    return (
+        f"the controller URL {url} is plain http:// to {host}, allowed by "
+        "allow_insecure_uplink: the agent token and reports cross the network unencrypted"
+    )
 
 
 class _Table:
@@ -382,6 +444,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
         updates_call_recheck_s=updates.number(
             "call_recheck_s", DEFAULT_UPDATES_CALL_RECHECK_S, minimum=0.01
         ),
+        allow_insecure_uplink=controller.flag("allow_insecure_uplink", False),
         source=source,
     )
     for t in (agent, controller, outbox, updates):

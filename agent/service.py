@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from polyfleet.agent.config import AgentConfig
+from polyfleet.agent.config import AgentConfig, InsecureUplinkRefused, check_controller_url
 from polyfleet.agent.delivery import ReportSender
 from polyfleet.agent.drivers import check_drivers
 from polyfleet.agent.firmware import FirmwareUpdater
@@ -47,15 +47,23 @@ async def enroll(
     credential_path: Path,
     agent_name: str = "",
     ca_file: Path | None = None,
+    allow_insecure_uplink: bool = False,
 ) -> Credential:
-    """Exchange a one-time enrollment code for this agent's credential and store it (mode 0600)."""
+    """Exchange a one-time enrollment code for this agent's credential and store it (mode 0600).
+
+    A plain http:// URL off this machine is refused (ConfigError) before the code is
+    sent, unless ``allow_insecure_uplink`` (or the config's key) says otherwise.
+    """
     if isinstance(config_or_url, AgentConfig):
         url = config_or_url.controller_url
         ca_file = ca_file or config_or_url.controller_ca_file
+        allow_insecure_uplink = allow_insecure_uplink or config_or_url.allow_insecure_uplink
     else:
         url = config_or_url.rstrip("/")
     if not url:
         raise ConfigError("no controller URL (give --controller or controller.url)")
+    # The caller says what a plain-HTTP URL that is allowed means (the CLI, the service).
+    check_controller_url(url, allow_insecure=allow_insecure_uplink)
     # The code works once: make sure the credential can be stored before spending it.
     await asyncio.to_thread(Credential.check_writable, credential_path)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
@@ -77,6 +85,8 @@ class AgentService:
 
     def __init__(self, config: AgentConfig) -> None:
         check_drivers(config)
+        #: What to say about the uplink at start (plain http:// allowed); refusals raise here.
+        self.uplink_warning = config.check_uplink()
         self.config = config
         self.outbox = Outbox(
             config.data_dir / OUTBOX_DIR,
@@ -131,6 +141,8 @@ class AgentService:
         )
         await self.update_server.start()
         self.poller.start()
+        if self.uplink_warning:
+            log.warning("%s", self.uplink_warning)
         self._tasks.append(asyncio.create_task(self._send_loop(), name="outbox sender"))
         self._tasks.append(asyncio.create_task(self._jobs_loop(), name="job puller"))
         log.info(
@@ -174,7 +186,18 @@ class AgentService:
             return self.credential
         path = self.config.credential_path
         if await asyncio.to_thread(path.exists):
-            self.credential = await asyncio.to_thread(Credential.load, path)
+            credential = await asyncio.to_thread(Credential.load, path)
+            if not self.config.controller_url:
+                # The URL enrollment stored is the one used: it gets the same scrutiny.
+                warning = check_controller_url(
+                    credential.controller_url,
+                    allow_insecure=self.config.allow_insecure_uplink,
+                    where=f"{path}: controller_url",
+                )
+                if warning and warning != self.uplink_warning:
+                    self.uplink_warning = warning
+                    log.warning("%s", warning)
+            self.credential = credential
         elif self.config.enrollment_code is not None and self.config.controller_url:
             code = await asyncio.to_thread(self.config.enrollment_code.read)
             self.credential = await enroll(
@@ -219,11 +242,19 @@ class AgentService:
     async def _send_loop(self) -> None:
         attempt = 0
         told_unenrolled = False
+        told_refused = False
         down_since: str | None = None
         cap = self.config.backoff_max_s
         while not self._stopping.is_set():
             try:
                 credential = await self._credential()
+            except InsecureUplinkRefused as exc:
+                # Nothing to retry until the admin changes something: say so once, keep reports.
+                if not told_refused:
+                    told_refused = True
+                    log.error("not sending reports, they stay in the outbox: %s", exc)
+                await self._pause(cap)
+                continue
             except PolyfleetError as exc:
                 attempt += 1
                 log.warning("cannot enroll yet: %s", exc)
