@@ -21,7 +21,7 @@ from polyfleet.agent.config import AgentConfig, DeviceConfig
 from polyfleet.agent.drivers import driver_class
 from polyfleet.agent.drivers.base import DeviceDriver, DriverContext, Pins
 from polyfleet.agent.outbox import Outbox, OutboxFullError
-from polyfleet.agent.pins import PinStore
+from polyfleet.agent.pins import PinRecord, PinStore
 from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
@@ -256,6 +256,10 @@ class Poller:
             self._inflight.add(task)
         try:
             snapshots = await self._poll(state)
+            if snapshots:
+                # Read after the poll: a change this poll found is already pending.
+                record = await asyncio.to_thread(self.pins.get, key)
+                snapshots = self._mark_unreviewed(state, record, snapshots)
         except Exception:  # the boundary: one broken device must not stop the others
             log.exception("%s: unexpected failure while polling", key)
             return []
@@ -331,6 +335,43 @@ class Poller:
         state.last = snapshots
         state.history.append(snapshots[0])
         return snapshots
+
+    def _mark_unreviewed(
+        self, state: DeviceState, record: PinRecord, snapshots: list[Snapshot]
+    ) -> list[Snapshot]:
+        """Every report of a device whose new certificate or host key waits for review says so.
+
+        A changed certificate fails every REST poll, so each report says so anyway; a
+        changed SSH host key is only seen when SSH is used (a cross-check every few
+        polls), while REST keeps answering. Until ``polyfleet agent pins accept`` (or a
+        pin in the config) settles it, the device's own report carries the problem.
+        """
+        if not (record.pending_ssh or record.pending_tls):
+            return snapshots
+        host = snapshots[0]
+        if any(p.code is ProblemCode.CERTIFICATE_CHANGED for p in host.health.problems):
+            return snapshots
+        changed = []
+        if record.pending_tls:
+            changed.append(
+                f"certificate (device {short_fingerprint(record.pending_tls)}, "
+                f"pinned {short_fingerprint(record.tls) if record.tls else 'none'})"
+            )
+        if record.pending_ssh:
+            changed.append(
+                f"SSH host key (device {short_fingerprint(record.pending_ssh)}, "
+                f"pinned {short_fingerprint(record.ssh) if record.ssh else 'none'})"
+            )
+        detail = (
+            f"the device's {' and '.join(changed)} changed; not trusted until an admin "
+            f"checks it and runs: polyfleet agent pins accept {state.serial or state.device.host}"
+        )
+        problems = [
+            *host.health.problems,
+            Problem(code=ProblemCode.CERTIFICATE_CHANGED, detail=detail[:256]),
+        ]
+        marked = host.model_copy(update={"health": Health.from_problems(problems[-64:])})
+        return [marked, *snapshots[1:]]
 
     def _ssh_refused(self, state: DeviceState, exc: DeviceError) -> None:
         """SSH refused the login: stop trying it, since failed logins lead to a lockout."""
