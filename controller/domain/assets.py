@@ -12,7 +12,13 @@ from datetime import date, timedelta
 from typing import Any
 
 from polyfleet.controller.domain.admin_input import AdminInputError, contract_number, display_name
-from polyfleet.controller.domain.plans import ASSET_MODELS, Plan, PlanCatalogue, add_years
+from polyfleet.controller.domain.plans import (
+    ASSET_MODELS,
+    Plan,
+    PlanCatalogue,
+    add_years,
+    last_day_of_years,
+)
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 #: The registry CSV columns, in the order we write them.
@@ -208,20 +214,43 @@ def normalise_model(text: str) -> str | None:
     return None
 
 
-def whole_years(start: date, end: date) -> tuple[int, date] | None:
-    """(N, last covered day) when start..end is a term of N whole years either way (E2)."""
+def whole_years(start: date, end: date) -> int | None:
+    """N when ``start``..``end`` is a term of N whole years read either way (E2), else None.
+
+    ``end`` may be the last covered day (``start`` + N years - 1 day) or, for data entered
+    the other way, ``start`` + N years; from 29 February, 27 February (the day before the
+    28th, as some tools count) is read as a whole year too. The reading only decides whether
+    the length is right: ``end`` as written stays the last covered day.
+    """
     years = end.year - start.year
-    for n in (years, years + 1):
-        if n >= 1 and end == add_years(start, n) - timedelta(days=1):
-            return n, end
-    if years >= 1 and end == add_years(start, years):
-        # E2: data entered as start + N years means the term ends the day before.
-        return years, end - timedelta(days=1)
+    for n in (years - 1, years, years + 1):
+        if n < 1:
+            continue
+        last = last_day_of_years(start, n)
+        if end in (last, last + timedelta(days=1), add_years(start, n) - timedelta(days=1)):
+            return n
     return None
 
 
-def _last_day(start: date, years: int) -> date:
-    return add_years(start, years) - timedelta(days=1)
+def written_exclusive(contract: Contract) -> bool:
+    """True when the contract's end was entered as ``start`` + N whole years (E2).
+
+    A renewal of such a term may start on that very day: the two rows then meet, as their
+    author meant, rather than overlap (E5).
+    """
+    years = contract.end.year - contract.start.year
+    return any(
+        contract.end == last_day_of_years(contract.start, n) + timedelta(days=1)
+        for n in (years - 1, years)
+        if n >= 1
+    )
+
+
+def follows(before: Contract, after: Contract) -> bool:
+    """Whether ``after`` starts where ``before`` ends, so the two chain (E5)."""
+    if after.start == before.end + timedelta(days=1):
+        return True
+    return after.start == before.end and written_exclusive(before)
 
 
 @dataclass
@@ -340,19 +369,25 @@ class _Checker:
             )
             return
         rules: list[str] = []
-        term = whole_years(start, end)
-        last = term[1] if term else end
-        longest = add_years(start, plan.max_term_years) - timedelta(days=1)
-        if last > longest:
+        years = whole_years(start, end)
+        # E2: the end as written is the last covered day; the readings only judge the length.
+        too_long = (
+            years > plan.max_term_years
+            if years is not None
+            else end > last_day_of_years(start, plan.max_term_years)
+        )
+        if too_long:
+            longest = last_day_of_years(start, plan.max_term_years)
             self.problem(
                 line,
                 "contract_end",
                 f"{plan_id} runs at most {plan.max_term_years} year(s): "
                 f"the last day from {start} is {longest}",
             )
-        elif plan.term_years is not None and (term is None or term[0] not in plan.term_years):
+        elif plan.term_years is not None and (years is None or years not in plan.term_years):
             choices = " or ".join(
-                f"{_last_day(start, n)} ({n} year{'s' if n > 1 else ''})" for n in plan.term_years
+                f"{last_day_of_years(start, n)} ({n} year{'s' if n > 1 else ''})"
+                for n in plan.term_years
             )
             if plan.term_breach == "error":
                 self.problem(
@@ -377,7 +412,7 @@ class _Checker:
             plan=plan_id,
             number=number,
             start=start,
-            end=last,
+            end=end,
             ineligible_rules=tuple(sorted(set(rules))),
             line=line,
         )
@@ -409,6 +444,8 @@ class _Checker:
         contracts = sorted((r.contract for r in rows if r.contract), key=lambda c: c.start)
         for before, after in itertools.pairwise(contracts):
             expected = before.end + timedelta(days=1)
+            if follows(before, after):
+                continue
             if after.start < expected:
                 self.problem(
                     after.line,

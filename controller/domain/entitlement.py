@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from polyfleet.controller.domain.assets import Asset, Contract, InstalledFirmware
+from polyfleet.controller.domain.assets import Asset, Contract, InstalledFirmware, follows
 from polyfleet.controller.domain.calendar import WARSAW, to_warsaw, warsaw_date
 from polyfleet.controller.domain.plans import Plan, PlanCatalogue
 from polyfleet.controller.domain.releases import HopKind, Release, ReleaseCatalogue, hop_kind
@@ -102,11 +102,11 @@ def granting(asset: Asset, plans: PlanCatalogue) -> tuple[Contract, ...]:
 
 def chain_end(contracts: Sequence[Contract], first: Contract) -> date:
     """Last day of the renewals that follow ``first`` without a break (E5)."""
-    end = first.end
+    last = first
     for contract in contracts:
-        if contract.start == end + timedelta(days=1):
-            end = contract.end
-    return end
+        if follows(last, contract):
+            last = contract
+    return last.end
 
 
 def coverage(asset: Asset, plans: PlanCatalogue) -> Coverage:

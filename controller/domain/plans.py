@@ -112,8 +112,8 @@ class PlanCatalogue:
         return self.plans["standard"]
 
     def standard_warranty_until(self, purchase: date) -> date:
-        """Last day of the manufacturer warranty (E1, E3)."""
-        return add_years(purchase, self.standard_warranty_years) - timedelta(days=1)
+        """Last day of the manufacturer warranty (E1, E3): a full year, also from 29 February."""
+        return last_day_of_years(purchase, self.standard_warranty_years)
 
     def purchase_patches_until(self, purchase: date) -> date:
         """Last day of patches counted from the hardware purchase (S1, E1, E4)."""
@@ -126,6 +126,19 @@ def add_years(day: date, years: int) -> date:
         return day.replace(year=day.year + years)
     except ValueError:
         return day.replace(year=day.year + years, day=28)
+
+
+def last_day_of_years(start: date, years: int) -> date:
+    """The last covered day of a term of ``years`` whole years from ``start`` (E1).
+
+    The day before the same date ``years`` later; a term from 29 February runs to 28 February
+    of a common year (the term ends where 1 March begins), so it keeps a full year's days.
+    """
+    try:
+        following = start.replace(year=start.year + years)
+    except ValueError:
+        following = date(start.year + years, 3, 1)
+    return following - timedelta(days=1)
 
 
 def _take(table: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:

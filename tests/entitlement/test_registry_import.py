@@ -170,18 +170,58 @@ def test_rows_of_one_serial_must_agree_on_the_device(plans: PlanCatalogue) -> No
 
 
 def test_E2_contract_end_conventions(one_asset: Callable[..., Asset]) -> None:
-    """End given as start+2y-1d or start+2y both mean 2 years; the last covered day is stored."""
+    """End given as start+2y-1d or start+2y both mean 2 years; the end as written is kept."""
     inclusive = one_asset(row(**HEZO, contract_start="2025-01-10", contract_end="2027-01-09"))
     exclusive = one_asset(row(**HEZO, contract_start="2025-01-10", contract_end="2027-01-10"))
-    assert inclusive.contracts[0].end == exclusive.contracts[0].end == date(2027, 1, 9)
+    assert inclusive.contracts[0].end == date(2027, 1, 9)
+    assert exclusive.contracts[0].end == date(2027, 1, 10)
     assert inclusive.ineligible_rules == exclusive.ineligible_rules == ()
 
 
 def test_E2_whole_years_across_29_february() -> None:
-    """A term from 29 February ends on 27 February (or 28 given the other way)."""
-    assert whole_years(date(2024, 2, 29), date(2025, 2, 27)) == (1, date(2025, 2, 27))
-    assert whole_years(date(2024, 2, 29), date(2025, 2, 28)) == (1, date(2025, 2, 27))
+    """A term from 29 February is a whole year to 28 February (or 1 March, or the 27th)."""
+    assert whole_years(date(2024, 2, 29), date(2025, 2, 28)) == 1
+    assert whole_years(date(2024, 2, 29), date(2025, 3, 1)) == 1
+    assert whole_years(date(2024, 2, 29), date(2025, 2, 27)) == 1
+    assert whole_years(date(2024, 2, 29), date(2026, 2, 28)) == 2
+    assert whole_years(date(2025, 3, 1), date(2028, 2, 29)) == 3
     assert whole_years(date(2024, 3, 1), date(2025, 3, 15)) is None
+
+
+def test_term_from_29_february_keeps_its_last_day(one_asset: Callable[..., Asset]) -> None:
+    """HEZO+ 2024-02-29 .. 2026-02-28 is two whole years covering 28 February (E2)."""
+    asset = one_asset(
+        row(
+            **HEZO,
+            purchase_date="2024-02-29",
+            contract_start="2024-02-29",
+            contract_end="2026-02-28",
+        )
+    )
+    assert asset.contracts[0].end == date(2026, 2, 28)
+    assert asset.ineligible_rules == ()
+
+
+def test_partner_chain_from_29_february_is_accepted(one_asset: Callable[..., Asset]) -> None:
+    """Partner POLY+ 2024-02-29 .. 2025-02-28, renewed 2025-03-01 .. 2028-02-29, chains (P5)."""
+    asset = one_asset(
+        row(purchase_date="2024-02-29", **_contract_cells("PP-1", "2024-02-29", "2025-02-28")),
+        row(purchase_date="2024-02-29", **_contract_cells("PP-2", "2025-03-01", "2028-02-29")),
+    )
+    assert [(c.start, c.end) for c in asset.contracts] == [
+        (date(2024, 2, 29), date(2025, 2, 28)),
+        (date(2025, 3, 1), date(2028, 2, 29)),
+    ]
+    assert asset.ineligible_rules == ()
+
+
+def _contract_cells(number: str, start: str, end: str) -> dict[str, str]:
+    return {
+        "plan": "partner_poly_plus",
+        "contract_number": number,
+        "contract_start": start,
+        "contract_end": end,
+    }
 
 
 @pytest.mark.parametrize(
@@ -266,12 +306,12 @@ def test_E5_renewals_chain_into_one_history(one_asset: Callable[..., Asset]) -> 
 
 
 def test_E5_chain_mixes_entry_conventions(one_asset: Callable[..., Asset]) -> None:
-    """A renewal after a term given as start+1y chains, since that term ends the day before."""
+    """A renewal starting on the end of a term given as start+1y chains: the rows meet."""
     asset = one_asset(
         _partner("2025-01-10", "2026-01-10", "PP-1"),
         _partner("2026-01-10", "2027-01-09", "PP-2"),
     )
-    assert [c.end for c in asset.contracts] == [date(2026, 1, 9), date(2027, 1, 9)]
+    assert [c.end for c in asset.contracts] == [date(2026, 1, 10), date(2027, 1, 9)]
 
 
 def test_E5_gap_in_a_chain_is_an_error(plans: PlanCatalogue) -> None:

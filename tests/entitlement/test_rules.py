@@ -711,3 +711,47 @@ def test_H5_whether_an_ineligible_contract_counts_is_one_catalogue_field(
     assert (counted["plan"], counted["warranty_until"]) == ("hezo_plus", "2027-02-28")
     assert (ignored["plan"], ignored["warranty_until"]) == ("standard", "2026-01-09")
     assert counted["ineligible_rules"] == ignored["ineligible_rules"] == ["H5"]
+
+
+# -- terms from 29 February (E1, E2, E3) -------------------------------------------------------
+
+
+def test_hezo_from_29_february_still_covers_its_last_day(
+    one_asset: Callable[..., Asset], plans: PlanCatalogue, releases: ReleaseCatalogue
+) -> None:
+    """HEZO+ 2024-02-29 .. 2026-02-28 covers 28 February 2026, and not 1 March (E2)."""
+    asset = one_asset(
+        row(purchase_date="2024-02-29", **contract("hezo_plus", "2024-02-29", "2026-02-28"))
+    )
+    last = verdict_json(asset, plans, releases, "2026-02-28")
+    assert last["plan"] == "hezo_plus" and last["warranty_until"] == "2026-02-28"
+    assert "out_of_warranty" not in last["flags"] and last["eligible"] is True
+    after = verdict_json(asset, plans, releases, "2026-03-01")
+    assert after["plan"] is None and "out_of_warranty" in after["flags"]
+
+
+def test_standard_warranty_bought_on_29_february_lasts_a_full_year(
+    one_asset: Callable[..., Asset], plans: PlanCatalogue, releases: ReleaseCatalogue
+) -> None:
+    """A device bought on 29 February 2024 is under warranty through 28 February 2025 (E3)."""
+    asset = one_asset(row(purchase_date="2024-02-29"))
+    last = verdict_json(asset, plans, releases, "2025-02-28")
+    assert last["plan"] == "standard" and last["warranty_until"] == "2025-02-28"
+    assert "out_of_warranty" not in last["flags"]
+    assert "out_of_warranty" in verdict_json(asset, plans, releases, "2025-03-01")["flags"]
+
+
+def test_partner_chain_from_29_february_runs_to_its_end(
+    one_asset: Callable[..., Asset], plans: PlanCatalogue, releases: ReleaseCatalogue
+) -> None:
+    """Partner POLY+ 2024-02-29 .. 2025-02-28 renewed to 2028-02-29 is one covered run (P5, E5)."""
+    asset = one_asset(
+        row(purchase_date="2024-02-29", **contract("partner_poly_plus", "2024-02-29",
+            "2025-02-28", "PP-1")),
+        row(purchase_date="2024-02-29", **contract("partner_poly_plus", "2025-03-01",
+            "2028-02-29", "PP-2")),
+    )  # fmt: skip
+    for day in ("2025-02-28", "2025-03-01", "2028-02-29"):
+        verdict = verdict_json(asset, plans, releases, day)
+        assert verdict["plan"] == "partner_poly_plus", day
+        assert verdict["warranty_until"] == "2028-02-29", day
