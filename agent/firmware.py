@@ -39,7 +39,7 @@ from polyfleet.agent.update_server import (
     SiteUpdateServer,
 )
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
-from polyfleet.shared.errors import DeviceError
+from polyfleet.shared.errors import CertificateMismatch, DeviceError
 from polyfleet.shared.schema import Job, JobProgress, JobResult, Snapshot
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -276,6 +276,18 @@ class FirmwareUpdater:
             "update_status": said,
             "server": self.server.url,
         }
+        if after is None and said.get("state") == "CERTIFICATE_CHANGED":
+            evidence["checks"] = [
+                {"check": "certificate", "ok": False, "detail": said.get("reason", "")[:200]}
+            ]
+            return (
+                JobResult(
+                    status="failed",
+                    detail="certificate_changed: the unit answers with another certificate; "
+                    "check it and re-pin it before it is trusted again",
+                ),
+                evidence,
+            )
         if after is None:
             evidence["checks"] = [
                 {"check": "returned", "ok": False, "detail": f"silent {self.return_timeout_s:g}s"}
@@ -316,6 +328,9 @@ class FirmwareUpdater:
                 snapshot = await self._snapshot(key)
                 driver, _pins = await self.poller.driver(key)
                 said = await driver.update_status()
+            except CertificateMismatch as exc:
+                # Back, but not the certificate it was pinned to: nothing it says is trusted.
+                return None, {"state": "CERTIFICATE_CHANGED", "version": "", "reason": exc.reason}
             except DeviceError:
                 await asyncio.sleep(RETURN_POLL_S)  # waits-for: the unit to come back
                 continue

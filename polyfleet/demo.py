@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -26,7 +27,9 @@ from polyfleet.agent.config import load_config as load_agent_config
 from polyfleet.agent.service import AgentService
 from polyfleet.controller.app import serve as serve_controller
 from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.domain.calendar import WARSAW
 from polyfleet.controller.domain.plans import add_years
+from polyfleet.controller.services.entitlement import load_releases
 from polyfleet.controller.services.webhook import verify as verify_signature
 from polyfleet.shared.cli_errors import CommandFailed
 from polyfleet.shared.durable import write_atomically
@@ -47,6 +50,12 @@ DEMO_ASSETS_AS_OF = date(2026, 11, 25)
 #: Short enough that the demo's faults turn into tickets within a few minutes.
 DEMO_POLL_INTERVAL_S = 10
 STATUS_EVERY_S = 15.0
+#: Stand-in firmware packages: deterministic bytes of this size (a real VideoOS package is
+#: a few hundred MB; the vendor's files are not ours to ship).
+DEMO_PACKAGE_BYTES = 8 * 1024 * 1024
+#: ``--rollout``: the window opens now and lasts this long; waves follow this far apart.
+DEMO_ROLLOUT_WINDOW_MIN = 45
+DEMO_ROLLOUT_WAVE_GAP = "3m"
 DESK_SIGNATURE_HEADER = "X-Polyfleet-Signature"
 
 
@@ -74,6 +83,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=DEMO_ASSETS, help="asset registry CSV")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON line per status instead of text"
+    )
+    parser.add_argument(
+        "--rollout",
+        action="store_true",
+        help="also run the planned firmware rollout now, in a window that opens at once "
+        "(otherwise it is only planned, for tomorrow night)",
     )
     parser.set_defaults(func=run)
 
@@ -119,6 +134,7 @@ class Demo:
         self.stop = asyncio.Event()
         self.controller_url = ""
         self.admin_token = ""
+        self.rollout_id: str | None = None
         self.out = sys.stdout
 
     def say(self, text: str) -> None:
@@ -153,6 +169,10 @@ class Demo:
                     stack.push_async_callback(agent.stop)
                 self.say(f"agents: one per site ({', '.join(s.id for s in fleet.sites)})")
                 self.say("service desk (webhook) inbox: " + str(desk.inbox))
+                await self._register_packages(http)
+                await self._wait_reported(http, lab, started)
+                self.rollout_id = await self._plan_rollout(http, fleet)
+                await self._write_demo_json()
                 await self._watch(http, desk, started)
         self.say("demo stopped cleanly")
         return 0
@@ -247,8 +267,102 @@ class Demo:
 
     async def _write_demo_json(self) -> None:
         path = self.data_dir / "demo.json"
-        body = json.dumps({"url": self.controller_url, "admin_token": self.admin_token})
+        body = json.dumps(
+            {
+                "url": self.controller_url,
+                "admin_token": self.admin_token,
+                "rollout_id": self.rollout_id,
+            }
+        )
         await asyncio.to_thread(write_atomically, path, body)
+
+    async def _register_packages(self, http: aiohttp.ClientSession) -> None:
+        """A stand-in package for each catalogued release, so rollouts run end to end."""
+        releases = await asyncio.to_thread(load_releases)
+        for release in releases.releases:
+            body = stand_in_package(release.text)
+            async with http.put(
+                f"{self.controller_url}/api/v1/releases/{release.text}/package",
+                data=body,
+                headers={"Content-Type": "application/octet-stream"},
+            ) as response:
+                if response.status >= 400:
+                    answer = await response.text()
+                    raise PolyfleetError(f"package {release.text} refused: {answer[:300]}")
+        self.say(
+            f"firmware packages: a {DEMO_PACKAGE_BYTES // (1024 * 1024)} MiB stand-in for each "
+            f"of the {len(releases.releases)} catalogued releases"
+        )
+
+    async def _wait_reported(self, http: aiohttp.ClientSession, lab: Lab, started: float) -> None:
+        """Until every lab unit has reported once (a plan needs what they run), or a minute."""
+        wanted = set(lab.devices)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not self.stop.is_set():
+            devices = (await _api(http, "GET", f"{self.controller_url}/api/v1/devices"))["devices"]
+            if wanted <= {d["serial"] for d in devices}:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=1)
+
+    async def _plan_rollout(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> str | None:
+        """Plan a rollout to the newest release and show who is left out and why."""
+        releases = await asyncio.to_thread(load_releases)
+        target = releases.releases[-1].text
+        # The demo's admin keeps out the units whose certificate changes on every reboot:
+        # after an update their agent must be re-pinned by hand, so they are done by hand.
+        excluded = sorted(
+            spec.serial
+            for site in fleet.sites
+            for room in site.rooms
+            for spec in room.devices
+            if spec.regenerate_cert_on_reboot
+        )
+        body: dict[str, Any] = {
+            "target": target,
+            "name": f"demo: every room to {target}",
+            "exclude": excluded,
+            "per_site": 3,
+        }
+        if self.args.rollout:
+            now = datetime.now(WARSAW)
+            end = now + timedelta(minutes=DEMO_ROLLOUT_WINDOW_MIN)
+            body.update(
+                window=f"{now - timedelta(minutes=1):%H:%M}-{end:%H:%M}",
+                start=now.date().isoformat(),
+                wave_gap=DEMO_ROLLOUT_WAVE_GAP,
+            )
+        plan = await _api(http, "POST", f"{self.controller_url}/api/v1/rollouts", body)
+        counts = plan["summary"]["by_status"]
+        self.say(
+            f"rollout {plan['id']} planned to {target}: "
+            + ", ".join(f"{n} {status}" for status, n in counts.items())
+            + f"; window {plan['window']} site time from {plan['start']}"
+        )
+        for wave in plan["waves"]:
+            self.say(f"  wave {wave['name']}: {len(wave['devices'])} device(s)")
+        for device in plan["devices"]:
+            if device["status"] == "planned" and device["channel"] == "agent":
+                continue
+            for reason in device["reasons"]:
+                self.say(
+                    f"  {device['serial']:<20} {device['status']:<8} "
+                    f"{reason['code']}: {reason['text']}"
+                )
+        rollout_id = str(plan["id"])
+        if self.args.rollout:
+            await _api(http, "POST", f"{self.controller_url}/api/v1/rollouts/{rollout_id}/start")
+            self.say(
+                f"rollout {rollout_id} started; watch it with "
+                f"`polyfleet controller rollout status {rollout_id} --watch "
+                f"--data-dir {self.data_dir / 'controller'}`"
+            )
+        else:
+            self.say(
+                f"  start it with `polyfleet controller rollout start {rollout_id} "
+                f"--data-dir {self.data_dir / 'controller'}` (or run the demo with --rollout)"
+            )
+        return rollout_id
 
     async def _setup_sites(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> None:
         for site in fleet.sites:
@@ -354,6 +468,12 @@ class Demo:
         except (aiohttp.ClientError, PolyfleetError) as exc:
             self.say(f"status unavailable: {exc}")
             return
+        rollout: dict[str, Any] | None = None
+        if self.rollout_id is not None:
+            with contextlib.suppress(aiohttp.ClientError, PolyfleetError):
+                rollout = await _api(
+                    http, "GET", f"{self.controller_url}/api/v1/rollouts/{self.rollout_id}/status"
+                )
         health = Counter(str(d["health"]["state"]) for d in devices)
         status = {
             "elapsed_s": round(time.monotonic() - started),
@@ -362,6 +482,12 @@ class Demo:
             "tickets": len(tickets),
             "delivered_to_desk": len(desk.received),
         }
+        if rollout is not None:
+            status["rollout"] = {
+                "id": rollout["id"],
+                "status": rollout["status"],
+                "devices": rollout["progress"]["by_status"],
+            }
         if self.args.json:
             print(json.dumps(status), flush=True)
         else:
@@ -370,6 +496,10 @@ class Demo:
                 f"[{status['elapsed_s']:>4}s] {len(devices)} devices ({parts or 'none yet'}); "
                 f"{len(tickets)} tickets, {len(desk.received)} delivered to the desk"
             )
+            if rollout is not None:
+                counts = ", ".join(f"{n} {s}" for s, n in rollout["progress"]["by_status"].items())
+                halt = f" ({rollout['halt']['reason']})" if rollout.get("halt") else ""
+                self.say(f"       rollout {rollout['id']} {rollout['status']}{halt}: {counts}")
         for ticket in tickets:
             ticket_id = str(ticket.get("id"))
             if ticket_id not in seen_tickets:
@@ -390,6 +520,13 @@ async def _api(
             raise PolyfleetError(f"{method} {url} answered {response.status}: {answer}")
         assert isinstance(answer, dict)
         return answer
+
+
+def stand_in_package(version: str) -> bytes:
+    """Deterministic bytes standing in for a release's package (the same on every run)."""
+    seed = hashlib.sha256(f"polyfleet stand-in package {version}".encode()).digest()
+    block = seed * (65536 // len(seed))
+    return (block * (DEMO_PACKAGE_BYTES // len(block) + 1))[:DEMO_PACKAGE_BYTES]
 
 
 def _toml(text: str) -> str:

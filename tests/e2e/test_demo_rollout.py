@@ -1,0 +1,78 @@
+"""`polyfleet demo --rollout`: the planned rollout over the demo fleet, then run on the lab."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from test_demo import wait_for_file
+
+from polyfleet.controller.domain.rollout import REASON_CODES
+
+#: Long enough for the canaries to install, come back and be verified.
+DEMO_SECONDS = 150
+
+
+@pytest.mark.timeout(DEMO_SECONDS + 150)
+async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Path) -> None:
+    """The demo plans over its fleet (reason codes shown), starts it, and units get updated."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-m", "polyfleet", "demo", "--rollout",
+        "--duration", str(DEMO_SECONDS), "--data-dir", str(tmp_path / "demo"),
+        "--listen", "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    output = asyncio.create_task(process.stdout.read())  # type: ignore[union-attr]
+    try:
+        deadline = time.monotonic() + 120
+        demo: dict[str, Any] = {}
+        while not demo.get("rollout_id"):
+            demo = await wait_for_file(tmp_path / "demo" / "demo.json", process, deadline)
+            if not demo.get("rollout_id"):
+                await asyncio.sleep(0.5)  # waits-for: the demo to plan its rollout
+            if time.monotonic() > deadline:
+                raise AssertionError("the demo planned no rollout")
+        headers = {"Authorization": f"Bearer {demo['admin_token']}"}
+        url = f"{demo['url']}/api/v1/rollouts/{demo['rollout_id']}"
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(url) as response:
+                plan = await response.json()
+            codes = {r["code"] for d in plan["devices"] for r in d["reasons"]}
+            # Those the demo fleet has at any moment; faults may add open_ticket and others.
+            assert {
+                "already_current",
+                "teams_managed",
+                "follows_host",
+                "not_entitled",
+                "excluded_by_admin",
+            } <= codes
+            assert codes <= set(REASON_CODES)
+            done: list[str] = []
+            end = time.monotonic() + DEMO_SECONDS - 10
+            while time.monotonic() < end and not done:
+                async with http.get(url) as response:
+                    rollout = await response.json()
+                done = [
+                    d["serial"]
+                    for d in rollout["devices"]
+                    if d["status"] == "done" and d["channel"] == "agent"
+                ]
+                await asyncio.sleep(2)  # waits-for: a canary to be updated and verified
+            assert done, "no unit was updated during the demo"
+        code = await asyncio.wait_for(process.wait(), timeout=DEMO_SECONDS + 60)
+        text = (await output).decode()
+        assert code == 0, text[-3000:]
+        assert f"rollout {demo['rollout_id']} planned to" in text
+        assert "excluded_by_admin" in text and "follows_host" in text
+        assert f"rollout {demo['rollout_id']} started" in text
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
