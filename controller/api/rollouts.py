@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from polyfleet.controller.api import audit
 from polyfleet.controller.api.auth import principal
 from polyfleet.controller.api.entitlement import CATALOGUES
 from polyfleet.controller.api.errors import ApiError, read_json, validate
@@ -21,8 +22,9 @@ from polyfleet.controller.api.spec import ADMINS, AGENTS, READERS, Param, endpoi
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.faults import FaultEvent
 from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S, PlanError, render_csv
-from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, METRICS, STORE
+from polyfleet.controller.keys import AUDIT, CLOCK, CONFIG, EVENT_BUS, JOBS, METRICS, STORE
 from polyfleet.controller.services.access import Role
+from polyfleet.controller.services.audit import Actor, Origin
 from polyfleet.controller.services.packages import (
     PackageError,
     PackageService,
@@ -131,6 +133,8 @@ async def create_rollout(request: web.Request) -> web.Response:
         )
     except PlanError as exc:
         raise ApiError(422, "invalid_plan", str(exc), exc.field) from None
+    details = {"target": stored["target"], "devices": stored["summary"]["by_status"]}
+    await audit.record(request, "rollout.plan", f"rollout:{stored['id']}", details)
     return web.json_response(stored, status=201)
 
 
@@ -186,6 +190,8 @@ async def act(request: web.Request) -> web.Response:
         raise _not_found(exc) from None
     except RolloutConflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    details = {"status": result["status"], "target": result["target"]}
+    await audit.record(request, f"rollout.{action}", f"rollout:{result['id']}", details)
     return web.json_response(result)
 
 
@@ -210,6 +216,7 @@ async def release_penalty(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
     if not await request.app[ROLLOUTS].release_from_penalty_box(serial):
         raise ApiError(404, "not_found", f"{serial} is not in the penalty box")
+    await audit.record(request, "rollout.penalty_release", f"device:{serial}")
     return web.json_response({"released": serial})
 
 
@@ -249,6 +256,8 @@ async def put_package(request: web.Request) -> web.Response:
         )
     except PackageError as exc:
         raise ApiError(422, "invalid_package", str(exc), exc.field) from None
+    details = {"sha256": doc["sha256"], "size": doc["size"]}
+    await audit.record(request, "release.package", f"release:{doc['version']}", details)
     return web.json_response(package_json(doc), status=201)
 
 
@@ -326,6 +335,19 @@ async def _runner(app: web.Application) -> AsyncIterator[None]:
         await desk.get().handle([event])
 
     service.file_ticket = file_ticket
+    log_book = app[AUDIT]
+
+    async def record_halt(rollout_id: str, reason: str) -> None:
+        # The circuit breaker acts on no one's request: the controller is the actor.
+        await log_book.record(
+            Actor(name="circuit breaker", role="system"),
+            Origin(via="controller"),
+            "rollout.halt",
+            f"rollout:{rollout_id}",
+            {"reason": reason},
+        )
+
+    service.on_halt = record_halt
     interval = float(app[CONFIG].section("rollouts").get("tick_s", ROLLOUT_TICK_S))
 
     async def loop() -> None:

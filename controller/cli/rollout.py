@@ -25,6 +25,7 @@ from polyfleet.controller.domain.plans import CatalogueError
 from polyfleet.controller.domain.rollout import PlanError, render_csv
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services import entitlement as entitlement_service
+from polyfleet.controller.services.audit import AuditLog, local_command
 from polyfleet.controller.services.packages import (
     PackageError,
     PackageService,
@@ -70,6 +71,12 @@ class DirectBackend:
         self._catalogues = entitlement_service.Catalogues(
             *entitlement_service.catalogue_paths(config.section("entitlement"))
         )
+        self._audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
+        self._audit.load()
+        self._actor, self._origin = local_command()
+
+    async def _record(self, action: str, target: str, details: dict[str, Any]) -> None:
+        await self._audit.record(self._actor, self._origin, action, target, details)
 
     async def plan(self, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
         await self._catalogues.load()
@@ -81,11 +88,17 @@ class DirectBackend:
                     request, plans=self._catalogues.plans, releases=releases
                 )
                 return {"id": None, "status": "preview", **preview}
-            return await self._rollouts.plan(
-                request, plans=self._catalogues.plans, releases=releases, created_by="local admin"
+            stored = await self._rollouts.plan(
+                request,
+                plans=self._catalogues.plans,
+                releases=releases,
+                created_by=self._actor.name,
             )
         except PlanError as exc:
             raise CommandFailed(str(exc), code="invalid_plan", field=exc.field) from None
+        details = {"target": stored["target"], "devices": stored["summary"]["by_status"]}
+        await self._record("rollout.plan", f"rollout:{stored['id']}", details)
+        return stored
 
     async def rollouts(self, status: str | None) -> list[dict[str, Any]]:
         return self._rollouts.rollouts(status=status)
@@ -104,11 +117,14 @@ class DirectBackend:
 
     async def act(self, rollout_id: str, action: str) -> dict[str, Any]:
         try:
-            return await self._rollouts.act(rollout_id, action, by="local admin")
+            result = await self._rollouts.act(rollout_id, action, by=self._actor.name)
         except UnknownRollout as exc:
             raise CommandFailed(str(exc), code="not_found") from None
         except RolloutConflict as exc:
             raise CommandFailed(str(exc), code="conflict") from None
+        details = {"status": result["status"], "target": result["target"]}
+        await self._record(f"rollout.{action}", f"rollout:{rollout_id}", details)
+        return result
 
     async def add_package(self, version: str, path: Path, sha256: str | None) -> dict[str, Any]:
         await self._catalogues.load()
@@ -118,10 +134,12 @@ class DirectBackend:
                 version,
                 file_chunks(path),
                 sha256=sha256,
-                added_by="local admin",
+                added_by=self._actor.name,
             )
         except PackageError as exc:
             raise CommandFailed(str(exc), code="invalid_package", field=exc.field) from None
+        details = {"sha256": doc["sha256"], "size": doc["size"]}
+        await self._record("release.package", f"release:{doc['version']}", details)
         return package_json(doc)
 
     async def packages(self) -> list[dict[str, Any]]:

@@ -180,6 +180,8 @@ class RolloutService:
         self._jobs = jobs
         self._packages = packages
         self.file_ticket = file_ticket
+        #: Told of every halt (the audit log records it), after it is stored.
+        self.on_halt: Callable[[str, str], Awaitable[None]] | None = None
         self._parsed: dict[str, tuple[Doc, Asset]] = {}
 
     # -- planning --------------------------------------------------------------------------
@@ -493,6 +495,8 @@ class RolloutService:
                         detail=verdict["reason"], halt=verdict,
                     )  # fmt: skip
                     log.warning("rollout %s halted: %s", rollout_id, verdict["reason"])
+                    if self.on_halt is not None:
+                        await self.on_halt(rollout_id, str(verdict["reason"]))
                     return
             await self._track_teams(rollout_id, entries, now)
             entries = self.entries(rollout_id)

@@ -163,7 +163,7 @@ async def test_dry_run_stores_nothing_and_a_bad_plan_names_its_field(
 
 
 async def test_controls_follow_the_status_and_are_events(controller: RunningController) -> None:
-    """start (only with packages), pause, resume, abort; a wrong one is 409; each is an event."""
+    """start (only with packages), pause, resume, abort; 409 when wrong; each an event, audited."""
     await fleet(controller)
     _, plan = await call(controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2"})
     rid = plan["id"]
@@ -180,6 +180,16 @@ async def test_controls_follow_the_status_and_are_events(controller: RunningCont
     _, events = await call(controller, "GET", "/api/v1/events?kind=rollout_changed")
     actions = [e["data"]["action"] for e in events["events"]]
     assert sorted(actions) == ["abort", "pause", "resume", "start"]
+    _, logged = await call(controller, "GET", "/api/v1/audit?action=rollout")
+    audited = sorted(e["action"] for e in logged["entries"])
+    assert audited == [
+        "rollout.abort",
+        "rollout.pause",
+        "rollout.plan",
+        "rollout.resume",
+        "rollout.start",
+    ]
+    assert {e["actor"]["name"] for e in logged["entries"]} == {"test admin"}
 
 
 async def test_viewers_read_but_cannot_plan(controller: RunningController) -> None:

@@ -145,7 +145,7 @@ async def test_plan_show_csv_and_controls_through_a_running_server(tmp_path: Pat
 
 
 async def test_plan_on_the_store_alone_and_a_bad_flag(tmp_path: Path) -> None:
-    """Without a server the plan is stored directly; a bad --waves exits 1 naming the flag."""
+    """Without a server the plan is stored (and audited); a bad --waves exits 1 naming the flag."""
     data = tmp_path / "data"
     await seed(data)
     _, out, _ = await run_cli(
@@ -161,6 +161,9 @@ async def test_plan_on_the_store_alone_and_a_bad_flag(tmp_path: Path) -> None:
     assert "waves:" in err
     _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
     assert len(json.loads(listed)["rollouts"]) == 1
+    _, logged, _ = await run_cli("audit", "--action", "rollout", "--json", "--data-dir", str(data))
+    (entry,) = json.loads(logged)["entries"]
+    assert entry["action"] == "rollout.plan" and entry["origin"]["via"] == "local_store"
 
 
 async def test_package_add_checks_the_given_checksum(tmp_path: Path) -> None:

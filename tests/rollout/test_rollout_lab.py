@@ -81,6 +81,10 @@ async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
         assert world.devices["CAN02"].downloads == []
         _, events = await world.call("GET", "/api/v1/events?kind=rollout_changed")
         assert "halt" in [e["data"]["action"] for e in events["events"]]
+        _, logged = await world.call("GET", "/api/v1/audit?action=rollout.halt")
+        (entry,) = logged["entries"]
+        assert entry["target"] == f"rollout:{plan['id']}"
+        assert entry["actor"]["name"] == "circuit breaker"
 
 
 async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) -> None:
