@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -111,12 +110,8 @@ async def list_rollouts(request: web.Request) -> web.Response:
     tags=("rollouts",),
 )
 async def create_rollout(request: web.Request) -> web.Response:
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "body must be a JSON object")
+    # The shared reader refuses bodies that are not JSON or nest too deep, by name.
+    body = await read_json(request)
     catalogues = request.app[CATALOGUES]
     releases = await catalogues.releases()
     service = request.app[ROLLOUTS]

@@ -954,11 +954,22 @@ ABORT_CRITERIA: dict[str, dict[str, Any]] = {
 
 
 def breaker(
-    wave: int, entries: Sequence[Mapping[str, Any]], max_failures: int
+    wave: int,
+    entries: Sequence[Mapping[str, Any]],
+    max_failures: int,
+    acknowledged: frozenset[str] = frozenset(),
 ) -> dict[str, Any] | None:
-    """Why the rollout must halt for what ``wave``'s entries show, or None (circuit breaker)."""
+    """Why the rollout must halt for what ``wave``'s entries show, or None (circuit breaker).
+
+    ``acknowledged``: devices whose failures an admin has seen and resumed past; they no
+    longer count (their own retries and the penalty box still apply).
+    """
     members = [e for e in entries if e.get("wave") == wave and e.get("channel") == "agent"]
-    failed = [e for e in members if e["status"] == "failed" or e.get("failures")]
+    failed = [
+        e
+        for e in members
+        if (e["status"] == "failed" or e.get("failures")) and e["serial"] not in acknowledged
+    ]
     executed = [e for e in members if e["status"] in ("done", "failed") or e.get("failures")]
     if not failed:
         return None

@@ -405,6 +405,14 @@ class RolloutService:
                 for e in self.entries(rollout_id)
                 if e["status"] in ("planned", "waiting_window") and not e.get("job_id")
             }
+        if action == "resume" and status == "halted":
+            # Resuming past a halt acknowledges the failures that caused it: they no longer
+            # trip the breaker (the devices keep their retries and the penalty box).
+            seen = {d["serial"] for d in (header.get("halt") or {}).get("devices", [])}
+            header = {
+                **header,
+                "acknowledged": sorted(set(header.get("acknowledged") or ()) | seen),
+            }
         await self._change(header, allowed[status], action, by=by, extra=extra)
         return self._summary(self.header(rollout_id))
 
@@ -486,8 +494,9 @@ class RolloutService:
         header = self.header(rollout_id)
         entries = self.entries(rollout_id)
         if header["status"] == "running":
+            acknowledged = frozenset(header.get("acknowledged") or ())
             for wave in range(len(header["waves"])):
-                verdict = breaker(wave, entries, int(header["max_failures"]))
+                verdict = breaker(wave, entries, int(header["max_failures"]), acknowledged)
                 if verdict is not None:
                     verdict["at"] = now.isoformat()
                     await self._change(

@@ -21,6 +21,7 @@ from polyfleet.controller.domain.rollout import (
     PlanRequest,
     RolloutPlan,
     Window,
+    breaker,
     parse_gap,
     parse_waves,
     path_to,
@@ -420,3 +421,31 @@ def test_no_path_when_the_catalogue_has_no_step(plans: PlanCatalogue) -> None:
     (reason,) = entries(plan)["K1"]["reasons"]  # type: ignore[misc]
     assert reason["code"] == "no_path"
     assert reason["text"] == "no catalogue steps lead from 3.14.1.374010 to 4.2.2-408037"
+
+
+def _entry(serial: str, wave: int, status: str, failures: int = 0) -> dict[str, object]:
+    failed = [{"check": "version", "detail": "still on 4.1.0"}] * failures
+    return {
+        "serial": serial,
+        "wave": wave,
+        "channel": "agent",
+        "status": status,
+        "failures": failed,
+    }
+
+
+def test_breaker_halts_on_any_canary_failure_and_on_a_wave_over_its_share() -> None:
+    """Canary: one failure halts; later waves: only past --max-failures; acknowledged ones skip."""
+    canary = [_entry("C1", 0, "waiting_window", failures=1), _entry("C2", 0, "done")]
+    verdict = breaker(0, canary, 10)
+    assert verdict is not None and verdict["devices"][0] == {
+        "serial": "C1",
+        "check": "version",
+        "detail": "still on 4.1.0",
+    }
+    assert breaker(0, canary, 10, frozenset({"C1"})) is None
+    wave = [_entry(f"W{n}", 1, "done") for n in range(9)] + [_entry("W9", 1, "failed", 2)]
+    assert breaker(1, wave, 10) is None  # 10% is not past 10%
+    wave[0] = _entry("W0", 1, "failed", 2)
+    halted = breaker(1, wave, 10)
+    assert halted is not None and halted["reason"].startswith("wave 1: 2 of 10 devices failed")

@@ -60,7 +60,7 @@ async def test_a_rollout_runs_to_completion_with_one_download_per_site(tmp_path:
 
 
 async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
-    """The canary says its install failed: the rollout halts naming it and the check."""
+    """A failed canary halts the rollout (naming it and the check); resume goes on past it."""
     sites = {
         "krakow": [
             with_update(poly("CAN01"), "fail"),  # type: ignore[arg-type]
@@ -85,6 +85,16 @@ async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
         (entry,) = logged["entries"]
         assert entry["target"] == f"rollout:{plan['id']}"
         assert entry["actor"]["name"] == "circuit breaker"
+        # The admin has looked and resumes: the canary's failure no longer halts the rollout;
+        # it fails once more and goes to the penalty box, the others are updated.
+        await world.act(plan["id"], "resume")
+        done = await world.wait_status(plan["id"], "done", "halted", timeout=120)
+        assert done["status"] == "done", done.get("halt")
+        by = {d["serial"]: d for d in done["devices"]}
+        assert by["CAN01"]["status"] == "failed" and len(by["CAN01"]["failures"]) == 2
+        assert by["CAN02"]["status"] == by["CAN03"]["status"] == "done"
+        _, box = await world.call("GET", "/api/v1/rollouts/penalty-box")
+        assert [d["serial"] for d in box["devices"]] == ["CAN01"]
 
 
 async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) -> None:
