@@ -7,18 +7,23 @@ import csv
 import hashlib
 import io
 import json
+import os
+import pty
 import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import pytest
 from test_rollout_api import REGISTRY, call, report
 
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import Firmware, Health, HealthState, Model, Provider, Snapshot, Via
 
 REPO = Path(__file__).resolve().parents[2]
+#: Longer than the default: each test starts a dozen CLI processes and a server.
+pytestmark = pytest.mark.timeout(300)
 
 
 async def run_cli(*args: str, ok: bool = True) -> tuple[int, str, str]:
@@ -198,6 +203,62 @@ async def test_package_add_checks_the_given_checksum(tmp_path: Path) -> None:
             h.get("http://controller/api/v1/releases/4.1.3/package") as response,
         ):
             assert await response.read() == b"other"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 30)
+
+
+async def test_status_watch_updates_in_place_on_a_terminal_and_streams_json(
+    tmp_path: Path,
+) -> None:
+    """--watch redraws its lines in place on a terminal until the rollout ends; --json streams."""
+    data = tmp_path / "data"
+    await seed(data)
+    server = await start_server(data)
+    try:
+        _, out, _ = await run_cli(
+            "rollout", "plan", "--target", "4.2.2", "--json", "--data-dir", str(data)
+        )
+        rollout_id = json.loads(out)["id"]
+        leader, follower = pty.openpty()
+        watch = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-m", "polyfleet", "controller", "rollout", "status",
+            rollout_id, "--watch", "--interval", "0.2", "--data-dir", str(data),
+            stdout=follower, stderr=follower, cwd=REPO,
+        )  # fmt: skip
+        os.close(follower)
+        screen = b""
+
+        async def read_some() -> bytes:
+            try:
+                return await asyncio.to_thread(os.read, leader, 65536)
+            except OSError:
+                return b""
+
+        while screen.count(b"rollout " + rollout_id.encode()) < 2:
+            chunk = await asyncio.wait_for(read_some(), 60)
+            assert chunk, screen
+            screen += chunk
+        json_watch = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-m", "polyfleet", "controller", "rollout", "status",
+            rollout_id, "--watch", "--json", "--interval", "0.2", "--data-dir", str(data),
+            stdout=asyncio.subprocess.PIPE, cwd=REPO,
+        )  # fmt: skip
+        assert json_watch.stdout is not None
+        first = json.loads(await asyncio.wait_for(json_watch.stdout.readline(), 60))
+        assert first["status"] == "planned"
+        await run_cli("rollout", "abort", rollout_id, "--data-dir", str(data))
+        assert await asyncio.wait_for(watch.wait(), 60) == 0
+        while chunk := await read_some():
+            screen += chunk
+        os.close(leader)
+        text = screen.decode()
+        # Each new frame moves back to the first line of the previous one and clears down.
+        assert "\x1b[" in text and "F\x1b[J" in text
+        assert f"rollout {rollout_id}" in text and ": aborted" in text
+        lines = (await asyncio.wait_for(json_watch.stdout.read(), 60)).decode().splitlines()
+        assert json.loads(lines[-1])["status"] == "aborted"
+        assert await asyncio.wait_for(json_watch.wait(), 60) == 0
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)

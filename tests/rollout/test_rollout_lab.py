@@ -164,3 +164,26 @@ async def test_a_unit_in_a_call_is_postponed_then_updated(tmp_path: Path) -> Non
         done = await world.wait_status(plan["id"], "done", timeout=90)
         assert done["devices"][0]["status"] == "done"
         assert device.firmware_version == "4.2.2"
+
+
+async def test_a_teams_unit_is_never_ordered_and_done_once_a_report_shows_the_target(
+    tmp_path: Path,
+) -> None:
+    """Teams mode: no job is ordered; the Teams admin center's update, once reported, is done."""
+    sites = {"krakow": [make_device("TMS01", firmware="4.1.0_00.180034", provider="teams")]}
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        (entry,) = plan["devices"]
+        assert entry["channel"] == "teams_admin_center" and entry["status"] == "planned"
+        await world.act(plan["id"], "start")
+        device = world.devices["TMS01"]
+        # What the Teams admin center does, played by the lab's control API.
+        await device.deliver_update("4.2.2-408037")
+        done = await world.wait_status(plan["id"], "done", timeout=90)
+        (entry,) = done["devices"]
+        assert entry["status"] == "done"
+        assert entry["evidence"][-1]["kind"] == "teams_report"
+        assert entry["evidence"][-1]["after"]["firmware"] == {"version": "4.2.2", "build": "408037"}
+        _, jobs = await world.call("GET", "/api/v1/devices/TMS01/jobs")
+        assert [j for j in jobs["jobs"] if j["kind"] == "firmware_update"] == []
+        assert device.downloads == []

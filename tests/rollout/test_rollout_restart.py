@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from rollout_kit import (
     PACKAGE_VERSIONS,
     WARSAW,
@@ -27,6 +28,8 @@ from polyfleet.agent.service import AgentService
 from polyfleet.simulator.testing import TEST_PASSWORD, make_device, start_lab, with_update
 
 REPO = Path(__file__).resolve().parents[2]
+#: Longer than the default: a server started twice, an agent and a lab rollout.
+pytestmark = pytest.mark.timeout(300)
 
 
 def free_port() -> int:
