@@ -208,13 +208,36 @@ async def fill_ticket(request: web.Request) -> web.Response:
     key = request.match_info["ticket_id"]
     _ticket(service, key)
     body = await read_model(request, TicketFill)
-    try:
-        ticket = await service.fill(key, serial=body.serial, contract_number=body.contract_number)
-    except TicketError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+    ticket = await fill_in(service, key, serial=body.serial, contract_number=body.contract_number)
     filled = body.model_dump(exclude_none=True)
     await audit.record(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
     return web.json_response(_detail(service, ticket))
+
+
+async def fill_in(
+    service: TicketService, key: str, *, serial: str | None, contract_number: str | None
+) -> Ticket:
+    """Complete a held ticket (W5), as ``PATCH /api/v1/tickets/{id}`` and the dashboard do:
+    404 for an unknown ticket, 409 when its state refuses it."""
+    _ticket(service, key)
+    try:
+        return await service.fill(key, serial=serial, contract_number=contract_number)
+    except TicketError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+
+
+async def act_on(service: TicketService, key: str, verb: str) -> Ticket:
+    """One lifecycle step or a send, as ``POST /api/v1/tickets/{id}/{action}`` and the
+    dashboard's buttons do: 404 for an unknown ticket or action, 409 when refused."""
+    if verb not in VERBS:
+        raise ApiError(
+            404, "not_found", f"no ticket action {verb!r}; use one of {', '.join(VERBS)}"
+        )
+    _ticket(service, key)
+    try:
+        return await (service.resend(key) if verb == "send" else service.act(key, verb))
+    except TicketError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
 
 
 @endpoint(
@@ -229,30 +252,14 @@ async def ticket_action(request: web.Request) -> web.Response:
     service = _service(request)
     key = request.match_info["ticket_id"]
     verb = request.match_info["action"]
-    if verb not in VERBS:
-        raise ApiError(
-            404, "not_found", f"no ticket action {verb!r}; use one of {', '.join(VERBS)}"
-        )
-    _ticket(service, key)
-    try:
-        ticket = await (service.resend(key) if verb == "send" else service.act(key, verb))
-    except TicketError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+    ticket = await act_on(service, key, verb)
     details = {"status": ticket.status.value}
     await audit.record(request, f"ticket.{verb}", f"ticket:{ticket.id}", details, site=ticket.site)
     return web.json_response(_detail(service, ticket))
 
 
-@endpoint(
-    summary="The ticket's diagnostics bundle (W4)",
-    roles=READERS,
-    response_media="application/octet-stream",
-    errors=(404,),
-    tags=("tickets",),
-)
-async def ticket_bundle(request: web.Request) -> web.StreamResponse:
-    service = _service(request)
-    ticket = _ticket(service, request.match_info["ticket_id"])
+def bundle_response(service: TicketService, ticket: Ticket) -> web.FileResponse:
+    """The ticket's diagnostics bundle as a download (API and dashboard); 404 without one."""
     if ticket.bundle is None:
         reason = ticket.bundle_error or "not collected yet"
         raise ApiError(404, "not_found", f"ticket {ticket.id} has no diagnostics bundle: {reason}")
@@ -264,6 +271,18 @@ async def ticket_bundle(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": f'attachment; filename="{ticket.bundle.filename}"',
         },
     )
+
+
+@endpoint(
+    summary="The ticket's diagnostics bundle (W4)",
+    roles=READERS,
+    response_media="application/octet-stream",
+    errors=(404,),
+    tags=("tickets",),
+)
+async def ticket_bundle(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    return bundle_response(service, _ticket(service, request.match_info["ticket_id"]))
 
 
 def register(app: web.Application) -> None:

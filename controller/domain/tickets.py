@@ -229,27 +229,37 @@ class Ticket(BaseModel):
             self.status = TicketStatus.SENT
             self.sent_at = at
 
-    def transition(self, action: str, at: datetime) -> None:
-        """Apply an admin action, one of ``ACTIONS``; forward only, never back."""
+    def refusal(self, action: str) -> str | None:
+        """Why ``action`` (one of ``ACTIONS``) is not allowed now, or None when it is."""
         target = ACTIONS.get(action)
         if target is None:
-            raise TicketError(f"action {action!r} is unknown; use one of {', '.join(ACTIONS)}")
+            return f"action {action!r} is unknown; use one of {', '.join(ACTIONS)}"
         if self.status is TicketStatus.CLOSED:
-            raise TicketError(
-                f"ticket {self.id} is closed; it reopens by itself if the fault comes back"
-            )
+            return f"ticket {self.id} is closed; it reopens by itself if the fault comes back"
         # Closing is always allowed (a false alarm is closed before it is sent).
         if target is not TicketStatus.CLOSED:
             if self.status not in DELIVERED:
-                raise TicketError(
+                return (
                     f"ticket {self.id} is {self.status.value}: it must be sent before it can be "
                     f"{target.value}"
                     + (f" (missing: {', '.join(self.missing)})" if self.missing else "")
                 )
             if _ORDER.index(target) <= _ORDER.index(self.status):
-                raise TicketError(
+                return (
                     f"ticket {self.id} is already {self.status.value}; {action} would move it back"
                 )
+        return None
+
+    def allowed_actions(self) -> list[str]:
+        """The admin actions ``transition`` accepts now, in lifecycle order."""
+        return [action for action in ACTIONS if self.refusal(action) is None]
+
+    def transition(self, action: str, at: datetime) -> None:
+        """Apply an admin action, one of ``ACTIONS``; forward only, never back."""
+        refused = self.refusal(action)
+        if refused is not None:
+            raise TicketError(refused)
+        target = ACTIONS[action]
         self.status = target
         stamp = {
             TicketStatus.ACKNOWLEDGED: "acknowledged_at",

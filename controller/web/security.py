@@ -42,7 +42,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Same-origin: addresses never leak to other sites, and forms still carry a real Origin
+    # (with no-referrer, browsers send "Origin: null" on a form post).
+    "Referrer-Policy": "same-origin",
 }
 
 _PAGE = "__polyfleet_page__"

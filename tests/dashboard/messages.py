@@ -28,6 +28,7 @@ VALUES = (
     "sent",
     "done",
     "failed",
+    "pending",
 )
 
 

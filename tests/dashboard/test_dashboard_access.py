@@ -308,7 +308,7 @@ async def test_pages_carry_security_headers_and_unknown_ones_answer_html(
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         assert response.headers["X-Frame-Options"] == "DENY"
-        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Referrer-Policy"] == "same-origin"
         assert response.headers["Cache-Control"] == "no-store"
     async with http.get(
         controller.url + "/no/such/page", headers={"Accept": "text/html"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -142,6 +144,61 @@ async def test_csv_export_holds_the_filtered_rows_in_their_order(world: World) -
     assert len(rows) > 1  # every page of the view, not only the first
     g7500 = next(row for row in rows if row["serial"] == G7500)
     assert g7500["room"] == "Wawel" and "contract_expiring_180" in g7500["entitlement_flags"]
+
+
+async def _x50_ticket(world: World) -> dict[str, Any]:
+    tickets = (await world.api("/api/v1/tickets"))["tickets"]
+    found: dict[str, Any] = next(t for t in tickets if t["serial"] == X50_FAULT)
+    return found
+
+
+async def test_an_admin_acts_on_a_ticket_and_sees_its_sla_clock_change(world: World) -> None:
+    """Acknowledging stops the reaction clock; accepting starts the delivery clock, due when
+    the API says."""
+    ticket = await _x50_ticket(world)
+    assert ticket["status"] == "sent"
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(world.url + "/tickets")
+    await screenshot(page, "tickets")
+    await page.click(f"tr[data-ticket='{ticket['id']}'] a:has-text('{ticket['id']}')")
+    await page.wait_for_load_state()
+    assert "reaction" in await page.locator("#running-clock").inner_text()
+    await screenshot(page, "ticket-sent")
+    await page.click("button[data-action='ack']")
+    await page.wait_for_load_state()
+    assert await page.locator("#ticket-status").inner_text() == "acknowledged"
+    assert await page.locator("#running-clock").count() == 0
+    await page.click("button[data-action='accept']")
+    await page.wait_for_load_state()
+    assert await page.locator("#ticket-status").inner_text() == "accepted"
+    assert "delivery" in await page.locator("#running-clock").inner_text()
+    ticket = await _x50_ticket(world)
+    assert ticket["status"] == "accepted"
+    shown = await page.locator("tr[data-clock='delivery'] time").first.get_attribute("datetime")
+    assert shown is not None and ticket["sla"]["delivery_due"] is not None
+    assert datetime.fromisoformat(shown) == datetime.fromisoformat(ticket["sla"]["delivery_due"])
+    await screenshot(page, "ticket-accepted")
+    await page.context.close()
+
+
+async def test_a_viewer_sees_no_action_and_a_forged_one_is_refused(world: World) -> None:
+    """A viewer's ticket page has no buttons; a POST forged with its own CSRF token gets 403."""
+    ticket = await _x50_ticket(world)
+    page = await world.new_page(token=world.viewer_token)
+    await page.goto(f"{world.url}/tickets/{ticket['id']}")
+    assert await page.locator("#ticket-actions").count() == 0
+    assert await page.locator("#ticket-fill").count() == 0
+    csrf = await page.locator("form[action='/signout'] input[name=csrf]").input_value()
+    answer = await page.request.post(
+        f"{world.url}/tickets/{ticket['id']}/action",
+        form={"csrf": csrf, "action": "close", "confirmed": "1"},
+        max_redirects=0,
+    )
+    assert answer.status == 403
+    assert "Viewers can look but not change anything." in await answer.text()
+    assert (await _x50_ticket(world))["status"] == ticket["status"]
+    await screenshot(page, "ticket-viewer")
+    await page.context.close()
 
 
 async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
