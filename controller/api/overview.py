@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from polyfleet.controller.api.entitlement import CATALOGUES, VERDICTS
+from polyfleet.controller.api.rollouts import ROLLOUTS
 from polyfleet.controller.api.spec import READERS, endpoint
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.calendar import to_warsaw
@@ -20,6 +21,8 @@ from polyfleet.controller.services.overview import OverviewInputs, build_overvie
 from polyfleet.controller.store.base import DEVICES, EVENTS, SITES
 
 State = Literal["fault", "degraded", "unreachable", "ok"]
+#: Rollouts the overview shows: those that move, or may move again.
+ROLLOUTS_UNDER_WAY = ("running", "paused", "halted")
 
 
 class _Out(BaseModel):
@@ -156,6 +159,17 @@ class ChangesOut(_Out):
     recent: list[EventOut]
 
 
+class RolloutUnderWay(BaseModel):
+    """A running, paused or halted rollout: ``GET /api/v1/rollouts/{id}/status``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str
+    status: str
+    target: str
+
+
 class Overview(_Out):
     """The fleet at a glance; ``tickets`` is null while the ticket service is starting."""
 
@@ -167,6 +181,7 @@ class Overview(_Out):
     firmware: FirmwareOut
     expiring: ExpiringOut
     changes: ChangesOut
+    rollouts: list[RolloutUnderWay]
 
 
 async def overview_of(app: web.Application) -> dict[str, Any]:
@@ -177,6 +192,7 @@ async def overview_of(app: web.Application) -> dict[str, Any]:
     releases = await catalogues.releases()
     service = app[TICKET_DESK].service
     registry = entitlement_service.registry(store)
+    rollouts = app[ROLLOUTS]
     inputs = OverviewInputs(
         sites=list(store.scan(SITES).values()),
         devices=store.scan(DEVICES),
@@ -188,13 +204,19 @@ async def overview_of(app: web.Application) -> dict[str, Any]:
         forecast=forecast(registry.values(), catalogues.plans, now, max(EXPIRY_HORIZONS)),
         events=store.scan(EVENTS),
         now=now,
+        rollouts=[
+            rollouts.progress(found["id"])
+            for found in rollouts.rollouts()
+            if found["status"] in ROLLOUTS_UNDER_WAY
+        ],
     )
     return build_overview(inputs)
 
 
 @endpoint(
     summary="The fleet at a glance: rooms by worst device, urgent tickets, firmware "
-    "compliance, what expires within 30/60/90/180 days, what changed in 24 hours",
+    "compliance, what expires within 30/60/90/180 days, what changed in 24 hours, the "
+    "rollouts under way",
     roles=READERS,
     response=Overview,
     tags=("overview",),

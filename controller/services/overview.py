@@ -268,6 +268,8 @@ class OverviewInputs:
     forecast: Forecast
     events: Mapping[str, Doc]
     now: datetime
+    #: The progress (``RolloutService.progress``) of rollouts under way, newest first.
+    rollouts: Sequence[Doc] = ()
 
 
 def build_overview(inputs: OverviewInputs) -> dict[str, Any]:
@@ -284,4 +286,5 @@ def build_overview(inputs: OverviewInputs) -> dict[str, Any]:
         "firmware": firmware_compliance(devices, inputs.verdicts, inputs.releases),
         "expiring": expiring(inputs.forecast),
         "changes": recent_changes(inputs.events, inputs.now),
+        "rollouts": list(inputs.rollouts),
     }

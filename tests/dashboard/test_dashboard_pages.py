@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections import Counter
@@ -198,6 +199,44 @@ async def test_a_viewer_sees_no_action_and_a_forged_one_is_refused(world: World)
     assert "Viewers can look but not change anything." in await answer.text()
     assert (await _x50_ticket(world))["status"] == ticket["status"]
     await screenshot(page, "ticket-viewer")
+    await page.context.close()
+
+
+async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
+    """Plan from the form (previewed, confirmed), start it, then pause it without JavaScript:
+    the server asks for the confirmation itself."""
+    page = await world.new_page(token=world.controller.admin_token)
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.goto(world.url + "/rollouts")
+    await page.select_option("select[name=target]", "4.2.2-408037")
+    await page.fill("input[name=name]", "Spring 4.2.2")
+    await page.click("#plan-form button[value=preview]")
+    await page.wait_for_load_state()
+    assert await page.locator("#plan-preview").count() == 1
+    await screenshot(page, "rollout-preview")
+    await page.click("#plan-form button[value=create]")
+    await page.wait_for_load_state()
+    rollout_id = urlsplit(page.url).path.rsplit("/", 1)[-1]
+    assert rollout_id.startswith("r_")
+    stored = await world.api(f"/api/v1/rollouts/{rollout_id}")
+    assert stored["status"] == "planned" and stored["name"] == "Spring 4.2.2"
+    await page.click("button[data-action='start']")
+    await page.wait_for_load_state()
+    assert "running" in await page.locator("#rollout-status").inner_text()
+    assert (await world.api(f"/api/v1/rollouts/{rollout_id}"))["status"] == "running"
+    await screenshot(page, "rollout-running")
+    plain = await world.new_page(token=world.controller.admin_token, javascript=False)
+    await plain.goto(f"{world.url}/rollouts/{rollout_id}")
+    await plain.click("button[data-action='pause']")
+    await plain.wait_for_load_state()
+    assert await plain.locator("#confirm-action").count() == 1
+    assert (await world.api(f"/api/v1/rollouts/{rollout_id}"))["status"] == "running"
+    await plain.click("#confirm-action button[type=submit]")
+    await plain.wait_for_load_state()
+    assert "paused" in await plain.locator("#rollout-status").inner_text()
+    assert (await world.api(f"/api/v1/rollouts/{rollout_id}"))["status"] == "paused"
+    await screenshot(plain, "rollout-paused")
+    await plain.context.close()
     await page.context.close()
 
 

@@ -3,7 +3,8 @@
 //   selecting text or has a menu open, so updates never take the user's place away;
 // - a banner says when the controller cannot be reached, and goes once it answers again;
 // - a standby controller's answer sends the browser to the active one;
-// - forms marked data-confirm ask first (without JavaScript the server asks instead).
+// - forms (or their buttons) marked data-confirm ask first (without JavaScript the server asks
+//   instead).
 (function () {
   "use strict";
 
@@ -96,7 +97,9 @@
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (!(form instanceof HTMLFormElement)) return;
-    var question = form.getAttribute("data-confirm");
+    var submitter = event.submitter;
+    var question =
+      (submitter && submitter.getAttribute("data-confirm")) || form.getAttribute("data-confirm");
     if (!question) return;
     if (!window.confirm(question)) {
       event.preventDefault();
