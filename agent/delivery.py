@@ -8,15 +8,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 
 from pydantic import ValidationError
 
 from polyfleet.agent.held import DEVICE_REFUSALS, HeldReports
 from polyfleet.agent.outbox import Entry, Outbox, OutboxFullError
 from polyfleet.agent.uplink import ControllerRefused, Uplink
-from polyfleet.shared.schema import PROTOCOL_VERSION, AgentNotice, Report, ReportBatch
+from polyfleet.shared.schema import (
+    PROTOCOL_VERSION,
+    AgentNotice,
+    AgentStatus,
+    Report,
+    ReportBatch,
+)
 
 log = logging.getLogger(__name__)
+
+
+def _installed_version() -> str:
+    try:
+        return version("polyfleet")
+    except PackageNotFoundError:
+        return ""
+
+
+#: The agent's own version, sent with each batch so the dashboard can show it.
+AGENT_VERSION = _installed_version()
 
 #: Refusals about this agent or the protocol: nothing is wrong with any one report.
 AGENT_REFUSALS = frozenset({"unsupported_protocol_version"})
@@ -161,7 +179,14 @@ class ReportSender:
             batch_entries.append(entry)
         if not batch_entries:
             return refused
-        batch = ReportBatch(protocol_version=PROTOCOL_VERSION, reports=reports, notices=notices)
+        status = AgentStatus(
+            version=AGENT_VERSION,
+            outbox_reports=len(self.outbox),
+            held_reports=len(self.held),
+        )
+        batch = ReportBatch(
+            protocol_version=PROTOCOL_VERSION, reports=reports, notices=notices, agent=status
+        )
         try:
             await uplink.post_batch(batch)
         except ControllerRefused as exc:

@@ -164,10 +164,22 @@ class AgentNotice(_Strict):
     at: AwareDatetime
 
 
+class AgentStatus(_Strict):
+    """How the agent itself is doing when it sends a batch (shown on the dashboard)."""
+
+    version: ShortText = ""
+    #: Reports waiting in its outbox, this batch's included.
+    outbox_reports: int = Field(default=0, ge=0)
+    #: Reports the controller refused that it keeps aside (``polyfleet agent held``).
+    held_reports: int = Field(default=0, ge=0)
+
+
 class ReportBatch(_Strict):
     protocol_version: int
     reports: list[Report] = Field(max_length=MAX_BATCH_SNAPSHOTS)
     notices: list[AgentNotice] = Field(default_factory=list, max_length=64)
+    #: Optional: agents before this field send none.
+    agent: AgentStatus | None = None
 
 
 def reports_json(raw: bytes, batch: ReportBatch) -> list[dict[str, Any]]:

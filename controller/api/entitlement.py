@@ -13,10 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError
 from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
-from polyfleet.controller.domain.assets import COLUMNS, RegistryImportError, parse_registry
+from polyfleet.controller.domain.assets import (
+    COLUMNS,
+    ImportPlan,
+    RegistryImportError,
+    parse_registry,
+)
 from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.entitlement import EntitlementVerdict, Flag, parse_moment
-from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, forecast
+from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, Forecast, forecast
 from polyfleet.controller.events import DeviceAdded, Event
 from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
 from polyfleet.controller.services import entitlement as service
@@ -188,17 +193,10 @@ def _flag(request: web.Request, name: str) -> bool:
 )
 async def import_assets(request: web.Request) -> web.Response:
     dry_run = _flag(request, "dry_run")
-    raw = await request.read()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ApiError(
-            400, "invalid", f"body: not UTF-8 text at byte {exc.start}", "body"
-        ) from None
-    catalogues = request.app[CATALOGUES]
-    today = _moment(request).date()
-    try:
-        assets = await asyncio.to_thread(parse_registry, text, catalogues.plans, today=today)
+        plan, text = await import_registry(
+            request.app, await request.read(), dry_run=dry_run, today=_moment(request).date()
+        )
     except RegistryImportError as exc:
         body = ImportRejected(
             error=ErrorBody(
@@ -209,11 +207,27 @@ async def import_assets(request: web.Request) -> web.Response:
             problems=[ImportProblemOut(**p.to_json()) for p in exc.problems],
         )
         return web.json_response(body.model_dump(mode="json"), status=422)
-    plan = await service.import_assets(request.app[STORE], assets, dry_run=dry_run)
     if not dry_run:
         details = service.import_details(plan, text)
         await audit.record(request, "assets.import", "assets", details)
     return web.json_response({"dry_run": dry_run, **plan.to_json()})
+
+
+async def import_registry(
+    app: web.Application, raw: bytes, *, dry_run: bool, today: date
+) -> tuple[ImportPlan, str]:
+    """Check a registry file whole and import it (or only report, ``dry_run``), as
+    ``POST /api/v1/assets/import`` and the dashboard's upload do: what changed, and the file
+    as text. RegistryImportError lists every bad cell; ApiError 400: the file is not UTF-8."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "invalid", f"body: not UTF-8 text at byte {exc.start}", "body"
+        ) from None
+    plans = app[CATALOGUES].plans
+    assets = await asyncio.to_thread(parse_registry, text, plans, today=today)
+    return await service.import_assets(app[STORE], assets, dry_run=dry_run), text
 
 
 @endpoint(
@@ -296,14 +310,22 @@ async def entitlement_forecast(request: web.Request) -> web.Response:
     text = request.query.get("days", "90")
     if not text.isdigit() or not 0 <= int(text) <= MAX_FORECAST_DAYS:
         raise ApiError(400, "invalid", f"days: a whole number 0..{MAX_FORECAST_DAYS}", "days")
-    site = request.query.get("site")
+    result = registry_forecast(
+        request.app, _moment(request), int(text), site=request.query.get("site")
+    )
+    return web.json_response(result.to_json())
+
+
+def registry_forecast(
+    app: web.Application, at: datetime, days: int, *, site: str | None = None
+) -> Forecast:
+    """What expires or closes when within ``days`` of ``at`` (of ``site`` when given)."""
     assets = [
         asset
-        for asset in service.registry(request.app[STORE]).values()
+        for asset in service.registry(app[STORE]).values()
         if site is None or asset.site == site
     ]
-    result = forecast(assets, request.app[CATALOGUES].plans, _moment(request), int(text))
-    return web.json_response(result.to_json())
+    return forecast(assets, app[CATALOGUES].plans, at, days)
 
 
 async def verdict_lookup(app: web.Application) -> Callable[[str], EntitlementVerdict | None]:

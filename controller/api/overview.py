@@ -8,13 +8,12 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from polyfleet.controller.api.entitlement import CATALOGUES, VERDICTS
+from polyfleet.controller.api.entitlement import CATALOGUES, VERDICTS, registry_forecast
 from polyfleet.controller.api.rollouts import ROLLOUTS
 from polyfleet.controller.api.spec import READERS, endpoint
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.entitlement import EXPIRY_HORIZONS
-from polyfleet.controller.domain.forecast import forecast
 from polyfleet.controller.keys import CLOCK, STORE
 from polyfleet.controller.services import entitlement as entitlement_service
 from polyfleet.controller.services.overview import OverviewInputs, build_overview
@@ -191,7 +190,6 @@ async def overview_of(app: web.Application) -> dict[str, Any]:
     catalogues = app[CATALOGUES]
     releases = await catalogues.releases()
     service = app[TICKET_DESK].service
-    registry = entitlement_service.registry(store)
     rollouts = app[ROLLOUTS]
     inputs = OverviewInputs(
         sites=list(store.scan(SITES).values()),
@@ -201,7 +199,7 @@ async def overview_of(app: web.Application) -> dict[str, Any]:
             store, catalogues.plans, releases, now, cache=app[VERDICTS]
         ),
         releases=releases,
-        forecast=forecast(registry.values(), catalogues.plans, now, max(EXPIRY_HORIZONS)),
+        forecast=registry_forecast(app, now, max(EXPIRY_HORIZONS)),
         events=store.scan(EVENTS),
         now=now,
         rollouts=[

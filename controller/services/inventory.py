@@ -222,6 +222,8 @@ class Inventory:
         self.stats = IngestStats()
         self._started_at = clock()
         self._agent_calls: dict[str, datetime] = {}
+        #: Per agent, what it last said about itself (version, outbox, held) and when.
+        self._agent_status: dict[str, Doc] = {}
         self._sites: dict[str, _SiteLiveness] = {}
         #: Per device, its retained reports (id, collection time), oldest first.
         self._retained: dict[str, list[tuple[str, str]]] = {}
@@ -441,6 +443,7 @@ class Inventory:
         plain_reports: list[Doc] = (
             batch.model_dump(mode="json")["reports"] if raw is None else reports_json(raw, batch)
         )
+        status = batch.agent
         del batch
         history_size = self._report_history
         known_retained = self._retained
@@ -528,6 +531,8 @@ class Inventory:
             self.stats.refused_batches += 1
             raise DeviceAtOtherSite(site_id, foreign)
         self._note_call(agent_id, site_id, now)
+        if status is not None:
+            self._agent_status[agent_id] = {**status.model_dump(), "at": now_text}
         event_puts, event_deletes = self._bus.record(events)
         puts: dict[str, dict[str, Doc]] = {
             DEVICES: devices,
@@ -702,14 +707,28 @@ class Inventory:
             self._bus.dispatch(events)
 
     def _agent_update(self, agent_id: str, now: datetime) -> Doc | None:
-        """The agent document with a fresh ``last_seen``, if it is worth a write."""
+        """The agent document with a fresh ``last_seen`` (and status), if worth a write."""
         doc = self._store.get(AGENTS, agent_id)
         if doc is None:
             return None
         last = datetime.fromisoformat(doc["last_seen"])
         if now - last < self._persist_every:
             return None
-        return {**doc, "last_seen": now.isoformat()}
+        updated = {**doc, "last_seen": now.isoformat()}
+        status = self._agent_status.get(agent_id)
+        if status is not None:
+            updated["status"] = status
+        return updated
+
+    def agent_status(self, agent_id: str) -> Doc | None:
+        """What the agent last said about itself: ``{version, outbox_reports, held_reports,
+        at}`` (kept in memory, stored with its ``last_seen``), or None when it never said."""
+        found = self._agent_status.get(agent_id)
+        if found is not None:
+            return found
+        doc = self._store.get(AGENTS, agent_id)
+        stored = None if doc is None else doc.get("status")
+        return stored if isinstance(stored, dict) else None
 
     def agent_last_call(self, agent_id: str) -> datetime | None:
         return self._agent_calls.get(agent_id)

@@ -25,7 +25,7 @@ from polyfleet.controller.services.rollout import (
 from polyfleet.controller.store.base import SITES
 from polyfleet.controller.web.keys import SESSION, SETTINGS
 from polyfleet.controller.web.render import render
-from polyfleet.controller.web.security import page
+from polyfleet.controller.web.security import form_of, page
 from polyfleet.shared.schema import Model
 
 _FORM_TEXT = ("target", "canary", "waves", "window", "start", "wave_gap", "max_failures")
@@ -102,7 +102,7 @@ async def rollouts_page(request: web.Request) -> web.Response:
 
 @page("Plan a rollout: preview it, or store it as planned (admins)", roles=ADMINS)
 async def rollout_create(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_of(request)
     shown = {name: form.get(name) for name in form} | {
         "sites": form.getall("sites", []),
         "models": form.getall("models", []),
@@ -186,7 +186,7 @@ async def rollout_page(request: web.Request) -> web.Response:
 @page("Start, pause, resume or abort a rollout (admins, confirmed)", roles=ADMINS)
 async def rollout_action(request: web.Request) -> web.StreamResponse:
     rollout_id = request.match_info["rollout_id"]
-    form = await request.post()
+    form = await form_of(request)
     action = str(form.get("action") or "")
     if action not in TRANSITIONS:
         raise ApiError(404, "not_found", f"no action {action!r}: {', '.join(TRANSITIONS)}")

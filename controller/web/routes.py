@@ -15,7 +15,16 @@ from polyfleet.controller.api.spec import PUBLIC
 from polyfleet.controller.keys import ACCESS, CLOCK, CONFIG, STORE
 from polyfleet.controller.services.web_sessions import SessionService
 from polyfleet.controller.store.base import StoreUnavailable
-from polyfleet.controller.web import devices, kiosk, overview, rollouts, signin, tickets
+from polyfleet.controller.web import (
+    agents,
+    devices,
+    entitlement,
+    kiosk,
+    overview,
+    rollouts,
+    signin,
+    tickets,
+)
 from polyfleet.controller.web.keys import SESSIONS, SETTINGS, STATIC_VERSION
 from polyfleet.controller.web.render import setup_templates
 from polyfleet.controller.web.security import page, page_middleware
@@ -90,5 +99,6 @@ def register(app: web.Application) -> None:
     app.middlewares.append(page_middleware)
     app.cleanup_ctx.append(_prune_sessions)
     app.router.add_get("/static/{path:.+}", static_file, allow_head=False)
-    for module in (signin, overview, devices, tickets, rollouts, kiosk):
+    modules = (signin, overview, devices, tickets, entitlement, rollouts, agents, kiosk)
+    for module in modules:
         module.register(app)

@@ -12,11 +12,14 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
+from multidict import MultiDict, MultiDictProxy
 
 from polyfleet.controller.api.errors import ApiError, Handler
 from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
@@ -71,6 +74,52 @@ def page(
         return handler
 
     return attach
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file sent with a form (``<input type=file>``)."""
+
+    filename: str
+    content: bytes
+    content_type: str
+
+
+FORM: web.RequestKey[MultiDictProxy[str | UploadedFile]] = web.RequestKey("web_form")
+
+
+async def form_of(request: web.Request) -> MultiDictProxy[str | UploadedFile]:
+    """A POST's form fields (files as ``UploadedFile``), read once.
+
+    The body is read whole before any handler (within its deadline), so a multipart form
+    is parsed from those bytes rather than from the already consumed stream.
+    """
+    if FORM in request:
+        return request[FORM]
+    fields: MultiDict[str | UploadedFile] = MultiDict()
+    if request.content_type == "multipart/form-data":
+        raw = await request.read()
+        head = f"Content-Type: {request.headers.get('Content-Type', '')}\r\n\r\n".encode()
+        message = BytesParser(policy=HTTP).parsebytes(head + raw)
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str):
+                continue
+            payload = part.get_payload(decode=True)
+            content = payload if isinstance(payload, bytes) else b""
+            filename = part.get_filename()
+            if filename is not None:
+                fields.add(name, UploadedFile(filename, content, part.get_content_type()))
+            else:
+                charset = part.get_content_charset() or "utf-8"
+                fields.add(name, content.decode(charset, errors="replace"))
+    else:
+        for name, value in (await request.post()).items():
+            if isinstance(value, str):
+                fields.add(name, value)
+    proxy = MultiDictProxy(fields)
+    request[FORM] = proxy
+    return proxy
 
 
 def page_spec(handler: object) -> PageSpec | None:
@@ -209,7 +258,7 @@ async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> we
                 )
                 return error_page(request, 403, message)
             if request.method == "POST":
-                form = await request.post()
+                form = await form_of(request)
                 token = form.get("csrf")
                 if not (
                     _same_origin(request)

@@ -17,6 +17,7 @@ from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import (
     SIGNIN_COOKIE,
     clear_session_cookie,
+    form_of,
     page,
     safe_next,
     set_session_cookie,
@@ -95,7 +96,7 @@ async def signin_page(request: web.Request) -> web.StreamResponse:
 @page("Sign in with an API token", roles=PUBLIC)
 async def signin_submit(request: web.Request) -> web.StreamResponse:
     t = translator(request)
-    form = await request.post()
+    form = await form_of(request)
     if not _nonce_ok(request, form.get("nonce")):
         return _signin_form(
             request,
@@ -160,7 +161,7 @@ async def link_page(request: web.Request) -> web.StreamResponse:
 @page("Use a one-time sign-in link", roles=PUBLIC)
 async def link_submit(request: web.Request) -> web.StreamResponse:
     t = translator(request)
-    form = await request.post()
+    form = await form_of(request)
     if not _nonce_ok(request, form.get("nonce")):
         return _signin_form(
             request, error=t.gettext("The sign-in form had expired; please try again."), status=403

@@ -16,7 +16,7 @@ from polyfleet.controller.services.ticket_service import TicketNotFound, TicketS
 from polyfleet.controller.store.base import SITES
 from polyfleet.controller.web.keys import SESSION, SETTINGS
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import page
+from polyfleet.controller.web.security import form_of, page
 
 #: Closed tickets stay on the list this long.
 RECENT = timedelta(days=7)
@@ -121,7 +121,7 @@ async def ticket_page(request: web.Request) -> web.Response:
 async def ticket_action(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     key = request.match_info["ticket_id"]
-    form = await request.post()
+    form = await form_of(request)
     verb = str(form.get("action") or "")
     if verb in CONFIRMED and form.get("confirmed") != "1":
         # Without JavaScript nobody asked yet: the page asks, and the answer posts again.
@@ -139,7 +139,7 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
 async def ticket_fill(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     key = request.match_info["ticket_id"]
-    form = await request.post()
+    form = await form_of(request)
     serial, contract = form.get("serial"), form.get("contract_number")
     try:
         await fill_in(

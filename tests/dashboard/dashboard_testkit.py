@@ -132,6 +132,8 @@ class World:
     browser: Browser
     viewer_token: str
     agents: dict[str, AgentService] = field(default_factory=dict)
+    #: Site -> the id its agent got at enrollment.
+    agent_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -205,7 +207,7 @@ async def _start_webhook(stack: AsyncExitStack) -> WebhookPeer:
 
 async def _start_agent(
     controller: RunningController, lab: Lab, site: str, serials: list[str], folder: Path
-) -> AgentService:
+) -> tuple[AgentService, str]:
     password = folder / "device-password"
     folder.mkdir(parents=True, exist_ok=True)
     password.write_text(TEST_PASSWORD + "\n")
@@ -239,7 +241,7 @@ async def _start_agent(
     ).save(config.credential_path)
     agent = AgentService(config)
     await agent.start()
-    return agent
+    return agent, enrolled.agent_id
 
 
 @asynccontextmanager
@@ -298,10 +300,11 @@ async def running_world(
         await lab.devices[X50_FAULT].set_fault("camera_down", True)
         await lab.devices[X50_DEGRADED].set_fault("log_storage_full", True)
         for site, specs in per_site.items():
-            agent = await _start_agent(
+            agent, agent_id = await _start_agent(
                 controller, lab, site, [spec.serial for spec in specs], folder / f"agent-{site}"
             )
             world.agents[site] = agent
+            world.agent_ids[site] = agent_id
             stack.push_async_callback(agent.stop)
         desk = controller.app[TICKET_DESK]
         expected = {spec.serial for specs in per_site.values() for spec in specs} | {E70}

@@ -20,12 +20,15 @@ from dashboard.dashboard_testkit import (
     SESSION_COOKIE,
     X30,
     X50_FAULT,
+    X70,
     World,
     http_sign_in,
     metric,
     screenshot,
     sign_in,
 )
+from polyfleet.cli import installed_version
+from polyfleet.shared.schema import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -237,6 +240,83 @@ async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
     assert (await world.api(f"/api/v1/rollouts/{rollout_id}"))["status"] == "paused"
     await screenshot(plain, "rollout-paused")
     await plain.context.close()
+    await page.context.close()
+
+
+async def test_entitlement_shows_flagged_contracts_and_import_problems_by_line(
+    world: World,
+) -> None:
+    """The H5-flagged contract is explained in words; a bad registry file changes nothing
+    and each problem stands next to its line."""
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(world.url + "/entitlement")
+    flagged = await page.locator(f"#flagged tr[data-serial='{X70}']").inner_text()
+    assert "HZ-WEB-2" in flagged and "within 30 days of its purchase" in flagged
+    await screenshot(page, "entitlement")
+    before = await world.api("/api/v1/assets")
+    header = (
+        "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,"
+        "site,room,host_serial"
+    )
+    bad = "\n".join(
+        [
+            header,
+            f"{X30},studio_x30,2025-01-10,,,,,krk,Wawel,",
+            "NEWX50,studio_x50,2027-02-30,,,,,krk,Wawel,",
+            "NEWX70,studio_x70,2025-01-10,no_such_plan,N-1,2025-01-10,2026-01-09,krk,Wawel,",
+        ]
+    )
+    await page.set_input_files(
+        "input[name=registry]",
+        files=[{"name": "registry.csv", "mimeType": "text/csv", "buffer": bad.encode()}],
+    )
+    await page.uncheck("input[name=dry_run]")
+    await page.click("#import-form button[type=submit]")
+    await page.wait_for_load_state()
+    line3 = await page.locator("#import-problems tr[data-line='3']").inner_text()
+    assert "NEWX50" in line3 and "2027-02-30" in line3
+    line4 = await page.locator("#import-problems tr[data-line='4']").inner_text()
+    assert "no_such_plan" in line4
+    assert await page.locator("#import-problems tr[data-line='2']").count() == 0
+    assert await world.api("/api/v1/assets") == before, "nothing imported"
+    await screenshot(page, "entitlement-import-problems")
+    good = "\n".join([header, f"{X30},studio_x30,2025-01-10,,,,,krk,Wawel,"])
+    await page.set_input_files(
+        "input[name=registry]",
+        files=[{"name": "registry.csv", "mimeType": "text/csv", "buffer": good.encode()}],
+    )
+    await page.check("input[name=dry_run]")
+    await page.click("#import-form button[type=submit]")
+    await page.wait_for_load_state()
+    assert "nothing was changed" in await page.locator("#import-result").inner_text()
+    assert await world.api("/api/v1/assets") == before
+    await page.context.close()
+
+
+async def test_agents_page_shows_each_agent_and_an_enrollment_code_once(world: World) -> None:
+    """Each agent's last call, version and outbox come from what it sent; a new enrollment
+    code is shown once and enrolls an agent once."""
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(world.url + "/agents")
+    for agent_id in world.agent_ids.values():
+        row = page.locator(f"#agents tr[data-agent='{agent_id}']")
+        assert await row.locator("[data-field=version]").inner_text() == installed_version()
+        assert (await row.locator("[data-field=outbox]").inner_text()).isdigit()
+        assert await row.locator("[data-field=held]").inner_text() == "0"
+    await screenshot(page, "agents")
+    await page.select_option("#invite-form select[name=site]", "waw")
+    await page.click("#invite-form button[type=submit]")
+    await page.wait_for_load_state()
+    code = await page.locator("#invite-code").inner_text()
+    await screenshot(page, "agents-invite")
+    await page.goto(world.url + "/agents")
+    assert await page.locator("#invite-code").count() == 0
+    assert code not in await page.content()
+    body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "waw-spare"}
+    async with aiohttp.ClientSession() as http:
+        for expected in (200, 403):
+            async with http.post(world.url + "/api/v1/agent/enroll", json=body) as response:
+                assert response.status == expected
     await page.context.close()
 
 
