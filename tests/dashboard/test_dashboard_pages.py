@@ -30,7 +30,8 @@ from dashboard.dashboard_testkit import (
 from polyfleet.cli import installed_version
 from polyfleet.shared.schema import PROTOCOL_VERSION
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# One world (lab, agents, controller, browser) for the whole module, on one test worker.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("dashboard")]
 
 
 async def test_signing_in_with_an_api_token_opens_the_overview(world: World) -> None:
@@ -317,6 +318,58 @@ async def test_agents_page_shows_each_agent_and_an_enrollment_code_once(world: W
         for expected in (200, 403):
             async with http.post(world.url + "/api/v1/agent/enroll", json=body) as response:
                 assert response.status == expected
+    await page.context.close()
+
+
+async def test_live_updates_keep_filters_and_scroll_and_a_banner_says_when_unreachable(
+    world: World,
+) -> None:
+    """The device table refreshes in place (same address, filters and scroll position); when
+    the controller cannot be reached a banner says so, and goes when it answers again."""
+    page = await world.new_page(token=world.controller.admin_token, height=360)
+    address = f"{world.url}/devices?site=krk&sort=-serial"
+    await page.goto(address)
+    await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    scrolled = await page.evaluate("window.scrollY")
+    assert scrolled > 0
+    await page.evaluate("document.getElementById('live').dataset.old = 'yes'")
+    await expect(page.locator("#live[data-old]")).to_have_count(0, timeout=20_000)
+    assert page.url == address
+    assert await page.locator("select[name=site]").input_value() == "krk"
+    assert abs(await page.evaluate("window.scrollY") - scrolled) <= 2
+    banner = page.locator("#banner")
+    assert await banner.is_hidden()
+    await page.route("**/devices?*", lambda route: route.abort())
+    await expect(banner).to_be_visible(timeout=20_000)
+    assert "cannot be reached" in await banner.inner_text()
+    await screenshot(page, "devices-unreachable")
+    await page.unroute("**/devices?*")
+    await expect(banner).to_be_hidden(timeout=20_000)
+    await page.context.close()
+
+
+async def test_pages_read_on_a_phone_in_dark_mode_and_work_by_keyboard(world: World) -> None:
+    """On a phone nothing scrolls sideways, the dark system setting gives dark pages, and the
+    keyboard reaches the content first through the skip link."""
+    page = await world.new_page(
+        token=world.controller.admin_token, width=390, height=844, color_scheme="dark"
+    )
+    for path in ("/", "/devices", f"/devices/{G7500}", "/tickets", "/entitlement", "/agents"):
+        await page.goto(world.url + path)
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, (path, overflow)
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(15, 20, 26)"
+    await page.goto(world.url + "/")
+    await screenshot(page, "overview-phone-dark")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.className") == "skip"
+    await page.keyboard.press("Enter")
+    assert urlsplit(page.url).fragment == "live"
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.getElementById('live').contains(document.activeElement)")
     await page.context.close()
 
 

@@ -1,6 +1,6 @@
 // polyfleet dashboard: what JavaScript adds to pages that work without it.
-// - live regions (htmx polling) pause while the page is hidden or the user is typing,
-//   selecting text or has a menu open, so updates never take the user's place away;
+// - live regions (htmx polling) pause while the page is hidden, the user is typing or
+//   selecting text, or has started to fill in a form, so updates never take work away;
 // - a banner says when the controller cannot be reached, and goes once it answers again;
 // - a standby controller's answer sends the browser to the active one;
 // - forms (or their buttons) marked data-confirm ask first (without JavaScript the server asks
@@ -32,8 +32,20 @@
     if (el) el.hidden = true;
   }
 
+  // A form the user has started to fill in (a file chosen, a box ticked) must survive:
+  // the region is not refreshed again until the page is left.
+  document.addEventListener("input", markEdited, true);
+  document.addEventListener("change", markEdited, true);
+
+  function markEdited(event) {
+    var target = event.target;
+    var region = target && target.closest && target.closest("[data-live]");
+    if (region && target.closest("form")) region.setAttribute("data-edited", "1");
+  }
+
   function userIsBusy(region) {
     if (document.hidden) return true;
+    if (region.hasAttribute("data-edited")) return true;
     var active = document.activeElement;
     if (active && region.contains(active)) {
       var tag = active.tagName;
@@ -66,6 +78,14 @@
     var region = event.detail && event.detail.elt;
     if (region && region.hasAttribute("data-live") && userIsBusy(region)) {
       event.preventDefault();
+    }
+  });
+
+  // An answer that left before the user started editing must not land over the edit.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var region = event.detail && event.detail.target;
+    if (region && region.hasAttribute && region.hasAttribute("data-edited")) {
+      event.detail.shouldSwap = false;
     }
   });
 
