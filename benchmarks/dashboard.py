@@ -115,14 +115,16 @@ def registry(agents: int, per_agent: int, today: date) -> str:
 async def feed(controller: RunningController, agents: int, per_agent: int) -> None:
     """Sites, agents and their reports; the registry; all over the API, as in production."""
     now = datetime.now(UTC)
-    async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
-        async with http.post(
+    async with (
+        aiohttp.ClientSession(headers=controller.admin_headers) as http,
+        http.post(
             controller.url + "/api/v1/assets/import",
             data=registry(agents, per_agent, now.date()).encode(),
             headers={"Content-Type": "text/csv"},
-        ) as response:
-            if response.status != 200:
-                raise RuntimeError(f"registry import: {response.status} {await response.text()}")
+        ) as response,
+    ):
+        if response.status != 200:
+            raise RuntimeError(f"registry import: {response.status} {await response.text()}")
     tokens = [(await controller.enroll(f"site-{agent:03d}")).token for agent in range(agents)]
     async with aiohttp.ClientSession() as http:
         for agent, token in enumerate(tokens):

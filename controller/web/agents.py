@@ -14,7 +14,7 @@ from polyfleet.controller.services.access import UnknownSite
 from polyfleet.controller.store.base import AGENTS, EVENTS, Doc
 from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import form_of, page
+from polyfleet.controller.web.security import audit_action, form_of, page
 
 #: Notices listed per agent (the newest).
 NOTICES_SHOWN = 5
@@ -91,6 +91,8 @@ async def create_invite(request: web.Request) -> web.Response:
         code, expires = await request.app[ACCESS].create_invite(site)
     except UnknownSite as exc:
         return _page(request, error=str(exc), status=404)
+    details = {"expires_at": expires.isoformat()}
+    await audit_action(request, "invite.create", f"site:{site}", details, site=site)
     return _page(request, invite={"code": code, "site": site, "expires_at": expires.isoformat()})
 
 

@@ -23,7 +23,7 @@ from polyfleet.controller.keys import CLOCK, INVENTORY, STORE
 from polyfleet.controller.services import entitlement as service
 from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import UploadedFile, form_of, page
+from polyfleet.controller.web.security import UploadedFile, audit_action, form_of, page
 
 #: Horizons offered for the forecast, in days.
 HORIZONS = (30, 60, 90, 180, 365)
@@ -111,7 +111,10 @@ async def registry_import(request: web.Request) -> web.Response:
     content = upload.content
     today = to_warsaw(request.app[CLOCK]()).date()
     try:
-        plan = await import_registry(request.app, content, dry_run=dry_run, today=today)
+        plan, text = await import_registry(request.app, content, dry_run=dry_run, today=today)
+        if not dry_run:
+            details = service.import_details(plan, text)
+            await audit_action(request, "assets.import", "assets", details)
     except RegistryImportError as exc:
         text = content.decode("utf-8-sig", errors="replace")
         by_line: dict[int, list[Any]] = {}

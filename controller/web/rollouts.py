@@ -25,7 +25,7 @@ from polyfleet.controller.services.rollout import (
 from polyfleet.controller.store.base import SITES
 from polyfleet.controller.web.keys import SESSION, SETTINGS
 from polyfleet.controller.web.render import render
-from polyfleet.controller.web.security import form_of, page
+from polyfleet.controller.web.security import audit_action, form_of, page
 from polyfleet.shared.schema import Model
 
 _FORM_TEXT = ("target", "canary", "waves", "window", "start", "wave_gap", "max_failures")
@@ -130,6 +130,8 @@ async def rollout_create(request: web.Request) -> web.StreamResponse:
         return await _list_page(
             request, form=shown, error=str(exc), error_field=exc.field, status=422
         )
+    details = {"target": stored["target"], "devices": stored["summary"]["devices"]}
+    await audit_action(request, "rollout.plan", f"rollout:{stored['id']}", details)
     raise web.HTTPSeeOther(f"/rollouts/{stored['id']}")
 
 
@@ -195,11 +197,13 @@ async def rollout_action(request: web.Request) -> web.StreamResponse:
     session = request[SESSION]
     assert session is not None
     try:
-        await request.app[ROLLOUTS].act(rollout_id, action, by=session.principal.name)
+        result = await request.app[ROLLOUTS].act(rollout_id, action, by=session.principal.name)
     except UnknownRollout as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except RolloutConflict as exc:
         return _rollout_page(request, rollout_id, error=str(exc), status=409)
+    details = {"status": result["status"]}
+    await audit_action(request, f"rollout.{action}", f"rollout:{rollout_id}", details)
     raise web.HTTPSeeOther(f"/rollouts/{rollout_id}?done={action}")
 
 
@@ -208,6 +212,7 @@ async def penalty_release(request: web.Request) -> web.StreamResponse:
     serial = request.match_info["serial"]
     if not await request.app[ROLLOUTS].release_from_penalty_box(serial):
         raise ApiError(404, "not_found", f"{serial} is not in the penalty box")
+    await audit_action(request, "rollout.release", f"device:{serial}")
     raise web.HTTPSeeOther("/rollouts")
 
 

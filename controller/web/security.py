@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 from multidict import MultiDict, MultiDictProxy
 
+from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError, Handler
 from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.services.access import Role
+from polyfleet.controller.services.audit import Actor
 from polyfleet.controller.services.inventory import InvalidInput, UnknownDevice
+from polyfleet.controller.services.web_sessions import WebSession
 from polyfleet.controller.store.base import StoreUnavailable
 from polyfleet.controller.web.keys import SESSION, SESSIONS
 from polyfleet.controller.web.render import render, translator
@@ -120,6 +123,31 @@ async def form_of(request: web.Request) -> MultiDictProxy[str | UploadedFile]:
     proxy = MultiDictProxy(fields)
     request[FORM] = proxy
     return proxy
+
+
+async def audit_action(
+    request: web.Request,
+    action: str,
+    target: str,
+    details: Mapping[str, Any] | None = None,
+    *,
+    site: str | None = None,
+    session: WebSession | None = None,
+) -> None:
+    """Record a dashboard action in the audit log, done by the signed-in token (or by
+    ``session``'s, for a sign-in that has only just made one)."""
+    acting = session or request[SESSION]
+    actor = None
+    if acting is not None:
+        principal = acting.principal
+        actor = Actor(
+            name=principal.name or principal.token_id,
+            role=principal.role.value,
+            token_id=principal.token_id,
+        )
+    await audit.record(
+        request, action, target, {**(details or {}), "via": "dashboard"}, site=site, actor=actor
+    )
 
 
 def page_spec(handler: object) -> PageSpec | None:

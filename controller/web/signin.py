@@ -9,6 +9,7 @@ import secrets
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.spec import ADMINS, PUBLIC, READERS, endpoint
 from polyfleet.controller.services.web_sessions import SignInRefused, WebSession
@@ -16,6 +17,7 @@ from polyfleet.controller.web.keys import SESSION, SESSIONS
 from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import (
     SIGNIN_COOKIE,
+    audit_action,
     clear_session_cookie,
     form_of,
     page,
@@ -119,6 +121,9 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
         session.principal.role.value,
         " as a wall screen" if kiosk else "",
     )
+    details = {"with": "token", "kiosk": kiosk, "expires_at": session.expires_at.isoformat()}
+    target_token = f"token:{session.principal.token_id}"
+    await audit_action(request, "session.signin", target_token, details, session=session)
     return _signed_in(session, cookie, target)
 
 
@@ -138,6 +143,7 @@ async def signout(request: web.Request) -> web.StreamResponse:
     session = request[SESSION]
     assert session is not None
     await request.app[SESSIONS].sign_out(session)
+    await audit_action(request, "session.signout", f"token:{session.principal.token_id}")
     response = web.Response(status=303, headers={"Location": "/signin"})
     clear_session_cookie(response)
     return response
@@ -178,6 +184,9 @@ async def link_submit(request: web.Request) -> web.StreamResponse:
         session.principal.name or session.principal.token_id,
         session.principal.role.value,
     )
+    details = {"with": "one-time link", "expires_at": session.expires_at.isoformat()}
+    target_token = f"token:{session.principal.token_id}"
+    await audit_action(request, "session.signin", target_token, details, session=session)
     return _signed_in(session, cookie, "/")
 
 
@@ -199,6 +208,9 @@ async def create_signin_link(request: web.Request) -> web.Response:
     out = SignInLinkOut(
         path=f"{LINK_PATH}?code={code}", token_id=body.token_id, expires_at=expires.isoformat()
     )
+    # Never the code: whoever reads the log must not be able to sign in with it.
+    details = {"expires_at": expires.isoformat()}
+    await audit.record(request, "signin_link.create", f"token:{body.token_id}", details)
     return web.json_response(out.model_dump(), status=201)
 
 

@@ -6,9 +6,15 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from polyfleet.controller.api.errors import ApiError
+from polyfleet.controller.api.errors import ApiError, validate
 from polyfleet.controller.api.spec import ADMINS
-from polyfleet.controller.api.tickets import TICKET_DESK, act_on, bundle_response, fill_in
+from polyfleet.controller.api.tickets import (
+    TICKET_DESK,
+    TicketFill,
+    act_on,
+    bundle_response,
+    fill_in,
+)
 from polyfleet.controller.domain.tickets import ACTIVE, TicketStatus, note_text
 from polyfleet.controller.keys import CLOCK, INVENTORY, STORE
 from polyfleet.controller.services.overview import ticket_urgency, urgent_tickets
@@ -16,7 +22,7 @@ from polyfleet.controller.services.ticket_service import TicketNotFound, TicketS
 from polyfleet.controller.store.base import SITES
 from polyfleet.controller.web.keys import SESSION, SETTINGS
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import form_of, page
+from polyfleet.controller.web.security import audit_action, form_of, page
 
 #: Closed tickets stay on the list this long.
 RECENT = timedelta(days=7)
@@ -127,11 +133,13 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
         # Without JavaScript nobody asked yet: the page asks, and the answer posts again.
         return _ticket_page(request, service, key, confirm=verb)
     try:
-        await act_on(service, key, verb)
+        ticket = await act_on(service, key, verb)
     except ApiError as exc:
         if exc.status != 409:
             raise
         return _ticket_page(request, service, key, error=exc.message, status=409)
+    details = {"status": ticket.status.value}
+    await audit_action(request, f"ticket.{verb}", f"ticket:{ticket.id}", details, site=ticket.site)
     raise web.HTTPSeeOther(f"/tickets/{key}?done={verb}")
 
 
@@ -141,17 +149,22 @@ async def ticket_fill(request: web.Request) -> web.StreamResponse:
     key = request.match_info["ticket_id"]
     form = await form_of(request)
     serial, contract = form.get("serial"), form.get("contract_number")
+    filled = {
+        name: value
+        for name, value in (("serial", serial), ("contract_number", contract))
+        if isinstance(value, str)
+    }
     try:
-        await fill_in(
-            service,
-            key,
-            serial=serial if isinstance(serial, str) else None,
-            contract_number=contract if isinstance(contract, str) else None,
+        # The API's own model: the same limits on what a serial or contract number may be.
+        body = validate(TicketFill, dict(filled))
+        ticket = await fill_in(
+            service, key, serial=body.serial, contract_number=body.contract_number
         )
     except ApiError as exc:
-        if exc.status != 409:
+        if exc.status not in (409, 422):
             raise
-        return _ticket_page(request, service, key, error=exc.message, status=409)
+        return _ticket_page(request, service, key, error=exc.message, status=exc.status)
+    await audit_action(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
     raise web.HTTPSeeOther(f"/tickets/{key}?done=fill")
 
 

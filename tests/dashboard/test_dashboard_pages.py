@@ -183,6 +183,13 @@ async def test_an_admin_acts_on_a_ticket_and_sees_its_sla_clock_change(world: Wo
     assert shown is not None and ticket["sla"]["delivery_due"] is not None
     assert datetime.fromisoformat(shown) == datetime.fromisoformat(ticket["sla"]["delivery_due"])
     await screenshot(page, "ticket-accepted")
+    entries = (await world.api("/api/v1/audit", target=f"ticket:{ticket['id']}"))["entries"]
+    done = {entry["action"]: entry for entry in entries}
+    assert {"ticket.ack", "ticket.accept"} <= set(done)
+    assert done["ticket.accept"]["actor"]["name"] == "test admin"
+    assert done["ticket.accept"]["details"]["via"] == "dashboard"
+    signins = (await world.api("/api/v1/audit", action="session.signin"))["entries"]
+    assert signins and all(world.controller.admin_token not in str(e) for e in signins)
     await page.context.close()
 
 
@@ -224,6 +231,20 @@ async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
     assert rollout_id.startswith("r_")
     stored = await world.api(f"/api/v1/rollouts/{rollout_id}")
     assert stored["status"] == "planned" and stored["name"] == "Spring 4.2.2"
+    await page.click("button[data-action='start']")
+    await page.wait_for_load_state()
+    refusal = await page.locator("#rollout-error").inner_text()
+    assert "no firmware package for 4.2.2-408037" in refusal, "refused in words, as the API"
+    assert (await world.api(f"/api/v1/rollouts/{rollout_id}"))["status"] == "planned"
+    async with (
+        aiohttp.ClientSession(headers=world.controller.admin_headers) as http,
+        http.put(
+            world.url + "/api/v1/releases/4.2.2-408037/package",
+            data=b"firmware" * 4096,
+            headers={"Content-Type": "application/octet-stream"},
+        ) as response,
+    ):
+        assert response.status == 201, await response.text()
     await page.click("button[data-action='start']")
     await page.wait_for_load_state()
     assert "running" in await page.locator("#rollout-status").inner_text()
