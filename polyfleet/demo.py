@@ -365,7 +365,14 @@ class Demo:
         return rollout_id
 
     async def _setup_sites(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> None:
+        known = await _api(http, "GET", f"{self.controller_url}/api/v1/sites")
+        existing = {site["id"] for site in known["sites"]}
         for site in fleet.sites:
+            if site.id in existing:
+                # A run on an earlier demo's data: the fleet file still names the site.
+                body = {"name": site.name, "timezone": site.timezone}
+                await _api(http, "PATCH", f"{self.controller_url}/api/v1/sites/{site.id}", body)
+                continue
             body = {"id": site.id, "name": site.name, "timezone": site.timezone}
             await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
 

@@ -9,6 +9,7 @@ from polyfleet.controller.api.auth import principal
 from polyfleet.controller.api.entitlement import verdict_lookup
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.models import (
+    AgentList,
     DeviceDetail,
     DeviceList,
     DeviceOut,
@@ -25,6 +26,7 @@ from polyfleet.controller.api.models import (
     SiteIn,
     SiteList,
     SiteOut,
+    SitePatch,
     TokenCreated,
     TokenIn,
     TokenList,
@@ -32,15 +34,16 @@ from polyfleet.controller.api.models import (
 from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS, STORE
-from polyfleet.controller.services.access import Role
+from polyfleet.controller.services.access import LastAdminToken, Role, UnknownAgent, UnknownToken
 from polyfleet.controller.services.device_table import (
     MAX_LIMIT,
     SORT_KEYS,
     DeviceQuery,
     query_devices,
 )
+from polyfleet.controller.services.inventory import SiteExists, site_changes
 from polyfleet.controller.services.jobs import UnknownJob
-from polyfleet.controller.store.base import EVENTS
+from polyfleet.controller.store.base import EVENTS, Doc
 
 DEVICE_QUERY: dict[str, str | Param] = {
     "site": "only devices of this site id",
@@ -77,22 +80,48 @@ async def list_sites(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="Add or rename a site",
+    summary="Add a site (409 if the id is taken: rename with PATCH)",
     roles=ADMINS,
     request=SiteIn,
     response=SiteOut,
     response_status=201,
-    errors=(400, 401, 403, 422),
+    errors=(400, 401, 403, 409, 422),
     tags=("sites",),
 )
 async def add_site(request: web.Request) -> web.Response:
     body = await read_model(request, SiteIn)
     inventory = request.app[INVENTORY]
-    await inventory.add_site(body.id, name=body.name, timezone=body.timezone)
-    site = next(site for site in inventory.sites() if site["id"] == body.id)
+    try:
+        await inventory.add_site(body.id, name=body.name, timezone=body.timezone)
+    except SiteExists as exc:
+        raise ApiError(409, "site_exists", str(exc), "id") from None
+    site = _site(request, body.id)
     details = {"name": site["name"], "timezone": site["timezone"]}
     await audit.record(request, "site.add", f"site:{body.id}", details, site=body.id)
     return web.json_response(site, status=201)
+
+
+@endpoint(
+    summary="Rename a site or change its time zone",
+    roles=ADMINS,
+    request=SitePatch,
+    response=SiteOut,
+    errors=(400, 404),
+    tags=("sites",),
+)
+async def patch_site(request: web.Request) -> web.Response:
+    body = await read_model(request, SitePatch)
+    site_id = request.match_info["site_id"]
+    old, new = await request.app[INVENTORY].update_site(
+        site_id, name=body.name, timezone=body.timezone
+    )
+    changes = site_changes(old, new)
+    await audit.record(request, "site.update", f"site:{site_id}", changes, site=site_id)
+    return web.json_response(_site(request, site_id))
+
+
+def _site(request: web.Request, site_id: str) -> Doc:
+    return next(site for site in request.app[INVENTORY].sites() if site["id"] == site_id)
 
 
 @endpoint(
@@ -267,7 +296,12 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
         raise ApiError(400, "invalid", f"{name} must be an integer, got {text!r}", name) from None
 
 
-@endpoint(summary="List API tokens (never their secrets)", roles=ADMINS, response=TokenList)
+@endpoint(
+    summary="List API tokens, admin and viewer (never their secrets; agents: /api/v1/agents)",
+    roles=ADMINS,
+    response=TokenList,
+    tags=("access",),
+)
 async def list_tokens(request: web.Request) -> web.Response:
     return web.json_response({"tokens": request.app[ACCESS].list_tokens()})
 
@@ -279,6 +313,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     response=TokenCreated,
     response_status=201,
     errors=(401, 403, 422),
+    tags=("access",),
 )
 async def create_token(request: web.Request) -> web.Response:
     body = await read_model(request, TokenIn)
@@ -288,12 +323,60 @@ async def create_token(request: web.Request) -> web.Response:
     return web.json_response({**record, "token": token}, status=201)
 
 
-@endpoint(summary="Revoke a token", roles=ADMINS, response=Ok, errors=(401, 403, 404))
+@endpoint(
+    summary="Revoke an API token (not an agent's credential; never the last admin token)",
+    roles=ADMINS,
+    response=Ok,
+    errors=(401, 403, 404, 409),
+    tags=("access",),
+)
 async def revoke_token(request: web.Request) -> web.Response:
     token_id = request.match_info["token_id"]
-    if not await request.app[ACCESS].revoke_token(token_id):
-        raise ApiError(404, "not_found", f"no token {token_id!r}")
-    await audit.record(request, "token.revoke", f"token:{token_id}")
+    try:
+        revoked = await request.app[ACCESS].revoke_token(token_id)
+    except UnknownToken as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except LastAdminToken as exc:
+        raise ApiError(409, "last_admin_token", str(exc)) from None
+    details = {"role": revoked["role"], "name": revoked["name"]}
+    await audit.record(request, "token.revoke", f"token:{token_id}", details)
+    return web.json_response({"ok": True})
+
+
+@endpoint(
+    summary="List site agents and their credentials' ids",
+    roles=ADMINS,
+    response=AgentList,
+    query={"site": "only agents of this site id"},
+    tags=("access",),
+)
+async def list_agents(request: web.Request) -> web.Response:
+    inventory = request.app[INVENTORY]
+    agents = request.app[ACCESS].list_agents(request.query.get("site") or None)
+    for agent in agents:
+        call = inventory.agent_last_call(agent["id"])
+        if call is not None and (
+            agent["last_seen"] is None or call.isoformat() > agent["last_seen"]
+        ):
+            agent["last_seen"] = call.isoformat()
+    return web.json_response({"agents": agents})
+
+
+@endpoint(
+    summary="Revoke a site agent: its credential stops working at once",
+    roles=ADMINS,
+    response=Ok,
+    errors=(401, 403, 404),
+    tags=("access",),
+)
+async def revoke_agent(request: web.Request) -> web.Response:
+    agent_id = request.match_info["agent_id"]
+    try:
+        agent = await request.app[ACCESS].revoke_agent(agent_id)
+    except UnknownAgent as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    details = {"name": agent["name"], "hostname": agent["hostname"], "token_id": agent["token_id"]}
+    await audit.record(request, "agent.revoke", f"agent:{agent_id}", details, site=agent["site_id"])
     return web.json_response({"ok": True})
 
 
@@ -320,6 +403,7 @@ def register(app: web.Application) -> None:
     router = app.router
     router.add_get("/api/v1/sites", list_sites, allow_head=False)
     router.add_post("/api/v1/sites", add_site)
+    router.add_patch("/api/v1/sites/{site_id}", patch_site)
     router.add_post("/api/v1/invites", create_invite)
     router.add_get("/api/v1/devices", list_devices, allow_head=False)
     router.add_get("/api/v1/devices/{serial}", get_device, allow_head=False)
@@ -334,3 +418,5 @@ def register(app: web.Application) -> None:
     router.add_get("/api/v1/tokens", list_tokens, allow_head=False)
     router.add_post("/api/v1/tokens", create_token)
     router.add_delete("/api/v1/tokens/{token_id}", revoke_token)
+    router.add_get("/api/v1/agents", list_agents, allow_head=False)
+    router.add_delete("/api/v1/agents/{agent_id}", revoke_agent)

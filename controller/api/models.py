@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from polyfleet.controller.domain.admin_input import NameText
 from polyfleet.shared.schema import ErrorBody, Firmware, Health, JobKind, Peripheral, Serial
 
 
@@ -25,6 +26,13 @@ class SiteIn(_In):
     id: str = Field(min_length=1, max_length=64)
     name: str = Field(default="", max_length=256)
     timezone: str = Field(default="Europe/Warsaw", max_length=64)
+
+
+class SitePatch(_In):
+    """What changes: a new name, a new time zone, or both."""
+
+    name: NameText | None = None
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class SiteOut(_Out):
@@ -129,6 +137,20 @@ class TokenCreated(TokenOut):
 
 class TokenList(_Out):
     tokens: list[TokenOut]
+
+
+class AgentOut(_Out):
+    id: str
+    site_id: str
+    name: str
+    hostname: str
+    enrolled_at: str
+    last_seen: str | None = Field(description="its last call (report, jobs poll) known")
+    token_id: str | None = Field(description="id of its credential (never the secret)")
+
+
+class AgentList(_Out):
+    agents: list[AgentOut]
 
 
 class InviteIn(_In):

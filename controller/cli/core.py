@@ -24,8 +24,16 @@ import aiohttp
 from polyfleet.controller.app import read_runtime, serve
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
+from polyfleet.controller.domain.admin_input import shown
 from polyfleet.controller.events import EventBus
-from polyfleet.controller.services.access import AccessService, Role, UnknownSite
+from polyfleet.controller.services.access import (
+    AccessService,
+    LastAdminToken,
+    Role,
+    UnknownAgent,
+    UnknownSite,
+    UnknownToken,
+)
 from polyfleet.controller.services.audit import (
     AuditLog,
     AuditQuery,
@@ -37,7 +45,9 @@ from polyfleet.controller.services.inventory import (
     DeviceFilter,
     InvalidInput,
     Inventory,
+    SiteExists,
     UnknownDevice,
+    site_changes,
 )
 from polyfleet.controller.store.base import StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore
@@ -61,6 +71,11 @@ class Backend(Protocol):
     async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]: ...
     async def move(self, serial: str, site_id: str) -> dict[str, Any]: ...
     async def audit(self, query: Mapping[str, str]) -> dict[str, Any]: ...
+    async def update_site(self, site_id: str, changes: Mapping[str, str]) -> dict[str, Any]: ...
+    async def tokens(self) -> list[dict[str, Any]]: ...
+    async def revoke_token(self, token_id: str) -> None: ...
+    async def agents(self, site_id: str | None) -> list[dict[str, Any]]: ...
+    async def revoke_agent(self, agent_id: str) -> None: ...
 
 
 class DirectBackend:
@@ -87,9 +102,15 @@ class DirectBackend:
     ) -> None:
         await self._audit.record(self._actor, self._origin, action, target, details, site=site)
 
+    def _site(self, site_id: str) -> dict[str, Any]:
+        return next(site for site in self._inventory.sites() if site["id"] == site_id)
+
     async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
-        await self._inventory.add_site(site_id, name=name, timezone=timezone)
-        site = next(site for site in self._inventory.sites() if site["id"] == site_id)
+        try:
+            await self._inventory.add_site(site_id, name=name, timezone=timezone)
+        except SiteExists as exc:
+            raise CommandError(str(exc), code="site_exists", field="site_id") from None
+        site = self._site(site_id)
         details = {"name": site["name"], "timezone": site["timezone"]}
         await self._record("site.add", f"site:{site_id}", details, site=site_id)
         return site
@@ -123,6 +144,41 @@ class DirectBackend:
     async def audit(self, query: Mapping[str, str]) -> dict[str, Any]:
         entries, more = self._audit.query(AuditQuery.parse(query))
         return {"entries": entries, "more": more}
+
+    async def update_site(self, site_id: str, changes: Mapping[str, str]) -> dict[str, Any]:
+        old, new = await self._inventory.update_site(
+            site_id, name=changes.get("name"), timezone=changes.get("timezone")
+        )
+        await self._record("site.update", f"site:{site_id}", site_changes(old, new), site=site_id)
+        return self._site(site_id)
+
+    async def tokens(self) -> list[dict[str, Any]]:
+        return self._access.list_tokens()
+
+    async def revoke_token(self, token_id: str) -> None:
+        try:
+            revoked = await self._access.revoke_token(token_id)
+        except UnknownToken as exc:
+            raise CommandError(str(exc), code="not_found", field="token_id") from None
+        except LastAdminToken as exc:
+            raise CommandError(str(exc), code="last_admin_token", field="token_id") from None
+        details = {"role": revoked["role"], "name": revoked["name"]}
+        await self._record("token.revoke", f"token:{token_id}", details)
+
+    async def agents(self, site_id: str | None) -> list[dict[str, Any]]:
+        return self._access.list_agents(site_id)
+
+    async def revoke_agent(self, agent_id: str) -> None:
+        try:
+            agent = await self._access.revoke_agent(agent_id)
+        except UnknownAgent as exc:
+            raise CommandError(str(exc), code="not_found", field="agent_id") from None
+        details = {
+            "name": agent["name"],
+            "hostname": agent["hostname"],
+            "token_id": agent["token_id"],
+        }
+        await self._record("agent.revoke", f"agent:{agent_id}", details, site=agent["site_id"])
 
 
 class ServerBackend:
@@ -174,6 +230,27 @@ class ServerBackend:
     async def audit(self, query: Mapping[str, str]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/api/v1/audit", **query)
         return result
+
+    async def update_site(self, site_id: str, changes: Mapping[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "PATCH", f"/api/v1/sites/{site_id}", dict(changes)
+        )
+        return result
+
+    async def tokens(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self._call("GET", "/api/v1/tokens"))["tokens"]
+        return result
+
+    async def revoke_token(self, token_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/tokens/{token_id}")
+
+    async def agents(self, site_id: str | None) -> list[dict[str, Any]]:
+        answer = await self._call("GET", "/api/v1/agents", site=site_id or "")
+        result: list[dict[str, Any]] = answer["agents"]
+        return result
+
+    async def revoke_agent(self, agent_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/agents/{agent_id}")
 
 
 def server_refused(status: int, body: Any) -> CommandError:
@@ -326,6 +403,22 @@ def cmd_site_add(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def cmd_site_rename(args: argparse.Namespace) -> int:
+    changes = {"name": args.name}
+    if args.timezone:
+        changes["timezone"] = args.timezone
+
+    async def action(backend: Backend) -> int:
+        site = await backend.update_site(args.site_id, changes)
+        if args.json:
+            _print_json(site)
+        else:
+            print(f"site {site['id']} ({shown(site['name'])}, {site['timezone']})")
+        return 0
+
+    return _run(args, action, needs_store=True)
+
+
 def cmd_site_list(args: argparse.Namespace) -> int:
     async def action(backend: Backend) -> int:
         sites = await backend.sites()
@@ -354,6 +447,124 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, action)
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """Ask ``question`` on the terminal unless ``--yes``; a refusal or no terminal fails."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(
+            "this cannot be undone and there is no terminal to ask on: add --yes to confirm",
+            code="confirmation_needed",
+            field="yes",
+            exit_status=EXIT_USAGE,
+        )
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise CommandError("nothing was revoked", code="not_confirmed")
+
+
+def _when(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        tokens = await backend.tokens()
+        if args.json:
+            _print_json({"tokens": tokens})
+            return 0
+        print(f"{'ID':<13} {'ROLE':<7} {'CREATED':<20} NAME")
+        for token in tokens:
+            print(
+                f"{token['id']:<13} {token['role']:<7} {_when(token['created_at']):<20} "
+                f"{shown(token['name'])}"
+            )
+        return 0
+
+    return _run(args, action, needs_store=True)
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        token = next((t for t in await backend.tokens() if t["id"] == args.token_id), None)
+        if token is not None:
+            named = f" ({shown(token['name'])})" if token["name"] else ""
+            confirm(
+                args,
+                f"Revoke {token['role']} token {token['id']}{named}? Whatever uses it is "
+                "refused from now on.",
+            )
+        # An unknown id (or an agent's credential) is refused by the revoke itself, saying why.
+        await backend.revoke_token(args.token_id)
+        if args.json:
+            _print_json({"revoked": args.token_id})
+        else:
+            print(f"token {args.token_id} revoked")
+        return 0
+
+    return _run(args, action, needs_store=True)
+
+
+def cmd_agent_list(args: argparse.Namespace) -> int:
+    async def action(backend: Backend) -> int:
+        agents = await backend.agents(args.site)
+        if args.json:
+            _print_json({"agents": agents})
+            return 0
+        print(f"{'AGENT':<17} {'SITE':<12} {'ENROLLED':<20} {'LAST SEEN':<20} {'TOKEN':<13} NAME")
+        for agent in agents:
+            print(
+                f"{agent['id']:<17} {agent['site_id']:<12} {_when(agent['enrolled_at']):<20} "
+                f"{_when(agent['last_seen']):<20} {agent['token_id'] or '-':<13} "
+                f"{shown(agent['name'])} {shown(agent['hostname'])}".rstrip()
+            )
+        return 0
+
+    return _run(args, action, needs_store=True)
+
+
+def cmd_agent_revoke(args: argparse.Namespace) -> int:
+    if not args.agent_ids and not args.site:
+        raise CommandError(
+            "name the agents to revoke, or --site SITE for all of a site's agents",
+            code="usage",
+            exit_status=EXIT_USAGE,
+        )
+
+    async def action(backend: Backend) -> int:
+        known = await backend.agents(args.site)
+        by_id = {agent["id"]: agent for agent in known}
+        chosen = [by_id[a] for a in args.agent_ids if a in by_id] if args.agent_ids else known
+        missing = [a for a in args.agent_ids if a not in by_id]
+        if missing:
+            where = f" at site {args.site}" if args.site else ""
+            raise CommandError(
+                f"no agent {', '.join(missing)}{where} (polyfleet controller agent list)",
+                code="not_found",
+                field="agent_id",
+            )
+        if not chosen:
+            raise CommandError(f"site {args.site} has no agent", code="not_found", field="site")
+        names = ", ".join(f"{a['id']} ({a['site_id']})" for a in chosen)
+        confirm(
+            args,
+            f"Revoke {len(chosen)} agent(s): {names}? Their reports and job polls are refused "
+            "until a new agent enrolls.",
+        )
+        for agent in chosen:
+            await backend.revoke_agent(agent["id"])
+        revoked = [agent["id"] for agent in chosen]
+        if args.json:
+            _print_json({"revoked": revoked})
+        else:
+            for agent_id in revoked:
+                print(f"agent {agent_id} revoked")
+        return 0
+
+    return _run(args, action, needs_store=True)
 
 
 def cmd_agent_invite(args: argparse.Namespace) -> int:
@@ -544,12 +755,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     site = commands.add_parser("site", help="sites").add_subparsers(
         dest="site_command", metavar="ACTION", required=True
     )
-    site_add = site.add_parser("add", help="add (or rename) a site")
+    site_add = site.add_parser("add", help="add a site (an id in use is refused: use rename)")
     site_add.add_argument("site_id")
     site_add.add_argument("--name", required=True)
     site_add.add_argument("--timezone", required=True, help="IANA zone, e.g. Europe/Warsaw")
     _common(site_add)
     site_add.set_defaults(func=cmd_site_add)
+    site_rename = site.add_parser("rename", help="rename a site (or change its time zone)")
+    site_rename.add_argument("site_id")
+    site_rename.add_argument("--name", required=True, help="the new name")
+    site_rename.add_argument("--timezone", help="a new IANA zone, e.g. Europe/Warsaw")
+    _common(site_rename)
+    site_rename.set_defaults(func=cmd_site_rename)
     site_list = site.add_parser("list", help="list sites")
     _common(site_list)
     site_list.set_defaults(func=cmd_site_list)
@@ -562,6 +779,16 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     token_create.add_argument("--name", default="")
     _common(token_create)
     token_create.set_defaults(func=cmd_token_create)
+    token_list = token.add_parser("list", help="list API tokens (never their secrets)")
+    _common(token_list)
+    token_list.set_defaults(func=cmd_token_list)
+    token_revoke = token.add_parser(
+        "revoke", help="revoke an API token (asks first; never the last admin token)"
+    )
+    token_revoke.add_argument("token_id", help="the token's id (token list)")
+    token_revoke.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    _common(token_revoke)
+    token_revoke.set_defaults(func=cmd_token_revoke)
 
     agent = commands.add_parser("agent", help="site agents").add_subparsers(
         dest="agent_command", metavar="ACTION", required=True
@@ -570,6 +797,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     invite.add_argument("--site", required=True)
     _common(invite)
     invite.set_defaults(func=cmd_agent_invite)
+    agent_list = agent.add_parser("list", help="list enrolled agents")
+    agent_list.add_argument("--site", help="only this site's agents")
+    _common(agent_list)
+    agent_list.set_defaults(func=cmd_agent_list)
+    agent_revoke = agent.add_parser(
+        "revoke", help="revoke agents (by id, or every agent of --site); asks first"
+    )
+    agent_revoke.add_argument("agent_ids", nargs="*", metavar="AGENT_ID", help="agents to revoke")
+    agent_revoke.add_argument("--site", help="the site's agents (all of them without ids)")
+    agent_revoke.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    _common(agent_revoke)
+    agent_revoke.set_defaults(func=cmd_agent_revoke)
 
     devices = commands.add_parser("devices", help="list, export or move devices")
     _common(devices)

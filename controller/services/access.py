@@ -45,6 +45,46 @@ class EnrollmentRefused(Exception):
     """The enrollment code is unknown, used already, or expired."""
 
 
+class UnknownToken(KeyError):
+    """No API token with that id; when the id is an agent's credential, says how to revoke it."""
+
+    def __init__(self, token_id: str, agent: Doc | None = None) -> None:
+        super().__init__(token_id)
+        self.token_id = token_id
+        self.agent = agent
+
+    def __str__(self) -> str:
+        if self.agent is not None:
+            agent_id, site_id = self.agent["id"], self.agent["site_id"]
+            return (
+                f"{self.token_id!r} is not an API token but the credential of agent {agent_id} "
+                f"of site {site_id}: revoke the agent instead (DELETE /api/v1/agents/{agent_id}, "
+                f"polyfleet controller agent revoke {agent_id})"
+            )
+        return f"no API token {self.token_id!r}"
+
+
+class UnknownAgent(KeyError):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(agent_id)
+        self.agent_id = agent_id
+
+    def __str__(self) -> str:
+        return f"no agent {self.agent_id!r}"
+
+
+class LastAdminToken(Exception):
+    """Revoking this token would leave no admin token that works."""
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(
+            f"token {token_id} is the last admin token that works: revoking it would leave "
+            "nobody able to administer over the API; create another admin token first "
+            "(polyfleet controller token create --role admin)"
+        )
+        self.token_id = token_id
+
+
 class UnknownSite(KeyError):
     """No site with that id."""
 
@@ -127,14 +167,66 @@ class AccessService:
         return None
 
     def list_tokens(self) -> list[Doc]:
-        return [public_token(doc) for doc in self._store.scan(TOKENS).values()]
+        """API tokens (admin and viewer), oldest first; agent credentials are ``list_agents``."""
+        return sorted(
+            (
+                public_token(doc)
+                for doc in self._store.scan(TOKENS).values()
+                if doc["role"] != Role.AGENT.value
+            ),
+            key=lambda doc: (str(doc["created_at"]), str(doc["id"])),
+        )
 
-    async def revoke_token(self, token_id: str) -> bool:
-        for digest, doc in list(self._store.scan(TOKENS).items()):
+    def _find_token(self, token_id: str) -> tuple[str, Doc] | None:
+        for digest, doc in self._store.scan(TOKENS).items():
             if doc["id"] == token_id:
-                await self._store.delete(TOKENS, digest)
-                return True
-        return False
+                return digest, doc
+        return None
+
+    async def revoke_token(self, token_id: str) -> Doc:
+        """Remove an API token; its record as it was. Refuses an agent's credential
+        (``UnknownToken`` naming the agent) and the last admin token (``LastAdminToken``)."""
+        found = self._find_token(token_id)
+        if found is None:
+            raise UnknownToken(token_id)
+        digest, doc = found
+        if doc["role"] == Role.AGENT.value:
+            raise UnknownToken(token_id, self._store.get(AGENTS, str(doc.get("agent_id"))))
+        if doc["role"] == Role.ADMIN.value and not self._other_admin(digest):
+            raise LastAdminToken(token_id)
+        # Checked and removed with no await in between: two revokes cannot both pass the check.
+        await self._store.wait_durable(self._store.apply({}, {TOKENS: [digest]}))
+        return public_token(doc)
+
+    def _other_admin(self, digest: str) -> bool:
+        """Another admin token exists (one that still works)."""
+        return any(
+            doc["role"] == Role.ADMIN.value and key != digest
+            for key, doc in self._store.scan(TOKENS).items()
+        )
+
+    def list_agents(self, site_id: str | None = None) -> list[Doc]:
+        """Enrolled agents (of one site), by site then enrollment time."""
+        agents = [
+            public_agent(doc)
+            for doc in self._store.scan(AGENTS).values()
+            if site_id is None or doc["site_id"] == site_id
+        ]
+        return sorted(agents, key=lambda doc: (doc["site_id"], doc["enrolled_at"], doc["id"]))
+
+    async def revoke_agent(self, agent_id: str) -> Doc:
+        """Remove an agent and its credential (its next call is refused); its record as it was."""
+        agent = self._store.get(AGENTS, agent_id)
+        if agent is None:
+            raise UnknownAgent(agent_id)
+        credentials = [
+            digest
+            for digest, doc in self._store.scan(TOKENS).items()
+            if doc.get("agent_id") == agent_id
+        ]
+        seq = self._store.apply({}, {AGENTS: [agent_id], TOKENS: credentials})
+        await self._store.wait_durable(seq)
+        return public_agent(agent)
 
     async def create_invite(self, site_id: str) -> tuple[str, datetime]:
         """A one-time enrollment code for ``site_id``'s agent and when it expires."""
@@ -201,3 +293,16 @@ class AccessService:
 def public_token(doc: Doc) -> dict[str, Any]:
     """A token record without its digest."""
     return {key: doc[key] for key in ("id", "role", "name", "created_at") if key in doc}
+
+
+def public_agent(doc: Doc) -> dict[str, Any]:
+    """An agent as the admin API lists it (``token_id`` names its credential, never the secret)."""
+    return {
+        "id": doc["id"],
+        "site_id": doc["site_id"],
+        "name": doc.get("name", ""),
+        "hostname": doc.get("hostname", ""),
+        "enrolled_at": doc["enrolled_at"],
+        "last_seen": doc.get("last_seen"),
+        "token_id": doc.get("token_id"),
+    }

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from polyfleet.controller.clock import Clock, earlier
 from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.domain.admin_input import AdminInputError, display_name, shown
 from polyfleet.controller.events import (
     AgentNoticeReceived,
     AgentOffline,
@@ -101,6 +102,42 @@ class InvalidInput(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class SiteExists(Exception):
+    """A site with that id exists already; adding it again would silently rename it."""
+
+    def __init__(self, site: Doc) -> None:
+        site_id = site["id"]
+        super().__init__(
+            f"site {site_id!r} exists already (named {shown(str(site.get('name', site_id)))!r}, "
+            f"time zone {site.get('timezone', 'UTC')}); rename it with PATCH /api/v1/sites/"
+            f"{site_id} or `polyfleet controller site rename {site_id} --name NAME`"
+        )
+        self.site = site
+
+
+def site_changes(old: Doc, new: Doc) -> dict[str, list[Any]]:
+    """What ``update_site`` changed, as the audit log keeps it: field -> [before, after]."""
+    return {
+        key: [old.get(key), new[key]] for key in ("name", "timezone") if old.get(key) != new[key]
+    }
+
+
+def _site_name(name: str, *, allow_empty: bool) -> str:
+    try:
+        return display_name(name, field="name", allow_empty=allow_empty)
+    except AdminInputError as exc:
+        raise InvalidInput(exc.field, str(exc)) from None
+
+
+def _check_timezone(timezone: str) -> None:
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            "timezone", f"unknown time zone {timezone!r} (use an IANA name like Europe/Warsaw)"
+        ) from None
 
 
 class UnknownDevice(KeyError):
@@ -277,25 +314,25 @@ class Inventory:
     # -- sites -------------------------------------------------------------------------------
 
     async def add_site(self, site_id: str, *, name: str, timezone: str) -> Doc:
+        """A new site; ``SiteExists`` when the id is taken (``update_site`` renames)."""
         if not SITE_ID.match(site_id):
             raise InvalidInput(
                 "site_id", f"site id {site_id!r} must be lowercase letters, digits, '.', '_', '-'"
             )
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidInput(
-                "timezone", f"unknown time zone {timezone!r} (use an IANA name like Europe/Warsaw)"
-            ) from None
+        name = _site_name(name, allow_empty=True)
+        _check_timezone(timezone)
         existing = self._store.get(SITES, site_id)
+        if existing is not None:
+            raise SiteExists(existing)
         doc: Doc = {
             "id": site_id,
             "name": name or site_id,
             "timezone": timezone,
-            "created_at": existing["created_at"] if existing else self._clock().isoformat(),
-            "agent_online": existing.get("agent_online") if existing else None,
+            "created_at": self._clock().isoformat(),
+            "agent_online": None,
         }
-        await self._store.put_many(SITES, {site_id: doc})
+        # Checked and written with no await in between: two adds of one id cannot both pass.
+        await self._store.wait_durable(self._store.apply({SITES: {site_id: doc}}))
         self._sites.setdefault(
             site_id,
             _SiteLiveness(
@@ -303,6 +340,24 @@ class Inventory:
             ),
         )
         return doc
+
+    async def update_site(
+        self, site_id: str, *, name: str | None = None, timezone: str | None = None
+    ) -> tuple[Doc, Doc]:
+        """Rename a site or change its time zone: (the document before, the one after)."""
+        existing = self._store.get(SITES, site_id)
+        if existing is None:
+            raise UnknownSite(site_id)
+        if name is None and timezone is None:
+            raise InvalidInput("name", "give a new name, a new timezone, or both")
+        changed = dict(existing)
+        if name is not None:
+            changed["name"] = _site_name(name, allow_empty=False)
+        if timezone is not None:
+            _check_timezone(timezone)
+            changed["timezone"] = timezone
+        await self._store.wait_durable(self._store.apply({SITES: {site_id: changed}}))
+        return existing, changed
 
     def sites(self) -> list[Doc]:
         devices_per_site: dict[str, int] = {}

@@ -351,6 +351,14 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
     )
     await c.call("delete", f"/api/v1/tokens/{created['id']}")
     await c.call("delete", "/api/v1/tokens/none", expect=404)
+    only_admin = (await c.call("get", "/api/v1/tokens"))["tokens"][0]["id"]
+    await c.call("delete", f"/api/v1/tokens/{only_admin}", expect=409)
+    await c.call("post", "/api/v1/sites", json_body={"id": "krk"}, expect=409)
+    await c.call("patch", "/api/v1/sites/krk", json_body={"name": "Kraków"})
+    await c.call("patch", "/api/v1/sites/krk", json_body={"name": "a\nb"}, expect=422)
+    await c.call("patch", "/api/v1/sites/nowhere", json_body={"name": "x"}, expect=404)
+    agents = await c.call("get", "/api/v1/agents", query={"site": "krk"})
+    assert enrolled["agent_id"] in {a["id"] for a in agents["agents"]}
     await c.call("patch", "/api/v1/devices/X50-1", json_body={"room": "Wawel"})
     await c.call("post", "/api/v1/devices/X50-1/move", json_body={"site": "waw"})
     await c.call("post", "/api/v1/devices/X50-1/move", json_body={"site": "krk"})
@@ -442,6 +450,8 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
     assert [e["action"] for e in audit["entries"]] == ["device.room"] and audit["more"]
     await c.call("get", "/api/v1/audit", query={"from": "2026-01-01T00:00:00Z"})
     await c.call("get", "/api/v1/audit", query={"from": "yesterday"}, expect=400)
+    await c.call("delete", f"/api/v1/agents/{enrolled['agent_id']}")
+    await c.call("delete", f"/api/v1/agents/{enrolled['agent_id']}", expect=404)
     exercised = {(template, method) for template, method, _ in c.seen}
     documented = {(path, method) for path, ops in c.document["paths"].items() for method in ops}
     earlier = {
