@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import aiohttp
 
 from polyfleet.controller.api.entitlement import CATALOGUES
 from polyfleet.controller.api.rollouts import ROLLOUTS
+from polyfleet.controller.app import _GC_NO_AUTOMATIC_FULL_PASS, GC_YOUNG_THRESHOLDS
 from polyfleet.controller.services.rollout import request_from_json
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import PROTOCOL_VERSION
@@ -148,5 +150,7 @@ if __name__ == "__main__":
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    # As `polyfleet controller serve` runs: full collections on a schedule only.
+    gc.set_threshold(*GC_YOUNG_THRESHOLDS, _GC_NO_AUTOMATIC_FULL_PASS)
     asyncio.run(main(args.devices, args.sites, args.repeat))
     sys.exit(0)

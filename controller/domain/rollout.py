@@ -218,7 +218,7 @@ class PlanRequest:
             raise PlanError("wave_gap", "at least one minute between waves")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class PlanDevice:
     """One device as the inventory knows it, with what the planner needs about it."""
 
@@ -301,6 +301,8 @@ class DeviceEntry:
 
     @property
     def status(self) -> str:
+        if not self.reasons:
+            return "planned"
         codes = {reason.code for reason in self.reasons}
         if codes & EXCLUDING:
             return "excluded"
@@ -528,7 +530,12 @@ class _Planner:
         asset = self.assets.get(serial)
         if asset is None:
             return _NOTHING
-        key = (asset.purchase_date, asset.contracts)
+        # The rights depend on dates and plans, not on contract numbers: devices bought
+        # together under the same terms share them.
+        key = (
+            asset.purchase_date,
+            tuple((c.plan, c.start, c.end, c.ineligible_rules) for c in asset.contracts),
+        )
         found = self._covers.get(key)
         if found is None:
             found = self._covers[key] = _covering(asset, self.plans)
