@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from rollout_kit import rollout_world, wait_until
@@ -187,3 +188,25 @@ async def test_a_teams_unit_is_never_ordered_and_done_once_a_report_shows_the_ta
         _, jobs = await world.call("GET", "/api/v1/devices/TMS01/jobs")
         assert [j for j in jobs["jobs"] if j["kind"] == "firmware_update"] == []
         assert device.downloads == []
+
+
+async def test_a_unit_off_in_its_window_moves_to_its_next_window(tmp_path: Path) -> None:
+    """Off when its update should start: not ordered; the plan moves it to tomorrow's window."""
+    sites = {"krakow": [poly("OFF01")]}
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        first = plan["devices"][0]["window"]
+        await world.devices["OFF01"].power_off()
+        await world.act(plan["id"], "start")
+
+        async def moved() -> dict[str, object] | None:
+            entry = (await world.rollout(plan["id"]))["devices"][0]
+            return entry if entry["notes"] else None
+
+        entry = await wait_until(moved, what="the window moved", timeout=60)
+        assert entry["status"] == "waiting_window"
+        assert entry["notes"][-1]["code"] == "moved_to_next_window"
+        assert "unreachable" in entry["notes"][-1]["text"]
+        start = datetime.fromisoformat(entry["window"]["start"])
+        assert start - datetime.fromisoformat(first["start"]) == timedelta(days=1)
+        assert world.devices["OFF01"].downloads == []

@@ -1,0 +1,87 @@
+"""The agent's package cache: fetched once from the controller, resumed, verified, bounded."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from polyfleet.agent.update_server import PackageCache, PackageRef, PackageUnavailable
+from polyfleet.agent.uplink import Uplink
+from polyfleet.controller.testing import RunningController, running_controller
+
+CONTENT = {v: (v.encode() * 50_000)[:400_000] for v in ("4.1.3.394009", "4.2.2-408037")}
+
+
+@pytest.fixture
+async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
+    async with running_controller(tmp_path / "ctl") as running:
+        async with aiohttp.ClientSession(headers=running.admin_headers) as http:
+            for version, content in CONTENT.items():
+                url = f"{running.url}/api/v1/releases/{version}/package"
+                async with http.put(url, data=content) as response:
+                    assert response.status == 201
+        yield running
+
+
+def ref(version: str) -> PackageRef:
+    content = CONTENT[version]
+    return PackageRef(version, hashlib.sha256(content).hexdigest(), len(content))
+
+
+async def test_an_interrupted_download_resumes_from_where_it_stopped(
+    controller: RunningController, tmp_path: Path
+) -> None:
+    """A part left by an interrupted download is completed with a range, then verified."""
+    agent = await controller.enroll("krk")
+    cache = PackageCache(tmp_path / "packages", max_bytes=10_000_000)
+    cache.load()
+    wanted = ref("4.2.2-408037")
+    (cache.directory / f"{wanted.sha256}.part").write_bytes(CONTENT[wanted.version][:150_000])
+    async with aiohttp.ClientSession() as http:
+        uplink = Uplink(controller.url, session=http, token=agent.token)
+        path = await cache.ensure(uplink, wanted)
+        assert path.read_bytes() == CONTENT[wanted.version]
+        assert cache.fetches == [
+            {"version": wanted.version, "bytes": 400_000 - 150_000, "resumed_from": 150_000}
+        ]
+        # Kept: asking again fetches nothing.
+        await cache.ensure(uplink, wanted)
+        assert len(cache.fetches) == 1
+
+
+async def test_a_damaged_part_is_discarded_and_never_served(
+    controller: RunningController, tmp_path: Path
+) -> None:
+    """A part with wrong bytes fails the SHA-256 check and is dropped; the next try is whole."""
+    agent = await controller.enroll("krk")
+    cache = PackageCache(tmp_path / "packages", max_bytes=10_000_000)
+    cache.load()
+    wanted = ref("4.2.2-408037")
+    (cache.directory / f"{wanted.sha256}.part").write_bytes(b"\x00" * 1000)
+    async with aiohttp.ClientSession() as http:
+        uplink = Uplink(controller.url, session=http, token=agent.token)
+        with pytest.raises(PackageUnavailable, match="discarded"):
+            await cache.ensure(uplink, wanted)
+        assert not cache.path(wanted.sha256).exists()
+        path = await cache.ensure(uplink, wanted)
+        assert path.read_bytes() == CONTENT[wanted.version]
+
+
+async def test_the_cache_stays_under_its_bound(
+    controller: RunningController, tmp_path: Path
+) -> None:
+    """With room for one package, fetching a second removes the least recently used."""
+    agent = await controller.enroll("krk")
+    cache = PackageCache(tmp_path / "packages", max_bytes=500_000)
+    cache.load()
+    older, newer = ref("4.1.3.394009"), ref("4.2.2-408037")
+    async with aiohttp.ClientSession() as http:
+        uplink = Uplink(controller.url, session=http, token=agent.token)
+        await cache.ensure(uplink, older)
+        await cache.ensure(uplink, newer)
+    assert not cache.path(older.sha256).exists()
+    assert cache.path(newer.sha256).read_bytes() == CONTENT[newer.version]
