@@ -112,6 +112,10 @@ class World:
         await wait_until(check, what=f"reports of {sorted(serials)}", timeout=60)
 
 
+async def _stop_agent(agents: dict[str, AgentService], site: str) -> None:
+    await agents[site].stop()
+
+
 def registry_row(serial: str, model: str, site: str, plan: str = "poly_plus") -> str:
     return (
         f"{serial},{model},2025-01-10,{plan},C-{serial},2025-01-10,2028-01-09,{site},Room {serial},"
@@ -124,6 +128,7 @@ async def rollout_world(
     sites: dict[str, list[DeviceSpec]],
     *,
     return_timeout_s: float = 20.0,
+    job_lease_s: int = 3600,
 ) -> AsyncIterator[World]:
     """Lab, controller (runner every 0.2 s), agents per site enrolled, packages registered."""
     specs = [spec for specs in sites.values() for spec in specs]
@@ -131,7 +136,7 @@ async def rollout_world(
         lab = await start_lab(tmp_path / "lab", specs)
         stack.push_async_callback(lab.stop)
         config = dataclasses.replace(
-            ControllerConfig(), sections={"rollouts": {"tick_s": 0.2}}, job_lease_s=3600
+            ControllerConfig(), sections={"rollouts": {"tick_s": 0.2}}, job_lease_s=job_lease_s
         )
         controller = await stack.enter_async_context(
             running_controller(tmp_path / "ctl", config=config)
@@ -193,7 +198,8 @@ async def rollout_world(
             ).save(agent_config.credential_path)
             agent = AgentService(agent_config)
             await agent.start()
-            stack.push_async_callback(agent.stop)
             agents[site] = agent
+            # Whichever agent serves the site at the end is stopped (a test may replace it).
+            stack.push_async_callback(_stop_agent, agents, site)
         await world.wait_reported({spec.serial for spec in specs})
         yield world

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rollout_kit import rollout_world, wait_until
 
+from polyfleet.agent.service import AgentService
 from polyfleet.controller.api.rollouts import PACKAGES
 from polyfleet.simulator.testing import make_device, with_update
 
@@ -210,3 +211,32 @@ async def test_a_unit_off_in_its_window_moves_to_its_next_window(tmp_path: Path)
         start = datetime.fromisoformat(entry["window"]["start"])
         assert start - datetime.fromisoformat(first["start"]) == timedelta(days=1)
         assert world.devices["OFF01"].downloads == []
+
+
+async def test_an_agent_stopped_mid_update_resumes_it_without_ordering_again(
+    tmp_path: Path,
+) -> None:
+    """The agent dies while its unit installs; restarted, it verifies the same order, once."""
+    sites = {"krakow": [with_update(poly("AGR01"), "ok", install_seconds=2.0)]}  # type: ignore[arg-type]
+    async with rollout_world(tmp_path, sites, job_lease_s=2) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        await world.act(plan["id"], "start")
+        device = world.devices["AGR01"]
+        await wait_until(lambda: device.power == "installing", what="install", interval=0.02)
+        old = world.agents["krakow"]
+        await old.stop()  # the job in flight is cut off, as a kill would
+        journal = next((old.config.data_dir / "updates").glob("job_*.json"))
+        assert '"phase": "ordered"' in journal.read_text()
+        again = AgentService(old.config)
+        await again.start()
+        world.agents["krakow"] = again
+        done = await world.wait_status(plan["id"], "done", "halted", timeout=90)
+        assert done["status"] == "done", done.get("halt")
+        assert [d.version for d in device.downloads] == ["4.2.2-408037"]
+        _, jobs = await world.call("GET", "/api/v1/devices/AGR01/jobs")
+        assert len([j for j in jobs["jobs"] if j["kind"] == "firmware_update"]) == 1
+        assert done["devices"][0]["evidence"][-1]["checks"][0] == {
+            "check": "version",
+            "ok": True,
+            "detail": "4.2.2 build 408037, expected 4.2.2-408037",
+        }
