@@ -9,9 +9,10 @@ the same run, it times:
 - ``GET /devices?site=...&health=fault`` (a filtered device table, one page);
 - ``GET /devices?flag=contract_expiring_90`` (filtered by an entitlement verdict flag).
 
-Each page's first answer (verdicts judged from scratch) is reported on its own; the median
-of the following rounds is compared with the API's median in the same run, as a ratio
-(below 1: the page renders faster than the API lists the devices).
+Each page's first answer (verdicts judged from scratch) is reported on its own; then in
+each round every page and the API answer once, in turn, and each page's median is compared
+with the API's median as a ratio (below 1: the page renders faster than the API lists the
+devices).
 
     python benchmarks/dashboard.py [--devices 10000] [--agents 20] [--rounds 15] [--json]
 """
@@ -35,6 +36,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from polyfleet.controller.domain.plans import add_years  # noqa: E402
 from polyfleet.controller.testing import RunningController, running_controller  # noqa: E402
 from polyfleet.shared.schema import PROTOCOL_VERSION, ReportBatch  # noqa: E402
 
@@ -103,7 +105,7 @@ def registry(agents: int, per_agent: int, today: date) -> str:
                 start_day = purchase + timedelta(days=10)
                 plan = "poly_plus" if index % 2 else "partner_poly_plus"
                 years = 3 if plan == "partner_poly_plus" else 2
-                end_day = start_day.replace(year=start_day.year + years) - timedelta(days=1)
+                end_day = add_years(start_day, years) - timedelta(days=1)
                 number, start, end = f"C-{serial}", start_day.isoformat(), end_day.isoformat()
             lines.append(
                 f"{serial},{MODELS[index % len(MODELS)]},{purchase.isoformat()},{plan},{number},"
@@ -149,17 +151,22 @@ async def session_cookie(controller: RunningController, http: aiohttp.ClientSess
         return response.cookies[SESSION_COOKIE].value
 
 
-async def timed(fetch: Callable[[], Awaitable[int]], rounds: int) -> dict[str, Any]:
-    """The first answer's time, then the median of ``rounds`` more (seconds)."""
-    started = time.perf_counter()
-    size = await fetch()
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(rounds):
+async def timed(fetches: dict[str, Callable[[], Awaitable[int]]], rounds: int) -> dict[str, Any]:
+    """Each one's first answer, then ``rounds`` rounds in which every one answers once, in
+    turn (so a change in other load on the machine touches all alike); medians in seconds."""
+    results: dict[str, Any] = {}
+    for name, fetch in fetches.items():
         started = time.perf_counter()
-        await fetch()
-        times.append(time.perf_counter() - started)
-    return {"first_s": first, "median_s": statistics.median(times), "bytes": size}
+        size = await fetch()
+        results[name] = {"first_s": time.perf_counter() - started, "bytes": size, "times": []}
+    for _ in range(rounds):
+        for name, fetch in fetches.items():
+            started = time.perf_counter()
+            await fetch()
+            results[name]["times"].append(time.perf_counter() - started)
+    for result in results.values():
+        result["median_s"] = statistics.median(result.pop("times"))
+    return results
 
 
 async def measure(devices: int, agents: int, rounds: int) -> dict[str, Any]:
@@ -193,8 +200,10 @@ async def measure(devices: int, agents: int, rounds: int) -> dict[str, Any]:
                     "devices_flag": "/devices?flag=contract_expiring_90",
                 }
                 # The pages first: their first answer judges every verdict from scratch.
-                results = {name: await timed(getter(path), rounds) for name, path in pages.items()}
-                api = await timed(getter("/api/v1/devices", api=True), rounds)
+                fetches = {name: getter(path) for name, path in pages.items()}
+                fetches["api"] = getter("/api/v1/devices", api=True)
+                results = await timed(fetches, rounds)
+                api = results.pop("api")
     baseline = api["median_s"]
     return {
         "devices": per_agent * agents,

@@ -134,6 +134,9 @@ class Demo:
         self.stop = asyncio.Event()
         self.controller_url = ""
         self.admin_token = ""
+        self.admin_token_id = ""
+        self.signin_link = ""
+        self.signin_expires = ""
         self.rollout_id: str | None = None
         self.out = sys.stdout
 
@@ -154,8 +157,15 @@ class Demo:
             desk, desk_url = await self._start_desk(stack)
             controller_task = await self._start_controller(desk_url, desk.secret)
             stack.push_async_callback(self._stop_controller, controller_task)
+            self.signin_link = await self._signin_link()
             await self._write_demo_json()
             self.say(f"controller: {self.controller_url}")
+            self.say(f"dashboard: {self.controller_url}/")
+            self.say(f"  sign in once with: {self.signin_link}")
+            self.say(
+                f"  (it works once, until {self.signin_expires}; after that sign in with the "
+                "admin token below)"
+            )
             self.say(f"admin token: {self.admin_token}")
             self.say(f"  (also in {self.data_dir / 'demo.json'})")
 
@@ -257,9 +267,28 @@ class Demo:
         out, err = await process.communicate()
         if process.returncode != 0:
             raise PolyfleetError(f"could not create the admin token: {err.decode().strip()}")
-        token = json.loads(out)["token"]
-        assert isinstance(token, str)
+        created = json.loads(out)
+        token, token_id = created["token"], created["id"]
+        assert isinstance(token, str) and isinstance(token_id, str)
+        self.admin_token_id = token_id
         return token
+
+    async def _signin_link(self) -> str:
+        """A one-time dashboard sign-in link for the demo's admin token (the token itself
+        never goes into an address that a browser history or a proxy log would keep)."""
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.admin_token}"}) as http,
+            http.post(
+                f"{self.controller_url}/api/v1/signin-links",
+                json={"token_id": self.admin_token_id},
+            ) as response,
+        ):
+            answer = await response.json(content_type=None)
+            if response.status != 201:
+                raise PolyfleetError(f"could not make a sign-in link: {answer}")
+        expires = datetime.fromisoformat(answer["expires_at"]).astimezone()
+        self.signin_expires = expires.strftime("%H:%M:%S")
+        return f"{self.controller_url}{answer['path']}"
 
     async def _stop_controller(self, task: asyncio.Task[None]) -> None:
         self.stop.set()
@@ -270,6 +299,8 @@ class Demo:
         body = json.dumps(
             {
                 "url": self.controller_url,
+                "dashboard": f"{self.controller_url}/",
+                "signin_link": self.signin_link,
                 "admin_token": self.admin_token,
                 "rollout_id": self.rollout_id,
             }

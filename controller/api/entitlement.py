@@ -21,7 +21,7 @@ from polyfleet.controller.domain.assets import (
 )
 from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.entitlement import EntitlementVerdict, Flag, parse_moment
-from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, Forecast, forecast
+from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, Forecast
 from polyfleet.controller.events import DeviceAdded, Event
 from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
 from polyfleet.controller.services import entitlement as service
@@ -29,6 +29,7 @@ from polyfleet.shared.schema import ErrorBody
 
 CATALOGUES = web.AppKey("entitlement_catalogues", service.Catalogues)
 VERDICTS = web.AppKey("entitlement_verdicts", service.VerdictCache)
+FORECASTS = web.AppKey("entitlement_forecasts", service.ForecastCache)
 
 
 class _Out(BaseModel):
@@ -320,12 +321,7 @@ def registry_forecast(
     app: web.Application, at: datetime, days: int, *, site: str | None = None
 ) -> Forecast:
     """What expires or closes when within ``days`` of ``at`` (of ``site`` when given)."""
-    assets = [
-        asset
-        for asset in service.registry(app[STORE]).values()
-        if site is None or asset.site == site
-    ]
-    return forecast(assets, app[CATALOGUES].plans, at, days)
+    return app[FORECASTS].forecast(app[STORE], app[CATALOGUES].plans, at, days, site=site)
 
 
 async def verdict_lookup(app: web.Application) -> Callable[[str], EntitlementVerdict | None]:
@@ -333,7 +329,8 @@ async def verdict_lookup(app: web.Application) -> Callable[[str], EntitlementVer
     store, catalogues, cache = app[STORE], app[CATALOGUES], app[VERDICTS]
     releases = await catalogues.releases()
     at = to_warsaw(app[CLOCK]())
-    return lambda serial: cache.verdict(store, catalogues.plans, releases, serial, at)
+    day = at.date()
+    return lambda serial: cache.verdict(store, catalogues.plans, releases, serial, at, day=day)
 
 
 async def _catalogue_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -359,6 +356,7 @@ def register(app: web.Application) -> None:
     section: Any = app[CONFIG].section("entitlement") if CONFIG in app else {}
     app[CATALOGUES] = service.Catalogues(*service.catalogue_paths(section))
     app[VERDICTS] = service.VerdictCache()
+    app[FORECASTS] = service.ForecastCache()
     app.cleanup_ctx.append(_catalogue_lifecycle)
     app.cleanup_ctx.append(_placement_lifecycle)
     router = app.router

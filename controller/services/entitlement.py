@@ -8,6 +8,7 @@ import hashlib
 import logging
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from polyfleet.controller.domain.assets import Asset, ImportPlan, InstalledFirmware, plan_import
 from polyfleet.controller.domain.calendar import warsaw_date
 from polyfleet.controller.domain.entitlement import EntitlementVerdict, judge, unknown_asset_verdict
+from polyfleet.controller.domain.forecast import Forecast, forecast
 from polyfleet.controller.domain.plans import CatalogueError, PlanCatalogue, parse_plans
 from polyfleet.controller.domain.releases import (
     Release,
@@ -199,6 +201,54 @@ def live_verdict(
     return None
 
 
+class ForecastCache:
+    """The expiry forecast kept until the registry, the plans or the Warsaw day change.
+
+    Like ``VerdictCache``: registry documents are replaced, never changed in place, so the
+    same document objects in the store mean the same registry.
+    """
+
+    def __init__(self) -> None:
+        self._docs: dict[str, Doc] = {}
+        self._assets: dict[str, Asset] = {}
+        self._kept: dict[tuple[date, int, str | None, int], Forecast] = {}
+
+    def _registry(self, store: Store) -> dict[str, Asset]:
+        """The registry, parsing only documents that are new since the last call."""
+        docs = store.scan(ASSETS)
+        if len(docs) == len(self._docs) and all(
+            self._docs.get(serial) is doc for serial, doc in docs.items()
+        ):
+            return self._assets
+        assets = {
+            serial: (self._assets[serial] if self._docs.get(serial) is doc else Asset.from_doc(doc))
+            for serial, doc in list(docs.items())
+        }
+        self._docs, self._assets, self._kept = dict(docs), assets, {}
+        return assets
+
+    def forecast(
+        self,
+        store: Store,
+        plans: PlanCatalogue,
+        at: datetime,
+        days: int,
+        *,
+        site: str | None = None,
+    ) -> Forecast:
+        """``forecast`` of the registry (of ``site``), judged again only when it changed."""
+        assets = self._registry(store)
+        key = (warsaw_date(at), days, site, id(plans))
+        found = self._kept.get(key)
+        if found is not None:
+            # Counted from the Warsaw day, not the moment (E1): the same answer, stamped now.
+            return replace(found, at=at)
+        chosen = [a for a in assets.values() if site is None or a.site == site]
+        result = forecast(chosen, plans, at, days)
+        self._kept[key] = result
+        return result
+
+
 class VerdictCache:
     """Verdicts kept until what they are judged from changes, so pages that show every
     device's verdict (the overview, the device table) stay fast at ten thousand devices.
@@ -221,9 +271,13 @@ class VerdictCache:
         releases: ReleaseCatalogue,
         serial: str,
         at: datetime,
+        *,
+        day: date | None = None,
     ) -> EntitlementVerdict | None:
-        """``live_verdict``, judged again only when one of its inputs changed."""
-        asset, device, day = store.get(ASSETS, serial), store.get(DEVICES, serial), warsaw_date(at)
+        """``live_verdict``, judged again only when one of its inputs changed (``day``: the
+        Warsaw date of ``at``, when the caller already has it)."""
+        asset, device = store.get(ASSETS, serial), store.get(DEVICES, serial)
+        day = day or warsaw_date(at)
         kept = self._kept.get(serial)
         if (
             kept is not None
@@ -268,7 +322,10 @@ def live_verdicts(
         }
     if cache is not None:
         cache.forget_missing(store)
-        found = (cache.verdict(store, plans, releases, serial, at) for serial in sorted(serials))
+        day = warsaw_date(at)
+        found = (
+            cache.verdict(store, plans, releases, serial, at, day=day) for serial in sorted(serials)
+        )
     else:
         found = (live_verdict(store, plans, releases, serial, at) for serial in sorted(serials))
     return [verdict for verdict in found if verdict is not None]

@@ -64,10 +64,10 @@ _STATES = frozenset(state.value for state in HealthState)
 def room_tiles(sites: Sequence[Doc], devices: Iterable[Doc]) -> list[Doc]:
     """Per site, its rooms (devices without a room are one tile, ``room`` null), each with its
     worst device's state and counts per state; rooms worst first, then by name."""
-    by_site: dict[str, dict[str | None, list[Doc]]] = {}
+    by_site: dict[str, dict[str | None, list[tuple[str, Doc]]]] = {}
     for device in devices:
         site_rooms = by_site.setdefault(str(device["site_id"]), {})
-        site_rooms.setdefault(device.get("room"), []).append(device)
+        site_rooms.setdefault(device.get("room"), []).append((_state(device), device))
     known = {site["id"]: site for site in sites}
     result: list[Doc] = []
     for site_id in sorted(set(known) | set(by_site)):
@@ -75,11 +75,11 @@ def room_tiles(sites: Sequence[Doc], devices: Iterable[Doc]) -> list[Doc]:
         rooms: list[Doc] = []
         site_states: list[str] = []
         for room, members in by_site.get(site_id, {}).items():
-            states = [_state(device) for device in members]
+            states = [state for state, _ in members]
             site_states += states
             attention = sorted(
-                (d for d in members if _state(d) != "ok"),
-                key=lambda d: (-_severity(_state(d)), d["serial"]),
+                ((state, d) for state, d in members if state != "ok"),
+                key=lambda item: (-_severity(item[0]), item[1]["serial"]),
             )
             rooms.append(
                 {
@@ -88,8 +88,8 @@ def room_tiles(sites: Sequence[Doc], devices: Iterable[Doc]) -> list[Doc]:
                     "worst": worst(states),
                     "health": _health_counts(states),
                     "attention": [
-                        {"serial": d["serial"], "model": d.get("model"), "state": _state(d)}
-                        for d in attention[:ROOM_ATTENTION]
+                        {"serial": d["serial"], "model": d.get("model"), "state": state}
+                        for state, d in attention[:ROOM_ATTENTION]
                     ],
                 }
             )
@@ -192,18 +192,21 @@ def firmware_compliance(
             continue  # registered, never reported: no installed version to judge
         model = str(device.get("model", "unknown"))
         provider = str(device.get("provider", "unknown"))
-        installed = verdict.firmware.installed or ""
-        row = rows.setdefault(
-            (model, provider, installed),
-            {
+        # As the agent reported it, and as the device table's firmware filter takes it.
+        firmware = device.get("firmware") or {}
+        version, build = str(firmware.get("version") or ""), str(firmware.get("build") or "")
+        installed = f"{version}-{build}" if version and build else version
+        key = (model, provider, installed)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {
                 "model": model,
                 "provider": provider,
                 "version": installed or None,
                 "devices": 0,
                 **{status: 0 for status in FIRMWARE_STATUSES},
                 "_targets": Counter[str](),
-            },
-        )
+            }
         status = firmware_status(verdict, model, releases)
         row["devices"] += 1
         row[status] += 1

@@ -49,7 +49,7 @@ def _paging(request: web.Request) -> tuple[int, int]:
     return (int(page_text) if page_text else 1), (int(per_text) if per_text else default)
 
 
-def _options(request: web.Request) -> dict[str, Any]:
+def _options(request: web.Request, sites: list[Doc]) -> dict[str, Any]:
     """The choices of each filter, from what the inventory holds."""
     site = request.query.get("site") or None
     rooms: set[str] = set()
@@ -61,7 +61,7 @@ def _options(request: web.Request) -> dict[str, Any]:
         if version:
             versions.add(str(version))
     return {
-        "sites": request.app[INVENTORY].sites(),
+        "sites": sites,
         "rooms": sorted(rooms, key=str.casefold),
         "models": [m.value for m in Model],
         "providers": [p.value for p in Provider],
@@ -90,7 +90,8 @@ async def devices_page(request: web.Request) -> web.Response:
         verdict = verdict_of(row["serial"])
         flags[row["serial"]] = verdict.flags if verdict is not None else ()
     pages = max(1, -(-found.total // per_page))
-    zones = {site["id"]: site["timezone"] for site in request.app[INVENTORY].sites()}
+    sites = request.app[INVENTORY].sites()
+    zones = {site["id"]: site["timezone"] for site in sites}
     return render(
         request,
         "devices.html",
@@ -107,7 +108,7 @@ async def devices_page(request: web.Request) -> web.Response:
             "pages": pages,
             "per_page": per_page,
             "page_sizes": PAGE_SIZES,
-            "options": _options(request),
+            "options": _options(request, sites),
             "zones": zones,
             "selected": {key: request.query.get(key, "") for key in request.query},
         },

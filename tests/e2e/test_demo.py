@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,36 @@ async def wait_for_file(path: Path, process: asyncio.subprocess.Process, deadlin
             raise AssertionError(f"demo exited early with {process.returncode}")
         await asyncio.sleep(0.2)  # waits-for: the demo to write demo.json
     raise AssertionError(f"{path} never appeared")
+
+
+async def signs_in_once(demo: dict[str, Any]) -> None:
+    """The demo's one-time link opens a dashboard session once, and holds no token."""
+    link = demo["signin_link"]
+    assert link.startswith(demo["url"] + "/signin/link?code=")
+    assert demo["admin_token"] not in link
+    async with aiohttp.ClientSession() as http:
+        async with http.get(link) as response:
+            assert response.status == 200
+            page = await response.text()
+            nonce = response.cookies["polyfleet_signin"].value
+        code = re.search(r'name="code" value="([^"]+)"', page)
+        assert code is not None
+        form = {"code": code.group(1), "nonce": nonce}
+        for expected in (303, 401):
+            async with http.post(
+                demo["url"] + "/signin/link",
+                data=form,
+                cookies={"polyfleet_signin": nonce},
+                allow_redirects=False,
+            ) as response:
+                assert response.status == expected
+                if expected == 303:
+                    cookie = response.cookies["polyfleet_session"].value
+        async with http.get(
+            demo["dashboard"], cookies={"polyfleet_session": cookie}, allow_redirects=False
+        ) as response:
+            assert response.status == 200
+            assert "Overview" in await response.text()
 
 
 async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_path: Path) -> None:
@@ -89,6 +120,7 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
             assert device["firmware"]["version"]
             assert device["health"]["state"] in {"ok", "degraded", "fault", "unreachable"}
         assert tickets, "no ticket was opened for the demo's faults"
+        await signs_in_once(demo)
         assert all(t["serial"] in expected or t["kind"] == "site" for t in tickets)
         code = await asyncio.wait_for(process.wait(), timeout=DEMO_SECONDS + 60)
         text = (await output).decode()
