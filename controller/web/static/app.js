@@ -8,7 +8,8 @@
 (function () {
   "use strict";
 
-  var ACTIVE_HEADER = "X-Polyfleet-Active-Controller";
+  // A standby controller names the active one here (and answers 503).
+  var ACTIVE_HEADER = "Polyfleet-Active-Controller";
   var lastGood = new Date();
 
   function banner() {
