@@ -238,7 +238,11 @@ class FirmwareUpdater:
             # 4. the order: settings saved first, so they can go back whatever happens next
             try:
                 async with self.poller.states[key].busy:
-                    saved = await driver.read_config(list(UPDATE_KEYS))
+                    saved = journal.data.get("saved")
+                    if phase != "ordering" or not isinstance(saved, dict):
+                        saved = await driver.read_config(list(UPDATE_KEYS))
+                    # else: stopped mid-order before: what the unit holds may be our own
+                    # order, and what it had before is what was saved then.
                     if await driver.in_call():
                         return (
                             JobResult(status="refused", detail="in_call: a call started"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -240,3 +241,45 @@ async def test_an_agent_stopped_mid_update_resumes_it_without_ordering_again(
             "ok": True,
             "detail": "4.2.2 build 408037, expected 4.2.2-408037",
         }
+
+
+async def test_an_order_cut_short_restores_the_settings_the_unit_had_before_it(
+    tmp_path: Path,
+) -> None:
+    """Stopped between saving the unit's settings and its reboot: those settings come back."""
+    sites = {"krakow": [poly("CUT01")]}
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        agent = world.agents["krakow"]
+        await agent.stop()
+        plan = await world.plan()
+        await world.act(plan["id"], "start")
+
+        async def ordered() -> str | None:
+            _, jobs = await world.call("GET", "/api/v1/devices/CUT01/jobs")
+            found = [j["id"] for j in jobs["jobs"] if j["kind"] == "firmware_update"]
+            return found[0] if found else None
+
+        job_id = await wait_until(ordered, what="the job", timeout=30)
+        device = world.devices["CUT01"]
+        # What the unit held before, as the first attempt saved it, and the order it wrote.
+        journal = agent.config.data_dir / "updates" / f"{job_id}.json"
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        before = {
+            "upgrade.auto.enable": "false",
+            "upgrade.auto.server.address": "https://lens.example.invalid/fw",
+            "upgrade.auto.version": "",
+        }
+        journal.write_text(json.dumps({"phase": "ordering", "saved": before}))
+        device.config.update(
+            {
+                "upgrade.auto.enable": "true",
+                "upgrade.auto.server.address": "https://127.0.0.1:9/fw",
+                "upgrade.auto.version": "4.2.2-408037",
+            }
+        )
+        again = AgentService(agent.config)
+        await again.start()
+        world.agents["krakow"] = again
+        done = await world.wait_status(plan["id"], "done", "halted", timeout=90)
+        assert done["status"] == "done", done.get("halt")
+        assert {k: device.config[k] for k in before} == before
