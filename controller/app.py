@@ -10,7 +10,11 @@ Extension points (plain lists, no import magic):
   torn down before the store closes. Core services are found through ``controller.keys``
   (``app[STORE]``, ``app[EVENT_BUS]``, ``app[INVENTORY]``, ``app[JOBS]``, ``app[CLOCK]``...);
   an admin action is recorded with ``controller.api.audit.record(request, ...)``.
-- ``BACKGROUND``: the core's own ``cleanup_ctx`` tasks (reachability, audit retention).
+- ``BACKGROUND``: the core's own work that runs only while this controller is active
+  (reachability, audit retention). A feature's scheduled work (anything that sends messages
+  or orders work) plugs in the same way, with ``controller.active.run_when_active(app,
+  lifecycle)``: on PostgreSQL only one controller of a database is active, and only it runs
+  such work.
 """
 
 from __future__ import annotations
@@ -30,6 +34,17 @@ from typing import Protocol
 
 from aiohttp import web
 
+from polyfleet.controller import active
+from polyfleet.controller.active import (
+    LEADERSHIP,
+    Leadership,
+    RoleCollector,
+    announce,
+    leadership_lifecycle,
+    role_middleware,
+    run_when_active,
+    startup_complete,
+)
 from polyfleet.controller.api import admin as admin_api
 from polyfleet.controller.api import agent as agent_api
 from polyfleet.controller.api import audit as audit_api
@@ -63,6 +78,7 @@ from polyfleet.controller.services.audit import AuditLog
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.store.base import Store, StoreUnavailable
+from polyfleet.controller.store.postgres import PostgresStore
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.controller.web import routes as web_routes
 from polyfleet.shared.durable import write_atomically
@@ -79,6 +95,7 @@ Lifecycle = Callable[[web.Application], AsyncIterator[None]]
 
 #: Route modules, in registration order.
 ROUTE_MODULES: list[RouteModule] = [
+    active,
     agent_api,
     admin_api,
     metrics_api,
@@ -100,19 +117,6 @@ _GC_NO_AUTOMATIC_FULL_PASS = 1_000_000_000
 
 #: Name of the file in the data directory that tells CLI commands where the server is.
 RUNTIME_FILE = "controller.json"
-
-
-async def _core_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    store = app[STORE]
-    await store.open()
-    app[EVENT_BUS].load()
-    app[INVENTORY].load()
-    app[AUDIT].load()
-    try:
-        yield
-    finally:
-        await app[EVENT_BUS].close()
-        await store.close()
 
 
 async def liveness_monitor(app: web.Application) -> AsyncIterator[None]:
@@ -172,21 +176,22 @@ BACKGROUND: list[Lifecycle] = [liveness_monitor, audit_retention]
 def create_app(
     config: ControllerConfig, *, store: Store | None = None, clock: Clock = system_clock
 ) -> web.Application:
-    """The controller application; the store opens and closes with the app's lifecycle."""
+    """The controller application; the store opens and closes with the app's lifecycle.
+
+    On a PostgreSQL store the application starts as a standby: call ``announce(app, url)``
+    once its listener is bound, and it campaigns for the database (``controller.active``).
+    """
     if store is None:
-        store = TinyDBStore(
-            config.data_dir / "store",
-            snapshot_interval_s=config.snapshot_interval_s,
-            journal_max_bytes=config.journal_max_bytes,
-        )
+        store = open_store(config)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[error_middleware, auth_middleware, body_middleware],
+        middlewares=[error_middleware, role_middleware, auth_middleware, body_middleware],
     )
     bus = EventBus(store, keep=config.events_keep)
     inventory = Inventory(store, bus, clock, config)
     app[CONFIG] = config
     app[CLOCK] = clock
+    app[LEADERSHIP] = Leadership(own_url=config.advertise_url)
     app[CONNECTION_GUARD] = ConnectionGuard(config.max_unauthenticated_connections)
     app[STORE] = store
     app[EVENT_BUS] = bus
@@ -208,11 +213,26 @@ def create_app(
     )
     app[AUDIT] = AuditLog(store, clock, retention_days=config.audit_retention_days)
     app[METRICS] = build_registry(store, inventory, app[CONNECTION_GUARD])
-    app.cleanup_ctx.append(_core_lifecycle)
-    app.cleanup_ctx.extend(BACKGROUND)
+    app[METRICS].register(RoleCollector(app))
+    app.cleanup_ctx.append(leadership_lifecycle)
+    for lifecycle in BACKGROUND:
+        run_when_active(app, lifecycle)
     for module in ROUTE_MODULES:
         module.register(app)
+    # Last: every feature's start-up has run when the controller becomes active.
+    app.on_startup.append(startup_complete)
     return app
+
+
+def open_store(config: ControllerConfig) -> Store:
+    """The store the configuration names: PostgreSQL (``store_url``) or the embedded one."""
+    if config.store_url is not None:
+        return PostgresStore(config.store_url, advertise_url=config.advertise_url)
+    return TinyDBStore(
+        config.data_dir / "store",
+        snapshot_interval_s=config.snapshot_interval_s,
+        journal_max_bytes=config.journal_max_bytes,
+    )
 
 
 def tls_context(config: ControllerConfig) -> ssl.SSLContext | None:
@@ -248,56 +268,89 @@ async def serve(
     stop: asyncio.Event | None = None,
     process_wide_gc_tuning: bool = True,
 ) -> None:
-    """Run the server until SIGTERM/SIGINT (or ``stop``): TCP (TLS if set) + control socket."""
-    app = create_app(config)
-    # The keep-alive timer also closes a connection whose request headers do not arrive.
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, keepalive_timeout=config.read_timeout_s
-    )
-    await runner.setup()
+    """Run the server until SIGTERM/SIGINT (or ``stop``): TCP (TLS if set) + control socket.
+
+    A controller deposed by another one (PostgreSQL) ends its application and starts a new
+    one on the same address, as a standby; a store it cannot use ends the server with that
+    error.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
     housekeeping = asyncio.create_task(gc_housekeeping()) if process_wide_gc_tuning else None
+    # The embedded store makes it; on PostgreSQL it holds only the control socket, artifacts
+    # and bundles.
+    await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
     socket_path = control_socket_path(config.data_dir)
     runtime = config.data_dir / RUNTIME_FILE
+    port = config.listen_port
+    first = True
     try:
-        context = tls_context(config)
-        tcp = GuardedTCPSite(
-            runner,
-            app[CONNECTION_GUARD],
-            host=config.listen_host,
-            port=config.listen_port,
-            ssl_context=context,
-        )
-        await tcp.start()
-        host, port = runner.addresses[0][:2]
-        shown_host = f"[{host}]" if ":" in host else host
-        url = f"{'https' if context else 'http'}://{shown_host}:{port}"
-        await asyncio.to_thread(socket_path.unlink, missing_ok=True)
-        control = web.UnixSite(runner, str(socket_path))
-        await control.start()
-        await asyncio.to_thread(os.chmod, socket_path, 0o600)
-        await asyncio.to_thread(
-            write_atomically,
-            runtime,
-            json.dumps({"url": url, "control_socket": str(socket_path), "pid": os.getpid()}),
-        )
-        log.info("controller listening on %s (data in %s)", url, config.data_dir)
-        if on_ready is not None:
-            on_ready(url)
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        log.info("controller stopping")
+        while True:
+            app = create_app(config)
+            # The keep-alive timer also closes a connection whose request headers do not arrive.
+            runner = web.AppRunner(
+                app, access_log=None, handle_signals=False, keepalive_timeout=config.read_timeout_s
+            )
+            await runner.setup()
+            try:
+                context = tls_context(config)
+                tcp = GuardedTCPSite(
+                    runner,
+                    app[CONNECTION_GUARD],
+                    host=config.listen_host,
+                    port=port,
+                    ssl_context=context,
+                )
+                await tcp.start()
+                host, port = runner.addresses[0][:2]
+                shown_host = f"[{host}]" if ":" in host else host
+                url = f"{'https' if context else 'http'}://{shown_host}:{port}"
+                announce(app, config.advertise_url or url)
+                await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+                control = web.UnixSite(runner, str(socket_path))
+                await control.start()
+                await asyncio.to_thread(os.chmod, socket_path, 0o600)
+                await asyncio.to_thread(
+                    write_atomically,
+                    runtime,
+                    json.dumps(
+                        {"url": url, "control_socket": str(socket_path), "pid": os.getpid()}
+                    ),
+                )
+                if first:
+                    log.info("controller listening on %s (data in %s)", url, config.data_dir)
+                    if on_ready is not None:
+                        on_ready(url)
+                    first = False
+                await _until_either(stop, app[LEADERSHIP].ended)
+            finally:
+                await runner.cleanup()
+            leadership = app[LEADERSHIP]
+            if stop.is_set():
+                log.info("controller stopping")
+                return
+            if leadership.failure is not None:
+                raise leadership.failure
+            log.info("controller starting again as a standby")
     finally:
         if housekeeping is not None:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
-        await runner.cleanup()
         await asyncio.to_thread(runtime.unlink, missing_ok=True)
         await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+
+
+async def _until_either(first: asyncio.Event, second: asyncio.Event) -> None:
+    waits = [asyncio.create_task(first.wait()), asyncio.create_task(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
 
 
 async def gc_housekeeping(

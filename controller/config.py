@@ -37,6 +37,8 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
 #: Audit log entries are kept this long (a little over a year: last year's audit included).
 DEFAULT_AUDIT_RETENTION_DAYS = 400
+#: Schemes of a PostgreSQL store URL (``[store] url``, ``--store-url``).
+STORE_URL_SCHEMES = ("postgresql://", "postgres://")
 
 #: Sections other features parse themselves; kept here as raw tables.
 FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook", "web", "rollouts")
@@ -57,7 +59,12 @@ class ControllerConfig:
     metrics_require_token: bool = DEFAULT_METRICS_REQUIRE_TOKEN
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     max_unauthenticated_connections: int = DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS
+    #: The URL agents and admins reach this controller at, told to them by a standby
+    #: (default: the URL of the listener as bound).
+    advertise_url: str | None = None
     data_dir: Path = DEFAULT_DATA_DIR
+    #: A PostgreSQL store (``postgresql://...``) instead of the embedded one in ``data_dir``.
+    store_url: str | None = None
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
     report_history: int = DEFAULT_REPORT_HISTORY
@@ -92,12 +99,18 @@ class ControllerConfig:
         return self.sections.get(name, MappingProxyType({}))
 
     def with_overrides(
-        self, *, data_dir: Path | None = None, listen: str | None = None
+        self,
+        *,
+        data_dir: Path | None = None,
+        listen: str | None = None,
+        store_url: str | None = None,
     ) -> ControllerConfig:
-        """The config with ``--data-dir`` and ``--listen HOST:PORT`` applied."""
+        """The config with ``--data-dir``, ``--listen HOST:PORT`` and ``--store-url`` applied."""
         result = self
         if data_dir is not None:
             result = replace(result, data_dir=data_dir)
+        if store_url is not None:
+            result = replace(result, store_url=check_store_url(store_url, where="--store-url"))
         if listen is not None:
             host, port = parse_listen(listen, where="--listen")
             result = replace(result, listen_host=host, listen_port=port)
@@ -113,6 +126,23 @@ def parse_listen(text: str, *, where: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def check_store_url(url: str, *, where: str) -> str:
+    """``url`` if it names a PostgreSQL database; the error names ``where`` (never the password)."""
+    if not url.startswith(STORE_URL_SCHEMES):
+        raise ConfigError(
+            f"{where}: a store URL starts with postgresql:// "
+            "(e.g. postgresql://polyfleet@db.example.com/polyfleet)"
+        )
+    return url
+
+
+def check_advertise_url(url: str, *, where: str) -> str:
+    """``url`` if it is an http(s) URL, without a trailing slash."""
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise ConfigError(f"{where}: expected an http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")
+
+
 # section -> key -> (field name, type); a plain table so the file format is readable in one place.
 _KEYS: dict[str, dict[str, tuple[str, type]]] = {
     "server": {
@@ -122,9 +152,11 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "metrics_require_token": ("metrics_require_token", bool),
         "read_timeout_s": ("read_timeout_s", float),
         "max_unauthenticated_connections": ("max_unauthenticated_connections", int),
+        "advertise_url": ("advertise_url", str),
     },
     "store": {
         "data_dir": ("data_dir", Path),
+        "url": ("store_url", str),
         "snapshot_interval_s": ("snapshot_interval_s", float),
         "journal_max_bytes": ("journal_max_bytes", int),
         "report_history": ("report_history", int),
@@ -207,6 +239,12 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: Path | None = None) -
     if listen is not None:
         values["listen_host"], values["listen_port"] = parse_listen(
             listen, where=f"{where}: server.listen"
+        )
+    if "store_url" in values:
+        values["store_url"] = check_store_url(values["store_url"], where=f"{where}: store.url")
+    if "advertise_url" in values:
+        values["advertise_url"] = check_advertise_url(
+            values["advertise_url"], where=f"{where}: server.advertise_url"
         )
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise ConfigError(f"{where}: server.tls_cert and server.tls_key must be set together")

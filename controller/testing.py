@@ -10,11 +10,14 @@ Usage::
         controller.app[INVENTORY], controller.app[JOBS]...      # the live services
 
 Give ``clock=`` to set time, and config overrides as keyword arguments
-(``poll_interval_s=5``, ``sections={"tickets": {...}}``...).
+(``poll_interval_s=5``, ``sections={"tickets": {...}}``, ``store_url="postgresql://..."``...).
+On PostgreSQL it waits until the controller is active (``wait_active=False``: a standby may
+be wanted).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from polyfleet.controller.active import LEADERSHIP, announce
 from polyfleet.controller.app import create_app
 from polyfleet.controller.clock import Clock, system_clock
 from polyfleet.controller.config import ControllerConfig
@@ -32,6 +36,9 @@ from polyfleet.controller.keys import ACCESS, INVENTORY, STORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.store.base import SITES
 from polyfleet.shared.schema import PROTOCOL_VERSION, EnrollResponse
+
+#: How long a controller may take to become active.
+ACTIVE_WAIT_S = 60.0
 
 
 @dataclass
@@ -73,6 +80,7 @@ async def running_controller(
     *,
     clock: Clock = system_clock,
     config: ControllerConfig | None = None,
+    wait_active: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[RunningController]:
     """Start ``create_app`` on 127.0.0.1:0 with its data in ``data_dir``; stop it on exit."""
@@ -87,9 +95,12 @@ async def running_controller(
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         host, port = runner.addresses[0][:2]
-        token, _ = await app[ACCESS].create_token(Role.ADMIN, "test admin")
-        yield RunningController(
-            url=f"http://{host}:{port}", admin_token=token, app=app, data_dir=data_dir
-        )
+        url = f"http://{host}:{port}"
+        announce(app, url)
+        token = ""
+        if wait_active:
+            await asyncio.wait_for(app[LEADERSHIP].became_active.wait(), ACTIVE_WAIT_S)
+            token, _ = await app[ACCESS].create_token(Role.ADMIN, "test admin")
+        yield RunningController(url=url, admin_token=token, app=app, data_dir=data_dir)
     finally:
         await runner.cleanup()

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
+from polyfleet.controller.active import run_when_active
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
@@ -288,7 +289,8 @@ async def ticket_bundle(request: web.Request) -> web.StreamResponse:
 def register(app: web.Application) -> None:
     """Add the ticket routes and the background work (``ticket_context``)."""
     app[TICKET_DESK] = TicketDesk()
-    app.cleanup_ctx.append(ticket_context)
+    # Detection, escalations and deliveries: on the active controller only.
+    run_when_active(app, ticket_context)
     app.router.add_get("/api/v1/tickets", list_tickets)
     # Before the ticket routes: "deliveries" is not a ticket id (those are PF-...).
     app.router.add_get("/api/v1/tickets/deliveries", list_deliveries)

@@ -1,9 +1,12 @@
 """``polyfleet controller serve|site|token|agent|devices|audit``: the server and admin commands.
 
-Admin commands are safe while the server runs: the server holds an exclusive lock on its data
-directory; a command that cannot take the lock goes through the running server's local
-control socket (``<data dir>/controller.json`` says where), otherwise it opens the store
-itself, holding the lock, so the two never write the store at the same time.
+Admin commands are safe while the server runs: the server holds an exclusive lock on its store
+(its data directory, or the PostgreSQL database's advisory lock); a command that cannot take
+the lock goes through the running server's local control socket (``<data dir>/controller.json``
+says where), otherwise it opens the store itself, holding the lock, so the two never write the
+store at the same time. When the local server is a standby (or none runs here and another
+host's controller holds the database), the command goes to the active controller's URL over
+HTTPS with an admin token (``POLYFLEET_TOKEN``; ``POLYFLEET_CA_FILE`` for a private CA).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import asyncio
 import csv
 import io
 import json
+import os
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +26,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from polyfleet.controller.app import read_runtime, serve
+from polyfleet.controller.active import ACTIVE_HEADER
+from polyfleet.controller.app import open_store, read_runtime, serve
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 from polyfleet.controller.domain.admin_input import shown
@@ -49,9 +55,14 @@ from polyfleet.controller.services.inventory import (
     UnknownDevice,
     site_changes,
 )
-from polyfleet.controller.store.base import StoreLocked
-from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.store.base import Store, StoreError, StoreLocked
+from polyfleet.controller.store.postgres import PostgresStore
 from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed
+
+#: An admin token for commands sent to the active controller over HTTPS.
+TOKEN_ENV = "POLYFLEET_TOKEN"  # noqa: S105  # the variable's name, not a secret
+#: A CA certificate file to trust for the active controller's https URL.
+CA_FILE_ENV = "POLYFLEET_CA_FILE"
 
 #: How long a command waits for a starting server to publish its control socket.
 SERVER_WAIT_S = 15.0
@@ -59,6 +70,14 @@ SERVER_WAIT_S = 15.0
 
 class CommandError(CommandFailed):
     """A command failed for a reason the user can act on (the shared error shape)."""
+
+
+class NotActive(CommandError):
+    """The controller asked is a standby; ``active_url`` is where the active one is (if any)."""
+
+    def __init__(self, message: str, active_url: str | None) -> None:
+        super().__init__(message, code="not_active")
+        self.active_url = active_url
 
 
 class Backend(Protocol):
@@ -81,7 +100,7 @@ class Backend(Protocol):
 class DirectBackend:
     """Works on the store directly (no server running; the store lock is held)."""
 
-    def __init__(self, store: TinyDBStore, config: ControllerConfig) -> None:
+    def __init__(self, store: Store, config: ControllerConfig) -> None:
         bus = EventBus(store, keep=config.events_keep)
         bus.load()
         self._access = AccessService(
@@ -182,19 +201,30 @@ class DirectBackend:
 
 
 class ServerBackend:
-    """Goes through the running server's control socket (admin rights by file permission)."""
+    """Goes through a running server: its control socket (admin rights by file permission), or
+    the active controller's URL with an admin token."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str = "http://controller",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self._http = session
+        self._base_url = base_url
+        self._headers = dict(headers or {})
 
     async def _call(self, method: str, path: str, body: Any = None, **query: str) -> Any:
         params = {key: value for key, value in query.items() if value}
         async with self._http.request(
-            method, f"http://controller{path}", json=body, params=params
+            method, f"{self._base_url}{path}", json=body, params=params, headers=self._headers
         ) as response:
             data = await response.json(content_type=None)
             if response.status >= 400:
-                raise server_refused(response.status, data)
+                refused = server_refused(response.status, data)
+                if response.status == 503 and refused.code == "not_active":
+                    raise NotActive(refused.message, response.headers.get(ACTIVE_HEADER))
+                raise refused
             return data
 
     async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
@@ -271,15 +301,24 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         config = load_config(Path(args.config) if args.config else None)
     except ConfigError as exc:
         raise CommandError(str(exc), code="config") from None
-    return config.with_overrides(
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        listen=getattr(args, "listen", None),
-    )
+    try:
+        return config.with_overrides(
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            listen=getattr(args, "listen", None),
+            store_url=getattr(args, "store_url", None),
+        )
+    except ConfigError as exc:
+        raise CommandError(str(exc), code="config") from None
 
 
 def holds_store(data_dir: Path) -> bool:
     """True when ``data_dir`` holds a controller store (or a running server says it does)."""
     return (data_dir / "store" / "LOCK").exists() or read_runtime(data_dir) is not None
+
+
+def _has_store(config: ControllerConfig) -> bool:
+    # A PostgreSQL database is made by the first controller or command that opens it.
+    return config.store_url is not None or holds_store(config.data_dir)
 
 
 def require_store(data_dir: Path) -> None:
@@ -299,14 +338,16 @@ async def _with_backend(
     *,
     needs_store: bool = False,
 ) -> int:
-    if needs_store:
+    if needs_store and config.store_url is None:
+        # A database is made by the first controller that opens it, like a data directory.
         await asyncio.to_thread(require_store, config.data_dir)
     deadline = time.monotonic() + SERVER_WAIT_S
     while True:
-        store = TinyDBStore(config.data_dir / "store")
+        store = open_store(config)
         try:
             await store.open()
         except StoreLocked:
+            active_url: str | None = None
             runtime = await asyncio.to_thread(read_runtime, config.data_dir)
             socket = runtime.get("control_socket") if runtime else None
             if socket:
@@ -314,20 +355,67 @@ async def _with_backend(
                 try:
                     async with aiohttp.ClientSession(connector=connector) as session:
                         return await action(ServerBackend(session))
+                except NotActive as exc:
+                    active_url = exc.active_url
                 except aiohttp.ClientConnectionError:
                     pass  # the server is starting or stopping: try again
+            elif isinstance(store, PostgresStore):
+                # No server here: the database is held by a controller on another host.
+                active_url = await _active_url(store)
+            if active_url is not None:
+                return await _at_active(active_url, action)
             if time.monotonic() > deadline:
                 raise CommandError(
-                    f"{config.data_dir} is locked by another process but no server answers "
-                    f"on its control socket",
+                    f"{_store_name(config)} is locked by another process but no controller "
+                    "answers as the active one",
                     code="store_locked",
                 ) from None
             await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
             continue
+        except StoreError as exc:
+            raise CommandError(str(exc), code="store_error") from None
         try:
             return await action(DirectBackend(store, config))
         finally:
             await store.close()
+
+
+def _store_name(config: ControllerConfig) -> str:
+    if config.store_url is not None:
+        return PostgresStore(config.store_url).shown_url
+    return str(config.data_dir)
+
+
+async def _active_url(store: PostgresStore) -> str | None:
+    try:
+        leader = await store.leader()
+    finally:
+        await store.close()
+    return leader.url if leader is not None and leader.held else None
+
+
+async def _at_active(url: str, action: Callable[[Backend], Awaitable[int]]) -> int:
+    """Run ``action`` against the active controller's API, with an admin token."""
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise CommandError(
+            f"this controller is a standby; the active controller is {url}: run the command "
+            f"on its host, or set {TOKEN_ENV} to an admin token to send it there",
+            code="not_active",
+        )
+    ca_file = os.environ.get(CA_FILE_ENV)
+    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    connector = aiohttp.TCPConnector(ssl=context)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+        ) as session:
+            return await action(ServerBackend(session, url.rstrip("/"), headers))
+    except aiohttp.ClientError as exc:
+        raise CommandError(
+            f"cannot reach the active controller at {url}: {exc}", code="unreachable"
+        ) from None
 
 
 def _run(
@@ -384,6 +472,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     f"another controller is running: {exc}", code="store_locked"
                 ) from None
             time.sleep(0.2)  # waits-for: an admin command to release the data directory
+        except StoreError as exc:
+            raise CommandError(str(exc), code="store_error") from None
         except OSError as exc:
             raise CommandError(
                 f"cannot serve on {config.listen_host}:{config.listen_port}: {exc}",
@@ -581,7 +671,7 @@ def cmd_agent_invite(args: argparse.Namespace) -> int:
             )
         return 0
 
-    if not holds_store(_config(args).data_dir):
+    if not _has_store(_config(args)):
         raise _missing_in_empty(args, f"no site {args.site!r}", "site")
     return _run(args, action)
 
@@ -665,7 +755,7 @@ def cmd_devices_move(args: argparse.Namespace) -> int:
             print(f"device {device['serial']} now belongs to site {device['site']}")
         return 0
 
-    if not holds_store(_config(args).data_dir):
+    if not _has_store(_config(args)):
         raise _missing_in_empty(args, f"no device {args.serial!r}", "serial")
     return _run(args, action)
 
@@ -726,6 +816,11 @@ def _common(
     default = argparse.SUPPRESS if nested else None
     parser.add_argument("--config", default=default, help="controller.toml (default: built-in)")
     parser.add_argument("--data-dir", default=default, help="data directory (overrides config)")
+    parser.add_argument(
+        "--store-url",
+        default=default,
+        help="PostgreSQL store, postgresql://USER@HOST/DB (overrides config [store] url)",
+    )
     if json_flag:
         parser.add_argument(
             "--json",

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from polyfleet.controller.app import read_runtime
+from polyfleet.controller.app import open_store, read_runtime
 from polyfleet.controller.cli.core import SERVER_WAIT_S
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
@@ -33,16 +33,12 @@ from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.services import entitlement as service
 from polyfleet.controller.services.audit import AuditLog, local_command
 from polyfleet.controller.store.base import StoreError, StoreLocked
-from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.cli_errors import (
     EXIT_FAILED,
     EXIT_OK,
     CommandFailed,
     unreadable_file,
 )
-
-#: The store's folder inside the data directory (as ``controller.app.create_app`` opens it).
-STORE_SUBDIR = "store"
 
 #: The input is wrong (every problem listed): the shared "could not do what was asked".
 EXIT_BAD_INPUT = EXIT_FAILED
@@ -290,7 +286,7 @@ async def _import(
     data_dir = config.data_dir
     deadline = time.monotonic() + SERVER_WAIT_S
     while True:
-        store = TinyDBStore(data_dir / STORE_SUBDIR)
+        store = open_store(config)
         try:
             await store.open()
         except StoreLocked:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from polyfleet.controller.active import run_when_active
 from polyfleet.controller.api.spec import PUBLIC
 from polyfleet.controller.keys import ACCESS, CLOCK, CONFIG, STORE
 from polyfleet.controller.services.web_sessions import SessionService
@@ -97,7 +98,8 @@ def register(app: web.Application) -> None:
     setup_templates(app)
     # Innermost: runs after the API's error and bearer middlewares have let a page by.
     app.middlewares.append(page_middleware)
-    app.cleanup_ctx.append(_prune_sessions)
+    # Scheduled work: on the active controller only.
+    run_when_active(app, _prune_sessions)
     app.router.add_get("/static/{path:.+}", static_file, allow_head=False)
     modules = (signin, overview, devices, tickets, entitlement, rollouts, agents, kiosk)
     for module in modules:

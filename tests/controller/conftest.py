@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from controller_testkit import SettableClock
+from store_backends import StoreBackend
 
 from polyfleet.controller.testing import RunningController, running_controller
 
@@ -21,6 +22,15 @@ def clock() -> SettableClock:
 async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
     async with running_controller(tmp_path / "data") as running:
         yield running
+
+
+@pytest.fixture(params=["embedded", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """Each store in turn: the embedded one in a directory, PostgreSQL in a database of its own."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return StoreBackend("postgresql", tmp_path / "data", url)
+    return StoreBackend("embedded", tmp_path / "store")
 
 
 @pytest.fixture

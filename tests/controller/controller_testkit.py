@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from polyfleet.shared.schema import PROTOCOL_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +96,24 @@ async def start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 30)
     assert b"listening on" in line, line
-    return process, line.decode().strip().rsplit(" ", 1)[-1]
+    url = line.decode().strip().rsplit(" ", 1)[-1]
+    await wait_active(url)
+    return process, url
+
+
+async def wait_active(url: str, *, timeout: float = 60) -> None:
+    """Return once the controller at ``url`` answers as the active one (``/healthz/active``)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{url}/healthz/active") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert asyncio.get_running_loop().time() < deadline, f"{url} never became active"
+            await asyncio.sleep(0.05)  # waits-for: the controller to take the store
 
 
 async def cli(*args: str) -> str:

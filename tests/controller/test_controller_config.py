@@ -49,6 +49,9 @@ def test_values_and_feature_sections(tmp_path: Path) -> None:
         ("[dashboard]\nport = 1\n", "unknown section [dashboard]"),
         ('[server]\ntls_cert = "c.pem"\n', "tls_cert and server.tls_key must be set together"),
         ("[server\n", "not valid TOML"),
+        ('[store]\nurl = "mysql://db/fleet"\n', "store.url: a store URL starts with postgresql://"),
+        ("[store]\nurl = 5432\n", "store.url must be a string"),
+        ('[server]\nadvertise_url = "ctl-a:8080"\n', "server.advertise_url: expected an http"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -64,6 +67,23 @@ def test_flags_override(tmp_path: Path) -> None:
     """--data-dir and --listen win over the file."""
     config = ControllerConfig().with_overrides(data_dir=tmp_path, listen="[::1]:0")
     assert (config.data_dir, config.listen_host, config.listen_port) == (tmp_path, "::1", 0)
+
+
+def test_store_url_selects_postgresql_and_flag_overrides(tmp_path: Path) -> None:
+    """[store] url selects PostgreSQL, --store-url overrides it; else the embedded store."""
+    path = _write(
+        tmp_path,
+        '[server]\nadvertise_url = "https://ctl-a.example.com:8443/"\n'
+        '[store]\nurl = "postgresql://polyfleet@db-1.example.com/polyfleet"\n',
+    )
+    config = load_config(path)
+    assert config.store_url == "postgresql://polyfleet@db-1.example.com/polyfleet"
+    assert config.advertise_url == "https://ctl-a.example.com:8443"
+    flagged = config.with_overrides(store_url="postgres://db-2.example.com/polyfleet")
+    assert flagged.store_url == "postgres://db-2.example.com/polyfleet"
+    assert load_config(None).store_url is None
+    with pytest.raises(ConfigError, match="--store-url: a store URL starts with postgresql://"):
+        config.with_overrides(store_url="/var/lib/polyfleet")
 
 
 def test_example_config_in_deploy_is_valid() -> None:

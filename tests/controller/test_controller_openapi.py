@@ -452,6 +452,9 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
     await c.call("get", "/api/v1/audit", query={"from": "yesterday"}, expect=400)
     await c.call("delete", f"/api/v1/agents/{enrolled['agent_id']}")
     await c.call("delete", f"/api/v1/agents/{enrolled['agent_id']}", expect=404)
+    health = await c.call("get", "/healthz", token=None)
+    assert health["role"] == "active" and health["store"] == "embedded"
+    await c.call("get", "/healthz/active", token=None)
     exercised = {(template, method) for template, method, _ in c.seen}
     documented = {(path, method) for path, ops in c.document["paths"].items() for method in ops}
     earlier = {

@@ -1,4 +1,8 @@
-"""The durable store: generic documents, restarts, torn journals, kill -9 during ingestion."""
+"""The durable stores: generic documents, restarts, crashes, kill -9 during ingestion.
+
+Tests taking ``backend`` run over both stores (embedded and PostgreSQL); the others are
+about the embedded store's files (journal, snapshots).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from controller_testkit import batch, bearer, cli, report, snapshot, start_server
+from store_backends import StoreBackend, crash
 
 from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore
@@ -31,46 +36,56 @@ async def opened(directory: Path, **kwargs: float) -> AsyncIterator[TinyDBStore]
         await store.close()
 
 
-def abandon(store: TinyDBStore) -> None:
-    """Leave the store as a crash would: writers stopped, no closing snapshot, lock released."""
-    assert store._writer_task is not None and store._snapshot_task is not None
-    store._writer_task.cancel()
-    store._snapshot_task.cancel()
-    store._release_lock()
-
-
-async def test_documents_survive_reopen(tmp_path: Path) -> None:
+async def test_documents_survive_reopen(backend: StoreBackend) -> None:
     """put_many/delete are durable: a reopened store has exactly the same documents."""
-    async with opened(tmp_path) as store:
+    async with backend.opened() as store:
         await store.put_many("tickets", {"t1": {"state": "open"}, "t2": {"state": "sent"}})
         await store.delete("tickets", "t1")
         await store.put_many("ticket_outbox", {"m1": {"to": "desk@example.invalid"}})
         assert store.get("tickets", "t2") == {"state": "sent"}
-    async with opened(tmp_path) as store:
+    async with backend.opened() as store:
         assert dict(store.scan("tickets")) == {"t2": {"state": "sent"}}
         assert store.get("ticket_outbox", "m1") == {"to": "desk@example.invalid"}
         assert store.count("tickets") == 1
 
 
-async def test_journal_alone_recovers_state_after_crash(tmp_path: Path) -> None:
-    """Without a clean close (no final snapshot), the journal replays every durable change."""
-    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+async def test_acknowledged_changes_survive_a_crash(backend: StoreBackend) -> None:
+    """Without a clean close (no final snapshot), every durable change is there after reopening."""
+    store = backend.new(snapshot_interval_s=3600)
     await store.open()
     for i in range(50):
         await store.put_many("things", {f"k{i}": {"n": i}})
     await store.delete("things", "k0")
-    # Simulate a crash: drop the store without close(); the lock goes with the descriptor.
-    abandon(store)
-    async with opened(tmp_path) as reopened:
+    # Simulate a crash: drop the store without close(); the lock goes with it.
+    backend.crash(store)
+    async with backend.opened() as reopened:
         assert reopened.count("things") == 49
         assert reopened.get("things", "k49") == {"n": 49}
         assert reopened.get("things", "k0") is None
 
 
-async def test_changed_fields_replay_onto_documents_after_crash(tmp_path: Path) -> None:
-    """Updates journaled as changed fields rebuild exactly the documents, across a snapshot."""
+async def test_one_apply_is_durable_whole_and_scan_keeps_insertion_order(
+    backend: StoreBackend,
+) -> None:
+    """Changes of one apply come back together after a crash, in the order they were added."""
+    store = backend.new(snapshot_interval_s=3600)
+    await store.open()
+    await store.put_many("things", {"b": {"n": 1}, "a": {"n": 2}})
+    seq = store.apply(
+        {"things": {"c": {"n": 3}, "b": {"n": 10}}, "other": {"x": {"y": None}}},
+        {"things": ["a"]},
+    )
+    await store.wait_durable(seq)
+    backend.crash(store)
+    async with backend.opened() as reopened:
+        assert list(reopened.scan("things").items()) == [("b", {"n": 10}), ("c", {"n": 3})]
+        assert reopened.get("other", "x") == {"y": None}
+
+
+async def test_changed_fields_replay_onto_documents_after_crash(backend: StoreBackend) -> None:
+    """Updates that change few fields rebuild exactly the documents after a crash."""
     device = {f"f{n}": n for n in range(10)} | {"nested": {"a": [1, 2]}, "seen": "t0"}
-    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    store = backend.new(snapshot_interval_s=3600)
     await store.open()
     await store.put_many("devices", {"D1": device, "D2": device})
     await store.checkpoint()
@@ -79,19 +94,22 @@ async def test_changed_fields_replay_onto_documents_after_crash(tmp_path: Path) 
     fewer = {name: value for name, value in device.items() if name != "f0"}
     await store.put_many("devices", {"D2": {**fewer, "extra": None}, "D3": {"new": True}})
     expected = dict(store.scan("devices"))
-    journal = b"".join(path.read_bytes() for path in (tmp_path / "journal").glob("*.log"))
-    # The point of the form: D1's unchanged fields are not written again.
-    assert b'"u":{"devices":{"D1":{"seen":"t2"}}}' in journal
-    abandon(store)
-    async with opened(tmp_path) as reopened:
+    if backend.name == "embedded":
+        journal = b"".join(
+            path.read_bytes() for path in (backend.directory / "journal").glob("*.log")
+        )
+        # The point of the form: D1's unchanged fields are not written again.
+        assert b'"u":{"devices":{"D1":{"seen":"t2"}}}' in journal
+    backend.crash(store)
+    async with backend.opened() as reopened:
         assert dict(reopened.scan("devices")) == expected
         assert reopened.get("devices", "D1") == {**device, "seen": "t2", "nested": {"a": [1, 3]}}
         assert "f0" not in (reopened.get("devices", "D2") or {})
 
 
-async def test_patches_journal_named_fields_and_replay_after_crash(tmp_path: Path) -> None:
+async def test_patches_journal_named_fields_and_replay_after_crash(backend: StoreBackend) -> None:
     """Patches merge over documents (or start one), journal only their fields, and replay."""
-    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    store = backend.new(snapshot_interval_s=3600)
     await store.open()
     await store.put_many("devices", {"D1": {"a": 1, "b": [1, 2], "seen": "t0"}})
     await store.checkpoint()
@@ -105,26 +123,29 @@ async def test_patches_journal_named_fields_and_replay_after_crash(tmp_path: Pat
     assert store.get("devices", "D1") == {"a": 1, "b": [], "seen": "t1"}
     assert store.get("devices", "D2") == {"a": 2, "seen": "t1"}
     assert store.get("devices", "D3") is None
-    journal = b"".join(path.read_bytes() for path in (tmp_path / "journal").glob("*.log"))
-    assert b'"D1":{"seen":"t1"}' in journal and b'"a":1' not in journal
-    abandon(store)
-    async with opened(tmp_path) as reopened:
+    if backend.name == "embedded":
+        journal = b"".join(
+            path.read_bytes() for path in (backend.directory / "journal").glob("*.log")
+        )
+        assert b'"D1":{"seen":"t1"}' in journal and b'"a":1' not in journal
+    backend.crash(store)
+    async with backend.opened() as reopened:
         assert dict(reopened.scan("devices")) == {
             "D1": {"a": 1, "b": [], "seen": "t1"},
             "D2": {"a": 2, "seen": "t1"},
         }
 
 
-async def test_handed_over_documents_are_kept_as_given_and_replay(tmp_path: Path) -> None:
+async def test_handed_over_documents_are_kept_as_given_and_replay(backend: StoreBackend) -> None:
     """Handed-over puts are stored as the very dicts given; others are copied; both replay."""
-    async with opened(tmp_path) as store:
+    async with backend.opened() as store:
         given = {"serial": "D1", "snapshot": {"via": "rest"}}
         copied = {"serial": "D2"}
         await store.wait_durable(store.apply({"reports": {"R1": given}}, handover=True))
         await store.wait_durable(store.apply({"reports": {"R2": copied}}))
         assert store.get("reports", "R1") is given
         assert store.get("reports", "R2") == copied and store.get("reports", "R2") is not copied
-    async with opened(tmp_path) as reopened:
+    async with backend.opened() as reopened:
         assert dict(reopened.scan("reports")) == {"R1": given, "R2": copied}
 
 
@@ -133,7 +154,7 @@ async def test_torn_journal_tail_is_cut_off(tmp_path: Path) -> None:
     store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
     await store.open()
     await store.put_many("things", {"a": {"n": 1}})
-    abandon(store)
+    crash(store)
     journal = max((tmp_path / "journal").glob("*.log"))
     with open(journal, "ab") as handle:
         handle.write(b'1234abcd {"p": {"things": {"b"')
@@ -158,20 +179,21 @@ async def test_snapshot_replaces_journal_atomically(tmp_path: Path) -> None:
         assert store.count("devices") == 9000
 
 
-async def test_text_of_any_kind_survives_journal_and_snapshot(tmp_path: Path) -> None:
-    """Non-ASCII text, escapes, a lone surrogate and huge numbers read back the same both ways."""
+async def test_text_of_any_kind_survives_journal_and_snapshot(backend: StoreBackend) -> None:
+    """Non-ASCII text, escapes, NUL, a lone surrogate and huge numbers read back the same."""
     docs = {
         "pl": {"name": "Kraków, sala Żółta", "lines": 'a\nb\t"c"\\', "n": [0, -1.5, 10**18, 2**70]},
         "odd": {"text": "half \ud800 pair", "nested": {"empty": {}, "none": None, "t": True}},
+        "nul": {"text": "before\x00after", "emoji": "\U0001f4f9"},
     }
-    store = TinyDBStore(tmp_path, snapshot_interval_s=3600)
+    store = backend.new(snapshot_interval_s=3600)
     await store.open()
     await store.put_many("things", docs)
-    abandon(store)
+    backend.crash(store)
     # Reopening replays the journal, then writes a snapshot; the second reopen reads that.
-    async with opened(tmp_path) as replayed:
+    async with backend.opened() as replayed:
         assert dict(replayed.scan("things")) == docs
-    async with opened(tmp_path) as from_snapshot:
+    async with backend.opened() as from_snapshot:
         assert dict(from_snapshot.scan("things")) == docs
 
 
@@ -192,34 +214,45 @@ async def test_close_during_a_snapshot_leaves_one_complete_snapshot(tmp_path: Pa
         assert reopened.count("devices") == 20001
 
 
-async def test_second_opener_is_locked_out(tmp_path: Path) -> None:
+async def test_second_opener_is_locked_out(backend: StoreBackend) -> None:
     """Two processes never write one store: the second open fails with StoreLocked."""
-    async with opened(tmp_path):
+    async with backend.opened():
         with pytest.raises(StoreLocked):
-            await TinyDBStore(tmp_path).open()
+            await backend.new().open()
 
 
-async def test_unserialisable_document_changes_nothing(tmp_path: Path) -> None:
+async def test_unserialisable_document_changes_nothing(backend: StoreBackend) -> None:
     """A document that is not JSON is refused before anything is applied."""
-    async with opened(tmp_path) as store:
+    async with backend.opened() as store:
         with pytest.raises(TypeError):
             await store.put_many("things", {"ok": {"n": 1}, "bad": {"when": object()}})
         assert store.count("things") == 0
+        await store.put_many("things", {"after": {"n": 2}})
+    async with backend.opened() as reopened:
+        assert dict(reopened.scan("things")) == {"after": {"n": 2}}
 
 
-async def test_restart_keeps_devices_tokens_and_report_ids(tmp_path: Path) -> None:
+async def test_restart_keeps_devices_tokens_and_report_ids(
+    backend: StoreBackend, tmp_path: Path
+) -> None:
     """After a restart the inventory, credentials and idempotency of report ids are intact."""
     body = batch(
         report(snapshot("X50-1"), "rep-restart-1"), report(snapshot("X50-2"), "rep-restart-2")
     )
-    async with running_controller(tmp_path) as controller, aiohttp.ClientSession() as http:
+    async with (
+        running_controller(tmp_path, **backend.overrides) as controller,
+        aiohttp.ClientSession() as http,
+    ):
         agent = await controller.enroll("krk")
         async with http.post(
             f"{controller.url}/api/v1/agent/reports", json=body, headers=bearer(agent.token)
         ) as response:
             assert await response.json() == {"accepted": 2, "duplicates": 0}
         admin = controller.admin_token
-    async with running_controller(tmp_path) as controller, aiohttp.ClientSession() as http:
+    async with (
+        running_controller(tmp_path, **backend.overrides) as controller,
+        aiohttp.ClientSession() as http,
+    ):
         async with http.get(f"{controller.url}/api/v1/devices", headers=bearer(admin)) as response:
             assert response.status == 200
             assert [d["serial"] for d in (await response.json())["devices"]] == ["X50-1", "X50-2"]
@@ -229,25 +262,16 @@ async def test_restart_keeps_devices_tokens_and_report_ids(tmp_path: Path) -> No
             assert await response.json() == {"accepted": 0, "duplicates": 2}
 
 
-async def prepare_kill_test(tmp_path: Path) -> tuple[Path, Path, str, str]:
-    """A data directory with a site, an admin token and an enrollment code; a config whose
-    frequent snapshots make the kill also land during snapshot writes."""
+async def prepare_kill_test(tmp_path: Path, backend: StoreBackend) -> tuple[Path, Path, str, str]:
+    """A store with a site, an admin token and an enrollment code; a config whose frequent
+    snapshots make the kill also land during snapshot writes (embedded store)."""
     data_dir = tmp_path / "data"
     config = tmp_path / "controller.toml"
-    config.write_text("[store]\nsnapshot_interval_s = 0.05\n", encoding="utf-8")
-    await cli(
-        "site",
-        "add",
-        "krk",
-        "--name",
-        "Kraków",
-        "--timezone",
-        "Europe/Warsaw",
-        "--data-dir",
-        str(data_dir),
-    )
-    admin = (await cli("token", "create", "--role", "admin", "--data-dir", str(data_dir))).strip()
-    code = (await cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
+    config.write_text(backend.config_toml(snapshot_interval_s=0.05), encoding="utf-8")
+    where = ("--config", str(config), "--data-dir", str(data_dir))
+    await cli("site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", *where)
+    admin = (await cli("token", "create", "--role", "admin", *where)).strip()
+    code = (await cli("agent", "invite", "--site", "krk", *where)).strip()
     return data_dir, config, admin, code
 
 
@@ -302,9 +326,11 @@ async def ingest_until_killed(
         await process.wait()
 
 
-async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Path) -> None:
+async def test_kill_9_during_ingestion_loses_no_acknowledged_report(
+    backend: StoreBackend, tmp_path: Path
+) -> None:
     """kill -9 of a serving controller mid-ingestion: after restart every acked report is there."""
-    data_dir, config, admin, code = await prepare_kill_test(tmp_path)
+    data_dir, config, admin, code = await prepare_kill_test(tmp_path, backend)
     process, url = await start_server(data_dir, config)
     acked: dict[str, str] = {}
 
@@ -339,10 +365,10 @@ async def test_kill_9_during_ingestion_loses_no_acknowledged_report(tmp_path: Pa
 
 
 async def test_kill_9_while_devices_report_again_keeps_their_latest_acked_state(
-    tmp_path: Path,
+    backend: StoreBackend, tmp_path: Path
 ) -> None:
     """kill -9 while the same devices report over and over: each keeps its last acked report."""
-    data_dir, config, admin, code = await prepare_kill_test(tmp_path)
+    data_dir, config, admin, code = await prepare_kill_test(tmp_path, backend)
     process, url = await start_server(data_dir, config)
     start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     last_acked: dict[str, tuple[int, str]] = {}
