@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from polyfleet.controller.active import run_when_active
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.auth import principal
 from polyfleet.controller.api.entitlement import CATALOGUES
@@ -370,7 +371,8 @@ def register(app: web.Application) -> None:
         app[STORE], app[EVENT_BUS], app[CLOCK], jobs=app[JOBS], packages=packages
     )
     app[METRICS].register(RolloutCollector(app[ROLLOUTS]))
-    app.cleanup_ctx.append(_runner)
+    # Orders work on devices: on the active controller only.
+    run_when_active(app, _runner)
     router = app.router
     router.add_get("/api/v1/rollouts", list_rollouts, allow_head=False)
     router.add_post("/api/v1/rollouts", create_rollout)
