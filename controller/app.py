@@ -48,6 +48,7 @@ from polyfleet.controller.active import (
 from polyfleet.controller.api import admin as admin_api
 from polyfleet.controller.api import agent as agent_api
 from polyfleet.controller.api import audit as audit_api
+from polyfleet.controller.api import backup as backup_api
 from polyfleet.controller.api import entitlement as entitlement_api
 from polyfleet.controller.api import metrics as metrics_api
 from polyfleet.controller.api import openapi as openapi_api
@@ -106,6 +107,7 @@ ROUTE_MODULES: list[RouteModule] = [
     overview_api,
     web_routes,
     audit_api,
+    backup_api,
 ]
 
 #: In a serving process, young objects are collected automatically at these thresholds (the

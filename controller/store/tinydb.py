@@ -220,6 +220,10 @@ class TinyDBStore:
         docs = self._data.get(collection)
         return _EMPTY if docs is None else MappingProxyType(docs)
 
+    def collections(self) -> list[str]:
+        """Names of the collections that hold documents (backups and copies list them)."""
+        return [name for name, docs in self._data.items() if docs]
+
     def count(self, collection: str) -> int:
         return len(self._data.get(collection, _EMPTY))
 
