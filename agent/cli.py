@@ -97,7 +97,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "(stored with mode 0600 where the config's controller.credential_file says).",
     )
     enr.add_argument(
-        "--controller", required=True, help="controller URL, e.g. http://127.0.0.1:8080"
+        "--controller",
+        required=True,
+        action="append",
+        help="controller URL, e.g. https://ctl-a.example.com:8443; repeat it for controllers "
+        "standing by on the same database (the agent moves to the active one)",
     )
     enr.add_argument("--code", required=True)
     enr.add_argument(
@@ -338,7 +342,10 @@ def _enroll(args: argparse.Namespace) -> int:
         else:
             target = SYSTEM_DATA_DIR / DEFAULT_CREDENTIAL_FILE
         allow_insecure = args.allow_insecure_uplink or bool(config and config.allow_insecure_uplink)
-        warning = check_controller_url(args.controller, allow_insecure=allow_insecure)
+        warnings = [
+            check_controller_url(url, allow_insecure=allow_insecure) for url in args.controller
+        ]
+        warning = next((text for text in warnings if text), "")
         credential = asyncio.run(
             enroll(
                 args.controller,
@@ -361,7 +368,7 @@ def _enroll(args: argparse.Namespace) -> int:
     except ControllerUnavailable as exc:
         return _fail(
             "enroll",
-            f"cannot reach the controller at {args.controller} ({exc}): check the URL "
+            f"cannot reach the controller at {', '.join(args.controller)} ({exc}): check the URL "
             "(scheme, host and port), that the controller runs and listens there, and that "
             "no firewall or proxy stands between this host and it",
             EXIT_FAILED,

@@ -131,6 +131,8 @@ class AgentConfig:
 
     data_dir: Path
     controller_url: str = ""
+    #: Every controller to try (active and standbys), ``controller_url`` first.
+    controller_urls: tuple[str, ...] = ()
     credential_file: Path | None = None
     enrollment_code: Secret | None = None
     controller_ca_file: Path | None = None
@@ -169,12 +171,20 @@ class AgentConfig:
         return self.credential_file or self.data_dir / DEFAULT_CREDENTIAL_FILE
 
     def check_uplink(self, url: str | None = None) -> str:
-        """:func:`check_controller_url` for ``url`` (default ``controller.url``) by this config."""
-        target = self.controller_url if url is None else url
-        if not target:
-            return ""
-        where = f"{self.source}: controller.url" if url is None else "controller URL"
-        return check_controller_url(target, allow_insecure=self.allow_insecure_uplink, where=where)
+        """:func:`check_controller_url` for ``url`` (default: ``controller.url`` and every one of
+        ``controller.urls``) by this config; the first warning."""
+        if url is not None:
+            return check_controller_url(url, allow_insecure=self.allow_insecure_uplink)
+        warnings = [
+            check_controller_url(
+                target,
+                allow_insecure=self.allow_insecure_uplink,
+                where=f"{self.source}: controller.{'url' if index == 0 else 'urls'}",
+            )
+            for index, target in enumerate(self.controller_urls or (self.controller_url,))
+            if target
+        ]
+        return next((warning for warning in warnings if warning), "")
 
 
 #: Names that mean "this machine" without asking DNS.
@@ -274,6 +284,12 @@ class _Table:
     def flag(self, key: str, default: bool) -> bool:
         value = self._get(key, (bool,), "true or false")
         return default if value is None else bool(value)
+
+    def strings(self, key: str) -> list[str] | None:
+        value = self._get(key, (list,), "a list of strings")
+        if value is not None and not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{self.where(key)} must be a list of strings, not {value!r}")
+        return None if value is None else [str(item) for item in value]
 
     def table(self, key: str) -> _Table:
         value = self._get(key, (dict,), "a table")
@@ -404,10 +420,19 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
     url = controller.text("url", "") or ""
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"{controller.where('url')}: must start with http:// or https://")
+    # Several controllers on one database: the agent moves to the one answering as active.
+    urls = controller.strings("urls") or []
+    for other in urls:
+        if not other.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{controller.where('urls')}: {other!r} must start with http:// or https://"
+            )
+    every_url = tuple(dict.fromkeys(u.rstrip("/") for u in [url, *urls] if u))
 
     config = AgentConfig(
         data_dir=data_dir,
-        controller_url=url.rstrip("/"),
+        controller_url=every_url[0] if every_url else "",
+        controller_urls=every_url,
         credential_file=None if credential_text is None else _path(credential_text, base),
         enrollment_code=enrollment,
         controller_ca_file=None if ca_text is None else _path(ca_text, base),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,7 +42,7 @@ SILENCE_POLLS = 3
 
 
 async def enroll(
-    config_or_url: AgentConfig | str,
+    config_or_url: AgentConfig | str | Sequence[str],
     code: str,
     *,
     credential_path: Path,
@@ -53,24 +54,31 @@ async def enroll(
 
     A plain http:// URL off this machine is refused (ConfigError) before the code is
     sent, unless ``allow_insecure_uplink`` (or the config's key) says otherwise.
+    With several controller URLs the code goes to the one answering as active, and the
+    credential keeps them all.
     """
     if isinstance(config_or_url, AgentConfig):
-        url = config_or_url.controller_url
+        urls = list(config_or_url.controller_urls or (config_or_url.controller_url,))
         ca_file = ca_file or config_or_url.controller_ca_file
         allow_insecure_uplink = allow_insecure_uplink or config_or_url.allow_insecure_uplink
+    elif isinstance(config_or_url, str):
+        urls = [config_or_url]
     else:
-        url = config_or_url.rstrip("/")
-    if not url:
+        urls = list(config_or_url)
+    urls = list(dict.fromkeys(url.rstrip("/") for url in urls if url))
+    if not urls:
         raise ConfigError("no controller URL (give --controller or controller.url)")
     # The caller says what a plain-HTTP URL that is allowed means (the CLI, the service).
-    check_controller_url(url, allow_insecure=allow_insecure_uplink)
+    for url in urls:
+        check_controller_url(url, allow_insecure=allow_insecure_uplink)
     # The code works once: make sure the credential can be stored before spending it.
     await asyncio.to_thread(Credential.check_writable, credential_path)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        uplink = Uplink(url, session=session, ssl_context=ssl_context_for(ca_file))
+        uplink = Uplink(urls, session=session, ssl_context=ssl_context_for(ca_file))
         answer = await uplink.enroll(code, agent_name=agent_name)
     credential = Credential(
-        controller_url=url,
+        controller_url=uplink.base_url,
+        controller_urls=tuple(urls) if len(urls) > 1 else (),
         agent_id=answer.agent_id,
         site_id=answer.site_id,
         token=answer.token,
@@ -188,15 +196,16 @@ class AgentService:
         if await asyncio.to_thread(path.exists):
             credential = await asyncio.to_thread(Credential.load, path)
             if not self.config.controller_url:
-                # The URL enrollment stored is the one used: it gets the same scrutiny.
-                warning = check_controller_url(
-                    credential.controller_url,
-                    allow_insecure=self.config.allow_insecure_uplink,
-                    where=f"{path}: controller_url",
-                )
-                if warning and warning != self.uplink_warning:
-                    self.uplink_warning = warning
-                    log.warning("%s", warning)
+                # The URLs enrollment stored are the ones used: they get the same scrutiny.
+                for url in credential.urls:
+                    warning = check_controller_url(
+                        url,
+                        allow_insecure=self.config.allow_insecure_uplink,
+                        where=f"{path}: controller_url",
+                    )
+                    if warning and warning != self.uplink_warning:
+                        self.uplink_warning = warning
+                        log.warning("%s", warning)
             self.credential = credential
         elif self.config.enrollment_code is not None and self.config.controller_url:
             code = await asyncio.to_thread(self.config.enrollment_code.read)
@@ -228,7 +237,7 @@ class AgentService:
     def _uplink(self, credential: Credential) -> Uplink:
         assert self.session is not None
         return Uplink(
-            self.config.controller_url or credential.controller_url,
+            self.config.controller_urls or credential.urls,
             session=self.session,
             token=credential.token,
             ssl_context=ssl_context_for(self.config.controller_ca_file),

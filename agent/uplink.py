@@ -1,4 +1,12 @@
-"""The agent's side of the controller protocol: enroll, post report batches, pull jobs, upload."""
+"""The agent's side of the controller protocol: enroll, post report batches, pull jobs, upload.
+
+An agent may know several controllers (one active, the others standing by on the same
+database). Every request goes to the one that last answered as active; when it does not
+answer, or answers as a standby (503 ``not_active``), the request moves on: to the URL the
+standby names in ``Polyfleet-Active-Controller`` when that is one of the agent's own, else
+to the next URL in order. Moving a request is safe: reports are idempotent by their id.
+The agent never sends its token to a URL it was not configured with.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,8 @@ import os
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +27,8 @@ from pydantic import BaseModel, ValidationError
 from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError, os_error_words
 from polyfleet.shared.schema import (
+    ACTIVE_CONTROLLER_HEADER,
+    NOT_ACTIVE_CODE,
     PROTOCOL_VERSION,
     EnrollRequest,
     EnrollResponse,
@@ -39,6 +49,14 @@ _MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 class ControllerUnavailable(PolyfleetError):
     """The controller did not answer (or answered 5xx): try again later."""
+
+
+class ControllerNotActive(ControllerUnavailable):
+    """A standby controller answered; ``active_url`` is where it says the active one is."""
+
+    def __init__(self, message: str, active_url: str | None) -> None:
+        super().__init__(message)
+        self.active_url = active_url
 
 
 class ControllerRefused(PolyfleetError):
@@ -62,6 +80,8 @@ class Credential:
     site_id: str
     token: str
     poll_interval_s: int
+    #: Every controller URL the agent was enrolled with (active and standbys).
+    controller_urls: tuple[str, ...] = field(default=())
 
     def __repr__(self) -> str:
         return f"Credential(agent_id={self.agent_id!r}, site_id={self.site_id!r})"
@@ -79,6 +99,7 @@ class Credential:
                     "site_id": self.site_id,
                     "token": self.token,
                     "poll_interval_s": self.poll_interval_s,
+                    "controller_urls": list(self.controller_urls),
                 },
                 handle,
             )
@@ -90,6 +111,11 @@ class Credential:
             folder = path.parent.stat()
             os.chown(tmp, folder.st_uid, folder.st_gid)
         os.replace(tmp, path)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The controllers to try, the one enrolled with first."""
+        return self.controller_urls or (self.controller_url,)
 
     @staticmethod
     def check_writable(path: Path) -> None:
@@ -120,6 +146,7 @@ class Credential:
                 site_id=str(raw["site_id"]),
                 token=str(raw["token"]),
                 poll_interval_s=int(raw.get("poll_interval_s", 60)),
+                controller_urls=tuple(str(url) for url in raw.get("controller_urls", ())),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: not an agent credential file (no {exc.args[0]})") from exc
@@ -140,22 +167,35 @@ def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext | None:
 
 
 class Uplink:
-    """HTTP client for ``/api/v1/agent/...``; one ``_request`` turns failures into our errors."""
+    """HTTP client for ``/api/v1/agent/...``; one ``_request`` turns failures into our errors.
+
+    ``base_url`` is one controller URL or several (active and standbys, in order).
+    """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         session: aiohttp.ClientSession,
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.urls: tuple[str, ...] = tuple(dict.fromkeys(url.rstrip("/") for url in urls if url))
+        if not self.urls:
+            raise ConfigError("no controller URL (give --controller or controller.url)")
+        self._current = 0
+        self._told_unknown: set[str] = set()
         self._session = session
         self._token = token
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    @property
+    def base_url(self) -> str:
+        """The controller requests go to now (the one that last answered as active)."""
+        return self.urls[self._current]
 
     async def _request(
         self,
@@ -166,6 +206,69 @@ class Uplink:
         data: bytes | None = None,
         content_type: str | None = None,
     ) -> Any:
+        """The request to the active controller, moving on from ones that do not answer."""
+        index = self._current
+        tried: set[int] = set()
+        while True:
+            tried.add(index)
+            try:
+                doc = await self._request_at(
+                    self.urls[index],
+                    method,
+                    path,
+                    model=model,
+                    data=data,
+                    content_type=content_type,
+                )
+            except ControllerNotActive as exc:
+                failure: ControllerUnavailable = exc
+                named = self._known(exc.active_url)
+                if named is not None and named not in tried:
+                    index = named
+                    continue
+            except ControllerUnavailable as exc:
+                failure = exc
+            else:
+                if index != self._current:
+                    log.info("controller %s answers as the active one", self.urls[index])
+                    self._current = index
+                return doc
+            untried = [
+                (index + step) % len(self.urls)
+                for step in range(1, len(self.urls))
+                if (index + step) % len(self.urls) not in tried
+            ]
+            if not untried:
+                raise failure
+            index = untried[0]
+
+    def _known(self, url: str | None) -> int | None:
+        """The index of ``url`` among ours; an unknown one is never sent the token."""
+        if not url:
+            return None
+        url = url.rstrip("/")
+        if url in self.urls:
+            return self.urls.index(url)
+        if url not in self._told_unknown:
+            self._told_unknown.add(url)
+            log.warning(
+                "a standby names %s as the active controller, which is not among this "
+                "agent's controller URLs (%s): add it to controller.urls to follow it",
+                url,
+                ", ".join(self.urls),
+            )
+        return None
+
+    async def _request_at(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        *,
+        model: BaseModel | None,
+        data: bytes | None,
+        content_type: str | None,
+    ) -> Any:
         headers: dict[str, str] = {}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -175,13 +278,14 @@ class Uplink:
             headers["Content-Type"] = "application/json"
         elif content_type is not None:
             headers["Content-Type"] = content_type
-        url = self.base_url + path
+        url = base_url + path
         try:
             async with self._session.request(
                 method, url, data=body, headers=headers, timeout=self._timeout, ssl=self._ssl
             ) as resp:
                 raw = await resp.content.read(_MAX_ANSWER_BYTES + 1)
                 status = resp.status
+                active_url = resp.headers.get(ACTIVE_CONTROLLER_HEADER)
         except TimeoutError as exc:
             raise ControllerUnavailable(f"{method} {url}: no answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -189,6 +293,11 @@ class Uplink:
             raise ControllerUnavailable(f"{method} {url}: {http_failure_words(exc)}") from exc
         if len(raw) > _MAX_ANSWER_BYTES:
             raise ProtocolError(f"{method} {url}: answer too large")
+        if status == 503 and _error_code(raw) == NOT_ACTIVE_CODE:
+            raise ControllerNotActive(
+                f"{method} {url}: a standby controller (active: {active_url or 'none yet'})",
+                active_url,
+            )
         if status >= 500 or status in (408, 429):
             raise ControllerUnavailable(f"{method} {url}: HTTP {status}")
         try:
@@ -266,6 +375,16 @@ class Uplink:
             raise ControllerUnavailable(f"GET {url}: stalled") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise ControllerUnavailable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _error_code(raw: bytes) -> str | None:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _parse(model: type[_M], doc: Any, what: str) -> _M:

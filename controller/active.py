@@ -41,11 +41,12 @@ from polyfleet.controller.api.errors import Handler, error_response
 from polyfleet.controller.api.spec import PUBLIC, endpoint
 from polyfleet.controller.keys import AUDIT, EVENT_BUS, INVENTORY, STORE
 from polyfleet.controller.store.postgres import PostgresStore, StoreDeposed
+from polyfleet.shared.schema import ACTIVE_CONTROLLER_HEADER, NOT_ACTIVE_CODE
 
 log = logging.getLogger(__name__)
 
 #: Names the active controller's advertised URL on a standby's 503 answers.
-ACTIVE_HEADER = "Polyfleet-Active-Controller"
+ACTIVE_HEADER = ACTIVE_CONTROLLER_HEADER
 #: Says the answering controller's role on every answer of ``/healthz``.
 ROLE_HEADER = "Polyfleet-Role"
 #: Seconds a client is told to wait before trying again (or moving to the active one).
@@ -264,7 +265,7 @@ def not_active_response(leadership: Leadership, request: web.Request) -> web.Res
         message = "this controller is a standby and no controller is active yet; try again"
     else:
         message = f"this controller is {leadership.role.value}; try again shortly"
-    response = error_response(503, "not_active", message)
+    response = error_response(503, NOT_ACTIVE_CODE, message)
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     response.headers[ROLE_HEADER] = leadership.role.value
     if active is not None:

@@ -17,6 +17,10 @@ SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
 MAX_BATCH_SNAPSHOTS = 500
 #: Largest request body the controller reads, in bytes.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: A standby controller answers 503 with this error code, and names the active controller's
+#: advertised URL in this header (absent while none is active): clients move there.
+NOT_ACTIVE_CODE = "not_active"
+ACTIVE_CONTROLLER_HEADER = "Polyfleet-Active-Controller"
 
 Serial = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")
