@@ -272,6 +272,11 @@ class DeliveryWorker:
 
     async def _attempt(self, entry: Doc, now: datetime) -> bool:
         channel = str(entry.get("channel"))
+        # A durable (and, on PostgreSQL, fenced) write before the message leaves: a controller
+        # that another one took over from is refused here and sends nothing; the new active
+        # one sends it, under the same delivery id (webhook header, e-mail Message-ID).
+        claim = {**entry, "sending_since": now.isoformat()}
+        await self.store.wait_durable(self.store.apply({OUTBOX: {entry["id"]: claim}}))
         try:
             await self._send(entry)
         except (DeliveryError, OSError) as exc:

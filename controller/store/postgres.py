@@ -309,6 +309,10 @@ class PostgresStore:
         self._data = data
         self._opened = True
         self._closing = False
+        if self._watch is not None:
+            # Only a standby watches who is active.
+            await self._discard(self._watch)
+            self._watch = None
         self._writer_task = asyncio.create_task(self._write_loop(), name="store-postgres")
         log.info(
             "store %s: open as %s (term %d, %d documents)",
@@ -481,6 +485,10 @@ class PostgresStore:
     def scan(self, collection: str) -> Mapping[str, Doc]:
         docs = self._data.get(collection)
         return _EMPTY if docs is None else MappingProxyType(docs)
+
+    def collections(self) -> list[str]:
+        """Names of the collections that hold documents (backups and copies list them)."""
+        return [name for name, docs in self._data.items() if docs]
 
     def count(self, collection: str) -> int:
         return len(self._data.get(collection, _EMPTY))

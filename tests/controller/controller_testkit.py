@@ -94,10 +94,15 @@ async def start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess
         cwd=REPO,
     )
     assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert b"listening on" in line, line
-    url = line.decode().strip().rsplit(" ", 1)[-1]
-    await wait_active(url)
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert b"listening on" in line, line
+        url = line.decode().strip().rsplit(" ", 1)[-1]
+        await wait_active(url)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
     return process, url
 
 
