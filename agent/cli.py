@@ -29,6 +29,7 @@ from polyfleet.agent.drivers.base import DriverContext, Pins
 from polyfleet.agent.held import read_held, summarise
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.service import HELD_DIR, enroll, run_service
+from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable
 from polyfleet.shared.cli_errors import EXIT_DEVICE, EXIT_FAILED, EXIT_USAGE, CommandFailed
 from polyfleet.shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
@@ -125,6 +126,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--config", default=DEFAULT_CONFIG)
     _insecure_uplink_flag(run)
     run.set_defaults(func=_run)
+
+    status = commands.add_parser(
+        "status",
+        help="ask the running agent how it is (outbox, disk, uplink, devices)",
+        description="Ask the agent running with this config (its agent.status_listen, "
+        "default 127.0.0.1:9180) for its status: problems first (a disk that refuses the "
+        "outbox's writes, a controller that does not take reports), each with what the "
+        "agent does about it. Exit status 0 when it answered, 1 when it did not.",
+    )
+    status.add_argument("--config", default=DEFAULT_CONFIG)
+    status.add_argument("--json", action="store_true", help="print the status document")
+    status.set_defaults(func=_status)
 
     held = commands.add_parser(
         "held",
@@ -404,6 +417,77 @@ def _run(args: argparse.Namespace) -> int:
         return run_service(config)
     except PolyfleetError as exc:
         return _fail("run", str(exc), EXIT_FAILED)
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail("status", str(exc), EXIT_CONFIG)
+    if not config.status_listen:
+        return _fail(
+            "status",
+            f"{config.source}: agent.status_listen is off: the agent answers no status",
+            EXIT_CONFIG,
+            field="agent.status_listen",
+        )
+    host, _, port = config.status_listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    url = f"http://{host}:{port}/status"
+    try:
+        doc = asyncio.run(_get_status(url))
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        return _fail(
+            "status",
+            f"cannot reach the agent's status at {url} ({http_failure_words(exc)}): is the "
+            f"agent running with {config.source}?",
+            EXIT_FAILED,
+            kind="unreachable",
+        )
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    _print_status(doc)
+    return 0
+
+
+async def _get_status(url: str) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
+        resp.raise_for_status()
+        doc = await resp.json()
+    if not isinstance(doc, dict):
+        raise ValueError("not a status document")
+    return doc
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    agent, outbox, uplink = doc["agent"], doc["outbox"], doc["uplink"]
+    devices = doc["devices"]
+    state = "healthy" if doc["healthy"] else f"{len(doc['problems'])} problem(s)"
+    print(f"agent {agent['name'] or '(unnamed)'}: {state}; up since {agent['started_at']}")
+    for problem in doc["problems"]:
+        print(f"  PROBLEM {problem}")
+    disk = "disk ok" if outbox["disk_ok"] else f"disk failing since {outbox['since']}"
+    print(
+        f"outbox   {outbox['entries']} waiting ({outbox['bytes']} of {outbox['max_bytes']} "
+        f"bytes), {outbox['memory_entries']} only in memory; {disk}; "
+        f"dropped {outbox['dropped_total']}, refused {outbox['refused_total']}"
+    )
+    sent = uplink["last_sent_at"] or "never"
+    print(
+        f"uplink   {uplink['controller_url'] or '(no controller)'}: "
+        f"{'ok' if uplink['ok'] else 'not sending'}; last batch taken {sent}"
+    )
+    print(
+        f"devices  {devices['configured']} configured, {devices['answering']} answering, "
+        f"{len(devices['failing'])} failing"
+    )
+    for failing in devices["failing"]:
+        print(f"  {failing['device']} {failing['serial'] or '?'}: {failing['reason']}")
+    if doc["held"]["reports"]:
+        print(f"held     {doc['held']['reports']} reports (see: polyfleet agent held)")
 
 
 def _held(args: argparse.Namespace) -> int:

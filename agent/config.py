@@ -36,6 +36,8 @@ DEFAULT_HELD_MAX_BYTES = 16 * 1024 * 1024
 #: Every this many REST polls, model/serial/firmware are checked over SSH too (0 = never).
 DEFAULT_SSH_CROSS_CHECK_EVERY = 10
 DEFAULT_CREDENTIAL_FILE = "credential.json"
+#: Where ``agent run`` answers ``polyfleet agent status`` and metrics scrapes (loopback).
+DEFAULT_STATUS_LISTEN = "127.0.0.1:9180"
 #: The site update server: where devices fetch packages from, and its package cache.
 DEFAULT_UPDATES_LISTEN = "127.0.0.1:0"
 DEFAULT_UPDATES_CACHE_MAX_BYTES = 4 * 1024 * 1024 * 1024
@@ -161,6 +163,8 @@ class AgentConfig:
     updates_cache_max_bytes: int = DEFAULT_UPDATES_CACHE_MAX_BYTES
     updates_return_timeout_s: float = DEFAULT_UPDATES_RETURN_TIMEOUT_S
     updates_call_recheck_s: float = DEFAULT_UPDATES_CALL_RECHECK_S
+    #: HOST:PORT of the status and metrics listener (``""``: none); loopback is the point.
+    status_listen: str = DEFAULT_STATUS_LISTEN
     #: Send to a plain http:// controller that is not on this machine (token and reports
     #: unencrypted); without it such a URL is refused. ``--allow-insecure-uplink`` sets it.
     allow_insecure_uplink: bool = False
@@ -470,6 +474,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
             "call_recheck_s", DEFAULT_UPDATES_CALL_RECHECK_S, minimum=0.01
         ),
         allow_insecure_uplink=controller.flag("allow_insecure_uplink", False),
+        status_listen=_status_listen(agent),
         source=source,
     )
     for t in (agent, controller, outbox, updates):
@@ -482,4 +487,17 @@ def _listen(table: _Table, key: str, default: str) -> str:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{table.where(key)}: {text!r} is not HOST:PORT (e.g. 0.0.0.0:8443)")
+    return text
+
+
+def _status_listen(table: _Table, key: str = "status_listen") -> str:
+    text = (table.text(key, DEFAULT_STATUS_LISTEN) or "").strip()
+    if text in ("", "off"):
+        return ""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{table.where(key)}: {text!r} is not HOST:PORT (e.g. {DEFAULT_STATUS_LISTEN}), "
+            'or "off"'
+        )
     return text

@@ -122,7 +122,9 @@ class ReportSender:
                 refused.append(Refusal(entry, behind.code, behind.reason))
             else:
                 to_send.append(entry)
-        refused += await self._deliver(uplink, to_send)
+        with self.outbox.sending(entries[-1].seq):
+            # On their way: a full outbox must not count them as dropped meanwhile.
+            refused += await self._deliver(uplink, to_send)
         if refused:
             await self._hold(refused)
         # Held reports are on disk in the held spool before the outbox lets them go.

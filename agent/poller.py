@@ -32,6 +32,7 @@ from polyfleet.shared.errors import (
     LockedOut,
     NotAPolyDevice,
     PolyfleetError,
+    os_error_words,
 )
 from polyfleet.shared.fingerprint import short_fingerprint
 from polyfleet.shared.schema import (
@@ -138,6 +139,8 @@ class Poller:
         #: Polls started by the schedule, one per device at most.
         self._polling: dict[str, asyncio.Task[list[Snapshot]]] = {}
         self._stopping = False
+        #: Why the pin store refused a write, while it does (logged once).
+        self._pins_failing: str | None = None
         for state in self.states.values():
             state.serial = state.device.serial
 
@@ -272,6 +275,8 @@ class Poller:
                     await self.outbox.put(snapshot)
                 except OutboxFullError as exc:
                     log.warning("%s: %s", key, exc)
+                except Exception:  # still the boundary: a poll task never ends in an error
+                    log.exception("%s: the outbox did not take a report", key)
         return snapshots
 
     async def _poll(self, state: DeviceState) -> list[Snapshot]:
@@ -481,7 +486,11 @@ class Poller:
 
     async def _pin_changed(self, state: DeviceState, exc: CertificateMismatch) -> None:
         """Keep the new fingerprint for review; the first sighting is logged and told upstream."""
-        message = await asyncio.to_thread(self._record_pending, state, exc)
+        try:
+            message = await asyncio.to_thread(self._record_pending, state, exc)
+        except OSError as exc_disk:
+            self._pins_unsaved(exc_disk)
+            return
         if message is None or self.outbox is None:
             return
         notice = AgentNotice(kind="certificate_changed", detail=message[:256], at=datetime.now(UTC))
@@ -505,8 +514,8 @@ class Poller:
             "not trusted until an admin checks it and runs: "
             f"polyfleet agent pins accept {state.serial or state.device.host}"
         )
-        log.warning("%s: %s", state.device.key, message)
         self.pins.update(state.device.key, **{field_name: exc.seen})
+        log.warning("%s: %s", state.device.key, message)
         return message
 
     def _failure_snapshots(self, state: DeviceState, exc: DeviceError) -> list[Snapshot]:
@@ -624,7 +633,26 @@ class Poller:
         while self._pin_changes:
             await asyncio.sleep(0)  # let polls finishing in this tick join the same write
             changes, self._pin_changes = self._pin_changes, {}
-            await asyncio.to_thread(self.pins.update_many, changes)
+            try:
+                await asyncio.to_thread(self.pins.update_many, changes)
+            except OSError as exc:
+                # Unsaved, the pins are learned again on the next poll; the report still goes.
+                self._pins_unsaved(exc)
+                for key in changes:
+                    self.states[key].pinned_serial = ""
+                return
+            self._pins_failing = None
+
+    def _pins_unsaved(self, exc: OSError) -> None:
+        reason = os_error_words(exc)
+        if self._pins_failing != reason:
+            log.error(
+                "cannot store pins in %s (%s): first-contact pins and changed certificates "
+                "are not kept, and are offered again on each poll until the disk takes writes",
+                self.pins.path,
+                reason,
+            )
+        self._pins_failing = reason
 
 
 def _short(exc: DeviceError) -> str:

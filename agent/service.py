@@ -9,6 +9,7 @@ import signal
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -21,6 +22,7 @@ from polyfleet.agent.jobs import JobRunner
 from polyfleet.agent.outbox import Outbox
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.poller import Poller
+from polyfleet.agent.status import StatusServer
 from polyfleet.agent.update_server import PackageCache, SiteUpdateServer
 from polyfleet.agent.uplink import (
     ControllerRefused,
@@ -124,6 +126,11 @@ class AgentService:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self.started_at: datetime | None = None
+        #: Why the last attempt to send did not work (None: it did, or none was made yet).
+        self.uplink_error: str | None = None
+        self.last_sent_at: datetime | None = None
+        self.status_server = StatusServer(self.status, listen=config.status_listen)
 
     @property
     def batches_sent(self) -> int:
@@ -148,6 +155,8 @@ class AgentService:
             )
         )
         await self.update_server.start()
+        self.started_at = datetime.now(UTC)
+        await self.status_server.start()
         self.poller.start()
         if self.uplink_warning:
             log.warning("%s", self.uplink_warning)
@@ -173,11 +182,78 @@ class AgentService:
         if self.jobs is not None:
             await self.jobs.stop()
         await self.update_server.stop()
+        await self.status_server.stop()
         await self.outbox.close()
+        log.info(
+            "agent stopped: this run the outbox took %d reports, dropped %d when full, "
+            "%d entries wait for the controller",
+            self.outbox.taken_total,
+            self.outbox.dropped_total,
+            len(self.outbox),
+        )
         await self.held.close()
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+    def status(self) -> dict[str, Any]:
+        """What ``polyfleet agent status`` shows (``GET /status``): problems in words first."""
+        health = self.outbox.health
+        problems: list[str] = []
+        if not health.disk_ok:
+            problems.append(f"outbox: {health.problem}; {health.action}")
+        if self.uplink_error is not None:
+            problems.append(f"uplink: {self.uplink_error}; reports wait in the outbox")
+        failing = []
+        answering = 0
+        if self.poller is not None:
+            for key, state in self.poller.states.items():
+                if state.failing is None:
+                    if state.polls:
+                        answering += 1
+                    continue
+                failing.append({"device": key, "serial": state.serial, "reason": state.failing})
+        credential = self.credential
+        return {
+            "agent": {
+                "name": self.config.agent_name,
+                "config": self.config.source,
+                "data_dir": str(self.config.data_dir),
+                "started_at": _iso(self.started_at),
+            },
+            "healthy": not problems,
+            "problems": problems,
+            "outbox": {
+                "directory": str(self.outbox.directory),
+                "entries": len(self.outbox),
+                "bytes": self.outbox.size_bytes,
+                "max_bytes": self.outbox.max_bytes,
+                "disk_ok": health.disk_ok,
+                "problem": health.problem,
+                "action": health.action,
+                "since": _iso(health.since),
+                "memory_entries": health.memory_entries,
+                "write_failures": health.write_failures,
+                "taken_total": self.outbox.taken_total,
+                "dropped_total": self.outbox.dropped_total,
+                "refused_total": self.outbox.refused_total,
+            },
+            "uplink": {
+                "controller_url": self.config.controller_url
+                or (credential.controller_url if credential else ""),
+                "enrolled": credential is not None,
+                "ok": self.uplink_error is None and self.last_sent_at is not None,
+                "error": self.uplink_error,
+                "last_sent_at": _iso(self.last_sent_at),
+                "batches_sent": self.sender.batches_sent,
+            },
+            "held": {"reports": len(self.held)},
+            "devices": {
+                "configured": len(self.config.devices),
+                "answering": int(answering),
+                "failing": failing,
+            },
+        }
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -288,6 +364,7 @@ class AgentService:
                     continue
             except (ControllerUnavailable, ControllerRefused, ProtocolError) as exc:
                 attempt += 1
+                self.uplink_error = str(exc)
                 if down_since is None:
                     down_since = str(exc)
                     log.warning(
@@ -297,6 +374,7 @@ class AgentService:
                 continue
             except Exception as exc:  # a disk error must not end sending for good
                 attempt += 1
+                self.uplink_error = "sending failed inside the agent (its log has details)"
                 if down_since != repr(exc):
                     log.exception("sending reports failed; retrying")
                 down_since = repr(exc)
@@ -306,6 +384,8 @@ class AgentService:
                 log.info("controller taking reports again; %d still queued", len(self.outbox))
             down_since = None
             attempt = 0
+            self.uplink_error = None
+            self.last_sent_at = datetime.now(UTC)
 
     async def _jobs_loop(self) -> None:
         attempt = 0
@@ -354,3 +434,7 @@ def run_service(config: AgentConfig) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")

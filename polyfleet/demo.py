@@ -445,6 +445,8 @@ class Demo:
                 f"poll_interval_s = {DEMO_POLL_INTERVAL_S}",
                 "jitter_s = 2",
                 "lockout_backoff_s = 120",
+                # One agent per site in one process: each takes a free port for its status.
+                'status_listen = "127.0.0.1:0"',
                 "",
                 "[controller]",
                 f"url = {_toml(self.controller_url)}",

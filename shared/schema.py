@@ -162,7 +162,14 @@ class Report(_Strict):
 class AgentNotice(_Strict):
     """Something the agent wants the controller to know (e.g. what its full outbox dropped)."""
 
-    kind: Literal["outbox_dropped", "certificate_changed", "agent_started", "reports_held"]
+    kind: Literal[
+        "outbox_dropped",
+        "certificate_changed",
+        "agent_started",
+        "reports_held",
+        "outbox_failing",
+        "outbox_recovered",
+    ]
     detail: ShortText = ""
     count: int = Field(default=0, ge=0)
     at: AwareDatetime

@@ -142,6 +142,8 @@ class SimDevice:
         self.config["device.local.roomName"] = room
         self._admin_password = spec.admin_password
         self.failed_logins = 0
+        #: Successful REST logins since the lab started (a client's polls, counted).
+        self.logins = 0
         self.locked_until = 0.0
         self.boot_time = clock()
         self.booted_once = False
@@ -456,6 +458,7 @@ class SimDevice:
             last_used=now,
         )
         self.sessions[session.session_id] = session
+        self.logins += 1
         return LoginVerdict("ok", session=session)
 
     def expire_sessions(self) -> None:
@@ -689,6 +692,7 @@ class SimDevice:
             "faults": {name: dict(params) for name, params in sorted(self.faults.items())},
             "locked_out": self.locked_out(),
             "sessions": len(self.sessions),
+            "logins": self.logins,
             "peripherals": [
                 {"kind": p.kind, "serial": p.serial, "firmware": p.firmware}
                 for p in self.peripherals

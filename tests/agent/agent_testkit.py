@@ -32,6 +32,8 @@ def agent_config(tmp_path: Path, devices: list[DeviceConfig], **overrides: Any) 
         "poll_interval_s": 60.0,
         "jitter_s": 0.0,
         "device_timeout_s": 5.0,
+        # Many agents run at once in tests: each takes a free port for its status.
+        "status_listen": "127.0.0.1:0",
     }
     fields.update(overrides)
     return AgentConfig(**fields)

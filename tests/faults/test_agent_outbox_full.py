@@ -1,0 +1,140 @@
+"""A full outbox during an uplink outage keeps every fault episode and counts each drop once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from agent_site import (
+    UplinkRelay,
+    agent_status,
+    controller_events,
+    free_port,
+    start_agent,
+    stored_reports,
+    wait_status,
+    write_agent_config,
+)
+from faultkit import ControllerProcess, wait_for, wait_for_async
+
+from polyfleet.agent.outbox import Outbox
+from polyfleet.simulator.testing import make_device
+
+#: The smallest outbox the config takes: a few dozen reports.
+OUTBOX_BYTES = 16 * 1024
+
+
+def problem_codes(report: dict[str, Any]) -> set[str]:
+    return {p["code"] for p in report["snapshot"]["health"]["problems"]}
+
+
+async def test_fault_episode_during_outage_survives_a_full_outbox(
+    controllers: Any,
+    lab_factory: Any,
+    password_file: Path,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """A camera fault that starts and ends while the uplink is down and the outbox full arrives
+    with its start and end; every report taken is delivered or counted dropped exactly once."""
+    lab = await lab_factory(
+        [make_device("EPISODE1"), make_device("REPEAT1"), make_device("REPEAT2")]
+    )
+    episode = lab.devices["EPISODE1"]
+    controller: ControllerProcess = await controllers.start(
+        config="[store]\nreport_history = 100000\n"
+    )
+    relay = UplinkRelay(controller.url)
+    await relay.start()
+    port = free_port()
+    config = write_agent_config(
+        tmp_path / "agent",
+        controller_url=relay.url,
+        code=controller.codes["krk"][0],
+        devices=list(lab.devices.values()),
+        password_file=password_file,
+        status_port=port,
+        extra_outbox=f"max_bytes = {OUTBOX_BYTES}\nsegment_bytes = 4096\n",
+    )
+    agent = start_agent(config)
+    await agent.start()
+    try:
+        await wait_status(
+            http,
+            port,
+            lambda d: d["uplink"]["ok"] and d["devices"]["answering"] == 3,
+            90,
+            "the agent enrolled, polling and sending",
+        )
+        relay.cut()
+        full = await wait_status(
+            http, port, lambda d: d["outbox"]["dropped_total"] > 0, 60, "the outbox full"
+        )
+        # The episode: camera down for a few polls, then up again, all during the outage.
+        logins = episode.logins
+        await episode.set_fault("camera_down", True)
+        await wait_for(lambda: episode.logins >= logins + 3, 30, "three polls with the fault")
+        logins = episode.logins
+        await episode.set_fault("camera_down", False)
+        await wait_for(lambda: episode.logins >= logins + 3, 30, "three polls after it")
+        # Keep the outbox busy dropping well after the episode ended.
+        after = full["outbox"]["dropped_total"]
+        await wait_status(
+            http,
+            port,
+            lambda d: d["outbox"]["dropped_total"] >= after + 30,
+            60,
+            "more drops after the episode",
+        )
+        relay.restore()
+
+        async def episode_arrived() -> bool:
+            reports = await stored_reports(http, controller, "EPISODE1")
+            down = [i for i, r in enumerate(reports) if "camera_down" in problem_codes(r)]
+            return bool(down) and any(
+                "camera_down" not in problem_codes(r) for r in reports[down[0] :]
+            )
+
+        await wait_for_async(episode_arrived, 90, "the episode at the controller")
+
+        async def all_told() -> bool:
+            # Drained, nothing more is dropped: the notices at the controller add up exactly.
+            doc = await agent_status(http, port)
+            return (
+                doc is not None and await told(http, controller) == doc["outbox"]["dropped_total"]
+            )
+
+        await wait_for_async(all_told, 60, "every drop told to the controller")
+    finally:
+        await agent.stop()
+        await relay.stop()
+    log = agent.log()
+    stopped = re.search(r"this run the outbox took (\d+) reports, dropped (\d+) when full", log)
+    assert stopped is not None, log[-3000:]
+    taken, dropped = int(stopped.group(1)), int(stopped.group(2))
+    assert dropped > 0
+    assert await told(http, controller) == dropped, "every drop counted once, in a notice"
+    stored: set[str] = set()
+    for serial in ("EPISODE1", "REPEAT1", "REPEAT2"):
+        stored |= {r["id"] for r in await stored_reports(http, controller, serial)}
+    box = Outbox(tmp_path / "agent" / "data" / "outbox", max_bytes=OUTBOX_BYTES)
+    await box.open()
+    waiting = box.peek(100_000)
+    await box.close()
+    # A batch on its way at the stop may be stored but not yet acknowledged: it is both.
+    unsent = [e for e in waiting if e.kind == "report" and e.report_id not in stored]
+    assert taken == len(stored) + dropped + len(unsent), (taken, len(stored), dropped, unsent)
+    reports = await stored_reports(http, controller, "EPISODE1")
+    start = next(i for i, r in enumerate(reports) if "camera_down" in problem_codes(r))
+    end = next(r for r in reports[start:] if "camera_down" not in problem_codes(r))
+    assert reports[start]["snapshot"]["health"]["state"] == "fault"
+    assert end["snapshot"]["health"]["state"] == "ok"
+    assert "Task exception was never retrieved" not in log
+
+
+async def told(http: aiohttp.ClientSession, controller: ControllerProcess) -> int:
+    """How many drops the agent's outbox_dropped notices told the controller, in all."""
+    events = await controller_events(http, controller, "agent_notice")
+    return sum(e["data"]["count"] for e in events if e["data"]["notice"] == "outbox_dropped")
