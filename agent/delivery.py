@@ -181,10 +181,13 @@ class ReportSender:
             batch_entries.append(entry)
         if not batch_entries:
             return refused
+        health = self.outbox.health
         status = AgentStatus(
             version=AGENT_VERSION,
             outbox_reports=len(self.outbox),
             held_reports=len(self.held),
+            outbox_disk_ok=health.disk_ok,
+            outbox_problem=f"{health.problem}; {health.action}"[:256] if health.problem else "",
         )
         batch = ReportBatch(
             protocol_version=PROTOCOL_VERSION, reports=reports, notices=notices, agent=status

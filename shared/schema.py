@@ -183,6 +183,10 @@ class AgentStatus(_Strict):
     outbox_reports: int = Field(default=0, ge=0)
     #: Reports the controller refused that it keeps aside (``polyfleet agent held``).
     held_reports: int = Field(default=0, ge=0)
+    #: False while the disk refuses the outbox's writes (reports wait in memory meanwhile).
+    outbox_disk_ok: bool = True
+    #: What is wrong with the outbox and what the agent does about it, in words ("" if nothing).
+    outbox_problem: ShortText = ""
 
 
 class ReportBatch(_Strict):
