@@ -781,12 +781,16 @@ class Outbox:
         self._free_acked_segments(up_to_seq)
 
     def _free_acked_segments(self, up_to_seq: int) -> None:
+        """Delete segments holding only acknowledged entries; one the disk will not let go
+        of (read-only) stays listed and goes with a later ack, its entries ignored on load."""
         keep: list[_Segment] = []
         for seg in self._segments:
-            if seg.last_seq <= up_to_seq:
-                with contextlib.suppress(FileNotFoundError):
-                    seg.path.unlink()
-            else:
+            if seg.last_seq > up_to_seq:
+                keep.append(seg)
+                continue
+            try:
+                seg.path.unlink(missing_ok=True)
+            except OSError:
                 keep.append(seg)
         self._segments = keep
 
