@@ -185,7 +185,10 @@ async def _campaign(app: web.Application) -> None:
     assert isinstance(store, PostgresStore)
     await leadership.listening.wait()
     store.advertise_url = leadership.own_url
-    watcher = asyncio.create_task(_watch_active(app, store), name="controller-watch-active")
+    stop_watching = asyncio.Event()
+    watcher = asyncio.create_task(
+        _watch_active(app, store, stop_watching), name="controller-watch-active"
+    )
     try:
         log.info("controller standing by for %s as %s", store.shown_url, leadership.own_url)
         await store.open(wait=True)
@@ -197,9 +200,10 @@ async def _campaign(app: web.Application) -> None:
         leadership.ended.set()
         return
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        # Asked to stop rather than cancelled: a query cut off mid-way leaves its connection
+        # in a state asyncpg can only report as an error.
+        stop_watching.set()
+        await watcher
     leadership.role = Role.STARTING
     leadership.term = store.term
     _load_services(app)
@@ -210,11 +214,11 @@ async def _campaign(app: web.Application) -> None:
     log.info("controller active (term %d) at %s", store.term, leadership.own_url)
 
 
-async def _watch_active(app: web.Application, store: PostgresStore) -> None:
+async def _watch_active(app: web.Application, store: PostgresStore, stop: asyncio.Event) -> None:
     """While standing by: who is active, for the redirect header (first failure logged)."""
     leadership = app[LEADERSHIP]
     failing = False
-    while True:
+    while not stop.is_set():
         try:
             leader = await store.leader()
             found = leader.url if leader is not None and leader.held else None
@@ -229,7 +233,8 @@ async def _watch_active(app: web.Application, store: PostgresStore) -> None:
                 log.warning("cannot read who is active from %s: %s", store.shown_url, exc)
             failing = True
             leadership.active_url = None
-        await asyncio.sleep(WATCH_INTERVAL_S)  # waits-for: the next look at the leader row
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
 
 
 def _on_deposed(app: web.Application, exc: StoreDeposed) -> None:
