@@ -3,14 +3,18 @@
 Runs on loopback only. In the same run it measures the real controller (``polyfleet
 controller serve`` in its own process, with a fresh data directory) and a bare aiohttp
 endpoint that only parses and validates the same batches, then prints snapshots per second,
-p99 request latency, the ratio, and the controller's peak RSS.
+p99 request latency, the ratio, and the controller's peak RSS. The controller runs twice:
+on the embedded store, and on PostgreSQL (``--store-url`` naming an empty database, else a
+server of its own started as the tests start theirs, with fsync on; ``--no-postgres``
+leaves that run out).
 
 Both sides get one warm-up round, then the same measured rounds (in each, every agent posts
 one batch for all its devices at once); the rate is the median of the per-round rates. The
 bare endpoint's rounds are split before and after the controller's, so a change in other
 load on the machine affects both alike.
 
-    python benchmarks/ingest.py [--agents 50] [--devices 10000] [--rounds 20] [--json]
+    python benchmarks/ingest.py [--agents 50] [--devices 10000] [--rounds 20]
+                                [--store-url URL | --no-postgres] [--json]
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ from polyfleet.controller.config import ControllerConfig  # noqa: E402
 from polyfleet.controller.events import EventBus  # noqa: E402
 from polyfleet.controller.services.access import AccessService, Role  # noqa: E402
 from polyfleet.controller.services.inventory import Inventory  # noqa: E402
+from polyfleet.controller.store.base import Store  # noqa: E402
+from polyfleet.controller.store.local_postgres import LocalPostgres, LocalPostgresError  # noqa: E402
+from polyfleet.controller.store.postgres import PostgresStore  # noqa: E402
 from polyfleet.controller.store.tinydb import TinyDBStore  # noqa: E402
 from polyfleet.shared.schema import PROTOCOL_VERSION, ReportBatch, ReportBatchAck  # noqa: E402
 
 #: Hard cap on the whole run, so the benchmark always ends.
-TIME_LIMIT_S = 240.0
+TIME_LIMIT_S = 480.0
 
 
 def build_payloads(agents: int, devices: int, rounds: int) -> list[list[bytes]]:
@@ -104,12 +111,20 @@ def build_payloads(agents: int, devices: int, rounds: int) -> list[list[bytes]]:
     return payloads
 
 
-async def prepare_controller(data_dir: Path, agents: int) -> tuple[list[str], str]:
+async def prepare_controller(
+    data_dir: Path, agents: int, store_url: str | None = None
+) -> tuple[list[str], str]:
     """Sites and enrollment codes for every agent, written directly to a fresh store."""
     config = ControllerConfig(data_dir=data_dir)
-    store = TinyDBStore(data_dir / "store")
+    store: Store = (
+        TinyDBStore(data_dir / "store") if store_url is None else PostgresStore(store_url)
+    )
     await store.open()
     try:
+        if isinstance(store, PostgresStore) and any(
+            store.count(name) for name in store.collections()
+        ):
+            raise SystemExit(f"{store.shown_url} is not empty: give an empty database")
         bus = EventBus(store, keep=config.events_keep)
         inventory = Inventory(store, bus, system_clock, config)
         access = AccessService(
@@ -225,6 +240,23 @@ async def enroll_all(url: str, codes: list[str]) -> list[str]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    server: LocalPostgres | None = None
+    postgres_url: str | None = args.store_url
+    if postgres_url is None and not args.no_postgres:
+        try:
+            server = await asyncio.to_thread(LocalPostgres.start, fsync=True)
+        except LocalPostgresError as exc:
+            print(f"PostgreSQL part skipped: {exc}", file=sys.stderr)
+        else:
+            postgres_url = await asyncio.to_thread(server.create_database, "ingest")
+    try:
+        return await run_with(args, postgres_url)
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+
+
+async def run_with(args: argparse.Namespace, postgres_url: str | None) -> dict[str, Any]:
     # Round 0 is the warm-up (for the controller: first contact with every device).
     payloads = build_payloads(args.agents, args.devices, args.rounds + 1)
     rounds = [[batches[n] for batches in payloads] for n in range(args.rounds + 1)]
@@ -243,45 +275,85 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 bare_url, bare_tokens, measured[:half]
             )
             bare_cpu = cpu_seconds(bare.pid) - bare_cpu
-            controller, url = await start_process(
-                __file__,
-                "--serve-controller",
-                str(data_dir),
-                *(["--core-only"] if args.core_only else []),
-            )
-            try:
-                tokens = await enroll_all(url, codes)
-                await drive_rounds(url, tokens, [warm_up])
-                cpu = cpu_seconds(controller.pid)
-                rates, latencies, total = await drive_rounds(url, tokens, measured)
-                cpu = cpu_seconds(controller.pid) - cpu
-                rss = peak_rss_mb(controller.pid)
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.get(f"{url}/api/v1/openapi.json") as response,
-                ):
-                    assert response.status == 200
-            finally:
-                await stop_process(controller)
+            embedded = await measure_controller(args, data_dir, codes, warm_up, measured)
+            postgres: dict[str, Any] | None = None
+            if postgres_url is not None:
+                pg_dir = Path(tmp) / "pg-data"
+                pg_codes, _ = await prepare_controller(pg_dir, args.agents, postgres_url)
+                postgres = await measure_controller(
+                    args, pg_dir, pg_codes, warm_up, measured, store_url=postgres_url
+                )
             more_cpu = cpu_seconds(bare.pid)
             more = await drive_rounds(bare_url, bare_tokens, measured[half:])
             bare_cpu += cpu_seconds(bare.pid) - more_cpu
         finally:
             await stop_process(bare)
-    controller_result = summary(rates, latencies, total, cpu)
     bare_result = summary(
         bare_rates + more[0], bare_latencies + more[1], bare_total + more[2], bare_cpu
     )
-    return {
+    result: dict[str, Any] = {
         "agents": args.agents,
         "devices": args.devices,
         "rounds": args.rounds,
-        "controller": controller_result,
+        "controller": embedded["summary"],
         "bare": bare_result,
         "core_only": args.core_only,
-        "ratio": controller_result["rate"] / bare_result["rate"],
-        "controller_peak_rss_mb": rss,
+        "ratio": embedded["summary"]["rate"] / bare_result["rate"],
+        "controller_peak_rss_mb": embedded["rss"],
     }
+    if postgres is not None:
+        result["postgresql"] = postgres["summary"]
+        result["postgresql_ratio"] = postgres["summary"]["rate"] / bare_result["rate"]
+        result["postgresql_peak_rss_mb"] = postgres["rss"]
+    return result
+
+
+async def measure_controller(
+    args: argparse.Namespace,
+    data_dir: Path,
+    codes: list[str],
+    warm_up: list[bytes],
+    measured: list[list[bytes]],
+    *,
+    store_url: str | None = None,
+) -> dict[str, Any]:
+    """One controller process: enrolled agents, a warm-up round, the measured rounds."""
+    controller, url = await start_process(
+        __file__,
+        "--serve-controller",
+        str(data_dir),
+        *(["--core-only"] if args.core_only else []),
+        *(["--store-url", store_url] if store_url is not None else []),
+    )
+    try:
+        await wait_active(url)
+        tokens = await enroll_all(url, codes)
+        await drive_rounds(url, tokens, [warm_up])
+        cpu = cpu_seconds(controller.pid)
+        rates, latencies, total = await drive_rounds(url, tokens, measured)
+        cpu = cpu_seconds(controller.pid) - cpu
+        rss = peak_rss_mb(controller.pid)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url}/api/v1/openapi.json") as response,
+        ):
+            assert response.status == 200
+    finally:
+        await stop_process(controller)
+    return {"summary": summary(rates, latencies, total, cpu), "rss": rss}
+
+
+async def wait_active(url: str) -> None:
+    """A controller on PostgreSQL answers first as a standby, until it holds the database."""
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{url}/healthz/active") as response:
+                if response.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not become active")
+            await asyncio.sleep(0.05)  # waits-for: the controller to take the database
 
 
 def serve_bare() -> None:
@@ -309,7 +381,7 @@ def serve_bare() -> None:
     asyncio.run(main())
 
 
-def serve_controller(data_dir: Path, *, core_only: bool) -> None:
+def serve_controller(data_dir: Path, *, core_only: bool, store_url: str | None = None) -> None:
     """The real controller (``controller.app.serve``, as ``polyfleet controller serve`` runs it)."""
     import logging
 
@@ -322,7 +394,7 @@ def serve_controller(data_dir: Path, *, core_only: bool) -> None:
             for module in controller_app.ROUTE_MODULES
             if module not in (controller_app.entitlement_api, controller_app.tickets_api)
         ]
-    config = ControllerConfig(data_dir=data_dir, listen_port=0)
+    config = ControllerConfig(data_dir=data_dir, listen_port=0, store_url=store_url)
 
     def ready(url: str) -> None:
         print(f"controller listening on {url}", flush=True)
@@ -343,6 +415,13 @@ def main() -> int:
         action="store_true",
         help="the controller without the entitlement and tickets modules (the core's own cost)",
     )
+    parser.add_argument(
+        "--store-url",
+        help="an empty PostgreSQL database for the PostgreSQL run (default: a server of its own)",
+    )
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="measure the embedded store only"
+    )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-controller", metavar="DATA_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -350,15 +429,19 @@ def main() -> int:
         serve_bare()
         return 0
     if args.serve_controller:
-        serve_controller(Path(args.serve_controller), core_only=args.core_only)
+        serve_controller(
+            Path(args.serve_controller), core_only=args.core_only, store_url=args.store_url
+        )
         return 0
     if os.isatty(2) and not args.json:
-        print("running (about a minute)...", file=sys.stderr)
+        print("running (a few minutes)...", file=sys.stderr)
     result = asyncio.run(asyncio.wait_for(run(args), TIME_LIMIT_S))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    for name in ("controller", "bare"):
+    for name in ("controller", "postgresql", "bare"):
+        if name not in result:
+            continue
         side = result[name]
         print(
             f"{name:<10} {side['rate']:>9.0f} snapshots/s   p99 {side['p99_s'] * 1000:7.1f} ms"
@@ -367,6 +450,10 @@ def main() -> int:
         )
     scope = "core only" if result["core_only"] else "with all features"
     print(f"ratio      {result['ratio']:.2f} (target >= 0.25; controller {scope})")
+    if "postgresql" in result:
+        print(f"ratio      {result['postgresql_ratio']:.2f} (the same, on PostgreSQL)")
+    else:
+        print("ratio      -    (PostgreSQL part skipped: --no-postgres, or no server binaries)")
     print(f"controller peak RSS {result['controller_peak_rss_mb']:.0f} MB (target < 500 MB)")
     return 0
 
