@@ -46,6 +46,14 @@ async def run_cli(*args: str, ok: bool = True) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+async def wait_frames(frames: list[bytes], marker: bytes, count: int) -> None:
+    """Until ``marker`` was written ``count`` times to the terminal (or a minute passes)."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while b"".join(frames).count(marker) < count:
+        assert asyncio.get_running_loop().time() < deadline, b"".join(frames)
+        await asyncio.sleep(0.05)  # waits-for: the watch's next frame
+
+
 async def seed(data: Path) -> None:
     """Registry and reports of four Kraków devices, stored in ``data``."""
     now = datetime.now(UTC)
@@ -227,18 +235,21 @@ async def test_status_watch_updates_in_place_on_a_terminal_and_streams_json(
             stdout=follower, stderr=follower, cwd=REPO,
         )  # fmt: skip
         os.close(follower)
-        screen = b""
+        frames: list[bytes] = []
 
-        async def read_some() -> bytes:
-            try:
-                return await asyncio.to_thread(os.read, leader, 65536)
-            except OSError:
-                return b""
+        async def drain() -> None:
+            # Read the terminal all along: a full one would block the watch's next frame.
+            while True:
+                try:
+                    chunk = await asyncio.to_thread(os.read, leader, 65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                frames.append(chunk)
 
-        while screen.count(b"rollout " + rollout_id.encode()) < 2:
-            chunk = await asyncio.wait_for(read_some(), 60)
-            assert chunk, screen
-            screen += chunk
+        reader = asyncio.create_task(drain())
+        await wait_frames(frames, f"rollout {rollout_id}".encode(), 2)
         json_watch = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", "polyfleet", "controller", "rollout", "status",
             rollout_id, "--watch", "--json", "--interval", "0.2", "--data-dir", str(data),
@@ -247,16 +258,17 @@ async def test_status_watch_updates_in_place_on_a_terminal_and_streams_json(
         assert json_watch.stdout is not None
         first = json.loads(await asyncio.wait_for(json_watch.stdout.readline(), 60))
         assert first["status"] == "planned"
+        rest = asyncio.create_task(json_watch.stdout.read())  # read all along, as the terminal
         await run_cli("rollout", "abort", rollout_id, "--data-dir", str(data))
         assert await asyncio.wait_for(watch.wait(), 60) == 0
-        while chunk := await read_some():
-            screen += chunk
+        await asyncio.wait_for(reader, 30)
+        screen = b"".join(frames)
         os.close(leader)
         text = screen.decode()
         # Each new frame moves back to the first line of the previous one and clears down.
         assert "\x1b[" in text and "F\x1b[J" in text
         assert f"rollout {rollout_id}" in text and ": aborted" in text
-        lines = (await asyncio.wait_for(json_watch.stdout.read(), 60)).decode().splitlines()
+        lines = (await asyncio.wait_for(rest, 60)).decode().splitlines()
         assert json.loads(lines[-1])["status"] == "aborted"
         assert await asyncio.wait_for(json_watch.wait(), 60) == 0
     finally:
