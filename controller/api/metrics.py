@@ -60,6 +60,8 @@ class InventoryCollector(Collector):
         )
         reports.add_metric(["accepted"], stats.accepted)
         reports.add_metric(["duplicate"], stats.duplicates)
+        # Older than a device's full retained history on arrival: neither kept nor accepted.
+        reports.add_metric(["superseded"], stats.superseded)
         yield reports
         refused = CounterMetricFamily(
             "polyfleet_report_batches_refused", "Batches refused for naming another site's devices"

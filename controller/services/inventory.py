@@ -3,13 +3,19 @@
 A device document (collection ``devices``, key = serial) holds the latest snapshot's fields
 that seldom change (model, firmware, provider, peripherals, health...) plus ``site_id``,
 ``room`` and ``first_seen``; it is written only when one of them changes. Each retained report
-is a document in ``reports`` (key = report id): ``{id, serial, site_id, agent_id,
-received_at, snapshot}``. What every report changes is derived from those: which reports a
-device retains, and from its latest one ``last_seen`` (when the controller received it),
+is a document in ``reports`` (key = ``<agent id>/<report id>``: report ids are unique per
+agent, not across the fleet): ``{id, serial, site_id, agent_id, received_at, snapshot}``.
+What every report changes is derived from those: which reports a device retains, and from
+its latest one ``last_seen`` (when the controller received it),
 ``collected_at`` and ``uptime_s``; the inventory keeps them in memory, rebuilds them from the
 stored reports on start, and adds them to the device wherever a device is shown. So a steady
 report writes nothing but itself. Health changes (not every report) are kept in
 ``health_history`` (key = serial): ``{"changes": [{at, state, problems}, ...]}``.
+
+A report that leaves the retained history (a newer one replaced it, or it was too old to keep
+on arrival) is still remembered by id for a while, so that its resend is a duplicate, not a
+new acceptance: per agent, the ids of its last ``REMEMBERED_IDS`` reports that left, kept in
+``report_receipts`` (key = ``<agent id>/<number>``, one document per batch that had any).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,6 +58,7 @@ from polyfleet.controller.store.base import (
     Store,
 )
 from polyfleet.shared.schema import (
+    MAX_BATCH_SNAPSHOTS,
     HealthState,
     Model,
     Problem,
@@ -65,6 +73,13 @@ from polyfleet.shared.schema import (
 log = logging.getLogger(__name__)
 
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+#: Ids of reports that left the retained history, one document per batch and agent.
+REPORT_RECEIPTS = "report_receipts"
+#: Per agent, how many ids of reports that left the retained history are remembered: an
+#: agent resends its unacknowledged batch (at most ``MAX_BATCH_SNAPSHOTS``) before anything
+#: newer, so two batches' worth recognise every resend.
+REMEMBERED_IDS = 2 * MAX_BATCH_SNAPSHOTS
 
 
 #: From a device's latest report: when the controller received it, and the uptime it gave
@@ -216,6 +231,8 @@ class IngestStats:
 
     accepted: int = 0
     duplicates: int = 0
+    #: Reports older than every retained one of a full history: not kept, not accepted.
+    superseded: int = 0
     refused_batches: int = 0
     observers: list[Callable[[float], None]] = field(default_factory=list)
 
@@ -233,6 +250,43 @@ _SNAPSHOT_FIELDS = (
     "via",
 )
 _ABSENT = object()
+
+
+_NO_IDS: frozenset[str] = frozenset()
+
+
+@dataclass
+class _LeftIds:
+    """One agent's reports that left the retained history: their ids, and by receipt."""
+
+    ids: set[str] = field(default_factory=set)
+    receipts: deque[tuple[str, list[str]]] = field(default_factory=deque)
+
+    def add(self, key: str, ids: list[str]) -> None:
+        self.receipts.append((key, ids))
+        self.ids.update(ids)
+
+    def beyond(self, room: int) -> list[str]:
+        """Keys of the oldest receipts to let go so that at most ``room`` ids stay."""
+        total = len(self.ids)
+        keys = []
+        for key, ids in self.receipts:
+            if total <= room:
+                break
+            keys.append(key)
+            total -= len(ids)
+        return keys
+
+    def forget(self, count: int) -> None:
+        """Let go of the ``count`` oldest receipts."""
+        for _ in range(count):
+            _, ids = self.receipts.popleft()
+            self.ids.difference_update(ids)
+
+
+def report_key(agent_id: str, report_id: str) -> str:
+    """Where a report is stored: report ids are unique per agent, not across the fleet."""
+    return f"{agent_id}/{report_id}"
 
 
 def _same_health(old: Doc, new: Doc) -> bool:
@@ -266,6 +320,9 @@ class Inventory:
         self._retained: dict[str, list[tuple[str, str]]] = {}
         #: Per device, from its latest report: (last seen, uptime).
         self._latest: dict[str, _Latest] = {}
+        #: Per agent, ids of its reports that left the retained history (``REPORT_RECEIPTS``).
+        self._left: dict[str, _LeftIds] = {}
+        self._receipt_number = 0
 
     def load(self) -> None:
         """Take reachability baselines and each device's reports from the store (once open)."""
@@ -276,11 +333,12 @@ class Inventory:
                 last_call=self._started_at,
                 watched_since=self._started_at,
             )
+        self._migrate_report_keys()
         retained: dict[str, list[tuple[str, str]]] = {}
         reports = self._store.scan(REPORTS)
-        for report_id, report in reports.items():
+        for key, report in reports.items():
             retained.setdefault(report["serial"], []).append(
-                (report_id, report["snapshot"]["collected_at"])
+                (key, report["snapshot"]["collected_at"])
             )
         latest: dict[str, _Latest] = {}
         for serial, items in retained.items():
@@ -288,7 +346,31 @@ class Inventory:
             newest = reports[items[-1][0]]
             latest[serial] = (newest["received_at"], newest["snapshot"]["uptime_s"])
         self._retained, self._latest = retained, latest
+        self._load_receipts()
         self._migrate_devices()
+
+    def _migrate_report_keys(self) -> None:
+        """Key reports an earlier version stored by their id alone by agent and id."""
+        old = [
+            (key, report)
+            for key, report in self._store.scan(REPORTS).items()
+            if key == report["id"] and "/" not in key
+        ]
+        if old:
+            self._store.apply(
+                {REPORTS: {report_key(r["agent_id"], r["id"]): r for _, r in old}},
+                {REPORTS: [key for key, _ in old]},
+            )
+            log.info("%d reports keyed by agent and report id", len(old))
+
+    def _load_receipts(self) -> None:
+        left: dict[str, _LeftIds] = {}
+        number = 0
+        for key, receipt in sorted(self._store.scan(REPORT_RECEIPTS).items()):
+            agent_id, _, counter = key.rpartition("/")
+            number = max(number, int(counter))
+            left.setdefault(agent_id, _LeftIds()).add(key, receipt["ids"])
+        self._left, self._receipt_number = left, number
 
     def _migrate_devices(self) -> None:
         """Drop what an earlier version wrote into device documents on every report."""
@@ -407,7 +489,7 @@ class Inventory:
             peripherals=doc.get("peripherals", []),
             cameras=cameras,
             health_history=self.health_history(serial),
-            reports=[rid for rid, _ in self._retained.get(serial, ())],
+            reports=[key.partition("/")[2] for key, _ in self._retained.get(serial, ())],
         )
         return detail
 
@@ -425,8 +507,8 @@ class Inventory:
         """The retained reports of a device, oldest first (tickets attach these as evidence)."""
         self.device(serial)
         found = []
-        for report_id, _ in self._retained.get(serial, ()):
-            report = self._store.get(REPORTS, report_id)
+        for key, _ in self._retained.get(serial, ()):
+            report = self._store.get(REPORTS, key)
             if report is not None:
                 found.append(report)
         return found
@@ -515,7 +597,15 @@ class Inventory:
         dropped: list[str] = []
         accepted_documents: list[Doc] = []
         foreign: dict[str, str] = {}
-        duplicates = 0
+        duplicates = superseded = 0
+        # Report ids are unique per agent: stored (and compared) under the agent's prefix.
+        prefix = agent_id + "/"
+        remembered = self._left.get(agent_id)
+        left_ids = _NO_IDS if remembered is None else remembered.ids
+        # Keys of reports that leave the retained history with this batch; of those, the ones
+        # this batch brought (a resend within the batch is a duplicate too).
+        gone: list[str] = []
+        gone_here: set[str] = set()
         for plain in plain_reports:
             snap: Doc = plain["snapshot"]
             serial: str = snap["serial"]
@@ -530,7 +620,8 @@ class Inventory:
                         # The same device twice in one batch (an outbox catching up): rare.
                         device = {**device, **patches[serial]}
             report_id: str = plain["id"]
-            if report_id in reports or report_id in known_reports:
+            key = prefix + report_id
+            if key in reports or key in known_reports or report_id in left_ids or key in gone_here:
                 duplicates += 1
                 continue
             collected_text: str = snap["collected_at"]
@@ -546,6 +637,9 @@ class Inventory:
                 and earlier(collected_text, retained[0][1])
             ):
                 # Older than every retained report of a full history: superseded, nothing to keep.
+                superseded += 1
+                gone.append(key)
+                gone_here.add(key)
                 continue
             document: Doc = {
                 "id": report_id,
@@ -555,14 +649,17 @@ class Inventory:
                 "received_at": now_text,
                 "snapshot": snap,
             }
-            reports[report_id] = document
-            retained.append((report_id, collected_text))
+            reports[key] = document
+            retained.append((key, collected_text))
             if not in_order:
                 retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
             while len(retained) > history_size:
-                old_id = retained.pop(0)[0]
-                if reports.pop(old_id, None) is None:
-                    dropped.append(old_id)
+                old_key = retained.pop(0)[0]
+                if reports.pop(old_key, None) is None:
+                    dropped.append(old_key)
+                else:
+                    gone_here.add(old_key)
+                gone.append(old_key)
             retained_now[serial] = retained
             accepted_documents.append(document)
             if not in_order:
@@ -598,20 +695,28 @@ class Inventory:
         agent_doc = self._agent_update(agent_id, now)
         if agent_doc is not None:
             puts[AGENTS] = {agent_id: agent_doc}
+        receipts, expired = self._receipts(gone)
+        if receipts:
+            puts[REPORT_RECEIPTS] = {key: {"ids": ids} for key, ids in receipts}
         # Every document here was built for this change (reports, new devices, history,
-        # events): handed over to the store, not copied.
+        # events, receipts): handed over to the store, not copied.
         store.apply(
-            puts, {REPORTS: dropped, EVENTS: event_deletes}, {DEVICES: patches}, handover=True
+            puts,
+            {REPORTS: dropped, EVENTS: event_deletes, REPORT_RECEIPTS: expired},
+            {DEVICES: patches},
+            handover=True,
         )
         # Only now that the store took the batch (``apply`` refuses all of it or nothing).
         known_retained.update(retained_now)
         known_latest.update(latest_now)
-        accepted = len(plain_reports) - duplicates
+        self._remember(receipts)
+        accepted = len(plain_reports) - duplicates - superseded
         del plain_reports
         # Also covers resends of reports still in flight from an earlier request.
         await store.sync()
         self.stats.accepted += accepted
         self.stats.duplicates += duplicates
+        self.stats.superseded += superseded
         elapsed = time.perf_counter() - started
         for observer in self.stats.observers:
             observer(elapsed)
@@ -619,6 +724,32 @@ class Inventory:
         if accepted_documents:
             self._bus.dispatch(self._ingested(now, site_id, agent_id, accepted_documents))
         return ReportBatchAck(accepted=accepted, duplicates=duplicates)
+
+    def _receipts(self, gone: list[str]) -> tuple[list[tuple[str, list[str]]], list[str]]:
+        """For the report keys leaving the retained history: new receipts (key, report ids),
+        one per agent, and the keys of receipts beyond each agent's ``REMEMBERED_IDS``."""
+        if not gone:
+            return [], []
+        by_agent: dict[str, list[str]] = {}
+        for key in gone:
+            agent_id, _, report_id = key.partition("/")
+            by_agent.setdefault(agent_id, []).append(report_id)
+        receipts: list[tuple[str, list[str]]] = []
+        expired: list[str] = []
+        for agent_id, ids in by_agent.items():
+            self._receipt_number += 1
+            receipts.append((f"{agent_id}/{self._receipt_number:012d}", ids))
+            remembered = self._left.get(agent_id)
+            if remembered is not None:
+                expired += remembered.beyond(REMEMBERED_IDS - len(ids))
+        return receipts, expired
+
+    def _remember(self, receipts: list[tuple[str, list[str]]]) -> None:
+        for key, ids in receipts:
+            agent_id = key.rpartition("/")[0]
+            remembered = self._left.setdefault(agent_id, _LeftIds())
+            remembered.forget(len(remembered.beyond(REMEMBERED_IDS - len(ids))))
+            remembered.add(key, ids)
 
     def _ingested(
         self, now: datetime, site_id: str, agent_id: str, documents: list[Doc]

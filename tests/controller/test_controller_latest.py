@@ -143,7 +143,8 @@ async def test_reports_out_of_order_keep_the_newest_five_and_the_newest_state(
         late["snapshot"]["collected_at"] = "2026-03-02T10:13:00+01:00"
         too_old = at(5, 5.0, "report-05")
         ack = await post(inv, late, too_old)
-        assert ack.accepted == 2
+        # The one too old to keep is neither accepted nor a duplicate.
+        assert (ack.accepted, ack.duplicates) == (1, 0)
         detail = inv.device_detail("X1")
         assert detail["reports"] == [f"report-{m}" for m in (11, 12, 13, 14, 15)]
         assert (detail["collected_at"], detail["uptime_s"]) == ("2026-03-02T09:15:00Z", 15.0)
