@@ -12,9 +12,10 @@ stored reports on start, and adds them to the device wherever a device is shown.
 report writes nothing but itself. Health changes (not every report) are kept in
 ``health_history`` (key = serial): ``{"changes": [{at, state, problems}, ...]}``.
 
-A report that leaves the retained history (a newer one replaced it, or it was too old to keep
-on arrival) is still remembered by id for a while, so that its resend is a duplicate, not a
-new acceptance: per agent, the ids of its last ``REMEMBERED_IDS`` reports that left, kept in
+A report that leaves the retained history with the batch that brought it (a newer one of the
+same batch replaced it, as in an outbox's backlog, or it was too old to keep on arrival) is
+still remembered by id, so that a resend of the batch is all duplicates, not new
+acceptances: per agent, the ids of its last ``REMEMBERED_IDS`` such reports, kept in
 ``report_receipts`` (key = ``<agent id>/<number>``, one document per batch that had any).
 """
 
@@ -602,9 +603,11 @@ class Inventory:
         prefix = agent_id + "/"
         remembered = self._left.get(agent_id)
         left_ids = _NO_IDS if remembered is None else remembered.ids
-        # Keys of reports that leave the retained history with this batch; of those, the ones
-        # this batch brought (a resend within the batch is a duplicate too).
-        gone: list[str] = []
+        # Keys of reports this batch brought that leave the retained history with it (a newer
+        # report of the batch replaced them, or they were too old to keep): remembered, so a
+        # resend of the batch (its answer was lost) is all duplicates. A report that leaves
+        # because of a later batch needs no remembering: an agent resends a batch before it
+        # sends anything newer.
         gone_here: set[str] = set()
         for plain in plain_reports:
             snap: Doc = plain["snapshot"]
@@ -638,7 +641,6 @@ class Inventory:
             ):
                 # Older than every retained report of a full history: superseded, nothing to keep.
                 superseded += 1
-                gone.append(key)
                 gone_here.add(key)
                 continue
             document: Doc = {
@@ -659,7 +661,6 @@ class Inventory:
                     dropped.append(old_key)
                 else:
                     gone_here.add(old_key)
-                gone.append(old_key)
             retained_now[serial] = retained
             accepted_documents.append(document)
             if not in_order:
@@ -695,7 +696,7 @@ class Inventory:
         agent_doc = self._agent_update(agent_id, now)
         if agent_doc is not None:
             puts[AGENTS] = {agent_id: agent_doc}
-        receipts, expired = self._receipts(gone)
+        receipts, expired = self._receipts(agent_id, gone_here)
         if receipts:
             puts[REPORT_RECEIPTS] = {key: {"ids": ids} for key, ids in receipts}
         # Every document here was built for this change (reports, new devices, history,
@@ -725,24 +726,20 @@ class Inventory:
             self._bus.dispatch(self._ingested(now, site_id, agent_id, accepted_documents))
         return ReportBatchAck(accepted=accepted, duplicates=duplicates)
 
-    def _receipts(self, gone: list[str]) -> tuple[list[tuple[str, list[str]]], list[str]]:
-        """For the report keys leaving the retained history: new receipts (key, report ids),
-        one per agent, and the keys of receipts beyond each agent's ``REMEMBERED_IDS``."""
+    def _receipts(
+        self, agent_id: str, gone: set[str]
+    ) -> tuple[list[tuple[str, list[str]]], list[str]]:
+        """For the keys of an agent's reports leaving the retained history: the new receipt
+        (key, report ids), and the keys of its receipts beyond ``REMEMBERED_IDS``."""
         if not gone:
             return [], []
-        by_agent: dict[str, list[str]] = {}
-        for key in gone:
-            agent_id, _, report_id = key.partition("/")
-            by_agent.setdefault(agent_id, []).append(report_id)
-        receipts: list[tuple[str, list[str]]] = []
-        expired: list[str] = []
-        for agent_id, ids in by_agent.items():
-            self._receipt_number += 1
-            receipts.append((f"{agent_id}/{self._receipt_number:012d}", ids))
-            remembered = self._left.get(agent_id)
-            if remembered is not None:
-                expired += remembered.beyond(REMEMBERED_IDS - len(ids))
-        return receipts, expired
+        start = len(agent_id) + 1
+        ids = [key[start:] for key in gone]
+        self._receipt_number += 1
+        receipt = (f"{agent_id}/{self._receipt_number:012d}", ids)
+        remembered = self._left.get(agent_id)
+        expired = [] if remembered is None else remembered.beyond(REMEMBERED_IDS - len(ids))
+        return [receipt], expired
 
     def _remember(self, receipts: list[tuple[str, list[str]]]) -> None:
         for key, ids in receipts:
