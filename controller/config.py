@@ -16,6 +16,10 @@ DEFAULT_POLL_INTERVAL_S = 60
 DEFAULT_UNREACHABLE_AFTER_POLLS = 3
 DEFAULT_LIVENESS_CHECK_S = 5.0
 DEFAULT_ENROLL_CODE_TTL_S = 24 * 3600
+#: How far into the future (by the controller's clock) a report's collection time may be;
+#: a later one is stored with the time the controller received it, and its agent's clock is
+#: shown as ahead.
+DEFAULT_MAX_CLOCK_SKEW_S = 300.0
 DEFAULT_JOB_LEASE_S = 600
 DEFAULT_MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
 DEFAULT_SNAPSHOT_INTERVAL_S = 30.0
@@ -73,6 +77,7 @@ class ControllerConfig:
     poll_interval_s: int = DEFAULT_POLL_INTERVAL_S
     unreachable_after_polls: int = DEFAULT_UNREACHABLE_AFTER_POLLS
     liveness_check_s: float = DEFAULT_LIVENESS_CHECK_S
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
     enroll_code_ttl_s: int = DEFAULT_ENROLL_CODE_TTL_S
     job_lease_s: int = DEFAULT_JOB_LEASE_S
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
@@ -167,6 +172,7 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "poll_interval_s": ("poll_interval_s", int),
         "unreachable_after_polls": ("unreachable_after_polls", int),
         "liveness_check_s": ("liveness_check_s", float),
+        "max_clock_skew_s": ("max_clock_skew_s", float),
         "enroll_code_ttl_s": ("enroll_code_ttl_s", int),
         "job_lease_s": ("job_lease_s", int),
         "max_artifact_bytes": ("max_artifact_bytes", int),
@@ -187,6 +193,7 @@ _POSITIVE = {
     "poll_interval_s",
     "unreachable_after_polls",
     "liveness_check_s",
+    "max_clock_skew_s",
     "enroll_code_ttl_s",
     "job_lease_s",
     "max_artifact_bytes",

@@ -189,6 +189,20 @@ class AgentNoticeReceived(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AgentClockChanged(Event):
+    """An agent's reports were found collected in the future ("ahead", by ``skew_s`` seconds),
+    or are on time again ("ok")."""
+
+    kind: ClassVar[str] = "agent_clock"
+    agent_id: str
+    state: str
+    skew_s: float | None = None
+
+    def data(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "state": self.state, "skew_s": self.skew_s}
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceMoved(Event):
     """An admin moved a device to another site (``site_id`` is the new one)."""
 
@@ -252,6 +266,7 @@ EVENT_KINDS: dict[str, type[Event]] = {
         AgentOnline,
         AgentEnrolled,
         AgentNoticeReceived,
+        AgentClockChanged,
         DeviceMoved,
         JobFinished,
         RolloutChanged,

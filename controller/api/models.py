@@ -119,6 +119,14 @@ class EventList(_Out):
     events: list[EventOut]
 
 
+class AgentClock(_Out):
+    state: Literal["ok", "ahead"] = Field(
+        description="ahead: its reports were collected in the future by the controller's clock"
+    )
+    skew_s: float | None = Field(description="how far ahead, in seconds, when found")
+    since: str | None
+
+
 class TokenIn(_In):
     role: Literal["admin", "viewer"]
     name: str = Field(default="", max_length=256)
@@ -147,6 +155,7 @@ class AgentOut(_Out):
     enrolled_at: str
     last_seen: str | None = Field(description="its last call (report, jobs poll) known")
     token_id: str | None = Field(description="id of its credential (never the secret)")
+    clock: AgentClock
 
 
 class AgentList(_Out):

@@ -23,6 +23,7 @@ from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
 from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
 from polyfleet.controller.domain.tickets import ACTIONS, Ticket, TicketError, TicketStatus
 from polyfleet.controller.events import (
+    AgentClockChanged,
     AgentOffline,
     AgentOnline,
     DeviceUnreachable,
@@ -367,6 +368,8 @@ async def _feed(service: TicketService, events: list[Event]) -> None:
             await service.on_agent_offline(event.site_id, at=event.at)
         elif isinstance(event, AgentOnline) and event.site_id is not None:
             await service.on_agent_online(event.site_id, at=event.at)
+        elif isinstance(event, AgentClockChanged) and event.site_id is not None:
+            await service.on_agent_clock(event.site_id, state=event.state, skew_s=event.skew_s)
     if reports:
         await service.on_documents(reports)
 
@@ -394,7 +397,13 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
         # In batches: each call saves detector state durably once, however much it took in.
         subscription = app[EVENT_BUS].subscribe_batches(
             lambda events: _feed(service, events),
-            kinds={SnapshotsIngested, DeviceUnreachable, AgentOffline, AgentOnline},
+            kinds={
+                SnapshotsIngested,
+                DeviceUnreachable,
+                AgentOffline,
+                AgentOnline,
+                AgentClockChanged,
+            },
         )
         await service.resume()
         tasks = [

@@ -611,6 +611,13 @@ def cmd_agent_list(args: argparse.Namespace) -> int:
                 f"{_when(agent['last_seen']):<20} {agent['token_id'] or '-':<13} "
                 f"{shown(agent['name'])} {shown(agent['hostname'])}".rstrip()
             )
+            clock = agent.get("clock") or {}
+            if clock.get("state") == "ahead":
+                # Its reports are stored with their receive time until its clock is right.
+                print(
+                    f"  CLOCK AHEAD by {clock['skew_s']:.0f} s (since {_when(clock['since'])}): "
+                    "its report times are replaced by the time they were received"
+                )
         return 0
 
     return _run(args, action, needs_store=True)

@@ -379,6 +379,16 @@ NOTES: dict[str, dict[Language, str]] = {
         "pl": "numer umowy serwisowej uzupełniony z rejestru urządzeń",
         "en": "contract number completed from the asset registry",
     },
+    "agent_clock_ahead": {
+        "pl": "zegar agenta lokalizacji spieszy się o {skew_s} s: czasy jego raportów zastąpiono "
+        "czasem ich odbioru",
+        "en": "the site agent's clock is {skew_s} s ahead: its report times were replaced by the "
+        "time they were received",
+    },
+    "agent_clock_ok": {
+        "pl": "zegar agenta lokalizacji znów wskazuje właściwy czas",
+        "en": "the site agent's clock is right again",
+    },
     "seen_again": {
         "pl": "usterka ponownie zaobserwowana {when}",
         "en": "fault seen again at {when}",

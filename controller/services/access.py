@@ -305,4 +305,6 @@ def public_agent(doc: Doc) -> dict[str, Any]:
         "enrolled_at": doc["enrolled_at"],
         "last_seen": doc.get("last_seen"),
         "token_id": doc.get("token_id"),
+        # Set by ingestion when its reports come from the future (see Inventory).
+        "clock": doc.get("clock") or {"state": "ok", "skew_s": None, "since": None},
     }

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,6 +35,7 @@ from polyfleet.controller.clock import Clock, earlier
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.admin_input import AdminInputError, display_name, shown
 from polyfleet.controller.events import (
+    AgentClockChanged,
     AgentNoticeReceived,
     AgentOffline,
     AgentOnline,
@@ -285,6 +286,19 @@ class _LeftIds:
             self.ids.difference_update(ids)
 
 
+def _utc_texts(moment: datetime) -> dict[int, str]:
+    """``moment`` as stored UTC texts, by length: whole seconds (20) and microseconds (27).
+
+    A report's time in either form compares with the one of its length as text: a report's
+    whole second is later than ``moment`` exactly when it is later than that rounded down.
+    """
+    utc = moment.astimezone(UTC)
+    return {
+        20: utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        27: utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
+
+
 def report_key(agent_id: str, report_id: str) -> str:
     """Where a report is stored: report ids are unique per agent, not across the fleet."""
     return f"{agent_id}/{report_id}"
@@ -311,6 +325,7 @@ class Inventory:
         self._health_history = config.health_history
         self._silence = timedelta(seconds=config.silence_s)
         self._persist_every = timedelta(seconds=config.poll_interval_s)
+        self._max_skew = timedelta(seconds=config.max_clock_skew_s)
         self.stats = IngestStats()
         self._started_at = clock()
         self._agent_calls: dict[str, datetime] = {}
@@ -609,6 +624,12 @@ class Inventory:
         # because of a later batch needs no remembering: an agent resends a batch before it
         # sends anything newer.
         gone_here: set[str] = set()
+        # A collection time beyond this is in the future by the controller's clock: the
+        # agent's clock is wrong, and the report is stored with the time it was received.
+        latest_allowed = now + self._max_skew
+        allowed_texts = _utc_texts(latest_allowed)
+        received_text = _utc_texts(now)[27]
+        ahead = timedelta(0)
         for plain in plain_reports:
             snap: Doc = plain["snapshot"]
             serial: str = snap["serial"]
@@ -628,6 +649,17 @@ class Inventory:
                 duplicates += 1
                 continue
             collected_text: str = snap["collected_at"]
+            allowed = allowed_texts.get(len(collected_text))
+            if (
+                collected_text > allowed
+                if allowed is not None and collected_text[-1] == "Z"
+                else datetime.fromisoformat(collected_text) > latest_allowed
+            ):
+                ahead = max(ahead, datetime.fromisoformat(collected_text) - now)
+                claimed = collected_text
+                snap["collected_at"] = collected_text = received_text
+            else:
+                claimed = None
             retained = retained_now.get(serial)
             if retained is None:
                 retained = list(known_retained.get(serial, ()))
@@ -651,6 +683,9 @@ class Inventory:
                 "received_at": now_text,
                 "snapshot": snap,
             }
+            if claimed is not None:
+                # What the agent's clock said, kept beside the time used instead.
+                document["agent_collected_at"] = claimed
             reports[key] = document
             retained.append((key, collected_text))
             if not in_order:
@@ -686,6 +721,11 @@ class Inventory:
         self._note_call(agent_id, site_id, now)
         if status is not None:
             self._agent_status[agent_id] = {**status.model_dump(), "at": now_text}
+        agent_doc = self._agent_update(agent_id, now)
+        if plain_reports:
+            clock = self._clock_change(agent_id, site_id, plain_reports[-1], ahead, now, events)
+            if clock is not None:
+                agent_doc = {**(agent_doc or self._store.get(AGENTS, agent_id) or {}), **clock}
         event_puts, event_deletes = self._bus.record(events)
         puts: dict[str, dict[str, Doc]] = {
             DEVICES: devices,
@@ -693,8 +733,7 @@ class Inventory:
             HEALTH_HISTORY: history,
             EVENTS: event_puts,
         }
-        agent_doc = self._agent_update(agent_id, now)
-        if agent_doc is not None:
+        if agent_doc:
             puts[AGENTS] = {agent_id: agent_doc}
         receipts, expired = self._receipts(agent_id, gone_here)
         if receipts:
@@ -725,6 +764,46 @@ class Inventory:
         if accepted_documents:
             self._bus.dispatch(self._ingested(now, site_id, agent_id, accepted_documents))
         return ReportBatchAck(accepted=accepted, duplicates=duplicates)
+
+    def _clock_change(
+        self,
+        agent_id: str,
+        site_id: str,
+        last: Doc,
+        ahead: timedelta,
+        now: datetime,
+        events: list[Event],
+    ) -> Doc | None:
+        """The agent's new ``clock`` field when this batch changes what is known of it.
+
+        Ahead: a report was collected beyond the allowed skew into the future. On time: the
+        batch's last report (the newest an agent sends) is within the skew of now either way;
+        an older one may be a backlog after an outage and says nothing of the clock.
+        """
+        doc = self._store.get(AGENTS, agent_id)
+        if doc is None:
+            return None
+        known = doc.get("clock") or {}
+        if ahead > timedelta(0):
+            state, skew = "ahead", round(ahead.total_seconds(), 1)
+        else:
+            collected = datetime.fromisoformat(last["snapshot"]["collected_at"])
+            if abs(collected - now) > self._max_skew:
+                return None
+            state, skew = "ok", None
+        if known.get("state", "ok") == state:
+            return None
+        log.warning(
+            "agent %s of site %s: clock %s%s",
+            agent_id,
+            site_id,
+            state,
+            f" by {skew:.0f} s; its report times are replaced by receive times" if skew else "",
+        )
+        events.append(
+            AgentClockChanged(at=now, site_id=site_id, agent_id=agent_id, state=state, skew_s=skew)
+        )
+        return {"clock": {"state": state, "skew_s": skew, "since": now.isoformat()}}
 
     def _receipts(
         self, agent_id: str, gone: set[str]

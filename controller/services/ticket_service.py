@@ -49,7 +49,7 @@ from polyfleet.controller.services.delivery import (
 from polyfleet.controller.services.email import Attachment
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.ticket_config import TicketSettings
-from polyfleet.controller.store.base import SITES, Doc, Store
+from polyfleet.controller.store.base import AGENTS, SITES, Doc, Store
 from polyfleet.shared.schema import Model, Snapshot
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,30 @@ class TicketService:
     async def on_agent_online(self, site: str, *, at: datetime) -> None:
         await self.handle(self.detector.agent_online(site, at=at))
 
+    async def on_agent_clock(self, site: str, *, state: str, skew_s: float | None) -> None:
+        """A site's agent clock went ahead (or is right again): a note on the site's tickets.
+
+        Their times come from that agent's reports, so whoever reads them must know.
+        """
+        now = self.clock()
+        async with self._lock:
+            for ticket in self.tickets():
+                if ticket.site != site or ticket.status not in ACTIVE:
+                    continue
+                if state == "ahead":
+                    ticket.note(now, "agent_clock_ahead", skew_s=f"{skew_s or 0:.0f}")
+                else:
+                    ticket.note(now, "agent_clock_ok")
+                await self._save(ticket)
+
+    def _site_clock_ahead(self, site: str | None) -> float | None:
+        """How far ahead the clock of a site's agent is, when one is."""
+        for agent in list(self.store.scan(AGENTS).values()):
+            clock = agent.get("clock") or {}
+            if agent.get("site_id") == site and clock.get("state") == "ahead":
+                return float(clock.get("skew_s") or 0)
+        return None
+
     async def tick(self, now: datetime | None = None) -> None:
         """Time passes: hold times run out, reaction deadlines pass."""
         moment = now or self.clock()
@@ -409,6 +433,9 @@ class TicketService:
             opened_at=now,
         )
         self._refresh_registry_facts(ticket, now)
+        skew_s = self._site_clock_ahead(ticket.site)
+        if skew_s is not None:
+            ticket.note(now, "agent_clock_ahead", skew_s=f"{skew_s:.0f}")
         if ticket.missing:
             # W5: the desk cannot accept it without these; the admin fills them in.
             ticket.status = TicketStatus.NEEDS_DATA

@@ -133,7 +133,8 @@ async def test_reports_out_of_order_keep_the_newest_five_and_the_newest_state(
     tmp_path: Path,
 ) -> None:
     """Late reports (any offset) are sorted in; one older than a full history is not kept."""
-    clock = SettableClock(T0)
+    # Received after all were collected (a report from the future is another matter).
+    clock = SettableClock(T0 + timedelta(minutes=20))
     async with inventory(tmp_path, clock) as inv:
         await inv.add_site("krk", name="Kraków", timezone="Europe/Warsaw")
         for minute in (10, 11, 12, 14, 15):
