@@ -80,7 +80,7 @@ from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.store.base import Store, StoreUnavailable
 from polyfleet.controller.store.postgres import PostgresStore
-from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.store.tinydb import TinyDBStore, cannot_open
 from polyfleet.controller.web import routes as web_routes
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.schema import MAX_BODY_BYTES
@@ -234,6 +234,7 @@ def open_store(config: ControllerConfig) -> Store:
         config.data_dir / "store",
         snapshot_interval_s=config.snapshot_interval_s,
         journal_max_bytes=config.journal_max_bytes,
+        retry_max_s=config.write_retry_max_s,
     )
 
 
@@ -284,7 +285,10 @@ async def serve(
     housekeeping = asyncio.create_task(gc_housekeeping()) if process_wide_gc_tuning else None
     # The embedded store makes it; on PostgreSQL it holds only the control socket, artifacts
     # and bundles.
-    await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+    try:
+        await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StoreUnavailable(cannot_open(config.data_dir, exc)) from exc
     socket_path = control_socket_path(config.data_dir)
     runtime = config.data_dir / RUNTIME_FILE
     port = config.listen_port
@@ -311,17 +315,21 @@ async def serve(
                 shown_host = f"[{host}]" if ":" in host else host
                 url = f"{'https' if context else 'http'}://{shown_host}:{port}"
                 announce(app, config.advertise_url or url)
-                await asyncio.to_thread(socket_path.unlink, missing_ok=True)
-                control = web.UnixSite(runner, str(socket_path))
-                await control.start()
-                await asyncio.to_thread(os.chmod, socket_path, 0o600)
-                await asyncio.to_thread(
-                    write_atomically,
-                    runtime,
-                    json.dumps(
-                        {"url": url, "control_socket": str(socket_path), "pid": os.getpid()}
-                    ),
-                )
+                try:
+                    await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+                    control = web.UnixSite(runner, str(socket_path))
+                    await control.start()
+                    await asyncio.to_thread(os.chmod, socket_path, 0o600)
+                    await asyncio.to_thread(
+                        write_atomically,
+                        runtime,
+                        json.dumps(
+                            {"url": url, "control_socket": str(socket_path), "pid": os.getpid()}
+                        ),
+                    )
+                except OSError as exc:
+                    # The data directory's disk, not the listener: say which path and why.
+                    raise StoreUnavailable(cannot_open(config.data_dir, exc)) from exc
                 if first:
                     log.info("controller listening on %s (data in %s)", url, config.data_dir)
                     if on_ready is not None:

@@ -28,6 +28,8 @@ DEFAULT_SNAPSHOT_INTERVAL_S = 30.0
 #: about 115 MB/s (10,000 devices, measured), so this bounds a restart at ~2 s, while a
 #: snapshot in a burst is obsolete within seconds and costs as much as encoding the whole state.
 DEFAULT_JOURNAL_MAX_BYTES = 256 * 1024 * 1024
+#: Longest wait between two attempts to write to a disk that refused a write.
+DEFAULT_WRITE_RETRY_MAX_S = 30.0
 DEFAULT_REPORT_HISTORY = 5
 DEFAULT_HEALTH_HISTORY = 100
 DEFAULT_EVENTS_KEEP = 10_000
@@ -71,6 +73,7 @@ class ControllerConfig:
     store_url: str | None = None
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
+    write_retry_max_s: float = DEFAULT_WRITE_RETRY_MAX_S
     report_history: int = DEFAULT_REPORT_HISTORY
     health_history: int = DEFAULT_HEALTH_HISTORY
     events_keep: int = DEFAULT_EVENTS_KEEP
@@ -164,6 +167,7 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "url": ("store_url", str),
         "snapshot_interval_s": ("snapshot_interval_s", float),
         "journal_max_bytes": ("journal_max_bytes", int),
+        "write_retry_max_s": ("write_retry_max_s", float),
         "report_history": ("report_history", int),
         "health_history": ("health_history", int),
         "events_keep": ("events_keep", int),
@@ -187,6 +191,7 @@ _POSITIVE = {
     "max_unauthenticated_connections",
     "snapshot_interval_s",
     "journal_max_bytes",
+    "write_retry_max_s",
     "report_history",
     "health_history",
     "events_keep",

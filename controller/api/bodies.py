@@ -107,7 +107,13 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         ) from None
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
-    if spec.request is not None and not spec.own_depth_check:
+    # JSON by the handler's spec (a model, or a JSON media type) or by what the caller says.
+    json_body = (
+        spec.request is not None
+        or (spec.request_media or "").endswith("json")
+        or request.content_type.endswith("json")
+    )
+    if json_body and not spec.own_depth_check:
         await check_depth(raw)
         request[DEPTH_CHECKED] = True
     return await handler(request)

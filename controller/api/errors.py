@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from polyfleet.controller.keys import STORE
 from polyfleet.controller.services.access import EnrollmentRefused, UnknownSite
 from polyfleet.controller.services.inventory import DeviceAtOtherSite, InvalidInput, UnknownDevice
 from polyfleet.controller.services.jobs import ArtifactTooLarge, JobConflict, UnknownJob
-from polyfleet.controller.store.base import StoreUnavailable
+from polyfleet.controller.store.base import StoreHealth, StoreUnavailable
 from polyfleet.shared.schema import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,36 @@ _HTTP_CODES = {
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into the JSON error shape; unexpected ones are logged, not leaked."""
+    """Turn every failure into the JSON error shape; unexpected ones are logged, not leaked.
+
+    While the store's disk refuses writes, every answer says so in a ``Warning`` header:
+    what it shows may include changes that are not saved yet.
+    """
+    response = await _answer(request, handler)
+    warning = store_warning(request.app)
+    if warning is not None and not response.prepared:
+        response.headers["Warning"] = warning
+    return response
+
+
+def store_warning(app: web.Application) -> str | None:
+    """The ``Warning`` header for answers while the store cannot write, else None."""
+    health = getattr(app[STORE], "health", None)
+    if health is None:
+        return None
+    state: StoreHealth = health()
+    if not state.failing:
+        return None
+    text = (
+        f"storage is failing ({state.cause}); {state.not_durable} changes shown here are "
+        "not saved yet and may be lost if the controller stops"
+    )
+    # A header is Latin-1; a path may not be.
+    text = text.encode("ascii", "replace").decode("ascii").replace('"', "'")
+    return f'199 polyfleet "{text}"'
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
@@ -91,9 +121,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(409, "conflict", str(exc))
     except ArtifactTooLarge as exc:
         return error_response(413, "body_too_large", str(exc))
-    except StoreUnavailable:
-        log.error("refusing %s %s: store unavailable", request.method, request.path)
-        return error_response(503, "store_unavailable", "storage failed; restart the controller")
+    except StoreUnavailable as exc:
+        # The store logs the failure once; each refused request only at debug level.
+        log.debug("refusing %s %s: %s", request.method, request.path, exc)
+        response = error_response(
+            503,
+            "store_unavailable",
+            f"{exc}; this change was not saved: send it again later",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, "body_too_large", f"request body too large: {exc.text}")
     except web.HTTPException as exc:

@@ -14,7 +14,7 @@ from polyfleet.controller.api.connections import ConnectionGuard
 from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.keys import CONFIG, METRICS
 from polyfleet.controller.services.inventory import Inventory
-from polyfleet.controller.store.base import DEVICES, SITES, Store
+from polyfleet.controller.store.base import DEVICES, SITES, Store, StoreHealth
 
 INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -70,6 +70,36 @@ class InventoryCollector(Collector):
         yield refused
 
 
+class StoreCollector(Collector):
+    """Whether the store's disk refuses writes, and what is not on disk yet."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        health = getattr(self._store, "health", None)
+        if health is None:
+            return
+        state: StoreHealth = health()
+        failing = GaugeMetricFamily(
+            "polyfleet_store_failing",
+            "1 while the store's disk refuses writes (changes are refused and retried)",
+        )
+        failing.add_metric([], 1.0 if state.failing else 0.0)
+        yield failing
+        pending = GaugeMetricFamily(
+            "polyfleet_store_not_durable_changes",
+            "Applied changes that are not on disk yet while writes fail",
+        )
+        pending.add_metric([], state.not_durable)
+        yield pending
+        failures = CounterMetricFamily(
+            "polyfleet_store_write_failures", "Store writes the disk refused"
+        )
+        failures.add_metric([], state.write_failures)
+        yield failures
+
+
 class ConnectionCollector(Collector):
     """Connections without a credential, and those closed for holding on too long."""
 
@@ -101,6 +131,7 @@ def build_registry(
     """A registry of its own per application (several controllers can share a process)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(InventoryCollector(store, inventory))
+    registry.register(StoreCollector(store))
     if guard is not None:
         registry.register(ConnectionCollector(guard))
     ingest = Histogram(

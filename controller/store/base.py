@@ -24,12 +24,26 @@ Contract (what callers may rely on):
 - Several changes given to one ``apply`` become durable together or not at all.
 - If the disk fails, the store stops accepting changes: ``StoreUnavailable`` is raised, and a
   restart recovers every acknowledged change.
+
+Recovery (what a store does when its disk, or database, comes back):
+
+- A store does not stay failed: it tries again by itself (with a backoff) to make durable the
+  changes it had applied, in their order, and once they are, it accepts changes again; no
+  restart is needed. While it cannot, ``apply`` and ``wait_durable`` raise
+  ``StoreUnavailable`` (whose message says why); a change whose ``wait_durable`` raised may
+  still become durable later, or be lost if the process stops first, so it was never
+  acknowledged and its sender must send it again.
+- Reads keep answering meanwhile and may show those applied changes that are not durable. A
+  store that can tell offers ``health() -> StoreHealth`` (found with ``getattr``; it is not
+  part of the protocol): the API then says on every answer that what it shows may not be
+  saved, and ``/metrics`` has it. A store without it is taken to be healthy.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 #: A JSON document as stored.
@@ -54,7 +68,22 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The store cannot make changes durable (disk failure); restart the controller."""
+    """The store cannot make changes durable now (disk failure); it retries by itself."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreHealth:
+    """What a store says of its writes (see "Recovery" in the module docstring)."""
+
+    #: The disk (or database) refuses writes now; changes are refused until it takes them.
+    failing: bool
+    #: What it said, with the path where known ("No space left on device: /data/...").
+    cause: str | None = None
+    failing_for_s: float | None = None
+    #: Applied changes (visible to reads) that are not durable yet.
+    not_durable: int = 0
+    #: Failed write attempts since the store opened.
+    write_failures: int = 0
 
 
 class StoreLocked(StoreError):

@@ -2,11 +2,15 @@
 
 A file ``journal/<generation>.log`` holds one change per line: ``<crc32 hex> <json>\\n``.
 A crash can leave a torn last line; replay stops at the first line whose checksum fails
-(nothing after it was ever acknowledged, since acknowledgement waits for the fsync).
+(nothing after it was ever acknowledged, since acknowledgement waits for the fsync). A write
+that fails (disk full, read-only, I/O error) may leave part of its lines in the file: the
+writer lets go of the file and, before writing again, cuts it back to what the last
+successful fsync covered, so lines written after a recovery are never behind a torn one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,6 +68,15 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
+class JournalWriteError(OSError):
+    """Writing the journal failed; the first ``done`` records given were made durable."""
+
+    def __init__(self, cause: OSError, done: int, filename: str | None = None) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), filename or cause.filename)
+        self.cause = cause
+        self.done = done
+
+
 class JournalWriter:
     """Writes records to the file of their generation, one fsync per call of ``write``."""
 
@@ -72,18 +85,36 @@ class JournalWriter:
         self._generation: int | None = None
         self._file: Any = None
         self.bytes_written = 0
+        #: After a failed write: the file to cut back, and its length at the last good fsync.
+        self._repair: tuple[Path, int] | None = None
+        #: Size of the open file as its last fsync left it.
+        self._good_size = 0
+        #: A new file whose directory entry is not known to be durable yet.
+        self._unsynced_dir = False
 
     def write(self, records: list[tuple[int, bytes]]) -> int:
-        """Append encoded ``(generation, line)`` pairs in order and fsync; return bytes written."""
+        """Append encoded ``(generation, line)`` pairs in order and fsync; return bytes written.
+
+        On failure raises ``JournalWriteError`` saying how many records are durable; the
+        caller gives the rest again once the disk takes writes.
+        """
         total = 0
+        done = 0
         chunk: list[bytes] = []
-        for generation, line in records:
-            if generation != self._generation:
-                total += self._flush(chunk)
-                chunk = []
-                self._switch(generation)
-            chunk.append(line)
-        total += self._flush(chunk)
+        try:
+            for generation, line in records:
+                if generation != self._generation:
+                    total += self._flush(chunk)
+                    done += len(chunk)
+                    chunk = []
+                    self._switch(generation)
+                chunk.append(line)
+            total += self._flush(chunk)
+        except OSError as exc:
+            # A failed write or fsync names no file: say which one it was.
+            where = exc.filename or (None if self._file is None else self._file.name)
+            self._abandon()
+            raise JournalWriteError(exc, done, where) from exc
         return total
 
     def _flush(self, chunk: list[bytes]) -> int:
@@ -93,23 +124,53 @@ class JournalWriter:
         self._file.write(data)
         self._file.flush()
         os.fsync(self._file.fileno())
+        if self._unsynced_dir:
+            fsync_dir(self._directory)
+            self._unsynced_dir = False
+        self._good_size += len(data)
         self.bytes_written += len(data)
         return len(data)
 
     def _switch(self, generation: int) -> None:
         self.close()
         path = journal_path(self._directory, generation)
+        if self._repair is not None:
+            self._cut_back(*self._repair)
+            self._repair = None
         existed = path.exists()
         self._file = open(path, "ab")  # noqa: SIM115 - kept open across calls on purpose
         self._generation = generation
+        self._good_size = self._file.tell()
         self.bytes_written = 0
         if not existed:
-            fsync_dir(self._directory)
+            self._unsynced_dir = True
+
+    def _abandon(self) -> None:
+        """Let go of the file after a failed write; the next write cuts it back first."""
+        if self._file is not None:
+            self._repair = (Path(self._file.name), self._good_size)
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+        self._generation = None
+
+    @staticmethod
+    def _cut_back(path: Path, size: int) -> None:
+        """Drop what a failed write left after the last good fsync of ``path``."""
+        with contextlib.suppress(FileNotFoundError), open(path, "r+b") as handle:
+            if os.fstat(handle.fileno()).st_size > size:
+                handle.truncate(size)
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError:
+                self._abandon()
+                raise
             self._file.close()
             self._file = None
             self._generation = None

@@ -12,7 +12,12 @@ on the write path of a report. Instead:
   renamed to ``snapshots/<gen>``, then ``CURRENT`` is replaced atomically and older journals
   and snapshots are removed;
 - on start, the snapshot named by ``CURRENT`` is loaded and every journal from that
-  generation on is replayed, cutting off a torn last line.
+  generation on is replayed, cutting off a torn last line;
+- when the disk refuses a write (full, read-only, an I/O error), new changes are refused
+  (``StoreUnavailable``) while the changes already applied are written again, with a
+  backoff from ``RETRY_INITIAL_S`` to ``retry_max_s``, until the disk takes them: then the
+  store accepts changes again by itself. ``health()`` says meanwhile what failed, since
+  when, and how many applied changes are not on disk (reads show them).
 
 All file I/O runs in threads; the event loop only touches memory and encodes lines.
 This is the only module that imports tinydb.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -34,15 +40,21 @@ from types import MappingProxyType
 from tinydb import TinyDB
 from tinydb.storages import JSONStorage
 
-from polyfleet.controller.config import DEFAULT_JOURNAL_MAX_BYTES, DEFAULT_SNAPSHOT_INTERVAL_S
+from polyfleet.controller.config import (
+    DEFAULT_JOURNAL_MAX_BYTES,
+    DEFAULT_SNAPSHOT_INTERVAL_S,
+    DEFAULT_WRITE_RETRY_MAX_S,
+)
 from polyfleet.controller.store.base import (
     Doc,
     StoreError,
+    StoreHealth,
     StoreLocked,
     StoreUnavailable,
     check_collection,
 )
 from polyfleet.controller.store.journal import (
+    JournalWriteError,
     JournalWriter,
     encode_json,
     encode_line,
@@ -61,6 +73,8 @@ _ABSENT = object()
 
 #: Called with ("journal" | "snapshot", seconds) after each durable write.
 FlushObserver = Callable[[str, float], None]
+#: First wait before writing again after the disk refused a write; it doubles each time.
+RETRY_INITIAL_S = 0.1
 
 
 class _SnapshotStorage(JSONStorage):
@@ -120,10 +134,12 @@ class TinyDBStore:
         *,
         snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S,
         journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES,
+        retry_max_s: float = DEFAULT_WRITE_RETRY_MAX_S,
     ) -> None:
         self.directory = directory
         self.snapshot_interval_s = snapshot_interval_s
         self.journal_max_bytes = journal_max_bytes
+        self.retry_max_s = retry_max_s
         self.flush_observers: list[FlushObserver] = []
         self._data: dict[str, dict[str, Doc]] = {}
         self._generation = 0
@@ -135,7 +151,11 @@ class TinyDBStore:
         self._progress = asyncio.Event()
         self._checkpoint_wanted = asyncio.Event()
         self._checkpoint_lock = asyncio.Lock()
-        self._failed: BaseException | None = None
+        #: What the disk refused last, while writes are failing (None: they are not).
+        self._failure: OSError | None = None
+        self._failing_since: float | None = None
+        self._write_failures = 0
+        self._retry_now = asyncio.Event()
         self._closing = False
         self._stop_snapshots = False
         self._opened = False
@@ -147,9 +167,17 @@ class TinyDBStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._lock_fd = await asyncio.to_thread(self._take_lock)
+        """Load and start; a disk that refuses what this needs raises ``StoreUnavailable``
+        naming the path and the cause (a full disk, no permission, a read-only one)."""
+        try:
+            self._lock_fd = await asyncio.to_thread(self._take_lock)
+        except OSError as exc:
+            raise StoreUnavailable(cannot_open(self.directory, exc)) from exc
         try:
             current, data, replayed, last_gen = await asyncio.to_thread(self._load)
+        except OSError as exc:
+            self._release_lock()
+            raise StoreUnavailable(cannot_open(self.directory, exc)) from exc
         except BaseException:
             self._release_lock()
             raise
@@ -163,7 +191,11 @@ class TinyDBStore:
             log.info("store %s: replayed %d journal changes", self.directory, replayed)
             # Mark state as newer than any snapshot so the checkpoint folds the journal in.
             self._applied_seq = self._durable_seq = 1
-            await self.checkpoint()
+            try:
+                await self.checkpoint()
+            except OSError as exc:
+                await self.close()
+                raise StoreUnavailable(cannot_open(self.directory, exc)) from exc
 
     async def close(self) -> None:
         if not self._opened:
@@ -176,18 +208,30 @@ class TinyDBStore:
             self._stop_snapshots = True
             self._checkpoint_wanted.set()
             await self._snapshot_task
-        if self._failed is None:
+        if self._failure is None:
             try:
                 await self.checkpoint()
-            except OSError:
+            except (OSError, StoreUnavailable):
                 log.exception(
                     "store %s: final snapshot failed; the journal keeps it", self.directory
                 )
         self._closing = True
         self._wake.set()
+        self._retry_now.set()
         if self._writer_task is not None:
             await self._writer_task
-        await asyncio.to_thread(self._journal.close)
+        if self._pending:
+            log.error(
+                "store %s: stopping while the disk refuses writes (%s): %d applied changes "
+                "were never written and are lost",
+                self.directory,
+                self._failure,
+                len(self._pending),
+            )
+        try:
+            await asyncio.to_thread(self._journal.close)
+        except OSError as exc:
+            log.error("store %s: closing the journal failed: %s", self.directory, exc)
         self._release_lock()
         self._opened = False
 
@@ -196,7 +240,9 @@ class TinyDBStore:
         self.directory.mkdir(exist_ok=True, mode=0o700)
         (self.directory / "journal").mkdir(exist_ok=True, mode=0o700)
         (self.directory / "snapshots").mkdir(exist_ok=True, mode=0o700)
-        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        # Opened read-only (flock needs no more): the filesystem can be remounted read-only
+        # under a running controller while the journal is closed after a failed write.
+        fd = os.open(self.directory / "LOCK", os.O_RDONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -237,8 +283,8 @@ class TinyDBStore:
         *,
         handover: bool = False,
     ) -> int:
-        if self._failed is not None:
-            raise StoreUnavailable(f"store {self.directory} failed: {self._failed}")
+        if self._failure is not None:
+            raise StoreUnavailable(self._refusal())
         if not self._opened:
             raise StoreUnavailable(f"store {self.directory} is not open")
         put_record: dict[str, dict[str, Doc]] = {}
@@ -294,8 +340,8 @@ class TinyDBStore:
 
     async def wait_durable(self, seq: int) -> None:
         while self._durable_seq < seq:
-            if self._failed is not None:
-                raise StoreUnavailable(f"store {self.directory} failed: {self._failed}")
+            if self._failure is not None:
+                raise StoreUnavailable(self._refusal())
             await self._progress.wait()
 
     async def sync(self) -> None:
@@ -310,6 +356,7 @@ class TinyDBStore:
     # -- background writers ------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        delay = RETRY_INITIAL_S
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -320,25 +367,84 @@ class TinyDBStore:
                     await asyncio.to_thread(
                         self._journal.write, [(gen, line) for _, gen, line in batch]
                     )
-                except OSError as exc:
-                    self._fail(exc)
-                    return
+                except JournalWriteError as exc:
+                    if exc.done:
+                        self._durable_seq = batch[exc.done - 1][0]
+                    # Written again, in order, before anything applied since.
+                    self._pending = batch[exc.done :] + self._pending
+                    self._failing(exc)
+                    if self._closing:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._retry_now.wait(), delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
                 self._observe("journal", time.perf_counter() - started)
                 self._durable_seq = batch[-1][0]
+                if self._failure is not None:
+                    self._recovered()
+                    delay = RETRY_INITIAL_S
                 self._notify()
                 if self._journal.bytes_written >= self.journal_max_bytes:
                     self._checkpoint_wanted.set()
             if self._closing:
                 return
 
-    def _fail(self, exc: BaseException) -> None:
-        log.error(
-            "store %s: journal write failed, refusing changes until restart: %s",
+    def _failing(self, cause: OSError) -> None:
+        """The disk refused a write: refuse changes and say so (once), and count it."""
+        self._write_failures += 1
+        before = self._failure
+        self._failure = cause
+        if before is not None and before.errno != cause.errno:
+            log.error(
+                "store %s: the disk still refuses writes, now for another reason (%s)",
+                self.directory,
+                describe_os_error(cause),
+            )
+        if before is None:
+            self._failing_since = time.monotonic()
+            log.error(
+                "store %s: the disk refuses writes (%s); changes are refused and the %d "
+                "applied ones not yet on disk are written again as soon as it takes them",
+                self.directory,
+                describe_os_error(cause),
+                len(self._pending),
+            )
+            # Waiters learn at once that their change is not durable (it may still become so).
+            self._notify()
+
+    def _recovered(self) -> None:
+        since = self._failing_since or time.monotonic()
+        log.warning(
+            "store %s: the disk takes writes again; every applied change is on disk and "
+            "changes are accepted again (refused for %.1f s, %d failed writes)",
             self.directory,
-            exc,
+            time.monotonic() - since,
+            self._write_failures,
         )
-        self._failed = exc
-        self._notify()
+        self._failure = None
+        self._failing_since = None
+        # A snapshot may have failed meanwhile: take one soon, not at the next interval.
+        self._checkpoint_wanted.set()
+
+    def _refusal(self) -> str:
+        assert self._failure is not None
+        return (
+            f"the disk of store {self.directory} refuses writes "
+            f"({describe_os_error(self._failure)}); nothing more is accepted until it takes "
+            "them again (retried by itself)"
+        )
+
+    def health(self) -> StoreHealth:
+        """Whether writes are failing, since when and why, and what is not on disk yet."""
+        since = self._failing_since
+        return StoreHealth(
+            failing=self._failure is not None,
+            cause=None if self._failure is None else describe_os_error(self._failure),
+            failing_for_s=None if since is None else time.monotonic() - since,
+            not_durable=self._applied_seq - self._durable_seq if self._failure else 0,
+            write_failures=self._write_failures,
+        )
 
     def _notify(self) -> None:
         progress, self._progress = self._progress, asyncio.Event()
@@ -358,17 +464,17 @@ class TinyDBStore:
             try:
                 await self.checkpoint()
             except StoreUnavailable:
-                return
-            except OSError:
+                continue  # writes are failing; a snapshot is wanted again once they resume
+            except OSError as exc:
                 # The journal still holds everything; the next attempt folds it in.
-                log.exception("store %s: snapshot failed", self.directory)
+                log.error("store %s: snapshot failed: %s", self.directory, describe_os_error(exc))
 
     async def checkpoint(self) -> None:
         async with self._checkpoint_lock:
             if self._applied_seq == self._snapshot_seq:
                 return
-            if self._failed is not None:
-                raise StoreUnavailable(f"store {self.directory} failed: {self._failed}")
+            if self._failure is not None:
+                raise StoreUnavailable(self._refusal())
             # From here on new changes go to the next journal; the copy is the state before them.
             self._generation += 1
             generation = self._generation
@@ -432,6 +538,17 @@ class TinyDBStore:
         final = snapshots / f"{generation:012d}"
         tmp = snapshots / f"{generation:012d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._write_snapshot_files(tmp, copy)
+        except OSError:
+            # A half-written snapshot only takes space a full disk needs.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        fsync_dir(snapshots)
+
+    def _write_snapshot_files(self, tmp: Path, copy: dict[str, dict[str, Doc]]) -> None:
         tmp.mkdir(mode=0o700)
         for collection, docs in copy.items():
             items = list(docs.items())
@@ -451,9 +568,6 @@ class TinyDBStore:
                 finally:
                     storage.close()
         fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-        fsync_dir(snapshots)
 
     def _commit_snapshot(self, generation: int) -> None:
         current_tmp = self.directory / "CURRENT.tmp"
@@ -470,3 +584,23 @@ class TinyDBStore:
         for path in (self.directory / "snapshots").iterdir():
             if path.name != f"{generation:012d}":
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What the disk said, and where: ``No space left on device: /data/store/journal/...``."""
+    what = exc.strerror or str(exc)
+    return f"{what}: {exc.filename}" if exc.filename else what
+
+
+def cannot_open(directory: Path, exc: OSError) -> str:
+    """Why a store could not be opened: the path and the cause, and what to do."""
+    advice = {
+        errno.ENOSPC: "free space on that disk",
+        errno.EDQUOT: "raise the quota or free space",
+        errno.EROFS: "mount it read-write",
+        errno.EACCES: "give the controller's user write access",
+        errno.EPERM: "give the controller's user write access",
+    }.get(exc.errno or 0, "fix the disk")
+    return (
+        f"cannot open the store in {directory}: {describe_os_error(exc)}; {advice} and start again"
+    )

@@ -65,7 +65,9 @@ class Controllers:
         """A prepared data directory and a controller serving it (``admin_token``, ``codes``)."""
         target = data_dir or self.base / f"controller{len(self.started)}"
         prepared = await prepare_data_dir(target, sites, codes_per_site=codes_per_site)
-        process = ControllerProcess(target, config, env=env or {})
+        work = self.base / f"controller{len(self.started)}-run"
+        work.mkdir(exist_ok=True)
+        process = ControllerProcess(target, config, env=env or {}, work_dir=work)
         process.admin_token = prepared.admin_token
         process.codes = prepared.codes
         self.started.append(process)

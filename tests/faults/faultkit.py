@@ -209,16 +209,24 @@ class ControllerProcess:
     """``polyfleet controller serve`` as its own process; stdout's first line gives its URL.
 
     ``config`` is the text of its ``controller.toml``. The process's log (stderr) goes to
-    ``log_path``, kept across restarts, so a test can look for what it said.
+    ``log_path`` in ``work_dir`` (default: beside the data directory), kept across restarts,
+    so a test can look for what it said.
     """
 
     def __init__(
-        self, data_dir: Path, config: str = "", *, env: Mapping[str, str] | None = None
+        self,
+        data_dir: Path,
+        config: str = "",
+        *,
+        env: Mapping[str, str] | None = None,
+        work_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.config_path = data_dir.parent / f"{data_dir.name}-controller.toml"
+        # Config and log beside the data directory unless told (a small disk holds only data).
+        work = work_dir or data_dir.parent
+        self.config_path = work / f"{data_dir.name}-controller.toml"
         self.config_path.write_text(config, encoding="utf-8")
-        self.log_path = data_dir.parent / f"{data_dir.name}-controller.log"
+        self.log_path = work / f"{data_dir.name}-controller.log"
         self.env = dict(env or {})
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
@@ -357,18 +365,15 @@ class SmallDisk:
         """Write a filler file until the filesystem is full (less ``leave_bytes``)."""
         stat = os.statvfs(self.path)
         free = stat.f_bavail * stat.f_frsize - leave_bytes
-        with open(self.path / "filler", "ab") as handle:
-            chunk = b"\0" * 65536
+        # Unbuffered: each write reaches the filesystem, and closing has nothing to flush.
+        with open(self.path / "filler", "ab", buffering=0) as handle:
             with contextlib.suppress(OSError):
                 while free > 0:
-                    written = handle.write(chunk[: min(len(chunk), free)])
-                    handle.flush()
-                    free -= written
-            with contextlib.suppress(OSError):
-                # Whatever is left, byte by byte in small pieces, until ENOSPC.
-                while True:
-                    handle.write(b"\0" * 512)
-                    handle.flush()
+                    free -= handle.write(b"\0" * min(65536, free))
+            if leave_bytes == 0:
+                with contextlib.suppress(OSError):
+                    while handle.write(b"\0" * 512):
+                        pass
 
     def free(self) -> None:
         """Remove the filler: the disk takes writes again."""
