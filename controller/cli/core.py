@@ -219,6 +219,11 @@ class ServerBackend:
         async with self._http.request(
             method, f"{self._base_url}{path}", json=body, params=params, headers=self._headers
         ) as response:
+            warning = response.headers.get("Warning")
+            if warning:
+                # The server's storage is failing: what it shows may not be saved.
+                text = warning.partition(' "')[2].rstrip('"') or warning
+                print(f"warning: {text}", file=sys.stderr)
             data = await response.json(content_type=None)
             if response.status >= 400:
                 refused = server_refused(response.status, data)

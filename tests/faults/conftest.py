@@ -7,7 +7,8 @@ Every fixture starts real things on loopback and stops them at the end of the te
   admin token and enrollment codes prepared first); the ``ControllerProcess`` it returns
   has ``url``, ``admin_token``, ``codes[site]``, ``kill()`` (SIGKILL), ``stop()``
   (SIGTERM), ``start()`` (again, same data), ``log()``, ``wait_log(regex)`` and
-  ``metric(http, token, name)``. ``data_dir=`` puts the data somewhere given (a small disk).
+  ``metric(http, token, name)``. ``data_dir=`` puts the data somewhere given (a small disk);
+  the process's config and log stay in the test's own folder, off that disk.
 - ``controller``: one such controller with the site ``krk``, started with default config.
 - ``agent_token``: an agent of ``krk`` enrolled with ``controller``.
 - ``small_disk``: ``small_disk("8m")`` mounts a tmpfs of that size (``fill()``, ``free()``,

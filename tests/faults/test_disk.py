@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,8 @@ from faultkit import (
     wait_for,
     wait_for_async,
 )
+
+from polyfleet.shared.process import polyfleet_argv
 
 #: Snapshots only when asked (the journal is what fills), and quick retries for the test.
 CONFIG = "[store]\nsnapshot_interval_s = 3600\nwrite_retry_max_s = 0.5\n"
@@ -68,6 +71,14 @@ async def test_store_writes_again_by_itself_after_the_disk_was_full(
     devices = await get_json(http, controller.url, "/api/v1/devices", controller.admin_token)
     assert devices.status == 200
     assert "not saved yet" in devices.headers.get("Warning", "")
+    listed = await asyncio.create_subprocess_exec(
+        *polyfleet_argv("controller", "devices", "--data-dir", str(controller.data_dir)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await listed.communicate()
+    assert listed.returncode == 0
+    assert b"warning: storage is failing (No space left on device" in err, err
 
     disk.free()
     await wait_for_async(
