@@ -19,65 +19,32 @@ Every fixture starts real things on loopback and stops them at the end of the te
   in its own process (under faketime when ``clock_offset`` is given).
 - ``http``: an aiohttp client session.
 
-Helpers without fixtures (report builders, ``post_batch``, ``wait_for``...) are in
-``faultkit.py``; import them from there.
+Helpers without fixtures (report builders, ``post_batch``, ``wait_for``...) and the types the
+fixtures hand out (``Controllers``, ``Agents``, ``LabFactory``) are in ``faultkit.py``;
+import them from there (never from ``conftest``, a name every test folder has).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from faultkit import (
-    AgentProcess,
+    Agents,
     ControllerProcess,
+    Controllers,
     DiskRefused,
+    LabFactory,
     SmallDisk,
     enroll,
-    prepare_data_dir,
 )
 
-from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.fleet import DeviceSpec
 from polyfleet.simulator.lab import Lab
 from polyfleet.simulator.testing import TEST_PASSWORD, start_lab
-
-
-class Controllers:
-    """Starts controller processes for one test and kills whatever still runs at its end."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.started: list[ControllerProcess] = []
-
-    async def start(
-        self,
-        config: str = "",
-        *,
-        sites: Sequence[str] = ("krk",),
-        codes_per_site: int = 1,
-        data_dir: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> ControllerProcess:
-        """A prepared data directory and a controller serving it (``admin_token``, ``codes``)."""
-        target = data_dir or self.base / f"controller{len(self.started)}"
-        prepared = await prepare_data_dir(target, sites, codes_per_site=codes_per_site)
-        work = self.base / f"controller{len(self.started)}-run"
-        work.mkdir(exist_ok=True)
-        process = ControllerProcess(target, config, env=env or {}, work_dir=work)
-        process.admin_token = prepared.admin_token
-        process.codes = prepared.codes
-        self.started.append(process)
-        await process.start()
-        return process
-
-    async def close(self) -> None:
-        for process in self.started:
-            await process.kill()
 
 
 @pytest.fixture
@@ -129,9 +96,6 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str], SmallDisk]]:
         disk.unmount()
 
 
-LabFactory = Callable[[list[DeviceSpec]], Awaitable[Lab]]
-
-
 @pytest.fixture
 async def lab_factory(tmp_path: Path) -> AsyncIterator[LabFactory]:
     """Start labs of given devices; all are stopped at the end of the test."""
@@ -154,58 +118,6 @@ def password_file(tmp_path: Path) -> Path:
     path.write_text(TEST_PASSWORD + "\n")
     os.chmod(path, 0o600)
     return path
-
-
-class Agents:
-    """Starts ``polyfleet agent run`` processes for one test and stops them at its end."""
-
-    def __init__(self, base: Path, password_file: Path) -> None:
-        self.base = base
-        self.password_file = password_file
-        self.started: list[AgentProcess] = []
-
-    async def start(
-        self,
-        controller: ControllerProcess,
-        site: str,
-        devices: Sequence[SimDevice],
-        *,
-        clock_offset: str | None = None,
-        poll_interval_s: float = 0.5,
-    ) -> AgentProcess:
-        """An agent of ``site`` polling ``devices``, enrolled with one of the site's codes."""
-        if clock_offset is not None and shutil.which("faketime") is None:
-            pytest.skip(
-                "needs faketime (Debian package faketime) to run an agent with a wrong clock"
-            )
-        number = len(self.started)
-        folder = self.base / f"agent{number}"
-        folder.mkdir(parents=True)
-        code_file = folder / "enrollment-code"
-        code_file.write_text(controller.codes[site][number % len(controller.codes[site])])
-        os.chmod(code_file, 0o600)
-        entries = "".join(
-            f'\n[[devices]]\nhost = "{d.address}"\nrest_port = {d.rest_port}\n'
-            f"ssh_port = {d.ssh_port}\n"
-            for d in devices
-        )
-        config = folder / "agent.toml"
-        config.write_text(
-            f'[agent]\ndata_dir = "{folder / "data"}"\nname = "agent{number}"\n'
-            f"poll_interval_s = {poll_interval_s}\njitter_s = 0\ndevice_timeout_s = 5\n"
-            f'[controller]\nurl = "{controller.url}"\nenrollment_code_file = "{code_file}"\n'
-            "send_interval_s = 0.2\njobs_interval_s = 0.5\nbackoff_max_s = 1\n"
-            f'[defaults]\npassword_file = "{self.password_file}"\n{entries}',
-            encoding="utf-8",
-        )
-        agent = AgentProcess(config, clock_offset=clock_offset)
-        self.started.append(agent)
-        await agent.start()
-        return agent
-
-    async def close(self) -> None:
-        for agent in self.started:
-            await agent.stop()
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ControllerConfig
@@ -41,6 +42,9 @@ from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.shared.schema import PROTOCOL_VERSION
+from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.fleet import DeviceSpec
+from polyfleet.simulator.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 #: How long a controller may take to start listening (a large journal replays first).
@@ -446,3 +450,94 @@ class AgentProcess:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+
+# -- what the fixtures hand out (conftest.py) ----------------------------------------------
+
+
+class Controllers:
+    """Starts controller processes for one test and kills whatever still runs at its end."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.started: list[ControllerProcess] = []
+
+    async def start(
+        self,
+        config: str = "",
+        *,
+        sites: Sequence[str] = ("krk",),
+        codes_per_site: int = 1,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ControllerProcess:
+        """A prepared data directory and a controller serving it (``admin_token``, ``codes``)."""
+        target = data_dir or self.base / f"controller{len(self.started)}"
+        prepared = await prepare_data_dir(target, sites, codes_per_site=codes_per_site)
+        work = self.base / f"controller{len(self.started)}-run"
+        work.mkdir(exist_ok=True)
+        process = ControllerProcess(target, config, env=env or {}, work_dir=work)
+        process.admin_token = prepared.admin_token
+        process.codes = prepared.codes
+        self.started.append(process)
+        await process.start()
+        return process
+
+    async def close(self) -> None:
+        for process in self.started:
+            await process.kill()
+
+
+LabFactory = Callable[[list[DeviceSpec]], Awaitable[Lab]]
+
+
+class Agents:
+    """Starts ``polyfleet agent run`` processes for one test and stops them at its end."""
+
+    def __init__(self, base: Path, password_file: Path) -> None:
+        self.base = base
+        self.password_file = password_file
+        self.started: list[AgentProcess] = []
+
+    async def start(
+        self,
+        controller: ControllerProcess,
+        site: str,
+        devices: Sequence[SimDevice],
+        *,
+        clock_offset: str | None = None,
+        poll_interval_s: float = 0.5,
+    ) -> AgentProcess:
+        """An agent of ``site`` polling ``devices``, enrolled with one of the site's codes."""
+        if clock_offset is not None and shutil.which("faketime") is None:
+            pytest.skip(
+                "needs faketime (Debian package faketime) to run an agent with a wrong clock"
+            )
+        number = len(self.started)
+        folder = self.base / f"agent{number}"
+        folder.mkdir(parents=True)
+        code_file = folder / "enrollment-code"
+        code_file.write_text(controller.codes[site][number % len(controller.codes[site])])
+        os.chmod(code_file, 0o600)
+        entries = "".join(
+            f'\n[[devices]]\nhost = "{d.address}"\nrest_port = {d.rest_port}\n'
+            f"ssh_port = {d.ssh_port}\n"
+            for d in devices
+        )
+        config = folder / "agent.toml"
+        config.write_text(
+            f'[agent]\ndata_dir = "{folder / "data"}"\nname = "agent{number}"\n'
+            f"poll_interval_s = {poll_interval_s}\njitter_s = 0\ndevice_timeout_s = 5\n"
+            f'[controller]\nurl = "{controller.url}"\nenrollment_code_file = "{code_file}"\n'
+            "send_interval_s = 0.2\njobs_interval_s = 0.5\nbackoff_max_s = 1\n"
+            f'[defaults]\npassword_file = "{self.password_file}"\n{entries}',
+            encoding="utf-8",
+        )
+        agent = AgentProcess(config, clock_offset=clock_offset)
+        self.started.append(agent)
+        await agent.start()
+        return agent
+
+    async def close(self) -> None:
+        for agent in self.started:
+            await agent.stop()

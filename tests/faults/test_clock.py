@@ -7,8 +7,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from conftest import Agents, Controllers, LabFactory
-from faultkit import batch, enroll, get_json, post_batch, report, snapshot, wait_for_async
+from faultkit import (
+    Agents,
+    Controllers,
+    LabFactory,
+    batch,
+    enroll,
+    get_json,
+    post_batch,
+    report,
+    snapshot,
+    wait_for_async,
+)
 
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device

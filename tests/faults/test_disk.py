@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from conftest import Controllers
 from faultkit import (
     ControllerProcess,
+    Controllers,
     SmallDisk,
     batch,
     enroll,
@@ -110,9 +110,8 @@ async def test_store_writes_again_after_the_disk_turned_read_only_and_back(
     _, reports = await post_until_refused(controller, http, token, acked)
     # The store let go of its journal after the failed write: the remount is not refused
     # for a file open to write (it may be, for an instant, while a retry reopens it).
-    results: list[Any] = []
     await wait_for(
-        lambda: results.append(disk.remount(read_only=True)) or results[-1].returncode == 0,
+        lambda: disk.remount(read_only=True).returncode == 0,
         what="the filesystem to be remounted read-only",
     )
     await controller.wait_log(r"Read-only file system", timeout=30)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from conftest import Controllers
-from faultkit import batch, enroll, get_json, post_batch, report, snapshot
+from faultkit import Controllers, batch, enroll, get_json, post_batch, report, snapshot
 
 from polyfleet.controller.store.base import REPORTS
 from polyfleet.controller.store.tinydb import TinyDBStore

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
-from conftest import Controllers
-from faultkit import batch, enroll, post_batch, report, snapshot, wait_for
+from faultkit import Controllers, batch, enroll, post_batch, report, snapshot, wait_for
 
 #: Short limits, so a stalled request is dealt with within the test.
 CONFIG = "[server]\nread_timeout_s = 1\nmax_unauthenticated_connections = 10\n"
