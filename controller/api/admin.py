@@ -42,7 +42,7 @@ from polyfleet.controller.services.device_table import (
     query_devices,
 )
 from polyfleet.controller.services.inventory import SiteExists, site_changes
-from polyfleet.controller.services.jobs import UnknownJob
+from polyfleet.controller.services.jobs import JobPending, UnknownJob
 from polyfleet.controller.store.base import EVENTS, Doc
 
 DEVICE_QUERY: dict[str, str | Param] = {
@@ -214,25 +214,45 @@ async def device_jobs(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="Queue a job (collect_diagnostics, reboot...) for the device's site agent",
+    summary="Queue a job (collect_diagnostics, reboot...) for the device's site agent; one "
+    "pending job of a kind per device (409 names the pending one)",
     roles=ADMINS,
     request=JobIn,
     response=JobOut,
     response_status=201,
-    errors=(401, 403, 404, 422),
+    errors=(401, 403, 404, 409, 422),
     tags=("jobs",),
 )
 async def create_job(request: web.Request) -> web.Response:
     body = await read_model(request, JobIn)
-    job = await request.app[JOBS].enqueue(
-        request.match_info["serial"],
-        body.kind,
-        body.params,
-        created_by=principal(request).name,
-    )
+    try:
+        job = await request.app[JOBS].enqueue(
+            request.match_info["serial"],
+            body.kind,
+            body.params,
+            created_by=principal(request).name,
+        )
+    except JobPending as exc:
+        raise ApiError(409, "job_pending", str(exc), "kind") from None
     details = {"kind": job["kind"], "serial": job["serial"], "params": job["params"]}
     await audit.record(request, "job.create", f"job:{job['id']}", details, site=job["site_id"])
     return web.json_response(job, status=201)
+
+
+@endpoint(
+    summary="Cancel a pending job (the agent no longer gets it)",
+    roles=ADMINS,
+    response=JobOut,
+    errors=(401, 403, 404, 409),
+    tags=("jobs",),
+)
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    who = principal(request)
+    job = await request.app[JOBS].cancel(job_id, by=who.name or who.token_id)
+    details = {"kind": job["kind"], "serial": job["serial"]}
+    await audit.record(request, "job.cancel", f"job:{job_id}", details, site=job["site_id"])
+    return web.json_response(job)
 
 
 @endpoint(summary="One job", roles=READERS, response=JobOut, errors=(401, 404), tags=("jobs",))
@@ -414,6 +434,7 @@ def register(app: web.Application) -> None:
     router.add_post("/api/v1/devices/{serial}/jobs", create_job)
     router.add_get("/api/v1/jobs/{job_id}", get_job, allow_head=False)
     router.add_get("/api/v1/jobs/{job_id}/artifact", get_job_artifact, allow_head=False)
+    router.add_post("/api/v1/jobs/{job_id}/cancel", cancel_job)
     router.add_get("/api/v1/events", list_events, allow_head=False)
     router.add_get("/api/v1/tokens", list_tokens, allow_head=False)
     router.add_post("/api/v1/tokens", create_token)

@@ -190,6 +190,7 @@ class JobOut(_Out):
     finished_at: str | None
     result: dict[str, Any] | None
     artifact: dict[str, Any] | None
+    cancelled_by: str | None = Field(default=None, description="who cancelled it, if cancelled")
 
 
 class JobOutList(_Out):

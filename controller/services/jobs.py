@@ -3,14 +3,18 @@
 Python API for features (``app[JOBS]``)::
 
     job = await jobs.enqueue("SERIAL", JobKind.COLLECT_DIAGNOSTICS, params={...})
+    # JobPending (a JobConflict) when a job of that kind is pending for the device already:
+    # exc.job is that job, to wait for or report; jobs.pending(serial, kind) asks first.
     done = await jobs.wait(job["id"], timeout=600)     # JobTimeout if not finished in time
-    done["status"]                                     # "done" | "failed" | "refused"
+    done["status"]                     # "done" | "failed" | "refused" | "cancelled"
     path = jobs.artifact_path(job["id"])               # the uploaded bundle, or None
     jobs.get(job_id), jobs.find(serial=..., site_id=...)
 
 A job document (collection ``jobs``): ``{id, kind, serial, site_id, params, status, created_at,
 created_by, sent_at, finished_at, result: {status, detail} | None, artifact: {sha256, size,
-uploaded_at} | None}``; ``status`` goes ``queued`` -> ``sent`` -> ``done|failed|refused``.
+uploaded_at} | None, cancelled_by?}``; ``status`` goes ``queued`` -> ``sent`` ->
+``done|failed|refused``, or ``cancelled`` by an admin while pending. A device has at most one
+pending (queued or sent) job of each kind: twenty reboots ordered in a second are one reboot.
 A ``sent`` job is handed out again after ``job_lease_s`` without a result (agent restarted).
 Artifacts live in ``<data dir>/artifacts/<job id>.bin``, written elsewhere, fsynced, renamed.
 """
@@ -33,7 +37,7 @@ from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, Doc, Store
 from polyfleet.controller.store.journal import fsync_dir
 from polyfleet.shared.schema import Job, JobKind, JobResult
 
-FINISHED = frozenset({"done", "failed", "refused"})
+FINISHED = frozenset({"done", "failed", "refused", "cancelled"})
 
 
 class UnknownJob(KeyError):
@@ -47,6 +51,19 @@ class UnknownJob(KeyError):
 
 class JobConflict(Exception):
     """The job cannot take this call (finished already, artifact digest mismatch...)."""
+
+
+class JobPending(JobConflict):
+    """The device has a pending job of this kind already; ``job`` is that job."""
+
+    def __init__(self, job: Doc) -> None:
+        by = f" by {job['created_by']}" if job.get("created_by") else ""
+        super().__init__(
+            f"device {job['serial']} has a pending {job['kind']} job already: {job['id']} "
+            f"({job['status']}, ordered {job['created_at']}{by}); wait for it to finish, or "
+            f"cancel it with POST /api/v1/jobs/{job['id']}/cancel"
+        )
+        self.job = job
 
 
 class ArtifactTooLarge(Exception):
@@ -79,6 +96,38 @@ class JobService:
         self._lease = timedelta(seconds=lease_s)
         self.max_artifact_bytes = max_artifact_bytes
         self._finished: dict[str, asyncio.Event] = {}
+        #: (serial, kind) -> the id of its pending job; built from the store on first use.
+        self._pending: dict[tuple[str, str], str] | None = None
+
+    def _pending_jobs(self) -> dict[tuple[str, str], str]:
+        if self._pending is None:
+            pending: dict[tuple[str, str], str] = {}
+            ordered = sorted(self._store.scan(JOBS).values(), key=lambda d: str(d["created_at"]))
+            for doc in ordered:
+                if doc["status"] not in FINISHED:
+                    pending.setdefault((doc["serial"], doc["kind"]), doc["id"])
+            self._pending = pending
+        return self._pending
+
+    def pending(self, serial: str, kind: JobKind | str) -> Doc | None:
+        """The device's pending (queued or sent) job of this kind, if it has one."""
+        key = (serial, JobKind(kind).value)
+        index = self._pending_jobs()
+        job_id = index.get(key)
+        if job_id is None:
+            return None
+        doc = self.get(job_id)
+        if doc is None or doc["status"] in FINISHED:
+            # A document prepared but never stored, or finished: the kind is free again.
+            del index[key]
+            return None
+        return doc
+
+    def _release(self, doc: Doc) -> None:
+        index = self._pending_jobs()
+        key = (doc["serial"], doc["kind"])
+        if index.get(key) == doc["id"]:
+            del index[key]
 
     async def enqueue(
         self,
@@ -88,9 +137,12 @@ class JobService:
         *,
         created_by: str = "",
     ) -> Doc:
-        """Queue a job for the agent of the device's site; durable when it returns."""
+        """Queue a job for the agent of the device's site; durable when it returns.
+
+        ``JobPending`` when the device has a pending job of this kind already.
+        """
         doc = self.prepare(serial, kind, params, created_by=created_by)
-        await self._store.put_many(JOBS, {doc["id"]: doc})
+        await self._store.wait_durable(self._store.apply({JOBS: {doc["id"]: doc}}))
         return doc
 
     def prepare(
@@ -102,12 +154,20 @@ class JobService:
         created_by: str = "",
     ) -> Doc:
         """A new queued job's document, not yet stored: for a caller that stores it together
-        with its own change in one ``apply`` (a rollout records the order and the job at once).
+        with its own change in one ``apply`` (a rollout records the order and the job at once),
+        with no ``await`` between this call and that ``apply``.
+
+        ``JobPending`` when the device has a pending job of this kind already.
         """
         device = self._store.get(DEVICES, serial)
         if device is None:
             raise UnknownDevice(serial)
+        existing = self.pending(serial, kind)
+        if existing is not None:
+            raise JobPending(existing)
         job_id = "job_" + secrets.token_hex(8)
+        # Taken now: a second order in the same moment finds this one.
+        self._pending_jobs()[(serial, kind.value)] = job_id
         doc: Doc = {
             "id": job_id,
             "kind": kind.value,
@@ -226,10 +286,19 @@ class JobService:
         return artifact
 
     async def finish(self, job_id: str, site_id: str, result: JobResult) -> Doc:
-        """Record the agent's result; wakes ``wait`` and publishes ``JobFinished``."""
+        """Record the agent's result; wakes ``wait`` and publishes ``JobFinished``.
+
+        A result for a job cancelled meanwhile is kept in it (the job stays cancelled).
+        """
         doc = self._agent_job(job_id, site_id)
+        answered = result.model_dump(mode="json", exclude={"artifact_sha256"})
+        if doc["status"] == "cancelled" and doc["result"] is None:
+            # Run before the agent heard of the cancel: keep what it did; still cancelled.
+            late = {**doc, "result": answered}
+            await self._store.wait_durable(self._store.apply({JOBS: {job_id: late}}))
+            return late
         if doc["status"] in FINISHED:
-            if doc["result"] == result.model_dump(mode="json", exclude={"artifact_sha256"}):
+            if doc["result"] == answered:
                 return doc  # a resend of the same result
             raise JobConflict(f"job {job_id} is finished already with {doc['status']}")
         artifact = doc.get("artifact")
@@ -258,10 +327,45 @@ class JobService:
             status=result.status,
             detail=result.detail,
         )
-        puts, deletes = self._bus.record([event])
-        await self._store.wait_durable(
-            self._store.apply({JOBS: {job_id: updated}, EVENTS: puts}, {EVENTS: deletes})
+        return await self._finished_now(updated, event)
+
+    async def cancel(self, job_id: str, *, by: str) -> Doc:
+        """Cancel a pending job (the agent no longer gets it); frees its kind for the device."""
+        doc = self.get(job_id)
+        if doc is None:
+            raise UnknownJob(job_id)
+        if doc["status"] in FINISHED:
+            raise JobConflict(f"job {job_id} is {doc['status']} already")
+        rollout = doc["params"].get("rollout_id")
+        if rollout:
+            raise JobConflict(
+                f"job {job_id} belongs to rollout {rollout}: pause or abort the rollout instead"
+            )
+        now = self._clock()
+        updated = {
+            **doc,
+            "status": "cancelled",
+            "finished_at": now.isoformat(),
+            "cancelled_by": by,
+        }
+        event = JobFinished(
+            at=now,
+            site_id=doc["site_id"],
+            serial=doc["serial"],
+            job_id=job_id,
+            job_kind=doc["kind"],
+            status="cancelled",
+            detail=f"cancelled by {by}" if by else "cancelled",
         )
+        return await self._finished_now(updated, event)
+
+    async def _finished_now(self, updated: Doc, event: JobFinished) -> Doc:
+        """Store a job's end with its event; free its kind, wake ``wait``, publish."""
+        job_id = updated["id"]
+        puts, deletes = self._bus.record([event])
+        seq = self._store.apply({JOBS: {job_id: updated}, EVENTS: puts}, {EVENTS: deletes})
+        self._release(updated)
+        await self._store.wait_durable(seq)
         waiter = self._finished.pop(job_id, None)
         if waiter is not None:
             waiter.set()

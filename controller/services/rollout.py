@@ -53,7 +53,7 @@ from polyfleet.controller.domain.rollout import (
 )
 from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
-from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.ticket_service import TICKETS
 from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
@@ -643,9 +643,15 @@ class RolloutService:
                 "window_end": window["end"],
                 "provider": entry["provider"],
             }
-            job = self._jobs.prepare(
-                entry["serial"], JobKind.FIRMWARE_UPDATE, params, created_by=f"rollout {rollout_id}"
-            )
+            try:
+                job = self._jobs.prepare(
+                    entry["serial"],
+                    JobKind.FIRMWARE_UPDATE,
+                    params,
+                    created_by=f"rollout {rollout_id}",
+                )
+            except JobPending:
+                continue  # another firmware job for this unit is pending: order at a later pass
             ordered = {
                 **entry,
                 "status": "downloading",

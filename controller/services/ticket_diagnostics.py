@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.ticket_service import CollectedBundle
 from polyfleet.shared.schema import JobKind
 
@@ -32,12 +32,15 @@ class JobDiagnostics:
 
     async def collect(self, serial: str, *, site: str | None, timeout_s: float) -> CollectedBundle:
         del site  # the jobs service routes by the device's own site
-        job = await self.jobs.enqueue(
-            serial,
-            JobKind.COLLECT_DIAGNOSTICS,
-            params={"reason": "fault ticket"},
-            created_by="tickets",
-        )
+        try:
+            job = await self.jobs.enqueue(
+                serial,
+                JobKind.COLLECT_DIAGNOSTICS,
+                params={"reason": "fault ticket"},
+                created_by="tickets",
+            )
+        except JobPending as exc:
+            job = exc.job  # one collection at a time per device: its bundle serves this ticket
         done = await self.jobs.wait(job["id"], timeout=timeout_s)
         result = done.get("result") or {}
         if done["status"] != "done":

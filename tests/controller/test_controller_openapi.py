@@ -371,6 +371,16 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
         expect=201,
     )
     await c.call("get", "/api/v1/devices/X50-1/jobs")
+    await c.call(
+        "post", "/api/v1/devices/X50-1/jobs", json_body={"kind": "collect_diagnostics"}, expect=409
+    )
+    reboot = await c.call(
+        "post", "/api/v1/devices/X50-1/jobs", json_body={"kind": "reboot"}, expect=201
+    )
+    cancelled = await c.call("post", f"/api/v1/jobs/{reboot['id']}/cancel")
+    assert cancelled["status"] == "cancelled"
+    await c.call("post", f"/api/v1/jobs/{reboot['id']}/cancel", expect=409)
+    await c.call("post", "/api/v1/jobs/job_none/cancel", expect=404)
     await c.call("get", f"/api/v1/jobs/{job['id']}")
     await c.call("get", f"/api/v1/jobs/{job['id']}/artifact", expect=404)
     jobs = await c.call("get", "/api/v1/agent/jobs", token=enrolled["token"])
