@@ -120,12 +120,21 @@ class ForecastOut(_Out):
     sites: list[SiteForecastOut]
 
 
+class ContractFlagOut(_Out):
+    """Why a contract is flagged: the rule and what breaks it (model, term, late_purchase,
+    renewal, chain_length; rule: stored before codes existed)."""
+
+    rule: str
+    code: str
+
+
 class ContractOut(_Out):
     plan: str
     contract_number: str
     contract_start: date
     contract_end: date
     ineligible_rules: list[str]
+    flags: list[ContractFlagOut] = []
 
 
 class AssetOut(_Out):

@@ -7,7 +7,7 @@ import io
 import itertools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -76,6 +76,26 @@ class RegistryImportError(ValueError):
         super().__init__(f"{first}{more}")
 
 
+#: Why a contract is flagged (kept and flagged, not refused), each with the rule it breaks:
+#: ``model`` the plan does not cover the device's model (H1); ``term`` a term length the plan
+#: is not sold for (H5); ``late_purchase`` bought too long after the device (H5, E6);
+#: ``renewal`` a renewal of a plan that is not sold as renewals; ``chain_length`` renewals
+#: running longer in a row than the plan's maximum term (P5); ``rule`` a flag stored before
+#: flags had codes.
+FLAG_CODES = ("model", "term", "late_purchase", "renewal", "chain_length", "rule")
+
+
+@dataclass(frozen=True)
+class ContractFlag:
+    """One reason a contract is flagged: the rule id and what breaks it."""
+
+    rule: str
+    code: str
+
+    def to_doc(self) -> dict[str, str]:
+        return {"rule": self.rule, "code": self.code}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Contract:
     """One service contract term; ``end`` is its last covered day (E1, E2)."""
@@ -84,12 +104,20 @@ class Contract:
     number: str
     start: date
     end: date
-    #: Eligibility rules this contract breaks (H1, H5); it is kept and flagged.
+    #: Eligibility rules this contract breaks (H1, H5, P5...); it is kept and flagged.
     ineligible_rules: tuple[str, ...] = ()
+    #: The same, each with what breaks it (``FLAG_CODES``).
+    flags: tuple[ContractFlag, ...] = ()
     line: int = field(default=0, compare=False)
 
     def covers(self, day: date) -> bool:
         return self.start <= day <= self.end
+
+    def flagged(self, *extra: ContractFlag) -> Contract:
+        """The same contract with more flags (and their rules)."""
+        flags = tuple(dict.fromkeys((*self.flags, *extra)))
+        rules = tuple(sorted({*self.ineligible_rules, *(flag.rule for flag in flags)}))
+        return replace(self, flags=flags, ineligible_rules=rules)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -98,16 +126,25 @@ class Contract:
             "contract_start": self.start.isoformat(),
             "contract_end": self.end.isoformat(),
             "ineligible_rules": list(self.ineligible_rules),
+            "flags": [flag.to_doc() for flag in self.flags],
         }
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Contract:
+        rules = tuple(str(rule) for rule in doc.get("ineligible_rules", ()))
+        stored = doc.get("flags")
+        if isinstance(stored, list):
+            flags = tuple(ContractFlag(str(f["rule"]), str(f["code"])) for f in stored)
+        else:
+            # Stored before flags had codes: the rule is known, not what broke it.
+            flags = tuple(ContractFlag(rule, "rule") for rule in rules)
         return cls(
             plan=str(doc["plan"]),
             number=str(doc["contract_number"]),
             start=date.fromisoformat(str(doc["contract_start"])),
             end=date.fromisoformat(str(doc["contract_end"])),
-            ineligible_rules=tuple(str(rule) for rule in doc.get("ineligible_rules", ())),
+            ineligible_rules=rules,
+            flags=flags,
         )
 
 
@@ -230,6 +267,14 @@ def whole_years(start: date, end: date) -> int | None:
         if end in (last, last + timedelta(days=1), add_years(start, n) - timedelta(days=1)):
             return n
     return None
+
+
+def longer_than(start: date, end: date, years: int) -> bool:
+    """Whether ``start``..``end`` runs longer than ``years`` whole years, read either way (E2)."""
+    whole = whole_years(start, end)
+    if whole is not None:
+        return whole > years
+    return end > last_day_of_years(start, years)
 
 
 def written_exclusive(contract: Contract) -> bool:
@@ -368,15 +413,10 @@ class _Checker:
                 line, "contract_start", f"{start} is before the purchase_date {row.purchase}"
             )
             return
-        rules: list[str] = []
+        flags: list[ContractFlag] = []
         years = whole_years(start, end)
         # E2: the end as written is the last covered day; the readings only judge the length.
-        too_long = (
-            years > plan.max_term_years
-            if years is not None
-            else end > last_day_of_years(start, plan.max_term_years)
-        )
-        if too_long:
+        if longer_than(start, end, plan.max_term_years):
             longest = last_day_of_years(start, plan.max_term_years)
             self.problem(
                 line,
@@ -398,24 +438,20 @@ class _Checker:
                     rule=plan.term_rule,
                 )
             else:
-                rules.append(str(plan.term_rule))
+                flags.append(ContractFlag(str(plan.term_rule), "term"))  # H5
         if plan.eligible_models is not None and row.model and row.model not in plan.eligible_models:
-            rules.append(str(plan.eligibility_rule))  # H1
+            flags.append(ContractFlag(str(plan.eligibility_rule), "model"))  # H1
         if (
             plan.purchase_to_contract_days is not None
             and row.purchase is not None
             and (start - row.purchase).days > plan.purchase_to_contract_days
         ):
-            rules.append(str(plan.purchase_rule))  # H5, E6: day 30 is still eligible, 31 is not
+            # H5, E6: day 30 is still eligible, 31 is not.
+            flags.append(ContractFlag(str(plan.purchase_rule), "late_purchase"))
         # Kept even when its own cells are wrong, so that E5 still checks the chain around it.
         row.contract = Contract(
-            plan=plan_id,
-            number=number,
-            start=start,
-            end=end,
-            ineligible_rules=tuple(sorted(set(rules))),
-            line=line,
-        )
+            plan=plan_id, number=number, start=start, end=end, line=line
+        ).flagged(*flags)
 
     def check_device(self, rows: list[_Row]) -> Asset | None:
         first = rows[0]
@@ -462,6 +498,7 @@ class _Checker:
                     f"a renewal starts on {expected}",
                     rule="E5",
                 )
+        contracts = self.flag_renewals(contracts)
         if first.purchase is None or not first.model:
             return None
         return Asset(
@@ -474,6 +511,31 @@ class _Checker:
             contracts=tuple(contracts),
             lines=tuple(r.line for r in rows),
         )
+
+    def flag_renewals(self, contracts: list[Contract]) -> list[Contract]:
+        """Flag renewals of a plan not sold as renewals, and chains longer than the plan's
+        maximum term (P5, E5): imported, and flagged like H1 and H5, never refused."""
+        if self.plans is None:
+            return contracts
+        flagged: list[Contract] = []
+        chain_start: date | None = None
+        for index, contract in enumerate(contracts):
+            plan = self.plans.plans.get(contract.plan)
+            previous = flagged[index - 1] if index else None
+            renews = (
+                previous is not None
+                and previous.plan == contract.plan
+                and follows(previous, contract)
+            )
+            if not renews or chain_start is None:
+                chain_start = contract.start
+            if renews and plan is not None and plan.renewal_rule is not None:
+                if not plan.renewable:
+                    contract = contract.flagged(ContractFlag(plan.renewal_rule, "renewal"))
+                elif longer_than(chain_start, contract.end, plan.max_term_years):
+                    contract = contract.flagged(ContractFlag(plan.renewal_rule, "chain_length"))
+            flagged.append(contract)
+        return flagged
 
     def is_bare(self, row: _Row) -> bool:
         """True for a row with no contract (plain manufacturer warranty)."""

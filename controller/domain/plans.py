@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -12,6 +12,9 @@ from polyfleet.shared.schema import Model
 Window = Literal["8x5", "24x7"]
 PatchRule = Literal["purchase_90_days", "whole_term"]
 DeliveryKind = Literal["next_business_day", "clock_hours", "calendar_days"]
+#: What a repair time promises by its deadline: the unit arrives, or it is shipped (W3, P3).
+DeliveryMeans = Literal["arrival", "dispatch"]
+DELIVERY_MEANS: tuple[DeliveryMeans, ...] = ("arrival", "dispatch")
 
 WINDOWS: tuple[Window, ...] = ("8x5", "24x7")
 PATCH_RULES: tuple[PatchRule, ...] = ("purchase_90_days", "whole_term")
@@ -33,6 +36,29 @@ class Delivery:
     label: str
     kind: DeliveryKind
     amount: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Contacts:
+    """A service desk's channels and escalation contacts (W7)."""
+
+    key: str
+    name: str
+    phone: str
+    portal: str
+    email: str
+    escalation_email: str
+    escalation_phone: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "phone": self.phone,
+            "portal": self.portal,
+            "email": self.email,
+            "escalation_email": self.escalation_email,
+            "escalation_phone": self.escalation_phone,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +86,10 @@ class Plan:
     purchase_to_contract_days: int | None
     purchase_rule: str | None
     shipping_paid: bool
+    delivery_means: DeliveryMeans = "arrival"
+    renewable: bool = False
+    renewal_rule: str = "E5"
+    contacts: Contacts | None = None
 
     @property
     def patches_whole_term(self) -> bool:
@@ -92,6 +122,15 @@ class PlanCatalogue:
     standard_warranty_years: int
     #: [decision] A contract flagged ineligible (H1, H5) still counts in verdicts, flagged.
     ineligible_contracts_grant: bool = True
+    #: Service desks by key (W7), and the one of tickets whose plan names none.
+    contacts: Mapping[str, Contacts] = field(default_factory=dict)
+    default_contacts: Contacts | None = None
+
+    def contacts_of(self, plan: Plan | None) -> Contacts | None:
+        """Where a ticket under ``plan`` (or none) is followed up and escalated (W7)."""
+        if plan is not None and plan.contacts is not None:
+            return plan.contacts
+        return self.default_contacts
 
     def rule_text(self, rule: str) -> str:
         """Eligibility rule ``rule`` in words, from every plan that has it (no rule id)."""
@@ -168,7 +207,24 @@ def _parse_delivery(key: str, table: Mapping[str, Any]) -> Delivery:
     return Delivery(key=key, label=_take(table, "label", str, where), kind=kind, amount=amount)  # type: ignore[arg-type]
 
 
-def _parse_plan(plan_id: str, table: Mapping[str, Any], deliveries: Mapping[str, Delivery]) -> Plan:
+_CONTACT_KEYS = ("name", "phone", "portal", "email", "escalation_email", "escalation_phone")
+
+
+def _parse_contacts(key: str, table: Mapping[str, Any]) -> Contacts:
+    where = f"contacts.{key}"
+    values = {name: _take(table, name, str, where) for name in _CONTACT_KEYS}
+    unknown = sorted(set(table) - set(_CONTACT_KEYS))
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    return Contacts(key=key, **values)
+
+
+def _parse_plan(
+    plan_id: str,
+    table: Mapping[str, Any],
+    deliveries: Mapping[str, Delivery],
+    contacts: Mapping[str, Contacts],
+) -> Plan:
     where = f"plans.{plan_id}"
     repair_key = _take(table, "repair", str, where)
     if repair_key not in deliveries:
@@ -194,6 +250,9 @@ def _parse_plan(plan_id: str, table: Mapping[str, Any], deliveries: Mapping[str,
         models = frozenset(models_raw)
     reaction = _take(table, "reaction_hours", int, where, None)
     purchase_days = _take(table, "purchase_to_contract_days", int, where, None)
+    contacts_key = _take(table, "contacts", str, where, None)
+    if contacts_key is not None and contacts_key not in contacts:
+        raise CatalogueError(f"{where}.contacts: {contacts_key!r} is not a [contacts] table")
     plan = Plan(
         id=plan_id,
         name=_take(table, "name", str, where),
@@ -220,6 +279,15 @@ def _parse_plan(plan_id: str, table: Mapping[str, Any], deliveries: Mapping[str,
         purchase_to_contract_days=purchase_days,
         purchase_rule=_take(table, "purchase_rule", str, where, None),
         shipping_paid=_take(table, "shipping_paid", bool, where, False),
+        delivery_means=_choice(  # type: ignore[arg-type]
+            _take(table, "delivery_means", str, where, "arrival"),
+            DELIVERY_MEANS,
+            f"{where}.delivery_means",
+        ),
+        renewable=_take(table, "renewable", bool, where, False),
+        # E5 is the renewals rule itself when a plan names no rule of its own.
+        renewal_rule=_take(table, "renewal_rule", str, where, "E5"),
+        contacts=None if contacts_key is None else contacts[contacts_key],
     )
     if plan.term_years is not None and plan.term_rule is None:
         raise CatalogueError(f"{where}.term_rule: needed with term_years (which rule it is)")
@@ -237,9 +305,19 @@ def parse_plans(document: Mapping[str, Any]) -> PlanCatalogue:
         key: _parse_delivery(key, _take(delivery_tables, key, dict, "delivery"))
         for key in delivery_tables
     }
+    contact_tables = _take(document, "contacts", dict, "plans.toml", {})
+    contacts = {
+        key: _parse_contacts(key, _take(contact_tables, key, dict, "contacts"))
+        for key in contact_tables
+    }
+    default_key = _take(document, "default_contacts", str, "plans.toml", None)
+    if default_key is not None and default_key not in contacts:
+        raise CatalogueError(f"plans.toml.default_contacts: {default_key!r} is not a [contacts]")
     plan_tables = _take(document, "plans", dict, "plans.toml")
     plans = {
-        plan_id: _parse_plan(plan_id, _take(plan_tables, plan_id, dict, "plans"), deliveries)
+        plan_id: _parse_plan(
+            plan_id, _take(plan_tables, plan_id, dict, "plans"), deliveries, contacts
+        )
         for plan_id in plan_tables
     }
     if "standard" not in plans or plans["standard"].contract:
@@ -254,4 +332,6 @@ def parse_plans(document: Mapping[str, Any]) -> PlanCatalogue:
         ineligible_contracts_grant=_take(
             document, "ineligible_contracts_grant", bool, "plans.toml", True
         ),
+        contacts=contacts,
+        default_contacts=None if default_key is None else contacts[default_key],
     )

@@ -12,6 +12,8 @@ import pytest
 from polyfleet.controller.domain.assets import (
     COLUMNS,
     Asset,
+    Contract,
+    ContractFlag,
     RegistryImportError,
     parse_installed_firmware,
     parse_registry,
@@ -443,3 +445,67 @@ def test_room_and_contract_number_with_a_line_break_are_refused(
         parse_registry(out.getvalue(), plans)
     (problem,) = caught.value.problems
     assert (problem.line, problem.column) == (3, column) and reason in problem.message
+
+
+def test_P5_partner_chain_longer_than_five_years_is_flagged_not_refused(
+    one_asset: Callable[..., Asset],
+) -> None:
+    """Partner POLY+ 3 + 3 years in a row is imported, the renewal flagged with its rule."""
+    asset = one_asset(
+        _partner("2025-01-10", "2028-01-09", "PP-1"),
+        _partner("2028-01-10", "2031-01-09", "PP-2"),
+    )
+    first, renewal = asset.contracts
+    assert first.flags == ()
+    assert [(f.rule, f.code) for f in renewal.flags] == [("P5", "chain_length")]
+    assert renewal.ineligible_rules == ("P5",) and asset.ineligible_rules == ("P5",)
+
+
+def test_P5_partner_chain_up_to_five_years_is_not_flagged(
+    one_asset: Callable[..., Asset],
+) -> None:
+    """1 + 3 + 1 years of Partner POLY+ in a row is the longest chain sold: no flag."""
+    asset = one_asset(
+        _partner("2025-01-10", "2026-01-09", "PP-1"),
+        _partner("2026-01-10", "2029-01-09", "PP-2"),
+        _partner("2029-01-10", "2030-01-09", "PP-3"),
+    )
+    assert [c.flags for c in asset.contracts] == [(), (), ()]
+
+
+@pytest.mark.parametrize(
+    ("plan", "first", "renewal", "flags"),
+    [
+        ("poly_plus", ("2025-01-10", "2026-01-09"), ("2026-01-10", "2027-01-09"),
+         [("E5", "renewal")]),
+        ("extended", ("2026-01-10", "2027-01-09"), ("2027-01-10", "2028-01-09"),
+         [("E5", "renewal")]),
+        ("hezo_plus", ("2025-01-10", "2027-01-09"), ("2027-01-10", "2029-01-09"),
+         [("H5", "late_purchase"), ("H5", "renewal")]),
+    ],
+)  # fmt: skip
+def test_renewal_of_a_plan_not_sold_as_renewals_is_flagged_not_refused(
+    one_asset: Callable[..., Asset],
+    plan: str,
+    first: tuple[str, str],
+    renewal: tuple[str, str],
+    flags: list[tuple[str, str]],
+) -> None:
+    """A renewal of POLY+, an extension or HEZO+ is imported and flagged with the rule."""
+    asset = one_asset(
+        row(plan=plan, contract_number="C-1", contract_start=first[0], contract_end=first[1]),
+        row(plan=plan, contract_number="C-2", contract_start=renewal[0], contract_end=renewal[1]),
+    )
+    old, new = asset.contracts
+    assert old.flags == ()
+    assert sorted((f.rule, f.code) for f in new.flags) == flags
+
+
+def test_contract_flags_survive_the_store_and_older_documents_keep_their_rules() -> None:
+    """Flags round-trip through the store; a document from before codes keeps its rules."""
+    contract = Contract(
+        plan="hezo_plus", number="HZ-1", start=date(2025, 1, 10), end=date(2027, 1, 9)
+    ).flagged(ContractFlag("H1", "model"))
+    assert Contract.from_doc(contract.to_doc()) == contract
+    older = {k: v for k, v in contract.to_doc().items() if k != "flags"}
+    assert Contract.from_doc(older).flags == (ContractFlag("H1", "rule"),)
