@@ -47,7 +47,15 @@ DEFAULT_AUDIT_RETENTION_DAYS = 400
 STORE_URL_SCHEMES = ("postgresql://", "postgres://")
 
 #: Sections other features parse themselves; kept here as raw tables.
-FEATURE_SECTIONS = ("entitlement", "tickets", "smtp", "webhook", "web", "rollouts")
+FEATURE_SECTIONS = (
+    "entitlement",
+    "tickets",
+    "smtp",
+    "webhook",
+    "escalation_webhook",
+    "web",
+    "rollouts",
+)
 
 
 class ConfigError(ValueError):

@@ -8,20 +8,27 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.active import run_when_active
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
 from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
-from polyfleet.controller.domain.tickets import ACTIONS, Ticket, TicketError, TicketStatus
+from polyfleet.controller.domain.tickets import (
+    ACTIONS,
+    Ticket,
+    TicketError,
+    TicketMomentError,
+    TicketStatus,
+)
 from polyfleet.controller.events import (
     AgentClockChanged,
     AgentOffline,
@@ -35,7 +42,11 @@ from polyfleet.controller.services.delivery import RESULTS
 from polyfleet.controller.services.entitlement import catalogue_paths, load_plans
 from polyfleet.controller.services.ticket_config import ticket_settings
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
-from polyfleet.controller.services.ticket_service import TicketNotFound, TicketService
+from polyfleet.controller.services.ticket_service import (
+    TicketNotFound,
+    TicketService,
+    UnknownContract,
+)
 from polyfleet.controller.store.base import Doc
 
 log = logging.getLogger(__name__)
@@ -94,6 +105,16 @@ class TicketFill(BaseModel):
 
     serial: SerialText | None = None
     contract_number: ContractNumberText | None = None
+    #: Take a contract number the asset registry does not hold for the serial.
+    force: bool = False
+
+
+class TicketActionBody(BaseModel):
+    """Optional: when the step happened, if earlier than now (ISO 8601 with an offset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: AwareDatetime | None = None
 
 
 class DeliveryView(BaseModel):
@@ -210,52 +231,94 @@ async def fill_ticket(request: web.Request) -> web.Response:
     key = request.match_info["ticket_id"]
     _ticket(service, key)
     body = await read_model(request, TicketFill)
-    ticket = await fill_in(service, key, serial=body.serial, contract_number=body.contract_number)
+    actor, _ = audit.who_and_where(request)
+    by = actor.name + (f" (token {actor.token_id})" if actor.token_id else " (on the controller)")
+    ticket = await fill_in(
+        service,
+        key,
+        serial=body.serial,
+        contract_number=body.contract_number,
+        by=by,
+        force=body.force,
+    )
     filled = body.model_dump(exclude_none=True)
     await audit.record(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
     return web.json_response(_detail(service, ticket))
 
 
 async def fill_in(
-    service: TicketService, key: str, *, serial: str | None, contract_number: str | None
+    service: TicketService,
+    key: str,
+    *,
+    serial: str | None,
+    contract_number: str | None,
+    by: str | None = None,
+    force: bool = False,
 ) -> Ticket:
     """Complete a held ticket (W5), as ``PATCH /api/v1/tickets/{id}`` and the dashboard do:
-    404 for an unknown ticket, 409 when its state refuses it."""
+    404 for an unknown ticket, 409 when its state refuses it or when the asset registry
+    lacks the contract number for the serial and ``force`` is not given."""
     _ticket(service, key)
     try:
-        return await service.fill(key, serial=serial, contract_number=contract_number)
+        return await service.fill(
+            key, serial=serial, contract_number=contract_number, by=by, force=force
+        )
+    except UnknownContract as exc:
+        raise ApiError(409, "unknown_contract", str(exc), "contract_number") from None
     except TicketError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
 
 
-async def act_on(service: TicketService, key: str, verb: str) -> Ticket:
+async def act_on(
+    service: TicketService, key: str, verb: str, *, at: datetime | None = None
+) -> Ticket:
     """One lifecycle step or a send, as ``POST /api/v1/tickets/{id}/{action}`` and the
-    dashboard's buttons do: 404 for an unknown ticket or action, 409 when refused."""
+    dashboard's buttons do: 404 for an unknown ticket or action, 409 when refused, 422
+    when ``at`` (the step's moment, default now) is before an earlier step or ahead."""
     if verb not in VERBS:
         raise ApiError(
             404, "not_found", f"no ticket action {verb!r}; use one of {', '.join(VERBS)}"
         )
     _ticket(service, key)
     try:
-        return await (service.resend(key) if verb == "send" else service.act(key, verb))
+        if verb == "send":
+            return await service.resend(key)
+        return await service.act(key, verb, at=at)
+    except TicketMomentError as exc:
+        raise ApiError(422, "invalid", str(exc), "at") from None
     except TicketError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
 
 
 @endpoint(
     summary="Move a ticket along its lifecycle (ack, accept, shipped, received, returned, "
-    "close) or send an open one",
+    "close) or send an open one; the body may date the step (at)",
     roles=ADMINS,
+    request=TicketActionBody,
     response=TicketDetail,
-    errors=(404, 409),
+    errors=(404, 409, 422),
     tags=("tickets",),
+    # The body is optional: without it the step is dated now.
+    extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/TicketActionBody"}}
+            },
+        }
+    },
 )
 async def ticket_action(request: web.Request) -> web.Response:
     service = _service(request)
     key = request.match_info["ticket_id"]
     verb = request.match_info["action"]
-    ticket = await act_on(service, key, verb)
+    at = None
+    if request.body_exists:
+        at = (await read_model(request, TicketActionBody)).at
+    ticket = await act_on(service, key, verb, at=at)
     details = {"status": ticket.status.value}
+    if at is not None:
+        details["at"] = at.isoformat()
     await audit.record(request, f"ticket.{verb}", f"ticket:{ticket.id}", details, site=ticket.site)
     return web.json_response(_detail(service, ticket))
 
@@ -314,6 +377,7 @@ def build_service(app: web.Application) -> TicketService:
         bundle_dir=config.data_dir / "ticket-bundles",
         diagnostics=JobDiagnostics(app[JOBS]),
         clock=app[CLOCK],
+        data_dir=config.data_dir.resolve(),
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import ssl
 import sys
 from datetime import datetime
@@ -20,7 +21,7 @@ from polyfleet.controller.domain.admin_input import contract_number as check_con
 from polyfleet.controller.domain.admin_input import serial as check_serial
 from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.plans import CatalogueError
-from polyfleet.controller.domain.sla import SlaTerms, deadlines
+from polyfleet.controller.domain.sla import MomentOrderError, SlaTerms, check_order, deadlines
 from polyfleet.controller.services.entitlement import load_plans
 from polyfleet.shared.cli_errors import EXIT_FAILED, EXIT_USAGE, CommandFailed
 
@@ -84,14 +85,42 @@ def cmd_sla(args: argparse.Namespace) -> int:
         moments["accepted"],
         moments["received"],
     )
-    result = deadlines(
+    try:
+        # A ticket is accepted after it is sent, and the replacement arrives after that.
+        check_order(
+            [("--submitted", submitted), ("--accepted", accepted), ("--received", received)]
+        )
+    except MomentOrderError as exc:
+        _fail(str(exc), args.json, field=exc.later.removeprefix("--"))
+    result: dict[str, Any] = deadlines(
         SlaTerms.from_plan(plan), submitted=submitted, accepted=accepted, received=received
     ).as_json()
+    # W2, W7: only a promised reaction time escalates when it passes unacknowledged.
+    result["reaction_hours"] = plan.reaction_hours
+    result["escalates"] = plan.reaction_hours is not None
     if args.json:
         print(json.dumps(result))
+        return 0
+    for key in ("window", "reaction_due", "delivery_due", "delivery_means", "return_due"):
+        value = result[key]
+        if key == "reaction_due" and plan.reaction_hours is None:
+            value = "none promised"
+        elif key == "delivery_due" and value is None:
+            value = "- (counted from --accepted)"
+        elif key == "return_due" and value is None:
+            value = "- (counted from --received)"
+        print(f"{key:>14}: {value}")
+    contacts = catalogue.contacts_of(plan)
+    if plan.reaction_hours is None:
+        print(
+            f"{'escalation':>14}: never on time: {plan.name} promises no reaction time, so its "
+            "tickets are not escalated when nobody reacts"
+        )
     else:
-        for key, value in result.items():
-            print(f"{key:>13}: {value if value is not None else '-'}")
+        where = f" to {contacts.escalation_email} ({contacts.escalation_phone})" if contacts else ""
+        print(
+            f"{'escalation':>14}: at reaction_due if the ticket is not acknowledged by then{where}"
+        )
     return 0
 
 
@@ -227,15 +256,27 @@ def _delivery_line(delivery: dict[str, Any]) -> str:
     )
 
 
-def _show(ticket: dict[str, Any]) -> str:
+def _show(ticket: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [_line(ticket)]
     keys = (
         "kind", "serial", "contract_number", "plan", "plan_name", "model", "site", "site_name",
         "room", "host_serial",
         "language", "first_seen", "opened_at", "sent_at", "acknowledged_at", "accepted_at",
         "shipped_at", "received_at", "returned_at", "closed_at", "escalated_at",
+        "filled_by", "filled_at",
     )  # fmt: skip
     lines += [f"  {key:>16}: {shown(str(ticket[key]))}" for key in keys if ticket.get(key)]
+    if ticket.get("escalated_to") is not None:
+        where = ", ".join(ticket["escalated_to"]) or "nowhere: no escalation channel configured"
+        lines.append(f"  {'escalated_to':>16}: {shown(where)}")
+    eligibility = ticket.get("eligibility")
+    if eligibility:
+        reasons = ", ".join(f"{flag['code']} ({flag['rule']})" for flag in eligibility["flags"])
+        honoured = "honoured" if eligibility["grants"] else "not honoured"
+        lines.append(
+            f"  {'flagged':>16}: {shown(eligibility['contract_number'])} "
+            f"({eligibility['plan_name']}): {reasons}; {honoured}"
+        )
     sla = ticket.get("sla") or {}
     lines += [f"  {key:>16}: {value}" for key, value in sla.items() if value]
     bundle = ticket.get("bundle")
@@ -245,6 +286,8 @@ def _show(ticket: dict[str, Any]) -> str:
         lines.append(f"  {'bundle':>16}: none ({ticket['bundle_error']})")
     for note in ticket.get("notes", [])[-10:]:
         lines.append(f"  {note['at']}  {shown(note['text'])}")
+    if ticket.get("missing"):
+        lines.append(f"  {'fill in with':>16}: {fill_command(ticket['id'], args)}")
     for delivery in ticket.get("deliveries", []):
         state = "retrying" if delivery.get("retrying") else delivery["state"]
         lines.append(
@@ -254,6 +297,67 @@ def _show(ticket: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines)
+
+
+#: How each field W5 requires is asked for when ``tickets fill`` is given neither flag.
+_FILL_PROMPTS = {
+    "serial": ("--serial", "the failed device's serial number"),
+    "contract_number": ("--contract-number", "the service contract number"),
+}
+
+
+def fill_command(ticket: str, args: argparse.Namespace) -> str:
+    """``tickets fill`` for ``ticket`` reaching the server as this command did (never a token):
+    it asks for what is missing, so it works as printed."""
+    parts = ["polyfleet", "controller", "tickets", "fill", ticket]
+    for flag in ("config", "data_dir", "url", "ca_file"):
+        value = getattr(args, flag, None)
+        if value:
+            parts += [f"--{flag.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def _ask(field: str, ticket: dict[str, Any], as_json: bool) -> str:
+    """One missing field read from standard input (a prompt on a terminal)."""
+    flag, what = _FILL_PROMPTS[field]
+    device = " ".join(
+        str(ticket[key]) for key in ("serial", "model", "room", "site") if ticket.get(key)
+    )
+    if sys.stdin.isatty():
+        print(f"{what} for {ticket['id']} ({shown(device)}): ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+        _fail(f"fill: {ticket['id']} still needs {what}: type it, or give {flag}", as_json)
+    return line.strip()
+
+
+def _fill(args: argparse.Namespace) -> Any:
+    """PATCH the ticket with the given fields; with neither flag, ask for each missing one."""
+    path = f"/api/v1/tickets/{args.ticket_id}"
+    serial, number = args.serial, args.contract_number
+    if serial is None and number is None:
+        ticket = asyncio.run(_call(args, "GET", path))
+        missing = [field for field in ticket.get("missing") or [] if field in _FILL_PROMPTS]
+        if not missing:
+            _fail(
+                f"fill: {args.ticket_id} lacks nothing; give --serial or --contract-number "
+                "to change them",
+                args.json,
+            )
+        answers = {field: _ask(field, ticket, args.json) for field in missing}
+        serial, number = answers.get("serial"), answers.get("contract_number")
+    try:
+        body: dict[str, Any] = {
+            "serial": None if serial is None else check_serial(serial, field="--serial"),
+            "contract_number": None
+            if number is None
+            else check_contract_number(number, field="--contract-number"),
+        }
+    except AdminInputError as exc:
+        _fail(str(exc), args.json, field=exc.field.removeprefix("--").replace("-", "_"))
+    if args.force:
+        body["force"] = True
+    return asyncio.run(_call(args, "PATCH", path, body))
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
@@ -275,23 +379,18 @@ def cmd_tickets(args: argparse.Namespace) -> int:
         elif action == "show":
             data = asyncio.run(_call(args, "GET", f"/api/v1/tickets/{args.ticket_id}"))
         elif action == "fill":
-            if args.serial is None and args.contract_number is None:
-                raise ClientError("fill: give --serial and/or --contract-number", code="bad_input")
-            try:
-                body = {
-                    "serial": None
-                    if args.serial is None
-                    else check_serial(args.serial, field="--serial"),
-                    "contract_number": None
-                    if args.contract_number is None
-                    else check_contract_number(args.contract_number, field="--contract-number"),
-                }
-            except AdminInputError as exc:
-                _fail(str(exc), args.json, field=exc.field.removeprefix("--").replace("-", "_"))
-            data = asyncio.run(_call(args, "PATCH", f"/api/v1/tickets/{args.ticket_id}", body))
+            data = _fill(args)
         else:
             path = f"/api/v1/tickets/{args.ticket_id}/{action}"
-            data = asyncio.run(_call(args, "POST", path))
+            body = None
+            if getattr(args, "at", None) is not None:
+                try:
+                    at = _moment(args.at, "--at")
+                except ValueError as exc:
+                    _fail(str(exc), args.json, field="at", rule="C2")
+                assert at is not None
+                body = {"at": at.isoformat()}
+            data = asyncio.run(_call(args, "POST", path, body))
     except ClientError as exc:
         exc.exit_status = EXIT_FAILED
         raise
@@ -310,7 +409,7 @@ def cmd_tickets(args: argparse.Namespace) -> int:
         if not data["deliveries"]:
             print("no deliveries", file=sys.stderr)
     else:
-        print(_show(data))
+        print(_show(data, args))
     return 0
 
 
@@ -350,14 +449,27 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         "returned": "the failed unit was sent back",
         "close": "the ticket is done",
         "send": "send an open ticket now",
-        "fill": "fill in a held ticket's serial or contract number; then it is sent",
+        "fill": "fill in a held ticket's serial or contract number (asked for when not "
+        "given); then it is sent",
     }
+    dated = ("ack", "accept", "shipped", "received", "returned", "close")
     for name, help_text in described.items():
         command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         command.add_argument("ticket_id", help="e.g. PF-1A2B3C4D5E")
         if name == "fill":
             command.add_argument("--serial", help="the failed device's serial number")
             command.add_argument("--contract-number", help="the service contract number")
+            command.add_argument(
+                "--force",
+                action="store_true",
+                help="take a contract number the asset registry does not hold for the serial",
+            )
+        if name in dated:
+            command.add_argument(
+                "--at",
+                help="when it happened, if earlier (ISO 8601 with offset, e.g. "
+                "2026-03-02T09:15:00+01:00); not before the ticket's earlier steps",
+            )
     tickets.set_defaults(func=cmd_tickets)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Literal
@@ -14,7 +15,7 @@ from polyfleet.controller.domain.calendar import (
     to_warsaw,
     warsaw_date,
 )
-from polyfleet.controller.domain.plans import Plan
+from polyfleet.controller.domain.plans import DELIVERY_MEANS, DeliveryMeans, Plan
 
 Window = Literal["8x5", "24x7"]
 DeliveryKind = Literal["next_business_day", "clock_hours", "calendar_days"]
@@ -34,6 +35,8 @@ class SlaTerms:
     delivery_kind: DeliveryKind
     delivery_amount: int
     return_days: int
+    #: What ``delivery_due`` promises: the hardware ``arrival`` (W3) or its ``dispatch`` (P3).
+    delivery_means: DeliveryMeans = "arrival"
 
     def __post_init__(self) -> None:
         if self.window not in WINDOWS:
@@ -48,6 +51,10 @@ class SlaTerms:
             raise ValueError(f"reaction_hours: {self.reaction_hours} must be positive or none")
         if self.return_days <= 0:
             raise ValueError(f"return_days: {self.return_days} must be positive")
+        if self.delivery_means not in DELIVERY_MEANS:
+            raise ValueError(
+                f"delivery_means: {self.delivery_means!r} is not one of {', '.join(DELIVERY_MEANS)}"
+            )
 
     @classmethod
     def from_plan(cls, plan: Plan) -> SlaTerms:
@@ -58,6 +65,7 @@ class SlaTerms:
             delivery_kind=plan.repair.kind,
             delivery_amount=plan.repair.amount,
             return_days=plan.return_days,
+            delivery_means=plan.delivery_means,
         )
 
 
@@ -69,9 +77,11 @@ class SlaDeadlines:
     reaction_due: datetime | None
     delivery_due: datetime | None
     return_due: datetime | None
+    delivery_means: DeliveryMeans = "arrival"
 
     def as_json(self) -> dict[str, str | None]:
-        """ISO 8601 with explicit offsets (C2), or null."""
+        """ISO 8601 with explicit offsets (C2), or null; ``delivery_means`` says what
+        ``delivery_due`` promises (``arrival`` or ``dispatch``)."""
 
         def iso(moment: datetime | None) -> str | None:
             return None if moment is None else moment.isoformat()
@@ -80,6 +90,7 @@ class SlaDeadlines:
             "window": self.window,
             "reaction_due": iso(self.reaction_due),
             "delivery_due": iso(self.delivery_due),
+            "delivery_means": self.delivery_means,
             "return_due": iso(self.return_due),
         }
 
@@ -127,6 +138,33 @@ def return_due(terms: SlaTerms, received: datetime) -> datetime:
     return _same_time_days_later(received, terms.return_days)
 
 
+class MomentOrderError(ValueError):
+    """Moments of a ticket's life given in an impossible order; the message names both."""
+
+    def __init__(self, message: str, *, later: str, earlier: str) -> None:
+        super().__init__(message)
+        #: The name of the moment given too early, and of the one it cannot precede.
+        self.later = later
+        self.earlier = earlier
+
+
+def check_order(moments: Sequence[tuple[str, datetime | None]]) -> None:
+    """Refuse moments out of their life order (sent, accepted, received...): each given one
+    must not be before the one given before it. MomentOrderError names both, with times."""
+    previous: tuple[str, datetime] | None = None
+    for name, moment in moments:
+        if moment is None:
+            continue
+        if previous is not None and moment < previous[1]:
+            raise MomentOrderError(
+                f"{name} {to_warsaw(moment).isoformat()} is before {previous[0]} "
+                f"{to_warsaw(previous[1]).isoformat()}: it cannot come first",
+                later=name,
+                earlier=previous[0],
+            )
+        previous = (name, moment)
+
+
 def deadlines(
     terms: SlaTerms,
     *,
@@ -140,4 +178,5 @@ def deadlines(
         reaction_due=None if submitted is None else reaction_due(terms, submitted),
         delivery_due=None if accepted is None else delivery_due(terms, accepted),
         return_due=None if received is None else return_due(terms, received),
+        delivery_means=terms.delivery_means,
     )

@@ -10,8 +10,16 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from polyfleet.controller.domain.assets import Asset, Contract, follows
 from polyfleet.controller.domain.calendar import to_warsaw
-from polyfleet.controller.domain.sla import DeliveryKind, SlaDeadlines, SlaTerms, deadlines
+from polyfleet.controller.domain.plans import Contacts, DeliveryMeans, Plan, PlanCatalogue
+from polyfleet.controller.domain.sla import (
+    DeliveryKind,
+    SlaDeadlines,
+    SlaTerms,
+    check_order,
+    deadlines,
+)
 
 Language = Literal["pl", "en"]
 LANGUAGES: tuple[Language, ...] = ("pl", "en")
@@ -48,6 +56,18 @@ ACTIONS: dict[str, TicketStatus] = {
     "close": TicketStatus.CLOSED,
 }
 
+#: The stamp each status sets, by name (``accepted`` -> ``accepted_at``).
+_STAMPS: dict[TicketStatus, str] = {
+    TicketStatus.ACKNOWLEDGED: "acknowledged",
+    TicketStatus.ACCEPTED: "accepted",
+    TicketStatus.REPLACEMENT_SHIPPED: "shipped",
+    TicketStatus.REPLACEMENT_RECEIVED: "received",
+    TicketStatus.RETURNED: "returned",
+    TicketStatus.CLOSED: "closed",
+}
+#: How an action's moment is named in messages.
+ACTION_NAMES: dict[TicketStatus, str] = dict(_STAMPS)
+
 #: Lifecycle order; an admin action may move a ticket forward (skipping steps), never back.
 _ORDER = list(TicketStatus)
 #: Statuses in which the desk has the ticket (it has been sent).
@@ -66,6 +86,10 @@ class RunningClock:
 
 class TicketError(ValueError):
     """An action that the ticket's state does not allow; the message says why and what to do."""
+
+
+class TicketMomentError(TicketError):
+    """An action dated in an impossible order (before a step taken already, or ahead of now)."""
 
 
 class Note(BaseModel):
@@ -88,6 +112,47 @@ class Bundle(BaseModel):
     sha256: str
     size: int = Field(ge=0)
     content_type: str = "application/gzip"
+
+
+class DeskContacts(BaseModel):
+    """Where the ticket is followed up and escalated (W7), copied from the plan catalogue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    phone: str
+    portal: str
+    email: str
+    escalation_email: str
+    escalation_phone: str
+
+    @classmethod
+    def of(cls, contacts: Contacts | None) -> DeskContacts | None:
+        return None if contacts is None else cls.model_validate(contacts.to_json())
+
+
+class ContractFlagNote(BaseModel):
+    """One reason the ticket's contract is flagged: the rule id, a code, and the facts that
+    say what it means for this device (dates, models, limits), for the ticket's text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str
+    code: str
+    params: dict[str, str] = Field(default_factory=dict)
+
+
+class Eligibility(BaseModel):
+    """The contract in force is flagged (H1, H5, renewals): which, why, and which way the
+    admin's ``ineligible_contracts_grant`` went (``grants``: its plan's terms apply)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contract_number: str
+    plan: str
+    plan_name: str
+    flags: list[ContractFlagNote]
+    grants: bool
 
 
 class Ticket(BaseModel):
@@ -115,7 +180,15 @@ class Ticket(BaseModel):
     reaction_hours: int | None = None
     delivery_kind: DeliveryKind | None = None
     delivery_amount: int = 0
+    #: What the delivery time promises: ``arrival`` (W3) or ``dispatch`` (P3).
+    delivery_means: DeliveryMeans | None = None
     return_days: int | None = None
+    #: The user pays no shipping on a failure (H6, P3); None when no plan applies.
+    shipping_paid: bool | None = None
+    #: Where to follow up and how to escalate (W7).
+    contacts: DeskContacts | None = None
+    #: Set when the contract in force is flagged (H1, H5, P5...), with what that means.
+    eligibility: Eligibility | None = None
     flapping: bool = False
     first_seen: AwareDatetime
     opened_at: AwareDatetime
@@ -127,6 +200,12 @@ class Ticket(BaseModel):
     returned_at: AwareDatetime | None = None
     closed_at: AwareDatetime | None = None
     escalated_at: AwareDatetime | None = None
+    #: Where the escalation went (``email:ADDRESS``, ``webhook:URL``); empty: nowhere
+    #: configured, so the admin was told instead (W7).
+    escalated_to: list[str] | None = None
+    #: Who completed a held ticket's serial or contract number, and when (W5).
+    filled_by: str | None = None
+    filled_at: AwareDatetime | None = None
     reopen_count: int = 0
     evidence: list[dict[str, Any]] = Field(default_factory=list)
     bundle: Bundle | None = None
@@ -152,6 +231,7 @@ class Ticket(BaseModel):
             delivery_kind=self.delivery_kind,
             delivery_amount=self.delivery_amount,
             return_days=self.return_days,
+            delivery_means=self.delivery_means or "arrival",
         )
 
     def apply_terms(self, terms: SlaTerms | None) -> None:
@@ -161,12 +241,14 @@ class Ticket(BaseModel):
             self.reaction_hours = None
             self.delivery_kind = None
             self.delivery_amount = 0
+            self.delivery_means = None
             self.return_days = None
             return
         self.window = terms.window
         self.reaction_hours = terms.reaction_hours
         self.delivery_kind = terms.delivery_kind
         self.delivery_amount = terms.delivery_amount
+        self.delivery_means = terms.delivery_means
         self.return_days = terms.return_days
 
     def sla(self) -> SlaDeadlines | None:
@@ -207,8 +289,18 @@ class Ticket(BaseModel):
             kept = kept[:half] + kept[-(MAX_EVIDENCE - half) :]
         self.evidence = kept
 
-    def fill(self, *, serial: str | None, contract_number: str | None, at: datetime) -> None:
-        """The admin supplies what W5 requires; complete, the ticket is ``open`` (ready to send)."""
+    def fill(
+        self,
+        *,
+        serial: str | None,
+        contract_number: str | None,
+        at: datetime,
+        by: str | None = None,
+    ) -> None:
+        """The admin supplies what W5 requires; complete, the ticket is ``open`` (ready to send).
+
+        ``by`` names who filled it (recorded with the time).
+        """
         if self.status is not TicketStatus.NEEDS_DATA and self.status is not TicketStatus.OPEN:
             raise TicketError(
                 f"ticket {self.id} is {self.status.value}: its serial and contract number "
@@ -218,11 +310,17 @@ class Ticket(BaseModel):
             self.serial = serial.strip() or None
         if contract_number is not None:
             self.contract_number = contract_number.strip() or None
+        if by is not None:
+            self.filled_by = by
+            self.filled_at = at
         if self.missing:
             self.status = TicketStatus.NEEDS_DATA
         else:
             self.status = TicketStatus.OPEN
-            self.note(at, "filled")
+            if by is None:
+                self.note(at, "filled")
+            else:
+                self.note(at, "filled_by", who=by)
 
     def mark_sent(self, at: datetime) -> None:
         if self.status is TicketStatus.OPEN:
@@ -255,11 +353,13 @@ class Ticket(BaseModel):
         return [action for action in ACTIONS if self.refusal(action) is None]
 
     def transition(self, action: str, at: datetime) -> None:
-        """Apply an admin action, one of ``ACTIONS``; forward only, never back."""
+        """Apply an admin action, one of ``ACTIONS``; forward only, never back, and never
+        dated before a step the ticket has already taken."""
         refused = self.refusal(action)
         if refused is not None:
             raise TicketError(refused)
         target = ACTIONS[action]
+        self._check_moment(target, at)
         self.status = target
         stamp = {
             TicketStatus.ACKNOWLEDGED: "acknowledged_at",
@@ -274,6 +374,32 @@ class Ticket(BaseModel):
         if target is not TicketStatus.CLOSED and self.acknowledged_at is None:
             self.acknowledged_at = at
 
+    def _check_moment(self, target: TicketStatus, at: datetime) -> None:
+        """Refuse an action dated before a step the ticket has already taken (E8-E10 start
+        their clocks at these moments, so an impossible order would give wrong deadlines)."""
+        moments = [
+            ("opened", self.opened_at),
+            ("sent", self.sent_at),
+            ("acknowledged", self.acknowledged_at),
+            ("accepted", self.accepted_at),
+            ("shipped", self.shipped_at),
+            ("received", self.received_at),
+            ("returned", self.returned_at),
+        ]
+        if target is not TicketStatus.CLOSED:
+            # Only the steps before the new one bound it (a skipped step has no moment).
+            moments = moments[: [name for name, _ in moments].index(_STAMPS[target])]
+        taken = [(name, when) for name, when in moments if when is not None]
+        if not taken:
+            return
+        # The latest step taken bounds the new one (the later one in the lifecycle on a tie);
+        # stored steps are not judged again.
+        name, latest = max(reversed(taken), key=lambda step: step[1])
+        try:
+            check_order([(f"{name} at", latest), (f"{ACTION_NAMES[target]} at", at)])
+        except ValueError as exc:
+            raise TicketMomentError(f"ticket {self.id}: {exc}") from None
+
     def reopen(self, at: datetime, came_back: datetime) -> None:
         """A recurrence after closing brings back the same ticket (one per device and fault)."""
         self.reopen_count += 1
@@ -286,6 +412,7 @@ class Ticket(BaseModel):
             "returned_at",
             "closed_at",
             "escalated_at",
+            "escalated_to",
         ):
             setattr(self, stamp, None)
         self.status = TicketStatus.NEEDS_DATA if self.missing else TicketStatus.OPEN
@@ -315,6 +442,68 @@ class Ticket(BaseModel):
             return False
         sla = self.sla()
         return sla is not None and sla.reaction_due is not None and now >= sla.reaction_due
+
+
+def eligibility_of(
+    asset: Asset, contract: Contract | None, plans: PlanCatalogue
+) -> Eligibility | None:
+    """What a ticket says about a flagged contract in force (H1, H5, P5...), or None."""
+    if contract is None or not contract.flags:
+        return None
+    plan = plans.plans.get(contract.plan)
+    notes = [
+        ContractFlagNote(
+            rule=flag.rule, code=flag.code, params=_flag_params(asset, contract, plan, flag.code)
+        )
+        for flag in contract.flags
+    ]
+    return Eligibility(
+        contract_number=contract.number,
+        plan=contract.plan,
+        plan_name=plan.name if plan is not None else contract.plan,
+        flags=notes,
+        grants=plans.ineligible_contracts_grant,
+    )
+
+
+def _flag_params(asset: Asset, contract: Contract, plan: Plan | None, code: str) -> dict[str, str]:
+    """The facts a flag's text names, from the registry and the plan catalogue."""
+    if plan is None:
+        return {}
+    start, end = contract.start.isoformat(), contract.end.isoformat()
+    if code == "model" and plan.eligible_models is not None:
+        return {"models": ",".join(sorted(plan.eligible_models)), "model": asset.model}
+    if code == "term" and plan.term_years is not None:
+        years = "/".join(str(n) for n in plan.term_years)
+        return {"years": years, "start": start, "end": end}
+    if code == "late_purchase" and plan.purchase_to_contract_days is not None:
+        return {
+            "days": str(plan.purchase_to_contract_days),
+            "purchase": asset.purchase_date.isoformat(),
+            "start": start,
+            "late": str((contract.start - asset.purchase_date).days),
+        }
+    chain = _renewed(asset, contract)
+    if code == "renewal" and len(chain) > 1:
+        return {"previous_end": chain[-2].end.isoformat()}
+    if code == "chain_length":
+        return {
+            "max_years": str(plan.max_term_years),
+            "since": chain[0].start.isoformat(),
+            "end": end,
+        }
+    return {}
+
+
+def _renewed(asset: Asset, contract: Contract) -> list[Contract]:
+    """The same-plan contracts ``contract`` renews, oldest first, ending with it (E5)."""
+    chain = [contract]
+    for earlier in reversed([c for c in asset.contracts if c.start < contract.start]):
+        if earlier.plan == contract.plan and follows(earlier, chain[0]):
+            chain.insert(0, earlier)
+        else:
+            break
+    return chain
 
 
 def ticket_id(subject: str, fault: str) -> str:
@@ -375,6 +564,20 @@ NOTES: dict[str, dict[Language, str]] = {
         "pl": "numer seryjny i numer umowy serwisowej uzupełnione przez administratora",
         "en": "serial and contract number completed by the admin",
     },
+    "filled_by": {
+        "pl": "numer seryjny i numer umowy serwisowej uzupełnione przez administratora ({who})",
+        "en": "serial and contract number completed by the admin ({who})",
+    },
+    "filled_unknown_contract": {
+        "pl": "numer umowy {contract} podany mimo braku w rejestrze urządzeń ({who})",
+        "en": "contract number {contract} given though the asset registry lacks it ({who})",
+    },
+    "escalation_unsent": {
+        "pl": "czas reakcji minął bez potwierdzenia zgłoszenia; brak skonfigurowanego kanału "
+        "eskalacji: eskalacja telefonicznie {phone} lub e-mailem {email}",
+        "en": "reaction time passed unacknowledged; no escalation channel is configured: "
+        "escalate by phone {phone} or e-mail {email}",
+    },
     "completed": {
         "pl": "numer umowy serwisowej uzupełniony z rejestru urządzeń",
         "en": "contract number completed from the asset registry",
@@ -425,8 +628,44 @@ NOTES: dict[str, dict[Language, str]] = {
     },
 }
 
-#: Notes for the admin alone (how a delivery failed): kept out of what the desk receives.
-ADMIN_NOTES = frozenset({"delivery_failed"})
+#: What each contract flag means for the request, by code (assets.FLAG_CODES); ``{plan}`` is
+#: the plan's name, the rest come from the flag's params.
+FLAG_TEXTS: dict[str, dict[Language, str]] = {
+    "model": {
+        "pl": "{plan} obejmuje wyłącznie pojedyncze systemy: {models}; to urządzenie to {model}",
+        "en": "{plan} covers single systems only: {models}; this device is a {model}",
+    },
+    "term": {
+        "pl": "{plan} jest sprzedawana wyłącznie na okres: {years}; ta umowa obowiązuje "
+        "od {start} do {end}",
+        "en": "{plan} is sold only for a term of {years}; this contract runs from {start} to {end}",
+    },
+    "late_purchase": {
+        "pl": "{plan} kupuje się razem z urządzeniem lub najpóźniej {days} dni po jego zakupie; "
+        "zakup {purchase}, początek umowy {start} ({late} dni później)",
+        "en": "{plan} is bought with the device or at most {days} days after its purchase; "
+        "bought {purchase}, the contract starts {start} ({late} days later)",
+    },
+    "renewal": {
+        "pl": "{plan} nie jest sprzedawana jako odnowienie; ta umowa odnawia umowę "
+        "kończącą się {previous_end}",
+        "en": "{plan} is not sold as a renewal; this contract renews one ending {previous_end}",
+    },
+    "chain_length": {
+        "pl": "{plan} z odnowieniami obowiązuje łącznie najwyżej: {max_years}; kolejne umowy "
+        "trwają od {since} do {end}",
+        "en": "{plan} with its renewals runs at most {max_years} in a row; these contracts "
+        "run from {since} to {end}",
+    },
+    "rule": {
+        "pl": "umowa nie spełnia warunków sprzedaży usługi {plan}",
+        "en": "the contract does not meet the conditions {plan} is sold under",
+    },
+}
+
+#: Notes for the admin alone (a failed delivery, an escalation nobody could be sent): kept out
+#: of what the desk receives.
+ADMIN_NOTES = frozenset({"delivery_failed", "escalation_unsent"})
 
 #: How the desk knows the models (D1).
 MODEL_NAMES: dict[str, str] = {
@@ -465,8 +704,94 @@ _LABELS: dict[str, dict[Language, str]] = {
     },
     "reaction_due": {"pl": "Termin reakcji", "en": "Reaction due"},
     "window": {"pl": "Okno przyjmowania zgłoszeń", "en": "Ticket window"},
+    "window_8x5": {
+        "pl": "poniedziałek-piątek 9:00-17:00 czasu polskiego, bez świąt i dni ustawowo wolnych",
+        "en": "Monday to Friday 09:00-17:00 Polish time, except public holidays",
+    },
+    "window_24x7": {
+        "pl": "całą dobę, 7 dni w tygodniu",
+        "en": "around the clock, 7 days a week",
+    },
     "reaction": {"pl": "Czas reakcji", "en": "Reaction time"},
     "hours": {"pl": "godz.", "en": "h"},
+    "reaction_in_window": {
+        "pl": "liczony w oknie przyjmowania zgłoszeń",
+        "en": "counted inside the ticket window",
+    },
+    "no_reaction": {
+        "pl": "nie jest gwarantowany; zgłoszenie nie podlega eskalacji po upływie czasu",
+        "en": "none promised; the ticket is never escalated for lack of a reaction",
+    },
+    "delivery": {"pl": "Czas dostawy", "en": "Delivery time"},
+    "delivery_nbd": {
+        "pl": "następny dzień roboczy (do 17:00) po akceptacji zgłoszenia jako zasadnego",
+        "en": "the next business day (by 17:00) after the ticket is accepted as valid",
+    },
+    "delivery_hours": {
+        "pl": "{n} godz. od akceptacji zgłoszenia jako zasadnego",
+        "en": "{n} hours after the ticket is accepted as valid",
+    },
+    "delivery_days": {
+        "pl": "{n} dni kalendarzowych od akceptacji zgłoszenia jako zasadnego",
+        "en": "{n} calendar days after the ticket is accepted as valid",
+    },
+    "means_arrival": {
+        "pl": "w tym terminie sprzęt dociera na miejsce (kurierem)",
+        "en": "the hardware arrives on site by then (by courier)",
+    },
+    "means_dispatch": {
+        "pl": "w tym terminie producent wysyła część lub urządzenie, po potwierdzeniu awarii "
+        "w diagnostyce",
+        "en": "the manufacturer ships the part or device by then, once diagnosis confirms "
+        "the fault",
+    },
+    "delivery_due": {"pl": "Termin dostawy", "en": "Delivery due"},
+    "delivery_due_pending": {
+        "pl": "liczony od akceptacji zgłoszenia jako zasadnego",
+        "en": "counted from when the ticket is accepted as valid",
+    },
+    "return": {"pl": "Zwrot uszkodzonego sprzętu", "en": "Return of the failed unit"},
+    "return_text": {
+        "pl": "w ciągu {n} dni od otrzymania sprzętu zastępczego, na opłacony list przewozowy",
+        "en": "within {n} days of receiving the replacement, on a prepaid waybill",
+    },
+    "return_due": {"pl": "Termin zwrotu", "en": "Return due"},
+    "shipping_paid": {
+        "pl": "Koszty wysyłki w razie awarii pokrywa serwis",
+        "en": "Shipping on a failure is paid by the service",
+    },
+    "follow_up": {"pl": "Kontakt w sprawie zgłoszenia", "en": "Follow-up"},
+    "follow_up_text": {
+        "pl": "{name}: tel. {phone}, portal {portal}, e-mail {email}",
+        "en": "{name}: phone {phone}, portal {portal}, e-mail {email}",
+    },
+    "escalation_contact": {"pl": "Eskalacja zgłoszenia", "en": "Escalation contact"},
+    "escalation_text": {
+        "pl": "e-mail {escalation_email}, tel. {escalation_phone}",
+        "en": "e-mail {escalation_email}, phone {escalation_phone}",
+    },
+    "flagged": {
+        "pl": "UWAGA: umowa serwisowa {number} ({plan}) jest oznaczona: nie spełnia warunków, "
+        "na jakich usługa jest sprzedawana:",
+        "en": "NOTE: service contract {number} ({plan}) is flagged: it does not meet the "
+        "conditions the service is sold under:",
+    },
+    "flagged_grants": {
+        "pl": "Zgodnie z ustawieniami administratora takie umowy są honorowane do decyzji "
+        "dystrybutora: zgłoszenie złożono na warunkach {plan}.",
+        "en": "As the admin configured, such contracts are honoured until the distributor "
+        "decides: this request is filed under the {plan} terms.",
+    },
+    "flagged_not_granted": {
+        "pl": "Zgodnie z ustawieniami administratora takie umowy nie dają uprawnień: "
+        "zgłoszenie złożono na warunkach: {fallback}.",
+        "en": "As the admin configured, such contracts grant nothing: this request is filed "
+        "under: {fallback}.",
+    },
+    "no_plan": {
+        "pl": "bez umowy serwisowej i gwarancji (bez terminów serwisowych)",
+        "en": "no service plan or warranty (no service deadlines)",
+    },
     "firmware": {"pl": "oprogramowanie", "en": "firmware"},
     "healthy": {"pl": "bez usterek", "en": "no problems"},
     "reopened": {"pl": "Zgłoszenie ponownie otwarte", "en": "Ticket reopened"},
@@ -563,6 +888,105 @@ def _evidence_line(snap: dict[str, Any], language: Language) -> str:
     return "  " + "  ".join(parts)
 
 
+def _years(count: int, language: Language) -> str:
+    """``count`` years, in words that agree with the number."""
+    if language == "en":
+        return f"{count} year" + ("" if count == 1 else "s")
+    if count == 1:
+        return "1 rok"
+    if count % 10 in (2, 3, 4) and count % 100 not in (12, 13, 14):
+        return f"{count} lata"
+    return f"{count} lat"
+
+
+def _delivery_text(ticket: Ticket, language: Language) -> str:
+    kind, amount = ticket.delivery_kind, ticket.delivery_amount
+    if kind == "next_business_day":
+        return _label("delivery_nbd", language)
+    if kind == "clock_hours":
+        return _label("delivery_hours", language).format(n=amount)
+    return _label("delivery_days", language).format(n=amount)
+
+
+def _terms_lines(ticket: Ticket, lang: Language) -> list[str]:
+    """The plan's window, reaction, delivery and return terms, with the deadlines known now
+    (W1-W3, W6, P3, P4, H6). Empty when no plan applies."""
+    if ticket.window is None:
+        return []
+    window = _label("window_8x5" if ticket.window == "8x5" else "window_24x7", lang)
+    lines = [f"{_label('window', lang)}: {ticket.window} ({window})"]
+    if ticket.reaction_hours is not None:
+        lines.append(
+            f"{_label('reaction', lang)}: {ticket.reaction_hours} {_label('hours', lang)}"
+            f" ({_label('reaction_in_window', lang)})"
+        )
+    else:
+        lines.append(f"{_label('reaction', lang)}: {_label('no_reaction', lang)}")
+    sla = ticket.sla()
+    if sla is not None and sla.reaction_due is not None:
+        lines.append(f"{_label('reaction_due', lang)}: {_when(sla.reaction_due)}")
+    if ticket.delivery_kind is not None:
+        means = _label(f"means_{ticket.delivery_means or 'arrival'}", lang)
+        lines.append(f"{_label('delivery', lang)}: {_delivery_text(ticket, lang)}; {means}")
+        due = None if sla is None else sla.delivery_due
+        shown = _when(due) if due is not None else _label("delivery_due_pending", lang)
+        lines.append(f"{_label('delivery_due', lang)}: {shown}")
+    if ticket.return_days is not None:
+        lines.append(
+            f"{_label('return', lang)}: " + _label("return_text", lang).format(n=ticket.return_days)
+        )
+        if sla is not None and sla.return_due is not None:
+            lines.append(f"{_label('return_due', lang)}: {_when(sla.return_due)}")
+    if ticket.shipping_paid:
+        lines.append(_label("shipping_paid", lang))
+    return lines
+
+
+def _contact_lines(contacts: DeskContacts | None, lang: Language) -> list[str]:
+    """Where to follow up and how to escalate, in the ticket's language (W7)."""
+    if contacts is None:
+        return []
+    return [
+        f"{_label('follow_up', lang)}: "
+        + _label("follow_up_text", lang).format(**contacts.model_dump()),
+        f"{_label('escalation_contact', lang)}: "
+        + _label("escalation_text", lang).format(**contacts.model_dump()),
+    ]
+
+
+def _flag_text(flag: ContractFlagNote, plan_name: str, lang: Language) -> str:
+    params = dict(flag.params)
+    template = FLAG_TEXTS.get(flag.code, FLAG_TEXTS["rule"])[lang]
+    if "models" in params:
+        params["models"] = ", ".join(model_name(m) for m in params["models"].split(",") if m)
+    if "model" in params:
+        params["model"] = model_name(params["model"])
+    for key in ("years", "max_years"):
+        if key in params and params[key].isdigit():
+            params[key] = _years(int(params[key]), lang)
+    try:
+        return template.format(plan=plan_name, **params)
+    except (KeyError, IndexError):
+        return FLAG_TEXTS["rule"][lang].format(plan=plan_name)
+
+
+def _eligibility_lines(ticket: Ticket, eligibility: Eligibility, lang: Language) -> list[str]:
+    """The contract is flagged: which rule it breaks, in words, and what that means for this
+    request (the admin's choice whether flagged contracts grant anything)."""
+    lines = [
+        _label("flagged", lang).format(
+            number=eligibility.contract_number, plan=eligibility.plan_name
+        )
+    ]
+    lines += [f"  - {_flag_text(f, eligibility.plan_name, lang)}" for f in eligibility.flags]
+    if eligibility.grants:
+        lines.append(_label("flagged_grants", lang).format(plan=eligibility.plan_name))
+    else:
+        fallback = ticket.plan_name or _label("no_plan", lang)
+        lines.append(_label("flagged_not_granted", lang).format(fallback=fallback))
+    return lines
+
+
 @dataclass(frozen=True, kw_only=True)
 class RenderedMessage:
     subject: str
@@ -596,16 +1020,13 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     for key, value in rows:
         if value or (key in ("serial", "contract_number") and ticket.kind is TicketKind.DEVICE):
             lines.append(f"{_label(key, lang)}: {value or '-'}")
+    if ticket.eligibility is not None:
+        lines += ["", *_eligibility_lines(ticket, ticket.eligibility, lang), ""]
     detail = f" ({ticket.fault_detail})" if ticket.fault_detail else ""
     lines.append(f"{_label('fault', lang)}: {fault}{detail}")
     lines.append(f"{_label('first_seen', lang)}: {_when(ticket.first_seen)}")
-    if ticket.window is not None:
-        lines.append(f"{_label('window', lang)}: {ticket.window}")
-    if ticket.reaction_hours is not None:
-        lines.append(f"{_label('reaction', lang)}: {ticket.reaction_hours} {_label('hours', lang)}")
-    sla = ticket.sla()
-    if sla is not None and sla.reaction_due is not None:
-        lines.append(f"{_label('reaction_due', lang)}: {_when(sla.reaction_due)}")
+    lines += _terms_lines(ticket, lang)
+    lines += _contact_lines(ticket.contacts, lang)
     if ticket.flapping:
         lines.append(_label("flapping", lang))
     if ticket.affected_serials:

@@ -31,13 +31,27 @@ SENT = "ticket_outbox_sent"
 #: Entries given up on (permanent refusal or too many attempts), for the admin to see.
 FAILED = "ticket_outbox_failed"
 
-Channel = Literal["email", "webhook"]
+#: ``escalation_webhook`` carries escalations only, to the escalation contact (W7).
+Channel = Literal["email", "webhook", "escalation_webhook"]
 Clock = Callable[[], datetime]
 #: Called after a delivery with the entry and the time; returns more puts made durable with it.
 DeliveredHook = Callable[[Doc, datetime], Mapping[str, Mapping[str, Doc]]]
 #: Called when an entry is given up, with the entry (``last_error`` set) and the time; returns
 #: more puts made durable with the failure (e.g. a note on the ticket).
 FailedHook = Callable[[Doc, datetime], Mapping[str, Mapping[str, Doc]]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rendering:
+    """A message as it leaves: e-mail subject and body, and the webhook's JSON payload."""
+
+    subject: str
+    body: str
+    payload: dict[str, Any]
+
+
+#: Renders an entry at the moment it is sent (so it states what that send starts).
+RenderHook = Callable[[Doc, datetime], Rendering]
 #: Results an attempt is counted under (``polyfleet_ticket_delivery_attempts``).
 RESULTS = ("sent", "retry", "failed")
 
@@ -55,14 +69,18 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class OutgoingMessage:
-    """One message of a ticket, before it is split per channel."""
+    """One message of a ticket, before it is split per channel.
+
+    ``subject``, ``body`` and ``payload`` are what a worker without a render hook sends; the
+    ticket service leaves them out and renders each message when it is sent.
+    """
 
     ticket_id: str
     purpose: str  # "ticket", "reopened-2", "escalation-0", ...
     to: str
-    subject: str
-    body: str
-    payload: dict[str, Any]
+    subject: str | None = None
+    body: str | None = None
+    payload: dict[str, Any] | None = None
     attachments: tuple[Attachment, ...] = ()
 
 
@@ -86,20 +104,15 @@ def outbox_entries(
         if channel == "email":
             entry["email"] = {
                 "to": message.to,
-                "subject": message.subject,
-                "body": message.body,
                 "attachments": [
                     {"filename": a.filename, "path": str(a.path), "content_type": a.content_type}
                     for a in message.attachments
                 ],
             }
+            if message.subject is not None and message.body is not None:
+                entry["email"].update(subject=message.subject, body=message.body)
         else:
             entry["webhook"] = {
-                "payload": {
-                    **message.payload,
-                    "delivery_id": entry_id,
-                    "purpose": message.purpose,
-                },
                 # Inlined at send time (bytes stay out of the store), if small enough.
                 "attachments": [
                     {"filename": a.filename, "path": str(a.path), "content_type": a.content_type}
@@ -107,6 +120,8 @@ def outbox_entries(
                     if not a.email_only
                 ],
             }
+            if message.payload is not None:
+                entry["webhook"]["payload"] = message.payload
         entries[entry_id] = entry
     return entries
 
@@ -148,15 +163,22 @@ class DeliveryWorker:
         clock: Clock = utc_now,
         on_delivered: DeliveredHook | None = None,
         on_failed: FailedHook | None = None,
+        render: RenderHook | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.on_delivered = on_delivered
         self.on_failed = on_failed
+        self.render = render
         self.outbox = TicketOutbox(store)
         self.smtp = SmtpSender(settings.smtp) if settings.smtp is not None else None
         self.webhook = WebhookSender(settings.webhook) if settings.webhook is not None else None
+        self.escalation_webhook = (
+            WebhookSender(settings.escalation_webhook)
+            if settings.escalation_webhook is not None
+            else None
+        )
         self.stats = DeliveryStats()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -164,6 +186,7 @@ class DeliveryWorker:
 
     @property
     def channels(self) -> tuple[Channel, ...]:
+        """The desk's channels: e-mail to the desk and its webhook."""
         found: list[Channel] = []
         if self.smtp is not None:
             found.append("email")
@@ -171,13 +194,25 @@ class DeliveryWorker:
             found.append("webhook")
         return tuple(found)
 
+    @property
+    def escalation_channels(self) -> tuple[Channel, ...]:
+        """Where escalations go (W7): e-mail to the escalation address, the escalation
+        webhook; never the desk's own webhook."""
+        found: list[Channel] = []
+        if self.smtp is not None:
+            found.append("email")
+        if self.escalation_webhook is not None:
+            found.append("escalation_webhook")
+        return tuple(found)
+
     def wake(self) -> None:
         """Something was enqueued: try now rather than at the next interval."""
         self._wake.set()
 
     async def close(self) -> None:
-        if self.webhook is not None:
-            await self.webhook.close()
+        for sender in (self.webhook, self.escalation_webhook):
+            if sender is not None:
+                await sender.close()
 
     def backoff(self, attempts: int) -> timedelta:
         """Exponential: base, 2x base, 4x base ... capped at retry_max."""
@@ -200,7 +235,10 @@ class DeliveryWorker:
                     continue
                 if due > moment:
                     continue
-                if await self._attempt({**entry, "id": key}, moment):
+                # The moment of this send (whole seconds): a message that starts the reaction
+                # clock states it, and the ticket stores the same one (W2).
+                at = now if now is not None else self.clock().replace(microsecond=0)
+                if await self._attempt({**entry, "id": key}, at):
                     delivered += 1
             return delivered
 
@@ -218,19 +256,22 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wake.wait(), self.settings.check_interval_s)
             self._wake.clear()
 
-    async def _send(self, entry: Doc) -> None:
+    async def _send(self, entry: Doc, at: datetime) -> None:
         channel = entry["channel"]
+        rendering = self.render(entry, at) if self.render is not None else None
         if channel == "email":
             if self.smtp is None or self.settings.smtp is None:
                 raise DeliveryError("e-mail is not configured ([smtp] is missing)")
             mail = entry["email"]
+            subject = rendering.subject if rendering is not None else mail["subject"]
+            body = rendering.body if rendering is not None else mail["body"]
             message = await asyncio.to_thread(
                 build_email,
                 entry_id=entry["id"],
                 sender=self.settings.smtp.sender,
                 to=mail["to"],
-                subject=mail["subject"],
-                body=mail["body"],
+                subject=subject,
+                body=body,
                 created_at=datetime.fromisoformat(entry["created_at"]),
                 attachments=[
                     Attachment(
@@ -241,21 +282,28 @@ class DeliveryWorker:
                 ticket_id=entry["ticket_id"],
             )
             await self.smtp.send(message)
-        elif channel == "webhook":
-            if self.webhook is None:
-                raise DeliveryError("the webhook is not configured ([webhook] is missing)")
-            body = await asyncio.to_thread(self._webhook_body, entry["webhook"])
-            await self.webhook.send(entry["id"], body)
+        elif channel in ("webhook", "escalation_webhook"):
+            sender = self.webhook if channel == "webhook" else self.escalation_webhook
+            settings = (
+                self.settings.webhook if channel == "webhook" else self.settings.escalation_webhook
+            )
+            if sender is None or settings is None:
+                raise DeliveryError(f"the {channel.replace('_', ' ')} is not configured")
+            hook = entry["webhook"]
+            payload = rendering.payload if rendering is not None else hook["payload"]
+            payload = {**payload, "delivery_id": entry["id"], "purpose": entry["purpose"]}
+            data = await asyncio.to_thread(
+                self._webhook_body, payload, hook.get("attachments", []), settings.max_bundle_bytes
+            )
+            await sender.send(entry["id"], data)
         else:
             raise DeliveryError(f"unknown channel {channel!r}", permanent=True)
 
-    def _webhook_body(self, webhook: Doc) -> bytes:
+    @staticmethod
+    def _webhook_body(payload: dict[str, Any], attachments: list[Doc], limit: int) -> bytes:
         """The payload, with each attachment inlined as base64 when within the size limit."""
-        assert self.settings.webhook is not None
-        payload = dict(webhook["payload"])
-        limit = self.settings.webhook.max_bundle_bytes
         inlined = []
-        for attachment in webhook.get("attachments", []):
+        for attachment in attachments:
             path = Path(attachment["path"])
             if path.stat().st_size > limit:
                 continue
@@ -267,7 +315,7 @@ class DeliveryWorker:
                 }
             )
         if inlined:
-            payload["attachments"] = inlined
+            payload = {**payload, "attachments": inlined}
         return encode_payload(payload)
 
     async def _attempt(self, entry: Doc, now: datetime) -> bool:
@@ -278,7 +326,7 @@ class DeliveryWorker:
         claim = {**entry, "sending_since": now.isoformat()}
         await self.store.wait_durable(self.store.apply({OUTBOX: {entry["id"]: claim}}))
         try:
-            await self._send(entry)
+            await self._send(entry, now)
         except (DeliveryError, OSError) as exc:
             permanent = isinstance(exc, DeliveryError) and exc.permanent
             entry["attempts"] = int(entry.get("attempts") or 0) + 1

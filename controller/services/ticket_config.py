@@ -1,4 +1,5 @@
-"""Settings of fault tickets and their delivery: ``[tickets]``, ``[smtp]``, ``[webhook]``."""
+"""Settings of fault tickets and their delivery: ``[tickets]``, ``[smtp]``, ``[webhook]``,
+``[escalation_webhook]``."""
 
 from __future__ import annotations
 
@@ -113,6 +114,8 @@ class TicketSettings:
     sent_retention: timedelta = timedelta(days=DEFAULT_SENT_RETENTION_DAYS)
     smtp: SmtpSettings | None = None
     webhook: WebhookSettings | None = None
+    #: Escalations only, to the escalation contact (W7); never the desk's own webhook.
+    escalation_webhook: WebhookSettings | None = None
 
 
 class _Table:
@@ -286,8 +289,20 @@ def ticket_settings(
         ),
         smtp=_smtp(sections.get("smtp"), base, env),
         webhook=_webhook(sections.get("webhook"), base, env),
+        escalation_webhook=_webhook(
+            sections.get("escalation_webhook"), base, env, name="escalation_webhook"
+        ),
     )
     t.check_unknown()
+    if (
+        settings.webhook is not None
+        and settings.escalation_webhook is not None
+        and settings.webhook.url == settings.escalation_webhook.url
+    ):
+        raise TicketConfigError(
+            "escalation_webhook.url is the desk's own webhook.url: an escalation goes to the "
+            "escalation contact; give its receiver's URL (or leave [escalation_webhook] out)"
+        )
     return settings
 
 
@@ -324,17 +339,21 @@ def _smtp(raw: Mapping[str, Any] | None, base: Path, env: Mapping[str, str]) -> 
 
 
 def _webhook(
-    raw: Mapping[str, Any] | None, base: Path, env: Mapping[str, str]
+    raw: Mapping[str, Any] | None,
+    base: Path,
+    env: Mapping[str, str],
+    *,
+    name: str = "webhook",
 ) -> WebhookSettings | None:
     if not raw:
         return None
-    w = _Table("webhook", raw, base)
+    w = _Table(name, raw, base)
     url = w.str_("url")
     if url is None or not url.startswith(("http://", "https://")):
-        raise TicketConfigError("webhook.url must be an http:// or https:// URL")
+        raise TicketConfigError(f"{name}.url must be an http:// or https:// URL")
     secret = w.secret("secret", env)
     if secret is None:
-        raise TicketConfigError("webhook.secret (or secret_file / secret_env) is required")
+        raise TicketConfigError(f"{name}.secret (or secret_file / secret_env) is required")
     settings = WebhookSettings(
         url=url,
         secret=secret,

@@ -10,6 +10,7 @@ import logging
 import operator
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,19 +18,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from polyfleet.controller.domain.assets import Asset
-from polyfleet.controller.domain.calendar import warsaw_date
+from polyfleet.controller.domain.calendar import to_warsaw, warsaw_date
 from polyfleet.controller.domain.entitlement import plan_in_force
 from polyfleet.controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.sla import SlaTerms
 from polyfleet.controller.domain.tickets import (
     ACTIVE,
+    ADMIN_NOTES,
     Bundle,
+    DeskContacts,
     Ticket,
     TicketError,
     TicketKind,
+    TicketMomentError,
     TicketStatus,
     choose_language,
+    eligibility_of,
     render_escalation,
     render_ticket,
     ticket_id,
@@ -42,6 +47,7 @@ from polyfleet.controller.services.delivery import (
     Clock,
     DeliveryWorker,
     OutgoingMessage,
+    Rendering,
     TicketOutbox,
     outbox_entries,
     utc_now,
@@ -81,6 +87,18 @@ class DiagnosticsSource(Protocol):
     async def collect(self, serial: str, *, site: str | None, timeout_s: float) -> CollectedBundle:
         """The bundle; raises an exception whose message says why it could not be had."""
         ...
+
+
+class UnknownContract(TicketError):
+    """A contract number the asset registry does not know for the serial (W5)."""
+
+    def __init__(self, ticket: str, serial: str | None, number: str, known: list[str]) -> None:
+        held = f"it holds {', '.join(known)}" if known else "it holds none for it"
+        where = f"serial {serial}" if serial else "this ticket"
+        super().__init__(
+            f"ticket {ticket}: the asset registry knows no contract {number!r} for {where} "
+            f"({held}); check the number, or give force (tickets fill --force) to use it anyway"
+        )
 
 
 class TicketNotFound(KeyError):
@@ -130,8 +148,11 @@ class TicketService:
         bundle_dir: Path,
         diagnostics: DiagnosticsSource | None = None,
         clock: Clock = utc_now,
+        data_dir: Path | None = None,
     ) -> None:
         self.store = store
+        #: The server's data directory, named in the fill command suggested for held tickets.
+        self.data_dir = data_dir
         self.settings = settings
         self.plans = plans
         self.bundle_dir = bundle_dir
@@ -145,11 +166,13 @@ class TicketService:
             clock=clock,
             on_delivered=self._on_delivered,
             on_failed=self._on_failed,
+            render=self.render_entry,
         )
         self.outbox = TicketOutbox(store)
         self._lock = asyncio.Lock()
         self._preparing: dict[str, asyncio.Task[None]] = {}
         self._warned_no_channel = False
+        self._warned_no_escalation = False
         self._pruned_at: datetime | None = None
 
     # -- reading --------------------------------------------------------------------
@@ -279,6 +302,8 @@ class TicketService:
 
     async def resume(self) -> None:
         """After a restart: finish preparing tickets that were open but not yet enqueued."""
+        if self.worker.channels and not self.escalation_destinations():
+            self._warn_no_escalation()
         for ticket in self.tickets(status=TicketStatus.OPEN.value):
             self._prepare_later(ticket.id)
 
@@ -368,15 +393,23 @@ class TicketService:
             await self._save(ticket)
         log.info("ticket %s %s (%s %s)", ticket.id, event.kind.value, event.subject, event.fault)
         if ticket.status is TicketStatus.NEEDS_DATA:
-            # W5: the desk refuses it without these; say so where the admin looks.
+            # W5: the desk refuses it without these; say so where the admin looks, with a
+            # command that works as printed (it asks for what is missing).
             log.warning(
-                "ticket %s held: missing %s; fill in with `polyfleet controller tickets fill %s`",
+                "ticket %s held: missing %s; fill it in with: %s",
                 ticket.id,
                 ", ".join(ticket.missing),
-                ticket.id,
+                self.fill_command(ticket.id),
             )
         if prepare:
             self._prepare_later(ticket.id)
+
+    def fill_command(self, ticket: str) -> str:
+        """The command that completes a held ticket on this server's machine."""
+        command = f"polyfleet controller tickets fill {ticket}"
+        if self.data_dir is not None:
+            command += f" --data-dir {shlex.quote(str(self.data_dir))}"
+        return command
 
     def _asset(self, serial: str | None) -> Asset | None:
         if serial is None:
@@ -390,10 +423,12 @@ class TicketService:
         ticket.site_name = name if isinstance(name, str) and name != ticket.site else None
 
     def _refresh_registry_facts(self, ticket: Ticket, now: datetime) -> None:
-        """Serial, contract, plan, room, language and SLA terms from the registry today."""
+        """Serial, contract, plan, room, language, SLA terms, desk contacts and the contract's
+        flags from the registry and the plan catalogue today."""
         self._refresh_site_name(ticket)
         if ticket.kind is TicketKind.SITE:
             ticket.language = self.settings.language
+            ticket.contacts = DeskContacts.of(self.plans.contacts_of(None))  # W7
             return
         asset = self._asset(ticket.serial)
         day = warsaw_date(now)
@@ -414,6 +449,10 @@ class TicketService:
             None if plan is None else plan.language, self.settings.language
         )
         ticket.apply_terms(None if plan is None else SlaTerms.from_plan(plan))
+        ticket.shipping_paid = None if plan is None else plan.shipping_paid  # H6, P3
+        ticket.contacts = DeskContacts.of(self.plans.contacts_of(plan))  # W7
+        # H1, H5, P5: a flagged contract is said so, with what it means for this request.
+        ticket.eligibility = None if asset is None else eligibility_of(asset, contract, self.plans)
 
     def _new_ticket(self, key: str, event: FaultEvent, now: datetime) -> Ticket:
         ticket = Ticket(
@@ -547,28 +586,49 @@ class TicketService:
         return (*found, evidence)
 
     def _payload(self, ticket: Ticket, event: str) -> dict[str, Any]:
-        payload: dict[str, Any] = {"event": event, "ticket": ticket.as_document()}
+        document = ticket.as_document()
+        # Notes meant for the admin alone (failed deliveries...) stay out of the desk's copy.
+        document["notes"] = [
+            note for note in document.get("notes", []) if note.get("key") not in ADMIN_NOTES
+        ]
+        payload: dict[str, Any] = {"event": event, "ticket": document}
+        if ticket.bundle is not None:
+            payload["bundle"] = ticket.bundle.model_dump(mode="json")
         return payload
 
+    def render_entry(self, entry: Doc, at: datetime) -> Rendering:
+        """The message of ``entry`` as it leaves at ``at``: built from the ticket as it is then.
+
+        A ticket message that starts the reaction clock (W2) states the deadline this very
+        send starts: the ticket is rendered as it will be stored once delivered (sent at
+        ``at``), so the message and the stored ticket agree to the second.
+        """
+        ticket = self.get(str(entry["ticket_id"]))
+        purpose = str(entry.get("purpose", ""))
+        escalation = purpose.startswith("escalation")
+        if not escalation and ticket.status is TicketStatus.OPEN:
+            ticket.mark_sent(at)
+        rendered = render_escalation(ticket) if escalation else render_ticket(ticket)
+        event = "escalation" if escalation else purpose.split("-")[0]
+        return Rendering(
+            subject=rendered.subject, body=rendered.body, payload=self._payload(ticket, event)
+        )
+
     async def _enqueue(self, ticket: Ticket, purpose: str, *, escalation: bool = False) -> None:
-        channels: tuple[Channel, ...] = self.worker.channels
+        """Queue the ticket's message on each channel; it is rendered when it is sent."""
+        channels: tuple[Channel, ...] = (
+            self.worker.escalation_channels if escalation else self.worker.channels
+        )
         if not channels:
-            if not self._warned_no_channel:
+            if not escalation and not self._warned_no_channel:
                 log.warning("tickets are filed but not sent: neither [smtp] nor [webhook] is set")
                 self._warned_no_channel = True
             return
-        rendered = render_escalation(ticket) if escalation else render_ticket(ticket)
         to = self.settings.escalation_email if escalation else self.settings.desk_email
-        payload = self._payload(ticket, "escalation" if escalation else purpose.split("-")[0])
-        if ticket.bundle is not None:
-            payload["bundle"] = ticket.bundle.model_dump(mode="json")
         message = OutgoingMessage(
             ticket_id=ticket.id,
             purpose=purpose,
             to=to,
-            subject=rendered.subject,
-            body=rendered.body,
-            payload=payload,
             attachments=() if escalation else await self._attachments(ticket, purpose),
         )
         entries = self.outbox.fresh(outbox_entries(message, channels=channels, now=self.clock()))
@@ -627,8 +687,22 @@ class TicketService:
             self._prepare_later(fresh.id)
         return len(released)
 
+    def escalation_destinations(self) -> list[str]:
+        """Where an escalation goes (W7): the escalation address by e-mail, and the escalation
+        webhook, as configured; never the desk's own webhook."""
+        found: list[str] = []
+        if "email" in self.worker.escalation_channels:
+            found.append(f"email:{self.settings.escalation_email}")
+        if self.settings.escalation_webhook is not None:
+            found.append(f"webhook:{self.settings.escalation_webhook.url}")
+        return found
+
     async def check_escalations(self, now: datetime | None = None) -> int:
-        """W2, W7: one escalation per ticket whose reaction time passed unacknowledged."""
+        """W2, W7: one escalation per ticket whose reaction time passed unacknowledged.
+
+        With no escalation channel configured the ticket says so, naming the escalation
+        contacts to call instead, and the admin is told once in the log.
+        """
         moment = now or self.clock()
         count = 0
         for ticket in self.tickets(status=TicketStatus.SENT.value):
@@ -638,13 +712,44 @@ class TicketService:
                 fresh = self.get(ticket.id)
                 if not fresh.reaction_overdue(moment):
                     continue
+                destinations = self.escalation_destinations()
                 fresh.escalated_at = moment
-                fresh.note(moment, "escalated", email=self.settings.escalation_email)
-                # Enqueue first (idempotent by id), then record: a crash repeats nothing.
-                await self._enqueue(fresh, f"escalation-{fresh.reopen_count}", escalation=True)
+                fresh.escalated_to = destinations
+                if destinations:
+                    fresh.note(moment, "escalated", email=", ".join(destinations))
+                    # Enqueue first (idempotent by id), then record: a crash repeats nothing.
+                    await self._enqueue(fresh, f"escalation-{fresh.reopen_count}", escalation=True)
+                else:
+                    contacts = fresh.contacts or DeskContacts.of(self.plans.contacts_of(None))
+                    fresh.note(
+                        moment,
+                        "escalation_unsent",
+                        phone=contacts.escalation_phone if contacts else "-",
+                        email=contacts.escalation_email if contacts else "-",
+                    )
+                    self._warn_no_escalation(fresh.id)
                 await self._save(fresh)
             count += 1
         return count
+
+    def _warn_no_escalation(self, ticket: str | None = None) -> None:
+        """Tell the admin, once per run, that escalations have nowhere to go (W7)."""
+        if self._warned_no_escalation:
+            return
+        self._warned_no_escalation = True
+        contacts = self.plans.contacts_of(None)
+        call = (
+            f"; escalate by phone {contacts.escalation_phone} or {contacts.escalation_email}"
+            if contacts is not None
+            else ""
+        )
+        what = f"ticket {ticket} passed its reaction time unacknowledged, but " if ticket else ""
+        log.warning(
+            "%sescalations cannot be sent: configure [smtp] (escalations go to "
+            "tickets.escalation_email) or an [escalation_webhook]%s",
+            what,
+            call,
+        )
 
     async def prune_deliveries(self, now: datetime | None = None) -> int:
         """Forget records of delivered or given-up messages that nothing needs any more.
@@ -683,23 +788,59 @@ class TicketService:
     # -- admin actions ------------------------------------------------------------------
 
     async def fill(
-        self, key: str, *, serial: str | None = None, contract_number: str | None = None
+        self,
+        key: str,
+        *,
+        serial: str | None = None,
+        contract_number: str | None = None,
+        by: str | None = None,
+        force: bool = False,
     ) -> Ticket:
-        """W5: complete a held ticket; once complete it is prepared and sent."""
+        """W5: complete a held ticket; once complete it is prepared and sent.
+
+        A contract number the asset registry does not hold for the ticket's serial is taken
+        only with ``force`` (a typo would reach the desk, which refuses unknown contracts).
+        ``by`` names who filled it; the ticket records it with the time.
+        """
+        if contract_number is not None and not contract_number.strip():
+            raise TicketError("contract_number is empty: give the service contract number")
         async with self._lock:
             ticket = self.get(key)
-            ticket.fill(serial=serial, contract_number=contract_number, at=self.clock())
+            now = self.clock()
+            target = (serial or "").strip() or ticket.serial
+            number = None if contract_number is None else contract_number.strip()
+            known = self._known_contracts(target)
+            unknown = number is not None and number not in known
+            if unknown and not force:
+                raise UnknownContract(key, target, number or "", known)
+            ticket.fill(serial=serial, contract_number=contract_number, at=now, by=by)
+            if unknown:
+                ticket.note(now, "filled_unknown_contract", contract=number or "", who=by or "?")
             await self._save(ticket)
         if ticket.status is TicketStatus.OPEN:
             self._prepare_later(ticket.id)
         return ticket
 
-    async def act(self, key: str, action: str) -> Ticket:
-        """An admin lifecycle action (ack, accept, shipped, received, returned, close)."""
+    def _known_contracts(self, serial: str | None) -> list[str]:
+        """The contract numbers the asset registry holds for ``serial``, oldest first."""
+        asset = self._asset(serial)
+        return [] if asset is None else [contract.number for contract in asset.contracts]
+
+    async def act(self, key: str, action: str, *, at: datetime | None = None) -> Ticket:
+        """An admin lifecycle action (ack, accept, shipped, received, returned, close).
+
+        ``at`` dates it when it happened earlier (the desk accepted by phone this morning);
+        it may not be in the future, nor before a step the ticket has already taken.
+        """
         async with self._lock:
             ticket = self.get(key)
             now = self.clock()
-            ticket.transition(action, now)
+            if at is not None and at > now:
+                raise TicketMomentError(
+                    f"{action} at {to_warsaw(at).isoformat()} is in the future (it is now "
+                    f"{to_warsaw(now).isoformat()})"
+                )
+            ticket.transition(action, at or now)
             # Messages still waiting that the new status makes wrong: all of a closed ticket
             # (a false alarm must not reach the desk once SMTP is back), and an escalation
             # once the desk has reacted (W2, W7).

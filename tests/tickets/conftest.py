@@ -182,19 +182,32 @@ class WebhookPeer:
         return web.json_response({"ok": True})
 
 
-@pytest.fixture
-async def webhook_peer() -> AsyncIterator[WebhookPeer]:
+async def _receiver(path: str) -> AsyncIterator[WebhookPeer]:
     peer = WebhookPeer()
     app = web.Application()
-    app.router.add_post("/hook", peer.handle)
+    app.router.add_post(path, peer.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    peer.url = f"http://127.0.0.1:{port}/hook"
+    peer.url = f"http://127.0.0.1:{port}{path}"
     yield peer
     await runner.cleanup()
+
+
+@pytest.fixture
+async def webhook_peer() -> AsyncIterator[WebhookPeer]:
+    """The service desk's webhook receiver."""
+    async for peer in _receiver("/hook"):
+        yield peer
+
+
+@pytest.fixture
+async def escalation_peer() -> AsyncIterator[WebhookPeer]:
+    """The escalation contact's webhook receiver, apart from the desk's."""
+    async for peer in _receiver("/escalate"):
+        yield peer
 
 
 @pytest.fixture
@@ -207,7 +220,11 @@ async def store(tmp_path: Path) -> AsyncIterator[TinyDBStore]:
 
 
 def ticket_sections(
-    smtp: SmtpPeer | None, webhook: WebhookPeer | None, **tickets: Any
+    smtp: SmtpPeer | None,
+    webhook: WebhookPeer | None,
+    *,
+    escalation_webhook: WebhookPeer | None = None,
+    **tickets: Any,
 ) -> dict[str, dict[str, Any]]:
     """Config tables as an admin would write them in controller.toml."""
     sections: dict[str, dict[str, Any]] = {"tickets": {"retry_base_s": 30, **tickets}}
@@ -223,4 +240,10 @@ def ticket_sections(
         }
     if webhook is not None:
         sections["webhook"] = {"url": webhook.url, "secret": WEBHOOK_SECRET, "timeout_s": 10}
+    if escalation_webhook is not None:
+        sections["escalation_webhook"] = {
+            "url": escalation_webhook.url,
+            "secret": WEBHOOK_SECRET,
+            "timeout_s": 10,
+        }
     return sections

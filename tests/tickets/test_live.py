@@ -167,6 +167,9 @@ async def start_lab(
     webhook_peer: WebhookPeer | None,
     *,
     agent_token: str | None = None,
+    registry: str = REGISTRY,
+    escalation_webhook: WebhookPeer | None = None,
+    extra_sections: dict[str, dict[str, Any]] | None = None,
     **tickets: Any,
 ) -> AsyncIterator[Lab]:
     """A controller with ticket delivery configured, an enrolled agent and the registry."""
@@ -177,7 +180,10 @@ async def start_lab(
         "language": "en",
         **tickets,
     }
-    sections = ticket_sections(smtp_peer, webhook_peer, **settings)
+    sections = ticket_sections(
+        smtp_peer, webhook_peer, escalation_webhook=escalation_webhook, **settings
+    )
+    sections.update(extra_sections or {})
     async with (
         running_controller(data_dir, clock=clock, sections=sections, liveness_check_s=3600) as (
             controller
@@ -188,7 +194,7 @@ async def start_lab(
             agent_token = (await controller.enroll("krk")).token
             async with http.post(
                 f"{controller.url}/api/v1/assets/import",
-                data=REGISTRY.encode(),
+                data=registry.encode(),
                 headers={**controller.admin_headers, "Content-Type": "text/csv"},
             ) as response:
                 assert response.status == 200, await response.text()
@@ -312,7 +318,7 @@ async def test_W5_held_ticket_filled_and_acted_on_through_the_cli(
     assert ticket["status"] == "needs_data" and ticket["missing"] == ["contract_number"]
     listed = await cli(lab, "list", "--status", "needs_data", process=True)
     assert [t["id"] for t in listed["tickets"]] == [ticket["id"]]
-    filled = await cli(lab, "fill", ticket["id"], "--contract-number", "INV-77")
+    filled = await cli(lab, "fill", ticket["id"], "--contract-number", "INV-77", "--force")
     assert filled["status"] == "open" and filled["contract_number"] == "INV-77"
     await wait_until(lambda: _has_job(lab, "X3"))
     await lab.agent_does_jobs()

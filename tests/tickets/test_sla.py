@@ -175,7 +175,7 @@ def test_E10_wall_time_in_the_spring_gap_moves_forward() -> None:
 
 
 def test_C2_sla_cli_prints_offsets_and_nulls(capsys: pytest.CaptureFixture[str]) -> None:
-    """`controller sla --json` prints the four keys: ISO 8601 with offsets, or null."""
+    """`controller sla --json` prints the deadlines (ISO 8601 with offsets, or null) and terms."""
     code = main(
         [
             "controller",
@@ -194,7 +194,10 @@ def test_C2_sla_cli_prints_offsets_and_nulls(capsys: pytest.CaptureFixture[str])
         "window": "8x5",
         "reaction_due": "2025-12-29T09:30:00+01:00",
         "delivery_due": "2025-12-29T17:00:00+01:00",
+        "delivery_means": "arrival",
         "return_due": None,
+        "reaction_hours": 1,
+        "escalates": True,
     }
 
 

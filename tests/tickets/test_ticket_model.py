@@ -103,6 +103,7 @@ def test_W2_E9_W6_deadlines_follow_the_lifecycle() -> None:
         "window": "8x5",
         "reaction_due": "2025-12-01T09:30:00+01:00",
         "delivery_due": "2025-12-01T17:00:00+01:00",
+        "delivery_means": "arrival",
         "return_due": "2025-12-08T13:00:00+01:00",
     }
 
@@ -188,8 +189,9 @@ def test_polish_rendering_carries_every_desk_fact() -> None:
         "Sala: Sala Wawel",
         "Usterka: awaria kamery (system.status.mr.camera down)",
         "Pierwsze wystąpienie: 2025-11-28T16:20:00+01:00",
-        "Okno przyjmowania zgłoszeń: 8x5",
-        "Czas reakcji: 1 godz.",
+        "Okno przyjmowania zgłoszeń: 8x5 (poniedziałek-piątek 9:00-17:00 czasu polskiego, bez "
+        "świąt i dni ustawowo wolnych)",
+        "Czas reakcji: 1 godz. (liczony w oknie przyjmowania zgłoszeń)",
         "Pakiet diagnostyczny niedostępny",
         "Raporty potwierdzające usterkę:",
         "  2025-11-28T16:20:00+01:00  X1  Poly Studio X50  oprogramowanie 4.1.0  teams"

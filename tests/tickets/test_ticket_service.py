@@ -169,7 +169,7 @@ async def test_W5_missing_contract_holds_ticket_until_filled(
     assert ticket.missing == ["contract_number"]
     assert ticket.plan == "standard" and ticket.language == "en"
     assert await service.worker.run_once(clock.now) == 0
-    filled = await service.fill(ticket.id, contract_number="INV-2025-17")
+    filled = await service.fill(ticket.id, contract_number="INV-2025-17", force=True)
     assert filled.status is TicketStatus.OPEN
     await service.wait_prepared()
     assert await service.worker.run_once(clock.now) == 2
@@ -187,10 +187,11 @@ async def test_unknown_device_is_held_naming_both_fields(
     assert ticket.plan is None and ticket.sla() is None
 
 
-async def test_W2_W7_missed_reaction_sends_one_escalation(
+async def test_W2_W7_missed_reaction_escalates_once_never_to_the_desks_webhook(
     desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
-    """An unacknowledged HEZO+ ticket past its reaction time escalates exactly once."""
+    """An unacknowledged HEZO+ ticket past its reaction time escalates exactly once, by
+    e-mail to the escalation address; the desk's own webhook never gets the escalation."""
     service, clock = desk
     await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
     await service.worker.run_once(clock.now)
@@ -204,7 +205,8 @@ async def test_W2_W7_missed_reaction_sends_one_escalation(
     escalations = [m for m in smtp_peer.received if m.recipients == ["escalation@myhezo.pl"]]
     assert len(escalations) == 1
     assert escalations[0].message["Subject"].startswith("Eskalacja: ")
-    assert [p["event"] for p in webhook_peer.received] == ["ticket", "escalation"]
+    assert [p["event"] for p in webhook_peer.received] == ["ticket"]
+    assert service.get(ticket.id).escalated_to == ["email:escalation@myhezo.pl"]
 
 
 async def test_W2_acknowledged_ticket_is_not_escalated(

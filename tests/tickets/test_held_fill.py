@@ -1,0 +1,238 @@
+"""Held tickets (W5): the suggested fill command works as printed, and filling is checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from polyfleet.controller.app import serve
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.shared.process import polyfleet_argv
+from polyfleet.shared.schema import (
+    PROTOCOL_VERSION,
+    Firmware,
+    Health,
+    Model,
+    Problem,
+    ProblemCode,
+    Provider,
+    Report,
+    ReportBatch,
+    Snapshot,
+    Via,
+)
+
+#: X7's only contract ended long ago: its tickets are held for a contract number.
+REGISTRY = """\
+serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,host_serial
+X7,studio_x50,2023-01-05,partner_poly_plus,PPP-2023-7,2023-01-10,2024-01-09,krk,Sala Wawel,
+"""
+HELD_LOG = re.compile(r"ticket (PF-\w+) held: missing contract_number; fill it in with: (.+)$")
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+async def polyfleet(*args: str, stdin: bytes = b"") -> Run:
+    """``polyfleet ARGS`` as a process, with ``stdin`` as what the admin types."""
+    child = await asyncio.create_subprocess_exec(
+        *polyfleet_argv(*args),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "POLYFLEET_TOKEN"},
+    )
+    out, err = await child.communicate(stdin)
+    assert child.returncode is not None
+    return Run(child.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    agent_token: str
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    """`controller serve` with its control socket, the site krk, an agent and the registry."""
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    config = ControllerConfig(
+        data_dir=data_dir,
+        listen_port=0,
+        liveness_check_s=3600,
+        sections={"tickets": {"min_duration_s": 60, "diagnostics_timeout_s": 0}},
+    )
+    urls: list[str] = []
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        serve(config, on_ready=lambda url: (urls.append(url), ready.set()), stop=stop)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        local = ["--data-dir", str(data_dir), "--json"]
+        site = "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw"
+        assert (await polyfleet("controller", "site", "add", *site, *local)).code == 0
+        registry = tmp_path / "registry.csv"
+        registry.write_text(REGISTRY, encoding="utf-8")
+        imported = await polyfleet("controller", "assets", "import", str(registry), *local)
+        assert imported.code == 0, imported.err
+        invite = await polyfleet("controller", "agent", "invite", "--site", "krk", *local)
+        code = json.loads(invite.out)["code"]
+        body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "krk"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{urls[0]}/api/v1/agent/enroll", json=body) as response,
+        ):
+            token = (await response.json())["token"]
+        yield Server(url=urls[0], data_dir=data_dir, agent_token=token)
+    finally:
+        stop.set()
+        await task
+
+
+async def camera_fault(server: Server, serial: str) -> None:
+    """Reports of a camera fault over two minutes, as the site's agent sends them."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    snapshots = [
+        Snapshot(
+            serial=serial,
+            model=Model.STUDIO_X50,
+            firmware=Firmware(version="4.1.0"),
+            provider=Provider.TEAMS,
+            health=Health.from_problems([Problem(code=ProblemCode.CAMERA_DOWN)]),
+            collected_at=now - timedelta(seconds=seconds),
+            via=Via.REST,
+        )
+        for seconds in (150, 90, 30)
+    ]
+    batch = ReportBatch(
+        protocol_version=PROTOCOL_VERSION,
+        reports=[Report(id=f"r-{s.collected_at.timestamp():.0f}", snapshot=s) for s in snapshots],
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{server.url}/api/v1/agent/reports",
+            data=batch.model_dump_json(),
+            headers={
+                "Authorization": f"Bearer {server.agent_token}",
+                "Content-Type": "application/json",
+            },
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+async def printed_fill_command(caplog: pytest.LogCaptureFixture) -> tuple[str, str]:
+    """(ticket id, command) from the controller's log line about the held ticket."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while True:
+        for record in caplog.records:
+            match = HELD_LOG.search(record.getMessage())
+            if match:
+                return match.group(1), match.group(2)
+        assert loop.time() < deadline, "no held-ticket log line"
+        await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
+
+
+async def run_printed(command: str, stdin: bytes) -> Run:
+    """Run ``command`` exactly as printed (``polyfleet`` is this interpreter's)."""
+    program, *args = shlex.split(command)
+    assert program == "polyfleet"
+    return await polyfleet(*args, stdin=stdin)
+
+
+async def test_suggested_fill_command_did_not_work_as_printed(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command the log suggests for a held ticket runs as printed and asks for the
+    number; one the registry lacks for that serial is refused unless forced; the ticket
+    records who filled it and when."""
+    caplog.set_level(logging.WARNING, logger="polyfleet.controller.services.ticket_service")
+    await camera_fault(server, "X7")
+    ticket, command = await printed_fill_command(caplog)
+    assert command == (
+        f"polyfleet controller tickets fill {ticket} --data-dir {shlex.quote(str(server.data_dir))}"
+    )
+    refused = await run_printed(command, b"PPP-2026-TYPO\n")
+    assert refused.code == 1, refused.err
+    assert "the asset registry knows no contract 'PPP-2026-TYPO' for serial X7" in refused.err
+    assert "(it holds PPP-2023-7)" in refused.err and "--force" in refused.err
+    empty = await run_printed(command, b"\n")
+    assert empty.code == 2 and "still needs the service contract number" in empty.err
+    filled = await run_printed(command, b"PPP-2023-7\n")
+    assert filled.code == 0, filled.err
+    assert filled.out.splitlines()[0].startswith(f"{ticket}  open")
+    shown = await polyfleet("controller", "tickets", "show", ticket, "--data-dir",
+                            str(server.data_dir), "--json")  # fmt: skip
+    data = json.loads(shown.out)
+    assert data["status"] == "open" and data["contract_number"] == "PPP-2023-7"
+    assert data["filled_by"].endswith("(on the controller)")
+    filled_at = datetime.fromisoformat(data["filled_at"])
+    assert abs(datetime.now(UTC) - filled_at) < timedelta(minutes=5)
+
+
+async def test_fill_took_an_empty_or_unknown_contract_number(server: Server) -> None:
+    """An empty contract number is refused (CLI and API); an unknown one only with force,
+    which the ticket notes with who gave it."""
+    await camera_fault(server, "X7")
+    local = ["--data-dir", str(server.data_dir), "--json"]
+    ticket = ""
+    for _ in range(600):
+        listed = json.loads((await polyfleet("controller", "tickets", "list", *local)).out)
+        if listed["tickets"]:
+            ticket = listed["tickets"][0]["id"]
+            break
+        await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
+    assert ticket
+    empty = await polyfleet(
+        "controller", "tickets", "fill", ticket, "--contract-number", "", *local
+    )
+    assert empty.code == 2
+    assert json.loads(empty.out)["error"]["message"] == "--contract-number: is empty"
+    created = await polyfleet(
+        "controller", "token", "create", "--role", "admin", "--name", "ops", *local
+    )
+    token = json.loads(created.out)
+    headers = {"Authorization": f"Bearer {token['token']}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        path = f"{server.url}/api/v1/tickets/{ticket}"
+        async with http.patch(path, json={"contract_number": ""}) as response:
+            assert response.status == 422
+            assert (await response.json())["error"]["field"] == "contract_number"
+        async with http.patch(path, json={"contract_number": "PPP-2026-NEW"}) as response:
+            assert response.status == 409
+            error = (await response.json())["error"]
+        assert error["code"] == "unknown_contract" and "PPP-2023-7" in error["message"]
+        async with http.patch(
+            path, json={"contract_number": "PPP-2026-NEW", "force": True}
+        ) as response:
+            assert response.status == 200, await response.text()
+            filled: dict[str, Any] = await response.json()
+    assert filled["status"] == "open" and filled["contract_number"] == "PPP-2026-NEW"
+    assert filled["filled_by"] == f"ops (token {token['id']})"
+    notes = [note["text"] for note in filled["notes"]]
+    assert any(
+        "contract number PPP-2026-NEW given though the asset registry lacks it (ops" in text
+        for text in notes
+    ), notes
