@@ -22,7 +22,16 @@ from polyfleet.controller.api.spec import ADMINS, AGENTS, READERS, Param, endpoi
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.faults import FaultEvent
 from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S, PlanError, render_csv
-from polyfleet.controller.keys import AUDIT, CLOCK, CONFIG, EVENT_BUS, JOBS, METRICS, STORE
+from polyfleet.controller.keys import (
+    AUDIT,
+    CLOCK,
+    CONFIG,
+    EVENT_BUS,
+    INVENTORY,
+    JOBS,
+    METRICS,
+    STORE,
+)
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.services.audit import Actor, Origin
 from polyfleet.controller.services.packages import (
@@ -189,6 +198,19 @@ async def act(request: web.Request) -> web.Response:
     details = {"status": result["status"], "target": result["target"]}
     await audit.record(request, f"rollout.{action}", f"rollout:{result['id']}", details)
     return web.json_response(result)
+
+
+@endpoint(
+    summary="The rollouts that planned one device, newest first, with its entry in each",
+    roles=READERS,
+    response_schema={"type": "object", "properties": {"rollouts": {"type": "array"}}},
+    errors=(404,),
+    tags=("rollouts",),
+)
+async def device_rollouts(request: web.Request) -> web.Response:
+    serial = request.match_info["serial"]
+    request.app[INVENTORY].device(serial)
+    return web.json_response({"rollouts": request.app[ROLLOUTS].device_history(serial)})
 
 
 @endpoint(
@@ -377,6 +399,7 @@ def register(app: web.Application) -> None:
     router.add_get("/api/v1/rollouts", list_rollouts, allow_head=False)
     router.add_post("/api/v1/rollouts", create_rollout)
     router.add_get("/api/v1/rollouts/penalty-box", penalty_box, allow_head=False)
+    router.add_get("/api/v1/devices/{serial}/rollouts", device_rollouts, allow_head=False)
     router.add_delete("/api/v1/rollouts/penalty-box/{serial}", release_penalty)
     router.add_get("/api/v1/rollouts/{rollout_id}", get_rollout, allow_head=False)
     router.add_get("/api/v1/rollouts/{rollout_id}/status", get_status, allow_head=False)

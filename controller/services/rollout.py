@@ -352,6 +352,16 @@ class RolloutService:
             ],
         }
 
+    def device_history(self, serial: str) -> list[dict[str, Any]]:
+        """Every rollout that planned ``serial``, newest first: the rollout's summary with
+        the device's entry in it (``device``)."""
+        found = []
+        for summary in self.rollouts():
+            entry = self._store.get(ROLLOUT_DEVICES, device_key(summary["id"], serial))
+            if entry is not None:
+                found.append({**summary, "device": device_json(entry)})
+        return found
+
     def penalty_box(self) -> list[Doc]:
         """Devices no rollout retries until released, with why."""
         return sorted(self._store.scan(PENALTY_BOX).values(), key=lambda doc: str(doc["serial"]))

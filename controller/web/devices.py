@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from polyfleet.controller.api.entitlement import CATALOGUES, verdict_lookup
+from polyfleet.controller.api.rollouts import ROLLOUTS
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.keys import CLOCK, INVENTORY, JOBS, STORE
@@ -173,6 +174,7 @@ async def device_page(request: web.Request) -> web.Response:
         else None
     )
     reports = app[INVENTORY].recent_reports(serial)
+    rollouts = app[ROLLOUTS].device_history(serial)
     now = app[CLOCK]()
     return render(
         request,
@@ -195,6 +197,7 @@ async def device_page(request: web.Request) -> web.Response:
                 reverse=True,
             ),
             "reports": list(reversed(reports)),
+            "rollouts": rollouts,
             "timeline": timeline(detail["health_history"], now),
         },
     )

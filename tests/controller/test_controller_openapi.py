@@ -420,6 +420,9 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
     await c.call("post", f"/api/v1/rollouts/{plan['id']}/start")
     await c.call("post", f"/api/v1/rollouts/{plan['id']}/start", expect=409)
     await c.call("get", "/api/v1/rollouts/penalty-box")
+    planned = await c.call("get", "/api/v1/devices/X50-1/rollouts")
+    assert [r["id"] for r in planned["rollouts"]] == [plan["id"]]
+    await c.call("get", "/api/v1/devices/NOPE/rollouts", expect=404)
     await c.call("delete", "/api/v1/rollouts/penalty-box/X50-1", expect=404)
     await c.call(
         "post",

@@ -261,6 +261,9 @@ async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
     assert "paused" in await plain.locator("#rollout-status").inner_text()
     assert (await world.api(f"/api/v1/rollouts/{rollout_id}"))["status"] == "paused"
     await screenshot(plain, "rollout-paused")
+    await plain.goto(f"{world.url}/devices/{G7500}")
+    history = await plain.locator(f"#device-rollouts tr[data-rollout='{rollout_id}']").inner_text()
+    assert "Spring 4.2.2" in history and "4.2.2-408037" in history
     await plain.context.close()
     await page.context.close()
 
