@@ -31,7 +31,13 @@ from polyfleet.agent.pins import PinStore
 from polyfleet.agent.service import HELD_DIR, enroll, run_service
 from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable
-from polyfleet.shared.cli_errors import EXIT_DEVICE, EXIT_FAILED, EXIT_USAGE, CommandFailed
+from polyfleet.shared.cli_errors import (
+    EXIT_DEVICE,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CommandFailed,
+    unreachable_controller,
+)
 from polyfleet.shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
 from polyfleet.shared.fingerprint import normalise_fingerprint
 from polyfleet.shared.schema import Snapshot
@@ -317,6 +323,10 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _print_found(found: list[Found]) -> None:
     poly = [f for f in found if f.poly]
+    if found:
+        print(
+            "ADDRESS  MODEL  OS  HTTPS PORT AND CERTIFICATE  SSH PORT AND BANNER (OR WHY NOT POLY)"
+        )
     for f in poly:
         print(
             f"{f.address}  {f.model_hint or '?'}  {f.os or ''}  https:{f.rest_port} "
@@ -379,14 +389,9 @@ def _enroll(args: argparse.Namespace) -> int:
     except ControllerRefused as exc:
         return _fail("enroll", str(exc), EXIT_FAILED, kind=exc.code or "refused")
     except ControllerUnavailable as exc:
-        return _fail(
-            "enroll",
-            f"cannot reach the controller at {', '.join(args.controller)} ({exc}): check the URL "
-            "(scheme, host and port), that the controller runs and listens there, and that "
-            "no firewall or proxy stands between this host and it",
-            EXIT_FAILED,
-            kind="unreachable",
-        )
+        raise unreachable_controller(
+            ", ".join(args.controller), exc, label="polyfleet agent enroll"
+        ) from None
     info: dict[str, Any] = {
         "agent_id": credential.agent_id,
         "site_id": credential.site_id,
@@ -515,13 +520,17 @@ def _pins_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.__dict__ for r in records], indent=2))
         return 0
+    print(f"{'DEVICE':<22}  {'SERIAL':<16}  TLS AND SSH PINS  (SOURCE)")
     for r in records:
         waiting = []
         if r.pending_tls:
             waiting.append(f"certificate changed to {r.pending_tls}")
         if r.pending_ssh:
             waiting.append(f"host key changed to {r.pending_ssh}")
-        print(f"{r.key}  {r.serial or '?'}  tls {r.tls or '-'}  ssh {r.ssh or '-'}  ({r.source})")
+        print(
+            f"{r.key:<22}  {r.serial or '?':<16}  tls {r.tls or '-'}  ssh {r.ssh or '-'}  "
+            f"({r.source})"
+        )
         for line in waiting:
             print(f"    WAITING FOR REVIEW: {line}")
     return 0

@@ -31,7 +31,7 @@ from polyfleet.controller.domain.calendar import WARSAW
 from polyfleet.controller.domain.plans import add_years
 from polyfleet.controller.services.entitlement import load_releases
 from polyfleet.controller.services.webhook import verify as verify_signature
-from polyfleet.shared.cli_errors import CommandFailed
+from polyfleet.shared.cli_errors import CommandFailed, unreadable_file
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import PolyfleetError
 from polyfleet.shared.process import polyfleet_argv
@@ -146,8 +146,13 @@ class Demo:
 
     async def main(self) -> int:
         started = time.monotonic()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Both inputs are read before anything starts: a wrong path stops here, named.
         fleet = load_fleet(self.args.fleet)
+        try:
+            assets_text = await asyncio.to_thread(self.args.assets.read_text, "utf-8")
+        except OSError as exc:
+            raise unreadable_file(self.args.assets, exc, what="the asset registry") from None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             lab = Lab(fleet, data_dir=self.data_dir / "lab")
             await lab.start()
@@ -173,7 +178,7 @@ class Demo:
                 headers={"Authorization": f"Bearer {self.admin_token}"}
             ) as http:
                 await self._setup_sites(http, fleet)
-                await self._import_assets(http)
+                await self._import_assets(http, assets_text)
                 agents = await self._start_agents(http, fleet, lab)
                 for agent in agents:
                     stack.push_async_callback(agent.stop)
@@ -407,8 +412,7 @@ class Demo:
             body = {"id": site.id, "name": site.name, "timezone": site.timezone}
             await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
 
-    async def _import_assets(self, http: aiohttp.ClientSession) -> None:
-        text = await asyncio.to_thread(self.args.assets.read_text, "utf-8")
+    async def _import_assets(self, http: aiohttp.ClientSession, text: str) -> None:
         shift = (datetime.now(UTC).date() - DEMO_ASSETS_AS_OF).days
         candidates = [(shift_registry_dates(text, shift), shift)] if shift else []
         candidates.append((text, 0))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import socket
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -156,4 +158,43 @@ def unreadable_file(
         code="file_not_found" if exc.errno == errno.ENOENT else "file_unreadable",
         exit_status=exit_status,
         file=path,
+    )
+
+
+_CONNECT_REASONS = {
+    errno.ECONNREFUSED: "connection refused: nothing listens at that address and port",
+    errno.ECONNRESET: "the connection was reset",
+    errno.ETIMEDOUT: "the connection timed out",
+    errno.EHOSTUNREACH: "no route to that host",
+    errno.ENETUNREACH: "the network is unreachable",
+}
+
+
+def connection_reason(exc: BaseException) -> str:
+    """Why a connection failed, in words, from ``exc`` or what it was raised from."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "Certificate" in type(seen).__name__:
+            return "its TLS certificate is not trusted here"
+        if isinstance(seen, ssl.SSLError):
+            return "the TLS handshake failed"
+        if isinstance(seen, socket.gaierror):
+            return "the host name cannot be resolved"
+        if isinstance(seen, TimeoutError):
+            return "no answer in time"
+        if isinstance(seen, OSError) and seen.errno in _CONNECT_REASONS:
+            return _CONNECT_REASONS[seen.errno]
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
+def unreachable_controller(url: str, exc: BaseException, *, label: str = "error") -> CommandFailed:
+    """The controller at ``url`` did not answer: why, and what to check."""
+    return CommandFailed(
+        f"cannot reach the controller at {url} ({connection_reason(exc)}). Check that the "
+        "controller runs (systemctl status polyfleet-controller), that the URL's scheme, host "
+        "and port are the ones it listens on, that no firewall or proxy is in the way, and "
+        "for https that its certificate is trusted (a CA file)",
+        code="unreachable",
+        label=label,
     )

@@ -60,17 +60,20 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary(lab: Lab) -> str:
-    lines = [f"lab running: {len(lab.devices)} devices, control API {lab.control_url}"]
+    lines = [
+        f"lab running: {len(lab.devices)} devices, control API {lab.control_url}",
+        f"  {'SERIAL':<16} {'MODEL':<11} {'SITE/ROOM':<22} REST, SSH, FIRMWARE",
+    ]
     for d in lab.devices.values():
         lines.append(
-            f"  {d.serial:<16} {d.model:<11} {d.site}/{d.room:<14} "
+            f"  {d.serial:<16} {d.model:<11} {d.site + '/' + d.room:<22} "
             f"https://{d.address}:{d.rest_port}  ssh {d.address}:{d.ssh_port}  "
             f"{d.firmware_version}-{d.build}"
         )
     for o in lab.other_hosts.values():
         ssh = f"  ssh {o.address}:{o.ssh_port}" if o.ssh_port is not None else ""
         lines.append(
-            f"  {o.name:<16} {'not Poly: ' + o.spec.kind:<22} {o.site}/{o.room:<14} "
+            f"  {o.name:<16} {'not Poly: ' + o.spec.kind:<22} {o.site + '/' + o.room:<22} "
             f"https://{o.address}:{o.rest_port}{ssh}"
         )
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.shared.cli_errors import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     CommandFailed,
     unreadable_file,
 )
@@ -66,13 +67,14 @@ def _fail(
     file: str | None = None,
     code: str = "bad_input",
     field: str | None = None,
+    exit_status: int = EXIT_BAD_INPUT,
 ) -> NoReturn:
     """Raise the shared error; a file's bad rows also keep their top-level keys for scripts."""
     rows = [p.to_json() for p in problems or ()]
     raise CommandFailed(
         message,
         code="invalid_registry" if problems is not None else code,
-        exit_status=EXIT_BAD_INPUT,
+        exit_status=exit_status,
         problems=rows,
         file=file,
         field=field,
@@ -161,6 +163,10 @@ def _check(args: argparse.Namespace) -> int:
         _print_json({"at": at.isoformat(), "assets": [v.to_json() for v in verdicts]})
         return EXIT_OK
     print(f"entitlement at {at.isoformat()}")
+    print(
+        f"{'SERIAL':<16} {'PLAN':<18} {'WARRANTY':<10}  {'PATCHES':<10}  {'UPGRADES':<10}  "
+        "FIRMWARE (INSTALLED -> NEXT)"
+    )
     for v in verdicts:
         fw = v.firmware
         hop = (
@@ -170,8 +176,8 @@ def _check(args: argparse.Namespace) -> int:
             else (fw.installed or "firmware unknown")
         )
         print(
-            f"{v.serial:<16} {v.plan or '-':<18} warranty {v.warranty_until or '-'}  "
-            f"patches {v.patches_until or '-'}  upgrades {v.upgrades_until or '-'}  {hop}"
+            f"{v.serial:<16} {v.plan or '-':<18} {v.warranty_until or '-':<10}  "
+            f"{v.patches_until or '-':<10}  {v.upgrades_until or '-':<10}  {hop}"
         )
         if v.flags:
             print(f"{'':<16} flags: {', '.join(v.flags)}")
@@ -196,6 +202,8 @@ def _forecast(args: argparse.Namespace) -> int:
     print(f"what ends between {at.date()} and {result.to_json()['until']}")
     for site in result.sites:
         print(f"site {site.site}: {len(site.events)} event(s)")
+        if site.events:
+            print(f"  {'LAST DAY':<10} {'DAYS':>7} {'SERIAL':<16} WHAT")
         for event in site.events:
             plan = f" {event.plan}" if event.plan else ""
             print(
@@ -229,9 +237,9 @@ def _releases_list(args: argparse.Namespace) -> int:
             }
         )
         return EXIT_OK
+    print(f"{'DATE':<10}  {'VERSION':<22}  NEEDS AT LEAST")
     for release in catalogue.releases:
-        needs = f"  needs {release.needs_text}" if release.needs_text else ""
-        print(f"{release.released}  {release.text}{needs}")
+        print(f"{release.released}  {release.text:<22}  {release.needs_text or '-'}")
     return EXIT_OK
 
 
@@ -242,8 +250,37 @@ def _releases_add(args: argparse.Namespace) -> int:
         return _fail(args, f"--date {args.date!r}: expected YYYY-MM-DD")
     try:
         target = args.file or _catalogue_paths(args)[1]
+    except (CatalogueError, ConfigError) as exc:
+        return _fail(args, str(exc), code=_code_of(exc))
+    shipped = service.DEFAULT_RELEASES_PATH
+    start_here = (
+        f"copy the shipped catalogue ({shipped}) to a file you own, e.g. "
+        "cp {shipped} /etc/polyfleet/releases.toml, name it in controller.toml under "
+        '[entitlement] as releases = "/etc/polyfleet/releases.toml", then run releases add '
+        "with --config controller.toml (or --file /etc/polyfleet/releases.toml)"
+    ).replace("{shipped}", str(shipped))
+    if target is None or target.resolve() == shipped.resolve():
+        # The installed package is replaced by the next upgrade, and the controller reads
+        # the catalogue its configuration names: a release added there would be lost.
+        where = "--config names no [entitlement] releases file" if args.config else "no --config"
+        return _fail(
+            args,
+            f"releases add never changes the catalogue installed with polyfleet ({where}): "
+            + start_here,
+            code="usage",
+            field="file" if args.file else "config",
+            exit_status=EXIT_USAGE,
+        )
+    if not target.is_file():
+        return _fail(
+            args,
+            f"release catalogue {target} does not exist: {start_here}",
+            code="file_not_found",
+            file=str(target),
+        )
+    try:
         release = service.add_release(args.version, released, args.needs, path=target)
-    except (CatalogueError, ConfigError, OSError) as exc:
+    except (CatalogueError, OSError) as exc:
         return _fail(args, str(exc), code=_code_of(exc))
     if args.json:
         _print_json({"added": _release_json(release)})

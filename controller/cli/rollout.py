@@ -474,7 +474,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     actions = rollout.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
     plan = actions.add_parser(
         "plan",
-        help="plan a rollout (stored; it starts only with `rollout start`)",
+        help="plan a rollout (stored; it starts only with rollout start)",
         description="Plans waves per site window against contracts; every device held or "
         "left out is listed with its reason.",
     )

@@ -23,7 +23,12 @@ from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.plans import CatalogueError
 from polyfleet.controller.domain.sla import MomentOrderError, SlaTerms, check_order, deadlines
 from polyfleet.controller.services.entitlement import load_plans
-from polyfleet.shared.cli_errors import EXIT_FAILED, EXIT_USAGE, CommandFailed
+from polyfleet.shared.cli_errors import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CommandFailed,
+    unreachable_controller,
+)
 
 
 def _moment(text: str | None, flag: str) -> datetime | None:
@@ -211,12 +216,7 @@ async def _call(args: argparse.Namespace, method: str, path: str, body: Any = No
                 )
             return data
     except aiohttp.ClientError as exc:
-        raise ClientError(
-            f"cannot reach the controller at {base}: {exc}. Check that it runs "
-            "(systemctl status polyfleet-controller), that --url or the data directory's "
-            "controller.json names it, and for https that --ca-file trusts its certificate",
-            code="unreachable",
-        ) from None
+        raise unreachable_controller(base, exc) from None
 
 
 #: The header row of ``tickets list``, aligned with :func:`_line`.

@@ -41,13 +41,18 @@ DEFAULT_RELEASES_PATH = DATA_DIR / "releases.toml"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    # The callers put the path in front of these messages.
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise CatalogueError(f"{path}: no such file") from None
+        raise CatalogueError("no such file") from None
+    except IsADirectoryError:
+        raise CatalogueError("is a directory, not a file") from None
+    except OSError as exc:
+        raise CatalogueError(f"cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise CatalogueError(f"{path}: not valid TOML: {exc}") from None
+        raise CatalogueError(f"not valid TOML: {exc}") from None
 
 
 def load_plans(path: Path | None = None) -> PlanCatalogue:

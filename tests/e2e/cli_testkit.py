@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,3 +77,29 @@ def closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+@contextlib.contextmanager
+def running_controller(data_dir: Path, *, cwd: Path) -> Iterator[str]:
+    """``polyfleet controller serve`` on an OS-chosen loopback port; yields its URL."""
+    process = subprocess.Popen(
+        polyfleet_argv(
+            "controller", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=cwd,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the server prints it once it listens
+        assert "listening on" in line, line
+        yield line.strip().rsplit(" ", 1)[-1]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,157 @@
+"""The command line's small things, as its user sees them: version, headers, pipes, files, help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+from cli_testkit import Run, closed_port, polyfleet_argv, run, run_all
+
+from polyfleet.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_ASSETS = ROOT / "deploy" / "examples" / "assets-demo.csv"
+RULE_ID = re.compile(r"\b[CDHPSW]\d{1,2}\b|\bE(?!70\b)\d{1,2}\b")
+
+
+def test_version_flag_was_missing(tmp_path: Path) -> None:
+    """polyfleet --version prints the installed version and exits 0."""
+    done = run("--version", cwd=tmp_path)
+    assert (done.status, done.out.strip()) == (0, f"polyfleet {version('polyfleet')}")
+
+
+def _closed_reader(*args: str, cwd: Path) -> tuple[int, str]:
+    """Run with a standard output whose reader is already gone, as after ``| head -0``."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        process = subprocess.Popen(
+            polyfleet_argv(*args), stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=cwd
+        )
+    finally:
+        os.close(write_end)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err
+
+
+def test_piping_into_head_printed_a_broken_pipe_traceback(tmp_path: Path) -> None:
+    """Output into a reader that went away ends quietly with status 141, text or JSON."""
+    for args in (
+        ["controller", "releases", "list"],
+        ["controller", "entitlement", "check", "--assets", str(DEMO_ASSETS)],
+        ["controller", "entitlement", "check", "--assets", str(DEMO_ASSETS), "--json"],
+    ):
+        status, err = _closed_reader(*args, cwd=tmp_path)
+        assert (status, err) == (141, ""), (args, err)
+
+
+def _first_line(done: Run) -> str:
+    assert done.status == 0, done
+    return done.out.splitlines()[0]
+
+
+def test_tables_had_no_header_row(tmp_path: Path) -> None:
+    """Every table for people starts with a header row naming its columns."""
+    data = str(tmp_path / "data")
+    site = run(
+        "controller", "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw",
+        "--data-dir", data, cwd=tmp_path,
+    )  # fmt: skip
+    assert site.status == 0, site
+    sites, devices, releases, check, forecast = run_all(
+        [
+            ["controller", "site", "list", "--data-dir", data],
+            ["controller", "devices", "--data-dir", data],
+            ["controller", "releases", "list"],
+            ["controller", "entitlement", "check", "--assets", str(DEMO_ASSETS),
+             "--at", "2026-11-25"],
+            ["controller", "entitlement", "forecast", "--assets", str(DEMO_ASSETS),
+             "--at", "2026-11-25", "--days", "365"],
+        ],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert _first_line(sites).split() == ["SITE", "NAME", "DEVICES", "AGENT"]
+    assert sites.out.splitlines()[1].split()[:3] == ["krk", "Kraków", "0"]
+    assert _first_line(devices).split()[:3] == ["SERIAL", "MODEL", "PROVIDER"]
+    assert _first_line(releases).split()[:2] == ["DATE", "VERSION"]
+    assert releases.out.splitlines()[1][:10].count("-") == 2
+    check_lines = check.out.splitlines()
+    assert check_lines[1].split()[:5] == ["SERIAL", "PLAN", "WARRANTY", "PATCHES", "UPGRADES"]
+    forecast_lines = forecast.out.splitlines()
+    assert forecast_lines[2].split()[:4] == ["LAST", "DAY", "DAYS", "SERIAL"], forecast.out
+
+
+def test_help_texts_showed_literal_backticks() -> None:
+    """No --help page of any command shows backticks or rule ids."""
+    pages: dict[str, str] = {}
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        pages[name] = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(sub, f"{name} {sub_name}")
+
+    walk(build_parser(), "polyfleet")
+    assert len(pages) > 30 and "polyfleet controller tickets ack" in pages
+    for name, text in pages.items():
+        assert "`" not in text, (name, text)
+        assert not RULE_ID.search(text), (name, RULE_ID.search(text))
+
+
+def test_a_missing_file_did_not_say_which_file(tmp_path: Path) -> None:
+    """A file that is not there is named, with the reason in words; never a traceback."""
+    missing = tmp_path / "no-such-dir" / "missing"
+    password = tmp_path / "pw"
+    password.write_text("x\n", encoding="utf-8")
+    os.chmod(password, 0o600)
+    commands = [
+        ["controller", "assets", "import", f"{missing}.csv", "--data-dir", str(tmp_path / "d")],
+        ["controller", "entitlement", "check", "--assets", f"{missing}.csv"],
+        ["controller", "entitlement", "check", "--assets", str(DEMO_ASSETS),
+         "--firmware", f"{missing}.csv"],
+        ["controller", "entitlement", "check", "--assets", str(DEMO_ASSETS),
+         "--plans", f"{missing}.toml"],
+        ["controller", "releases", "list", "--file", f"{missing}.toml"],
+        ["controller", "releases", "add", "--version", "9.9.9", "--date", "2030-01-01",
+         "--file", f"{missing}.toml"],
+        ["controller", "devices", "--config", f"{missing}.toml"],
+        ["controller", "tickets", "list", "--config", f"{missing}.toml"],
+        ["agent", "run", "--config", f"{missing}.toml"],
+        ["agent", "pins", "list", "--config", f"{missing}.toml"],
+        ["agent", "probe", "127.0.0.1", "--user", "admin", "--password-file", f"{missing}.pw",
+         "--insecure"],
+        ["sim", "--fleet", f"{missing}.toml"],
+        ["demo", "--assets", f"{missing}.csv", "--data-dir", str(tmp_path / "demo")],
+    ]  # fmt: skip
+    for done in run_all(commands, cwd=tmp_path):
+        assert done.status in (1, 2), done
+        assert str(missing) in done.err, done
+        assert "Traceback" not in done.err and "Errno" not in done.err, done
+        assert re.search(r"no such file|No such file|does not exist", done.err), done
+    assert not (tmp_path / "demo").exists()
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_unreachable_controller_did_not_say_what_to_check(tmp_path: Path) -> None:
+    """A controller that does not answer is named by URL, with what to check."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    tickets, enroll = run_all(
+        [
+            ["controller", "tickets", "list", "--url", url, "--token", "t"],
+            ["agent", "enroll", "--controller", url, "--code", "ABCD-EFGH-JKLM-NPQR",
+             "--credential-file", str(tmp_path / "credential")],
+        ],
+        cwd=tmp_path,
+    )  # fmt: skip
+    for done in (tickets, enroll):
+        assert done.status == 1, done
+        assert f"cannot reach the controller at {url}" in done.err, done
+        assert "(connection refused: nothing listens at that address and port)" in done.err
+        assert "Check that the controller runs" in done.err, done
+        assert "Traceback" not in done.err
+    assert not (tmp_path / "credential").exists()
