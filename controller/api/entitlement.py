@@ -15,8 +15,10 @@ from polyfleet.controller.api.errors import ApiError
 from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.domain.assets import (
     COLUMNS,
+    EncodingProblem,
     ImportPlan,
     RegistryImportError,
+    decode_csv,
     parse_registry,
 )
 from polyfleet.controller.domain.calendar import to_warsaw
@@ -205,7 +207,11 @@ async def import_assets(request: web.Request) -> web.Response:
     dry_run = _flag(request, "dry_run")
     try:
         plan, text = await import_registry(
-            request.app, await request.read(), dry_run=dry_run, today=_moment(request).date()
+            request.app,
+            await request.read(),
+            dry_run=dry_run,
+            today=_moment(request).date(),
+            charset=request.charset,
         )
     except RegistryImportError as exc:
         body = ImportRejected(
@@ -224,17 +230,24 @@ async def import_assets(request: web.Request) -> web.Response:
 
 
 async def import_registry(
-    app: web.Application, raw: bytes, *, dry_run: bool, today: date
+    app: web.Application,
+    raw: bytes,
+    *,
+    dry_run: bool,
+    today: date,
+    charset: str | None = None,
 ) -> tuple[ImportPlan, str]:
     """Check a registry file whole and import it (or only report, ``dry_run``), as
     ``POST /api/v1/assets/import`` and the dashboard's upload do: what changed, and the file
-    as text. RegistryImportError lists every bad cell; ApiError 400: the file is not UTF-8."""
+    as text. RegistryImportError lists every bad cell; ApiError 400: the file is not text in
+    ``charset``, or (none named) in an encoding spreadsheets save CSV in."""
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ApiError(
-            400, "invalid", f"body: not UTF-8 text at byte {exc.start}", "body"
-        ) from None
+        # No charset named: read it as spreadsheets save CSV (UTF-8, or Polish Excel's).
+        text = raw.decode(charset).removeprefix("\ufeff") if charset else decode_csv(raw).text
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise ApiError(400, "invalid", f"body: not {charset} text: {exc}", "body") from None
+    except EncodingProblem as exc:
+        raise ApiError(400, "invalid", f"body: {exc}", "body") from None
     plans = app[CATALOGUES].plans
     assets = await asyncio.to_thread(parse_registry, text, plans, today=today)
     return await service.import_assets(app[STORE], assets, dry_run=dry_run), text

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 import time
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,9 +19,12 @@ from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 from polyfleet.controller.domain.assets import (
     Asset,
+    EncodingProblem,
     ImportProblem,
     InstalledFirmware,
     RegistryImportError,
+    decode_csv,
+    parse_day,
     parse_installed_firmware,
     parse_registry,
 )
@@ -94,12 +97,18 @@ def _code_of(exc: Exception) -> str:
 
 
 def _read_text(path: Path) -> str:
+    """A CSV file's text, as a spreadsheet may have saved it (UTF-8, or Polish Excel's)."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise OSError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise unreadable_file(path, exc) from None
+    try:
+        decoded = decode_csv(data)
+    except EncodingProblem as exc:
+        raise CommandFailed(f"{path}: {exc}", code="file_unreadable", file=path) from None
+    if decoded.note:
+        print(f"warning: {path}: {decoded.note}", file=sys.stderr)
+    return decoded.text
 
 
 def _catalogue_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
@@ -176,8 +185,8 @@ def _check(args: argparse.Namespace) -> int:
             else (fw.installed or "firmware unknown")
         )
         print(
-            f"{v.serial:<16} {v.plan or '-':<18} {v.warranty_until or '-':<10}  "
-            f"{v.patches_until or '-':<10}  {v.upgrades_until or '-':<10}  {hop}"
+            f"{v.serial:<16} {v.plan or '-':<18} {v.warranty_until or '-'!s:<10}  "
+            f"{v.patches_until or '-'!s:<10}  {v.upgrades_until or '-'!s:<10}  {hop}"
         )
         if v.flags:
             print(f"{'':<16} flags: {', '.join(v.flags)}")
@@ -245,9 +254,9 @@ def _releases_list(args: argparse.Namespace) -> int:
 
 def _releases_add(args: argparse.Namespace) -> int:
     try:
-        released = date.fromisoformat(args.date)
-    except ValueError:
-        return _fail(args, f"--date {args.date!r}: expected YYYY-MM-DD")
+        released = parse_day(args.date)
+    except ValueError as exc:
+        return _fail(args, f"--date: {exc}", field="date")
     try:
         target = args.file or _catalogue_paths(args)[1]
     except (CatalogueError, ConfigError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 import itertools
@@ -42,6 +43,80 @@ _SERIAL_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _SITE_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _MAX_TEXT = 256
 _DEVICE_FIELDS = ("model", "purchase_date", "site", "room", "host_serial")
+#: What Excel writes for CSV in a Polish locale when not asked for UTF-8.
+POLISH_EXCEL_ENCODING = "cp1250"
+_DELIMITERS = (",", ";", "\t")
+_ISO_DAY = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})")
+_DOTTED_DAY = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{4})")
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+
+
+class EncodingProblem(ValueError):
+    """The bytes are not text in an encoding we read; the message says how to save the file."""
+
+
+@dataclass(frozen=True)
+class DecodedText:
+    """A file's text and how it was read; ``note`` tells the admin when it was not UTF-8."""
+
+    text: str
+    encoding: str
+    note: str | None = None
+
+
+def decode_csv(data: bytes) -> DecodedText:
+    """A CSV file's text as spreadsheets save it: UTF-8 (BOM or not), UTF-16 with a BOM,
+    or Windows-1250 (Excel's plain CSV in a Polish locale), which ``note`` then says."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return DecodedText(data.decode("utf-16"), "utf-16")
+        except UnicodeDecodeError as exc:
+            raise EncodingProblem(
+                f"marked as UTF-16 but not valid UTF-16 at byte {exc.start}"
+            ) from None
+    try:
+        return DecodedText(data.decode("utf-8-sig"), "utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte 0x{data[exc.start]:02x} at position {exc.start}"
+    try:
+        text = data.decode(POLISH_EXCEL_ENCODING)
+    except UnicodeDecodeError:
+        raise EncodingProblem(
+            f"not UTF-8 text ({where}) and not Windows-1250 either: save it as CSV UTF-8 "
+            "(in Excel: Save As, CSV UTF-8 (Comma delimited))"
+        ) from None
+    return DecodedText(
+        text,
+        POLISH_EXCEL_ENCODING,
+        note=f"not UTF-8 ({where}): read as Windows-1250, the encoding Excel uses for CSV "
+        "in a Polish locale; check names with Polish letters, or save it as CSV UTF-8",
+    )
+
+
+def parse_day(text: str) -> date:
+    """A calendar day written YYYY-MM-DD or DD.MM.YYYY (as Polish spreadsheets show it).
+
+    ValueError says what is wrong in words: a day that does not exist is named as such.
+    """
+    text = text.strip()
+    if match := _ISO_DAY.fullmatch(text):
+        year, month, day = (int(part) for part in match.groups())
+    elif match := _DOTTED_DAY.fullmatch(text):
+        day, month, year = (int(part) for part in match.groups())
+    else:
+        raise ValueError(f"{text!r} is not a date: write YYYY-MM-DD (or DD.MM.YYYY)")
+    if not 1 <= month <= 12:
+        raise ValueError(f"{text} is not a date: there is no month {month}")
+    try:
+        return date(year, month, day)
+    except ValueError:
+        last = calendar.monthrange(year, month)[1]
+        raise ValueError(
+            f"{text} is not a date: {_MONTHS[month - 1]} {year} has {last} days"
+        ) from None
 
 
 @dataclass(frozen=True, kw_only=True, order=True)
@@ -327,11 +402,9 @@ class _Checker:
                 self.problem(row.line, column, "missing: give a date as YYYY-MM-DD")
             return None
         try:
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-                raise ValueError
-            return date.fromisoformat(text)
-        except ValueError:
-            self.problem(row.line, column, f"{text!r} is not a real date (expected YYYY-MM-DD)")
+            return parse_day(text)
+        except ValueError as exc:
+            self.problem(row.line, column, str(exc))
             return None
 
     def check_row(self, row: _Row) -> None:
@@ -545,8 +618,25 @@ class _Checker:
         return plan is not None and not plan.contract
 
 
+def _delimiter(text: str, columns: tuple[str, ...]) -> str:
+    """The separator whose split of the header line names the most known columns.
+
+    Excel in a Polish locale (and most of Europe) writes ``;`` between cells.
+    """
+    header = text.split("\n", 1)[0]
+    known = {
+        delimiter: sum(
+            name.strip().strip('"').lower() in columns for name in header.split(delimiter)
+        )
+        for delimiter in _DELIMITERS
+    }
+    best = max(_DELIMITERS, key=lambda delimiter: known[delimiter])
+    return best if known[best] > known[","] else ","
+
+
 def _read_csv(text: str, columns: tuple[str, ...], checker: _Checker) -> list[_Row]:
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
+    text = text.removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text, columns))
     try:
         header = next(reader)
     except StopIteration:

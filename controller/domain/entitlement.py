@@ -7,7 +7,13 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
-from polyfleet.controller.domain.assets import Asset, Contract, InstalledFirmware, follows
+from polyfleet.controller.domain.assets import (
+    Asset,
+    Contract,
+    InstalledFirmware,
+    follows,
+    parse_day,
+)
 from polyfleet.controller.domain.calendar import WARSAW, to_warsaw, warsaw_date
 from polyfleet.controller.domain.plans import Plan, PlanCatalogue
 from polyfleet.controller.domain.releases import HopKind, Release, ReleaseCatalogue, hop_kind
@@ -134,9 +140,12 @@ def parse_moment(text: str) -> datetime:
     text = text.strip()
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time(0, 0), tzinfo=WARSAW)
+            # A day alone, as people write it; one that does not exist is named as such.
+            return datetime.combine(parse_day(text), time(0, 0), tzinfo=WARSAW)
         moment = datetime.fromisoformat(text)
     except ValueError:
+        if len(text) == 10:
+            raise
         raise ValueError(
             f"{text!r} is not ISO 8601 (e.g. 2026-12-01T09:00:00+01:00 or 2026-12-01)"
         ) from None

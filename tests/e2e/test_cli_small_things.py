@@ -81,6 +81,7 @@ def test_tables_had_no_header_row(tmp_path: Path) -> None:
     assert releases.out.splitlines()[1][:10].count("-") == 2
     check_lines = check.out.splitlines()
     assert check_lines[1].split()[:5] == ["SERIAL", "PLAN", "WARRANTY", "PATCHES", "UPGRADES"]
+    assert any(re.match(r"\S+ +\S+ +\d{4}-\d{2}-\d{2}  ", line) for line in check_lines[2:])
     forecast_lines = forecast.out.splitlines()
     assert forecast_lines[2].split()[:4] == ["LAST", "DAY", "DAYS", "SERIAL"], forecast.out
 

@@ -377,3 +377,29 @@ async def test_room_set_by_an_admin_is_not_overwritten_by_the_registry(
     status, _ = await _import(controller, csv_of(row("MINE", site="krakow", room="krk-wawel")))
     assert status == 200
     assert await _room_of(controller, "MINE") == "lab"
+
+
+#: A registry as Excel saves "CSV" in a Polish locale: `;`, DD.MM.YYYY, Windows-1250, CRLF.
+POLISH_EXCEL = (
+    "serial;model;purchase_date;plan;contract_number;contract_start;contract_end;site;room;"
+    "host_serial\r\n"
+    "PL1;Studio X50;10.01.2025;hezo_plus;HZ/2025/1;10.01.2025;09.01.2027;krakow;Sala Łódź;\r\n"
+).encode("cp1250")
+
+
+async def test_a_polish_excel_registry_over_the_api_was_refused(
+    controller: RunningController,
+) -> None:
+    """A `;`, DD.MM.YYYY, Windows-1250 file imports over the API, with or without a charset."""
+    url = controller.url + "/api/v1/assets/import"
+    for content_type in ("text/csv", "text/csv; charset=windows-1250"):
+        headers = {**controller.admin_headers, "Content-Type": content_type}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, data=POLISH_EXCEL, headers=headers) as response,
+        ):
+            assert response.status == 200, await response.text()
+    _status, body = await _get(controller, "/api/v1/assets")
+    (asset,) = [a for a in body["assets"] if a["serial"] == "PL1"]
+    assert (asset["room"], asset["purchase_date"]) == ("Sala Łódź", "2025-01-10")
+    assert asset["contracts"][0]["contract_end"] == "2027-01-09"
