@@ -8,6 +8,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import secrets
@@ -15,7 +16,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("polyfleet-demo")
 DEFAULT_LISTEN = "127.0.0.1:8080"
-EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+#: Shipped in the package (deploy/examples in the repository, installed as polyfleet/examples).
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 DEMO_FLEET = EXAMPLES / "fleet-demo.toml"
 DEMO_ASSETS = EXAMPLES / "assets-demo.csv"
 #: The day the demo registry was written for: its dates move with the calendar from there.
@@ -57,6 +59,10 @@ DEMO_PACKAGE_BYTES = 8 * 1024 * 1024
 DEMO_ROLLOUT_WINDOW_MIN = 45
 DEMO_ROLLOUT_WAVE_GAP = "3m"
 DESK_SIGNATURE_HEADER = "X-Polyfleet-Signature"
+#: The HTTPS and SSH ports every demo lab device answers on, when free on this machine.
+DEMO_LAB_PORTS = (8443, 8022)
+#: The usual pair, then system-chosen pairs: another process may take one in between.
+LAB_PORT_ATTEMPTS = 4
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +144,9 @@ class Demo:
         self.signin_link = ""
         self.signin_expires = ""
         self.rollout_id: str | None = None
+        self.lab_control_url = ""
+        self.lab_ports = DEMO_LAB_PORTS
+        self.lab_ranges: list[str] = []
         self.out = sys.stdout
 
     def say(self, text: str) -> None:
@@ -154,10 +163,14 @@ class Demo:
             raise unreadable_file(self.args.assets, exc, what="the asset registry") from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
-            lab = Lab(fleet, data_dir=self.data_dir / "lab")
-            await lab.start()
+            lab = await self._start_lab(fleet)
             stack.push_async_callback(lab.stop)
             self.say(f"lab: {len(lab.devices)} simulated devices, control API {lab.control_url}")
+            self.say(
+                f"  each on its own 127.0.x.y address, HTTPS on port {self.lab_ports[0]}, "
+                f"SSH on port {self.lab_ports[1]}"
+            )
+            self.lab_control_url = lab.control_url
 
             desk, desk_url = await self._start_desk(stack)
             controller_task = await self._start_controller(desk_url, desk.secret)
@@ -301,16 +314,45 @@ class Demo:
 
     async def _write_demo_json(self) -> None:
         path = self.data_dir / "demo.json"
-        body = json.dumps(
-            {
-                "url": self.controller_url,
-                "dashboard": f"{self.controller_url}/",
-                "signin_link": self.signin_link,
-                "admin_token": self.admin_token,
-                "rollout_id": self.rollout_id,
-            }
+        document = {
+            "url": self.controller_url,
+            "dashboard": f"{self.controller_url}/",
+            "signin_link": self.signin_link,
+            "admin_token": self.admin_token,
+            "rollout_id": self.rollout_id,
+            # What the examples need to reach the lab: its control API, the ports its
+            # devices answer on (one HTTPS and one SSH port for all) and their ranges.
+            "lab_control_url": self.lab_control_url,
+            "lab_rest_port": self.lab_ports[0],
+            "lab_ssh_port": self.lab_ports[1],
+            "lab_ranges": self.lab_ranges,
+        }
+        await asyncio.to_thread(write_atomically, path, json.dumps(document))
+
+    async def _start_lab(self, fleet: FleetSpec) -> Lab:
+        """The lab, every device on one HTTPS and one SSH port (each on its own address).
+
+        Shared ports let ``agent discover`` find the whole lab with one ``--rest-port`` and
+        one ``--ssh-port``. The usual pair is taken when free; another demo running on this
+        machine makes this one take a free pair the system picks.
+        """
+        addresses = [spec.address for _site, _room, spec in fleet.placed_devices()]
+        addresses += [spec.address for _site, _room, spec in fleet.placed_other_hosts()]
+        self.lab_ranges = sorted(
+            {str(ipaddress.ip_network(f"{address}/24", strict=False)) for address in addresses}
         )
-        await asyncio.to_thread(write_atomically, path, body)
+        for attempt in range(LAB_PORT_ATTEMPTS):
+            ports = DEMO_LAB_PORTS if attempt == 0 else _free_ports(addresses[0], 2)
+            lab = Lab(_on_ports(fleet, *ports), data_dir=self.data_dir / "lab")
+            try:
+                await lab.start()
+            except OSError as exc:
+                if attempt == LAB_PORT_ATTEMPTS - 1:
+                    raise PolyfleetError(f"the lab cannot listen: {exc}") from None
+                continue
+            self.lab_ports = (ports[0], ports[1])
+            return lab
+        raise AssertionError("unreachable")
 
     async def _register_packages(self, http: aiohttp.ClientSession) -> None:
         """A stand-in package for each catalogued release, so rollouts run end to end."""
@@ -576,6 +618,47 @@ def stand_in_package(version: str) -> bytes:
 def _toml(text: str) -> str:
     # A JSON string is a valid TOML basic string.
     return json.dumps(text, ensure_ascii=False)
+
+
+def _free_ports(host: str, count: int) -> tuple[int, ...]:
+    """``count`` different ports free on ``host`` now, chosen by the system."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            probe = held.enter_context(socket.socket())
+            probe.bind((host, 0))
+            ports.append(int(probe.getsockname()[1]))
+    return tuple(ports)
+
+
+def _on_ports(fleet: FleetSpec, rest_port: int, ssh_port: int) -> FleetSpec:
+    """``fleet`` with every port it leaves to the system (0 or unset) set to the given ones."""
+
+    def rest(port: int | None) -> int:
+        return port or rest_port
+
+    def ssh(port: int | None) -> int:
+        return port or ssh_port
+
+    sites = []
+    for site in fleet.sites:
+        rooms = []
+        for room in site.rooms:
+            devices = [
+                replace(d, rest_port=rest(d.rest_port), ssh_port=ssh(d.ssh_port))
+                for d in room.devices
+            ]
+            others = [
+                replace(
+                    o,
+                    rest_port=rest(o.rest_port),
+                    ssh_port=None if o.ssh_port is None else ssh(o.ssh_port),
+                )
+                for o in room.other_hosts
+            ]
+            rooms.append(replace(room, devices=devices, other_hosts=others))
+        sites.append(replace(site, rooms=rooms))
+    return replace(fleet, sites=sites)
 
 
 def _port_free(host: str, port: int) -> bool:

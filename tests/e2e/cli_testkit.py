@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +105,67 @@ def running_controller(data_dir: Path, *, cwd: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A running ``polyfleet demo``: its process, data directory, demo.json and output file."""
+
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    info: dict[str, Any]
+    output: Path
+
+    def api(self, path: str) -> Any:
+        """GET ``path`` from the demo's controller with its admin token; the JSON answer."""
+        request = urllib.request.Request(  # a loopback URL the demo wrote
+            self.info["url"] + path,
+            headers={"Authorization": f"Bearer {self.info['admin_token']}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def wait_for_devices(self, count: int, *, seconds: float = 300) -> list[dict[str, Any]]:
+        """The controller's device list once it holds at least ``count`` devices."""
+        deadline = time.monotonic() + seconds
+        devices: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output.read_text("utf-8")[-3000:]
+            devices = self.api("/api/v1/devices")["devices"]
+            if len(devices) >= count:
+                return devices
+            time.sleep(1)  # waits-for: the agents' first polls to reach the controller
+        raise AssertionError(f"{len(devices)} devices after {seconds} s, wanted {count}")
+
+
+@contextlib.contextmanager
+def running_demo(
+    command: list[str], data_dir: Path, *, cwd: Path, seconds: int = 600
+) -> Iterator[DemoRun]:
+    """``COMMAND demo --duration SECONDS`` until demo.json appears; stopped with SIGTERM after."""
+    output = data_dir.parent / f"{data_dir.name}.log"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, "demo", "--duration", str(seconds), "--data-dir", str(data_dir),
+             "--listen", "127.0.0.1:0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        demo_json = data_dir / "demo.json"
+        deadline = time.monotonic() + 240
+        while not demo_json.exists():
+            assert process.poll() is None, output.read_text("utf-8")[-3000:]
+            assert time.monotonic() < deadline, "demo.json never appeared"
+            time.sleep(0.5)  # waits-for: the demo's controller to answer
+        yield DemoRun(process, data_dir, json.loads(demo_json.read_text("utf-8")), output)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
