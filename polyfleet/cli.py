@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
@@ -96,6 +97,17 @@ def _main(arguments: list[str]) -> int:
         return report_failure(exc, as_json=bool(getattr(args, "json", False)))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
+    except Exception as exc:
+        # A fault of ours: the traceback goes to standard error for the bug report, and a
+        # script reading --json still gets the one error object.
+        traceback.print_exc()
+        failure = CommandFailed(
+            f"unexpected error ({type(exc).__name__}: {exc}); the traceback above says where",
+            code="internal",
+        )
+        return report_failure(failure, as_json=bool(getattr(args, "json", False)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import aiohttp
 
 from polyfleet.controller.app import open_store, read_runtime
-from polyfleet.controller.cli.core import SERVER_WAIT_S
+from polyfleet.controller.cli.core import SERVER_WAIT_S, holds_store
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 from polyfleet.controller.domain.assets import (
@@ -27,6 +27,7 @@ from polyfleet.controller.domain.assets import (
     parse_day,
     parse_installed_firmware,
     parse_registry,
+    plan_import,
 )
 from polyfleet.controller.domain.calendar import WARSAW
 from polyfleet.controller.domain.entitlement import judge, parse_moment
@@ -379,7 +380,11 @@ def _assets_import(args: argparse.Namespace) -> int:
             file=str(args.file),
         )
     try:
-        document = asyncio.run(_import(config, assets, text, bool(args.dry_run)))
+        if args.dry_run and not holds_store(config.data_dir):
+            # A dry run changes nothing, not even by making a store: all of it would be new.
+            document = {"dry_run": True, **plan_import({}, assets).to_json()}
+        else:
+            document = asyncio.run(_import(config, assets, text, bool(args.dry_run)))
     except _ServerAnswer as exc:
         problems = [ImportProblem(**p) for p in exc.body.get("problems", [])]
         error = exc.body.get("error") or {}

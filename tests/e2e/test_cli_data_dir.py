@@ -11,7 +11,7 @@ from polyfleet.controller.services.entitlement import DEFAULT_RELEASES_PATH
 
 
 def test_a_mistyped_data_dir_answered_with_an_empty_table(tmp_path: Path) -> None:
-    """Reading a directory that holds no store exits 1 naming it, and leaves no store behind."""
+    """Reading a directory without a store exits 1 naming it; nothing, not a dry run, makes one."""
     typo = tmp_path / "polyfleet-dta"
     commands = [
         ["controller", "devices", "--data-dir", str(typo)],
@@ -21,6 +21,18 @@ def test_a_mistyped_data_dir_answered_with_an_empty_table(tmp_path: Path) -> Non
         ["controller", "devices", "--data-dir", str(typo), "move", "8L21", "--site", "krk"],
         ["controller", "agent", "invite", "--site", "krk", "--data-dir", str(typo)],
     ]
+    registry = tmp_path / "registry.csv"
+    registry.write_text(
+        "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,"
+        "room,host_serial\nS1,studio_x50,2025-01-10,,,,,krk,r,\n",
+        encoding="utf-8",
+    )
+    (dry,) = run_all(
+        [["controller", "assets", "import", str(registry), "--dry-run", "--json",
+          "--data-dir", str(typo)]],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert dry.status == 0 and dry.json()["added"] == ["S1"], dry
     runs = run_all(commands, cwd=tmp_path)
     for done in runs:
         assert done.status == 1, done
