@@ -77,7 +77,7 @@ _CHANGES = (row("KEEP1", room="moved"), row("NEWDEV", room="new"))
 REJECTED: dict[str, tuple[str, tuple[int, str]]] = {
     "unknown_plan": (csv_of(*_CHANGES, row("BAD", plan="gold")), (4, "plan")),
     "unknown_model": (csv_of(*_CHANGES, row("BAD", model="studio_x99")), (4, "model")),
-    "bad_date": (csv_of(*_CHANGES, row("BAD", purchase_date="10.01.2025")), (4, "purchase_date")),
+    "bad_date": (csv_of(*_CHANGES, row("BAD", purchase_date="10/01/2025")), (4, "purchase_date")),
     "purchase_in_the_future": (
         csv_of(*_CHANGES, row("BAD", purchase_date="2030-01-10")),
         (4, "purchase_date"),

@@ -42,7 +42,8 @@ def problems(plans: PlanCatalogue, text: str) -> list[tuple[int, str]]:
         ({"model": ""}, "model"),
         ({"serial": "bad serial!"}, "serial"),
         ({"purchase_date": "2025-02-30"}, "purchase_date"),
-        ({"purchase_date": "10.01.2025"}, "purchase_date"),
+        ({"purchase_date": "10/01/2025"}, "purchase_date"),  # day or month first? refused
+        ({"purchase_date": "31.04.2025"}, "purchase_date"),
         ({"purchase_date": ""}, "purchase_date"),
         ({"site": ""}, "site"),
         ({"host_serial": "HOST1"}, "host_serial"),  # an X50 does not hang off a host
