@@ -190,18 +190,23 @@ class Demo:
             async with aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {self.admin_token}"}
             ) as http:
-                await self._setup_sites(http, fleet)
-                await self._import_assets(http, assets_text)
-                agents = await self._start_agents(http, fleet, lab)
-                for agent in agents:
-                    stack.push_async_callback(agent.stop)
-                self.say(f"agents: one per site ({', '.join(s.id for s in fleet.sites)})")
-                self.say("service desk (webhook) inbox: " + str(desk.inbox))
-                await self._register_packages(http)
-                await self._wait_reported(http, lab, started)
-                self.rollout_id = await self._plan_rollout(http, fleet)
-                await self._write_demo_json()
-                await self._watch(http, desk, started)
+                try:
+                    await self._setup_sites(http, fleet)
+                    await self._import_assets(http, assets_text)
+                    agents = await self._start_agents(http, fleet, lab)
+                    for agent in agents:
+                        stack.push_async_callback(agent.stop)
+                    self.say(f"agents: one per site ({', '.join(s.id for s in fleet.sites)})")
+                    self.say("service desk (webhook) inbox: " + str(desk.inbox))
+                    await self._register_packages(http)
+                    await self._wait_reported(http, lab, started)
+                    self.rollout_id = await self._plan_rollout(http, fleet)
+                    await self._write_demo_json()
+                    await self._watch(http, desk, started)
+                except (aiohttp.ClientError, PolyfleetError):
+                    if not self.stop.is_set():
+                        raise
+                    # Ctrl-C during start-up: the controller is already going away.
         self.say("demo stopped cleanly")
         return 0
 
