@@ -380,7 +380,7 @@ def _assets_import(args: argparse.Namespace) -> int:
             file=str(args.file),
         )
     try:
-        if args.dry_run and not holds_store(config.data_dir):
+        if args.dry_run and config.store_url is None and not holds_store(config.data_dir):
             # A dry run changes nothing, not even by making a store: all of it would be new.
             document = {"dry_run": True, **plan_import({}, assets).to_json()}
         else:
