@@ -954,6 +954,11 @@ def _contact_lines(contacts: DeskContacts | None, lang: Language) -> list[str]:
     ]
 
 
+def contract_flag_text(flag: ContractFlagNote, plan_name: str, lang: Language) -> str:
+    """A flagged contract's rule in words, as the ticket text says it (the dashboard too)."""
+    return _flag_text(flag, plan_name, lang)
+
+
 def _flag_text(flag: ContractFlagNote, plan_name: str, lang: Language) -> str:
     params = dict(flag.params)
     template = FLAG_TEXTS.get(flag.code, FLAG_TEXTS["rule"])[lang]

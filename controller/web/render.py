@@ -15,7 +15,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from polyfleet.controller.domain.tickets import MODEL_NAMES, fault_text
+from polyfleet.controller.domain.tickets import MODEL_NAMES, contract_flag_text, fault_text
 from polyfleet.controller.keys import CLOCK
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.web.i18n import Translator, negotiate
@@ -150,7 +150,12 @@ def setup_templates(app: web.Application) -> None:
         query=query_filter,
     )
     env.filters["model_name"] = lambda value: MODEL_NAMES.get(value, value)
-    env.globals.update(model_names=MODEL_NAMES, fault_text=fault_text, duration=duration_global)
+    env.globals.update(
+        model_names=MODEL_NAMES,
+        fault_text=fault_text,
+        contract_flag_text=contract_flag_text,
+        duration=duration_global,
+    )
 
 
 def page_context(request: web.Request) -> dict[str, Any]:

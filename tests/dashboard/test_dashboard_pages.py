@@ -168,6 +168,9 @@ async def test_an_admin_acts_on_a_ticket_and_sees_its_sla_clock_change(world: Wo
     await page.click(f"tr[data-ticket='{ticket['id']}'] a:has-text('{ticket['id']}')")
     await page.wait_for_load_state()
     assert "reaction" in await page.locator("#running-clock").inner_text()
+    facts = await page.locator("section[aria-labelledby='h-facts']").inner_text()
+    contacts = ticket["contacts"]
+    assert contacts is not None and contacts["escalation_email"] in facts, "as the API says"
     await screenshot(page, "ticket-sent")
     await page.click("button[data-action='ack']")
     await page.wait_for_load_state()
