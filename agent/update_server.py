@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ class PackageCache:
                 await asyncio.to_thread(handle.close)
         except (ControllerUnavailable, ControllerRefused, aiohttp.ClientError) as exc:
             # The part stays: the next attempt resumes from where this one stopped.
-            raise PackageUnavailable(f"{ref.version}: download from the controller: {exc}") from exc
+            why = http_failure_words(exc) if isinstance(exc, aiohttp.ClientError) else str(exc)
+            raise PackageUnavailable(f"{ref.version}: download from the controller: {why}") from exc
         digest = await asyncio.to_thread(_sha256_of, part)
         self.fetches.append(
             {"version": ref.version, "bytes": offset - started, "resumed_from": started}

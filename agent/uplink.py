@@ -374,7 +374,7 @@ class Uplink:
         except TimeoutError as exc:
             raise ControllerUnavailable(f"GET {url}: stalled") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise ControllerUnavailable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+            raise ControllerUnavailable(f"GET {url}: {http_failure_words(exc)}") from exc
 
 
 def _error_code(raw: bytes) -> str | None:

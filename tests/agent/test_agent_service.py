@@ -187,7 +187,7 @@ async def test_stop_mid_poll_is_quiet_and_logs_out(
     errors = [
         r
         for r in caplog.records
-        if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("agent", "apscheduler")
+        if r.levelno >= logging.ERROR and r.name.startswith(("polyfleet.agent", "apscheduler"))
     ]
     assert not errors, [r.getMessage() for r in errors]
     assert not any(d.sessions for d in lab.devices.values()), "a cancelled poll still logs out"
