@@ -102,11 +102,9 @@ FIRMWARE_GENERATIONS = ("3.12.0", "3.14.1", "4.2.2", "4.6.2")
 async def test_provider_mode_on_every_firmware_with_device_mode_on_and_off(
     lab_factory: Any, password_file: Path, capsys: Any
 ) -> None:
-    """Teams, Zoom and Poly Video units report their provider, or device_mode only while on.
-
-    Every unit lists the Device Mode app; on 3.x (no /rest/system/mode) only
-    /rest/system/mode/device may say device mode.
-    """
+    """Teams, Zoom and Poly Video units report their provider, or device_mode only while on."""
+    # Every unit lists the Device Mode app; on 3.x (no /rest/system/mode) only
+    # /rest/system/mode/device may say device mode.
     combos = [
         (firmware, provider, on)
         for firmware in FIRMWARE_GENERATIONS

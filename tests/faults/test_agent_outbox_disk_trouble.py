@@ -34,7 +34,7 @@ async def keep_full(disk: SmallDisk, stop: asyncio.Event) -> None:
         with contextlib.suppress(OSError):  # full already: nothing to take
             await asyncio.to_thread(disk.fill)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.05)
+            await asyncio.wait_for(stop.wait(), 0.05)  # waits-for: the next refill (or the end)
 
 
 async def polyfleet(*args: str) -> tuple[int, str, str]:
@@ -57,8 +57,7 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
     small_disk: Callable[[str], SmallDisk],
     tmp_path: Path,
 ) -> None:
-    """Disk full, then read-only: notice, status, metric and log say what and what is done;
-    reports keep reaching the controller from memory; all clear once the disk recovers."""
+    """Full, then read-only: notice, status, metric and log say so; reports flow; it recovers."""
     disk = small_disk("8m")
     lab = await lab_factory([make_device("DISK1"), make_device("DISK2")])
     device = lab.devices["DISK1"]

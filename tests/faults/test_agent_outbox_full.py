@@ -37,8 +37,7 @@ async def test_fault_episode_during_outage_survives_a_full_outbox(
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    """A camera fault that starts and ends while the uplink is down and the outbox full arrives
-    with its start and end; every report taken is delivered or counted dropped exactly once."""
+    """An episode during an outage with a full outbox arrives whole; each drop is counted once."""
     lab = await lab_factory(
         [make_device("EPISODE1"), make_device("REPEAT1"), make_device("REPEAT2")]
     )
