@@ -141,10 +141,11 @@ class Outbox:
     go first, then state changes are folded into the later reports of their device
     (a change whose every problem its device still or again shows next is dropped:
     an episode may start later or end later, or two of one problem merge, but every
-    episode keeps its start and its end). The newest report of each device, entries
-    being sent and single-report episodes are never dropped; with nothing else left,
-    a new state change is refused (OutboxFullError). Each drop is counted once, in
-    one ``outbox_dropped`` notice written together with the drop.
+    episode keeps its start and its end). A device's newest report is never folded
+    (a repeat of the one before it may go), nor is a report whose problems its device
+    shows in no neighbouring report, nor anything on its way to the controller; with
+    nothing else left, a new state change is refused (OutboxFullError). Each drop is
+    counted once, in one ``outbox_dropped`` notice written together with the drop.
 
     When the disk refuses a write (full, read-only, I/O error), entries stay in memory
     (within ``max_bytes``), are sent from there, and are written in order once the disk
