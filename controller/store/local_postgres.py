@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-ROLE = "polyfleet"
+ROLE = "postgres"
 #: How long a start may take before it counts as failed.
 START_TIMEOUT_S = 60.0
 #: Unprivileged users tried, in order, when the caller is root.
@@ -170,6 +170,18 @@ class LocalPostgres:
             raise LocalPostgresError(
                 f"initdb failed ({result.returncode}): {result.stderr.decode(errors='replace')}"
             )
+        # In the configuration file, not on the command line: a replica made from this
+        # cluster by a base backup gets them too (a replica refuses lower limits).
+        settings = {
+            "fsync": "on" if self.fsync else "off",
+            "full_page_writes": "on" if self.fsync else "off",
+            "max_connections": "200",
+            "shared_buffers": "64MB",
+            "log_min_messages": "warning",
+        }
+        with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write("\n# polyfleet's local server\n")
+            conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
 
     def _launch(self) -> None:
         for _ in range(5):
@@ -184,11 +196,6 @@ class LocalPostgres:
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
             "unix_socket_directories": str(self.directory),
-            "fsync": "on" if self.fsync else "off",
-            "full_page_writes": "on" if self.fsync else "off",
-            "max_connections": "200",
-            "shared_buffers": "64MB",
-            "log_min_messages": "warning",
         }
         command = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
         for name, value in settings.items():

@@ -165,17 +165,12 @@ class Leader:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
+    """``url`` without its password, for logs and messages (several hosts allowed)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    user, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in user:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{hosts}"))
 
 
 def is_postgres_url(url: str) -> bool:
@@ -293,15 +288,20 @@ class PostgresStore:
                     self.advertise_url,
                 )
                 data = await self._load(conn)
-            except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-                await self._discard(conn)
-                if not wait:
-                    raise StoreUnavailable(f"lost {self.shown_url}: {exc}") from exc
-                log.warning("store %s: connection lost (%s); trying again", self.shown_url, exc)
-                continue
-            except BaseException:
+            except (StoreError, asyncio.CancelledError, KeyboardInterrupt):
                 await self._discard(conn)
                 raise
+            except Exception as exc:
+                # A lost session, a server shutting down, a replica not yet promoted: a
+                # controller waiting for the database tries again; a command says why.
+                await self._discard(conn)
+                if not wait:
+                    raise StoreUnavailable(f"{self.shown_url}: {exc}") from exc
+                log.warning(
+                    "store %s: %s: %s; trying again", self.shown_url, type(exc).__name__, exc
+                )
+                await asyncio.sleep(RECONNECT_MAX_S)  # waits-for: the database to recover
+                continue
             break
         self._conn = conn
         self._backend_pid = conn.get_server_pid()
@@ -406,9 +406,7 @@ class PostgresStore:
         except asyncpg.LockNotAvailableError:
             await self._discard(conn)
             return False
-        finally:
-            if not conn.is_closed():
-                await conn.execute("RESET lock_timeout")
+        await conn.execute("RESET lock_timeout")
         return True
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:

@@ -86,7 +86,7 @@ async def test_copy_embedded_to_postgresql_and_back_is_checked(
     assert answer["verified"] is True
     assert answer["documents"] == sum(len(docs) for docs in original.values())
     assert answer["collections"]["reports"] == 93
-    assert "postgresql://polyfleet:***@" in answer["to"]
+    assert "postgresql://postgres:***@" in answer["to"]
     assert await read_all(postgres_url) == original
 
     back = tmp_path / "back"
