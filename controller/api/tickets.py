@@ -241,7 +241,8 @@ async def fill_ticket(request: web.Request) -> web.Response:
         by=by,
         force=body.force,
     )
-    filled = body.model_dump(exclude_none=True)
+    # What was given (force only when used), for the audit log.
+    filled = body.model_dump(exclude_none=True, exclude_defaults=True)
     await audit.record(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
     return web.json_response(_detail(service, ticket))
 
