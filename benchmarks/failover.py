@@ -272,7 +272,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(STEADY_S)  # waits-for: steady reporting after the restart
             stored = await read_all(url)
             acked = fleet.acked
-            lost = len(acked - set(stored.get("reports", {})))
+            # Stored under the agent's id and theirs; their own id is in the document.
+            stored_ids = {report["id"] for report in stored.get("reports", {}).values()}
+            lost = len(acked - stored_ids)
             devices = len(stored.get("devices", {}))
     finally:
         for process in processes:

@@ -257,7 +257,7 @@ async def test_backup_taken_during_ingestion_is_consistent(tmp_path: Path) -> No
     for report_id, stored in reports.items():
         assert stored["serial"] in devices, report_id
     batches: dict[str, set[str]] = {}
-    for report_id in reports:
+    for report_id in (stored["id"] for stored in reports.values()):
         if report_id.startswith("busy-"):
             _, number, index = report_id.split("-")
             batches.setdefault(number, set()).add(index)
