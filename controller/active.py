@@ -204,6 +204,7 @@ async def _campaign(app: web.Application) -> None:
         # in a state asyncpg can only report as an error.
         stop_watching.set()
         await watcher
+        await store.stop_watching()
     leadership.role = Role.STARTING
     leadership.term = store.term
     _load_services(app)

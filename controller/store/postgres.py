@@ -309,10 +309,6 @@ class PostgresStore:
         self._data = data
         self._opened = True
         self._closing = False
-        if self._watch is not None:
-            # Only a standby watches who is active.
-            await self._discard(self._watch)
-            self._watch = None
         self._writer_task = asyncio.create_task(self._write_loop(), name="store-postgres")
         log.info(
             "store %s: open as %s (term %d, %d documents)",
@@ -449,6 +445,12 @@ class PostgresStore:
         return data
 
     # -- who holds the database ------------------------------------------------------------
+
+    async def stop_watching(self) -> None:
+        """Close the connection ``leader`` reads with (a standby's; once it no longer asks)."""
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            await self._discard(watch)
 
     async def leader(self) -> Leader | None:
         """Who holds the database now (None before any controller created the schema)."""
