@@ -422,6 +422,12 @@ class Outbox:
             incoming += entry.size
             if entry.kind == "report":
                 last_state[entry.serial] = entry.state
+        tail = self._entries[-1].seq if self._entries else 0
+        if accepted and accepted[0][0].seq < tail:
+            # Making room queued its drop notice after these were numbered. Number them
+            # again: seq order must stay append order, since an ack covers every seq up to
+            # its own (a batch sent meanwhile, ending at that notice, must not cover them).
+            accepted = [(self._renumbered(e, p), p) for e, p in accepted]
         notice = self._drop_notice_for_unreported()
         entries = [e for e, _ in accepted] + ([notice] if notice is not None else [])
         if not entries:
@@ -435,6 +441,11 @@ class Outbox:
             if not pending.future.done():
                 pending.future.set_result(entry)
         self._changed.set()
+
+    def _renumbered(self, entry: Entry, pending: _Pending) -> Entry:
+        seq = self._take_seq()
+        data = pending.make_data(seq)
+        return _make_entry(seq, entry.kind, entry.serial, entry.state, entry.repeat, data)
 
     def _count_drops(self, count: int) -> None:
         if count:
@@ -473,16 +484,11 @@ class Outbox:
             wrote = await self._append(backlog + entries)
             if wrote and backlog:
                 self._memory.clear()
-        tail = self._entries[-1].seq if self._entries else 0
         for entry in entries:
             self._entries.append(entry)
             self._bytes += entry.size
             if not wrote:
                 self._memory.add(entry.seq)
-        if entries[0].seq < tail:
-            # Making room mid-batch queued its drop notice ahead of this batch: seq order
-            # is send order (and what an ack covers), so put it back in order.
-            self._entries.sort(key=lambda e: e.seq)
 
     async def _append(self, entries: list[Entry]) -> bool:
         """Write and fsync ``entries``; False (and the outbox knows why) when the disk refused."""

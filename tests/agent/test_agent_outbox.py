@@ -229,3 +229,34 @@ async def test_drops_and_their_count_survive_a_restart_together(tmp_path: Path) 
     fresh = await again.put(snap("R2"))
     assert fresh is not None and fresh.report_id.split("-")[1] != after[-1].report_id.split("-")[1]
     await again.close()
+
+
+async def test_report_that_made_room_is_not_covered_by_an_ack_of_its_drop_notice(
+    tmp_path: Path,
+) -> None:
+    """A put that makes room comes after the drop notice it queued, in seq and on disk.
+
+    A sender that peeked between the drop and the append sends a batch ending at the notice;
+    its ack must not cover the new report, neither now nor after a restart.
+    """
+    box = Outbox(tmp_path / "ob", max_bytes=16 * 1024)
+    await box.open()
+    for i in range(100):
+        before = box.dropped_total
+        entry = await box.put(snap("R", uptime=i))
+        if box.dropped_total > before:
+            break
+    else:
+        pytest.fail("the outbox never made room")
+    assert entry is not None
+    waiting = box.peek(10_000)
+    notices = [e for e in waiting if e.kind == "notice"]
+    assert notices and waiting[-1].report_id == entry.report_id
+    assert all(n.seq < entry.seq for n in notices)
+    await box.ack(notices[-1].seq)
+    assert [e.report_id for e in box.peek(10_000)] == [entry.report_id]
+    await box.close()
+    again = Outbox(tmp_path / "ob", max_bytes=16 * 1024)
+    await again.open()
+    assert [e.report_id for e in again.peek(10_000)] == [entry.report_id]
+    await again.close()

@@ -25,6 +25,7 @@ from polyfleet.controller.app import create_app
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.keys import ACCESS, EVENT_BUS
 from polyfleet.controller.services.access import Role
+from polyfleet.controller.store.transfer import read_backup
 from polyfleet.controller.testing import RunningController, running_controller
 
 NOW = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
@@ -325,7 +326,9 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     assert ("/api/v1/assets/import", "post", "422") in c.seen
 
 
-async def test_every_documented_operation_answers_as_documented(conformance: Conformance) -> None:
+async def test_every_documented_operation_answers_as_documented(
+    conformance: Conformance, tmp_path: Path
+) -> None:
     """Together with the test above, one answer of every operation is checked; here the rest."""
     c = conformance
     agent = await c.controller.enroll("krk")
@@ -469,6 +472,11 @@ async def test_every_documented_operation_answers_as_documented(conformance: Con
     health = await c.call("get", "/healthz", token=None)
     assert health["role"] == "active" and health["store"] == "embedded"
     await c.call("get", "/healthz/active", token=None)
+    backup = tmp_path / "backup.jsonl.gz"
+    backup.write_bytes(await c.call("get", "/api/v1/backup"))
+    header, collections = read_backup(backup)
+    assert header["collections"]["devices"] == 1 and len(collections["devices"]) == 1
+    await c.call("get", "/api/v1/backup", token=agent.token, expect=403)
     exercised = {(template, method) for template, method, _ in c.seen}
     documented = {(path, method) for path, ops in c.document["paths"].items() for method in ops}
     earlier = {
