@@ -59,7 +59,8 @@ from polyfleet.controller.api.auth import auth_middleware
 from polyfleet.controller.api.bodies import CONNECTION_GUARD, body_middleware
 from polyfleet.controller.api.connections import ConnectionGuard, GuardedTCPSite
 from polyfleet.controller.api.errors import error_middleware
-from polyfleet.controller.api.metrics import build_registry
+from polyfleet.controller.api.metrics import ThrottleCollector, build_registry
+from polyfleet.controller.api.throttle import AUTH_LIMITER, ENROLL_LIMITER, AttemptLimiter
 from polyfleet.controller.clock import Clock, system_clock
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.events import EventBus
@@ -216,6 +217,9 @@ def create_app(
     app[AUDIT] = AuditLog(store, clock, retention_days=config.audit_retention_days)
     app[METRICS] = build_registry(store, inventory, app[CONNECTION_GUARD])
     app[METRICS].register(RoleCollector(app))
+    app[AUTH_LIMITER] = AttemptLimiter("auth", config.auth_failures_per_minute)
+    app[ENROLL_LIMITER] = AttemptLimiter("enroll", config.enroll_attempts_per_minute)
+    app[METRICS].register(ThrottleCollector([app[AUTH_LIMITER], app[ENROLL_LIMITER]]))
     app.cleanup_ctx.append(leadership_lifecycle)
     for lifecycle in BACKGROUND:
         run_when_active(app, lifecycle)

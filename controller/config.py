@@ -41,6 +41,11 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 #: Connections that have not yet shown a credential (new ones, enrollment, public metrics);
 #: past this many, the oldest of them is closed.
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
+#: Failed credentials (bearer tokens, dashboard sign-ins) one client address may present a
+#: minute before it is answered 429 (see controller/api/throttle.py).
+DEFAULT_AUTH_FAILURES_PER_MINUTE = 20
+#: Enrollment attempts (right or wrong codes) one client address may make a minute.
+DEFAULT_ENROLL_ATTEMPTS_PER_MINUTE = 10
 #: Audit log entries are kept this long (a little over a year: last year's audit included).
 DEFAULT_AUDIT_RETENTION_DAYS = 400
 #: Schemes of a PostgreSQL store URL (``[store] url``, ``--store-url``).
@@ -73,6 +78,8 @@ class ControllerConfig:
     metrics_require_token: bool = DEFAULT_METRICS_REQUIRE_TOKEN
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     max_unauthenticated_connections: int = DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS
+    auth_failures_per_minute: int = DEFAULT_AUTH_FAILURES_PER_MINUTE
+    enroll_attempts_per_minute: int = DEFAULT_ENROLL_ATTEMPTS_PER_MINUTE
     #: The URL agents and admins reach this controller at, told to them by a standby
     #: (default: the URL of the listener as bound).
     advertise_url: str | None = None
@@ -168,6 +175,8 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "metrics_require_token": ("metrics_require_token", bool),
         "read_timeout_s": ("read_timeout_s", float),
         "max_unauthenticated_connections": ("max_unauthenticated_connections", int),
+        "auth_failures_per_minute": ("auth_failures_per_minute", int),
+        "enroll_attempts_per_minute": ("enroll_attempts_per_minute", int),
         "advertise_url": ("advertise_url", str),
     },
     "store": {
@@ -197,6 +206,8 @@ _KEYS: dict[str, dict[str, tuple[str, type]]] = {
 _POSITIVE = {
     "read_timeout_s",
     "max_unauthenticated_connections",
+    "auth_failures_per_minute",
+    "enroll_attempts_per_minute",
     "snapshot_interval_s",
     "journal_max_bytes",
     "write_retry_max_s",

@@ -34,7 +34,13 @@ from polyfleet.controller.api.models import (
 from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS, STORE
-from polyfleet.controller.services.access import LastAdminToken, Role, UnknownAgent, UnknownToken
+from polyfleet.controller.services.access import (
+    BadExpiry,
+    LastAdminToken,
+    Role,
+    UnknownAgent,
+    UnknownToken,
+)
 from polyfleet.controller.services.device_table import (
     MAX_LIMIT,
     SORT_KEYS,
@@ -337,8 +343,15 @@ async def list_tokens(request: web.Request) -> web.Response:
 )
 async def create_token(request: web.Request) -> web.Response:
     body = await read_model(request, TokenIn)
-    token, record = await request.app[ACCESS].create_token(Role(body.role), body.name)
+    try:
+        token, record = await request.app[ACCESS].create_token(
+            Role(body.role), body.name, expires_at=body.expires_at
+        )
+    except BadExpiry as exc:
+        raise ApiError(422, "invalid", str(exc), "expires_at") from None
     details = {"role": record["role"], "name": record["name"]}
+    if record["expires_at"] is not None:
+        details["expires_at"] = record["expires_at"]
     await audit.record(request, "token.create", f"token:{record['id']}", details)
     return web.json_response({**record, "token": token}, status=201)
 

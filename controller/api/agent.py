@@ -19,6 +19,7 @@ from polyfleet.controller.api.errors import (
 )
 from polyfleet.controller.api.models import ArtifactOut, Ok
 from polyfleet.controller.api.spec import AGENTS, PUBLIC, endpoint
+from polyfleet.controller.api.throttle import ENROLL_LIMITER, client_address
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS
 from polyfleet.controller.services.access import token_digest
 from polyfleet.controller.services.audit import Actor
@@ -57,10 +58,13 @@ def check_protocol(data: dict[str, Any]) -> None:
     roles=PUBLIC,
     request=EnrollRequest,
     response=EnrollResponse,
-    errors=(400, 403, 413, 422),
+    errors=(400, 403, 413, 422, 429),
     tags=("agent",),
 )
 async def enroll(request: web.Request) -> web.Response:
+    limiter, address = request.app[ENROLL_LIMITER], client_address(request)
+    limiter.check(address, "enrollment attempts")
+    limiter.spend(address)
     data = await read_json(request)
     check_protocol(data)
     body = validate(EnrollRequest, data)

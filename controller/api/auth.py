@@ -7,6 +7,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 
 from polyfleet.controller.api.errors import ApiError, Handler
 from polyfleet.controller.api.spec import spec_of
+from polyfleet.controller.api.throttle import AUTH_LIMITER, client_address
 from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import LOCAL_ADMIN, Principal, Role
 
@@ -28,12 +29,16 @@ def via_control_socket(request: web.Request) -> bool:
 def _bearer(request: web.Request) -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    found = None
-    if scheme.lower() == "bearer" and token.strip():
-        found = request.app[ACCESS].authenticate(token.strip())
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    limiter, address = request.app[AUTH_LIMITER], client_address(request)
+    # Before looking at the token: an address that guessed too often learns nothing more.
+    limiter.check(address, "failed credentials")
+    found = request.app[ACCESS].authenticate(token) if token else None
     if found is None:
+        limiter.spend(address)
         # Never echo the token back, not even partly.
-        raise ApiError(401, "unauthorized", "missing or unknown bearer token", "Authorization")
+        message = request.app[ACCESS].refusal(token) if token else "missing bearer token"
+        raise ApiError(401, "unauthorized", message, "Authorization")
     return found
 
 

@@ -8,7 +8,7 @@ import json
 import logging
 import operator
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -42,12 +42,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An error answer: HTTP status, a stable ``code``, a message and the field at fault."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = dict(headers or {})
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -66,6 +75,7 @@ _HTTP_CODES = {
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "invalid",
+    429: "rate_limited",
 }
 
 
@@ -105,6 +115,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.code, exc.message, exc.field)
+        response.headers.update(exc.headers)
         if exc.status == 408:
             # The rest of a late body may still trickle in: nothing more is read from it.
             response.force_close()

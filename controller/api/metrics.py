@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from polyfleet.controller.api.connections import ConnectionGuard
 from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.api.throttle import AttemptLimiter
 from polyfleet.controller.keys import CONFIG, METRICS
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.store.base import DEVICES, SITES, Store, StoreHealth
@@ -123,6 +124,31 @@ class ConnectionCollector(Collector):
         closed.add_metric(["unauthenticated_limit"], stats.closed_unauthenticated)
         closed.add_metric(["read_timeout"], stats.closed_read_timeout)
         yield closed
+
+
+class ThrottleCollector(Collector):
+    """Failed credentials and enrollment attempts counted, and those refused as too many."""
+
+    def __init__(self, limiters: Sequence[AttemptLimiter]) -> None:
+        self._limiters = limiters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        attempts = CounterMetricFamily(
+            "polyfleet_auth_attempts_counted",
+            "Attempts counted against the per-address limits: failed credentials (kind "
+            "auth) and enrollment attempts (kind enroll)",
+            labels=["kind"],
+        )
+        limited = CounterMetricFamily(
+            "polyfleet_rate_limited",
+            "Requests answered 429 because their client address was over a limit, by kind",
+            labels=["kind"],
+        )
+        for limiter in self._limiters:
+            attempts.add_metric([limiter.kind], limiter.attempts_total)
+            limited.add_metric([limiter.kind], limiter.limited_total)
+        yield attempts
+        yield limited
 
 
 def build_registry(

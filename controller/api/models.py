@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.domain.admin_input import NameText
 from polyfleet.shared.schema import ErrorBody, Firmware, Health, JobKind, Peripheral, Serial
@@ -130,6 +130,9 @@ class AgentClock(_Out):
 class TokenIn(_In):
     role: Literal["admin", "viewer"]
     name: str = Field(default="", max_length=256)
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="when the token stops working (with offset); none: never"
+    )
 
 
 class TokenOut(_Out):
@@ -137,6 +140,9 @@ class TokenOut(_Out):
     role: str
     name: str
     created_at: str
+    expires_at: str | None = Field(default=None, description="when it stops working; none: never")
+    expired: bool = False
+    last_used_at: str | None = Field(default=None, description="its last use known, if any")
 
 
 class TokenCreated(TokenOut):

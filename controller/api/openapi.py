@@ -16,12 +16,14 @@ from polyfleet.controller.api.spec import PUBLIC, EndpointSpec, Param, endpoint,
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _STATUS_TEXT = {
     400: "Bad request (malformed JSON, unknown protocol version, bad query value)",
-    401: "Missing or unknown bearer token",
+    401: "Missing, unknown, revoked or expired bearer token",
     403: "Not allowed for this role (or device of another site)",
     404: "Not found",
     409: "Conflict with the current state",
     413: "Body too large or too many snapshots",
     422: "Body does not match the schema; `field` names the place",
+    429: "Too many failed credentials (or enrollment attempts) from this client address; "
+    "see `Retry-After`",
     503: "Temporarily unavailable (store failed, service starting)",
 }
 #: Any status not listed for an operation (405, 500, 503...) still answers ``ErrorResponse``.
@@ -32,7 +34,8 @@ def implied_errors(spec: EndpointSpec) -> tuple[int, ...]:
     """Statuses the middlewares answer for this route whatever its handler does."""
     statuses: set[int] = set()
     if spec.roles != PUBLIC:
-        statuses |= {401, 403}  # auth_middleware: no or unknown token; a role not allowed
+        # auth_middleware: no or unknown token; a role not allowed; an address over its limit
+        statuses |= {401, 403, 429}
     if spec.request is not None:
         statuses |= {400, 413, 422}  # errors.read_json and validate: not JSON, too big, schema
     elif spec.request_media is not None:

@@ -21,6 +21,7 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from polyfleet.controller.domain.admin_input import shown
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import (
     AccessService,
+    BadExpiry,
     LastAdminToken,
     Role,
     UnknownAgent,
@@ -85,7 +87,9 @@ class Backend(Protocol):
 
     async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]: ...
     async def sites(self) -> list[dict[str, Any]]: ...
-    async def create_token(self, role: str, name: str) -> dict[str, Any]: ...
+    async def create_token(
+        self, role: str, name: str, expires_at: datetime | None = None
+    ) -> dict[str, Any]: ...
     async def invite(self, site_id: str) -> dict[str, Any]: ...
     async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]: ...
     async def move(self, serial: str, site_id: str) -> dict[str, Any]: ...
@@ -137,9 +141,16 @@ class DirectBackend:
     async def sites(self) -> list[dict[str, Any]]:
         return self._inventory.sites()
 
-    async def create_token(self, role: str, name: str) -> dict[str, Any]:
-        token, record = await self._access.create_token(Role(role), name)
+    async def create_token(
+        self, role: str, name: str, expires_at: datetime | None = None
+    ) -> dict[str, Any]:
+        try:
+            token, record = await self._access.create_token(Role(role), name, expires_at=expires_at)
+        except BadExpiry as exc:
+            raise CommandError(str(exc), code="bad_input", field="expires") from None
         details = {"role": record["role"], "name": record["name"]}
+        if record["expires_at"] is not None:
+            details["expires_at"] = record["expires_at"]
         await self._record("token.create", f"token:{record['id']}", details)
         return {**record, "token": token}
 
@@ -241,8 +252,12 @@ class ServerBackend:
         result: list[dict[str, Any]] = (await self._call("GET", "/api/v1/sites"))["sites"]
         return result
 
-    async def create_token(self, role: str, name: str) -> dict[str, Any]:
-        body = {"role": role, "name": name}
+    async def create_token(
+        self, role: str, name: str, expires_at: datetime | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"role": role, "name": name}
+        if expires_at is not None:
+            body["expires_at"] = expires_at.isoformat()
         result: dict[str, Any] = await self._call("POST", "/api/v1/tokens", body)
         return result
 
@@ -533,15 +548,53 @@ def cmd_site_list(args: argparse.Namespace) -> int:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     async def action(backend: Backend) -> int:
-        created = await backend.create_token(args.role, args.name or "")
+        expires_at = None if args.expires is None else parse_expiry(args.expires, system_clock())
+        created = await backend.create_token(args.role, args.name or "", expires_at)
+        expires = created.get("expires_at")
         if args.json:
-            _print_json({"token": created["token"], "id": created["id"], "role": created["role"]})
+            _print_json(
+                {
+                    "token": created["token"],
+                    "id": created["id"],
+                    "role": created["role"],
+                    "expires_at": expires,
+                }
+            )
         else:
             print(created["token"])
-            print(f"{args.role} token {created['id']}: shown once, store it now", file=sys.stderr)
+            until = f", expires {expires}" if expires else ""
+            print(
+                f"{args.role} token {created['id']}{until}: shown once, store it now",
+                file=sys.stderr,
+            )
         return 0
 
     return _run(args, action)
+
+
+def parse_expiry(text: str, now: datetime) -> datetime:
+    """``--expires``: ``90d`` or ``12h`` from now, a date (the token works through that day,
+    UTC), or a moment in ISO 8601 with its offset."""
+    value = text.strip()
+    unit = {"d": "days", "h": "hours"}.get(value[-1:].lower())
+    if unit is not None and value[:-1].isdigit():
+        return now + timedelta(**{unit: int(value[:-1])})
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise CommandError(
+            f"--expires {text!r}: give 90d, 12h, a date (2027-03-31) or a moment with its "
+            "offset (2027-03-31T18:00:00+02:00)",
+            code="bad_input",
+            field="expires",
+            exit_status=EXIT_USAGE,
+        )
+    return moment
 
 
 def confirm(args: argparse.Namespace, question: str) -> None:
@@ -571,11 +624,14 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"tokens": tokens})
             return 0
-        print(f"{'ID':<13} {'ROLE':<7} {'CREATED':<20} NAME")
+        print(f"{'ID':<13} {'ROLE':<7} {'CREATED':<20} {'LAST USED':<20} {'EXPIRES':<28} NAME")
         for token in tokens:
+            expires = _when(token.get("expires_at"))
+            if token.get("expired"):
+                expires += " (expired)"
             print(
                 f"{token['id']:<13} {token['role']:<7} {_when(token['created_at']):<20} "
-                f"{shown(token['name'])}"
+                f"{_when(token.get('last_used_at')):<20} {expires:<28} {shown(token['name'])}"
             )
         return 0
 
@@ -884,6 +940,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     token_create = token.add_parser("create", help="create an API token (printed once)")
     token_create.add_argument("--role", required=True, choices=["admin", "viewer"])
     token_create.add_argument("--name", default="")
+    token_create.add_argument(
+        "--expires",
+        metavar="WHEN",
+        help="when the token stops working: 90d, 12h, a date (works through it, UTC) or "
+        "an ISO 8601 moment with offset (default: never)",
+    )
     _common(token_create)
     token_create.set_defaults(func=cmd_token_create)
     token_list = token.add_parser("list", help="list API tokens (never their secrets)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -13,11 +14,22 @@ from typing import Any
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.events import AgentEnrolled, EventBus
-from polyfleet.controller.store.base import AGENTS, EVENTS, INVITES, SITES, TOKENS, Doc, Store
+from polyfleet.controller.store.base import (
+    AGENTS,
+    EVENTS,
+    INVITES,
+    SITES,
+    TOKENS,
+    Doc,
+    Store,
+    StoreUnavailable,
+)
 from polyfleet.shared.schema import EnrollResponse
 
 TOKEN_PREFIX = "pft_"  # noqa: S105 - a visible prefix, not a secret
 AGENT_TOKEN_PREFIX = "pfa_"  # noqa: S105 - a visible prefix, not a secret
+#: A token's last use is written to its record at most this often (every use is in memory).
+LAST_USED_WRITE = timedelta(seconds=60)
 
 
 class Role(StrEnum):
@@ -85,6 +97,10 @@ class LastAdminToken(Exception):
         self.token_id = token_id
 
 
+class BadExpiry(ValueError):
+    """A token's expiry that is not in the future."""
+
+
 class UnknownSite(KeyError):
     """No site with that id."""
 
@@ -123,18 +139,43 @@ class AccessService:
         self._clock = clock
         self._code_ttl = timedelta(seconds=code_ttl_s)
         self._poll_interval_s = poll_interval_s
+        #: When each token was last used, as seen by this process (digest -> time); written to
+        #: its record at most every ``LAST_USED_WRITE_S``, so use costs no write per request.
+        self._used: dict[str, datetime] = {}
 
     def authenticate(self, token: str) -> Principal | None:
-        """The principal owning ``token``, or None."""
+        """The principal owning ``token``, or None (unknown, revoked or expired)."""
         return self.principal_of(token_digest(token))
+
+    def refusal(self, token: str) -> str:
+        """Why ``token`` is refused, in words (never the token itself)."""
+        digest = token_digest(token)
+        if self.expired(digest):
+            doc = self._store.get(TOKENS, digest) or {}
+            return (
+                f"token {doc.get('id')} expired at {doc.get('expires_at')}; "
+                "create a new one with: polyfleet controller token create"
+            )
+        return "unknown or revoked bearer token"
+
+    def expired(self, digest: str) -> bool:
+        """The token with this digest exists but its expiry has passed."""
+        doc = self._store.get(TOKENS, digest)
+        expires = None if doc is None else doc.get("expires_at")
+        return expires is not None and datetime.fromisoformat(expires) <= self._clock()
 
     def principal_of(self, digest: str) -> Principal | None:
         """The principal of the stored token with this digest (a dashboard session keeps only
-        the digest, so revoking the token ends its sessions), or None."""
+        the digest, so revoking the token ends its sessions), or None; counts as a use."""
         doc = self._store.get(TOKENS, digest)
         # The lookup is by digest; comparing again in constant time keeps timing flat anyway.
         if doc is None or not hmac.compare_digest(str(doc.get("sha256", "")), digest):
             return None
+        now = self._clock()
+        expires = doc.get("expires_at")
+        if expires is not None and datetime.fromisoformat(expires) <= now:
+            return None
+        self._note_use(digest, doc, now)
         return Principal(
             role=Role(doc["role"]),
             name=str(doc.get("name", "")),
@@ -143,10 +184,34 @@ class AccessService:
             site_id=doc.get("site_id"),
         )
 
-    async def create_token(self, role: Role, name: str = "") -> tuple[str, Doc]:
+    def _note_use(self, digest: str, doc: Doc, now: datetime) -> None:
+        self._used[digest] = now
+        stored = doc.get("last_used_at")
+        if stored is not None and now - datetime.fromisoformat(stored) < LAST_USED_WRITE:
+            return
+        # Not waited for: a lost last-used time is no loss; the record is the one just read
+        # (no await since), so a revoke cannot be undone by it. A failing store says so
+        # elsewhere; the time stays in memory meanwhile.
+        with contextlib.suppress(StoreUnavailable):
+            self._store.apply({TOKENS: {digest: {**doc, "last_used_at": now.isoformat()}}})
+
+    def last_used(self, digest: str, doc: Doc) -> str | None:
+        """When the token was last used: this process's memory, else its record."""
+        seen = self._used.get(digest)
+        return seen.isoformat() if seen is not None else doc.get("last_used_at")
+
+    async def create_token(
+        self, role: Role, name: str = "", *, expires_at: datetime | None = None
+    ) -> tuple[str, Doc]:
         """A new admin or viewer token: (the secret, to show once; its stored record)."""
         if role is Role.AGENT:
             raise ValueError("agent credentials come from enrollment, not token create")
+        now = self._clock()
+        if expires_at is not None and expires_at <= now:
+            raise BadExpiry(
+                f"the expiry {expires_at.isoformat()} is not in the future "
+                f"(now {now.isoformat(timespec='seconds')})"
+            )
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_digest(token)
         doc: Doc = {
@@ -154,10 +219,21 @@ class AccessService:
             "sha256": digest,
             "role": role.value,
             "name": name,
-            "created_at": self._clock().isoformat(),
+            "created_at": now.isoformat(),
         }
+        if expires_at is not None:
+            doc["expires_at"] = expires_at.isoformat()
         await self._store.put_many(TOKENS, {digest: doc})
-        return token, public_token(doc)
+        return token, self._public_token(digest, doc)
+
+    def _public_token(self, digest: str, doc: Doc) -> dict[str, Any]:
+        expires = doc.get("expires_at")
+        return {
+            **public_token(doc),
+            "expires_at": expires,
+            "expired": expires is not None and datetime.fromisoformat(expires) <= self._clock(),
+            "last_used_at": self.last_used(digest, doc),
+        }
 
     def digest_of(self, token_id: str) -> str | None:
         """The digest of the admin or viewer token with this id, or None."""
@@ -170,8 +246,8 @@ class AccessService:
         """API tokens (admin and viewer), oldest first; agent credentials are ``list_agents``."""
         return sorted(
             (
-                public_token(doc)
-                for doc in self._store.scan(TOKENS).values()
+                self._public_token(digest, doc)
+                for digest, doc in self._store.scan(TOKENS).items()
                 if doc["role"] != Role.AGENT.value
             ),
             key=lambda doc: (str(doc["created_at"]), str(doc["id"])),
@@ -196,12 +272,16 @@ class AccessService:
             raise LastAdminToken(token_id)
         # Checked and removed with no await in between: two revokes cannot both pass the check.
         await self._store.wait_durable(self._store.apply({}, {TOKENS: [digest]}))
-        return public_token(doc)
+        self._used.pop(digest, None)
+        return self._public_token(digest, doc)
 
     def _other_admin(self, digest: str) -> bool:
-        """Another admin token exists (one that still works)."""
+        """Another admin token exists that still works (not expired)."""
+        now = self._clock()
         return any(
-            doc["role"] == Role.ADMIN.value and key != digest
+            doc["role"] == Role.ADMIN.value
+            and key != digest
+            and (doc.get("expires_at") is None or datetime.fromisoformat(doc["expires_at"]) > now)
             for key, doc in self._store.scan(TOKENS).items()
         )
 

@@ -80,6 +80,8 @@ class SessionService:
         """A new session for an admin or viewer token: (the cookie value, the session)."""
         digest = token_digest(token.strip())
         if self._access.principal_of(digest) is None:
+            if self._access.expired(digest):
+                raise SignInRefused("token_expired", "the token has expired")
             raise SignInRefused("unknown_token", "unknown or revoked token")
         return await self._start(digest, kiosk=kiosk)
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.spec import ADMINS, PUBLIC, READERS, endpoint
+from polyfleet.controller.api.throttle import AUTH_LIMITER, client_address
 from polyfleet.controller.services.web_sessions import SignInRefused, WebSession
 from polyfleet.controller.web.keys import SESSION, SESSIONS
 from polyfleet.controller.web.render import render, translator
@@ -110,10 +111,24 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
     target = "/kiosk" if kiosk else safe_next(str(form.get("next") or "/"))
     if not isinstance(token, str) or not token.strip():
         return _signin_form(request, error=t.gettext("Paste an API token."), status=400)
+    limiter, address = request.app[AUTH_LIMITER], client_address(request)
+    try:
+        # The same per-address limit as failed bearer tokens: a form is no way around it.
+        limiter.check(address, "failed credentials")
+    except ApiError as exc:
+        log.warning("dashboard sign-in refused from %s: %s", address, exc.message)
+        error = t.gettext(
+            "Too many failed sign-ins from this address; try again in {seconds} s.",
+            seconds=exc.headers["Retry-After"],
+        )
+        response = _signin_form(request, error=error, status=429)
+        response.headers.update(exc.headers)
+        return response
     try:
         cookie, session = await request.app[SESSIONS].sign_in(token, kiosk=kiosk)
     except SignInRefused as exc:
-        log.warning("dashboard sign-in refused from %s: %s", request.remote, exc)
+        limiter.spend(address)
+        log.warning("dashboard sign-in refused from %s: %s", address, exc)
         return _signin_form(request, error=_refusal_text(request, exc), status=401)
     log.info(
         "dashboard sign-in: %s (%s)%s",
@@ -134,6 +149,9 @@ def _refusal_text(request: web.Request, exc: SignInRefused) -> str:
         "admin_kiosk": t.gettext("A wall screen signs in with a viewer token, never an admin one."),
         "link_expired": t.gettext("This sign-in link has expired; ask for a new one."),
         "link_used": t.gettext("This sign-in link was used already or never existed."),
+        "token_expired": t.gettext(
+            "This token has expired; create a new one with: polyfleet controller token create"
+        ),
     }
     return texts.get(exc.reason, t.gettext("Unknown or revoked token."))
 

@@ -550,7 +550,7 @@ def test_spec_fields_reach_the_document(tmp_path: Path) -> None:
     assert operation["requestBody"]["content"]["text/plain"]["schema"]["description"]
     responses = operation["responses"]
     # Auth and body size come from the middlewares; 404 and 409 from the spec.
-    assert set(responses) == {"200", "401", "403", "404", "409", "413", "default"}
+    assert set(responses) == {"200", "401", "403", "404", "409", "413", "429", "default"}
     ref = responses["409"]["content"]["application/json"]["schema"]["$ref"]
     assert "reasons" in document["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
     assert operation["deprecated"] is True

@@ -1,0 +1,219 @@
+"""Tokens have a lifecycle (expiry, last use) and guessing is rate-limited per client address."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from access_testkit import bearer, controller_process, eventually
+
+from polyfleet.shared.schema import PROTOCOL_VERSION
+
+LIMITS = "[server]\nauth_failures_per_minute = 4\nenroll_attempts_per_minute = 3\n"
+
+
+@asynccontextmanager
+async def client_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client whose connections come from ``address`` (another loopback address)."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        yield http
+
+
+async def _call(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None, body: Any = None
+) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+    headers = bearer(token) if token is not None else {}
+    async with http.request(method, url, json=body, headers=headers) as response:
+        return response.status, await response.json(), response.headers
+
+
+async def test_an_expired_token_is_refused_in_words_and_listed_as_expired(tmp_path: Path) -> None:
+    """A token past its expiry gets 401 naming the expiry; the list shows it expired."""
+    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
+        api = f"{controller.url}/api/v1"
+        ops = await controller.admin_token("ops")
+        soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+        status, short, _ = await _call(
+            http,
+            "POST",
+            f"{api}/tokens",
+            ops,
+            {"role": "viewer", "name": "wall", "expires_at": soon},
+        )
+        assert status == 201 and short["expires_at"] == soon and short["expired"] is False
+        assert (await _call(http, "GET", f"{api}/devices", short["token"]))[0] == 200
+
+        async def refused() -> Any:
+            status, answer, _ = await _call(http, "GET", f"{api}/devices", short["token"])
+            return answer if status == 401 else None
+
+        answer = await eventually(refused, timeout=30)
+        message = answer["error"]["message"]
+        assert f"token {short['id']} expired at {soon}" in message
+        assert short["token"] not in message
+        listed = await controller.cli("token", "list", "--json")
+        assert listed.status == 0, listed.err
+        (wall,) = [t for t in listed.json()["tokens"] if t["id"] == short["id"]]
+        assert wall["expired"] is True and wall["expires_at"] == soon
+        table = await controller.cli("token", "list")
+        assert re.search(rf"{short['id']} +viewer .* \(expired\) +wall", table.out), table.out
+
+        # An expiry that has passed already is refused, by the API and by the CLI.
+        past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        status, answer, _ = await _call(
+            http, "POST", f"{api}/tokens", ops, {"role": "viewer", "expires_at": past}
+        )
+        assert status == 422 and answer["error"]["field"] == "expires_at"
+        assert "not in the future" in answer["error"]["message"]
+        done = await controller.cli(
+            "token", "create", "--role", "viewer", "--expires", "2001-01-01", "--json"
+        )
+        assert done.status != 0 and "not in the future" in done.json()["error"]["message"]
+        done = await controller.cli("token", "create", "--role", "viewer", "--expires", "soon")
+        assert done.status == 2 and "--expires 'soon'" in done.err
+
+
+async def test_expiry_forms_of_the_cli_and_last_use_survive_a_restart(tmp_path: Path) -> None:
+    """--expires takes 90d, a date or a moment; a token's last use is kept across restarts."""
+    data = tmp_path / "data"
+    async with controller_process(data) as controller, aiohttp.ClientSession() as http:
+        ops = await controller.admin_token("ops")
+        before = datetime.now(UTC)
+        made = {}
+        for form in ("90d", "2099-03-31", "2099-03-31T18:00:00+02:00"):
+            done = await controller.cli(
+                "token", "create", "--role", "viewer", "--name", form, "--expires", form, "--json"
+            )
+            assert done.status == 0, done.err
+            made[form] = datetime.fromisoformat(done.json()["expires_at"])
+        assert timedelta(days=90) <= made["90d"] - before < timedelta(days=90, minutes=5)
+        assert made["2099-03-31"] == datetime(2099, 4, 1, tzinfo=UTC)
+        assert made["2099-03-31T18:00:00+02:00"] == datetime(2099, 3, 31, 16, tzinfo=UTC)
+        listed = (await controller.cli("token", "list", "--json")).json()["tokens"]
+        assert all(t["last_used_at"] is None for t in listed if t["role"] == "viewer")
+
+        assert (await _call(http, "GET", f"{controller.url}/api/v1/devices", ops))[0] == 200
+        listed = (await controller.cli("token", "list", "--json")).json()["tokens"]
+        (used,) = [t for t in listed if t["name"] == "ops"]
+        assert used["last_used_at"] is not None
+        assert datetime.fromisoformat(used["last_used_at"]) >= before
+    async with controller_process(data) as controller:
+        listed = (await controller.cli("token", "list", "--json")).json()["tokens"]
+        (again,) = [t for t in listed if t["name"] == "ops"]
+        assert again["last_used_at"] == used["last_used_at"]
+
+
+async def test_an_expired_admin_token_does_not_count_as_another_admin(tmp_path: Path) -> None:
+    """The last working admin token stays, even beside an admin token that has expired."""
+    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
+        api = f"{controller.url}/api/v1"
+        ops = await controller.admin_token("ops")
+        soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        status, brief, _ = await _call(
+            http, "POST", f"{api}/tokens", ops, {"role": "admin", "expires_at": soon}
+        )
+        assert status == 201
+        await asyncio.sleep(1.5)  # waits-for: the second admin token to expire
+        ops_id = [t["id"] for t in (await _call(http, "GET", f"{api}/tokens", ops))[1]["tokens"]]
+        ops_id.remove(brief["id"])
+        status, answer, _ = await _call(http, "DELETE", f"{api}/tokens/{ops_id[0]}", ops)
+        assert status == 409 and answer["error"]["code"] == "last_admin_token"
+
+
+async def test_failed_tokens_are_limited_per_client_address(tmp_path: Path) -> None:
+    """Past the limit an address gets 429 with Retry-After, even with a good token; others not."""
+    async with (
+        controller_process(tmp_path / "data", LIMITS) as controller,
+        client_from("127.0.0.2") as guesser,
+        client_from("127.0.0.3") as neighbour,
+    ):
+        url = f"{controller.url}/api/v1/devices"
+        ops = await controller.admin_token("ops")
+        for i in range(4):
+            status, answer, _ = await _call(guesser, "GET", url, f"pft_guess{i}")
+            assert status == 401, answer
+        status, answer, headers = await _call(guesser, "GET", url, "pft_guess5")
+        assert status == 429 and answer["error"]["code"] == "rate_limited"
+        assert "too many failed credentials from 127.0.0.2" in answer["error"]["message"]
+        assert 1 <= int(headers["Retry-After"]) <= 60
+        # A good token from that address waits too: the limit is checked before any token.
+        assert (await _call(guesser, "GET", url, ops))[0] == 429
+        assert (await _call(neighbour, "GET", url, ops))[0] == 200
+        # The bucket refills evenly: 15 s buys one more attempt at 4 a minute.
+        await asyncio.sleep(int(headers["Retry-After"]))  # waits-for: the promised retry time
+        assert (await _call(guesser, "GET", url, ops))[0] == 200
+        async with neighbour.get(f"{controller.url}/metrics", headers=bearer(ops)) as response:
+            metrics = await response.text()
+        assert re.search(r'^polyfleet_rate_limited_total\{kind="auth"\} 2\.0$', metrics, re.M)
+        assert re.search(
+            r'^polyfleet_auth_attempts_counted_total\{kind="auth"\} 4\.0$', metrics, re.M
+        )
+
+
+async def test_enrollment_attempts_are_limited_per_client_address(tmp_path: Path) -> None:
+    """Guessing codes is cut off at the limit, a good code included; another address enrolls."""
+    async with (
+        controller_process(tmp_path / "data", LIMITS) as controller,
+        client_from("127.0.0.2") as guesser,
+        client_from("127.0.0.3") as site,
+    ):
+        assert (
+            await controller.cli(
+                "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw"
+            )
+        ).status == 0
+        invite = await controller.cli("agent", "invite", "--site", "krk", "--json")
+        assert invite.status == 0, invite.err
+        code = invite.json()["code"]
+        url = f"{controller.url}/api/v1/agent/enroll"
+
+        def body(code: str) -> dict[str, Any]:
+            return {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "a"}
+
+        for _ in range(3):
+            status, answer, _ = await _call(guesser, "POST", url, None, body("AAAA-BBBB"))
+            assert status == 403 and answer["error"]["code"] == "enrollment_refused"
+        status, answer, headers = await _call(guesser, "POST", url, None, body(code))
+        assert status == 429 and "too many enrollment attempts" in answer["error"]["message"]
+        assert "Retry-After" in headers
+        status, answer, _ = await _call(site, "POST", url, None, body(code))
+        assert status == 200 and answer["site_id"] == "krk"
+
+
+async def test_dashboard_sign_in_shares_the_limit_on_failed_tokens(tmp_path: Path) -> None:
+    """Wrong tokens typed into the sign-in form count like wrong bearer tokens; 429 in words."""
+    async with (
+        controller_process(tmp_path / "data", LIMITS) as controller,
+        client_from("127.0.0.2") as browser,
+    ):
+        ops = await controller.admin_token("ops")
+
+        async def sign_in(token: str) -> tuple[int, str]:
+            async with browser.get(f"{controller.url}/signin") as page:
+                form = await page.text()
+                # Sent back by hand: a client jar keeps no Secure cookie over plain HTTP.
+                cookies = "; ".join(f"{k}={v.value}" for k, v in page.cookies.items())
+            found = re.search(r'name="nonce" value="([^"]+)"', form)
+            assert found is not None, form
+            data = {"nonce": found.group(1), "token": token, "next": "/"}
+            async with browser.post(
+                f"{controller.url}/signin",
+                data=data,
+                headers={"Cookie": cookies},
+                allow_redirects=False,
+            ) as response:
+                return response.status, await response.text()
+
+        for i in range(4):
+            status, page = await sign_in(f"pft_wrong{i}")
+            assert status == 401 and "Unknown or revoked token." in page
+        status, page = await sign_in(ops)
+        assert status == 429
+        assert re.search(r"Too many failed sign-ins from this address; try again in \d+ s\.", page)
