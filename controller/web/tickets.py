@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
 
@@ -149,16 +150,27 @@ async def ticket_fill(request: web.Request) -> web.StreamResponse:
     key = request.match_info["ticket_id"]
     form = await form_of(request)
     serial, contract = form.get("serial"), form.get("contract_number")
-    filled = {
+    filled: dict[str, Any] = {
         name: value
         for name, value in (("serial", serial), ("contract_number", contract))
         if isinstance(value, str)
     }
+    if form.get("force") == "1":
+        filled["force"] = True
+    session = request[SESSION]
+    assert session is not None  # an admin page: the security middleware saw a session
+    principal = session.principal
+    by = f"{principal.name or principal.token_id} (token {principal.token_id}, dashboard)"
     try:
         # The API's own model: the same limits on what a serial or contract number may be.
         body = validate(TicketFill, dict(filled))
         ticket = await fill_in(
-            service, key, serial=body.serial, contract_number=body.contract_number
+            service,
+            key,
+            serial=body.serial,
+            contract_number=body.contract_number,
+            by=by,
+            force=body.force,
         )
     except ApiError as exc:
         if exc.status not in (409, 422):

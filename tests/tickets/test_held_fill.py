@@ -19,6 +19,7 @@ import pytest
 
 from polyfleet.controller.app import serve
 from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.web.security import SESSION_COOKIE, SIGNIN_COOKIE
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
@@ -236,3 +237,62 @@ async def test_fill_took_an_empty_or_unknown_contract_number(server: Server) -> 
         "contract number PPP-2026-NEW given though the asset registry lacks it (ops" in text
         for text in notes
     ), notes
+
+
+async def test_dashboard_fill_said_nobody_filled_it_and_could_not_force(server: Server) -> None:
+    """The dashboard's fill form records who filled the ticket, as the API does, and takes a
+    contract number the registry lacks only when the admin ticks it (the API's force)."""
+    await camera_fault(server, "X7")
+    local = ["--data-dir", str(server.data_dir), "--json"]
+    ticket = ""
+    for _ in range(600):
+        listed = json.loads((await polyfleet("controller", "tickets", "list", *local)).out)
+        if listed["tickets"]:
+            ticket = listed["tickets"][0]["id"]
+            break
+        await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
+    assert ticket
+    created = await polyfleet(
+        "controller", "token", "create", "--role", "admin", "--name", "desk", *local
+    )
+    token = json.loads(created.out)
+    async with aiohttp.ClientSession() as http:
+        # Cookies sent by hand: a client jar keeps no Secure cookie from plain HTTP.
+        async with http.get(f"{server.url}/signin") as response:
+            nonce = response.cookies[SIGNIN_COOKIE].value
+        async with http.post(
+            f"{server.url}/signin",
+            data={"token": token["token"], "nonce": nonce, "next": "/"},
+            cookies={SIGNIN_COOKIE: nonce},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 303, await response.text()
+            session = {SESSION_COOKIE: response.cookies[SESSION_COOKIE].value}
+        page = f"{server.url}/tickets/{ticket}"
+        async with http.get(page, cookies=session) as response:
+            html = await response.text()
+        assert 'name="force" value="1"' in html
+        csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert csrf is not None
+        form = {"csrf": csrf.group(1), "contract_number": "PPP-2026-NEW"}
+        async with http.post(
+            f"{page}/fill", data=form, cookies=session, allow_redirects=False
+        ) as response:
+            assert response.status == 409
+            assert "PPP-2023-7" in await response.text()
+        async with http.post(
+            f"{page}/fill", data={**form, "force": "1"}, cookies=session, allow_redirects=False
+        ) as response:
+            assert response.status == 303, await response.text()
+        headers = {"Authorization": f"Bearer {token['token']}"}
+        async with http.get(f"{server.url}/api/v1/tickets/{ticket}", headers=headers) as response:
+            filled = await response.json()
+    assert filled["contract_number"] == "PPP-2026-NEW"
+    assert filled["filled_by"] == f"desk (token {token['id']}, dashboard)"
+    audit = json.loads((await polyfleet("controller", "audit", "--action", "ticket", *local)).out)
+    (entry,) = [e for e in audit["entries"] if e["action"] == "ticket.fill"]
+    assert entry["details"] == {
+        "contract_number": "PPP-2026-NEW",
+        "force": True,
+        "via": "dashboard",
+    }
