@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ UPDATE_KEYS = (
     "upgrade.auto.server.address",
     "upgrade.auto.version",
 )
+#: Journals of finished jobs are kept this long (a resent job gets its result from them),
+#: then deleted, so ``<data dir>/updates`` does not grow with every update ever run.
+FINISHED_KEEP_S = 30 * 86400
 #: How often the unit is looked at while it installs.
 RETURN_POLL_S = 2.0
 #: Problems that mean "camera or microphones down" (a verification check of its own).
@@ -79,6 +83,26 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+
+
+def prune_finished(directory: Path, older_than_s: float = FINISHED_KEEP_S) -> int:
+    """Delete journals of finished jobs last written more than ``older_than_s`` ago (by then
+    the controller has long had their result); how many went. Unfinished ones always stay:
+    they are how a job resumes."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in directory.glob("*.json"):
+        journal = Journal(directory, path.stem)
+        try:
+            if path.stat().st_mtime >= cutoff:
+                continue
+            journal.load()
+            if journal.data.get("phase") == "finished":
+                path.unlink()
+                removed += 1
+        except OSError as exc:
+            log.debug("update journal %s not pruned: %s", path, exc)
+    return removed
 
 
 def _same_version(snapshot: Snapshot, version: str) -> bool:
@@ -165,6 +189,9 @@ class FirmwareUpdater:
             return (await driver.poll())[0]
 
     async def run(self, job: Job, key: str, uplink: Uplink) -> JobResult:
+        pruned = await asyncio.to_thread(prune_finished, self.journal_dir)
+        if pruned:
+            log.info("update journals: %d of jobs finished over 30 days ago deleted", pruned)
         journal = Journal(self.journal_dir, job.id)
         await asyncio.to_thread(journal.load)
         if journal.data.get("phase") == "finished":
