@@ -193,19 +193,22 @@ async def test_suggested_fill_command_did_not_work_as_printed(
     assert abs(datetime.now(UTC) - filled_at) < timedelta(minutes=5)
 
 
+async def first_ticket(local: list[str]) -> str:
+    """The id of the first ticket the controller files (listed by the CLI)."""
+    for _ in range(600):
+        listed = json.loads((await polyfleet("controller", "tickets", "list", *local)).out)
+        if listed["tickets"]:
+            return str(listed["tickets"][0]["id"])
+        await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
+    raise AssertionError("no ticket filed within 30 s")
+
+
 async def test_fill_took_an_empty_or_unknown_contract_number(server: Server) -> None:
     """An empty contract number is refused (CLI and API); an unknown one only with force,
     which the ticket notes with who gave it."""
     await camera_fault(server, "X7")
     local = ["--data-dir", str(server.data_dir), "--json"]
-    ticket = ""
-    for _ in range(600):
-        listed = json.loads((await polyfleet("controller", "tickets", "list", *local)).out)
-        if listed["tickets"]:
-            ticket = listed["tickets"][0]["id"]
-            break
-        await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
-    assert ticket
+    ticket = await first_ticket(local)
     empty = await polyfleet(
         "controller", "tickets", "fill", ticket, "--contract-number", "", *local
     )
@@ -244,14 +247,7 @@ async def test_dashboard_fill_said_nobody_filled_it_and_could_not_force(server: 
     contract number the registry lacks only when the admin ticks it (the API's force)."""
     await camera_fault(server, "X7")
     local = ["--data-dir", str(server.data_dir), "--json"]
-    ticket = ""
-    for _ in range(600):
-        listed = json.loads((await polyfleet("controller", "tickets", "list", *local)).out)
-        if listed["tickets"]:
-            ticket = listed["tickets"][0]["id"]
-            break
-        await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
-    assert ticket
+    ticket = await first_ticket(local)
     created = await polyfleet(
         "controller", "token", "create", "--role", "admin", "--name", "desk", *local
     )
