@@ -144,8 +144,12 @@ class AccessService:
         self._used: dict[str, datetime] = {}
 
     def authenticate(self, token: str) -> Principal | None:
-        """The principal owning ``token``, or None (unknown, revoked or expired)."""
-        return self.principal_of(token_digest(token))
+        """The principal owning ``token``, or None (unknown, revoked or expired); a use."""
+        digest = token_digest(token)
+        found = self.principal_of(digest)
+        if found is not None:
+            self.note_use(digest)
+        return found
 
     def refusal(self, token: str) -> str:
         """Why ``token`` is refused, in words (never the token itself)."""
@@ -166,16 +170,15 @@ class AccessService:
 
     def principal_of(self, digest: str) -> Principal | None:
         """The principal of the stored token with this digest (a dashboard session keeps only
-        the digest, so revoking the token ends its sessions), or None; counts as a use."""
+        the digest, so revoking the token ends its sessions), or None. Only a look: a use is
+        counted by ``authenticate`` and ``note_use``."""
         doc = self._store.get(TOKENS, digest)
         # The lookup is by digest; comparing again in constant time keeps timing flat anyway.
         if doc is None or not hmac.compare_digest(str(doc.get("sha256", "")), digest):
             return None
-        now = self._clock()
         expires = doc.get("expires_at")
-        if expires is not None and datetime.fromisoformat(expires) <= now:
+        if expires is not None and datetime.fromisoformat(expires) <= self._clock():
             return None
-        self._note_use(digest, doc, now)
         return Principal(
             role=Role(doc["role"]),
             name=str(doc.get("name", "")),
@@ -184,7 +187,12 @@ class AccessService:
             site_id=doc.get("site_id"),
         )
 
-    def _note_use(self, digest: str, doc: Doc, now: datetime) -> None:
+    def note_use(self, digest: str) -> None:
+        """The token with this digest was just used (a request, a dashboard page)."""
+        doc = self._store.get(TOKENS, digest)
+        if doc is None:
+            return
+        now = self._clock()
         self._used[digest] = now
         stored = doc.get("last_used_at")
         if stored is not None and now - datetime.fromisoformat(stored) < LAST_USED_WRITE:

@@ -95,6 +95,7 @@ class SessionService:
             raise SignInRefused(
                 "admin_kiosk", "a wall screen signs in with a viewer token, never an admin one"
             )
+        self._access.note_use(digest)
         secret = secrets.token_urlsafe(32)
         now = self._clock()
         ttl = self.kiosk_session_ttl if kiosk else self.session_ttl
@@ -118,9 +119,11 @@ class SessionService:
         doc = self._store.get(SESSIONS, key)
         if doc is None or datetime.fromisoformat(doc["expires_at"]) <= self._clock():
             return None
-        principal = self._access.principal_of(str(doc["token_sha256"]))
+        digest = str(doc["token_sha256"])
+        principal = self._access.principal_of(digest)
         if principal is None:
             return None
+        self._access.note_use(digest)
         return self._session(key, doc, principal)
 
     async def sign_out(self, session: WebSession) -> None:
