@@ -99,8 +99,11 @@ async def post_reports(request: web.Request) -> web.Response:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
-    # No local name for the batch: ingest lets go of it before waiting for the disk.
-    ack = await request.app[INVENTORY].ingest(principal(request), await _read_batch(raw), raw=raw)
+    inventory = request.app[INVENTORY]
+    async with inventory.turn():
+        # No local name for the batch: it goes before the wait for the disk.
+        staged = inventory.stage(principal(request), await _read_batch(raw), raw=raw)
+    ack = await inventory.finish(staged)
     return web.json_response(ack.model_dump(mode="json"))
 
 

@@ -21,11 +21,13 @@ acceptances: per agent, the ids of its last ``REMEMBERED_IDS`` such reports, kep
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -227,6 +229,21 @@ class _SiteLiveness:
     watched_since: datetime
 
 
+@dataclass(frozen=True, kw_only=True)
+class StagedBatch:
+    """A batch the store has taken but not yet made durable, and what its answer says."""
+
+    started: float
+    now: datetime
+    site_id: str
+    agent_id: str
+    accepted: int
+    duplicates: int
+    superseded: int
+    events: list[Event]
+    accepted_documents: list[Doc]
+
+
 @dataclass
 class IngestStats:
     """Counters the metrics endpoint reads."""
@@ -339,6 +356,7 @@ class Inventory:
         #: Per agent, ids of its reports that left the retained history (``REPORT_RECEIPTS``).
         self._left: dict[str, _LeftIds] = {}
         self._receipt_number = 0
+        self._turn = asyncio.Lock()
 
     def load(self) -> None:
         """Take reachability baselines and each device's reports from the store (once open)."""
@@ -567,6 +585,30 @@ class Inventory:
         ``raw``: the request body the batch was validated from, read again for the reports'
         JSON form where it already is in that form (``reports_json``).
         """
+        async with self.turn():
+            staged = self.stage(agent, batch, raw=raw)
+        del batch
+        return await self.finish(staged)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """One batch's work at a time (its validation too), and one per pass of the event loop.
+
+        The batches of many agents arrive together. Staged back to back they would hold the
+        loop until the last was done, and the store's writer, whose answers from its database
+        wait meanwhile, would commit none of them before: on PostgreSQL the whole round's
+        commit came after all of its work, instead of alongside it on the other core. Keeping
+        the turn through one more pass of the loop lets the writer (and other I/O) go between
+        two batches.
+        """
+        async with self._turn:
+            yield
+            await asyncio.sleep(0)
+
+    def stage(
+        self, agent: Principal, batch: ReportBatch, *, raw: bytes | None = None
+    ) -> StagedBatch:
+        """Apply a batch to the store (not yet durable): ``ingest`` without its wait."""
         started = time.perf_counter()
         assert agent.site_id is not None and agent.agent_id is not None
         site_id = agent.site_id
@@ -750,20 +792,36 @@ class Inventory:
         known_retained.update(retained_now)
         known_latest.update(latest_now)
         self._remember(receipts)
-        accepted = len(plain_reports) - duplicates - superseded
-        del plain_reports
+        return StagedBatch(
+            started=started,
+            now=now,
+            site_id=site_id,
+            agent_id=agent_id,
+            accepted=len(plain_reports) - duplicates - superseded,
+            duplicates=duplicates,
+            superseded=superseded,
+            events=events,
+            accepted_documents=accepted_documents,
+        )
+
+    async def finish(self, staged: StagedBatch) -> ReportBatchAck:
+        """Wait until a staged batch is durable, then count it and tell the listeners."""
         # Also covers resends of reports still in flight from an earlier request.
-        await store.sync()
-        self.stats.accepted += accepted
-        self.stats.duplicates += duplicates
-        self.stats.superseded += superseded
-        elapsed = time.perf_counter() - started
+        await self._store.sync()
+        self.stats.accepted += staged.accepted
+        self.stats.duplicates += staged.duplicates
+        self.stats.superseded += staged.superseded
+        elapsed = time.perf_counter() - staged.started
         for observer in self.stats.observers:
             observer(elapsed)
-        self._bus.dispatch(events)
-        if accepted_documents:
-            self._bus.dispatch(self._ingested(now, site_id, agent_id, accepted_documents))
-        return ReportBatchAck(accepted=accepted, duplicates=duplicates)
+        self._bus.dispatch(staged.events)
+        if staged.accepted_documents:
+            self._bus.dispatch(
+                self._ingested(
+                    staged.now, staged.site_id, staged.agent_id, staged.accepted_documents
+                )
+            )
+        return ReportBatchAck(accepted=staged.accepted, duplicates=staged.duplicates)
 
     def _clock_change(
         self,
