@@ -76,6 +76,11 @@ SERVER_SETTINGS = {
     "tcp_keepalives_idle": "5",
     "tcp_keepalives_interval": "2",
     "tcp_keepalives_count": "3",
+    # A commit deletes documents by key, joining its list of keys to the table. Planned as a
+    # hash join, each commit read the whole table (a few hundred thousand documents) to
+    # delete a few: the store's sessions look each key up in the primary key instead.
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
 }
 
 #: Schema migrations, in order: version N is ``MIGRATIONS[N - 1]``. Append, never edit.
