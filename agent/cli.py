@@ -87,7 +87,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         description="Find Poly devices in the given address ranges only (HTTPS and SSH), "
         "without logging in. Hosts that answer but are not Poly VideoOS devices (desk "
         "phones, printers, other APIs, Linux SSH) are listed after them, marked NOT A POLY "
-        "VIDEOOS DEVICE with what was seen (--json: poly false, evidence).",
+        "VIDEOOS DEVICE with what was seen (--json: poly false, evidence); hosts whose HTTPS "
+        "did not answer within --timeout are marked NO ANSWER IN TIME (--json: undecided).",
     )
     disc.add_argument("ranges", nargs="+", metavar="CIDR")
     disc.add_argument("--rest-port", type=int, action="append", help="HTTPS port (repeatable; 443)")
@@ -332,14 +333,20 @@ def _print_found(found: list[Found]) -> None:
             f"{f.address}  {f.model_hint or '?'}  {f.os or ''}  https:{f.rest_port} "
             f"{f.tls_fingerprint}  ssh:{f.ssh_port or '-'} {f.ssh_banner}"
         )
-    others = [f for f in found if not f.poly]
+    slow = [f for f in found if f.undecided and not f.poly]
+    for f in slow:
+        # Maybe a busy unit: neither a room to enroll nor ruled out.
+        print(f"{f.address}  NO ANSWER IN TIME  {'; '.join(f.evidence)}")
+    others = [f for f in found if not f.poly and not f.undecided]
     for f in others:
         # Listed apart and marked, so nobody mistakes them for rooms to enroll.
         print(f"{f.address}  NOT A POLY VIDEOOS DEVICE  {'; '.join(f.evidence) or 'answered'}")
-    print(
-        f"{len(poly)} Poly devices"
-        + (f", {len(others)} other hosts answered (not Poly VideoOS)" if others else "")
-    )
+    summary = f"{len(poly)} Poly devices"
+    if slow:
+        summary += f", {len(slow)} too slow to tell (scan them again with a longer --timeout)"
+    if others:
+        summary += f", {len(others)} other hosts answered (not Poly VideoOS)"
+    print(summary)
 
 
 # --- enroll, run, pins --------------------------------------------------------------------

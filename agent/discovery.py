@@ -42,6 +42,9 @@ class Found:
     ssh_banner: str = ""
     #: Whether ``/rest/system`` asks for a session (VideoOS); None when not looked at.
     videoos_api: bool | None = None
+    #: It took TLS but did not answer over HTTPS within the timeout: a busy unit may be a
+    #: Poly, so it is neither counted as one nor called something else.
+    undecided: bool = False
     evidence: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -144,7 +147,14 @@ async def probe_address(
         found.tls_fingerprint = fingerprint
         try:
             status, server, page = await _landing_page(session, address, port, timeout)
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except TimeoutError:
+            found.undecided = True
+            found.evidence.append(
+                f"https:{port}: TLS, but no HTTP answer within {timeout:g} s "
+                "(a busy unit may need a longer --timeout)"
+            )
+            break
+        except (aiohttp.ClientError, OSError):
             found.evidence.append(f"https:{port}: TLS, but no HTTP answer")
             break
         found.server = server
@@ -170,8 +180,15 @@ async def probe_address(
                 found.poly = True
                 found.model_hint = found.title.removeprefix("Poly ").strip()
                 found.evidence.append(f"VideoOS REST API (/rest/system asks for a session: {api})")
+            elif api is None:
+                found.undecided = True
+                found.evidence.append(
+                    f"/rest/system gave no answer within {timeout:g} s "
+                    "(a busy unit may need a longer --timeout)"
+                )
+                found.os = ""
             else:
-                found.evidence.append(f"no VideoOS REST API (/rest/system: {api or 'no answer'})")
+                found.evidence.append(f"no VideoOS REST API (/rest/system: {api})")
                 # What the page claims is in the evidence; the fields name only Poly devices.
                 found.os = ""
         else:

@@ -160,3 +160,35 @@ async def test_discover_tells_videoos_from_other_hosts(tmp_path: Path) -> None:
     assert not by_address[hosts["printer"].address].poly
     assert not by_address[hosts["nas"].address].poly
     assert [f.address for f in found if f.poly] == [device.address]
+
+
+async def test_a_busy_unit_is_not_called_something_else(lab_factory: Any) -> None:
+    """A unit slower than --timeout is marked too slow to tell, never 'not a Poly'; with a
+    longer timeout it is found."""
+    lab = await lab_factory([make_device("BUSY1")])
+    d = lab.devices["BUSY1"]
+    await d.set_fault("slow", True, latency_ms=1500)
+    argv = [
+        *("-P", "-m", "polyfleet", "agent", "discover", f"{d.address}/32"),
+        *("--rest-port", str(d.rest_port), "--ssh-port", str(d.ssh_port)),
+    ]
+
+    async def run(*extra: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, *extra, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        return out.decode()
+
+    out = await run("--timeout", "0.5")
+    assert f"{d.address}  NO ANSWER IN TIME  https:{d.rest_port}: TLS, but no HTTP answer" in out
+    assert "within 0.5 s (a busy unit may need a longer --timeout)" in out
+    assert "NOT A POLY" not in out
+    assert out.rstrip().endswith(
+        "0 Poly devices, 1 too slow to tell (scan them again with a longer --timeout)"
+    )
+    (found,) = json.loads(await run("--timeout", "0.5", "--json"))
+    assert found["undecided"] is True and found["poly"] is False
+    (found,) = json.loads(await run("--timeout", "10", "--json"))
+    assert found["poly"] is True and found["undecided"] is False
