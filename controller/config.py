@@ -44,7 +44,8 @@ DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
 #: Failed credentials (bearer tokens, dashboard sign-ins) one client address may present a
 #: minute before it is answered 429 (see controller/api/throttle.py).
 DEFAULT_AUTH_FAILURES_PER_MINUTE = 20
-#: Enrollment attempts (right or wrong codes) one client address may make a minute.
+#: Failed enrollment attempts (unknown, used or expired codes) one client address may make a
+#: minute.
 DEFAULT_ENROLL_ATTEMPTS_PER_MINUTE = 10
 #: Audit log entries are kept this long (a little over a year: last year's audit included).
 DEFAULT_AUDIT_RETENTION_DAYS = 400

@@ -21,7 +21,7 @@ from polyfleet.controller.api.models import ArtifactOut, Ok
 from polyfleet.controller.api.spec import AGENTS, PUBLIC, endpoint
 from polyfleet.controller.api.throttle import ENROLL_LIMITER, client_address
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS
-from polyfleet.controller.services.access import token_digest
+from polyfleet.controller.services.access import EnrollmentRefused, token_digest
 from polyfleet.controller.services.audit import Actor
 from polyfleet.shared.schema import (
     MAX_BATCH_SNAPSHOTS,
@@ -63,14 +63,19 @@ def check_protocol(data: dict[str, Any]) -> None:
 )
 async def enroll(request: web.Request) -> web.Response:
     limiter, address = request.app[ENROLL_LIMITER], client_address(request)
-    limiter.check(address, "enrollment attempts")
-    limiter.spend(address)
+    limiter.check(address, "failed enrollment attempts")
     data = await read_json(request)
     check_protocol(data)
     body = validate(EnrollRequest, data)
-    answer = await request.app[ACCESS].enroll(
-        body.code, agent_name=body.agent_name, hostname=body.hostname
-    )
+    try:
+        answer = await request.app[ACCESS].enroll(
+            body.code, agent_name=body.agent_name, hostname=body.hostname
+        )
+    except EnrollmentRefused:
+        # Only wrong codes count: many agents enrolling through one NAT address are not
+        # slowed, while guessing a code is.
+        limiter.spend(address)
+        raise
     credential = token_digest(answer.token)[:12]
     enrolled = Actor(name=body.agent_name or answer.agent_id, role="agent", token_id=credential)
     details = {"name": body.agent_name, "hostname": body.hostname}

@@ -136,7 +136,7 @@ class ThrottleCollector(Collector):
         attempts = CounterMetricFamily(
             "polyfleet_auth_attempts_counted",
             "Attempts counted against the per-address limits: failed credentials (kind "
-            "auth) and enrollment attempts (kind enroll)",
+            "auth) and failed enrollment codes (kind enroll)",
             labels=["kind"],
         )
         limited = CounterMetricFamily(

@@ -1,4 +1,4 @@
-"""Per-address limits on guessing: failed credentials and enrollment attempts.
+"""Per-address limits on guessing: failed credentials and failed enrollment codes.
 
 Each client address has a bucket of ``per_minute`` attempts that refills evenly over a
 minute. An address whose bucket is empty is answered 429 with ``Retry-After`` before its
@@ -42,7 +42,7 @@ class AttemptLimiter:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         #: Attempts refused for being over the limit, since start (a metric).
         self.limited_total = 0
-        #: Attempts counted (failed credentials, or enrollment attempts), since start.
+        #: Attempts counted (failed credentials, or failed enrollment codes), since start.
         self.attempts_total = 0
 
     def _refilled(self, address: str) -> _Bucket | None:
@@ -85,7 +85,7 @@ class AttemptLimiter:
 
 #: Failed bearer tokens and dashboard sign-ins, per client address.
 AUTH_LIMITER = web.AppKey("auth_limiter", AttemptLimiter)
-#: Enrollment attempts, per client address.
+#: Failed enrollment attempts, per client address.
 ENROLL_LIMITER = web.AppKey("enroll_limiter", AttemptLimiter)
 
 
