@@ -11,6 +11,9 @@ import pytest
 
 from polyfleet.controller.store.base import StoreLocked
 from polyfleet.controller.store.postgres import (
+    _COMMIT,
+    LOCK_CLASS,
+    LOCK_ID,
     MIGRATIONS,
     PostgresStore,
     SchemaTooNew,
@@ -157,6 +160,34 @@ async def test_deposed_while_holding_the_lock_again_is_caught_by_the_term(
         assert (await read_all(postgres_url))["things"] == {"second": {"n": 1}}
     finally:
         await first.close()
+
+
+async def test_a_commit_finds_what_it_deletes_by_key(postgres_url: str) -> None:
+    """A commit deleting many documents looks each up by key, never reading the whole table."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    keys = [f"agent/{n}" for n in range(5000)]
+    await store.put_many("reports", {key: {"n": n} for n, key in enumerate(keys)})
+    conn = await store._connect()  # a session set up as the store's own
+    try:
+        await conn.execute("ANALYZE polyfleet.documents")
+        rows = await conn.fetch(
+            f"EXPLAIN {_COMMIT}",
+            store.term,
+            LOCK_CLASS,
+            LOCK_ID,
+            [],
+            [],
+            [],
+            ["reports"] * 2000,
+            keys[:2000],
+        )
+    finally:
+        await conn.close()
+        await store.close()
+    plan = "\n".join(row[0] for row in rows)
+    assert "Index Scan using documents_pkey on documents" in plan
+    assert "Seq Scan on documents" not in plan
 
 
 def test_passwords_never_appear_in_shown_urls() -> None:
