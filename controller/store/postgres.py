@@ -203,19 +203,33 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: One ``apply``'s changes as queued: collection -> key -> JSON, and collection -> keys gone.
+_Change = tuple[int, dict[str, dict[str, bytes]], dict[str, list[str]]]
+
+
 class _Batch:
-    """Queued changes taken together into one transaction; later values of a key win."""
+    """Queued changes taken together into one transaction; a later change of a key wins."""
 
     def __init__(self) -> None:
         self.last_seq = 0
         self.size = 0
-        self.changes: dict[tuple[str, str], bytes | None] = {}
+        self.puts: dict[str, dict[str, bytes]] = {}
+        self.deletes: dict[str, set[str]] = {}
 
-    def add(self, seq: int, changes: list[tuple[str, str, bytes | None]]) -> None:
-        self.last_seq = seq
-        for collection, key, encoded in changes:
-            self.changes[(collection, key)] = encoded
-            self.size += len(key) + (len(encoded) if encoded is not None else 0)
+    def add(self, change: _Change) -> None:
+        # Per collection, so that most of the work is done by dict and set methods: a batch
+        # of ingestion holds tens of thousands of documents.
+        self.last_seq, puts, deletes = change
+        for collection, docs in puts.items():
+            self.puts.setdefault(collection, {}).update(docs)
+            self.deletes.get(collection, set()).difference_update(docs)
+            self.size += sum(map(len, docs)) + sum(map(len, docs.values()))
+        for collection, keys in deletes.items():
+            kept = self.puts.get(collection, {})
+            for key in keys:
+                kept.pop(key, None)
+            self.deletes.setdefault(collection, set()).update(keys)
+            self.size += sum(map(len, keys))
 
 
 class PostgresStore:
@@ -253,7 +267,7 @@ class PostgresStore:
         self._term = 0
         self._applied_seq = 0
         self._durable_seq = 0
-        self._pending: list[tuple[int, list[tuple[str, str, bytes | None]]]] = []
+        self._pending: list[_Change] = []
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._failed: BaseException | None = None
@@ -556,21 +570,19 @@ class PostgresStore:
         if not staged and not removed:
             return self._applied_seq
         # Encoding first: a document that is not JSON fails here, before anything changes.
-        encoded: list[tuple[str, str, bytes | None]] = [
-            (collection, key, encode_json(doc))
+        encoded = {
+            collection: {key: encode_json(doc) for key, doc in docs.items()}
             for collection, docs in staged.items()
-            for key, doc in docs.items()
-        ]
+        }
         for collection, docs in staged.items():
             self._data.setdefault(collection, {}).update(docs)
         for collection, key_list in removed.items():
             target = self._data.get(collection)
-            for key in key_list:
-                encoded.append((collection, key, None))
-                if target is not None:
+            if target is not None:
+                for key in key_list:
                     target.pop(key, None)
         self._applied_seq += 1
-        self._pending.append((self._applied_seq, encoded))
+        self._pending.append((self._applied_seq, encoded, removed))
         self._wake.set()
         return self._applied_seq
 
@@ -597,8 +609,8 @@ class PostgresStore:
     def _take_batch(self) -> _Batch:
         batch = _Batch()
         taken = 0
-        for seq, changes in self._pending:
-            batch.add(seq, changes)
+        for change in self._pending:
+            batch.add(change)
             taken += 1
             if batch.size >= BATCH_BYTES:
                 break
@@ -663,16 +675,15 @@ class PostgresStore:
         collections: list[str] = []
         keys: list[str] = []
         docs: list[bytes] = []
+        for collection, found in batch.puts.items():
+            collections += [collection] * len(found)
+            keys += found
+            docs += found.values()
         gone_collections: list[str] = []
         gone_keys: list[str] = []
-        for (collection, key), encoded in batch.changes.items():
-            if encoded is None:
-                gone_collections.append(collection)
-                gone_keys.append(key)
-            else:
-                collections.append(collection)
-                keys.append(key)
-                docs.append(encoded)
+        for collection, gone in batch.deletes.items():
+            gone_collections += [collection] * len(gone)
+            gone_keys += gone
         held = await conn.fetchval(
             _COMMIT,
             self._term,
