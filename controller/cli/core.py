@@ -57,8 +57,11 @@ from polyfleet.controller.services.inventory import (
     UnknownDevice,
     site_changes,
 )
+from polyfleet.controller.services.web_sessions import SessionService, SignInRefused
 from polyfleet.controller.store.base import Store, StoreError, StoreLocked
 from polyfleet.controller.store.postgres import PostgresStore
+from polyfleet.controller.web.settings import web_settings
+from polyfleet.controller.web.signin import LINK_PATH
 from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed
 
 #: An admin token for commands sent to the active controller over HTTPS.
@@ -99,6 +102,7 @@ class Backend(Protocol):
     async def revoke_token(self, token_id: str) -> None: ...
     async def agents(self, site_id: str | None) -> list[dict[str, Any]]: ...
     async def revoke_agent(self, agent_id: str) -> None: ...
+    async def signin_link(self, token_id: str) -> dict[str, Any]: ...
 
 
 class DirectBackend:
@@ -119,6 +123,15 @@ class DirectBackend:
         self._audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
         self._audit.load()
         self._actor, self._origin = local_command()
+        settings = web_settings(config.section("web"))
+        self._sessions = SessionService(
+            store,
+            self._access,
+            system_clock,
+            session_ttl_s=settings.session_ttl_s,
+            kiosk_session_ttl_s=settings.kiosk_session_ttl_s,
+            link_ttl_s=settings.signin_link_ttl_s,
+        )
 
     async def _record(
         self, action: str, target: str, details: dict[str, Any], *, site: str | None = None
@@ -153,6 +166,16 @@ class DirectBackend:
             details["expires_at"] = record["expires_at"]
         await self._record("token.create", f"token:{record['id']}", details)
         return {**record, "token": token}
+
+    async def signin_link(self, token_id: str) -> dict[str, Any]:
+        try:
+            code, expires = await self._sessions.create_link(token_id)
+        except SignInRefused as exc:
+            raise CommandError(str(exc), code="not_found", field="token_id") from None
+        details = {"expires_at": expires.isoformat()}
+        await self._record("signin_link.create", f"token:{token_id}", details)
+        path = f"{LINK_PATH}?code={code}"
+        return {"path": path, "token_id": token_id, "expires_at": expires.isoformat()}
 
     async def invite(self, site_id: str) -> dict[str, Any]:
         code, expires = await self._access.create_invite(site_id)
@@ -259,6 +282,11 @@ class ServerBackend:
         if expires_at is not None:
             body["expires_at"] = expires_at.isoformat()
         result: dict[str, Any] = await self._call("POST", "/api/v1/tokens", body)
+        return result
+
+    async def signin_link(self, token_id: str) -> dict[str, Any]:
+        body = {"token_id": token_id}
+        result: dict[str, Any] = await self._call("POST", "/api/v1/signin-links", body)
         return result
 
     async def invite(self, site_id: str) -> dict[str, Any]:
@@ -570,6 +598,38 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, action)
+
+
+def cmd_token_link(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def action(backend: Backend) -> int:
+        link = await backend.signin_link(args.token_id)
+        url = dashboard_url(config) + link["path"]
+        if args.json:
+            _print_json({**link, "url": url})
+        else:
+            print(url)
+            print(
+                f"one-time dashboard sign-in for token {link['token_id']}: works once, until "
+                f"{link['expires_at']}; whoever opens it first is signed in",
+                file=sys.stderr,
+            )
+        return 0
+
+    return _run(args, action, needs_store=True)
+
+
+def dashboard_url(config: ControllerConfig) -> str:
+    """Where people reach the dashboard: the advertised URL, else the running server's, else
+    the configured listener's."""
+    if config.advertise_url:
+        return config.advertise_url.rstrip("/")
+    runtime = read_runtime(config.data_dir) if config.store_url is None else None
+    if runtime is not None and runtime.get("url"):
+        return str(runtime["url"]).rstrip("/")
+    scheme = "https" if config.tls else "http"
+    return f"{scheme}://{config.listen_host}:{config.listen_port}"
 
 
 def parse_expiry(text: str, now: datetime) -> datetime:
@@ -954,6 +1014,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     token_revoke = token.add_parser(
         "revoke", help="revoke an API token (asks first; never the last admin token)"
     )
+    token_link = token.add_parser(
+        "link",
+        help="a one-time dashboard sign-in link for a token (a wall screen, a colleague)",
+    )
+    token_link.add_argument("token_id", help="the admin or viewer token's id (token list)")
+    _common(token_link)
+    token_link.set_defaults(func=cmd_token_link)
     token_revoke.add_argument("token_id", help="the token's id (token list)")
     token_revoke.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     _common(token_revoke)

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from access_testkit import bearer, controller_process, eventually
+from access_testkit import bearer, controller_process, eventually, run_cli
 
+from polyfleet.controller.web.security import SIGNIN_COOKIE
 from polyfleet.shared.schema import PROTOCOL_VERSION
 
 LIMITS = "[server]\nauth_failures_per_minute = 4\nenroll_attempts_per_minute = 3\n"
@@ -224,3 +225,40 @@ async def test_dashboard_sign_in_shares_the_limit_on_failed_tokens(tmp_path: Pat
         status, page = await sign_in(ops)
         assert status == 429
         assert re.search(r"Too many failed sign-ins from this address; try again in \d+ s\.", page)
+
+
+async def test_a_one_time_sign_in_link_from_the_cli_signs_in_once(tmp_path: Path) -> None:
+    """`token link ID` prints a dashboard URL that signs in as that token once; with no
+    server running it names the configured listener; an unknown id is refused."""
+    data = tmp_path / "data"
+    async with controller_process(data) as controller, aiohttp.ClientSession() as http:
+        made = await controller.cli(
+            "token", "create", "--role", "viewer", "--name", "wall", "--json"
+        )
+        viewer = made.json()
+        done = await controller.cli("token", "link", viewer["id"])
+        assert done.status == 0, done.err
+        url = done.out.strip()
+        assert url.startswith(f"{controller.url}/signin/link?code="), url
+        assert "works once" in done.err and url not in done.err
+        async with http.get(url) as response:
+            page = await response.text()
+            nonce = response.cookies[SIGNIN_COOKIE].value
+        assert "This one-time link signs you in as wall (viewer)." in page
+        code = url.split("code=", 1)[1]
+        form = {"nonce": nonce, "code": code}
+        for expected in (303, 401):
+            async with http.post(
+                f"{controller.url}/signin/link",
+                data=form,
+                cookies={SIGNIN_COOKIE: nonce},
+                allow_redirects=False,
+            ) as response:
+                assert response.status == expected, await response.text()
+        refused = await controller.cli("token", "link", "nosuchtoken", "--json")
+        assert refused.status != 0 and refused.json()["error"]["code"] == "not_found"
+        audit = (await controller.cli("audit", "--action", "signin_link", "--json")).json()
+        assert [e["target"] for e in audit["entries"]] == [f"token:{viewer['id']}"]
+    offline = await run_cli("token", "link", viewer["id"], "--data-dir", str(data), "--json")
+    assert offline.status == 0, offline.err
+    assert offline.json()["url"].startswith("http://127.0.0.1:8080/signin/link?code=")
