@@ -39,10 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from polyfleet.controller.clock import system_clock  # noqa: E402
-from polyfleet.controller.config import (  # noqa: E402
-    DEFAULT_ENROLL_ATTEMPTS_PER_MINUTE,
-    ControllerConfig,
-)
+from polyfleet.controller.config import ControllerConfig  # noqa: E402
 from polyfleet.controller.events import EventBus  # noqa: E402
 from polyfleet.controller.services.access import AccessService, Role  # noqa: E402
 from polyfleet.controller.services.inventory import Inventory  # noqa: E402
@@ -325,7 +322,6 @@ async def measure_controller(
         __file__,
         "--serve-controller",
         str(data_dir),
-        f"--agents={args.agents}",
         *(["--core-only"] if args.core_only else []),
         *(["--store-url", store_url] if store_url is not None else []),
     )
@@ -385,14 +381,8 @@ def serve_bare() -> None:
     asyncio.run(main())
 
 
-def serve_controller(
-    data_dir: Path, *, agents: int, core_only: bool, store_url: str | None = None
-) -> None:
-    """The real controller (``controller.app.serve``, as ``polyfleet controller serve`` runs it).
-
-    Every agent enrolls from 127.0.0.1 within a second: the limit on enrollment attempts per
-    address is raised to let them.
-    """
+def serve_controller(data_dir: Path, *, core_only: bool, store_url: str | None = None) -> None:
+    """The real controller (``controller.app.serve``, as ``polyfleet controller serve`` runs it)."""
     import logging
 
     from polyfleet.controller import app as controller_app
@@ -404,12 +394,7 @@ def serve_controller(
             for module in controller_app.ROUTE_MODULES
             if module not in (controller_app.entitlement_api, controller_app.tickets_api)
         ]
-    config = ControllerConfig(
-        data_dir=data_dir,
-        listen_port=0,
-        store_url=store_url,
-        enroll_attempts_per_minute=max(agents, DEFAULT_ENROLL_ATTEMPTS_PER_MINUTE),
-    )
+    config = ControllerConfig(data_dir=data_dir, listen_port=0, store_url=store_url)
 
     def ready(url: str) -> None:
         print(f"controller listening on {url}", flush=True)
@@ -445,10 +430,7 @@ def main() -> int:
         return 0
     if args.serve_controller:
         serve_controller(
-            Path(args.serve_controller),
-            agents=args.agents,
-            core_only=args.core_only,
-            store_url=args.store_url,
+            Path(args.serve_controller), core_only=args.core_only, store_url=args.store_url
         )
         return 0
     if os.isatty(2) and not args.json:
