@@ -140,7 +140,7 @@ class AccessService:
         self._code_ttl = timedelta(seconds=code_ttl_s)
         self._poll_interval_s = poll_interval_s
         #: When each token was last used, as seen by this process (digest -> time); written to
-        #: its record at most every ``LAST_USED_WRITE_S``, so use costs no write per request.
+        #: its record at most every ``LAST_USED_WRITE``, so use costs no write per request.
         self._used: dict[str, datetime] = {}
 
     def authenticate(self, token: str) -> Principal | None:
@@ -165,8 +165,7 @@ class AccessService:
     def expired(self, digest: str) -> bool:
         """The token with this digest exists but its expiry has passed."""
         doc = self._store.get(TOKENS, digest)
-        expires = None if doc is None else doc.get("expires_at")
-        return expires is not None and datetime.fromisoformat(expires) <= self._clock()
+        return doc is not None and _expired(doc, self._clock())
 
     def principal_of(self, digest: str) -> Principal | None:
         """The principal of the stored token with this digest (a dashboard session keeps only
@@ -176,8 +175,7 @@ class AccessService:
         # The lookup is by digest; comparing again in constant time keeps timing flat anyway.
         if doc is None or not hmac.compare_digest(str(doc.get("sha256", "")), digest):
             return None
-        expires = doc.get("expires_at")
-        if expires is not None and datetime.fromisoformat(expires) <= self._clock():
+        if _expired(doc, self._clock()):
             return None
         return Principal(
             role=Role(doc["role"]),
@@ -235,11 +233,10 @@ class AccessService:
         return token, self._public_token(digest, doc)
 
     def _public_token(self, digest: str, doc: Doc) -> dict[str, Any]:
-        expires = doc.get("expires_at")
         return {
             **public_token(doc),
-            "expires_at": expires,
-            "expired": expires is not None and datetime.fromisoformat(expires) <= self._clock(),
+            "expires_at": doc.get("expires_at"),
+            "expired": _expired(doc, self._clock()),
             "last_used_at": self.last_used(digest, doc),
         }
 
@@ -287,9 +284,7 @@ class AccessService:
         """Another admin token exists that still works (not expired)."""
         now = self._clock()
         return any(
-            doc["role"] == Role.ADMIN.value
-            and key != digest
-            and (doc.get("expires_at") is None or datetime.fromisoformat(doc["expires_at"]) > now)
+            doc["role"] == Role.ADMIN.value and key != digest and not _expired(doc, now)
             for key, doc in self._store.scan(TOKENS).items()
         )
 
@@ -335,7 +330,7 @@ class AccessService:
         now = self._clock()
         if invite is None:
             raise EnrollmentRefused("unknown or already used enrollment code")
-        if datetime.fromisoformat(invite["expires_at"]) <= now:
+        if _expired(invite, now):
             await self._store.delete(INVITES, key)
             raise EnrollmentRefused(
                 "enrollment code expired; create a new one with `polyfleet controller agent invite`"
@@ -376,6 +371,12 @@ class AccessService:
         return EnrollResponse(
             agent_id=agent_id, site_id=site_id, token=token, poll_interval_s=self._poll_interval_s
         )
+
+
+def _expired(doc: Doc, now: datetime) -> bool:
+    """A record (token, invite) whose expiry, if it has one, has passed at ``now``."""
+    expires = doc.get("expires_at")
+    return expires is not None and datetime.fromisoformat(expires) <= now
 
 
 def public_token(doc: Doc) -> dict[str, Any]:
