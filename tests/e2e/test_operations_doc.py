@@ -206,7 +206,7 @@ def stop(unit):
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
     while running(unit) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.1)  # waits-for: the unit to exit after SIGTERM
     if running(unit):
         os.kill(pid, signal.SIGKILL)
 
