@@ -233,14 +233,7 @@ async def fill_ticket(request: web.Request) -> web.Response:
     body = await read_model(request, TicketFill)
     actor, _ = audit.who_and_where(request)
     by = actor.name + (f" (token {actor.token_id})" if actor.token_id else " (on the controller)")
-    ticket = await fill_in(
-        service,
-        key,
-        serial=body.serial,
-        contract_number=body.contract_number,
-        by=by,
-        force=body.force,
-    )
+    ticket = await fill_in(service, key, body, by=by)
     # What was given (force only when used), for the audit log.
     filled = body.model_dump(exclude_none=True, exclude_defaults=True)
     await audit.record(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
@@ -248,13 +241,7 @@ async def fill_ticket(request: web.Request) -> web.Response:
 
 
 async def fill_in(
-    service: TicketService,
-    key: str,
-    *,
-    serial: str | None,
-    contract_number: str | None,
-    by: str | None = None,
-    force: bool = False,
+    service: TicketService, key: str, body: TicketFill, *, by: str | None = None
 ) -> Ticket:
     """Complete a held ticket (W5), as ``PATCH /api/v1/tickets/{id}`` and the dashboard do:
     404 for an unknown ticket, 409 when its state refuses it or when the asset registry
@@ -262,7 +249,11 @@ async def fill_in(
     _ticket(service, key)
     try:
         return await service.fill(
-            key, serial=serial, contract_number=contract_number, by=by, force=force
+            key,
+            serial=body.serial,
+            contract_number=body.contract_number,
+            by=by,
+            force=body.force,
         )
     except UnknownContract as exc:
         raise ApiError(409, "unknown_contract", str(exc), "contract_number") from None

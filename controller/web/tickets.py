@@ -163,15 +163,7 @@ async def ticket_fill(request: web.Request) -> web.StreamResponse:
     by = f"{principal.name or principal.token_id} (token {principal.token_id}, dashboard)"
     try:
         # The API's own model: the same limits on what a serial or contract number may be.
-        body = validate(TicketFill, dict(filled))
-        ticket = await fill_in(
-            service,
-            key,
-            serial=body.serial,
-            contract_number=body.contract_number,
-            by=by,
-            force=body.force,
-        )
+        ticket = await fill_in(service, key, validate(TicketFill, dict(filled)), by=by)
     except ApiError as exc:
         if exc.status not in (409, 422):
             raise
