@@ -306,11 +306,50 @@ class EventBus:
         self._keep = keep
         self._subscriptions: set[Subscription] = set()
         self._next_id = 1
+        #: The oldest stored event's id (older ones were dropped past ``keep``).
+        self._first_id = 1
 
     def load(self) -> None:
         """Continue numbering after the stored events (call once the store is open)."""
         keys = [int(key) for key in self._store.scan(EVENTS)]
         self._next_id = max(keys, default=0) + 1
+        self._first_id = min(keys, default=self._next_id)
+
+    def query(
+        self,
+        *,
+        since: int = 0,
+        kind: str | None = None,
+        site: str | None = None,
+        serial: str | None = None,
+        limit: int = 100,
+    ) -> list[Doc]:
+        """Stored events, oldest first: the first ``limit`` after ``since``, or without
+        ``since`` the newest ``limit``; each filter keeps only events that match it.
+
+        Event ids are consecutive keys, so this reads the ids it needs from the newest (or
+        from ``since``) on, never the whole collection.
+        """
+
+        def wanted(doc: Doc | None) -> bool:
+            return (
+                doc is not None
+                and (kind is None or doc["kind"] == kind)
+                and (site is None or doc["site_id"] == site)
+                and (serial is None or doc["serial"] == serial)
+            )
+
+        first = max(since + 1, self._first_id)
+        ids = range(first, self._next_id) if since else range(self._next_id - 1, first - 1, -1)
+        found: list[Doc] = []
+        for event_id in ids:
+            doc = self._store.get(EVENTS, f"{event_id:012d}")
+            if wanted(doc):
+                assert doc is not None
+                found.append(doc)
+                if len(found) >= limit:
+                    break
+        return found if since else found[::-1]
 
     def subscribe(
         self, callback: Callback, *, kinds: Iterable[type[Event]] | None = None
@@ -365,6 +404,7 @@ class EventBus:
             expired = event_id - self._keep
             if expired > 0:
                 deletes.append(f"{expired:012d}")
+                self._first_id = max(self._first_id, expired + 1)
         return puts, deletes
 
     def dispatch(self, events: Iterable[Event]) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyfleet.controller.api import audit
-from polyfleet.controller.api.errors import ApiError
-from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.domain.assets import (
     COLUMNS,
     EncodingProblem,
@@ -25,8 +23,11 @@ from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.entitlement import EntitlementVerdict, Flag, parse_moment
 from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, Forecast
 from polyfleet.controller.events import DeviceAdded, Event
-from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
+from polyfleet.controller.http.errors import ApiError
+from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
+from polyfleet.controller.keys import CLOCK, CORE, EVENT_BUS, STORE
 from polyfleet.controller.services import entitlement as service
+from polyfleet.controller.services.audit import AuditAction
 from polyfleet.shared.schema import ErrorBody
 
 CATALOGUES = web.AppKey("entitlement_catalogues", service.Catalogues)
@@ -225,7 +226,7 @@ async def import_assets(request: web.Request) -> web.Response:
         return web.json_response(body.model_dump(mode="json"), status=422)
     if not dry_run:
         details = service.import_details(plan, text)
-        await audit.record(request, "assets.import", "assets", details)
+        await audit.record(request, AuditAction.ASSETS_IMPORT, "assets", details)
     return web.json_response({"dry_run": dry_run, **plan.to_json()})
 
 
@@ -375,10 +376,10 @@ async def _placement_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def register(app: web.Application) -> None:
-    section: Any = app[CONFIG].section("entitlement") if CONFIG in app else {}
-    app[CATALOGUES] = service.Catalogues(*service.catalogue_paths(section))
-    app[VERDICTS] = service.VerdictCache()
-    app[FORECASTS] = service.ForecastCache()
+    core = app[CORE]
+    app[CATALOGUES] = core.catalogues
+    app[VERDICTS] = core.verdicts
+    app[FORECASTS] = core.forecasts
     app.cleanup_ctx.append(_catalogue_lifecycle)
     app.cleanup_ctx.append(_placement_lifecycle)
     router = app.router

@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from polyfleet.controller.api.connections import ConnectionGuard
-from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
-from polyfleet.controller.api.throttle import AttemptLimiter
+from polyfleet.controller.http.connections import ConnectionGuard
+from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.http.throttle import AttemptLimiter
 from polyfleet.controller.keys import CONFIG, METRICS
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.store.base import DEVICES, SITES, Store, StoreHealth

@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict
 
 from polyfleet.controller.api.entitlement import CATALOGUES, VERDICTS, registry_forecast
 from polyfleet.controller.api.rollouts import ROLLOUTS
-from polyfleet.controller.api.spec import READERS, endpoint
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.entitlement import EXPIRY_HORIZONS
+from polyfleet.controller.http.spec import READERS, endpoint
 from polyfleet.controller.keys import CLOCK, STORE
 from polyfleet.controller.services import entitlement as entitlement_service
 from polyfleet.controller.services.overview import OverviewInputs, build_overview

@@ -14,26 +14,23 @@ from prometheus_client.registry import Collector
 
 from polyfleet.controller.active import run_when_active
 from polyfleet.controller.api import audit
-from polyfleet.controller.api.auth import principal
 from polyfleet.controller.api.entitlement import CATALOGUES
-from polyfleet.controller.api.errors import ApiError, read_json, validate
 from polyfleet.controller.api.models import Ok
-from polyfleet.controller.api.spec import ADMINS, AGENTS, READERS, Param, endpoint
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.faults import FaultEvent
 from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S, PlanError, render_csv
+from polyfleet.controller.http.auth import principal
+from polyfleet.controller.http.errors import ApiError, read_json, validate
+from polyfleet.controller.http.spec import ADMINS, AGENTS, READERS, Param, endpoint
 from polyfleet.controller.keys import (
     AUDIT,
-    CLOCK,
     CONFIG,
-    EVENT_BUS,
+    CORE,
     INVENTORY,
-    JOBS,
     METRICS,
-    STORE,
 )
 from polyfleet.controller.services.access import Role
-from polyfleet.controller.services.audit import Actor, Origin
+from polyfleet.controller.services.audit import Actor, AuditAction, Origin
 from polyfleet.controller.services.packages import (
     PackageError,
     PackageService,
@@ -139,7 +136,7 @@ async def create_rollout(request: web.Request) -> web.Response:
     except PlanError as exc:
         raise ApiError(422, "invalid_plan", str(exc), exc.field) from None
     details = {"target": stored["target"], "devices": stored["summary"]["by_status"]}
-    await audit.record(request, "rollout.plan", f"rollout:{stored['id']}", details)
+    await audit.record(request, AuditAction.ROLLOUT_PLAN, f"rollout:{stored['id']}", details)
     return web.json_response(stored, status=201)
 
 
@@ -196,7 +193,9 @@ async def act(request: web.Request) -> web.Response:
     except RolloutConflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     details = {"status": result["status"], "target": result["target"]}
-    await audit.record(request, f"rollout.{action}", f"rollout:{result['id']}", details)
+    await audit.record(
+        request, AuditAction(f"rollout.{action}"), f"rollout:{result['id']}", details
+    )
     return web.json_response(result)
 
 
@@ -234,7 +233,7 @@ async def release_penalty(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
     if not await request.app[ROLLOUTS].release_from_penalty_box(serial):
         raise ApiError(404, "not_found", f"{serial} is not in the penalty box")
-    await audit.record(request, "rollout.penalty_release", f"device:{serial}")
+    await audit.record(request, AuditAction.ROLLOUT_PENALTY_RELEASE, f"device:{serial}")
     return web.json_response({"released": serial})
 
 
@@ -275,7 +274,7 @@ async def put_package(request: web.Request) -> web.Response:
     except PackageError as exc:
         raise ApiError(422, "invalid_package", str(exc), exc.field) from None
     details = {"sha256": doc["sha256"], "size": doc["size"]}
-    await audit.record(request, "release.package", f"release:{doc['version']}", details)
+    await audit.record(request, AuditAction.RELEASE_PACKAGE, f"release:{doc['version']}", details)
     return web.json_response(package_json(doc), status=201)
 
 
@@ -360,7 +359,7 @@ async def _runner(app: web.Application) -> AsyncIterator[None]:
         await log_book.record(
             Actor(name="circuit breaker", role="system"),
             Origin(via="controller"),
-            "rollout.halt",
+            AuditAction.ROLLOUT_HALT,
             f"rollout:{rollout_id}",
             {"reason": reason},
         )
@@ -386,12 +385,8 @@ async def _runner(app: web.Application) -> AsyncIterator[None]:
 
 
 def register(app: web.Application) -> None:
-    config = app[CONFIG]
-    packages = PackageService(app[STORE], app[CLOCK], packages_dir=config.data_dir / "packages")
-    app[PACKAGES] = packages
-    app[ROLLOUTS] = RolloutService(
-        app[STORE], app[EVENT_BUS], app[CLOCK], jobs=app[JOBS], packages=packages
-    )
+    app[PACKAGES] = app[CORE].packages
+    app[ROLLOUTS] = app[CORE].rollouts
     app[METRICS].register(RolloutCollector(app[ROLLOUTS]))
     # Orders work on devices: on the active controller only.
     run_when_active(app, _runner)

@@ -7,9 +7,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -19,8 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.active import run_when_active
 from polyfleet.controller.api import audit
-from polyfleet.controller.api.errors import ApiError, read_model
-from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.core import TicketDesk
 from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
 from polyfleet.controller.domain.tickets import (
     ACTIONS,
@@ -37,11 +34,12 @@ from polyfleet.controller.events import (
     Event,
     SnapshotsIngested,
 )
-from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, METRICS, STORE
+from polyfleet.controller.http.caller import who_and_where
+from polyfleet.controller.http.errors import ApiError, read_model
+from polyfleet.controller.http.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.keys import CORE, EVENT_BUS, METRICS
+from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.services.delivery import RESULTS
-from polyfleet.controller.services.entitlement import catalogue_paths, load_plans
-from polyfleet.controller.services.ticket_config import ticket_settings
-from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
 from polyfleet.controller.services.ticket_service import (
     TicketNotFound,
     TicketService,
@@ -53,18 +51,6 @@ log = logging.getLogger(__name__)
 
 #: ``send`` (re)sends an open ticket; the rest are lifecycle steps.
 VERBS = (*ACTIONS, "send")
-
-
-@dataclass
-class TicketDesk:
-    """Holds the service once the app has started (the app's state is frozen by then)."""
-
-    service: TicketService | None = None
-
-    def get(self) -> TicketService:
-        if self.service is None:
-            raise ApiError(503, "tickets_unavailable", "the ticket service is starting")
-        return self.service
 
 
 TICKET_DESK = web.AppKey("ticket_desk", TicketDesk)
@@ -231,12 +217,14 @@ async def fill_ticket(request: web.Request) -> web.Response:
     key = request.match_info["ticket_id"]
     _ticket(service, key)
     body = await read_model(request, TicketFill)
-    actor, _ = audit.who_and_where(request)
+    actor, _ = who_and_where(request)
     by = actor.name + (f" (token {actor.token_id})" if actor.token_id else " (on the controller)")
     ticket = await fill_in(service, key, body, by=by)
     # What was given (force only when used), for the audit log.
     filled = body.model_dump(exclude_none=True, exclude_defaults=True)
-    await audit.record(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
+    await audit.record(
+        request, AuditAction.TICKET_FILL, f"ticket:{ticket.id}", filled, site=ticket.site
+    )
     return web.json_response(_detail(service, ticket))
 
 
@@ -311,7 +299,9 @@ async def ticket_action(request: web.Request) -> web.Response:
     details = {"status": ticket.status.value}
     if at is not None:
         details["at"] = at.isoformat()
-    await audit.record(request, f"ticket.{verb}", f"ticket:{ticket.id}", details, site=ticket.site)
+    await audit.record(
+        request, AuditAction(f"ticket.{verb}"), f"ticket:{ticket.id}", details, site=ticket.site
+    )
     return web.json_response(_detail(service, ticket))
 
 
@@ -344,7 +334,7 @@ async def ticket_bundle(request: web.Request) -> web.StreamResponse:
 
 def register(app: web.Application) -> None:
     """Add the ticket routes and the background work (``ticket_context``)."""
-    app[TICKET_DESK] = TicketDesk()
+    app[TICKET_DESK] = app[CORE].tickets
     # Detection, escalations and deliveries: on the active controller only.
     run_when_active(app, ticket_context)
     app.router.add_get("/api/v1/tickets", list_tickets)
@@ -354,23 +344,6 @@ def register(app: web.Application) -> None:
     app.router.add_patch("/api/v1/tickets/{ticket_id}", fill_ticket)
     app.router.add_get("/api/v1/tickets/{ticket_id}/bundle", ticket_bundle)
     app.router.add_post("/api/v1/tickets/{ticket_id}/{action}", ticket_action)
-
-
-def build_service(app: web.Application) -> TicketService:
-    """The ticket service from the app's config, store, clock and jobs."""
-    config = app[CONFIG]
-    base = config.source.parent if config.source is not None else Path()
-    settings = ticket_settings(config.sections, base=base)
-    plans_path, _ = catalogue_paths(config.section("entitlement"))
-    return TicketService(
-        app[STORE],
-        settings,
-        plans=load_plans(plans_path),
-        bundle_dir=config.data_dir / "ticket-bundles",
-        diagnostics=JobDiagnostics(app[JOBS]),
-        clock=app[CLOCK],
-        data_dir=config.data_dir.resolve(),
-    )
 
 
 class TicketDeliveryCollector(Collector):
@@ -443,8 +416,7 @@ async def _tick_loop(service: TicketService) -> None:
 
 async def ticket_context(app: web.Application) -> AsyncIterator[None]:
     """Background work for ``cleanup_ctx``: detection from events, delivery, escalation."""
-    service = build_service(app)
-    app[TICKET_DESK].service = service
+    service = app[CORE].start_tickets()
     collector = TicketDeliveryCollector(service)
     app[METRICS].register(collector)
     tasks: list[asyncio.Task[None]] = []

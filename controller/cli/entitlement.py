@@ -13,10 +13,11 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from polyfleet.controller.app import open_store, read_runtime
-from polyfleet.controller.cli.core import SERVER_WAIT_S, holds_store
+from polyfleet.controller.app import read_runtime
+from polyfleet.controller.cli.reach import SERVER_WAIT_S
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
+from polyfleet.controller.core import holds_store, open_store
 from polyfleet.controller.domain.assets import (
     Asset,
     EncodingProblem,
@@ -35,7 +36,7 @@ from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, forecast
 from polyfleet.controller.domain.plans import CatalogueError, PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.services import entitlement as service
-from polyfleet.controller.services.audit import AuditLog, local_command
+from polyfleet.controller.services.audit import AuditAction, AuditLog, local_command
 from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.shared.cli_errors import (
     EXIT_FAILED,
@@ -357,7 +358,7 @@ async def _import(
                 audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
                 actor, origin = local_command()
                 details = service.import_details(plan, text)
-                await audit.record(actor, origin, "assets.import", "assets", details)
+                await audit.record(actor, origin, AuditAction.ASSETS_IMPORT, "assets", details)
             return {"dry_run": dry_run, **plan.to_json()}
         finally:
             await store.close()

@@ -23,7 +23,8 @@ from typing import Any, BinaryIO
 import aiohttp
 
 from polyfleet.controller.app import read_runtime
-from polyfleet.controller.cli.core import CommandError, _config
+from polyfleet.controller.cli.reach import CommandError
+from polyfleet.controller.cli.reach import config_of as _config
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.store.base import StoreError
 from polyfleet.controller.store.transfer import (

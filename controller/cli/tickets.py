@@ -354,7 +354,7 @@ def _fill(args: argparse.Namespace) -> Any:
             else check_contract_number(number, field="--contract-number"),
         }
     except AdminInputError as exc:
-        _fail(str(exc), args.json, field=exc.field.removeprefix("--").replace("-", "_"))
+        _fail(str(exc), args.json, field=(exc.field or "").removeprefix("--").replace("-", "_"))
     if args.force:
         body["force"] = True
     return asyncio.run(_call(args, "PATCH", path, body))

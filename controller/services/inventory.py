@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from polyfleet.controller.clock import Clock, earlier
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.admin_input import AdminInputError, display_name, shown
+from polyfleet.controller.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from polyfleet.controller.events import (
     AgentClockChanged,
     AgentNoticeReceived,
@@ -94,7 +95,7 @@ _Latest = tuple[str, float | None]
 _DERIVED = frozenset({"last_seen", "collected_at", "uptime_s", "reports"})
 
 
-class DeviceAtOtherSite(Exception):
+class DeviceAtOtherSite(NotAllowed):
     """A batch mentions devices that belong to another site; nothing of it was stored."""
 
     #: How many of the foreign devices the message names (an agent holds those it names).
@@ -111,19 +112,13 @@ class DeviceAtOtherSite(Exception):
             f"{owners}{more}, not {site_id!r}; nothing from this "
             f"batch was stored. An admin moves a device between sites with "
             f"`polyfleet controller devices move {first} --site {site_id}` "
-            f"(POST /api/v1/devices/{first}/move)"
+            f"(POST /api/v1/devices/{first}/move)",
+            code="device_at_other_site",
+            field="reports",
         )
 
 
-class InvalidInput(ValueError):
-    """An admin request names a bad value; ``field`` says which."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class SiteExists(Exception):
+class SiteExists(Conflict):
     """A site with that id exists already; adding it again would silently rename it."""
 
     def __init__(self, site: Doc) -> None:
@@ -131,7 +126,9 @@ class SiteExists(Exception):
         super().__init__(
             f"site {site_id!r} exists already (named {shown(str(site.get('name', site_id)))!r}, "
             f"time zone {site.get('timezone', 'UTC')}); rename it with PATCH /api/v1/sites/"
-            f"{site_id} or `polyfleet controller site rename {site_id} --name NAME`"
+            f"{site_id} or `polyfleet controller site rename {site_id} --name NAME`",
+            code="site_exists",
+            field="id",
         )
         self.site = site
 
@@ -147,7 +144,7 @@ def _site_name(name: str, *, allow_empty: bool) -> str:
     try:
         return display_name(name, field="name", allow_empty=allow_empty)
     except AdminInputError as exc:
-        raise InvalidInput(exc.field, str(exc)) from None
+        raise InvalidInput(exc.field or "name", str(exc)) from None
 
 
 def _check_timezone(timezone: str) -> None:
@@ -159,13 +156,10 @@ def _check_timezone(timezone: str) -> None:
         ) from None
 
 
-class UnknownDevice(KeyError):
+class UnknownDevice(NotFound, KeyError):
     def __init__(self, serial: str) -> None:
-        super().__init__(serial)
+        super().__init__(f"no device {serial!r}", field="serial")
         self.serial = serial
-
-    def __str__(self) -> str:
-        return f"no device {self.serial!r}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -486,6 +480,12 @@ class Inventory:
             site_summary(site, devices_per_site.get(site_id, 0), agents_per_site.get(site_id, 0))
             for site_id, site in sorted(self._store.scan(SITES).items())
         ]
+
+    def site(self, site_id: str) -> Doc:
+        """One site as ``sites()`` lists it; ``UnknownSite`` when there is none."""
+        if self._store.get(SITES, site_id) is None:
+            raise UnknownSite(site_id)
+        return next(site for site in self.sites() if site["id"] == site_id)
 
     # -- devices -----------------------------------------------------------------------------
 

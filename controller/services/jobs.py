@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from polyfleet.controller.clock import Clock
+from polyfleet.controller.errors import Conflict, NotFound, Refused
 from polyfleet.controller.events import EventBus, JobFinished
 from polyfleet.controller.services.inventory import UnknownDevice
 from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, Doc, Store
@@ -40,16 +41,13 @@ from polyfleet.shared.schema import Job, JobKind, JobResult
 FINISHED = frozenset({"done", "failed", "refused", "cancelled"})
 
 
-class UnknownJob(KeyError):
+class UnknownJob(NotFound, KeyError):
     def __init__(self, job_id: str) -> None:
-        super().__init__(job_id)
+        super().__init__(f"no job {job_id!r} for this agent", field="job_id")
         self.job_id = job_id
 
-    def __str__(self) -> str:
-        return f"no job {self.job_id!r} for this agent"
 
-
-class JobConflict(Exception):
+class JobConflict(Conflict):
     """The job cannot take this call (finished already, artifact digest mismatch...)."""
 
 
@@ -61,12 +59,17 @@ class JobPending(JobConflict):
         super().__init__(
             f"device {job['serial']} has a pending {job['kind']} job already: {job['id']} "
             f"({job['status']}, ordered {job['created_at']}{by}); wait for it to finish, or "
-            f"cancel it with POST /api/v1/jobs/{job['id']}/cancel"
+            f"cancel it with POST /api/v1/jobs/{job['id']}/cancel",
+            code="job_pending",
+            field="kind",
         )
         self.job = job
 
 
-class ArtifactTooLarge(Exception):
+class ArtifactTooLarge(Refused):
+    status = 413
+    default_code = "body_too_large"
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"artifact larger than the limit of {limit} bytes")
         self.limit = limit

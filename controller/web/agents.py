@@ -8,13 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from polyfleet.controller.api.spec import ADMINS
-from polyfleet.controller.keys import ACCESS, INVENTORY, STORE
+from polyfleet.controller.features import sites
+from polyfleet.controller.http.spec import ADMINS
+from polyfleet.controller.keys import CORE, INVENTORY, STORE
 from polyfleet.controller.services.access import UnknownSite
 from polyfleet.controller.store.base import AGENTS, EVENTS, Doc
 from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import audit_action, form_of, page
+from polyfleet.controller.web.security import dashboard_caller, form_of, page
 
 #: Notices listed per agent (the newest).
 NOTICES_SHOWN = 5
@@ -88,12 +89,10 @@ async def create_invite(request: web.Request) -> web.Response:
     if not site:
         return _page(request, error=translator(request).gettext("Choose a site."), status=400)
     try:
-        code, expires = await request.app[ACCESS].create_invite(site)
+        invite = await sites.invite_agent(request.app[CORE], dashboard_caller(request), site)
     except UnknownSite as exc:
         return _page(request, error=str(exc), status=404)
-    details = {"expires_at": expires.isoformat()}
-    await audit_action(request, "invite.create", f"site:{site}", details, site=site)
-    return _page(request, invite={"code": code, "site": site, "expires_at": expires.isoformat()})
+    return _page(request, invite=invite)
 
 
 def register(app: web.Application) -> None:

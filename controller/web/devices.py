@@ -13,6 +13,7 @@ from polyfleet.controller.api.entitlement import CATALOGUES, verdict_lookup
 from polyfleet.controller.api.rollouts import ROLLOUTS
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.entitlement import FLAGS
+from polyfleet.controller.errors import InvalidInput
 from polyfleet.controller.keys import CLOCK, INVENTORY, JOBS, STORE
 from polyfleet.controller.services.device_table import (
     CSV_COLUMNS,
@@ -22,7 +23,7 @@ from polyfleet.controller.services.device_table import (
     csv_row,
     query_devices,
 )
-from polyfleet.controller.services.inventory import InvalidInput, UnknownDevice
+from polyfleet.controller.services.inventory import UnknownDevice
 from polyfleet.controller.store.base import DEVICES, SITES, Doc
 from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render, translator

@@ -14,13 +14,14 @@ from polyfleet.controller.api.entitlement import (
     import_registry,
     registry_forecast,
 )
-from polyfleet.controller.api.errors import ApiError
-from polyfleet.controller.api.spec import ADMINS
 from polyfleet.controller.domain.assets import RegistryImportError
 from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.entitlement import FLAGS
+from polyfleet.controller.http.errors import ApiError
+from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CLOCK, INVENTORY, STORE
 from polyfleet.controller.services import entitlement as service
+from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import UploadedFile, audit_action, form_of, page
@@ -114,7 +115,7 @@ async def registry_import(request: web.Request) -> web.Response:
         plan, text = await import_registry(request.app, content, dry_run=dry_run, today=today)
         if not dry_run:
             details = service.import_details(plan, text)
-            await audit_action(request, "assets.import", "assets", details)
+            await audit_action(request, AuditAction.ASSETS_IMPORT, "assets", details)
     except RegistryImportError as exc:
         text = content.decode("utf-8-sig", errors="replace")
         by_line: dict[int, list[Any]] = {}

@@ -10,12 +10,13 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from polyfleet.controller.api.entitlement import CATALOGUES
-from polyfleet.controller.api.errors import ApiError
 from polyfleet.controller.api.overview import ROLLOUTS_UNDER_WAY
 from polyfleet.controller.api.rollouts import ROLLOUTS
-from polyfleet.controller.api.spec import ADMINS
 from polyfleet.controller.domain.rollout import DEVICE_STATUSES, REASON_CODES, PlanError
+from polyfleet.controller.http.errors import ApiError
+from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import INVENTORY, STORE
+from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.services.rollout import (
     TRANSITIONS,
     RolloutConflict,
@@ -131,7 +132,7 @@ async def rollout_create(request: web.Request) -> web.StreamResponse:
             request, form=shown, error=str(exc), error_field=exc.field, status=422
         )
     details = {"target": stored["target"], "devices": stored["summary"]["devices"]}
-    await audit_action(request, "rollout.plan", f"rollout:{stored['id']}", details)
+    await audit_action(request, AuditAction.ROLLOUT_PLAN, f"rollout:{stored['id']}", details)
     raise web.HTTPSeeOther(f"/rollouts/{stored['id']}")
 
 
@@ -203,7 +204,7 @@ async def rollout_action(request: web.Request) -> web.StreamResponse:
     except RolloutConflict as exc:
         return _rollout_page(request, rollout_id, error=str(exc), status=409)
     details = {"status": result["status"]}
-    await audit_action(request, f"rollout.{action}", f"rollout:{rollout_id}", details)
+    await audit_action(request, AuditAction(f"rollout.{action}"), f"rollout:{rollout_id}", details)
     raise web.HTTPSeeOther(f"/rollouts/{rollout_id}?done={action}")
 
 
@@ -212,7 +213,7 @@ async def penalty_release(request: web.Request) -> web.StreamResponse:
     serial = request.match_info["serial"]
     if not await request.app[ROLLOUTS].release_from_penalty_box(serial):
         raise ApiError(404, "not_found", f"{serial} is not in the penalty box")
-    await audit_action(request, "rollout.release", f"device:{serial}")
+    await audit_action(request, AuditAction.ROLLOUT_RELEASE, f"device:{serial}")
     raise web.HTTPSeeOther("/rollouts")
 
 

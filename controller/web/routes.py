@@ -12,9 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from polyfleet.controller.active import run_when_active
-from polyfleet.controller.api.spec import PUBLIC
-from polyfleet.controller.keys import ACCESS, CLOCK, CONFIG, STORE
-from polyfleet.controller.services.web_sessions import SessionService
+from polyfleet.controller.http.spec import PUBLIC
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import StoreUnavailable
 from polyfleet.controller.web import (
     agents,
@@ -29,7 +28,6 @@ from polyfleet.controller.web import (
 from polyfleet.controller.web.keys import SESSIONS, SETTINGS, STATIC_VERSION
 from polyfleet.controller.web.render import setup_templates
 from polyfleet.controller.web.security import page, page_middleware
-from polyfleet.controller.web.settings import web_settings
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +82,8 @@ async def _prune_sessions(app: web.Application) -> AsyncIterator[None]:
 
 
 def register(app: web.Application) -> None:
-    settings = web_settings(app[CONFIG].section("web"))
-    app[SETTINGS] = settings
-    app[SESSIONS] = SessionService(
-        app[STORE],
-        app[ACCESS],
-        app[CLOCK],
-        session_ttl_s=settings.session_ttl_s,
-        kiosk_session_ttl_s=settings.kiosk_session_ttl_s,
-        link_ttl_s=settings.signin_link_ttl_s,
-    )
+    app[SETTINGS] = app[CORE].web
+    app[SESSIONS] = app[CORE].sessions
     app[STATIC_VERSION] = static_version()
     setup_templates(app)
     # Innermost: runs after the API's error and bearer middlewares have let a page by.

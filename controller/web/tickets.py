@@ -7,8 +7,6 @@ from typing import Any
 
 from aiohttp import web
 
-from polyfleet.controller.api.errors import ApiError, validate
-from polyfleet.controller.api.spec import ADMINS
 from polyfleet.controller.api.tickets import (
     TICKET_DESK,
     TicketFill,
@@ -17,7 +15,10 @@ from polyfleet.controller.api.tickets import (
     fill_in,
 )
 from polyfleet.controller.domain.tickets import ACTIVE, TicketStatus, note_text
+from polyfleet.controller.http.errors import ApiError, validate
+from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CLOCK, INVENTORY, STORE
+from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.services.overview import ticket_urgency, urgent_tickets
 from polyfleet.controller.services.ticket_service import TicketNotFound, TicketService
 from polyfleet.controller.store.base import SITES
@@ -140,7 +141,9 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
             raise
         return _ticket_page(request, service, key, error=exc.message, status=409)
     details = {"status": ticket.status.value}
-    await audit_action(request, f"ticket.{verb}", f"ticket:{ticket.id}", details, site=ticket.site)
+    await audit_action(
+        request, AuditAction(f"ticket.{verb}"), f"ticket:{ticket.id}", details, site=ticket.site
+    )
     raise web.HTTPSeeOther(f"/tickets/{key}?done={verb}")
 
 
@@ -168,7 +171,9 @@ async def ticket_fill(request: web.Request) -> web.StreamResponse:
         if exc.status not in (409, 422):
             raise
         return _ticket_page(request, service, key, error=exc.message, status=exc.status)
-    await audit_action(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
+    await audit_action(
+        request, AuditAction.TICKET_FILL, f"ticket:{ticket.id}", filled, site=ticket.site
+    )
     raise web.HTTPSeeOther(f"/tickets/{key}?done=fill")
 
 
