@@ -59,8 +59,8 @@ class NoDataDir(NotFound):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(
-            f"{data_dir} does not exist: check --data-dir (or the config's data_dir); "
-            "nothing was created",
+            f"{data_dir} holds no controller store (there is no such folder): check "
+            "--data-dir (or the config's data_dir); nothing was created",
             code="no_store",
             field="data_dir",
         )

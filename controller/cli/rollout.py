@@ -71,11 +71,16 @@ def _print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
-def _run(args: argparse.Namespace, action: Callable[[RolloutApi], Awaitable[int]]) -> int:
-    """Run ``action`` against the controller (``reach``): every rollout command reads or
-    changes what a controller keeps, so a data directory without a store is refused."""
+def _run(
+    args: argparse.Namespace,
+    action: Callable[[RolloutApi], Awaitable[int]],
+    *,
+    needs_store: bool = True,
+) -> int:
+    """Run ``action`` against the controller (``reach``). Reading or acting on rollouts needs
+    a store that exists: a mistyped data directory is refused, not made anew."""
     try:
-        return run(args, lambda client: action(RolloutApi(client)), needs_store=True)
+        return run(args, lambda client: action(RolloutApi(client)), needs_store=needs_store)
     except OSError as exc:
         raise CommandFailed(str(exc), code="file_unreadable") from None
 
@@ -247,7 +252,8 @@ def cmd_package_add(args: argparse.Namespace) -> int:
             print(f"package {doc['version']}: {doc['size']} bytes, sha256 {doc['sha256']}")
         return EXIT_OK
 
-    return _run(args, action)
+    # A package may be the first thing a new controller keeps, like a site.
+    return _run(args, action, needs_store=False)
 
 
 def cmd_package_list(args: argparse.Namespace) -> int:
