@@ -11,8 +11,8 @@ Python API for features (``app[JOBS]``)::
     jobs.get(job_id), jobs.find(serial=..., site_id=...)
 
 A job document (collection ``jobs``): ``{id, kind, serial, site_id, params, status, created_at,
-created_by, sent_at, finished_at, result: {status, detail} | None, artifact: {sha256, size,
-uploaded_at} | None, cancelled_by?}``; ``status`` goes ``queued`` -> ``sent`` ->
+created_by, sent_at, finished_at, result: {status, detail, code?} | None, artifact: {sha256,
+size, uploaded_at} | None, cancelled_by?}``; ``status`` goes ``queued`` -> ``sent`` ->
 ``done|failed|refused``, or ``cancelled`` by an admin while pending. A device has at most one
 pending (queued or sent) job of each kind: twenty reboots ordered in a second are one reboot.
 A ``sent`` job is handed out again after ``job_lease_s`` without a result (agent restarted).
@@ -291,7 +291,11 @@ class JobService:
         A result for a job cancelled meanwhile is kept in it (the job stays cancelled).
         """
         doc = self._agent_job(job_id, site_id)
-        answered = result.model_dump(mode="json", exclude={"artifact_sha256"})
+        # Without a code it is stored as results were before codes, so a resend of a result
+        # stored then is still the same result.
+        answered = result.model_dump(
+            mode="json", exclude={"artifact_sha256", *(() if result.code else ("code",))}
+        )
         if doc["status"] == "cancelled" and doc["result"] is None:
             # Run before the agent heard of the cancel: keep what it did; still cancelled.
             late = {**doc, "result": answered}
@@ -316,7 +320,7 @@ class JobService:
             **doc,
             "status": result.status,
             "finished_at": now.isoformat(),
-            "result": result.model_dump(mode="json", exclude={"artifact_sha256"}),
+            "result": answered,
         }
         event = JobFinished(
             at=now,
