@@ -21,7 +21,12 @@ from polyfleet.controller.api.models import Ok
 from polyfleet.controller.api.spec import ADMINS, AGENTS, READERS, Param, endpoint
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.faults import FaultEvent
-from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S, PlanError, render_csv
+from polyfleet.controller.domain.rollout import (
+    ROLLOUT_TICK_S,
+    IllegalMove,
+    PlanError,
+    render_csv,
+)
 from polyfleet.controller.keys import (
     AUDIT,
     CLOCK,
@@ -307,16 +312,20 @@ async def get_package(request: web.Request) -> web.StreamResponse:
     roles=AGENTS,
     request=JobProgress,
     response=Ok,
-    errors=(400, 401, 403, 404, 422),
+    errors=(400, 401, 403, 404, 409, 422),
     tags=("agent",),
 )
 async def post_progress(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
     progress = validate(JobProgress, await read_json(request))
-    known = await request.app[ROLLOUTS].on_progress(
-        request.match_info["job_id"], agent.site_id, progress
-    )
+    try:
+        known = await request.app[ROLLOUTS].on_progress(
+            request.match_info["job_id"], agent.site_id, progress
+        )
+    except IllegalMove as exc:
+        # Logged by the service; the agent only learns its word changed nothing.
+        raise ApiError(409, "conflict", f"progress not taken: {exc}") from None
     if not known:
         raise ApiError(404, "not_found", "no running rollout job with this id for this agent")
     return web.json_response(Ok(ok=True).model_dump())

@@ -3,13 +3,18 @@
 Documents:
 
 - ``rollouts`` (key = id): ``{id, name, target, status, created_at, created_by, request,
-  start, window, wave_gap, max_failures, per_site, canary, waves, summary, halt,
-  history: [{at, action, by, detail}], started_at, finished_at}``. ``status`` goes
-  ``planned`` -> ``running`` <-> ``paused``; ``running`` -> ``halted`` (circuit breaker)
-  -> ``running`` (resume) ; any but ``done`` -> ``aborted``; ``running`` -> ``done``.
+  start, window, wave_gap, max_failures, abort_criteria, per_site, canary, waves, summary,
+  halt, history: [{at, action, by, detail}], started_at, finished_at}``. ``status`` moves
+  as ``ROLLOUT_MOVES`` allows: ``planned`` -> ``running`` <-> ``paused``; ``running`` ->
+  ``halted`` (circuit breaker) -> ``running`` (resume); any but ``done`` -> ``aborted``;
+  ``running`` -> ``done``. ``abort_criteria`` are kept from the plan on; a rollout stored
+  before them reads the defaults with its ``max_failures``.
 - ``rollout_devices`` (key = ``<id>:<serial>``): one device's plan entry (the planner's
-  JSON) plus what running it changes: ``status``, ``hop_index``, ``attempts``,
-  ``failures``, ``job_id``, ``evidence``, ``window`` (moved on when a window is missed).
+  JSON) plus what running it changes: ``status`` (moving only as ``DEVICE_MOVES`` allows),
+  ``hop_index``, ``attempts``, ``failures`` (``[{at, hop, check, detail, job_id, code?}]``:
+  ``code`` is the agent's failure code, which decides what the failure means; ``check``
+  is the detail's first word, shown), ``job_id``, ``evidence``, ``window`` (moved on when
+  a window is missed).
 - ``penalty_box`` (key = serial): ``{serial, rollout_id, reason, at}``: a device that
   failed twice; no rollout retries it until an admin releases it.
 
@@ -36,20 +41,36 @@ from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.domain.rollout import (
+    ADMIN_ACTIONS,
+    DEFAULT_MAX_FAILURES,
+    DEFAULT_PER_SITE,
     DEFAULT_WAVE_GAP,
+    DEFAULT_WAVES,
     DEFAULT_WINDOW,
     DEVICE_STATUSES,
     FINAL_STATUSES,
-    PENALTY_AFTER_FAILURES,
+    UNDER_WAY,
+    DeviceStatus,
+    IllegalMove,
     PlanDevice,
     PlanError,
     PlanRequest,
+    RolloutStatus,
     Window,
     breaker,
+    device_move,
+    failure_rule,
+    parse_abort_criteria,
     parse_gap,
     parse_waves,
+    penalty_due,
     plan_rollout,
+    rollout_move,
+    stored_abort_criteria,
     window_after,
+)
+from polyfleet.controller.domain.rollout import (
+    ROLLOUT_STATUSES as ROLLOUT_STATUSES,  # the API and CLI find it here
 )
 from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
@@ -73,18 +94,14 @@ PENALTY_BOX = "penalty_box"
 
 #: Device statuses, for metrics.
 DEVICE_STATUS_NAMES = DEVICE_STATUSES
-ROLLOUT_STATUSES = ("planned", "running", "paused", "halted", "aborted", "done")
 #: Which admin action is allowed from which status, and where it leads.
-TRANSITIONS: dict[str, dict[str, str]] = {
-    "start": {"planned": "running"},
-    "pause": {"running": "paused"},
-    "resume": {"paused": "running", "halted": "running"},
-    "abort": {"planned": "aborted", "running": "aborted", "paused": "aborted", "halted": "aborted"},
-}
+TRANSITIONS = ADMIN_ACTIONS
 #: Device statuses of an update under way: pause and abort let these finish.
-IN_PROGRESS = frozenset({"postponed_in_call", "downloading", "installing", "verifying"})
-#: Device statuses that end a device's part in a rollout.
-FINISHED = frozenset({"done", "failed", "skipped", "held", "excluded"})
+IN_PROGRESS = UNDER_WAY
+#: Rollouts whose devices ``/metrics`` counts.
+_LIVE = frozenset(
+    {RolloutStatus.PLANNED, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED}
+)
 _CLOSED_TICKET = "closed"
 
 
@@ -184,6 +201,30 @@ class RolloutService:
         self.on_halt: Callable[[str, str], Awaitable[None]] | None = None
         self._parsed: dict[str, tuple[Doc, Asset]] = {}
 
+    # -- the service's writes ----------------------------------------------------------------
+
+    def _apply(
+        self,
+        changes: Mapping[str, Mapping[str, Doc]],
+        deletes: Mapping[str, Iterable[str]] | None = None,
+    ) -> int:
+        """Every write of ``rollouts`` and ``rollout_devices``."""
+        return self._store.apply(changes, deletes)
+
+    def _moved(self, entry: Doc, to: DeviceStatus, now: datetime, **changes: Any) -> Doc:
+        """Every change of a device entry's status, as a new document with ``changes``.
+
+        The move must be in ``DEVICE_MOVES``; any other is a bug, logged and refused with
+        IllegalMove, and nothing is stored (the entry keeps its status).
+        """
+        subject = f"rollout {entry.get('rollout_id')}, device {entry.get('serial')}"
+        try:
+            device_move(subject, str(entry["status"]), to)
+        except IllegalMove as exc:
+            log.error("status change refused: %s", exc)
+            raise
+        return {**entry, **changes, "status": to.value, "updated_at": now.isoformat()}
+
     # -- planning --------------------------------------------------------------------------
 
     def preview(
@@ -250,7 +291,7 @@ class RolloutService:
             for entry in devices
         }
         await self._store.wait_durable(
-            self._store.apply({ROLLOUTS: {rollout_id: header}, ROLLOUT_DEVICES: docs})
+            self._apply({ROLLOUTS: {rollout_id: header}, ROLLOUT_DEVICES: docs})
         )
         return self.rollout(rollout_id)
 
@@ -387,7 +428,7 @@ class RolloutService:
                 f"rollout {rollout_id} is {status}: {action} needs it to be {can}"
             )
         extra: dict[str, dict[str, Doc]] = {}
-        now_text = self._clock().isoformat()
+        now = self._clock()
         if action == "start":
             missing = self._missing_packages(rollout_id)
             if missing:
@@ -396,24 +437,19 @@ class RolloutService:
                     "`polyfleet controller releases package add VERSION FILE`"
                 )
             extra[ROLLOUT_DEVICES] = {
-                device_key(rollout_id, e["serial"]): {
-                    **e,
-                    "status": "waiting_window",
-                    "updated_at": now_text,
-                }
+                device_key(rollout_id, e["serial"]): self._moved(
+                    e, DeviceStatus.WAITING_WINDOW, now
+                )
                 for e in self.entries(rollout_id)
-                if e["status"] == "planned"
+                if e["status"] == DeviceStatus.PLANNED
             }
         if action == "abort":
             # Updates under way finish and are verified; nothing else starts.
             extra[ROLLOUT_DEVICES] = {
-                device_key(rollout_id, e["serial"]): {
-                    **e,
-                    "status": "skipped",
-                    "updated_at": now_text,
-                }
+                device_key(rollout_id, e["serial"]): self._moved(e, DeviceStatus.SKIPPED, now)
                 for e in self.entries(rollout_id)
-                if e["status"] in ("planned", "waiting_window") and not e.get("job_id")
+                if e["status"] in (DeviceStatus.PLANNED, DeviceStatus.WAITING_WINDOW)
+                and not e.get("job_id")
             }
         if action == "resume" and status == "halted":
             # Resuming past a halt acknowledges the failures that caused it: they no longer
@@ -423,7 +459,7 @@ class RolloutService:
                 **header,
                 "acknowledged": sorted(set(header.get("acknowledged") or ()) | seen),
             }
-        await self._change(header, allowed[status], action, by=by, extra=extra)
+        await self._change(header, action, by=by, extra=extra)
         return self._summary(self.header(rollout_id))
 
     def _missing_packages(self, rollout_id: str) -> list[str]:
@@ -440,7 +476,6 @@ class RolloutService:
     async def _change(
         self,
         header: Doc,
-        status: str,
         action: str,
         *,
         by: str = "",
@@ -448,11 +483,20 @@ class RolloutService:
         halt: dict[str, Any] | None = None,
         extra: Mapping[str, Mapping[str, Doc]] | None = None,
     ) -> None:
-        """Store a rollout's new status with its history and event in one change."""
+        """Store a rollout's new status with its history and event in one change.
+
+        Where ``action`` leads is ``ROLLOUT_MOVES``'; a move it does not list is a bug,
+        logged and refused with IllegalMove before anything is stored.
+        """
+        try:
+            status = rollout_move(f"rollout {header['id']}", str(header["status"]), action)
+        except IllegalMove as exc:
+            log.error("status change refused: %s", exc)
+            raise
         now = self._clock()
         updated: Doc = {
             **header,
-            "status": status,
+            "status": status.value,
             "history": [
                 *header.get("history", []),
                 {"at": now.isoformat(), "action": action, "by": by, "detail": detail},
@@ -464,13 +508,13 @@ class RolloutService:
             updated["halt"] = None
         if halt is not None:
             updated["halt"] = halt
-        if status in ("aborted", "done"):
+        if status in (RolloutStatus.ABORTED, RolloutStatus.DONE):
             updated["finished_at"] = now.isoformat()
         event = RolloutChanged(
             at=now,
             rollout_id=header["id"],
             action=action,
-            status=status,
+            status=status.value,
             by=by,
             detail=detail,
         )
@@ -478,7 +522,7 @@ class RolloutService:
         changes: dict[str, dict[str, Doc]] = {ROLLOUTS: {header["id"]: updated}, EVENTS: puts}
         for collection, docs in (extra or {}).items():
             changes.setdefault(collection, {}).update(docs)
-        await self._store.wait_durable(self._store.apply(changes, {EVENTS: deletes}))
+        await self._store.wait_durable(self._apply(changes, {EVENTS: deletes}))
         self._bus.dispatch([event])
 
     # -- running ---------------------------------------------------------------------------
@@ -491,7 +535,7 @@ class RolloutService:
         followed) or was never ordered; no unit is ordered twice.
         """
         for header in list(self._store.scan(ROLLOUTS).values()):
-            if header["status"] in ("planned", "done"):
+            if header["status"] in (RolloutStatus.PLANNED, RolloutStatus.DONE):
                 continue
             try:
                 await self._tick_one(header["id"])
@@ -503,14 +547,15 @@ class RolloutService:
         await self._collect_results(rollout_id, now)
         header = self.header(rollout_id)
         entries = self.entries(rollout_id)
-        if header["status"] == "running":
+        if header["status"] == RolloutStatus.RUNNING:
             acknowledged = frozenset(header.get("acknowledged") or ())
+            criteria = stored_abort_criteria(header)
             for wave in range(len(header["waves"])):
-                verdict = breaker(wave, entries, int(header["max_failures"]), acknowledged)
+                verdict = breaker(wave, entries, criteria, acknowledged)
                 if verdict is not None:
                     verdict["at"] = now.isoformat()
                     await self._change(
-                        header, "halted", "halt", by="circuit breaker",
+                        header, "halt", by="circuit breaker",
                         detail=verdict["reason"], halt=verdict,
                     )  # fmt: skip
                     log.warning("rollout %s halted: %s", rollout_id, verdict["reason"])
@@ -523,8 +568,10 @@ class RolloutService:
             entries = self.entries(rollout_id)
             await self._order(header, entries, now)
             entries = self.entries(rollout_id)
-        if header["status"] == "running" and all(e["status"] in FINAL_STATUSES for e in entries):
-            await self._change(self.header(rollout_id), "done", "finish", by="runner")
+        if header["status"] == RolloutStatus.RUNNING and all(
+            e["status"] in FINAL_STATUSES for e in entries
+        ):
+            await self._change(self.header(rollout_id), "finish", by="runner")
 
     def _zone(self, site: str) -> ZoneInfo:
         doc = self._store.get(SITES, site) or {}
@@ -536,7 +583,23 @@ class RolloutService:
     async def _put_entries(self, rollout_id: str, entries: Iterable[Doc]) -> None:
         docs = {device_key(rollout_id, e["serial"]): e for e in entries}
         if docs:
-            await self._store.wait_durable(self._store.apply({ROLLOUT_DEVICES: docs}))
+            await self._store.wait_durable(self._apply({ROLLOUT_DEVICES: docs}))
+
+    def _next_window(self, entry: Doc, now: datetime, why: str) -> dict[str, Any]:
+        """The entry's changes for its next window, with a note saying why it moved."""
+        zone = self._zone(entry["site"])
+        window = entry["window"]
+        start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
+        new_start, new_end = window_after(start, max(end, now), now, zone)
+        new_end = max(new_end, new_start)
+        note = {
+            "code": "moved_to_next_window",
+            "text": f"{why}; next window {new_start.isoformat()}",
+        }
+        return {
+            "window": {"start": new_start.isoformat(), "end": new_end.isoformat()},
+            "notes": [*entry.get("notes", []), note],
+        }
 
     async def _move_missed_windows(
         self, rollout_id: str, entries: list[Doc], now: datetime
@@ -545,7 +608,7 @@ class RolloutService:
         moved: list[Doc] = []
         for entry in entries:
             window = entry.get("window")
-            if entry["status"] != "waiting_window" or not window or entry.get("job_id"):
+            if entry["status"] != DeviceStatus.WAITING_WINDOW or not window or entry.get("job_id"):
                 continue
             if entry["channel"] != "agent":
                 continue
@@ -560,12 +623,13 @@ class RolloutService:
                 f"next window {new_start.isoformat()}",
             }
             moved.append(
-                {
-                    **entry,
-                    "window": {"start": new_start.isoformat(), "end": new_end.isoformat()},
-                    "notes": [*entry.get("notes", []), note],
-                    "updated_at": now.isoformat(),
-                }
+                self._moved(
+                    entry,
+                    DeviceStatus.WAITING_WINDOW,
+                    now,
+                    window={"start": new_start.isoformat(), "end": new_end.isoformat()},
+                    notes=[*entry.get("notes", []), note],
+                )
             )
         await self._put_entries(rollout_id, moved)
 
@@ -575,7 +639,10 @@ class RolloutService:
         target = FirmwareVersion.parse(header["target"])
         changed: list[Doc] = []
         for entry in entries:
-            if entry["channel"] != "teams_admin_center" or entry["status"] != "waiting_window":
+            if (
+                entry["channel"] != "teams_admin_center"
+                or entry["status"] != DeviceStatus.WAITING_WINDOW
+            ):
                 continue
             device = self._store.get(DEVICES, entry["serial"]) or {}
             firmware = device.get("firmware") or {}
@@ -592,9 +659,8 @@ class RolloutService:
                     "kind": "teams_report",
                     "after": {"firmware": firmware, "collected_at": device.get("collected_at")},
                 }
-                changed.append(
-                    {**entry, "status": "done", "evidence": [*entry.get("evidence", []), evidence]}
-                )
+                evidence_kept = [*entry.get("evidence", []), evidence]
+                changed.append(self._moved(entry, DeviceStatus.DONE, now, evidence=evidence_kept))
             elif window and datetime.fromisoformat(window["end"]) < now:
                 failure = {
                     "at": now.isoformat(),
@@ -602,9 +668,8 @@ class RolloutService:
                     "check": "teams_not_delivered",
                     "detail": f"no report showed {header['target']} by {window['end']}",
                 }
-                changed.append(
-                    {**entry, "status": "failed", "failures": [*entry["failures"], failure]}
-                )
+                failures = [*entry["failures"], failure]
+                changed.append(self._moved(entry, DeviceStatus.FAILED, now, failures=failures))
         await self._put_entries(rollout_id, changed)
 
     async def _order(self, header: Doc, entries: list[Doc], now: datetime) -> None:
@@ -627,7 +692,7 @@ class RolloutService:
         if open_wave is None:
             return
         for entry in entries:
-            if entry["channel"] != "agent" or entry["status"] != "waiting_window":
+            if entry["channel"] != "agent" or entry["status"] != DeviceStatus.WAITING_WINDOW:
                 continue
             if entry.get("job_id") or entry.get("wave") != open_wave:
                 continue
@@ -662,15 +727,10 @@ class RolloutService:
                 )
             except JobPending:
                 continue  # another firmware job for this unit is pending: order at a later pass
-            ordered = {
-                **entry,
-                "status": "downloading",
-                "job_id": job["id"],
-                "updated_at": now.isoformat(),
-            }
+            ordered = self._moved(entry, DeviceStatus.DOWNLOADING, now, job_id=job["id"])
             # One change: the job exists exactly when the entry names it.
             await self._store.wait_durable(
-                self._store.apply(
+                self._apply(
                     {
                         JOBS: {job["id"]: job},
                         ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): ordered},
@@ -689,9 +749,8 @@ class RolloutService:
             if job is None:
                 # Ordered with the entry in one change: a missing job cannot happen but by
                 # hand; order it again in the next window rather than never.
-                await self._put_entries(
-                    rollout_id, [{**entry, "job_id": None, "status": "waiting_window"}]
-                )
+                lost = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, job_id=None)
+                await self._put_entries(rollout_id, [lost])
                 continue
             if job["status"] not in ("done", "failed", "refused"):
                 continue
@@ -710,63 +769,79 @@ class RolloutService:
         return data if isinstance(data, dict) else {}
 
     async def _apply_result(self, rollout_id: str, entry: Doc, job: Doc, now: datetime) -> None:
+        """A finished job's result on its entry: the next hop, the next window, another
+        attempt or the end, as the result's failure code says (``FAILURE_RULES``)."""
         result = job.get("result") or {}
         detail = str(result.get("detail") or "")
+        code = result.get("code")
         hop_index = int(entry["hop_index"])
         hop = entry["hops"][hop_index] if hop_index < len(entry["hops"]) else {}
         evidence = self._evidence(job)
         kept = [*entry.get("evidence", [])]
         if evidence:
             kept.append({"job_id": job["id"], "hop": hop.get("version"), **evidence})
-        base = {**entry, "job_id": None, "evidence": kept, "updated_at": now.isoformat()}
         status = job["status"]
         extra: dict[str, dict[str, Doc]] = {}
         ticket: FaultEvent | None = None
         if status == "done":
-            base["hop_index"] = hop_index + 1
-            base["status"] = "done" if hop_index + 1 >= len(entry["hops"]) else "waiting_window"
+            last = hop_index + 1 >= len(entry["hops"])
+            updated = self._moved(
+                entry,
+                DeviceStatus.DONE if last else DeviceStatus.WAITING_WINDOW,
+                now,
+                job_id=None,
+                evidence=kept,
+                hop_index=hop_index + 1,
+            )
         elif status == "refused":
-            # In a call all window long, or off/unreachable: its next window (the plan says so).
-            zone = self._zone(entry["site"])
-            window = entry["window"]
-            start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
-            new_start, new_end = window_after(start, max(end, now), now, zone)
-            new_end = max(new_end, new_start)
-            base["window"] = {"start": new_start.isoformat(), "end": new_end.isoformat()}
-            base["notes"] = [
-                *entry.get("notes", []),
-                {
-                    "code": "moved_to_next_window",
-                    "text": f"{detail or 'not updated'}; next window {new_start.isoformat()}",
-                },
-            ]
-            base["status"] = "waiting_window"
+            # Not started (in a call all window long, off, unreachable): its next window,
+            # whatever the code says; nothing was done to the unit.
+            updated = self._moved(
+                entry,
+                DeviceStatus.WAITING_WINDOW,
+                now,
+                job_id=None,
+                evidence=kept,
+                **self._next_window(entry, now, detail or "not updated"),
+            )
         else:
+            # Shown as before codes existed; only an agent without codes is judged by it.
             check = detail.split(":", 1)[0] if ":" in detail else "failed"
+            rule = failure_rule(code, check)
             failure = {
                 "at": now.isoformat(),
                 "hop": hop.get("version"),
                 "check": check,
                 "detail": detail,
                 "job_id": job["id"],
+                **({"code": code} if code else {}),
             }
-            base["failures"] = [*entry["failures"], failure]
-            base["attempts"] = int(entry.get("attempts", 0)) + 1
-            returned = check != "did_not_return"
-            if len(base["failures"]) >= PENALTY_AFTER_FAILURES or not returned:
-                base["status"] = "failed"
+            failures = [*entry["failures"], failure]
+            changes: dict[str, Any] = {
+                "job_id": None,
+                "evidence": kept,
+                "failures": failures,
+                "attempts": int(entry.get("attempts", 0)) + 1,
+            }
+            penalty = rule.penalises and (rule.then == "fail" or penalty_due(failures))
+            if rule.then == "fail" or penalty:
+                updated = self._moved(entry, DeviceStatus.FAILED, now, **changes)
+            elif rule.then == "next_window":
+                changes |= self._next_window(entry, now, detail or "failed")
+                updated = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, **changes)
+            else:
+                updated = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, **changes)
+            if penalty:
                 extra[PENALTY_BOX] = {
                     entry["serial"]: {
                         "serial": entry["serial"],
                         "rollout_id": rollout_id,
                         "reason": f"{check} on {hop.get('version')}: {detail}"[:500],
                         "at": now.isoformat(),
-                        "failures": base["failures"],
+                        "failures": failures,
                     }
                 }
-            else:
-                base["status"] = "waiting_window"
-            if not returned:
+            if rule.ticket:
                 ticket = FaultEvent(
                     kind=FaultEventKind.OPENED,
                     subject=entry["serial"],
@@ -786,18 +861,22 @@ class RolloutService:
                         {"rollout": rollout_id, "hop": hop, "job_id": job["id"]},
                     ),
                 )
-        changes: dict[str, dict[str, Doc]] = {
-            ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): base},
+        changes_stored: dict[str, dict[str, Doc]] = {
+            ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): updated},
             **extra,
         }
-        await self._store.wait_durable(self._store.apply(changes))
+        await self._store.wait_durable(self._apply(changes_stored))
         if ticket is not None and self.file_ticket is not None:
             # After the entry is stored: a crash here repeats nothing but may miss the ticket,
             # which the unit's own silence then opens through the fault detector.
             await self.file_ticket(ticket)
 
     async def on_progress(self, job_id: str, site_id: str, progress: JobProgress) -> bool:
-        """An agent's word on a running update: the entry's status follows it."""
+        """An agent's word on a running update: the entry's status follows it.
+
+        IllegalMove (logged) when the entry is not under way, which the job naming it
+        rules out: nothing is stored then.
+        """
         job = self._store.get(JOBS, job_id)
         if job is None or job["site_id"] != site_id:
             return False
@@ -809,13 +888,13 @@ class RolloutService:
         if entry is None or entry.get("job_id") != job_id:
             return False
         if entry["status"] != progress.status:
-            updated = {
-                **entry,
-                "status": progress.status,
-                "progress_detail": progress.detail,
-                "updated_at": self._clock().isoformat(),
-            }
-            await self._store.wait_durable(self._store.apply({ROLLOUT_DEVICES: {key: updated}}))
+            updated = self._moved(
+                entry,
+                DeviceStatus(progress.status),
+                self._clock(),
+                progress_detail=progress.detail,
+            )
+            await self._store.wait_durable(self._apply({ROLLOUT_DEVICES: {key: updated}}))
         return True
 
     def metrics(self) -> tuple[Counter[str], Counter[str]]:
@@ -824,7 +903,7 @@ class RolloutService:
         live: set[str] = set()
         for doc in self._store.scan(ROLLOUTS).values():
             rollouts[doc["status"]] += 1
-            if doc["status"] in ("planned", "running", "paused", "halted"):
+            if doc["status"] in _LIVE:
                 live.add(doc["id"])
         devices: Counter[str] = Counter()
         for entry in self._store.scan(ROLLOUT_DEVICES).values():
@@ -901,17 +980,19 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
     name = body.get("name") or ""
     if not isinstance(name, str):
         raise PlanError("name", "a text expected")
+    criteria = body.get("abort_criteria")
     return PlanRequest(
         target=target.strip(),
         sites=text_list("sites"),
         models=text_list("models"),
         canary=integer("canary", 1),
-        waves=parse_waves(str(waves)) if waves else (10, 50, 100),
+        waves=parse_waves(str(waves)) if waves else DEFAULT_WAVES,
         window=Window.parse(str(body.get("window") or DEFAULT_WINDOW)),
         start=start_day,
         wave_gap=parse_gap(str(gap)) if gap else DEFAULT_WAVE_GAP,
-        max_failures=integer("max_failures", 10),
-        per_site=integer("per_site", 5),
+        max_failures=integer("max_failures", DEFAULT_MAX_FAILURES),
+        per_site=integer("per_site", DEFAULT_PER_SITE),
         name=name,
         exclude=text_list("exclude"),
+        abort_criteria=None if criteria is None else parse_abort_criteria(criteria),
     )
