@@ -19,6 +19,10 @@ Documents:
   failed twice; no rollout retries it until an admin releases it.
 
 Every change is a stored document first and an action second, so a restart resumes.
+The service is the only writer of ``rollouts`` and ``rollout_devices``: it keeps where
+each rollout's entries are, each serial's rollouts and the rollouts the runner moves in
+memory (read once at first use, kept current by its own writes), so neither a runner tick
+nor a page reads the whole of ``rollout_devices``.
 Read functions (``rollouts``, ``rollout``, ``progress``, ``penalty_box``) return the API's
 JSON shapes and are meant to be called directly too (dashboards).
 """
@@ -98,6 +102,10 @@ DEVICE_STATUS_NAMES = DEVICE_STATUSES
 TRANSITIONS = ADMIN_ACTIONS
 #: Device statuses of an update under way: pause and abort let these finish.
 IN_PROGRESS = UNDER_WAY
+#: Rollouts the runner moves on: results still come in after a pause, a halt or an abort.
+_TICKED = frozenset(
+    {RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED, RolloutStatus.ABORTED}
+)
 #: Rollouts whose devices ``/metrics`` counts.
 _LIVE = frozenset(
     {RolloutStatus.PLANNED, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED}
@@ -120,6 +128,41 @@ class RolloutConflict(Exception):
 
 def device_key(rollout_id: str, serial: str) -> str:
     return f"{rollout_id}:{serial}"
+
+
+class _Where:
+    """Where the rollouts' entries are, and which rollouts the runner moves on."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, set[str]] = {}
+        self._sorted: dict[str, list[str]] = {}
+        self._rollouts_of: dict[str, list[str]] = {}
+        #: Rollouts a tick looks at (running, paused, halted, aborted with jobs out).
+        self.ticked: set[str] = set()
+
+    def add(self, rollout_id: str, serial: str) -> None:
+        members = self._members.setdefault(rollout_id, set())
+        if serial in members:
+            return
+        members.add(serial)
+        self._sorted.pop(rollout_id, None)
+        self._rollouts_of.setdefault(serial, []).append(rollout_id)
+
+    def note(self, rollout_id: str, status: str) -> None:
+        if status in _TICKED:
+            self.ticked.add(rollout_id)
+        else:
+            self.ticked.discard(rollout_id)
+
+    def serials(self, rollout_id: str) -> list[str]:
+        """The rollout's serials, sorted (read-only)."""
+        found = self._sorted.get(rollout_id)
+        if found is None:
+            found = self._sorted[rollout_id] = sorted(self._members.get(rollout_id, ()))
+        return found
+
+    def rollouts_of(self, serial: str) -> list[str]:
+        return list(self._rollouts_of.get(serial, ()))
 
 
 def plan_devices(store: Store) -> list[PlanDevice]:
@@ -200,16 +243,35 @@ class RolloutService:
         #: Told of every halt (the audit log records it), after it is stored.
         self.on_halt: Callable[[str, str], Awaitable[None]] | None = None
         self._parsed: dict[str, tuple[Doc, Asset]] = {}
+        #: Built from the store at first use (it is open by then), then kept by ``_apply``.
+        self._known: _Where | None = None
 
-    # -- the service's writes ----------------------------------------------------------------
+    # -- the service's writes and what it knows of them --------------------------------------
+
+    def _where(self) -> _Where:
+        if self._known is None:
+            where = _Where()
+            for key, doc in list(self._store.scan(ROLLOUT_DEVICES).items()):
+                where.add(str(doc.get("rollout_id") or key.split(":", 1)[0]), str(doc["serial"]))
+            for rollout_id, doc in list(self._store.scan(ROLLOUTS).items()):
+                where.note(rollout_id, str(doc["status"]))
+            self._known = where
+        return self._known
 
     def _apply(
         self,
         changes: Mapping[str, Mapping[str, Doc]],
         deletes: Mapping[str, Iterable[str]] | None = None,
     ) -> int:
-        """Every write of ``rollouts`` and ``rollout_devices``."""
-        return self._store.apply(changes, deletes)
+        """Every write of ``rollouts`` and ``rollout_devices``: the store, then what the
+        service knows of them (in the same step: nothing runs in between)."""
+        seq = self._store.apply(changes, deletes)
+        where = self._where()
+        for doc in changes.get(ROLLOUT_DEVICES, {}).values():
+            where.add(str(doc["rollout_id"]), str(doc["serial"]))
+        for rollout_id, doc in changes.get(ROLLOUTS, {}).items():
+            where.note(rollout_id, str(doc["status"]))
+        return seq
 
     def _moved(self, entry: Doc, to: DeviceStatus, now: datetime, **changes: Any) -> Doc:
         """Every change of a device entry's status, as a new document with ``changes``.
@@ -350,13 +412,12 @@ class RolloutService:
 
     def entries(self, rollout_id: str) -> list[Doc]:
         """The rollout's device entries, by serial."""
-        prefix = rollout_id + ":"
-        found = [
-            doc
-            for key, doc in list(self._store.scan(ROLLOUT_DEVICES).items())
-            if key.startswith(prefix)
-        ]
-        return sorted(found, key=lambda doc: str(doc["serial"]))
+        found = []
+        for serial in self._where().serials(rollout_id):
+            doc = self._store.get(ROLLOUT_DEVICES, device_key(rollout_id, serial))
+            if doc is not None:
+                found.append(doc)
+        return found
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         """The whole stored plan with each device's current state."""
@@ -397,10 +458,12 @@ class RolloutService:
         """Every rollout that planned ``serial``, newest first: the rollout's summary with
         the device's entry in it (``device``)."""
         found = []
-        for summary in self.rollouts():
-            entry = self._store.get(ROLLOUT_DEVICES, device_key(summary["id"], serial))
-            if entry is not None:
-                found.append({**summary, "device": device_json(entry)})
+        for rollout_id in self._where().rollouts_of(serial):
+            header = self._store.get(ROLLOUTS, rollout_id)
+            entry = self._store.get(ROLLOUT_DEVICES, device_key(rollout_id, serial))
+            if header is not None and entry is not None:
+                found.append({**self._summary(header), "device": device_json(entry)})
+        found.sort(key=lambda summary: str(summary["created_at"]), reverse=True)
         return found
 
     def penalty_box(self) -> list[Doc]:
@@ -534,19 +597,22 @@ class RolloutService:
         naming it are written together, so after a crash the job either exists (and is
         followed) or was never ordered; no unit is ordered twice.
         """
-        for header in list(self._store.scan(ROLLOUTS).values()):
-            if header["status"] in (RolloutStatus.PLANNED, RolloutStatus.DONE):
-                continue
+        for rollout_id in sorted(self._where().ticked):
             try:
-                await self._tick_one(header["id"])
+                await self._tick_one(rollout_id)
             except Exception:
-                log.exception("rollout %s: tick failed", header["id"])
+                log.exception("rollout %s: tick failed", rollout_id)
 
     async def _tick_one(self, rollout_id: str) -> None:
         now = self._clock()
         await self._collect_results(rollout_id, now)
         header = self.header(rollout_id)
         entries = self.entries(rollout_id)
+        if header["status"] == RolloutStatus.ABORTED:
+            if not any(e.get("job_id") for e in entries):
+                # Its last update under way is in: nothing of it is left to follow.
+                self._where().ticked.discard(rollout_id)
+            return
         if header["status"] == RolloutStatus.RUNNING:
             acknowledged = frozenset(header.get("acknowledged") or ())
             criteria = stored_abort_criteria(header)
@@ -900,15 +966,12 @@ class RolloutService:
     def metrics(self) -> tuple[Counter[str], Counter[str]]:
         """(rollouts by status, devices of live rollouts by their status) for ``/metrics``."""
         rollouts: Counter[str] = Counter()
-        live: set[str] = set()
-        for doc in self._store.scan(ROLLOUTS).values():
+        devices: Counter[str] = Counter()
+        for doc in list(self._store.scan(ROLLOUTS).values()):
             rollouts[doc["status"]] += 1
             if doc["status"] in _LIVE:
-                live.add(doc["id"])
-        devices: Counter[str] = Counter()
-        for entry in self._store.scan(ROLLOUT_DEVICES).values():
-            if entry.get("rollout_id") in live:
-                devices[entry["status"]] += 1
+                for entry in self.entries(doc["id"]):
+                    devices[entry["status"]] += 1
         return rollouts, devices
 
 
