@@ -22,6 +22,7 @@ from polyfleet.controller.api.spec import ADMINS, AGENTS, READERS, Param, endpoi
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.faults import FaultEvent
 from polyfleet.controller.domain.rollout import (
+    FAILURE_TYPES,
     ROLLOUT_TICK_S,
     IllegalMove,
     PlanError,
@@ -84,6 +85,22 @@ _PLAN_BODY: dict[str, Any] = {
         "start": {"type": "string", "format": "date"},
         "wave_gap": {"type": "string", "default": "1d"},
         "max_failures": {"type": "integer", "minimum": 0, "maximum": 100, "default": 10},
+        "abort_criteria": {
+            "type": "array",
+            "description": "when the breaker halts the rollout (default: any canary failure; "
+            "a later wave past max_failures percent)",
+            "maxItems": 16,
+            "items": {
+                "type": "object",
+                "required": ["waves", "threshold_percent"],
+                "properties": {
+                    "waves": {"enum": ["canary", "later"]},
+                    "failure_type": {"enum": list(FAILURE_TYPES), "default": "any"},
+                    "threshold_percent": {"type": "number", "minimum": 0, "maximum": 100},
+                    "min_executed": {"type": "integer", "minimum": 1, "default": 1},
+                },
+            },
+        },
         "per_site": {"type": "integer", "minimum": 1, "default": 5},
         "name": {"type": "string"},
         "exclude": {"type": "array", "items": {"type": "string"}},
