@@ -186,32 +186,37 @@ class IllegalMove(RuntimeError):
     Nothing is stored when it is raised: the document keeps the status it had.
     """
 
-    def __init__(self, subject: str, current: str, wanted: str, allowed: Iterable[str]) -> None:
-        can = ", ".join(sorted(allowed)) or "nothing: it is final"
-        super().__init__(f"{subject}: {current} cannot move to {wanted} (it may move to {can})")
+    def __init__(self, subject: str, current: str, change: str, why: str) -> None:
+        super().__init__(f"{subject}: {current} cannot {change} ({why})")
         self.subject = subject
         self.current = current
-        self.wanted = wanted
+        self.change = change
 
 
 def device_move(subject: str, current: str, wanted: DeviceStatus) -> DeviceStatus:
     """``wanted`` when an entry in ``current`` may move there; IllegalMove otherwise."""
+    change = f"move to {wanted.value}"
     try:
         allowed = DEVICE_MOVES[DeviceStatus(current)]
     except ValueError:
-        raise IllegalMove(subject, current, wanted, ()) from None
+        raise IllegalMove(subject, current, change, "no device status is called so") from None
     if wanted not in allowed:
-        raise IllegalMove(subject, current, wanted, allowed)
+        can = ", ".join(sorted(allowed))
+        why = f"it may move to {can}" if can else "it is final"
+        raise IllegalMove(subject, current, change, why)
     return wanted
 
 
 def rollout_move(subject: str, current: str, action: str) -> RolloutStatus:
     """Where ``action`` takes a rollout in ``current``; IllegalMove when it may not."""
-    moves = ROLLOUT_MOVES.get(action, {})
+    moves = ROLLOUT_MOVES.get(action)
+    if moves is None:
+        raise IllegalMove(subject, current, action, f"no such action: {', '.join(ROLLOUT_MOVES)}")
     try:
         return moves[RolloutStatus(current)]
     except (KeyError, ValueError):
-        raise IllegalMove(subject, current, f"{action}", moves) from None
+        froms = ", ".join(sorted(moves))
+        raise IllegalMove(subject, current, action, f"{action} needs it {froms}") from None
 
 
 #: Problems that keep the agent from ordering an update even though the unit answers.
