@@ -45,6 +45,10 @@ class PackageUnavailable(Exception):
     """The package could not be fetched or verified; the text says why."""
 
 
+class PackageMismatch(PackageUnavailable):
+    """What arrived is not the package ordered (its size or SHA-256 differs); discarded."""
+
+
 @dataclass(frozen=True)
 class PackageRef:
     """Which package a job needs, as the controller names it."""
@@ -113,7 +117,7 @@ class PackageCache:
                 async for chunk in uplink.download_package(ref.version, offset=offset):
                     offset += len(chunk)
                     if offset > ref.size:
-                        raise PackageUnavailable(
+                        raise PackageMismatch(
                             f"{ref.version}: the controller sent more than {ref.size} bytes"
                         )
                     await asyncio.to_thread(handle.write, chunk)
@@ -130,7 +134,7 @@ class PackageCache:
         )
         if offset != ref.size or digest != ref.sha256:
             await asyncio.to_thread(part.unlink, missing_ok=True)
-            raise PackageUnavailable(
+            raise PackageMismatch(
                 f"{ref.version}: downloaded {offset} bytes with SHA-256 {digest}, "
                 f"expected {ref.size} bytes with {ref.sha256}; discarded"
             )

@@ -342,7 +342,25 @@ class Uplink:
         )
 
     async def post_result(self, job_id: str, result: JobResult) -> None:
-        await self._request("POST", f"/api/v1/agent/jobs/{job_id}/result", model=result)
+        """Post a job's result. Its ``code`` goes only when set; a controller from before
+        codes refuses the field by name, and then gets the result again without it."""
+        path = f"/api/v1/agent/jobs/{job_id}/result"
+        without_code = result.model_dump_json(exclude={"code"}).encode()
+        if result.code is None:
+            # Byte for byte what agents sent before codes existed.
+            await self._request("POST", path, data=without_code, content_type="application/json")
+            return
+        try:
+            await self._request("POST", path, model=result)
+        except ControllerRefused as exc:
+            if exc.status != 422 or exc.field != "code":
+                raise
+            log.info(
+                "job %s: the controller does not take failure codes (%s); result sent without",
+                job_id,
+                exc.message,
+            )
+            await self._request("POST", path, data=without_code, content_type="application/json")
 
     async def post_progress(self, job_id: str, progress: JobProgress) -> None:
         await self._request("POST", f"/api/v1/agent/jobs/{job_id}/progress", model=progress)

@@ -18,7 +18,13 @@ from polyfleet.controller.api.entitlement import CATALOGUES
 from polyfleet.controller.api.models import Ok
 from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.faults import FaultEvent
-from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S, PlanError, render_csv
+from polyfleet.controller.domain.rollout import (
+    FAILURE_TYPES,
+    ROLLOUT_TICK_S,
+    IllegalMove,
+    PlanError,
+    render_csv,
+)
 from polyfleet.controller.http.auth import principal
 from polyfleet.controller.http.errors import ApiError, read_json, validate
 from polyfleet.controller.http.spec import ADMINS, AGENTS, READERS, Param, endpoint
@@ -76,6 +82,22 @@ _PLAN_BODY: dict[str, Any] = {
         "start": {"type": "string", "format": "date"},
         "wave_gap": {"type": "string", "default": "1d"},
         "max_failures": {"type": "integer", "minimum": 0, "maximum": 100, "default": 10},
+        "abort_criteria": {
+            "type": "array",
+            "description": "when the breaker halts the rollout (default: any canary failure; "
+            "a later wave past max_failures percent)",
+            "maxItems": 16,
+            "items": {
+                "type": "object",
+                "required": ["waves", "threshold_percent"],
+                "properties": {
+                    "waves": {"enum": ["canary", "later"]},
+                    "failure_type": {"enum": list(FAILURE_TYPES), "default": "any"},
+                    "threshold_percent": {"type": "number", "minimum": 0, "maximum": 100},
+                    "min_executed": {"type": "integer", "minimum": 1, "default": 1},
+                },
+            },
+        },
         "per_site": {"type": "integer", "minimum": 1, "default": 5},
         "name": {"type": "string"},
         "exclude": {"type": "array", "items": {"type": "string"}},
@@ -306,16 +328,20 @@ async def get_package(request: web.Request) -> web.StreamResponse:
     roles=AGENTS,
     request=JobProgress,
     response=Ok,
-    errors=(400, 401, 403, 404, 422),
+    errors=(400, 401, 403, 404, 409, 422),
     tags=("agent",),
 )
 async def post_progress(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
     progress = validate(JobProgress, await read_json(request))
-    known = await request.app[ROLLOUTS].on_progress(
-        request.match_info["job_id"], agent.site_id, progress
-    )
+    try:
+        known = await request.app[ROLLOUTS].on_progress(
+            request.match_info["job_id"], agent.site_id, progress
+        )
+    except IllegalMove as exc:
+        # Logged by the service; the agent only learns its word changed nothing.
+        raise ApiError(409, "conflict", f"progress not taken: {exc}") from None
     if not known:
         raise ApiError(404, "not_found", "no running rollout job with this id for this agent")
     return web.json_response(Ok(ok=True).model_dump())

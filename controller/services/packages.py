@@ -69,6 +69,29 @@ class PackageService:
         self.directory = packages_dir
         #: Whole downloads by agents since start, (site, version) -> count (ranges resume one).
         self.downloads: dict[tuple[str, str], int] = {}
+        #: Release (without its build) -> the keys of its packages; read from the store at
+        #: first use, kept by ``add`` (the only writer), so ``find`` reads no whole collection.
+        self._by_release: dict[tuple[int, int, int, int], list[str]] | None = None
+
+    def _releases(self) -> dict[tuple[int, int, int, int], list[str]]:
+        if self._by_release is None:
+            by_release: dict[tuple[int, int, int, int], list[str]] = {}
+            for key, doc in list(self._store.scan(PACKAGES).items()):
+                self._note(by_release, key, str(doc["version"]))
+            self._by_release = by_release
+        return self._by_release
+
+    @staticmethod
+    def _note(
+        by_release: dict[tuple[int, int, int, int], list[str]], key: str, version: str
+    ) -> None:
+        try:
+            parsed = FirmwareVersion.parse(version)
+        except VersionError:
+            return
+        keys = by_release.setdefault((parsed.major, parsed.minor, parsed.patch, parsed.hotfix), [])
+        if key not in keys:
+            keys.append(key)
 
     def note_download(self, version: str, site: str, range_header: str | None) -> None:
         """Count an agent's download; a resumed one (a range) is the same download."""
@@ -106,8 +129,12 @@ class PackageService:
             parsed = FirmwareVersion.parse(version)
         except VersionError:
             return None
-        for candidate in list(self._store.scan(PACKAGES).values()):
-            if FirmwareVersion.parse(candidate["version"]).same_release(parsed):
+        release = (parsed.major, parsed.minor, parsed.patch, parsed.hotfix)
+        for key in self._releases().get(release, ()):
+            candidate = self._store.get(PACKAGES, key)
+            if candidate is not None and FirmwareVersion.parse(candidate["version"]).same_release(
+                parsed
+            ):
                 return candidate
         return None
 
@@ -170,7 +197,9 @@ class PackageService:
             "added_by": added_by,
             "file": final.name,
         }
-        await self._store.put_many(PACKAGES, {release.text: doc})
+        seq = self._store.apply({PACKAGES: {release.text: doc}})
+        self._note(self._releases(), release.text, release.text)
+        await self._store.wait_durable(seq)
         return doc
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,43 @@ async def test_a_package_with_a_wrong_checksum_or_release_is_refused(
     assert (await call(controller, "GET", "/api/v1/releases/packages"))[1]["packages"] == []
     leftovers = list((controller.data_dir / "packages").glob("*"))
     assert leftovers == []
+
+
+async def test_entries_are_found_by_rollout_and_serial_across_plans_and_restarts(
+    tmp_path: Path,
+) -> None:
+    """Each rollout shows its own devices and a device its rollouts, newest first, as plans
+    are added and after the controller starts again on the same data."""
+    times = (NOW + timedelta(minutes=n) for n in itertools.count())
+    # Each reading of the clock a minute later: every plan is newer than the one before.
+    async with running_controller(tmp_path / "data", clock=lambda: next(times)) as first:
+        await fleet(first)
+        ids = []
+        for name in ("one", "two"):
+            _, plan = await call(
+                first, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "name": name}
+            )
+            ids.append(plan["id"])
+        _, history = await call(first, "GET", "/api/v1/devices/K1/rollouts")
+        assert [r["id"] for r in history["rollouts"]] == ids[::-1]
+        # Planned after the service has read where entries are: found all the same.
+        _, plan = await call(
+            first, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "sites": ["krakow"]}
+        )
+        ids.append(plan["id"])
+        _, history = await call(first, "GET", "/api/v1/devices/K1/rollouts")
+        assert [r["id"] for r in history["rollouts"]] == ids[::-1]
+        assert history["rollouts"][0]["device"]["serial"] == "K1"
+        await call(first, "PUT", "/api/v1/releases/4.2.2-408037/package", data=b"fw" * 100)
+        assert (await call(first, "POST", f"/api/v1/rollouts/{ids[1]}/start"))[0] == 200
+        shown = {rid: (await call(first, "GET", f"/api/v1/rollouts/{rid}"))[1] for rid in ids}
+    async with running_controller(tmp_path / "data", clock=lambda: next(times)) as again:
+        for rid in ids:
+            status, rollout = await call(again, "GET", f"/api/v1/rollouts/{rid}")
+            assert status == 200 and rollout["devices"] == shown[rid]["devices"]
+        assert [d["serial"] for d in shown[ids[0]]["devices"]] == ["K1", "K2", "K3", "K4", "K5"]
+        _, history = await call(again, "GET", "/api/v1/devices/K3/rollouts")
+        assert [r["id"] for r in history["rollouts"]] == ids[::-1]
+        _, status_page = await call(again, "GET", f"/api/v1/rollouts/{ids[1]}/status")
+        assert status_page["status"] == "running"
+        assert status_page["progress"]["by_status"] == shown[ids[1]]["progress"]["by_status"]

@@ -95,6 +95,8 @@ async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
         assert done["status"] == "done", done.get("halt")
         by = {d["serial"]: d for d in done["devices"]}
         assert by["CAN01"]["status"] == "failed" and len(by["CAN01"]["failures"]) == 2
+        # The agent said why in a code; the controller judged the failures by it.
+        assert {f["code"] for f in by["CAN01"]["failures"]} == {"install_failed"}
         assert by["CAN02"]["status"] == by["CAN03"]["status"] == "done"
         _, box = await world.call("GET", "/api/v1/rollouts/penalty-box")
         assert [d["serial"] for d in box["devices"]] == ["CAN01"]
@@ -110,6 +112,7 @@ async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) 
         entry = next(d for d in halted["devices"] if d["serial"] == "BRK01")
         assert entry["status"] == "failed"
         assert entry["failures"][0]["check"] == "did_not_return"
+        assert entry["failures"][0]["code"] == "did_not_return"
         _, box = await world.call("GET", "/api/v1/rollouts/penalty-box")
         assert [d["serial"] for d in box["devices"]] == ["BRK01"]
 
