@@ -42,7 +42,7 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 #: past this many, the oldest of them is closed.
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
 #: Failed credentials (bearer tokens, dashboard sign-ins) one client address may present a
-#: minute before it is answered 429 (see controller/api/throttle.py).
+#: minute before it is answered 429 (see controller/http/throttle.py).
 DEFAULT_AUTH_FAILURES_PER_MINUTE = 20
 #: Failed enrollment attempts (unknown, used or expired codes) one client address may make a
 #: minute.

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from agent_testkit import agent_config, device_config, make_poller, wait_for
 from aiohttp import web
-from polyfleet.controller.api.errors import ApiError, error_response, parse_json, validate
+from polyfleet.controller.http.errors import ApiError, error_response, parse_json, validate
 from pydantic import BaseModel, ConfigDict
 
 from polyfleet.agent.jobs import JobRunner
