@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from agent_testkit import agent_config, device_config, make_poller, wait_for
 from aiohttp import web
-from polyfleet.controller.http.errors import ApiError, error_response, parse_json, validate
 from pydantic import BaseModel, ConfigDict
 
 from polyfleet.agent.jobs import JobRunner
 from polyfleet.agent.uplink import ControllerRefused, Uplink
+from polyfleet.controller.http.errors import ApiError, error_response, parse_json, validate
 from polyfleet.shared.schema import FailureCode, HealthState, Job, JobKind, JobResult
 from polyfleet.simulator.testing import make_device
 
