@@ -360,7 +360,7 @@ def build_service(app: web.Application) -> TicketService:
     """The ticket service from the app's config, store, clock and jobs."""
     config = app[CONFIG]
     base = config.source.parent if config.source is not None else Path()
-    settings = ticket_settings(config.sections, base=base)
+    settings = ticket_settings(config.sections, base=base, source=config.source)
     plans_path, _ = catalogue_paths(config.section("entitlement"))
     return TicketService(
         app[STORE],
