@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from polyfleet.shared.errors import PolyfleetError, os_error_words
+from polyfleet.shared.retry import Backoff
 from polyfleet.shared.schema import AgentNotice, Report, Snapshot
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,9 @@ class Outbox:
         self._sending_upto = 0
         self._disk_error: OSError | None = None
         self._failing_since: datetime | None = None
-        self._retry_delay = disk_retry_s
+        self._disk_backoff = Backoff(first_s=disk_retry_s, max_s=disk_retry_max_s)
+        #: Writes the disk refused in a row.
+        self._disk_failures = 0
         self._next_disk_try = 0.0
         self._retrier: asyncio.Task[None] | None = None
         self._closed = False
@@ -545,14 +548,13 @@ class Outbox:
         self._disk_error = exc
         if first:
             self._failing_since = self.clock()
-            self._retry_delay = self.disk_retry_s
+            self._disk_failures = 0
             log.error("outbox: %s; %s", self._problem_text(exc), self._action_text())
             self._queue_own_notice(
                 "outbox_failing", f"{self._problem_text(exc)}; {self._action_text()}"
             )
-        else:
-            self._retry_delay = min(self.disk_retry_max_s, self._retry_delay * 2)
-        self._next_disk_try = time.monotonic() + self._retry_delay
+        self._disk_failures += 1
+        self._next_disk_try = time.monotonic() + self._disk_backoff.delay(self._disk_failures)
         self._start_retrier()
 
     async def _disk_works(self) -> None:
@@ -564,7 +566,7 @@ class Outbox:
         written = len(self._memory)
         self._disk_error = None
         self._failing_since = None
-        self._retry_delay = self.disk_retry_s
+        self._disk_failures = 0
         took = "" if since is None else f" after {_duration_text(self.clock() - since)}"
         detail = f"{self.directory} takes writes again{took}: reports are on disk again"
         log.warning("outbox: %s (%d kept in memory meanwhile)", detail, written)

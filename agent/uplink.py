@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -152,12 +151,6 @@ class Credential:
             raise ConfigError(f"{path}: not an agent credential file (no {exc.args[0]})") from exc
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path}: not an agent credential file (not JSON)") from exc
-
-
-def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential back-off with jitter: attempt 1 waits about ``base``, doubling up to ``cap``."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext | None:

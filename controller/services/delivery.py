@@ -22,6 +22,7 @@ from polyfleet.controller.services.email import Attachment, DeliveryError, SmtpS
 from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.services.webhook import WebhookSender, encode_payload
 from polyfleet.controller.store.base import Doc, Store
+from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,9 @@ class DeliveryWorker:
     ) -> None:
         self.store = store
         self.settings = settings
+        self._backoff = Backoff(
+            first_s=settings.retry_base.total_seconds(), max_s=settings.retry_max.total_seconds()
+        )
         self.clock = clock
         self.on_delivered = on_delivered
         self.on_failed = on_failed
@@ -216,9 +220,7 @@ class DeliveryWorker:
 
     def backoff(self, attempts: int) -> timedelta:
         """Exponential: base, 2x base, 4x base ... capped at retry_max."""
-        base = self.settings.retry_base
-        delay: timedelta = base * (2 ** min(attempts - 1, 30))
-        return min(delay, self.settings.retry_max)
+        return timedelta(seconds=self._backoff.delay(attempts))
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Try every due entry once, each on its own; returns how many were delivered."""
