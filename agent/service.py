@@ -32,6 +32,7 @@ from polyfleet.agent.uplink import (
     ssl_context_for,
 )
 from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError
+from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.retry import Backoff
 from polyfleet.shared.schema import AgentNotice
 
@@ -166,7 +167,7 @@ class AgentService:
         if self.uplink_warning:
             log.warning("%s", self.uplink_warning)
         self._tasks.append(asyncio.create_task(self._send_loop(), name="outbox sender"))
-        self._tasks.append(asyncio.create_task(self._jobs_loop(), name="job puller"))
+        self._tasks.append(asyncio.create_task(self._job_puller().run(), name="job puller"))
         log.info(
             "agent started: %d devices, poll every %gs, outbox %s",
             len(config.devices),
@@ -394,40 +395,40 @@ class AgentService:
             self.uplink_error = None
             self.last_sent_at = datetime.now(UTC)
 
-    async def _jobs_loop(self) -> None:
-        attempt = 0
-        backoff = Backoff(
-            first_s=self.config.jobs_interval_s,
-            max_s=self.config.backoff_max_s,
-            jitter=UPLINK_JITTER,
+    def _job_puller(self) -> Periodic:
+        """Jobs pulled every ``jobs_interval_s``, backing off while the controller fails."""
+        return Periodic(
+            "job pull",
+            self._pull_jobs,
+            interval_s=self.config.jobs_interval_s,
+            expected=(ControllerUnavailable, ControllerRefused, ProtocolError),
+            backoff=Backoff(
+                first_s=self.config.jobs_interval_s,
+                max_s=self.config.backoff_max_s,
+                jitter=UPLINK_JITTER,
+            ),
+            logger=log,
         )
-        while not self._stopping.is_set():
-            credential = self.credential
-            if credential is None or self.poller is None:
-                await self._pause(self.config.jobs_interval_s)
-                continue
-            uplink = self._uplink(credential)
-            if self.jobs is None:
-                updater = FirmwareUpdater(
-                    self.poller,
-                    self.package_cache,
-                    self.update_server,
-                    journal_dir=self.config.data_dir / "updates",
-                    return_timeout_s=self.config.updates_return_timeout_s,
-                    call_recheck_s=self.config.updates_call_recheck_s,
-                )
-                self.jobs = JobRunner(self.poller, uplink, updater=updater)
-            try:
-                listing = await uplink.pull_jobs()
-            except (ControllerUnavailable, ControllerRefused, ProtocolError) as exc:
-                attempt += 1
-                log.debug("job pull failed: %s", exc)
-                await self._pause(backoff.delay(attempt))
-                continue
-            attempt = 0
-            for job in listing.jobs:
-                self.jobs.submit(job)
-            await self._pause(self.config.jobs_interval_s)
+
+    async def _pull_jobs(self) -> None:
+        """Hand the controller's new jobs to the runner (none before enrollment)."""
+        credential = self.credential
+        if credential is None or self.poller is None:
+            return
+        uplink = self._uplink(credential)
+        if self.jobs is None:
+            updater = FirmwareUpdater(
+                self.poller,
+                self.package_cache,
+                self.update_server,
+                journal_dir=self.config.data_dir / "updates",
+                return_timeout_s=self.config.updates_return_timeout_s,
+                call_recheck_s=self.config.updates_call_recheck_s,
+            )
+            self.jobs = JobRunner(self.poller, uplink, updater=updater)
+        listing = await uplink.pull_jobs()
+        for job in listing.jobs:
+            self.jobs.submit(job)
 
 
 def run_service(config: AgentConfig) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from polyfleet.controller.services.email import Attachment, DeliveryError, SmtpS
 from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.services.webhook import WebhookSender, encode_payload
 from polyfleet.controller.store.base import Doc, Store
+from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -246,17 +246,15 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """Forever: a pass now, then after each wake-up or check interval."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The loop boundary: one bad entry or a store hiccup must not stop delivery.
-                log.exception("ticket delivery pass failed; retrying at the next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.check_interval_s)
-            self._wake.clear()
+        # One bad entry or a store hiccup must not stop delivery: the next pass tries again.
+        passes = Periodic(
+            "ticket delivery pass",
+            self.run_once,
+            interval_s=self.settings.check_interval_s,
+            wake=self._wake,
+            logger=log,
+        )
+        await passes.run()
 
     async def _send(self, entry: Doc, at: datetime) -> None:
         channel = entry["channel"]
