@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from polyfleet.shared.durable import fsync_directory, write_atomically
 from polyfleet.shared.errors import PolyfleetError, os_error_words
 from polyfleet.shared.retry import Backoff
 from polyfleet.shared.schema import AgentNotice, Report, Snapshot
@@ -222,7 +223,7 @@ class Outbox:
             self.instance = instance_path.read_text().strip()
         if not self.instance:
             self.instance = secrets.token_hex(8)
-            _atomic_write(instance_path, self.instance.encode())
+            write_atomically(instance_path, self.instance.encode())
         acked_path = self.directory / _ACKED_FILE
         if acked_path.exists():
             text = acked_path.read_text().strip()
@@ -531,7 +532,7 @@ class Outbox:
                         handle.truncate(segment.size)
                     raise
             if new_segment:
-                _fsync_dir(self.directory)
+                fsync_directory(self.directory)
         except OSError:
             if new_segment:
                 with contextlib.suppress(OSError):
@@ -725,10 +726,10 @@ class Outbox:
             else self.directory / f"{_SEGMENT_PREFIX}{keep[0].seq:012d}{_SEGMENT_SUFFIX}"
         )
         data = b"".join(e.line for e in keep)
-        _atomic_write(target, data)
+        write_atomically(target, data)
         for seg in old[1:]:
             seg.path.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_directory(self.directory)
         self._segments = [_Segment(target, keep[0].seq, keep[-1].seq, len(data))]
 
     # --- sending ------------------------------------------------------------------------
@@ -786,7 +787,7 @@ class Outbox:
         return True
 
     def _ack_blocking(self, up_to_seq: int) -> None:
-        _atomic_write(self.directory / _ACKED_FILE, str(up_to_seq).encode())
+        write_atomically(self.directory / _ACKED_FILE, str(up_to_seq).encode())
         self._free_acked_segments(up_to_seq)
 
     def _free_acked_segments(self, up_to_seq: int) -> None:
@@ -870,26 +871,3 @@ def _decode(line: bytes) -> Entry:
         size=len(line),
         line=line,
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -62,6 +62,7 @@ from polyfleet.controller.store.journal import (
     journal_generations,
     read_journal,
 )
+from polyfleet.shared.durable import move_into_place, write_atomically
 from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -548,8 +549,7 @@ class TinyDBStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-        fsync_dir(snapshots)
+        move_into_place(tmp, final)
 
     def _write_snapshot_files(self, tmp: Path, copy: dict[str, dict[str, Doc]]) -> None:
         tmp.mkdir(mode=0o700)
@@ -573,13 +573,7 @@ class TinyDBStore:
         fsync_dir(tmp)
 
     def _commit_snapshot(self, generation: int) -> None:
-        current_tmp = self.directory / "CURRENT.tmp"
-        with open(current_tmp, "w", encoding="ascii") as handle:
-            handle.write(f"{generation}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(current_tmp, self.directory / "CURRENT")
-        fsync_dir(self.directory)
+        write_atomically(self.directory / "CURRENT", f"{generation}\n")
         journal_dir = self.directory / "journal"
         for old in journal_generations(journal_dir):
             if old < generation:
