@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
@@ -27,7 +27,7 @@ from polyfleet.controller.domain.faults import (
     DEFAULT_UNREACHABLE_MIN_DURATION,
     FaultPolicy,
 )
-from polyfleet.controller.domain.tickets import Language
+from polyfleet.controller.domain.language import Language
 from polyfleet.shared.config import (
     ConfigError,
     ConfigModel,
@@ -193,7 +193,7 @@ class TicketsSection(ConfigModel):
     """``[tickets]``: when a problem is a fault, where tickets go, how delivery retries."""
 
     enabled: bool = True
-    language: Literal["pl", "en"] = DEFAULT_LANGUAGE
+    language: Language = DEFAULT_LANGUAGE
     desk_email: Address = DEFAULT_DESK_EMAIL
     escalation_email: Address = DEFAULT_ESCALATION_EMAIL
     codes: Annotated[list[str], AfterValidator(_problem_codes)] = sorted(DEFAULT_TICKET_CODES)
