@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +40,7 @@ from polyfleet.agent.update_server import (
     SiteUpdateServer,
 )
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
+from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import CertificateMismatch, DeviceError, DeviceUnreachable
 from polyfleet.shared.schema import FailureCode, Job, JobProgress, JobResult, Snapshot
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -78,12 +78,7 @@ class Journal:
     def save(self, **changes: Any) -> None:
         self.data.update(changes)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(self.data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.data))
 
 
 def prune_finished(directory: Path, older_than_s: float = FINISHED_KEEP_S) -> int:

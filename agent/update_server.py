@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
+from polyfleet.shared.durable import move_into_place, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +139,14 @@ class PackageCache:
                 f"{ref.version}: downloaded {offset} bytes with SHA-256 {digest}, "
                 f"expected {ref.size} bytes with {ref.sha256}; discarded"
             )
-        await asyncio.to_thread(os.replace, part, self.path(ref.sha256))
+        await asyncio.to_thread(move_into_place, part, self.path(ref.sha256))
         log.info("package %s fetched and verified (%d bytes)", ref.version, ref.size)
 
     def _touch(self, ref: PackageRef) -> None:
         os.utime(self.path(ref.sha256))
         if self.versions.get(ref.version) != ref.sha256:
             self.versions[ref.version] = ref.sha256
-            tmp = self.directory / f"{INDEX_FILE}.tmp"
-            tmp.write_text(json.dumps(self.versions), "utf-8")
-            os.replace(tmp, self.directory / INDEX_FILE)
+            write_atomically(self.directory / INDEX_FILE, json.dumps(self.versions))
 
     def _evict(self, keep: str) -> None:
         """Remove least recently used packages until the cache fits (never one in use)."""

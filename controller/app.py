@@ -80,6 +80,7 @@ from polyfleet.controller.store.base import Store, StoreUnavailable
 from polyfleet.controller.store.tinydb import cannot_open
 from polyfleet.controller.web import routes as web_routes
 from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.schema import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -120,28 +121,16 @@ RUNTIME_FILE = "controller.json"
 
 async def liveness_monitor(app: web.Application) -> AsyncIterator[None]:
     """Every ``liveness_check_s``: silent agents -> site offline; silent devices -> unreachable."""
-    inventory = app[INVENTORY]
-    interval = app[CONFIG].liveness_check_s
-
-    async def loop() -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await inventory.check_liveness()
-                failing = False
-            except StoreUnavailable:
-                return
-            except Exception:
-                if not failing:
-                    log.exception("reachability check failed")
-                failing = True
-
-    task = asyncio.create_task(loop(), name="liveness-monitor")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    monitor = Periodic(
+        "reachability check",
+        app[INVENTORY].check_liveness,
+        interval_s=app[CONFIG].liveness_check_s,
+        run_first=False,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with monitor.running():
+        yield
 
 
 #: How often audit entries past their retention are dropped.
@@ -151,21 +140,19 @@ AUDIT_PRUNE_INTERVAL_S = 3600.0
 async def audit_retention(app: web.Application) -> AsyncIterator[None]:
     """Every hour: drop audit entries older than ``[audit] retention_days``."""
 
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(AUDIT_PRUNE_INTERVAL_S)
-            try:
-                app[AUDIT].prune()
-            except StoreUnavailable:
-                return
-            except Exception:
-                log.exception("dropping old audit entries failed; trying again in an hour")
+    async def prune() -> None:
+        app[AUDIT].prune()
 
-    task = asyncio.create_task(loop(), name="audit-retention")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    pruner = Periodic(
+        "dropping old audit entries",
+        prune,
+        interval_s=AUDIT_PRUNE_INTERVAL_S,
+        run_first=False,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with pruner.running():
+        yield
 
 
 #: The core's background work, run after the store is open.

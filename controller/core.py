@@ -218,5 +218,5 @@ def build_controller(
         forecasts=ForecastCache(),
         packages=packages,
         rollouts=RolloutService(store, bus, clock, jobs=jobs, packages=packages),
-        tickets=TicketDesk(ticket_settings(config.sections, base=base)),
+        tickets=TicketDesk(ticket_settings(config.sections, base=base, source=config.source)),
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -53,6 +51,7 @@ from polyfleet.controller.services.rollout import (
     request_from_json,
 )
 from polyfleet.controller.store.base import StoreUnavailable
+from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.schema import JobProgress
 
 log = logging.getLogger(__name__)
@@ -393,21 +392,15 @@ async def _runner(app: web.Application) -> AsyncIterator[None]:
     service.on_halt = record_halt
     interval = float(app[CONFIG].section("rollouts").get("tick_s", ROLLOUT_TICK_S))
 
-    async def loop() -> None:
-        while True:
-            try:
-                await service.tick()
-            except StoreUnavailable:
-                return
-            except Exception:
-                log.exception("rollout runner failed; trying again")
-            await asyncio.sleep(interval)  # waits-for: the runner's next round
-
-    task = asyncio.create_task(loop(), name="rollout-runner")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    runner = Periodic(
+        "rollout runner",
+        service.tick,
+        interval_s=interval,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with runner.running():
+        yield
 
 
 def register(app: web.Application) -> None:

@@ -46,6 +46,7 @@ from polyfleet.controller.services.ticket_service import (
     UnknownContract,
 )
 from polyfleet.controller.store.base import Doc
+from polyfleet.shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -403,15 +404,11 @@ async def _feed(service: TicketService, events: list[Event]) -> None:
         await service.on_documents(reports)
 
 
-async def _tick_loop(service: TicketService) -> None:
-    while True:
-        try:
-            await service.tick()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("ticket tick failed; trying again at the next interval")
-        await asyncio.sleep(service.settings.check_interval_s)  # waits-for: the next tick
+def _ticker(service: TicketService) -> Periodic:
+    """Hold times, reaction deadlines and escalations, looked at every check interval."""
+    return Periodic(
+        "ticket tick", service.tick, interval_s=service.settings.check_interval_s, logger=log
+    )
 
 
 async def ticket_context(app: web.Application) -> AsyncIterator[None]:
@@ -436,7 +433,7 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
         await service.resume()
         tasks = [
             asyncio.create_task(service.worker.run(), name="ticket-delivery"),
-            asyncio.create_task(_tick_loop(service), name="ticket-tick"),
+            asyncio.create_task(_ticker(service).run(), name="ticket-tick"),
         ]
     try:
         yield

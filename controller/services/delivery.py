@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -22,6 +21,8 @@ from polyfleet.controller.services.email import Attachment, DeliveryError, SmtpS
 from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.services.webhook import WebhookSender, encode_payload
 from polyfleet.controller.store.base import Doc, Store
+from polyfleet.shared.periodic import Periodic
+from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,9 @@ class DeliveryWorker:
     ) -> None:
         self.store = store
         self.settings = settings
+        self._backoff = Backoff(
+            first_s=settings.retry_base.total_seconds(), max_s=settings.retry_max.total_seconds()
+        )
         self.clock = clock
         self.on_delivered = on_delivered
         self.on_failed = on_failed
@@ -216,9 +220,7 @@ class DeliveryWorker:
 
     def backoff(self, attempts: int) -> timedelta:
         """Exponential: base, 2x base, 4x base ... capped at retry_max."""
-        base = self.settings.retry_base
-        delay: timedelta = base * (2 ** min(attempts - 1, 30))
-        return min(delay, self.settings.retry_max)
+        return timedelta(seconds=self._backoff.delay(attempts))
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Try every due entry once, each on its own; returns how many were delivered."""
@@ -244,17 +246,15 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """Forever: a pass now, then after each wake-up or check interval."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The loop boundary: one bad entry or a store hiccup must not stop delivery.
-                log.exception("ticket delivery pass failed; retrying at the next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.check_interval_s)
-            self._wake.clear()
+        # One bad entry or a store hiccup must not stop delivery: the next pass tries again.
+        passes = Periodic(
+            "ticket delivery pass",
+            self.run_once,
+            interval_s=self.settings.check_interval_s,
+            wake=self._wake,
+            logger=log,
+        )
+        await passes.run()
 
     async def _send(self, entry: Doc, at: datetime) -> None:
         channel = entry["channel"]

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue
 from polyfleet.controller.store.base import Doc, Store
-from polyfleet.controller.store.journal import fsync_dir
+from polyfleet.shared.durable import SHARED_MODE, StagedFile
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 PACKAGES = "firmware_packages"
@@ -162,18 +160,17 @@ class PackageService:
         release = self.release_of(releases, version)
         expected = check_sha256(sha256)
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True, mode=0o755)
-        tmp = self.directory / f".incoming-{secrets.token_hex(6)}.part"
         digest = hashlib.sha256()
         size = 0
-        handle = await asyncio.to_thread(open, tmp, "wb")
+        staged = await asyncio.to_thread(StagedFile, self.directory, mode=SHARED_MODE)
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > MAX_PACKAGE_BYTES:
                     raise PackageError("file", f"larger than {MAX_PACKAGE_BYTES} bytes")
                 digest.update(chunk)
-                await asyncio.to_thread(handle.write, chunk)
-            await asyncio.to_thread(_fsync_close, handle)
+                await asyncio.to_thread(staged.write, chunk)
+            await asyncio.to_thread(staged.finish)
             if size == 0:
                 raise PackageError("file", "the package is empty")
             actual = digest.hexdigest()
@@ -184,11 +181,9 @@ class PackageService:
                     "nothing was kept (a damaged or wrong file?)",
                 )
             final = self.directory / f"{actual}.bin"
-            await asyncio.to_thread(os.replace, tmp, final)
-            await asyncio.to_thread(fsync_dir, self.directory)
-        except BaseException:
-            await asyncio.to_thread(_discard, handle, tmp)
-            raise
+            await asyncio.to_thread(staged.commit, final)
+        finally:
+            await asyncio.to_thread(staged.discard)
         doc: Doc = {
             "version": release.text,
             "sha256": actual,
@@ -222,14 +217,3 @@ async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[byte
             yield chunk
     finally:
         await asyncio.to_thread(handle.close)
-
-
-def _fsync_close(handle: Any) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
-
-
-def _discard(handle: Any, path: Path) -> None:
-    handle.close()
-    path.unlink(missing_ok=True)

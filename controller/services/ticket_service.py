@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import operator
-import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -56,6 +55,7 @@ from polyfleet.controller.services.email import Attachment
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.store.base import AGENTS, SITES, Doc, Store
+from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.schema import Model, Snapshot
 
 log = logging.getLogger(__name__)
@@ -114,22 +114,6 @@ def _round(purpose: str) -> int:
     """The reopening a message belongs to: ``ticket`` 0, ``reopened-2`` and ``escalation-2`` 2."""
     _, _, number = purpose.rpartition("-")
     return int(number) if number.isdigit() else 0
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    """Write beside, fsync, rename: a bundle is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TicketService:
@@ -532,7 +516,7 @@ class TicketService:
             else:
                 filename = _SAFE_NAME.sub("_", bundle.filename) or "diagnostics.bin"
                 path = self.bundle_dir / ticket.id / filename
-                await asyncio.to_thread(_write_file, path, bundle.content)
+                await asyncio.to_thread(write_atomically, path, bundle.content)
                 async with self._lock:
                     fresh = self.get(ticket.id)
                     fresh.bundle = Bundle(
@@ -576,7 +560,7 @@ class TicketService:
         # Written before the outbox entry that names it, so a send never misses it.
         path = self.bundle_dir / ticket.id / f"evidence-{purpose}.json"
         content = json.dumps(ticket.evidence, indent=2, ensure_ascii=False).encode()
-        await asyncio.to_thread(_write_file, path, content)
+        await asyncio.to_thread(write_atomically, path, content)
         evidence = Attachment(
             filename=f"evidence-{ticket.id}.json",
             path=path,

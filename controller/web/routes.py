@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from polyfleet.controller.web import (
 from polyfleet.controller.web.keys import SESSIONS, SETTINGS, STATIC_VERSION
 from polyfleet.controller.web.render import setup_templates
 from polyfleet.controller.web.security import page, page_middleware
+from polyfleet.shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,20 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 async def _prune_sessions(app: web.Application) -> AsyncIterator[None]:
     sessions = app[SESSIONS]
 
-    async def loop() -> None:
-        while True:
-            try:
-                forgotten = await sessions.prune()
-                if forgotten:
-                    log.info("forgot %d expired dashboard sessions and sign-in links", forgotten)
-            except StoreUnavailable:
-                return
-            except Exception:
-                log.exception("pruning dashboard sessions failed; trying again later")
-            await asyncio.sleep(PRUNE_INTERVAL_S)  # waits-for: the next pruning round
+    async def prune() -> None:
+        forgotten = await sessions.prune()
+        if forgotten:
+            log.info("forgot %d expired dashboard sessions and sign-in links", forgotten)
 
-    task = asyncio.create_task(loop(), name="web-session-prune")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    pruner = Periodic(
+        "pruning dashboard sessions",
+        prune,
+        interval_s=PRUNE_INTERVAL_S,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with pruner.running():
+        yield
 
 
 def register(app: web.Application) -> None:
