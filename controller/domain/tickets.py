@@ -20,6 +20,7 @@ from polyfleet.controller.domain.sla import (
     check_order,
     deadlines,
 )
+from polyfleet.controller.errors import Conflict, Invalid
 
 Language = Literal["pl", "en"]
 LANGUAGES: tuple[Language, ...] = ("pl", "en")
@@ -84,12 +85,17 @@ class RunningClock:
     due: datetime
 
 
-class TicketError(ValueError):
-    """An action that the ticket's state does not allow; the message says why and what to do."""
+class TicketError(Conflict, ValueError):
+    """An action that the ticket's state does not allow (409 ``conflict``); the message says
+    why and what to do."""
 
 
-class TicketMomentError(TicketError):
-    """An action dated in an impossible order (before a step taken already, or ahead of now)."""
+class TicketMomentError(Invalid, TicketError):
+    """An action dated in an impossible order (before a step taken already, or ahead of now):
+    422 ``invalid``, the field at fault is the step's moment, ``at``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="at")
 
 
 class Note(BaseModel):

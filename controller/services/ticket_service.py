@@ -39,6 +39,7 @@ from polyfleet.controller.domain.tickets import (
     render_ticket,
     ticket_id,
 )
+from polyfleet.controller.errors import NotFound
 from polyfleet.controller.services.delivery import (
     FAILED,
     OUTBOX,
@@ -90,24 +91,24 @@ class DiagnosticsSource(Protocol):
 
 
 class UnknownContract(TicketError):
-    """A contract number the asset registry does not know for the serial (W5)."""
+    """A contract number the asset registry does not know for the serial (W5): 409
+    ``unknown_contract`` on ``contract_number``, taken only with ``force``."""
 
     def __init__(self, ticket: str, serial: str | None, number: str, known: list[str]) -> None:
         held = f"it holds {', '.join(known)}" if known else "it holds none for it"
         where = f"serial {serial}" if serial else "this ticket"
         super().__init__(
             f"ticket {ticket}: the asset registry knows no contract {number!r} for {where} "
-            f"({held}); check the number, or give force (tickets fill --force) to use it anyway"
+            f"({held}); check the number, or give force (tickets fill --force) to use it anyway",
+            code="unknown_contract",
+            field="contract_number",
         )
 
 
-class TicketNotFound(KeyError):
+class TicketNotFound(NotFound, KeyError):
     def __init__(self, ticket: str) -> None:
-        super().__init__(ticket)
+        super().__init__(f"no ticket {ticket!r}; polyfleet controller tickets list shows them")
         self.ticket = ticket
-
-    def __str__(self) -> str:
-        return f"no ticket {self.ticket!r}; polyfleet controller tickets list shows them"
 
 
 def _round(purpose: str) -> int:
