@@ -30,7 +30,7 @@ from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.rollout import RolloutService
 from polyfleet.controller.services.ticket_config import TicketSettings, ticket_settings
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
-from polyfleet.controller.services.ticket_service import TicketService
+from polyfleet.controller.services.ticket_service import TicketIndex, TicketService
 from polyfleet.controller.services.web_sessions import SessionService
 from polyfleet.controller.store.base import Store
 from polyfleet.controller.store.postgres import PostgresStore
@@ -69,10 +69,12 @@ class NoDataDir(NotFound):
 
 @dataclass(eq=False)
 class TicketDesk:
-    """Holds the ticket service once the store is open (it reads its state when built)."""
+    """Holds the ticket service once the store is open (it reads its state when built), and
+    the index of tickets, which others query from the moment the store is loaded."""
 
     settings: TicketSettings
     service: TicketService | None = None
+    index: TicketIndex = field(default_factory=TicketIndex)
 
     def get(self) -> TicketService:
         if self.service is None:
@@ -107,6 +109,7 @@ class Controller:
         self.bus.load()
         self.inventory.load()
         self.audit.load()
+        self.tickets.index.load(self.store)
         self.loaded = True
 
     def start_tickets(self) -> TicketService:
@@ -121,6 +124,7 @@ class Controller:
             diagnostics=JobDiagnostics(self.jobs),
             clock=self.clock,
             data_dir=config.data_dir.resolve(),
+            index=self.tickets.index,
         )
         self.tickets.service = service
         return service
@@ -195,6 +199,7 @@ def build_controller(
     web = web_settings(config.section("web"))
     packages = PackageService(store, clock, packages_dir=config.data_dir / "packages")
     base = config.source.parent if config.source is not None else Path()
+    tickets = TicketDesk(ticket_settings(config.sections, base=base))
     return Controller(
         config=config,
         clock=clock,
@@ -217,6 +222,8 @@ def build_controller(
         verdicts=VerdictCache(),
         forecasts=ForecastCache(),
         packages=packages,
-        rollouts=RolloutService(store, bus, clock, jobs=jobs, packages=packages),
-        tickets=TicketDesk(ticket_settings(config.sections, base=base)),
+        rollouts=RolloutService(
+            store, bus, clock, jobs=jobs, packages=packages, tickets=tickets.index
+        ),
+        tickets=tickets,
     )

@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
-from polyfleet.controller.services.ticket_service import TICKETS
+from polyfleet.controller.services.ticket_service import TicketIndex
 from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
 from polyfleet.shared.schema import JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -85,7 +85,6 @@ TRANSITIONS: dict[str, dict[str, str]] = {
 IN_PROGRESS = frozenset({"postponed_in_call", "downloading", "installing", "verifying"})
 #: Device statuses that end a device's part in a rollout.
 FINISHED = frozenset({"done", "failed", "skipped", "held", "excluded"})
-_CLOSED_TICKET = "closed"
 
 
 class UnknownRollout(KeyError):
@@ -105,16 +104,9 @@ def device_key(rollout_id: str, serial: str) -> str:
     return f"{rollout_id}:{serial}"
 
 
-def plan_devices(store: Store) -> list[PlanDevice]:
-    """Every reported device as the planner sees it, with open tickets and penalties."""
-    tickets: dict[str, list[str]] = {}
-    for ticket in list(store.scan(TICKETS).values()):
-        if ticket.get("status") == _CLOSED_TICKET:
-            continue
-        serials = {ticket.get("serial"), *(ticket.get("affected_serials") or ())}
-        for serial in serials:
-            if serial:
-                tickets.setdefault(str(serial), []).append(str(ticket.get("id")))
+def plan_devices(store: Store, tickets: Mapping[str, Sequence[str]]) -> list[PlanDevice]:
+    """Every reported device as the planner sees it, with open tickets (``tickets``: serial
+    -> ids of its tickets not closed) and penalties."""
     penalties = {
         serial: f"failed twice in rollout {doc['rollout_id']}: {doc['reason']}"
         for serial, doc in list(store.scan(PENALTY_BOX).items())
@@ -173,8 +165,11 @@ class RolloutService:
         jobs: JobService | None = None,
         packages: PackageService | None = None,
         file_ticket: TicketFiler | None = None,
+        tickets: TicketIndex | None = None,
     ) -> None:
         self._store = store
+        #: Open tickets by device, which hold a device back from a plan.
+        self._tickets = tickets if tickets is not None else TicketIndex()
         self._bus = bus
         self._clock = clock
         self._jobs = jobs
@@ -201,7 +196,7 @@ class RolloutService:
         assets = self._assets()
         plan = plan_rollout(
             request,
-            plan_devices(self._store),
+            plan_devices(self._store, self._tickets.active_by_serial()),
             site_zones=zones,
             assets=assets,
             plans=plans,
