@@ -112,8 +112,13 @@ class Controller:
         self.tickets.index.load(self.store)
         self.loaded = True
 
-    def start_tickets(self) -> TicketService:
-        """The ticket service, built now that the store is open (it restores its detector)."""
+    def start_tickets(self, *, background: bool = True) -> TicketService:
+        """The ticket service, built now that the store is open (it restores its detector).
+
+        ``background``: False in an admin command serving the store itself, whose process
+        ends with the command: a ticket it fills in or sends is collected and sent by the
+        server when it starts.
+        """
         config = self.config
         plans_path, _ = catalogue_paths(config.section("entitlement"))
         service = TicketService(
@@ -125,6 +130,7 @@ class Controller:
             clock=self.clock,
             data_dir=config.data_dir.resolve(),
             index=self.tickets.index,
+            background=background,
         )
         self.tickets.service = service
         return service

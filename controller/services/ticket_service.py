@@ -270,12 +270,17 @@ class TicketService:
         clock: Clock = utc_now,
         data_dir: Path | None = None,
         index: TicketIndex | None = None,
+        background: bool = True,
     ) -> None:
         self.store = store
         #: Tickets by status, site and device (the controller's own, loaded with the store).
         self.index = index if index is not None else TicketIndex()
         if not self.index.loaded:
             self.index.load(store)
+        #: False in an admin command serving the store itself: a ticket filled in or sent
+        #: there is collected and sent by the server when it starts (``resume``), not by a
+        #: process that ends with the command.
+        self.background = background
         #: The server's data directory, named in the fill command suggested for held tickets.
         self.data_dir = data_dir
         self.settings = settings
@@ -667,7 +672,7 @@ class TicketService:
     # -- evidence and sending ---------------------------------------------------------
 
     def _prepare_later(self, key: str) -> None:
-        if key in self._preparing:
+        if key in self._preparing or not self.background:
             return
         task = asyncio.create_task(self._prepare(key), name=f"ticket-{key}")
         self._preparing[key] = task
