@@ -160,7 +160,7 @@ def _load_services(app: web.Application) -> None:
     app[CORE].load()
     if app[LEADERSHIP].command:
         # Ticket commands work on the store too; detection and delivery stay the server's.
-        app[CORE].start_tickets()
+        app[CORE].start_tickets(background=False)
 
 
 async def _start_active_work(app: web.Application) -> None:

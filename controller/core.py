@@ -30,7 +30,7 @@ from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.rollout import RolloutService
 from polyfleet.controller.services.ticket_config import TicketSettings, ticket_settings
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
-from polyfleet.controller.services.ticket_service import TicketService
+from polyfleet.controller.services.ticket_service import TicketIndex, TicketService
 from polyfleet.controller.services.web_sessions import SessionService
 from polyfleet.controller.store.base import Store
 from polyfleet.controller.store.postgres import PostgresStore
@@ -69,10 +69,12 @@ class NoDataDir(NotFound):
 
 @dataclass(eq=False)
 class TicketDesk:
-    """Holds the ticket service once the store is open (it reads its state when built)."""
+    """Holds the ticket service once the store is open (it reads its state when built), and
+    the index of tickets, which others query from the moment the store is loaded."""
 
     settings: TicketSettings
     service: TicketService | None = None
+    index: TicketIndex = field(default_factory=TicketIndex)
 
     def get(self) -> TicketService:
         if self.service is None:
@@ -107,10 +109,16 @@ class Controller:
         self.bus.load()
         self.inventory.load()
         self.audit.load()
+        self.tickets.index.load(self.store)
         self.loaded = True
 
-    def start_tickets(self) -> TicketService:
-        """The ticket service, built now that the store is open (it restores its detector)."""
+    def start_tickets(self, *, background: bool = True) -> TicketService:
+        """The ticket service, built now that the store is open (it restores its detector).
+
+        ``background``: False in an admin command serving the store itself, whose process
+        ends with the command: a ticket it fills in or sends is collected and sent by the
+        server when it starts.
+        """
         config = self.config
         plans_path, _ = catalogue_paths(config.section("entitlement"))
         service = TicketService(
@@ -121,6 +129,8 @@ class Controller:
             diagnostics=JobDiagnostics(self.jobs),
             clock=self.clock,
             data_dir=config.data_dir.resolve(),
+            index=self.tickets.index,
+            background=background,
         )
         self.tickets.service = service
         return service
@@ -195,6 +205,7 @@ def build_controller(
     web = web_settings(config.section("web"))
     packages = PackageService(store, clock, packages_dir=config.data_dir / "packages")
     base = config.source.parent if config.source is not None else Path()
+    tickets = TicketDesk(ticket_settings(config.sections, base=base, source=config.source))
     return Controller(
         config=config,
         clock=clock,
@@ -217,6 +228,8 @@ def build_controller(
         verdicts=VerdictCache(),
         forecasts=ForecastCache(),
         packages=packages,
-        rollouts=RolloutService(store, bus, clock, jobs=jobs, packages=packages),
-        tickets=TicketDesk(ticket_settings(config.sections, base=base, source=config.source)),
+        rollouts=RolloutService(
+            store, bus, clock, jobs=jobs, packages=packages, tickets=tickets.index
+        ),
+        tickets=tickets,
     )

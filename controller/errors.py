@@ -5,11 +5,13 @@ Refused                      a use case cannot do what was asked (code, HTTP sta
 │   └── InvalidInput  400    a field the inventory refuses (a room name, a time zone)
 ├── NotAllowed        403    the caller's role (or scope) does not allow it
 ├── NotFound          404    a site, device, token, agent, job, ticket or rollout that is not there
-├── Conflict          409    the state does not allow it now (a job pending, a rollout running)
+├── Conflict          409    the state does not allow it now (a job pending, a rollout running,
+│                            a ticket already sent)
 ├── Invalid           422    a request field the checks refuse (``field`` names it)
 └── Unavailable       503    a part of the controller is not ready (starting, a standby)
 
-Services raise their own subclasses (``UnknownDevice(NotFound, KeyError)``, ``SiteExists``...),
+Services raise their own subclasses (``UnknownDevice(NotFound, KeyError)``, ``SiteExists``,
+``TicketError(Conflict)``, ``TicketMomentError(Invalid, TicketError)``...),
 so a face needs one ``except Refused`` and renders ``code``, ``message`` and ``field``: JSON
 for the API (``{"error": {"code", "message", "field"}}``), an HTML page with a way back for a
 browser, and for the CLI a line on standard error with exit status 1 (``polyfleet.cli.main``).

@@ -194,7 +194,7 @@ async def overview_of(app: web.Application) -> dict[str, Any]:
     inputs = OverviewInputs(
         sites=list(store.scan(SITES).values()),
         devices=store.scan(DEVICES),
-        tickets=None if service is None else service.tickets(),
+        tickets=None if service is None else service.active_tickets(),
         verdicts=entitlement_service.live_verdicts(
             store, catalogues.plans, releases, now, cache=app[VERDICTS]
         ),

@@ -21,6 +21,7 @@ from polyfleet.controller.domain.sla import (
     check_order,
     deadlines,
 )
+from polyfleet.controller.errors import Conflict, Invalid
 
 #: Evidence kept per ticket: the first snapshots that showed the fault and the latest ones.
 MAX_EVIDENCE = 6
@@ -83,12 +84,17 @@ class RunningClock:
     due: datetime
 
 
-class TicketError(ValueError):
-    """An action that the ticket's state does not allow; the message says why and what to do."""
+class TicketError(Conflict, ValueError):
+    """An action that the ticket's state does not allow (409 ``conflict``); the message says
+    why and what to do."""
 
 
-class TicketMomentError(TicketError):
-    """An action dated in an impossible order (before a step taken already, or ahead of now)."""
+class TicketMomentError(Invalid, TicketError):
+    """An action dated in an impossible order (before a step taken already, or ahead of now):
+    422 ``invalid``, the field at fault is the step's moment, ``at``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="at")
 
 
 class Note(BaseModel):

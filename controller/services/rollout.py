@@ -33,7 +33,7 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
-from polyfleet.controller.services.ticket_service import TICKETS
+from polyfleet.controller.services.ticket_service import TicketIndex
 from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
 from polyfleet.shared.schema import JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -110,7 +110,6 @@ _TICKED = frozenset(
 _LIVE = frozenset(
     {RolloutStatus.PLANNED, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED}
 )
-_CLOSED_TICKET = "closed"
 
 
 class UnknownRollout(KeyError):
@@ -165,16 +164,9 @@ class _Where:
         return list(self._rollouts_of.get(serial, ()))
 
 
-def plan_devices(store: Store) -> list[PlanDevice]:
-    """Every reported device as the planner sees it, with open tickets and penalties."""
-    tickets: dict[str, list[str]] = {}
-    for ticket in list(store.scan(TICKETS).values()):
-        if ticket.get("status") == _CLOSED_TICKET:
-            continue
-        serials = {ticket.get("serial"), *(ticket.get("affected_serials") or ())}
-        for serial in serials:
-            if serial:
-                tickets.setdefault(str(serial), []).append(str(ticket.get("id")))
+def plan_devices(store: Store, tickets: Mapping[str, Sequence[str]]) -> list[PlanDevice]:
+    """Every reported device as the planner sees it, with open tickets (``tickets``: serial
+    -> ids of its tickets not closed) and penalties."""
     penalties = {
         serial: f"failed twice in rollout {doc['rollout_id']}: {doc['reason']}"
         for serial, doc in list(store.scan(PENALTY_BOX).items())
@@ -233,8 +225,11 @@ class RolloutService:
         jobs: JobService | None = None,
         packages: PackageService | None = None,
         file_ticket: TicketFiler | None = None,
+        tickets: TicketIndex | None = None,
     ) -> None:
         self._store = store
+        #: Open tickets by device, which hold a device back from a plan.
+        self._tickets = tickets if tickets is not None else TicketIndex()
         self._bus = bus
         self._clock = clock
         self._jobs = jobs
@@ -304,7 +299,7 @@ class RolloutService:
         assets = self._assets()
         plan = plan_rollout(
             request,
-            plan_devices(self._store),
+            plan_devices(self._store, self._tickets.active_by_serial()),
             site_zones=zones,
             assets=assets,
             plans=plans,

@@ -11,10 +11,9 @@ from aiohttp import web
 
 from polyfleet.controller.api.entitlement import CATALOGUES, verdict_lookup
 from polyfleet.controller.api.rollouts import ROLLOUTS
-from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.errors import InvalidInput
-from polyfleet.controller.keys import CLOCK, INVENTORY, JOBS, STORE
+from polyfleet.controller.keys import CLOCK, CORE, INVENTORY, JOBS, STORE
 from polyfleet.controller.services.device_table import (
     CSV_COLUMNS,
     SORT_KEYS,
@@ -164,16 +163,8 @@ async def device_page(request: web.Request) -> web.Response:
     verdict = (await verdict_lookup(app))(serial)
     plans = app[CATALOGUES].plans
     plan = plans.plans.get(verdict.plan) if verdict is not None and verdict.plan else None
-    service = app[TICKET_DESK].service
-    tickets = (
-        [
-            ticket
-            for ticket in service.tickets()
-            if ticket.serial == serial or serial in ticket.affected_serials
-        ]
-        if service is not None
-        else None
-    )
+    service = app[CORE].tickets.service
+    tickets = service.device_tickets(serial) if service is not None else None
     reports = app[INVENTORY].recent_reports(serial)
     rollouts = app[ROLLOUTS].device_history(serial)
     now = app[CLOCK]()
