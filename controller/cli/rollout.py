@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from polyfleet.controller.cli.reach import ControllerClient, run
+from polyfleet.controller.domain.admin_input import shown
 from polyfleet.controller.domain.rollout import render_csv
 from polyfleet.controller.services.packages import file_chunks
 from polyfleet.controller.services.rollout import ROLLOUT_STATUSES
@@ -105,7 +106,8 @@ def _plan_body(args: argparse.Namespace) -> dict[str, Any]:
 def print_plan(plan: dict[str, Any]) -> None:
     """A plan for people: header, waves, then each device held or left out with why."""
     ident = plan.get("id") or "(not stored: --dry-run)"
-    print(f"rollout {ident}: {plan['name'] or plan['target']} [{plan['status']}]")
+    # Names stored before the text checks may hold control characters: shown escaped.
+    print(f"rollout {ident}: {shown(plan['name'] or plan['target'])} [{plan['status']}]")
     print(
         f"target {plan['target']}, start {plan['start']}, window {plan['window']} site time, "
         f"max failures {plan['max_failures']}%, {plan['per_site']} at once per site"
@@ -155,7 +157,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             planned = counts.get("planned", 0)
             print(
                 f"{rollout['id']:<20} {rollout['status']:<8} {rollout['target']:<16} "
-                f"start {rollout['start']}  {planned} planned  {rollout['name']}"
+                f"start {rollout['start']}  {planned} planned  {shown(rollout['name'])}"
             )
         return EXIT_OK
 
@@ -195,7 +197,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     """What ``rollout status`` shows: the rollout, counts per status, then per wave."""
     progress = status["progress"]
     lines = [
-        f"rollout {status['id']} {status['name']}: {status['status']} (target {status['target']})",
+        f"rollout {status['id']} {shown(status['name'])}: {status['status']} "
+        f"(target {status['target']})",
         "  all     " + _counts(progress["by_status"]),
     ]
     for wave, counts in zip(status["waves"], progress["waves"], strict=False):

@@ -37,6 +37,7 @@ from polyfleet.controller.domain.calendar import warsaw_date
 from polyfleet.controller.domain.entitlement import Span, coverage
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue, hop_kind, is_newer
+from polyfleet.controller.errors import Conflict, Invalid
 from polyfleet.shared.schema import FailureCode
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -45,6 +46,8 @@ DEFAULT_WAVES = (10, 50, 100)
 DEFAULT_WINDOW = "01:00-05:00"
 DEFAULT_MAX_FAILURES = 10
 DEFAULT_PER_SITE = 5
+#: The longest rollout name people may give.
+ROLLOUT_NAME_MAX_CHARS = 200
 #: Each wave opens this long after the one before it (a night, by default).
 DEFAULT_WAVE_GAP = timedelta(days=1)
 #: How often the controller moves running rollouts on, in seconds.
@@ -180,8 +183,9 @@ ROLLOUT_MOVES: dict[str, dict[RolloutStatus, RolloutStatus]] = {
 }
 
 
-class IllegalMove(RuntimeError):
-    """A status change the tables do not allow: a bug in the code that asked for it.
+class IllegalMove(Conflict, RuntimeError):
+    """A status change the tables do not allow: a bug in the code that asked for it, or an
+    agent's word on an update that is no longer under way (409 ``conflict``).
 
     Nothing is stored when it is raised: the document keeps the status it had.
     """
@@ -227,13 +231,13 @@ _HEALTH_RANK = {"ok": 0, "degraded": 1, "fault": 2, "unreachable": 3}
 CAMERA_MODELS = frozenset({"studio_e70"})
 
 
-class PlanError(ValueError):
-    """A plan request that cannot be planned; ``field`` names the flag or key to fix."""
+class PlanError(Invalid, ValueError):
+    """A plan request that cannot be planned (422 ``invalid_plan``); ``field`` names the flag
+    or key to fix, ``reason`` says why."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}", code="invalid_plan", field=field)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -346,8 +350,8 @@ class PlanRequest:
             raise PlanError("max_failures", f"{self.max_failures}%: a share from 0 to 100")
         if self.per_site < 1:
             raise PlanError("per_site", f"{self.per_site}: at least 1 update at once per site")
-        if len(self.name) > 200:
-            raise PlanError("name", "at most 200 characters")
+        if len(self.name) > ROLLOUT_NAME_MAX_CHARS:
+            raise PlanError("name", f"at most {ROLLOUT_NAME_MAX_CHARS} characters")
         if self.wave_gap < timedelta(minutes=1):
             raise PlanError("wave_gap", "at least one minute between waves")
 

@@ -271,6 +271,37 @@ async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
     await page.context.close()
 
 
+async def test_a_rollout_name_with_a_control_character_is_refused_on_the_form(
+    world: World,
+) -> None:
+    """The plan form sent with an escape sequence in the name comes back 422, the character
+    described in words beside the form that keeps what was typed; nothing is stored."""
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(world.url + "/rollouts")
+    csrf = await page.locator("#plan-form input[name=csrf]").input_value()
+    before = (await world.api("/api/v1/rollouts"))["rollouts"]
+    answer = await page.request.post(
+        f"{world.url}/rollouts",
+        form={
+            "csrf": csrf,
+            "target": "4.2.2-408037",
+            "name": "Night\x1b[31m",
+            "step": "create",
+            "confirmed": "1",
+        },
+        max_redirects=0,
+    )
+    assert answer.status == 422
+    await page.set_content(await answer.text())
+    refusal = await page.locator("#plan-error").inner_text()
+    assert refusal == (
+        "name: contains the invisible character U+001B at character 6; use printable text"
+    )
+    assert await page.locator("#plan-form input[name=name]").input_value() == "Night\x1b[31m"
+    assert (await world.api("/api/v1/rollouts"))["rollouts"] == before
+    await page.context.close()
+
+
 async def test_entitlement_shows_flagged_contracts_and_import_problems_by_line(
     world: World,
 ) -> None:

@@ -274,3 +274,21 @@ async def test_status_watch_updates_in_place_on_a_terminal_and_streams_json(
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)
+
+
+async def test_a_rollout_name_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    """--name with an escape sequence or a line break exits 1 (invalid_plan, field name) with
+    the character named, never written to the terminal; nothing is stored."""
+    data = tmp_path / "data"
+    await seed(data)
+    for name in ("night\x1b[2J", "night\nshift"):
+        code, out, err = await run_cli(
+            "rollout", "plan", "--target", "4.2.2", "--name", name, "--json",
+            "--data-dir", str(data), ok=False,
+        )  # fmt: skip
+        error = json.loads(out)["error"]
+        assert code == 1 and (error["code"], error["field"]) == ("invalid_plan", "name")
+        assert "\x1b" not in out + err and "shift" not in out + err
+        assert err.splitlines()[-1].startswith("error: name: contains "), err
+    _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+    assert json.loads(listed)["rollouts"] == []
