@@ -1199,6 +1199,25 @@ class AbortCriterion:
             "min_executed": self.min_executed,
         }
 
+    def text(self) -> str:
+        """The criterion as ``rollout plan --abort`` takes it (``parse_abort_text``)."""
+        parts = [self.waves, f"{self.threshold_percent:g}%"]
+        if self.min_executed != 1:
+            parts.append(f"min={self.min_executed}")
+        if self.failure_type != ANY_FAILURE:
+            parts.append(f"type={self.failure_type}")
+        return ":".join(parts)
+
+    def describe(self) -> str:
+        """The criterion in words, for people."""
+        which = "the canary wave" if self.waves == "canary" else "each later wave"
+        kind = "" if self.failure_type == ANY_FAILURE else f" with {self.failure_type}"
+        ran = "" if self.min_executed == 1 else f", once {self.min_executed} of them have run"
+        return (
+            f"{which} halts when more than {self.threshold_percent:g}% of its devices "
+            f"fail{kind}{ran}"
+        )
+
     @classmethod
     def from_json(cls, doc: Any, where: str = "abort_criteria") -> AbortCriterion:
         """A criterion from its JSON form; PlanError names the key to fix."""
@@ -1250,6 +1269,38 @@ def parse_abort_criteria(value: Any) -> tuple[AbortCriterion, ...]:
         AbortCriterion.from_json(item, f"abort_criteria.{index}")
         for index, item in enumerate(value)
     )
+
+
+#: What ``parse_abort_text`` reads after ``WAVES:PERCENT%``, and the JSON key of each.
+_ABORT_TEXT_KEYS = {"min": "min_executed", "type": "failure_type"}
+
+
+def parse_abort_text(text: str) -> AbortCriterion:
+    """A criterion written ``WAVES:PERCENT%[:min=N][:type=FAILURE]`` (``later:10%:min=5``),
+    as ``rollout plan --abort`` takes it; PlanError (field ``abort_criteria``) says what to fix.
+    """
+    usage = "WAVES:PERCENT% with optional :min=N and :type=FAILURE, e.g. later:10%:min=5"
+    parts = [part.strip() for part in text.split(":")]
+    if len(parts) < 2:
+        raise PlanError("abort_criteria", f"{text!r} is not {usage}")
+    doc: dict[str, Any] = {"waves": parts[0]}
+    try:
+        doc["threshold_percent"] = float(parts[1].removesuffix("%").strip())
+    except ValueError:
+        raise PlanError("abort_criteria", f"{text!r}: {parts[1]!r} is not a percentage") from None
+    for part in parts[2:]:
+        name, equals, value = part.partition("=")
+        key = _ABORT_TEXT_KEYS.get(name.strip())
+        if not equals or key is None or key in doc:
+            raise PlanError("abort_criteria", f"{text!r}: {part!r} is not min=N or type=FAILURE")
+        value = value.strip()
+        doc[key] = int(value) if key == "min_executed" and value.isdigit() else value
+    try:
+        return AbortCriterion.from_json(doc)
+    except PlanError as exc:
+        key = exc.field.rpartition(".")[2] if exc.field else ""
+        label = {"threshold_percent": "PERCENT ", "min_executed": "min ", "failure_type": "type "}
+        raise PlanError("abort_criteria", f"{text!r}: {label.get(key, '')}{exc.reason}") from None
 
 
 def stored_abort_criteria(header: Mapping[str, Any]) -> tuple[AbortCriterion, ...]:

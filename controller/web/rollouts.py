@@ -13,6 +13,7 @@ from polyfleet.controller.domain.rollout import (
     DEVICE_STATUSES,
     REASON_CODES,
     PlanError,
+    stored_abort_criteria,
 )
 from polyfleet.controller.errors import Invalid
 from polyfleet.controller.features import rollouts, sites
@@ -142,6 +143,7 @@ def _rollout_page(
             "progress": progress,
             "waves": rollout["waves"],
             "by_wave": by_wave,
+            "criteria": stored_abort_criteria(rollout),
             "statuses": DEVICE_STATUSES,
             "reason_codes": REASON_CODES,
             "zones": zones,

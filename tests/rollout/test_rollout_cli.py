@@ -292,3 +292,51 @@ async def test_a_rollout_name_with_a_control_character_is_refused(tmp_path: Path
         assert err.splitlines()[-1].startswith("error: name: contains "), err
     _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
     assert json.loads(listed)["rollouts"] == []
+
+
+async def test_abort_flags_are_stored_and_shown(tmp_path: Path) -> None:
+    """--abort criteria replace the defaults and are shown by rollout show; without them the
+    defaults follow --max-failures; a malformed --abort is a usage error storing nothing."""
+    data = tmp_path / "data"
+    await seed(data)
+    _, out, _ = await run_cli(
+        "rollout", "plan", "--target", "4.2.2-408037", "--abort", "canary:0%",
+        "--abort", "later:5%:min=20:type=checksum_mismatch", "--json", "--data-dir", str(data),
+    )  # fmt: skip
+    plan = json.loads(out)
+    assert plan["abort_criteria"] == [
+        {"waves": "canary", "failure_type": "any", "threshold_percent": 0.0, "min_executed": 1},
+        {
+            "waves": "later",
+            "failure_type": "checksum_mismatch",
+            "threshold_percent": 5.0,
+            "min_executed": 20,
+        },
+    ]
+    _, shown, _ = await run_cli("rollout", "show", plan["id"], "--data-dir", str(data))
+    lines = [line.split(None, 2) for line in shown.splitlines() if line.startswith("  abort ")]
+    assert lines == [
+        ["abort", "canary:0%", "the canary wave halts when more than 0% of its devices fail"],
+        [
+            "abort",
+            "later:5%:min=20:type=checksum_mismatch",
+            "each later wave halts when more than 5% of its devices fail with "
+            "checksum_mismatch, once 20 of them have run",
+        ],
+    ]
+    _, out, _ = await run_cli(
+        "rollout", "plan", "--target", "4.2.2-408037", "--max-failures", "25", "--dry-run",
+        "--data-dir", str(data),
+    )  # fmt: skip
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("  abort ")] == [
+        "canary:0%",
+        "later:25%",
+    ]
+    code, out, err = await run_cli(
+        "rollout", "plan", "--target", "4.2.2-408037", "--abort", "later:150%", "--json",
+        "--data-dir", str(data), ok=False,
+    )  # fmt: skip
+    assert code == 2 and json.loads(out)["error"]["code"] == "usage"
+    assert "argument --abort: 'later:150%': PERCENT 150.0: a number 0 to 100" in err
+    _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+    assert [r["id"] for r in json.loads(listed)["rollouts"]] == [plan["id"]]
