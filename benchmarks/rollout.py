@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 
 from polyfleet.controller.api.entitlement import CATALOGUES
-from polyfleet.controller.api.rollouts import ROLLOUTS
 from polyfleet.controller.app import _GC_NO_AUTOMATIC_FULL_PASS, GC_YOUNG_THRESHOLDS
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.rollout import request_from_json
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import PROTOCOL_VERSION
@@ -131,7 +131,7 @@ async def main(devices: int, sites: int, repeat: int, history: int) -> None:
                 plan_times = await timed(repeat, planning)
             catalogues = controller.app[CATALOGUES]
             releases = await catalogues.releases()
-            rollouts = controller.app[ROLLOUTS]
+            rollouts = controller.app[CORE].rollouts
             request = request_from_json({"target": "4.2.2-408037"})
             pure: list[float] = []
             for _ in range(repeat):

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from polyfleet.controller.cli.reach import ControllerClient, run
-from polyfleet.controller.domain.rollout import render_csv
+from polyfleet.controller.domain.admin_input import shown
+from polyfleet.controller.domain.rollout import (
+    FAILURE_TYPES,
+    AbortCriterion,
+    PlanError,
+    parse_abort_text,
+    render_csv,
+    stored_abort_criteria,
+)
 from polyfleet.controller.services.packages import file_chunks
 from polyfleet.controller.services.rollout import ROLLOUT_STATUSES
 from polyfleet.shared.cli_errors import CommandFailed
@@ -99,17 +107,31 @@ def _plan_body(args: argparse.Namespace) -> dict[str, Any]:
     body["sites"] = args.site or []
     body["models"] = args.model or []
     body["exclude"] = args.exclude or []
+    if args.abort:
+        body["abort_criteria"] = [criterion.to_json() for criterion in args.abort]
     return body
 
 
+def abort_criterion(text: str) -> AbortCriterion:
+    """``--abort WAVES:PERCENT%[:min=N][:type=FAILURE]``; a usage error says what to fix."""
+    try:
+        return parse_abort_text(text)
+    except PlanError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
 def print_plan(plan: dict[str, Any]) -> None:
-    """A plan for people: header, waves, then each device held or left out with why."""
+    """A plan for people: header, abort criteria, waves, then each device held or left out
+    with why."""
     ident = plan.get("id") or "(not stored: --dry-run)"
-    print(f"rollout {ident}: {plan['name'] or plan['target']} [{plan['status']}]")
+    # Names stored before the text checks may hold control characters: shown escaped.
+    print(f"rollout {ident}: {shown(plan['name'] or plan['target'])} [{plan['status']}]")
     print(
         f"target {plan['target']}, start {plan['start']}, window {plan['window']} site time, "
         f"max failures {plan['max_failures']}%, {plan['per_site']} at once per site"
     )
+    for criterion in stored_abort_criteria(plan):
+        print(f"  abort {criterion.text():<28} {criterion.describe()}")
     for wave in plan["waves"]:
         print(
             f"  wave {wave['index']} {wave['name']:<7} opens {wave['opens_at']}: "
@@ -155,7 +177,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             planned = counts.get("planned", 0)
             print(
                 f"{rollout['id']:<20} {rollout['status']:<8} {rollout['target']:<16} "
-                f"start {rollout['start']}  {planned} planned  {rollout['name']}"
+                f"start {rollout['start']}  {planned} planned  {shown(rollout['name'])}"
             )
         return EXIT_OK
 
@@ -195,7 +217,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     """What ``rollout status`` shows: the rollout, counts per status, then per wave."""
     progress = status["progress"]
     lines = [
-        f"rollout {status['id']} {status['name']}: {status['status']} (target {status['target']})",
+        f"rollout {status['id']} {shown(status['name'])}: {status['status']} "
+        f"(target {status['target']})",
         "  all     " + _counts(progress["by_status"]),
     ]
     for wave, counts in zip(status["waves"], progress["waves"], strict=False):
@@ -318,7 +341,25 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     plan.add_argument("--window", help="HH:MM-HH:MM site time (default 01:00-05:00)")
     plan.add_argument("--start", help="first night, YYYY-MM-DD (default tomorrow)")
     plan.add_argument("--wave-gap", dest="wave_gap", help="time between waves (default 1d)")
-    plan.add_argument("--max-failures", dest="max_failures", type=int, help="percent (default 10)")
+    plan.add_argument(
+        "--max-failures",
+        dest="max_failures",
+        type=int,
+        help="a later wave halts past this share of failures, percent (default 10)",
+    )
+    plan.add_argument(
+        "--abort",
+        action="append",
+        type=abort_criterion,
+        metavar="CRITERION",
+        help="when the rollout halts by itself, as WAVES:PERCENT%%[:min=N][:type=FAILURE] "
+        "(repeatable; given ones replace the defaults canary:0%% and later:MAX_FAILURES%%): "
+        "WAVES is canary or later (each later wave on its own), PERCENT the share of the "
+        "wave's devices failing past which it halts, min how many of them must have run "
+        "first (default 1), type only failures with this code instead of every failure the "
+        f"firmware or its package may be to blame for ({', '.join(FAILURE_TYPES[1:])}); "
+        "e.g. --abort canary:0%% --abort later:5%%:min=20",
+    )
     plan.add_argument("--per-site", dest="per_site", type=int, help="updates at once (default 5)")
     plan.add_argument("--name", help="a name people recognise")
     plan.add_argument("--exclude", action="append", metavar="SERIAL", help="leave a device out")

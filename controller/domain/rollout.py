@@ -37,6 +37,7 @@ from polyfleet.controller.domain.calendar import warsaw_date
 from polyfleet.controller.domain.entitlement import Span, coverage
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue, hop_kind, is_newer
+from polyfleet.controller.errors import Conflict, Invalid
 from polyfleet.shared.schema import FailureCode
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -45,6 +46,8 @@ DEFAULT_WAVES = (10, 50, 100)
 DEFAULT_WINDOW = "01:00-05:00"
 DEFAULT_MAX_FAILURES = 10
 DEFAULT_PER_SITE = 5
+#: The longest rollout name people may give.
+ROLLOUT_NAME_MAX_CHARS = 200
 #: Each wave opens this long after the one before it (a night, by default).
 DEFAULT_WAVE_GAP = timedelta(days=1)
 #: How often the controller moves running rollouts on, in seconds.
@@ -180,8 +183,9 @@ ROLLOUT_MOVES: dict[str, dict[RolloutStatus, RolloutStatus]] = {
 }
 
 
-class IllegalMove(RuntimeError):
-    """A status change the tables do not allow: a bug in the code that asked for it.
+class IllegalMove(Conflict, RuntimeError):
+    """A status change the tables do not allow: a bug in the code that asked for it, or an
+    agent's word on an update that is no longer under way (409 ``conflict``).
 
     Nothing is stored when it is raised: the document keeps the status it had.
     """
@@ -227,13 +231,13 @@ _HEALTH_RANK = {"ok": 0, "degraded": 1, "fault": 2, "unreachable": 3}
 CAMERA_MODELS = frozenset({"studio_e70"})
 
 
-class PlanError(ValueError):
-    """A plan request that cannot be planned; ``field`` names the flag or key to fix."""
+class PlanError(Invalid, ValueError):
+    """A plan request that cannot be planned (422 ``invalid_plan``); ``field`` names the flag
+    or key to fix, ``reason`` says why."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}", code="invalid_plan", field=field)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -346,8 +350,8 @@ class PlanRequest:
             raise PlanError("max_failures", f"{self.max_failures}%: a share from 0 to 100")
         if self.per_site < 1:
             raise PlanError("per_site", f"{self.per_site}: at least 1 update at once per site")
-        if len(self.name) > 200:
-            raise PlanError("name", "at most 200 characters")
+        if len(self.name) > ROLLOUT_NAME_MAX_CHARS:
+            raise PlanError("name", f"at most {ROLLOUT_NAME_MAX_CHARS} characters")
         if self.wave_gap < timedelta(minutes=1):
             raise PlanError("wave_gap", "at least one minute between waves")
 
@@ -1195,6 +1199,25 @@ class AbortCriterion:
             "min_executed": self.min_executed,
         }
 
+    def text(self) -> str:
+        """The criterion as ``rollout plan --abort`` takes it (``parse_abort_text``)."""
+        parts = [self.waves, f"{self.threshold_percent:g}%"]
+        if self.min_executed != 1:
+            parts.append(f"min={self.min_executed}")
+        if self.failure_type != ANY_FAILURE:
+            parts.append(f"type={self.failure_type}")
+        return ":".join(parts)
+
+    def describe(self) -> str:
+        """The criterion in words, for people."""
+        which = "the canary wave" if self.waves == "canary" else "each later wave"
+        kind = "" if self.failure_type == ANY_FAILURE else f" with {self.failure_type}"
+        ran = "" if self.min_executed == 1 else f", once {self.min_executed} of them have run"
+        return (
+            f"{which} halts when more than {self.threshold_percent:g}% of its devices "
+            f"fail{kind}{ran}"
+        )
+
     @classmethod
     def from_json(cls, doc: Any, where: str = "abort_criteria") -> AbortCriterion:
         """A criterion from its JSON form; PlanError names the key to fix."""
@@ -1246,6 +1269,38 @@ def parse_abort_criteria(value: Any) -> tuple[AbortCriterion, ...]:
         AbortCriterion.from_json(item, f"abort_criteria.{index}")
         for index, item in enumerate(value)
     )
+
+
+#: What ``parse_abort_text`` reads after ``WAVES:PERCENT%``, and the JSON key of each.
+_ABORT_TEXT_KEYS = {"min": "min_executed", "type": "failure_type"}
+
+
+def parse_abort_text(text: str) -> AbortCriterion:
+    """A criterion written ``WAVES:PERCENT%[:min=N][:type=FAILURE]`` (``later:10%:min=5``),
+    as ``rollout plan --abort`` takes it; PlanError (field ``abort_criteria``) says what to fix.
+    """
+    usage = "WAVES:PERCENT% with optional :min=N and :type=FAILURE, e.g. later:10%:min=5"
+    parts = [part.strip() for part in text.split(":")]
+    if len(parts) < 2:
+        raise PlanError("abort_criteria", f"{text!r} is not {usage}")
+    doc: dict[str, Any] = {"waves": parts[0]}
+    try:
+        doc["threshold_percent"] = float(parts[1].removesuffix("%").strip())
+    except ValueError:
+        raise PlanError("abort_criteria", f"{text!r}: {parts[1]!r} is not a percentage") from None
+    for part in parts[2:]:
+        name, equals, value = part.partition("=")
+        key = _ABORT_TEXT_KEYS.get(name.strip())
+        if not equals or key is None or key in doc:
+            raise PlanError("abort_criteria", f"{text!r}: {part!r} is not min=N or type=FAILURE")
+        value = value.strip()
+        doc[key] = int(value) if key == "min_executed" and value.isdigit() else value
+    try:
+        return AbortCriterion.from_json(doc)
+    except PlanError as exc:
+        key = exc.field.rpartition(".")[2] if exc.field else ""
+        label = {"threshold_percent": "PERCENT ", "min_executed": "min ", "failure_type": "type "}
+        raise PlanError("abort_criteria", f"{text!r}: {label.get(key, '')}{exc.reason}") from None
 
 
 def stored_abort_criteria(header: Mapping[str, Any]) -> tuple[AbortCriterion, ...]:

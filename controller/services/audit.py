@@ -88,7 +88,6 @@ class AuditAction(StrEnum):
     ROLLOUT_RESUME = "rollout.resume"
     ROLLOUT_ABORT = "rollout.abort"
     ROLLOUT_HALT = "rollout.halt"
-    ROLLOUT_RELEASE = "rollout.release"
     ROLLOUT_PENALTY_RELEASE = "rollout.penalty_release"
     TICKET_FILL = "ticket.fill"
     TICKET_SEND = "ticket.send"

@@ -18,6 +18,7 @@ from typing import Any
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue
+from polyfleet.controller.errors import Invalid, NotFound
 from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.durable import SHARED_MODE, StagedFile
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -28,24 +29,22 @@ MAX_PACKAGE_BYTES = 4 * 1024 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class PackageError(ValueError):
-    """A package that cannot be kept; ``field`` names what to fix."""
+class PackageError(Invalid, ValueError):
+    """A package that cannot be kept (422 ``invalid_package``); ``field`` names what to fix."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, code="invalid_package", field=field)
 
 
-class UnknownPackage(KeyError):
+class UnknownPackage(NotFound, KeyError):
+    """No package is kept for the release asked for (404 ``not_found``)."""
+
     def __init__(self, version: str) -> None:
-        super().__init__(version)
-        self.version = version
-
-    def __str__(self) -> str:
-        return (
-            f"no firmware package for {self.version}: add one with "
+        super().__init__(
+            f"no firmware package for {version}: add one with "
             "`polyfleet controller releases package add VERSION FILE`"
         )
+        self.version = version
 
 
 def check_sha256(text: str | None) -> str | None:

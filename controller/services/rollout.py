@@ -24,7 +24,10 @@ each rollout's entries are, each serial's rollouts and the rollouts the runner m
 memory (read once at first use, kept current by its own writes), so neither a runner tick
 nor a page reads the whole of ``rollout_devices``.
 Read functions (``rollouts``, ``rollout``, ``progress``, ``penalty_box``) return the API's
-JSON shapes and are meant to be called directly too (dashboards).
+JSON shapes; the API, the dashboard and the CLI reach them, and the admin actions, through
+the use cases of ``controller.features.rollouts``. Refusals are part of the controller's
+tree (``controller.errors``): ``UnknownRollout``, ``UnknownAction`` and ``NotInPenaltyBox``
+(404), ``RolloutConflict`` and ``IllegalMove`` (409), ``PlanError`` (422 ``invalid_plan``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from polyfleet.controller.clock import Clock
+from polyfleet.controller.domain import admin_input
 from polyfleet.controller.domain.assets import Asset
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
@@ -53,6 +57,7 @@ from polyfleet.controller.domain.rollout import (
     DEFAULT_WINDOW,
     DEVICE_STATUSES,
     FINAL_STATUSES,
+    ROLLOUT_NAME_MAX_CHARS,
     UNDER_WAY,
     DeviceStatus,
     IllegalMove,
@@ -76,6 +81,7 @@ from polyfleet.controller.domain.rollout import (
 from polyfleet.controller.domain.rollout import (
     ROLLOUT_STATUSES as ROLLOUT_STATUSES,  # the API and CLI find it here
 )
+from polyfleet.controller.errors import Conflict, NotFound
 from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.jobs import JobPending, JobService
@@ -112,17 +118,33 @@ _LIVE = frozenset(
 )
 
 
-class UnknownRollout(KeyError):
+class UnknownRollout(NotFound, KeyError):
+    """No rollout has this id (404 ``not_found``)."""
+
     def __init__(self, rollout_id: str) -> None:
-        super().__init__(rollout_id)
+        super().__init__(f"no rollout {rollout_id!r} (see `polyfleet controller rollout list`)")
         self.rollout_id = rollout_id
 
-    def __str__(self) -> str:
-        return f"no rollout {self.rollout_id!r} (see `polyfleet controller rollout list`)"
+
+class UnknownAction(NotFound):
+    """An admin action that is none of start, pause, resume and abort (404 ``not_found``)."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(f"no action {action!r}: {', '.join(TRANSITIONS)}")
+        self.action = action
 
 
-class RolloutConflict(Exception):
-    """An action the rollout's status does not allow (e.g. resume a running rollout)."""
+class RolloutConflict(Conflict):
+    """An action the rollout's status does not allow (e.g. resume a running rollout), or a
+    start without a package it needs (409 ``conflict``)."""
+
+
+class NotInPenaltyBox(NotFound):
+    """A release from the penalty box of a device that is not in it (404 ``not_found``)."""
+
+    def __init__(self, serial: str) -> None:
+        super().__init__(f"{serial} is not in the penalty box")
+        self.serial = serial
 
 
 def device_key(rollout_id: str, serial: str) -> str:
@@ -222,8 +244,8 @@ class RolloutService:
         bus: EventBus,
         clock: Clock,
         *,
-        jobs: JobService | None = None,
-        packages: PackageService | None = None,
+        jobs: JobService,
+        packages: PackageService,
         file_ticket: TicketFiler | None = None,
         tickets: TicketIndex | None = None,
     ) -> None:
@@ -465,11 +487,13 @@ class RolloutService:
         """Devices no rollout retries until released, with why."""
         return sorted(self._store.scan(PENALTY_BOX).values(), key=lambda doc: str(doc["serial"]))
 
-    async def release_from_penalty_box(self, serial: str) -> bool:
-        if self._store.get(PENALTY_BOX, serial) is None:
-            return False
+    async def release_from_penalty_box(self, serial: str) -> Doc:
+        """Let rollouts try ``serial`` again; the entry it had (NotInPenaltyBox: none)."""
+        doc = self._store.get(PENALTY_BOX, serial)
+        if doc is None:
+            raise NotInPenaltyBox(serial)
         await self._store.delete(PENALTY_BOX, serial)
-        return True
+        return doc
 
     # -- admin actions ---------------------------------------------------------------------
 
@@ -477,7 +501,7 @@ class RolloutService:
         """start, pause, resume or abort; RolloutConflict when the status does not allow it."""
         allowed = TRANSITIONS.get(action)
         if allowed is None:
-            raise ValueError(f"unknown action {action!r}: one of {', '.join(TRANSITIONS)}")
+            raise UnknownAction(action)
         header = self.header(rollout_id)
         status = header["status"]
         if status not in allowed:
@@ -521,8 +545,6 @@ class RolloutService:
         return self._summary(self.header(rollout_id))
 
     def _missing_packages(self, rollout_id: str) -> list[str]:
-        if self._packages is None:
-            return []
         needed = {
             hop["version"]
             for e in self.entries(rollout_id)
@@ -735,8 +757,6 @@ class RolloutService:
 
     async def _order(self, header: Doc, entries: list[Doc], now: datetime) -> None:
         """Order the next hop of devices whose window is open, wave by wave, per-site limited."""
-        if self._jobs is None or self._packages is None:
-            return
         rollout_id = header["id"]
         busy: Counter[str] = Counter(
             e["site"] for e in entries if e.get("job_id") and e["status"] not in FINAL_STATUSES
@@ -818,8 +838,6 @@ class RolloutService:
             await self._apply_result(rollout_id, entry, job, now)
 
     def _evidence(self, job: Doc) -> dict[str, Any]:
-        if self._jobs is None:
-            return {}
         path = self._jobs.artifact_path(job["id"])
         if path is None:
             return {}
@@ -1002,16 +1020,30 @@ def device_json(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
-    """A PlanRequest from the API's JSON body (the CLI's flags by the same names)."""
+def _checked(value: str, field: str, check: Callable[..., str], **limits: Any) -> str:
+    """``value`` through ``check``, one of the admin text checks, refused as a plan is."""
+    try:
+        return str(check(value, field=field, **limits))
+    except admin_input.AdminInputError as exc:
+        raise PlanError(field, exc.reason) from None
 
-    def text_list(name: str) -> tuple[str, ...]:
+
+def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
+    """A PlanRequest from the API's JSON body (the CLI's flags by the same names).
+
+    Every text goes through the admin text checks (``domain.admin_input``): a name, a site
+    or a serial holding a line break or an escape is refused with its field named.
+    """
+
+    def text_list(
+        name: str, check: Callable[..., str] = admin_input.display_name
+    ) -> tuple[str, ...]:
         value = body.get(name) or []
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise PlanError(name, "a list of texts expected")
-        return tuple(value)
+        return tuple(_checked(v, name, check) for v in value)
 
     def integer(name: str, default: int) -> int:
         value = body.get(name, default)
@@ -1024,6 +1056,7 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
     target = body.get("target")
     if not isinstance(target, str) or not target.strip():
         raise PlanError("target", "the version to roll out is required (e.g. 4.2.2-408037)")
+    target = _checked(target, "target", admin_input.printable_text)
     waves = body.get("waves")
     if isinstance(waves, list):
         waves = ",".join(str(w) for w in waves)
@@ -1038,9 +1071,16 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
     name = body.get("name") or ""
     if not isinstance(name, str):
         raise PlanError("name", "a text expected")
+    name = _checked(
+        name,
+        "name",
+        admin_input.printable_text,
+        max_chars=ROLLOUT_NAME_MAX_CHARS,
+        allow_empty=True,
+    )
     criteria = body.get("abort_criteria")
     return PlanRequest(
-        target=target.strip(),
+        target=target,
         sites=text_list("sites"),
         models=text_list("models"),
         canary=integer("canary", 1),
@@ -1051,6 +1091,6 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
         max_failures=integer("max_failures", DEFAULT_MAX_FAILURES),
         per_site=integer("per_site", DEFAULT_PER_SITE),
         name=name,
-        exclude=text_list("exclude"),
+        exclude=text_list("exclude", admin_input.serial),
         abort_criteria=None if criteria is None else parse_abort_criteria(criteria),
     )

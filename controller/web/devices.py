@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from polyfleet.controller.api.entitlement import CATALOGUES, verdict_lookup
-from polyfleet.controller.api.rollouts import ROLLOUTS
 from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.errors import InvalidInput
+from polyfleet.controller.features.rollouts import device_rollouts
 from polyfleet.controller.keys import CLOCK, CORE, INVENTORY, JOBS, STORE
 from polyfleet.controller.services.device_table import (
     CSV_COLUMNS,
@@ -26,7 +26,7 @@ from polyfleet.controller.services.inventory import UnknownDevice
 from polyfleet.controller.store.base import DEVICES, SITES, Doc
 from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import page
+from polyfleet.controller.web.security import dashboard_caller, page
 from polyfleet.controller.web.settings import MAX_PAGE_SIZE
 from polyfleet.controller.web.timeline import timeline
 from polyfleet.shared.schema import HealthState, Model, Provider
@@ -166,7 +166,7 @@ async def device_page(request: web.Request) -> web.Response:
     service = app[CORE].tickets.service
     tickets = service.device_tickets(serial) if service is not None else None
     reports = app[INVENTORY].recent_reports(serial)
-    rollouts = app[ROLLOUTS].device_history(serial)
+    rollouts = device_rollouts(app[CORE], dashboard_caller(request), serial)
     now = app[CLOCK]()
     return render(
         request,

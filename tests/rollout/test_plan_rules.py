@@ -31,6 +31,7 @@ from polyfleet.controller.domain.rollout import (
     default_abort_criteria,
     device_move,
     parse_abort_criteria,
+    parse_abort_text,
     parse_gap,
     parse_waves,
     path_to,
@@ -553,3 +554,68 @@ def test_abort_criteria_read_from_a_rollout_stored_before_them_are_the_defaults(
             parse_abort_criteria(bad)
         assert refused.value.field == field
     assert {FailureCode(code) for code in FAILURE_RULES} == set(FailureCode)
+
+
+@pytest.mark.parametrize(
+    ("text", "criterion"),
+    [
+        ("canary:0%", AbortCriterion(waves="canary", threshold_percent=0)),
+        ("later:10%", AbortCriterion(waves="later", threshold_percent=10)),
+        (
+            "later:2.5%:min=20",
+            AbortCriterion(waves="later", threshold_percent=2.5, min_executed=20),
+        ),
+        (
+            "later:5%:min=3:type=checksum_mismatch",
+            AbortCriterion(
+                waves="later", threshold_percent=5, min_executed=3, failure_type="checksum_mismatch"
+            ),
+        ),
+    ],
+)
+def test_an_abort_criterion_is_written_as_the_cli_takes_it(
+    text: str, criterion: AbortCriterion
+) -> None:
+    """WAVES:PERCENT%[:min=N][:type=FAILURE] reads as the criterion and is written back so."""
+    assert parse_abort_text(text) == criterion
+    assert criterion.text() == text
+    assert parse_abort_text(f" {text.replace(':', ' : ')} ") == criterion
+    assert parse_abort_text(text.removesuffix("%") if text.endswith("%") else text) == criterion
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("later", "is not WAVES:PERCENT%"),
+        ("soon:10%", "'soon': canary or later"),
+        ("later:ten%", "'ten%' is not a percentage"),
+        ("later:150%", "PERCENT 150.0: a number 0 to 100"),
+        ("later:nan%", "PERCENT nan: a number 0 to 100"),
+        ("later:5%:min=0", "min 0: a whole number, 1 or more"),
+        ("later:5%:min=x", "min 'x': a whole number, 1 or more"),
+        ("later:5%:type=oops", "type 'oops': one of any,"),
+        ("later:5%:min=2:min=3", "'min=3' is not min=N or type=FAILURE"),
+        ("later:5%:after=3", "'after=3' is not min=N or type=FAILURE"),
+    ],
+)
+def test_a_bad_abort_criterion_text_says_what_to_fix(text: str, why: str) -> None:
+    """A criterion that cannot be read is refused with the text and the part at fault."""
+    with pytest.raises(PlanError) as refused:
+        parse_abort_text(text)
+    assert refused.value.field == "abort_criteria"
+    assert refused.value.reason.startswith(repr(text)) and why in refused.value.reason
+
+
+def test_an_abort_criterion_in_words() -> None:
+    """The defaults and a narrow criterion read as sentences."""
+    assert [c.describe() for c in default_abort_criteria(10)] == [
+        "the canary wave halts when more than 0% of its devices fail",
+        "each later wave halts when more than 10% of its devices fail",
+    ]
+    narrow = AbortCriterion(
+        waves="later", threshold_percent=5, min_executed=20, failure_type="did_not_return"
+    )
+    assert narrow.describe() == (
+        "each later wave halts when more than 5% of its devices fail with did_not_return, "
+        "once 20 of them have run"
+    )

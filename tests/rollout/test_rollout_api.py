@@ -163,6 +163,77 @@ async def test_dry_run_stores_nothing_and_a_bad_plan_names_its_field(
     assert status == 422 and error["error"]["field"] == "waves"
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "night\x1b[31m"}, "name"),
+        ({"name": "night\nshift"}, "name"),
+        ({"name": "night \u202eshift"}, "name"),
+        ({"target": "4.2.2\r"}, "target"),
+        ({"sites": ["krakow\x1b"]}, "sites"),
+        ({"models": ["studio_x50\n"]}, "models"),
+        ({"exclude": ["K1\tK2"]}, "exclude"),
+    ],
+)
+async def test_a_plan_text_with_a_control_character_is_refused_by_field(
+    controller: RunningController, body: dict[str, Any], field: str
+) -> None:
+    """An escape, line break or bidi override in a plan's texts is 422 invalid_plan naming
+    the field, planned or previewed; the message shows no raw control character."""
+    await fleet(controller)
+    for query in ("", "?dry_run=1"):
+        request = {"target": "4.2.2", **body}
+        status, error = await call(controller, "POST", "/api/v1/rollouts" + query, json=request)
+        assert status == 422, error
+        assert (error["error"]["code"], error["error"]["field"]) == ("invalid_plan", field)
+        message = error["error"]["message"]
+        assert message.startswith(f"{field}: contains ")
+        assert message.isprintable(), message
+    assert (await call(controller, "GET", "/api/v1/rollouts"))[1]["rollouts"] == []
+    _, logged = await call(controller, "GET", "/api/v1/audit?action=rollout")
+    assert logged["entries"] == []
+
+
+async def test_a_planned_name_is_kept_with_printable_text_beyond_latin(
+    controller: RunningController,
+) -> None:
+    """Polish letters and a 200-character name pass the text check; 201 characters do not."""
+    await fleet(controller)
+    name = "Żółć: noc " + "x" * 190
+    status, plan = await call(
+        controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "name": name}
+    )
+    assert status == 201 and plan["name"] == name
+    status, error = await call(
+        controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "name": name + "y"}
+    )
+    assert (status, error["error"]["field"]) == (422, "name")
+
+
+async def test_a_plan_keeps_its_abort_criteria_and_refuses_a_bad_one(
+    controller: RunningController,
+) -> None:
+    """abort_criteria given in the body are stored as given; a bad key is named."""
+    await fleet(controller)
+    criteria = [
+        {"waves": "canary", "failure_type": "any", "threshold_percent": 0.0, "min_executed": 1},
+        {
+            "waves": "later",
+            "failure_type": "checksum_mismatch",
+            "threshold_percent": 5.0,
+            "min_executed": 20,
+        },
+    ]
+    body = {"target": "4.2.2", "abort_criteria": criteria}
+    status, plan = await call(controller, "POST", "/api/v1/rollouts", json=body)
+    assert status == 201 and plan["abort_criteria"] == criteria
+    shown = (await call(controller, "GET", f"/api/v1/rollouts/{plan['id']}"))[1]
+    assert shown["abort_criteria"] == criteria
+    bad = {"target": "4.2.2", "abort_criteria": [{"waves": "later", "threshold_percent": 101}]}
+    status, error = await call(controller, "POST", "/api/v1/rollouts", json=bad)
+    assert status == 422 and error["error"]["field"] == "abort_criteria.0.threshold_percent"
+
+
 async def test_controls_follow_the_status_and_are_events(controller: RunningController) -> None:
     """start (only with packages), pause, resume, abort; 409 when wrong; each an event, audited."""
     await fleet(controller)
@@ -194,14 +265,43 @@ async def test_controls_follow_the_status_and_are_events(controller: RunningCont
 
 
 async def test_viewers_read_but_cannot_plan(controller: RunningController) -> None:
-    """A viewer token lists rollouts and gets 403 on planning."""
+    """A viewer token lists rollouts, packages and the penalty box, and gets 403 on planning,
+    adding a package and releasing a device."""
     viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
     headers = {"Authorization": f"Bearer {viewer}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.get(controller.url + "/api/v1/rollouts") as response:
-            assert response.status == 200
+        for path in ("rollouts", "releases/packages", "rollouts/penalty-box"):
+            async with http.get(f"{controller.url}/api/v1/{path}") as response:
+                assert response.status == 200, path
         async with http.post(controller.url + "/api/v1/rollouts", json={"target": "4.2.2"}) as r:
             assert r.status == 403
+        url = controller.url + "/api/v1/releases/4.2.2-408037/package"
+        async with http.put(url, data=b"firmware") as r:
+            assert r.status == 403
+        async with http.delete(controller.url + "/api/v1/rollouts/penalty-box/K1") as r:
+            assert r.status == 403
+    assert (await call(controller, "GET", "/api/v1/releases/packages"))[1]["packages"] == []
+
+
+async def test_refusals_keep_their_status_code_and_field(controller: RunningController) -> None:
+    """Unknown rollouts, actions, packages and penalty-box entries are 404 not_found; a
+    status filter that is none is 400."""
+    for method, path in (
+        ("GET", "/api/v1/rollouts/r_nope"),
+        ("GET", "/api/v1/rollouts/r_nope/status"),
+        ("POST", "/api/v1/rollouts/r_nope/start"),
+        ("POST", "/api/v1/rollouts/r_nope/explode"),
+        ("DELETE", "/api/v1/rollouts/penalty-box/K1"),
+        ("GET", "/api/v1/releases/4.2.2-408037/package"),
+    ):
+        status, error = await call(controller, method, path)
+        assert (status, error["error"]["code"]) == (404, "not_found"), (method, path)
+    status, error = await call(controller, "POST", "/api/v1/rollouts/r_nope/explode")
+    assert "no action 'explode'" in error["error"]["message"]
+    status, error = await call(controller, "DELETE", "/api/v1/rollouts/penalty-box/K1")
+    assert error["error"]["message"] == "K1 is not in the penalty box"
+    status, error = await call(controller, "GET", "/api/v1/rollouts?status=sleeping")
+    assert (status, error["error"]["code"]) == (400, "invalid")
 
 
 async def test_a_package_is_kept_with_its_checksum_and_served_in_ranges(

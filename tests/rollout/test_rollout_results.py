@@ -13,8 +13,7 @@ import aiohttp
 import pytest
 from rollout_kit import package_bytes, registry_row
 
-from polyfleet.controller.api.rollouts import ROLLOUTS
-from polyfleet.controller.keys import STORE
+from polyfleet.controller.keys import CORE, STORE
 from polyfleet.controller.services.rollout import ROLLOUT_DEVICES, device_key
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
@@ -143,7 +142,7 @@ async def ordered_units(controller: RunningController, names: list[str]) -> dict
         rollouts[name] = body["id"]
         status, body = await call(controller, "POST", f"/api/v1/rollouts/{body['id']}/start")
         assert status == 200, body
-    await controller.app[ROLLOUTS].tick()
+    await controller.app[CORE].rollouts.tick()
     units: dict[str, Unit] = {}
     for name in names:
         status, body = await call(controller, "GET", "/api/v1/agent/jobs", token=tokens[name])
@@ -218,7 +217,7 @@ async def test_each_failure_code_leads_to_its_outcome(controller: RunningControl
         await post_result(
             controller, unit, {"status": "failed", "detail": f"words: {code}", "code": code}
         )
-    await controller.app[ROLLOUTS].tick()
+    await controller.app[CORE].rollouts.tick()
     for unit, code in zip(units.values(), codes, strict=True):
         status, halted, boxed, moved = FAILED_OUTCOMES[code]
         assert await outcome(controller, unit) == Outcome(status, halted, boxed, moved, 1), code
@@ -233,9 +232,10 @@ async def test_each_failure_code_leads_to_its_outcome(controller: RunningControl
 async def test_a_second_failure_of_the_update_puts_the_unit_in_the_penalty_box(
     controller: RunningController, clock: Clock
 ) -> None:
-    """A failure that does not punish comes first; the two install failures after it box it."""
+    """A failure that does not punish comes first; the two install failures after it box it,
+    until an admin releases it (audited)."""
     unit = (await ordered_units(controller, ["TWICE"]))["TWICE"]
-    service = controller.app[ROLLOUTS]
+    service = controller.app[CORE].rollouts
 
     async def fail(code: str) -> Outcome:
         await post_result(controller, unit, {"status": "failed", "detail": "x: y", "code": code})
@@ -262,6 +262,13 @@ async def test_a_second_failure_of_the_update_puts_the_unit_in_the_penalty_box(
     unit = await ordered_again()  # at once: the same window
     shown = await fail("install_failed")
     assert (shown.status, shown.penalty_box, shown.failures) == ("failed", True, 3)
+    path = f"/api/v1/rollouts/penalty-box/{unit.serial}"
+    assert await call(controller, "DELETE", path) == (200, {"released": unit.serial})
+    assert (await outcome(controller, unit)).penalty_box is False
+    status, body = await call(controller, "DELETE", path)
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    _, logged = await call(controller, "GET", "/api/v1/audit?action=rollout.penalty_release")
+    assert [e["target"] for e in logged["entries"]] == [f"device:{unit.serial}"]
 
 
 async def test_a_result_without_a_code_is_judged_as_before(controller: RunningController) -> None:
@@ -282,7 +289,7 @@ async def test_a_result_without_a_code_is_judged_as_before(controller: RunningCo
         controller, units["OLD03"], {"status": "refused", "detail": "unreachable: unreachable"}
     )
     await post_result(controller, units["OLD04"], {"status": "done", "detail": "on 4.2.2"})
-    await controller.app[ROLLOUTS].tick()
+    await controller.app[CORE].rollouts.tick()
     assert await outcome(controller, units["OLD01"]) == Outcome(
         "waiting_window", True, False, False, 1
     )
@@ -316,7 +323,7 @@ async def test_a_refused_job_moves_to_the_next_window_whatever_its_code(
         units["REF01"],
         {"status": "refused", "detail": "in_call: a call started", "code": "in_call"},
     )
-    await controller.app[ROLLOUTS].tick()
+    await controller.app[CORE].rollouts.tick()
     assert await outcome(controller, units["REF01"]) == Outcome(
         "waiting_window", False, False, True, 0
     )
