@@ -20,6 +20,7 @@ from polyfleet.controller.services.audit import AuditLog
 from polyfleet.controller.services.entitlement import (
     Catalogues,
     ForecastCache,
+    Registry,
     VerdictCache,
     catalogue_paths,
     load_plans,
@@ -95,6 +96,7 @@ class Controller:
     sessions: SessionService
     web: WebSettings
     catalogues: Catalogues
+    registry: Registry
     verdicts: VerdictCache
     forecasts: ForecastCache
     packages: PackageService
@@ -106,6 +108,7 @@ class Controller:
         """Read the open store's state into the services (after ``store.open()``)."""
         self.bus.load()
         self.inventory.load()
+        self.registry.load()
         self.audit.load()
         self.loaded = True
 
@@ -195,13 +198,14 @@ def build_controller(
     web = web_settings(config.section("web"))
     packages = PackageService(store, clock, packages_dir=config.data_dir / "packages")
     base = config.source.parent if config.source is not None else Path()
+    inventory = Inventory(store, bus, clock, config)
     return Controller(
         config=config,
         clock=clock,
         store=store,
         bus=bus,
         access=access,
-        inventory=Inventory(store, bus, clock, config),
+        inventory=inventory,
         jobs=jobs,
         audit=AuditLog(store, clock, retention_days=config.audit_retention_days),
         sessions=SessionService(
@@ -214,6 +218,7 @@ def build_controller(
         ),
         web=web,
         catalogues=Catalogues(*catalogue_paths(config.section("entitlement"))),
+        registry=Registry(store, inventory),
         verdicts=VerdictCache(),
         forecasts=ForecastCache(),
         packages=packages,
