@@ -126,6 +126,16 @@ def _add_catalogue_flags(parser: argparse.ArgumentParser, *, releases: bool = Tr
     )
 
 
+def _add_data_dir_flag(parser: argparse.ArgumentParser) -> None:
+    # Taken like every controller command takes it, so one set of flags fits them all: the
+    # catalogue is a file the configuration names, not something the data directory holds.
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="controller data directory (the catalogue read is still the one --config names)",
+    )
+
+
 # -- entitlement check / forecast ------------------------------------------------------------
 
 
@@ -426,11 +436,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add.add_argument("--needs", help="oldest installed version that may step to it")
     add.add_argument("--file", type=Path, help="releases.toml to change (default: from --config)")
     add.add_argument("--config", type=Path, help="controller.toml naming [entitlement] releases")
+    _add_data_dir_flag(add)
     add.add_argument("--json", action="store_true", help="machine-readable output")
     add.set_defaults(func=_releases_add)
     lst = rel_commands.add_parser("list", help="the catalogued releases, oldest first")
     lst.add_argument("--file", type=Path, help="releases.toml to read (default: from --config)")
     lst.add_argument("--config", type=Path, help="controller.toml naming [entitlement] releases")
+    _add_data_dir_flag(lst)
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(func=_releases_list)
     # Imported here: the rollout commands import this module's neighbours, not the other way.
