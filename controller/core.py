@@ -60,8 +60,8 @@ class NoDataDir(NotFound):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(
-            f"{data_dir} does not exist: check --data-dir (or the config's data_dir); "
-            "nothing was created",
+            f"{data_dir} does not exist, so it holds no controller store: check --data-dir "
+            "(or the config's data_dir); nothing was created",
             code="no_store",
             field="data_dir",
         )
