@@ -20,6 +20,7 @@ from polyfleet.controller.services.audit import AuditLog
 from polyfleet.controller.services.entitlement import (
     Catalogues,
     ForecastCache,
+    Registry,
     VerdictCache,
     catalogue_paths,
     load_plans,
@@ -97,6 +98,7 @@ class Controller:
     sessions: SessionService
     web: WebSettings
     catalogues: Catalogues
+    registry: Registry
     verdicts: VerdictCache
     forecasts: ForecastCache
     packages: PackageService
@@ -108,6 +110,7 @@ class Controller:
         """Read the open store's state into the services (after ``store.open()``)."""
         self.bus.load()
         self.inventory.load()
+        self.registry.load()
         self.audit.load()
         self.tickets.index.load(self.store)
         self.loaded = True
@@ -206,13 +209,14 @@ def build_controller(
     packages = PackageService(store, clock, packages_dir=config.data_dir / "packages")
     base = config.source.parent if config.source is not None else Path()
     tickets = TicketDesk(ticket_settings(config.sections, base=base, source=config.source))
+    inventory = Inventory(store, bus, clock, config)
     return Controller(
         config=config,
         clock=clock,
         store=store,
         bus=bus,
         access=access,
-        inventory=Inventory(store, bus, clock, config),
+        inventory=inventory,
         jobs=jobs,
         audit=AuditLog(store, clock, retention_days=config.audit_retention_days),
         sessions=SessionService(
@@ -225,6 +229,7 @@ def build_controller(
         ),
         web=web,
         catalogues=Catalogues(*catalogue_paths(config.section("entitlement"))),
+        registry=Registry(store, inventory),
         verdicts=VerdictCache(),
         forecasts=ForecastCache(),
         packages=packages,

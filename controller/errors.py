@@ -11,10 +11,11 @@ Refused                      a use case cannot do what was asked (code, HTTP sta
 └── Unavailable       503    a part of the controller is not ready (starting, a standby)
 
 Services raise their own subclasses (``UnknownDevice(NotFound, KeyError)``, ``SiteExists``,
-``TicketError(Conflict)``, ``TicketMomentError(Invalid, TicketError)``...),
-so a face needs one ``except Refused`` and renders ``code``, ``message`` and ``field``: JSON
-for the API (``{"error": {"code", "message", "field"}}``), an HTML page with a way back for a
-browser, and for the CLI a line on standard error with exit status 1 (``polyfleet.cli.main``).
+``TicketError(Conflict)``, ``RegistryImportError(Invalid)``...), so a face needs one
+``except Refused`` and renders ``code``, ``message``, ``field`` and ``problems``: JSON for the
+API (``{"error": {"code", "message", "field"}}``, with ``"problems"`` beside ``error`` when
+there are any), an HTML page with a way back for a browser, and for the CLI a line on
+standard error (one more per problem) with exit status 1 (``polyfleet.cli.main``).
 The ``code`` words are contracts: scripts read them (docs/cli.md lists them).
 """
 
@@ -47,7 +48,9 @@ class Refused(Exception):
         self.field = field
         if status is not None:
             self.status = status
-        self.problems = [dict(problem) for problem in problems]
+        #: Every single thing wrong, each a mapping with ``message`` and ``line``, ``column``,
+        #: ``field`` or ``rule`` where they apply (the API answers them beside ``error``).
+        self.problems: Sequence[Mapping[str, Any]] = [dict(problem) for problem in problems]
         self.rule = rule
         self.headers = dict(headers or {})
 

@@ -271,13 +271,15 @@ def run(
     *,
     needs_store: bool = False,
     fields: Mapping[str, str] | None = None,
+    config: ControllerConfig | None = None,
 ) -> int:
     """Run a command's ``action`` (see ``reach``); every failure in the shared shape.
 
     ``fields``: the names the command's flags give to API fields (``expires_at`` is
-    ``--expires`` here), so an error's ``field`` names what the user typed.
+    ``--expires`` here), so an error's ``field`` names what the user typed. ``config``: the
+    configuration to run with when the command adjusted it (default ``config_of(args)``).
     """
-    config = config_of(args)
+    config = config if config is not None else config_of(args)
     renamed = dict(fields or {})
     try:
         return asyncio.run(reach(config, action, needs_store=needs_store))

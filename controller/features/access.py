@@ -19,6 +19,8 @@ SIGNIN_LINK_PATH = "/signin/link"
 
 #: Roles a token can be created with (agents get theirs by enrolling).
 TOKEN_ROLES = (Role.ADMIN, Role.VIEWER)
+#: Notices listed per agent by ``agent_statuses`` (the newest).
+NOTICES_SHOWN = 5
 
 
 def list_tokens(core: Controller, caller: Caller) -> list[Doc]:
@@ -89,6 +91,26 @@ def list_agents(core: Controller, caller: Caller, site_id: str | None = None) ->
         ):
             agent["last_seen"] = call.isoformat()
     return agents
+
+
+def agent_statuses(core: Controller, caller: Caller) -> list[dict[str, Any]]:
+    """Each site agent as the dashboard shows it: its record, its last call (``last_call``),
+    what it last said about itself (``status``) and its newest notices, by site."""
+    caller.require(Permission.READ)
+    found = []
+    for agent in core.access.list_agents():
+        agent_id = agent["id"]
+        last_call = core.inventory.agent_last_call(agent_id)
+        notices = core.bus.query(kind="agent_notice", agent=agent_id, limit=NOTICES_SHOWN)
+        found.append(
+            {
+                **agent,
+                "last_call": last_call.isoformat() if last_call else agent["last_seen"],
+                "status": core.inventory.agent_status(agent_id),
+                "notices": notices[::-1],
+            }
+        )
+    return found
 
 
 async def revoke_agent(core: Controller, caller: Caller, agent_id: str) -> Doc:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from polyfleet.controller.core import Controller
 from polyfleet.controller.domain.admin_input import display_name
+from polyfleet.controller.domain.entitlement import EntitlementVerdict
+from polyfleet.controller.domain.plans import Plan, PlanCatalogue
+from polyfleet.controller.domain.tickets import Ticket
 from polyfleet.controller.errors import NotFound
 from polyfleet.controller.features.caller import Caller, Permission, record
 from polyfleet.controller.features.entitlement import verdict_lookup
 from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.services.device_table import DeviceQuery, DeviceRows, query_devices
-from polyfleet.controller.services.inventory import DeviceFilter
+from polyfleet.controller.services.inventory import DeviceFilter, UnknownDevice
 from polyfleet.controller.services.jobs import UnknownJob
 from polyfleet.controller.store.base import Doc
 from polyfleet.shared.schema import JobKind
@@ -26,6 +30,99 @@ async def find_devices(core: Controller, caller: Caller, query: DeviceQuery) -> 
     if query.flag is not None:
         verdict_of = await verdict_lookup(core)
     return query_devices(core.inventory, query, verdict_of)
+
+
+async def device_table(
+    core: Controller, caller: Caller, query: DeviceQuery
+) -> tuple[DeviceRows, dict[str, tuple[str, ...]]]:
+    """The device table's rows for ``query``, and each row's entitlement flags by serial."""
+    caller.require(Permission.READ)
+    verdict_of = await verdict_lookup(core)
+    found = query_devices(core.inventory, query, verdict_of)
+    flags: dict[str, tuple[str, ...]] = {}
+    for row in found.rows:
+        verdict = verdict_of(row["serial"])
+        flags[row["serial"]] = verdict.flags if verdict is not None else ()
+    return found, flags
+
+
+def filter_choices(core: Controller, caller: Caller, *, site: str | None = None) -> dict[str, Any]:
+    """What the device table's filters offer from what the inventory holds: the sites, the
+    rooms (of ``site``) and the firmware versions reported."""
+    caller.require(Permission.READ)
+    inventory = core.inventory
+    return {
+        "sites": inventory.sites(),
+        "rooms": inventory.rooms(site),
+        "firmware": inventory.firmware_versions(),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class DevicePage:
+    """Everything one device's page shows."""
+
+    detail: Doc
+    #: The device's site as ``list_sites`` shows it (None: a site no longer there).
+    site: Doc | None
+    host: Doc | None
+    cameras: Sequence[Doc | None]
+    verdict: EntitlementVerdict | None
+    plan: Plan | None
+    plans: PlanCatalogue
+    #: None while the ticket service is starting.
+    tickets: Sequence[Ticket] | None
+    jobs: Sequence[Doc]
+    #: Retained reports, newest first.
+    reports: Sequence[Doc]
+    rollouts: Sequence[Doc]
+
+
+async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePage:
+    """One device: its snapshot and links, verdict and plan, tickets, jobs, reports, rollouts."""
+    caller.require(Permission.READ)
+    inventory = core.inventory
+    detail = inventory.device_detail(serial)
+    verdict = (await verdict_lookup(core))(serial)
+    plans = core.catalogues.plans
+    plan = plans.plans.get(verdict.plan) if verdict is not None and verdict.plan else None
+    service = core.tickets.service
+    tickets = (
+        None
+        if service is None
+        else [
+            ticket
+            for ticket in service.tickets()
+            if ticket.serial == serial or serial in ticket.affected_serials
+        ]
+    )
+    jobs = sorted(
+        core.jobs.find(serial=serial),
+        key=lambda job: str(job.get("created_at", "")),
+        reverse=True,
+    )
+    return DevicePage(
+        detail=detail,
+        site=inventory.find_site(detail["site"]),
+        host=_detail_or_none(core, detail.get("host_serial")),
+        cameras=[_detail_or_none(core, camera) for camera in detail["cameras"]],
+        verdict=verdict,
+        plan=plan,
+        plans=plans,
+        tickets=tickets,
+        jobs=jobs,
+        reports=list(reversed(inventory.recent_reports(serial))),
+        rollouts=core.rollouts.device_history(serial),
+    )
+
+
+def _detail_or_none(core: Controller, serial: str | None) -> Doc | None:
+    if not serial:
+        return None
+    try:
+        return core.inventory.device_detail(serial)
+    except UnknownDevice:
+        return None
 
 
 def list_devices(core: Controller, caller: Caller, filters: Mapping[str, str | None]) -> list[Doc]:

@@ -8,7 +8,7 @@ import json
 import logging
 import operator
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -53,9 +53,21 @@ class ApiError(Refused):
         super().__init__(message, code=code, field=field, status=status, headers=headers)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body = ErrorBody(code=code, message=message, field=field)
-    return web.json_response({"error": body.model_dump(mode="json")}, status=status)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    *,
+    problems: Sequence[Mapping[str, Any]] = (),
+) -> web.Response:
+    """``{"error": {code, message, field}}``, and ``problems`` beside it when there are any."""
+    body: dict[str, Any] = {
+        "error": ErrorBody(code=code, message=message, field=field).model_dump(mode="json")
+    }
+    if problems:
+        body["problems"] = [dict(problem) for problem in problems]
+    return web.json_response(body, status=status)
 
 
 _HTTP_CODES = {
@@ -108,7 +120,9 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Refused as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.field)
+        response = error_response(
+            exc.status, exc.code, exc.message, exc.field, problems=exc.problems
+        )
         response.headers.update(exc.headers)
         if exc.status == 408:
             # The rest of a late body may still trickle in: nothing more is read from it.
