@@ -11,19 +11,19 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_demo import wait_for_file
+from test_demo import TIME_SCALE, wait_for_file
 
 from polyfleet.controller.domain.rollout import REASON_CODES
 
-#: Long enough for the canaries to install, come back and be verified.
-DEMO_SECONDS = 150
+#: Long enough for the canaries to install, come back and be verified (at TIME_SCALE).
+DEMO_SECONDS = 75
 
 
 @pytest.mark.timeout(DEMO_SECONDS + 150)
 async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Path) -> None:
     """The demo plans over its fleet (reason codes shown), starts it, and units get updated."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "polyfleet", "demo", "--rollout",
+        sys.executable, "-P", "-m", "polyfleet", "demo", "--rollout", "--time-scale", TIME_SCALE,
         "--duration", str(DEMO_SECONDS), "--data-dir", str(tmp_path / "demo"),
         "--listen", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
