@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cli_testkit import TIME_SCALE
 
 from polyfleet.simulator.fleet import load_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_FLEET = ROOT / "deploy" / "examples" / "fleet-demo.toml"
-#: How much faster than an admin's demo the tests run it (``--time-scale``): the same
-#: timeline of faults, polls, tickets and rollout steps, in a fraction of the time.
-TIME_SCALE = "5"
 #: Start-up (as long as it takes here), then the first minutes of the demo's timeline:
 #: long enough for faults to persist into tickets.
 DEMO_SECONDS = 35

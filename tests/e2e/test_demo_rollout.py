@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_demo import TIME_SCALE, wait_for_file
+from cli_testkit import TIME_SCALE
+from test_demo import wait_for_file
 
 from polyfleet.controller.domain.rollout import REASON_CODES
 
