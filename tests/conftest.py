@@ -42,6 +42,25 @@ def pytest_configure(config: pytest.Config) -> None:
     # xdist workers keep the mark of the run that started them: the run checks them all.
     if "PYTEST_XDIST_WORKER" not in os.environ:
         os.environ[RUN_MARK] = uuid.uuid4().hex
+    config.addinivalue_line(
+        "markers",
+        "expected_seconds(seconds): about how long the test takes on a CI machine; the "
+        "longest start first, so that none starts last and keeps the run waiting",
+    )
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("expected_seconds")
+    return float(marker.args[0]) if marker is not None else 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked long first, longest first; the others keep their order.
+
+    xdist (``--dist loadgroup``) hands tests to the workers in this order, as each asks for
+    more: a long test started last would leave one core idle while it runs.
+    """
+    items.sort(key=lambda item: -expected_seconds(item))
 
 
 def processes_marked(mark: str) -> dict[int, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from cli_testkit import TIME_SCALE
 
 from polyfleet.simulator.fleet import load_fleet
@@ -76,6 +77,7 @@ async def signs_in_once(demo: dict[str, Any]) -> None:
             assert "Overview" in await response.text()
 
 
+@pytest.mark.expected_seconds(45)
 async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_path: Path) -> None:
     """`polyfleet demo --duration` serves every demo device, files tickets, and exits 0."""
     expected = demo_serials()

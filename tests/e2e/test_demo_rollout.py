@@ -21,6 +21,7 @@ DEMO_SECONDS = 75
 
 
 @pytest.mark.timeout(DEMO_SECONDS + 150)
+@pytest.mark.expected_seconds(60)
 async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Path) -> None:
     """The demo plans over its fleet (reason codes shown), starts it, and units get updated."""
     process = await asyncio.create_subprocess_exec(

@@ -114,6 +114,7 @@ def test_the_wheel_lacked_files_the_commands_read(installed: Installed) -> None:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.expected_seconds(30)
 def test_a_wheel_could_not_run_the_demo(installed: Installed, tmp_path: Path) -> None:
     """polyfleet demo from the wheel alone, elsewhere: the controller answers, devices report."""
     show = "import json, polyfleet, sys; print(json.dumps([polyfleet.__file__, sys.path]))"
@@ -140,6 +141,7 @@ def test_a_wheel_could_not_run_the_demo(installed: Installed, tmp_path: Path) ->
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.expected_seconds(30)
 def test_package_folders_in_the_working_directory_shadowed_the_demo(
     installed: Installed, tmp_path: Path
 ) -> None:
