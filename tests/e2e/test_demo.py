@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_FLEET = ROOT / "deploy" / "examples" / "fleet-demo.toml"
 #: Start-up (as long as it takes here), then the first minutes of the demo's timeline:
 #: long enough for faults to persist into tickets.
-DEMO_SECONDS = 35
+DEMO_SECONDS = 40
 
 
 def demo_serials() -> dict[str, str]:
