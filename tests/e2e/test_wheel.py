@@ -65,10 +65,15 @@ def _build_and_install(work: Path) -> None:
     )  # fmt: skip
     (wheel,) = (work / "dist").glob("polyfleet-*.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # Without a pip of its own (making one takes seconds): this environment's pip installs
+    # into it, as its own would.
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300
+    )
     python = str(venv / "bin" / "python")
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
+         "--no-index", str(wheel)],
         check=True, capture_output=True, cwd=work, timeout=300,
     )  # fmt: skip
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
