@@ -40,7 +40,9 @@ def postgres_url(postgres_server: LocalPostgres) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     # xdist workers keep the mark of the run that started them: the run checks them all.
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    # (A pytest that a test runs is a run of its own, though it inherits a worker's
+    # environment: only xdist's workers have workerinput.)
+    if not hasattr(config, "workerinput"):
         os.environ[RUN_MARK] = uuid.uuid4().hex
     config.addinivalue_line(
         "markers",
@@ -85,7 +87,7 @@ def processes_marked(mark: str) -> dict[int, str]:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Fail the run if a process it started outlives it; such processes are killed."""
     mark = os.environ.get(RUN_MARK)
-    if mark is None or "PYTEST_XDIST_WORKER" in os.environ or not os.path.isdir("/proc"):
+    if mark is None or hasattr(session.config, "workerinput") or not os.path.isdir("/proc"):
         return
     deadline = time.monotonic() + STRAGGLER_GRACE_S
     left = processes_marked(mark)
