@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean system-packages
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/polyfleet demo $(ARGS)
 
-test: $(STAMP)
+# The system packages the tests use (chromium, postgresql, ...): installed when root on
+# Debian, else the command that installs them is printed and nothing runs.
+system-packages:
+	@bash tests/system-packages
+
+test: system-packages $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -129,6 +129,7 @@ async def wait_active(url: str) -> None:
         await asyncio.sleep(0.1)  # waits-for: the controller to win its campaign
 
 
+@pytest.mark.expected_seconds(15)
 async def test_plan_show_csv_and_controls_through_a_running_server(tmp_path: Path) -> None:
     """With a server on the data dir: plan --json, --csv read back, list, start, status --json."""
     data = tmp_path / "data"
