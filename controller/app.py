@@ -62,7 +62,7 @@ from polyfleet.controller.core import Controller, build_controller
 from polyfleet.controller.http.auth import auth_middleware
 from polyfleet.controller.http.bodies import CONNECTION_GUARD, body_middleware
 from polyfleet.controller.http.connections import ConnectionGuard, GuardedTCPSite
-from polyfleet.controller.http.errors import error_middleware
+from polyfleet.controller.http.errors import error_middleware, quiet_malformed_requests
 from polyfleet.controller.http.throttle import AUTH_LIMITER, ENROLL_LIMITER, AttemptLimiter
 from polyfleet.controller.keys import (
     ACCESS,
@@ -178,6 +178,7 @@ def create_app(
     """
     if controller is None:
         controller = build_controller(config, clock, store=store)
+    quiet_malformed_requests()
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[error_middleware, role_middleware, auth_middleware, body_middleware],

@@ -19,6 +19,7 @@ from polyfleet.shared.cli_errors import (
     CommandFailed,
     report_failure,
 )
+from polyfleet.shared.printable import LogFormatter
 
 #: Third-party loggers that narrate every request or job run; shown only at DEBUG.
 CHATTY_LOGGERS = ("aiohttp.access", "apscheduler", "paramiko.transport")
@@ -100,10 +101,11 @@ def _main(arguments: list[str]) -> int:
     except CommandFailed as exc:
         # A usage error; with --json on the line, scripts still get the one error object.
         return report_failure(exc, as_json="--json" in arguments)
+    handler = logging.StreamHandler(sys.stderr)
+    # Messages escaped: a logged device name or request path cannot forge a line.
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO), handlers=[handler]
     )
     if logging.getLogger().level > logging.DEBUG:
         for name in CHATTY_LOGGERS:

@@ -21,6 +21,7 @@ from typing import Annotated
 from pydantic import AfterValidator, WithJsonSchema
 
 from polyfleet.controller.errors import Invalid
+from polyfleet.shared.printable import UNPRINTABLE_CATEGORIES, escaped
 
 #: A serial: what devices report and the asset registry holds (shared.schema.Serial).
 SERIAL_MAX_CHARS = 64
@@ -34,7 +35,7 @@ TEXT_MAX_CHARS = 2000
 #: Unicode categories never allowed: control (Cc: CR, LF, TAB, ESC...), format (Cf: zero-width
 #: and bidirectional overrides, which make text read differently than it is), surrogates,
 #: private use, unassigned, and the line and paragraph separators.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_REFUSED_CATEGORIES = UNPRINTABLE_CATEGORIES
 
 
 class AdminInputError(Invalid, ValueError):
@@ -98,12 +99,7 @@ def display_name(value: str, *, field: str = "name", allow_empty: bool = False) 
 def shown(value: str) -> str:
     """``value`` for one line of a terminal or log: unprintable characters as escapes (\\n,
     \\u202e), so stored text from before these checks cannot break or disguise the output."""
-    return "".join(
-        char.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(char) in _REFUSED_CATEGORIES
-        else char
-        for char in value
-    )
+    return escaped(value)
 
 
 #: The same rules as a JSON schema pattern, for API documents (the checks above decide).

@@ -8,10 +8,12 @@ import json
 import logging
 import operator
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from polyfleet.controller.errors import Refused
@@ -148,6 +150,44 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; the controller log has details")
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp's server logs every request its parser refuses (it answers 400) as an error
+    with a traceback: junk sent to the port would fill the log with them. Each becomes one
+    warning line instead, at most one a minute, with how many were refused meanwhile."""
+
+    #: How often a refused request is logged, at most.
+    EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logged_at = -self.EVERY_S
+        self._since = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self._since += 1
+        now = time.monotonic()
+        if now - self._logged_at < self.EVERY_S:
+            return False
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        reason = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "refused %d malformed request(s) in the last minute; latest from %s: %s"
+        record.args = (self._since, peer, reason[:200])
+        record.exc_info = record.exc_text = None
+        self._logged_at, self._since = now, 0
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Install ``MalformedRequestLog`` on aiohttp's server logger (once per process)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestLog) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestLog())
 
 
 def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:

@@ -117,8 +117,12 @@ class UnknownSite(NotFound, KeyError):
 
 
 def token_digest(token: str) -> str:
-    """The stored form of a secret: sha256 hex (the secrets are high-entropy random)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    """The stored form of a secret: sha256 hex (the secrets are high-entropy random).
+
+    Any text has a digest: a header or cookie holding bytes that are not UTF-8 reaches here as
+    text with lone surrogates, which matches no secret and must not fail to encode.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def normalise_code(code: str) -> str:

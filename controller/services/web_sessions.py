@@ -143,7 +143,8 @@ class SessionService:
     @staticmethod
     def csrf_ok(session: WebSession, given: str | None) -> bool:
         """Whether a form carried this session's CSRF token (compared in constant time)."""
-        return given is not None and hmac.compare_digest(session.csrf, given)
+        # compare_digest takes ASCII text only; any other text is simply not the token.
+        return given is not None and given.isascii() and hmac.compare_digest(session.csrf, given)
 
     # -- one-time links --------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ def sign(secret: str, body: bytes) -> str:
 
 def verify(secret: str, body: bytes, header: str) -> bool:
     """True when ``header`` is the signature of ``body`` (constant-time compare)."""
-    return hmac.compare_digest(sign(secret, body), header)
+    return header.isascii() and hmac.compare_digest(sign(secret, body), header)
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:

@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from polyfleet.controller.active import run_when_active
+from polyfleet.controller.domain.admin_input import shown
 from polyfleet.controller.http.spec import PUBLIC
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import StoreUnavailable
@@ -52,9 +53,14 @@ def static_version() -> str:
 @page("A static file of the dashboard (styles, scripts and their licences)", roles=PUBLIC)
 async def static_file(request: web.Request) -> web.StreamResponse:
     relative = request.match_info["path"]
-    path = (STATIC_DIR / relative).resolve()
-    if not path.is_relative_to(STATIC_DIR) or not await asyncio.to_thread(path.is_file):
-        raise web.HTTPNotFound(text=f"no file {relative!r}")
+    try:
+        path = (STATIC_DIR / relative).resolve()
+        found = path.is_relative_to(STATIC_DIR) and await asyncio.to_thread(path.is_file)
+    except (ValueError, OSError):
+        # A NUL byte, or a name longer than the file system takes: no such file either.
+        found = False
+    if not found:
+        raise web.HTTPNotFound(text=f"no file {shown(relative)!r}"[:200])
     cache = STATIC_CACHE if request.query.get("v") == request.app[STATIC_VERSION] else "no-cache"
     return web.FileResponse(path, headers={"Cache-Control": cache})
 

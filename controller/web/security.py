@@ -9,13 +9,14 @@ POST the session's CSRF token and a same-origin ``Origin``. Errors become HTML p
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
@@ -39,6 +40,8 @@ SESSION_COOKIE = "polyfleet_session"
 #: Login CSRF: a random value in a cookie and in the sign-in form must match.
 SIGNIN_COOKIE = "polyfleet_signin"
 SIGNIN_COOKIE_MAX_AGE_S = 3600
+#: What the values of our own cookies look like (``secrets.token_urlsafe``).
+_COOKIE_SECRET = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
 #: Scripts, styles and images from this origin only; no frames, no plugins, no inline code.
 CONTENT_SECURITY_POLICY = (
@@ -92,38 +95,69 @@ class UploadedFile:
 FORM: web.RequestKey[MultiDictProxy[str | UploadedFile]] = web.RequestKey("web_form")
 
 
+def secret_cookie(request: web.Request, name: str) -> str:
+    """The value of one of our own cookies, or "" when it is absent or could not be ours.
+
+    A browser sends every cookie of the host, other programs' on the same host included, and
+    a client may send any bytes: only a value shaped like the secrets we hand out is looked
+    up, so an odd cookie means "not signed in", never an error.
+    """
+    value = request.cookies.get(name, "")
+    return value if _COOKIE_SECRET.fullmatch(value) else ""
+
+
+def _unreadable_form(what: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f"The form could not be read ({what}); send it again.")
+
+
 async def form_of(request: web.Request) -> MultiDictProxy[str | UploadedFile]:
     """A POST's form fields (files as ``UploadedFile``), read once.
 
     The body is read whole before any handler (within its deadline), so a multipart form
-    is parsed from those bytes rather than from the already consumed stream.
+    is parsed from those bytes rather than from the already consumed stream. A form that
+    is not UTF-8 text (no browser sends one) is refused with 400, saying so.
     """
     if FORM in request:
         return request[FORM]
     fields: MultiDict[str | UploadedFile] = MultiDict()
     if request.content_type == "multipart/form-data":
+        for name, value in _multipart_fields(request, await request.read()):
+            fields.add(name, value)
+    elif request.content_type == "application/x-www-form-urlencoded":
         raw = await request.read()
-        head = f"Content-Type: {request.headers.get('Content-Type', '')}\r\n\r\n".encode()
-        message = BytesParser(policy=HTTP).parsebytes(head + raw)
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if not isinstance(name, str):
-                continue
-            payload = part.get_payload(decode=True)
-            content = payload if isinstance(payload, bytes) else b""
-            filename = part.get_filename()
-            if filename is not None:
-                fields.add(name, UploadedFile(filename, content, part.get_content_type()))
-            else:
-                charset = part.get_content_charset() or "utf-8"
-                fields.add(name, content.decode(charset, errors="replace"))
-    else:
-        for name, value in (await request.post()).items():
-            if isinstance(value, str):
-                fields.add(name, value)
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise _unreadable_form("it is not UTF-8 text") from None
+        for name, value in pairs:
+            fields.add(name, value)
     proxy = MultiDictProxy(fields)
     request[FORM] = proxy
     return proxy
+
+
+def _multipart_fields(request: web.Request, raw: bytes) -> list[tuple[str, str | UploadedFile]]:
+    """The fields of a ``multipart/form-data`` body (files as ``UploadedFile``)."""
+    content_type = request.headers.get("Content-Type", "")
+    # Bytes a client sent that are not UTF-8 come back as they were, for the parser to judge.
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("utf-8", "surrogateescape")
+    message = BytesParser(policy=HTTP).parsebytes(head + raw)
+    found: list[tuple[str, str | UploadedFile]] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        content = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            found.append((name, UploadedFile(filename, content, part.get_content_type())))
+            continue
+        try:
+            found.append((name, content.decode(part.get_content_charset() or "utf-8")))
+        except (LookupError, UnicodeDecodeError):
+            raise _unreadable_form(f"field {name!r} is not UTF-8 text") from None
+    return found
 
 
 def dashboard_caller(request: web.Request, session: WebSession | None = None) -> Caller:
@@ -174,7 +208,7 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
 
 def signin_nonce(request: web.Request, response_cookies: dict[str, str]) -> str:
     """The login-CSRF value for a sign-in form (reused from its cookie, else a new one)."""
-    value = request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(24)
+    value = secret_cookie(request, SIGNIN_COOKIE) or secrets.token_urlsafe(24)
     response_cookies[SIGNIN_COOKIE] = value
     return value
 
@@ -245,7 +279,7 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if isinstance(match, MatchInfoError):
         if match.http_exception.status == 404 and _browser_page(request):
             # A mistyped dashboard address gets a page, not the API's JSON.
-            request[SESSION] = request.app[SESSIONS].find(request.cookies.get(SESSION_COOKIE, ""))
+            request[SESSION] = request.app[SESSIONS].find(secret_cookie(request, SESSION_COOKIE))
             response: web.StreamResponse = error_page(
                 request, 404, translator(request).gettext("There is no such page.")
             )
@@ -264,7 +298,7 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
 async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> web.StreamResponse:
     t = translator(request)
     try:
-        session = request.app[SESSIONS].find(request.cookies.get(SESSION_COOKIE, ""))
+        session = request.app[SESSIONS].find(secret_cookie(request, SESSION_COOKIE))
         request[SESSION] = session
         if spec.roles:
             if session is None:

@@ -23,6 +23,7 @@ from polyfleet.controller.web.security import (
     form_of,
     page,
     safe_next,
+    secret_cookie,
     set_session_cookie,
     set_signin_cookie,
 )
@@ -31,12 +32,18 @@ log = logging.getLogger(__name__)
 
 
 def _nonce(request: web.Request) -> str:
-    return request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(24)
+    return secret_cookie(request, SIGNIN_COOKIE) or secrets.token_urlsafe(24)
 
 
 def _nonce_ok(request: web.Request, given: object) -> bool:
-    expected = request.cookies.get(SIGNIN_COOKIE)
-    return isinstance(given, str) and expected is not None and hmac.compare_digest(expected, given)
+    expected = secret_cookie(request, SIGNIN_COOKIE)
+    # compare_digest takes ASCII text only; any other text is simply not the nonce.
+    return (
+        isinstance(given, str)
+        and given.isascii()
+        and bool(expected)
+        and hmac.compare_digest(expected, given)
+    )
 
 
 def _signin_form(
