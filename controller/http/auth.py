@@ -30,16 +30,18 @@ def _bearer(request: web.Request) -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
-    limiter, address = request.app[AUTH_LIMITER], client_address(request)
-    # Before looking at the token: an address that guessed too often learns nothing more.
-    limiter.check(address, "failed credentials")
     found = request.app[ACCESS].authenticate(token) if token else None
-    if found is None:
-        limiter.spend(address)
-        # Never echo the token back, not even partly.
-        message = request.app[ACCESS].refusal(token) if token else "missing bearer token"
-        raise ApiError(401, "unauthorized", message, "Authorization")
-    return found
+    if found is not None:
+        # A valid credential always gets through: agents and admins behind one NAT address
+        # are never refused because someone else at that address guesses.
+        return found
+    limiter, address = request.app[AUTH_LIMITER], client_address(request)
+    # Only failures are limited: past the limit, a further failure is 429 (not 401).
+    limiter.check(address, "failed credentials")
+    limiter.spend(address)
+    # Never echo the token back, not even partly.
+    message = request.app[ACCESS].refusal(token) if token else "missing bearer token"
+    raise ApiError(401, "unauthorized", message, "Authorization")
 
 
 @web.middleware

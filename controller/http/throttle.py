@@ -1,10 +1,20 @@
 """Per-address limits on guessing: failed credentials and failed enrollment codes.
 
-Each client address has a bucket of ``per_minute`` attempts that refills evenly over a
-minute. An address whose bucket is empty is answered 429 with ``Retry-After`` before its
-credential or code is even looked at, so guessing costs a minute per ``per_minute`` tries
-while a person who mistyped once is never slowed. Behind a reverse proxy every client has
-the proxy's address: raise the limits there (``[server]`` in controller.toml).
+Each client address has a bucket of ``per_minute`` failed attempts that refills evenly over
+a minute; a person who mistyped once is never slowed.
+
+- Credentials (bearer tokens, the dashboard's sign-in): a valid one always gets through at
+  once, whatever else comes from its address, so the agents and admins behind one NAT
+  address never pay for a guesser among them. Only failures count, and an address whose
+  bucket is empty gets 429 with ``Retry-After`` for each further failure instead of 401.
+  Telling a right token from a wrong one at any speed gains nothing: a token holds 256
+  random bits.
+- Enrollment codes are short enough to guess (80 bits, typed by people): an address whose
+  bucket is empty is answered 429 before its code is even looked at, a right one included,
+  so guessing costs a minute per ``per_minute`` tries.
+
+Behind a reverse proxy every client has the proxy's address: raise the limits there
+(``[server]`` in controller.toml).
 """
 
 from __future__ import annotations

@@ -104,20 +104,21 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
         return _signin_form(request, error=t.gettext("Paste an API token."), status=400)
     limiter, address = request.app[AUTH_LIMITER], client_address(request)
     try:
-        # The same per-address limit as failed bearer tokens: a form is no way around it.
-        limiter.check(address, "failed credentials")
-    except ApiError as exc:
-        log.warning("dashboard sign-in refused from %s: %s", address, exc.message)
-        error = t.gettext(
-            "Too many failed sign-ins from this address; try again in {seconds} s.",
-            seconds=exc.headers["Retry-After"],
-        )
-        response = _signin_form(request, error=error, status=429)
-        response.headers.update(exc.headers)
-        return response
-    try:
         cookie, session = await request.app[SESSIONS].sign_in(token, kiosk=kiosk)
     except SignInRefused as exc:
+        try:
+            # The same per-address limit on failures as bearer tokens: a form is no way
+            # around it. A correct token signs in whatever else comes from the address.
+            limiter.check(address, "failed credentials")
+        except ApiError as limited:
+            log.warning("dashboard sign-in refused from %s: %s", address, limited.message)
+            error = t.gettext(
+                "Too many failed sign-ins from this address; try again in {seconds} s.",
+                seconds=limited.headers["Retry-After"],
+            )
+            response = _signin_form(request, error=error, status=429)
+            response.headers.update(limited.headers)
+            return response
         limiter.spend(address)
         log.warning("dashboard sign-in refused from %s: %s", address, exc)
         return _signin_form(request, error=_refusal_text(request, exc), status=401)
