@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict
 from polyfleet.controller.http.errors import Handler, error_response
 from polyfleet.controller.http.spec import PUBLIC, endpoint
 from polyfleet.controller.keys import CORE, EVENT_BUS, STORE
+from polyfleet.controller.store.base import StoreHealth
 from polyfleet.controller.store.postgres import PostgresStore, StoreDeposed
 from polyfleet.shared.schema import ACTIVE_CONTROLLER_HEADER, NOT_ACTIVE_CODE
 
@@ -319,16 +320,33 @@ class HealthOut(BaseModel):
     url: str | None
     #: The fencing term this controller writes under (PostgreSQL, while active).
     term: int | None
+    #: Whether this controller's changes are acknowledged now: ``unavailable`` while its
+    #: disk refuses writes or its database does not answer (changes are refused or wait);
+    #: ``not_open`` while it holds no store (a standby, a controller starting).
+    store_state: Literal["available", "unavailable", "not_open"]
+    #: What the store said when it is unavailable, else None.
+    store_problem: str | None
 
 
-def _health(leadership: Leadership) -> HealthOut:
+def _health(leadership: Leadership, store: object) -> HealthOut:
+    active = leadership.role is Role.ACTIVE
+    health = getattr(store, "health", None)
+    state: StoreHealth | None = health() if active and health is not None else None
+    if not active:
+        store_state: Literal["available", "unavailable", "not_open"] = "not_open"
+    elif state is not None and state.failing:
+        store_state = "unavailable"
+    else:
+        store_state = "available"
     return HealthOut(
         status="ok",
         role=leadership.role,
         store=leadership.backend,
         active_url=leadership.active_url,
         url=leadership.own_url,
-        term=leadership.term if leadership.role is Role.ACTIVE else None,
+        term=leadership.term if active else None,
+        store_state=store_state,
+        store_problem=state.cause if state is not None and state.failing else None,
     )
 
 
@@ -340,7 +358,8 @@ def _health(leadership: Leadership) -> HealthOut:
 )
 async def healthz(request: web.Request) -> web.Response:
     leadership = request.app[LEADERSHIP]
-    response = web.json_response(_health(leadership).model_dump(mode="json"))
+    health = _health(leadership, request.app[STORE])
+    response = web.json_response(health.model_dump(mode="json"))
     response.headers[ROLE_HEADER] = leadership.role.value
     return response
 

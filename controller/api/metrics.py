@@ -83,7 +83,8 @@ class StoreCollector(Collector):
         state: StoreHealth = health()
         failing = GaugeMetricFamily(
             "polyfleet_store_failing",
-            "1 while the store's disk refuses writes (changes are refused and retried)",
+            "1 while the store's disk or database takes no writes (changes wait or are "
+            "refused, and are retried)",
         )
         failing.add_metric([], 1.0 if state.failing else 0.0)
         yield failing

@@ -45,6 +45,7 @@ import orjson
 from polyfleet.controller.store.base import (
     Doc,
     StoreError,
+    StoreHealth,
     StoreLocked,
     StoreUnavailable,
     check_collection,
@@ -273,6 +274,10 @@ class PostgresStore:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._failed: BaseException | None = None
+        #: Why the writer's session is down, since when, and how often writes failed.
+        self._trouble: str | None = None
+        self._trouble_since: float | None = None
+        self._write_failures = 0
         self._closing = False
         self._opened = False
         self._connected = False
@@ -294,6 +299,20 @@ class PostgresStore:
     def pending(self) -> int:
         """Changes applied but not yet committed."""
         return self._applied_seq - self._durable_seq
+
+    def health(self) -> StoreHealth:
+        """Whether changes can be acknowledged now: not while the writer's session is down
+        (they wait for it) nor once deposed (they are refused)."""
+        failing = self._opened and (self._failed is not None or not self._connected)
+        cause = str(self._failed) if self._failed is not None else self._trouble
+        since = self._trouble_since
+        return StoreHealth(
+            failing=failing,
+            cause=cause if failing else None,
+            failing_for_s=None if since is None or not failing else time.monotonic() - since,
+            not_durable=self.pending if failing else 0,
+            write_failures=self._write_failures,
+        )
 
     async def open(self, *, wait: bool = False) -> None:
         """Take the database (``wait``: until the holder lets go), migrate, load the state.
@@ -647,7 +666,10 @@ class PostgresStore:
                 except Exception as exc:
                     # Whatever broke the session (a restart, a network, a protocol state),
                     # a new one is fenced again before anything is committed on it.
+                    self._write_failures += 1
+                    self._trouble = f"{self.shown_url}: {type(exc).__name__}: {exc}"
                     if not troubled:
+                        self._trouble_since = time.monotonic()
                         log.warning(
                             "store %s: write failed, reconnecting (changes wait): %s: %s",
                             self.shown_url,
@@ -661,6 +683,7 @@ class PostgresStore:
                 if troubled:
                     log.info("store %s: writing again", self.shown_url)
                     troubled = False
+                    self._trouble = self._trouble_since = None
                 if batch is not None:
                     self._observe("commit", time.perf_counter() - started)
                     self._durable_seq = batch.last_seq

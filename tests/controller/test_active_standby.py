@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from controller_testkit import REPO, batch, bearer, cli, report, snapshot
 from polyfleet.agent.uplink import ControllerUnavailable, Uplink
 from polyfleet.controller.store.local_postgres import LocalPostgres
 from polyfleet.controller.store.postgres import read_all
+from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import ACTIVE_CONTROLLER_HEADER, PROTOCOL_VERSION, ReportBatch
 
 #: How long a takeover may take here (a loaded machine; the benchmark measures it).
@@ -376,3 +377,39 @@ async def test_postgresql_restart_under_load_loses_no_acknowledged_report(tmp_pa
         assert sorted(set(ingest.acked) - report_ids(stored)) == []
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_healthz_says_the_store_is_unavailable_while_postgresql_is_down(
+    tmp_path: Path, postgres_server: LocalPostgres
+) -> None:
+    """While the database is down the active controller's /healthz says its store is
+    unavailable and why, beside its role; once the database is back, available again."""
+    store_url = postgres_server.create_database("outage")
+    async with running_controller(tmp_path / "data", store_url=store_url) as controller:
+
+        async def state() -> tuple[str, str, str | None]:
+            found = await health(controller.url)
+            assert found is not None
+            return found["role"], found["store_state"], found["store_problem"]
+
+        assert await state() == ("active", "available", None)
+        await asyncio.to_thread(postgres_server.pause)
+        try:
+            role, _, problem = await wait_for(
+                lambda: _unavailable(state()), "the outage shown", timeout=30
+            )
+            assert role == "active" and problem is not None and "outage" in problem
+        finally:
+            await asyncio.to_thread(postgres_server.resume)
+        await wait_for(lambda: _available(state()), "the store shown available again", timeout=60)
+
+
+async def _unavailable(
+    found: Awaitable[tuple[str, str, str | None]],
+) -> tuple[str, str, str | None] | None:
+    answer = await found
+    return answer if answer[1] == "unavailable" else None
+
+
+async def _available(found: Awaitable[tuple[str, str, str | None]]) -> bool:
+    return (await found)[1] == "available"

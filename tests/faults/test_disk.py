@@ -52,8 +52,8 @@ async def post_until_refused(
 async def test_store_writes_again_by_itself_after_the_disk_was_full(
     controllers: Controllers, small_disk: Any, http: aiohttp.ClientSession
 ) -> None:
-    """Disk full: changes get 503 with the cause, reads carry a warning, a metric and a log
-    line say so; once space is freed writes resume without a restart, and after kill -9
+    """Disk full: changes get 503 with the cause, reads carry a warning, a metric, /healthz and
+    a log line say so; once space is freed writes resume without a restart, and after kill -9
     every acknowledged report (and the refused batch, sent again) is there."""
     disk: SmallDisk = small_disk("8m")
     controller = await controllers.start(CONFIG, data_dir=disk.path / "data")
@@ -67,6 +67,10 @@ async def test_store_writes_again_by_itself_after_the_disk_was_full(
     assert refused.headers.get("Retry-After")
     await controller.wait_log(r"the disk refuses writes \(No space left on device: .*journal")
     assert await failing(controller, http) == 1
+    # The health check tells the truth, beside the role it always gave.
+    health = (await get_json(http, controller.url, "/healthz", "")).body
+    assert (health["role"], health["store_state"]) == ("active", "unavailable"), health
+    assert "No space left on device" in health["store_problem"]
     # Reads go on, and say plainly that what they show may not be saved.
     devices = await get_json(http, controller.url, "/api/v1/devices", controller.admin_token)
     assert devices.status == 200
@@ -91,6 +95,8 @@ async def test_store_writes_again_by_itself_after_the_disk_was_full(
         acked[item["id"]] = item["snapshot"]["serial"]
     answer = await get_json(http, controller.url, "/api/v1/devices", controller.admin_token)
     assert "Warning" not in answer.headers
+    health = (await get_json(http, controller.url, "/healthz", "")).body
+    assert (health["store_state"], health["store_problem"]) == ("available", None)
 
     await controller.kill()
     await controller.start()
