@@ -75,7 +75,10 @@ def _culprits(exc: ControllerRefused, entries: list[Entry]) -> list[Entry]:
 class ReportSender:
     """Moves outbox entries to the controller; the one place refusals are sorted out.
 
-    A batch refused because of some of its reports (HTTP 403 ``device_at_other_site``,
+    Reports the controller refuses one by one in its answer (``ReportBatchAck.refused``: a
+    time before any device existed, a camera whose host is at another site) are set aside
+    in :class:`HeldReports` with its reason, as are those of a refused batch. A batch
+    refused because of some of its reports (HTTP 403 ``device_at_other_site``,
     400/413/422) is split: the reports the refusal names (or, when it names none,
     the halves of the batch, recursively) are found, set aside in :class:`HeldReports`
     and the rest go on. Later reports of a device refused as a whole queue behind
@@ -193,7 +196,7 @@ class ReportSender:
             protocol_version=PROTOCOL_VERSION, reports=reports, notices=notices, agent=status
         )
         try:
-            await uplink.post_batch(batch)
+            ack = await uplink.post_batch(batch)
         except ControllerRefused as exc:
             if not refuses_reports(exc):
                 raise
@@ -210,6 +213,12 @@ class ReportSender:
             refused += await self._deliver(uplink, batch_entries[:middle])
             return refused + await self._deliver(uplink, batch_entries[middle:])
         self.batches_sent += 1
+        # Reports the controller refused one by one (the rest of the batch it stored).
+        by_id = {e.report_id: e for e in batch_entries if e.kind == "report"}
+        for one in ack.refused:
+            refused_entry = by_id.get(one.id)
+            if refused_entry is not None:
+                refused.append(Refusal(refused_entry, one.code, one.message))
         return refused
 
     async def _hold(self, refused: list[Refusal]) -> None:

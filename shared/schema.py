@@ -265,9 +265,29 @@ def _in_json_form(report: Any) -> bool:
     )
 
 
-class ReportBatchAck(_Strict):
+class RefusedReport(_Strict):
+    """A report of a batch that the controller did not store, and why (the rest was)."""
+
+    id: str = Field(max_length=128)
+    serial: str = Field(max_length=64)
+    #: Why, in one word: ``collected_too_early``, ``collected_too_late``,
+    #: ``host_at_other_site``.
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=2000)
+    #: Where in the batch, e.g. ``reports.3.snapshot.collected_at``.
+    field: str | None = Field(default=None, max_length=128)
+
+
+class ReportBatchAck(BaseModel):
+    """The controller's answer to a batch. Fields may be added: an agent ignores those it
+    does not know (and a controller leaves out ``refused`` when it refused nothing)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     accepted: int
     duplicates: int
+    #: Reports refused one by one; the others were stored (or were duplicates).
+    refused: list[RefusedReport] = Field(default_factory=list)
 
 
 class EnrollRequest(_Strict):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.models import ArtifactOut, Ok
+from polyfleet.controller.domain import reported
 from polyfleet.controller.http.auth import principal
 from polyfleet.controller.http.bodies import body_deadline_s, deadline_chunks
 from polyfleet.controller.http.errors import (
@@ -35,6 +36,15 @@ from polyfleet.shared.schema import (
 )
 
 ARTIFACT_CHUNK = 64 * 1024
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def marked_text(request: web.Request, model: ModelT) -> ModelT:
+    """What an agent sent, its text marked where it enters (``domain.reported``), counted."""
+    marked, count = reported.mark_model(model)
+    request.app[INVENTORY].stats.marked_characters += count
+    return marked
 
 
 def check_protocol(data: dict[str, Any]) -> None:
@@ -66,7 +76,7 @@ async def enroll(request: web.Request) -> web.Response:
     limiter.check(address, "failed enrollment attempts")
     data = await read_json(request)
     check_protocol(data)
-    body = validate(EnrollRequest, data)
+    body = marked_text(request, validate(EnrollRequest, data))
     try:
         answer = await request.app[ACCESS].enroll(
             body.code, agent_name=body.agent_name, hostname=body.hostname
@@ -109,7 +119,10 @@ async def post_reports(request: web.Request) -> web.Response:
         # No local name for the batch: it goes before the wait for the disk.
         staged = inventory.stage(principal(request), await _read_batch(raw), raw=raw)
     ack = await inventory.finish(staged)
-    return web.json_response(ack.model_dump(mode="json"))
+    # Without refusals, the answer agents before per-report refusals understand.
+    return web.json_response(
+        ack.model_dump(mode="json", exclude=None if ack.refused else {"refused"})
+    )
 
 
 async def _read_batch(raw: bytes) -> ReportBatch:
@@ -193,7 +206,7 @@ async def put_artifact(request: web.Request) -> web.Response:
 async def post_result(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
-    result = validate(JobResult, await read_json(request))
+    result = marked_text(request, validate(JobResult, await read_json(request)))
     await request.app[JOBS].finish(request.match_info["job_id"], agent.site_id, result)
     return web.json_response(Ok(ok=True).model_dump())
 

@@ -62,12 +62,29 @@ class InventoryCollector(Collector):
         reports.add_metric(["duplicate"], stats.duplicates)
         # Older than a device's full retained history on arrival: neither kept nor accepted.
         reports.add_metric(["superseded"], stats.superseded)
+        # Refused one by one, the rest of their batch stored (by code below).
+        reports.add_metric(["refused"], sum(stats.refused_reports.values()))
         yield reports
         refused = CounterMetricFamily(
             "polyfleet_report_batches_refused", "Batches refused for naming another site's devices"
         )
         refused.add_metric([], stats.refused_batches)
         yield refused
+        by_code = CounterMetricFamily(
+            "polyfleet_reports_refused",
+            "Reports refused one by one (the rest of their batch stored), by why",
+            labels=["code"],
+        )
+        for code, count in sorted(stats.refused_reports.items()):
+            by_code.add_metric([code], count)
+        yield by_code
+        marked = CounterMetricFamily(
+            "polyfleet_reported_characters_marked",
+            "Control, format and bidirectional characters in what agents and devices report, "
+            "replaced by a visible mark where they enter",
+        )
+        marked.add_metric([], stats.marked_characters)
+        yield marked
 
 
 class StoreCollector(Collector):

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from polyfleet.controller.active import run_when_active
+from polyfleet.controller.api.agent import marked_text
 from polyfleet.controller.api.models import Ok
 from polyfleet.controller.domain.faults import FaultEvent
 from polyfleet.controller.domain.rollout import FAILURE_TYPES, ROLLOUT_TICK_S, render_csv
@@ -268,7 +269,7 @@ async def get_package(request: web.Request) -> web.StreamResponse:
 async def post_progress(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
-    progress = validate(JobProgress, await read_json(request))
+    progress = marked_text(request, validate(JobProgress, await read_json(request)))
     # A word on an update no longer under way is IllegalMove (409), logged by the service:
     # the agent only learns that it changed nothing.
     known = await request.app[CORE].rollouts.on_progress(

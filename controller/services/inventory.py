@@ -36,7 +36,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from polyfleet.controller.clock import Clock, earlier
 from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.domain import reported
 from polyfleet.controller.domain.admin_input import AdminInputError, display_name, shown
+from polyfleet.controller.domain.reported import ReportRefusal
 from polyfleet.controller.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from polyfleet.controller.events import (
     AgentClockChanged,
@@ -70,6 +72,7 @@ from polyfleet.shared.schema import (
     Problem,
     ProblemCode,
     Provider,
+    RefusedReport,
     ReportBatch,
     ReportBatchAck,
     Snapshot,
@@ -237,6 +240,10 @@ class StagedBatch:
     superseded: int
     events: list[Event]
     accepted_documents: list[Doc]
+    #: Reports not stored, each with why (the rest of the batch was).
+    refused: list[ReportRefusal] = field(default_factory=list)
+    #: Unprintable characters of the batch's text replaced by a mark.
+    marked_characters: int = 0
 
 
 @dataclass
@@ -248,6 +255,10 @@ class IngestStats:
     #: Reports older than every retained one of a full history: not kept, not accepted.
     superseded: int = 0
     refused_batches: int = 0
+    #: Reports refused one by one, by code (``domain.reported``).
+    refused_reports: Counter[str] = field(default_factory=Counter)
+    #: Unprintable characters in reported text, replaced by a mark (``domain.reported``).
+    marked_characters: int = 0
     observers: list[Callable[[float], None]] = field(default_factory=list)
 
 
@@ -649,7 +660,10 @@ class Inventory:
         """One device with its peripherals, host/camera links, health history, recent reports."""
         doc = self._with_latest(self.device(serial))
         detail = device_summary(doc)
-        cameras = sorted(self._index.cameras.get(serial, ()))
+        # Its own site's cameras: one another site reports is that site's (see move_device).
+        site_id = doc["site_id"]
+        index = self._index
+        cameras = sorted(c for c in index.cameras.get(serial, ()) if index.site_of(c) == site_id)
         detail.update(
             model_raw=doc.get("model_raw", ""),
             system_name=doc.get("system_name", ""),
@@ -686,7 +700,7 @@ class Inventory:
         return found
 
     async def move_device(self, serial: str, site_id: str) -> Doc:
-        """Assign a device (and the cameras hanging off it) to another site."""
+        """Assign a device (and the cameras hanging off it at its site) to another site."""
         doc = self.device(serial)
         if self._store.get(SITES, site_id) is None:
             raise UnknownSite(site_id)
@@ -694,7 +708,9 @@ class Inventory:
         moved = {serial: {**doc, "site_id": site_id}}
         for other_serial in self._index.cameras.get(serial, ()):
             other = self._store.get(DEVICES, other_serial)
-            if other is not None:
+            # A camera another site's agent reports stays at that site: no admin action on
+            # one site's device moves what another site holds.
+            if other is not None and other["site_id"] == doc["site_id"]:
                 moved[other_serial] = {**other, "site_id": site_id}
         events: list[Event] = [
             DeviceMoved(at=now, site_id=site_id, serial=moved_serial, from_site=old["site_id"])
@@ -791,16 +807,19 @@ class Inventory:
         known_reports = store.scan(REPORTS)
         now = self._clock()
         now_text = now.isoformat()
+        # Reported text is marked where it enters: none of it reaches a store unchecked.
+        notices = [(notice, reported.marked(notice.detail)) for notice in batch.notices]
+        marked_characters = sum(found for _, (_, found) in notices)
         events: list[Event] = [
             AgentNoticeReceived(
                 at=now,
                 site_id=site_id,
                 agent_id=agent_id,
                 notice=notice.kind,
-                detail=notice.detail,
+                detail=detail,
                 count=notice.count,
             )
-            for notice in batch.notices
+            for notice, (detail, _) in notices
         ]
         # The reports in their JSON form, as stored: from the body where an agent wrote them
         # so, else one serializer call for the whole batch. From here on only that form is
@@ -809,7 +828,12 @@ class Inventory:
         plain_reports: list[Doc] = (
             batch.model_dump(mode="json")["reports"] if raw is None else reports_json(raw, batch)
         )
-        status = batch.agent
+        if raw is None or reported.may_hold_unprintable(raw):
+            for plain in plain_reports:
+                marked_characters += reported.mark_snapshot(plain["snapshot"])
+        status = None if batch.agent is None else batch.agent.model_dump()
+        if status is not None:
+            marked_characters += reported.mark_fields(status)
         del batch
         history_size = self._report_history
         known_retained = self._retained
@@ -826,6 +850,7 @@ class Inventory:
         dropped: list[str] = []
         accepted_documents: list[Doc] = []
         foreign: dict[str, str] = {}
+        refused: list[ReportRefusal] = []
         duplicates = superseded = 0
         # Report ids are unique per agent: stored (and compared) under the agent's prefix.
         prefix = agent_id + "/"
@@ -843,7 +868,12 @@ class Inventory:
         allowed_texts = _utc_texts(latest_allowed)
         received_text = _utc_texts(now)[27]
         ahead = timedelta(0)
-        for plain in plain_reports:
+
+        def site_of(serial: str) -> str | None:
+            found = devices.get(serial) or known_devices.get(serial)
+            return None if found is None else str(found["site_id"])
+
+        for position, plain in enumerate(plain_reports):
             snap: Doc = plain["snapshot"]
             serial: str = snap["serial"]
             device = devices.get(serial)
@@ -861,6 +891,10 @@ class Inventory:
             if key in reports or key in known_reports or report_id in left_ids or key in gone_here:
                 duplicates += 1
                 continue
+            refusal = reported.refusal(position, plain, site_id, site_of)
+            if refusal is not None:
+                refused.append(refusal)
+                continue
             collected_text: str = snap["collected_at"]
             allowed = allowed_texts.get(len(collected_text))
             if (
@@ -868,7 +902,12 @@ class Inventory:
                 if allowed is not None and collected_text[-1] == "Z"
                 else datetime.fromisoformat(collected_text) > latest_allowed
             ):
-                ahead = max(ahead, datetime.fromisoformat(collected_text) - now)
+                ahead_by = datetime.fromisoformat(collected_text) - now
+                ahead = max(ahead, ahead_by)
+                refusal = reported.too_far_ahead(position, plain, ahead_by)
+                if refusal is not None:
+                    refused.append(refusal)
+                    continue
                 claimed = collected_text
                 snap["collected_at"] = collected_text = received_text
             else:
@@ -933,7 +972,7 @@ class Inventory:
             raise DeviceAtOtherSite(site_id, foreign)
         self._note_call(agent_id, site_id, now)
         if status is not None:
-            self._agent_status[agent_id] = {**status.model_dump(), "at": now_text}
+            self._agent_status[agent_id] = {**status, "at": now_text}
         agent_doc = self._agent_update(agent_id, now)
         if plain_reports:
             clock = self._clock_change(agent_id, site_id, plain_reports[-1], ahead, now, events)
@@ -976,11 +1015,13 @@ class Inventory:
             now=now,
             site_id=site_id,
             agent_id=agent_id,
-            accepted=len(plain_reports) - duplicates - superseded,
+            accepted=len(plain_reports) - duplicates - superseded - len(refused),
             duplicates=duplicates,
             superseded=superseded,
             events=events,
             accepted_documents=accepted_documents,
+            refused=refused,
+            marked_characters=marked_characters,
         )
 
     async def finish(self, staged: StagedBatch) -> ReportBatchAck:
@@ -990,6 +1031,8 @@ class Inventory:
         self.stats.accepted += staged.accepted
         self.stats.duplicates += staged.duplicates
         self.stats.superseded += staged.superseded
+        self.stats.refused_reports.update(refusal.code for refusal in staged.refused)
+        self.stats.marked_characters += staged.marked_characters
         elapsed = time.perf_counter() - staged.started
         for observer in self.stats.observers:
             observer(elapsed)
@@ -1000,7 +1043,11 @@ class Inventory:
                     staged.now, staged.site_id, staged.agent_id, staged.accepted_documents
                 )
             )
-        return ReportBatchAck(accepted=staged.accepted, duplicates=staged.duplicates)
+        return ReportBatchAck(
+            accepted=staged.accepted,
+            duplicates=staged.duplicates,
+            refused=[RefusedReport.model_validate(r.to_json()) for r in staged.refused],
+        )
 
     def _clock_change(
         self,

@@ -314,3 +314,37 @@ async def test_held_over_its_bound_drops_repeats_first_and_counts_them(
     assert set(changes) <= set(kept), "a state change was dropped while repeats remained"
     assert len(kept) < len(entries) and held.unreported_drops == len(entries) - len(kept)
     assert any("dropped report" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_report_refused_in_the_answer_is_held_and_the_rest_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The controller stores a batch but one report it refuses by name (collected before any
+    device existed): the agent holds that one with the reason and lets the others go."""
+    from polyfleet.agent.delivery import ReportSender
+    from polyfleet.agent.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    await outbox.open()
+    held = HeldReports(tmp_path / "held")
+    await held.open()
+    try:
+        async with running_controller(tmp_path / "controller") as controller:
+            enrolled = await controller.enroll("krk")
+            early = snapshot_of("OLDCLOCK1").model_copy(
+                update={"collected_at": datetime(2001, 5, 5, tzinfo=UTC)}
+            )
+            for snap in (snapshot_of("FINE1"), early, snapshot_of("FINE2")):
+                assert await outbox.put(snap) is not None
+            async with aiohttp.ClientSession() as http:
+                uplink = Uplink(controller.url, session=http, token=enrolled.token)
+                sender = ReportSender(outbox, held, batch_size=200, held_retry_s=60.0)
+                assert await sender.send_once(uplink)
+            (kept,) = held.reports()
+            assert (kept.serial, kept.code) == ("OLDCLOCK1", "collected_too_early")
+            assert "before 2015-01-01" in kept.reason
+            assert controller.app[INVENTORY].serials() == {"FINE1", "FINE2"}
+            assert [e.kind for e in outbox.peek(10)] == ["notice"]  # reports_held, to say so
+    finally:
+        await held.close()
+        await outbox.close()

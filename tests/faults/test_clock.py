@@ -36,19 +36,27 @@ def near_now(text: str | None, within_s: float = 120) -> bool:
 async def test_report_from_the_future_does_not_freeze_the_device(
     controllers: Controllers, http: aiohttp.ClientSession
 ) -> None:
-    """A report dated 9999-12-31 is kept with its receive time: later reports still change the
-    device, and the agent is shown with its clock ahead until it is on time again."""
+    """A report half a year ahead is kept with its receive time (one dated 9999-12-31 is
+    refused alone, naming why): later reports still change the device, and the agent is
+    shown with its clock ahead until it is on time again."""
     controller = await controllers.start()
     enrolled = await enroll(http, controller.url, controller.codes["krk"][0])
     token, admin = enrolled["token"], controller.admin_token
-    future = await post_batch(
-        http, controller.url, token, batch(report(snapshot("CLK-1", collected_at=FAR_FUTURE)))
+    ahead = (datetime.now(UTC) + timedelta(days=180)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sent = batch(
+        report(snapshot("CLK-1", collected_at=ahead)),
+        report(snapshot("CLK-9", collected_at=FAR_FUTURE)),
     )
-    assert future.body == {"accepted": 1, "duplicates": 0}
+    future = await post_batch(http, controller.url, token, sent)
+    assert (future.body["accepted"], future.body["duplicates"]) == (1, 0), future.body
+    (refused,) = future.body["refused"]
+    assert (refused["serial"], refused["code"]) == ("CLK-9", "collected_too_late")
+    assert "clock" in refused["message"]
+    assert (await get_json(http, controller.url, "/api/v1/devices/CLK-9", admin)).status == 404
     device = (await get_json(http, controller.url, "/api/v1/devices/CLK-1", admin)).body
     assert near_now(device["collected_at"]), device["collected_at"]
     stored = (await get_json(http, controller.url, "/api/v1/devices/CLK-1/reports", admin)).body
-    assert stored["reports"][0]["agent_collected_at"] == FAR_FUTURE
+    assert stored["reports"][0]["agent_collected_at"] == ahead
     agents = (await get_json(http, controller.url, "/api/v1/agents", admin)).body["agents"]
     assert [(a["id"], a["clock"]["state"]) for a in agents] == [(enrolled["agent_id"], "ahead")]
     assert agents[0]["clock"]["skew_s"] > 365 * 24 * 3600
