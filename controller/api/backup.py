@@ -55,7 +55,9 @@ async def get_backup(request: web.Request) -> web.StreamResponse:
 
 
 def _spool(directory: Path) -> IO[bytes]:
-    # Beside the store, not in /tmp: a backup may be larger than a memory-backed /tmp.
+    # Beside the store, not in /tmp: a backup may be larger than a memory-backed /tmp. With
+    # PostgreSQL nothing else may have made the data directory yet.
+    directory.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryFile("w+b", dir=directory)
 
 

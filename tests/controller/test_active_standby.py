@@ -252,6 +252,8 @@ async def test_standby_points_agents_admins_and_browsers_to_the_active_one(
             "active_url": a.url,
             "url": a.url,
             "term": (await health(a.url) or {})["term"],
+            "store_state": "available",
+            "store_problem": None,
         }
         async with aiohttp.ClientSession(headers=bearer(admin)) as http:
             async with http.get(f"{b.url}/api/v1/devices") as response:
