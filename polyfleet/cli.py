@@ -10,6 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import TextIO, cast
 
 from polyfleet.shared.cli_errors import (
     EXIT_BROKEN_PIPE,
@@ -19,7 +20,7 @@ from polyfleet.shared.cli_errors import (
     CommandFailed,
     report_failure,
 )
-from polyfleet.shared.printable import LogFormatter
+from polyfleet.shared.printable import LogFormatter, TerminalText
 
 #: Third-party loggers that narrate every request or job run; shown only at DEBUG.
 CHATTY_LOGGERS = ("aiohttp.access", "apscheduler", "paramiko.transport")
@@ -114,10 +115,17 @@ def _main(arguments: list[str]) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    as_json = bool(getattr(args, "json", False))
+    # What a command prints cannot move the cursor, whatever a stored name or a device's
+    # report held (JSON is escaped by its encoder, and a script reads it as it is).
+    streams = sys.stdout, sys.stderr
+    if not as_json:
+        sys.stdout = cast(TextIO, TerminalText(sys.stdout))
+        sys.stderr = cast(TextIO, TerminalText(sys.stderr))
     try:
         return int(func(args))
     except CommandFailed as exc:
-        return report_failure(exc, as_json=bool(getattr(args, "json", False)))
+        return report_failure(exc, as_json=as_json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -130,7 +138,10 @@ def _main(arguments: list[str]) -> int:
             f"unexpected error ({type(exc).__name__}: {exc}); the traceback above says where",
             code="internal",
         )
-        return report_failure(failure, as_json=bool(getattr(args, "json", False)))
+        return report_failure(failure, as_json=as_json)
+    finally:
+        # TerminalText holds nothing back: the streams it wrote to have it all.
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def cmd_site_list(args: argparse.Namespace) -> int:
                 online = {True: "online", False: "agent offline", None: "no agent"}[
                     site["agent_online"]
                 ]
-                print(f"{site['id']:<16} {site['name']:<24} {site['devices']:>7}  {online}")
+                print(f"{site['id']:<16} {shown(site['name']):<24} {site['devices']:>7}  {online}")
         return 0
 
     return _run(args, action, needs_store=True)
@@ -491,13 +491,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
             return 0
         print(f"{'SERIAL':<18} {'MODEL':<11} {'PROVIDER':<11} {'FIRMWARE':<18} {'HEALTH':<12} SITE")
         for device in devices:
-            firmware = device["firmware"]["version"]
+            firmware = shown(device["firmware"]["version"])
             if device["firmware"]["build"]:
-                firmware += f"-{device['firmware']['build']}"
+                firmware += f"-{shown(device['firmware']['build'])}"
             print(
                 f"{device['serial']:<18} {device['model']:<11} {device['provider']:<11} "
                 f"{firmware:<18} {device['health']['state']:<12} {device['site']}"
-                + (f" / {device['room']}" if device.get("room") else "")
+                + (f" / {shown(device['room'])}" if device.get("room") else "")
             )
         return 0
 
@@ -573,9 +573,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for entry in page["entries"]:
             details = json.dumps(entry["details"], ensure_ascii=False, sort_keys=True)
             print(
-                f"{entry['id']:>6}  {entry['at']:<25} {entry['actor']['name']:<16} "
-                f"{_origin_text(entry['origin']):<24} {entry['action']:<16} {entry['target']}"
-                + (f"  {details}" if entry["details"] else "")
+                f"{entry['id']:>6}  {entry['at']:<25} {shown(entry['actor']['name']):<16} "
+                f"{shown(_origin_text(entry['origin'])):<24} {entry['action']:<16} "
+                f"{shown(entry['target'])}" + (f"  {shown(details)}" if entry["details"] else "")
             )
         if page["more"] and page["entries"]:
             last = page["entries"][-1]["id"]

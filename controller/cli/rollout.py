@@ -27,6 +27,7 @@ from polyfleet.controller.domain.rollout import (
 from polyfleet.controller.services.packages import file_chunks
 from polyfleet.controller.services.rollout import ROLLOUT_STATUSES
 from polyfleet.shared.cli_errors import CommandFailed
+from polyfleet.shared.printable import write_control
 
 EXIT_OK, EXIT_FAILED = 0, 1
 #: ``rollout status --watch`` stops by itself once the rollout is in one of these.
@@ -225,7 +226,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f"  {wave['name']:<7} " + _counts(counts["by_status"]))
     halt = status.get("halt")
     if halt:
-        lines.append(f"  halted: {halt.get('reason')}")
+        lines.append(f"  halted: {shown(str(halt.get('reason')))}")
     for active in status.get("active") or ():
         lines.append(f"  {active['serial']:<16} {active['status']:<18} hop {active['hop']}")
     return lines
@@ -248,7 +249,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 lines = status_lines(status)
                 if tty and shown:
                     # Back to the first line of the previous frame, and clear down.
-                    sys.stdout.write(f"\x1b[{shown}F\x1b[J")
+                    write_control(sys.stdout, f"\x1b[{shown}F\x1b[J")
                 sys.stdout.write("\n".join(lines) + "\n")
                 shown = len(lines)
             sys.stdout.flush()
