@@ -63,6 +63,7 @@ from polyfleet.controller.http.auth import auth_middleware
 from polyfleet.controller.http.bodies import CONNECTION_GUARD, body_middleware
 from polyfleet.controller.http.connections import ConnectionGuard, GuardedTCPSite
 from polyfleet.controller.http.errors import error_middleware, quiet_malformed_requests
+from polyfleet.controller.http.query import empty_query_middleware
 from polyfleet.controller.http.throttle import AUTH_LIMITER, ENROLL_LIMITER, AttemptLimiter
 from polyfleet.controller.keys import (
     ACCESS,
@@ -181,7 +182,14 @@ def create_app(
     quiet_malformed_requests()
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[error_middleware, role_middleware, auth_middleware, body_middleware],
+        middlewares=[
+            error_middleware,
+            # Before anything reads the body: a request cannot be cloned after that.
+            empty_query_middleware,
+            role_middleware,
+            auth_middleware,
+            body_middleware,
+        ],
     )
     app[CORE] = controller
     app[CONFIG] = controller.config

@@ -8,9 +8,19 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 PROTOCOL_VERSION = 1
+#: The protocol version a request names: the document lists the one this side speaks; the
+#: controller refuses another with ``unsupported_protocol_version`` (checked before the model).
+ProtocolVersion = Annotated[int, WithJsonSchema({"type": "integer", "enum": [PROTOCOL_VERSION]})]
 #: Protocol versions the controller accepts.
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
 #: Most snapshots in one ``POST /api/v1/agent/reports``.
@@ -190,7 +200,7 @@ class AgentStatus(_Strict):
 
 
 class ReportBatch(_Strict):
-    protocol_version: int
+    protocol_version: ProtocolVersion
     reports: list[Report] = Field(max_length=MAX_BATCH_SNAPSHOTS)
     notices: list[AgentNotice] = Field(default_factory=list, max_length=64)
     #: Optional: agents before this field send none.
@@ -291,7 +301,7 @@ class ReportBatchAck(BaseModel):
 
 
 class EnrollRequest(_Strict):
-    protocol_version: int
+    protocol_version: ProtocolVersion
     code: Annotated[str, StringConstraints(min_length=8, max_length=128)]
     agent_name: ShortText = ""
     hostname: ShortText = ""

@@ -35,16 +35,28 @@ from polyfleet.controller.http.caller import caller
 from polyfleet.controller.http.errors import ApiError, read_model
 from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.services.device_table import MAX_LIMIT, SORT_KEYS, DeviceQuery
+from polyfleet.controller.services.device_table import (
+    MAX_LIMIT,
+    NO_ROOM_VALUES,
+    SORT_KEYS,
+    DeviceQuery,
+)
+from polyfleet.shared.schema import HealthState, Model, Provider
 
 DEVICE_QUERY: dict[str, str | Param] = {
     "site": "only devices of this site id",
-    "model": "studio_x30, studio_x50, studio_x70, studio_e70, g7500 or unknown",
-    "provider": "teams, zoom, poly, device_mode or unknown",
-    "health": "ok, degraded, fault or unreachable",
+    "model": Param("only this model", {"type": "string", "enum": [m.value for m in Model]}),
+    "provider": Param(
+        "only this provider", {"type": "string", "enum": [p.value for p in Provider]}
+    ),
+    "health": Param(
+        "only this health state", {"type": "string", "enum": [h.value for h in HealthState]}
+    ),
     "firmware": "firmware version, e.g. 4.1.0 (or version-build)",
     "room": "only devices in this room",
-    "no_room": Param("1: only devices without a room", {"type": "string", "enum": ["1", "0"]}),
+    "no_room": Param(
+        "1: only devices without a room", {"type": "string", "enum": list(NO_ROOM_VALUES)}
+    ),
     "q": "words that must all appear in the serial, name, room, site, model or firmware",
     "flag": Param(
         "only devices whose entitlement verdict carries this flag",
@@ -58,11 +70,17 @@ DEVICE_QUERY: dict[str, str | Param] = {
     "limit": Param("at most this many", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
 }
 EVENT_QUERY = {
-    "since": "only events with a larger id (poll with the last id seen)",
+    "since": Param(
+        "only events with a larger id (poll with the last id seen)",
+        {"type": "integer", "minimum": 0},
+    ),
     "kind": "only this kind (health_changed, device_unreachable, agent_offline...)",
     "site": "only events of this site id",
     "serial": "only events of this device",
-    "limit": "at most this many (default 100, max 1000); without since, the newest",
+    "limit": Param(
+        "at most this many (default 100; more than 1000 gives 1000); without since, the newest",
+        {"type": "integer", "minimum": 1},
+    ),
 }
 
 
@@ -252,6 +270,8 @@ async def get_job_artifact(request: web.Request) -> web.StreamResponse:
 async def list_events(request: web.Request) -> web.Response:
     query = request.query
     since = _int_query(request, "since", 0)
+    if since < 0:
+        raise ApiError(400, "invalid", "since must be 0 or more (an event id)", "since")
     limit = min(_int_query(request, "limit", 100), 1000)
     if limit < 1:
         raise ApiError(400, "invalid", "limit must be at least 1", "limit")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from polyfleet.controller.domain.admin_input import NameText
+from polyfleet.controller.domain.admin_input import NAME_MAX_CHARS, PRINTABLE_OR_EMPTY, NameText
 from polyfleet.shared.schema import ErrorBody, Firmware, Health, JobKind, Peripheral, Serial
 
 
@@ -22,17 +23,44 @@ class ErrorResponse(_Out):
     error: ErrorBody
 
 
+#: A site's time zone: an IANA name (the inventory checks it; the document lists them).
+TimezoneName = Annotated[
+    str,
+    Field(min_length=1, max_length=64),
+    WithJsonSchema({"type": "string", "enum": sorted(available_timezones())}),
+]
+
+
 class SiteIn(_In):
     id: str = Field(min_length=1, max_length=64)
-    name: str = Field(default="", max_length=256)
-    timezone: str = Field(default="Europe/Warsaw", max_length=64)
+    # Checked by the inventory's name rules (empty: the id is the name), documented here.
+    name: Annotated[
+        str,
+        Field(max_length=256),
+        WithJsonSchema(
+            {"type": "string", "maxLength": NAME_MAX_CHARS, "pattern": PRINTABLE_OR_EMPTY}
+        ),
+    ] = ""
+    timezone: TimezoneName = "Europe/Warsaw"
 
 
 class SitePatch(_In):
     """What changes: a new name, a new time zone, or both."""
 
+    # At least one of them not null (a null one is left as it is).
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("name", "timezone")
+            ]
+        },
+    )
+
     name: NameText | None = None
-    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    timezone: TimezoneName | None = None
 
 
 class SiteOut(_Out):

@@ -90,13 +90,17 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
 def _parameter(name: str, where: str, param: str | Param) -> dict[str, Any]:
     if isinstance(param, str):
         param = Param(param)
-    return {
+    parameter = {
         "name": name,
         "in": where,
         "required": True if where == "path" else param.required,
         "description": param.description,
         "schema": dict(param.schema),
     }
+    if where == "query":
+        # An empty value is the parameter not given (controller/http/query.py).
+        parameter["allowEmptyValue"] = True
+    return parameter
 
 
 def _error(

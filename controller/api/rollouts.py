@@ -353,7 +353,11 @@ def register(app: web.Application) -> None:
     router.add_delete("/api/v1/rollouts/penalty-box/{serial}", release_penalty)
     router.add_get("/api/v1/rollouts/{rollout_id}", get_rollout, allow_head=False)
     router.add_get("/api/v1/rollouts/{rollout_id}/status", get_status, allow_head=False)
-    router.add_post("/api/v1/rollouts/{rollout_id}/{action}", act)
+    # Neither the penalty box nor a rollout's status takes a POST: the action route does not
+    # claim their paths, so a 405 there names only their own methods in Allow.
+    router.add_post(
+        "/api/v1/rollouts/{rollout_id:(?!penalty-box/)[^{}/]+}/{action:(?!status$)[^{}/]+}", act
+    )
     router.add_get("/api/v1/releases/packages", list_packages, allow_head=False)
     router.add_put("/api/v1/releases/{version}/package", put_package)
     router.add_get("/api/v1/releases/{version}/package", get_package, allow_head=False)

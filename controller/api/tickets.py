@@ -29,7 +29,7 @@ from polyfleet.controller.features import tickets
 from polyfleet.controller.http.caller import caller
 from polyfleet.controller.http.errors import read_model
 from polyfleet.controller.http.files import download
-from polyfleet.controller.http.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.keys import CORE, EVENT_BUS, METRICS
 from polyfleet.controller.services.delivery import RESULTS
 from polyfleet.controller.services.ticket_service import TicketService
@@ -132,7 +132,10 @@ async def list_tickets(request: web.Request) -> web.Response:
     roles=READERS,
     response=DeliveryList,
     query={
-        "state": "only deliveries in this state (pending, retrying, sent, failed)",
+        "state": Param(
+            "only deliveries in this state",
+            {"type": "string", "enum": ["pending", "retrying", "sent", "failed"]},
+        ),
         "ticket": "only this ticket's deliveries",
     },
     errors=(400,),
@@ -235,9 +238,11 @@ def register(app: web.Application) -> None:
     # Before the ticket routes: "deliveries" is not a ticket id (those are PF-...).
     app.router.add_get("/api/v1/tickets/deliveries", list_deliveries)
     app.router.add_get("/api/v1/tickets/{ticket_id}", show_ticket)
-    app.router.add_patch("/api/v1/tickets/{ticket_id}", fill_ticket)
+    # The deliveries list takes no PATCH: a 405 there names only GET and HEAD in Allow.
+    app.router.add_patch("/api/v1/tickets/{ticket_id:(?!deliveries$)[^{}/]+}", fill_ticket)
     app.router.add_get("/api/v1/tickets/{ticket_id}/bundle", ticket_bundle)
-    app.router.add_post("/api/v1/tickets/{ticket_id}/{action}", ticket_action)
+    # A ticket's bundle takes no POST: a 405 there names only GET and HEAD in Allow.
+    app.router.add_post("/api/v1/tickets/{ticket_id}/{action:(?!bundle$)[^{}/]+}", ticket_action)
 
 
 class TicketDeliveryCollector(Collector):

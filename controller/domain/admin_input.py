@@ -106,6 +106,8 @@ def shown(value: str) -> str:
 _PRINTABLE_PATTERN = (
     r"^[^\u0000-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+$"
 )
+#: The same, for a text that may be left empty.
+PRINTABLE_OR_EMPTY = _PRINTABLE_PATTERN[:-2] + "*$"
 
 
 def _as_pydantic(check: Callable[[str], str], schema: dict[str, object]) -> tuple[object, ...]:

@@ -146,10 +146,22 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        response = error_response(exc.status, code, exc.reason)
+        # What the router said beside the status (405's Allow) is part of the answer.
+        response.headers.update(kept_headers(exc))
+        return response
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; the controller log has details")
+
+
+#: Headers of an aiohttp HTTP exception that an answer rendered in its place keeps.
+KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+def kept_headers(exc: web.HTTPException) -> dict[str, str]:
+    """The headers of ``exc`` (405's ``Allow``...) that the page or JSON answering it keeps."""
+    return {name: exc.headers[name] for name in KEPT_HEADERS if name in exc.headers}
 
 
 class MalformedRequestLog(logging.Filter):

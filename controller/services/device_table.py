@@ -34,6 +34,8 @@ DEFAULT_SORT = "serial"
 #: The inventory's own filters (``DeviceFilter``), by query parameter name.
 FILTERS = ("site", "room", "model", "provider", "health", "firmware")
 MAX_LIMIT = 10_000
+#: What ``no_room`` may be (links and scripts have sent each), and what it means.
+NO_ROOM_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 #: Columns of a device list as CSV (``polyfleet controller devices export --csv``).
 CSV_COLUMNS = (
@@ -117,7 +119,13 @@ class DeviceQuery:
         if sort not in SORT_KEYS:
             allowed = ", ".join(SORT_KEYS)
             raise InvalidInput("sort", f"sort must be one of {allowed} (- first: descending)")
-        no_room = values.get("no_room", "").lower() in ("1", "true", "yes")
+        no_room_text = values.get("no_room") or "0"
+        if no_room_text not in NO_ROOM_VALUES:
+            raise InvalidInput(
+                "no_room",
+                f"no_room must be 1 (only devices without a room) or 0; got {no_room_text!r}",
+            )
+        no_room = NO_ROOM_VALUES[no_room_text]
         q = (values.get("q") or "").strip() or None
         return cls(
             where=where,

@@ -24,7 +24,7 @@ from multidict import MultiDict, MultiDictProxy
 
 from polyfleet.controller.errors import NotAllowed, Refused
 from polyfleet.controller.features.caller import Caller, record
-from polyfleet.controller.http.errors import Handler
+from polyfleet.controller.http.errors import Handler, kept_headers
 from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
@@ -333,7 +333,9 @@ async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> we
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_page(request, exc.status, exc.text or exc.reason)
+        page = error_page(request, exc.status, exc.text or exc.reason)
+        page.headers.update(kept_headers(exc))
+        return page
     except Refused as exc:
         return error_page(request, exc.status, exc.message)
     except StoreUnavailable:
