@@ -40,6 +40,7 @@ from polyfleet.shared.cli_errors import (
 )
 from polyfleet.shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
 from polyfleet.shared.fingerprint import normalise_fingerprint
+from polyfleet.shared.printable import write_control
 from polyfleet.shared.schema import Snapshot
 
 DEFAULT_CONFIG = os.environ.get("POLYFLEET_AGENT_CONFIG", "agent.toml")
@@ -299,7 +300,9 @@ def _discover(args: argparse.Namespace) -> int:
     def progress(done: int, total: int, found: int) -> None:
         if show_progress:
             end = "\n" if done == total else ""
-            sys.stderr.write(f"\rscanned {done}/{total} addresses, {found} Poly devices found{end}")
+            # Back to the line's start: the command's own redraw, not text to escape.
+            write_control(sys.stderr, "\r")
+            sys.stderr.write(f"scanned {done}/{total} addresses, {found} Poly devices found{end}")
             sys.stderr.flush()
 
     try:
