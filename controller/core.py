@@ -29,14 +29,14 @@ from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.rollout import RolloutService
-from polyfleet.controller.services.ticket_config import TicketSettings, ticket_settings
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
 from polyfleet.controller.services.ticket_service import TicketIndex, TicketService
 from polyfleet.controller.services.web_sessions import SessionService
+from polyfleet.controller.settings.tickets import TicketSettings, ticket_settings
+from polyfleet.controller.settings.web import WebSettings, web_settings
 from polyfleet.controller.store.base import Store
 from polyfleet.controller.store.postgres import PostgresStore
 from polyfleet.controller.store.tinydb import TinyDBStore
-from polyfleet.controller.web.settings import WebSettings, web_settings
 
 #: The embedded store's folder inside the data directory.
 STORE_DIR = "store"

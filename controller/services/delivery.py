@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from polyfleet.controller.services.email import Attachment, DeliveryError, SmtpSender, build_email
-from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.services.webhook import WebhookSender, encode_payload
+from polyfleet.controller.settings.tickets import TicketSettings
 from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.retry import Backoff

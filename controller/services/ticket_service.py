@@ -55,7 +55,7 @@ from polyfleet.controller.services.delivery import (
 )
 from polyfleet.controller.services.email import Attachment
 from polyfleet.controller.services.entitlement import ASSETS
-from polyfleet.controller.services.ticket_config import TicketSettings
+from polyfleet.controller.settings.tickets import TicketSettings
 from polyfleet.controller.store.base import AGENTS, SITES, Doc, Store
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.schema import Model, Snapshot

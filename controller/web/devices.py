@@ -20,10 +20,10 @@ from polyfleet.controller.services.device_table import (
     DeviceRows,
     csv_row,
 )
+from polyfleet.controller.settings.web import MAX_PAGE_SIZE
 from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import dashboard_caller, page
-from polyfleet.controller.web.settings import MAX_PAGE_SIZE
 from polyfleet.controller.web.timeline import timeline
 from polyfleet.shared.schema import HealthState, Model, Provider
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from polyfleet.controller.services.web_sessions import SessionService, WebSession
-from polyfleet.controller.web.settings import WebSettings
+from polyfleet.controller.settings.web import WebSettings
 
 SETTINGS = web.AppKey("web_settings", WebSettings)
 SESSIONS = web.AppKey("web_sessions", SessionService)

@@ -13,8 +13,8 @@ from polyfleet.controller.domain.assets import Asset, Contract
 from polyfleet.controller.domain.tickets import TicketStatus, ticket_id
 from polyfleet.controller.services.delivery import SENT
 from polyfleet.controller.services.entitlement import ASSETS, load_plans
-from polyfleet.controller.services.ticket_config import ticket_settings
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
+from polyfleet.controller.settings.tickets import ticket_settings
 from polyfleet.controller.store.base import SITES
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.schema import (
