@@ -56,7 +56,6 @@ from polyfleet.controller.services.access import Principal, UnknownSite
 from polyfleet.controller.store.base import (
     AGENTS,
     DEVICES,
-    EVENTS,
     HEALTH_HISTORY,
     REPORTS,
     SITES,
@@ -409,7 +408,9 @@ def _same_health(old: Doc, new: Doc) -> bool:
 
 
 class Inventory:
-    """Owns the ``sites``, ``devices`` and ``reports`` collections."""
+    """Owns the ``sites``, ``devices``, ``reports``, ``health_history``, ``report_receipts``
+    and ``agents`` collections (an agent is enrolled and removed by ``AccessService``, which
+    hands its credential's change to ``add_agent`` and ``remove_agent``)."""
 
     def __init__(self, store: Store, bus: EventBus, clock: Clock, config: ControllerConfig) -> None:
         self._store = store
@@ -435,6 +436,9 @@ class Inventory:
         self._receipt_number = 0
         self._turn = asyncio.Lock()
         self._index = _DeviceIndex()
+        #: Site -> ids of its agents; built from the store at first use, kept by
+        #: ``add_agent`` and ``remove_agent`` (which alone add or remove agents).
+        self._agent_ids: dict[str, set[str]] | None = None
 
     def load(self) -> None:
         """Take reachability baselines and each device's reports from the store (once open)."""
@@ -461,6 +465,7 @@ class Inventory:
         self._load_receipts()
         self._migrate_devices()
         self._index = _DeviceIndex.of(self._store.scan(DEVICES).values())
+        self._agent_ids = None
 
     def _migrate_report_keys(self) -> None:
         """Key reports an earlier version stored by their id alone by agent and id."""
@@ -555,12 +560,9 @@ class Inventory:
         return existing, changed
 
     def sites(self) -> list[Doc]:
-        agents_per_site: dict[str, int] = {}
-        for agent in self._store.scan(AGENTS).values():
-            agents_per_site[agent["site_id"]] = agents_per_site.get(agent["site_id"], 0) + 1
-        by_site = self._index.by_site
+        by_site, agents = self._index.by_site, self._agents_by_site()
         return [
-            site_summary(site, len(by_site.get(site_id, ())), agents_per_site.get(site_id, 0))
+            site_summary(site, len(by_site.get(site_id, ())), len(agents.get(site_id, ())))
             for site_id, site in sorted(self._store.scan(SITES).items())
         ]
 
@@ -576,14 +578,89 @@ class Inventory:
         site = self._store.get(SITES, site_id)
         if site is None:
             return None
-        agents = sum(
-            1 for agent in self._store.scan(AGENTS).values() if agent["site_id"] == site_id
-        )
+        agents = len(self._agents_by_site().get(site_id, ()))
         return site_summary(site, len(self._index.by_site.get(site_id, ())), agents)
+
+    def has_site(self, site_id: str) -> bool:
+        return self._store.get(SITES, site_id) is not None
 
     def site_ids(self) -> list[str]:
         """Every site's id, sorted."""
         return sorted(self._store.scan(SITES))
+
+    def site_zone(self, site_id: str) -> str | None:
+        """The IANA time zone a site's times are shown in, or None for an unknown site."""
+        site = self._store.get(SITES, site_id)
+        return None if site is None else str(site.get("timezone") or "UTC")
+
+    def site_zones(self) -> dict[str, str]:
+        """Every site's time zone by site id."""
+        return {
+            site_id: str(site.get("timezone") or "UTC")
+            for site_id, site in self._store.scan(SITES).items()
+        }
+
+    def site_name(self, site_id: str) -> str | None:
+        """A site's display name, or None for an unknown site."""
+        site = self._store.get(SITES, site_id)
+        name = None if site is None else site.get("name")
+        return name if isinstance(name, str) else None
+
+    # -- agents ------------------------------------------------------------------------------
+
+    def _agents_by_site(self) -> dict[str, set[str]]:
+        if self._agent_ids is None:
+            found: dict[str, set[str]] = {}
+            for agent_id, doc in self._store.scan(AGENTS).items():
+                found.setdefault(str(doc["site_id"]), set()).add(agent_id)
+            self._agent_ids = found
+        return self._agent_ids
+
+    def agent(self, agent_id: str) -> Doc | None:
+        """An enrolled agent's stored document, or None."""
+        return self._store.get(AGENTS, agent_id)
+
+    def agents(self, site_id: str | None = None) -> list[Doc]:
+        """The stored documents of the enrolled agents (of ``site_id``), by id."""
+        by_site = self._agents_by_site()
+        ids = (
+            sorted(by_site.get(site_id, ()))
+            if site_id is not None
+            else sorted(agent_id for ids in by_site.values() for agent_id in ids)
+        )
+        get = self._store.get
+        return [doc for agent_id in ids if (doc := get(AGENTS, agent_id)) is not None]
+
+    def site_clock_ahead(self, site_id: str | None) -> float | None:
+        """How far ahead (seconds) the clock of a site's agent is, when one's is ahead."""
+        if site_id is None:
+            return None
+        for doc in self.agents(site_id):
+            clock = doc.get("clock") or {}
+            if clock.get("state") == "ahead":
+                return float(clock.get("skew_s") or 0)
+        return None
+
+    def add_agent(
+        self,
+        agent: Doc,
+        *,
+        together: Mapping[str, Mapping[str, Doc]],
+        gone: Mapping[str, Iterable[str]],
+    ) -> int:
+        """Store a newly enrolled ``agent`` in one change with ``together`` (its credential)
+        and the deletes ``gone`` (its spent code); applied, returns the change to wait for."""
+        seq = self._store.apply({**together, AGENTS: {agent["id"]: agent}}, gone)
+        self._agents_by_site().setdefault(str(agent["site_id"]), set()).add(agent["id"])
+        return seq
+
+    def remove_agent(self, agent_id: str, *, gone: Mapping[str, Iterable[str]]) -> int:
+        """Remove an agent in one change with the deletes ``gone`` (its credentials);
+        applied, returns the change to wait for."""
+        seq = self._store.apply({}, {**gone, AGENTS: [agent_id]})
+        for ids in self._agents_by_site().values():
+            ids.discard(agent_id)
+        return seq
 
     # -- devices -----------------------------------------------------------------------------
 
@@ -702,7 +779,7 @@ class Inventory:
             if old["site_id"] != site_id
         ]
         puts, deletes = self._bus.record(events)
-        seq = self._store.apply({DEVICES: moved, EVENTS: puts}, {EVENTS: deletes})
+        seq = self._store.apply({DEVICES: moved, **puts}, deletes)
         for moved_doc in moved.values():
             self._index.put(moved_doc)
         await self._store.wait_durable(seq)
@@ -944,7 +1021,7 @@ class Inventory:
             DEVICES: devices,
             REPORTS: reports,
             HEALTH_HISTORY: history,
-            EVENTS: event_puts,
+            **event_puts,
         }
         if agent_doc:
             puts[AGENTS] = {agent_id: agent_doc}
@@ -955,7 +1032,7 @@ class Inventory:
         # events, receipts): handed over to the store, not copied.
         store.apply(
             puts,
-            {REPORTS: dropped, EVENTS: event_deletes, REPORT_RECEIPTS: expired},
+            {REPORTS: dropped, REPORT_RECEIPTS: expired, **event_deletes},
             {DEVICES: patches},
             handover=True,
         )
@@ -1199,10 +1276,10 @@ class Inventory:
                 [AgentOnline(at=now, site_id=site_id, agent_id=agent_id)] if was_offline else []
             )
             puts, deletes = self._bus.record(events)
-            changes: dict[str, dict[str, Doc]] = {EVENTS: puts}
+            changes: dict[str, dict[str, Doc]] = dict(puts)
             if site is not None:
                 changes[SITES] = {site_id: {**site, "agent_online": True}}
-            self._store.apply(changes, {EVENTS: deletes})
+            self._store.apply(changes, deletes)
             self._bus.dispatch(events)
 
     def _agent_update(self, agent_id: str, now: datetime) -> Doc | None:
@@ -1271,9 +1348,9 @@ class Inventory:
                 DEVICES: devices,
                 SITES: sites,
                 HEALTH_HISTORY: history,
-                EVENTS: puts,
+                **puts,
             }
-            await self._store.wait_durable(self._store.apply(changes, {EVENTS: deletes}))
+            await self._store.wait_durable(self._store.apply(changes, deletes))
             self._bus.dispatch(events)
         return events
 
