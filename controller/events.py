@@ -2,7 +2,7 @@
 
 Usage (from a feature's background task, see ``controller.app.BACKGROUND``)::
 
-    bus = app[EVENT_BUS]
+    bus = app[CORE].bus
     subscription = bus.subscribe(on_event, kinds={HealthChanged, AgentOffline})
     ...
     subscription.cancel()

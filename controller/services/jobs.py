@@ -1,6 +1,6 @@
 """Jobs for agents (collect diagnostics, reboot...): queue, hand out, store artifacts and results.
 
-Python API for features (``app[JOBS]``)::
+Python API for features (``app[CORE].jobs``)::
 
     job = await jobs.enqueue("SERIAL", JobKind.COLLECT_DIAGNOSTICS, params={...})
     # JobPending (a JobConflict) when a job of that kind is pending for the device already:

@@ -9,7 +9,7 @@ The check reads every module under controller/ and resolves each name to the str
 it was imported as. It counts as a read ``.scan(C)``, ``.count(C)`` and ``.get(C, ...)``; as a
 write ``.put_many(C, ...)``, ``.delete(C, ...)`` and a change keyed by ``C`` (a dict display
 ``{C: ...}`` or ``changes[C] = ...``, as ``store.apply`` takes them), where ``C`` names a
-collection. A store (a receiver spelled ``store``, ``_store`` or ``app[STORE]``) asked for a
+collection. A store (a receiver spelled ``store``, ``_store`` or ``app[CORE].store``) asked for a
 collection that no constant names is a problem too: the check could not tell whose it is.
 """
 
@@ -216,7 +216,7 @@ def _loops(module: str, function: ast.AST) -> Loops:
 def _is_store(node: ast.expr) -> bool:
     """Whether a call's receiver is, by its name, the store."""
     text = ast.unparse(node)
-    return text == "store" or text.endswith(("_store", ".store", "[STORE]"))
+    return text == "store" or text.endswith(("_store", ".store"))
 
 
 READS = {"scan": "read", "count": "read", "get": "read"}

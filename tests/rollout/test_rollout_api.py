@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
@@ -267,7 +266,7 @@ async def test_controls_follow_the_status_and_are_events(controller: RunningCont
 async def test_viewers_read_but_cannot_plan(controller: RunningController) -> None:
     """A viewer token lists rollouts, packages and the penalty box, and gets 403 on planning,
     adding a package and releasing a device."""
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "viewer")
     headers = {"Authorization": f"Bearer {viewer}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         for path in ("rollouts", "releases/packages", "rollouts/penalty-box"):

@@ -19,9 +19,8 @@ import aiohttp
 from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
 from polyfleet.agent.uplink import Credential
-from polyfleet.controller.api.tickets import TICKET_DESK, TicketDesk
+from polyfleet.controller.api.tickets import TicketDesk
 from polyfleet.controller.events import Event, SnapshotsIngested
-from polyfleet.controller.keys import EVENT_BUS
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import ProblemCode, Snapshot
 from polyfleet.simulator.fleet import DeviceSpec, PeripheralSpec
@@ -123,9 +122,9 @@ async def whole_product(
             ).save(config.credential_path)
             service = AgentService(config)
             await service.start()
-            desk = controller.app[TICKET_DESK]
+            desk = controller.core.tickets
             if snapshots is not None:
-                controller.app[EVENT_BUS].subscribe(snapshots, kinds={SnapshotsIngested})
+                controller.core.bus.subscribe(snapshots, kinds={SnapshotsIngested})
             await wait_until(lambda: desk.service is not None)
             yield lab, desk
     finally:
