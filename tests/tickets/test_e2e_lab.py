@@ -19,7 +19,7 @@ import aiohttp
 from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
 from polyfleet.agent.uplink import Credential
-from polyfleet.controller.api.tickets import TicketDesk
+from polyfleet.controller.core import TicketDesk
 from polyfleet.controller.events import Event, SnapshotsIngested
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import ProblemCode, Snapshot
