@@ -1,10 +1,4 @@
-"""Every text an admin can send, through the API or a CLI option, is refused with its field named
-when it holds a line break, a control character or a bidirectional override.
-
-The fields are not listed by hand alone: the API's are read from its own OpenAPI document and
-the CLI's from its parser, so a new field or option fails here until it is tried or said (with
-the reason) to be no admin text.
-"""
+"""Each admin text of the API (read from its OpenAPI document) and CLI refuses bad characters."""
 
 from __future__ import annotations
 
