@@ -5,12 +5,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from pydantic import AfterValidator, Field, model_validator
+
+from polyfleet.shared.config import (
+    ConfigModel,
+    ConfigPath,
+    at_least,
+    between,
+    check,
+    config_error,
+    read_toml,
+)
 from polyfleet.shared.errors import ConfigError, os_error_words
 from polyfleet.shared.fingerprint import normalise_fingerprint
 
@@ -240,264 +250,237 @@ def check_controller_url(url: str, *, allow_insecure: bool, where: str = "contro
     )
 
 
-class _Table:
-    """A TOML table read with type checks; every error names the file and the dotted key."""
-
-    def __init__(self, data: dict[str, Any], *, source: str, prefix: str) -> None:
-        self.data = data
-        self.source = source
-        self.prefix = prefix
-        self.used: set[str] = set()
-
-    def where(self, key: str) -> str:
-        return f"{self.source}: {self.prefix}{key}"
-
-    def _get(self, key: str, types: tuple[type, ...], what: str) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return None
-        value = self.data[key]
-        if isinstance(value, bool) and bool not in types:
-            raise ConfigError(f"{self.where(key)} must be {what}, not {value!r}")
-        if not isinstance(value, types):
-            raise ConfigError(f"{self.where(key)} must be {what}, not {value!r}")
-        return value
-
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value = self._get(key, (str,), "a string")
-        return default if value is None else str(value)
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self._get(key, (int, float), "a number")
-        if value is None:
-            return default
-        if float(value) < minimum:
-            raise ConfigError(f"{self.where(key)} must be at least {minimum:g}, not {value!r}")
-        return float(value)
-
-    def integer(self, key: str, default: int, *, minimum: int = 0, maximum: int = 2**62) -> int:
-        value = self._get(key, (int,), "a whole number")
-        if value is None:
-            return default
-        if not minimum <= int(value) <= maximum:
-            raise ConfigError(
-                f"{self.where(key)} must be between {minimum} and {maximum}, not {value!r}"
-            )
-        return int(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self._get(key, (bool,), "true or false")
-        return default if value is None else bool(value)
-
-    def strings(self, key: str) -> list[str] | None:
-        value = self._get(key, (list,), "a list of strings")
-        if value is not None and not all(isinstance(item, str) for item in value):
-            raise ConfigError(f"{self.where(key)} must be a list of strings, not {value!r}")
-        return None if value is None else [str(item) for item in value]
-
-    def table(self, key: str) -> _Table:
-        value = self._get(key, (dict,), "a table")
-        return _Table(value or {}, source=self.source, prefix=f"{self.prefix}{key}.")
-
-    def fingerprint(self, key: str) -> str | None:
-        value = self.text(key)
-        if value is None:
-            return None
-        try:
-            return normalise_fingerprint(value)
-        except ValueError as exc:
-            raise ConfigError(f"{self.where(key)}: {exc}") from exc
-
-    def reject_unknown(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(
-                f"{self.where(unknown[0])}: unknown key (known: {', '.join(sorted(self.used))})"
-            )
+# -- the file ------------------------------------------------------------------------------------
 
 
-def _secret(t: _Table, defaults: _Table | None, base: Path, origin: str) -> Secret:
-    file_text = t.text("password_file")
-    env = t.text("password_env")
-    if file_text is None and env is None and defaults is not None:
-        file_text = defaults.text("password_file")
-        env = defaults.text("password_env")
-    if file_text is not None and env is not None:
-        raise ConfigError(
-            f"{t.where('password_file')}: give password_file or password_env, not both"
-        )
-    if file_text is None and env is None:
-        raise ConfigError(f"{t.where('password_file')}: missing (or set password_env)")
-    path = None if file_text is None else _path(file_text, base)
-    return Secret(file=path, env=env, origin=origin)
+def _http_url(url: str) -> str:
+    if url and not url.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, not {url!r}")
+    return url
 
 
-def _optional_path(text: str | None, base: Path) -> Path | None:
-    return None if text is None else _path(text, base)
+def _host_port(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:8443)")
+    return text
 
 
-def _path(text: str, base: Path) -> Path:
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else base / path
+def _status_listen(text: str) -> str:
+    text = text.strip()
+    if text in ("", "off"):
+        return ""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f'{text!r} is not HOST:PORT (e.g. {DEFAULT_STATUS_LISTEN}), or "off"')
+    return text
+
+
+def _fingerprint(text: str) -> str:
+    return normalise_fingerprint(text)
+
+
+def _text(value: str) -> str:
+    if not value:
+        raise ValueError("missing")
+    return value
+
+
+Port = Annotated[int, between(1, 65535)]
+#: 0 means "this device has no SSH".
+SshPort = Annotated[int, between(0, 65535)]
+Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
+
+
+class AgentTable(ConfigModel):
+    """``[agent]``: where its state lives, how it polls."""
+
+    data_dir: ConfigPath = Field(description="where the outbox and pins live")
+    name: str = ""
+    poll_interval_s: Annotated[float, at_least(0.05)] = DEFAULT_POLL_INTERVAL_S
+    jitter_s: Annotated[float, at_least(0)] = DEFAULT_JITTER_S
+    concurrency: Annotated[int, between(1, 10000)] = DEFAULT_CONCURRENCY
+    device_timeout_s: Annotated[float, at_least(0.05)] = DEFAULT_DEVICE_TIMEOUT_S
+    lockout_backoff_s: Annotated[float, at_least(0)] = DEFAULT_LOCKOUT_BACKOFF_S
+    lockout_backoff_max_s: Annotated[float, at_least(0)] = DEFAULT_LOCKOUT_BACKOFF_MAX_S
+    trust_on_first_use: bool = True
+    ssh_cross_check_every: Annotated[int, between(0, 1_000_000)] = DEFAULT_SSH_CROSS_CHECK_EVERY
+    status_listen: Annotated[str, AfterValidator(_status_listen)] = DEFAULT_STATUS_LISTEN
+
+
+class ControllerTable(ConfigModel):
+    """``[controller]``: where reports go, and how."""
+
+    url: Annotated[str, AfterValidator(_http_url)] = ""
+    #: Several controllers on one database: the agent moves to the one answering as active.
+    urls: list[Annotated[str, AfterValidator(_http_url)]] = []
+    credential_file: ConfigPath | None = None
+    enrollment_code_env: str | None = None
+    enrollment_code_file: ConfigPath | None = None
+    ca_file: ConfigPath | None = None
+    batch_size: Annotated[int, between(1, 500)] = DEFAULT_BATCH_SIZE
+    send_interval_s: Annotated[float, at_least(0.01)] = DEFAULT_SEND_INTERVAL_S
+    jobs_interval_s: Annotated[float, at_least(0.05)] = DEFAULT_JOBS_INTERVAL_S
+    backoff_max_s: Annotated[float, at_least(0.05)] = DEFAULT_BACKOFF_MAX_S
+    held_retry_s: Annotated[float, at_least(0.05)] = DEFAULT_HELD_RETRY_S
+    allow_insecure_uplink: bool = False
+
+
+class OutboxTable(ConfigModel):
+    """``[outbox]``: how much the agent keeps while the controller is away."""
+
+    max_bytes: Annotated[int, at_least(16 * 1024)] = DEFAULT_OUTBOX_MAX_BYTES
+    segment_bytes: Annotated[int, at_least(4 * 1024)] = DEFAULT_OUTBOX_SEGMENT_BYTES
+    held_max_bytes: Annotated[int, at_least(16 * 1024)] = DEFAULT_HELD_MAX_BYTES
+
+
+class UpdatesTable(ConfigModel):
+    """``[updates]``: the site update server devices fetch firmware from."""
+
+    listen: Annotated[str, AfterValidator(_host_port)] = DEFAULT_UPDATES_LISTEN
+    advertise: str = ""
+    cache_max_bytes: Annotated[int, at_least(1024 * 1024)] = DEFAULT_UPDATES_CACHE_MAX_BYTES
+    return_timeout_s: Annotated[float, at_least(0.05)] = DEFAULT_UPDATES_RETURN_TIMEOUT_S
+    call_recheck_s: Annotated[float, at_least(0.01)] = DEFAULT_UPDATES_CALL_RECHECK_S
+
+
+class DefaultsTable(ConfigModel):
+    """``[defaults]``: what every ``[[devices]]`` entry has unless it says otherwise."""
+
+    rest_port: Port = DEFAULT_REST_PORT
+    ssh_port: SshPort = DEFAULT_SSH_PORT
+    user: str = DEFAULT_USER
+    driver: str = DEFAULT_DRIVER
+    password_file: ConfigPath | None = None
+    password_env: str | None = None
+
+
+class DeviceTable(ConfigModel):
+    """One ``[[devices]]`` entry."""
+
+    host: Annotated[str, AfterValidator(_text)]
+    rest_port: Port | None = None
+    ssh_port: SshPort | None = None
+    user: str | None = None
+    driver: str | None = None
+    password_file: ConfigPath | None = None
+    password_env: str | None = None
+    name: str = ""
+    serial: str = ""
+    tls_fingerprint: Fingerprint | None = None
+    ssh_fingerprint: Fingerprint | None = None
+    ssh_key_file: ConfigPath | None = None
+
+
+class AgentFile(ConfigModel):
+    """The whole of ``agent.toml`` (deploy/agent.example.toml)."""
+
+    agent: AgentTable
+    controller: ControllerTable = ControllerTable()
+    outbox: OutboxTable = OutboxTable()
+    updates: UpdatesTable = UpdatesTable()
+    defaults: DefaultsTable = DefaultsTable()
+    devices: list[DeviceTable] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_table(cls, data: Any) -> Any:
+        # Without [agent] the mistake to name is its one required key.
+        if isinstance(data, dict) and "agent" not in data:
+            return {**data, "agent": {}}
+        return data
 
 
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Read, validate and freeze an agent config file (keys: ``deploy/agent.example.toml``)."""
     file = Path(path)
-    source = str(file)
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {os_error_words(exc)}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    return parse_config(raw, source=source, base=file.resolve().parent)
+    return parse_config(read_toml(file), source=str(file), base=file.resolve().parent)
 
 
 def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig:
     """Validate an already parsed TOML document (``source`` names it in errors)."""
-    root = _Table(raw, source=source, prefix="")
-    agent = root.table("agent")
-    controller = root.table("controller")
-    outbox = root.table("outbox")
-    updates = root.table("updates")
-    defaults = root.table("defaults")
-    devices_raw = root._get("devices", (list,), "an array of tables ([[devices]])") or []
-    root.reject_unknown()
-
-    data_dir_text = agent.text("data_dir")
-    if data_dir_text is None:
-        raise ConfigError(f"{agent.where('data_dir')}: missing (where the outbox and pins live)")
-    data_dir = _path(data_dir_text, base)
-
-    d_rest = defaults.integer("rest_port", DEFAULT_REST_PORT, minimum=1, maximum=65535)
-    # ssh_port = 0 means "this device has no SSH".
-    d_ssh = defaults.integer("ssh_port", DEFAULT_SSH_PORT, minimum=0, maximum=65535)
-    d_user = defaults.text("user", DEFAULT_USER) or DEFAULT_USER
-    d_driver = defaults.text("driver", DEFAULT_DRIVER) or DEFAULT_DRIVER
-
+    checked = check(AgentFile, raw, source=source, base=base)
+    agent, controller, outbox, updates = (
+        checked.agent,
+        checked.controller,
+        checked.outbox,
+        checked.updates,
+    )
     devices: list[DeviceConfig] = []
     seen: set[str] = set()
-    for index, item in enumerate(devices_raw):
-        if not isinstance(item, dict):
-            raise ConfigError(f"{source}: devices[{index}] must be a table")
-        t = _Table(item, source=source, prefix=f"devices[{index}].")
-        host = t.text("host")
-        if not host:
-            raise ConfigError(f"{t.where('host')}: missing")
-        rest_port = t.integer("rest_port", d_rest, minimum=1, maximum=65535)
-        ssh_port = t.integer("ssh_port", d_ssh, minimum=0, maximum=65535) or None
-        device = DeviceConfig(
-            host=host,
-            rest_port=rest_port,
-            ssh_port=ssh_port,
-            user=t.text("user", d_user) or d_user,
-            password=_secret(t, defaults, base, origin=f"{source}: {t.prefix}password"),
-            driver=t.text("driver", d_driver) or d_driver,
-            name=t.text("name", "") or "",
-            serial=t.text("serial", "") or "",
-            tls_fingerprint=t.fingerprint("tls_fingerprint"),
-            ssh_fingerprint=t.fingerprint("ssh_fingerprint"),
-            ssh_key_file=_optional_path(t.text("ssh_key_file"), base),
-            origin=f"{source}: devices[{index}]",
-        )
-        t.reject_unknown()
+    for index, entry in enumerate(checked.devices):
+        device = _device(entry, checked.defaults, source, index)
         if device.key in seen:
-            raise ConfigError(f"{t.where('host')}: {device.key} is listed twice")
+            raise config_error(source, ("devices", index, "host"), f"{device.key} is listed twice")
         seen.add(device.key)
         devices.append(device)
-    defaults.text("password_file")
-    defaults.text("password_env")
-    defaults.reject_unknown()
 
-    code_env = controller.text("enrollment_code_env")
-    code_file = controller.text("enrollment_code_file")
     enrollment: Secret | None = None
-    if code_env is not None or code_file is not None:
+    if controller.enrollment_code_env is not None or controller.enrollment_code_file is not None:
         enrollment = Secret(
-            file=None if code_file is None else _path(code_file, base),
-            env=code_env,
+            file=controller.enrollment_code_file,
+            env=controller.enrollment_code_env,
             origin=f"{source}: controller.enrollment_code",
         )
-    credential_text = controller.text("credential_file")
-    ca_text = controller.text("ca_file")
-    url = controller.text("url", "") or ""
-    if url and not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{controller.where('url')}: must start with http:// or https://")
-    # Several controllers on one database: the agent moves to the one answering as active.
-    urls = controller.strings("urls") or []
-    for other in urls:
-        if not other.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"{controller.where('urls')}: {other!r} must start with http:// or https://"
-            )
-    every_url = tuple(dict.fromkeys(u.rstrip("/") for u in [url, *urls] if u))
-
-    config = AgentConfig(
-        data_dir=data_dir,
+    every_url = tuple(dict.fromkeys(u.rstrip("/") for u in [controller.url, *controller.urls] if u))
+    return AgentConfig(
+        data_dir=agent.data_dir,
         controller_url=every_url[0] if every_url else "",
         controller_urls=every_url,
-        credential_file=None if credential_text is None else _path(credential_text, base),
+        credential_file=controller.credential_file,
         enrollment_code=enrollment,
-        controller_ca_file=None if ca_text is None else _path(ca_text, base),
-        agent_name=agent.text("name", "") or "",
+        controller_ca_file=controller.ca_file,
+        agent_name=agent.name,
         devices=tuple(devices),
-        poll_interval_s=agent.number("poll_interval_s", DEFAULT_POLL_INTERVAL_S, minimum=0.05),
-        jitter_s=agent.number("jitter_s", DEFAULT_JITTER_S),
-        concurrency=agent.integer("concurrency", DEFAULT_CONCURRENCY, minimum=1, maximum=10000),
-        device_timeout_s=agent.number("device_timeout_s", DEFAULT_DEVICE_TIMEOUT_S, minimum=0.05),
-        lockout_backoff_s=agent.number("lockout_backoff_s", DEFAULT_LOCKOUT_BACKOFF_S),
-        lockout_backoff_max_s=agent.number("lockout_backoff_max_s", DEFAULT_LOCKOUT_BACKOFF_MAX_S),
-        trust_on_first_use=agent.flag("trust_on_first_use", True),
-        outbox_max_bytes=outbox.integer("max_bytes", DEFAULT_OUTBOX_MAX_BYTES, minimum=16 * 1024),
-        outbox_segment_bytes=outbox.integer(
-            "segment_bytes", DEFAULT_OUTBOX_SEGMENT_BYTES, minimum=4 * 1024
-        ),
-        batch_size=controller.integer("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=500),
-        send_interval_s=controller.number("send_interval_s", DEFAULT_SEND_INTERVAL_S, minimum=0.01),
-        jobs_interval_s=controller.number("jobs_interval_s", DEFAULT_JOBS_INTERVAL_S, minimum=0.05),
-        backoff_max_s=controller.number("backoff_max_s", DEFAULT_BACKOFF_MAX_S, minimum=0.05),
-        held_retry_s=controller.number("held_retry_s", DEFAULT_HELD_RETRY_S, minimum=0.05),
-        held_max_bytes=outbox.integer("held_max_bytes", DEFAULT_HELD_MAX_BYTES, minimum=16 * 1024),
-        ssh_cross_check_every=agent.integer(
-            "ssh_cross_check_every", DEFAULT_SSH_CROSS_CHECK_EVERY, minimum=0, maximum=1_000_000
-        ),
-        updates_listen=_listen(updates, "listen", DEFAULT_UPDATES_LISTEN),
-        updates_advertise=updates.text("advertise", "") or "",
-        updates_cache_max_bytes=updates.integer(
-            "cache_max_bytes", DEFAULT_UPDATES_CACHE_MAX_BYTES, minimum=1024 * 1024
-        ),
-        updates_return_timeout_s=updates.number(
-            "return_timeout_s", DEFAULT_UPDATES_RETURN_TIMEOUT_S, minimum=0.05
-        ),
-        updates_call_recheck_s=updates.number(
-            "call_recheck_s", DEFAULT_UPDATES_CALL_RECHECK_S, minimum=0.01
-        ),
-        allow_insecure_uplink=controller.flag("allow_insecure_uplink", False),
-        status_listen=_status_listen(agent),
+        poll_interval_s=agent.poll_interval_s,
+        jitter_s=agent.jitter_s,
+        concurrency=agent.concurrency,
+        device_timeout_s=agent.device_timeout_s,
+        lockout_backoff_s=agent.lockout_backoff_s,
+        lockout_backoff_max_s=agent.lockout_backoff_max_s,
+        trust_on_first_use=agent.trust_on_first_use,
+        outbox_max_bytes=outbox.max_bytes,
+        outbox_segment_bytes=outbox.segment_bytes,
+        batch_size=controller.batch_size,
+        send_interval_s=controller.send_interval_s,
+        jobs_interval_s=controller.jobs_interval_s,
+        backoff_max_s=controller.backoff_max_s,
+        held_retry_s=controller.held_retry_s,
+        held_max_bytes=outbox.held_max_bytes,
+        ssh_cross_check_every=agent.ssh_cross_check_every,
+        updates_listen=updates.listen,
+        updates_advertise=updates.advertise,
+        updates_cache_max_bytes=updates.cache_max_bytes,
+        updates_return_timeout_s=updates.return_timeout_s,
+        updates_call_recheck_s=updates.call_recheck_s,
+        allow_insecure_uplink=controller.allow_insecure_uplink,
+        status_listen=agent.status_listen,
         source=source,
     )
-    for t in (agent, controller, outbox, updates):
-        t.reject_unknown()
-    return config
 
 
-def _listen(table: _Table, key: str, default: str) -> str:
-    text = table.text(key, default) or default
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{table.where(key)}: {text!r} is not HOST:PORT (e.g. 0.0.0.0:8443)")
-    return text
-
-
-def _status_listen(table: _Table, key: str = "status_listen") -> str:
-    text = (table.text(key, DEFAULT_STATUS_LISTEN) or "").strip()
-    if text in ("", "off"):
-        return ""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(
-            f"{table.where(key)}: {text!r} is not HOST:PORT (e.g. {DEFAULT_STATUS_LISTEN}), "
-            'or "off"'
-        )
-    return text
+def _device(entry: DeviceTable, defaults: DefaultsTable, source: str, index: int) -> DeviceConfig:
+    """One ``[[devices]]`` entry with ``[defaults]`` filled in."""
+    file, env = entry.password_file, entry.password_env
+    if file is None and env is None:
+        file, env = defaults.password_file, defaults.password_env
+    where = ("devices", index, "password_file")
+    if file is not None and env is not None:
+        raise config_error(source, where, "give password_file or password_env, not both")
+    if file is None and env is None:
+        raise config_error(source, where, "missing (or set password_env)")
+    ssh_port = defaults.ssh_port if entry.ssh_port is None else entry.ssh_port
+    return DeviceConfig(
+        host=entry.host,
+        rest_port=defaults.rest_port if entry.rest_port is None else entry.rest_port,
+        ssh_port=ssh_port or None,
+        user=entry.user or defaults.user,
+        password=Secret(file=file, env=env, origin=f"{source}: devices[{index}].password"),
+        driver=entry.driver or defaults.driver,
+        name=entry.name,
+        serial=entry.serial,
+        tls_fingerprint=entry.tls_fingerprint,
+        ssh_fingerprint=entry.ssh_fingerprint,
+        ssh_key_file=entry.ssh_key_file,
+        origin=f"{source}: devices[{index}]",
+    )

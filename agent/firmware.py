@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,13 +34,15 @@ from typing import Any
 from polyfleet.agent.poller import Poller
 from polyfleet.agent.update_server import (
     PackageCache,
+    PackageMismatch,
     PackageRef,
     PackageUnavailable,
     SiteUpdateServer,
 )
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
-from polyfleet.shared.errors import CertificateMismatch, DeviceError
-from polyfleet.shared.schema import Job, JobProgress, JobResult, Snapshot
+from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.errors import CertificateMismatch, DeviceError, DeviceUnreachable
+from polyfleet.shared.schema import FailureCode, Job, JobProgress, JobResult, Snapshot
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,7 @@ class Journal:
     def save(self, **changes: Any) -> None:
         self.data.update(changes)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(self.data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.data))
 
 
 def prune_finished(directory: Path, older_than_s: float = FINISHED_KEEP_S) -> int:
@@ -103,6 +99,22 @@ def prune_finished(directory: Path, older_than_s: float = FINISHED_KEEP_S) -> in
         except OSError as exc:
             log.debug("update journal %s not pruned: %s", path, exc)
     return removed
+
+
+def failure_code_of(exc: DeviceError) -> FailureCode:
+    """The failure code of a unit that would not let a job go on."""
+    if isinstance(exc, CertificateMismatch):
+        return FailureCode.CERTIFICATE_CHANGED
+    if isinstance(exc, DeviceUnreachable):
+        return FailureCode.DEVICE_UNREACHABLE
+    return FailureCode.DEVICE_ERROR
+
+
+def _unreachable(exc: DeviceError) -> JobResult:
+    """Refused before the order: the unit was not touched, its next window may do."""
+    return JobResult(
+        status="refused", detail=f"unreachable: {exc.reason}"[:256], code=failure_code_of(exc)
+    )
 
 
 def _same_version(snapshot: Snapshot, version: str) -> bool:
@@ -224,7 +236,7 @@ class FirmwareUpdater:
             try:
                 before = await self._snapshot(key)
             except DeviceError as exc:
-                return JobResult(status="refused", detail=f"unreachable: {exc.reason}"[:256]), {}
+                return _unreachable(exc), {}
             if _same_version(before, version):
                 checks = verify(before, before, version)
                 current = {
@@ -240,9 +252,7 @@ class FirmwareUpdater:
                     async with self.poller.states[key].busy:
                         in_call = await driver.in_call()
                 except DeviceError as exc:
-                    return JobResult(
-                        status="refused", detail=f"unreachable: {exc.reason}"[:256]
-                    ), {}
+                    return _unreachable(exc), {}
                 if not in_call:
                     break
                 if datetime.now(UTC) >= window_end:
@@ -250,6 +260,7 @@ class FirmwareUpdater:
                         JobResult(
                             status="refused",
                             detail="in_call: still in a call when its window closed",
+                            code=FailureCode.IN_CALL,
                         ),
                         {},
                     )
@@ -261,7 +272,13 @@ class FirmwareUpdater:
             try:
                 await self.cache.ensure(uplink, ref)
             except PackageUnavailable as exc:
-                return JobResult(status="failed", detail=f"package_unavailable: {exc}"[:256]), {}
+                code = (
+                    FailureCode.CHECKSUM_MISMATCH
+                    if isinstance(exc, PackageMismatch)
+                    else FailureCode.DOWNLOAD_FAILED
+                )
+                detail = f"package_unavailable: {exc}"[:256]
+                return JobResult(status="failed", detail=detail, code=code), {}
             # 4. the order: settings saved first, so they can go back whatever happens next
             try:
                 async with self.poller.states[key].busy:
@@ -272,7 +289,11 @@ class FirmwareUpdater:
                     # order, and what it had before is what was saved then.
                     if await driver.in_call():
                         return (
-                            JobResult(status="refused", detail="in_call: a call started"),
+                            JobResult(
+                                status="refused",
+                                detail="in_call: a call started",
+                                code=FailureCode.IN_CALL,
+                            ),
                             {},
                         )
                     await asyncio.to_thread(
@@ -291,7 +312,7 @@ class FirmwareUpdater:
                     await driver.reboot()
             except DeviceError as exc:
                 await self._restore(key, journal)
-                return JobResult(status="refused", detail=f"unreachable: {exc.reason}"[:256]), {}
+                return _unreachable(exc), {}
             ordered_at = datetime.now(UTC)
             await asyncio.to_thread(
                 journal.save, phase="ordered", ordered_at=ordered_at.isoformat()
@@ -316,6 +337,7 @@ class FirmwareUpdater:
                     status="failed",
                     detail="certificate_changed: the unit answers with another certificate; "
                     "check it and re-pin it before it is trusted again",
+                    code=FailureCode.CERTIFICATE_CHANGED,
                 ),
                 evidence,
             )
@@ -327,6 +349,7 @@ class FirmwareUpdater:
                 JobResult(
                     status="failed",
                     detail=f"did_not_return: no answer {self.return_timeout_s:g}s after the order",
+                    code=FailureCode.DID_NOT_RETURN,
                 ),
                 evidence,
             )
@@ -342,10 +365,13 @@ class FirmwareUpdater:
         failed = [c for c in checks if not c["ok"]]
         if failed:
             first = failed[0]
-            return (
-                JobResult(status="failed", detail=f"{first['check']}: {first['detail']}"[:256]),
-                evidence,
+            code = (
+                FailureCode.INSTALL_FAILED
+                if first["check"] == "install"
+                else FailureCode.VERIFICATION_FAILED
             )
+            detail = f"{first['check']}: {first['detail']}"[:256]
+            return JobResult(status="failed", detail=detail, code=code), evidence
         return JobResult(status="done", detail=f"on {version}, verified"), evidence
 
     async def _wait_return(

@@ -11,11 +11,11 @@ import tarfile
 import time
 from datetime import UTC, datetime
 
-from polyfleet.agent.firmware import FirmwareUpdater
+from polyfleet.agent.firmware import FirmwareUpdater, failure_code_of
 from polyfleet.agent.poller import Poller
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
 from polyfleet.shared.errors import DeviceError
-from polyfleet.shared.schema import Job, JobKind, JobResult
+from polyfleet.shared.schema import FailureCode, Job, JobKind, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,11 @@ class JobRunner:
     async def execute(self, job: Job) -> JobResult:
         key = self.poller.find(job.serial)
         if key is None:
-            return JobResult(status="failed", detail=f"no device {job.serial} at this site")
+            return JobResult(
+                status="failed",
+                detail=f"no device {job.serial} at this site",
+                code=FailureCode.NOT_AT_SITE,
+            )
         try:
             if job.kind is JobKind.REBOOT:
                 host = self.poller.states[key].serial
@@ -92,6 +96,7 @@ class JobRunner:
                         status="refused",
                         detail=f"{job.serial} is a camera of {host} and cannot restart alone; "
                         f"reboot {host} instead",
+                        code=FailureCode.NOT_SUPPORTED,
                     )
                 return await self._reboot(key)
             if job.kind is JobKind.COLLECT_DIAGNOSTICS:
@@ -101,20 +106,33 @@ class JobRunner:
                     return JobResult(
                         status="refused",
                         detail=f"{job.serial} is a camera: its firmware comes with its host's",
+                        code=FailureCode.NOT_SUPPORTED,
                     )
                 return await self.updater.run(job, key, self.uplink)
         except DeviceError as exc:
-            return JobResult(status="failed", detail=f"{exc.reason}: {exc}"[:256])
+            return JobResult(
+                status="failed", detail=f"{exc.reason}: {exc}"[:256], code=failure_code_of(exc)
+            )
         except (ControllerUnavailable, ControllerRefused) as exc:
-            return JobResult(status="failed", detail=f"upload failed: {exc}"[:256])
-        return JobResult(status="refused", detail=f"job kind {job.kind} is not supported here")
+            return JobResult(
+                status="failed",
+                detail=f"upload failed: {exc}"[:256],
+                code=FailureCode.UPLOAD_FAILED,
+            )
+        return JobResult(
+            status="refused",
+            detail=f"job kind {job.kind} is not supported here",
+            code=FailureCode.NOT_SUPPORTED,
+        )
 
     async def _reboot(self, key: str) -> JobResult:
         driver, _pins = await self.poller.driver(key)
         async with self.poller.states[key].busy:
             # Never disturb a device in a call: read first, act only when idle.
             if await driver.in_call():
-                return JobResult(status="refused", detail="device is in a call")
+                return JobResult(
+                    status="refused", detail="device is in a call", code=FailureCode.IN_CALL
+                )
             await driver.reboot()
         return JobResult(status="done", detail="reboot requested")
 

@@ -22,7 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from polyfleet.shared.durable import fsync_directory, write_atomically
 from polyfleet.shared.errors import PolyfleetError, os_error_words
+from polyfleet.shared.retry import Backoff
 from polyfleet.shared.schema import AgentNotice, Report, Snapshot
 
 log = logging.getLogger(__name__)
@@ -190,7 +192,9 @@ class Outbox:
         self._sending_upto = 0
         self._disk_error: OSError | None = None
         self._failing_since: datetime | None = None
-        self._retry_delay = disk_retry_s
+        self._disk_backoff = Backoff(first_s=disk_retry_s, max_s=disk_retry_max_s)
+        #: Writes the disk refused in a row.
+        self._disk_failures = 0
         self._next_disk_try = 0.0
         self._retrier: asyncio.Task[None] | None = None
         self._closed = False
@@ -219,7 +223,7 @@ class Outbox:
             self.instance = instance_path.read_text().strip()
         if not self.instance:
             self.instance = secrets.token_hex(8)
-            _atomic_write(instance_path, self.instance.encode())
+            write_atomically(instance_path, self.instance.encode())
         acked_path = self.directory / _ACKED_FILE
         if acked_path.exists():
             text = acked_path.read_text().strip()
@@ -528,7 +532,7 @@ class Outbox:
                         handle.truncate(segment.size)
                     raise
             if new_segment:
-                _fsync_dir(self.directory)
+                fsync_directory(self.directory)
         except OSError:
             if new_segment:
                 with contextlib.suppress(OSError):
@@ -545,14 +549,13 @@ class Outbox:
         self._disk_error = exc
         if first:
             self._failing_since = self.clock()
-            self._retry_delay = self.disk_retry_s
+            self._disk_failures = 0
             log.error("outbox: %s; %s", self._problem_text(exc), self._action_text())
             self._queue_own_notice(
                 "outbox_failing", f"{self._problem_text(exc)}; {self._action_text()}"
             )
-        else:
-            self._retry_delay = min(self.disk_retry_max_s, self._retry_delay * 2)
-        self._next_disk_try = time.monotonic() + self._retry_delay
+        self._disk_failures += 1
+        self._next_disk_try = time.monotonic() + self._disk_backoff.delay(self._disk_failures)
         self._start_retrier()
 
     async def _disk_works(self) -> None:
@@ -564,7 +567,7 @@ class Outbox:
         written = len(self._memory)
         self._disk_error = None
         self._failing_since = None
-        self._retry_delay = self.disk_retry_s
+        self._disk_failures = 0
         took = "" if since is None else f" after {_duration_text(self.clock() - since)}"
         detail = f"{self.directory} takes writes again{took}: reports are on disk again"
         log.warning("outbox: %s (%d kept in memory meanwhile)", detail, written)
@@ -723,10 +726,10 @@ class Outbox:
             else self.directory / f"{_SEGMENT_PREFIX}{keep[0].seq:012d}{_SEGMENT_SUFFIX}"
         )
         data = b"".join(e.line for e in keep)
-        _atomic_write(target, data)
+        write_atomically(target, data)
         for seg in old[1:]:
             seg.path.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_directory(self.directory)
         self._segments = [_Segment(target, keep[0].seq, keep[-1].seq, len(data))]
 
     # --- sending ------------------------------------------------------------------------
@@ -784,7 +787,7 @@ class Outbox:
         return True
 
     def _ack_blocking(self, up_to_seq: int) -> None:
-        _atomic_write(self.directory / _ACKED_FILE, str(up_to_seq).encode())
+        write_atomically(self.directory / _ACKED_FILE, str(up_to_seq).encode())
         self._free_acked_segments(up_to_seq)
 
     def _free_acked_segments(self, up_to_seq: int) -> None:
@@ -868,26 +871,3 @@ def _decode(line: bytes) -> Entry:
         size=len(line),
         line=line,
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -35,6 +35,7 @@ from polyfleet.shared.errors import (
     os_error_words,
 )
 from polyfleet.shared.fingerprint import short_fingerprint
+from polyfleet.shared.retry import Backoff
 from polyfleet.shared.schema import (
     AgentNotice,
     Firmware,
@@ -86,7 +87,8 @@ class DeviceState:
     history: deque[Snapshot] = field(default_factory=lambda: deque(maxlen=HISTORY))
     password: str | None = None
     backoff_until: float = 0.0
-    backoff_s: float = 0.0
+    #: Logins refused in a row (bad credentials, locked out): each waits longer.
+    refused_logins: int = 0
     failing: str | None = None
     blocked: DeviceError | None = None
     polls: int = 0
@@ -131,6 +133,10 @@ class Poller:
         self.pins = pins
         self.clock = clock
         self.states: dict[str, DeviceState] = {d.key: DeviceState(d) for d in config.devices}
+        #: A unit that refused a login is left alone a while: another wrong try may lock it.
+        self._login_backoff = Backoff(
+            first_s=max(config.lockout_backoff_s, 0.0), max_s=config.lockout_backoff_max_s
+        )
         self._semaphore = asyncio.Semaphore(config.concurrency)
         self._scheduler: AsyncIOScheduler | None = None
         self._pin_changes: dict[str, dict[str, Any]] = {}
@@ -334,7 +340,7 @@ class Poller:
             log.info("%s: answering again (was: %s)", key, state.failing)
         state.failing = None
         state.blocked = None
-        state.backoff_s = 0.0
+        state.refused_logins = 0
         snapshots = self._fill_from_last(state, snapshots)
         state.serial = snapshots[0].serial
         state.last = snapshots
@@ -474,11 +480,8 @@ class Poller:
         if isinstance(exc, AuthenticationFailed | LockedOut):
             state.password = None  # re-read: the admin may have fixed the file
             state.ssh_refused = None
-            base = max(self.config.lockout_backoff_s, 0.0)
-            state.backoff_s = min(
-                self.config.lockout_backoff_max_s, state.backoff_s * 2 if state.backoff_s else base
-            )
-            state.backoff_until = self.clock() + state.backoff_s
+            state.refused_logins += 1
+            state.backoff_until = self.clock() + self._login_backoff.delay(state.refused_logins)
             state.blocked = exc
         if isinstance(exc, CertificateMismatch):
             await self._pin_changed(state, exc)

@@ -29,15 +29,21 @@ from polyfleet.agent.uplink import (
     ControllerUnavailable,
     Credential,
     Uplink,
-    backoff_delay,
     ssl_context_for,
 )
 from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError
+from polyfleet.shared.periodic import Periodic
+from polyfleet.shared.retry import Backoff
 from polyfleet.shared.schema import AgentNotice
 
 log = logging.getLogger(__name__)
 
 OUTBOX_DIR = "outbox"
+#: The first wait after a failed enrollment; later ones double up to ``backoff_max_s``.
+ENROLL_RETRY_S = 1.0
+#: Waits are drawn from the upper half of the back-off, so agents of a controller that
+#: restarted do not all come back at the same moment.
+UPLINK_JITTER = 0.5
 HELD_DIR = "held"
 #: Poll intervals of silence after which the controller calls a device unreachable.
 SILENCE_POLLS = 3
@@ -161,7 +167,7 @@ class AgentService:
         if self.uplink_warning:
             log.warning("%s", self.uplink_warning)
         self._tasks.append(asyncio.create_task(self._send_loop(), name="outbox sender"))
-        self._tasks.append(asyncio.create_task(self._jobs_loop(), name="job puller"))
+        self._tasks.append(asyncio.create_task(self._job_puller().run(), name="job puller"))
         log.info(
             "agent started: %d devices, poll every %gs, outbox %s",
             len(config.devices),
@@ -330,6 +336,8 @@ class AgentService:
         told_refused = False
         down_since: str | None = None
         cap = self.config.backoff_max_s
+        enroll_backoff = Backoff(first_s=ENROLL_RETRY_S, max_s=cap, jitter=UPLINK_JITTER)
+        send_backoff = Backoff(first_s=self.config.send_interval_s, max_s=cap, jitter=UPLINK_JITTER)
         while not self._stopping.is_set():
             try:
                 credential = await self._credential()
@@ -343,7 +351,7 @@ class AgentService:
             except PolyfleetError as exc:
                 attempt += 1
                 log.warning("cannot enroll yet: %s", exc)
-                await self._pause(backoff_delay(attempt, cap=cap))
+                await self._pause(enroll_backoff.delay(attempt))
                 continue
             if credential is None:
                 if not told_unenrolled:
@@ -370,7 +378,7 @@ class AgentService:
                     log.warning(
                         "controller not taking reports (%s); keeping them in the outbox", exc
                     )
-                await self._pause(backoff_delay(attempt, base=self.config.send_interval_s, cap=cap))
+                await self._pause(send_backoff.delay(attempt))
                 continue
             except Exception as exc:  # a disk error must not end sending for good
                 attempt += 1
@@ -378,7 +386,7 @@ class AgentService:
                 if down_since != repr(exc):
                     log.exception("sending reports failed; retrying")
                 down_since = repr(exc)
-                await self._pause(backoff_delay(attempt, base=self.config.send_interval_s, cap=cap))
+                await self._pause(send_backoff.delay(attempt))
                 continue
             if down_since is not None:
                 log.info("controller taking reports again; %d still queued", len(self.outbox))
@@ -387,39 +395,40 @@ class AgentService:
             self.uplink_error = None
             self.last_sent_at = datetime.now(UTC)
 
-    async def _jobs_loop(self) -> None:
-        attempt = 0
-        while not self._stopping.is_set():
-            credential = self.credential
-            if credential is None or self.poller is None:
-                await self._pause(self.config.jobs_interval_s)
-                continue
-            uplink = self._uplink(credential)
-            if self.jobs is None:
-                updater = FirmwareUpdater(
-                    self.poller,
-                    self.package_cache,
-                    self.update_server,
-                    journal_dir=self.config.data_dir / "updates",
-                    return_timeout_s=self.config.updates_return_timeout_s,
-                    call_recheck_s=self.config.updates_call_recheck_s,
-                )
-                self.jobs = JobRunner(self.poller, uplink, updater=updater)
-            try:
-                listing = await uplink.pull_jobs()
-            except (ControllerUnavailable, ControllerRefused, ProtocolError) as exc:
-                attempt += 1
-                log.debug("job pull failed: %s", exc)
-                await self._pause(
-                    backoff_delay(
-                        attempt, base=self.config.jobs_interval_s, cap=self.config.backoff_max_s
-                    )
-                )
-                continue
-            attempt = 0
-            for job in listing.jobs:
-                self.jobs.submit(job)
-            await self._pause(self.config.jobs_interval_s)
+    def _job_puller(self) -> Periodic:
+        """Jobs pulled every ``jobs_interval_s``, backing off while the controller fails."""
+        return Periodic(
+            "job pull",
+            self._pull_jobs,
+            interval_s=self.config.jobs_interval_s,
+            expected=(ControllerUnavailable, ControllerRefused, ProtocolError),
+            backoff=Backoff(
+                first_s=self.config.jobs_interval_s,
+                max_s=self.config.backoff_max_s,
+                jitter=UPLINK_JITTER,
+            ),
+            logger=log,
+        )
+
+    async def _pull_jobs(self) -> None:
+        """Hand the controller's new jobs to the runner (none before enrollment)."""
+        credential = self.credential
+        if credential is None or self.poller is None:
+            return
+        uplink = self._uplink(credential)
+        if self.jobs is None:
+            updater = FirmwareUpdater(
+                self.poller,
+                self.package_cache,
+                self.update_server,
+                journal_dir=self.config.data_dir / "updates",
+                return_timeout_s=self.config.updates_return_timeout_s,
+                call_recheck_s=self.config.updates_call_recheck_s,
+            )
+            self.jobs = JobRunner(self.poller, uplink, updater=updater)
+        listing = await uplink.pull_jobs()
+        for job in listing.jobs:
+            self.jobs.submit(job)
 
 
 def run_service(config: AgentConfig) -> int:

@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
+from polyfleet.shared.durable import move_into_place, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ INDEX_FILE = "index.json"
 
 class PackageUnavailable(Exception):
     """The package could not be fetched or verified; the text says why."""
+
+
+class PackageMismatch(PackageUnavailable):
+    """What arrived is not the package ordered (its size or SHA-256 differs); discarded."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class PackageCache:
                 async for chunk in uplink.download_package(ref.version, offset=offset):
                     offset += len(chunk)
                     if offset > ref.size:
-                        raise PackageUnavailable(
+                        raise PackageMismatch(
                             f"{ref.version}: the controller sent more than {ref.size} bytes"
                         )
                     await asyncio.to_thread(handle.write, chunk)
@@ -130,20 +135,18 @@ class PackageCache:
         )
         if offset != ref.size or digest != ref.sha256:
             await asyncio.to_thread(part.unlink, missing_ok=True)
-            raise PackageUnavailable(
+            raise PackageMismatch(
                 f"{ref.version}: downloaded {offset} bytes with SHA-256 {digest}, "
                 f"expected {ref.size} bytes with {ref.sha256}; discarded"
             )
-        await asyncio.to_thread(os.replace, part, self.path(ref.sha256))
+        await asyncio.to_thread(move_into_place, part, self.path(ref.sha256))
         log.info("package %s fetched and verified (%d bytes)", ref.version, ref.size)
 
     def _touch(self, ref: PackageRef) -> None:
         os.utime(self.path(ref.sha256))
         if self.versions.get(ref.version) != ref.sha256:
             self.versions[ref.version] = ref.sha256
-            tmp = self.directory / f"{INDEX_FILE}.tmp"
-            tmp.write_text(json.dumps(self.versions), "utf-8")
-            os.replace(tmp, self.directory / INDEX_FILE)
+            write_atomically(self.directory / INDEX_FILE, json.dumps(self.versions))
 
     def _evict(self, keep: str) -> None:
         """Remove least recently used packages until the cache fits (never one in use)."""

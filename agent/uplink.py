@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +24,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from polyfleet.agent.transport.failures import http_failure_words
+from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError, os_error_words
 from polyfleet.shared.schema import (
     ACTIVE_CONTROLLER_HEADER,
@@ -89,28 +89,20 @@ class Credential:
     def save(self, path: Path) -> None:
         """Write atomically with mode 0600 from the first byte (the token is a secret)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(
-                {
-                    "controller_url": self.controller_url,
-                    "agent_id": self.agent_id,
-                    "site_id": self.site_id,
-                    "token": self.token,
-                    "poll_interval_s": self.poll_interval_s,
-                    "controller_urls": list(self.controller_urls),
-                },
-                handle,
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
+        owner = None
         if os.geteuid() == 0:
             # Enrolled by root into the service's state folder: the service user must read it.
             folder = path.parent.stat()
-            os.chown(tmp, folder.st_uid, folder.st_gid)
-        os.replace(tmp, path)
+            owner = (folder.st_uid, folder.st_gid)
+        document = {
+            "controller_url": self.controller_url,
+            "agent_id": self.agent_id,
+            "site_id": self.site_id,
+            "token": self.token,
+            "poll_interval_s": self.poll_interval_s,
+            "controller_urls": list(self.controller_urls),
+        }
+        write_atomically(path, json.dumps(document), mode=0o600, owner=owner)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -152,12 +144,6 @@ class Credential:
             raise ConfigError(f"{path}: not an agent credential file (no {exc.args[0]})") from exc
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path}: not an agent credential file (not JSON)") from exc
-
-
-def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential back-off with jitter: attempt 1 waits about ``base``, doubling up to ``cap``."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext | None:
@@ -342,7 +328,25 @@ class Uplink:
         )
 
     async def post_result(self, job_id: str, result: JobResult) -> None:
-        await self._request("POST", f"/api/v1/agent/jobs/{job_id}/result", model=result)
+        """Post a job's result. Its ``code`` goes only when set; a controller from before
+        codes refuses the field by name, and then gets the result again without it."""
+        path = f"/api/v1/agent/jobs/{job_id}/result"
+        without_code = result.model_dump_json(exclude={"code"}).encode()
+        if result.code is None:
+            # Byte for byte what agents sent before codes existed.
+            await self._request("POST", path, data=without_code, content_type="application/json")
+            return
+        try:
+            await self._request("POST", path, model=result)
+        except ControllerRefused as exc:
+            if exc.status != 422 or exc.field != "code":
+                raise
+            log.info(
+                "job %s: the controller does not take failure codes (%s); result sent without",
+                job_id,
+                exc.message,
+            )
+            await self._request("POST", path, data=without_code, content_type="application/json")
 
     async def post_progress(self, job_id: str, progress: JobProgress) -> None:
         await self._request("POST", f"/api/v1/agent/jobs/{job_id}/progress", model=progress)

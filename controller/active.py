@@ -37,9 +37,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict
 
-from polyfleet.controller.api.errors import Handler, error_response
-from polyfleet.controller.api.spec import PUBLIC, endpoint
-from polyfleet.controller.keys import AUDIT, EVENT_BUS, INVENTORY, STORE
+from polyfleet.controller.http.errors import Handler, error_response
+from polyfleet.controller.http.spec import PUBLIC, endpoint
+from polyfleet.controller.keys import CORE, EVENT_BUS, STORE
 from polyfleet.controller.store.postgres import PostgresStore, StoreDeposed
 from polyfleet.shared.schema import ACTIVE_CONTROLLER_HEADER, NOT_ACTIVE_CODE
 
@@ -79,6 +79,9 @@ class Leadership:
     #: Fencing term while active on PostgreSQL.
     term: int | None = None
     backend: Literal["embedded", "postgresql"] = "embedded"
+    #: An admin command's own application over the store it holds: active from the start,
+    #: with none of the scheduled work.
+    command: bool = False
     #: Work that runs only while active, in registration order.
     lifecycles: list[Lifecycle] = field(default_factory=list)
     #: Set once the listener is bound and ``own_url`` known (a campaign starts after it).
@@ -120,6 +123,10 @@ async def leadership_lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     if isinstance(store, PostgresStore):
         leadership.backend = "postgresql"
+    if leadership.command:
+        # The command opened the store itself, to learn whether a server holds it.
+        _load_services(app)
+    elif isinstance(store, PostgresStore):
         leadership.role = Role.STANDBY
         store.deposed_observers.append(lambda exc: _on_deposed(app, exc))
     else:
@@ -141,16 +148,19 @@ async def leadership_lifecycle(app: web.Application) -> AsyncIterator[None]:
 async def startup_complete(app: web.Application) -> None:
     """Appended to ``on_startup`` last: every feature is set up; become active or campaign."""
     leadership = app[LEADERSHIP]
-    if leadership.backend == "postgresql":
+    if leadership.command:
+        leadership.role = Role.ACTIVE
+    elif leadership.backend == "postgresql":
         leadership._campaign = asyncio.create_task(_campaign(app), name="controller-campaign")
     else:
         await _start_active_work(app)
 
 
 def _load_services(app: web.Application) -> None:
-    app[EVENT_BUS].load()
-    app[INVENTORY].load()
-    app[AUDIT].load()
+    app[CORE].load()
+    if app[LEADERSHIP].command:
+        # Ticket commands work on the store too; detection and delivery stay the server's.
+        app[CORE].start_tickets(background=False)
 
 
 async def _start_active_work(app: web.Application) -> None:

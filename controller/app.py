@@ -3,7 +3,7 @@
 Extension points (plain lists, no import magic):
 
 - ``ROUTE_MODULES``: modules with ``register(app: web.Application) -> None`` that add routes
-  (``app.router.add_get(...)`` with handlers decorated by ``controller.api.spec.endpoint``,
+  (``app.router.add_get(...)`` with handlers decorated by ``controller.http.spec.endpoint``,
   so they appear in ``/api/v1/openapi.json`` and get role checks). A feature starts its
   background work from the same ``register`` by appending an async generator to
   ``app.cleanup_ctx``; it runs after the core is up (store open, services ready) and is
@@ -55,35 +55,32 @@ from polyfleet.controller.api import openapi as openapi_api
 from polyfleet.controller.api import overview as overview_api
 from polyfleet.controller.api import rollouts as rollouts_api
 from polyfleet.controller.api import tickets as tickets_api
-from polyfleet.controller.api.auth import auth_middleware
-from polyfleet.controller.api.bodies import CONNECTION_GUARD, body_middleware
-from polyfleet.controller.api.connections import ConnectionGuard, GuardedTCPSite
-from polyfleet.controller.api.errors import error_middleware
 from polyfleet.controller.api.metrics import ThrottleCollector, build_registry
-from polyfleet.controller.api.throttle import AUTH_LIMITER, ENROLL_LIMITER, AttemptLimiter
 from polyfleet.controller.clock import Clock, system_clock
 from polyfleet.controller.config import ControllerConfig
-from polyfleet.controller.events import EventBus
+from polyfleet.controller.core import Controller, build_controller
+from polyfleet.controller.http.auth import auth_middleware
+from polyfleet.controller.http.bodies import CONNECTION_GUARD, body_middleware
+from polyfleet.controller.http.connections import ConnectionGuard, GuardedTCPSite
+from polyfleet.controller.http.errors import error_middleware
+from polyfleet.controller.http.throttle import AUTH_LIMITER, ENROLL_LIMITER, AttemptLimiter
 from polyfleet.controller.keys import (
     ACCESS,
     AUDIT,
     CLOCK,
     CONFIG,
+    CORE,
     EVENT_BUS,
     INVENTORY,
     JOBS,
     METRICS,
     STORE,
 )
-from polyfleet.controller.services.access import AccessService
-from polyfleet.controller.services.audit import AuditLog
-from polyfleet.controller.services.inventory import Inventory
-from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.store.base import Store, StoreUnavailable
-from polyfleet.controller.store.postgres import PostgresStore
-from polyfleet.controller.store.tinydb import TinyDBStore, cannot_open
+from polyfleet.controller.store.tinydb import cannot_open
 from polyfleet.controller.web import routes as web_routes
 from polyfleet.shared.durable import write_atomically
+from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.schema import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -124,28 +121,16 @@ RUNTIME_FILE = "controller.json"
 
 async def liveness_monitor(app: web.Application) -> AsyncIterator[None]:
     """Every ``liveness_check_s``: silent agents -> site offline; silent devices -> unreachable."""
-    inventory = app[INVENTORY]
-    interval = app[CONFIG].liveness_check_s
-
-    async def loop() -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await inventory.check_liveness()
-                failing = False
-            except StoreUnavailable:
-                return
-            except Exception:
-                if not failing:
-                    log.exception("reachability check failed")
-                failing = True
-
-    task = asyncio.create_task(loop(), name="liveness-monitor")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    monitor = Periodic(
+        "reachability check",
+        app[INVENTORY].check_liveness,
+        interval_s=app[CONFIG].liveness_check_s,
+        run_first=False,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with monitor.running():
+        yield
 
 
 #: How often audit entries past their retention are dropped.
@@ -155,21 +140,19 @@ AUDIT_PRUNE_INTERVAL_S = 3600.0
 async def audit_retention(app: web.Application) -> AsyncIterator[None]:
     """Every hour: drop audit entries older than ``[audit] retention_days``."""
 
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(AUDIT_PRUNE_INTERVAL_S)
-            try:
-                app[AUDIT].prune()
-            except StoreUnavailable:
-                return
-            except Exception:
-                log.exception("dropping old audit entries failed; trying again in an hour")
+    async def prune() -> None:
+        app[AUDIT].prune()
 
-    task = asyncio.create_task(loop(), name="audit-retention")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    pruner = Periodic(
+        "dropping old audit entries",
+        prune,
+        interval_s=AUDIT_PRUNE_INTERVAL_S,
+        run_first=False,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with pruner.running():
+        yield
 
 
 #: The core's background work, run after the store is open.
@@ -177,45 +160,40 @@ BACKGROUND: list[Lifecycle] = [liveness_monitor, audit_retention]
 
 
 def create_app(
-    config: ControllerConfig, *, store: Store | None = None, clock: Clock = system_clock
+    config: ControllerConfig,
+    *,
+    store: Store | None = None,
+    clock: Clock = system_clock,
+    controller: Controller | None = None,
+    command: bool = False,
 ) -> web.Application:
-    """The controller application; the store opens and closes with the app's lifecycle.
+    """The controller application over ``build_controller(config, clock)`` (or ``controller``).
 
-    On a PostgreSQL store the application starts as a standby: call ``announce(app, url)``
-    once its listener is bound, and it campaigns for the database (``controller.active``).
+    The store opens and closes with the app's lifecycle. On a PostgreSQL store the
+    application starts as a standby: call ``announce(app, url)`` once its listener is bound,
+    and it campaigns for the database (``controller.active``).
+
+    ``command``: the application an admin command serves to itself on a store it has opened
+    and holds (no server runs): every route, none of the scheduled work.
     """
-    if store is None:
-        store = open_store(config)
+    if controller is None:
+        controller = build_controller(config, clock, store=store)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[error_middleware, role_middleware, auth_middleware, body_middleware],
     )
-    bus = EventBus(store, keep=config.events_keep)
-    inventory = Inventory(store, bus, clock, config)
-    app[CONFIG] = config
-    app[CLOCK] = clock
-    app[LEADERSHIP] = Leadership(own_url=config.advertise_url)
+    app[CORE] = controller
+    app[CONFIG] = controller.config
+    app[CLOCK] = controller.clock
+    app[LEADERSHIP] = Leadership(own_url=config.advertise_url, command=command)
     app[CONNECTION_GUARD] = ConnectionGuard(config.max_unauthenticated_connections)
-    app[STORE] = store
-    app[EVENT_BUS] = bus
-    app[ACCESS] = AccessService(
-        store,
-        bus,
-        clock,
-        code_ttl_s=config.enroll_code_ttl_s,
-        poll_interval_s=config.poll_interval_s,
-    )
-    app[INVENTORY] = inventory
-    app[JOBS] = JobService(
-        store,
-        bus,
-        clock,
-        artifacts_dir=config.data_dir / "artifacts",
-        lease_s=config.job_lease_s,
-        max_artifact_bytes=config.max_artifact_bytes,
-    )
-    app[AUDIT] = AuditLog(store, clock, retention_days=config.audit_retention_days)
-    app[METRICS] = build_registry(store, inventory, app[CONNECTION_GUARD])
+    app[STORE] = controller.store
+    app[EVENT_BUS] = controller.bus
+    app[ACCESS] = controller.access
+    app[INVENTORY] = controller.inventory
+    app[JOBS] = controller.jobs
+    app[AUDIT] = controller.audit
+    app[METRICS] = build_registry(controller.store, controller.inventory, app[CONNECTION_GUARD])
     app[METRICS].register(RoleCollector(app))
     app[AUTH_LIMITER] = AttemptLimiter("auth", config.auth_failures_per_minute)
     app[ENROLL_LIMITER] = AttemptLimiter("enroll", config.enroll_attempts_per_minute)
@@ -228,18 +206,6 @@ def create_app(
     # Last: every feature's start-up has run when the controller becomes active.
     app.on_startup.append(startup_complete)
     return app
-
-
-def open_store(config: ControllerConfig) -> Store:
-    """The store the configuration names: PostgreSQL (``store_url``) or the embedded one."""
-    if config.store_url is not None:
-        return PostgresStore(config.store_url, advertise_url=config.advertise_url)
-    return TinyDBStore(
-        config.data_dir / "store",
-        snapshot_interval_s=config.snapshot_interval_s,
-        journal_max_bytes=config.journal_max_bytes,
-        retry_max_s=config.write_retry_max_s,
-    )
 
 
 def tls_context(config: ControllerConfig) -> ssl.SSLContext | None:

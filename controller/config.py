@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, model_validator
+
+from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S
+from polyfleet.controller.services.ticket_config import TicketSections
+from polyfleet.controller.web.settings import WebSettings
+from polyfleet.shared.config import (
+    ConfigModel,
+    ConfigPath,
+    KeyProblem,
+    check,
+    positive,
+    read_toml,
+)
+
+# Callers catch config mistakes as this module's ConfigError: the one of the error tree.
+from polyfleet.shared.errors import ConfigError as ConfigError
 
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 DEFAULT_LISTEN_PORT = 8080
@@ -42,7 +58,7 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 #: past this many, the oldest of them is closed.
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 256
 #: Failed credentials (bearer tokens, dashboard sign-ins) one client address may present a
-#: minute before it is answered 429 (see controller/api/throttle.py).
+#: minute before it is answered 429 (see controller/http/throttle.py).
 DEFAULT_AUTH_FAILURES_PER_MINUTE = 20
 #: Failed enrollment attempts (unknown, used or expired codes) one client address may make a
 #: minute.
@@ -52,7 +68,8 @@ DEFAULT_AUDIT_RETENTION_DAYS = 400
 #: Schemes of a PostgreSQL store URL (``[store] url``, ``--store-url``).
 STORE_URL_SCHEMES = ("postgresql://", "postgres://")
 
-#: Sections other features parse themselves; kept here as raw tables.
+#: Sections read by their features (``ControllerConfig.section``): checked with the file, also
+#: kept as raw tables.
 FEATURE_SECTIONS = (
     "entitlement",
     "tickets",
@@ -62,10 +79,6 @@ FEATURE_SECTIONS = (
     "web",
     "rollouts",
 )
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is wrong; the message names the file and the key."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,164 +156,182 @@ class ControllerConfig:
 
 def parse_listen(text: str, *, where: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[::1]:8080`` for IPv6); the error names ``where``."""
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"{where}: expected HOST:PORT such as 127.0.0.1:8080, got {text!r}")
-    return host, int(port_text)
+    try:
+        return _split_listen(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def check_store_url(url: str, *, where: str) -> str:
     """``url`` if it names a PostgreSQL database; the error names ``where`` (never the password)."""
+    try:
+        return _store_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_advertise_url(url: str, *, where: str) -> str:
+    """``url`` if it is an http(s) URL, without a trailing slash."""
+    try:
+        return _advertise_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8080, got {text!r}")
+    return host, int(port_text)
+
+
+def _listen(text: str) -> str:
+    _split_listen(text)
+    return text
+
+
+def _store_url(url: str) -> str:
     if not url.startswith(STORE_URL_SCHEMES):
-        raise ConfigError(
-            f"{where}: a store URL starts with postgresql:// "
+        raise ValueError(
+            "a store URL starts with postgresql:// "
             "(e.g. postgresql://polyfleet@db.example.com/polyfleet)"
         )
     return url
 
 
-def check_advertise_url(url: str, *, where: str) -> str:
-    """``url`` if it is an http(s) URL, without a trailing slash."""
+def _advertise_url(url: str) -> str:
     if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
-        raise ConfigError(f"{where}: expected an http:// or https:// URL, got {url!r}")
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
     return url.rstrip("/")
 
 
-# section -> key -> (field name, type); a plain table so the file format is readable in one place.
-_KEYS: dict[str, dict[str, tuple[str, type]]] = {
-    "server": {
-        "listen": ("listen", str),
-        "tls_cert": ("tls_cert", Path),
-        "tls_key": ("tls_key", Path),
-        "metrics_require_token": ("metrics_require_token", bool),
-        "read_timeout_s": ("read_timeout_s", float),
-        "max_unauthenticated_connections": ("max_unauthenticated_connections", int),
-        "auth_failures_per_minute": ("auth_failures_per_minute", int),
-        "enroll_attempts_per_minute": ("enroll_attempts_per_minute", int),
-        "advertise_url": ("advertise_url", str),
-    },
-    "store": {
-        "data_dir": ("data_dir", Path),
-        "url": ("store_url", str),
-        "snapshot_interval_s": ("snapshot_interval_s", float),
-        "journal_max_bytes": ("journal_max_bytes", int),
-        "write_retry_max_s": ("write_retry_max_s", float),
-        "report_history": ("report_history", int),
-        "health_history": ("health_history", int),
-        "events_keep": ("events_keep", int),
-    },
-    "agents": {
-        "poll_interval_s": ("poll_interval_s", int),
-        "unreachable_after_polls": ("unreachable_after_polls", int),
-        "liveness_check_s": ("liveness_check_s", float),
-        "max_clock_skew_s": ("max_clock_skew_s", float),
-        "enroll_code_ttl_s": ("enroll_code_ttl_s", int),
-        "job_lease_s": ("job_lease_s", int),
-        "max_artifact_bytes": ("max_artifact_bytes", int),
-    },
-    "audit": {
-        "retention_days": ("audit_retention_days", int),
-    },
-}
+# -- the file: one table per section ------------------------------------------------------------
 
-_POSITIVE = {
-    "read_timeout_s",
-    "max_unauthenticated_connections",
-    "auth_failures_per_minute",
-    "enroll_attempts_per_minute",
-    "snapshot_interval_s",
-    "journal_max_bytes",
-    "write_retry_max_s",
-    "report_history",
-    "health_history",
-    "events_keep",
-    "poll_interval_s",
-    "unreachable_after_polls",
-    "liveness_check_s",
-    "max_clock_skew_s",
-    "enroll_code_ttl_s",
-    "job_lease_s",
-    "max_artifact_bytes",
-    "audit_retention_days",
-}
+PositiveInt = Annotated[int, positive()]
+PositiveFloat = Annotated[float, positive()]
+
+
+class ServerSection(ConfigModel):
+    """``[server]``: the listener, TLS and what it lets through."""
+
+    listen: Annotated[str, AfterValidator(_listen)] = f"{DEFAULT_LISTEN_HOST}:{DEFAULT_LISTEN_PORT}"
+    tls_cert: ConfigPath | None = None
+    tls_key: ConfigPath | None = None
+    metrics_require_token: bool = DEFAULT_METRICS_REQUIRE_TOKEN
+    read_timeout_s: PositiveFloat = DEFAULT_READ_TIMEOUT_S
+    max_unauthenticated_connections: PositiveInt = DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS
+    auth_failures_per_minute: PositiveInt = DEFAULT_AUTH_FAILURES_PER_MINUTE
+    enroll_attempts_per_minute: PositiveInt = DEFAULT_ENROLL_ATTEMPTS_PER_MINUTE
+    advertise_url: Annotated[str, AfterValidator(_advertise_url)] | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if self.tls_cert is None and self.tls_key is not None:
+            raise KeyProblem("tls_key", "must be set together with server.tls_cert")
+        if self.tls_cert is not None and self.tls_key is None:
+            raise KeyProblem("tls_cert", "must be set together with server.tls_key")
+        return self
+
+
+class StoreSection(ConfigModel):
+    """``[store]``: where the state lives and how much of it is kept."""
+
+    data_dir: ConfigPath = DEFAULT_DATA_DIR
+    url: Annotated[str, AfterValidator(_store_url)] | None = None
+    snapshot_interval_s: PositiveFloat = DEFAULT_SNAPSHOT_INTERVAL_S
+    journal_max_bytes: PositiveInt = DEFAULT_JOURNAL_MAX_BYTES
+    write_retry_max_s: PositiveFloat = DEFAULT_WRITE_RETRY_MAX_S
+    report_history: PositiveInt = DEFAULT_REPORT_HISTORY
+    health_history: PositiveInt = DEFAULT_HEALTH_HISTORY
+    events_keep: PositiveInt = DEFAULT_EVENTS_KEEP
+
+
+class AgentsSection(ConfigModel):
+    """``[agents]``: what agents are told, and when silence means trouble."""
+
+    poll_interval_s: PositiveInt = DEFAULT_POLL_INTERVAL_S
+    unreachable_after_polls: PositiveInt = DEFAULT_UNREACHABLE_AFTER_POLLS
+    liveness_check_s: PositiveFloat = DEFAULT_LIVENESS_CHECK_S
+    max_clock_skew_s: PositiveFloat = DEFAULT_MAX_CLOCK_SKEW_S
+    enroll_code_ttl_s: PositiveInt = DEFAULT_ENROLL_CODE_TTL_S
+    job_lease_s: PositiveInt = DEFAULT_JOB_LEASE_S
+    max_artifact_bytes: PositiveInt = DEFAULT_MAX_ARTIFACT_BYTES
+
+
+class AuditSection(ConfigModel):
+    """``[audit]``."""
+
+    retention_days: PositiveInt = DEFAULT_AUDIT_RETENTION_DAYS
+
+
+class EntitlementSection(ConfigModel):
+    """``[entitlement]``: other plan and release catalogue files (default: the shipped ones)."""
+
+    plans: str | None = None
+    releases: str | None = None
+
+
+class RolloutsSection(ConfigModel):
+    """``[rollouts]``."""
+
+    tick_s: PositiveFloat = ROLLOUT_TICK_S
+
+
+class ControllerFile(TicketSections):
+    """The whole of ``controller.toml``; the ticket sections come from :class:`TicketSections`."""
+
+    server: ServerSection = ServerSection()
+    store: StoreSection = StoreSection()
+    agents: AgentsSection = AgentsSection()
+    audit: AuditSection = AuditSection()
+    entitlement: EntitlementSection = EntitlementSection()
+    rollouts: RolloutsSection = RolloutsSection()
+    web: WebSettings = WebSettings()
 
 
 def load_config(path: Path | None) -> ControllerConfig:
     """Read ``path`` (or the embedded defaults when None) into a validated config."""
     if path is None:
         return ControllerConfig()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return config_from_mapping(raw, source=path)
+    return config_from_mapping(read_toml(path), source=path)
 
 
 def config_from_mapping(raw: Mapping[str, Any], *, source: Path | None = None) -> ControllerConfig:
     """Validate a parsed TOML document; every error names the file and ``section.key``."""
-    where = str(source) if source is not None else "<config>"
-    values: dict[str, Any] = {}
-    sections: dict[str, Mapping[str, Any]] = {}
+    where = source if source is not None else "<config>"
     base = source.parent if source is not None else Path()
-    for section_name, table in raw.items():
-        if section_name in FEATURE_SECTIONS:
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"{where}: [{section_name}] must be a table")
-            sections[section_name] = MappingProxyType(dict(table))
-            continue
-        keys = _KEYS.get(section_name)
-        if keys is None:
-            known = ", ".join([*_KEYS, *FEATURE_SECTIONS])
-            raise ConfigError(f"{where}: unknown section [{section_name}]; known sections: {known}")
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"{where}: [{section_name}] must be a table")
-        for key, value in table.items():
-            spec = keys.get(key)
-            if spec is None:
-                raise ConfigError(
-                    f"{where}: unknown key {section_name}.{key}; known keys: {', '.join(keys)}"
-                )
-            name, kind = spec
-            values[name] = _coerce(value, kind, f"{where}: {section_name}.{key}", base)
-            if name in _POSITIVE and values[name] <= 0:
-                raise ConfigError(f"{where}: {section_name}.{key} must be positive, got {value!r}")
-    listen = values.pop("listen", None)
-    if listen is not None:
-        values["listen_host"], values["listen_port"] = parse_listen(
-            listen, where=f"{where}: server.listen"
-        )
-    if "store_url" in values:
-        values["store_url"] = check_store_url(values["store_url"], where=f"{where}: store.url")
-    if "advertise_url" in values:
-        values["advertise_url"] = check_advertise_url(
-            values["advertise_url"], where=f"{where}: server.advertise_url"
-        )
-    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
-        raise ConfigError(f"{where}: server.tls_cert and server.tls_key must be set together")
-    return ControllerConfig(**values, sections=MappingProxyType(sections), source=source)
-
-
-def _coerce(value: Any, kind: type, where: str, base: Path) -> Any:
-    if kind is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where} must be a non-empty path string, got {value!r}")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else base / path
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    return value
+    file = check(ControllerFile, raw, source=where, base=base)
+    server, store, agents = file.server, file.store, file.agents
+    host, port = _split_listen(server.listen)
+    sections = {name: MappingProxyType(dict(raw[name])) for name in FEATURE_SECTIONS if name in raw}
+    return ControllerConfig(
+        listen_host=host,
+        listen_port=port,
+        tls_cert=server.tls_cert,
+        tls_key=server.tls_key,
+        metrics_require_token=server.metrics_require_token,
+        read_timeout_s=server.read_timeout_s,
+        max_unauthenticated_connections=server.max_unauthenticated_connections,
+        auth_failures_per_minute=server.auth_failures_per_minute,
+        enroll_attempts_per_minute=server.enroll_attempts_per_minute,
+        advertise_url=server.advertise_url,
+        data_dir=store.data_dir,
+        store_url=store.url,
+        snapshot_interval_s=store.snapshot_interval_s,
+        journal_max_bytes=store.journal_max_bytes,
+        write_retry_max_s=store.write_retry_max_s,
+        report_history=store.report_history,
+        health_history=store.health_history,
+        events_keep=store.events_keep,
+        poll_interval_s=agents.poll_interval_s,
+        unreachable_after_polls=agents.unreachable_after_polls,
+        liveness_check_s=agents.liveness_check_s,
+        max_clock_skew_s=agents.max_clock_skew_s,
+        enroll_code_ttl_s=agents.enroll_code_ttl_s,
+        job_lease_s=agents.job_lease_s,
+        max_artifact_bytes=agents.max_artifact_bytes,
+        audit_retention_days=file.audit.retention_days,
+        sections=MappingProxyType(sections),
+        source=source,
+    )

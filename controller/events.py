@@ -29,7 +29,8 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -306,11 +307,85 @@ class EventBus:
         self._keep = keep
         self._subscriptions: set[Subscription] = set()
         self._next_id = 1
+        #: The oldest stored event's id (older ones were dropped past ``keep``).
+        self._first_id = 1
+        #: Per kind, the ids of its stored events, oldest first (ids of events dropped past
+        #: ``keep`` are let go as the kind's next event comes, or skipped when read).
+        self._by_kind: dict[str, deque[int]] = {}
 
     def load(self) -> None:
         """Continue numbering after the stored events (call once the store is open)."""
-        keys = [int(key) for key in self._store.scan(EVENTS)]
+        stored = self._store.scan(EVENTS)
+        keys = sorted(int(key) for key in stored)
         self._next_id = max(keys, default=0) + 1
+        self._first_id = min(keys, default=self._next_id)
+        by_kind: dict[str, deque[int]] = {}
+        for event_id in keys:
+            by_kind.setdefault(str(stored[f"{event_id:012d}"]["kind"]), deque()).append(event_id)
+        self._by_kind = by_kind
+
+    def _ids(self, since: int, kind: str | None) -> Iterator[int]:
+        """Ids to read: after ``since`` oldest first, or without it newest first; of ``kind``
+        only when given (so a rare kind is found without reading the others)."""
+        first = max(since + 1, self._first_id)
+        if kind is None:
+            return iter(
+                range(first, self._next_id) if since else range(self._next_id - 1, first - 1, -1)
+            )
+        ids = self._by_kind.get(kind, deque())
+        if since:
+            return (event_id for event_id in ids if event_id >= first)
+        return (event_id for event_id in reversed(ids) if event_id >= first)
+
+    def query(
+        self,
+        *,
+        since: int = 0,
+        kind: str | None = None,
+        site: str | None = None,
+        serial: str | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+    ) -> list[Doc]:
+        """Stored events, oldest first: the first ``limit`` after ``since``, or without
+        ``since`` the newest ``limit``; each filter keeps only events that match it
+        (``agent``: events whose data names that agent, such as its notices).
+
+        Event ids are consecutive keys, and the ids of each kind are kept, so this reads the
+        ids it needs from the newest (or from ``since``) on, never the whole collection.
+        """
+
+        def wanted(doc: Doc | None) -> bool:
+            return (
+                doc is not None
+                and (kind is None or doc["kind"] == kind)
+                and (site is None or doc["site_id"] == site)
+                and (serial is None or doc["serial"] == serial)
+                and (agent is None or doc["data"].get("agent_id") == agent)
+            )
+
+        ids = self._ids(since, kind)
+        found: list[Doc] = []
+        for event_id in ids:
+            doc = self._store.get(EVENTS, f"{event_id:012d}")
+            if wanted(doc):
+                assert doc is not None
+                found.append(doc)
+                if len(found) >= limit:
+                    break
+        return found if since else found[::-1]
+
+    def recent(self, since: datetime) -> list[Doc]:
+        """Stored events that happened at ``since`` or later, newest first."""
+        found: list[Doc] = []
+        for event_id in range(self._next_id - 1, self._first_id - 1, -1):
+            doc = self._store.get(EVENTS, f"{event_id:012d}")
+            if doc is None:
+                continue
+            if datetime.fromisoformat(doc["at"]) < since:
+                break
+            found.append(doc)
+        return found
 
     def subscribe(
         self, callback: Callback, *, kinds: Iterable[type[Event]] | None = None
@@ -365,6 +440,11 @@ class EventBus:
             expired = event_id - self._keep
             if expired > 0:
                 deletes.append(f"{expired:012d}")
+                self._first_id = max(self._first_id, expired + 1)
+            ids = self._by_kind.setdefault(event.kind, deque())
+            ids.append(event_id)
+            while ids[0] < self._first_id:
+                ids.popleft()
         return puts, deletes
 
     def dispatch(self, events: Iterable[Event]) -> None:

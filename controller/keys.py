@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.core import Controller
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import AccessService
 from polyfleet.controller.services.audit import AuditLog
@@ -23,3 +24,4 @@ INVENTORY = web.AppKey("inventory", Inventory)
 JOBS = web.AppKey("jobs", JobService)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 AUDIT = web.AppKey("audit", AuditLog)
+CORE = web.AppKey("core", Controller)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import os
 import sys
@@ -9,9 +11,6 @@ import traceback
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from polyfleet import demo
-from polyfleet.agent import cli as agent_cli
-from polyfleet.controller import cli as controller_cli
 from polyfleet.shared.cli_errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -20,18 +19,21 @@ from polyfleet.shared.cli_errors import (
     CommandFailed,
     report_failure,
 )
-from polyfleet.simulator import cli as simulator_cli
 
 #: Third-party loggers that narrate every request or job run; shown only at DEBUG.
 CHATTY_LOGGERS = ("aiohttp.access", "apscheduler", "paramiko.transport")
 
-#: Group name -> module with ``register(parser)``; plain dict, no import magic.
+#: Group name -> module with ``register(parser)``; plain dict, no import magic. Only the
+#: group a command line names is imported: each pulls in a large part of the product (the
+#: demo all of it), and a command should not wait for the others.
 GROUPS = {
-    "sim": (simulator_cli, "run the Poly device lab (simulated devices on loopback)"),
-    "agent": (agent_cli, "the on-site agent: probe, discover, enroll, run"),
-    "controller": (controller_cli, "the central controller and its admin commands"),
-    "demo": (demo, "run the whole product on simulated devices"),
+    "sim": ("polyfleet.simulator.cli", "run the Poly device lab (simulated devices on loopback)"),
+    "agent": ("polyfleet.agent.cli", "the on-site agent: probe, discover, enroll, run"),
+    "controller": ("polyfleet.controller.cli", "the central controller and its admin commands"),
+    "demo": ("polyfleet.demo", "run the whole product on simulated devices"),
 }
+#: Options of ``polyfleet`` itself that take a value (the value is not a group's name).
+VALUED_OPTIONS = ("--log-level",)
 
 
 def installed_version() -> str:
@@ -42,7 +44,21 @@ def installed_version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> ArgumentParser:
+def named_group(arguments: Sequence[str]) -> str | None:
+    """The group a command line names (its first word that is not an option), if any."""
+    words = iter(arguments)
+    for word in words:
+        if word == "--":
+            return next(words, None)
+        if word in VALUED_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(arguments: Sequence[str] | None = None) -> ArgumentParser:
+    """The whole parser; given a command line, only the group it names has its commands."""
     parser = ArgumentParser(
         prog="polyfleet",
         description="One command for the Poly device lab, the site agent, the controller "
@@ -53,8 +69,13 @@ def build_parser() -> ArgumentParser:
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
     groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+    wanted = None if arguments is None else named_group(arguments)
     for name, (module, help_text) in GROUPS.items():
-        module.register(groups.add_parser(name, help=help_text, description=help_text))
+        group: argparse.ArgumentParser = groups.add_parser(
+            name, help=help_text, description=help_text
+        )
+        if arguments is None or name == wanted:
+            importlib.import_module(module).register(group)
     return parser
 
 
@@ -73,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(arguments: list[str]) -> int:
-    parser = build_parser()
+    parser = build_parser(arguments)
     try:
         args = parser.parse_args(arguments)
     except CommandFailed as exc:

@@ -11,6 +11,7 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import secrets
 import socket
 import sys
@@ -27,16 +28,17 @@ from aiohttp import web
 from polyfleet.agent.config import load_config as load_agent_config
 from polyfleet.agent.service import AgentService
 from polyfleet.controller.app import serve as serve_controller
-from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.config import DEFAULT_LIVENESS_CHECK_S, ControllerConfig
 from polyfleet.controller.domain.calendar import WARSAW
 from polyfleet.controller.domain.plans import add_years
+from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S
 from polyfleet.controller.services.entitlement import load_releases
 from polyfleet.controller.services.webhook import verify as verify_signature
 from polyfleet.shared.cli_errors import CommandFailed, unreadable_file
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import PolyfleetError
 from polyfleet.shared.process import polyfleet_argv
-from polyfleet.simulator.fleet import FleetSpec, load_fleet
+from polyfleet.simulator.fleet import DeviceSpec, FleetSpec, load_fleet
 from polyfleet.simulator.lab import Lab
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,10 @@ STATUS_EVERY_S = 15.0
 DEMO_PACKAGE_BYTES = 8 * 1024 * 1024
 #: ``--rollout``: the window opens now and lasts this long; waves follow this far apart.
 DEMO_ROLLOUT_WINDOW_MIN = 45
-DEMO_ROLLOUT_WAVE_GAP = "3m"
+DEMO_ROLLOUT_WAVE_GAP_MIN = 3
+#: ``--time-scale``: how much faster the demo may run. Beyond it a poll comes every second
+#: or less, and the whole fleet's polls crowd the one process the demo runs in.
+MAX_TIME_SCALE = 10.0
 DESK_SIGNATURE_HEADER = "X-Polyfleet-Signature"
 #: The HTTPS and SSH ports every demo lab device answers on, when free on this machine.
 DEMO_LAB_PORTS = (8443, 8022)
@@ -96,7 +101,27 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="also run the planned firmware rollout now, in a window that opens at once "
         "(otherwise it is only planned, for tomorrow night)",
     )
+    parser.add_argument(
+        "--time-scale",
+        type=_time_scale,
+        default=1.0,
+        metavar="FACTOR",
+        help="run the demo FACTOR times faster (1 to 10, default 1): polls, ticket "
+        "thresholds, status lines, the rollout's steps, device boots and installs, and, once "
+        "the rollout is planned, the lab's scripted faults and calls; the same things "
+        "happen, sooner (--duration stays in real seconds)",
+    )
     parser.set_defaults(func=run)
+
+
+def _time_scale(text: str) -> float:
+    try:
+        factor = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1.0 <= factor <= MAX_TIME_SCALE:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and {MAX_TIME_SCALE:g}")
+    return factor
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,6 +173,11 @@ class Demo:
         self.lab_ports = DEMO_LAB_PORTS
         self.lab_ranges: list[str] = []
         self.out = sys.stdout
+        self.scale: float = args.time_scale
+
+    def seconds(self, seconds: float) -> float:
+        """``seconds`` of the demo's timeline, in real seconds under ``--time-scale``."""
+        return seconds / self.scale
 
     def say(self, text: str) -> None:
         if not self.args.json:
@@ -156,7 +186,7 @@ class Demo:
     async def main(self) -> int:
         started = time.monotonic()
         # Both inputs are read before anything starts: a wrong path stops here, named.
-        fleet = load_fleet(self.args.fleet)
+        fleet = quicker_devices(load_fleet(self.args.fleet), self.scale)
         try:
             assets_text = await asyncio.to_thread(self.args.assets.read_text, "utf-8")
         except OSError as exc:
@@ -202,6 +232,11 @@ class Demo:
                     await self._wait_reported(http, lab, started)
                     self.rollout_id = await self._plan_rollout(http, fleet)
                     await self._write_demo_json()
+                    if self.scale != 1:
+                        # Start-up takes what it takes on this machine: until the plan is
+                        # made, faults come when they would without --time-scale.
+                        lab.set_timeline_rate(self.scale)
+                        self.say(f"lab timeline: {self.scale:g} times faster from now")
                     await self._watch(http, desk, started)
                 except (aiohttp.ClientError, PolyfleetError):
                     if not self.stop.is_set():
@@ -237,15 +272,18 @@ class Demo:
             listen_host=host,
             listen_port=int(port),
             data_dir=data_dir,
-            poll_interval_s=DEMO_POLL_INTERVAL_S,
+            # Whole seconds; never shorter than the agents' interval, or devices look silent.
+            poll_interval_s=math.ceil(self.seconds(DEMO_POLL_INTERVAL_S)),
+            liveness_check_s=self.seconds(DEFAULT_LIVENESS_CHECK_S),
             sections={
                 "tickets": {
-                    "min_duration_s": 20,
-                    "unreachable_min_duration_s": 45,
-                    "clear_after_s": 30,
-                    "check_interval_s": 2,
+                    "min_duration_s": self.seconds(20),
+                    "unreachable_min_duration_s": self.seconds(45),
+                    "clear_after_s": self.seconds(30),
+                    "check_interval_s": self.seconds(2),
                     "diagnostics_timeout_s": 30,
                 },
+                "rollouts": {"tick_s": self.seconds(ROLLOUT_TICK_S)},
                 "webhook": {
                     "url": desk_url,
                     "secret_file": str(secret_file),
@@ -413,7 +451,8 @@ class Demo:
             body.update(
                 window=f"{now - timedelta(minutes=1):%H:%M}-{end:%H:%M}",
                 start=now.date().isoformat(),
-                wave_gap=DEMO_ROLLOUT_WAVE_GAP,
+                # A minute at least: shorter gaps are refused.
+                wave_gap=f"{max(1, round(self.seconds(DEMO_ROLLOUT_WAVE_GAP_MIN)))}m",
             )
         plan = await _api(http, "POST", f"{self.controller_url}/api/v1/rollouts", body)
         counts = plan["summary"]["by_status"]
@@ -493,8 +532,8 @@ class Demo:
                 "[agent]",
                 f"data_dir = {_toml(str(folder / 'data'))}",
                 f"name = {_toml(site.id + '-agent')}",
-                f"poll_interval_s = {DEMO_POLL_INTERVAL_S}",
-                "jitter_s = 2",
+                f"poll_interval_s = {self.seconds(DEMO_POLL_INTERVAL_S):g}",
+                f"jitter_s = {self.seconds(2):g}",
                 "lockout_backoff_s = 120",
                 # One agent per site in one process: each takes a free port for its status.
                 'status_listen = "127.0.0.1:0"',
@@ -503,7 +542,7 @@ class Demo:
                 f"url = {_toml(self.controller_url)}",
                 f"enrollment_code_file = {_toml(str(folder / 'enrollment-code'))}",
                 "send_interval_s = 1",
-                "jobs_interval_s = 2",
+                f"jobs_interval_s = {self.seconds(2):g}",
                 "",
             ]
             for room in site.rooms:
@@ -535,7 +574,7 @@ class Demo:
         deadline = None if duration is None else started + duration
         seen_tickets: set[str] = set()
         while not self.stop.is_set():
-            timeout = STATUS_EVERY_S
+            timeout = self.seconds(STATUS_EVERY_S)
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             with contextlib.suppress(TimeoutError):
@@ -634,6 +673,28 @@ def _free_ports(host: str, count: int) -> tuple[int, ...]:
             probe.bind((host, 0))
             ports.append(int(probe.getsockname()[1]))
     return tuple(ports)
+
+
+def quicker_devices(fleet: FleetSpec, scale: float) -> FleetSpec:
+    """``fleet`` with every device's boots and installs ``scale`` times shorter."""
+    if scale == 1:
+        return fleet
+
+    def faster(device: DeviceSpec) -> DeviceSpec:
+        return replace(
+            device,
+            boot_seconds=device.boot_seconds / scale,
+            update=replace(device.update, install_seconds=device.update.install_seconds / scale),
+        )
+
+    sites = [
+        replace(
+            site,
+            rooms=[replace(room, devices=[faster(d) for d in room.devices]) for room in site.rooms],
+        )
+        for site in fleet.sites
+    ]
+    return replace(fleet, sites=sites)
 
 
 def _on_ports(fleet: FleetSpec, rest_port: int, ssh_port: int) -> FleetSpec:

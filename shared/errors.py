@@ -23,8 +23,8 @@ class PolyfleetError(Exception):
     """Base of every error polyfleet raises on purpose."""
 
 
-class ConfigError(PolyfleetError):
-    """A configuration file or flag is wrong."""
+class ConfigError(PolyfleetError, ValueError):
+    """A configuration file or flag is wrong; a ValueError too, as a bad value is one."""
 
 
 class ProtocolError(PolyfleetError):

@@ -302,12 +302,52 @@ class JobList(_Strict):
     jobs: list[Job]
 
 
+class FailureCode(StrEnum):
+    """Why a job was not done, in one word the controller acts on (``detail`` is for people).
+
+    One value per way a job ends unfinished on the agent: the controller decides from it
+    what a failure means (the breaker, the penalty box, another attempt), never from words.
+    """
+
+    #: The agent has no such device (moved to another site?).
+    NOT_AT_SITE = "not_at_site"
+    #: Not something this agent or unit does (a job kind, a camera on its own).
+    NOT_SUPPORTED = "not_supported"
+    #: The unit does not answer; nothing was done to it.
+    DEVICE_UNREACHABLE = "device_unreachable"
+    #: The unit answers but refuses us (credentials, lock-out, a wedged API...).
+    DEVICE_ERROR = "device_error"
+    #: The unit was (or went) into a call: never disturbed.
+    IN_CALL = "in_call"
+    #: The package could not be fetched from the controller; the unit was not touched.
+    DOWNLOAD_FAILED = "download_failed"
+    #: The package fetched is not the one ordered (size or SHA-256); the unit was not touched.
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    #: After the order the unit answers with another TLS certificate: nothing it says is trusted.
+    CERTIFICATE_CHANGED = "certificate_changed"
+    #: After the order the unit did not come back in time (it may be bricked).
+    DID_NOT_RETURN = "did_not_return"
+    #: The unit came back saying its install failed, on its old version.
+    INSTALL_FAILED = "install_failed"
+    #: The unit came back but a check against the baseline failed (version, mode, A/V...).
+    VERIFICATION_FAILED = "verification_failed"
+    #: The job's artifact could not be uploaded to the controller.
+    UPLOAD_FAILED = "upload_failed"
+
+
 class JobResult(_Strict):
-    """Posted to ``/api/v1/agent/jobs/{id}/result``; a bundle goes to ``.../artifact`` first."""
+    """Posted to ``/api/v1/agent/jobs/{id}/result``; a bundle goes to ``.../artifact`` first.
+
+    ``code`` says why a job was not done (``failed`` or ``refused``). Agents before it send
+    none, and the controller judges their results by their status as it always did; an
+    agent sends it only when set, and again without it to a controller that refuses it
+    by name (one from before it: models here forbid unknown fields).
+    """
 
     status: Literal["done", "failed", "refused"]
     detail: ShortText = ""
     artifact_sha256: str | None = None
+    code: FailureCode | None = None
 
 
 class JobProgress(_Strict):

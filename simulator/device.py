@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import socket
 import ssl
@@ -20,6 +19,7 @@ from typing import Any
 import paramiko
 from aiohttp import web
 
+from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.version import FirmwareVersion, VersionError
 from polyfleet.simulator import identity
 from polyfleet.simulator.download import Download, DownloadFailed, fetch_package
@@ -327,9 +327,7 @@ class SimDevice:
         }
 
     def _save_ports(self, ports: dict[str, int]) -> None:
-        tmp = self.data_dir / (PORTS_FILE + ".tmp")
-        tmp.write_text(json.dumps(ports), encoding="utf-8")
-        os.replace(tmp, self.data_dir / PORTS_FILE)
+        write_atomically(self.data_dir / PORTS_FILE, json.dumps(ports), sync=False)
 
     def silent_mode(self) -> str:
         """How this device is silent now: the lan_down fault's ``mode``, else the spec's."""

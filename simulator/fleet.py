@@ -5,12 +5,23 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 
-from polyfleet.shared.errors import ConfigError
+from pydantic import AfterValidator, ConfigDict, model_validator
+
+from polyfleet.shared.config import (
+    ConfigModel,
+    KeyProblem,
+    at_least,
+    between,
+    check,
+    config_error,
+    key_path,
+    one_of,
+    read_toml,
+)
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 MODELS = ("studio_x30", "studio_x50", "studio_x70", "g7500")
@@ -397,357 +408,362 @@ def _device_problems(spec: DeviceSpec) -> list[str]:
     return problems
 
 
-# --- reading TOML -------------------------------------------------------------------------
+# --- the fleet file --------------------------------------------------------------------------
 
 
-class _Table:
-    """A TOML table that remembers its key path, so errors name file and key."""
-
-    def __init__(self, path: Path, where: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: {where or 'top level'} must be a table")
-        self.path = path
-        self.where = where
-        self.data: dict[str, Any] = data
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def fail(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {self.key(name)}: {problem}")
-
-    def _get(self, name: str, kinds: tuple[type, ...], label: str, default: Any) -> Any:
-        if name not in self.data:
-            if default is _REQUIRED:
-                raise self.fail(name, "is required")
-            return default
-        value = self.data[name]
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.fail(name, f"must be {label}, not {value!r}")
-        if not isinstance(value, kinds):
-            raise self.fail(name, f"must be {label}, not {value!r}")
-        return value
-
-    def text(self, name: str, default: Any = None) -> str:
-        return str(self._get(name, (str,), "a string", _REQUIRED if default is None else default))
-
-    def number(self, name: str, default: float) -> float:
-        value = self._get(name, (int, float), "a number", default)
-        if value < 0:
-            raise self.fail(name, "must not be negative")
-        return float(value)
-
-    def optional_number(self, name: str) -> float | None:
-        value = self._get(name, (int, float), "a number", None)
-        if value is not None and value < 0:
-            raise self.fail(name, "must not be negative")
-        return None if value is None else float(value)
-
-    def integer(self, name: str, default: int | None) -> int | None:
-        value = self._get(name, (int,), "a whole number", default)
-        return None if value is None else int(value)
-
-    def flag(self, name: str, default: bool) -> bool:
-        return bool(self._get(name, (bool,), "true or false", default))
-
-    def tables(self, name: str) -> list[_Table]:
-        items = self._get(name, (list,), "an array of tables", [])
-        return [_Table(self.path, f"{self.key(name)}[{i}]", item) for i, item in enumerate(items)]
-
-    def table(self, name: str) -> _Table:
-        return _Table(self.path, self.key(name), self._get(name, (dict,), "a table", {}))
-
-    def reject_unknown(self, allowed: set[str]) -> None:
-        for name in self.data:
-            if name not in allowed:
-                raise self.fail(name, f"unknown key (known: {', '.join(sorted(allowed))})")
+def _loopback(text: str) -> str:
+    problems = _address_problems(text)
+    if problems:
+        raise ValueError(problems[0].removeprefix("address ") + " (the lab is loopback only)")
+    return text
 
 
-_REQUIRED = object()
-
-_DEVICE_KEYS = {
-    "serial",
-    "model",
-    "address",
-    "firmware",
-    "build",
-    "provider",
-    "device_mode",
-    "admin_password",
-    "rest_port",
-    "ssh_port",
-    "system_name",
-    "peripherals",
-    "in_call",
-    "sip",
-    "faults",
-    "calls",
-    "update",
-    "regenerate_cert_on_reboot",
-    "ssh_host_key_type",
-    "lockout_failures",
-    "lockout_seconds",
-    "session_limit",
-    "session_idle_seconds",
-    "boot_seconds",
-    "uptime_seconds",
-    "login_failure_status",
-    "ssh_line_ending",
-    "ssh_banner_delay_ms",
-    "ssh_server_version",
-    "silent_mode",
-}
-
-
-def _choice(table: _Table, name: str, choices: tuple[str, ...], default: str | None) -> str:
-    value = table.text(name, default)
-    if value not in choices:
-        raise table.fail(name, f"{value!r} is not one of {', '.join(choices)}")
+def _login_failure_status(value: int) -> int:
+    if value not in LOGIN_FAILURE_STATUSES:
+        raise ValueError("must be 200, 400 or 403")
     return value
 
 
-def _fault_windows(
-    table: _Table, peripherals: list[PeripheralSpec] | None
-) -> list[tuple[_Table, FaultWindow]]:
-    """The ``faults`` windows of a device (or of a site: ``peripherals`` None, see fault_params)."""
-    windows = []
-    for f in table.tables("faults"):
-        name = _choice(f, "name", FAULTS, None)
-        at = f.number("at", 0.0)
-        until = f.optional_number("until")
-        if until is not None and until <= at:
-            raise f.fail("until", f"must be after at ({at:g})")
-        params = {k: v for k, v in f.data.items() if k not in {"name", "at", "until"}}
+Seconds = Annotated[float, at_least(0)]
+TcpPort = Annotated[int, between(0, 65535)]
+Loopback = Annotated[str, AfterValidator(_loopback)]
+
+
+PeripheralKind = Annotated[str, one_of(PERIPHERAL_KINDS)]
+FaultName = Annotated[str, one_of(FAULTS)]
+UpdateOutcome = Annotated[str, one_of(UPDATE_OUTCOMES)]
+Model = Annotated[str, one_of(MODELS)]
+Provider = Annotated[str, one_of(PROVIDERS)]
+HostKeyType = Annotated[str, one_of(SSH_HOST_KEY_TYPES)]
+LineEnding = Annotated[str, one_of(SSH_LINE_ENDINGS)]
+SilentMode = Annotated[str, one_of(SILENT_MODES)]
+OtherHostKind = Annotated[str, one_of(OTHER_HOST_KINDS)]
+
+
+class PeripheralTable(ConfigModel):
+    kind: PeripheralKind
+    serial: str
+    firmware: str = ""
+    name: str = ""
+
+
+class FaultTable(ConfigModel):
+    """A fault window; keys other than name, at and until are the fault's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: FaultName
+    at: Seconds = 0.0
+    until: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.until is not None and self.until <= self.at:
+            raise KeyProblem("until", f"must be after at ({self.at:g})")
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CallTable(ConfigModel):
+    at: Seconds = 0.0
+    until: Seconds | None = None
+    remote: str = "sip:meeting@127.0.0.1"
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.until is not None and self.until <= self.at:
+            raise KeyProblem("until", f"must be after at ({self.at:g})")
+        return self
+
+
+class UpdateTable(ConfigModel):
+    install_seconds: Seconds = DEFAULT_INSTALL_SECONDS
+    outcome: UpdateOutcome = "ok"
+
+
+class DeviceTable(ConfigModel):
+    """One ``[[sites.rooms.devices]]`` entry, ``[defaults]`` merged in (see DeviceSpec)."""
+
+    serial: str
+    model: Model
+    address: Loopback
+    firmware: str = DEFAULT_FIRMWARE
+    build: str = ""
+    provider: Provider = "poly"
+    device_mode: bool = False
+    admin_password: str = DEFAULT_PASSWORD
+    rest_port: TcpPort | None = None
+    ssh_port: TcpPort | None = None
+    system_name: str = ""
+    peripherals: list[PeripheralTable] = []
+    in_call: bool = False
+    sip: bool = True
+    faults: list[FaultTable] = []
+    calls: list[CallTable] = []
+    update: UpdateTable = UpdateTable()
+    regenerate_cert_on_reboot: bool = False
+    ssh_host_key_type: HostKeyType = "ed25519"
+    lockout_failures: Annotated[int, at_least(1)] = DEFAULT_LOCKOUT_FAILURES
+    lockout_seconds: Seconds = DEFAULT_LOCKOUT_SECONDS
+    session_limit: Annotated[int, at_least(1)] = DEFAULT_SESSION_LIMIT
+    session_idle_seconds: Seconds = DEFAULT_SESSION_IDLE_SECONDS
+    boot_seconds: Seconds = DEFAULT_BOOT_SECONDS
+    uptime_seconds: Seconds = DEFAULT_UPTIME_SECONDS
+    login_failure_status: Annotated[int, AfterValidator(_login_failure_status)] | None = None
+    ssh_line_ending: LineEnding = "crlf"
+    ssh_banner_delay_ms: Seconds = 0.0
+    ssh_server_version: str = DEFAULT_SSH_SERVER_VERSION
+    silent_mode: SilentMode = "refuse"
+
+    @model_validator(mode="after")
+    def _firmware(self) -> Self:
         try:
-            params = fault_params(name, params, peripherals)
+            split_firmware(self.firmware, self.build)
+        except VersionError as exc:
+            raise KeyProblem("firmware", str(exc)) from exc
+        return self
+
+
+#: Keys ``[defaults]`` may give every device: all but what makes each one itself.
+DEFAULT_KEYS = tuple(
+    name for name in DeviceTable.model_fields if name not in {"serial", "address", "system_name"}
+)
+
+
+def _defaults(table: dict[str, Any]) -> dict[str, Any]:
+    for key in table:
+        if key not in DEFAULT_KEYS:
+            raise KeyProblem(key, f"unknown key; known keys: {', '.join(DEFAULT_KEYS)}")
+    return table
+
+
+class OtherHostTable(ConfigModel):
+    name: str
+    address: Loopback
+    kind: OtherHostKind = "web_server"
+    title: str = ""
+    rest_port: TcpPort | None = None
+    ssh_port: TcpPort | None = None
+    admin_password: str = DEFAULT_PASSWORD
+
+
+class RoomTable(ConfigModel):
+    id: str
+    name: str | None = None
+    devices: list[DeviceTable] = []
+    other_hosts: list[OtherHostTable] = []
+
+
+class SiteTable(ConfigModel):
+    id: str
+    name: str | None = None
+    timezone: str = "Europe/Warsaw"
+    rooms: list[RoomTable] = []
+    #: Fault windows every device of the site gets (a site outage, say).
+    faults: list[FaultTable] = []
+
+
+class FleetFile(ConfigModel):
+    """A whole fleet file (docs/lab.md, "Fleet files")."""
+
+    defaults: Annotated[dict[str, Any], AfterValidator(_defaults)] = {}
+    sites: list[SiteTable] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        """Each device as if it spelt out ``[defaults]`` itself (its own keys win)."""
+        if not isinstance(data, dict) or not isinstance(data.get("defaults", {}), dict):
+            return data
+        defaults = data.get("defaults", {})
+        if not defaults:
+            return data
+        sites = data.get("sites")
+        if not isinstance(sites, list):
+            return data
+        merged_sites = []
+        for site in sites:
+            if isinstance(site, dict) and isinstance(site.get("rooms"), list):
+                site = {**site, "rooms": [_with_defaults(room, defaults) for room in site["rooms"]]}
+            merged_sites.append(site)
+        return {**data, "sites": merged_sites}
+
+
+def _with_defaults(room: Any, defaults: dict[str, Any]) -> Any:
+    if not isinstance(room, dict) or not isinstance(room.get("devices"), list):
+        return room
+    devices = [
+        {**defaults, **device} if isinstance(device, dict) else device for device in room["devices"]
+    ]
+    return {**room, "devices": devices}
+
+
+Loc = tuple[str | int, ...]
+
+
+def _windows(
+    path: Path, loc: Loc, faults: list[FaultTable], peripherals: list[PeripheralSpec] | None
+) -> list[FaultWindow]:
+    """The fault windows at ``loc``, their parameters checked (see fault_params)."""
+    windows = []
+    for index, fault in enumerate(faults):
+        try:
+            params = fault_params(fault.name, fault.params, peripherals)
         except FaultParamError as exc:
-            raise f.fail(exc.key, str(exc)) from exc
-        windows.append((f, FaultWindow(name=name, at=at, until=until, params=params)))
+            raise config_error(path, (*loc, "faults", index, exc.key), str(exc)) from exc
+        windows.append(FaultWindow(name=fault.name, at=fault.at, until=fault.until, params=params))
     return windows
 
 
-def _with_site_faults(site: _Table, rooms: list[RoomSpec]) -> list[RoomSpec]:
+def _device(path: Path, loc: Loc, table: DeviceTable) -> DeviceSpec:
+    firmware, build = split_firmware(table.firmware, table.build)
+    peripherals = [
+        PeripheralSpec(kind=p.kind, serial=p.serial, firmware=p.firmware, name=p.name)
+        for p in table.peripherals
+    ]
+    try:
+        return DeviceSpec(
+            serial=table.serial,
+            model=table.model,
+            address=table.address,
+            firmware=firmware,
+            build=build,
+            provider=table.provider,
+            device_mode=table.device_mode,
+            admin_password=table.admin_password,
+            rest_port=table.rest_port,
+            ssh_port=table.ssh_port,
+            system_name=table.system_name,
+            peripherals=peripherals,
+            in_call=table.in_call,
+            sip=table.sip,
+            faults=_windows(path, loc, table.faults, peripherals),
+            calls=[CallWindow(at=c.at, until=c.until, remote=c.remote) for c in table.calls],
+            update=UpdateBehaviour(
+                install_seconds=table.update.install_seconds, outcome=table.update.outcome
+            ),
+            regenerate_cert_on_reboot=table.regenerate_cert_on_reboot,
+            ssh_host_key_type=table.ssh_host_key_type,
+            lockout_failures=table.lockout_failures,
+            lockout_seconds=table.lockout_seconds,
+            session_limit=table.session_limit,
+            session_idle_seconds=table.session_idle_seconds,
+            boot_seconds=table.boot_seconds,
+            uptime_seconds=table.uptime_seconds,
+            login_failure_status=table.login_failure_status,
+            ssh_line_ending=table.ssh_line_ending,
+            ssh_banner_delay_ms=table.ssh_banner_delay_ms,
+            ssh_server_version=table.ssh_server_version,
+            silent_mode=table.silent_mode,
+        )
+    except ValueError as exc:
+        raise config_error(path, loc, str(exc)) from exc
+
+
+def _other_host(path: Path, loc: Loc, table: OtherHostTable) -> OtherHostSpec:
+    try:
+        return OtherHostSpec(
+            name=table.name,
+            address=table.address,
+            kind=table.kind,
+            title=table.title,
+            rest_port=table.rest_port,
+            ssh_port=table.ssh_port,
+            admin_password=table.admin_password,
+        )
+    except ValueError as exc:
+        raise config_error(path, loc, str(exc)) from exc
+
+
+def _with_site_faults(
+    path: Path, loc: Loc, site: SiteTable, rooms: list[RoomSpec]
+) -> list[RoomSpec]:
     """Rooms whose devices also carry the site's fault windows (a site outage, say)."""
-    windows = _fault_windows(site, None)
+    windows = _windows(path, loc, site.faults, None)
     if not windows:
         return rooms
     placed = []
     for room in rooms:
         devices = []
         for device in room.devices:
-            for f, window in windows:
+            for index, window in enumerate(windows):
                 try:
                     fault_params(window.name, window.params, device.peripherals)
                 except FaultParamError as exc:
-                    raise f.fail(exc.key, f"device {device.serial}: {exc}") from exc
-            devices.append(replace(device, faults=[*device.faults, *(w for _f, w in windows)]))
+                    where = (*loc, "faults", index, exc.key)
+                    raise config_error(path, where, f"device {device.serial}: {exc}") from exc
+            devices.append(replace(device, faults=[*device.faults, *windows]))
         placed.append(replace(room, devices=devices))
     return placed
 
 
-def _device(table: _Table, defaults: _Table) -> DeviceSpec:
-    merged = _Table(table.path, table.where, {**defaults.data, **table.data})
-    merged.reject_unknown(_DEVICE_KEYS)
-    serial = merged.text("serial")
-    try:
-        firmware, build = split_firmware(
-            merged.text("firmware", DEFAULT_FIRMWARE), merged.text("build", "")
-        )
-    except VersionError as exc:
-        raise merged.fail("firmware", str(exc)) from exc
-    peripherals = []
-    for p in merged.tables("peripherals"):
-        p.reject_unknown({"kind", "serial", "firmware", "name"})
-        peripherals.append(
-            PeripheralSpec(
-                kind=_choice(p, "kind", PERIPHERAL_KINDS, None),
-                serial=p.text("serial"),
-                firmware=p.text("firmware", ""),
-                name=p.text("name", ""),
-            )
-        )
-    faults = [window for _table, window in _fault_windows(merged, peripherals)]
-    calls = []
-    for c in merged.tables("calls"):
-        c.reject_unknown({"at", "until", "remote"})
-        at = c.number("at", 0.0)
-        until = c.optional_number("until")
-        if until is not None and until <= at:
-            raise c.fail("until", f"must be after at ({at:g})")
-        calls.append(
-            CallWindow(at=at, until=until, remote=c.text("remote", "sip:meeting@127.0.0.1"))
-        )
-    update_table = merged.table("update")
-    update_table.reject_unknown({"install_seconds", "outcome"})
-    update = UpdateBehaviour(
-        install_seconds=update_table.number("install_seconds", DEFAULT_INSTALL_SECONDS),
-        outcome=_choice(update_table, "outcome", UPDATE_OUTCOMES, "ok"),
-    )
-    address = merged.text("address")
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError as exc:
-        raise merged.fail("address", f"{address!r} is not an IPv4 address") from exc
-    if parsed.version != 4 or not parsed.is_loopback:
-        raise merged.fail("address", f"{address} is not in 127.0.0.0/8 (the lab is loopback only)")
-    ports: dict[str, int] = {}
-    for name in ("rest_port", "ssh_port"):
-        port = merged.integer(name, None)
-        if port is not None and not 0 <= port <= 65535:
-            raise merged.fail(name, f"{port} is not a TCP port (0 = any)")
-        if port is not None:
-            ports[name] = port
-    login_failure_status = merged.integer("login_failure_status", None)
-    if login_failure_status not in LOGIN_FAILURE_STATUSES:
-        raise merged.fail("login_failure_status", "must be 200, 400 or 403")
-    lockout_failures = merged.integer("lockout_failures", DEFAULT_LOCKOUT_FAILURES) or 0
-    session_limit = merged.integer("session_limit", DEFAULT_SESSION_LIMIT) or 0
-    if lockout_failures < 1:
-        raise merged.fail("lockout_failures", "must be at least 1")
-    if session_limit < 1:
-        raise merged.fail("session_limit", "must be at least 1")
-    try:
-        return DeviceSpec(
-            serial=serial,
-            model=_choice(merged, "model", MODELS, None),
-            address=address,
-            firmware=firmware,
-            build=build,
-            provider=_choice(merged, "provider", PROVIDERS, "poly"),
-            device_mode=merged.flag("device_mode", False),
-            admin_password=merged.text("admin_password", DEFAULT_PASSWORD),
-            rest_port=ports.get("rest_port"),
-            ssh_port=ports.get("ssh_port"),
-            system_name=merged.text("system_name", ""),
-            peripherals=peripherals,
-            in_call=merged.flag("in_call", False),
-            sip=merged.flag("sip", True),
-            faults=faults,
-            calls=calls,
-            update=update,
-            regenerate_cert_on_reboot=merged.flag("regenerate_cert_on_reboot", False),
-            ssh_host_key_type=_choice(merged, "ssh_host_key_type", SSH_HOST_KEY_TYPES, "ed25519"),
-            lockout_failures=lockout_failures,
-            lockout_seconds=merged.number("lockout_seconds", DEFAULT_LOCKOUT_SECONDS),
-            session_limit=session_limit,
-            session_idle_seconds=merged.number(
-                "session_idle_seconds", DEFAULT_SESSION_IDLE_SECONDS
-            ),
-            boot_seconds=merged.number("boot_seconds", DEFAULT_BOOT_SECONDS),
-            uptime_seconds=merged.number("uptime_seconds", DEFAULT_UPTIME_SECONDS),
-            login_failure_status=login_failure_status,
-            ssh_line_ending=_choice(merged, "ssh_line_ending", SSH_LINE_ENDINGS, "crlf"),
-            ssh_banner_delay_ms=merged.number("ssh_banner_delay_ms", 0.0),
-            ssh_server_version=merged.text("ssh_server_version", DEFAULT_SSH_SERVER_VERSION),
-            silent_mode=_choice(merged, "silent_mode", SILENT_MODES, "refuse"),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{table.path}: {table.where}: {exc}") from exc
-
-
-def _other_host(table: _Table) -> OtherHostSpec:
-    table.reject_unknown(
-        {"name", "address", "kind", "title", "rest_port", "ssh_port", "admin_password"}
-    )
-    ports: dict[str, int | None] = {}
-    for name in ("rest_port", "ssh_port"):
-        port = table.integer(name, None)
-        if port is not None and not 0 <= port <= 65535:
-            raise table.fail(name, f"{port} is not a TCP port (0 = any)")
-        ports[name] = port
-    address = table.text("address")
-    problems = _address_problems(address)
-    if problems:
-        raise table.fail("address", problems[0].removeprefix("address "))
-    try:
-        return OtherHostSpec(
-            name=table.text("name"),
-            address=address,
-            kind=_choice(table, "kind", OTHER_HOST_KINDS, "web_server"),
-            title=table.text("title", ""),
-            rest_port=ports["rest_port"],
-            ssh_port=ports["ssh_port"],
-            admin_password=table.text("admin_password", DEFAULT_PASSWORD),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{table.path}: {table.where}: {exc}") from exc
-
-
 def parse_fleet(data: dict[str, Any], path: Path) -> FleetSpec:
     """Validate an already-read TOML document; errors name ``path`` and the key."""
-    root = _Table(path, "", data)
-    root.reject_unknown({"defaults", "sites"})
-    defaults = root.table("defaults")
-    defaults.reject_unknown(_DEVICE_KEYS - {"serial", "address", "system_name"})
+    fleet = check(FleetFile, data, source=path, base=path.parent)
     sites: list[SiteSpec] = []
     serials: dict[str, str] = {}
     others: dict[str, str] = {}
     endpoints: dict[tuple[str, int], str] = {}
 
-    def claim_ports(table: _Table, address: str, rest: int | None, ssh: int | None) -> None:
+    def claim_ports(loc: Loc, address: str, rest: int | None, ssh: int | None) -> None:
         # REST and SSH share the TCP port space of an address: a clash either way fails.
         for kind, port in (("rest", rest), ("ssh", ssh)):
             if port:
                 key = (address, port)
                 if key in endpoints:
-                    raise table.fail(
-                        f"{kind}_port", f"{address}:{port} is already used at {endpoints[key]}"
-                    )
-                endpoints[key] = table.where
+                    problem = f"{address}:{port} is already used at {endpoints[key]}"
+                    raise config_error(path, (*loc, f"{kind}_port"), problem)
+                endpoints[key] = key_path(loc)
 
-    for s in root.tables("sites"):
-        s.reject_unknown({"id", "name", "timezone", "rooms", "faults"})
+    for s, site in enumerate(fleet.sites):
         rooms: list[RoomSpec] = []
-        for r in s.tables("rooms"):
-            r.reject_unknown({"id", "name", "devices", "other_hosts"})
+        for r, room in enumerate(site.rooms):
+            room_loc: Loc = ("sites", s, "rooms", r)
             devices: list[DeviceSpec] = []
-            for d in r.tables("devices"):
-                device = _device(d, defaults)
+            for d, table in enumerate(room.devices):
+                loc: Loc = (*room_loc, "devices", d)
+                device = _device(path, loc, table)
                 if device.serial in serials:
-                    raise d.fail(
-                        "serial", f"{device.serial} is already used at {serials[device.serial]}"
-                    )
-                serials[device.serial] = d.where
-                claim_ports(d, device.address, device.rest_port, device.ssh_port)
+                    problem = f"{device.serial} is already used at {serials[device.serial]}"
+                    raise config_error(path, (*loc, "serial"), problem)
+                serials[device.serial] = key_path(loc)
+                claim_ports(loc, device.address, device.rest_port, device.ssh_port)
                 devices.append(device)
             other_hosts: list[OtherHostSpec] = []
-            for o in r.tables("other_hosts"):
-                other = _other_host(o)
+            for o, table_o in enumerate(room.other_hosts):
+                loc = (*room_loc, "other_hosts", o)
+                other = _other_host(path, loc, table_o)
                 if other.name in others:
-                    raise o.fail("name", f"{other.name} is already used at {others[other.name]}")
-                others[other.name] = o.where
-                claim_ports(o, other.address, other.rest_port, other.ssh_port)
+                    problem = f"{other.name} is already used at {others[other.name]}"
+                    raise config_error(path, (*loc, "name"), problem)
+                others[other.name] = key_path(loc)
+                claim_ports(loc, other.address, other.rest_port, other.ssh_port)
                 other_hosts.append(other)
             rooms.append(
                 RoomSpec(
-                    id=r.text("id"),
-                    name=r.text("name", r.text("id")),
+                    id=room.id,
+                    name=room.id if room.name is None else room.name,
                     devices=devices,
                     other_hosts=other_hosts,
                 )
             )
-        site_id = s.text("id")
         sites.append(
             SiteSpec(
-                id=site_id,
-                name=s.text("name", site_id),
-                timezone=s.text("timezone", "Europe/Warsaw"),
-                rooms=_with_site_faults(s, rooms),
+                id=site.id,
+                name=site.id if site.name is None else site.name,
+                timezone=site.timezone,
+                rooms=_with_site_faults(path, ("sites", s), site, rooms),
             )
         )
     if not serials:
-        raise ConfigError(f"{path}: sites: the fleet has no devices")
+        raise config_error(path, ("sites",), "the fleet has no devices")
     return FleetSpec(sites=sites)
 
 
 def load_fleet(path: str | Path) -> FleetSpec:
     """Read and validate a fleet TOML file; a ConfigError names the file and the key."""
     fleet_path = Path(path)
-    try:
-        with fleet_path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"{fleet_path}: cannot read the fleet file: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{fleet_path}: not valid TOML: {exc}") from exc
-    return parse_fleet(data, fleet_path)
+    return parse_fleet(read_toml(fleet_path, what="the fleet file"), fleet_path)

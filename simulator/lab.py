@@ -120,7 +120,11 @@ class Lab:
             self.other_hosts[other.name] = OtherHost(
                 other, site=site.id, room=room.id, data_dir=self.data_dir / "others" / other.name
             )
+        # The timeline stood at _base seconds when the clock read _t0, and runs _rate times
+        # as fast as the clock since.
         self._t0 = clock()
+        self._base = 0.0
+        self._rate = 1.0
         self._cursor = -math.inf
         self._timeline_task: asyncio.Task[None] | None = None
         self._timeline_moved = asyncio.Event()
@@ -155,7 +159,7 @@ class Lab:
             server = site._server
             assert isinstance(server, asyncio.Server)
             self.control_port = server.sockets[0].getsockname()[1]
-            self._t0 = self.clock()
+            self._t0, self._base = self.clock(), 0.0
             self._cursor = -math.inf
             await self._apply_until(0.0)
             self._timeline_task = asyncio.get_running_loop().create_task(self._run_timeline())
@@ -203,11 +207,22 @@ class Lab:
 
     def timeline_seconds(self) -> float:
         """Seconds on the fault timeline (since start, or since the last jump)."""
-        return self.clock() - self._t0
+        return self._base + (self.clock() - self._t0) * self._rate
+
+    def set_timeline_rate(self, rate: float) -> None:
+        """From now on the timeline runs ``rate`` times as fast as the clock (1: real time).
+
+        Only the fault and call windows move faster; devices keep their own clock.
+        """
+        if not rate > 0:
+            raise ValueError(f"timeline rate must be above 0, not {rate}")
+        self._t0, self._base = self.clock(), self.timeline_seconds()
+        self._rate = rate
+        self._timeline_moved.set()
 
     async def jump_timeline(self, seconds: float) -> None:
         """Move the timeline to ``seconds``: every timeline fault and call takes its state there."""
-        self._t0 = self.clock() - seconds
+        self._t0, self._base = self.clock(), seconds
         for key in dict.fromkeys(_thread_of(w) for w in self._windows):
             await self._set_thread(key, seconds)
         self._cursor = seconds
@@ -247,7 +262,7 @@ class Lab:
             if upcoming is None:
                 await self._timeline_moved.wait()
                 continue
-            delay = upcoming - self.timeline_seconds()
+            delay = (upcoming - self.timeline_seconds()) / self._rate
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._timeline_moved.wait(), timeout=delay)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from polyfleet.controller.api import audit
-from polyfleet.controller.api.auth import principal
-from polyfleet.controller.api.entitlement import verdict_lookup
-from polyfleet.controller.api.errors import ApiError, read_model
 from polyfleet.controller.api.models import (
     AgentList,
     DeviceDetail,
@@ -23,6 +19,8 @@ from polyfleet.controller.api.models import (
     MoveIn,
     Ok,
     ReportList,
+    SignInLinkIn,
+    SignInLinkOut,
     SiteIn,
     SiteList,
     SiteOut,
@@ -31,25 +29,13 @@ from polyfleet.controller.api.models import (
     TokenIn,
     TokenList,
 )
-from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.domain.entitlement import FLAGS
-from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS, STORE
-from polyfleet.controller.services.access import (
-    BadExpiry,
-    LastAdminToken,
-    Role,
-    UnknownAgent,
-    UnknownToken,
-)
-from polyfleet.controller.services.device_table import (
-    MAX_LIMIT,
-    SORT_KEYS,
-    DeviceQuery,
-    query_devices,
-)
-from polyfleet.controller.services.inventory import SiteExists, site_changes
-from polyfleet.controller.services.jobs import JobPending, UnknownJob
-from polyfleet.controller.store.base import EVENTS, Doc
+from polyfleet.controller.features import access, devices, events, sites
+from polyfleet.controller.http.caller import caller
+from polyfleet.controller.http.errors import ApiError, read_model
+from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
+from polyfleet.controller.keys import CORE
+from polyfleet.controller.services.device_table import MAX_LIMIT, SORT_KEYS, DeviceQuery
 
 DEVICE_QUERY: dict[str, str | Param] = {
     "site": "only devices of this site id",
@@ -82,7 +68,7 @@ EVENT_QUERY = {
 
 @endpoint(summary="List sites", roles=READERS, response=SiteList, tags=("sites",))
 async def list_sites(request: web.Request) -> web.Response:
-    return web.json_response({"sites": request.app[INVENTORY].sites()})
+    return web.json_response({"sites": sites.list_sites(request.app[CORE], caller(request))})
 
 
 @endpoint(
@@ -96,14 +82,9 @@ async def list_sites(request: web.Request) -> web.Response:
 )
 async def add_site(request: web.Request) -> web.Response:
     body = await read_model(request, SiteIn)
-    inventory = request.app[INVENTORY]
-    try:
-        await inventory.add_site(body.id, name=body.name, timezone=body.timezone)
-    except SiteExists as exc:
-        raise ApiError(409, "site_exists", str(exc), "id") from None
-    site = _site(request, body.id)
-    details = {"name": site["name"], "timezone": site["timezone"]}
-    await audit.record(request, "site.add", f"site:{body.id}", details, site=body.id)
+    site = await sites.add_site(
+        request.app[CORE], caller(request), site_id=body.id, name=body.name, timezone=body.timezone
+    )
     return web.json_response(site, status=201)
 
 
@@ -117,17 +98,14 @@ async def add_site(request: web.Request) -> web.Response:
 )
 async def patch_site(request: web.Request) -> web.Response:
     body = await read_model(request, SitePatch)
-    site_id = request.match_info["site_id"]
-    old, new = await request.app[INVENTORY].update_site(
-        site_id, name=body.name, timezone=body.timezone
+    site = await sites.update_site(
+        request.app[CORE],
+        caller(request),
+        request.match_info["site_id"],
+        name=body.name,
+        timezone=body.timezone,
     )
-    changes = site_changes(old, new)
-    await audit.record(request, "site.update", f"site:{site_id}", changes, site=site_id)
-    return web.json_response(_site(request, site_id))
-
-
-def _site(request: web.Request, site_id: str) -> Doc:
-    return next(site for site in request.app[INVENTORY].sites() if site["id"] == site_id)
+    return web.json_response(site)
 
 
 @endpoint(
@@ -140,8 +118,7 @@ def _site(request: web.Request, site_id: str) -> Doc:
 )
 async def list_devices(request: web.Request) -> web.Response:
     query = DeviceQuery.parse(request.query)
-    verdict_of = await verdict_lookup(request.app) if query.flag is not None else None
-    found = query_devices(request.app[INVENTORY], query, verdict_of)
+    found = await devices.find_devices(request.app[CORE], caller(request), query)
     return web.json_response({"devices": found.rows, "total": found.total})
 
 
@@ -153,7 +130,8 @@ async def list_devices(request: web.Request) -> web.Response:
     tags=("devices",),
 )
 async def get_device(request: web.Request) -> web.Response:
-    return web.json_response(request.app[INVENTORY].device_detail(request.match_info["serial"]))
+    serial = request.match_info["serial"]
+    return web.json_response(devices.device_detail(request.app[CORE], caller(request), serial))
 
 
 @endpoint(
@@ -167,11 +145,7 @@ async def get_device(request: web.Request) -> web.Response:
 async def patch_device(request: web.Request) -> web.Response:
     body = await read_model(request, DevicePatch)
     serial = request.match_info["serial"]
-    inventory = request.app[INVENTORY]
-    old = inventory.device(serial).get("room")
-    device = await inventory.set_room(serial, body.room)
-    details = {"room": [old, device["room"]]}
-    await audit.record(request, "device.room", f"device:{serial}", details, site=device["site"])
+    device = await devices.set_room(request.app[CORE], caller(request), serial, body.room)
     return web.json_response(device)
 
 
@@ -186,11 +160,7 @@ async def patch_device(request: web.Request) -> web.Response:
 async def move_device(request: web.Request) -> web.Response:
     body = await read_model(request, MoveIn)
     serial = request.match_info["serial"]
-    inventory = request.app[INVENTORY]
-    old = inventory.device(serial)["site_id"]
-    device = await inventory.move_device(serial, body.site)
-    details = {"site": [old, body.site]}
-    await audit.record(request, "device.move", f"device:{serial}", details, site=body.site)
+    device = await devices.move_device(request.app[CORE], caller(request), serial, body.site)
     return web.json_response(device)
 
 
@@ -202,7 +172,8 @@ async def move_device(request: web.Request) -> web.Response:
     tags=("devices",),
 )
 async def device_reports(request: web.Request) -> web.Response:
-    reports = request.app[INVENTORY].recent_reports(request.match_info["serial"])
+    serial = request.match_info["serial"]
+    reports = devices.device_reports(request.app[CORE], caller(request), serial)
     return web.json_response({"reports": reports})
 
 
@@ -215,8 +186,9 @@ async def device_reports(request: web.Request) -> web.Response:
 )
 async def device_jobs(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
-    request.app[INVENTORY].device(serial)
-    return web.json_response({"jobs": request.app[JOBS].find(serial=serial)})
+    return web.json_response(
+        {"jobs": devices.device_jobs(request.app[CORE], caller(request), serial)}
+    )
 
 
 @endpoint(
@@ -231,17 +203,10 @@ async def device_jobs(request: web.Request) -> web.Response:
 )
 async def create_job(request: web.Request) -> web.Response:
     body = await read_model(request, JobIn)
-    try:
-        job = await request.app[JOBS].enqueue(
-            request.match_info["serial"],
-            body.kind,
-            body.params,
-            created_by=principal(request).name,
-        )
-    except JobPending as exc:
-        raise ApiError(409, "job_pending", str(exc), "kind") from None
-    details = {"kind": job["kind"], "serial": job["serial"], "params": job["params"]}
-    await audit.record(request, "job.create", f"job:{job['id']}", details, site=job["site_id"])
+    serial = request.match_info["serial"]
+    job = await devices.create_job(
+        request.app[CORE], caller(request), serial, body.kind, body.params
+    )
     return web.json_response(job, status=201)
 
 
@@ -254,20 +219,13 @@ async def create_job(request: web.Request) -> web.Response:
 )
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
-    who = principal(request)
-    job = await request.app[JOBS].cancel(job_id, by=who.name or who.token_id)
-    details = {"kind": job["kind"], "serial": job["serial"]}
-    await audit.record(request, "job.cancel", f"job:{job_id}", details, site=job["site_id"])
-    return web.json_response(job)
+    return web.json_response(await devices.cancel_job(request.app[CORE], caller(request), job_id))
 
 
 @endpoint(summary="One job", roles=READERS, response=JobOut, errors=(401, 404), tags=("jobs",))
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
-    job = request.app[JOBS].get(job_id)
-    if job is None:
-        raise UnknownJob(job_id)
-    return web.json_response(job)
+    return web.json_response(devices.job(request.app[CORE], caller(request), job_id))
 
 
 @endpoint(
@@ -279,9 +237,7 @@ async def get_job(request: web.Request) -> web.Response:
 )
 async def get_job_artifact(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
-    path = request.app[JOBS].artifact_path(job_id)
-    if path is None:
-        raise ApiError(404, "not_found", f"job {job_id!r} has no artifact")
+    path = devices.job_artifact(request.app[CORE], caller(request), job_id)
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
 
@@ -299,16 +255,15 @@ async def list_events(request: web.Request) -> web.Response:
     limit = min(_int_query(request, "limit", 100), 1000)
     if limit < 1:
         raise ApiError(400, "invalid", "limit must be at least 1", "limit")
-    kind, site, serial = query.get("kind"), query.get("site"), query.get("serial")
-    found = [
-        doc
-        for key, doc in sorted(request.app[STORE].scan(EVENTS).items())
-        if doc["id"] > since
-        and (kind is None or doc["kind"] == kind)
-        and (site is None or doc["site_id"] == site)
-        and (serial is None or doc["serial"] == serial)
-    ]
-    found = found[:limit] if since else found[-limit:]
+    found = events.list_events(
+        request.app[CORE],
+        caller(request),
+        since=since,
+        kind=query.get("kind"),
+        site=query.get("site"),
+        serial=query.get("serial"),
+        limit=limit,
+    )
     return web.json_response({"events": found})
 
 
@@ -329,7 +284,7 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
     tags=("access",),
 )
 async def list_tokens(request: web.Request) -> web.Response:
-    return web.json_response({"tokens": request.app[ACCESS].list_tokens()})
+    return web.json_response({"tokens": access.list_tokens(request.app[CORE], caller(request))})
 
 
 @endpoint(
@@ -343,17 +298,14 @@ async def list_tokens(request: web.Request) -> web.Response:
 )
 async def create_token(request: web.Request) -> web.Response:
     body = await read_model(request, TokenIn)
-    try:
-        token, record = await request.app[ACCESS].create_token(
-            Role(body.role), body.name, expires_at=body.expires_at
-        )
-    except BadExpiry as exc:
-        raise ApiError(422, "invalid", str(exc), "expires_at") from None
-    details = {"role": record["role"], "name": record["name"]}
-    if record["expires_at"] is not None:
-        details["expires_at"] = record["expires_at"]
-    await audit.record(request, "token.create", f"token:{record['id']}", details)
-    return web.json_response({**record, "token": token}, status=201)
+    created = await access.create_token(
+        request.app[CORE],
+        caller(request),
+        role=body.role,
+        name=body.name,
+        expires_at=body.expires_at,
+    )
+    return web.json_response(created, status=201)
 
 
 @endpoint(
@@ -364,15 +316,7 @@ async def create_token(request: web.Request) -> web.Response:
     tags=("access",),
 )
 async def revoke_token(request: web.Request) -> web.Response:
-    token_id = request.match_info["token_id"]
-    try:
-        revoked = await request.app[ACCESS].revoke_token(token_id)
-    except UnknownToken as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-    except LastAdminToken as exc:
-        raise ApiError(409, "last_admin_token", str(exc)) from None
-    details = {"role": revoked["role"], "name": revoked["name"]}
-    await audit.record(request, "token.revoke", f"token:{token_id}", details)
+    await access.revoke_token(request.app[CORE], caller(request), request.match_info["token_id"])
     return web.json_response({"ok": True})
 
 
@@ -384,15 +328,10 @@ async def revoke_token(request: web.Request) -> web.Response:
     tags=("access",),
 )
 async def list_agents(request: web.Request) -> web.Response:
-    inventory = request.app[INVENTORY]
-    agents = request.app[ACCESS].list_agents(request.query.get("site") or None)
-    for agent in agents:
-        call = inventory.agent_last_call(agent["id"])
-        if call is not None and (
-            agent["last_seen"] is None or call.isoformat() > agent["last_seen"]
-        ):
-            agent["last_seen"] = call.isoformat()
-    return web.json_response({"agents": agents})
+    site = request.query.get("site") or None
+    return web.json_response(
+        {"agents": access.list_agents(request.app[CORE], caller(request), site)}
+    )
 
 
 @endpoint(
@@ -403,13 +342,7 @@ async def list_agents(request: web.Request) -> web.Response:
     tags=("access",),
 )
 async def revoke_agent(request: web.Request) -> web.Response:
-    agent_id = request.match_info["agent_id"]
-    try:
-        agent = await request.app[ACCESS].revoke_agent(agent_id)
-    except UnknownAgent as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-    details = {"name": agent["name"], "hostname": agent["hostname"], "token_id": agent["token_id"]}
-    await audit.record(request, "agent.revoke", f"agent:{agent_id}", details, site=agent["site_id"])
+    await access.revoke_agent(request.app[CORE], caller(request), request.match_info["agent_id"])
     return web.json_response({"ok": True})
 
 
@@ -424,16 +357,28 @@ async def revoke_agent(request: web.Request) -> web.Response:
 )
 async def create_invite(request: web.Request) -> web.Response:
     body = await read_model(request, InviteIn)
-    code, expires = await request.app[ACCESS].create_invite(body.site)
-    details = {"expires_at": expires.isoformat()}
-    await audit.record(request, "invite.create", f"site:{body.site}", details, site=body.site)
-    return web.json_response(
-        {"code": code, "site": body.site, "expires_at": expires.isoformat()}, status=201
-    )
+    invite = await sites.invite_agent(request.app[CORE], caller(request), body.site)
+    return web.json_response(invite, status=201)
+
+
+@endpoint(
+    summary="Create a one-time dashboard sign-in link for an admin or viewer token",
+    roles=ADMINS,
+    request=SignInLinkIn,
+    response=SignInLinkOut,
+    response_status=201,
+    errors=(404,),
+    tags=("dashboard",),
+)
+async def create_signin_link(request: web.Request) -> web.Response:
+    body = await read_model(request, SignInLinkIn)
+    link = await access.create_signin_link(request.app[CORE], caller(request), body.token_id)
+    return web.json_response(link, status=201)
 
 
 def register(app: web.Application) -> None:
     router = app.router
+    router.add_post("/api/v1/signin-links", create_signin_link)
     router.add_get("/api/v1/sites", list_sites, allow_head=False)
     router.add_post("/api/v1/sites", add_site)
     router.add_patch("/api/v1/sites/{site_id}", patch_site)

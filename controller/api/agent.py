@@ -8,21 +8,21 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from polyfleet.controller.api import audit
-from polyfleet.controller.api.auth import principal
-from polyfleet.controller.api.bodies import body_deadline_s, deadline_chunks
-from polyfleet.controller.api.errors import (
+from polyfleet.controller.api.models import ArtifactOut, Ok
+from polyfleet.controller.http.auth import principal
+from polyfleet.controller.http.bodies import body_deadline_s, deadline_chunks
+from polyfleet.controller.http.errors import (
     ApiError,
     check_depth,
     parse_json,
     read_json,
     validate,
 )
-from polyfleet.controller.api.models import ArtifactOut, Ok
-from polyfleet.controller.api.spec import AGENTS, PUBLIC, endpoint
-from polyfleet.controller.api.throttle import ENROLL_LIMITER, client_address
+from polyfleet.controller.http.spec import AGENTS, PUBLIC, endpoint
+from polyfleet.controller.http.throttle import ENROLL_LIMITER, client_address
 from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS
 from polyfleet.controller.services.access import EnrollmentRefused, token_digest
-from polyfleet.controller.services.audit import Actor
+from polyfleet.controller.services.audit import Actor, AuditAction
 from polyfleet.shared.schema import (
     MAX_BATCH_SNAPSHOTS,
     SUPPORTED_PROTOCOL_VERSIONS,
@@ -81,7 +81,7 @@ async def enroll(request: web.Request) -> web.Response:
     details = {"name": body.agent_name, "hostname": body.hostname}
     await audit.record(
         request,
-        "agent.enroll",
+        AuditAction.AGENT_ENROLL,
         f"agent:{answer.agent_id}",
         details,
         site=answer.site_id,

@@ -9,25 +9,22 @@ Usage in any handler (see ``controller.services.audit`` for the names to use)::
 
 from __future__ import annotations
 
-import pwd
-import socket
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from polyfleet.controller.api.auth import PRINCIPAL, via_control_socket
-from polyfleet.controller.api.errors import ApiError
 from polyfleet.controller.api.models import AuditPage
-from polyfleet.controller.api.spec import ADMINS, Param, endpoint
+from polyfleet.controller.http.caller import who_and_where
+from polyfleet.controller.http.errors import ApiError
+from polyfleet.controller.http.spec import ADMINS, Param, endpoint
 from polyfleet.controller.keys import AUDIT
 from polyfleet.controller.services.audit import (
     MAX_PAGE,
     Actor,
+    AuditAction,
     AuditQuery,
     InvalidAuditQuery,
-    Origin,
 )
 from polyfleet.controller.store.base import Doc
 
@@ -53,49 +50,10 @@ AUDIT_QUERY: dict[str, str | Param] = {
     ),
 }
 
-#: ``struct ucred`` of SO_PEERCRED: pid, uid, gid.
-_UCRED = struct.Struct("3i")
-
-
-def _peer(request: web.Request) -> tuple[int, int] | None:
-    """(pid, uid) of the process at the other end of the control socket, when the OS says."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    option = getattr(socket, "SO_PEERCRED", None)
-    if sock is None or option is None:
-        return None
-    try:
-        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
-    except OSError:
-        return None
-    return pid, uid
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def who_and_where(request: web.Request) -> tuple[Actor, Origin]:
-    """The actor and origin of a request, as the audit log records them."""
-    found = request.get(PRINCIPAL)
-    if via_control_socket(request):
-        peer = _peer(request)
-        user = _user_name(peer[1]) if peer else None
-        actor = Actor(name=user or "local control socket", role="admin")
-        return actor, Origin(via="control_socket", user=user, pid=peer[0] if peer else None)
-    origin = Origin(via="http", address=request.remote)
-    if found is None:
-        return Actor(name="anonymous", role="none"), origin
-    name = found.name or found.token_id
-    return Actor(name=name, role=found.role.value, token_id=found.token_id), origin
-
 
 async def record(
     request: web.Request,
-    action: str,
+    action: AuditAction,
     target: str,
     details: Mapping[str, Any] | None = None,
     *,

@@ -9,7 +9,7 @@ from typing import IO
 
 from aiohttp import web
 
-from polyfleet.controller.api.spec import ADMINS, endpoint
+from polyfleet.controller.http.spec import ADMINS, endpoint
 from polyfleet.controller.keys import CONFIG, STORE
 from polyfleet.controller.store.postgres import PostgresStore
 from polyfleet.controller.store.tinydb import TinyDBStore

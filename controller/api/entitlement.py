@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyfleet.controller.api import audit
-from polyfleet.controller.api.errors import ApiError
-from polyfleet.controller.api.spec import ADMINS, READERS, Param, endpoint
-from polyfleet.controller.domain.assets import (
-    COLUMNS,
-    EncodingProblem,
-    ImportPlan,
-    RegistryImportError,
-    decode_csv,
-    parse_registry,
-)
-from polyfleet.controller.domain.calendar import to_warsaw
-from polyfleet.controller.domain.entitlement import EntitlementVerdict, Flag, parse_moment
-from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, Forecast
+from polyfleet.controller.domain.assets import COLUMNS
+from polyfleet.controller.domain.entitlement import Flag, parse_moment
+from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS
 from polyfleet.controller.events import DeviceAdded, Event
-from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, STORE
-from polyfleet.controller.services import entitlement as service
+from polyfleet.controller.features import assets, entitlement
+from polyfleet.controller.http.caller import caller
+from polyfleet.controller.http.errors import ApiError
+from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
+from polyfleet.controller.keys import CORE
+from polyfleet.controller.services.entitlement import Catalogues
 from polyfleet.shared.schema import ErrorBody
 
-CATALOGUES = web.AppKey("entitlement_catalogues", service.Catalogues)
-VERDICTS = web.AppKey("entitlement_verdicts", service.VerdictCache)
-FORECASTS = web.AppKey("entitlement_forecasts", service.ForecastCache)
+#: The catalogues of ``app[CORE]``, for route modules not yet reading them there.
+CATALOGUES = web.AppKey("entitlement_catalogues", Catalogues)
 
 
 class _Out(BaseModel):
@@ -166,11 +157,11 @@ REGISTRY_CSV = {
 }
 
 
-def _moment(request: web.Request) -> datetime:
-    """``?at=`` (ISO 8601 with offset, or a date) for what-if questions; else the clock."""
+def _moment(request: web.Request) -> datetime | None:
+    """``?at=`` (ISO 8601 with offset, or a date) for what-if questions; None: now."""
     text = request.query.get("at")
     if not text:
-        return to_warsaw(request.app[CLOCK]())
+        return None
     try:
         return parse_moment(text)
     except ValueError as exc:
@@ -205,52 +196,16 @@ def _flag(request: web.Request, name: str) -> bool:
 )
 async def import_assets(request: web.Request) -> web.Response:
     dry_run = _flag(request, "dry_run")
-    try:
-        plan, text = await import_registry(
-            request.app,
-            await request.read(),
-            dry_run=dry_run,
-            today=_moment(request).date(),
-            charset=request.charset,
-        )
-    except RegistryImportError as exc:
-        body = ImportRejected(
-            error=ErrorBody(
-                code="invalid_registry",
-                message=f"nothing imported: {len(exc.problems)} problem(s), first: {exc}",
-                field="body",
-            ),
-            problems=[ImportProblemOut(**p.to_json()) for p in exc.problems],
-        )
-        return web.json_response(body.model_dump(mode="json"), status=422)
-    if not dry_run:
-        details = service.import_details(plan, text)
-        await audit.record(request, "assets.import", "assets", details)
-    return web.json_response({"dry_run": dry_run, **plan.to_json()})
-
-
-async def import_registry(
-    app: web.Application,
-    raw: bytes,
-    *,
-    dry_run: bool,
-    today: date,
-    charset: str | None = None,
-) -> tuple[ImportPlan, str]:
-    """Check a registry file whole and import it (or only report, ``dry_run``), as
-    ``POST /api/v1/assets/import`` and the dashboard's upload do: what changed, and the file
-    as text. RegistryImportError lists every bad cell; ApiError 400: the file is not text in
-    ``charset``, or (none named) in an encoding spreadsheets save CSV in."""
-    try:
-        # No charset named: read it as spreadsheets save CSV (UTF-8, or Polish Excel's).
-        text = raw.decode(charset).removeprefix("\ufeff") if charset else decode_csv(raw).text
-    except (UnicodeDecodeError, LookupError) as exc:
-        raise ApiError(400, "invalid", f"body: not {charset} text: {exc}", "body") from None
-    except EncodingProblem as exc:
-        raise ApiError(400, "invalid", f"body: {exc}", "body") from None
-    plans = app[CATALOGUES].plans
-    assets = await asyncio.to_thread(parse_registry, text, plans, today=today)
-    return await service.import_assets(app[STORE], assets, dry_run=dry_run), text
+    at = _moment(request)
+    text = assets.decode_registry(await request.read(), request.charset)
+    result = await assets.import_registry(
+        request.app[CORE],
+        caller(request),
+        text,
+        dry_run=dry_run,
+        today=None if at is None else at.date(),
+    )
+    return web.json_response(result)
 
 
 @endpoint(
@@ -262,12 +217,8 @@ async def import_registry(
 )
 async def list_assets(request: web.Request) -> web.Response:
     site = request.query.get("site")
-    assets = [
-        asset.to_doc()
-        for serial, asset in sorted(service.registry(request.app[STORE]).items())
-        if site is None or asset.site == site
-    ]
-    return web.json_response({"assets": assets})
+    found = assets.list_assets(request.app[CORE], caller(request), site=site)
+    return web.json_response({"assets": found})
 
 
 @endpoint(
@@ -280,15 +231,10 @@ async def list_assets(request: web.Request) -> web.Response:
 )
 async def device_entitlement(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
-    at = _moment(request)
-    catalogues = request.app[CATALOGUES]
-    releases = await catalogues.releases()
-    verdict = request.app[VERDICTS].verdict(
-        request.app[STORE], catalogues.plans, releases, serial, at
+    verdict = await entitlement.device_verdict(
+        request.app[CORE], caller(request), serial, at=_moment(request)
     )
-    if verdict is None:
-        raise ApiError(404, "not_found", f"no device {serial!r} in the registry or in reports")
-    return web.json_response({"at": at.isoformat(), **verdict.to_json()})
+    return web.json_response(verdict)
 
 
 @endpoint(
@@ -300,18 +246,10 @@ async def device_entitlement(request: web.Request) -> web.Response:
     tags=("entitlement",),
 )
 async def all_entitlements(request: web.Request) -> web.Response:
-    at = _moment(request)
-    catalogues = request.app[CATALOGUES]
-    releases = await catalogues.releases()
-    verdicts = service.live_verdicts(
-        request.app[STORE],
-        catalogues.plans,
-        releases,
-        at,
-        site=request.query.get("site"),
-        cache=request.app[VERDICTS],
+    verdicts = await entitlement.all_verdicts(
+        request.app[CORE], caller(request), at=_moment(request), site=request.query.get("site")
     )
-    return web.json_response({"at": at.isoformat(), "assets": [v.to_json() for v in verdicts]})
+    return web.json_response(verdicts)
 
 
 @endpoint(
@@ -331,54 +269,40 @@ async def all_entitlements(request: web.Request) -> web.Response:
 )
 async def entitlement_forecast(request: web.Request) -> web.Response:
     text = request.query.get("days", "90")
-    if not text.isdigit() or not 0 <= int(text) <= MAX_FORECAST_DAYS:
+    if not text.isdigit():
         raise ApiError(400, "invalid", f"days: a whole number 0..{MAX_FORECAST_DAYS}", "days")
-    result = registry_forecast(
-        request.app, _moment(request), int(text), site=request.query.get("site")
+    result = entitlement.forecast(
+        request.app[CORE],
+        caller(request),
+        int(text),
+        at=_moment(request),
+        site=request.query.get("site"),
     )
     return web.json_response(result.to_json())
 
 
-def registry_forecast(
-    app: web.Application, at: datetime, days: int, *, site: str | None = None
-) -> Forecast:
-    """What expires or closes when within ``days`` of ``at`` (of ``site`` when given)."""
-    return app[FORECASTS].forecast(app[STORE], app[CATALOGUES].plans, at, days, site=site)
-
-
-async def verdict_lookup(app: web.Application) -> Callable[[str], EntitlementVerdict | None]:
-    """Each device's verdict now, by serial (cached: see ``VerdictCache``)."""
-    store, catalogues, cache = app[STORE], app[CATALOGUES], app[VERDICTS]
-    releases = await catalogues.releases()
-    at = to_warsaw(app[CLOCK]())
-    day = at.date()
-    return lambda serial: cache.verdict(store, catalogues.plans, releases, serial, at, day=day)
-
-
 async def _catalogue_lifecycle(app: web.Application) -> AsyncIterator[None]:
     # Read at startup, off the event loop; a bad catalogue stops the server with its file and key.
-    await app[CATALOGUES].load()
+    await app[CORE].catalogues.load()
     yield
 
 
 async def _placement_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """A device first reported after the registry import still gets the registry's room."""
-    store = app[STORE]
+    registry = app[CORE].registry
 
     async def on_added(event: Event) -> None:
         if event.serial is not None:
-            await service.place_new_device(store, event.serial)
+            await registry.place_new_device(event.serial)
 
-    subscription = app[EVENT_BUS].subscribe(on_added, kinds={DeviceAdded})
+    subscription = app[CORE].bus.subscribe(on_added, kinds={DeviceAdded})
     yield
     subscription.cancel()
 
 
 def register(app: web.Application) -> None:
-    section: Any = app[CONFIG].section("entitlement") if CONFIG in app else {}
-    app[CATALOGUES] = service.Catalogues(*service.catalogue_paths(section))
-    app[VERDICTS] = service.VerdictCache()
-    app[FORECASTS] = service.ForecastCache()
+    # The rollout pages and endpoints still find the catalogues under this key.
+    app[CATALOGUES] = app[CORE].catalogues
     app.cleanup_ctx.append(_catalogue_lifecycle)
     app.cleanup_ctx.append(_placement_lifecycle)
     router = app.router

@@ -10,12 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from polyfleet.controller.api.connections import ConnectionGuard
-from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
-from polyfleet.controller.api.throttle import AttemptLimiter
+from polyfleet.controller.http.connections import ConnectionGuard
+from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.http.throttle import AttemptLimiter
 from polyfleet.controller.keys import CONFIG, METRICS
 from polyfleet.controller.services.inventory import Inventory
-from polyfleet.controller.store.base import DEVICES, SITES, Store, StoreHealth
+from polyfleet.controller.store.base import Store, StoreHealth
 
 INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -23,8 +23,7 @@ INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class InventoryCollector(Collector):
     """Computed at scrape time from the in-memory state (10,000 devices take a few ms)."""
 
-    def __init__(self, store: Store, inventory: Inventory) -> None:
-        self._store = store
+    def __init__(self, inventory: Inventory) -> None:
         self._inventory = inventory
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -34,7 +33,7 @@ class InventoryCollector(Collector):
             labels=["site", "model", "provider", "firmware", "health"],
         )
         counts: Counter[tuple[str, str, str, str, str]] = Counter()
-        for doc in self._store.scan(DEVICES).values():
+        for doc in self._inventory.fleet().values():
             firmware = (doc.get("firmware") or {}).get("version", "")
             health = (doc.get("health") or {}).get("state", "unreachable")
             counts[
@@ -48,7 +47,7 @@ class InventoryCollector(Collector):
             "1 when an agent of the site calls in, 0 when it went silent (absent: never enrolled)",
             labels=["site"],
         )
-        for site_id in sorted(self._store.scan(SITES)):
+        for site_id in self._inventory.site_ids():
             state = self._inventory.site_online(site_id)
             if state is not None:
                 online.add_metric([site_id], 1.0 if state else 0.0)
@@ -156,7 +155,7 @@ def build_registry(
 ) -> CollectorRegistry:
     """A registry of its own per application (several controllers can share a process)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(InventoryCollector(store, inventory))
+    registry.register(InventoryCollector(inventory))
     registry.register(StoreCollector(store))
     if guard is not None:
         registry.register(ConnectionCollector(guard))

@@ -243,3 +243,15 @@ class AuditEntry(_Out):
 class AuditPage(_Out):
     entries: list[AuditEntry]
     more: bool = Field(description="more entries match: ask again with before (or after)")
+
+
+class SignInLinkIn(_In):
+    token_id: str = Field(min_length=1, max_length=64)
+
+
+class SignInLinkOut(_Out):
+    """A one-time dashboard sign-in link: open ``path`` on the controller's address."""
+
+    path: str
+    token_id: str
+    expires_at: str

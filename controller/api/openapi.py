@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from polyfleet.controller.api.models import ErrorResponse
-from polyfleet.controller.api.spec import PUBLIC, EndpointSpec, Param, endpoint, spec_of
+from polyfleet.controller.http.spec import PUBLIC, EndpointSpec, Param, endpoint, spec_of
 
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _STATUS_TEXT = {

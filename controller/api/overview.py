@@ -8,20 +8,14 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from polyfleet.controller.api.entitlement import CATALOGUES, VERDICTS, registry_forecast
-from polyfleet.controller.api.rollouts import ROLLOUTS
-from polyfleet.controller.api.spec import READERS, endpoint
-from polyfleet.controller.api.tickets import TICKET_DESK
-from polyfleet.controller.domain.calendar import to_warsaw
-from polyfleet.controller.domain.entitlement import EXPIRY_HORIZONS
-from polyfleet.controller.keys import CLOCK, STORE
-from polyfleet.controller.services import entitlement as entitlement_service
-from polyfleet.controller.services.overview import OverviewInputs, build_overview
-from polyfleet.controller.store.base import DEVICES, EVENTS, SITES
+from polyfleet.controller.features import overview
+from polyfleet.controller.http.caller import caller
+from polyfleet.controller.http.spec import READERS, endpoint
+from polyfleet.controller.keys import CORE
 
 State = Literal["fault", "degraded", "unreachable", "ok"]
-#: Rollouts the overview shows: those that move, or may move again.
-ROLLOUTS_UNDER_WAY = ("running", "paused", "halted")
+#: Where the rollout pages still look for the statuses the overview shows.
+ROLLOUTS_UNDER_WAY = overview.ROLLOUTS_UNDER_WAY
 
 
 class _Out(BaseModel):
@@ -183,34 +177,6 @@ class Overview(_Out):
     rollouts: list[RolloutUnderWay]
 
 
-async def overview_of(app: web.Application) -> dict[str, Any]:
-    """The overview now, from the same services as the devices, tickets and entitlement API."""
-    store = app[STORE]
-    now = to_warsaw(app[CLOCK]())
-    catalogues = app[CATALOGUES]
-    releases = await catalogues.releases()
-    service = app[TICKET_DESK].service
-    rollouts = app[ROLLOUTS]
-    inputs = OverviewInputs(
-        sites=list(store.scan(SITES).values()),
-        devices=store.scan(DEVICES),
-        tickets=None if service is None else service.tickets(),
-        verdicts=entitlement_service.live_verdicts(
-            store, catalogues.plans, releases, now, cache=app[VERDICTS]
-        ),
-        releases=releases,
-        forecast=registry_forecast(app, now, max(EXPIRY_HORIZONS)),
-        events=store.scan(EVENTS),
-        now=now,
-        rollouts=[
-            rollouts.progress(found["id"])
-            for found in rollouts.rollouts()
-            if found["status"] in ROLLOUTS_UNDER_WAY
-        ],
-    )
-    return build_overview(inputs)
-
-
 @endpoint(
     summary="The fleet at a glance: rooms by worst device, urgent tickets, firmware "
     "compliance, what expires within 30/60/90/180 days, what changed in 24 hours, the "
@@ -220,7 +186,7 @@ async def overview_of(app: web.Application) -> dict[str, Any]:
     tags=("overview",),
 )
 async def get_overview(request: web.Request) -> web.Response:
-    return web.json_response(await overview_of(request.app))
+    return web.json_response(await overview.overview(request.app[CORE], caller(request)))
 
 
 def register(app: web.Application) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,47 +11,31 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from polyfleet.controller.active import run_when_active
-from polyfleet.controller.api import audit
-from polyfleet.controller.api.auth import principal
-from polyfleet.controller.api.entitlement import CATALOGUES
-from polyfleet.controller.api.errors import ApiError, read_json, validate
 from polyfleet.controller.api.models import Ok
-from polyfleet.controller.api.spec import ADMINS, AGENTS, READERS, Param, endpoint
-from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.faults import FaultEvent
-from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S, PlanError, render_csv
-from polyfleet.controller.keys import (
-    AUDIT,
-    CLOCK,
-    CONFIG,
-    EVENT_BUS,
-    INVENTORY,
-    JOBS,
-    METRICS,
-    STORE,
-)
+from polyfleet.controller.domain.rollout import FAILURE_TYPES, ROLLOUT_TICK_S, render_csv
+from polyfleet.controller.features import rollouts
+from polyfleet.controller.http.auth import principal
+from polyfleet.controller.http.caller import caller
+from polyfleet.controller.http.errors import ApiError, read_json, validate
+from polyfleet.controller.http.spec import ADMINS, AGENTS, READERS, Param, endpoint
+from polyfleet.controller.keys import CORE, METRICS
 from polyfleet.controller.services.access import Role
-from polyfleet.controller.services.audit import Actor, Origin
-from polyfleet.controller.services.packages import (
-    PackageError,
-    PackageService,
-    UnknownPackage,
-    package_json,
-)
+from polyfleet.controller.services.audit import Actor, AuditAction, Origin
+from polyfleet.controller.services.packages import PackageService, UnknownPackage
 from polyfleet.controller.services.rollout import (
     DEVICE_STATUS_NAMES,
     ROLLOUT_STATUSES,
     TRANSITIONS,
-    RolloutConflict,
     RolloutService,
-    UnknownRollout,
-    request_from_json,
 )
 from polyfleet.controller.store.base import StoreUnavailable
+from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.schema import JobProgress
 
 log = logging.getLogger(__name__)
 
+#: Aliases of ``app[CORE].rollouts`` and ``app[CORE].packages`` for handlers not ported yet.
 ROLLOUTS = web.AppKey("rollouts", RolloutService)
 PACKAGES = web.AppKey("packages", PackageService)
 PACKAGE_CHUNK = 256 * 1024
@@ -79,6 +61,22 @@ _PLAN_BODY: dict[str, Any] = {
         "start": {"type": "string", "format": "date"},
         "wave_gap": {"type": "string", "default": "1d"},
         "max_failures": {"type": "integer", "minimum": 0, "maximum": 100, "default": 10},
+        "abort_criteria": {
+            "type": "array",
+            "description": "when the breaker halts the rollout (default: any canary failure; "
+            "a later wave past max_failures percent)",
+            "maxItems": 16,
+            "items": {
+                "type": "object",
+                "required": ["waves", "threshold_percent"],
+                "properties": {
+                    "waves": {"enum": ["canary", "later"]},
+                    "failure_type": {"enum": list(FAILURE_TYPES), "default": "any"},
+                    "threshold_percent": {"type": "number", "minimum": 0, "maximum": 100},
+                    "min_executed": {"type": "integer", "minimum": 1, "default": 1},
+                },
+            },
+        },
         "per_site": {"type": "integer", "minimum": 1, "default": 5},
         "name": {"type": "string"},
         "exclude": {"type": "array", "items": {"type": "string"}},
@@ -90,10 +88,6 @@ def _rollout_id(request: web.Request) -> str:
     return request.match_info["rollout_id"]
 
 
-def _not_found(exc: UnknownRollout | UnknownPackage) -> ApiError:
-    return ApiError(404, "not_found", str(exc))
-
-
 @endpoint(
     summary="List rollouts, newest first",
     roles=READERS,
@@ -103,9 +97,8 @@ def _not_found(exc: UnknownRollout | UnknownPackage) -> ApiError:
 )
 async def list_rollouts(request: web.Request) -> web.Response:
     status = request.query.get("status")
-    if status is not None and status not in ROLLOUT_STATUSES:
-        raise ApiError(400, "invalid", f"status must be one of {', '.join(ROLLOUT_STATUSES)}")
-    return web.json_response({"rollouts": request.app[ROLLOUTS].rollouts(status=status)})
+    found = rollouts.list_rollouts(request.app[CORE], caller(request), status=status)
+    return web.json_response({"rollouts": found})
 
 
 @endpoint(
@@ -122,25 +115,9 @@ async def list_rollouts(request: web.Request) -> web.Response:
 async def create_rollout(request: web.Request) -> web.Response:
     # The shared reader refuses bodies that are not JSON or nest too deep, by name.
     body = await read_json(request)
-    catalogues = request.app[CATALOGUES]
-    releases = await catalogues.releases()
-    service = request.app[ROLLOUTS]
-    try:
-        plan_request = request_from_json(body)
-        if request.query.get("dry_run") in ("1", "true"):
-            preview = service.preview(plan_request, plans=catalogues.plans, releases=releases)
-            return web.json_response({"id": None, "status": "preview", **preview})
-        stored = await service.plan(
-            plan_request,
-            plans=catalogues.plans,
-            releases=releases,
-            created_by=principal(request).name,
-        )
-    except PlanError as exc:
-        raise ApiError(422, "invalid_plan", str(exc), exc.field) from None
-    details = {"target": stored["target"], "devices": stored["summary"]["by_status"]}
-    await audit.record(request, "rollout.plan", f"rollout:{stored['id']}", details)
-    return web.json_response(stored, status=201)
+    dry_run = request.query.get("dry_run") in ("1", "true")
+    plan = await rollouts.plan_rollout(request.app[CORE], caller(request), body, dry_run=dry_run)
+    return web.json_response(plan, status=200 if dry_run else 201)
 
 
 @endpoint(
@@ -152,10 +129,7 @@ async def create_rollout(request: web.Request) -> web.Response:
     tags=("rollouts",),
 )
 async def get_rollout(request: web.Request) -> web.Response:
-    try:
-        rollout = request.app[ROLLOUTS].rollout(_rollout_id(request))
-    except UnknownRollout as exc:
-        raise _not_found(exc) from None
+    rollout = rollouts.rollout(request.app[CORE], caller(request), _rollout_id(request))
     if request.query.get("format") == "csv":
         return web.Response(text=render_csv(rollout["devices"]), content_type="text/csv")
     return web.json_response(rollout)
@@ -169,10 +143,8 @@ async def get_rollout(request: web.Request) -> web.Response:
     tags=("rollouts",),
 )
 async def get_status(request: web.Request) -> web.Response:
-    try:
-        return web.json_response(request.app[ROLLOUTS].progress(_rollout_id(request)))
-    except UnknownRollout as exc:
-        raise _not_found(exc) from None
+    status = rollouts.rollout_status(request.app[CORE], caller(request), _rollout_id(request))
+    return web.json_response(status)
 
 
 @endpoint(
@@ -184,19 +156,9 @@ async def get_status(request: web.Request) -> web.Response:
     tags=("rollouts",),
 )
 async def act(request: web.Request) -> web.Response:
-    action = request.match_info["action"]
-    if action not in TRANSITIONS:
-        raise ApiError(404, "not_found", f"no action {action!r}: {', '.join(TRANSITIONS)}")
-    try:
-        result = await request.app[ROLLOUTS].act(
-            _rollout_id(request), action, by=principal(request).name
-        )
-    except UnknownRollout as exc:
-        raise _not_found(exc) from None
-    except RolloutConflict as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
-    details = {"status": result["status"], "target": result["target"]}
-    await audit.record(request, f"rollout.{action}", f"rollout:{result['id']}", details)
+    result = await rollouts.act(
+        request.app[CORE], caller(request), _rollout_id(request), request.match_info["action"]
+    )
     return web.json_response(result)
 
 
@@ -209,8 +171,8 @@ async def act(request: web.Request) -> web.Response:
 )
 async def device_rollouts(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
-    request.app[INVENTORY].device(serial)
-    return web.json_response({"rollouts": request.app[ROLLOUTS].device_history(serial)})
+    found = rollouts.device_rollouts(request.app[CORE], caller(request), serial)
+    return web.json_response({"rollouts": found})
 
 
 @endpoint(
@@ -220,7 +182,7 @@ async def device_rollouts(request: web.Request) -> web.Response:
     tags=("rollouts",),
 )
 async def penalty_box(request: web.Request) -> web.Response:
-    return web.json_response({"devices": request.app[ROLLOUTS].penalty_box()})
+    return web.json_response({"devices": rollouts.penalty_box(request.app[CORE], caller(request))})
 
 
 @endpoint(
@@ -232,10 +194,8 @@ async def penalty_box(request: web.Request) -> web.Response:
 )
 async def release_penalty(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
-    if not await request.app[ROLLOUTS].release_from_penalty_box(serial):
-        raise ApiError(404, "not_found", f"{serial} is not in the penalty box")
-    await audit.record(request, "rollout.penalty_release", f"device:{serial}")
-    return web.json_response({"released": serial})
+    released = await rollouts.release_from_penalty_box(request.app[CORE], caller(request), serial)
+    return web.json_response(released)
 
 
 # -- firmware packages ----------------------------------------------------------------------
@@ -248,7 +208,7 @@ async def release_penalty(request: web.Request) -> web.Response:
     tags=("releases",),
 )
 async def list_packages(request: web.Request) -> web.Response:
-    packages = [package_json(doc) for doc in request.app[PACKAGES].packages()]
+    packages = rollouts.list_packages(request.app[CORE], caller(request))
     return web.json_response({"packages": packages})
 
 
@@ -263,20 +223,14 @@ async def list_packages(request: web.Request) -> web.Response:
     tags=("releases",),
 )
 async def put_package(request: web.Request) -> web.Response:
-    catalogues = request.app[CATALOGUES]
-    try:
-        doc = await request.app[PACKAGES].add(
-            await catalogues.releases(),
-            request.match_info["version"],
-            request.content.iter_chunked(PACKAGE_CHUNK),
-            sha256=request.query.get("sha256"),
-            added_by=principal(request).name,
-        )
-    except PackageError as exc:
-        raise ApiError(422, "invalid_package", str(exc), exc.field) from None
-    details = {"sha256": doc["sha256"], "size": doc["size"]}
-    await audit.record(request, "release.package", f"release:{doc['version']}", details)
-    return web.json_response(package_json(doc), status=201)
+    package = await rollouts.add_package(
+        request.app[CORE],
+        caller(request),
+        request.match_info["version"],
+        request.content.iter_chunked(PACKAGE_CHUNK),
+        sha256=request.query.get("sha256"),
+    )
+    return web.json_response(package, status=201)
 
 
 @endpoint(
@@ -288,11 +242,12 @@ async def put_package(request: web.Request) -> web.Response:
     tags=("releases",),
 )
 async def get_package(request: web.Request) -> web.StreamResponse:
-    packages = request.app[PACKAGES]
+    # Site agents fetch packages too: the role check is the endpoint's (PACKAGE_READERS).
+    packages = request.app[CORE].packages
     version = request.match_info["version"]
     doc = packages.find(version)
     if doc is None:
-        raise _not_found(UnknownPackage(version))
+        raise UnknownPackage(version)
     who = principal(request)
     if who.role is Role.AGENT:
         packages.note_download(doc["version"], who.site_id or "", request.headers.get("Range"))
@@ -307,14 +262,16 @@ async def get_package(request: web.Request) -> web.StreamResponse:
     roles=AGENTS,
     request=JobProgress,
     response=Ok,
-    errors=(400, 401, 403, 404, 422),
+    errors=(400, 401, 403, 404, 409, 422),
     tags=("agent",),
 )
 async def post_progress(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
     progress = validate(JobProgress, await read_json(request))
-    known = await request.app[ROLLOUTS].on_progress(
+    # A word on an update no longer under way is IllegalMove (409), logged by the service:
+    # the agent only learns that it changed nothing.
+    known = await request.app[CORE].rollouts.on_progress(
         request.match_info["job_id"], agent.site_id, progress
     )
     if not known:
@@ -346,53 +303,45 @@ class RolloutCollector(Collector):
 
 async def _runner(app: web.Application) -> AsyncIterator[None]:
     """Moves running rollouts on every few seconds (results, halts, windows, new orders)."""
-    service = app[ROLLOUTS]
-    desk = app[TICKET_DESK]
+    core = app[CORE]
+    service = core.rollouts
+    desk = core.tickets
 
     async def file_ticket(event: FaultEvent) -> None:
         await desk.get().handle([event])
 
     service.file_ticket = file_ticket
-    log_book = app[AUDIT]
+    log_book = core.audit
 
     async def record_halt(rollout_id: str, reason: str) -> None:
         # The circuit breaker acts on no one's request: the controller is the actor.
         await log_book.record(
             Actor(name="circuit breaker", role="system"),
             Origin(via="controller"),
-            "rollout.halt",
+            AuditAction.ROLLOUT_HALT,
             f"rollout:{rollout_id}",
             {"reason": reason},
         )
 
     service.on_halt = record_halt
-    interval = float(app[CONFIG].section("rollouts").get("tick_s", ROLLOUT_TICK_S))
+    interval = float(core.config.section("rollouts").get("tick_s", ROLLOUT_TICK_S))
 
-    async def loop() -> None:
-        while True:
-            try:
-                await service.tick()
-            except StoreUnavailable:
-                return
-            except Exception:
-                log.exception("rollout runner failed; trying again")
-            await asyncio.sleep(interval)  # waits-for: the runner's next round
-
-    task = asyncio.create_task(loop(), name="rollout-runner")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    runner = Periodic(
+        "rollout runner",
+        service.tick,
+        interval_s=interval,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with runner.running():
+        yield
 
 
 def register(app: web.Application) -> None:
-    config = app[CONFIG]
-    packages = PackageService(app[STORE], app[CLOCK], packages_dir=config.data_dir / "packages")
-    app[PACKAGES] = packages
-    app[ROLLOUTS] = RolloutService(
-        app[STORE], app[EVENT_BUS], app[CLOCK], jobs=app[JOBS], packages=packages
-    )
-    app[METRICS].register(RolloutCollector(app[ROLLOUTS]))
+    core = app[CORE]
+    app[PACKAGES] = core.packages
+    app[ROLLOUTS] = core.rollouts
+    app[METRICS].register(RolloutCollector(core.rollouts))
     # Orders work on devices: on the active controller only.
     run_when_active(app, _runner)
     router = app.router

@@ -7,9 +7,6 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -18,17 +15,8 @@ from prometheus_client.registry import Collector
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.active import run_when_active
-from polyfleet.controller.api import audit
-from polyfleet.controller.api.errors import ApiError, read_model
-from polyfleet.controller.api.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.core import TicketDesk
 from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
-from polyfleet.controller.domain.tickets import (
-    ACTIONS,
-    Ticket,
-    TicketError,
-    TicketMomentError,
-    TicketStatus,
-)
 from polyfleet.controller.events import (
     AgentClockChanged,
     AgentOffline,
@@ -37,36 +25,20 @@ from polyfleet.controller.events import (
     Event,
     SnapshotsIngested,
 )
-from polyfleet.controller.keys import CLOCK, CONFIG, EVENT_BUS, JOBS, METRICS, STORE
+from polyfleet.controller.features import tickets
+from polyfleet.controller.http.caller import caller
+from polyfleet.controller.http.errors import read_model
+from polyfleet.controller.http.files import download
+from polyfleet.controller.http.spec import ADMINS, READERS, endpoint
+from polyfleet.controller.keys import CORE, EVENT_BUS, METRICS
 from polyfleet.controller.services.delivery import RESULTS
-from polyfleet.controller.services.entitlement import catalogue_paths, load_plans
-from polyfleet.controller.services.ticket_config import ticket_settings
-from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
-from polyfleet.controller.services.ticket_service import (
-    TicketNotFound,
-    TicketService,
-    UnknownContract,
-)
+from polyfleet.controller.services.ticket_service import TicketService
 from polyfleet.controller.store.base import Doc
+from polyfleet.shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
-#: ``send`` (re)sends an open ticket; the rest are lifecycle steps.
-VERBS = (*ACTIONS, "send")
-
-
-@dataclass
-class TicketDesk:
-    """Holds the service once the app has started (the app's state is frozen by then)."""
-
-    service: TicketService | None = None
-
-    def get(self) -> TicketService:
-        if self.service is None:
-            raise ApiError(503, "tickets_unavailable", "the ticket service is starting")
-        return self.service
-
-
+#: The ticket desk under its older key, for handlers not yet reading ``app[CORE].tickets``.
 TICKET_DESK = web.AppKey("ticket_desk", TicketDesk)
 
 
@@ -137,34 +109,6 @@ class DeliveryList(BaseModel):
     deliveries: list[DeliveryView]
 
 
-#: States a delivery record can be listed in.
-DELIVERY_STATES = ("pending", "retrying", "sent", "failed")
-
-
-def _service(request: web.Request) -> TicketService:
-    return request.app[TICKET_DESK].get()
-
-
-def _ticket(service: TicketService, key: str) -> Ticket:
-    try:
-        return service.get(key)
-    except TicketNotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-
-
-def _listed(ticket: Ticket, states: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
-    """The ticket's document with how its messages fare (``delivery``, ``delivery_error``)."""
-    state, error = states.get(ticket.id, (None, None))
-    return {**ticket.as_document(), "delivery": state, "delivery_error": error}
-
-
-def _detail(service: TicketService, ticket: Ticket) -> dict[str, Any]:
-    return {
-        **_listed(ticket, service.delivery_states()),
-        "deliveries": service.deliveries(ticket.id),
-    }
-
-
 @endpoint(
     summary="List fault tickets",
     roles=READERS,
@@ -174,15 +118,13 @@ def _detail(service: TicketService, ticket: Ticket) -> dict[str, Any]:
     tags=("tickets",),
 )
 async def list_tickets(request: web.Request) -> web.Response:
-    service = _service(request)
-    status = request.query.get("status")
-    if status is not None and status not in {s.value for s in TicketStatus}:
-        known = ", ".join(s.value for s in TicketStatus)
-        raise ApiError(400, "invalid", f"status: {status!r} is not one of {known}", "status")
-    site = request.query.get("site")
-    tickets = [t for t in service.tickets(status=status) if site is None or t.site == site]
-    states = service.delivery_states()
-    return web.json_response({"tickets": [_listed(t, states) for t in tickets]})
+    found = tickets.list_tickets(
+        request.app[CORE],
+        caller(request),
+        status=request.query.get("status"),
+        site=request.query.get("site"),
+    )
+    return web.json_response({"tickets": found})
 
 
 @endpoint(
@@ -197,12 +139,12 @@ async def list_tickets(request: web.Request) -> web.Response:
     tags=("tickets",),
 )
 async def list_deliveries(request: web.Request) -> web.Response:
-    service = _service(request)
-    state = request.query.get("state")
-    if state is not None and state not in DELIVERY_STATES:
-        known = ", ".join(DELIVERY_STATES)
-        raise ApiError(400, "invalid", f"state: {state!r} is not one of {known}", "state")
-    found = service.deliveries(request.query.get("ticket"), state=state)
+    found = tickets.list_deliveries(
+        request.app[CORE],
+        caller(request),
+        ticket=request.query.get("ticket"),
+        state=request.query.get("state"),
+    )
     return web.json_response({"deliveries": found})
 
 
@@ -214,8 +156,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
     tags=("tickets",),
 )
 async def show_ticket(request: web.Request) -> web.Response:
-    service = _service(request)
-    return web.json_response(_detail(service, _ticket(service, request.match_info["ticket_id"])))
+    key = request.match_info["ticket_id"]
+    return web.json_response(tickets.ticket_detail(request.app[CORE], caller(request), key))
 
 
 @endpoint(
@@ -227,59 +169,16 @@ async def show_ticket(request: web.Request) -> web.Response:
     tags=("tickets",),
 )
 async def fill_ticket(request: web.Request) -> web.Response:
-    service = _service(request)
-    key = request.match_info["ticket_id"]
-    _ticket(service, key)
     body = await read_model(request, TicketFill)
-    actor, _ = audit.who_and_where(request)
-    by = actor.name + (f" (token {actor.token_id})" if actor.token_id else " (on the controller)")
-    ticket = await fill_in(service, key, body, by=by)
-    # What was given (force only when used), for the audit log.
-    filled = body.model_dump(exclude_none=True, exclude_defaults=True)
-    await audit.record(request, "ticket.fill", f"ticket:{ticket.id}", filled, site=ticket.site)
-    return web.json_response(_detail(service, ticket))
-
-
-async def fill_in(
-    service: TicketService, key: str, body: TicketFill, *, by: str | None = None
-) -> Ticket:
-    """Complete a held ticket (W5), as ``PATCH /api/v1/tickets/{id}`` and the dashboard do:
-    404 for an unknown ticket, 409 when its state refuses it or when the asset registry
-    lacks the contract number for the serial and ``force`` is not given."""
-    _ticket(service, key)
-    try:
-        return await service.fill(
-            key,
-            serial=body.serial,
-            contract_number=body.contract_number,
-            by=by,
-            force=body.force,
-        )
-    except UnknownContract as exc:
-        raise ApiError(409, "unknown_contract", str(exc), "contract_number") from None
-    except TicketError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
-
-
-async def act_on(
-    service: TicketService, key: str, verb: str, *, at: datetime | None = None
-) -> Ticket:
-    """One lifecycle step or a send, as ``POST /api/v1/tickets/{id}/{action}`` and the
-    dashboard's buttons do: 404 for an unknown ticket or action, 409 when refused, 422
-    when ``at`` (the step's moment, default now) is before an earlier step or ahead."""
-    if verb not in VERBS:
-        raise ApiError(
-            404, "not_found", f"no ticket action {verb!r}; use one of {', '.join(VERBS)}"
-        )
-    _ticket(service, key)
-    try:
-        if verb == "send":
-            return await service.resend(key)
-        return await service.act(key, verb, at=at)
-    except TicketMomentError as exc:
-        raise ApiError(422, "invalid", str(exc), "at") from None
-    except TicketError as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
+    filled = await tickets.fill_ticket(
+        request.app[CORE],
+        caller(request),
+        request.match_info["ticket_id"],
+        serial=body.serial,
+        contract_number=body.contract_number,
+        force=body.force,
+    )
+    return web.json_response(filled)
 
 
 @endpoint(
@@ -301,33 +200,17 @@ async def act_on(
     },
 )
 async def ticket_action(request: web.Request) -> web.Response:
-    service = _service(request)
-    key = request.match_info["ticket_id"]
-    verb = request.match_info["action"]
     at = None
     if request.body_exists:
         at = (await read_model(request, TicketActionBody)).at
-    ticket = await act_on(service, key, verb, at=at)
-    details = {"status": ticket.status.value}
-    if at is not None:
-        details["at"] = at.isoformat()
-    await audit.record(request, f"ticket.{verb}", f"ticket:{ticket.id}", details, site=ticket.site)
-    return web.json_response(_detail(service, ticket))
-
-
-def bundle_response(service: TicketService, ticket: Ticket) -> web.FileResponse:
-    """The ticket's diagnostics bundle as a download (API and dashboard); 404 without one."""
-    if ticket.bundle is None:
-        reason = ticket.bundle_error or "not collected yet"
-        raise ApiError(404, "not_found", f"ticket {ticket.id} has no diagnostics bundle: {reason}")
-    path = service.bundle_dir / ticket.id / ticket.bundle.filename
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": ticket.bundle.content_type,
-            "Content-Disposition": f'attachment; filename="{ticket.bundle.filename}"',
-        },
+    done = await tickets.act_on_ticket(
+        request.app[CORE],
+        caller(request),
+        request.match_info["ticket_id"],
+        request.match_info["action"],
+        at=at,
     )
+    return web.json_response(done)
 
 
 @endpoint(
@@ -338,13 +221,14 @@ def bundle_response(service: TicketService, ticket: Ticket) -> web.FileResponse:
     tags=("tickets",),
 )
 async def ticket_bundle(request: web.Request) -> web.StreamResponse:
-    service = _service(request)
-    return bundle_response(service, _ticket(service, request.match_info["ticket_id"]))
+    key = request.match_info["ticket_id"]
+    bundle = tickets.ticket_bundle(request.app[CORE], caller(request), key)
+    return download(bundle.path, filename=bundle.filename, content_type=bundle.content_type)
 
 
 def register(app: web.Application) -> None:
     """Add the ticket routes and the background work (``ticket_context``)."""
-    app[TICKET_DESK] = TicketDesk()
+    app[TICKET_DESK] = app[CORE].tickets
     # Detection, escalations and deliveries: on the active controller only.
     run_when_active(app, ticket_context)
     app.router.add_get("/api/v1/tickets", list_tickets)
@@ -354,23 +238,6 @@ def register(app: web.Application) -> None:
     app.router.add_patch("/api/v1/tickets/{ticket_id}", fill_ticket)
     app.router.add_get("/api/v1/tickets/{ticket_id}/bundle", ticket_bundle)
     app.router.add_post("/api/v1/tickets/{ticket_id}/{action}", ticket_action)
-
-
-def build_service(app: web.Application) -> TicketService:
-    """The ticket service from the app's config, store, clock and jobs."""
-    config = app[CONFIG]
-    base = config.source.parent if config.source is not None else Path()
-    settings = ticket_settings(config.sections, base=base)
-    plans_path, _ = catalogue_paths(config.section("entitlement"))
-    return TicketService(
-        app[STORE],
-        settings,
-        plans=load_plans(plans_path),
-        bundle_dir=config.data_dir / "ticket-bundles",
-        diagnostics=JobDiagnostics(app[JOBS]),
-        clock=app[CLOCK],
-        data_dir=config.data_dir.resolve(),
-    )
 
 
 class TicketDeliveryCollector(Collector):
@@ -430,21 +297,16 @@ async def _feed(service: TicketService, events: list[Event]) -> None:
         await service.on_documents(reports)
 
 
-async def _tick_loop(service: TicketService) -> None:
-    while True:
-        try:
-            await service.tick()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("ticket tick failed; trying again at the next interval")
-        await asyncio.sleep(service.settings.check_interval_s)  # waits-for: the next tick
+def _ticker(service: TicketService) -> Periodic:
+    """Hold times, reaction deadlines and escalations, looked at every check interval."""
+    return Periodic(
+        "ticket tick", service.tick, interval_s=service.settings.check_interval_s, logger=log
+    )
 
 
 async def ticket_context(app: web.Application) -> AsyncIterator[None]:
     """Background work for ``cleanup_ctx``: detection from events, delivery, escalation."""
-    service = build_service(app)
-    app[TICKET_DESK].service = service
+    service = app[CORE].start_tickets()
     collector = TicketDeliveryCollector(service)
     app[METRICS].register(collector)
     tasks: list[asyncio.Task[None]] = []
@@ -464,7 +326,7 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
         await service.resume()
         tasks = [
             asyncio.create_task(service.worker.run(), name="ticket-delivery"),
-            asyncio.create_task(_tick_loop(service), name="ticket-tick"),
+            asyncio.create_task(_ticker(service).run(), name="ticket-tick"),
         ]
     try:
         yield

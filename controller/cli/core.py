@@ -1,12 +1,8 @@
 """``polyfleet controller serve|site|token|agent|devices|audit``: the server and admin commands.
 
-Admin commands are safe while the server runs: the server holds an exclusive lock on its store
-(its data directory, or the PostgreSQL database's advisory lock); a command that cannot take
-the lock goes through the running server's local control socket (``<data dir>/controller.json``
-says where), otherwise it opens the store itself, holding the lock, so the two never write the
-store at the same time. When the local server is a standby (or none runs here and another
-host's controller holds the database), the command goes to the active controller's URL over
-HTTPS with an admin token (``POLYFLEET_TOKEN``; ``POLYFLEET_CA_FILE`` for a private CA).
+Admin commands speak the admin API, to the running server or to one they serve themselves
+on the store they hold (``controller.cli.reach``), so they are safe while the server runs
+and meet the same checks and audit records as the API and the dashboard.
 """
 
 from __future__ import annotations
@@ -16,255 +12,39 @@ import asyncio
 import csv
 import io
 import json
-import os
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import aiohttp
-
-from polyfleet.controller.active import ACTIVE_HEADER
-from polyfleet.controller.app import open_store, read_runtime, serve
+from polyfleet.controller.app import read_runtime, serve
+from polyfleet.controller.cli.reach import (
+    CommandError,
+    ControllerClient,
+    config_of,
+    run,
+)
 from polyfleet.controller.clock import system_clock
-from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.core import holds_store
 from polyfleet.controller.domain.admin_input import shown
-from polyfleet.controller.events import EventBus
-from polyfleet.controller.services.access import (
-    AccessService,
-    BadExpiry,
-    LastAdminToken,
-    Role,
-    UnknownAgent,
-    UnknownSite,
-    UnknownToken,
-)
-from polyfleet.controller.services.audit import (
-    AuditLog,
-    AuditQuery,
-    InvalidAuditQuery,
-    local_command,
-)
 from polyfleet.controller.services.device_table import CSV_COLUMNS, csv_row
-from polyfleet.controller.services.inventory import (
-    DeviceFilter,
-    InvalidInput,
-    Inventory,
-    SiteExists,
-    UnknownDevice,
-    site_changes,
-)
-from polyfleet.controller.services.web_sessions import SessionService, SignInRefused
-from polyfleet.controller.store.base import Store, StoreError, StoreLocked
-from polyfleet.controller.store.postgres import PostgresStore
-from polyfleet.controller.web.settings import web_settings
-from polyfleet.controller.web.signin import LINK_PATH
+from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed
 
-#: An admin token for commands sent to the active controller over HTTPS.
-TOKEN_ENV = "POLYFLEET_TOKEN"  # noqa: S105  # the variable's name, not a secret
-#: A CA certificate file to trust for the active controller's https URL.
-CA_FILE_ENV = "POLYFLEET_CA_FILE"
-
-#: How long a command waits for a starting server to publish its control socket.
+#: How long ``serve`` waits for an admin command to release the data directory.
 SERVER_WAIT_S = 15.0
 
 
-class CommandError(CommandFailed):
-    """A command failed for a reason the user can act on (the shared error shape)."""
+class AdminApi:
+    """The admin API calls these commands make; answers have the API's shapes."""
 
-
-class NotActive(CommandError):
-    """The controller asked is a standby; ``active_url`` is where the active one is (if any)."""
-
-    def __init__(self, message: str, active_url: str | None) -> None:
-        super().__init__(message, code="not_active")
-        self.active_url = active_url
-
-
-class Backend(Protocol):
-    """What admin commands need; answers have the admin API's shapes."""
-
-    async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]: ...
-    async def sites(self) -> list[dict[str, Any]]: ...
-    async def create_token(
-        self, role: str, name: str, expires_at: datetime | None = None
-    ) -> dict[str, Any]: ...
-    async def invite(self, site_id: str) -> dict[str, Any]: ...
-    async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]: ...
-    async def move(self, serial: str, site_id: str) -> dict[str, Any]: ...
-    async def audit(self, query: Mapping[str, str]) -> dict[str, Any]: ...
-    async def update_site(self, site_id: str, changes: Mapping[str, str]) -> dict[str, Any]: ...
-    async def tokens(self) -> list[dict[str, Any]]: ...
-    async def revoke_token(self, token_id: str) -> None: ...
-    async def agents(self, site_id: str | None) -> list[dict[str, Any]]: ...
-    async def revoke_agent(self, agent_id: str) -> None: ...
-    async def signin_link(self, token_id: str) -> dict[str, Any]: ...
-
-
-class DirectBackend:
-    """Works on the store directly (no server running; the store lock is held)."""
-
-    def __init__(self, store: Store, config: ControllerConfig) -> None:
-        bus = EventBus(store, keep=config.events_keep)
-        bus.load()
-        self._access = AccessService(
-            store,
-            bus,
-            system_clock,
-            code_ttl_s=config.enroll_code_ttl_s,
-            poll_interval_s=config.poll_interval_s,
-        )
-        self._inventory = Inventory(store, bus, system_clock, config)
-        self._inventory.load()
-        self._audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
-        self._audit.load()
-        self._actor, self._origin = local_command()
-        settings = web_settings(config.section("web"))
-        self._sessions = SessionService(
-            store,
-            self._access,
-            system_clock,
-            session_ttl_s=settings.session_ttl_s,
-            kiosk_session_ttl_s=settings.kiosk_session_ttl_s,
-            link_ttl_s=settings.signin_link_ttl_s,
-        )
-
-    async def _record(
-        self, action: str, target: str, details: dict[str, Any], *, site: str | None = None
-    ) -> None:
-        await self._audit.record(self._actor, self._origin, action, target, details, site=site)
-
-    def _site(self, site_id: str) -> dict[str, Any]:
-        return next(site for site in self._inventory.sites() if site["id"] == site_id)
-
-    async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
-        try:
-            await self._inventory.add_site(site_id, name=name, timezone=timezone)
-        except SiteExists as exc:
-            raise CommandError(str(exc), code="site_exists", field="site_id") from None
-        site = self._site(site_id)
-        details = {"name": site["name"], "timezone": site["timezone"]}
-        await self._record("site.add", f"site:{site_id}", details, site=site_id)
-        return site
-
-    async def sites(self) -> list[dict[str, Any]]:
-        return self._inventory.sites()
-
-    async def create_token(
-        self, role: str, name: str, expires_at: datetime | None = None
-    ) -> dict[str, Any]:
-        try:
-            token, record = await self._access.create_token(Role(role), name, expires_at=expires_at)
-        except BadExpiry as exc:
-            raise CommandError(str(exc), code="bad_input", field="expires") from None
-        details = {"role": record["role"], "name": record["name"]}
-        if record["expires_at"] is not None:
-            details["expires_at"] = record["expires_at"]
-        await self._record("token.create", f"token:{record['id']}", details)
-        return {**record, "token": token}
-
-    async def signin_link(self, token_id: str) -> dict[str, Any]:
-        try:
-            code, expires = await self._sessions.create_link(token_id)
-        except SignInRefused as exc:
-            raise CommandError(str(exc), code="not_found", field="token_id") from None
-        details = {"expires_at": expires.isoformat()}
-        await self._record("signin_link.create", f"token:{token_id}", details)
-        path = f"{LINK_PATH}?code={code}"
-        return {"path": path, "token_id": token_id, "expires_at": expires.isoformat()}
-
-    async def invite(self, site_id: str) -> dict[str, Any]:
-        code, expires = await self._access.create_invite(site_id)
-        details = {"expires_at": expires.isoformat()}
-        await self._record("invite.create", f"site:{site_id}", details, site=site_id)
-        return {"code": code, "site": site_id, "expires_at": expires.isoformat()}
-
-    async def devices(self, filters: Mapping[str, str | None]) -> list[dict[str, Any]]:
-        return self._inventory.devices(DeviceFilter.parse(dict(filters)))
-
-    async def move(self, serial: str, site_id: str) -> dict[str, Any]:
-        old = self._inventory.device(serial)["site_id"]
-        device = await self._inventory.move_device(serial, site_id)
-        await self._record(
-            "device.move", f"device:{serial}", {"site": [old, site_id]}, site=site_id
-        )
-        return device
-
-    async def audit(self, query: Mapping[str, str]) -> dict[str, Any]:
-        entries, more = self._audit.query(AuditQuery.parse(query))
-        return {"entries": entries, "more": more}
-
-    async def update_site(self, site_id: str, changes: Mapping[str, str]) -> dict[str, Any]:
-        old, new = await self._inventory.update_site(
-            site_id, name=changes.get("name"), timezone=changes.get("timezone")
-        )
-        await self._record("site.update", f"site:{site_id}", site_changes(old, new), site=site_id)
-        return self._site(site_id)
-
-    async def tokens(self) -> list[dict[str, Any]]:
-        return self._access.list_tokens()
-
-    async def revoke_token(self, token_id: str) -> None:
-        try:
-            revoked = await self._access.revoke_token(token_id)
-        except UnknownToken as exc:
-            raise CommandError(str(exc), code="not_found", field="token_id") from None
-        except LastAdminToken as exc:
-            raise CommandError(str(exc), code="last_admin_token", field="token_id") from None
-        details = {"role": revoked["role"], "name": revoked["name"]}
-        await self._record("token.revoke", f"token:{token_id}", details)
-
-    async def agents(self, site_id: str | None) -> list[dict[str, Any]]:
-        return self._access.list_agents(site_id)
-
-    async def revoke_agent(self, agent_id: str) -> None:
-        try:
-            agent = await self._access.revoke_agent(agent_id)
-        except UnknownAgent as exc:
-            raise CommandError(str(exc), code="not_found", field="agent_id") from None
-        details = {
-            "name": agent["name"],
-            "hostname": agent["hostname"],
-            "token_id": agent["token_id"],
-        }
-        await self._record("agent.revoke", f"agent:{agent_id}", details, site=agent["site_id"])
-
-
-class ServerBackend:
-    """Goes through a running server: its control socket (admin rights by file permission), or
-    the active controller's URL with an admin token."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        base_url: str = "http://controller",
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self._http = session
-        self._base_url = base_url
-        self._headers = dict(headers or {})
+    def __init__(self, client: ControllerClient) -> None:
+        self._client = client
 
     async def _call(self, method: str, path: str, body: Any = None, **query: str) -> Any:
-        params = {key: value for key, value in query.items() if value}
-        async with self._http.request(
-            method, f"{self._base_url}{path}", json=body, params=params, headers=self._headers
-        ) as response:
-            warning = response.headers.get("Warning")
-            if warning:
-                # The server's storage is failing: what it shows may not be saved.
-                text = warning.partition(' "')[2].rstrip('"') or warning
-                print(f"warning: {text}", file=sys.stderr)
-            data = await response.json(content_type=None)
-            if response.status >= 400:
-                refused = server_refused(response.status, data)
-                if response.status == 503 and refused.code == "not_active":
-                    raise NotActive(refused.message, response.headers.get(ACTIVE_HEADER))
-                raise refused
-            return data
+        return await self._client.call(method, path, body, params=query)
 
     async def add_site(self, site_id: str, name: str, timezone: str) -> dict[str, Any]:
         body = {"id": site_id, "name": name, "timezone": timezone}
@@ -331,37 +111,12 @@ class ServerBackend:
         await self._call("DELETE", f"/api/v1/agents/{agent_id}")
 
 
-def server_refused(status: int, body: Any) -> CommandError:
-    """The controller's error answer in the shared shape: its code, message and field."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return CommandError(f"the controller answered HTTP {status}", code="refused")
-    return CommandError(
-        str(error.get("message") or f"the controller answered HTTP {status}"),
-        code=str(error.get("code") or "refused"),
-        field=error.get("field"),
-        problems=body.get("problems") or error.get("problems") or (),
-    )
+#: Where the API's field names differ from the flags the commands take.
+_FLAG_NAMES = {"id": "site_id", "expires_at": "expires"}
 
 
 def _config(args: argparse.Namespace) -> ControllerConfig:
-    try:
-        config = load_config(Path(args.config) if args.config else None)
-    except ConfigError as exc:
-        raise CommandError(str(exc), code="config") from None
-    try:
-        return config.with_overrides(
-            data_dir=Path(args.data_dir) if args.data_dir else None,
-            listen=getattr(args, "listen", None),
-            store_url=getattr(args, "store_url", None),
-        )
-    except ConfigError as exc:
-        raise CommandError(str(exc), code="config") from None
-
-
-def holds_store(data_dir: Path) -> bool:
-    """True when ``data_dir`` holds a controller store (or a running server says it does)."""
-    return (data_dir / "store" / "LOCK").exists() or read_runtime(data_dir) is not None
+    return config_of(args)
 
 
 def _has_store(config: ControllerConfig) -> bool:
@@ -369,126 +124,23 @@ def _has_store(config: ControllerConfig) -> bool:
     return config.store_url is not None or holds_store(config.data_dir)
 
 
-def require_store(data_dir: Path) -> None:
-    """Refuse a data directory without a store: a mistyped --data-dir must not make one."""
-    if not holds_store(data_dir):
-        raise CommandError(
-            f"{data_dir} holds no controller store: check --data-dir (or the config's "
-            "data_dir); a new store is made by serve or by site add",
-            code="no_store",
-            field="data_dir",
-        )
-
-
-async def _with_backend(
-    config: ControllerConfig,
-    action: Callable[[Backend], Awaitable[int]],
-    *,
-    needs_store: bool = False,
-) -> int:
-    if needs_store and config.store_url is None:
-        # A database is made by the first controller that opens it, like a data directory.
-        await asyncio.to_thread(require_store, config.data_dir)
-    deadline = time.monotonic() + SERVER_WAIT_S
-    while True:
-        store = open_store(config)
-        try:
-            await store.open()
-        except StoreLocked:
-            active_url: str | None = None
-            runtime = await asyncio.to_thread(read_runtime, config.data_dir)
-            socket = runtime.get("control_socket") if runtime else None
-            if socket:
-                connector = aiohttp.UnixConnector(path=socket)
-                try:
-                    async with aiohttp.ClientSession(connector=connector) as session:
-                        return await action(ServerBackend(session))
-                except NotActive as exc:
-                    active_url = exc.active_url
-                except aiohttp.ClientConnectionError:
-                    pass  # the server is starting or stopping: try again
-            elif isinstance(store, PostgresStore):
-                # No server here: the database is held by a controller on another host.
-                active_url = await _active_url(store)
-            if active_url is not None:
-                return await _at_active(active_url, action)
-            if time.monotonic() > deadline:
-                raise CommandError(
-                    f"{_store_name(config)} is locked by another process but no controller "
-                    "answers as the active one",
-                    code="store_locked",
-                ) from None
-            await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
-            continue
-        except StoreError as exc:
-            raise CommandError(str(exc), code="store_error") from None
-        try:
-            return await action(DirectBackend(store, config))
-        finally:
-            await store.close()
-
-
-def _store_name(config: ControllerConfig) -> str:
-    if config.store_url is not None:
-        return PostgresStore(config.store_url).shown_url
-    return str(config.data_dir)
-
-
-async def _active_url(store: PostgresStore) -> str | None:
-    try:
-        leader = await store.leader()
-    finally:
-        await store.close()
-    return leader.url if leader is not None and leader.held else None
-
-
-async def _at_active(url: str, action: Callable[[Backend], Awaitable[int]]) -> int:
-    """Run ``action`` against the active controller's API, with an admin token."""
-    token = os.environ.get(TOKEN_ENV)
-    if not token:
-        raise CommandError(
-            f"this controller is a standby; the active controller is {url}: run the command "
-            f"on its host, or set {TOKEN_ENV} to an admin token to send it there",
-            code="not_active",
-        )
-    ca_file = os.environ.get(CA_FILE_ENV)
-    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-    connector = aiohttp.TCPConnector(ssl=context)
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=60)
-        ) as session:
-            return await action(ServerBackend(session, url.rstrip("/"), headers))
-    except aiohttp.ClientError as exc:
-        raise CommandError(
-            f"cannot reach the active controller at {url}: {exc}", code="unreachable"
-        ) from None
-
-
 def _run(
     args: argparse.Namespace,
-    action: Callable[[Backend], Awaitable[int]],
+    action: Callable[[AdminApi], Awaitable[int]],
     *,
     needs_store: bool = False,
 ) -> int:
-    """Run ``action`` on the store or the running server; failures in the shared shape.
+    """Run ``action`` against the controller (``reach``); failures in the shared shape.
 
     ``needs_store``: a command that reads, or changes something that must exist, refuses
     a data directory that holds no store instead of making an empty one.
     """
-    try:
-        return asyncio.run(_with_backend(_config(args), action, needs_store=needs_store))
-    except ConfigError as exc:
-        raise CommandError(str(exc), code="config") from None
-    except InvalidInput as exc:
-        raise CommandError(str(exc), code="invalid", field=exc.field) from None
-    except InvalidAuditQuery as exc:
-        raise CommandError(str(exc), code="invalid", field=exc.field) from None
-    except UnknownSite as exc:
-        raise CommandError(str(exc), code="not_found", field="site") from None
-    except UnknownDevice as exc:
-        raise CommandError(str(exc), code="not_found", field="serial") from None
+    return run(
+        args,
+        lambda client: action(AdminApi(client)),
+        needs_store=needs_store,
+        fields=_FLAG_NAMES,
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -530,7 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_site_add(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         site = await backend.add_site(args.site_id, args.name, args.timezone)
         if args.json:
             _print_json(site)
@@ -546,7 +198,7 @@ def cmd_site_rename(args: argparse.Namespace) -> int:
     if args.timezone:
         changes["timezone"] = args.timezone
 
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         site = await backend.update_site(args.site_id, changes)
         if args.json:
             _print_json(site)
@@ -558,7 +210,7 @@ def cmd_site_rename(args: argparse.Namespace) -> int:
 
 
 def cmd_site_list(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         sites = await backend.sites()
         if args.json:
             _print_json({"sites": sites})
@@ -575,7 +227,7 @@ def cmd_site_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         expires_at = None if args.expires is None else parse_expiry(args.expires, system_clock())
         created = await backend.create_token(args.role, args.name or "", expires_at)
         expires = created.get("expires_at")
@@ -603,7 +255,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_link(args: argparse.Namespace) -> int:
     config = _config(args)
 
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         link = await backend.signin_link(args.token_id)
         url = dashboard_url(config) + link["path"]
         if args.json:
@@ -679,7 +331,7 @@ def _when(value: str | None) -> str:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         tokens = await backend.tokens()
         if args.json:
             _print_json({"tokens": tokens})
@@ -699,7 +351,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         token = next((t for t in await backend.tokens() if t["id"] == args.token_id), None)
         if token is not None:
             named = f" ({shown(token['name'])})" if token["name"] else ""
@@ -720,7 +372,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_list(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         agents = await backend.agents(args.site)
         if args.json:
             _print_json({"agents": agents})
@@ -752,7 +404,7 @@ def cmd_agent_revoke(args: argparse.Namespace) -> int:
             exit_status=EXIT_USAGE,
         )
 
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         known = await backend.agents(args.site)
         by_id = {agent["id"]: agent for agent in known}
         chosen = [by_id[a] for a in args.agent_ids if a in by_id] if args.agent_ids else known
@@ -786,7 +438,7 @@ def cmd_agent_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_invite(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         invite = await backend.invite(args.site)
         if args.json:
             _print_json(invite)
@@ -814,7 +466,7 @@ def _missing_in_empty(args: argparse.Namespace, what: str, field: str) -> Comman
     )
 
 
-async def _device_list(backend: Backend, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def _device_list(backend: AdminApi, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The devices the filters select; a site that does not exist is refused, not empty."""
     filters = _filters(args)
     devices = await backend.devices(filters)
@@ -832,7 +484,7 @@ def _filters(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         devices = await _device_list(backend, args)
         if args.json:
             _print_json({"devices": devices})
@@ -867,7 +519,7 @@ def cmd_devices_export(args: argparse.Namespace) -> int:
             "choose a format: devices export --csv", code="usage", exit_status=EXIT_USAGE
         )
 
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         sys.stdout.write(devices_csv(await _device_list(backend, args)))
         return 0
 
@@ -875,7 +527,7 @@ def cmd_devices_export(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_move(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         device = await backend.move(args.serial, args.to_site)
         if args.json:
             _print_json(device)
@@ -912,7 +564,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if value is not None
     }
 
-    async def action(backend: Backend) -> int:
+    async def action(backend: AdminApi) -> int:
         page = await backend.audit(query)
         if args.json:
             _print_json(page)

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import dataclasses
 import json
 import sys
-import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-import aiohttp
-
-from polyfleet.controller.app import open_store, read_runtime
-from polyfleet.controller.cli.core import SERVER_WAIT_S, holds_store
-from polyfleet.controller.clock import system_clock
+from polyfleet.controller.cli.reach import ControllerClient, config_of, run
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
+from polyfleet.controller.core import holds_store
 from polyfleet.controller.domain.assets import (
-    Asset,
     EncodingProblem,
-    ImportProblem,
     InstalledFirmware,
     RegistryImportError,
     decode_csv,
@@ -35,8 +30,6 @@ from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, forecast
 from polyfleet.controller.domain.plans import CatalogueError, PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.services import entitlement as service
-from polyfleet.controller.services.audit import AuditLog, local_command
-from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.shared.cli_errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -66,7 +59,7 @@ def _print_json(document: Any) -> None:
 def _fail(
     args: argparse.Namespace,
     message: str,
-    problems: list[ImportProblem] | None = None,
+    problems: Sequence[Mapping[str, Any]] | None = None,
     *,
     file: str | None = None,
     code: str = "bad_input",
@@ -74,7 +67,7 @@ def _fail(
     exit_status: int = EXIT_BAD_INPUT,
 ) -> NoReturn:
     """Raise the shared error; a file's bad rows also keep their top-level keys for scripts."""
-    rows = [p.to_json() for p in problems or ()]
+    rows = [dict(problem) for problem in problems or ()]
     raise CommandFailed(
         message,
         code="invalid_registry" if problems is not None else code,
@@ -130,6 +123,16 @@ def _add_catalogue_flags(parser: argparse.ArgumentParser, *, releases: bool = Tr
         parser.add_argument("--releases", type=Path, help="release catalogue (default: ditto)")
     parser.add_argument(
         "--config", type=Path, help="controller.toml whose [entitlement] names the catalogues"
+    )
+
+
+def _add_data_dir_flag(parser: argparse.ArgumentParser) -> None:
+    # Taken like every controller command takes it, so one set of flags fits them all: the
+    # catalogue is a file the configuration names, not something the data directory holds.
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="controller data directory (the catalogue read is still the one --config names)",
     )
 
 
@@ -302,74 +305,46 @@ def _releases_add(args: argparse.Namespace) -> int:
 # -- assets import ---------------------------------------------------------------------------
 
 
-class _ServerAnswer(Exception):
-    """The running server refused the import; ``body`` is its JSON answer."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.body = body
+def _with_plans(config: ControllerConfig, plans: Path) -> ControllerConfig:
+    """``config`` whose controller reads the plan catalogue ``--plans`` names."""
+    entitlement = {**config.section("entitlement"), "plans": str(plans)}
+    return dataclasses.replace(config, sections={**config.sections, "entitlement": entitlement})
 
 
-async def _import_via_server(socket: str, text: str, dry_run: bool) -> dict[str, Any]:
-    # The control socket is the running server's own door for local admin commands.
-    connector = aiohttp.UnixConnector(path=socket)
-    url = "http://localhost/api/v1/assets/import" + ("?dry_run=1" if dry_run else "")
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
-        http.post(url, data=text.encode(), headers={"Content-Type": "text/csv"}) as response,
-    ):
-        body = await response.json(content_type=None)
-        if response.status != 200:
-            raise _ServerAnswer(response.status, body if isinstance(body, dict) else {})
-        return dict(body)
-
-
-async def _import(
-    config: ControllerConfig, assets: list[Asset], text: str, dry_run: bool
-) -> dict[str, Any]:
-    """Import under the store's lock, or through the server that holds it (as core commands do)."""
-    data_dir = config.data_dir
-    deadline = time.monotonic() + SERVER_WAIT_S
-    while True:
-        store = open_store(config)
-        try:
-            await store.open()
-        except StoreLocked:
-            runtime = await asyncio.to_thread(read_runtime, data_dir)
-            socket = runtime.get("control_socket") if runtime else None
-            if isinstance(socket, str):
-                try:
-                    return await _import_via_server(socket, text, dry_run)
-                except aiohttp.ClientConnectionError:
-                    pass  # the server is starting or stopping: try again
-            if time.monotonic() > deadline:
-                raise StoreError(
-                    f"{data_dir} is locked by another process but no server answers "
-                    "on its control socket"
-                ) from None
-            await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
-            continue
-        try:
-            plan = await service.import_assets(store, assets, dry_run=dry_run)
-            if not dry_run:
-                audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
-                actor, origin = local_command()
-                details = service.import_details(plan, text)
-                await audit.record(actor, origin, "assets.import", "assets", details)
-            return {"dry_run": dry_run, **plan.to_json()}
-        finally:
-            await store.close()
+def _print_import(
+    args: argparse.Namespace, document: Mapping[str, Any], plans: PlanCatalogue, count: int
+) -> None:
+    """What an import did (or would do), as JSON or in words with broken rules explained."""
+    if args.json:
+        _print_json(document)
+        return
+    verb = "would import" if args.dry_run else "imported"
+    print(
+        f"{verb} {count} device(s): {len(document['added'])} new, "
+        f"{len(document['updated'])} changed, {len(document['unchanged'])} unchanged"
+    )
+    rules = document.get("ineligible_rules") or {}
+    if document["ineligible"]:
+        print(f"flagged ineligible (imported): {', '.join(document['ineligible'])}")
+        for serial in document["ineligible"]:
+            for rule in rules.get(serial, []):
+                print(f"  {serial}: {plans.rule_text(rule)}")
 
 
 def _assets_import(args: argparse.Namespace) -> int:
+    """Check the file here, then import it through the controller (``reach``): the running
+    server, or one served here on the store (made if need be, as ``site add`` does)."""
+    config = config_of(args)
     try:
-        config = load_config(args.config).with_overrides(data_dir=args.data_dir)
-        plans = service.load_plans(_catalogue_paths(args)[0])
+        plans_path = args.plans or service.catalogue_paths(config.section("entitlement"))[0]
+        plans = service.load_plans(plans_path)
         text = _read_text(args.file)
-    except (CatalogueError, ConfigError, OSError) as exc:
+    except (CatalogueError, OSError) as exc:
         return _fail(args, str(exc), code=_code_of(exc))
+    if args.plans:
+        config = _with_plans(config, args.plans)
+    # Checked here first, with the catalogue this command's controller reads: a bad file is
+    # refused naming every cell without reaching (or starting) a controller at all.
     try:
         assets = parse_registry(text, plans, today=datetime.now(WARSAW).date())
     except RegistryImportError as exc:
@@ -379,36 +354,38 @@ def _assets_import(args: argparse.Namespace) -> int:
             exc.problems,
             file=str(args.file),
         )
+    dry_run = bool(args.dry_run)
+    if dry_run and config.store_url is None and not holds_store(config.data_dir):
+        # A dry run changes nothing, not even by making a store: all of it would be new.
+        _print_import(
+            args, {"dry_run": True, **plan_import({}, assets).to_json()}, plans, len(assets)
+        )
+        return EXIT_OK
+
+    async def action(client: ControllerClient) -> int:
+        answer = await client.call(
+            "POST",
+            "/api/v1/assets/import",
+            params={"dry_run": "1" if dry_run else None},
+            data=text.encode("utf-8"),
+            headers={"Content-Type": "text/csv; charset=utf-8"},
+        )
+        _print_import(args, answer, plans, len(assets))
+        return EXIT_OK
+
     try:
-        if args.dry_run and config.store_url is None and not holds_store(config.data_dir):
-            # A dry run changes nothing, not even by making a store: all of it would be new.
-            document = {"dry_run": True, **plan_import({}, assets).to_json()}
-        else:
-            document = asyncio.run(_import(config, assets, text, bool(args.dry_run)))
-    except _ServerAnswer as exc:
-        problems = [ImportProblem(**p) for p in exc.body.get("problems", [])]
-        error = exc.body.get("error") or {}
-        message = error.get("message") if isinstance(error, dict) else None
+        # A dry run reads the registry, which must exist; an import makes a new store.
+        return run(args, action, needs_store=dry_run, config=config)
+    except CommandFailed as exc:
+        if exc.code != "invalid_registry":
+            raise
+        # A running server's catalogue may refuse what this command's accepted.
         return _fail(
-            args, f"server refused the import: {message or exc}", problems, file=str(args.file)
+            args,
+            f"server refused the import: {exc.message}",
+            exc.problems,
+            file=str(args.file),
         )
-    except (StoreError, aiohttp.ClientError, OSError) as exc:
-        return _fail(args, f"registry not changed: {exc}", code="store_error")
-    if args.json:
-        _print_json(document)
-    else:
-        verb = "would import" if args.dry_run else "imported"
-        print(
-            f"{verb} {len(assets)} device(s): {len(document['added'])} new, "
-            f"{len(document['updated'])} changed, {len(document['unchanged'])} unchanged"
-        )
-        rules = document.get("ineligible_rules") or {}
-        if document["ineligible"]:
-            print(f"flagged ineligible (imported): {', '.join(document['ineligible'])}")
-            for serial in document["ineligible"]:
-                for rule in rules.get(serial, []):
-                    print(f"  {serial}: {plans.rule_text(rule)}")
-    return EXIT_OK
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -459,11 +436,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add.add_argument("--needs", help="oldest installed version that may step to it")
     add.add_argument("--file", type=Path, help="releases.toml to change (default: from --config)")
     add.add_argument("--config", type=Path, help="controller.toml naming [entitlement] releases")
+    _add_data_dir_flag(add)
     add.add_argument("--json", action="store_true", help="machine-readable output")
     add.set_defaults(func=_releases_add)
     lst = rel_commands.add_parser("list", help="the catalogued releases, oldest first")
     lst.add_argument("--file", type=Path, help="releases.toml to read (default: from --config)")
     lst.add_argument("--config", type=Path, help="controller.toml naming [entitlement] releases")
+    _add_data_dir_flag(lst)
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(func=_releases_list)
     # Imported here: the rollout commands import this module's neighbours, not the other way.

@@ -1,7 +1,7 @@
 """``polyfleet controller rollout ...`` and ``releases package ...``: plans, controls, packages.
 
-Like every admin command: through the running server's control socket when one holds the
-data directory, otherwise on the store directly (holding its lock).
+Like every admin command, they speak the admin API: to the running server, or to one served
+here on the store (``controller.cli.reach``).
 """
 
 from __future__ import annotations
@@ -10,37 +10,22 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import aiohttp
-
-from polyfleet.controller.app import read_runtime
-from polyfleet.controller.cli.core import SERVER_WAIT_S
-from polyfleet.controller.clock import system_clock
-from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
-from polyfleet.controller.domain.plans import CatalogueError
-from polyfleet.controller.domain.rollout import PlanError, render_csv
-from polyfleet.controller.events import EventBus
-from polyfleet.controller.services import entitlement as entitlement_service
-from polyfleet.controller.services.audit import AuditLog, local_command
-from polyfleet.controller.services.packages import (
-    PackageError,
-    PackageService,
-    file_chunks,
-    package_json,
+from polyfleet.controller.cli.reach import ControllerClient, run
+from polyfleet.controller.domain.admin_input import shown
+from polyfleet.controller.domain.rollout import (
+    FAILURE_TYPES,
+    AbortCriterion,
+    PlanError,
+    parse_abort_text,
+    render_csv,
+    stored_abort_criteria,
 )
-from polyfleet.controller.services.rollout import (
-    ROLLOUT_STATUSES,
-    RolloutConflict,
-    RolloutService,
-    UnknownRollout,
-    request_from_json,
-)
-from polyfleet.controller.store.base import StoreLocked
-from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.services.packages import file_chunks
+from polyfleet.controller.services.rollout import ROLLOUT_STATUSES
 from polyfleet.shared.cli_errors import CommandFailed
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -48,128 +33,18 @@ EXIT_OK, EXIT_FAILED = 0, 1
 FINAL = frozenset({"done", "aborted"})
 
 
-class Backend(Protocol):
-    async def plan(self, body: dict[str, Any], dry_run: bool) -> dict[str, Any]: ...
-    async def rollouts(self, status: str | None) -> list[dict[str, Any]]: ...
-    async def rollout(self, rollout_id: str) -> dict[str, Any]: ...
-    async def status(self, rollout_id: str) -> dict[str, Any]: ...
-    async def act(self, rollout_id: str, action: str) -> dict[str, Any]: ...
-    async def add_package(self, version: str, path: Path, sha256: str | None) -> dict[str, Any]: ...
-    async def packages(self) -> list[dict[str, Any]]: ...
+class RolloutApi:
+    """The rollout and package calls of the admin API, as these commands make them."""
 
-
-class DirectBackend:
-    """The services on the store itself (no server runs; the store lock is held)."""
-
-    def __init__(self, store: TinyDBStore, config: ControllerConfig) -> None:
-        bus = EventBus(store, keep=config.events_keep)
-        bus.load()
-        self._rollouts = RolloutService(store, bus, system_clock)
-        self._packages = PackageService(
-            store, system_clock, packages_dir=config.data_dir / "packages"
-        )
-        self._catalogues = entitlement_service.Catalogues(
-            *entitlement_service.catalogue_paths(config.section("entitlement"))
-        )
-        self._audit = AuditLog(store, system_clock, retention_days=config.audit_retention_days)
-        self._audit.load()
-        self._actor, self._origin = local_command()
-
-    async def _record(self, action: str, target: str, details: dict[str, Any]) -> None:
-        await self._audit.record(self._actor, self._origin, action, target, details)
-
-    async def plan(self, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
-        await self._catalogues.load()
-        releases = await self._catalogues.releases()
-        try:
-            request = request_from_json(body)
-            if dry_run:
-                preview = self._rollouts.preview(
-                    request, plans=self._catalogues.plans, releases=releases
-                )
-                return {"id": None, "status": "preview", **preview}
-            stored = await self._rollouts.plan(
-                request,
-                plans=self._catalogues.plans,
-                releases=releases,
-                created_by=self._actor.name,
-            )
-        except PlanError as exc:
-            raise CommandFailed(str(exc), code="invalid_plan", field=exc.field) from None
-        details = {"target": stored["target"], "devices": stored["summary"]["by_status"]}
-        await self._record("rollout.plan", f"rollout:{stored['id']}", details)
-        return stored
-
-    async def rollouts(self, status: str | None) -> list[dict[str, Any]]:
-        return self._rollouts.rollouts(status=status)
-
-    async def rollout(self, rollout_id: str) -> dict[str, Any]:
-        try:
-            return self._rollouts.rollout(rollout_id)
-        except UnknownRollout as exc:
-            raise CommandFailed(str(exc), code="not_found") from None
-
-    async def status(self, rollout_id: str) -> dict[str, Any]:
-        try:
-            return self._rollouts.progress(rollout_id)
-        except UnknownRollout as exc:
-            raise CommandFailed(str(exc), code="not_found") from None
-
-    async def act(self, rollout_id: str, action: str) -> dict[str, Any]:
-        try:
-            result = await self._rollouts.act(rollout_id, action, by=self._actor.name)
-        except UnknownRollout as exc:
-            raise CommandFailed(str(exc), code="not_found") from None
-        except RolloutConflict as exc:
-            raise CommandFailed(str(exc), code="conflict") from None
-        details = {"status": result["status"], "target": result["target"]}
-        await self._record(f"rollout.{action}", f"rollout:{rollout_id}", details)
-        return result
-
-    async def add_package(self, version: str, path: Path, sha256: str | None) -> dict[str, Any]:
-        await self._catalogues.load()
-        try:
-            doc = await self._packages.add(
-                await self._catalogues.releases(),
-                version,
-                file_chunks(path),
-                sha256=sha256,
-                added_by=self._actor.name,
-            )
-        except PackageError as exc:
-            raise CommandFailed(str(exc), code="invalid_package", field=exc.field) from None
-        details = {"sha256": doc["sha256"], "size": doc["size"]}
-        await self._record("release.package", f"release:{doc['version']}", details)
-        return package_json(doc)
-
-    async def packages(self) -> list[dict[str, Any]]:
-        return [package_json(doc) for doc in self._packages.packages()]
-
-
-class ServerBackend:
-    """The running server's API over its control socket."""
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._http = session
+    def __init__(self, client: ControllerClient) -> None:
+        self._client = client
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with self._http.request(method, f"http://controller{path}", **kwargs) as response:
-            if response.content_type == "application/json":
-                body = await response.json()
-            else:
-                body = await response.text()
-            if response.status >= 400:
-                error = body.get("error", {}) if isinstance(body, dict) else {}
-                raise CommandFailed(
-                    str(error.get("message") or f"HTTP {response.status}"),
-                    code=str(error.get("code") or "failed"),
-                    field=error.get("field"),
-                )
-            return body
+        return await self._client.call(method, path, **kwargs)
 
     async def plan(self, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
-        query = "?dry_run=1" if dry_run else ""
-        return dict(await self._call("POST", f"/api/v1/rollouts{query}", json=body))
+        query = {"dry_run": "1"} if dry_run else {}
+        return dict(await self._call("POST", "/api/v1/rollouts", body=body, params=query))
 
     async def rollouts(self, status: str | None) -> list[dict[str, Any]]:
         params = {"status": status} if status else {}
@@ -200,56 +75,20 @@ class ServerBackend:
         return list((await self._call("GET", "/api/v1/releases/packages"))["packages"])
 
 
-async def _with_backend(
-    config: ControllerConfig, action: Callable[[Backend], Awaitable[int]]
-) -> int:
-    deadline = time.monotonic() + SERVER_WAIT_S
-    while True:
-        store = TinyDBStore(config.data_dir / "store")
-        try:
-            await store.open()
-        except StoreLocked:
-            runtime = await asyncio.to_thread(read_runtime, config.data_dir)
-            socket = runtime.get("control_socket") if runtime else None
-            if socket:
-                connector = aiohttp.UnixConnector(path=socket)
-                timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
-                try:
-                    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-                        return await action(ServerBackend(http))
-                except aiohttp.ClientConnectionError:
-                    pass  # the server is starting or stopping: try again
-            if time.monotonic() > deadline:
-                raise CommandFailed(
-                    f"{config.data_dir} is locked by another process but no server answers "
-                    "on its control socket",
-                    code="store_locked",
-                ) from None
-            await asyncio.sleep(0.2)  # waits-for: a starting server to publish its socket
-            continue
-        try:
-            return await action(DirectBackend(store, config))
-        finally:
-            await store.close()
-
-
 def _print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
-def _run(args: argparse.Namespace, action: Callable[[Backend], Awaitable[int]]) -> int:
-    """Run ``action`` on the store or the running server; failures in the shared shape."""
+def _run(
+    args: argparse.Namespace,
+    action: Callable[[RolloutApi], Awaitable[int]],
+    *,
+    needs_store: bool = True,
+) -> int:
+    """Run ``action`` against the controller (``reach``). Reading or acting on rollouts needs
+    a store that exists: a mistyped data directory is refused, not made anew."""
     try:
-        config = load_config(args.config).with_overrides(data_dir=args.data_dir)
-        return asyncio.run(_with_backend(config, action))
-    except ConfigError as exc:
-        raise CommandFailed(str(exc), code="config") from None
-    except CatalogueError as exc:
-        raise CommandFailed(str(exc), code="catalogue") from None
-    except aiohttp.ClientError as exc:
-        raise CommandFailed(
-            f"the controller could not be reached: {exc}", code="unreachable"
-        ) from None
+        return run(args, lambda client: action(RolloutApi(client)), needs_store=needs_store)
     except OSError as exc:
         raise CommandFailed(str(exc), code="file_unreadable") from None
 
@@ -268,17 +107,31 @@ def _plan_body(args: argparse.Namespace) -> dict[str, Any]:
     body["sites"] = args.site or []
     body["models"] = args.model or []
     body["exclude"] = args.exclude or []
+    if args.abort:
+        body["abort_criteria"] = [criterion.to_json() for criterion in args.abort]
     return body
 
 
+def abort_criterion(text: str) -> AbortCriterion:
+    """``--abort WAVES:PERCENT%[:min=N][:type=FAILURE]``; a usage error says what to fix."""
+    try:
+        return parse_abort_text(text)
+    except PlanError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
 def print_plan(plan: dict[str, Any]) -> None:
-    """A plan for people: header, waves, then each device held or left out with why."""
+    """A plan for people: header, abort criteria, waves, then each device held or left out
+    with why."""
     ident = plan.get("id") or "(not stored: --dry-run)"
-    print(f"rollout {ident}: {plan['name'] or plan['target']} [{plan['status']}]")
+    # Names stored before the text checks may hold control characters: shown escaped.
+    print(f"rollout {ident}: {shown(plan['name'] or plan['target'])} [{plan['status']}]")
     print(
         f"target {plan['target']}, start {plan['start']}, window {plan['window']} site time, "
         f"max failures {plan['max_failures']}%, {plan['per_site']} at once per site"
     )
+    for criterion in stored_abort_criteria(plan):
+        print(f"  abort {criterion.text():<28} {criterion.describe()}")
     for wave in plan["waves"]:
         print(
             f"  wave {wave['index']} {wave['name']:<7} opens {wave['opens_at']}: "
@@ -300,7 +153,7 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: RolloutApi) -> int:
         plan = await backend.plan(_plan_body(args), bool(args.dry_run))
         if args.json:
             _print_json(plan)
@@ -314,7 +167,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: RolloutApi) -> int:
         rollouts = await backend.rollouts(args.status)
         if args.json:
             _print_json({"rollouts": rollouts})
@@ -324,7 +177,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             planned = counts.get("planned", 0)
             print(
                 f"{rollout['id']:<20} {rollout['status']:<8} {rollout['target']:<16} "
-                f"start {rollout['start']}  {planned} planned  {rollout['name']}"
+                f"start {rollout['start']}  {planned} planned  {shown(rollout['name'])}"
             )
         return EXIT_OK
 
@@ -332,7 +185,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: RolloutApi) -> int:
         rollout = await backend.rollout(args.id)
         if args.json:
             _print_json(rollout)
@@ -347,7 +200,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _act(action_name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        async def action(backend: Backend) -> int:
+        async def action(backend: RolloutApi) -> int:
             result = await backend.act(args.id, action_name)
             if args.json:
                 _print_json(result)
@@ -364,7 +217,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     """What ``rollout status`` shows: the rollout, counts per status, then per wave."""
     progress = status["progress"]
     lines = [
-        f"rollout {status['id']} {status['name']}: {status['status']} (target {status['target']})",
+        f"rollout {status['id']} {shown(status['name'])}: {status['status']} "
+        f"(target {status['target']})",
         "  all     " + _counts(progress["by_status"]),
     ]
     for wave, counts in zip(status["waves"], progress["waves"], strict=False):
@@ -382,7 +236,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: RolloutApi) -> int:
         shown = 0
         tty = sys.stdout.isatty() and not args.json
         while True:
@@ -409,7 +263,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_package_add(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: RolloutApi) -> int:
         if not await asyncio.to_thread(args.file.is_file):
             raise CommandFailed(
                 f"{args.file}: no such file", code="file_not_found", field="file", file=args.file
@@ -421,11 +275,12 @@ def cmd_package_add(args: argparse.Namespace) -> int:
             print(f"package {doc['version']}: {doc['size']} bytes, sha256 {doc['sha256']}")
         return EXIT_OK
 
-    return _run(args, action)
+    # A package may be the first thing a new controller keeps, like a site.
+    return _run(args, action, needs_store=False)
 
 
 def cmd_package_list(args: argparse.Namespace) -> int:
-    async def action(backend: Backend) -> int:
+    async def action(backend: RolloutApi) -> int:
         packages = await backend.packages()
         if args.json:
             _print_json({"packages": packages})
@@ -486,7 +341,25 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     plan.add_argument("--window", help="HH:MM-HH:MM site time (default 01:00-05:00)")
     plan.add_argument("--start", help="first night, YYYY-MM-DD (default tomorrow)")
     plan.add_argument("--wave-gap", dest="wave_gap", help="time between waves (default 1d)")
-    plan.add_argument("--max-failures", dest="max_failures", type=int, help="percent (default 10)")
+    plan.add_argument(
+        "--max-failures",
+        dest="max_failures",
+        type=int,
+        help="a later wave halts past this share of failures, percent (default 10)",
+    )
+    plan.add_argument(
+        "--abort",
+        action="append",
+        type=abort_criterion,
+        metavar="CRITERION",
+        help="when the rollout halts by itself, as WAVES:PERCENT%%[:min=N][:type=FAILURE] "
+        "(repeatable; given ones replace the defaults canary:0%% and later:MAX_FAILURES%%): "
+        "WAVES is canary or later (each later wave on its own), PERCENT the share of the "
+        "wave's devices failing past which it halts, min how many of them must have run "
+        "first (default 1), type only failures with this code instead of every failure the "
+        f"firmware or its package may be to blame for ({', '.join(FAILURE_TYPES[1:])}); "
+        "e.g. --abort canary:0%% --abort later:5%%:min=20",
+    )
     plan.add_argument("--per-site", dest="per_site", type=int, help="updates at once (default 5)")
     plan.add_argument("--name", help="a name people recognise")
     plan.add_argument("--exclude", action="append", metavar="SERIAL", help="leave a device out")

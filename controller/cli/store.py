@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import aiohttp
 
 from polyfleet.controller.app import read_runtime
-from polyfleet.controller.cli.core import CommandError, _config
+from polyfleet.controller.cli.reach import CommandError
+from polyfleet.controller.cli.reach import config_of as _config
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.store.base import StoreError
 from polyfleet.controller.store.transfer import (
@@ -39,6 +39,7 @@ from polyfleet.controller.store.transfer import (
     write_backup,
     write_place,
 )
+from polyfleet.shared.durable import StagedFile
 
 #: How many mismatching documents a failed check lists.
 SHOWN_MISMATCHES = 20
@@ -124,9 +125,10 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
 
 async def _backup_via_server(socket: str, path: Path) -> None:
     """Stream ``GET /api/v1/backup`` from the running server into ``path`` (checked first)."""
-    tmp = path.with_name(f".{path.name}.download")
     connector = aiohttp.UnixConnector(path=socket)
     timeout = aiohttp.ClientTimeout(total=BACKUP_TIMEOUT_S)
+    # Only its owner may read it: a backup holds every token hash and setting.
+    staged = await asyncio.to_thread(StagedFile, path.parent, name=path.name)
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
@@ -139,25 +141,14 @@ async def _backup_via_server(socket: str, path: Path) -> None:
                     f"the controller refused the backup: {error.get('message') or response.status}",
                     code=str(error.get("code") or "refused"),
                 )
-            out = await asyncio.to_thread(_create_private, tmp)
-            try:
-                async for chunk in response.content.iter_chunked(256 * 1024):
-                    await asyncio.to_thread(out.write, chunk)
-                await asyncio.to_thread(out.flush)
-                await asyncio.to_thread(os.fsync, out.fileno())
-            finally:
-                await asyncio.to_thread(out.close)
+            async for chunk in response.content.iter_chunked(256 * 1024):
+                await asyncio.to_thread(staged.write, chunk)
+            await asyncio.to_thread(staged.finish)
         # A file cut short on the way is refused here, before it replaces anything.
-        await asyncio.to_thread(read_backup, tmp)
-        await asyncio.to_thread(tmp.replace, path)
+        await asyncio.to_thread(read_backup, staged.path)
+        await asyncio.to_thread(staged.commit, path)
     finally:
-        await asyncio.to_thread(tmp.unlink, missing_ok=True)
-
-
-def _create_private(path: Path) -> BinaryIO:
-    """A new file only its owner can read (a backup holds every token hash and setting)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    return os.fdopen(fd, "wb")
+        await asyncio.to_thread(staged.discard)
 
 
 async def _backup(config: ControllerConfig, path: Path) -> tuple[str, dict[str, Any]]:

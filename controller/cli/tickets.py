@@ -1,4 +1,9 @@
-"""``polyfleet controller sla`` and ``tickets``: SLA what-ifs and the ticket desk commands."""
+"""``polyfleet controller sla`` and ``tickets``: SLA what-ifs and the ticket desk commands.
+
+The ticket commands speak the admin API like every admin command (``controller.cli.reach``):
+to the controller of the data directory, or to one served here on its store when none runs;
+``--url`` with an admin token reaches a controller elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,16 @@ import os
 import shlex
 import ssl
 import sys
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import aiohttp
 
-from polyfleet.controller.config import DEFAULT_DATA_DIR, ConfigError, load_config
+from polyfleet.controller.cli.reach import TOKEN_ENV as REACH_TOKEN_ENV
+from polyfleet.controller.cli.reach import CommandError, ControllerClient, run
+from polyfleet.controller.config import DEFAULT_DATA_DIR
 from polyfleet.controller.domain.admin_input import AdminInputError, shown
 from polyfleet.controller.domain.admin_input import contract_number as check_contract_number
 from polyfleet.controller.domain.admin_input import serial as check_serial
@@ -23,12 +31,7 @@ from polyfleet.controller.domain.calendar import to_warsaw
 from polyfleet.controller.domain.plans import CatalogueError
 from polyfleet.controller.domain.sla import MomentOrderError, SlaTerms, check_order, deadlines
 from polyfleet.controller.services.entitlement import load_plans
-from polyfleet.shared.cli_errors import (
-    EXIT_FAILED,
-    EXIT_USAGE,
-    CommandFailed,
-    unreachable_controller,
-)
+from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed, unreachable_controller
 
 
 def _moment(text: str | None, flag: str) -> datetime | None:
@@ -129,94 +132,70 @@ def cmd_sla(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- tickets: a client of the running server's API ------------------------------------------
+# -- tickets: the ticket desk, through the admin API -------------------------------------------
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-TOKEN_ENV = "POLYFLEET_TOKEN"  # noqa: S105  # the variable's name, not a secret
-#: Runtime file a running server writes into its data directory (controller.app.RUNTIME_FILE).
-RUNTIME_FILE = "controller.json"
+#: An admin token for ``--url`` (the variable's name; ``--token`` wins).
+TOKEN_ENV = REACH_TOKEN_ENV
+#: How long a call to a remote controller (``--url``) may take.
+REMOTE_TIMEOUT_S = 30.0
 
-
-class ClientError(CommandFailed):
-    """The server could not be reached or refused the call; the message says what to do."""
+TicketAction = Callable[[ControllerClient], Awaitable[Any]]
 
 
-def _data_dir(args: argparse.Namespace) -> Path:
-    if args.data_dir:
-        return Path(args.data_dir)
-    if args.config:
-        try:
-            return load_config(Path(args.config)).data_dir
-        except ConfigError as exc:
-            raise ClientError(str(exc), code="config") from None
-    return DEFAULT_DATA_DIR
+async def _at_url(
+    url: str, headers: Mapping[str, str], ca_file: str | None, action: TicketAction
+) -> Any:
+    """Run ``action`` against the controller at ``url`` (``--url``), with the token's header."""
+    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context),
+            timeout=aiohttp.ClientTimeout(total=REMOTE_TIMEOUT_S),
+        ) as session:
+            return await action(ControllerClient(session, url, headers))
+    except aiohttp.ClientError as exc:
+        raise unreachable_controller(url, exc) from None
 
 
-def _endpoint(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
-    """(base url, unix socket or None, token or None) from flags, env and the runtime file."""
-    token = args.token or os.environ.get(TOKEN_ENV)
+def _reach(args: argparse.Namespace, action: TicketAction) -> Any:
+    """What ``action`` returns, run against the controller: ``--url`` with an admin token,
+    else the one of ``--data-dir``/``--config`` (the running server, or one served here on
+    the store when none runs, as every admin command does)."""
     if args.url:
+        token = args.token or os.environ.get(TOKEN_ENV)
         if not token:
-            raise ClientError(
+            raise CommandError(
                 f"--token (or {TOKEN_ENV}) is required with --url: an admin token",
                 code="bad_input",
                 field="token",
             )
-        return args.url.rstrip("/"), None, token
-    data_dir = _data_dir(args)
-    runtime: dict[str, Any] = {}
-    try:
-        runtime = json.loads((data_dir / RUNTIME_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        runtime = {}
-    if token:
-        return str(runtime.get("url") or DEFAULT_URL).rstrip("/"), None, token
-    socket_path = runtime.get("control_socket")
-    if isinstance(socket_path, str) and Path(socket_path).exists():
-        # The local control socket (owner-only) stands for an admin token.
-        return "http://localhost", socket_path, None
-    raise ClientError(
-        f"no running controller found in {data_dir} and no token given: "
-        f"pass --data-dir of the running server, or --url and --token (or {TOKEN_ENV})",
-        code="no_controller",
-    )
+        headers = {"Authorization": f"Bearer {token}"}
+        return asyncio.run(_at_url(args.url.rstrip("/"), headers, args.ca_file, action))
+    found: list[Any] = []
+
+    async def keep(client: ControllerClient) -> int:
+        found.append(await action(client))
+        return 0
+
+    # Every ticket command reads or changes tickets: a data directory without a store is
+    # refused by name rather than answered from a new empty one.
+    run(args, keep, needs_store=True)
+    return found[0]
 
 
-async def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    base, socket_path, token = _endpoint(args)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    connector: aiohttp.BaseConnector
-    if socket_path is not None:
-        connector = aiohttp.UnixConnector(path=socket_path)
-    else:
-        context: ssl.SSLContext | bool = True
-        if args.ca_file:
-            context = ssl.create_default_context(cafile=args.ca_file)
-        connector = aiohttp.TCPConnector(ssl=context)
-    url = base + path
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-            ) as http,
-            http.request(method, url, json=body, headers=headers) as response,
-        ):
-            try:
-                data = await response.json(content_type=None)
-            except ValueError:
-                data = None
-            if response.status >= 400:
-                error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
-                error = error if isinstance(error, dict) else {"message": str(error)}
-                message = error.get("message") or f"HTTP {response.status}"
-                raise ClientError(
-                    f"{method} {path}: {message}",
-                    code=str(error.get("code") or "refused"),
-                    field=error.get("field"),
-                )
-            return data
-    except aiohttp.ClientError as exc:
-        raise unreachable_controller(base, exc) from None
+def _ticket_path(ticket_id: str, *rest: str) -> str:
+    return "/".join(["/api/v1/tickets", quote(ticket_id, safe=""), *rest])
+
+
+def _request(
+    method: str, path: str, body: Any = None, *, params: Mapping[str, str | None] | None = None
+) -> TicketAction:
+    """One admin API call, for ``_reach`` to make."""
+
+    async def call(client: ControllerClient) -> Any:
+        return await client.call(method, path, body, params=params)
+
+    return call
 
 
 #: The header row of ``tickets list``, aligned with :func:`_line`.
@@ -331,12 +310,16 @@ def _ask(field: str, ticket: dict[str, Any], as_json: bool) -> str:
     return line.strip()
 
 
-def _fill(args: argparse.Namespace) -> Any:
-    """PATCH the ticket with the given fields; with neither flag, ask for each missing one."""
-    path = f"/api/v1/tickets/{args.ticket_id}"
+def _fill_body(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``tickets fill`` sends; with neither flag, each missing field is asked for first.
+
+    The values are checked here, by the same rules as the controller's, so a line break
+    typed by mistake is refused (exit 2) before anything reaches the controller.
+    """
     serial, number = args.serial, args.contract_number
     if serial is None and number is None:
-        ticket = asyncio.run(_call(args, "GET", path))
+        # Read first, then ask: no store is held while the admin types.
+        ticket = _reach(args, _request("GET", _ticket_path(args.ticket_id)))
         missing = [field for field in ticket.get("missing") or [] if field in _FILL_PROMPTS]
         if not missing:
             _fail(
@@ -354,46 +337,56 @@ def _fill(args: argparse.Namespace) -> Any:
             else check_contract_number(number, field="--contract-number"),
         }
     except AdminInputError as exc:
-        _fail(str(exc), args.json, field=exc.field.removeprefix("--").replace("-", "_"))
+        _fail(str(exc), args.json, field=(exc.field or "").removeprefix("--").replace("-", "_"))
     if args.force:
         body["force"] = True
-    return asyncio.run(_call(args, "PATCH", path, body))
+    return body
+
+
+def _step_body(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The body of a lifecycle step: its moment (``--at``), when given."""
+    if getattr(args, "at", None) is None:
+        return None
+    try:
+        at = _moment(args.at, "--at")
+    except ValueError as exc:
+        _fail(str(exc), args.json, field="at", rule="C2")
+    assert at is not None
+    return {"at": at.isoformat()}
+
+
+def _listing(args: argparse.Namespace) -> TicketAction:
+    """``tickets list``: an empty list of a site that does not exist is refused by name."""
+
+    async def call(client: ControllerClient) -> Any:
+        query = {"status": args.status, "site": args.site}
+        data = await client.call("GET", "/api/v1/tickets", params=query)
+        if args.site and not data["tickets"]:
+            # An empty list for a mistyped site would read as "no tickets there".
+            sites = (await client.call("GET", "/api/v1/sites"))["sites"]
+            if args.site not in {site["id"] for site in sites}:
+                raise CommandError(f"no site {args.site!r}", code="not_found", field="site")
+        return data
+
+    return call
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
-    """Run one ``tickets`` subcommand against the server."""
+    """Run one ``tickets`` subcommand against the controller."""
     action = args.tickets_command
-    try:
-        if action == "list":
-            query = {k: v for k, v in (("status", args.status), ("site", args.site)) if v}
-            suffix = ("?" + "&".join(f"{k}={v}" for k, v in query.items())) if query else ""
-            data = asyncio.run(_call(args, "GET", "/api/v1/tickets" + suffix))
-            if args.site and not data["tickets"]:
-                sites = asyncio.run(_call(args, "GET", "/api/v1/sites"))["sites"]
-                if args.site not in {site["id"] for site in sites}:
-                    raise ClientError(f"no site {args.site!r}", code="not_found", field="site")
-        elif action == "deliveries":
-            query = {k: v for k, v in (("state", args.state), ("ticket", args.ticket)) if v}
-            suffix = ("?" + "&".join(f"{k}={v}" for k, v in query.items())) if query else ""
-            data = asyncio.run(_call(args, "GET", "/api/v1/tickets/deliveries" + suffix))
-        elif action == "show":
-            data = asyncio.run(_call(args, "GET", f"/api/v1/tickets/{args.ticket_id}"))
-        elif action == "fill":
-            data = _fill(args)
-        else:
-            path = f"/api/v1/tickets/{args.ticket_id}/{action}"
-            body = None
-            if getattr(args, "at", None) is not None:
-                try:
-                    at = _moment(args.at, "--at")
-                except ValueError as exc:
-                    _fail(str(exc), args.json, field="at", rule="C2")
-                assert at is not None
-                body = {"at": at.isoformat()}
-            data = asyncio.run(_call(args, "POST", path, body))
-    except ClientError as exc:
-        exc.exit_status = EXIT_FAILED
-        raise
+    call: TicketAction
+    if action == "list":
+        call = _listing(args)
+    elif action == "deliveries":
+        query = {"state": args.state, "ticket": args.ticket}
+        call = _request("GET", "/api/v1/tickets/deliveries", params=query)
+    elif action == "show":
+        call = _request("GET", _ticket_path(args.ticket_id))
+    elif action == "fill":
+        call = _request("PATCH", _ticket_path(args.ticket_id), _fill_body(args))
+    else:
+        call = _request("POST", _ticket_path(args.ticket_id, action), _step_body(args))
+    data = _reach(args, call)
     if args.json:
         print(json.dumps(data))
     elif action == "list":
@@ -416,17 +409,20 @@ def cmd_tickets(args: argparse.Namespace) -> int:
 def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
     tickets = commands.add_parser(
         "tickets",
-        help="fault tickets on the running controller: list, show, ack, accept, received, close",
-        description="Fault tickets through the running server's API. With --data-dir of a "
-        "server on this machine no token is needed; otherwise give --url and an admin --token.",
+        help="fault tickets: list, show, fill, ack, accept, received, close",
+        description="Fault tickets through the admin API: the controller of --data-dir (or "
+        "--config) on this machine needs no token, and when it is not running the command "
+        "works on its store; a controller elsewhere is reached with --url and an admin --token.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="controller.toml (its data dir finds the server)")
-    common.add_argument("--data-dir", help=f"the server's data dir (default {DEFAULT_DATA_DIR})")
+    common.add_argument("--config", help="controller.toml (its data dir and store)")
+    common.add_argument(
+        "--data-dir", help=f"the controller's data dir (default {DEFAULT_DATA_DIR})"
+    )
     common.add_argument("--url", help="the controller's URL, e.g. https://127.0.0.1:8080")
-    common.add_argument("--token", help=f"an admin API token (or set {TOKEN_ENV})")
+    common.add_argument("--token", help=f"an admin API token for --url (or set {TOKEN_ENV})")
     common.add_argument("--ca-file", help="CA certificate to trust for an https --url")
-    common.add_argument("--json", action="store_true", help="print the server's JSON")
+    common.add_argument("--json", action="store_true", help="print the controller's JSON")
     sub = tickets.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", parents=[common], help="tickets, newest first")
     listing.add_argument("--status", help="only this status (needs_data, open, sent...)")

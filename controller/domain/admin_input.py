@@ -20,6 +20,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, WithJsonSchema
 
+from polyfleet.controller.errors import Invalid
+
 #: A serial: what devices report and the asset registry holds (shared.schema.Serial).
 SERIAL_MAX_CHARS = 64
 SERIAL_PATTERN = re.compile(r"[A-Za-z0-9._\-]+")
@@ -35,12 +37,11 @@ TEXT_MAX_CHARS = 2000
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
-class AdminInputError(ValueError):
+class AdminInputError(Invalid, ValueError):
     """A field's text is not acceptable; ``field`` names it, the message says why."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+        super().__init__(f"{field}: {message}", field=field)
         self.reason = message
 
 

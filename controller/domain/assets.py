@@ -7,7 +7,7 @@ import csv
 import io
 import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from polyfleet.controller.domain.plans import (
     add_years,
     last_day_of_years,
 )
+from polyfleet.controller.errors import Invalid
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 #: The registry CSV columns, in the order we write them.
@@ -119,9 +120,17 @@ def parse_day(text: str) -> date:
         ) from None
 
 
+#: The keys of a problem, as every face prints it (``ImportProblem`` as a mapping).
+PROBLEM_KEYS = ("line", "column", "message", "rule")
+
+
 @dataclass(frozen=True, kw_only=True, order=True)
-class ImportProblem:
-    """One thing wrong with one cell (line 1 is the header)."""
+class ImportProblem(Mapping[str, Any]):
+    """One thing wrong with one cell (line 1 is the header).
+
+    Also a mapping of ``PROBLEM_KEYS``: the shape of a refusal's ``problems`` that the API
+    answers and the CLI prints.
+    """
 
     line: int
     column: str
@@ -140,15 +149,38 @@ class ImportProblem:
             "rule": self.rule,
         }
 
+    def __getitem__(self, key: str) -> Any:
+        if key not in PROBLEM_KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
 
-class RegistryImportError(ValueError):
-    """The file has bad rows; ``problems`` lists every one, and nothing was imported."""
+    def __iter__(self) -> Iterator[str]:
+        return iter(PROBLEM_KEYS)
+
+    def __len__(self) -> int:
+        return len(PROBLEM_KEYS)
+
+
+class RegistryImportError(Invalid, ValueError):
+    """The file has bad rows; ``problems`` lists every one, and nothing was imported.
+
+    A refusal (422, code ``invalid_registry``, field ``body``): the API answers it with the
+    problems beside the error, the dashboard next to their lines, the CLI one per line.
+    """
+
+    default_code = "invalid_registry"
+    problems: list[ImportProblem]
 
     def __init__(self, problems: Iterable[ImportProblem]) -> None:
-        self.problems = sorted(problems)
-        first = self.problems[0] if self.problems else "no details"
-        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(f"{first}{more}")
+        found = sorted(problems)
+        first = found[0] if found else "no details"
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        #: The first problem, and how many more there are.
+        self.summary = f"{first}{more}"
+        super().__init__(
+            f"nothing imported: {len(found)} problem(s), first: {self.summary}", field="body"
+        )
+        self.problems = found
 
 
 #: Why a contract is flagged (kept and flagged, not refused), each with the rule it breaks:

@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
+from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -36,6 +37,8 @@ from polyfleet.controller.domain.calendar import warsaw_date
 from polyfleet.controller.domain.entitlement import Span, coverage
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue, hop_kind, is_newer
+from polyfleet.controller.errors import Conflict, Invalid
+from polyfleet.shared.schema import FailureCode
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 DEFAULT_CANARY = 1
@@ -43,6 +46,8 @@ DEFAULT_WAVES = (10, 50, 100)
 DEFAULT_WINDOW = "01:00-05:00"
 DEFAULT_MAX_FAILURES = 10
 DEFAULT_PER_SITE = 5
+#: The longest rollout name people may give.
+ROLLOUT_NAME_MAX_CHARS = 200
 #: Each wave opens this long after the one before it (a night, by default).
 DEFAULT_WAVE_GAP = timedelta(days=1)
 #: How often the controller moves running rollouts on, in seconds.
@@ -79,20 +84,145 @@ REASON_CODES: tuple[str, ...] = (
 EXCLUDING = frozenset({"already_current", "no_path", "follows_host", "excluded_by_admin"})
 #: Reasons that hold a device that could otherwise be updated.
 HOLDING = frozenset({"not_entitled", "open_ticket", "unhealthy", "unreachable", "in_penalty_box"})
+
+
+class DeviceStatus(StrEnum):
+    """Where one device stands in a rollout; the value is what documents and the API hold."""
+
+    #: The plan's three verdicts.
+    PLANNED = "planned"
+    HELD = "held"
+    EXCLUDED = "excluded"
+    #: Started: waits for its wave and its window (again after a hop, a retry or a refusal).
+    WAITING_WINDOW = "waiting_window"
+    #: Ordered: the agent's word on the update under way.
+    POSTPONED_IN_CALL = "postponed_in_call"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    VERIFYING = "verifying"
+    #: Over.
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
 #: Every status a device entry may have, planned ones first, then the running ones.
-DEVICE_STATUSES = (
-    "planned",
-    "held",
-    "excluded",
-    "waiting_window",
-    "postponed_in_call",
-    "downloading",
-    "installing",
-    "verifying",
-    "done",
-    "failed",
-    "skipped",
+DEVICE_STATUSES: tuple[str, ...] = tuple(status.value for status in DeviceStatus)
+#: An update under way: ordered, its job not finished; pause and abort let these finish.
+UNDER_WAY = frozenset(
+    {
+        DeviceStatus.POSTPONED_IN_CALL,
+        DeviceStatus.DOWNLOADING,
+        DeviceStatus.INSTALLING,
+        DeviceStatus.VERIFYING,
+    }
 )
+#: Which status a device entry may move to from which; nothing leaves a final one.
+DEVICE_MOVES: dict[DeviceStatus, frozenset[DeviceStatus]] = {
+    # start; abort
+    DeviceStatus.PLANNED: frozenset({DeviceStatus.WAITING_WINDOW, DeviceStatus.SKIPPED}),
+    DeviceStatus.HELD: frozenset(),
+    DeviceStatus.EXCLUDED: frozenset(),
+    DeviceStatus.WAITING_WINDOW: frozenset(
+        {
+            DeviceStatus.WAITING_WINDOW,  # its window passed: the next one
+            DeviceStatus.DOWNLOADING,  # ordered
+            DeviceStatus.DONE,  # a Teams unit reported on the target
+            DeviceStatus.FAILED,  # a Teams unit not on it when its window closed
+            DeviceStatus.SKIPPED,  # abort
+        }
+    ),
+    **{
+        status: UNDER_WAY  # the agent's progress, in any order (an agent resumes a job)
+        | {
+            DeviceStatus.WAITING_WINDOW,  # a hop done with more to go, a retry, a refusal
+            DeviceStatus.DONE,
+            DeviceStatus.FAILED,
+        }
+        for status in UNDER_WAY
+    },
+    DeviceStatus.DONE: frozenset(),
+    DeviceStatus.FAILED: frozenset(),
+    DeviceStatus.SKIPPED: frozenset(),
+}
+
+
+class RolloutStatus(StrEnum):
+    PLANNED = "planned"
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    ABORTED = "aborted"
+    DONE = "done"
+
+
+ROLLOUT_STATUSES: tuple[str, ...] = tuple(status.value for status in RolloutStatus)
+#: Which admin action is allowed from which rollout status, and where it leads.
+ADMIN_ACTIONS: dict[str, dict[RolloutStatus, RolloutStatus]] = {
+    "start": {RolloutStatus.PLANNED: RolloutStatus.RUNNING},
+    "pause": {RolloutStatus.RUNNING: RolloutStatus.PAUSED},
+    "resume": {
+        RolloutStatus.PAUSED: RolloutStatus.RUNNING,
+        RolloutStatus.HALTED: RolloutStatus.RUNNING,
+    },
+    "abort": {
+        status: RolloutStatus.ABORTED
+        for status in (
+            RolloutStatus.PLANNED,
+            RolloutStatus.RUNNING,
+            RolloutStatus.PAUSED,
+            RolloutStatus.HALTED,
+        )
+    },
+}
+#: Every move of a rollout's status: the admin's and the runner's own.
+ROLLOUT_MOVES: dict[str, dict[RolloutStatus, RolloutStatus]] = {
+    **ADMIN_ACTIONS,
+    "halt": {RolloutStatus.RUNNING: RolloutStatus.HALTED},  # the circuit breaker
+    "finish": {RolloutStatus.RUNNING: RolloutStatus.DONE},  # every device's part is over
+}
+
+
+class IllegalMove(Conflict, RuntimeError):
+    """A status change the tables do not allow: a bug in the code that asked for it, or an
+    agent's word on an update that is no longer under way (409 ``conflict``).
+
+    Nothing is stored when it is raised: the document keeps the status it had.
+    """
+
+    def __init__(self, subject: str, current: str, change: str, why: str) -> None:
+        super().__init__(f"{subject}: {current} cannot {change} ({why})")
+        self.subject = subject
+        self.current = current
+        self.change = change
+
+
+def device_move(subject: str, current: str, wanted: DeviceStatus) -> DeviceStatus:
+    """``wanted`` when an entry in ``current`` may move there; IllegalMove otherwise."""
+    change = f"move to {wanted.value}"
+    try:
+        allowed = DEVICE_MOVES[DeviceStatus(current)]
+    except ValueError:
+        raise IllegalMove(subject, current, change, "no device status is called so") from None
+    if wanted not in allowed:
+        can = ", ".join(sorted(allowed))
+        why = f"it may move to {can}" if can else "it is final"
+        raise IllegalMove(subject, current, change, why)
+    return wanted
+
+
+def rollout_move(subject: str, current: str, action: str) -> RolloutStatus:
+    """Where ``action`` takes a rollout in ``current``; IllegalMove when it may not."""
+    moves = ROLLOUT_MOVES.get(action)
+    if moves is None:
+        raise IllegalMove(subject, current, action, f"no such action: {', '.join(ROLLOUT_MOVES)}")
+    try:
+        return moves[RolloutStatus(current)]
+    except (KeyError, ValueError):
+        froms = ", ".join(sorted(moves))
+        raise IllegalMove(subject, current, action, f"{action} needs it {froms}") from None
+
+
 #: Problems that keep the agent from ordering an update even though the unit answers.
 BLOCKING_PROBLEMS = frozenset({"auth_failed", "locked_out", "certificate_changed"})
 #: Health order for the canary choice: the best first.
@@ -101,13 +231,13 @@ _HEALTH_RANK = {"ok": 0, "degraded": 1, "fault": 2, "unreachable": 3}
 CAMERA_MODELS = frozenset({"studio_e70"})
 
 
-class PlanError(ValueError):
-    """A plan request that cannot be planned; ``field`` names the flag or key to fix."""
+class PlanError(Invalid, ValueError):
+    """A plan request that cannot be planned (422 ``invalid_plan``); ``field`` names the flag
+    or key to fix, ``reason`` says why."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}", code="invalid_plan", field=field)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -204,6 +334,14 @@ class PlanRequest:
     per_site: int = DEFAULT_PER_SITE
     name: str = ""
     exclude: tuple[str, ...] = ()
+    #: When the breaker halts the rollout; None: the defaults, with ``max_failures``.
+    abort_criteria: tuple[AbortCriterion, ...] | None = None
+
+    @property
+    def criteria(self) -> tuple[AbortCriterion, ...]:
+        if self.abort_criteria is None:
+            return default_abort_criteria(self.max_failures)
+        return self.abort_criteria
 
     def check(self) -> None:
         if self.canary < 0:
@@ -212,8 +350,8 @@ class PlanRequest:
             raise PlanError("max_failures", f"{self.max_failures}%: a share from 0 to 100")
         if self.per_site < 1:
             raise PlanError("per_site", f"{self.per_site}: at least 1 update at once per site")
-        if len(self.name) > 200:
-            raise PlanError("name", "at most 200 characters")
+        if len(self.name) > ROLLOUT_NAME_MAX_CHARS:
+            raise PlanError("name", f"at most {ROLLOUT_NAME_MAX_CHARS} characters")
         if self.wave_gap < timedelta(minutes=1):
             raise PlanError("wave_gap", "at least one minute between waves")
 
@@ -300,15 +438,15 @@ class DeviceEntry:
     window_json: dict[str, str] | None = None
 
     @property
-    def status(self) -> str:
+    def status(self) -> DeviceStatus:
         if not self.reasons:
-            return "planned"
+            return DeviceStatus.PLANNED
         codes = {reason.code for reason in self.reasons}
         if codes & EXCLUDING:
-            return "excluded"
+            return DeviceStatus.EXCLUDED
         if codes & HOLDING:
-            return "held"
-        return "planned"
+            return DeviceStatus.HELD
+        return DeviceStatus.PLANNED
 
     def to_json(self) -> dict[str, Any]:
         device = self.device
@@ -341,7 +479,7 @@ class DeviceEntry:
             ),
             "reasons": [reason.to_json() for reason in self.reasons],
             "notes": [note.to_json() for note in self.notes],
-            "status": self.status,
+            "status": self.status.value,
         }
 
 
@@ -387,6 +525,7 @@ class RolloutPlan:
             "start": self.start.isoformat(),
             "wave_gap": format_gap(request.wave_gap),
             "max_failures": request.max_failures,
+            "abort_criteria": [criterion.to_json() for criterion in request.criteria],
             "per_site": request.per_site,
             "exclude": list(request.exclude),
             "waves": [wave.to_json() for wave in self.waves],
@@ -727,7 +866,7 @@ class _Planner:
             entry.reasons.append(Reason("unhealthy", f"health {device.health}: {problems}"))
         if device.penalty:
             entry.reasons.append(Reason("in_penalty_box", device.penalty))
-        return entry, path if entry.status == "planned" else None
+        return entry, path if entry.status is DeviceStatus.PLANNED else None
 
     def assign(
         self,
@@ -948,22 +1087,235 @@ def render_csv(devices: Iterable[Mapping[str, Any]]) -> str:
 # -- running: the rules the execution applies ------------------------------------------------
 
 #: Statuses of an entry whose part in the rollout is over.
-FINAL_STATUSES = frozenset({"done", "failed", "skipped", "held", "excluded"})
-#: A device that fails this often goes to the penalty box (NervesHub's rule).
+FINAL_STATUSES = frozenset(status for status, moves in DEVICE_MOVES.items() if not moves)
+#: A device whose update fails this often (counting failures that penalise) goes to the
+#: penalty box (NervesHub's rule).
 PENALTY_AFTER_FAILURES = 2
-#: The failure type that stops a rollout, as data (AWS IoT Jobs states abort criteria so).
-ABORT_CRITERIA: dict[str, dict[str, Any]] = {
-    # Any failure among the canaries halts the rollout.
-    "canary": {"failure": "any", "threshold_percent": 0.0, "min_executed": 1},
-    # A later wave halts once its failures pass --max-failures percent of the wave.
-    "wave": {"failure": "any", "threshold_percent": None, "min_executed": 1},
+
+#: What a failure leads to next: another attempt in the same window, the device's next
+#: window, or the end of its part in the rollout.
+Then = Literal["retry", "next_window", "fail"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailureRule:
+    """What one kind of failed job means for its device and for the rollout."""
+
+    #: Counts for the abort criteria of failure type ``any``: the firmware or its package
+    #: may be to blame.
+    counts: bool
+    #: Counts toward the penalty box: the unit itself failed its update.
+    penalises: bool
+    then: Then
+    #: A fault ticket for the unit: it may be bricked.
+    ticket: bool = False
+
+
+#: The meaning of each failure code of a failed job. A unit the update never touched is
+#: not punished for it; only failures the firmware or its package may cause count.
+FAILURE_RULES: dict[FailureCode, FailureRule] = {
+    FailureCode.DID_NOT_RETURN: FailureRule(counts=True, penalises=True, then="fail", ticket=True),
+    FailureCode.INSTALL_FAILED: FailureRule(counts=True, penalises=True, then="retry"),
+    FailureCode.VERIFICATION_FAILED: FailureRule(counts=True, penalises=True, then="retry"),
+    # Nothing it says is trusted until an admin re-pins it: trying again cannot reach it.
+    FailureCode.CERTIFICATE_CHANGED: FailureRule(counts=True, penalises=True, then="fail"),
+    # The same package would reach every unit: a wave of these is what the breaker is for.
+    FailureCode.CHECKSUM_MISMATCH: FailureRule(counts=True, penalises=False, then="next_window"),
+    FailureCode.DOWNLOAD_FAILED: FailureRule(counts=False, penalises=False, then="next_window"),
+    FailureCode.DEVICE_UNREACHABLE: FailureRule(counts=False, penalises=False, then="next_window"),
+    FailureCode.DEVICE_ERROR: FailureRule(counts=False, penalises=False, then="next_window"),
+    FailureCode.IN_CALL: FailureRule(counts=False, penalises=False, then="next_window"),
+    FailureCode.UPLOAD_FAILED: FailureRule(counts=False, penalises=False, then="next_window"),
+    FailureCode.NOT_AT_SITE: FailureRule(counts=False, penalises=False, then="fail"),
+    FailureCode.NOT_SUPPORTED: FailureRule(counts=False, penalises=False, then="fail"),
 }
+#: A failed job without a code (an agent from before codes): every failure counts and
+#: penalises, and is tried again, as it always was...
+UNCODED_FAILURE = FailureRule(counts=True, penalises=True, then="retry")
+#: ...but for a unit that did not come back, which such agents name in their detail.
+_UNCODED_DID_NOT_RETURN = "did_not_return"
+
+
+def failure_rule(code: str | None, check: str) -> FailureRule:
+    """The rule for a failed job's ``code``; without one (or one this controller does not
+    know), what its ``check`` (the detail's first word) meant before codes existed."""
+    if code is not None:
+        try:
+            return FAILURE_RULES[FailureCode(code)]
+        except ValueError:
+            pass
+    if check == _UNCODED_DID_NOT_RETURN:
+        return FAILURE_RULES[FailureCode.DID_NOT_RETURN]
+    return UNCODED_FAILURE
+
+
+def recorded_rule(failure: Mapping[str, Any]) -> FailureRule:
+    """The rule of a failure as an entry's ``failures`` keeps it."""
+    return failure_rule(failure.get("code"), str(failure.get("check") or ""))
+
+
+def penalty_due(failures: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether these failures put the device in the penalty box."""
+    return sum(recorded_rule(f).penalises for f in failures) >= PENALTY_AFTER_FAILURES
+
+
+# -- abort criteria ---------------------------------------------------------------------------
+
+#: Failure type of a criterion that counts every failure whose rule counts.
+ANY_FAILURE = "any"
+FAILURE_TYPES: tuple[str, ...] = (ANY_FAILURE, *(code.value for code in FailureCode))
+#: Which waves a criterion watches: the canary wave, or each later wave on its own.
+CriterionWaves = Literal["canary", "later"]
+_CRITERION_WAVES = ("canary", "later")
+_CRITERION_KEYS = frozenset({"waves", "failure_type", "threshold_percent", "min_executed"})
+MAX_ABORT_CRITERIA = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbortCriterion:
+    """When the breaker halts a rollout, as data (as AWS IoT Jobs states abort criteria):
+    a wave halts it once at least ``min_executed`` of its devices have run and those failing
+    with ``failure_type`` are more than ``threshold_percent`` of the wave."""
+
+    waves: CriterionWaves
+    failure_type: str = ANY_FAILURE
+    threshold_percent: float
+    min_executed: int = 1
+
+    def watches(self, wave: int) -> bool:
+        return (wave == 0) == (self.waves == "canary")
+
+    def matches(self, failure: Mapping[str, Any]) -> bool:
+        """Whether a recorded failure is of this criterion's type."""
+        if self.failure_type == ANY_FAILURE:
+            return recorded_rule(failure).counts
+        return failure.get("code") == self.failure_type
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "waves": self.waves,
+            "failure_type": self.failure_type,
+            "threshold_percent": self.threshold_percent,
+            "min_executed": self.min_executed,
+        }
+
+    def text(self) -> str:
+        """The criterion as ``rollout plan --abort`` takes it (``parse_abort_text``)."""
+        parts = [self.waves, f"{self.threshold_percent:g}%"]
+        if self.min_executed != 1:
+            parts.append(f"min={self.min_executed}")
+        if self.failure_type != ANY_FAILURE:
+            parts.append(f"type={self.failure_type}")
+        return ":".join(parts)
+
+    def describe(self) -> str:
+        """The criterion in words, for people."""
+        which = "the canary wave" if self.waves == "canary" else "each later wave"
+        kind = "" if self.failure_type == ANY_FAILURE else f" with {self.failure_type}"
+        ran = "" if self.min_executed == 1 else f", once {self.min_executed} of them have run"
+        return (
+            f"{which} halts when more than {self.threshold_percent:g}% of its devices "
+            f"fail{kind}{ran}"
+        )
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "abort_criteria") -> AbortCriterion:
+        """A criterion from its JSON form; PlanError names the key to fix."""
+        if not isinstance(doc, Mapping):
+            raise PlanError(where, "an object with waves, failure_type, threshold_percent")
+        unknown = sorted(set(doc) - _CRITERION_KEYS)
+        if unknown:
+            raise PlanError(f"{where}.{unknown[0]}", f"not a key of an abort criterion: "
+                            f"{', '.join(sorted(_CRITERION_KEYS))}")  # fmt: skip
+        waves = doc.get("waves")
+        if waves not in _CRITERION_WAVES:
+            raise PlanError(f"{where}.waves", f"{waves!r}: canary or later")
+        failure_type = doc.get("failure_type", ANY_FAILURE)
+        if failure_type not in FAILURE_TYPES:
+            raise PlanError(
+                f"{where}.failure_type", f"{failure_type!r}: one of {', '.join(FAILURE_TYPES)}"
+            )
+        threshold = doc.get("threshold_percent")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise PlanError(f"{where}.threshold_percent", f"{threshold!r}: a number 0 to 100")
+        if not 0 <= threshold <= 100:
+            raise PlanError(f"{where}.threshold_percent", f"{threshold}: a number 0 to 100")
+        executed = doc.get("min_executed", 1)
+        if isinstance(executed, bool) or not isinstance(executed, int) or executed < 1:
+            raise PlanError(f"{where}.min_executed", f"{executed!r}: a whole number, 1 or more")
+        return cls(
+            waves=waves,
+            failure_type=str(failure_type),
+            threshold_percent=float(threshold),
+            min_executed=executed,
+        )
+
+
+def default_abort_criteria(max_failures: int = DEFAULT_MAX_FAILURES) -> tuple[AbortCriterion, ...]:
+    """Any failure among the canaries halts; a later wave halts past ``max_failures`` %."""
+    return (
+        AbortCriterion(waves="canary", threshold_percent=0.0),
+        AbortCriterion(waves="later", threshold_percent=float(max_failures)),
+    )
+
+
+def parse_abort_criteria(value: Any) -> tuple[AbortCriterion, ...]:
+    """The API's ``abort_criteria`` (a list of criteria); PlanError names the one to fix."""
+    if not isinstance(value, list):
+        raise PlanError("abort_criteria", "a list of criteria expected")
+    if len(value) > MAX_ABORT_CRITERIA:
+        raise PlanError("abort_criteria", f"at most {MAX_ABORT_CRITERIA} criteria")
+    return tuple(
+        AbortCriterion.from_json(item, f"abort_criteria.{index}")
+        for index, item in enumerate(value)
+    )
+
+
+#: What ``parse_abort_text`` reads after ``WAVES:PERCENT%``, and the JSON key of each.
+_ABORT_TEXT_KEYS = {"min": "min_executed", "type": "failure_type"}
+
+
+def parse_abort_text(text: str) -> AbortCriterion:
+    """A criterion written ``WAVES:PERCENT%[:min=N][:type=FAILURE]`` (``later:10%:min=5``),
+    as ``rollout plan --abort`` takes it; PlanError (field ``abort_criteria``) says what to fix.
+    """
+    usage = "WAVES:PERCENT% with optional :min=N and :type=FAILURE, e.g. later:10%:min=5"
+    parts = [part.strip() for part in text.split(":")]
+    if len(parts) < 2:
+        raise PlanError("abort_criteria", f"{text!r} is not {usage}")
+    doc: dict[str, Any] = {"waves": parts[0]}
+    try:
+        doc["threshold_percent"] = float(parts[1].removesuffix("%").strip())
+    except ValueError:
+        raise PlanError("abort_criteria", f"{text!r}: {parts[1]!r} is not a percentage") from None
+    for part in parts[2:]:
+        name, equals, value = part.partition("=")
+        key = _ABORT_TEXT_KEYS.get(name.strip())
+        if not equals or key is None or key in doc:
+            raise PlanError("abort_criteria", f"{text!r}: {part!r} is not min=N or type=FAILURE")
+        value = value.strip()
+        doc[key] = int(value) if key == "min_executed" and value.isdigit() else value
+    try:
+        return AbortCriterion.from_json(doc)
+    except PlanError as exc:
+        key = exc.field.rpartition(".")[2] if exc.field else ""
+        label = {"threshold_percent": "PERCENT ", "min_executed": "min ", "failure_type": "type "}
+        raise PlanError("abort_criteria", f"{text!r}: {label.get(key, '')}{exc.reason}") from None
+
+
+def stored_abort_criteria(header: Mapping[str, Any]) -> tuple[AbortCriterion, ...]:
+    """A stored rollout's criteria; one stored before they were kept reads the defaults
+    (with its own ``max_failures``)."""
+    stored = header.get("abort_criteria")
+    if stored is None:
+        return default_abort_criteria(int(header.get("max_failures", DEFAULT_MAX_FAILURES)))
+    return parse_abort_criteria(stored)
 
 
 def breaker(
     wave: int,
     entries: Sequence[Mapping[str, Any]],
-    max_failures: int,
+    criteria: Sequence[AbortCriterion],
     acknowledged: frozenset[str] = frozenset(),
 ) -> dict[str, Any] | None:
     """Why the rollout must halt for what ``wave``'s entries show, or None (circuit breaker).
@@ -972,22 +1324,33 @@ def breaker(
     longer count (their own retries and the penalty box still apply).
     """
     members = [e for e in entries if e.get("wave") == wave and e.get("channel") == "agent"]
-    failed = [
-        e
-        for e in members
-        if (e["status"] == "failed" or e.get("failures")) and e["serial"] not in acknowledged
-    ]
-    executed = [e for e in members if e["status"] in ("done", "failed") or e.get("failures")]
-    if not failed:
-        return None
-    criteria = ABORT_CRITERIA["canary" if wave == 0 else "wave"]
-    if len(executed) < int(criteria["min_executed"]):
-        return None
-    share = 100.0 * len(failed) / max(len(members), 1)
-    threshold = criteria["threshold_percent"]
-    limit = float(max_failures) if threshold is None else float(threshold)
-    if wave != 0 and share <= limit:
-        return None
+    executed = sum(
+        1 for e in members if e["status"] in (DeviceStatus.DONE, DeviceStatus.FAILED)
+        or e.get("failures")
+    )  # fmt: skip
+    for criterion in criteria:
+        if not criterion.watches(wave) or executed < criterion.min_executed:
+            continue
+        failed = [
+            e
+            for e in members
+            if e["serial"] not in acknowledged
+            and any(criterion.matches(f) for f in e.get("failures") or ())
+        ]
+        share = 100.0 * len(failed) / max(len(members), 1)
+        if not failed or share <= criterion.threshold_percent:
+            continue
+        return _halt(wave, failed, len(members), share, criterion)
+    return None
+
+
+def _halt(
+    wave: int,
+    failed: Sequence[Mapping[str, Any]],
+    members: int,
+    share: float,
+    criterion: AbortCriterion,
+) -> dict[str, Any]:
     devices = [
         {
             "serial": e["serial"],
@@ -997,12 +1360,13 @@ def breaker(
         for e in failed
     ]
     names = ", ".join(f"{d['serial']} ({d['check']})" for d in devices)
+    kind = "" if criterion.failure_type == ANY_FAILURE else f" with {criterion.failure_type}"
     if wave == 0:
-        reason = f"a canary failed: {names}"
+        reason = f"a canary failed{kind}: {names}"
     else:
         reason = (
-            f"wave {wave}: {len(failed)} of {len(members)} devices failed "
-            f"({share:.0f}% > {max_failures}%): {names}"
+            f"wave {wave}: {len(failed)} of {members} devices failed{kind} "
+            f"({share:.0f}% > {criterion.threshold_percent:g}%): {names}"
         )
     return {"reason": reason, "wave": wave, "devices": devices}
 

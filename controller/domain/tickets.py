@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.domain.assets import Asset, Contract, follows
 from polyfleet.controller.domain.calendar import to_warsaw
+from polyfleet.controller.domain.language import LANGUAGES, Language, keyed_texts, plural_text
 from polyfleet.controller.domain.plans import Contacts, DeliveryMeans, Plan, PlanCatalogue
 from polyfleet.controller.domain.sla import (
     DeliveryKind,
@@ -20,9 +21,8 @@ from polyfleet.controller.domain.sla import (
     check_order,
     deadlines,
 )
+from polyfleet.controller.errors import Conflict, Invalid
 
-Language = Literal["pl", "en"]
-LANGUAGES: tuple[Language, ...] = ("pl", "en")
 #: Evidence kept per ticket: the first snapshots that showed the fault and the latest ones.
 MAX_EVIDENCE = 6
 #: Notes kept per ticket (a flapping device must not grow its ticket forever).
@@ -84,12 +84,17 @@ class RunningClock:
     due: datetime
 
 
-class TicketError(ValueError):
-    """An action that the ticket's state does not allow; the message says why and what to do."""
+class TicketError(Conflict, ValueError):
+    """An action that the ticket's state does not allow (409 ``conflict``); the message says
+    why and what to do."""
 
 
-class TicketMomentError(TicketError):
-    """An action dated in an impossible order (before a step taken already, or ahead of now)."""
+class TicketMomentError(Invalid, TicketError):
+    """An action dated in an impossible order (before a step taken already, or ahead of now):
+    422 ``invalid``, the field at fault is the step's moment, ``at``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="at")
 
 
 class Note(BaseModel):
@@ -523,145 +528,16 @@ def choose_language(plan_language: str | None, admin_language: str) -> Language:
 
 # -- rendering --------------------------------------------------------------------
 
-_FAULTS: dict[str, dict[Language, str]] = {
-    "lan_down": {"pl": "brak połączenia sieciowego (LAN)", "en": "network link (LAN) down"},
-    "camera_down": {"pl": "awaria kamery", "en": "camera failure"},
-    "microphone_down": {"pl": "awaria mikrofonu", "en": "microphone failure"},
-    "sip_unregistered": {"pl": "brak rejestracji SIP", "en": "SIP not registered"},
-    "log_storage_full": {"pl": "pełna pamięć logów", "en": "log storage full"},
-    "reboot_needed": {"pl": "wymagany restart", "en": "reboot needed"},
-    "peripheral_disconnected": {
-        "pl": "odłączone urządzenie peryferyjne",
-        "en": "peripheral disconnected",
-    },
-    "api_error": {"pl": "błąd interfejsu urządzenia", "en": "device API error"},
-    "auth_failed": {"pl": "błąd uwierzytelnienia", "en": "authentication failed"},
-    "locked_out": {"pl": "konto zablokowane", "en": "account locked out"},
-    "unreachable": {"pl": "urządzenie nieosiągalne", "en": "device unreachable"},
-    "certificate_changed": {"pl": "zmiana certyfikatu", "en": "certificate changed"},
-    "firmware_update_failed": {
-        "pl": "urządzenie nie wróciło po aktualizacji oprogramowania",
-        "en": "device did not come back from a firmware update",
-    },
-    "agent_offline": {
-        "pl": "lokalizacja bez łączności (agent offline: sieć lub zasilanie)",
-        "en": "site offline (agent offline: network or power)",
-    },
-    "site_unreachable": {
-        "pl": "większość urządzeń lokalizacji nieosiągalna (sieć lub zasilanie)",
-        "en": "most of the site's devices unreachable (network or power)",
-    },
-}
+#: Every text of a ticket comes from the catalogue, controller/data/translations/<language>.toml.
+_FAULTS: dict[str, dict[Language, str]] = keyed_texts("tickets.faults")
 
 #: Ticket history notes, read by the desk too (so no rule ids). ``{when}`` is an ISO time
 #: (shown in Warsaw time), ``{missing}`` comma-separated field names (shown by their labels).
-NOTES: dict[str, dict[Language, str]] = {
-    "held": {
-        "pl": "wstrzymane: brak danych wymaganych przez serwis ({missing})",
-        "en": "held: missing {missing}",
-    },
-    "filled": {
-        "pl": "numer seryjny i numer umowy serwisowej uzupełnione przez administratora",
-        "en": "serial and contract number completed by the admin",
-    },
-    "filled_by": {
-        "pl": "numer seryjny i numer umowy serwisowej uzupełnione przez administratora ({who})",
-        "en": "serial and contract number completed by the admin ({who})",
-    },
-    "filled_unknown_contract": {
-        "pl": "numer umowy {contract} podany mimo braku w rejestrze urządzeń ({who})",
-        "en": "contract number {contract} given though the asset registry lacks it ({who})",
-    },
-    "escalation_unsent": {
-        "pl": "czas reakcji minął bez potwierdzenia zgłoszenia; brak skonfigurowanego kanału "
-        "eskalacji: eskalacja telefonicznie {phone} lub e-mailem {email}",
-        "en": "reaction time passed unacknowledged; no escalation channel is configured: "
-        "escalate by phone {phone} or e-mail {email}",
-    },
-    "completed": {
-        "pl": "numer umowy serwisowej uzupełniony z rejestru urządzeń",
-        "en": "contract number completed from the asset registry",
-    },
-    "agent_clock_ahead": {
-        "pl": "zegar agenta lokalizacji spieszy się o {skew_s} s: czasy jego raportów zastąpiono "
-        "czasem ich odbioru",
-        "en": "the site agent's clock is {skew_s} s ahead: its report times were replaced by the "
-        "time they were received",
-    },
-    "agent_clock_ok": {
-        "pl": "zegar agenta lokalizacji znów wskazuje właściwy czas",
-        "en": "the site agent's clock is right again",
-    },
-    "seen_again": {
-        "pl": "usterka ponownie zaobserwowana {when}",
-        "en": "fault seen again at {when}",
-    },
-    "recovered": {
-        "pl": "urządzenie odzyskało sprawność: usterki nie ma od {when}",
-        "en": "recovered: the fault was gone at {when}",
-    },
-    "flapping": {
-        "pl": "usterka niestabilna: pojawia się i znika wielokrotnie w ciągu godziny",
-        "en": "flapping: appears and clears repeatedly within an hour",
-    },
-    "reopened": {
-        "pl": "usterka powróciła {when}; zgłoszenie ponownie otwarte",
-        "en": "fault came back at {when}; reopened",
-    },
-    "bundle_missing": {
-        "pl": "brak pakietu diagnostycznego: {error}",
-        "en": "diagnostics bundle missing: {error}",
-    },
-    "escalated": {
-        "pl": "czas reakcji minął bez potwierdzenia zgłoszenia; eskalacja do {email}",
-        "en": "reaction time passed unacknowledged; escalated to {email}",
-    },
-    "delivery_failed": {
-        "pl": "wysyłka ({channel}) nie powiodła się: {error}; po poprawieniu: "
-        "polyfleet controller tickets send {ticket}",
-        "en": "delivery by {channel} failed: {error}; once fixed: "
-        "polyfleet controller tickets send {ticket}",
-    },
-    "dropped": {
-        "pl": "nie zostaną już wysłane: {entries}",
-        "en": "no longer sent: {entries}",
-    },
-}
+NOTES: dict[str, dict[Language, str]] = keyed_texts("tickets.notes")
 
 #: What each contract flag means for the request, by code (assets.FLAG_CODES); ``{plan}`` is
 #: the plan's name, the rest come from the flag's params.
-FLAG_TEXTS: dict[str, dict[Language, str]] = {
-    "model": {
-        "pl": "{plan} obejmuje wyłącznie pojedyncze systemy: {models}; to urządzenie to {model}",
-        "en": "{plan} covers single systems only: {models}; this device is a {model}",
-    },
-    "term": {
-        "pl": "{plan} jest sprzedawana wyłącznie na okres: {years}; ta umowa obowiązuje "
-        "od {start} do {end}",
-        "en": "{plan} is sold only for a term of {years}; this contract runs from {start} to {end}",
-    },
-    "late_purchase": {
-        "pl": "{plan} kupuje się razem z urządzeniem lub najpóźniej {days} dni po jego zakupie; "
-        "zakup {purchase}, początek umowy {start} ({late} dni później)",
-        "en": "{plan} is bought with the device or at most {days} days after its purchase; "
-        "bought {purchase}, the contract starts {start} ({late} days later)",
-    },
-    "renewal": {
-        "pl": "{plan} nie jest sprzedawana jako odnowienie; ta umowa odnawia umowę "
-        "kończącą się {previous_end}",
-        "en": "{plan} is not sold as a renewal; this contract renews one ending {previous_end}",
-    },
-    "chain_length": {
-        "pl": "{plan} z odnowieniami obowiązuje łącznie najwyżej: {max_years}; kolejne umowy "
-        "trwają od {since} do {end}",
-        "en": "{plan} with its renewals runs at most {max_years} in a row; these contracts "
-        "run from {since} to {end}",
-    },
-    "rule": {
-        "pl": "umowa nie spełnia warunków sprzedaży usługi {plan}",
-        "en": "the contract does not meet the conditions {plan} is sold under",
-    },
-}
+FLAG_TEXTS: dict[str, dict[Language, str]] = keyed_texts("tickets.flags")
 
 #: Notes for the admin alone (a failed delivery, an escalation nobody could be sent): kept out
 #: of what the desk receives.
@@ -676,137 +552,7 @@ MODEL_NAMES: dict[str, str] = {
     "g7500": "Poly G7500",
 }
 
-_LABELS: dict[str, dict[Language, str]] = {
-    "ticket": {"pl": "Zgłoszenie serwisowe", "en": "Service ticket"},
-    "site_ticket": {"pl": "Zgłoszenie dotyczące lokalizacji", "en": "Site ticket"},
-    "serial": {"pl": "Numer seryjny", "en": "Serial number"},
-    "contract_number": {"pl": "Numer umowy serwisowej", "en": "Service contract number"},
-    "plan": {"pl": "Usługa", "en": "Service plan"},
-    "model": {"pl": "Model", "en": "Model"},
-    "site": {"pl": "Lokalizacja", "en": "Site"},
-    "room": {"pl": "Sala", "en": "Room"},
-    "host": {"pl": "Urządzenie nadrzędne (host)", "en": "Host system"},
-    "fault": {"pl": "Usterka", "en": "Fault"},
-    "first_seen": {"pl": "Pierwsze wystąpienie", "en": "First seen"},
-    "flapping": {
-        "pl": "Usterka niestabilna: wielokrotnie pojawia się i znika w ciągu godziny",
-        "en": "Flapping: the fault appears and clears repeatedly within an hour",
-    },
-    "affected": {"pl": "Urządzenia, których dotyczy", "en": "Affected devices"},
-    "evidence": {"pl": "Raporty potwierdzające usterkę", "en": "Reports showing the fault"},
-    "bundle": {
-        "pl": "Załączono pakiet diagnostyczny z urządzenia (logi, status)",
-        "en": "Attached: the device's diagnostics bundle (logs, status)",
-    },
-    "no_bundle": {
-        "pl": "Pakiet diagnostyczny niedostępny",
-        "en": "Diagnostics bundle not available",
-    },
-    "reaction_due": {"pl": "Termin reakcji", "en": "Reaction due"},
-    "window": {"pl": "Okno przyjmowania zgłoszeń", "en": "Ticket window"},
-    "window_8x5": {
-        "pl": "poniedziałek-piątek 9:00-17:00 czasu polskiego, bez świąt i dni ustawowo wolnych",
-        "en": "Monday to Friday 09:00-17:00 Polish time, except public holidays",
-    },
-    "window_24x7": {
-        "pl": "całą dobę, 7 dni w tygodniu",
-        "en": "around the clock, 7 days a week",
-    },
-    "reaction": {"pl": "Czas reakcji", "en": "Reaction time"},
-    "hours": {"pl": "godz.", "en": "h"},
-    "reaction_in_window": {
-        "pl": "liczony w oknie przyjmowania zgłoszeń",
-        "en": "counted inside the ticket window",
-    },
-    "no_reaction": {
-        "pl": "nie jest gwarantowany; zgłoszenie nie podlega eskalacji po upływie czasu",
-        "en": "none promised; the ticket is never escalated for lack of a reaction",
-    },
-    "delivery": {"pl": "Czas dostawy", "en": "Delivery time"},
-    "delivery_nbd": {
-        "pl": "następny dzień roboczy (do 17:00) po akceptacji zgłoszenia jako zasadnego",
-        "en": "the next business day (by 17:00) after the ticket is accepted as valid",
-    },
-    "delivery_hours": {
-        "pl": "{n} godz. od akceptacji zgłoszenia jako zasadnego",
-        "en": "{n} hours after the ticket is accepted as valid",
-    },
-    "delivery_days": {
-        "pl": "{n} dni kalendarzowych od akceptacji zgłoszenia jako zasadnego",
-        "en": "{n} calendar days after the ticket is accepted as valid",
-    },
-    "means_arrival": {
-        "pl": "w tym terminie sprzęt dociera na miejsce (kurierem)",
-        "en": "the hardware arrives on site by then (by courier)",
-    },
-    "means_dispatch": {
-        "pl": "w tym terminie producent wysyła część lub urządzenie, po potwierdzeniu awarii "
-        "w diagnostyce",
-        "en": "the manufacturer ships the part or device by then, once diagnosis confirms "
-        "the fault",
-    },
-    "delivery_due": {"pl": "Termin dostawy", "en": "Delivery due"},
-    "delivery_due_pending": {
-        "pl": "liczony od akceptacji zgłoszenia jako zasadnego",
-        "en": "counted from when the ticket is accepted as valid",
-    },
-    "return": {"pl": "Zwrot uszkodzonego sprzętu", "en": "Return of the failed unit"},
-    "return_text": {
-        "pl": "w ciągu {n} dni od otrzymania sprzętu zastępczego, na opłacony list przewozowy",
-        "en": "within {n} days of receiving the replacement, on a prepaid waybill",
-    },
-    "return_due": {"pl": "Termin zwrotu", "en": "Return due"},
-    "shipping_paid": {
-        "pl": "Koszty wysyłki w razie awarii pokrywa serwis",
-        "en": "Shipping on a failure is paid by the service",
-    },
-    "follow_up": {"pl": "Kontakt w sprawie zgłoszenia", "en": "Follow-up"},
-    "follow_up_text": {
-        "pl": "{name}: tel. {phone}, portal {portal}, e-mail {email}",
-        "en": "{name}: phone {phone}, portal {portal}, e-mail {email}",
-    },
-    "escalation_contact": {"pl": "Eskalacja zgłoszenia", "en": "Escalation contact"},
-    "escalation_text": {
-        "pl": "e-mail {escalation_email}, tel. {escalation_phone}",
-        "en": "e-mail {escalation_email}, phone {escalation_phone}",
-    },
-    "flagged": {
-        "pl": "UWAGA: umowa serwisowa {number} ({plan}) jest oznaczona: nie spełnia warunków, "
-        "na jakich usługa jest sprzedawana:",
-        "en": "NOTE: service contract {number} ({plan}) is flagged: it does not meet the "
-        "conditions the service is sold under:",
-    },
-    "flagged_grants": {
-        "pl": "Zgodnie z ustawieniami administratora takie umowy są honorowane do decyzji "
-        "dystrybutora: zgłoszenie złożono na warunkach {plan}.",
-        "en": "As the admin configured, such contracts are honoured until the distributor "
-        "decides: this request is filed under the {plan} terms.",
-    },
-    "flagged_not_granted": {
-        "pl": "Zgodnie z ustawieniami administratora takie umowy nie dają uprawnień: "
-        "zgłoszenie złożono na warunkach: {fallback}.",
-        "en": "As the admin configured, such contracts grant nothing: this request is filed "
-        "under: {fallback}.",
-    },
-    "no_plan": {
-        "pl": "bez umowy serwisowej i gwarancji (bez terminów serwisowych)",
-        "en": "no service plan or warranty (no service deadlines)",
-    },
-    "firmware": {"pl": "oprogramowanie", "en": "firmware"},
-    "healthy": {"pl": "bez usterek", "en": "no problems"},
-    "reopened": {"pl": "Zgłoszenie ponownie otwarte", "en": "Ticket reopened"},
-    "escalation": {"pl": "Eskalacja", "en": "Escalation"},
-    "escalation_body": {
-        "pl": "Czas reakcji minął, a zgłoszenie nie zostało potwierdzone.",
-        "en": "The reaction time has passed and the ticket has not been acknowledged.",
-    },
-    "sent_at": {"pl": "Wysłano", "en": "Sent"},
-    "notes": {"pl": "Notatki", "en": "Notes"},
-    "footer": {
-        "pl": "Zgłoszenie utworzone automatycznie przez polyfleet.",
-        "en": "Ticket filed automatically by polyfleet.",
-    },
-}
+_LABELS: dict[str, dict[Language, str]] = keyed_texts("tickets.labels")
 
 
 def fault_text(fault: str, language: Language) -> str:
@@ -890,13 +636,7 @@ def _evidence_line(snap: dict[str, Any], language: Language) -> str:
 
 def _years(count: int, language: Language) -> str:
     """``count`` years, in words that agree with the number."""
-    if language == "en":
-        return f"{count} year" + ("" if count == 1 else "s")
-    if count == 1:
-        return "1 rok"
-    if count % 10 in (2, 3, 4) and count % 100 not in (12, 13, 14):
-        return f"{count} lata"
-    return f"{count} lat"
+    return plural_text("tickets.plurals", "years", language, count)
 
 
 def _delivery_text(ticket: Ticket, language: Language) -> str:

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from polyfleet.controller.clock import Clock
+from polyfleet.controller.errors import Conflict, Invalid, NotAllowed, NotFound
 from polyfleet.controller.events import AgentEnrolled, EventBus
 from polyfleet.controller.store.base import (
     AGENTS,
@@ -53,63 +54,66 @@ class Principal:
 LOCAL_ADMIN = Principal(role=Role.ADMIN, name="local control socket", token_id="local")  # noqa: S106
 
 
-class EnrollmentRefused(Exception):
+class EnrollmentRefused(NotAllowed):
     """The enrollment code is unknown, used already, or expired."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="enrollment_refused", field="code")
 
-class UnknownToken(KeyError):
+
+class UnknownToken(NotFound, KeyError):
     """No API token with that id; when the id is an agent's credential, says how to revoke it."""
 
     def __init__(self, token_id: str, agent: Doc | None = None) -> None:
-        super().__init__(token_id)
-        self.token_id = token_id
-        self.agent = agent
-
-    def __str__(self) -> str:
-        if self.agent is not None:
-            agent_id, site_id = self.agent["id"], self.agent["site_id"]
-            return (
-                f"{self.token_id!r} is not an API token but the credential of agent {agent_id} "
+        if agent is not None:
+            agent_id, site_id = agent["id"], agent["site_id"]
+            message = (
+                f"{token_id!r} is not an API token but the credential of agent {agent_id} "
                 f"of site {site_id}: revoke the agent instead (DELETE /api/v1/agents/{agent_id}, "
                 f"polyfleet controller agent revoke {agent_id})"
             )
-        return f"no API token {self.token_id!r}"
+        else:
+            message = f"no API token {token_id!r}"
+        super().__init__(message, field="token_id")
+        self.token_id = token_id
+        self.agent = agent
 
 
-class UnknownAgent(KeyError):
+class UnknownAgent(NotFound, KeyError):
     def __init__(self, agent_id: str) -> None:
-        super().__init__(agent_id)
+        super().__init__(f"no agent {agent_id!r}", field="agent_id")
         self.agent_id = agent_id
 
-    def __str__(self) -> str:
-        return f"no agent {self.agent_id!r}"
 
-
-class LastAdminToken(Exception):
+class LastAdminToken(Conflict):
     """Revoking this token would leave no admin token that works."""
 
     def __init__(self, token_id: str) -> None:
         super().__init__(
             f"token {token_id} is the last admin token that works: revoking it would leave "
             "nobody able to administer over the API; create another admin token first "
-            "(polyfleet controller token create --role admin)"
+            "(polyfleet controller token create --role admin)",
+            code="last_admin_token",
+            field="token_id",
         )
         self.token_id = token_id
 
 
-class BadExpiry(ValueError):
+class BadExpiry(Invalid, ValueError):
     """A token's expiry that is not in the future."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="expires_at")
 
-class UnknownSite(KeyError):
+
+class UnknownSite(NotFound, KeyError):
     """No site with that id."""
 
     def __init__(self, site_id: str) -> None:
-        super().__init__(site_id)
+        super().__init__(
+            f"no site {site_id!r}; add it with: polyfleet controller site add", field="site"
+        )
         self.site_id = site_id
-
-    def __str__(self) -> str:
-        return f"no site {self.site_id!r}; add it with: polyfleet controller site add"
 
 
 def token_digest(token: str) -> str:

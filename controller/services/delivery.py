@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from polyfleet.controller.services.email import Attachment, DeliveryError, SmtpSender, build_email
 from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.services.webhook import WebhookSender, encode_payload
 from polyfleet.controller.store.base import Doc, Store
+from polyfleet.shared.periodic import Periodic
+from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ FAILED = "ticket_outbox_failed"
 
 #: ``escalation_webhook`` carries escalations only, to the escalation contact (W7).
 Channel = Literal["email", "webhook", "escalation_webhook"]
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
 Clock = Callable[[], datetime]
 #: Called after a delivery with the entry and the time; returns more puts made durable with it.
 DeliveredHook = Callable[[Doc, datetime], Mapping[str, Mapping[str, Doc]]]
@@ -52,6 +54,8 @@ class Rendering:
 
 #: Renders an entry at the moment it is sent (so it states what that send starts).
 RenderHook = Callable[[Doc, datetime], Rendering]
+#: Told of the puts of a delivery or a failure once the store has applied them.
+StoredHook = Callable[[Mapping[str, Mapping[str, Doc]]], None]
 #: Results an attempt is counted under (``polyfleet_ticket_delivery_attempts``).
 RESULTS = ("sent", "retry", "failed")
 
@@ -84,13 +88,28 @@ class OutgoingMessage:
     attachments: tuple[Attachment, ...] = ()
 
 
+def entry_key(ticket_id: str, purpose: str, channel: Channel) -> str:
+    """The stable id of one message of a ticket on one channel (its key in every collection
+    here, its e-mail Message-ID and its webhook delivery id)."""
+    return f"{ticket_id}.{purpose}.{channel}"
+
+
+def message_ids(ticket_id: str, rounds: int) -> list[str]:
+    """Every id a ticket reopened ``rounds`` times can have given its messages: per round
+    (0: ``ticket``, then ``reopened-N``) its ticket and its escalation, on each channel."""
+    purposes = ["ticket", "escalation-0"]
+    for number in range(1, rounds + 1):
+        purposes += [f"reopened-{number}", f"escalation-{number}"]
+    return [entry_key(ticket_id, purpose, channel) for purpose in purposes for channel in CHANNELS]
+
+
 def outbox_entries(
     message: OutgoingMessage, *, channels: tuple[Channel, ...], now: datetime
 ) -> dict[str, Doc]:
     """Outbox documents for ``message``, one per channel, keyed by a stable entry id."""
     entries: dict[str, Doc] = {}
     for channel in channels:
-        entry_id = f"{message.ticket_id}.{message.purpose}.{channel}"
+        entry_id = entry_key(message.ticket_id, message.purpose, channel)
         entry: Doc = {
             "id": entry_id,
             "channel": channel,
@@ -164,13 +183,18 @@ class DeliveryWorker:
         on_delivered: DeliveredHook | None = None,
         on_failed: FailedHook | None = None,
         render: RenderHook | None = None,
+        on_stored: StoredHook | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self._backoff = Backoff(
+            first_s=settings.retry_base.total_seconds(), max_s=settings.retry_max.total_seconds()
+        )
         self.clock = clock
         self.on_delivered = on_delivered
         self.on_failed = on_failed
         self.render = render
+        self.on_stored = on_stored
         self.outbox = TicketOutbox(store)
         self.smtp = SmtpSender(settings.smtp) if settings.smtp is not None else None
         self.webhook = WebhookSender(settings.webhook) if settings.webhook is not None else None
@@ -216,9 +240,7 @@ class DeliveryWorker:
 
     def backoff(self, attempts: int) -> timedelta:
         """Exponential: base, 2x base, 4x base ... capped at retry_max."""
-        base = self.settings.retry_base
-        delay: timedelta = base * (2 ** min(attempts - 1, 30))
-        return min(delay, self.settings.retry_max)
+        return timedelta(seconds=self._backoff.delay(attempts))
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Try every due entry once, each on its own; returns how many were delivered."""
@@ -244,17 +266,15 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """Forever: a pass now, then after each wake-up or check interval."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The loop boundary: one bad entry or a store hiccup must not stop delivery.
-                log.exception("ticket delivery pass failed; retrying at the next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.check_interval_s)
-            self._wake.clear()
+        # One bad entry or a store hiccup must not stop delivery: the next pass tries again.
+        passes = Periodic(
+            "ticket delivery pass",
+            self.run_once,
+            interval_s=self.settings.check_interval_s,
+            wake=self._wake,
+            logger=log,
+        )
+        await passes.run()
 
     async def _send(self, entry: Doc, at: datetime) -> None:
         channel = entry["channel"]
@@ -365,6 +385,8 @@ class DeliveryWorker:
             for collection, docs in self.on_delivered(entry, now).items():
                 puts.setdefault(collection, {}).update(docs)
         seq = self.store.apply(puts, {OUTBOX: [entry["id"]]})
+        if self.on_stored is not None:
+            self.on_stored(puts)
         await self.store.wait_durable(seq)
         self.stats.attempts[(channel, "sent")] += 1
         return True
@@ -388,5 +410,7 @@ class DeliveryWorker:
             for collection, docs in extra.items():
                 puts.setdefault(collection, {}).update(docs)
         seq = self.store.apply(puts, {OUTBOX: [entry["id"]]})
+        if self.on_stored is not None:
+            self.on_stored(puts)
         await self.store.wait_durable(seq)
         self.stats.attempts[(channel, "failed")] += 1

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polyfleet.controller.domain.entitlement import FLAGS, EntitlementVerdict
-from polyfleet.controller.services.inventory import DeviceFilter, InvalidInput, Inventory
+from polyfleet.controller.errors import InvalidInput
+from polyfleet.controller.services.inventory import DeviceFilter, Inventory
 from polyfleet.controller.store.base import Doc
 from polyfleet.shared.schema import SEVERITY_ORDER, HealthState
 from polyfleet.shared.version import FirmwareVersion, VersionError

@@ -1,4 +1,7 @@
-"""Entitlement with side effects: catalogue files, atomic release adds, the stored registry."""
+"""Entitlement with side effects: catalogue files, atomic release adds, the stored registry.
+
+Only ``Registry`` reads the ``assets`` collection; devices come from ``Inventory``'s queries.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import fcntl
 import hashlib
 import logging
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
@@ -25,8 +28,10 @@ from polyfleet.controller.domain.releases import (
     parse_releases,
     render_releases,
 )
+from polyfleet.controller.errors import NotFound, Unavailable
 from polyfleet.controller.services.audit import listed
-from polyfleet.controller.store.base import DEVICES, Doc, Store
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -103,33 +108,140 @@ def add_release(
 
 # -- the registry in the controller's store ---------------------------------------------------
 
-#: Store collection of registered assets, keyed by serial.
+#: Store collection of registered assets, keyed by serial; read only by ``Registry`` here.
 ASSETS = "assets"
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(Unavailable):
     """The registry cannot be read or written right now; the message says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="registry_unavailable")
+
+
+class CatalogueUnavailable(Unavailable):
+    """A request needs a catalogue the controller cannot read now (a broken or missing file)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="catalogue")
+
+
+class UnknownAsset(NotFound, KeyError):
+    """A serial neither the registry nor any report knows."""
+
+    def __init__(self, serial: str) -> None:
+        super().__init__(f"no device {serial!r} in the registry or in reports")
+        self.serial = serial
 
 
 def registry(store: Store) -> dict[str, Asset]:
-    """Every registered asset by serial."""
+    """Every registered asset by serial, read from ``store`` (a tool working on a store)."""
     return {serial: Asset.from_doc(doc) for serial, doc in list(store.scan(ASSETS).items())}
 
 
-async def import_assets(store: Store, assets: Sequence[Asset], *, dry_run: bool) -> ImportPlan:
-    """Replace the history of every serial in ``assets``; durable when this returns.
+class Registry:
+    """The asset registry: owns the ``assets`` collection, kept in memory by serial and site.
 
-    The file was checked whole before this is called, so either every device is
-    written in one change or (dry run) none is.
+    ``generation`` counts the imports that changed it, so what is derived from the whole
+    registry (the forecast) is kept until the next one.
     """
-    plan = plan_import(registry(store), assets)
-    changed = set(plan.added) | set(plan.updated)
-    puts = {asset.serial: asset.to_doc() for asset in assets if asset.serial in changed}
-    if puts and not dry_run:
-        rooms = rooms_from_registry(store, assets)
-        # One apply: every device of the file becomes durable together or not at all.
-        await store.wait_durable(store.apply({ASSETS: puts, DEVICES: rooms}))
-    return plan
+
+    def __init__(self, store: Store, inventory: Inventory) -> None:
+        self._store = store
+        self._inventory = inventory
+        self._docs: dict[str, Doc] = {}
+        self._assets: dict[str, Asset] = {}
+        self._by_site: dict[str, set[str]] = {}
+        self._loaded = False
+        self.generation = 0
+
+    def load(self) -> None:
+        """Read the registry from the open store (once it is open, and on becoming active)."""
+        self._docs, self._assets, self._by_site = {}, {}, {}
+        self._take(dict(self._store.scan(ASSETS)))
+        self._loaded = True
+        self.generation += 1
+
+    def _take(self, docs: Mapping[str, Doc]) -> None:
+        for serial, doc in docs.items():
+            old = self._docs.get(serial)
+            if old is not None:
+                self._by_site.get(str(old["site"]), set()).discard(serial)
+            self._docs[serial] = doc
+            self._assets.pop(serial, None)
+            self._by_site.setdefault(str(doc["site"]), set()).add(serial)
+
+    def _check(self) -> None:
+        if not self._loaded:
+            raise RegistryUnavailable(
+                "the asset registry is not read yet (the controller is starting): try again"
+            )
+
+    def doc(self, serial: str) -> Doc | None:
+        """A serial's stored document (replaced, never changed in place), or None."""
+        self._check()
+        return self._docs.get(serial)
+
+    def asset(self, serial: str) -> Asset | None:
+        self._check()
+        found = self._assets.get(serial)
+        if found is None:
+            doc = self._docs.get(serial)
+            if doc is None:
+                return None
+            found = self._assets[serial] = Asset.from_doc(doc)
+        return found
+
+    def serials(self, site: str | None = None) -> set[str]:
+        """Registered serials (of ``site``)."""
+        self._check()
+        if site is not None:
+            return set(self._by_site.get(site, ()))
+        return set(self._docs)
+
+    def assets(self, site: str | None = None) -> list[Asset]:
+        """Registered assets (of ``site``), by serial."""
+        found = (self.asset(serial) for serial in sorted(self.serials(site)))
+        return [asset for asset in found if asset is not None]
+
+    def by_serial(self) -> dict[str, Asset]:
+        """Every registered asset by serial."""
+        return {asset.serial: asset for asset in self.assets()}
+
+    def site_of(self, serial: str) -> str | None:
+        """The site the registry puts a serial at, or None when it is not registered."""
+        doc = self.doc(serial)
+        return None if doc is None else str(doc["site"])
+
+    async def import_assets(self, assets: Sequence[Asset], *, dry_run: bool) -> ImportPlan:
+        """Replace the history of every serial in ``assets``; durable when this returns.
+
+        The file was checked whole before this is called, so either every device is
+        written in one change, together with the rooms it gives devices that have none yet
+        (``Inventory.place``), or (dry run) none is.
+        """
+        plan = plan_import(self.by_serial(), assets)
+        changed = set(plan.added) | set(plan.updated)
+        puts = {asset.serial: asset.to_doc() for asset in assets if asset.serial in changed}
+        if puts and not dry_run:
+            # Agents cannot see which room a unit stands in; the registry says.
+            rooms = {asset.serial: asset.room for asset in assets if asset.room}
+            seq, _ = self._inventory.place(rooms, together={ASSETS: puts})
+            # The store's own copies: the registry holds no second one.
+            self._take(
+                {serial: self._store.get(ASSETS, serial) or doc for serial, doc in puts.items()}
+            )
+            self.generation += 1
+            await self._store.wait_durable(seq)
+        return plan
+
+    async def place_new_device(self, serial: str) -> None:
+        """Give a device seen for the first time the room its registry entry names."""
+        asset = self.asset(serial)
+        if asset is None or not asset.room:
+            return
+        seq, _ = self._inventory.place({serial: asset.room})
+        await self._store.wait_durable(seq)
 
 
 def import_details(plan: ImportPlan, text: str) -> dict[str, Any]:
@@ -141,31 +253,6 @@ def import_details(plan: ImportPlan, text: str) -> dict[str, Any]:
         "unchanged": len(plan.unchanged),
         "ineligible": listed(plan.ineligible),
     }
-
-
-def rooms_from_registry(store: Store, assets: Sequence[Asset]) -> dict[str, dict[str, Any]]:
-    """Device documents given the registry's room where the inventory has none yet.
-
-    Agents cannot see which room a unit stands in; the registry says. A room an
-    admin set on the device itself is never overwritten. Read and written with
-    no await in between, so no report can slip in and be lost.
-    """
-    updated: dict[str, dict[str, Any]] = {}
-    for asset in assets:
-        device = store.get(DEVICES, asset.serial)
-        if asset.room and device is not None and not device.get("room"):
-            updated[asset.serial] = {**device, "room": asset.room}
-    return updated
-
-
-async def place_new_device(store: Store, serial: str) -> None:
-    """Give a device seen for the first time the room its registry entry names."""
-    doc = store.get(ASSETS, serial)
-    if doc is None:
-        return
-    rooms = rooms_from_registry(store, [Asset.from_doc(doc)])
-    if rooms:
-        await store.wait_durable(store.apply({DEVICES: rooms}))
 
 
 def installed_of(device: Mapping[str, Any] | None) -> InstalledFirmware | None:
@@ -185,18 +272,18 @@ def installed_of(device: Mapping[str, Any] | None) -> InstalledFirmware | None:
 
 
 def live_verdict(
-    store: Store,
+    asset: Asset | None,
+    device: Doc | None,
+    serial: str,
     plans: PlanCatalogue,
     releases: ReleaseCatalogue,
-    serial: str,
     at: datetime,
 ) -> EntitlementVerdict | None:
-    """The verdict of a registered or reported device (None when neither knows it)."""
-    doc = store.get(ASSETS, serial)
-    device = store.get(DEVICES, serial)
+    """The verdict of a registered (``asset``) or reported (``device``) serial; None when
+    neither knows it."""
     installed = installed_of(device)
-    if doc is not None:
-        verdict = judge(Asset.from_doc(doc), plans, releases, at, installed=installed)
+    if asset is not None:
+        verdict = judge(asset, plans, releases, at, installed=installed)
         return verdict if device is not None else verdict.with_flags("not_reported")
     if device is not None:
         model = device.get("model")
@@ -207,34 +294,16 @@ def live_verdict(
 
 
 class ForecastCache:
-    """The expiry forecast kept until the registry, the plans or the Warsaw day change.
-
-    Like ``VerdictCache``: registry documents are replaced, never changed in place, so the
-    same document objects in the store mean the same registry.
-    """
+    """The expiry forecast kept until the registry (its ``generation``), the plans or the
+    Warsaw day change."""
 
     def __init__(self) -> None:
-        self._docs: dict[str, Doc] = {}
-        self._assets: dict[str, Asset] = {}
+        self._generation: int | None = None
         self._kept: dict[tuple[date, int, str | None, int], Forecast] = {}
-
-    def _registry(self, store: Store) -> dict[str, Asset]:
-        """The registry, parsing only documents that are new since the last call."""
-        docs = store.scan(ASSETS)
-        if len(docs) == len(self._docs) and all(
-            self._docs.get(serial) is doc for serial, doc in docs.items()
-        ):
-            return self._assets
-        assets = {
-            serial: (self._assets[serial] if self._docs.get(serial) is doc else Asset.from_doc(doc))
-            for serial, doc in list(docs.items())
-        }
-        self._docs, self._assets, self._kept = dict(docs), assets, {}
-        return assets
 
     def forecast(
         self,
-        store: Store,
+        registry: Registry,
         plans: PlanCatalogue,
         at: datetime,
         days: int,
@@ -242,14 +311,14 @@ class ForecastCache:
         site: str | None = None,
     ) -> Forecast:
         """``forecast`` of the registry (of ``site``), judged again only when it changed."""
-        assets = self._registry(store)
+        if registry.generation != self._generation:
+            self._generation, self._kept = registry.generation, {}
         key = (warsaw_date(at), days, site, id(plans))
         found = self._kept.get(key)
         if found is not None:
             # Counted from the Warsaw day, not the moment (E1): the same answer, stamped now.
             return replace(found, at=at)
-        chosen = [a for a in assets.values() if site is None or a.site == site]
-        result = forecast(chosen, plans, at, days)
+        result = forecast(registry.assets(site), plans, at, days)
         self._kept[key] = result
         return result
 
@@ -261,7 +330,8 @@ class VerdictCache:
     A verdict depends on the device's registry entry, its reported firmware, the catalogues
     and the Warsaw day of the moment judged (E1: every rule reads that day only). Stored
     documents are replaced, never changed in place, so holding the documents a verdict came
-    from and finding the same objects in the store again means nothing it reads changed.
+    from and finding the same objects again (``Registry.doc``, ``Inventory.find_device``)
+    means nothing it reads changed.
     """
 
     def __init__(self) -> None:
@@ -271,7 +341,8 @@ class VerdictCache:
 
     def verdict(
         self,
-        store: Store,
+        registry: Registry,
+        inventory: Inventory,
         plans: PlanCatalogue,
         releases: ReleaseCatalogue,
         serial: str,
@@ -281,7 +352,7 @@ class VerdictCache:
     ) -> EntitlementVerdict | None:
         """``live_verdict``, judged again only when one of its inputs changed (``day``: the
         Warsaw date of ``at``, when the caller already has it)."""
-        asset, device = store.get(ASSETS, serial), store.get(DEVICES, serial)
+        asset, device = registry.doc(serial), inventory.find_device(serial)
         day = day or warsaw_date(at)
         kept = self._kept.get(serial)
         if (
@@ -294,19 +365,21 @@ class VerdictCache:
         ):
             found: EntitlementVerdict | None = kept[5]
             return found
-        verdict = live_verdict(store, plans, releases, serial, at)
+        verdict = live_verdict(registry.asset(serial), device, serial, plans, releases, at)
         self._kept[serial] = (asset, device, day, plans, releases, verdict)
         return verdict
 
-    def forget_missing(self, store: Store) -> None:
-        """Drop verdicts of devices that are neither registered nor reported any more."""
-        assets, devices = store.scan(ASSETS), store.scan(DEVICES)
-        for serial in [s for s in self._kept if s not in assets and s not in devices]:
+    def forget_missing(self, known: Iterable[str] | None = None) -> None:
+        """Drop verdicts of serials that are neither registered nor reported any more
+        (``known``: every serial that is)."""
+        keep = set(known or ())
+        for serial in [s for s in self._kept if s not in keep]:
             del self._kept[serial]
 
 
 def live_verdicts(
-    store: Store,
+    registry: Registry,
+    inventory: Inventory,
     plans: PlanCatalogue,
     releases: ReleaseCatalogue,
     at: datetime,
@@ -314,25 +387,24 @@ def live_verdicts(
     site: str | None = None,
     cache: VerdictCache | None = None,
 ) -> list[EntitlementVerdict]:
-    """Verdicts of every registered or reported device (of ``site`` when given), by serial."""
-    assets = dict(store.scan(ASSETS))
-    devices = dict(store.scan(DEVICES))
-    serials = set(assets) | set(devices)
-    if site is not None:
-        serials = {
-            serial
-            for serial in serials
-            if (assets.get(serial) or {}).get("site") == site
-            or (devices.get(serial) or {}).get("site_id") == site
-        }
+    """Verdicts of every registered or reported device (of ``site``: registered or reported
+    there), by serial."""
+    serials = registry.serials(site) | inventory.serials(site)
     if cache is not None:
-        cache.forget_missing(store)
+        if site is None:
+            cache.forget_missing(serials)
         day = warsaw_date(at)
         found = (
-            cache.verdict(store, plans, releases, serial, at, day=day) for serial in sorted(serials)
+            cache.verdict(registry, inventory, plans, releases, serial, at, day=day)
+            for serial in sorted(serials)
         )
     else:
-        found = (live_verdict(store, plans, releases, serial, at) for serial in sorted(serials))
+        found = (
+            live_verdict(
+                registry.asset(serial), inventory.find_device(serial), serial, plans, releases, at
+            )
+            for serial in sorted(serials)
+        )
     return [verdict for verdict in found if verdict is not None]
 
 
@@ -345,30 +417,52 @@ class Catalogues:
         self._plans: PlanCatalogue | None = None
         self._releases: ReleaseCatalogue | None = None
         self._releases_stamp: tuple[int, int] | None = None
+        #: What keeps the release file from being read now (logged once), if anything.
+        self._problem: str | None = None
 
     async def load(self) -> None:
         """Read both files (off the event loop); CatalogueError names a bad file and key."""
         self._plans = await asyncio.to_thread(load_plans, self.plans_path)
-        await self.releases()
+        stat = await asyncio.to_thread(self.releases_path.stat)
+        self._releases = await asyncio.to_thread(load_releases, self.releases_path)
+        self._releases_stamp = (stat.st_ino, stat.st_mtime_ns)
 
     @property
     def plans(self) -> PlanCatalogue:
         if self._plans is None:
-            raise RuntimeError("catalogues not loaded: await Catalogues.load() at startup")
+            raise CatalogueUnavailable(
+                "the plan catalogue is not read yet (the controller is starting): try again"
+            )
         return self._plans
 
     async def releases(self) -> ReleaseCatalogue:
-        """The release catalogue, re-read when `releases add` changed the file."""
-        stat = await asyncio.to_thread(self.releases_path.stat)
+        """The release catalogue, re-read when `releases add` changed the file.
+
+        A file that cannot be read now (half-edited by hand, moved away) leaves the last good
+        catalogue in use; CatalogueUnavailable when there is none.
+        """
+        try:
+            stat = await asyncio.to_thread(self.releases_path.stat)
+        except OSError as exc:
+            return self._last_good(CatalogueError(f"{self.releases_path}: {exc.strerror or exc}"))
         # An atomic rewrite gives a new inode, so this notices even a change within one mtime tick.
         stamp = (stat.st_ino, stat.st_mtime_ns)
         if self._releases is None or stamp != self._releases_stamp:
+            self._releases_stamp = stamp
             try:
                 self._releases = await asyncio.to_thread(load_releases, self.releases_path)
-            except CatalogueError:
-                if self._releases is None:
-                    raise
-                # A half-edited file by hand: keep serving the last good catalogue.
-                log.exception("keeping the previous release catalogue")
-            self._releases_stamp = stamp
+            except CatalogueError as exc:
+                return self._last_good(exc)
+        self._problem = None
+        return self._releases
+
+    def _last_good(self, problem: CatalogueError) -> ReleaseCatalogue:
+        if self._releases is None:
+            raise CatalogueUnavailable(
+                f"the release catalogue cannot be read: {problem}; fix the file and try again"
+            )
+        if str(problem) != self._problem:
+            # Once per problem, not per request.
+            log.error("keeping the previous release catalogue: %s", problem)
+            self._problem = str(problem)
         return self._releases

@@ -29,10 +29,11 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -50,6 +51,7 @@ from polyfleet.controller.domain.ingest import (
     Retained,
     plan_batch,
 )
+from polyfleet.controller.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from polyfleet.controller.events import (
     AgentClockChanged,
     AgentNoticeReceived,
@@ -105,7 +107,7 @@ REMEMBERED_IDS = 2 * MAX_BATCH_SNAPSHOTS
 _DERIVED = frozenset({"last_seen", "collected_at", "uptime_s", "reports"})
 
 
-class DeviceAtOtherSite(Exception):
+class DeviceAtOtherSite(NotAllowed):
     """A batch mentions devices that belong to another site; nothing of it was stored."""
 
     #: How many of the foreign devices the message names (an agent holds those it names).
@@ -122,19 +124,13 @@ class DeviceAtOtherSite(Exception):
             f"{owners}{more}, not {site_id!r}; nothing from this "
             f"batch was stored. An admin moves a device between sites with "
             f"`polyfleet controller devices move {first} --site {site_id}` "
-            f"(POST /api/v1/devices/{first}/move)"
+            f"(POST /api/v1/devices/{first}/move)",
+            code="device_at_other_site",
+            field="reports",
         )
 
 
-class InvalidInput(ValueError):
-    """An admin request names a bad value; ``field`` says which."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class SiteExists(Exception):
+class SiteExists(Conflict):
     """A site with that id exists already; adding it again would silently rename it."""
 
     def __init__(self, site: Doc) -> None:
@@ -142,7 +138,9 @@ class SiteExists(Exception):
         super().__init__(
             f"site {site_id!r} exists already (named {shown(str(site.get('name', site_id)))!r}, "
             f"time zone {site.get('timezone', 'UTC')}); rename it with PATCH /api/v1/sites/"
-            f"{site_id} or `polyfleet controller site rename {site_id} --name NAME`"
+            f"{site_id} or `polyfleet controller site rename {site_id} --name NAME`",
+            code="site_exists",
+            field="id",
         )
         self.site = site
 
@@ -158,7 +156,7 @@ def _site_name(name: str, *, allow_empty: bool) -> str:
     try:
         return display_name(name, field="name", allow_empty=allow_empty)
     except AdminInputError as exc:
-        raise InvalidInput(exc.field, str(exc)) from None
+        raise InvalidInput(exc.field or "name", str(exc)) from None
 
 
 def _check_timezone(timezone: str) -> None:
@@ -170,13 +168,10 @@ def _check_timezone(timezone: str) -> None:
         ) from None
 
 
-class UnknownDevice(KeyError):
+class UnknownDevice(NotFound, KeyError):
     def __init__(self, serial: str) -> None:
-        super().__init__(serial)
+        super().__init__(f"no device {serial!r}", field="serial")
         self.serial = serial
-
-    def __str__(self) -> str:
-        return f"no device {self.serial!r}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +264,88 @@ class IngestStats:
 
 _NO_IDS: frozenset[str] = frozenset()
 
+#: What the device index keeps of a device: its site, room, firmware version and host.
+_IndexKey = tuple[str, str | None, str | None, str | None]
+#: Snapshot fields that change what the device index keeps (a site or room never comes in a
+#: report: agents cannot see them).
+_INDEXED_FIELDS = frozenset({"firmware", "host_serial"})
+
+
+def _index_key(doc: Doc) -> _IndexKey:
+    version = (doc.get("firmware") or {}).get("version")
+    return (
+        str(doc["site_id"]),
+        doc.get("room") or None,
+        str(version) if version else None,
+        doc.get("host_serial") or None,
+    )
+
+
+class _DeviceIndex:
+    """What pages ask of many devices at once, kept up to date on every device write so they
+    never read the whole collection: serials per site, rooms per site, E70 cameras per host,
+    and how many devices report each firmware version."""
+
+    def __init__(self) -> None:
+        self.by_site: dict[str, set[str]] = {}
+        self.rooms: dict[str, Counter[str]] = {}
+        self.cameras: dict[str, set[str]] = {}
+        self.versions: Counter[str] = Counter()
+        self._keys: dict[str, _IndexKey] = {}
+
+    @classmethod
+    def of(cls, devices: Iterable[Doc]) -> _DeviceIndex:
+        index = cls()
+        for doc in devices:
+            index.put(doc)
+        return index
+
+    def put(self, doc: Doc) -> None:
+        """Take ``doc`` (a device's whole stored document) in place of what was known of it."""
+        serial = str(doc["serial"])
+        key = _index_key(doc)
+        old = self._keys.get(serial)
+        if old == key:
+            return
+        if old is not None:
+            self._remove(serial, old)
+        self._keys[serial] = key
+        site, room, version, host = key
+        self.by_site.setdefault(site, set()).add(serial)
+        if room is not None:
+            self.rooms.setdefault(site, Counter())[room] += 1
+        if version is not None:
+            self.versions[version] += 1
+        if host is not None:
+            self.cameras.setdefault(host, set()).add(serial)
+
+    def _remove(self, serial: str, key: _IndexKey) -> None:
+        site, room, version, host = key
+        members = self.by_site[site]
+        members.discard(serial)
+        if not members:
+            del self.by_site[site]
+        if room is not None:
+            rooms = self.rooms[site]
+            rooms[room] -= 1
+            if rooms[room] <= 0:
+                del rooms[room]
+            if not rooms:
+                del self.rooms[site]
+        if version is not None:
+            self.versions[version] -= 1
+            if self.versions[version] <= 0:
+                del self.versions[version]
+        if host is not None:
+            cameras = self.cameras[host]
+            cameras.discard(serial)
+            if not cameras:
+                del self.cameras[host]
+
+    def site_of(self, serial: str) -> str | None:
+        key = self._keys.get(serial)
+        return None if key is None else key[0]
+
 
 @dataclass
 class _LeftIds:
@@ -332,6 +409,7 @@ class Inventory:
         self._left: dict[str, _LeftIds] = {}
         self._receipt_number = 0
         self._turn = asyncio.Lock()
+        self._index = _DeviceIndex()
 
     def load(self) -> None:
         """Take reachability baselines and each device's reports from the store (once open)."""
@@ -357,6 +435,7 @@ class Inventory:
         self._retained, self._latest = retained, latest
         self._load_receipts()
         self._migrate_devices()
+        self._index = _DeviceIndex.of(self._store.scan(DEVICES).values())
 
     def _migrate_report_keys(self) -> None:
         """Key reports an earlier version stored by their id alone by agent and id."""
@@ -451,24 +530,52 @@ class Inventory:
         return existing, changed
 
     def sites(self) -> list[Doc]:
-        devices_per_site: dict[str, int] = {}
-        for device in self._store.scan(DEVICES).values():
-            devices_per_site[device["site_id"]] = devices_per_site.get(device["site_id"], 0) + 1
         agents_per_site: dict[str, int] = {}
         for agent in self._store.scan(AGENTS).values():
             agents_per_site[agent["site_id"]] = agents_per_site.get(agent["site_id"], 0) + 1
+        by_site = self._index.by_site
         return [
-            site_summary(site, devices_per_site.get(site_id, 0), agents_per_site.get(site_id, 0))
+            site_summary(site, len(by_site.get(site_id, ())), agents_per_site.get(site_id, 0))
             for site_id, site in sorted(self._store.scan(SITES).items())
         ]
+
+    def site(self, site_id: str) -> Doc:
+        """One site as ``sites()`` lists it; ``UnknownSite`` when there is none."""
+        found = self.find_site(site_id)
+        if found is None:
+            raise UnknownSite(site_id)
+        return found
+
+    def find_site(self, site_id: str) -> Doc | None:
+        """One site as ``sites()`` lists it, or None."""
+        site = self._store.get(SITES, site_id)
+        if site is None:
+            return None
+        agents = sum(
+            1 for agent in self._store.scan(AGENTS).values() if agent["site_id"] == site_id
+        )
+        return site_summary(site, len(self._index.by_site.get(site_id, ())), agents)
+
+    def site_ids(self) -> list[str]:
+        """Every site's id, sorted."""
+        return sorted(self._store.scan(SITES))
 
     # -- devices -----------------------------------------------------------------------------
 
     def devices(self, where: DeviceFilter | None = None) -> list[Doc]:
         where = where or DeviceFilter()
+        if where.site is None:
+            docs: Iterable[Doc] = self._store.scan(DEVICES).values()
+        else:
+            get = self._store.get
+            docs = (
+                doc
+                for serial in self._index.by_site.get(where.site, ())
+                if (doc := get(DEVICES, serial)) is not None
+            )
         return [
             device_summary(self._with_latest(doc))
-            for _, doc in sorted(self._store.scan(DEVICES).items())
+            for doc in sorted(docs, key=lambda doc: str(doc["serial"]))
             if where.matches(doc)
         ]
 
@@ -478,15 +585,46 @@ class Inventory:
             raise UnknownDevice(serial)
         return doc
 
+    def find_device(self, serial: str) -> Doc | None:
+        """A device's stored document (``device`` without the refusal), or None.
+
+        Documents are replaced, never changed in place: the same object again means the
+        device has not changed (what ``VerdictCache`` relies on).
+        """
+        return self._store.get(DEVICES, serial)
+
+    def fleet(self) -> Mapping[str, Doc]:
+        """Every device's stored document by serial, read-only: for views of the whole fleet
+        (the overview, metrics) that group every device anyway."""
+        return MappingProxyType(self._store.scan(DEVICES))
+
+    def serials(self, site: str | None = None) -> set[str]:
+        """Serials of every reported device (of ``site``)."""
+        if site is not None:
+            return set(self._index.by_site.get(site, ()))
+        return set(self._store.scan(DEVICES))
+
+    def site_of(self, serial: str) -> str | None:
+        """The site a reported device belongs to, or None when no report mentioned it."""
+        return self._index.site_of(serial)
+
+    def rooms(self, site: str | None = None) -> list[str]:
+        """The rooms devices stand in (at ``site``), as people sort them."""
+        if site is not None:
+            found = set(self._index.rooms.get(site, ()))
+        else:
+            found = {room for rooms in self._index.rooms.values() for room in rooms}
+        return sorted(found, key=str.casefold)
+
+    def firmware_versions(self) -> list[str]:
+        """Every firmware version a device reports, sorted as text."""
+        return sorted(self._index.versions)
+
     def device_detail(self, serial: str) -> Doc:
         """One device with its peripherals, host/camera links, health history, recent reports."""
         doc = self._with_latest(self.device(serial))
         detail = device_summary(doc)
-        cameras = sorted(
-            other_serial
-            for other_serial, other in self._store.scan(DEVICES).items()
-            if other.get("host_serial") == serial
-        )
+        cameras = sorted(self._index.cameras.get(serial, ()))
         detail.update(
             model_raw=doc.get("model_raw", ""),
             system_name=doc.get("system_name", ""),
@@ -529,8 +667,9 @@ class Inventory:
             raise UnknownSite(site_id)
         now = self._clock()
         moved = {serial: {**doc, "site_id": site_id}}
-        for other_serial, other in self._store.scan(DEVICES).items():
-            if other.get("host_serial") == serial:
+        for other_serial in self._index.cameras.get(serial, ()):
+            other = self._store.get(DEVICES, other_serial)
+            if other is not None:
                 moved[other_serial] = {**other, "site_id": site_id}
         events: list[Event] = [
             DeviceMoved(at=now, site_id=site_id, serial=moved_serial, from_site=old["site_id"])
@@ -538,17 +677,49 @@ class Inventory:
             if old["site_id"] != site_id
         ]
         puts, deletes = self._bus.record(events)
-        await self._store.wait_durable(
-            self._store.apply({DEVICES: moved, EVENTS: puts}, {EVENTS: deletes})
-        )
+        seq = self._store.apply({DEVICES: moved, EVENTS: puts}, {EVENTS: deletes})
+        for moved_doc in moved.values():
+            self._index.put(moved_doc)
+        await self._store.wait_durable(seq)
         self._bus.dispatch(events)
         return device_summary(self._with_latest(moved[serial]))
 
     async def set_room(self, serial: str, room: str | None) -> Doc:
         doc = self.device(serial)
         updated = {**doc, "room": room or None}
-        await self._store.put_many(DEVICES, {serial: updated})
+        seq = self._store.apply({DEVICES: {serial: updated}})
+        self._index.put(updated)
+        await self._store.wait_durable(seq)
         return device_summary(self._with_latest(updated))
+
+    def place(
+        self,
+        rooms: Mapping[str, str],
+        *,
+        together: Mapping[str, Mapping[str, Doc]] | None = None,
+    ) -> tuple[int, list[str]]:
+        """Put reported devices that have no room yet into the room ``rooms`` names (serial ->
+        room); a room an admin set on the device itself is never overwritten.
+
+        ``together``: other documents to store in the same change (the registry's), so both
+        become durable or neither does. Applied, not yet durable: returns the change to wait
+        for (``Store.wait_durable``) and the serials placed. Read and written with no await in
+        between, so no report can slip in and be lost.
+        """
+        placed: dict[str, Doc] = {}
+        for serial, room in rooms.items():
+            device = self._store.get(DEVICES, serial)
+            if room and device is not None and not device.get("room"):
+                placed[serial] = {**device, "room": room}
+        changes: dict[str, Mapping[str, Doc]] = dict(together or {})
+        if placed:
+            changes[DEVICES] = placed
+        if not any(changes.values()):
+            return 0, []
+        seq = self._store.apply(changes)
+        for doc in placed.values():
+            self._index.put(doc)
+        return seq, sorted(placed)
 
     # -- ingestion ---------------------------------------------------------------------------
 
@@ -698,6 +869,14 @@ class Inventory:
         # Only now that the store took the batch (``apply`` refuses all of it or nothing).
         self._retained.update(plan.retained)
         self._latest.update(plan.latest)
+        index = self._index
+        for device_doc in plan.new_devices.values():
+            index.put(device_doc)
+        for serial, changed in plan.patches.items():
+            if not _INDEXED_FIELDS.isdisjoint(changed):
+                patched = self._store.get(DEVICES, serial)
+                if patched is not None:
+                    index.put(patched)
         self._remember(receipts)
         return events
 

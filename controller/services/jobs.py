@@ -11,12 +11,16 @@ Python API for features (``app[JOBS]``)::
     jobs.get(job_id), jobs.find(serial=..., site_id=...)
 
 A job document (collection ``jobs``): ``{id, kind, serial, site_id, params, status, created_at,
-created_by, sent_at, finished_at, result: {status, detail} | None, artifact: {sha256, size,
-uploaded_at} | None, cancelled_by?}``; ``status`` goes ``queued`` -> ``sent`` ->
+created_by, sent_at, finished_at, result: {status, detail, code?} | None, artifact: {sha256,
+size, uploaded_at} | None, cancelled_by?}``; ``status`` goes ``queued`` -> ``sent`` ->
 ``done|failed|refused``, or ``cancelled`` by an admin while pending. A device has at most one
 pending (queued or sent) job of each kind: twenty reboots ordered in a second are one reboot.
 A ``sent`` job is handed out again after ``job_lease_s`` without a result (agent restarted).
 Artifacts live in ``<data dir>/artifacts/<job id>.bin``, written elsewhere, fsynced, renamed.
+
+The service keeps each device's jobs and each site's pending ones in memory (read once at
+first use, kept with every job it makes or finishes, and with those it prepares for a
+rollout to store), so an agent's poll and a device's page never read every job there is.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from polyfleet.controller.clock import Clock
+from polyfleet.controller.errors import Conflict, NotFound, Refused
 from polyfleet.controller.events import EventBus, JobFinished
 from polyfleet.controller.services.inventory import UnknownDevice
 from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, Doc, Store
@@ -40,16 +45,13 @@ from polyfleet.shared.schema import Job, JobKind, JobResult
 FINISHED = frozenset({"done", "failed", "refused", "cancelled"})
 
 
-class UnknownJob(KeyError):
+class UnknownJob(NotFound, KeyError):
     def __init__(self, job_id: str) -> None:
-        super().__init__(job_id)
+        super().__init__(f"no job {job_id!r} for this agent", field="job_id")
         self.job_id = job_id
 
-    def __str__(self) -> str:
-        return f"no job {self.job_id!r} for this agent"
 
-
-class JobConflict(Exception):
+class JobConflict(Conflict):
     """The job cannot take this call (finished already, artifact digest mismatch...)."""
 
 
@@ -61,12 +63,17 @@ class JobPending(JobConflict):
         super().__init__(
             f"device {job['serial']} has a pending {job['kind']} job already: {job['id']} "
             f"({job['status']}, ordered {job['created_at']}{by}); wait for it to finish, or "
-            f"cancel it with POST /api/v1/jobs/{job['id']}/cancel"
+            f"cancel it with POST /api/v1/jobs/{job['id']}/cancel",
+            code="job_pending",
+            field="kind",
         )
         self.job = job
 
 
-class ArtifactTooLarge(Exception):
+class ArtifactTooLarge(Refused):
+    status = 413
+    default_code = "body_too_large"
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"artifact larger than the limit of {limit} bytes")
         self.limit = limit
@@ -98,14 +105,21 @@ class JobService:
         self._finished: dict[str, asyncio.Event] = {}
         #: (serial, kind) -> the id of its pending job; built from the store on first use.
         self._pending: dict[tuple[str, str], str] | None = None
+        #: serial -> its jobs' ids, oldest first; site -> its pending jobs' ids (built with
+        #: ``_pending``). An id whose document is missing (prepared, never stored) or, for a
+        #: site, finished is dropped when met.
+        self._of_serial: dict[str, list[str]] = {}
+        self._open_at_site: dict[str, set[str]] = {}
 
     def _pending_jobs(self) -> dict[tuple[str, str], str]:
         if self._pending is None:
             pending: dict[tuple[str, str], str] = {}
             ordered = sorted(self._store.scan(JOBS).values(), key=lambda d: str(d["created_at"]))
             for doc in ordered:
+                self._of_serial.setdefault(doc["serial"], []).append(doc["id"])
                 if doc["status"] not in FINISHED:
                     pending.setdefault((doc["serial"], doc["kind"]), doc["id"])
+                    self._open_at_site.setdefault(doc["site_id"], set()).add(doc["id"])
             self._pending = pending
         return self._pending
 
@@ -128,6 +142,7 @@ class JobService:
         key = (doc["serial"], doc["kind"])
         if index.get(key) == doc["id"]:
             del index[key]
+        self._open_at_site.get(doc["site_id"], set()).discard(doc["id"])
 
     async def enqueue(
         self,
@@ -168,6 +183,8 @@ class JobService:
         job_id = "job_" + secrets.token_hex(8)
         # Taken now: a second order in the same moment finds this one.
         self._pending_jobs()[(serial, kind.value)] = job_id
+        self._of_serial.setdefault(serial, []).append(job_id)
+        self._open_at_site.setdefault(device["site_id"], set()).add(job_id)
         doc: Doc = {
             "id": job_id,
             "kind": kind.value,
@@ -188,15 +205,25 @@ class JobService:
         return self._store.get(JOBS, job_id)
 
     def find(self, *, serial: str | None = None, site_id: str | None = None) -> list[Doc]:
-        return sorted(
-            (
+        """Jobs of a device and/or a site, oldest first."""
+        if serial is None:
+            # A whole site's history: no page asks for it, so no index is kept for it.
+            docs: list[Doc] = [
                 doc
-                for doc in self._store.scan(JOBS).values()
-                if (serial is None or doc["serial"] == serial)
-                and (site_id is None or doc["site_id"] == site_id)
-            ),
-            key=lambda doc: str(doc["created_at"]),
-        )
+                for doc in list(self._store.scan(JOBS).values())
+                if site_id is None or doc["site_id"] == site_id
+            ]
+        else:
+            self._pending_jobs()
+            ids = self._of_serial.get(serial, [])
+            docs = []
+            for job_id in list(ids):
+                doc = self.get(job_id)
+                if doc is None:
+                    ids.remove(job_id)  # prepared, never stored
+                elif site_id is None or doc["site_id"] == site_id:
+                    docs.append(doc)
+        return sorted(docs, key=lambda doc: str(doc["created_at"]))
 
     async def wait(self, job_id: str, *, timeout: float) -> Doc:
         """The job once finished (``done``, ``failed`` or ``refused``)."""
@@ -226,8 +253,12 @@ class JobService:
         """Jobs for a site's agent: queued ones and sent ones whose lease ran out."""
         now = self._clock()
         handed: dict[str, Doc] = {}
-        for job_id, doc in self._store.scan(JOBS).items():
-            if doc["site_id"] != site_id or doc["status"] in FINISHED:
+        self._pending_jobs()
+        open_ids = self._open_at_site.get(site_id, set())
+        for job_id in sorted(open_ids):
+            doc = self.get(job_id)
+            if doc is None or doc["status"] in FINISHED or doc["site_id"] != site_id:
+                open_ids.discard(job_id)  # prepared and never stored, or over
                 continue
             sent_at = doc["sent_at"]
             if doc["status"] == "sent" and now - datetime.fromisoformat(sent_at) < self._lease:
@@ -291,7 +322,11 @@ class JobService:
         A result for a job cancelled meanwhile is kept in it (the job stays cancelled).
         """
         doc = self._agent_job(job_id, site_id)
-        answered = result.model_dump(mode="json", exclude={"artifact_sha256"})
+        # Without a code it is stored as results were before codes, so a resend of a result
+        # stored then is still the same result.
+        answered = result.model_dump(
+            mode="json", exclude={"artifact_sha256", *(() if result.code else ("code",))}
+        )
         if doc["status"] == "cancelled" and doc["result"] is None:
             # Run before the agent heard of the cancel: keep what it did; still cancelled.
             late = {**doc, "result": answered}
@@ -316,7 +351,7 @@ class JobService:
             **doc,
             "status": result.status,
             "finished_at": now.isoformat(),
-            "result": result.model_dump(mode="json", exclude={"artifact_sha256"}),
+            "result": answered,
         }
         event = JobFinished(
             at=now,

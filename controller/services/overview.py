@@ -1,8 +1,9 @@
 """The fleet at a glance: room tiles, urgent tickets, firmware compliance, expiries, changes.
 
-One function builds it for both ``GET /api/v1/overview`` and the dashboard's overview page,
-from the same services the other endpoints use (inventory, tickets, entitlement verdicts,
-the expiry forecast, the event log), so every number on the page is one the API gives.
+One function builds it for ``GET /api/v1/overview``, the dashboard's overview page and the
+kiosk (``controller.features.overview`` reads its inputs from the services the other
+endpoints use: inventory, tickets, entitlement verdicts, the expiry forecast, the event log),
+so every number on the page is one the API gives.
 """
 
 from __future__ import annotations
@@ -240,13 +241,12 @@ def expiring(forecast: Forecast) -> Doc:
     }
 
 
-def recent_changes(events: Mapping[str, Doc], now: datetime) -> Doc:
-    """Stored events of the last 24 hours: counts per kind and the newest ones."""
+def recent_changes(events: Sequence[Doc], now: datetime) -> Doc:
+    """Stored events of the last 24 hours (``events``: newest first, as ``EventBus.recent``
+    gives them, perhaps older ones after): counts per kind and the newest ones."""
     since = now - CHANGES_WINDOW
     recent: list[Doc] = []
-    # Keys are zero-padded ids: newest last. Walk back until older than the window.
-    for key in sorted(events, reverse=True):
-        doc = events[key]
+    for doc in events:
         if datetime.fromisoformat(doc["at"]) < since:
             break
         recent.append(doc)
@@ -269,7 +269,8 @@ class OverviewInputs:
     verdicts: Sequence[EntitlementVerdict]
     releases: ReleaseCatalogue
     forecast: Forecast
-    events: Mapping[str, Doc]
+    #: Stored events of the last 24 hours at least, newest first (``EventBus.recent``).
+    events: Sequence[Doc]
     now: datetime
     #: The progress (``RolloutService.progress``) of rollouts under way, newest first.
     rollouts: Sequence[Doc] = ()

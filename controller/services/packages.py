@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue
+from polyfleet.controller.errors import Invalid, NotFound
 from polyfleet.controller.store.base import Doc, Store
-from polyfleet.controller.store.journal import fsync_dir
+from polyfleet.shared.durable import SHARED_MODE, StagedFile
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 PACKAGES = "firmware_packages"
@@ -30,24 +29,22 @@ MAX_PACKAGE_BYTES = 4 * 1024 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class PackageError(ValueError):
-    """A package that cannot be kept; ``field`` names what to fix."""
+class PackageError(Invalid, ValueError):
+    """A package that cannot be kept (422 ``invalid_package``); ``field`` names what to fix."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, code="invalid_package", field=field)
 
 
-class UnknownPackage(KeyError):
+class UnknownPackage(NotFound, KeyError):
+    """No package is kept for the release asked for (404 ``not_found``)."""
+
     def __init__(self, version: str) -> None:
-        super().__init__(version)
-        self.version = version
-
-    def __str__(self) -> str:
-        return (
-            f"no firmware package for {self.version}: add one with "
+        super().__init__(
+            f"no firmware package for {version}: add one with "
             "`polyfleet controller releases package add VERSION FILE`"
         )
+        self.version = version
 
 
 def check_sha256(text: str | None) -> str | None:
@@ -69,6 +66,29 @@ class PackageService:
         self.directory = packages_dir
         #: Whole downloads by agents since start, (site, version) -> count (ranges resume one).
         self.downloads: dict[tuple[str, str], int] = {}
+        #: Release (without its build) -> the keys of its packages; read from the store at
+        #: first use, kept by ``add`` (the only writer), so ``find`` reads no whole collection.
+        self._by_release: dict[tuple[int, int, int, int], list[str]] | None = None
+
+    def _releases(self) -> dict[tuple[int, int, int, int], list[str]]:
+        if self._by_release is None:
+            by_release: dict[tuple[int, int, int, int], list[str]] = {}
+            for key, doc in list(self._store.scan(PACKAGES).items()):
+                self._note(by_release, key, str(doc["version"]))
+            self._by_release = by_release
+        return self._by_release
+
+    @staticmethod
+    def _note(
+        by_release: dict[tuple[int, int, int, int], list[str]], key: str, version: str
+    ) -> None:
+        try:
+            parsed = FirmwareVersion.parse(version)
+        except VersionError:
+            return
+        keys = by_release.setdefault((parsed.major, parsed.minor, parsed.patch, parsed.hotfix), [])
+        if key not in keys:
+            keys.append(key)
 
     def note_download(self, version: str, site: str, range_header: str | None) -> None:
         """Count an agent's download; a resumed one (a range) is the same download."""
@@ -106,8 +126,12 @@ class PackageService:
             parsed = FirmwareVersion.parse(version)
         except VersionError:
             return None
-        for candidate in list(self._store.scan(PACKAGES).values()):
-            if FirmwareVersion.parse(candidate["version"]).same_release(parsed):
+        release = (parsed.major, parsed.minor, parsed.patch, parsed.hotfix)
+        for key in self._releases().get(release, ()):
+            candidate = self._store.get(PACKAGES, key)
+            if candidate is not None and FirmwareVersion.parse(candidate["version"]).same_release(
+                parsed
+            ):
                 return candidate
         return None
 
@@ -135,18 +159,17 @@ class PackageService:
         release = self.release_of(releases, version)
         expected = check_sha256(sha256)
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True, mode=0o755)
-        tmp = self.directory / f".incoming-{secrets.token_hex(6)}.part"
         digest = hashlib.sha256()
         size = 0
-        handle = await asyncio.to_thread(open, tmp, "wb")
+        staged = await asyncio.to_thread(StagedFile, self.directory, mode=SHARED_MODE)
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > MAX_PACKAGE_BYTES:
                     raise PackageError("file", f"larger than {MAX_PACKAGE_BYTES} bytes")
                 digest.update(chunk)
-                await asyncio.to_thread(handle.write, chunk)
-            await asyncio.to_thread(_fsync_close, handle)
+                await asyncio.to_thread(staged.write, chunk)
+            await asyncio.to_thread(staged.finish)
             if size == 0:
                 raise PackageError("file", "the package is empty")
             actual = digest.hexdigest()
@@ -157,11 +180,9 @@ class PackageService:
                     "nothing was kept (a damaged or wrong file?)",
                 )
             final = self.directory / f"{actual}.bin"
-            await asyncio.to_thread(os.replace, tmp, final)
-            await asyncio.to_thread(fsync_dir, self.directory)
-        except BaseException:
-            await asyncio.to_thread(_discard, handle, tmp)
-            raise
+            await asyncio.to_thread(staged.commit, final)
+        finally:
+            await asyncio.to_thread(staged.discard)
         doc: Doc = {
             "version": release.text,
             "sha256": actual,
@@ -170,7 +191,9 @@ class PackageService:
             "added_by": added_by,
             "file": final.name,
         }
-        await self._store.put_many(PACKAGES, {release.text: doc})
+        seq = self._store.apply({PACKAGES: {release.text: doc}})
+        self._note(self._releases(), release.text, release.text)
+        await self._store.wait_durable(seq)
         return doc
 
 
@@ -193,14 +216,3 @@ async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[byte
             yield chunk
     finally:
         await asyncio.to_thread(handle.close)
-
-
-def _fsync_close(handle: Any) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
-
-
-def _discard(handle: Any, path: Path) -> None:
-    handle.close()
-    path.unlink(missing_ok=True)

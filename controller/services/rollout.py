@@ -3,19 +3,31 @@
 Documents:
 
 - ``rollouts`` (key = id): ``{id, name, target, status, created_at, created_by, request,
-  start, window, wave_gap, max_failures, per_site, canary, waves, summary, halt,
-  history: [{at, action, by, detail}], started_at, finished_at}``. ``status`` goes
-  ``planned`` -> ``running`` <-> ``paused``; ``running`` -> ``halted`` (circuit breaker)
-  -> ``running`` (resume) ; any but ``done`` -> ``aborted``; ``running`` -> ``done``.
+  start, window, wave_gap, max_failures, abort_criteria, per_site, canary, waves, summary,
+  halt, history: [{at, action, by, detail}], started_at, finished_at}``. ``status`` moves
+  as ``ROLLOUT_MOVES`` allows: ``planned`` -> ``running`` <-> ``paused``; ``running`` ->
+  ``halted`` (circuit breaker) -> ``running`` (resume); any but ``done`` -> ``aborted``;
+  ``running`` -> ``done``. ``abort_criteria`` are kept from the plan on; a rollout stored
+  before them reads the defaults with its ``max_failures``.
 - ``rollout_devices`` (key = ``<id>:<serial>``): one device's plan entry (the planner's
-  JSON) plus what running it changes: ``status``, ``hop_index``, ``attempts``,
-  ``failures``, ``job_id``, ``evidence``, ``window`` (moved on when a window is missed).
+  JSON) plus what running it changes: ``status`` (moving only as ``DEVICE_MOVES`` allows),
+  ``hop_index``, ``attempts``, ``failures`` (``[{at, hop, check, detail, job_id, code?}]``:
+  ``code`` is the agent's failure code, which decides what the failure means; ``check``
+  is the detail's first word, shown), ``job_id``, ``evidence``, ``window`` (moved on when
+  a window is missed).
 - ``penalty_box`` (key = serial): ``{serial, rollout_id, reason, at}``: a device that
   failed twice; no rollout retries it until an admin releases it.
 
 Every change is a stored document first and an action second, so a restart resumes.
+The service is the only writer of ``rollouts`` and ``rollout_devices``: it keeps where
+each rollout's entries are, each serial's rollouts and the rollouts the runner moves in
+memory (read once at first use, kept current by its own writes), so neither a runner tick
+nor a page reads the whole of ``rollout_devices``.
 Read functions (``rollouts``, ``rollout``, ``progress``, ``penalty_box``) return the API's
-JSON shapes and are meant to be called directly too (dashboards).
+JSON shapes; the API, the dashboard and the CLI reach them, and the admin actions, through
+the use cases of ``controller.features.rollouts``. Refusals are part of the controller's
+tree (``controller.errors``): ``UnknownRollout``, ``UnknownAction`` and ``NotInPenaltyBox``
+(404), ``RolloutConflict`` and ``IllegalMove`` (409), ``PlanError`` (422 ``invalid_plan``).
 """
 
 from __future__ import annotations
@@ -24,38 +36,57 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from polyfleet.controller.clock import Clock
+from polyfleet.controller.domain import admin_input
 from polyfleet.controller.domain.assets import Asset
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.domain.rollout import (
+    ADMIN_ACTIONS,
+    DEFAULT_MAX_FAILURES,
+    DEFAULT_PER_SITE,
     DEFAULT_WAVE_GAP,
+    DEFAULT_WAVES,
     DEFAULT_WINDOW,
     DEVICE_STATUSES,
     FINAL_STATUSES,
-    PENALTY_AFTER_FAILURES,
+    ROLLOUT_NAME_MAX_CHARS,
+    UNDER_WAY,
+    DeviceStatus,
+    IllegalMove,
     PlanDevice,
     PlanError,
     PlanRequest,
+    RolloutStatus,
     Window,
     breaker,
+    device_move,
+    failure_rule,
+    parse_abort_criteria,
     parse_gap,
     parse_waves,
+    penalty_due,
     plan_rollout,
+    rollout_move,
+    stored_abort_criteria,
     window_after,
 )
+from polyfleet.controller.domain.rollout import (
+    ROLLOUT_STATUSES as ROLLOUT_STATUSES,  # the API and CLI find it here
+)
+from polyfleet.controller.errors import Conflict, NotFound
 from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
-from polyfleet.controller.services.ticket_service import TICKETS
+from polyfleet.controller.services.ticket_service import TicketIndex
 from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
 from polyfleet.shared.schema import JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -73,48 +104,91 @@ PENALTY_BOX = "penalty_box"
 
 #: Device statuses, for metrics.
 DEVICE_STATUS_NAMES = DEVICE_STATUSES
-ROLLOUT_STATUSES = ("planned", "running", "paused", "halted", "aborted", "done")
 #: Which admin action is allowed from which status, and where it leads.
-TRANSITIONS: dict[str, dict[str, str]] = {
-    "start": {"planned": "running"},
-    "pause": {"running": "paused"},
-    "resume": {"paused": "running", "halted": "running"},
-    "abort": {"planned": "aborted", "running": "aborted", "paused": "aborted", "halted": "aborted"},
-}
+TRANSITIONS = ADMIN_ACTIONS
 #: Device statuses of an update under way: pause and abort let these finish.
-IN_PROGRESS = frozenset({"postponed_in_call", "downloading", "installing", "verifying"})
-#: Device statuses that end a device's part in a rollout.
-FINISHED = frozenset({"done", "failed", "skipped", "held", "excluded"})
-_CLOSED_TICKET = "closed"
+IN_PROGRESS = UNDER_WAY
+#: Rollouts the runner moves on: results still come in after a pause, a halt or an abort.
+_TICKED = frozenset(
+    {RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED, RolloutStatus.ABORTED}
+)
+#: Rollouts whose devices ``/metrics`` counts.
+_LIVE = frozenset(
+    {RolloutStatus.PLANNED, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED}
+)
 
 
-class UnknownRollout(KeyError):
+class UnknownRollout(NotFound, KeyError):
+    """No rollout has this id (404 ``not_found``)."""
+
     def __init__(self, rollout_id: str) -> None:
-        super().__init__(rollout_id)
+        super().__init__(f"no rollout {rollout_id!r} (see `polyfleet controller rollout list`)")
         self.rollout_id = rollout_id
 
-    def __str__(self) -> str:
-        return f"no rollout {self.rollout_id!r} (see `polyfleet controller rollout list`)"
+
+class UnknownAction(NotFound):
+    """An admin action that is none of start, pause, resume and abort (404 ``not_found``)."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(f"no action {action!r}: {', '.join(TRANSITIONS)}")
+        self.action = action
 
 
-class RolloutConflict(Exception):
-    """An action the rollout's status does not allow (e.g. resume a running rollout)."""
+class RolloutConflict(Conflict):
+    """An action the rollout's status does not allow (e.g. resume a running rollout), or a
+    start without a package it needs (409 ``conflict``)."""
+
+
+class NotInPenaltyBox(NotFound):
+    """A release from the penalty box of a device that is not in it (404 ``not_found``)."""
+
+    def __init__(self, serial: str) -> None:
+        super().__init__(f"{serial} is not in the penalty box")
+        self.serial = serial
 
 
 def device_key(rollout_id: str, serial: str) -> str:
     return f"{rollout_id}:{serial}"
 
 
-def plan_devices(store: Store) -> list[PlanDevice]:
-    """Every reported device as the planner sees it, with open tickets and penalties."""
-    tickets: dict[str, list[str]] = {}
-    for ticket in list(store.scan(TICKETS).values()):
-        if ticket.get("status") == _CLOSED_TICKET:
-            continue
-        serials = {ticket.get("serial"), *(ticket.get("affected_serials") or ())}
-        for serial in serials:
-            if serial:
-                tickets.setdefault(str(serial), []).append(str(ticket.get("id")))
+class _Where:
+    """Where the rollouts' entries are, and which rollouts the runner moves on."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, set[str]] = {}
+        self._sorted: dict[str, list[str]] = {}
+        self._rollouts_of: dict[str, list[str]] = {}
+        #: Rollouts a tick looks at (running, paused, halted, aborted with jobs out).
+        self.ticked: set[str] = set()
+
+    def add(self, rollout_id: str, serial: str) -> None:
+        members = self._members.setdefault(rollout_id, set())
+        if serial in members:
+            return
+        members.add(serial)
+        self._sorted.pop(rollout_id, None)
+        self._rollouts_of.setdefault(serial, []).append(rollout_id)
+
+    def note(self, rollout_id: str, status: str) -> None:
+        if status in _TICKED:
+            self.ticked.add(rollout_id)
+        else:
+            self.ticked.discard(rollout_id)
+
+    def serials(self, rollout_id: str) -> list[str]:
+        """The rollout's serials, sorted (read-only)."""
+        found = self._sorted.get(rollout_id)
+        if found is None:
+            found = self._sorted[rollout_id] = sorted(self._members.get(rollout_id, ()))
+        return found
+
+    def rollouts_of(self, serial: str) -> list[str]:
+        return list(self._rollouts_of.get(serial, ()))
+
+
+def plan_devices(store: Store, tickets: Mapping[str, Sequence[str]]) -> list[PlanDevice]:
+    """Every reported device as the planner sees it, with open tickets (``tickets``: serial
+    -> ids of its tickets not closed) and penalties."""
     penalties = {
         serial: f"failed twice in rollout {doc['rollout_id']}: {doc['reason']}"
         for serial, doc in list(store.scan(PENALTY_BOX).items())
@@ -170,11 +244,14 @@ class RolloutService:
         bus: EventBus,
         clock: Clock,
         *,
-        jobs: JobService | None = None,
-        packages: PackageService | None = None,
+        jobs: JobService,
+        packages: PackageService,
         file_ticket: TicketFiler | None = None,
+        tickets: TicketIndex | None = None,
     ) -> None:
         self._store = store
+        #: Open tickets by device, which hold a device back from a plan.
+        self._tickets = tickets if tickets is not None else TicketIndex()
         self._bus = bus
         self._clock = clock
         self._jobs = jobs
@@ -183,6 +260,49 @@ class RolloutService:
         #: Told of every halt (the audit log records it), after it is stored.
         self.on_halt: Callable[[str, str], Awaitable[None]] | None = None
         self._parsed: dict[str, tuple[Doc, Asset]] = {}
+        #: Built from the store at first use (it is open by then), then kept by ``_apply``.
+        self._known: _Where | None = None
+
+    # -- the service's writes and what it knows of them --------------------------------------
+
+    def _where(self) -> _Where:
+        if self._known is None:
+            where = _Where()
+            for key, doc in list(self._store.scan(ROLLOUT_DEVICES).items()):
+                where.add(str(doc.get("rollout_id") or key.split(":", 1)[0]), str(doc["serial"]))
+            for rollout_id, doc in list(self._store.scan(ROLLOUTS).items()):
+                where.note(rollout_id, str(doc["status"]))
+            self._known = where
+        return self._known
+
+    def _apply(
+        self,
+        changes: Mapping[str, Mapping[str, Doc]],
+        deletes: Mapping[str, Iterable[str]] | None = None,
+    ) -> int:
+        """Every write of ``rollouts`` and ``rollout_devices``: the store, then what the
+        service knows of them (in the same step: nothing runs in between)."""
+        seq = self._store.apply(changes, deletes)
+        where = self._where()
+        for doc in changes.get(ROLLOUT_DEVICES, {}).values():
+            where.add(str(doc["rollout_id"]), str(doc["serial"]))
+        for rollout_id, doc in changes.get(ROLLOUTS, {}).items():
+            where.note(rollout_id, str(doc["status"]))
+        return seq
+
+    def _moved(self, entry: Doc, to: DeviceStatus, now: datetime, **changes: Any) -> Doc:
+        """Every change of a device entry's status, as a new document with ``changes``.
+
+        The move must be in ``DEVICE_MOVES``; any other is a bug, logged and refused with
+        IllegalMove, and nothing is stored (the entry keeps its status).
+        """
+        subject = f"rollout {entry.get('rollout_id')}, device {entry.get('serial')}"
+        try:
+            device_move(subject, str(entry["status"]), to)
+        except IllegalMove as exc:
+            log.error("status change refused: %s", exc)
+            raise
+        return {**entry, **changes, "status": to.value, "updated_at": now.isoformat()}
 
     # -- planning --------------------------------------------------------------------------
 
@@ -201,7 +321,7 @@ class RolloutService:
         assets = self._assets()
         plan = plan_rollout(
             request,
-            plan_devices(self._store),
+            plan_devices(self._store, self._tickets.active_by_serial()),
             site_zones=zones,
             assets=assets,
             plans=plans,
@@ -250,7 +370,7 @@ class RolloutService:
             for entry in devices
         }
         await self._store.wait_durable(
-            self._store.apply({ROLLOUTS: {rollout_id: header}, ROLLOUT_DEVICES: docs})
+            self._apply({ROLLOUTS: {rollout_id: header}, ROLLOUT_DEVICES: docs})
         )
         return self.rollout(rollout_id)
 
@@ -309,13 +429,12 @@ class RolloutService:
 
     def entries(self, rollout_id: str) -> list[Doc]:
         """The rollout's device entries, by serial."""
-        prefix = rollout_id + ":"
-        found = [
-            doc
-            for key, doc in list(self._store.scan(ROLLOUT_DEVICES).items())
-            if key.startswith(prefix)
-        ]
-        return sorted(found, key=lambda doc: str(doc["serial"]))
+        found = []
+        for serial in self._where().serials(rollout_id):
+            doc = self._store.get(ROLLOUT_DEVICES, device_key(rollout_id, serial))
+            if doc is not None:
+                found.append(doc)
+        return found
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         """The whole stored plan with each device's current state."""
@@ -356,21 +475,25 @@ class RolloutService:
         """Every rollout that planned ``serial``, newest first: the rollout's summary with
         the device's entry in it (``device``)."""
         found = []
-        for summary in self.rollouts():
-            entry = self._store.get(ROLLOUT_DEVICES, device_key(summary["id"], serial))
-            if entry is not None:
-                found.append({**summary, "device": device_json(entry)})
+        for rollout_id in self._where().rollouts_of(serial):
+            header = self._store.get(ROLLOUTS, rollout_id)
+            entry = self._store.get(ROLLOUT_DEVICES, device_key(rollout_id, serial))
+            if header is not None and entry is not None:
+                found.append({**self._summary(header), "device": device_json(entry)})
+        found.sort(key=lambda summary: str(summary["created_at"]), reverse=True)
         return found
 
     def penalty_box(self) -> list[Doc]:
         """Devices no rollout retries until released, with why."""
         return sorted(self._store.scan(PENALTY_BOX).values(), key=lambda doc: str(doc["serial"]))
 
-    async def release_from_penalty_box(self, serial: str) -> bool:
-        if self._store.get(PENALTY_BOX, serial) is None:
-            return False
+    async def release_from_penalty_box(self, serial: str) -> Doc:
+        """Let rollouts try ``serial`` again; the entry it had (NotInPenaltyBox: none)."""
+        doc = self._store.get(PENALTY_BOX, serial)
+        if doc is None:
+            raise NotInPenaltyBox(serial)
         await self._store.delete(PENALTY_BOX, serial)
-        return True
+        return doc
 
     # -- admin actions ---------------------------------------------------------------------
 
@@ -378,7 +501,7 @@ class RolloutService:
         """start, pause, resume or abort; RolloutConflict when the status does not allow it."""
         allowed = TRANSITIONS.get(action)
         if allowed is None:
-            raise ValueError(f"unknown action {action!r}: one of {', '.join(TRANSITIONS)}")
+            raise UnknownAction(action)
         header = self.header(rollout_id)
         status = header["status"]
         if status not in allowed:
@@ -387,7 +510,7 @@ class RolloutService:
                 f"rollout {rollout_id} is {status}: {action} needs it to be {can}"
             )
         extra: dict[str, dict[str, Doc]] = {}
-        now_text = self._clock().isoformat()
+        now = self._clock()
         if action == "start":
             missing = self._missing_packages(rollout_id)
             if missing:
@@ -396,24 +519,19 @@ class RolloutService:
                     "`polyfleet controller releases package add VERSION FILE`"
                 )
             extra[ROLLOUT_DEVICES] = {
-                device_key(rollout_id, e["serial"]): {
-                    **e,
-                    "status": "waiting_window",
-                    "updated_at": now_text,
-                }
+                device_key(rollout_id, e["serial"]): self._moved(
+                    e, DeviceStatus.WAITING_WINDOW, now
+                )
                 for e in self.entries(rollout_id)
-                if e["status"] == "planned"
+                if e["status"] == DeviceStatus.PLANNED
             }
         if action == "abort":
             # Updates under way finish and are verified; nothing else starts.
             extra[ROLLOUT_DEVICES] = {
-                device_key(rollout_id, e["serial"]): {
-                    **e,
-                    "status": "skipped",
-                    "updated_at": now_text,
-                }
+                device_key(rollout_id, e["serial"]): self._moved(e, DeviceStatus.SKIPPED, now)
                 for e in self.entries(rollout_id)
-                if e["status"] in ("planned", "waiting_window") and not e.get("job_id")
+                if e["status"] in (DeviceStatus.PLANNED, DeviceStatus.WAITING_WINDOW)
+                and not e.get("job_id")
             }
         if action == "resume" and status == "halted":
             # Resuming past a halt acknowledges the failures that caused it: they no longer
@@ -423,12 +541,10 @@ class RolloutService:
                 **header,
                 "acknowledged": sorted(set(header.get("acknowledged") or ()) | seen),
             }
-        await self._change(header, allowed[status], action, by=by, extra=extra)
+        await self._change(header, action, by=by, extra=extra)
         return self._summary(self.header(rollout_id))
 
     def _missing_packages(self, rollout_id: str) -> list[str]:
-        if self._packages is None:
-            return []
         needed = {
             hop["version"]
             for e in self.entries(rollout_id)
@@ -440,7 +556,6 @@ class RolloutService:
     async def _change(
         self,
         header: Doc,
-        status: str,
         action: str,
         *,
         by: str = "",
@@ -448,11 +563,20 @@ class RolloutService:
         halt: dict[str, Any] | None = None,
         extra: Mapping[str, Mapping[str, Doc]] | None = None,
     ) -> None:
-        """Store a rollout's new status with its history and event in one change."""
+        """Store a rollout's new status with its history and event in one change.
+
+        Where ``action`` leads is ``ROLLOUT_MOVES``'; a move it does not list is a bug,
+        logged and refused with IllegalMove before anything is stored.
+        """
+        try:
+            status = rollout_move(f"rollout {header['id']}", str(header["status"]), action)
+        except IllegalMove as exc:
+            log.error("status change refused: %s", exc)
+            raise
         now = self._clock()
         updated: Doc = {
             **header,
-            "status": status,
+            "status": status.value,
             "history": [
                 *header.get("history", []),
                 {"at": now.isoformat(), "action": action, "by": by, "detail": detail},
@@ -464,13 +588,13 @@ class RolloutService:
             updated["halt"] = None
         if halt is not None:
             updated["halt"] = halt
-        if status in ("aborted", "done"):
+        if status in (RolloutStatus.ABORTED, RolloutStatus.DONE):
             updated["finished_at"] = now.isoformat()
         event = RolloutChanged(
             at=now,
             rollout_id=header["id"],
             action=action,
-            status=status,
+            status=status.value,
             by=by,
             detail=detail,
         )
@@ -478,7 +602,7 @@ class RolloutService:
         changes: dict[str, dict[str, Doc]] = {ROLLOUTS: {header["id"]: updated}, EVENTS: puts}
         for collection, docs in (extra or {}).items():
             changes.setdefault(collection, {}).update(docs)
-        await self._store.wait_durable(self._store.apply(changes, {EVENTS: deletes}))
+        await self._store.wait_durable(self._apply(changes, {EVENTS: deletes}))
         self._bus.dispatch([event])
 
     # -- running ---------------------------------------------------------------------------
@@ -490,27 +614,31 @@ class RolloutService:
         naming it are written together, so after a crash the job either exists (and is
         followed) or was never ordered; no unit is ordered twice.
         """
-        for header in list(self._store.scan(ROLLOUTS).values()):
-            if header["status"] in ("planned", "done"):
-                continue
+        for rollout_id in sorted(self._where().ticked):
             try:
-                await self._tick_one(header["id"])
+                await self._tick_one(rollout_id)
             except Exception:
-                log.exception("rollout %s: tick failed", header["id"])
+                log.exception("rollout %s: tick failed", rollout_id)
 
     async def _tick_one(self, rollout_id: str) -> None:
         now = self._clock()
         await self._collect_results(rollout_id, now)
         header = self.header(rollout_id)
         entries = self.entries(rollout_id)
-        if header["status"] == "running":
+        if header["status"] == RolloutStatus.ABORTED:
+            if not any(e.get("job_id") for e in entries):
+                # Its last update under way is in: nothing of it is left to follow.
+                self._where().ticked.discard(rollout_id)
+            return
+        if header["status"] == RolloutStatus.RUNNING:
             acknowledged = frozenset(header.get("acknowledged") or ())
+            criteria = stored_abort_criteria(header)
             for wave in range(len(header["waves"])):
-                verdict = breaker(wave, entries, int(header["max_failures"]), acknowledged)
+                verdict = breaker(wave, entries, criteria, acknowledged)
                 if verdict is not None:
                     verdict["at"] = now.isoformat()
                     await self._change(
-                        header, "halted", "halt", by="circuit breaker",
+                        header, "halt", by="circuit breaker",
                         detail=verdict["reason"], halt=verdict,
                     )  # fmt: skip
                     log.warning("rollout %s halted: %s", rollout_id, verdict["reason"])
@@ -523,8 +651,10 @@ class RolloutService:
             entries = self.entries(rollout_id)
             await self._order(header, entries, now)
             entries = self.entries(rollout_id)
-        if header["status"] == "running" and all(e["status"] in FINAL_STATUSES for e in entries):
-            await self._change(self.header(rollout_id), "done", "finish", by="runner")
+        if header["status"] == RolloutStatus.RUNNING and all(
+            e["status"] in FINAL_STATUSES for e in entries
+        ):
+            await self._change(self.header(rollout_id), "finish", by="runner")
 
     def _zone(self, site: str) -> ZoneInfo:
         doc = self._store.get(SITES, site) or {}
@@ -536,7 +666,23 @@ class RolloutService:
     async def _put_entries(self, rollout_id: str, entries: Iterable[Doc]) -> None:
         docs = {device_key(rollout_id, e["serial"]): e for e in entries}
         if docs:
-            await self._store.wait_durable(self._store.apply({ROLLOUT_DEVICES: docs}))
+            await self._store.wait_durable(self._apply({ROLLOUT_DEVICES: docs}))
+
+    def _next_window(self, entry: Doc, now: datetime, why: str) -> dict[str, Any]:
+        """The entry's changes for its next window, with a note saying why it moved."""
+        zone = self._zone(entry["site"])
+        window = entry["window"]
+        start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
+        new_start, new_end = window_after(start, max(end, now), now, zone)
+        new_end = max(new_end, new_start)
+        note = {
+            "code": "moved_to_next_window",
+            "text": f"{why}; next window {new_start.isoformat()}",
+        }
+        return {
+            "window": {"start": new_start.isoformat(), "end": new_end.isoformat()},
+            "notes": [*entry.get("notes", []), note],
+        }
 
     async def _move_missed_windows(
         self, rollout_id: str, entries: list[Doc], now: datetime
@@ -545,7 +691,7 @@ class RolloutService:
         moved: list[Doc] = []
         for entry in entries:
             window = entry.get("window")
-            if entry["status"] != "waiting_window" or not window or entry.get("job_id"):
+            if entry["status"] != DeviceStatus.WAITING_WINDOW or not window or entry.get("job_id"):
                 continue
             if entry["channel"] != "agent":
                 continue
@@ -560,12 +706,13 @@ class RolloutService:
                 f"next window {new_start.isoformat()}",
             }
             moved.append(
-                {
-                    **entry,
-                    "window": {"start": new_start.isoformat(), "end": new_end.isoformat()},
-                    "notes": [*entry.get("notes", []), note],
-                    "updated_at": now.isoformat(),
-                }
+                self._moved(
+                    entry,
+                    DeviceStatus.WAITING_WINDOW,
+                    now,
+                    window={"start": new_start.isoformat(), "end": new_end.isoformat()},
+                    notes=[*entry.get("notes", []), note],
+                )
             )
         await self._put_entries(rollout_id, moved)
 
@@ -575,7 +722,10 @@ class RolloutService:
         target = FirmwareVersion.parse(header["target"])
         changed: list[Doc] = []
         for entry in entries:
-            if entry["channel"] != "teams_admin_center" or entry["status"] != "waiting_window":
+            if (
+                entry["channel"] != "teams_admin_center"
+                or entry["status"] != DeviceStatus.WAITING_WINDOW
+            ):
                 continue
             device = self._store.get(DEVICES, entry["serial"]) or {}
             firmware = device.get("firmware") or {}
@@ -592,9 +742,8 @@ class RolloutService:
                     "kind": "teams_report",
                     "after": {"firmware": firmware, "collected_at": device.get("collected_at")},
                 }
-                changed.append(
-                    {**entry, "status": "done", "evidence": [*entry.get("evidence", []), evidence]}
-                )
+                evidence_kept = [*entry.get("evidence", []), evidence]
+                changed.append(self._moved(entry, DeviceStatus.DONE, now, evidence=evidence_kept))
             elif window and datetime.fromisoformat(window["end"]) < now:
                 failure = {
                     "at": now.isoformat(),
@@ -602,15 +751,12 @@ class RolloutService:
                     "check": "teams_not_delivered",
                     "detail": f"no report showed {header['target']} by {window['end']}",
                 }
-                changed.append(
-                    {**entry, "status": "failed", "failures": [*entry["failures"], failure]}
-                )
+                failures = [*entry["failures"], failure]
+                changed.append(self._moved(entry, DeviceStatus.FAILED, now, failures=failures))
         await self._put_entries(rollout_id, changed)
 
     async def _order(self, header: Doc, entries: list[Doc], now: datetime) -> None:
         """Order the next hop of devices whose window is open, wave by wave, per-site limited."""
-        if self._jobs is None or self._packages is None:
-            return
         rollout_id = header["id"]
         busy: Counter[str] = Counter(
             e["site"] for e in entries if e.get("job_id") and e["status"] not in FINAL_STATUSES
@@ -627,7 +773,7 @@ class RolloutService:
         if open_wave is None:
             return
         for entry in entries:
-            if entry["channel"] != "agent" or entry["status"] != "waiting_window":
+            if entry["channel"] != "agent" or entry["status"] != DeviceStatus.WAITING_WINDOW:
                 continue
             if entry.get("job_id") or entry.get("wave") != open_wave:
                 continue
@@ -662,15 +808,10 @@ class RolloutService:
                 )
             except JobPending:
                 continue  # another firmware job for this unit is pending: order at a later pass
-            ordered = {
-                **entry,
-                "status": "downloading",
-                "job_id": job["id"],
-                "updated_at": now.isoformat(),
-            }
+            ordered = self._moved(entry, DeviceStatus.DOWNLOADING, now, job_id=job["id"])
             # One change: the job exists exactly when the entry names it.
             await self._store.wait_durable(
-                self._store.apply(
+                self._apply(
                     {
                         JOBS: {job["id"]: job},
                         ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): ordered},
@@ -689,17 +830,14 @@ class RolloutService:
             if job is None:
                 # Ordered with the entry in one change: a missing job cannot happen but by
                 # hand; order it again in the next window rather than never.
-                await self._put_entries(
-                    rollout_id, [{**entry, "job_id": None, "status": "waiting_window"}]
-                )
+                lost = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, job_id=None)
+                await self._put_entries(rollout_id, [lost])
                 continue
             if job["status"] not in ("done", "failed", "refused"):
                 continue
             await self._apply_result(rollout_id, entry, job, now)
 
     def _evidence(self, job: Doc) -> dict[str, Any]:
-        if self._jobs is None:
-            return {}
         path = self._jobs.artifact_path(job["id"])
         if path is None:
             return {}
@@ -710,63 +848,79 @@ class RolloutService:
         return data if isinstance(data, dict) else {}
 
     async def _apply_result(self, rollout_id: str, entry: Doc, job: Doc, now: datetime) -> None:
+        """A finished job's result on its entry: the next hop, the next window, another
+        attempt or the end, as the result's failure code says (``FAILURE_RULES``)."""
         result = job.get("result") or {}
         detail = str(result.get("detail") or "")
+        code = result.get("code")
         hop_index = int(entry["hop_index"])
         hop = entry["hops"][hop_index] if hop_index < len(entry["hops"]) else {}
         evidence = self._evidence(job)
         kept = [*entry.get("evidence", [])]
         if evidence:
             kept.append({"job_id": job["id"], "hop": hop.get("version"), **evidence})
-        base = {**entry, "job_id": None, "evidence": kept, "updated_at": now.isoformat()}
         status = job["status"]
         extra: dict[str, dict[str, Doc]] = {}
         ticket: FaultEvent | None = None
         if status == "done":
-            base["hop_index"] = hop_index + 1
-            base["status"] = "done" if hop_index + 1 >= len(entry["hops"]) else "waiting_window"
+            last = hop_index + 1 >= len(entry["hops"])
+            updated = self._moved(
+                entry,
+                DeviceStatus.DONE if last else DeviceStatus.WAITING_WINDOW,
+                now,
+                job_id=None,
+                evidence=kept,
+                hop_index=hop_index + 1,
+            )
         elif status == "refused":
-            # In a call all window long, or off/unreachable: its next window (the plan says so).
-            zone = self._zone(entry["site"])
-            window = entry["window"]
-            start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
-            new_start, new_end = window_after(start, max(end, now), now, zone)
-            new_end = max(new_end, new_start)
-            base["window"] = {"start": new_start.isoformat(), "end": new_end.isoformat()}
-            base["notes"] = [
-                *entry.get("notes", []),
-                {
-                    "code": "moved_to_next_window",
-                    "text": f"{detail or 'not updated'}; next window {new_start.isoformat()}",
-                },
-            ]
-            base["status"] = "waiting_window"
+            # Not started (in a call all window long, off, unreachable): its next window,
+            # whatever the code says; nothing was done to the unit.
+            updated = self._moved(
+                entry,
+                DeviceStatus.WAITING_WINDOW,
+                now,
+                job_id=None,
+                evidence=kept,
+                **self._next_window(entry, now, detail or "not updated"),
+            )
         else:
+            # Shown as before codes existed; only an agent without codes is judged by it.
             check = detail.split(":", 1)[0] if ":" in detail else "failed"
+            rule = failure_rule(code, check)
             failure = {
                 "at": now.isoformat(),
                 "hop": hop.get("version"),
                 "check": check,
                 "detail": detail,
                 "job_id": job["id"],
+                **({"code": code} if code else {}),
             }
-            base["failures"] = [*entry["failures"], failure]
-            base["attempts"] = int(entry.get("attempts", 0)) + 1
-            returned = check != "did_not_return"
-            if len(base["failures"]) >= PENALTY_AFTER_FAILURES or not returned:
-                base["status"] = "failed"
+            failures = [*entry["failures"], failure]
+            changes: dict[str, Any] = {
+                "job_id": None,
+                "evidence": kept,
+                "failures": failures,
+                "attempts": int(entry.get("attempts", 0)) + 1,
+            }
+            penalty = rule.penalises and (rule.then == "fail" or penalty_due(failures))
+            if rule.then == "fail" or penalty:
+                updated = self._moved(entry, DeviceStatus.FAILED, now, **changes)
+            elif rule.then == "next_window":
+                changes |= self._next_window(entry, now, detail or "failed")
+                updated = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, **changes)
+            else:
+                updated = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, **changes)
+            if penalty:
                 extra[PENALTY_BOX] = {
                     entry["serial"]: {
                         "serial": entry["serial"],
                         "rollout_id": rollout_id,
                         "reason": f"{check} on {hop.get('version')}: {detail}"[:500],
                         "at": now.isoformat(),
-                        "failures": base["failures"],
+                        "failures": failures,
                     }
                 }
-            else:
-                base["status"] = "waiting_window"
-            if not returned:
+            if rule.ticket:
                 ticket = FaultEvent(
                     kind=FaultEventKind.OPENED,
                     subject=entry["serial"],
@@ -786,18 +940,22 @@ class RolloutService:
                         {"rollout": rollout_id, "hop": hop, "job_id": job["id"]},
                     ),
                 )
-        changes: dict[str, dict[str, Doc]] = {
-            ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): base},
+        changes_stored: dict[str, dict[str, Doc]] = {
+            ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): updated},
             **extra,
         }
-        await self._store.wait_durable(self._store.apply(changes))
+        await self._store.wait_durable(self._apply(changes_stored))
         if ticket is not None and self.file_ticket is not None:
             # After the entry is stored: a crash here repeats nothing but may miss the ticket,
             # which the unit's own silence then opens through the fault detector.
             await self.file_ticket(ticket)
 
     async def on_progress(self, job_id: str, site_id: str, progress: JobProgress) -> bool:
-        """An agent's word on a running update: the entry's status follows it."""
+        """An agent's word on a running update: the entry's status follows it.
+
+        IllegalMove (logged) when the entry is not under way, which the job naming it
+        rules out: nothing is stored then.
+        """
         job = self._store.get(JOBS, job_id)
         if job is None or job["site_id"] != site_id:
             return False
@@ -809,27 +967,24 @@ class RolloutService:
         if entry is None or entry.get("job_id") != job_id:
             return False
         if entry["status"] != progress.status:
-            updated = {
-                **entry,
-                "status": progress.status,
-                "progress_detail": progress.detail,
-                "updated_at": self._clock().isoformat(),
-            }
-            await self._store.wait_durable(self._store.apply({ROLLOUT_DEVICES: {key: updated}}))
+            updated = self._moved(
+                entry,
+                DeviceStatus(progress.status),
+                self._clock(),
+                progress_detail=progress.detail,
+            )
+            await self._store.wait_durable(self._apply({ROLLOUT_DEVICES: {key: updated}}))
         return True
 
     def metrics(self) -> tuple[Counter[str], Counter[str]]:
         """(rollouts by status, devices of live rollouts by their status) for ``/metrics``."""
         rollouts: Counter[str] = Counter()
-        live: set[str] = set()
-        for doc in self._store.scan(ROLLOUTS).values():
-            rollouts[doc["status"]] += 1
-            if doc["status"] in ("planned", "running", "paused", "halted"):
-                live.add(doc["id"])
         devices: Counter[str] = Counter()
-        for entry in self._store.scan(ROLLOUT_DEVICES).values():
-            if entry.get("rollout_id") in live:
-                devices[entry["status"]] += 1
+        for doc in list(self._store.scan(ROLLOUTS).values()):
+            rollouts[doc["status"]] += 1
+            if doc["status"] in _LIVE:
+                for entry in self.entries(doc["id"]):
+                    devices[entry["status"]] += 1
         return rollouts, devices
 
 
@@ -865,16 +1020,30 @@ def device_json(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
-    """A PlanRequest from the API's JSON body (the CLI's flags by the same names)."""
+def _checked(value: str, field: str, check: Callable[..., str], **limits: Any) -> str:
+    """``value`` through ``check``, one of the admin text checks, refused as a plan is."""
+    try:
+        return str(check(value, field=field, **limits))
+    except admin_input.AdminInputError as exc:
+        raise PlanError(field, exc.reason) from None
 
-    def text_list(name: str) -> tuple[str, ...]:
+
+def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
+    """A PlanRequest from the API's JSON body (the CLI's flags by the same names).
+
+    Every text goes through the admin text checks (``domain.admin_input``): a name, a site
+    or a serial holding a line break or an escape is refused with its field named.
+    """
+
+    def text_list(
+        name: str, check: Callable[..., str] = admin_input.display_name
+    ) -> tuple[str, ...]:
         value = body.get(name) or []
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise PlanError(name, "a list of texts expected")
-        return tuple(value)
+        return tuple(_checked(v, name, check) for v in value)
 
     def integer(name: str, default: int) -> int:
         value = body.get(name, default)
@@ -887,6 +1056,7 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
     target = body.get("target")
     if not isinstance(target, str) or not target.strip():
         raise PlanError("target", "the version to roll out is required (e.g. 4.2.2-408037)")
+    target = _checked(target, "target", admin_input.printable_text)
     waves = body.get("waves")
     if isinstance(waves, list):
         waves = ",".join(str(w) for w in waves)
@@ -901,17 +1071,26 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
     name = body.get("name") or ""
     if not isinstance(name, str):
         raise PlanError("name", "a text expected")
+    name = _checked(
+        name,
+        "name",
+        admin_input.printable_text,
+        max_chars=ROLLOUT_NAME_MAX_CHARS,
+        allow_empty=True,
+    )
+    criteria = body.get("abort_criteria")
     return PlanRequest(
-        target=target.strip(),
+        target=target,
         sites=text_list("sites"),
         models=text_list("models"),
         canary=integer("canary", 1),
-        waves=parse_waves(str(waves)) if waves else (10, 50, 100),
+        waves=parse_waves(str(waves)) if waves else DEFAULT_WAVES,
         window=Window.parse(str(body.get("window") or DEFAULT_WINDOW)),
         start=start_day,
         wave_gap=parse_gap(str(gap)) if gap else DEFAULT_WAVE_GAP,
-        max_failures=integer("max_failures", 10),
-        per_site=integer("per_site", 5),
+        max_failures=integer("max_failures", DEFAULT_MAX_FAILURES),
+        per_site=integer("per_site", DEFAULT_PER_SITE),
         name=name,
-        exclude=text_list("exclude"),
+        exclude=text_list("exclude", admin_input.serial),
+        abort_criteria=None if criteria is None else parse_abort_criteria(criteria),
     )

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from polyfleet.controller.domain.admin_input import AdminInputError, printable_text
 from polyfleet.controller.domain.faults import (
@@ -25,7 +27,17 @@ from polyfleet.controller.domain.faults import (
     DEFAULT_UNREACHABLE_MIN_DURATION,
     FaultPolicy,
 )
-from polyfleet.controller.domain.tickets import LANGUAGES, Language
+from polyfleet.controller.domain.language import Language
+from polyfleet.shared.config import (
+    ConfigError,
+    ConfigModel,
+    ConfigPath,
+    KeyProblem,
+    at_least,
+    check,
+    config_error,
+)
+from polyfleet.shared.schema import ProblemCode
 
 #: W7: the desk's e-mail and the escalation contact.
 DEFAULT_DESK_EMAIL = "pomoc@myhezo.pl"
@@ -45,7 +57,7 @@ DEFAULT_SIGNATURE_HEADER = "X-Polyfleet-Signature"
 DEFAULT_SENT_RETENTION_DAYS = 90.0
 
 
-class TicketConfigError(ValueError):
+class TicketConfigError(ConfigError):
     """A ticket setting is wrong; the message names ``section.key`` and the fix."""
 
 
@@ -118,118 +130,181 @@ class TicketSettings:
     escalation_webhook: WebhookSettings | None = None
 
 
-class _Table:
-    """Typed reads from one raw TOML table; errors name ``section.key``; unknown keys refused."""
-
-    def __init__(self, name: str, raw: Mapping[str, Any], base: Path) -> None:
-        self.name = name
-        self.raw = raw
-        self.base = base
-        self.used: set[str] = set()
-
-    def _get(self, key: str) -> Any:
-        self.used.add(key)
-        return self.raw.get(key)
-
-    def where(self, key: str) -> str:
-        return f"{self.name}.{key}"
-
-    def str_(self, key: str, default: str | None = None) -> str | None:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str) or not value.strip():
-            raise TicketConfigError(f"{self.where(key)} must be a non-empty string, got {value!r}")
-        return value.strip()
-
-    def int_(self, key: str, default: int, *, minimum: int = 1) -> int:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise TicketConfigError(f"{self.where(key)} must be an integer >= {minimum}")
-        return value
-
-    def float_(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise TicketConfigError(f"{self.where(key)} must be a number >= {minimum}")
-        return float(value)
-
-    def bool_(self, key: str, default: bool) -> bool:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise TicketConfigError(f"{self.where(key)} must be true or false")
-        return value
-
-    def path(self, key: str) -> Path | None:
-        text = self.str_(key)
-        if text is None:
-            return None
-        path = Path(text).expanduser()
-        return path if path.is_absolute() else self.base / path
-
-    def secret(self, key: str, env: Mapping[str, str]) -> Secret | None:
-        """``key`` inline, ``key_file`` (a file holding it) or ``key_env`` (a variable's name)."""
-        inline = self.str_(key)
-        from_file = self.path(f"{key}_file")
-        env_name = self.str_(f"{key}_env")
-        given = [x for x in (inline, from_file, env_name) if x is not None]
-        if len(given) > 1:
-            raise TicketConfigError(f"{self.name}: give only one of {key}, {key}_file, {key}_env")
-        if inline is not None:
-            return Secret(inline)
-        if from_file is not None:
-            try:
-                return Secret(from_file.read_text(encoding="utf-8").strip())
-            except OSError as exc:
-                raise TicketConfigError(
-                    f"{self.where(key + '_file')}: cannot read {from_file}: {exc.strerror}"
-                ) from exc
-        if env_name is not None:
-            value = env.get(env_name)
-            if not value:
-                raise TicketConfigError(
-                    f"{self.where(key + '_env')}: environment variable {env_name} is not set"
-                )
-            return Secret(value)
-        return None
-
-    def check_unknown(self) -> None:
-        unknown = sorted(set(self.raw) - self.used)
-        if unknown:
-            raise TicketConfigError(
-                f"{self.name}: unknown key(s) {', '.join(unknown)}; known: "
-                + ", ".join(sorted(self.used))
-            )
-
+# -- the file: [tickets], [smtp], [webhook], [escalation_webhook] -----------------------------
 
 #: An e-mail address as mail headers take it: one address, no display name, no spaces.
 _ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
 
 
-def _address(table: _Table, key: str, default: str | None) -> str | None:
-    """An e-mail address from ``key``: it goes into e-mail headers, so it is checked whole."""
-    value = table.str_(key, default)
-    if value is None:
-        return None
+def _address(value: str) -> str:
+    """An e-mail address: it goes into e-mail headers, so it is checked whole."""
     try:
-        text = printable_text(value, field=table.where(key), max_chars=254)
+        text = printable_text(value, field="address", max_chars=254)
     except AdminInputError as exc:
-        raise TicketConfigError(str(exc)) from None
+        raise ValueError(exc.reason) from None
     if not _ADDRESS.fullmatch(text):
-        raise TicketConfigError(
-            f"{table.where(key)}: {text!r} is not one e-mail address (like pomoc@myhezo.pl)"
-        )
+        raise ValueError(f"{text!r} is not one e-mail address (like pomoc@myhezo.pl)")
     return text
 
 
-def _seconds(table: _Table, key: str, default: timedelta) -> timedelta:
-    return timedelta(seconds=table.float_(key, default.total_seconds()))
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+    return value
+
+
+def _problem_codes(value: list[str]) -> list[str]:
+    known = [code.value for code in ProblemCode]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown problem codes {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    return value
+
+
+def _absent_when_empty(value: Any) -> Any:
+    # An empty table is the same as none: ``[smtp]`` with every key commented out sends nothing.
+    return None if value == {} else value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Address = Annotated[str, AfterValidator(_address)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Seconds = Annotated[float, at_least(0)]
+Count = Annotated[int, at_least(1)]
+
+
+def _one_secret(table: ConfigModel, key: str) -> None:
+    given = [
+        name for name in (key, f"{key}_file", f"{key}_env") if getattr(table, name) is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {key}, {key}_file, {key}_env")
+
+
+class TicketsSection(ConfigModel):
+    """``[tickets]``: when a problem is a fault, where tickets go, how delivery retries."""
+
+    enabled: bool = True
+    language: Language = DEFAULT_LANGUAGE
+    desk_email: Address = DEFAULT_DESK_EMAIL
+    escalation_email: Address = DEFAULT_ESCALATION_EMAIL
+    codes: Annotated[list[str], AfterValidator(_problem_codes)] = sorted(DEFAULT_TICKET_CODES)
+    min_reports: Count = DEFAULT_MIN_REPORTS
+    min_duration_s: Seconds = DEFAULT_MIN_DURATION.total_seconds()
+    unreachable_min_duration_s: Seconds = DEFAULT_UNREACHABLE_MIN_DURATION.total_seconds()
+    clear_after_s: Seconds = DEFAULT_CLEAR_AFTER.total_seconds()
+    flap_window_s: Seconds = DEFAULT_FLAP_WINDOW.total_seconds()
+    flap_count: Annotated[int, at_least(2)] = DEFAULT_FLAP_COUNT
+    site_unreachable_ratio: float = DEFAULT_SITE_UNREACHABLE_RATIO
+    site_min_devices: Count = DEFAULT_SITE_MIN_DEVICES
+    retry_base_s: Seconds = DEFAULT_RETRY_BASE_S
+    retry_max_s: Seconds = DEFAULT_RETRY_MAX_S
+    max_attempts: Count = DEFAULT_MAX_ATTEMPTS
+    max_attachment_bytes: Count = DEFAULT_MAX_ATTACHMENT_BYTES
+    check_interval_s: Annotated[float, at_least(0.01)] = DEFAULT_CHECK_INTERVAL_S
+    diagnostics_timeout_s: Seconds = DEFAULT_DIAGNOSTICS_TIMEOUT_S
+    sent_retention_days: Annotated[float, at_least(0)] = DEFAULT_SENT_RETENTION_DAYS
+
+    @model_validator(mode="after")
+    def _ratio(self) -> Self:
+        if not 0 < self.site_unreachable_ratio < 1:
+            raise KeyProblem(
+                "site_unreachable_ratio",
+                f"must be above 0 and below 1, not {self.site_unreachable_ratio!r}",
+            )
+        return self
+
+
+class SmtpSection(ConfigModel):
+    """``[smtp]``: e-mail to the desk."""
+
+    host: Text = Field(description="the mail relay tickets are sent through")
+    port: Count = DEFAULT_SMTP_PORT
+    sender: Address = Field(alias="from", description="the address tickets are sent from")
+    username: Text | None = None
+    password: Text | None = None
+    password_file: ConfigPath | None = None
+    password_env: Text | None = None
+    starttls: bool = True
+    ca_file: ConfigPath | None = None
+    timeout_s: Annotated[float, at_least(0.1)] = DEFAULT_TIMEOUT_S
+    #: Name given in EHLO; the host name when absent.
+    helo: Text | None = None
+
+    @model_validator(mode="after")
+    def _login(self) -> Self:
+        _one_secret(self, "password")
+        has_password = any(
+            value is not None for value in (self.password, self.password_file, self.password_env)
+        )
+        if (self.username is None) == has_password:
+            raise KeyProblem(
+                "username", "must be given together with password, password_file or password_env"
+            )
+        if has_password and not self.starttls:
+            # Never send a password in clear over the network.
+            raise KeyProblem("starttls", "must be true when a password is configured")
+        return self
+
+
+class WebhookSection(ConfigModel):
+    """``[webhook]`` and ``[escalation_webhook]``: signed JSON POSTs."""
+
+    url: HttpUrl = Field(description="the receiver's http:// or https:// URL")
+    secret: Text | None = None
+    secret_file: ConfigPath | None = None
+    secret_env: Text | None = None
+    signature_header: Text = DEFAULT_SIGNATURE_HEADER
+    ca_file: ConfigPath | None = None
+    timeout_s: Annotated[float, at_least(0.1)] = DEFAULT_TIMEOUT_S
+    max_bundle_bytes: Annotated[int, at_least(0)] = DEFAULT_WEBHOOK_BUNDLE_BYTES
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        _one_secret(self, "secret")
+        if self.secret is None and self.secret_file is None and self.secret_env is None:
+            raise KeyProblem("secret", "missing (or secret_file / secret_env)")
+        return self
+
+
+_EMPTY_IS_ABSENT = BeforeValidator(_absent_when_empty)
+
+
+class TicketSections(ConfigModel):
+    """The sections of ``controller.toml`` that tickets read."""
+
+    tickets: TicketsSection = TicketsSection()
+    smtp: Annotated[SmtpSection | None, _EMPTY_IS_ABSENT] = None
+    webhook: Annotated[WebhookSection | None, _EMPTY_IS_ABSENT] = None
+    #: Escalations only, to the escalation contact (W7); never the desk's own webhook.
+    escalation_webhook: Annotated[WebhookSection | None, _EMPTY_IS_ABSENT] = None
+
+    @model_validator(mode="after")
+    def _escalation_elsewhere(self) -> Self:
+        if (
+            self.webhook is not None
+            and self.escalation_webhook is not None
+            and self.webhook.url == self.escalation_webhook.url
+        ):
+            raise KeyProblem(
+                "escalation_webhook.url",
+                "must not be the desk's own webhook.url: an escalation goes to the escalation "
+                "contact; "
+                "give its receiver's URL (or leave [escalation_webhook] out)",
+            )
+        return self
+
+
+#: The sections :func:`ticket_settings` reads.
+TICKET_SECTIONS = tuple(TicketSections.model_fields)
 
 
 def ticket_settings(
@@ -237,131 +312,104 @@ def ticket_settings(
     *,
     base: Path | None = None,
     env: Mapping[str, str] | None = None,
+    source: str | Path | None = None,
 ) -> TicketSettings:
-    """Validate the raw ``[tickets]``, ``[smtp]`` and ``[webhook]`` tables."""
-    base = base or Path()
+    """Validate the raw ``[tickets]``, ``[smtp]`` and ``[webhook]`` tables (of ``source``)."""
     env = os.environ if env is None else env
-    t = _Table("tickets", sections.get("tickets", {}), base)
-    language = t.str_("language", DEFAULT_LANGUAGE)
-    if language not in LANGUAGES:
-        raise TicketConfigError(f"tickets.language must be one of {', '.join(LANGUAGES)}")
-    codes_raw = t._get("codes")
-    codes = DEFAULT_TICKET_CODES
-    if codes_raw is not None:
-        if not isinstance(codes_raw, list) or not all(isinstance(c, str) for c in codes_raw):
-            raise TicketConfigError("tickets.codes must be a list of problem codes")
-        codes = frozenset(codes_raw)
+    given = {name: sections[name] for name in TICKET_SECTIONS if name in sections}
     try:
-        policy = FaultPolicy(
-            min_reports=t.int_("min_reports", DEFAULT_MIN_REPORTS),
-            min_duration=_seconds(t, "min_duration_s", DEFAULT_MIN_DURATION),
-            unreachable_min_duration=_seconds(
-                t, "unreachable_min_duration_s", DEFAULT_UNREACHABLE_MIN_DURATION
-            ),
-            clear_after=_seconds(t, "clear_after_s", DEFAULT_CLEAR_AFTER),
-            flap_window=_seconds(t, "flap_window_s", DEFAULT_FLAP_WINDOW),
-            flap_count=t.int_("flap_count", DEFAULT_FLAP_COUNT, minimum=2),
-            site_unreachable_ratio=t.float_(
-                "site_unreachable_ratio", DEFAULT_SITE_UNREACHABLE_RATIO
-            ),
-            site_min_devices=t.int_("site_min_devices", DEFAULT_SITE_MIN_DEVICES),
-            ticket_codes=codes,
-        )
-    except ValueError as exc:
-        raise TicketConfigError(f"tickets.{exc}") from exc
-    settings = TicketSettings(
-        enabled=t.bool_("enabled", True),
-        language=language,
-        desk_email=_address(t, "desk_email", DEFAULT_DESK_EMAIL) or DEFAULT_DESK_EMAIL,
-        escalation_email=_address(t, "escalation_email", DEFAULT_ESCALATION_EMAIL)
-        or DEFAULT_ESCALATION_EMAIL,
+        checked = check(TicketSections, given, source=source, base=base)
+    except ConfigError as exc:
+        raise TicketConfigError(str(exc)) from None
+    t = checked.tickets
+    policy = FaultPolicy(
+        min_reports=t.min_reports,
+        min_duration=timedelta(seconds=t.min_duration_s),
+        unreachable_min_duration=timedelta(seconds=t.unreachable_min_duration_s),
+        clear_after=timedelta(seconds=t.clear_after_s),
+        flap_window=timedelta(seconds=t.flap_window_s),
+        flap_count=t.flap_count,
+        site_unreachable_ratio=t.site_unreachable_ratio,
+        site_min_devices=t.site_min_devices,
+        ticket_codes=frozenset(t.codes),
+    )
+    return TicketSettings(
+        enabled=t.enabled,
+        language=t.language,
+        desk_email=t.desk_email,
+        escalation_email=t.escalation_email,
         policy=policy,
-        retry_base=_seconds(t, "retry_base_s", timedelta(seconds=DEFAULT_RETRY_BASE_S)),
-        retry_max=_seconds(t, "retry_max_s", timedelta(seconds=DEFAULT_RETRY_MAX_S)),
-        max_attempts=t.int_("max_attempts", DEFAULT_MAX_ATTEMPTS),
-        max_attachment_bytes=t.int_("max_attachment_bytes", DEFAULT_MAX_ATTACHMENT_BYTES),
-        check_interval_s=t.float_("check_interval_s", DEFAULT_CHECK_INTERVAL_S, minimum=0.01),
-        diagnostics_timeout_s=t.float_(
-            "diagnostics_timeout_s", DEFAULT_DIAGNOSTICS_TIMEOUT_S, minimum=0.0
-        ),
-        sent_retention=timedelta(
-            days=t.float_("sent_retention_days", DEFAULT_SENT_RETENTION_DAYS, minimum=0.0)
-        ),
-        smtp=_smtp(sections.get("smtp"), base, env),
-        webhook=_webhook(sections.get("webhook"), base, env),
-        escalation_webhook=_webhook(
-            sections.get("escalation_webhook"), base, env, name="escalation_webhook"
-        ),
+        retry_base=timedelta(seconds=t.retry_base_s),
+        retry_max=timedelta(seconds=t.retry_max_s),
+        max_attempts=t.max_attempts,
+        max_attachment_bytes=t.max_attachment_bytes,
+        check_interval_s=t.check_interval_s,
+        diagnostics_timeout_s=t.diagnostics_timeout_s,
+        sent_retention=timedelta(days=t.sent_retention_days),
+        smtp=_smtp(checked.smtp, env, source),
+        webhook=_webhook(checked.webhook, env, source, "webhook"),
+        escalation_webhook=_webhook(checked.escalation_webhook, env, source, "escalation_webhook"),
     )
-    t.check_unknown()
-    if (
-        settings.webhook is not None
-        and settings.escalation_webhook is not None
-        and settings.webhook.url == settings.escalation_webhook.url
-    ):
-        raise TicketConfigError(
-            "escalation_webhook.url is the desk's own webhook.url: an escalation goes to the "
-            "escalation contact; give its receiver's URL (or leave [escalation_webhook] out)"
-        )
-    return settings
 
 
-def _smtp(raw: Mapping[str, Any] | None, base: Path, env: Mapping[str, str]) -> SmtpSettings | None:
-    if not raw:
+def _secret(
+    table: ConfigModel, key: str, env: Mapping[str, str], source: str | Path | None, section: str
+) -> Secret | None:
+    """``key`` inline, ``key_file`` (a file holding it) or ``key_env`` (a variable's name)."""
+    inline: str | None = getattr(table, key)
+    from_file: Path | None = getattr(table, f"{key}_file")
+    env_name: str | None = getattr(table, f"{key}_env")
+    if inline is not None:
+        return Secret(inline)
+    if from_file is not None:
+        try:
+            return Secret(from_file.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            problem = f"cannot read {from_file}: {exc.strerror}"
+            raise _error(source, (section, f"{key}_file"), problem) from exc
+    if env_name is not None:
+        value = env.get(env_name)
+        if not value:
+            problem = f"environment variable {env_name} is not set"
+            raise _error(source, (section, f"{key}_env"), problem)
+        return Secret(value)
+    return None
+
+
+def _error(source: str | Path | None, loc: tuple[str, ...], problem: str) -> TicketConfigError:
+    return TicketConfigError(str(config_error(source, loc, problem)))
+
+
+def _smtp(
+    table: SmtpSection | None, env: Mapping[str, str], source: str | Path | None
+) -> SmtpSettings | None:
+    if table is None:
         return None
-    s = _Table("smtp", raw, base)
-    host = s.str_("host")
-    sender = _address(s, "from", None)
-    if host is None:
-        raise TicketConfigError("smtp.host is required when [smtp] is present")
-    if sender is None:
-        raise TicketConfigError("smtp.from is required: the address tickets are sent from")
-    username = s.str_("username")
-    password = s.secret("password", env)
-    if (username is None) != (password is None):
-        raise TicketConfigError("smtp.username and smtp.password must be given together")
-    settings = SmtpSettings(
-        host=host,
-        port=s.int_("port", DEFAULT_SMTP_PORT),
-        username=username,
-        password=password,
-        sender=sender,
-        starttls=s.bool_("starttls", True),
-        ca_file=s.path("ca_file"),
-        timeout_s=s.float_("timeout_s", DEFAULT_TIMEOUT_S, minimum=0.1),
-        helo=s.str_("helo") or socket.gethostname(),
+    return SmtpSettings(
+        host=table.host,
+        port=table.port,
+        username=table.username,
+        password=_secret(table, "password", env, source, "smtp"),
+        sender=table.sender,
+        starttls=table.starttls,
+        ca_file=table.ca_file,
+        timeout_s=table.timeout_s,
+        helo=table.helo or socket.gethostname(),
     )
-    if settings.password is not None and not settings.starttls:
-        # Never send a password in clear over the network.
-        raise TicketConfigError("smtp.starttls must be true when a password is configured")
-    s.check_unknown()
-    return settings
 
 
 def _webhook(
-    raw: Mapping[str, Any] | None,
-    base: Path,
-    env: Mapping[str, str],
-    *,
-    name: str = "webhook",
+    table: WebhookSection | None, env: Mapping[str, str], source: str | Path | None, name: str
 ) -> WebhookSettings | None:
-    if not raw:
+    if table is None:
         return None
-    w = _Table(name, raw, base)
-    url = w.str_("url")
-    if url is None or not url.startswith(("http://", "https://")):
-        raise TicketConfigError(f"{name}.url must be an http:// or https:// URL")
-    secret = w.secret("secret", env)
-    if secret is None:
-        raise TicketConfigError(f"{name}.secret (or secret_file / secret_env) is required")
-    settings = WebhookSettings(
-        url=url,
+    secret = _secret(table, "secret", env, source, name)
+    assert secret is not None  # the section's validator requires one of the three
+    return WebhookSettings(
+        url=table.url,
         secret=secret,
-        signature_header=w.str_("signature_header", DEFAULT_SIGNATURE_HEADER)
-        or DEFAULT_SIGNATURE_HEADER,
-        ca_file=w.path("ca_file"),
-        timeout_s=w.float_("timeout_s", DEFAULT_TIMEOUT_S, minimum=0.1),
-        max_bundle_bytes=w.int_("max_bundle_bytes", DEFAULT_WEBHOOK_BUNDLE_BYTES, minimum=0),
+        signature_header=table.signature_header,
+        ca_file=table.ca_file,
+        timeout_s=table.timeout_s,
+        max_bundle_bytes=table.max_bundle_bytes,
     )
-    w.check_unknown()
-    return settings

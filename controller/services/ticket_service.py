@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import operator
-import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -39,6 +38,7 @@ from polyfleet.controller.domain.tickets import (
     render_ticket,
     ticket_id,
 )
+from polyfleet.controller.errors import NotFound
 from polyfleet.controller.services.delivery import (
     FAILED,
     OUTBOX,
@@ -49,6 +49,7 @@ from polyfleet.controller.services.delivery import (
     OutgoingMessage,
     Rendering,
     TicketOutbox,
+    message_ids,
     outbox_entries,
     utc_now,
 )
@@ -56,6 +57,7 @@ from polyfleet.controller.services.email import Attachment
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.store.base import AGENTS, SITES, Doc, Store
+from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.schema import Model, Snapshot
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ PRUNE_INTERVAL = timedelta(hours=1)
 #: on transitions so that a restart resumes detection where it stood.
 FAULT_STATE = "ticket_fault_state"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+#: Statuses of tickets still being worked on, as stored.
+ACTIVE_STATUSES = tuple(status.value for status in TicketStatus if status in ACTIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,46 +94,146 @@ class DiagnosticsSource(Protocol):
 
 
 class UnknownContract(TicketError):
-    """A contract number the asset registry does not know for the serial (W5)."""
+    """A contract number the asset registry does not know for the serial (W5): 409
+    ``unknown_contract`` on ``contract_number``, taken only with ``force``."""
 
     def __init__(self, ticket: str, serial: str | None, number: str, known: list[str]) -> None:
         held = f"it holds {', '.join(known)}" if known else "it holds none for it"
         where = f"serial {serial}" if serial else "this ticket"
         super().__init__(
             f"ticket {ticket}: the asset registry knows no contract {number!r} for {where} "
-            f"({held}); check the number, or give force (tickets fill --force) to use it anyway"
+            f"({held}); check the number, or give force (tickets fill --force) to use it anyway",
+            code="unknown_contract",
+            field="contract_number",
         )
 
 
-class TicketNotFound(KeyError):
+class TicketNotFound(NotFound, KeyError):
     def __init__(self, ticket: str) -> None:
-        super().__init__(ticket)
+        super().__init__(f"no ticket {ticket!r}; polyfleet controller tickets list shows them")
         self.ticket = ticket
 
-    def __str__(self) -> str:
-        return f"no ticket {self.ticket!r}; polyfleet controller tickets list shows them"
+
+@dataclass(frozen=True, kw_only=True)
+class _Indexed:
+    """What the index keeps of one ticket: enough to choose tickets without reading them."""
+
+    status: str
+    site: str | None
+    #: The ticket's device and, for a site ticket, every device it names.
+    serials: frozenset[str]
+    opened_at: datetime
+    closed_at: datetime | None
+    reopen_count: int
+
+
+class TicketIndex:
+    """Tickets by status, site and device, in memory: pages, listings and periodic checks read
+    the few tickets they need instead of parsing every one ever filed.
+
+    Built from the store once (``load``) and kept by every write of the ticket service
+    (``put``), which alone writes tickets.
+    """
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self._entries: dict[str, _Indexed] = {}
+        self._by_status: dict[str, set[str]] = {}
+        self._by_site: dict[str, set[str]] = {}
+        self._by_serial: dict[str, set[str]] = {}
+
+    def load(self, store: Store) -> None:
+        """Read every stored ticket's status, site and devices (the store is open)."""
+        self._entries.clear()
+        for groups in (self._by_status, self._by_site, self._by_serial):
+            groups.clear()
+        for key, doc in list(store.scan(TICKETS).items()):
+            try:
+                self.put(key, doc)
+            except (KeyError, TypeError, ValueError) as exc:
+                # One unreadable document must not keep the controller from starting.
+                log.warning("ticket %s is not listed: its document cannot be read (%r)", key, exc)
+        self.loaded = True
+
+    def put(self, key: str, doc: Doc) -> None:
+        """The ticket ``key`` is stored as ``doc`` now."""
+        self._drop(key)
+        serials = {doc.get("serial"), *(doc.get("affected_serials") or ())}
+        site, closed = doc.get("site"), doc.get("closed_at")
+        entry = _Indexed(
+            status=str(doc.get("status")),
+            site=None if site is None else str(site),
+            serials=frozenset(str(serial) for serial in serials if serial),
+            opened_at=datetime.fromisoformat(str(doc["opened_at"])),
+            closed_at=None if closed is None else datetime.fromisoformat(str(closed)),
+            reopen_count=int(doc.get("reopen_count") or 0),
+        )
+        self._entries[key] = entry
+        self._by_status.setdefault(entry.status, set()).add(key)
+        if entry.site is not None:
+            self._by_site.setdefault(entry.site, set()).add(key)
+        for serial in entry.serials:
+            self._by_serial.setdefault(serial, set()).add(key)
+
+    def _drop(self, key: str) -> None:
+        old = self._entries.pop(key, None)
+        if old is None:
+            return
+        self._by_status[old.status].discard(key)
+        if old.site is not None:
+            self._by_site[old.site].discard(key)
+        for serial in old.serials:
+            self._by_serial[serial].discard(key)
+
+    def ids(
+        self,
+        *,
+        statuses: Iterable[str] | None = None,
+        site: str | None = None,
+        serial: str | None = None,
+    ) -> list[str]:
+        """Ids of the tickets in one of ``statuses``, of ``site`` and naming ``serial`` (None:
+        any), newest first."""
+        groups: list[set[str]] = []
+        if statuses is not None:
+            groups.append(set().union(*(self._by_status.get(s, set()) for s in statuses)))
+        if site is not None:
+            groups.append(self._by_site.get(site, set()))
+        if serial is not None:
+            groups.append(self._by_serial.get(serial, set()))
+        found = set.intersection(*groups) if groups else set(self._entries)
+        entries = self._entries
+        return sorted(found, key=lambda key: (entries[key].opened_at, key), reverse=True)
+
+    def closed_since(self, moment: datetime, *, site: str | None = None) -> list[str]:
+        """Ids of the closed tickets (of ``site``) closed at ``moment`` or later, newest first."""
+        return [
+            key
+            for key in self.ids(statuses=(TicketStatus.CLOSED.value,), site=site)
+            if (closed := self._entries[key].closed_at) is not None and closed >= moment
+        ]
+
+    def status(self, key: str) -> str | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry.status
+
+    def reopen_count(self, key: str) -> int | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry.reopen_count
+
+    def active_by_serial(self) -> dict[str, tuple[str, ...]]:
+        """Serial -> ids of the tickets not closed that name the device, in id order."""
+        found: dict[str, list[str]] = {}
+        for key in self.ids(statuses=ACTIVE_STATUSES):
+            for serial in self._entries[key].serials:
+                found.setdefault(serial, []).append(key)
+        return {serial: tuple(sorted(keys)) for serial, keys in found.items()}
 
 
 def _round(purpose: str) -> int:
     """The reopening a message belongs to: ``ticket`` 0, ``reopened-2`` and ``escalation-2`` 2."""
     _, _, number = purpose.rpartition("-")
     return int(number) if number.isdigit() else 0
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    """Write beside, fsync, rename: a bundle is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TicketService:
@@ -149,8 +253,18 @@ class TicketService:
         diagnostics: DiagnosticsSource | None = None,
         clock: Clock = utc_now,
         data_dir: Path | None = None,
+        index: TicketIndex | None = None,
+        background: bool = True,
     ) -> None:
         self.store = store
+        #: Tickets by status, site and device (the controller's own, loaded with the store).
+        self.index = index if index is not None else TicketIndex()
+        if not self.index.loaded:
+            self.index.load(store)
+        #: False in an admin command serving the store itself: a ticket filled in or sent
+        #: there is collected and sent by the server when it starts (``resume``), not by a
+        #: process that ends with the command.
+        self.background = background
         #: The server's data directory, named in the fill command suggested for held tickets.
         self.data_dir = data_dir
         self.settings = settings
@@ -167,6 +281,7 @@ class TicketService:
             on_delivered=self._on_delivered,
             on_failed=self._on_failed,
             render=self.render_entry,
+            on_stored=self._stored,
         )
         self.outbox = TicketOutbox(store)
         self._lock = asyncio.Lock()
@@ -183,14 +298,56 @@ class TicketService:
             raise TicketNotFound(ticket)
         return Ticket.from_document(doc)
 
-    def tickets(self, *, status: str | None = None) -> list[Ticket]:
-        # Filtered before parsing: the periodic checks want the few open ones of many.
-        tickets = [
-            Ticket.from_document(doc)
-            for doc in list(self.store.scan(TICKETS).values())
-            if status is None or doc.get("status") == status
-        ]
-        return sorted(tickets, key=lambda t: t.opened_at, reverse=True)
+    def tickets(
+        self, *, status: str | None = None, site: str | None = None, serial: str | None = None
+    ) -> list[Ticket]:
+        """Tickets in ``status``, of ``site``, naming the device ``serial`` (None: any),
+        newest first; chosen by the index, so only those are read."""
+        statuses = None if status is None else (status,)
+        return self._read(self.index.ids(statuses=statuses, site=site, serial=serial))
+
+    def active_tickets(self, *, site: str | None = None) -> list[Ticket]:
+        """Tickets still being worked on (any status but closed), newest first."""
+        return self._read(self.index.ids(statuses=ACTIVE_STATUSES, site=site))
+
+    def closed_since(self, moment: datetime, *, site: str | None = None) -> list[Ticket]:
+        """Tickets closed at ``moment`` or later, newest first."""
+        return self._read(self.index.closed_since(moment, site=site))
+
+    def device_tickets(self, serial: str) -> list[Ticket]:
+        """The tickets of a device: its own and the site tickets that name it, newest first."""
+        return self._read(self.index.ids(serial=serial))
+
+    def open_tickets_by_serial(self) -> dict[str, tuple[str, ...]]:
+        """Serial -> ids of the tickets not closed that name the device (the rollout planner
+        holds such devices back)."""
+        return self.index.active_by_serial()
+
+    def _read(self, keys: Iterable[str]) -> list[Ticket]:
+        found: list[Ticket] = []
+        for key in keys:
+            doc = self.store.get(TICKETS, key)
+            if doc is not None:
+                found.append(Ticket.from_document(doc))
+        return found
+
+    def _records(self, collection: str, ticket: str | None) -> list[tuple[str, Doc]]:
+        """(key, record) of one outbox collection: a ticket's only, or all of them.
+
+        A ticket's records are looked up by the ids its messages can have (one per round,
+        purpose and channel: ``message_ids``), so a ticket page reads a handful, not them all.
+        """
+        if ticket is None:
+            return list(self.store.scan(collection).items())
+        rounds = self.index.reopen_count(ticket)
+        if rounds is None:
+            return []
+        found: list[tuple[str, Doc]] = []
+        for key in message_ids(ticket, rounds):
+            doc = self.store.get(collection, key)
+            if doc is not None:
+                found.append((key, doc))
+        return found
 
     def deliveries(self, ticket: str | None = None, *, state: str | None = None) -> list[Doc]:
         """Outbox records (of one ticket, in one state): ``pending``, ``sent`` or ``failed``
@@ -200,9 +357,9 @@ class TicketService:
         """
         found: list[Doc] = []
         for collection, kept in ((OUTBOX, "pending"), (SENT, "sent"), (FAILED, "failed")):
-            for key, doc in list(self.store.scan(collection).items()):
-                if ticket is not None and doc.get("ticket_id") != ticket:
-                    continue
+            if state not in (None, kept) and not (state == "retrying" and kept == "pending"):
+                continue
+            for key, doc in self._records(collection, ticket):
                 retrying = kept == "pending" and bool(doc.get("attempts"))
                 if state is None or state == kept or (state == "retrying" and retrying):
                     record = {**doc, "id": doc.get("id", key), "state": kept}
@@ -211,20 +368,23 @@ class TicketService:
                     found.append(record)
         return sorted(found, key=lambda d: str(d.get("created_at") or d.get("sent_at") or ""))
 
-    def delivery_states(self) -> dict[str, tuple[str, str | None]]:
-        """Ticket id -> (state of its current round's messages, the last error), for listings.
+    def delivery_state(self, ticket: str) -> tuple[str | None, str | None]:
+        """How the messages of the ticket's current round fare, and the last error: the
+        worst state wins (``failed``: given up, ``retrying``, ``pending``, ``sent``); (None,
+        None) when none is queued yet."""
+        return self._worst(self.deliveries(ticket)).get(ticket, (None, None))
 
-        The worst state wins: ``failed`` (given up), ``retrying``, ``pending``, ``sent``.
-        """
+    def delivery_states(self) -> dict[str, tuple[str, str | None]]:
+        """Ticket id -> (state of its current round's messages, the last error), for listings
+        of every ticket (see ``delivery_state``)."""
+        return self._worst(self.deliveries())
+
+    def _worst(self, records: Iterable[Doc]) -> dict[str, tuple[str, str | None]]:
         rank = {"sent": 0, "pending": 1, "retrying": 2, "failed": 3}
-        rounds = {
-            key: int(doc.get("reopen_count") or 0)
-            for key, doc in list(self.store.scan(TICKETS).items())
-        }
         states: dict[str, tuple[str, str | None]] = {}
-        for record in self.deliveries():
+        for record in records:
             key = str(record.get("ticket_id"))
-            if _round(str(record.get("purpose", ""))) != rounds.get(key, 0):
+            if _round(str(record.get("purpose", ""))) != (self.index.reopen_count(key) or 0):
                 continue
             state = "retrying" if record.get("retrying") else str(record["state"])
             current = states.get(key)
@@ -274,9 +434,7 @@ class TicketService:
         """
         now = self.clock()
         async with self._lock:
-            for ticket in self.tickets():
-                if ticket.site != site or ticket.status not in ACTIVE:
-                    continue
+            for ticket in self.active_tickets(site=site):
                 if state == "ahead":
                     ticket.note(now, "agent_clock_ahead", skew_s=f"{skew_s or 0:.0f}")
                 else:
@@ -482,15 +640,23 @@ class TicketService:
         return ticket
 
     async def _save(self, ticket: Ticket, extra: Mapping[str, Doc] | None = None) -> None:
-        puts: dict[str, dict[str, Doc]] = {TICKETS: {ticket.id: ticket.as_document()}}
+        doc = ticket.as_document()
+        puts: dict[str, dict[str, Doc]] = {TICKETS: {ticket.id: doc}}
         if extra:
             puts[OUTBOX] = dict(extra)
-        await self.store.wait_durable(self.store.apply(puts))
+        seq = self.store.apply(puts)
+        self.index.put(ticket.id, doc)
+        await self.store.wait_durable(seq)
+
+    def _stored(self, puts: Mapping[str, Mapping[str, Doc]]) -> None:
+        """The delivery worker stored these (a ticket marked sent, a failure noted)."""
+        for key, doc in puts.get(TICKETS, {}).items():
+            self.index.put(key, doc)
 
     # -- evidence and sending ---------------------------------------------------------
 
     def _prepare_later(self, key: str) -> None:
-        if key in self._preparing:
+        if key in self._preparing or not self.background:
             return
         task = asyncio.create_task(self._prepare(key), name=f"ticket-{key}")
         self._preparing[key] = task
@@ -532,7 +698,7 @@ class TicketService:
             else:
                 filename = _SAFE_NAME.sub("_", bundle.filename) or "diagnostics.bin"
                 path = self.bundle_dir / ticket.id / filename
-                await asyncio.to_thread(_write_file, path, bundle.content)
+                await asyncio.to_thread(write_atomically, path, bundle.content)
                 async with self._lock:
                     fresh = self.get(ticket.id)
                     fresh.bundle = Bundle(
@@ -576,7 +742,7 @@ class TicketService:
         # Written before the outbox entry that names it, so a send never misses it.
         path = self.bundle_dir / ticket.id / f"evidence-{purpose}.json"
         content = json.dumps(ticket.evidence, indent=2, ensure_ascii=False).encode()
-        await asyncio.to_thread(_write_file, path, content)
+        await asyncio.to_thread(write_atomically, path, content)
         evidence = Attachment(
             filename=f"evidence-{ticket.id}.json",
             path=path,
@@ -763,18 +929,18 @@ class TicketService:
         moment = now or self.clock()
         self._pruned_at = moment
         cutoff = moment - self.settings.sent_retention
-        tickets = self.store.scan(TICKETS)
         doomed: dict[str, list[str]] = {}
         for collection, stamp in ((SENT, "sent_at"), (FAILED, "failed_at")):
             for key, doc in list(self.store.scan(collection).items()):
                 when = doc.get(stamp)
                 if not isinstance(when, str) or datetime.fromisoformat(when) > cutoff:
                     continue
-                ticket = tickets.get(str(doc.get("ticket_id")))
+                ticket = str(doc.get("ticket_id"))
+                status, rounds = self.index.status(ticket), self.index.reopen_count(ticket)
                 finished = (
-                    ticket is None
-                    or ticket.get("status") == TicketStatus.CLOSED.value
-                    or _round(str(doc.get("purpose", ""))) < int(ticket.get("reopen_count", 0))
+                    status is None
+                    or status == TicketStatus.CLOSED.value
+                    or _round(str(doc.get("purpose", ""))) < (rounds or 0)
                 )
                 if finished:
                     doomed.setdefault(collection, []).append(key)
@@ -847,15 +1013,15 @@ class TicketService:
             closed = ticket.status is TicketStatus.CLOSED
             stale = sorted(
                 entry_id
-                for entry_id, doc in list(self.store.scan(OUTBOX).items())
+                for entry_id, doc in self._records(OUTBOX, key)
                 if doc.get("ticket_id") == key
                 and (closed or str(doc.get("purpose", "")).startswith("escalation"))
             )
             if stale:
                 ticket.note(now, "dropped", entries=", ".join(stale))
-            seq = self.store.apply(
-                {TICKETS: {ticket.id: ticket.as_document()}}, {OUTBOX: stale} if stale else None
-            )
+            doc = ticket.as_document()
+            seq = self.store.apply({TICKETS: {ticket.id: doc}}, {OUTBOX: stale} if stale else None)
+            self.index.put(ticket.id, doc)
             await self.store.wait_durable(seq)
         return ticket
 
@@ -870,9 +1036,7 @@ class TicketService:
             raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")
         # Deliveries given up on (e.g. a refused webhook, since fixed) may be tried again.
         given_up = [
-            entry_id
-            for entry_id, doc in list(self.store.scan(FAILED).items())
-            if doc.get("ticket_id") == key
+            entry_id for entry_id, doc in self._records(FAILED, key) if doc.get("ticket_id") == key
         ]
         if given_up:
             await self.store.wait_durable(self.store.apply({}, {FAILED: given_up}))

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from polyfleet.shared.durable import fsync_directory
+
 log = logging.getLogger(__name__)
 
 
@@ -37,13 +39,8 @@ def journal_generations(directory: Path) -> list[int]:
     return sorted(found)
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or a new file in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+#: Make a rename or a new file in a folder durable (the name its users here know it by).
+fsync_dir = fsync_directory
 
 
 def encode_json(value: Any) -> bytes:

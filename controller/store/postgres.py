@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +50,7 @@ from polyfleet.controller.store.base import (
     check_collection,
 )
 from polyfleet.controller.store.journal import encode_json
+from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_CLOSE_TIMEOUT_S = 30.0
 #: Longest pause between reconnection attempts.
 RECONNECT_MAX_S = 2.0
+#: Reconnection attempts of the writer: soon at first (a blip), jittered, up to RECONNECT_MAX_S.
+RECONNECT_BACKOFF = Backoff(first_s=0.1, max_s=RECONNECT_MAX_S, jitter=0.5)
 #: A waiting controller asks for the lock in rounds of this length (checking its connection).
 LOCK_WAIT_ROUND_S = 5.0
 #: The server drops a silent client's session (and with it the lock) after about
@@ -734,8 +736,8 @@ class PostgresStore:
                 if conn is not None:
                     conn.terminate()
                 log.debug("store %s: reconnect attempt %d: %s", self.shown_url, attempt, exc)
-                ceiling = min(RECONNECT_MAX_S, 0.05 * 2**attempt)
-                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))  # waits-for: back-off
+                delay = RECONNECT_BACKOFF.delay(attempt)
+                await asyncio.sleep(delay)  # waits-for: the next reconnection attempt
                 continue
             self._conn = conn
             self._backend_pid = conn.get_server_pid()

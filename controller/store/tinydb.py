@@ -62,6 +62,8 @@ from polyfleet.controller.store.journal import (
     journal_generations,
     read_journal,
 )
+from polyfleet.shared.durable import move_into_place, write_atomically
+from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,7 @@ class TinyDBStore:
         self.snapshot_interval_s = snapshot_interval_s
         self.journal_max_bytes = journal_max_bytes
         self.retry_max_s = retry_max_s
+        self._write_backoff = Backoff(first_s=RETRY_INITIAL_S, max_s=retry_max_s)
         self.flush_observers: list[FlushObserver] = []
         self._data: dict[str, dict[str, Doc]] = {}
         self._generation = 0
@@ -356,7 +359,7 @@ class TinyDBStore:
     # -- background writers ------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        delay = RETRY_INITIAL_S
+        failures = 0
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -375,15 +378,16 @@ class TinyDBStore:
                     self._failing(exc)
                     if self._closing:
                         return
+                    failures += 1
                     with contextlib.suppress(TimeoutError):
+                        delay = self._write_backoff.delay(failures)
                         await asyncio.wait_for(self._retry_now.wait(), delay)
-                    delay = min(delay * 2, self.retry_max_s)
                     continue
                 self._observe("journal", time.perf_counter() - started)
                 self._durable_seq = batch[-1][0]
                 if self._failure is not None:
                     self._recovered()
-                    delay = RETRY_INITIAL_S
+                    failures = 0
                 self._notify()
                 if self._journal.bytes_written >= self.journal_max_bytes:
                     self._checkpoint_wanted.set()
@@ -545,8 +549,7 @@ class TinyDBStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-        fsync_dir(snapshots)
+        move_into_place(tmp, final)
 
     def _write_snapshot_files(self, tmp: Path, copy: dict[str, dict[str, Doc]]) -> None:
         tmp.mkdir(mode=0o700)
@@ -570,13 +573,7 @@ class TinyDBStore:
         fsync_dir(tmp)
 
     def _commit_snapshot(self, generation: int) -> None:
-        current_tmp = self.directory / "CURRENT.tmp"
-        with open(current_tmp, "w", encoding="ascii") as handle:
-            handle.write(f"{generation}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(current_tmp, self.directory / "CURRENT")
-        fsync_dir(self.directory)
+        write_atomically(self.directory / "CURRENT", f"{generation}\n")
         journal_dir = self.directory / "journal"
         for old in journal_generations(journal_dir):
             if old < generation:

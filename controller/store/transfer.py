@@ -17,7 +17,6 @@ A backup file is gzip-compressed JSON lines: a header ``{"format": "polyfleet-ba
 from __future__ import annotations
 
 import gzip
-import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from polyfleet.controller.store.base import Doc, StoreError, StoreLocked
-from polyfleet.controller.store.journal import encode_json, fsync_dir
+from polyfleet.controller.store.journal import encode_json
 from polyfleet.controller.store.postgres import (
     PostgresStore,
     decode_json,
@@ -34,6 +33,7 @@ from polyfleet.controller.store.postgres import (
     redact_url,
 )
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.shared.durable import StagedFile
 
 #: Every document of a store: collection -> key -> document.
 Collections = dict[str, dict[str, Doc]]
@@ -183,19 +183,9 @@ def compare(
 
 def write_backup(path: Path, data: Mapping[str, Mapping[str, Doc]], *, source: str) -> int:
     """Write ``data`` to ``path`` atomically (a temporary file, fsynced, renamed); documents."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    count = 0
-    try:
-        with open(tmp, "wb") as raw:
-            os.chmod(tmp, 0o600)
-            count = write_backup_stream(raw, data, source=source)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent.resolve())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with StagedFile(path.parent, name=path.name) as staged:
+        count = write_backup_stream(staged.handle, data, source=source)
+        staged.commit(path)
     return count
 
 

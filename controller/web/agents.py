@@ -3,48 +3,17 @@ enrollment codes for a site's agent, shown once."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from polyfleet.controller.api.spec import ADMINS
-from polyfleet.controller.keys import ACCESS, INVENTORY, STORE
+from polyfleet.controller.features import access, sites
+from polyfleet.controller.http.spec import ADMINS
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import UnknownSite
-from polyfleet.controller.store.base import AGENTS, EVENTS, Doc
 from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import audit_action, form_of, page
-
-#: Notices listed per agent (the newest).
-NOTICES_SHOWN = 5
-
-
-def _agents(request: web.Request) -> list[dict[str, Any]]:
-    inventory = request.app[INVENTORY]
-    store = request.app[STORE]
-    notices: dict[str, list[Doc]] = {}
-    events = store.scan(EVENTS)
-    for key in sorted(events, reverse=True):
-        event = events[key]
-        if event["kind"] != "agent_notice":
-            continue
-        agent_id = str(event["data"].get("agent_id", ""))
-        shown = notices.setdefault(agent_id, [])
-        if len(shown) < NOTICES_SHOWN:
-            shown.append(event)
-    found = []
-    for agent_id, doc in sorted(store.scan(AGENTS).items(), key=lambda item: item[1]["site_id"]):
-        last_call: datetime | None = inventory.agent_last_call(agent_id)
-        found.append(
-            {
-                **doc,
-                "last_call": last_call.isoformat() if last_call else doc.get("last_seen"),
-                "status": inventory.agent_status(agent_id),
-                "notices": notices.get(agent_id, []),
-            }
-        )
-    return found
+from polyfleet.controller.web.security import dashboard_caller, form_of, page
 
 
 def _page(
@@ -54,7 +23,8 @@ def _page(
     error: str | None = None,
     status: int = 200,
 ) -> web.Response:
-    sites = request.app[INVENTORY].sites()
+    core, caller = request.app[CORE], dashboard_caller(request)
+    found_sites = sites.list_sites(core, caller)
     session = request[SESSION]
     return render(
         request,
@@ -63,10 +33,10 @@ def _page(
             "nav": "agents",
             # The page that shows an enrollment code is never refreshed: the code shows once.
             "live": invite is None and error is None,
-            "sites": sites,
-            "site_names": {site["id"]: site["name"] for site in sites},
-            "zones": {site["id"]: site["timezone"] for site in sites},
-            "agents": _agents(request),
+            "sites": found_sites,
+            "site_names": {site["id"]: site["name"] for site in found_sites},
+            "zones": {site["id"]: site["timezone"] for site in found_sites},
+            "agents": access.agent_statuses(core, caller),
             "can_invite": session is not None and session.principal.role in ADMINS,
             "invite": invite,
             "error": error,
@@ -88,12 +58,10 @@ async def create_invite(request: web.Request) -> web.Response:
     if not site:
         return _page(request, error=translator(request).gettext("Choose a site."), status=400)
     try:
-        code, expires = await request.app[ACCESS].create_invite(site)
+        invite = await sites.invite_agent(request.app[CORE], dashboard_caller(request), site)
     except UnknownSite as exc:
         return _page(request, error=str(exc), status=404)
-    details = {"expires_at": expires.isoformat()}
-    await audit_action(request, "invite.create", f"site:{site}", details, site=site)
-    return _page(request, invite={"code": code, "site": site, "expires_at": expires.isoformat()})
+    return _page(request, invite=invite)
 
 
 def register(app: web.Application) -> None:

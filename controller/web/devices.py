@@ -9,24 +9,20 @@ from typing import Any
 
 from aiohttp import web
 
-from polyfleet.controller.api.entitlement import CATALOGUES, verdict_lookup
-from polyfleet.controller.api.rollouts import ROLLOUTS
-from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.domain.entitlement import FLAGS
-from polyfleet.controller.keys import CLOCK, INVENTORY, JOBS, STORE
+from polyfleet.controller.errors import InvalidInput
+from polyfleet.controller.features import devices
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.device_table import (
     CSV_COLUMNS,
     SORT_KEYS,
     DeviceQuery,
     DeviceRows,
     csv_row,
-    query_devices,
 )
-from polyfleet.controller.services.inventory import InvalidInput, UnknownDevice
-from polyfleet.controller.store.base import DEVICES, SITES, Doc
 from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import page
+from polyfleet.controller.web.security import dashboard_caller, page
 from polyfleet.controller.web.settings import MAX_PAGE_SIZE
 from polyfleet.controller.web.timeline import timeline
 from polyfleet.shared.schema import HealthState, Model, Provider
@@ -50,24 +46,16 @@ def _paging(request: web.Request) -> tuple[int, int]:
     return (int(page_text) if page_text else 1), (int(per_text) if per_text else default)
 
 
-def _options(request: web.Request, sites: list[Doc]) -> dict[str, Any]:
-    """The choices of each filter, from what the inventory holds."""
-    site = request.query.get("site") or None
-    rooms: set[str] = set()
-    versions: set[str] = set()
-    for device in request.app[STORE].scan(DEVICES).values():
-        if (site is None or device.get("site_id") == site) and device.get("room"):
-            rooms.add(str(device["room"]))
-        version = (device.get("firmware") or {}).get("version")
-        if version:
-            versions.add(str(version))
+def _options(request: web.Request) -> dict[str, Any]:
+    """The choices of each filter: what the inventory holds, and the fixed ones."""
+    choices = devices.filter_choices(
+        request.app[CORE], dashboard_caller(request), site=request.query.get("site") or None
+    )
     return {
-        "sites": sites,
-        "rooms": sorted(rooms, key=str.casefold),
+        **choices,
         "models": [m.value for m in Model],
         "providers": [p.value for p in Provider],
         "health": [h.value for h in HealthState],
-        "firmware": sorted(versions),
         "flags": list(FLAGS),
     }
 
@@ -78,21 +66,20 @@ async def devices_page(request: web.Request) -> web.Response:
     page_number, per_page = 1, request.app[SETTINGS].page_size
     query = DeviceQuery()
     found = DeviceRows(rows=[], total=0)
-    verdict_of = await verdict_lookup(request.app)
+    flags: dict[str, tuple[str, ...]] = {}
     try:
         page_number, per_page = _paging(request)
         query = DeviceQuery.parse(request.query)
         query = replace(query, offset=(page_number - 1) * per_page, limit=per_page)
-        found = query_devices(request.app[INVENTORY], query, verdict_of)
+        found, flags = await devices.device_table(
+            request.app[CORE], dashboard_caller(request), query
+        )
     except InvalidInput as exc:
+        # The table stays, with the filter that cannot be read named above it.
         error = translator(request).gettext("{field}: {problem}", field=exc.field, problem=str(exc))
-    flags: dict[str, tuple[str, ...]] = {}
-    for row in found.rows:
-        verdict = verdict_of(row["serial"])
-        flags[row["serial"]] = verdict.flags if verdict is not None else ()
     pages = max(1, -(-found.total // per_page))
-    sites = request.app[INVENTORY].sites()
-    zones = {site["id"]: site["timezone"] for site in sites}
+    options = _options(request)
+    zones = {site["id"]: site["timezone"] for site in options["sites"]}
     return render(
         request,
         "devices.html",
@@ -109,7 +96,7 @@ async def devices_page(request: web.Request) -> web.Response:
             "pages": pages,
             "per_page": per_page,
             "page_sizes": PAGE_SIZES,
-            "options": _options(request, sites),
+            "options": options,
             "zones": zones,
             "selected": {key: request.query.get(key, "") for key in request.query},
         },
@@ -124,16 +111,14 @@ def _cell(value: str) -> str:
 @page("The device table's rows as CSV: every page of the current view, in its order")
 async def devices_csv(request: web.Request) -> web.StreamResponse:
     query = replace(DeviceQuery.parse(request.query), offset=0, limit=None)
-    verdict_of = await verdict_lookup(request.app)
-    found = query_devices(request.app[INVENTORY], query, verdict_of)
+    found, flags = await devices.device_table(request.app[CORE], dashboard_caller(request), query)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(EXPORT_COLUMNS)
     for device in found.rows:
-        verdict = verdict_of(device["serial"])
-        row = [*csv_row(device), " ".join(verdict.flags if verdict is not None else ())]
+        row = [*csv_row(device), " ".join(flags[device["serial"]])]
         writer.writerow([_cell(value) for value in row])
-    stamp = request.app[CLOCK]().strftime("%Y%m%d-%H%M")
+    stamp = request.app[CORE].clock().strftime("%Y%m%d-%H%M")
     return web.Response(
         body=out.getvalue().encode("utf-8"),
         headers={
@@ -144,61 +129,31 @@ async def devices_csv(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _device_or_none(request: web.Request, serial: str | None) -> Doc | None:
-    if not serial:
-        return None
-    try:
-        detail: Doc = request.app[INVENTORY].device_detail(serial)
-    except UnknownDevice:
-        return None
-    return detail
-
-
 @page("One device: snapshot, peripherals, health history, entitlement, tickets, jobs, reports")
 async def device_page(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
-    app = request.app
-    detail = app[INVENTORY].device_detail(serial)
-    site = app[STORE].get(SITES, detail["site"]) or {}
-    verdict = (await verdict_lookup(app))(serial)
-    plans = app[CATALOGUES].plans
-    plan = plans.plans.get(verdict.plan) if verdict is not None and verdict.plan else None
-    service = app[TICKET_DESK].service
-    tickets = (
-        [
-            ticket
-            for ticket in service.tickets()
-            if ticket.serial == serial or serial in ticket.affected_serials
-        ]
-        if service is not None
-        else None
-    )
-    reports = app[INVENTORY].recent_reports(serial)
-    rollouts = app[ROLLOUTS].device_history(serial)
-    now = app[CLOCK]()
+    core = request.app[CORE]
+    found = await devices.device_page(core, dashboard_caller(request), serial)
+    site = found.site or {}
     return render(
         request,
         "device.html",
         {
             "nav": "devices",
             "live": True,
-            "d": detail,
-            "zone": site.get("timezone") or app[SETTINGS].timezone,
+            "d": found.detail,
+            "zone": site.get("timezone") or request.app[SETTINGS].timezone,
             "site": site,
-            "host": _device_or_none(request, detail.get("host_serial")),
-            "cameras": [_device_or_none(request, camera) for camera in detail["cameras"]],
-            "verdict": verdict,
-            "plan": plan,
-            "plans": plans,
-            "tickets": tickets,
-            "jobs": sorted(
-                app[JOBS].find(serial=serial),
-                key=lambda job: str(job.get("created_at", "")),
-                reverse=True,
-            ),
-            "reports": list(reversed(reports)),
-            "rollouts": rollouts,
-            "timeline": timeline(detail["health_history"], now),
+            "host": found.host,
+            "cameras": found.cameras,
+            "verdict": found.verdict,
+            "plan": found.plan,
+            "plans": found.plans,
+            "tickets": found.tickets,
+            "jobs": found.jobs,
+            "reports": found.reports,
+            "rollouts": found.rollouts,
+            "timeline": timeline(found.detail["health_history"], core.clock()),
         },
     )
 

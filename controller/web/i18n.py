@@ -1,18 +1,19 @@
-"""The dashboard's languages: English as written in the templates, Polish from a catalogue."""
+"""The dashboard's languages: English as written in the templates, Polish from the catalogue."""
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Language = Literal["en", "pl"]
-LANGUAGES: tuple[Language, ...] = ("en", "pl")
+from polyfleet.controller.domain import language as texts
+from polyfleet.controller.domain.language import Language
+from polyfleet.controller.domain.language import polish_plural as polish_plural
+
 DEFAULT_LANGUAGE: Language = "en"
-CATALOGUE_DIR = Path(__file__).resolve().parent / "translations"
+#: The catalogue's table of the dashboard's texts (keyed by their English).
+TABLE = "dashboard"
 
 
 def negotiate(accept_language: str | None) -> Language:
@@ -45,29 +46,16 @@ def negotiate(accept_language: str | None) -> Language:
     return best[2] if best is not None else DEFAULT_LANGUAGE
 
 
-def polish_plural(n: int) -> int:
-    """Which Polish form: 1 urządzenie, 2-4 urządzenia (not 12-14), 5 urządzeń."""
-    if n == 1:
-        return 0
-    if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14):
-        return 1
-    return 2
-
-
 @cache
 def catalogue(language: Language) -> Mapping[str, str | list[str]]:
     """English text -> its translation (a list of plural forms for plural messages)."""
     if language == "en":
         return {}
-    path = CATALOGUE_DIR / f"{language}.toml"
-    with path.open("rb") as handle:
-        data = tomllib.load(handle)
-    for key, value in data.items():
-        if not isinstance(value, str) and not (
-            isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)
-        ):
-            raise ValueError(f"{path}: {key!r} must be a text or a list of three plural forms")
-    return data
+    table = texts.catalogue(language).get(TABLE, {})
+    for key, value in table.items():
+        if isinstance(value, list) and len(value) != 3:
+            raise ValueError(f"{language}: {TABLE}.{key!r} must list three plural forms")
+    return table
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from polyfleet.controller.api.overview import overview_of
+from polyfleet.controller.features import overview
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render
-from polyfleet.controller.web.security import page
+from polyfleet.controller.web.security import dashboard_caller, page
 
 
 @page("Kiosk: the overview for a wall screen", kiosk=True)
 async def kiosk_page(request: web.Request) -> web.Response:
-    data = await overview_of(request.app)
+    data = await overview.overview(request.app[CORE], dashboard_caller(request))
     zones = {site["id"]: site["timezone"] for site in data["sites"]}
     return render(
         request,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from polyfleet.controller.api.overview import overview_of
+from polyfleet.controller.features import overview
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import Doc
 from polyfleet.controller.web.render import render
-from polyfleet.controller.web.security import page
+from polyfleet.controller.web.security import dashboard_caller, page
 
 
 def firmware_groups(rows: list[Doc]) -> list[Doc]:
@@ -40,7 +41,7 @@ def firmware_groups(rows: list[Doc]) -> list[Doc]:
 
 @page("Overview")
 async def overview_page(request: web.Request) -> web.Response:
-    data = await overview_of(request.app)
+    data = await overview.overview(request.app[CORE], dashboard_caller(request))
     zones = {site["id"]: site["timezone"] for site in data["sites"]}
     return render(
         request,

@@ -9,32 +9,25 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from polyfleet.controller.api.entitlement import CATALOGUES
-from polyfleet.controller.api.errors import ApiError
-from polyfleet.controller.api.overview import ROLLOUTS_UNDER_WAY
-from polyfleet.controller.api.rollouts import ROLLOUTS
-from polyfleet.controller.api.spec import ADMINS
-from polyfleet.controller.domain.rollout import DEVICE_STATUSES, REASON_CODES, PlanError
-from polyfleet.controller.keys import INVENTORY, STORE
-from polyfleet.controller.services.rollout import (
-    TRANSITIONS,
-    RolloutConflict,
-    UnknownRollout,
-    request_from_json,
+from polyfleet.controller.domain.rollout import (
+    DEVICE_STATUSES,
+    REASON_CODES,
+    PlanError,
+    stored_abort_criteria,
 )
-from polyfleet.controller.store.base import SITES
-from polyfleet.controller.web.keys import SESSION, SETTINGS
+from polyfleet.controller.errors import Invalid
+from polyfleet.controller.features import rollouts, sites
+from polyfleet.controller.features.caller import Permission
+from polyfleet.controller.http.spec import ADMINS
+from polyfleet.controller.keys import CORE
+from polyfleet.controller.services.rollout import RolloutConflict
+from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render
-from polyfleet.controller.web.security import audit_action, form_of, page
+from polyfleet.controller.web.security import dashboard_caller, form_of, page
 from polyfleet.shared.schema import Model
 
 _FORM_TEXT = ("target", "canary", "waves", "window", "start", "wave_gap", "max_failures")
 _FORM_INTEGERS = ("canary", "max_failures", "per_site")
-
-
-def _is_admin(request: web.Request) -> bool:
-    session = request[SESSION]
-    return session is not None and session.principal.role in ADMINS
 
 
 def plan_body(form: MultiDictProxy[Any]) -> dict[str, Any]:
@@ -43,7 +36,8 @@ def plan_body(form: MultiDictProxy[Any]) -> dict[str, Any]:
     for name in (*_FORM_TEXT, "per_site", "name"):
         value = form.get(name)
         if isinstance(value, str) and value.strip():
-            body[name] = value.strip()
+            # The name as typed: the text checks see every character of it.
+            body[name] = value if name == "name" else value.strip()
     for name in _FORM_INTEGERS:
         if name in body:
             text = body[name]
@@ -69,27 +63,24 @@ async def _list_page(
     error_field: str | None = None,
     status: int = 200,
 ) -> web.Response:
-    service = request.app[ROLLOUTS]
-    releases = await request.app[CATALOGUES].releases()
-    rollouts = service.rollouts()
-    live = [service.progress(r["id"]) for r in rollouts if r["status"] in ROLLOUTS_UNDER_WAY]
+    core, caller = request.app[CORE], dashboard_caller(request)
     return render(
         request,
         "rollouts.html",
         {
             "nav": "rollouts",
             "live": form is None and preview is None and error is None,
-            "rollouts": rollouts,
-            "running": live,
-            "penalty": service.penalty_box(),
-            "releases": [release.text for release in reversed(releases.releases)],
-            "sites": request.app[INVENTORY].sites(),
+            "rollouts": rollouts.list_rollouts(core, caller),
+            "running": rollouts.rollouts_under_way(core, caller),
+            "penalty": rollouts.penalty_box(core, caller),
+            "releases": await rollouts.target_releases(core, caller),
+            "sites": sites.list_sites(core, caller),
             "models": [model.value for model in Model if model is not Model.UNKNOWN],
             "form": form or {},
             "preview": preview,
             "error": error,
             "error_field": error_field,
-            "can_act": _is_admin(request),
+            "can_act": caller.may(Permission.OPERATE),
         },
         status=status,
     )
@@ -107,32 +98,21 @@ async def rollout_create(request: web.Request) -> web.StreamResponse:
         "sites": form.getall("sites", []),
         "models": form.getall("models", []),
     }
-    catalogues = request.app[CATALOGUES]
-    releases = await catalogues.releases()
-    service = request.app[ROLLOUTS]
-    session = request[SESSION]
-    assert session is not None
+    core, caller = request.app[CORE], dashboard_caller(request)
+    # A preview first; the plan is stored only once confirmed (by the browser or, without
+    # JavaScript, by the form this page then shows).
+    storing = form.get("step") == "create" and form.get("confirmed") == "1"
     try:
-        plan_request = request_from_json(plan_body(form))
-        if form.get("step") != "create":
-            preview = service.preview(plan_request, plans=catalogues.plans, releases=releases)
-            return await _list_page(request, form=shown, preview=preview)
-        if form.get("confirmed") != "1":
-            preview = service.preview(plan_request, plans=catalogues.plans, releases=releases)
-            return await _list_page(request, form={**shown, "confirm": True}, preview=preview)
-        stored = await service.plan(
-            plan_request,
-            plans=catalogues.plans,
-            releases=releases,
-            created_by=session.principal.name,
-        )
-    except PlanError as exc:
+        plan = await rollouts.plan_rollout(core, caller, plan_body(form), dry_run=not storing)
+    except Invalid as exc:
+        # The form again, with what was typed and the field at fault named.
         return await _list_page(
-            request, form=shown, error=str(exc), error_field=exc.field, status=422
+            request, form=shown, error=exc.message, error_field=exc.field, status=exc.status
         )
-    details = {"target": stored["target"], "devices": stored["summary"]["devices"]}
-    await audit_action(request, "rollout.plan", f"rollout:{stored['id']}", details)
-    raise web.HTTPSeeOther(f"/rollouts/{stored['id']}")
+    if not storing:
+        confirm = {"confirm": True} if form.get("step") == "create" else {}
+        return await _list_page(request, form=shown | confirm, preview=plan)
+    raise web.HTTPSeeOther(f"/rollouts/{plan['id']}")
 
 
 def _rollout_page(
@@ -143,18 +123,13 @@ def _rollout_page(
     confirm: str | None = None,
     status: int = 200,
 ) -> web.Response:
-    service = request.app[ROLLOUTS]
-    try:
-        rollout = service.rollout(rollout_id)
-        progress = service.progress(rollout_id)
-    except UnknownRollout as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+    core, caller = request.app[CORE], dashboard_caller(request)
+    rollout = rollouts.rollout(core, caller, rollout_id)
+    progress = rollouts.rollout_status(core, caller, rollout_id)
     zones = {
-        site_id: str(site.get("timezone") or request.app[SETTINGS].timezone)
-        for site_id, site in request.app[STORE].scan(SITES).items()
+        site["id"]: str(site.get("timezone") or request.app[SETTINGS].timezone)
+        for site in sites.list_sites(core, caller)
     }
-    actions = [action for action, allowed in TRANSITIONS.items() if rollout["status"] in allowed]
-    waves = rollout["waves"]
     by_wave: dict[int | None, list[dict[str, Any]]] = {}
     for device in rollout["devices"]:
         by_wave.setdefault(device.get("wave"), []).append(device)
@@ -166,12 +141,13 @@ def _rollout_page(
             "live": error is None and confirm is None,
             "r": rollout,
             "progress": progress,
-            "waves": waves,
+            "waves": rollout["waves"],
             "by_wave": by_wave,
+            "criteria": stored_abort_criteria(rollout),
             "statuses": DEVICE_STATUSES,
             "reason_codes": REASON_CODES,
             "zones": zones,
-            "actions": actions if _is_admin(request) else [],
+            "actions": rollouts.allowed_actions(caller, rollout["status"]),
             "error": error,
             "confirm": confirm,
             "done": request.query.get("done"),
@@ -189,30 +165,21 @@ async def rollout_page(request: web.Request) -> web.Response:
 async def rollout_action(request: web.Request) -> web.StreamResponse:
     rollout_id = request.match_info["rollout_id"]
     form = await form_of(request)
-    action = str(form.get("action") or "")
-    if action not in TRANSITIONS:
-        raise ApiError(404, "not_found", f"no action {action!r}: {', '.join(TRANSITIONS)}")
+    action = rollouts.checked_action(str(form.get("action") or ""))
     if form.get("confirmed") != "1":
         return _rollout_page(request, rollout_id, confirm=action)
-    session = request[SESSION]
-    assert session is not None
     try:
-        result = await request.app[ROLLOUTS].act(rollout_id, action, by=session.principal.name)
-    except UnknownRollout as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+        await rollouts.act(request.app[CORE], dashboard_caller(request), rollout_id, action)
     except RolloutConflict as exc:
-        return _rollout_page(request, rollout_id, error=str(exc), status=409)
-    details = {"status": result["status"]}
-    await audit_action(request, f"rollout.{action}", f"rollout:{rollout_id}", details)
+        # The rollout's page, saying why not (its status, or a package that is missing).
+        return _rollout_page(request, rollout_id, error=exc.message, status=exc.status)
     raise web.HTTPSeeOther(f"/rollouts/{rollout_id}?done={action}")
 
 
 @page("Release a device from the penalty box (admins)", roles=ADMINS)
 async def penalty_release(request: web.Request) -> web.StreamResponse:
     serial = request.match_info["serial"]
-    if not await request.app[ROLLOUTS].release_from_penalty_box(serial):
-        raise ApiError(404, "not_found", f"{serial} is not in the penalty box")
-    await audit_action(request, "rollout.release", f"device:{serial}")
+    await rollouts.release_from_penalty_box(request.app[CORE], dashboard_caller(request), serial)
     raise web.HTTPSeeOther("/rollouts")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -12,9 +11,8 @@ from pathlib import Path
 from aiohttp import web
 
 from polyfleet.controller.active import run_when_active
-from polyfleet.controller.api.spec import PUBLIC
-from polyfleet.controller.keys import ACCESS, CLOCK, CONFIG, STORE
-from polyfleet.controller.services.web_sessions import SessionService
+from polyfleet.controller.http.spec import PUBLIC
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import StoreUnavailable
 from polyfleet.controller.web import (
     agents,
@@ -29,7 +27,7 @@ from polyfleet.controller.web import (
 from polyfleet.controller.web.keys import SESSIONS, SETTINGS, STATIC_VERSION
 from polyfleet.controller.web.render import setup_templates
 from polyfleet.controller.web.security import page, page_middleware
-from polyfleet.controller.web.settings import web_settings
+from polyfleet.shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -64,36 +62,25 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 async def _prune_sessions(app: web.Application) -> AsyncIterator[None]:
     sessions = app[SESSIONS]
 
-    async def loop() -> None:
-        while True:
-            try:
-                forgotten = await sessions.prune()
-                if forgotten:
-                    log.info("forgot %d expired dashboard sessions and sign-in links", forgotten)
-            except StoreUnavailable:
-                return
-            except Exception:
-                log.exception("pruning dashboard sessions failed; trying again later")
-            await asyncio.sleep(PRUNE_INTERVAL_S)  # waits-for: the next pruning round
+    async def prune() -> None:
+        forgotten = await sessions.prune()
+        if forgotten:
+            log.info("forgot %d expired dashboard sessions and sign-in links", forgotten)
 
-    task = asyncio.create_task(loop(), name="web-session-prune")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    pruner = Periodic(
+        "pruning dashboard sessions",
+        prune,
+        interval_s=PRUNE_INTERVAL_S,
+        stop_on=(StoreUnavailable,),
+        logger=log,
+    )
+    async with pruner.running():
+        yield
 
 
 def register(app: web.Application) -> None:
-    settings = web_settings(app[CONFIG].section("web"))
-    app[SETTINGS] = settings
-    app[SESSIONS] = SessionService(
-        app[STORE],
-        app[ACCESS],
-        app[CLOCK],
-        session_ttl_s=settings.session_ttl_s,
-        kiosk_session_ttl_s=settings.kiosk_session_ttl_s,
-        link_ttl_s=settings.signin_link_ttl_s,
-    )
+    app[SETTINGS] = app[CORE].web
+    app[SESSIONS] = app[CORE].sessions
     app[STATIC_VERSION] = static_version()
     setup_templates(app)
     # Innermost: runs after the API's error and bearer middlewares have let a page by.

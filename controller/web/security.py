@@ -21,12 +21,13 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 from multidict import MultiDict, MultiDictProxy
 
-from polyfleet.controller.api import audit
-from polyfleet.controller.api.errors import ApiError, Handler
-from polyfleet.controller.api.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.errors import NotAllowed, Refused
+from polyfleet.controller.features.caller import Caller, record
+from polyfleet.controller.http.errors import Handler
+from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
-from polyfleet.controller.services.audit import Actor
-from polyfleet.controller.services.inventory import InvalidInput, UnknownDevice
+from polyfleet.controller.services.audit import AuditAction, Origin
 from polyfleet.controller.services.web_sessions import WebSession
 from polyfleet.controller.store.base import StoreUnavailable
 from polyfleet.controller.web.keys import SESSION, SESSIONS
@@ -125,29 +126,28 @@ async def form_of(request: web.Request) -> MultiDictProxy[str | UploadedFile]:
     return proxy
 
 
+def dashboard_caller(request: web.Request, session: WebSession | None = None) -> Caller:
+    """The signed-in browser as a use case's caller (or ``session``'s, for a sign-in that has
+    only just made one); its actions are audited ``via`` the dashboard."""
+    acting = session or request[SESSION]
+    if acting is None:
+        raise NotAllowed("sign in first")
+    origin = Origin(via="http", address=request.remote)
+    return Caller.of(acting.principal, origin, via="dashboard")
+
+
 async def audit_action(
     request: web.Request,
-    action: str,
+    action: AuditAction,
     target: str,
     details: Mapping[str, Any] | None = None,
     *,
     site: str | None = None,
     session: WebSession | None = None,
 ) -> None:
-    """Record a dashboard action in the audit log, done by the signed-in token (or by
-    ``session``'s, for a sign-in that has only just made one)."""
-    acting = session or request[SESSION]
-    actor = None
-    if acting is not None:
-        principal = acting.principal
-        actor = Actor(
-            name=principal.name or principal.token_id,
-            role=principal.role.value,
-            token_id=principal.token_id,
-        )
-    await audit.record(
-        request, action, target, {**(details or {}), "via": "dashboard"}, site=site, actor=actor
-    )
+    """Record a dashboard action done by the signed-in token (or by ``session``'s)."""
+    caller = dashboard_caller(request, session)
+    await record(request.app[CORE], caller, action, target, details, site=site)
 
 
 def page_spec(handler: object) -> PageSpec | None:
@@ -300,12 +300,8 @@ async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> we
         if exc.status < 400:
             raise
         return error_page(request, exc.status, exc.text or exc.reason)
-    except ApiError as exc:
+    except Refused as exc:
         return error_page(request, exc.status, exc.message)
-    except UnknownDevice as exc:
-        return error_page(request, 404, str(exc))
-    except InvalidInput as exc:
-        return error_page(request, 400, str(exc))
     except StoreUnavailable:
         log.error("refusing %s %s: store unavailable", request.method, request.path)
         return error_page(request, 503, t.gettext("Storage failed; restart the controller."))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from polyfleet.controller.config import ConfigError
+from pydantic import AfterValidator
+
 from polyfleet.controller.services.web_sessions import (
     DEFAULT_KIOSK_SESSION_TTL_S,
     DEFAULT_LINK_TTL_S,
     DEFAULT_SESSION_TTL_S,
 )
+from polyfleet.shared.config import ConfigModel, between, check, positive
 
 DEFAULT_REFRESH_S = 15
 DEFAULT_KIOSK_REFRESH_S = 30
@@ -22,46 +23,29 @@ MAX_PAGE_SIZE = 500
 DEFAULT_TIMEZONE = "Europe/Warsaw"
 
 
-@dataclass(frozen=True, kw_only=True)
-class WebSettings:
-    session_ttl_s: int = DEFAULT_SESSION_TTL_S
-    kiosk_session_ttl_s: int = DEFAULT_KIOSK_SESSION_TTL_S
-    signin_link_ttl_s: int = DEFAULT_LINK_TTL_S
-    refresh_s: int = DEFAULT_REFRESH_S
-    kiosk_refresh_s: int = DEFAULT_KIOSK_REFRESH_S
-    page_size: int = DEFAULT_PAGE_SIZE
-    timezone: str = DEFAULT_TIMEZONE
+def _zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name like Europe/Warsaw)") from None
+    return name
 
 
-_INTEGERS = (
-    "session_ttl_s",
-    "kiosk_session_ttl_s",
-    "signin_link_ttl_s",
-    "refresh_s",
-    "kiosk_refresh_s",
-    "page_size",
-)
+Seconds = Annotated[int, positive()]
+
+
+class WebSettings(ConfigModel):
+    """``[web]``: sessions, refresh rates, page size and the time zone of the dashboard."""
+
+    session_ttl_s: Seconds = DEFAULT_SESSION_TTL_S
+    kiosk_session_ttl_s: Seconds = DEFAULT_KIOSK_SESSION_TTL_S
+    signin_link_ttl_s: Seconds = DEFAULT_LINK_TTL_S
+    refresh_s: Seconds = DEFAULT_REFRESH_S
+    kiosk_refresh_s: Seconds = DEFAULT_KIOSK_REFRESH_S
+    page_size: Annotated[int, between(1, MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE
+    timezone: Annotated[str, AfterValidator(_zone)] = DEFAULT_TIMEZONE
 
 
 def web_settings(section: Mapping[str, Any]) -> WebSettings:
     """The ``[web]`` table checked; an error names ``web.KEY`` and what is expected."""
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        if key in _INTEGERS:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"web.{key} must be a positive whole number, got {value!r}")
-            values[key] = value
-        elif key == "timezone":
-            try:
-                ZoneInfo(str(value))
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ConfigError(
-                    f"web.timezone: unknown time zone {value!r} (an IANA name like Europe/Warsaw)"
-                ) from None
-            values[key] = str(value)
-        else:
-            known = ", ".join([*_INTEGERS, "timezone"])
-            raise ConfigError(f"unknown key web.{key}; known keys: {known}")
-    if values.get("page_size", DEFAULT_PAGE_SIZE) > MAX_PAGE_SIZE:
-        raise ConfigError(f"web.page_size must be at most {MAX_PAGE_SIZE}")
-    return WebSettings(**values)
+    return check(WebSettings, section, source=None, loc=("web",))

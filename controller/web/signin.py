@@ -7,12 +7,12 @@ import logging
 import secrets
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
-from polyfleet.controller.api import audit
-from polyfleet.controller.api.errors import ApiError, read_model
-from polyfleet.controller.api.spec import ADMINS, PUBLIC, READERS, endpoint
-from polyfleet.controller.api.throttle import AUTH_LIMITER, client_address
+from polyfleet.controller.features.access import SIGNIN_LINK_PATH
+from polyfleet.controller.http.errors import ApiError
+from polyfleet.controller.http.spec import PUBLIC, READERS
+from polyfleet.controller.http.throttle import AUTH_LIMITER, client_address
+from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.services.web_sessions import SignInRefused, WebSession
 from polyfleet.controller.web.keys import SESSION, SESSIONS
 from polyfleet.controller.web.render import render, translator
@@ -28,22 +28,6 @@ from polyfleet.controller.web.security import (
 )
 
 log = logging.getLogger(__name__)
-
-LINK_PATH = "/signin/link"
-
-
-class SignInLinkIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    token_id: str = Field(min_length=1, max_length=64)
-
-
-class SignInLinkOut(BaseModel):
-    """A one-time dashboard sign-in link: open ``path`` on the controller's address."""
-
-    path: str
-    token_id: str
-    expires_at: str
 
 
 def _nonce(request: web.Request) -> str:
@@ -138,7 +122,7 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
     )
     details = {"with": "token", "kiosk": kiosk, "expires_at": session.expires_at.isoformat()}
     target_token = f"token:{session.principal.token_id}"
-    await audit_action(request, "session.signin", target_token, details, session=session)
+    await audit_action(request, AuditAction.SESSION_SIGNIN, target_token, details, session=session)
     return _signed_in(session, cookie, target)
 
 
@@ -161,7 +145,7 @@ async def signout(request: web.Request) -> web.StreamResponse:
     session = request[SESSION]
     assert session is not None
     await request.app[SESSIONS].sign_out(session)
-    await audit_action(request, "session.signout", f"token:{session.principal.token_id}")
+    await audit_action(request, AuditAction.SESSION_SIGNOUT, f"token:{session.principal.token_id}")
     response = web.Response(status=303, headers={"Location": "/signin"})
     clear_session_cookie(response)
     return response
@@ -204,32 +188,8 @@ async def link_submit(request: web.Request) -> web.StreamResponse:
     )
     details = {"with": "one-time link", "expires_at": session.expires_at.isoformat()}
     target_token = f"token:{session.principal.token_id}"
-    await audit_action(request, "session.signin", target_token, details, session=session)
+    await audit_action(request, AuditAction.SESSION_SIGNIN, target_token, details, session=session)
     return _signed_in(session, cookie, "/")
-
-
-@endpoint(
-    summary="Create a one-time dashboard sign-in link for an admin or viewer token",
-    roles=ADMINS,
-    request=SignInLinkIn,
-    response=SignInLinkOut,
-    response_status=201,
-    errors=(404,),
-    tags=("dashboard",),
-)
-async def create_signin_link(request: web.Request) -> web.Response:
-    body = await read_model(request, SignInLinkIn)
-    try:
-        code, expires = await request.app[SESSIONS].create_link(body.token_id)
-    except SignInRefused as exc:
-        raise ApiError(404, "not_found", str(exc), "token_id") from None
-    out = SignInLinkOut(
-        path=f"{LINK_PATH}?code={code}", token_id=body.token_id, expires_at=expires.isoformat()
-    )
-    # Never the code: whoever reads the log must not be able to sign in with it.
-    details = {"expires_at": expires.isoformat()}
-    await audit.record(request, "signin_link.create", f"token:{body.token_id}", details)
-    return web.json_response(out.model_dump(), status=201)
 
 
 def register(app: web.Application) -> None:
@@ -237,6 +197,5 @@ def register(app: web.Application) -> None:
     router.add_get("/signin", signin_page, allow_head=False)
     router.add_post("/signin", signin_submit)
     router.add_post("/signout", signout)
-    router.add_get(LINK_PATH, link_page, allow_head=False)
-    router.add_post(LINK_PATH, link_submit)
-    router.add_post("/api/v1/signin-links", create_signin_link)
+    router.add_get(SIGNIN_LINK_PATH, link_page, allow_head=False)
+    router.add_post(SIGNIN_LINK_PATH, link_submit)

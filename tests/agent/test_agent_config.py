@@ -69,7 +69,7 @@ def test_good_config_is_read_with_defaults(tmp_path: Path) -> None:
         (('host = "127.0.0.6"', 'hots = "127.0.0.6"'), "devices[1].host: missing"),
         (('data_dir = "state"', ""), "agent.data_dir: missing"),
         (("SHA256:47DEQ", "SHA256:!!"), "devices[0].tls_fingerprint"),
-        (('url = "http://', 'url = "ftp://'), "controller.url: must start with http"),
+        (('url = "http://', 'url = "ftp://'), "controller.url must start with http"),
         (('host = "127.0.0.6"', 'host = "127.0.0.5"\nrest_port = 8443'), "listed twice"),
     ],
 )

@@ -79,6 +79,11 @@ async def test_uplink_moves_to_the_url_a_standby_names(
         assert ack.accepted == 1 and uplink.base_url == active.url
         assert "X50-FOLLOW" in await devices_at(active)
 
+        # The standby learns who is active by watching the database, about once a second.
+        async def standby_names_the_active_one() -> bool:
+            return standby.app[LEADERSHIP].active_url == active.url
+
+        await wait_for_async(standby_names_the_active_one, what="the standby to name the active")
         stranger = Uplink([standby.url, "http://127.0.0.1:9"], session=http, token=credential.token)
         with caplog.at_level(logging.WARNING), pytest.raises(ControllerUnavailable):
             await stranger.post_batch(one_report("X50-NEVER", "never-0001"))

@@ -18,10 +18,10 @@ from openapi_spec_validator import validate as validate_spec
 from pydantic import BaseModel
 
 from polyfleet.controller.api.openapi import build_openapi
-from polyfleet.controller.api.spec import READERS, endpoint, spec_of
 from polyfleet.controller.app import create_app
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.events import Event, JobFinished
+from polyfleet.controller.http.spec import READERS, endpoint, spec_of
 from polyfleet.controller.keys import ACCESS, EVENT_BUS, JOBS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller

@@ -28,7 +28,8 @@ def test_values_and_feature_sections(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
         '[server]\nlisten = "127.0.0.1:9000"\n[store]\ndata_dir = "data"\n'
-        '[agents]\npoll_interval_s = 30\n[tickets]\nlanguage = "pl"\n[smtp]\nhost = "127.0.0.1"\n',
+        '[agents]\npoll_interval_s = 30\n[tickets]\nlanguage = "pl"\n[smtp]\nhost = "127.0.0.1"\n'
+        'from = "fleet@firma.pl"\n',
     )
     config = load_config(path)
     assert config.listen_port == 9000
@@ -44,10 +45,13 @@ def test_values_and_feature_sections(tmp_path: Path) -> None:
         ("[server]\nlisten = 8080\n", "server.listen must be a string"),
         ('[server]\nlisten = "nowhere"\n', "server.listen: expected HOST:PORT"),
         ("[agents]\npoll_interval_s = 0\n", "agents.poll_interval_s must be positive"),
-        ('[agents]\npoll_interval_s = "60"\n', "agents.poll_interval_s must be an integer"),
-        ("[store]\nsnapshots = 1\n", "unknown key store.snapshots"),
+        ('[agents]\npoll_interval_s = "60"\n', "agents.poll_interval_s must be a whole number"),
+        ("[store]\nsnapshots = 1\n", "store.snapshots: unknown key; known keys: data_dir, url"),
         ("[dashboard]\nport = 1\n", "unknown section [dashboard]"),
-        ('[server]\ntls_cert = "c.pem"\n', "tls_cert and server.tls_key must be set together"),
+        (
+            '[server]\ntls_cert = "c.pem"\n',
+            "server.tls_cert must be set together with server.tls_key",
+        ),
         ("[server\n", "not valid TOML"),
         ('[store]\nurl = "mysql://db/fleet"\n', "store.url: a store URL starts with postgresql://"),
         ("[store]\nurl = 5432\n", "store.url must be a string"),

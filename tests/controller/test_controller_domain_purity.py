@@ -11,6 +11,10 @@ import polyfleet.controller.domain as domain_package
 
 DOMAIN = Path(domain_package.__file__).resolve().parent
 MODULES = sorted(DOMAIN.glob("*.py"))
+#: The controller's refusal tree: pure, imported by every layer, the domain's included.
+ERRORS = DOMAIN.parent / "errors.py"
+#: Controller modules outside domain/ that a domain module may import.
+PURE_NEIGHBOURS = frozenset({"polyfleet.controller.errors"})
 #: Libraries that talk to the network, disks, processes or the event loop.
 IO_MODULES = frozenset(
     {
@@ -68,6 +72,7 @@ def test_domain_imports_nothing_else_of_the_controller(path: Path) -> None:
         and not (
             name == "polyfleet.controller.domain" or name.startswith("polyfleet.controller.domain.")
         )
+        and name not in PURE_NEIGHBOURS
     ]
     outside += [
         f"{path.name}:{line} imports {name}"
@@ -97,3 +102,11 @@ def test_domain_does_no_io_and_reads_no_clock(path: Path) -> None:
         and node.func.value.id in {"datetime", "date", "time"}
     ]
     assert io_imports + clock_reads == []
+
+
+def test_the_refusal_tree_imports_nothing_of_polyfleet() -> None:
+    """controller/errors.py, which the domain may import, stays a leaf: no polyfleet, no I/O."""
+    names = [name for _, name in imported(ERRORS)]
+    assert names, "errors.py imports at least its typing helpers"
+    assert not [name for name in names if name.startswith("polyfleet")]
+    assert not [name for name in names if name.split(".")[0] in IO_MODULES]

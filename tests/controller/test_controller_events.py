@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +12,7 @@ import pytest
 from controller_testkit import batch, bearer, report, snapshot
 
 from polyfleet.controller.events import (
+    AgentNoticeReceived,
     AgentOnline,
     DeviceAdded,
     Event,
@@ -137,3 +138,60 @@ async def test_batch_of_notices_only_is_acknowledged_and_recorded(
     ) as response:
         events = (await response.json())["events"]
     assert [e["data"]["notice"] for e in events if e["kind"] == "agent_notice"] == ["agent_started"]
+
+
+async def test_a_rare_kind_and_an_agents_notices_are_found_without_reading_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Notices among many other events are found by kind, by agent and after an id; expired
+    ones are gone; recent() walks back from the newest; a restart gives the same answers."""
+    store = TinyDBStore(tmp_path)
+    await store.open()
+    try:
+        bus = EventBus(store, keep=50)
+        bus.load()
+        at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+        notices = {5: "a1", 25: "a0", 45: "a1", 55: "a1"}
+        for n in range(60):
+            moment = at + timedelta(minutes=n)
+            events: list[Event] = [
+                DeviceAdded(at=moment, site_id="krk", serial=f"D{n}", model="g7500")
+            ]
+            if n in notices:
+                events.append(
+                    AgentNoticeReceived(
+                        at=moment, site_id="krk", agent_id=notices[n], notice="outbox_full",
+                        detail=f"minute {n}",
+                    )
+                )  # fmt: skip
+            await bus.publish(*events)
+
+        def answers(found: EventBus) -> dict[str, list[str]]:
+            first = found.query(kind="agent_notice", limit=1000)[0]["id"]
+            return {
+                "kind": [e["data"]["detail"] for e in found.query(kind="agent_notice")],
+                "agent": [
+                    e["data"]["detail"] for e in found.query(kind="agent_notice", agent="a1")
+                ],
+                "newest": [e["data"]["detail"] for e in found.query(kind="agent_notice", limit=1)],
+                "since": [
+                    e["data"]["detail"]
+                    for e in found.query(kind="agent_notice", since=first, limit=1)
+                ],
+                "recent": [e["serial"] for e in found.recent(at + timedelta(minutes=57))],
+            }
+
+        # 64 events, the newest 50 kept: the notice of minute 5 is gone.
+        expected = {
+            "kind": ["minute 25", "minute 45", "minute 55"],
+            "agent": ["minute 45", "minute 55"],
+            "newest": ["minute 55"],
+            "since": ["minute 45"],
+            "recent": ["D59", "D58", "D57"],
+        }
+        assert answers(bus) == expected
+        again = EventBus(store, keep=50)
+        again.load()
+        assert answers(again) == expected
+    finally:
+        await store.close()

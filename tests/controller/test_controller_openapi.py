@@ -20,9 +20,9 @@ from openapi_spec_validator import validate as validate_spec
 from pydantic import BaseModel
 
 from polyfleet.controller.api.openapi import build_openapi
-from polyfleet.controller.api.spec import ADMINS, Param, endpoint, spec_of
 from polyfleet.controller.app import create_app
 from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.http.spec import ADMINS, Param, endpoint, spec_of
 from polyfleet.controller.keys import ACCESS, EVENT_BUS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.store.transfer import read_backup

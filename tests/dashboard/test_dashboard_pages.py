@@ -234,6 +234,9 @@ async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
     assert rollout_id.startswith("r_")
     stored = await world.api(f"/api/v1/rollouts/{rollout_id}")
     assert stored["status"] == "planned" and stored["name"] == "Spring 4.2.2"
+    criteria = page.locator("#abort-criteria li")
+    shown = await criteria.evaluate_all("items => items.map(item => item.dataset.criterion)")
+    assert shown == ["canary:0%", "later:10%"], "the defaults, with the form's max failures"
     await page.click("button[data-action='start']")
     await page.wait_for_load_state()
     refusal = await page.locator("#rollout-error").inner_text()
@@ -268,6 +271,66 @@ async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
     history = await plain.locator(f"#device-rollouts tr[data-rollout='{rollout_id}']").inner_text()
     assert "Spring 4.2.2" in history and "4.2.2-408037" in history
     await plain.context.close()
+    await page.context.close()
+
+
+async def test_a_rollout_name_with_a_control_character_is_refused_on_the_form(
+    world: World,
+) -> None:
+    """The plan form sent with an escape sequence in the name comes back 422, the character
+    described in words beside the form that keeps what was typed; nothing is stored."""
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(world.url + "/rollouts")
+    csrf = await page.locator("#plan-form input[name=csrf]").input_value()
+    before = (await world.api("/api/v1/rollouts"))["rollouts"]
+    answer = await page.request.post(
+        f"{world.url}/rollouts",
+        form={
+            "csrf": csrf,
+            "target": "4.2.2-408037",
+            "name": "Night\x1b[31m",
+            "step": "create",
+            "confirmed": "1",
+        },
+        max_redirects=0,
+    )
+    assert answer.status == 422
+    await page.set_content(await answer.text())
+    refusal = await page.locator("#plan-error").inner_text()
+    assert refusal == (
+        "name: contains the invisible character U+001B at character 6; use printable text"
+    )
+    assert await page.locator("#plan-form input[name=name]").input_value() == "Night\x1b[31m"
+    assert (await world.api("/api/v1/rollouts"))["rollouts"] == before
+    await page.context.close()
+
+
+async def test_a_rollout_page_shows_its_abort_criteria(world: World) -> None:
+    """The criteria a plan was stored with are listed on its page in words."""
+    criteria = [
+        {"waves": "canary", "threshold_percent": 0},
+        {"waves": "later", "failure_type": "checksum_mismatch", "threshold_percent": 5,
+         "min_executed": 20},
+    ]  # fmt: skip
+    body = {"target": "4.2.2-408037", "name": "Careful", "abort_criteria": criteria}
+    async with (
+        aiohttp.ClientSession(headers=world.controller.admin_headers) as http,
+        http.post(world.url + "/api/v1/rollouts", json=body) as response,
+    ):
+        assert response.status == 201, await response.text()
+        rollout_id = (await response.json())["id"]
+    page = await world.new_page(token=world.viewer_token)
+    await page.goto(f"{world.url}/rollouts/{rollout_id}")
+    items = page.locator("#abort-criteria li")
+    assert await items.evaluate_all("items => items.map(item => item.dataset.criterion)") == [
+        "canary:0%",
+        "later:5%:min=20:type=checksum_mismatch",
+    ]
+    assert await items.all_inner_texts() == [
+        "the canary wave: more than 0% of its devices fail",
+        "each later wave: more than 5% of its devices fail with checksum_mismatch, "
+        "once 20 of them have run",
+    ]
     await page.context.close()
 
 

@@ -16,7 +16,7 @@ def test_the_example_config_documents_every_web_setting_with_its_default() -> No
     """deploy/controller.example.toml's [web] table holds every key, at its default."""
     assert web_settings(load_config(EXAMPLE).section("web")) == WebSettings()
     text = EXAMPLE.read_text(encoding="utf-8")
-    for key in WebSettings.__dataclass_fields__:
+    for key in WebSettings.model_fields:
         assert f"\n{key} = " in text, key
 
 

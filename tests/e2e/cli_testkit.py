@@ -18,6 +18,9 @@ from typing import Any
 
 #: Every key of the shared error object, in every --json failure.
 ERROR_KEYS = {"code", "message", "problems", "field", "rule", "file"}
+#: How much faster than an admin's demo the tests run it (``--time-scale``): the same
+#: timeline of faults, polls, tickets and rollout steps, in a fraction of the time.
+TIME_SCALE = "5"
 
 
 @dataclass(frozen=True)
@@ -142,12 +145,13 @@ class DemoRun:
 def running_demo(
     command: list[str], data_dir: Path, *, cwd: Path, seconds: int = 600
 ) -> Iterator[DemoRun]:
-    """``COMMAND demo --duration SECONDS`` until demo.json appears; stopped with SIGTERM after."""
+    """``COMMAND demo --duration SECONDS`` (at TIME_SCALE) until demo.json appears; stopped
+    with SIGTERM after."""
     output = data_dir.parent / f"{data_dir.name}.log"
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [*command, "demo", "--duration", str(seconds), "--data-dir", str(data_dir),
-             "--listen", "127.0.0.1:0"],
+             "--listen", "127.0.0.1:0", "--time-scale", TIME_SCALE],
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=cwd,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from cli_testkit import run, run_all, running_controller
 
 from polyfleet.controller.services.entitlement import DEFAULT_RELEASES_PATH
@@ -43,6 +44,7 @@ def test_a_mistyped_data_dir_answered_with_an_empty_table(tmp_path: Path) -> Non
     assert not typo.exists()
 
 
+@pytest.mark.expected_seconds(15)
 def test_an_unknown_site_serial_or_ticket_answered_like_an_empty_one(tmp_path: Path) -> None:
     """Unknown sites, serials and tickets exit 1 with the name, offline and through the server."""
     data = tmp_path / "data"

@@ -130,6 +130,8 @@ def test_error_codes_the_commands_use_were_undocumented() -> None:
     """Every error code a command can raise is listed in docs/cli.md."""
     sources = [
         *ROOT.glob("controller/cli/*.py"),
+        # What a command refuses before it reaches a controller (a data directory with no store).
+        ROOT / "controller" / "core.py",
         ROOT / "agent" / "cli.py",
         ROOT / "simulator" / "cli.py",
         ROOT / "polyfleet" / "cli.py",

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from cli_testkit import TIME_SCALE
 
 from polyfleet.simulator.fleet import load_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_FLEET = ROOT / "deploy" / "examples" / "fleet-demo.toml"
-#: Long enough for faults in the demo timeline to persist into tickets.
-DEMO_SECONDS = 75
+#: Start-up (as long as it takes here), then the first minutes of the demo's timeline:
+#: long enough for faults to persist into tickets.
+DEMO_SECONDS = 40
 
 
 def demo_serials() -> dict[str, str]:
@@ -74,6 +77,7 @@ async def signs_in_once(demo: dict[str, Any]) -> None:
             assert "Overview" in await response.text()
 
 
+@pytest.mark.expected_seconds(45)
 async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_path: Path) -> None:
     """`polyfleet demo --duration` serves every demo device, files tickets, and exits 0."""
     expected = demo_serials()
@@ -84,6 +88,8 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
         "-m",
         "polyfleet",
         "demo",
+        "--time-scale",
+        TIME_SCALE,
         "--duration",
         str(DEMO_SECONDS),
         "--data-dir",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,19 +12,21 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cli_testkit import TIME_SCALE
 from test_demo import wait_for_file
 
 from polyfleet.controller.domain.rollout import REASON_CODES
 
-#: Long enough for the canaries to install, come back and be verified.
-DEMO_SECONDS = 150
+#: At most this long: the test stops the demo (Ctrl-C) as soon as a unit is updated.
+DEMO_SECONDS = 300
 
 
 @pytest.mark.timeout(DEMO_SECONDS + 150)
+@pytest.mark.expected_seconds(60)
 async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Path) -> None:
     """The demo plans over its fleet (reason codes shown), starts it, and units get updated."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "polyfleet", "demo", "--rollout",
+        sys.executable, "-P", "-m", "polyfleet", "demo", "--rollout", "--time-scale", TIME_SCALE,
         "--duration", str(DEMO_SECONDS), "--data-dir", str(tmp_path / "demo"),
         "--listen", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -55,8 +58,8 @@ async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Pa
             } <= codes
             assert codes <= set(REASON_CODES)
             done: list[str] = []
-            end = time.monotonic() + DEMO_SECONDS - 10
-            while time.monotonic() < end and not done:
+            end = time.monotonic() + DEMO_SECONDS - 30
+            while time.monotonic() < end and not done and process.returncode is None:
                 async with http.get(url) as response:
                     rollout = await response.json()
                 done = [
@@ -66,9 +69,10 @@ async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Pa
                 ]
                 await asyncio.sleep(2)  # waits-for: a canary to be updated and verified
             assert done, "no unit was updated during the demo"
-        code = await asyncio.wait_for(process.wait(), timeout=DEMO_SECONDS + 60)
+        process.send_signal(signal.SIGINT)  # Ctrl-C, as an admin who has seen enough
+        code = await asyncio.wait_for(process.wait(), timeout=120)
         text = (await output).decode()
-        assert code == 0, text[-3000:]
+        assert code == 0 and "demo stopped cleanly" in text, text[-3000:]
         assert f"rollout {demo['rollout_id']} planned to" in text
         assert "excluded_by_admin" in text and "follows_host" in text
         assert f"rollout {demo['rollout_id']} started" in text

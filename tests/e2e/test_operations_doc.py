@@ -390,6 +390,7 @@ def run_block(box: Sandbox, block: Block, stubs: Path) -> str:
 
 
 @pytest.mark.timeout(BLOCK_TIMEOUT_S * 3)
+@pytest.mark.expected_seconds(90)
 def test_every_command_of_the_operations_guide_works(sandbox: Sandbox) -> None:
     """The operations guide's commands, run in order, install, secure, watch, back up,
     move to PostgreSQL, fail over and upgrade a working fleet."""

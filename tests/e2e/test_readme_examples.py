@@ -26,6 +26,7 @@ def readme_demo_commands() -> list[str]:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.expected_seconds(25)
 def test_readme_examples_missed_the_demo_and_its_lab(tmp_path: Path) -> None:
     """Every README demo example works against a demo whose ports are not the usual ones."""
     commands = readme_demo_commands()

@@ -65,10 +65,15 @@ def _build_and_install(work: Path) -> None:
     )  # fmt: skip
     (wheel,) = (work / "dist").glob("polyfleet-*.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # Without a pip of its own (making one takes seconds): this environment's pip installs
+    # into it, as its own would.
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300
+    )
     python = str(venv / "bin" / "python")
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
+         "--no-index", str(wheel)],
         check=True, capture_output=True, cwd=work, timeout=300,
     )  # fmt: skip
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
@@ -114,6 +119,7 @@ def test_the_wheel_lacked_files_the_commands_read(installed: Installed) -> None:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.expected_seconds(30)
 def test_a_wheel_could_not_run_the_demo(installed: Installed, tmp_path: Path) -> None:
     """polyfleet demo from the wheel alone, elsewhere: the controller answers, devices report."""
     show = "import json, polyfleet, sys; print(json.dumps([polyfleet.__file__, sys.path]))"
@@ -140,6 +146,7 @@ def test_a_wheel_could_not_run_the_demo(installed: Installed, tmp_path: Path) ->
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.expected_seconds(30)
 def test_package_folders_in_the_working_directory_shadowed_the_demo(
     installed: Installed, tmp_path: Path
 ) -> None:

@@ -197,6 +197,31 @@ def test_E7_releases_add_and_list(tmp_path: Path) -> None:
     assert (hezo["firmware"]["next"], hezo["firmware"]["kind"]) == ("4.2.5.412001", "patch")
 
 
+def test_releases_list_takes_data_dir_and_config_like_the_other_commands(tmp_path: Path) -> None:
+    """`releases list --data-dir DIR --config FILE` lists the catalogue the config names; the
+    data directory is only accepted, never made."""
+    catalogue = tmp_path / "releases.toml"
+    shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
+    added = polyfleet(
+        "releases", "add", "--version", "4.2.5.412001", "--date", "2024-10-01",
+        "--file", str(catalogue), cwd=tmp_path,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    config = write(tmp_path / "controller.toml", f'[entitlement]\nreleases = "{catalogue}"\n')
+    data = tmp_path / "polyfleet-data"
+    listed = polyfleet(
+        "releases", "list", "--data-dir", str(data), "--config", str(config), "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["releases"][-1]["version"] == "4.2.5.412001"
+    shipped = polyfleet("releases", "list", "--data-dir", str(data), cwd=tmp_path)
+    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.stdout.split()[:2] == ["DATE", "VERSION"]
+    assert "4.2.5.412001" not in shipped.stdout
+    assert not data.exists()
+
+
 def test_releases_add_refuses_bad_input_and_leaves_the_file_alone(tmp_path: Path) -> None:
     """A duplicate, a bad date or a needs newer than the release changes nothing."""
     catalogue = tmp_path / "releases.toml"

@@ -403,3 +403,23 @@ async def test_a_polish_excel_registry_over_the_api_was_refused(
     (asset,) = [a for a in body["assets"] if a["serial"] == "PL1"]
     assert (asset["room"], asset["purchase_date"]) == ("Sala Łódź", "2025-01-10")
     assert asset["contracts"][0]["contract_end"] == "2027-01-09"
+
+
+async def test_a_release_catalogue_broken_or_gone_while_running_keeps_the_last_good_one(
+    tmp_path: Path,
+) -> None:
+    """The configured release file half-edited, then moved away, while the controller runs:
+    verdicts and the overview are still judged with the last good catalogue."""
+    catalogue = tmp_path / "releases.toml"
+    shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
+    sections = {"entitlement": {"releases": str(catalogue)}}
+    async with running_controller(
+        tmp_path / "data", clock=lambda: NOW, sections=sections
+    ) as controller:
+        assert (await _import(controller, REGISTRY))[0] == 200
+        _, before = await _get(controller, "/api/v1/entitlement")
+        catalogue.write_text("[[release]\nversion = ", encoding="utf-8")
+        assert await _get(controller, "/api/v1/entitlement") == (200, before)
+        catalogue.unlink()
+        assert await _get(controller, "/api/v1/entitlement") == (200, before)
+        assert (await _get(controller, "/api/v1/overview"))[0] == 200

@@ -22,6 +22,7 @@ from polyfleet.controller.domain.assets import (
     whole_years,
 )
 from polyfleet.controller.domain.plans import PlanCatalogue
+from polyfleet.controller.errors import Refused
 
 from .conftest import BASELINE, REJECTED, TODAY, csv_of, row
 
@@ -107,6 +108,27 @@ def test_each_rejection_case_of_the_issue_names_its_line_and_column(
         parse_registry(text, plans, today=TODAY)
     assert [(p.line, p.column) for p in caught.value.problems] == [where]
     assert parse_registry(BASELINE, plans, today=TODAY)
+
+
+def test_a_bad_file_is_a_refusal_every_face_renders_with_its_problems(
+    plans: PlanCatalogue,
+) -> None:
+    """A bad file is a 422 refusal (invalid_registry, field body) whose problems read as the
+    mappings the API answers and the CLI prints: line, column, message, rule."""
+    text = csv_of(row("A", model="x99"), row("B", purchase_date="2025-02-30"))
+    with pytest.raises(Refused) as caught:
+        parse_registry(text, plans)
+    refused = caught.value
+    assert isinstance(refused, RegistryImportError)
+    assert (refused.status, refused.code, refused.field) == (422, "invalid_registry", "body")
+    assert refused.message.startswith("nothing imported: 2 problem(s), first: line 2, column model")
+    assert [dict(problem) for problem in refused.problems] == [
+        problem.to_json() for problem in refused.problems
+    ]
+    assert [(p["line"], p["column"]) for p in refused.problems] == [
+        (2, "model"),
+        (3, "purchase_date"),
+    ]
 
 
 def test_P5_partner_term_other_than_1_or_3_years_is_refused(plans: PlanCatalogue) -> None:

@@ -432,17 +432,19 @@ class AgentProcess:
         # Only the wall clock lies: timers and timeouts run on the real monotonic clock.
         env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
         with open(self.log_path, "ab") as log:
+            # A group of its own: faketime runs the agent as its child and does not pass
+            # signals on, so stop() signals the whole group.
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv(), stdout=log, stderr=log, cwd=REPO, env=env
+                *self.argv(), stdout=log, stderr=log, cwd=REPO, env=env, start_new_session=True
             )
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), 30)
             except TimeoutError:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 await self.process.wait()
 
     def log(self) -> str:

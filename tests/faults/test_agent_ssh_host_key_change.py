@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from faultkit import REPO, ControllerProcess, get_json, wait_for, wait_for_async
 
 from polyfleet.shared.process import polyfleet_argv
@@ -22,6 +23,7 @@ def changed(report: dict[str, Any]) -> list[str]:
     return [p["detail"] for p in problems if p["code"] == "certificate_changed"]
 
 
+@pytest.mark.expected_seconds(20)
 async def test_changed_ssh_host_key_marks_every_report_until_accepted(
     controllers: Any, agents: Any, lab_factory: Any, http: aiohttp.ClientSession
 ) -> None:

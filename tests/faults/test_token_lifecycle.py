@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from access_testkit import bearer, controller_process, eventually, run_cli
 
 from polyfleet.controller.web.security import SIGNIN_COOKIE
@@ -81,6 +82,7 @@ async def test_an_expired_token_is_refused_in_words_and_listed_as_expired(tmp_pa
         assert done.status == 2 and "--expires 'soon'" in done.err
 
 
+@pytest.mark.expected_seconds(15)
 async def test_expiry_forms_of_the_cli_and_last_use_survive_a_restart(tmp_path: Path) -> None:
     """--expires takes 90d, a date or a moment; a token's last use is kept across restarts."""
     data = tmp_path / "data"
@@ -128,6 +130,7 @@ async def test_an_expired_admin_token_does_not_count_as_another_admin(tmp_path: 
         assert status == 409 and answer["error"]["code"] == "last_admin_token"
 
 
+@pytest.mark.expected_seconds(15)
 async def test_failed_tokens_are_limited_per_client_address(tmp_path: Path) -> None:
     """Past the limit an address gets 429 with Retry-After, even with a good token; others not."""
     async with (
@@ -158,6 +161,7 @@ async def test_failed_tokens_are_limited_per_client_address(tmp_path: Path) -> N
         )
 
 
+@pytest.mark.expected_seconds(15)
 async def test_enrollment_attempts_are_limited_per_client_address(tmp_path: Path) -> None:
     """Guessing codes is cut off at the limit, a good code included; another address enrolls
     as many agents as it has codes."""

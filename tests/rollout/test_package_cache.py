@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from polyfleet.agent.update_server import PackageCache, PackageRef, PackageUnavailable
+from polyfleet.agent.update_server import PackageCache, PackageMismatch, PackageRef
 from polyfleet.agent.uplink import Uplink
 from polyfleet.controller.testing import RunningController, running_controller
 
@@ -64,7 +64,8 @@ async def test_a_damaged_part_is_discarded_and_never_served(
     (cache.directory / f"{wanted.sha256}.part").write_bytes(b"\x00" * 1000)
     async with aiohttp.ClientSession() as http:
         uplink = Uplink(controller.url, session=http, token=agent.token)
-        with pytest.raises(PackageUnavailable, match="discarded"):
+        # Not what was ordered: the job's failure code says checksum_mismatch.
+        with pytest.raises(PackageMismatch, match="discarded"):
             await cache.ensure(uplink, wanted)
         assert not cache.path(wanted.sha256).exists()
         path = await cache.ensure(uplink, wanted)

@@ -15,20 +15,34 @@ from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue, make_release
 from polyfleet.controller.domain.rollout import (
     CSV_COLUMNS,
+    DEVICE_MOVES,
+    FAILURE_RULES,
+    FINAL_STATUSES,
     REASON_CODES,
+    AbortCriterion,
+    DeviceStatus,
+    IllegalMove,
     PlanDevice,
     PlanError,
     PlanRequest,
     RolloutPlan,
     Window,
     breaker,
+    default_abort_criteria,
+    device_move,
+    parse_abort_criteria,
+    parse_abort_text,
     parse_gap,
     parse_waves,
     path_to,
+    penalty_due,
     plan_rollout,
     render_csv,
+    rollout_move,
+    stored_abort_criteria,
 )
 from polyfleet.controller.services.entitlement import load_plans, load_releases
+from polyfleet.shared.schema import FailureCode
 from polyfleet.shared.version import FirmwareVersion
 
 WARSAW = ZoneInfo("Europe/Warsaw")
@@ -436,16 +450,172 @@ def _entry(serial: str, wave: int, status: str, failures: int = 0) -> dict[str, 
 
 def test_breaker_halts_on_any_canary_failure_and_on_a_wave_over_its_share() -> None:
     """Canary: one failure halts; later waves: only past --max-failures; acknowledged ones skip."""
+    criteria = default_abort_criteria(10)
     canary = [_entry("C1", 0, "waiting_window", failures=1), _entry("C2", 0, "done")]
-    verdict = breaker(0, canary, 10)
+    verdict = breaker(0, canary, criteria)
     assert verdict is not None and verdict["devices"][0] == {
         "serial": "C1",
         "check": "version",
         "detail": "still on 4.1.0",
     }
-    assert breaker(0, canary, 10, frozenset({"C1"})) is None
+    assert breaker(0, canary, criteria, frozenset({"C1"})) is None
     wave = [_entry(f"W{n}", 1, "done") for n in range(9)] + [_entry("W9", 1, "failed", 2)]
-    assert breaker(1, wave, 10) is None  # 10% is not past 10%
+    assert breaker(1, wave, criteria) is None  # 10% is not past 10%
     wave[0] = _entry("W0", 1, "failed", 2)
-    halted = breaker(1, wave, 10)
+    halted = breaker(1, wave, criteria)
     assert halted is not None and halted["reason"].startswith("wave 1: 2 of 10 devices failed")
+    assert "(20% > 10%)" in halted["reason"]
+
+
+def test_every_device_status_has_its_moves_and_final_ones_have_none() -> None:
+    """The table covers every status; a final status leads nowhere; stored strings stay."""
+    assert set(DEVICE_MOVES) == set(DeviceStatus)
+    assert {s for s, moves in DEVICE_MOVES.items() if not moves} == FINAL_STATUSES
+    assert {"done", "failed", "skipped", "held", "excluded"} == FINAL_STATUSES
+    assert device_move("K1", "planned", DeviceStatus.WAITING_WINDOW) == "waiting_window"
+    assert device_move("K1", "installing", DeviceStatus.VERIFYING) == "verifying"
+    with pytest.raises(IllegalMove, match="K1: done cannot move to downloading \\(it is final\\)"):
+        device_move("K1", "done", DeviceStatus.DOWNLOADING)
+    with pytest.raises(IllegalMove, match="planned cannot move to done"):
+        device_move("K1", "planned", DeviceStatus.DONE)
+    with pytest.raises(IllegalMove, match="ordered cannot move to done"):
+        device_move("K1", "ordered", DeviceStatus.DONE)  # no such status
+
+
+def test_a_rollout_moves_only_as_its_table_says() -> None:
+    """Admin actions and the runner's halt and finish each go from given statuses only."""
+    assert rollout_move("r", "running", "halt") == "halted"
+    assert rollout_move("r", "halted", "resume") == "running"
+    with pytest.raises(IllegalMove, match="r: paused cannot finish \\(finish needs it running\\)"):
+        rollout_move("r", "paused", "finish")
+    with pytest.raises(IllegalMove):
+        rollout_move("r", "done", "abort")
+
+
+def test_failures_that_do_not_punish_the_unit_never_fill_its_penalty_box() -> None:
+    """Only failures of the update itself count toward the box; uncoded ones always did."""
+    download = {"check": "package_unavailable", "code": "download_failed"}
+    install = {"check": "install", "code": "install_failed"}
+    assert not penalty_due([download, download, download, install])
+    assert penalty_due([install, download, install])
+    assert penalty_due([{"check": "version"}, {"check": "camera_up"}])
+    # A rule that tries again must count toward the box, or a unit could be retried forever.
+    assert all(rule.penalises for rule in FAILURE_RULES.values() if rule.then == "retry")
+
+
+def _failed(serial: str, wave: int, code: str | None) -> dict[str, object]:
+    failure: dict[str, object] = {"check": "x", "detail": "y"}
+    if code is not None:
+        failure["code"] = code
+    return {"serial": serial, "wave": wave, "channel": "agent", "status": "failed",
+            "failures": [failure]}  # fmt: skip
+
+
+def test_abort_criteria_count_the_failures_of_their_type() -> None:
+    """``any`` skips failures that do not count; a named type counts its own; min_executed."""
+    wave = [_failed("W0", 1, "download_failed")] + [
+        {"serial": f"W{n}", "wave": 1, "channel": "agent", "status": "done"} for n in range(1, 4)
+    ]
+    assert breaker(1, wave, default_abort_criteria(0)) is None
+    strict = (AbortCriterion(waves="later", failure_type="download_failed", threshold_percent=20),)
+    halted = breaker(1, wave, strict)
+    assert halted is not None
+    assert halted["reason"] == (
+        "wave 1: 1 of 4 devices failed with download_failed (25% > 20%): W0 (x)"
+    )
+    patient = (AbortCriterion(waves="later", threshold_percent=0, min_executed=5),)
+    wave[1] = _failed("W1", 1, None)  # an agent without codes: counts for ``any``
+    assert breaker(1, wave, patient) is None  # four of the five it waits for have run
+    assert breaker(1, wave, (AbortCriterion(waves="later", threshold_percent=0),)) is not None
+    assert breaker(0, wave, strict) is None  # it watches the later waves only
+
+
+def test_abort_criteria_read_from_a_rollout_stored_before_them_are_the_defaults() -> None:
+    """No ``abort_criteria`` stored: the defaults, with the rollout's own max_failures."""
+    assert stored_abort_criteria({"max_failures": 25}) == default_abort_criteria(25)
+    stored = {
+        "max_failures": 25,
+        "abort_criteria": [c.to_json() for c in default_abort_criteria(3)],
+    }
+    assert stored_abort_criteria(stored) == default_abort_criteria(3)
+    bad_lists = {
+        "abort_criteria.0.failure_type": [
+            {"waves": "later", "failure_type": "oops", "threshold_percent": 1}
+        ],
+        "abort_criteria.1.min_executed": [
+            {"waves": "canary", "threshold_percent": 0},
+            {"waves": "later", "threshold_percent": 1, "min_executed": 0},
+        ],
+        "abort_criteria.0.threshold": [{"waves": "later", "threshold": 1}],
+        "abort_criteria": {"waves": "later"},
+    }
+    for field, bad in bad_lists.items():
+        with pytest.raises(PlanError) as refused:
+            parse_abort_criteria(bad)
+        assert refused.value.field == field
+    assert {FailureCode(code) for code in FAILURE_RULES} == set(FailureCode)
+
+
+@pytest.mark.parametrize(
+    ("text", "criterion"),
+    [
+        ("canary:0%", AbortCriterion(waves="canary", threshold_percent=0)),
+        ("later:10%", AbortCriterion(waves="later", threshold_percent=10)),
+        (
+            "later:2.5%:min=20",
+            AbortCriterion(waves="later", threshold_percent=2.5, min_executed=20),
+        ),
+        (
+            "later:5%:min=3:type=checksum_mismatch",
+            AbortCriterion(
+                waves="later", threshold_percent=5, min_executed=3, failure_type="checksum_mismatch"
+            ),
+        ),
+    ],
+)
+def test_an_abort_criterion_is_written_as_the_cli_takes_it(
+    text: str, criterion: AbortCriterion
+) -> None:
+    """WAVES:PERCENT%[:min=N][:type=FAILURE] reads as the criterion and is written back so."""
+    assert parse_abort_text(text) == criterion
+    assert criterion.text() == text
+    assert parse_abort_text(f" {text.replace(':', ' : ')} ") == criterion
+    assert parse_abort_text(text.removesuffix("%") if text.endswith("%") else text) == criterion
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("later", "is not WAVES:PERCENT%"),
+        ("soon:10%", "'soon': canary or later"),
+        ("later:ten%", "'ten%' is not a percentage"),
+        ("later:150%", "PERCENT 150.0: a number 0 to 100"),
+        ("later:nan%", "PERCENT nan: a number 0 to 100"),
+        ("later:5%:min=0", "min 0: a whole number, 1 or more"),
+        ("later:5%:min=x", "min 'x': a whole number, 1 or more"),
+        ("later:5%:type=oops", "type 'oops': one of any,"),
+        ("later:5%:min=2:min=3", "'min=3' is not min=N or type=FAILURE"),
+        ("later:5%:after=3", "'after=3' is not min=N or type=FAILURE"),
+    ],
+)
+def test_a_bad_abort_criterion_text_says_what_to_fix(text: str, why: str) -> None:
+    """A criterion that cannot be read is refused with the text and the part at fault."""
+    with pytest.raises(PlanError) as refused:
+        parse_abort_text(text)
+    assert refused.value.field == "abort_criteria"
+    assert refused.value.reason.startswith(repr(text)) and why in refused.value.reason
+
+
+def test_an_abort_criterion_in_words() -> None:
+    """The defaults and a narrow criterion read as sentences."""
+    assert [c.describe() for c in default_abort_criteria(10)] == [
+        "the canary wave halts when more than 0% of its devices fail",
+        "each later wave halts when more than 10% of its devices fail",
+    ]
+    narrow = AbortCriterion(
+        waves="later", threshold_percent=5, min_executed=20, failure_type="did_not_return"
+    )
+    assert narrow.describe() == (
+        "each later wave halts when more than 5% of its devices fail with did_not_return, "
+        "once 20 of them have run"
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,77 @@ async def test_dry_run_stores_nothing_and_a_bad_plan_names_its_field(
     assert status == 422 and error["error"]["field"] == "waves"
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "night\x1b[31m"}, "name"),
+        ({"name": "night\nshift"}, "name"),
+        ({"name": "night \u202eshift"}, "name"),
+        ({"target": "4.2.2\r"}, "target"),
+        ({"sites": ["krakow\x1b"]}, "sites"),
+        ({"models": ["studio_x50\n"]}, "models"),
+        ({"exclude": ["K1\tK2"]}, "exclude"),
+    ],
+)
+async def test_a_plan_text_with_a_control_character_is_refused_by_field(
+    controller: RunningController, body: dict[str, Any], field: str
+) -> None:
+    """An escape, line break or bidi override in a plan's texts is 422 invalid_plan naming
+    the field, planned or previewed; the message shows no raw control character."""
+    await fleet(controller)
+    for query in ("", "?dry_run=1"):
+        request = {"target": "4.2.2", **body}
+        status, error = await call(controller, "POST", "/api/v1/rollouts" + query, json=request)
+        assert status == 422, error
+        assert (error["error"]["code"], error["error"]["field"]) == ("invalid_plan", field)
+        message = error["error"]["message"]
+        assert message.startswith(f"{field}: contains ")
+        assert message.isprintable(), message
+    assert (await call(controller, "GET", "/api/v1/rollouts"))[1]["rollouts"] == []
+    _, logged = await call(controller, "GET", "/api/v1/audit?action=rollout")
+    assert logged["entries"] == []
+
+
+async def test_a_planned_name_is_kept_with_printable_text_beyond_latin(
+    controller: RunningController,
+) -> None:
+    """Polish letters and a 200-character name pass the text check; 201 characters do not."""
+    await fleet(controller)
+    name = "Żółć: noc " + "x" * 190
+    status, plan = await call(
+        controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "name": name}
+    )
+    assert status == 201 and plan["name"] == name
+    status, error = await call(
+        controller, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "name": name + "y"}
+    )
+    assert (status, error["error"]["field"]) == (422, "name")
+
+
+async def test_a_plan_keeps_its_abort_criteria_and_refuses_a_bad_one(
+    controller: RunningController,
+) -> None:
+    """abort_criteria given in the body are stored as given; a bad key is named."""
+    await fleet(controller)
+    criteria = [
+        {"waves": "canary", "failure_type": "any", "threshold_percent": 0.0, "min_executed": 1},
+        {
+            "waves": "later",
+            "failure_type": "checksum_mismatch",
+            "threshold_percent": 5.0,
+            "min_executed": 20,
+        },
+    ]
+    body = {"target": "4.2.2", "abort_criteria": criteria}
+    status, plan = await call(controller, "POST", "/api/v1/rollouts", json=body)
+    assert status == 201 and plan["abort_criteria"] == criteria
+    shown = (await call(controller, "GET", f"/api/v1/rollouts/{plan['id']}"))[1]
+    assert shown["abort_criteria"] == criteria
+    bad = {"target": "4.2.2", "abort_criteria": [{"waves": "later", "threshold_percent": 101}]}
+    status, error = await call(controller, "POST", "/api/v1/rollouts", json=bad)
+    assert status == 422 and error["error"]["field"] == "abort_criteria.0.threshold_percent"
+
+
 async def test_controls_follow_the_status_and_are_events(controller: RunningController) -> None:
     """start (only with packages), pause, resume, abort; 409 when wrong; each an event, audited."""
     await fleet(controller)
@@ -193,14 +265,43 @@ async def test_controls_follow_the_status_and_are_events(controller: RunningCont
 
 
 async def test_viewers_read_but_cannot_plan(controller: RunningController) -> None:
-    """A viewer token lists rollouts and gets 403 on planning."""
+    """A viewer token lists rollouts, packages and the penalty box, and gets 403 on planning,
+    adding a package and releasing a device."""
     viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
     headers = {"Authorization": f"Bearer {viewer}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.get(controller.url + "/api/v1/rollouts") as response:
-            assert response.status == 200
+        for path in ("rollouts", "releases/packages", "rollouts/penalty-box"):
+            async with http.get(f"{controller.url}/api/v1/{path}") as response:
+                assert response.status == 200, path
         async with http.post(controller.url + "/api/v1/rollouts", json={"target": "4.2.2"}) as r:
             assert r.status == 403
+        url = controller.url + "/api/v1/releases/4.2.2-408037/package"
+        async with http.put(url, data=b"firmware") as r:
+            assert r.status == 403
+        async with http.delete(controller.url + "/api/v1/rollouts/penalty-box/K1") as r:
+            assert r.status == 403
+    assert (await call(controller, "GET", "/api/v1/releases/packages"))[1]["packages"] == []
+
+
+async def test_refusals_keep_their_status_code_and_field(controller: RunningController) -> None:
+    """Unknown rollouts, actions, packages and penalty-box entries are 404 not_found; a
+    status filter that is none is 400."""
+    for method, path in (
+        ("GET", "/api/v1/rollouts/r_nope"),
+        ("GET", "/api/v1/rollouts/r_nope/status"),
+        ("POST", "/api/v1/rollouts/r_nope/start"),
+        ("POST", "/api/v1/rollouts/r_nope/explode"),
+        ("DELETE", "/api/v1/rollouts/penalty-box/K1"),
+        ("GET", "/api/v1/releases/4.2.2-408037/package"),
+    ):
+        status, error = await call(controller, method, path)
+        assert (status, error["error"]["code"]) == (404, "not_found"), (method, path)
+    status, error = await call(controller, "POST", "/api/v1/rollouts/r_nope/explode")
+    assert "no action 'explode'" in error["error"]["message"]
+    status, error = await call(controller, "DELETE", "/api/v1/rollouts/penalty-box/K1")
+    assert error["error"]["message"] == "K1 is not in the penalty box"
+    status, error = await call(controller, "GET", "/api/v1/rollouts?status=sleeping")
+    assert (status, error["error"]["code"]) == (400, "invalid")
 
 
 async def test_a_package_is_kept_with_its_checksum_and_served_in_ranges(
@@ -245,3 +346,43 @@ async def test_a_package_with_a_wrong_checksum_or_release_is_refused(
     assert (await call(controller, "GET", "/api/v1/releases/packages"))[1]["packages"] == []
     leftovers = list((controller.data_dir / "packages").glob("*"))
     assert leftovers == []
+
+
+async def test_entries_are_found_by_rollout_and_serial_across_plans_and_restarts(
+    tmp_path: Path,
+) -> None:
+    """Each rollout shows its own devices and a device its rollouts, newest first, as plans
+    are added and after the controller starts again on the same data."""
+    times = (NOW + timedelta(minutes=n) for n in itertools.count())
+    # Each reading of the clock a minute later: every plan is newer than the one before.
+    async with running_controller(tmp_path / "data", clock=lambda: next(times)) as first:
+        await fleet(first)
+        ids = []
+        for name in ("one", "two"):
+            _, plan = await call(
+                first, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "name": name}
+            )
+            ids.append(plan["id"])
+        _, history = await call(first, "GET", "/api/v1/devices/K1/rollouts")
+        assert [r["id"] for r in history["rollouts"]] == ids[::-1]
+        # Planned after the service has read where entries are: found all the same.
+        _, plan = await call(
+            first, "POST", "/api/v1/rollouts", json={"target": "4.2.2", "sites": ["krakow"]}
+        )
+        ids.append(plan["id"])
+        _, history = await call(first, "GET", "/api/v1/devices/K1/rollouts")
+        assert [r["id"] for r in history["rollouts"]] == ids[::-1]
+        assert history["rollouts"][0]["device"]["serial"] == "K1"
+        await call(first, "PUT", "/api/v1/releases/4.2.2-408037/package", data=b"fw" * 100)
+        assert (await call(first, "POST", f"/api/v1/rollouts/{ids[1]}/start"))[0] == 200
+        shown = {rid: (await call(first, "GET", f"/api/v1/rollouts/{rid}"))[1] for rid in ids}
+    async with running_controller(tmp_path / "data", clock=lambda: next(times)) as again:
+        for rid in ids:
+            status, rollout = await call(again, "GET", f"/api/v1/rollouts/{rid}")
+            assert status == 200 and rollout["devices"] == shown[rid]["devices"]
+        assert [d["serial"] for d in shown[ids[0]]["devices"]] == ["K1", "K2", "K3", "K4", "K5"]
+        _, history = await call(again, "GET", "/api/v1/devices/K3/rollouts")
+        assert [r["id"] for r in history["rollouts"]] == ids[::-1]
+        _, status_page = await call(again, "GET", f"/api/v1/rollouts/{ids[1]}/status")
+        assert status_page["status"] == "running"
+        assert status_page["progress"]["by_status"] == shown[ids[1]]["progress"]["by_status"]

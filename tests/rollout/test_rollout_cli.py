@@ -54,10 +54,11 @@ async def wait_frames(frames: list[bytes], marker: bytes, count: int) -> None:
         await asyncio.sleep(0.05)  # waits-for: the watch's next frame
 
 
-async def seed(data: Path) -> None:
-    """Registry and reports of four Kraków devices, stored in ``data``."""
+async def seed(data: Path, store_url: str | None = None) -> None:
+    """Registry and reports of four Kraków devices, stored in ``data`` (or the PostgreSQL
+    database at ``store_url``, with a planned rollout and one package besides)."""
     now = datetime.now(UTC)
-    async with running_controller(data) as controller:
+    async with running_controller(data, store_url=store_url) as controller:
         status, _ = await call(
             controller,
             "POST",
@@ -86,9 +87,16 @@ async def seed(data: Path) -> None:
                 )
             ),
         )
+        if store_url is None:
+            return
+        body = {"target": "4.2.2-408037", "name": "seeded"}
+        assert (await call(controller, "POST", "/api/v1/rollouts", json=body))[0] == 201
+        path = "/api/v1/releases/4.1.3.394009/package"
+        assert (await call(controller, "PUT", path, data=b"firmware" * 100))[0] == 201
 
 
-async def start_server(data: Path) -> asyncio.subprocess.Process:
+async def start_server(data: Path, *config: str) -> asyncio.subprocess.Process:
+    """``controller serve`` on ``data`` (and ``--config FILE`` when given), once it listens."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-P",
@@ -96,6 +104,7 @@ async def start_server(data: Path) -> asyncio.subprocess.Process:
         "polyfleet",
         "controller",
         "serve",
+        *config,
         "--data-dir",
         str(data),
         "--listen",
@@ -109,6 +118,18 @@ async def start_server(data: Path) -> asyncio.subprocess.Process:
     return process
 
 
+async def wait_active(url: str) -> None:
+    """Until the controller at ``url`` says it is the active one (a PostgreSQL campaign)."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:
+            if (await response.json()).get("role") == "active":
+                return
+        assert asyncio.get_running_loop().time() < deadline, "the controller never became active"
+        await asyncio.sleep(0.1)  # waits-for: the controller to win its campaign
+
+
+@pytest.mark.expected_seconds(15)
 async def test_plan_show_csv_and_controls_through_a_running_server(tmp_path: Path) -> None:
     """With a server on the data dir: plan --json, --csv read back, list, start, status --json."""
     data = tmp_path / "data"
@@ -274,3 +295,113 @@ async def test_status_watch_updates_in_place_on_a_terminal_and_streams_json(
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)
+
+
+async def test_a_rollout_name_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    """--name with an escape sequence or a line break exits 1 (invalid_plan, field name) with
+    the character named, never written to the terminal; nothing is stored."""
+    data = tmp_path / "data"
+    await seed(data)
+    for name in ("night\x1b[2J", "night\nshift"):
+        code, out, err = await run_cli(
+            "rollout", "plan", "--target", "4.2.2", "--name", name, "--json",
+            "--data-dir", str(data), ok=False,
+        )  # fmt: skip
+        error = json.loads(out)["error"]
+        assert code == 1 and (error["code"], error["field"]) == ("invalid_plan", "name")
+        assert "\x1b" not in out + err and "shift" not in out + err
+        assert err.splitlines()[-1].startswith("error: name: contains "), err
+    _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+    assert json.loads(listed)["rollouts"] == []
+
+
+async def test_abort_flags_are_stored_and_shown(tmp_path: Path) -> None:
+    """--abort criteria replace the defaults and are shown by rollout show; without them the
+    defaults follow --max-failures; a malformed --abort is a usage error storing nothing."""
+    data = tmp_path / "data"
+    await seed(data)
+    _, out, _ = await run_cli(
+        "rollout", "plan", "--target", "4.2.2-408037", "--abort", "canary:0%",
+        "--abort", "later:5%:min=20:type=checksum_mismatch", "--json", "--data-dir", str(data),
+    )  # fmt: skip
+    plan = json.loads(out)
+    assert plan["abort_criteria"] == [
+        {"waves": "canary", "failure_type": "any", "threshold_percent": 0.0, "min_executed": 1},
+        {
+            "waves": "later",
+            "failure_type": "checksum_mismatch",
+            "threshold_percent": 5.0,
+            "min_executed": 20,
+        },
+    ]
+    _, shown, _ = await run_cli("rollout", "show", plan["id"], "--data-dir", str(data))
+    lines = [line.split(None, 2) for line in shown.splitlines() if line.startswith("  abort ")]
+    assert lines == [
+        ["abort", "canary:0%", "the canary wave halts when more than 0% of its devices fail"],
+        [
+            "abort",
+            "later:5%:min=20:type=checksum_mismatch",
+            "each later wave halts when more than 5% of its devices fail with "
+            "checksum_mismatch, once 20 of them have run",
+        ],
+    ]
+    _, out, _ = await run_cli(
+        "rollout", "plan", "--target", "4.2.2-408037", "--max-failures", "25", "--dry-run",
+        "--data-dir", str(data),
+    )  # fmt: skip
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("  abort ")] == [
+        "canary:0%",
+        "later:25%",
+    ]
+    code, out, err = await run_cli(
+        "rollout", "plan", "--target", "4.2.2-408037", "--abort", "later:150%", "--json",
+        "--data-dir", str(data), ok=False,
+    )  # fmt: skip
+    assert code == 2 and json.loads(out)["error"]["code"] == "usage"
+    assert "argument --abort: 'later:150%': PERCENT 150.0: a number 0 to 100" in err
+    _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+    assert [r["id"] for r in json.loads(listed)["rollouts"]] == [plan["id"]]
+
+
+async def test_rollout_commands_on_a_postgresql_store(tmp_path: Path, postgres_url: str) -> None:
+    """With a config naming PostgreSQL the commands see the server's rollouts and packages
+    and plan through it; with no server they work on the database themselves, and a start
+    without the target's package is refused as documented."""
+    data = tmp_path / "data"
+    config = tmp_path / "controller.toml"
+    config.write_text(f'[store]\nurl = "{postgres_url}"\n[tickets]\nenabled = false\n', "utf-8")
+    where = ("--config", str(config), "--data-dir", str(data))
+    await seed(data, store_url=postgres_url)
+    server = await start_server(data, "--config", str(config))
+    try:
+        runtime = json.loads((data / "controller.json").read_text())
+        await wait_active(runtime["url"])
+        _, listed, _ = await run_cli("rollout", "list", "--json", *where)
+        (seeded,) = json.loads(listed)["rollouts"]
+        assert seeded["name"] == "seeded"
+        _, packages, _ = await run_cli("releases", "package", "list", "--json", *where)
+        assert [p["version"] for p in json.loads(packages)["packages"]] == ["4.1.3.394009"]
+        _, out, _ = await run_cli(
+            "rollout", "plan", "--target", "4.2.2-408037", "--name", "through the server",
+            "--json", *where,
+        )  # fmt: skip
+        planned = json.loads(out)
+        assert {d["serial"] for d in planned["devices"]} == {"K1", "K2", "K4"}
+        _, logged, _ = await run_cli("audit", "--action", "rollout.plan", "--json", *where)
+        origins = {e["target"]: e["origin"]["via"] for e in json.loads(logged)["entries"]}
+        assert origins[f"rollout:{planned['id']}"] == "control_socket"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 30)
+    _, listed, _ = await run_cli("rollout", "list", "--json", *where)
+    assert {r["name"] for r in json.loads(listed)["rollouts"]} == {"seeded", "through the server"}
+    code, out, err = await run_cli("rollout", "start", planned["id"], "--json", *where, ok=False)
+    error = json.loads(out)["error"]
+    assert code == 1 and error["code"] == "conflict"
+    assert error["message"] == (
+        "no firmware package for 4.2.2-408037: add it with "
+        "`polyfleet controller releases package add VERSION FILE`"
+    )
+    assert err.splitlines()[-1] == f"error: {error['message']}"
+    _, shown, _ = await run_cli("rollout", "show", planned["id"], "--json", *where)
+    assert json.loads(shown)["status"] == "planned"

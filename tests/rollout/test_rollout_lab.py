@@ -9,7 +9,7 @@ from pathlib import Path
 from rollout_kit import rollout_world, wait_until
 
 from polyfleet.agent.service import AgentService
-from polyfleet.controller.api.rollouts import PACKAGES
+from polyfleet.controller.keys import CORE
 from polyfleet.simulator.testing import make_device, with_update
 
 
@@ -40,7 +40,7 @@ async def test_a_rollout_runs_to_completion_with_one_download_per_site(tmp_path:
             "4.1.0_00.180034",
             "4.2.2-408037",
         ]
-        downloads = world.controller.app[PACKAGES].downloads
+        downloads = world.controller.app[CORE].packages.downloads
         assert downloads[("krakow", "4.2.2-408037")] == 1
         assert downloads[("gdansk", "4.2.2-408037")] == 1
         evidence = {d["serial"]: d["evidence"] for d in done["devices"]}
@@ -95,6 +95,8 @@ async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
         assert done["status"] == "done", done.get("halt")
         by = {d["serial"]: d for d in done["devices"]}
         assert by["CAN01"]["status"] == "failed" and len(by["CAN01"]["failures"]) == 2
+        # The agent said why in a code; the controller judged the failures by it.
+        assert {f["code"] for f in by["CAN01"]["failures"]} == {"install_failed"}
         assert by["CAN02"]["status"] == by["CAN03"]["status"] == "done"
         _, box = await world.call("GET", "/api/v1/rollouts/penalty-box")
         assert [d["serial"] for d in box["devices"]] == ["CAN01"]
@@ -110,6 +112,7 @@ async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) 
         entry = next(d for d in halted["devices"] if d["serial"] == "BRK01")
         assert entry["status"] == "failed"
         assert entry["failures"][0]["check"] == "did_not_return"
+        assert entry["failures"][0]["code"] == "did_not_return"
         _, box = await world.call("GET", "/api/v1/rollouts/penalty-box")
         assert [d["serial"] for d in box["devices"]] == ["BRK01"]
 

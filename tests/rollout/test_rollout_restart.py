@@ -60,6 +60,7 @@ async def serve(config: Path, data: Path, port: int) -> asyncio.subprocess.Proce
     return process
 
 
+@pytest.mark.expected_seconds(15)
 async def test_controller_kill_9_mid_rollout_orders_no_unit_twice(tmp_path: Path) -> None:
     """SIGKILL while units install; after a restart the rollout completes, one job per hop."""
     specs = [

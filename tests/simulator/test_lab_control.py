@@ -137,6 +137,39 @@ async def test_timeline_advances_by_itself(lab_factory: LabFactory) -> None:
     assert lab.timeline_seconds() >= 0.1
 
 
+async def test_a_faster_timeline_reaches_later_windows_sooner(lab_factory: LabFactory) -> None:
+    """At rate 600, a window half a minute ahead opens and closes long before half a minute."""
+    spec = make_device(faults=[FaultWindow(name="camera_down", at=30, until=60)])
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    assert "camera_down" not in device.faults
+    lab.set_timeline_rate(600)
+    await wait_for(lambda: "camera_down" in device.faults)
+    await wait_for(lambda: "camera_down" not in device.faults)
+    assert lab.timeline_seconds() >= 60
+
+
+async def test_timeline_rate_changes_keep_the_timeline_continuous(
+    lab_factory: LabFactory,
+) -> None:
+    """A new rate applies from now on: seconds already passed stay as they were, jumps too."""
+    clock = FakeClock()
+    lab = await lab_factory([make_device()], clock=clock)
+    clock.advance(10)
+    lab.set_timeline_rate(4)
+    assert lab.timeline_seconds() == 10
+    clock.advance(2)
+    assert lab.timeline_seconds() == 18
+    await lab.jump_timeline(100)
+    clock.advance(1)
+    assert lab.timeline_seconds() == 104
+    lab.set_timeline_rate(1)
+    clock.advance(1)
+    assert lab.timeline_seconds() == 105
+    with pytest.raises(ValueError, match="above 0"):
+        lab.set_timeline_rate(0)
+
+
 async def test_duplicate_serial_in_code_built_fleet_is_refused(tmp_path: Path) -> None:
     """A fleet built in code with one serial twice is refused before anything listens."""
     with pytest.raises(ValueError, match="DUP00001"):

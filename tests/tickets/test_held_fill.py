@@ -69,6 +69,13 @@ class Server:
     url: str
     data_dir: Path
     agent_token: str
+    task: asyncio.Task[None]
+    stopping: asyncio.Event
+
+    async def stop(self) -> None:
+        """Stop the server (SIGTERM's way) and wait until it has released the store."""
+        self.stopping.set()
+        await self.task
 
 
 @pytest.fixture
@@ -104,7 +111,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
             http.post(f"{urls[0]}/api/v1/agent/enroll", json=body) as response,
         ):
             token = (await response.json())["token"]
-        yield Server(url=urls[0], data_dir=data_dir, agent_token=token)
+        yield Server(url=urls[0], data_dir=data_dir, agent_token=token, task=task, stopping=stop)
     finally:
         stop.set()
         await task
@@ -242,6 +249,28 @@ async def test_fill_took_an_empty_or_unknown_contract_number(server: Server) -> 
     ), notes
 
 
+async def signed_in(http: aiohttp.ClientSession, server: Server, token: str) -> dict[str, str]:
+    """The cookies of a dashboard session signed in with ``token``."""
+    # Cookies sent by hand: a client jar keeps no Secure cookie from plain HTTP.
+    async with http.get(f"{server.url}/signin") as response:
+        nonce = response.cookies[SIGNIN_COOKIE].value
+    async with http.post(
+        f"{server.url}/signin",
+        data={"token": token, "nonce": nonce, "next": "/"},
+        cookies={SIGNIN_COOKIE: nonce},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 303, await response.text()
+        return {SESSION_COOKIE: response.cookies[SESSION_COOKIE].value}
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token of a dashboard page's forms."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
 async def test_dashboard_fill_said_nobody_filled_it_and_could_not_force(server: Server) -> None:
     """The dashboard's fill form records who filled the ticket, as the API does, and takes a
     contract number the registry lacks only when the admin ticks it (the API's force)."""
@@ -253,24 +282,12 @@ async def test_dashboard_fill_said_nobody_filled_it_and_could_not_force(server: 
     )
     token = json.loads(created.out)
     async with aiohttp.ClientSession() as http:
-        # Cookies sent by hand: a client jar keeps no Secure cookie from plain HTTP.
-        async with http.get(f"{server.url}/signin") as response:
-            nonce = response.cookies[SIGNIN_COOKIE].value
-        async with http.post(
-            f"{server.url}/signin",
-            data={"token": token["token"], "nonce": nonce, "next": "/"},
-            cookies={SIGNIN_COOKIE: nonce},
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 303, await response.text()
-            session = {SESSION_COOKIE: response.cookies[SESSION_COOKIE].value}
+        session = await signed_in(http, server, token["token"])
         page = f"{server.url}/tickets/{ticket}"
         async with http.get(page, cookies=session) as response:
             html = await response.text()
         assert 'name="force" value="1"' in html
-        csrf = re.search(r'name="csrf" value="([^"]+)"', html)
-        assert csrf is not None
-        form = {"csrf": csrf.group(1), "contract_number": "PPP-2026-NEW"}
+        form = {"csrf": csrf_of(html), "contract_number": "PPP-2026-NEW"}
         async with http.post(
             f"{page}/fill", data=form, cookies=session, allow_redirects=False
         ) as response:
@@ -292,3 +309,88 @@ async def test_dashboard_fill_said_nobody_filled_it_and_could_not_force(server: 
         "force": True,
         "via": "dashboard",
     }
+
+
+#: Text that reads differently than it is, or breaks the lines it is written into.
+DISGUISED = {
+    "serial": "X7\u202e1X",  # a right-to-left override: shows as X7X1
+    "contract_number": "PPP-2023-7\nBcc: desk@example.com",
+}
+
+
+async def test_a_line_break_or_an_override_reached_a_ticket(server: Server) -> None:
+    """A serial or contract number with a line break or a bidirectional override is refused,
+    naming the field, by the API, the dashboard's form and the CLI; the ticket is unchanged."""
+    await camera_fault(server, "X7")
+    local = ["--data-dir", str(server.data_dir), "--json"]
+    ticket = await first_ticket(local)
+    flags = {field: "--" + field.replace("_", "-") for field in DISGUISED}
+    created, *commands = await asyncio.gather(
+        polyfleet("controller", "token", "create", "--role", "admin", "--name", "ops", *local),
+        *(
+            polyfleet("controller", "tickets", "fill", ticket, flags[field], value, *local)
+            for field, value in DISGUISED.items()
+        ),
+    )
+    for field, done in zip(DISGUISED, commands, strict=True):
+        assert done.code == 2, done
+        assert json.loads(done.out)["error"]["field"] == field
+        assert f"{flags[field]}: contains " in done.err
+    token = json.loads(created.out)["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        api = f"{server.url}/api/v1/tickets/{ticket}"
+        session = await signed_in(http, server, token)
+        page = f"{server.url}/tickets/{ticket}"
+        for field, value in DISGUISED.items():
+            async with http.patch(api, json={field: value}, headers=headers) as response:
+                assert response.status == 422, await response.text()
+                error = (await response.json())["error"]
+            assert error["field"] == field, error
+            async with http.get(page, cookies=session) as response:
+                form = {"csrf": csrf_of(await response.text()), field: value}
+            async with http.post(
+                f"{page}/fill", data=form, cookies=session, allow_redirects=False
+            ) as response:
+                assert response.status == 422
+                shown = await response.text()
+            assert f"{field}: contains " in shown, shown
+        async with http.get(api, headers=headers) as response:
+            kept = await response.json()
+    assert kept["serial"] == "X7" and kept["contract_number"] is None
+    assert kept["status"] == "needs_data"
+    audit = json.loads((await polyfleet("controller", "audit", "--action", "ticket", *local)).out)
+    assert [e for e in audit["entries"] if e["action"] == "ticket.fill"] == []
+
+
+async def test_ticket_commands_needed_a_running_server(server: Server) -> None:
+    """With no server running, ticket commands read and change the store itself, and the
+    audit log records their changes as the local user's."""
+    await camera_fault(server, "X7")
+    local = ["--data-dir", str(server.data_dir)]
+    ticket = await first_ticket([*local, "--json"])
+    await server.stop()
+    assert not (server.data_dir / "controller.json").exists()
+    filled = await polyfleet(
+        "controller", "tickets", "fill", ticket, "--contract-number", "PPP-2023-7", *local,
+        "--json",
+    )  # fmt: skip
+    assert filled.code == 0, filled.err
+    data = json.loads(filled.out)
+    assert data["status"] == "open" and data["contract_number"] == "PPP-2023-7"
+    assert data["filled_by"].endswith("(on the controller)")
+    listed = await polyfleet("controller", "tickets", "list", "--site", "krk", *local)
+    assert listed.code == 0, listed.err
+    assert listed.out.splitlines()[1].startswith(f"{ticket}  open")
+    closed = await polyfleet("controller", "tickets", "close", ticket, *local)
+    assert closed.code == 0, closed.err
+    assert closed.out.startswith(f"{ticket}  closed")
+    unknown = await polyfleet("controller", "tickets", "ack", "PF-NOPE000000", *local, "--json")
+    assert unknown.code == 1 and json.loads(unknown.out)["error"]["code"] == "not_found"
+    audit = await polyfleet("controller", "audit", "--action", "ticket", *local, "--json")
+    entries = {e["action"]: e for e in json.loads(audit.out)["entries"]}
+    assert set(entries) == {"ticket.fill", "ticket.close"}
+    for entry in entries.values():
+        assert entry["target"] == f"ticket:{ticket}"
+        assert entry["origin"]["via"] == "local_store", entry
+    assert entries["ticket.fill"]["details"] == {"contract_number": "PPP-2023-7"}

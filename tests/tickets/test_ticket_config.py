@@ -71,8 +71,8 @@ def test_secrets_from_file_and_env_never_show(tmp_path: Path) -> None:
         ({"tickets": {"language": "de"}}, "tickets.language"),
         ({"tickets": {"min_reports": 0}}, "tickets.min_reports"),
         ({"tickets": {"min_duration_s": "5m"}}, "tickets.min_duration_s"),
-        ({"tickets": {"codes": ["camera_on_fire"]}}, "ticket_codes"),
-        ({"tickets": {"escalation": "x@y"}}, "unknown key(s) escalation"),
+        ({"tickets": {"codes": ["camera_on_fire"]}}, "tickets.codes: unknown problem codes"),
+        ({"tickets": {"escalation": "x@y"}}, "tickets.escalation: unknown key"),
         ({"tickets": {"sent_retention_days": -1}}, "tickets.sent_retention_days"),
         ({"tickets": {"desk_email": "pomoc@myhezo.pl\r\nBcc: x@y"}}, "tickets.desk_email"),
         ({"tickets": {"escalation_email": "two@a.pl, three@b.pl"}}, "tickets.escalation_email"),
@@ -92,7 +92,10 @@ def test_secrets_from_file_and_env_never_show(tmp_path: Path) -> None:
             },
             "smtp.starttls",
         ),
-        ({"smtp": {"host": "h", "from": "a@b", "password_env": "NOPE_UNSET"}}, "NOPE_UNSET"),
+        (
+            {"smtp": {"host": "h", "from": "a@b", "username": "u", "password_env": "NOPE_UNSET"}},
+            "smtp.password_env: environment variable NOPE_UNSET is not set",
+        ),
         ({"webhook": {"url": "ftp://x", "secret": "s"}}, "webhook.url"),
         ({"webhook": {"url": "http://127.0.0.1/h"}}, "webhook.secret"),
         ({"webhook": {"url": "http://127.0.0.1/h", "secret": "a", "secret_env": "B"}}, "only one"),
@@ -122,7 +125,7 @@ def _known_keys(section: str, required: dict[str, Any]) -> list[str]:
         ticket_settings({section: {**required, "no_such_key": 1}})
     message = str(caught.value)
     assert "no_such_key" in message
-    return message.partition("known: ")[2].split(", ")
+    return message.partition("known keys: ")[2].split(", ")
 
 
 def test_deploy_example_documents_every_key_and_loads() -> None:

@@ -442,3 +442,35 @@ async def test_healthy_reports_do_not_rewrite_detector_state(
     assert first["X1"]["site"] == "krk"
     await report(service, clock, "X1", range(1, 30))
     assert dict(service.store.scan(FAULT_STATE)) == first
+
+
+async def test_listings_by_status_site_and_device_lost_track_of_writes(
+    desk: tuple[TicketService, Clock], store: TinyDBStore, tmp_path: Path
+) -> None:
+    """Tickets chosen by status, site and device (and their deliveries) follow filing,
+    sending and closing, and a service built afresh on the store finds them the same way."""
+    service, clock = desk
+    await report(service, clock, "X1", range(0, 12), ProblemCode.CAMERA_DOWN)
+    (ticket,) = service.tickets()
+    assert [t.id for t in service.tickets(status="open", site="krk", serial="X1")] == [ticket.id]
+    assert service.tickets(site="waw") == [] and service.device_tickets("X2") == []
+    assert service.open_tickets_by_serial() == {"X1": (ticket.id,)}
+    assert await service.worker.run_once(clock.now) == 2
+    assert [t.id for t in service.tickets(status="sent")] == [ticket.id]
+    assert service.tickets(status="open") == []
+    every = [d for d in service.deliveries() if d["ticket_id"] == ticket.id]
+    assert len(every) == 2 and service.deliveries(ticket.id) == every
+    assert service.delivery_state(ticket.id) == ("sent", None)
+    await service.act(ticket.id, "close")
+    assert service.active_tickets() == [] and service.open_tickets_by_serial() == {}
+    assert [t.id for t in service.closed_since(clock.now)] == [ticket.id]
+    assert service.closed_since(clock.now + MINUTE) == []
+    fresh = TicketService(
+        store, service.settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
+    )
+    try:
+        assert [t.id for t in fresh.tickets(status="closed", serial="X1")] == [ticket.id]
+        assert [t.id for t in fresh.device_tickets("X1")] == [ticket.id]
+        assert fresh.deliveries(ticket.id) == every
+    finally:
+        await fresh.close()

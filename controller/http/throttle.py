@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from polyfleet.controller.api.errors import ApiError
+from polyfleet.controller.http.errors import ApiError
 
 #: Addresses remembered at most; the one idle longest is forgotten first (its bucket refills
 #: within a minute anyway, so forgetting it early only forgives it a little sooner).

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from polyfleet.controller.api.errors import ApiError, Handler
-from polyfleet.controller.api.spec import spec_of
-from polyfleet.controller.api.throttle import AUTH_LIMITER, client_address
+from polyfleet.controller.http.errors import ApiError, Handler
+from polyfleet.controller.http.spec import spec_of
+from polyfleet.controller.http.throttle import AUTH_LIMITER, client_address
 from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import LOCAL_ADMIN, Principal, Role
 

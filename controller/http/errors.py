@@ -8,16 +8,14 @@ import json
 import logging
 import operator
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from polyfleet.controller.errors import Refused
 from polyfleet.controller.keys import STORE
-from polyfleet.controller.services.access import EnrollmentRefused, UnknownSite
-from polyfleet.controller.services.inventory import DeviceAtOtherSite, InvalidInput, UnknownDevice
-from polyfleet.controller.services.jobs import ArtifactTooLarge, JobConflict, UnknownJob
 from polyfleet.controller.store.base import StoreHealth, StoreUnavailable
 from polyfleet.shared.schema import ErrorBody
 
@@ -39,8 +37,9 @@ _STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable ``code``, a message and the field at fault."""
+class ApiError(Refused):
+    """An error answer of the HTTP layer itself (a body that cannot be read, a limit):
+    HTTP status, a stable ``code``, a message and the field at fault."""
 
     def __init__(
         self,
@@ -51,17 +50,24 @@ class ApiError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = dict(headers or {})
+        super().__init__(message, code=code, field=field, status=status, headers=headers)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body = ErrorBody(code=code, message=message, field=field)
-    return web.json_response({"error": body.model_dump(mode="json")}, status=status)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    *,
+    problems: Sequence[Mapping[str, Any]] = (),
+) -> web.Response:
+    """``{"error": {code, message, field}}``, and ``problems`` beside it when there are any."""
+    body: dict[str, Any] = {
+        "error": ErrorBody(code=code, message=message, field=field).model_dump(mode="json")
+    }
+    if problems:
+        body["problems"] = [dict(problem) for problem in problems]
+    return web.json_response(body, status=status)
 
 
 _HTTP_CODES = {
@@ -113,25 +119,15 @@ def store_warning(app: web.Application) -> str | None:
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.field)
+    except Refused as exc:
+        response = error_response(
+            exc.status, exc.code, exc.message, exc.field, problems=exc.problems
+        )
         response.headers.update(exc.headers)
         if exc.status == 408:
             # The rest of a late body may still trickle in: nothing more is read from it.
             response.force_close()
         return response
-    except DeviceAtOtherSite as exc:
-        return error_response(403, "device_at_other_site", str(exc), "reports")
-    except InvalidInput as exc:
-        return error_response(400, "invalid", str(exc), exc.field)
-    except (UnknownDevice, UnknownSite, UnknownJob) as exc:
-        return error_response(404, "not_found", str(exc))
-    except EnrollmentRefused as exc:
-        return error_response(403, "enrollment_refused", str(exc), "code")
-    except JobConflict as exc:
-        return error_response(409, "conflict", str(exc))
-    except ArtifactTooLarge as exc:
-        return error_response(413, "body_too_large", str(exc))
     except StoreUnavailable as exc:
         # The store logs the failure once; each refused request only at debug level.
         log.debug("refusing %s %s: %s", request.method, request.path, exc)

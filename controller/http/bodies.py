@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from polyfleet.controller.api.auth import PRINCIPAL
-from polyfleet.controller.api.connections import ConnectionGuard
-from polyfleet.controller.api.errors import DEPTH_CHECKED, ApiError, Handler, check_depth
-from polyfleet.controller.api.spec import spec_of
+from polyfleet.controller.http.auth import PRINCIPAL
+from polyfleet.controller.http.connections import ConnectionGuard
+from polyfleet.controller.http.errors import DEPTH_CHECKED, ApiError, Handler, check_depth
+from polyfleet.controller.http.spec import spec_of
 from polyfleet.controller.keys import CONFIG
 from polyfleet.shared.schema import MAX_BODY_BYTES
 

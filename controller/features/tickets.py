@@ -1,0 +1,254 @@
+"""Fault tickets: list, show, deliveries, bundles; fill in a held one, move one along, send it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from polyfleet.controller.core import Controller
+from polyfleet.controller.domain.admin_input import contract_number as checked_contract_number
+from polyfleet.controller.domain.admin_input import serial as checked_serial
+from polyfleet.controller.domain.tickets import ACTIONS, ACTIVE, Ticket, TicketStatus
+from polyfleet.controller.errors import BadRequest, NotFound
+from polyfleet.controller.features.caller import Caller, Permission, record
+from polyfleet.controller.services.audit import AuditAction
+from polyfleet.controller.services.overview import ticket_urgency, urgent_tickets
+from polyfleet.controller.services.ticket_service import TicketService
+from polyfleet.controller.store.base import Doc
+
+#: ``send`` (re)sends an open ticket; the rest are lifecycle steps (``ACTIONS``).
+VERBS = (*ACTIONS, "send")
+#: The audit record of each verb.
+AUDITED: Mapping[str, AuditAction] = {
+    "ack": AuditAction.TICKET_ACK,
+    "accept": AuditAction.TICKET_ACCEPT,
+    "shipped": AuditAction.TICKET_SHIPPED,
+    "received": AuditAction.TICKET_RECEIVED,
+    "returned": AuditAction.TICKET_RETURNED,
+    "close": AuditAction.TICKET_CLOSE,
+    "send": AuditAction.TICKET_SEND,
+}
+#: States a delivery record can be listed in.
+DELIVERY_STATES = ("pending", "retrying", "sent", "failed")
+#: Statuses a ticket can be listed in.
+STATUSES = tuple(status.value for status in TicketStatus)
+#: Closed tickets stay on the dashboard's list this long.
+RECENT = timedelta(days=7)
+
+
+def _service(core: Controller) -> TicketService:
+    return core.tickets.get()
+
+
+def _listed(service: TicketService, ticket: Ticket) -> Doc:
+    """The ticket's document with how its messages fare (``delivery``, ``delivery_error``)."""
+    state, error = service.delivery_state(ticket.id)
+    return {**ticket.as_document(), "delivery": state, "delivery_error": error}
+
+
+def _detail(service: TicketService, ticket: Ticket) -> Doc:
+    return {**_listed(service, ticket), "deliveries": service.deliveries(ticket.id)}
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def list_tickets(
+    core: Controller, caller: Caller, *, status: str | None = None, site: str | None = None
+) -> list[Doc]:
+    """Tickets (in ``status``, of ``site``), newest first, each with how its messages fare."""
+    caller.require(Permission.READ)
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status: {status!r} is not one of {', '.join(STATUSES)}", field="status")
+    service = _service(core)
+    return [_listed(service, ticket) for ticket in service.tickets(status=status, site=site)]
+
+
+def ticket_detail(core: Controller, caller: Caller, ticket_id: str) -> Doc:
+    """One ticket with its deliveries; ``TicketNotFound`` when there is none."""
+    caller.require(Permission.READ)
+    service = _service(core)
+    return _detail(service, service.get(ticket_id))
+
+
+def list_deliveries(
+    core: Controller, caller: Caller, *, ticket: str | None = None, state: str | None = None
+) -> list[Doc]:
+    """Ticket messages by channel (of one ticket, in one state), oldest first."""
+    caller.require(Permission.READ)
+    if state is not None and state not in DELIVERY_STATES:
+        known = ", ".join(DELIVERY_STATES)
+        raise BadRequest(f"state: {state!r} is not one of {known}", field="state")
+    return _service(core).deliveries(ticket, state=state)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleFile:
+    """A ticket's diagnostics bundle on disk, as it is downloaded."""
+
+    path: Path
+    filename: str
+    content_type: str
+
+
+def ticket_bundle(core: Controller, caller: Caller, ticket_id: str) -> BundleFile:
+    """The ticket's diagnostics bundle (W4); ``NotFound`` saying why when it has none."""
+    caller.require(Permission.READ)
+    service = _service(core)
+    ticket = service.get(ticket_id)
+    if ticket.bundle is None:
+        reason = ticket.bundle_error or "not collected yet"
+        raise NotFound(f"ticket {ticket.id} has no diagnostics bundle: {reason}")
+    return BundleFile(
+        path=service.bundle_dir / ticket.id / ticket.bundle.filename,
+        filename=ticket.bundle.filename,
+        content_type=ticket.bundle.content_type,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TicketBoard:
+    """The tickets page: active tickets by urgency (``urgent_tickets``), recently closed ones."""
+
+    active: Doc
+    closed: list[Ticket]
+
+
+def ticket_board(core: Controller, caller: Caller, *, site: str | None = None) -> TicketBoard:
+    """Active tickets (of ``site``), most urgent first, and those closed within ``RECENT``."""
+    caller.require(Permission.READ)
+    service = _service(core)
+    now = core.clock()
+    return TicketBoard(
+        active=urgent_tickets(service.active_tickets(site=site), now),
+        closed=service.closed_since(now - RECENT, site=site),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TicketView:
+    """One ticket as its page shows it."""
+
+    ticket: Ticket
+    deliveries: list[Doc]
+    #: How urgent it is while active (``ticket_urgency``; "" once closed), and its running
+    #: SLA clock.
+    urgency: str
+    clock: Doc | None
+    #: What the caller may do with it now (none for a caller who may only look): ``send``
+    #: while it is open, then the lifecycle steps its status allows.
+    actions: list[str]
+
+
+def ticket_view(core: Controller, caller: Caller, ticket_id: str) -> TicketView:
+    caller.require(Permission.READ)
+    service = _service(core)
+    ticket = service.get(ticket_id)
+    actions: list[str] = []
+    if caller.may(Permission.OPERATE):
+        actions = ticket.allowed_actions()
+        if ticket.status is TicketStatus.OPEN:
+            actions = ["send", *actions]
+    urgency: str = ""
+    clock: Doc | None = None
+    if ticket.status in ACTIVE:
+        urgency, clock = ticket_urgency(ticket, core.clock())
+    return TicketView(
+        ticket=ticket,
+        deliveries=service.deliveries(ticket.id),
+        urgency=urgency,
+        clock=clock,
+        actions=actions,
+    )
+
+
+def device_tickets(core: Controller, caller: Caller, serial: str) -> list[Ticket]:
+    """A device's tickets (its own, and site tickets that name it), newest first."""
+    caller.require(Permission.READ)
+    return _service(core).device_tickets(serial)
+
+
+def active_tickets(core: Controller, caller: Caller) -> list[Ticket]:
+    """Tickets still being worked on (any status but closed), newest first."""
+    caller.require(Permission.READ)
+    return _service(core).active_tickets()
+
+
+# -- acting ----------------------------------------------------------------------------------
+
+
+def _filled_by(caller: Caller) -> str:
+    """How a ticket names who filled it in: the token (and the face), or this machine."""
+    actor = caller.actor
+    if actor.token_id is None:
+        return f"{actor.name} (on the controller)"
+    via = f", {caller.via}" if caller.via else ""
+    return f"{actor.name} (token {actor.token_id}{via})"
+
+
+async def fill_ticket(
+    core: Controller,
+    caller: Caller,
+    ticket_id: str,
+    *,
+    serial: str | None = None,
+    contract_number: str | None = None,
+    force: bool = False,
+) -> Doc:
+    """Complete a held ticket's serial or contract number (W5); complete, it is sent.
+
+    Refused: ``TicketNotFound``; an unprintable or empty value (``AdminInputError``, the
+    field named); ``UnknownContract`` for a number the asset registry lacks for the serial
+    unless ``force``; ``TicketError`` once the ticket is sent.
+    """
+    caller.require(Permission.OPERATE)
+    service = _service(core)
+    service.get(ticket_id)
+    filled: dict[str, Any] = {}
+    if serial is not None:
+        filled["serial"] = checked_serial(serial)
+    if contract_number is not None:
+        filled["contract_number"] = checked_contract_number(contract_number)
+    ticket = await service.fill(
+        ticket_id,
+        serial=filled.get("serial"),
+        contract_number=filled.get("contract_number"),
+        by=_filled_by(caller),
+        force=force,
+    )
+    if force:
+        filled["force"] = True
+    await record(
+        core, caller, AuditAction.TICKET_FILL, f"ticket:{ticket.id}", filled, site=ticket.site
+    )
+    return _detail(service, ticket)
+
+
+async def act_on_ticket(
+    core: Controller, caller: Caller, ticket_id: str, verb: str, *, at: datetime | None = None
+) -> Doc:
+    """One lifecycle step (``ACTIONS``: ack, accept, shipped, received, returned, close),
+    dated ``at`` when it happened earlier, or ``send`` for an open ticket.
+
+    Refused: an unknown verb or ``TicketNotFound`` (404); ``TicketError`` when its status does
+    not allow it (409); ``TicketMomentError`` when ``at`` is ahead of now or before an
+    earlier step (422, ``at``).
+    """
+    caller.require(Permission.OPERATE)
+    audited = AUDITED.get(verb)
+    if audited is None:
+        raise NotFound(f"no ticket action {verb!r}; use one of {', '.join(VERBS)}")
+    service = _service(core)
+    service.get(ticket_id)
+    if verb == "send":
+        ticket = await service.resend(ticket_id)
+    else:
+        ticket = await service.act(ticket_id, verb, at=at)
+    details = {"status": ticket.status.value}
+    if at is not None:
+        details["at"] = at.isoformat()
+    await record(core, caller, audited, f"ticket:{ticket.id}", details, site=ticket.site)
+    return _detail(service, ticket)

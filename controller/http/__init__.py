@@ -1,0 +1,1 @@
+"""What the API and the dashboard share over HTTP: endpoint specs, credentials, limits, errors."""
