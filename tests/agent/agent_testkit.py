@@ -113,33 +113,6 @@ def write_credential(path: Path, url: str) -> None:
     ).save(path)
 
 
-async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    """Wait until ``predicate()`` is true, checking often; fail after ``timeout`` seconds."""
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)  # waits-for: polling a condition with a deadline
-
-
-async def wait_for_async(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Await ``predicate()`` until it gives something truthy, and return that (with a deadline)."""
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)  # waits-for: polling a condition with a deadline
-
-
 class SwitchableLink:
     """A TCP relay on loopback that can cut the line to a real server (an uplink outage)."""
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, wait_for_async
+from agent_testkit import agent_config, device_config
+from testkit.waiting import wait_until
 
 from polyfleet.agent.config import load_config
 from polyfleet.agent.service import AgentService
@@ -63,7 +64,7 @@ async def test_running_agent_answers_status_metrics_and_the_cli(
                     ok = doc["uplink"]["ok"] and doc["devices"]["answering"] == 1
                     return doc if ok else None
 
-                doc = await wait_for_async(healthy, what="a healthy status")
+                doc = await wait_until(healthy, what="a healthy status")
                 async with http.get(url + "/metrics") as resp:
                     metrics = await resp.text()
             assert doc["healthy"] is True and doc["problems"] == []

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, wait_for_async, write_credential
+from agent_testkit import agent_config, device_config, write_credential
+from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
 from polyfleet.agent.uplink import Credential
@@ -68,7 +69,7 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
                     wanted = ("WORDCERT", "WORDOFF", "WORDSSH")
                     return all(found.get(s, {}).get("state") == "ok" for s in wanted)
 
-                await wait_for_async(all_ok, what="three healthy devices, pins learned")
+                await wait_until(all_ok, what="three healthy devices, pins learned")
                 old_tls, old_ssh = cert.tls_fingerprint, ssh.ssh_fingerprint
                 await cert.renew_identity(certificate=True)
                 await ssh.renew_identity(host_key=True)
@@ -84,7 +85,7 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
                     )
                     return found if done else None
 
-                found = await wait_for_async(failing, what="the three failures at the controller")
+                found = await wait_until(failing, what="the three failures at the controller")
                 async with http.get(controller.url + "/api/v1/events?kind=agent_notice") as resp:
                     notices = [e["data"] for e in (await resp.json())["events"]]
         finally:
@@ -139,7 +140,7 @@ async def test_unreachable_controller_over_https_is_logged_in_words(
         async def told() -> bool:
             return any("controller not taking reports" in r.getMessage() for r in caplog.records)
 
-        await wait_for_async(told, what="the outage logged")
+        await wait_until(told, what="the outage logged")
     finally:
         await service.stop()
     logged = [r.getMessage() for r in caplog.records if r.name.startswith("polyfleet")]

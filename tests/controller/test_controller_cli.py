@@ -11,7 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, cli, report, snapshot, start_server
+from controller_testkit import cli, start_server
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.cli import main
 from polyfleet.shared.schema import PROTOCOL_VERSION

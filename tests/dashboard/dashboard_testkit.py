@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -16,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
+from testkit.waiting import wait_until
 from tickets.conftest import WebhookPeer, ticket_sections
 
 from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
@@ -51,17 +51,6 @@ X50_FAULT = "WEBX50001"
 X30 = "WEBX30001"
 X70 = "WEBX70001"
 X50_DEGRADED = "WEBX50002"
-
-
-async def wait_until(
-    condition: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition"
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout} s")
-        await asyncio.sleep(0.05)  # waits-for: real agents polling lab devices
 
 
 def registry_csv(today: date) -> str:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+from testkit.waiting import wait_until
 
 from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
@@ -41,22 +40,6 @@ def open_window(minutes: int = 40) -> str:
     start = now - timedelta(minutes=5)
     end = now + timedelta(minutes=minutes)
     return f"{start:%H:%M}-{end:%H:%M}"
-
-
-async def wait_until(
-    check: Callable[[], Any], *, what: str, timeout: float = 60.0, interval: float = 0.1
-) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)  # waits-for: the condition above
 
 
 @dataclass
@@ -109,7 +92,7 @@ class World:
             _, body = await self.call("GET", "/api/v1/devices")
             return serials <= {d["serial"] for d in body["devices"]}
 
-        await wait_until(check, what=f"reports of {sorted(serials)}", timeout=60)
+        await wait_until(check, what=f"reports of {sorted(serials)}")
 
 
 async def _stop_agent(agents: dict[str, AgentService], site: str) -> None:

@@ -14,14 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from rollout_kit import (
-    PACKAGE_VERSIONS,
-    WARSAW,
-    open_window,
-    package_bytes,
-    registry_row,
-    wait_until,
-)
+from rollout_kit import PACKAGE_VERSIONS, WARSAW, open_window, package_bytes, registry_row
+from testkit.waiting import wait_until
 
 from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService

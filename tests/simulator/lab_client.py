@@ -1,11 +1,9 @@
-"""A pinned REST client and small waiting tools for the device lab tests."""
+"""A pinned REST client, SSH helpers and a settable monotonic clock for the device lab tests."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -72,15 +70,6 @@ class RestClient:
         response = await self.request(method, path)
         assert response.status == 200, (path, response.status, await response.text())
         return await response.json(content_type=None)
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``condition()`` holds, checking often, failing after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.01)  # waits-for: the polled condition
 
 
 class FakeClock:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from lab_client import FakeClock, LabFactory, RestClient, pin, wait_for
+from lab_client import FakeClock, LabFactory, RestClient, pin
+from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import FaultError, SimDevice
 from polyfleet.simulator.fleet import PeripheralSpec
@@ -424,7 +425,7 @@ async def test_reboot_drops_sessions_and_keeps_certificate(
     await client.login()
     response = await client.request("POST", "/rest/system/reboot", json={"action": "reboot"})
     assert response.status == 200
-    await wait_for(lambda: device.power != "on")
+    await wait_until(lambda: device.power != "on")
     await device.wait_power("on")
     assert (await client.request("GET", "/rest/system")).status == 403
     assert device.tls_fingerprint == fingerprint

@@ -11,8 +11,9 @@ from pathlib import Path
 import aiohttp
 import paramiko
 import pytest
-from lab_client import LabFactory, RestClient, exec_command, pin, wait_for
+from lab_client import LabFactory, RestClient, exec_command, pin
 from package_server import PackageServer
+from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.testing import make_device, with_update
@@ -66,7 +67,7 @@ async def test_update_ok_comes_back_on_the_new_version(
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         config = (await response.json())["vars"]
     assert config["upgrade.auto.version"] == "4.2.2-408037"
-    await wait_for(lambda: device.power == "installing")
+    await wait_until(lambda: device.power == "installing")
     with pytest.raises(aiohttp.ClientConnectorError):
         await client.request("GET", "/")
     await device.wait_power("on")
@@ -88,7 +89,7 @@ async def test_update_fail_returns_on_the_old_version(
     await client.login()
     started = time.monotonic()
     await order_update(client, "4.0.2.384012")
-    await wait_for(lambda: device.power == "installing")
+    await wait_until(lambda: device.power == "installing")
     await device.wait_power("on")
     # The install takes install_seconds (boot_seconds follow).
     assert time.monotonic() - started >= 0.5
@@ -148,7 +149,7 @@ async def test_update_can_bring_a_new_certificate(
     client = rest_factory(device)
     await client.login()
     await order_update(client, "4.6.2")
-    await wait_for(lambda: device.power == "installing")
+    await wait_until(lambda: device.power == "installing")
     await device.wait_power("on")
     assert device.tls_fingerprint != before
     async with aiohttp.ClientSession() as http:
@@ -180,7 +181,7 @@ async def test_ssh_reboot_now_installs_an_ordered_update(
     )
     with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
         await asyncio.to_thread(exec_command, device, "reboot now")
-    await wait_for(lambda: device.power == "installing")
+    await wait_until(lambda: device.power == "installing")
     await device.wait_power("on")
     output, _ = await asyncio.to_thread(exec_command, device, "whoami")
     assert "Software Version: 4.1.3\r\n" in output and "Build Information: 394009" in output
@@ -196,7 +197,7 @@ async def test_the_unit_downloads_and_checks_the_package_before_installing(
     client = rest_factory(device)
     await client.login()
     await order_update(client, "4.2.2-408037")
-    await wait_for(lambda: device.power == "installing")
+    await wait_until(lambda: device.power == "installing")
     assert server.fetched == ["4.2.2-408037"]
     await device.wait_power("on")
     async with aiohttp.ClientSession() as http, http.get(f"{lab.control_url}/downloads") as r:
@@ -219,7 +220,7 @@ async def test_a_wrong_checksum_means_no_install(
     client = rest_factory(device)
     await client.login()
     await order_update(client, "4.2.2-408037")
-    await wait_for(lambda: device.update_status["state"] == "FAILED")
+    await wait_until(lambda: device.update_status["state"] == "FAILED")
     assert device.power == "on" and device.firmware_version == "4.1.0_00"
     status = await client.json("GET", "/rest/system/softwareupdate")
     assert status["state"] == "FAILED" and status["reason"].startswith("checksum mismatch")
@@ -238,7 +239,7 @@ async def test_an_unreachable_update_server_means_no_install(
     await client.login()
     nowhere = "https://127.0.0.1:9/fw"
     await order_update(client, "4.2.2-408037", address=nowhere)
-    await wait_for(lambda: device.update_status["state"] == "FAILED")
+    await wait_until(lambda: device.update_status["state"] == "FAILED")
     status = await client.json("GET", "/rest/system/softwareupdate")
     assert status["reason"].startswith(f"update server unreachable: {nowhere}")
     assert (device.firmware_version, device.build) == ("4.1.0_00", "180034")

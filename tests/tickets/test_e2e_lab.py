@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from io import BytesIO
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from testkit.waiting import wait_until
 
 from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
@@ -30,15 +30,6 @@ from polyfleet.simulator.testing import TEST_PASSWORD, make_device, start_lab
 from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
 
 SITE = "test-site"
-
-
-async def wait_until(condition: Callable[[], bool], *, timeout: float = 40.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)  # waits-for: real agent polls and deliveries
 
 
 class SnapshotLog:
