@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config
+from testkit.site_agents import agent_config, device_config
 from testkit.waiting import wait_until
 
 from polyfleet.agent.config import load_config

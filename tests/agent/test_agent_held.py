@@ -10,13 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config
 from testkit.reports import report_as_new_agent, typed_snapshot
+from testkit.site_agents import agent_config, device_config, start_enrolled_agent
 from testkit.waiting import wait_until
 
 from polyfleet.agent.held import HeldReports
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential, Uplink
+from polyfleet.agent.uplink import Uplink
 from polyfleet.cli import main
 from polyfleet.controller.keys import INVENTORY
 from polyfleet.controller.testing import RunningController, running_controller
@@ -31,7 +31,6 @@ from polyfleet.simulator.testing import make_device
 async def start_agent(
     controller: RunningController, site: str, lab: Any, password_file: Path, tmp_path: Path
 ) -> AgentService:
-    enrolled = await controller.enroll(site)
     config = agent_config(
         tmp_path,
         [device_config(d, password_file) for d in lab.devices.values()],
@@ -41,16 +40,7 @@ async def start_agent(
         backoff_max_s=0.2,
         held_retry_s=0.3,
     )
-    Credential(
-        controller_url=controller.url,
-        agent_id=enrolled.agent_id,
-        site_id=enrolled.site_id,
-        token=enrolled.token,
-        poll_interval_s=enrolled.poll_interval_s,
-    ).save(config.credential_path)
-    service = AgentService(config)
-    await service.start()
-    return service
+    return await start_enrolled_agent(controller, site, config)
 
 
 async def stored_ids(controller: RunningController, serial: str) -> list[str]:

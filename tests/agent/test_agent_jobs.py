@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, make_poller
+from agent_testkit import make_poller
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
+from testkit.site_agents import agent_config, device_config
 from testkit.waiting import wait_until
 
 from polyfleet.agent.jobs import JobRunner

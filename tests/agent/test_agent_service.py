@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import RecordingController, agent_config, device_config, write_credential
+from agent_testkit import RecordingController
+from testkit.site_agents import agent_config, device_config, write_credential
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from agent_testkit import SwitchableLink, agent_config, device_config
+from agent_testkit import SwitchableLink
+from testkit.site_agents import agent_config, device_config, start_enrolled_agent
 from testkit.waiting import wait_until
 
 from polyfleet.agent.config import Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.controller.testing import running_controller
 from polyfleet.simulator.testing import make_device
 
@@ -108,7 +108,6 @@ async def test_uplink_outage_then_every_report_stored_once(
         host, port = controller.url.removeprefix("http://").split(":")
         link = SwitchableLink(host, int(port))
         await link.start()
-        enrolled = await controller.enroll("waw")
         url = f"http://127.0.0.1:{link.port}"
         config = agent_config(
             tmp_path,
@@ -118,15 +117,7 @@ async def test_uplink_outage_then_every_report_stored_once(
             send_interval_s=0.05,
             backoff_max_s=0.2,
         )
-        Credential(
-            controller_url=url,
-            agent_id=enrolled.agent_id,
-            site_id=enrolled.site_id,
-            token=enrolled.token,
-            poll_interval_s=enrolled.poll_interval_s,
-        ).save(config.credential_path)
-        service = AgentService(config)
-        await service.start()
+        service = await start_enrolled_agent(controller, "waw", config)
         try:
             await wait_until(
                 lambda: len(service.outbox) >= 15, what="reports spooled during the outage"

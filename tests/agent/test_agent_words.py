@@ -9,11 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, write_credential
+from testkit.site_agents import agent_config, device_config, start_enrolled_agent, write_credential
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.fingerprint import short_fingerprint
 from polyfleet.simulator.testing import make_device
@@ -39,7 +38,6 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
     )
     cert, off, ssh = (lab.devices[s] for s in ("WORDCERT", "WORDOFF", "WORDSSH"))
     async with running_controller(tmp_path / "ctl") as controller:
-        enrolled = await controller.enroll("krk")
         config = agent_config(
             tmp_path,
             [device_config(d, password_file) for d in (cert, off, ssh)],
@@ -48,15 +46,7 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
             send_interval_s=0.05,
             ssh_cross_check_every=1,
         )
-        Credential(
-            controller_url=controller.url,
-            agent_id=enrolled.agent_id,
-            site_id=enrolled.site_id,
-            token=enrolled.token,
-            poll_interval_s=enrolled.poll_interval_s,
-        ).save(config.credential_path)
-        service = AgentService(config)
-        await service.start()
+        service = await start_enrolled_agent(controller, "krk", config)
         try:
             async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
 

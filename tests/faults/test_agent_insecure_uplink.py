@@ -11,11 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 from faultkit import REPO, ControllerProcess, get_json
+from testkit.site_agents import agent_config, device_config, write_credential
 from testkit.waiting import wait_until
 
-from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
 
@@ -175,23 +174,10 @@ async def test_stored_credential_url_off_loopback_is_refused_and_reports_stay(
     caplog.set_level(logging.INFO, logger="polyfleet")
     lab = await lab_factory([make_device("UPLINK2")])
     device = lab.devices["UPLINK2"]
-    config = AgentConfig(
-        data_dir=tmp_path / "data",
-        devices=(
-            DeviceConfig(
-                host=device.address,
-                rest_port=device.rest_port,
-                ssh_port=device.ssh_port,
-                password=Secret(file=password_file, origin="test"),
-            ),
-        ),
-        poll_interval_s=0.2,
-        jitter_s=0,
-        send_interval_s=0.05,
+    config = agent_config(
+        tmp_path, [device_config(device, password_file)], poll_interval_s=0.2, send_interval_s=0.05
     )
-    Credential(
-        controller_url=REMOTE, agent_id="a1", site_id="krk", token="t" * 32, poll_interval_s=60
-    ).save(config.credential_path)
+    write_credential(config.credential_path, REMOTE)
     service = AgentService(config)
     await service.start()
     try:
