@@ -13,6 +13,7 @@ import paramiko
 from polyfleet.shared.fingerprint import sha256_fingerprint
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import DeviceSpec
 
 LabFactory = Callable[..., Awaitable[Lab]]
 
@@ -70,6 +71,23 @@ class RestClient:
         response = await self.request(method, path)
         assert response.status == 200, (path, response.status, await response.text())
         return await response.json(content_type=None)
+
+
+#: The ``rest_factory`` fixture: a REST client of its own for a device.
+Rest = Callable[[SimDevice], RestClient]
+
+
+async def one_device(
+    lab_factory: LabFactory, rest_factory: Rest, spec: DeviceSpec, *, login: bool = True
+) -> tuple[Lab, SimDevice, RestClient]:
+    """A lab of the one device ``spec`` and a REST client of it, signed in unless ``login``
+    is False."""
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    if login:
+        await client.login()
+    return lab, device, client
 
 
 class FakeClock:

@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import paramiko
 import pytest
-from lab_client import LabFactory, RestClient, exec_command, pin
+from lab_client import LabFactory, Rest, RestClient, exec_command, one_device, pin
 from package_server import PackageServer
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
-from polyfleet.simulator.lab import Lab
-from polyfleet.simulator.testing import DeviceSpec, make_device, with_update
+from polyfleet.simulator.testing import make_device, with_update
 
-Rest = Callable[[SimDevice], RestClient]
 #: Every package the tests order, as the update server offers it.
 PACKAGES = ("4.2.2-408037", "4.0.2.384012", "4.6.2", "4.1.3.394009")
 #: Where the module's update server listens; set by the ``server`` fixture.
@@ -35,17 +33,6 @@ async def server(tmp_path: Path) -> AsyncIterator[PackageServer]:
     SERVER["url"] = await package_server.start()
     yield package_server
     await package_server.stop()
-
-
-async def signed_in(
-    lab_factory: LabFactory, rest_factory: Rest, spec: DeviceSpec
-) -> tuple[Lab, SimDevice, RestClient]:
-    """A lab of the one device ``spec``, and a REST client signed in to it."""
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
-    return lab, device, client
 
 
 async def point_at_update(client: RestClient, version: str, address: str | None = None) -> None:
@@ -88,7 +75,7 @@ async def test_update_ok_comes_back_on_the_new_version(
 ) -> None:
     """The device installs, reboots, drops sessions and reports the ordered version and build."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab, device, client = await signed_in(lab_factory, rest_factory, spec)
+    lab, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.2.2-408037")
     url = f"{lab.control_url}/devices/{spec.serial}/config"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
@@ -108,7 +95,7 @@ async def test_update_fail_returns_on_the_old_version(
 ) -> None:
     """A failing update installs for install_seconds, then boots back onto the old version."""
     spec = with_update(make_device(firmware="3.14.1"), "fail", install_seconds=0.5)
-    _, device, client = await signed_in(lab_factory, rest_factory, spec)
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     started = time.monotonic()
     await order_update(client, "4.0.2.384012")
     await installed(device)
@@ -121,7 +108,7 @@ async def test_update_fail_returns_on_the_old_version(
 async def test_update_brick_never_returns(lab_factory: LabFactory, rest_factory: Rest) -> None:
     """A bricking update leaves the device silent, even after a power cycle."""
     spec = with_update(make_device(firmware="4.2.2"), "brick")
-    _, device, client = await signed_in(lab_factory, rest_factory, spec)
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.6.2")
     await device.wait_power("bricked")
     await device.power_on()
@@ -159,7 +146,7 @@ async def test_update_can_bring_a_new_certificate(
 ) -> None:
     """With regenerate_cert_on_reboot the updated device serves a new certificate."""
     spec = with_update(make_device(firmware="4.2.2", regenerate_cert_on_reboot=True), "ok")
-    _, device, client = await signed_in(lab_factory, rest_factory, spec)
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     before = device.tls_fingerprint
     await order_update(client, "4.6.2")
     await installed(device)
@@ -175,7 +162,7 @@ async def test_ssh_reboot_now_installs_an_ordered_update(
 ) -> None:
     """An update ordered over REST is installed by an SSH ``reboot now`` as well."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    _, device, client = await signed_in(lab_factory, rest_factory, spec)
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     await point_at_update(client, "4.1.3.394009")
     with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
         await asyncio.to_thread(exec_command, device, "reboot now")
@@ -189,7 +176,7 @@ async def test_the_unit_downloads_and_checks_the_package_before_installing(
 ) -> None:
     """The package comes from the configured server; the control API shows bytes and source."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab, device, client = await signed_in(lab_factory, rest_factory, spec)
+    lab, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.2.2-408037")
     await wait_until(lambda: device.power == "installing")
     assert server.fetched == ["4.2.2-408037"]
@@ -209,7 +196,7 @@ async def test_a_wrong_checksum_means_no_install(
     """A package whose SHA-256 differs from the announced one is not installed; status says why."""
     server.lie_about.add("4.2.2-408037")
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    _, device, client = await signed_in(lab_factory, rest_factory, spec)
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.2.2-408037")
     await wait_until(lambda: device.update_status["state"] == "FAILED")
     assert device.power == "on" and device.firmware_version == "4.1.0_00"
@@ -224,7 +211,7 @@ async def test_an_unreachable_update_server_means_no_install(
 ) -> None:
     """Nothing listens at the configured address: no install, and the status names the server."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    _, device, client = await signed_in(lab_factory, rest_factory, spec)
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     nowhere = "https://127.0.0.1:9/fw"
     await order_update(client, "4.2.2-408037", address=nowhere)
     await wait_until(lambda: device.update_status["state"] == "FAILED")
