@@ -69,15 +69,17 @@ async def call(
         return response.status, await response.text()
 
 
-async def fleet(controller: RunningController) -> None:
+async def import_registry(controller: RunningController) -> None:
+    """The asset registry (REGISTRY) imported through the API."""
     status, _ = await call(
-        controller,
-        "POST",
-        "/api/v1/assets/import",
-        data=REGISTRY,
+        controller, "POST", "/api/v1/assets/import", data=REGISTRY,
         headers={"Content-Type": "text/csv"},
-    )
+    )  # fmt: skip
     assert status == 200
+
+
+async def fleet(controller: RunningController) -> None:
+    await import_registry(controller)
     await report_as_new_agent(
         controller,
         "krakow",
