@@ -13,9 +13,9 @@ import aiohttp
 import jsonschema
 import pytest
 from aiohttp import web
-from controller_testkit import batch, bearer, report, snapshot
 from openapi_spec_validator import validate as validate_spec
 from pydantic import BaseModel
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.api.openapi import build_openapi
 from polyfleet.controller.app import create_app

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, report, snapshot
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.events import (
     AgentNoticeReceived,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import SettableClock, batch, bearer, report, snapshot
+from testkit.clocks import SettableClock
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.agent.delivery import _NAMED_SERIAL
 from polyfleet.controller.testing import RunningController, running_controller

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_rollout_api import REGISTRY, call, report
+from test_rollout_api import REGISTRY, call
+from testkit.reports import report_as_new_agent, typed_snapshot
 
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.testing import running_controller
-from polyfleet.shared.schema import Firmware, Health, HealthState, Model, Provider, Snapshot, Via
+from polyfleet.shared.schema import Provider
 
 REPO = Path(__file__).resolve().parents[2]
 #: Longer than the default: each test starts a dozen CLI processes and a server.
@@ -69,19 +70,11 @@ async def seed(data: Path, store_url: str | None = None) -> None:
             headers={"Content-Type": "text/csv"},
         )
         assert status == 200
-        await report(
+        await report_as_new_agent(
             controller,
             "krakow",
             *(
-                Snapshot(
-                    serial=serial,
-                    model=Model.STUDIO_X50,
-                    firmware=Firmware(version=version, build=build),
-                    provider=Provider.POLY,
-                    health=Health(state=HealthState.OK),
-                    collected_at=now,
-                    via=Via.REST,
-                )
+                typed_snapshot(serial, at=now, version=version, build=build, provider=Provider.POLY)
                 for serial, version, build in (
                     ("K1", "4.1.0_00", "180034"),
                     ("K2", "4.1.3", "394009"),

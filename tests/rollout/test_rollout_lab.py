@@ -6,7 +6,8 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from rollout_kit import rollout_world, wait_until
+from rollout_kit import rollout_world
+from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
 from polyfleet.simulator.testing import make_device, with_update

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from rollout_kit import package_bytes, registry_row
+from testkit.clocks import SettableClock
 
 from polyfleet.controller.services.rollout import ROLLOUT_DEVICES, device_key
 from polyfleet.controller.testing import RunningController, running_controller
@@ -57,21 +58,13 @@ class Outcome:
     failures: int
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock(NOW)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def controller(tmp_path: Path, clock: Clock) -> AsyncIterator[RunningController]:
+async def controller(tmp_path: Path, clock: SettableClock) -> AsyncIterator[RunningController]:
     # The runner's own loop waits an hour between ticks: each test ticks when it means to.
     async with running_controller(
         tmp_path / "data", clock=clock, sections={"rollouts": {"tick_s": 3600}}
@@ -229,7 +222,7 @@ async def test_each_failure_code_leads_to_its_outcome(controller: RunningControl
 
 
 async def test_a_second_failure_of_the_update_puts_the_unit_in_the_penalty_box(
-    controller: RunningController, clock: Clock
+    controller: RunningController, clock: SettableClock
 ) -> None:
     """A failure that does not punish comes first; the two install failures after it box it,
     until an admin releases it (audited)."""

@@ -9,7 +9,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +18,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from testkit.clocks import SettableClock
+from testkit.reports import typed_snapshot
+from testkit.waiting import wait_until
 
 from polyfleet.cli import main
 from polyfleet.controller.app import serve
@@ -27,16 +30,11 @@ from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketServ
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
-    Firmware,
-    Health,
     Model,
-    Problem,
     ProblemCode,
-    Provider,
     Report,
     ReportBatch,
     Snapshot,
-    Via,
 )
 from tickets.conftest import SMTP_USER, SmtpPeer, WebhookPeer, ticket_sections
 
@@ -55,43 +53,20 @@ X4,studio_x30,2025-01-05,partner_poly_plus,PPP-0004,2025-01-10,2026-01-09,krk,Sa
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-async def wait_until(condition: Callable[[], bool], *, timeout: float = 15.0) -> None:
-    """Poll ``condition`` until true or fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)  # waits-for: background delivery and job hand-off
-
-
 def snapshot(
     serial: str, at: datetime, *codes: ProblemCode, model: Model = Model.STUDIO_X50
 ) -> Snapshot:
-    return Snapshot(
-        serial=serial,
-        model=model,
-        firmware=Firmware(version="4.1.0", build="180034"),
-        provider=Provider.TEAMS,
-        health=Health.from_problems([Problem(code=c, detail=f"{c.value} seen") for c in codes]),
-        host_serial="X1" if model is Model.STUDIO_E70 else None,
-        collected_at=at,
-        via=Via.REST,
+    """What the site's agent reports of ``serial``: the E70 in the registry hangs off X1."""
+    host = "X1" if model is Model.STUDIO_E70 else None
+    return typed_snapshot(
+        serial, *codes, at=at, model=model, build="180034", detailed=True, host_serial=host
     )
 
 
 @dataclass
 class Lab:
     controller: RunningController
-    clock: Clock
+    clock: SettableClock
     agent_token: str
     http: aiohttp.ClientSession
 
@@ -160,7 +135,7 @@ class Lab:
 @asynccontextmanager
 async def start_lab(
     data_dir: Path,
-    clock: Clock,
+    clock: SettableClock,
     smtp_peer: SmtpPeer | None,
     webhook_peer: WebhookPeer | None,
     *,
@@ -201,7 +176,9 @@ async def start_lab(
 
 @pytest.fixture
 async def lab(tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer) -> AsyncIterator[Lab]:
-    async with start_lab(tmp_path / "controller", Clock(), smtp_peer, webhook_peer) as lab:
+    async with start_lab(
+        tmp_path / "controller", SettableClock(T0), smtp_peer, webhook_peer
+    ) as lab:
         yield lab
 
 
@@ -441,7 +418,7 @@ async def test_smtp_down_then_up_across_restart_delivers_exactly_once(
 ) -> None:
     """SMTP down while the ticket is filed, controller restarted, SMTP back: one e-mail."""
     await smtp_peer.stop()
-    clock = Clock()
+    clock = SettableClock(T0)
     data_dir = tmp_path / "controller"
     async with start_lab(data_dir, clock, smtp_peer, None) as lab:
         await lab.report_minutes(("X1",), range(0, 8), ProblemCode.CAMERA_DOWN)
@@ -498,7 +475,7 @@ async def test_tickets_cli_finds_a_local_server_through_its_data_dir(tmp_path: P
 
 async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path: Path) -> None:
     """Detector state survives restarts: the hold time goes on, a recovery is still noted."""
-    clock = Clock()
+    clock = SettableClock(T0)
     data_dir = tmp_path / "controller"
     key = ticket_id("X1", "camera_down")
     async with start_lab(data_dir, clock, None, None) as lab:
@@ -531,7 +508,7 @@ async def test_W2_W7_escalation_by_real_smtp_once_not_after_ack_nor_without_prom
 ) -> None:
     """Past the reaction time: one escalation mail to the configured contact, naming the
     ticket, serial and contract; none for an acknowledged ticket or a plan promising none."""
-    clock = Clock()
+    clock = SettableClock(T0)
     contact = "eskalacja@fleet.example.pl"
     async with start_lab(
         tmp_path / "controller", clock, smtp_peer, None, escalation_email=contact
