@@ -8,7 +8,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 from polyfleet.controller.http.errors import ApiError, Handler
 from polyfleet.controller.http.spec import spec_of
 from polyfleet.controller.http.throttle import AUTH_LIMITER, client_address
-from polyfleet.controller.keys import ACCESS
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import LOCAL_ADMIN, Principal, Role
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
@@ -30,7 +30,7 @@ def _bearer(request: web.Request) -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
-    found = request.app[ACCESS].authenticate(token) if token else None
+    found = request.app[CORE].access.authenticate(token) if token else None
     if found is not None:
         # A valid credential always gets through: agents and admins behind one NAT address
         # are never refused because someone else at that address guesses.
@@ -40,7 +40,7 @@ def _bearer(request: web.Request) -> Principal:
     limiter.check(address, "failed credentials")
     limiter.spend(address)
     # Never echo the token back, not even partly.
-    message = request.app[ACCESS].refusal(token) if token else "missing bearer token"
+    message = request.app[CORE].access.refusal(token) if token else "missing bearer token"
     raise ApiError(401, "unauthorized", message, "Authorization")
 
 

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
-from controller_testkit import batch, bearer, report, snapshot
+from testkit.reports import batch, bearer, report, snapshot
 
-from polyfleet.controller.keys import ACCESS
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import running_controller
 from polyfleet.controller.web.security import SIGNIN_COOKIE
@@ -80,7 +80,7 @@ async def test_a_flood_of_wrong_tokens_never_refuses_a_valid_credential(tmp_path
                     statuses.append(response.status)
             return statuses
 
-        viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "wall")
+        viewer, _ = await controller.app[CORE].access.create_token(Role.VIEWER, "wall")
 
         async def viewer_reads() -> list[int]:
             statuses = []

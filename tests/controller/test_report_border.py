@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, report, snapshot
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.domain.reported import MARK
 from polyfleet.controller.testing import RunningController, running_controller

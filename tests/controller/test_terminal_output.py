@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from polyfleet.cli import main
-from polyfleet.controller.keys import STORE
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import SITES
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.printable import escaped_lines
@@ -26,9 +26,9 @@ async def test_a_table_escapes_what_a_stored_name_holds_and_json_keeps_it(
     data = tmp_path / "data"
     async with running_controller(data) as controller:
         await controller.ensure_site("krk")
-        site = controller.app[STORE].get(SITES, "krk")
+        site = controller.app[CORE].store.get(SITES, "krk")
         assert site is not None
-        await controller.app[STORE].put_many(SITES, {"krk": {**site, "name": FORGED}})
+        await controller.app[CORE].store.put_many(SITES, {"krk": {**site, "name": FORGED}})
     capsys.readouterr()
     # A command runs its own event loop: in a thread of its own here.
     assert (
