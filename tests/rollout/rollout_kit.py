@@ -19,6 +19,7 @@ import aiohttp
 from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
 from polyfleet.agent.uplink import Credential
+from polyfleet.controller.clock import Clock, system_clock
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.simulator.device import SimDevice
@@ -129,6 +130,7 @@ async def rollout_world(
     *,
     return_timeout_s: float = 20.0,
     job_lease_s: int = 3600,
+    clock: Clock = system_clock,
 ) -> AsyncIterator[World]:
     """Lab, controller (runner every 0.2 s), agents per site enrolled, packages registered."""
     specs = [spec for specs in sites.values() for spec in specs]
@@ -139,7 +141,7 @@ async def rollout_world(
             ControllerConfig(), sections={"rollouts": {"tick_s": 0.2}}, job_lease_s=job_lease_s
         )
         controller = await stack.enter_async_context(
-            running_controller(tmp_path / "ctl", config=config)
+            running_controller(tmp_path / "ctl", config=config, clock=clock)
         )
         http = await stack.enter_async_context(
             aiohttp.ClientSession(headers=controller.admin_headers)
