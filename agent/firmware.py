@@ -200,6 +200,22 @@ class FirmwareUpdater:
         async with self.poller.states[key].busy:
             return (await driver.poll())[0]
 
+    def interrupted(self) -> list[Job]:
+        """Jobs whose unit was ordered to update by this agent (or was being ordered) when it
+        stopped: run again, they follow the unit to its outcome from their journal."""
+        jobs: list[Job] = []
+        for path in sorted(self.journal_dir.glob("*.json")):
+            journal = Journal(self.journal_dir, path.stem)
+            journal.load()
+            if journal.data.get("phase") not in ("ordering", "ordered"):
+                continue
+            try:
+                jobs.append(Job.model_validate(journal.data["job"]))
+            except (KeyError, ValueError) as exc:
+                # Written by an agent from before the job was kept: the lease brings it back.
+                log.debug("update journal %s holds no job: %s", path, exc)
+        return jobs
+
     async def run(self, job: Job, key: str, uplink: Uplink) -> JobResult:
         pruned = await asyncio.to_thread(prune_finished, self.journal_dir)
         if pruned:
@@ -301,6 +317,9 @@ class FirmwareUpdater:
                         phase="ordering",
                         saved=saved,
                         before=before.model_dump(mode="json"),
+                        # Kept from the order on, so that a restarted agent reports its
+                        # outcome without waiting for the controller to hand it out again.
+                        job=job.model_dump(mode="json"),
                     )
                     await driver.write_config(
                         {

@@ -426,6 +426,11 @@ class AgentService:
                 call_recheck_s=self.config.updates_call_recheck_s,
             )
             self.jobs = JobRunner(self.poller, uplink, updater=updater)
+            # An install cut off by a restart: its outcome is reported as soon as the unit
+            # answers, not when the controller's lease hands the job out again.
+            for job in await asyncio.to_thread(updater.interrupted):
+                log.info("job %s (%s): resumed from its update journal", job.id, job.serial)
+                self.jobs.submit(job)
         listing = await uplink.pull_jobs()
         for job in listing.jobs:
             self.jobs.submit(job)

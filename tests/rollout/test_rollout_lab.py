@@ -286,3 +286,30 @@ async def test_an_order_cut_short_restores_the_settings_the_unit_had_before_it(
         done = await world.wait_status(plan["id"], "done", "halted", timeout=90)
         assert done["status"] == "done", done.get("halt")
         assert {k: device.config[k] for k in before} == before
+
+
+async def test_an_agent_restarted_mid_install_reports_it_without_waiting_for_the_lease(
+    tmp_path: Path,
+) -> None:
+    """The agent restarts while its unit installs and the job's lease is an hour: the new
+    agent follows the unit from its journal and reports the outcome once it answers."""
+    sites = {"krakow": [with_update(poly("AGL01"), "ok", install_seconds=2.0)]}  # type: ignore[arg-type]
+    async with rollout_world(tmp_path, sites, job_lease_s=3600) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        await world.act(plan["id"], "start")
+        device = world.devices["AGL01"]
+        await wait_until(lambda: device.power == "installing", what="install", interval=0.02)
+        old = world.agents["krakow"]
+        await old.stop()
+        again = AgentService(old.config)
+        await again.start()
+        world.agents["krakow"] = again
+        # Far less than the lease, and than the controller's wait before handing it out again.
+        done = await world.wait_status(plan["id"], "done", "halted", timeout=30)
+        assert done["status"] == "done", done.get("halt")
+        (entry,) = done["devices"]
+        assert not [n for n in entry["notes"] if n["code"] == "reassigned"]
+        _, jobs = await world.call("GET", "/api/v1/devices/AGL01/jobs")
+        (job,) = [j for j in jobs["jobs"] if j["kind"] == "firmware_update"]
+        assert job["status"] == "done"
+        assert [d.version for d in device.downloads] == ["4.2.2-408037"]
