@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,10 @@ class FirmwareUpdater:
                     )
                 await self._progress(uplink, job, "postponed_in_call", "in a call; waiting")
                 await asyncio.sleep(self.call_recheck_s)  # waits-for: the call to end
+            # 2b. never into a booked room: the install and its expected length clear of meetings
+            booked = await self._wait_out_meetings(job, key, uplink, window_end)
+            if booked is not None:
+                return booked, {}
             # 3. the package, once for the site
             await self._progress(uplink, job, "downloading", f"package {version}")
             ref = PackageRef(version, str(params["sha256"]), int(params["size"]))
@@ -392,6 +396,47 @@ class FirmwareUpdater:
             detail = f"{first['check']}: {first['detail']}"[:256]
             return JobResult(status="failed", detail=detail, code=code), evidence
         return JobResult(status="done", detail=f"on {version}, verified"), evidence
+
+    async def _wait_out_meetings(
+        self, job: Job, key: str, uplink: Uplink, window_end: datetime
+    ) -> JobResult | None:
+        """Wait while a meeting overlaps ``[now, now + hop length)``; ``room_booked`` when
+        the room stays booked until the window closes. A calendar that is off or cannot be
+        read counts as free (the controller is told which, in the progress detail)."""
+        length = timedelta(seconds=float(job.params.get("hop_length_s") or 0))
+        if length <= timedelta(0):
+            return None
+        driver, _pins = await self.poller.driver(key)
+        while True:
+            now = datetime.now(UTC)
+            try:
+                async with self.poller.states[key].busy:
+                    meetings = await driver.meetings(now, now + length)
+            except DeviceError as exc:
+                log.info("job %s: room calendar unreadable, counted free: %s", job.id, exc)
+                return None
+            clash = min(
+                (m for m in meetings or () if m.start < now + length and m.end > now),
+                key=lambda m: m.start,
+                default=None,
+            )
+            if clash is None:
+                return None
+            shown = f"{clash.start.isoformat()} to {clash.end.isoformat()}"
+            if clash.end + length > window_end:
+                return JobResult(
+                    status="refused",
+                    detail=f"room_booked: booked {shown}, no room left in its window",
+                    code=FailureCode.ROOM_BOOKED,
+                )
+            try:
+                progress = JobProgress(
+                    status="postponed_booked", detail=f"room booked {shown}", meeting=clash
+                )
+                await uplink.post_progress(job.id, progress)
+            except (ControllerUnavailable, ControllerRefused) as exc:
+                log.debug("job %s: progress not posted: %s", job.id, exc)
+            await asyncio.sleep(self.call_recheck_s)  # waits-for: the meeting to end
 
     async def _wait_return(
         self, key: str, version: str, ordered_at: datetime

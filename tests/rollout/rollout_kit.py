@@ -131,6 +131,7 @@ async def rollout_world(
     return_timeout_s: float = 20.0,
     job_lease_s: int = 3600,
     clock: Clock = system_clock,
+    calendar_interval_s: float = 900.0,
 ) -> AsyncIterator[World]:
     """Lab, controller (runner every 0.2 s), agents per site enrolled, packages registered."""
     specs = [spec for specs in sites.values() for spec in specs]
@@ -190,6 +191,7 @@ async def rollout_world(
                 jobs_interval_s=0.1,
                 updates_return_timeout_s=return_timeout_s,
                 updates_call_recheck_s=0.2,
+                updates_calendar_interval_s=calendar_interval_s,
             )
             Credential(
                 controller_url=controller.url,
