@@ -354,3 +354,62 @@ def test_known_meetings_are_shown_and_hops_planned_around_them(
 
 def entries_of(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["serial"]: e for e in plan["devices"]}
+
+
+def test_a_mixed_fleet_lists_each_unit_once_and_its_counts_add_up(
+    plans: PlanCatalogue, releases: ReleaseCatalogue
+) -> None:
+    """Contracts ending or starting around the waves, multi-hop units, two zones, the DST
+    night: each unit is listed once, in at most one wave, and the summary counts the entries."""
+    devices = []
+    assets: dict[str, Asset] = {}
+    for n in range(90):
+        serial = f"MIX{n:03d}"
+        fields: dict[str, Any] = {"site": "nyc" if n % 3 == 0 else "krakow"}
+        if n % 4 == 0:
+            fields.update(FOUR_HOPS)
+        if n % 11 == 0:
+            fields["provider"] = "teams"
+        devices.append(device(serial, **fields))
+        shift = timedelta(days=n % 9 - 3)
+        if n % 5 == 0:  # a contract that starts around the waves
+            start = date(2027, 3, 28) + shift
+            contract = Contract(
+                plan="poly_plus", number=f"C-{serial}", start=start, end=date(2029, 12, 31)
+            )
+        else:  # one that ends around them
+            contract = Contract(
+                plan="poly_plus",
+                number=f"C-{serial}",
+                start=date(2025, 1, 10),
+                end=date(2027, 3, 28) + shift,
+            )
+        assets[serial] = Asset(
+            serial=serial,
+            model="studio_x50",
+            purchase_date=date(2025, 1, 10),
+            site=fields["site"],
+            contracts=(contract,),
+        )
+    plan = make_plan(
+        devices,
+        plans,
+        releases,
+        assets=assets,
+        now=datetime(2027, 3, 20, 12, tzinfo=WARSAW),
+        start=date(2027, 3, 28),
+    ).to_json()
+    serials = [entry["serial"] for entry in plan["devices"]]
+    assert sorted(serials) == sorted(d.serial for d in devices)
+    in_waves = [serial for wave in plan["waves"] for serial in wave["devices"]]
+    assert len(in_waves) == len(set(in_waves))
+    with_wave = {e["serial"] for e in plan["devices"] if e["wave"] is not None}
+    assert set(in_waves) == with_wave
+    counted: dict[str, int] = {}
+    for entry in plan["devices"]:
+        counted[entry["status"]] = counted.get(entry["status"], 0) + 1
+    assert plan["summary"]["by_status"] == counted
+    # The fleet exercises what it means to: moves both ways and units held.
+    notes = {n["code"] for e in plan["devices"] for n in e["notes"]}
+    assert {"moved_earlier", "moved_later"} <= notes
+    assert counted.get("held", 0) > 0 and counted.get("planned", 0) > 0
