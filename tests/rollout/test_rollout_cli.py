@@ -200,6 +200,38 @@ async def test_plan_on_the_store_alone_and_a_bad_flag(tmp_path: Path) -> None:
     assert entry["action"] == "rollout.plan" and entry["origin"]["via"] == "local_store"
 
 
+async def test_plan_on_the_spring_forward_night_says_so_with_exact_instants(
+    tmp_path: Path,
+) -> None:
+    """--start on Warsaw's 2027-03-28: the window lasts three hours between exact instants
+    and the canary wave says it is shortened; a bad --hop-length exits 1 naming it."""
+    data = tmp_path / "data"
+    await seed(data)
+    _, out, _ = await run_cli(
+        "rollout", "plan", "--target", "4.2.2", "--site", "krakow", "--start", "2027-03-28",
+        "--window", "01:00-05:00", "--hop-length", "30m", "--dry-run", "--json",
+        "--data-dir", str(data),
+    )  # fmt: skip
+    plan = json.loads(out)
+    assert plan["hop_length"] == "30m"
+    assert plan["waves"][0]["opens_at"] == "2027-03-28T01:00:00+01:00"
+    (note,) = [n for n in plan["waves"][0]["notes"] if n["code"] == "window_shortened"]
+    assert "lasts 3h instead of 4h" in note["text"]
+    canaries = [entry for entry in plan["devices"] if entry["wave"] == 0]
+    assert canaries
+    for entry in canaries:
+        assert entry["window"] == {
+            "start": "2027-03-28T01:00:00+01:00",
+            "end": "2027-03-28T05:00:00+02:00",
+        }
+    code, out, err = await run_cli(
+        "rollout", "plan", "--target", "4.2.2", "--hop-length", "soon", "--json",
+        "--data-dir", str(data), ok=False,
+    )  # fmt: skip
+    assert code == 1 and json.loads(out)["error"]["field"] == "hop_length"
+    assert "hop_length: 'soon' is not a duration" in err
+
+
 async def test_package_add_checks_the_given_checksum(tmp_path: Path) -> None:
     """releases package add: a wrong --sha256 keeps nothing; the right one records the file."""
     data = tmp_path / "data"
