@@ -251,6 +251,7 @@ def build_controller(
             registry=registry,
             catalogues=catalogues,
             calendars=calendars,
+            inventory=inventory,
             min_wave_gap=timedelta(
                 seconds=float(rollouts.get("min_wave_gap_s", MIN_WAVE_GAP.total_seconds()))
             ),

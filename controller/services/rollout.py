@@ -113,6 +113,7 @@ from polyfleet.controller.domain.rollout_windows import (
 from polyfleet.controller.errors import Conflict, NotFound
 from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import Catalogues, Registry, registry
+from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.room_calendars import RoomCalendars
@@ -386,6 +387,7 @@ class RolloutService:
         registry: Registry | None = None,
         catalogues: Catalogues | None = None,
         calendars: RoomCalendars | None = None,
+        inventory: Inventory | None = None,
         min_wave_gap: timedelta = MIN_WAVE_GAP,
         reassign_after: timedelta = DEFAULT_REASSIGN_AFTER,
     ) -> None:
@@ -399,6 +401,7 @@ class RolloutService:
         self._registry = registry
         self._catalogues = catalogues
         self._calendars = calendars
+        self._inventory = inventory
         self.min_wave_gap = min_wave_gap
         self.reassign_after = reassign_after
         self.file_ticket = file_ticket
@@ -1178,7 +1181,12 @@ class RolloutService:
                 continue
             hop = _current_hop(entry)
             device = self._store.get(DEVICES, str(entry["serial"])) or {}
-            seen = device.get("collected_at")
+            # Per-report fields live in the inventory's memory, not in the device document.
+            seen = (
+                self._inventory.collected_at(str(entry["serial"]))
+                if self._inventory is not None
+                else device.get("collected_at")
+            )
             if hop is None or not seen or not _reports(device, hop):
                 continue
             if datetime.fromisoformat(str(seen)) <= datetime.fromisoformat(str(job["sent_at"])):
