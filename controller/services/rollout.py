@@ -48,7 +48,7 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -112,13 +112,13 @@ from polyfleet.controller.domain.rollout_windows import (
 )
 from polyfleet.controller.errors import Conflict, NotFound
 from polyfleet.controller.events import EventBus, RolloutChanged
-from polyfleet.controller.services.entitlement import Catalogues, Registry, registry
+from polyfleet.controller.services.entitlement import Catalogues, Registry
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.room_calendars import RoomCalendars
 from polyfleet.controller.services.ticket_service import TicketIndex
-from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
+from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.schema import FailureCode, JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -292,15 +292,17 @@ class _Where:
         }
 
 
-def plan_devices(store: Store, tickets: Mapping[str, Sequence[str]]) -> list[PlanDevice]:
-    """Every reported device as the planner sees it, with open tickets (``tickets``: serial
-    -> ids of its tickets not closed) and penalties."""
+def plan_devices(
+    fleet: Mapping[str, Doc], penalty_box: Mapping[str, Doc], tickets: Mapping[str, Sequence[str]]
+) -> list[PlanDevice]:
+    """Every reported device (``fleet``: serial -> stored device) as the planner sees it, with
+    open tickets (``tickets``: serial -> ids of its tickets not closed) and penalties."""
     penalties = {
         serial: f"failed twice in rollout {doc['rollout_id']}: {doc['reason']}"
-        for serial, doc in list(store.scan(PENALTY_BOX).items())
+        for serial, doc in list(penalty_box.items())
     }
     devices: list[PlanDevice] = []
-    for serial, doc in list(store.scan(DEVICES).items()):
+    for serial, doc in list(fleet.items()):
         firmware = doc.get("firmware") or {}
         health = doc.get("health") or {}
         devices.append(
@@ -341,29 +343,6 @@ def progress_of(entries: Iterable[Mapping[str, Any]], waves: int) -> dict[str, A
     }
 
 
-class _RegistryView(Mapping[str, Asset]):
-    """The asset registry as the planner reads it (by serial), without copying it."""
-
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-
-    def __getitem__(self, serial: str) -> Asset:
-        found = self._registry.asset(serial)
-        if found is None:
-            raise KeyError(serial)
-        return found
-
-    def get(self, serial: str, default: Any = None) -> Any:
-        found = self._registry.asset(serial)
-        return default if found is None else found
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._registry.serials())
-
-    def __len__(self) -> int:
-        return len(self._registry.serials())
-
-
 def _meeting_json(meeting: Busy, zone: ZoneInfo) -> dict[str, str]:
     return {
         "start": meeting[0].astimezone(zone).isoformat(),
@@ -380,14 +359,14 @@ class RolloutService:
         bus: EventBus,
         clock: Clock,
         *,
+        inventory: Inventory,
+        registry: Registry,
         jobs: JobService,
         packages: PackageService,
         file_ticket: TicketFiler | None = None,
         tickets: TicketIndex | None = None,
-        registry: Registry | None = None,
         catalogues: Catalogues | None = None,
         calendars: RoomCalendars | None = None,
-        inventory: Inventory | None = None,
         min_wave_gap: timedelta = MIN_WAVE_GAP,
         reassign_after: timedelta = DEFAULT_REASSIGN_AFTER,
     ) -> None:
@@ -396,12 +375,12 @@ class RolloutService:
         self._tickets = tickets if tickets is not None else TicketIndex()
         self._bus = bus
         self._clock = clock
+        self._inventory = inventory
+        self._registry = registry
         self._jobs = jobs
         self._packages = packages
-        self._registry = registry
         self._catalogues = catalogues
         self._calendars = calendars
-        self._inventory = inventory
         self.min_wave_gap = min_wave_gap
         self.reassign_after = reassign_after
         self.file_ticket = file_ticket
@@ -464,15 +443,16 @@ class RolloutService:
         releases: ReleaseCatalogue,
     ) -> dict[str, Any]:
         """The plan ``request`` gives now, not stored (PlanError names a bad request)."""
-        zones = {
-            site_id: str(site.get("timezone") or "UTC")
-            for site_id, site in list(self._store.scan(SITES).items())
-        }
+        devices = plan_devices(
+            self._inventory.fleet(),
+            self._store.scan(PENALTY_BOX),
+            self._tickets.active_by_serial(),
+        )
         plan = plan_rollout(
             dataclasses.replace(request, min_wave_gap=self.min_wave_gap),
-            plan_devices(self._store, self._tickets.active_by_serial()),
-            site_zones=zones,
-            assets=self._assets(),
+            devices,
+            site_zones=self._inventory.site_zones(),
+            assets=self._registry.by_serial(),
             plans=plans,
             releases=releases,
             now=self._clock(),
@@ -523,12 +503,6 @@ class RolloutService:
             self._apply({ROLLOUTS: {rollout_id: header}, ROLLOUT_DEVICES: docs})
         )
         return self.rollout(rollout_id)
-
-    def _assets(self) -> Mapping[str, Asset]:
-        """The registry's assets by serial (the registry's own, when the service has it)."""
-        if self._registry is not None:
-            return _RegistryView(self._registry)
-        return registry(self._store)
 
     # -- reading (also for dashboards) -----------------------------------------------------
 
@@ -581,7 +555,7 @@ class RolloutService:
 
     def _installed_now(self, serial: str) -> str | None:
         """The version the unit reports now (None: it never reported one)."""
-        device = self._store.get(DEVICES, serial)
+        device = self._inventory.find_device(serial)
         if device is None:
             return None
         firmware = device.get("firmware") or {}
@@ -754,10 +728,10 @@ class RolloutService:
             detail=detail,
         )
         puts, deletes = self._bus.record([event])
-        changes: dict[str, dict[str, Doc]] = {ROLLOUTS: {header["id"]: updated}, EVENTS: puts}
+        changes: dict[str, dict[str, Doc]] = {ROLLOUTS: {header["id"]: updated}, **puts}
         for collection, docs in (extra or {}).items():
             changes.setdefault(collection, {}).update(docs)
-        await self._store.wait_durable(self._apply(changes, {EVENTS: deletes}))
+        await self._store.wait_durable(self._apply(changes, deletes))
         self._bus.dispatch([event])
 
     # -- running ---------------------------------------------------------------------------
@@ -814,9 +788,8 @@ class RolloutService:
             await self._change(self.header(rollout_id), "finish", by="runner")
 
     def _zone(self, site: str) -> ZoneInfo:
-        doc = self._store.get(SITES, site) or {}
         try:
-            return ZoneInfo(str(doc.get("timezone") or "UTC"))
+            return ZoneInfo(self._inventory.site_zone(site) or "UTC")
         except (KeyError, ValueError):
             return ZoneInfo("UTC")
 
@@ -844,8 +817,8 @@ class RolloutService:
 
     def _cover(self, serial: str) -> Covering | None:
         """The unit's patch and upgrade windows now; None when this service cannot judge
-        (no registry or catalogue wired in: every moment passes)."""
-        if self._registry is None or self._catalogues is None:
+        (no catalogue wired in: every moment passes)."""
+        if self._catalogues is None:
             return None
         plans = self._catalogues.plans
         asset = self._registry.asset(serial)
@@ -953,7 +926,7 @@ class RolloutService:
                 or entry["status"] != DeviceStatus.WAITING_WINDOW
             ):
                 continue
-            device = self._store.get(DEVICES, entry["serial"]) or {}
+            device = self._inventory.find_device(entry["serial"]) or {}
             firmware = device.get("firmware") or {}
             try:
                 installed = FirmwareVersion.parse(
@@ -1131,7 +1104,7 @@ class RolloutService:
             await self._store.wait_durable(
                 self._apply(
                     {
-                        JOBS: {job["id"]: job},
+                        **self._jobs.storing(job),
                         ROLLOUT_DEVICES: {device_key(rollout_id, serial): ordered},
                     }
                 )
@@ -1180,13 +1153,9 @@ class RolloutService:
             if job is None or job["status"] != "sent" or not job.get("sent_at"):
                 continue
             hop = _current_hop(entry)
-            device = self._store.get(DEVICES, str(entry["serial"])) or {}
+            device = self._inventory.find_device(str(entry["serial"])) or {}
             # Per-report fields live in the inventory's memory, not in the device document.
-            seen = (
-                self._inventory.collected_at(str(entry["serial"]))
-                if self._inventory is not None
-                else device.get("collected_at")
-            )
+            seen = self._inventory.collected_at(str(entry["serial"]))
             if hop is None or not seen or not _reports(device, hop):
                 continue
             if datetime.fromisoformat(str(seen)) <= datetime.fromisoformat(str(job["sent_at"])):
@@ -1225,7 +1194,7 @@ class RolloutService:
             job_id = entry.get("job_id")
             if not job_id:
                 continue
-            job = self._store.get(JOBS, job_id)
+            job = self._jobs.get(job_id)
             if job is None:
                 # Ordered with the entry in one change: a missing job cannot happen but by
                 # hand; order it again in the next window rather than never.
@@ -1421,7 +1390,7 @@ class RolloutService:
         IllegalMove (logged) when the entry is not under way, which the job naming it
         rules out: nothing is stored then.
         """
-        job = self._store.get(JOBS, job_id)
+        job = self._jobs.get(job_id)
         if job is None or job["site_id"] != site_id:
             return False
         rollout_id = (job.get("params") or {}).get("rollout_id")

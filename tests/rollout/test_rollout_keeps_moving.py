@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rollout_kit import WARSAW, World, rollout_world, wait_until
+from rollout_kit import WARSAW, World, rollout_world
+from testkit.waiting import wait_until
 
 from polyfleet.simulator.testing import make_device
 
