@@ -58,7 +58,9 @@ class World:
     async def plan(self, **body: Any) -> dict[str, Any]:
         body.setdefault("target", "4.2.2-408037")
         body.setdefault("window", open_window())
-        body.setdefault("start", datetime.now(WARSAW).date().isoformat())
+        # The day the open window started on: just after midnight, that is yesterday.
+        opened = datetime.now(WARSAW) - timedelta(minutes=5)
+        body.setdefault("start", opened.date().isoformat())
         body.setdefault("wave_gap", "1m")
         status, plan = await self.call("POST", "/api/v1/rollouts", json=body)
         assert status == 201, plan
