@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ async def test_controller_kill_9_mid_rollout_orders_no_unit_twice(tmp_path: Path
             plan = await call(
                 "POST", "/api/v1/rollouts",
                 json={"target": "4.2.2-408037", "window": open_window(), "wave_gap": "1m",
-                      "start": datetime.now(WARSAW).date().isoformat(),
+                      "start": (datetime.now(WARSAW) - timedelta(minutes=5)).date().isoformat(),
                       "waves": "100%", "per_site": 3},
             )  # fmt: skip
             await call("POST", f"/api/v1/rollouts/{plan['id']}/start")
