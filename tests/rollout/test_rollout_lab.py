@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from rollout_kit import rollout_world
 from testkit.waiting import wait_until
 
@@ -317,6 +319,7 @@ async def test_an_agent_restarted_mid_install_reports_it_without_waiting_for_the
         assert [d.version for d in device.downloads] == ["4.2.2-408037"]
 
 
+@pytest.mark.expected_seconds(12)
 async def test_a_booked_room_is_waited_out_and_shown_without_its_subject(tmp_path: Path) -> None:
     """A Zoom room booked now: the plan shows the meeting (start and end, no subject), the
     unit is postponed_booked until it ends, then updated; a Poly Video room has no calendar
