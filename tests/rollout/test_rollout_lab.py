@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from rollout_kit import rollout_world
 from testkit.waiting import wait_until
 
