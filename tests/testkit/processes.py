@@ -126,8 +126,9 @@ async def in_process(
     *args: str, expect: int | None = 0, env: Mapping[str, str] | None = None
 ) -> Finished:
     """``polyfleet ARGS`` run by this process's own entry point (:func:`run_main`) in a thread,
-    as the CLI has its own event loop, while this loop keeps serving; ``env`` is set over the
-    environment for the run. ``expect`` as for :func:`polyfleet`."""
+    as the CLI has its own event loop, while this loop keeps serving. ``env`` and ``expect``
+    as for :func:`polyfleet`: its whole environment for the run, the exit status it must end
+    with. One at a time: standard output and the environment are the whole process's."""
 
     def run() -> Finished:
         with environment(env):
@@ -157,11 +158,13 @@ def run_main(*args: str, expect: int | None = 0) -> Finished:
 
 @contextlib.contextmanager
 def environment(env: Mapping[str, str] | None) -> Iterator[None]:
-    """``env`` set over this process's environment for the block, then the old one back."""
-    if not env:
+    """``env`` as this process's whole environment for the block (None: as it is), then the
+    old one back."""
+    if env is None:
         yield
         return
     saved = dict(os.environ)
+    os.environ.clear()
     os.environ.update(env)
     try:
         yield

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from testkit.processes import Finished, polyfleet
+from testkit.processes import Finished, in_process, polyfleet
 from testkit.reports import typed_snapshot
 
 from polyfleet.controller.app import serve
@@ -44,6 +44,12 @@ ADMIN_ENV = {k: v for k, v in os.environ.items() if k != "POLYFLEET_TOKEN"}
 async def as_admin(*args: str, stdin: bytes | None = None) -> Finished:
     """``polyfleet ARGS`` as the admin runs it, ``stdin`` as what the admin types."""
     return await polyfleet(*args, stdin=stdin, env=ADMIN_ENV, expect=None)
+
+
+async def set_up(*args: str) -> Finished:
+    """``polyfleet ARGS`` as the admin runs it, by this process's entry point: a step before
+    what a test checks."""
+    return await in_process(*args, env=ADMIN_ENV, expect=None)
 
 
 @dataclass
@@ -80,12 +86,12 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await asyncio.wait_for(ready.wait(), 60)
         local = ["--data-dir", str(data_dir), "--json"]
         site = "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw"
-        assert (await as_admin("controller", "site", "add", *site, *local)).status == 0
+        assert (await set_up("controller", "site", "add", *site, *local)).status == 0
         registry = tmp_path / "registry.csv"
         registry.write_text(REGISTRY, encoding="utf-8")
-        imported = await as_admin("controller", "assets", "import", str(registry), *local)
+        imported = await set_up("controller", "assets", "import", str(registry), *local)
         assert imported.status == 0, imported.err
-        invite = await as_admin("controller", "agent", "invite", "--site", "krk", *local)
+        invite = await set_up("controller", "agent", "invite", "--site", "krk", *local)
         code = json.loads(invite.out)["code"]
         body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "krk"}
         async with (
@@ -177,7 +183,7 @@ async def test_suggested_fill_command_did_not_work_as_printed(
 async def first_ticket(local: list[str]) -> str:
     """The id of the first ticket the controller files (listed by the CLI)."""
     for _ in range(600):
-        listed = json.loads((await as_admin("controller", "tickets", "list", *local)).out)
+        listed = json.loads((await set_up("controller", "tickets", "list", *local)).out)
         if listed["tickets"]:
             return str(listed["tickets"][0]["id"])
         await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket

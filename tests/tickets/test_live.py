@@ -534,7 +534,9 @@ async def test_tickets_show_prints_the_desk_facts_for_a_person(lab: Lab) -> None
     await lab.report_minutes(("X3",), range(0, 8), ProblemCode.MICROPHONE_DOWN)
     (ticket,) = lab.service.tickets()
     args = ["controller", "tickets", "show", ticket.id, "--url", lab.controller.url]
-    shown = await in_process(*args, env={"POLYFLEET_TOKEN": lab.controller.admin_token})
+    shown = await in_process(
+        *args, env={**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token}
+    )
     lines = [line.strip() for line in shown.out.splitlines()]
     assert (
         lines[0].startswith(f"{ticket.id}  needs_data") and "missing: contract_number" in lines[0]
