@@ -40,13 +40,11 @@ from polyfleet.controller.domain.tickets import (
 )
 from polyfleet.controller.errors import NotFound
 from polyfleet.controller.services.delivery import (
-    FAILED,
-    OUTBOX,
-    SENT,
     Channel,
     Clock,
     DeliveryWorker,
     OutgoingMessage,
+    RecordState,
     Rendering,
     TicketOutbox,
     message_ids,
@@ -54,9 +52,10 @@ from polyfleet.controller.services.delivery import (
     utc_now,
 )
 from polyfleet.controller.services.email import Attachment
-from polyfleet.controller.services.entitlement import ASSETS
-from polyfleet.controller.services.ticket_config import TicketSettings
-from polyfleet.controller.store.base import AGENTS, SITES, Doc, Store
+from polyfleet.controller.services.entitlement import Registry
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.settings.tickets import TicketSettings
+from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.schema import Model, Snapshot
 
@@ -250,6 +249,8 @@ class TicketService:
         *,
         plans: PlanCatalogue,
         bundle_dir: Path,
+        inventory: Inventory,
+        registry: Registry,
         diagnostics: DiagnosticsSource | None = None,
         clock: Clock = utc_now,
         data_dir: Path | None = None,
@@ -257,6 +258,9 @@ class TicketService:
         background: bool = True,
     ) -> None:
         self.store = store
+        #: Where sites and agents are known, and the asset registry (their owners).
+        self.inventory = inventory
+        self.registry = registry
         #: Tickets by status, site and device (the controller's own, loaded with the store).
         self.index = index if index is not None else TicketIndex()
         if not self.index.loaded:
@@ -331,23 +335,20 @@ class TicketService:
                 found.append(Ticket.from_document(doc))
         return found
 
-    def _records(self, collection: str, ticket: str | None) -> list[tuple[str, Doc]]:
-        """(key, record) of one outbox collection: a ticket's only, or all of them.
+    def _records(
+        self, states: Iterable[RecordState], ticket: str | None
+    ) -> dict[RecordState, list[tuple[str, Doc]]]:
+        """(key, record) of the outbox by state: a ticket's only, or all of them.
 
         A ticket's records are looked up by the ids its messages can have (one per round,
         purpose and channel: ``message_ids``), so a ticket page reads a handful, not them all.
         """
         if ticket is None:
-            return list(self.store.scan(collection).items())
+            return self.outbox.records(states)
         rounds = self.index.reopen_count(ticket)
         if rounds is None:
-            return []
-        found: list[tuple[str, Doc]] = []
-        for key in message_ids(ticket, rounds):
-            doc = self.store.get(collection, key)
-            if doc is not None:
-                found.append((key, doc))
-        return found
+            return {}
+        return self.outbox.records(states, message_ids(ticket, rounds))
 
     def deliveries(self, ticket: str | None = None, *, state: str | None = None) -> list[Doc]:
         """Outbox records (of one ticket, in one state): ``pending``, ``sent`` or ``failed``
@@ -356,10 +357,14 @@ class TicketService:
         only those.
         """
         found: list[Doc] = []
-        for collection, kept in ((OUTBOX, "pending"), (SENT, "sent"), (FAILED, "failed")):
-            if state not in (None, kept) and not (state == "retrying" and kept == "pending"):
-                continue
-            for key, doc in self._records(collection, ticket):
+        kinds: tuple[RecordState, ...] = ("pending", "sent", "failed")
+        wanted = [
+            kept
+            for kept in kinds
+            if state in (None, kept) or (state == "retrying" and kept == "pending")
+        ]
+        for kept, records in self._records(wanted, ticket).items():
+            for key, doc in records:
                 retrying = kept == "pending" and bool(doc.get("attempts"))
                 if state is None or state == kept or (state == "retrying" and retrying):
                     record = {**doc, "id": doc.get("id", key), "state": kept}
@@ -443,11 +448,7 @@ class TicketService:
 
     def _site_clock_ahead(self, site: str | None) -> float | None:
         """How far ahead the clock of a site's agent is, when one is."""
-        for agent in list(self.store.scan(AGENTS).values()):
-            clock = agent.get("clock") or {}
-            if agent.get("site_id") == site and clock.get("state") == "ahead":
-                return float(clock.get("skew_s") or 0)
-        return None
+        return self.inventory.site_clock_ahead(site)
 
     async def tick(self, now: datetime | None = None) -> None:
         """Time passes: hold times run out, reaction deadlines pass."""
@@ -570,15 +571,11 @@ class TicketService:
         return command
 
     def _asset(self, serial: str | None) -> Asset | None:
-        if serial is None:
-            return None
-        doc = self.store.get(ASSETS, serial)
-        return None if doc is None else Asset.from_doc(doc)
+        return None if serial is None else self.registry.asset(serial)
 
     def _refresh_site_name(self, ticket: Ticket) -> None:
-        site = None if ticket.site is None else self.store.get(SITES, ticket.site)
-        name = None if site is None else site.get("name")
-        ticket.site_name = name if isinstance(name, str) and name != ticket.site else None
+        name = None if ticket.site is None else self.inventory.site_name(ticket.site)
+        ticket.site_name = name if name is not None and name != ticket.site else None
 
     def _refresh_registry_facts(self, ticket: Ticket, now: datetime) -> None:
         """Serial, contract, plan, room, language, SLA terms, desk contacts and the contract's
@@ -639,12 +636,9 @@ class TicketService:
             ticket.note(now, "held", missing=",".join(ticket.missing))
         return ticket
 
-    async def _save(self, ticket: Ticket, extra: Mapping[str, Doc] | None = None) -> None:
+    async def _save(self, ticket: Ticket) -> None:
         doc = ticket.as_document()
-        puts: dict[str, dict[str, Doc]] = {TICKETS: {ticket.id: doc}}
-        if extra:
-            puts[OUTBOX] = dict(extra)
-        seq = self.store.apply(puts)
+        seq = self.store.apply({TICKETS: {ticket.id: doc}})
         self.index.put(ticket.id, doc)
         await self.store.wait_durable(seq)
 
@@ -799,7 +793,7 @@ class TicketService:
         )
         entries = self.outbox.fresh(outbox_entries(message, channels=channels, now=self.clock()))
         if entries:
-            await self.store.wait_durable(self.store.apply({OUTBOX: entries}))
+            await self.outbox.enqueue(entries)
             self.worker.wake()
 
     def _on_delivered(self, entry: Doc, at: datetime) -> Mapping[str, Mapping[str, Doc]]:
@@ -929,26 +923,19 @@ class TicketService:
         moment = now or self.clock()
         self._pruned_at = moment
         cutoff = moment - self.settings.sent_retention
-        doomed: dict[str, list[str]] = {}
-        for collection, stamp in ((SENT, "sent_at"), (FAILED, "failed_at")):
-            for key, doc in list(self.store.scan(collection).items()):
-                when = doc.get(stamp)
-                if not isinstance(when, str) or datetime.fromisoformat(when) > cutoff:
-                    continue
-                ticket = str(doc.get("ticket_id"))
-                status, rounds = self.index.status(ticket), self.index.reopen_count(ticket)
-                finished = (
-                    status is None
-                    or status == TicketStatus.CLOSED.value
-                    or _round(str(doc.get("purpose", ""))) < (rounds or 0)
-                )
-                if finished:
-                    doomed.setdefault(collection, []).append(key)
-        if not doomed:
-            return 0
-        await self.store.wait_durable(self.store.apply({}, doomed))
-        count = sum(len(keys) for keys in doomed.values())
-        log.info("forgot %d delivery records of finished tickets", count)
+
+        def finished(record: Doc) -> bool:
+            ticket = str(record.get("ticket_id"))
+            status, rounds = self.index.status(ticket), self.index.reopen_count(ticket)
+            return (
+                status is None
+                or status == TicketStatus.CLOSED.value
+                or _round(str(record.get("purpose", ""))) < (rounds or 0)
+            )
+
+        count = await self.outbox.forget(cutoff, finished)
+        if count:
+            log.info("forgot %d delivery records of finished tickets", count)
         return count
 
     # -- admin actions ------------------------------------------------------------------
@@ -1013,14 +1000,16 @@ class TicketService:
             closed = ticket.status is TicketStatus.CLOSED
             stale = sorted(
                 entry_id
-                for entry_id, doc in self._records(OUTBOX, key)
+                for entry_id, doc in self._records(("pending",), key).get("pending", [])
                 if doc.get("ticket_id") == key
                 and (closed or str(doc.get("purpose", "")).startswith("escalation"))
             )
             if stale:
                 ticket.note(now, "dropped", entries=", ".join(stale))
             doc = ticket.as_document()
-            seq = self.store.apply({TICKETS: {ticket.id: doc}}, {OUTBOX: stale} if stale else None)
+            seq = self.store.apply(
+                {TICKETS: {ticket.id: doc}}, self.outbox.dropping(stale) if stale else None
+            )
             self.index.put(ticket.id, doc)
             await self.store.wait_durable(seq)
         return ticket
@@ -1036,9 +1025,10 @@ class TicketService:
             raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")
         # Deliveries given up on (e.g. a refused webhook, since fixed) may be tried again.
         given_up = [
-            entry_id for entry_id, doc in self._records(FAILED, key) if doc.get("ticket_id") == key
+            entry_id
+            for entry_id, doc in self._records(("failed",), key).get("failed", [])
+            if doc.get("ticket_id") == key
         ]
-        if given_up:
-            await self.store.wait_durable(self.store.apply({}, {FAILED: given_up}))
+        await self.outbox.retry(given_up)
         self._prepare_later(key)
         return ticket

@@ -16,7 +16,6 @@ from polyfleet.agent.config import load_config
 from polyfleet.agent.service import AgentService, enroll
 from polyfleet.agent.uplink import ControllerUnavailable, Credential, Uplink
 from polyfleet.controller.active import LEADERSHIP
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import PROTOCOL_VERSION, ReportBatch
@@ -177,7 +176,7 @@ def _cameras(lab: Any) -> set[str]:
 
 
 async def _admin_token(controller: RunningController) -> str:
-    token, _ = await controller.app[ACCESS].create_token(Role.ADMIN, "after the takeover")
+    token, _ = await controller.core.access.create_token(Role.ADMIN, "after the takeover")
     return token
 
 

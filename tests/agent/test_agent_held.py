@@ -18,7 +18,6 @@ from polyfleet.agent.held import HeldReports
 from polyfleet.agent.service import AgentService
 from polyfleet.agent.uplink import Uplink
 from polyfleet.cli import main
-from polyfleet.controller.keys import INVENTORY
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
     Model,
@@ -117,7 +116,7 @@ async def test_device_at_other_site_is_held_until_moved(
         assert len(ids) == len(set(ids)), "a report stored twice"
         assert held_ids <= set(ids)
         # Nothing the controller stored was ever sent to it again.
-        assert controller.app[INVENTORY].stats.duplicates == 0
+        assert controller.core.inventory.stats.duplicates == 0
 
 
 async def _has_more(controller: RunningController, serial: str, count: int) -> bool:

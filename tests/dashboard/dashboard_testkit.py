@@ -20,8 +20,6 @@ from testkit.waiting import wait_until
 from tickets.conftest import WebhookPeer, ticket_sections
 
 from polyfleet.agent.service import AgentService
-from polyfleet.controller.api.tickets import TICKET_DESK
-from polyfleet.controller.keys import ACCESS, INVENTORY
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.simulator.fleet import DeviceSpec, PeripheralSpec
@@ -258,7 +256,7 @@ async def running_world(
             ) as response,
         ):
             assert response.status == 200, await response.text()
-        viewer_token, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "wall")
+        viewer_token, _ = await controller.core.access.create_token(Role.VIEWER, "wall")
         playwright = await stack.enter_async_context(async_playwright())
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         stack.push_async_callback(browser.close)
@@ -277,11 +275,11 @@ async def running_world(
             )
             world.agents[site] = agent
             stack.push_async_callback(agent.stop)
-        desk = controller.app[TICKET_DESK]
+        desk = controller.core.tickets
         expected = {spec.serial for specs in per_site.values() for spec in specs} | {E70}
 
         def ready() -> bool:
-            reported = {d["serial"] for d in controller.app[INVENTORY].devices()}
+            reported = {d["serial"] for d in controller.core.inventory.devices()}
             service = desk.service
             sent = service is not None and any(
                 t.serial == X50_FAULT and t.status.value == "sent" for t in service.tickets()

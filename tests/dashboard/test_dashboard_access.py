@@ -19,7 +19,6 @@ from dashboard.dashboard_testkit import (
     form_field,
     http_sign_in,
 )
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.controller.web.routes import STATIC_DIR
@@ -166,9 +165,9 @@ async def test_a_session_ends_at_its_expiry_and_when_its_token_is_revoked(
         controller.url + "/", cookies={SESSION_COOKIE: cookie}, allow_redirects=False
     ) as response:
         assert response.status == 303
-    viewer, record = await controller.app[ACCESS].create_token(Role.VIEWER, "wall")
+    viewer, record = await controller.core.access.create_token(Role.VIEWER, "wall")
     cookie = await http_sign_in(http, controller.url, viewer)
-    assert await controller.app[ACCESS].revoke_token(record["id"])
+    assert await controller.core.access.revoke_token(record["id"])
     async with http.get(
         controller.url + "/", cookies={SESSION_COOKIE: cookie}, allow_redirects=False
     ) as response:
@@ -235,7 +234,7 @@ async def test_a_wall_screen_signs_in_with_a_viewer_token_and_sees_only_the_kios
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
     """Kiosk sign-in refuses admin tokens; a kiosk session opens /kiosk and nothing else."""
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "wall")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "wall")
     async with http.get(controller.url + "/signin") as response:
         nonce = cookie_value(response, SIGNIN_COOKIE)
     form = {"nonce": nonce, "kiosk": "1"}

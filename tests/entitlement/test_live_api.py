@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from testkit.reports import report_as_new_agent, typed_snapshot
 
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.services.entitlement import DEFAULT_RELEASES_PATH, add_release
 from polyfleet.controller.testing import RunningController, running_controller
@@ -141,7 +140,7 @@ async def test_each_rejection_case_over_the_api_leaves_the_registry_untouched(
 
 async def test_viewer_cannot_import_and_anonymous_is_refused(controller: RunningController) -> None:
     """Importing needs an admin token: viewer gets 403, no token 401."""
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "viewer")
     assert (await _import(controller, REGISTRY, token=viewer))[0] == 403
     async with (
         aiohttp.ClientSession() as http,

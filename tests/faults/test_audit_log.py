@@ -15,7 +15,6 @@ from testkit.processes import in_process
 from testkit.reports import bearer, snapshot
 from testkit.waiting import wait_until
 
-from polyfleet.controller.keys import AUDIT
 from polyfleet.controller.testing import running_controller
 
 TICKETS_AT_ONCE = """\
@@ -271,7 +270,7 @@ async def test_audit_entries_older_than_the_retention_are_dropped(tmp_path: Path
         await _send(http, "POST", f"{api}/sites", controller.admin_token, {"id": "mid"})
         clock.now += timedelta(days=11)
         # The hourly pass, run now rather than waited for.
-        assert controller.app[AUDIT].prune() == 1
+        assert controller.core.audit.prune() == 1
         page = await _get(http, f"{api}/audit", controller.admin_token)
         assert [e["target"] for e in page["entries"]] == ["site:mid"]
     clock.now += timedelta(days=20)

@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 from testkit.reports import report_as_new_agent, typed_snapshot
 
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
@@ -245,7 +244,7 @@ async def test_controls_follow_the_status_and_are_events(controller: RunningCont
 async def test_viewers_read_but_cannot_plan(controller: RunningController) -> None:
     """A viewer token lists rollouts, packages and the penalty box, and gets 403 on planning,
     adding a package and releasing a device."""
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "viewer")
     headers = {"Authorization": f"Bearer {viewer}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         for path in ("rollouts", "releases/packages", "rollouts/penalty-box"):

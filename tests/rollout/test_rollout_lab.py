@@ -10,7 +10,6 @@ from rollout_kit import rollout_world
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
-from polyfleet.controller.keys import CORE
 from polyfleet.simulator.testing import make_device, with_update
 
 
@@ -41,7 +40,7 @@ async def test_a_rollout_runs_to_completion_with_one_download_per_site(tmp_path:
             "4.1.0_00.180034",
             "4.2.2-408037",
         ]
-        downloads = world.controller.app[CORE].packages.downloads
+        downloads = world.controller.core.packages.downloads
         assert downloads[("krakow", "4.2.2-408037")] == 1
         assert downloads[("gdansk", "4.2.2-408037")] == 1
         evidence = {d["serial"]: d["evidence"] for d in done["devices"]}

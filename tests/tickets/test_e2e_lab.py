@@ -17,9 +17,8 @@ from testkit.site_agents import agent_config, device_config, lab_password_file, 
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
-from polyfleet.controller.api.tickets import TICKET_DESK, TicketDesk
+from polyfleet.controller.core import TicketDesk
 from polyfleet.controller.events import Event, SnapshotsIngested
-from polyfleet.controller.keys import EVENT_BUS
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import ProblemCode, Snapshot
 from polyfleet.simulator.fleet import DeviceSpec, PeripheralSpec
@@ -91,9 +90,9 @@ async def whole_product(
                 backoff_max_s=0.2,
             )
             service = await start_enrolled_agent(controller, SITE, config)
-            desk = controller.app[TICKET_DESK]
+            desk = controller.core.tickets
             if snapshots is not None:
-                controller.app[EVENT_BUS].subscribe(snapshots, kinds={SnapshotsIngested})
+                controller.core.bus.subscribe(snapshots, kinds={SnapshotsIngested})
             await wait_until(lambda: desk.service is not None)
             yield lab, desk
     finally:

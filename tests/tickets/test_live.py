@@ -21,11 +21,9 @@ from testkit.processes import in_process, polyfleet
 from testkit.reports import typed_snapshot
 from testkit.waiting import wait_until
 
-from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.app import serve
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.tickets import ticket_id
-from polyfleet.controller.keys import EVENT_BUS, INVENTORY, JOBS, STORE
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
@@ -72,7 +70,7 @@ class Lab:
 
     @property
     def service(self) -> TicketService:
-        return self.controller.app[TICKET_DESK].get()
+        return self.controller.core.tickets.get()
 
     async def post(self, *snapshots: Snapshot) -> None:
         batch = ReportBatch(
@@ -91,7 +89,7 @@ class Lab:
             },
         ) as response:
             assert response.status == 200, await response.text()
-        await self.controller.app[EVENT_BUS].drain()
+        await self.controller.core.bus.drain()
 
     async def report_minutes(
         self, serials: tuple[str, ...], minutes: range, *codes: ProblemCode
@@ -245,7 +243,7 @@ async def test_W4_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
 
 
 def _has_job(lab: Lab, serial: str = "X1") -> bool:
-    return bool(lab.controller.app[JOBS].find(serial=serial))
+    return bool(lab.controller.core.jobs.find(serial=serial))
 
 
 async def test_short_blip_opens_no_ticket(lab: Lab) -> None:
@@ -273,8 +271,8 @@ async def test_site_outage_files_one_site_ticket(lab: Lab, smtp_peer: SmtpPeer) 
     """The site's agent goes silent: one site ticket listing its devices, no device tickets."""
     await lab.report_minutes(("X1", "X2", "X3"), range(0, 2))
     lab.clock.now = T0 + 30 * MINUTE
-    await lab.controller.app[INVENTORY].check_liveness()
-    await lab.controller.app[EVENT_BUS].drain()
+    await lab.controller.core.inventory.check_liveness()
+    await lab.controller.core.bus.drain()
     await lab.service.tick(T0 + 120 * MINUTE)
     await lab.service.wait_prepared()
     (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
@@ -362,13 +360,13 @@ async def test_most_devices_unreachable_gives_one_site_ticket(lab: Lab) -> None:
     await lab.report_minutes(("X1", "X2", "X3"), range(0, 2))
     lab.clock.now = T0 + 6 * MINUTE
     await lab.agent_does_jobs()  # the agent's heartbeat
-    events = await lab.controller.app[INVENTORY].check_liveness()
+    events = await lab.controller.core.inventory.check_liveness()
     assert sorted(e.serial or "" for e in events if e.kind == "device_unreachable") == [
         "X1",
         "X2",
         "X3",
     ]
-    await lab.controller.app[EVENT_BUS].drain()
+    await lab.controller.core.bus.drain()
     await lab.service.tick(T0 + 60 * MINUTE)
     await lab.service.wait_prepared()
     (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
@@ -454,7 +452,7 @@ async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path:
         assert ticket.id == key and ticket.first_seen == T0
         assert ticket.opened_at == T0 + 5 * MINUTE
         # Saved on the transition only: more reports of the same fault write nothing.
-        store = lab.controller.app[STORE]
+        store = lab.controller.core.store
         saved_at = store.get(FAULT_STATE, "X1")["saved_at"]  # type: ignore[index]
         await lab.report_minutes(("X1",), range(6, 12), ProblemCode.CAMERA_DOWN)
         assert store.get(FAULT_STATE, "X1")["saved_at"] == saved_at  # type: ignore[index]

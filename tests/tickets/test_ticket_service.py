@@ -11,13 +11,15 @@ import pytest
 from testkit.clocks import SettableClock
 from testkit.reports import typed_snapshot
 
+from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.assets import Asset, Contract
 from polyfleet.controller.domain.tickets import TicketStatus, ticket_id
+from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.delivery import SENT
-from polyfleet.controller.services.entitlement import ASSETS, load_plans
-from polyfleet.controller.services.ticket_config import ticket_settings
+from polyfleet.controller.services.entitlement import ASSETS, Registry, load_plans
+from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
-from polyfleet.controller.store.base import SITES
+from polyfleet.controller.settings.tickets import TicketSettings, ticket_settings
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.schema import (
     ProblemCode,
@@ -27,6 +29,25 @@ from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
 # Monday 24 November 2025, 10:00 in Warsaw.
 T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
+
+
+def desk_over(
+    store: TinyDBStore, settings: TicketSettings, tmp_path: Path, clock: SettableClock
+) -> TicketService:
+    """A ticket service over ``store``, with the inventory and registry it reads (as stored)."""
+    inventory = Inventory(store, EventBus(store, keep=100), clock, ControllerConfig())
+    inventory.load()
+    registry = Registry(store, inventory)
+    registry.load()
+    return TicketService(
+        store,
+        settings,
+        plans=load_plans(),
+        bundle_dir=tmp_path / "bundles",
+        inventory=inventory,
+        registry=registry,
+        clock=clock,
+    )
 
 
 def asset(serial: str, plan: str | None, *, number: str = "C-1", room: str = "Wawel") -> Asset:
@@ -65,9 +86,7 @@ async def desk(
     settings = ticket_settings(
         ticket_sections(smtp_peer, webhook_peer, min_duration_s=300, language="en")
     )
-    service = TicketService(
-        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    service = desk_over(store, settings, tmp_path, clock)
     yield service, clock
     await service.close()
 
@@ -222,7 +241,7 @@ async def test_site_outage_gives_one_site_ticket(
 ) -> None:
     """An agent going offline files one site ticket in the admin's language, no device tickets."""
     service, clock = desk
-    await service.store.put_many(SITES, {"krk": {"id": "krk", "name": "Kraków Zabłocie"}})
+    await service.inventory.add_site("krk", name="Kraków Zabłocie", timezone="Europe/Warsaw")
     for serial in ("X1", "X2", "X4"):
         await report(service, clock, serial, range(0, 1))
     clock.now = T0 + 10 * MINUTE
@@ -250,9 +269,7 @@ async def test_send_retries_deliveries_given_up_on(
     clock = SettableClock(T0)
     await store.put_many(ASSETS, {"X1": asset("X1", "hezo_plus").to_doc()})
     settings = ticket_settings(ticket_sections(None, webhook_peer, min_duration_s=60))
-    service = TicketService(
-        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    service = desk_over(store, settings, tmp_path, clock)
     try:
         webhook_peer.script = [400]
         await report(service, clock, "X1", range(0, 3), ProblemCode.CAMERA_DOWN)
@@ -357,8 +374,8 @@ async def test_W5_held_ticket_goes_out_once_the_registry_has_its_contract(
     key = ticket_id("X3", "microphone_down")
     await service.tick(clock.now)
     assert service.get(key).status is TicketStatus.NEEDS_DATA
-    await service.store.put_many(
-        ASSETS, {"X3": asset("X3", "partner_poly_plus", number="PPP-33").to_doc()}
+    await service.registry.import_assets(
+        [asset("X3", "partner_poly_plus", number="PPP-33")], dry_run=False
     )
     await service.tick(clock.now)
     await service.wait_prepared()
@@ -383,9 +400,7 @@ async def test_plans_without_a_language_use_the_admins(
         {a.serial: a.to_doc() for a in (asset("X2", "poly_plus"), asset("X3", "standard"))},
     )
     settings = ticket_settings(ticket_sections(smtp_peer, None, min_duration_s=60, language="pl"))
-    service = TicketService(
-        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    service = desk_over(store, settings, tmp_path, clock)
     try:
         await report(service, clock, "X2", range(0, 3), ProblemCode.LAN_DOWN)
         await report(service, clock, "X3", range(0, 3), ProblemCode.LAN_DOWN)
@@ -438,9 +453,7 @@ async def test_listings_by_status_site_and_device_lost_track_of_writes(
     assert service.active_tickets() == [] and service.open_tickets_by_serial() == {}
     assert [t.id for t in service.closed_since(clock.now)] == [ticket.id]
     assert service.closed_since(clock.now + MINUTE) == []
-    fresh = TicketService(
-        store, service.settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    fresh = desk_over(store, service.settings, tmp_path, clock)
     try:
         assert [t.id for t in fresh.tickets(status="closed", serial="X1")] == [ticket.id]
         assert [t.id for t in fresh.device_tickets("X1")] == [ticket.id]
