@@ -348,9 +348,9 @@ async def test_rollout_commands_on_a_postgresql_store(tmp_path: Path, postgres_u
         _, logged, _ = await controller_cli("audit", "--action", "rollout.plan", "--json", *where)
         origins = {e["target"]: e["origin"]["via"] for e in json.loads(logged)["entries"]}
         assert origins[f"rollout:{planned['id']}"] == "control_socket"
-        _, tickets, _ = await run_cli("tickets", "list", "--json", *where)
+        _, tickets, _ = await controller_cli("tickets", "list", "--json", *where)
         assert [t["id"] for t in json.loads(tickets)["tickets"]] == [ticket_id("K9", "camera_down")]
-        _, tokens, _ = await run_cli("token", "list", "--json", *where)
+        _, tokens, _ = await controller_cli("token", "list", "--json", *where)
         assert [t["name"] for t in json.loads(tokens)["tokens"]] == ["test admin"]
     finally:
         server.send_signal(signal.SIGTERM)
