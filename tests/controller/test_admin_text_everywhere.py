@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, report, snapshot
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.cli import build_parser, main
 from polyfleet.controller.testing import RunningController
