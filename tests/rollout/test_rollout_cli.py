@@ -157,8 +157,9 @@ async def test_plan_on_the_spring_forward_night_says_so_with_exact_instants(
     and the canary wave says it is shortened; a bad --hop-length exits 1 naming it."""
     data = tmp_path / "data"
     await seed(data)
-    _, out, _ = await run_cli(
-        "rollout", "plan", "--target", "4.2.2", "--site", "krakow", "--start", "2027-03-28",
+    _, out, _ = await in_process(
+        "controller", "rollout", "plan", "--target", "4.2.2", "--site", "krakow", "--start",
+        "2027-03-28",
         "--window", "01:00-05:00", "--hop-length", "30m", "--dry-run", "--json",
         "--data-dir", str(data),
     )  # fmt: skip
@@ -174,9 +175,9 @@ async def test_plan_on_the_spring_forward_night_says_so_with_exact_instants(
             "start": "2027-03-28T01:00:00+01:00",
             "end": "2027-03-28T05:00:00+02:00",
         }
-    code, out, err = await run_cli(
-        "rollout", "plan", "--target", "4.2.2", "--hop-length", "soon", "--json",
-        "--data-dir", str(data), ok=False,
+    code, out, err = await in_process(
+        "controller", "rollout", "plan", "--target", "4.2.2", "--hop-length", "soon", "--json",
+        "--data-dir", str(data), expect=1,
     )  # fmt: skip
     assert code == 1 and json.loads(out)["error"]["field"] == "hop_length"
     assert "hop_length: 'soon' is not a duration" in err
