@@ -152,6 +152,7 @@ CLI_OTHER = {
     "--at": _FORMAT,
     "--date": _FORMAT,
     "--expires": _FORMAT,
+    "--hop-length": _FORMAT,
     "--needs": _FORMAT,
     "--received": _FORMAT,
     "--sha256": _FORMAT,
