@@ -39,6 +39,14 @@ from polyfleet.shared.schema import PROTOCOL_VERSION, EnrollResponse
 
 #: How long a controller may take to become active.
 ACTIVE_WAIT_S = 60.0
+#: The authorised reporter and RMA address a test site gets, so its tickets go out.
+SITE_CONTACT = {"name": "Anna Nowak", "phone": "+48 12 345 67 89", "email": "anna@example.pl"}
+SITE_ADDRESS = {
+    "street": "ul. Florianska 1",
+    "postal_code": "31-019",
+    "city": "Krakow",
+    "country": "Polska",
+}
 
 
 @dataclass
@@ -52,12 +60,22 @@ class RunningController:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    async def ensure_site(self, site_id: str, *, timezone: str = "Europe/Warsaw") -> None:
+    async def ensure_site(
+        self, site_id: str, *, timezone: str = "Europe/Warsaw", contact: bool = True
+    ) -> None:
+        """The site, made if missing: with ``SITE_CONTACT`` and ``SITE_ADDRESS`` unless
+        ``contact`` is False (its tickets are then held for them)."""
         if self.app[STORE].get(SITES, site_id) is None:
-            await self.app[INVENTORY].add_site(site_id, name=site_id, timezone=timezone)
+            inventory = self.app[INVENTORY]
+            await inventory.add_site(site_id, name=site_id, timezone=timezone)
+            if contact:
+                await inventory.update_site(
+                    site_id, contact=SITE_CONTACT, delivery_address=SITE_ADDRESS
+                )
 
     async def enrollment_code(self, site_id: str) -> str:
-        """A fresh one-time code for ``site_id`` (the site is created if missing)."""
+        """A fresh one-time code for ``site_id`` (the site is created if missing, with a
+        contact and an address: ``ensure_site``)."""
         await self.ensure_site(site_id)
         code, _ = await self.app[ACCESS].create_invite(site_id)
         return code

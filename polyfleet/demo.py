@@ -38,7 +38,7 @@ from polyfleet.shared.cli_errors import CommandFailed, unreadable_file
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import PolyfleetError
 from polyfleet.shared.process import polyfleet_argv
-from polyfleet.simulator.fleet import DeviceSpec, FleetSpec, load_fleet
+from polyfleet.simulator.fleet import DeviceSpec, FleetSpec, SiteSpec, load_fleet
 from polyfleet.simulator.lab import Lab
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         "happen, sooner (--duration stays in real seconds)",
     )
     parser.set_defaults(func=run)
+
+
+def demo_site_contact(site: SiteSpec) -> dict[str, Any]:
+    """The demo site's authorised reporter and RMA delivery address (made up, example domain)."""
+    return {
+        "contact": {
+            "name": f"Administrator {site.name}",
+            "phone": "+48 12 345 67 89",
+            "email": f"it-{site.id}@example.pl",
+        },
+        "delivery_address": {
+            "street": "ul. Przykładowa 1",
+            "postal_code": "00-001",
+            "city": site.name,
+            "country": "Polska",
+        },
+    }
 
 
 def _time_scale(text: str) -> float:
@@ -490,13 +507,16 @@ class Demo:
         known = await _api(http, "GET", f"{self.controller_url}/api/v1/sites")
         existing = {site["id"] for site in known["sites"]}
         for site in fleet.sites:
+            path = f"{self.controller_url}/api/v1/sites/{site.id}"
             if site.id in existing:
                 # A run on an earlier demo's data: the fleet file still names the site.
                 body = {"name": site.name, "timezone": site.timezone}
-                await _api(http, "PATCH", f"{self.controller_url}/api/v1/sites/{site.id}", body)
-                continue
-            body = {"id": site.id, "name": site.name, "timezone": site.timezone}
-            await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
+                await _api(http, "PATCH", path, body)
+            else:
+                body = {"id": site.id, "name": site.name, "timezone": site.timezone}
+                await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
+            # Tickets are held without a reporter and a delivery address: the demo's go out.
+            await _api(http, "PATCH", path, demo_site_contact(site))
 
     async def _import_assets(self, http: aiohttp.ClientSession, text: str) -> None:
         shift = (datetime.now(UTC).date() - DEMO_ASSETS_AS_OF).days

@@ -71,7 +71,8 @@ class TicketDetail(TicketView):
 
 
 class TicketFill(BaseModel):
-    """The data W5 requires, filled in by the admin: printable text, checked before storing."""
+    """What the desk requires, filled in by the admin (W5, W2, RMA): printable text,
+    checked before storing; the keys are the names ``missing`` lists."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +80,13 @@ class TicketFill(BaseModel):
     contract_number: ContractNumberText | None = None
     #: Take a contract number the asset registry does not hold for the serial.
     force: bool = False
+    contact_name: str | None = Field(default=None, max_length=256)
+    contact_phone: str | None = Field(default=None, max_length=256)
+    contact_email: str | None = Field(default=None, max_length=256)
+    address_street: str | None = Field(default=None, max_length=256)
+    address_postal_code: str | None = Field(default=None, max_length=256)
+    address_city: str | None = Field(default=None, max_length=256)
+    address_country: str | None = Field(default=None, max_length=256)
 
 
 class TicketActionBody(BaseModel):
@@ -161,7 +169,8 @@ async def show_ticket(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="Fill in a held ticket's serial or contract number (W5); complete, it is sent",
+    summary="Fill in what a held ticket lacks (serial, contract number, the reporter's contact, "
+    "the delivery address); complete, it is sent",
     roles=ADMINS,
     request=TicketFill,
     response=TicketDetail,
@@ -177,6 +186,7 @@ async def fill_ticket(request: web.Request) -> web.Response:
         serial=body.serial,
         contract_number=body.contract_number,
         force=body.force,
+        details=body.model_dump(exclude={"serial", "contract_number", "force"}, exclude_none=True),
     )
     return web.json_response(filled)
 

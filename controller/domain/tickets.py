@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -12,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.domain.assets import Asset, Contract, follows
 from polyfleet.controller.domain.calendar import to_warsaw
+from polyfleet.controller.domain.contacts import DeliveryAddress, SiteContact
 from polyfleet.controller.domain.language import LANGUAGES, Language, keyed_texts, plural_text
 from polyfleet.controller.domain.plans import Contacts, DeliveryMeans, Plan, PlanCatalogue
 from polyfleet.controller.domain.sla import (
@@ -192,6 +194,10 @@ class Ticket(BaseModel):
     shipping_paid: bool | None = None
     #: Where to follow up and how to escalate (W7).
     contacts: DeskContacts | None = None
+    #: The site's authorised reporter, whom the desk's engineer contacts (W2).
+    reporter: SiteContact | None = None
+    #: Where replacement hardware is delivered (the site's RMA address).
+    rma_address: DeliveryAddress | None = None
     #: Set when the contract in force is flagged (H1, H5, P5...), with what that means.
     eligibility: Eligibility | None = None
     flapping: bool = False
@@ -221,10 +227,21 @@ class Ticket(BaseModel):
 
     @property
     def missing(self) -> list[str]:
-        """Fields the desk requires and the ticket lacks (W5); empty for a site ticket."""
-        if self.kind is TicketKind.SITE:
-            return []
-        return [name for name in ("serial", "contract_number") if not getattr(self, name)]
+        """Fields the desk requires and the ticket lacks: the serial and contract number of a
+        device's ticket (W5), the authorised reporter it contacts (W2), and where a
+        replacement goes for a device's fault (RMA)."""
+        found: list[str] = []
+        if self.kind is TicketKind.DEVICE:
+            found += [name for name in ("serial", "contract_number") if not getattr(self, name)]
+        found += (self.reporter or SiteContact()).missing()
+        if self.needs_address:
+            found += (self.rma_address or DeliveryAddress()).missing()
+        return found
+
+    @property
+    def needs_address(self) -> bool:
+        """A device's fault may need replacement hardware: the ticket needs the RMA address."""
+        return self.kind is TicketKind.DEVICE
 
     @property
     def sla_terms(self) -> SlaTerms | None:
@@ -301,20 +318,30 @@ class Ticket(BaseModel):
         contract_number: str | None,
         at: datetime,
         by: str | None = None,
+        contact: Mapping[str, str] | None = None,
+        address: Mapping[str, str] | None = None,
     ) -> None:
-        """The admin supplies what W5 requires; complete, the ticket is ``open`` (ready to send).
+        """The admin supplies what the desk requires (W5, W2, RMA): the serial, the contract
+        number, the reporter's ``contact`` and the delivery ``address`` fields given (name ->
+        text); complete, the ticket is ``open`` (ready to send).
 
         ``by`` names who filled it (recorded with the time).
         """
         if self.status is not TicketStatus.NEEDS_DATA and self.status is not TicketStatus.OPEN:
             raise TicketError(
-                f"ticket {self.id} is {self.status.value}: its serial and contract number "
-                "can only be changed before it is sent"
+                f"ticket {self.id} is {self.status.value}: its details can only be changed "
+                "before it is sent"
             )
         if serial is not None:
             self.serial = serial.strip() or None
         if contract_number is not None:
             self.contract_number = contract_number.strip() or None
+        if contact:
+            known = (self.reporter or SiteContact()).model_dump()
+            self.reporter = SiteContact(**{**known, **contact})
+        if address:
+            known = (self.rma_address or DeliveryAddress()).model_dump()
+            self.rma_address = DeliveryAddress(**{**known, **address})
         if by is not None:
             self.filled_by = by
             self.filled_at = at
@@ -322,7 +349,9 @@ class Ticket(BaseModel):
             self.status = TicketStatus.NEEDS_DATA
         else:
             self.status = TicketStatus.OPEN
-            if by is None:
+            if contact or address:
+                self.note(at, "details_filled", who=by or "-")
+            elif by is None:
                 self.note(at, "filled")
             else:
                 self.note(at, "filled_by", who=by)
@@ -682,6 +711,23 @@ def _terms_lines(ticket: Ticket, lang: Language) -> list[str]:
     return lines
 
 
+def _reporter_lines(ticket: Ticket, lang: Language) -> list[str]:
+    """Whom the desk contacts at the site (W2) and where a replacement goes (RMA)."""
+    lines: list[str] = []
+    reporter = ticket.reporter
+    if reporter is not None and any(reporter.model_dump().values()):
+        parts = [reporter.name or "-"]
+        if reporter.phone:
+            parts.append(f"{_label('phone', lang)} {reporter.phone}")
+        if reporter.email:
+            parts.append(f"{_label('email', lang)} {reporter.email}")
+        lines.append(f"{_label('reporter', lang)}: {', '.join(parts)}")
+    address = ticket.rma_address
+    if ticket.needs_address and address is not None and address.one_line():
+        lines.append(f"{_label('rma_address', lang)}: {address.one_line()}")
+    return lines
+
+
 def _contact_lines(contacts: DeskContacts | None, lang: Language) -> list[str]:
     """Where to follow up and how to escalate, in the ticket's language (W7)."""
     if contacts is None:
@@ -771,6 +817,7 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     lines.append(f"{_label('fault', lang)}: {fault}{detail}")
     lines.append(f"{_label('first_seen', lang)}: {_when(ticket.first_seen)}")
     lines += _terms_lines(ticket, lang)
+    lines += _reporter_lines(ticket, lang)
     lines += _contact_lines(ticket.contacts, lang)
     if ticket.flapping:
         lines.append(_label("flapping", lang))

@@ -11,6 +11,12 @@ from typing import Any
 from polyfleet.controller.core import Controller
 from polyfleet.controller.domain.admin_input import contract_number as checked_contract_number
 from polyfleet.controller.domain.admin_input import serial as checked_serial
+from polyfleet.controller.domain.contacts import (
+    ADDRESS_KEYS,
+    CONTACT_KEYS,
+    checked_address_field,
+    checked_contact_field,
+)
 from polyfleet.controller.domain.tickets import ACTIONS, ACTIVE, Ticket, TicketStatus
 from polyfleet.controller.errors import BadRequest, NotFound
 from polyfleet.controller.features.caller import Caller, Permission, record
@@ -197,8 +203,11 @@ async def fill_ticket(
     serial: str | None = None,
     contract_number: str | None = None,
     force: bool = False,
+    details: Mapping[str, str | None] | None = None,
 ) -> Doc:
-    """Complete a held ticket's serial or contract number (W5); complete, it is sent.
+    """Complete a held ticket: its serial or contract number (W5), the reporter's
+    ``contact_*`` and the delivery ``address_*`` fields (``details``, flat keys as
+    ``missing`` names them); complete, it is sent.
 
     Refused: ``TicketNotFound``; an unprintable or empty value (``AdminInputError``, the
     field named); ``UnknownContract`` for a number the asset registry lacks for the serial
@@ -212,13 +221,30 @@ async def fill_ticket(
         filled["serial"] = checked_serial(serial)
     if contract_number is not None:
         filled["contract_number"] = checked_contract_number(contract_number)
+    contact: dict[str, str] = {}
+    address: dict[str, str] = {}
+    for key, value in (details or {}).items():
+        if value is None:
+            continue
+        if key in CONTACT_KEYS:
+            name = key.removeprefix("contact_")
+            contact[name] = checked_contact_field(name, value, field=key)
+        elif key in ADDRESS_KEYS:
+            name = key.removeprefix("address_")
+            address[name] = checked_address_field(name, value, field=key)
+        else:
+            raise BadRequest(f"{key}: not a ticket detail", field=key)
     ticket = await service.fill(
         ticket_id,
         serial=filled.get("serial"),
         contract_number=filled.get("contract_number"),
         by=_filled_by(caller),
         force=force,
+        contact=contact or None,
+        address=address or None,
     )
+    filled.update({f"contact_{k}": v for k, v in contact.items()})
+    filled.update({f"address_{k}": v for k, v in address.items()})
     if force:
         filled["force"] = True
     await record(

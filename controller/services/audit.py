@@ -68,6 +68,7 @@ class AuditAction(StrEnum):
 
     SITE_ADD = "site.add"
     SITE_UPDATE = "site.update"
+    SITE_CONTACT = "site.contact"
     INVITE_CREATE = "invite.create"
     DEVICE_MOVE = "device.move"
     DEVICE_ROOM = "device.room"

@@ -18,6 +18,14 @@ from typing import Any, Protocol
 
 from polyfleet.controller.domain.assets import Asset
 from polyfleet.controller.domain.calendar import to_warsaw, warsaw_date
+from polyfleet.controller.domain.contacts import (
+    ADDRESS_KEYS,
+    CONTACT_KEYS,
+    DeliveryAddress,
+    SiteContact,
+    site_address,
+    site_contact,
+)
 from polyfleet.controller.domain.entitlement import plan_in_force
 from polyfleet.controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
@@ -579,6 +587,13 @@ class TicketService:
         site = None if ticket.site is None else self.store.get(SITES, ticket.site)
         name = None if site is None else site.get("name")
         ticket.site_name = name if isinstance(name, str) and name != ticket.site else None
+        # W2, RMA: whom the desk contacts and where hardware goes; what the ticket was given
+        # by hand stays, what it lacks comes from the site.
+        contact, address = site_contact(site), site_address(site)
+        if contact is not None:
+            ticket.reporter = (ticket.reporter or SiteContact()).merged(contact)
+        if address is not None:
+            ticket.rma_address = (ticket.rma_address or DeliveryAddress()).merged(address)
 
     def _refresh_registry_facts(self, ticket: Ticket, now: datetime) -> None:
         """Serial, contract, plan, room, language, SLA terms, desk contacts and the contract's
@@ -832,22 +847,26 @@ class TicketService:
         return {TICKETS: {ticket.id: ticket.as_document()}}
 
     async def recheck_held(self, now: datetime | None = None) -> int:
-        """W5: held tickets whose contract has since reached the asset registry go out."""
+        """W5, W2: held tickets whose contract has since reached the asset registry, or whose
+        site has since been given its reporter and delivery address, go out."""
         moment = now or self.clock()
         released: list[str] = []
         for ticket in self.tickets(status=TicketStatus.NEEDS_DATA.value):
-            asset = self._asset(ticket.serial)
-            if asset is None or asset.contract_at(warsaw_date(moment)) is None:
-                continue
             async with self._lock:
                 fresh = self.get(ticket.id)
                 if fresh.status is not TicketStatus.NEEDS_DATA:
                     continue
+                before = set(fresh.missing)
                 self._refresh_registry_facts(fresh, moment)
                 if fresh.missing:
+                    if set(fresh.missing) != before:
+                        await self._save(fresh)
                     continue
                 fresh.status = TicketStatus.OPEN
-                fresh.note(moment, "completed")
+                if before & {"serial", "contract_number"}:
+                    fresh.note(moment, "completed")
+                if before & {*CONTACT_KEYS, *ADDRESS_KEYS}:
+                    fresh.note(moment, "completed_from_site")
                 await self._save(fresh)
             released.append(fresh.id)
             self._prepare_later(fresh.id)
@@ -961,6 +980,8 @@ class TicketService:
         contract_number: str | None = None,
         by: str | None = None,
         force: bool = False,
+        contact: Mapping[str, str] | None = None,
+        address: Mapping[str, str] | None = None,
     ) -> Ticket:
         """W5: complete a held ticket; once complete it is prepared and sent.
 
@@ -979,7 +1000,14 @@ class TicketService:
             unknown = number is not None and number not in known
             if unknown and not force:
                 raise UnknownContract(key, target, number or "", known)
-            ticket.fill(serial=serial, contract_number=contract_number, at=now, by=by)
+            ticket.fill(
+                serial=serial,
+                contract_number=contract_number,
+                at=now,
+                by=by,
+                contact=contact,
+                address=address,
+            )
             if unknown:
                 ticket.note(now, "filled_unknown_contract", contract=number or "", who=by or "?")
             await self._save(ticket)

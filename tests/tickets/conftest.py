@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from polyfleet.controller.services.webhook import DELIVERY_HEADER, verify
+from polyfleet.controller.store.base import SITES
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.testing import SITE_ADDRESS, SITE_CONTACT
 
 SMTP_USER = "polyfleet"
 SMTP_PASSWORD = "smtp-secret-Zq81"
@@ -212,9 +214,18 @@ async def escalation_peer() -> AsyncIterator[WebhookPeer]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[TinyDBStore]:
-    """The real controller store in a temporary data directory."""
+    """The real controller store in a temporary data directory, holding the site krk with
+    its reporter and delivery address (which every ticket carries)."""
     instance = TinyDBStore(tmp_path / "data")
     await instance.open()
+    site = {
+        "id": "krk",
+        "name": "krk",
+        "timezone": "Europe/Warsaw",
+        "contact": SITE_CONTACT,
+        "delivery_address": SITE_ADDRESS,
+    }
+    await instance.put_many(SITES, {"krk": site})
     yield instance
     await instance.close()
 

@@ -17,6 +17,7 @@ from polyfleet.controller.services.ticket_config import ticket_settings
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
 from polyfleet.controller.store.base import SITES
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.testing import SITE_CONTACT
 from polyfleet.shared.schema import (
     Firmware,
     Health,
@@ -249,7 +250,8 @@ async def test_site_outage_gives_one_site_ticket(
 ) -> None:
     """An agent going offline files one site ticket in the admin's language, no device tickets."""
     service, clock = desk
-    await service.store.put_many(SITES, {"krk": {"id": "krk", "name": "Kraków Zabłocie"}})
+    site = {"id": "krk", "name": "Kraków Zabłocie", "contact": SITE_CONTACT}
+    await service.store.put_many(SITES, {"krk": site})
     for serial in ("X1", "X2", "X4"):
         await report(service, clock, serial, range(0, 1))
     clock.now = T0 + 10 * MINUTE
