@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from polyfleet.controller.active import run_when_active
 from polyfleet.controller.core import TicketDesk
 from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
+from polyfleet.controller.domain.tickets import TicketCategory
 from polyfleet.controller.events import (
     AgentClockChanged,
     AgentOffline,
@@ -89,6 +90,22 @@ class TicketFill(BaseModel):
     address_country: str | None = Field(default=None, max_length=256)
 
 
+class TicketOpen(BaseModel):
+    """A ticket opened by hand: the unit's ``serial`` (or the ``site`` for a site-wide
+    fault), what it asks for (``category``: fault, support, configuration), a one-line
+    ``summary``, a ``description`` of any length and lines, and optionally the ``contact``
+    the desk should ask for instead of the site's reporter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: str | None = Field(default=None, max_length=256)
+    site: str | None = Field(default=None, max_length=256)
+    category: TicketCategory
+    summary: str = Field(max_length=1000)
+    description: str = Field(default="", max_length=20000)
+    contact: str | None = Field(default=None, max_length=256)
+
+
 class TicketActionBody(BaseModel):
     """Optional: when the step happened, if earlier than now (ISO 8601 with an offset)."""
 
@@ -133,6 +150,31 @@ async def list_tickets(request: web.Request) -> web.Response:
         site=request.query.get("site"),
     )
     return web.json_response({"tickets": found})
+
+
+@endpoint(
+    summary="Open a ticket by hand: a fault the agents cannot see, or the technical support or "
+    "configuration help the unit's plan includes (refused, naming the plan, when it does not)",
+    roles=ADMINS,
+    request=TicketOpen,
+    response=TicketDetail,
+    response_status=201,
+    errors=(400, 404, 422),
+    tags=("tickets",),
+)
+async def open_ticket(request: web.Request) -> web.Response:
+    body = await read_model(request, TicketOpen)
+    opened = await tickets.open_ticket(
+        request.app[CORE],
+        caller(request),
+        category=body.category.value,
+        summary=body.summary,
+        description=body.description,
+        serial=body.serial,
+        site=body.site,
+        contact=body.contact,
+    )
+    return web.json_response(opened, status=201)
 
 
 @endpoint(
@@ -242,6 +284,7 @@ def register(app: web.Application) -> None:
     # Detection, escalations and deliveries: on the active controller only.
     run_when_active(app, ticket_context)
     app.router.add_get("/api/v1/tickets", list_tickets)
+    app.router.add_post("/api/v1/tickets", open_ticket)
     # Before the ticket routes: "deliveries" is not a ticket id (those are PF-...).
     app.router.add_get("/api/v1/tickets/deliveries", list_deliveries)
     app.router.add_get("/api/v1/tickets/{ticket_id}", show_ticket)

@@ -36,6 +36,7 @@ from polyfleet.controller.domain.contacts import (
 )
 from polyfleet.controller.domain.plans import CatalogueError
 from polyfleet.controller.domain.sla import MomentOrderError, SlaTerms, check_order, deadlines
+from polyfleet.controller.domain.tickets import TicketCategory
 from polyfleet.controller.services.entitlement import load_plans
 from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed, unreachable_controller
 
@@ -399,6 +400,22 @@ def _listing(args: argparse.Namespace) -> TicketAction:
     return call
 
 
+def _open_body(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``tickets open`` sends; ``--description -`` reads the description from stdin."""
+    description = args.description or ""
+    if description == "-":
+        description = sys.stdin.read()
+    body: dict[str, Any] = {
+        "category": args.category,
+        "summary": args.summary,
+        "description": description,
+    }
+    for key in ("serial", "site", "contact"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    return body
+
+
 def cmd_tickets(args: argparse.Namespace) -> int:
     """Run one ``tickets`` subcommand against the controller."""
     action = args.tickets_command
@@ -412,6 +429,8 @@ def cmd_tickets(args: argparse.Namespace) -> int:
         call = _request("GET", _ticket_path(args.ticket_id))
     elif action == "fill":
         call = _request("PATCH", _ticket_path(args.ticket_id), _fill_body(args))
+    elif action == "open":
+        call = _request("POST", "/api/v1/tickets", _open_body(args))
     else:
         call = _request("POST", _ticket_path(args.ticket_id, action), _step_body(args))
     data = _reach(args, call)
@@ -464,6 +483,31 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         "--state", choices=("pending", "retrying", "sent", "failed"), help="only this state"
     )
     deliveries.add_argument("--ticket", help="only this ticket's messages")
+    opening = sub.add_parser(
+        "open",
+        parents=[common],
+        help="open a ticket by hand: a fault the agents cannot see, or support or "
+        "configuration help the unit's plan includes",
+        description="Open a ticket by hand for a unit (--serial) or a whole site (--site). "
+        "The unit's plan decides: a category it does not include is refused, naming the plan "
+        "and the plans that include it. The ticket goes to the service desk as automatic ones "
+        "do (same SLA clocks, reporter, delivery address, escalation).",
+    )
+    opening.add_argument("--serial", help="the unit's serial number")
+    opening.add_argument("--site", help="the site, for a site-wide problem (instead of --serial)")
+    opening.add_argument(
+        "--category",
+        required=True,
+        choices=[category.value for category in TicketCategory],
+        help="what the ticket asks for",
+    )
+    opening.add_argument("--summary", required=True, help="one line: what is wrong or needed")
+    opening.add_argument(
+        "--description", help="the details, several lines allowed; '-' reads them from stdin"
+    )
+    opening.add_argument(
+        "--contact", help="whom the desk should ask for (default: the site's reporter)"
+    )
     described = {
         "show": "one ticket with its notes, SLA and deliveries",
         "ack": "the desk contacted us (stops the reaction clock)",

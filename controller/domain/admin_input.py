@@ -76,6 +76,28 @@ def printable_text(
     return text
 
 
+#: Longest description of a ticket opened by hand.
+DESCRIPTION_MAX_CHARS = 8000
+
+
+def multiline_text(value: str, *, field: str, max_chars: int = DESCRIPTION_MAX_CHARS) -> str:
+    """Free text of several lines (a ticket's description): each line printable as
+    ``printable_text`` checks it, line ends normalised to ``\\n``, surrounding blank lines
+    dropped; "" is allowed."""
+    if not isinstance(value, str):
+        raise AdminInputError(field, f"expected text, got {type(value).__name__}")
+    checked: list[str] = []
+    for number, line in enumerate(value.replace("\r\n", "\n").split("\n"), start=1):
+        try:
+            checked.append(printable_text(line, field=field, max_chars=max_chars, allow_empty=True))
+        except AdminInputError as exc:
+            raise AdminInputError(field, f"line {number} {exc.reason}") from None
+    text = "\n".join(checked).strip("\n")
+    if len(text) > max_chars:
+        raise AdminInputError(field, f"is {len(text)} characters long; at most {max_chars}")
+    return text
+
+
 def serial(value: str, *, field: str = "serial") -> str:
     """A device serial: letters, digits, '.', '_' and '-', at most 64 characters."""
     text = printable_text(value, field=field, max_chars=SERIAL_MAX_CHARS)

@@ -48,6 +48,70 @@ class TicketKind(StrEnum):
     SITE = "site"
 
 
+class TicketCategory(StrEnum):
+    """What a ticket opened by hand asks the desk for."""
+
+    FAULT = "fault"
+    SUPPORT = "support"
+    CONFIGURATION = "configuration"
+
+
+#: The plan's service each category asks for: the ``Plan`` field that must be true, or
+#: ``repair``, which every plan gives during its term (E3). H4, P2: technical support;
+#: H4: help with configuration and advice on Teams and Zoom.
+CATEGORY_SERVICE: Mapping[TicketCategory, str] = {
+    TicketCategory.FAULT: "repair",
+    TicketCategory.SUPPORT: "technical_support",
+    TicketCategory.CONFIGURATION: "configuration_help",
+}
+#: The fault code a ticket opened by hand is filed under, by category.
+CATEGORY_FAULT: Mapping[TicketCategory, str] = {
+    TicketCategory.FAULT: "reported_fault",
+    TicketCategory.SUPPORT: "support_request",
+    TicketCategory.CONFIGURATION: "configuration_request",
+}
+#: How a refusal names each service.
+SERVICE_NAMES: Mapping[str, str] = {
+    "repair": "repair or replacement",
+    "technical_support": "technical support",
+    "configuration_help": "help with configuration",
+}
+
+
+class ServiceNotIncluded(Invalid):
+    """A ticket opened by hand asks for a service the unit's plan does not include (422
+    ``not_in_plan``, field ``category``); the message names the plan and what would."""
+
+    default_code = "not_in_plan"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="category")
+
+
+def service_refusal(
+    category: TicketCategory, plan: Plan | None, catalogue: PlanCatalogue, subject: str
+) -> str | None:
+    """Why the plan in force (``plan``, None: none) does not give what ``category`` asks
+    for, naming the plans that would; None when it does.
+
+    A fault is never refused here: every plan covers hardware failures during its term
+    (E3), and a unit without a contract gets a ticket held for its number, as automatic
+    ones are (W5).
+    """
+    service = CATEGORY_SERVICE[category]
+    if service == "repair" or (plan is not None and getattr(plan, service)):
+        return None
+    wanted = SERVICE_NAMES[service]
+    offering = [f"{p.name} ({p.id})" for p in catalogue.plans.values() if getattr(p, service)]
+    have = (
+        f"{subject} has no service plan in force"
+        if plan is None
+        else f"{subject} is covered by {plan.name} ({plan.id}), which does not include {wanted}"
+    )
+    would = f"; {wanted} comes with {', '.join(offering)}" if offering else ""
+    return f"{have}{would}"
+
+
 #: Admin actions and the status each one leads to; a plain table, checked by ``transition``.
 ACTIONS: dict[str, TicketStatus] = {
     "ack": TicketStatus.ACKNOWLEDGED,
@@ -198,6 +262,11 @@ class Ticket(BaseModel):
     reporter: SiteContact | None = None
     #: Where replacement hardware is delivered (the site's RMA address).
     rma_address: DeliveryAddress | None = None
+    #: Set on a ticket opened by hand: what it asks for, in the admin's words, and who.
+    category: TicketCategory | None = None
+    summary: str | None = None
+    description: str | None = None
+    opened_by: str | None = None
     #: Set when the contract in force is flagged (H1, H5, P5...), with what that means.
     eligibility: Eligibility | None = None
     flapping: bool = False
@@ -711,6 +780,22 @@ def _terms_lines(ticket: Ticket, lang: Language) -> list[str]:
     return lines
 
 
+def _request_lines(ticket: Ticket, lang: Language) -> list[str]:
+    """A ticket opened by hand: the plan's service it asks for, who opened it, and the
+    admin's description, indented."""
+    if ticket.category is None:
+        return []
+    service = _label(f"service_{CATEGORY_SERVICE[ticket.category]}", lang)
+    under = f" ({ticket.plan_name})" if ticket.plan_name else ""
+    lines = [f"{_label('requested_service', lang)}: {service}{under}"]
+    if ticket.opened_by:
+        lines.append(f"{_label('opened_by', lang)}: {ticket.opened_by}")
+    if ticket.description:
+        lines.append(f"{_label('description', lang)}:")
+        lines += [f"  {line}" for line in ticket.description.splitlines()]
+    return lines
+
+
 def _reporter_lines(ticket: Ticket, lang: Language) -> list[str]:
     """Whom the desk contacts at the site (W2) and where a replacement goes (RMA)."""
     lines: list[str] = []
@@ -815,6 +900,7 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
         lines += ["", *_eligibility_lines(ticket, ticket.eligibility, lang), ""]
     detail = f" ({ticket.fault_detail})" if ticket.fault_detail else ""
     lines.append(f"{_label('fault', lang)}: {fault}{detail}")
+    lines += _request_lines(ticket, lang)
     lines.append(f"{_label('first_seen', lang)}: {_when(ticket.first_seen)}")
     lines += _terms_lines(ticket, lang)
     lines += _reporter_lines(ticket, lang)
@@ -832,7 +918,7 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     if desk_notes:
         lines += ["", f"{_label('notes', lang)}:"]
         lines += [f"  {_when(note.at)}  {note_text(note, lang)}" for note in desk_notes[-10:]]
-    lines += ["", _label("footer", lang)]
+    lines += ["", _label("footer" if ticket.category is None else "footer_by_hand", lang)]
     return RenderedMessage(subject=head, body="\n".join(lines) + "\n")
 
 

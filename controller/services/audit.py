@@ -90,6 +90,7 @@ class AuditAction(StrEnum):
     ROLLOUT_ABORT = "rollout.abort"
     ROLLOUT_HALT = "rollout.halt"
     ROLLOUT_PENALTY_RELEASE = "rollout.penalty_release"
+    TICKET_OPEN = "ticket.open"
     TICKET_FILL = "ticket.fill"
     TICKET_SEND = "ticket.send"
     TICKET_ACK = "ticket.ack"

@@ -9,6 +9,7 @@ import json
 import logging
 import operator
 import re
+import secrets
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,9 +34,12 @@ from polyfleet.controller.domain.sla import SlaTerms
 from polyfleet.controller.domain.tickets import (
     ACTIVE,
     ADMIN_NOTES,
+    CATEGORY_FAULT,
     Bundle,
     DeskContacts,
+    ServiceNotIncluded,
     Ticket,
+    TicketCategory,
     TicketError,
     TicketKind,
     TicketMomentError,
@@ -44,6 +48,7 @@ from polyfleet.controller.domain.tickets import (
     eligibility_of,
     render_escalation,
     render_ticket,
+    service_refusal,
     ticket_id,
 )
 from polyfleet.controller.errors import NotFound
@@ -682,6 +687,7 @@ class TicketService:
             ticket = self.get(key)
             if (
                 ticket.kind is TicketKind.DEVICE
+                and ticket.category in (None, TicketCategory.FAULT)
                 and ticket.bundle is None
                 and ticket.bundle_error is None
             ):
@@ -1013,6 +1019,81 @@ class TicketService:
             await self._save(ticket)
         if ticket.status is TicketStatus.OPEN:
             self._prepare_later(ticket.id)
+        return ticket
+
+    async def open_by_hand(
+        self,
+        *,
+        category: TicketCategory,
+        summary: str,
+        description: str = "",
+        serial: str | None = None,
+        site: str | None = None,
+        model: str | None = None,
+        contact: str | None = None,
+        by: str | None = None,
+    ) -> Ticket:
+        """A ticket the admin opens: a fault the agents cannot see, or a service the plan
+        sells beyond repair (technical support, configuration help: H4, P2).
+
+        The plan in force decides: a service it does not include is refused
+        (``ServiceNotIncluded``, naming the plan and the plans that include it). Otherwise the
+        ticket goes to the desk as automatic ones do: the same SLA terms, W4/W5 fields,
+        reporter and delivery address, language and escalation, held while it lacks any.
+        ``serial`` names the unit (its site and model from the registry when not given);
+        ``site`` alone files a site-wide fault. ``contact`` names the person the desk should
+        ask for instead of the site's reporter.
+        """
+        now = self.clock()
+        kind = TicketKind.DEVICE if serial else TicketKind.SITE
+        asset = self._asset(serial)
+        if kind is TicketKind.SITE and category is not TicketCategory.FAULT:
+            raise ServiceNotIncluded(
+                f"site {site}: a site has no service plan of its own; ask for "
+                f"{category.value} for a unit (serial) whose plan includes it"
+            )
+        plan = None if asset is None else plan_in_force(asset, self.plans, warsaw_date(now))
+        refusal = service_refusal(category, plan, self.plans, f"unit {serial}")
+        if refusal is not None:
+            raise ServiceNotIncluded(refusal)
+        fault = CATEGORY_FAULT[category]
+        subject = serial or f"site:{site}"
+        # Any number of hand-opened tickets per unit: each one its own id.
+        key = ticket_id(subject, f"{fault}\x00{now.isoformat()}\x00{secrets.token_hex(4)}")
+        ticket = Ticket(
+            id=key,
+            kind=kind,
+            fault=fault,
+            fault_detail=summary,
+            status=TicketStatus.OPEN,
+            serial=serial,
+            model=model or (None if asset is None else asset.model),
+            site=site or (None if asset is None else asset.site),
+            language=self.settings.language,
+            first_seen=now,
+            opened_at=now,
+            category=category,
+            summary=summary,
+            description=description or None,
+            opened_by=by,
+        )
+        if contact:
+            ticket.reporter = SiteContact(name=contact)
+        self._refresh_registry_facts(ticket, now)
+        if ticket.missing:
+            ticket.status = TicketStatus.NEEDS_DATA
+            ticket.note(now, "held", missing=",".join(ticket.missing))
+        async with self._lock:
+            await self._save(ticket)
+        log.info("ticket %s opened by hand (%s %s)", ticket.id, subject, category.value)
+        if ticket.status is TicketStatus.NEEDS_DATA:
+            log.warning(
+                "ticket %s held: missing %s; fill it in with: %s",
+                ticket.id,
+                ", ".join(ticket.missing),
+                self.fill_command(ticket.id),
+            )
+        self._prepare_later(ticket.id)
         return ticket
 
     def _known_contracts(self, serial: str | None) -> list[str]:

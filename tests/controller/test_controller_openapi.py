@@ -303,6 +303,11 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     await c.call("post", f"{path}/fly", expect=404)
     await c.call("post", f"{path}/returned", expect=409)
     await c.call("get", f"{path}/bundle", expect=404)
+    opened = {"serial": "X50-1", "category": "fault", "summary": "cracked screen"}
+    await c.call("post", "/api/v1/tickets", json_body=opened, expect=201)
+    await c.call("post", "/api/v1/tickets", json_body={**opened, "category": "x"}, expect=422)
+    await c.call("post", "/api/v1/tickets", json_body={**opened, "serial": "NOPE"}, expect=404)
+    await c.call("post", "/api/v1/tickets", token=viewer, json_body=opened, expect=403)
 
     # Meta: the document itself and the metrics text.
     await c.call("get", "/api/v1/openapi.json", token=None)
@@ -486,6 +491,7 @@ async def test_every_documented_operation_answers_as_documented(
         ("/api/v1/entitlement", "get"),
         ("/api/v1/entitlement/forecast", "get"),
         ("/api/v1/tickets", "get"),
+        ("/api/v1/tickets", "post"),
         ("/api/v1/tickets/{ticket_id}", "get"),
         ("/api/v1/tickets/{ticket_id}", "patch"),
         ("/api/v1/tickets/{ticket_id}/{action}", "post"),
