@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -150,6 +150,30 @@ class RunningClock:
     due: datetime
 
 
+#: The deadlines that escalate when missed (W2, W3, W6, P3, P4), in the order they run.
+DEADLINES: tuple[Literal["reaction", "delivery", "return"], ...] = (
+    "reaction",
+    "delivery",
+    "return",
+)
+
+
+class Escalation(BaseModel):
+    """One missed deadline, escalated once (W7): which, when it was due, when it was
+    escalated and where it went (empty: nowhere configured, the admin was told)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deadline: Literal["reaction", "delivery", "return"]
+    due: AwareDatetime
+    at: AwareDatetime
+    to: list[str] = Field(default_factory=list)
+
+    @property
+    def late_by(self) -> timedelta:
+        return self.at - self.due
+
+
 class TicketError(Conflict, ValueError):
     """An action that the ticket's state does not allow (409 ``conflict``); the message says
     why and what to do."""
@@ -283,6 +307,8 @@ class Ticket(BaseModel):
     #: Where the escalation went (``email:ADDRESS``, ``webhook:URL``); empty: nowhere
     #: configured, so the admin was told instead (W7).
     escalated_to: list[str] | None = None
+    #: Every missed deadline escalated so far in this round, oldest first.
+    escalations: list[Escalation] = Field(default_factory=list)
     #: Who completed a held ticket's serial or contract number, and when (W5).
     filled_by: str | None = None
     filled_at: AwareDatetime | None = None
@@ -518,6 +544,7 @@ class Ticket(BaseModel):
             "escalated_to",
         ):
             setattr(self, stamp, None)
+        self.escalations = []
         self.status = TicketStatus.NEEDS_DATA if self.missing else TicketStatus.OPEN
         self.note(at, "reopened", when=came_back.isoformat())
 
@@ -545,6 +572,39 @@ class Ticket(BaseModel):
             return False
         sla = self.sla()
         return sla is not None and sla.reaction_due is not None and now >= sla.reaction_due
+
+    def missed_deadlines(self, now: datetime) -> list[RunningClock]:
+        """The deadlines passed by ``now`` and not escalated yet, each escalating once: the
+        reaction while the ticket is sent and unacknowledged (W2); the delivery after
+        acceptance until the unit is shipped, for a plan promising dispatch (P3), or has
+        arrived, for one promising arrival (W3); the return after the replacement arrived
+        until the failed unit is sent back (W6, P4)."""
+        sla = self.sla()
+        if sla is None:
+            return []
+        done = {escalation.deadline for escalation in self.escalations}
+        found: list[RunningClock] = []
+        if self.reaction_overdue(now) and sla.reaction_due is not None:
+            found.append(RunningClock(name="reaction", due=sla.reaction_due))
+        waiting = {TicketStatus.ACCEPTED}
+        if sla.delivery_means == "arrival":
+            waiting.add(TicketStatus.REPLACEMENT_SHIPPED)
+        due = sla.delivery_due
+        if self.status in waiting and due is not None and now >= due and "delivery" not in done:
+            found.append(RunningClock(name="delivery", due=due))
+        due = sla.return_due
+        if (
+            self.status is TicketStatus.REPLACEMENT_RECEIVED
+            and due is not None
+            and now >= due
+            and "return" not in done
+        ):
+            found.append(RunningClock(name="return", due=due))
+        return found
+
+    def escalation(self, deadline: str) -> Escalation | None:
+        """The escalation of ``deadline`` in this round, if it was escalated."""
+        return next((e for e in self.escalations if e.deadline == deadline), None)
 
 
 def eligibility_of(
@@ -922,16 +982,66 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     return RenderedMessage(subject=head, body="\n".join(lines) + "\n")
 
 
-def render_escalation(ticket: Ticket) -> RenderedMessage:
-    """The one escalation message sent when the reaction time passes unacknowledged (W2, W7)."""
+def late_text(late: timedelta, lang: Language) -> str:
+    """``2 d 3 h 5 min`` (``2 dni 3 godz. 5 min``): how far past its deadline."""
+    minutes = max(0, int(late.total_seconds() // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = []
+    if days:
+        parts.append(f"{days} {_label('late_days', lang)}")
+    if hours:
+        parts.append(f"{hours} {_label('hours', lang)}")
+    if minutes or not parts:
+        parts.append(f"{minutes} min")
+    return " ".join(parts)
+
+
+def deadline_name(deadline: str, lang: Language) -> str:
+    """``delivery`` as the ticket's language names it (``dostawy``)."""
+    return _label(f"deadline_{deadline}", lang)
+
+
+def _promise_text(ticket: Ticket, deadline: str, lang: Language) -> str:
+    """What the plan promised for ``deadline``, in the ticket's language."""
+    if deadline == "reaction":
+        window = _label("reaction_in_window", lang)
+        return f"{ticket.reaction_hours} {_label('hours', lang)} ({window})"
+    if deadline == "delivery":
+        means = _label(f"means_{ticket.delivery_means or 'arrival'}", lang)
+        return f"{_delivery_text(ticket, lang)}; {means}"
+    return _label("return_text", lang).format(n=ticket.return_days)
+
+
+def render_escalation(ticket: Ticket, deadline: str = "reaction") -> RenderedMessage:
+    """The one escalation message of a missed ``deadline`` (W7): which deadline, when it was
+    due, by how much it was missed when escalated, and what the plan promised (W2, W3, W6,
+    P3, P4)."""
     lang = ticket.language
     base = render_ticket(ticket)
     sla = ticket.sla()
-    due = None if sla is None else sla.reaction_due
-    subject = f"{_label('escalation', lang)}: {base.subject}"
-    body = (
-        f"{_label('escalation_body', lang)}\n"
-        f"{_label('sent_at', lang)}: {_when(ticket.sent_at)}\n"
-        f"{_label('reaction_due', lang)}: {_when(due)}\n\n" + base.body
-    )
+    record = ticket.escalation(deadline)
+    due = record.due if record is not None else None
+    if due is None and sla is not None:
+        due = {"reaction": sla.reaction_due, "delivery": sla.delivery_due}.get(
+            deadline, sla.return_due
+        )
+    if deadline == "reaction":
+        subject = f"{_label('escalation', lang)}: {base.subject}"
+        lines = [
+            _label("escalation_body", lang),
+            f"{_label('sent_at', lang)}: {_when(ticket.sent_at)}",
+            f"{_label('reaction_due', lang)}: {_when(due)}",
+        ]
+    else:
+        what = _label(f"missed_{deadline}", lang)
+        subject = f"{_label('escalation', lang)} ({what}): {base.subject}"
+        lines = [
+            _label(f"escalation_body_{deadline}", lang),
+            f"{_label(f'{deadline}_due', lang)}: {_when(due)}",
+        ]
+    lines.append(f"{_label('promised', lang)}: {_promise_text(ticket, deadline, lang)}")
+    if record is not None:
+        lines.append(f"{_label('late_by', lang)}: {late_text(record.late_by, lang)}")
+    body = "\n".join(lines) + "\n\n" + base.body
     return RenderedMessage(subject=subject, body=body)

@@ -37,6 +37,8 @@ from polyfleet.controller.domain.tickets import (
     CATEGORY_FAULT,
     Bundle,
     DeskContacts,
+    Escalation,
+    RunningClock,
     ServiceNotIncluded,
     Ticket,
     TicketCategory,
@@ -45,7 +47,9 @@ from polyfleet.controller.domain.tickets import (
     TicketMomentError,
     TicketStatus,
     choose_language,
+    deadline_name,
     eligibility_of,
+    late_text,
     render_escalation,
     render_ticket,
     service_refusal,
@@ -241,6 +245,30 @@ class TicketIndex:
             for serial in self._entries[key].serials:
                 found.setdefault(serial, []).append(key)
         return {serial: tuple(sorted(keys)) for serial, keys in found.items()}
+
+
+#: Statuses in which a deadline can be missed: sent (reaction), accepted and shipped
+#: (delivery), replacement received (return).
+ESCALATING = (
+    TicketStatus.SENT,
+    TicketStatus.ACCEPTED,
+    TicketStatus.REPLACEMENT_SHIPPED,
+    TicketStatus.REPLACEMENT_RECEIVED,
+)
+
+
+def escalation_purpose(deadline: str, round_: int) -> str:
+    """The outbox purpose of a deadline's escalation: ``escalation-2`` for the reaction (as
+    it always was), ``escalation_delivery-2`` and ``escalation_return-2`` for the others."""
+    if deadline == "reaction":
+        return f"escalation-{round_}"
+    return f"escalation_{deadline}-{round_}"
+
+
+def escalated_deadline(purpose: str) -> str:
+    """The deadline an escalation purpose (``escalation_delivery-0``) is about."""
+    head = purpose.partition("-")[0]
+    return head.removeprefix("escalation_") if head.startswith("escalation_") else "reaction"
 
 
 def _round(purpose: str) -> int:
@@ -795,11 +823,18 @@ class TicketService:
         escalation = purpose.startswith("escalation")
         if not escalation and ticket.status is TicketStatus.OPEN:
             ticket.mark_sent(at)
-        rendered = render_escalation(ticket) if escalation else render_ticket(ticket)
+        deadline = escalated_deadline(purpose)
+        rendered = render_escalation(ticket, deadline) if escalation else render_ticket(ticket)
         event = "escalation" if escalation else purpose.split("-")[0]
-        return Rendering(
-            subject=rendered.subject, body=rendered.body, payload=self._payload(ticket, event)
-        )
+        payload = self._payload(ticket, event)
+        if escalation:
+            # Which deadline, when it was due, by how much it was missed (W7).
+            record = ticket.escalation(deadline)
+            payload["deadline"] = deadline
+            if record is not None:
+                payload["due"] = record.due.isoformat()
+                payload["late_s"] = int(record.late_by.total_seconds())
+        return Rendering(subject=rendered.subject, body=rendered.body, payload=payload)
 
     async def _enqueue(self, ticket: Ticket, purpose: str, *, escalation: bool = False) -> None:
         """Queue the ticket's message on each channel; it is rendered when it is sent."""
@@ -889,39 +924,72 @@ class TicketService:
         return found
 
     async def check_escalations(self, now: datetime | None = None) -> int:
-        """W2, W7: one escalation per ticket whose reaction time passed unacknowledged.
+        """W7: one escalation per missed deadline of a ticket: the reaction passed
+        unacknowledged (W2), the delivery (W3, P3) or the return (W6, P4) passed.
 
         With no escalation channel configured the ticket says so, naming the escalation
         contacts to call instead, and the admin is told once in the log.
         """
         moment = now or self.clock()
         count = 0
-        for ticket in self.tickets(status=TicketStatus.SENT.value):
-            if not ticket.reaction_overdue(moment):
-                continue
-            async with self._lock:
-                fresh = self.get(ticket.id)
-                if not fresh.reaction_overdue(moment):
+        for status in ESCALATING:
+            for ticket in self.tickets(status=status.value):
+                if not ticket.missed_deadlines(moment):
                     continue
-                destinations = self.escalation_destinations()
-                fresh.escalated_at = moment
-                fresh.escalated_to = destinations
-                if destinations:
-                    fresh.note(moment, "escalated", email=", ".join(destinations))
-                    # Enqueue first (idempotent by id), then record: a crash repeats nothing.
-                    await self._enqueue(fresh, f"escalation-{fresh.reopen_count}", escalation=True)
-                else:
-                    contacts = fresh.contacts or DeskContacts.of(self.plans.contacts_of(None))
-                    fresh.note(
-                        moment,
-                        "escalation_unsent",
-                        phone=contacts.escalation_phone if contacts else "-",
-                        email=contacts.escalation_email if contacts else "-",
-                    )
-                    self._warn_no_escalation(fresh.id)
-                await self._save(fresh)
-            count += 1
+                async with self._lock:
+                    fresh = self.get(ticket.id)
+                    missed = fresh.missed_deadlines(moment)
+                    for clock in missed:
+                        await self._escalate(fresh, clock, moment)
+                    if missed:
+                        await self._save(fresh)
+                count += len(missed)
         return count
+
+    async def _escalate(self, ticket: Ticket, clock: RunningClock, moment: datetime) -> None:
+        """Record one missed deadline on ``ticket`` and queue its escalation (unsaved)."""
+        destinations = self.escalation_destinations()
+        ticket.escalations = [
+            *ticket.escalations,
+            Escalation(deadline=clock.name, due=clock.due, at=moment, to=destinations),
+        ]
+        lang = ticket.language
+        late = late_text(moment - clock.due, lang)
+        deadline = deadline_name(clock.name, lang)
+        if clock.name == "reaction":
+            ticket.escalated_at = moment
+            ticket.escalated_to = destinations
+        if destinations:
+            if clock.name == "reaction":
+                ticket.note(moment, "escalated", email=", ".join(destinations))
+            else:
+                ticket.note(
+                    moment,
+                    "escalated_deadline",
+                    deadline=deadline,
+                    late=late,
+                    email=", ".join(destinations),
+                )
+            # Enqueue first (idempotent by id), then record: a crash repeats nothing.
+            await self._enqueue(
+                ticket, escalation_purpose(clock.name, ticket.reopen_count), escalation=True
+            )
+            return
+        contacts = ticket.contacts or DeskContacts.of(self.plans.contacts_of(None))
+        phone = contacts.escalation_phone if contacts else "-"
+        email = contacts.escalation_email if contacts else "-"
+        if clock.name == "reaction":
+            ticket.note(moment, "escalation_unsent", phone=phone, email=email)
+        else:
+            ticket.note(
+                moment,
+                "escalation_unsent_deadline",
+                deadline=deadline,
+                late=late,
+                phone=phone,
+                email=email,
+            )
+        self._warn_no_escalation(ticket.id)
 
     def _warn_no_escalation(self, ticket: str | None = None) -> None:
         """Tell the admin, once per run, that escalations have nowhere to go (W7)."""
