@@ -27,6 +27,7 @@ from polyfleet.controller.services.entitlement import (
 )
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.services.maintenance import MaintenanceService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.rollout import RolloutService
 from polyfleet.controller.services.ticket_config import TicketSettings, ticket_settings
@@ -104,6 +105,7 @@ class Controller:
     packages: PackageService
     rollouts: RolloutService
     tickets: TicketDesk
+    maintenance: MaintenanceService
     loaded: bool = field(default=False)
 
     def load(self) -> None:
@@ -112,6 +114,7 @@ class Controller:
         self.inventory.load()
         self.registry.load()
         self.audit.load()
+        self.maintenance.load()
         self.tickets.index.load(self.store)
         self.loaded = True
 
@@ -134,6 +137,7 @@ class Controller:
             data_dir=config.data_dir.resolve(),
             index=self.tickets.index,
             background=background,
+            maintenance=self.maintenance,
         )
         self.tickets.service = service
         return service
@@ -210,6 +214,7 @@ def build_controller(
     base = config.source.parent if config.source is not None else Path()
     tickets = TicketDesk(ticket_settings(config.sections, base=base, source=config.source))
     inventory = Inventory(store, bus, clock, config)
+    maintenance = MaintenanceService(store, clock, inventory)
     return Controller(
         config=config,
         clock=clock,
@@ -234,7 +239,14 @@ def build_controller(
         forecasts=ForecastCache(),
         packages=packages,
         rollouts=RolloutService(
-            store, bus, clock, jobs=jobs, packages=packages, tickets=tickets.index
+            store,
+            bus,
+            clock,
+            jobs=jobs,
+            packages=packages,
+            tickets=tickets.index,
+            maintenance=maintenance,
         ),
         tickets=tickets,
+        maintenance=maintenance,
     )

@@ -91,6 +91,8 @@ class AuditAction(StrEnum):
     ROLLOUT_HALT = "rollout.halt"
     ROLLOUT_PENALTY_RELEASE = "rollout.penalty_release"
     TICKET_OPEN = "ticket.open"
+    MAINTENANCE_ADD = "maintenance.add"
+    MAINTENANCE_END = "maintenance.end"
     TICKET_FILL = "ticket.fill"
     TICKET_SEND = "ticket.send"
     TICKET_ACK = "ticket.ack"

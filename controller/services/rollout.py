@@ -37,9 +37,9 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from polyfleet.controller.clock import Clock
@@ -86,7 +86,7 @@ from polyfleet.controller.events import EventBus, RolloutChanged
 from polyfleet.controller.services.entitlement import ASSETS
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
-from polyfleet.controller.services.ticket_service import TicketIndex
+from polyfleet.controller.services.ticket_service import UPDATE_FAILED, TicketIndex
 from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
 from polyfleet.shared.schema import JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -96,7 +96,21 @@ log = logging.getLogger(__name__)
 #: Files a ticket through the ticket service's normal path (a bricked unit).
 TicketFiler = Callable[[FaultEvent], Awaitable[None]]
 #: The fault a unit that did not come back from its update is ticketed for.
-UPDATE_FAULT = "firmware_update_failed"
+UPDATE_FAULT = UPDATE_FAILED
+#: How long after its window a unit's update maintenance lasts: a unit ordered late in the
+#: window reboots and is verified after it.
+UPDATE_GRACE = timedelta(minutes=30)
+
+
+class UpdateMaintenance(Protocol):
+    """Puts units into maintenance for their update (``services.maintenance``)."""
+
+    async def open_for_update(
+        self, serial: str, *, rollout: str, version: str, starts: datetime, ends: datetime
+    ) -> object: ...
+
+    async def end_for_update(self, serial: str, *, rollout: str) -> None: ...
+
 
 ROLLOUTS = "rollouts"
 ROLLOUT_DEVICES = "rollout_devices"
@@ -248,8 +262,11 @@ class RolloutService:
         packages: PackageService,
         file_ticket: TicketFiler | None = None,
         tickets: TicketIndex | None = None,
+        maintenance: UpdateMaintenance | None = None,
     ) -> None:
         self._store = store
+        #: Units being updated are in maintenance: their reboot opens no fault ticket.
+        self._maintenance = maintenance
         #: Open tickets by device, which hold a device back from a plan.
         self._tickets = tickets if tickets is not None else TicketIndex()
         self._bus = bus
@@ -819,6 +836,16 @@ class RolloutService:
                 )
             )
             busy[site] += 1
+            if self._maintenance is not None:
+                # From the order until it is verified, or its window (and the grace a unit
+                # takes to come back) is over: faults the update explains open no ticket.
+                await self._maintenance.open_for_update(
+                    entry["serial"],
+                    rollout=rollout_id,
+                    version=hop["version"],
+                    starts=now,
+                    ends=datetime.fromisoformat(window["end"]) + UPDATE_GRACE,
+                )
 
     async def _collect_results(self, rollout_id: str, now: datetime) -> None:
         """Apply finished jobs to their entries (also while paused, halted or aborted)."""
@@ -945,6 +972,9 @@ class RolloutService:
             **extra,
         }
         await self._store.wait_durable(self._apply(changes_stored))
+        if self._maintenance is not None:
+            # The update is over: what is wrong with the unit now is its own fault.
+            await self._maintenance.end_for_update(entry["serial"], rollout=rollout_id)
         if ticket is not None and self.file_ticket is not None:
             # After the entry is stored: a crash here repeats nothing but may miss the ticket,
             # which the unit's own silence then opens through the fault detector.

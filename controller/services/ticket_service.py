@@ -29,6 +29,7 @@ from polyfleet.controller.domain.contacts import (
 )
 from polyfleet.controller.domain.entitlement import plan_in_force
 from polyfleet.controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
+from polyfleet.controller.domain.maintenance import Maintenance
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.sla import SlaTerms
 from polyfleet.controller.domain.tickets import (
@@ -88,6 +89,10 @@ PRUNE_INTERVAL = timedelta(hours=1)
 #: The fault detector's lasting state (debounce, open faults, flapping, site outages), saved
 #: on transitions so that a restart resumes detection where it stood.
 FAULT_STATE = "ticket_fault_state"
+#: Faults that opened during a maintenance window: recorded, no ticket until it ends.
+FAULTS_IN_MAINTENANCE = "ticket_faults_in_maintenance"
+#: The fault a rollout files for a unit its update left failed (``services.rollout``).
+UPDATE_FAILED = "firmware_update_failed"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 #: Statuses of tickets still being worked on, as stored.
 ACTIVE_STATUSES = tuple(status.value for status in TicketStatus if status in ACTIVE)
@@ -277,6 +282,14 @@ def _round(purpose: str) -> int:
     return int(number) if number.isdigit() else 0
 
 
+class MaintenanceLookup(Protocol):
+    """Which maintenance window silences a fault (``services.maintenance``)."""
+
+    def covering(
+        self, serial: str | None, site: str | None, at: datetime
+    ) -> Maintenance | None: ...
+
+
 class TicketService:
     """The one place that turns faults into tickets and tickets into messages.
 
@@ -296,8 +309,11 @@ class TicketService:
         data_dir: Path | None = None,
         index: TicketIndex | None = None,
         background: bool = True,
+        maintenance: MaintenanceLookup | None = None,
     ) -> None:
         self.store = store
+        #: Planned work during which faults are recorded but open no ticket.
+        self.maintenance = maintenance
         #: Tickets by status, site and device (the controller's own, loaded with the store).
         self.index = index if index is not None else TicketIndex()
         if not self.index.loaded:
@@ -496,6 +512,7 @@ class TicketService:
         await self.handle(self.detector.tick(moment))
         await self.check_escalations(moment)
         await self.recheck_held(moment)
+        await self.release_after_maintenance(moment)
         if self._pruned_at is None or moment - self._pruned_at >= PRUNE_INTERVAL:
             await self.prune_deliveries(moment)
 
@@ -551,13 +568,114 @@ class TicketService:
         seq = self.store.apply({FAULT_STATE: puts}, {FAULT_STATE: deletes}, handover=True)
         await self.store.wait_durable(seq)
 
-    async def _handle_one(self, event: FaultEvent) -> None:
+    def silenced_faults(self) -> list[Doc]:
+        """Faults recorded during maintenance that have no ticket yet, oldest first."""
+        found = list(self.store.scan(FAULTS_IN_MAINTENANCE).values())
+        return sorted(found, key=lambda doc: str(doc.get("first_seen") or doc.get("at")))
+
+    def _silencing(self, event: FaultEvent) -> Maintenance | None:
+        if self.maintenance is None:
+            return None
+        return self.maintenance.covering(event.serial, event.site, event.at)
+
+    async def _record_silenced(self, key: str, event: FaultEvent, window: Maintenance) -> None:
+        """Keep the fault, with its real start, for a ticket when the window ends."""
+        doc: Doc = {
+            "ticket_id": key,
+            "subject": event.subject,
+            "fault": event.fault,
+            "at": event.at.isoformat(),
+            "site": event.site,
+            "serial": event.serial,
+            "detail": event.detail,
+            "first_seen": (event.first_seen or event.at).isoformat(),
+            "host_serial": event.host_serial,
+            "model": event.model,
+            "flapping": event.flapping,
+            "affected": list(event.affected),
+            "evidence": list(event.evidence),
+            "maintenance": window.id,
+            "reason": window.reason,
+            "rollout": window.rollout,
+        }
+        await self.store.wait_durable(self.store.apply({FAULTS_IN_MAINTENANCE: {key: doc}}))
+        log.info(
+            "fault %s %s during maintenance %s (%s): no ticket while it lasts",
+            event.subject,
+            event.fault,
+            window.id,
+            window.reason,
+        )
+
+    def _update_ticket(self, serial: str) -> bool:
+        """Whether the unit has an active ticket for a failed firmware update."""
+        doc = self.store.get(TICKETS, ticket_id(serial, UPDATE_FAILED))
+        return doc is not None and doc.get("status") != TicketStatus.CLOSED.value
+
+    async def release_after_maintenance(self, now: datetime | None = None) -> int:
+        """Faults recorded during maintenance whose window has ended and that are still
+        present get their ticket at once, dated from the fault's real start."""
+        moment = now or self.clock()
+        released = 0
+        for key, doc in sorted(self.store.scan(FAULTS_IN_MAINTENANCE).items()):
+            serial, site = doc.get("serial"), doc.get("site")
+            if self.maintenance is not None and self.maintenance.covering(serial, site, moment):
+                continue
+            if serial is not None and not self.detector.still_open(serial, str(doc["fault"])):
+                # Gone with the work that caused it (a unit back from its update).
+                seq = self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]})
+                await self.store.wait_durable(seq)
+                continue
+            if serial is not None and doc.get("rollout") and self._update_ticket(serial):
+                # The update's own ticket says the update caused it: one ticket, not two.
+                seq = self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]})
+                await self.store.wait_durable(seq)
+                continue
+            event = FaultEvent(
+                kind=FaultEventKind.OPENED,
+                subject=str(doc["subject"]),
+                fault=str(doc["fault"]),
+                at=moment,
+                site=site,
+                serial=serial,
+                detail=str(doc.get("detail") or ""),
+                first_seen=datetime.fromisoformat(str(doc["first_seen"])),
+                host_serial=doc.get("host_serial"),
+                model=doc.get("model"),
+                flapping=bool(doc.get("flapping")),
+                affected=tuple(doc.get("affected") or ()),
+                evidence=tuple(doc.get("evidence") or ()),
+            )
+            after = (
+                "after_maintenance",
+                {"id": str(doc["maintenance"]), "reason": str(doc["reason"])},
+            )
+            await self._handle_one(event, note=after)
+            await self.store.wait_durable(self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]}))
+            released += 1
+        return released
+
+    async def _handle_one(
+        self, event: FaultEvent, *, note: tuple[str, Mapping[str, str]] | None = None
+    ) -> None:
         key = ticket_id(event.subject, event.fault)
         now = self.clock()
         async with self._lock:
             doc = self.store.get(TICKETS, key)
             existing = None if doc is None else Ticket.from_document(doc)
             prepare = False
+            if event.kind is FaultEventKind.CLEARED and self.store.get(FAULTS_IN_MAINTENANCE, key):
+                # Gone before the window ended: recorded, never ticketed.
+                seq = self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]})
+                await self.store.wait_durable(seq)
+            if event.kind in (FaultEventKind.OPENED, FaultEventKind.RECURRED) and (
+                existing is None or existing.status is TicketStatus.CLOSED
+            ):
+                # A rollout's own verdict on an update it ran is never silenced by it.
+                window = None if event.fault == UPDATE_FAILED else self._silencing(event)
+                if window is not None:
+                    await self._record_silenced(key, event, window)
+                    return
             if event.kind in (FaultEventKind.OPENED, FaultEventKind.RECURRED):
                 if existing is None:
                     ticket = self._new_ticket(key, event, now)
@@ -576,6 +694,8 @@ class TicketService:
                     ticket.note(now, "seen_again", when=event.at.isoformat())
                 for snapshot in event.evidence:
                     ticket.add_evidence(snapshot)
+                if note is not None:
+                    ticket.note(now, note[0], **note[1])
             elif existing is None:
                 return
             elif event.kind is FaultEventKind.CLEARED:
