@@ -11,7 +11,7 @@ import operator
 import re
 import secrets
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -110,8 +110,16 @@ class CollectedBundle:
 class DiagnosticsSource(Protocol):
     """Asks the device's site agent to collect diagnostics and returns the uploaded artifact."""
 
-    async def collect(self, serial: str, *, site: str | None, timeout_s: float) -> CollectedBundle:
-        """The bundle; raises an exception whose message says why it could not be had."""
+    async def collect(
+        self,
+        serial: str,
+        *,
+        site: str | None,
+        timeout_s: float,
+        network_targets: Sequence[str] = (),
+    ) -> CollectedBundle:
+        """The bundle, with the unit's own network tests to ``network_targets`` when given;
+        raises an exception whose message says why it could not be had."""
         ...
 
 
@@ -860,7 +868,10 @@ class TicketService:
             assert target is not None
             try:
                 bundle = await self.diagnostics.collect(
-                    target, site=ticket.site, timeout_s=self.settings.diagnostics_timeout_s
+                    target,
+                    site=ticket.site,
+                    timeout_s=self.settings.diagnostics_timeout_s,
+                    network_targets=self._network_targets(ticket),
                 )
             except Exception as exc:  # the agent, the device or the network may fail
                 error = f"diagnostics from {target} failed: {exc}"
@@ -885,6 +896,14 @@ class TicketService:
             fresh.note(self.clock(), "bundle_missing", error=error)
             await self._save(fresh)
         log.warning("ticket %s: %s", ticket.id, error)
+
+    def _network_targets(self, ticket: Ticket) -> tuple[str, ...]:
+        """Where the unit tests its reach to: the configured targets, when the ticket's plan
+        includes remote diagnostics on failure (H4, P2)."""
+        plan = self.plans.plans.get(ticket.plan or "")
+        if plan is None or not plan.remote_diagnostics:
+            return ()
+        return self.settings.network_test_targets
 
     @staticmethod
     def _ticket_purpose(ticket: Ticket) -> str:
