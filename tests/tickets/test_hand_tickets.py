@@ -143,3 +143,52 @@ async def test_open_is_checked_and_viewers_cannot(lab: Lab) -> None:
     assert status == 201, answer
     assert answer["kind"] == "site" and answer["fault"] == "reported_fault"
     assert answer["status"] == "open" and answer["missing"] == []
+
+
+#: A Trio conference phone and a Sync speakerphone: Poly products the agents do not poll.
+AUDIO_REGISTRY = """\
+serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,host_serial
+TRIO1,Poly Trio C60,2025-01-05,partner_poly_plus,PPP-T1,2025-01-10,2026-01-09,krk,Sala Wawel,
+SYNC1,poly  sync 40,2025-01-05,hezo_plus,HZ-S1,2025-01-10,2027-01-09,krk,Sala Wawel,
+X1,studio_x50,2025-01-05,hezo_plus,HZ-2025-0001,2025-01-10,2027-01-09,krk,Sala Wawel,
+"""
+
+
+async def test_a_poly_product_that_is_not_polled_is_registered_entitled_and_ticketed(
+    tmp_path: Path, smtp_peer: SmtpPeer
+) -> None:
+    """A Trio C60 under Partner POLY+ is imported as printed, listed not_monitored, has its
+    entitlement, and gets a hand-opened support ticket that reaches the desk; a Sync 40
+    under HEZO+ (single video systems only) is flagged; an unknown brand is refused."""
+    async with start_lab(
+        tmp_path / "controller", Clock(), smtp_peer, None, registry=AUDIO_REGISTRY
+    ) as lab:
+        assets = {a["serial"]: a for a in (await lab.admin("GET", "/api/v1/assets"))["assets"]}
+        assert assets["TRIO1"]["model"] == "Poly Trio C60"
+        assert assets["SYNC1"]["model"] == "poly sync 40"
+        assert assets["TRIO1"]["monitoring"] == "not_monitored"
+        assert assets["X1"]["monitoring"] == "not_seen"
+        verdict = await lab.admin("GET", "/api/v1/devices/TRIO1/entitlement")
+        assert verdict["plan"] == "partner_poly_plus"
+        flagged = await lab.admin("GET", "/api/v1/devices/SYNC1/entitlement")
+        assert flagged["flags"] and "unknown_asset" not in flagged["flags"]
+        status, ticket = await post(
+            lab, {"serial": "TRIO1", "category": "support", "summary": "echo on calls"}
+        )
+        assert status == 201, ticket
+        assert ticket["model"] == "Poly Trio C60" and ticket["contract_number"] == "PPP-T1"
+        await wait_until(lambda: len(smtp_peer.received) == 1)
+        assert (
+            smtp_peer.received[0]
+            .message["Subject"]
+            .endswith("Poly Trio C60 TRIO1 - prośba o wsparcie techniczne")
+        )
+        bad = AUDIO_REGISTRY.replace("Poly Trio C60", "Cisco Room Kit")
+        async with lab.http.post(
+            f"{lab.controller.url}/api/v1/assets/import",
+            data=bad.encode(),
+            headers={**lab.controller.admin_headers, "Content-Type": "text/csv"},
+        ) as response:
+            refused = await response.json()
+        assert response.status == 422
+        assert "another Poly product as printed on the contract" in str(refused)
