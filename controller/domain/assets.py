@@ -482,7 +482,7 @@ class _Checker:
                 line,
                 "model",
                 f"unknown model {cells['model']!r} (one of {', '.join(ASSET_MODELS)}, or "
-                "another Poly product as printed on the contract, e.g. 'Poly Trio C60')",
+                "another Poly product as printed on the contract, e.g. 'Poly Sync 40')",
             )
         else:
             row.model = model
