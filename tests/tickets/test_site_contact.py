@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from dashboard.dashboard_testkit import http_sign_in
 
 from polyfleet.cli import main
 from polyfleet.controller.testing import SITE_ADDRESS, SITE_CONTACT
+from polyfleet.controller.web.security import SESSION_COOKIE
 from polyfleet.shared.schema import ProblemCode
 from tickets.conftest import SmtpPeer
 from tickets.test_live import Clock, Lab, start_lab, wait_until
@@ -63,9 +65,9 @@ async def test_ticket_of_a_site_without_reporter_is_held_and_goes_out_once_the_s
         json={"contact": SITE_CONTACT, "delivery_address": SITE_ADDRESS},
     )
     assert site["ticket_fields_missing"] == []
-    await wait_until(lambda: lab.service.get(ticket["id"]).status.value == "open")
+    await wait_until(lambda: lab.service.get(ticket["id"]).status.value == "open", timeout=60)
     await lab.agent_does_jobs()
-    await wait_until(lambda: len(smtp_peer.received) == 1)
+    await wait_until(lambda: len(smtp_peer.received) == 1, timeout=60)
     body = smtp_peer.received[0].message.get_body(("plain",))
     assert body is not None
     lines = body.get_content().splitlines()
@@ -129,3 +131,21 @@ def test_site_contact_command_sets_shows_and_checks_the_fields(tmp_path: Path) -
     assert code == 1 and "contact.phone" in err and "not a telephone number" in err
     code, out, _ = polyfleet(data_dir, "site", "contact", "krk")
     assert "  reporter: Anna Nowak, +48 12 345 67 89, anna@example.pl" in out.splitlines()
+
+
+async def test_agents_and_sites_page_shows_the_reporter_and_what_tickets_wait_for(
+    lab: Lab,
+) -> None:
+    """The Agents and sites page lists each site's reporter and delivery address, and says
+    which fields its tickets are held for while they are missing."""
+    url = lab.controller.url
+    session = await http_sign_in(lab.http, url, lab.controller.admin_token)
+    async with lab.http.get(url + "/agents", cookies={SESSION_COOKIE: session}) as response:
+        before = await response.text()
+    assert response.status == 200
+    assert "tickets held until set: contact_name, contact_phone" in before
+    await lab.admin("PATCH", "/api/v1/sites/krk", json={"contact": SITE_CONTACT})
+    async with lab.http.get(url + "/agents", cookies={SESSION_COOKIE: session}) as response:
+        after = await response.text()
+    assert "Anna Nowak, +48 12 345 67 89, anna@example.pl" in after
+    assert "tickets held until set: address_street" in after
