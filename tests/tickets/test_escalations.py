@@ -42,9 +42,9 @@ async def test_missed_delivery_and_return_each_escalate_once_saying_by_how_much(
     ) as lab:
         await lab.report_minutes(("X2",), range(0, 8), ProblemCode.CAMERA_DOWN)
         key = ticket_id("X2", "camera_down")
-        await wait_until(lambda: bool(lab.controller.app[JOBS].find(serial="X2")))
+        await wait_until(lambda: bool(lab.controller.app[JOBS].find(serial="X2")), timeout=60)
         await lab.agent_does_jobs()
-        await wait_until(lambda: lab.service.get(key).status.value == "sent")
+        await wait_until(lambda: lab.service.get(key).status.value == "sent", timeout=60)
         for action in ("ack", "accept", "shipped"):
             await lab.admin("POST", f"/api/v1/tickets/{key}/{action}")
         # Accepted Monday 10:07 in Warsaw: the unit is due by 17:00 on Tuesday (E9).
@@ -55,7 +55,7 @@ async def test_missed_delivery_and_return_each_escalate_once_saying_by_how_much(
         assert escalations(smtp_peer) == []
         await step(lab, due + timedelta(hours=2, minutes=5))
         await step(lab, due + timedelta(hours=5))
-        await wait_until(lambda: len(escalations(smtp_peer)) == 1)
+        await wait_until(lambda: len(escalations(smtp_peer)) == 1, timeout=60)
         assert escalations(smtp_peer)[0].startswith(
             f"Escalation (delivery deadline missed): [{key}] Service ticket: Poly Studio X50 X2"
         )
@@ -69,7 +69,7 @@ async def test_missed_delivery_and_return_each_escalate_once_saying_by_how_much(
         assert "Delivery due: 2025-11-25T17:00:00+01:00" in lines
         assert any(line.startswith("Promised by the plan: ") for line in lines)
         assert "Missed by (when escalated): 2 h 5 min" in lines
-        await wait_until(lambda: len(escalation_peer.received) == 1)
+        await wait_until(lambda: len(escalation_peer.received) == 1, timeout=60)
         hook = escalation_peer.received[0]
         assert hook["event"] == "escalation" and hook["deadline"] == "delivery"
         assert hook["late_s"] == 2 * 3600 + 5 * 60
@@ -80,7 +80,7 @@ async def test_missed_delivery_and_return_each_escalate_once_saying_by_how_much(
         assert len(escalations(smtp_peer)) == 1
         await step(lab, received + timedelta(days=8))
         await step(lab, received + timedelta(days=9))
-        await wait_until(lambda: len(escalations(smtp_peer)) == 2)
+        await wait_until(lambda: len(escalations(smtp_peer)) == 2, timeout=60)
         assert escalations(smtp_peer)[1].startswith("Escalation (return deadline missed):")
         shown = await lab.admin("GET", f"/api/v1/tickets/{key}")
         assert [(e["deadline"], e["to"]) for e in shown["escalations"]] == [

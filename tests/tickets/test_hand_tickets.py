@@ -74,7 +74,7 @@ async def test_support_request_goes_to_the_desk_saying_which_service_of_which_pl
     first = out.splitlines()[0]
     assert first.startswith("PF-") and " open " in first and "support_request" in first
     ticket_id = first.split()[0]
-    await wait_until(lambda: len(smtp_peer.received) == 1)
+    await wait_until(lambda: len(smtp_peer.received) == 1, timeout=60)
     mail = smtp_peer.received[0].message
     assert mail["Subject"] == (
         f"[{ticket_id}] Zgłoszenie serwisowe: Poly Studio X50 X1 - prośba o wsparcie techniczne"
@@ -95,6 +95,7 @@ async def test_support_request_goes_to_the_desk_saying_which_service_of_which_pl
         assert line in lines, line
     assert any(line.startswith("Zgłaszający (osoba upoważniona): Jan Kowalski") for line in lines)
     assert not list(mail.iter_attachments())
+    await wait_until(lambda: lab.service.get(ticket_id).status.value == "sent", timeout=60)
     shown = await lab.admin("GET", f"/api/v1/tickets/{ticket_id}")
     assert shown["category"] == "support" and shown["status"] == "sent"
     assert shown["sla"]["reaction_due"] is not None and shown["bundle"] is None
@@ -177,7 +178,7 @@ async def test_a_poly_product_that_is_not_polled_is_registered_entitled_and_tick
         )
         assert status == 201, ticket
         assert ticket["model"] == "Poly Trio C60" and ticket["contract_number"] == "PPP-T1"
-        await wait_until(lambda: len(smtp_peer.received) == 1)
+        await wait_until(lambda: len(smtp_peer.received) == 1, timeout=60)
         assert (
             smtp_peer.received[0]
             .message["Subject"]

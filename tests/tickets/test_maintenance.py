@@ -88,9 +88,9 @@ async def test_faults_during_maintenance_wait_for_its_end_and_only_lasting_ones_
         (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
         assert ticket["serial"] == "X1" and ticket["fault"] == "camera_down"
         assert datetime.fromisoformat(ticket["first_seen"]) == T0
-        await wait_until(lambda: bool(lab.controller.app[JOBS].find(serial="X1")))
+        await wait_until(lambda: bool(lab.controller.app[JOBS].find(serial="X1")), timeout=60)
         await lab.agent_does_jobs()
-        await wait_until(lambda: len(smtp_peer.received) == 1)
+        await wait_until(lambda: len(smtp_peer.received) == 1, timeout=60)
         body = smtp_peer.received[0].message.get_body(("plain",))
         assert body is not None
         text = body.get_content()
