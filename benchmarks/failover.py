@@ -100,7 +100,9 @@ async def prepare(url: str, agents: int) -> list[str]:
             raise SystemExit(f"{store.shown_url} is not empty: give an empty database")
         bus = EventBus(store, keep=config.events_keep)
         inventory = Inventory(store, bus, system_clock, config)
-        access = AccessService(store, bus, system_clock, code_ttl_s=3600, poll_interval_s=60)
+        access = AccessService(
+            store, bus, system_clock, fleet=inventory, code_ttl_s=3600, poll_interval_s=60
+        )
         codes = []
         for agent in range(agents):
             site = f"site-{agent:03d}"

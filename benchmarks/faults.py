@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,7 +139,9 @@ async def prepare(data_dir: Path, agents: int) -> list[str]:
     try:
         bus = EventBus(store, keep=config.events_keep)
         inventory = Inventory(store, bus, system_clock, config)
-        access = AccessService(store, bus, system_clock, code_ttl_s=3600, poll_interval_s=60)
+        access = AccessService(
+            store, bus, system_clock, fleet=inventory, code_ttl_s=3600, poll_interval_s=60
+        )
         codes = []
         for agent in range(agents):
             site = f"site-{agent:03d}"
@@ -319,8 +322,12 @@ def verdict(agents: list[Agent], kept: dict[str, list[tuple[str, str]]]) -> dict
 # -- scenarios ------------------------------------------------------------------------------
 
 
-async def crash(args: argparse.Namespace, base: Path) -> dict[str, Any]:
-    data_dir = base / "crash"
+@contextlib.asynccontextmanager
+async def enrolled_fleet(
+    args: argparse.Namespace, data_dir: Path, base: Path
+) -> AsyncIterator[tuple[aiohttp.ClientSession, Controller, list[Agent], float]]:
+    """A running controller on ``data_dir`` with every agent enrolled and every device known
+    (a first round), and how long a steady round then took."""
     codes = await prepare(data_dir, args.agents)
     ctl = Controller(data_dir, base)
     agents = make_agents(args.agents, args.devices)
@@ -329,10 +336,15 @@ async def crash(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     ) as http:
         await ctl.start()
         await enroll(http, ctl.url, agents, codes)
-        round_no = 0
-        for _ in range(2):  # first contact with every device, then a steady round
-            await steady_round(http, ctl, agents, round_no)
-            round_no += 1
+        await steady_round(http, ctl, agents, 0)
+        steady = await steady_round(http, ctl, agents, 1)
+        yield http, ctl, agents, steady
+
+
+async def crash(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    data_dir = base / "crash"
+    async with enrolled_fleet(args, data_dir, base) as (http, ctl, agents, _):
+        round_no = 2
         # Baseline: a restart after a clean stop, same data, same moment of the run.
         await ctl.stop()
         clean_restart = await ctl.start()
@@ -383,16 +395,7 @@ async def crash(args: argparse.Namespace, base: Path) -> dict[str, Any]:
 
 async def outage(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     data_dir = base / "outage"
-    codes = await prepare(data_dir, args.agents)
-    ctl = Controller(data_dir, base)
-    agents = make_agents(args.agents, args.devices)
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=args.agents + 10)
-    ) as http:
-        await ctl.start()
-        await enroll(http, ctl.url, agents, codes)
-        await steady_round(http, ctl, agents, 0)
-        steady = await steady_round(http, ctl, agents, 1)
+    async with enrolled_fleet(args, data_dir, base) as (http, ctl, agents, steady):
         await ctl.stop()
         progress(f"outage: controller stopped for {args.outage_rounds} rounds")
         for round_no in range(2, 2 + args.outage_rounds):
@@ -424,16 +427,7 @@ async def disk_full(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         return {"skipped": refused}
     try:
         data_dir = mount / "data"
-        codes = await prepare(data_dir, args.agents)
-        ctl = Controller(data_dir, base)
-        agents = make_agents(args.agents, args.devices)
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=args.agents + 10)
-        ) as http:
-            await ctl.start()
-            await enroll(http, ctl.url, agents, codes)
-            await steady_round(http, ctl, agents, 0)
-            steady = await steady_round(http, ctl, agents, 1)
+        async with enrolled_fleet(args, data_dir, base) as (http, ctl, agents, steady):
             progress("disk: filling the controller's disk")
             _fill(mount / "filler")
             refused_rounds = 0

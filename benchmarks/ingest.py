@@ -128,7 +128,12 @@ async def prepare_controller(
         bus = EventBus(store, keep=config.events_keep)
         inventory = Inventory(store, bus, system_clock, config)
         access = AccessService(
-            store, bus, system_clock, code_ttl_s=3600, poll_interval_s=config.poll_interval_s
+            store,
+            bus,
+            system_clock,
+            fleet=inventory,
+            code_ttl_s=3600,
+            poll_interval_s=config.poll_interval_s,
         )
         codes = []
         for agent in range(agents):

@@ -22,9 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from polyfleet.controller.api.entitlement import CATALOGUES
 from polyfleet.controller.app import _GC_NO_AUTOMATIC_FULL_PASS, GC_YOUNG_THRESHOLDS
-from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.rollout import request_from_json
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import PROTOCOL_VERSION
@@ -129,9 +127,9 @@ async def main(devices: int, sites: int, repeat: int, history: int) -> None:
                 await planning()
                 list_times = await timed(repeat, listing)
                 plan_times = await timed(repeat, planning)
-            catalogues = controller.app[CATALOGUES]
+            catalogues = controller.core.catalogues
             releases = await catalogues.releases()
-            rollouts = controller.app[CORE].rollouts
+            rollouts = controller.core.rollouts
             request = request_from_json({"target": "4.2.2-408037"})
             pure: list[float] = []
             for _ in range(repeat):

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from polyfleet.controller.http.errors import Handler, error_response
 from polyfleet.controller.http.spec import PUBLIC, endpoint
-from polyfleet.controller.keys import CORE, EVENT_BUS, STORE
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.postgres import PostgresStore, StoreDeposed
 from polyfleet.shared.schema import ACTIVE_CONTROLLER_HEADER, NOT_ACTIVE_CODE
 
@@ -120,7 +120,7 @@ def announce(app: web.Application, url: str) -> None:
 async def leadership_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """The core's ``cleanup_ctx`` entry: open the store now (embedded) or campaign (PostgreSQL)."""
     leadership = app[LEADERSHIP]
-    store = app[STORE]
+    store = app[CORE].store
     if isinstance(store, PostgresStore):
         leadership.backend = "postgresql"
     if leadership.command:
@@ -141,7 +141,7 @@ async def leadership_lifecycle(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await leadership._campaign
         await _stop_active_work(app)
-        await app[EVENT_BUS].close()
+        await app[CORE].bus.close()
         await store.close()
 
 
@@ -191,7 +191,7 @@ async def _stop_active_work(app: web.Application) -> None:
 async def _campaign(app: web.Application) -> None:
     """Wait for the database's lock, then load the state and start the scheduled work."""
     leadership = app[LEADERSHIP]
-    store = app[STORE]
+    store = app[CORE].store
     assert isinstance(store, PostgresStore)
     await leadership.listening.wait()
     store.advertise_url = leadership.own_url
@@ -382,7 +382,7 @@ class RoleCollector(Collector):
         )
         active.add_metric([], 1.0 if leadership.role is Role.ACTIVE else 0.0)
         yield active
-        store = self._app[STORE]
+        store = self._app[CORE].store
         if isinstance(store, PostgresStore):
             connected = GaugeMetricFamily(
                 "polyfleet_store_connected",

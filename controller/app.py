@@ -7,9 +7,9 @@ Extension points (plain lists, no import magic):
   so they appear in ``/api/v1/openapi.json`` and get role checks). A feature starts its
   background work from the same ``register`` by appending an async generator to
   ``app.cleanup_ctx``; it runs after the core is up (store open, services ready) and is
-  torn down before the store closes. Core services are found through ``controller.keys``
-  (``app[STORE]``, ``app[EVENT_BUS]``, ``app[INVENTORY]``, ``app[JOBS]``, ``app[CLOCK]``...);
-  an admin action is recorded with ``controller.api.audit.record(request, ...)``.
+  torn down before the store closes. Core services are found on the ``Controller`` under
+  ``controller.keys.CORE`` (``app[CORE].store``, ``.bus``, ``.inventory``, ``.jobs``,
+  ``.clock``...); an admin action is a use case in ``controller.features``, which records it.
 - ``BACKGROUND``: the core's own work that runs only while this controller is active
   (reachability, audit retention). A feature's scheduled work (anything that sends messages
   or orders work) plugs in the same way, with ``controller.active.run_when_active(app,
@@ -66,16 +66,8 @@ from polyfleet.controller.http.connections import ConnectionGuard, GuardedTCPSit
 from polyfleet.controller.http.errors import error_middleware
 from polyfleet.controller.http.throttle import AUTH_LIMITER, ENROLL_LIMITER, AttemptLimiter
 from polyfleet.controller.keys import (
-    ACCESS,
-    AUDIT,
-    CLOCK,
-    CONFIG,
     CORE,
-    EVENT_BUS,
-    INVENTORY,
-    JOBS,
     METRICS,
-    STORE,
 )
 from polyfleet.controller.store.base import Store, StoreUnavailable
 from polyfleet.controller.store.tinydb import cannot_open
@@ -125,8 +117,8 @@ async def liveness_monitor(app: web.Application) -> AsyncIterator[None]:
     """Every ``liveness_check_s``: silent agents -> site offline; silent devices -> unreachable."""
     monitor = Periodic(
         "reachability check",
-        app[INVENTORY].check_liveness,
-        interval_s=app[CONFIG].liveness_check_s,
+        app[CORE].inventory.check_liveness,
+        interval_s=app[CORE].config.liveness_check_s,
         run_first=False,
         stop_on=(StoreUnavailable,),
         logger=log,
@@ -143,7 +135,7 @@ async def audit_retention(app: web.Application) -> AsyncIterator[None]:
     """Every hour: drop audit entries older than ``[audit] retention_days``."""
 
     async def prune() -> None:
-        app[AUDIT].prune()
+        app[CORE].audit.prune()
 
     pruner = Periodic(
         "dropping old audit entries",
@@ -185,16 +177,8 @@ def create_app(
         middlewares=[error_middleware, role_middleware, auth_middleware, body_middleware],
     )
     app[CORE] = controller
-    app[CONFIG] = controller.config
-    app[CLOCK] = controller.clock
     app[LEADERSHIP] = Leadership(own_url=config.advertise_url, command=command)
     app[CONNECTION_GUARD] = ConnectionGuard(config.max_unauthenticated_connections)
-    app[STORE] = controller.store
-    app[EVENT_BUS] = controller.bus
-    app[ACCESS] = controller.access
-    app[INVENTORY] = controller.inventory
-    app[JOBS] = controller.jobs
-    app[AUDIT] = controller.audit
     app[METRICS] = build_registry(controller.store, controller.inventory, app[CONNECTION_GUARD])
     app[METRICS].register(RoleCollector(app))
     app[AUTH_LIMITER] = AttemptLimiter("auth", config.auth_failures_per_minute)

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, model_validator
 
 from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S
-from polyfleet.controller.services.ticket_config import TicketSections
-from polyfleet.controller.web.settings import WebSettings
+from polyfleet.controller.settings.tickets import TicketSections
+from polyfleet.controller.settings.web import WebSettings
 from polyfleet.shared.config import (
     ConfigModel,
     ConfigPath,

@@ -30,14 +30,14 @@ from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.services.maintenance import MaintenanceService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.rollout import RolloutService
-from polyfleet.controller.services.ticket_config import TicketSettings, ticket_settings
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
 from polyfleet.controller.services.ticket_service import TicketIndex, TicketService
 from polyfleet.controller.services.web_sessions import SessionService
+from polyfleet.controller.settings.tickets import TicketSettings, ticket_settings
+from polyfleet.controller.settings.web import WebSettings, web_settings
 from polyfleet.controller.store.base import Store
 from polyfleet.controller.store.postgres import PostgresStore
 from polyfleet.controller.store.tinydb import TinyDBStore
-from polyfleet.controller.web.settings import WebSettings, web_settings
 
 #: The embedded store's folder inside the data directory.
 STORE_DIR = "store"
@@ -136,6 +136,8 @@ class Controller:
             clock=self.clock,
             data_dir=config.data_dir.resolve(),
             index=self.tickets.index,
+            inventory=self.inventory,
+            registry=self.registry,
             background=background,
             maintenance=self.maintenance,
         )
@@ -194,10 +196,12 @@ def build_controller(
     """
     store = store if store is not None else open_store(config)
     bus = EventBus(store, keep=config.events_keep)
+    inventory = Inventory(store, bus, clock, config)
     access = AccessService(
         store,
         bus,
         clock,
+        fleet=inventory,
         code_ttl_s=config.enroll_code_ttl_s,
         poll_interval_s=config.poll_interval_s,
     )
@@ -205,6 +209,7 @@ def build_controller(
         store,
         bus,
         clock,
+        inventory=inventory,
         artifacts_dir=config.data_dir / "artifacts",
         lease_s=config.job_lease_s,
         max_artifact_bytes=config.max_artifact_bytes,
@@ -213,7 +218,7 @@ def build_controller(
     packages = PackageService(store, clock, packages_dir=config.data_dir / "packages")
     base = config.source.parent if config.source is not None else Path()
     tickets = TicketDesk(ticket_settings(config.sections, base=base, source=config.source))
-    inventory = Inventory(store, bus, clock, config)
+    registry = Registry(store, inventory)
     maintenance = MaintenanceService(store, clock, inventory)
     return Controller(
         config=config,
@@ -234,7 +239,7 @@ def build_controller(
         ),
         web=web,
         catalogues=Catalogues(*catalogue_paths(config.section("entitlement"))),
-        registry=Registry(store, inventory),
+        registry=registry,
         verdicts=VerdictCache(),
         forecasts=ForecastCache(),
         packages=packages,
@@ -242,6 +247,8 @@ def build_controller(
             store,
             bus,
             clock,
+            inventory=inventory,
+            registry=registry,
             jobs=jobs,
             packages=packages,
             tickets=tickets.index,

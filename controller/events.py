@@ -2,7 +2,7 @@
 
 Usage (from a feature's background task, see ``controller.app.BACKGROUND``)::
 
-    bus = app[EVENT_BUS]
+    bus = app[CORE].bus
     subscription = bus.subscribe(on_event, kinds={HealthChanged, AgentOffline})
     ...
     subscription.cancel()
@@ -427,8 +427,11 @@ class EventBus:
             for subscription in self._subscriptions
         )
 
-    def record(self, events: Iterable[Event]) -> tuple[dict[str, Doc], list[str]]:
-        """Documents to put and keys to delete so ``events`` are stored (for one store commit)."""
+    def record(
+        self, events: Iterable[Event]
+    ) -> tuple[dict[str, dict[str, Doc]], dict[str, list[str]]]:
+        """The change that stores ``events``: (puts, deletes) by collection, as ``apply`` takes
+        them, for a service to apply together with the state they describe (one commit)."""
         puts: dict[str, Doc] = {}
         deletes: list[str] = []
         for event in events:
@@ -445,7 +448,7 @@ class EventBus:
             ids.append(event_id)
             while ids[0] < self._first_id:
                 ids.popleft()
-        return puts, deletes
+        return {EVENTS: puts}, {EVENTS: deletes}
 
     def dispatch(self, events: Iterable[Event]) -> None:
         """Hand ``events`` to subscribers (after they are recorded and durable)."""
@@ -457,8 +460,8 @@ class EventBus:
     async def publish(self, *events: Event) -> None:
         """Record ``events`` durably, then deliver them."""
         puts, deletes = self.record(events)
-        if puts or deletes:
-            await self._store.wait_durable(self._store.apply({EVENTS: puts}, {EVENTS: deletes}))
+        if puts[EVENTS] or deletes[EVENTS]:
+            await self._store.wait_durable(self._store.apply(puts, deletes))
         self.dispatch(events)
 
     async def drain(self) -> None:

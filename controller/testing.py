@@ -7,7 +7,7 @@ Usage::
         agent = await controller.enroll("krk")                 # EnrollResponse with token
         async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
             await http.get(controller.url + "/api/v1/devices")
-        controller.app[INVENTORY], controller.app[JOBS]...      # the live services
+        controller.core.inventory, controller.core.jobs...      # the live services
 
 Give ``clock=`` to set time, and config overrides as keyword arguments
 (``poll_interval_s=5``, ``sections={"tickets": {...}}``, ``store_url="postgresql://..."``...).
@@ -32,9 +32,9 @@ from polyfleet.controller.active import LEADERSHIP, announce
 from polyfleet.controller.app import create_app
 from polyfleet.controller.clock import Clock, system_clock
 from polyfleet.controller.config import ControllerConfig
-from polyfleet.controller.keys import ACCESS, INVENTORY, STORE
+from polyfleet.controller.core import Controller
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
-from polyfleet.controller.store.base import SITES
 from polyfleet.shared.schema import PROTOCOL_VERSION, EnrollResponse
 
 #: How long a controller may take to become active.
@@ -60,13 +60,18 @@ class RunningController:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
+    @property
+    def core(self) -> Controller:
+        """The controller's services (``build_controller``), live."""
+        return self.app[CORE]
+
     async def ensure_site(
         self, site_id: str, *, timezone: str = "Europe/Warsaw", contact: bool = True
     ) -> None:
         """The site, made if missing: with ``SITE_CONTACT`` and ``SITE_ADDRESS`` unless
         ``contact`` is False (its tickets are then held for them)."""
-        if self.app[STORE].get(SITES, site_id) is None:
-            inventory = self.app[INVENTORY]
+        if not self.core.inventory.has_site(site_id):
+            inventory = self.core.inventory
             await inventory.add_site(site_id, name=site_id, timezone=timezone)
             if contact:
                 await inventory.update_site(
@@ -77,7 +82,7 @@ class RunningController:
         """A fresh one-time code for ``site_id`` (the site is created if missing, with a
         contact and an address: ``ensure_site``)."""
         await self.ensure_site(site_id)
-        code, _ = await self.app[ACCESS].create_invite(site_id)
+        code, _ = await self.core.access.create_invite(site_id)
         return code
 
     async def enroll(self, site_id: str, *, agent_name: str = "test-agent") -> EnrollResponse:
@@ -118,7 +123,7 @@ async def running_controller(
         token = ""
         if wait_active:
             await asyncio.wait_for(app[LEADERSHIP].became_active.wait(), ACTIVE_WAIT_S)
-            token, _ = await app[ACCESS].create_token(Role.ADMIN, "test admin")
+            token, _ = await app[CORE].access.create_token(Role.ADMIN, "test admin")
         yield RunningController(url=url, admin_token=token, app=app, data_dir=data_dir)
     finally:
         await runner.cleanup()

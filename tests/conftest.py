@@ -1,4 +1,4 @@
-"""Fixtures for every test folder: one PostgreSQL server per test session (per xdist worker)."""
+"""Fixtures for every test folder: one PostgreSQL server per session (per xdist worker), labs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from testkit.site_agents import lab_password_file
 
 from polyfleet.controller.store.local_postgres import LocalPostgres
+from polyfleet.simulator.fleet import DeviceSpec
+from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import start_lab
 
 #: Set in the pytest process when the run starts, so every process the run starts (xdist
 #: workers, servers, agents, their children and daemons) carries it in its environment:
@@ -36,6 +41,27 @@ def postgres_server() -> Iterator[LocalPostgres]:
 def postgres_url(postgres_server: LocalPostgres) -> str:
     """The URL of a new, empty database of its own on the session's server."""
     return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+async def lab_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Lab]]]:
+    """Start labs of given DeviceSpecs (and ``start_lab`` options); all stop after the test."""
+    labs: list[Lab] = []
+
+    async def factory(devices: list[DeviceSpec], **options: Any) -> Lab:
+        lab = await start_lab(tmp_path / f"lab{len(labs)}", devices, **options)
+        labs.append(lab)
+        return lab
+
+    yield factory
+    for lab in labs:
+        await lab.stop()
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    """The lab devices' admin password in an owner-only file."""
+    return lab_password_file(tmp_path)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,22 +1,71 @@
-"""The agent, the lab and the shared code import one way: no module circles back to itself."""
+"""Imports run one way: no module circles back to itself, and the controller keeps its layers.
+
+agent, the lab and the controller import ``shared``; ``shared`` imports none of them.
+
+The controller is one core with three faces. Its layers, top to bottom (a module imports
+modules of its own layer and of the layers below it, never above)::
+
+    cli             controller/cli/: the admin commands (only polyfleet/cli.py loads them)
+    app             app.py (create_app, serve), testing.py (a running app for tests, benchmarks)
+    api | web       controller/api/ (JSON) and controller/web/ (the dashboard): side by side,
+                    neither imports the other
+    http            controller/http/ (what both faces share: specs, errors, caller, throttle),
+                    active.py (which controller of a database serves: its middleware,
+                    header, application key and endpoint, read by http/caller.py too) and
+                    keys.py (the application's typed keys; it names ``Controller``, so it
+                    sits above core, with the aiohttp code that reads it)
+    features        controller/features/: the use cases
+    core            core.py: build_controller, the one factory of store, bus and services
+    services        controller/services/: what has side effects, each owning its collections
+    events          events.py: the event bus (it records events in the store)
+    store           controller/store/: the Store protocol and its engines
+    infrastructure  config.py and settings/ (the configuration model and its sections),
+                    clock.py (the time source)
+    domain          controller/domain/: pure rules (tests/controller/
+                    test_controller_domain_purity.py holds it to no I/O); the configuration
+                    reads its constants (the rollout tick) and the clock its time helpers
+    errors          errors.py: the refusal tree, a leaf every layer may raise
+
+A module not placed in a layer here fails :func:`test_every_controller_module_has_a_layer`.
+"""
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 #: Source folders checked here, as import package names under ``polyfleet``.
-PACKAGES = ("agent", "simulator", "shared")
+PACKAGES = ("agent", "simulator", "shared", "controller")
 #: What each package may import of the others (style: agent and controller import shared,
 #: shared imports neither; the lab is its own world of devices on loopback).
 ALLOWED = {
     "agent": {"agent", "shared"},
     "simulator": {"simulator", "shared"},
     "shared": {"shared"},
+    "controller": {"controller", "shared"},
 }
+#: The controller's layers, top to bottom: name, then the modules or packages it holds
+#: (relative to ``polyfleet.controller``). Layers in one tuple stand side by side.
+LAYERS: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...] = (
+    (("cli", ("cli",)),),
+    (("app", ("app", "testing")),),
+    (("api", ("api",)), ("web", ("web",))),
+    (("http", ("http", "active", "keys")),),
+    (("features", ("features",)),),
+    (("core", ("core",)),),
+    (("services", ("services",)),),
+    (("events", ("events",)),),
+    (("store", ("store",)),),
+    (("infrastructure", ("config", "settings", "clock")),),
+    (("domain", ("domain",)),),
+    (("errors", ("errors",)),),
+)
+#: The one module outside controller/cli/ that loads the admin commands (by name, in GROUPS).
+CLI_ENTRY = "polyfleet.cli"
 
 
 def _modules() -> dict[str, Path]:
@@ -31,6 +80,12 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """A source file's syntax tree (read once for all the tests of this module)."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def _imported_names(module: str, path: Path) -> set[str]:
     """Every module name ``module`` imports anywhere: top level, functions, TYPE_CHECKING.
 
@@ -39,7 +94,7 @@ def _imported_names(module: str, path: Path) -> set[str]:
     """
     is_package = path.name == "__init__.py"
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    for node in ast.walk(_parsed(path)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -108,17 +163,18 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_import_graph_of_agent_lab_and_shared_has_no_cycles() -> None:
-    """No module of agent/, simulator/ or shared/ imports, step by step, itself again."""
+def test_import_graph_has_no_cycles() -> None:
+    """No module of agent/, simulator/, shared/ or controller/ imports, step by step, itself."""
     graph = import_graph()
     assert "polyfleet.agent.config" in graph and "polyfleet.simulator.device" in graph
+    assert "polyfleet.controller.keys" in graph and "polyfleet.controller.core" in graph
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
 
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_packages_import_only_what_the_layers_allow(package: str) -> None:
-    """agent and the lab import only themselves and shared (never the controller or the demo)."""
+    """agent, the lab and the controller import only themselves and shared (never the demo)."""
     wrong: list[str] = []
     for module, path in _modules().items():
         if module.split(".")[1] != package:
@@ -139,3 +195,76 @@ def test_cycle_finder_reports_a_circle() -> None:
     }
     assert find_cycle(graph) == ["p.config", "p.drivers", "p.drivers.base", "p.config"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def layer_of(module: str) -> tuple[int, str] | None:
+    """(rank from the top, layer name) of a controller module, or None when it has none."""
+    parts = module.split(".")
+    if parts[:2] != ["polyfleet", "controller"] or len(parts) < 3:
+        return None
+    for rank, row in enumerate(LAYERS):
+        for name, members in row:
+            if parts[2] in members:
+                return rank, name
+    return None
+
+
+def layering_problems(graph: dict[str, set[str]]) -> list[str]:
+    """Every arrow of ``graph`` that points up a layer or across to a side-by-side one."""
+    wrong: list[str] = []
+    for module, targets in sorted(graph.items()):
+        source = layer_of(module)
+        if source is None:
+            continue
+        for target in sorted(targets):
+            found = layer_of(target)
+            if found is None:
+                continue
+            if found[0] < source[0] or (found[0] == source[0] and found[1] != source[1]):
+                wrong.append(f"{module} ({source[1]}) imports {target} ({found[1]})")
+    return wrong
+
+
+def test_every_controller_module_has_a_layer() -> None:
+    """Each module of the controller belongs to one of the layers drawn in the docstring."""
+    controller = [module for module in _modules() if module.startswith("polyfleet.controller.")]
+    assert len(controller) > 50
+    assert [module for module in controller if layer_of(module) is None] == []
+
+
+def test_controller_imports_point_down_its_layers() -> None:
+    """No controller module imports a layer above its own, and api and web never each other."""
+    assert layering_problems(import_graph()) == []
+
+
+def test_layer_check_sees_an_upward_and_a_sideways_arrow() -> None:
+    """The checker itself names an arrow up (config -> web) and across (web -> api)."""
+    graph = {
+        "polyfleet.controller.config": {"polyfleet.controller.web.settings"},
+        "polyfleet.controller.web.pages": {"polyfleet.controller.api.models"},
+        "polyfleet.controller.api.admin": {"polyfleet.controller.http.spec"},
+    }
+    assert layering_problems(graph) == [
+        "polyfleet.controller.config (infrastructure) imports "
+        "polyfleet.controller.web.settings (web)",
+        "polyfleet.controller.web.pages (web) imports polyfleet.controller.api.models (api)",
+    ]
+
+
+def test_only_the_command_line_entry_loads_the_admin_commands() -> None:
+    """Nothing imports controller/cli/ but itself; polyfleet/cli.py names it in its groups."""
+    importers: list[str] = []
+    sources = dict(_modules())
+    sources.update(
+        {f"polyfleet.{path.stem}": path for path in sorted((REPO / "polyfleet").glob("*.py"))}
+    )
+    for module, path in sources.items():
+        if module.startswith("polyfleet.controller.cli") or module == CLI_ENTRY:
+            continue
+        importers += [
+            f"{module} imports {name}"
+            for name in _imported_names(module, path)
+            if name == "polyfleet.controller.cli" or name.startswith("polyfleet.controller.cli.")
+        ]
+    assert importers == []
+    assert '"polyfleet.controller.cli"' in sources[CLI_ENTRY].read_text(encoding="utf-8")

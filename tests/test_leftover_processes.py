@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,8 +32,10 @@ def test_a_process_left_behind_fails_the_run_and_is_killed(tmp_path: Path) -> No
     )  # fmt: skip
     assert done.returncode == 1, done.stdout[-3000:]
     assert "1 failed, 1 passed" in done.stdout, done.stdout[-3000:]
-    (line,) = [line for line in done.stdout.splitlines() if line.endswith(": sleep 300")]
-    pid = int(line.split()[1].rstrip(":"))
+    # The report may be printed more than once (failures and summary): one process, named.
+    pids = {int(found) for found in re.findall(r"pid (\d+): sleep 300$", done.stdout, re.M)}
+    assert len(pids) == 1, done.stdout[-3000:]
+    (pid,) = pids
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # waits-for: the killed process to be reaped

@@ -20,7 +20,7 @@ from polyfleet.controller.http.errors import (
 )
 from polyfleet.controller.http.spec import AGENTS, PUBLIC, endpoint
 from polyfleet.controller.http.throttle import ENROLL_LIMITER, client_address
-from polyfleet.controller.keys import ACCESS, INVENTORY, JOBS
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import EnrollmentRefused, token_digest
 from polyfleet.controller.services.audit import Actor, AuditAction
 from polyfleet.shared.schema import (
@@ -68,7 +68,7 @@ async def enroll(request: web.Request) -> web.Response:
     check_protocol(data)
     body = validate(EnrollRequest, data)
     try:
-        answer = await request.app[ACCESS].enroll(
+        answer = await request.app[CORE].access.enroll(
             body.code, agent_name=body.agent_name, hostname=body.hostname
         )
     except EnrollmentRefused:
@@ -104,7 +104,7 @@ async def post_reports(request: web.Request) -> web.Response:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
-    inventory = request.app[INVENTORY]
+    inventory = request.app[CORE].inventory
     async with inventory.turn():
         # No local name for the batch: it goes before the wait for the disk.
         staged = inventory.stage(principal(request), await _read_batch(raw), raw=raw)
@@ -149,8 +149,8 @@ async def _read_batch(raw: bytes) -> ReportBatch:
 async def get_jobs(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
-    request.app[INVENTORY].note_agent_call(agent)
-    jobs = await request.app[JOBS].hand_out(agent.site_id)
+    request.app[CORE].inventory.note_agent_call(agent)
+    jobs = await request.app[CORE].jobs.hand_out(agent.site_id)
     return web.json_response(JobList(jobs=jobs).model_dump(mode="json"))
 
 
@@ -165,7 +165,7 @@ async def get_jobs(request: web.Request) -> web.Response:
 async def put_artifact(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
-    jobs = request.app[JOBS]
+    jobs = request.app[CORE].jobs
     declared = request.content_length
     if declared is not None and declared > jobs.max_artifact_bytes:
         raise ApiError(
@@ -194,7 +194,7 @@ async def post_result(request: web.Request) -> web.Response:
     agent = principal(request)
     assert agent.site_id is not None
     result = validate(JobResult, await read_json(request))
-    await request.app[JOBS].finish(request.match_info["job_id"], agent.site_id, result)
+    await request.app[CORE].jobs.finish(request.match_info["job_id"], agent.site_id, result)
     return web.json_response(Ok(ok=True).model_dump())
 
 

@@ -18,7 +18,7 @@ from polyfleet.controller.api.models import AuditPage
 from polyfleet.controller.http.caller import who_and_where
 from polyfleet.controller.http.errors import ApiError
 from polyfleet.controller.http.spec import ADMINS, Param, endpoint
-from polyfleet.controller.keys import AUDIT
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.audit import (
     MAX_PAGE,
     Actor,
@@ -66,7 +66,7 @@ async def record(
     enrolling with a code); otherwise it comes from the request's token.
     """
     found, origin = who_and_where(request)
-    return await request.app[AUDIT].record(
+    return await request.app[CORE].audit.record(
         actor or found, origin, action, target, details, site=site
     )
 
@@ -84,7 +84,7 @@ async def list_audit(request: web.Request) -> web.Response:
         query = AuditQuery.parse(request.query)
     except InvalidAuditQuery as exc:
         raise ApiError(400, "invalid", str(exc), exc.field) from None
-    entries, more = request.app[AUDIT].query(query)
+    entries, more = request.app[CORE].audit.query(query)
     return web.json_response({"entries": entries, "more": more})
 
 

@@ -10,7 +10,7 @@ from typing import IO
 from aiohttp import web
 
 from polyfleet.controller.http.spec import ADMINS, endpoint
-from polyfleet.controller.keys import CONFIG, STORE
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.postgres import PostgresStore
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.controller.store.transfer import Collections, snapshot, write_backup_stream
@@ -26,7 +26,7 @@ MEDIA = "application/gzip"
     tags=("operations",),
 )
 async def get_backup(request: web.Request) -> web.StreamResponse:
-    store = request.app[STORE]
+    store = request.app[CORE].store
     if not isinstance(store, TinyDBStore | PostgresStore):
         raise web.HTTPNotImplemented(reason="this store cannot be backed up")
     # One instant of the state (nothing else runs between the copies of the collections);
@@ -34,7 +34,7 @@ async def get_backup(request: web.Request) -> web.StreamResponse:
     data = snapshot(store)
     await store.sync()
     source = "postgresql" if isinstance(store, PostgresStore) else "embedded"
-    directory = request.app[CONFIG].data_dir
+    directory = request.app[CORE].config.data_dir
     spool: IO[bytes] = await asyncio.to_thread(_spool, directory)
     try:
         await asyncio.to_thread(_encode, spool, data, source)

@@ -18,11 +18,9 @@ from polyfleet.controller.http.caller import caller
 from polyfleet.controller.http.errors import ApiError
 from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.services.entitlement import Catalogues
 from polyfleet.shared.schema import ErrorBody
 
 #: The catalogues of ``app[CORE]``, for route modules not yet reading them there.
-CATALOGUES = web.AppKey("entitlement_catalogues", Catalogues)
 
 
 class _Out(BaseModel):
@@ -307,8 +305,6 @@ async def _placement_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def register(app: web.Application) -> None:
-    # The rollout pages and endpoints still find the catalogues under this key.
-    app[CATALOGUES] = app[CORE].catalogues
     app.cleanup_ctx.append(_catalogue_lifecycle)
     app.cleanup_ctx.append(_placement_lifecycle)
     router = app.router

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 from polyfleet.controller.http.connections import ConnectionGuard
 from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.http.throttle import AttemptLimiter
-from polyfleet.controller.keys import CONFIG, METRICS
+from polyfleet.controller.keys import CORE, METRICS
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.store.base import Store, StoreHealth
 
@@ -206,5 +206,5 @@ endpoint(
 
 
 def register(app: web.Application) -> None:
-    handler = metrics_protected if app[CONFIG].metrics_require_token else metrics_public
+    handler = metrics_protected if app[CORE].config.metrics_require_token else metrics_public
     app.router.add_get("/metrics", handler, allow_head=False)

@@ -22,7 +22,7 @@ from polyfleet.controller.http.spec import ADMINS, AGENTS, READERS, Param, endpo
 from polyfleet.controller.keys import CORE, METRICS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.services.audit import Actor, AuditAction, Origin
-from polyfleet.controller.services.packages import PackageService, UnknownPackage
+from polyfleet.controller.services.packages import UnknownPackage
 from polyfleet.controller.services.rollout import (
     DEVICE_STATUS_NAMES,
     ROLLOUT_STATUSES,
@@ -36,8 +36,6 @@ from polyfleet.shared.schema import JobProgress
 log = logging.getLogger(__name__)
 
 #: Aliases of ``app[CORE].rollouts`` and ``app[CORE].packages`` for handlers not ported yet.
-ROLLOUTS = web.AppKey("rollouts", RolloutService)
-PACKAGES = web.AppKey("packages", PackageService)
 PACKAGE_CHUNK = 256 * 1024
 #: Readers and the site agents (which fetch packages to serve them on site).
 PACKAGE_READERS = frozenset({Role.ADMIN, Role.VIEWER, Role.AGENT})
@@ -339,8 +337,6 @@ async def _runner(app: web.Application) -> AsyncIterator[None]:
 
 def register(app: web.Application) -> None:
     core = app[CORE]
-    app[PACKAGES] = core.packages
-    app[ROLLOUTS] = core.rollouts
     app[METRICS].register(RolloutCollector(core.rollouts))
     # Orders work on devices: on the active controller only.
     run_when_active(app, _runner)

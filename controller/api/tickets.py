@@ -15,7 +15,6 @@ from prometheus_client.registry import Collector
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.active import run_when_active
-from polyfleet.controller.core import TicketDesk
 from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
 from polyfleet.controller.domain.tickets import TicketCategory
 from polyfleet.controller.events import (
@@ -31,7 +30,7 @@ from polyfleet.controller.http.caller import caller
 from polyfleet.controller.http.errors import read_model
 from polyfleet.controller.http.files import download
 from polyfleet.controller.http.spec import ADMINS, READERS, endpoint
-from polyfleet.controller.keys import CORE, EVENT_BUS, METRICS
+from polyfleet.controller.keys import CORE, METRICS
 from polyfleet.controller.services.delivery import RESULTS
 from polyfleet.controller.services.ticket_service import TicketService
 from polyfleet.controller.store.base import Doc
@@ -40,7 +39,6 @@ from polyfleet.shared.periodic import Periodic
 log = logging.getLogger(__name__)
 
 #: The ticket desk under its older key, for handlers not yet reading ``app[CORE].tickets``.
-TICKET_DESK = web.AppKey("ticket_desk", TicketDesk)
 
 
 class TicketView(BaseModel):
@@ -280,7 +278,6 @@ async def ticket_bundle(request: web.Request) -> web.StreamResponse:
 
 def register(app: web.Application) -> None:
     """Add the ticket routes and the background work (``ticket_context``)."""
-    app[TICKET_DESK] = app[CORE].tickets
     # Detection, escalations and deliveries: on the active controller only.
     run_when_active(app, ticket_context)
     app.router.add_get("/api/v1/tickets", list_tickets)
@@ -366,7 +363,7 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
     subscription = None
     if service.settings.enabled:
         # In batches: each call saves detector state durably once, however much it took in.
-        subscription = app[EVENT_BUS].subscribe_batches(
+        subscription = app[CORE].bus.subscribe_batches(
             lambda events: _feed(service, events),
             kinds={
                 SnapshotsIngested,
@@ -392,4 +389,4 @@ async def ticket_context(app: web.Application) -> AsyncIterator[None]:
                 await task
         app[METRICS].unregister(collector)
         await service.close()
-        app[TICKET_DESK].service = None
+        app[CORE].tickets.service = None

@@ -8,7 +8,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 from polyfleet.controller.http.errors import ApiError, Handler
 from polyfleet.controller.http.spec import spec_of
 from polyfleet.controller.http.throttle import AUTH_LIMITER, client_address
-from polyfleet.controller.keys import ACCESS
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import LOCAL_ADMIN, Principal, Role
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
@@ -33,11 +33,11 @@ def _bearer(request: web.Request) -> Principal:
     limiter, address = request.app[AUTH_LIMITER], client_address(request)
     # Before looking at the token: an address that guessed too often learns nothing more.
     limiter.check(address, "failed credentials")
-    found = request.app[ACCESS].authenticate(token) if token else None
+    found = request.app[CORE].access.authenticate(token) if token else None
     if found is None:
         limiter.spend(address)
         # Never echo the token back, not even partly.
-        message = request.app[ACCESS].refusal(token) if token else "missing bearer token"
+        message = request.app[CORE].access.refusal(token) if token else "missing bearer token"
         raise ApiError(401, "unauthorized", message, "Authorization")
     return found
 

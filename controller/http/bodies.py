@@ -19,7 +19,7 @@ from polyfleet.controller.http.auth import PRINCIPAL
 from polyfleet.controller.http.connections import ConnectionGuard
 from polyfleet.controller.http.errors import DEPTH_CHECKED, ApiError, Handler, check_depth
 from polyfleet.controller.http.spec import spec_of
-from polyfleet.controller.keys import CONFIG
+from polyfleet.controller.keys import CORE
 from polyfleet.shared.schema import MAX_BODY_BYTES
 
 #: The slowest upload rate a body may arrive at, beyond the read timeout itself.
@@ -35,7 +35,7 @@ def body_deadline_s(request: web.Request, *, most: int = MAX_BODY_BYTES) -> floa
     rate (``most`` bytes when it does not say its size)."""
     length = request.content_length
     size = most if length is None else min(length, most)
-    return request.app[CONFIG].read_timeout_s + size / MIN_BODY_RATE
+    return request.app[CORE].config.read_timeout_s + size / MIN_BODY_RATE
 
 
 def body_timeout(request: web.Request, seconds: float) -> ApiError:

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from polyfleet.controller.errors import Refused
-from polyfleet.controller.keys import STORE
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import StoreHealth, StoreUnavailable
 from polyfleet.shared.schema import ErrorBody
 
@@ -101,7 +101,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def store_warning(app: web.Application) -> str | None:
     """The ``Warning`` header for answers while the store cannot write, else None."""
-    health = getattr(app[STORE], "health", None)
+    health = getattr(app[CORE].store, "health", None)
     if health is None:
         return None
     state: StoreHealth = health()

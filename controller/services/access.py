@@ -7,24 +7,16 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.errors import Conflict, Invalid, NotAllowed, NotFound
 from polyfleet.controller.events import AgentEnrolled, EventBus
-from polyfleet.controller.store.base import (
-    AGENTS,
-    EVENTS,
-    INVITES,
-    SITES,
-    TOKENS,
-    Doc,
-    Store,
-    StoreUnavailable,
-)
+from polyfleet.controller.store.base import INVITES, TOKENS, Doc, Store, StoreUnavailable
 from polyfleet.shared.schema import EnrollResponse
 
 TOKEN_PREFIX = "pft_"  # noqa: S105 - a visible prefix, not a secret
@@ -126,8 +118,32 @@ def normalise_code(code: str) -> str:
     return code.replace("-", "").replace(" ", "").upper()
 
 
+class Fleet(Protocol):
+    """What access asks of the owner of sites and agents (``Inventory``): an agent is
+    stored, and removed, in one change with its credential."""
+
+    def has_site(self, site_id: str) -> bool: ...
+
+    def agent(self, agent_id: str) -> Doc | None: ...
+
+    def agents(self, site_id: str | None = None) -> list[Doc]: ...
+
+    def add_agent(
+        self,
+        agent: Doc,
+        *,
+        together: Mapping[str, Mapping[str, Doc]],
+        gone: Mapping[str, Iterable[str]],
+    ) -> int: ...
+
+    def remove_agent(self, agent_id: str, *, gone: Mapping[str, Iterable[str]]) -> int: ...
+
+
 class AccessService:
-    """Creates and checks credentials. Plain secrets are returned once and never stored."""
+    """Creates and checks credentials. Plain secrets are returned once and never stored.
+
+    Owns ``tokens`` and ``invites``; the agents themselves are the ``fleet``'s.
+    """
 
     def __init__(
         self,
@@ -135,12 +151,14 @@ class AccessService:
         bus: EventBus,
         clock: Clock,
         *,
+        fleet: Fleet,
         code_ttl_s: int,
         poll_interval_s: int,
     ) -> None:
         self._store = store
         self._bus = bus
         self._clock = clock
+        self._fleet = fleet
         self._code_ttl = timedelta(seconds=code_ttl_s)
         self._poll_interval_s = poll_interval_s
         #: When each token was last used, as seen by this process (digest -> time); written to
@@ -276,7 +294,7 @@ class AccessService:
             raise UnknownToken(token_id)
         digest, doc = found
         if doc["role"] == Role.AGENT.value:
-            raise UnknownToken(token_id, self._store.get(AGENTS, str(doc.get("agent_id"))))
+            raise UnknownToken(token_id, self._fleet.agent(str(doc.get("agent_id"))))
         if doc["role"] == Role.ADMIN.value and not self._other_admin(digest):
             raise LastAdminToken(token_id)
         # Checked and removed with no await in between: two revokes cannot both pass the check.
@@ -294,16 +312,12 @@ class AccessService:
 
     def list_agents(self, site_id: str | None = None) -> list[Doc]:
         """Enrolled agents (of one site), by site then enrollment time."""
-        agents = [
-            public_agent(doc)
-            for doc in self._store.scan(AGENTS).values()
-            if site_id is None or doc["site_id"] == site_id
-        ]
+        agents = [public_agent(doc) for doc in self._fleet.agents(site_id)]
         return sorted(agents, key=lambda doc: (doc["site_id"], doc["enrolled_at"], doc["id"]))
 
     async def revoke_agent(self, agent_id: str) -> Doc:
         """Remove an agent and its credential (its next call is refused); its record as it was."""
-        agent = self._store.get(AGENTS, agent_id)
+        agent = self._fleet.agent(agent_id)
         if agent is None:
             raise UnknownAgent(agent_id)
         credentials = [
@@ -311,13 +325,14 @@ class AccessService:
             for digest, doc in self._store.scan(TOKENS).items()
             if doc.get("agent_id") == agent_id
         ]
-        seq = self._store.apply({}, {AGENTS: [agent_id], TOKENS: credentials})
-        await self._store.wait_durable(seq)
+        await self._store.wait_durable(
+            self._fleet.remove_agent(agent_id, gone={TOKENS: credentials})
+        )
         return public_agent(agent)
 
     async def create_invite(self, site_id: str) -> tuple[str, datetime]:
         """A one-time enrollment code for ``site_id``'s agent and when it expires."""
-        if self._store.get(SITES, site_id) is None:
+        if not self._fleet.has_site(site_id):
             raise UnknownSite(site_id)
         raw = base64.b32encode(secrets.token_bytes(10)).decode("ascii")
         code = "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
@@ -366,9 +381,10 @@ class AccessService:
         )
         event_puts, event_deletes = self._bus.record([event])
         # One commit: the code is gone exactly when the credential exists.
-        seq = self._store.apply(
-            {AGENTS: {agent_id: agent}, TOKENS: {digest: credential}, EVENTS: event_puts},
-            {INVITES: [key], EVENTS: event_deletes},
+        seq = self._fleet.add_agent(
+            agent,
+            together={TOKENS: {digest: credential}, **event_puts},
+            gone={INVITES: [key], **event_deletes},
         )
         await self._store.wait_durable(seq)
         self._bus.dispatch([event])

@@ -13,7 +13,7 @@ Code with no request at hand (a CLI command working on the store while no server
 background work done on an admin's behalf) calls the service with an ``Actor`` and an
 ``Origin``::
 
-    await app[AUDIT].record(actor, origin, "assets.import", "assets", {"added": 12})
+    await app[CORE].audit.record(actor, origin, "assets.import", "assets", {"added": 12})
 
 What goes in:
 

@@ -11,15 +11,15 @@ import asyncio
 import base64
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from polyfleet.controller.services.email import Attachment, DeliveryError, SmtpSender, build_email
-from polyfleet.controller.services.ticket_config import TicketSettings
 from polyfleet.controller.services.webhook import WebhookSender, encode_payload
+from polyfleet.controller.settings.tickets import TicketSettings
 from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.retry import Backoff
@@ -150,11 +150,75 @@ def outbox_entries(
     return entries
 
 
+#: The states of a delivery record, as the API names them.
+RecordState = Literal["pending", "sent", "failed"]
+
+
 class TicketOutbox:
-    """Outbox documents in the store: enqueueing is idempotent against pending and sent entries."""
+    """Outbox documents in the store: enqueueing is idempotent against pending and sent entries.
+
+    The one reader and writer of ``ticket_outbox``, ``ticket_outbox_sent`` and
+    ``ticket_outbox_failed`` besides the worker's own sends (``DeliveryWorker``).
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    async def enqueue(self, entries: Mapping[str, Doc]) -> None:
+        """Queue ``entries`` (from ``fresh``); durable when this returns."""
+        await self.store.wait_durable(self.store.apply({OUTBOX: dict(entries)}))
+
+    @staticmethod
+    def dropping(entry_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The deletes that drop waiting entries, for the caller's own ``apply`` (a ticket's
+        change that makes them wrong)."""
+        return {OUTBOX: list(entry_ids)}
+
+    async def retry(self, entry_ids: Iterable[str]) -> None:
+        """Forget given-up entries, so that the same messages may be queued again."""
+        ids = list(entry_ids)
+        if ids:
+            await self.store.wait_durable(self.store.apply({}, {FAILED: ids}))
+
+    def records(
+        self, states: Iterable[RecordState], ids: Iterable[str] | None = None
+    ) -> dict[RecordState, list[tuple[str, Doc]]]:
+        """(key, record) by state: every record, or only those under ``ids`` (the ids a
+        ticket's messages can have, ``message_ids``: a handful read instead of them all)."""
+        wanted = set(states)
+        keys = None if ids is None else list(ids)
+        found: dict[RecordState, list[tuple[str, Doc]]] = {}
+        collections: tuple[tuple[RecordState, str], ...] = (
+            ("pending", OUTBOX),
+            ("sent", SENT),
+            ("failed", FAILED),
+        )
+        for state, collection in collections:
+            if state not in wanted:
+                continue
+            if keys is None:
+                found[state] = list(self.store.scan(collection).items())
+            else:
+                get = self.store.get
+                found[state] = [
+                    (key, doc) for key in keys if (doc := get(collection, key)) is not None
+                ]
+        return found
+
+    async def forget(self, cutoff: datetime, finished: Callable[[Doc], bool]) -> int:
+        """Drop records of messages delivered or given up before ``cutoff`` whose ticket is
+        ``finished`` with them; how many. Read here, once an hour (``TicketService.tick``)."""
+        doomed: dict[str, list[str]] = {}
+        for collection, stamp in ((SENT, "sent_at"), (FAILED, "failed_at")):
+            for key, doc in list(self.store.scan(collection).items()):
+                when = doc.get(stamp)
+                if not isinstance(when, str) or datetime.fromisoformat(when) > cutoff:
+                    continue
+                if finished(doc):
+                    doomed.setdefault(collection, []).append(key)
+        if doomed:
+            await self.store.wait_durable(self.store.apply({}, doomed))
+        return sum(len(keys) for keys in doomed.values())
 
     def fresh(self, entries: Mapping[str, Doc]) -> dict[str, Doc]:
         """The entries neither waiting nor already delivered (so a retry of a save adds none)."""

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
-from polyfleet.controller.services.ticket_config import SmtpSettings
+from polyfleet.controller.settings.tickets import SmtpSettings
 
 
 class DeliveryError(Exception):

@@ -17,6 +17,9 @@ same batch replaced it, as in an outbox's backlog, or it was too old to keep on 
 still remembered by id, so that a resend of the batch is all duplicates, not new
 acceptances: per agent, the ids of its last ``REMEMBERED_IDS`` such reports, kept in
 ``report_receipts`` (key = ``<agent id>/<number>``, one document per batch that had any).
+
+What a batch changes is planned without I/O by ``controller.domain.ingest``; ``stage`` applies
+that plan, and is the only part of ingestion that writes to the store.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from polyfleet.controller.clock import Clock, earlier
+from polyfleet.controller.clock import Clock
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.admin_input import AdminInputError, display_name, shown
 from polyfleet.controller.domain.contacts import (
@@ -42,6 +45,17 @@ from polyfleet.controller.domain.contacts import (
     SiteContact,
     site_address,
     site_contact,
+)
+from polyfleet.controller.domain.ingest import (
+    ClockChange,
+    DeviceFound,
+    HealthChange,
+    IngestPlan,
+    IngestRules,
+    KnownState,
+    Latest,
+    Retained,
+    plan_batch,
 )
 from polyfleet.controller.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from polyfleet.controller.events import (
@@ -62,7 +76,6 @@ from polyfleet.controller.services.access import Principal, UnknownSite
 from polyfleet.controller.store.base import (
     AGENTS,
     DEVICES,
-    EVENTS,
     HEALTH_HISTORY,
     REPORTS,
     SITES,
@@ -71,6 +84,7 @@ from polyfleet.controller.store.base import (
 )
 from polyfleet.shared.schema import (
     MAX_BATCH_SNAPSHOTS,
+    AgentStatus,
     HealthState,
     Model,
     Problem,
@@ -93,10 +107,6 @@ REPORT_RECEIPTS = "report_receipts"
 #: newer, so two batches' worth recognise every resend.
 REMEMBERED_IDS = 2 * MAX_BATCH_SNAPSHOTS
 
-
-#: From a device's latest report: when the controller received it, and the uptime it gave
-#: (when it was collected is the newest of the device's retained reports).
-_Latest = tuple[str, float | None]
 
 #: Fields an earlier version kept in device documents; now derived from the retained reports.
 _DERIVED = frozenset({"last_seen", "collected_at", "uptime_s", "reports"})
@@ -259,21 +269,6 @@ class IngestStats:
     observers: list[Callable[[float], None]] = field(default_factory=list)
 
 
-#: Snapshot fields a device document carries over as they are (besides health and times).
-_SNAPSHOT_FIELDS = (
-    "model",
-    "model_raw",
-    "system_name",
-    "firmware",
-    "provider",
-    "in_call",
-    "peripherals",
-    "host_serial",
-    "via",
-)
-_ABSENT = object()
-
-
 _NO_IDS: frozenset[str] = frozenset()
 
 #: What the device index keeps of a device: its site, room, firmware version and host.
@@ -388,46 +383,27 @@ class _LeftIds:
             self.ids.difference_update(ids)
 
 
-def _utc_texts(moment: datetime) -> dict[int, str]:
-    """``moment`` as stored UTC texts, by length: whole seconds (20) and microseconds (27).
-
-    A report's time in either form compares with the one of its length as text: a report's
-    whole second is later than ``moment`` exactly when it is later than that rounded down.
-    """
-    utc = moment.astimezone(UTC)
-    return {
-        20: utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        27: utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-    }
-
-
 def report_key(agent_id: str, report_id: str) -> str:
     """Where a report is stored: report ids are unique per agent, not across the fleet."""
     return f"{agent_id}/{report_id}"
 
 
-def _same_health(old: Doc, new: Doc) -> bool:
-    """Same state and problem codes (detail text may change without it being news)."""
-    if old["state"] != new["state"]:
-        return False
-    old_problems, new_problems = old.get("problems") or (), new.get("problems") or ()
-    if not old_problems and not new_problems:
-        return True
-    return {p["code"] for p in old_problems} == {p["code"] for p in new_problems}
-
-
 class Inventory:
-    """Owns the ``sites``, ``devices`` and ``reports`` collections."""
+    """Owns the ``sites``, ``devices``, ``reports``, ``health_history``, ``report_receipts``
+    and ``agents`` collections (an agent is enrolled and removed by ``AccessService``, which
+    hands its credential's change to ``add_agent`` and ``remove_agent``)."""
 
     def __init__(self, store: Store, bus: EventBus, clock: Clock, config: ControllerConfig) -> None:
         self._store = store
         self._bus = bus
         self._clock = clock
-        self._report_history = config.report_history
+        self._rules = IngestRules(
+            report_history=config.report_history,
+            max_clock_skew=timedelta(seconds=config.max_clock_skew_s),
+        )
         self._health_history = config.health_history
         self._silence = timedelta(seconds=config.silence_s)
         self._persist_every = timedelta(seconds=config.poll_interval_s)
-        self._max_skew = timedelta(seconds=config.max_clock_skew_s)
         self.stats = IngestStats()
         self._started_at = clock()
         self._agent_calls: dict[str, datetime] = {}
@@ -435,14 +411,17 @@ class Inventory:
         self._agent_status: dict[str, Doc] = {}
         self._sites: dict[str, _SiteLiveness] = {}
         #: Per device, its retained reports (id, collection time), oldest first.
-        self._retained: dict[str, list[tuple[str, str]]] = {}
+        self._retained: dict[str, list[Retained]] = {}
         #: Per device, from its latest report: (last seen, uptime).
-        self._latest: dict[str, _Latest] = {}
+        self._latest: dict[str, Latest] = {}
         #: Per agent, ids of its reports that left the retained history (``REPORT_RECEIPTS``).
         self._left: dict[str, _LeftIds] = {}
         self._receipt_number = 0
         self._turn = asyncio.Lock()
         self._index = _DeviceIndex()
+        #: Site -> ids of its agents; built from the store at first use, kept by
+        #: ``add_agent`` and ``remove_agent`` (which alone add or remove agents).
+        self._agent_ids: dict[str, set[str]] | None = None
 
     def load(self) -> None:
         """Take reachability baselines and each device's reports from the store (once open)."""
@@ -454,13 +433,13 @@ class Inventory:
                 watched_since=self._started_at,
             )
         self._migrate_report_keys()
-        retained: dict[str, list[tuple[str, str]]] = {}
+        retained: dict[str, list[Retained]] = {}
         reports = self._store.scan(REPORTS)
         for key, report in reports.items():
             retained.setdefault(report["serial"], []).append(
                 (key, report["snapshot"]["collected_at"])
             )
-        latest: dict[str, _Latest] = {}
+        latest: dict[str, Latest] = {}
         for serial, items in retained.items():
             items.sort(key=lambda item: datetime.fromisoformat(item[1]))
             newest = reports[items[-1][0]]
@@ -469,6 +448,7 @@ class Inventory:
         self._load_receipts()
         self._migrate_devices()
         self._index = _DeviceIndex.of(self._store.scan(DEVICES).values())
+        self._agent_ids = None
 
     def _migrate_report_keys(self) -> None:
         """Key reports an earlier version stored by their id alone by agent and id."""
@@ -584,12 +564,9 @@ class Inventory:
         return existing, changed
 
     def sites(self) -> list[Doc]:
-        agents_per_site: dict[str, int] = {}
-        for agent in self._store.scan(AGENTS).values():
-            agents_per_site[agent["site_id"]] = agents_per_site.get(agent["site_id"], 0) + 1
-        by_site = self._index.by_site
+        by_site, agents = self._index.by_site, self._agents_by_site()
         return [
-            site_summary(site, len(by_site.get(site_id, ())), agents_per_site.get(site_id, 0))
+            site_summary(site, len(by_site.get(site_id, ())), len(agents.get(site_id, ())))
             for site_id, site in sorted(self._store.scan(SITES).items())
         ]
 
@@ -605,14 +582,94 @@ class Inventory:
         site = self._store.get(SITES, site_id)
         if site is None:
             return None
-        agents = sum(
-            1 for agent in self._store.scan(AGENTS).values() if agent["site_id"] == site_id
-        )
+        agents = len(self._agents_by_site().get(site_id, ()))
         return site_summary(site, len(self._index.by_site.get(site_id, ())), agents)
+
+    def has_site(self, site_id: str) -> bool:
+        return self._store.get(SITES, site_id) is not None
 
     def site_ids(self) -> list[str]:
         """Every site's id, sorted."""
         return sorted(self._store.scan(SITES))
+
+    def site_zone(self, site_id: str) -> str | None:
+        """The IANA time zone a site's times are shown in, or None for an unknown site."""
+        site = self._store.get(SITES, site_id)
+        return None if site is None else str(site.get("timezone") or "UTC")
+
+    def site_zones(self) -> dict[str, str]:
+        """Every site's time zone by site id."""
+        return {
+            site_id: str(site.get("timezone") or "UTC")
+            for site_id, site in self._store.scan(SITES).items()
+        }
+
+    def site_contacts(self, site_id: str) -> tuple[SiteContact | None, DeliveryAddress | None]:
+        """A site's authorised reporter and RMA delivery address (None: not set or no site)."""
+        site = self._store.get(SITES, site_id)
+        return site_contact(site), site_address(site)
+
+    def site_name(self, site_id: str) -> str | None:
+        """A site's display name, or None for an unknown site."""
+        site = self._store.get(SITES, site_id)
+        name = None if site is None else site.get("name")
+        return name if isinstance(name, str) else None
+
+    # -- agents ------------------------------------------------------------------------------
+
+    def _agents_by_site(self) -> dict[str, set[str]]:
+        if self._agent_ids is None:
+            found: dict[str, set[str]] = {}
+            for agent_id, doc in self._store.scan(AGENTS).items():
+                found.setdefault(str(doc["site_id"]), set()).add(agent_id)
+            self._agent_ids = found
+        return self._agent_ids
+
+    def agent(self, agent_id: str) -> Doc | None:
+        """An enrolled agent's stored document, or None."""
+        return self._store.get(AGENTS, agent_id)
+
+    def agents(self, site_id: str | None = None) -> list[Doc]:
+        """The stored documents of the enrolled agents (of ``site_id``), by id."""
+        by_site = self._agents_by_site()
+        ids = (
+            sorted(by_site.get(site_id, ()))
+            if site_id is not None
+            else sorted(agent_id for ids in by_site.values() for agent_id in ids)
+        )
+        get = self._store.get
+        return [doc for agent_id in ids if (doc := get(AGENTS, agent_id)) is not None]
+
+    def site_clock_ahead(self, site_id: str | None) -> float | None:
+        """How far ahead (seconds) the clock of a site's agent is, when one's is ahead."""
+        if site_id is None:
+            return None
+        for doc in self.agents(site_id):
+            clock = doc.get("clock") or {}
+            if clock.get("state") == "ahead":
+                return float(clock.get("skew_s") or 0)
+        return None
+
+    def add_agent(
+        self,
+        agent: Doc,
+        *,
+        together: Mapping[str, Mapping[str, Doc]],
+        gone: Mapping[str, Iterable[str]],
+    ) -> int:
+        """Store a newly enrolled ``agent`` in one change with ``together`` (its credential)
+        and the deletes ``gone`` (its spent code); applied, returns the change to wait for."""
+        seq = self._store.apply({**together, AGENTS: {agent["id"]: agent}}, gone)
+        self._agents_by_site().setdefault(str(agent["site_id"]), set()).add(agent["id"])
+        return seq
+
+    def remove_agent(self, agent_id: str, *, gone: Mapping[str, Iterable[str]]) -> int:
+        """Remove an agent in one change with the deletes ``gone`` (its credentials);
+        applied, returns the change to wait for."""
+        seq = self._store.apply({}, {**gone, AGENTS: [agent_id]})
+        for ids in self._agents_by_site().values():
+            ids.discard(agent_id)
+        return seq
 
     # -- devices -----------------------------------------------------------------------------
 
@@ -731,7 +788,7 @@ class Inventory:
             if old["site_id"] != site_id
         ]
         puts, deletes = self._bus.record(events)
-        seq = self._store.apply({DEVICES: moved, EVENTS: puts}, {EVENTS: deletes})
+        seq = self._store.apply({DEVICES: moved, **puts}, deletes)
         for moved_doc in moved.values():
             self._index.put(moved_doc)
         await self._store.wait_durable(seq)
@@ -808,19 +865,13 @@ class Inventory:
     def stage(
         self, agent: Principal, batch: ReportBatch, *, raw: bytes | None = None
     ) -> StagedBatch:
-        """Apply a batch to the store (not yet durable): ``ingest`` without its wait."""
+        """Plan a batch and apply the plan (not yet durable): ``ingest`` without its wait."""
         started = time.perf_counter()
         assert agent.site_id is not None and agent.agent_id is not None
         site_id = agent.site_id
         agent_id = agent.agent_id
-        store = self._store
-        # Live read-only views: nothing below awaits until the one ``apply``, and nothing
-        # outside this call changes before it (a batch with a foreign device changes nothing).
-        known_devices = store.scan(DEVICES)
-        known_reports = store.scan(REPORTS)
         now = self._clock()
-        now_text = now.isoformat()
-        events: list[Event] = [
+        notices: list[Event] = [
             AgentNoticeReceived(
                 at=now,
                 site_id=site_id,
@@ -840,177 +891,105 @@ class Inventory:
         )
         status = batch.agent
         del batch
-        history_size = self._report_history
-        known_retained = self._retained
-        known_latest = self._latest
-        # Devices new in this batch as whole documents; known ones as the fields that change
-        # (most reports change none); each touched device's retained reports and latest one,
-        # taken into memory once the store has the batch.
-        devices: dict[str, Doc] = {}
-        patches: dict[str, Doc] = {}
-        retained_now: dict[str, list[tuple[str, str]]] = {}
-        latest_now: dict[str, _Latest] = {}
-        reports: dict[str, Doc] = {}
-        history: dict[str, Doc] = {}
-        dropped: list[str] = []
-        accepted_documents: list[Doc] = []
-        foreign: dict[str, str] = {}
-        duplicates = superseded = 0
-        # Report ids are unique per agent: stored (and compared) under the agent's prefix.
-        prefix = agent_id + "/"
-        remembered = self._left.get(agent_id)
-        left_ids = _NO_IDS if remembered is None else remembered.ids
-        # Keys of reports this batch brought that leave the retained history with it (a newer
-        # report of the batch replaced them, or they were too old to keep): remembered, so a
-        # resend of the batch (its answer was lost) is all duplicates. A report that leaves
-        # because of a later batch needs no remembering: an agent resends a batch before it
-        # sends anything newer.
-        gone_here: set[str] = set()
-        # A collection time beyond this is in the future by the controller's clock: the
-        # agent's clock is wrong, and the report is stored with the time it was received.
-        latest_allowed = now + self._max_skew
-        allowed_texts = _utc_texts(latest_allowed)
-        received_text = _utc_texts(now)[27]
-        ahead = timedelta(0)
-        for plain in plain_reports:
-            snap: Doc = plain["snapshot"]
-            serial: str = snap["serial"]
-            device = devices.get(serial)
-            if device is None:
-                device = known_devices.get(serial)
-                if device is not None:
-                    if device["site_id"] != site_id:
-                        foreign[serial] = device["site_id"]
-                        continue
-                    if serial in patches:
-                        # The same device twice in one batch (an outbox catching up): rare.
-                        device = {**device, **patches[serial]}
-            report_id: str = plain["id"]
-            key = prefix + report_id
-            if key in reports or key in known_reports or report_id in left_ids or key in gone_here:
-                duplicates += 1
-                continue
-            collected_text: str = snap["collected_at"]
-            allowed = allowed_texts.get(len(collected_text))
-            if (
-                collected_text > allowed
-                if allowed is not None and collected_text[-1] == "Z"
-                else datetime.fromisoformat(collected_text) > latest_allowed
-            ):
-                ahead = max(ahead, datetime.fromisoformat(collected_text) - now)
-                claimed = collected_text
-                snap["collected_at"] = collected_text = received_text
-            else:
-                claimed = None
-            retained = retained_now.get(serial)
-            if retained is None:
-                retained = list(known_retained.get(serial, ()))
-            # The usual case: newer than every retained report (their newest is the device's
-            # latest); ``earlier`` compares stored UTC texts without parsing them.
-            in_order = not retained or not earlier(collected_text, retained[-1][1])
-            if (
-                not in_order
-                and len(retained) >= history_size
-                and earlier(collected_text, retained[0][1])
-            ):
-                # Older than every retained report of a full history: superseded, nothing to keep.
-                superseded += 1
-                gone_here.add(key)
-                continue
-            document: Doc = {
-                "id": report_id,
-                "serial": serial,
-                "site_id": site_id,
-                "agent_id": agent_id,
-                "received_at": now_text,
-                "snapshot": snap,
-            }
-            if claimed is not None:
-                # What the agent's clock said, kept beside the time used instead.
-                document["agent_collected_at"] = claimed
-            reports[key] = document
-            retained.append((key, collected_text))
-            if not in_order:
-                retained.sort(key=lambda item: datetime.fromisoformat(item[1]))
-            while len(retained) > history_size:
-                old_key = retained.pop(0)[0]
-                if reports.pop(old_key, None) is None:
-                    dropped.append(old_key)
-                else:
-                    gone_here.add(old_key)
-            retained_now[serial] = retained
-            accepted_documents.append(document)
-            if not in_order:
-                # Older than the device's newest report, which is its state: a report arriving
-                # late (an outbox catching up) is history, not current state.
-                continue
-            latest_now[serial] = (now_text, snap["uptime_s"])
-            if device is None:
-                devices[serial] = self._new_device(snap, site_id, now, now_text, events, history)
-                continue
-            changed = self._apply_snapshot(device, snap, site_id, now, events, history)
-            if not changed:
-                continue
-            if serial in devices:
-                devices[serial] = {**device, **changed}
-            elif serial in patches:
-                patches[serial].update(changed)
-            else:
-                patches[serial] = changed
-        if foreign:
-            self.stats.refused_batches += 1
-            raise DeviceAtOtherSite(site_id, foreign)
-        self._note_call(agent_id, site_id, now)
-        if status is not None:
-            self._agent_status[agent_id] = {**status.model_dump(), "at": now_text}
-        agent_doc = self._agent_update(agent_id, now)
-        if plain_reports:
-            clock = self._clock_change(agent_id, site_id, plain_reports[-1], ahead, now, events)
-            if clock is not None:
-                agent_doc = {**(agent_doc or self._store.get(AGENTS, agent_id) or {}), **clock}
-        event_puts, event_deletes = self._bus.record(events)
-        puts: dict[str, dict[str, Doc]] = {
-            DEVICES: devices,
-            REPORTS: reports,
-            HEALTH_HISTORY: history,
-            EVENTS: event_puts,
-        }
-        if agent_doc:
-            puts[AGENTS] = {agent_id: agent_doc}
-        receipts, expired = self._receipts(agent_id, gone_here)
-        if receipts:
-            puts[REPORT_RECEIPTS] = {key: {"ids": ids} for key, ids in receipts}
-        # Every document here was built for this change (reports, new devices, history,
-        # events, receipts): handed over to the store, not copied.
-        store.apply(
-            puts,
-            {REPORTS: dropped, EVENTS: event_deletes, REPORT_RECEIPTS: expired},
-            {DEVICES: patches},
-            handover=True,
+        plan = plan_batch(
+            plain_reports,
+            site_id=site_id,
+            agent_id=agent_id,
+            known=self._known(agent_id),
+            rules=self._rules,
+            now=now,
         )
-        # Only now that the store took the batch (``apply`` refuses all of it or nothing).
-        known_retained.update(retained_now)
-        known_latest.update(latest_now)
-        index = self._index
-        for device_doc in devices.values():
-            index.put(device_doc)
-        for serial, changed in patches.items():
-            if not _INDEXED_FIELDS.isdisjoint(changed):
-                patched = store.get(DEVICES, serial)
-                if patched is not None:
-                    index.put(patched)
-        self._remember(receipts)
+        if plan.foreign:
+            self.stats.refused_batches += 1
+            raise DeviceAtOtherSite(site_id, plan.foreign)
+        events = self._apply(plan, site_id, agent_id, status, notices, now)
         return StagedBatch(
             started=started,
             now=now,
             site_id=site_id,
             agent_id=agent_id,
-            accepted=len(plain_reports) - duplicates - superseded,
-            duplicates=duplicates,
-            superseded=superseded,
+            accepted=len(plan.accepted),
+            duplicates=plan.duplicates,
+            superseded=plan.superseded,
             events=events,
-            accepted_documents=accepted_documents,
+            accepted_documents=plan.accepted,
         )
+
+    def _known(self, agent_id: str) -> KnownState:
+        """What a batch of ``agent_id`` is planned against."""
+        store = self._store
+        agent = store.get(AGENTS, agent_id)
+        remembered = self._left.get(agent_id)
+        return KnownState(
+            # Live read-only views: nothing awaits from planning to the one ``apply``, and
+            # nothing outside this call changes the store before it.
+            devices=store.scan(DEVICES),
+            report_keys=store.scan(REPORTS),
+            left_ids=_NO_IDS if remembered is None else remembered.ids,
+            retained=self._retained,
+            agent_clock=None if agent is None else (agent.get("clock") or {}).get("state", "ok"),
+        )
+
+    def _apply(
+        self,
+        plan: IngestPlan,
+        site_id: str,
+        agent_id: str,
+        status: AgentStatus | None,
+        notices: list[Event],
+        now: datetime,
+    ) -> list[Event]:
+        """Apply an accepted batch's plan (the store takes it, not yet durable): its events."""
+        now_text = now.isoformat()
+        self._note_call(agent_id, site_id, now)
+        if status is not None:
+            self._agent_status[agent_id] = {**status.model_dump(), "at": now_text}
+        agent_doc = self._agent_update(agent_id, now)
+        events = notices
+        history: dict[str, Doc] = {}
+        for news in plan.news:
+            if isinstance(news, DeviceFound):
+                events.append(
+                    DeviceAdded(at=now, site_id=site_id, serial=news.serial, model=news.model)
+                )
+            else:
+                self._health_changed(site_id, news, now, events, history)
+        if plan.clock is not None:
+            clock = self._clock_changed(agent_id, site_id, plan.clock, now, events)
+            agent_doc = {**(agent_doc or self._store.get(AGENTS, agent_id) or {}), **clock}
+        event_puts, event_deletes = self._bus.record(events)
+        puts: dict[str, dict[str, Doc]] = {
+            DEVICES: plan.new_devices,
+            REPORTS: plan.reports,
+            HEALTH_HISTORY: history,
+            **event_puts,
+        }
+        if agent_doc:
+            puts[AGENTS] = {agent_id: agent_doc}
+        receipts, expired = self._receipts(agent_id, plan.gone)
+        if receipts:
+            puts[REPORT_RECEIPTS] = {key: {"ids": ids} for key, ids in receipts}
+        # Every document here was built for this change (the plan's reports and new devices,
+        # history, events, receipts): handed over to the store, not copied.
+        self._store.apply(
+            puts,
+            {REPORTS: plan.dropped, REPORT_RECEIPTS: expired, **event_deletes},
+            {DEVICES: plan.patches},
+            handover=True,
+        )
+        # Only now that the store took the batch (``apply`` refuses all of it or nothing).
+        self._retained.update(plan.retained)
+        self._latest.update(plan.latest)
+        index = self._index
+        for device_doc in plan.new_devices.values():
+            index.put(device_doc)
+        for serial, changed in plan.patches.items():
+            if not _INDEXED_FIELDS.isdisjoint(changed):
+                patched = self._store.get(DEVICES, serial)
+                if patched is not None:
+                    index.put(patched)
+        self._remember(receipts)
+        return events
 
     async def finish(self, staged: StagedBatch) -> ReportBatchAck:
         """Wait until a staged batch is durable, then count it and tell the listeners."""
@@ -1031,34 +1010,11 @@ class Inventory:
             )
         return ReportBatchAck(accepted=staged.accepted, duplicates=staged.duplicates)
 
-    def _clock_change(
-        self,
-        agent_id: str,
-        site_id: str,
-        last: Doc,
-        ahead: timedelta,
-        now: datetime,
-        events: list[Event],
-    ) -> Doc | None:
-        """The agent's new ``clock`` field when this batch changes what is known of it.
-
-        Ahead: a report was collected beyond the allowed skew into the future. On time: the
-        batch's last report (the newest an agent sends) is within the skew of now either way;
-        an older one may be a backlog after an outage and says nothing of the clock.
-        """
-        doc = self._store.get(AGENTS, agent_id)
-        if doc is None:
-            return None
-        known = doc.get("clock") or {}
-        if ahead > timedelta(0):
-            state, skew = "ahead", round(ahead.total_seconds(), 1)
-        else:
-            collected = datetime.fromisoformat(last["snapshot"]["collected_at"])
-            if abs(collected - now) > self._max_skew:
-                return None
-            state, skew = "ok", None
-        if known.get("state", "ok") == state:
-            return None
+    def _clock_changed(
+        self, agent_id: str, site_id: str, change: ClockChange, now: datetime, events: list[Event]
+    ) -> Doc:
+        """The agent's new ``clock`` field; the change logged and as an event."""
+        state, skew = change.state, change.skew_s
         log.warning(
             "agent %s of site %s: clock %s%s",
             agent_id,
@@ -1072,14 +1028,12 @@ class Inventory:
         return {"clock": {"state": state, "skew_s": skew, "since": now.isoformat()}}
 
     def _receipts(
-        self, agent_id: str, gone: set[str]
+        self, agent_id: str, ids: list[str]
     ) -> tuple[list[tuple[str, list[str]]], list[str]]:
-        """For the keys of an agent's reports leaving the retained history: the new receipt
-        (key, report ids), and the keys of its receipts beyond ``REMEMBERED_IDS``."""
-        if not gone:
+        """For the ids of an agent's reports leaving the retained history with their batch:
+        the new receipt (key, ids), and the keys of its receipts beyond ``REMEMBERED_IDS``."""
+        if not ids:
             return [], []
-        start = len(agent_id) + 1
-        ids = [key[start:] for key in gone]
         self._receipt_number += 1
         receipt = (f"{agent_id}/{self._receipt_number:012d}", ids)
         remembered = self._left.get(agent_id)
@@ -1119,83 +1073,23 @@ class Inventory:
             )
         return ingested
 
-    def _new_device(
-        self,
-        snap: Doc,
-        site_id: str,
-        now: datetime,
-        now_text: str,
-        events: list[Event],
-        history: dict[str, Doc],
-    ) -> Doc:
-        """The document of a device that no report mentioned before."""
-        serial = snap["serial"]
-        events.append(DeviceAdded(at=now, site_id=site_id, serial=serial, model=snap["model"]))
-        blank: Doc = {
-            "serial": serial,
-            "site_id": site_id,
-            "room": None,
-            "first_seen": now_text,
-            "unreachable_since": None,
-        }
-        return {**blank, **self._apply_snapshot(blank, snap, site_id, now, events, history)}
-
-    def _apply_snapshot(
-        self,
-        device: Doc,
-        snap: Doc,
-        site_id: str,
-        now: datetime,
-        events: list[Event],
-        history: dict[str, Doc],
-    ) -> Doc:
-        """The fields of ``device`` that this report changes (the store merges them over it)."""
-        changed: Doc = {}
-        if device.get("unreachable_since") is not None:
-            changed["unreachable_since"] = None
-        # Naming only what differs: most reports change none of these, and write no device.
-        # An equal value is taken from the device document into the report's snapshot (both
-        # are immutable): retained reports share their firmware, peripherals and health
-        # instead of holding thousands of equal copies for the collector to walk and free.
-        get = device.get
-        for name in _SNAPSHOT_FIELDS:
-            old = get(name, _ABSENT)
-            if old != (value := snap[name]):
-                changed[name] = value
-            elif old is not value:
-                snap[name] = old
-        old_health = get("health")
-        new_health = snap["health"]
-        if old_health == new_health:
-            snap["health"] = old_health
-        else:
-            changed["health"] = new_health
-            if old_health is None or not _same_health(old_health, new_health):
-                at = snap["collected_at"]
-                self._health_changed(
-                    snap["serial"], site_id, old_health, new_health, at, now, events, history
-                )
-        return changed
-
     def _health_changed(
         self,
-        serial: str,
         site_id: str,
-        old: Doc | None,
-        new: Doc,
-        at: str,
+        change: HealthChange,
         now: datetime,
         events: list[Event],
         history: dict[str, Doc],
     ) -> None:
-        """Record a change of health (``at``: when it was seen) in history and as an event."""
-        self._record_change(serial, {"at": at, **new}, history)
+        """Record a change of health in history and as an event."""
+        new = change.new
+        self._record_change(change.serial, {"at": change.at, **new}, history)
         events.append(
             HealthChanged(
                 at=now,
                 site_id=site_id,
-                serial=serial,
-                old=None if old is None else HealthState(old["state"]),
+                serial=change.serial,
+                old=None if change.old is None else HealthState(change.old["state"]),
                 new=HealthState(new["state"]),
                 problems=tuple(new["problems"]),
             )
@@ -1228,10 +1122,10 @@ class Inventory:
                 [AgentOnline(at=now, site_id=site_id, agent_id=agent_id)] if was_offline else []
             )
             puts, deletes = self._bus.record(events)
-            changes: dict[str, dict[str, Doc]] = {EVENTS: puts}
+            changes: dict[str, dict[str, Doc]] = dict(puts)
             if site is not None:
                 changes[SITES] = {site_id: {**site, "agent_online": True}}
-            self._store.apply(changes, {EVENTS: deletes})
+            self._store.apply(changes, deletes)
             self._bus.dispatch(events)
 
     def _agent_update(self, agent_id: str, now: datetime) -> Doc | None:
@@ -1300,9 +1194,9 @@ class Inventory:
                 DEVICES: devices,
                 SITES: sites,
                 HEALTH_HISTORY: history,
-                EVENTS: puts,
+                **puts,
             }
-            await self._store.wait_durable(self._store.apply(changes, {EVENTS: deletes}))
+            await self._store.wait_durable(self._store.apply(changes, deletes))
             self._bus.dispatch(events)
         return events
 
@@ -1322,9 +1216,8 @@ class Inventory:
         events.append(
             DeviceUnreachable(at=now, site_id=site_id, serial=serial, last_seen=last_seen)
         )
-        self._health_changed(
-            serial, site_id, doc.get("health"), health, now.isoformat(), now, events, history
-        )
+        change = HealthChange(serial=serial, old=doc.get("health"), new=health, at=now.isoformat())
+        self._health_changed(site_id, change, now, events, history)
         return {
             **doc,
             "health": health,

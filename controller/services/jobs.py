@@ -1,6 +1,6 @@
 """Jobs for agents (collect diagnostics, reboot...): queue, hand out, store artifacts and results.
 
-Python API for features (``app[JOBS]``)::
+Python API for features (``app[CORE].jobs``)::
 
     job = await jobs.enqueue("SERIAL", JobKind.COLLECT_DIAGNOSTICS, params={...})
     # JobPending (a JobConflict) when a job of that kind is pending for the device already:
@@ -37,8 +37,8 @@ from typing import Any
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.errors import Conflict, NotFound, Refused
 from polyfleet.controller.events import EventBus, JobFinished
-from polyfleet.controller.services.inventory import UnknownDevice
-from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, Doc, Store
+from polyfleet.controller.services.inventory import Inventory, UnknownDevice
+from polyfleet.controller.store.base import JOBS, Doc, Store
 from polyfleet.controller.store.journal import fsync_dir
 from polyfleet.shared.schema import Job, JobKind, JobResult
 
@@ -92,6 +92,7 @@ class JobService:
         bus: EventBus,
         clock: Clock,
         *,
+        inventory: Inventory,
         artifacts_dir: Path,
         lease_s: int,
         max_artifact_bytes: int,
@@ -99,6 +100,7 @@ class JobService:
         self._store = store
         self._bus = bus
         self._clock = clock
+        self._inventory = inventory
         self._artifacts = artifacts_dir
         self._lease = timedelta(seconds=lease_s)
         self.max_artifact_bytes = max_artifact_bytes
@@ -174,7 +176,7 @@ class JobService:
 
         ``JobPending`` when the device has a pending job of this kind already.
         """
-        device = self._store.get(DEVICES, serial)
+        device = self._inventory.find_device(serial)
         if device is None:
             raise UnknownDevice(serial)
         existing = self.pending(serial, kind)
@@ -200,6 +202,11 @@ class JobService:
             "artifact": None,
         }
         return doc
+
+    @staticmethod
+    def storing(job: Doc) -> dict[str, dict[str, Doc]]:
+        """The change that stores a job from ``prepare``, for the caller's own ``apply``."""
+        return {JOBS: {job["id"]: job}}
 
     def get(self, job_id: str) -> Doc | None:
         return self._store.get(JOBS, job_id)
@@ -398,7 +405,7 @@ class JobService:
         """Store a job's end with its event; free its kind, wake ``wait``, publish."""
         job_id = updated["id"]
         puts, deletes = self._bus.record([event])
-        seq = self._store.apply({JOBS: {job_id: updated}, EVENTS: puts}, {EVENTS: deletes})
+        seq = self._store.apply({JOBS: {job_id: updated}, **puts}, deletes)
         self._release(updated)
         await self._store.wait_durable(seq)
         waiter = self._finished.pop(job_id, None)

@@ -44,7 +44,6 @@ from zoneinfo import ZoneInfo
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain import admin_input
-from polyfleet.controller.domain.assets import Asset
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
@@ -83,11 +82,12 @@ from polyfleet.controller.domain.rollout import (
 )
 from polyfleet.controller.errors import Conflict, NotFound
 from polyfleet.controller.events import EventBus, RolloutChanged
-from polyfleet.controller.services.entitlement import ASSETS
+from polyfleet.controller.services.entitlement import Registry
+from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.ticket_service import UPDATE_FAILED, TicketIndex
-from polyfleet.controller.store.base import DEVICES, EVENTS, JOBS, SITES, Doc, Store
+from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.schema import JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -200,15 +200,17 @@ class _Where:
         return list(self._rollouts_of.get(serial, ()))
 
 
-def plan_devices(store: Store, tickets: Mapping[str, Sequence[str]]) -> list[PlanDevice]:
-    """Every reported device as the planner sees it, with open tickets (``tickets``: serial
-    -> ids of its tickets not closed) and penalties."""
+def plan_devices(
+    fleet: Mapping[str, Doc], penalty_box: Mapping[str, Doc], tickets: Mapping[str, Sequence[str]]
+) -> list[PlanDevice]:
+    """Every reported device (``fleet``: serial -> stored device) as the planner sees it, with
+    open tickets (``tickets``: serial -> ids of its tickets not closed) and penalties."""
     penalties = {
         serial: f"failed twice in rollout {doc['rollout_id']}: {doc['reason']}"
-        for serial, doc in list(store.scan(PENALTY_BOX).items())
+        for serial, doc in list(penalty_box.items())
     }
     devices: list[PlanDevice] = []
-    for serial, doc in list(store.scan(DEVICES).items()):
+    for serial, doc in list(fleet.items()):
         firmware = doc.get("firmware") or {}
         health = doc.get("health") or {}
         devices.append(
@@ -258,6 +260,8 @@ class RolloutService:
         bus: EventBus,
         clock: Clock,
         *,
+        inventory: Inventory,
+        registry: Registry,
         jobs: JobService,
         packages: PackageService,
         file_ticket: TicketFiler | None = None,
@@ -271,12 +275,13 @@ class RolloutService:
         self._tickets = tickets if tickets is not None else TicketIndex()
         self._bus = bus
         self._clock = clock
+        self._inventory = inventory
+        self._registry = registry
         self._jobs = jobs
         self._packages = packages
         self.file_ticket = file_ticket
         #: Told of every halt (the audit log records it), after it is stored.
         self.on_halt: Callable[[str, str], Awaitable[None]] | None = None
-        self._parsed: dict[str, tuple[Doc, Asset]] = {}
         #: Built from the store at first use (it is open by then), then kept by ``_apply``.
         self._known: _Where | None = None
 
@@ -331,16 +336,16 @@ class RolloutService:
         releases: ReleaseCatalogue,
     ) -> dict[str, Any]:
         """The plan ``request`` gives now, not stored (PlanError names a bad request)."""
-        zones = {
-            site_id: str(site.get("timezone") or "UTC")
-            for site_id, site in list(self._store.scan(SITES).items())
-        }
-        assets = self._assets()
+        devices = plan_devices(
+            self._inventory.fleet(),
+            self._store.scan(PENALTY_BOX),
+            self._tickets.active_by_serial(),
+        )
         plan = plan_rollout(
             request,
-            plan_devices(self._store, self._tickets.active_by_serial()),
-            site_zones=zones,
-            assets=assets,
+            devices,
+            site_zones=self._inventory.site_zones(),
+            assets=self._registry.by_serial(),
             plans=plans,
             releases=releases,
             now=self._clock(),
@@ -390,22 +395,6 @@ class RolloutService:
             self._apply({ROLLOUTS: {rollout_id: header}, ROLLOUT_DEVICES: docs})
         )
         return self.rollout(rollout_id)
-
-    def _assets(self) -> dict[str, Asset]:
-        """The registry's assets; a stored document never changes, so each is parsed once."""
-        parsed: dict[str, tuple[Doc, Asset]] = {}
-        for serial, doc in list(self._store.scan(ASSETS).items()):
-            known = self._parsed.get(serial)
-            parsed[serial] = (
-                known
-                if known is not None and known[0] is doc
-                else (
-                    doc,
-                    Asset.from_doc(doc),
-                )
-            )
-        self._parsed = parsed
-        return {serial: asset for serial, (_doc, asset) in parsed.items()}
 
     # -- reading (also for dashboards) -----------------------------------------------------
 
@@ -616,10 +605,10 @@ class RolloutService:
             detail=detail,
         )
         puts, deletes = self._bus.record([event])
-        changes: dict[str, dict[str, Doc]] = {ROLLOUTS: {header["id"]: updated}, EVENTS: puts}
+        changes: dict[str, dict[str, Doc]] = {ROLLOUTS: {header["id"]: updated}, **puts}
         for collection, docs in (extra or {}).items():
             changes.setdefault(collection, {}).update(docs)
-        await self._store.wait_durable(self._apply(changes, {EVENTS: deletes}))
+        await self._store.wait_durable(self._apply(changes, deletes))
         self._bus.dispatch([event])
 
     # -- running ---------------------------------------------------------------------------
@@ -674,9 +663,8 @@ class RolloutService:
             await self._change(self.header(rollout_id), "finish", by="runner")
 
     def _zone(self, site: str) -> ZoneInfo:
-        doc = self._store.get(SITES, site) or {}
         try:
-            return ZoneInfo(str(doc.get("timezone") or "UTC"))
+            return ZoneInfo(self._inventory.site_zone(site) or "UTC")
         except (KeyError, ValueError):
             return ZoneInfo("UTC")
 
@@ -744,7 +732,7 @@ class RolloutService:
                 or entry["status"] != DeviceStatus.WAITING_WINDOW
             ):
                 continue
-            device = self._store.get(DEVICES, entry["serial"]) or {}
+            device = self._inventory.find_device(entry["serial"]) or {}
             firmware = device.get("firmware") or {}
             try:
                 installed = FirmwareVersion.parse(
@@ -830,7 +818,7 @@ class RolloutService:
             await self._store.wait_durable(
                 self._apply(
                     {
-                        JOBS: {job["id"]: job},
+                        **self._jobs.storing(job),
                         ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): ordered},
                     }
                 )
@@ -853,7 +841,7 @@ class RolloutService:
             job_id = entry.get("job_id")
             if not job_id:
                 continue
-            job = self._store.get(JOBS, job_id)
+            job = self._jobs.get(job_id)
             if job is None:
                 # Ordered with the entry in one change: a missing job cannot happen but by
                 # hand; order it again in the next window rather than never.
@@ -986,7 +974,7 @@ class RolloutService:
         IllegalMove (logged) when the entry is not under way, which the job naming it
         rules out: nothing is stored then.
         """
-        job = self._store.get(JOBS, job_id)
+        job = self._jobs.get(job_id)
         if job is None or job["site_id"] != site_id:
             return False
         rollout_id = (job.get("params") or {}).get("rollout_id")

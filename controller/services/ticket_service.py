@@ -24,8 +24,6 @@ from polyfleet.controller.domain.contacts import (
     CONTACT_KEYS,
     DeliveryAddress,
     SiteContact,
-    site_address,
-    site_contact,
 )
 from polyfleet.controller.domain.entitlement import plan_in_force
 from polyfleet.controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
@@ -58,13 +56,11 @@ from polyfleet.controller.domain.tickets import (
 )
 from polyfleet.controller.errors import NotFound
 from polyfleet.controller.services.delivery import (
-    FAILED,
-    OUTBOX,
-    SENT,
     Channel,
     Clock,
     DeliveryWorker,
     OutgoingMessage,
+    RecordState,
     Rendering,
     TicketOutbox,
     message_ids,
@@ -72,9 +68,10 @@ from polyfleet.controller.services.delivery import (
     utc_now,
 )
 from polyfleet.controller.services.email import Attachment
-from polyfleet.controller.services.entitlement import ASSETS
-from polyfleet.controller.services.ticket_config import TicketSettings
-from polyfleet.controller.store.base import AGENTS, SITES, Doc, Store
+from polyfleet.controller.services.entitlement import Registry
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.settings.tickets import TicketSettings
+from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.schema import Model, Snapshot
 
@@ -312,6 +309,8 @@ class TicketService:
         *,
         plans: PlanCatalogue,
         bundle_dir: Path,
+        inventory: Inventory,
+        registry: Registry,
         diagnostics: DiagnosticsSource | None = None,
         clock: Clock = utc_now,
         data_dir: Path | None = None,
@@ -322,6 +321,9 @@ class TicketService:
         self.store = store
         #: Planned work during which faults are recorded but open no ticket.
         self.maintenance = maintenance
+        #: Where sites and agents are known, and the asset registry (their owners).
+        self.inventory = inventory
+        self.registry = registry
         #: Tickets by status, site and device (the controller's own, loaded with the store).
         self.index = index if index is not None else TicketIndex()
         if not self.index.loaded:
@@ -396,23 +398,20 @@ class TicketService:
                 found.append(Ticket.from_document(doc))
         return found
 
-    def _records(self, collection: str, ticket: str | None) -> list[tuple[str, Doc]]:
-        """(key, record) of one outbox collection: a ticket's only, or all of them.
+    def _records(
+        self, states: Iterable[RecordState], ticket: str | None
+    ) -> dict[RecordState, list[tuple[str, Doc]]]:
+        """(key, record) of the outbox by state: a ticket's only, or all of them.
 
         A ticket's records are looked up by the ids its messages can have (one per round,
         purpose and channel: ``message_ids``), so a ticket page reads a handful, not them all.
         """
         if ticket is None:
-            return list(self.store.scan(collection).items())
+            return self.outbox.records(states)
         rounds = self.index.reopen_count(ticket)
         if rounds is None:
-            return []
-        found: list[tuple[str, Doc]] = []
-        for key in message_ids(ticket, rounds):
-            doc = self.store.get(collection, key)
-            if doc is not None:
-                found.append((key, doc))
-        return found
+            return {}
+        return self.outbox.records(states, message_ids(ticket, rounds))
 
     def deliveries(self, ticket: str | None = None, *, state: str | None = None) -> list[Doc]:
         """Outbox records (of one ticket, in one state): ``pending``, ``sent`` or ``failed``
@@ -421,10 +420,14 @@ class TicketService:
         only those.
         """
         found: list[Doc] = []
-        for collection, kept in ((OUTBOX, "pending"), (SENT, "sent"), (FAILED, "failed")):
-            if state not in (None, kept) and not (state == "retrying" and kept == "pending"):
-                continue
-            for key, doc in self._records(collection, ticket):
+        kinds: tuple[RecordState, ...] = ("pending", "sent", "failed")
+        wanted = [
+            kept
+            for kept in kinds
+            if state in (None, kept) or (state == "retrying" and kept == "pending")
+        ]
+        for kept, records in self._records(wanted, ticket).items():
+            for key, doc in records:
                 retrying = kept == "pending" and bool(doc.get("attempts"))
                 if state is None or state == kept or (state == "retrying" and retrying):
                     record = {**doc, "id": doc.get("id", key), "state": kept}
@@ -508,11 +511,7 @@ class TicketService:
 
     def _site_clock_ahead(self, site: str | None) -> float | None:
         """How far ahead the clock of a site's agent is, when one is."""
-        for agent in list(self.store.scan(AGENTS).values()):
-            clock = agent.get("clock") or {}
-            if agent.get("site_id") == site and clock.get("state") == "ahead":
-                return float(clock.get("skew_s") or 0)
-        return None
+        return self.inventory.site_clock_ahead(site)
 
     async def tick(self, now: datetime | None = None) -> None:
         """Time passes: hold times run out, reaction deadlines pass."""
@@ -739,18 +738,16 @@ class TicketService:
         return command
 
     def _asset(self, serial: str | None) -> Asset | None:
-        if serial is None:
-            return None
-        doc = self.store.get(ASSETS, serial)
-        return None if doc is None else Asset.from_doc(doc)
+        return None if serial is None else self.registry.asset(serial)
 
     def _refresh_site_name(self, ticket: Ticket) -> None:
-        site = None if ticket.site is None else self.store.get(SITES, ticket.site)
-        name = None if site is None else site.get("name")
-        ticket.site_name = name if isinstance(name, str) and name != ticket.site else None
+        name = None if ticket.site is None else self.inventory.site_name(ticket.site)
+        ticket.site_name = name if name is not None and name != ticket.site else None
         # W2, RMA: whom the desk contacts and where hardware goes; what the ticket was given
         # by hand stays, what it lacks comes from the site.
-        contact, address = site_contact(site), site_address(site)
+        contact, address = (
+            (None, None) if ticket.site is None else self.inventory.site_contacts(ticket.site)
+        )
         if contact is not None:
             ticket.reporter = (ticket.reporter or SiteContact()).merged(contact)
         if address is not None:
@@ -815,12 +812,9 @@ class TicketService:
             ticket.note(now, "held", missing=",".join(ticket.missing))
         return ticket
 
-    async def _save(self, ticket: Ticket, extra: Mapping[str, Doc] | None = None) -> None:
+    async def _save(self, ticket: Ticket) -> None:
         doc = ticket.as_document()
-        puts: dict[str, dict[str, Doc]] = {TICKETS: {ticket.id: doc}}
-        if extra:
-            puts[OUTBOX] = dict(extra)
-        seq = self.store.apply(puts)
+        seq = self.store.apply({TICKETS: {ticket.id: doc}})
         self.index.put(ticket.id, doc)
         await self.store.wait_durable(seq)
 
@@ -994,7 +988,7 @@ class TicketService:
         )
         entries = self.outbox.fresh(outbox_entries(message, channels=channels, now=self.clock()))
         if entries:
-            await self.store.wait_durable(self.store.apply({OUTBOX: entries}))
+            await self.outbox.enqueue(entries)
             self.worker.wake()
 
     def _on_delivered(self, entry: Doc, at: datetime) -> Mapping[str, Mapping[str, Doc]]:
@@ -1161,26 +1155,19 @@ class TicketService:
         moment = now or self.clock()
         self._pruned_at = moment
         cutoff = moment - self.settings.sent_retention
-        doomed: dict[str, list[str]] = {}
-        for collection, stamp in ((SENT, "sent_at"), (FAILED, "failed_at")):
-            for key, doc in list(self.store.scan(collection).items()):
-                when = doc.get(stamp)
-                if not isinstance(when, str) or datetime.fromisoformat(when) > cutoff:
-                    continue
-                ticket = str(doc.get("ticket_id"))
-                status, rounds = self.index.status(ticket), self.index.reopen_count(ticket)
-                finished = (
-                    status is None
-                    or status == TicketStatus.CLOSED.value
-                    or _round(str(doc.get("purpose", ""))) < (rounds or 0)
-                )
-                if finished:
-                    doomed.setdefault(collection, []).append(key)
-        if not doomed:
-            return 0
-        await self.store.wait_durable(self.store.apply({}, doomed))
-        count = sum(len(keys) for keys in doomed.values())
-        log.info("forgot %d delivery records of finished tickets", count)
+
+        def finished(record: Doc) -> bool:
+            ticket = str(record.get("ticket_id"))
+            status, rounds = self.index.status(ticket), self.index.reopen_count(ticket)
+            return (
+                status is None
+                or status == TicketStatus.CLOSED.value
+                or _round(str(record.get("purpose", ""))) < (rounds or 0)
+            )
+
+        count = await self.outbox.forget(cutoff, finished)
+        if count:
+            log.info("forgot %d delivery records of finished tickets", count)
         return count
 
     # -- admin actions ------------------------------------------------------------------
@@ -1329,14 +1316,16 @@ class TicketService:
             closed = ticket.status is TicketStatus.CLOSED
             stale = sorted(
                 entry_id
-                for entry_id, doc in self._records(OUTBOX, key)
+                for entry_id, doc in self._records(("pending",), key).get("pending", [])
                 if doc.get("ticket_id") == key
                 and (closed or str(doc.get("purpose", "")).startswith("escalation"))
             )
             if stale:
                 ticket.note(now, "dropped", entries=", ".join(stale))
             doc = ticket.as_document()
-            seq = self.store.apply({TICKETS: {ticket.id: doc}}, {OUTBOX: stale} if stale else None)
+            seq = self.store.apply(
+                {TICKETS: {ticket.id: doc}}, self.outbox.dropping(stale) if stale else None
+            )
             self.index.put(ticket.id, doc)
             await self.store.wait_durable(seq)
         return ticket
@@ -1352,9 +1341,10 @@ class TicketService:
             raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")
         # Deliveries given up on (e.g. a refused webhook, since fixed) may be tried again.
         given_up = [
-            entry_id for entry_id, doc in self._records(FAILED, key) if doc.get("ticket_id") == key
+            entry_id
+            for entry_id, doc in self._records(("failed",), key).get("failed", [])
+            if doc.get("ticket_id") == key
         ]
-        if given_up:
-            await self.store.wait_durable(self.store.apply({}, {FAILED: given_up}))
+        await self.outbox.retry(given_up)
         self._prepare_later(key)
         return ticket

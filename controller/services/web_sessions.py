@@ -19,15 +19,16 @@ from datetime import datetime, timedelta
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.services.access import AccessService, Principal, Role, token_digest
+from polyfleet.controller.settings.web import (
+    DEFAULT_KIOSK_SESSION_TTL_S,
+    DEFAULT_LINK_TTL_S,
+    DEFAULT_SESSION_TTL_S,
+)
 from polyfleet.controller.store.base import Doc, Store
 
 #: Store collections (documents keyed by the sha256 of the secret).
 SESSIONS = "web_sessions"
 SIGNIN_LINKS = "web_signin_links"
-
-DEFAULT_SESSION_TTL_S = 12 * 3600
-DEFAULT_KIOSK_SESSION_TTL_S = 30 * 24 * 3600
-DEFAULT_LINK_TTL_S = 600
 
 
 class SignInRefused(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from polyfleet.controller.services.email import DeliveryError
-from polyfleet.controller.services.ticket_config import WebhookSettings
+from polyfleet.controller.settings.tickets import WebhookSettings
 
 DELIVERY_HEADER = "X-Polyfleet-Delivery"
 

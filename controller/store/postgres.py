@@ -32,10 +32,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,9 +46,9 @@ from polyfleet.controller.store.base import (
     StoreError,
     StoreLocked,
     StoreUnavailable,
-    check_collection,
 )
 from polyfleet.controller.store.journal import encode_json
+from polyfleet.controller.store.memory import InMemoryCollections, StagedChange
 from polyfleet.shared.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -155,10 +154,6 @@ _LOCK_HOLDER = """
       AND granted
 """
 
-_EMPTY: Mapping[str, Doc] = MappingProxyType({})
-
-#: Called with ("commit", seconds) after each durable write, as the embedded store does.
-FlushObserver = Callable[[str, float], None]
 #: Called once when another controller took over the database.
 DeposedObserver = Callable[["StoreDeposed"], None]
 
@@ -206,7 +201,7 @@ def default_holder() -> str:
 
 
 #: One ``apply``'s changes as queued: collection -> key -> JSON, and collection -> keys gone.
-_Change = tuple[int, dict[str, dict[str, bytes]], dict[str, list[str]]]
+_Encoded = tuple[dict[str, dict[str, bytes]], dict[str, list[str]]]
 
 
 class _Batch:
@@ -218,10 +213,11 @@ class _Batch:
         self.puts: dict[str, dict[str, bytes]] = {}
         self.deletes: dict[str, set[str]] = {}
 
-    def add(self, change: _Change) -> None:
+    def add(self, seq: int, change: _Encoded) -> None:
         # Per collection, so that most of the work is done by dict and set methods: a batch
         # of ingestion holds tens of thousands of documents.
-        self.last_seq, puts, deletes = change
+        self.last_seq = seq
+        puts, deletes = change
         for collection, docs in puts.items():
             self.puts.setdefault(collection, {}).update(docs)
             self.deletes.get(collection, set()).difference_update(docs)
@@ -234,8 +230,11 @@ class _Batch:
             self.size += sum(map(len, keys))
 
 
-class PostgresStore:
-    """``Store`` over a PostgreSQL database; see the module docstring for the write path."""
+class PostgresStore(InMemoryCollections[_Encoded]):
+    """``Store`` over a PostgreSQL database; see the module docstring for the write path.
+
+    Flush observers are called with ("commit", seconds) after each durable write.
+    """
 
     def __init__(
         self,
@@ -251,6 +250,7 @@ class PostgresStore:
     ) -> None:
         if not is_postgres_url(url):
             raise StoreError(f"{redact_url(url)}: a store URL starts with postgresql://")
+        super().__init__()
         self.url = url
         self.shown_url = redact_url(url)
         self.holder = holder or default_holder()
@@ -260,18 +260,11 @@ class PostgresStore:
         self.heartbeat_s = heartbeat_s
         self.close_timeout_s = close_timeout_s
         self.migrations = migrations
-        self.flush_observers: list[FlushObserver] = []
         self.deposed_observers: list[DeposedObserver] = []
-        self._data: dict[str, dict[str, Doc]] = {}
         self._conn: asyncpg.Connection | None = None
         self._backend_pid: int | None = None
         self._watch: asyncpg.Connection | None = None
         self._term = 0
-        self._applied_seq = 0
-        self._durable_seq = 0
-        self._pending: list[_Change] = []
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Event()
         self._failed: BaseException | None = None
         self._closing = False
         self._opened = False
@@ -509,23 +502,6 @@ class PostgresStore:
             held=row["held"],
         )
 
-    # -- reads -------------------------------------------------------------------------------
-
-    def get(self, collection: str, key: str) -> Doc | None:
-        docs = self._data.get(collection)
-        return None if docs is None else docs.get(key)
-
-    def scan(self, collection: str) -> Mapping[str, Doc]:
-        docs = self._data.get(collection)
-        return _EMPTY if docs is None else MappingProxyType(docs)
-
-    def collections(self) -> list[str]:
-        """Names of the collections that hold documents (backups and copies list them)."""
-        return [name for name, docs in self._data.items() if docs]
-
-    def count(self, collection: str) -> int:
-        return len(self._data.get(collection, _EMPTY))
-
     # -- writes ------------------------------------------------------------------------------
 
     def _refuse_if_unwritable(self) -> None:
@@ -536,71 +512,25 @@ class PostgresStore:
         if not self._opened:
             raise StoreUnavailable(f"store {self.shown_url} is not open")
 
-    def apply(
-        self,
-        puts: Mapping[str, Mapping[str, Doc]],
-        deletes: Mapping[str, Iterable[str]] | None = None,
-        patches: Mapping[str, Mapping[str, Doc]] | None = None,
-        *,
-        handover: bool = False,
-    ) -> int:
-        self._refuse_if_unwritable()
-        staged: dict[str, dict[str, Doc]] = {}
-        for collection, docs in puts.items():
-            check_collection(collection)
-            if docs:
-                staged[collection] = (
-                    {_check_key(k): d for k, d in docs.items()}
-                    if handover
-                    else {_check_key(k): dict(d) for k, d in docs.items()}
-                )
-        for collection, changes in (patches or {}).items():
-            check_collection(collection)
-            if changes:
-                current = self._data.get(collection, _EMPTY)
-                merged = staged.setdefault(collection, {})
-                for key, changed in changes.items():
-                    key = _check_key(key)
-                    old = merged.get(key) or current.get(key)
-                    merged[key] = dict(changed) if old is None else {**old, **changed}
-        removed: dict[str, list[str]] = {}
-        for collection, keys in (deletes or {}).items():
-            check_collection(collection)
-            key_list = [_check_key(key) for key in keys]
-            if key_list:
-                removed[collection] = key_list
-        if not staged and not removed:
-            return self._applied_seq
-        # Encoding first: a document that is not JSON fails here, before anything changes.
+    def _key(self, key: object) -> str:
+        return _check_key(key)
+
+    def _keep(self, docs: Mapping[str, Doc], handover: bool) -> dict[str, Doc]:
+        if handover:
+            return {_check_key(k): d for k, d in docs.items()}
+        return {_check_key(k): dict(d) for k, d in docs.items()}
+
+    def _record(self, change: StagedChange) -> _Encoded:
         encoded = {
             collection: {key: encode_json(doc) for key, doc in docs.items()}
-            for collection, docs in staged.items()
+            for collection, docs in change.docs.items()
         }
-        for collection, docs in staged.items():
-            self._data.setdefault(collection, {}).update(docs)
-        for collection, key_list in removed.items():
-            target = self._data.get(collection)
-            if target is not None:
-                for key in key_list:
-                    target.pop(key, None)
-        self._applied_seq += 1
-        self._pending.append((self._applied_seq, encoded, removed))
-        self._wake.set()
-        return self._applied_seq
+        return encoded, change.deletes
 
     async def wait_durable(self, seq: int) -> None:
         while self._durable_seq < seq:
             self._refuse_if_unwritable()
             await self._progress.wait()
-
-    async def sync(self) -> None:
-        await self.wait_durable(self._applied_seq)
-
-    async def put_many(self, collection: str, docs: Mapping[str, Doc]) -> None:
-        await self.wait_durable(self.apply({collection: docs}))
-
-    async def delete(self, collection: str, key: str) -> None:
-        await self.wait_durable(self.apply({}, {collection: [key]}))
 
     async def checkpoint(self) -> None:
         """PostgreSQL checkpoints by itself; here, everything applied is made durable."""
@@ -611,8 +541,8 @@ class PostgresStore:
     def _take_batch(self) -> _Batch:
         batch = _Batch()
         taken = 0
-        for change in self._pending:
-            batch.add(change)
+        for seq, change in self._pending:
+            batch.add(seq, change)
             taken += 1
             if batch.size >= BATCH_BYTES:
                 break
@@ -769,14 +699,6 @@ class PostgresStore:
         self._notify()
         for observer in self.deposed_observers:
             observer(exc)
-
-    def _notify(self) -> None:
-        progress, self._progress = self._progress, asyncio.Event()
-        progress.set()
-
-    def _observe(self, kind: str, seconds: float) -> None:
-        for observer in self.flush_observers:
-            observer(kind, seconds)
 
 
 def decode_json(text: bytes) -> Any:

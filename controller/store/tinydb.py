@@ -33,9 +33,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 
 from tinydb import TinyDB
 from tinydb.storages import JSONStorage
@@ -51,7 +50,6 @@ from polyfleet.controller.store.base import (
     StoreHealth,
     StoreLocked,
     StoreUnavailable,
-    check_collection,
 )
 from polyfleet.controller.store.journal import (
     JournalWriteError,
@@ -62,6 +60,7 @@ from polyfleet.controller.store.journal import (
     journal_generations,
     read_journal,
 )
+from polyfleet.controller.store.memory import EMPTY, InMemoryCollections, StagedChange
 from polyfleet.shared.durable import move_into_place, write_atomically
 from polyfleet.shared.retry import Backoff
 
@@ -70,11 +69,9 @@ log = logging.getLogger(__name__)
 #: Documents per TinyDB file, so no single file write holds the interpreter for long.
 SHARD_DOCS = 4000
 _TABLE = "docs"
-_EMPTY: Mapping[str, Doc] = MappingProxyType({})
 _ABSENT = object()
-
-#: Called with ("journal" | "snapshot", seconds) after each durable write.
-FlushObserver = Callable[[str, float], None]
+#: A change as the journal writer takes it: the generation it belongs to, and its line.
+_JournalEntry = tuple[int, bytes]
 #: First wait before writing again after the disk refused a write; it doubles each time.
 RETRY_INITIAL_S = 0.1
 
@@ -127,8 +124,11 @@ def _journal_form(
     return whole, fields
 
 
-class TinyDBStore:
-    """``Store`` over a directory; see the module docstring for the write path."""
+class TinyDBStore(InMemoryCollections[_JournalEntry]):
+    """``Store`` over a directory; see the module docstring for the write path.
+
+    Flush observers are called with ("journal" | "snapshot", seconds) after each durable write.
+    """
 
     def __init__(
         self,
@@ -138,20 +138,14 @@ class TinyDBStore:
         journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES,
         retry_max_s: float = DEFAULT_WRITE_RETRY_MAX_S,
     ) -> None:
+        super().__init__()
         self.directory = directory
         self.snapshot_interval_s = snapshot_interval_s
         self.journal_max_bytes = journal_max_bytes
         self.retry_max_s = retry_max_s
         self._write_backoff = Backoff(first_s=RETRY_INITIAL_S, max_s=retry_max_s)
-        self.flush_observers: list[FlushObserver] = []
-        self._data: dict[str, dict[str, Doc]] = {}
         self._generation = 0
-        self._applied_seq = 0
-        self._durable_seq = 0
         self._snapshot_seq = 0
-        self._pending: list[tuple[int, int, bytes]] = []
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Event()
         self._checkpoint_wanted = asyncio.Event()
         self._checkpoint_lock = asyncio.Lock()
         #: What the disk refused last, while writes are failing (None: they are not).
@@ -259,102 +253,38 @@ class TinyDBStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # -- reads -------------------------------------------------------------------------------
-
-    def get(self, collection: str, key: str) -> Doc | None:
-        docs = self._data.get(collection)
-        return None if docs is None else docs.get(key)
-
-    def scan(self, collection: str) -> Mapping[str, Doc]:
-        docs = self._data.get(collection)
-        return _EMPTY if docs is None else MappingProxyType(docs)
-
-    def collections(self) -> list[str]:
-        """Names of the collections that hold documents (backups and copies list them)."""
-        return [name for name, docs in self._data.items() if docs]
-
-    def count(self, collection: str) -> int:
-        return len(self._data.get(collection, _EMPTY))
-
     # -- writes ------------------------------------------------------------------------------
 
-    def apply(
-        self,
-        puts: Mapping[str, Mapping[str, Doc]],
-        deletes: Mapping[str, Iterable[str]] | None = None,
-        patches: Mapping[str, Mapping[str, Doc]] | None = None,
-        *,
-        handover: bool = False,
-    ) -> int:
+    def _refuse_if_unwritable(self) -> None:
         if self._failure is not None:
             raise StoreUnavailable(self._refusal())
         if not self._opened:
             raise StoreUnavailable(f"store {self.directory} is not open")
-        put_record: dict[str, dict[str, Doc]] = {}
+
+    def _record(self, change: StagedChange) -> _JournalEntry:
         journal_puts: dict[str, dict[str, Doc]] = {}
         journal_fields: dict[str, dict[str, Doc]] = {}
-        for collection, docs in puts.items():
-            check_collection(collection)
-            if docs:
-                full = dict(docs) if handover else {str(k): dict(d) for k, d in docs.items()}
-                put_record[collection] = full
-                whole, fields = _journal_form(self._data.get(collection, _EMPTY), full)
-                if whole:
-                    journal_puts[collection] = whole
-                if fields:
-                    journal_fields[collection] = fields
-        for collection, changes in (patches or {}).items():
-            check_collection(collection)
-            if changes:
-                current = self._data.get(collection, _EMPTY)
-                merged = put_record.setdefault(collection, {})
-                fields = journal_fields.setdefault(collection, {})
-                for key, changed in changes.items():
-                    key = str(key)
-                    old = merged.get(key) or current.get(key)
-                    # The caller names what changed: no comparison of whole documents here.
-                    merged[key] = dict(changed) if old is None else {**old, **changed}
-                    # Only encoded (below, before this returns): no copy of the caller's dict.
-                    fields[key] = {**fields[key], **changed} if key in fields else changed
-        delete_record: dict[str, list[str]] = {}
-        for collection, keys in (deletes or {}).items():
-            check_collection(collection)
-            key_list = [str(key) for key in keys]
-            if key_list:
-                delete_record[collection] = key_list
-        if not put_record and not delete_record:
-            return self._applied_seq
-        record: dict[str, object] = {"p": journal_puts, "d": delete_record}
+        for collection, given in change.puts.items():
+            whole, fields = _journal_form(self._data.get(collection, EMPTY), given)
+            if whole:
+                journal_puts[collection] = whole
+            if fields:
+                journal_fields[collection] = fields
+        for collection, changes in change.patches.items():
+            fields = journal_fields.setdefault(collection, {})
+            for key, changed in changes.items():
+                # Only encoded (below, before apply returns): no copy of the caller's dict.
+                fields[key] = {**fields[key], **changed} if key in fields else changed
+        record: dict[str, object] = {"p": journal_puts, "d": change.deletes}
         if journal_fields:
             record["u"] = journal_fields
-        # Encoding first: a document that is not JSON fails here, before anything changes.
-        line = encode_line(record)
-        for collection, docs in put_record.items():
-            self._data.setdefault(collection, {}).update(docs)
-        for collection, key_list in delete_record.items():
-            target = self._data.get(collection)
-            if target is not None:
-                for key in key_list:
-                    target.pop(key, None)
-        self._applied_seq += 1
-        self._pending.append((self._applied_seq, self._generation, line))
-        self._wake.set()
-        return self._applied_seq
+        return self._generation, encode_line(record)
 
     async def wait_durable(self, seq: int) -> None:
         while self._durable_seq < seq:
             if self._failure is not None:
                 raise StoreUnavailable(self._refusal())
             await self._progress.wait()
-
-    async def sync(self) -> None:
-        await self.wait_durable(self._applied_seq)
-
-    async def put_many(self, collection: str, docs: Mapping[str, Doc]) -> None:
-        await self.wait_durable(self.apply({collection: docs}))
-
-    async def delete(self, collection: str, key: str) -> None:
-        await self.wait_durable(self.apply({}, {collection: [key]}))
 
     # -- background writers ------------------------------------------------------------------
 
@@ -367,9 +297,7 @@ class TinyDBStore:
                 batch, self._pending = self._pending, []
                 started = time.perf_counter()
                 try:
-                    await asyncio.to_thread(
-                        self._journal.write, [(gen, line) for _, gen, line in batch]
-                    )
+                    await asyncio.to_thread(self._journal.write, [entry for _, entry in batch])
                 except JournalWriteError as exc:
                     if exc.done:
                         self._durable_seq = batch[exc.done - 1][0]
@@ -449,14 +377,6 @@ class TinyDBStore:
             not_durable=self._applied_seq - self._durable_seq if self._failure else 0,
             write_failures=self._write_failures,
         )
-
-    def _notify(self) -> None:
-        progress, self._progress = self._progress, asyncio.Event()
-        progress.set()
-
-    def _observe(self, kind: str, seconds: float) -> None:
-        for observer in self.flush_observers:
-            observer(kind, seconds)
 
     async def _snapshot_loop(self) -> None:
         while True:

@@ -20,10 +20,9 @@ from polyfleet.controller.services.device_table import (
     DeviceRows,
     csv_row,
 )
-from polyfleet.controller.web.keys import SETTINGS
+from polyfleet.controller.settings.web import MAX_PAGE_SIZE
 from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import dashboard_caller, page
-from polyfleet.controller.web.settings import MAX_PAGE_SIZE
 from polyfleet.controller.web.timeline import timeline
 from polyfleet.shared.schema import HealthState, Model, Provider
 
@@ -37,7 +36,7 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _paging(request: web.Request) -> tuple[int, int]:
     """(page, per page) from the address; InvalidInput names a bad value."""
-    default = request.app[SETTINGS].page_size
+    default = request.app[CORE].web.page_size
     per_text, page_text = request.query.get("per_page", ""), request.query.get("page", "")
     if per_text and (not per_text.isdigit() or not 1 <= int(per_text) <= MAX_PAGE_SIZE):
         raise InvalidInput("per_page", f"per_page must be a whole number 1..{MAX_PAGE_SIZE}")
@@ -63,7 +62,7 @@ def _options(request: web.Request) -> dict[str, Any]:
 @page("Devices: a filterable, sortable, paged table")
 async def devices_page(request: web.Request) -> web.Response:
     error: str | None = None
-    page_number, per_page = 1, request.app[SETTINGS].page_size
+    page_number, per_page = 1, request.app[CORE].web.page_size
     query = DeviceQuery()
     found = DeviceRows(rows=[], total=0)
     flags: dict[str, tuple[str, ...]] = {}
@@ -142,7 +141,7 @@ async def device_page(request: web.Request) -> web.Response:
             "nav": "devices",
             "live": True,
             "d": found.detail,
-            "zone": site.get("timezone") or request.app[SETTINGS].timezone,
+            "zone": site.get("timezone") or request.app[CORE].web.timezone,
             "site": site,
             "host": found.host,
             "cameras": found.cameras,

@@ -6,7 +6,6 @@ from aiohttp import web
 
 from polyfleet.controller.features import overview
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render
 from polyfleet.controller.web.security import dashboard_caller, page
 
@@ -20,7 +19,7 @@ async def kiosk_page(request: web.Request) -> web.Response:
         "kiosk.html",
         {
             "live": True,
-            "live_every": request.app[SETTINGS].kiosk_refresh_s,
+            "live_every": request.app[CORE].web.kiosk_refresh_s,
             "o": data,
             "zones": zones,
             "kiosk": True,

@@ -16,10 +16,10 @@ from aiohttp import web
 from markupsafe import Markup
 
 from polyfleet.controller.domain.tickets import MODEL_NAMES, contract_flag_text, fault_text
-from polyfleet.controller.keys import CLOCK
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.web.i18n import Translator, negotiate
-from polyfleet.controller.web.keys import SESSION, SETTINGS, STATIC_VERSION
+from polyfleet.controller.web.keys import SESSION, STATIC_VERSION
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -160,7 +160,7 @@ def setup_templates(app: web.Application) -> None:
 
 def page_context(request: web.Request) -> dict[str, Any]:
     """What every page needs: who is signed in, the language, now, the CSRF token."""
-    settings = request.app[SETTINGS]
+    settings = request.app[CORE].web
     session = request.get(SESSION)
     t = Translator(negotiate(request.headers.get("Accept-Language")))
     return {
@@ -169,7 +169,7 @@ def page_context(request: web.Request) -> dict[str, Any]:
         "_": t.gettext,
         "ngettext": t.ngettext,
         "lang": t.language,
-        "now": request.app[CLOCK](),
+        "now": request.app[CORE].clock(),
         "default_zone": settings.timezone,
         "session": session,
         "is_admin": session is not None and session.principal.role is Role.ADMIN,

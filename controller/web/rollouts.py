@@ -21,7 +21,6 @@ from polyfleet.controller.features.caller import Permission
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.rollout import RolloutConflict
-from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render
 from polyfleet.controller.web.security import dashboard_caller, form_of, page
 from polyfleet.shared.schema import Model
@@ -127,7 +126,7 @@ def _rollout_page(
     rollout = rollouts.rollout(core, caller, rollout_id)
     progress = rollouts.rollout_status(core, caller, rollout_id)
     zones = {
-        site["id"]: str(site.get("timezone") or request.app[SETTINGS].timezone)
+        site["id"]: str(site.get("timezone") or request.app[CORE].web.timezone)
         for site in sites.list_sites(core, caller)
     }
     by_wave: dict[int | None, list[dict[str, Any]]] = {}

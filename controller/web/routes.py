@@ -24,7 +24,7 @@ from polyfleet.controller.web import (
     signin,
     tickets,
 )
-from polyfleet.controller.web.keys import SESSIONS, SETTINGS, STATIC_VERSION
+from polyfleet.controller.web.keys import STATIC_VERSION
 from polyfleet.controller.web.render import setup_templates
 from polyfleet.controller.web.security import page, page_middleware
 from polyfleet.shared.periodic import Periodic
@@ -60,7 +60,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 
 async def _prune_sessions(app: web.Application) -> AsyncIterator[None]:
-    sessions = app[SESSIONS]
+    sessions = app[CORE].sessions
 
     async def prune() -> None:
         forgotten = await sessions.prune()
@@ -79,8 +79,6 @@ async def _prune_sessions(app: web.Application) -> AsyncIterator[None]:
 
 
 def register(app: web.Application) -> None:
-    app[SETTINGS] = app[CORE].web
-    app[SESSIONS] = app[CORE].sessions
     app[STATIC_VERSION] = static_version()
     setup_templates(app)
     # Innermost: runs after the API's error and bearer middlewares have let a page by.

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -22,15 +22,15 @@ from aiohttp.web_urldispatcher import MatchInfoError
 from multidict import MultiDict, MultiDictProxy
 
 from polyfleet.controller.errors import NotAllowed, Refused
-from polyfleet.controller.features.caller import Caller, record
+from polyfleet.controller.features.caller import Caller
 from polyfleet.controller.http.errors import Handler
 from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
-from polyfleet.controller.services.audit import AuditAction, Origin
+from polyfleet.controller.services.audit import Origin
 from polyfleet.controller.services.web_sessions import WebSession
 from polyfleet.controller.store.base import StoreUnavailable
-from polyfleet.controller.web.keys import SESSION, SESSIONS
+from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
 
 log = logging.getLogger(__name__)
@@ -136,20 +136,6 @@ def dashboard_caller(request: web.Request, session: WebSession | None = None) ->
     return Caller.of(acting.principal, origin, via="dashboard")
 
 
-async def audit_action(
-    request: web.Request,
-    action: AuditAction,
-    target: str,
-    details: Mapping[str, Any] | None = None,
-    *,
-    site: str | None = None,
-    session: WebSession | None = None,
-) -> None:
-    """Record a dashboard action done by the signed-in token (or by ``session``'s)."""
-    caller = dashboard_caller(request, session)
-    await record(request.app[CORE], caller, action, target, details, site=site)
-
-
 def page_spec(handler: object) -> PageSpec | None:
     found = getattr(handler, _PAGE, None)
     return found if isinstance(found, PageSpec) else None
@@ -245,7 +231,9 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if isinstance(match, MatchInfoError):
         if match.http_exception.status == 404 and _browser_page(request):
             # A mistyped dashboard address gets a page, not the API's JSON.
-            request[SESSION] = request.app[SESSIONS].find(request.cookies.get(SESSION_COOKIE, ""))
+            request[SESSION] = request.app[CORE].sessions.find(
+                request.cookies.get(SESSION_COOKIE, "")
+            )
             response: web.StreamResponse = error_page(
                 request, 404, translator(request).gettext("There is no such page.")
             )
@@ -264,7 +252,7 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
 async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> web.StreamResponse:
     t = translator(request)
     try:
-        session = request.app[SESSIONS].find(request.cookies.get(SESSION_COOKIE, ""))
+        session = request.app[CORE].sessions.find(request.cookies.get(SESSION_COOKIE, ""))
         request[SESSION] = session
         if spec.roles:
             if session is None:
@@ -291,7 +279,7 @@ async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> we
                 if not (
                     _same_origin(request)
                     and isinstance(token, str)
-                    and request.app[SESSIONS].csrf_ok(session, token)
+                    and request.app[CORE].sessions.csrf_ok(session, token)
                 ):
                     forged = t.gettext("The form had expired or came from another site; try again.")
                     return error_page(request, 403, forged)

@@ -9,17 +9,19 @@ import secrets
 from aiohttp import web
 
 from polyfleet.controller.features.access import SIGNIN_LINK_PATH
+from polyfleet.controller.features.caller import record
 from polyfleet.controller.http.errors import ApiError
 from polyfleet.controller.http.spec import PUBLIC, READERS
 from polyfleet.controller.http.throttle import AUTH_LIMITER, client_address
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.services.web_sessions import SignInRefused, WebSession
-from polyfleet.controller.web.keys import SESSION, SESSIONS
+from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import (
     SIGNIN_COOKIE,
-    audit_action,
     clear_session_cookie,
+    dashboard_caller,
     form_of,
     page,
     safe_next,
@@ -109,7 +111,7 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
         response.headers.update(exc.headers)
         return response
     try:
-        cookie, session = await request.app[SESSIONS].sign_in(token, kiosk=kiosk)
+        cookie, session = await request.app[CORE].sessions.sign_in(token, kiosk=kiosk)
     except SignInRefused as exc:
         limiter.spend(address)
         log.warning("dashboard sign-in refused from %s: %s", address, exc)
@@ -122,7 +124,8 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
     )
     details = {"with": "token", "kiosk": kiosk, "expires_at": session.expires_at.isoformat()}
     target_token = f"token:{session.principal.token_id}"
-    await audit_action(request, AuditAction.SESSION_SIGNIN, target_token, details, session=session)
+    caller = dashboard_caller(request, session)
+    await record(request.app[CORE], caller, AuditAction.SESSION_SIGNIN, target_token, details)
     return _signed_in(session, cookie, target)
 
 
@@ -144,8 +147,9 @@ def _refusal_text(request: web.Request, exc: SignInRefused) -> str:
 async def signout(request: web.Request) -> web.StreamResponse:
     session = request[SESSION]
     assert session is not None
-    await request.app[SESSIONS].sign_out(session)
-    await audit_action(request, AuditAction.SESSION_SIGNOUT, f"token:{session.principal.token_id}")
+    await request.app[CORE].sessions.sign_out(session)
+    target = f"token:{session.principal.token_id}"
+    await record(request.app[CORE], dashboard_caller(request), AuditAction.SESSION_SIGNOUT, target)
     response = web.Response(status=303, headers={"Location": "/signin"})
     clear_session_cookie(response)
     return response
@@ -154,7 +158,7 @@ async def signout(request: web.Request) -> web.StreamResponse:
 @page("A one-time sign-in link: who it signs in, and a button to use it", roles=PUBLIC)
 async def link_page(request: web.Request) -> web.StreamResponse:
     code = request.query.get("code", "")
-    principal = request.app[SESSIONS].link_principal(code)
+    principal = request.app[CORE].sessions.link_principal(code)
     nonce = _nonce(request)
     response = render(
         request,
@@ -176,7 +180,7 @@ async def link_submit(request: web.Request) -> web.StreamResponse:
         )
     code = form.get("code")
     try:
-        cookie, session = await request.app[SESSIONS].redeem_link(
+        cookie, session = await request.app[CORE].sessions.redeem_link(
             code if isinstance(code, str) else ""
         )
     except SignInRefused as exc:
@@ -188,7 +192,8 @@ async def link_submit(request: web.Request) -> web.StreamResponse:
     )
     details = {"with": "one-time link", "expires_at": session.expires_at.isoformat()}
     target_token = f"token:{session.principal.token_id}"
-    await audit_action(request, AuditAction.SESSION_SIGNIN, target_token, details, session=session)
+    caller = dashboard_caller(request, session)
+    await record(request.app[CORE], caller, AuditAction.SESSION_SIGNIN, target_token, details)
     return _signed_in(session, cookie, "/")
 
 

@@ -11,7 +11,6 @@ from polyfleet.controller.http.files import download
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import Doc
-from polyfleet.controller.web.keys import SETTINGS
 from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import dashboard_caller, form_of, page
 
@@ -21,7 +20,7 @@ CONFIRMED = frozenset({"close"})
 
 def _zones(request: web.Request, found: list[Doc]) -> dict[str, str]:
     """Each site's time zone, which its tickets' moments are shown in."""
-    default = request.app[SETTINGS].timezone
+    default = request.app[CORE].web.timezone
     return {site["id"]: str(site.get("timezone") or default) for site in found}
 
 
@@ -59,7 +58,7 @@ def _ticket_page(
     ticket = view.ticket
     t = translator(request)
     zones = _zones(request, sites.list_sites(core, caller))
-    zone = zones.get(ticket.site or "", request.app[SETTINGS].timezone)
+    zone = zones.get(ticket.site or "", request.app[CORE].web.timezone)
     return render(
         request,
         "ticket.html",

@@ -1,42 +1,14 @@
-"""Helpers for agent tests: agent configs and pollers pointed at lab devices."""
+"""Agent test tools: pollers, a recording controller, a stand-in credential, a cuttable link."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
+from polyfleet.agent.config import AgentConfig
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.poller import Poller
-from polyfleet.simulator.device import SimDevice
-
-
-def device_config(device: SimDevice, password_file: Path, **overrides: Any) -> DeviceConfig:
-    fields: dict[str, Any] = {
-        "host": device.address,
-        "rest_port": device.rest_port,
-        "ssh_port": device.ssh_port,
-        "user": "admin",
-        "password": Secret(file=password_file, origin="test"),
-    }
-    fields.update(overrides)
-    return DeviceConfig(**fields)
-
-
-def agent_config(tmp_path: Path, devices: list[DeviceConfig], **overrides: Any) -> AgentConfig:
-    fields: dict[str, Any] = {
-        "data_dir": tmp_path / "agent",
-        "devices": tuple(devices),
-        "poll_interval_s": 60.0,
-        "jitter_s": 0.0,
-        "device_timeout_s": 5.0,
-        # Many agents run at once in tests: each takes a free port for its status.
-        "status_listen": "127.0.0.1:0",
-    }
-    fields.update(overrides)
-    return AgentConfig(**fields)
 
 
 def make_poller(config: AgentConfig, http: aiohttp.ClientSession, **kwargs: Any) -> Poller:
@@ -99,45 +71,6 @@ class RecordingController:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-def write_credential(path: Path, url: str) -> None:
-    from polyfleet.agent.uplink import Credential
-
-    Credential(
-        controller_url=url,
-        agent_id="agent-1",
-        site_id="test-site",
-        token="t" * 32,
-        poll_interval_s=60,
-    ).save(path)
-
-
-async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    """Wait until ``predicate()`` is true, checking often; fail after ``timeout`` seconds."""
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)  # waits-for: polling a condition with a deadline
-
-
-async def wait_for_async(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Await ``predicate()`` until it gives something truthy, and return that (with a deadline)."""
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)  # waits-for: polling a condition with a deadline
 
 
 class SwitchableLink:

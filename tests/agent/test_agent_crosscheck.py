@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import SwitchableLink, agent_config, device_config, make_poller
+from agent_testkit import SwitchableLink, make_poller
+from testkit.site_agents import agent_config, device_config
 
 from polyfleet.agent.pins import PinStore
 from polyfleet.shared.schema import HealthState, ProblemCode

@@ -9,13 +9,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, wait_for_async
+from testkit.site_agents import agent_config, device_config
+from testkit.waiting import wait_until
 
 from polyfleet.agent.config import load_config
 from polyfleet.agent.service import AgentService, enroll
 from polyfleet.agent.uplink import ControllerUnavailable, Credential, Uplink
 from polyfleet.controller.active import LEADERSHIP
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import PROTOCOL_VERSION, ReportBatch
@@ -83,7 +83,7 @@ async def test_uplink_moves_to_the_url_a_standby_names(
         async def standby_names_the_active_one() -> bool:
             return standby.app[LEADERSHIP].active_url == active.url
 
-        await wait_for_async(standby_names_the_active_one, what="the standby to name the active")
+        await wait_until(standby_names_the_active_one, what="the standby to name the active")
         stranger = Uplink([standby.url, "http://127.0.0.1:9"], session=http, token=credential.token)
         with caplog.at_level(logging.WARNING), pytest.raises(ControllerUnavailable):
             await stranger.post_batch(one_report("X50-NEVER", "never-0001"))
@@ -133,12 +133,12 @@ async def test_agent_follows_the_takeover_and_loses_no_report(
             async def at_first() -> bool:
                 return serials <= await devices_at(active)
 
-            await wait_for_async(at_first, what="devices at the active controller")
+            await wait_until(at_first, what="devices at the active controller")
         finally:
             # The active controller goes away; the standby takes the database over.
             await first.aclose()
         try:
-            await wait_for_async(
+            await wait_until(
                 lambda: _became_active(standby), timeout=60, what="the standby taking over"
             )
             standby.admin_token = await _admin_token(standby)
@@ -148,8 +148,8 @@ async def test_agent_follows_the_takeover_and_loses_no_report(
                 newest = {serial: await _newest(standby, serial) for serial in serials}
                 return all(newest[serial] > taken_over[serial] for serial in serials)
 
-            await wait_for_async(newer_at_second, timeout=60, what="reports at the new one")
-            await wait_for_async(
+            await wait_until(newer_at_second, timeout=60, what="reports at the new one")
+            await wait_until(
                 lambda: _empty(service), timeout=60, what="the agent's outbox to empty"
             )
         finally:
@@ -176,7 +176,7 @@ def _cameras(lab: Any) -> set[str]:
 
 
 async def _admin_token(controller: RunningController) -> str:
-    token, _ = await controller.app[ACCESS].create_token(Role.ADMIN, "after the takeover")
+    token, _ = await controller.core.access.create_token(Role.ADMIN, "after the takeover")
     return token
 
 

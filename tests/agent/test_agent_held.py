@@ -5,63 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, wait_for, wait_for_async
+from testkit.reports import report_as_new_agent, typed_snapshot
+from testkit.site_agents import agent_config, device_config, start_enrolled_agent
+from testkit.waiting import wait_until
 
 from polyfleet.agent.held import HeldReports
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential, Uplink
+from polyfleet.agent.uplink import Uplink
 from polyfleet.cli import main
-from polyfleet.controller.keys import INVENTORY
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
-    PROTOCOL_VERSION,
-    Firmware,
-    Health,
-    HealthState,
     Model,
     Provider,
-    Report,
-    ReportBatch,
     Snapshot,
-    Via,
 )
 from polyfleet.simulator.testing import make_device
-
-
-async def register_at(controller: RunningController, site: str, serials: list[str]) -> None:
-    """Make the controller know ``serials`` at ``site`` (as that site's own agent would)."""
-    enrolled = await controller.enroll(site, agent_name=f"{site}-agent")
-    now = datetime.now(UTC)
-    reports = [
-        Report(
-            id=f"seed-{site}-{serial}",
-            snapshot=Snapshot(
-                serial=serial,
-                model=Model.STUDIO_X50,
-                firmware=Firmware(version="4.2.2", build="408037"),
-                provider=Provider.TEAMS,
-                health=Health(state=HealthState.OK),
-                collected_at=now,
-                via=Via.REST,
-            ),
-        )
-        for serial in serials
-    ]
-    async with aiohttp.ClientSession() as http:
-        uplink = Uplink(controller.url, session=http, token=enrolled.token)
-        await uplink.post_batch(ReportBatch(protocol_version=PROTOCOL_VERSION, reports=reports))
 
 
 async def start_agent(
     controller: RunningController, site: str, lab: Any, password_file: Path, tmp_path: Path
 ) -> AgentService:
-    enrolled = await controller.enroll(site)
     config = agent_config(
         tmp_path,
         [device_config(d, password_file) for d in lab.devices.values()],
@@ -71,16 +39,7 @@ async def start_agent(
         backoff_max_s=0.2,
         held_retry_s=0.3,
     )
-    Credential(
-        controller_url=controller.url,
-        agent_id=enrolled.agent_id,
-        site_id=enrolled.site_id,
-        token=enrolled.token,
-        poll_interval_s=enrolled.poll_interval_s,
-    ).save(config.credential_path)
-    service = AgentService(config)
-    await service.start()
-    return service
+    return await start_enrolled_agent(controller, site, config)
 
 
 async def stored_ids(controller: RunningController, serial: str) -> list[str]:
@@ -106,7 +65,9 @@ async def test_device_at_other_site_is_held_until_moved(
         [make_device("HELDX1"), make_device("OWNB1"), make_device("OWNB2", model="g7500")]
     )
     async with running_controller(tmp_path / "ctl", report_history=10_000) as controller:
-        await register_at(controller, "site-a", ["HELDX1"])
+        # Site A's own agent reported HELDX1 first: the controller knows it there.
+        seed = typed_snapshot("HELDX1", version="4.2.2", build="408037")
+        await report_as_new_agent(controller, "site-a", seed, agent_name="site-a-agent")
         service = await start_agent(controller, "site-b", lab, password_file, tmp_path)
         try:
 
@@ -114,9 +75,9 @@ async def test_device_at_other_site_is_held_until_moved(
                 ids = [await stored_ids(controller, s) for s in ("OWNB1", "OWNB2")]
                 return all(len(i) >= 3 for i in ids) and len(service.held) >= 3
 
-            await wait_for_async(others_arrived, what="site B's other devices reporting")
+            await wait_until(others_arrived, what="site B's other devices reporting")
             assert service.held.serials == {"HELDX1"}
-            assert await stored_ids(controller, "HELDX1") == ["seed-site-a-HELDX1"]
+            assert await stored_ids(controller, "HELDX1") == ["report-HELDX1"]
             lines = [r.getMessage() for r in caplog.records if "HELDX1" in r.getMessage()]
             refused = [line for line in lines if "refused" in line]
             assert len(refused) == 1, lines  # one clear line, not one per batch
@@ -144,8 +105,8 @@ async def test_device_at_other_site_is_held_until_moved(
                     f"{controller.url}/api/v1/devices/HELDX1/move", json={"site": "site-b"}
                 ) as resp:
                     assert resp.status == 200, await resp.text()
-            await wait_for(lambda: len(service.held) == 0, what="held reports delivered")
-            await wait_for_async(
+            await wait_until(lambda: len(service.held) == 0, what="held reports delivered")
+            await wait_until(
                 lambda: _has_more(controller, "HELDX1", len(held_ids) + 2),
                 what="HELDX1 reporting normally after the move",
             )
@@ -155,7 +116,7 @@ async def test_device_at_other_site_is_held_until_moved(
         assert len(ids) == len(set(ids)), "a report stored twice"
         assert held_ids <= set(ids)
         # Nothing the controller stored was ever sent to it again.
-        assert controller.app[INVENTORY].stats.duplicates == 0
+        assert controller.core.inventory.stats.duplicates == 0
 
 
 async def _has_more(controller: RunningController, serial: str, count: int) -> bool:
@@ -171,15 +132,7 @@ async def test_held_reports_survive_a_restart(tmp_path: Path) -> None:
     held = HeldReports(tmp_path / "held")
     await held.open()
     try:
-        snapshot = Snapshot(
-            serial="KEEP1",
-            model=Model.STUDIO_X30,
-            firmware=Firmware(version="4.2.2"),
-            provider=Provider.POLY,
-            health=Health(state=HealthState.OK),
-            collected_at=datetime.now(UTC),
-            via=Via.REST,
-        )
+        snapshot = snapshot_of("KEEP1")
         first = await outbox.put(snapshot)
         second = await outbox.put(snapshot.model_copy(update={"in_call": True}))
         assert first is not None and second is not None
@@ -203,15 +156,9 @@ async def test_held_reports_survive_a_restart(tmp_path: Path) -> None:
 
 
 def snapshot_of(serial: str, name: str = "") -> Snapshot:
-    return Snapshot(
-        serial=serial,
-        model=Model.STUDIO_X30,
-        system_name=name,
-        firmware=Firmware(version="4.2.2"),
-        provider=Provider.POLY,
-        health=Health(state=HealthState.OK),
-        collected_at=datetime.now(UTC),
-        via=Via.REST,
+    """A healthy X30 as the agent saw it just now."""
+    return typed_snapshot(
+        serial, model=Model.STUDIO_X30, version="4.2.2", provider=Provider.POLY, system_name=name
     )
 
 

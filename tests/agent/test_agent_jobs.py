@@ -10,9 +10,11 @@ from typing import Any, Literal
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, make_poller, wait_for
+from agent_testkit import make_poller
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
+from testkit.site_agents import agent_config, device_config
+from testkit.waiting import wait_until
 
 from polyfleet.agent.jobs import JobRunner
 from polyfleet.agent.uplink import ControllerRefused, Uplink
@@ -47,7 +49,7 @@ async def test_wedged_unit_is_rebooted_over_ssh_but_not_in_a_call(
     await device.end_call()
     done = await runner.execute(job("WREBOOT", JobKind.REBOOT))
     assert done.status == "done", done.detail
-    await wait_for(
+    await wait_until(
         lambda: device.power == "on" and not device.has_fault("wedged"), what="unit back up"
     )
     host, _camera = await poller.poll_device(key)

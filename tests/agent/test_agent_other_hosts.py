@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, make_poller
+from agent_testkit import make_poller
+from testkit.site_agents import agent_config
 
 from polyfleet.agent.config import DeviceConfig, Secret
 from polyfleet.simulator.fleet import DeviceSpec, FleetSpec, OtherHostSpec, RoomSpec, SiteSpec

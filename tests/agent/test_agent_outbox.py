@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from testkit.reports import typed_snapshot
 
 from polyfleet.agent.outbox import Entry, Outbox, OutboxFullError
 from polyfleet.shared.schema import (
-    Firmware,
-    Health,
-    HealthState,
     Model,
-    Problem,
     ProblemCode,
     Provider,
     Snapshot,
-    Via,
 )
 
 
 def snap(serial: str, problem: ProblemCode | None = None, uptime: float = 1.0) -> Snapshot:
-    problems = [Problem(code=problem)] if problem else []
-    return Snapshot(
-        serial=serial,
+    return typed_snapshot(
+        serial,
+        *([problem] if problem else []),
         model=Model.STUDIO_X30,
-        firmware=Firmware(version="4.2.2", build="408037"),
+        version="4.2.2",
+        build="408037",
         provider=Provider.POLY,
-        health=Health.from_problems(problems) if problems else Health(state=HealthState.OK),
         uptime_s=uptime,
-        collected_at=datetime.now(UTC),
-        via=Via.REST,
     )
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, make_poller
+from agent_testkit import make_poller
+from testkit.site_agents import agent_config, device_config
 
 from polyfleet.agent.drivers.videoos import problems_from_status
 from polyfleet.agent.outbox import Outbox

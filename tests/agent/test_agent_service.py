@@ -13,13 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import (
-    RecordingController,
-    agent_config,
-    device_config,
-    wait_for,
-    write_credential,
-)
+from agent_testkit import RecordingController
+from testkit.site_agents import agent_config, device_config, write_credential
+from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
 from polyfleet.simulator.testing import make_device
@@ -44,10 +40,10 @@ async def test_controller_outage_every_report_delivered_once(
     service = AgentService(config)
     await service.start()
     try:
-        await wait_for(lambda: len(service.outbox) >= 12, what="reports spooled while down")
+        await wait_until(lambda: len(service.outbox) >= 12, what="reports spooled while down")
         taken_while_down = {e.report_id for e in service.outbox.peek(500) if e.kind == "report"}
         controller.up = True
-        await wait_for(lambda: taken_while_down <= set(controller.received), what="delivery")
+        await wait_until(lambda: taken_while_down <= set(controller.received), what="delivery")
     finally:
         await service.stop()
         await controller.stop()
@@ -110,7 +106,9 @@ async def test_kill_9_and_restart_loses_nothing(
     argv = [sys.executable, "-P", "-m", "polyfleet", "agent", "run", "--config", str(toml)]
     first = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.DEVNULL)
     try:
-        await wait_for(lambda: len(spooled_ids(data_dir / "outbox")) >= 10, what="spooled reports")
+        await wait_until(
+            lambda: len(spooled_ids(data_dir / "outbox")) >= 10, what="spooled reports"
+        )
     finally:
         os.kill(first.pid, signal.SIGKILL)
         await first.wait()
@@ -118,7 +116,7 @@ async def test_kill_9_and_restart_loses_nothing(
     controller.up = True
     second = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.DEVNULL)
     try:
-        await wait_for(lambda: taken <= set(controller.received), what="delivery after restart")
+        await wait_until(lambda: taken <= set(controller.received), what="delivery after restart")
     finally:
         second.send_signal(signal.SIGTERM)
         await second.wait()
@@ -178,7 +176,7 @@ async def test_stop_mid_poll_is_quiet_and_logs_out(
     service = AgentService(config)
     await service.start()
     try:
-        await wait_for(
+        await wait_until(
             lambda: all(d.sessions for d in lab.devices.values()), what="polls logged in"
         )
     finally:

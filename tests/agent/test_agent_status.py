@@ -10,11 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, wait_for_async
+from testkit.site_agents import agent_config, device_config, start_enrolled_agent
+from testkit.waiting import wait_until
 
 from polyfleet.agent.config import load_config
-from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.cli import main
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.errors import ConfigError
@@ -34,7 +33,6 @@ async def test_running_agent_answers_status_metrics_and_the_cli(
     lab = await lab_factory([make_device("STATUS1")])
     device = lab.devices["STATUS1"]
     async with running_controller(tmp_path / "ctl") as controller:
-        enrolled = await controller.enroll("krk")
         config = agent_config(
             tmp_path,
             [device_config(device, password_file)],
@@ -43,15 +41,7 @@ async def test_running_agent_answers_status_metrics_and_the_cli(
             send_interval_s=0.05,
             agent_name="krk-agent",
         )
-        Credential(
-            controller_url=controller.url,
-            agent_id=enrolled.agent_id,
-            site_id=enrolled.site_id,
-            token=enrolled.token,
-            poll_interval_s=enrolled.poll_interval_s,
-        ).save(config.credential_path)
-        service = AgentService(config)
-        await service.start()
+        service = await start_enrolled_agent(controller, "krk", config)
         try:
             url = service.status_server.url
             assert url.startswith("http://127.0.0.1:")
@@ -63,7 +53,7 @@ async def test_running_agent_answers_status_metrics_and_the_cli(
                     ok = doc["uplink"]["ok"] and doc["devices"]["answering"] == 1
                     return doc if ok else None
 
-                doc = await wait_for_async(healthy, what="a healthy status")
+                doc = await wait_until(healthy, what="a healthy status")
                 async with http.get(url + "/metrics") as resp:
                     metrics = await resp.text()
             assert doc["healthy"] is True and doc["problems"] == []

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from agent_testkit import SwitchableLink, agent_config, device_config, wait_for, wait_for_async
+from agent_testkit import SwitchableLink
+from testkit.site_agents import agent_config, device_config, start_enrolled_agent
+from testkit.waiting import wait_until
 
 from polyfleet.agent.config import Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.controller.testing import running_controller
 from polyfleet.simulator.testing import make_device
 
@@ -56,7 +57,7 @@ async def test_agent_reports_and_runs_jobs(
                     seen.update(await devices())
                     return {"CTLG75", "CTLX30", e70} <= set(seen)
 
-                await wait_for_async(refresh, what="devices in the controller")
+                await wait_until(refresh, what="devices in the controller")
                 assert seen[e70]["model"] == "studio_e70" and seen[e70]["host_serial"] == "CTLG75"
                 assert seen["CTLG75"]["firmware"]["version"] == "4.2.2"
                 assert (config.credential_path.stat().st_mode & 0o777) == 0o600
@@ -74,7 +75,7 @@ async def test_agent_reports_and_runs_jobs(
                             job = await resp.json()
                         return dict(job) if job["finished_at"] else None
 
-                    result: dict[str, Any] = await wait_for_async(done, what=f"job {job_id}")
+                    result: dict[str, Any] = await wait_until(done, what=f"job {job_id}")
                     return result
 
                 refused = await finished(await order("CTLX30", "reboot"))
@@ -107,7 +108,6 @@ async def test_uplink_outage_then_every_report_stored_once(
         host, port = controller.url.removeprefix("http://").split(":")
         link = SwitchableLink(host, int(port))
         await link.start()
-        enrolled = await controller.enroll("waw")
         url = f"http://127.0.0.1:{link.port}"
         config = agent_config(
             tmp_path,
@@ -117,22 +117,14 @@ async def test_uplink_outage_then_every_report_stored_once(
             send_interval_s=0.05,
             backoff_max_s=0.2,
         )
-        Credential(
-            controller_url=url,
-            agent_id=enrolled.agent_id,
-            site_id=enrolled.site_id,
-            token=enrolled.token,
-            poll_interval_s=enrolled.poll_interval_s,
-        ).save(config.credential_path)
-        service = AgentService(config)
-        await service.start()
+        service = await start_enrolled_agent(controller, "waw", config)
         try:
-            await wait_for(
+            await wait_until(
                 lambda: len(service.outbox) >= 15, what="reports spooled during the outage"
             )
             taken = [e for e in service.outbox.peek(500) if e.kind == "report"]
             link.up = True
-            await wait_for(
+            await wait_until(
                 lambda: len(service.outbox) == 0 or service.outbox.peek(1)[0].seq > taken[-1].seq,
                 what="backlog sent",
             )

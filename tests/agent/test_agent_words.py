@@ -9,10 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import agent_config, device_config, wait_for_async, write_credential
+from testkit.site_agents import agent_config, device_config, start_enrolled_agent, write_credential
+from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.fingerprint import short_fingerprint
 from polyfleet.simulator.testing import make_device
@@ -38,7 +38,6 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
     )
     cert, off, ssh = (lab.devices[s] for s in ("WORDCERT", "WORDOFF", "WORDSSH"))
     async with running_controller(tmp_path / "ctl") as controller:
-        enrolled = await controller.enroll("krk")
         config = agent_config(
             tmp_path,
             [device_config(d, password_file) for d in (cert, off, ssh)],
@@ -47,15 +46,7 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
             send_interval_s=0.05,
             ssh_cross_check_every=1,
         )
-        Credential(
-            controller_url=controller.url,
-            agent_id=enrolled.agent_id,
-            site_id=enrolled.site_id,
-            token=enrolled.token,
-            poll_interval_s=enrolled.poll_interval_s,
-        ).save(config.credential_path)
-        service = AgentService(config)
-        await service.start()
+        service = await start_enrolled_agent(controller, "krk", config)
         try:
             async with aiohttp.ClientSession(headers=controller.admin_headers) as http:
 
@@ -68,7 +59,7 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
                     wanted = ("WORDCERT", "WORDOFF", "WORDSSH")
                     return all(found.get(s, {}).get("state") == "ok" for s in wanted)
 
-                await wait_for_async(all_ok, what="three healthy devices, pins learned")
+                await wait_until(all_ok, what="three healthy devices, pins learned")
                 old_tls, old_ssh = cert.tls_fingerprint, ssh.ssh_fingerprint
                 await cert.renew_identity(certificate=True)
                 await ssh.renew_identity(host_key=True)
@@ -84,7 +75,7 @@ async def test_device_failures_reach_the_controller_and_log_in_words(
                     )
                     return found if done else None
 
-                found = await wait_for_async(failing, what="the three failures at the controller")
+                found = await wait_until(failing, what="the three failures at the controller")
                 async with http.get(controller.url + "/api/v1/events?kind=agent_notice") as resp:
                     notices = [e["data"] for e in (await resp.json())["events"]]
         finally:
@@ -139,7 +130,7 @@ async def test_unreachable_controller_over_https_is_logged_in_words(
         async def told() -> bool:
             return any("controller not taking reports" in r.getMessage() for r in caplog.records)
 
-        await wait_for_async(told, what="the outage logged")
+        await wait_until(told, what="the outage logged")
     finally:
         await service.stop()
     logged = [r.getMessage() for r in caplog.records if r.name.startswith("polyfleet")]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import SettableClock
 from store_backends import StoreBackend
+from testkit.clocks import SettableClock
 
 from polyfleet.controller.testing import RunningController, running_controller
 

@@ -8,14 +8,16 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-from controller_testkit import REPO, batch, bearer, cli, report, snapshot
+from controller_testkit import REPO, cli
+from testkit.reports import batch, bearer, report, snapshot
+from testkit.waiting import wait_until
 
 from polyfleet.agent.uplink import ControllerUnavailable, Uplink
 from polyfleet.controller.store.local_postgres import LocalPostgres
@@ -107,16 +109,6 @@ async def health(url: str) -> dict[str, Any] | None:
         return None
 
 
-async def wait_for(check: Callable[[], Any], what: str, timeout: float = TAKEOVER_S) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert asyncio.get_running_loop().time() < deadline, f"no {what} in {timeout} s"
-        await asyncio.sleep(0.05)  # waits-for: the condition named in ``what``
-
-
 async def wait_role(controller: Controller, role: str, active_url: str | None = None) -> None:
     async def check() -> bool:
         answer = await health(controller.url)
@@ -124,7 +116,7 @@ async def wait_role(controller: Controller, role: str, active_url: str | None = 
             return False
         return active_url is None or answer["active_url"] == active_url
 
-    await wait_for(check, f"{controller.name} as {role}")
+    await wait_until(check, what=f"{controller.name} as {role}", timeout=TAKEOVER_S)
 
 
 async def admin_token(tmp_path: Path, store_url: str) -> str:
@@ -230,7 +222,7 @@ class Ingest:
                     task.result()
             return len(self.acked) >= count
 
-        await wait_for(enough, f"{count} acknowledged reports", timeout)
+        await wait_until(enough, what=f"{count} acknowledged reports", timeout=timeout)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -337,7 +329,7 @@ async def test_deposed_active_controller_is_refused_its_next_write(
             assert await end_sessions_of(postgres_url, a) >= 0
             return False
 
-        await wait_for(b_took_over, "takeover by b")
+        await wait_until(b_took_over, what="takeover by b", timeout=TAKEOVER_S)
         body = batch(report(snapshot("LATE-1"), "late-report-1"))
         async with (
             aiohttp.ClientSession() as http,

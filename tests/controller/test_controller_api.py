@@ -13,16 +13,15 @@ import aiohttp
 import jsonschema
 import pytest
 from aiohttp import web
-from controller_testkit import batch, bearer, report, snapshot
 from openapi_spec_validator import validate as validate_spec
 from pydantic import BaseModel
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.api.openapi import build_openapi
 from polyfleet.controller.app import create_app
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.events import Event, JobFinished
 from polyfleet.controller.http.spec import READERS, endpoint, spec_of
-from polyfleet.controller.keys import ACCESS, EVENT_BUS, JOBS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import JobKind
@@ -76,7 +75,7 @@ async def test_viewer_reads_but_cannot_change(
 ) -> None:
     """A viewer token lists devices but every change is refused with 403."""
     await _seed(controller, http)
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "wall screen")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "wall screen")
     status, _ = await _get(http, f"{controller.url}/api/v1/devices", viewer)
     assert status == 200
     changes = [
@@ -102,7 +101,7 @@ async def test_job_round_trip_with_artifact(
     """Admin queues a job; the agent pulls it, uploads a bundle and a result; waiters see it."""
     agent_token = await _seed(controller, http)
     finished: list[Event] = []
-    controller.app[EVENT_BUS].subscribe(finished.append, kinds={JobFinished})
+    controller.core.bus.subscribe(finished.append, kinds={JobFinished})
     async with http.post(
         f"{controller.url}/api/v1/devices/X70-1/jobs",
         json={"kind": "collect_diagnostics", "params": {"logs": True}},
@@ -110,7 +109,7 @@ async def test_job_round_trip_with_artifact(
     ) as response:
         assert response.status == 201
         job = await response.json()
-    waiter = asyncio.create_task(controller.app[JOBS].wait(job["id"], timeout=30))
+    waiter = asyncio.create_task(controller.core.jobs.wait(job["id"], timeout=30))
     status, pulled = await _get(http, f"{controller.url}/api/v1/agent/jobs", agent_token)
     assert status == 200
     assert [(j["id"], j["kind"], j["serial"]) for j in pulled["jobs"]] == [
@@ -141,13 +140,13 @@ async def test_job_round_trip_with_artifact(
         assert response.status == 200
     done = await waiter
     assert done["status"] == "done"
-    path = controller.app[JOBS].artifact_path(job["id"])
+    path = controller.core.jobs.artifact_path(job["id"])
     assert path is not None and path.read_bytes() == bundle
     async with http.get(
         f"{controller.url}/api/v1/jobs/{job['id']}/artifact", headers=controller.admin_headers
     ) as response:
         assert await response.read() == bundle
-    await controller.app[EVENT_BUS].drain()
+    await controller.core.bus.drain()
     assert [e.serial for e in finished] == ["X70-1"]
 
 
@@ -155,7 +154,7 @@ async def test_artifact_over_limit_is_refused(tmp_path: Path, http: aiohttp.Clie
     """An artifact larger than max_artifact_bytes gets 413 and leaves no file behind."""
     async with running_controller(tmp_path, max_artifact_bytes=1000) as controller:
         token = await _seed(controller, http)
-        job = await controller.app[JOBS].enqueue("X50-1", JobKind.COLLECT_DIAGNOSTICS)
+        job = await controller.core.jobs.enqueue("X50-1", JobKind.COLLECT_DIAGNOSTICS)
 
         async def chunks():  # no Content-Length: the limit must hold while streaming
             for _ in range(10):
@@ -168,7 +167,7 @@ async def test_artifact_over_limit_is_refused(tmp_path: Path, http: aiohttp.Clie
         ) as response:
             assert response.status == 413
         assert list((tmp_path / "artifacts").iterdir()) == []
-        assert controller.app[JOBS].artifact_path(job["id"]) is None
+        assert controller.core.jobs.artifact_path(job["id"]) is None
 
 
 async def test_openapi_document_is_valid_and_complete(

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, cli, report, snapshot, start_server
+from controller_testkit import cli, start_server
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.cli import main
 from polyfleet.shared.schema import PROTOCOL_VERSION
@@ -23,24 +24,8 @@ def test_first_run_commands_without_server(
     """On a fresh data dir: site add, token create --json, agent invite and devices all work."""
     monkeypatch.chdir(tmp_path)
     data = str(tmp_path / "data")
-    assert (
-        main(
-            [
-                "controller",
-                "site",
-                "add",
-                "krk",
-                "--name",
-                "Kraków",
-                "--timezone",
-                "Europe/Warsaw",
-                "--data-dir",
-                data,
-                "--json",
-            ]
-        )
-        == 0
-    )
+    site_add = ["controller", "site", "add", "krk", "--name", "Kraków", "--timezone"]
+    assert main([*site_add, "Europe/Warsaw", "--data-dir", data, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["timezone"] == "Europe/Warsaw"
     assert (
         main(["controller", "token", "create", "--role", "viewer", "--data-dir", data, "--json"])
@@ -67,23 +52,8 @@ def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFi
     data = str(tmp_path / "data")
     assert main(["controller", "agent", "invite", "--site", "nowhere", "--data-dir", data]) == 1
     assert "no site 'nowhere'" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "controller",
-                "site",
-                "add",
-                "krk",
-                "--name",
-                "K",
-                "--timezone",
-                "Mars/Olympus",
-                "--data-dir",
-                data,
-            ]
-        )
-        == 1
-    )
+    site_add = ["controller", "site", "add", "krk", "--name", "K", "--timezone"]
+    assert main([*site_add, "Mars/Olympus", "--data-dir", data]) == 1
     assert "unknown time zone" in capsys.readouterr().err
 
 

@@ -8,13 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from testkit.clocks import SettableClock
+from testkit.reports import batch, report, snapshot
+
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import Principal, Role
 from polyfleet.controller.services.inventory import DeviceFilter, Inventory
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.schema import ReportBatch
-from tests.controller.controller_testkit import SettableClock, batch, report, snapshot
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 AGENT = Principal(role=Role.AGENT, name="agent", token_id="t", agent_id="a1", site_id="krk")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, report, snapshot
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.events import (
     AgentNoticeReceived,
@@ -20,7 +20,6 @@ from polyfleet.controller.events import (
     SnapshotIngested,
     SnapshotsIngested,
 )
-from polyfleet.controller.keys import EVENT_BUS
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.controller.testing import RunningController
 
@@ -40,7 +39,7 @@ async def test_accepted_reports_come_as_one_event_per_batch(
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
     """A batch gives one SnapshotsIngested with its accepted reports in order, resends left out."""
-    bus = controller.app[EVENT_BUS]
+    bus = controller.core.bus
     seen: list[Event] = []
     bus.subscribe(seen.append, kinds={SnapshotsIngested})
     agent = await controller.enroll("krk")
@@ -68,7 +67,7 @@ async def test_per_report_events_only_while_someone_subscribes(
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
     """SnapshotIngested (one per report) is made only when a subscriber asks for that kind."""
-    bus = controller.app[EVENT_BUS]
+    bus = controller.core.bus
     assert not bus.wants(SnapshotIngested)
     per_report: list[Event] = []
     subscription = bus.subscribe(per_report.append, kinds={SnapshotIngested})
@@ -124,7 +123,7 @@ async def test_batch_of_notices_only_is_acknowledged_and_recorded(
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
     """A batch without reports (only a notice) is acknowledged; no ingest event, one notice."""
-    bus = controller.app[EVENT_BUS]
+    bus = controller.core.bus
     ingested: list[Event] = []
     bus.subscribe(ingested.append, kinds={SnapshotsIngested})
     agent = await controller.enroll("krk")

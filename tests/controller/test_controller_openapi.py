@@ -15,15 +15,15 @@ import aiohttp
 import jsonschema
 import pytest
 from aiohttp import web
-from controller_testkit import batch, bearer, report, snapshot
 from openapi_spec_validator import validate as validate_spec
 from pydantic import BaseModel
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.api.openapi import build_openapi
 from polyfleet.controller.app import create_app
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.http.spec import ADMINS, Param, endpoint, spec_of
-from polyfleet.controller.keys import ACCESS, EVENT_BUS
+from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.store.transfer import read_backup
 from polyfleet.controller.testing import RunningController, running_controller
@@ -207,7 +207,7 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     """Success and error answers of many routes validate against the document's schemas."""
     c = conformance
     app = c.controller.app
-    viewer, _ = await app[ACCESS].create_token(Role.VIEWER, "viewer")
+    viewer, _ = await app[CORE].access.create_token(Role.VIEWER, "viewer")
     agent = await c.controller.enroll("krk")
     await c.controller.ensure_site("waw")
 
@@ -224,7 +224,7 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     ]
     body = batch(*(report(s) for s in snaps))
     await c.call("post", "/api/v1/agent/reports", token=agent.token, json_body=body)
-    await app[EVENT_BUS].drain()
+    await app[CORE].bus.drain()
     await c.call(
         "post",
         "/api/v1/agent/reports",

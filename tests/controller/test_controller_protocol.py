@@ -7,10 +7,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from controller_testkit import SettableClock, batch, bearer, report, snapshot
+from testkit.clocks import SettableClock
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.agent.delivery import _NAMED_SERIAL
-from polyfleet.controller.keys import INVENTORY
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import MAX_BATCH_SNAPSHOTS, MAX_BODY_BYTES, PROTOCOL_VERSION
 
@@ -319,7 +319,7 @@ async def test_silent_device_becomes_unreachable_and_silent_agent_one_site_event
     """Three poll intervals without a mention: device unreachable; agent silent: one site event."""
     clock = SettableClock()
     async with running_controller(tmp_path, clock=clock, poll_interval_s=60) as controller:
-        inventory = controller.app[INVENTORY]
+        inventory = controller.core.inventory
         agent = await controller.enroll("krk")
         body = batch(report(snapshot("X50-1")), report(snapshot("X50-2")))
         assert (await _post(http, controller, agent.token, body))[0] == 200

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, report, snapshot
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.testing import RunningController
 from polyfleet.shared.schema import ReportBatch, _in_json_form, reports_json

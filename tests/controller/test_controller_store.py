@@ -17,8 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, cli, report, snapshot, start_server
+from controller_testkit import cli, start_server
 from store_backends import StoreBackend, crash
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore

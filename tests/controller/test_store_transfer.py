@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from controller_testkit import REPO, batch, bearer, cli, report, snapshot, start_server
+from controller_testkit import REPO, cli, start_server
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.store.postgres import read_all
 from polyfleet.controller.store.transfer import Place, read_backup, read_place

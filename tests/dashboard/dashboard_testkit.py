@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -16,18 +15,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
+from testkit.site_agents import agent_config, device_config, lab_password_file, start_enrolled_agent
+from testkit.waiting import wait_until
 from tickets.conftest import WebhookPeer, ticket_sections
 
-from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
-from polyfleet.controller.api.tickets import TICKET_DESK
-from polyfleet.controller.keys import ACCESS, INVENTORY
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.simulator.fleet import DeviceSpec, PeripheralSpec
 from polyfleet.simulator.lab import Lab
-from polyfleet.simulator.testing import TEST_PASSWORD, make_device, start_lab
+from polyfleet.simulator.testing import make_device, start_lab
 
 REPO = Path(__file__).resolve().parents[2]
 #: Screenshots of every page go here (ignored by git), or under $POLYFLEET_TEST_ARTIFACTS.
@@ -51,17 +48,6 @@ X50_FAULT = "WEBX50001"
 X30 = "WEBX30001"
 X70 = "WEBX70001"
 X50_DEGRADED = "WEBX50002"
-
-
-async def wait_until(
-    condition: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition"
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout} s")
-        await asyncio.sleep(0.05)  # waits-for: real agents polling lab devices
 
 
 def registry_csv(today: date) -> str:
@@ -132,8 +118,15 @@ class World:
     browser: Browser
     viewer_token: str
     agents: dict[str, AgentService] = field(default_factory=dict)
-    #: Site -> the id its agent got at enrollment.
-    agent_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def agent_ids(self) -> dict[str, str]:
+        """Site -> the id its agent got at enrollment (from the credential it reports with)."""
+        ids = {}
+        for site, agent in self.agents.items():
+            assert agent.credential is not None, f"the agent of {site} has not reported yet"
+            ids[site] = agent.credential.agent_id
+        return ids
 
     @property
     def url(self) -> str:
@@ -207,41 +200,18 @@ async def _start_webhook(stack: AsyncExitStack) -> WebhookPeer:
 
 async def _start_agent(
     controller: RunningController, lab: Lab, site: str, serials: list[str], folder: Path
-) -> tuple[AgentService, str]:
-    password = folder / "device-password"
-    folder.mkdir(parents=True, exist_ok=True)
-    password.write_text(TEST_PASSWORD + "\n")
-    os.chmod(password, 0o600)
-    enrolled = await controller.enroll(site, agent_name=f"{site}-agent")
-    config = AgentConfig(
-        data_dir=folder / "data",
+) -> AgentService:
+    password = lab_password_file(folder)
+    config = agent_config(
+        folder,
+        [device_config(lab.devices[serial], password) for serial in serials],
         controller_url=controller.url,
-        devices=tuple(
-            DeviceConfig(
-                host=lab.devices[serial].address,
-                rest_port=lab.devices[serial].rest_port,
-                ssh_port=lab.devices[serial].ssh_port,
-                user="admin",
-                password=Secret(file=password, origin="test"),
-            )
-            for serial in serials
-        ),
         poll_interval_s=0.3,
-        jitter_s=0.0,
         send_interval_s=0.05,
         jobs_interval_s=0.1,
         backoff_max_s=0.3,
     )
-    Credential(
-        controller_url=controller.url,
-        agent_id=enrolled.agent_id,
-        site_id=enrolled.site_id,
-        token=enrolled.token,
-        poll_interval_s=enrolled.poll_interval_s,
-    ).save(config.credential_path)
-    agent = AgentService(config)
-    await agent.start()
-    return agent, enrolled.agent_id
+    return await start_enrolled_agent(controller, site, config, agent_name=f"{site}-agent")
 
 
 @asynccontextmanager
@@ -286,7 +256,7 @@ async def running_world(
             ) as response,
         ):
             assert response.status == 200, await response.text()
-        viewer_token, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "wall")
+        viewer_token, _ = await controller.core.access.create_token(Role.VIEWER, "wall")
         playwright = await stack.enter_async_context(async_playwright())
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         stack.push_async_callback(browser.close)
@@ -300,17 +270,16 @@ async def running_world(
         await lab.devices[X50_FAULT].set_fault("camera_down", True)
         await lab.devices[X50_DEGRADED].set_fault("log_storage_full", True)
         for site, specs in per_site.items():
-            agent, agent_id = await _start_agent(
+            agent = await _start_agent(
                 controller, lab, site, [spec.serial for spec in specs], folder / f"agent-{site}"
             )
             world.agents[site] = agent
-            world.agent_ids[site] = agent_id
             stack.push_async_callback(agent.stop)
-        desk = controller.app[TICKET_DESK]
+        desk = controller.core.tickets
         expected = {spec.serial for specs in per_site.values() for spec in specs} | {E70}
 
         def ready() -> bool:
-            reported = {d["serial"] for d in controller.app[INVENTORY].devices()}
+            reported = {d["serial"] for d in controller.core.inventory.devices()}
             service = desk.service
             sent = service is not None and any(
                 t.serial == X50_FAULT and t.status.value == "sent" for t in service.tickets()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from testkit.clocks import SettableClock
 
 from dashboard.dashboard_testkit import (
     SESSION_COOKIE,
@@ -18,29 +19,18 @@ from dashboard.dashboard_testkit import (
     form_field,
     http_sign_in,
 )
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.controller.web.routes import STATIC_DIR
 
 
-class Clock:
-    """Time the test moves on."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def controller(tmp_path: Path, clock: Clock) -> AsyncIterator[RunningController]:
+async def controller(tmp_path: Path, clock: SettableClock) -> AsyncIterator[RunningController]:
     sections = {"web": {"session_ttl_s": 3600, "signin_link_ttl_s": 300}}
     async with running_controller(tmp_path / "data", clock=clock, sections=sections) as running:
         yield running
@@ -161,7 +151,7 @@ async def test_a_form_without_the_sessions_csrf_token_or_from_another_site_is_re
 
 
 async def test_a_session_ends_at_its_expiry_and_when_its_token_is_revoked(
-    controller: RunningController, http: aiohttp.ClientSession, clock: Clock
+    controller: RunningController, http: aiohttp.ClientSession, clock: SettableClock
 ) -> None:
     """The cookie stops working at the session's fixed expiry, and at once on token revoke."""
     cookie = await http_sign_in(http, controller.url, controller.admin_token)
@@ -175,9 +165,9 @@ async def test_a_session_ends_at_its_expiry_and_when_its_token_is_revoked(
         controller.url + "/", cookies={SESSION_COOKIE: cookie}, allow_redirects=False
     ) as response:
         assert response.status == 303
-    viewer, record = await controller.app[ACCESS].create_token(Role.VIEWER, "wall")
+    viewer, record = await controller.core.access.create_token(Role.VIEWER, "wall")
     cookie = await http_sign_in(http, controller.url, viewer)
-    assert await controller.app[ACCESS].revoke_token(record["id"])
+    assert await controller.core.access.revoke_token(record["id"])
     async with http.get(
         controller.url + "/", cookies={SESSION_COOKIE: cookie}, allow_redirects=False
     ) as response:
@@ -185,7 +175,7 @@ async def test_a_session_ends_at_its_expiry_and_when_its_token_is_revoked(
 
 
 async def test_a_one_time_link_signs_in_once_within_minutes_and_never_holds_the_token(
-    controller: RunningController, http: aiohttp.ClientSession, clock: Clock
+    controller: RunningController, http: aiohttp.ClientSession, clock: SettableClock
 ) -> None:
     """A link signs in by a form post, once; used or expired, it signs nobody in."""
     headers = controller.admin_headers
@@ -244,7 +234,7 @@ async def test_a_wall_screen_signs_in_with_a_viewer_token_and_sees_only_the_kios
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
     """Kiosk sign-in refuses admin tokens; a kiosk session opens /kiosk and nothing else."""
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "wall")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "wall")
     async with http.get(controller.url + "/signin") as response:
         nonce = cookie_value(response, SIGNIN_COOKIE)
     form = {"nonce": nonce, "kiosk": "1"}

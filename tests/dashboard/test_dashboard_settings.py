@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from polyfleet.controller.config import ConfigError, load_config
-from polyfleet.controller.web.settings import WebSettings, web_settings
+from polyfleet.controller.settings.web import WebSettings, web_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "controller.example.toml"
 

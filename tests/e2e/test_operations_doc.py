@@ -86,6 +86,11 @@ def doc_blocks(text: str) -> list[Block]:
     return blocks
 
 
+def host_folder(host: str) -> str:
+    """The folder of a host's root: its name without dots, so no rewrite of names touches it."""
+    return host.replace(".", "_")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -239,9 +244,8 @@ class Sandbox:
     primary: LocalPostgres
 
     def host_root(self, host: str) -> Path:
-        """The host's root (its name without dots, so no rewrite of names touches it), with
-        the folders a fresh Debian host has."""
-        path = self.root / host.replace(".", "_")
+        """The host's root (:func:`host_folder`), with the folders a fresh Debian host has."""
+        path = self.root / host_folder(host)
         if not path.exists():
             path.mkdir()
             path.chmod(0o755)
@@ -356,7 +360,7 @@ def sandbox() -> Iterator[Sandbox]:
         for pid_file in root.glob("*/run/*.pid"):
             with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
                 os.killpg(int(pid_file.read_text()), 9)
-        replica_data = root / DATABASES[1] / "var/lib/postgresql/15/main"
+        replica_data = root / host_folder(DATABASES[1]) / "var/lib/postgresql/15/main"
         if (replica_data / "postmaster.pid").exists():
             command = [str(find_bin_dir() / "pg_ctl"), "stop", "-D", str(replica_data)]
             if primary.user is not None:

@@ -11,22 +11,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from testkit.reports import report_as_new_agent, typed_snapshot
 
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.services.entitlement import DEFAULT_RELEASES_PATH, add_release
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
-    Firmware,
-    Health,
-    HealthState,
     Model,
     Provider,
     Report,
     ReportBatch,
     Snapshot,
-    Via,
 )
 
 from .conftest import BASELINE, REJECTED, csv_of, row
@@ -82,31 +78,8 @@ async def _get(controller: RunningController, path: str) -> tuple[int, dict[str,
         return response.status, await response.json()
 
 
-async def _report(controller: RunningController, site: str, *snapshots: Snapshot) -> None:
-    agent = await controller.enroll(site)
-    batch = ReportBatch(
-        protocol_version=PROTOCOL_VERSION,
-        reports=[Report(id=f"report-{s.serial}", snapshot=s) for s in snapshots],
-    )
-    async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent.token}"}) as http,
-        http.post(
-            controller.url + "/api/v1/agent/reports", json=batch.model_dump(mode="json")
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-
-
 def _snapshot(serial: str, model: Model, version: str, build: str) -> Snapshot:
-    return Snapshot(
-        serial=serial,
-        model=model,
-        firmware=Firmware(version=version, build=build),
-        provider=Provider.TEAMS,
-        health=Health(state=HealthState.OK),
-        collected_at=NOW,
-        via=Via.REST,
-    )
+    return typed_snapshot(serial, at=NOW, model=model, version=version, build=build)
 
 
 async def test_import_over_the_api_then_dry_run_and_reimport(controller: RunningController) -> None:
@@ -167,7 +140,7 @@ async def test_each_rejection_case_over_the_api_leaves_the_registry_untouched(
 
 async def test_viewer_cannot_import_and_anonymous_is_refused(controller: RunningController) -> None:
     """Importing needs an admin token: viewer gets 403, no token 401."""
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "viewer")
     assert (await _import(controller, REGISTRY, token=viewer))[0] == 403
     async with (
         aiohttp.ClientSession() as http,
@@ -181,7 +154,7 @@ async def test_live_verdicts_use_reported_firmware_and_flag_unknown_and_unreport
 ) -> None:
     """Reported devices get their firmware judged; unknown_asset and not_reported are flagged."""
     assert (await _import(controller, REGISTRY))[0] == 200
-    await _report(
+    await report_as_new_agent(
         controller,
         "krakow",
         _snapshot("X50HZ", Model.STUDIO_X50, "4.1.0_00", "180034"),
@@ -288,7 +261,9 @@ async def test_E7_running_controller_sees_a_release_added_by_the_cli(tmp_path: P
     sections = {"entitlement": {"releases": str(catalogue)}}
     async with running_controller(tmp_path / "data", clock=lambda: NOW, sections=sections) as ctl:
         assert (await _import(ctl, REGISTRY))[0] == 200
-        await _report(ctl, "krakow", _snapshot("X30PP", Model.STUDIO_X30, "4.2.2", "408037"))
+        await report_as_new_agent(
+            ctl, "krakow", _snapshot("X30PP", Model.STUDIO_X30, "4.2.2", "408037")
+        )
         _, before = await _get(ctl, "/api/v1/devices/X30PP/entitlement")
         assert before["firmware"]["next"] is None
         await asyncio.to_thread(
@@ -320,7 +295,9 @@ async def test_E70_camera_reported_on_its_host_gets_its_own_verdict(
     camera = _snapshot("E70CAM", Model.STUDIO_E70, "1.3.0", "009011").model_copy(
         update={"host_serial": "G7HOST"}
     )
-    await _report(controller, "krakow", _snapshot("G7HOST", Model.G7500, "4.1.3", "394009"), camera)
+    await report_as_new_agent(
+        controller, "krakow", _snapshot("G7HOST", Model.G7500, "4.1.3", "394009"), camera
+    )
     _, verdict = await _get(controller, "/api/v1/devices/E70CAM/entitlement")
     assert (verdict["plan"], verdict["eligible"]) == ("hezo_plus", True)
     assert verdict["firmware"] == {
@@ -344,7 +321,9 @@ async def test_registry_room_fills_devices_reported_before_the_import(
     controller: RunningController,
 ) -> None:
     """A device already reported gets the room the imported registry names for it."""
-    await _report(controller, "krakow", _snapshot("ROOMED", Model.STUDIO_X50, "4.1.0", "382263"))
+    await report_as_new_agent(
+        controller, "krakow", _snapshot("ROOMED", Model.STUDIO_X50, "4.1.0", "382263")
+    )
     assert await _room_of(controller, "ROOMED") is None
     status, _ = await _import(controller, csv_of(row("ROOMED", site="krakow", room="krk-wawel")))
     assert status == 200
@@ -357,7 +336,9 @@ async def test_registry_room_fills_devices_first_reported_after_the_import(
     """A device first reported after the import is placed in its registry room."""
     status, _ = await _import(controller, csv_of(row("LATER", site="krakow", room="krk-kazimierz")))
     assert status == 200
-    await _report(controller, "krakow", _snapshot("LATER", Model.STUDIO_X50, "4.1.0", "382263"))
+    await report_as_new_agent(
+        controller, "krakow", _snapshot("LATER", Model.STUDIO_X50, "4.1.0", "382263")
+    )
     deadline = asyncio.get_running_loop().time() + 5
     while await _room_of(controller, "LATER") != "krk-kazimierz":
         assert asyncio.get_running_loop().time() < deadline, "room never filled in"
@@ -368,7 +349,9 @@ async def test_room_set_by_an_admin_is_not_overwritten_by_the_registry(
     controller: RunningController,
 ) -> None:
     """An admin's own room for a device wins over the registry's."""
-    await _report(controller, "krakow", _snapshot("MINE", Model.STUDIO_X50, "4.1.0", "382263"))
+    await report_as_new_agent(
+        controller, "krakow", _snapshot("MINE", Model.STUDIO_X50, "4.1.0", "382263")
+    )
     async with (
         aiohttp.ClientSession(headers=controller.admin_headers) as http,
         http.patch(controller.url + "/api/v1/devices/MINE", json={"room": "lab"}) as response,

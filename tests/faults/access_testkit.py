@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from testkit.reports import bearer
 
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.shared.schema import PROTOCOL_VERSION
@@ -147,10 +148,6 @@ async def controller_process(
             await running.kill()
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def enroll_agent(
     http: aiohttp.ClientSession, url: str, code: str, name: str = "agent"
 ) -> dict[str, Any]:
@@ -161,27 +158,6 @@ async def enroll_agent(
         assert response.status == 200, answer
         assert isinstance(answer, dict)
         return answer
-
-
-def snapshot(
-    serial: str, collected_at: str, *, problems: list[dict[str, str]] | None = None
-) -> dict[str, Any]:
-    """A device snapshot as an agent reports it."""
-    problems = problems or []
-    return {
-        "serial": serial,
-        "model": "studio_x50",
-        "model_raw": "Poly Studio X50",
-        "system_name": f"Room {serial}",
-        "firmware": {"version": "4.1.0", "build": "180034"},
-        "provider": "teams",
-        "health": {"state": "fault" if problems else "ok", "problems": problems},
-        "in_call": False,
-        "uptime_s": 3600.0,
-        "peripherals": [],
-        "collected_at": collected_at,
-        "via": "rest",
-    }
 
 
 async def post_report(
@@ -195,16 +171,3 @@ async def post_report(
         f"{url}/api/v1/agent/reports", json=body, headers=bearer(agent_token)
     ) as response:
         assert response.status == 200, await response.text()
-
-
-async def eventually(check: Any, *, timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Await ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        await asyncio.sleep(interval)  # waits-for: the next look at the condition

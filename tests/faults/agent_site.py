@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from faultkit import AgentProcess, ControllerProcess, wait_for_async
+from faultkit import AgentProcess, ControllerProcess
+from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
 
@@ -148,7 +149,9 @@ async def wait_status(
         doc = await agent_status(http, port)
         return doc if doc is not None and check(doc) else None
 
-    result: dict[str, Any] = await wait_for_async(probe, timeout, what or "the agent's status")
+    result: dict[str, Any] = await wait_until(
+        probe, timeout=timeout, what=what or "the agent's status"
+    )
     return result
 
 

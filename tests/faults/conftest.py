@@ -13,20 +13,21 @@ Every fixture starts real things on loopback and stops them at the end of the te
 - ``agent_token``: an agent of ``krk`` enrolled with ``controller``.
 - ``small_disk``: ``small_disk("8m")`` mounts a tmpfs of that size (``fill()``, ``free()``,
   ``remount(read_only=...)``); the test is skipped, saying why, where mounting is refused.
-- ``lab_factory`` and ``password_file``: lab devices on their own 127.x.y.z addresses.
+- ``lab_factory`` and ``password_file`` (from tests/conftest.py): lab devices on their own
+  127.x.y.z addresses.
 - ``agents``: ``await agents.start(controller, site, devices, clock_offset="+5y")`` writes an
   agent config for those lab devices, enrolls on first start and runs ``polyfleet agent run``
   in its own process (under faketime when ``clock_offset`` is given).
 - ``http``: an aiohttp client session.
 
-Helpers without fixtures (report builders, ``post_batch``, ``wait_for``...) and the types the
-fixtures hand out (``Controllers``, ``Agents``, ``LabFactory``) are in ``faultkit.py``;
-import them from there (never from ``conftest``, a name every test folder has).
+Helpers without fixtures (``post_batch``, ``get_json``...) and the types the fixtures hand
+out (``Controllers``, ``Agents``, ``LabFactory``) are in ``faultkit.py``, report builders and
+``wait_until`` in ``testkit``; import them from there (never from ``conftest``, a name every
+test folder has).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -37,14 +38,9 @@ from faultkit import (
     ControllerProcess,
     Controllers,
     DiskRefused,
-    LabFactory,
     SmallDisk,
     enroll,
 )
-
-from polyfleet.simulator.fleet import DeviceSpec
-from polyfleet.simulator.lab import Lab
-from polyfleet.simulator.testing import TEST_PASSWORD, start_lab
 
 
 @pytest.fixture
@@ -94,30 +90,6 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str], SmallDisk]]:
     for disk in disks:
         disk.remount(read_only=False)
         disk.unmount()
-
-
-@pytest.fixture
-async def lab_factory(tmp_path: Path) -> AsyncIterator[LabFactory]:
-    """Start labs of given devices; all are stopped at the end of the test."""
-    labs: list[Lab] = []
-
-    async def make(devices: list[DeviceSpec]) -> Lab:
-        lab = await start_lab(tmp_path / f"lab{len(labs)}", devices)
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        await lab.stop()
-
-
-@pytest.fixture
-def password_file(tmp_path: Path) -> Path:
-    """The lab admin password in an owner-only file."""
-    path = tmp_path / "device-password"
-    path.write_text(TEST_PASSWORD + "\n")
-    os.chmod(path, 0o600)
-    return path
 
 
 @pytest.fixture

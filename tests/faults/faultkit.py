@@ -8,31 +8,27 @@ What is here, each usable on its own:
 - ``prepare_data_dir``: sites, an admin token and enrollment codes written into a fresh data
   directory before the controller starts (through the real store, no server needed).
 - ``enroll``, ``post_batch``, ``get_json``: the wire protocol as an agent or admin speaks it.
-- ``snapshot``, ``report``, ``batch``: report builders in the agent's JSON form.
 - ``SmallDisk``: a tmpfs of a few MiB mounted for one test, to fill up and make read-only.
 - ``AgentProcess``: ``polyfleet agent run`` in its own process (optionally under faketime).
-- ``wait_for``, ``wait_for_async``: poll a condition with a deadline (tests never sleep).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from testkit.waiting import wait_until
 
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ControllerConfig
@@ -50,84 +46,6 @@ from polyfleet.simulator.lab import Lab
 REPO = Path(__file__).resolve().parents[2]
 #: How long a controller may take to start listening (a large journal replays first).
 START_TIMEOUT_S = 60.0
-_ids = itertools.count(1)
-
-
-# -- waiting ---------------------------------------------------------------------------------
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> None:
-    """Return once ``predicate()`` is true; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)  # waits-for: polling a condition with a deadline
-
-
-async def wait_for_async(
-    predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = ""
-) -> Any:
-    """Await ``predicate()`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.05)  # waits-for: polling a condition with a deadline
-
-
-# -- reports in the agent's JSON form ---------------------------------------------------------
-
-
-def utc_text(moment: datetime) -> str:
-    """A time as the agent writes it (UTC, ``Z``)."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def snapshot(
-    serial: str,
-    *,
-    problems: list[dict[str, str]] | None = None,
-    collected_at: datetime | str | None = None,
-    model: str = "studio_x50",
-    uptime_s: float = 3600.0,
-) -> dict[str, Any]:
-    """One device snapshot with every field, as an agent sends it."""
-    problems = problems or []
-    when = collected_at if collected_at is not None else datetime.now(UTC)
-    return {
-        "serial": serial,
-        "model": model,
-        "model_raw": "Poly Studio X50",
-        "system_name": f"Room {serial}",
-        "firmware": {"version": "4.1.0", "build": "180034"},
-        "provider": "teams",
-        "health": {"state": "fault" if problems else "ok", "problems": problems},
-        "in_call": False,
-        "uptime_s": uptime_s,
-        "peripherals": [],
-        "host_serial": None,
-        "collected_at": when if isinstance(when, str) else utc_text(when),
-        "via": "rest",
-    }
-
-
-def report(snap: dict[str, Any], report_id: str | None = None) -> dict[str, Any]:
-    """A report (id and snapshot); ids are unique within the test process unless given."""
-    return {"id": report_id or f"fault-report-{next(_ids):08d}", "snapshot": snap}
-
-
-def batch(*reports: dict[str, Any], notices: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """A ``POST /api/v1/agent/reports`` body."""
-    body: dict[str, Any] = {"protocol_version": PROTOCOL_VERSION, "reports": list(reports)}
-    if notices:
-        body["notices"] = list(notices)
-    return body
-
-
 # -- talking to a controller ------------------------------------------------------------------
 
 
@@ -198,7 +116,12 @@ async def prepare_data_dir(
         bus = EventBus(store, keep=config.events_keep)
         inventory = Inventory(store, bus, system_clock, config)
         access = AccessService(
-            store, bus, system_clock, code_ttl_s=3600, poll_interval_s=config.poll_interval_s
+            store,
+            bus,
+            system_clock,
+            fleet=inventory,
+            code_ttl_s=3600,
+            poll_interval_s=config.poll_interval_s,
         )
         codes: dict[str, list[str]] = {}
         for site in sites:
@@ -326,7 +249,7 @@ class ControllerProcess:
                 found.append(match)
             return match is not None
 
-        await wait_for(seen, timeout, what=f"log line matching {pattern!r}")
+        await wait_until(seen, timeout=timeout, what=f"log line matching {pattern!r}")
         return found[0]
 
     async def metric(self, http: aiohttp.ClientSession, token: str, name: str) -> float | None:

@@ -10,11 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from faultkit import REPO, ControllerProcess, get_json, wait_for, wait_for_async
+from faultkit import REPO, ControllerProcess, get_json
+from testkit.site_agents import agent_config, device_config, write_credential
+from testkit.waiting import wait_until
 
-from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
 
@@ -96,7 +96,7 @@ async def test_allowed_insecure_uplink_runs_and_says_so(
             cwd=REPO,
         )
     try:
-        await wait_for(
+        await wait_until(
             lambda: "not enrolled" in log_path.read_text(errors="replace"),
             timeout=60,
             what="the agent running, not enrolled",
@@ -158,7 +158,7 @@ async def test_loopback_http_works_with_a_warning(
             answer = await get_json(http, controller.url, "/api/v1/devices", controller.admin_token)
             return any(d["serial"] == "UPLINK1" for d in answer.body.get("devices", []))
 
-        await wait_for_async(reported, timeout=60, what="the device at the controller")
+        await wait_until(reported, timeout=60, what="the device at the controller")
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 60)
@@ -174,31 +174,18 @@ async def test_stored_credential_url_off_loopback_is_refused_and_reports_stay(
     caplog.set_level(logging.INFO, logger="polyfleet")
     lab = await lab_factory([make_device("UPLINK2")])
     device = lab.devices["UPLINK2"]
-    config = AgentConfig(
-        data_dir=tmp_path / "data",
-        devices=(
-            DeviceConfig(
-                host=device.address,
-                rest_port=device.rest_port,
-                ssh_port=device.ssh_port,
-                password=Secret(file=password_file, origin="test"),
-            ),
-        ),
-        poll_interval_s=0.2,
-        jitter_s=0,
-        send_interval_s=0.05,
+    config = agent_config(
+        tmp_path, [device_config(device, password_file)], poll_interval_s=0.2, send_interval_s=0.05
     )
-    Credential(
-        controller_url=REMOTE, agent_id="a1", site_id="krk", token="t" * 32, poll_interval_s=60
-    ).save(config.credential_path)
+    write_credential(config.credential_path, REMOTE)
     service = AgentService(config)
     await service.start()
     try:
-        await wait_for(
+        await wait_until(
             lambda: any("not sending reports" in r.getMessage() for r in caplog.records),
             what="the refusal logged",
         )
-        await wait_for(lambda: len(service.outbox) >= 3, what="reports kept in the outbox")
+        await wait_until(lambda: len(service.outbox) >= 3, what="reports kept in the outbox")
     finally:
         await service.stop()
     refusals = [r for r in caplog.records if "not sending reports" in r.getMessage()]

@@ -18,7 +18,8 @@ from agent_site import (
     wait_status,
     write_agent_config,
 )
-from faultkit import REPO, ControllerProcess, SmallDisk, wait_for_async
+from faultkit import REPO, ControllerProcess, SmallDisk
+from testkit.waiting import wait_until
 
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
@@ -108,8 +109,10 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
             found = notices(await controller_events(http, controller, "agent_notice"), kind)
             return [n for n in found if words in n]
 
-        [failing_notice] = await wait_for_async(
-            lambda: told("outbox_failing", "no space left on the disk"), 60, "the notice"
+        [failing_notice] = await wait_until(
+            lambda: told("outbox_failing", "no space left on the disk"),
+            timeout=60,
+            what="the notice",
         )
         assert "keeping new reports in memory" in failing_notice
         # Reports still flow, from memory: a fault raised now reaches the controller.
@@ -123,7 +126,7 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
                 for p in r["snapshot"]["health"]["problems"]
             )
 
-        await wait_for_async(fault_arrived, 60, "a report taken on the full disk")
+        await wait_until(fault_arrived, timeout=60, what="a report taken on the full disk")
         # -- the disk has room again ----------------------------------------------------
         stop_filling.set()
         await filler
@@ -132,8 +135,10 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
             http, port, lambda d: d["outbox"]["disk_ok"] and d["healthy"], 60, "recovery"
         )
         assert recovered["outbox"]["memory_entries"] == 0 and recovered["problems"] == []
-        await wait_for_async(
-            lambda: told("outbox_recovered", "takes writes again"), 60, "the recovery notice"
+        await wait_until(
+            lambda: told("outbox_recovered", "takes writes again"),
+            timeout=60,
+            what="the recovery notice",
         )
         assert (await agent_metrics(http, port))["polyfleet_agent_outbox_disk_ok"] == 1
 
@@ -143,13 +148,13 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
 
         # A remount fails while a file is open for writing: the outbox holds none between
         # writes, so it soon succeeds.
-        await wait_for_async(remounted_read_only, 30, "a read-only remount")
+        await wait_until(remounted_read_only, timeout=30, what="a read-only remount")
         read_only = await wait_status(
             http, port, lambda d: not d["outbox"]["disk_ok"], 60, "the read-only disk seen"
         )
         assert "the file system is read-only" in read_only["outbox"]["problem"]
-        await wait_for_async(
-            lambda: told("outbox_failing", "read-only"), 60, "the read-only notice"
+        await wait_until(
+            lambda: told("outbox_failing", "read-only"), timeout=60, what="the read-only notice"
         )
         await device.set_fault("camera_down", False)
 
@@ -157,7 +162,7 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
             reports = await stored_reports(http, controller, "DISK1")
             return not reports[-1]["snapshot"]["health"]["problems"]
 
-        await wait_for_async(cleared_arrived, 60, "a report taken on the read-only disk")
+        await wait_until(cleared_arrived, timeout=60, what="a report taken on the read-only disk")
         assert disk.remount(read_only=False).returncode == 0
         await wait_status(http, port, lambda d: d["healthy"], 60, "recovery from read-only")
     finally:

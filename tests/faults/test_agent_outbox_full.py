@@ -17,7 +17,8 @@ from agent_site import (
     wait_status,
     write_agent_config,
 )
-from faultkit import ControllerProcess, wait_for, wait_for_async
+from faultkit import ControllerProcess
+from testkit.waiting import wait_until
 
 from polyfleet.agent.outbox import Outbox
 from polyfleet.simulator.testing import make_device
@@ -74,10 +75,14 @@ async def test_fault_episode_during_outage_survives_a_full_outbox(
         # The episode: camera down for a few polls, then up again, all during the outage.
         logins = episode.logins
         await episode.set_fault("camera_down", True)
-        await wait_for(lambda: episode.logins >= logins + 3, 30, "three polls with the fault")
+        await wait_until(
+            lambda: episode.logins >= logins + 3, timeout=30, what="three polls with the fault"
+        )
         logins = episode.logins
         await episode.set_fault("camera_down", False)
-        await wait_for(lambda: episode.logins >= logins + 3, 30, "three polls after it")
+        await wait_until(
+            lambda: episode.logins >= logins + 3, timeout=30, what="three polls after it"
+        )
         # Keep the outbox busy dropping well after the episode ended.
         after = full["outbox"]["dropped_total"]
         await wait_status(
@@ -96,7 +101,7 @@ async def test_fault_episode_during_outage_survives_a_full_outbox(
                 "camera_down" not in problem_codes(r) for r in reports[down[0] :]
             )
 
-        await wait_for_async(episode_arrived, 90, "the episode at the controller")
+        await wait_until(episode_arrived, timeout=90, what="the episode at the controller")
 
         async def all_told() -> bool:
             # Drained, nothing more is dropped: the notices at the controller add up exactly.
@@ -105,7 +110,7 @@ async def test_fault_episode_during_outage_survives_a_full_outbox(
                 doc is not None and await told(http, controller) == doc["outbox"]["dropped_total"]
             )
 
-        await wait_for_async(all_told, 60, "every drop told to the controller")
+        await wait_until(all_told, timeout=60, what="every drop told to the controller")
     finally:
         await agent.stop()
         await relay.stop()

@@ -8,7 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from faultkit import REPO, ControllerProcess, get_json, wait_for, wait_for_async
+from faultkit import REPO, ControllerProcess, get_json
+from testkit.waiting import wait_until
 
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
@@ -43,7 +44,9 @@ async def test_changed_ssh_host_key_marks_every_report_until_accepted(
             return None
         return next((r.get("ssh") for r in records.values() if r.get("serial") == SERIAL), None)
 
-    await wait_for(lambda: pinned_ssh() == device.ssh_fingerprint, 90, "the SSH key pinned")
+    await wait_until(
+        lambda: pinned_ssh() == device.ssh_fingerprint, timeout=90, what="the SSH key pinned"
+    )
     old_key = device.ssh_fingerprint
     await device.renew_identity(host_key=True)
 
@@ -61,7 +64,7 @@ async def test_changed_ssh_host_key_marks_every_report_until_accepted(
             return None
         return stored[first:]
 
-    since_change = await wait_for_async(marked_run, 120, "reports after the key changed")
+    since_change = await wait_until(marked_run, timeout=120, what="reports after the key changed")
     unmarked = [r["snapshot"]["collected_at"] for r in since_change if not changed(r)]
     assert not unmarked, f"{len(unmarked)} of {len(since_change)} reports not marked: {unmarked}"
     detail = changed(since_change[-1])[0]
@@ -89,7 +92,7 @@ async def test_changed_ssh_host_key_marks_every_report_until_accepted(
             return None
         return after[first:]
 
-    after_accept = await wait_for_async(clean_run, 120, "reports after the accept")
+    after_accept = await wait_until(clean_run, timeout=120, what="reports after the accept")
     assert not [r for r in after_accept if changed(r)], "marked after the admin accepted"
     assert all(r["snapshot"]["health"]["state"] == "ok" for r in after_accept)
     assert pinned_ssh() == device.ssh_fingerprint

@@ -9,17 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from access_testkit import (
-    bearer,
-    controller_process,
-    enroll_agent,
-    eventually,
-    post_report,
-    run_cli,
-    snapshot,
-)
+from access_testkit import controller_process, enroll_agent, post_report, run_cli
+from testkit.clocks import SettableClock
+from testkit.reports import bearer, snapshot
+from testkit.waiting import wait_until
 
-from polyfleet.controller.keys import AUDIT
 from polyfleet.controller.testing import running_controller
 
 TICKETS_AT_ONCE = """\
@@ -33,14 +27,6 @@ REGISTRY = """\
 serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,host_serial
 X50-1,studio_x50,2025-01-10,hezo_plus,HZ-1,2025-01-10,2027-01-09,krk,Wawel,
 """
-
-
-class SettableClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def _get(http: aiohttp.ClientSession, url: str, token: str, **query: str) -> Any:
@@ -75,8 +61,12 @@ async def test_every_admin_action_is_audited_with_who_when_what_and_where(
         invite = await _send(http, "POST", f"{api}/invites", admin, {"site": "krk"})
         agent = await enroll_agent(http, url, invite["code"], name="krk-agent")
         now = datetime.now(UTC).isoformat()
-        await post_report(http, url, agent["token"], snapshot("X50-1", now), "report-00001")
-        ghost = snapshot("GHOST-1", now, problems=[{"code": "camera_down", "detail": "dark"}])
+        await post_report(
+            http, url, agent["token"], snapshot("X50-1", collected_at=now), "report-00001"
+        )
+        ghost = snapshot(
+            "GHOST-1", collected_at=now, problems=[{"code": "camera_down", "detail": "dark"}]
+        )
         await post_report(http, url, agent["token"], ghost, "report-00002")
         viewer = await _send(http, "POST", f"{api}/tokens", admin, {"role": "viewer", "name": "tv"})
         await _send(http, "DELETE", f"{api}/tokens/{viewer['id']}", admin)
@@ -96,7 +86,7 @@ async def test_every_admin_action_is_audited_with_who_when_what_and_where(
             listed = await _get(http, f"{api}/tickets", admin)
             return [t for t in listed["tickets"] if t.get("serial") == "GHOST-1"]
 
-        (ticket,) = await eventually(ghost_ticket)
+        (ticket,) = await wait_until(ghost_ticket)
         # GHOST-1 is not in the asset registry: its number is taken only when forced.
         filled = {"contract_number": "C-9", "force": True}
         await _send(http, "PATCH", f"{api}/tickets/{ticket['id']}", admin, filled)
@@ -281,7 +271,7 @@ async def test_audit_entries_older_than_the_retention_are_dropped(tmp_path: Path
         await _send(http, "POST", f"{api}/sites", controller.admin_token, {"id": "mid"})
         clock.now += timedelta(days=11)
         # The hourly pass, run now rather than waited for.
-        assert controller.app[AUDIT].prune() == 1
+        assert controller.core.audit.prune() == 1
         page = await _get(http, f"{api}/audit", controller.admin_token)
         assert [e["target"] for e in page["entries"]] == ["site:mid"]
     clock.now += timedelta(days=20)

@@ -7,18 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from faultkit import (
-    Agents,
-    Controllers,
-    LabFactory,
-    batch,
-    enroll,
-    get_json,
-    post_batch,
-    report,
-    snapshot,
-    wait_for_async,
-)
+from faultkit import Agents, Controllers, LabFactory, enroll, get_json, post_batch
+from testkit.reports import batch, report, snapshot
+from testkit.waiting import wait_until
 
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
@@ -95,7 +86,7 @@ async def test_agent_with_clock_a_day_ahead_is_shown_and_noted_on_its_sites_tick
         ahead = [a for a in listed if a["clock"]["state"] == "ahead"]
         return ahead[0] if ahead else None
 
-    agent = await wait_for_async(clock_ahead, timeout=60, what="the agent's clock shown ahead")
+    agent = await wait_until(clock_ahead, timeout=60, what="the agent's clock shown ahead")
     assert 86_000 < agent["clock"]["skew_s"] < 87_000
 
     async def noted_ticket() -> dict[str, Any] | None:
@@ -106,7 +97,7 @@ async def test_agent_with_clock_a_day_ahead_is_shown_and_noted_on_its_sites_tick
                 return dict(shown.body)
         return None
 
-    ticket = await wait_for_async(noted_ticket, timeout=60, what="a ticket note on the clock")
+    ticket = await wait_until(noted_ticket, timeout=60, what="a ticket note on the clock")
     assert ticket["site"] == "krk"
     note = next(n["text"] for n in ticket["notes"] if "clock" in n["text"])
     assert "ahead" in note

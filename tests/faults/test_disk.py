@@ -6,19 +6,9 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from faultkit import (
-    ControllerProcess,
-    Controllers,
-    SmallDisk,
-    batch,
-    enroll,
-    get_json,
-    post_batch,
-    report,
-    snapshot,
-    wait_for,
-    wait_for_async,
-)
+from faultkit import ControllerProcess, Controllers, SmallDisk, enroll, get_json, post_batch
+from testkit.reports import batch, report, snapshot
+from testkit.waiting import wait_until
 
 from polyfleet.shared.process import polyfleet_argv
 
@@ -81,7 +71,7 @@ async def test_store_writes_again_by_itself_after_the_disk_was_full(
     assert b"warning: storage is failing (No space left on device" in err, err
 
     disk.free()
-    await wait_for_async(
+    await wait_until(
         lambda: _is(failing(controller, http), 0.0), what="writes to resume by themselves"
     )
     await controller.wait_log("the disk takes writes again")
@@ -110,14 +100,14 @@ async def test_store_writes_again_after_the_disk_turned_read_only_and_back(
     _, reports = await post_until_refused(controller, http, token, acked)
     # The store let go of its journal after the failed write: the remount is not refused
     # for a file open to write (it may be, for an instant, while a retry reopens it).
-    await wait_for(
+    await wait_until(
         lambda: disk.remount(read_only=True).returncode == 0,
         what="the filesystem to be remounted read-only",
     )
     await controller.wait_log(r"Read-only file system", timeout=30)
     disk.remount(read_only=False)
     disk.free()
-    await wait_for_async(
+    await wait_until(
         lambda: _is(failing(controller, http), 0.0), what="writes to resume by themselves"
     )
     again = await post_batch(http, controller.url, token, batch(*reports))

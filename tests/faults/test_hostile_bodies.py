@@ -6,7 +6,8 @@ import re
 from typing import Any
 
 import aiohttp
-from faultkit import ControllerProcess, batch, post_batch, report, snapshot
+from faultkit import ControllerProcess, post_batch
+from testkit.reports import batch, report, snapshot
 
 #: A body nested this deep made recursive parsers fail with RecursionError (an internal 500).
 DEEP = 1000

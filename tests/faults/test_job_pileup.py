@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from access_testkit import bearer, controller_process, enroll_agent, post_report, snapshot
+from access_testkit import controller_process, enroll_agent, post_report
+from testkit.reports import bearer, snapshot
 
 REBOOT = {"kind": "reboot"}
 
@@ -30,7 +31,9 @@ async def _site_with_devices(
     agent = await enroll_agent(http, url, invite["code"])
     now = datetime.now(UTC).isoformat()
     for number, serial in enumerate(serials):
-        await post_report(http, url, agent["token"], snapshot(serial, now), f"report-{number:05d}")
+        await post_report(
+            http, url, agent["token"], snapshot(serial, collected_at=now), f"report-{number:05d}"
+        )
     return agent
 
 

@@ -7,14 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from access_testkit import (
-    bearer,
-    controller_process,
-    enroll_agent,
-    post_report,
-    run_cli_on_terminal,
-    snapshot,
-)
+from access_testkit import controller_process, enroll_agent, post_report, run_cli_on_terminal
+from testkit.reports import bearer, snapshot
 
 
 async def _status(
@@ -76,7 +70,11 @@ async def test_agent_credentials_are_listed_and_revoked_as_agents_not_tokens(
             agents[site] = await enroll_agent(http, controller.url, invite["code"], f"{site}-agent")
         now = datetime.now(UTC).isoformat()
         await post_report(
-            http, controller.url, agents["krk"]["token"], snapshot("X1", now), "report-0001"
+            http,
+            controller.url,
+            agents["krk"]["token"],
+            snapshot("X1", collected_at=now),
+            "report-0001",
         )
 
         _, tokens = await _status(http, "GET", f"{api}/tokens", ops)
@@ -98,7 +96,11 @@ async def test_agent_credentials_are_listed_and_revoked_as_agents_not_tokens(
         assert "revoke the agent" in answer["error"]["message"]
         # Still enrolled: its reports are taken.
         await post_report(
-            http, controller.url, agents["krk"]["token"], snapshot("X1", now), "report-0002"
+            http,
+            controller.url,
+            agents["krk"]["token"],
+            snapshot("X1", collected_at=now),
+            "report-0002",
         )
 
         assert (await _status(http, "DELETE", f"{api}/agents/{krk['id']}", ops))[0] == 200

@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from faultkit import ControllerProcess, batch, enroll, post_batch, report, snapshot, wait_for
+from faultkit import ControllerProcess, enroll, post_batch
+from testkit.reports import batch, report, snapshot
+from testkit.waiting import wait_until
 from tickets.conftest import (  # noqa: F401  (fixtures: real SMTP and webhook peers)
     SmtpPeer,
     WebhookPeer,
@@ -191,7 +193,7 @@ async def test_poisoned_ticket_is_refused_and_never_blocks_later_deliveries(
     await controller.start()
     # The poisoned e-mail cannot be built: given up at once, with the reason. The webhook's
     # JSON carries the serial as it is, so the desk still hears of the ticket.
-    await wait_for(
+    await wait_until(
         lambda: hooked(webhook_peer, held), what="the poisoned ticket's webhook", timeout=90
     )
     failed = await desk.get("/api/v1/tickets/deliveries?state=failed")
@@ -200,7 +202,7 @@ async def test_poisoned_ticket_is_refused_and_never_blocks_later_deliveries(
     assert "linefeed" in entry["last_error"]
     # A later ticket goes out by both channels all the same.
     later = await desk.fault("X1")
-    await wait_for(
+    await wait_until(
         lambda: mailed(smtp_peer, later) and hooked(webhook_peer, later),
         what="the later ticket by e-mail and webhook",
         timeout=90,
@@ -231,7 +233,7 @@ async def test_poisoned_ticket_is_refused_and_never_blocks_later_deliveries(
     assert await controller.stop() == 0
     await controller.start()
     third = await desk.fault("X4")
-    await wait_for(
+    await wait_until(
         lambda: mailed(smtp_peer, third) and hooked(webhook_peer, third),
         what="a ticket after the restart by e-mail and webhook",
         timeout=90,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from faultkit import Controllers, batch, enroll, get_json, post_batch, report, snapshot
+from faultkit import Controllers, enroll, get_json, post_batch
+from testkit.reports import batch, report, snapshot
 
 from polyfleet.controller.store.base import REPORTS
 from polyfleet.controller.store.tinydb import TinyDBStore

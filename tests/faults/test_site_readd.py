@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from access_testkit import bearer, controller_process
+from access_testkit import controller_process
+from testkit.reports import bearer
 
 
 async def _call(

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
-from faultkit import Controllers, batch, enroll, post_batch, report, snapshot, wait_for
+from faultkit import Controllers, enroll, post_batch
+from testkit.reports import batch, report, snapshot
+from testkit.waiting import wait_until
 
 #: Short limits, so a stalled request is dealt with within the test.
 CONFIG = "[server]\nread_timeout_s = 1\nmax_unauthenticated_connections = 10\n"
@@ -98,7 +100,7 @@ async def test_stalled_connections_without_credential_are_bounded(
     )
     token = (await enroll(http, controller.url, controller.codes["krk"][0]))["token"]
     async with stalled(controller.url, "/api/v1/agent/enroll", 40) as requests:
-        await wait_for(
+        await wait_until(
             lambda: sum(not r.closed.is_set() for r in requests) <= 10,
             what="the stalled connections beyond the bound to be closed",
         )

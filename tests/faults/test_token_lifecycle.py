@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from access_testkit import bearer, controller_process, eventually, run_cli
+from access_testkit import controller_process, run_cli
+from testkit.reports import bearer
+from testkit.waiting import wait_until
 
 from polyfleet.controller.web.security import SIGNIN_COOKIE
 from polyfleet.shared.schema import PROTOCOL_VERSION
@@ -56,7 +58,7 @@ async def test_an_expired_token_is_refused_in_words_and_listed_as_expired(tmp_pa
             status, answer, _ = await _call(http, "GET", f"{api}/devices", short["token"])
             return answer if status == 401 else None
 
-        answer = await eventually(refused, timeout=30)
+        answer = await wait_until(refused, timeout=30)
         message = answer["error"]["message"]
         assert f"token {short['id']} expired at {soon}" in message
         assert short["token"] not in message

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,16 +12,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+from testkit.site_agents import agent_config, device_config, lab_password_file, start_enrolled_agent
+from testkit.waiting import wait_until
 
-from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.fleet import DeviceSpec
 from polyfleet.simulator.lab import Lab
-from polyfleet.simulator.testing import TEST_PASSWORD, start_lab
+from polyfleet.simulator.testing import start_lab
 
 #: Every release a test fleet may step through, with a stand-in package each.
 PACKAGE_VERSIONS = ("4.1.0.382263", "4.1.0_00.180034", "4.1.3.394009", "4.2.2-408037")
@@ -41,22 +38,6 @@ def open_window(minutes: int = 40) -> str:
     start = now - timedelta(minutes=5)
     end = now + timedelta(minutes=minutes)
     return f"{start:%H:%M}-{end:%H:%M}"
-
-
-async def wait_until(
-    check: Callable[[], Any], *, what: str, timeout: float = 60.0, interval: float = 0.1
-) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)  # waits-for: the condition above
 
 
 @dataclass
@@ -109,7 +90,7 @@ class World:
             _, body = await self.call("GET", "/api/v1/devices")
             return serials <= {d["serial"] for d in body["devices"]}
 
-        await wait_until(check, what=f"reports of {sorted(serials)}", timeout=60)
+        await wait_until(check, what=f"reports of {sorted(serials)}")
 
 
 async def _stop_agent(agents: dict[str, AgentService], site: str) -> None:
@@ -147,9 +128,7 @@ async def rollout_world(
         rows = [
             "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,host_serial"
         ]
-        password = tmp_path / "device-password"
-        password.write_text(TEST_PASSWORD + "\n")
-        os.chmod(password, 0o600)
+        password = lab_password_file(tmp_path)
         agents: dict[str, AgentService] = {}
         for site, site_specs in sites.items():
             await controller.ensure_site(site, timezone="Europe/Warsaw")
@@ -167,38 +146,18 @@ async def rollout_world(
             )
             assert status == 201, body
         for site, site_specs in sites.items():
-            enrolled = await controller.enroll(site)
-            agent_config = AgentConfig(
+            config = agent_config(
+                tmp_path,
+                [device_config(lab.devices[spec.serial], password) for spec in site_specs],
                 data_dir=tmp_path / f"agent-{site}",
                 controller_url=controller.url,
-                devices=tuple(
-                    DeviceConfig(
-                        host=lab.devices[s.serial].address,
-                        rest_port=lab.devices[s.serial].rest_port,
-                        ssh_port=lab.devices[s.serial].ssh_port,
-                        user="admin",
-                        password=Secret(file=password, origin="test"),
-                    )
-                    for s in site_specs
-                ),
                 poll_interval_s=0.3,
-                jitter_s=0.0,
-                device_timeout_s=5.0,
                 send_interval_s=0.05,
                 jobs_interval_s=0.1,
                 updates_return_timeout_s=return_timeout_s,
                 updates_call_recheck_s=0.2,
             )
-            Credential(
-                controller_url=controller.url,
-                agent_id=enrolled.agent_id,
-                site_id=enrolled.site_id,
-                token=enrolled.token,
-                poll_interval_s=enrolled.poll_interval_s,
-            ).save(agent_config.credential_path)
-            agent = AgentService(agent_config)
-            await agent.start()
-            agents[site] = agent
+            agents[site] = await start_enrolled_agent(controller, site, config)
             # Whichever agent serves the site at the end is stopped (a test may replace it).
             stack.push_async_callback(_stop_agent, agents, site)
         await world.wait_reported({spec.serial for spec in specs})

@@ -13,23 +13,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from testkit.reports import report_as_new_agent, typed_snapshot
 
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
-    PROTOCOL_VERSION,
-    Firmware,
-    Health,
-    HealthState,
     Model,
-    Problem,
     ProblemCode,
     Provider,
-    Report,
-    ReportBatch,
     Snapshot,
-    Via,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -50,33 +42,18 @@ async def controller(tmp_path: Path) -> AsyncIterator[RunningController]:
         yield running
 
 
-def snapshot(serial: str, model: Model, version: str, build: str, **extra: Any) -> Snapshot:
-    return Snapshot(
-        serial=serial,
-        model=model,
-        firmware=Firmware(version=version, build=build),
-        provider=extra.pop("provider", Provider.POLY),
-        health=extra.pop("health", Health(state=HealthState.OK)),
-        collected_at=NOW,
-        via=Via.REST,
-        **extra,
+def snapshot(
+    serial: str,
+    model: Model,
+    version: str,
+    build: str,
+    *codes: ProblemCode,
+    provider: Provider = Provider.POLY,
+) -> Snapshot:
+    """A unit as its agent reported it at NOW."""
+    return typed_snapshot(
+        serial, *codes, at=NOW, model=model, version=version, build=build, provider=provider
     )
-
-
-async def report(controller: RunningController, site: str, *snapshots: Snapshot) -> None:
-    await controller.ensure_site(site)
-    agent = await controller.enroll(site)
-    batch = ReportBatch(
-        protocol_version=PROTOCOL_VERSION,
-        reports=[Report(id=f"report-{s.serial}", snapshot=s) for s in snapshots],
-    )
-    async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {agent.token}"}) as http,
-        http.post(
-            controller.url + "/api/v1/agent/reports", json=batch.model_dump(mode="json")
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
 
 
 async def call(
@@ -91,16 +68,18 @@ async def call(
         return response.status, await response.text()
 
 
-async def fleet(controller: RunningController) -> None:
+async def import_registry(controller: RunningController) -> None:
+    """The asset registry (REGISTRY) imported through the API."""
     status, _ = await call(
-        controller,
-        "POST",
-        "/api/v1/assets/import",
-        data=REGISTRY,
+        controller, "POST", "/api/v1/assets/import", data=REGISTRY,
         headers={"Content-Type": "text/csv"},
-    )
+    )  # fmt: skip
     assert status == 200
-    await report(
+
+
+async def fleet(controller: RunningController) -> None:
+    await import_registry(controller)
+    await report_as_new_agent(
         controller,
         "krakow",
         snapshot("K1", Model.STUDIO_X50, "4.1.0_00", "180034"),
@@ -111,9 +90,7 @@ async def fleet(controller: RunningController) -> None:
             Model.STUDIO_X50,
             "4.1.0_00",
             "180034",
-            health=Health(
-                state=HealthState.FAULT, problems=[Problem(code=ProblemCode.CAMERA_DOWN)]
-            ),
+            ProblemCode.CAMERA_DOWN,
         ),
         snapshot("K5", Model.STUDIO_X50, "4.2.2", "408037", provider=Provider.TEAMS),
     )
@@ -267,7 +244,7 @@ async def test_controls_follow_the_status_and_are_events(controller: RunningCont
 async def test_viewers_read_but_cannot_plan(controller: RunningController) -> None:
     """A viewer token lists rollouts, packages and the penalty box, and gets 403 on planning,
     adding a package and releasing a device."""
-    viewer, _ = await controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    viewer, _ = await controller.core.access.create_token(Role.VIEWER, "viewer")
     headers = {"Authorization": f"Bearer {viewer}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         for path in ("rollouts", "releases/packages", "rollouts/penalty-box"):

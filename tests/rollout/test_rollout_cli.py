@@ -16,10 +16,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_rollout_api import REGISTRY, call, report
+from test_rollout_api import REGISTRY, call
+from testkit.reports import report_as_new_agent, typed_snapshot
 
+from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
+from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.testing import running_controller
-from polyfleet.shared.schema import Firmware, Health, HealthState, Model, Provider, Snapshot, Via
+from polyfleet.shared.schema import Provider
 
 REPO = Path(__file__).resolve().parents[2]
 #: Longer than the default: each test starts a dozen CLI processes and a server.
@@ -56,7 +59,7 @@ async def wait_frames(frames: list[bytes], marker: bytes, count: int) -> None:
 
 async def seed(data: Path, store_url: str | None = None) -> None:
     """Registry and reports of four Kraków devices, stored in ``data`` (or the PostgreSQL
-    database at ``store_url``, with a planned rollout and one package besides)."""
+    database at ``store_url``, with a planned rollout, one package and a ticket besides)."""
     now = datetime.now(UTC)
     async with running_controller(data, store_url=store_url) as controller:
         status, _ = await call(
@@ -67,19 +70,11 @@ async def seed(data: Path, store_url: str | None = None) -> None:
             headers={"Content-Type": "text/csv"},
         )
         assert status == 200
-        await report(
+        await report_as_new_agent(
             controller,
             "krakow",
             *(
-                Snapshot(
-                    serial=serial,
-                    model=Model.STUDIO_X50,
-                    firmware=Firmware(version=version, build=build),
-                    provider=Provider.POLY,
-                    health=Health(state=HealthState.OK),
-                    collected_at=now,
-                    via=Via.REST,
-                )
+                typed_snapshot(serial, at=now, version=version, build=build, provider=Provider.POLY)
                 for serial, version, build in (
                     ("K1", "4.1.0_00", "180034"),
                     ("K2", "4.1.3", "394009"),
@@ -93,6 +88,17 @@ async def seed(data: Path, store_url: str | None = None) -> None:
         assert (await call(controller, "POST", "/api/v1/rollouts", json=body))[0] == 201
         path = "/api/v1/releases/4.1.3.394009/package"
         assert (await call(controller, "PUT", path, data=b"firmware" * 100))[0] == 201
+        # Of a device outside the registry: held for its contract, so nothing is collected
+        # or sent, and the plan above is not changed by it.
+        fault = FaultEvent(
+            kind=FaultEventKind.OPENED,
+            subject="K9",
+            fault="camera_down",
+            at=now,
+            site="krakow",
+            serial="K9",
+        )
+        await controller.core.tickets.get().handle([fault])
 
 
 async def start_server(data: Path, *config: str) -> asyncio.subprocess.Process:
@@ -364,9 +370,9 @@ async def test_abort_flags_are_stored_and_shown(tmp_path: Path) -> None:
 
 
 async def test_rollout_commands_on_a_postgresql_store(tmp_path: Path, postgres_url: str) -> None:
-    """With a config naming PostgreSQL the commands see the server's rollouts and packages
-    and plan through it; with no server they work on the database themselves, and a start
-    without the target's package is refused as documented."""
+    """With a config naming PostgreSQL the commands see the server's rollouts, packages,
+    tickets and tokens and plan through it; with no server they work on the database
+    themselves, and a start without the target's package is refused as documented."""
     data = tmp_path / "data"
     config = tmp_path / "controller.toml"
     config.write_text(f'[store]\nurl = "{postgres_url}"\n[tickets]\nenabled = false\n', "utf-8")
@@ -390,6 +396,10 @@ async def test_rollout_commands_on_a_postgresql_store(tmp_path: Path, postgres_u
         _, logged, _ = await run_cli("audit", "--action", "rollout.plan", "--json", *where)
         origins = {e["target"]: e["origin"]["via"] for e in json.loads(logged)["entries"]}
         assert origins[f"rollout:{planned['id']}"] == "control_socket"
+        _, tickets, _ = await run_cli("tickets", "list", "--json", *where)
+        assert [t["id"] for t in json.loads(tickets)["tickets"]] == [ticket_id("K9", "camera_down")]
+        _, tokens, _ = await run_cli("token", "list", "--json", *where)
+        assert [t["name"] for t in json.loads(tokens)["tokens"]] == ["test admin"]
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)

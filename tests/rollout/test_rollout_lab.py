@@ -6,10 +6,10 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from rollout_kit import rollout_world, wait_until
+from rollout_kit import rollout_world
+from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
-from polyfleet.controller.keys import CORE
 from polyfleet.simulator.testing import make_device, with_update
 
 
@@ -40,7 +40,7 @@ async def test_a_rollout_runs_to_completion_with_one_download_per_site(tmp_path:
             "4.1.0_00.180034",
             "4.2.2-408037",
         ]
-        downloads = world.controller.app[CORE].packages.downloads
+        downloads = world.controller.core.packages.downloads
         assert downloads[("krakow", "4.2.2-408037")] == 1
         assert downloads[("gdansk", "4.2.2-408037")] == 1
         evidence = {d["serial"]: d["evidence"] for d in done["devices"]}
@@ -139,7 +139,7 @@ async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) 
         _, windows = await world.call("GET", "/api/v1/maintenance")
         (window,) = [w for w in windows["maintenance"] if w["target"] == "BRK01"]
         assert window["state"] == "over" and window["rollout"] == plan["id"]
-        await world.controller.app[CORE].tickets.get().tick()
+        await world.controller.core.tickets.get().tick()
         _, body = await world.call("GET", "/api/v1/tickets")
         assert [t["serial"] for t in body["tickets"] if t["serial"] == "BRK01"] == ["BRK01"]
 

@@ -14,18 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from rollout_kit import (
-    PACKAGE_VERSIONS,
-    WARSAW,
-    open_window,
-    package_bytes,
-    registry_row,
-    wait_until,
-)
+from rollout_kit import PACKAGE_VERSIONS, WARSAW, open_window, package_bytes, registry_row
+from testkit.site_agents import agent_config, device_config, lab_password_file
+from testkit.waiting import wait_until
 
-from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
+from polyfleet.agent.config import Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.simulator.testing import TEST_PASSWORD, make_device, start_lab, with_update
+from polyfleet.simulator.testing import make_device, start_lab, with_update
 
 REPO = Path(__file__).resolve().parents[2]
 #: Longer than the default: a server started twice, an agent and a lab rollout.
@@ -87,29 +82,17 @@ async def test_controller_kill_9_mid_rollout_orders_no_unit_twice(tmp_path: Path
         )
     ).strip()
     server = await serve(config, data, port)
-    password = tmp_path / "pw"
-    password.write_text(TEST_PASSWORD)
-    os.chmod(password, 0o600)
+    password = lab_password_file(tmp_path)
     code_file = tmp_path / "code"
     code_file.write_text(code)
     os.chmod(code_file, 0o600)
     agent = AgentService(
-        AgentConfig(
-            data_dir=tmp_path / "agent",
+        agent_config(
+            tmp_path,
+            [device_config(d, password) for d in lab.devices.values()],
             controller_url=url,
             enrollment_code=Secret(file=code_file, origin="test"),
-            devices=tuple(
-                DeviceConfig(
-                    host=d.address,
-                    rest_port=d.rest_port,
-                    ssh_port=d.ssh_port,
-                    password=Secret(file=password, origin="test"),
-                )
-                for d in lab.devices.values()
-            ),
             poll_interval_s=0.3,
-            jitter_s=0.0,
-            device_timeout_s=5.0,
             send_interval_s=0.05,
             jobs_interval_s=0.1,
             backoff_max_s=0.3,

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 from rollout_kit import package_bytes, registry_row
+from testkit.clocks import SettableClock
 
-from polyfleet.controller.keys import CORE, STORE
 from polyfleet.controller.services.rollout import ROLLOUT_DEVICES, device_key
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
@@ -58,21 +58,13 @@ class Outcome:
     failures: int
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock(NOW)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def controller(tmp_path: Path, clock: Clock) -> AsyncIterator[RunningController]:
+async def controller(tmp_path: Path, clock: SettableClock) -> AsyncIterator[RunningController]:
     # The runner's own loop waits an hour between ticks: each test ticks when it means to.
     async with running_controller(
         tmp_path / "data", clock=clock, sections={"rollouts": {"tick_s": 3600}}
@@ -142,7 +134,7 @@ async def ordered_units(controller: RunningController, names: list[str]) -> dict
         rollouts[name] = body["id"]
         status, body = await call(controller, "POST", f"/api/v1/rollouts/{body['id']}/start")
         assert status == 200, body
-    await controller.app[CORE].rollouts.tick()
+    await controller.core.rollouts.tick()
     units: dict[str, Unit] = {}
     for name in names:
         status, body = await call(controller, "GET", "/api/v1/agent/jobs", token=tokens[name])
@@ -217,11 +209,11 @@ async def test_each_failure_code_leads_to_its_outcome(controller: RunningControl
         await post_result(
             controller, unit, {"status": "failed", "detail": f"words: {code}", "code": code}
         )
-    await controller.app[CORE].rollouts.tick()
+    await controller.core.rollouts.tick()
     for unit, code in zip(units.values(), codes, strict=True):
         status, halted, boxed, moved = FAILED_OUTCOMES[code]
         assert await outcome(controller, unit) == Outcome(status, halted, boxed, moved, 1), code
-        entry = controller.app[STORE].get(ROLLOUT_DEVICES, device_key(unit.rollout_id, unit.serial))
+        entry = controller.core.store.get(ROLLOUT_DEVICES, device_key(unit.rollout_id, unit.serial))
         assert entry is not None and entry["failures"][0]["code"] == code.value
         # Shown as before codes: the detail's first word.
         assert entry["failures"][0]["check"] == "words"
@@ -230,12 +222,12 @@ async def test_each_failure_code_leads_to_its_outcome(controller: RunningControl
 
 
 async def test_a_second_failure_of_the_update_puts_the_unit_in_the_penalty_box(
-    controller: RunningController, clock: Clock
+    controller: RunningController, clock: SettableClock
 ) -> None:
     """A failure that does not punish comes first; the two install failures after it box it,
     until an admin releases it (audited)."""
     unit = (await ordered_units(controller, ["TWICE"]))["TWICE"]
-    service = controller.app[CORE].rollouts
+    service = controller.core.rollouts
 
     async def fail(code: str) -> Outcome:
         await post_result(controller, unit, {"status": "failed", "detail": "x: y", "code": code})
@@ -289,7 +281,7 @@ async def test_a_result_without_a_code_is_judged_as_before(controller: RunningCo
         controller, units["OLD03"], {"status": "refused", "detail": "unreachable: unreachable"}
     )
     await post_result(controller, units["OLD04"], {"status": "done", "detail": "on 4.2.2"})
-    await controller.app[CORE].rollouts.tick()
+    await controller.core.rollouts.tick()
     assert await outcome(controller, units["OLD01"]) == Outcome(
         "waiting_window", True, False, False, 1
     )
@@ -304,7 +296,7 @@ async def test_a_result_without_a_code_is_judged_as_before(controller: RunningCo
         "status": "failed",
         "detail": "version: 4.1.0_00 build 180034, expected 4.2.2",
     }
-    store = controller.app[STORE]
+    store = controller.core.store
     entry = store.get(ROLLOUT_DEVICES, device_key(units["OLD01"].rollout_id, "OLD01"))
     assert entry is not None and "code" not in entry["failures"][0]
     assert entry["failures"][0]["check"] == "version"
@@ -323,7 +315,7 @@ async def test_a_refused_job_moves_to_the_next_window_whatever_its_code(
         units["REF01"],
         {"status": "refused", "detail": "in_call: a call started", "code": "in_call"},
     )
-    await controller.app[CORE].rollouts.tick()
+    await controller.core.rollouts.tick()
     assert await outcome(controller, units["REF01"]) == Outcome(
         "waiting_window", False, False, True, 0
     )
@@ -348,7 +340,7 @@ async def test_a_progress_report_for_a_finished_entry_is_refused_and_logged(
     """A move the table forbids (done back to installing) is refused, logged, not stored."""
     units = await ordered_units(controller, ["BUG01"])
     unit = units["BUG01"]
-    store = controller.app[STORE]
+    store = controller.core.store
     key = device_key(unit.rollout_id, unit.serial)
     entry = store.get(ROLLOUT_DEVICES, key)
     assert entry is not None

@@ -1,11 +1,9 @@
-"""A pinned REST client and small waiting tools for the device lab tests."""
+"""A pinned REST client, SSH helpers and a settable monotonic clock for the device lab tests."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -15,6 +13,7 @@ import paramiko
 from polyfleet.shared.fingerprint import sha256_fingerprint
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.testing import DeviceSpec
 
 LabFactory = Callable[..., Awaitable[Lab]]
 
@@ -74,13 +73,21 @@ class RestClient:
         return await response.json(content_type=None)
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``condition()`` holds, checking often, failing after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.01)  # waits-for: the polled condition
+#: The ``rest_factory`` fixture: a REST client of its own for a device.
+Rest = Callable[[SimDevice], RestClient]
+
+
+async def one_device(
+    lab_factory: LabFactory, rest_factory: Rest, spec: DeviceSpec, *, login: bool = True
+) -> tuple[Lab, SimDevice, RestClient]:
+    """A lab of the one device ``spec`` and a REST client of it, signed in unless ``login``
+    is False."""
+    lab = await lab_factory([spec])
+    device = lab.devices[spec.serial]
+    client = rest_factory(device)
+    if login:
+        await client.login()
+    return lab, device, client
 
 
 class FakeClock:

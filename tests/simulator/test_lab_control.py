@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import paramiko
 import pytest
-from lab_client import FakeClock, LabFactory, RestClient, connect, exec_command, wait_for
+from lab_client import FakeClock, LabFactory, RestClient, connect, exec_command
+from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.fleet import FAULTS, CallWindow, FaultWindow
@@ -132,8 +133,8 @@ async def test_timeline_advances_by_itself(lab_factory: LabFactory) -> None:
     lab = await lab_factory([spec])
     device = lab.devices[spec.serial]
     assert "log_storage_full" in device.faults
-    await wait_for(lambda: "reboot_needed" in device.faults)
-    await wait_for(lambda: "log_storage_full" not in device.faults)
+    await wait_until(lambda: "reboot_needed" in device.faults)
+    await wait_until(lambda: "log_storage_full" not in device.faults)
     assert lab.timeline_seconds() >= 0.1
 
 
@@ -144,8 +145,8 @@ async def test_a_faster_timeline_reaches_later_windows_sooner(lab_factory: LabFa
     device = lab.devices[spec.serial]
     assert "camera_down" not in device.faults
     lab.set_timeline_rate(600)
-    await wait_for(lambda: "camera_down" in device.faults)
-    await wait_for(lambda: "camera_down" not in device.faults)
+    await wait_until(lambda: "camera_down" in device.faults)
+    await wait_until(lambda: "camera_down" not in device.faults)
     assert lab.timeline_seconds() >= 60
 
 
@@ -354,7 +355,7 @@ async def test_running_timeline_keeps_an_overlapped_fault(lab_factory: LabFactor
     lab = await lab_factory([spec])
     device = lab.devices[spec.serial]
     # reboot_needed starts after the first window's end: once it is up, that edge has passed.
-    await wait_for(lambda: "reboot_needed" in device.faults)
+    await wait_until(lambda: "reboot_needed" in device.faults)
     assert "log_storage_full" in device.faults
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from lab_client import FakeClock, LabFactory, RestClient, pin, wait_for
+from lab_client import FakeClock, LabFactory, Rest, one_device, pin
+from testkit.waiting import wait_until
 
-from polyfleet.simulator.device import FaultError, SimDevice
+from polyfleet.simulator.device import FaultError
 from polyfleet.simulator.fleet import PeripheralSpec
 from polyfleet.simulator.lab import Lab
 from polyfleet.simulator.testing import make_device, start_lab
-
-Rest = Callable[[SimDevice], RestClient]
 
 
 def status_map(entries: list[dict[str, object]]) -> dict[str, object]:
@@ -146,9 +145,9 @@ async def test_locked_out_fault_refuses_good_password_on_4x(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """The locked_out fault makes a 4.x device answer 403 SessionPortLockout until cleared."""
-    lab = await lab_factory([make_device(firmware="4.2.2")])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
+    _, device, client = await one_device(
+        lab_factory, rest_factory, make_device(firmware="4.2.2"), login=False
+    )
     await device.set_fault("locked_out", True)
     response = await client.login()
     assert (response.status, (await response.json())["reason"]) == (403, "SessionPortLockout")
@@ -251,10 +250,7 @@ async def test_faults_change_the_answers(
     check: Callable[[object], bool],
 ) -> None:
     """Each fault shows in the answer the device document maps it from, and clears again."""
-    lab = await lab_factory([make_device()])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, make_device())
     assert not check(await client.json("GET", path))
     await device.set_fault(fault, True)
     assert check(await client.json("GET", path))
@@ -267,10 +263,9 @@ async def test_microphone_down_lowers_connected_count(
 ) -> None:
     """With microphone_down, mr.audio is some_down and one microphone fewer is connected."""
     extra = PeripheralSpec(kind="microphone", serial="MIC0001")
-    lab = await lab_factory([make_device(peripherals=[extra])])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(
+        lab_factory, rest_factory, make_device(peripherals=[extra])
+    )
     assert (await client.json("GET", "/rest/audio"))["numOfMicsConnected"] == 2
     await device.set_fault("microphone_down", True)
     assert (await client.json("GET", "/rest/audio"))["numOfMicsConnected"] == 1
@@ -281,10 +276,7 @@ async def test_g7500_peripherals_e70_and_disconnects(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """A G7500 lists its E70 and TC8; peripheral_disconnected and e70_down change their state."""
-    lab = await lab_factory([make_device(model="g7500")])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(model="g7500"))
 
     async def states() -> dict[str, str]:
         entries = await client.json("POST", "/rest/current/devicemanagement/devices")
@@ -309,9 +301,7 @@ async def test_g7500_peripherals_e70_and_disconnects(
 
 async def test_wedged_answers_5xx_until_reboot(lab_factory: LabFactory, rest_factory: Rest) -> None:
     """A wedged device answers 500 to every REST call until it reboots."""
-    lab = await lab_factory([make_device()])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(), login=False)
     await device.set_fault("wedged", True)
     assert (await client.login()).status == 500
     assert (await client.request("GET", "/rest/no/such/thing")).status == 500
@@ -324,9 +314,7 @@ async def test_wedged_answers_5xx_until_reboot(lab_factory: LabFactory, rest_fac
 
 async def test_slow_adds_latency(lab_factory: LabFactory, rest_factory: Rest) -> None:
     """The slow fault delays every answer by latency_ms."""
-    lab = await lab_factory([make_device()])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(), login=False)
     await device.set_fault("slow", True, latency_ms=300)
     started = time.monotonic()
     await client.request("GET", "/")
@@ -341,10 +329,7 @@ async def test_lan_down_stops_answering_and_comes_back(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """lan_down refuses REST and SSH connections and drops sessions; clearing restores both."""
-    lab = await lab_factory([make_device()])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, make_device())
     await device.set_fault("lan_down", True)
     with pytest.raises(aiohttp.ClientConnectorError):
         await client.request("GET", "/")
@@ -360,10 +345,7 @@ async def test_call_shows_in_conferences_and_state(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """In a call /rest/conferences lists a CONNECTED connection; the device stays readable."""
-    lab = await lab_factory([make_device(in_call=True)])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(in_call=True))
     calls = await client.json("GET", "/rest/conferences")
     assert calls[0]["connections"][0]["state"] == "CONNECTED"
     assert (await client.json("GET", "/rest/system"))["state"] == "READY"
@@ -373,9 +355,7 @@ async def test_call_shows_in_conferences_and_state(
 
 async def test_garbage_answers_are_not_json(lab_factory: LabFactory, rest_factory: Rest) -> None:
     """The garbage fault answers malformed JSON and odd shapes after a normal login."""
-    lab = await lab_factory([make_device()])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(), login=False)
     await device.set_fault("garbage", True)
     assert (await client.login()).status == 200
     system = await client.request("GET", "/rest/system")
@@ -387,10 +367,7 @@ async def test_garbage_answers_are_not_json(lab_factory: LabFactory, rest_factor
 
 async def test_config_get_set_and_log_archive(lab_factory: LabFactory, rest_factory: Rest) -> None:
     """POST /rest/config reads and sets variables; /rest/system/logs is a real tar archive."""
-    lab = await lab_factory([make_device(serial="CFG00001")])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(serial="CFG00001"))
     got = await client.json_post("/rest/config", {"names": ["upgrade.auto.enable", "no.such.key"]})
     assert [v["result"] for v in got["vars"]] == ["NOERROR", "ERR_NOTFOUND"]
     assert got["vars"][0]["value"] == "false"
@@ -424,7 +401,7 @@ async def test_reboot_drops_sessions_and_keeps_certificate(
     await client.login()
     response = await client.request("POST", "/rest/system/reboot", json={"action": "reboot"})
     assert response.status == 200
-    await wait_for(lambda: device.power != "on")
+    await wait_until(lambda: device.power != "on")
     await device.wait_power("on")
     assert (await client.request("GET", "/rest/system")).status == 403
     assert device.tls_fingerprint == fingerprint
@@ -484,9 +461,9 @@ async def test_idle_session_expires(lab_factory: LabFactory, rest_factory: Rest)
 
 async def test_4x_logout_and_relogin(lab_factory: LabFactory, rest_factory: Rest) -> None:
     """4.x: logout without a session is 403 HTML; a second login opens a second session."""
-    lab = await lab_factory([make_device(firmware="4.2.2")])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
+    _, device, client = await one_device(
+        lab_factory, rest_factory, make_device(firmware="4.2.2"), login=False
+    )
     logout = await client.request("DELETE", "/rest/session")
     assert (logout.status, logout.content_type) == (403, "text/html")
     first = (await (await client.login()).json())["session"]["sessionId"]
@@ -500,10 +477,7 @@ async def test_xsrf_needs_cookie_and_header_also_on_logout(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """4.6.2: the header without the XSRF cookie is refused, and logout needs the header too."""
-    lab = await lab_factory([make_device(firmware="4.6.2")])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(firmware="4.6.2"))
     token = client.xsrf
     assert token
     client.http.cookie_jar.clear(lambda morsel: morsel.key == "XSRF-TOKEN")
@@ -661,10 +635,7 @@ async def test_lan_degraded_answers_but_reports_lan_down(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """lan_degraded keeps the device answering with lanStatus LAN_DOWN and ipnetwork down."""
-    lab = await lab_factory([make_device()])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, make_device())
     await device.set_fault("lan_degraded", True)
     system = await client.json("GET", "/rest/system")
     assert system["lanStatus"]["state"] == "LAN_DOWN"
@@ -703,9 +674,7 @@ async def test_lan_down_mode_drop_overrides_the_device(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """lan_down with mode drop times out even on a refusing device; clearing it serves again."""
-    lab = await lab_factory([make_device()])
-    device = next(iter(lab.devices.values()))
-    client = rest_factory(device)
+    _, device, client = await one_device(lab_factory, rest_factory, make_device(), login=False)
     await device.set_fault("lan_down", True, mode="drop")
     with pytest.raises(TimeoutError):
         await client.request("GET", "/", timeout=aiohttp.ClientTimeout(total=0.5))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from lab_client import LabFactory, connect, exec_command, read_identification, wait_for
+from lab_client import LabFactory, connect, exec_command, read_identification
+from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.lab import Lab
@@ -137,7 +138,7 @@ async def test_reboot_now_takes_the_device_down_and_back(lab_factory: LabFactory
     # No reply: the connection may drop as the device goes down.
     with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
         await asyncio.to_thread(exec_command, device, "reboot now")
-    await wait_for(lambda: device.boot_time != boots_before and device.power == "on")
+    await wait_until(lambda: device.boot_time != boots_before and device.power == "on")
     output, _ = await asyncio.to_thread(exec_command, device, "whoami")
     assert "Hi, my name is" in output
 
@@ -332,7 +333,7 @@ async def test_reboot_now_typed_before_hanging_up_still_reboots(lab_factory: Lab
     device = next(iter(lab.devices.values()))
     boots_before = device.boot_time
     await asyncio.to_thread(type_and_hang_up, device, b"reboot now\n")
-    await wait_for(lambda: device.boot_time != boots_before and device.power == "on")
+    await wait_until(lambda: device.boot_time != boots_before and device.power == "on")
 
 
 @pytest.mark.parametrize(

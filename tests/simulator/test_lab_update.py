@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import paramiko
 import pytest
-from lab_client import LabFactory, RestClient, exec_command, pin, wait_for
+from lab_client import LabFactory, Rest, RestClient, exec_command, one_device, pin
 from package_server import PackageServer
+from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.testing import make_device, with_update
 
-Rest = Callable[[SimDevice], RestClient]
 #: Every package the tests order, as the update server offers it.
 PACKAGES = ("4.2.2-408037", "4.0.2.384012", "4.6.2", "4.1.3.394009")
 #: Where the module's update server listens; set by the ``server`` fixture.
@@ -35,8 +35,8 @@ async def server(tmp_path: Path) -> AsyncIterator[PackageServer]:
     await package_server.stop()
 
 
-async def order_update(client: RestClient, version: str, address: str | None = None) -> None:
-    """Point the device at the update server and version, as a rollout does, then reboot it."""
+async def point_at_update(client: RestClient, version: str, address: str | None = None) -> None:
+    """Point the device at the update server and version, as a rollout does."""
     answer = await client.json_post(
         "/rest/config",
         {
@@ -48,8 +48,26 @@ async def order_update(client: RestClient, version: str, address: str | None = N
         },
     )
     assert {v["result"] for v in answer["vars"]} == {"NOERROR"}
+
+
+async def order_update(client: RestClient, version: str, address: str | None = None) -> None:
+    """Point the device at the update server and version, as a rollout does, then reboot it."""
+    await point_at_update(client, version, address)
     response = await client.request("POST", "/rest/system/reboot", json={"action": "reboot"})
     assert response.status == 200
+
+
+async def installed(device: SimDevice) -> None:
+    """Return once the device has gone through an install and is on again."""
+    await wait_until(lambda: device.power == "installing")
+    await device.wait_power("on")
+
+
+async def running_version(client: RestClient) -> tuple[str, str]:
+    """The software version and build the device says it runs, signed in afresh."""
+    await client.login()
+    system = await client.json("GET", "/rest/system")
+    return system["softwareVersion"], system["build"]
 
 
 async def test_update_ok_comes_back_on_the_new_version(
@@ -57,23 +75,18 @@ async def test_update_ok_comes_back_on_the_new_version(
 ) -> None:
     """The device installs, reboots, drops sessions and reports the ordered version and build."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
+    lab, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.2.2-408037")
     url = f"{lab.control_url}/devices/{spec.serial}/config"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         config = (await response.json())["vars"]
     assert config["upgrade.auto.version"] == "4.2.2-408037"
-    await wait_for(lambda: device.power == "installing")
+    await wait_until(lambda: device.power == "installing")
     with pytest.raises(aiohttp.ClientConnectorError):
         await client.request("GET", "/")
     await device.wait_power("on")
     assert (await client.request("GET", "/rest/system")).status == 403
-    await client.login()
-    system = await client.json("GET", "/rest/system")
-    assert (system["softwareVersion"], system["build"]) == ("4.2.2", "408037")
+    assert await running_version(client) == ("4.2.2", "408037")
     assert device.last_update["outcome"] == "ok"
 
 
@@ -82,29 +95,20 @@ async def test_update_fail_returns_on_the_old_version(
 ) -> None:
     """A failing update installs for install_seconds, then boots back onto the old version."""
     spec = with_update(make_device(firmware="3.14.1"), "fail", install_seconds=0.5)
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     started = time.monotonic()
     await order_update(client, "4.0.2.384012")
-    await wait_for(lambda: device.power == "installing")
-    await device.wait_power("on")
+    await installed(device)
     # The install takes install_seconds (boot_seconds follow).
     assert time.monotonic() - started >= 0.5
-    await client.login()
-    system = await client.json("GET", "/rest/system")
-    assert (system["softwareVersion"], system["build"]) == ("3.14.1", "374010")
+    assert await running_version(client) == ("3.14.1", "374010")
     assert device.last_update["outcome"] == "fail"
 
 
 async def test_update_brick_never_returns(lab_factory: LabFactory, rest_factory: Rest) -> None:
     """A bricking update leaves the device silent, even after a power cycle."""
     spec = with_update(make_device(firmware="4.2.2"), "brick")
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.6.2")
     await device.wait_power("bricked")
     await device.power_on()
@@ -142,21 +146,15 @@ async def test_update_can_bring_a_new_certificate(
 ) -> None:
     """With regenerate_cert_on_reboot the updated device serves a new certificate."""
     spec = with_update(make_device(firmware="4.2.2", regenerate_cert_on_reboot=True), "ok")
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     before = device.tls_fingerprint
-    client = rest_factory(device)
-    await client.login()
     await order_update(client, "4.6.2")
-    await wait_for(lambda: device.power == "installing")
-    await device.wait_power("on")
+    await installed(device)
     assert device.tls_fingerprint != before
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ServerFingerprintMismatch):
             await http.get(f"https://{device.address}:{device.rest_port}/", ssl=pin(before))
-    await client.login()
-    system = await client.json("GET", "/rest/system")
-    assert (system["softwareVersion"], system["build"]) == ("4.6.2", "420118")
+    assert await running_version(client) == ("4.6.2", "420118")
 
 
 async def test_ssh_reboot_now_installs_an_ordered_update(
@@ -164,24 +162,11 @@ async def test_ssh_reboot_now_installs_an_ordered_update(
 ) -> None:
     """An update ordered over REST is installed by an SSH ``reboot now`` as well."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
-    await client.json_post(
-        "/rest/config",
-        {
-            "vars": [
-                {"name": "upgrade.auto.enable", "value": "true"},
-                {"name": "upgrade.auto.server.address", "value": SERVER["url"]},
-                {"name": "upgrade.auto.version", "value": "4.1.3.394009"},
-            ]
-        },
-    )
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
+    await point_at_update(client, "4.1.3.394009")
     with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
         await asyncio.to_thread(exec_command, device, "reboot now")
-    await wait_for(lambda: device.power == "installing")
-    await device.wait_power("on")
+    await installed(device)
     output, _ = await asyncio.to_thread(exec_command, device, "whoami")
     assert "Software Version: 4.1.3\r\n" in output and "Build Information: 394009" in output
 
@@ -191,12 +176,9 @@ async def test_the_unit_downloads_and_checks_the_package_before_installing(
 ) -> None:
     """The package comes from the configured server; the control API shows bytes and source."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
+    lab, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.2.2-408037")
-    await wait_for(lambda: device.power == "installing")
+    await wait_until(lambda: device.power == "installing")
     assert server.fetched == ["4.2.2-408037"]
     await device.wait_power("on")
     async with aiohttp.ClientSession() as http, http.get(f"{lab.control_url}/downloads") as r:
@@ -214,12 +196,9 @@ async def test_a_wrong_checksum_means_no_install(
     """A package whose SHA-256 differs from the announced one is not installed; status says why."""
     server.lie_about.add("4.2.2-408037")
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     await order_update(client, "4.2.2-408037")
-    await wait_for(lambda: device.update_status["state"] == "FAILED")
+    await wait_until(lambda: device.update_status["state"] == "FAILED")
     assert device.power == "on" and device.firmware_version == "4.1.0_00"
     status = await client.json("GET", "/rest/system/softwareupdate")
     assert status["state"] == "FAILED" and status["reason"].startswith("checksum mismatch")
@@ -232,13 +211,10 @@ async def test_an_unreachable_update_server_means_no_install(
 ) -> None:
     """Nothing listens at the configured address: no install, and the status names the server."""
     spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab = await lab_factory([spec])
-    device = lab.devices[spec.serial]
-    client = rest_factory(device)
-    await client.login()
+    _, device, client = await one_device(lab_factory, rest_factory, spec)
     nowhere = "https://127.0.0.1:9/fw"
     await order_update(client, "4.2.2-408037", address=nowhere)
-    await wait_for(lambda: device.update_status["state"] == "FAILED")
+    await wait_until(lambda: device.update_status["state"] == "FAILED")
     status = await client.json("GET", "/rest/system/softwareupdate")
     assert status["reason"].startswith(f"update server unreachable: {nowhere}")
     assert (device.firmware_version, device.build) == ("4.1.0_00", "180034")

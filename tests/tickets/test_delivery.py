@@ -18,7 +18,7 @@ from polyfleet.controller.services.delivery import (
     outbox_entries,
 )
 from polyfleet.controller.services.email import Attachment
-from polyfleet.controller.services.ticket_config import ticket_settings
+from polyfleet.controller.settings.tickets import ticket_settings
 from polyfleet.controller.store.tinydb import TinyDBStore
 from tickets.conftest import (
     SMTP_PASSWORD,

@@ -16,7 +16,7 @@ from polyfleet.controller.services.delivery import (
     TicketOutbox,
     outbox_entries,
 )
-from polyfleet.controller.services.ticket_config import ticket_settings
+from polyfleet.controller.settings.tickets import ticket_settings
 from polyfleet.controller.store.postgres import PostgresStore, StoreDeposed
 from tickets.conftest import WebhookPeer, ticket_sections
 from tickets.test_delivery import NOW

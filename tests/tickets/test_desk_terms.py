@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.clocks import SettableClock
+from testkit.waiting import wait_until
 
 from polyfleet.cli import main
 from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.services.entitlement import DEFAULT_PLANS_PATH
 from polyfleet.shared.schema import Model, ProblemCode
 from tickets.conftest import SmtpPeer, WebhookPeer
-from tickets.test_live import MINUTE, T0, Clock, Lab, cli, snapshot, start_lab, wait_until
+from tickets.test_live import MINUTE, T0, Lab, cli, snapshot, start_lab
 
 #: Monday 24 November 2025; every contract below is in force then.
 REGISTRY = """\
@@ -42,7 +44,7 @@ async def desk_lab(
     """A controller with the registry above, e-mail and the desk's webhook; no bundle wait."""
     async with start_lab(
         tmp_path / "controller",
-        Clock(),
+        SettableClock(T0),
         smtp_peer,
         webhook_peer,
         registry=REGISTRY,
@@ -213,7 +215,7 @@ async def test_flagged_contract_that_grants_nothing_says_which_terms_apply(
     plans.write_text(document, encoding="utf-8")
     async with start_lab(
         tmp_path / "controller",
-        Clock(),
+        SettableClock(T0),
         smtp_peer,
         webhook_peer,
         registry=REGISTRY,
@@ -287,7 +289,7 @@ async def test_escalation_went_back_to_the_desks_own_webhook(
 ) -> None:
     """A missed reaction escalates to the escalation webhook and address, never to the
     desk's webhook."""
-    clock = Clock()
+    clock = SettableClock(T0)
     async with start_lab(
         tmp_path / "controller",
         clock,
@@ -324,7 +326,7 @@ async def test_escalation_with_nowhere_to_go_tells_the_admin_once(
 ) -> None:
     """Only the desk's webhook configured: a missed reaction is noted on the ticket with the
     contacts to call, the admin is told once in the log, and the desk's webhook gets nothing."""
-    clock = Clock()
+    clock = SettableClock(T0)
     caplog.set_level(logging.WARNING, logger="polyfleet.controller.services.ticket_service")
     async with start_lab(
         tmp_path / "controller",

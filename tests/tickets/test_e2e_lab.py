@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
-import os
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from io import BytesIO
@@ -15,30 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from testkit.site_agents import agent_config, device_config, lab_password_file, start_enrolled_agent
+from testkit.waiting import wait_until
 
-from polyfleet.agent.config import AgentConfig, DeviceConfig, Secret
 from polyfleet.agent.service import AgentService
-from polyfleet.agent.uplink import Credential
-from polyfleet.controller.api.tickets import TICKET_DESK, TicketDesk
+from polyfleet.controller.core import TicketDesk
 from polyfleet.controller.events import Event, SnapshotsIngested
-from polyfleet.controller.keys import EVENT_BUS
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import ProblemCode, Snapshot
 from polyfleet.simulator.fleet import DeviceSpec, PeripheralSpec
 from polyfleet.simulator.lab import Lab
-from polyfleet.simulator.testing import TEST_PASSWORD, make_device, start_lab
+from polyfleet.simulator.testing import make_device, start_lab
 from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
 
 SITE = "test-site"
-
-
-async def wait_until(condition: Callable[[], bool], *, timeout: float = 40.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)  # waits-for: real agent polls and deliveries
 
 
 class SnapshotLog:
@@ -68,9 +56,7 @@ async def whole_product(
 ) -> AsyncIterator[tuple[Lab, TicketDesk]]:
     """Lab devices, a real agent polling them, a controller filing tickets to the peers."""
     lab = await start_lab(tmp_path, devices)
-    password = tmp_path / "device-password"
-    password.write_text(TEST_PASSWORD + "\n")
-    os.chmod(password, 0o600)
+    password = lab_password_file(tmp_path)
     settings: dict[str, Any] = {
         "min_duration_s": 1,
         "check_interval_s": 0.2,
@@ -94,38 +80,19 @@ async def whole_product(
                 headers={"Content-Type": "text/csv"},
             ) as response:
                 assert response.status == 200, await response.text()
-            enrolled = await controller.enroll(SITE)
-            config = AgentConfig(
-                data_dir=tmp_path / "agent",
+            config = agent_config(
+                tmp_path,
+                [device_config(device, password) for device in lab.devices.values()],
                 controller_url=controller.url,
-                devices=tuple(
-                    DeviceConfig(
-                        host=device.address,
-                        rest_port=device.rest_port,
-                        ssh_port=device.ssh_port,
-                        user="admin",
-                        password=Secret(file=password, origin="test"),
-                    )
-                    for device in lab.devices.values()
-                ),
                 poll_interval_s=0.2,
-                jitter_s=0.0,
                 send_interval_s=0.05,
                 jobs_interval_s=0.1,
                 backoff_max_s=0.2,
             )
-            Credential(
-                controller_url=controller.url,
-                agent_id=enrolled.agent_id,
-                site_id=enrolled.site_id,
-                token=enrolled.token,
-                poll_interval_s=enrolled.poll_interval_s,
-            ).save(config.credential_path)
-            service = AgentService(config)
-            await service.start()
-            desk = controller.app[TICKET_DESK]
+            service = await start_enrolled_agent(controller, SITE, config)
+            desk = controller.core.tickets
             if snapshots is not None:
-                controller.app[EVENT_BUS].subscribe(snapshots, kinds={SnapshotsIngested})
+                controller.core.bus.subscribe(snapshots, kinds={SnapshotsIngested})
             await wait_until(lambda: desk.service is not None)
             yield lab, desk
     finally:

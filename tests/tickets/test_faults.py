@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from testkit.reports import typed_snapshot
+
 from polyfleet.controller.domain.faults import (
     AGENT_OFFLINE,
     SITE_UNREACHABLE,
@@ -14,14 +16,11 @@ from polyfleet.controller.domain.faults import (
     FaultPolicy,
 )
 from polyfleet.shared.schema import (
-    Firmware,
     Health,
     Model,
     Problem,
     ProblemCode,
-    Provider,
     Snapshot,
-    Via,
 )
 
 T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
@@ -35,17 +34,7 @@ def snap(
     model: Model = Model.STUDIO_X50,
     host: str | None = None,
 ) -> Snapshot:
-    problems = [Problem(code=code, detail=f"{code.value} seen") for code in codes]
-    return Snapshot(
-        serial=serial,
-        model=model,
-        firmware=Firmware(version="4.1.0"),
-        provider=Provider.TEAMS,
-        health=Health.from_problems(problems),
-        host_serial=host,
-        collected_at=at,
-        via=Via.REST,
-    )
+    return typed_snapshot(serial, *codes, at=at, model=model, host_serial=host, detailed=True)
 
 
 def feed(

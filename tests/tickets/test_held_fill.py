@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from testkit.reports import typed_snapshot
 
 from polyfleet.controller.app import serve
 from polyfleet.controller.config import ControllerConfig
@@ -23,16 +24,9 @@ from polyfleet.controller.web.security import SESSION_COOKIE, SIGNIN_COOKIE
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
-    Firmware,
-    Health,
-    Model,
-    Problem,
     ProblemCode,
-    Provider,
     Report,
     ReportBatch,
-    Snapshot,
-    Via,
 )
 
 #: X7's only contract ended long ago: its tickets are held for a contract number.
@@ -129,15 +123,7 @@ async def camera_fault(server: Server, serial: str) -> None:
     """Reports of a camera fault over two minutes, as the site's agent sends them."""
     now = datetime.now(UTC).replace(microsecond=0)
     snapshots = [
-        Snapshot(
-            serial=serial,
-            model=Model.STUDIO_X50,
-            firmware=Firmware(version="4.1.0"),
-            provider=Provider.TEAMS,
-            health=Health.from_problems([Problem(code=ProblemCode.CAMERA_DOWN)]),
-            collected_at=now - timedelta(seconds=seconds),
-            via=Via.REST,
-        )
+        typed_snapshot(serial, ProblemCode.CAMERA_DOWN, at=now - timedelta(seconds=seconds))
         for seconds in (150, 90, 30)
     ]
     batch = ReportBatch(

@@ -9,7 +9,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,27 +18,23 @@ from typing import Any
 
 import aiohttp
 import pytest
+from testkit.clocks import SettableClock
+from testkit.reports import typed_snapshot
+from testkit.waiting import wait_until
 
 from polyfleet.cli import main
-from polyfleet.controller.api.tickets import TICKET_DESK
 from polyfleet.controller.app import serve
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.tickets import ticket_id
-from polyfleet.controller.keys import EVENT_BUS, INVENTORY, JOBS, STORE
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
-    Firmware,
-    Health,
     Model,
-    Problem,
     ProblemCode,
-    Provider,
     Report,
     ReportBatch,
     Snapshot,
-    Via,
 )
 from tickets.conftest import SMTP_USER, SmtpPeer, WebhookPeer, ticket_sections
 
@@ -57,49 +53,26 @@ X4,studio_x30,2025-01-05,partner_poly_plus,PPP-0004,2025-01-10,2026-01-09,krk,Sa
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-async def wait_until(condition: Callable[[], bool], *, timeout: float = 15.0) -> None:
-    """Poll ``condition`` until true or fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)  # waits-for: background delivery and job hand-off
-
-
 def snapshot(
     serial: str, at: datetime, *codes: ProblemCode, model: Model = Model.STUDIO_X50
 ) -> Snapshot:
-    return Snapshot(
-        serial=serial,
-        model=model,
-        firmware=Firmware(version="4.1.0", build="180034"),
-        provider=Provider.TEAMS,
-        health=Health.from_problems([Problem(code=c, detail=f"{c.value} seen") for c in codes]),
-        host_serial="X1" if model is Model.STUDIO_E70 else None,
-        collected_at=at,
-        via=Via.REST,
+    """What the site's agent reports of ``serial``: the E70 in the registry hangs off X1."""
+    host = "X1" if model is Model.STUDIO_E70 else None
+    return typed_snapshot(
+        serial, *codes, at=at, model=model, build="180034", detailed=True, host_serial=host
     )
 
 
 @dataclass
 class Lab:
     controller: RunningController
-    clock: Clock
+    clock: SettableClock
     agent_token: str
     http: aiohttp.ClientSession
 
     @property
     def service(self) -> TicketService:
-        return self.controller.app[TICKET_DESK].get()
+        return self.controller.core.tickets.get()
 
     async def post(self, *snapshots: Snapshot) -> None:
         batch = ReportBatch(
@@ -118,7 +91,7 @@ class Lab:
             },
         ) as response:
             assert response.status == 200, await response.text()
-        await self.controller.app[EVENT_BUS].drain()
+        await self.controller.core.bus.drain()
 
     async def report_minutes(
         self, serials: tuple[str, ...], minutes: range, *codes: ProblemCode
@@ -162,7 +135,7 @@ class Lab:
 @asynccontextmanager
 async def start_lab(
     data_dir: Path,
-    clock: Clock,
+    clock: SettableClock,
     smtp_peer: SmtpPeer | None,
     webhook_peer: WebhookPeer | None,
     *,
@@ -203,7 +176,9 @@ async def start_lab(
 
 @pytest.fixture
 async def lab(tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer) -> AsyncIterator[Lab]:
-    async with start_lab(tmp_path / "controller", Clock(), smtp_peer, webhook_peer) as lab:
+    async with start_lab(
+        tmp_path / "controller", SettableClock(T0), smtp_peer, webhook_peer
+    ) as lab:
         yield lab
 
 
@@ -270,7 +245,7 @@ async def test_W4_camera_fault_files_one_ticket_with_bundle_by_mail_and_webhook(
 
 
 def _has_job(lab: Lab, serial: str = "X1") -> bool:
-    return bool(lab.controller.app[JOBS].find(serial=serial))
+    return bool(lab.controller.core.jobs.find(serial=serial))
 
 
 async def test_short_blip_opens_no_ticket(lab: Lab) -> None:
@@ -298,8 +273,8 @@ async def test_site_outage_files_one_site_ticket(lab: Lab, smtp_peer: SmtpPeer) 
     """The site's agent goes silent: one site ticket listing its devices, no device tickets."""
     await lab.report_minutes(("X1", "X2", "X3"), range(0, 2))
     lab.clock.now = T0 + 30 * MINUTE
-    await lab.controller.app[INVENTORY].check_liveness()
-    await lab.controller.app[EVENT_BUS].drain()
+    await lab.controller.core.inventory.check_liveness()
+    await lab.controller.core.bus.drain()
     await lab.service.tick(T0 + 120 * MINUTE)
     await lab.service.wait_prepared()
     (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
@@ -424,13 +399,13 @@ async def test_most_devices_unreachable_gives_one_site_ticket(lab: Lab) -> None:
     await lab.report_minutes(("X1", "X2", "X3"), range(0, 2))
     lab.clock.now = T0 + 6 * MINUTE
     await lab.agent_does_jobs()  # the agent's heartbeat
-    events = await lab.controller.app[INVENTORY].check_liveness()
+    events = await lab.controller.core.inventory.check_liveness()
     assert sorted(e.serial or "" for e in events if e.kind == "device_unreachable") == [
         "X1",
         "X2",
         "X3",
     ]
-    await lab.controller.app[EVENT_BUS].drain()
+    await lab.controller.core.bus.drain()
     await lab.service.tick(T0 + 60 * MINUTE)
     await lab.service.wait_prepared()
     (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
@@ -443,7 +418,7 @@ async def test_smtp_down_then_up_across_restart_delivers_exactly_once(
 ) -> None:
     """SMTP down while the ticket is filed, controller restarted, SMTP back: one e-mail."""
     await smtp_peer.stop()
-    clock = Clock()
+    clock = SettableClock(T0)
     data_dir = tmp_path / "controller"
     async with start_lab(data_dir, clock, smtp_peer, None) as lab:
         await lab.report_minutes(("X1",), range(0, 8), ProblemCode.CAMERA_DOWN)
@@ -500,7 +475,7 @@ async def test_tickets_cli_finds_a_local_server_through_its_data_dir(tmp_path: P
 
 async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path: Path) -> None:
     """Detector state survives restarts: the hold time goes on, a recovery is still noted."""
-    clock = Clock()
+    clock = SettableClock(T0)
     data_dir = tmp_path / "controller"
     key = ticket_id("X1", "camera_down")
     async with start_lab(data_dir, clock, None, None) as lab:
@@ -516,7 +491,7 @@ async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path:
         assert ticket.id == key and ticket.first_seen == T0
         assert ticket.opened_at == T0 + 5 * MINUTE
         # Saved on the transition only: more reports of the same fault write nothing.
-        store = lab.controller.app[STORE]
+        store = lab.controller.core.store
         saved_at = store.get(FAULT_STATE, "X1")["saved_at"]  # type: ignore[index]
         await lab.report_minutes(("X1",), range(6, 12), ProblemCode.CAMERA_DOWN)
         assert store.get(FAULT_STATE, "X1")["saved_at"] == saved_at  # type: ignore[index]
@@ -533,7 +508,7 @@ async def test_W2_W7_escalation_by_real_smtp_once_not_after_ack_nor_without_prom
 ) -> None:
     """Past the reaction time: one escalation mail to the configured contact, naming the
     ticket, serial and contract; none for an acknowledged ticket or a plan promising none."""
-    clock = Clock()
+    clock = SettableClock(T0)
     contact = "eskalacja@fleet.example.pl"
     async with start_lab(
         tmp_path / "controller", clock, smtp_peer, None, escalation_email=contact

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from polyfleet.controller.config import load_config
-from polyfleet.controller.services.ticket_config import Secret, TicketConfigError, ticket_settings
+from polyfleet.controller.settings.tickets import Secret, TicketConfigError, ticket_settings
 
 
 def test_W7_defaults_desk_and_escalation_contacts() -> None:

@@ -8,25 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.clocks import SettableClock
+from testkit.reports import typed_snapshot
 
+from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.assets import Asset, Contract
 from polyfleet.controller.domain.tickets import TicketStatus, ticket_id
+from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.delivery import SENT
-from polyfleet.controller.services.entitlement import ASSETS, load_plans
-from polyfleet.controller.services.ticket_config import ticket_settings
+from polyfleet.controller.services.entitlement import ASSETS, Registry, load_plans
+from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
-from polyfleet.controller.store.base import SITES
+from polyfleet.controller.settings.tickets import TicketSettings, ticket_settings
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.controller.testing import SITE_CONTACT
 from polyfleet.shared.schema import (
-    Firmware,
-    Health,
-    Model,
-    Problem,
     ProblemCode,
-    Provider,
-    Snapshot,
-    Via,
 )
 from tickets.conftest import SmtpPeer, WebhookPeer, ticket_sections
 
@@ -35,14 +32,23 @@ T0 = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 
 
-class Clock:
-    """The service's notion of now, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
+def desk_over(
+    store: TinyDBStore, settings: TicketSettings, tmp_path: Path, clock: SettableClock
+) -> TicketService:
+    """A ticket service over ``store``, with the inventory and registry it reads (as stored)."""
+    inventory = Inventory(store, EventBus(store, keep=100), clock, ControllerConfig())
+    inventory.load()
+    registry = Registry(store, inventory)
+    registry.load()
+    return TicketService(
+        store,
+        settings,
+        plans=load_plans(),
+        bundle_dir=tmp_path / "bundles",
+        inventory=inventory,
+        registry=registry,
+        clock=clock,
+    )
 
 
 def asset(serial: str, plan: str | None, *, number: str = "C-1", room: str = "Wawel") -> Asset:
@@ -61,23 +67,11 @@ def asset(serial: str, plan: str | None, *, number: str = "C-1", room: str = "Wa
     )
 
 
-def snap(serial: str, at: datetime, *codes: ProblemCode) -> Snapshot:
-    return Snapshot(
-        serial=serial,
-        model=Model.STUDIO_X50,
-        firmware=Firmware(version="4.1.0"),
-        provider=Provider.TEAMS,
-        health=Health.from_problems([Problem(code=c) for c in codes]),
-        collected_at=at,
-        via=Via.REST,
-    )
-
-
 @pytest.fixture
 async def desk(
     store: TinyDBStore, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer, tmp_path: Path
-) -> AsyncIterator[tuple[TicketService, Clock]]:
-    clock = Clock()
+) -> AsyncIterator[tuple[TicketService, SettableClock]]:
+    clock = SettableClock(T0)
     await store.put_many(
         ASSETS,
         {
@@ -93,24 +87,22 @@ async def desk(
     settings = ticket_settings(
         ticket_sections(smtp_peer, webhook_peer, min_duration_s=300, language="en")
     )
-    service = TicketService(
-        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    service = desk_over(store, settings, tmp_path, clock)
     yield service, clock
     await service.close()
 
 
 async def report(
-    service: TicketService, clock: Clock, serial: str, minutes: range, *codes: ProblemCode
+    service: TicketService, clock: SettableClock, serial: str, minutes: range, *codes: ProblemCode
 ) -> None:
     for minute in minutes:
         clock.now = T0 + minute * MINUTE
-        await service.on_snapshot(snap(serial, clock.now, *codes), site="krk")
+        await service.on_snapshot(typed_snapshot(serial, *codes, at=clock.now), site="krk")
     await service.wait_prepared()
 
 
 async def test_held_fault_files_one_ticket_sent_by_mail_and_webhook(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
     """A camera fault held 5 minutes files one Polish HEZO+ ticket, delivered on both channels."""
     service, clock = desk
@@ -137,7 +129,7 @@ async def test_held_fault_files_one_ticket_sent_by_mail_and_webhook(
     assert len(service.tickets()) == 1 and len(smtp_peer.received) == 1
 
 
-async def test_short_blip_files_nothing(desk: tuple[TicketService, Clock]) -> None:
+async def test_short_blip_files_nothing(desk: tuple[TicketService, SettableClock]) -> None:
     """A camera problem gone within the hold time files no ticket."""
     service, clock = desk
     await report(service, clock, "X1", range(0, 3), ProblemCode.CAMERA_DOWN)
@@ -146,7 +138,7 @@ async def test_short_blip_files_nothing(desk: tuple[TicketService, Clock]) -> No
 
 
 async def test_flapping_gives_one_ticket_marked_flapping(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer
 ) -> None:
     """A camera that keeps failing and recovering within an hour gives one flapping ticket."""
     service, clock = desk
@@ -160,7 +152,7 @@ async def test_flapping_gives_one_ticket_marked_flapping(
 
 
 async def test_W5_missing_contract_holds_ticket_until_filled(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer
 ) -> None:
     """No contract number: held as needs_data naming it; filled in, the ticket goes out."""
     service, clock = desk
@@ -178,7 +170,7 @@ async def test_W5_missing_contract_holds_ticket_until_filled(
 
 
 async def test_unknown_device_is_held_naming_both_fields(
-    desk: tuple[TicketService, Clock],
+    desk: tuple[TicketService, SettableClock],
 ) -> None:
     """A device missing from the registry is held for its contract number (its serial is known)."""
     service, clock = desk
@@ -189,7 +181,7 @@ async def test_unknown_device_is_held_naming_both_fields(
 
 
 async def test_W2_W7_missed_reaction_escalates_once_never_to_the_desks_webhook(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
     """An unacknowledged HEZO+ ticket past its reaction time escalates exactly once, by
     e-mail to the escalation address; the desk's own webhook never gets the escalation."""
@@ -211,7 +203,7 @@ async def test_W2_W7_missed_reaction_escalates_once_never_to_the_desks_webhook(
 
 
 async def test_W2_acknowledged_ticket_is_not_escalated(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer
 ) -> None:
     """An acknowledged ticket never escalates; POLY+ (no reaction promise) never does either."""
     service, clock = desk
@@ -224,7 +216,7 @@ async def test_W2_acknowledged_ticket_is_not_escalated(
 
 
 async def test_recovery_adds_note_and_recurrence_reopens_closed_ticket(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer
 ) -> None:
     """Recovery adds a note; after closing, the same fault reopens the same ticket and resends."""
     service, clock = desk
@@ -246,12 +238,12 @@ async def test_recovery_adds_note_and_recurrence_reopens_closed_ticket(
 
 
 async def test_site_outage_gives_one_site_ticket(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer
 ) -> None:
     """An agent going offline files one site ticket in the admin's language, no device tickets."""
     service, clock = desk
-    site = {"id": "krk", "name": "Kraków Zabłocie", "contact": SITE_CONTACT}
-    await service.store.put_many(SITES, {"krk": site})
+    await service.inventory.add_site("krk", name="Kraków Zabłocie", timezone="Europe/Warsaw")
+    await service.inventory.update_site("krk", contact=SITE_CONTACT)
     for serial in ("X1", "X2", "X4"):
         await report(service, clock, serial, range(0, 1))
     clock.now = T0 + 10 * MINUTE
@@ -276,12 +268,10 @@ async def test_send_retries_deliveries_given_up_on(
     store: TinyDBStore, webhook_peer: WebhookPeer, tmp_path: Path
 ) -> None:
     """A webhook refused for good is tried again when the admin sends the ticket again."""
-    clock = Clock()
+    clock = SettableClock(T0)
     await store.put_many(ASSETS, {"X1": asset("X1", "hezo_plus").to_doc()})
     settings = ticket_settings(ticket_sections(None, webhook_peer, min_duration_s=60))
-    service = TicketService(
-        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    service = desk_over(store, settings, tmp_path, clock)
     try:
         webhook_peer.script = [400]
         await report(service, clock, "X1", range(0, 3), ProblemCode.CAMERA_DOWN)
@@ -298,7 +288,7 @@ async def test_send_retries_deliveries_given_up_on(
 
 
 async def test_sent_records_are_kept_while_needed_then_pruned(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer
 ) -> None:
     """Sent records live while their ticket can resend that id, then for the retention only."""
     service, clock = desk
@@ -338,7 +328,7 @@ async def test_sent_records_are_kept_while_needed_then_pruned(
 
 
 async def test_closing_an_unsent_ticket_drops_its_waiting_messages(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
     """A false alarm closed while SMTP and the webhook are down never reaches the desk later."""
     service, clock = desk
@@ -356,7 +346,7 @@ async def test_closing_an_unsent_ticket_drops_its_waiting_messages(
 
 
 async def test_W7_acknowledged_while_escalation_waits_sends_no_escalation(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:
     """An escalation held up by a delivery outage is dropped once the desk acknowledges."""
     service, clock = desk
@@ -378,7 +368,7 @@ async def test_W7_acknowledged_while_escalation_waits_sends_no_escalation(
 
 
 async def test_W5_held_ticket_goes_out_once_the_registry_has_its_contract(
-    desk: tuple[TicketService, Clock], smtp_peer: SmtpPeer
+    desk: tuple[TicketService, SettableClock], smtp_peer: SmtpPeer
 ) -> None:
     """A ticket held for its contract number is completed from a later registry import."""
     service, clock = desk
@@ -386,8 +376,8 @@ async def test_W5_held_ticket_goes_out_once_the_registry_has_its_contract(
     key = ticket_id("X3", "microphone_down")
     await service.tick(clock.now)
     assert service.get(key).status is TicketStatus.NEEDS_DATA
-    await service.store.put_many(
-        ASSETS, {"X3": asset("X3", "partner_poly_plus", number="PPP-33").to_doc()}
+    await service.registry.import_assets(
+        [asset("X3", "partner_poly_plus", number="PPP-33")], dry_run=False
     )
     await service.tick(clock.now)
     await service.wait_prepared()
@@ -406,15 +396,13 @@ async def test_plans_without_a_language_use_the_admins(
     store: TinyDBStore, smtp_peer: SmtpPeer, tmp_path: Path
 ) -> None:
     """Standard warranty and site tickets follow tickets.language; POLY+ stays English."""
-    clock = Clock()
+    clock = SettableClock(T0)
     await store.put_many(
         ASSETS,
         {a.serial: a.to_doc() for a in (asset("X2", "poly_plus"), asset("X3", "standard"))},
     )
     settings = ticket_settings(ticket_sections(smtp_peer, None, min_duration_s=60, language="pl"))
-    service = TicketService(
-        store, settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    service = desk_over(store, settings, tmp_path, clock)
     try:
         await report(service, clock, "X2", range(0, 3), ProblemCode.LAN_DOWN)
         await report(service, clock, "X3", range(0, 3), ProblemCode.LAN_DOWN)
@@ -435,7 +423,7 @@ async def test_plans_without_a_language_use_the_admins(
 
 
 async def test_healthy_reports_do_not_rewrite_detector_state(
-    desk: tuple[TicketService, Clock],
+    desk: tuple[TicketService, SettableClock],
 ) -> None:
     """Detector state is saved when a device is first seen, not again for its healthy reports."""
     service, clock = desk
@@ -447,7 +435,7 @@ async def test_healthy_reports_do_not_rewrite_detector_state(
 
 
 async def test_listings_by_status_site_and_device_lost_track_of_writes(
-    desk: tuple[TicketService, Clock], store: TinyDBStore, tmp_path: Path
+    desk: tuple[TicketService, SettableClock], store: TinyDBStore, tmp_path: Path
 ) -> None:
     """Tickets chosen by status, site and device (and their deliveries) follow filing,
     sending and closing, and a service built afresh on the store finds them the same way."""
@@ -467,9 +455,7 @@ async def test_listings_by_status_site_and_device_lost_track_of_writes(
     assert service.active_tickets() == [] and service.open_tickets_by_serial() == {}
     assert [t.id for t in service.closed_since(clock.now)] == [ticket.id]
     assert service.closed_since(clock.now + MINUTE) == []
-    fresh = TicketService(
-        store, service.settings, plans=load_plans(), bundle_dir=tmp_path / "bundles", clock=clock
-    )
+    fresh = desk_over(store, service.settings, tmp_path, clock)
     try:
         assert [t.id for t in fresh.tickets(status="closed", serial="X1")] == [ticket.id]
         assert [t.id for t in fresh.device_tickets("X1")] == [ticket.id]

@@ -8,13 +8,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator
 
-from polyfleet.controller.services.web_sessions import (
-    DEFAULT_KIOSK_SESSION_TTL_S,
-    DEFAULT_LINK_TTL_S,
-    DEFAULT_SESSION_TTL_S,
-)
 from polyfleet.shared.config import ConfigModel, between, check, positive
 
+DEFAULT_SESSION_TTL_S = 12 * 3600
+DEFAULT_KIOSK_SESSION_TTL_S = 30 * 24 * 3600
+DEFAULT_LINK_TTL_S = 600
 DEFAULT_REFRESH_S = 15
 DEFAULT_KIOSK_REFRESH_S = 30
 DEFAULT_PAGE_SIZE = 50

@@ -1,0 +1,1 @@
+"""Sections of ``controller.toml`` that features read, as checked models the config is made of."""

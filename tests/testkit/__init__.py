@@ -1,0 +1,1 @@
+"""What tests of every folder share: waiting, a settable clock, snapshots, agents, processes."""
