@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from testkit.clocks import SettableClock
+from testkit.waiting import wait_until
+
 from polyfleet.controller.domain.tickets import ticket_id
-from polyfleet.controller.keys import JOBS
 from polyfleet.shared.schema import ProblemCode
 from tickets.conftest import SmtpPeer, WebhookPeer
-from tickets.test_live import Clock, Lab, start_lab, wait_until
+from tickets.test_live import T0, Lab, start_lab
 
 ESCALATION = "eskalacja@fleet.example.pl"
 
@@ -34,7 +36,7 @@ async def test_missed_delivery_and_return_each_escalate_once_saying_by_how_much(
     deadline, when it was due, the plan's promise and the delay; later checks send none."""
     async with start_lab(
         tmp_path / "controller",
-        Clock(),
+        SettableClock(T0),
         smtp_peer,
         None,
         escalation_email=ESCALATION,
@@ -42,7 +44,7 @@ async def test_missed_delivery_and_return_each_escalate_once_saying_by_how_much(
     ) as lab:
         await lab.report_minutes(("X2",), range(0, 8), ProblemCode.CAMERA_DOWN)
         key = ticket_id("X2", "camera_down")
-        await wait_until(lambda: bool(lab.controller.app[JOBS].find(serial="X2")), timeout=60)
+        await wait_until(lambda: bool(lab.controller.core.jobs.find(serial="X2")), timeout=60)
         await lab.agent_does_jobs()
         await wait_until(lambda: lab.service.get(key).status.value == "sent", timeout=60)
         for action in ("ack", "accept", "shipped"):

@@ -12,18 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.clocks import SettableClock
+from testkit.waiting import wait_until
 
 from polyfleet.cli import main
-from polyfleet.controller.keys import ACCESS
 from polyfleet.controller.services.access import Role
 from tickets.conftest import SmtpPeer
-from tickets.test_live import Clock, Lab, process_env, start_lab, wait_until
+from tickets.test_live import T0, Lab, process_env, start_lab
 
 
 @pytest.fixture
 async def lab(tmp_path: Path, smtp_peer: SmtpPeer) -> AsyncIterator[Lab]:
     """A controller mailing the desk, the registry of test_live (X1 HEZO+, X2 POLY+)."""
-    async with start_lab(tmp_path / "controller", Clock(), smtp_peer, None) as lab:
+    async with start_lab(tmp_path / "controller", SettableClock(T0), smtp_peer, None) as lab:
         yield lab
 
 
@@ -129,7 +130,7 @@ async def test_a_service_the_plan_lacks_is_refused_naming_the_plan_and_what_woul
 async def test_open_is_checked_and_viewers_cannot(lab: Lab) -> None:
     """A viewer is refused (403); an unknown unit is 404; a summary with a line break and a
     request without serial or site are 422 naming the field; a site-wide fault is filed."""
-    viewer, _ = await lab.controller.app[ACCESS].create_token(Role.VIEWER, "viewer")
+    viewer, _ = await lab.controller.core.access.create_token(Role.VIEWER, "viewer")
     body = {"serial": "X1", "category": "fault", "summary": "cracked screen"}
     assert (await post(lab, body, viewer))[0] == 403
     status, answer = await post(lab, {**body, "serial": "NOPE1"})
@@ -162,7 +163,7 @@ async def test_a_poly_product_that_is_not_polled_is_registered_entitled_and_tick
     entitlement, and gets a hand-opened support ticket that reaches the desk; a Sync 40
     under HEZO+ (single video systems only) is flagged; an unknown brand is refused."""
     async with start_lab(
-        tmp_path / "controller", Clock(), smtp_peer, None, registry=AUDIO_REGISTRY
+        tmp_path / "controller", SettableClock(T0), smtp_peer, None, registry=AUDIO_REGISTRY
     ) as lab:
         assets = {a["serial"]: a for a in (await lab.admin("GET", "/api/v1/assets"))["assets"]}
         assert assets["TRIO1"]["model"] == "Poly Trio C60"

@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from testkit.clocks import SettableClock
+from testkit.waiting import wait_until
+
 from polyfleet.cli import main
-from polyfleet.controller.keys import JOBS
 from polyfleet.shared.schema import ProblemCode
 from tickets.conftest import SmtpPeer
-from tickets.test_live import MINUTE, T0, Clock, Lab, snapshot, start_lab, wait_until
+from tickets.test_live import MINUTE, T0, Lab, snapshot, start_lab
 
 
 async def post_window(lab: Lab, body: dict[str, Any]) -> tuple[int, Any]:
@@ -44,7 +46,7 @@ async def test_faults_during_maintenance_wait_for_its_end_and_only_lasting_ones_
     the window; an overlapping or open-ended window is refused with its reason; when the
     window ends, the fault still present is ticketed at once from its real start, saying it
     began during the maintenance, and the one that cleared never is."""
-    async with start_lab(tmp_path / "controller", Clock(), smtp_peer, None) as lab:
+    async with start_lab(tmp_path / "controller", SettableClock(T0), smtp_peer, None) as lab:
         until = T0 + 60 * MINUTE
         status, window = await post_window(
             lab,
@@ -88,7 +90,7 @@ async def test_faults_during_maintenance_wait_for_its_end_and_only_lasting_ones_
         (ticket,) = (await lab.admin("GET", "/api/v1/tickets"))["tickets"]
         assert ticket["serial"] == "X1" and ticket["fault"] == "camera_down"
         assert datetime.fromisoformat(ticket["first_seen"]) == T0
-        await wait_until(lambda: bool(lab.controller.app[JOBS].find(serial="X1")), timeout=60)
+        await wait_until(lambda: bool(lab.controller.core.jobs.find(serial="X1")), timeout=60)
         await lab.agent_does_jobs()
         await wait_until(lambda: len(smtp_peer.received) == 1, timeout=60)
         body = smtp_peer.received[0].message.get_body(("plain",))

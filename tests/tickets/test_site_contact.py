@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 from dashboard.dashboard_testkit import http_sign_in
+from testkit.clocks import SettableClock
+from testkit.waiting import wait_until
 
 from polyfleet.cli import main
 from polyfleet.controller.testing import SITE_ADDRESS, SITE_CONTACT
 from polyfleet.controller.web.security import SESSION_COOKIE
 from polyfleet.shared.schema import ProblemCode
 from tickets.conftest import SmtpPeer
-from tickets.test_live import Clock, Lab, start_lab, wait_until
+from tickets.test_live import T0, Lab, start_lab
 
 KRAKOW = ("--name", "Kraków", "--timezone", "Europe/Warsaw")
 CLEARED = {
@@ -27,7 +29,9 @@ CLEARED = {
 @pytest.fixture
 async def lab(tmp_path: Path, smtp_peer: SmtpPeer) -> AsyncIterator[Lab]:
     """A controller mailing the desk, its site krk stripped of reporter and address."""
-    async with start_lab(tmp_path / "controller", Clock(), smtp_peer, None, language="en") as lab:
+    async with start_lab(
+        tmp_path / "controller", SettableClock(T0), smtp_peer, None, language="en"
+    ) as lab:
         await lab.admin("PATCH", "/api/v1/sites/krk", json=CLEARED)
         yield lab
 
