@@ -40,6 +40,8 @@ OWNERS = {
     "assets": "services.entitlement",
     "tickets": "services.ticket_service",
     "ticket_fault_state": "services.ticket_service",
+    "ticket_faults_in_maintenance": "services.ticket_service",
+    "maintenance": "services.maintenance",
     "ticket_outbox": "services.delivery",
     "ticket_outbox_sent": "services.delivery",
     "ticket_outbox_failed": "services.delivery",
