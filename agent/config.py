@@ -39,6 +39,10 @@ DEFAULT_OUTBOX_SEGMENT_BYTES = 1024 * 1024
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_SEND_INTERVAL_S = 2.0
 DEFAULT_JOBS_INTERVAL_S = 10.0
+#: How often the room calendars of the site's units are read for the controller's plans.
+DEFAULT_UPDATES_CALENDAR_INTERVAL_S = 900.0
+#: How far ahead they are read (a rollout's next nights).
+DEFAULT_UPDATES_CALENDAR_AHEAD_S = 3 * 86400.0
 DEFAULT_BACKOFF_MAX_S = 300.0
 #: How often reports the controller refused (device at another site...) are offered again.
 DEFAULT_HELD_RETRY_S = 300.0
@@ -173,6 +177,8 @@ class AgentConfig:
     updates_cache_max_bytes: int = DEFAULT_UPDATES_CACHE_MAX_BYTES
     updates_return_timeout_s: float = DEFAULT_UPDATES_RETURN_TIMEOUT_S
     updates_call_recheck_s: float = DEFAULT_UPDATES_CALL_RECHECK_S
+    updates_calendar_interval_s: float = DEFAULT_UPDATES_CALENDAR_INTERVAL_S
+    updates_calendar_ahead_s: float = DEFAULT_UPDATES_CALENDAR_AHEAD_S
     #: HOST:PORT of the status and metrics listener (``""``: none); loopback is the point.
     status_listen: str = DEFAULT_STATUS_LISTEN
     #: Send to a plain http:// controller that is not on this machine (token and reports
@@ -342,6 +348,8 @@ class UpdatesTable(ConfigModel):
     cache_max_bytes: Annotated[int, at_least(1024 * 1024)] = DEFAULT_UPDATES_CACHE_MAX_BYTES
     return_timeout_s: Annotated[float, at_least(0.05)] = DEFAULT_UPDATES_RETURN_TIMEOUT_S
     call_recheck_s: Annotated[float, at_least(0.01)] = DEFAULT_UPDATES_CALL_RECHECK_S
+    calendar_interval_s: Annotated[float, at_least(0.05)] = DEFAULT_UPDATES_CALENDAR_INTERVAL_S
+    calendar_ahead_s: Annotated[float, at_least(60.0)] = DEFAULT_UPDATES_CALENDAR_AHEAD_S
 
 
 class DefaultsTable(ConfigModel):
@@ -453,6 +461,8 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
         updates_cache_max_bytes=updates.cache_max_bytes,
         updates_return_timeout_s=updates.return_timeout_s,
         updates_call_recheck_s=updates.call_recheck_s,
+        updates_calendar_interval_s=updates.calendar_interval_s,
+        updates_calendar_ahead_s=updates.calendar_ahead_s,
         allow_insecure_uplink=controller.allow_insecure_uplink,
         status_listen=agent.status_listen,
         source=source,

@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,22 @@ class FirmwareUpdater:
         async with self.poller.states[key].busy:
             return (await driver.poll())[0]
 
+    def interrupted(self) -> list[Job]:
+        """Jobs whose unit was ordered to update by this agent (or was being ordered) when it
+        stopped: run again, they follow the unit to its outcome from their journal."""
+        jobs: list[Job] = []
+        for path in sorted(self.journal_dir.glob("*.json")):
+            journal = Journal(self.journal_dir, path.stem)
+            journal.load()
+            if journal.data.get("phase") not in ("ordering", "ordered"):
+                continue
+            try:
+                jobs.append(Job.model_validate(journal.data["job"]))
+            except (KeyError, ValueError) as exc:
+                # Written by an agent from before the job was kept: the lease brings it back.
+                log.debug("update journal %s holds no job: %s", path, exc)
+        return jobs
+
     async def run(self, job: Job, key: str, uplink: Uplink) -> JobResult:
         pruned = await asyncio.to_thread(prune_finished, self.journal_dir)
         if pruned:
@@ -266,6 +282,10 @@ class FirmwareUpdater:
                     )
                 await self._progress(uplink, job, "postponed_in_call", "in a call; waiting")
                 await asyncio.sleep(self.call_recheck_s)  # waits-for: the call to end
+            # 2b. never into a booked room: the install and its expected length clear of meetings
+            booked = await self._wait_out_meetings(job, key, uplink, window_end)
+            if booked is not None:
+                return booked, {}
             # 3. the package, once for the site
             await self._progress(uplink, job, "downloading", f"package {version}")
             ref = PackageRef(version, str(params["sha256"]), int(params["size"]))
@@ -301,6 +321,9 @@ class FirmwareUpdater:
                         phase="ordering",
                         saved=saved,
                         before=before.model_dump(mode="json"),
+                        # Kept from the order on, so that a restarted agent reports its
+                        # outcome without waiting for the controller to hand it out again.
+                        job=job.model_dump(mode="json"),
                     )
                     await driver.write_config(
                         {
@@ -373,6 +396,47 @@ class FirmwareUpdater:
             detail = f"{first['check']}: {first['detail']}"[:256]
             return JobResult(status="failed", detail=detail, code=code), evidence
         return JobResult(status="done", detail=f"on {version}, verified"), evidence
+
+    async def _wait_out_meetings(
+        self, job: Job, key: str, uplink: Uplink, window_end: datetime
+    ) -> JobResult | None:
+        """Wait while a meeting overlaps ``[now, now + hop length)``; ``room_booked`` when
+        the room stays booked until the window closes. A calendar that is off or cannot be
+        read counts as free (the controller is told which, in the progress detail)."""
+        length = timedelta(seconds=float(job.params.get("hop_length_s") or 0))
+        if length <= timedelta(0):
+            return None
+        driver, _pins = await self.poller.driver(key)
+        while True:
+            now = datetime.now(UTC)
+            try:
+                async with self.poller.states[key].busy:
+                    meetings = await driver.meetings(now, now + length)
+            except DeviceError as exc:
+                log.info("job %s: room calendar unreadable, counted free: %s", job.id, exc)
+                return None
+            clash = min(
+                (m for m in meetings or () if m.start < now + length and m.end > now),
+                key=lambda m: m.start,
+                default=None,
+            )
+            if clash is None:
+                return None
+            shown = f"{clash.start.isoformat()} to {clash.end.isoformat()}"
+            if clash.end + length > window_end:
+                return JobResult(
+                    status="refused",
+                    detail=f"room_booked: booked {shown}, no room left in its window",
+                    code=FailureCode.ROOM_BOOKED,
+                )
+            try:
+                progress = JobProgress(
+                    status="postponed_booked", detail=f"room booked {shown}", meeting=clash
+                )
+                await uplink.post_progress(job.id, progress)
+            except (ControllerUnavailable, ControllerRefused) as exc:
+                log.debug("job %s: progress not posted: %s", job.id, exc)
+            await asyncio.sleep(self.call_recheck_s)  # waits-for: the meeting to end
 
     async def _wait_return(
         self, key: str, version: str, ordered_at: datetime

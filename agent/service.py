@@ -7,9 +7,9 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -31,10 +31,10 @@ from polyfleet.agent.uplink import (
     Uplink,
     ssl_context_for,
 )
-from polyfleet.shared.errors import ConfigError, PolyfleetError, ProtocolError
+from polyfleet.shared.errors import ConfigError, DeviceError, PolyfleetError, ProtocolError
 from polyfleet.shared.periodic import Periodic
 from polyfleet.shared.retry import Backoff
-from polyfleet.shared.schema import AgentNotice
+from polyfleet.shared.schema import AgentNotice, Meeting, RoomCalendarReport
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ class AgentService:
             log.warning("%s", self.uplink_warning)
         self._tasks.append(asyncio.create_task(self._send_loop(), name="outbox sender"))
         self._tasks.append(asyncio.create_task(self._job_puller().run(), name="job puller"))
+        self._tasks.append(
+            asyncio.create_task(self._calendar_reader().run(), name="calendar reader")
+        )
         log.info(
             "agent started: %d devices, poll every %gs, outbox %s",
             len(config.devices),
@@ -410,6 +413,63 @@ class AgentService:
             logger=log,
         )
 
+    def _calendar_reader(self) -> Periodic:
+        """Room calendars read every ``[updates] calendar_interval_s`` for rollout plans."""
+        return Periodic(
+            "calendar read",
+            self._read_calendars,
+            interval_s=self.config.updates_calendar_interval_s,
+            expected=(ControllerUnavailable, ControllerRefused, ProtocolError),
+            backoff=Backoff(
+                first_s=self.config.updates_calendar_interval_s,
+                max_s=max(self.config.backoff_max_s, self.config.updates_calendar_interval_s),
+                jitter=UPLINK_JITTER,
+            ),
+            logger=log,
+        )
+
+    async def _read_calendars(self) -> None:
+        """Each unit's meetings from now to ``calendar_ahead_s`` on, sent up in one batch: a
+        unit without a calendar says ``off``, one that cannot say ``unreadable`` (free, both)."""
+        credential = self.credential
+        if credential is None or self.poller is None:
+            return
+        poller = self.poller
+        start = datetime.now(UTC)
+        end = start + timedelta(seconds=self.config.updates_calendar_ahead_s)
+        readings: list[RoomCalendarReport] = []
+        for key, state in poller.states.items():
+            serial = state.serial
+            if not serial:
+                continue  # never polled yet: its serial is not known
+            state_text: Literal["read", "off", "unreadable"] = "read"
+            detail = ""
+            meetings: list[Meeting] = []
+            try:
+                driver, _pins = await poller.driver(key)
+                async with state.busy:
+                    found = await driver.meetings(start, end)
+            except DeviceError as exc:
+                state_text, detail = "unreadable", f"{exc.reason}: {exc}"[:256]
+            else:
+                if found is None:
+                    state_text = "off"
+                else:
+                    meetings = found
+            readings.append(
+                RoomCalendarReport(
+                    serial=serial,
+                    state=state_text,
+                    detail=detail,
+                    read_at=datetime.now(UTC),
+                    start=start,
+                    end=end,
+                    meetings=meetings[:500],
+                )
+            )
+        if readings:
+            await self._uplink(credential).post_calendars(readings)
+
     async def _pull_jobs(self) -> None:
         """Hand the controller's new jobs to the runner (none before enrollment)."""
         credential = self.credential
@@ -426,6 +486,11 @@ class AgentService:
                 call_recheck_s=self.config.updates_call_recheck_s,
             )
             self.jobs = JobRunner(self.poller, uplink, updater=updater)
+            # An install cut off by a restart: its outcome is reported as soon as the unit
+            # answers, not when the controller's lease hands the job out again.
+            for job in await asyncio.to_thread(updater.interrupted):
+                log.info("job %s (%s): resumed from its update journal", job.id, job.serial)
+                self.jobs.submit(job)
         listing = await uplink.pull_jobs()
         for job in listing.jobs:
             self.jobs.submit(job)

@@ -37,6 +37,8 @@ from polyfleet.shared.schema import (
     JobResult,
     ReportBatch,
     ReportBatchAck,
+    RoomCalendarBatch,
+    RoomCalendarReport,
 )
 
 log = logging.getLogger(__name__)
@@ -350,6 +352,11 @@ class Uplink:
 
     async def post_progress(self, job_id: str, progress: JobProgress) -> None:
         await self._request("POST", f"/api/v1/agent/jobs/{job_id}/progress", model=progress)
+
+    async def post_calendars(self, calendars: list[RoomCalendarReport]) -> None:
+        """What was read of the units' room calendars (meetings' start and end only)."""
+        batch = RoomCalendarBatch(protocol_version=PROTOCOL_VERSION, calendars=calendars)
+        await self._request("POST", "/api/v1/agent/calendars", model=batch)
 
     async def download_package(self, version: str, *, offset: int = 0) -> AsyncIterator[bytes]:
         """A release's package from the controller, from byte ``offset`` on (HTTP range)."""

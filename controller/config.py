@@ -10,7 +10,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, model_validator
 
-from polyfleet.controller.domain.rollout import ROLLOUT_TICK_S
+from polyfleet.controller.domain.rollout import MIN_WAVE_GAP, ROLLOUT_TICK_S
 from polyfleet.controller.settings.tickets import TicketSections
 from polyfleet.controller.settings.web import WebSettings
 from polyfleet.shared.config import (
@@ -276,6 +276,11 @@ class RolloutsSection(ConfigModel):
     """``[rollouts]``."""
 
     tick_s: PositiveFloat = ROLLOUT_TICK_S
+    #: The shortest time between two waves a plan may ask for.
+    min_wave_gap_s: PositiveFloat = MIN_WAVE_GAP.total_seconds()
+    #: A unit back on its new version this long while its job's agent is silent: the job
+    #: is handed out again (instead of waiting for ``[agents] job_lease_s``).
+    reassign_after_s: PositiveFloat = 60.0
 
 
 class ControllerFile(TicketSections):

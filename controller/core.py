@@ -9,10 +9,12 @@ services; a store that must already exist (a CLI command's) is checked with ``re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from polyfleet.controller.clock import Clock, system_clock
 from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.domain.rollout import MIN_WAVE_GAP
 from polyfleet.controller.errors import NotFound, Unavailable
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import AccessService
@@ -29,7 +31,8 @@ from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
 from polyfleet.controller.services.maintenance import MaintenanceService
 from polyfleet.controller.services.packages import PackageService
-from polyfleet.controller.services.rollout import RolloutService
+from polyfleet.controller.services.rollout import DEFAULT_REASSIGN_AFTER, RolloutService
+from polyfleet.controller.services.room_calendars import RoomCalendars
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
 from polyfleet.controller.services.ticket_service import TicketIndex, TicketService
 from polyfleet.controller.services.web_sessions import SessionService
@@ -104,6 +107,7 @@ class Controller:
     forecasts: ForecastCache
     packages: PackageService
     rollouts: RolloutService
+    calendars: RoomCalendars
     tickets: TicketDesk
     maintenance: MaintenanceService
     loaded: bool = field(default=False)
@@ -219,6 +223,9 @@ def build_controller(
     base = config.source.parent if config.source is not None else Path()
     tickets = TicketDesk(ticket_settings(config.sections, base=base, source=config.source))
     registry = Registry(store, inventory)
+    catalogues = Catalogues(*catalogue_paths(config.section("entitlement")))
+    calendars = RoomCalendars(store, clock, inventory)
+    rollouts = config.section("rollouts")
     maintenance = MaintenanceService(store, clock, inventory)
     return Controller(
         config=config,
@@ -238,7 +245,7 @@ def build_controller(
             link_ttl_s=web.signin_link_ttl_s,
         ),
         web=web,
-        catalogues=Catalogues(*catalogue_paths(config.section("entitlement"))),
+        catalogues=catalogues,
         registry=registry,
         verdicts=VerdictCache(),
         forecasts=ForecastCache(),
@@ -252,8 +259,19 @@ def build_controller(
             jobs=jobs,
             packages=packages,
             tickets=tickets.index,
+            catalogues=catalogues,
+            calendars=calendars,
+            min_wave_gap=timedelta(
+                seconds=float(rollouts.get("min_wave_gap_s", MIN_WAVE_GAP.total_seconds()))
+            ),
+            reassign_after=timedelta(
+                seconds=float(
+                    rollouts.get("reassign_after_s", DEFAULT_REASSIGN_AFTER.total_seconds())
+                )
+            ),
             maintenance=maintenance,
         ),
+        calendars=calendars,
         tickets=tickets,
         maintenance=maintenance,
     )

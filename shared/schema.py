@@ -333,6 +333,9 @@ class FailureCode(StrEnum):
     VERIFICATION_FAILED = "verification_failed"
     #: The job's artifact could not be uploaded to the controller.
     UPLOAD_FAILED = "upload_failed"
+    #: The unit's room is booked over the whole time the update needs, until its window
+    #: closes: not started (the meeting's start and end are in the job's evidence).
+    ROOM_BOOKED = "room_booked"
 
 
 class JobResult(_Strict):
@@ -350,11 +353,56 @@ class JobResult(_Strict):
     code: FailureCode | None = None
 
 
-class JobProgress(_Strict):
-    """Posted to ``/api/v1/agent/jobs/{id}/progress`` while a firmware update runs."""
+class Meeting(_Strict):
+    """One booked meeting of a room: when only (its subject never leaves the unit)."""
 
-    status: Literal["postponed_in_call", "downloading", "installing", "verifying"]
+    start: AwareDatetime
+    end: AwareDatetime
+
+
+class JobProgress(_Strict):
+    """Posted to ``/api/v1/agent/jobs/{id}/progress`` while a firmware update runs.
+
+    ``settings``: the unit's own update settings, saved before the order (with
+    ``installing``), so that an agent that finishes the job in another's place can put them
+    back; ``meeting``: with ``postponed_booked``, the meeting waited out. Sent only when
+    set; a controller from before them refuses them by name and then gets the progress
+    without them.
+    """
+
+    status: Literal[
+        "postponed_in_call", "postponed_booked", "downloading", "installing", "verifying"
+    ]
     detail: ShortText = ""
+    settings: dict[Annotated[str, StringConstraints(max_length=128)], ShortText] | None = Field(
+        default=None, max_length=16
+    )
+    #: With ``postponed_booked``: the meeting the update waits out.
+    meeting: Meeting | None = None
+
+
+class RoomCalendarReport(_Strict):
+    """What an agent read of one unit's room calendar between ``start`` and ``end``.
+
+    ``state``: ``read`` (``meetings`` are all there are in that span), ``off`` (no calendar
+    set up on the unit, or a firmware without one), ``unreadable`` (the unit or its
+    calendar service could not say: ``detail`` says why).
+    """
+
+    serial: Serial
+    state: Literal["read", "off", "unreadable"]
+    detail: ShortText = ""
+    read_at: AwareDatetime
+    start: AwareDatetime
+    end: AwareDatetime
+    meetings: list[Meeting] = Field(default_factory=list, max_length=500)
+
+
+class RoomCalendarBatch(_Strict):
+    """Posted to ``/api/v1/agent/calendars``: the calendars an agent read, one per unit."""
+
+    protocol_version: int
+    calendars: list[RoomCalendarReport] = Field(max_length=MAX_BATCH_SNAPSHOTS)
 
 
 class ErrorBody(_Strict):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from polyfleet.simulator.device import FaultError, SimDevice
-from polyfleet.simulator.fleet import FAULTS, FaultParamError, FleetSpec, fault_params
+from polyfleet.simulator.fleet import FAULTS, FaultParamError, FleetSpec, MeetingSpec, fault_params
 from polyfleet.simulator.other_host import OtherHost
 
 
@@ -186,6 +187,46 @@ async def set_call(request: web.Request) -> web.Response:
     return web.json_response(device.view())
 
 
+async def add_meeting(request: web.Request) -> web.Response:
+    """Book a meeting in the unit's room: ``{start, end, subject?}`` (ISO, with offsets)."""
+    device = _device(request)
+    payload = await _body(request)
+    try:
+        start, end = (datetime.fromisoformat(str(payload[k])) for k in ("start", "end"))
+    except (KeyError, ValueError):
+        return _error(400, "start and end must be ISO date-times with an offset", field="start")
+    if start.tzinfo is None or end.tzinfo is None:
+        return _error(400, "start and end need a UTC offset", field="start")
+    if end <= start:
+        return _error(400, "end must be after start", field="end")
+    subject = payload.get("subject", "Meeting")
+    if not isinstance(subject, str):
+        return _error(400, "subject must be a string", field="subject")
+    meeting_id = device.add_meeting(MeetingSpec(start=start, end=end, subject=subject))
+    return web.json_response({"id": meeting_id, **_meetings(device)}, status=201)
+
+
+async def remove_meeting(request: web.Request) -> web.Response:
+    device = _device(request)
+    if device.meetings.pop(request.match_info["meeting_id"], None) is None:
+        return _error(404, f"no meeting {request.match_info['meeting_id']}", field="meeting_id")
+    return web.json_response(_meetings(device))
+
+
+async def list_meetings(request: web.Request) -> web.Response:
+    return web.json_response(_meetings(_device(request)))
+
+
+def _meetings(device: SimDevice) -> dict[str, Any]:
+    return {
+        "calendar": "on" if device.calendar_on else "off",
+        "meetings": [
+            {"id": k, "start": m.start.isoformat(), "end": m.end.isoformat(), "subject": m.subject}
+            for k, m in sorted(device.meetings.items(), key=lambda item: item[1].start)
+        ],
+    }
+
+
 async def set_power(request: web.Request) -> web.Response:
     device = _device(request)
     payload = await _body(request)
@@ -293,6 +334,9 @@ def create_control_app(lab: ControlledLab) -> web.Application:
     app.router.add_delete("/devices/{serial}/faults", clear_faults)
     app.router.add_post("/sites/{site}/faults", set_site_fault)
     app.router.add_post("/devices/{serial}/call", set_call)
+    app.router.add_get("/devices/{serial}/meetings", list_meetings)
+    app.router.add_post("/devices/{serial}/meetings", add_meeting)
+    app.router.add_delete("/devices/{serial}/meetings/{meeting_id}", remove_meeting)
     app.router.add_post("/devices/{serial}/power", set_power)
     app.router.add_post("/devices/{serial}/reboot", reboot)
     app.router.add_post("/devices/{serial}/update", deliver_update)

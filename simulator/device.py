@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from polyfleet.simulator.fleet import (
     FAULTS,
     DeviceSpec,
     FaultParamError,
+    MeetingSpec,
     PeripheralSpec,
     fault_params,
     split_firmware,
@@ -137,6 +139,10 @@ class SimDevice:
         self.device_mode = spec.starts_in_device_mode
         self.faults: dict[str, dict[str, Any]] = {}
         self.call: Call | None = None
+        #: The room calendar, by meeting id (the control API adds and removes meetings).
+        self.meetings: dict[str, MeetingSpec] = {
+            f"m{n}": meeting for n, meeting in enumerate(spec.meetings, start=1)
+        }
         self.sessions: dict[str, Session] = {}
         self.config: dict[str, str] = dict(DEFAULT_CONFIG)
         self.config["device.local.roomName"] = room
@@ -166,6 +172,24 @@ class SimDevice:
         self._power_changed = asyncio.Event()
         self._apis = apis
         self._web = web.Server(apis.rest(self), handler_cancellation=True)
+
+    # --- room calendar --------------------------------------------------------------------
+
+    @property
+    def calendar_on(self) -> bool:
+        """Teams and Zoom rooms have a calendar; a Poly Video room has none."""
+        return self.provider_mode in ("teams", "zoom")
+
+    def add_meeting(self, meeting: MeetingSpec) -> str:
+        """Book a meeting; its id."""
+        meeting_id = f"m{max((int(k[1:]) for k in self.meetings), default=0) + 1}"
+        self.meetings[meeting_id] = meeting
+        return meeting_id
+
+    def meetings_between(self, start: datetime, end: datetime) -> list[tuple[str, MeetingSpec]]:
+        """Meetings overlapping ``[start, end)``, earliest first."""
+        found = [(k, m) for k, m in self.meetings.items() if m.start < end and m.end > start]
+        return sorted(found, key=lambda item: item[1].start)
 
     # --- identity -------------------------------------------------------------------------
 

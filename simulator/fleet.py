@@ -6,10 +6,11 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, ConfigDict, model_validator
+from pydantic import AfterValidator, AwareDatetime, ConfigDict, model_validator
 
 from polyfleet.shared.config import (
     ConfigModel,
@@ -147,6 +148,16 @@ class CallWindow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MeetingSpec:
+    """A meeting booked in the unit's room calendar (real instants, not lab seconds: a
+    rollout's windows are on the calendar)."""
+
+    start: datetime
+    end: datetime
+    subject: str = "Meeting"
+
+
+@dataclass(frozen=True, kw_only=True)
 class UpdateBehaviour:
     """How the device handles an ordered firmware update."""
 
@@ -176,6 +187,8 @@ class DeviceSpec:
     sip: bool = True
     faults: list[FaultWindow] = field(default_factory=list)
     calls: list[CallWindow] = field(default_factory=list)
+    #: The room calendar's meetings (answered while the unit's calendar is on).
+    meetings: list[MeetingSpec] = field(default_factory=list)
     update: UpdateBehaviour = field(default_factory=UpdateBehaviour)
     regenerate_cert_on_reboot: bool = False
     ssh_host_key_type: str = "ed25519"
@@ -479,6 +492,18 @@ class CallTable(ConfigModel):
         return self
 
 
+class MeetingTable(ConfigModel):
+    start: AwareDatetime
+    end: AwareDatetime
+    subject: str = "Meeting"
+
+    @model_validator(mode="after")
+    def _span(self) -> Self:
+        if self.end <= self.start:
+            raise KeyProblem("end", f"must be after start ({self.start.isoformat()})")
+        return self
+
+
 class UpdateTable(ConfigModel):
     install_seconds: Seconds = DEFAULT_INSTALL_SECONDS
     outcome: UpdateOutcome = "ok"
@@ -503,6 +528,7 @@ class DeviceTable(ConfigModel):
     sip: bool = True
     faults: list[FaultTable] = []
     calls: list[CallTable] = []
+    meetings: list[MeetingTable] = []
     update: UpdateTable = UpdateTable()
     regenerate_cert_on_reboot: bool = False
     ssh_host_key_type: HostKeyType = "ed25519"
@@ -642,6 +668,9 @@ def _device(path: Path, loc: Loc, table: DeviceTable) -> DeviceSpec:
             sip=table.sip,
             faults=_windows(path, loc, table.faults, peripherals),
             calls=[CallWindow(at=c.at, until=c.until, remote=c.remote) for c in table.calls],
+            meetings=[
+                MeetingSpec(start=m.start, end=m.end, subject=m.subject) for m in table.meetings
+            ],
             update=UpdateBehaviour(
                 install_seconds=table.update.install_seconds, outcome=table.update.outcome
             ),

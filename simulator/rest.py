@@ -468,6 +468,31 @@ async def calendar(device: SimDevice, _r: web.BaseRequest, _s: Session | None) -
     return json_body({"status": status, "meetings": []})
 
 
+async def calendar_meetings(
+    device: SimDevice, request: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    """The room's meetings between ``start`` and ``end`` (ISO, aware); 404 without a calendar."""
+    if not device.calendar_on:
+        return json_body({"success": False, "reason": "CalendarDisabled"}, status=404)
+    try:
+        start, end = (datetime.fromisoformat(request.query[k]) for k in ("start", "end"))
+    except (KeyError, ValueError):
+        return json_body({"success": False, "reason": "InvalidTimeRange"}, status=400)
+    if start.tzinfo is None or end.tzinfo is None or end <= start:
+        return json_body({"success": False, "reason": "InvalidTimeRange"}, status=400)
+    return json_body(
+        [
+            {
+                "id": meeting_id,
+                "subject": meeting.subject,
+                "startTime": meeting.start.isoformat(),
+                "endTime": meeting.end.isoformat(),
+            }
+            for meeting_id, meeting in device.meetings_between(start, end)
+        ]
+    )
+
+
 async def system_reboot(
     device: SimDevice, request: web.BaseRequest, _s: Session | None
 ) -> web.Response:
@@ -661,6 +686,7 @@ ROUTES: dict[tuple[str, str], tuple[Handler, bool, FirmwareVersion | None]] = {
     ("GET", "/rest/audio/microphones"): (audio_microphones, True, None),
     ("GET", "/rest/system/sipservers"): (sipservers, True, None),
     ("GET", "/rest/calendar"): (calendar, True, CALENDAR_SINCE),
+    ("GET", "/rest/calendar/meetings"): (calendar_meetings, True, CALENDAR_SINCE),
     ("POST", "/rest/system/reboot"): (system_reboot, True, None),
     ("GET", "/rest/system/softwareupdate"): (software_update, True, None),
     ("POST", "/rest/config"): (config, True, None),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import aiohttp
 
 from polyfleet.agent.config import DeviceConfig
 from polyfleet.shared.errors import DeviceProtocolError
-from polyfleet.shared.schema import Problem, Snapshot
+from polyfleet.shared.schema import Meeting, Problem, Snapshot
 
 
 @dataclass
@@ -141,6 +142,18 @@ class DeviceDriver(ABC):
         raise DeviceProtocolError(
             f"{self.device.host}: {self.platform} has no configuration API", host=self.device.host
         )
+
+    async def meetings(self, start: datetime, end: datetime) -> list[Meeting] | None:
+        """The room calendar's meetings overlapping ``[start, end)``, start and end only (a
+        subject never leaves the agent). Example::
+
+            [Meeting(start=datetime(2027, 3, 28, 1, 30, tzinfo=UTC),
+                     end=datetime(2027, 3, 28, 2, 0, tzinfo=UTC))]
+
+        None: the unit has no room calendar (not set up, or no such API). The default: None.
+        """
+        del start, end
+        return None
 
     async def write_config(self, values: dict[str, str]) -> None:
         """Set configuration variables; DeviceProtocolError names one the device refused."""

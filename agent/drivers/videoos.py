@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from polyfleet.agent.drivers.base import DeviceDriver
 from polyfleet.agent.transport.rest import FeatureAbsent, RestClient, fetch_certificate_fingerprint
@@ -24,6 +25,7 @@ from polyfleet.shared.schema import (
     Firmware,
     Health,
     HealthState,
+    Meeting,
     Model,
     Peripheral,
     Problem,
@@ -620,6 +622,32 @@ class VideoOSDriver(DeviceDriver):
             if var.get("result", "NOERROR") == "NOERROR" and isinstance(var.get("name"), str):
                 values[var["name"]] = _text(var.get("value"))
         return values
+
+    async def meetings(self, start: datetime, end: datetime) -> list[Meeting] | None:
+        """``GET /rest/calendar/meetings``; None when the unit answers it has no calendar
+        (404: a Poly Video room, or a firmware from before the calendar API)."""
+        query = urlencode({"start": start.isoformat(), "end": end.isoformat()})
+        rest = await self._rest()
+        try:
+            async with rest.logged_in_session(self.device.user, self._password):
+                answer = await rest.get(f"/rest/calendar/meetings?{query}")
+        except FeatureAbsent:
+            return None
+        found: list[Meeting] = []
+        for item in map(_dict, _list(answer)):
+            try:
+                found.append(
+                    Meeting(
+                        start=datetime.fromisoformat(_text(item.get("startTime"))),
+                        end=datetime.fromisoformat(_text(item.get("endTime"))),
+                    )
+                )
+            except ValueError as exc:
+                raise DeviceProtocolError(
+                    f"{self.device.host}: a calendar meeting without times: {exc}",
+                    host=self.device.host,
+                ) from None
+        return found
 
     async def write_config(self, values: dict[str, str]) -> None:
         rest = await self._rest()

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from polyfleet.controller.active import run_when_active
+from polyfleet.controller.api.agent import check_protocol
 from polyfleet.controller.api.models import Ok
 from polyfleet.controller.domain.faults import FaultEvent
 from polyfleet.controller.domain.rollout import FAILURE_TYPES, ROLLOUT_TICK_S, render_csv
@@ -31,7 +32,7 @@ from polyfleet.controller.services.rollout import (
 )
 from polyfleet.controller.store.base import StoreUnavailable
 from polyfleet.shared.periodic import Periodic
-from polyfleet.shared.schema import JobProgress
+from polyfleet.shared.schema import JobProgress, RoomCalendarBatch
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,23 @@ async def post_progress(request: web.Request) -> web.Response:
     return web.json_response(Ok(ok=True).model_dump())
 
 
+@endpoint(
+    summary="Post what an agent read of its units' room calendars (meetings' start and end)",
+    roles=AGENTS,
+    request=RoomCalendarBatch,
+    response=Ok,
+    errors=(400, 401, 403, 413, 422),
+    tags=("agent",),
+)
+async def post_calendars(request: web.Request) -> web.Response:
+    agent = principal(request)
+    assert agent.site_id is not None
+    batch = validate(RoomCalendarBatch, await read_json(request))
+    check_protocol({"protocol_version": batch.protocol_version})
+    await request.app[CORE].calendars.take(agent.site_id, batch)
+    return web.json_response(Ok(ok=True).model_dump())
+
+
 class RolloutCollector(Collector):
     """Rollouts by status and devices of live rollouts by status, at scrape time."""
 
@@ -353,3 +371,4 @@ def register(app: web.Application) -> None:
     router.add_put("/api/v1/releases/{version}/package", put_package)
     router.add_get("/api/v1/releases/{version}/package", get_package, allow_head=False)
     router.add_post("/api/v1/agent/jobs/{job_id}/progress", post_progress)
+    router.add_post("/api/v1/agent/calendars", post_calendars)

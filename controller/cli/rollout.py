@@ -98,7 +98,8 @@ def _run(
 
 def _plan_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"target": args.target}
-    for key in ("canary", "waves", "window", "start", "wave_gap", "max_failures", "per_site"):
+    keys = ("canary", "waves", "window", "start", "wave_gap", "hop_length", "max_failures")
+    for key in (*keys, "per_site"):
         value = getattr(args, key)
         if value is not None:
             body[key] = value
@@ -341,6 +342,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     plan.add_argument("--window", help="HH:MM-HH:MM site time (default 01:00-05:00)")
     plan.add_argument("--start", help="first night, YYYY-MM-DD (default tomorrow)")
     plan.add_argument("--wave-gap", dest="wave_gap", help="time between waves (default 1d)")
+    plan.add_argument(
+        "--hop-length",
+        dest="hop_length",
+        help="how long one update of one unit takes: hops are this far apart in the window "
+        "and need their room free this long (default 45m, at most the window)",
+    )
     plan.add_argument(
         "--max-failures",
         dest="max_failures",

@@ -3,19 +3,26 @@
 A plan puts every device in scope into one of three states:
 
 - ``planned``: it gets a wave and a window (site time), and one hop per catalogue step from
-  its installed version to the target (E7), each judged for entitlement at its planned
-  install time (S3, S4). Teams mode units are planned too, as ``teams_admin_center``: the
-  rollout tracks and verifies them, it never orders them.
+  its installed version to the target (E7), each placed in the window one after another
+  (``hop_length`` apart, elapsed time) and judged for entitlement at its own install moment
+  (S3, S4); hops that no longer fit in the night's window go to the next night's. Teams
+  mode units are planned too, as ``teams_admin_center``: the rollout tracks and verifies
+  them, it never orders them.
 - ``held``: it could be updated but not now (open ticket, unhealthy, unreachable, penalty
-  box, or no entitlement at any wave's time): no wave.
+  box, or no entitled moment in any wave): no wave.
 - ``excluded``: it will not be updated by this rollout (already current, no path, an E70
   that follows its host, or the admin said so): no wave.
 
 Wave 0 is the canary: per site, the healthiest devices of the most common model and mode
-among those the rollout updates itself. The other waves take cumulative shares of each
-site's remaining devices (``10%,50%,100%``). A device whose entitlement window closes
-before its wave is moved to the latest earlier wave that is still inside it (S4), and its
-entry says so in ``notes``.
+among those the rollout will really update on the canary night (an agent's unit entitled
+then). The other waves take cumulative shares of each site's remaining devices
+(``10%,50%,100%``). A device not entitled in its wave moves (S4): to the latest earlier
+wave still inside its entitlement, the canary wave included; else, when its contract
+starts later, to the first later wave inside it; its entry says so in ``notes``.
+
+Windows are judged night by night in each site's zone (``rollout_windows``): a window that
+is shortened or does not exist on a night (clock changes) or is already over is said in
+its wave's ``notes`` and moved to the next moment that exists.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -37,7 +44,24 @@ from polyfleet.controller.domain.calendar import warsaw_date
 from polyfleet.controller.domain.entitlement import Span, coverage
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue, hop_kind, is_newer
-from polyfleet.controller.errors import Conflict, Invalid
+from polyfleet.controller.domain.rollout_windows import (
+    DEFAULT_HOP_LENGTH,
+    Busy,
+    place_hops,
+    split_shift,
+    utc,
+)
+from polyfleet.controller.domain.rollout_windows import (  # the services and faces find them here
+    Night as Night,
+)
+from polyfleet.controller.domain.rollout_windows import (
+    PlanError as PlanError,
+)
+from polyfleet.controller.domain.rollout_windows import (
+    Window as Window,
+)
+from polyfleet.controller.domain.tickets import contract_flag_text, eligibility_of
+from polyfleet.controller.errors import Conflict
 from polyfleet.shared.schema import FailureCode
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
@@ -52,8 +76,10 @@ ROLLOUT_NAME_MAX_CHARS = 200
 DEFAULT_WAVE_GAP = timedelta(days=1)
 #: How often the controller moves running rollouts on, in seconds.
 ROLLOUT_TICK_S = 5.0
-#: The planned spacing of two hops of one device inside its window: install, reboot, verify.
-HOP_SPACING = timedelta(minutes=45)
+#: The planned length of one hop (install, reboot, verify): the spacing of hops in a window.
+HOP_SPACING = DEFAULT_HOP_LENGTH
+#: The shortest time between two waves, unless the controller is configured otherwise.
+MIN_WAVE_GAP = timedelta(minutes=1)
 
 Channel = Literal["agent", "teams_admin_center", "none"]
 ReasonCode = Literal[
@@ -95,6 +121,9 @@ class DeviceStatus(StrEnum):
     EXCLUDED = "excluded"
     #: Started: waits for its wave and its window (again after a hop, a retry or a refusal).
     WAITING_WINDOW = "waiting_window"
+    #: Not started because its room is booked: waits for a free slot in its window (its
+    #: agent waiting, with a job) or for its next window (no job); ``booked`` says when.
+    POSTPONED_BOOKED = "postponed_booked"
     #: Ordered: the agent's word on the update under way.
     POSTPONED_IN_CALL = "postponed_in_call"
     DOWNLOADING = "downloading"
@@ -123,21 +152,30 @@ DEVICE_MOVES: dict[DeviceStatus, frozenset[DeviceStatus]] = {
     DeviceStatus.PLANNED: frozenset({DeviceStatus.WAITING_WINDOW, DeviceStatus.SKIPPED}),
     DeviceStatus.HELD: frozenset(),
     DeviceStatus.EXCLUDED: frozenset(),
-    DeviceStatus.WAITING_WINDOW: frozenset(
-        {
-            DeviceStatus.WAITING_WINDOW,  # its window passed: the next one
-            DeviceStatus.DOWNLOADING,  # ordered
-            DeviceStatus.DONE,  # a Teams unit reported on the target
-            DeviceStatus.FAILED,  # a Teams unit not on it when its window closed
-            DeviceStatus.SKIPPED,  # abort
-        }
-    ),
+    **{
+        status: frozenset(
+            {
+                DeviceStatus.WAITING_WINDOW,  # its window passed: the next one
+                DeviceStatus.POSTPONED_BOOKED,  # its room is booked at its install moment
+                DeviceStatus.DOWNLOADING,  # ordered
+                DeviceStatus.DONE,  # a Teams unit reported on the target
+                DeviceStatus.FAILED,  # a Teams unit not on it when its window closed
+                DeviceStatus.SKIPPED,  # abort
+                DeviceStatus.HELD,  # not entitled at its new install moment (S4)
+            }
+        )
+        | (UNDER_WAY if status is DeviceStatus.POSTPONED_BOOKED else frozenset())
+        for status in (DeviceStatus.WAITING_WINDOW, DeviceStatus.POSTPONED_BOOKED)
+    },
     **{
         status: UNDER_WAY  # the agent's progress, in any order (an agent resumes a job)
         | {
             DeviceStatus.WAITING_WINDOW,  # a hop done with more to go, a retry, a refusal
+            DeviceStatus.POSTPONED_BOOKED,  # the room is booked: a free slot, or later
             DeviceStatus.DONE,
             DeviceStatus.FAILED,
+            DeviceStatus.SKIPPED,  # a hop done after an abort: the others are not ordered
+            DeviceStatus.HELD,  # a hop done, the next one not entitled at its moment (S4)
         }
         for status in UNDER_WAY
     },
@@ -145,6 +183,8 @@ DEVICE_MOVES: dict[DeviceStatus, frozenset[DeviceStatus]] = {
     DeviceStatus.FAILED: frozenset(),
     DeviceStatus.SKIPPED: frozenset(),
 }
+#: Entries waiting for a moment to be ordered (no job out, unless an agent waits out a booking).
+WAITING = frozenset({DeviceStatus.WAITING_WINDOW, DeviceStatus.POSTPONED_BOOKED})
 
 
 class RolloutStatus(StrEnum):
@@ -231,60 +271,6 @@ _HEALTH_RANK = {"ok": 0, "degraded": 1, "fault": 2, "unreachable": 3}
 CAMERA_MODELS = frozenset({"studio_e70"})
 
 
-class PlanError(Invalid, ValueError):
-    """A plan request that cannot be planned (422 ``invalid_plan``); ``field`` names the flag
-    or key to fix, ``reason`` says why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}", code="invalid_plan", field=field)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Window:
-    """A daily maintenance window in site time; ``end`` before ``start`` crosses midnight."""
-
-    start: time
-    end: time
-
-    @classmethod
-    def parse(cls, text: str) -> Window:
-        """``HH:MM-HH:MM``; PlanError names the problem."""
-        parts = text.strip().split("-")
-        if len(parts) != 2:
-            raise PlanError("window", f"{text!r} is not HH:MM-HH:MM (e.g. 01:00-05:00)")
-        try:
-            start, end = (time.fromisoformat(part.strip()) for part in parts)
-        except ValueError:
-            raise PlanError("window", f"{text!r} is not HH:MM-HH:MM (e.g. 01:00-05:00)") from None
-        if start == end:
-            raise PlanError("window", f"{text!r} is empty: start and end are the same time")
-        return cls(start.replace(second=0, microsecond=0), end.replace(second=0, microsecond=0))
-
-    def __str__(self) -> str:
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
-
-    def on(
-        self, day: date, zone: tzinfo, shift: timedelta = timedelta(0)
-    ) -> tuple[datetime, datetime]:
-        """The window opening on ``day`` in ``zone`` (wall clock, shifted by ``shift``), DST-right.
-
-        Wall-clock arithmetic first, then the zone: a window at 01:00 stays at 01:00 local
-        on both sides of a DST change. A start that does not exist (spring forward) is read
-        as the same instant after the jump; an ambiguous one takes its first occurrence.
-        """
-        local_start = datetime.combine(day, self.start) + shift
-        local_end = datetime.combine(day, self.end) + shift
-        if self.end <= self.start:
-            local_end += timedelta(days=1)
-        return _localise(local_start, zone), _localise(local_end, zone)
-
-
-def _localise(naive: datetime, zone: tzinfo) -> datetime:
-    # Round-trip through UTC so that a time inside a spring-forward gap becomes a real one.
-    return naive.replace(tzinfo=zone).astimezone(ZoneInfo("UTC")).astimezone(zone)
-
-
 def parse_waves(text: str) -> tuple[int, ...]:
     """``10%,50%,100%``: rising cumulative shares ending at 100; PlanError names the problem."""
     shares: list[int] = []
@@ -300,17 +286,28 @@ def parse_waves(text: str) -> tuple[int, ...]:
     return tuple(shares)
 
 
-def parse_gap(text: str) -> timedelta:
-    """``1d``, ``12h``, ``30m``: the time between two waves' windows."""
+_DURATION_UNITS = {
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+    "s": timedelta(seconds=1),
+}
+
+
+def parse_gap(text: str, field: str = "wave_gap") -> timedelta:
+    """``1d``, ``12h``, ``30m``, ``20s``: a duration (between two waves' windows, of a hop)."""
     text = text.strip().lower()
-    units = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
+    units = _DURATION_UNITS
     if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) < 1:
-        raise PlanError("wave_gap", f"{text!r} is not a duration such as 1d, 12h or 30m")
+        raise PlanError(field, f"{text!r} is not a duration such as 1d, 12h, 30m or 20s")
     return int(text[:-1]) * units[text[-1]]
 
 
 def format_gap(gap: timedelta) -> str:
-    minutes = int(gap.total_seconds()) // 60
+    seconds = int(gap.total_seconds())
+    if seconds % 60:
+        return f"{seconds}s"
+    minutes = seconds // 60
     if minutes % (24 * 60) == 0:
         return f"{minutes // (24 * 60)}d"
     if minutes % 60 == 0:
@@ -336,6 +333,11 @@ class PlanRequest:
     exclude: tuple[str, ...] = ()
     #: When the breaker halts the rollout; None: the defaults, with ``max_failures``.
     abort_criteria: tuple[AbortCriterion, ...] | None = None
+    #: How long one hop takes on one unit (elapsed): hops are placed this far apart, and an
+    #: install starts only when this much of its window is left and its room is free.
+    hop_length: timedelta = DEFAULT_HOP_LENGTH
+    #: The shortest ``wave_gap`` accepted (the controller's ``[rollouts] min_wave_gap_s``).
+    min_wave_gap: timedelta = MIN_WAVE_GAP
 
     @property
     def criteria(self) -> tuple[AbortCriterion, ...]:
@@ -352,8 +354,26 @@ class PlanRequest:
             raise PlanError("per_site", f"{self.per_site}: at least 1 update at once per site")
         if len(self.name) > ROLLOUT_NAME_MAX_CHARS:
             raise PlanError("name", f"at most {ROLLOUT_NAME_MAX_CHARS} characters")
-        if self.wave_gap < timedelta(minutes=1):
-            raise PlanError("wave_gap", "at least one minute between waves")
+        if self.wave_gap < self.min_wave_gap:
+            raise PlanError("wave_gap", f"at least {format_gap(self.min_wave_gap)} between waves")
+        if self.hop_length > self.window.nominal:
+            raise PlanError(
+                "hop_length",
+                f"{format_gap(self.hop_length)} does not fit in the window {self.window} "
+                f"({format_gap(self.window.nominal)})",
+            )
+
+
+def installed_text(version: str, build: str) -> str:
+    """An installed version as people read it: ``4.1.0_00.180034`` (the build added when the
+    version text has none)."""
+    if not version:
+        return ""
+    try:
+        has_build = FirmwareVersion.parse(version).build != 0
+    except VersionError:
+        return version
+    return f"{version}.{build}" if build and not has_build else version
 
 
 @dataclass(kw_only=True, slots=True)
@@ -376,19 +396,61 @@ class PlanDevice:
 
     @property
     def installed_text(self) -> str:
-        if not self.version:
-            return ""
-        try:
-            has_build = FirmwareVersion.parse(self.version).build != 0
-        except VersionError:
-            return self.version
-        return f"{self.version}.{self.build}" if self.build and not has_build else self.version
+        return installed_text(self.version, self.build)
 
     def installed(self) -> FirmwareVersion | None:
         try:
             return FirmwareVersion.parse(self.version, build=self.build or None)
         except VersionError:
             return None
+
+
+@dataclass(frozen=True)
+class RoomCalendar:
+    """What a unit's agent last read of its room's calendar (only start and end of each
+    meeting ever leave the unit). ``state``: ``read``; ``off`` (no calendar set up on the
+    unit); ``unreadable`` (the unit could not say). Off or unreadable counts as free."""
+
+    state: Literal["read", "off", "unreadable"]
+    meetings: tuple[Busy, ...] = ()
+    read_at: datetime | None = None
+    detail: str = ""
+
+    def busy(self) -> tuple[Busy, ...]:
+        return self.meetings if self.state == "read" else ()
+
+    def in_window(self, start: datetime, end: datetime) -> list[Busy]:
+        return [m for m in self.busy() if utc(m[0]) < end and utc(m[1]) > start]
+
+    def free_text(self) -> str:
+        """Why an unread calendar lets the install go on, for the entry."""
+        if self.state == "off":
+            return "the unit has no room calendar set up: its room counts as free"
+        why = f": {self.detail}" if self.detail else ""
+        return f"the room calendar could not be read{why}; its room counts as free"
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> RoomCalendar:
+        state = doc.get("state")
+        meetings = tuple(
+            (datetime.fromisoformat(str(m["start"])), datetime.fromisoformat(str(m["end"])))
+            for m in doc.get("meetings") or ()
+        )
+        read_at = doc.get("read_at")
+        return cls(
+            state=state if state in ("read", "off", "unreadable") else "unreadable",
+            meetings=meetings,
+            read_at=datetime.fromisoformat(str(read_at)) if read_at else None,
+            detail=str(doc.get("detail") or ""),
+        )
+
+
+def meetings_json(meetings: Iterable[Busy], zone: tzinfo) -> list[dict[str, str]]:
+    """Meetings as entries show them: start and end in the site's zone, nothing else."""
+    return [
+        {"start": start.astimezone(zone).isoformat(), "end": end.astimezone(zone).isoformat()}
+        for start, end in meetings
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -436,6 +498,10 @@ class DeviceEntry:
     #: The hops' and the window's JSON, shared by devices with the same ones (read-only).
     hops_json: list[dict[str, Any]] | None = None
     window_json: dict[str, str] | None = None
+    #: The flagged contract in force at its install moment (H1, H5, renewals), as tickets say.
+    eligibility: dict[str, Any] | None = None
+    #: What its room calendar says in its windows (None: nothing read yet).
+    calendar: dict[str, Any] | None = None
 
     @property
     def status(self) -> DeviceStatus:
@@ -480,7 +546,21 @@ class DeviceEntry:
             "reasons": [reason.to_json() for reason in self.reasons],
             "notes": [note.to_json() for note in self.notes],
             "status": self.status.value,
+            "eligibility": self.eligibility,
+            "calendar": self.calendar,
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaveNote:
+    """Something a wave's planner says about one site's window (or canary)."""
+
+    code: str
+    site: str
+    text: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "site": self.site, "text": self.text}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -489,6 +569,7 @@ class Wave:
     name: str
     opens_at: datetime | None
     devices: tuple[str, ...]
+    notes: tuple[WaveNote, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -496,7 +577,25 @@ class Wave:
             "name": self.name,
             "opens_at": self.opens_at.isoformat() if self.opens_at else None,
             "devices": list(self.devices),
+            "notes": [note.to_json() for note in self.notes],
         }
+
+
+def plan_summary(devices: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts of a plan's entries by status and reason: they add up to its entries."""
+    statuses: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    total = 0
+    for entry in devices:
+        total += 1
+        statuses[entry["status"]] += 1
+        for reason in entry.get("reasons") or ():
+            reasons[reason["code"]] += 1
+    return {
+        "devices": total,
+        "by_status": dict(sorted(statuses.items())),
+        "by_reason": {code: reasons[code] for code in REASON_CODES if reasons[code]},
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -512,8 +611,6 @@ class RolloutPlan:
     def to_json(self) -> dict[str, Any]:
         request = self.request
         devices = [entry.to_json() for entry in self.entries]
-        statuses = Counter(entry["status"] for entry in devices)
-        reasons = Counter(reason["code"] for entry in devices for reason in entry["reasons"])
         return {
             "name": request.name,
             "target": self.target,
@@ -524,17 +621,14 @@ class RolloutPlan:
             "window": str(request.window),
             "start": self.start.isoformat(),
             "wave_gap": format_gap(request.wave_gap),
+            "hop_length": format_gap(request.hop_length),
             "max_failures": request.max_failures,
             "abort_criteria": [criterion.to_json() for criterion in request.criteria],
             "per_site": request.per_site,
             "exclude": list(request.exclude),
             "waves": [wave.to_json() for wave in self.waves],
             "devices": devices,
-            "summary": {
-                "devices": len(devices),
-                "by_status": dict(sorted(statuses.items())),
-                "by_reason": {code: reasons[code] for code in REASON_CODES if reasons[code]},
-            },
+            "summary": plan_summary(devices),
         }
 
 
@@ -562,7 +656,7 @@ def path_to(
 
 
 @dataclass(frozen=True)
-class _Covering:
+class Covering:
     """The windows of one device's rights, computed once (coverage walks every contract)."""
 
     patches: tuple[Span, ...]
@@ -582,23 +676,144 @@ class _Covering:
         return ended[-1] if ended else None
 
 
-_NOTHING = _Covering((), ())
+_NOTHING = Covering((), ())
 
 
-def _covering(asset: Asset | None, plans: PlanCatalogue) -> _Covering:
+def covering(asset: Asset | None, plans: PlanCatalogue) -> Covering:
+    """The patch and upgrade windows of ``asset`` (none without one)."""
     if asset is None:
         return _NOTHING
     cover = coverage(asset, plans)
-    return _Covering(cover.patches.spans, cover.upgrades.spans)
+    return Covering(cover.patches.spans, cover.upgrades.spans)
 
 
-def _covering_plans(plans: PlanCatalogue, kind: str) -> list[str]:
-    """Plans whose contract would cover a hop of ``kind`` for its whole term (E4, S2)."""
-    return [
-        plan.id
-        for plan in plans.plans.values()
-        if plan.contract and (plan.upgrades if kind == "upgrade" else plan.patches_whole_term)
-    ]
+@dataclass(frozen=True, kw_only=True)
+class MomentVerdict:
+    """Whether a hop of ``kind`` may be installed at one moment (S4), and if not, why."""
+
+    kind: str
+    day: date
+    #: The covered run holding the day, when there is one.
+    until: date | None = None
+    #: Not covered: the last covered day before it, and the first one after it.
+    ended: date | None = None
+    starts: date | None = None
+
+    @property
+    def entitled(self) -> bool:
+        return self.until is not None
+
+    def why(self) -> str:
+        """Why not, in words (for ``not_entitled``)."""
+        kind = "patches" if self.kind == "patch" else "upgrades"
+        if self.ended is not None:
+            return f"its {kind} window closed on {self.ended.isoformat()}"
+        if self.starts is not None:
+            return f"its {kind} window opens only on {self.starts.isoformat()}"
+        return f"none of its contracts grants {kind}"
+
+
+def judge_moment(cover: Covering, kind: str, moment: datetime) -> MomentVerdict:
+    """S4: entitlement judged at the moment of install (on the Warsaw date, E1)."""
+    day = warsaw_date(moment)
+    span = cover.span(kind, day)
+    if span is not None:
+        return MomentVerdict(kind=kind, day=day, until=span.end)
+    later = cover.next_span(kind, day)
+    return MomentVerdict(
+        kind=kind,
+        day=day,
+        ended=cover.last_end_before(kind, day),
+        starts=later.start if later is not None else None,
+    )
+
+
+def plans_still_sold(
+    plans: PlanCatalogue, kind: str, model: str, asset: Asset | None, day: date
+) -> list[str]:
+    """Plans whose contract would cover a hop of ``kind`` for its whole term (E4, S2) and
+    that this unit can still get when bought on ``day``: its model (H1), not too long after
+    its purchase (H5, E6; unknown without a registered purchase)."""
+    found = []
+    for plan in plans.plans.values():
+        if not plan.contract:
+            continue
+        if not (plan.upgrades if kind == "upgrade" else plan.patches_whole_term):
+            continue
+        if plan.eligible_models is not None and model not in plan.eligible_models:
+            continue  # H1
+        if plan.purchase_to_contract_days is not None and (
+            asset is None or (day - asset.purchase_date).days > plan.purchase_to_contract_days
+        ):
+            continue  # H5, E6
+        found.append(plan.id)
+    return found
+
+
+def eligibility_json(asset: Asset | None, day: date, plans: PlanCatalogue) -> dict[str, Any] | None:
+    """The flags of the contract in force on ``day`` (H1, H5, renewals, chains), as tickets
+    carry them, with ``grants``: whether this product honours a flagged contract."""
+    if asset is None:
+        return None
+    contract = next((c for c in asset.contracts if c.covers(day)), None)
+    eligibility = eligibility_of(asset, contract, plans)
+    if eligibility is None:
+        return None
+    doc = eligibility.model_dump(mode="json")
+    for flag, note in zip(doc["flags"], eligibility.flags, strict=True):
+        flag["text"] = contract_flag_text(note, eligibility.plan_name, "en")
+    return dict(doc)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """One unit's hops placed from one wave's window on, each judged at its moment."""
+
+    hops: tuple[Hop, ...]
+    verdicts: tuple[MomentVerdict, ...]
+    nights: tuple[Night, ...]
+
+    @property
+    def entitled(self) -> bool:
+        return all(hop.entitled for hop in self.hops)
+
+    def first_refused(self) -> tuple[Hop, MomentVerdict] | None:
+        for hop, verdict in zip(self.hops, self.verdicts, strict=True):
+            if not verdict.entitled:
+                return hop, verdict
+        return None
+
+
+def schedule_hops(
+    path: Sequence[Release],
+    installed: FirmwareVersion,
+    cover: Covering,
+    first: Night,
+    hop_length: timedelta,
+    busy: Sequence[Busy] = (),
+    earliest: datetime | None = None,
+) -> _Schedule:
+    """Hops from ``first``'s window on, one ``hop_length`` after the other, around meetings;
+    each judged at its own moment (S3, S4)."""
+    slots = place_hops(len(path), first, hop_length, busy=busy, earliest=earliest)
+    hops: list[Hop] = []
+    verdicts: list[MomentVerdict] = []
+    current = installed
+    for release, slot in zip(path, slots, strict=True):
+        kind = hop_kind(current, release.version)  # S3
+        verdict = judge_moment(cover, kind, slot.at)
+        verdicts.append(verdict)
+        hops.append(
+            Hop(
+                version=release.text,
+                kind=kind,
+                install_at=slot.night.local(slot.at),
+                entitled=verdict.entitled,
+                entitled_until=verdict.until,
+            )
+        )
+        current = release.version
+    return _Schedule(tuple(hops), tuple(verdicts), tuple(slot.night for slot in slots))
 
 
 class _Planner:
@@ -611,13 +826,15 @@ class _Planner:
         plans: PlanCatalogue,
         releases: ReleaseCatalogue,
         now: datetime,
+        calendars: Mapping[str, RoomCalendar],
     ) -> None:
         self.request = request
         self.devices = devices
         self.assets = assets
         self.plans = plans
         self.releases = releases
-        self.now = now
+        self.now = utc(now)
+        self.calendars = calendars
         self.zones: dict[str, tzinfo] = {}
         for site, name in site_zones.items():
             try:
@@ -639,13 +856,18 @@ class _Planner:
         self.waves = 1 + len(request.waves)
         # Fleets share few versions and contract shapes: each is worked out once per plan.
         self._paths: dict[FirmwareVersion, list[Release] | None] = {}
-        self._covers: dict[tuple[Any, ...], _Covering] = {}
+        self._covers: dict[tuple[Any, ...], Covering] = {}
+        self._cover_keys: dict[str, tuple[Any, ...]] = {}
         self._installed: dict[tuple[str, str], FirmwareVersion | None] = {}
-        self._windows: dict[tuple[str, int], tuple[datetime, datetime]] = {}
-        self._hops: dict[tuple[Any, ...], list[Hop]] = {}
+        self._nights: dict[tuple[str, int], Night] = {}
+        self._requested: dict[tuple[str, int], Night] = {}
+        self._schedules: dict[tuple[Any, ...], tuple[_Schedule, ...]] = {}
         self._hops_json: dict[int, list[dict[str, Any]]] = {}
-        self._windows_json: dict[tuple[datetime, datetime], dict[str, str]] = {}
+        self._windows_json: dict[int, dict[str, str]] = {}
         self._texts: dict[tuple[str, str], str] = {}
+        self._eligibility: dict[tuple[Any, ...], dict[str, Any] | None] = {}
+        #: Per wave, what it says about sites: windows moved, shortened, no canary.
+        self.wave_notes: dict[int, list[WaveNote]] = defaultdict(list)
 
     def installed_text(self, device: PlanDevice) -> str:
         key = (device.version, device.build)
@@ -665,28 +887,39 @@ class _Planner:
             self._paths[installed] = path_to(self.releases, installed, self.target, start)
         return self._paths[installed]
 
-    def cover(self, serial: str) -> _Covering:
-        asset = self.assets.get(serial)
-        if asset is None:
+    def cover_key(self, serial: str) -> tuple[Any, ...]:
+        found = self._cover_keys.get(serial)
+        if found is None:
+            asset = self.assets.get(serial)
+            # The rights depend on dates and plans, not on contract numbers: devices bought
+            # together under the same terms share them.
+            found = (
+                ()
+                if asset is None
+                else (
+                    asset.purchase_date,
+                    tuple((c.plan, c.start, c.end, c.ineligible_rules) for c in asset.contracts),
+                )
+            )
+            self._cover_keys[serial] = found
+        return found
+
+    def cover(self, serial: str) -> Covering:
+        key = self.cover_key(serial)
+        if not key:
             return _NOTHING
-        # The rights depend on dates and plans, not on contract numbers: devices bought
-        # together under the same terms share them.
-        key = (
-            asset.purchase_date,
-            tuple((c.plan, c.start, c.end, c.ineligible_rules) for c in asset.contracts),
-        )
         found = self._covers.get(key)
         if found is None:
-            found = self._covers[key] = _covering(asset, self.plans)
+            found = self._covers[key] = covering(self.assets.get(serial), self.plans)
         return found
+
+    def zone(self, site: str) -> tzinfo:
+        return self.zones.get(site, ZoneInfo("UTC"))
 
     def start_day(self) -> date:
         start = self.request.start
         if start is None:
             start = warsaw_date(self.now) + timedelta(days=1)
-        # A day of slack: a site east of Warsaw may already be on the next date.
-        elif start < warsaw_date(self.now) - timedelta(days=1):
-            raise PlanError("start", f"{start.isoformat()} is in the past")
         if self.target.released > start:
             raise PlanError(
                 "target",
@@ -695,82 +928,106 @@ class _Planner:
             )
         return start
 
-    def window(self, site: str, wave: int, start: date) -> tuple[datetime, datetime]:
+    def requested_night(self, site: str, wave: int, start: date) -> Night:
+        """The wave's window at ``site`` as asked for, before anything is moved."""
         key = (site, wave)
-        found = self._windows.get(key)
+        found = self._requested.get(key)
         if found is None:
-            zone = self.zones.get(site, ZoneInfo("UTC"))
-            found = self.request.window.on(start, zone, self.request.wave_gap * wave)
-            self._windows[key] = found
+            days, rest = split_shift(self.request.wave_gap * wave)
+            found = self.request.window.night(start + timedelta(days=days), self.zone(site), rest)
+            self._requested[key] = found
         return found
 
-    def hops(
-        self,
-        path: list[Release],
-        installed: FirmwareVersion,
-        cover: _Covering,
-        window: tuple[datetime, datetime],
-    ) -> list[Hop]:
-        key = (installed, id(cover), window)
-        found = self._hops.get(key)
-        if found is None:
-            found = self._hops[key] = self._compute_hops(path, installed, cover, window)
-        return found
-
-    def hops_json(self, hops: list[Hop]) -> list[dict[str, Any]]:
-        found = self._hops_json.get(id(hops))
-        if found is None:
-            found = self._hops_json[id(hops)] = [hop.to_json() for hop in hops]
-        return found
-
-    def window_json(self, window: tuple[datetime, datetime]) -> dict[str, str]:
-        found = self._windows_json.get(window)
-        if found is None:
-            found = {"start": window[0].isoformat(), "end": window[1].isoformat()}
-            self._windows_json[window] = found
-        return found
-
-    def _compute_hops(
-        self,
-        path: list[Release],
-        installed: FirmwareVersion,
-        cover: _Covering,
-        window: tuple[datetime, datetime],
-    ) -> list[Hop]:
-        hops: list[Hop] = []
-        current = installed
-        # Several hops share one window: spaced out, and never planned past its end.
-        spacing = min(HOP_SPACING, (window[1] - window[0]) / max(len(path), 1))
-        for index, release in enumerate(path):
-            install_at = window[0] + spacing * index
-            kind = hop_kind(current, release.version)  # S3
-            span = cover.span(kind, warsaw_date(install_at))  # S4: judged at the install moment
-            hops.append(
-                Hop(
-                    version=release.text,
-                    kind=kind,
-                    install_at=install_at,
-                    entitled=span is not None,
-                    entitled_until=span.end if span is not None else None,
+    def night(self, site: str, wave: int, start: date) -> Night:
+        """The wave's window at ``site``: the first night that has it and is not over, with
+        what moved it said in the wave's notes."""
+        key = (site, wave)
+        found = self._nights.get(key)
+        if found is not None:
+            return found
+        asked = self.requested_night(site, wave, start)
+        found = asked.first_ending_after(self.now)
+        notes = self.wave_notes[wave]
+        if asked.notice is not None:
+            opens = found.local(found.start).isoformat()
+            moved = "" if asked.exists else f"; the wave opens at {opens}"
+            notes.append(WaveNote(code=asked.notice, site=site, text=asked.describe() + moved))
+        if asked.end <= self.now:
+            notes.append(
+                WaveNote(
+                    code="window_passed",
+                    site=site,
+                    text=f"{asked.window} on {asked.day.isoformat()} is over already: the "
+                    f"wave opens at {found.local(found.start).isoformat()}",
                 )
             )
-            current = release.version
-        return hops
+        self._nights[key] = found
+        return found
 
-    def not_entitled_text(self, hops: list[Hop], cover: _Covering, asset: Asset | None) -> str:
-        hop = next(h for h in hops if not h.entitled)
-        day = warsaw_date(hop.install_at)
-        kind = "patches" if hop.kind == "patch" else "upgrades"
+    def schedules(
+        self, path: list[Release], installed: FirmwareVersion, serial: str, site: str, start: date
+    ) -> tuple[_Schedule, ...]:
+        """The unit's hops from each wave's window on (shared by units alike)."""
+        calendar = self.calendars.get(serial)
+        busy = calendar.busy() if calendar is not None else ()
+        key = (installed, self.cover_key(serial), site, busy)
+        found = self._schedules.get(key)
+        if found is None:
+            cover = self.cover(serial)
+            found = tuple(
+                schedule_hops(
+                    path,
+                    installed,
+                    cover,
+                    self.night(site, wave, start),
+                    self.request.hop_length,
+                    busy,
+                )
+                for wave in range(self.waves)
+            )
+            self._schedules[key] = found
+        return found
+
+    def hops_json(self, schedule: _Schedule) -> list[dict[str, Any]]:
+        found = self._hops_json.get(id(schedule))
+        if found is None:
+            found = self._hops_json[id(schedule)] = [hop.to_json() for hop in schedule.hops]
+        return found
+
+    def window_json(self, night: Night) -> dict[str, str]:
+        found = self._windows_json.get(id(night))
+        if found is None:
+            found = self._windows_json[id(night)] = night.to_json()
+        return found
+
+    def eligibility(self, serial: str, day: date) -> dict[str, Any] | None:
+        key = (self.cover_key(serial), day)
+        if not key[0]:
+            return None
+        if key not in self._eligibility:
+            self._eligibility[key] = eligibility_json(self.assets.get(serial), day, self.plans)
+        return self._eligibility[key]
+
+    def not_entitled_text(self, device: PlanDevice, schedule: _Schedule) -> str:
+        refused = schedule.first_refused()
+        assert refused is not None
+        hop, verdict = refused
+        asset = self.assets.get(device.serial)
         if asset is None:
             why = "the device has no contract in the asset registry"
-        elif (ended := cover.last_end_before(hop.kind, day)) is not None:
-            why = f"its {kind} window closed on {ended.isoformat()}"
-        elif (later := cover.next_span(hop.kind, day)) is not None:
-            why = f"its {kind} window opens only on {later.start.isoformat()}"
         else:
-            why = f"none of its contracts grants {kind}"
-        covering = _covering_plans(self.plans, hop.kind)
-        offer = f"; a {' or '.join(covering)} contract would cover it" if covering else ""
+            why = verdict.why()
+            if verdict.starts is not None and verdict.ended is None:
+                why += ", after the last wave"
+        kinds = "patches" if hop.kind == "patch" else "upgrades"
+        # Bought today at the earliest: H5 counts the days from the purchase to today.
+        today = warsaw_date(self.now)
+        offers = plans_still_sold(self.plans, hop.kind, device.model, asset, today)
+        offer = (
+            f"; a {' or '.join(offers)} contract would cover it"
+            if offers
+            else f"; no plan this unit can still get grants {kinds}"
+        )
         return f"hop to {hop.version} ({hop.kind}) at {hop.install_at.isoformat()}: {why}{offer}"
 
     def plan(self) -> RolloutPlan:
@@ -781,7 +1038,6 @@ class _Planner:
         excluded = set(request.exclude)
         entries: list[DeviceEntry] = []
         paths: dict[str, list[Release]] = {}
-        covers: dict[str, _Covering] = {}
         for device in sorted(self.devices, key=lambda d: d.serial):
             if sites and device.site not in sites:
                 continue
@@ -792,8 +1048,8 @@ class _Planner:
             entries.append(entry)
             if path is not None:
                 paths[device.serial] = path
-                covers[device.serial] = self.cover(device.serial)
-        self.assign(entries, paths, covers, start)
+        self.refuse_past(entries, start)
+        self.assign(entries, paths, start)
         waves = self.wave_list(entries, start)
         return RolloutPlan(
             request=request,
@@ -801,6 +1057,25 @@ class _Planner:
             start=start,
             waves=waves,
             entries=tuple(entries),
+        )
+
+    def refuse_past(self, entries: list[DeviceEntry], start: date) -> None:
+        """A plan whose every window is over is refused, naming the first of them."""
+        sites = sorted({entry.device.site for entry in entries}) or sorted(self.zones)
+        asked = [
+            (self.requested_night(site, wave, start), wave, site)
+            for wave in range(self.waves)
+            for site in sites
+        ]
+        if not asked or any(night.end > self.now for night, _wave, _site in asked):
+            return
+        night, wave, site = min(asked, key=lambda found: found[0].start)
+        name = "canary" if wave == 0 else f"{self.request.waves[wave - 1]}%"
+        raise PlanError(
+            "start",
+            f"every window of this plan is over: the first, wave {name} at {site}, ran "
+            f"{night.local(night.start).isoformat()} to {night.local(night.end).isoformat()}; "
+            f"plan from a later --start",
         )
 
     def judge(
@@ -869,24 +1144,54 @@ class _Planner:
         return entry, path if entry.status is DeviceStatus.PLANNED else None
 
     def assign(
-        self,
-        entries: list[DeviceEntry],
-        paths: Mapping[str, list[Release]],
-        covers: Mapping[str, _Covering],
-        start: date,
+        self, entries: list[DeviceEntry], paths: Mapping[str, list[Release]], start: date
     ) -> None:
-        """Canary, then shares of the rest per site, then moves for closing windows (S4)."""
+        """Per site: units with no entitled moment held; the canary among those entitled on
+        its night; shares of the rest; then each unit moved to a wave it is entitled in (S4)."""
         request = self.request
-        by_site: dict[str, list[DeviceEntry]] = defaultdict(list)
-        for entry in entries:
-            if entry.device.serial in paths:
-                by_site[entry.device.site].append(entry)
         last = self.waves - 1
-        for _site, site_entries in sorted(by_site.items()):
+        by_site: dict[str, list[DeviceEntry]] = defaultdict(list)
+        schedules: dict[str, tuple[_Schedule, ...]] = {}
+        for entry in entries:
+            serial = entry.device.serial
+            path = paths.get(serial)
+            if path is None:
+                continue
+            installed = self.installed(entry.device)
+            assert installed is not None
+            found = self.schedules(path, installed, serial, entry.device.site, start)
+            schedules[serial] = found
+            if not any(schedule.entitled for schedule in found):
+                # No entitled moment in any wave: held, told at its first chance (the last
+                # one for a contract that starts only after every wave).
+                refused = found[0].first_refused()
+                late = refused is not None and refused[1].ended is None and refused[1].starts
+                preferred = found[last] if late else found[0]
+                entry.reasons.append(
+                    Reason("not_entitled", self.not_entitled_text(entry.device, preferred))
+                )
+                entry.hops = list(preferred.hops)
+                entry.hops_json = self.hops_json(preferred)
+                day = warsaw_date(preferred.hops[0].install_at)
+                entry.eligibility = self.eligibility(serial, day)
+                continue
+            by_site[entry.device.site].append(entry)
+        for site, site_entries in sorted(by_site.items()):
             agents = [e for e in site_entries if e.channel == "agent"]
-            canary = self.canary(agents)
+            pool = [e for e in agents if schedules[e.device.serial][0].entitled]
+            canary = self.canary(pool)
             for entry in canary:
                 entry.wave = 0
+            if agents and request.canary > 0 and not canary:
+                self.wave_notes[0].append(
+                    WaveNote(
+                        code="no_canary",
+                        site=site,
+                        text=f"no unit at {site} can be updated by its agent on the canary "
+                        f"night ({len(agents)} to update, none entitled then): its later "
+                        "waves run without a canary of its own",
+                    )
+                )
             rest = [e for e in agents if e.wave is None]
             rest.sort(key=lambda e: (e.device.model, e.device.provider, e.device.serial))
             taken = 0
@@ -898,92 +1203,115 @@ class _Planner:
             for entry in site_entries:
                 if entry.channel == "teams_admin_center":
                     entry.wave = last
-        for entry in entries:
-            if entry.wave is None:
-                continue
-            serial = entry.device.serial
-            installed = self.installed(entry.device)
-            assert installed is not None
-            self.settle(entry, paths[serial], installed, covers[serial], start)
+            for entry in site_entries:
+                self.settle(entry, schedules[entry.device.serial])
 
-    def settle(
-        self,
-        entry: DeviceEntry,
-        path: list[Release],
-        installed: FirmwareVersion,
-        cover: _Covering,
-        start: date,
-    ) -> None:
-        """Hops at the wave's window; an earlier wave when entitlement ends first (S4)."""
+    def settle(self, entry: DeviceEntry, schedules: tuple[_Schedule, ...]) -> None:
+        """Its hops from its wave's window on; another wave when not entitled in it (S4)."""
         assert entry.wave is not None
         planned = entry.wave
-        site = entry.device.site
-        window = self.window(site, planned, start)
-        hops = self.hops(path, installed, cover, window)
-        if entry.channel == "agent" and not all(hop.entitled for hop in hops):
-            # Waves before this one, latest first; the canary wave keeps its chosen few.
-            for earlier in range(planned - 1, 0, -1):
-                earlier_window = self.window(site, earlier, start)
-                earlier_hops = self.hops(path, installed, cover, earlier_window)
-                if all(hop.entitled for hop in earlier_hops):
-                    ends = min(h.entitled_until for h in earlier_hops if h.entitled_until)
-                    entry.notes.append(
-                        Reason(
-                            "moved_earlier",
-                            f"moved from wave {planned} to wave {earlier}: its entitlement "
-                            f"ends on {ends.isoformat()}, before wave {planned} opens",
-                        )
+        chosen = planned
+        if not schedules[planned].entitled:
+            earlier = [w for w in range(planned - 1, -1, -1) if schedules[w].entitled]
+            later = [w for w in range(planned + 1, self.waves) if schedules[w].entitled]
+            name = self.wave_name
+            if earlier:
+                chosen = earlier[0]
+                ends = min(h.entitled_until for h in schedules[chosen].hops if h.entitled_until)
+                entry.notes.append(
+                    Reason(
+                        "moved_earlier",
+                        f"moved from wave {planned} to wave {chosen} ({name(planned)} to "
+                        f"{name(chosen)}): its entitlement ends on {ends.isoformat()}, "
+                        f"before wave {planned} opens",
                     )
-                    entry.wave, window, hops = earlier, earlier_window, earlier_hops
-                    break
-        entry.hops = hops
-        entry.hops_json = self.hops_json(hops)
-        if entry.channel == "agent" and not all(hop.entitled for hop in hops):
-            entry.reasons.append(
+                )
+            else:
+                chosen = later[0]
+                refused = schedules[planned].first_refused()
+                assert refused is not None
+                starts = refused[1].starts
+                when = f"starts on {starts.isoformat()}" if starts else "starts later"
+                entry.notes.append(
+                    Reason(
+                        "moved_later",
+                        f"moved from wave {planned} to wave {chosen} ({name(planned)} to "
+                        f"{name(chosen)}): its contract {when}, after wave {planned} opens",
+                    )
+                )
+        schedule = schedules[chosen]
+        entry.wave = chosen
+        entry.hops = list(schedule.hops)
+        entry.hops_json = self.hops_json(schedule)
+        first = schedule.nights[0]
+        entry.window = (first.local(first.start), first.local(first.end))
+        entry.window_json = self.window_json(first)
+        nights = schedule.nights
+        later = [index for index in range(1, len(nights)) if nights[index] is not nights[index - 1]]
+        for index in later:
+            night = nights[index]
+            entry.notes.append(
                 Reason(
-                    "not_entitled",
-                    self.not_entitled_text(hops, cover, self.assets.get(entry.device.serial)),
+                    "resumes_next_window",
+                    f"hop {index + 1} of {len(nights)} ({schedule.hops[index].version}) does "
+                    f"not fit in the window before it: it resumes in the window of "
+                    f"{night.local(night.start).isoformat()}",
                 )
             )
-            entry.wave = None
-            entry.window = None
-            return
-        entry.window = window
-        entry.window_json = self.window_json(window)
+        entry.eligibility = self.eligibility(
+            entry.device.serial, warsaw_date(schedule.hops[0].install_at)
+        )
+        calendar = self.calendars.get(entry.device.serial)
+        if calendar is not None:
+            zone = self.zone(entry.device.site)
+            seen: dict[int, Night] = {id(n): n for n in nights}
+            meetings = sorted(
+                {m for n in seen.values() for m in calendar.in_window(n.start, n.end)}
+            )
+            entry.calendar = {
+                "state": calendar.state,
+                "read_at": calendar.read_at.isoformat() if calendar.read_at else None,
+                "meetings": meetings_json(meetings, zone),
+                **({} if calendar.state == "read" else {"text": calendar.free_text()}),
+            }
 
-    def canary(self, agents: list[DeviceEntry]) -> list[DeviceEntry]:
-        """The site's healthiest devices of its most common model and mode."""
-        if not agents or self.request.canary == 0:
+    def wave_name(self, wave: int) -> str:
+        return "canary" if wave == 0 else f"{self.request.waves[wave - 1]}%"
+
+    def canary(self, pool: list[DeviceEntry]) -> list[DeviceEntry]:
+        """The healthiest of the most common model and mode among ``pool``."""
+        if not pool or self.request.canary == 0:
             return []
-        kinds = Counter((e.device.model, e.device.provider) for e in agents)
+        kinds = Counter((e.device.model, e.device.provider) for e in pool)
         # Most common first; a tie goes to the alphabetically first, so plans are repeatable.
         model, provider = min(kinds, key=lambda kind: (-kinds[kind], kind))
-        pool = [e for e in agents if (e.device.model, e.device.provider) == (model, provider)]
-        pool.sort(
+        chosen = [e for e in pool if (e.device.model, e.device.provider) == (model, provider)]
+        chosen.sort(
             key=lambda e: (
                 _HEALTH_RANK.get(e.device.health, 3),
                 len(e.device.problems),
                 e.device.serial,
             )
         )
-        return pool[: self.request.canary]
+        return chosen[: self.request.canary]
 
     def wave_list(self, entries: list[DeviceEntry], start: date) -> tuple[Wave, ...]:
-        names = ["canary", *(f"{share}%" for share in self.request.waves)]
         members: dict[int, list[str]] = defaultdict(list)
         for entry in entries:
             if entry.wave is not None:
                 members[entry.wave].append(entry.device.serial)
         sites = sorted({entry.device.site for entry in entries}) or sorted(self.zones)
         waves: list[Wave] = []
-        for index, name in enumerate(names):
-            opens = [self.window(site, index, start)[0] for site in sites]
+        for index in range(self.waves):
+            nights = [self.night(site, index, start) for site in sites]
+            opens = [night.local(night.start) for night in nights]
             waves.append(
                 Wave(
                     index=index,
-                    name=name,
-                    opens_at=min(opens) if opens else None,
+                    name=self.wave_name(index),
+                    opens_at=min(opens, key=utc) if opens else None,
                     devices=tuple(members[index]),
+                    notes=tuple(self.wave_notes.get(index, ())),
                 )
             )
         return tuple(waves)
@@ -998,13 +1326,15 @@ def plan_rollout(
     plans: PlanCatalogue,
     releases: ReleaseCatalogue,
     now: datetime,
+    calendars: Mapping[str, RoomCalendar] | None = None,
 ) -> RolloutPlan:
     """The plan for ``request`` over ``devices`` at ``now``; PlanError names a bad request."""
     request.check()
     unknown_sites = sorted(set(request.sites) - set(site_zones))
     if unknown_sites:
         raise PlanError("site", f"no site {', '.join(unknown_sites)}")
-    return _Planner(request, devices, site_zones, assets, plans, releases, now).plan()
+    planner = _Planner(request, devices, site_zones, assets, plans, releases, now, calendars or {})
+    return planner.plan()
 
 
 # -- the plan as CSV --------------------------------------------------------------------------
@@ -1126,6 +1456,8 @@ FAILURE_RULES: dict[FailureCode, FailureRule] = {
     FailureCode.DEVICE_ERROR: FailureRule(counts=False, penalises=False, then="next_window"),
     FailureCode.IN_CALL: FailureRule(counts=False, penalises=False, then="next_window"),
     FailureCode.UPLOAD_FAILED: FailureRule(counts=False, penalises=False, then="next_window"),
+    # Nothing was done to the unit; its room is free another night.
+    FailureCode.ROOM_BOOKED: FailureRule(counts=False, penalises=False, then="next_window"),
     FailureCode.NOT_AT_SITE: FailureRule(counts=False, penalises=False, then="fail"),
     FailureCode.NOT_SUPPORTED: FailureRule(counts=False, penalises=False, then="fail"),
 }
@@ -1371,16 +1703,55 @@ def _halt(
     return {"reason": reason, "wave": wave, "devices": devices}
 
 
-def window_after(
-    start: datetime, end: datetime, now: datetime, zone: tzinfo
-) -> tuple[datetime, datetime]:
-    """The same window on the first later day whose window ends after ``now`` (DST-right)."""
-    local_start = start.astimezone(zone).replace(tzinfo=None)
-    local_end = end.astimezone(zone).replace(tzinfo=None)
-    days = 0
-    while True:
-        days += 1
-        shift = timedelta(days=days)
-        moved = (_localise(local_start + shift, zone), _localise(local_end + shift, zone))
-        if moved[1] > now:
-            return moved
+def entry_night(
+    window: Window, wave_gap: timedelta, wave: int | None, stored: Mapping[str, Any], zone: tzinfo
+) -> Night:
+    """The night an entry's stored window (``{start, end}``) belongs to, so that the next
+    one is the same window a day later, as it really falls then."""
+    _days, offset = split_shift(wave_gap * (wave or 0))
+    # The site's date of its start: a start moved past a spring-forward jump stays that day.
+    day = (datetime.fromisoformat(str(stored["start"])) - offset).astimezone(zone).date()
+    return window.night(day, zone, offset)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where a waiting hop goes when it gets a new install moment, judged there (S4)."""
+
+    night: Night | None
+    verdict: MomentVerdict
+    #: The contract starts later: the first night inside it, the day it starts.
+    waits_for_contract: date | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.night is None
+
+
+def place_entitled(cover: Covering, kind: str, night: Night, earliest: datetime) -> Placement:
+    """The first night from ``night`` on still open at ``earliest`` in which a hop of ``kind``
+    is entitled at its moment (S4): a contract that starts later waits for its first day;
+    one that ended, or none, holds the unit (``night`` None). At run time a hop starts while
+    its window is open."""
+    found = night.first_ending_after(earliest)
+    moment = max(found.start, earliest)
+    verdict = judge_moment(cover, kind, moment)
+    if verdict.entitled:
+        return Placement(night=found, verdict=verdict)
+    if verdict.starts is None:
+        return Placement(night=None, verdict=verdict)
+    starts = verdict.starts
+    # The contract starts later: its first day's window (a day of slack for the zone).
+    later = found.window.night(starts - timedelta(days=1), found.zone, found.offset)
+    later = later.first_existing()
+    while warsaw_date(later.start) < starts:
+        later = later.following()
+    verdict = judge_moment(cover, kind, later.start)
+    return Placement(
+        night=later if verdict.entitled else None, verdict=verdict, waits_for_contract=starts
+    )
+
+
+def not_entitled_now(hop: Mapping[str, Any], verdict: MomentVerdict, moment: datetime) -> str:
+    """Why a waiting hop is held at its new install moment (S4)."""
+    return f"hop to {hop.get('version')} ({verdict.kind}) at {moment.isoformat()}: {verdict.why()}"

@@ -690,6 +690,11 @@ class Inventory:
             if where.matches(doc)
         ]
 
+    def collected_at(self, serial: str) -> str | None:
+        """When the unit's latest report was collected (kept in memory), or None."""
+        retained = self._retained.get(serial)
+        return str(retained[-1][1]) if retained else None
+
     def device(self, serial: str) -> Doc:
         doc = self._store.get(DEVICES, serial)
         if doc is None:

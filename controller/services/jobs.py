@@ -284,6 +284,32 @@ class JobService:
             for doc in sorted(handed.values(), key=lambda doc: str(doc["created_at"]))
         ]
 
+    async def reassign(
+        self, job_id: str, *, why: str, params: dict[str, Any] | None = None
+    ) -> Doc | None:
+        """Hand a sent job out again at the site's next job poll, without waiting for its
+        lease: the agent it went to is gone or has lost it (``why`` is kept in
+        ``reassigned``). ``params`` are added to its own. None when it is not ``sent``.
+
+        The same agent getting it again is harmless: an agent runs a job id once, and
+        resumes one it was running from its journal.
+        """
+        doc = self.get(job_id)
+        if doc is None or doc["status"] != "sent":
+            return None
+        now = self._clock()
+        updated = {
+            **doc,
+            "status": "queued",
+            "sent_at": None,
+            "params": {**doc["params"], **(params or {})},
+            "reassigned": [*doc.get("reassigned", []), {"at": now.isoformat(), "why": why}],
+        }
+        await self._store.wait_durable(self._store.apply({JOBS: {job_id: updated}}))
+        self._pending_jobs()
+        self._open_at_site.setdefault(doc["site_id"], set()).add(job_id)
+        return updated
+
     def _agent_job(self, job_id: str, site_id: str) -> Doc:
         doc = self.get(job_id)
         if doc is None or doc["site_id"] != site_id:

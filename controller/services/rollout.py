@@ -3,35 +3,47 @@
 Documents:
 
 - ``rollouts`` (key = id): ``{id, name, target, status, created_at, created_by, request,
-  start, window, wave_gap, max_failures, abort_criteria, per_site, canary, waves, summary,
-  halt, history: [{at, action, by, detail}], started_at, finished_at}``. ``status`` moves
-  as ``ROLLOUT_MOVES`` allows: ``planned`` -> ``running`` <-> ``paused``; ``running`` ->
-  ``halted`` (circuit breaker) -> ``running`` (resume); any but ``done`` -> ``aborted``;
-  ``running`` -> ``done``. ``abort_criteria`` are kept from the plan on; a rollout stored
-  before them reads the defaults with its ``max_failures``.
+  start, window, wave_gap, hop_length, max_failures, abort_criteria, per_site, canary,
+  waves, summary, halt, history: [{at, action, by, detail}], started_at, finished_at}``.
+  ``status`` moves as ``ROLLOUT_MOVES`` allows: ``planned`` -> ``running`` <-> ``paused``;
+  ``running`` -> ``halted`` (circuit breaker) -> ``running`` (resume); any but ``done`` ->
+  ``aborted``; ``running`` -> ``done``. ``abort_criteria`` are kept from the plan on; a
+  rollout stored before them reads the defaults with its ``max_failures``. ``summary`` as
+  stored is the plan's; what is read is counted from the entries as they are now.
 - ``rollout_devices`` (key = ``<id>:<serial>``): one device's plan entry (the planner's
   JSON) plus what running it changes: ``status`` (moving only as ``DEVICE_MOVES`` allows),
   ``hop_index``, ``attempts``, ``failures`` (``[{at, hop, check, detail, job_id, code?}]``:
   ``code`` is the agent's failure code, which decides what the failure means; ``check``
   is the detail's first word, shown), ``job_id``, ``evidence``, ``window`` (moved on when
-  a window is missed).
+  the hop no longer fits in it), ``booked`` (``{start, end}`` of the meeting that put it
+  off), ``not_before`` (a free slot later in its window), ``calendar`` (what its room
+  calendar said when it was ordered), ``saved_settings`` (the unit's own update settings,
+  as its agent saved them), ``answered_at`` and ``reassigned_at`` (a unit back on the new
+  version while its job's agent is silent).
 - ``penalty_box`` (key = serial): ``{serial, rollout_id, reason, at}``: a device that
   failed twice; no rollout retries it until an admin releases it.
 
 Every change is a stored document first and an action second, so a restart resumes.
+Whenever a hop gets a new install moment (its window passed, its room was booked, a later
+hop, a refusal), it is judged again for entitlement at that moment (S4): a unit that lost
+it is held ``not_entitled``; one whose contract starts later waits for its first window.
 The service is the only writer of ``rollouts`` and ``rollout_devices``: it keeps where
-each rollout's entries are, each serial's rollouts and the rollouts the runner moves in
-memory (read once at first use, kept current by its own writes), so neither a runner tick
-nor a page reads the whole of ``rollout_devices``.
+each rollout's entries are, their counts, each serial's rollouts and the rollouts the
+runner moves in memory (read once at first use, kept current by its own writes), so neither
+a runner tick nor a page reads the whole of ``rollout_devices``.
 Read functions (``rollouts``, ``rollout``, ``progress``, ``penalty_box``) return the API's
 JSON shapes; the API, the dashboard and the CLI reach them, and the admin actions, through
 the use cases of ``controller.features.rollouts``. Refusals are part of the controller's
 tree (``controller.errors``): ``UnknownRollout``, ``UnknownAction`` and ``NotInPenaltyBox``
 (404), ``RolloutConflict`` and ``IllegalMove`` (409), ``PlanError`` (422 ``invalid_plan``).
+
+Updates ordered and ended are told to ``watchers`` (``UpdateWatcher``), after they are
+stored: what else the controller does about a unit being updated hooks in there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -39,11 +51,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain import admin_input
+from polyfleet.controller.domain.assets import Asset
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
@@ -56,39 +69,57 @@ from polyfleet.controller.domain.rollout import (
     DEFAULT_WINDOW,
     DEVICE_STATUSES,
     FINAL_STATUSES,
+    MIN_WAVE_GAP,
+    REASON_CODES,
     ROLLOUT_NAME_MAX_CHARS,
     UNDER_WAY,
+    WAITING,
+    Covering,
     DeviceStatus,
     IllegalMove,
+    Night,
     PlanDevice,
     PlanError,
     PlanRequest,
     RolloutStatus,
     Window,
     breaker,
+    covering,
     device_move,
+    entry_night,
     failure_rule,
+    installed_text,
+    judge_moment,
+    not_entitled_now,
     parse_abort_criteria,
     parse_gap,
     parse_waves,
     penalty_due,
+    place_entitled,
     plan_rollout,
+    plan_summary,
     rollout_move,
     stored_abort_criteria,
-    window_after,
 )
 from polyfleet.controller.domain.rollout import (
     ROLLOUT_STATUSES as ROLLOUT_STATUSES,  # the API and CLI find it here
 )
+from polyfleet.controller.domain.rollout_windows import (
+    DEFAULT_HOP_LENGTH,
+    Busy,
+    first_clash,
+    free_slot,
+)
 from polyfleet.controller.errors import Conflict, NotFound
 from polyfleet.controller.events import EventBus, RolloutChanged
-from polyfleet.controller.services.entitlement import Registry
+from polyfleet.controller.services.entitlement import Catalogues, Registry
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
+from polyfleet.controller.services.room_calendars import RoomCalendars
 from polyfleet.controller.services.ticket_service import UPDATE_FAILED, TicketIndex
 from polyfleet.controller.store.base import Doc, Store
-from polyfleet.shared.schema import JobKind, JobProgress
+from polyfleet.shared.schema import FailureCode, JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
 
 log = logging.getLogger(__name__)
@@ -130,6 +161,9 @@ _TICKED = frozenset(
 _LIVE = frozenset(
     {RolloutStatus.PLANNED, RolloutStatus.RUNNING, RolloutStatus.PAUSED, RolloutStatus.HALTED}
 )
+#: A unit answering on its hop's version this long while its job's agent says nothing of
+#: the job: the job is handed out again (far sooner than the job lease).
+DEFAULT_REASSIGN_AFTER = timedelta(seconds=60)
 
 
 class UnknownRollout(NotFound, KeyError):
@@ -161,27 +195,89 @@ class NotInPenaltyBox(NotFound):
         self.serial = serial
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpdateOrdered:
+    """A hop ordered on a unit: it is being updated from ``at`` on."""
+
+    rollout_id: str
+    serial: str
+    site: str
+    job_id: str
+    version: str
+    #: Which hop of how many (1-based).
+    hop: int
+    hops: int
+    at: datetime
+    #: When the hop should be over (``at`` + the plan's hop length), and its window's end.
+    expected_end: datetime
+    window_end: datetime
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpdateEnded:
+    """A hop's job is over: ``verified`` (the unit is on the version, checked), ``failed``
+    (``code`` says how), or ``not_started`` (refused: nothing was done to the unit)."""
+
+    rollout_id: str
+    serial: str
+    site: str
+    job_id: str
+    version: str
+    hop: int
+    hops: int
+    at: datetime
+    outcome: Literal["verified", "failed", "not_started"]
+    code: str | None
+    detail: str
+
+
+class UpdateWatcher(Protocol):
+    """Told of every update a rollout orders and of how it ended (after both are stored)."""
+
+    async def update_ordered(self, update: UpdateOrdered) -> None: ...
+
+    async def update_ended(self, update: UpdateEnded) -> None: ...
+
+
 def device_key(rollout_id: str, serial: str) -> str:
     return f"{rollout_id}:{serial}"
 
 
+def _reason_codes(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(reason["code"]) for reason in doc.get("reasons") or ())
+
+
 class _Where:
-    """Where the rollouts' entries are, and which rollouts the runner moves on."""
+    """Where the rollouts' entries are, how many are in each status and held for each
+    reason, and which rollouts the runner moves on."""
 
     def __init__(self) -> None:
         self._members: dict[str, set[str]] = {}
         self._sorted: dict[str, list[str]] = {}
         self._rollouts_of: dict[str, list[str]] = {}
+        self._states: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+        self._statuses: dict[str, Counter[str]] = {}
+        self._reasons: dict[str, Counter[str]] = {}
         #: Rollouts a tick looks at (running, paused, halted, aborted with jobs out).
         self.ticked: set[str] = set()
 
-    def add(self, rollout_id: str, serial: str) -> None:
+    def put(self, rollout_id: str, doc: Mapping[str, Any]) -> None:
+        serial = str(doc["serial"])
         members = self._members.setdefault(rollout_id, set())
-        if serial in members:
-            return
-        members.add(serial)
-        self._sorted.pop(rollout_id, None)
-        self._rollouts_of.setdefault(serial, []).append(rollout_id)
+        if serial not in members:
+            members.add(serial)
+            self._sorted.pop(rollout_id, None)
+            self._rollouts_of.setdefault(serial, []).append(rollout_id)
+        statuses = self._statuses.setdefault(rollout_id, Counter())
+        reasons = self._reasons.setdefault(rollout_id, Counter())
+        old = self._states.get((rollout_id, serial))
+        if old is not None:
+            statuses[old[0]] -= 1
+            reasons.subtract(old[1])
+        new = (str(doc["status"]), _reason_codes(doc))
+        statuses[new[0]] += 1
+        reasons.update(new[1])
+        self._states[(rollout_id, serial)] = new
 
     def note(self, rollout_id: str, status: str) -> None:
         if status in _TICKED:
@@ -198,6 +294,16 @@ class _Where:
 
     def rollouts_of(self, serial: str) -> list[str]:
         return list(self._rollouts_of.get(serial, ()))
+
+    def summary(self, rollout_id: str) -> dict[str, Any]:
+        """The counts ``plan_summary`` gives for the rollout's entries as they are now."""
+        statuses = self._statuses.get(rollout_id, Counter())
+        reasons = self._reasons.get(rollout_id, Counter())
+        return {
+            "devices": len(self._members.get(rollout_id, ())),
+            "by_status": {s: n for s, n in sorted(statuses.items()) if n > 0},
+            "by_reason": {code: reasons[code] for code in REASON_CODES if reasons[code] > 0},
+        }
 
 
 def plan_devices(
@@ -251,6 +357,13 @@ def progress_of(entries: Iterable[Mapping[str, Any]], waves: int) -> dict[str, A
     }
 
 
+def _meeting_json(meeting: Busy, zone: ZoneInfo) -> dict[str, str]:
+    return {
+        "start": meeting[0].astimezone(zone).isoformat(),
+        "end": meeting[1].astimezone(zone).isoformat(),
+    }
+
+
 class RolloutService:
     """Plans, stores and controls rollouts; ``tick`` moves running ones on (the runner)."""
 
@@ -266,6 +379,10 @@ class RolloutService:
         packages: PackageService,
         file_ticket: TicketFiler | None = None,
         tickets: TicketIndex | None = None,
+        catalogues: Catalogues | None = None,
+        calendars: RoomCalendars | None = None,
+        min_wave_gap: timedelta = MIN_WAVE_GAP,
+        reassign_after: timedelta = DEFAULT_REASSIGN_AFTER,
         maintenance: UpdateMaintenance | None = None,
     ) -> None:
         self._store = store
@@ -279,9 +396,16 @@ class RolloutService:
         self._registry = registry
         self._jobs = jobs
         self._packages = packages
+        self._catalogues = catalogues
+        self._calendars = calendars
+        self.min_wave_gap = min_wave_gap
+        self.reassign_after = reassign_after
         self.file_ticket = file_ticket
         #: Told of every halt (the audit log records it), after it is stored.
         self.on_halt: Callable[[str, str], Awaitable[None]] | None = None
+        #: Told of every update ordered and ended, after it is stored.
+        self.watchers: list[UpdateWatcher] = []
+        self._covers: dict[str, tuple[Asset | None, PlanCatalogue, Covering]] = {}
         #: Built from the store at first use (it is open by then), then kept by ``_apply``.
         self._known: _Where | None = None
 
@@ -291,7 +415,7 @@ class RolloutService:
         if self._known is None:
             where = _Where()
             for key, doc in list(self._store.scan(ROLLOUT_DEVICES).items()):
-                where.add(str(doc.get("rollout_id") or key.split(":", 1)[0]), str(doc["serial"]))
+                where.put(str(doc.get("rollout_id") or key.split(":", 1)[0]), doc)
             for rollout_id, doc in list(self._store.scan(ROLLOUTS).items()):
                 where.note(rollout_id, str(doc["status"]))
             self._known = where
@@ -307,7 +431,7 @@ class RolloutService:
         seq = self._store.apply(changes, deletes)
         where = self._where()
         for doc in changes.get(ROLLOUT_DEVICES, {}).values():
-            where.add(str(doc["rollout_id"]), str(doc["serial"]))
+            where.put(str(doc["rollout_id"]), doc)
         for rollout_id, doc in changes.get(ROLLOUTS, {}).items():
             where.note(rollout_id, str(doc["status"]))
         return seq
@@ -342,13 +466,14 @@ class RolloutService:
             self._tickets.active_by_serial(),
         )
         plan = plan_rollout(
-            request,
+            dataclasses.replace(request, min_wave_gap=self.min_wave_gap),
             devices,
             site_zones=self._inventory.site_zones(),
             assets=self._registry.by_serial(),
             plans=plans,
             releases=releases,
             now=self._clock(),
+            calendars=self._calendars.known() if self._calendars is not None else None,
         )
         return plan.to_json()
 
@@ -415,7 +540,7 @@ class RolloutService:
         return [self._summary(doc) for doc in docs]
 
     def _summary(self, doc: Doc) -> dict[str, Any]:
-        return {
+        found = {
             key: doc.get(key)
             for key in (
                 "id",
@@ -432,6 +557,9 @@ class RolloutService:
                 "halt",
             )
         }
+        # Counted from the entries as they are: the plan's counts change as it runs.
+        found["summary"] = self._where().summary(str(doc["id"]))
+        return found
 
     def entries(self, rollout_id: str) -> list[Doc]:
         """The rollout's device entries, by serial."""
@@ -442,13 +570,24 @@ class RolloutService:
                 found.append(doc)
         return found
 
+    def _installed_now(self, serial: str) -> str | None:
+        """The version the unit reports now (None: it never reported one)."""
+        device = self._inventory.find_device(serial)
+        if device is None:
+            return None
+        firmware = device.get("firmware") or {}
+        version = str(firmware.get("version") or "")
+        return installed_text(version, str(firmware.get("build") or "")) or None
+
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         """The whole stored plan with each device's current state."""
         header = self.header(rollout_id)
         entries = self.entries(rollout_id)
+        devices = [device_json(entry, self._installed_now(entry["serial"])) for entry in entries]
         return {
             **header,
-            "devices": [device_json(entry) for entry in entries],
+            "summary": plan_summary(devices),
+            "devices": devices,
             "progress": progress_of(entries, len(header["waves"])),
         }
 
@@ -481,11 +620,12 @@ class RolloutService:
         """Every rollout that planned ``serial``, newest first: the rollout's summary with
         the device's entry in it (``device``)."""
         found = []
+        installed = self._installed_now(serial)
         for rollout_id in self._where().rollouts_of(serial):
             header = self._store.get(ROLLOUTS, rollout_id)
             entry = self._store.get(ROLLOUT_DEVICES, device_key(rollout_id, serial))
             if header is not None and entry is not None:
-                found.append({**self._summary(header), "device": device_json(entry)})
+                found.append({**self._summary(header), "device": device_json(entry, installed)})
         found.sort(key=lambda summary: str(summary["created_at"]), reverse=True)
         return found
 
@@ -532,12 +672,12 @@ class RolloutService:
                 if e["status"] == DeviceStatus.PLANNED
             }
         if action == "abort":
-            # Updates under way finish and are verified; nothing else starts.
+            # Updates under way finish and are verified; nothing else starts (a unit with
+            # more hops is skipped once its hop under way is in).
             extra[ROLLOUT_DEVICES] = {
                 device_key(rollout_id, e["serial"]): self._moved(e, DeviceStatus.SKIPPED, now)
                 for e in self.entries(rollout_id)
-                if e["status"] in (DeviceStatus.PLANNED, DeviceStatus.WAITING_WINDOW)
-                and not e.get("job_id")
+                if e["status"] in (DeviceStatus.PLANNED, *WAITING) and not e.get("job_id")
             }
         if action == "resume" and status == "halted":
             # Resuming past a halt acknowledges the failures that caused it: they no longer
@@ -631,6 +771,8 @@ class RolloutService:
         await self._collect_results(rollout_id, now)
         header = self.header(rollout_id)
         entries = self.entries(rollout_id)
+        await self._reassign_silent(header, entries, now)
+        entries = self.entries(rollout_id)
         if header["status"] == RolloutStatus.ABORTED:
             if not any(e.get("job_id") for e in entries):
                 # Its last update under way is in: nothing of it is left to follow.
@@ -653,7 +795,7 @@ class RolloutService:
                     return
             await self._track_teams(rollout_id, entries, now)
             entries = self.entries(rollout_id)
-            await self._move_missed_windows(rollout_id, entries, now)
+            await self._move_missed_windows(header, entries, now)
             entries = self.entries(rollout_id)
             await self._order(header, entries, now)
             entries = self.entries(rollout_id)
@@ -673,53 +815,122 @@ class RolloutService:
         if docs:
             await self._store.wait_durable(self._apply({ROLLOUT_DEVICES: docs}))
 
-    def _next_window(self, entry: Doc, now: datetime, why: str) -> dict[str, Any]:
-        """The entry's changes for its next window, with a note saying why it moved."""
-        zone = self._zone(entry["site"])
-        window = entry["window"]
-        start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
-        new_start, new_end = window_after(start, max(end, now), now, zone)
-        new_end = max(new_end, new_start)
-        note = {
-            "code": "moved_to_next_window",
-            "text": f"{why}; next window {new_start.isoformat()}",
-        }
-        return {
-            "window": {"start": new_start.isoformat(), "end": new_end.isoformat()},
-            "notes": [*entry.get("notes", []), note],
-        }
+    @staticmethod
+    def _hop_length(header: Mapping[str, Any]) -> timedelta:
+        """The plan's hop length; a rollout planned before it had none (no room needed)."""
+        text = header.get("hop_length")
+        return parse_gap(str(text), "hop_length") if text else timedelta(0)
 
-    async def _move_missed_windows(
-        self, rollout_id: str, entries: list[Doc], now: datetime
-    ) -> None:
-        """A device whose window passed before its update started waits for its next one."""
+    def _night(self, header: Mapping[str, Any], entry: Mapping[str, Any]) -> Night:
+        """The night the entry's stored window belongs to, in its site's zone."""
+        gap = header.get("wave_gap")
+        return entry_night(
+            Window.parse(str(header["window"])),
+            parse_gap(str(gap)) if gap else DEFAULT_WAVE_GAP,
+            entry.get("wave"),
+            entry["window"],
+            self._zone(str(entry["site"])),
+        )
+
+    def _cover(self, serial: str) -> Covering | None:
+        """The unit's patch and upgrade windows now; None when this service cannot judge
+        (no catalogue wired in: every moment passes)."""
+        if self._catalogues is None:
+            return None
+        plans = self._catalogues.plans
+        asset = self._registry.asset(serial)
+        known = self._covers.get(serial)
+        if known is not None and known[0] is asset and known[1] is plans:
+            return known[2]
+        found = covering(asset, plans)
+        self._covers[serial] = (asset, plans, found)
+        return found
+
+    def _next_moment(
+        self,
+        header: Mapping[str, Any],
+        entry: Doc,
+        night: Night,
+        now: datetime,
+        status: DeviceStatus,
+        why: str,
+        *,
+        note_code: str = "moved_to_next_window",
+        **changes: Any,
+    ) -> Doc:
+        """The entry moved to the first window from ``night`` on in which its current hop
+        fits, judged there (S4): held when it is no longer entitled, waiting for the first
+        window of a contract that starts later, else ``status`` there; said in its notes."""
+        index = int(changes.get("hop_index", entry.get("hop_index")) or 0)
+        hop = entry["hops"][index] if index < len(entry["hops"]) else entry["hops"][-1]
+        notes = [*entry.get("notes", []), *changes.pop("notes", [])]
+        cover = self._cover(str(entry["serial"]))
+        if cover is None:
+            found: Night | None = night.first_ending_after(now)
+            placement = None
+        else:
+            placement = place_entitled(cover, str(hop["kind"]), night, now)
+            found = placement.night
+        if found is None:
+            assert placement is not None
+            moment = max(night.first_existing().start, now)
+            reason = {
+                "code": "not_entitled",
+                "text": not_entitled_now(hop, placement.verdict, night.local(moment)),
+            }
+            return self._moved(
+                entry,
+                DeviceStatus.HELD,
+                now,
+                **changes,
+                reasons=[*entry.get("reasons", []), reason],
+                notes=notes,
+                not_before=None,
+            )
+        start = found.local(found.start).isoformat()
+        notes.append({"code": note_code, "text": f"{why}; next window {start}"})
+        if placement is not None and placement.waits_for_contract is not None:
+            notes.append(
+                {
+                    "code": "waits_for_contract",
+                    "text": f"its contract starts on {placement.waits_for_contract.isoformat()}: "
+                    f"hop to {hop['version']} waits for the window of {start}",
+                }
+            )
+        return self._moved(
+            entry,
+            status,
+            now,
+            **changes,
+            window=found.to_json(),
+            notes=notes,
+            not_before=None,
+        )
+
+    async def _move_missed_windows(self, header: Doc, entries: list[Doc], now: datetime) -> None:
+        """A device whose window closed before its update could start waits for its next
+        one, judged there (S4)."""
         moved: list[Doc] = []
         for entry in entries:
             window = entry.get("window")
-            if entry["status"] != DeviceStatus.WAITING_WINDOW or not window or entry.get("job_id"):
+            if entry["status"] not in WAITING or not window or entry.get("job_id"):
                 continue
             if entry["channel"] != "agent":
                 continue
-            end = datetime.fromisoformat(window["end"])
-            if end > now:
+            night = self._night(header, entry)
+            if now < night.end:
                 continue
-            start = datetime.fromisoformat(window["start"])
-            new_start, new_end = window_after(start, end, now, self._zone(entry["site"]))
-            note = {
-                "code": "moved_to_next_window",
-                "text": f"window {window['start']} passed before its update could start; "
-                f"next window {new_start.isoformat()}",
-            }
             moved.append(
-                self._moved(
+                self._next_moment(
+                    header,
                     entry,
-                    DeviceStatus.WAITING_WINDOW,
+                    night.following(),
                     now,
-                    window={"start": new_start.isoformat(), "end": new_end.isoformat()},
-                    notes=[*entry.get("notes", []), note],
+                    DeviceStatus(entry["status"]),
+                    f"window {window['start']} passed before its update could start",
                 )
             )
-        await self._put_entries(rollout_id, moved)
+        await self._put_entries(header["id"], moved)
 
     async def _track_teams(self, rollout_id: str, entries: list[Doc], now: datetime) -> None:
         """Teams units are never ordered: done once a report shows the target, else failed."""
@@ -760,70 +971,177 @@ class RolloutService:
                 changed.append(self._moved(entry, DeviceStatus.FAILED, now, failures=failures))
         await self._put_entries(rollout_id, changed)
 
+    def _booked(
+        self,
+        header: Doc,
+        entry: Doc,
+        night: Night,
+        now: datetime,
+        meeting: Busy,
+        busy: Sequence[Busy],
+    ) -> Doc:
+        """Its room is booked at its install moment: a free slot later in its window, else its
+        next window (judged there); ``postponed_booked`` with the meeting's start and end."""
+        length = self._hop_length(header)
+        zone = self._zone(str(entry["site"]))
+        booked = _meeting_json(meeting, zone)
+        slot = free_slot(night, max(now, meeting[1]), length, busy)
+        if slot is not None:
+            note = {
+                "code": "postponed_booked",
+                "text": f"room booked {booked['start']} to {booked['end']}: waits for "
+                f"{slot.astimezone(zone).isoformat()} in its window",
+            }
+            return self._moved(
+                entry,
+                DeviceStatus.POSTPONED_BOOKED,
+                now,
+                booked=booked,
+                not_before=slot.isoformat(),
+                notes=[*entry.get("notes", []), note],
+            )
+        return self._next_moment(
+            header,
+            entry,
+            night.following(),
+            now,
+            DeviceStatus.POSTPONED_BOOKED,
+            f"room booked {booked['start']} to {booked['end']}, no free {length} left in its "
+            "window",
+            note_code="postponed_booked",
+            booked=booked,
+        )
+
+    def _tonight(self, header: Doc, entry: Doc, now: datetime) -> bool:
+        """The agent's unit is being updated now, or could be ordered now (window open, no
+        meeting to wait out): what holds the waves after its own."""
+        if entry["channel"] != "agent" or entry["status"] in FINAL_STATUSES:
+            return False
+        if entry.get("wave") is None:
+            return False
+        if entry.get("job_id"):
+            return True
+        if entry["status"] not in WAITING or not entry.get("window"):
+            return False
+        not_before = entry.get("not_before")
+        if not_before and now < datetime.fromisoformat(str(not_before)):
+            return False
+        night = self._night(header, entry)
+        return night.start <= now < night.end
+
     async def _order(self, header: Doc, entries: list[Doc], now: datetime) -> None:
-        """Order the next hop of devices whose window is open, wave by wave, per-site limited."""
+        """Order the next hop of devices whose window is open and has room for it, whatever
+        happened to earlier waves: per-site limited, never into a booked room, and only
+        when entitled at this very moment (S4)."""
         rollout_id = header["id"]
+        length = self._hop_length(header)
         busy: Counter[str] = Counter(
             e["site"] for e in entries if e.get("job_id") and e["status"] not in FINAL_STATUSES
         )
-        # A wave starts only once every wave before it is over.
-        open_wave = min(
-            (
-                int(e["wave"])
-                for e in entries
-                if e["status"] not in FINAL_STATUSES and e["channel"] == "agent"
-            ),
-            default=None,
-        )
-        if open_wave is None:
-            return
-        for entry in entries:
-            if entry["channel"] != "agent" or entry["status"] != DeviceStatus.WAITING_WINDOW:
+        # A wave goes once no earlier wave has a unit under way or one that could start now:
+        # the canary still comes first, but a unit moved to another night holds nobody.
+        tonight = {int(e["wave"]) for e in entries if self._tonight(header, e, now)}
+        for entry in sorted(entries, key=lambda e: (e.get("wave") is None, e.get("wave") or 0)):
+            if entry["channel"] != "agent" or entry["status"] not in WAITING:
                 continue
-            if entry.get("job_id") or entry.get("wave") != open_wave:
+            if entry.get("job_id") or not entry.get("window"):
                 continue
-            window = entry.get("window") or {}
-            if not window:
+            if any(wave < int(entry["wave"]) for wave in tonight):
                 continue
-            start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
-            if not start <= now < end:
+            night = self._night(header, entry)
+            # An install starts while its window is open; hop_length only spaces the plan
+            # and keeps it clear of meetings (a window ends starts, not installs under way).
+            if not night.start <= now < night.end:
+                continue
+            not_before = entry.get("not_before")
+            if not_before and now < datetime.fromisoformat(str(not_before)):
                 continue
             site = entry["site"]
             if busy[site] >= int(header["per_site"]):
                 continue
-            hop = entry["hops"][int(entry["hop_index"])]
+            index = int(entry["hop_index"])
+            hop = entry["hops"][index]
+            serial = str(entry["serial"])
+            calendar = self._calendars.of(serial) if self._calendars is not None else None
+            meetings = calendar.busy() if calendar is not None else ()
+            clash = first_clash(now, length, meetings)
+            if clash is not None:
+                await self._put_entries(
+                    rollout_id, [self._booked(header, entry, night, now, clash, meetings)]
+                )
+                continue
+            cover = self._cover(serial)
+            if cover is not None:
+                verdict = judge_moment(cover, str(hop["kind"]), now)
+                if not verdict.entitled:
+                    # S4 at the moment it would really start: a contract that starts later
+                    # waits for it, one that ended holds the unit.
+                    moved = self._next_moment(
+                        header,
+                        entry,
+                        night,
+                        now,
+                        DeviceStatus(entry["status"]),
+                        f"hop to {hop['version']} not entitled at {now.isoformat()}",
+                    )
+                    await self._put_entries(rollout_id, [moved])
+                    continue
             package = self._packages.find(hop["version"])
             if package is None:
                 continue
+            window = entry["window"]
             params = {
                 "rollout_id": rollout_id,
-                "hop_index": int(entry["hop_index"]),
+                "hop_index": index,
                 "version": hop["version"],
                 "sha256": package["sha256"],
                 "size": package["size"],
+                "window_start": window["start"],
                 "window_end": window["end"],
+                "hop_length_s": length.total_seconds(),
                 "provider": entry["provider"],
             }
+            if entry.get("saved_settings"):
+                params["restore"] = entry["saved_settings"]
             try:
                 job = self._jobs.prepare(
-                    entry["serial"],
-                    JobKind.FIRMWARE_UPDATE,
-                    params,
-                    created_by=f"rollout {rollout_id}",
+                    serial, JobKind.FIRMWARE_UPDATE, params, created_by=f"rollout {rollout_id}"
                 )
             except JobPending:
                 continue  # another firmware job for this unit is pending: order at a later pass
-            ordered = self._moved(entry, DeviceStatus.DOWNLOADING, now, job_id=job["id"])
+            changes: dict[str, Any] = {"job_id": job["id"], "not_before": None}
+            if calendar is not None and calendar.state != "read":
+                changes["calendar"] = {
+                    "state": calendar.state,
+                    "text": calendar.free_text(),
+                    "at": now.isoformat(),
+                }
+            ordered = self._moved(entry, DeviceStatus.DOWNLOADING, now, **changes)
             # One change: the job exists exactly when the entry names it.
             await self._store.wait_durable(
                 self._apply(
                     {
                         **self._jobs.storing(job),
-                        ROLLOUT_DEVICES: {device_key(rollout_id, entry["serial"]): ordered},
+                        ROLLOUT_DEVICES: {device_key(rollout_id, serial): ordered},
                     }
                 )
             )
             busy[site] += 1
+            tonight.add(int(entry["wave"]))
+            await self._tell_ordered(
+                UpdateOrdered(
+                    rollout_id=rollout_id,
+                    serial=serial,
+                    site=str(site),
+                    job_id=str(job["id"]),
+                    version=str(hop["version"]),
+                    hop=index + 1,
+                    hops=len(entry["hops"]),
+                    at=now,
+                    expected_end=now + length,
+                    window_end=night.end,
+                )
+            )
             if self._maintenance is not None:
                 # From the order until it is verified, or its window (and the grace a unit
                 # takes to come back) is over: faults the update explains open no ticket.
@@ -832,11 +1150,73 @@ class RolloutService:
                     rollout=rollout_id,
                     version=hop["version"],
                     starts=now,
-                    ends=datetime.fromisoformat(window["end"]) + UPDATE_GRACE,
+                    ends=night.end + UPDATE_GRACE,
                 )
+
+    async def _tell_ordered(self, update: UpdateOrdered) -> None:
+        for watcher in list(self.watchers):
+            try:
+                await watcher.update_ordered(update)
+            except Exception:
+                log.exception("rollout %s: a watcher failed on an order", update.rollout_id)
+
+    async def _tell_ended(self, update: UpdateEnded) -> None:
+        for watcher in list(self.watchers):
+            try:
+                await watcher.update_ended(update)
+            except Exception:
+                log.exception("rollout %s: a watcher failed on an outcome", update.rollout_id)
+
+    async def _reassign_silent(self, header: Doc, entries: list[Doc], now: datetime) -> None:
+        """A unit that answers on its hop's version while the agent its job went to says
+        nothing of it (gone, or restarted without it): the job is handed out again once
+        ``reassign_after`` has passed, far sooner than its lease."""
+        changed: list[Doc] = []
+        for entry in entries:
+            job_id = entry.get("job_id")
+            if not job_id or entry["status"] not in UNDER_WAY:
+                continue
+            job = self._jobs.get(str(job_id))
+            if job is None or job["status"] != "sent" or not job.get("sent_at"):
+                continue
+            hop = _current_hop(entry)
+            device = self._inventory.find_device(str(entry["serial"])) or {}
+            # Per-report fields live in the inventory's memory, not in the device document.
+            seen = self._inventory.collected_at(str(entry["serial"]))
+            if hop is None or not seen or not _reports(device, hop):
+                continue
+            if datetime.fromisoformat(str(seen)) <= datetime.fromisoformat(str(job["sent_at"])):
+                continue
+            answered = entry.get("answered_at")
+            if not answered:
+                changed.append({**entry, "answered_at": now.isoformat()})
+                continue
+            last = entry.get("reassigned_at") or answered
+            if now - datetime.fromisoformat(str(last)) < self.reassign_after:
+                continue
+            restore = entry.get("saved_settings")
+            await self._jobs.reassign(
+                str(job_id),
+                why=f"the unit answers on {hop} since {answered}; its agent said nothing of it",
+                params={"restore": restore} if restore else None,
+            )
+            note = {
+                "code": "reassigned",
+                "text": f"the unit answers on {hop} since {answered} while the agent of its "
+                f"job says nothing of it: job {job_id} handed out again",
+            }
+            changed.append(
+                {
+                    **entry,
+                    "reassigned_at": now.isoformat(),
+                    "notes": [*entry.get("notes", []), note],
+                }
+            )
+        await self._put_entries(header["id"], changed)
 
     async def _collect_results(self, rollout_id: str, now: datetime) -> None:
         """Apply finished jobs to their entries (also while paused, halted or aborted)."""
+        header = self.header(rollout_id)
         for entry in self.entries(rollout_id):
             job_id = entry.get("job_id")
             if not job_id:
@@ -850,7 +1230,7 @@ class RolloutService:
                 continue
             if job["status"] not in ("done", "failed", "refused"):
                 continue
-            await self._apply_result(rollout_id, entry, job, now)
+            await self._apply_result(header, entry, job, now)
 
     def _evidence(self, job: Doc) -> dict[str, Any]:
         path = self._jobs.artifact_path(job["id"])
@@ -862,9 +1242,38 @@ class RolloutService:
             return {}
         return data if isinstance(data, dict) else {}
 
-    async def _apply_result(self, rollout_id: str, entry: Doc, job: Doc, now: datetime) -> None:
+    def _after_hop(self, header: Doc, entry: Doc, now: datetime, **changes: Any) -> Doc:
+        """A hop verified with more to go: the next one tonight while the window is still
+        open, else where it stopped in its next window (judged there, S4)."""
+        index = int(changes["hop_index"])
+        hops = entry["hops"]
+        done = f"hop {index} of {len(hops)} done"
+        if header["status"] == RolloutStatus.ABORTED:
+            note = {"code": "aborted", "text": f"{done}; the rollout was aborted: no more hops"}
+            return self._moved(
+                entry, DeviceStatus.SKIPPED, now, **changes,
+                notes=[*entry.get("notes", []), note],
+            )  # fmt: skip
+        night = self._night(header, entry)
+        if now < night.end:
+            return self._moved(entry, DeviceStatus.WAITING_WINDOW, now, **changes)
+        return self._next_moment(
+            header,
+            entry,
+            night.following(),
+            now,
+            DeviceStatus.WAITING_WINDOW,
+            f"{done}; hop {index + 1} ({hops[index]['version']}) finds its window closed: "
+            "it resumes there",
+            note_code="resumes_next_window",
+            **changes,
+        )
+
+    async def _apply_result(self, header: Doc, entry: Doc, job: Doc, now: datetime) -> None:
         """A finished job's result on its entry: the next hop, the next window, another
         attempt or the end, as the result's failure code says (``FAILURE_RULES``)."""
+        rollout_id = str(header["id"])
+        aborted = header["status"] == RolloutStatus.ABORTED
         result = job.get("result") or {}
         detail = str(result.get("detail") or "")
         code = result.get("code")
@@ -877,27 +1286,38 @@ class RolloutService:
         status = job["status"]
         extra: dict[str, dict[str, Doc]] = {}
         ticket: FaultEvent | None = None
+        common: dict[str, Any] = {"job_id": None, "evidence": kept}
+        said = evidence.get("calendar")
+        if isinstance(said, dict):
+            common["calendar"] = {**said, "at": now.isoformat()}
         if status == "done":
-            last = hop_index + 1 >= len(entry["hops"])
-            updated = self._moved(
-                entry,
-                DeviceStatus.DONE if last else DeviceStatus.WAITING_WINDOW,
-                now,
-                job_id=None,
-                evidence=kept,
-                hop_index=hop_index + 1,
-            )
+            if hop_index + 1 >= len(entry["hops"]):
+                updated = self._moved(
+                    entry, DeviceStatus.DONE, now, **common, hop_index=hop_index + 1
+                )
+            else:
+                updated = self._after_hop(header, entry, now, **common, hop_index=hop_index + 1)
+        elif status == "refused" and aborted:
+            updated = self._moved(entry, DeviceStatus.SKIPPED, now, **common)
         elif status == "refused":
-            # Not started (in a call all window long, off, unreachable): its next window,
-            # whatever the code says; nothing was done to the unit.
-            updated = self._moved(
-                entry,
-                DeviceStatus.WAITING_WINDOW,
-                now,
-                job_id=None,
-                evidence=kept,
-                **self._next_window(entry, now, detail or "not updated"),
-            )
+            # Not started (in a call all window long, booked, off, unreachable): nothing
+            # was done to the unit; a free slot or its next window, judged there.
+            meeting = _meeting_of(evidence)
+            night = self._night(header, entry)
+            if code == FailureCode.ROOM_BOOKED and meeting is not None:
+                updated = self._booked(header, {**entry, **common}, night, now, meeting, [meeting])
+            else:
+                updated = self._next_moment(
+                    header,
+                    entry,
+                    night.following(),
+                    now,
+                    DeviceStatus.POSTPONED_BOOKED
+                    if code == FailureCode.ROOM_BOOKED
+                    else DeviceStatus.WAITING_WINDOW,
+                    detail or "not updated",
+                    **common,
+                )
         else:
             # Shown as before codes existed; only an agent without codes is judged by it.
             check = detail.split(":", 1)[0] if ":" in detail else "failed"
@@ -912,17 +1332,25 @@ class RolloutService:
             }
             failures = [*entry["failures"], failure]
             changes: dict[str, Any] = {
-                "job_id": None,
-                "evidence": kept,
+                **common,
                 "failures": failures,
                 "attempts": int(entry.get("attempts", 0)) + 1,
             }
             penalty = rule.penalises and (rule.then == "fail" or penalty_due(failures))
             if rule.then == "fail" or penalty:
                 updated = self._moved(entry, DeviceStatus.FAILED, now, **changes)
+            elif aborted:
+                updated = self._moved(entry, DeviceStatus.SKIPPED, now, **changes)
             elif rule.then == "next_window":
-                changes |= self._next_window(entry, now, detail or "failed")
-                updated = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, **changes)
+                updated = self._next_moment(
+                    header,
+                    entry,
+                    self._night(header, entry).following(),
+                    now,
+                    DeviceStatus.WAITING_WINDOW,
+                    detail or "failed",
+                    **changes,
+                )
             else:
                 updated = self._moved(entry, DeviceStatus.WAITING_WINDOW, now, **changes)
             if penalty:
@@ -967,6 +1395,24 @@ class RolloutService:
             # After the entry is stored: a crash here repeats nothing but may miss the ticket,
             # which the unit's own silence then opens through the fault detector.
             await self.file_ticket(ticket)
+        outcome: Literal["verified", "failed", "not_started"] = (
+            "verified" if status == "done" else "failed" if status == "failed" else "not_started"
+        )
+        await self._tell_ended(
+            UpdateEnded(
+                rollout_id=rollout_id,
+                serial=str(entry["serial"]),
+                site=str(entry["site"]),
+                job_id=str(job["id"]),
+                version=str(hop.get("version") or ""),
+                hop=hop_index + 1,
+                hops=len(entry["hops"]),
+                at=now,
+                outcome=outcome,
+                code=str(code) if code else None,
+                detail=detail,
+            )
+        )
 
     async def on_progress(self, job_id: str, site_id: str, progress: JobProgress) -> bool:
         """An agent's word on a running update: the entry's status follows it.
@@ -984,13 +1430,14 @@ class RolloutService:
         entry = self._store.get(ROLLOUT_DEVICES, key)
         if entry is None or entry.get("job_id") != job_id:
             return False
-        if entry["status"] != progress.status:
-            updated = self._moved(
-                entry,
-                DeviceStatus(progress.status),
-                self._clock(),
-                progress_detail=progress.detail,
-            )
+        changes: dict[str, Any] = {"progress_detail": progress.detail}
+        if progress.settings is not None:
+            changes["saved_settings"] = dict(progress.settings)
+        if progress.meeting is not None:
+            zone = self._zone(str(entry["site"]))
+            changes["booked"] = _meeting_json((progress.meeting.start, progress.meeting.end), zone)
+        if entry["status"] != progress.status or len(changes) > 1:
+            updated = self._moved(entry, DeviceStatus(progress.status), self._clock(), **changes)
             await self._store.wait_durable(self._apply({ROLLOUT_DEVICES: {key: updated}}))
         return True
 
@@ -1006,36 +1453,77 @@ class RolloutService:
         return rollouts, devices
 
 
+def _reports(device: Mapping[str, Any], version: str) -> bool:
+    """Whether a device document reports ``version`` (the same release and build)."""
+    firmware = device.get("firmware") or {}
+    try:
+        wanted = FirmwareVersion.parse(version)
+        seen = FirmwareVersion.parse(
+            str(firmware.get("version") or ""), build=firmware.get("build") or None
+        )
+    except VersionError:
+        return False
+    return seen == wanted or (seen.same_release(wanted) and wanted.build in (0, seen.build))
+
+
+def _meeting_of(evidence: Mapping[str, Any]) -> Busy | None:
+    """The meeting an agent found in the way of an update, from its evidence."""
+    calendar = evidence.get("calendar")
+    meeting = calendar.get("meeting") if isinstance(calendar, dict) else None
+    if not isinstance(meeting, dict):
+        return None
+    try:
+        return (
+            datetime.fromisoformat(str(meeting["start"])),
+            datetime.fromisoformat(str(meeting["end"])),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
 def _current_hop(entry: Mapping[str, Any]) -> str | None:
     hops = entry.get("hops") or []
     index = int(entry.get("hop_index") or 0)
     return str(hops[index]["version"]) if index < len(hops) else None
 
 
-def device_json(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A device entry as the plan shows it: the planner's keys plus what running changed."""
-    return {
-        key: entry.get(key)
-        for key in (
-            "serial",
-            "site",
-            "room",
-            "model",
-            "provider",
-            "installed",
-            "hops",
-            "channel",
-            "wave",
-            "window",
-            "reasons",
-            "notes",
-            "status",
-            "hop_index",
-            "attempts",
-            "failures",
-            "evidence",
-        )
-    }
+#: An entry's keys as a plan shows them, in this order.
+_ENTRY_KEYS = (
+    "serial",
+    "site",
+    "room",
+    "model",
+    "provider",
+    "installed",
+    "hops",
+    "channel",
+    "wave",
+    "window",
+    "reasons",
+    "notes",
+    "status",
+    "hop_index",
+    "attempts",
+    "failures",
+    "evidence",
+    "eligibility",
+    "calendar",
+    "booked",
+    "not_before",
+)
+
+
+def device_json(entry: Mapping[str, Any], installed: str | None = None) -> dict[str, Any]:
+    """A device entry as the plan shows it: the planner's keys plus what running changed.
+
+    ``installed`` is the version the unit reports now (the plan's stays in
+    ``installed_at_plan``); None keeps the plan's.
+    """
+    found = {key: entry.get(key) for key in _ENTRY_KEYS}
+    found["installed_at_plan"] = entry.get("installed")
+    if installed is not None:
+        found["installed"] = installed
+    return found
 
 
 def _checked(value: str, field: str, check: Callable[..., str], **limits: Any) -> str:
@@ -1071,6 +1559,10 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
             raise PlanError(name, f"{value!r}: a whole number expected")
         return value
 
+    def duration(name: str, default: timedelta) -> timedelta:
+        value = body.get(name)
+        return parse_gap(str(value), name) if value else default
+
     target = body.get("target")
     if not isinstance(target, str) or not target.strip():
         raise PlanError("target", "the version to roll out is required (e.g. 4.2.2-408037)")
@@ -1085,7 +1577,6 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
             start_day = date.fromisoformat(str(start))
         except ValueError:
             raise PlanError("start", f"{start!r} is not YYYY-MM-DD") from None
-    gap = body.get("wave_gap")
     name = body.get("name") or ""
     if not isinstance(name, str):
         raise PlanError("name", "a text expected")
@@ -1097,15 +1588,19 @@ def request_from_json(body: Mapping[str, Any]) -> PlanRequest:
         allow_empty=True,
     )
     criteria = body.get("abort_criteria")
+    window = Window.parse(str(body.get("window") or DEFAULT_WINDOW))
     return PlanRequest(
         target=target,
         sites=text_list("sites"),
         models=text_list("models"),
         canary=integer("canary", 1),
         waves=parse_waves(str(waves)) if waves else DEFAULT_WAVES,
-        window=Window.parse(str(body.get("window") or DEFAULT_WINDOW)),
+        window=window,
         start=start_day,
-        wave_gap=parse_gap(str(gap)) if gap else DEFAULT_WAVE_GAP,
+        wave_gap=duration("wave_gap", DEFAULT_WAVE_GAP),
+        # A window shorter than the usual hop (plans made before hop_length existed) plans
+        # its hops one window long each instead of being refused.
+        hop_length=duration("hop_length", min(DEFAULT_HOP_LENGTH, window.nominal)),
         max_failures=integer("max_failures", DEFAULT_MAX_FAILURES),
         per_site=integer("per_site", DEFAULT_PER_SITE),
         name=name,

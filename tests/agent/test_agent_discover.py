@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.processes import polyfleet
 
 from polyfleet.agent.discovery import discover, expand_ranges
 from polyfleet.shared.errors import ConfigError
@@ -97,24 +98,13 @@ async def test_discover_without_terminal_prints_no_progress(
     """Without a terminal there is no progress noise on stderr."""
     lab = await lab_factory([make_device("DISC4")])
     d = lab.devices["DISC4"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "agent",
-        "discover",
-        f"{d.address}/32",
-        "--rest-port",
-        str(d.rest_port),
-        "--ssh-port",
-        str(d.ssh_port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert b"scanned" not in err
-    assert b"1 Poly devices" in out
+    _, out, err = await polyfleet(
+        "agent", "discover", f"{d.address}/32",
+        "--rest-port", str(d.rest_port), "--ssh-port", str(d.ssh_port),
+        expect=None,
+    )  # fmt: skip
+    assert "scanned" not in err
+    assert "1 Poly devices" in out
 
 
 async def test_discover_tells_videoos_from_other_hosts(tmp_path: Path) -> None:
@@ -169,17 +159,12 @@ async def test_a_busy_unit_is_not_called_something_else(lab_factory: Any) -> Non
     d = lab.devices["BUSY1"]
     await d.set_fault("slow", True, latency_ms=1500)
     argv = [
-        *("-P", "-m", "polyfleet", "agent", "discover", f"{d.address}/32"),
+        *("agent", "discover", f"{d.address}/32"),
         *("--rest-port", str(d.rest_port), "--ssh-port", str(d.ssh_port)),
     ]
 
     async def run(*extra: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, *argv, *extra, stdout=asyncio.subprocess.PIPE
-        )
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0
-        return out.decode()
+        return (await polyfleet(*argv, *extra)).out
 
     out = await run("--timeout", "0.5")
     assert f"{d.address}  NO ANSWER IN TIME  https:{d.rest_port}: TLS, but no HTTP answer" in out

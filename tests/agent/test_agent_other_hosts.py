@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from agent_testkit import make_poller
+from testkit.processes import polyfleet
 from testkit.site_agents import agent_config
 
 from polyfleet.agent.config import DeviceConfig, Secret
@@ -43,22 +43,11 @@ class Run:
     seconds: float
 
 
-async def polyfleet(*argv: str) -> Run:
-    """Run ``python -m polyfleet ARGV`` as its own process and collect what it printed."""
+async def timed(*argv: str) -> Run:
+    """``polyfleet ARGV`` as its own process: what it printed, and how long it took."""
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        *argv,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode(), time.monotonic() - started)
+    code, out, err = await polyfleet(*argv, expect=None)
+    return Run(code, out, err, time.monotonic() - started)
 
 
 def probe_argv(
@@ -138,7 +127,7 @@ async def test_probe_says_not_poly_for_every_other_host(
                 ),
             ),
         ]
-    runs = await asyncio.gather(*(polyfleet(*argv) for _name, argv in cases))
+    runs = await asyncio.gather(*(timed(*argv) for _name, argv in cases))
     for (name, argv), run in zip(cases, runs, strict=True):
         address = argv[2]
         assert run.code == 3, (name, run)
@@ -194,7 +183,7 @@ async def test_real_devices_keep_their_reasons_next_to_other_hosts(
             "locked out",
         )
     )
-    runs = await asyncio.gather(*(polyfleet(*argv) for _name, argv, _reason in cases))
+    runs = await asyncio.gather(*(timed(*argv) for _name, argv, _reason in cases))
     for (name, argv, reason), run in zip(cases, runs, strict=True):
         assert run.code == 3, (name, run)
         assert run.err == f"polyfleet agent probe: {argv[2]}: {reason}\n", (name, run.err)
@@ -206,7 +195,7 @@ async def test_probe_over_ssh_waits_for_a_late_videoos_greeting(
     """A VideoOS unit that greets late over SSH is still read (silence is not a shell)."""
     lab = await lab_factory([make_device("LATEGREET", ssh_banner_delay_ms=800)])
     d = lab.devices["LATEGREET"]
-    run = await polyfleet(
+    run = await timed(
         *probe_argv(
             d.address,
             d.rest_port,
@@ -236,7 +225,7 @@ def discover_argv(lab: Lab) -> list[str]:
 async def test_discover_lists_only_videoos_as_poly(lab_with_others: Lab) -> None:
     """discover lists the VideoOS device as Poly and every other host apart, marked not Poly."""
     argv = discover_argv(lab_with_others)
-    text, as_json = await asyncio.gather(polyfleet(*argv), polyfleet(*argv, "--json"))
+    text, as_json = await asyncio.gather(timed(*argv), timed(*argv, "--json"))
     device = lab_with_others.devices["OTHERDEV1"]
     assert text.code == 0 and as_json.code == 0, (text.err, as_json.err)
 

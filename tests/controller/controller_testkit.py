@@ -1,39 +1,31 @@
-"""Builders for controller tests: snapshots, reports, batches and a settable clock."""
+"""Controller tests' own tools: a controller process that is active, the admin CLI, and an
+inventory over a store of its own."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
+from testkit.clocks import SettableClock
+from testkit.processes import in_process, polyfleet, start_controller, wait_active
 
-REPO = Path(__file__).resolve().parents[2]
+from polyfleet.controller.config import ControllerConfig
+from polyfleet.controller.events import EventBus
+from polyfleet.controller.services.access import Principal, Role
+from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.store.tinydb import TinyDBStore
+
+#: The agent of site krk, as in-process ingestion sees it.
+AGENT = Principal(role=Role.AGENT, name="agent", token_id="t", agent_id="a1", site_id="krk")
 
 
 async def start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """Start `polyfleet controller serve` on port 0; returns the process and its URL."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "controller",
-        "serve",
-        "--config",
-        str(config),
-        "--data-dir",
-        str(data_dir),
-        "--listen",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    assert process.stdout is not None
+    """``polyfleet controller serve`` on port 0, once it is the active controller; the
+    process and its URL."""
+    process, url = await start_controller(data_dir, "--config", str(config))
     try:
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-        assert b"listening on" in line, line
-        url = line.decode().strip().rsplit(" ", 1)[-1]
         await wait_active(url)
     except BaseException:
         process.kill()
@@ -42,33 +34,31 @@ async def start_server(data_dir: Path, config: Path) -> tuple[asyncio.subprocess
     return process, url
 
 
-async def wait_active(url: str, *, timeout: float = 60) -> None:
-    """Return once the controller at ``url`` answers as the active one (``/healthz/active``)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(f"{url}/healthz/active") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert asyncio.get_running_loop().time() < deadline, f"{url} never became active"
-            await asyncio.sleep(0.05)  # waits-for: the controller to take the store
-
-
 async def cli(*args: str) -> str:
-    """Run `polyfleet controller ARGS...`; its standard output (exit status must be 0)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "controller",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, out
-    return out.decode()
+    """``polyfleet controller ARGS...``: its standard output (its exit status must be 0)."""
+    return (await polyfleet("controller", *args)).out
+
+
+async def cli_in_process(*args: str) -> str:
+    """``polyfleet controller ARGS...`` run by this process's entry point, for set-up steps
+    (the commands' printing is checked where they run as processes): its standard output."""
+    return (await in_process("controller", *args)).out
+
+
+@asynccontextmanager
+async def inventory(
+    data_dir: Path, clock: SettableClock
+) -> AsyncIterator[tuple[Inventory, TinyDBStore]]:
+    """An inventory loaded from an embedded store in ``data_dir``, and that store; closed at
+    the block's end."""
+    store = TinyDBStore(data_dir / "store")
+    await store.open()
+    try:
+        config = ControllerConfig(data_dir=data_dir)
+        bus = EventBus(store, keep=config.events_keep)
+        bus.load()
+        found = Inventory(store, bus, clock, config)
+        found.load()
+        yield found, store
+    finally:
+        await store.close()

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from controller_testkit import REPO, cli
+from controller_testkit import cli_in_process
+from testkit.processes import controller_cli, start_controller
 from testkit.reports import batch, bearer, report, snapshot
 from testkit.waiting import wait_until
 
@@ -56,30 +56,8 @@ def write_config(tmp_path: Path, name: str, store_url: str) -> tuple[Path, Path]
 
 async def start(tmp_path: Path, name: str, store_url: str) -> Controller:
     config, data_dir = write_config(tmp_path, name, store_url)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "controller",
-        "serve",
-        "--config",
-        str(config),
-        "--data-dir",
-        str(data_dir),
-        "--listen",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-    except BaseException:
-        process.kill()
-        raise
-    assert b"listening on" in line, line
-    return Controller(name, process, line.decode().split()[-1], config, data_dir)
+    process, url = await start_controller(data_dir, "--config", str(config))
+    return Controller(name, process, url, config, data_dir)
 
 
 @contextlib.asynccontextmanager
@@ -123,8 +101,10 @@ async def admin_token(tmp_path: Path, store_url: str) -> str:
     """An admin token made before any controller runs (the command holds the database)."""
     config, data_dir = write_config(tmp_path, "admin", store_url)
     where = ("--config", str(config), "--data-dir", str(data_dir))
-    await cli("site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", *where)
-    return (await cli("token", "create", "--role", "admin", *where)).strip()
+    await cli_in_process(
+        "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", *where
+    )
+    return (await cli_in_process("token", "create", "--role", "admin", *where)).strip()
 
 
 async def agent_token(url: str, admin: str) -> str:
@@ -136,24 +116,6 @@ async def agent_token(url: str, admin: str) -> str:
         ) as response:
             token: str = (await response.json())["token"]
             return token
-
-
-async def controller_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "controller",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def end_sessions_of(store_url: str, controller: Controller) -> int:
@@ -269,12 +231,12 @@ async def test_standby_points_agents_admins_and_browsers_to_the_active_one(
 
         # Admin commands on the standby's host: refused with the active URL, or sent there.
         where = ("--config", str(b.config), "--data-dir", str(b.data_dir), "--json")
-        status, out, _ = await controller_cli("site", "list", *where)
+        status, out, _ = await controller_cli("site", "list", *where, expect=None)
         assert status == 1
         error = json.loads(out)["error"]
         assert error["code"] == "not_active" and a.url in error["message"]
         status, out, err = await controller_cli(
-            "site", "list", *where, env={"POLYFLEET_TOKEN": admin}
+            "site", "list", *where, env={**os.environ, "POLYFLEET_TOKEN": admin}, expect=None
         )
         assert status == 0, err
         assert [site["id"] for site in json.loads(out)["sites"]] == ["krk"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from controller_testkit import batch, bearer, report, snapshot
+from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.cli import build_parser, main
 from polyfleet.controller.testing import RunningController
@@ -152,6 +152,7 @@ CLI_OTHER = {
     "--at": _FORMAT,
     "--date": _FORMAT,
     "--expires": _FORMAT,
+    "--hop-length": _FORMAT,
     "--needs": _FORMAT,
     "--received": _FORMAT,
     "--sha256": _FORMAT,

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from controller_testkit import AGENT, inventory
 from testkit.clocks import SettableClock
 from testkit.reports import batch, report, snapshot
 
-from polyfleet.controller.config import ControllerConfig
-from polyfleet.controller.events import EventBus
-from polyfleet.controller.services.access import Principal, Role
 from polyfleet.controller.services.inventory import DeviceFilter, Inventory
-from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.schema import ReportBatch
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-AGENT = Principal(role=Role.AGENT, name="agent", token_id="t", agent_id="a1", site_id="krk")
-
-
-@asynccontextmanager
-async def inventory(
-    data_dir: Path, clock: SettableClock
-) -> AsyncIterator[tuple[Inventory, TinyDBStore]]:
-    store = TinyDBStore(data_dir / "store")
-    await store.open()
-    try:
-        config = ControllerConfig(data_dir=data_dir)
-        bus = EventBus(store, keep=config.events_keep)
-        bus.load()
-        found = Inventory(store, bus, clock, config)
-        found.load()
-        yield found, store
-    finally:
-        await store.close()
 
 
 async def post(inv: Inventory, clock: SettableClock, *snaps: dict[str, Any]) -> None:

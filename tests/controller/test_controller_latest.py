@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from controller_testkit import AGENT, inventory
 from testkit.clocks import SettableClock
 from testkit.reports import batch, report, snapshot
 
-from polyfleet.controller.config import ControllerConfig
-from polyfleet.controller.events import EventBus
-from polyfleet.controller.services.access import Principal, Role
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.store.base import DEVICES, REPORTS
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.shared.schema import ReportBatch, ReportBatchAck
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-AGENT = Principal(role=Role.AGENT, name="agent", token_id="t", agent_id="a1", site_id="krk")
-
-
-@asynccontextmanager
-async def inventory(data_dir: Path, clock: SettableClock) -> AsyncIterator[Inventory]:
-    store = TinyDBStore(data_dir / "store")
-    await store.open()
-    try:
-        config = ControllerConfig(data_dir=data_dir)
-        bus = EventBus(store, keep=config.events_keep)
-        bus.load()
-        found = Inventory(store, bus, clock, config)
-        found.load()
-        yield found
-    finally:
-        await store.close()
 
 
 async def post(inv: Inventory, *reports: dict[str, Any]) -> ReportBatchAck:
@@ -61,7 +41,7 @@ async def test_steady_reports_write_only_themselves_and_survive_a_restart(
 ) -> None:
     """A steady report rewrites no device; a late one changes no latest; a restart agrees."""
     clock = SettableClock(T0)
-    async with inventory(tmp_path, clock) as inv:
+    async with inventory(tmp_path, clock) as (inv, _):
         await inv.add_site("krk", name="Kraków", timezone="Europe/Warsaw")
         await post(inv, at(0, 100.0, "report-0"))
         clock.advance(60)
@@ -83,7 +63,7 @@ async def test_steady_reports_write_only_themselves_and_survive_a_restart(
         assert inv.devices()[0]["last_seen"] == expected["last_seen"]
         assert [r["id"] for r in inv.recent_reports("X1")] == expected["reports"]
     clock.advance(3600)
-    async with inventory(tmp_path, clock) as again:
+    async with inventory(tmp_path, clock) as (again, _):
         detail = again.device_detail("X1")
         assert {name: detail[name] for name in expected} == expected
 
@@ -121,7 +101,7 @@ async def test_device_documents_of_an_earlier_version_lose_per_report_fields(
     await store.put_many(DEVICES, {"X1": device})
     await store.put_many(REPORTS, {"r-9": stored})
     await store.close()
-    async with inventory(tmp_path, SettableClock(T0)) as inv:
+    async with inventory(tmp_path, SettableClock(T0)) as (inv, _):
         kept = inv._store.get(DEVICES, "X1")
         assert kept is not None
         assert not {"last_seen", "collected_at", "uptime_s", "reports"} & kept.keys()
@@ -137,7 +117,7 @@ async def test_reports_out_of_order_keep_the_newest_five_and_the_newest_state(
     """Late reports (any offset) are sorted in; one older than a full history is not kept."""
     # Received after all were collected (a report from the future is another matter).
     clock = SettableClock(T0 + timedelta(minutes=20))
-    async with inventory(tmp_path, clock) as inv:
+    async with inventory(tmp_path, clock) as (inv, _):
         await inv.add_site("krk", name="Kraków", timezone="Europe/Warsaw")
         for minute in (10, 11, 12, 14, 15):
             await post(inv, at(minute, minute, f"report-{minute}"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from controller_testkit import cli, start_server
+from controller_testkit import cli_in_process, start_server
 from store_backends import StoreBackend, crash
 from testkit.reports import batch, bearer, report, snapshot
 
@@ -270,9 +270,11 @@ async def prepare_kill_test(tmp_path: Path, backend: StoreBackend) -> tuple[Path
     config = tmp_path / "controller.toml"
     config.write_text(backend.config_toml(snapshot_interval_s=0.05), encoding="utf-8")
     where = ("--config", str(config), "--data-dir", str(data_dir))
-    await cli("site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", *where)
-    admin = (await cli("token", "create", "--role", "admin", *where)).strip()
-    code = (await cli("agent", "invite", "--site", "krk", *where)).strip()
+    await cli_in_process(
+        "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", *where
+    )
+    admin = (await cli_in_process("token", "create", "--role", "admin", *where)).strip()
+    code = (await cli_in_process("agent", "invite", "--site", "krk", *where)).strip()
     return data_dir, config, admin, code
 
 

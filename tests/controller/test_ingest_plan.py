@@ -6,7 +6,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controller_testkit import batch, report, snapshot
+from testkit.reports import batch, report, snapshot
 
 from polyfleet.controller.domain.ingest import (
     ClockChange,

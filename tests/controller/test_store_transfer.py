@@ -6,34 +6,16 @@ import asyncio
 import gzip
 import json
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
-from controller_testkit import REPO, cli, start_server
+from controller_testkit import cli_in_process, start_server
+from testkit.processes import controller_cli
 from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.store.postgres import read_all
 from polyfleet.controller.store.transfer import Place, read_backup, read_place
 from polyfleet.shared.schema import PROTOCOL_VERSION
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    """``polyfleet controller ARGS``: exit status, standard output, standard error."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "controller",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def filled_data_dir(tmp_path: Path) -> tuple[Path, Path, str, asyncio.subprocess.Process]:
@@ -42,8 +24,10 @@ async def filled_data_dir(tmp_path: Path) -> tuple[Path, Path, str, asyncio.subp
     config = tmp_path / "controller.toml"
     config.write_text("", encoding="utf-8")
     where = ("--data-dir", str(data_dir))
-    await cli("site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", *where)
-    code = (await cli("agent", "invite", "--site", "krk", *where)).strip()
+    await cli_in_process(
+        "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", *where
+    )
+    code = (await cli_in_process("agent", "invite", "--site", "krk", *where)).strip()
     process, url = await start_server(data_dir, config)
     async with aiohttp.ClientSession() as http:
         async with http.post(
@@ -79,8 +63,8 @@ async def test_copy_embedded_to_postgresql_and_back_is_checked(
     original = await read_place(Place(str(data_dir)))
     assert len(original["devices"]) == 31 and len(original["reports"]) == 93
 
-    status, out, err = await run_cli(
-        "store", "copy", "--from", str(data_dir), "--to", postgres_url, "--json"
+    status, out, err = await controller_cli(
+        "store", "copy", "--from", str(data_dir), "--to", postgres_url, "--json", expect=None
     )
     assert status == 0, err
     answer = json.loads(out)
@@ -91,7 +75,9 @@ async def test_copy_embedded_to_postgresql_and_back_is_checked(
     assert await read_all(postgres_url) == original
 
     back = tmp_path / "back"
-    status, out, err = await run_cli("store", "copy", "--from", postgres_url, "--to", str(back))
+    status, out, err = await controller_cli(
+        "store", "copy", "--from", postgres_url, "--to", str(back), expect=None
+    )
     assert status == 0, err
     assert "every document checked" in out
     assert await read_place(Place(str(back))) == original
@@ -103,11 +89,13 @@ async def test_copy_into_a_store_that_holds_documents_changes_nothing(
     """A target that is not empty is refused; its documents stay exactly as they were."""
     data_dir, _, _, process = await filled_data_dir(tmp_path)
     await stop(process)
-    status, _, err = await run_cli("store", "copy", "--from", str(data_dir), "--to", postgres_url)
+    status, _, err = await controller_cli(
+        "store", "copy", "--from", str(data_dir), "--to", postgres_url, expect=None
+    )
     assert status == 0, err
     before = await read_all(postgres_url)
-    status, out, err = await run_cli(
-        "store", "copy", "--from", str(data_dir), "--to", postgres_url, "--json"
+    status, out, err = await controller_cli(
+        "store", "copy", "--from", str(data_dir), "--to", postgres_url, "--json", expect=None
     )
     assert status == 1
     error = json.loads(out)["error"]
@@ -122,8 +110,8 @@ async def test_copy_from_a_running_embedded_store_is_refused_with_what_to_do(
     """A data directory in use cannot be copied file-wise; the error points at backup."""
     data_dir, _, _, process = await filled_data_dir(tmp_path)
     try:
-        status, _, err = await run_cli(
-            "store", "copy", "--from", str(data_dir), "--to", postgres_url
+        status, _, err = await controller_cli(
+            "store", "copy", "--from", str(data_dir), "--to", postgres_url, expect=None
         )
         assert status == 1
         assert "in use by a running controller" in err and "controller backup" in err
@@ -138,8 +126,8 @@ async def test_backup_of_a_running_controller_restores_into_both_stores(
     data_dir, _, url, process = await filled_data_dir(tmp_path)
     backup = tmp_path / "fleet.jsonl.gz"
     try:
-        status, out, err = await run_cli(
-            "backup", "--to", str(backup), "--data-dir", str(data_dir), "--json"
+        status, out, err = await controller_cli(
+            "backup", "--to", str(backup), "--data-dir", str(data_dir), "--json", expect=None
         )
         assert status == 0, err
         answer = json.loads(out)
@@ -155,15 +143,15 @@ async def test_backup_of_a_running_controller_restores_into_both_stores(
     assert documents == original and header["format"] == "polyfleet-backup"
 
     restored_dir = tmp_path / "restored"
-    status, out, err = await run_cli(
-        "restore", "--from", str(backup), "--data-dir", str(restored_dir)
+    status, out, err = await controller_cli(
+        "restore", "--from", str(backup), "--data-dir", str(restored_dir), expect=None
     )
     assert status == 0, err
     assert "every document checked" in out
     assert await read_place(Place(str(restored_dir))) == original
 
-    status, out, err = await run_cli(
-        "restore", "--from", str(backup), "--store-url", postgres_url, "--json"
+    status, out, err = await controller_cli(
+        "restore", "--from", str(backup), "--store-url", postgres_url, "--json", expect=None
     )
     assert status == 0, err
     assert json.loads(out)["verified"] is True
@@ -175,7 +163,9 @@ async def test_backup_of_a_running_controller_restores_into_both_stores(
     process, url = await start_server(restored_dir, config)
     try:
         token = (
-            await cli("token", "create", "--role", "viewer", "--data-dir", str(restored_dir))
+            await cli_in_process(
+                "token", "create", "--role", "viewer", "--data-dir", str(restored_dir)
+            )
         ).strip()
         async with (
             aiohttp.ClientSession(headers=bearer(token)) as http,
@@ -194,21 +184,23 @@ async def test_backup_cut_short_is_refused_and_nothing_is_restored(
     data_dir, _, _, process = await filled_data_dir(tmp_path)
     await stop(process)
     backup = tmp_path / "fleet.jsonl.gz"
-    status, _, err = await run_cli("backup", "--to", str(backup), "--data-dir", str(data_dir))
+    status, _, err = await controller_cli(
+        "backup", "--to", str(backup), "--data-dir", str(data_dir), expect=None
+    )
     assert status == 0, err
     lines = gzip.decompress(backup.read_bytes()).splitlines(keepends=True)
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(gzip.compress(b"".join(lines[:-5])))
-    status, out, err = await run_cli(
-        "restore", "--from", str(cut), "--store-url", postgres_url, "--json"
+    status, out, err = await controller_cli(
+        "restore", "--from", str(cut), "--store-url", postgres_url, "--json", expect=None
     )
     assert status == 1
     assert "cut short" in json.loads(out)["error"]["message"]
     assert await read_all(postgres_url) == {}
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(backup.read_bytes()[:-40])
-    status, _, err = await run_cli(
-        "restore", "--from", str(broken), "--data-dir", str(tmp_path / "nowhere")
+    status, _, err = await controller_cli(
+        "restore", "--from", str(broken), "--data-dir", str(tmp_path / "nowhere"), expect=None
     )
     assert status == 1 and "not a readable polyfleet backup" in err
 
@@ -221,7 +213,9 @@ async def test_backup_taken_during_ingestion_is_consistent(tmp_path: Path) -> No
     acked: list[int] = []
 
     async def post_forever() -> int:
-        code = (await cli("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))).strip()
+        code = (
+            await cli_in_process("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))
+        ).strip()
         sent = 0
         async with aiohttp.ClientSession() as http:
             async with http.post(
@@ -245,7 +239,9 @@ async def test_backup_taken_during_ingestion_is_consistent(tmp_path: Path) -> No
         while len(acked) < 3:
             assert asyncio.get_running_loop().time() < deadline and not poster.done()
             await asyncio.sleep(0.05)  # waits-for: the poster to get going
-        status, _, err = await run_cli("backup", "--to", str(backup), "--data-dir", str(data_dir))
+        status, _, err = await controller_cli(
+            "backup", "--to", str(backup), "--data-dir", str(data_dir), expect=None
+        )
         assert status == 0, err
     finally:
         stop_posting.set()

@@ -8,13 +8,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from polyfleet.shared.process import polyfleet_argv
 
 #: Every key of the shared error object, in every --json failure.
 ERROR_KEYS = {"code", "message", "problems", "field", "rule", "file"}
@@ -34,10 +35,6 @@ class Run:
 
     def json(self) -> Any:
         return json.loads(self.out)
-
-
-def polyfleet_argv(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", "polyfleet", *args]
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Run:

@@ -9,9 +9,10 @@ import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
-from cli_testkit import Run, closed_port, polyfleet_argv, run, run_all
+from cli_testkit import Run, closed_port, run, run_all
 
 from polyfleet.cli import build_parser
+from polyfleet.shared.process import polyfleet_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_ASSETS = ROOT / "deploy" / "examples" / "assets-demo.csv"

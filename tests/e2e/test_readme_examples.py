@@ -10,7 +10,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cli_testkit import polyfleet_argv, running_demo
+from cli_testkit import running_demo
+
+from polyfleet.shared.process import polyfleet_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "=== next command ==="

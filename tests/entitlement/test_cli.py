@@ -1,17 +1,17 @@
-"""`polyfleet controller assets|entitlement|releases` run as real processes."""
+"""`polyfleet controller assets|entitlement|releases`, each also run as a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import processes
 
 from polyfleet.cli import main
 from polyfleet.controller.app import read_runtime, serve
@@ -46,15 +46,13 @@ REGISTRY = csv_of(
 FIRMWARE = "serial,version\nX50HZ,4.1.0_00.180034\nG7HZ,4.2.2-408037\n"
 
 
-def polyfleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", "-m", "polyfleet", "controller", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
+def polyfleet(*args: str, cwd: Path, process: bool = False) -> processes.Finished:
+    """``polyfleet controller ARGS`` in ``cwd``: run by this process's entry point, or as a
+    process of its own (``process``) where the test checks what the command prints."""
+    if process:
+        return asyncio.run(processes.polyfleet("controller", *args, cwd=cwd, expect=None))
+    with contextlib.chdir(cwd):
+        return processes.run_main("controller", *args, expect=None)
 
 
 def write(path: Path, text: str) -> Path:
@@ -67,19 +65,11 @@ def test_check_prints_the_verdict_json(tmp_path: Path) -> None:
     assets = write(tmp_path / "assets.csv", REGISTRY)
     firmware = write(tmp_path / "fw.csv", FIRMWARE)
     done = polyfleet(
-        "entitlement",
-        "check",
-        "--assets",
-        str(assets),
-        "--firmware",
-        str(firmware),
-        "--at",
-        "2026-12-01T10:00:00+01:00",
-        "--json",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    document: dict[str, Any] = json.loads(done.stdout)
+        "entitlement", "check", "--assets", str(assets), "--firmware", str(firmware),
+        "--at", "2026-12-01T10:00:00+01:00", "--json", cwd=tmp_path, process=True,
+    )  # fmt: skip
+    assert done.status == 0, done.err
+    document: dict[str, Any] = json.loads(done.out)
     assert document["at"] == "2026-12-01T10:00:00+01:00"
     verdicts = {v["serial"]: v for v in document["assets"]}
     assert list(verdicts) == ["CAM1", "G7HZ", "X50HZ"]
@@ -116,10 +106,10 @@ def test_check_with_a_bad_file_exits_non_zero_listing_every_line(tmp_path: Path)
         csv_of(row("A", model="x99"), row("B"), row("C", purchase_date="2025-02-30")),
     )
     done = polyfleet("entitlement", "check", "--assets", str(bad), "--json", cwd=tmp_path)
-    assert done.returncode == 1
-    problems = json.loads(done.stdout)["problems"]
+    assert done.status == 1
+    problems = json.loads(done.out)["problems"]
     assert [(p["line"], p["column"]) for p in problems] == [(2, "model"), (4, "purchase_date")]
-    assert "line 2, column model" in done.stderr and "line 4, column purchase_date" in done.stderr
+    assert "line 2, column model" in done.err and "line 4, column purchase_date" in done.err
 
 
 def test_check_refuses_an_at_without_offset(tmp_path: Path) -> None:
@@ -128,26 +118,18 @@ def test_check_refuses_an_at_without_offset(tmp_path: Path) -> None:
     done = polyfleet(
         "entitlement", "check", "--assets", str(assets), "--at", "2026-12-01T10:00", cwd=tmp_path
     )
-    assert done.returncode == 1 and "offset" in done.stderr
+    assert done.status == 1 and "offset" in done.err
 
 
 def test_forecast_command_lists_per_site(tmp_path: Path) -> None:
     """`entitlement forecast --days N --json` lists what ends per site."""
     assets = write(tmp_path / "assets.csv", REGISTRY)
     done = polyfleet(
-        "entitlement",
-        "forecast",
-        "--assets",
-        str(assets),
-        "--days",
-        "60",
-        "--at",
-        "2026-12-01",
-        "--json",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    (site,) = json.loads(done.stdout)["sites"]
+        "entitlement", "forecast", "--assets", str(assets), "--days", "60", "--at", "2026-12-01",
+        "--json", cwd=tmp_path, process=True,
+    )  # fmt: skip
+    assert done.status == 0, done.err
+    (site,) = json.loads(done.out)["sites"]
     assert site["site"] == "waw"
     assert ("X50HZ", "contract_ends", "2027-01-09") in [
         (e["serial"], e["kind"], e["date"]) for e in site["events"]
@@ -159,41 +141,24 @@ def test_E7_releases_add_and_list(tmp_path: Path) -> None:
     catalogue = tmp_path / "releases.toml"
     shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
     done = polyfleet(
-        "releases",
-        "add",
-        "--version",
-        "4.2.5.412001",
-        "--date",
-        "2024-10-01",
-        "--needs",
-        "4.1.0_00.180034",
-        "--file",
-        str(catalogue),
-        "--json",
-        cwd=tmp_path,
+        "releases", "add", "--version", "4.2.5.412001", "--date", "2024-10-01",
+        "--needs", "4.1.0_00.180034", "--file", str(catalogue), "--json",
+        cwd=tmp_path, process=True,
+    )  # fmt: skip
+    assert done.status == 0, done.err
+    assert json.loads(done.out)["added"]["version"] == "4.2.5.412001"
+    listed = polyfleet(
+        "releases", "list", "--file", str(catalogue), "--json", cwd=tmp_path, process=True
     )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["added"]["version"] == "4.2.5.412001"
-    listed = polyfleet("releases", "list", "--file", str(catalogue), "--json", cwd=tmp_path)
-    versions = [r["version"] for r in json.loads(listed.stdout)["releases"]]
+    versions = [r["version"] for r in json.loads(listed.out)["releases"]]
     assert versions[-2:] == ["4.2.2-408037", "4.2.5.412001"]
     firmware = write(tmp_path / "fw.csv", "serial,version\nX50HZ,4.2.2-408037\n")
     assets = write(tmp_path / "assets.csv", REGISTRY)
     check = polyfleet(
-        "entitlement",
-        "check",
-        "--assets",
-        str(assets),
-        "--firmware",
-        str(firmware),
-        "--releases",
-        str(catalogue),
-        "--at",
-        "2026-01-01",
-        "--json",
-        cwd=tmp_path,
-    )
-    hezo = next(v for v in json.loads(check.stdout)["assets"] if v["serial"] == "X50HZ")
+        "entitlement", "check", "--assets", str(assets), "--firmware", str(firmware),
+        "--releases", str(catalogue), "--at", "2026-01-01", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    hezo = next(v for v in json.loads(check.out)["assets"] if v["serial"] == "X50HZ")
     assert (hezo["firmware"]["next"], hezo["firmware"]["kind"]) == ("4.2.5.412001", "patch")
 
 
@@ -206,19 +171,19 @@ def test_releases_list_takes_data_dir_and_config_like_the_other_commands(tmp_pat
         "releases", "add", "--version", "4.2.5.412001", "--date", "2024-10-01",
         "--file", str(catalogue), cwd=tmp_path,
     )  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    assert added.status == 0, added.err
     config = write(tmp_path / "controller.toml", f'[entitlement]\nreleases = "{catalogue}"\n')
     data = tmp_path / "polyfleet-data"
     listed = polyfleet(
         "releases", "list", "--data-dir", str(data), "--config", str(config), "--json",
         cwd=tmp_path,
     )  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["releases"][-1]["version"] == "4.2.5.412001"
+    assert listed.status == 0, listed.err
+    assert json.loads(listed.out)["releases"][-1]["version"] == "4.2.5.412001"
     shipped = polyfleet("releases", "list", "--data-dir", str(data), cwd=tmp_path)
-    assert shipped.returncode == 0, shipped.stderr
-    assert shipped.stdout.split()[:2] == ["DATE", "VERSION"]
-    assert "4.2.5.412001" not in shipped.stdout
+    assert shipped.status == 0, shipped.err
+    assert shipped.out.split()[:2] == ["DATE", "VERSION"]
+    assert "4.2.5.412001" not in shipped.out
     assert not data.exists()
 
 
@@ -234,8 +199,8 @@ def test_releases_add_refuses_bad_input_and_leaves_the_file_alone(tmp_path: Path
         ["--version", "four", "--date", "2025-02-01"],
     ):
         done = polyfleet("releases", "add", *args, "--file", str(catalogue), cwd=tmp_path)
-        assert done.returncode == 1, args
-        assert "error:" in done.stderr
+        assert done.status == 1, args
+        assert "error:" in done.err
     assert catalogue.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -259,11 +224,11 @@ def test_assets_import_offline_and_rejection_leaves_registry_untouched(tmp_path:
     dry = polyfleet(
         "assets", "import", str(good), "--dry-run", "--data-dir", str(data), "--json", cwd=tmp_path
     )
-    assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout)["dry_run"] is True and _stored(data) == {}
+    assert dry.status == 0, dry.err
+    assert json.loads(dry.out)["dry_run"] is True and _stored(data) == {}
     done = polyfleet("assets", "import", str(good), "--data-dir", str(data), "--json", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    assert done.status == 0, done.err
+    result = json.loads(done.out)
     assert sorted(result["added"]) == ["CAM1", "G7HZ", "X50HZ"] and result["ineligible"] == ["G7HZ"]
     assert result["ineligible_rules"] == {"G7HZ": ["H1", "H5"]}
     before = _stored(data)
@@ -272,7 +237,7 @@ def test_assets_import_offline_and_rejection_leaves_registry_untouched(tmp_path:
         csv_of(row("X50HZ", room="elsewhere"), row("NEW", purchase_date="2025-13-01")),
     )
     refused = polyfleet("assets", "import", str(bad), "--data-dir", str(data), cwd=tmp_path)
-    assert refused.returncode == 1 and "line 3, column purchase_date" in refused.stderr
+    assert refused.status == 1 and "line 3, column purchase_date" in refused.err
     assert _stored(data) == before
 
 
@@ -287,43 +252,17 @@ async def test_assets_import_goes_through_a_running_server(tmp_path: Path) -> No
         await asyncio.wait_for(ready.wait(), timeout=30)
         assert read_runtime(data) is not None
         good = write(tmp_path / "good.csv", REGISTRY)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-m",
-            "polyfleet",
-            "controller",
-            "assets",
-            "import",
-            str(good),
-            "--data-dir",
-            str(data),
-            "--json",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        imported = await processes.polyfleet(
+            "controller", "assets", "import", str(good), "--data-dir", str(data), "--json",
             cwd=tmp_path,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 0, err.decode()
-        assert sorted(json.loads(out)["added"]) == ["CAM1", "G7HZ", "X50HZ"]
+        )  # fmt: skip
+        assert sorted(imported.json()["added"]) == ["CAM1", "G7HZ", "X50HZ"]
         bad = write(tmp_path / "bad.csv", csv_of(row("Q", model="nope")))
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-m",
-            "polyfleet",
-            "controller",
-            "assets",
-            "import",
-            str(bad),
-            "--data-dir",
-            str(data),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=tmp_path,
-        )
-        _, err = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 1 and "line 2, column model" in err.decode()
+        refused = await processes.polyfleet(
+            "controller", "assets", "import", str(bad), "--data-dir", str(data),
+            cwd=tmp_path, expect=1,
+        )  # fmt: skip
+        assert "line 2, column model" in refused.err
     finally:
         stop.set()
         await asyncio.wait_for(server, timeout=30)
@@ -344,17 +283,10 @@ def test_releases_add_writes_the_catalogue_named_by_the_config(tmp_path: Path) -
     shutil.copy(DEFAULT_RELEASES_PATH, catalogue)
     config = write(tmp_path / "controller.toml", f'[entitlement]\nreleases = "{catalogue}"\n')
     done = polyfleet(
-        "releases",
-        "add",
-        "--version",
-        "4.4.0.415000",
-        "--date",
-        "2025-03-01",
-        "--config",
-        str(config),
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
+        "releases", "add", "--version", "4.4.0.415000", "--date", "2025-03-01",
+        "--config", str(config), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.status == 0, done.err
     assert '"4.4.0.415000"' in catalogue.read_text(encoding="utf-8")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from faultkit import REPO, ControllerProcess, get_json
+from testkit.processes import polyfleet
 from testkit.site_agents import agent_config, device_config, write_credential
 from testkit.waiting import wait_until
 
@@ -20,19 +21,6 @@ from polyfleet.simulator.testing import make_device
 
 #: Never contacted: every refusal happens before anything is sent (tests stay on loopback).
 REMOTE = "http://10.20.30.40:8080"
-
-
-async def polyfleet(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
-    """Run ``polyfleet ARGS`` as its own process: exit status, stdout, stderr."""
-    process = await asyncio.create_subprocess_exec(
-        *polyfleet_argv(*args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def agent_toml(folder: Path, url: str, *, extra: str = "", devices: str = "") -> Path:
@@ -48,7 +36,7 @@ def agent_toml(folder: Path, url: str, *, extra: str = "", devices: str = "") ->
 async def test_agent_run_refuses_plain_http_to_another_machine(tmp_path: Path) -> None:
     """`agent run` with http:// off loopback exits 2 naming key and way out; nothing runs."""
     config = agent_toml(tmp_path, REMOTE)
-    code, out, err = await polyfleet("agent", "run", "--config", str(config))
+    code, out, err = await polyfleet("agent", "run", "--config", str(config), expect=None)
     assert code == 2, err
     assert out == ""
     assert f"{config}: controller.url: {REMOTE} is plain http:// to 10.20.30.40" in err
@@ -61,14 +49,14 @@ async def test_agent_enroll_refuses_plain_http_before_the_code_is_sent(tmp_path:
     """`agent enroll --controller http://10...` exits 2 before any traffic; the flag lets it try."""
     target = tmp_path / "credential.json"
     argv = ["agent", "enroll", "--controller", REMOTE, "--code", "ABCD-EFGH-1234"]
-    code, _out, err = await polyfleet(*argv, "--credential-file", str(target))
+    code, _out, err = await polyfleet(*argv, "--credential-file", str(target), expect=None)
     assert code == 2 and "is plain http:// to 10.20.30.40" in err, err
     assert "--allow-insecure-uplink" in err and not target.exists()
     # Allowed, it gets as far as the next check (a folder it cannot write): still no traffic.
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     allowed = [*argv, "--allow-insecure-uplink", "--credential-file", str(blocker / "c.json")]
-    code, _out, err = await polyfleet(*allowed)
+    code, _out, err = await polyfleet(*allowed, expect=None)
     assert code == 2 and "cannot store the agent credential" in err, err
     assert "plain http://" not in err
 
@@ -130,6 +118,7 @@ async def test_loopback_http_works_with_a_warning(
         controller.codes["krk"][0],
         "--credential-file",
         str(credential),
+        expect=None,
     )
     assert code == 0, err
     assert "enrolled as agent" in out

@@ -18,10 +18,10 @@ from agent_site import (
     wait_status,
     write_agent_config,
 )
-from faultkit import REPO, ControllerProcess, SmallDisk
+from faultkit import ControllerProcess, SmallDisk
+from testkit.processes import polyfleet
 from testkit.waiting import wait_until
 
-from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
 
 
@@ -36,18 +36,6 @@ async def keep_full(disk: SmallDisk, stop: asyncio.Event) -> None:
             await asyncio.to_thread(disk.fill)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)  # waits-for: the next refill (or the end)
-
-
-async def polyfleet(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *polyfleet_argv(*args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
@@ -101,7 +89,7 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
         assert metrics["polyfleet_agent_outbox_disk_ok"] == 0
         assert metrics["polyfleet_agent_outbox_write_failures_total"] >= 1
         assert metrics["polyfleet_agent_healthy"] == 0
-        code, out, err = await polyfleet("agent", "status", "--config", str(config))
+        code, out, err = await polyfleet("agent", "status", "--config", str(config), expect=None)
         assert code == 0, err
         assert "PROBLEM outbox: cannot write to" in out and "no space left" in out
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import aiohttp
 import pytest
-from faultkit import REPO, ControllerProcess, get_json
+from faultkit import ControllerProcess, get_json
+from testkit.processes import polyfleet
 from testkit.waiting import wait_until
 
-from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
 
 SERIAL = "HOSTKEY1"
@@ -73,15 +72,10 @@ async def test_changed_ssh_host_key_marks_every_report_until_accepted(
     assert f"polyfleet agent pins accept {SERIAL}" in detail
     assert since_change[-1]["snapshot"]["health"]["state"] == "degraded"
 
-    process = await asyncio.create_subprocess_exec(
-        *polyfleet_argv("agent", "pins", "accept", SERIAL, "--config", str(agent.config_path)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
+    accepted_pin = await polyfleet(
+        "agent", "pins", "accept", SERIAL, "--config", str(agent.config_path)
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
-    assert device.ssh_fingerprint in out.decode()
+    assert device.ssh_fingerprint in accepted_pin.out
     accepted = {r["id"] for r in await reports()}
 
     async def clean_run() -> list[dict[str, Any]] | None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from access_testkit import controller_process, enroll_agent, post_report, run_cli
+from access_testkit import controller_process, enroll_agent, post_report
 from testkit.clocks import SettableClock
+from testkit.processes import in_process
 from testkit.reports import bearer, snapshot
 from testkit.waiting import wait_until
 
@@ -237,14 +238,12 @@ async def test_audit_filters_and_pages(tmp_path: Path) -> None:
 async def test_cli_commands_without_a_server_are_audited_as_local(tmp_path: Path) -> None:
     """With no server running, CLI changes are recorded as the local user's, via the store."""
     data = str(tmp_path / "data")
-    added = await run_cli(
-        "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw", "--data-dir", data
+    site = ("krk", "--name", "Kraków", "--timezone", "Europe/Warsaw")
+    await in_process("controller", "site", "add", *site, "--data-dir", data)
+    created = await in_process(
+        "controller", "token", "create", "--role", "viewer", "--data-dir", data, "--json"
     )
-    assert added.status == 0, added.err
-    created = await run_cli("token", "create", "--role", "viewer", "--data-dir", data, "--json")
-    assert created.status == 0, created.err
-    shown = await run_cli("audit", "--data-dir", data, "--json")
-    assert shown.status == 0, shown.err
+    shown = await in_process("controller", "audit", "--data-dir", data, "--json")
     entries = shown.json()["entries"]
     assert [e["action"] for e in entries] == ["token.create", "site.add"]
     user = getpass.getuser()
@@ -253,7 +252,7 @@ async def test_cli_commands_without_a_server_are_audited_as_local(tmp_path: Path
         assert entry["origin"]["via"] == "local_store" and entry["origin"]["user"] == user
     assert entries[1]["details"] == {"name": "Kraków", "timezone": "Europe/Warsaw"}
     assert created.json()["token"] not in shown.out
-    table = await run_cli("audit", "--data-dir", data)
+    table = await in_process("controller", "audit", "--data-dir", data)
     assert f"local, no server ({user})" in table.out
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from faultkit import Agents, Controllers, LabFactory, enroll, get_json, post_batch
+from testkit.processes import polyfleet
 from testkit.reports import batch, report, snapshot
 from testkit.waiting import wait_until
 
-from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
 
 FAR_FUTURE = "9999-12-31T23:59:59Z"
@@ -43,12 +42,8 @@ async def test_report_from_the_future_does_not_freeze_the_device(
     agents = (await get_json(http, controller.url, "/api/v1/agents", admin)).body["agents"]
     assert [(a["id"], a["clock"]["state"]) for a in agents] == [(enrolled["agent_id"], "ahead")]
     assert agents[0]["clock"]["skew_s"] > 365 * 24 * 3600
-    listed = await asyncio.create_subprocess_exec(
-        *polyfleet_argv("controller", "agent", "list", "--data-dir", str(controller.data_dir)),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await listed.communicate()
-    assert listed.returncode == 0 and b"CLOCK AHEAD" in out, out
+    listed = await polyfleet("controller", "agent", "list", "--data-dir", str(controller.data_dir))
+    assert "CLOCK AHEAD" in listed.out, listed.out
 
     # A later report (on time) with a fault: the device shows it, it is not "history".
     fault = snapshot("CLK-1", problems=CAMERA_DOWN)

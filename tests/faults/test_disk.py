@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 from faultkit import ControllerProcess, Controllers, SmallDisk, enroll, get_json, post_batch
+from testkit.processes import polyfleet
 from testkit.reports import batch, report, snapshot
 from testkit.waiting import wait_until
-
-from polyfleet.shared.process import polyfleet_argv
 
 #: Snapshots only when asked (the journal is what fills), and quick retries for the test.
 CONFIG = "[store]\nsnapshot_interval_s = 3600\nwrite_retry_max_s = 0.5\n"
@@ -61,14 +59,8 @@ async def test_store_writes_again_by_itself_after_the_disk_was_full(
     devices = await get_json(http, controller.url, "/api/v1/devices", controller.admin_token)
     assert devices.status == 200
     assert "not saved yet" in devices.headers.get("Warning", "")
-    listed = await asyncio.create_subprocess_exec(
-        *polyfleet_argv("controller", "devices", "--data-dir", str(controller.data_dir)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await listed.communicate()
-    assert listed.returncode == 0
-    assert b"warning: storage is failing (No space left on device" in err, err
+    listed = await polyfleet("controller", "devices", "--data-dir", str(controller.data_dir))
+    assert "warning: storage is failing (No space left on device" in listed.err, listed.err
 
     disk.free()
     await wait_until(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from faultkit import ControllerProcess, enroll, post_batch
+from testkit.processes import controller_cli
 from testkit.reports import batch, report, snapshot
 from testkit.waiting import wait_until
 from tickets.conftest import (  # noqa: F401  (fixtures: real SMTP and webhook peers)
@@ -25,7 +23,6 @@ from tickets.conftest import (  # noqa: F401  (fixtures: real SMTP and webhook p
 from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.services.ticket_service import TICKETS
 from polyfleet.controller.store.tinydb import TinyDBStore
-from polyfleet.shared.process import polyfleet_argv
 
 POISON = "X3\r\nBcc: someone@example.com"
 
@@ -62,26 +59,6 @@ def config_text(sections: dict[str, dict[str, Any]]) -> str:
         lines.append(f"[{name}]")
         lines += [f"{key} = {value(item)}" for key, item in table.items()]
     return "\n".join(lines) + "\n"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-async def polyfleet(*args: str) -> Run:
-    """``polyfleet ARGS`` as a process, as an admin runs it."""
-    child = await asyncio.create_subprocess_exec(
-        *polyfleet_argv(*args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ),
-    )
-    out, err = await child.communicate()
-    assert child.returncode is not None
-    return Run(child.returncode, out.decode(), err.decode())
 
 
 class Desk:
@@ -173,11 +150,11 @@ async def test_poisoned_ticket_is_refused_and_never_blocks_later_deliveries(
         error = (await response.json())["error"]
     assert error["field"] == "serial" and "line break" in error["message"]
     # ...and through the CLI, before anything is sent to the server.
-    fill = await polyfleet(
-        "controller", "tickets", "fill", held, "--serial", POISON,
-        "--contract-number", "INV-1", "--data-dir", data_dir, "--json",
+    fill = await controller_cli(
+        "tickets", "fill", held, "--serial", POISON,
+        "--contract-number", "INV-1", "--data-dir", data_dir, "--json", expect=None,
     )  # fmt: skip
-    assert fill.code == 2 and "--serial" in fill.err and "line break" in fill.err
+    assert fill.status == 2 and "--serial" in fill.err and "line break" in fill.err
     assert (await desk.get(f"/api/v1/tickets/{held}"))["serial"] == "X3"
     assert await controller.stop() == 0
 
@@ -212,14 +189,14 @@ async def test_poisoned_ticket_is_refused_and_never_blocks_later_deliveries(
     by_id = {t["id"]: t for t in (await desk.get("/api/v1/tickets"))["tickets"]}
     assert by_id[held]["delivery"] == "failed" and by_id[held]["delivery_error"]
     assert by_id[later]["delivery"] == "sent"
-    run = await polyfleet(
-        "controller", "tickets", "deliveries", "--state", "failed", "--data-dir", data_dir
+    run = await controller_cli(
+        "tickets", "deliveries", "--state", "failed", "--data-dir", data_dir, expect=None
     )
-    assert run.code == 0, run.err
+    assert run.status == 0, run.err
     header, line = run.out.splitlines()
     assert header.startswith("TICKET") and "LAST ERROR" in header
     assert line.startswith(f"{held}  email") and "failed" in line and "linefeed" in line
-    run = await polyfleet("controller", "tickets", "list", "--data-dir", data_dir)
+    run = await controller_cli("tickets", "list", "--data-dir", data_dir, expect=None)
     (held_line,) = [row for row in run.out.splitlines() if row.startswith(held)]
     assert "X3\\r\\nBcc" in held_line and "delivery failed:" in held_line
     await controller.wait_log(f"ticket {held} via email given up", timeout=90)

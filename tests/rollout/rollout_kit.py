@@ -16,6 +16,7 @@ from testkit.site_agents import agent_config, device_config, lab_password_file, 
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
+from polyfleet.controller.clock import Clock, system_clock
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.simulator.device import SimDevice
@@ -57,7 +58,9 @@ class World:
     async def plan(self, **body: Any) -> dict[str, Any]:
         body.setdefault("target", "4.2.2-408037")
         body.setdefault("window", open_window())
-        body.setdefault("start", datetime.now(WARSAW).date().isoformat())
+        # The day the open window started on: just after midnight, that is yesterday.
+        opened = datetime.now(WARSAW) - timedelta(minutes=5)
+        body.setdefault("start", opened.date().isoformat())
         body.setdefault("wave_gap", "1m")
         status, plan = await self.call("POST", "/api/v1/rollouts", json=body)
         assert status == 201, plan
@@ -110,6 +113,8 @@ async def rollout_world(
     *,
     return_timeout_s: float = 20.0,
     job_lease_s: int = 3600,
+    clock: Clock = system_clock,
+    calendar_interval_s: float = 900.0,
 ) -> AsyncIterator[World]:
     """Lab, controller (runner every 0.2 s), agents per site enrolled, packages registered."""
     specs = [spec for specs in sites.values() for spec in specs]
@@ -120,7 +125,7 @@ async def rollout_world(
             ControllerConfig(), sections={"rollouts": {"tick_s": 0.2}}, job_lease_s=job_lease_s
         )
         controller = await stack.enter_async_context(
-            running_controller(tmp_path / "ctl", config=config)
+            running_controller(tmp_path / "ctl", config=config, clock=clock)
         )
         http = await stack.enter_async_context(
             aiohttp.ClientSession(headers=controller.admin_headers)
@@ -156,6 +161,7 @@ async def rollout_world(
                 jobs_interval_s=0.1,
                 updates_return_timeout_s=return_timeout_s,
                 updates_call_recheck_s=0.2,
+                updates_calendar_interval_s=calendar_interval_s,
             )
             agents[site] = await start_enrolled_agent(controller, site, config)
             # Whichever agent serves the site at the end is stopped (a test may replace it).

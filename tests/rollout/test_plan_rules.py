@@ -26,6 +26,7 @@ from polyfleet.controller.domain.rollout import (
     PlanError,
     PlanRequest,
     RolloutPlan,
+    RoomCalendar,
     Window,
     breaker,
     default_abort_criteria,
@@ -94,6 +95,7 @@ def make_plan(
     *,
     assets: dict[str, Asset] | None = None,
     now: datetime = NOW,
+    calendars: dict[str, RoomCalendar] | None = None,
     **request: object,
 ) -> RolloutPlan:
     if assets is None:
@@ -106,6 +108,7 @@ def make_plan(
         plans=plans,
         releases=releases,
         now=now,
+        calendars=calendars,
     )
 
 
@@ -288,9 +291,9 @@ def test_windows_stay_in_site_time_across_dst_in_two_zones(
     assert canary == {"start": "2027-03-28T01:00:00+01:00", "end": "2027-03-28T05:00:00+02:00"}
     length = datetime.fromisoformat(canary["end"]) - datetime.fromisoformat(canary["start"])
     assert length == timedelta(hours=3)
-    # A start inside the missing hour is read as the same instant after the jump.
+    # A start inside the missing hour moves to the next moment that exists: the jump.
     gap = Window.parse("02:30-04:00").on(date(2027, 3, 14), ZoneInfo("America/New_York"))
-    assert gap[0].isoformat() == "2027-03-14T03:30:00-04:00"
+    assert gap[0].isoformat() == "2027-03-14T03:00:00-04:00"
     # Falling back in Warsaw: the same wall-clock window is five real hours long.
     autumn = Window.parse("01:00-05:00").on(date(2027, 10, 31), WARSAW)
     assert autumn[1].astimezone(UTC) - autumn[0].astimezone(UTC) == timedelta(hours=5)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_rollout_api import REGISTRY, call
+from test_rollout_api import call, import_registry
+from testkit.processes import controller_cli, in_process, start_controller, wait_active
 from testkit.reports import report_as_new_agent, typed_snapshot
 
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
@@ -27,26 +28,6 @@ from polyfleet.shared.schema import Provider
 REPO = Path(__file__).resolve().parents[2]
 #: Longer than the default: each test starts a dozen CLI processes and a server.
 pytestmark = pytest.mark.timeout(300)
-
-
-async def run_cli(*args: str, ok: bool = True) -> tuple[int, str, str]:
-    """`polyfleet controller ARGS...`: exit status, stdout, stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "controller",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    if ok:
-        assert process.returncode == 0, err
-    return process.returncode, out.decode(), err.decode()
 
 
 async def wait_frames(frames: list[bytes], marker: bytes, count: int) -> None:
@@ -62,14 +43,7 @@ async def seed(data: Path, store_url: str | None = None) -> None:
     database at ``store_url``, with a planned rollout, one package and a ticket besides)."""
     now = datetime.now(UTC)
     async with running_controller(data, store_url=store_url) as controller:
-        status, _ = await call(
-            controller,
-            "POST",
-            "/api/v1/assets/import",
-            data=REGISTRY,
-            headers={"Content-Type": "text/csv"},
-        )
-        assert status == 200
+        await import_registry(controller)
         await report_as_new_agent(
             controller,
             "krakow",
@@ -101,48 +75,14 @@ async def seed(data: Path, store_url: str | None = None) -> None:
         await controller.core.tickets.get().handle([fault])
 
 
-async def start_server(data: Path, *config: str) -> asyncio.subprocess.Process:
-    """``controller serve`` on ``data`` (and ``--config FILE`` when given), once it listens."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",
-        "-m",
-        "polyfleet",
-        "controller",
-        "serve",
-        *config,
-        "--data-dir",
-        str(data),
-        "--listen",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert b"listening on" in line, line
-    return process
-
-
-async def wait_active(url: str) -> None:
-    """Until the controller at ``url`` says it is the active one (a PostgreSQL campaign)."""
-    deadline = asyncio.get_running_loop().time() + 60
-    while True:
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:
-            if (await response.json()).get("role") == "active":
-                return
-        assert asyncio.get_running_loop().time() < deadline, "the controller never became active"
-        await asyncio.sleep(0.1)  # waits-for: the controller to win its campaign
-
-
 @pytest.mark.expected_seconds(15)
 async def test_plan_show_csv_and_controls_through_a_running_server(tmp_path: Path) -> None:
     """With a server on the data dir: plan --json, --csv read back, list, start, status --json."""
     data = tmp_path / "data"
     await seed(data)
-    server = await start_server(data)
+    server, _ = await start_controller(data)
     try:
-        _, out, _ = await run_cli(
+        _, out, _ = await controller_cli(
             "rollout", "plan", "--target", "4.2.2-408037", "--name", "night", "--json",
             "--data-dir", str(data),
         )  # fmt: skip
@@ -151,33 +91,35 @@ async def test_plan_show_csv_and_controls_through_a_running_server(tmp_path: Pat
         by = {d["serial"]: d for d in plan["devices"]}
         assert by["K4"]["reasons"][0]["code"] == "already_current"
         assert by["K1"]["status"] == "planned"
-        _, text, _ = await run_cli("rollout", "show", plan["id"], "--csv", "--data-dir", str(data))
+        _, text, _ = await controller_cli(
+            "rollout", "show", plan["id"], "--csv", "--data-dir", str(data)
+        )
         rows = list(csv.DictReader(io.StringIO(text)))
         assert [(r["serial"], r["hop_version"]) for r in rows] == [
             ("K1", "4.2.2-408037"),
             ("K2", "4.2.2-408037"),
             ("K4", ""),
         ]
-        _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+        _, listed, _ = await controller_cli("rollout", "list", "--json", "--data-dir", str(data))
         assert [r["id"] for r in json.loads(listed)["rollouts"]] == [plan["id"]]
         package = tmp_path / "fw.bin"
         package.write_bytes(b"firmware" * 100)
-        await run_cli(
+        await controller_cli(
             "releases", "package", "add", "4.2.2-408037", str(package), "--data-dir", str(data)
         )
-        _, out, _ = await run_cli("rollout", "start", plan["id"], "--data-dir", str(data))
+        _, out, _ = await controller_cli("rollout", "start", plan["id"], "--data-dir", str(data))
         assert out.strip() == f"rollout {plan['id']}: running"
-        code, _, err = await run_cli(
-            "rollout", "start", plan["id"], "--data-dir", str(data), ok=False
+        code, _, err = await controller_cli(
+            "rollout", "start", plan["id"], "--data-dir", str(data), expect=None
         )
         assert code == 1 and "is running: start needs it to be planned" in err
-        _, out, _ = await run_cli(
+        _, out, _ = await controller_cli(
             "rollout", "status", plan["id"], "--json", "--data-dir", str(data)
         )
         status = json.loads(out)
         assert status["status"] == "running"
         assert sum(status["progress"]["by_status"].values()) == 3
-        _, out, _ = await run_cli("rollout", "status", plan["id"], "--data-dir", str(data))
+        _, out, _ = await controller_cli("rollout", "status", plan["id"], "--data-dir", str(data))
         assert out.splitlines()[0].startswith(f"rollout {plan['id']} night: running")
     finally:
         server.send_signal(signal.SIGTERM)
@@ -188,22 +130,57 @@ async def test_plan_on_the_store_alone_and_a_bad_flag(tmp_path: Path) -> None:
     """Without a server the plan is stored (and audited); a bad --waves exits 1 naming the flag."""
     data = tmp_path / "data"
     await seed(data)
-    _, out, _ = await run_cli(
+    _, out, _ = await controller_cli(
         "rollout", "plan", "--target", "4.2.2", "--site", "krakow", "--waves", "50%,100%",
         "--data-dir", str(data),
     )  # fmt: skip
     assert "wave 0 canary" in out and "already_current: 4.2.2.408037 is installed" in out
-    code, out, err = await run_cli(
+    code, out, err = await controller_cli(
         "rollout", "plan", "--target", "4.2.2", "--waves", "50%,10%", "--json",
-        "--data-dir", str(data), ok=False,
+        "--data-dir", str(data), expect=None,
     )  # fmt: skip
     assert code == 1 and json.loads(out)["error"]["field"] == "waves"
     assert "waves:" in err
-    _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+    _, listed, _ = await controller_cli("rollout", "list", "--json", "--data-dir", str(data))
     assert len(json.loads(listed)["rollouts"]) == 1
-    _, logged, _ = await run_cli("audit", "--action", "rollout", "--json", "--data-dir", str(data))
+    _, logged, _ = await controller_cli(
+        "audit", "--action", "rollout", "--json", "--data-dir", str(data)
+    )
     (entry,) = json.loads(logged)["entries"]
     assert entry["action"] == "rollout.plan" and entry["origin"]["via"] == "local_store"
+
+
+async def test_plan_on_the_spring_forward_night_says_so_with_exact_instants(
+    tmp_path: Path,
+) -> None:
+    """--start on Warsaw's 2027-03-28: the window lasts three hours between exact instants
+    and the canary wave says it is shortened; a bad --hop-length exits 1 naming it."""
+    data = tmp_path / "data"
+    await seed(data)
+    _, out, _ = await in_process(
+        "controller", "rollout", "plan", "--target", "4.2.2", "--site", "krakow", "--start",
+        "2027-03-28",
+        "--window", "01:00-05:00", "--hop-length", "30m", "--dry-run", "--json",
+        "--data-dir", str(data),
+    )  # fmt: skip
+    plan = json.loads(out)
+    assert plan["hop_length"] == "30m"
+    assert plan["waves"][0]["opens_at"] == "2027-03-28T01:00:00+01:00"
+    (note,) = [n for n in plan["waves"][0]["notes"] if n["code"] == "window_shortened"]
+    assert "lasts 3h instead of 4h" in note["text"]
+    canaries = [entry for entry in plan["devices"] if entry["wave"] == 0]
+    assert canaries
+    for entry in canaries:
+        assert entry["window"] == {
+            "start": "2027-03-28T01:00:00+01:00",
+            "end": "2027-03-28T05:00:00+02:00",
+        }
+    code, out, err = await in_process(
+        "controller", "rollout", "plan", "--target", "4.2.2", "--hop-length", "soon", "--json",
+        "--data-dir", str(data), expect=1,
+    )  # fmt: skip
+    assert code == 1 and json.loads(out)["error"]["field"] == "hop_length"
+    assert "hop_length: 'soon' is not a duration" in err
 
 
 async def test_package_add_checks_the_given_checksum(tmp_path: Path) -> None:
@@ -212,23 +189,25 @@ async def test_package_add_checks_the_given_checksum(tmp_path: Path) -> None:
     package = tmp_path / "fw.bin"
     package.write_bytes(b"\x7fPOLY" * 10_000)
     digest = hashlib.sha256(package.read_bytes()).hexdigest()
-    code, _, err = await run_cli(
+    code, _, err = await controller_cli(
         "releases", "package", "add", "4.2.2-408037", str(package), "--sha256", "ab" * 32,
-        "--data-dir", str(data), ok=False,
+        "--data-dir", str(data), expect=None,
     )  # fmt: skip
     assert code == 1 and f"the file's SHA-256 is {digest}" in err
-    _, out, _ = await run_cli(
+    _, out, _ = await controller_cli(
         "releases", "package", "add", "4.2.2-408037", str(package), "--sha256", digest,
         "--json", "--data-dir", str(data),
     )  # fmt: skip
     assert json.loads(out)["size"] == 50_000
-    server = await start_server(data)
+    server, _ = await start_controller(data)
     try:
-        _, out, _ = await run_cli("releases", "package", "list", "--json", "--data-dir", str(data))
+        _, out, _ = await controller_cli(
+            "releases", "package", "list", "--json", "--data-dir", str(data)
+        )
         assert [p["sha256"] for p in json.loads(out)["packages"]] == [digest]
         other = tmp_path / "fw2.bin"
         other.write_bytes(b"other")
-        _, out, _ = await run_cli(
+        _, out, _ = await controller_cli(
             "releases", "package", "add", "4.1.3.394009", str(other), "--data-dir", str(data)
         )
         assert out.startswith("package 4.1.3.394009: 5 bytes")
@@ -249,9 +228,9 @@ async def test_status_watch_updates_in_place_on_a_terminal_and_streams_json(
     """--watch redraws its lines in place on a terminal until the rollout ends; --json streams."""
     data = tmp_path / "data"
     await seed(data)
-    server = await start_server(data)
+    server, _ = await start_controller(data)
     try:
-        _, out, _ = await run_cli(
+        _, out, _ = await controller_cli(
             "rollout", "plan", "--target", "4.2.2", "--json", "--data-dir", str(data)
         )
         rollout_id = json.loads(out)["id"]
@@ -286,7 +265,7 @@ async def test_status_watch_updates_in_place_on_a_terminal_and_streams_json(
         first = json.loads(await asyncio.wait_for(json_watch.stdout.readline(), 60))
         assert first["status"] == "planned"
         rest = asyncio.create_task(json_watch.stdout.read())  # read all along, as the terminal
-        await run_cli("rollout", "abort", rollout_id, "--data-dir", str(data))
+        await controller_cli("rollout", "abort", rollout_id, "--data-dir", str(data))
         assert await asyncio.wait_for(watch.wait(), 60) == 0
         await asyncio.wait_for(reader, 30)
         screen = b"".join(frames)
@@ -309,15 +288,17 @@ async def test_a_rollout_name_with_a_control_character_is_refused(tmp_path: Path
     data = tmp_path / "data"
     await seed(data)
     for name in ("night\x1b[2J", "night\nshift"):
-        code, out, err = await run_cli(
-            "rollout", "plan", "--target", "4.2.2", "--name", name, "--json",
-            "--data-dir", str(data), ok=False,
+        code, out, err = await in_process(
+            "controller", "rollout", "plan", "--target", "4.2.2", "--name", name, "--json",
+            "--data-dir", str(data), expect=None,
         )  # fmt: skip
         error = json.loads(out)["error"]
         assert code == 1 and (error["code"], error["field"]) == ("invalid_plan", "name")
         assert "\x1b" not in out + err and "shift" not in out + err
         assert err.splitlines()[-1].startswith("error: name: contains "), err
-    _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+    _, listed, _ = await in_process(
+        "controller", "rollout", "list", "--json", "--data-dir", str(data)
+    )
     assert json.loads(listed)["rollouts"] == []
 
 
@@ -326,8 +307,8 @@ async def test_abort_flags_are_stored_and_shown(tmp_path: Path) -> None:
     defaults follow --max-failures; a malformed --abort is a usage error storing nothing."""
     data = tmp_path / "data"
     await seed(data)
-    _, out, _ = await run_cli(
-        "rollout", "plan", "--target", "4.2.2-408037", "--abort", "canary:0%",
+    _, out, _ = await in_process(
+        "controller", "rollout", "plan", "--target", "4.2.2-408037", "--abort", "canary:0%",
         "--abort", "later:5%:min=20:type=checksum_mismatch", "--json", "--data-dir", str(data),
     )  # fmt: skip
     plan = json.loads(out)
@@ -340,7 +321,9 @@ async def test_abort_flags_are_stored_and_shown(tmp_path: Path) -> None:
             "min_executed": 20,
         },
     ]
-    _, shown, _ = await run_cli("rollout", "show", plan["id"], "--data-dir", str(data))
+    _, shown, _ = await in_process(
+        "controller", "rollout", "show", plan["id"], "--data-dir", str(data)
+    )
     lines = [line.split(None, 2) for line in shown.splitlines() if line.startswith("  abort ")]
     assert lines == [
         ["abort", "canary:0%", "the canary wave halts when more than 0% of its devices fail"],
@@ -351,21 +334,23 @@ async def test_abort_flags_are_stored_and_shown(tmp_path: Path) -> None:
             "checksum_mismatch, once 20 of them have run",
         ],
     ]
-    _, out, _ = await run_cli(
-        "rollout", "plan", "--target", "4.2.2-408037", "--max-failures", "25", "--dry-run",
-        "--data-dir", str(data),
+    _, out, _ = await in_process(
+        "controller", "rollout", "plan", "--target", "4.2.2-408037", "--max-failures", "25",
+        "--dry-run", "--data-dir", str(data),
     )  # fmt: skip
     assert [line.split()[1] for line in out.splitlines() if line.startswith("  abort ")] == [
         "canary:0%",
         "later:25%",
     ]
-    code, out, err = await run_cli(
-        "rollout", "plan", "--target", "4.2.2-408037", "--abort", "later:150%", "--json",
-        "--data-dir", str(data), ok=False,
+    code, out, err = await in_process(
+        "controller", "rollout", "plan", "--target", "4.2.2-408037", "--abort", "later:150%",
+        "--json", "--data-dir", str(data), expect=None,
     )  # fmt: skip
     assert code == 2 and json.loads(out)["error"]["code"] == "usage"
     assert "argument --abort: 'later:150%': PERCENT 150.0: a number 0 to 100" in err
-    _, listed, _ = await run_cli("rollout", "list", "--json", "--data-dir", str(data))
+    _, listed, _ = await in_process(
+        "controller", "rollout", "list", "--json", "--data-dir", str(data)
+    )
     assert [r["id"] for r in json.loads(listed)["rollouts"]] == [plan["id"]]
 
 
@@ -378,34 +363,36 @@ async def test_rollout_commands_on_a_postgresql_store(tmp_path: Path, postgres_u
     config.write_text(f'[store]\nurl = "{postgres_url}"\n[tickets]\nenabled = false\n', "utf-8")
     where = ("--config", str(config), "--data-dir", str(data))
     await seed(data, store_url=postgres_url)
-    server = await start_server(data, "--config", str(config))
+    server, _ = await start_controller(data, "--config", str(config))
     try:
         runtime = json.loads((data / "controller.json").read_text())
         await wait_active(runtime["url"])
-        _, listed, _ = await run_cli("rollout", "list", "--json", *where)
+        _, listed, _ = await controller_cli("rollout", "list", "--json", *where)
         (seeded,) = json.loads(listed)["rollouts"]
         assert seeded["name"] == "seeded"
-        _, packages, _ = await run_cli("releases", "package", "list", "--json", *where)
+        _, packages, _ = await controller_cli("releases", "package", "list", "--json", *where)
         assert [p["version"] for p in json.loads(packages)["packages"]] == ["4.1.3.394009"]
-        _, out, _ = await run_cli(
+        _, out, _ = await controller_cli(
             "rollout", "plan", "--target", "4.2.2-408037", "--name", "through the server",
             "--json", *where,
         )  # fmt: skip
         planned = json.loads(out)
         assert {d["serial"] for d in planned["devices"]} == {"K1", "K2", "K4"}
-        _, logged, _ = await run_cli("audit", "--action", "rollout.plan", "--json", *where)
+        _, logged, _ = await controller_cli("audit", "--action", "rollout.plan", "--json", *where)
         origins = {e["target"]: e["origin"]["via"] for e in json.loads(logged)["entries"]}
         assert origins[f"rollout:{planned['id']}"] == "control_socket"
-        _, tickets, _ = await run_cli("tickets", "list", "--json", *where)
+        _, tickets, _ = await controller_cli("tickets", "list", "--json", *where)
         assert [t["id"] for t in json.loads(tickets)["tickets"]] == [ticket_id("K9", "camera_down")]
-        _, tokens, _ = await run_cli("token", "list", "--json", *where)
+        _, tokens, _ = await controller_cli("token", "list", "--json", *where)
         assert [t["name"] for t in json.loads(tokens)["tokens"]] == ["test admin"]
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)
-    _, listed, _ = await run_cli("rollout", "list", "--json", *where)
+    _, listed, _ = await controller_cli("rollout", "list", "--json", *where)
     assert {r["name"] for r in json.loads(listed)["rollouts"]} == {"seeded", "through the server"}
-    code, out, err = await run_cli("rollout", "start", planned["id"], "--json", *where, ok=False)
+    code, out, err = await controller_cli(
+        "rollout", "start", planned["id"], "--json", *where, expect=None
+    )
     error = json.loads(out)["error"]
     assert code == 1 and error["code"] == "conflict"
     assert error["message"] == (
@@ -413,5 +400,5 @@ async def test_rollout_commands_on_a_postgresql_store(tmp_path: Path, postgres_u
         "`polyfleet controller releases package add VERSION FILE`"
     )
     assert err.splitlines()[-1] == f"error: {error['message']}"
-    _, shown, _ = await run_cli("rollout", "show", planned["id"], "--json", *where)
+    _, shown, _ = await controller_cli("rollout", "show", planned["id"], "--json", *where)
     assert json.loads(shown)["status"] == "planned"

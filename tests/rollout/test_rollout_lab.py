@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from rollout_kit import rollout_world
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
+from polyfleet.controller.keys import CORE
+from polyfleet.simulator.fleet import MeetingSpec
 from polyfleet.simulator.testing import make_device, with_update
 
 
@@ -302,3 +305,88 @@ async def test_an_order_cut_short_restores_the_settings_the_unit_had_before_it(
         done = await world.wait_status(plan["id"], "done", "halted", timeout=90)
         assert done["status"] == "done", done.get("halt")
         assert {k: device.config[k] for k in before} == before
+
+
+async def test_an_agent_restarted_mid_install_reports_it_without_waiting_for_the_lease(
+    tmp_path: Path,
+) -> None:
+    """The agent restarts while its unit installs and the job's lease is an hour: the new
+    agent follows the unit from its journal and reports the outcome once it answers."""
+    sites = {"krakow": [with_update(poly("AGL01"), "ok", install_seconds=2.0)]}  # type: ignore[arg-type]
+    async with rollout_world(tmp_path, sites, job_lease_s=3600) as world:  # type: ignore[arg-type]
+        plan = await world.plan()
+        await world.act(plan["id"], "start")
+        device = world.devices["AGL01"]
+        await wait_until(lambda: device.power == "installing", what="install", interval=0.02)
+        old = world.agents["krakow"]
+        await old.stop()
+        again = AgentService(old.config)
+        await again.start()
+        world.agents["krakow"] = again
+        # Far less than the lease, and than the controller's wait before handing it out again.
+        done = await world.wait_status(plan["id"], "done", "halted", timeout=30)
+        assert done["status"] == "done", done.get("halt")
+        (entry,) = done["devices"]
+        assert not [n for n in entry["notes"] if n["code"] == "reassigned"]
+        _, jobs = await world.call("GET", "/api/v1/devices/AGL01/jobs")
+        (job,) = [j for j in jobs["jobs"] if j["kind"] == "firmware_update"]
+        assert job["status"] == "done"
+        assert [d.version for d in device.downloads] == ["4.2.2-408037"]
+
+
+@pytest.mark.expected_seconds(12)
+async def test_a_booked_room_is_waited_out_and_shown_without_its_subject(tmp_path: Path) -> None:
+    """A Zoom room booked now: the plan shows the meeting (start and end, no subject), the
+    unit is postponed_booked until it ends, then updated; a Poly Video room has no calendar
+    and counts as free, which its entry says."""
+    sites = {
+        "krakow": [
+            make_device("BKD01", firmware="4.1.0_00.180034", provider="zoom"),
+            poly("BKD02"),
+        ]
+    }
+    async with rollout_world(tmp_path, sites, calendar_interval_s=0.3) as world:  # type: ignore[arg-type]
+        now = datetime.now(UTC).replace(microsecond=0)
+        meeting = MeetingSpec(
+            start=now - timedelta(minutes=10), end=now + timedelta(seconds=6), subject="Board: pay"
+        )
+        world.devices["BKD01"].add_meeting(meeting)
+        calendars = world.controller.app[CORE].calendars
+
+        def read_since_booked(serial: str) -> bool:
+            found = calendars.of(serial)
+            return found is not None and found.read_at is not None and found.read_at > now
+
+        await wait_until(
+            lambda: read_since_booked("BKD01") and read_since_booked("BKD02"), what="calendars"
+        )
+        plan = await world.plan(canary=0, waves="100%", hop_length="1m")
+        by = {d["serial"]: d for d in plan["devices"]}
+        shown = by["BKD01"]["calendar"]
+        assert shown["state"] == "read"
+        assert [
+            (datetime.fromisoformat(m["start"]), datetime.fromisoformat(m["end"]))
+            for m in shown["meetings"]
+        ] == [(meeting.start, meeting.end)]
+        assert "Board" not in json.dumps(plan)
+        assert by["BKD02"]["calendar"]["state"] == "off"
+        assert "counts as free" in by["BKD02"]["calendar"]["text"]
+
+        await world.act(plan["id"], "start")
+
+        async def booked() -> dict[str, object] | None:
+            rollout = await world.rollout(plan["id"])
+            entry = next(d for d in rollout["devices"] if d["serial"] == "BKD01")
+            return entry if entry["status"] == "postponed_booked" else None
+
+        entry = await wait_until(booked, what="BKD01 postponed_booked", timeout=20)
+        assert isinstance(entry["booked"], dict)
+        assert datetime.fromisoformat(str(entry["booked"]["end"])) == meeting.end
+        assert world.devices["BKD01"].downloads == []
+        done = await world.wait_status(plan["id"], "done", "halted", timeout=60)
+        assert done["status"] == "done", done.get("halt")
+        assert {d["serial"]: d["status"] for d in done["devices"]} == {
+            "BKD01": "done",
+            "BKD02": "done",
+        }
+        assert datetime.now(UTC) >= meeting.end

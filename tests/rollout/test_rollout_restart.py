@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
-import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from rollout_kit import PACKAGE_VERSIONS, WARSAW, open_window, package_bytes, registry_row
+from testkit.processes import polyfleet, start_controller
 from testkit.site_agents import agent_config, device_config, lab_password_file
 from testkit.waiting import wait_until
 
@@ -33,25 +32,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def polyfleet(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "polyfleet", *args,
-        stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, out
-    return out.decode()
-
-
 async def serve(config: Path, data: Path, port: int) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "polyfleet", "controller", "serve", "--config", str(config),
-        "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
-        stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )  # fmt: skip
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert b"listening on" in line, line
+    """The controller on ``port``, each time it starts (agents keep its URL)."""
+    process, _ = await start_controller(data, "--config", str(config), listen=f"127.0.0.1:{port}")
     return process
 
 
@@ -67,20 +50,18 @@ async def test_controller_kill_9_mid_rollout_orders_no_unit_twice(tmp_path: Path
     url = f"http://127.0.0.1:{port}"
     config = tmp_path / "controller.toml"
     config.write_text("[rollouts]\ntick_s = 0.2\n")
-    token = json.loads(
-        await polyfleet(
-            "controller", "token", "create", "--role", "admin", "--json", "--data-dir", str(data)
-        )
-    )["token"]
+    made = await polyfleet(
+        "controller", "token", "create", "--role", "admin", "--json", "--data-dir", str(data)
+    )
+    token = made.json()["token"]
     await polyfleet(
         "controller", "site", "add", "krakow", "--name", "Kraków",
         "--timezone", "Europe/Warsaw", "--data-dir", str(data),
     )  # fmt: skip
-    code = (
-        await polyfleet(
-            "controller", "agent", "invite", "--site", "krakow", "--data-dir", str(data)
-        )
-    ).strip()
+    invite = await polyfleet(
+        "controller", "agent", "invite", "--site", "krakow", "--data-dir", str(data)
+    )
+    code = invite.out.strip()
     server = await serve(config, data, port)
     password = lab_password_file(tmp_path)
     code_file = tmp_path / "code"
@@ -128,7 +109,7 @@ async def test_controller_kill_9_mid_rollout_orders_no_unit_twice(tmp_path: Path
             plan = await call(
                 "POST", "/api/v1/rollouts",
                 json={"target": "4.2.2-408037", "window": open_window(), "wave_gap": "1m",
-                      "start": datetime.now(WARSAW).date().isoformat(),
+                      "start": (datetime.now(WARSAW) - timedelta(minutes=5)).date().isoformat(),
                       "waves": "100%", "per_site": 3},
             )  # fmt: skip
             await call("POST", f"/api/v1/rollouts/{plan['id']}/start")

@@ -194,6 +194,8 @@ FAILED_OUTCOMES: dict[FailureCode, tuple[str, bool, bool, bool]] = {
     FailureCode.DEVICE_ERROR: ("waiting_window", False, False, True),
     FailureCode.IN_CALL: ("waiting_window", False, False, True),
     FailureCode.UPLOAD_FAILED: ("waiting_window", False, False, True),
+    # Its room was booked all the time its window had left: the next window, nothing counted.
+    FailureCode.ROOM_BOOKED: ("waiting_window", False, False, True),
     # Nothing this agent can do for it: its part is over, nothing counted.
     FailureCode.NOT_AT_SITE: ("failed", False, False, False),
     FailureCode.NOT_SUPPORTED: ("failed", False, False, False),
@@ -391,3 +393,49 @@ async def test_abort_criteria_are_stored_with_the_plan_and_checked(
     bad = {"target": TARGET, "abort_criteria": [{"waves": "all", "threshold_percent": 5}]}
     status, error = await call(controller, "POST", "/api/v1/rollouts", json=bad)
     assert status == 422 and error["error"]["field"] == "abort_criteria.0.waves"
+
+
+async def test_a_job_whose_agent_is_silent_is_handed_out_again_once_the_unit_answers(
+    controller: RunningController, clock: SettableClock
+) -> None:
+    """The unit reports the new version while the agent its job went to never says how the
+    job went: after [rollouts] reassign_after_s (not the job lease) the job is queued again,
+    with the reason on the job and a note on the entry, and the site's agent gets it back."""
+    unit = (await ordered_units(controller, ["SILENT"]))["SILENT"]
+    service = controller.core.rollouts
+    clock.now = NOW + timedelta(minutes=5)
+    snapshot = Snapshot(
+        serial=unit.serial,
+        model=Model.STUDIO_X50,
+        firmware=Firmware(version="4.2.2", build="408037"),
+        provider=Provider.POLY,
+        health=Health(state=HealthState.OK),
+        collected_at=clock.now,
+        via=Via.REST,
+    )
+    batch = ReportBatch(
+        protocol_version=PROTOCOL_VERSION,
+        reports=[Report(id="report-silent-after", snapshot=snapshot)],
+    )
+    status, body = await call(
+        controller, "POST", "/api/v1/agent/reports",
+        token=unit.token, json=batch.model_dump(mode="json"),
+    )  # fmt: skip
+    assert status == 200, body
+    await service.tick()  # the unit is seen answering on the new version
+    _, body = await call(controller, "GET", "/api/v1/agent/jobs", token=unit.token)
+    assert body["jobs"] == []  # not yet: its agent may still report
+    clock.now += timedelta(seconds=61)
+    await service.tick()
+    job = controller.core.jobs.get(unit.job_id)
+    assert job is not None and job["status"] == "queued"
+    assert "said nothing" in job["reassigned"][0]["why"]
+    _, rollout = await call(controller, "GET", f"/api/v1/rollouts/{unit.rollout_id}")
+    (entry,) = rollout["devices"]
+    assert [n["code"] for n in entry["notes"]][-1] == "reassigned"
+    _, body = await call(controller, "GET", "/api/v1/agent/jobs", token=unit.token)
+    assert [j["id"] for j in body["jobs"]] == [unit.job_id]
+    # The agent that gets it back reports it: the rollout takes the result once.
+    await post_result(controller, unit, {"status": "done", "detail": "already on 4.2.2-408037"})
+    await service.tick()
+    assert (await outcome(controller, unit)).status == "done"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from lab_client import FakeClock, LabFactory, RestClient, connect, exec_command
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
-from polyfleet.simulator.fleet import FAULTS, CallWindow, FaultWindow
+from polyfleet.simulator.fleet import FAULTS, CallWindow, FaultWindow, MeetingSpec
 from polyfleet.simulator.lab import Lab
 from polyfleet.simulator.testing import fleet_of, make_device, with_update
 
@@ -379,3 +380,42 @@ async def test_identity_renewal_gives_a_new_certificate_and_host_key(
     async with aiohttp.ClientSession() as http:
         # The client pins the device's fingerprint as now shown: the new one is served.
         assert (await RestClient(device, http).login()).status == 200
+
+
+async def test_room_calendars_from_the_fleet_and_the_control_api(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """Meetings come from the fleet file and the control API; the unit lists those in the
+    asked span on /rest/calendar/meetings; a Poly Video room has no calendar (404)."""
+    start = datetime(2027, 3, 28, 1, 0, tzinfo=UTC)
+    spec = make_device(
+        serial="CAL00001",
+        provider="zoom",
+        meetings=[MeetingSpec(start=start, end=start + timedelta(hours=1), subject="Review")],
+    )
+    lab = await lab_factory([spec, make_device(serial="CAL00002", provider="poly")])
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CAL00001/meetings",
+        {"start": "2027-03-28T05:00:00+02:00", "end": "2027-03-28T05:30:00+02:00"},
+    )
+    assert status == 201 and body["id"] == "m2" and body["calendar"] == "on"
+    status, body = await call(lab, "POST", "/devices/CAL00001/meetings", {"start": "x"})
+    assert status == 400
+    rest = rest_factory(lab.devices["CAL00001"])
+    assert (await rest.login()).status == 200
+    span = "start=2027-03-28T00:00:00%2B00:00&end=2027-03-28T12:00:00%2B00:00"
+    listed = await rest.json("GET", f"/rest/calendar/meetings?{span}")
+    assert [(m["id"], m["startTime"]) for m in listed] == [
+        ("m1", "2027-03-28T01:00:00+00:00"),
+        ("m2", "2027-03-28T05:00:00+02:00"),
+    ]
+    status, body = await call(lab, "DELETE", "/devices/CAL00001/meetings/m1")
+    assert status == 200 and [m["id"] for m in body["meetings"]] == ["m2"]
+    later = "start=2027-03-28T03:30:00%2B00:00&end=2027-03-28T12:00:00%2B00:00"
+    assert await rest.json("GET", f"/rest/calendar/meetings?{later}") == []
+    poly = rest_factory(lab.devices["CAL00002"])
+    assert (await poly.login()).status == 200
+    response = await poly.request("GET", f"/rest/calendar/meetings?{span}")
+    assert response.status == 404

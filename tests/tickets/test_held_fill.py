@@ -16,12 +16,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from testkit.processes import Finished, in_process, polyfleet
 from testkit.reports import typed_snapshot
 
 from polyfleet.controller.app import serve
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.web.security import SESSION_COOKIE, SIGNIN_COOKIE
-from polyfleet.shared.process import polyfleet_argv
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
     ProblemCode,
@@ -43,25 +43,19 @@ SITE_CONTACT = (
 HELD_LOG = re.compile(r"ticket (PF-\w+) held: missing contract_number; fill it in with: (.+)$")
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
+#: What the admin's shell passes on: no token, so each command names its store or server.
+ADMIN_ENV = {k: v for k, v in os.environ.items() if k != "POLYFLEET_TOKEN"}
 
 
-async def polyfleet(*args: str, stdin: bytes = b"") -> Run:
-    """``polyfleet ARGS`` as a process, with ``stdin`` as what the admin types."""
-    child = await asyncio.create_subprocess_exec(
-        *polyfleet_argv(*args),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k != "POLYFLEET_TOKEN"},
-    )
-    out, err = await child.communicate(stdin)
-    assert child.returncode is not None
-    return Run(child.returncode, out.decode(), err.decode())
+async def as_admin(*args: str, stdin: bytes | None = None) -> Finished:
+    """``polyfleet ARGS`` as the admin runs it, ``stdin`` as what the admin types."""
+    return await polyfleet(*args, stdin=stdin, env=ADMIN_ENV, expect=None)
+
+
+async def set_up(*args: str) -> Finished:
+    """``polyfleet ARGS`` as the admin runs it, by this process's entry point: a step before
+    what a test checks."""
+    return await in_process(*args, env=ADMIN_ENV, expect=None)
 
 
 @dataclass
@@ -98,14 +92,14 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await asyncio.wait_for(ready.wait(), 60)
         local = ["--data-dir", str(data_dir), "--json"]
         site = "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw"
-        assert (await polyfleet("controller", "site", "add", *site, *local)).code == 0
-        contact = await polyfleet("controller", "site", "contact", "krk", *SITE_CONTACT, *local)
-        assert contact.code == 0, contact.err
+        assert (await set_up("controller", "site", "add", *site, *local)).status == 0
+        contact = await set_up("controller", "site", "contact", "krk", *SITE_CONTACT, *local)
+        assert contact.status == 0, contact.err
         registry = tmp_path / "registry.csv"
         registry.write_text(REGISTRY, encoding="utf-8")
-        imported = await polyfleet("controller", "assets", "import", str(registry), *local)
-        assert imported.code == 0, imported.err
-        invite = await polyfleet("controller", "agent", "invite", "--site", "krk", *local)
+        imported = await set_up("controller", "assets", "import", str(registry), *local)
+        assert imported.status == 0, imported.err
+        invite = await set_up("controller", "agent", "invite", "--site", "krk", *local)
         code = json.loads(invite.out)["code"]
         body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "krk"}
         async with (
@@ -157,11 +151,11 @@ async def printed_fill_command(caplog: pytest.LogCaptureFixture) -> tuple[str, s
         await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
 
 
-async def run_printed(command: str, stdin: bytes) -> Run:
+async def run_printed(command: str, stdin: bytes) -> Finished:
     """Run ``command`` exactly as printed (``polyfleet`` is this interpreter's)."""
     program, *args = shlex.split(command)
     assert program == "polyfleet"
-    return await polyfleet(*args, stdin=stdin)
+    return await as_admin(*args, stdin=stdin)
 
 
 async def test_suggested_fill_command_did_not_work_as_printed(
@@ -177,15 +171,15 @@ async def test_suggested_fill_command_did_not_work_as_printed(
         f"polyfleet controller tickets fill {ticket} --data-dir {shlex.quote(str(server.data_dir))}"
     )
     refused = await run_printed(command, b"PPP-2026-TYPO\n")
-    assert refused.code == 1, refused.err
+    assert refused.status == 1, refused.err
     assert "the asset registry knows no contract 'PPP-2026-TYPO' for serial X7" in refused.err
     assert "(it holds PPP-2023-7)" in refused.err and "--force" in refused.err
     empty = await run_printed(command, b"\n")
-    assert empty.code == 2 and "still needs the service contract number" in empty.err
+    assert empty.status == 2 and "still needs the service contract number" in empty.err
     filled = await run_printed(command, b"PPP-2023-7\n")
-    assert filled.code == 0, filled.err
+    assert filled.status == 0, filled.err
     assert filled.out.splitlines()[0].startswith(f"{ticket}  open")
-    shown = await polyfleet("controller", "tickets", "show", ticket, "--data-dir",
+    shown = await as_admin("controller", "tickets", "show", ticket, "--data-dir",
                             str(server.data_dir), "--json")  # fmt: skip
     data = json.loads(shown.out)
     assert data["status"] == "open" and data["contract_number"] == "PPP-2023-7"
@@ -197,7 +191,7 @@ async def test_suggested_fill_command_did_not_work_as_printed(
 async def first_ticket(local: list[str]) -> str:
     """The id of the first ticket the controller files (listed by the CLI)."""
     for _ in range(600):
-        listed = json.loads((await polyfleet("controller", "tickets", "list", *local)).out)
+        listed = json.loads((await set_up("controller", "tickets", "list", *local)).out)
         if listed["tickets"]:
             return str(listed["tickets"][0]["id"])
         await asyncio.sleep(0.05)  # waits-for: the controller to file the ticket
@@ -210,12 +204,10 @@ async def test_fill_took_an_empty_or_unknown_contract_number(server: Server) -> 
     await camera_fault(server, "X7")
     local = ["--data-dir", str(server.data_dir), "--json"]
     ticket = await first_ticket(local)
-    empty = await polyfleet(
-        "controller", "tickets", "fill", ticket, "--contract-number", "", *local
-    )
-    assert empty.code == 2
+    empty = await as_admin("controller", "tickets", "fill", ticket, "--contract-number", "", *local)
+    assert empty.status == 2
     assert json.loads(empty.out)["error"]["message"] == "--contract-number: is empty"
-    created = await polyfleet(
+    created = await as_admin(
         "controller", "token", "create", "--role", "admin", "--name", "ops", *local
     )
     token = json.loads(created.out)
@@ -271,7 +263,7 @@ async def test_dashboard_fill_said_nobody_filled_it_and_could_not_force(server: 
     await camera_fault(server, "X7")
     local = ["--data-dir", str(server.data_dir), "--json"]
     ticket = await first_ticket(local)
-    created = await polyfleet(
+    created = await as_admin(
         "controller", "token", "create", "--role", "admin", "--name", "desk", *local
     )
     token = json.loads(created.out)
@@ -296,7 +288,7 @@ async def test_dashboard_fill_said_nobody_filled_it_and_could_not_force(server: 
             filled = await response.json()
     assert filled["contract_number"] == "PPP-2026-NEW"
     assert filled["filled_by"] == f"desk (token {token['id']}, dashboard)"
-    audit = json.loads((await polyfleet("controller", "audit", "--action", "ticket", *local)).out)
+    audit = json.loads((await as_admin("controller", "audit", "--action", "ticket", *local)).out)
     (entry,) = [e for e in audit["entries"] if e["action"] == "ticket.fill"]
     assert entry["details"] == {
         "contract_number": "PPP-2026-NEW",
@@ -320,14 +312,14 @@ async def test_a_line_break_or_an_override_reached_a_ticket(server: Server) -> N
     ticket = await first_ticket(local)
     flags = {field: "--" + field.replace("_", "-") for field in DISGUISED}
     created, *commands = await asyncio.gather(
-        polyfleet("controller", "token", "create", "--role", "admin", "--name", "ops", *local),
+        as_admin("controller", "token", "create", "--role", "admin", "--name", "ops", *local),
         *(
-            polyfleet("controller", "tickets", "fill", ticket, flags[field], value, *local)
+            as_admin("controller", "tickets", "fill", ticket, flags[field], value, *local)
             for field, value in DISGUISED.items()
         ),
     )
     for field, done in zip(DISGUISED, commands, strict=True):
-        assert done.code == 2, done
+        assert done.status == 2, done
         assert json.loads(done.out)["error"]["field"] == field
         assert f"{flags[field]}: contains " in done.err
     token = json.loads(created.out)["token"]
@@ -353,7 +345,7 @@ async def test_a_line_break_or_an_override_reached_a_ticket(server: Server) -> N
             kept = await response.json()
     assert kept["serial"] == "X7" and kept["contract_number"] is None
     assert kept["status"] == "needs_data"
-    audit = json.loads((await polyfleet("controller", "audit", "--action", "ticket", *local)).out)
+    audit = json.loads((await as_admin("controller", "audit", "--action", "ticket", *local)).out)
     assert [e for e in audit["entries"] if e["action"] == "ticket.fill"] == []
 
 
@@ -365,23 +357,23 @@ async def test_ticket_commands_needed_a_running_server(server: Server) -> None:
     ticket = await first_ticket([*local, "--json"])
     await server.stop()
     assert not (server.data_dir / "controller.json").exists()
-    filled = await polyfleet(
+    filled = await as_admin(
         "controller", "tickets", "fill", ticket, "--contract-number", "PPP-2023-7", *local,
         "--json",
     )  # fmt: skip
-    assert filled.code == 0, filled.err
+    assert filled.status == 0, filled.err
     data = json.loads(filled.out)
     assert data["status"] == "open" and data["contract_number"] == "PPP-2023-7"
     assert data["filled_by"].endswith("(on the controller)")
-    listed = await polyfleet("controller", "tickets", "list", "--site", "krk", *local)
-    assert listed.code == 0, listed.err
+    listed = await as_admin("controller", "tickets", "list", "--site", "krk", *local)
+    assert listed.status == 0, listed.err
     assert listed.out.splitlines()[1].startswith(f"{ticket}  open")
-    closed = await polyfleet("controller", "tickets", "close", ticket, *local)
-    assert closed.code == 0, closed.err
+    closed = await as_admin("controller", "tickets", "close", ticket, *local)
+    assert closed.status == 0, closed.err
     assert closed.out.startswith(f"{ticket}  closed")
-    unknown = await polyfleet("controller", "tickets", "ack", "PF-NOPE000000", *local, "--json")
-    assert unknown.code == 1 and json.loads(unknown.out)["error"]["code"] == "not_found"
-    audit = await polyfleet("controller", "audit", "--action", "ticket", *local, "--json")
+    unknown = await as_admin("controller", "tickets", "ack", "PF-NOPE000000", *local, "--json")
+    assert unknown.status == 1 and json.loads(unknown.out)["error"]["code"] == "not_found"
+    audit = await as_admin("controller", "audit", "--action", "ticket", *local, "--json")
     entries = {e["action"]: e for e in json.loads(audit.out)["entries"]}
     assert set(entries) == {"ticket.fill", "ticket.close"}
     for entry in entries.values():

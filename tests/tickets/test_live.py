@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import io
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from testkit.clocks import SettableClock
+from testkit.processes import in_process, polyfleet
 from testkit.reports import typed_snapshot
 from testkit.waiting import wait_until
 
-from polyfleet.cli import main
 from polyfleet.controller.app import serve
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.tickets import ticket_id
@@ -312,48 +310,11 @@ async def cli(lab: Lab, *argv: str, expect: int = 0, process: bool = False) -> A
     """Run ``polyfleet controller tickets ...`` against the server (as a process if asked)."""
     args = ["controller", "tickets", *argv, "--url", lab.controller.url, "--json"]
     env = {**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token}
-    if process:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-m",
-            "polyfleet",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        out_bytes, err_bytes = await child.communicate()
-        code, out, err = child.returncode, out_bytes.decode(), err_bytes.decode()
-    else:
-        # The CLI's own event loop runs in a thread while this loop keeps serving.
-        stdout, stderr = io.StringIO(), io.StringIO()
-
-        def run() -> int:
-            with (
-                contextlib.redirect_stdout(stdout),
-                contextlib.redirect_stderr(stderr),
-                process_env(env),
-            ):
-                return main(args)
-
-        code = await asyncio.to_thread(run)
-        out, err = stdout.getvalue(), stderr.getvalue()
+    run = polyfleet if process else in_process
+    code, out, err = await run(*args, env=env, expect=None)
     assert code == expect, err
     assert lab.controller.admin_token not in err + out
     return json.loads(out)
-
-
-@contextlib.contextmanager
-def process_env(env: dict[str, str]) -> Iterator[None]:
-    """Set the process environment for an in-process CLI run, then restore it."""
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 async def test_W2_W7_missed_reaction_escalates_once(
@@ -571,19 +532,10 @@ async def test_tickets_show_prints_the_desk_facts_for_a_person(lab: Lab) -> None
     await lab.report_minutes(("X3",), range(0, 8), ProblemCode.MICROPHONE_DOWN)
     (ticket,) = lab.service.tickets()
     args = ["controller", "tickets", "show", ticket.id, "--url", lab.controller.url]
-    stdout, stderr = io.StringIO(), io.StringIO()
-
-    def run() -> int:
-        env = {**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token}
-        with (
-            contextlib.redirect_stdout(stdout),
-            contextlib.redirect_stderr(stderr),
-            process_env(env),
-        ):
-            return main(args)
-
-    assert await asyncio.to_thread(run) == 0, stderr.getvalue()
-    lines = [line.strip() for line in stdout.getvalue().splitlines()]
+    shown = await in_process(
+        *args, env={**os.environ, "POLYFLEET_TOKEN": lab.controller.admin_token}
+    )
+    lines = [line.strip() for line in shown.out.splitlines()]
     assert (
         lines[0].startswith(f"{ticket.id}  needs_data") and "missing: contract_number" in lines[0]
     )
