@@ -42,6 +42,7 @@ OWNERS = {
     "ticket_fault_state": "services.ticket_service",
     "ticket_faults_in_maintenance": "services.ticket_service",
     "maintenance": "services.maintenance",
+    "room_calendars": "services.room_calendars",
     "ticket_outbox": "services.delivery",
     "ticket_outbox_sent": "services.delivery",
     "ticket_outbox_failed": "services.delivery",
