@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 from testkit.clocks import SettableClock
+from testkit.processes import environment
 from testkit.waiting import wait_until
 
 from polyfleet.cli import main
 from polyfleet.controller.services.access import Role
 from tickets.conftest import SmtpPeer
-from tickets.test_live import T0, Lab, process_env, start_lab
+from tickets.test_live import T0, Lab, start_lab
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ async def tickets_cli(lab: Lab, *argv: str, stdin: str = "") -> tuple[int, str, 
             with (
                 contextlib.redirect_stdout(stdout),
                 contextlib.redirect_stderr(stderr),
-                process_env(env),
+                environment(env),
             ):
                 return main(args)
         finally:
