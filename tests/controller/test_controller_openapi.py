@@ -359,6 +359,28 @@ async def test_every_documented_operation_answers_as_documented(
     await c.controller.ensure_site("waw")
     body = batch(report(snapshot("X50-1", collected_at=NOW)))
     await c.call("post", "/api/v1/agent/reports", token=agent.token, json_body=body)
+    meeting = {"start": "2026-11-25T12:00:00Z", "end": "2026-11-25T13:00:00Z"}
+    calendar = {
+        "serial": "X50-1",
+        "state": "read",
+        "read_at": NOW.isoformat(),
+        "start": NOW.isoformat(),
+        "end": "2026-11-26T11:00:00Z",
+        "meetings": [meeting],
+    }
+    await c.call(
+        "post",
+        "/api/v1/agent/calendars",
+        token=agent.token,
+        json_body={"protocol_version": 1, "calendars": [calendar]},
+    )
+    await c.call(
+        "post",
+        "/api/v1/agent/calendars",
+        token=agent.token,
+        json_body={"protocol_version": 1, "calendars": [{**calendar, "state": "maybe"}]},
+        expect=422,
+    )
     code = await c.call("post", "/api/v1/invites", json_body={"site": "krk"}, expect=201)
     enrolled = await c.call(
         "post",
