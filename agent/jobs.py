@@ -140,7 +140,11 @@ class JobRunner:
         driver, _pins = await self.poller.driver(key)
         started = time.monotonic()
         async with self.poller.states[key].busy:
-            files = await driver.diagnostics()
+            targets = job.params.get("network_targets") or []
+            # Remote diagnostics (H4): the unit's own view of the network, when asked.
+            files = await driver.diagnostics(
+                [str(target) for target in targets] if isinstance(targets, list) else []
+            )
         state = self.poller.states[key]
         history = [s.model_dump(mode="json") for s in state.history]
         files["last-snapshots.json"] = json.dumps(history, indent=2).encode()

@@ -50,6 +50,7 @@ from polyfleet.controller.api import agent as agent_api
 from polyfleet.controller.api import audit as audit_api
 from polyfleet.controller.api import backup as backup_api
 from polyfleet.controller.api import entitlement as entitlement_api
+from polyfleet.controller.api import maintenance as maintenance_api
 from polyfleet.controller.api import metrics as metrics_api
 from polyfleet.controller.api import openapi as openapi_api
 from polyfleet.controller.api import overview as overview_api
@@ -94,6 +95,7 @@ ROUTE_MODULES: list[RouteModule] = [
     openapi_api,
     entitlement_api,
     tickets_api,
+    maintenance_api,
     rollouts_api,
     overview_api,
     web_routes,

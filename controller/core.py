@@ -29,6 +29,7 @@ from polyfleet.controller.services.entitlement import (
 )
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobService
+from polyfleet.controller.services.maintenance import MaintenanceService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.rollout import DEFAULT_REASSIGN_AFTER, RolloutService
 from polyfleet.controller.services.room_calendars import RoomCalendars
@@ -108,6 +109,7 @@ class Controller:
     rollouts: RolloutService
     calendars: RoomCalendars
     tickets: TicketDesk
+    maintenance: MaintenanceService
     loaded: bool = field(default=False)
 
     def load(self) -> None:
@@ -116,6 +118,7 @@ class Controller:
         self.inventory.load()
         self.registry.load()
         self.audit.load()
+        self.maintenance.load()
         self.tickets.index.load(self.store)
         self.loaded = True
 
@@ -140,6 +143,7 @@ class Controller:
             inventory=self.inventory,
             registry=self.registry,
             background=background,
+            maintenance=self.maintenance,
         )
         self.tickets.service = service
         return service
@@ -222,6 +226,7 @@ def build_controller(
     catalogues = Catalogues(*catalogue_paths(config.section("entitlement")))
     calendars = RoomCalendars(store, clock, inventory)
     rollouts = config.section("rollouts")
+    maintenance = MaintenanceService(store, clock, inventory)
     return Controller(
         config=config,
         clock=clock,
@@ -264,7 +269,9 @@ def build_controller(
                     rollouts.get("reassign_after_s", DEFAULT_REASSIGN_AFTER.total_seconds())
                 )
             ),
+            maintenance=maintenance,
         ),
         calendars=calendars,
         tickets=tickets,
+        maintenance=maintenance,
     )

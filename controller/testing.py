@@ -39,6 +39,14 @@ from polyfleet.shared.schema import PROTOCOL_VERSION, EnrollResponse
 
 #: How long a controller may take to become active.
 ACTIVE_WAIT_S = 60.0
+#: The authorised reporter and RMA address a test site gets, so its tickets go out.
+SITE_CONTACT = {"name": "Anna Nowak", "phone": "+48 12 345 67 89", "email": "anna@example.pl"}
+SITE_ADDRESS = {
+    "street": "ul. Florianska 1",
+    "postal_code": "31-019",
+    "city": "Krakow",
+    "country": "Polska",
+}
 
 
 @dataclass
@@ -57,12 +65,22 @@ class RunningController:
         """The controller's services (``build_controller``), live."""
         return self.app[CORE]
 
-    async def ensure_site(self, site_id: str, *, timezone: str = "Europe/Warsaw") -> None:
+    async def ensure_site(
+        self, site_id: str, *, timezone: str = "Europe/Warsaw", contact: bool = True
+    ) -> None:
+        """The site, made if missing: with ``SITE_CONTACT`` and ``SITE_ADDRESS`` unless
+        ``contact`` is False (its tickets are then held for them)."""
         if not self.core.inventory.has_site(site_id):
-            await self.core.inventory.add_site(site_id, name=site_id, timezone=timezone)
+            inventory = self.core.inventory
+            await inventory.add_site(site_id, name=site_id, timezone=timezone)
+            if contact:
+                await inventory.update_site(
+                    site_id, contact=SITE_CONTACT, delivery_address=SITE_ADDRESS
+                )
 
     async def enrollment_code(self, site_id: str) -> str:
-        """A fresh one-time code for ``site_id`` (the site is created if missing)."""
+        """A fresh one-time code for ``site_id`` (the site is created if missing, with a
+        contact and an address: ``ensure_site``)."""
         await self.ensure_site(site_id)
         code, _ = await self.core.access.create_invite(site_id)
         return code

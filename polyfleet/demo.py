@@ -38,7 +38,7 @@ from polyfleet.shared.cli_errors import CommandFailed, unreadable_file
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.errors import PolyfleetError
 from polyfleet.shared.process import polyfleet_argv
-from polyfleet.simulator.fleet import DeviceSpec, FleetSpec, load_fleet
+from polyfleet.simulator.fleet import DeviceSpec, FleetSpec, SiteSpec, load_fleet
 from polyfleet.simulator.lab import Lab
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         "happen, sooner (--duration stays in real seconds)",
     )
     parser.set_defaults(func=run)
+
+
+def demo_site_contact(site: SiteSpec) -> dict[str, Any]:
+    """The demo site's authorised reporter and RMA delivery address (made up, example domain)."""
+    return {
+        "contact": {
+            "name": f"Administrator {site.name}",
+            "phone": "+48 12 345 67 89",
+            "email": f"it-{site.id}@example.pl",
+        },
+        "delivery_address": {
+            "street": "ul. Przykładowa 1",
+            "postal_code": "00-001",
+            "city": site.name,
+            "country": "Polska",
+        },
+    }
 
 
 def _time_scale(text: str) -> float:
@@ -233,6 +250,7 @@ class Demo:
                     self.say("service desk (webhook) inbox: " + str(desk.inbox))
                     await self._register_packages(http)
                     await self._wait_reported(http, lab, started)
+                    await self._show_operations(http, fleet)
                     self.rollout_id = await self._plan_rollout(http, fleet)
                     await self._write_demo_json()
                     if self.scale != 1:
@@ -496,13 +514,56 @@ class Demo:
         known = await _api(http, "GET", f"{self.controller_url}/api/v1/sites")
         existing = {site["id"] for site in known["sites"]}
         for site in fleet.sites:
+            path = f"{self.controller_url}/api/v1/sites/{site.id}"
             if site.id in existing:
                 # A run on an earlier demo's data: the fleet file still names the site.
                 body = {"name": site.name, "timezone": site.timezone}
-                await _api(http, "PATCH", f"{self.controller_url}/api/v1/sites/{site.id}", body)
-                continue
-            body = {"id": site.id, "name": site.name, "timezone": site.timezone}
-            await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
+                await _api(http, "PATCH", path, body)
+            else:
+                body = {"id": site.id, "name": site.name, "timezone": site.timezone}
+                await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
+            # Tickets are held without a reporter and a delivery address: the demo's go out.
+            await _api(http, "PATCH", path, demo_site_contact(site))
+
+    async def _show_operations(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> None:
+        """A maintenance window booked for a unit and a ticket opened by hand, as an admin
+        would: both show on the dashboard and in ``maintenance list`` / ``tickets list``."""
+        placed = fleet.placed_devices()
+        if not placed:
+            return
+        _site, room, device = placed[-1]
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        window = {
+            "serial": device.serial,
+            "from": start.isoformat(),
+            "until": (start + timedelta(hours=2)).isoformat(),
+            "reason": f"{room.name} refurbished",
+        }
+        try:
+            booked = await _api(http, "POST", f"{self.controller_url}/api/v1/maintenance", window)
+            self.say(
+                f"maintenance: {booked['id']} booked for {booked['target']} from "
+                f"{booked['starts']} ({booked['reason']}): its faults will open no ticket"
+            )
+        except PolyfleetError as exc:
+            # A rerun on this data within the hour finds its own earlier window.
+            self.say(f"maintenance: not booked again ({exc})")
+        first_site, _room, first = placed[0]
+        opened = await _api(
+            http,
+            "POST",
+            f"{self.controller_url}/api/v1/tickets",
+            {
+                "serial": first.serial,
+                "category": "fault",
+                "summary": "touch panel cracked",
+                "description": "The touch controller's glass is cracked; it still responds.",
+            },
+        )
+        self.say(
+            f"ticket opened by hand: {opened['id']} for {first.serial} ({first_site.id}), "
+            f"status {opened['status']}"
+        )
 
     async def _import_assets(self, http: aiohttp.ClientSession, text: str) -> None:
         shift = (datetime.now(UTC).date() - DEMO_ASSETS_AS_OF).days

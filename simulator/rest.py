@@ -565,6 +565,20 @@ def log_archive(device: SimDevice) -> bytes:
             f"{now} INFO  net: {lan['state']} {lan['speedMbps']}/{lan['duplex']}\n"
             + "".join(f"{now} WARN  fault: {name} active\n" for name in sorted(device.faults))
         ),
+        "logs/network.log": (
+            f"{now} INFO  eth0: {device.address}/24 gateway {_gateway(device)}"
+            f" link {lan['state']}\n"
+            + (
+                f"{now} WARN  eth0: packet loss beyond gateway\n"
+                if device.has_fault("lan_degraded")
+                else ""
+            )
+        ),
+        "logs/sip.log": (
+            f"{now} INFO  sip: registration "
+            + ("failed (408 Request Timeout)" if device.has_fault("sip_unregistered") else "ok")
+            + "\n"
+        ),
         "logs/info.txt": (
             f"serial={device.serial}\nmodel={device.spec.rest_model}\n"
             f"softwareVersion={device.firmware_version}\nbuild={device.build}\n"
@@ -587,6 +601,64 @@ async def system_logs(device: SimDevice, _r: web.BaseRequest, _s: Session | None
         content_type="application/x-tar",
         headers={"Content-Disposition": f'attachment; filename="{device.serial}-logs.tar"'},
     )
+
+
+#: How the lab answers network tests: the path a unit's packets take to a target.
+_GATEWAY_HOP = 1
+
+
+async def _target_of(request: web.BaseRequest) -> str | None:
+    try:
+        payload = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    target = payload.get("address") if isinstance(payload, dict) else None
+    return target if isinstance(target, str) and target.strip() else None
+
+
+def _gateway(device: SimDevice) -> str:
+    """The unit's default gateway: the first address of its /24, as a site LAN has it."""
+    head, _, _ = device.address.rpartition(".")
+    return f"{head}.{_GATEWAY_HOP}"
+
+
+async def network_ping(
+    device: SimDevice, request: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    """The unit's own ping to a target [doc: VideoOS REST API 3.x]; every packet is lost
+    while its LAN is degraded (the link is up, the path beyond the gateway is not)."""
+    target = await _target_of(request)
+    if target is None:
+        return json_body({"success": False, "reason": "address is required"}, status=400)
+    lost = device.has_fault("lan_degraded")
+    return json_body(
+        {
+            "address": target,
+            "transmitted": 4,
+            "received": 0 if lost else 4,
+            "lossPercent": 100 if lost else 0,
+            "rttAvgMs": None if lost else 0.4,
+            "result": "FAILED" if lost else "SUCCESS",
+        }
+    )
+
+
+async def network_traceroute(
+    device: SimDevice, request: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    """The unit's own traceroute to a target; it stops after the gateway while its LAN is
+    degraded."""
+    target = await _target_of(request)
+    if target is None:
+        return json_body({"success": False, "reason": "address is required"}, status=400)
+    hops: list[dict[str, Any]] = [{"hop": 1, "address": _gateway(device), "rttMs": 0.3}]
+    if device.has_fault("lan_degraded"):
+        hops += [{"hop": number, "address": "*", "rttMs": None} for number in (2, 3)]
+        result = "FAILED"
+    else:
+        hops.append({"hop": 2, "address": target, "rttMs": 0.5})
+        result = "SUCCESS"
+    return json_body({"address": target, "hops": hops, "result": result})
 
 
 async def software_update(
@@ -619,4 +691,6 @@ ROUTES: dict[tuple[str, str], tuple[Handler, bool, FirmwareVersion | None]] = {
     ("GET", "/rest/system/softwareupdate"): (software_update, True, None),
     ("POST", "/rest/config"): (config, True, None),
     ("GET", "/rest/system/logs"): (system_logs, True, None),
+    ("POST", "/rest/system/network/ping"): (network_ping, True, None),
+    ("POST", "/rest/system/network/traceroute"): (network_traceroute, True, None),
 }

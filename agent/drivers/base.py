@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -117,11 +118,15 @@ class DeviceDriver(ABC):
         """Restart the device. Callers must check :meth:`in_call` first (never disturb a call)."""
 
     @abstractmethod
-    async def diagnostics(self) -> dict[str, bytes]:
+    async def diagnostics(self, network_targets: Sequence[str] = ()) -> dict[str, bytes]:
         """Files for a diagnostics bundle, name -> content. Example::
 
             {"system-logs.tar": b"...", "ssh-status.txt": b"camera up\\n...status end\\n",
-             "ssh-whoami.txt": b"Hi, my name is : Krakow Boardroom\\n..."}
+             "ssh-whoami.txt": b"Hi, my name is : Krakow Boardroom\\n...",
+             "network-tests.json": b'[{"target": "10.0.0.5", "ping": {...}, ...}]'}
+
+        ``network_targets``: hosts the unit tests its reach to, with its own ping and
+        traceroute (remote diagnostics, H4); the answers go to ``network-tests.json``.
 
         A part that cannot be read is replaced by ``<name>.error.txt`` saying why.
         """

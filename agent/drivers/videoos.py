@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -663,6 +665,18 @@ class VideoOSDriver(DeviceDriver):
                 host=self.device.host,
             )
 
+    async def _network_tests(self, rest: RestClient, targets: Sequence[str]) -> bytes:
+        """The unit's ping and traceroute to each target, as JSON for the bundle."""
+        results = [
+            {
+                "target": target,
+                "ping": await _network_test(rest, "ping", target),
+                "traceroute": await _network_test(rest, "traceroute", target),
+            }
+            for target in targets
+        ]
+        return json.dumps(results, indent=2).encode()
+
     async def update_status(self) -> dict[str, str]:
         rest = await self._rest()
         async with rest.logged_in_session(self.device.user, self._password):
@@ -672,12 +686,14 @@ class VideoOSDriver(DeviceDriver):
                 return {"state": "IDLE", "version": "", "reason": ""}
         return {key: _text(answer.get(key)) for key in ("state", "version", "reason")}
 
-    async def diagnostics(self) -> dict[str, bytes]:
+    async def diagnostics(self, network_targets: Sequence[str] = ()) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         try:
             rest = await self._rest()
             async with rest.logged_in_session(self.device.user, self._password):
                 files["system-logs.tar"] = await rest.get_bytes("/rest/system/logs")
+                if network_targets:
+                    files["network-tests.json"] = await self._network_tests(rest, network_targets)
         except DeviceError as exc:
             files["system-logs.error.txt"] = f"{exc.reason}: {exc}\n".encode()
         try:
@@ -687,6 +703,16 @@ class VideoOSDriver(DeviceDriver):
         except DeviceError as exc:
             files["ssh.error.txt"] = f"{exc.reason}: {exc}\n".encode()
         return files
+
+
+async def _network_test(rest: RestClient, kind: str, target: str) -> dict[str, Any]:
+    """One of the unit's own network tests (``ping``, ``traceroute``) to ``target``; a test
+    the unit cannot run is recorded with why, the others still run."""
+    try:
+        answer = await rest.post(f"/rest/system/network/{kind}", {"address": target})
+    except DeviceError as exc:
+        return {"error": f"{exc.reason}: {exc}"}
+    return answer if isinstance(answer, dict) else {"answer": answer}
 
 
 #: REST failures after which SSH may still reach the unit (not credentials or pins).

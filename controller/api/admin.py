@@ -107,11 +107,12 @@ async def add_site(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="Rename a site or change its time zone",
+    summary="Rename a site, change its time zone, its authorised reporter (contact), its RMA "
+    "delivery address or its admin networks",
     roles=ADMINS,
     request=SitePatch,
     response=SiteOut,
-    errors=(400, 404),
+    errors=(400, 404, 422),
     tags=("sites",),
 )
 async def patch_site(request: web.Request) -> web.Response:
@@ -122,6 +123,11 @@ async def patch_site(request: web.Request) -> web.Response:
         request.match_info["site_id"],
         name=body.name,
         timezone=body.timezone,
+        contact=None if body.contact is None else body.contact.model_dump(exclude_none=True),
+        delivery_address=None
+        if body.delivery_address is None
+        else body.delivery_address.model_dump(exclude_none=True),
+        admin_networks=body.admin_networks,
     )
     return web.json_response(site)
 

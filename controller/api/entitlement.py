@@ -136,6 +136,12 @@ class AssetOut(_Out):
     room: str
     host_serial: str | None
     contracts: list[ContractOut]
+    monitoring: Literal["polled", "not_seen", "not_monitored"] = Field(
+        default="polled",
+        description="polled: an agent reports it; not_seen: no agent reported it yet; "
+        "not_monitored: a Poly product the agents do not poll (entitlement and hand-opened "
+        "tickets only)",
+    )
 
 
 class AssetList(_Out):

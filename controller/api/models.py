@@ -44,8 +44,26 @@ class SiteIn(_In):
     timezone: TimezoneName = "Europe/Warsaw"
 
 
+class ContactIn(_In):
+    """The fields of the authorised reporter to set ("" clears one; absent: unchanged)."""
+
+    name: str | None = Field(default=None, max_length=256)
+    phone: str | None = Field(default=None, max_length=256)
+    email: str | None = Field(default=None, max_length=256)
+
+
+class AddressIn(_In):
+    """The fields of the RMA delivery address to set ("" clears one; absent: unchanged)."""
+
+    street: str | None = Field(default=None, max_length=256)
+    postal_code: str | None = Field(default=None, max_length=256)
+    city: str | None = Field(default=None, max_length=256)
+    country: str | None = Field(default=None, max_length=256)
+
+
 class SitePatch(_In):
-    """What changes: a new name, a new time zone, or both."""
+    """What changes: the name, the time zone, the authorised reporter (``contact``), the
+    RMA ``delivery_address``, the ``admin_networks`` (the whole list), any of them."""
 
     # At least one of them not null (a null one is left as it is).
     model_config = ConfigDict(
@@ -53,14 +71,36 @@ class SitePatch(_In):
         frozen=True,
         json_schema_extra={
             "anyOf": [
-                {"required": [name], "properties": {name: {"type": "string"}}}
-                for name in ("name", "timezone")
+                {"required": [name], "properties": {name: {"type": kind}}}
+                for name, kind in (
+                    ("name", "string"),
+                    ("timezone", "string"),
+                    ("contact", "object"),
+                    ("delivery_address", "object"),
+                    ("admin_networks", "array"),
+                )
             ]
         },
     )
 
     name: NameText | None = None
     timezone: TimezoneName | None = None
+    contact: ContactIn | None = None
+    delivery_address: AddressIn | None = None
+    admin_networks: list[str] | None = Field(default=None, max_length=256)
+
+
+class ContactOut(_Out):
+    name: str
+    phone: str
+    email: str
+
+
+class AddressOut(_Out):
+    street: str
+    postal_code: str
+    city: str
+    country: str
 
 
 class SiteOut(_Out):
@@ -70,6 +110,22 @@ class SiteOut(_Out):
     agent_online: bool | None
     agents: int
     devices: int
+    contact: ContactOut | None = Field(
+        default=None, description="the authorised reporter the desk contacts (W2)"
+    )
+    delivery_address: AddressOut | None = Field(
+        default=None, description="where replacement hardware is delivered (RMA)"
+    )
+    admin_networks: list[str] = Field(
+        default_factory=list,
+        description="networks admins sign in to the units from; other addresses are a "
+        "security event",
+    )
+    ticket_fields_missing: list[str] = Field(
+        default_factory=list,
+        description="what tickets of this site are held for until it is set "
+        "(contact_name, address_city...)",
+    )
 
 
 class SiteList(_Out):

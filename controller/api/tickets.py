@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.active import run_when_active
 from polyfleet.controller.domain.admin_input import ContractNumberText, SerialText
+from polyfleet.controller.domain.tickets import TicketCategory
 from polyfleet.controller.events import (
     AgentClockChanged,
     AgentOffline,
@@ -69,7 +70,8 @@ class TicketDetail(TicketView):
 
 
 class TicketFill(BaseModel):
-    """The data W5 requires, filled in by the admin: printable text, checked before storing."""
+    """What the desk requires, filled in by the admin (W5, W2, RMA): printable text,
+    checked before storing; the keys are the names ``missing`` lists."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -77,6 +79,29 @@ class TicketFill(BaseModel):
     contract_number: ContractNumberText | None = None
     #: Take a contract number the asset registry does not hold for the serial.
     force: bool = False
+    contact_name: str | None = Field(default=None, max_length=256)
+    contact_phone: str | None = Field(default=None, max_length=256)
+    contact_email: str | None = Field(default=None, max_length=256)
+    address_street: str | None = Field(default=None, max_length=256)
+    address_postal_code: str | None = Field(default=None, max_length=256)
+    address_city: str | None = Field(default=None, max_length=256)
+    address_country: str | None = Field(default=None, max_length=256)
+
+
+class TicketOpen(BaseModel):
+    """A ticket opened by hand: the unit's ``serial`` (or the ``site`` for a site-wide
+    fault), what it asks for (``category``: fault, support, configuration), a one-line
+    ``summary``, a ``description`` of any length and lines, and optionally the ``contact``
+    the desk should ask for instead of the site's reporter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: str | None = Field(default=None, max_length=256)
+    site: str | None = Field(default=None, max_length=256)
+    category: TicketCategory
+    summary: str = Field(max_length=1000)
+    description: str = Field(default="", max_length=20000)
+    contact: str | None = Field(default=None, max_length=256)
 
 
 class TicketActionBody(BaseModel):
@@ -126,6 +151,31 @@ async def list_tickets(request: web.Request) -> web.Response:
 
 
 @endpoint(
+    summary="Open a ticket by hand: a fault the agents cannot see, or the technical support or "
+    "configuration help the unit's plan includes (refused, naming the plan, when it does not)",
+    roles=ADMINS,
+    request=TicketOpen,
+    response=TicketDetail,
+    response_status=201,
+    errors=(400, 404, 422),
+    tags=("tickets",),
+)
+async def open_ticket(request: web.Request) -> web.Response:
+    body = await read_model(request, TicketOpen)
+    opened = await tickets.open_ticket(
+        request.app[CORE],
+        caller(request),
+        category=body.category.value,
+        summary=body.summary,
+        description=body.description,
+        serial=body.serial,
+        site=body.site,
+        contact=body.contact,
+    )
+    return web.json_response(opened, status=201)
+
+
+@endpoint(
     summary="Ticket messages by channel: waiting, retrying, sent or failed (with the reason)",
     roles=READERS,
     response=DeliveryList,
@@ -162,7 +212,8 @@ async def show_ticket(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="Fill in a held ticket's serial or contract number (W5); complete, it is sent",
+    summary="Fill in what a held ticket lacks (serial, contract number, the reporter's contact, "
+    "the delivery address); complete, it is sent",
     roles=ADMINS,
     request=TicketFill,
     response=TicketDetail,
@@ -178,6 +229,7 @@ async def fill_ticket(request: web.Request) -> web.Response:
         serial=body.serial,
         contract_number=body.contract_number,
         force=body.force,
+        details=body.model_dump(exclude={"serial", "contract_number", "force"}, exclude_none=True),
     )
     return web.json_response(filled)
 
@@ -232,6 +284,7 @@ def register(app: web.Application) -> None:
     # Detection, escalations and deliveries: on the active controller only.
     run_when_active(app, ticket_context)
     app.router.add_get("/api/v1/tickets", list_tickets)
+    app.router.add_post("/api/v1/tickets", open_ticket)
     # Before the ticket routes: "deliveries" is not a ticket id (those are PF-...).
     app.router.add_get("/api/v1/tickets/deliveries", list_deliveries)
     app.router.add_get("/api/v1/tickets/{ticket_id}", show_ticket)

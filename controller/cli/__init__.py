@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from polyfleet.controller.cli import core, entitlement, rollout, store, tickets
+from polyfleet.controller.cli import core, entitlement, maintenance, rollout, store, tickets
 
 #: Each module adds its own subcommands; a plain list, no import magic.
-SECTIONS = (core, entitlement, tickets, rollout, store)
+SECTIONS = (core, entitlement, tickets, maintenance, rollout, store)
 
 
 def register(parser: argparse.ArgumentParser) -> None:

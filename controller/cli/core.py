@@ -55,6 +55,17 @@ class AdminApi:
         result: list[dict[str, Any]] = (await self._call("GET", "/api/v1/sites"))["sites"]
         return result
 
+    async def site(self, site_id: str) -> dict[str, Any]:
+        """One site as the list shows it; refused by name when there is none."""
+        found = next((site for site in await self.sites() if site["id"] == site_id), None)
+        if found is None:
+            raise CommandError(
+                f"no site {site_id!r}; add it with: polyfleet controller site add",
+                code="not_found",
+                field="site",
+            )
+        return found
+
     async def create_token(
         self, role: str, name: str, expires_at: datetime | None = None
     ) -> dict[str, Any]:
@@ -89,7 +100,7 @@ class AdminApi:
         result: dict[str, Any] = await self._call("GET", "/api/v1/audit", **query)
         return result
 
-    async def update_site(self, site_id: str, changes: Mapping[str, str]) -> dict[str, Any]:
+    async def update_site(self, site_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
             "PATCH", f"/api/v1/sites/{site_id}", dict(changes)
         )
@@ -206,6 +217,74 @@ def cmd_site_rename(args: argparse.Namespace) -> int:
             print(f"site {site['id']} ({shown(site['name'])}, {site['timezone']})")
         return 0
 
+    return _run(args, action, needs_store=True)
+
+
+#: ``site contact`` flags: the contact's and the delivery address's fields.
+CONTACT_FLAGS = ("name", "phone", "email")
+ADDRESS_FLAGS = ("street", "postal_code", "city", "country")
+
+
+def site_contact_lines(site: Mapping[str, Any]) -> list[str]:
+    """A site's reporter and delivery address, and what its tickets are held for, in lines."""
+    contact = site.get("contact") or {}
+    address = site.get("delivery_address") or {}
+    reporter = ", ".join(contact[key] for key in CONTACT_FLAGS if contact.get(key)) or "-"
+    town = " ".join(address[key] for key in ("postal_code", "city") if address.get(key))
+    parts = [address.get("street"), town, address.get("country")]
+    delivery = ", ".join(part for part in parts if part) or "-"
+    lines = [
+        f"site {site['id']} ({shown(site['name'])})",
+        f"  reporter: {shown(reporter)}",
+        f"  delivery address: {shown(delivery)}",
+        f"  admin networks: {', '.join(site.get('admin_networks') or []) or '-'}",
+    ]
+    missing = site.get("ticket_fields_missing") or []
+    if missing:
+        lines.append(f"  tickets are held until it has: {', '.join(missing)}")
+    return lines
+
+
+def cmd_site_contact(args: argparse.Namespace) -> int:
+    contact = {key: getattr(args, key) for key in CONTACT_FLAGS if getattr(args, key) is not None}
+    address = {key: getattr(args, key) for key in ADDRESS_FLAGS if getattr(args, key) is not None}
+
+    async def action(backend: AdminApi) -> int:
+        if contact or address:
+            changes: dict[str, Any] = {}
+            if contact:
+                changes["contact"] = contact
+            if address:
+                changes["delivery_address"] = address
+            site = await backend.update_site(args.site_id, changes)
+        else:
+            site = await backend.site(args.site_id)
+        if args.json:
+            _print_json(site)
+        else:
+            print("\n".join(site_contact_lines(site)))
+        return 0
+
+    return _run(args, action, needs_store=True)
+
+
+def cmd_site_networks(args: argparse.Namespace) -> int:
+    async def action(backend: AdminApi) -> int:
+        if args.networks or args.none:
+            site = await backend.update_site(args.site_id, {"admin_networks": args.networks})
+        else:
+            site = await backend.site(args.site_id)
+        if args.json:
+            _print_json(site)
+        else:
+            networks = ", ".join(site.get("admin_networks") or []) or "none"
+            print(f"site {site['id']}: admin networks {networks}")
+        return 0
+
+    if args.networks and args.none:
+        raise CommandError(
+            "give networks or --none, not both", code="usage", exit_status=EXIT_USAGE
+        )
     return _run(args, action, needs_store=True)
 
 
@@ -642,6 +721,34 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     site_rename.add_argument("--timezone", help="a new IANA zone, e.g. Europe/Warsaw")
     _common(site_rename)
     site_rename.set_defaults(func=cmd_site_rename)
+    site_contact = site.add_parser(
+        "contact",
+        help="the site's authorised reporter and RMA delivery address (shown without flags)",
+        description="Set the authorised reporter the service desk contacts (W2) and the "
+        "address replacement hardware is delivered to. Every ticket carries them; a ticket "
+        "of a site without them is held until they are set. An empty value clears a field.",
+    )
+    site_contact.add_argument("site_id")
+    site_contact.add_argument("--name", help="the reporter's name")
+    site_contact.add_argument("--phone", help="the reporter's phone, e.g. +48 12 345 67 89")
+    site_contact.add_argument("--email", help="the reporter's e-mail address")
+    site_contact.add_argument("--street", help="delivery address: street and number")
+    site_contact.add_argument("--postal-code", help="delivery address: postal code")
+    site_contact.add_argument("--city", help="delivery address: city")
+    site_contact.add_argument("--country", help="delivery address: country")
+    _common(site_contact)
+    site_contact.set_defaults(func=cmd_site_contact)
+    site_networks = site.add_parser(
+        "admin-networks",
+        help="networks admins sign in to the units from (shown without arguments)",
+        description="A new admin session on a unit from an address outside these networks "
+        "is a security event (audit log, metric, [security_webhook]).",
+    )
+    site_networks.add_argument("site_id")
+    site_networks.add_argument("networks", nargs="*", metavar="CIDR", help="e.g. 10.20.0.0/16")
+    site_networks.add_argument("--none", action="store_true", help="no admin network at all")
+    _common(site_networks)
+    site_networks.set_defaults(func=cmd_site_networks)
     site_list = site.add_parser("list", help="list sites")
     _common(site_list)
     site_list.set_defaults(func=cmd_site_list)

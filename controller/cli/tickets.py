@@ -28,8 +28,15 @@ from polyfleet.controller.domain.admin_input import AdminInputError, shown
 from polyfleet.controller.domain.admin_input import contract_number as check_contract_number
 from polyfleet.controller.domain.admin_input import serial as check_serial
 from polyfleet.controller.domain.calendar import to_warsaw
+from polyfleet.controller.domain.contacts import (
+    ADDRESS_KEYS,
+    CONTACT_KEYS,
+    checked_address_field,
+    checked_contact_field,
+)
 from polyfleet.controller.domain.plans import CatalogueError
 from polyfleet.controller.domain.sla import MomentOrderError, SlaTerms, check_order, deadlines
+from polyfleet.controller.domain.tickets import TicketCategory
 from polyfleet.controller.services.entitlement import load_plans
 from polyfleet.shared.cli_errors import EXIT_USAGE, CommandFailed, unreachable_controller
 
@@ -278,11 +285,20 @@ def _show(ticket: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-#: How each field W5 requires is asked for when ``tickets fill`` is given neither flag.
+#: How each field the desk requires is asked for when ``tickets fill`` is given no flag.
 _FILL_PROMPTS = {
     "serial": ("--serial", "the failed device's serial number"),
     "contract_number": ("--contract-number", "the service contract number"),
+    "contact_name": ("--contact-name", "the authorised reporter's name"),
+    "contact_phone": ("--contact-phone", "the reporter's phone number"),
+    "contact_email": ("--contact-email", "the reporter's e-mail address"),
+    "address_street": ("--address-street", "the delivery address's street and number"),
+    "address_postal_code": ("--address-postal-code", "the delivery address's postal code"),
+    "address_city": ("--address-city", "the delivery address's city"),
+    "address_country": ("--address-country", "the delivery address's country"),
 }
+#: The fields of the reporter and the delivery address ``tickets fill`` takes.
+DETAIL_FIELDS = (*CONTACT_KEYS, *ADDRESS_KEYS)
 
 
 def fill_command(ticket: str, args: argparse.Namespace) -> str:
@@ -311,31 +327,44 @@ def _ask(field: str, ticket: dict[str, Any], as_json: bool) -> str:
 
 
 def _fill_body(args: argparse.Namespace) -> dict[str, Any]:
-    """What ``tickets fill`` sends; with neither flag, each missing field is asked for first.
+    """What ``tickets fill`` sends; with no flag, each missing field is asked for first.
 
     The values are checked here, by the same rules as the controller's, so a line break
     typed by mistake is refused (exit 2) before anything reaches the controller.
     """
-    serial, number = args.serial, args.contract_number
-    if serial is None and number is None:
+    given: dict[str, str | None] = {
+        field: getattr(args, field, None) for field in ("serial", "contract_number", *DETAIL_FIELDS)
+    }
+    if all(value is None for value in given.values()):
         # Read first, then ask: no store is held while the admin types.
         ticket = _reach(args, _request("GET", _ticket_path(args.ticket_id)))
         missing = [field for field in ticket.get("missing") or [] if field in _FILL_PROMPTS]
         if not missing:
             _fail(
-                f"fill: {args.ticket_id} lacks nothing; give --serial or --contract-number "
-                "to change them",
+                f"fill: {args.ticket_id} lacks nothing; give --serial, --contract-number or a "
+                "--contact-*/--address-* flag to change them",
                 args.json,
             )
-        answers = {field: _ask(field, ticket, args.json) for field in missing}
-        serial, number = answers.get("serial"), answers.get("contract_number")
+        given.update({field: _ask(field, ticket, args.json) for field in missing})
     try:
         body: dict[str, Any] = {
-            "serial": None if serial is None else check_serial(serial, field="--serial"),
+            "serial": None
+            if given["serial"] is None
+            else check_serial(given["serial"], field="--serial"),
             "contract_number": None
-            if number is None
-            else check_contract_number(number, field="--contract-number"),
+            if given["contract_number"] is None
+            else check_contract_number(given["contract_number"], field="--contract-number"),
         }
+        for field in DETAIL_FIELDS:
+            value = given[field]
+            if value is None:
+                continue
+            flag = _FILL_PROMPTS[field][0]
+            name = field.partition("_")[2]
+            if field in CONTACT_KEYS:
+                body[field] = checked_contact_field(name, value, field=flag)
+            else:
+                body[field] = checked_address_field(name, value, field=flag)
     except AdminInputError as exc:
         _fail(str(exc), args.json, field=(exc.field or "").removeprefix("--").replace("-", "_"))
     if args.force:
@@ -371,6 +400,22 @@ def _listing(args: argparse.Namespace) -> TicketAction:
     return call
 
 
+def _open_body(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``tickets open`` sends; ``--description -`` reads the description from stdin."""
+    description = args.description or ""
+    if description == "-":
+        description = sys.stdin.read()
+    body: dict[str, Any] = {
+        "category": args.category,
+        "summary": args.summary,
+        "description": description,
+    }
+    for key in ("serial", "site", "contact"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    return body
+
+
 def cmd_tickets(args: argparse.Namespace) -> int:
     """Run one ``tickets`` subcommand against the controller."""
     action = args.tickets_command
@@ -384,6 +429,8 @@ def cmd_tickets(args: argparse.Namespace) -> int:
         call = _request("GET", _ticket_path(args.ticket_id))
     elif action == "fill":
         call = _request("PATCH", _ticket_path(args.ticket_id), _fill_body(args))
+    elif action == "open":
+        call = _request("POST", "/api/v1/tickets", _open_body(args))
     else:
         call = _request("POST", _ticket_path(args.ticket_id, action), _step_body(args))
     data = _reach(args, call)
@@ -436,6 +483,31 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         "--state", choices=("pending", "retrying", "sent", "failed"), help="only this state"
     )
     deliveries.add_argument("--ticket", help="only this ticket's messages")
+    opening = sub.add_parser(
+        "open",
+        parents=[common],
+        help="open a ticket by hand: a fault the agents cannot see, or support or "
+        "configuration help the unit's plan includes",
+        description="Open a ticket by hand for a unit (--serial) or a whole site (--site). "
+        "The unit's plan decides: a category it does not include is refused, naming the plan "
+        "and the plans that include it. The ticket goes to the service desk as automatic ones "
+        "do (same SLA clocks, reporter, delivery address, escalation).",
+    )
+    opening.add_argument("--serial", help="the unit's serial number")
+    opening.add_argument("--site", help="the site, for a site-wide problem (instead of --serial)")
+    opening.add_argument(
+        "--category",
+        required=True,
+        choices=[category.value for category in TicketCategory],
+        help="what the ticket asks for",
+    )
+    opening.add_argument("--summary", required=True, help="one line: what is wrong or needed")
+    opening.add_argument(
+        "--description", help="the details, several lines allowed; '-' reads them from stdin"
+    )
+    opening.add_argument(
+        "--contact", help="whom the desk should ask for (default: the site's reporter)"
+    )
     described = {
         "show": "one ticket with its notes, SLA and deliveries",
         "ack": "the desk contacted us (stops the reaction clock)",
@@ -445,8 +517,9 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         "returned": "the failed unit was sent back",
         "close": "the ticket is done",
         "send": "send an open ticket now",
-        "fill": "fill in a held ticket's serial or contract number (asked for when not "
-        "given); then it is sent",
+        "fill": "fill in what a held ticket lacks: serial, contract number, the reporter's "
+        "contact, the delivery address (what is missing is asked for when no flag is given); "
+        "then it is sent",
     }
     dated = ("ack", "accept", "shipped", "received", "returned", "close")
     for name, help_text in described.items():
@@ -455,6 +528,9 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         if name == "fill":
             command.add_argument("--serial", help="the failed device's serial number")
             command.add_argument("--contract-number", help="the service contract number")
+            for field in DETAIL_FIELDS:
+                flag, what = _FILL_PROMPTS[field]
+                command.add_argument(flag, dest=field, help=what)
             command.add_argument(
                 "--force",
                 action="store_true",

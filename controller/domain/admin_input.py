@@ -13,6 +13,7 @@ For pydantic request models, the ``*Text`` annotated types apply the same checks
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Callable
@@ -76,6 +77,28 @@ def printable_text(
     return text
 
 
+#: Longest description of a ticket opened by hand.
+DESCRIPTION_MAX_CHARS = 8000
+
+
+def multiline_text(value: str, *, field: str, max_chars: int = DESCRIPTION_MAX_CHARS) -> str:
+    """Free text of several lines (a ticket's description): each line printable as
+    ``printable_text`` checks it, line ends normalised to ``\\n``, surrounding blank lines
+    dropped; "" is allowed."""
+    if not isinstance(value, str):
+        raise AdminInputError(field, f"expected text, got {type(value).__name__}")
+    checked: list[str] = []
+    for number, line in enumerate(value.replace("\r\n", "\n").split("\n"), start=1):
+        try:
+            checked.append(printable_text(line, field=field, max_chars=max_chars, allow_empty=True))
+        except AdminInputError as exc:
+            raise AdminInputError(field, f"line {number} {exc.reason}") from None
+    text = "\n".join(checked).strip("\n")
+    if len(text) > max_chars:
+        raise AdminInputError(field, f"is {len(text)} characters long; at most {max_chars}")
+    return text
+
+
 def serial(value: str, *, field: str = "serial") -> str:
     """A device serial: letters, digits, '.', '_' and '-', at most 64 characters."""
     text = printable_text(value, field=field, max_chars=SERIAL_MAX_CHARS)
@@ -94,6 +117,49 @@ def contract_number(value: str, *, field: str = "contract_number") -> str:
 def display_name(value: str, *, field: str = "name", allow_empty: bool = False) -> str:
     """A name people read (site, room, token): printable, at most 128 characters."""
     return printable_text(value, field=field, max_chars=NAME_MAX_CHARS, allow_empty=allow_empty)
+
+
+#: A telephone number as people write it: digits with spaces, dashes, dots, slashes and
+#: brackets, an optional leading ``+``.
+PHONE_PATTERN = re.compile(r"\+?[0-9][0-9 ()./\-]*")
+PHONE_MIN_DIGITS = 6
+PHONE_MAX_CHARS = 32
+#: An e-mail address: something, one @, a domain with a dot; no spaces.
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+EMAIL_MAX_CHARS = 254
+
+
+def phone_number(value: str, *, field: str = "phone") -> str:
+    """A telephone number an engineer can dial: ``+48 12 345 67 89``, ``(12) 345-67-89``."""
+    text = printable_text(value, field=field, max_chars=PHONE_MAX_CHARS)
+    digits = sum(char.isdigit() for char in text)
+    if not PHONE_PATTERN.fullmatch(text) or digits < PHONE_MIN_DIGITS:
+        raise AdminInputError(
+            field,
+            f"{text!r} is not a telephone number (digits, spaces, + ( ) - . /; at least "
+            f"{PHONE_MIN_DIGITS} digits)",
+        )
+    return text
+
+
+def email_address(value: str, *, field: str = "email") -> str:
+    """An e-mail address: ``name@example.pl``."""
+    text = printable_text(value, field=field, max_chars=EMAIL_MAX_CHARS)
+    if not EMAIL_PATTERN.fullmatch(text):
+        raise AdminInputError(field, f"{text!r} is not an e-mail address (name@example.pl)")
+    return text
+
+
+def network(value: str, *, field: str = "network") -> str:
+    """An IP network in CIDR notation (``10.20.0.0/16``; an address alone is one host),
+    written back in its normal form."""
+    text = printable_text(value, field=field, max_chars=NAME_MAX_CHARS)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise AdminInputError(
+            field, f"{text!r} is not an IP network; write it as 10.20.0.0/16 or 192.0.2.7"
+        ) from None
 
 
 def shown(value: str) -> str:

@@ -358,6 +358,26 @@ def normalise_model(text: str) -> str | None:
     return None
 
 
+#: A Poly product the agents do not poll, as printed on a contract: "Poly Trio C60",
+#: "Poly Sync 40", "Polycom RealPresence Group 500" (P1 covers every Poly product).
+_OTHER_POLY_PRODUCT = re.compile(r"(?i)(poly|polycom)\s+[A-Za-z0-9][A-Za-z0-9 ._+/()-]{0,60}")
+
+
+def other_poly_product(text: str) -> str | None:
+    """``text`` as the product's name when it names a Poly product the agents do not poll
+    (its spacing tidied), else None."""
+    name = " ".join(text.split())
+    if normalise_model(name) is not None or not _OTHER_POLY_PRODUCT.fullmatch(name):
+        return None
+    return name
+
+
+def is_polled_model(model: str) -> bool:
+    """Whether the agents poll units of this model (D1 and the G7500), or it is only
+    registered (another Poly product: entitlement and hand-opened tickets, no monitoring)."""
+    return model in ASSET_MODELS
+
+
 def whole_years(start: date, end: date) -> int | None:
     """N when ``start``..``end`` is a term of N whole years read either way (E2), else None.
 
@@ -454,12 +474,15 @@ class _Checker:
         row.serial = cells["serial"]
         if not _SERIAL_RE.match(row.serial):
             self.problem(line, "serial", "missing or not a serial (letters, digits, . _ -)")
-        model = normalise_model(cells["model"]) if cells["model"] else None
+        model = None
+        if cells["model"]:
+            model = normalise_model(cells["model"]) or other_poly_product(cells["model"])
         if model is None:
             self.problem(
                 line,
                 "model",
-                f"unknown model {cells['model']!r} (one of {', '.join(ASSET_MODELS)})",
+                f"unknown model {cells['model']!r} (one of {', '.join(ASSET_MODELS)}, or "
+                "another Poly product as printed on the contract, e.g. 'Poly Sync 40')",
             )
         else:
             row.model = model

@@ -250,6 +250,11 @@ class FaultDetector:
         #: serial -> how many of its tracks are not idle (absent: none).
         self._busy_count: dict[str, int] = {}
 
+    def still_open(self, serial: str, fault: str) -> bool:
+        """Whether the device's ``fault`` is open now: seen, held and not clearing."""
+        track = self._tracks.get(serial, {}).get(fault)
+        return track is not None and track.state == "open"
+
     # -- inputs -------------------------------------------------------------------
 
     def observe(self, snapshot: Snapshot, *, site: str | None, at: datetime) -> list[FaultEvent]:

@@ -90,6 +90,8 @@ class Plan:
     renewable: bool = False
     renewal_rule: str = "E5"
     contacts: Contacts | None = None
+    #: Remote diagnostics on failure (H4): a fault ticket gets the unit's own network tests.
+    remote_diagnostics: bool = False
 
     @property
     def patches_whole_term(self) -> bool:
@@ -263,6 +265,7 @@ def _parse_plan(
         upgrades=_take(table, "upgrades", bool, where),
         technical_support=_take(table, "technical_support", bool, where),
         configuration_help=_take(table, "configuration_help", bool, where),
+        remote_diagnostics=_take(table, "remote_diagnostics", bool, where, False),
         language=language,
         max_term_years=max_term,
         term_years=term_years,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -12,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from polyfleet.controller.domain.assets import Asset, Contract, follows
 from polyfleet.controller.domain.calendar import to_warsaw
+from polyfleet.controller.domain.contacts import DeliveryAddress, SiteContact
 from polyfleet.controller.domain.language import LANGUAGES, Language, keyed_texts, plural_text
 from polyfleet.controller.domain.plans import Contacts, DeliveryMeans, Plan, PlanCatalogue
 from polyfleet.controller.domain.sla import (
@@ -44,6 +46,70 @@ class TicketStatus(StrEnum):
 class TicketKind(StrEnum):
     DEVICE = "device"
     SITE = "site"
+
+
+class TicketCategory(StrEnum):
+    """What a ticket opened by hand asks the desk for."""
+
+    FAULT = "fault"
+    SUPPORT = "support"
+    CONFIGURATION = "configuration"
+
+
+#: The plan's service each category asks for: the ``Plan`` field that must be true, or
+#: ``repair``, which every plan gives during its term (E3). H4, P2: technical support;
+#: H4: help with configuration and advice on Teams and Zoom.
+CATEGORY_SERVICE: Mapping[TicketCategory, str] = {
+    TicketCategory.FAULT: "repair",
+    TicketCategory.SUPPORT: "technical_support",
+    TicketCategory.CONFIGURATION: "configuration_help",
+}
+#: The fault code a ticket opened by hand is filed under, by category.
+CATEGORY_FAULT: Mapping[TicketCategory, str] = {
+    TicketCategory.FAULT: "reported_fault",
+    TicketCategory.SUPPORT: "support_request",
+    TicketCategory.CONFIGURATION: "configuration_request",
+}
+#: How a refusal names each service.
+SERVICE_NAMES: Mapping[str, str] = {
+    "repair": "repair or replacement",
+    "technical_support": "technical support",
+    "configuration_help": "help with configuration",
+}
+
+
+class ServiceNotIncluded(Invalid):
+    """A ticket opened by hand asks for a service the unit's plan does not include (422
+    ``not_in_plan``, field ``category``); the message names the plan and what would."""
+
+    default_code = "not_in_plan"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="category")
+
+
+def service_refusal(
+    category: TicketCategory, plan: Plan | None, catalogue: PlanCatalogue, subject: str
+) -> str | None:
+    """Why the plan in force (``plan``, None: none) does not give what ``category`` asks
+    for, naming the plans that would; None when it does.
+
+    A fault is never refused here: every plan covers hardware failures during its term
+    (E3), and a unit without a contract gets a ticket held for its number, as automatic
+    ones are (W5).
+    """
+    service = CATEGORY_SERVICE[category]
+    if service == "repair" or (plan is not None and getattr(plan, service)):
+        return None
+    wanted = SERVICE_NAMES[service]
+    offering = [f"{p.name} ({p.id})" for p in catalogue.plans.values() if getattr(p, service)]
+    have = (
+        f"{subject} has no service plan in force"
+        if plan is None
+        else f"{subject} is covered by {plan.name} ({plan.id}), which does not include {wanted}"
+    )
+    would = f"; {wanted} comes with {', '.join(offering)}" if offering else ""
+    return f"{have}{would}"
 
 
 #: Admin actions and the status each one leads to; a plain table, checked by ``transition``.
@@ -82,6 +148,30 @@ class RunningClock:
 
     name: Literal["reaction", "delivery", "return"]
     due: datetime
+
+
+#: The deadlines that escalate when missed (W2, W3, W6, P3, P4), in the order they run.
+DEADLINES: tuple[Literal["reaction", "delivery", "return"], ...] = (
+    "reaction",
+    "delivery",
+    "return",
+)
+
+
+class Escalation(BaseModel):
+    """One missed deadline, escalated once (W7): which, when it was due, when it was
+    escalated and where it went (empty: nowhere configured, the admin was told)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deadline: Literal["reaction", "delivery", "return"]
+    due: AwareDatetime
+    at: AwareDatetime
+    to: list[str] = Field(default_factory=list)
+
+    @property
+    def late_by(self) -> timedelta:
+        return self.at - self.due
 
 
 class TicketError(Conflict, ValueError):
@@ -192,6 +282,15 @@ class Ticket(BaseModel):
     shipping_paid: bool | None = None
     #: Where to follow up and how to escalate (W7).
     contacts: DeskContacts | None = None
+    #: The site's authorised reporter, whom the desk's engineer contacts (W2).
+    reporter: SiteContact | None = None
+    #: Where replacement hardware is delivered (the site's RMA address).
+    rma_address: DeliveryAddress | None = None
+    #: Set on a ticket opened by hand: what it asks for, in the admin's words, and who.
+    category: TicketCategory | None = None
+    summary: str | None = None
+    description: str | None = None
+    opened_by: str | None = None
     #: Set when the contract in force is flagged (H1, H5, P5...), with what that means.
     eligibility: Eligibility | None = None
     flapping: bool = False
@@ -208,6 +307,8 @@ class Ticket(BaseModel):
     #: Where the escalation went (``email:ADDRESS``, ``webhook:URL``); empty: nowhere
     #: configured, so the admin was told instead (W7).
     escalated_to: list[str] | None = None
+    #: Every missed deadline escalated so far in this round, oldest first.
+    escalations: list[Escalation] = Field(default_factory=list)
     #: Who completed a held ticket's serial or contract number, and when (W5).
     filled_by: str | None = None
     filled_at: AwareDatetime | None = None
@@ -221,10 +322,21 @@ class Ticket(BaseModel):
 
     @property
     def missing(self) -> list[str]:
-        """Fields the desk requires and the ticket lacks (W5); empty for a site ticket."""
-        if self.kind is TicketKind.SITE:
-            return []
-        return [name for name in ("serial", "contract_number") if not getattr(self, name)]
+        """Fields the desk requires and the ticket lacks: the serial and contract number of a
+        device's ticket (W5), the authorised reporter it contacts (W2), and where a
+        replacement goes for a device's fault (RMA)."""
+        found: list[str] = []
+        if self.kind is TicketKind.DEVICE:
+            found += [name for name in ("serial", "contract_number") if not getattr(self, name)]
+        found += (self.reporter or SiteContact()).missing()
+        if self.needs_address:
+            found += (self.rma_address or DeliveryAddress()).missing()
+        return found
+
+    @property
+    def needs_address(self) -> bool:
+        """A device's fault may need replacement hardware: the ticket needs the RMA address."""
+        return self.kind is TicketKind.DEVICE
 
     @property
     def sla_terms(self) -> SlaTerms | None:
@@ -301,20 +413,30 @@ class Ticket(BaseModel):
         contract_number: str | None,
         at: datetime,
         by: str | None = None,
+        contact: Mapping[str, str] | None = None,
+        address: Mapping[str, str] | None = None,
     ) -> None:
-        """The admin supplies what W5 requires; complete, the ticket is ``open`` (ready to send).
+        """The admin supplies what the desk requires (W5, W2, RMA): the serial, the contract
+        number, the reporter's ``contact`` and the delivery ``address`` fields given (name ->
+        text); complete, the ticket is ``open`` (ready to send).
 
         ``by`` names who filled it (recorded with the time).
         """
         if self.status is not TicketStatus.NEEDS_DATA and self.status is not TicketStatus.OPEN:
             raise TicketError(
-                f"ticket {self.id} is {self.status.value}: its serial and contract number "
-                "can only be changed before it is sent"
+                f"ticket {self.id} is {self.status.value}: its details can only be changed "
+                "before it is sent"
             )
         if serial is not None:
             self.serial = serial.strip() or None
         if contract_number is not None:
             self.contract_number = contract_number.strip() or None
+        if contact:
+            known = (self.reporter or SiteContact()).model_dump()
+            self.reporter = SiteContact(**{**known, **contact})
+        if address:
+            known = (self.rma_address or DeliveryAddress()).model_dump()
+            self.rma_address = DeliveryAddress(**{**known, **address})
         if by is not None:
             self.filled_by = by
             self.filled_at = at
@@ -322,7 +444,9 @@ class Ticket(BaseModel):
             self.status = TicketStatus.NEEDS_DATA
         else:
             self.status = TicketStatus.OPEN
-            if by is None:
+            if contact or address:
+                self.note(at, "details_filled", who=by or "-")
+            elif by is None:
                 self.note(at, "filled")
             else:
                 self.note(at, "filled_by", who=by)
@@ -420,6 +544,7 @@ class Ticket(BaseModel):
             "escalated_to",
         ):
             setattr(self, stamp, None)
+        self.escalations = []
         self.status = TicketStatus.NEEDS_DATA if self.missing else TicketStatus.OPEN
         self.note(at, "reopened", when=came_back.isoformat())
 
@@ -447,6 +572,39 @@ class Ticket(BaseModel):
             return False
         sla = self.sla()
         return sla is not None and sla.reaction_due is not None and now >= sla.reaction_due
+
+    def missed_deadlines(self, now: datetime) -> list[RunningClock]:
+        """The deadlines passed by ``now`` and not escalated yet, each escalating once: the
+        reaction while the ticket is sent and unacknowledged (W2); the delivery after
+        acceptance until the unit is shipped, for a plan promising dispatch (P3), or has
+        arrived, for one promising arrival (W3); the return after the replacement arrived
+        until the failed unit is sent back (W6, P4)."""
+        sla = self.sla()
+        if sla is None:
+            return []
+        done = {escalation.deadline for escalation in self.escalations}
+        found: list[RunningClock] = []
+        if self.reaction_overdue(now) and sla.reaction_due is not None:
+            found.append(RunningClock(name="reaction", due=sla.reaction_due))
+        waiting = {TicketStatus.ACCEPTED}
+        if sla.delivery_means == "arrival":
+            waiting.add(TicketStatus.REPLACEMENT_SHIPPED)
+        due = sla.delivery_due
+        if self.status in waiting and due is not None and now >= due and "delivery" not in done:
+            found.append(RunningClock(name="delivery", due=due))
+        due = sla.return_due
+        if (
+            self.status is TicketStatus.REPLACEMENT_RECEIVED
+            and due is not None
+            and now >= due
+            and "return" not in done
+        ):
+            found.append(RunningClock(name="return", due=due))
+        return found
+
+    def escalation(self, deadline: str) -> Escalation | None:
+        """The escalation of ``deadline`` in this round, if it was escalated."""
+        return next((e for e in self.escalations if e.deadline == deadline), None)
 
 
 def eligibility_of(
@@ -682,6 +840,39 @@ def _terms_lines(ticket: Ticket, lang: Language) -> list[str]:
     return lines
 
 
+def _request_lines(ticket: Ticket, lang: Language) -> list[str]:
+    """A ticket opened by hand: the plan's service it asks for, who opened it, and the
+    admin's description, indented."""
+    if ticket.category is None:
+        return []
+    service = _label(f"service_{CATEGORY_SERVICE[ticket.category]}", lang)
+    under = f" ({ticket.plan_name})" if ticket.plan_name else ""
+    lines = [f"{_label('requested_service', lang)}: {service}{under}"]
+    if ticket.opened_by:
+        lines.append(f"{_label('opened_by', lang)}: {ticket.opened_by}")
+    if ticket.description:
+        lines.append(f"{_label('description', lang)}:")
+        lines += [f"  {line}" for line in ticket.description.splitlines()]
+    return lines
+
+
+def _reporter_lines(ticket: Ticket, lang: Language) -> list[str]:
+    """Whom the desk contacts at the site (W2) and where a replacement goes (RMA)."""
+    lines: list[str] = []
+    reporter = ticket.reporter
+    if reporter is not None and any(reporter.model_dump().values()):
+        parts = [reporter.name or "-"]
+        if reporter.phone:
+            parts.append(f"{_label('phone', lang)} {reporter.phone}")
+        if reporter.email:
+            parts.append(f"{_label('email', lang)} {reporter.email}")
+        lines.append(f"{_label('reporter', lang)}: {', '.join(parts)}")
+    address = ticket.rma_address
+    if ticket.needs_address and address is not None and address.one_line():
+        lines.append(f"{_label('rma_address', lang)}: {address.one_line()}")
+    return lines
+
+
 def _contact_lines(contacts: DeskContacts | None, lang: Language) -> list[str]:
     """Where to follow up and how to escalate, in the ticket's language (W7)."""
     if contacts is None:
@@ -769,8 +960,10 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
         lines += ["", *_eligibility_lines(ticket, ticket.eligibility, lang), ""]
     detail = f" ({ticket.fault_detail})" if ticket.fault_detail else ""
     lines.append(f"{_label('fault', lang)}: {fault}{detail}")
+    lines += _request_lines(ticket, lang)
     lines.append(f"{_label('first_seen', lang)}: {_when(ticket.first_seen)}")
     lines += _terms_lines(ticket, lang)
+    lines += _reporter_lines(ticket, lang)
     lines += _contact_lines(ticket.contacts, lang)
     if ticket.flapping:
         lines.append(_label("flapping", lang))
@@ -785,20 +978,70 @@ def render_ticket(ticket: Ticket) -> RenderedMessage:
     if desk_notes:
         lines += ["", f"{_label('notes', lang)}:"]
         lines += [f"  {_when(note.at)}  {note_text(note, lang)}" for note in desk_notes[-10:]]
-    lines += ["", _label("footer", lang)]
+    lines += ["", _label("footer" if ticket.category is None else "footer_by_hand", lang)]
     return RenderedMessage(subject=head, body="\n".join(lines) + "\n")
 
 
-def render_escalation(ticket: Ticket) -> RenderedMessage:
-    """The one escalation message sent when the reaction time passes unacknowledged (W2, W7)."""
+def late_text(late: timedelta, lang: Language) -> str:
+    """``2 d 3 h 5 min`` (``2 dni 3 godz. 5 min``): how far past its deadline."""
+    minutes = max(0, int(late.total_seconds() // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = []
+    if days:
+        parts.append(f"{days} {_label('late_days', lang)}")
+    if hours:
+        parts.append(f"{hours} {_label('hours', lang)}")
+    if minutes or not parts:
+        parts.append(f"{minutes} min")
+    return " ".join(parts)
+
+
+def deadline_name(deadline: str, lang: Language) -> str:
+    """``delivery`` as the ticket's language names it (``dostawy``)."""
+    return _label(f"deadline_{deadline}", lang)
+
+
+def _promise_text(ticket: Ticket, deadline: str, lang: Language) -> str:
+    """What the plan promised for ``deadline``, in the ticket's language."""
+    if deadline == "reaction":
+        window = _label("reaction_in_window", lang)
+        return f"{ticket.reaction_hours} {_label('hours', lang)} ({window})"
+    if deadline == "delivery":
+        means = _label(f"means_{ticket.delivery_means or 'arrival'}", lang)
+        return f"{_delivery_text(ticket, lang)}; {means}"
+    return _label("return_text", lang).format(n=ticket.return_days)
+
+
+def render_escalation(ticket: Ticket, deadline: str = "reaction") -> RenderedMessage:
+    """The one escalation message of a missed ``deadline`` (W7): which deadline, when it was
+    due, by how much it was missed when escalated, and what the plan promised (W2, W3, W6,
+    P3, P4)."""
     lang = ticket.language
     base = render_ticket(ticket)
     sla = ticket.sla()
-    due = None if sla is None else sla.reaction_due
-    subject = f"{_label('escalation', lang)}: {base.subject}"
-    body = (
-        f"{_label('escalation_body', lang)}\n"
-        f"{_label('sent_at', lang)}: {_when(ticket.sent_at)}\n"
-        f"{_label('reaction_due', lang)}: {_when(due)}\n\n" + base.body
-    )
+    record = ticket.escalation(deadline)
+    due = record.due if record is not None else None
+    if due is None and sla is not None:
+        due = {"reaction": sla.reaction_due, "delivery": sla.delivery_due}.get(
+            deadline, sla.return_due
+        )
+    if deadline == "reaction":
+        subject = f"{_label('escalation', lang)}: {base.subject}"
+        lines = [
+            _label("escalation_body", lang),
+            f"{_label('sent_at', lang)}: {_when(ticket.sent_at)}",
+            f"{_label('reaction_due', lang)}: {_when(due)}",
+        ]
+    else:
+        what = _label(f"missed_{deadline}", lang)
+        subject = f"{_label('escalation', lang)} ({what}): {base.subject}"
+        lines = [
+            _label(f"escalation_body_{deadline}", lang),
+            f"{_label(f'{deadline}_due', lang)}: {_when(due)}",
+        ]
+    lines.append(f"{_label('promised', lang)}: {_promise_text(ticket, deadline, lang)}")
+    if record is not None:
+        lines.append(f"{_label('late_by', lang)}: {late_text(record.late_by, lang)}")
+    body = "\n".join(lines) + "\n\n" + base.body
     return RenderedMessage(subject=subject, body=body)

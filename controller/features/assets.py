@@ -7,7 +7,12 @@ from datetime import date
 from typing import Any
 
 from polyfleet.controller.core import Controller
-from polyfleet.controller.domain.assets import EncodingProblem, decode_csv, parse_registry
+from polyfleet.controller.domain.assets import (
+    EncodingProblem,
+    decode_csv,
+    is_polled_model,
+    parse_registry,
+)
 from polyfleet.controller.errors import BadRequest
 from polyfleet.controller.features.caller import Caller, Permission, record
 from polyfleet.controller.features.entitlement import now
@@ -60,4 +65,16 @@ async def import_registry(
 def list_assets(core: Controller, caller: Caller, *, site: str | None = None) -> list[Doc]:
     """The registered assets (of ``site``), by serial, as stored."""
     caller.require(Permission.READ)
-    return [asset.to_doc() for asset in core.registry.assets(site)]
+    return [
+        {**asset.to_doc(), "monitoring": monitoring(core, asset.serial, asset.model)}
+        for asset in core.registry.assets(site)
+    ]
+
+
+def monitoring(core: Controller, serial: str, model: str) -> str:
+    """``polled`` (an agent reports it), ``not_seen`` (a polled model no agent reported
+    yet) or ``not_monitored`` (a Poly product the agents do not poll: entitlement, expiry
+    forecast and hand-opened tickets only)."""
+    if not is_polled_model(model):
+        return "not_monitored"
+    return "polled" if core.inventory.find_device(serial) is not None else "not_seen"

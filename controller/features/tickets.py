@@ -1,4 +1,5 @@
-"""Fault tickets: list, show, deliveries, bundles; fill in a held one, move one along, send it."""
+"""Tickets: list, show, deliveries, bundles; open one by hand, fill in a held one, move one
+along, send it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,22 @@ from typing import Any
 
 from polyfleet.controller.core import Controller
 from polyfleet.controller.domain.admin_input import contract_number as checked_contract_number
+from polyfleet.controller.domain.admin_input import display_name, multiline_text, printable_text
 from polyfleet.controller.domain.admin_input import serial as checked_serial
-from polyfleet.controller.domain.tickets import ACTIONS, ACTIVE, Ticket, TicketStatus
-from polyfleet.controller.errors import BadRequest, NotFound
+from polyfleet.controller.domain.contacts import (
+    ADDRESS_KEYS,
+    CONTACT_KEYS,
+    checked_address_field,
+    checked_contact_field,
+)
+from polyfleet.controller.domain.tickets import (
+    ACTIONS,
+    ACTIVE,
+    Ticket,
+    TicketCategory,
+    TicketStatus,
+)
+from polyfleet.controller.errors import BadRequest, Invalid, NotFound
 from polyfleet.controller.features.caller import Caller, Permission, record
 from polyfleet.controller.services.audit import AuditAction
 from polyfleet.controller.services.overview import ticket_urgency, urgent_tickets
@@ -197,8 +211,11 @@ async def fill_ticket(
     serial: str | None = None,
     contract_number: str | None = None,
     force: bool = False,
+    details: Mapping[str, str | None] | None = None,
 ) -> Doc:
-    """Complete a held ticket's serial or contract number (W5); complete, it is sent.
+    """Complete a held ticket: its serial or contract number (W5), the reporter's
+    ``contact_*`` and the delivery ``address_*`` fields (``details``, flat keys as
+    ``missing`` names them); complete, it is sent.
 
     Refused: ``TicketNotFound``; an unprintable or empty value (``AdminInputError``, the
     field named); ``UnknownContract`` for a number the asset registry lacks for the serial
@@ -212,17 +229,110 @@ async def fill_ticket(
         filled["serial"] = checked_serial(serial)
     if contract_number is not None:
         filled["contract_number"] = checked_contract_number(contract_number)
+    contact: dict[str, str] = {}
+    address: dict[str, str] = {}
+    for key, value in (details or {}).items():
+        if value is None:
+            continue
+        if key in CONTACT_KEYS:
+            name = key.removeprefix("contact_")
+            contact[name] = checked_contact_field(name, value, field=key)
+        elif key in ADDRESS_KEYS:
+            name = key.removeprefix("address_")
+            address[name] = checked_address_field(name, value, field=key)
+        else:
+            raise BadRequest(f"{key}: not a ticket detail", field=key)
     ticket = await service.fill(
         ticket_id,
         serial=filled.get("serial"),
         contract_number=filled.get("contract_number"),
         by=_filled_by(caller),
         force=force,
+        contact=contact or None,
+        address=address or None,
     )
+    filled.update({f"contact_{k}": v for k, v in contact.items()})
+    filled.update({f"address_{k}": v for k, v in address.items()})
     if force:
         filled["force"] = True
     await record(
         core, caller, AuditAction.TICKET_FILL, f"ticket:{ticket.id}", filled, site=ticket.site
+    )
+    return _detail(service, ticket)
+
+
+#: Categories a ticket opened by hand may ask for.
+CATEGORIES = tuple(category.value for category in TicketCategory)
+#: Longest one-line summary of a ticket opened by hand.
+SUMMARY_MAX_CHARS = 200
+
+
+async def open_ticket(
+    core: Controller,
+    caller: Caller,
+    *,
+    category: str,
+    summary: str,
+    description: str = "",
+    serial: str | None = None,
+    site: str | None = None,
+    contact: str | None = None,
+) -> Doc:
+    """Open a ticket by hand: for a unit (``serial``: enrolled or in the asset registry) or
+    a whole site (``site``), a ``fault`` the agents cannot see, or the ``support`` or
+    ``configuration`` help the unit's plan sells (H4, P2). It goes to the desk as automatic
+    tickets do, held while the desk's required facts are missing.
+
+    Refused: a category not in ``CATEGORIES``, neither or both of serial and site, an
+    unprintable text (422, the field named); an unknown unit or site (404);
+    ``ServiceNotIncluded`` when the plan in force lacks the service (422 ``not_in_plan``).
+    """
+    caller.require(Permission.OPERATE)
+    if category not in CATEGORIES:
+        raise Invalid(
+            f"category: {category!r} is not one of {', '.join(CATEGORIES)}", field="category"
+        )
+    if (serial is None) == (site is None):
+        raise Invalid(
+            "give the unit's serial or, for a site-wide problem, the site", field="serial"
+        )
+    text = printable_text(summary, field="summary", max_chars=SUMMARY_MAX_CHARS)
+    details = multiline_text(description, field="description")
+    person = None if contact is None else display_name(contact, field="contact", allow_empty=True)
+    model = None
+    if serial is not None:
+        serial = checked_serial(serial)
+        device = core.inventory.find_device(serial)
+        if device is None and core.registry.asset(serial) is None:
+            raise NotFound(
+                f"no unit {serial!r}: it is neither enrolled nor in the asset registry; "
+                "register it first (polyfleet controller assets import)",
+                field="serial",
+            )
+        if device is not None:
+            model = device.get("model")
+            site = device.get("site")
+    else:
+        assert site is not None
+        core.inventory.site(site)
+    service = _service(core)
+    ticket = await service.open_by_hand(
+        category=TicketCategory(category),
+        summary=text,
+        description=details,
+        serial=serial,
+        site=site,
+        model=model if isinstance(model, str) else None,
+        contact=person or None,
+        by=_filled_by(caller),
+    )
+    await record(
+        core,
+        caller,
+        AuditAction.TICKET_OPEN,
+        f"ticket:{ticket.id}",
+        {"category": category, "serial": serial, "summary": text, "status": ticket.status.value},
+        site=ticket.site,
     )
     return _detail(service, ticket)
 

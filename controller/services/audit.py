@@ -68,6 +68,7 @@ class AuditAction(StrEnum):
 
     SITE_ADD = "site.add"
     SITE_UPDATE = "site.update"
+    SITE_CONTACT = "site.contact"
     INVITE_CREATE = "invite.create"
     DEVICE_MOVE = "device.move"
     DEVICE_ROOM = "device.room"
@@ -89,6 +90,9 @@ class AuditAction(StrEnum):
     ROLLOUT_ABORT = "rollout.abort"
     ROLLOUT_HALT = "rollout.halt"
     ROLLOUT_PENALTY_RELEASE = "rollout.penalty_release"
+    TICKET_OPEN = "ticket.open"
+    MAINTENANCE_ADD = "maintenance.add"
+    MAINTENANCE_END = "maintenance.end"
     TICKET_FILL = "ticket.fill"
     TICKET_SEND = "ticket.send"
     TICKET_ACK = "ticket.ack"

@@ -97,9 +97,14 @@ def entry_key(ticket_id: str, purpose: str, channel: Channel) -> str:
 def message_ids(ticket_id: str, rounds: int) -> list[str]:
     """Every id a ticket reopened ``rounds`` times can have given its messages: per round
     (0: ``ticket``, then ``reopened-N``) its ticket and its escalation, on each channel."""
-    purposes = ["ticket", "escalation-0"]
-    for number in range(1, rounds + 1):
-        purposes += [f"reopened-{number}", f"escalation-{number}"]
+    purposes: list[str] = []
+    for number in range(rounds + 1):
+        purposes.append("ticket" if number == 0 else f"reopened-{number}")
+        purposes += [
+            f"escalation-{number}",
+            f"escalation_delivery-{number}",
+            f"escalation_return-{number}",
+        ]
     return [entry_key(ticket_id, purpose, channel) for purpose in purposes for channel in CHANNELS]
 
 

@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -41,6 +41,12 @@ from polyfleet.controller.clock import Clock
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain import reported
 from polyfleet.controller.domain.admin_input import AdminInputError, display_name, shown
+from polyfleet.controller.domain.contacts import (
+    DeliveryAddress,
+    SiteContact,
+    site_address,
+    site_contact,
+)
 from polyfleet.controller.domain.ingest import (
     ClockChange,
     DeviceFound,
@@ -149,7 +155,9 @@ class SiteExists(Conflict):
 def site_changes(old: Doc, new: Doc) -> dict[str, list[Any]]:
     """What ``update_site`` changed, as the audit log keeps it: field -> [before, after]."""
     return {
-        key: [old.get(key), new[key]] for key in ("name", "timezone") if old.get(key) != new[key]
+        key: [old.get(key), new.get(key)]
+        for key in ("name", "timezone", "contact", "delivery_address", "admin_networks")
+        if old.get(key) != new.get(key)
     }
 
 
@@ -527,20 +535,41 @@ class Inventory:
         return doc
 
     async def update_site(
-        self, site_id: str, *, name: str | None = None, timezone: str | None = None
+        self,
+        site_id: str,
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        contact: Mapping[str, str] | None = None,
+        delivery_address: Mapping[str, str] | None = None,
+        admin_networks: Sequence[str] | None = None,
     ) -> tuple[Doc, Doc]:
-        """Rename a site or change its time zone: (the document before, the one after)."""
+        """Rename a site, change its time zone, its authorised reporter (``contact``: the
+        fields given, checked; "" clears one), its RMA ``delivery_address`` (the same way) or
+        its admin networks: (the document before, the one after)."""
         existing = self._store.get(SITES, site_id)
         if existing is None:
             raise UnknownSite(site_id)
-        if name is None and timezone is None:
-            raise InvalidInput("name", "give a new name, a new timezone, or both")
+        if all(
+            value is None for value in (name, timezone, contact, delivery_address, admin_networks)
+        ):
+            raise InvalidInput(
+                "name",
+                "give a new name, a new timezone, a contact, a delivery address or admin networks",
+            )
         changed = dict(existing)
         if name is not None:
             changed["name"] = _site_name(name, allow_empty=False)
         if timezone is not None:
             _check_timezone(timezone)
             changed["timezone"] = timezone
+        for key, given in (("contact", contact), ("delivery_address", delivery_address)):
+            if given is not None:
+                merged = {**(existing.get(key) or {}), **given}
+                kept = {field: value for field, value in merged.items() if value}
+                changed[key] = kept or None
+        if admin_networks is not None:
+            changed["admin_networks"] = list(dict.fromkeys(admin_networks))
         await self._store.wait_durable(self._store.apply({SITES: {site_id: changed}}))
         return existing, changed
 
@@ -584,6 +613,11 @@ class Inventory:
             site_id: str(site.get("timezone") or "UTC")
             for site_id, site in self._store.scan(SITES).items()
         }
+
+    def site_contacts(self, site_id: str) -> tuple[SiteContact | None, DeliveryAddress | None]:
+        """A site's authorised reporter and RMA delivery address (None: not set or no site)."""
+        site = self._store.get(SITES, site_id)
+        return site_contact(site), site_address(site)
 
     def site_name(self, site_id: str) -> str | None:
         """A site's display name, or None for an unknown site."""
@@ -1247,6 +1281,7 @@ def device_summary(doc: Doc) -> Doc:
 
 
 def site_summary(site: Doc, devices: int, agents: int) -> Doc:
+    contact, address = site_contact(site), site_address(site)
     return {
         "id": site["id"],
         "name": site.get("name", site["id"]),
@@ -1254,4 +1289,10 @@ def site_summary(site: Doc, devices: int, agents: int) -> Doc:
         "agent_online": site.get("agent_online"),
         "agents": agents,
         "devices": devices,
+        "contact": None if contact is None else contact.model_dump(),
+        "delivery_address": None if address is None else address.model_dump(),
+        "admin_networks": list(site.get("admin_networks") or []),
+        # What a ticket of this site would be held for (W2, RMA): filled here once for all.
+        "ticket_fields_missing": (contact or SiteContact()).missing()
+        + (address or DeliveryAddress()).missing(),
     }

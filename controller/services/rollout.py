@@ -117,7 +117,7 @@ from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.packages import PackageService
 from polyfleet.controller.services.room_calendars import RoomCalendars
-from polyfleet.controller.services.ticket_service import TicketIndex
+from polyfleet.controller.services.ticket_service import UPDATE_FAILED, TicketIndex
 from polyfleet.controller.store.base import Doc, Store
 from polyfleet.shared.schema import FailureCode, JobKind, JobProgress
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -127,7 +127,21 @@ log = logging.getLogger(__name__)
 #: Files a ticket through the ticket service's normal path (a bricked unit).
 TicketFiler = Callable[[FaultEvent], Awaitable[None]]
 #: The fault a unit that did not come back from its update is ticketed for.
-UPDATE_FAULT = "firmware_update_failed"
+UPDATE_FAULT = UPDATE_FAILED
+#: How long after its window a unit's update maintenance lasts: a unit ordered late in the
+#: window reboots and is verified after it.
+UPDATE_GRACE = timedelta(minutes=30)
+
+
+class UpdateMaintenance(Protocol):
+    """Puts units into maintenance for their update (``services.maintenance``)."""
+
+    async def open_for_update(
+        self, serial: str, *, rollout: str, version: str, starts: datetime, ends: datetime
+    ) -> object: ...
+
+    async def end_for_update(self, serial: str, *, rollout: str) -> None: ...
+
 
 ROLLOUTS = "rollouts"
 ROLLOUT_DEVICES = "rollout_devices"
@@ -369,8 +383,11 @@ class RolloutService:
         calendars: RoomCalendars | None = None,
         min_wave_gap: timedelta = MIN_WAVE_GAP,
         reassign_after: timedelta = DEFAULT_REASSIGN_AFTER,
+        maintenance: UpdateMaintenance | None = None,
     ) -> None:
         self._store = store
+        #: Units being updated are in maintenance: their reboot opens no fault ticket.
+        self._maintenance = maintenance
         #: Open tickets by device, which hold a device back from a plan.
         self._tickets = tickets if tickets is not None else TicketIndex()
         self._bus = bus
@@ -1125,6 +1142,16 @@ class RolloutService:
                     window_end=night.end,
                 )
             )
+            if self._maintenance is not None:
+                # From the order until it is verified, or its window (and the grace a unit
+                # takes to come back) is over: faults the update explains open no ticket.
+                await self._maintenance.open_for_update(
+                    entry["serial"],
+                    rollout=rollout_id,
+                    version=hop["version"],
+                    starts=now,
+                    ends=night.end + UPDATE_GRACE,
+                )
 
     async def _tell_ordered(self, update: UpdateOrdered) -> None:
         for watcher in list(self.watchers):
@@ -1361,6 +1388,9 @@ class RolloutService:
             **extra,
         }
         await self._store.wait_durable(self._apply(changes_stored))
+        if self._maintenance is not None:
+            # The update is over: what is wrong with the unit now is its own fault.
+            await self._maintenance.end_for_update(entry["serial"], rollout=rollout_id)
         if ticket is not None and self.file_ticket is not None:
             # After the entry is stored: a crash here repeats nothing but may miss the ticket,
             # which the unit's own silence then opens through the fault detector.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from polyfleet.controller.services.jobs import JobPending, JobService
 from polyfleet.controller.services.ticket_service import CollectedBundle
@@ -30,13 +31,23 @@ class JobDiagnostics:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
 
-    async def collect(self, serial: str, *, site: str | None, timeout_s: float) -> CollectedBundle:
+    async def collect(
+        self,
+        serial: str,
+        *,
+        site: str | None,
+        timeout_s: float,
+        network_targets: Sequence[str] = (),
+    ) -> CollectedBundle:
         del site  # the jobs service routes by the device's own site
+        params: dict[str, object] = {"reason": "fault ticket"}
+        if network_targets:
+            params["network_targets"] = list(network_targets)
         try:
             job = await self.jobs.enqueue(
                 serial,
                 JobKind.COLLECT_DIAGNOSTICS,
-                params={"reason": "fault ticket"},
+                params=params,
                 created_by="tickets",
             )
         except JobPending as exc:

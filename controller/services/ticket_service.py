@@ -9,8 +9,9 @@ import json
 import logging
 import operator
 import re
+import secrets
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,24 +19,39 @@ from typing import Any, Protocol
 
 from polyfleet.controller.domain.assets import Asset
 from polyfleet.controller.domain.calendar import to_warsaw, warsaw_date
+from polyfleet.controller.domain.contacts import (
+    ADDRESS_KEYS,
+    CONTACT_KEYS,
+    DeliveryAddress,
+    SiteContact,
+)
 from polyfleet.controller.domain.entitlement import plan_in_force
 from polyfleet.controller.domain.faults import FaultDetector, FaultEvent, FaultEventKind
+from polyfleet.controller.domain.maintenance import Maintenance
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.sla import SlaTerms
 from polyfleet.controller.domain.tickets import (
     ACTIVE,
     ADMIN_NOTES,
+    CATEGORY_FAULT,
     Bundle,
     DeskContacts,
+    Escalation,
+    RunningClock,
+    ServiceNotIncluded,
     Ticket,
+    TicketCategory,
     TicketError,
     TicketKind,
     TicketMomentError,
     TicketStatus,
     choose_language,
+    deadline_name,
     eligibility_of,
+    late_text,
     render_escalation,
     render_ticket,
+    service_refusal,
     ticket_id,
 )
 from polyfleet.controller.errors import NotFound
@@ -70,6 +86,10 @@ PRUNE_INTERVAL = timedelta(hours=1)
 #: The fault detector's lasting state (debounce, open faults, flapping, site outages), saved
 #: on transitions so that a restart resumes detection where it stood.
 FAULT_STATE = "ticket_fault_state"
+#: Faults that opened during a maintenance window: recorded, no ticket until it ends.
+FAULTS_IN_MAINTENANCE = "ticket_faults_in_maintenance"
+#: The fault a rollout files for a unit its update left failed (``services.rollout``).
+UPDATE_FAILED = "firmware_update_failed"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 #: Statuses of tickets still being worked on, as stored.
 ACTIVE_STATUSES = tuple(status.value for status in TicketStatus if status in ACTIVE)
@@ -87,8 +107,16 @@ class CollectedBundle:
 class DiagnosticsSource(Protocol):
     """Asks the device's site agent to collect diagnostics and returns the uploaded artifact."""
 
-    async def collect(self, serial: str, *, site: str | None, timeout_s: float) -> CollectedBundle:
-        """The bundle; raises an exception whose message says why it could not be had."""
+    async def collect(
+        self,
+        serial: str,
+        *,
+        site: str | None,
+        timeout_s: float,
+        network_targets: Sequence[str] = (),
+    ) -> CollectedBundle:
+        """The bundle, with the unit's own network tests to ``network_targets`` when given;
+        raises an exception whose message says why it could not be had."""
         ...
 
 
@@ -229,10 +257,42 @@ class TicketIndex:
         return {serial: tuple(sorted(keys)) for serial, keys in found.items()}
 
 
+#: Statuses in which a deadline can be missed: sent (reaction), accepted and shipped
+#: (delivery), replacement received (return).
+ESCALATING = (
+    TicketStatus.SENT,
+    TicketStatus.ACCEPTED,
+    TicketStatus.REPLACEMENT_SHIPPED,
+    TicketStatus.REPLACEMENT_RECEIVED,
+)
+
+
+def escalation_purpose(deadline: str, round_: int) -> str:
+    """The outbox purpose of a deadline's escalation: ``escalation-2`` for the reaction (as
+    it always was), ``escalation_delivery-2`` and ``escalation_return-2`` for the others."""
+    if deadline == "reaction":
+        return f"escalation-{round_}"
+    return f"escalation_{deadline}-{round_}"
+
+
+def escalated_deadline(purpose: str) -> str:
+    """The deadline an escalation purpose (``escalation_delivery-0``) is about."""
+    head = purpose.partition("-")[0]
+    return head.removeprefix("escalation_") if head.startswith("escalation_") else "reaction"
+
+
 def _round(purpose: str) -> int:
     """The reopening a message belongs to: ``ticket`` 0, ``reopened-2`` and ``escalation-2`` 2."""
     _, _, number = purpose.rpartition("-")
     return int(number) if number.isdigit() else 0
+
+
+class MaintenanceLookup(Protocol):
+    """Which maintenance window silences a fault (``services.maintenance``)."""
+
+    def covering(
+        self, serial: str | None, site: str | None, at: datetime
+    ) -> Maintenance | None: ...
 
 
 class TicketService:
@@ -256,8 +316,11 @@ class TicketService:
         data_dir: Path | None = None,
         index: TicketIndex | None = None,
         background: bool = True,
+        maintenance: MaintenanceLookup | None = None,
     ) -> None:
         self.store = store
+        #: Planned work during which faults are recorded but open no ticket.
+        self.maintenance = maintenance
         #: Where sites and agents are known, and the asset registry (their owners).
         self.inventory = inventory
         self.registry = registry
@@ -456,6 +519,7 @@ class TicketService:
         await self.handle(self.detector.tick(moment))
         await self.check_escalations(moment)
         await self.recheck_held(moment)
+        await self.release_after_maintenance(moment)
         if self._pruned_at is None or moment - self._pruned_at >= PRUNE_INTERVAL:
             await self.prune_deliveries(moment)
 
@@ -511,13 +575,114 @@ class TicketService:
         seq = self.store.apply({FAULT_STATE: puts}, {FAULT_STATE: deletes}, handover=True)
         await self.store.wait_durable(seq)
 
-    async def _handle_one(self, event: FaultEvent) -> None:
+    def silenced_faults(self) -> list[Doc]:
+        """Faults recorded during maintenance that have no ticket yet, oldest first."""
+        found = list(self.store.scan(FAULTS_IN_MAINTENANCE).values())
+        return sorted(found, key=lambda doc: str(doc.get("first_seen") or doc.get("at")))
+
+    def _silencing(self, event: FaultEvent) -> Maintenance | None:
+        if self.maintenance is None:
+            return None
+        return self.maintenance.covering(event.serial, event.site, event.at)
+
+    async def _record_silenced(self, key: str, event: FaultEvent, window: Maintenance) -> None:
+        """Keep the fault, with its real start, for a ticket when the window ends."""
+        doc: Doc = {
+            "ticket_id": key,
+            "subject": event.subject,
+            "fault": event.fault,
+            "at": event.at.isoformat(),
+            "site": event.site,
+            "serial": event.serial,
+            "detail": event.detail,
+            "first_seen": (event.first_seen or event.at).isoformat(),
+            "host_serial": event.host_serial,
+            "model": event.model,
+            "flapping": event.flapping,
+            "affected": list(event.affected),
+            "evidence": list(event.evidence),
+            "maintenance": window.id,
+            "reason": window.reason,
+            "rollout": window.rollout,
+        }
+        await self.store.wait_durable(self.store.apply({FAULTS_IN_MAINTENANCE: {key: doc}}))
+        log.info(
+            "fault %s %s during maintenance %s (%s): no ticket while it lasts",
+            event.subject,
+            event.fault,
+            window.id,
+            window.reason,
+        )
+
+    def _update_ticket(self, serial: str) -> bool:
+        """Whether the unit has an active ticket for a failed firmware update."""
+        doc = self.store.get(TICKETS, ticket_id(serial, UPDATE_FAILED))
+        return doc is not None and doc.get("status") != TicketStatus.CLOSED.value
+
+    async def release_after_maintenance(self, now: datetime | None = None) -> int:
+        """Faults recorded during maintenance whose window has ended and that are still
+        present get their ticket at once, dated from the fault's real start."""
+        moment = now or self.clock()
+        released = 0
+        for key, doc in sorted(self.store.scan(FAULTS_IN_MAINTENANCE).items()):
+            serial, site = doc.get("serial"), doc.get("site")
+            if self.maintenance is not None and self.maintenance.covering(serial, site, moment):
+                continue
+            if serial is not None and not self.detector.still_open(serial, str(doc["fault"])):
+                # Gone with the work that caused it (a unit back from its update).
+                seq = self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]})
+                await self.store.wait_durable(seq)
+                continue
+            if serial is not None and doc.get("rollout") and self._update_ticket(serial):
+                # The update's own ticket says the update caused it: one ticket, not two.
+                seq = self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]})
+                await self.store.wait_durable(seq)
+                continue
+            event = FaultEvent(
+                kind=FaultEventKind.OPENED,
+                subject=str(doc["subject"]),
+                fault=str(doc["fault"]),
+                at=moment,
+                site=site,
+                serial=serial,
+                detail=str(doc.get("detail") or ""),
+                first_seen=datetime.fromisoformat(str(doc["first_seen"])),
+                host_serial=doc.get("host_serial"),
+                model=doc.get("model"),
+                flapping=bool(doc.get("flapping")),
+                affected=tuple(doc.get("affected") or ()),
+                evidence=tuple(doc.get("evidence") or ()),
+            )
+            after = (
+                "after_maintenance",
+                {"id": str(doc["maintenance"]), "reason": str(doc["reason"])},
+            )
+            await self._handle_one(event, note=after)
+            await self.store.wait_durable(self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]}))
+            released += 1
+        return released
+
+    async def _handle_one(
+        self, event: FaultEvent, *, note: tuple[str, Mapping[str, str]] | None = None
+    ) -> None:
         key = ticket_id(event.subject, event.fault)
         now = self.clock()
         async with self._lock:
             doc = self.store.get(TICKETS, key)
             existing = None if doc is None else Ticket.from_document(doc)
             prepare = False
+            if event.kind is FaultEventKind.CLEARED and self.store.get(FAULTS_IN_MAINTENANCE, key):
+                # Gone before the window ended: recorded, never ticketed.
+                seq = self.store.apply({}, {FAULTS_IN_MAINTENANCE: [key]})
+                await self.store.wait_durable(seq)
+            if event.kind in (FaultEventKind.OPENED, FaultEventKind.RECURRED) and (
+                existing is None or existing.status is TicketStatus.CLOSED
+            ):
+                # A rollout's own verdict on an update it ran is never silenced by it.
+                window = None if event.fault == UPDATE_FAILED else self._silencing(event)
+                if window is not None:
+                    await self._record_silenced(key, event, window)
+                    return
             if event.kind in (FaultEventKind.OPENED, FaultEventKind.RECURRED):
                 if existing is None:
                     ticket = self._new_ticket(key, event, now)
@@ -536,6 +701,8 @@ class TicketService:
                     ticket.note(now, "seen_again", when=event.at.isoformat())
                 for snapshot in event.evidence:
                     ticket.add_evidence(snapshot)
+                if note is not None:
+                    ticket.note(now, note[0], **note[1])
             elif existing is None:
                 return
             elif event.kind is FaultEventKind.CLEARED:
@@ -576,6 +743,15 @@ class TicketService:
     def _refresh_site_name(self, ticket: Ticket) -> None:
         name = None if ticket.site is None else self.inventory.site_name(ticket.site)
         ticket.site_name = name if name is not None and name != ticket.site else None
+        # W2, RMA: whom the desk contacts and where hardware goes; what the ticket was given
+        # by hand stays, what it lacks comes from the site.
+        contact, address = (
+            (None, None) if ticket.site is None else self.inventory.site_contacts(ticket.site)
+        )
+        if contact is not None:
+            ticket.reporter = (ticket.reporter or SiteContact()).merged(contact)
+        if address is not None:
+            ticket.rma_address = (ticket.rma_address or DeliveryAddress()).merged(address)
 
     def _refresh_registry_facts(self, ticket: Ticket, now: datetime) -> None:
         """Serial, contract, plan, room, language, SLA terms, desk contacts and the contract's
@@ -661,6 +837,7 @@ class TicketService:
             ticket = self.get(key)
             if (
                 ticket.kind is TicketKind.DEVICE
+                and ticket.category in (None, TicketCategory.FAULT)
                 and ticket.bundle is None
                 and ticket.bundle_error is None
             ):
@@ -685,7 +862,10 @@ class TicketService:
             assert target is not None
             try:
                 bundle = await self.diagnostics.collect(
-                    target, site=ticket.site, timeout_s=self.settings.diagnostics_timeout_s
+                    target,
+                    site=ticket.site,
+                    timeout_s=self.settings.diagnostics_timeout_s,
+                    network_targets=self._network_targets(ticket),
                 )
             except Exception as exc:  # the agent, the device or the network may fail
                 error = f"diagnostics from {target} failed: {exc}"
@@ -710,6 +890,14 @@ class TicketService:
             fresh.note(self.clock(), "bundle_missing", error=error)
             await self._save(fresh)
         log.warning("ticket %s: %s", ticket.id, error)
+
+    def _network_targets(self, ticket: Ticket) -> tuple[str, ...]:
+        """Where the unit tests its reach to: the configured targets, when the ticket's plan
+        includes remote diagnostics on failure (H4, P2)."""
+        plan = self.plans.plans.get(ticket.plan or "")
+        if plan is None or not plan.remote_diagnostics:
+            return ()
+        return self.settings.network_test_targets
 
     @staticmethod
     def _ticket_purpose(ticket: Ticket) -> str:
@@ -768,11 +956,18 @@ class TicketService:
         escalation = purpose.startswith("escalation")
         if not escalation and ticket.status is TicketStatus.OPEN:
             ticket.mark_sent(at)
-        rendered = render_escalation(ticket) if escalation else render_ticket(ticket)
+        deadline = escalated_deadline(purpose)
+        rendered = render_escalation(ticket, deadline) if escalation else render_ticket(ticket)
         event = "escalation" if escalation else purpose.split("-")[0]
-        return Rendering(
-            subject=rendered.subject, body=rendered.body, payload=self._payload(ticket, event)
-        )
+        payload = self._payload(ticket, event)
+        if escalation:
+            # Which deadline, when it was due, by how much it was missed (W7).
+            record = ticket.escalation(deadline)
+            payload["deadline"] = deadline
+            if record is not None:
+                payload["due"] = record.due.isoformat()
+                payload["late_s"] = int(record.late_by.total_seconds())
+        return Rendering(subject=rendered.subject, body=rendered.body, payload=payload)
 
     async def _enqueue(self, ticket: Ticket, purpose: str, *, escalation: bool = False) -> None:
         """Queue the ticket's message on each channel; it is rendered when it is sent."""
@@ -826,22 +1021,26 @@ class TicketService:
         return {TICKETS: {ticket.id: ticket.as_document()}}
 
     async def recheck_held(self, now: datetime | None = None) -> int:
-        """W5: held tickets whose contract has since reached the asset registry go out."""
+        """W5, W2: held tickets whose contract has since reached the asset registry, or whose
+        site has since been given its reporter and delivery address, go out."""
         moment = now or self.clock()
         released: list[str] = []
         for ticket in self.tickets(status=TicketStatus.NEEDS_DATA.value):
-            asset = self._asset(ticket.serial)
-            if asset is None or asset.contract_at(warsaw_date(moment)) is None:
-                continue
             async with self._lock:
                 fresh = self.get(ticket.id)
                 if fresh.status is not TicketStatus.NEEDS_DATA:
                     continue
+                before = set(fresh.missing)
                 self._refresh_registry_facts(fresh, moment)
                 if fresh.missing:
+                    if set(fresh.missing) != before:
+                        await self._save(fresh)
                     continue
                 fresh.status = TicketStatus.OPEN
-                fresh.note(moment, "completed")
+                if before & {"serial", "contract_number"}:
+                    fresh.note(moment, "completed")
+                if before & {*CONTACT_KEYS, *ADDRESS_KEYS}:
+                    fresh.note(moment, "completed_from_site")
                 await self._save(fresh)
             released.append(fresh.id)
             self._prepare_later(fresh.id)
@@ -858,39 +1057,72 @@ class TicketService:
         return found
 
     async def check_escalations(self, now: datetime | None = None) -> int:
-        """W2, W7: one escalation per ticket whose reaction time passed unacknowledged.
+        """W7: one escalation per missed deadline of a ticket: the reaction passed
+        unacknowledged (W2), the delivery (W3, P3) or the return (W6, P4) passed.
 
         With no escalation channel configured the ticket says so, naming the escalation
         contacts to call instead, and the admin is told once in the log.
         """
         moment = now or self.clock()
         count = 0
-        for ticket in self.tickets(status=TicketStatus.SENT.value):
-            if not ticket.reaction_overdue(moment):
-                continue
-            async with self._lock:
-                fresh = self.get(ticket.id)
-                if not fresh.reaction_overdue(moment):
+        for status in ESCALATING:
+            for ticket in self.tickets(status=status.value):
+                if not ticket.missed_deadlines(moment):
                     continue
-                destinations = self.escalation_destinations()
-                fresh.escalated_at = moment
-                fresh.escalated_to = destinations
-                if destinations:
-                    fresh.note(moment, "escalated", email=", ".join(destinations))
-                    # Enqueue first (idempotent by id), then record: a crash repeats nothing.
-                    await self._enqueue(fresh, f"escalation-{fresh.reopen_count}", escalation=True)
-                else:
-                    contacts = fresh.contacts or DeskContacts.of(self.plans.contacts_of(None))
-                    fresh.note(
-                        moment,
-                        "escalation_unsent",
-                        phone=contacts.escalation_phone if contacts else "-",
-                        email=contacts.escalation_email if contacts else "-",
-                    )
-                    self._warn_no_escalation(fresh.id)
-                await self._save(fresh)
-            count += 1
+                async with self._lock:
+                    fresh = self.get(ticket.id)
+                    missed = fresh.missed_deadlines(moment)
+                    for clock in missed:
+                        await self._escalate(fresh, clock, moment)
+                    if missed:
+                        await self._save(fresh)
+                count += len(missed)
         return count
+
+    async def _escalate(self, ticket: Ticket, clock: RunningClock, moment: datetime) -> None:
+        """Record one missed deadline on ``ticket`` and queue its escalation (unsaved)."""
+        destinations = self.escalation_destinations()
+        ticket.escalations = [
+            *ticket.escalations,
+            Escalation(deadline=clock.name, due=clock.due, at=moment, to=destinations),
+        ]
+        lang = ticket.language
+        late = late_text(moment - clock.due, lang)
+        deadline = deadline_name(clock.name, lang)
+        if clock.name == "reaction":
+            ticket.escalated_at = moment
+            ticket.escalated_to = destinations
+        if destinations:
+            if clock.name == "reaction":
+                ticket.note(moment, "escalated", email=", ".join(destinations))
+            else:
+                ticket.note(
+                    moment,
+                    "escalated_deadline",
+                    deadline=deadline,
+                    late=late,
+                    email=", ".join(destinations),
+                )
+            # Enqueue first (idempotent by id), then record: a crash repeats nothing.
+            await self._enqueue(
+                ticket, escalation_purpose(clock.name, ticket.reopen_count), escalation=True
+            )
+            return
+        contacts = ticket.contacts or DeskContacts.of(self.plans.contacts_of(None))
+        phone = contacts.escalation_phone if contacts else "-"
+        email = contacts.escalation_email if contacts else "-"
+        if clock.name == "reaction":
+            ticket.note(moment, "escalation_unsent", phone=phone, email=email)
+        else:
+            ticket.note(
+                moment,
+                "escalation_unsent_deadline",
+                deadline=deadline,
+                late=late,
+                phone=phone,
+                email=email,
+            )
+        self._warn_no_escalation(ticket.id)
 
     def _warn_no_escalation(self, ticket: str | None = None) -> None:
         """Tell the admin, once per run, that escalations have nowhere to go (W7)."""
@@ -948,6 +1180,8 @@ class TicketService:
         contract_number: str | None = None,
         by: str | None = None,
         force: bool = False,
+        contact: Mapping[str, str] | None = None,
+        address: Mapping[str, str] | None = None,
     ) -> Ticket:
         """W5: complete a held ticket; once complete it is prepared and sent.
 
@@ -966,12 +1200,94 @@ class TicketService:
             unknown = number is not None and number not in known
             if unknown and not force:
                 raise UnknownContract(key, target, number or "", known)
-            ticket.fill(serial=serial, contract_number=contract_number, at=now, by=by)
+            ticket.fill(
+                serial=serial,
+                contract_number=contract_number,
+                at=now,
+                by=by,
+                contact=contact,
+                address=address,
+            )
             if unknown:
                 ticket.note(now, "filled_unknown_contract", contract=number or "", who=by or "?")
             await self._save(ticket)
         if ticket.status is TicketStatus.OPEN:
             self._prepare_later(ticket.id)
+        return ticket
+
+    async def open_by_hand(
+        self,
+        *,
+        category: TicketCategory,
+        summary: str,
+        description: str = "",
+        serial: str | None = None,
+        site: str | None = None,
+        model: str | None = None,
+        contact: str | None = None,
+        by: str | None = None,
+    ) -> Ticket:
+        """A ticket the admin opens: a fault the agents cannot see, or a service the plan
+        sells beyond repair (technical support, configuration help: H4, P2).
+
+        The plan in force decides: a service it does not include is refused
+        (``ServiceNotIncluded``, naming the plan and the plans that include it). Otherwise the
+        ticket goes to the desk as automatic ones do: the same SLA terms, W4/W5 fields,
+        reporter and delivery address, language and escalation, held while it lacks any.
+        ``serial`` names the unit (its site and model from the registry when not given);
+        ``site`` alone files a site-wide fault. ``contact`` names the person the desk should
+        ask for instead of the site's reporter.
+        """
+        now = self.clock()
+        kind = TicketKind.DEVICE if serial else TicketKind.SITE
+        asset = self._asset(serial)
+        if kind is TicketKind.SITE and category is not TicketCategory.FAULT:
+            raise ServiceNotIncluded(
+                f"site {site}: a site has no service plan of its own; ask for "
+                f"{category.value} for a unit (serial) whose plan includes it"
+            )
+        plan = None if asset is None else plan_in_force(asset, self.plans, warsaw_date(now))
+        refusal = service_refusal(category, plan, self.plans, f"unit {serial}")
+        if refusal is not None:
+            raise ServiceNotIncluded(refusal)
+        fault = CATEGORY_FAULT[category]
+        subject = serial or f"site:{site}"
+        # Any number of hand-opened tickets per unit: each one its own id.
+        key = ticket_id(subject, f"{fault}\x00{now.isoformat()}\x00{secrets.token_hex(4)}")
+        ticket = Ticket(
+            id=key,
+            kind=kind,
+            fault=fault,
+            fault_detail=summary,
+            status=TicketStatus.OPEN,
+            serial=serial,
+            model=model or (None if asset is None else asset.model),
+            site=site or (None if asset is None else asset.site),
+            language=self.settings.language,
+            first_seen=now,
+            opened_at=now,
+            category=category,
+            summary=summary,
+            description=description or None,
+            opened_by=by,
+        )
+        if contact:
+            ticket.reporter = SiteContact(name=contact)
+        self._refresh_registry_facts(ticket, now)
+        if ticket.missing:
+            ticket.status = TicketStatus.NEEDS_DATA
+            ticket.note(now, "held", missing=",".join(ticket.missing))
+        async with self._lock:
+            await self._save(ticket)
+        log.info("ticket %s opened by hand (%s %s)", ticket.id, subject, category.value)
+        if ticket.status is TicketStatus.NEEDS_DATA:
+            log.warning(
+                "ticket %s held: missing %s; fill it in with: %s",
+                ticket.id,
+                ", ".join(ticket.missing),
+                self.fill_command(ticket.id),
+            )
+        self._prepare_later(ticket.id)
         return ticket
 
     def _known_contracts(self, serial: str | None) -> list[str]:

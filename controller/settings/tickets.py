@@ -123,6 +123,9 @@ class TicketSettings:
     max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES
     check_interval_s: float = DEFAULT_CHECK_INTERVAL_S
     diagnostics_timeout_s: float = DEFAULT_DIAGNOSTICS_TIMEOUT_S
+    #: Hosts a unit tests its reach to when its plan includes remote diagnostics (H4): the
+    #: controller, the SIP proxy, the Teams or Zoom edge the site depends on.
+    network_test_targets: tuple[str, ...] = ()
     sent_retention: timedelta = timedelta(days=DEFAULT_SENT_RETENTION_DAYS)
     smtp: SmtpSettings | None = None
     webhook: WebhookSettings | None = None
@@ -131,6 +134,17 @@ class TicketSettings:
 
 
 # -- the file: [tickets], [smtp], [webhook], [escalation_webhook] -----------------------------
+
+#: A host name or address a unit can ping: letters, digits, dots, dashes, colons.
+_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+
+
+def _hosts(values: list[str]) -> list[str]:
+    for value in values:
+        if not _HOST.fullmatch(value):
+            raise ValueError(f"{value!r} is not a host name or address")
+    return values
+
 
 #: An e-mail address as mail headers take it: one address, no display name, no spaces.
 _ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
@@ -211,6 +225,7 @@ class TicketsSection(ConfigModel):
     max_attachment_bytes: Count = DEFAULT_MAX_ATTACHMENT_BYTES
     check_interval_s: Annotated[float, at_least(0.01)] = DEFAULT_CHECK_INTERVAL_S
     diagnostics_timeout_s: Seconds = DEFAULT_DIAGNOSTICS_TIMEOUT_S
+    network_test_targets: Annotated[list[str], AfterValidator(_hosts)] = []
     sent_retention_days: Annotated[float, at_least(0)] = DEFAULT_SENT_RETENTION_DAYS
 
     @model_validator(mode="after")
@@ -345,6 +360,7 @@ def ticket_settings(
         max_attachment_bytes=t.max_attachment_bytes,
         check_interval_s=t.check_interval_s,
         diagnostics_timeout_s=t.diagnostics_timeout_s,
+        network_test_targets=tuple(t.network_test_targets),
         sent_retention=timedelta(days=t.sent_retention_days),
         smtp=_smtp(checked.smtp, env, source),
         webhook=_webhook(checked.webhook, env, source, "webhook"),

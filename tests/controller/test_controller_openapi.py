@@ -303,6 +303,30 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     await c.call("post", f"{path}/fly", expect=404)
     await c.call("post", f"{path}/returned", expect=409)
     await c.call("get", f"{path}/bundle", expect=404)
+    opened = {"serial": "X50-1", "category": "fault", "summary": "cracked screen"}
+    await c.call("post", "/api/v1/tickets", json_body=opened, expect=201)
+    await c.call("post", "/api/v1/tickets", json_body={**opened, "category": "x"}, expect=422)
+    await c.call("post", "/api/v1/tickets", json_body={**opened, "serial": "NOPE"}, expect=404)
+    await c.call("post", "/api/v1/tickets", token=viewer, json_body=opened, expect=403)
+
+    # Maintenance: add, overlap and open-ended refused, list, end, end again.
+    hour = {"from": "2026-11-25T13:00:00+01:00", "until": "2026-11-25T14:00:00+01:00"}
+    window = await c.call(
+        "post", "/api/v1/maintenance", json_body={"site": "krk", "reason": "x", **hour}, expect=201
+    )
+    await c.call(
+        "post", "/api/v1/maintenance", json_body={"site": "krk", "reason": "y", **hour}, expect=409
+    )
+    await c.call(
+        "post",
+        "/api/v1/maintenance",
+        json_body={"serial": "X50-1", "reason": "z", "from": hour["from"]},
+        expect=422,
+    )
+    await c.call("get", "/api/v1/maintenance", token=viewer)
+    await c.call("delete", f"/api/v1/maintenance/{window['id']}")
+    await c.call("delete", f"/api/v1/maintenance/{window['id']}", expect=409)
+    await c.call("delete", "/api/v1/maintenance/MW-NONE", expect=404)
 
     # Meta: the document itself and the metrics text.
     await c.call("get", "/api/v1/openapi.json", token=None)
@@ -508,6 +532,10 @@ async def test_every_documented_operation_answers_as_documented(
         ("/api/v1/entitlement", "get"),
         ("/api/v1/entitlement/forecast", "get"),
         ("/api/v1/tickets", "get"),
+        ("/api/v1/tickets", "post"),
+        ("/api/v1/maintenance", "get"),
+        ("/api/v1/maintenance", "post"),
+        ("/api/v1/maintenance/{window_id}", "delete"),
         ("/api/v1/tickets/{ticket_id}", "get"),
         ("/api/v1/tickets/{ticket_id}", "patch"),
         ("/api/v1/tickets/{ticket_id}/{action}", "post"),

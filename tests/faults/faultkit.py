@@ -36,6 +36,7 @@ from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import AccessService, Role
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.testing import SITE_ADDRESS, SITE_CONTACT
 from polyfleet.shared.process import polyfleet_argv
 from polyfleet.shared.schema import PROTOCOL_VERSION
 from polyfleet.simulator.device import SimDevice
@@ -125,6 +126,7 @@ async def prepare_data_dir(
         codes: dict[str, list[str]] = {}
         for site in sites:
             await inventory.add_site(site, name=site.title(), timezone="Europe/Warsaw")
+            await inventory.update_site(site, contact=SITE_CONTACT, delivery_address=SITE_ADDRESS)
             codes[site] = [(await access.create_invite(site))[0] for _ in range(codes_per_site)]
         admin, _ = await access.create_token(Role.ADMIN, "fault tests")
         return Prepared(admin_token=admin, codes=codes)

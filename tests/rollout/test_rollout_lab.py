@@ -58,6 +58,15 @@ async def test_a_rollout_runs_to_completion_with_one_download_per_site(tmp_path:
         assert evidence["KRA01"][-1]["before"]["firmware"]["version"] == "4.1.0_00"
         _, metrics = await world.call("GET", "/metrics")
         assert 'polyfleet_rollouts{status="done"} 1.0' in metrics
+        # Each hop put its unit into maintenance until verified: its reboot opened no ticket.
+        _, windows = await world.call("GET", "/api/v1/maintenance")
+        updates = [w for w in windows["maintenance"] if w["rollout"] == plan["id"]]
+        assert {w["target"] for w in updates} == set(world.devices)
+        assert len([w for w in updates if w["target"] == "KRA03"]) == 2
+        assert {w["state"] for w in updates} == {"over"}
+        assert all(w["reason"].startswith("firmware update to ") for w in updates)
+        _, tickets = await world.call("GET", "/api/v1/tickets")
+        assert tickets["tickets"] == []
         _, events = await world.call("GET", "/api/v1/events?kind=rollout_changed")
         assert [e["data"]["action"] for e in events["events"]][-2:] in (
             ["start", "finish"],
@@ -129,6 +138,13 @@ async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) 
         _, shown = await world.call("GET", f"/api/v1/tickets/{found['id']}")
         assert plan["id"] in shown["fault_detail"] and "4.2.2-408037" in shown["fault_detail"]
         assert any(e.get("rollout") == plan["id"] for e in shown["evidence"])
+        # Its update maintenance ended with the failure; the update's ticket is its only one.
+        _, windows = await world.call("GET", "/api/v1/maintenance")
+        (window,) = [w for w in windows["maintenance"] if w["target"] == "BRK01"]
+        assert window["state"] == "over" and window["rollout"] == plan["id"]
+        await world.controller.core.tickets.get().tick()
+        _, body = await world.call("GET", "/api/v1/tickets")
+        assert [t["serial"] for t in body["tickets"] if t["serial"] == "BRK01"] == ["BRK01"]
 
 
 async def test_pause_lets_the_update_finish_and_resume_goes_on(tmp_path: Path) -> None:

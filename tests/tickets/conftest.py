@@ -17,7 +17,9 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from polyfleet.controller.services.webhook import DELIVERY_HEADER, verify
+from polyfleet.controller.store.base import SITES
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.testing import SITE_ADDRESS, SITE_CONTACT
 from polyfleet.simulator.identity import make_tls_identity
 
 SMTP_USER = "polyfleet"
@@ -180,9 +182,18 @@ async def escalation_peer() -> AsyncIterator[WebhookPeer]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[TinyDBStore]:
-    """The real controller store in a temporary data directory."""
+    """The real controller store in a temporary data directory, holding the site krk with
+    its reporter and delivery address (which every ticket carries)."""
     instance = TinyDBStore(tmp_path / "data")
     await instance.open()
+    site = {
+        "id": "krk",
+        "name": "krk",
+        "timezone": "Europe/Warsaw",
+        "contact": SITE_CONTACT,
+        "delivery_address": SITE_ADDRESS,
+    }
+    await instance.put_many(SITES, {"krk": site})
     yield instance
     await instance.close()
 

@@ -134,6 +134,51 @@ async def test_W4_lab_camera_fault_reaches_the_desk_with_the_agents_bundle(
         assert len(smtp_peer.received) == 1
 
 
+async def test_H4_remote_diagnostics_bring_the_units_logs_and_network_tests(
+    tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
+) -> None:
+    """A HEZO+ unit's camera fails while its LAN is degraded: the ticket's bundle holds the
+    unit's log archive (which says so) and its own ping and traceroute to each configured
+    target, every one failing beyond the gateway."""
+    rows = [f"E2EH1,studio_x50,2025-01-05,hezo_plus,HZ-E2E-1,2025-01-10,2027-01-09,{SITE},Sala,"]
+    targets = ["127.0.0.1", "sip.example.pl"]
+    async with whole_product(
+        tmp_path,
+        [make_device("E2EH1")],
+        rows,
+        smtp_peer,
+        webhook_peer,
+        network_test_targets=targets,
+    ) as (lab, desk):
+        await lab.devices["E2EH1"].set_fault("lan_degraded", True)
+        await lab.devices["E2EH1"].set_fault("camera_down", True)
+
+        def camera_ticket_mailed() -> bool:
+            return any("awaria kamery" in m.message["Subject"] for m in smtp_peer.received)
+
+        await wait_until(camera_ticket_mailed)
+        mail = next(m.message for m in smtp_peer.received if "kamery" in m.message["Subject"])
+        bundle = next(
+            a.get_content() for a in mail.iter_attachments() if a.get_filename().endswith(".tar.gz")
+        )
+        with tarfile.open(fileobj=BytesIO(gzip.decompress(bundle))) as archive:
+            files = {
+                name.rsplit("/", 1)[-1]: archive.extractfile(name).read()  # type: ignore[union-attr]
+                for name in archive.getnames()
+                if archive.getmember(name).isfile()
+            }
+        tests = json.loads(files["network-tests.json"])
+        assert [t["target"] for t in tests] == targets
+        for test in tests:
+            assert test["ping"]["result"] == "FAILED" and test["ping"]["lossPercent"] == 100
+            assert test["traceroute"]["result"] == "FAILED"
+            assert [hop["address"] for hop in test["traceroute"]["hops"]][1:] == ["*", "*"]
+        with tarfile.open(fileobj=BytesIO(files["system-logs.tar"])) as logs:
+            network_log = logs.extractfile("logs/network.log").read().decode()  # type: ignore[union-attr]
+        assert "packet loss beyond gateway" in network_log
+        assert {t.plan for t in desk.get().tickets()} == {"hezo_plus"}
+
+
 async def test_D1_lab_e70_fault_is_the_cameras_ticket_with_host_diagnostics(
     tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> None:

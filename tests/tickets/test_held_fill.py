@@ -34,6 +34,12 @@ REGISTRY = """\
 serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,host_serial
 X7,studio_x50,2023-01-05,partner_poly_plus,PPP-2023-7,2023-01-10,2024-01-09,krk,Sala Wawel,
 """
+#: The site's reporter and delivery address (``site contact``): tickets need them too.
+SITE_CONTACT = (
+    "--name", "Anna Nowak", "--phone", "+48 12 345 67 89", "--email", "anna@example.pl",
+    "--street", "ul. Floriańska 1", "--postal-code", "31-019", "--city", "Kraków",
+    "--country", "Polska",
+)  # fmt: skip
 HELD_LOG = re.compile(r"ticket (PF-\w+) held: missing contract_number; fill it in with: (.+)$")
 
 
@@ -87,6 +93,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         local = ["--data-dir", str(data_dir), "--json"]
         site = "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw"
         assert (await set_up("controller", "site", "add", *site, *local)).status == 0
+        contact = await set_up("controller", "site", "contact", "krk", *SITE_CONTACT, *local)
+        assert contact.status == 0, contact.err
         registry = tmp_path / "registry.csv"
         registry.write_text(REGISTRY, encoding="utf-8")
         imported = await set_up("controller", "assets", "import", str(registry), *local)

@@ -23,6 +23,8 @@ from polyfleet.controller.domain.tickets import (
 from polyfleet.controller.services.entitlement import load_plans
 
 T0 = datetime(2025, 11, 28, 15, 30, tzinfo=UTC)  # Friday 16:30 in Warsaw
+REPORTER = {"name": "Anna Nowak", "phone": "+48 12 345 67 89", "email": "anna@example.pl"}
+ADDRESS = {"street": "ul. Floriańska 1", "postal_code": "31-019", "city": "Kraków", "country": "PL"}
 
 
 def make(**overrides: object) -> Ticket:
@@ -40,6 +42,8 @@ def make(**overrides: object) -> Ticket:
         "language": "pl",
         "first_seen": T0 - timedelta(minutes=10),
         "opened_at": T0,
+        "reporter": REPORTER,
+        "rma_address": ADDRESS,
     }
     fields.update(overrides)
     ticket = Ticket.model_validate(fields)
@@ -52,6 +56,29 @@ def test_W5_missing_serial_and_contract_are_named() -> None:
     assert make(contract_number=None).missing == ["contract_number"]
     assert make(serial=None, contract_number=None).missing == ["serial", "contract_number"]
     assert make().missing == []
+
+
+def test_missing_reporter_and_delivery_address_fields_are_named() -> None:
+    """A ticket without the site's reporter or delivery address names each missing field;
+    a site ticket needs the reporter but no delivery address; filling them releases it."""
+    bare = make(reporter={"name": "Anna Nowak"}, rma_address=None)
+    assert bare.missing == [
+        "contact_phone",
+        "contact_email",
+        "address_street",
+        "address_postal_code",
+        "address_city",
+        "address_country",
+    ]
+    site = make(kind=TicketKind.SITE, serial=None, contract_number=None, rma_address=None)
+    assert site.missing == []
+    held = make(reporter=None, status=TicketStatus.NEEDS_DATA)
+    held.fill(serial=None, contract_number=None, at=T0, contact={"name": "A", "phone": "600"})
+    assert held.status is TicketStatus.NEEDS_DATA and held.missing == ["contact_email"]
+    held.fill(serial=None, contract_number=None, at=T0, by="ops", contact={"email": "a@b.pl"})
+    assert held.status is TicketStatus.OPEN
+    assert held.reporter is not None and held.reporter.name == "A"
+    assert held.notes[-1].key == "details_filled"
 
 
 def test_W5_fill_releases_a_held_ticket() -> None:

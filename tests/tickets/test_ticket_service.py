@@ -21,6 +21,7 @@ from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
 from polyfleet.controller.settings.tickets import TicketSettings, ticket_settings
 from polyfleet.controller.store.tinydb import TinyDBStore
+from polyfleet.controller.testing import SITE_CONTACT
 from polyfleet.shared.schema import (
     ProblemCode,
 )
@@ -241,7 +242,7 @@ async def test_site_outage_gives_one_site_ticket(
 ) -> None:
     """An agent going offline files one site ticket in the admin's language, no device tickets."""
     service, clock = desk
-    await service.inventory.add_site("krk", name="Kraków Zabłocie", timezone="Europe/Warsaw")
+    await service.inventory.update_site("krk", name="Kraków Zabłocie", contact=SITE_CONTACT)
     for serial in ("X1", "X2", "X4"):
         await report(service, clock, serial, range(0, 1))
     clock.now = T0 + 10 * MINUTE
