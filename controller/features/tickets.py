@@ -223,7 +223,7 @@ async def fill_ticket(
     """
     caller.require(Permission.OPERATE)
     service = _service(core)
-    service.get(ticket_id)
+    # Every given text is checked first: a bad one is named whatever the ticket.
     filled: dict[str, Any] = {}
     if serial is not None:
         filled["serial"] = checked_serial(serial)
@@ -242,6 +242,7 @@ async def fill_ticket(
             address[name] = checked_address_field(name, value, field=key)
         else:
             raise BadRequest(f"{key}: not a ticket detail", field=key)
+    service.get(ticket_id)
     ticket = await service.fill(
         ticket_id,
         serial=filled.get("serial"),
