@@ -255,7 +255,7 @@ CLI_OTHER = {
     "--waves": _FORMAT,
     "--window": _FORMAT,
     "--until": _FORMAT,
-    "NETWORKS": "networks in CIDR form (192.0.2.0/24), refused unless each parses",
+    "NETWORKS": "networks in CIDR form (192.0.2.0/24), checked as admin text and parsed",
     "--action": _FILTER,
     "--actor": _FILTER,
     "--firmware": _FILTER,
