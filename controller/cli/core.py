@@ -724,8 +724,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     site_contact = site.add_parser(
         "contact",
         help="the site's authorised reporter and RMA delivery address (shown without flags)",
-        description="Set the authorised reporter the service desk contacts (W2) and the "
-        "address replacement hardware is delivered to. Every ticket carries them; a ticket "
+        description="Set the authorised reporter the service desk contacts about a ticket "
+        "and the address replacement hardware is delivered to. Every ticket carries them; a ticket "
         "of a site without them is held until they are set. An empty value clears a field.",
     )
     site_contact.add_argument("site_id")

@@ -21,7 +21,12 @@ from tickets.conftest import WebhookPeer, ticket_sections
 
 from polyfleet.agent.service import AgentService
 from polyfleet.controller.services.access import Role
-from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.controller.testing import (
+    SITE_ADDRESS,
+    SITE_CONTACT,
+    RunningController,
+    running_controller,
+)
 from polyfleet.simulator.fleet import DeviceSpec, PeripheralSpec
 from polyfleet.simulator.lab import Lab
 from polyfleet.simulator.testing import make_device, start_lab
@@ -247,6 +252,15 @@ async def running_world(
                 ) as response,
             ):
                 assert response.status < 300, await response.text()
+            # Its authorised reporter and RMA address, so that its tickets go out.
+            async with (
+                aiohttp.ClientSession(headers=controller.admin_headers) as http,
+                http.patch(
+                    f"{controller.url}/api/v1/sites/{site}",
+                    json={"contact": SITE_CONTACT, "delivery_address": SITE_ADDRESS},
+                ) as response,
+            ):
+                assert response.status == 200, await response.text()
         async with (
             aiohttp.ClientSession(headers=controller.admin_headers) as http,
             http.post(
