@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -46,7 +47,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     through a path file, as tests reach no package registry; polyfleet comes only from
     the wheel.
     """
-    shared = tmp_path_factory.getbasetemp().parent / "polyfleet-wheel"
+    # The run's own temporary folder: with xdist, the parent of the worker's one (without,
+    # that parent is shared by every run of this user, and would hand out an old wheel).
+    run_root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        run_root = run_root.parent
+    shared = run_root / "polyfleet-wheel"
     shared.mkdir(exist_ok=True)
     with (shared / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -119,9 +125,11 @@ def test_the_wheel_lacked_files_the_commands_read(installed: Installed) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.expected_seconds(30)
+@pytest.mark.expected_seconds(45)
 def test_a_wheel_could_not_run_the_demo(installed: Installed, tmp_path: Path) -> None:
-    """polyfleet demo from the wheel alone, elsewhere: the controller answers, devices report."""
+    """polyfleet demo from the wheel alone, elsewhere, beside folders named agent, controller,
+    shared, simulator and polyfleet: the controller answers, devices report, nothing of
+    those folders is imported."""
     show = "import json, polyfleet, sys; print(json.dumps([polyfleet.__file__, sys.path]))"
     where = subprocess.run(
         [str(installed.python), "-c", show], check=True, capture_output=True, text=True,
@@ -132,25 +140,8 @@ def test_a_wheel_could_not_run_the_demo(installed: Installed, tmp_path: Path) ->
     # The checkout is nowhere on the path (its environment's dependencies are, see above).
     dependencies = sysconfig.get_paths()["purelib"]
     assert not [p for p in path if p.startswith(str(ROOT)) and p != dependencies], path
-    data_dir = tmp_path / "polyfleet-demo"
-    with running_demo(installed.command, data_dir, cwd=tmp_path, seconds=900) as demo:
-        devices = demo.wait_for_devices(20)
-        assert {d["model"] for d in devices} >= {"studio_x30", "studio_x50", "g7500"}
-        sites = {site["id"] for site in demo.api("/api/v1/sites")["sites"]}
-        assert sites == {"krakow", "warszawa", "gdansk"}
-        assert demo.api("/api/v1/assets")["assets"]  # the shipped registry was imported
-        # The dashboard's pages and files come from the wheel too.
-        with urllib.request.urlopen(demo.info["url"] + "/") as response:
-            assert response.status == 200 and b"<html" in response.read().lower()
-        _stop_cleanly(demo)
-
-
-@pytest.mark.timeout(900)
-@pytest.mark.expected_seconds(30)
-def test_package_folders_in_the_working_directory_shadowed_the_demo(
-    installed: Installed, tmp_path: Path
-) -> None:
-    """Folders named agent, controller, shared, simulator, polyfleet beside it change nothing."""
+    # Folders named like the packages in the working directory change nothing (one demo run
+    # checks both: each run costs the suite some twenty seconds).
     for name in SHADOWING:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(
@@ -161,6 +152,13 @@ def test_package_folders_in_the_working_directory_shadowed_the_demo(
     with running_demo(installed.command, data_dir, cwd=tmp_path, seconds=900) as demo:
         # The admin token comes from a child process (polyfleet controller token create).
         assert demo.info["admin_token"].startswith("pft_")
-        assert demo.wait_for_devices(1)
+        devices = demo.wait_for_devices(20)
+        assert {d["model"] for d in devices} >= {"studio_x30", "studio_x50", "g7500"}
+        sites = {site["id"] for site in demo.api("/api/v1/sites")["sites"]}
+        assert sites == {"krakow", "warszawa", "gdansk"}
+        assert demo.api("/api/v1/assets")["assets"]  # the shipped registry was imported
+        # The dashboard's pages and files come from the wheel too.
+        with urllib.request.urlopen(demo.info["url"] + "/") as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
         _stop_cleanly(demo)
     assert "was imported" not in demo.output.read_text("utf-8")
