@@ -166,46 +166,6 @@ CLI_TEXT: dict[tuple[str, str], tuple[list[str], str]] = {
     ("rollout plan", "--site"): (["rollout", "plan", "--target", "4.2.2-408037"], "sites"),
     ("rollout plan", "--model"): (["rollout", "plan", "--target", "4.2.2-408037"], "models"),
     ("rollout plan", "--exclude"): (["rollout", "plan", "--target", "4.2.2-408037"], "exclude"),
-    ("tickets fill", "--serial"): (["tickets", "fill", "PF-X1-camera_down"], "--serial"),
-    ("tickets fill", "--contract-number"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--contract-number",
-    ),
-    ("tickets fill", "--contact-name"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--contact-name",
-    ),
-    ("tickets fill", "--contact-phone"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--contact-phone",
-    ),
-    ("tickets fill", "--contact-email"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--contact-email",
-    ),
-    ("tickets fill", "--address-street"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--address-street",
-    ),
-    ("tickets fill", "--address-postal-code"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--address-postal-code",
-    ),
-    ("tickets fill", "--address-city"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--address-city",
-    ),
-    ("tickets fill", "--address-country"): (
-        ["tickets", "fill", "PF-X1-camera_down"],
-        "--address-country",
-    ),
-    ("site contact", "--name"): (["site", "contact", "krk"], "contact.name"),
-    ("site contact", "--phone"): (["site", "contact", "krk"], "contact.phone"),
-    ("site contact", "--email"): (["site", "contact", "krk"], "contact.email"),
-    ("site contact", "--street"): (["site", "contact", "krk"], "delivery_address.street"),
-    ("site contact", "--postal-code"): (["site", "contact", "krk"], "delivery_address.postal_code"),
-    ("site contact", "--city"): (["site", "contact", "krk"], "delivery_address.city"),
-    ("site contact", "--country"): (["site", "contact", "krk"], "delivery_address.country"),
     ("tickets open", "--summary"): (
         ["tickets", "open", "--serial", "X1", "--category", "support"],
         "summary",
@@ -232,6 +192,28 @@ CLI_TEXT: dict[tuple[str, str], tuple[list[str], str]] = {
         "reason",
     ),
 }
+#: A held ticket's fields (checked by the command itself: the error names the option).
+CLI_TEXT.update(
+    (("tickets fill", option), (["tickets", "fill", "PF-X1-camera_down"], option))
+    for option in (
+        "--serial",
+        "--contract-number",
+        *(f"--contact-{name}" for name in ("name", "phone", "email")),
+        *(f"--address-{name}" for name in ("street", "postal-code", "city", "country")),
+    )
+)
+#: A site's reporter and delivery address (the error names the API's field).
+CLI_TEXT.update(
+    (
+        ("site contact", f"--{name.replace('_', '-')}"),
+        (["site", "contact", "krk"], f"{part}.{name}"),
+    )
+    for part, names in (
+        ("contact", ("name", "phone", "email")),
+        ("delivery_address", ("street", "postal_code", "city", "country")),
+    )
+    for name in names
+)
 #: Options written in lines on purpose: line breaks are theirs, the other kinds are refused.
 CLI_MULTILINE = {("tickets open", "--description")}
 _FILTER = "a filter or a lookup: matched against what is stored, never stored itself"
