@@ -396,24 +396,23 @@ class RoleCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leadership = self._app[LEADERSHIP]
-        active = GaugeMetricFamily(
-            "polyfleet_controller_active", "1 on the active controller, 0 on a standby"
+        yield GaugeMetricFamily(
+            "polyfleet_controller_active",
+            "1 on the active controller, 0 on a standby",
+            value=1.0 if leadership.role is Role.ACTIVE else 0.0,
         )
-        active.add_metric([], 1.0 if leadership.role is Role.ACTIVE else 0.0)
-        yield active
         store = self._app[CORE].store
         if isinstance(store, PostgresStore):
-            connected = GaugeMetricFamily(
+            yield GaugeMetricFamily(
                 "polyfleet_store_connected",
                 "1 while the store's database session is up (changes wait while it is 0)",
+                value=1.0 if store.connected else 0.0,
             )
-            connected.add_metric([], 1.0 if store.connected else 0.0)
-            yield connected
-            pending = GaugeMetricFamily(
-                "polyfleet_store_pending_changes", "Changes applied but not yet committed"
+            yield GaugeMetricFamily(
+                "polyfleet_store_pending_changes",
+                "Changes applied but not yet committed",
+                value=float(store.pending),
             )
-            pending.add_metric([], float(store.pending))
-            yield pending
 
 
 def register(app: web.Application) -> None:
