@@ -37,10 +37,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict
 
-from polyfleet.controller.http.errors import Handler, error_response
+from polyfleet.controller.http.errors import Handler, error_response, store_health
 from polyfleet.controller.http.spec import PUBLIC, endpoint
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.store.base import StoreHealth
 from polyfleet.controller.store.postgres import PostgresStore, StoreDeposed
 from polyfleet.shared.schema import ACTIVE_CONTROLLER_HEADER, NOT_ACTIVE_CODE
 
@@ -330,8 +329,7 @@ class HealthOut(BaseModel):
 
 def _health(leadership: Leadership, store: object) -> HealthOut:
     active = leadership.role is Role.ACTIVE
-    health = getattr(store, "health", None)
-    state: StoreHealth | None = health() if active and health is not None else None
+    state = store_health(store) if active else None
     if not active:
         store_state: Literal["available", "unavailable", "not_open"] = "not_open"
     elif state is not None and state.failing:

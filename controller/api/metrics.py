@@ -11,11 +11,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from polyfleet.controller.http.connections import ConnectionGuard
+from polyfleet.controller.http.errors import store_health
 from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.http.throttle import AttemptLimiter
 from polyfleet.controller.keys import CORE, METRICS
 from polyfleet.controller.services.inventory import Inventory
-from polyfleet.controller.store.base import Store, StoreHealth
+from polyfleet.controller.store.base import Store
 
 INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -93,10 +94,9 @@ class StoreCollector(Collector):
         self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        health = getattr(self._store, "health", None)
-        if health is None:
+        state = store_health(self._store)
+        if state is None:
             return
-        state: StoreHealth = health()
         yield GaugeMetricFamily(
             "polyfleet_store_failing",
             "1 while the store's disk or database takes no writes (changes wait or are "

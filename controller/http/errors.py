@@ -101,13 +101,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-def store_warning(app: web.Application) -> str | None:
-    """The ``Warning`` header for answers while the store cannot write, else None."""
-    health = getattr(app[CORE].store, "health", None)
+def store_health(store: object) -> StoreHealth | None:
+    """Whether ``store`` can write now, or None for a store that does not say."""
+    health = getattr(store, "health", None)
     if health is None:
         return None
     state: StoreHealth = health()
-    if not state.failing:
+    return state
+
+
+def store_warning(app: web.Application) -> str | None:
+    """The ``Warning`` header for answers while the store cannot write, else None."""
+    state = store_health(app[CORE].store)
+    if state is None or not state.failing:
         return None
     text = (
         f"storage is failing ({state.cause}); {state.not_durable} changes shown here are "
