@@ -37,10 +37,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict
 
-from polyfleet.controller.http.errors import Handler, error_response
+from polyfleet.controller.http.errors import Handler, error_response, store_health
 from polyfleet.controller.http.spec import PUBLIC, endpoint
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.store.base import StoreHealth
 from polyfleet.controller.store.postgres import PostgresStore, StoreDeposed
 from polyfleet.shared.schema import ACTIVE_CONTROLLER_HEADER, NOT_ACTIVE_CODE
 
@@ -330,8 +329,7 @@ class HealthOut(BaseModel):
 
 def _health(leadership: Leadership, store: object) -> HealthOut:
     active = leadership.role is Role.ACTIVE
-    health = getattr(store, "health", None)
-    state: StoreHealth | None = health() if active and health is not None else None
+    state = store_health(store) if active else None
     if not active:
         store_state: Literal["available", "unavailable", "not_open"] = "not_open"
     elif state is not None and state.failing:
@@ -396,24 +394,23 @@ class RoleCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leadership = self._app[LEADERSHIP]
-        active = GaugeMetricFamily(
-            "polyfleet_controller_active", "1 on the active controller, 0 on a standby"
+        yield GaugeMetricFamily(
+            "polyfleet_controller_active",
+            "1 on the active controller, 0 on a standby",
+            value=1.0 if leadership.role is Role.ACTIVE else 0.0,
         )
-        active.add_metric([], 1.0 if leadership.role is Role.ACTIVE else 0.0)
-        yield active
         store = self._app[CORE].store
         if isinstance(store, PostgresStore):
-            connected = GaugeMetricFamily(
+            yield GaugeMetricFamily(
                 "polyfleet_store_connected",
                 "1 while the store's database session is up (changes wait while it is 0)",
+                value=1.0 if store.connected else 0.0,
             )
-            connected.add_metric([], 1.0 if store.connected else 0.0)
-            yield connected
-            pending = GaugeMetricFamily(
-                "polyfleet_store_pending_changes", "Changes applied but not yet committed"
+            yield GaugeMetricFamily(
+                "polyfleet_store_pending_changes",
+                "Changes applied but not yet committed",
+                value=float(store.pending),
             )
-            pending.add_metric([], float(store.pending))
-            yield pending
 
 
 def register(app: web.Application) -> None:

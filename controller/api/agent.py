@@ -10,13 +10,15 @@ from pydantic import BaseModel, ValidationError
 from polyfleet.controller.api import audit
 from polyfleet.controller.api.models import ArtifactOut, Ok
 from polyfleet.controller.domain import reported
-from polyfleet.controller.http.auth import principal
+from polyfleet.controller.http.auth import agent_site, principal
 from polyfleet.controller.http.bodies import body_deadline_s, deadline_chunks
 from polyfleet.controller.http.errors import (
     ApiError,
     check_depth,
     parse_json,
+    read_body,
     read_json,
+    read_model,
     validate,
 )
 from polyfleet.controller.http.spec import AGENTS, PUBLIC, endpoint
@@ -110,10 +112,7 @@ async def enroll(request: web.Request) -> web.Response:
     tags=("agent",),
 )
 async def post_reports(request: web.Request) -> web.Response:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
+    raw = await read_body(request)
     inventory = request.app[CORE].inventory
     async with inventory.turn():
         # No local name for the batch: it goes before the wait for the disk.
@@ -160,10 +159,8 @@ async def _read_batch(raw: bytes) -> ReportBatch:
     tags=("agent",),
 )
 async def get_jobs(request: web.Request) -> web.Response:
-    agent = principal(request)
-    assert agent.site_id is not None
-    request.app[CORE].inventory.note_agent_call(agent)
-    jobs = await request.app[CORE].jobs.hand_out(agent.site_id)
+    request.app[CORE].inventory.note_agent_call(principal(request))
+    jobs = await request.app[CORE].jobs.hand_out(agent_site(request))
     return web.json_response(JobList(jobs=jobs).model_dump(mode="json"))
 
 
@@ -176,8 +173,6 @@ async def get_jobs(request: web.Request) -> web.Response:
     tags=("agent",),
 )
 async def put_artifact(request: web.Request) -> web.Response:
-    agent = principal(request)
-    assert agent.site_id is not None
     jobs = request.app[CORE].jobs
     declared = request.content_length
     if declared is not None and declared > jobs.max_artifact_bytes:
@@ -191,7 +186,7 @@ async def put_artifact(request: web.Request) -> web.Response:
         request.content.iter_chunked(ARTIFACT_CHUNK),
         body_deadline_s(request, most=jobs.max_artifact_bytes),
     )
-    artifact = await jobs.store_artifact(request.match_info["job_id"], agent.site_id, chunks)
+    artifact = await jobs.store_artifact(request.match_info["job_id"], agent_site(request), chunks)
     return web.json_response(artifact)
 
 
@@ -204,10 +199,8 @@ async def put_artifact(request: web.Request) -> web.Response:
     tags=("agent",),
 )
 async def post_result(request: web.Request) -> web.Response:
-    agent = principal(request)
-    assert agent.site_id is not None
-    result = marked_text(request, validate(JobResult, await read_json(request)))
-    await request.app[CORE].jobs.finish(request.match_info["job_id"], agent.site_id, result)
+    result = marked_text(request, await read_model(request, JobResult))
+    await request.app[CORE].jobs.finish(request.match_info["job_id"], agent_site(request), result)
     return web.json_response(Ok(ok=True).model_dump())
 
 

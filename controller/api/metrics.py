@@ -11,11 +11,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from polyfleet.controller.http.connections import ConnectionGuard
+from polyfleet.controller.http.errors import store_health
 from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
 from polyfleet.controller.http.throttle import AttemptLimiter
 from polyfleet.controller.keys import CORE, METRICS
 from polyfleet.controller.services.inventory import Inventory
-from polyfleet.controller.store.base import Store, StoreHealth
+from polyfleet.controller.store.base import Store
 
 INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -65,11 +66,11 @@ class InventoryCollector(Collector):
         # Refused one by one, the rest of their batch stored (by code below).
         reports.add_metric(["refused"], sum(stats.refused_reports.values()))
         yield reports
-        refused = CounterMetricFamily(
-            "polyfleet_report_batches_refused", "Batches refused for naming another site's devices"
+        yield CounterMetricFamily(
+            "polyfleet_report_batches_refused",
+            "Batches refused for naming another site's devices",
+            value=stats.refused_batches,
         )
-        refused.add_metric([], stats.refused_batches)
-        yield refused
         by_code = CounterMetricFamily(
             "polyfleet_reports_refused",
             "Reports refused one by one (the rest of their batch stored), by why",
@@ -78,13 +79,12 @@ class InventoryCollector(Collector):
         for code, count in sorted(stats.refused_reports.items()):
             by_code.add_metric([code], count)
         yield by_code
-        marked = CounterMetricFamily(
+        yield CounterMetricFamily(
             "polyfleet_reported_characters_marked",
             "Control, format and bidirectional characters in what agents and devices report, "
             "replaced by a visible mark where they enter",
+            value=stats.marked_characters,
         )
-        marked.add_metric([], stats.marked_characters)
-        yield marked
 
 
 class StoreCollector(Collector):
@@ -94,28 +94,25 @@ class StoreCollector(Collector):
         self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        health = getattr(self._store, "health", None)
-        if health is None:
+        state = store_health(self._store)
+        if state is None:
             return
-        state: StoreHealth = health()
-        failing = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             "polyfleet_store_failing",
             "1 while the store's disk or database takes no writes (changes wait or are "
             "refused, and are retried)",
+            value=1.0 if state.failing else 0.0,
         )
-        failing.add_metric([], 1.0 if state.failing else 0.0)
-        yield failing
-        pending = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             "polyfleet_store_not_durable_changes",
             "Applied changes that are not on disk yet while writes fail",
+            value=state.not_durable,
         )
-        pending.add_metric([], state.not_durable)
-        yield pending
-        failures = CounterMetricFamily(
-            "polyfleet_store_write_failures", "Store writes the disk refused"
+        yield CounterMetricFamily(
+            "polyfleet_store_write_failures",
+            "Store writes the disk refused",
+            value=state.write_failures,
         )
-        failures.add_metric([], state.write_failures)
-        yield failures
 
 
 class ConnectionCollector(Collector):
@@ -125,12 +122,11 @@ class ConnectionCollector(Collector):
         self._guard = guard
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        open_now = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             "polyfleet_unauthenticated_connections",
             "Open connections that have not shown a credential yet",
+            value=self._guard.unauthenticated,
         )
-        open_now.add_metric([], self._guard.unauthenticated)
-        yield open_now
         closed = CounterMetricFamily(
             "polyfleet_connections_closed",
             "Connections the controller closed: too many without a credential, or a request "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from polyfleet.controller.api.models import EventOut
 from polyfleet.controller.features import overview
 from polyfleet.controller.http.caller import caller
 from polyfleet.controller.http.spec import READERS, endpoint
@@ -134,15 +135,6 @@ class ExpiryOut(_Out):
 class ExpiringOut(_Out):
     horizons: list[HorizonOut]
     soonest: list[ExpiryOut]
-
-
-class EventOut(BaseModel):
-    id: int
-    kind: str
-    at: str
-    site_id: str | None
-    serial: str | None
-    data: dict[str, Any]
 
 
 class ChangesOut(_Out):

@@ -16,9 +16,9 @@ from polyfleet.controller.api.models import Ok
 from polyfleet.controller.domain.faults import FaultEvent
 from polyfleet.controller.domain.rollout import FAILURE_TYPES, ROLLOUT_TICK_S, render_csv
 from polyfleet.controller.features import rollouts
-from polyfleet.controller.http.auth import principal
+from polyfleet.controller.http.auth import agent_site, principal
 from polyfleet.controller.http.caller import caller
-from polyfleet.controller.http.errors import ApiError, read_json, validate
+from polyfleet.controller.http.errors import ApiError, read_json, read_model
 from polyfleet.controller.http.spec import ADMINS, AGENTS, READERS, Param, endpoint
 from polyfleet.controller.keys import CORE, METRICS
 from polyfleet.controller.services.access import Role
@@ -265,13 +265,11 @@ async def get_package(request: web.Request) -> web.StreamResponse:
     tags=("agent",),
 )
 async def post_progress(request: web.Request) -> web.Response:
-    agent = principal(request)
-    assert agent.site_id is not None
-    progress = marked_text(request, validate(JobProgress, await read_json(request)))
+    progress = marked_text(request, await read_model(request, JobProgress))
     # A word on an update no longer under way is IllegalMove (409), logged by the service:
     # the agent only learns that it changed nothing.
     known = await request.app[CORE].rollouts.on_progress(
-        request.match_info["job_id"], agent.site_id, progress
+        request.match_info["job_id"], agent_site(request), progress
     )
     if not known:
         raise ApiError(404, "not_found", "no running rollout job with this id for this agent")
@@ -287,11 +285,9 @@ async def post_progress(request: web.Request) -> web.Response:
     tags=("agent",),
 )
 async def post_calendars(request: web.Request) -> web.Response:
-    agent = principal(request)
-    assert agent.site_id is not None
-    batch = validate(RoomCalendarBatch, await read_json(request))
+    batch = await read_model(request, RoomCalendarBatch)
     check_protocol({"protocol_version": batch.protocol_version})
-    await request.app[CORE].calendars.take(agent.site_id, batch)
+    await request.app[CORE].calendars.take(agent_site(request), batch)
     return web.json_response(Ok(ok=True).model_dump())
 
 

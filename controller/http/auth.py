@@ -19,6 +19,14 @@ def principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
+def agent_site(request: web.Request) -> str:
+    """The site of the calling agent, on an endpoint only agents may call (``AGENTS``)."""
+    site_id = principal(request).site_id
+    # The middleware lets no other role in, and every agent credential belongs to a site.
+    assert site_id is not None
+    return site_id
+
+
 def via_control_socket(request: web.Request) -> bool:
     """The request came through the local control socket (a CLI command on this machine)."""
     # A Unix socket's name is a path string; TCP gives a (host, port) tuple.

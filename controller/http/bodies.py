@@ -17,7 +17,13 @@ from aiohttp.web_urldispatcher import MatchInfoError
 
 from polyfleet.controller.http.auth import PRINCIPAL
 from polyfleet.controller.http.connections import ConnectionGuard
-from polyfleet.controller.http.errors import DEPTH_CHECKED, ApiError, Handler, check_depth
+from polyfleet.controller.http.errors import (
+    DEPTH_CHECKED,
+    ApiError,
+    Handler,
+    body_too_large,
+    check_depth,
+)
 from polyfleet.controller.http.spec import spec_of
 from polyfleet.controller.keys import CORE
 from polyfleet.shared.schema import MAX_BODY_BYTES
@@ -106,7 +112,7 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
             400, "body_incomplete", "the connection closed before the body arrived", "body"
         ) from None
     except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
+        raise body_too_large(exc) from None
     # JSON by the handler's spec (a model, or a JSON media type) or by what the caller says.
     json_body = (
         spec.request is not None

@@ -101,13 +101,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-def store_warning(app: web.Application) -> str | None:
-    """The ``Warning`` header for answers while the store cannot write, else None."""
-    health = getattr(app[CORE].store, "health", None)
+def store_health(store: object) -> StoreHealth | None:
+    """Whether ``store`` can write now, or None for a store that does not say."""
+    health = getattr(store, "health", None)
     if health is None:
         return None
     state: StoreHealth = health()
-    if not state.failing:
+    return state
+
+
+def store_warning(app: web.Application) -> str | None:
+    """The ``Warning`` header for answers while the store cannot write, else None."""
+    state = store_health(app[CORE].store)
+    if state is None or not state.failing:
         return None
     text = (
         f"storage is failing ({state.cause}); {state.not_durable} changes shown here are "
@@ -141,7 +147,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers["Retry-After"] = "5"
         return response
     except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, "body_too_large", f"request body too large: {exc.text}")
+        too_large = body_too_large(exc)
+        return error_response(too_large.status, too_large.code, too_large.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -241,12 +248,22 @@ async def check_depth(raw: bytes) -> None:
         )
 
 
+def body_too_large(exc: web.HTTPRequestEntityTooLarge) -> ApiError:
+    """The 413 for a body over the server's limit, with the limit aiohttp names."""
+    return ApiError(413, "body_too_large", f"request body too large: {exc.text}")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body; 413 when it is over the server's limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise body_too_large(exc) from None
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; 413 when too large, 400 when not JSON or nested too deep."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "body_too_large", f"request body too large: {exc.text}") from None
+    raw = await read_body(request)
     if not request.get(DEPTH_CHECKED):
         await check_depth(raw)
     return parse_json(raw)
