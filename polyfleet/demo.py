@@ -134,6 +134,11 @@ def demo_site_contact(site: SiteSpec) -> dict[str, Any]:
     }
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 ticket``, ``2 tickets``: the demo speaks English (the dashboard is translated)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _time_scale(text: str) -> float:
     try:
         factor = float(text)
@@ -486,27 +491,26 @@ class Demo:
             + f"; window {plan['window']} site time from {plan['start']}"
         )
         for wave in plan["waves"]:
-            self.say(f"  wave {wave['name']}: {len(wave['devices'])} device(s)")
+            self.say(f"  wave {wave['name']}: {counted(len(wave['devices']), 'device')}")
         for device in plan["devices"]:
             if device["status"] == "planned" and device["channel"] == "agent":
                 continue
-            for reason in device["reasons"]:
-                self.say(
-                    f"  {device['serial']:<20} {device['status']:<8} "
-                    f"{reason['code']}: {reason['text']}"
-                )
+            # Each unit once, with every reason it has.
+            reasons = "; ".join(f"{r['code']}: {r['text']}" for r in device["reasons"])
+            self.say(f"  {device['serial']:<20} {device['status']:<8} {reasons}")
         rollout_id = str(plan["id"])
         if self.args.rollout:
             await _api(http, "POST", f"{self.controller_url}/api/v1/rollouts/{rollout_id}/start")
             self.say(
-                f"rollout {rollout_id} started; watch it with "
-                f"`polyfleet controller rollout status {rollout_id} --watch "
-                f"--data-dir {self.data_dir / 'controller'}`"
+                f"rollout {rollout_id} started; watch it with: "
+                f"polyfleet controller rollout status {rollout_id} --watch "
+                f"--data-dir {self.data_dir / 'controller'}"
             )
         else:
             self.say(
-                f"  start it with `polyfleet controller rollout start {rollout_id} "
-                f"--data-dir {self.data_dir / 'controller'}` (or run the demo with --rollout)"
+                "  start it with (or run the demo with --rollout): "
+                f"polyfleet controller rollout start {rollout_id} "
+                f"--data-dir {self.data_dir / 'controller'}"
             )
         return rollout_id
 
@@ -691,7 +695,7 @@ class Demo:
             parts = ", ".join(f"{n} {state}" for state, n in sorted(health.items()))
             self.say(
                 f"[{status['elapsed_s']:>4}s] {len(devices)} devices ({parts or 'none yet'}); "
-                f"{len(tickets)} tickets, {len(desk.received)} delivered to the desk"
+                f"{counted(len(tickets), 'ticket')}, {len(desk.received)} delivered to the desk"
             )
             if rollout is not None:
                 counts = ", ".join(f"{n} {s}" for s, n in rollout["progress"]["by_status"].items())
