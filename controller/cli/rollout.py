@@ -90,6 +90,8 @@ def _run(
     a store that exists: a mistyped data directory is refused, not made anew."""
     try:
         return run(args, lambda client: action(RolloutApi(client)), needs_store=needs_store)
+    except BrokenPipeError:
+        raise  # the reader went away (| head): the command line ends quietly, 141
     except OSError as exc:
         raise CommandFailed(str(exc), code="file_unreadable") from None
 
@@ -168,19 +170,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+#: The header rows of the tables for people, aligned with their rows.
+ROLLOUT_HEADER = f"{'ROLLOUT':<20} {'STATUS':<8} {'TARGET':<16} {'START':<10} {'PLANNED':>7}  NAME"
+PACKAGE_HEADER = f"{'VERSION':<18} {'BYTES':>12}  SHA256"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     async def action(backend: RolloutApi) -> int:
         rollouts = await backend.rollouts(args.status)
         if args.json:
             _print_json({"rollouts": rollouts})
             return EXIT_OK
+        print(ROLLOUT_HEADER)
         for rollout in rollouts:
             counts = (rollout.get("summary") or {}).get("by_status", {})
             planned = counts.get("planned", 0)
             print(
                 f"{rollout['id']:<20} {rollout['status']:<8} {rollout['target']:<16} "
-                f"start {rollout['start']}  {planned} planned  {shown(rollout['name'])}"
+                f"{rollout['start']:<10} {planned:>7}  {shown(rollout['name'])}"
             )
+        if not rollouts:
+            print("no rollouts", file=sys.stderr)
         return EXIT_OK
 
     return _run(args, action)
@@ -287,8 +297,11 @@ def cmd_package_list(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"packages": packages})
             return EXIT_OK
+        print(PACKAGE_HEADER)
         for doc in packages:
-            print(f"{doc['version']:<18} {doc['size']:>12} bytes  sha256 {doc['sha256']}")
+            print(f"{doc['version']:<18} {doc['size']:>12}  {doc['sha256']}")
+        if not packages:
+            print("no firmware packages", file=sys.stderr)
         return EXIT_OK
 
     return _run(args, action)

@@ -40,13 +40,32 @@ def _closed_reader(*args: str, cwd: Path) -> tuple[int, str]:
 
 
 def test_piping_into_head_printed_a_broken_pipe_traceback(tmp_path: Path) -> None:
-    """Output into a reader that went away ends quietly with status 141, text or JSON."""
-    for args in (
-        ["controller", "releases", "list"],
-        ["controller", "entitlement", "check", "--assets", str(DEMO_ASSETS)],
-        ["controller", "entitlement", "check", "--assets", str(DEMO_ASSETS), "--json"],
-    ):
-        status, err = _closed_reader(*args, cwd=tmp_path)
+    """Output into a reader that went away ends quietly with status 141, text or JSON: every
+    list command of the controller, over a store that holds something to list."""
+    data = str(tmp_path / "data")
+    site = run(
+        "controller", "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw",
+        "--data-dir", data, cwd=tmp_path,
+    )  # fmt: skip
+    assert site.status == 0, site
+    stored = ["--data-dir", data]
+    listings = [
+        ["site", "list", *stored],
+        ["token", "list", *stored],
+        ["agent", "list", *stored],
+        ["devices", *stored],
+        ["devices", "export", "--csv", *stored],
+        ["audit", *stored],
+        ["tickets", "list", *stored],
+        ["maintenance", "list", *stored],
+        ["rollout", "list", *stored],
+        ["releases", "list"],
+        ["releases", "package", "list", *stored],
+        ["entitlement", "check", "--assets", str(DEMO_ASSETS)],
+        ["entitlement", "forecast", "--assets", str(DEMO_ASSETS)],
+    ]
+    for args in [*listings, ["entitlement", "check", "--assets", str(DEMO_ASSETS), "--json"]]:
+        status, err = _closed_reader("controller", *args, cwd=tmp_path)
         assert (status, err) == (141, ""), (args, err)
 
 
@@ -63,7 +82,7 @@ def test_tables_had_no_header_row(tmp_path: Path) -> None:
         "--data-dir", data, cwd=tmp_path,
     )  # fmt: skip
     assert site.status == 0, site
-    sites, devices, releases, check, forecast = run_all(
+    sites, devices, releases, check, forecast, rollouts, packages = run_all(
         [
             ["controller", "site", "list", "--data-dir", data],
             ["controller", "devices", "--data-dir", data],
@@ -72,6 +91,8 @@ def test_tables_had_no_header_row(tmp_path: Path) -> None:
              "--at", "2026-11-25"],
             ["controller", "entitlement", "forecast", "--assets", str(DEMO_ASSETS),
              "--at", "2026-11-25", "--days", "365"],
+            ["controller", "rollout", "list", "--data-dir", data],
+            ["controller", "releases", "package", "list", "--data-dir", data],
         ],
         cwd=tmp_path,
     )  # fmt: skip
@@ -85,6 +106,17 @@ def test_tables_had_no_header_row(tmp_path: Path) -> None:
     assert any(re.match(r"\S+ +\S+ +\d{4}-\d{2}-\d{2}  ", line) for line in check_lines[2:])
     forecast_lines = forecast.out.splitlines()
     assert forecast_lines[2].split()[:4] == ["LAST", "DAY", "DAYS", "SERIAL"], forecast.out
+    # Empty, they still name their columns, and say so on stderr.
+    assert _first_line(rollouts).split() == [
+        "ROLLOUT",
+        "STATUS",
+        "TARGET",
+        "START",
+        "PLANNED",
+        "NAME",
+    ]
+    assert rollouts.err.strip().endswith("no rollouts"), rollouts
+    assert _first_line(packages).split() == ["VERSION", "BYTES", "SHA256"]
 
 
 def test_help_texts_showed_literal_backticks() -> None:
