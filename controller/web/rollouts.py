@@ -22,7 +22,13 @@ from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.rollout import RolloutConflict
 from polyfleet.controller.web.render import render, site_zones
-from polyfleet.controller.web.security import act_from_page, dashboard_caller, form_of, page
+from polyfleet.controller.web.security import (
+    act_from_page,
+    button_state,
+    dashboard_caller,
+    form_of,
+    page,
+)
 from polyfleet.shared.schema import Model
 
 _FORM_TEXT = ("target", "canary", "waves", "window", "start", "wave_gap", "max_failures")
@@ -134,7 +140,7 @@ def _rollout_page(
         "rollout.html",
         {
             "nav": "rollouts",
-            "live": error is None and confirm is None,
+            **button_state(request, error=error, confirm=confirm),
             "r": rollout,
             "progress": progress,
             "waves": rollout["waves"],
@@ -144,9 +150,6 @@ def _rollout_page(
             "reason_codes": REASON_CODES,
             "zones": zones,
             "actions": rollouts.allowed_actions(caller, rollout["status"]),
-            "error": error,
-            "confirm": confirm,
-            "done": request.query.get("done"),
         },
         status=status,
     )

@@ -192,6 +192,20 @@ class ItemPage(Protocol):
     ) -> web.Response: ...
 
 
+def button_state(
+    request: web.Request, *, error: str | None, confirm: str | None
+) -> dict[str, object]:
+    """What an item's page shows of its buttons (``act_from_page``): the question, the
+    refusal or what was done. It does not refresh itself while it asks or refuses, so the
+    question or the reason stays on screen."""
+    return {
+        "live": error is None and confirm is None,
+        "error": error,
+        "confirm": confirm,
+        "done": request.query.get("done"),
+    }
+
+
 async def act_from_page(
     request: web.Request,
     item_page: ItemPage,

@@ -11,7 +11,13 @@ from polyfleet.controller.http.files import download
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.web.render import render, site_zones, translator
-from polyfleet.controller.web.security import act_from_page, dashboard_caller, form_of, page
+from polyfleet.controller.web.security import (
+    act_from_page,
+    button_state,
+    dashboard_caller,
+    form_of,
+    page,
+)
 
 #: Actions that ask for a confirmation first (they cannot be undone).
 CONFIRMED = frozenset({"close"})
@@ -57,7 +63,7 @@ def _ticket_page(
         "ticket.html",
         {
             "nav": "tickets",
-            "live": error is None and confirm is None,
+            **button_state(request, error=error, confirm=confirm),
             "tk": ticket,
             "sla": ticket.sla(),
             "urgency": view.urgency,
@@ -67,9 +73,6 @@ def _ticket_page(
             "deliveries": view.deliveries,
             "actions": view.actions,
             "confirm_needed": CONFIRMED,
-            "done": request.query.get("done"),
-            "error": error,
-            "confirm": confirm,
         },
         status=status,
     )
