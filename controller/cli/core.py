@@ -23,6 +23,7 @@ from polyfleet.controller.cli.reach import (
     CommandError,
     ControllerClient,
     config_of,
+    controller_flags,
     run,
 )
 from polyfleet.controller.clock import system_clock
@@ -668,27 +669,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------
 
 
-def _common(
-    parser: argparse.ArgumentParser, *, json_flag: bool = True, nested: bool = False
-) -> None:
-    # A nested action (devices export/move) must not reset what was given before its name.
-    default = argparse.SUPPRESS if nested else None
-    parser.add_argument("--config", default=default, help="controller.toml (default: built-in)")
-    parser.add_argument("--data-dir", default=default, help="data directory (overrides config)")
-    parser.add_argument(
-        "--store-url",
-        default=default,
-        help="PostgreSQL store, postgresql://USER@HOST/DB (overrides config [store] url)",
-    )
-    if json_flag:
-        parser.add_argument(
-            "--json",
-            action="store_true",
-            default=argparse.SUPPRESS if nested else False,
-            help="machine-readable output",
-        )
-
-
 def _device_filters(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
     default = argparse.SUPPRESS if nested else None
     parser.add_argument("--site", default=default, help="only this site")
@@ -702,7 +682,7 @@ def _device_filters(parser: argparse.ArgumentParser, *, nested: bool = False) ->
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     serve_parser = commands.add_parser("serve", help="run the controller")
-    _common(serve_parser, json_flag=False)
+    controller_flags(serve_parser, json_flag=False)
     serve_parser.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
     serve_parser.set_defaults(func=cmd_serve)
 
@@ -713,13 +693,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     site_add.add_argument("site_id")
     site_add.add_argument("--name", required=True)
     site_add.add_argument("--timezone", required=True, help="IANA zone, e.g. Europe/Warsaw")
-    _common(site_add)
+    controller_flags(site_add)
     site_add.set_defaults(func=cmd_site_add)
     site_rename = site.add_parser("rename", help="rename a site (or change its time zone)")
     site_rename.add_argument("site_id")
     site_rename.add_argument("--name", required=True, help="the new name")
     site_rename.add_argument("--timezone", help="a new IANA zone, e.g. Europe/Warsaw")
-    _common(site_rename)
+    controller_flags(site_rename)
     site_rename.set_defaults(func=cmd_site_rename)
     site_contact = site.add_parser(
         "contact",
@@ -736,7 +716,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     site_contact.add_argument("--postal-code", help="delivery address: postal code")
     site_contact.add_argument("--city", help="delivery address: city")
     site_contact.add_argument("--country", help="delivery address: country")
-    _common(site_contact)
+    controller_flags(site_contact)
     site_contact.set_defaults(func=cmd_site_contact)
     site_networks = site.add_parser(
         "admin-networks",
@@ -747,10 +727,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     site_networks.add_argument("site_id")
     site_networks.add_argument("networks", nargs="*", metavar="CIDR", help="e.g. 10.20.0.0/16")
     site_networks.add_argument("--none", action="store_true", help="no admin network at all")
-    _common(site_networks)
+    controller_flags(site_networks)
     site_networks.set_defaults(func=cmd_site_networks)
     site_list = site.add_parser("list", help="list sites")
-    _common(site_list)
+    controller_flags(site_list)
     site_list.set_defaults(func=cmd_site_list)
 
     token = commands.add_parser("token", help="API tokens").add_subparsers(
@@ -765,10 +745,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="when the token stops working: 90d, 12h, a date (works through it, UTC) or "
         "an ISO 8601 moment with offset (default: never)",
     )
-    _common(token_create)
+    controller_flags(token_create)
     token_create.set_defaults(func=cmd_token_create)
     token_list = token.add_parser("list", help="list API tokens (never their secrets)")
-    _common(token_list)
+    controller_flags(token_list)
     token_list.set_defaults(func=cmd_token_list)
     token_revoke = token.add_parser(
         "revoke", help="revoke an API token (asks first; never the last admin token)"
@@ -778,11 +758,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="a one-time dashboard sign-in link for a token (a wall screen, a colleague)",
     )
     token_link.add_argument("token_id", help="the admin or viewer token's id (token list)")
-    _common(token_link)
+    controller_flags(token_link)
     token_link.set_defaults(func=cmd_token_link)
     token_revoke.add_argument("token_id", help="the token's id (token list)")
     token_revoke.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
-    _common(token_revoke)
+    controller_flags(token_revoke)
     token_revoke.set_defaults(func=cmd_token_revoke)
 
     agent = commands.add_parser("agent", help="site agents").add_subparsers(
@@ -790,11 +770,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     invite = agent.add_parser("invite", help="one-time enrollment code for a site's agent")
     invite.add_argument("--site", required=True)
-    _common(invite)
+    controller_flags(invite)
     invite.set_defaults(func=cmd_agent_invite)
     agent_list = agent.add_parser("list", help="list enrolled agents")
     agent_list.add_argument("--site", help="only this site's agents")
-    _common(agent_list)
+    controller_flags(agent_list)
     agent_list.set_defaults(func=cmd_agent_list)
     agent_revoke = agent.add_parser(
         "revoke", help="revoke agents (by id, or every agent of --site); asks first"
@@ -802,23 +782,23 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     agent_revoke.add_argument("agent_ids", nargs="*", metavar="AGENT_ID", help="agents to revoke")
     agent_revoke.add_argument("--site", help="the site's agents (all of them without ids)")
     agent_revoke.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
-    _common(agent_revoke)
+    controller_flags(agent_revoke)
     agent_revoke.set_defaults(func=cmd_agent_revoke)
 
     devices = commands.add_parser("devices", help="list, export or move devices")
-    _common(devices)
+    controller_flags(devices)
     _device_filters(devices)
     devices.set_defaults(func=cmd_devices)
     device_actions = devices.add_subparsers(dest="devices_command", metavar="ACTION")
     export = device_actions.add_parser("export", help="export the device list")
     export.add_argument("--csv", action="store_true", help="CSV on standard output")
-    _common(export, json_flag=False, nested=True)
+    controller_flags(export, json_flag=False, nested=True)
     _device_filters(export, nested=True)
     export.set_defaults(func=cmd_devices_export)
     move = device_actions.add_parser("move", help="move a device (and its cameras) to a site")
     move.add_argument("serial")
     move.add_argument("--site", dest="to_site", required=True, help="the new site")
-    _common(move, nested=True)
+    controller_flags(move, nested=True)
     move.set_defaults(func=cmd_devices_move)
 
     audit = commands.add_parser(
@@ -835,5 +815,5 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     audit.add_argument("--before", type=int, help="entries older than this id (next page)")
     audit.add_argument("--after", type=int, help="entries newer than this id, oldest first")
     audit.add_argument("--limit", type=int, help="at most this many (default 100, max 1000)")
-    _common(audit)
+    controller_flags(audit)
     audit.set_defaults(func=cmd_audit)

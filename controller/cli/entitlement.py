@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from polyfleet.controller.cli.reach import ControllerClient, config_of, run
+from polyfleet.controller.cli.reach import ControllerClient, config_of, print_json, run
 from polyfleet.controller.config import ConfigError, ControllerConfig, load_config
 from polyfleet.controller.core import holds_store
 from polyfleet.controller.domain.assets import (
@@ -50,10 +49,6 @@ def parse_at(text: str | None) -> datetime:
         return parse_moment(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--at {exc}") from None
-
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def _fail(
@@ -173,7 +168,7 @@ def _check(args: argparse.Namespace) -> int:
         for asset in sorted(assets, key=lambda a: a.serial)
     ]
     if args.json:
-        _print_json({"at": at.isoformat(), "assets": [v.to_json() for v in verdicts]})
+        print_json({"at": at.isoformat(), "assets": [v.to_json() for v in verdicts]})
         return EXIT_OK
     print(f"entitlement at {at.isoformat()}")
     print(
@@ -210,7 +205,7 @@ def _forecast(args: argparse.Namespace) -> int:
         return _fail(args, str(exc), code=_code_of(exc))
     result = forecast(assets, plans, at, args.days)
     if args.json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
         return EXIT_OK
     print(f"what ends between {at.date()} and {result.to_json()['until']}")
     for site in result.sites:
@@ -243,7 +238,7 @@ def _releases_list(args: argparse.Namespace) -> int:
     except (CatalogueError, ConfigError) as exc:
         return _fail(args, str(exc), code=_code_of(exc))
     if args.json:
-        _print_json(
+        print_json(
             {
                 "models": sorted(catalogue.models),
                 "releases": [_release_json(r) for r in catalogue.releases],
@@ -296,7 +291,7 @@ def _releases_add(args: argparse.Namespace) -> int:
     except (CatalogueError, OSError) as exc:
         return _fail(args, str(exc), code=_code_of(exc))
     if args.json:
-        _print_json({"added": _release_json(release)})
+        print_json({"added": _release_json(release)})
     else:
         print(f"added {release.text} ({release.released})")
     return EXIT_OK
@@ -316,7 +311,7 @@ def _print_import(
 ) -> None:
     """What an import did (or would do), as JSON or in words with broken rules explained."""
     if args.json:
-        _print_json(document)
+        print_json(document)
         return
     verb = "would import" if args.dry_run else "imported"
     print(

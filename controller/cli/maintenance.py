@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from polyfleet.controller.cli.reach import CommandError, ControllerClient, run
+from polyfleet.controller.cli.reach import CommandError, ControllerClient, controller_flags, run
 from polyfleet.controller.domain.admin_input import shown
 from polyfleet.shared.cli_errors import EXIT_USAGE
 
@@ -116,12 +115,6 @@ def cmd_end(args: argparse.Namespace) -> int:
     return run(args, action, needs_store=True)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="controller data directory")
-    parser.add_argument("--config", type=Path, help="controller.toml")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     group = commands.add_parser(
         "maintenance",
@@ -139,12 +132,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add.add_argument("--from", dest="starts", required=True, help="ISO 8601 with offset")
     add.add_argument("--until", help="ISO 8601 with offset (required: no open-ended window)")
     add.add_argument("--reason", required=True, help="why, e.g. 'room refurbished'")
-    _common(add)
+    controller_flags(add)
     add.set_defaults(func=cmd_add)
     listing = actions.add_parser("list", help="every window with its state")
-    _common(listing)
+    controller_flags(listing)
     listing.set_defaults(func=cmd_list)
     end = actions.add_parser("end", help="end a window now (cancel one not started)")
     end.add_argument("window_id", help="e.g. MW-1A2B3C4D")
-    _common(end)
+    controller_flags(end)
     end.set_defaults(func=cmd_end)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import ssl
 import sys
@@ -78,6 +79,36 @@ def config_of(args: argparse.Namespace) -> ControllerConfig:
         )
     except ConfigError as exc:
         raise CommandError(str(exc), code="config") from None
+
+
+def controller_flags(
+    parser: argparse.ArgumentParser, *, json_flag: bool = True, nested: bool = False
+) -> None:
+    """The flags that pick the controller a command speaks to (``config_of``), and ``--json``.
+
+    ``nested``: an action below another (devices export/move) must not reset what was given
+    before its name.
+    """
+    default = argparse.SUPPRESS if nested else None
+    parser.add_argument("--config", default=default, help="controller.toml (default: built-in)")
+    parser.add_argument("--data-dir", default=default, help="data directory (overrides config)")
+    parser.add_argument(
+        "--store-url",
+        default=default,
+        help="PostgreSQL store, postgresql://USER@HOST/DB (overrides config [store] url)",
+    )
+    if json_flag:
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS if nested else False,
+            help="machine-readable output",
+        )
+
+
+def print_json(document: Any) -> None:
+    """A command's answer as JSON on stdout, indented, its text as it is (not escaped)."""
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def server_refused(status: int, body: Any) -> CommandError:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from polyfleet.controller.cli.reach import ControllerClient, run
+from polyfleet.controller.cli.reach import ControllerClient, controller_flags, print_json, run
 from polyfleet.controller.domain.admin_input import shown
 from polyfleet.controller.domain.rollout import (
     FAILURE_TYPES,
@@ -74,10 +74,6 @@ class RolloutApi:
 
     async def packages(self) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/api/v1/releases/packages"))["packages"])
-
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def _run(
@@ -156,15 +152,19 @@ def print_plan(plan: dict[str, Any]) -> None:
             print(f"  {'':<16} {note['code']}: {note['text']}")
 
 
+def _print_rollout(args: argparse.Namespace, rollout: dict[str, Any]) -> None:
+    """A plan or a stored rollout as ``--json``, ``--csv`` (one row per hop) or lines."""
+    if args.json:
+        print_json(rollout)
+    elif args.csv:
+        sys.stdout.write(render_csv(rollout["devices"]))
+    else:
+        print_plan(rollout)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     async def action(backend: RolloutApi) -> int:
-        plan = await backend.plan(_plan_body(args), bool(args.dry_run))
-        if args.json:
-            _print_json(plan)
-        elif args.csv:
-            sys.stdout.write(render_csv(plan["devices"]))
-        else:
-            print_plan(plan)
+        _print_rollout(args, await backend.plan(_plan_body(args), bool(args.dry_run)))
         return EXIT_OK
 
     return _run(args, action)
@@ -179,7 +179,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     async def action(backend: RolloutApi) -> int:
         rollouts = await backend.rollouts(args.status)
         if args.json:
-            _print_json({"rollouts": rollouts})
+            print_json({"rollouts": rollouts})
             return EXIT_OK
         print(ROLLOUT_HEADER)
         for rollout in rollouts:
@@ -198,13 +198,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     async def action(backend: RolloutApi) -> int:
-        rollout = await backend.rollout(args.id)
-        if args.json:
-            _print_json(rollout)
-        elif args.csv:
-            sys.stdout.write(render_csv(rollout["devices"]))
-        else:
-            print_plan(rollout)
+        _print_rollout(args, await backend.rollout(args.id))
         return EXIT_OK
 
     return _run(args, action)
@@ -215,7 +209,7 @@ def _act(action_name: str) -> Callable[[argparse.Namespace], int]:
         async def action(backend: RolloutApi) -> int:
             result = await backend.act(args.id, action_name)
             if args.json:
-                _print_json(result)
+                print_json(result)
             else:
                 print(f"rollout {result['id']}: {result['status']}")
             return EXIT_OK
@@ -282,7 +276,7 @@ def cmd_package_add(args: argparse.Namespace) -> int:
             )
         doc = await backend.add_package(args.version, args.file, args.sha256)
         if args.json:
-            _print_json(doc)
+            print_json(doc)
         else:
             print(f"package {doc['version']}: {doc['size']} bytes, sha256 {doc['sha256']}")
         return EXIT_OK
@@ -295,7 +289,7 @@ def cmd_package_list(args: argparse.Namespace) -> int:
     async def action(backend: RolloutApi) -> int:
         packages = await backend.packages()
         if args.json:
-            _print_json({"packages": packages})
+            print_json({"packages": packages})
             return EXIT_OK
         print(PACKAGE_HEADER)
         for doc in packages:
@@ -307,11 +301,12 @@ def cmd_package_list(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
-def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    parser.add_argument("--data-dir", type=Path, help="controller data directory")
-    parser.add_argument("--config", type=Path, help="controller.toml")
-    if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
+def _rollout_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """The flags of a command that prints a rollout (``_print_rollout``)."""
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help=f"{what} as JSON")
+    output.add_argument("--csv", action="store_true", help="one row per hop, CSV")
+    controller_flags(parser, json_flag=False)
 
 
 def _positive_seconds(text: str) -> float:
@@ -332,10 +327,10 @@ def register_packages(releases: argparse._SubParsersAction[Any]) -> None:
     add.add_argument("version", metavar="VERSION", help="a catalogued release, e.g. 4.2.2-408037")
     add.add_argument("file", type=Path, metavar="FILE")
     add.add_argument("--sha256", help="the vendor's SHA-256: refused when the file differs")
-    _common(add)
+    controller_flags(add)
     add.set_defaults(func=cmd_package_add)
     lst = actions.add_parser("list", help="the packages kept")
-    _common(lst)
+    controller_flags(lst)
     lst.set_defaults(func=cmd_package_list)
 
 
@@ -385,23 +380,17 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     plan.add_argument("--name", help="a name people recognise")
     plan.add_argument("--exclude", action="append", metavar="SERIAL", help="leave a device out")
     plan.add_argument("--dry-run", action="store_true", help="compute and show, store nothing")
-    output = plan.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="the plan as JSON")
-    output.add_argument("--csv", action="store_true", help="one row per hop, CSV")
-    _common(plan, json_flag=False)
+    _rollout_flags(plan, "the plan")
     plan.set_defaults(func=cmd_plan)
 
     lst = actions.add_parser("list", help="rollouts, newest first")
     lst.add_argument("--status", choices=ROLLOUT_STATUSES)
-    _common(lst)
+    controller_flags(lst)
     lst.set_defaults(func=cmd_list)
 
     show = actions.add_parser("show", help="a stored plan with each device's state")
     show.add_argument("id", metavar="ID")
-    output = show.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="the rollout as JSON")
-    output.add_argument("--csv", action="store_true", help="one row per hop, CSV")
-    _common(show, json_flag=False)
+    _rollout_flags(show, "the rollout")
     show.set_defaults(func=cmd_show)
 
     for name, text in (
@@ -412,7 +401,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     ):
         parser = actions.add_parser(name, help=text)
         parser.add_argument("id", metavar="ID")
-        _common(parser)
+        controller_flags(parser)
         parser.set_defaults(func=_act(name))
 
     status = actions.add_parser("status", help="progress: counts per status and wave")
@@ -421,5 +410,5 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     status.add_argument(
         "--interval", type=_positive_seconds, default=2.0, help="seconds between refreshes"
     )
-    _common(status)
+    controller_flags(status)
     status.set_defaults(func=cmd_status)

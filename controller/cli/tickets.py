@@ -22,8 +22,7 @@ from urllib.parse import quote
 import aiohttp
 
 from polyfleet.controller.cli.reach import TOKEN_ENV as REACH_TOKEN_ENV
-from polyfleet.controller.cli.reach import CommandError, ControllerClient, run
-from polyfleet.controller.config import DEFAULT_DATA_DIR
+from polyfleet.controller.cli.reach import CommandError, ControllerClient, controller_flags, run
 from polyfleet.controller.domain.admin_input import AdminInputError, shown
 from polyfleet.controller.domain.admin_input import contract_number as check_contract_number
 from polyfleet.controller.domain.admin_input import serial as check_serial
@@ -416,6 +415,18 @@ def _open_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def _print_rows(
+    header: str, rows: list[dict[str, Any]], line: Callable[[dict[str, Any]], str], none: str
+) -> None:
+    """A listing: its header, a line a row, and ``none`` on stderr when it is empty (so a
+    script reading stdout still gets the header alone)."""
+    print(header)
+    for row in rows:
+        print(line(row))
+    if not rows:
+        print(none, file=sys.stderr)
+
+
 def cmd_tickets(args: argparse.Namespace) -> int:
     """Run one ``tickets`` subcommand against the controller."""
     action = args.tickets_command
@@ -437,17 +448,9 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data))
     elif action == "list":
-        print(LIST_HEADER)
-        for ticket in data["tickets"]:
-            print(_line(ticket))
-        if not data["tickets"]:
-            print("no tickets", file=sys.stderr)
+        _print_rows(LIST_HEADER, data["tickets"], _line, "no tickets")
     elif action == "deliveries":
-        print(DELIVERY_HEADER)
-        for delivery in data["deliveries"]:
-            print(_delivery_line(delivery))
-        if not data["deliveries"]:
-            print("no deliveries", file=sys.stderr)
+        _print_rows(DELIVERY_HEADER, data["deliveries"], _delivery_line, "no deliveries")
     else:
         print(_show(data, args))
     return 0
@@ -462,14 +465,10 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         "works on its store; a controller elsewhere is reached with --url and an admin --token.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="controller.toml (its data dir and store)")
-    common.add_argument(
-        "--data-dir", help=f"the controller's data dir (default {DEFAULT_DATA_DIR})"
-    )
+    controller_flags(common)
     common.add_argument("--url", help="the controller's URL, e.g. https://127.0.0.1:8080")
     common.add_argument("--token", help=f"an admin API token for --url (or set {TOKEN_ENV})")
     common.add_argument("--ca-file", help="CA certificate to trust for an https --url")
-    common.add_argument("--json", action="store_true", help="print the controller's JSON")
     sub = tickets.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", parents=[common], help="tickets, newest first")
     listing.add_argument("--status", help="only this status (needs_data, open, sent...)")

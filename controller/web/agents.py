@@ -11,9 +11,8 @@ from polyfleet.controller.features import access, sites
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import UnknownSite
-from polyfleet.controller.web.keys import SESSION
-from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import dashboard_caller, form_of, page
+from polyfleet.controller.web.render import render, site_zones, translator
+from polyfleet.controller.web.security import admin_forms, dashboard_caller, form_of, page
 
 
 def _page(
@@ -25,7 +24,6 @@ def _page(
 ) -> web.Response:
     core, caller = request.app[CORE], dashboard_caller(request)
     found_sites = sites.list_sites(core, caller)
-    session = request[SESSION]
     return render(
         request,
         "agents.html",
@@ -35,9 +33,9 @@ def _page(
             "live": invite is None and error is None,
             "sites": found_sites,
             "site_names": {site["id"]: site["name"] for site in found_sites},
-            "zones": {site["id"]: site["timezone"] for site in found_sites},
+            "zones": site_zones(request, found_sites),
             "agents": access.agent_statuses(core, caller),
-            "can_invite": session is not None and session.principal.role in ADMINS,
+            "can_invite": admin_forms(request),
             "invite": invite,
             "error": error,
             "controller_url": f"{request.scheme}://{request.host}",

@@ -21,7 +21,7 @@ from polyfleet.controller.services.device_table import (
     csv_row,
 )
 from polyfleet.controller.settings.web import MAX_PAGE_SIZE
-from polyfleet.controller.web.render import render, translator
+from polyfleet.controller.web.render import render, site_zones, translator
 from polyfleet.controller.web.security import dashboard_caller, page
 from polyfleet.controller.web.timeline import timeline
 from polyfleet.shared.schema import HealthState, Model, Provider
@@ -78,7 +78,6 @@ async def devices_page(request: web.Request) -> web.Response:
         error = translator(request).gettext("{field}: {problem}", field=exc.field, problem=str(exc))
     pages = max(1, -(-found.total // per_page))
     options = _options(request)
-    zones = {site["id"]: site["timezone"] for site in options["sites"]}
     return render(
         request,
         "devices.html",
@@ -96,7 +95,7 @@ async def devices_page(request: web.Request) -> web.Response:
             "per_page": per_page,
             "page_sizes": PAGE_SIZES,
             "options": options,
-            "zones": zones,
+            "zones": site_zones(request, options["sites"]),
             "selected": {key: request.query.get(key, "") for key in request.query},
         },
     )

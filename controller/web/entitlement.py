@@ -14,9 +14,14 @@ from polyfleet.controller.features import assets, entitlement
 from polyfleet.controller.http.errors import ApiError
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.web.keys import SESSION
 from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import UploadedFile, dashboard_caller, form_of, page
+from polyfleet.controller.web.security import (
+    UploadedFile,
+    admin_forms,
+    dashboard_caller,
+    form_of,
+    page,
+)
 
 #: Horizons offered for the forecast, in days.
 HORIZONS = (30, 60, 90, 180, 365)
@@ -43,7 +48,6 @@ async def _page(
         request.app[CORE], dashboard_caller(request), days=days, site=site
     )
     sites = summary["sites"]
-    session = request[SESSION]
     return render(
         request,
         "entitlement.html",
@@ -56,7 +60,7 @@ async def _page(
             "site": site,
             "site_names": {s["id"]: s["name"] for s in sites},
             "flags": FLAGS,
-            "can_import": session is not None and session.principal.role in ADMINS,
+            "can_import": admin_forms(request),
             "result": result,
             "problems": problems,
         },

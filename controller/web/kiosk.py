@@ -6,14 +6,13 @@ from aiohttp import web
 
 from polyfleet.controller.features import overview
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.web.render import render
+from polyfleet.controller.web.render import render, site_zones
 from polyfleet.controller.web.security import dashboard_caller, page
 
 
 @page("Kiosk: the overview for a wall screen", kiosk=True)
 async def kiosk_page(request: web.Request) -> web.Response:
     data = await overview.overview(request.app[CORE], dashboard_caller(request))
-    zones = {site["id"]: site["timezone"] for site in data["sites"]}
     return render(
         request,
         "kiosk.html",
@@ -21,7 +20,7 @@ async def kiosk_page(request: web.Request) -> web.Response:
             "live": True,
             "live_every": request.app[CORE].web.kiosk_refresh_s,
             "o": data,
-            "zones": zones,
+            "zones": site_zones(request, data["sites"]),
             "kiosk": True,
         },
     )

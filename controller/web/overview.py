@@ -7,7 +7,7 @@ from aiohttp import web
 from polyfleet.controller.features import overview
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.store.base import Doc
-from polyfleet.controller.web.render import render
+from polyfleet.controller.web.render import render, site_zones
 from polyfleet.controller.web.security import dashboard_caller, page
 
 
@@ -42,7 +42,6 @@ def firmware_groups(rows: list[Doc]) -> list[Doc]:
 @page("Overview")
 async def overview_page(request: web.Request) -> web.Response:
     data = await overview.overview(request.app[CORE], dashboard_caller(request))
-    zones = {site["id"]: site["timezone"] for site in data["sites"]}
     return render(
         request,
         "overview.html",
@@ -50,7 +49,7 @@ async def overview_page(request: web.Request) -> web.Response:
             "nav": "overview",
             "live": True,
             "o": data,
-            "zones": zones,
+            "zones": site_zones(request, data["sites"]),
             "firmware_groups": firmware_groups(data["firmware"]["rows"]),
         },
     )

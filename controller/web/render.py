@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from functools import cache
 from pathlib import Path
@@ -62,6 +62,13 @@ def when_filter(
     text = local_text(found, name)
     iso = found.isoformat()
     return Markup('<time datetime="{}" title="{}">{}</time>').format(iso, name, text)
+
+
+def site_zones(request: web.Request, sites: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each site's time zone, which the moments of its devices and tickets are shown in
+    (the dashboard's own where a site names none)."""
+    default = request.app[CORE].web.timezone
+    return {site["id"]: str(site.get("timezone") or default) for site in sites}
 
 
 def duration_text(t: Translator, seconds: float) -> str:

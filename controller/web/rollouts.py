@@ -21,8 +21,14 @@ from polyfleet.controller.features.caller import Permission
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.rollout import RolloutConflict
-from polyfleet.controller.web.render import render
-from polyfleet.controller.web.security import dashboard_caller, form_of, page
+from polyfleet.controller.web.render import render, site_zones
+from polyfleet.controller.web.security import (
+    act_from_page,
+    button_state,
+    dashboard_caller,
+    form_of,
+    page,
+)
 from polyfleet.shared.schema import Model
 
 _FORM_TEXT = ("target", "canary", "waves", "window", "start", "wave_gap", "max_failures")
@@ -125,10 +131,7 @@ def _rollout_page(
     core, caller = request.app[CORE], dashboard_caller(request)
     rollout = rollouts.rollout(core, caller, rollout_id)
     progress = rollouts.rollout_status(core, caller, rollout_id)
-    zones = {
-        site["id"]: str(site.get("timezone") or request.app[CORE].web.timezone)
-        for site in sites.list_sites(core, caller)
-    }
+    zones = site_zones(request, sites.list_sites(core, caller))
     by_wave: dict[int | None, list[dict[str, Any]]] = {}
     for device in rollout["devices"]:
         by_wave.setdefault(device.get("wave"), []).append(device)
@@ -137,7 +140,7 @@ def _rollout_page(
         "rollout.html",
         {
             "nav": "rollouts",
-            "live": error is None and confirm is None,
+            **button_state(request, error=error, confirm=confirm),
             "r": rollout,
             "progress": progress,
             "waves": rollout["waves"],
@@ -147,9 +150,6 @@ def _rollout_page(
             "reason_codes": REASON_CODES,
             "zones": zones,
             "actions": rollouts.allowed_actions(caller, rollout["status"]),
-            "error": error,
-            "confirm": confirm,
-            "done": request.query.get("done"),
         },
         status=status,
     )
@@ -165,14 +165,14 @@ async def rollout_action(request: web.Request) -> web.StreamResponse:
     rollout_id = request.match_info["rollout_id"]
     form = await form_of(request)
     action = rollouts.checked_action(str(form.get("action") or ""))
-    if form.get("confirmed") != "1":
-        return _rollout_page(request, rollout_id, confirm=action)
-    try:
+
+    async def act() -> None:
         await rollouts.act(request.app[CORE], dashboard_caller(request), rollout_id, action)
-    except RolloutConflict as exc:
-        # The rollout's page, saying why not (its status, or a package that is missing).
-        return _rollout_page(request, rollout_id, error=exc.message, status=exc.status)
-    raise web.HTTPSeeOther(f"/rollouts/{rollout_id}?done={action}")
+
+    # The rollout's page says why not: its status, or a package that is missing.
+    return await act_from_page(
+        request, _rollout_page, rollout_id, action, act, ask_first=True, shown=(RolloutConflict,)
+    )
 
 
 @page("Release a device from the penalty box (admins)", roles=ADMINS)

@@ -11,21 +11,21 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 from multidict import MultiDict, MultiDictProxy
 
-from polyfleet.controller.errors import NotAllowed, Refused
+from polyfleet.controller.errors import Conflict, NotAllowed, Refused
 from polyfleet.controller.features.caller import Caller
 from polyfleet.controller.http.errors import Handler, kept_headers
-from polyfleet.controller.http.spec import PUBLIC, READERS, endpoint
+from polyfleet.controller.http.spec import ADMINS, PUBLIC, READERS, endpoint
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.services.audit import Origin
@@ -168,6 +168,69 @@ def dashboard_caller(request: web.Request, session: WebSession | None = None) ->
         raise NotAllowed("sign in first")
     origin = Origin(via="http", address=request.remote)
     return Caller.of(acting.principal, origin, via="dashboard")
+
+
+def admin_forms(request: web.Request) -> bool:
+    """Whether a page shows its admin forms: only to whom the handlers they post to admit
+    (``roles=ADMINS``)."""
+    session = request[SESSION]
+    return session is not None and session.principal.role in ADMINS
+
+
+class ItemPage(Protocol):
+    """The page of one item (a rollout, a ticket), asking to confirm or saying why not."""
+
+    def __call__(
+        self,
+        request: web.Request,
+        key: str,
+        /,
+        *,
+        error: str | None = None,
+        confirm: str | None = None,
+        status: int = 200,
+    ) -> web.Response: ...
+
+
+def button_state(
+    request: web.Request, *, error: str | None, confirm: str | None
+) -> dict[str, object]:
+    """What an item's page shows of its buttons (``act_from_page``): the question, the
+    refusal or what was done. It does not refresh itself while it asks or refuses, so the
+    question or the reason stays on screen."""
+    return {
+        "live": error is None and confirm is None,
+        "error": error,
+        "confirm": confirm,
+        "done": request.query.get("done"),
+    }
+
+
+async def act_from_page(
+    request: web.Request,
+    item_page: ItemPage,
+    key: str,
+    verb: str,
+    act: Callable[[], Awaitable[object]],
+    *,
+    ask_first: bool = False,
+    shown: tuple[type[Refused], ...] = (Conflict,),
+) -> web.StreamResponse:
+    """A button on an item's page: ``act``, then back to that page (the path above the one
+    posted to) saying it is done (``?done=verb``).
+
+    ``ask_first``: without JavaScript nobody asked yet, so the page asks and its answer posts
+    again with ``confirmed=1``. A refusal in ``shown`` (what the item's status allows now)
+    is shown on the item's own page, beside the buttons; any other goes to the error page.
+    """
+    form = await form_of(request)
+    if ask_first and form.get("confirmed") != "1":
+        return item_page(request, key, confirm=verb)
+    try:
+        await act()
+    except shown as exc:
+        return item_page(request, key, error=exc.message, status=exc.status)
+    raise web.HTTPSeeOther(f"{request.path.rsplit('/', 1)[0]}?done={verb}")
 
 
 def page_spec(handler: object) -> PageSpec | None:

@@ -48,6 +48,17 @@ def _nonce_ok(request: web.Request, given: object) -> bool:
     )
 
 
+def _expired_form(request: web.Request, nonce: object) -> web.Response | None:
+    """The sign-in form again, saying it expired, when a posted form's nonce is not the one
+    this browser was given (none when it is)."""
+    if _nonce_ok(request, nonce):
+        return None
+    t = translator(request)
+    return _signin_form(
+        request, error=t.gettext("The sign-in form had expired; please try again."), status=403
+    )
+
+
 def _signin_form(
     request: web.Request, *, error: str | None = None, status: int = 200
 ) -> web.Response:
@@ -93,12 +104,8 @@ async def signin_page(request: web.Request) -> web.StreamResponse:
 async def signin_submit(request: web.Request) -> web.StreamResponse:
     t = translator(request)
     form = await form_of(request)
-    if not _nonce_ok(request, form.get("nonce")):
-        return _signin_form(
-            request,
-            error=t.gettext("The sign-in form had expired; please try again."),
-            status=403,
-        )
+    if (expired := _expired_form(request, form.get("nonce"))) is not None:
+        return expired
     token = form.get("token")
     kiosk = form.get("kiosk") == "1"
     target = "/kiosk" if kiosk else safe_next(str(form.get("next") or "/"))
@@ -180,12 +187,9 @@ async def link_page(request: web.Request) -> web.StreamResponse:
 
 @page("Use a one-time sign-in link", roles=PUBLIC)
 async def link_submit(request: web.Request) -> web.StreamResponse:
-    t = translator(request)
     form = await form_of(request)
-    if not _nonce_ok(request, form.get("nonce")):
-        return _signin_form(
-            request, error=t.gettext("The sign-in form had expired; please try again."), status=403
-        )
+    if (expired := _expired_form(request, form.get("nonce"))) is not None:
+        return expired
     code = form.get("code")
     try:
         cookie, session = await request.app[CORE].sessions.redeem_link(

@@ -10,18 +10,17 @@ from polyfleet.controller.features import sites, tickets
 from polyfleet.controller.http.files import download
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.store.base import Doc
-from polyfleet.controller.web.render import render, translator
-from polyfleet.controller.web.security import dashboard_caller, form_of, page
+from polyfleet.controller.web.render import render, site_zones, translator
+from polyfleet.controller.web.security import (
+    act_from_page,
+    button_state,
+    dashboard_caller,
+    form_of,
+    page,
+)
 
 #: Actions that ask for a confirmation first (they cannot be undone).
 CONFIRMED = frozenset({"close"})
-
-
-def _zones(request: web.Request, found: list[Doc]) -> dict[str, str]:
-    """Each site's time zone, which its tickets' moments are shown in."""
-    default = request.app[CORE].web.timezone
-    return {site["id"]: str(site.get("timezone") or default) for site in found}
 
 
 @page("Tickets: open ones by urgency with their SLA clocks, and recently closed ones")
@@ -40,7 +39,7 @@ async def tickets_page(request: web.Request) -> web.Response:
             "closed": board.closed,
             "sites": found,
             "site": site,
-            "zones": _zones(request, found),
+            "zones": site_zones(request, found),
         },
     )
 
@@ -57,14 +56,14 @@ def _ticket_page(
     view = tickets.ticket_view(core, caller, key)
     ticket = view.ticket
     t = translator(request)
-    zones = _zones(request, sites.list_sites(core, caller))
+    zones = site_zones(request, sites.list_sites(core, caller))
     zone = zones.get(ticket.site or "", request.app[CORE].web.timezone)
     return render(
         request,
         "ticket.html",
         {
             "nav": "tickets",
-            "live": error is None and confirm is None,
+            **button_state(request, error=error, confirm=confirm),
             "tk": ticket,
             "sla": ticket.sla(),
             "urgency": view.urgency,
@@ -74,9 +73,6 @@ def _ticket_page(
             "deliveries": view.deliveries,
             "actions": view.actions,
             "confirm_needed": CONFIRMED,
-            "done": request.query.get("done"),
-            "error": error,
-            "confirm": confirm,
         },
         status=status,
     )
@@ -92,15 +88,11 @@ async def ticket_action(request: web.Request) -> web.StreamResponse:
     key = request.match_info["ticket_id"]
     form = await form_of(request)
     verb = str(form.get("action") or "")
-    if verb in CONFIRMED and form.get("confirmed") != "1":
-        # Without JavaScript nobody asked yet: the page asks, and the answer posts again.
-        return _ticket_page(request, key, confirm=verb)
-    try:
+
+    async def act() -> None:
         await tickets.act_on_ticket(request.app[CORE], dashboard_caller(request), key, verb)
-    except Conflict as exc:
-        # Shown on the ticket's own page, beside the buttons that are allowed now.
-        return _ticket_page(request, key, error=exc.message, status=exc.status)
-    raise web.HTTPSeeOther(f"/tickets/{key}?done={verb}")
+
+    return await act_from_page(request, _ticket_page, key, verb, act, ask_first=verb in CONFIRMED)
 
 
 @page("Fill in a held ticket's serial or contract number (admins)", roles=ADMINS)
@@ -108,7 +100,8 @@ async def ticket_fill(request: web.Request) -> web.StreamResponse:
     key = request.match_info["ticket_id"]
     form = await form_of(request)
     serial, contract = form.get("serial"), form.get("contract_number")
-    try:
+
+    async def fill() -> None:
         await tickets.fill_ticket(
             request.app[CORE],
             dashboard_caller(request),
@@ -117,10 +110,9 @@ async def ticket_fill(request: web.Request) -> web.StreamResponse:
             contract_number=contract if isinstance(contract, str) else None,
             force=form.get("force") == "1",
         )
-    except (Conflict, Invalid) as exc:
-        # Shown on the ticket's own page, above the form to correct.
-        return _ticket_page(request, key, error=exc.message, status=exc.status)
-    raise web.HTTPSeeOther(f"/tickets/{key}?done=fill")
+
+    # An invalid value is shown on the ticket's own page too, above the form to correct.
+    return await act_from_page(request, _ticket_page, key, "fill", fill, shown=(Conflict, Invalid))
 
 
 @page("A ticket's diagnostics bundle")
