@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paramiko
@@ -44,3 +45,32 @@ class Listeners:
         for transport in transports:
             # Closing joins paramiko's thread: keep that off the event loop.
             await asyncio.to_thread(transport.close)
+
+
+def bind_listener(address: str, port: int, backlog: int) -> socket.socket:
+    """A non-blocking socket listening on ``address:port`` (closed again if that fails)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def accept_ssh(
+    sock: socket.socket, serve: Callable[[socket.socket], None], name: str
+) -> None:
+    """Hand every connection accepted on ``sock`` to ``serve``, until the socket is closed."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn, _peer = await loop.sock_accept(sock)
+        except OSError:
+            return
+        conn.setblocking(True)
+        # One short-lived thread per SSH connection: paramiko is blocking.
+        threading.Thread(target=serve, args=(conn,), name=name, daemon=True).start()

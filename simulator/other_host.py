@@ -17,7 +17,7 @@ from aiohttp import web
 
 from polyfleet.simulator import identity
 from polyfleet.simulator.fleet import OtherHostSpec, default_port
-from polyfleet.simulator.listeners import Listeners
+from polyfleet.simulator.listeners import Listeners, accept_ssh, bind_listener
 from polyfleet.simulator.ssh import TRANSPORT_LOG
 
 #: What each kind says in its ``Server`` header and SSH identification [assumed: typical].
@@ -25,6 +25,7 @@ SERVER_HEADERS = {"web_server": "lighttpd/1.4.59", "json_api": "nginx", "poly_ph
 SSH_VERSION = "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"
 CHANNEL_TIMEOUT = 20.0
 MAX_LINE = 1024
+LISTEN_BACKLOG = 16
 
 AUTH_SUCCESSFUL: int = paramiko.common.AUTH_SUCCESSFUL
 AUTH_FAILED: int = paramiko.common.AUTH_FAILED
@@ -97,15 +98,7 @@ class OtherHost:
         self._listeners.rest_server = server
         self.rest_port = server.sockets[0].getsockname()[1]
         if self.ssh_port is not None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((self.address, self.ssh_port))
-                sock.listen(16)
-            except OSError:
-                sock.close()
-                raise
-            sock.setblocking(False)
+            sock = bind_listener(self.address, self.ssh_port, LISTEN_BACKLOG)
             self.ssh_port = sock.getsockname()[1]
             self._listeners.ssh_socket = sock
             self._listeners.ssh_task = loop.create_task(self._accept_ssh(sock))
@@ -152,16 +145,7 @@ class OtherHost:
     # --- SSH: a plain Linux box -----------------------------------------------------------
 
     async def _accept_ssh(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _peer = await loop.sock_accept(sock)
-            except OSError:
-                return
-            conn.setblocking(True)
-            threading.Thread(
-                target=self._serve_ssh, args=(conn,), name=f"ssh-{self.name}", daemon=True
-            ).start()
+        await accept_ssh(sock, self._serve_ssh, f"ssh-{self.name}")
 
     def answer(self, line: str) -> tuple[str, int]:
         """A shell's output and exit status for one command line."""
