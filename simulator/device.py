@@ -412,13 +412,7 @@ class SimDevice:
     def track_ssh_transport(self, transport: paramiko.Transport, active: bool) -> bool:
         """Register (or forget) a live SSH transport; False when the device is no longer serving."""
         with self._auth_lock:
-            if not active:
-                self._listeners.ssh_transports.discard(transport)
-                return True
-            if not self.listening:
-                return False
-            self._listeners.ssh_transports.add(transport)
-            return True
+            return self._listeners.track_ssh(transport, active, serving=self.listening)
 
     # --- authentication (REST and SSH share the lockout, as real units do) -------------------
 

@@ -23,6 +23,19 @@ class Listeners:
     #: that fill their one-slot queues, so the kernel drops every new connection attempt.
     tarpit: list[socket.socket] = field(default_factory=list)
 
+    def track_ssh(self, transport: paramiko.Transport, active: bool, *, serving: bool) -> bool:
+        """Register (or forget) a live SSH transport; False when the host no longer serves.
+
+        Call with the lock ``close`` takes held.
+        """
+        if not active:
+            self.ssh_transports.discard(transport)
+            return True
+        if not serving:
+            return False
+        self.ssh_transports.add(transport)
+        return True
+
     async def close(self, web_server: web.Server, transports_lock: threading.Lock) -> None:
         """Stop accepting, drop open HTTPS connections and end every SSH session."""
         if self.rest_server is not None:

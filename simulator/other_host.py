@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import shlex
@@ -18,19 +17,13 @@ from aiohttp import web
 from polyfleet.simulator import identity
 from polyfleet.simulator.fleet import OtherHostSpec, default_port
 from polyfleet.simulator.listeners import Listeners, accept_ssh, bind_listener
-from polyfleet.simulator.ssh import TRANSPORT_LOG
+from polyfleet.simulator.ssh import AUTH_FAILED, AUTH_SUCCESSFUL, SessionServer, serve_session
 
 #: What each kind says in its ``Server`` header and SSH identification [assumed: typical].
 SERVER_HEADERS = {"web_server": "lighttpd/1.4.59", "json_api": "nginx", "poly_phone": "Poly"}
 SSH_VERSION = "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"
-CHANNEL_TIMEOUT = 20.0
 MAX_LINE = 1024
 LISTEN_BACKLOG = 16
-
-AUTH_SUCCESSFUL: int = paramiko.common.AUTH_SUCCESSFUL
-AUTH_FAILED: int = paramiko.common.AUTH_FAILED
-OPEN_SUCCEEDED: int = paramiko.common.OPEN_SUCCEEDED
-OPEN_FAILED: int = paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
 
 def _page(status: int, title: str, body: str, server: str) -> web.Response:
@@ -164,46 +157,35 @@ class OtherHost:
         return f"sh: 1: {words[0]}: not found\n", 127
 
     def _serve_ssh(self, conn: socket.socket) -> None:
-        transport = paramiko.Transport(conn)
-        transport.local_version = SSH_VERSION
-        transport.set_log_channel(TRANSPORT_LOG)
-        with self._lock:
-            if self._listeners.ssh_socket is None:
-                transport.close()
-                return
-            self._listeners.ssh_transports.add(transport)
-        try:
-            assert self._host_key is not None
-            transport.add_server_key(self._host_key)
-            server = _LinuxSshServer(self.spec.admin_password)
-            try:
-                transport.start_server(server=server)
-            except (paramiko.SSHException, EOFError, OSError):
-                return
-            channel = transport.accept(CHANNEL_TIMEOUT)
-            if channel is None or not server.ready.wait(CHANNEL_TIMEOUT):
-                return
-            try:
-                if server.command is not None:
-                    output, status = self.answer(server.command)
-                    if status:
-                        channel.sendall_stderr(output.encode())
-                    else:
-                        channel.sendall(output.encode())
-                    channel.send_exit_status(status)
+        assert self._host_key is not None
+        server = _LinuxSshServer(self.spec.admin_password)
+
+        def run(channel: paramiko.Channel) -> None:
+            if server.command is not None:
+                output, status = self.answer(server.command)
+                if status:
+                    channel.sendall_stderr(output.encode())
                 else:
-                    self._shell(channel, echo=server.pty)
-                    channel.send_exit_status(0)
-            except (OSError, EOFError, paramiko.SSHException):
-                return
-            finally:
-                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                    channel.close()
-            transport.join(2.0)
-        finally:
-            transport.close()
-            with self._lock:
-                self._listeners.ssh_transports.discard(transport)
+                    channel.sendall(output.encode())
+                channel.send_exit_status(status)
+            else:
+                self._shell(channel, echo=server.pty)
+                channel.send_exit_status(0)
+
+        serve_session(
+            conn,
+            version=SSH_VERSION,
+            host_key=self._host_key,
+            server=server,
+            track=self._track_ssh_transport,
+            run=run,
+        )
+
+    def _track_ssh_transport(self, transport: paramiko.Transport, active: bool) -> bool:
+        """Register (or forget) a live SSH transport; False once the host no longer serves."""
+        with self._lock:
+            serving = self._listeners.ssh_socket is not None
+            return self._listeners.track_ssh(transport, active, serving=serving)
 
     def _shell(self, channel: paramiko.Channel, *, echo: bool) -> None:
         prompt = f"admin@{self.name}:~$ ".encode()
@@ -232,41 +214,11 @@ class OtherHost:
                 channel.sendall(output.replace("\n", "\r\n").encode() + prompt)
 
 
-class _LinuxSshServer(paramiko.ServerInterface):
+class _LinuxSshServer(SessionServer):
     def __init__(self, password: str) -> None:
+        super().__init__()
         self.password = password
-        self.ready = threading.Event()
-        self.command: str | None = None
-        self.pty = False
-
-    def get_allowed_auths(self, username: str) -> str:
-        return "password"
 
     def check_auth_password(self, username: str, password: str) -> int:
         good = secrets.compare_digest(password.encode(), self.password.encode())
         return AUTH_SUCCESSFUL if good else AUTH_FAILED
-
-    def check_channel_request(self, kind: str, chanid: int) -> int:
-        return OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED
-
-    def check_channel_pty_request(
-        self,
-        channel: paramiko.Channel,
-        term: bytes,
-        width: int,
-        height: int,
-        pixelwidth: int,
-        pixelheight: int,
-        modes: bytes,
-    ) -> bool:
-        self.pty = True
-        return True
-
-    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
-        self.ready.set()
-        return True
-
-    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        self.command = command.decode("utf-8", "replace")
-        self.ready.set()
-        return True
