@@ -7,6 +7,7 @@ import ipaddress
 import re
 import ssl
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,13 +78,7 @@ def expand_ranges(ranges: Iterable[str]) -> list[str]:
 async def _landing_page(
     session: aiohttp.ClientSession, address: str, port: int, timeout: float
 ) -> tuple[int, str, bytes]:
-    host = f"[{address}]" if ":" in address else address
-    async with session.get(
-        f"https://{host}:{port}/",
-        ssl=_no_verify(),
-        timeout=aiohttp.ClientTimeout(total=timeout),
-        allow_redirects=False,
-    ) as resp:
+    async with _look(session, address, port, "/", timeout) as resp:
         server = resp.headers.get("Server", "")[:100]
         return resp.status, server, await resp.content.read(_MAX_PAGE)
 
@@ -92,18 +87,26 @@ async def _rest_api_status(
     session: aiohttp.ClientSession, address: str, port: int, timeout: float
 ) -> int | None:
     """Status of ``GET /rest/system`` without a session: 403 on VideoOS, else 404 or other."""
-    host = f"[{address}]" if ":" in address else address
     try:
-        async with session.get(
-            f"https://{host}:{port}/rest/system",
-            ssl=_no_verify(),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            allow_redirects=False,
-        ) as resp:
+        async with _look(session, address, port, "/rest/system", timeout) as resp:
             await resp.content.read(_MAX_PAGE)
             return resp.status
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None
+
+
+def _look(
+    session: aiohttp.ClientSession, address: str, port: int, path: str, timeout: float
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """``GET https://address:port/path`` as discovery asks: no certificate check, no
+    redirect followed."""
+    host = f"[{address}]" if ":" in address else address
+    return session.get(
+        f"https://{host}:{port}{path}",
+        ssl=_no_verify(),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        allow_redirects=False,
+    )
 
 
 def _no_verify() -> ssl.SSLContext:

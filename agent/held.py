@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from polyfleet.agent.outbox import Entry
+from polyfleet.agent.outbox import Entry, entry_doc, entry_from_doc, json_line
 from polyfleet.shared.durable import write_atomically
 
 log = logging.getLogger(__name__)
@@ -189,32 +189,18 @@ def _over_budget(held: dict[int, HeldReport], max_bytes: int) -> list[int]:
 
 
 def _encode(held: HeldReport) -> bytes:
-    e = held.entry
     doc = {
-        "seq": e.seq,
-        "kind": e.kind,
-        "serial": e.serial,
-        "state": e.state,
-        "repeat": e.repeat,
-        "data": e.data,
+        **entry_doc(held.entry),
         "code": held.code,
         "reason": held.reason,
         "held_at": held.held_at,
     }
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    return json_line(doc)
 
 
 def _decode(line: bytes) -> HeldReport:
     doc = json.loads(line)
-    entry = Entry(
-        seq=int(doc["seq"]),
-        kind=str(doc["kind"]),
-        serial=str(doc["serial"]),
-        state=str(doc["state"]),
-        repeat=bool(doc["repeat"]),
-        data=dict(doc["data"]),
-        size=0,
-    )
+    entry = entry_from_doc(doc)
     return HeldReport(
         entry=entry, code=str(doc["code"]), reason=str(doc["reason"]), held_at=str(doc["held_at"])
     )

@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -847,8 +847,9 @@ def _make_entry(
     return Entry(**{**entry.__dict__, "size": len(line), "line": line})
 
 
-def _encode(entry: Entry) -> bytes:
-    doc = {
+def entry_doc(entry: Entry) -> dict[str, Any]:
+    """An entry as its spool line holds it (the held reports' lines hold it too)."""
+    return {
         "seq": entry.seq,
         "kind": entry.kind,
         "serial": entry.serial,
@@ -856,11 +857,10 @@ def _encode(entry: Entry) -> bytes:
         "repeat": entry.repeat,
         "data": entry.data,
     }
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
-def _decode(line: bytes) -> Entry:
-    doc = json.loads(line)
+def entry_from_doc(doc: Mapping[str, Any], *, line: bytes = b"") -> Entry:
+    """The entry ``entry_doc`` wrote (sized by its outbox ``line``, when there is one)."""
     return Entry(
         seq=int(doc["seq"]),
         kind=str(doc["kind"]),
@@ -871,3 +871,16 @@ def _decode(line: bytes) -> Entry:
         size=len(line),
         line=line,
     )
+
+
+def json_line(doc: Mapping[str, Any]) -> bytes:
+    """One spool line: compact JSON and a newline."""
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def _encode(entry: Entry) -> bytes:
+    return json_line(entry_doc(entry))
+
+
+def _decode(line: bytes) -> Entry:
+    return entry_from_doc(json.loads(line), line=line)

@@ -14,7 +14,6 @@ server's certificate is self-signed and kept in ``<data dir>/update-server``.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import ipaddress
 import json
@@ -27,12 +26,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from polyfleet.agent.transport.failures import http_failure_words
 from polyfleet.agent.uplink import ControllerRefused, ControllerUnavailable, Uplink
+from polyfleet.shared.certificates import make_self_signed
 from polyfleet.shared.durable import move_into_place, write_atomically
 
 log = logging.getLogger(__name__)
@@ -182,34 +179,16 @@ def _certificate(directory: Path, host: str) -> tuple[Path, Path]:
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "polyfleet site update server")])
-    now = dt.datetime.now(dt.UTC)
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
     try:
         names.append(x509.IPAddress(ipaddress.ip_address(host)))
     except ValueError:
         names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_bytes = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    made = make_self_signed("polyfleet site update server", names)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(key_bytes)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        handle.write(made.key_pem)
+    cert_path.write_bytes(made.cert_pem)
     return cert_path, key_path
 
 

@@ -31,8 +31,9 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from enum import Enum
 from typing import Any, ClassVar
 
 from polyfleet.controller.store.base import EVENTS, Doc, Store
@@ -53,8 +54,30 @@ class Event:
     serial: str | None = None
 
     def data(self) -> dict[str, Any]:
-        """Kind-specific fields as JSON."""
-        return {}
+        """Kind-specific fields as JSON, in declaration order (none for the kinds not stored,
+        whose payload is models and documents)."""
+        if not self.stored:
+            return {}
+        return {
+            item.name: _json_value(getattr(self, item.name))
+            for item in fields(self)
+            if item.name not in _COMMON_FIELDS
+        }
+
+
+#: The fields every event has, stored beside ``data`` rather than in it.
+_COMMON_FIELDS = frozenset(item.name for item in fields(Event))
+
+
+def _json_value(value: Any) -> Any:
+    """An event field in its JSON form: times in ISO form, enums by value, tuples as lists."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,9 +125,6 @@ class DeviceAdded(Event):
     kind: ClassVar[str] = "device_added"
     model: str
 
-    def data(self) -> dict[str, Any]:
-        return {"model": self.model}
-
 
 @dataclass(frozen=True, kw_only=True)
 class HealthChanged(Event):
@@ -116,13 +136,6 @@ class HealthChanged(Event):
     #: In their JSON form (``{"code", "detail"}``), as the report stored them.
     problems: tuple[Doc, ...] = ()
 
-    def data(self) -> dict[str, Any]:
-        return {
-            "old": None if self.old is None else self.old.value,
-            "new": self.new.value,
-            "problems": list(self.problems),
-        }
-
 
 @dataclass(frozen=True, kw_only=True)
 class DeviceUnreachable(Event):
@@ -130,9 +143,6 @@ class DeviceUnreachable(Event):
 
     kind: ClassVar[str] = "device_unreachable"
     last_seen: datetime | None
-
-    def data(self) -> dict[str, Any]:
-        return {"last_seen": None if self.last_seen is None else self.last_seen.isoformat()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,9 +152,6 @@ class AgentOffline(Event):
     kind: ClassVar[str] = "agent_offline"
     last_seen: datetime | None
 
-    def data(self) -> dict[str, Any]:
-        return {"last_seen": None if self.last_seen is None else self.last_seen.isoformat()}
-
 
 @dataclass(frozen=True, kw_only=True)
 class AgentOnline(Event):
@@ -152,9 +159,6 @@ class AgentOnline(Event):
 
     kind: ClassVar[str] = "agent_online"
     agent_id: str
-
-    def data(self) -> dict[str, Any]:
-        return {"agent_id": self.agent_id}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,9 +169,6 @@ class AgentEnrolled(Event):
     agent_id: str
     agent_name: str = ""
     hostname: str = ""
-
-    def data(self) -> dict[str, Any]:
-        return {"agent_id": self.agent_id, "agent_name": self.agent_name, "hostname": self.hostname}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,14 +181,6 @@ class AgentNoticeReceived(Event):
     detail: str = ""
     count: int = 0
 
-    def data(self) -> dict[str, Any]:
-        return {
-            "agent_id": self.agent_id,
-            "notice": self.notice,
-            "detail": self.detail,
-            "count": self.count,
-        }
-
 
 @dataclass(frozen=True, kw_only=True)
 class AgentClockChanged(Event):
@@ -199,9 +192,6 @@ class AgentClockChanged(Event):
     state: str
     skew_s: float | None = None
 
-    def data(self) -> dict[str, Any]:
-        return {"agent_id": self.agent_id, "state": self.state, "skew_s": self.skew_s}
-
 
 @dataclass(frozen=True, kw_only=True)
 class DeviceMoved(Event):
@@ -209,9 +199,6 @@ class DeviceMoved(Event):
 
     kind: ClassVar[str] = "device_moved"
     from_site: str | None
-
-    def data(self) -> dict[str, Any]:
-        return {"from_site": self.from_site}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,14 +211,6 @@ class JobFinished(Event):
     status: str
     detail: str = ""
 
-    def data(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "job_kind": self.job_kind,
-            "status": self.status,
-            "detail": self.detail,
-        }
-
 
 @dataclass(frozen=True, kw_only=True)
 class RolloutChanged(Event):
@@ -243,15 +222,6 @@ class RolloutChanged(Event):
     status: str
     by: str = ""
     detail: str = ""
-
-    def data(self) -> dict[str, Any]:
-        return {
-            "rollout_id": self.rollout_id,
-            "action": self.action,
-            "status": self.status,
-            "by": self.by,
-            "detail": self.detail,
-        }
 
 
 #: Every event kind, by name (used by the events API filter).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -33,7 +34,7 @@ from polyfleet.simulator.fleet import (
     fault_params,
     split_firmware,
 )
-from polyfleet.simulator.listeners import Listeners
+from polyfleet.simulator.listeners import Listeners, accept_ssh, bind_listener
 
 log = logging.getLogger(__name__)
 
@@ -319,16 +320,7 @@ class SimDevice:
     # --- network --------------------------------------------------------------------------
 
     def _bind(self, port: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.address, port))
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return bind_listener(self.address, port, LISTEN_BACKLOG)
 
     def _bind_preferring(self, port: int, saved: int) -> socket.socket:
         """Bind ``port``; for an OS-chosen port (0) try the one used last time first."""
@@ -415,31 +407,12 @@ class SimDevice:
             await self._open_tarpit()
 
     async def _accept_ssh(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _peer = await loop.sock_accept(sock)
-            except OSError:
-                return
-            conn.setblocking(True)
-            # One short-lived thread per SSH connection: paramiko is blocking.
-            threading.Thread(
-                target=self._apis.ssh,
-                args=(self, conn),
-                name=f"ssh-{self.serial}",
-                daemon=True,
-            ).start()
+        await accept_ssh(sock, functools.partial(self._apis.ssh, self), f"ssh-{self.serial}")
 
     def track_ssh_transport(self, transport: paramiko.Transport, active: bool) -> bool:
         """Register (or forget) a live SSH transport; False when the device is no longer serving."""
         with self._auth_lock:
-            if not active:
-                self._listeners.ssh_transports.discard(transport)
-                return True
-            if not self.listening:
-                return False
-            self._listeners.ssh_transports.add(transport)
-            return True
+            return self._listeners.track_ssh(transport, active, serving=self.listening)
 
     # --- authentication (REST and SSH share the lockout, as real units do) -------------------
 

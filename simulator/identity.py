@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import ssl
 from dataclasses import dataclass
@@ -10,10 +9,10 @@ from pathlib import Path
 
 import paramiko
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from polyfleet.shared.certificates import make_self_signed
 from polyfleet.shared.durable import write_atomically
 from polyfleet.shared.fingerprint import sha256_fingerprint
 
@@ -47,34 +46,15 @@ def _write_private(path: Path, data: bytes) -> None:
 def make_tls_identity(directory: Path, common_name: str, address: str) -> TlsIdentity:
     """Create a new self-signed EC P-256 certificate (P-256 keeps a 1,000-device start fast)."""
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+    made = make_self_signed(
+        common_name, [x509.IPAddress(ipaddress.ip_address(address))], days=CERT_DAYS
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    _write_private(directory / KEY_FILE, key_pem)
-    _write_private(directory / CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(directory / KEY_FILE, made.key_pem)
+    _write_private(directory / CERT_FILE, made.cert_pem)
     return TlsIdentity(
         directory / CERT_FILE,
         directory / KEY_FILE,
-        sha256_fingerprint(cert.public_bytes(serialization.Encoding.DER)),
+        sha256_fingerprint(made.cert_der),
     )
 
 

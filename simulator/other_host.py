@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import shlex
@@ -17,19 +16,14 @@ from aiohttp import web
 
 from polyfleet.simulator import identity
 from polyfleet.simulator.fleet import OtherHostSpec, default_port
-from polyfleet.simulator.listeners import Listeners
-from polyfleet.simulator.ssh import TRANSPORT_LOG
+from polyfleet.simulator.listeners import Listeners, accept_ssh, bind_listener
+from polyfleet.simulator.ssh import AUTH_FAILED, AUTH_SUCCESSFUL, SessionServer, serve_session
 
 #: What each kind says in its ``Server`` header and SSH identification [assumed: typical].
 SERVER_HEADERS = {"web_server": "lighttpd/1.4.59", "json_api": "nginx", "poly_phone": "Poly"}
 SSH_VERSION = "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"
-CHANNEL_TIMEOUT = 20.0
 MAX_LINE = 1024
-
-AUTH_SUCCESSFUL: int = paramiko.common.AUTH_SUCCESSFUL
-AUTH_FAILED: int = paramiko.common.AUTH_FAILED
-OPEN_SUCCEEDED: int = paramiko.common.OPEN_SUCCEEDED
-OPEN_FAILED: int = paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+LISTEN_BACKLOG = 16
 
 
 def _page(status: int, title: str, body: str, server: str) -> web.Response:
@@ -97,15 +91,7 @@ class OtherHost:
         self._listeners.rest_server = server
         self.rest_port = server.sockets[0].getsockname()[1]
         if self.ssh_port is not None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((self.address, self.ssh_port))
-                sock.listen(16)
-            except OSError:
-                sock.close()
-                raise
-            sock.setblocking(False)
+            sock = bind_listener(self.address, self.ssh_port, LISTEN_BACKLOG)
             self.ssh_port = sock.getsockname()[1]
             self._listeners.ssh_socket = sock
             self._listeners.ssh_task = loop.create_task(self._accept_ssh(sock))
@@ -152,16 +138,7 @@ class OtherHost:
     # --- SSH: a plain Linux box -----------------------------------------------------------
 
     async def _accept_ssh(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _peer = await loop.sock_accept(sock)
-            except OSError:
-                return
-            conn.setblocking(True)
-            threading.Thread(
-                target=self._serve_ssh, args=(conn,), name=f"ssh-{self.name}", daemon=True
-            ).start()
+        await accept_ssh(sock, self._serve_ssh, f"ssh-{self.name}")
 
     def answer(self, line: str) -> tuple[str, int]:
         """A shell's output and exit status for one command line."""
@@ -180,46 +157,35 @@ class OtherHost:
         return f"sh: 1: {words[0]}: not found\n", 127
 
     def _serve_ssh(self, conn: socket.socket) -> None:
-        transport = paramiko.Transport(conn)
-        transport.local_version = SSH_VERSION
-        transport.set_log_channel(TRANSPORT_LOG)
-        with self._lock:
-            if self._listeners.ssh_socket is None:
-                transport.close()
-                return
-            self._listeners.ssh_transports.add(transport)
-        try:
-            assert self._host_key is not None
-            transport.add_server_key(self._host_key)
-            server = _LinuxSshServer(self.spec.admin_password)
-            try:
-                transport.start_server(server=server)
-            except (paramiko.SSHException, EOFError, OSError):
-                return
-            channel = transport.accept(CHANNEL_TIMEOUT)
-            if channel is None or not server.ready.wait(CHANNEL_TIMEOUT):
-                return
-            try:
-                if server.command is not None:
-                    output, status = self.answer(server.command)
-                    if status:
-                        channel.sendall_stderr(output.encode())
-                    else:
-                        channel.sendall(output.encode())
-                    channel.send_exit_status(status)
+        assert self._host_key is not None
+        server = _LinuxSshServer(self.spec.admin_password)
+
+        def run(channel: paramiko.Channel) -> None:
+            if server.command is not None:
+                output, status = self.answer(server.command)
+                if status:
+                    channel.sendall_stderr(output.encode())
                 else:
-                    self._shell(channel, echo=server.pty)
-                    channel.send_exit_status(0)
-            except (OSError, EOFError, paramiko.SSHException):
-                return
-            finally:
-                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                    channel.close()
-            transport.join(2.0)
-        finally:
-            transport.close()
-            with self._lock:
-                self._listeners.ssh_transports.discard(transport)
+                    channel.sendall(output.encode())
+                channel.send_exit_status(status)
+            else:
+                self._shell(channel, echo=server.pty)
+                channel.send_exit_status(0)
+
+        serve_session(
+            conn,
+            version=SSH_VERSION,
+            host_key=self._host_key,
+            server=server,
+            track=self._track_ssh_transport,
+            run=run,
+        )
+
+    def _track_ssh_transport(self, transport: paramiko.Transport, active: bool) -> bool:
+        """Register (or forget) a live SSH transport; False once the host no longer serves."""
+        with self._lock:
+            serving = self._listeners.ssh_socket is not None
+            return self._listeners.track_ssh(transport, active, serving=serving)
 
     def _shell(self, channel: paramiko.Channel, *, echo: bool) -> None:
         prompt = f"admin@{self.name}:~$ ".encode()
@@ -248,41 +214,11 @@ class OtherHost:
                 channel.sendall(output.replace("\n", "\r\n").encode() + prompt)
 
 
-class _LinuxSshServer(paramiko.ServerInterface):
+class _LinuxSshServer(SessionServer):
     def __init__(self, password: str) -> None:
+        super().__init__()
         self.password = password
-        self.ready = threading.Event()
-        self.command: str | None = None
-        self.pty = False
-
-    def get_allowed_auths(self, username: str) -> str:
-        return "password"
 
     def check_auth_password(self, username: str, password: str) -> int:
         good = secrets.compare_digest(password.encode(), self.password.encode())
         return AUTH_SUCCESSFUL if good else AUTH_FAILED
-
-    def check_channel_request(self, kind: str, chanid: int) -> int:
-        return OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED
-
-    def check_channel_pty_request(
-        self,
-        channel: paramiko.Channel,
-        term: bytes,
-        width: int,
-        height: int,
-        pixelwidth: int,
-        pixelheight: int,
-        modes: bytes,
-    ) -> bool:
-        self.pty = True
-        return True
-
-    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
-        self.ready.set()
-        return True
-
-    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        self.command = command.decode("utf-8", "replace")
-        self.ready.set()
-        return True

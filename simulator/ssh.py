@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import paramiko
 
@@ -68,21 +69,17 @@ LEGACY_STATES = {
 }
 
 
-class DeviceSshServer(paramiko.ServerInterface):
-    """Password login against the device's admin password; one shell or exec channel."""
+class SessionServer(paramiko.ServerInterface):
+    """Password login; one session channel running a shell or one command (``command``)."""
 
-    def __init__(self, device: SimDevice) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self.ready = threading.Event()
         self.command: str | None = None
+        #: Whether the client asked for a terminal (one echoes what is typed).
+        self.pty = False
 
     def get_allowed_auths(self, username: str) -> str:
         return "password"
-
-    def check_auth_password(self, username: str, password: str) -> int:
-        if self.device.check_password(username, password) == "ok":
-            return AUTH_SUCCESSFUL
-        return AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
@@ -99,6 +96,7 @@ class DeviceSshServer(paramiko.ServerInterface):
         pixelheight: int,
         modes: bytes,
     ) -> bool:
+        self.pty = True
         return True
 
     def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
@@ -109,6 +107,19 @@ class DeviceSshServer(paramiko.ServerInterface):
         self.command = command.decode("utf-8", "replace")
         self.ready.set()
         return True
+
+
+class DeviceSshServer(SessionServer):
+    """Password login against the device's admin password."""
+
+    def __init__(self, device: SimDevice) -> None:
+        super().__init__()
+        self.device = device
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        if self.device.check_password(username, password) == "ok":
+            return AUTH_SUCCESSFUL
+        return AUTH_FAILED
 
 
 def format_uptime(seconds: float) -> str:
@@ -251,19 +262,30 @@ def _shell(device: SimDevice, channel: paramiko.Channel) -> None:
                 return
 
 
-def serve_connection(device: SimDevice, conn: socket.socket) -> None:
-    """Serve one accepted SSH connection to the end (runs in its own thread)."""
+def serve_session(
+    conn: socket.socket,
+    *,
+    version: str,
+    host_key: paramiko.PKey,
+    server: SessionServer,
+    track: Callable[[paramiko.Transport, bool], bool],
+    run: Callable[[paramiko.Channel], None],
+) -> None:
+    """Serve one accepted SSH connection to the end (runs in its own thread): log in with
+    ``server``, ``run`` the session channel, close.
+
+    ``track(transport, True)`` registers the connection so a shutdown can end it (False: the
+    host no longer serves, and the connection is dropped); ``track(transport, False)`` forgets it.
+    """
     transport = paramiko.Transport(conn)
     transport.set_log_channel(TRANSPORT_LOG)
     # Clients and scanners read this line first; paramiko's own name would give the lab away.
-    transport.local_version = f"SSH-2.0-{device.spec.ssh_server_version}"
-    if not device.track_ssh_transport(transport, True):
+    transport.local_version = version
+    if not track(transport, True):
         transport.close()
         return
     try:
-        assert device.host_key is not None
-        transport.add_server_key(device.host_key)
-        server = DeviceSshServer(device)
+        transport.add_server_key(host_key)
         try:
             transport.start_server(server=server)
         except (paramiko.SSHException, EOFError, OSError):
@@ -272,15 +294,7 @@ def serve_connection(device: SimDevice, conn: socket.socket) -> None:
         if channel is None or not server.ready.wait(CHANNEL_TIMEOUT):
             return
         try:
-            if server.command is not None:
-                _delay(device)
-                lines, _close = run_command(device, server.command)
-                _send_lines(device, channel, lines)
-                failed = any(line.startswith("error:") for line in lines)
-                channel.send_exit_status(1 if failed else 0)
-            else:
-                _shell(device, channel)
-                channel.send_exit_status(0)
+            run(channel)
         except (OSError, EOFError, paramiko.SSHException):
             return
         finally:
@@ -291,4 +305,30 @@ def serve_connection(device: SimDevice, conn: socket.socket) -> None:
         transport.join(CLOSE_GRACE)
     finally:
         transport.close()
-        device.track_ssh_transport(transport, False)
+        track(transport, False)
+
+
+def serve_connection(device: SimDevice, conn: socket.socket) -> None:
+    """Serve one accepted SSH connection to the device (runs in its own thread)."""
+    assert device.host_key is not None
+    server = DeviceSshServer(device)
+
+    def run(channel: paramiko.Channel) -> None:
+        if server.command is not None:
+            _delay(device)
+            lines, _close = run_command(device, server.command)
+            _send_lines(device, channel, lines)
+            failed = any(line.startswith("error:") for line in lines)
+            channel.send_exit_status(1 if failed else 0)
+        else:
+            _shell(device, channel)
+            channel.send_exit_status(0)
+
+    serve_session(
+        conn,
+        version=f"SSH-2.0-{device.spec.ssh_server_version}",
+        host_key=device.host_key,
+        server=server,
+        track=device.track_ssh_transport,
+        run=run,
+    )

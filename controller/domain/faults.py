@@ -99,6 +99,27 @@ class FaultEvent:
         return self.serial is None
 
 
+def _site_event(
+    kind: FaultEventKind,
+    fault: str,
+    site: str,
+    at: datetime,
+    *,
+    first_seen: datetime | None = None,
+    affected: tuple[str, ...] = (),
+) -> FaultEvent:
+    """A fault of a whole site (no serial: the subject names the site)."""
+    return FaultEvent(
+        kind=kind,
+        subject=f"site:{site}",
+        fault=fault,
+        at=at,
+        site=site,
+        first_seen=first_seen,
+        affected=affected,
+    )
+
+
 @dataclass
 class _Track:
     """One (device, problem) pair: idle -> pending -> open (-> clearing -> idle)."""
@@ -399,12 +420,11 @@ class FaultDetector:
         self._touched.add(SITE_KEY + site)
         self._unjudged.add(site)
         return [
-            FaultEvent(
-                kind=FaultEventKind.OPENED,
-                subject=f"site:{site}",
-                fault=AGENT_OFFLINE,
-                at=at,
-                site=site,
+            _site_event(
+                FaultEventKind.OPENED,
+                AGENT_OFFLINE,
+                site,
+                at,
                 first_seen=at,
                 affected=tuple(sorted(state.devices)),
             )
@@ -422,15 +442,7 @@ class FaultDetector:
             if track.site == site and track.code == UNREACHABLE and track.state == "pending":
                 self._touched.add(track.serial)
                 self._reset(track)
-        return [
-            FaultEvent(
-                kind=FaultEventKind.CLEARED,
-                subject=f"site:{site}",
-                fault=AGENT_OFFLINE,
-                at=at,
-                site=site,
-            )
-        ]
+        return [_site_event(FaultEventKind.CLEARED, AGENT_OFFLINE, site, at)]
 
     def tick(self, now: datetime) -> list[FaultEvent]:
         """Let time pass: opens faults whose hold time ran out without a new report."""
@@ -801,12 +813,11 @@ class FaultDetector:
                 ):
                     state.unreachable_open = True
                     events.append(
-                        FaultEvent(
-                            kind=FaultEventKind.OPENED,
-                            subject=f"site:{site}",
-                            fault=SITE_UNREACHABLE,
-                            at=now,
-                            site=site,
+                        _site_event(
+                            FaultEventKind.OPENED,
+                            SITE_UNREACHABLE,
+                            site,
+                            now,
                             first_seen=state.majority_since,
                             affected=tuple(down),
                         )
@@ -826,12 +837,11 @@ class FaultDetector:
                             track.first_seen = now
                             self._touched.add(track.serial)
                     events.append(
-                        FaultEvent(
-                            kind=FaultEventKind.CLEARED,
-                            subject=f"site:{site}",
-                            fault=SITE_UNREACHABLE,
-                            at=now,
-                            site=site,
+                        _site_event(
+                            FaultEventKind.CLEARED,
+                            SITE_UNREACHABLE,
+                            site,
+                            now,
                             affected=state.affected,
                         )
                     )

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from polyfleet.controller.domain.assets import Asset
@@ -94,18 +94,7 @@ ReasonCode = Literal[
     "teams_managed",
     "excluded_by_admin",
 ]
-REASON_CODES: tuple[str, ...] = (
-    "already_current",
-    "not_entitled",
-    "no_path",
-    "open_ticket",
-    "unhealthy",
-    "unreachable",
-    "in_penalty_box",
-    "follows_host",
-    "teams_managed",
-    "excluded_by_admin",
-)
+REASON_CODES: tuple[str, ...] = get_args(ReasonCode)
 #: Reasons that leave a device out of this rollout for good.
 EXCLUDING = frozenset({"already_current", "no_path", "follows_host", "excluded_by_admin"})
 #: Reasons that hold a device that could otherwise be updated.

@@ -196,8 +196,8 @@ class NotInPenaltyBox(NotFound):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UpdateOrdered:
-    """A hop ordered on a unit: it is being updated from ``at`` on."""
+class HopUpdate:
+    """One hop of a rollout on one unit, by the job that carries it."""
 
     rollout_id: str
     serial: str
@@ -208,24 +208,22 @@ class UpdateOrdered:
     hop: int
     hops: int
     at: datetime
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpdateOrdered(HopUpdate):
+    """A hop ordered on a unit: it is being updated from ``at`` on."""
+
     #: When the hop should be over (``at`` + the plan's hop length), and its window's end.
     expected_end: datetime
     window_end: datetime
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UpdateEnded:
+class UpdateEnded(HopUpdate):
     """A hop's job is over: ``verified`` (the unit is on the version, checked), ``failed``
     (``code`` says how), or ``not_started`` (refused: nothing was done to the unit)."""
 
-    rollout_id: str
-    serial: str
-    site: str
-    job_id: str
-    version: str
-    hop: int
-    hops: int
-    at: datetime
     outcome: Literal["verified", "failed", "not_started"]
     code: str | None
     detail: str

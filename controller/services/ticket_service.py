@@ -718,6 +718,11 @@ class TicketService:
                 return
             await self._save(ticket)
         log.info("ticket %s %s (%s %s)", ticket.id, event.kind.value, event.subject, event.fault)
+        self._warn_if_held(ticket)
+        if prepare:
+            self._prepare_later(ticket.id)
+
+    def _warn_if_held(self, ticket: Ticket) -> None:
         if ticket.status is TicketStatus.NEEDS_DATA:
             # W5: the desk refuses it without these; say so where the admin looks, with a
             # command that works as printed (it asks for what is missing).
@@ -727,8 +732,6 @@ class TicketService:
                 ", ".join(ticket.missing),
                 self.fill_command(ticket.id),
             )
-        if prepare:
-            self._prepare_later(ticket.id)
 
     def fill_command(self, ticket: str) -> str:
         """The command that completes a held ticket on this server's machine."""
@@ -1280,13 +1283,7 @@ class TicketService:
         async with self._lock:
             await self._save(ticket)
         log.info("ticket %s opened by hand (%s %s)", ticket.id, subject, category.value)
-        if ticket.status is TicketStatus.NEEDS_DATA:
-            log.warning(
-                "ticket %s held: missing %s; fill it in with: %s",
-                ticket.id,
-                ", ".join(ticket.missing),
-                self.fill_command(ticket.id),
-            )
+        self._warn_if_held(ticket)
         self._prepare_later(ticket.id)
         return ticket
 
