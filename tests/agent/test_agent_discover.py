@@ -68,8 +68,10 @@ async def test_discover_shows_progress_on_a_terminal(lab_factory: Any) -> None:
         "--ssh-port",
         str(d.ssh_port),
         "--json",
+        # Unused loopback addresses refuse at once; the device itself may be slow to answer
+        # on a busy machine.
         "--timeout",
-        "1",
+        "10",
         stdout=asyncio.subprocess.PIPE,
         stderr=slave,
     )

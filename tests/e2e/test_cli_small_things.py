@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
@@ -64,8 +65,13 @@ def test_piping_into_head_printed_a_broken_pipe_traceback(tmp_path: Path) -> Non
         ["entitlement", "check", "--assets", str(DEMO_ASSETS)],
         ["entitlement", "forecast", "--assets", str(DEMO_ASSETS)],
     ]
-    for args in [*listings, ["entitlement", "check", "--assets", str(DEMO_ASSETS), "--json"]]:
-        status, err = _closed_reader("controller", *args, cwd=tmp_path)
+    every = [*listings, ["entitlement", "check", "--assets", str(DEMO_ASSETS), "--json"]]
+    # Some at a time, as run_all does: each waits on its own process.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ended = list(
+            pool.map(lambda args: _closed_reader("controller", *args, cwd=tmp_path), every)
+        )
+    for args, (status, err) in zip(every, ended, strict=True):
         assert (status, err) == (141, ""), (args, err)
 
 
