@@ -40,9 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from polyfleet.controller.clock import system_clock  # noqa: E402
 from polyfleet.controller.config import ControllerConfig  # noqa: E402
-from polyfleet.controller.events import EventBus  # noqa: E402
-from polyfleet.controller.services.access import AccessService, Role  # noqa: E402
-from polyfleet.controller.services.inventory import Inventory  # noqa: E402
+from polyfleet.controller.core import build_controller  # noqa: E402
+from polyfleet.controller.services.access import Role  # noqa: E402
 from polyfleet.controller.store.base import Store  # noqa: E402
 from polyfleet.controller.store.local_postgres import LocalPostgres, LocalPostgresError  # noqa: E402
 from polyfleet.controller.store.postgres import PostgresStore  # noqa: E402
@@ -125,16 +124,9 @@ async def prepare_controller(
             store.count(name) for name in store.collections()
         ):
             raise SystemExit(f"{store.shown_url} is not empty: give an empty database")
-        bus = EventBus(store, keep=config.events_keep)
-        inventory = Inventory(store, bus, system_clock, config)
-        access = AccessService(
-            store,
-            bus,
-            system_clock,
-            fleet=inventory,
-            code_ttl_s=3600,
-            poll_interval_s=config.poll_interval_s,
-        )
+        # The services as the server builds them, over the store opened here.
+        core = build_controller(config, system_clock, store=store)
+        inventory, access = core.inventory, core.access
         codes = []
         for agent in range(agents):
             site = f"site-{agent:03d}"

@@ -32,9 +32,8 @@ from testkit.waiting import wait_until
 
 from polyfleet.controller.clock import system_clock
 from polyfleet.controller.config import ControllerConfig
-from polyfleet.controller.events import EventBus
-from polyfleet.controller.services.access import AccessService, Role
-from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.core import build_controller
+from polyfleet.controller.services.access import Role
 from polyfleet.controller.store.tinydb import TinyDBStore
 from polyfleet.controller.testing import SITE_ADDRESS, SITE_CONTACT
 from polyfleet.shared.process import polyfleet_argv
@@ -113,16 +112,9 @@ async def prepare_data_dir(
     store = TinyDBStore(data_dir / "store")
     await store.open()
     try:
-        bus = EventBus(store, keep=config.events_keep)
-        inventory = Inventory(store, bus, system_clock, config)
-        access = AccessService(
-            store,
-            bus,
-            system_clock,
-            fleet=inventory,
-            code_ttl_s=3600,
-            poll_interval_s=config.poll_interval_s,
-        )
+        # The services as the server builds them, over the store opened here.
+        core = build_controller(config, system_clock, store=store)
+        inventory, access = core.inventory, core.access
         codes: dict[str, list[str]] = {}
         for site in sites:
             await inventory.add_site(site, name=site.title(), timezone="Europe/Warsaw")
