@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from cli_testkit import Run, closed_port, run, run_all
 
 from polyfleet.cli import build_parser
@@ -40,15 +41,25 @@ def _closed_reader(*args: str, cwd: Path) -> tuple[int, str]:
     return process.returncode, err
 
 
-def test_piping_into_head_printed_a_broken_pipe_traceback(tmp_path: Path) -> None:
-    """Output into a reader that went away ends quietly with status 141, text or JSON: every
-    list command of the controller, over a store that holds something to list."""
-    data = str(tmp_path / "data")
+@pytest.fixture(scope="module")
+def store_with_a_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A controller data directory holding one site (Kraków), made by the command itself;
+    the tests only read it."""
+    data = tmp_path_factory.mktemp("cli") / "data"
     site = run(
         "controller", "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw",
-        "--data-dir", data, cwd=tmp_path,
+        "--data-dir", str(data), cwd=data.parent,
     )  # fmt: skip
     assert site.status == 0, site
+    return data
+
+
+def test_piping_into_head_printed_a_broken_pipe_traceback(
+    store_with_a_site: Path, tmp_path: Path
+) -> None:
+    """Output into a reader that went away ends quietly with status 141, text or JSON: every
+    list command of the controller, over a store that holds something to list."""
+    data = str(store_with_a_site)
     stored = ["--data-dir", data]
     listings = [
         ["site", "list", *stored],
@@ -80,14 +91,9 @@ def _first_line(done: Run) -> str:
     return done.out.splitlines()[0]
 
 
-def test_tables_had_no_header_row(tmp_path: Path) -> None:
+def test_tables_had_no_header_row(store_with_a_site: Path, tmp_path: Path) -> None:
     """Every table for people starts with a header row naming its columns."""
-    data = str(tmp_path / "data")
-    site = run(
-        "controller", "site", "add", "krk", "--name", "Kraków", "--timezone", "Europe/Warsaw",
-        "--data-dir", data, cwd=tmp_path,
-    )  # fmt: skip
-    assert site.status == 0, site
+    data = str(store_with_a_site)
     sites, devices, releases, check, forecast, rollouts, packages = run_all(
         [
             ["controller", "site", "list", "--data-dir", data],
