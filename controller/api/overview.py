@@ -69,6 +69,8 @@ class UrgentTicket(_Out):
     serial: str | None
     model: str | None
     site: str | None
+    #: The site's name where it differs from its id.
+    site_name: str | None
     room: str | None
     plan: str | None
     missing: list[str]

@@ -149,6 +149,7 @@ def urgent_tickets(tickets: Iterable[Ticket], now: datetime) -> Doc:
                     "serial": ticket.serial,
                     "model": ticket.model,
                     "site": ticket.site,
+                    "site_name": ticket.site_name,
                     "room": ticket.room,
                     "plan": ticket.plan,
                     "missing": ticket.missing,
