@@ -62,15 +62,16 @@ class RolloutApi:
 
     async def add_package(self, version: str, path: Path, sha256: str | None) -> dict[str, Any]:
         params = {"sha256": sha256} if sha256 else {}
-        return dict(
-            await self._call(
-                "PUT",
-                f"/api/v1/releases/{version}/package",
-                data=file_chunks(path),
-                params=params,
-                headers={"Content-Type": "application/octet-stream"},
-            )
+        # The file is read while it is sent: aiohttp reports a read error as the request's
+        # (ClientOSError), which the reach layer turns into words like any other.
+        answer = await self._call(
+            "PUT",
+            f"/api/v1/releases/{version}/package",
+            data=file_chunks(path),
+            params=params,
+            headers={"Content-Type": "application/octet-stream"},
         )
+        return dict(answer)
 
     async def packages(self) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/api/v1/releases/packages"))["packages"])
@@ -84,12 +85,7 @@ def _run(
 ) -> int:
     """Run ``action`` against the controller (``reach``). Reading or acting on rollouts needs
     a store that exists: a mistyped data directory is refused, not made anew."""
-    try:
-        return run(args, lambda client: action(RolloutApi(client)), needs_store=needs_store)
-    except BrokenPipeError:
-        raise  # the reader went away (| head): the command line ends quietly, 141
-    except OSError as exc:
-        raise CommandFailed(str(exc), code="file_unreadable") from None
+    return run(args, lambda client: action(RolloutApi(client)), needs_store=needs_store)
 
 
 # -- rollout plan / list / show ---------------------------------------------------------------
