@@ -15,13 +15,14 @@ import aiohttp
 import pytest
 from cli_testkit import TIME_SCALE
 
+from polyfleet.controller.domain.tickets import CATEGORY_FAULT
 from polyfleet.simulator.fleet import load_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_FLEET = ROOT / "deploy" / "examples" / "fleet-demo.toml"
-#: Start-up (as long as it takes here), then the first minutes of the demo's timeline:
-#: long enough for faults to persist into tickets.
-DEMO_SECONDS = 40
+#: Start-up (a few seconds), then the first minutes of the demo's timeline: long enough
+#: for its first scripted faults to persist into tickets (about 12 s here).
+DEMO_SECONDS = 30
 
 
 def demo_serials() -> dict[str, str]:
@@ -77,7 +78,12 @@ async def signs_in_once(demo: dict[str, Any]) -> None:
             assert "Overview" in await response.text()
 
 
-@pytest.mark.expected_seconds(45)
+def automatic(tickets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tickets the controller opened by itself (the demo also opens one by hand)."""
+    return [t for t in tickets if t["fault"] not in CATEGORY_FAULT.values()]
+
+
+@pytest.mark.expected_seconds(35)
 async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_path: Path) -> None:
     """`polyfleet demo --duration` serves every demo device, files tickets, and exits 0."""
     expected = demo_serials()
@@ -114,7 +120,7 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
                     listed = {d["serial"]: d for d in (await response.json())["devices"]}
                 async with http.get(demo["url"] + "/api/v1/tickets") as response:
                     tickets = (await response.json())["tickets"]
-                if set(expected) <= set(listed) and tickets:
+                if set(expected) <= set(listed) and automatic(tickets):
                     break
                 await asyncio.sleep(1)  # waits-for: agents' first polls and a fault to persist
         missing = set(expected) - set(listed)
@@ -125,7 +131,7 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
             assert device["provider"] in {"teams", "zoom", "poly", "device_mode", "unknown"}
             assert device["firmware"]["version"]
             assert device["health"]["state"] in {"ok", "degraded", "fault", "unreachable"}
-        assert tickets, "no ticket was opened for the demo's faults"
+        assert automatic(tickets), f"no ticket was opened for the demo's faults: {tickets}"
         await signs_in_once(demo)
         assert all(t["serial"] in expected or t["kind"] == "site" for t in tickets)
         code = await asyncio.wait_for(process.wait(), timeout=DEMO_SECONDS + 60)
