@@ -43,6 +43,8 @@ from polyfleet.controller.store.journal import fsync_dir
 from polyfleet.shared.schema import Job, JobKind, JobResult
 
 FINISHED = frozenset({"done", "failed", "refused", "cancelled"})
+#: Every status a job has: queued, then sent to its agent, then one of :data:`FINISHED`.
+JOB_STATUSES: tuple[str, ...] = ("queued", "sent", "done", "failed", "refused", "cancelled")
 
 
 class UnknownJob(NotFound, KeyError):

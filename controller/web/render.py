@@ -20,6 +20,7 @@ from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.web.i18n import Translator, negotiate
 from polyfleet.controller.web.keys import SESSION, STATIC_VERSION
+from polyfleet.controller.web.words import device_text_filter, word_global
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -157,7 +158,9 @@ def setup_templates(app: web.Application) -> None:
         query=query_filter,
     )
     env.filters["model_name"] = lambda value: MODEL_NAMES.get(value, value)
+    env.filters["device_text"] = device_text_filter
     env.globals.update(
+        word=word_global,
         model_names=MODEL_NAMES,
         fault_text=fault_text,
         contract_flag_text=contract_flag_text,
