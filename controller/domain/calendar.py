@@ -38,6 +38,13 @@ def next_business_day(day: date) -> date:
     return candidate
 
 
+def moment_text(moment: datetime) -> str:
+    """``2026-12-09 01:00 +01:00``: a moment as messages show it, in its own zone (a site's
+    time, for a window) with the offset, so the same words hold wherever they are read."""
+    offset = moment.strftime("%z")
+    return f"{moment.strftime('%Y-%m-%d %H:%M')} {offset[:3]}:{offset[3:]}"
+
+
 def to_warsaw(moment: datetime) -> datetime:
     """``moment`` in Europe/Warsaw; a naive datetime is refused (C2: always explicit)."""
     if moment.tzinfo is None:

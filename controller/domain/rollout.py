@@ -40,7 +40,7 @@ from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from polyfleet.controller.domain.assets import Asset
-from polyfleet.controller.domain.calendar import warsaw_date
+from polyfleet.controller.domain.calendar import moment_text, warsaw_date
 from polyfleet.controller.domain.entitlement import Span, coverage
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import Release, ReleaseCatalogue, hop_kind, is_newer
@@ -60,7 +60,7 @@ from polyfleet.controller.domain.rollout_windows import (
 from polyfleet.controller.domain.rollout_windows import (
     Window as Window,
 )
-from polyfleet.controller.domain.tickets import contract_flag_text, eligibility_of
+from polyfleet.controller.domain.tickets import contract_flag_text, eligibility_of, fault_text
 from polyfleet.controller.errors import Conflict
 from polyfleet.shared.schema import FailureCode
 from polyfleet.shared.version import FirmwareVersion, VersionError
@@ -938,7 +938,7 @@ class _Planner:
         found = asked.first_ending_after(self.now)
         notes = self.wave_notes[wave]
         if asked.notice is not None:
-            opens = found.local(found.start).isoformat()
+            opens = moment_text(found.local(found.start))
             moved = "" if asked.exists else f"; the wave opens at {opens}"
             notes.append(WaveNote(code=asked.notice, site=site, text=asked.describe() + moved))
         if asked.end <= self.now:
@@ -947,7 +947,7 @@ class _Planner:
                     code="window_passed",
                     site=site,
                     text=f"{asked.window} on {asked.day.isoformat()} is over already: the "
-                    f"wave opens at {found.local(found.start).isoformat()}",
+                    f"wave opens at {moment_text(found.local(found.start))}",
                 )
             )
         self._nights[key] = found
@@ -1011,13 +1011,16 @@ class _Planner:
         kinds = "patches" if hop.kind == "patch" else "upgrades"
         # Bought today at the earliest: H5 counts the days from the purchase to today.
         today = warsaw_date(self.now)
-        offers = plans_still_sold(self.plans, hop.kind, device.model, asset, today)
+        offers = [
+            self.plans.plans[plan].name
+            for plan in plans_still_sold(self.plans, hop.kind, device.model, asset, today)
+        ]
         offer = (
             f"; a {' or '.join(offers)} contract would cover it"
             if offers
             else f"; no plan this unit can still get grants {kinds}"
         )
-        return f"hop to {hop.version} ({hop.kind}) at {hop.install_at.isoformat()}: {why}{offer}"
+        return f"hop to {hop.version} ({hop.kind}) at {moment_text(hop.install_at)}: {why}{offer}"
 
     def plan(self) -> RolloutPlan:
         request = self.request
@@ -1063,7 +1066,7 @@ class _Planner:
         raise PlanError(
             "start",
             f"every window of this plan is over: the first, wave {name} at {site}, ran "
-            f"{night.local(night.start).isoformat()} to {night.local(night.end).isoformat()}; "
+            f"{moment_text(night.local(night.start))} to {moment_text(night.local(night.end))}; "
             f"plan from a later --start",
         )
 
@@ -1126,7 +1129,7 @@ class _Planner:
         if device.health == "unreachable":
             entry.reasons.append(Reason("unreachable", "the device does not answer its agent"))
         elif device.health == "fault" or set(device.problems) & BLOCKING_PROBLEMS:
-            problems = ", ".join(device.problems) or device.health
+            problems = ", ".join(fault_text(p, "en") for p in device.problems) or device.health
             entry.reasons.append(Reason("unhealthy", f"health {device.health}: {problems}"))
         if device.penalty:
             entry.reasons.append(Reason("in_penalty_box", device.penalty))
@@ -1244,7 +1247,7 @@ class _Planner:
                     "resumes_next_window",
                     f"hop {index + 1} of {len(nights)} ({schedule.hops[index].version}) does "
                     f"not fit in the window before it: it resumes in the window of "
-                    f"{night.local(night.start).isoformat()}",
+                    f"{moment_text(night.local(night.start))}",
                 )
             )
         entry.eligibility = self.eligibility(

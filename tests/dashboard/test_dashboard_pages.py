@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from playwright.async_api import expect
+from testkit.crawl import crawl
 
 from dashboard.dashboard_testkit import (
     E70,
@@ -328,7 +329,8 @@ async def test_a_rollout_page_shows_its_abort_criteria(world: World) -> None:
     ]
     assert await items.all_inner_texts() == [
         "the canary wave: more than 0% of its devices fail",
-        "each later wave: more than 5% of its devices fail with checksum_mismatch, "
+        "each later wave: more than 5% of its devices fail because the package's checksum did "
+        "not match, "
         "once 20 of them have run",
     ]
     await page.context.close()
@@ -480,3 +482,13 @@ async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
     finally:
         await world.lab.devices[X30].set_fault("sip_unregistered", False)
     await page.context.close()
+
+
+async def test_every_page_and_form_answers_in_words_after_all_of_the_above(world: World) -> None:
+    """Last, once the tests above left a ticket acted on and a rollout paused: every page
+    reachable from the overview and every form, as an admin in English and as a viewer in
+    Polish, answers without 5xx or JSON and shows no identifier, None or repr."""
+    for token, language in ((world.controller.admin_token, "en"), (world.viewer_token, "pl")):
+        report = await crawl(world.url, token, language=language)
+        assert any("/rollouts/" in address for address in report.visited), report.visited
+        report.check()

@@ -222,7 +222,7 @@ def test_entitlement_is_judged_per_hop(plans: PlanCatalogue, releases: ReleaseCa
     assert reason["code"] == "not_entitled"
     assert "4.2.2-408037 (upgrade)" in reason["text"]
     assert "none of its contracts grants upgrades" in reason["text"]
-    assert "partner_poly_plus or poly_plus" in reason["text"]
+    assert "a Partner POLY+ or POLY+ contract would cover it" in reason["text"]
 
 
 def test_a_closed_window_is_named_with_its_date(
