@@ -1428,6 +1428,8 @@ class FailureRule:
     then: Then
     #: A fault ticket for the unit: it may be bricked.
     ticket: bool = False
+    #: The status it waits in for its next attempt: it says why it waits.
+    waits_as: DeviceStatus = DeviceStatus.WAITING_WINDOW
 
 
 #: The meaning of each failure code of a failed job. A unit the update never touched is
@@ -1446,7 +1448,12 @@ FAILURE_RULES: dict[FailureCode, FailureRule] = {
     FailureCode.IN_CALL: FailureRule(counts=False, penalises=False, then="next_window"),
     FailureCode.UPLOAD_FAILED: FailureRule(counts=False, penalises=False, then="next_window"),
     # Nothing was done to the unit; its room is free another night.
-    FailureCode.ROOM_BOOKED: FailureRule(counts=False, penalises=False, then="next_window"),
+    FailureCode.ROOM_BOOKED: FailureRule(
+        counts=False,
+        penalises=False,
+        then="next_window",
+        waits_as=DeviceStatus.POSTPONED_BOOKED,
+    ),
     FailureCode.NOT_AT_SITE: FailureRule(counts=False, penalises=False, then="fail"),
     FailureCode.NOT_SUPPORTED: FailureRule(counts=False, penalises=False, then="fail"),
 }

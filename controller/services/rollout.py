@@ -1302,7 +1302,8 @@ class RolloutService:
             # was done to the unit; a free slot or its next window, judged there.
             meeting = _meeting_of(evidence)
             night = self._night(header, entry)
-            if code == FailureCode.ROOM_BOOKED and meeting is not None:
+            booked = code == FailureCode.ROOM_BOOKED
+            if booked and meeting is not None:
                 updated = self._booked(header, {**entry, **common}, night, now, meeting, [meeting])
             else:
                 updated = self._next_moment(
@@ -1310,10 +1311,9 @@ class RolloutService:
                     entry,
                     night.following(),
                     now,
-                    DeviceStatus.POSTPONED_BOOKED
-                    if code == FailureCode.ROOM_BOOKED
-                    else DeviceStatus.WAITING_WINDOW,
+                    DeviceStatus.POSTPONED_BOOKED if booked else DeviceStatus.WAITING_WINDOW,
                     detail or "not updated",
+                    note_code="postponed_booked" if booked else "moved_to_next_window",
                     **common,
                 )
         else:
@@ -1345,7 +1345,7 @@ class RolloutService:
                     entry,
                     self._night(header, entry).following(),
                     now,
-                    DeviceStatus.WAITING_WINDOW,
+                    rule.waits_as,
                     detail or "failed",
                     **changes,
                 )

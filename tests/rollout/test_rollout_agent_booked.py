@@ -1,0 +1,104 @@
+"""The agent's own look at the room before an install: a meeting the controller did not know
+is waited out, or, when it covers the rest of the window, the unit moves to its next window,
+and each entry's status says why it waits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rollout_kit import World, rollout_world
+from testkit.waiting import wait_until
+
+from polyfleet.simulator.fleet import MeetingSpec
+from polyfleet.simulator.testing import make_device
+
+
+async def entry_of(world: World, rollout_id: str, serial: str) -> dict[str, Any]:
+    rollout = await world.rollout(rollout_id)
+    entry: dict[str, Any] = next(d for d in rollout["devices"] if d["serial"] == serial)
+    return entry
+
+
+@pytest.mark.expected_seconds(15)
+async def test_the_agent_waits_out_or_refuses_a_meeting_the_controller_did_not_know(
+    tmp_path: Path,
+) -> None:
+    """With no calendar read by the controller (a meeting booked since), every unit is
+    ordered; the agent waits out a short meeting (postponed_booked with its job and the
+    meeting), refuses one that lasts past the window (postponed_booked in tomorrow's window,
+    the meeting's start and end kept, the unit untouched), and a room without a calendar
+    counts as free, which its entry says."""
+    sites = {
+        "krakow": [
+            make_device("WAIT1", firmware="4.1.0_00.180034", provider="zoom"),
+            make_device("BOOK1", firmware="4.1.0_00.180034", provider="zoom"),
+            make_device("FREE1", firmware="4.1.0_00.180034", provider="poly"),
+        ]
+    }
+    # The agents read calendars every 15 minutes: the controller knows none in this test.
+    async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
+        now = datetime.now(UTC).replace(microsecond=0)
+        short = MeetingSpec(
+            start=now - timedelta(minutes=1), end=now + timedelta(seconds=8), subject="Stand-up"
+        )
+        long = MeetingSpec(
+            start=now - timedelta(minutes=10), end=now + timedelta(hours=3), subject="Board: pay"
+        )
+        world.devices["WAIT1"].add_meeting(short)
+        world.devices["BOOK1"].add_meeting(long)
+        plan = await world.plan(canary=0, waves="100%", hop_length="1m", per_site=3)
+        first_window = next(d["window"] for d in plan["devices"] if d["serial"] == "BOOK1")
+        await world.act(plan["id"], "start")
+
+        async def waiting_with_its_job() -> dict[str, Any] | None:
+            entry = await entry_of(world, plan["id"], "WAIT1")
+            if entry["status"] == "postponed_booked" and entry.get("booked"):
+                return entry
+            return None
+
+        waiting = await wait_until(waiting_with_its_job, what="WAIT1 waits", interval=0.1)
+        assert datetime.fromisoformat(waiting["booked"]["end"]) == short.end
+        assert world.devices["WAIT1"].downloads == []
+        _, jobs = await world.call("GET", "/api/v1/devices/WAIT1/jobs")
+        (job,) = [j for j in jobs["jobs"] if j["kind"] == "firmware_update"]
+        assert job["status"] == "sent"  # the agent holds it while it waits
+
+        async def moved() -> dict[str, Any] | None:
+            entry = await entry_of(world, plan["id"], "BOOK1")
+            return entry if entry["status"] == "postponed_booked" and entry["notes"] else None
+
+        entry = await wait_until(moved, what="BOOK1 moved", timeout=20)
+        booked = entry["booked"]
+        assert (
+            datetime.fromisoformat(booked["start"]),
+            datetime.fromisoformat(booked["end"]),
+        ) == (long.start, long.end)
+        start = datetime.fromisoformat(entry["window"]["start"])
+        assert start - datetime.fromisoformat(first_window["start"]) == timedelta(days=1)
+        assert entry["notes"][-1]["code"] == "postponed_booked"
+        assert "no free" in entry["notes"][-1]["text"]
+        assert entry["failures"] == []
+        _, jobs = await world.call("GET", "/api/v1/devices/BOOK1/jobs")
+        (job,) = [j for j in jobs["jobs"] if j["kind"] == "firmware_update"]
+        assert (job["status"], job["result"]["code"]) == ("refused", "room_booked")
+        unit = world.devices["BOOK1"]
+        assert (unit.downloads, unit.firmware_version) == ([], "4.1.0_00")
+        assert unit.config["upgrade.auto.server.address"] == ""
+
+        async def both_done() -> bool:
+            rollout = await world.rollout(plan["id"])
+            statuses = {d["serial"]: d["status"] for d in rollout["devices"]}
+            return statuses["WAIT1"] == statuses["FREE1"] == "done"
+
+        await wait_until(both_done, what="WAIT1 and FREE1 done", timeout=40)
+        assert datetime.now(UTC) >= short.end
+        assert world.devices["WAIT1"].firmware_version == "4.2.2"
+        free = await entry_of(world, plan["id"], "FREE1")
+        assert free["calendar"]["state"] == "off"
+        assert "counts as free" in free["calendar"]["text"]
+        rollout = await world.rollout(plan["id"])
+        assert rollout["status"] == "running"  # BOOK1 is updated tomorrow
+        assert "Board" not in str(rollout) and "Stand-up" not in str(rollout)
