@@ -4,11 +4,14 @@ and each entry's status says why it waits."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from dashboard.dashboard_testkit import SESSION_COOKIE, http_sign_in
 from rollout_kit import World, rollout_world
 from testkit.waiting import wait_until
 
@@ -20,6 +23,21 @@ async def entry_of(world: World, rollout_id: str, serial: str) -> dict[str, Any]
     rollout = await world.rollout(rollout_id)
     entry: dict[str, Any] = next(d for d in rollout["devices"] if d["serial"] == serial)
     return entry
+
+
+async def updating_notice(world: World, serial: str, language: str) -> str | None:
+    """The device page's "updating" notice as text (tags dropped), None when it has none."""
+    async with aiohttp.ClientSession() as http:
+        cookie = await http_sign_in(http, world.controller.url, world.controller.admin_token)
+        async with http.get(
+            f"{world.controller.url}/devices/{serial}",
+            cookies={SESSION_COOKIE: cookie},
+            headers={"Accept-Language": language},
+        ) as response:
+            assert response.status == 200, await response.text()
+            html = await response.text()
+    found = re.search(r'<p [^>]*id="device-updating"[^>]*>(.*?)</p>', html, re.S)
+    return re.sub(r"<[^>]+>", "", found.group(1)) if found else None
 
 
 @pytest.mark.expected_seconds(15)
@@ -65,6 +83,15 @@ async def test_the_agent_waits_out_or_refuses_a_meeting_the_controller_did_not_k
         _, jobs = await world.call("GET", "/api/v1/devices/WAIT1/jobs")
         (job,) = [j for j in jobs["jobs"] if j["kind"] == "firmware_update"]
         assert job["status"] == "sent"  # the agent holds it while it waits
+        # Its page says it is being updated, by which rollout, to what, and where it stands.
+        name = plan["name"]
+        english = await updating_notice(world, "WAIT1", "en")
+        assert english == f"Updating to 4.2.2-408037 in rollout {name}: postponed: room booked"
+        polish = await updating_notice(world, "WAIT1", "pl")
+        assert polish == (
+            f"Aktualizowane do 4.2.2-408037 w ramach aktualizacji {name}: "
+            "odłożone: sala zarezerwowana"
+        )
 
         async def moved() -> dict[str, Any] | None:
             entry = await entry_of(world, plan["id"], "BOOK1")
@@ -96,6 +123,8 @@ async def test_the_agent_waits_out_or_refuses_a_meeting_the_controller_did_not_k
         await wait_until(both_done, what="WAIT1 and FREE1 done", timeout=40)
         assert datetime.now(UTC) >= short.end
         assert world.devices["WAIT1"].firmware_version == "4.2.2"
+        assert await updating_notice(world, "WAIT1", "en") is None  # its update is over
+        assert await updating_notice(world, "BOOK1", "en") is None  # nothing ordered now
         free = await entry_of(world, plan["id"], "FREE1")
         assert free["calendar"]["state"] == "off"
         assert "counts as free" in free["calendar"]["text"]
