@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 from dashboard.dashboard_testkit import SESSION_COOKIE, http_sign_in
-from rollout_kit import World, rollout_world
+from rollout_kit import WARSAW, World, rollout_world
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.fleet import MeetingSpec
@@ -135,3 +135,43 @@ async def test_the_agent_waits_out_or_refuses_a_meeting_the_controller_did_not_k
         rollout = await world.rollout(plan["id"])
         assert rollout["status"] == "running"  # BOOK1 is updated tomorrow
         assert "Board" not in str(rollout) and "Stand-up" not in str(rollout)
+
+
+class BehindClock:
+    """The controller's clock a day behind the agents' (which keep real time)."""
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) - timedelta(days=1)
+
+
+async def test_a_call_lasting_past_the_window_moves_the_unit_to_its_next_window(
+    tmp_path: Path,
+) -> None:
+    """In a call when its window closes: the agent refuses (in_call) without disturbing the
+    call, and the entry waits for its next window, saying why. The controller runs a day
+    behind the agent, so the window it orders in is already over when the agent looks."""
+    sites = {"krakow": [make_device("CALL2", firmware="4.1.0_00.180034", provider="poly")]}
+    async with rollout_world(tmp_path, sites, clock=BehindClock()) as world:  # type: ignore[arg-type]
+        device = world.devices["CALL2"]
+        await device.start_call()
+        opened = datetime.now(WARSAW) - timedelta(minutes=5) - timedelta(days=1)
+        plan = await world.plan(canary=0, waves="100%", start=opened.date().isoformat())
+        first_window = plan["devices"][0]["window"]
+        await world.act(plan["id"], "start")
+
+        async def moved() -> dict[str, Any] | None:
+            entry = await entry_of(world, plan["id"], "CALL2")
+            return entry if entry["notes"] else None
+
+        entry = await wait_until(moved, what="CALL2 moved", timeout=30)
+        assert entry["status"] == "waiting_window"
+        assert entry["notes"][-1]["code"] == "moved_to_next_window"
+        assert "in_call: still in a call when its window closed" in entry["notes"][-1]["text"]
+        start = datetime.fromisoformat(entry["window"]["start"])
+        assert start - datetime.fromisoformat(first_window["start"]) == timedelta(days=1)
+        assert entry["failures"] == []
+        _, jobs = await world.call("GET", "/api/v1/devices/CALL2/jobs")
+        (job,) = [j for j in jobs["jobs"] if j["kind"] == "firmware_update"]
+        assert (job["status"], job["result"]["code"]) == ("refused", "in_call")
+        assert device.call is not None and device.downloads == []
+        assert device.firmware_version == "4.1.0_00"
