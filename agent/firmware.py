@@ -283,9 +283,9 @@ class FirmwareUpdater:
                 await self._progress(uplink, job, "postponed_in_call", "in a call; waiting")
                 await asyncio.sleep(self.call_recheck_s)  # waits-for: the call to end
             # 2b. never into a booked room: the install and its expected length clear of meetings
-            booked = await self._wait_out_meetings(job, key, uplink, window_end)
+            booked, calendar = await self._wait_out_meetings(job, key, uplink, window_end)
             if booked is not None:
-                return booked, {}
+                return booked, {"calendar": calendar}
             # 3. the package, once for the site
             await self._progress(uplink, job, "downloading", f"package {version}")
             ref = PackageRef(version, str(params["sha256"]), int(params["size"]))
@@ -321,6 +321,7 @@ class FirmwareUpdater:
                         phase="ordering",
                         saved=saved,
                         before=before.model_dump(mode="json"),
+                        calendar=calendar,
                         # Kept from the order on, so that a restarted agent reports its
                         # outcome without waiting for the controller to hand it out again.
                         job=job.model_dump(mode="json"),
@@ -351,6 +352,8 @@ class FirmwareUpdater:
             "update_status": said,
             "server": self.server.url,
         }
+        if journal.data.get("calendar"):
+            evidence["calendar"] = journal.data["calendar"]
         if after is None and said.get("state") == "CERTIFICATE_CHANGED":
             evidence["checks"] = [
                 {"check": "certificate", "ok": False, "detail": said.get("reason", "")[:200]}
@@ -399,13 +402,14 @@ class FirmwareUpdater:
 
     async def _wait_out_meetings(
         self, job: Job, key: str, uplink: Uplink, window_end: datetime
-    ) -> JobResult | None:
+    ) -> tuple[JobResult | None, dict[str, Any] | None]:
         """Wait while a meeting overlaps ``[now, now + hop length)``; ``room_booked`` when
-        the room stays booked until the window closes. A calendar that is off or cannot be
-        read counts as free (the controller is told which, in the progress detail)."""
+        the room stays booked until the window closes. The second item is what the evidence
+        says of the calendar: the meeting refused for, or why an unread calendar (off, or
+        unreadable) counted as free; None when it was read and the room is free."""
         length = timedelta(seconds=float(job.params.get("hop_length_s") or 0))
         if length <= timedelta(0):
-            return None
+            return None, None
         driver, _pins = await self.poller.driver(key)
         while True:
             now = datetime.now(UTC)
@@ -414,21 +418,32 @@ class FirmwareUpdater:
                     meetings = await driver.meetings(now, now + length)
             except DeviceError as exc:
                 log.info("job %s: room calendar unreadable, counted free: %s", job.id, exc)
-                return None
+                text = f"the room calendar could not be read: {exc.reason}; its room counts as free"
+                return None, {"state": "unreadable", "text": text[:256]}
+            if meetings is None:
+                text = "the unit has no room calendar set up: its room counts as free"
+                return None, {"state": "off", "text": text}
             clash = min(
-                (m for m in meetings or () if m.start < now + length and m.end > now),
+                (m for m in meetings if m.start < now + length and m.end > now),
                 key=lambda m: m.start,
                 default=None,
             )
             if clash is None:
-                return None
+                return None, None
             shown = f"{clash.start.isoformat()} to {clash.end.isoformat()}"
             if clash.end + length > window_end:
-                return JobResult(
+                refusal = JobResult(
                     status="refused",
                     detail=f"room_booked: booked {shown}, no room left in its window",
                     code=FailureCode.ROOM_BOOKED,
                 )
+                # Start and end only: the subject never leaves the unit.
+                said = {
+                    "state": "read",
+                    "text": f"room booked {shown} until its window closes",
+                    "meeting": clash.model_dump(mode="json"),
+                }
+                return refusal, said
             try:
                 progress = JobProgress(
                     status="postponed_booked", detail=f"room booked {shown}", meeting=clash

@@ -471,6 +471,16 @@ class Reason:
         return {"code": self.code, "text": self.text}
 
 
+def status_of(reasons: Sequence[Reason]) -> DeviceStatus:
+    """The plan's verdict its reasons give: excluded, held, else planned."""
+    codes = {reason.code for reason in reasons}
+    if codes & EXCLUDING:
+        return DeviceStatus.EXCLUDED
+    if codes & HOLDING:
+        return DeviceStatus.HELD
+    return DeviceStatus.PLANNED
+
+
 @dataclass(kw_only=True)
 class DeviceEntry:
     """One device's line in a plan."""
@@ -491,17 +501,21 @@ class DeviceEntry:
     eligibility: dict[str, Any] | None = None
     #: What its room calendar says in its windows (None: nothing read yet).
     calendar: dict[str, Any] | None = None
+    #: The reasons' JSON and the status they give, shared by devices judged alike
+    #: (read-only); None: worked out from ``reasons``. ``add_reason`` drops both.
+    reasons_json: list[dict[str, str]] | None = None
+    known_status: DeviceStatus | None = None
+
+    def add_reason(self, reason: Reason) -> None:
+        self.reasons.append(reason)
+        self.reasons_json = None
+        self.known_status = None
 
     @property
     def status(self) -> DeviceStatus:
-        if not self.reasons:
-            return DeviceStatus.PLANNED
-        codes = {reason.code for reason in self.reasons}
-        if codes & EXCLUDING:
-            return DeviceStatus.EXCLUDED
-        if codes & HOLDING:
-            return DeviceStatus.HELD
-        return DeviceStatus.PLANNED
+        if self.known_status is None:
+            self.known_status = status_of(self.reasons)
+        return self.known_status
 
     def to_json(self) -> dict[str, Any]:
         device = self.device
@@ -532,7 +546,11 @@ class DeviceEntry:
                     else None
                 )
             ),
-            "reasons": [reason.to_json() for reason in self.reasons],
+            "reasons": (
+                self.reasons_json
+                if self.reasons_json is not None
+                else [reason.to_json() for reason in self.reasons]
+            ),
             "notes": [note.to_json() for note in self.notes],
             "status": self.status.value,
             "eligibility": self.eligibility,
@@ -761,10 +779,8 @@ class _Schedule:
     hops: tuple[Hop, ...]
     verdicts: tuple[MomentVerdict, ...]
     nights: tuple[Night, ...]
-
-    @property
-    def entitled(self) -> bool:
-        return all(hop.entitled for hop in self.hops)
+    #: Every hop entitled at its moment (asked of each schedule of each unit: kept).
+    entitled: bool
 
     def first_refused(self) -> tuple[Hop, MomentVerdict] | None:
         for hop, verdict in zip(self.hops, self.verdicts, strict=True):
@@ -802,7 +818,36 @@ def schedule_hops(
             )
         )
         current = release.version
-    return _Schedule(tuple(hops), tuple(verdicts), tuple(slot.night for slot in slots))
+    return _Schedule(
+        tuple(hops),
+        tuple(verdicts),
+        tuple(slot.night for slot in slots),
+        entitled=all(hop.entitled for hop in hops),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Judged:
+    """What ``judge`` found for one shape of device (shared, read-only)."""
+
+    channel: Channel
+    reasons: tuple[Reason, ...]
+    reasons_json: list[dict[str, str]]
+    status: DeviceStatus
+    path: list[Release] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Settled:
+    """Where ``settle`` put the units of one schedule and wave (shared, read-only)."""
+
+    wave: int
+    schedule: _Schedule
+    hops_json: list[dict[str, Any]]
+    window: tuple[datetime, datetime]
+    window_json: dict[str, str]
+    notes: tuple[Reason, ...]
+    eligibility: dict[str, Any] | None
 
 
 class _Planner:
@@ -855,6 +900,9 @@ class _Planner:
         self._windows_json: dict[int, dict[str, str]] = {}
         self._texts: dict[tuple[str, str], str] = {}
         self._eligibility: dict[tuple[Any, ...], dict[str, Any] | None] = {}
+        self._judged: dict[tuple[Any, ...], _Judged] = {}
+        self._settled: dict[tuple[int, int], _Settled] = {}
+        self._refusals: dict[tuple[Any, ...], str] = {}
         #: Per wave, what it says about sites: windows moved, shortened, no canary.
         self.wave_notes: dict[int, list[WaveNote]] = defaultdict(list)
 
@@ -998,6 +1046,15 @@ class _Planner:
         return self._eligibility[key]
 
     def not_entitled_text(self, device: PlanDevice, schedule: _Schedule) -> str:
+        """Why a unit is held not entitled, and what could still cover it: the same for
+        every unit of its model with the same rights and the same schedule."""
+        key = (self.cover_key(device.serial), id(schedule), device.model)
+        found = self._refusals.get(key)
+        if found is None:
+            found = self._refusals[key] = self._not_entitled_text(device, schedule)
+        return found
+
+    def _not_entitled_text(self, device: PlanDevice, schedule: _Schedule) -> str:
         refused = schedule.first_refused()
         assert refused is not None
         hop, verdict = refused
@@ -1073,20 +1130,60 @@ class _Planner:
     def judge(
         self, device: PlanDevice, start: date, excluded: set[str]
     ) -> tuple[DeviceEntry, list[Release] | None]:
-        """Channel and reasons of one device, and its path when it may get a wave."""
+        """Channel and reasons of one device, and its path when it may get a wave.
+
+        Worked out once per shape: everything the reasons read of a device (model, host,
+        mode, left out or not, firmware, health, tickets, penalty), which a fleet's devices
+        share by the hundred; each device gets its own entry with the shape's reasons.
+        """
+        shape = (
+            device.model,
+            device.host_serial,
+            device.provider,
+            device.serial in excluded,
+            device.version,
+            device.build,
+            device.health,
+            device.problems,
+            device.open_tickets,
+            device.penalty,
+        )
+        judged = self._judged.get(shape)
+        if judged is None:
+            first, path = self.judge_shape(device, start, excluded)
+            judged = self._judged[shape] = _Judged(
+                channel=first.channel,
+                reasons=tuple(first.reasons),
+                reasons_json=[reason.to_json() for reason in first.reasons],
+                status=first.status,
+                path=path,
+            )
+        entry = DeviceEntry(
+            device=device,
+            channel=judged.channel,
+            reasons=list(judged.reasons),
+            reasons_json=judged.reasons_json,
+            known_status=judged.status,
+        )
+        return entry, judged.path
+
+    def judge_shape(
+        self, device: PlanDevice, start: date, excluded: set[str]
+    ) -> tuple[DeviceEntry, list[Release] | None]:
+        """``judge`` for the first device of its shape."""
         if device.model in CAMERA_MODELS or (
             device.host_serial and not self.releases.applies_to(device.model)
         ):
             entry = DeviceEntry(device=device, channel="none")
             host = f" {device.host_serial}" if device.host_serial else ""
-            entry.reasons.append(
+            entry.add_reason(
                 Reason("follows_host", f"an E70 camera: its firmware comes with its host{host}'s")
             )
             return entry, None
         teams = device.provider == "teams"
         entry = DeviceEntry(device=device, channel="teams_admin_center" if teams else "agent")
         if teams:
-            entry.reasons.append(
+            entry.add_reason(
                 Reason(
                     "teams_managed",
                     "Teams mode: the Teams admin center delivers its firmware; "
@@ -1094,28 +1191,28 @@ class _Planner:
                 )
             )
         if device.serial in excluded:
-            entry.reasons.append(Reason("excluded_by_admin", "left out by the admin (--exclude)"))
+            entry.add_reason(Reason("excluded_by_admin", "left out by the admin (--exclude)"))
         installed = self.installed(device)
         path: list[Release] | None = None
         if installed is None:
-            entry.reasons.append(
+            entry.add_reason(
                 Reason("no_path", "installed firmware unknown: the device has not reported it")
             )
         elif not is_newer(self.target.version, installed):
-            entry.reasons.append(
+            entry.add_reason(
                 Reason(
                     "already_current",
                     f"{device.installed_text} is installed, the target {self.target.text} or newer",
                 )
             )
         elif not self.releases.applies_to(device.model):
-            entry.reasons.append(
+            entry.add_reason(
                 Reason("no_path", f"the release catalogue has no firmware for {device.model}")
             )
         else:
             path = self.path(installed, start)
             if path is None:
-                entry.reasons.append(
+                entry.add_reason(
                     Reason(
                         "no_path",
                         f"no catalogue steps lead from {device.installed_text} to "
@@ -1123,16 +1220,16 @@ class _Planner:
                     )
                 )
         if device.open_tickets:
-            entry.reasons.append(
+            entry.add_reason(
                 Reason("open_ticket", f"open fault ticket {', '.join(device.open_tickets)}")
             )
         if device.health == "unreachable":
-            entry.reasons.append(Reason("unreachable", "the device does not answer its agent"))
+            entry.add_reason(Reason("unreachable", "the device does not answer its agent"))
         elif device.health == "fault" or set(device.problems) & BLOCKING_PROBLEMS:
             problems = ", ".join(fault_text(p, "en") for p in device.problems) or device.health
-            entry.reasons.append(Reason("unhealthy", f"health {device.health}: {problems}"))
+            entry.add_reason(Reason("unhealthy", f"health {device.health}: {problems}"))
         if device.penalty:
-            entry.reasons.append(Reason("in_penalty_box", device.penalty))
+            entry.add_reason(Reason("in_penalty_box", device.penalty))
         return entry, path if entry.status is DeviceStatus.PLANNED else None
 
     def assign(
@@ -1159,7 +1256,7 @@ class _Planner:
                 refused = found[0].first_refused()
                 late = refused is not None and refused[1].ended is None and refused[1].starts
                 preferred = found[last] if late else found[0]
-                entry.reasons.append(
+                entry.add_reason(
                     Reason("not_entitled", self.not_entitled_text(entry.device, preferred))
                 )
                 entry.hops = list(preferred.hops)
@@ -1199,10 +1296,40 @@ class _Planner:
                 self.settle(entry, schedules[entry.device.serial])
 
     def settle(self, entry: DeviceEntry, schedules: tuple[_Schedule, ...]) -> None:
-        """Its hops from its wave's window on; another wave when not entitled in it (S4)."""
+        """Its hops from its wave's window on; another wave when not entitled in it (S4).
+        All but its calendar is the same for every unit with the same schedules and wave
+        (``schedules`` is shared by them): worked out once, by ``settle_shape``."""
         assert entry.wave is not None
-        planned = entry.wave
+        key = (id(schedules), entry.wave)
+        settled = self._settled.get(key)
+        if settled is None:
+            settled = self.settle_shape(entry.device.serial, entry.wave, schedules)
+            self._settled[key] = settled
+        entry.wave = settled.wave
+        entry.hops = list(settled.schedule.hops)
+        entry.hops_json = settled.hops_json
+        entry.window = settled.window
+        entry.window_json = settled.window_json
+        entry.notes.extend(settled.notes)
+        entry.eligibility = settled.eligibility
+        calendar = self.calendars.get(entry.device.serial)
+        if calendar is not None:
+            zone = self.zone(entry.device.site)
+            seen: dict[int, Night] = {id(n): n for n in settled.schedule.nights}
+            meetings = sorted(
+                {m for n in seen.values() for m in calendar.in_window(n.start, n.end)}
+            )
+            entry.calendar = {
+                "state": calendar.state,
+                "read_at": calendar.read_at.isoformat() if calendar.read_at else None,
+                "meetings": meetings_json(meetings, zone),
+                **({} if calendar.state == "read" else {"text": calendar.free_text()}),
+            }
+
+    def settle_shape(self, serial: str, planned: int, schedules: tuple[_Schedule, ...]) -> _Settled:
+        """``settle`` for the first unit of its schedules and wave (``serial``)."""
         chosen = planned
+        notes: list[Reason] = []
         if not schedules[planned].entitled:
             earlier = [w for w in range(planned - 1, -1, -1) if schedules[w].entitled]
             later = [w for w in range(planned + 1, self.waves) if schedules[w].entitled]
@@ -1210,7 +1337,7 @@ class _Planner:
             if earlier:
                 chosen = earlier[0]
                 ends = min(h.entitled_until for h in schedules[chosen].hops if h.entitled_until)
-                entry.notes.append(
+                notes.append(
                     Reason(
                         "moved_earlier",
                         f"moved from wave {planned} to wave {chosen} ({name(planned)} to "
@@ -1224,7 +1351,7 @@ class _Planner:
                 assert refused is not None
                 starts = refused[1].starts
                 when = f"starts on {starts.isoformat()}" if starts else "starts later"
-                entry.notes.append(
+                notes.append(
                     Reason(
                         "moved_later",
                         f"moved from wave {planned} to wave {chosen} ({name(planned)} to "
@@ -1232,17 +1359,12 @@ class _Planner:
                     )
                 )
         schedule = schedules[chosen]
-        entry.wave = chosen
-        entry.hops = list(schedule.hops)
-        entry.hops_json = self.hops_json(schedule)
         first = schedule.nights[0]
-        entry.window = (first.local(first.start), first.local(first.end))
-        entry.window_json = self.window_json(first)
         nights = schedule.nights
         later = [index for index in range(1, len(nights)) if nights[index] is not nights[index - 1]]
         for index in later:
             night = nights[index]
-            entry.notes.append(
+            notes.append(
                 Reason(
                     "resumes_next_window",
                     f"hop {index + 1} of {len(nights)} ({schedule.hops[index].version}) does "
@@ -1250,22 +1372,15 @@ class _Planner:
                     f"{moment_text(night.local(night.start))}",
                 )
             )
-        entry.eligibility = self.eligibility(
-            entry.device.serial, warsaw_date(schedule.hops[0].install_at)
+        return _Settled(
+            wave=chosen,
+            schedule=schedule,
+            hops_json=self.hops_json(schedule),
+            window=(first.local(first.start), first.local(first.end)),
+            window_json=self.window_json(first),
+            notes=tuple(notes),
+            eligibility=self.eligibility(serial, warsaw_date(schedule.hops[0].install_at)),
         )
-        calendar = self.calendars.get(entry.device.serial)
-        if calendar is not None:
-            zone = self.zone(entry.device.site)
-            seen: dict[int, Night] = {id(n): n for n in nights}
-            meetings = sorted(
-                {m for n in seen.values() for m in calendar.in_window(n.start, n.end)}
-            )
-            entry.calendar = {
-                "state": calendar.state,
-                "read_at": calendar.read_at.isoformat() if calendar.read_at else None,
-                "meetings": meetings_json(meetings, zone),
-                **({} if calendar.state == "read" else {"text": calendar.free_text()}),
-            }
 
     def wave_name(self, wave: int) -> str:
         return "canary" if wave == 0 else f"{self.request.waves[wave - 1]}%"
@@ -1431,6 +1546,8 @@ class FailureRule:
     then: Then
     #: A fault ticket for the unit: it may be bricked.
     ticket: bool = False
+    #: The status it waits in for its next attempt: it says why it waits.
+    waits_as: DeviceStatus = DeviceStatus.WAITING_WINDOW
 
 
 #: The meaning of each failure code of a failed job. A unit the update never touched is
@@ -1449,7 +1566,12 @@ FAILURE_RULES: dict[FailureCode, FailureRule] = {
     FailureCode.IN_CALL: FailureRule(counts=False, penalises=False, then="next_window"),
     FailureCode.UPLOAD_FAILED: FailureRule(counts=False, penalises=False, then="next_window"),
     # Nothing was done to the unit; its room is free another night.
-    FailureCode.ROOM_BOOKED: FailureRule(counts=False, penalises=False, then="next_window"),
+    FailureCode.ROOM_BOOKED: FailureRule(
+        counts=False,
+        penalises=False,
+        then="next_window",
+        waits_as=DeviceStatus.POSTPONED_BOOKED,
+    ),
     FailureCode.NOT_AT_SITE: FailureRule(counts=False, penalises=False, then="fail"),
     FailureCode.NOT_SUPPORTED: FailureRule(counts=False, penalises=False, then="fail"),
 }
@@ -1746,4 +1868,4 @@ def place_entitled(cover: Covering, kind: str, night: Night, earliest: datetime)
 
 def not_entitled_now(hop: Mapping[str, Any], verdict: MomentVerdict, moment: datetime) -> str:
     """Why a waiting hop is held at its new install moment (S4)."""
-    return f"hop to {hop.get('version')} ({verdict.kind}) at {moment.isoformat()}: {verdict.why()}"
+    return f"hop to {hop.get('version')} ({verdict.kind}) at {moment_text(moment)}: {verdict.why()}"

@@ -76,6 +76,8 @@ class DevicePage:
     #: Retained reports, newest first.
     reports: Sequence[Doc]
     rollouts: Sequence[Doc]
+    #: The rollout update under way for it (``RolloutService.update_under_way``), or None.
+    updating: Doc | None = None
 
 
 async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePage:
@@ -113,6 +115,7 @@ async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePa
         jobs=jobs,
         reports=list(reversed(inventory.recent_reports(serial))),
         rollouts=core.rollouts.device_history(serial),
+        updating=core.rollouts.update_under_way(serial),
     )
 
 

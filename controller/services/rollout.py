@@ -627,6 +627,27 @@ class RolloutService:
         found.sort(key=lambda summary: str(summary["created_at"]), reverse=True)
         return found
 
+    def update_under_way(self, serial: str) -> dict[str, Any] | None:
+        """The rollout update ordered for ``serial`` and not over yet (its job is out: the
+        agent waits for the call or the meeting to end, downloads, installs or verifies),
+        or None: what the device's page shows as "updating". ``{rollout_id, name, target,
+        status, version, hop, hops}``; ``hop`` counts from 1."""
+        for rollout_id in self._where().rollouts_of(serial):
+            entry = self._store.get(ROLLOUT_DEVICES, device_key(rollout_id, serial))
+            if entry is None or not entry.get("job_id") or entry["status"] in FINAL_STATUSES:
+                continue
+            header = self.header(rollout_id)
+            return {
+                "rollout_id": rollout_id,
+                "name": header.get("name") or rollout_id,
+                "target": header["target"],
+                "status": entry["status"],
+                "version": _current_hop(entry),
+                "hop": int(entry.get("hop_index") or 0) + 1,
+                "hops": len(entry.get("hops") or ()),
+            }
+        return None
+
     def penalty_box(self) -> list[Doc]:
         """Devices no rollout retries until released, with why."""
         return sorted(self._store.scan(PENALTY_BOX).values(), key=lambda doc: str(doc["serial"]))
@@ -1302,7 +1323,8 @@ class RolloutService:
             # was done to the unit; a free slot or its next window, judged there.
             meeting = _meeting_of(evidence)
             night = self._night(header, entry)
-            if code == FailureCode.ROOM_BOOKED and meeting is not None:
+            booked = code == FailureCode.ROOM_BOOKED
+            if booked and meeting is not None:
                 updated = self._booked(header, {**entry, **common}, night, now, meeting, [meeting])
             else:
                 updated = self._next_moment(
@@ -1310,10 +1332,9 @@ class RolloutService:
                     entry,
                     night.following(),
                     now,
-                    DeviceStatus.POSTPONED_BOOKED
-                    if code == FailureCode.ROOM_BOOKED
-                    else DeviceStatus.WAITING_WINDOW,
+                    DeviceStatus.POSTPONED_BOOKED if booked else DeviceStatus.WAITING_WINDOW,
                     detail or "not updated",
+                    note_code="postponed_booked" if booked else "moved_to_next_window",
                     **common,
                 )
         else:
@@ -1345,7 +1366,7 @@ class RolloutService:
                     entry,
                     self._night(header, entry).following(),
                     now,
-                    DeviceStatus.WAITING_WINDOW,
+                    rule.waits_as,
                     detail or "failed",
                     **changes,
                 )

@@ -194,8 +194,9 @@ FAILED_OUTCOMES: dict[FailureCode, tuple[str, bool, bool, bool]] = {
     FailureCode.DEVICE_ERROR: ("waiting_window", False, False, True),
     FailureCode.IN_CALL: ("waiting_window", False, False, True),
     FailureCode.UPLOAD_FAILED: ("waiting_window", False, False, True),
-    # Its room was booked all the time its window had left: the next window, nothing counted.
-    FailureCode.ROOM_BOOKED: ("waiting_window", False, False, True),
+    # Its room was booked all the time its window had left: the next window, waiting as
+    # postponed_booked (the status says why), nothing counted.
+    FailureCode.ROOM_BOOKED: ("postponed_booked", False, False, True),
     # Nothing this agent can do for it: its part is over, nothing counted.
     FailureCode.NOT_AT_SITE: ("failed", False, False, False),
     FailureCode.NOT_SUPPORTED: ("failed", False, False, False),
