@@ -22,7 +22,7 @@ from polyfleet.controller.services.device_table import (
 )
 from polyfleet.controller.settings.web import MAX_PAGE_SIZE
 from polyfleet.controller.web.render import render, site_zones, translator
-from polyfleet.controller.web.security import dashboard_caller, page
+from polyfleet.controller.web.security import admin_forms, dashboard_caller, page
 from polyfleet.controller.web.timeline import timeline
 from polyfleet.shared.schema import HealthState, Model, Provider
 
@@ -152,6 +152,7 @@ async def device_page(request: web.Request) -> web.Response:
             "reports": found.reports,
             "rollouts": found.rollouts,
             "timeline": timeline(found.detail["health_history"], core.clock()),
+            "can_act": admin_forms(request),
         },
     )
 

@@ -19,6 +19,7 @@ from polyfleet.controller.web import (
     agents,
     devices,
     entitlement,
+    hand_tickets,
     kiosk,
     overview,
     rollouts,
@@ -92,6 +93,16 @@ def register(app: web.Application) -> None:
     # Scheduled work: on the active controller only.
     run_when_active(app, _prune_sessions)
     app.router.add_get("/static/{path:.+}", static_file, allow_head=False)
-    modules = (signin, overview, devices, tickets, entitlement, rollouts, agents, kiosk)
+    modules = (
+        signin,
+        overview,
+        devices,
+        tickets,
+        hand_tickets,
+        entitlement,
+        rollouts,
+        agents,
+        kiosk,
+    )
     for module in modules:
         module.register(app)
