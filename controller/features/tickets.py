@@ -213,7 +213,7 @@ def ticket_subject(
         device = core.inventory.find_device(serial)
         asset = core.registry.asset(serial)
         if device is not None:
-            found_model, site = device.get("model"), device.get("site")
+            found_model, site = device.get("model"), device.get("site_id")
             model = found_model if isinstance(found_model, str) else None
         elif asset is not None:
             model, site = asset.model, asset.site
@@ -347,7 +347,7 @@ async def open_ticket(
             )
         if device is not None:
             model = device.get("model")
-            site = device.get("site")
+            site = device.get("site_id")
     else:
         assert site is not None
         core.inventory.site(site)
