@@ -11,7 +11,7 @@ from aiohttp import web
 
 from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.errors import InvalidInput
-from polyfleet.controller.features import devices
+from polyfleet.controller.features import devices, maintenance
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.device_table import (
     CSV_COLUMNS,
@@ -153,6 +153,7 @@ async def device_page(request: web.Request) -> web.Response:
             "rollouts": found.rollouts,
             "timeline": timeline(found.detail["health_history"], core.clock()),
             "can_act": admin_forms(request),
+            "maintenance": maintenance.device_maintenance(core, dashboard_caller(request), serial),
         },
     )
 

@@ -166,3 +166,107 @@ async def test_a_site_wide_fault_is_opened_from_agents_and_sites(admin: Browser)
     assert status == 303 and location.startswith("/tickets/PF-")
     status, page = await admin.get(location)
     assert status == 200 and "Switch in the rack is down" in page
+
+
+async def test_a_unit_put_into_maintenance_on_its_page_says_so_there_and_on_its_tile(
+    lab: Lab, admin: Browser
+) -> None:
+    """X2 into maintenance from its page until 18:00 Warsaw time: its page lists the window
+    with its reason, its room tile on the overview says until when (site time, both
+    languages), the API's overview marks it; ended from the page, it is gone from both."""
+    form = {"from": "", "until": "2025-11-24T18:00", "reason": "New ceiling microphones"}
+    status, location, page = await admin.post("/devices/X2/maintenance", form)
+    assert (status, location) == (303, "/devices/X2#maintenance"), text_of(page)
+    _, page = await admin.get("/devices/X2")
+    words = text_of(page)
+    assert "New ceiling microphones" in words and "2025-11-24 18:00 +01:00" in words
+    assert "this unit" in words and "in force" in words
+    window = re.search(r'data-maintenance="(MW-[0-9A-F]+)"', page)
+    assert window is not None
+    for language, said in (("en", "under maintenance until"), ("pl", "w konserwacji do")):
+        _, page = await admin.get("/", language=language)
+        assert f"X2: {said} 2025-11-24 18:00 +01:00" in text_of(page), language
+    overview = await lab.admin("GET", "/api/v1/overview")
+    marks = [w for site in overview["sites"] for room in site["rooms"] for w in room["maintenance"]]
+    assert [(w["target"], w["reason"]) for w in marks] == [("X2", "New ceiling microphones")]
+    status, location, _ = await admin.post(f"/maintenance/{window.group(1)}/end", {"serial": "X2"})
+    assert (status, location) == (303, "/devices/X2#maintenance")
+    _, page = await admin.get("/devices/X2")
+    assert "No maintenance in force or planned." in text_of(page)
+    _, page = await admin.get("/")
+    assert "under maintenance" not in text_of(page)
+
+
+async def test_a_site_in_maintenance_says_so_on_its_tiles_and_on_its_units_pages(
+    lab: Lab, admin: Browser
+) -> None:
+    """A window on all of krk (made through the API): the site's heading on the overview
+    and X1's page, which names the site, say until when; then it is ended."""
+    body = {
+        "site": "krk",
+        "from": "2025-11-24T09:00:00+00:00",
+        "until": "2025-11-25T16:00:00+00:00",
+        "reason": "Network change",
+    }
+    window = await lab.admin("POST", "/api/v1/maintenance", json=body)
+    try:
+        _, page = await admin.get("/")
+        assert "under maintenance until 2025-11-25 17:00 +01:00" in text_of(page)
+        _, page = await admin.get("/devices/X1")
+        words = text_of(page)
+        assert "the whole site" in words and "Network change" in words
+        assert 'action="/maintenance/' not in page  # a site's window is not ended from a unit
+    finally:
+        await lab.admin("DELETE", f"/api/v1/maintenance/{window['id']}")
+
+
+async def test_a_room_in_maintenance_says_so_on_its_tile(lab: Lab, admin: Browser) -> None:
+    """A window on X1's room, named SITE/ROOM: that room's tile says until when, and X1's
+    page lists it as the room's."""
+    await lab.admin("PATCH", "/api/v1/devices/X1", json={"room": "Sala Wawel"})
+    body = {
+        "room": "krk/Sala Wawel",
+        "from": "2025-11-24T09:00:00+00:00",
+        "until": "2025-11-24T12:30:00+00:00",
+        "reason": "Refurbished",
+    }
+    window = await lab.admin("POST", "/api/v1/maintenance", json=body)
+    try:
+        _, page = await admin.get("/")
+        tile = re.search(r'<li class="tile[^"]*">(?:(?!</li>).)*Sala Wawel.*?</li>', page, re.S)
+        assert tile is not None
+        assert "under maintenance until 2025-11-24 13:30 +01:00" in text_of(tile.group(0))
+        _, page = await admin.get("/devices/X1")
+        assert "room Sala Wawel" in text_of(page) and "Refurbished" in text_of(page)
+    finally:
+        await lab.admin("DELETE", f"/api/v1/maintenance/{window['id']}")
+
+
+async def test_maintenance_the_contract_refuses_is_said_on_the_form_in_site_time(
+    lab: Lab, admin: Browser
+) -> None:
+    """An end before the start, and a window overlapping one of the unit's, come back on
+    the form with the times typed kept and the other window's bounds in site time."""
+    form = {"from": "2025-11-24T15:00", "until": "2025-11-24T12:00", "reason": "Cabling"}
+    for language, said in (
+        ("en", "The end must come after the start."),
+        ("pl", "Koniec musi być później niż początek."),
+    ):
+        status, _, page = await admin.post("/devices/X2/maintenance", form, language=language)
+        assert status == 422 and said in text_of(page), text_of(page)
+        assert 'value="2025-11-24T15:00"' in page
+    first = {"from": "2025-11-24T12:00", "until": "2025-11-24T14:00", "reason": "Cabling"}
+    status, _, _ = await admin.post("/devices/X2/maintenance", first)
+    assert status == 303
+    second = {"from": "2025-11-24T13:00", "until": "2025-11-24T15:00", "reason": "Paint"}
+    status, _, page = await admin.post("/devices/X2/maintenance", second)
+    words = text_of(page)
+    assert status == 409, words
+    assert (
+        "It is already in maintenance from 2025-11-24 12:00 +01:00 until "
+        "2025-11-24 14:00 +01:00 (Cabling)" in words
+    )
+    listed = await lab.admin("GET", "/api/v1/maintenance")
+    for window in listed["maintenance"]:
+        if window["state"] != "over":
+            await lab.admin("DELETE", f"/api/v1/maintenance/{window['id']}")
