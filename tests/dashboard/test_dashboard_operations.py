@@ -270,3 +270,62 @@ async def test_maintenance_the_contract_refuses_is_said_on_the_form_in_site_time
     for window in listed["maintenance"]:
         if window["state"] != "over":
             await lab.admin("DELETE", f"/api/v1/maintenance/{window['id']}")
+
+
+async def test_an_unpolled_poly_product_is_listed_not_monitored_by_the_api_and_the_cli(
+    lab: Lab,
+) -> None:
+    """The Trio from the registry is a row of GET /api/v1/devices (monitoring and health
+    not_monitored, its model as printed) that site, room and search filters keep and the
+    polled-only filters drop; a monitoring value it does not know is refused by name."""
+    listed = await lab.admin("GET", "/api/v1/devices")
+    rows = {row["serial"]: row for row in listed["devices"]}
+    assert rows["TRIO1"]["monitoring"] == "not_monitored"
+    assert rows["TRIO1"]["health"] == {"state": "not_monitored", "problems": []}
+    assert rows["TRIO1"]["model"] == "Poly Trio C60" and rows["TRIO1"]["site"] == "krk"
+    assert rows["X1"]["monitoring"] == "polled" and "E1" not in rows
+    for params, holds in (
+        ({"monitoring": "not_monitored"}, ["TRIO1"]),
+        ({"site": "krk", "room": "Sala Wawel", "q": "trio"}, ["TRIO1"]),
+        ({"monitoring": "polled"}, ["X1", "X2"]),
+        ({"health": "ok"}, ["X1", "X2"]),
+        ({"model": "studio_x50", "monitoring": "not_monitored"}, []),
+    ):
+        found = await lab.admin("GET", "/api/v1/devices", params=params)
+        assert [row["serial"] for row in found["devices"]] == holds, params
+    async with lab.http.get(
+        lab.controller.url + "/api/v1/devices",
+        params={"monitoring": "unpolled"},
+        headers=lab.controller.admin_headers,
+    ) as response:
+        refused = await response.json()
+    assert response.status == 400 and refused["error"]["field"] == "monitoring"
+
+
+async def test_an_unpolled_poly_product_has_its_page_with_entitlement_expiry_and_tickets(
+    admin: Browser, viewer: Browser
+) -> None:
+    """The device table shows the Trio as not monitored (its filter in both languages); its
+    page gives its plan, contract and when it ends, and a support ticket opened there
+    lands on the ticket and is then listed on the page."""
+    status, page = await admin.get("/devices?monitoring=not_monitored")
+    assert status == 200 and 'data-serial="TRIO1"' in page and 'data-serial="X1"' not in page
+    assert "not monitored" in text_of(page)
+    _, page = await admin.get("/devices?monitoring=not_monitored", language="pl")
+    assert "niemonitorowane" in text_of(page)
+    status, page = await admin.get("/devices/TRIO1")
+    words = text_of(page)
+    assert status == 200, words
+    assert "Poly Trio C60 TRIO1 not monitored" in words
+    assert "Partner POLY+" in words and "PPP-T1" in words
+    assert "2026-01-09 (in 46 days): contract ends, Partner POLY+ PPP-T1" in words
+    assert 'action="/tickets/new"' in page
+    _, page = await viewer.get("/devices/TRIO1")
+    assert 'action="/tickets/new"' not in page and "Partner POLY+" in page
+    form = {"serial": "TRIO1", "category": "support", "summary": "Echo on calls"}
+    status, location, _ = await admin.post("/tickets/new", form)
+    assert status == 303 and location.startswith("/tickets/PF-")
+    _, page = await admin.get("/devices/TRIO1")
+    assert f'href="{location}"' in page and "Echo on calls" in text_of(page)
+    _, page = await admin.get("/devices/TRIO1", language="pl")
+    assert "niemonitorowane" in text_of(page) and "Agenci nie odpytują" in text_of(page)
