@@ -34,12 +34,17 @@ from polyfleet.shared.schema import JobKind
 
 def _unpolled(core: Controller, query: DeviceQuery) -> list[Doc]:
     """The registered Poly products the agents do not poll (of the query's site), as rows."""
-    if query.monitoring == "polled":
+    where = query.where
+    # A filter on what only polled units have: no registered product can match, so the
+    # registry is not read at all.
+    if query.monitoring == "polled" or any(
+        value is not None for value in (where.model, where.provider, where.health, where.firmware)
+    ):
         return []
     inventory = core.inventory
     return [
         unpolled_row(asset)
-        for asset in core.registry.assets(query.where.site)
+        for asset in core.registry.assets(where.site)
         if not is_polled_model(asset.model) and inventory.find_device(asset.serial) is None
     ]
 
