@@ -329,3 +329,35 @@ async def test_an_unpolled_poly_product_has_its_page_with_entitlement_expiry_and
     assert f'href="{location}"' in page and "Echo on calls" in text_of(page)
     _, page = await admin.get("/devices/TRIO1", language="pl")
     assert "niemonitorowane" in text_of(page) and "Agenci nie odpytują" in text_of(page)
+
+
+async def test_viewers_see_maintenance_but_cannot_add_or_end_it(
+    lab: Lab, admin: Browser, viewer: Browser
+) -> None:
+    """A viewer reads X2's window on its page, with no form and no end button; the posts
+    an admin would make are refused in words and change nothing."""
+    body = {
+        "serial": "X2",
+        "from": "2025-11-24T09:00:00+00:00",
+        "until": "2025-11-24T20:00:00+00:00",
+        "reason": "Firmware tests",
+    }
+    window = await lab.admin("POST", "/api/v1/maintenance", json=body)
+    try:
+        _, page = await viewer.get("/devices/X2")
+        assert "Firmware tests" in text_of(page)
+        assert 'id="maintenance-form"' not in page and "/end" not in page
+        _, page = await admin.get("/devices/X2")
+        assert 'id="maintenance-form"' in page and f"/maintenance/{window['id']}/end" in page
+        form = {"until": "2025-11-24T21:00", "reason": "More tests"}
+        for path, sent in (
+            ("/devices/X2/maintenance", form),
+            (f"/maintenance/{window['id']}/end", {"serial": "X2"}),
+        ):
+            status, _, page = await viewer.post(path, sent)
+            assert status == 403 and "Viewers can look" in text_of(page), path
+        listed = await lab.admin("GET", "/api/v1/maintenance")
+        mine = [w for w in listed["maintenance"] if w["target"] == "X2" and w["state"] != "over"]
+        assert [w["id"] for w in mine] == [window["id"]]
+    finally:
+        await lab.admin("DELETE", f"/api/v1/maintenance/{window['id']}")
