@@ -63,7 +63,7 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
     folder = tmp_path_factory.mktemp("operations")
     clock = SettableClock(T0)
     async with start_lab(folder, clock, None, None, registry=OPERATIONS_REGISTRY) as lab:
-        await lab.controller.ensure_site("krk")
+        await lab.admin("PATCH", "/api/v1/sites/krk", json={"name": "Kraków"})
         await lab.report_minutes(("X1", "X2"), range(0, 1))
         yield lab
 
@@ -201,7 +201,7 @@ async def test_a_site_in_maintenance_says_so_on_its_tiles_and_on_its_units_pages
     lab: Lab, admin: Browser
 ) -> None:
     """A window on all of krk (made through the API): the site's heading on the overview
-    and X1's page, which names the site, say until when; then it is ended."""
+    and the kiosk, and X1's page, which names the site, say until when; then it is ended."""
     body = {
         "site": "krk",
         "from": "2025-11-24T09:00:00+00:00",
@@ -210,11 +210,12 @@ async def test_a_site_in_maintenance_says_so_on_its_tiles_and_on_its_units_pages
     }
     window = await lab.admin("POST", "/api/v1/maintenance", json=body)
     try:
-        _, page = await admin.get("/")
-        assert "under maintenance until 2025-11-25 17:00 +01:00" in text_of(page)
+        for path in ("/", "/kiosk"):
+            _, page = await admin.get(path)
+            assert "under maintenance until 2025-11-25 17:00 +01:00" in text_of(page), path
         _, page = await admin.get("/devices/X1")
         words = text_of(page)
-        assert "the whole site" in words and "Network change" in words
+        assert "the whole site Kraków" in words and "Network change" in words
         assert 'action="/maintenance/' not in page  # a site's window is not ended from a unit
     finally:
         await lab.admin("DELETE", f"/api/v1/maintenance/{window['id']}")
