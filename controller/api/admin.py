@@ -37,6 +37,7 @@ from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.device_table import (
     MAX_LIMIT,
+    MONITORING,
     NO_ROOM_VALUES,
     SORT_KEYS,
     DeviceQuery,
@@ -56,6 +57,11 @@ DEVICE_QUERY: dict[str, str | Param] = {
     "room": "only devices in this room",
     "no_room": Param(
         "1: only devices without a room", {"type": "string", "enum": list(NO_ROOM_VALUES)}
+    ),
+    "monitoring": Param(
+        "polled: only units an agent reports; not_monitored: only registered Poly products the "
+        "agents do not poll (health state not_monitored); none: both",
+        {"type": "string", "enum": list(MONITORING)},
     ),
     "q": "words that must all appear in the serial, name, room, site, model or firmware",
     "flag": Param(

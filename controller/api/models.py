@@ -143,6 +143,12 @@ class DeviceOut(_Out):
     system_name: str
     host_serial: str | None
     last_seen: str | None
+    monitoring: Literal["polled", "not_monitored"] = Field(
+        default="polled",
+        description="polled: an agent reports it; not_monitored: a registered Poly product the "
+        "agents do not poll, listed from the asset registry (health state not_monitored, no "
+        "mode, firmware or report)",
+    )
 
 
 class DeviceList(_Out):

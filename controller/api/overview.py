@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from polyfleet.controller.api.models import EventOut
 from polyfleet.controller.features import overview
@@ -36,12 +36,24 @@ class AttentionOut(_Out):
     state: str
 
 
+class MaintenanceMark(_Out):
+    id: str
+    scope: Literal["site", "room", "serial"]
+    target: str
+    model: str | None = Field(description="the unit's model, for a unit's window")
+    until: datetime = Field(description="when it stops silencing faults")
+    reason: str
+
+
 class RoomTile(_Out):
     room: str | None
     devices: int
     worst: State
     health: HealthCounts
     attention: list[AttentionOut]
+    maintenance: list[MaintenanceMark] = Field(
+        default=[], description="windows in force now on the room or a unit in it"
+    )
 
 
 class SiteTiles(_Out):
@@ -53,6 +65,9 @@ class SiteTiles(_Out):
     worst: State
     health: HealthCounts
     rooms: list[RoomTile]
+    maintenance: list[MaintenanceMark] = Field(
+        default=[], description="windows in force now on the whole site"
+    )
 
 
 class ClockOut(_Out):

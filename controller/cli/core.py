@@ -559,7 +559,7 @@ async def _device_list(backend: AdminApi, args: argparse.Namespace) -> list[dict
 def _filters(args: argparse.Namespace) -> dict[str, str | None]:
     return {
         name: getattr(args, name, None)
-        for name in ("site", "model", "provider", "health", "firmware")
+        for name in ("site", "model", "provider", "health", "firmware", "monitoring")
     }
 
 
@@ -678,6 +678,12 @@ def _device_filters(parser: argparse.ArgumentParser, *, nested: bool = False) ->
     )
     parser.add_argument("--provider", default=default, help="teams, zoom, poly, device_mode")
     parser.add_argument("--firmware", default=default, help="firmware version, e.g. 4.1.0")
+    parser.add_argument(
+        "--monitoring",
+        default=default,
+        help="polled (units an agent reports) or not_monitored (registered Poly products "
+        "the agents do not poll)",
+    )
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:

@@ -29,12 +29,23 @@ class MaintenanceRefused(Invalid):
 
     default_code = "invalid_maintenance"
 
+    def __init__(self, message: str, *, field: str | None = None, why: str = "") -> None:
+        super().__init__(message, field=field)
+        #: Which refusal, for a face that words it itself: ``open_ended``,
+        #: ``ends_before_start``, ``past`` ("" for the others).
+        self.why = why
+
 
 class MaintenanceOverlap(Conflict):
     """A window that overlaps another one of the same site, room or unit (409
     ``maintenance_overlap``): the message names it, so it can be ended or moved first."""
 
     default_code = "maintenance_overlap"
+
+    def __init__(self, message: str, *, other: Maintenance) -> None:
+        super().__init__(message)
+        #: The window it overlaps.
+        self.other = other
 
 
 class Maintenance(BaseModel):
@@ -94,11 +105,13 @@ def check_window(new: Maintenance, existing: Iterable[Maintenance], now: datetim
         raise MaintenanceRefused(
             f"until ({when_text(new.ends)}) must be after from ({when_text(new.starts)})",
             field="until",
+            why="ends_before_start",
         )
     if new.ends <= now:
         raise MaintenanceRefused(
             f"until ({when_text(new.ends)}) is already past: a window must end in the future",
             field="until",
+            why="past",
         )
     for other in existing:
         if other.scope is not new.scope or other.target != new.target:
@@ -110,5 +123,6 @@ def check_window(new: Maintenance, existing: Iterable[Maintenance], now: datetim
                 f"{new.scope.value} {new.target} is already in maintenance {other.id} from "
                 f"{when_text(other.starts)} until {when_text(other.until)} ({other.reason}); "
                 f"end it first (polyfleet controller maintenance end {other.id}) or choose "
-                "times that do not overlap"
+                "times that do not overlap",
+                other=other,
             )

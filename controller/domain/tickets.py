@@ -80,17 +80,34 @@ SERVICE_NAMES: Mapping[str, str] = {
 
 class ServiceNotIncluded(Invalid):
     """A ticket opened by hand asks for a service the unit's plan does not include (422
-    ``not_in_plan``, field ``category``); the message names the plan and what would."""
+    ``not_in_plan``, field ``category``); the message names the plan and what would.
+
+    The parts of the message travel with it, so a page can say it in its own language:
+    ``service`` (a ``Plan`` field, or ``repair``), ``plan`` (the plan in force, None: none),
+    ``offering`` (the plans that include the service), ``site_wide`` (a site was asked).
+    """
 
     default_code = "not_in_plan"
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None = None,
+        plan: Plan | None = None,
+        offering: tuple[Plan, ...] = (),
+        site_wide: bool = False,
+    ) -> None:
         super().__init__(message, field="category")
+        self.service = service
+        self.plan = plan
+        self.offering = offering
+        self.site_wide = site_wide
 
 
 def service_refusal(
     category: TicketCategory, plan: Plan | None, catalogue: PlanCatalogue, subject: str
-) -> str | None:
+) -> ServiceNotIncluded | None:
     """Why the plan in force (``plan``, None: none) does not give what ``category`` asks
     for, naming the plans that would; None when it does.
 
@@ -102,14 +119,15 @@ def service_refusal(
     if service == "repair" or (plan is not None and getattr(plan, service)):
         return None
     wanted = SERVICE_NAMES[service]
-    offering = [f"{p.name} ({p.id})" for p in catalogue.plans.values() if getattr(p, service)]
+    offering = tuple(p for p in catalogue.plans.values() if getattr(p, service))
     have = (
         f"{subject} has no service plan in force"
         if plan is None
         else f"{subject} is covered by {plan.name} ({plan.id}), which does not include {wanted}"
     )
-    would = f"; {wanted} comes with {', '.join(offering)}" if offering else ""
-    return f"{have}{would}"
+    named = ", ".join(f"{p.name} ({p.id})" for p in offering)
+    would = f"; {wanted} comes with {named}" if offering else ""
+    return ServiceNotIncluded(f"{have}{would}", service=service, plan=plan, offering=offering)
 
 
 #: Admin actions and the status each one leads to; a plain table, checked by ``transition``.

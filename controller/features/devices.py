@@ -9,27 +9,54 @@ from typing import Any
 
 from polyfleet.controller.core import Controller
 from polyfleet.controller.domain.admin_input import display_name
+from polyfleet.controller.domain.assets import is_polled_model
 from polyfleet.controller.domain.entitlement import EntitlementVerdict
+from polyfleet.controller.domain.forecast import MAX_FORECAST_DAYS, ForecastEvent
 from polyfleet.controller.domain.plans import Plan, PlanCatalogue
 from polyfleet.controller.domain.tickets import Ticket
 from polyfleet.controller.errors import NotFound
+from polyfleet.controller.features.assets import monitoring
 from polyfleet.controller.features.caller import Caller, Permission, record
-from polyfleet.controller.features.entitlement import verdict_lookup
+from polyfleet.controller.features.entitlement import now as entitlement_now
+from polyfleet.controller.features.entitlement import registry_forecast, verdict_lookup
 from polyfleet.controller.services.audit import AuditAction
-from polyfleet.controller.services.device_table import DeviceQuery, DeviceRows, query_devices
+from polyfleet.controller.services.device_table import (
+    DeviceQuery,
+    DeviceRows,
+    query_devices,
+    unpolled_row,
+)
 from polyfleet.controller.services.inventory import DeviceFilter, UnknownDevice
 from polyfleet.controller.services.jobs import UnknownJob
 from polyfleet.controller.store.base import Doc
 from polyfleet.shared.schema import JobKind
 
 
+def _unpolled(core: Controller, query: DeviceQuery) -> list[Doc]:
+    """The registered Poly products the agents do not poll (of the query's site), as rows."""
+    where = query.where
+    # A filter on what only polled units have: no registered product can match, so the
+    # registry is not read at all.
+    if query.monitoring == "polled" or any(
+        value is not None for value in (where.model, where.provider, where.health, where.firmware)
+    ):
+        return []
+    inventory = core.inventory
+    return [
+        unpolled_row(asset)
+        for asset in core.registry.assets(where.site)
+        if not is_polled_model(asset.model) and inventory.find_device(asset.serial) is None
+    ]
+
+
 async def find_devices(core: Controller, caller: Caller, query: DeviceQuery) -> DeviceRows:
-    """The device table's rows for ``query`` (filters, search, sort, page)."""
+    """The device table's rows for ``query`` (filters, search, sort, page): the units agents
+    report and the registered products they do not poll (``monitoring``)."""
     caller.require(Permission.READ)
     verdict_of: Callable[[str], Any] | None = None
     if query.flag is not None:
         verdict_of = await verdict_lookup(core)
-    return query_devices(core.inventory, query, verdict_of)
+    return query_devices(core.inventory, query, verdict_of, _unpolled(core, query))
 
 
 async def device_table(
@@ -38,7 +65,7 @@ async def device_table(
     """The device table's rows for ``query``, and each row's entitlement flags by serial."""
     caller.require(Permission.READ)
     verdict_of = await verdict_lookup(core)
-    found = query_devices(core.inventory, query, verdict_of)
+    found = query_devices(core.inventory, query, verdict_of, _unpolled(core, query))
     flags: dict[str, tuple[str, ...]] = {}
     for row in found.rows:
         verdict = verdict_of(row["serial"])
@@ -116,6 +143,48 @@ async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePa
         reports=list(reversed(inventory.recent_reports(serial))),
         rollouts=core.rollouts.device_history(serial),
         updating=core.rollouts.update_under_way(serial),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssetPage:
+    """A registered unit no agent reports (a Poly product they do not poll, or one not seen
+    yet), as its page shows it: the registry's facts, entitlement, what expires, tickets."""
+
+    #: As ``GET /api/v1/assets`` lists it, with ``monitoring``.
+    asset: Doc
+    site: Doc | None
+    verdict: EntitlementVerdict | None
+    plan: Plan | None
+    plans: PlanCatalogue
+    #: Its rights that end within ``MAX_FORECAST_DAYS``, soonest first.
+    expiries: Sequence[ForecastEvent]
+    #: None while the ticket service is starting.
+    tickets: Sequence[Ticket] | None
+
+
+async def asset_page(core: Controller, caller: Caller, serial: str) -> AssetPage:
+    """One registered unit that no agent reports; ``UnknownDevice`` when the registry does
+    not hold it either."""
+    caller.require(Permission.READ)
+    asset = core.registry.asset(serial)
+    if asset is None:
+        raise UnknownDevice(serial)
+    verdict = (await verdict_lookup(core))(serial)
+    plans = core.catalogues.plans
+    plan = plans.plans.get(verdict.plan) if verdict is not None and verdict.plan else None
+    forecast = registry_forecast(core, entitlement_now(core), MAX_FORECAST_DAYS, site=asset.site)
+    service = core.tickets.service
+    return AssetPage(
+        asset={**asset.to_doc(), "monitoring": monitoring(core, asset.serial, asset.model)},
+        site=core.inventory.find_site(asset.site),
+        verdict=verdict,
+        plan=plan,
+        plans=plans,
+        expiries=[
+            event for site in forecast.sites for event in site.events if event.serial == serial
+        ],
+        tickets=None if service is None else service.device_tickets(serial),
     )
 
 

@@ -44,6 +44,25 @@ def list_maintenance(core: Controller, caller: Caller) -> list[Doc]:
     return _documents(core)
 
 
+def device_maintenance(core: Controller, caller: Caller, serial: str) -> list[Doc]:
+    """The windows in force or planned that cover the unit where it is now (its own, its
+    room's and its site's), earliest start first, each with its state."""
+    caller.require(Permission.READ)
+    device = core.inventory.device(serial)
+    site, room = device.get("site_id"), device.get("room")
+    now = core.clock()
+    return [
+        window.as_document(now)
+        for window in core.maintenance.windows()
+        if window.until > now
+        and window.covers(
+            serial=serial,
+            site=site if isinstance(site, str) else None,
+            room=room if isinstance(room, str) else None,
+        )
+    ]
+
+
 async def add_maintenance(
     core: Controller,
     caller: Caller,
@@ -77,6 +96,7 @@ async def add_maintenance(
         raise MaintenanceRefused(
             "until is required: open-ended maintenance would silence faults forever",
             field="until",
+            why="open_ended",
         )
     text = printable_text(reason, field="reason", max_chars=REASON_MAX_CHARS)
     ((scope, target),) = given

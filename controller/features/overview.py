@@ -38,5 +38,6 @@ async def overview(core: Controller, caller: Caller) -> dict[str, Any]:
             for found in rollouts.rollouts()
             if found["status"] in ROLLOUTS_UNDER_WAY
         ],
+        maintenance=core.maintenance.windows(),
     )
     return build_overview(inputs)

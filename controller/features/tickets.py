@@ -191,6 +191,41 @@ def active_tickets(core: Controller, caller: Caller) -> list[Ticket]:
     return _service(core).active_tickets()
 
 
+@dataclass(frozen=True, kw_only=True)
+class TicketSubject:
+    """What a ticket opened by hand would be about, as a page names it: a unit (enrolled or
+    only registered) or a site; unknown parts None."""
+
+    serial: str | None
+    model: str | None
+    site: str | None
+    site_name: str | None
+
+
+def ticket_subject(
+    core: Controller, caller: Caller, *, serial: str | None = None, site: str | None = None
+) -> TicketSubject:
+    """The unit ``serial`` or the site ``site`` named for a page, from the inventory or the
+    asset registry; what neither knows stays None (the use case refuses it by name)."""
+    caller.require(Permission.READ)
+    model: str | None = None
+    if serial:
+        device = core.inventory.find_device(serial)
+        asset = core.registry.asset(serial)
+        if device is not None:
+            found_model, site = device.get("model"), device.get("site_id")
+            model = found_model if isinstance(found_model, str) else None
+        elif asset is not None:
+            model, site = asset.model, asset.site
+    known = core.inventory.find_site(site) if site else None
+    return TicketSubject(
+        serial=serial or None,
+        model=model,
+        site=site,
+        site_name=None if known is None else str(known.get("name") or site),
+    )
+
+
 # -- acting ----------------------------------------------------------------------------------
 
 
@@ -312,7 +347,7 @@ async def open_ticket(
             )
         if device is not None:
             model = device.get("model")
-            site = device.get("site")
+            site = device.get("site_id")
     else:
         assert site is not None
         core.inventory.site(site)

@@ -7,10 +7,11 @@ and the API answer for the same address hold the same devices in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from polyfleet.controller.domain.assets import Asset
 from polyfleet.controller.domain.entitlement import FLAGS, EntitlementVerdict
 from polyfleet.controller.errors import InvalidInput
 from polyfleet.controller.services.inventory import DeviceFilter, Inventory
@@ -34,6 +35,9 @@ DEFAULT_SORT = "serial"
 #: The inventory's own filters (``DeviceFilter``), by query parameter name.
 FILTERS = ("site", "room", "model", "provider", "health", "firmware")
 MAX_LIMIT = 10_000
+#: What ``monitoring`` may select: units an agent reports, or registered Poly products the
+#: agents do not poll (listed from the asset registry, health state ``not_monitored``).
+MONITORING = ("polled", "not_monitored")
 #: What ``no_room`` may be (links and scripts have sent each), and what it means.
 NO_ROOM_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
@@ -97,6 +101,8 @@ class DeviceQuery:
     flag: str | None = None
     #: Only devices without a room.
     no_room: bool = False
+    #: Only ``polled`` units or only ``not_monitored`` registered products (None: both).
+    monitoring: str | None = None
     sort: str = DEFAULT_SORT
     descending: bool = False
     offset: int = 0
@@ -126,12 +132,19 @@ class DeviceQuery:
                 f"no_room must be 1 (only devices without a room) or 0; got {no_room_text!r}",
             )
         no_room = NO_ROOM_VALUES[no_room_text]
+        monitoring = values.get("monitoring") or None
+        if monitoring is not None and monitoring not in MONITORING:
+            raise InvalidInput(
+                "monitoring",
+                f"monitoring must be one of {', '.join(MONITORING)}; got {monitoring!r}",
+            )
         q = (values.get("q") or "").strip() or None
         return cls(
             where=where,
             q=q,
             flag=flag,
             no_room=no_room,
+            monitoring=monitoring,
             sort=sort,
             descending=descending,
             offset=_whole(values, "offset", 0, 0, None),
@@ -176,14 +189,55 @@ def _matches_words(device: Doc, words: list[str]) -> bool:
     return all(word in text for word in words)
 
 
+def unpolled_row(asset: Asset) -> Doc:
+    """A registered Poly product the agents do not poll, as the device list shows it: the
+    registry's model as printed, site and room; no mode, firmware or report."""
+    return {
+        "serial": asset.serial,
+        "model": asset.model,
+        "provider": "",
+        "firmware": {"version": "", "build": ""},
+        "health": {"state": "not_monitored", "problems": []},
+        "site": asset.site,
+        "room": asset.room or None,
+        "system_name": "",
+        "host_serial": asset.host_serial,
+        "last_seen": None,
+        "monitoring": "not_monitored",
+    }
+
+
+def _unpolled_matches(where: DeviceFilter, row: Doc) -> bool:
+    """The inventory's filters on a registered product: site and room can match; a model,
+    mode, health or firmware filter names what only polled units have."""
+    if where.model is not None or where.provider is not None:
+        return False
+    if where.health is not None or where.firmware is not None:
+        return False
+    if where.site is not None and row["site"] != where.site:
+        return False
+    return where.room is None or row["room"] == where.room
+
+
 def query_devices(
-    inventory: Inventory, query: DeviceQuery, verdict_of: VerdictOf | None = None
+    inventory: Inventory,
+    query: DeviceQuery,
+    verdict_of: VerdictOf | None = None,
+    unpolled: Sequence[Doc] = (),
 ) -> DeviceRows:
-    """Devices (as ``GET /api/v1/devices`` lists them) matching ``query``, sorted, one slice.
+    """Devices (as ``GET /api/v1/devices`` lists them) matching ``query``, sorted, one slice:
+    the units agents report (``monitoring`` polled) and ``unpolled`` rows (``unpolled_row``).
 
     ``verdict_of`` is needed only for a ``flag`` filter.
     """
-    rows = inventory.devices(query.where)
+    rows: list[Doc] = []
+    if query.monitoring in (None, "polled"):
+        # Each summary is a fresh document: marking it changes nothing stored.
+        rows = inventory.devices(query.where)
+        for device in rows:
+            device["monitoring"] = "polled"
+    if query.monitoring in (None, "not_monitored"):
+        rows += [row for row in unpolled if _unpolled_matches(query.where, row)]
     if query.no_room:
         rows = [device for device in rows if not device.get("room")]
     if query.q:

@@ -65,7 +65,7 @@ class MaintenanceService:
             device = self._inventory.find_device(target)
             if device is None:
                 raise NotFound(f"no device {target!r}", field="serial")
-            site = device.get("site")
+            site = device.get("site_id")
             room = device.get("room")
             return (
                 target,
@@ -74,10 +74,10 @@ class MaintenanceService:
             )
         site_part, _, room_part = target.rpartition("/")
         rooms = {
-            (str(doc.get("site")), str(doc.get("room")))
+            (str(doc.get("site_id")), str(doc.get("room")))
             for doc in self._inventory.fleet().values()
             if doc.get("room")
-            and (not site_part or doc.get("site") == site_part)
+            and (not site_part or doc.get("site_id") == site_part)
             and doc.get("room") == room_part
         }
         if not rooms:
@@ -166,7 +166,7 @@ class MaintenanceService:
         if serial is not None:
             device = self._inventory.find_device(serial)
             if device is not None:
-                site = site or device.get("site")
+                site = site or device.get("site_id")
                 found = device.get("room")
                 room = found if isinstance(found, str) else None
         for window in self._windows.values():

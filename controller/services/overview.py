@@ -16,6 +16,7 @@ from typing import Any
 
 from polyfleet.controller.domain.entitlement import EXPIRY_HORIZONS, EntitlementVerdict
 from polyfleet.controller.domain.forecast import Forecast
+from polyfleet.controller.domain.maintenance import Maintenance, MaintenanceScope
 from polyfleet.controller.domain.releases import ReleaseCatalogue
 from polyfleet.controller.domain.tickets import ACTIVE, Ticket, TicketStatus
 from polyfleet.controller.store.base import Doc
@@ -108,6 +109,44 @@ def room_tiles(sites: Sequence[Doc], devices: Iterable[Doc]) -> list[Doc]:
             }
         )
     return result
+
+
+def _mark(window: Maintenance, model: object = None) -> Doc:
+    """How a tile names a window: what it covers (a unit with its model), until when, why."""
+    return {
+        "id": window.id,
+        "scope": window.scope.value,
+        "target": window.target,
+        "model": model if isinstance(model, str) else None,
+        "until": window.until.isoformat(),
+        "reason": window.reason,
+    }
+
+
+def mark_maintenance(
+    tiles: list[Doc], windows: Iterable[Maintenance], devices: Mapping[str, Doc], now: datetime
+) -> None:
+    """Give each site and room tile ``maintenance``: the windows in force at ``now`` on the
+    site itself, and on the room or a unit in it (a unit where it is now, not where it was
+    when its window was made)."""
+    by_site: dict[str, list[Doc]] = {}
+    by_room: dict[tuple[str, str | None], list[Doc]] = {}
+    for window in windows:
+        if not window.active(now):
+            continue
+        if window.scope is MaintenanceScope.SITE and window.site is not None:
+            by_site.setdefault(window.site, []).append(_mark(window))
+        elif window.scope is MaintenanceScope.ROOM and window.site is not None:
+            by_room.setdefault((window.site, window.room), []).append(_mark(window))
+        elif window.scope is MaintenanceScope.SERIAL:
+            device = devices.get(window.target)
+            if device is not None:
+                place = (str(device["site_id"]), device.get("room"))
+                by_room.setdefault(place, []).append(_mark(window, device.get("model")))
+    for site in tiles:
+        site["maintenance"] = by_site.get(site["id"], [])
+        for room in site["rooms"]:
+            room["maintenance"] = by_room.get((site["id"], room["room"]), [])
 
 
 def _state(device: Doc) -> str:
@@ -275,12 +314,15 @@ class OverviewInputs:
     now: datetime
     #: The progress (``RolloutService.progress``) of rollouts under way, newest first.
     rollouts: Sequence[Doc] = ()
+    #: Every maintenance window (those in force now are marked on the tiles).
+    maintenance: Sequence[Maintenance] = ()
 
 
 def build_overview(inputs: OverviewInputs) -> dict[str, Any]:
     """The overview document (``GET /api/v1/overview``); ``tickets`` None while starting."""
     devices = inputs.devices
     tiles = room_tiles(inputs.sites, devices.values())
+    mark_maintenance(tiles, inputs.maintenance, devices, inputs.now)
     health = _health_counts(_state(device) for device in devices.values())
     return {
         "at": inputs.now.isoformat(),

@@ -34,6 +34,7 @@ from polyfleet.controller.domain.tickets import (
     ACTIVE,
     ADMIN_NOTES,
     CATEGORY_FAULT,
+    CATEGORY_SERVICE,
     Bundle,
     DeskContacts,
     Escalation,
@@ -1247,12 +1248,14 @@ class TicketService:
         if kind is TicketKind.SITE and category is not TicketCategory.FAULT:
             raise ServiceNotIncluded(
                 f"site {site}: a site has no service plan of its own; ask for "
-                f"{category.value} for a unit (serial) whose plan includes it"
+                f"{category.value} for a unit (serial) whose plan includes it",
+                service=CATEGORY_SERVICE[category],
+                site_wide=True,
             )
         plan = None if asset is None else plan_in_force(asset, self.plans, warsaw_date(now))
         refusal = service_refusal(category, plan, self.plans, f"unit {serial}")
         if refusal is not None:
-            raise ServiceNotIncluded(refusal)
+            raise refusal
         fault = CATEGORY_FAULT[category]
         subject = serial or f"site:{site}"
         # Any number of hand-opened tickets per unit: each one its own id.

@@ -11,18 +11,20 @@ from aiohttp import web
 
 from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.errors import InvalidInput
-from polyfleet.controller.features import devices
+from polyfleet.controller.features import devices, maintenance
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.device_table import (
     CSV_COLUMNS,
+    MONITORING,
     SORT_KEYS,
     DeviceQuery,
     DeviceRows,
     csv_row,
 )
+from polyfleet.controller.services.inventory import UnknownDevice
 from polyfleet.controller.settings.web import MAX_PAGE_SIZE
 from polyfleet.controller.web.render import render, site_zones, translator
-from polyfleet.controller.web.security import dashboard_caller, page
+from polyfleet.controller.web.security import admin_forms, dashboard_caller, page
 from polyfleet.controller.web.timeline import timeline
 from polyfleet.shared.schema import HealthState, Model, Provider
 
@@ -56,6 +58,7 @@ def _options(request: web.Request) -> dict[str, Any]:
         "providers": [p.value for p in Provider],
         "health": [h.value for h in HealthState],
         "flags": list(FLAGS),
+        "monitoring": list(MONITORING),
     }
 
 
@@ -131,7 +134,11 @@ async def devices_csv(request: web.Request) -> web.StreamResponse:
 async def device_page(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
     core = request.app[CORE]
-    found = await devices.device_page(core, dashboard_caller(request), serial)
+    try:
+        found = await devices.device_page(core, dashboard_caller(request), serial)
+    except UnknownDevice:
+        # Registered but never reported (a Poly product the agents do not poll): its own page.
+        return await _asset_page(request, serial)
     site = found.site or {}
     return render(
         request,
@@ -153,6 +160,30 @@ async def device_page(request: web.Request) -> web.Response:
             "rollouts": found.rollouts,
             "updating": found.updating,
             "timeline": timeline(found.detail["health_history"], core.clock()),
+            "can_act": admin_forms(request),
+            "maintenance": maintenance.device_maintenance(core, dashboard_caller(request), serial),
+        },
+    )
+
+
+async def _asset_page(request: web.Request, serial: str) -> web.Response:
+    found = await devices.asset_page(request.app[CORE], dashboard_caller(request), serial)
+    site = found.site or {}
+    return render(
+        request,
+        "asset.html",
+        {
+            "nav": "devices",
+            "live": True,
+            "a": found.asset,
+            "site": site,
+            "zone": site.get("timezone") or request.app[CORE].web.timezone,
+            "verdict": found.verdict,
+            "plan": found.plan,
+            "plans": found.plans,
+            "expiries": found.expiries,
+            "tickets": found.tickets,
+            "can_act": admin_forms(request),
         },
     )
 

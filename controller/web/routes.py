@@ -19,7 +19,9 @@ from polyfleet.controller.web import (
     agents,
     devices,
     entitlement,
+    hand_tickets,
     kiosk,
+    maintenance,
     overview,
     rollouts,
     signin,
@@ -92,6 +94,17 @@ def register(app: web.Application) -> None:
     # Scheduled work: on the active controller only.
     run_when_active(app, _prune_sessions)
     app.router.add_get("/static/{path:.+}", static_file, allow_head=False)
-    modules = (signin, overview, devices, tickets, entitlement, rollouts, agents, kiosk)
+    modules = (
+        signin,
+        overview,
+        devices,
+        tickets,
+        hand_tickets,
+        maintenance,
+        entitlement,
+        rollouts,
+        agents,
+        kiosk,
+    )
     for module in modules:
         module.register(app)

@@ -242,6 +242,7 @@ CLI_OTHER = {
     "--actor": _FILTER,
     "--firmware": _FILTER,
     "--health": _FILTER,
+    "--monitoring": _FILTER,
     "--model": _FILTER,
     "--plan": _FILTER,
     "--room": _FILTER,

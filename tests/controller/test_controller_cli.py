@@ -57,6 +57,37 @@ def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert "unknown time zone" in capsys.readouterr().err
 
 
+#: A Trio conference phone in the registry: a Poly product the agents do not poll.
+TRIO_REGISTRY = (
+    "serial,model,purchase_date,plan,contract_number,contract_start,contract_end,site,room,"
+    "host_serial\n"
+    "TRIO1,Poly Trio C60,2025-01-05,partner_poly_plus,PPP-T1,2025-01-10,2026-01-09,krk,"
+    "Sala Wawel,\n"
+)
+
+
+def test_devices_lists_an_unpolled_poly_product_by_its_monitoring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``devices --monitoring not_monitored`` on a store whose registry holds a Trio prints
+    it alone, its model as printed, with its site and room; ``--monitoring polled`` not."""
+    data = str(tmp_path / "data")
+    registry = tmp_path / "registry.csv"
+    registry.write_text(TRIO_REGISTRY, encoding="utf-8")
+    site_add = ["controller", "site", "add", "krk", "--name", "Kraków", "--timezone"]
+    assert main([*site_add, "Europe/Warsaw", "--data-dir", data]) == 0
+    assert main(["controller", "assets", "import", str(registry), "--data-dir", data]) == 0
+    capsys.readouterr()
+    devices = ["controller", "devices", "--data-dir", data, "--monitoring"]
+    assert main([*devices, "not_monitored"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("SERIAL") and len(lines) == 2, lines
+    assert lines[1].split()[0] == "TRIO1" and "Poly Trio C60" in lines[1]
+    assert "not_monitored" in lines[1] and lines[1].endswith("krk / Sala Wawel")
+    assert main([*devices, "polled"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == []
+
+
 async def test_commands_go_through_running_server(tmp_path: Path) -> None:
     """While serve runs, CLI commands change and read the live server's state safely."""
     data = tmp_path / "data"

@@ -484,6 +484,33 @@ async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
     await page.context.close()
 
 
+async def test_an_admin_opens_a_ticket_by_hand_on_a_device_page_after_a_refusal(
+    world: World,
+) -> None:
+    """In the browser: configuration help for the Partner POLY+ G7500 comes back refused,
+    naming the plan and HEZO+, with the text kept; asking for support instead on the same
+    form lands on the new ticket's page (late in the module: it adds a ticket)."""
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(f"{world.url}/devices/{G7500}")
+    await page.click("details.ticket-open summary")
+    await page.select_option("#ticket-open-form select[name=category]", "configuration")
+    await page.fill("#ticket-open-form input[name=summary]", "Zoom Rooms layout")
+    await page.fill("#ticket-open-form textarea[name=description]", "Two screens\nswapped")
+    await page.click("#ticket-open-form button[type=submit]")
+    await page.wait_for_load_state()
+    refusal = await page.locator("#ticket-refusal").inner_text()
+    assert "covered by Partner POLY+, which does not include help with configuration" in refusal
+    assert "Plans that include help with configuration: HEZO+." in refusal
+    assert await page.input_value("#ticket-open-form input[name=summary]") == "Zoom Rooms layout"
+    await screenshot(page, "ticket-open-refused")
+    await page.select_option("#ticket-open-form select[name=category]", "support")
+    await page.click("#ticket-open-form button[type=submit]")
+    await page.wait_for_load_state()
+    assert urlsplit(page.url).path.startswith("/tickets/PF-")
+    assert "Zoom Rooms layout" in await page.locator("main").inner_text()
+    await page.context.close()
+
+
 async def test_every_page_and_form_answers_in_words_after_all_of_the_above(world: World) -> None:
     """Last, once the tests above left a ticket acted on and a rollout paused: every page
     reachable from the overview and every form, as an admin in English and as a viewer in
