@@ -523,7 +523,7 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
     dated = ("ack", "accept", "shipped", "received", "returned", "close")
     for name, help_text in described.items():
         command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        command.add_argument("ticket_id", help="e.g. PF-1A2B3C4D5E")
+        command.add_argument("ticket_id", help="e.g. PF-K7Q2M-1A2B3C4D5E")
         if name == "fill":
             command.add_argument("--serial", help="the failed device's serial number")
             command.add_argument("--contract-number", help="the service contract number")

@@ -669,8 +669,23 @@ def _renewed(asset: Asset, contract: Contract) -> list[Contract]:
     return chain
 
 
-def ticket_id(subject: str, fault: str) -> str:
-    """Stable id of the one ticket of ``subject`` (serial or ``site:ID``) and ``fault``."""
+#: Letters of the installation id shown in each ticket id: enough for a person to tell two
+#: installations apart; the digest covers the whole id.
+INSTALLATION_PREFIX = 5
+
+
+def ticket_id(installation: str, subject: str, fault: str) -> str:
+    """Stable id of the one ticket of ``subject`` (serial or ``site:ID``) and ``fault`` in
+    ``installation`` (its random id): ``PF-<installation prefix>-<digest>``, so installations
+    never mint the same id and one installation always mints the same one."""
+    text = f"{installation}\x00{subject}\x00{fault}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10].upper()
+    return f"PF-{installation[:INSTALLATION_PREFIX].upper()}-{digest}"
+
+
+def legacy_ticket_id(subject: str, fault: str) -> str:
+    """The id a controller minted before ids named their installation (``PF-<digest>``):
+    tickets stored under it keep it, and are still found by it."""
     digest = hashlib.sha256(f"{subject}\x00{fault}".encode()).hexdigest()[:10].upper()
     return f"PF-{digest}"
 

@@ -49,6 +49,7 @@ from polyfleet.controller.domain.tickets import (
     deadline_name,
     eligibility_of,
     late_text,
+    legacy_ticket_id,
     render_escalation,
     render_ticket,
     service_refusal,
@@ -69,6 +70,7 @@ from polyfleet.controller.services.delivery import (
 )
 from polyfleet.controller.services.email import Attachment
 from polyfleet.controller.services.entitlement import Registry
+from polyfleet.controller.services.installation import Installation
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.settings.tickets import TicketSettings
 from polyfleet.controller.store.base import Doc, Store
@@ -339,6 +341,8 @@ class TicketService:
         self.bundle_dir = bundle_dir
         self.diagnostics = diagnostics
         self.clock = clock
+        #: Named in every ticket id this installation mints.
+        self.installation = Installation(store)
         self.detector = FaultDetector(settings.policy)
         self._restore_detector()
         self.worker = DeliveryWorker(
@@ -358,6 +362,18 @@ class TicketService:
         self._pruned_at: datetime | None = None
 
     # -- reading --------------------------------------------------------------------
+
+    def ticket_key(self, subject: str, fault: str) -> str:
+        """The id of the one ticket of ``subject`` and ``fault``: the one an older controller
+        minted, while a ticket (or a fault waiting out maintenance) is stored under it, else
+        this installation's own. Ids once minted are never rewritten: the desk knows them."""
+        legacy = legacy_ticket_id(subject, fault)
+        if (
+            self.store.get(TICKETS, legacy) is not None
+            or self.store.get(FAULTS_IN_MAINTENANCE, legacy) is not None
+        ):
+            return legacy
+        return ticket_id(self.installation.id(), subject, fault)
 
     def get(self, ticket: str) -> Ticket:
         doc = self.store.get(TICKETS, ticket)
@@ -616,7 +632,7 @@ class TicketService:
 
     def _update_ticket(self, serial: str) -> bool:
         """Whether the unit has an active ticket for a failed firmware update."""
-        doc = self.store.get(TICKETS, ticket_id(serial, UPDATE_FAILED))
+        doc = self.store.get(TICKETS, self.ticket_key(serial, UPDATE_FAILED))
         return doc is not None and doc.get("status") != TicketStatus.CLOSED.value
 
     async def release_after_maintenance(self, now: datetime | None = None) -> int:
@@ -665,7 +681,7 @@ class TicketService:
     async def _handle_one(
         self, event: FaultEvent, *, note: tuple[str, Mapping[str, str]] | None = None
     ) -> None:
-        key = ticket_id(event.subject, event.fault)
+        key = self.ticket_key(event.subject, event.fault)
         now = self.clock()
         async with self._lock:
             doc = self.store.get(TICKETS, key)
@@ -1256,7 +1272,8 @@ class TicketService:
         fault = CATEGORY_FAULT[category]
         subject = serial or f"site:{site}"
         # Any number of hand-opened tickets per unit: each one its own id.
-        key = ticket_id(subject, f"{fault}\x00{now.isoformat()}\x00{secrets.token_hex(4)}")
+        unique = f"{fault}\x00{now.isoformat()}\x00{secrets.token_hex(4)}"
+        key = ticket_id(self.installation.id(), subject, unique)
         ticket = Ticket(
             id=key,
             kind=kind,

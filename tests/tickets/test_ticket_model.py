@@ -22,6 +22,8 @@ from polyfleet.controller.domain.tickets import (
 )
 from polyfleet.controller.services.entitlement import load_plans
 
+#: An installation's random id, as ``services.installation`` makes them.
+INSTALLATION = "K7Q2MX4BZP3WNA6D"
 T0 = datetime(2025, 11, 28, 15, 30, tzinfo=UTC)  # Friday 16:30 in Warsaw
 REPORTER = {"name": "Anna Nowak", "phone": "+48 12 345 67 89", "email": "anna@example.pl"}
 ADDRESS = {"street": "ul. Floriańska 1", "postal_code": "31-019", "city": "Kraków", "country": "PL"}
@@ -29,7 +31,7 @@ ADDRESS = {"street": "ul. Floriańska 1", "postal_code": "31-019", "city": "Krak
 
 def make(**overrides: object) -> Ticket:
     fields: dict[str, object] = {
-        "id": ticket_id("X1", "camera_down"),
+        "id": ticket_id(INSTALLATION, "X1", "camera_down"),
         "kind": TicketKind.DEVICE,
         "fault": "camera_down",
         "status": TicketStatus.OPEN,
@@ -156,7 +158,7 @@ def test_recurrence_after_close_reopens_the_same_ticket() -> None:
     ticket.mark_sent(T0)
     ticket.transition("close", T0 + timedelta(days=1))
     ticket.reopen(T0 + timedelta(days=2), T0 + timedelta(days=2) - timedelta(minutes=5))
-    assert ticket.id == ticket_id("X1", "camera_down")
+    assert ticket.id == ticket_id(INSTALLATION, "X1", "camera_down")
     assert ticket.status is TicketStatus.OPEN
     assert ticket.reopen_count == 1 and ticket.sent_at is None and ticket.closed_at is None
 
@@ -274,7 +276,7 @@ def test_english_rendering_and_escalation() -> None:
 def test_site_ticket_needs_no_serial() -> None:
     """A site ticket (network or power) is complete without a serial or contract."""
     ticket = make(
-        id=ticket_id("site:krk", "agent_offline"),
+        id=ticket_id(INSTALLATION, "site:krk", "agent_offline"),
         kind=TicketKind.SITE,
         fault="agent_offline",
         serial=None,
