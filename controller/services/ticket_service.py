@@ -578,7 +578,12 @@ class TicketService:
         for key, why in skipped.items():
             log.warning("fault state of %s not restored (%s); detection starts afresh", key, why)
         if docs:
-            log.info("fault detection resumed for %d devices and sites", len(docs) - len(skipped))
+            # News for a server's log; an admin command detects nothing, and says nothing.
+            log.log(
+                logging.INFO if self.background else logging.DEBUG,
+                "fault detection resumed for %d devices and sites",
+                len(docs) - len(skipped),
+            )
 
     async def _save_detector(self) -> None:
         puts, deletes = self.detector.changes()
