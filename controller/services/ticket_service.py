@@ -1349,15 +1349,40 @@ class TicketService:
             await self.store.wait_durable(seq)
         return ticket
 
+    def on_its_way(self, key: str) -> bool:
+        """Whether the ticket is being sent: prepared now (its diagnostics collected), or its
+        messages wait in the outbox (retried by themselves); sending again adds nothing."""
+        if key in self._preparing:
+            return True
+        state, _ = self.delivery_state(key)
+        return state in ("pending", "retrying")
+
+    def send_refusal(self, ticket: Ticket) -> str | None:
+        """Why the ticket cannot be sent now, or None when ``resend`` would send it: it is
+        open and not on its way (never queued, or its messages were given up on)."""
+        if ticket.status is TicketStatus.NEEDS_DATA:
+            return f"ticket {ticket.id} is held: missing {', '.join(ticket.missing)}; fill it first"
+        if ticket.status is not TicketStatus.OPEN:
+            return f"ticket {ticket.id} is {ticket.status.value}: it was already sent"
+        if self.on_its_way(ticket.id):
+            return (
+                f"ticket {ticket.id} is being sent already: its messages are on their way "
+                "(polyfleet controller tickets deliveries shows them)"
+            )
+        return None
+
+    def next_steps(self, ticket: Ticket) -> list[str]:
+        """What an admin may do with the ticket now, as ``act_on_ticket`` takes it: ``send``
+        (``send_refusal``), then the lifecycle's next steps (``Ticket.allowed_actions``)."""
+        steps = ticket.allowed_actions()
+        return steps if self.send_refusal(ticket) is not None else ["send", *steps]
+
     async def resend(self, key: str) -> Ticket:
         """Send an open ticket now (e.g. after fixing the delivery settings)."""
         ticket = self.get(key)
-        if ticket.status is TicketStatus.NEEDS_DATA:
-            raise TicketError(
-                f"ticket {key} is held: missing {', '.join(ticket.missing)}; fill it first"
-            )
-        if ticket.status is not TicketStatus.OPEN:
-            raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")
+        refused = self.send_refusal(ticket)
+        if refused is not None:
+            raise TicketError(refused)
         # Deliveries given up on (e.g. a refused webhook, since fixed) may be tried again.
         given_up = [
             entry_id
