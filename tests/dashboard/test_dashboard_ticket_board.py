@@ -125,6 +125,9 @@ async def test_the_tickets_page_searches_filters_and_sorts_in_names(desk: Desk) 
     assert sorted(rows(page)) == sorted(ids.values())
     assert "Kraków" in page and "Gdańsk" in page and "Sala Wawel" in page
     assert len(re.findall(r'data-age="\d+"', page)) == 4
+    # What a held ticket lacks, in words.
+    assert "missing: reporter's name, reporter's phone" in unescape(page)
+    assert "contact_name" not in page
     # Names, not ids, in the site column.
     assert not re.search(r'data-label="Site">(krk|gdn)<', page)
     searches = {
@@ -183,6 +186,8 @@ async def test_a_ticket_offers_only_its_next_steps_and_the_api_refuses_the_rest(
         assert actions(page) == ["ack", "accept", "close"], name
         # The site by its name; the id stays in the heading, for typing in commands.
         assert "<dt>Site</dt><dd>Kraków" in page and f"<h1>{ids[name]}:" in page
+        # What went to the desk, in words.
+        assert "the ticket · webhook · <b>sent</b>" in page
         status, answer = await desk.api("POST", f"/api/v1/tickets/{ids[name]}/send")
         assert status == 409 and "already sent" in answer["error"]["message"]
         status, answer = await desk.api("POST", f"/api/v1/tickets/{ids[name]}/shipped")
