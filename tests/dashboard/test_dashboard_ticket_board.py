@@ -162,6 +162,11 @@ async def test_the_tickets_page_searches_filters_and_sorts_in_names(desk: Desk) 
         hx = unescape(re.search(r'hx-get="([^"]+)"', found).group(1))  # type: ignore[union-attr]
         assert hx == f"/tickets?{query}&sort=-age", "live updates keep every filter"
         assert '<input type="hidden" name="sort" value="-age">' in found
+    counted = await desk.page("/tickets?kind=site")
+    link = re.search(r'<a href="([^"]+)"><span class="urgency urgency-held">', counted)
+    assert link is not None and unescape(link.group(1)) == "/tickets?kind=site&urgency=held"
+    assert '<b data-metric="urgency-held">1</b>' in counted
+    assert '<b data-metric="urgency-waiting">1</b>' in counted
     by_site = rows(await desk.page("/tickets?sort=site"))
     assert by_site[0] == ids["held"], "Gdańsk before Kraków"
     assert rows(await desk.page("/tickets?sort=-site"))[-1] == ids["held"]
