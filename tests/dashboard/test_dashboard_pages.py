@@ -247,6 +247,11 @@ async def test_the_tickets_page_keeps_its_search_and_filters_and_sorts_by_age(
     query = parse_qs(urlsplit(page.url).query)
     assert query["sort"] == ["age"] and query["kind"] == ["device"] and query["q"] == [X50_FAULT]
     assert await page.locator("#tickets tbody tr [data-age]").count() == len(expected)
+    # An id is never broken at its hyphens: one line box each.
+    lines = await page.locator("#tickets a.ticket-id").evaluate_all(
+        "links => links.map(link => link.getClientRects().length)"
+    )
+    assert lines == [1] * len(expected)
     await screenshot(page, "tickets-filtered")
     await page.context.close()
 
