@@ -73,10 +73,7 @@ async def test_two_fresh_installations_give_the_same_fault_different_ids(
     assert ids[0] != ids[1]
     mails = [m.message for m in smtp_peer.received]
     assert [m["X-Polyfleet-Ticket"] for m in mails] == ids
-    assert [m["Subject"].startswith(f"[{key}]") for m, key in zip(mails, ids, strict=True)] == [
-        True,
-        True,
-    ]
+    assert [m["Subject"].split()[0] for m in mails] == [f"[{key}]" for key in ids]
     store = await new_store(tmp_path / "third")
     service, key = await camera_ticket(store, tmp_path / "third-bundles", None, webhook_peer)
     assert [p["ticket"]["id"] for p in webhook_peer.received] == [key]
