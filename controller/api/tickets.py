@@ -235,8 +235,9 @@ async def fill_ticket(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="Move a ticket along its lifecycle (ack, accept, shipped, received, returned, "
-    "close) or send an open one; the body may date the step (at)",
+    summary="Move a ticket to a next step of its lifecycle (ack, accept, shipped, received, "
+    "returned, close: those its status and kind allow, else 409 saying why) or send an open "
+    "one; the body may date the step (at)",
     roles=ADMINS,
     request=TicketActionBody,
     response=TicketDetail,

@@ -511,11 +511,11 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
         "show": "one ticket with its notes, SLA and deliveries",
         "ack": "the desk contacted us (stops the reaction clock)",
         "accept": "the desk accepted the ticket as valid (starts the delivery clock)",
-        "shipped": "the replacement is on its way",
-        "received": "the replacement arrived (starts the return clock)",
-        "returned": "the failed unit was sent back",
+        "shipped": "the replacement is on its way (a unit's fault, once accepted)",
+        "received": "the replacement arrived (starts the return clock; once accepted)",
+        "returned": "the failed unit was sent back (once the replacement arrived)",
         "close": "the ticket is done",
-        "send": "send an open ticket now",
+        "send": "send an open ticket now (not while its messages are on their way)",
         "fill": "fill in what a held ticket lacks: serial, contract number, the reporter's "
         "contact, the delivery address (what is missing is asked for when no flag is given); "
         "then it is sent",
@@ -523,7 +523,7 @@ def _register_tickets(commands: argparse._SubParsersAction[Any]) -> None:
     dated = ("ack", "accept", "shipped", "received", "returned", "close")
     for name, help_text in described.items():
         command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        command.add_argument("ticket_id", help="e.g. PF-1A2B3C4D5E")
+        command.add_argument("ticket_id", help="e.g. PF-K7Q2M-1A2B3C4D5E")
         if name == "fill":
             command.add_argument("--serial", help="the failed device's serial number")
             command.add_argument("--contract-number", help="the service contract number")

@@ -152,12 +152,34 @@ _STAMPS: dict[TicketStatus, str] = {
 #: How an action's moment is named in messages.
 ACTION_NAMES: dict[TicketStatus, str] = dict(_STAMPS)
 
-#: Lifecycle order; an admin action may move a ticket forward (skipping steps), never back.
+#: Lifecycle order; an admin action moves a ticket forward, never back.
 _ORDER = list(TicketStatus)
 #: Statuses in which the desk has the ticket (it has been sent).
 DELIVERED = frozenset(_ORDER[_ORDER.index(TicketStatus.SENT) :]) - {TicketStatus.CLOSED}
 #: Statuses in which the ticket is still being worked on.
 ACTIVE = frozenset(_ORDER) - {TicketStatus.CLOSED}
+
+#: The statuses each admin action is a next step from: the one before it, or a step the desk
+#: may leave unsaid (accepting implies acknowledging; a replacement may arrive unannounced).
+#: The delivery clock starts at acceptance and the return clock at the replacement's arrival
+#: (W3, W6), so no step may jump over those. Closing is a step from every active status (a
+#: false alarm is closed before it is sent).
+STEP_FROM: Mapping[str, frozenset[TicketStatus]] = {
+    "ack": frozenset({TicketStatus.SENT}),
+    "accept": frozenset({TicketStatus.SENT, TicketStatus.ACKNOWLEDGED}),
+    "shipped": frozenset({TicketStatus.ACCEPTED}),
+    "received": frozenset({TicketStatus.ACCEPTED, TicketStatus.REPLACEMENT_SHIPPED}),
+    "returned": frozenset({TicketStatus.REPLACEMENT_RECEIVED}),
+    "close": ACTIVE,
+}
+#: The steps of a replacement unit: only a unit's hardware fault has one (a site's outage, a
+#: support or configuration request has no unit to replace).
+REPLACEMENT_STEPS = frozenset({"shipped", "received", "returned"})
+#: What a ticket without a replacement asks for, as a refusal names it.
+_NO_REPLACEMENT = {
+    TicketCategory.SUPPORT: "a support request",
+    TicketCategory.CONFIGURATION: "a configuration request",
+}
 
 
 @dataclass(frozen=True)
@@ -474,29 +496,46 @@ class Ticket(BaseModel):
             self.status = TicketStatus.SENT
             self.sent_at = at
 
+    @property
+    def replaceable(self) -> bool:
+        """Whether the ticket is about a unit's hardware, which the desk may replace."""
+        return self.kind is TicketKind.DEVICE and self.category in (None, TicketCategory.FAULT)
+
     def refusal(self, action: str) -> str | None:
-        """Why ``action`` (one of ``ACTIONS``) is not allowed now, or None when it is."""
+        """Why ``action`` (one of ``ACTIONS``) is not a next step now, or None when it is:
+        the one table ``STEP_FROM`` and the ticket's kind decide, for every face."""
         target = ACTIONS.get(action)
         if target is None:
             return f"action {action!r} is unknown; use one of {', '.join(ACTIONS)}"
         if self.status is TicketStatus.CLOSED:
             return f"ticket {self.id} is closed; it reopens by itself if the fault comes back"
-        # Closing is always allowed (a false alarm is closed before it is sent).
-        if target is not TicketStatus.CLOSED:
-            if self.status not in DELIVERED:
+        if self.status in STEP_FROM[action]:
+            if action in REPLACEMENT_STEPS and not self.replaceable:
+                what = (
+                    "a site-wide fault"
+                    if self.kind is TicketKind.SITE
+                    else _NO_REPLACEMENT.get(self.category or TicketCategory.FAULT, "")
+                )
                 return (
-                    f"ticket {self.id} is {self.status.value}: it must be sent before it can be "
+                    f"ticket {self.id} is {what}: there is no unit to replace, so it cannot be "
                     f"{target.value}"
-                    + (f" (missing: {', '.join(self.missing)})" if self.missing else "")
                 )
-            if _ORDER.index(target) <= _ORDER.index(self.status):
-                return (
-                    f"ticket {self.id} is already {self.status.value}; {action} would move it back"
-                )
-        return None
+            return None
+        if self.status not in DELIVERED:
+            return (
+                f"ticket {self.id} is {self.status.value}: it must be sent before it can be "
+                f"{target.value}"
+                + (f" (missing: {', '.join(self.missing)})" if self.missing else "")
+            )
+        if _ORDER.index(target) <= _ORDER.index(self.status):
+            return f"ticket {self.id} is already {self.status.value}; {action} would move it back"
+        after = " or ".join(status.value for status in _ORDER if status in STEP_FROM[action])
+        return (
+            f"ticket {self.id} is {self.status.value}: it can be {target.value} only once {after}"
+        )
 
     def allowed_actions(self) -> list[str]:
-        """The admin actions ``transition`` accepts now, in lifecycle order."""
+        """The admin actions ``transition`` accepts now: the next steps, in lifecycle order."""
         return [action for action in ACTIONS if self.refusal(action) is None]
 
     def transition(self, action: str, at: datetime) -> None:
@@ -687,8 +726,23 @@ def _renewed(asset: Asset, contract: Contract) -> list[Contract]:
     return chain
 
 
-def ticket_id(subject: str, fault: str) -> str:
-    """Stable id of the one ticket of ``subject`` (serial or ``site:ID``) and ``fault``."""
+#: Letters of the installation id shown in each ticket id: enough for a person to tell two
+#: installations apart; the digest covers the whole id.
+INSTALLATION_PREFIX = 5
+
+
+def ticket_id(installation: str, subject: str, fault: str) -> str:
+    """Stable id of the one ticket of ``subject`` (serial or ``site:ID``) and ``fault`` in
+    ``installation`` (its random id): ``PF-<installation prefix>-<digest>``, so installations
+    never mint the same id and one installation always mints the same one."""
+    text = f"{installation}\x00{subject}\x00{fault}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10].upper()
+    return f"PF-{installation[:INSTALLATION_PREFIX].upper()}-{digest}"
+
+
+def legacy_ticket_id(subject: str, fault: str) -> str:
+    """The id a controller minted before ids named their installation (``PF-<digest>``):
+    tickets stored under it keep it, and are still found by it."""
     digest = hashlib.sha256(f"{subject}\x00{fault}".encode()).hexdigest()[:10].upper()
     return f"PF-{digest}"
 

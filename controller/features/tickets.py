@@ -19,17 +19,21 @@ from polyfleet.controller.domain.contacts import (
     checked_address_field,
     checked_contact_field,
 )
+from polyfleet.controller.domain.language import LANGUAGES
 from polyfleet.controller.domain.tickets import (
     ACTIONS,
     ACTIVE,
     Ticket,
     TicketCategory,
+    TicketKind,
     TicketStatus,
+    fault_text,
+    model_name,
 )
-from polyfleet.controller.errors import BadRequest, Invalid, NotFound
+from polyfleet.controller.errors import BadRequest, Invalid, InvalidInput, NotFound
 from polyfleet.controller.features.caller import Caller, Permission, record
 from polyfleet.controller.services.audit import AuditAction
-from polyfleet.controller.services.overview import ticket_urgency, urgent_tickets
+from polyfleet.controller.services.overview import URGENCIES, ticket_urgency
 from polyfleet.controller.services.ticket_service import TicketService
 from polyfleet.controller.store.base import Doc
 
@@ -123,23 +127,164 @@ def ticket_bundle(core: Controller, caller: Caller, ticket_id: str) -> BundleFil
     )
 
 
+#: How the tickets page sorts: most urgent first, by when opened (newest first), by age
+#: (oldest first) or by site name; ``-`` first turns the order round.
+BOARD_SORTS = ("urgency", "opened", "age", "site")
+#: What a ticket is about (``TicketKind``).
+KINDS = tuple(kind.value for kind in TicketKind)
+#: How urgent an active ticket is (``services.overview``), as the page filters by it.
+URGENCY_LEVELS: tuple[str, ...] = URGENCIES
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoardQuery:
+    """What the tickets page asks for; each field is a query parameter of the same name."""
+
+    #: Words that must all appear in the id, summary, fault, device, room or site.
+    q: str = ""
+    status: str | None = None
+    site: str | None = None
+    kind: str | None = None
+    urgency: str | None = None
+    sort: str = BOARD_SORTS[0]
+    descending: bool = False
+
+    @property
+    def sort_param(self) -> str:
+        return ("-" if self.descending else "") + self.sort
+
+    @classmethod
+    def parse(cls, values: Mapping[str, str]) -> BoardQuery:
+        """From query strings; ``InvalidInput`` names the bad parameter and what it takes."""
+        chosen: dict[str, str | None] = {}
+        for name, allowed in (("status", STATUSES), ("kind", KINDS), ("urgency", URGENCY_LEVELS)):
+            value = values.get(name) or None
+            if value is not None and value not in allowed:
+                raise InvalidInput(name, f"{name} must be one of {', '.join(allowed)}")
+            chosen[name] = value
+        sort_text = values.get("sort") or BOARD_SORTS[0]
+        sort = sort_text.removeprefix("-")
+        if sort not in BOARD_SORTS:
+            sorts = ", ".join(BOARD_SORTS)
+            raise InvalidInput("sort", f"sort must be one of {sorts} (- first: descending)")
+        return cls(
+            q=" ".join((values.get("q") or "").split()),
+            site=values.get("site") or None,
+            sort=sort,
+            descending=sort_text.startswith("-"),
+            **chosen,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoardRow:
+    """One ticket as the tickets page lists it."""
+
+    ticket: Ticket
+    #: Its site's name (its id when the site is gone), and how long it has been open.
+    site_name: str
+    age_s: int
+    #: ``ticket_urgency`` while active ("" once closed) and its running SLA clock.
+    urgency: str
+    clock: Doc | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class TicketBoard:
-    """The tickets page: active tickets by urgency (``urgent_tickets``), recently closed ones."""
+    """The tickets page: active tickets and those closed within ``RECENT``, as asked for,
+    with the active ones counted by urgency (before the urgency filter)."""
 
-    active: Doc
-    closed: list[Ticket]
+    active: list[BoardRow]
+    closed: list[BoardRow]
+    counts: dict[str, int]
 
 
-def ticket_board(core: Controller, caller: Caller, *, site: str | None = None) -> TicketBoard:
-    """Active tickets (of ``site``), most urgent first, and those closed within ``RECENT``."""
+def _words(ticket: Ticket, site_name: str) -> str:
+    """What the search looks in, lower case: fault texts in every language, so an admin finds
+    a ticket by the words the page shows them."""
+    parts = [
+        ticket.id,
+        ticket.summary or "",
+        ticket.fault,
+        ticket.fault_detail,
+        *(fault_text(ticket.fault, language) for language in LANGUAGES),
+        ticket.serial or "",
+        ticket.model or "",
+        model_name(ticket.model) if ticket.model else "",
+        ticket.room or "",
+        ticket.site or "",
+        site_name,
+        *ticket.affected_serials,
+    ]
+    return "\n".join(parts).casefold()
+
+
+def _order(query: BoardQuery, row: BoardRow) -> tuple[Any, ...]:
+    """The sort key of ``row`` (ascending); the id settles ties."""
+    ticket = row.ticket
+    if query.sort == "opened":
+        return (-ticket.opened_at.timestamp(), ticket.id)
+    if query.sort == "age":
+        # By the moment itself: tickets opened within one second still have an order.
+        return (ticket.opened_at.timestamp(), ticket.id)
+    if query.sort == "site":
+        return (row.site_name.casefold(), _urgent_first(row), ticket.id)
+    return (*_urgent_first(row), ticket.id)
+
+
+def _urgent_first(row: BoardRow) -> tuple[int, float]:
+    """Most urgent first (overdue the longest first); closed ones last, latest closed first."""
+    if not row.urgency:
+        closed = row.ticket.closed_at
+        return (len(URGENCIES), -closed.timestamp() if closed is not None else 0.0)
+    left = row.clock["seconds_left"] if row.clock is not None else float("inf")
+    return (URGENCIES.index(row.urgency), float(left))
+
+
+def ticket_board(core: Controller, caller: Caller, query: BoardQuery | None = None) -> TicketBoard:
+    """Active tickets and those closed within ``RECENT`` that match ``query``, in its order."""
     caller.require(Permission.READ)
+    query = query or BoardQuery()
     service = _service(core)
     now = core.clock()
-    return TicketBoard(
-        active=urgent_tickets(service.active_tickets(site=site), now),
-        closed=service.closed_since(now - RECENT, site=site),
-    )
+    sites = core.inventory.sites()
+    names = {str(site["id"]): str(site.get("name") or site["id"]) for site in sites}
+    words = query.q.casefold().split()
+    wanted_statuses = None if query.status is None else {query.status}
+
+    def rows(tickets: list[Ticket]) -> list[BoardRow]:
+        found = []
+        for ticket in tickets:
+            if wanted_statuses is not None and ticket.status.value not in wanted_statuses:
+                continue
+            if query.kind is not None and ticket.kind.value != query.kind:
+                continue
+            site_name = names.get(ticket.site or "", ticket.site_name or ticket.site or "")
+            if words and not all(word in _words(ticket, site_name) for word in words):
+                continue
+            urgency, clock = ("", None)
+            if ticket.status in ACTIVE:
+                urgency, clock = ticket_urgency(ticket, now)
+            age = int((now - ticket.opened_at).total_seconds())
+            found.append(
+                BoardRow(
+                    ticket=ticket, site_name=site_name, age_s=age, urgency=urgency, clock=clock
+                )
+            )
+        return found
+
+    active = rows(service.active_tickets(site=query.site))
+    counts = {urgency: 0 for urgency in URGENCIES}
+    for row in active:
+        counts[row.urgency] += 1
+    closed = rows(service.closed_since(now - RECENT, site=query.site))
+    if query.urgency is not None:
+        active = [row for row in active if row.urgency == query.urgency]
+        # A closed ticket has no urgency.
+        closed = []
+    for found in (active, closed):
+        found.sort(key=lambda row: _order(query, row), reverse=query.descending)
+    return TicketBoard(active=active, closed=closed, counts=counts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,8 +297,8 @@ class TicketView:
     #: SLA clock.
     urgency: str
     clock: Doc | None
-    #: What the caller may do with it now (none for a caller who may only look): ``send``
-    #: while it is open, then the lifecycle steps its status allows.
+    #: What the caller may do with it now (none for a caller who may only look): the next
+    #: steps for its status and kind, as the service takes them (``next_steps``).
     actions: list[str]
 
 
@@ -161,11 +306,7 @@ def ticket_view(core: Controller, caller: Caller, ticket_id: str) -> TicketView:
     caller.require(Permission.READ)
     service = _service(core)
     ticket = service.get(ticket_id)
-    actions: list[str] = []
-    if caller.may(Permission.OPERATE):
-        actions = ticket.allowed_actions()
-        if ticket.status is TicketStatus.OPEN:
-            actions = ["send", *actions]
+    actions = service.next_steps(ticket) if caller.may(Permission.OPERATE) else []
     urgency: str = ""
     clock: Doc | None = None
     if ticket.status in ACTIVE:

@@ -50,6 +50,7 @@ from polyfleet.controller.domain.tickets import (
     deadline_name,
     eligibility_of,
     late_text,
+    legacy_ticket_id,
     render_escalation,
     render_ticket,
     service_refusal,
@@ -70,6 +71,7 @@ from polyfleet.controller.services.delivery import (
 )
 from polyfleet.controller.services.email import Attachment
 from polyfleet.controller.services.entitlement import Registry
+from polyfleet.controller.services.installation import Installation
 from polyfleet.controller.services.inventory import Inventory
 from polyfleet.controller.settings.tickets import TicketSettings
 from polyfleet.controller.store.base import Doc, Store
@@ -340,6 +342,8 @@ class TicketService:
         self.bundle_dir = bundle_dir
         self.diagnostics = diagnostics
         self.clock = clock
+        #: Named in every ticket id this installation mints.
+        self.installation = Installation(store)
         self.detector = FaultDetector(settings.policy)
         self._restore_detector()
         self.worker = DeliveryWorker(
@@ -359,6 +363,18 @@ class TicketService:
         self._pruned_at: datetime | None = None
 
     # -- reading --------------------------------------------------------------------
+
+    def ticket_key(self, subject: str, fault: str) -> str:
+        """The id of the one ticket of ``subject`` and ``fault``: the one an older controller
+        minted, while a ticket (or a fault waiting out maintenance) is stored under it, else
+        this installation's own. Ids once minted are never rewritten: the desk knows them."""
+        legacy = legacy_ticket_id(subject, fault)
+        if (
+            self.store.get(TICKETS, legacy) is not None
+            or self.store.get(FAULTS_IN_MAINTENANCE, legacy) is not None
+        ):
+            return legacy
+        return ticket_id(self.installation.id(), subject, fault)
 
     def get(self, ticket: str) -> Ticket:
         doc = self.store.get(TICKETS, ticket)
@@ -563,7 +579,12 @@ class TicketService:
         for key, why in skipped.items():
             log.warning("fault state of %s not restored (%s); detection starts afresh", key, why)
         if docs:
-            log.info("fault detection resumed for %d devices and sites", len(docs) - len(skipped))
+            # News for a server's log; an admin command detects nothing, and says nothing.
+            log.log(
+                logging.INFO if self.background else logging.DEBUG,
+                "fault detection resumed for %d devices and sites",
+                len(docs) - len(skipped),
+            )
 
     async def _save_detector(self) -> None:
         puts, deletes = self.detector.changes()
@@ -617,7 +638,7 @@ class TicketService:
 
     def _update_ticket(self, serial: str) -> bool:
         """Whether the unit has an active ticket for a failed firmware update."""
-        doc = self.store.get(TICKETS, ticket_id(serial, UPDATE_FAILED))
+        doc = self.store.get(TICKETS, self.ticket_key(serial, UPDATE_FAILED))
         return doc is not None and doc.get("status") != TicketStatus.CLOSED.value
 
     async def release_after_maintenance(self, now: datetime | None = None) -> int:
@@ -666,7 +687,7 @@ class TicketService:
     async def _handle_one(
         self, event: FaultEvent, *, note: tuple[str, Mapping[str, str]] | None = None
     ) -> None:
-        key = ticket_id(event.subject, event.fault)
+        key = self.ticket_key(event.subject, event.fault)
         now = self.clock()
         async with self._lock:
             doc = self.store.get(TICKETS, key)
@@ -1259,7 +1280,8 @@ class TicketService:
         fault = CATEGORY_FAULT[category]
         subject = serial or f"site:{site}"
         # Any number of hand-opened tickets per unit: each one its own id.
-        key = ticket_id(subject, f"{fault}\x00{now.isoformat()}\x00{secrets.token_hex(4)}")
+        unique = f"{fault}\x00{now.isoformat()}\x00{secrets.token_hex(4)}"
+        key = ticket_id(self.installation.id(), subject, unique)
         ticket = Ticket(
             id=key,
             kind=kind,
@@ -1330,15 +1352,40 @@ class TicketService:
             await self.store.wait_durable(seq)
         return ticket
 
+    def on_its_way(self, key: str) -> bool:
+        """Whether the ticket is being sent: prepared now (its diagnostics collected), or its
+        messages wait in the outbox (retried by themselves); sending again adds nothing."""
+        if key in self._preparing:
+            return True
+        state, _ = self.delivery_state(key)
+        return state in ("pending", "retrying")
+
+    def send_refusal(self, ticket: Ticket) -> str | None:
+        """Why the ticket cannot be sent now, or None when ``resend`` would send it: it is
+        open and not on its way (never queued, or its messages were given up on)."""
+        if ticket.status is TicketStatus.NEEDS_DATA:
+            return f"ticket {ticket.id} is held: missing {', '.join(ticket.missing)}; fill it first"
+        if ticket.status is not TicketStatus.OPEN:
+            return f"ticket {ticket.id} is {ticket.status.value}: it was already sent"
+        if self.on_its_way(ticket.id):
+            return (
+                f"ticket {ticket.id} is being sent already: its messages are on their way "
+                "(polyfleet controller tickets deliveries shows them)"
+            )
+        return None
+
+    def next_steps(self, ticket: Ticket) -> list[str]:
+        """What an admin may do with the ticket now, as ``act_on_ticket`` takes it: ``send``
+        (``send_refusal``), then the lifecycle's next steps (``Ticket.allowed_actions``)."""
+        steps = ticket.allowed_actions()
+        return steps if self.send_refusal(ticket) is not None else ["send", *steps]
+
     async def resend(self, key: str) -> Ticket:
         """Send an open ticket now (e.g. after fixing the delivery settings)."""
         ticket = self.get(key)
-        if ticket.status is TicketStatus.NEEDS_DATA:
-            raise TicketError(
-                f"ticket {key} is held: missing {', '.join(ticket.missing)}; fill it first"
-            )
-        if ticket.status is not TicketStatus.OPEN:
-            raise TicketError(f"ticket {key} is {ticket.status.value}: it was already sent")
+        refused = self.send_refusal(ticket)
+        if refused is not None:
+            raise TicketError(refused)
         # Deliveries given up on (e.g. a refused webhook, since fixed) may be tried again.
         given_up = [
             entry_id

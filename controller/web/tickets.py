@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from polyfleet.controller.domain.tickets import note_text
-from polyfleet.controller.errors import Conflict, Invalid
+from polyfleet.controller.errors import Conflict, Invalid, InvalidInput
 from polyfleet.controller.features import sites, tickets
 from polyfleet.controller.http.files import download
 from polyfleet.controller.http.spec import ADMINS
@@ -23,11 +23,17 @@ from polyfleet.controller.web.security import (
 CONFIRMED = frozenset({"close"})
 
 
-@page("Tickets: open ones by urgency with their SLA clocks, and recently closed ones")
+@page("Tickets: searched, filtered and sorted, each with its age and SLA clock")
 async def tickets_page(request: web.Request) -> web.Response:
     core, caller = request.app[CORE], dashboard_caller(request)
-    site = request.query.get("site") or None
-    board = tickets.ticket_board(core, caller, site=site)
+    error: str | None = None
+    query = tickets.BoardQuery()
+    try:
+        query = tickets.BoardQuery.parse(request.query)
+    except InvalidInput as exc:
+        # The list stays, unfiltered, with the parameter that cannot be read named above it.
+        error = translator(request).gettext("{field}: {problem}", field=exc.field, problem=str(exc))
+    board = tickets.ticket_board(core, caller, query)
     found = sites.list_sites(core, caller)
     return render(
         request,
@@ -35,10 +41,13 @@ async def tickets_page(request: web.Request) -> web.Response:
         {
             "nav": "tickets",
             "live": True,
-            "active": board.active,
-            "closed": board.closed,
+            "error": error,
+            "board": board,
+            "query": query,
+            "statuses": tickets.STATUSES,
+            "kinds": tickets.KINDS,
+            "urgencies": tickets.URGENCY_LEVELS,
             "sites": found,
-            "site": site,
             "zones": site_zones(request, found),
         },
     )
@@ -56,8 +65,11 @@ def _ticket_page(
     view = tickets.ticket_view(core, caller, key)
     ticket = view.ticket
     t = translator(request)
-    zones = site_zones(request, sites.list_sites(core, caller))
+    found = sites.list_sites(core, caller)
+    zones = site_zones(request, found)
     zone = zones.get(ticket.site or "", request.app[CORE].web.timezone)
+    # The site's name as it is now (a ticket keeps the one it was filed with, if any).
+    names = {str(site["id"]): str(site.get("name") or site["id"]) for site in found}
     return render(
         request,
         "ticket.html",
@@ -65,6 +77,7 @@ def _ticket_page(
             "nav": "tickets",
             **button_state(request, error=error, confirm=confirm),
             "tk": ticket,
+            "site_name": names.get(ticket.site or "", ticket.site_name or ticket.site),
             "sla": ticket.sla(),
             "urgency": view.urgency,
             "clock": view.clock,

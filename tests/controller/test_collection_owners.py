@@ -54,6 +54,7 @@ OWNERS = {
     "audit_mark": "services.audit",
     "web_sessions": "services.web_sessions",
     "web_signin_links": "services.web_sessions",
+    "meta": "services.installation",
 }
 #: Modules that may read and write every collection, and why.
 EVERY_COLLECTION = {

@@ -217,6 +217,46 @@ async def test_a_viewer_sees_no_action_and_a_forged_one_is_refused(world: World)
     await page.context.close()
 
 
+async def test_the_tickets_page_keeps_its_search_and_filters_and_sorts_by_age(
+    world: World,
+) -> None:
+    """Searching a serial and choosing a kind puts both in the address and keeps them in the
+    form across a live update; the Age heading then sorts, keeping them."""
+    tickets = (await world.api("/api/v1/tickets"))["tickets"]
+    expected = {
+        t["id"]
+        for t in tickets
+        if t["serial"] == X50_FAULT and t["kind"] == "device" and t["status"] != "closed"
+    }
+    assert expected
+    page = await world.new_page(token=world.controller.admin_token)
+    await page.goto(world.url + "/tickets")
+    await page.fill("#ticket-filters input[name=q]", X50_FAULT)
+    await page.select_option("#ticket-filters select[name=kind]", "device")
+    await page.click("#ticket-filters button[type=submit]")
+    await page.wait_for_load_state()
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["q"] == [X50_FAULT] and query["kind"] == ["device"]
+    rows = page.locator("#tickets tbody tr")
+    assert set(await rows.evaluate_all("rows => rows.map(row => row.dataset.ticket)")) == expected
+    await page.evaluate("document.getElementById('live').dataset.old = 'yes'")
+    await expect(page.locator("#live[data-old]")).to_have_count(0, timeout=20_000)
+    assert await page.locator("#ticket-filters input[name=q]").input_value() == X50_FAULT
+    assert await page.locator("#ticket-filters select[name=kind]").input_value() == "device"
+    await page.click("#tickets thead >> text=Age")
+    await page.wait_for_load_state()
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["sort"] == ["age"] and query["kind"] == ["device"] and query["q"] == [X50_FAULT]
+    assert await page.locator("#tickets tbody tr [data-age]").count() == len(expected)
+    # An id is never broken at its hyphens: one line box each.
+    lines = await page.locator("#tickets a.ticket-id").evaluate_all(
+        "links => links.map(link => link.getClientRects().length)"
+    )
+    assert lines == [1] * len(expected)
+    await screenshot(page, "tickets-filtered")
+    await page.context.close()
+
+
 async def test_an_admin_plans_starts_and_pauses_a_rollout(world: World) -> None:
     """Plan from the form (previewed, confirmed), start it, then pause it without JavaScript:
     the server asks for the confirmation itself."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import subprocess
@@ -10,11 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cli_testkit import Run, closed_port, run, run_all
+from testkit.reports import report_as_new_agent, typed_snapshot
 
 from polyfleet.cli import build_parser
+from polyfleet.controller.testing import running_controller
 from polyfleet.shared.process import polyfleet_argv
+from polyfleet.shared.schema import Provider
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_ASSETS = ROOT / "deploy" / "examples" / "assets-demo.csv"
@@ -54,13 +59,64 @@ def store_with_a_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
+async def _one_of_each(data: Path) -> dict[tuple[str, ...], str]:
+    """A device, a ticket and a planned rollout stored in ``data``, by a real controller;
+    what each show command is given to show."""
+    async with running_controller(data) as controller:
+        snapshot = typed_snapshot("K1", version="4.1.0_00", build="180034", provider=Provider.POLY)
+        await report_as_new_agent(controller, "krk", snapshot)
+        headers = {"Authorization": f"Bearer {controller.admin_token}"}
+        made = []
+        async with aiohttp.ClientSession(headers=headers) as http:
+            for path, body in (
+                ("/api/v1/tickets", {"site": "krk", "category": "fault", "summary": "switch"}),
+                ("/api/v1/rollouts", {"target": "4.2.2-408037", "name": "pipe"}),
+            ):
+                async with http.post(controller.url + path, json=body) as response:
+                    assert response.status == 201, await response.text()
+                    made.append(str((await response.json())["id"]))
+    ticket, rollout = made
+    return {
+        ("tickets", "show"): ticket,
+        ("rollout", "show"): rollout,
+        ("rollout", "status"): rollout,
+    }
+
+
+@pytest.fixture(scope="module")
+def store_with_one_of_each(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[tuple[str, ...], str]]:
+    """A controller data directory holding a site, a device, a ticket and a rollout, and the
+    id each show command takes; the tests only read it."""
+    data = tmp_path_factory.mktemp("cli-full") / "data"
+    return data, asyncio.run(_one_of_each(data))
+
+
+def _controller_commands(named: set[str]) -> set[tuple[str, ...]]:
+    """The controller's commands whose last word is in ``named``, read from the parser."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, (*path, name))
+                return
+        if path and path[-1] in named:
+            found.add(path)
+
+    walk(build_parser(["controller"]), ())
+    return {path[1:] for path in found if path[0] == "controller"}
+
+
 def test_piping_into_head_printed_a_broken_pipe_traceback(
-    store_with_a_site: Path, tmp_path: Path
+    store_with_one_of_each: tuple[Path, dict[tuple[str, ...], str]], tmp_path: Path
 ) -> None:
     """Output into a reader that went away ends quietly with status 141, text or JSON: every
-    list command of the controller, over a store that holds something to list."""
-    data = str(store_with_a_site)
-    stored = ["--data-dir", data]
+    list and show command of the controller, over a store that holds something of each."""
+    data, shown = store_with_one_of_each
+    stored = ["--data-dir", str(data)]
     listings = [
         ["site", "list", *stored],
         ["token", "list", *stored],
@@ -69,6 +125,7 @@ def test_piping_into_head_printed_a_broken_pipe_traceback(
         ["devices", "export", "--csv", *stored],
         ["audit", *stored],
         ["tickets", "list", *stored],
+        ["tickets", "deliveries", *stored],
         ["maintenance", "list", *stored],
         ["rollout", "list", *stored],
         ["releases", "list"],
@@ -76,7 +133,17 @@ def test_piping_into_head_printed_a_broken_pipe_traceback(
         ["entitlement", "check", "--assets", str(DEMO_ASSETS)],
         ["entitlement", "forecast", "--assets", str(DEMO_ASSETS)],
     ]
-    every = [*listings, ["entitlement", "check", "--assets", str(DEMO_ASSETS), "--json"]]
+    # Every list and show command the parser has is run: a new one needs its line here.
+    listed = {tuple(a[: a.index("--data-dir")] if "--data-dir" in a else a) for a in listings}
+    assert _controller_commands({"list"}) <= listed
+    assert set(shown) == _controller_commands({"show", "status"})
+    shows = [[*command, key, *stored] for command, key in sorted(shown.items())]
+    every = [
+        *listings,
+        *shows,
+        ["entitlement", "check", "--assets", str(DEMO_ASSETS), "--json"],
+        *([*show, "--json"] for show in shows),
+    ]
     # Some at a time, as run_all does: each waits on its own process.
     with ThreadPoolExecutor(max_workers=4) as pool:
         ended = list(

@@ -20,7 +20,6 @@ from tickets.conftest import (  # noqa: F401  (fixtures: real SMTP and webhook p
     webhook_peer,
 )
 
-from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.services.ticket_service import TICKETS
 from polyfleet.controller.store.tinydb import TinyDBStore
 
@@ -94,7 +93,9 @@ class Desk:
         ]
         answer = await post_batch(self.http, self.controller.url, self.agent_token, batch(*reports))
         assert answer.status == 200, answer.body
-        return ticket_id(serial, "camera_down")
+        listed = (await self.get("/api/v1/tickets"))["tickets"]
+        (key,) = [t["id"] for t in listed if (t["serial"], t["fault"]) == (serial, "camera_down")]
+        return str(key)
 
     async def get(self, path: str) -> Any:
         async with self.http.get(self.controller.url + path, headers=self.admin) as response:

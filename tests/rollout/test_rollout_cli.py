@@ -21,7 +21,6 @@ from testkit.processes import controller_cli, in_process, start_controller, wait
 from testkit.reports import report_as_new_agent, typed_snapshot
 
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
-from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.testing import running_controller
 from polyfleet.shared.schema import Provider
 
@@ -382,7 +381,8 @@ async def test_rollout_commands_on_a_postgresql_store(tmp_path: Path, postgres_u
         origins = {e["target"]: e["origin"]["via"] for e in json.loads(logged)["entries"]}
         assert origins[f"rollout:{planned['id']}"] == "control_socket"
         _, tickets, _ = await controller_cli("tickets", "list", "--json", *where)
-        assert [t["id"] for t in json.loads(tickets)["tickets"]] == [ticket_id("K9", "camera_down")]
+        filed = [(t["serial"], t["fault"]) for t in json.loads(tickets)["tickets"]]
+        assert filed == [("K9", "camera_down")]
         _, tokens, _ = await controller_cli("token", "list", "--json", *where)
         assert [t["name"] for t in json.loads(tokens)["tokens"]] == ["test admin"]
     finally:

@@ -16,7 +16,6 @@ from testkit.clocks import SettableClock
 from testkit.waiting import wait_until
 
 from polyfleet.cli import main
-from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.services.entitlement import DEFAULT_PLANS_PATH
 from polyfleet.shared.schema import Model, ProblemCode
 from tickets.conftest import SmtpPeer, WebhookPeer
@@ -58,7 +57,7 @@ async def fault(lab: Lab, serial: str, model: Model = Model.STUDIO_X50, *, start
     for minute in range(start, start + 8):
         lab.clock.now = T0 + minute * MINUTE
         await lab.post(snapshot(serial, lab.clock.now, CAMERA, model=model))
-    return ticket_id(serial, "camera_down")
+    return lab.service.ticket_key(serial, "camera_down")
 
 
 def mail_of(peer: SmtpPeer, key: str) -> EmailMessage:

@@ -8,7 +8,6 @@ from pathlib import Path
 from testkit.clocks import SettableClock
 from testkit.waiting import wait_until
 
-from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.shared.schema import ProblemCode
 from tickets.conftest import SmtpPeer, WebhookPeer
 from tickets.test_live import T0, Lab, start_lab
@@ -43,7 +42,7 @@ async def test_missed_delivery_and_return_each_escalate_once_saying_by_how_much(
         escalation_webhook=escalation_peer,
     ) as lab:
         await lab.report_minutes(("X2",), range(0, 8), ProblemCode.CAMERA_DOWN)
-        key = ticket_id("X2", "camera_down")
+        key = lab.service.ticket_key("X2", "camera_down")
         await wait_until(lambda: bool(lab.controller.core.jobs.find(serial="X2")), timeout=60)
         await lab.agent_does_jobs()
         await wait_until(lambda: lab.service.get(key).status.value == "sent", timeout=60)

@@ -40,7 +40,9 @@ SITE_CONTACT = (
     "--street", "ul. Floriańska 1", "--postal-code", "31-019", "--city", "Kraków",
     "--country", "Polska",
 )  # fmt: skip
-HELD_LOG = re.compile(r"ticket (PF-\w+) held: missing contract_number; fill it in with: (.+)$")
+HELD_LOG = re.compile(
+    r"ticket (PF-[A-Z0-9-]+) held: missing contract_number; fill it in with: (.+)$"
+)
 
 
 #: What the admin's shell passes on: no token, so each command names its store or server.

@@ -23,7 +23,6 @@ from testkit.waiting import wait_until
 
 from polyfleet.controller.app import serve
 from polyfleet.controller.config import ControllerConfig
-from polyfleet.controller.domain.tickets import ticket_id
 from polyfleet.controller.services.ticket_service import FAULT_STATE, TicketService
 from polyfleet.controller.testing import RunningController, running_controller
 from polyfleet.shared.schema import (
@@ -438,7 +437,6 @@ async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path:
     """Detector state survives restarts: the hold time goes on, a recovery is still noted."""
     clock = SettableClock(T0)
     data_dir = tmp_path / "controller"
-    key = ticket_id("X1", "camera_down")
     async with start_lab(data_dir, clock, None, None) as lab:
         await lab.report_minutes(("X1",), range(0, 3), ProblemCode.CAMERA_DOWN)
         assert lab.service.tickets() == []
@@ -449,7 +447,8 @@ async def test_restart_mid_fault_keeps_debounce_and_notes_the_recovery(tmp_path:
         assert lab.service.tickets() == []
         await lab.report_minutes(("X1",), range(5, 6), ProblemCode.CAMERA_DOWN)
         (ticket,) = lab.service.tickets()
-        assert ticket.id == key and ticket.first_seen == T0
+        key = ticket.id
+        assert key == lab.service.ticket_key("X1", "camera_down") and ticket.first_seen == T0
         assert ticket.opened_at == T0 + 5 * MINUTE
         # Saved on the transition only: more reports of the same fault write nothing.
         store = lab.controller.core.store
@@ -477,7 +476,9 @@ async def test_W2_W7_escalation_by_real_smtp_once_not_after_ack_nor_without_prom
         await lab.report_minutes(("X1", "X2", "X4"), range(0, 8), ProblemCode.CAMERA_DOWN)
         await wait_until(lambda: all(_has_job(lab, s) for s in ("X1", "X2", "X4")))
         assert sorted(await lab.agent_does_jobs()) == ["X1", "X2", "X4"]
-        keys = {serial: ticket_id(serial, "camera_down") for serial in ("X1", "X2", "X4")}
+        keys = {
+            serial: lab.service.ticket_key(serial, "camera_down") for serial in ("X1", "X2", "X4")
+        }
         await wait_until(
             lambda: all(lab.service.get(k).status.value == "sent" for k in keys.values())
         )

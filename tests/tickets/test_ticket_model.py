@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,8 +11,11 @@ from polyfleet.controller.domain.sla import SlaTerms
 from polyfleet.controller.domain.tickets import (
     _FAULTS,
     _LABELS,
+    ACTIONS,
     NOTES,
+    REPLACEMENT_STEPS,
     Ticket,
+    TicketCategory,
     TicketError,
     TicketKind,
     TicketStatus,
@@ -22,6 +26,8 @@ from polyfleet.controller.domain.tickets import (
 )
 from polyfleet.controller.services.entitlement import load_plans
 
+#: An installation's random id, as ``services.installation`` makes them.
+INSTALLATION = "K7Q2MX4BZP3WNA6D"
 T0 = datetime(2025, 11, 28, 15, 30, tzinfo=UTC)  # Friday 16:30 in Warsaw
 REPORTER = {"name": "Anna Nowak", "phone": "+48 12 345 67 89", "email": "anna@example.pl"}
 ADDRESS = {"street": "ul. Floriańska 1", "postal_code": "31-019", "city": "Kraków", "country": "PL"}
@@ -29,7 +35,7 @@ ADDRESS = {"street": "ul. Floriańska 1", "postal_code": "31-019", "city": "Krak
 
 def make(**overrides: object) -> Ticket:
     fields: dict[str, object] = {
-        "id": ticket_id("X1", "camera_down"),
+        "id": ticket_id(INSTALLATION, "X1", "camera_down"),
         "kind": TicketKind.DEVICE,
         "fault": "camera_down",
         "status": TicketStatus.OPEN,
@@ -118,6 +124,50 @@ def test_lifecycle_moves_forward_only() -> None:
         ticket.transition("explode", T0)
 
 
+#: The next steps of a unit's hardware fault in each status, as the dashboard offers them.
+UNIT_STEPS = {
+    TicketStatus.NEEDS_DATA: ["close"],
+    TicketStatus.OPEN: ["close"],
+    TicketStatus.SENT: ["ack", "accept", "close"],
+    TicketStatus.ACKNOWLEDGED: ["accept", "close"],
+    TicketStatus.ACCEPTED: ["shipped", "received", "close"],
+    TicketStatus.REPLACEMENT_SHIPPED: ["received", "close"],
+    TicketStatus.REPLACEMENT_RECEIVED: ["returned", "close"],
+    TicketStatus.RETURNED: ["close"],
+    TicketStatus.CLOSED: [],
+}
+
+
+def test_next_steps_follow_the_status_and_only_a_units_fault_gets_a_replacement() -> None:
+    """Each status offers its next steps (accepting may skip the acknowledgement, a
+    replacement may arrive unannounced, nothing jumps over acceptance or arrival); a site's
+    outage and a support or configuration request never offer a replacement step, and
+    every step not offered is refused with the reason."""
+    others = {
+        "site": {"kind": TicketKind.SITE, "serial": None, "contract_number": None},
+        "support": {"category": TicketCategory.SUPPORT},
+        "configuration": {"category": TicketCategory.CONFIGURATION},
+    }
+    for status, steps in UNIT_STEPS.items():
+        unit = make(status=status)
+        assert unit.allowed_actions() == steps, status
+        assert make(status=status, category=TicketCategory.FAULT).allowed_actions() == steps
+        for name, fields in others.items():
+            other = make(status=status, **fields)
+            expected = [step for step in steps if step not in REPLACEMENT_STEPS]
+            assert other.allowed_actions() == expected, (name, status)
+        for action in ACTIONS:
+            if action not in steps:
+                with pytest.raises(TicketError, match=re.escape(unit.id)):
+                    unit.transition(action, T0 + timedelta(days=1))
+    refused = make(status=TicketStatus.ACCEPTED, category=TicketCategory.SUPPORT)
+    with pytest.raises(TicketError, match="is a support request: there is no unit to replace"):
+        refused.transition("shipped", T0 + timedelta(days=1))
+    early = make(status=TicketStatus.SENT)
+    with pytest.raises(TicketError, match="shipped only once accepted"):
+        early.transition("shipped", T0 + timedelta(days=1))
+
+
 def test_W2_E9_W6_deadlines_follow_the_lifecycle() -> None:
     """Reaction from sending, delivery from acceptance, return from the replacement's arrival."""
     ticket = make()
@@ -156,7 +206,7 @@ def test_recurrence_after_close_reopens_the_same_ticket() -> None:
     ticket.mark_sent(T0)
     ticket.transition("close", T0 + timedelta(days=1))
     ticket.reopen(T0 + timedelta(days=2), T0 + timedelta(days=2) - timedelta(minutes=5))
-    assert ticket.id == ticket_id("X1", "camera_down")
+    assert ticket.id == ticket_id(INSTALLATION, "X1", "camera_down")
     assert ticket.status is TicketStatus.OPEN
     assert ticket.reopen_count == 1 and ticket.sent_at is None and ticket.closed_at is None
 
@@ -274,7 +324,7 @@ def test_english_rendering_and_escalation() -> None:
 def test_site_ticket_needs_no_serial() -> None:
     """A site ticket (network or power) is complete without a serial or contract."""
     ticket = make(
-        id=ticket_id("site:krk", "agent_offline"),
+        id=ticket_id(INSTALLATION, "site:krk", "agent_offline"),
         kind=TicketKind.SITE,
         fault="agent_offline",
         serial=None,

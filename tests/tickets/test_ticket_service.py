@@ -13,7 +13,7 @@ from testkit.reports import typed_snapshot
 
 from polyfleet.controller.config import ControllerConfig
 from polyfleet.controller.domain.assets import Asset, Contract
-from polyfleet.controller.domain.tickets import TicketStatus, ticket_id
+from polyfleet.controller.domain.tickets import TicketStatus
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.delivery import SENT
 from polyfleet.controller.services.entitlement import ASSETS, Registry, load_plans
@@ -210,9 +210,9 @@ async def test_W2_acknowledged_ticket_is_not_escalated(
     await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
     await report(service, clock, "X2", range(0, 8), ProblemCode.CAMERA_DOWN)
     await service.worker.run_once(clock.now)
-    await service.act(ticket_id("X1", "camera_down"), "ack")
+    await service.act(service.ticket_key("X1", "camera_down"), "ack")
     assert await service.check_escalations(clock.now + timedelta(days=10)) == 0
-    assert service.get(ticket_id("X2", "camera_down")).language == "en"
+    assert service.get(service.ticket_key("X2", "camera_down")).language == "en"
 
 
 async def test_recovery_adds_note_and_recurrence_reopens_closed_ticket(
@@ -222,7 +222,7 @@ async def test_recovery_adds_note_and_recurrence_reopens_closed_ticket(
     service, clock = desk
     await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
     await service.worker.run_once(clock.now)
-    key = ticket_id("X1", "camera_down")
+    key = service.ticket_key("X1", "camera_down")
     await report(service, clock, "X1", range(8, 30))
     assert any("recovered" in note.text for note in service.get(key).notes)
     await service.act(key, "close")
@@ -294,7 +294,7 @@ async def test_sent_records_are_kept_while_needed_then_pruned(
     await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
     await report(service, clock, "X2", range(0, 8), ProblemCode.CAMERA_DOWN)
     assert await service.worker.run_once(clock.now) == 4
-    x1, x2 = ticket_id("X1", "camera_down"), ticket_id("X2", "camera_down")
+    x1, x2 = service.ticket_key("X1", "camera_down"), service.ticket_key("X2", "camera_down")
     await report(service, clock, "X1", range(8, 30))
     await service.act(x1, "close")
     # Closed, then back: the reopened round sends under new ids.
@@ -335,7 +335,7 @@ async def test_closing_an_unsent_ticket_drops_its_waiting_messages(
     webhook_peer.script = [503]
     await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
     assert await service.worker.run_once(clock.now) == 0
-    key = ticket_id("X1", "camera_down")
+    key = service.ticket_key("X1", "camera_down")
     assert [d["state"] for d in service.deliveries(key)] == ["pending", "pending"]
     closed = await service.act(key, "close")
     assert "no longer sent" in closed.notes[-1].text
@@ -351,7 +351,7 @@ async def test_W7_acknowledged_while_escalation_waits_sends_no_escalation(
     service, clock = desk
     await report(service, clock, "X1", range(0, 8), ProblemCode.CAMERA_DOWN)
     assert await service.worker.run_once(clock.now) == 2
-    key = ticket_id("X1", "camera_down")
+    key = service.ticket_key("X1", "camera_down")
     due = service.get(key).sla().reaction_due  # type: ignore[union-attr]
     assert due is not None
     await smtp_peer.stop()
@@ -372,7 +372,7 @@ async def test_W5_held_ticket_goes_out_once_the_registry_has_its_contract(
     """A ticket held for its contract number is completed from a later registry import."""
     service, clock = desk
     await report(service, clock, "X3", range(0, 8), ProblemCode.MICROPHONE_DOWN)
-    key = ticket_id("X3", "microphone_down")
+    key = service.ticket_key("X3", "microphone_down")
     await service.tick(clock.now)
     assert service.get(key).status is TicketStatus.NEEDS_DATA
     await service.registry.import_assets(
