@@ -31,6 +31,7 @@ import csv
 import io
 import itertools
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1582,6 +1583,42 @@ UNCODED_FAILURE = FailureRule(counts=True, penalises=True, then="retry")
 _UNCODED_DID_NOT_RETURN = "did_not_return"
 
 
+#: A failed check (the agent's ``code: text`` detail, or the controller's own) in words, for
+#: the texts the API, the CLI and the pages show; an unknown one gets its words unjoined.
+CHECK_TEXT: Mapping[str, str] = {
+    "install": "the install failed",
+    "install_failed": "the install failed",
+    "did_not_return": "did not come back",
+    "returned": "did not come back",
+    "version": "not on the target version",
+    "verification_failed": "the new version could not be confirmed",
+    "provider": "came back in another mode",
+    "camera_up": "its camera is not up",
+    "microphone_up": "its microphones are not up",
+    "no_new_problems": "new problems after the update",
+    "certificate": "its certificate changed",
+    "certificate_changed": "its certificate changed",
+    "download_failed": "the package could not be downloaded",
+    "checksum_mismatch": "the package's checksum did not match",
+    "teams_not_delivered": "the Teams admin center did not deliver it",
+    "unreachable": "did not answer",
+    "device_unreachable": "did not answer",
+    "device_error": "the device refused",
+    "failed": "failed",
+}
+_CODED_DETAIL = re.compile(r"^[a-z]+(?:_[a-z]+)*: ")
+
+
+def check_text(check: str) -> str:
+    """``did_not_return`` -> "did not come back"."""
+    return CHECK_TEXT.get(check, check.replace("_", " "))
+
+
+def detail_text(detail: str) -> str:
+    """An agent's ``code: text`` detail without its code (the check says it in words)."""
+    return _CODED_DETAIL.sub("", detail, count=1)
+
+
 def failure_rule(code: str | None, check: str) -> FailureRule:
     """The rule for a failed job's ``code``; without one (or one this controller does not
     know), what its ``check`` (the detail's first word) meant before codes existed."""
@@ -1805,8 +1842,10 @@ def _halt(
         }
         for e in failed
     ]
-    names = ", ".join(f"{d['serial']} ({d['check']})" for d in devices)
-    kind = "" if criterion.failure_type == ANY_FAILURE else f" with {criterion.failure_type}"
+    names = ", ".join(f"{d['serial']} ({check_text(str(d['check']))})" for d in devices)
+    kind = (
+        "" if criterion.failure_type == ANY_FAILURE else f" ({check_text(criterion.failure_type)})"
+    )
     if wave == 0:
         reason = f"a canary failed{kind}: {names}"
     else:

@@ -84,7 +84,9 @@ from polyfleet.controller.domain.rollout import (
     RolloutStatus,
     Window,
     breaker,
+    check_text,
     covering,
+    detail_text,
     device_move,
     entry_night,
     failure_rule,
@@ -1377,7 +1379,9 @@ class RolloutService:
                     entry["serial"]: {
                         "serial": entry["serial"],
                         "rollout_id": rollout_id,
-                        "reason": f"{check} on {hop.get('version')}: {detail}"[:500],
+                        "reason": (
+                            f"{check_text(check)} on {hop.get('version')}: {detail_text(detail)}"
+                        )[:500],
                         "at": now.isoformat(),
                         "failures": failures,
                     }
@@ -1394,7 +1398,7 @@ class RolloutService:
                     detail=(
                         f"did not come back from firmware update to {hop.get('version')} "
                         f"(rollout {rollout_id}, hop {hop_index + 1} of {len(entry['hops'])}): "
-                        f"{detail}"
+                        f"{detail_text(detail)}"
                     )[:500],
                     first_seen=now,
                     evidence=(

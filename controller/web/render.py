@@ -20,7 +20,12 @@ from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.web.i18n import Translator, negotiate
 from polyfleet.controller.web.keys import SESSION, STATIC_VERSION
-from polyfleet.controller.web.words import device_text_filter, word_global
+from polyfleet.controller.web.words import (
+    check_global,
+    detail_global,
+    device_text_filter,
+    word_global,
+)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -161,6 +166,8 @@ def setup_templates(app: web.Application) -> None:
     env.filters["device_text"] = device_text_filter
     env.globals.update(
         word=word_global,
+        check_words=check_global,
+        detail_words=detail_global,
         model_names=MODEL_NAMES,
         fault_text=fault_text,
         contract_flag_text=contract_flag_text,

@@ -22,9 +22,11 @@ from polyfleet.controller.domain.entitlement import FLAGS
 from polyfleet.controller.domain.forecast import EventKind as ExpiryKind
 from polyfleet.controller.domain.rollout import (
     ADMIN_ACTIONS,
+    CHECK_TEXT,
     DEVICE_STATUSES,
     REASON_CODES,
     ROLLOUT_STATUSES,
+    detail_text,
 )
 from polyfleet.controller.domain.tickets import DEADLINES, TicketCategory, TicketStatus
 from polyfleet.controller.events import EVENT_KINDS
@@ -194,6 +196,8 @@ WORDS: Mapping[str, Mapping[str, str]] = {
         "remote": "remote control",
         "other": "other",
     },
+    # A rollout check that failed (the domain's words, shown by the API and the CLI too).
+    "check": CHECK_TEXT,
     # What units say of a peripheral or a subsystem (poly-videoos.md): an open set.
     "device_value": {
         "CONNECTED": "connected",
@@ -264,6 +268,16 @@ def device_text(t: Translator, text: object) -> str:
         return t.gettext(found) if found is not None else match.group(0)
 
     return _IDENTIFIER.sub(in_words, str(text or ""))
+
+
+@jinja2.pass_context
+def check_global(context: jinja2.runtime.Context, check: str) -> str:
+    """A failed rollout check in words (the domain's English, translated)."""
+    return word_for(context["t"], "check", check)
+
+
+def detail_global(detail: str) -> str:
+    return detail_text(detail)
 
 
 @jinja2.pass_context

@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+from testkit.crawl import crawl
 from testkit.site_agents import agent_config, device_config, lab_password_file, start_enrolled_agent
 from testkit.waiting import wait_until
 
@@ -75,6 +76,12 @@ class World:
         status, body = await self.call("GET", f"/api/v1/rollouts/{rollout_id}")
         assert status == 200, body
         return dict(body)
+
+    async def crawl(self, language: str = "en") -> None:
+        """Every dashboard page and form in this state answers in words (testkit.crawl)."""
+        report = await crawl(self.controller.url, self.controller.admin_token, language=language)
+        assert any("/rollouts/" in address for address in report.visited), report.visited
+        report.check()
 
     async def wait_status(
         self, rollout_id: str, *statuses: str, timeout: float = 90

@@ -524,7 +524,7 @@ def test_abort_criteria_count_the_failures_of_their_type() -> None:
     halted = breaker(1, wave, strict)
     assert halted is not None
     assert halted["reason"] == (
-        "wave 1: 1 of 4 devices failed with download_failed (25% > 20%): W0 (x)"
+        "wave 1: 1 of 4 devices failed (the package could not be downloaded) (25% > 20%): W0 (x)"
     )
     patient = (AbortCriterion(waves="later", threshold_percent=0, min_executed=5),)
     wave[1] = _failed("W1", 1, None)  # an agent without codes: counts for ``any``

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from testkit.crawl import crawl
 from testkit.reports import report_as_new_agent, typed_snapshot
 
 from polyfleet.controller.services.access import Role
@@ -225,6 +226,9 @@ async def test_controls_follow_the_status_and_are_events(controller: RunningCont
         assert (code, body["status"]) == (200, status)
     code, body = await call(controller, "POST", f"/api/v1/rollouts/{rid}/abort")
     assert body["status"] == "aborted" and body["finished_at"]
+    report = await crawl(controller.url, controller.admin_token)  # aborted
+    assert f"{controller.url}/rollouts/{rid}" in report.visited
+    report.check()
     assert (await call(controller, "POST", f"/api/v1/rollouts/{rid}/start"))[0] == 409
     _, events = await call(controller, "GET", "/api/v1/events?kind=rollout_changed")
     actions = [e["data"]["action"] for e in events["events"]]

@@ -46,6 +46,7 @@ async def test_a_rollout_runs_to_completion_with_one_download_per_site(tmp_path:
         downloads = world.controller.core.packages.downloads
         assert downloads[("krakow", "4.2.2-408037")] == 1
         assert downloads[("gdansk", "4.2.2-408037")] == 1
+        await world.crawl("pl")  # done
         evidence = {d["serial"]: d["evidence"] for d in done["devices"]}
         checks = {c["check"]: c["ok"] for c in evidence["KRA01"][-1]["checks"]}
         assert checks == {
@@ -91,7 +92,7 @@ async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
         assert halted["halt"]["wave"] == 0
         assert halted["halt"]["devices"][0]["serial"] == "CAN01"
         assert halted["halt"]["devices"][0]["check"] == "install"
-        assert "a canary failed: CAN01 (install)" in halted["halt"]["reason"]
+        assert "a canary failed: CAN01 (the install failed)" in halted["halt"]["reason"]
         assert {d["serial"]: d["status"] for d in halted["devices"]}["CAN02"] == "waiting_window"
         assert world.devices["CAN02"].downloads == []
         _, events = await world.call("GET", "/api/v1/events?kind=rollout_changed")
@@ -100,6 +101,7 @@ async def test_a_failing_canary_halts_the_rollout(tmp_path: Path) -> None:
         (entry,) = logged["entries"]
         assert entry["target"] == f"rollout:{plan['id']}"
         assert entry["actor"]["name"] == "circuit breaker"
+        await world.crawl()  # halted by the breaker
         # The admin has looked and resumes: the canary's failure no longer halts the rollout;
         # it fails once more and goes to the penalty box, the others are updated.
         await world.act(plan["id"], "resume")
@@ -145,6 +147,7 @@ async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) 
         await world.controller.core.tickets.get().tick()
         _, body = await world.call("GET", "/api/v1/tickets")
         assert [t["serial"] for t in body["tickets"] if t["serial"] == "BRK01"] == ["BRK01"]
+        await world.crawl("pl")  # halted, a unit failed, its ticket open
 
 
 async def test_pause_lets_the_update_finish_and_resume_goes_on(tmp_path: Path) -> None:
@@ -165,6 +168,7 @@ async def test_pause_lets_the_update_finish_and_resume_goes_on(tmp_path: Path) -
         assert paused["status"] == "paused"
         assert {d["serial"]: d["status"] for d in paused["devices"]}["PAU02"] == "waiting_window"
         assert world.devices["PAU02"].downloads == []
+        await world.crawl()  # paused
         await world.act(plan["id"], "resume")
         done = await world.wait_status(plan["id"], "done", timeout=90)
         assert world.devices["PAU02"].firmware_version == "4.2.2" and done["status"] == "done"

@@ -304,7 +304,7 @@ async def test_a_result_without_a_code_is_judged_as_before(controller: RunningCo
     assert entry is not None and "code" not in entry["failures"][0]
     assert entry["failures"][0]["check"] == "version"
     _, rollout = await call(controller, "GET", f"/api/v1/rollouts/{units['OLD01'].rollout_id}")
-    assert rollout["halt"]["reason"] == "a canary failed: OLD01 (version)"
+    assert rollout["halt"]["reason"] == "a canary failed: OLD01 (not on the target version)"
     assert len(await tickets_for(controller, "OLD02")) == 1
 
 
