@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from cli_testkit import TIME_SCALE
 from test_demo import wait_for_file
+from testkit.crawl import crawl
 
 from polyfleet.controller.domain.rollout import REASON_CODES
 
@@ -57,6 +58,13 @@ async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Pa
                 "excluded_by_admin",
             } <= codes
             assert codes <= set(REASON_CODES)
+            async with http.post(
+                f"{demo['url']}/api/v1/tokens", json={"role": "viewer", "name": "wall"}
+            ) as response:
+                viewer = (await response.json())["token"]
+            # The demo's timeline at its start: faults coming, a ticket opened by hand, a
+            # maintenance window, the rollout started.
+            (await crawl(demo["url"], demo["admin_token"])).check()
             done: list[str] = []
             end = time.monotonic() + DEMO_SECONDS - 30
             while time.monotonic() < end and not done and process.returncode is None:
@@ -69,6 +77,8 @@ async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Pa
                 ]
                 await asyncio.sleep(2)  # waits-for: a canary to be updated and verified
             assert done, "no unit was updated during the demo"
+            # Later: units updated, the scripted faults and outages under way.
+            (await crawl(demo["url"], viewer, language="pl")).check()
         process.send_signal(signal.SIGINT)  # Ctrl-C, as an admin who has seen enough
         code = await asyncio.wait_for(process.wait(), timeout=120)
         text = (await output).decode()
