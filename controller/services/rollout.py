@@ -57,6 +57,7 @@ from zoneinfo import ZoneInfo
 from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain import admin_input
 from polyfleet.controller.domain.assets import Asset
+from polyfleet.controller.domain.calendar import moment_text
 from polyfleet.controller.domain.faults import FaultEvent, FaultEventKind
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
@@ -908,8 +909,8 @@ class RolloutService:
                 notes=notes,
                 not_before=None,
             )
-        start = found.local(found.start).isoformat()
-        notes.append({"code": note_code, "text": f"{why}; next window {start}"})
+        start = moment_text(found.local(found.start))
+        notes.append({"code": note_code, "text": f"{detail_text(why)}; next window {start}"})
         if placement is not None and placement.waits_for_contract is not None:
             notes.append(
                 {
@@ -1010,8 +1011,9 @@ class RolloutService:
         if slot is not None:
             note = {
                 "code": "postponed_booked",
-                "text": f"room booked {booked['start']} to {booked['end']}: waits for "
-                f"{slot.astimezone(zone).isoformat()} in its window",
+                "text": f"room booked {moment_text(meeting[0].astimezone(zone))} to "
+                f"{moment_text(meeting[1].astimezone(zone))}: waits for "
+                f"{moment_text(slot.astimezone(zone))} in its window",
             }
             return self._moved(
                 entry,
@@ -1103,7 +1105,7 @@ class RolloutService:
                         night,
                         now,
                         DeviceStatus(entry["status"]),
-                        f"hop to {hop['version']} not entitled at {now.isoformat()}",
+                        f"hop to {hop['version']} not entitled at {moment_text(now)}",
                     )
                     await self._put_entries(rollout_id, [moved])
                     continue

@@ -166,7 +166,7 @@ async def test_a_call_lasting_past_the_window_moves_the_unit_to_its_next_window(
         entry = await wait_until(moved, what="CALL2 moved", timeout=30)
         assert entry["status"] == "waiting_window"
         assert entry["notes"][-1]["code"] == "moved_to_next_window"
-        assert "in_call: still in a call when its window closed" in entry["notes"][-1]["text"]
+        assert "still in a call when its window closed; next window " in entry["notes"][-1]["text"]
         start = datetime.fromisoformat(entry["window"]["start"])
         assert start - datetime.fromisoformat(first_window["start"]) == timedelta(days=1)
         assert entry["failures"] == []
