@@ -76,6 +76,8 @@ class DevicePage:
     #: Retained reports, newest first.
     reports: Sequence[Doc]
     rollouts: Sequence[Doc]
+    #: Other admins' sessions open on the unit at its latest reading (not the agent's own).
+    admin_sessions: Sequence[Doc] = ()
 
 
 async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePage:
@@ -113,6 +115,7 @@ async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePa
         jobs=jobs,
         reports=list(reversed(inventory.recent_reports(serial))),
         rollouts=core.rollouts.device_history(serial),
+        admin_sessions=core.admin_sessions.of(serial),
     )
 
 

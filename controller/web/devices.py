@@ -151,6 +151,7 @@ async def device_page(request: web.Request) -> web.Response:
             "jobs": found.jobs,
             "reports": found.reports,
             "rollouts": found.rollouts,
+            "admin_sessions": found.admin_sessions,
             "timeline": timeline(found.detail["health_history"], core.clock()),
         },
     )
