@@ -37,6 +37,7 @@ from polyfleet.controller.services.room_calendars import RoomCalendars
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
 from polyfleet.controller.services.ticket_service import TicketIndex, TicketService
 from polyfleet.controller.services.web_sessions import SessionService
+from polyfleet.controller.settings.security import security_webhook
 from polyfleet.controller.settings.tickets import TicketSettings, ticket_settings
 from polyfleet.controller.settings.web import WebSettings, web_settings
 from polyfleet.controller.store.base import Store
@@ -277,5 +278,11 @@ def build_controller(
         calendars=calendars,
         tickets=tickets,
         maintenance=maintenance,
-        admin_sessions=AdminSessionWatch(store, clock, inventory, audit),
+        admin_sessions=AdminSessionWatch(
+            store,
+            clock,
+            inventory,
+            audit,
+            webhook=security_webhook(config.sections, base=base, source=config.source),
+        ),
     )

@@ -20,6 +20,7 @@ from polyfleet.controller.clock import Clock
 from polyfleet.controller.domain.admin_sessions import read_sessions
 from polyfleet.controller.services.audit import Actor, AuditAction, AuditLog, Origin
 from polyfleet.controller.services.inventory import Inventory
+from polyfleet.controller.settings.tickets import WebhookSettings
 from polyfleet.controller.store.base import Doc, Store
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class UnexpectedSession:
     session: Doc
     networks: tuple[str, ...]
     agent_id: str
+
+    @property
+    def key(self) -> str:
+        return str(self.session["key"])
 
     def details(self) -> Doc:
         """What the audit log and the security webhook say of it."""
@@ -67,7 +72,15 @@ Listener = Callable[[UnexpectedSession], Awaitable[None]]
 class AdminSessionWatch:
     """The other admins' sessions of each unit, and the security events of new ones."""
 
-    def __init__(self, store: Store, clock: Clock, inventory: Inventory, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        inventory: Inventory,
+        audit: AuditLog,
+        *,
+        webhook: WebhookSettings | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._inventory = inventory
@@ -79,6 +92,8 @@ class AdminSessionWatch:
         self._read_at: dict[str, datetime] = {}
         self.stats = SessionWatchStats()
         self.listeners: list[Listener] = []
+        #: ``[security_webhook]``: where each event is posted (None: nowhere).
+        self.webhook = webhook
 
     def _index(self) -> dict[str, Doc]:
         if self._known is None:

@@ -1,5 +1,5 @@
 """Admin sessions the agents report: kept per unit, shown on the device page, and a new one
-from outside the site's admin networks told once (audit log, metric)."""
+from outside the site's admin networks told once (audit log, metric, security webhook)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 from dashboard.dashboard_testkit import SESSION_COOKIE, http_sign_in
+from testkit.waiting import wait_until
+from tickets.conftest import WEBHOOK_SECRET, WebhookPeer, _receiver
 
+from polyfleet.controller.config import config_from_mapping
+from polyfleet.controller.settings.security import security_webhook
 from polyfleet.controller.testing import RunningController, running_controller
+from polyfleet.shared.errors import ConfigError
 from polyfleet.shared.schema import PROTOCOL_VERSION
 
 SERIAL = "SESSX5001"
@@ -55,6 +61,7 @@ class World:
     controller: RunningController
     http: aiohttp.ClientSession
     agent: dict[str, str]
+    security: WebhookPeer
 
     async def send(self, *reports: dict[str, Any]) -> tuple[int, Any]:
         body = {"protocol_version": PROTOCOL_VERSION, "reports": list(reports)}
@@ -73,16 +80,25 @@ class World:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    """A controller whose site ``krk`` signs in to its units from 10.20.0.0/16, one agent."""
-    async with running_controller(tmp_path_factory.mktemp("sessions")) as controller:
-        credential = await controller.enroll("krk")
-        await controller.core.inventory.update_site("krk", admin_networks=["10.20.0.0/16"])
-        async with aiohttp.ClientSession() as http:
-            agent = {"Authorization": f"Bearer {credential.token}"}
-            world = World(controller=controller, http=http, agent=agent)
-            status, _ = await world.send(report(0, [session(OWN, agent=True)]))
-            assert status == 200
-            yield world
+    """A controller whose site ``krk`` signs in to its units from 10.20.0.0/16, one agent,
+    and a receiver of its ``[security_webhook]``."""
+    receiver = _receiver("/security")
+    security = await anext(receiver)
+    sections = {"security_webhook": {"url": security.url, "secret": WEBHOOK_SECRET}}
+    try:
+        async with running_controller(
+            tmp_path_factory.mktemp("sessions"), sections=sections
+        ) as controller:
+            credential = await controller.enroll("krk")
+            await controller.core.inventory.update_site("krk", admin_networks=["10.20.0.0/16"])
+            async with aiohttp.ClientSession() as http:
+                agent = {"Authorization": f"Bearer {credential.token}"}
+                world = World(controller=controller, http=http, agent=agent, security=security)
+                status, _ = await world.send(report(0, [session(OWN, agent=True)]))
+                assert status == 200
+                yield world
+    finally:
+        await receiver.aclose()
 
 
 async def audit_entries(world: World) -> list[dict[str, Any]]:
@@ -93,8 +109,9 @@ async def audit_entries(world: World) -> list[dict[str, Any]]:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_new_session_from_outside_is_audited_and_counted_once(world: World) -> None:
-    """A session from outside the admin networks is one audit entry and one count, however
-    many reports list it; the agent's own and an admin network's are no event."""
+    """A session from outside the admin networks is one audit entry, one count and one signed
+    webhook post, however many reports list it; the agent's own and an admin network's are
+    no event."""
     sessions = [session(OWN, agent=True), session(INSIDE), session(OUTSIDE)]
     assert (await world.send(report(1, sessions)))[0] == 200
     assert (await world.send(report(2, sessions)))[0] == 200
@@ -116,6 +133,15 @@ async def test_a_new_session_from_outside_is_audited_and_counted_once(world: Wor
     assert 'polyfleet_admin_sessions_unexpected_total{site="krk"} 1.0' in metrics
     assert 'polyfleet_admin_sessions_open{kind="ssh",site="krk"} 1.0' in metrics
     assert 'polyfleet_admin_sessions_open{kind="web",site="krk"} 1.0' in metrics
+    await wait_until(lambda: bool(world.security.received), what="the security webhook")
+    [posted] = world.security.received
+    assert (posted["event"], posted["site"], posted["serial"]) == (
+        "admin_session.unexpected",
+        "krk",
+        SERIAL,
+    )
+    assert posted["session"] == details
+    assert world.security.bad_signatures == 0
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -163,6 +189,7 @@ async def test_ended_sessions_leave_and_a_late_older_reading_brings_none_back(
     await world.send(report(11, [session(INSIDE)]))
     assert [s["user"] for s in world.controller.core.admin_sessions.of(SERIAL)] == ["anna"]
     assert len(await audit_entries(world)) == 1
+    assert len(world.security.received) == 1
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -180,3 +207,17 @@ async def test_oversized_or_odd_session_lists_are_refused_by_name(world: World) 
         status, body = await world.send(report(20, sessions))
         assert status == 422, body
         assert body["error"]["field"] == field
+
+
+def test_a_security_webhook_without_a_secret_is_refused_by_name() -> None:
+    """``[security_webhook]`` needs a secret to sign with: the error names the key."""
+    raw = {"security_webhook": {"url": "https://soc.example.pl/hook"}}
+    with pytest.raises(ConfigError) as refused:
+        config_from_mapping(raw, source=Path("controller.toml"))
+    assert "security_webhook.secret" in str(refused.value)
+    config = config_from_mapping(
+        {"security_webhook": {"url": "https://soc.example.pl/hook", "secret": "s3cret-value"}}
+    )
+    settings = security_webhook(config.sections)
+    assert settings is not None and settings.url == "https://soc.example.pl/hook"
+    assert "s3cret-value" not in repr(settings)
