@@ -175,6 +175,8 @@ class SimDevice:
             f"m{n}": meeting for n, meeting in enumerate(spec.meetings, start=1)
         }
         self.sessions: dict[str, Session] = {}
+        #: The session of the ``admin_session`` fault's admin, while it is open.
+        self._fault_session: str | None = None
         self.config: dict[str, str] = dict(DEFAULT_CONFIG)
         self.config["device.local.roomName"] = room
         self._admin_password = spec.admin_password
@@ -540,6 +542,8 @@ class SimDevice:
                 with self._auth_lock:
                     self.locked_until = 0.0
                     self.failed_logins = 0
+        if name == "admin_session":
+            self._admin_signs_in(self.faults.get(name))
         if name == "lan_down":
             if active:
                 self.sessions.clear()
@@ -549,6 +553,18 @@ class SimDevice:
             else:
                 # Still off or booting: silent in the device's own mode from now on.
                 await self._close_network()
+
+    def _admin_signs_in(self, params: dict[str, Any] | None) -> None:
+        """The ``admin_session`` fault: another admin signs in (``params``) or out (None)."""
+        if self._fault_session is not None:
+            self.sessions.pop(self._fault_session, None)
+            self._fault_session = None
+        if params is None or self.power != "on":
+            return
+        session = self.open_session(
+            user=params["user"], address=params["address"], kind=params["type"]
+        )
+        self._fault_session = session.session_id
 
     async def set_device_mode(self, on: bool) -> None:
         """Switch USB device mode on or off, as a person at the unit (or its laptop) would."""
@@ -665,6 +681,9 @@ class SimDevice:
         # A reboot cures the software faults; hardware faults stay.
         self.faults.pop("wedged", None)
         self.faults.pop("reboot_needed", None)
+        # The other admin's session went with the power: they are no longer signed in.
+        self.faults.pop("admin_session", None)
+        self._fault_session = None
 
     def pending_update(self) -> tuple[str, str] | None:
         """(version, build) ordered through ``upgrade.auto.*`` and not yet installed."""

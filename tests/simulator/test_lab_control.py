@@ -461,3 +461,38 @@ async def test_admin_sessions_list_logins_and_scripted_admins(
         lab, "POST", "/devices/CTL00011/sessions", {"address": "192.0.2.1", "type": "telnet"}
     )
     assert status == 400 and body["field"] == "type"
+
+
+async def test_the_admin_session_fault_signs_another_admin_in_and_out(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """The admin_session fault (timeline or control API) signs an admin in from its address
+    until cleared; a reboot signs them out; a bad parameter is named."""
+    lab = await lab_factory([make_device(serial="CTL00012")])
+    device = lab.devices["CTL00012"]
+    client = rest_factory(device)
+    assert (await client.login()).status == 200
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CTL00012/faults",
+        {"fault": "admin_session", "active": True, "address": "203.0.113.5", "type": "ssh"},
+    )
+    assert status == 200
+    listed = await client.json("GET", "/rest/current/session/sessions")
+    assert [(s["location"], s["clientType"]) for s in listed][-1] == ("203.0.113.5", "SSH")
+    await call(lab, "POST", "/devices/CTL00012/faults", {"fault": "admin_session", "active": False})
+    listed = await client.json("GET", "/rest/current/session/sessions")
+    assert [s["location"] for s in listed] == ["127.0.0.1"]
+    await device.set_fault("admin_session", True)
+    assert [s.address for s in device.sessions.values() if s.held] == ["198.51.100.23"]
+    await device.reboot()
+    await device.wait_power("on")
+    assert device.sessions == {} and "admin_session" not in device.faults
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CTL00012/faults",
+        {"fault": "admin_session", "active": True, "type": "telnet"},
+    )
+    assert status == 400 and body["field"] == "type"
