@@ -78,6 +78,8 @@ class DevicePage:
     rollouts: Sequence[Doc]
     #: Other admins' sessions open on the unit at its latest reading (not the agent's own).
     admin_sessions: Sequence[Doc] = ()
+    #: Whether the unit's sessions were ever reported (else nothing can be said of them).
+    admin_sessions_read: bool = False
 
 
 async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePage:
@@ -116,6 +118,7 @@ async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePa
         reports=list(reversed(inventory.recent_reports(serial))),
         rollouts=core.rollouts.device_history(serial),
         admin_sessions=core.admin_sessions.of(serial),
+        admin_sessions_read=core.admin_sessions.has_read(serial),
     )
 
 

@@ -106,6 +106,11 @@ class AdminSessionWatch:
         sessions = [dict(s) for s in doc["sessions"]] if doc is not None else []
         return sorted(sessions, key=lambda s: str(s.get("since") or s.get("first_seen") or ""))
 
+    def has_read(self, serial: str) -> bool:
+        """Whether the unit's sessions were ever reported (not by agents before the field,
+        nor over SSH, nor by a firmware without the list)."""
+        return serial in self._index()
+
     def open_sessions(self) -> Counter[tuple[str, str]]:
         """Other admins' sessions open now, by (site, kind)."""
         counts: Counter[tuple[str, str]] = Counter()

@@ -152,6 +152,7 @@ async def device_page(request: web.Request) -> web.Response:
             "reports": found.reports,
             "rollouts": found.rollouts,
             "admin_sessions": found.admin_sessions,
+            "admin_sessions_read": found.admin_sessions_read,
             "timeline": timeline(found.detail["health_history"], core.clock()),
         },
     )

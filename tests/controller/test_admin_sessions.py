@@ -221,3 +221,19 @@ def test_a_security_webhook_without_a_secret_is_refused_by_name() -> None:
     settings = security_webhook(config.sections)
     assert settings is not None and settings.url == "https://soc.example.pl/hook"
     assert "s3cret-value" not in repr(settings)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_unit_whose_sessions_were_never_read_says_so(world: World) -> None:
+    """A unit reported without sessions (an older agent, a read over SSH) is not shown as
+    free of other admins: its page says the sessions were not read."""
+    other = report(30, None)
+    other["snapshot"]["serial"] = "SESSX5002"
+    assert (await world.send(other))[0] == 200
+    cookie = await http_sign_in(world.http, world.controller.url, world.controller.admin_token)
+    async with world.http.get(
+        f"{world.controller.url}/devices/SESSX5002", cookies={SESSION_COOKIE: cookie}
+    ) as answer:
+        page = await answer.text()
+    assert "admin sessions have not been read" in page
+    assert "No other admin is signed in" not in page
