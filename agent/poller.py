@@ -553,6 +553,8 @@ class Poller:
                         "collected_at": now,
                         "uptime_s": None,
                         "in_call": False if code is ProblemCode.UNREACHABLE else snapshot.in_call,
+                        # Not read this time: the last poll's sessions may have ended since.
+                        "sessions": None,
                     }
                 )
             )

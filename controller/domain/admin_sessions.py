@@ -18,11 +18,11 @@ def outside_networks(address: str, networks: Iterable[str]) -> bool:
     """Whether ``address`` lies outside every one of ``networks`` (CIDR texts).
 
     An address that is no IP address (empty, a name, garbage) is outside: nothing says it
-    belongs. An IPv4 address written as IPv6 (``::ffff:10.0.0.5``) is judged as IPv4.
+    belongs. A port after it (``10.0.0.5:51234``, ``[fd00::5]:51234``) is left aside; an
+    IPv4 address written as IPv6 (``::ffff:10.0.0.5``) is judged as IPv4.
     """
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
+    ip = _ip(address.strip())
+    if ip is None:
         return True
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -34,6 +34,20 @@ def outside_networks(address: str, networks: Iterable[str]) -> bool:
         if network.version == ip.version and ip in network:
             return False
     return True
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    candidates = [text]
+    if text.startswith("[") and "]" in text:
+        candidates.append(text[1 : text.index("]")])
+    elif text.count(":") == 1:
+        candidates.append(text.partition(":")[0])
+    for candidate in candidates:
+        try:
+            return ipaddress.ip_address(candidate)
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
