@@ -22,6 +22,7 @@ from polyfleet.agent.drivers import driver_class
 from polyfleet.agent.drivers.base import DeviceDriver, DriverContext, Pins
 from polyfleet.agent.outbox import Outbox, OutboxFullError
 from polyfleet.agent.pins import PinRecord, PinStore
+from polyfleet.agent.transport.ledger import SessionLedger
 from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
@@ -126,8 +127,11 @@ class Poller:
         outbox: Outbox | None,
         pins: PinStore,
         clock: Callable[[], float] = time.monotonic,
+        ledger: SessionLedger | None = None,
     ) -> None:
         self.config = config
+        #: The REST sessions open on units, on disk: a killed agent's are closed on restart.
+        self.ledger = ledger
         self.session = session
         self.outbox = outbox
         self.pins = pins
@@ -234,6 +238,7 @@ class Poller:
             session=self.session,
             pins=pins,
             request_timeout_s=self.config.device_timeout_s,
+            ledger=self.ledger,
         )
         return driver_class(state.device)(state.device, password, context)
 
@@ -548,6 +553,8 @@ class Poller:
                         "collected_at": now,
                         "uptime_s": None,
                         "in_call": False if code is ProblemCode.UNREACHABLE else snapshot.in_call,
+                        # Not read this time: the last poll's sessions may have ended since.
+                        "sessions": None,
                     }
                 )
             )

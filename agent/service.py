@@ -23,6 +23,7 @@ from polyfleet.agent.outbox import Outbox
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.poller import Poller
 from polyfleet.agent.status import StatusServer
+from polyfleet.agent.transport.ledger import SessionLedger
 from polyfleet.agent.update_server import PackageCache, SiteUpdateServer
 from polyfleet.agent.uplink import (
     ControllerRefused,
@@ -151,7 +152,10 @@ class AgentService:
         self.session = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar()
         )
-        self.poller = Poller(config, session=self.session, outbox=self.outbox, pins=self.pins)
+        ledger = await asyncio.to_thread(SessionLedger, config.data_dir)
+        self.poller = Poller(
+            config, session=self.session, outbox=self.outbox, pins=self.pins, ledger=ledger
+        )
         await self.poller.apply_config_pins()
         await self.outbox.put_notice(
             AgentNotice(

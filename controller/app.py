@@ -46,6 +46,7 @@ from polyfleet.controller.active import (
     startup_complete,
 )
 from polyfleet.controller.api import admin as admin_api
+from polyfleet.controller.api import admin_sessions as admin_sessions_api
 from polyfleet.controller.api import agent as agent_api
 from polyfleet.controller.api import audit as audit_api
 from polyfleet.controller.api import backup as backup_api
@@ -101,6 +102,7 @@ ROUTE_MODULES: list[RouteModule] = [
     web_routes,
     audit_api,
     backup_api,
+    admin_sessions_api,
 ]
 
 #: In a serving process, young objects are collected automatically at these thresholds (the

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, model_validator
 
 from polyfleet.controller.domain.rollout import MIN_WAVE_GAP, ROLLOUT_TICK_S
+from polyfleet.controller.settings.security import SecuritySections
 from polyfleet.controller.settings.tickets import TicketSections
 from polyfleet.controller.settings.web import WebSettings
 from polyfleet.shared.config import (
@@ -76,6 +77,7 @@ FEATURE_SECTIONS = (
     "smtp",
     "webhook",
     "escalation_webhook",
+    "security_webhook",
     "web",
     "rollouts",
 )
@@ -283,8 +285,9 @@ class RolloutsSection(ConfigModel):
     reassign_after_s: PositiveFloat = 60.0
 
 
-class ControllerFile(TicketSections):
-    """The whole of ``controller.toml``; the ticket sections come from :class:`TicketSections`."""
+class ControllerFile(TicketSections, SecuritySections):
+    """The whole of ``controller.toml``; the ticket sections come from :class:`TicketSections`,
+    ``[security_webhook]`` from :class:`SecuritySections`."""
 
     server: ServerSection = ServerSection()
     store: StoreSection = StoreSection()

@@ -18,6 +18,7 @@ from polyfleet.controller.domain.rollout import MIN_WAVE_GAP
 from polyfleet.controller.errors import NotFound, Unavailable
 from polyfleet.controller.events import EventBus
 from polyfleet.controller.services.access import AccessService
+from polyfleet.controller.services.admin_sessions import AdminSessionWatch
 from polyfleet.controller.services.audit import AuditLog
 from polyfleet.controller.services.entitlement import (
     Catalogues,
@@ -36,6 +37,7 @@ from polyfleet.controller.services.room_calendars import RoomCalendars
 from polyfleet.controller.services.ticket_diagnostics import JobDiagnostics
 from polyfleet.controller.services.ticket_service import TicketIndex, TicketService
 from polyfleet.controller.services.web_sessions import SessionService
+from polyfleet.controller.settings.security import security_webhook
 from polyfleet.controller.settings.tickets import TicketSettings, ticket_settings
 from polyfleet.controller.settings.web import WebSettings, web_settings
 from polyfleet.controller.store.base import Store
@@ -110,6 +112,7 @@ class Controller:
     calendars: RoomCalendars
     tickets: TicketDesk
     maintenance: MaintenanceService
+    admin_sessions: AdminSessionWatch
     loaded: bool = field(default=False)
 
     def load(self) -> None:
@@ -227,6 +230,7 @@ def build_controller(
     calendars = RoomCalendars(store, clock, inventory)
     rollouts = config.section("rollouts")
     maintenance = MaintenanceService(store, clock, inventory)
+    audit = AuditLog(store, clock, retention_days=config.audit_retention_days)
     return Controller(
         config=config,
         clock=clock,
@@ -235,7 +239,7 @@ def build_controller(
         access=access,
         inventory=inventory,
         jobs=jobs,
-        audit=AuditLog(store, clock, retention_days=config.audit_retention_days),
+        audit=audit,
         sessions=SessionService(
             store,
             access,
@@ -274,4 +278,11 @@ def build_controller(
         calendars=calendars,
         tickets=tickets,
         maintenance=maintenance,
+        admin_sessions=AdminSessionWatch(
+            store,
+            clock,
+            inventory,
+            audit,
+            webhook=security_webhook(config.sections, base=base, source=config.source),
+        ),
     )

@@ -143,6 +143,31 @@ class Peripheral(_Strict):
     state: ShortText = ""
 
 
+#: Most admin sessions one snapshot lists (real units have shown 8 at once).
+MAX_ADMIN_SESSIONS = 64
+SessionKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")
+]
+
+
+class AdminSession(_Strict):
+    """One admin session open on a unit when it was read (``GET /rest/current/session/sessions``).
+
+    ``key`` tells sessions apart without being one: a digest of the unit's session id, which
+    is a credential and never leaves the agent. ``agent``: a session this agent opened (its
+    poll's own, or one a crash left that it is closing). ``address``: the client's address
+    as the unit saw it; ``since``: when it began, by the unit's clock (None: not said).
+    """
+
+    key: SessionKey
+    user: Annotated[str, StringConstraints(max_length=128)] = ""
+    role: Annotated[str, StringConstraints(max_length=64)] = ""
+    address: Annotated[str, StringConstraints(max_length=64)] = ""
+    kind: Literal["web", "ssh", "other"] = "other"
+    since: AwareDatetime | None = None
+    agent: bool = False
+
+
 class Snapshot(_Strict):
     """What an agent saw of one device at one moment (``polyfleet agent probe --json``)."""
 
@@ -160,6 +185,9 @@ class Snapshot(_Strict):
     host_serial: Serial | None = None
     collected_at: AwareDatetime
     via: Via
+    #: The unit's open admin sessions; None when not read (over SSH, on a camera's own
+    #: entry, a firmware without the list, agents before this field).
+    sessions: list[AdminSession] | None = Field(default=None, max_length=MAX_ADMIN_SESSIONS)
 
 
 class Report(_Strict):
@@ -237,6 +265,7 @@ _FIRMWARE_FIELDS = len(Firmware.model_fields)
 _HEALTH_FIELDS = len(Health.model_fields)
 _PROBLEM_FIELDS = len(Problem.model_fields)
 _PERIPHERAL_FIELDS = len(Peripheral.model_fields)
+_SESSION_FIELDS = len(AdminSession.model_fields)
 
 
 def _in_json_form(report: Any) -> bool:
@@ -261,7 +290,16 @@ def _in_json_form(report: Any) -> bool:
     for peripheral in snap["peripherals"]:
         if len(peripheral) != _PERIPHERAL_FIELDS:
             return False
-    text = snap["collected_at"]
+    for session in snap["sessions"] or ():
+        if len(session) != _SESSION_FIELDS or type(session["agent"]) is not bool:
+            return False
+        if session["since"] is not None and not _utc_text(session["since"]):
+            return False
+    return _utc_text(snap["collected_at"])
+
+
+def _utc_text(text: Any) -> bool:
+    """Whether a valid time is written as its model dumps it: UTC, ``Z``, micros if any."""
     if type(text) is not str:  # a number of seconds is a valid time too
         return False
     if len(text) == 20:

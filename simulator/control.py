@@ -42,6 +42,9 @@ ENDPOINTS = [
     "POST /devices/{serial}/password {password}",
     "POST /devices/{serial}/device_mode {on}",
     "POST /devices/{serial}/identity {certificate?, host_key?}",
+    "GET /devices/{serial}/sessions",
+    "POST /devices/{serial}/sessions {address, user?, type?, role?}",
+    "DELETE /devices/{serial}/sessions/{session_id}",
     "GET /timeline",
     "POST /timeline {seconds}",
     "POST /timeline/reset",
@@ -292,6 +295,47 @@ async def renew_identity(request: web.Request) -> web.Response:
     return web.json_response(device.view())
 
 
+async def list_sessions(request: web.Request) -> web.Response:
+    """The unit's open admin sessions: its own REST logins and those opened here."""
+    return web.json_response(_sessions(_device(request)))
+
+
+async def open_session(request: web.Request) -> web.Response:
+    """Another admin signs in: ``{address, user?, type? (web|ssh), role?}``; it stays open
+    (kept alive by its client) until closed here or the unit loses power."""
+    device = _device(request)
+    payload = await _body(request)
+    address = payload.get("address")
+    if not isinstance(address, str) or not address:
+        return _error(400, "address must be the client's address, e.g. 10.9.8.7", field="address")
+    texts = {}
+    for name, default in (("user", "admin"), ("type", "web"), ("role", "ADMIN")):
+        value = payload.get(name, default)
+        if not isinstance(value, str) or not value:
+            return _error(400, f"{name} must be a non-empty string", field=name)
+        texts[name] = value
+    try:
+        session = device.open_session(
+            user=texts["user"], address=address, kind=texts["type"], role=texts["role"]
+        )
+    except FaultError as exc:
+        return _error(409 if exc.field == "power" else 400, str(exc), field=exc.field)
+    return web.json_response({"session": session.view(), **_sessions(device)}, status=201)
+
+
+async def close_session(request: web.Request) -> web.Response:
+    device = _device(request)
+    session_id = request.match_info["session_id"]
+    if device.sessions.pop(session_id, None) is None:
+        return _error(404, f"no open session {session_id}", field="session_id")
+    return web.json_response(_sessions(device))
+
+
+def _sessions(device: SimDevice) -> dict[str, Any]:
+    device.expire_sessions()
+    return {"sessions": [session.view() for session in device.sessions.values()]}
+
+
 async def get_timeline(request: web.Request) -> web.Response:
     return web.json_response({"seconds": round(request.app[LAB_KEY].timeline_seconds(), 3)})
 
@@ -343,6 +387,9 @@ def create_control_app(lab: ControlledLab) -> web.Application:
     app.router.add_post("/devices/{serial}/password", set_password)
     app.router.add_post("/devices/{serial}/device_mode", set_device_mode)
     app.router.add_post("/devices/{serial}/identity", renew_identity)
+    app.router.add_get("/devices/{serial}/sessions", list_sessions)
+    app.router.add_post("/devices/{serial}/sessions", open_session)
+    app.router.add_delete("/devices/{serial}/sessions/{session_id}", close_session)
     app.router.add_get("/timeline", get_timeline)
     app.router.add_post("/timeline", set_timeline)
     app.router.add_post("/timeline/reset", reset_timeline)

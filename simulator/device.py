@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,44 @@ class FaultError(ValueError):
         self.field = field
 
 
+#: How an admin session reached the unit, as ``GET /rest/current/session/sessions`` names it.
+SESSION_KINDS = ("web", "ssh")
+
+
 @dataclass
 class Session:
-    """One REST login."""
+    """One open admin session: a REST login, or one the lab opened for a scenario.
+
+    ``held`` sessions stand for other admins (a browser on the web UI, an SSH console): their
+    clients keep them alive, so they never expire idle and do not count against the REST
+    login limit (a scenario never locks the agent out by accident); they end when the control
+    API closes them, or with the unit's power.
+    """
 
     session_id: str
     xsrf_token: str
     created: float
     last_used: float
+    user: str = "admin"
+    role: str = "ADMIN"
+    #: The client's address as the unit sees it.
+    address: str = ""
+    #: ``web`` (REST and the web UI) or ``ssh``.
+    kind: str = "web"
+    #: Wall-clock start (seconds since the epoch), what the unit reports.
+    started_at: float = 0.0
+    held: bool = False
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.session_id,
+            "user": self.user,
+            "role": self.role,
+            "address": self.address,
+            "type": self.kind,
+            "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
+            "held": self.held,
+        }
 
 
 @dataclass
@@ -145,6 +175,8 @@ class SimDevice:
             f"m{n}": meeting for n, meeting in enumerate(spec.meetings, start=1)
         }
         self.sessions: dict[str, Session] = {}
+        #: The session of the ``admin_session`` fault's admin, while it is open.
+        self._fault_session: str | None = None
         self.config: dict[str, str] = dict(DEFAULT_CONFIG)
         self.config["device.local.roomName"] = room
         self._admin_password = spec.admin_password
@@ -437,28 +469,51 @@ class SimDevice:
                 log.info("device %s locked out after repeated failed logins", self.serial)
             return "bad_credentials"
 
-    def login(self, user: str, password: str) -> LoginVerdict:
-        """Check credentials and open a REST session when allowed."""
+    def login(self, user: str, password: str, *, address: str = "") -> LoginVerdict:
+        """Check credentials and open a REST session (from client ``address``) when allowed."""
         self.expire_sessions()
         outcome = self.check_password(user, password)
         if outcome != "ok":
             return LoginVerdict(outcome, failures=self.failed_logins)
-        if len(self.sessions) >= self.spec.session_limit:
+        if sum(1 for s in self.sessions.values() if not s.held) >= self.spec.session_limit:
             return LoginVerdict("session_limit")
+        session = self._new_session(user=user, address=address, kind="web", held=False)
+        self.logins += 1
+        return LoginVerdict("ok", session=session)
+
+    def open_session(
+        self, *, user: str, address: str, kind: str = "web", role: str = "ADMIN"
+    ) -> Session:
+        """Open a session for another admin (a scenario: someone signed in from elsewhere)."""
+        if kind not in SESSION_KINDS:
+            raise FaultError(f"type must be one of {', '.join(SESSION_KINDS)}", "type")
+        if self.power != "on":
+            raise FaultError(f"device {self.serial} is {self.power}, not on", "power")
+        return self._new_session(user=user, address=address, kind=kind, role=role, held=True)
+
+    def _new_session(
+        self, *, user: str, address: str, kind: str, held: bool, role: str = "ADMIN"
+    ) -> Session:
         now = self.clock()
         session = Session(
             session_id="PS" + secrets.token_hex(12),
             xsrf_token=secrets.token_urlsafe(24),
             created=now,
             last_used=now,
+            user=user,
+            role=role,
+            address=address,
+            kind=kind,
+            started_at=time.time(),
+            held=held,
         )
         self.sessions[session.session_id] = session
-        self.logins += 1
-        return LoginVerdict("ok", session=session)
+        return session
 
     def expire_sessions(self) -> None:
         limit = self.clock() - self.spec.session_idle_seconds
-        for sid in [sid for sid, s in self.sessions.items() if s.last_used < limit]:
+        idle = [sid for sid, s in self.sessions.items() if s.last_used < limit and not s.held]
+        for sid in idle:
             del self.sessions[sid]
 
     def find_session(self, session_id: str | None) -> Session | None:
@@ -487,6 +542,8 @@ class SimDevice:
                 with self._auth_lock:
                     self.locked_until = 0.0
                     self.failed_logins = 0
+        if name == "admin_session":
+            self._admin_signs_in(self.faults.get(name))
         if name == "lan_down":
             if active:
                 self.sessions.clear()
@@ -496,6 +553,18 @@ class SimDevice:
             else:
                 # Still off or booting: silent in the device's own mode from now on.
                 await self._close_network()
+
+    def _admin_signs_in(self, params: dict[str, Any] | None) -> None:
+        """The ``admin_session`` fault: another admin signs in (``params``) or out (None)."""
+        if self._fault_session is not None:
+            self.sessions.pop(self._fault_session, None)
+            self._fault_session = None
+        if params is None or self.power != "on":
+            return
+        session = self.open_session(
+            user=params["user"], address=params["address"], kind=params["type"]
+        )
+        self._fault_session = session.session_id
 
     async def set_device_mode(self, on: bool) -> None:
         """Switch USB device mode on or off, as a person at the unit (or its laptop) would."""
@@ -612,6 +681,9 @@ class SimDevice:
         # A reboot cures the software faults; hardware faults stay.
         self.faults.pop("wedged", None)
         self.faults.pop("reboot_needed", None)
+        # The other admin's session went with the power: they are no longer signed in.
+        self.faults.pop("admin_session", None)
+        self._fault_session = None
 
     def pending_update(self) -> tuple[str, str] | None:
         """(version, build) ordered through ``upgrade.auto.*`` and not yet installed."""
@@ -687,6 +759,7 @@ class SimDevice:
             "faults": {name: dict(params) for name, params in sorted(self.faults.items())},
             "locked_out": self.locked_out(),
             "sessions": len(self.sessions),
+            "admin_sessions": [session.view() for session in self.sessions.values()],
             "logins": self.logins,
             "peripherals": [
                 {"kind": p.kind, "serial": p.serial, "firmware": p.firmware}

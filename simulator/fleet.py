@@ -54,6 +54,7 @@ FAULTS = (
     "peripheral_disconnected",
     "e70_down",
     "garbage",
+    "admin_session",
 )
 
 #: The parameters a fault takes; any other parameter is an error.
@@ -61,7 +62,11 @@ FAULT_PARAMS: dict[str, frozenset[str]] = {
     "slow": frozenset({"latency_ms"}),
     "lan_down": frozenset({"mode"}),
     "peripheral_disconnected": frozenset({"serial"}),
+    "admin_session": frozenset({"address", "user", "type"}),
 }
+#: Where the ``admin_session`` fault's admin signs in from unless told (TEST-NET-2: an
+#: address no site's admin networks hold; it is only a label, nothing is sent there).
+DEFAULT_INTRUDER_ADDRESS = "198.51.100.23"
 DEFAULT_SLOW_LATENCY_MS = 2000.0
 
 DEFAULT_PASSWORD = "Polycom12345"  # noqa: S105 - the factory default of a lab device
@@ -349,6 +354,15 @@ def fault_params(
                 "latency_ms", "slow needs latency_ms, a number of milliseconds >= 0"
             )
         checked["latency_ms"] = float(latency)
+    if name == "admin_session":
+        for key, default in (("address", DEFAULT_INTRUDER_ADDRESS), ("user", "admin")):
+            value = params.get(key, default)
+            if not isinstance(value, str) or not value or len(value) > 64:
+                raise FaultParamError(key, f"admin_session {key} must be a short non-empty text")
+            checked[key] = value
+        if params.get("type", "web") not in ("web", "ssh"):
+            raise FaultParamError("type", "admin_session type must be web or ssh")
+        checked["type"] = params.get("type", "web")
     if name == "lan_down" and "mode" in params and params["mode"] not in SILENT_MODES:
         raise FaultParamError("mode", f"lan_down mode must be one of {', '.join(SILENT_MODES)}")
     if name == "peripheral_disconnected" and "serial" in params:

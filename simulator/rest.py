@@ -169,6 +169,15 @@ def garbage(path: str) -> web.Response:
         return scalar_body("CONTENT_IDLE")
     if path == "/rest/audio":
         return json_body({"numOfMicsConnected": "lots", "volume": None})
+    if path == "/rest/current/session/sessions":
+        return json_body(
+            [
+                None,
+                {"sessionId": 7, "userId": "x" * 5000, "location": {"ip": "10.0.0.1"}},
+                {"userId": "admin\x1b[2J\u202e", "clientType": "SSH", "startTime": "soon"},
+                *({"sessionId": f"PS{n}", "location": "203.0.113.9"} for n in range(500)),
+            ]
+        )
     return web.Response(body=b"\x00\xff\xfe garbage \x80", content_type="application/json")
 
 
@@ -206,7 +215,9 @@ async def login(device: SimDevice, request: web.BaseRequest, _s: Session | None)
         return _login_failure(device, "SessionAlreadyActive", "NOLOCKOUT")
     user = payload.get("user", "admin")
     # Blocking-free: the check is a constant-time compare, no I/O.
-    verdict = device.login(user if isinstance(user, str) else "", payload["password"])
+    verdict = device.login(
+        user if isinstance(user, str) else "", payload["password"], address=request.remote or ""
+    )
     if verdict.outcome == "locked_out":
         return _login_failure(device, "SessionPortLockout", "LOCKOUT")
     if verdict.outcome == "bad_credentials":
@@ -253,6 +264,41 @@ async def logout(device: SimDevice, request: web.BaseRequest, _s: Session | None
         return html(403, FORBIDDEN_HTML)
     device.sessions.pop(session.session_id, None)
     return json_body({"success": True})
+
+
+async def admin_sessions(
+    device: SimDevice, _r: web.BaseRequest, _s: Session | None
+) -> web.Response:
+    """The unit's open admin sessions, web and SSH, the caller's own included.
+
+    The shape [assumed: the VideoOS 3.x reference names the call, a vendor adapter's capture
+    shows a list of up to 8; no public capture shows the fields] is the list of the session
+    objects the login answers, each with when it started::
+
+        [{"sessionId": "PS0b6f...", "userId": "admin", "role": "ADMIN", "clientType": "WEB",
+          "location": "10.20.1.15", "isAuthenticated": true, "isConnected": true,
+          "startTime": 1700000000000}]
+
+    ``clientType`` is ``WEB`` or ``SSH``; ``location`` is the client's address as the unit
+    sees it; ``startTime`` is milliseconds since the epoch, like ``systemTime``.
+    """
+    device.expire_sessions()
+    return json_body(
+        [
+            {
+                "sessionId": session.session_id,
+                "userId": session.user,
+                "role": session.role,
+                "clientType": session.kind.upper(),
+                "location": session.address,
+                "isAuthenticated": True,
+                "isConnected": True,
+                "startTime": int(session.started_at * 1000),
+            }
+            for session in sorted(device.sessions.values(), key=lambda s: s.started_at)
+        ],
+        crlf=True,
+    )
 
 
 # --- the poll cycle ------------------------------------------------------------------------
@@ -673,6 +719,7 @@ ROUTES: dict[tuple[str, str], tuple[Handler, bool, FirmwareVersion | None]] = {
     ("POST", "/rest/session"): (login, False, None),
     ("DELETE", "/rest/session"): (logout, False, None),
     ("GET", "/rest/system"): (system, True, None),
+    ("GET", "/rest/current/session/sessions"): (admin_sessions, True, None),
     ("GET", "/rest/system/status"): (system_status, True, None),
     ("GET", "/rest/system/mode"): (system_mode, True, MODE_API_SINCE),
     ("GET", "/rest/system/mode/device"): (system_mode_device, True, None),

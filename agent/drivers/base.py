@@ -10,6 +10,7 @@ from datetime import datetime
 import aiohttp
 
 from polyfleet.agent.config import DeviceConfig
+from polyfleet.agent.transport.ledger import SessionLedger
 from polyfleet.shared.errors import DeviceProtocolError
 from polyfleet.shared.schema import Meeting, Problem, Snapshot
 
@@ -32,6 +33,8 @@ class DriverContext:
     session: aiohttp.ClientSession
     pins: Pins = field(default_factory=Pins)
     request_timeout_s: float = 10.0
+    #: Where REST sessions are written down while open (None: nowhere, e.g. ``probe``).
+    ledger: SessionLedger | None = None
 
 
 class DeviceDriver(ABC):
@@ -42,7 +45,9 @@ class DeviceDriver(ABC):
     ``LockedOut``, ``NotAPolyDevice``, ``DeviceWedged``, ``DeviceProtocolError``.
     Each carries a one-line ``reason`` and the ``host``; none carries a password.
 
-    Every call logs in, works, and logs out again: no session outlives a call.
+    Every call logs in, works, and logs out again: no session outlives a call. A session
+    an earlier run of the agent left open (it was killed mid-call) is logged out by the
+    next ``poll`` of that unit, before it logs in.
     """
 
     #: Registry key (``[[devices]] driver = ...`` in the agent config).
@@ -70,17 +75,25 @@ class DeviceDriver(ABC):
                "in_call": false, "uptime_s": 693845.31,
                "peripherals": [{"kind": "camera", "model_raw": "Poly Studio E70",
                                 "serial": "E70A1", "firmware": "1.2.0", "state": "DISCONNECTED"}],
-               "host_serial": null, "collected_at": "2026-11-25T21:00:00Z", "via": "rest"},
+               "host_serial": null, "collected_at": "2026-11-25T21:00:00Z", "via": "rest",
+               "sessions": [
+                   {"key": "5f0c...", "user": "admin", "role": "ADMIN", "address": "10.0.0.5",
+                    "kind": "web", "since": "2026-11-25T21:00:00Z", "agent": true},
+                   {"key": "9a41...", "user": "admin", "role": "ADMIN",
+                    "address": "192.0.2.44", "kind": "ssh", "since": "2026-11-25T08:12:00Z",
+                    "agent": false}]},
               {"serial": "E70A1", "model": "studio_e70", "model_raw": "Poly Studio E70",
                "system_name": "Krakow Boardroom", "firmware": {"version": "1.2.0", "build": ""},
                "provider": "teams", "health": {"state": "fault", "problems": [
                    {"code": "peripheral_disconnected", "detail": "DISCONNECTED"}]},
                "in_call": false, "uptime_s": null, "peripherals": [],
                "host_serial": "8L200353429AFC", "collected_at": "2026-11-25T21:00:00Z",
-               "via": "rest"}
+               "via": "rest", "sessions": null}
             ]
 
-        Problems found on a device that answered are in ``health.problems``; a
+        ``sessions``: the unit's open admin sessions (``agent``: opened by this agent), None
+        where the unit does not list them. Problems found on a device that answered are in
+        ``health.problems``; a
         device that could not be read raises instead (the poller turns that into
         ``unreachable``, ``auth_failed``, ``locked_out``, ``certificate_changed``).
         """

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -22,6 +23,8 @@ from polyfleet.shared.errors import (
     NotAPolyDevice,
 )
 from polyfleet.shared.schema import (
+    MAX_ADMIN_SESSIONS,
+    AdminSession,
     Firmware,
     Health,
     HealthState,
@@ -279,6 +282,74 @@ def in_call_from_conferences(conferences: Any) -> bool:
     return False
 
 
+#: ``clientType`` of a session -> how it reached the unit.
+SESSION_KINDS = {"WEB": "web", "HTTP": "web", "HTTPS": "web", "REST": "web", "SSH": "ssh"}
+#: Session start times outside these are no time at all (ms since the epoch).
+_EARLIEST_MS, _LATEST_MS = 1_000_000_000_000, 32_503_680_000_000
+
+
+def _session_start(value: Any) -> datetime | None:
+    """``startTime``: milliseconds since the epoch (like ``systemTime``) or ISO with an offset."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if _EARLIEST_MS <= value <= _LATEST_MS:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        return None
+    if isinstance(value, str):
+        try:
+            found = datetime.fromisoformat(value.strip()[:64])
+        except ValueError:
+            return None
+        return found if found.tzinfo is not None else None
+    return None
+
+
+def admin_sessions(
+    answer: Any, *, is_ours: Callable[[str], bool], user: str, location: str
+) -> list[AdminSession] | None:
+    """``GET /rest/current/session/sessions`` -> the unit's open admin sessions, ours first.
+
+    Real answers are not documented field by field: each entry is read like the login's
+    session object (``sessionId``, ``userId``, ``role``, ``clientType``, ``location``) with
+    ``startTime``, and what is missing or odd stays empty. The session id (a credential)
+    never leaves: a digest of it tells sessions apart. A session is ours when this agent
+    opened it (``is_ours``), or, where the unit gives no id, when it is ``user``'s from the
+    ``location`` the unit named at our login. None: the answer is no list of sessions.
+    """
+    if isinstance(answer, dict) and isinstance(answer.get("sessions"), list):
+        answer = answer["sessions"]
+    if not isinstance(answer, list):
+        return None
+    found: dict[str, AdminSession] = {}
+    for item in map(_dict, answer[: MAX_ADMIN_SESSIONS * 4]):
+        if not item:
+            continue
+        session_id = _text(item.get("sessionId"), 512)
+        who = _text(item.get("userId") or item.get("user"), 128)
+        address = _text(item.get("location") or item.get("address") or item.get("ip"), 64)
+        kind = SESSION_KINDS.get(_text(item.get("clientType")).upper(), "other")
+        since = _session_start(item.get("startTime"))
+        identity = session_id or f"{who}|{address}|{kind}|{since}"
+        key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+        if session_id:
+            ours = is_ours(session_id)
+        else:
+            ours = bool(location) and (who, address) == (user, location)
+        found.setdefault(
+            key,
+            AdminSession(
+                key=key,
+                user=who,
+                role=_text(item.get("role"), 64),
+                address=address,
+                kind=kind,  # type: ignore[arg-type]  # one of SESSION_KINDS' values
+                since=since,
+                agent=ours,
+            ),
+        )
+    ordered = sorted(found.values(), key=lambda s: not s.agent)
+    return ordered[:MAX_ADMIN_SESSIONS]
+
+
 def parse_uptime_text(text: str) -> float | None:
     """``3 Days, 2 Hours, 5 Minutes`` -> seconds."""
     units = {"day": 86400, "hour": 3600, "minute": 60, "second": 1}
@@ -327,6 +398,37 @@ class VideoOSDriver(DeviceDriver):
             session=self.context.session,
             pin=pin,
             timeout=self.context.request_timeout_s,
+            ledger=self.context.ledger,
+        )
+
+    async def _end_left_sessions(self, rest: RestClient) -> None:
+        """Log out what an earlier run of the agent left open here: it could wedge the unit."""
+        ledger = self.context.ledger
+        if ledger is None:
+            return
+        for entry in ledger.left_open(self.device.host, self.device.rest_port):
+            try:
+                await rest.end_left_session(entry)
+            except DeviceError as exc:
+                # The poll that follows meets the same failure and reports it.
+                log.debug("%s: a session left open stays for now: %s", self.device.host, exc)
+                return
+            log.info("%s: logged out a session an earlier run left open", self.device.host)
+
+    async def _sessions(self, rest: RestClient) -> list[AdminSession] | None:
+        """The unit's admin sessions; None where it cannot list them (an extra, not health)."""
+        try:
+            answer = await rest.get("/rest/current/session/sessions")
+        except DeviceProtocolError:
+            return None
+        ledger = self.context.ledger
+        own = rest.session_id
+
+        def is_ours(session_id: str) -> bool:
+            return session_id == own or (ledger is not None and ledger.is_ours(session_id))
+
+        return admin_sessions(
+            answer, is_ours=is_ours, user=self.device.user, location=rest.location
         )
 
     def _ssh(self) -> SshClient:
@@ -351,6 +453,7 @@ class VideoOSDriver(DeviceDriver):
 
     async def poll(self) -> list[Snapshot]:
         rest = await self._rest()
+        await self._end_left_sessions(rest)
         async with rest.logged_in_session(self.device.user, self._password):
             system = await rest.get("/rest/system")
             if not isinstance(system, dict) or not (
@@ -367,7 +470,11 @@ class VideoOSDriver(DeviceDriver):
             )
             microphones = await self._optional(rest, "GET", "/rest/audio/microphones")
             conferences = await self._optional(rest, "GET", "/rest/conferences")
-        return self._snapshots(system, status, provider, peripherals_raw, microphones, conferences)
+            sessions = await self._sessions(rest)
+        snapshots = self._snapshots(
+            system, status, provider, peripherals_raw, microphones, conferences
+        )
+        return [snapshots[0].model_copy(update={"sessions": sessions}), *snapshots[1:]]
 
     async def _optional(self, rest: RestClient, method: str, path: str) -> Any:
         try:

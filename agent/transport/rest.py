@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from polyfleet.agent.transport.failures import http_failure_words
+from polyfleet.agent.transport.ledger import OpenSession, SessionLedger
 from polyfleet.shared.errors import (
     AuthenticationFailed,
     CertificateMismatch,
@@ -163,7 +164,8 @@ class RestClient:
     ``pin`` is the device certificate's ``SHA256:...`` fingerprint; a different
     certificate raises :class:`CertificateMismatch` before anything (a password
     included) is sent. ``session`` is shared by all devices: cookies are kept
-    per client, never in the session's jar.
+    per client, never in the session's jar. ``ledger`` hears of every session opened and
+    closed, so one a crash leaves open is closed by the next run.
     """
 
     def __init__(
@@ -174,6 +176,7 @@ class RestClient:
         session: aiohttp.ClientSession,
         pin: str,
         timeout: float = DEFAULT_TIMEOUT_S,
+        ledger: SessionLedger | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -185,6 +188,15 @@ class RestClient:
         self._xsrf: str | None = None
         self.logged_in = False
         self.request_count = 0
+        self._ledger = ledger
+        #: Where the unit says this client's session comes from (its login answer's
+        #: ``location``), "" when it does not say.
+        self.location = ""
+
+    @property
+    def session_id(self) -> str | None:
+        """The unit's id of the session this client holds (None: logged out)."""
+        return self._cookies.get("session_id") if self.logged_in else None
 
     @property
     def base_url(self) -> str:
@@ -376,18 +388,25 @@ class RestClient:
             session_id = session.get("sessionId")
             if isinstance(session_id, str) and session_id and "session_id" not in self._cookies:
                 self._cookies["session_id"] = session_id
+            location = session.get("location")
+            self.location = location[:64] if isinstance(location, str) else ""
         if "session_id" not in self._cookies:
             # "success" without a session to carry is no VideoOS login.
             raise NotAPolyDevice(
                 f"{where}: login said success but gave no VideoOS session", host=self.host
             )
         self.logged_in = True
+        if self._ledger is not None:
+            await self._ledger.opened(
+                OpenSession(self.host, self.port, self._cookies["session_id"], self._xsrf)
+            )
 
     async def logout(self) -> None:
         """``DELETE /rest/session``; never raises (the cycle already has its answers)."""
         if not self.logged_in:
             return
         self.logged_in = False
+        session_id = self._cookies.get("session_id")
         try:
             await self._request(
                 "DELETE",
@@ -397,9 +416,35 @@ class RestClient:
             )
         except DeviceError as exc:
             log.debug("%s:%s logout failed: %s", self.host, self.port, exc)
+            if session_id is not None and self._ledger is not None:
+                # The unit may still hold it: the next poll logs it out first.
+                self._ledger.unclosed(session_id)
+            session_id = None
         finally:
             self._cookies.clear()
             self._xsrf = None
+        if session_id is not None and self._ledger is not None:
+            await self._ledger.closed(session_id)
+
+    async def end_left_session(self, entry: OpenSession) -> None:
+        """Log out a session an earlier run left open (``DELETE /rest/session`` as it).
+
+        Any answer ends it (a unit that no longer knows it answers 400 or 403); raises
+        DeviceError when the unit does not answer, and it is kept for the next try.
+        """
+        cookies, xsrf = dict(self._cookies), self._xsrf
+        self._cookies = {"session_id": entry.session_id}
+        self._xsrf = entry.xsrf
+        if entry.xsrf is not None:
+            self._cookies["XSRF-TOKEN"] = entry.xsrf
+        try:
+            await self._request(
+                "DELETE", "/rest/session", accept_statuses=frozenset({400, 401, 403, 404})
+            )
+        finally:
+            self._cookies, self._xsrf = cookies, xsrf
+        if self._ledger is not None:
+            await self._ledger.closed(entry.session_id)
 
     @asynccontextmanager
     async def logged_in_session(self, user: str, password: str) -> AsyncIterator[RestClient]:

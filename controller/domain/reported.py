@@ -177,6 +177,8 @@ def mark_snapshot(snap: Doc) -> int:
         count += _mark_keys(problem, ("detail",))
     for peripheral in snap.get("peripherals") or ():
         count += _mark_keys(peripheral, ("model_raw", "serial", "firmware", "state"))
+    for session in snap.get("sessions") or ():
+        count += _mark_keys(session, ("user", "role", "address"))
     return count
 
 

@@ -105,6 +105,10 @@ class DevicePage:
     rollouts: Sequence[Doc]
     #: The rollout update under way for it (``RolloutService.update_under_way``), or None.
     updating: Doc | None = None
+    #: Other admins' sessions open on the unit at its latest reading (not the agent's own).
+    admin_sessions: Sequence[Doc] = ()
+    #: Whether the unit's sessions were ever reported (else nothing can be said of them).
+    admin_sessions_read: bool = False
 
 
 async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePage:
@@ -143,6 +147,8 @@ async def device_page(core: Controller, caller: Caller, serial: str) -> DevicePa
         reports=list(reversed(inventory.recent_reports(serial))),
         rollouts=core.rollouts.device_history(serial),
         updating=core.rollouts.update_under_way(serial),
+        admin_sessions=core.admin_sessions.of(serial),
+        admin_sessions_read=core.admin_sessions.has_read(serial),
     )
 
 

@@ -101,6 +101,9 @@ class AuditAction(StrEnum):
     TICKET_RECEIVED = "ticket.received"
     TICKET_RETURNED = "ticket.returned"
     TICKET_CLOSE = "ticket.close"
+    #: A new admin session on a unit from outside its site's admin networks (a security
+    #: event the controller records from what an agent reported).
+    ADMIN_SESSION_UNEXPECTED = "admin_session.unexpected"
 
 
 @dataclass(frozen=True, kw_only=True)

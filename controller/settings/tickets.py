@@ -290,17 +290,18 @@ class WebhookSection(ConfigModel):
         return self
 
 
-_EMPTY_IS_ABSENT = BeforeValidator(_absent_when_empty)
+#: An empty table (``[webhook]`` with no keys) is the section left out.
+EMPTY_IS_ABSENT = BeforeValidator(_absent_when_empty)
 
 
 class TicketSections(ConfigModel):
     """The sections of ``controller.toml`` that tickets read."""
 
     tickets: TicketsSection = TicketsSection()
-    smtp: Annotated[SmtpSection | None, _EMPTY_IS_ABSENT] = None
-    webhook: Annotated[WebhookSection | None, _EMPTY_IS_ABSENT] = None
+    smtp: Annotated[SmtpSection | None, EMPTY_IS_ABSENT] = None
+    webhook: Annotated[WebhookSection | None, EMPTY_IS_ABSENT] = None
     #: Escalations only, to the escalation contact (W7); never the desk's own webhook.
-    escalation_webhook: Annotated[WebhookSection | None, _EMPTY_IS_ABSENT] = None
+    escalation_webhook: Annotated[WebhookSection | None, EMPTY_IS_ABSENT] = None
 
     @model_validator(mode="after")
     def _escalation_elsewhere(self) -> Self:
@@ -363,8 +364,10 @@ def ticket_settings(
         network_test_targets=tuple(t.network_test_targets),
         sent_retention=timedelta(days=t.sent_retention_days),
         smtp=_smtp(checked.smtp, env, source),
-        webhook=_webhook(checked.webhook, env, source, "webhook"),
-        escalation_webhook=_webhook(checked.escalation_webhook, env, source, "escalation_webhook"),
+        webhook=webhook_settings(checked.webhook, env, source, "webhook"),
+        escalation_webhook=webhook_settings(
+            checked.escalation_webhook, env, source, "escalation_webhook"
+        ),
     )
 
 
@@ -414,7 +417,7 @@ def _smtp(
     )
 
 
-def _webhook(
+def webhook_settings(
     table: WebhookSection | None, env: Mapping[str, str], source: str | Path | None, name: str
 ) -> WebhookSettings | None:
     if table is None:

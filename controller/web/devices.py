@@ -159,6 +159,8 @@ async def device_page(request: web.Request) -> web.Response:
             "reports": found.reports,
             "rollouts": found.rollouts,
             "updating": found.updating,
+            "admin_sessions": found.admin_sessions,
+            "admin_sessions_read": found.admin_sessions_read,
             "timeline": timeline(found.detail["health_history"], core.clock()),
             "can_act": admin_forms(request),
             "maintenance": maintenance.device_maintenance(core, dashboard_caller(request), serial),

@@ -43,6 +43,7 @@ OWNERS = {
     "ticket_faults_in_maintenance": "services.ticket_service",
     "maintenance": "services.maintenance",
     "room_calendars": "services.room_calendars",
+    "admin_sessions": "services.admin_sessions",
     "ticket_outbox": "services.delivery",
     "ticket_outbox_sent": "services.delivery",
     "ticket_outbox_failed": "services.delivery",

@@ -200,6 +200,9 @@ async def test_index_lists_every_endpoint_and_fault(lab_factory: LabFactory) -> 
         "POST /devices/{serial}/password",
         "POST /devices/{serial}/device_mode",
         "POST /devices/{serial}/identity",
+        "GET /devices/{serial}/sessions",
+        "POST /devices/{serial}/sessions",
+        "DELETE /devices/{serial}/sessions/{session_id}",
         "GET /timeline",
         "POST /timeline",
         "POST /timeline/reset",
@@ -419,3 +422,77 @@ async def test_room_calendars_from_the_fleet_and_the_control_api(
     assert (await poly.login()).status == 200
     response = await poly.request("GET", f"/rest/calendar/meetings?{span}")
     assert response.status == 404
+
+
+async def test_admin_sessions_list_logins_and_scripted_admins(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """A unit lists its open admin sessions (its REST logins and admins the control API signs
+    in), drops a login at logout, and a scripted one when closed; bad bodies name the field."""
+    lab = await lab_factory([make_device(serial="CTL00011", firmware="4.6.2")])
+    client = rest_factory(lab.devices["CTL00011"])
+    assert (await client.login()).status == 200
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CTL00011/sessions",
+        {"address": "192.0.2.44", "user": "jan", "type": "ssh"},
+    )
+    assert status == 201
+    foreign = body["session"]
+    listed = await client.json("GET", "/rest/current/session/sessions")
+    assert [(s["userId"], s["clientType"], s["location"]) for s in listed] == [
+        ("admin", "WEB", "127.0.0.1"),
+        ("jan", "SSH", "192.0.2.44"),
+    ]
+    assert all(isinstance(s["startTime"], int) and s["sessionId"] for s in listed)
+    status, body = await call(lab, "GET", "/devices/CTL00011")
+    assert body["sessions"] == 2 and len(body["admin_sessions"]) == 2
+    assert (await client.request("DELETE", "/rest/session")).status == 200
+    status, body = await call(lab, "GET", "/devices/CTL00011/sessions")
+    assert [s["id"] for s in body["sessions"]] == [foreign["id"]]
+    status, body = await call(lab, "DELETE", f"/devices/CTL00011/sessions/{foreign['id']}")
+    assert (status, body) == (200, {"sessions": []})
+    status, body = await call(lab, "DELETE", f"/devices/CTL00011/sessions/{foreign['id']}")
+    assert status == 404 and body["field"] == "session_id"
+    status, body = await call(lab, "POST", "/devices/CTL00011/sessions", {"user": "jan"})
+    assert status == 400 and body["field"] == "address"
+    status, body = await call(
+        lab, "POST", "/devices/CTL00011/sessions", {"address": "192.0.2.1", "type": "telnet"}
+    )
+    assert status == 400 and body["field"] == "type"
+
+
+async def test_the_admin_session_fault_signs_another_admin_in_and_out(
+    lab_factory: LabFactory, rest_factory: Callable[[SimDevice], RestClient]
+) -> None:
+    """The admin_session fault (timeline or control API) signs an admin in from its address
+    until cleared; a reboot signs them out; a bad parameter is named."""
+    lab = await lab_factory([make_device(serial="CTL00012")])
+    device = lab.devices["CTL00012"]
+    client = rest_factory(device)
+    assert (await client.login()).status == 200
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CTL00012/faults",
+        {"fault": "admin_session", "active": True, "address": "203.0.113.5", "type": "ssh"},
+    )
+    assert status == 200
+    listed = await client.json("GET", "/rest/current/session/sessions")
+    assert [(s["location"], s["clientType"]) for s in listed][-1] == ("203.0.113.5", "SSH")
+    await call(lab, "POST", "/devices/CTL00012/faults", {"fault": "admin_session", "active": False})
+    listed = await client.json("GET", "/rest/current/session/sessions")
+    assert [s["location"] for s in listed] == ["127.0.0.1"]
+    await device.set_fault("admin_session", True)
+    assert [s.address for s in device.sessions.values() if s.held] == ["198.51.100.23"]
+    await device.reboot()
+    await device.wait_power("on")
+    assert device.sessions == {} and "admin_session" not in device.faults
+    status, body = await call(
+        lab,
+        "POST",
+        "/devices/CTL00012/faults",
+        {"fault": "admin_session", "active": True, "type": "telnet"},
+    )
+    assert status == 400 and body["field"] == "type"
