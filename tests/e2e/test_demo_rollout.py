@@ -18,14 +18,15 @@ from testkit.crawl import crawl
 
 from polyfleet.controller.domain.rollout import REASON_CODES
 
-#: At most this long: the test stops the demo (Ctrl-C) as soon as a unit is updated.
+#: At most this long: the test stops the demo (Ctrl-C) as soon as its rollout is done.
 DEMO_SECONDS = 300
 
 
 @pytest.mark.timeout(DEMO_SECONDS + 150)
 @pytest.mark.expected_seconds(60)
 async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Path) -> None:
-    """The demo plans over its fleet (reason codes shown), starts it, and units get updated."""
+    """The demo plans over its fleet (reason codes shown), starts it, and all its waves run
+    to the end: every unit it ordered is updated and verified."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-P", "-m", "polyfleet", "demo", "--rollout", "--time-scale", TIME_SCALE,
         "--duration", str(DEMO_SECONDS), "--data-dir", str(tmp_path / "demo"),
@@ -65,18 +66,28 @@ async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Pa
             # The demo's timeline at its start: faults coming, a ticket opened by hand, a
             # maintenance window, the rollout started.
             (await crawl(demo["url"], demo["admin_token"])).check()
-            done: list[str] = []
+            ordered = {
+                d["serial"]
+                for d in plan["devices"]
+                if d["status"] not in ("excluded", "held") and d["channel"] == "agent"
+            }
+            assert ordered, "the demo's rollout orders no unit"
             end = time.monotonic() + DEMO_SECONDS - 30
-            while time.monotonic() < end and not done and process.returncode is None:
+            rollout = plan
+            while time.monotonic() < end and process.returncode is None:
                 async with http.get(url) as response:
                     rollout = await response.json()
-                done = [
-                    d["serial"]
-                    for d in rollout["devices"]
-                    if d["status"] == "done" and d["channel"] == "agent"
-                ]
-                await asyncio.sleep(2)  # waits-for: a canary to be updated and verified
-            assert done, "no unit was updated during the demo"
+                if rollout["status"] in ("done", "halted", "aborted"):
+                    break
+                await asyncio.sleep(2)  # waits-for: every wave updated and verified
+            # Every wave ran to its end: each unit the plan ordered was updated by its agent.
+            assert rollout["status"] == "done", rollout.get("halt") or rollout["status"]
+            done = {
+                d["serial"]
+                for d in rollout["devices"]
+                if d["status"] == "done" and d["channel"] == "agent"
+            }
+            assert done == ordered, rollout["devices"]
             # Later: units updated, the scripted faults and outages under way.
             (await crawl(demo["url"], viewer, language="pl")).check()
         process.send_signal(signal.SIGINT)  # Ctrl-C, as an admin who has seen enough
