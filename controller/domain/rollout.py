@@ -33,7 +33,7 @@ import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any, Literal, get_args
@@ -1513,12 +1513,7 @@ class AbortCriterion:
         return failure.get("code") == self.failure_type
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "waves": self.waves,
-            "failure_type": self.failure_type,
-            "threshold_percent": self.threshold_percent,
-            "min_executed": self.min_executed,
-        }
+        return asdict(self)
 
     def text(self) -> str:
         """The criterion as ``rollout plan --abort`` takes it (``parse_abort_text``)."""
