@@ -1,4 +1,5 @@
-"""Fixtures for every test folder: one PostgreSQL server per session (per xdist worker), labs."""
+"""Fixtures for every test folder: one PostgreSQL server per session (per xdist worker), labs,
+the shipped catalogues."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import Any
 import pytest
 from testkit.site_agents import lab_password_file
 
+from polyfleet.controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.releases import ReleaseCatalogue
+from polyfleet.controller.services.entitlement import load_plans, load_releases
 from polyfleet.controller.store.local_postgres import LocalPostgres
 from polyfleet.simulator.fleet import DeviceSpec
 from polyfleet.simulator.lab import Lab
@@ -35,6 +39,18 @@ def postgres_server() -> Iterator[LocalPostgres]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def plans() -> PlanCatalogue:
+    """The shipped plan catalogue."""
+    return load_plans()
+
+
+@pytest.fixture(scope="session")
+def releases() -> ReleaseCatalogue:
+    """The shipped release catalogue."""
+    return load_releases()
 
 
 @pytest.fixture

@@ -10,23 +10,9 @@ import pytest
 from polyfleet.controller.domain.assets import COLUMNS, Asset, parse_registry
 from polyfleet.controller.domain.calendar import WARSAW
 from polyfleet.controller.domain.plans import PlanCatalogue
-from polyfleet.controller.domain.releases import ReleaseCatalogue
-from polyfleet.controller.services.entitlement import load_plans, load_releases
 
 Row = dict[str, str]
 CsvOf = Callable[..., str]
-
-
-@pytest.fixture(scope="session")
-def plans() -> PlanCatalogue:
-    """The shipped plan catalogue."""
-    return load_plans()
-
-
-@pytest.fixture(scope="session")
-def releases() -> ReleaseCatalogue:
-    """The shipped release catalogue."""
-    return load_releases()
 
 
 def row(serial: str = "SN1", **cells: str) -> Row:
