@@ -6,12 +6,13 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import make_poller
+from agent_testkit import PolledUnit, make_poller
 from testkit.site_agents import agent_config, device_config
 
 from polyfleet.agent.drivers.videoos import problems_from_status
@@ -44,20 +45,14 @@ def codes(snapshot: Snapshot) -> set[str]:
     ],
 )
 async def test_fault_maps_to_problem_code(
-    lab_factory: Any,
-    password_file: Path,
-    tmp_path: Path,
-    http: aiohttp.ClientSession,
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
     fault: str,
     params: dict[str, Any],
     code: str,
     state: str,
 ) -> None:
     """Each lab fault shows up as its problem code and health state."""
-    lab = await lab_factory([make_device("PC1", model="g7500")])
-    device = lab.devices["PC1"]
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
+    device, poller, key = await polled_unit("PC1", model="g7500")
     first = await poller.poll_device(key)
     assert first and first[0].health.state is HealthState.OK
     await device.set_fault(fault, True, **params)
@@ -69,13 +64,10 @@ async def test_fault_maps_to_problem_code(
 
 
 async def test_wedged_rest_is_read_over_ssh(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
 ) -> None:
     """A wedged REST API falls back to SSH: via ssh, api_error, provider kept from REST."""
-    lab = await lab_factory([make_device("WEDGE1", provider="zoom")])
-    device = lab.devices["WEDGE1"]
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
+    device, poller, key = await polled_unit("WEDGE1", provider="zoom")
     await poller.poll_device(key)
     await device.set_fault("wedged", True)
     await device.set_fault("camera_down", True)
@@ -86,14 +78,11 @@ async def test_wedged_rest_is_read_over_ssh(
 
 
 async def test_e70_behind_g7500_has_own_entry(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
 ) -> None:
     """The E70 is reported as its own device with host_serial; its loss is a fault for it."""
-    lab = await lab_factory([make_device("G7HOST", model="g7500")])
-    device = lab.devices["G7HOST"]
+    device, poller, key = await polled_unit("G7HOST", model="g7500")
     e70 = next(p for p in device.peripherals if p.kind == "e70")
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
     host, camera = await poller.poll_device(key)
     assert (camera.serial, camera.model.value, camera.host_serial) == (
         e70.serial,
@@ -109,14 +98,11 @@ async def test_e70_behind_g7500_has_own_entry(
 
 
 async def test_e70_state_unknown_while_host_answers_only_over_ssh(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
 ) -> None:
     """Host REST wedged (read over SSH): the E70 is still reported, as state unknown, never ok."""
-    lab = await lab_factory([make_device("G7SSH", model="g7500")])
-    device = lab.devices["G7SSH"]
+    device, poller, key = await polled_unit("G7SSH", model="g7500")
     e70 = next(p for p in device.peripherals if p.kind == "e70")
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
     await poller.poll_device(key)
     await device.set_fault("wedged", True)
     host, camera = await poller.poll_device(key)
