@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from access_testkit import controller_process
+from testkit.clients import client_from
 from testkit.processes import controller_cli
 from testkit.reports import bearer
 from testkit.waiting import wait_until
@@ -21,14 +20,6 @@ from polyfleet.controller.web.security import SIGNIN_COOKIE
 from polyfleet.shared.schema import PROTOCOL_VERSION
 
 LIMITS = "[server]\nauth_failures_per_minute = 4\nenroll_attempts_per_minute = 3\n"
-
-
-@asynccontextmanager
-async def client_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client whose connections come from ``address`` (another loopback address)."""
-    connector = aiohttp.TCPConnector(local_addr=(address, 0))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        yield http
 
 
 async def _call(
