@@ -127,3 +127,25 @@ async def running_controller(
         yield RunningController(url=url, admin_token=token, app=app, data_dir=data_dir)
     finally:
         await runner.cleanup()
+
+
+async def invite_sites(core: Controller, count: int) -> list[str]:
+    """Sites ``site-000``... and an enrollment code for each, written through ``core`` (over
+    an open store, no server running): how benchmarks prepare a fleet."""
+    codes = []
+    for n in range(count):
+        site = f"site-{n:03d}"
+        await core.inventory.add_site(site, name=site, timezone="Europe/Warsaw")
+        codes.append((await core.access.create_invite(site))[0])
+    return codes
+
+
+async def enroll_codes(url: str, codes: list[str], *, agent_name: str = "bench") -> list[str]:
+    """Enroll an agent with each code at the controller at ``url``; their tokens, in order."""
+    tokens = []
+    async with aiohttp.ClientSession() as http:
+        for code in codes:
+            body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": agent_name}
+            async with http.post(f"{url}/api/v1/agent/enroll", json=body) as response:
+                tokens.append((await response.json())["token"])
+    return tokens
