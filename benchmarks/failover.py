@@ -40,11 +40,10 @@ from polyfleet.controller.config import ControllerConfig  # noqa: E402
 from polyfleet.controller.core import build_controller  # noqa: E402
 from polyfleet.controller.store.local_postgres import LocalPostgres  # noqa: E402
 from polyfleet.controller.store.postgres import PostgresStore, read_all  # noqa: E402
-from polyfleet.controller.testing import enroll_codes, invite_sites  # noqa: E402
+from polyfleet.controller.testing import batch, enroll_codes, invite_sites, report, snapshot  # noqa: E402
 from polyfleet.shared.process import polyfleet_argv  # noqa: E402
 from polyfleet.shared.schema import (  # noqa: E402
     MAX_BATCH_SNAPSHOTS,
-    PROTOCOL_VERSION,
     ReportBatch,
 )
 
@@ -59,33 +58,15 @@ STEADY_S = 3.0
 _numbers = itertools.count()
 
 
-def snapshot(serial: str, collected: str) -> dict[str, Any]:
-    return {
-        "serial": serial,
-        "model": "studio_x50",
-        "model_raw": "Poly Studio X50",
-        "system_name": f"Room {serial}",
-        "firmware": {"version": "4.1.0", "build": "180034"},
-        "provider": "teams",
-        "health": {"state": "ok", "problems": []},
-        "in_call": False,
-        "uptime_s": 3600.0,
-        "peripherals": [],
-        "collected_at": collected,
-        "via": "rest",
-    }
-
-
 def batch_of(serials: list[str]) -> tuple[ReportBatch, list[str]]:
     collected = datetime.now(UTC).isoformat()
     ids = [f"fo-{next(_numbers):09d}" for _ in serials]
-    body = {
-        "protocol_version": PROTOCOL_VERSION,
-        "reports": [
-            {"id": report_id, "snapshot": snapshot(serial, collected)}
+    body = batch(
+        *(
+            report(snapshot(serial, collected_at=collected), report_id)
             for report_id, serial in zip(ids, serials, strict=True)
-        ],
-    }
+        )
+    )
     return ReportBatch.model_validate(body), ids
 
 

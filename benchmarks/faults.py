@@ -55,7 +55,7 @@ from polyfleet.controller.config import ControllerConfig  # noqa: E402
 from polyfleet.controller.core import build_controller  # noqa: E402
 from polyfleet.controller.store.base import REPORTS  # noqa: E402
 from polyfleet.controller.store.tinydb import TinyDBStore  # noqa: E402
-from polyfleet.controller.testing import enroll_codes, invite_sites  # noqa: E402
+from polyfleet.controller.testing import enroll_codes, invite_sites, report, snapshot  # noqa: E402
 from polyfleet.shared.process import polyfleet_argv  # noqa: E402
 from polyfleet.shared.schema import MAX_BATCH_SNAPSHOTS, PROTOCOL_VERSION  # noqa: E402
 
@@ -181,26 +181,10 @@ class Agent:
         for index, serial in enumerate(self.devices):
             self.sequence += 1
             problems = [{"code": "camera_down", "detail": "no video"}] if index % 17 == 0 else []
-            self.outbox.append(
-                {
-                    "id": f"bench{self.number:03d}-{self.sequence:09d}",
-                    "snapshot": {
-                        "serial": serial,
-                        "model": "studio_x50",
-                        "model_raw": "Poly Studio X50",
-                        "system_name": f"Room {serial}",
-                        "firmware": {"version": "4.1.0", "build": "180034"},
-                        "provider": "teams",
-                        "health": {"state": "fault" if problems else "ok", "problems": problems},
-                        "in_call": False,
-                        "uptime_s": 3600.0 + round_no,
-                        "peripherals": [],
-                        "host_serial": None,
-                        "collected_at": collected,
-                        "via": "rest",
-                    },
-                }
+            snap = snapshot(
+                serial, problems=problems, collected_at=collected, uptime_s=3600.0 + round_no
             )
+            self.outbox.append(report(snap, f"bench{self.number:03d}-{self.sequence:09d}"))
 
     async def flush(self, http: aiohttp.ClientSession, ctl: Controller) -> bool:
         """Post the outbox in batches; False at the first failure (the rest waits)."""
