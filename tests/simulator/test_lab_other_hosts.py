@@ -10,23 +10,14 @@ import paramiko
 import pytest
 from lab_client import connect, exec_command, pin, read_identification
 
-from polyfleet.simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
+from polyfleet.simulator.fleet import OtherHostSpec
 from polyfleet.simulator.lab import Lab
 from polyfleet.simulator.other_host import OtherHost
-from polyfleet.simulator.testing import fleet_of, make_device, next_address
+from polyfleet.simulator.testing import make_device, next_address, start_lab
 
 
 async def other_lab(tmp_path: Path, others: list[OtherHostSpec]) -> Lab:
-    fleet = fleet_of([make_device()])
-    room = fleet.sites[0].rooms[0]
-    site = SiteSpec(
-        id="test-site",
-        name="Test site",
-        rooms=[RoomSpec(id=room.id, name=room.name, devices=room.devices, other_hosts=others)],
-    )
-    lab = Lab(type(fleet)(sites=[site]), data_dir=tmp_path / "lab")
-    await lab.start()
-    return lab
+    return await start_lab(tmp_path, [make_device()], other_hosts=others)
 
 
 async def fetch(host: OtherHost, method: str, path: str) -> tuple[int, str, str, str]:
