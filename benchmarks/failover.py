@@ -216,7 +216,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             second, second_url = await start_controller(url, Path(tmp) / "b", "127.0.0.1:0")
             processes.append(second)
             await wait_role(second_url, "standby")
-            tokens = await enroll_codes(first_url, codes)
+            tokens = await enroll_codes(first_url, codes, agent_name="bench")
             async with Fleet([first_url, second_url], tokens, args.devices) as fleet:
                 await fleet.full_round()
                 loaded = len(fleet.acked)

@@ -299,7 +299,9 @@ async def enrolled_fleet(
         connector=aiohttp.TCPConnector(limit=args.agents + 10)
     ) as http:
         await ctl.start()
-        for agent, token in zip(agents, await enroll_codes(ctl.url, codes), strict=True):
+        for agent, token in zip(
+            agents, await enroll_codes(ctl.url, codes, agent_name="bench"), strict=True
+        ):
             agent.token = token
         await steady_round(http, ctl, agents, 0)
         steady = await steady_round(http, ctl, agents, 1)

@@ -310,7 +310,7 @@ async def measure_controller(
     )
     try:
         await wait_active(url)
-        tokens = await enroll_codes(url, codes)
+        tokens = await enroll_codes(url, codes, agent_name="bench")
         await drive_rounds(url, tokens, [warm_up])
         cpu = cpu_seconds(controller.pid)
         rates, latencies, total = await drive_rounds(url, tokens, measured)

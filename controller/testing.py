@@ -208,7 +208,7 @@ async def invite_sites(core: Controller, count: int) -> list[str]:
     return codes
 
 
-async def enroll_codes(url: str, codes: list[str], *, agent_name: str = "bench") -> list[str]:
+async def enroll_codes(url: str, codes: list[str], *, agent_name: str = "test-agent") -> list[str]:
     """Enroll an agent with each code at the controller at ``url``; their tokens, in order."""
     tokens = []
     async with aiohttp.ClientSession() as http:
