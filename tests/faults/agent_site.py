@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from faultkit import AgentProcess, ControllerProcess
+from faultkit import AgentProcess, ControllerProcess, get_json
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
@@ -158,25 +158,23 @@ async def wait_status(
 async def controller_events(
     http: aiohttp.ClientSession, controller: ControllerProcess, kind: str
 ) -> list[dict[str, Any]]:
-    async with http.get(
-        f"{controller.url}/api/v1/events?kind={kind}&limit=1000",
-        headers={"Authorization": f"Bearer {controller.admin_token}"},
-    ) as resp:
-        events: list[dict[str, Any]] = (await resp.json())["events"]
-        return events
+    answer = await get_json(
+        http, controller.url, f"/api/v1/events?kind={kind}&limit=1000", controller.admin_token
+    )
+    events: list[dict[str, Any]] = answer.body["events"]
+    return events
 
 
 async def stored_reports(
     http: aiohttp.ClientSession, controller: ControllerProcess, serial: str
 ) -> list[dict[str, Any]]:
     """A device's reports as the controller keeps them, oldest first."""
-    async with http.get(
-        f"{controller.url}/api/v1/devices/{serial}/reports",
-        headers={"Authorization": f"Bearer {controller.admin_token}"},
-    ) as resp:
-        if resp.status == 404:
-            return []
-        reports: list[dict[str, Any]] = (await resp.json())["reports"]
+    answer = await get_json(
+        http, controller.url, f"/api/v1/devices/{serial}/reports", controller.admin_token
+    )
+    if answer.status == 404:
+        return []
+    reports: list[dict[str, Any]] = answer.body["reports"]
     return sorted(reports, key=lambda r: r["snapshot"]["collected_at"])
 
 
