@@ -15,6 +15,7 @@ from faultkit import AgentProcess, ControllerProcess, get_json
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.lab import Lab
 
 
 def free_port() -> int:
@@ -181,3 +182,43 @@ async def stored_reports(
 def start_agent(config: Path) -> AgentProcess:
     """An ``AgentProcess`` for a config written here (start it with ``await .start()``)."""
     return AgentProcess(config)
+
+
+async def start_reporting_agent(
+    http: aiohttp.ClientSession,
+    controller: ControllerProcess,
+    lab: Lab,
+    password_file: Path,
+    folder: Path,
+    *,
+    controller_url: str | None = None,
+    **config: Any,
+) -> tuple[AgentProcess, Path, int]:
+    """An agent process for every device of ``lab``, enrolling at site krk of ``controller``
+    (through ``controller_url``, a relay, when given), its status on a free port: returned
+    (with its config and that port) once it sends and every device answers. The caller
+    stops it."""
+    port = free_port()
+    path = write_agent_config(
+        folder,
+        controller_url=controller_url or controller.url,
+        code=controller.codes["krk"][0],
+        devices=list(lab.devices.values()),
+        password_file=password_file,
+        status_port=port,
+        **config,
+    )
+    agent = start_agent(path)
+    await agent.start()
+    try:
+        await wait_status(
+            http,
+            port,
+            lambda d: d["uplink"]["ok"] and d["devices"]["answering"] == len(lab.devices),
+            90,
+            "the agent enrolled, polling and sending",
+        )
+    except BaseException:
+        await agent.stop()
+        raise
+    return agent, path, port
