@@ -88,10 +88,15 @@ class World:
         )
         return result
 
+    async def start_rollout(self, **body: Any) -> dict[str, Any]:
+        """Plan a rollout (``plan`` defaults) and start it; its plan."""
+        plan = await self.plan(**body)
+        await self.act(plan["id"], "start")
+        return plan
+
     async def start_installing(self, serial: str) -> tuple[dict[str, Any], SimDevice]:
         """Plan and start a rollout; its plan and the unit once ``serial`` is installing."""
-        plan = await self.plan()
-        await self.act(plan["id"], "start")
+        plan = await self.start_rollout()
         device = self.devices[serial]
         await wait_until(lambda: device.power == "installing", what="install", interval=0.02)
         return plan, device

@@ -117,8 +117,7 @@ async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) 
     """A unit that never comes back: failed, penalty box, and a ticket naming rollout and hop."""
     sites = {"krakow": [with_update(poly("BRK01"), "brick"), poly("BRK02")]}  # type: ignore[arg-type]
     async with rollout_world(tmp_path, sites, return_timeout_s=3) as world:  # type: ignore[arg-type]
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
         halted = await world.wait_status(plan["id"], "halted", timeout=90)
         entry = next(d for d in halted["devices"] if d["serial"] == "BRK01")
         assert entry["status"] == "failed"
@@ -150,8 +149,7 @@ async def test_pause_lets_the_update_finish_and_resume_goes_on(tmp_path: Path) -
     """Paused during the canary: it finishes and is verified, nothing new starts until resume."""
     sites = {"krakow": [with_update(poly("PAU01"), "ok", install_seconds=1.5), poly("PAU02")]}  # type: ignore[arg-type]
     async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
         await wait_until(lambda: world.devices["PAU01"].power == "installing", what="install")
         await world.act(plan["id"], "pause")
 
@@ -175,8 +173,7 @@ async def test_a_unit_in_a_call_is_postponed_then_updated(tmp_path: Path) -> Non
     async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
         device = world.devices["CALL1"]
         await device.start_call()
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
 
         async def postponed() -> bool:
             rollout = await world.rollout(plan["id"])
@@ -267,8 +264,7 @@ async def test_an_order_cut_short_restores_the_settings_the_unit_had_before_it(
     async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
         agent = world.agents["krakow"]
         await agent.stop()
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
 
         async def ordered() -> str | None:
             _, jobs = await world.call("GET", "/api/v1/devices/CUT01/jobs")
