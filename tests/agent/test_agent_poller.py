@@ -22,6 +22,7 @@ from polyfleet.agent.poller import Poller
 from polyfleet.cli import main
 from polyfleet.shared.fingerprint import short_fingerprint
 from polyfleet.shared.schema import HealthState, ProblemCode, Snapshot
+from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.testing import make_device
 
 
@@ -246,16 +247,33 @@ async def test_pin_change_waits_for_admin_accept(
     await outbox.close()
 
 
+async def pinned_to_another(
+    lab_factory: Any,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    prefix: str,
+    pin: str,
+) -> tuple[SimDevice, SimDevice, Poller, str]:
+    """Units ``<prefix>1`` and ``<prefix>2``; a poller for the first whose config pins
+    (``pin``: tls_fingerprint or ssh_fingerprint) the second's key, pins applied; both
+    units, the poller and the first's key."""
+    lab = await lab_factory([make_device(f"{prefix}1"), make_device(f"{prefix}2")])
+    a, b = lab.devices[f"{prefix}1"], lab.devices[f"{prefix}2"]
+    cfg = device_config(a, password_file, serial=a.serial, **{pin: getattr(b, pin)})
+    poller = make_poller(agent_config(tmp_path, [cfg]), http)
+    await poller.apply_config_pins()
+    return a, b, poller, cfg.key
+
+
 async def test_configured_pin_mismatch(
     lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """A pin given in the config that the device does not match is never trusted."""
-    lab = await lab_factory([make_device("CPIN1"), make_device("CPIN2")])
-    a, b = lab.devices["CPIN1"], lab.devices["CPIN2"]
-    cfg = device_config(a, password_file, tls_fingerprint=b.tls_fingerprint, serial="CPIN1")
-    poller = make_poller(agent_config(tmp_path, [cfg]), http)
-    await poller.apply_config_pins()
-    [snap] = await poller.poll_device(cfg.key)
+    a, _, poller, key = await pinned_to_another(
+        lab_factory, password_file, tmp_path, http, "CPIN", "tls_fingerprint"
+    )
+    [snap] = await poller.poll_device(key)
     assert codes(snap) == {"certificate_changed"}
     assert not a.sessions and a.failed_logins == 0
 
@@ -288,17 +306,14 @@ async def test_changed_ssh_host_key_is_certificate_changed(
     lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """When REST is wedged and the SSH host key is not the pinned one, nothing is trusted."""
-    lab = await lab_factory([make_device("SSHPIN1"), make_device("SSHPIN2")])
-    a, b = lab.devices["SSHPIN1"], lab.devices["SSHPIN2"]
-    cfg = device_config(a, password_file, ssh_fingerprint=b.ssh_fingerprint, serial="SSHPIN1")
-    config = agent_config(tmp_path, [cfg])
-    poller = make_poller(config, http)
-    await poller.apply_config_pins()
-    await poller.poll_device(cfg.key)
+    a, b, poller, key = await pinned_to_another(
+        lab_factory, password_file, tmp_path, http, "SSHPIN", "ssh_fingerprint"
+    )
+    await poller.poll_device(key)
     await a.set_fault("wedged", True)
-    [snap] = await poller.poll_device(cfg.key)
+    [snap] = await poller.poll_device(key)
     assert codes(snap) == {"certificate_changed"}
-    record = PinStore(config.data_dir).get(cfg.key)
+    record = PinStore(poller.config.data_dir).get(key)
     assert (record.ssh, record.pending_ssh) == (b.ssh_fingerprint, a.ssh_fingerprint)
     assert record.pending_tls is None
 
