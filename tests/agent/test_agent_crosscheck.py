@@ -13,7 +13,9 @@ from agent_testkit import SwitchableLink, make_poller
 from testkit.site_agents import agent_config, device_config
 
 from polyfleet.agent.pins import PinStore
+from polyfleet.agent.poller import Poller
 from polyfleet.shared.schema import HealthState, ProblemCode
+from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.testing import make_device
 
 
@@ -111,6 +113,30 @@ async def test_cross_check_when_rest_names_another_unit(
     assert by_serial["STEADY1"].ssh is None, "no SSH visit when REST says nothing odd"
 
 
+def relayed_poller(
+    device: SimDevice,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    *,
+    rest_port: int,
+    ssh_port: int,
+    **device_options: Any,
+) -> tuple[Poller, str]:
+    """A poller reaching ``device`` at 127.0.0.1 on these (relay) ports, cross-checking over
+    SSH on every poll; and the device's key."""
+    entry = device_config(
+        device,
+        password_file,
+        host="127.0.0.1",
+        rest_port=rest_port,
+        ssh_port=ssh_port,
+        **device_options,
+    )
+    poller = make_poller(agent_config(tmp_path, [entry], ssh_cross_check_every=1), http)
+    return poller, next(iter(poller.states))
+
+
 async def test_ssh_login_refused_stops_ssh_attempts(
     lab_factory: Any,
     password_file: Path,
@@ -147,22 +173,15 @@ async def test_ssh_login_refused_stops_ssh_attempts(
         rest_relay = SwitchableLink(device.address, device.rest_port)
         await rest_relay.start()
         rest_relay.up = True
-        config = agent_config(
+        poller, key = relayed_poller(
+            device,
+            password_file,
             tmp_path,
-            [
-                device_config(
-                    device,
-                    password_file,
-                    host="127.0.0.1",
-                    rest_port=rest_relay.port,
-                    ssh_port=ssh_port,
-                    ssh_key_file=key_file,
-                )
-            ],
-            ssh_cross_check_every=1,
+            http,
+            rest_port=rest_relay.port,
+            ssh_port=ssh_port,
+            ssh_key_file=key_file,
         )
-        poller = make_poller(config, http)
-        key = next(iter(poller.states))
         for _ in range(3):
             [snap] = await poller.poll_device(key)
             assert snap.health.state is HealthState.OK and snap.via.value == "rest"
@@ -192,21 +211,14 @@ async def test_silent_ssh_is_cross_checked_ever_less_often(
     await rest_relay.start()
     rest_relay.up = True
     try:
-        config = agent_config(
+        poller, key = relayed_poller(
+            device,
+            password_file,
             tmp_path,
-            [
-                device_config(
-                    device,
-                    password_file,
-                    host="127.0.0.1",
-                    rest_port=rest_relay.port,
-                    ssh_port=server.sockets[0].getsockname()[1],
-                )
-            ],
-            ssh_cross_check_every=1,
+            http,
+            rest_port=rest_relay.port,
+            ssh_port=server.sockets[0].getsockname()[1],
         )
-        poller = make_poller(config, http)
-        key = next(iter(poller.states))
         for _ in range(8):
             [snap] = await poller.poll_device(key)
             assert snap.health.state is HealthState.OK and snap.via.value == "rest"
