@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from testkit.site_agents import lab_password_file
 
@@ -57,6 +58,13 @@ def releases() -> ReleaseCatalogue:
 def postgres_url(postgres_server: LocalPostgres) -> str:
     """The URL of a new, empty database of its own on the session's server."""
     return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for the test (folders may give theirs other settings)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

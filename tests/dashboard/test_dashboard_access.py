@@ -36,12 +36,6 @@ async def controller(tmp_path: Path, clock: SettableClock) -> AsyncIterator[Runn
         yield running
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def test_session_cookie_is_secure_http_only_same_site_with_an_expiry(
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
