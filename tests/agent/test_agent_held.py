@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from testkit.reports import report_as_new_agent, typed_snapshot
-from testkit.site_agents import agent_config, device_config, start_enrolled_agent
+from testkit.site_agents import lab_agent_config, start_enrolled_agent
 from testkit.waiting import wait_until
 
 from polyfleet.agent.held import HeldReports
@@ -32,15 +32,7 @@ from polyfleet.simulator.testing import make_device
 async def start_agent(
     controller: RunningController, site: str, lab: Any, password_file: Path, tmp_path: Path
 ) -> AgentService:
-    config = agent_config(
-        tmp_path,
-        [device_config(d, password_file) for d in lab.devices.values()],
-        controller_url=controller.url,
-        poll_interval_s=0.2,
-        send_interval_s=0.05,
-        backoff_max_s=0.2,
-        held_retry_s=0.3,
-    )
+    config = lab_agent_config(tmp_path, lab, password_file, controller.url, held_retry_s=0.3)
     return await start_enrolled_agent(controller, site, config)
 
 
