@@ -12,6 +12,7 @@ import pytest
 from agent_testkit import PolledUnit
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
+from testkit.servers import serving
 from testkit.waiting import wait_until
 
 from polyfleet.agent.jobs import JobRunner
@@ -96,15 +97,8 @@ async def older_controller() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/api/v1/agent/jobs/{job_id}/result", post_result)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}", received
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url, received
 
 
 async def test_a_coded_result_reaches_a_controller_from_before_codes_without_its_code(
