@@ -694,15 +694,8 @@ def _device(path: Path, loc: Loc, table: DeviceTable) -> DeviceSpec:
 
 def _other_host(path: Path, loc: Loc, table: OtherHostTable) -> OtherHostSpec:
     try:
-        return OtherHostSpec(
-            name=table.name,
-            address=table.address,
-            kind=table.kind,
-            title=table.title,
-            rest_port=table.rest_port,
-            ssh_port=table.ssh_port,
-            admin_password=table.admin_password,
-        )
+        # The table has the spec's fields, as the TOML spells them.
+        return OtherHostSpec(**table.model_dump())
     except ValueError as exc:
         raise config_error(path, loc, str(exc)) from exc
 
