@@ -31,6 +31,20 @@ async def _site_with_devices(
     return agent
 
 
+async def report_reboot_done(
+    http: aiohttp.ClientSession, url: str, agent_token: str, job_id: str
+) -> None:
+    """The agent's result for reboot job ``job_id``: done; the controller takes it."""
+    status, answer = await call_with_token(
+        http,
+        "POST",
+        f"{url}/api/v1/agent/jobs/{job_id}/result",
+        agent_token,
+        {"status": "done", "detail": "reboot requested"},
+    )
+    assert status == 200, answer
+
+
 async def test_twenty_reboots_within_a_second_are_one_job(tmp_path: Path) -> None:
     """Of twenty concurrent reboots one is queued; the rest get 409 naming it, restarts too."""
     data = tmp_path / "data"
@@ -82,14 +96,7 @@ async def test_twenty_reboots_within_a_second_are_one_job(tmp_path: Path) -> Non
         )
         assert status == 409 and first in answer["error"]["message"]
         # Once the agent reports the result, the next reboot may be ordered.
-        status, _ = await call_with_token(
-            http,
-            "POST",
-            f"{controller.url}/api/v1/agent/jobs/{first}/result",
-            agent["token"],
-            {"status": "done", "detail": "reboot requested"},
-        )
-        assert status == 200
+        await report_reboot_done(http, controller.url, agent["token"], first)
         status, again = await call_with_token(
             http, "POST", f"{api}/devices/X50-1/jobs", admin, REBOOT
         )
@@ -123,14 +130,7 @@ async def test_a_cancelled_job_frees_its_kind_and_keeps_a_late_result(tmp_path: 
         assert status == 201
 
         # The agent had run the cancelled one already: what it did is kept, still cancelled.
-        status, _ = await call_with_token(
-            http,
-            "POST",
-            f"{api}/agent/jobs/{queued['id']}/result",
-            agent["token"],
-            {"status": "done", "detail": "reboot requested"},
-        )
-        assert status == 200
+        await report_reboot_done(http, controller.url, agent["token"], queued["id"])
         _, late = await call_with_token(http, "GET", f"{api}/jobs/{queued['id']}", admin)
         assert late["status"] == "cancelled" and late["result"]["status"] == "done"
         _, pending = await call_with_token(http, "GET", f"{api}/jobs/{next_one['id']}", admin)
