@@ -37,6 +37,29 @@ async def post_until_refused(
     raise AssertionError("the full disk never refused a write")
 
 
+async def resent_and_acked(
+    controller: ControllerProcess,
+    http: aiohttp.ClientSession,
+    token: str,
+    reports: list[dict[str, Any]],
+    acked: dict[str, str],
+) -> None:
+    """``reports`` sent again, now taken: noted in ``acked`` (report id -> serial)."""
+    again = await post_batch(http, controller.url, token, batch(*reports))
+    assert again.status == 200, again
+    for item in reports:
+        acked[item["id"]] = item["snapshot"]["serial"]
+
+
+async def all_acked_survive_kill(
+    controller: ControllerProcess, http: aiohttp.ClientSession, acked: dict[str, str]
+) -> None:
+    """After kill -9 and a start, every device of an acknowledged report is known."""
+    await controller.kill()
+    await controller.start()
+    assert set(acked.values()) <= await serials(controller, http)
+
+
 async def test_store_writes_again_by_itself_after_the_disk_was_full(
     controllers: Controllers, small_disk: Any, http: aiohttp.ClientSession
 ) -> None:
@@ -71,18 +94,13 @@ async def test_store_writes_again_by_itself_after_the_disk_was_full(
         lambda: _is(failing(controller, http), 0.0), what="writes to resume by themselves"
     )
     await controller.wait_log("the disk takes writes again")
-    again = await post_batch(http, controller.url, token, batch(*reports))
-    assert again.status == 200, again
-    for item in reports:
-        acked[item["id"]] = item["snapshot"]["serial"]
+    await resent_and_acked(controller, http, token, reports, acked)
     answer = await get_json(http, controller.url, "/api/v1/devices", controller.admin_token)
     assert "Warning" not in answer.headers
     health = (await get_json(http, controller.url, "/healthz", "")).body
     assert (health["store_state"], health["store_problem"]) == ("available", None)
 
-    await controller.kill()
-    await controller.start()
-    assert set(acked.values()) <= await serials(controller, http)
+    await all_acked_survive_kill(controller, http, acked)
 
 
 async def test_store_writes_again_after_the_disk_turned_read_only_and_back(
@@ -108,13 +126,8 @@ async def test_store_writes_again_after_the_disk_turned_read_only_and_back(
     await wait_until(
         lambda: _is(failing(controller, http), 0.0), what="writes to resume by themselves"
     )
-    again = await post_batch(http, controller.url, token, batch(*reports))
-    assert again.status == 200, again
-    for item in reports:
-        acked[item["id"]] = item["snapshot"]["serial"]
-    await controller.kill()
-    await controller.start()
-    assert set(acked.values()) <= await serials(controller, http)
+    await resent_and_acked(controller, http, token, reports, acked)
+    await all_acked_survive_kill(controller, http, acked)
 
 
 async def test_starting_on_a_full_disk_names_the_path_and_the_cause(
