@@ -5,17 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
-from access_testkit import controller_process, enroll_agent, post_report, run_cli_on_terminal
+from access_testkit import (
+    admin_at_controller,
+    enroll_agent,
+    post_report,
+    run_cli_on_terminal,
+)
 from testkit.clients import call_with_token
 from testkit.reports import bearer, snapshot
 
 
 async def test_the_last_admin_token_cannot_be_revoked(tmp_path: Path) -> None:
     """Revoking the only admin token answers 409 and it keeps working; with two, one may go."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (_controller, http, api, ops):
         status, tokens = await call_with_token(http, "GET", f"{api}/tokens", ops)
         (ops_id,) = [t["id"] for t in tokens["tokens"]]
         viewer_status, viewer = await call_with_token(
@@ -52,9 +54,7 @@ async def test_agent_credentials_are_listed_and_revoked_as_agents_not_tokens(
     tmp_path: Path,
 ) -> None:
     """Tokens list no agent; an agent's credential id is refused by token revoke, naming it."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (controller, http, api, ops):
         for site in ("krk", "waw"):
             await call_with_token(http, "POST", f"{api}/sites", ops, {"id": site})
         agents = {}
@@ -120,9 +120,7 @@ async def test_cli_token_revoke_asks_first_and_keeps_the_last_admin_token(
     tmp_path: Path,
 ) -> None:
     """token revoke asks on a terminal, refuses without one unless --yes, keeps the last admin."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (controller, http, api, ops):
         _, backup = await call_with_token(
             http, "POST", f"{api}/tokens", ops, {"role": "admin", "name": "backup"}
         )
@@ -156,9 +154,7 @@ async def test_cli_token_revoke_asks_first_and_keeps_the_last_admin_token(
 
 async def test_cli_lists_agents_by_site_and_revokes_them_after_asking(tmp_path: Path) -> None:
     """agent list/revoke work by site; token revoke of an agent's credential names the agent."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (controller, http, api, ops):
         for site in ("krk", "waw"):
             await call_with_token(http, "POST", f"{api}/sites", ops, {"id": site})
             _, invite = await call_with_token(http, "POST", f"{api}/invites", ops, {"site": site})

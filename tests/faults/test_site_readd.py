@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiohttp
-from access_testkit import controller_process
+from access_testkit import admin_at_controller, controller_process
 from testkit.clients import call_with_token
 
 
 async def test_adding_an_existing_site_is_refused_and_patch_renames_it(tmp_path: Path) -> None:
     """POST /api/v1/sites with a taken id answers 409 naming the site; nothing changes."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token()
+    async with admin_at_controller(tmp_path / "data") as (_controller, http, api, ops):
         krk = {"id": "krk", "name": "Kraków", "timezone": "Europe/Warsaw"}
         assert (await call_with_token(http, "POST", f"{api}/sites", ops, krk))[0] == 201
         again = {"id": "krk", "name": "Krakow HQ", "timezone": "Europe/London"}

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from access_testkit import controller_process
+from access_testkit import admin_at_controller, controller_process
 from testkit.clients import client_from
 from testkit.processes import controller_cli
 from testkit.reports import bearer
@@ -32,9 +32,7 @@ async def _call(
 
 async def test_an_expired_token_is_refused_in_words_and_listed_as_expired(tmp_path: Path) -> None:
     """A token past its expiry gets 401 naming the expiry; the list shows it expired."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (controller, http, api, ops):
         soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
         status, short, _ = await _call(
             http,
@@ -109,9 +107,7 @@ async def test_expiry_forms_of_the_cli_and_last_use_survive_a_restart(tmp_path: 
 
 async def test_an_expired_admin_token_does_not_count_as_another_admin(tmp_path: Path) -> None:
     """The last working admin token stays, even beside an admin token that has expired."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (_controller, http, api, ops):
         soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
         status, brief, _ = await _call(
             http, "POST", f"{api}/tokens", ops, {"role": "admin", "expires_at": soon}
