@@ -37,6 +37,12 @@ async def controller(tmp_path: Path, clock: SettableClock) -> AsyncIterator[Runn
         yield running
 
 
+async def signin_nonce(http: aiohttp.ClientSession, url: str) -> str:
+    """The sign-in cookie the sign-in page at ``url`` sets, which its form must carry."""
+    async with http.get(url + "/signin") as response:
+        return cookie_value(response, SIGNIN_COOKIE)
+
+
 def post_signin_form(
     http: aiohttp.ClientSession, url: str, nonce: str, form: dict[str, str]
 ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
@@ -49,8 +55,7 @@ async def test_session_cookie_is_secure_http_only_same_site_with_an_expiry(
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
     """Signing in sets a Secure, HttpOnly, SameSite=Lax cookie that expires with the session."""
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
+    nonce = await signin_nonce(http, controller.url)
     async with post_signin_form(
         http,
         controller.url + "/signin",
@@ -91,8 +96,7 @@ async def test_sign_in_refuses_unknown_tokens_agent_credentials_and_a_forged_for
 ) -> None:
     """A wrong token, an agent's credential and a form without its nonce sign nobody in."""
     agent = await controller.enroll("krk")
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
+    nonce = await signin_nonce(http, controller.url)
     for token, status, text in (
         ("pft_not-a-token", 401, "Unknown or revoked token."),
         (agent.token, 401, "Agent credentials cannot sign in to the dashboard."),
@@ -214,8 +218,7 @@ async def test_a_one_time_link_signs_in_once_within_minutes_and_never_holds_the_
     expiring = await new_link()
     page = await (await http.get(controller.url + expiring)).text()
     clock.now += timedelta(seconds=301)
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
+    nonce = await signin_nonce(http, controller.url)
     async with post_signin_form(
         http,
         controller.url + "/signin/link",
@@ -235,8 +238,7 @@ async def test_a_wall_screen_signs_in_with_a_viewer_token_and_sees_only_the_kios
 ) -> None:
     """Kiosk sign-in refuses admin tokens; a kiosk session opens /kiosk and nothing else."""
     viewer, _ = await controller.core.access.create_token(Role.VIEWER, "wall")
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
+    nonce = await signin_nonce(http, controller.url)
     form = {"nonce": nonce, "kiosk": "1"}
     async with post_signin_form(
         http, controller.url + "/signin", nonce, {**form, "token": controller.admin_token}
@@ -314,8 +316,7 @@ async def test_sign_in_never_sends_the_browser_to_another_site(
 ) -> None:
     """``next`` pointing elsewhere (//host, https://host, backslashes) goes to / instead."""
     for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "devices"):
-        async with http.get(controller.url + "/signin") as response:
-            nonce = cookie_value(response, SIGNIN_COOKIE)
+        nonce = await signin_nonce(http, controller.url)
         async with post_signin_form(
             http,
             controller.url + "/signin",
