@@ -37,15 +37,13 @@ sys.path.insert(0, str(REPO))
 from polyfleet.agent.uplink import ControllerUnavailable, Uplink  # noqa: E402
 from polyfleet.controller.clock import system_clock  # noqa: E402
 from polyfleet.controller.config import ControllerConfig  # noqa: E402
-from polyfleet.controller.events import EventBus  # noqa: E402
-from polyfleet.controller.services.access import AccessService  # noqa: E402
-from polyfleet.controller.services.inventory import Inventory  # noqa: E402
+from polyfleet.controller.core import build_controller  # noqa: E402
 from polyfleet.controller.store.local_postgres import LocalPostgres  # noqa: E402
 from polyfleet.controller.store.postgres import PostgresStore, read_all  # noqa: E402
+from polyfleet.controller.testing import batch, enroll_codes, invite_sites, report, snapshot  # noqa: E402
 from polyfleet.shared.process import polyfleet_argv  # noqa: E402
 from polyfleet.shared.schema import (  # noqa: E402
     MAX_BATCH_SNAPSHOTS,
-    PROTOCOL_VERSION,
     ReportBatch,
 )
 
@@ -60,33 +58,15 @@ STEADY_S = 3.0
 _numbers = itertools.count()
 
 
-def snapshot(serial: str, collected: str) -> dict[str, Any]:
-    return {
-        "serial": serial,
-        "model": "studio_x50",
-        "model_raw": "Poly Studio X50",
-        "system_name": f"Room {serial}",
-        "firmware": {"version": "4.1.0", "build": "180034"},
-        "provider": "teams",
-        "health": {"state": "ok", "problems": []},
-        "in_call": False,
-        "uptime_s": 3600.0,
-        "peripherals": [],
-        "collected_at": collected,
-        "via": "rest",
-    }
-
-
 def batch_of(serials: list[str]) -> tuple[ReportBatch, list[str]]:
     collected = datetime.now(UTC).isoformat()
     ids = [f"fo-{next(_numbers):09d}" for _ in serials]
-    body = {
-        "protocol_version": PROTOCOL_VERSION,
-        "reports": [
-            {"id": report_id, "snapshot": snapshot(serial, collected)}
+    body = batch(
+        *(
+            report(snapshot(serial, collected_at=collected), report_id)
             for report_id, serial in zip(ids, serials, strict=True)
-        ],
-    }
+        )
+    )
     return ReportBatch.model_validate(body), ids
 
 
@@ -98,17 +78,7 @@ async def prepare(url: str, agents: int) -> list[str]:
     try:
         if any(store.count(name) for name in store.collections()):
             raise SystemExit(f"{store.shown_url} is not empty: give an empty database")
-        bus = EventBus(store, keep=config.events_keep)
-        inventory = Inventory(store, bus, system_clock, config)
-        access = AccessService(
-            store, bus, system_clock, fleet=inventory, code_ttl_s=3600, poll_interval_s=60
-        )
-        codes = []
-        for agent in range(agents):
-            site = f"site-{agent:03d}"
-            await inventory.add_site(site, name=site, timezone="Europe/Warsaw")
-            codes.append((await access.create_invite(site))[0])
-        return codes
+        return await invite_sites(build_controller(config, system_clock, store=store), agents)
     finally:
         await store.close()
 
@@ -221,16 +191,6 @@ class Fleet:
         return min(at for at, by in self.acks if at > moment and by == url)
 
 
-async def enroll(url: str, codes: list[str]) -> list[str]:
-    tokens = []
-    async with aiohttp.ClientSession() as http:
-        for code in codes:
-            body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "bench"}
-            async with http.post(f"{url}/api/v1/agent/enroll", json=body) as response:
-                tokens.append((await response.json())["token"])
-    return tokens
-
-
 async def kill_and_wait(process: Any, fleet: Fleet, url: str) -> float:
     """kill -9 now; seconds until ``url`` acknowledged a report."""
     await asyncio.sleep(STEADY_S)  # waits-for: the agents' steady reporting before the kill
@@ -256,7 +216,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             second, second_url = await start_controller(url, Path(tmp) / "b", "127.0.0.1:0")
             processes.append(second)
             await wait_role(second_url, "standby")
-            tokens = await enroll(first_url, codes)
+            tokens = await enroll_codes(first_url, codes, agent_name="bench")
             async with Fleet([first_url, second_url], tokens, args.devices) as fleet:
                 await fleet.full_round()
                 loaded = len(fleet.acked)

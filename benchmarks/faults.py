@@ -52,11 +52,10 @@ sys.path.insert(0, str(REPO))
 
 from polyfleet.controller.clock import system_clock  # noqa: E402
 from polyfleet.controller.config import ControllerConfig  # noqa: E402
-from polyfleet.controller.events import EventBus  # noqa: E402
-from polyfleet.controller.services.access import AccessService  # noqa: E402
-from polyfleet.controller.services.inventory import Inventory  # noqa: E402
+from polyfleet.controller.core import build_controller  # noqa: E402
 from polyfleet.controller.store.base import REPORTS  # noqa: E402
 from polyfleet.controller.store.tinydb import TinyDBStore  # noqa: E402
+from polyfleet.controller.testing import enroll_codes, invite_sites, report, snapshot  # noqa: E402
 from polyfleet.shared.process import polyfleet_argv  # noqa: E402
 from polyfleet.shared.schema import MAX_BATCH_SNAPSHOTS, PROTOCOL_VERSION  # noqa: E402
 
@@ -137,17 +136,7 @@ async def prepare(data_dir: Path, agents: int) -> list[str]:
     store = TinyDBStore(data_dir / "store")
     await store.open()
     try:
-        bus = EventBus(store, keep=config.events_keep)
-        inventory = Inventory(store, bus, system_clock, config)
-        access = AccessService(
-            store, bus, system_clock, fleet=inventory, code_ttl_s=3600, poll_interval_s=60
-        )
-        codes = []
-        for agent in range(agents):
-            site = f"site-{agent:03d}"
-            await inventory.add_site(site, name=site, timezone="Europe/Warsaw")
-            codes.append((await access.create_invite(site))[0])
-        return codes
+        return await invite_sites(build_controller(config, system_clock, store=store), agents)
     finally:
         await store.close()
 
@@ -192,26 +181,10 @@ class Agent:
         for index, serial in enumerate(self.devices):
             self.sequence += 1
             problems = [{"code": "camera_down", "detail": "no video"}] if index % 17 == 0 else []
-            self.outbox.append(
-                {
-                    "id": f"bench{self.number:03d}-{self.sequence:09d}",
-                    "snapshot": {
-                        "serial": serial,
-                        "model": "studio_x50",
-                        "model_raw": "Poly Studio X50",
-                        "system_name": f"Room {serial}",
-                        "firmware": {"version": "4.1.0", "build": "180034"},
-                        "provider": "teams",
-                        "health": {"state": "fault" if problems else "ok", "problems": problems},
-                        "in_call": False,
-                        "uptime_s": 3600.0 + round_no,
-                        "peripherals": [],
-                        "host_serial": None,
-                        "collected_at": collected,
-                        "via": "rest",
-                    },
-                }
+            snap = snapshot(
+                serial, problems=problems, collected_at=collected, uptime_s=3600.0 + round_no
             )
+            self.outbox.append(report(snap, f"bench{self.number:03d}-{self.sequence:09d}"))
 
     async def flush(self, http: aiohttp.ClientSession, ctl: Controller) -> bool:
         """Post the outbox in batches; False at the first failure (the rest waits)."""
@@ -245,15 +218,6 @@ class Agent:
                 self.acked[item["id"]] = (snap["serial"], snap["collected_at"])
             del self.outbox[: len(chunk)]
         return True
-
-
-async def enroll(
-    http: aiohttp.ClientSession, url: str, agents: list[Agent], codes: list[str]
-) -> None:
-    for agent, code in zip(agents, codes, strict=True):
-        body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "bench"}
-        async with http.post(f"{url}/api/v1/agent/enroll", json=body) as response:
-            agent.token = (await response.json())["token"]
 
 
 def make_agents(count: int, devices: int) -> list[Agent]:
@@ -335,7 +299,10 @@ async def enrolled_fleet(
         connector=aiohttp.TCPConnector(limit=args.agents + 10)
     ) as http:
         await ctl.start()
-        await enroll(http, ctl.url, agents, codes)
+        for agent, token in zip(
+            agents, await enroll_codes(ctl.url, codes, agent_name="bench"), strict=True
+        ):
+            agent.token = token
         await steady_round(http, ctl, agents, 0)
         steady = await steady_round(http, ctl, agents, 1)
         yield http, ctl, agents, steady

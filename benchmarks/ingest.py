@@ -46,6 +46,7 @@ from polyfleet.controller.store.base import Store  # noqa: E402
 from polyfleet.controller.store.local_postgres import LocalPostgres, LocalPostgresError  # noqa: E402
 from polyfleet.controller.store.postgres import PostgresStore  # noqa: E402
 from polyfleet.controller.store.tinydb import TinyDBStore  # noqa: E402
+from polyfleet.controller.testing import enroll_codes, invite_sites  # noqa: E402
 from polyfleet.shared.schema import PROTOCOL_VERSION, ReportBatch, ReportBatchAck  # noqa: E402
 
 #: Hard cap on the whole run, so the benchmark always ends.
@@ -126,13 +127,8 @@ async def prepare_controller(
             raise SystemExit(f"{store.shown_url} is not empty: give an empty database")
         # The services as the server builds them, over the store opened here.
         core = build_controller(config, system_clock, store=store)
-        inventory, access = core.inventory, core.access
-        codes = []
-        for agent in range(agents):
-            site = f"site-{agent:03d}"
-            await inventory.add_site(site, name=site, timezone="Europe/Warsaw")
-            codes.append((await access.create_invite(site))[0])
-        admin, _ = await access.create_token(Role.ADMIN, "bench")
+        codes = await invite_sites(core, agents)
+        admin, _ = await core.access.create_token(Role.ADMIN, "bench")
         return codes, admin
     finally:
         await store.close()
@@ -226,16 +222,6 @@ def summary(
     }
 
 
-async def enroll_all(url: str, codes: list[str]) -> list[str]:
-    tokens = []
-    async with aiohttp.ClientSession() as http:
-        for code in codes:
-            body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": "bench"}
-            async with http.post(f"{url}/api/v1/agent/enroll", json=body) as response:
-                tokens.append((await response.json())["token"])
-    return tokens
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     server: LocalPostgres | None = None
     postgres_url: str | None = args.store_url
@@ -324,7 +310,7 @@ async def measure_controller(
     )
     try:
         await wait_active(url)
-        tokens = await enroll_all(url, codes)
+        tokens = await enroll_codes(url, codes, agent_name="bench")
         await drive_rounds(url, tokens, [warm_up])
         cpu = cpu_seconds(controller.pid)
         rates, latencies, total = await drive_rounds(url, tokens, measured)

@@ -13,15 +13,21 @@ Give ``clock=`` to set time, and config overrides as keyword arguments
 (``poll_interval_s=5``, ``sections={"tickets": {...}}``, ``store_url="postgresql://..."``...).
 On PostgreSQL it waits until the controller is active (``wait_active=False``: a standby may
 be wanted).
+
+Also what tests and benchmarks send and prepare: agent reports in their JSON form
+(``snapshot``, ``report``, ``batch``), a fleet of invited sites and its enrolled agents
+(``invite_sites``, ``enroll_codes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,68 @@ SITE_ADDRESS = {
     "city": "Krakow",
     "country": "Polska",
 }
+
+
+# -- agent reports in their JSON form ---------------------------------------------------------
+
+_ids = itertools.count(1)
+
+
+def utc_text(moment: datetime) -> str:
+    """A time as the agent writes it (UTC, ``Z``)."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def snapshot(
+    serial: str,
+    *,
+    model: str = "studio_x50",
+    version: str = "4.1.0",
+    problems: list[dict[str, str]] | None = None,
+    state: str | None = None,
+    collected_at: datetime | str | None = None,
+    uptime_s: float = 3600.0,
+    host_serial: str | None = None,
+    peripherals: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One device snapshot with every field, as an agent sends it (collected now unless told).
+
+    Its health is ``fault`` when it has problems, else ``ok``, unless ``state`` says otherwise.
+    """
+    problems = problems or []
+    when = collected_at if collected_at is not None else datetime.now(UTC)
+    return {
+        "serial": serial,
+        "model": model,
+        "model_raw": "Poly Studio X50",
+        "system_name": f"Room {serial}",
+        "firmware": {"version": version, "build": "180034"},
+        "provider": "teams",
+        "health": {"state": state or ("fault" if problems else "ok"), "problems": problems},
+        "in_call": False,
+        "uptime_s": uptime_s,
+        "peripherals": peripherals or [],
+        "host_serial": host_serial,
+        "collected_at": when if isinstance(when, str) else utc_text(when),
+        "via": "rest",
+    }
+
+
+def report(snap: dict[str, Any], report_id: str | None = None) -> dict[str, Any]:
+    """A report (id and snapshot); ids are unique within the test process unless given."""
+    return {"id": report_id or f"report-{next(_ids):08d}", "snapshot": snap}
+
+
+def batch(
+    *reports: dict[str, Any],
+    notices: Sequence[dict[str, Any]] = (),
+    version: int = PROTOCOL_VERSION,
+) -> dict[str, Any]:
+    """A ``POST /api/v1/agent/reports`` body."""
+    body: dict[str, Any] = {"protocol_version": version, "reports": list(reports)}
+    if notices:
+        body["notices"] = list(notices)
+    return body
 
 
 @dataclass
@@ -127,3 +195,25 @@ async def running_controller(
         yield RunningController(url=url, admin_token=token, app=app, data_dir=data_dir)
     finally:
         await runner.cleanup()
+
+
+async def invite_sites(core: Controller, count: int) -> list[str]:
+    """Sites ``site-000``... and an enrollment code for each, written through ``core`` (over
+    an open store, no server running): how benchmarks prepare a fleet."""
+    codes = []
+    for n in range(count):
+        site = f"site-{n:03d}"
+        await core.inventory.add_site(site, name=site, timezone="Europe/Warsaw")
+        codes.append((await core.access.create_invite(site))[0])
+    return codes
+
+
+async def enroll_codes(url: str, codes: list[str], *, agent_name: str = "test-agent") -> list[str]:
+    """Enroll an agent with each code at the controller at ``url``; their tokens, in order."""
+    tokens = []
+    async with aiohttp.ClientSession() as http:
+        for code in codes:
+            body = {"protocol_version": PROTOCOL_VERSION, "code": code, "agent_name": agent_name}
+            async with http.post(f"{url}/api/v1/agent/enroll", json=body) as response:
+                tokens.append((await response.json())["token"])
+    return tokens

@@ -89,6 +89,22 @@ def _flag(payload: dict[str, Any], name: str) -> bool:
     return value
 
 
+def _text(payload: dict[str, Any], name: str, must: str) -> str:
+    """The non-empty string ``payload[name]``; else 400 saying ``name must be <must>``."""
+    value = payload.get(name)
+    if not isinstance(value, str) or not value:
+        raise _BadRequest(_error(400, f"{name} must be {must}", field=name))
+    return value
+
+
+def _powered_on(device: SimDevice) -> None:
+    """409 naming the power state unless the device is on."""
+    if device.power != "on":
+        raise _BadRequest(
+            _error(409, f"device {device.serial} is {device.power}, not on", power=device.power)
+        )
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -242,8 +258,7 @@ async def set_power(request: web.Request) -> web.Response:
 
 async def reboot(request: web.Request) -> web.Response:
     device = _device(request)
-    if device.power != "on":
-        return _error(409, f"device {device.serial} is {device.power}, not on", power=device.power)
+    _powered_on(device)
     await device.reboot()
     return web.json_response(device.view())
 
@@ -251,11 +266,8 @@ async def reboot(request: web.Request) -> web.Response:
 async def deliver_update(request: web.Request) -> web.Response:
     device = _device(request)
     payload = await _body(request)
-    version = payload.get("version")
-    if not isinstance(version, str) or not version:
-        return _error(400, "version must be a firmware version, e.g. 4.2.2-408037", field="version")
-    if device.power != "on":
-        return _error(409, f"device {device.serial} is {device.power}, not on", power=device.power)
+    version = _text(payload, "version", "a firmware version, e.g. 4.2.2-408037")
+    _powered_on(device)
     try:
         await device.deliver_update(version)
     except FaultError as exc:
@@ -266,10 +278,7 @@ async def deliver_update(request: web.Request) -> web.Response:
 async def set_password(request: web.Request) -> web.Response:
     device = _device(request)
     payload = await _body(request)
-    password = payload.get("password")
-    if not isinstance(password, str) or not password:
-        return _error(400, "password must be a non-empty string", field="password")
-    device.set_admin_password(password)
+    device.set_admin_password(_text(payload, "password", "a non-empty string"))
     return web.json_response(device.view())
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -36,24 +36,15 @@ class Download:
 
     version: str
     source: str
-    started: float = field(default_factory=time.time)
     size: int | None = None
     bytes: int = 0
     sha256: str | None = None
     status: str = "downloading"
     detail: str = ""
+    started: float = field(default_factory=time.time)
 
     def view(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "source": self.source,
-            "size": self.size,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "status": self.status,
-            "detail": self.detail,
-            "started": self.started,
-        }
+        return asdict(self)
 
 
 def package_urls(address: str, version: str) -> tuple[str, str]:

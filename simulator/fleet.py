@@ -664,22 +664,16 @@ def _device(path: Path, loc: Loc, table: DeviceTable) -> DeviceSpec:
         PeripheralSpec(kind=p.kind, serial=p.serial, firmware=p.firmware, name=p.name)
         for p in table.peripherals
     ]
+    # The table has the spec's fields; those of a plain value pass as the TOML gives them.
+    plain = table.model_dump(
+        exclude={"firmware", "build", "peripherals", "faults", "calls", "meetings", "update"}
+    )
     try:
         return DeviceSpec(
-            serial=table.serial,
-            model=table.model,
-            address=table.address,
+            **plain,
             firmware=firmware,
             build=build,
-            provider=table.provider,
-            device_mode=table.device_mode,
-            admin_password=table.admin_password,
-            rest_port=table.rest_port,
-            ssh_port=table.ssh_port,
-            system_name=table.system_name,
             peripherals=peripherals,
-            in_call=table.in_call,
-            sip=table.sip,
             faults=_windows(path, loc, table.faults, peripherals),
             calls=[CallWindow(at=c.at, until=c.until, remote=c.remote) for c in table.calls],
             meetings=[
@@ -688,19 +682,6 @@ def _device(path: Path, loc: Loc, table: DeviceTable) -> DeviceSpec:
             update=UpdateBehaviour(
                 install_seconds=table.update.install_seconds, outcome=table.update.outcome
             ),
-            regenerate_cert_on_reboot=table.regenerate_cert_on_reboot,
-            ssh_host_key_type=table.ssh_host_key_type,
-            lockout_failures=table.lockout_failures,
-            lockout_seconds=table.lockout_seconds,
-            session_limit=table.session_limit,
-            session_idle_seconds=table.session_idle_seconds,
-            boot_seconds=table.boot_seconds,
-            uptime_seconds=table.uptime_seconds,
-            login_failure_status=table.login_failure_status,
-            ssh_line_ending=table.ssh_line_ending,
-            ssh_banner_delay_ms=table.ssh_banner_delay_ms,
-            ssh_server_version=table.ssh_server_version,
-            silent_mode=table.silent_mode,
         )
     except ValueError as exc:
         raise config_error(path, loc, str(exc)) from exc
@@ -708,15 +689,8 @@ def _device(path: Path, loc: Loc, table: DeviceTable) -> DeviceSpec:
 
 def _other_host(path: Path, loc: Loc, table: OtherHostTable) -> OtherHostSpec:
     try:
-        return OtherHostSpec(
-            name=table.name,
-            address=table.address,
-            kind=table.kind,
-            title=table.title,
-            rest_port=table.rest_port,
-            ssh_port=table.ssh_port,
-            admin_password=table.admin_password,
-        )
+        # The table has the spec's fields, as the TOML spells them.
+        return OtherHostSpec(**table.model_dump())
     except ValueError as exc:
         raise config_error(path, loc, str(exc)) from exc
 

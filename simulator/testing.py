@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from polyfleet.simulator.fleet import (
     DeviceSpec,
     FleetSpec,
+    OtherHostSpec,
     PeripheralSpec,
     RoomSpec,
     SiteSpec,
@@ -73,21 +75,23 @@ def with_update(
     return replace(spec, update=UpdateBehaviour(install_seconds=install_seconds, outcome=outcome))
 
 
-def fleet_of(devices: list[DeviceSpec]) -> FleetSpec:
-    """One site, one room, these devices."""
-    return FleetSpec(
-        sites=[
-            SiteSpec(
-                id="test-site",
-                name="Test site",
-                rooms=[RoomSpec(id="test-room", name="Test room", devices=list(devices))],
-            )
-        ]
+def fleet_of(devices: list[DeviceSpec], other_hosts: Sequence[OtherHostSpec] = ()) -> FleetSpec:
+    """One site, one room, these devices (and hosts that are not Poly devices)."""
+    room = RoomSpec(
+        id="test-room", name="Test room", devices=list(devices), other_hosts=list(other_hosts)
     )
+    return FleetSpec(sites=[SiteSpec(id="test-site", name="Test site", rooms=[room])])
 
 
-async def start_lab(tmp_path: Path, devices: list[DeviceSpec], **lab_options: Any) -> Lab:
-    """A started lab of ``devices`` keeping its files under ``tmp_path``; the caller stops it."""
-    lab = Lab(fleet_of(devices), data_dir=tmp_path / "lab", **lab_options)
+async def start_lab(
+    tmp_path: Path,
+    devices: list[DeviceSpec],
+    *,
+    other_hosts: Sequence[OtherHostSpec] = (),
+    **lab_options: Any,
+) -> Lab:
+    """A started lab of ``devices`` (and ``other_hosts``) keeping its files under ``tmp_path``;
+    the caller stops it."""
+    lab = Lab(fleet_of(devices, other_hosts), data_dir=tmp_path / "lab", **lab_options)
     await lab.start()
     return lab

@@ -1,4 +1,5 @@
-"""Fixtures for every test folder: one PostgreSQL server per session (per xdist worker), labs."""
+"""Fixtures for every test folder: one PostgreSQL server per session (per xdist worker), labs,
+the shipped catalogues."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from testkit.site_agents import lab_password_file
 
+from polyfleet.controller.domain.plans import PlanCatalogue
+from polyfleet.controller.domain.releases import ReleaseCatalogue
+from polyfleet.controller.services.entitlement import load_plans, load_releases
 from polyfleet.controller.store.local_postgres import LocalPostgres
 from polyfleet.simulator.fleet import DeviceSpec
 from polyfleet.simulator.lab import Lab
@@ -37,10 +42,29 @@ def postgres_server() -> Iterator[LocalPostgres]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def plans() -> PlanCatalogue:
+    """The shipped plan catalogue."""
+    return load_plans()
+
+
+@pytest.fixture(scope="session")
+def releases() -> ReleaseCatalogue:
+    """The shipped release catalogue."""
+    return load_releases()
+
+
 @pytest.fixture
 def postgres_url(postgres_server: LocalPostgres) -> str:
     """The URL of a new, empty database of its own on the session's server."""
     return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for the test (folders may give theirs other settings)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

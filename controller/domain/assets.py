@@ -142,12 +142,7 @@ class ImportProblem(Mapping[str, Any]):
         return f"line {self.line}, column {self.column}: {self.message}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "line": self.line,
-            "column": self.column,
-            "message": self.message,
-            "rule": self.rule,
-        }
+        return dict(self)
 
     def __getitem__(self, key: str) -> Any:
         if key not in PROBLEM_KEYS:

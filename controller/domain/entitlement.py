@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
@@ -214,13 +214,7 @@ class FirmwareVerdict:
     entitled_next: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "installed": self.installed,
-            "next": self.next,
-            "kind": self.kind,
-            "entitled": self.entitled,
-            "entitled_next": self.entitled_next,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, kw_only=True)

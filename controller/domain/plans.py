@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -51,14 +51,9 @@ class Contacts:
     escalation_phone: str
 
     def to_json(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "phone": self.phone,
-            "portal": self.portal,
-            "email": self.email,
-            "escalation_email": self.escalation_email,
-            "escalation_phone": self.escalation_phone,
-        }
+        channels = asdict(self)
+        del channels["key"]  # names the catalogue entry; not a channel
+        return channels
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any, Literal, get_args
@@ -1675,12 +1675,7 @@ class AbortCriterion:
         return failure.get("code") == self.failure_type
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "waves": self.waves,
-            "failure_type": self.failure_type,
-            "threshold_percent": self.threshold_percent,
-            "min_executed": self.min_executed,
-        }
+        return asdict(self)
 
     def text(self) -> str:
         """The criterion as ``rollout plan --abort`` takes it (``parse_abort_text``)."""

@@ -1,14 +1,24 @@
-"""Agent test tools: pollers, a recording controller, a stand-in credential, a cuttable link."""
+"""Agent test tools: one unit and its poller, a recording controller, a stand-in credential,
+a cuttable link."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
 from polyfleet.agent.config import AgentConfig
 from polyfleet.agent.pins import PinStore
 from polyfleet.agent.poller import Poller
+from polyfleet.simulator.device import SimDevice
+
+
+class PolledUnit(NamedTuple):
+    """One lab unit, a poller configured for it alone, and the poller's key for it."""
+
+    device: SimDevice
+    poller: Poller
+    key: str
 
 
 def make_poller(config: AgentConfig, http: aiohttp.ClientSession, **kwargs: Any) -> Poller:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from agent_testkit import SwitchableLink, make_poller
 from testkit.site_agents import agent_config, device_config
 
 from polyfleet.agent.pins import PinStore
+from polyfleet.agent.poller import Poller
 from polyfleet.shared.schema import HealthState, ProblemCode
+from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.testing import make_device
 
 
@@ -111,6 +114,43 @@ async def test_cross_check_when_rest_names_another_unit(
     assert by_serial["STEADY1"].ssh is None, "no SSH visit when REST says nothing odd"
 
 
+@contextlib.asynccontextmanager
+async def relayed_poller(
+    device: SimDevice,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    *,
+    ssh_port: int,
+    **device_options: Any,
+) -> AsyncIterator[tuple[Poller, str]]:
+    """A poller reaching ``device`` at 127.0.0.1, REST through a relay to it and SSH on
+    ``ssh_port``, cross-checking over SSH on every poll; and the device's key."""
+    rest_relay = SwitchableLink(device.address, device.rest_port)
+    await rest_relay.start()
+    rest_relay.up = True
+    try:
+        entry = device_config(
+            device,
+            password_file,
+            host="127.0.0.1",
+            rest_port=rest_relay.port,
+            ssh_port=ssh_port,
+            **device_options,
+        )
+        poller = make_poller(agent_config(tmp_path, [entry], ssh_cross_check_every=1), http)
+        yield poller, next(iter(poller.states))
+    finally:
+        await rest_relay.stop()
+
+
+async def poll_healthy_over_rest(poller: Poller, key: str, polls: int) -> None:
+    """Poll ``key`` ``polls`` times; each time it is healthy, read over REST."""
+    for _ in range(polls):
+        [snap] = await poller.poll_device(key)
+        assert snap.health.state is HealthState.OK and snap.via.value == "rest"
+
+
 async def test_ssh_login_refused_stops_ssh_attempts(
     lab_factory: Any,
     password_file: Path,
@@ -144,29 +184,10 @@ async def test_ssh_login_refused_stops_ssh_attempts(
     ssh_port = server.sockets[0].getsockname()[1]
     try:
         # REST and SSH of one address (127.0.0.1), with a count of SSH connections.
-        rest_relay = SwitchableLink(device.address, device.rest_port)
-        await rest_relay.start()
-        rest_relay.up = True
-        config = agent_config(
-            tmp_path,
-            [
-                device_config(
-                    device,
-                    password_file,
-                    host="127.0.0.1",
-                    rest_port=rest_relay.port,
-                    ssh_port=ssh_port,
-                    ssh_key_file=key_file,
-                )
-            ],
-            ssh_cross_check_every=1,
-        )
-        poller = make_poller(config, http)
-        key = next(iter(poller.states))
-        for _ in range(3):
-            [snap] = await poller.poll_device(key)
-            assert snap.health.state is HealthState.OK and snap.via.value == "rest"
-        await rest_relay.stop()
+        async with relayed_poller(
+            device, password_file, tmp_path, http, ssh_port=ssh_port, ssh_key_file=key_file
+        ) as (poller, key):
+            await poll_healthy_over_rest(poller, key, 3)
     finally:
         server.close()
         await server.wait_closed()
@@ -188,30 +209,14 @@ async def test_silent_ssh_is_cross_checked_ever_less_often(
         writer.close()
 
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    rest_relay = SwitchableLink(device.address, device.rest_port)
-    await rest_relay.start()
-    rest_relay.up = True
+    ssh_port = server.sockets[0].getsockname()[1]
     try:
-        config = agent_config(
-            tmp_path,
-            [
-                device_config(
-                    device,
-                    password_file,
-                    host="127.0.0.1",
-                    rest_port=rest_relay.port,
-                    ssh_port=server.sockets[0].getsockname()[1],
-                )
-            ],
-            ssh_cross_check_every=1,
-        )
-        poller = make_poller(config, http)
-        key = next(iter(poller.states))
-        for _ in range(8):
-            [snap] = await poller.poll_device(key)
-            assert snap.health.state is HealthState.OK and snap.via.value == "rest"
+        async with relayed_poller(device, password_file, tmp_path, http, ssh_port=ssh_port) as (
+            poller,
+            key,
+        ):
+            await poll_healthy_over_rest(poller, key, 8)
     finally:
-        await rest_relay.stop()
         server.close()
         await server.wait_closed()
     assert connections[0] == 3  # reads 1, 3 and 7: the pause doubles after each miss

@@ -111,9 +111,8 @@ async def test_discover_without_terminal_prints_no_progress(
 
 async def test_discover_tells_videoos_from_other_hosts(tmp_path: Path) -> None:
     """A Poly desk phone, a web UI and another vendor's API answer; only VideoOS counts as Poly."""
-    from polyfleet.simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
-    from polyfleet.simulator.lab import Lab
-    from polyfleet.simulator.testing import fleet_of, next_address
+    from polyfleet.simulator.fleet import OtherHostSpec
+    from polyfleet.simulator.testing import next_address, start_lab
 
     others = [
         OtherHostSpec(name="phone-1", address=next_address(), kind="poly_phone", rest_port=0),
@@ -122,15 +121,7 @@ async def test_discover_tells_videoos_from_other_hosts(tmp_path: Path) -> None:
         ),
         OtherHostSpec(name="nas", address=next_address(), kind="json_api", rest_port=0),
     ]
-    fleet = fleet_of([make_device("DISCV1")])
-    room = fleet.sites[0].rooms[0]
-    site = SiteSpec(
-        id="test-site",
-        name="Test site",
-        rooms=[RoomSpec(id=room.id, name=room.name, devices=room.devices, other_hosts=others)],
-    )
-    lab = Lab(type(fleet)(sites=[site]), data_dir=tmp_path / "lab")
-    await lab.start()
+    lab = await start_lab(tmp_path, [make_device("DISCV1")], other_hosts=others)
     try:
         device = lab.devices["DISCV1"]
         hosts = lab.other_hosts

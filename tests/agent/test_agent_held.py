@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 from testkit.reports import report_as_new_agent, typed_snapshot
-from testkit.site_agents import agent_config, device_config, start_enrolled_agent
+from testkit.servers import serving
+from testkit.site_agents import lab_agent_config, start_enrolled_agent
 from testkit.waiting import wait_until
 
 from polyfleet.agent.held import HeldReports
@@ -32,15 +33,7 @@ from polyfleet.simulator.testing import make_device
 async def start_agent(
     controller: RunningController, site: str, lab: Any, password_file: Path, tmp_path: Path
 ) -> AgentService:
-    config = agent_config(
-        tmp_path,
-        [device_config(d, password_file) for d in lab.devices.values()],
-        controller_url=controller.url,
-        poll_interval_s=0.2,
-        send_interval_s=0.05,
-        backoff_max_s=0.2,
-        held_retry_s=0.3,
-    )
+    config = lab_agent_config(tmp_path, lab, password_file, controller.url, held_retry_s=0.3)
     return await start_enrolled_agent(controller, site, config)
 
 
@@ -194,45 +187,40 @@ async def test_refusal_naming_nobody_is_bisected_and_agent_refusals_block(
 
     app = web.Application()
     app.router.add_post("/api/v1/agent/reports", reports)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    outbox = Outbox(tmp_path / "outbox")
-    await outbox.open()
-    held = HeldReports(tmp_path / "held")
-    await held.open()
-    try:
-        entries = []
-        for i in range(8):
-            name = "broken" if i == 5 else ""
-            entry = await outbox.put(snapshot_of(f"GOOD{i}" if i != 5 else "ODD5", name))
-            assert entry is not None
-            entries.append(entry)
-        async with aiohttp.ClientSession() as http:
-            uplink = Uplink(f"http://{host}:{port}", session=http, token="t" * 32)
-            sender = ReportSender(outbox, held, batch_size=200, held_retry_s=60.0)
-            with pytest.raises(ControllerRefused):
+    async with serving(app) as url:
+        outbox = Outbox(tmp_path / "outbox")
+        await outbox.open()
+        held = HeldReports(tmp_path / "held")
+        await held.open()
+        try:
+            entries = []
+            for i in range(8):
+                name = "broken" if i == 5 else ""
+                entry = await outbox.put(snapshot_of(f"GOOD{i}" if i != 5 else "ODD5", name))
+                assert entry is not None
+                entries.append(entry)
+            async with aiohttp.ClientSession() as http:
+                uplink = Uplink(url, session=http, token="t" * 32)
+                sender = ReportSender(outbox, held, batch_size=200, held_retry_s=60.0)
+                with pytest.raises(ControllerRefused):
+                    await sender.send_once(uplink)
+                assert len(outbox) == 8 and len(held) == 0, "a refusal of the agent holds nothing"
+                token_ok[0] = True
+                posts[0] = 0
+                assert await sender.send_once(uplink)
+                assert [h.serial for h in held.reports()] == ["ODD5"]
+                assert received == [e.report_id for e in entries if e.serial != "ODD5"]
+                assert posts[0] <= 7, "bisection, not one request per report"
+                # Refused for what it said, not for being ODD5: its next report goes straight up.
+                later = await outbox.put(snapshot_of("ODD5", "fixed"))
+                assert later is not None
                 await sender.send_once(uplink)
-            assert len(outbox) == 8 and len(held) == 0, "a refusal of the agent holds nothing"
-            token_ok[0] = True
-            posts[0] = 0
-            assert await sender.send_once(uplink)
-            assert [h.serial for h in held.reports()] == ["ODD5"]
-            assert received == [e.report_id for e in entries if e.serial != "ODD5"]
-            assert posts[0] <= 7, "bisection, not one request per report"
-            # Refused for what it said, not for being ODD5: its next report goes straight up.
-            later = await outbox.put(snapshot_of("ODD5", "fixed"))
-            assert later is not None
-            await sender.send_once(uplink)
-            assert received[-1] == later.report_id and len(held) == 1
-            assert [n["kind"] for n in notices] == ["reports_held"]
-            assert "ODD5" in notices[0]["detail"] and notices[0]["count"] == 1
-    finally:
-        await held.close()
-        await outbox.close()
-        await runner.cleanup()
+                assert received[-1] == later.report_id and len(held) == 1
+                assert [n["kind"] for n in notices] == ["reports_held"]
+                assert "ODD5" in notices[0]["detail"] and notices[0]["count"] == 1
+        finally:
+            await held.close()
+            await outbox.close()
 
 
 async def test_held_over_its_bound_drops_repeats_first_and_counts_them(

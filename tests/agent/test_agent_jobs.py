@@ -3,24 +3,22 @@ results say why a job was not done, in a code older controllers may not take."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import pytest
-from agent_testkit import make_poller
+from agent_testkit import PolledUnit
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
-from testkit.site_agents import agent_config, device_config
+from testkit.servers import serving
 from testkit.waiting import wait_until
 
 from polyfleet.agent.jobs import JobRunner
 from polyfleet.agent.uplink import ControllerRefused, Uplink
 from polyfleet.controller.http.errors import ApiError, error_response, parse_json, validate
 from polyfleet.shared.schema import FailureCode, HealthState, Job, JobKind, JobResult
-from polyfleet.simulator.testing import make_device
 
 
 def job(serial: str, kind: JobKind) -> Job:
@@ -30,13 +28,10 @@ def job(serial: str, kind: JobKind) -> Job:
 
 
 async def test_wedged_unit_is_rebooted_over_ssh_but_not_in_a_call(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]], http: aiohttp.ClientSession
 ) -> None:
     """REST wedged: the call check and the reboot go over SSH; in a call it is refused."""
-    lab = await lab_factory([make_device("WREBOOT", model="g7500")])
-    device = lab.devices["WREBOOT"]
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
+    device, poller, key = await polled_unit("WREBOOT", model="g7500")
     await poller.poll_device(key)
     # Results are posted by _run, not execute: this uplink is never called.
     runner = JobRunner(poller, Uplink("http://127.0.0.1:9", session=http))
@@ -57,14 +52,12 @@ async def test_wedged_unit_is_rebooted_over_ssh_but_not_in_a_call(
 
 
 async def test_camera_reboot_is_refused_naming_its_host(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]], http: aiohttp.ClientSession
 ) -> None:
     """A reboot ordered for an E70 is refused, naming the host to reboot; the host keeps running."""
-    lab = await lab_factory([make_device("CAMHOST", model="g7500")])
-    device = lab.devices["CAMHOST"]
+    device, poller, key = await polled_unit("CAMHOST", model="g7500")
     e70 = next(p.serial for p in device.peripherals if p.kind == "e70")
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    await poller.poll_device(next(iter(poller.states)))
+    await poller.poll_device(key)
     runner = JobRunner(poller, Uplink("http://127.0.0.1:9", session=http))
     result = await runner.execute(job(e70, JobKind.REBOOT))
     assert result.status == "refused" and "reboot CAMHOST" in result.detail
@@ -104,15 +97,8 @@ async def older_controller() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/api/v1/agent/jobs/{job_id}/result", post_result)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}", received
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url, received
 
 
 async def test_a_coded_result_reaches_a_controller_from_before_codes_without_its_code(

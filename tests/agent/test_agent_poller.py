@@ -6,12 +6,13 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from agent_testkit import make_poller
+from agent_testkit import PolledUnit, make_poller
 from testkit.site_agents import agent_config, device_config
 
 from polyfleet.agent.drivers.videoos import problems_from_status
@@ -21,6 +22,7 @@ from polyfleet.agent.poller import Poller
 from polyfleet.cli import main
 from polyfleet.shared.fingerprint import short_fingerprint
 from polyfleet.shared.schema import HealthState, ProblemCode, Snapshot
+from polyfleet.simulator.device import SimDevice
 from polyfleet.simulator.testing import make_device
 
 
@@ -44,20 +46,14 @@ def codes(snapshot: Snapshot) -> set[str]:
     ],
 )
 async def test_fault_maps_to_problem_code(
-    lab_factory: Any,
-    password_file: Path,
-    tmp_path: Path,
-    http: aiohttp.ClientSession,
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
     fault: str,
     params: dict[str, Any],
     code: str,
     state: str,
 ) -> None:
     """Each lab fault shows up as its problem code and health state."""
-    lab = await lab_factory([make_device("PC1", model="g7500")])
-    device = lab.devices["PC1"]
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
+    device, poller, key = await polled_unit("PC1", model="g7500")
     first = await poller.poll_device(key)
     assert first and first[0].health.state is HealthState.OK
     await device.set_fault(fault, True, **params)
@@ -69,13 +65,10 @@ async def test_fault_maps_to_problem_code(
 
 
 async def test_wedged_rest_is_read_over_ssh(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
 ) -> None:
     """A wedged REST API falls back to SSH: via ssh, api_error, provider kept from REST."""
-    lab = await lab_factory([make_device("WEDGE1", provider="zoom")])
-    device = lab.devices["WEDGE1"]
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
+    device, poller, key = await polled_unit("WEDGE1", provider="zoom")
     await poller.poll_device(key)
     await device.set_fault("wedged", True)
     await device.set_fault("camera_down", True)
@@ -86,14 +79,11 @@ async def test_wedged_rest_is_read_over_ssh(
 
 
 async def test_e70_behind_g7500_has_own_entry(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
 ) -> None:
     """The E70 is reported as its own device with host_serial; its loss is a fault for it."""
-    lab = await lab_factory([make_device("G7HOST", model="g7500")])
-    device = lab.devices["G7HOST"]
+    device, poller, key = await polled_unit("G7HOST", model="g7500")
     e70 = next(p for p in device.peripherals if p.kind == "e70")
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
     host, camera = await poller.poll_device(key)
     assert (camera.serial, camera.model.value, camera.host_serial) == (
         e70.serial,
@@ -109,14 +99,11 @@ async def test_e70_behind_g7500_has_own_entry(
 
 
 async def test_e70_state_unknown_while_host_answers_only_over_ssh(
-    lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+    polled_unit: Callable[..., Awaitable[PolledUnit]],
 ) -> None:
     """Host REST wedged (read over SSH): the E70 is still reported, as state unknown, never ok."""
-    lab = await lab_factory([make_device("G7SSH", model="g7500")])
-    device = lab.devices["G7SSH"]
+    device, poller, key = await polled_unit("G7SSH", model="g7500")
     e70 = next(p for p in device.peripherals if p.kind == "e70")
-    poller = make_poller(agent_config(tmp_path, [device_config(device, password_file)]), http)
-    key = next(iter(poller.states))
     await poller.poll_device(key)
     await device.set_fault("wedged", True)
     host, camera = await poller.poll_device(key)
@@ -260,16 +247,33 @@ async def test_pin_change_waits_for_admin_accept(
     await outbox.close()
 
 
+async def pinned_to_another(
+    lab_factory: Any,
+    password_file: Path,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    prefix: str,
+    pin: str,
+) -> tuple[SimDevice, SimDevice, Poller, str]:
+    """Units ``<prefix>1`` and ``<prefix>2``; a poller for the first whose config pins
+    (``pin``: tls_fingerprint or ssh_fingerprint) the second's key, pins applied; both
+    units, the poller and the first's key."""
+    lab = await lab_factory([make_device(f"{prefix}1"), make_device(f"{prefix}2")])
+    a, b = lab.devices[f"{prefix}1"], lab.devices[f"{prefix}2"]
+    cfg = device_config(a, password_file, serial=a.serial, **{pin: getattr(b, pin)})
+    poller = make_poller(agent_config(tmp_path, [cfg]), http)
+    await poller.apply_config_pins()
+    return a, b, poller, cfg.key
+
+
 async def test_configured_pin_mismatch(
     lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """A pin given in the config that the device does not match is never trusted."""
-    lab = await lab_factory([make_device("CPIN1"), make_device("CPIN2")])
-    a, b = lab.devices["CPIN1"], lab.devices["CPIN2"]
-    cfg = device_config(a, password_file, tls_fingerprint=b.tls_fingerprint, serial="CPIN1")
-    poller = make_poller(agent_config(tmp_path, [cfg]), http)
-    await poller.apply_config_pins()
-    [snap] = await poller.poll_device(cfg.key)
+    a, _, poller, key = await pinned_to_another(
+        lab_factory, password_file, tmp_path, http, "CPIN", "tls_fingerprint"
+    )
+    [snap] = await poller.poll_device(key)
     assert codes(snap) == {"certificate_changed"}
     assert not a.sessions and a.failed_logins == 0
 
@@ -302,17 +306,14 @@ async def test_changed_ssh_host_key_is_certificate_changed(
     lab_factory: Any, password_file: Path, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """When REST is wedged and the SSH host key is not the pinned one, nothing is trusted."""
-    lab = await lab_factory([make_device("SSHPIN1"), make_device("SSHPIN2")])
-    a, b = lab.devices["SSHPIN1"], lab.devices["SSHPIN2"]
-    cfg = device_config(a, password_file, ssh_fingerprint=b.ssh_fingerprint, serial="SSHPIN1")
-    config = agent_config(tmp_path, [cfg])
-    poller = make_poller(config, http)
-    await poller.apply_config_pins()
-    await poller.poll_device(cfg.key)
+    a, b, poller, key = await pinned_to_another(
+        lab_factory, password_file, tmp_path, http, "SSHPIN", "ssh_fingerprint"
+    )
+    await poller.poll_device(key)
     await a.set_fault("wedged", True)
-    [snap] = await poller.poll_device(cfg.key)
+    [snap] = await poller.poll_device(key)
     assert codes(snap) == {"certificate_changed"}
-    record = PinStore(config.data_dir).get(cfg.key)
+    record = PinStore(poller.config.data_dir).get(key)
     assert (record.ssh, record.pending_ssh) == (b.ssh_fingerprint, a.ssh_fingerprint)
     assert record.pending_tls is None
 

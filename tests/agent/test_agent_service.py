@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from agent_testkit import RecordingController
-from testkit.site_agents import agent_config, device_config, write_credential
+from testkit.site_agents import agent_config, device_config, lab_agent_config, write_credential
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
@@ -28,14 +28,7 @@ async def test_controller_outage_every_report_delivered_once(
     lab = await lab_factory([make_device(f"OUT{i}") for i in range(3)])
     controller = RecordingController()
     await controller.start()
-    config = agent_config(
-        tmp_path,
-        [device_config(d, password_file) for d in lab.devices.values()],
-        poll_interval_s=0.2,
-        send_interval_s=0.05,
-        backoff_max_s=0.2,
-        controller_url=controller.url,
-    )
+    config = lab_agent_config(tmp_path, lab, password_file, controller.url)
     write_credential(config.credential_path, controller.url)
     service = AgentService(config)
     await service.start()

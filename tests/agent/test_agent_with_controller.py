@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 from agent_testkit import SwitchableLink
-from testkit.site_agents import agent_config, device_config, start_enrolled_agent
+from testkit.site_agents import agent_config, device_config, lab_agent_config, start_enrolled_agent
 from testkit.waiting import wait_until
 
 from polyfleet.agent.config import Secret
@@ -109,14 +109,7 @@ async def test_uplink_outage_then_every_report_stored_once(
         link = SwitchableLink(host, int(port))
         await link.start()
         url = f"http://127.0.0.1:{link.port}"
-        config = agent_config(
-            tmp_path,
-            [device_config(d, password_file) for d in lab.devices.values()],
-            controller_url=url,
-            poll_interval_s=0.2,
-            send_interval_s=0.05,
-            backoff_max_s=0.2,
-        )
+        config = lab_agent_config(tmp_path, lab, password_file, url)
         service = await start_enrolled_agent(controller, "waw", config)
         try:
             await wait_until(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from store_backends import StoreBackend
 from testkit.clocks import SettableClock
@@ -31,9 +30,3 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
         url: str = request.getfixturevalue("postgres_url")
         return StoreBackend("postgresql", tmp_path / "data", url)
     return StoreBackend("embedded", tmp_path / "store")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session

@@ -23,8 +23,7 @@ from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.store.base import StoreError, StoreLocked
 from polyfleet.controller.store.tinydb import TinyDBStore
-from polyfleet.controller.testing import running_controller
-from polyfleet.shared.schema import PROTOCOL_VERSION
+from polyfleet.controller.testing import enroll_codes, running_controller
 
 
 @contextlib.asynccontextmanager
@@ -290,12 +289,8 @@ async def ingest_until_killed(
     (``on_ack(number, reports)``) until ``enough()``; then the server gets kill -9."""
     stop = asyncio.Event()
     try:
+        (token,) = await enroll_codes(url, [code])
         async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{url}/api/v1/agent/enroll",
-                json={"protocol_version": PROTOCOL_VERSION, "code": code},
-            ) as response:
-                token = (await response.json())["token"]
 
             async def poster(worker: int) -> None:
                 number = 0

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
+from testkit.clients import client_from
 from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.keys import CORE
@@ -19,14 +17,6 @@ from polyfleet.shared.schema import PROTOCOL_VERSION
 
 #: The address everyone below shares, as the agents and admins behind one site's NAT do.
 NAT = "127.0.0.2"
-
-
-@asynccontextmanager
-async def client_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client whose connections come from ``address`` (another loopback address)."""
-    connector = aiohttp.TCPConnector(local_addr=(address, 0))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        yield http
 
 
 async def test_a_flood_of_wrong_tokens_never_refuses_a_valid_credential(tmp_path: Path) -> None:

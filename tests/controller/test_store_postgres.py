@@ -40,12 +40,18 @@ async def end_session(url: str, store: PostgresStore) -> None:
         assert await conn.fetchval("SELECT pg_terminate_backend($1, 5000)", store._backend_pid)
 
 
-async def test_schema_is_created_with_its_version_recorded(postgres_url: str) -> None:
-    """A first open creates the schema in the polyfleet namespace and records its version."""
-    store = PostgresStore(postgres_url)
+async def one_site_written(url: str) -> PostgresStore:
+    """A store opened at ``url`` (creating its schema), site krk written, closed again."""
+    store = PostgresStore(url)
     await store.open()
     await store.put_many("sites", {"krk": {"name": "Kraków"}})
     await store.close()
+    return store
+
+
+async def test_schema_is_created_with_its_version_recorded(postgres_url: str) -> None:
+    """A first open creates the schema in the polyfleet namespace and records its version."""
+    store = await one_site_written(postgres_url)
     async with observer(postgres_url) as conn:
         versions = await conn.fetch("SELECT version, applied_by FROM polyfleet.schema_version")
         assert [row["version"] for row in versions] == list(range(1, len(MIGRATIONS) + 1))
@@ -56,10 +62,7 @@ async def test_schema_is_created_with_its_version_recorded(postgres_url: str) ->
 
 async def test_newer_schema_is_refused_before_anything_changes(postgres_url: str) -> None:
     """A schema newer than this code knows stops the open with both versions named."""
-    store = PostgresStore(postgres_url)
-    await store.open()
-    await store.put_many("sites", {"krk": {"name": "Kraków"}})
-    await store.close()
+    await one_site_written(postgres_url)
     async with observer(postgres_url) as conn:
         await conn.execute(
             "INSERT INTO polyfleet.schema_version (version, applied_by) VALUES (99, 'newer')"

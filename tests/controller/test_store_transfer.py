@@ -15,6 +15,7 @@ from testkit.reports import batch, bearer, report, snapshot
 
 from polyfleet.controller.store.postgres import read_all
 from polyfleet.controller.store.transfer import Place, read_backup, read_place
+from polyfleet.controller.testing import enroll_codes
 from polyfleet.shared.schema import PROTOCOL_VERSION
 
 
@@ -217,12 +218,8 @@ async def test_backup_taken_during_ingestion_is_consistent(tmp_path: Path) -> No
             await cli_in_process("agent", "invite", "--site", "krk", "--data-dir", str(data_dir))
         ).strip()
         sent = 0
+        (token,) = await enroll_codes(url, [code])
         async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{url}/api/v1/agent/enroll",
-                json={"protocol_version": PROTOCOL_VERSION, "code": code},
-            ) as response:
-                token = (await response.json())["token"]
             while not stop_posting.is_set():
                 sent += 1
                 reports = [report(snapshot(f"B{sent}-{i}"), f"busy-{sent}-{i}") for i in range(20)]

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
+from testkit.servers import serving
 from testkit.site_agents import agent_config, device_config, lab_password_file, start_enrolled_agent
 from testkit.waiting import wait_until
 from tickets.conftest import WebhookPeer, ticket_sections
@@ -195,11 +196,7 @@ async def _start_webhook(stack: AsyncExitStack) -> WebhookPeer:
     peer = WebhookPeer()
     app = web.Application()
     app.router.add_post("/hook", peer.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    peer.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    peer.url = await stack.enter_async_context(serving(app)) + "/hook"
     return peer
 
 

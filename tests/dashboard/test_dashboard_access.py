@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -36,23 +37,30 @@ async def controller(tmp_path: Path, clock: SettableClock) -> AsyncIterator[Runn
         yield running
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+async def signin_nonce(http: aiohttp.ClientSession, url: str) -> str:
+    """The sign-in cookie the sign-in page at ``url`` sets, which its form must carry."""
+    async with http.get(url + "/signin") as response:
+        return cookie_value(response, SIGNIN_COOKIE)
+
+
+def post_signin_form(
+    http: aiohttp.ClientSession, url: str, nonce: str, form: dict[str, str]
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """POST a sign-in ``form`` to ``url`` with the sign-in cookie ``nonce``; the redirect
+    it answers is not followed."""
+    return http.post(url, data=form, cookies={SIGNIN_COOKIE: nonce}, allow_redirects=False)
 
 
 async def test_session_cookie_is_secure_http_only_same_site_with_an_expiry(
     controller: RunningController, http: aiohttp.ClientSession
 ) -> None:
     """Signing in sets a Secure, HttpOnly, SameSite=Lax cookie that expires with the session."""
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
-    async with http.post(
+    nonce = await signin_nonce(http, controller.url)
+    async with post_signin_form(
+        http,
         controller.url + "/signin",
-        data={"token": controller.admin_token, "nonce": nonce, "next": "/devices?site=krk"},
-        cookies={SIGNIN_COOKIE: nonce},
-        allow_redirects=False,
+        nonce,
+        {"token": controller.admin_token, "nonce": nonce, "next": "/devices?site=krk"},
     ) as response:
         assert response.status == 303
         assert response.headers["Location"] == "/devices?site=krk"
@@ -88,28 +96,24 @@ async def test_sign_in_refuses_unknown_tokens_agent_credentials_and_a_forged_for
 ) -> None:
     """A wrong token, an agent's credential and a form without its nonce sign nobody in."""
     agent = await controller.enroll("krk")
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
+    nonce = await signin_nonce(http, controller.url)
     for token, status, text in (
         ("pft_not-a-token", 401, "Unknown or revoked token."),
         (agent.token, 401, "Agent credentials cannot sign in to the dashboard."),
     ):
-        async with http.post(
-            controller.url + "/signin",
-            data={"token": token, "nonce": nonce},
-            cookies={SIGNIN_COOKIE: nonce},
-            allow_redirects=False,
+        async with post_signin_form(
+            http, controller.url + "/signin", nonce, {"token": token, "nonce": nonce}
         ) as response:
             assert response.status == status
             body = await response.text()
             assert text in body
             assert SESSION_COOKIE not in response.cookies
             assert token not in body
-    async with http.post(
+    async with post_signin_form(
+        http,
         controller.url + "/signin",
-        data={"token": controller.admin_token, "nonce": "forged"},
-        cookies={SIGNIN_COOKIE: nonce},
-        allow_redirects=False,
+        nonce,
+        {"token": controller.admin_token, "nonce": "forged"},
     ) as response:
         assert response.status == 403
         assert SESSION_COOKIE not in response.cookies
@@ -214,13 +218,12 @@ async def test_a_one_time_link_signs_in_once_within_minutes_and_never_holds_the_
     expiring = await new_link()
     page = await (await http.get(controller.url + expiring)).text()
     clock.now += timedelta(seconds=301)
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
-    async with http.post(
+    nonce = await signin_nonce(http, controller.url)
+    async with post_signin_form(
+        http,
         controller.url + "/signin/link",
-        data={"code": form_field(page, "code"), "nonce": nonce},
-        cookies={SIGNIN_COOKIE: nonce},
-        allow_redirects=False,
+        nonce,
+        {"code": form_field(page, "code"), "nonce": nonce},
     ) as response:
         assert response.status == 401
         assert "expired" in await response.text()
@@ -235,22 +238,15 @@ async def test_a_wall_screen_signs_in_with_a_viewer_token_and_sees_only_the_kios
 ) -> None:
     """Kiosk sign-in refuses admin tokens; a kiosk session opens /kiosk and nothing else."""
     viewer, _ = await controller.core.access.create_token(Role.VIEWER, "wall")
-    async with http.get(controller.url + "/signin") as response:
-        nonce = cookie_value(response, SIGNIN_COOKIE)
+    nonce = await signin_nonce(http, controller.url)
     form = {"nonce": nonce, "kiosk": "1"}
-    async with http.post(
-        controller.url + "/signin",
-        data={**form, "token": controller.admin_token},
-        cookies={SIGNIN_COOKIE: nonce},
-        allow_redirects=False,
+    async with post_signin_form(
+        http, controller.url + "/signin", nonce, {**form, "token": controller.admin_token}
     ) as response:
         assert response.status == 401
         assert "viewer token" in await response.text()
-    async with http.post(
-        controller.url + "/signin",
-        data={**form, "token": viewer},
-        cookies={SIGNIN_COOKIE: nonce},
-        allow_redirects=False,
+    async with post_signin_form(
+        http, controller.url + "/signin", nonce, {**form, "token": viewer}
     ) as response:
         assert response.status == 303 and response.headers["Location"] == "/kiosk"
         assert "Max-Age=2592000" in response.headers["Set-Cookie"] or any(
@@ -320,13 +316,12 @@ async def test_sign_in_never_sends_the_browser_to_another_site(
 ) -> None:
     """``next`` pointing elsewhere (//host, https://host, backslashes) goes to / instead."""
     for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "devices"):
-        async with http.get(controller.url + "/signin") as response:
-            nonce = cookie_value(response, SIGNIN_COOKIE)
-        async with http.post(
+        nonce = await signin_nonce(http, controller.url)
+        async with post_signin_form(
+            http,
             controller.url + "/signin",
-            data={"token": controller.admin_token, "nonce": nonce, "next": target},
-            cookies={SIGNIN_COOKIE: nonce},
-            allow_redirects=False,
+            nonce,
+            {"token": controller.admin_token, "nonce": nonce, "next": target},
         ) as response:
             assert response.headers["Location"] == "/", target
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Page, expect
 from testkit.crawl import crawl
 
 from dashboard.dashboard_testkit import (
@@ -376,6 +376,17 @@ async def test_a_rollout_page_shows_its_abort_criteria(world: World) -> None:
     await page.context.close()
 
 
+async def submit_registry(page: Page, text: str, *, dry_run: bool) -> None:
+    """Send ``text`` as registry.csv through the entitlement page's import form."""
+    await page.set_input_files(
+        "input[name=registry]",
+        files=[{"name": "registry.csv", "mimeType": "text/csv", "buffer": text.encode()}],
+    )
+    await page.set_checked("input[name=dry_run]", dry_run)
+    await page.click("#import-form button[type=submit]")
+    await page.wait_for_load_state()
+
+
 async def test_entitlement_shows_flagged_contracts_and_import_problems_by_line(
     world: World,
 ) -> None:
@@ -399,13 +410,7 @@ async def test_entitlement_shows_flagged_contracts_and_import_problems_by_line(
             "NEWX70,studio_x70,2025-01-10,no_such_plan,N-1,2025-01-10,2026-01-09,krk,Wawel,",
         ]
     )
-    await page.set_input_files(
-        "input[name=registry]",
-        files=[{"name": "registry.csv", "mimeType": "text/csv", "buffer": bad.encode()}],
-    )
-    await page.uncheck("input[name=dry_run]")
-    await page.click("#import-form button[type=submit]")
-    await page.wait_for_load_state()
+    await submit_registry(page, bad, dry_run=False)
     line3 = await page.locator("#import-problems tr[data-line='3']").inner_text()
     assert "NEWX50" in line3 and "2027-02-30" in line3
     line4 = await page.locator("#import-problems tr[data-line='4']").inner_text()
@@ -414,13 +419,7 @@ async def test_entitlement_shows_flagged_contracts_and_import_problems_by_line(
     assert await world.api("/api/v1/assets") == before, "nothing imported"
     await screenshot(page, "entitlement-import-problems")
     good = "\n".join([header, f"{X30},studio_x30,2025-01-10,,,,,krk,Wawel,"])
-    await page.set_input_files(
-        "input[name=registry]",
-        files=[{"name": "registry.csv", "mimeType": "text/csv", "buffer": good.encode()}],
-    )
-    await page.check("input[name=dry_run]")
-    await page.click("#import-form button[type=submit]")
-    await page.wait_for_load_state()
+    await submit_registry(page, good, dry_run=True)
     assert "nothing was changed" in await page.locator("#import-result").inner_text()
     assert await world.api("/api/v1/assets") == before
     await page.context.close()

@@ -81,6 +81,16 @@ def closed_port() -> int:
     return port
 
 
+def stop(process: subprocess.Popen[Any], *, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def running_controller(data_dir: Path, *, cwd: Path) -> Iterator[str]:
     """``polyfleet controller serve`` on an OS-chosen loopback port; yields its URL."""
@@ -99,12 +109,7 @@ def running_controller(data_dir: Path, *, cwd: Path) -> Iterator[str]:
         assert "listening on" in line, line
         yield line.strip().rsplit(" ", 1)[-1]
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=30)
 
 
 @dataclass(frozen=True)
@@ -164,9 +169,4 @@ def running_demo(
         yield DemoRun(process, data_dir, json.loads(demo_json.read_text("utf-8")), output)
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, timeout=120)

@@ -10,23 +10,9 @@ import pytest
 from polyfleet.controller.domain.assets import COLUMNS, Asset, parse_registry
 from polyfleet.controller.domain.calendar import WARSAW
 from polyfleet.controller.domain.plans import PlanCatalogue
-from polyfleet.controller.domain.releases import ReleaseCatalogue
-from polyfleet.controller.services.entitlement import load_plans, load_releases
 
 Row = dict[str, str]
 CsvOf = Callable[..., str]
-
-
-@pytest.fixture(scope="session")
-def plans() -> PlanCatalogue:
-    """The shipped plan catalogue."""
-    return load_plans()
-
-
-@pytest.fixture(scope="session")
-def releases() -> ReleaseCatalogue:
-    """The shipped release catalogue."""
-    return load_releases()
 
 
 def row(serial: str = "SN1", **cells: str) -> Row:
@@ -73,6 +59,18 @@ BASELINE = csv_of(
 )
 #: The changes each rejected file carries besides its bad rows (line 2 and 3).
 _CHANGES = (row("KEEP1", room="moved"), row("NEWDEV", room="new"))
+
+
+def _renewal_disagreeing(**device: str) -> str:
+    """A file whose serial BAD has a contract and its renewal on rows that disagree on
+    ``device`` (line 5)."""
+    return csv_of(
+        *_CHANGES,
+        row("BAD", **_contract("poly_plus", "P-1", "2025-01-10", "2026-01-09")),
+        row("BAD", **device, **_contract("poly_plus", "P-2", "2026-01-10", "2027-01-09")),
+    )
+
+
 #: The import rejection cases the issue lists: (file, the (line, column) of the problem).
 REJECTED: dict[str, tuple[str, tuple[int, str]]] = {
     "unknown_plan": (csv_of(*_CHANGES, row("BAD", plan="gold")), (4, "plan")),
@@ -94,28 +92,9 @@ REJECTED: dict[str, tuple[str, tuple[int, str]]] = {
         csv_of(*_CHANGES, row("BAD", **_contract("poly_plus", "P-1", "2024-03-01", "2025-02-28"))),
         (4, "contract_start"),
     ),
-    "serial_disagrees_on_model": (
-        csv_of(
-            *_CHANGES,
-            row("BAD", **_contract("poly_plus", "P-1", "2025-01-10", "2026-01-09")),
-            row(
-                "BAD",
-                model="studio_x70",
-                **_contract("poly_plus", "P-2", "2026-01-10", "2027-01-09"),
-            ),
-        ),
-        (5, "model"),
-    ),
+    "serial_disagrees_on_model": (_renewal_disagreeing(model="studio_x70"), (5, "model")),
     "serial_disagrees_on_purchase_date": (
-        csv_of(
-            *_CHANGES,
-            row("BAD", **_contract("poly_plus", "P-1", "2025-01-10", "2026-01-09")),
-            row(
-                "BAD",
-                purchase_date="2025-01-11",
-                **_contract("poly_plus", "P-2", "2026-01-10", "2027-01-09"),
-            ),
-        ),
+        _renewal_disagreeing(purchase_date="2025-01-11"),
         (5, "purchase_date"),
     ),
     "longer_than_the_plan_allows": (

@@ -122,3 +122,13 @@ async def post_report(
         f"{url}/api/v1/agent/reports", json=body, headers=bearer(agent_token)
     ) as response:
         assert response.status == 200, await response.text()
+
+
+@asynccontextmanager
+async def admin_at_controller(
+    data_dir: Path,
+) -> AsyncIterator[tuple[ControllerProcess, aiohttp.ClientSession, str, str]]:
+    """A controller process for the block (``controller_process``), a client session, the
+    base URL of its API and an admin token named ops."""
+    async with controller_process(data_dir) as controller, aiohttp.ClientSession() as http:
+        yield controller, http, f"{controller.url}/api/v1", await controller.admin_token("ops")

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from faultkit import AgentProcess, ControllerProcess
+from faultkit import AgentProcess, ControllerProcess, get_json
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.lab import Lab
 
 
 def free_port() -> int:
@@ -158,28 +159,66 @@ async def wait_status(
 async def controller_events(
     http: aiohttp.ClientSession, controller: ControllerProcess, kind: str
 ) -> list[dict[str, Any]]:
-    async with http.get(
-        f"{controller.url}/api/v1/events?kind={kind}&limit=1000",
-        headers={"Authorization": f"Bearer {controller.admin_token}"},
-    ) as resp:
-        events: list[dict[str, Any]] = (await resp.json())["events"]
-        return events
+    answer = await get_json(
+        http, controller.url, f"/api/v1/events?kind={kind}&limit=1000", controller.admin_token
+    )
+    events: list[dict[str, Any]] = answer.body["events"]
+    return events
 
 
 async def stored_reports(
     http: aiohttp.ClientSession, controller: ControllerProcess, serial: str
 ) -> list[dict[str, Any]]:
     """A device's reports as the controller keeps them, oldest first."""
-    async with http.get(
-        f"{controller.url}/api/v1/devices/{serial}/reports",
-        headers={"Authorization": f"Bearer {controller.admin_token}"},
-    ) as resp:
-        if resp.status == 404:
-            return []
-        reports: list[dict[str, Any]] = (await resp.json())["reports"]
+    answer = await get_json(
+        http, controller.url, f"/api/v1/devices/{serial}/reports", controller.admin_token
+    )
+    if answer.status == 404:
+        return []
+    reports: list[dict[str, Any]] = answer.body["reports"]
     return sorted(reports, key=lambda r: r["snapshot"]["collected_at"])
 
 
 def start_agent(config: Path) -> AgentProcess:
     """An ``AgentProcess`` for a config written here (start it with ``await .start()``)."""
     return AgentProcess(config)
+
+
+async def start_reporting_agent(
+    http: aiohttp.ClientSession,
+    controller: ControllerProcess,
+    lab: Lab,
+    password_file: Path,
+    folder: Path,
+    *,
+    controller_url: str | None = None,
+    **config: Any,
+) -> tuple[AgentProcess, Path, int]:
+    """An agent process for every device of ``lab``, enrolling at site krk of ``controller``
+    (through ``controller_url``, a relay, when given), its status on a free port: returned
+    (with its config and that port) once it sends and every device answers. The caller
+    stops it."""
+    port = free_port()
+    path = write_agent_config(
+        folder,
+        controller_url=controller_url or controller.url,
+        code=controller.codes["krk"][0],
+        devices=list(lab.devices.values()),
+        password_file=password_file,
+        status_port=port,
+        **config,
+    )
+    agent = start_agent(path)
+    await agent.start()
+    try:
+        await wait_status(
+            http,
+            port,
+            lambda d: d["uplink"]["ok"] and d["devices"]["answering"] == len(lab.devices),
+            90,
+            "the agent enrolled, polling and sending",
+        )
+    except BaseException:
+        await agent.stop()
+        raise
+    return agent, path, port

@@ -60,12 +60,6 @@ async def controller(controllers: Controllers) -> ControllerProcess:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def agent_token(controller: ControllerProcess, http: aiohttp.ClientSession) -> str:
     """The credential of an agent of ``krk``, enrolled with ``controller``."""
     answer = await enroll(http, controller.url, controller.codes["krk"][0])

@@ -329,14 +329,18 @@ class AgentProcess:
     machine whose clock is wrong; the test is skipped where faketime is not installed.
     """
 
-    def __init__(self, config_path: Path, *, clock_offset: str | None = None) -> None:
+    def __init__(
+        self, config_path: Path, *, clock_offset: str | None = None, flags: Sequence[str] = ()
+    ) -> None:
         self.config_path = config_path
         self.clock_offset = clock_offset
+        #: More ``agent run`` flags (``--allow-insecure-uplink``).
+        self.flags = list(flags)
         self.log_path = config_path.with_suffix(".log")
         self.process: asyncio.subprocess.Process | None = None
 
     def argv(self) -> list[str]:
-        argv = polyfleet_argv("agent", "run", "--config", str(self.config_path))
+        argv = polyfleet_argv("agent", "run", "--config", str(self.config_path), *self.flags)
         if self.clock_offset is None:
             return argv
         faketime = shutil.which("faketime")

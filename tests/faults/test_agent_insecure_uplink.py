@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from faultkit import REPO, ControllerProcess, get_json
+from faultkit import AgentProcess, ControllerProcess, get_json
 from testkit.processes import polyfleet
 from testkit.site_agents import agent_config, device_config, write_credential
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
-from polyfleet.shared.process import polyfleet_argv
 from polyfleet.simulator.testing import make_device
 
 #: Never contacted: every refusal happens before anything is sent (tests stay on loopback).
@@ -73,27 +70,19 @@ async def test_allowed_insecure_uplink_runs_and_says_so(
         extra=extra,
         devices=f'[defaults]\npassword_file = "{password_file}"\n',
     )
-    flags = ["--allow-insecure-uplink"] if how == "flag" else []
-    log_path = tmp_path / "agent.log"
-    with open(log_path, "wb") as log:
-        # Not enrolled (no credential, no code): it polls but never contacts the controller.
-        process = await asyncio.create_subprocess_exec(
-            *polyfleet_argv("agent", "run", "--config", str(config), *flags),
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-        )
+    agent = AgentProcess(config, flags=["--allow-insecure-uplink"] if how == "flag" else [])
+    # Not enrolled (no credential, no code): it polls but never contacts the controller.
+    await agent.start()
     try:
         await wait_until(
-            lambda: "not enrolled" in log_path.read_text(errors="replace"),
+            lambda: "not enrolled" in agent.log(),
             timeout=60,
             what="the agent running, not enrolled",
         )
     finally:
-        process.send_signal(signal.SIGTERM)
-        status = await asyncio.wait_for(process.wait(), 60)
-    text = log_path.read_text(errors="replace")
-    assert status == 0, text
+        await agent.stop()
+    text = agent.log()
+    assert agent.process is not None and agent.process.returncode == 0, text
     assert f"the controller URL {REMOTE} is plain http:// to 10.20.30.40, allowed by " in text
     assert "cross the network unencrypted" in text
 
@@ -133,14 +122,8 @@ async def test_loopback_http_works_with_a_warning(
             f"ssh_port = {device.ssh_port}\n"
         ),
     )
-    log_path = tmp_path / "agent.log"
-    with open(log_path, "wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            *polyfleet_argv("agent", "run", "--config", str(config)),
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-        )
+    agent = AgentProcess(config)
+    await agent.start()
     try:
 
         async def reported() -> bool:
@@ -149,9 +132,8 @@ async def test_loopback_http_works_with_a_warning(
 
         await wait_until(reported, timeout=60, what="the device at the controller")
     finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 60)
-    text = log_path.read_text(errors="replace")
+        await agent.stop()
+    text = agent.log()
     assert text.count(f"the controller URL {controller.url} is plain http://") == 1, text
     assert "acceptable only because the controller is on this machine" in text
 

@@ -12,11 +12,9 @@ import aiohttp
 from agent_site import (
     agent_metrics,
     controller_events,
-    free_port,
-    start_agent,
+    start_reporting_agent,
     stored_reports,
     wait_status,
-    write_agent_config,
 )
 from faultkit import ControllerProcess, SmallDisk
 from testkit.processes import polyfleet
@@ -53,28 +51,17 @@ async def test_full_then_read_only_outbox_disk_is_reported_and_survived(
     controller: ControllerProcess = await controllers.start(
         config="[store]\nreport_history = 100000\n"
     )
-    port = free_port()
-    config = write_agent_config(
+    agent, config, port = await start_reporting_agent(
+        http,
+        controller,
+        lab,
+        password_file,
         tmp_path / "agent",
-        controller_url=controller.url,
-        code=controller.codes["krk"][0],
-        devices=list(lab.devices.values()),
-        password_file=password_file,
         data_dir=disk.path / "agent-data",
-        status_port=port,
     )
-    agent = start_agent(config)
-    await agent.start()
     stop_filling = asyncio.Event()
     filler: asyncio.Task[None] | None = None
     try:
-        await wait_status(
-            http,
-            port,
-            lambda d: d["uplink"]["ok"] and d["devices"]["answering"] == 2,
-            90,
-            "the agent reporting",
-        )
         # -- the disk fills up ------------------------------------------------------------
         filler = asyncio.create_task(keep_full(disk, stop_filling))
         failing = await wait_status(

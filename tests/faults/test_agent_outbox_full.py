@@ -11,11 +11,9 @@ from agent_site import (
     UplinkRelay,
     agent_status,
     controller_events,
-    free_port,
-    start_agent,
+    start_reporting_agent,
     stored_reports,
     wait_status,
-    write_agent_config,
 )
 from faultkit import ControllerProcess
 from testkit.waiting import wait_until
@@ -48,26 +46,20 @@ async def test_fault_episode_during_outage_survives_a_full_outbox(
     )
     relay = UplinkRelay(controller.url)
     await relay.start()
-    port = free_port()
-    config = write_agent_config(
-        tmp_path / "agent",
-        controller_url=relay.url,
-        code=controller.codes["krk"][0],
-        devices=list(lab.devices.values()),
-        password_file=password_file,
-        status_port=port,
-        extra_outbox=f"max_bytes = {OUTBOX_BYTES}\nsegment_bytes = 4096\n",
-    )
-    agent = start_agent(config)
-    await agent.start()
     try:
-        await wait_status(
+        agent, _, port = await start_reporting_agent(
             http,
-            port,
-            lambda d: d["uplink"]["ok"] and d["devices"]["answering"] == 3,
-            90,
-            "the agent enrolled, polling and sending",
+            controller,
+            lab,
+            password_file,
+            tmp_path / "agent",
+            controller_url=relay.url,
+            extra_outbox=f"max_bytes = {OUTBOX_BYTES}\nsegment_bytes = 4096\n",
         )
+    except BaseException:
+        await relay.stop()
+        raise
+    try:
         relay.cut()
         full = await wait_status(
             http, port, lambda d: d["outbox"]["dropped_total"] > 0, 60, "the outbox full"

@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-from access_testkit import controller_process
-from testkit.reports import bearer
-
-
-async def _call(
-    http: aiohttp.ClientSession, method: str, url: str, token: str, body: Any = None
-) -> tuple[int, Any]:
-    async with http.request(method, url, json=body, headers=bearer(token)) as response:
-        return response.status, await response.json()
+from access_testkit import admin_at_controller, controller_process
+from testkit.clients import call_with_token
 
 
 async def test_adding_an_existing_site_is_refused_and_patch_renames_it(tmp_path: Path) -> None:
     """POST /api/v1/sites with a taken id answers 409 naming the site; nothing changes."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token()
+    async with admin_at_controller(tmp_path / "data") as (_controller, http, api, ops):
         krk = {"id": "krk", "name": "Kraków", "timezone": "Europe/Warsaw"}
-        assert (await _call(http, "POST", f"{api}/sites", ops, krk))[0] == 201
+        assert (await call_with_token(http, "POST", f"{api}/sites", ops, krk))[0] == 201
         again = {"id": "krk", "name": "Krakow HQ", "timezone": "Europe/London"}
-        status, answer = await _call(http, "POST", f"{api}/sites", ops, again)
+        status, answer = await call_with_token(http, "POST", f"{api}/sites", ops, again)
         assert status == 409, answer
         assert answer["error"]["code"] == "site_exists" and answer["error"]["field"] == "id"
         assert "'Kraków'" in answer["error"]["message"] and "PATCH" in answer["error"]["message"]
-        _, sites = await _call(http, "GET", f"{api}/sites", ops)
+        _, sites = await call_with_token(http, "GET", f"{api}/sites", ops)
         assert [(s["id"], s["name"], s["timezone"]) for s in sites["sites"]] == [
             ("krk", "Kraków", "Europe/Warsaw")
         ]
 
-        status, renamed = await _call(
+        status, renamed = await call_with_token(
             http, "PATCH", f"{api}/sites/krk", ops, {"name": "Kraków Old Town"}
         )
         assert status == 200, renamed
@@ -43,7 +32,7 @@ async def test_adding_an_existing_site_is_refused_and_patch_renames_it(tmp_path:
             "Kraków Old Town",
             "Europe/Warsaw",
         )
-        status, moved = await _call(
+        status, moved = await call_with_token(
             http, "PATCH", f"{api}/sites/krk", ops, {"timezone": "Europe/Berlin"}
         )
         assert status == 200 and moved["name"] == "Kraków Old Town"
@@ -55,15 +44,17 @@ async def test_adding_an_existing_site_is_refused_and_patch_renames_it(tmp_path:
             ({"timezone": "Mars/Olympus"}, 400),
             ({"name": "x", "colour": "red"}, 422),
         ):
-            status, answer = await _call(http, "PATCH", f"{api}/sites/krk", ops, body)
+            status, answer = await call_with_token(http, "PATCH", f"{api}/sites/krk", ops, body)
             assert status == expected, (body, answer)
-        assert (await _call(http, "PATCH", f"{api}/sites/nowhere", ops, {"name": "x"}))[0] == 404
-        status, answer = await _call(
+        assert (await call_with_token(http, "PATCH", f"{api}/sites/nowhere", ops, {"name": "x"}))[
+            0
+        ] == 404
+        status, answer = await call_with_token(
             http, "POST", f"{api}/sites", ops, {"id": "gdn", "name": "Gdańsk\r\nBcc: x"}
         )
         assert status == 400 and answer["error"]["field"] == "name"
 
-        _, log = await _call(http, "GET", f"{api}/audit", ops)
+        _, log = await call_with_token(http, "GET", f"{api}/audit", ops)
         updates = [e for e in log["entries"] if e["action"] == "site.update"]
         assert [e["details"] for e in updates] == [
             {"timezone": ["Europe/Warsaw", "Europe/Berlin"]},

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from access_testkit import controller_process
+from access_testkit import admin_at_controller, controller_process
+from testkit.clients import client_from
 from testkit.processes import controller_cli
 from testkit.reports import bearer
 from testkit.waiting import wait_until
@@ -21,14 +20,6 @@ from polyfleet.controller.web.security import SIGNIN_COOKIE
 from polyfleet.shared.schema import PROTOCOL_VERSION
 
 LIMITS = "[server]\nauth_failures_per_minute = 4\nenroll_attempts_per_minute = 3\n"
-
-
-@asynccontextmanager
-async def client_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client whose connections come from ``address`` (another loopback address)."""
-    connector = aiohttp.TCPConnector(local_addr=(address, 0))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        yield http
 
 
 async def _call(
@@ -41,9 +32,7 @@ async def _call(
 
 async def test_an_expired_token_is_refused_in_words_and_listed_as_expired(tmp_path: Path) -> None:
     """A token past its expiry gets 401 naming the expiry; the list shows it expired."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (controller, http, api, ops):
         soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
         status, short, _ = await _call(
             http,
@@ -118,9 +107,7 @@ async def test_expiry_forms_of_the_cli_and_last_use_survive_a_restart(tmp_path: 
 
 async def test_an_expired_admin_token_does_not_count_as_another_admin(tmp_path: Path) -> None:
     """The last working admin token stays, even beside an admin token that has expired."""
-    async with controller_process(tmp_path / "data") as controller, aiohttp.ClientSession() as http:
-        api = f"{controller.url}/api/v1"
-        ops = await controller.admin_token("ops")
+    async with admin_at_controller(tmp_path / "data") as (_controller, http, api, ops):
         soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
         status, brief, _ = await _call(
             http, "POST", f"{api}/tokens", ops, {"role": "admin", "expires_at": soon}

@@ -95,6 +95,25 @@ class World:
         )
         return result
 
+    async def start_rollout(self, **body: Any) -> dict[str, Any]:
+        """Plan a rollout (``plan`` defaults) and start it; its plan."""
+        plan = await self.plan(**body)
+        await self.act(plan["id"], "start")
+        return plan
+
+    async def start_installing(self, serial: str) -> tuple[dict[str, Any], SimDevice]:
+        """Plan and start a rollout; its plan and the unit once ``serial`` is installing."""
+        plan = await self.start_rollout()
+        device = self.devices[serial]
+        await wait_until(lambda: device.power == "installing", what="install", interval=0.02)
+        return plan, device
+
+    async def restart_agent(self, site: str) -> None:
+        """A new agent of ``site`` on the (stopped) old one's config, started in its place."""
+        again = AgentService(self.agents[site].config)
+        await again.start()
+        self.agents[site] = again
+
     async def wait_reported(self, serials: set[str]) -> None:
         async def check() -> bool:
             _, body = await self.call("GET", "/api/v1/devices")

@@ -14,8 +14,7 @@ from test_plan_rules import device, entries, make_plan, poly_plus
 from polyfleet.controller.domain.assets import Asset, Contract, ContractFlag
 from polyfleet.controller.domain.plans import PlanCatalogue
 from polyfleet.controller.domain.releases import ReleaseCatalogue
-from polyfleet.controller.domain.rollout import PlanError, RoomCalendar, Window
-from polyfleet.controller.services.entitlement import load_plans, load_releases
+from polyfleet.controller.domain.rollout import PlanDevice, PlanError, RoomCalendar, Window
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -23,18 +22,24 @@ NEW_YORK = ZoneInfo("America/New_York")
 FOUR_HOPS = {"version": "3.12.0", "build": "366027"}
 
 
-@pytest.fixture(scope="module")
-def plans() -> PlanCatalogue:
-    return load_plans()
-
-
-@pytest.fixture(scope="module")
-def releases() -> ReleaseCatalogue:
-    return load_releases()
-
-
 def instants(entry: dict[str, Any]) -> list[datetime]:
     return [datetime.fromisoformat(h["install_at"]) for h in entry["hops"]]
+
+
+def plan_four_hops(
+    plans: PlanCatalogue,
+    releases: ReleaseCatalogue,
+    *,
+    now: datetime,
+    start: date,
+    unit: PlanDevice | None = None,
+    **options: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plan (as JSON) for one unit four hops behind, K1 at krakow unless ``unit`` is
+    given, and that unit's entry."""
+    unit = unit or device("K1", **FOUR_HOPS)
+    plan = make_plan([unit], plans, releases, now=now, start=start, **options).to_json()
+    return plan, entries_of(plan)[unit.serial]
 
 
 def window_of(entry: dict[str, Any]) -> tuple[datetime, datetime]:
@@ -49,14 +54,9 @@ def test_four_hops_on_the_spring_forward_night_stay_in_order_and_exist(
 ) -> None:
     """Warsaw 2027-03-28: 45 minutes apart in elapsed time, none at 02:xx, all in the window;
     the wave says its window is shortened to three hours."""
-    plan = make_plan(
-        [device("K1", **FOUR_HOPS)],
-        plans,
-        releases,
-        now=datetime(2027, 3, 20, 12, tzinfo=WARSAW),
-        start=date(2027, 3, 28),
-    ).to_json()
-    entry = entries_of(plan)["K1"]
+    plan, entry = plan_four_hops(
+        plans, releases, now=datetime(2027, 3, 20, 12, tzinfo=WARSAW), start=date(2027, 3, 28)
+    )
     moments = instants(entry)
     assert [h["install_at"] for h in entry["hops"]] == [
         "2027-03-28T01:00:00+01:00",
@@ -77,15 +77,13 @@ def test_hops_that_do_not_fit_resume_the_next_night_and_say_so(
     plans: PlanCatalogue, releases: ReleaseCatalogue
 ) -> None:
     """Hours-long hops on the three-hour night: the fourth goes to the next night's window."""
-    plan = make_plan(
-        [device("K1", **FOUR_HOPS)],
+    _, entry = plan_four_hops(
         plans,
         releases,
         now=datetime(2027, 3, 20, 12, tzinfo=WARSAW),
         start=date(2027, 3, 28),
         hop_length=timedelta(hours=1),
-    ).to_json()
-    entry = entries_of(plan)["K1"]
+    )
     assert [h["install_at"] for h in entry["hops"]][-2:] == [
         "2027-03-28T04:00:00+02:00",
         "2027-03-29T01:00:00+02:00",
@@ -100,14 +98,9 @@ def test_the_fall_back_night_is_longer_and_hops_stay_in_order_in_time(
 ) -> None:
     """Warsaw 2027-10-31: the window lasts five hours; hops in order as instants although
     the wall clock shows 02:45 before 02:30."""
-    plan = make_plan(
-        [device("K1", **FOUR_HOPS)],
-        plans,
-        releases,
-        now=datetime(2027, 10, 20, 12, tzinfo=WARSAW),
-        start=date(2027, 10, 31),
-    ).to_json()
-    entry = entries_of(plan)["K1"]
+    plan, entry = plan_four_hops(
+        plans, releases, now=datetime(2027, 10, 20, 12, tzinfo=WARSAW), start=date(2027, 10, 31)
+    )
     moments = instants(entry)
     assert moments == sorted(moments)
     assert [m.astimezone(UTC).strftime("%H:%M") for m in moments] == [
@@ -150,14 +143,13 @@ def test_a_us_zone_keeps_hops_in_elapsed_time_across_its_own_change(
 ) -> None:
     """New York springs forward on 2027-03-14: a 01:00-05:00 window there lasts three hours
     and its hops are 45 minutes apart with none at 02:xx local time."""
-    plan = make_plan(
-        [device("N1", site="nyc", provider="zoom", **FOUR_HOPS)],
+    _, entry = plan_four_hops(
         plans,
         releases,
         now=datetime(2027, 3, 1, 12, tzinfo=NEW_YORK),
         start=date(2027, 3, 14),
-    ).to_json()
-    entry = entries_of(plan)["N1"]
+        unit=device("N1", site="nyc", provider="zoom", **FOUR_HOPS),
+    )
     moments = instants(entry)
     assert all(b - a == timedelta(minutes=45) for a, b in itertools.pairwise(moments))
     assert all(m.astimezone(NEW_YORK).hour != 2 for m in moments)

@@ -42,7 +42,6 @@ from polyfleet.controller.domain.rollout import (
     rollout_move,
     stored_abort_criteria,
 )
-from polyfleet.controller.services.entitlement import load_plans, load_releases
 from polyfleet.shared.schema import FailureCode
 from polyfleet.shared.version import FirmwareVersion
 
@@ -50,16 +49,6 @@ WARSAW = ZoneInfo("Europe/Warsaw")
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=WARSAW)
 TARGET = "4.2.2-408037"
 ZONES = {"krakow": "Europe/Warsaw", "nyc": "America/New_York"}
-
-
-@pytest.fixture(scope="module")
-def plans() -> PlanCatalogue:
-    return load_plans()
-
-
-@pytest.fixture(scope="module")
-def releases() -> ReleaseCatalogue:
-    return load_releases()
 
 
 def device(serial: str, **fields: object) -> PlanDevice:

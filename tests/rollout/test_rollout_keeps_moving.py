@@ -9,19 +9,10 @@ from typing import Any
 
 import pytest
 from rollout_kit import WARSAW, World, rollout_world
+from testkit.clocks import SettableClock
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.testing import make_device
-
-
-class SetClock:
-    """The controller's clock: where the test puts it (the agents keep real time)."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def poly(serial: str, firmware: str = "4.1.0_00.180034") -> object:
@@ -62,7 +53,7 @@ async def test_a_unit_moved_to_tomorrow_holds_no_later_wave(tmp_path: Path) -> N
         local = datetime(night.year, night.month, night.day, hour, minute, second, tzinfo=WARSAW)
         return (local + timedelta(days=day_offset)).astimezone(UTC)
 
-    clock = SetClock(datetime.now(UTC))
+    clock = SettableClock(datetime.now(UTC))  # the controller's; the agents keep real time
     sites = {
         "krakow": [
             poly("A1"),  # the canary
@@ -132,7 +123,7 @@ async def test_a_unit_whose_window_passed_is_judged_again_at_its_new_moment(
     its next window falls after the contract, so it is held not_entitled with the day its
     entitlement ended instead of being ordered."""
     last_day = datetime(2028, 1, 9).date()  # the kit's contracts end on 2028-01-09
-    clock = SetClock(datetime.now(UTC))
+    clock = SettableClock(datetime.now(UTC))  # the controller's; the agents keep real time
     sites = {"krakow": [poly("L1"), poly("L2")]}
     async with rollout_world(tmp_path, sites, clock=clock) as world:  # type: ignore[arg-type]
         plan = await world.plan(

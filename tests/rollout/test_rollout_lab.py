@@ -10,7 +10,6 @@ import pytest
 from rollout_kit import rollout_world
 from testkit.waiting import wait_until
 
-from polyfleet.agent.service import AgentService
 from polyfleet.controller.keys import CORE
 from polyfleet.simulator.fleet import MeetingSpec
 from polyfleet.simulator.testing import make_device, with_update
@@ -120,8 +119,7 @@ async def test_a_bricked_unit_gets_a_ticket_and_the_penalty_box(tmp_path: Path) 
     """A unit that never comes back: failed, penalty box, and a ticket naming rollout and hop."""
     sites = {"krakow": [with_update(poly("BRK01"), "brick"), poly("BRK02")]}  # type: ignore[arg-type]
     async with rollout_world(tmp_path, sites, return_timeout_s=3) as world:  # type: ignore[arg-type]
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
         halted = await world.wait_status(plan["id"], "halted", timeout=90)
         entry = next(d for d in halted["devices"] if d["serial"] == "BRK01")
         assert entry["status"] == "failed"
@@ -154,8 +152,7 @@ async def test_pause_lets_the_update_finish_and_resume_goes_on(tmp_path: Path) -
     """Paused during the canary: it finishes and is verified, nothing new starts until resume."""
     sites = {"krakow": [with_update(poly("PAU01"), "ok", install_seconds=1.5), poly("PAU02")]}  # type: ignore[arg-type]
     async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
         await wait_until(lambda: world.devices["PAU01"].power == "installing", what="install")
         await world.act(plan["id"], "pause")
 
@@ -180,8 +177,7 @@ async def test_a_unit_in_a_call_is_postponed_then_updated(tmp_path: Path) -> Non
     async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
         device = world.devices["CALL1"]
         await device.start_call()
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
 
         async def postponed() -> bool:
             rollout = await world.rollout(plan["id"])
@@ -246,17 +242,12 @@ async def test_an_agent_stopped_mid_update_resumes_it_without_ordering_again(
     """The agent dies while its unit installs; restarted, it verifies the same order, once."""
     sites = {"krakow": [with_update(poly("AGR01"), "ok", install_seconds=2.0)]}  # type: ignore[arg-type]
     async with rollout_world(tmp_path, sites, job_lease_s=2) as world:  # type: ignore[arg-type]
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
-        device = world.devices["AGR01"]
-        await wait_until(lambda: device.power == "installing", what="install", interval=0.02)
+        plan, device = await world.start_installing("AGR01")
         old = world.agents["krakow"]
         await old.stop()  # the job in flight is cut off, as a kill would
         journal = next((old.config.data_dir / "updates").glob("job_*.json"))
         assert '"phase": "ordered"' in journal.read_text()
-        again = AgentService(old.config)
-        await again.start()
-        world.agents["krakow"] = again
+        await world.restart_agent("krakow")
         done = await world.wait_status(plan["id"], "done", "halted", timeout=90)
         assert done["status"] == "done", done.get("halt")
         assert [d.version for d in device.downloads] == ["4.2.2-408037"]
@@ -277,8 +268,7 @@ async def test_an_order_cut_short_restores_the_settings_the_unit_had_before_it(
     async with rollout_world(tmp_path, sites) as world:  # type: ignore[arg-type]
         agent = world.agents["krakow"]
         await agent.stop()
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
+        plan = await world.start_rollout()
 
         async def ordered() -> str | None:
             _, jobs = await world.call("GET", "/api/v1/devices/CUT01/jobs")
@@ -303,9 +293,7 @@ async def test_an_order_cut_short_restores_the_settings_the_unit_had_before_it(
                 "upgrade.auto.version": "4.2.2-408037",
             }
         )
-        again = AgentService(agent.config)
-        await again.start()
-        world.agents["krakow"] = again
+        await world.restart_agent("krakow")
         done = await world.wait_status(plan["id"], "done", "halted", timeout=90)
         assert done["status"] == "done", done.get("halt")
         assert {k: device.config[k] for k in before} == before
@@ -318,15 +306,9 @@ async def test_an_agent_restarted_mid_install_reports_it_without_waiting_for_the
     agent follows the unit from its journal and reports the outcome once it answers."""
     sites = {"krakow": [with_update(poly("AGL01"), "ok", install_seconds=2.0)]}  # type: ignore[arg-type]
     async with rollout_world(tmp_path, sites, job_lease_s=3600) as world:  # type: ignore[arg-type]
-        plan = await world.plan()
-        await world.act(plan["id"], "start")
-        device = world.devices["AGL01"]
-        await wait_until(lambda: device.power == "installing", what="install", interval=0.02)
-        old = world.agents["krakow"]
-        await old.stop()
-        again = AgentService(old.config)
-        await again.start()
-        world.agents["krakow"] = again
+        plan, device = await world.start_installing("AGL01")
+        await world.agents["krakow"].stop()
+        await world.restart_agent("krakow")
         # Far less than the lease, and than the controller's wait before handing it out again.
         done = await world.wait_status(plan["id"], "done", "halted", timeout=30)
         assert done["status"] == "done", done.get("halt")

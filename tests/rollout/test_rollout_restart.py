@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from rollout_kit import PACKAGE_VERSIONS, WARSAW, open_window, package_bytes, registry_row
 from testkit.processes import polyfleet, start_controller
-from testkit.site_agents import agent_config, device_config, lab_password_file
+from testkit.site_agents import lab_agent_config, lab_password_file
 from testkit.waiting import wait_until
 
 from polyfleet.agent.config import Secret
@@ -68,13 +68,13 @@ async def test_controller_kill_9_mid_rollout_orders_no_unit_twice(tmp_path: Path
     code_file.write_text(code)
     os.chmod(code_file, 0o600)
     agent = AgentService(
-        agent_config(
+        lab_agent_config(
             tmp_path,
-            [device_config(d, password) for d in lab.devices.values()],
-            controller_url=url,
+            lab,
+            password,
+            url,
             enrollment_code=Secret(file=code_file, origin="test"),
             poll_interval_s=0.3,
-            send_interval_s=0.05,
             jobs_interval_s=0.1,
             backoff_max_s=0.3,
             updates_return_timeout_s=30,

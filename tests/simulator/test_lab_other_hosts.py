@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 import paramiko
 import pytest
-from lab_client import connect, exec_command, pin, read_identification
+from lab_client import LabFactory, connect, exec_command, pin, read_identification
 
-from polyfleet.simulator.fleet import OtherHostSpec, RoomSpec, SiteSpec
-from polyfleet.simulator.lab import Lab
+from polyfleet.simulator.fleet import OtherHostSpec
 from polyfleet.simulator.other_host import OtherHost
-from polyfleet.simulator.testing import fleet_of, make_device, next_address
+from polyfleet.simulator.testing import make_device, next_address
 
 
-async def other_lab(tmp_path: Path, others: list[OtherHostSpec]) -> Lab:
-    fleet = fleet_of([make_device()])
-    room = fleet.sites[0].rooms[0]
-    site = SiteSpec(
-        id="test-site",
-        name="Test site",
-        rooms=[RoomSpec(id=room.id, name=room.name, devices=room.devices, other_hosts=others)],
-    )
-    lab = Lab(type(fleet)(sites=[site]), data_dir=tmp_path / "lab")
-    await lab.start()
-    return lab
+async def started_other_host(lab_factory: LabFactory, **spec: Any) -> OtherHost:
+    """A lab of one device and the other host ``spec`` describes (HTTPS on a free port),
+    stopped after the test; that host."""
+    other = OtherHostSpec(address=next_address(), rest_port=0, **spec)
+    lab = await lab_factory([make_device()], other_hosts=[other])
+    return lab.other_hosts[other.name]
 
 
 async def fetch(host: OtherHost, method: str, path: str) -> tuple[int, str, str, str]:
@@ -72,91 +66,64 @@ def shell_session(host: OtherHost) -> tuple[bytes, bytes]:
         client.close()
 
 
-async def test_web_server_has_a_page_but_no_videoos_api(tmp_path: Path) -> None:
+async def test_web_server_has_a_page_but_no_videoos_api(lab_factory: LabFactory) -> None:
     """A web_server answers / with its titled page and /rest/session with 404 HTML."""
-    spec = OtherHostSpec(
-        name="printer-1", address=next_address(), rest_port=0, title="HP LaserJet M507"
-    )
-    lab = await other_lab(tmp_path, [spec])
-    try:
-        host = lab.other_hosts["printer-1"]
-        status, kind, server, body = await fetch(host, "GET", "/")
-        assert (status, kind) == (200, "text/html") and "<title>HP LaserJet M507</title>" in body
-        assert "Poly" not in body and server == "lighttpd/1.4.59"
-        status, kind, _, _ = await fetch(host, "POST", "/rest/session")
-        assert (status, kind) == (404, "text/html")
-        assert host.ssh_port is None
-    finally:
-        await lab.stop()
+    host = await started_other_host(lab_factory, name="printer-1", title="HP LaserJet M507")
+    status, kind, server, body = await fetch(host, "GET", "/")
+    assert (status, kind) == (200, "text/html") and "<title>HP LaserJet M507</title>" in body
+    assert "Poly" not in body and server == "lighttpd/1.4.59"
+    status, kind, _, _ = await fetch(host, "POST", "/rest/session")
+    assert (status, kind) == (404, "text/html")
+    assert host.ssh_port is None
 
 
-async def test_json_api_refuses_everything_with_401_json(tmp_path: Path) -> None:
+async def test_json_api_refuses_everything_with_401_json(lab_factory: LabFactory) -> None:
     """A json_api answers every path, /rest/session included, with 401 and a JSON error."""
-    spec = OtherHostSpec(name="nas", address=next_address(), kind="json_api", rest_port=0)
-    lab = await other_lab(tmp_path, [spec])
-    try:
-        host = lab.other_hosts["nas"]
-        for method, path in (("GET", "/"), ("POST", "/rest/session"), ("GET", "/rest/system")):
-            status, kind, _, body = await fetch(host, method, path)
-            assert (status, kind) == (401, "application/json") and '"unauthorized"' in body
-    finally:
-        await lab.stop()
+    host = await started_other_host(lab_factory, name="nas", kind="json_api")
+    for method, path in (("GET", "/"), ("POST", "/rest/session"), ("GET", "/rest/system")):
+        status, kind, _, body = await fetch(host, method, path)
+        assert (status, kind) == (401, "application/json") and '"unauthorized"' in body
 
 
-async def test_poly_phone_says_poly_but_has_no_rest_session(tmp_path: Path) -> None:
+async def test_poly_phone_says_poly_but_has_no_rest_session(lab_factory: LabFactory) -> None:
     """A poly_phone's landing page is titled "Poly ..." yet /rest/session is 404."""
-    spec = OtherHostSpec(name="phone-1", address=next_address(), kind="poly_phone", rest_port=0)
-    lab = await other_lab(tmp_path, [spec])
-    try:
-        host = lab.other_hosts["phone-1"]
-        status, _, _, body = await fetch(host, "GET", "/")
-        assert status == 200 and "<title>Poly CCX 500 Business Media Phone</title>" in body
-        assert (await fetch(host, "POST", "/rest/session"))[0] == 404
-    finally:
-        await lab.stop()
+    host = await started_other_host(lab_factory, name="phone-1", kind="poly_phone")
+    status, _, _, body = await fetch(host, "GET", "/")
+    assert status == 200 and "<title>Poly CCX 500 Business Media Phone</title>" in body
+    assert (await fetch(host, "POST", "/rest/session"))[0] == 404
 
 
-async def test_linux_ssh_logs_in_but_knows_no_legacy_commands(tmp_path: Path) -> None:
+async def test_linux_ssh_logs_in_but_knows_no_legacy_commands(lab_factory: LabFactory) -> None:
     """With ssh_port an other host runs a Linux SSH: login works, ``status`` is not found."""
-    spec = OtherHostSpec(
-        name="linux-1", address=next_address(), rest_port=0, ssh_port=0, admin_password="pw-1"
-    )
-    lab = await other_lab(tmp_path, [spec])
-    try:
-        host = lab.other_hosts["linux-1"]
-        line = await asyncio.to_thread(read_identification, host.address, host.ssh_port)
-        assert line.startswith(b"SSH-2.0-OpenSSH_9.2p1 Debian")
-        assert await asyncio.to_thread(exec_command, host, "whoami") == ("admin\n", 0)
-        output, code = await asyncio.to_thread(exec_command, host, "status")
-        assert (output, code) == ("sh: 1: status: not found\n", 127)
-        with pytest.raises(paramiko.AuthenticationException):
-            await asyncio.to_thread(connect, host, "wrong")
-        greeting, answer = await asyncio.to_thread(shell_session, host)
-        assert greeting.endswith(b"admin@linux-1:~$ ") and b"Hi, my name is" not in greeting
-        assert answer == b"whoami\r\nadmin\r\nadmin@linux-1:~$ "
-    finally:
-        await lab.stop()
+    host = await started_other_host(lab_factory, name="linux-1", ssh_port=0, admin_password="pw-1")
+    line = await asyncio.to_thread(read_identification, host.address, host.ssh_port)
+    assert line.startswith(b"SSH-2.0-OpenSSH_9.2p1 Debian")
+    assert await asyncio.to_thread(exec_command, host, "whoami") == ("admin\n", 0)
+    output, code = await asyncio.to_thread(exec_command, host, "status")
+    assert (output, code) == ("sh: 1: status: not found\n", 127)
+    with pytest.raises(paramiko.AuthenticationException):
+        await asyncio.to_thread(connect, host, "wrong")
+    greeting, answer = await asyncio.to_thread(shell_session, host)
+    assert greeting.endswith(b"admin@linux-1:~$ ") and b"Hi, my name is" not in greeting
+    assert answer == b"whoami\r\nadmin\r\nadmin@linux-1:~$ "
 
 
-async def test_other_hosts_are_listed_but_never_devices(tmp_path: Path) -> None:
+async def test_other_hosts_are_listed_but_never_devices(lab_factory: LabFactory) -> None:
     """Other hosts appear in the ready info and GET /other_hosts, not among the devices."""
     spec = OtherHostSpec(name="web-2", address=next_address(), rest_port=0)
-    lab = await other_lab(tmp_path, [spec])
-    try:
-        info = lab.ready_info()
-        assert [o["name"] for o in info["other_hosts"]] == ["web-2"]
-        assert "web-2" not in {d["serial"] for d in info["devices"]}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(lab.control_url + "/other_hosts") as response,
-        ):
-            [view] = (await response.json())["other_hosts"]
-        host = lab.other_hosts["web-2"]
-        assert (view["kind"], view["rest_port"], view["tls_fingerprint"]) == (
-            "web_server",
-            host.rest_port,
-            host.tls_fingerprint,
-        )
-        assert "admin_password" not in view
-    finally:
-        await lab.stop()
+    lab = await lab_factory([make_device()], other_hosts=[spec])
+    info = lab.ready_info()
+    assert [o["name"] for o in info["other_hosts"]] == ["web-2"]
+    assert "web-2" not in {d["serial"] for d in info["devices"]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(lab.control_url + "/other_hosts") as response,
+    ):
+        [view] = (await response.json())["other_hosts"]
+    host = lab.other_hosts["web-2"]
+    assert (view["kind"], view["rest_port"], view["tls_fingerprint"]) == (
+        "web_server",
+        host.rest_port,
+        host.tls_fingerprint,
+    )
+    assert "admin_password" not in view

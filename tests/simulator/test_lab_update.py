@@ -16,6 +16,7 @@ from package_server import PackageServer
 from testkit.waiting import wait_until
 
 from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.lab import Lab
 from polyfleet.simulator.testing import make_device, with_update
 
 #: Every package the tests order, as the update server offers it.
@@ -33,6 +34,14 @@ async def server(tmp_path: Path) -> AsyncIterator[PackageServer]:
     SERVER["url"] = await package_server.start()
     yield package_server
     await package_server.stop()
+
+
+async def updatable_device(
+    lab_factory: LabFactory, rest_factory: Rest
+) -> tuple[Lab, SimDevice, RestClient]:
+    """One device on 4.1.0_00.180034 whose updates succeed, and a signed-in REST client."""
+    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
+    return await one_device(lab_factory, rest_factory, spec)
 
 
 async def point_at_update(client: RestClient, version: str, address: str | None = None) -> None:
@@ -74,10 +83,9 @@ async def test_update_ok_comes_back_on_the_new_version(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """The device installs, reboots, drops sessions and reports the ordered version and build."""
-    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab, device, client = await one_device(lab_factory, rest_factory, spec)
+    lab, device, client = await updatable_device(lab_factory, rest_factory)
     await order_update(client, "4.2.2-408037")
-    url = f"{lab.control_url}/devices/{spec.serial}/config"
+    url = f"{lab.control_url}/devices/{device.serial}/config"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         config = (await response.json())["vars"]
     assert config["upgrade.auto.version"] == "4.2.2-408037"
@@ -161,8 +169,7 @@ async def test_ssh_reboot_now_installs_an_ordered_update(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """An update ordered over REST is installed by an SSH ``reboot now`` as well."""
-    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    _, device, client = await one_device(lab_factory, rest_factory, spec)
+    _, device, client = await updatable_device(lab_factory, rest_factory)
     await point_at_update(client, "4.1.3.394009")
     with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
         await asyncio.to_thread(exec_command, device, "reboot now")
@@ -175,15 +182,14 @@ async def test_the_unit_downloads_and_checks_the_package_before_installing(
     lab_factory: LabFactory, rest_factory: Rest, server: PackageServer
 ) -> None:
     """The package comes from the configured server; the control API shows bytes and source."""
-    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    lab, device, client = await one_device(lab_factory, rest_factory, spec)
+    lab, device, client = await updatable_device(lab_factory, rest_factory)
     await order_update(client, "4.2.2-408037")
     await wait_until(lambda: device.power == "installing")
     assert server.fetched == ["4.2.2-408037"]
     await device.wait_power("on")
     async with aiohttp.ClientSession() as http, http.get(f"{lab.control_url}/downloads") as r:
         (download,) = (await r.json())["downloads"]
-    assert download["serial"] == spec.serial and download["source"] == server.url
+    assert download["serial"] == device.serial and download["source"] == server.url
     assert download["bytes"] == download["size"] == len(b"4.2.2-408037") * 5000
     assert download["status"] == "verified"
     await client.login()
@@ -195,8 +201,7 @@ async def test_a_wrong_checksum_means_no_install(
 ) -> None:
     """A package whose SHA-256 differs from the announced one is not installed; status says why."""
     server.lie_about.add("4.2.2-408037")
-    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    _, device, client = await one_device(lab_factory, rest_factory, spec)
+    _, device, client = await updatable_device(lab_factory, rest_factory)
     await order_update(client, "4.2.2-408037")
     await wait_until(lambda: device.update_status["state"] == "FAILED")
     assert device.power == "on" and device.firmware_version == "4.1.0_00"
@@ -210,8 +215,7 @@ async def test_an_unreachable_update_server_means_no_install(
     lab_factory: LabFactory, rest_factory: Rest
 ) -> None:
     """Nothing listens at the configured address: no install, and the status names the server."""
-    spec = with_update(make_device(firmware="4.1.0_00.180034"), "ok")
-    _, device, client = await one_device(lab_factory, rest_factory, spec)
+    _, device, client = await updatable_device(lab_factory, rest_factory)
     nowhere = "https://127.0.0.1:9/fw"
     await order_update(client, "4.2.2-408037", address=nowhere)
     await wait_until(lambda: device.update_status["state"] == "FAILED")

@@ -1,21 +1,20 @@
 """Device snapshots and agent reports: in the agent's JSON form, typed, or sent by a new agent.
 
-The JSON builders (``snapshot``, ``report``, ``batch``) give a ``POST /api/v1/agent/reports``
-body with every field, as an agent writes it; tests change a field by setting it in the dict.
+The JSON builders (``snapshot``, ``report``, ``batch``, from ``polyfleet.controller.testing``,
+which benchmarks share) give a ``POST /api/v1/agent/reports`` body with every field, as an
+agent writes it; tests change a field by setting it in the dict.
 ``typed_snapshot`` gives the shared model; ``report_as_new_agent`` enrolls an agent of a site
 at a running test controller and sends snapshots as its first batch.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-from polyfleet.controller.testing import RunningController
+from polyfleet.controller.testing import RunningController, batch, report, snapshot, utc_text
 from polyfleet.shared.schema import (
     PROTOCOL_VERSION,
     Firmware,
@@ -30,64 +29,15 @@ from polyfleet.shared.schema import (
     Via,
 )
 
-_ids = itertools.count(1)
-
-
-def utc_text(moment: datetime) -> str:
-    """A time as the agent writes it (UTC, ``Z``)."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def snapshot(
-    serial: str,
-    *,
-    model: str = "studio_x50",
-    version: str = "4.1.0",
-    problems: list[dict[str, str]] | None = None,
-    state: str | None = None,
-    collected_at: datetime | str | None = None,
-    uptime_s: float = 3600.0,
-    host_serial: str | None = None,
-    peripherals: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """One device snapshot with every field, as an agent sends it (collected now unless told).
-
-    Its health is ``fault`` when it has problems, else ``ok``, unless ``state`` says otherwise.
-    """
-    problems = problems or []
-    when = collected_at if collected_at is not None else datetime.now(UTC)
-    return {
-        "serial": serial,
-        "model": model,
-        "model_raw": "Poly Studio X50",
-        "system_name": f"Room {serial}",
-        "firmware": {"version": version, "build": "180034"},
-        "provider": "teams",
-        "health": {"state": state or ("fault" if problems else "ok"), "problems": problems},
-        "in_call": False,
-        "uptime_s": uptime_s,
-        "peripherals": peripherals or [],
-        "host_serial": host_serial,
-        "collected_at": when if isinstance(when, str) else utc_text(when),
-        "via": "rest",
-    }
-
-
-def report(snap: dict[str, Any], report_id: str | None = None) -> dict[str, Any]:
-    """A report (id and snapshot); ids are unique within the test process unless given."""
-    return {"id": report_id or f"report-{next(_ids):08d}", "snapshot": snap}
-
-
-def batch(
-    *reports: dict[str, Any],
-    notices: Sequence[dict[str, Any]] = (),
-    version: int = PROTOCOL_VERSION,
-) -> dict[str, Any]:
-    """A ``POST /api/v1/agent/reports`` body."""
-    body: dict[str, Any] = {"protocol_version": version, "reports": list(reports)}
-    if notices:
-        body["notices"] = list(notices)
-    return body
+__all__ = [
+    "batch",
+    "bearer",
+    "report",
+    "report_as_new_agent",
+    "snapshot",
+    "typed_snapshot",
+    "utc_text",
+]
 
 
 def bearer(token: str) -> dict[str, str]:

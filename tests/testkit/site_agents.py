@@ -12,6 +12,7 @@ from polyfleet.agent.uplink import Credential
 from polyfleet.controller.testing import RunningController
 from polyfleet.shared.schema import EnrollResponse
 from polyfleet.simulator.device import SimDevice
+from polyfleet.simulator.lab import Lab
 from polyfleet.simulator.testing import TEST_PASSWORD
 
 
@@ -62,6 +63,23 @@ def write_credential(path: Path, url: str) -> None:
         token="t" * 32,
         poll_interval_s=60,
     ).save(path)
+
+
+def lab_agent_config(
+    folder: Path, lab: Lab, password_file: Path, controller_url: str, **overrides: Any
+) -> AgentConfig:
+    """An agent (``agent_config``) for every device of ``lab``, reporting to
+    ``controller_url`` at a pace a test can watch: polls every 0.2 s, sends every 0.05 s,
+    backs off at most 0.2 s, unless ``overrides`` say otherwise."""
+    fields: dict[str, Any] = {
+        "controller_url": controller_url,
+        "poll_interval_s": 0.2,
+        "send_interval_s": 0.05,
+        "backoff_max_s": 0.2,
+    }
+    fields.update(overrides)
+    devices = [device_config(device, password_file) for device in lab.devices.values()]
+    return agent_config(folder, devices, **fields)
 
 
 async def enroll_agent(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from testkit.servers import serving
 
 from polyfleet.controller.services.webhook import DELIVERY_HEADER, verify
 from polyfleet.controller.store.base import SITES
@@ -156,14 +157,9 @@ async def _receiver(path: str) -> AsyncIterator[WebhookPeer]:
     peer = WebhookPeer()
     app = web.Application()
     app.router.add_post(path, peer.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    peer.url = f"http://127.0.0.1:{port}{path}"
-    yield peer
-    await runner.cleanup()
+    async with serving(app) as url:
+        peer.url = url + path
+        yield peer
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import logging
 import tomllib
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -36,19 +37,32 @@ X6,studio_x50,2024-11-05,partner_poly_plus,PPP-0007,2024-11-10,2025-11-09,krk,Sa
 CAMERA = ProblemCode.CAMERA_DOWN
 
 
+def start_desk_lab(
+    tmp_path: Path,
+    clock: SettableClock,
+    smtp_peer: SmtpPeer | None,
+    webhook_peer: WebhookPeer,
+    **options: Any,
+) -> AbstractAsyncContextManager[Lab]:
+    """A controller with the registry above and the desk's webhook (e-mail unless None);
+    no bundle wait."""
+    return start_lab(
+        tmp_path / "controller",
+        clock,
+        smtp_peer,
+        webhook_peer,
+        registry=REGISTRY,
+        diagnostics_timeout_s=0,
+        **options,
+    )
+
+
 @pytest.fixture
 async def desk_lab(
     tmp_path: Path, smtp_peer: SmtpPeer, webhook_peer: WebhookPeer
 ) -> AsyncIterator[Lab]:
     """A controller with the registry above, e-mail and the desk's webhook; no bundle wait."""
-    async with start_lab(
-        tmp_path / "controller",
-        SettableClock(T0),
-        smtp_peer,
-        webhook_peer,
-        registry=REGISTRY,
-        diagnostics_timeout_s=0,
-    ) as lab:
+    async with start_desk_lab(tmp_path, SettableClock(T0), smtp_peer, webhook_peer) as lab:
         yield lab
 
 
@@ -212,13 +226,11 @@ async def test_flagged_contract_that_grants_nothing_says_which_terms_apply(
     assert tomllib.loads(document)["ineligible_contracts_grant"] is False
     plans = tmp_path / "plans.toml"
     plans.write_text(document, encoding="utf-8")
-    async with start_lab(
-        tmp_path / "controller",
+    async with start_desk_lab(
+        tmp_path,
         SettableClock(T0),
         smtp_peer,
         webhook_peer,
-        registry=REGISTRY,
-        diagnostics_timeout_s=0,
         extra_sections={"entitlement": {"plans": str(plans)}},
     ) as lab:
         key = await fault(lab, "G1", Model.G7500)
@@ -289,14 +301,8 @@ async def test_escalation_went_back_to_the_desks_own_webhook(
     """A missed reaction escalates to the escalation webhook and address, never to the
     desk's webhook."""
     clock = SettableClock(T0)
-    async with start_lab(
-        tmp_path / "controller",
-        clock,
-        smtp_peer,
-        webhook_peer,
-        registry=REGISTRY,
-        diagnostics_timeout_s=0,
-        escalation_webhook=escalation_peer,
+    async with start_desk_lab(
+        tmp_path, clock, smtp_peer, webhook_peer, escalation_webhook=escalation_peer
     ) as lab:
         key = await fault(lab, "X1")
         await delivered(lab, smtp_peer, webhook_peer, key)
@@ -327,14 +333,7 @@ async def test_escalation_with_nowhere_to_go_tells_the_admin_once(
     contacts to call, the admin is told once in the log, and the desk's webhook gets nothing."""
     clock = SettableClock(T0)
     caplog.set_level(logging.WARNING, logger="polyfleet.controller.services.ticket_service")
-    async with start_lab(
-        tmp_path / "controller",
-        clock,
-        None,
-        webhook_peer,
-        registry=REGISTRY,
-        diagnostics_timeout_s=0,
-    ) as lab:
+    async with start_desk_lab(tmp_path, clock, None, webhook_peer) as lab:
         keys = [await fault(lab, "X1"), await fault(lab, "X4", start=10)]
         await wait_until(lambda: all(lab.service.get(k).status.value == "sent" for k in keys))
         for hours in (1, 2, 30):

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from testkit.site_agents import agent_config, device_config, lab_password_file, start_enrolled_agent
+from testkit.site_agents import (
+    lab_agent_config,
+    lab_password_file,
+    start_enrolled_agent,
+)
 from testkit.waiting import wait_until
 
 from polyfleet.agent.service import AgentService
@@ -80,15 +84,7 @@ async def whole_product(
                 headers={"Content-Type": "text/csv"},
             ) as response:
                 assert response.status == 200, await response.text()
-            config = agent_config(
-                tmp_path,
-                [device_config(device, password) for device in lab.devices.values()],
-                controller_url=controller.url,
-                poll_interval_s=0.2,
-                send_interval_s=0.05,
-                jobs_interval_s=0.1,
-                backoff_max_s=0.2,
-            )
+            config = lab_agent_config(tmp_path, lab, password, controller.url, jobs_interval_s=0.1)
             service = await start_enrolled_agent(controller, SITE, config)
             desk = controller.core.tickets
             if snapshots is not None:

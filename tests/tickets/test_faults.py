@@ -129,14 +129,19 @@ def test_flapping_short_episodes_open_one_flapping_fault() -> None:
     assert events[0].flapping
 
 
+def flap(detector: FaultDetector, minutes: int) -> list[FaultEvent]:
+    """X1's camera down three minutes, fine three, over and over for ``minutes``."""
+    events: list[FaultEvent] = []
+    for start in range(0, minutes, 6):
+        events += feed(detector, "X1", range(start, start + 3), ProblemCode.CAMERA_DOWN)
+        events += feed(detector, "X1", range(start + 3, start + 6))
+    return events
+
+
 def test_flapping_open_fault_is_marked_once() -> None:
     """A fault that keeps clearing and coming back is flagged flapping exactly once."""
     policy = FaultPolicy(min_duration=MINUTE, clear_after=2 * MINUTE, flap_count=3)
-    detector = FaultDetector(policy)
-    events: list[FaultEvent] = []
-    for start in range(0, 60, 6):
-        events += feed(detector, "X1", range(start, start + 3), ProblemCode.CAMERA_DOWN)
-        events += feed(detector, "X1", range(start + 3, start + 6))
+    events = flap(FaultDetector(policy), 60)
     opened = [e for e in events if e.kind in (FaultEventKind.OPENED, FaultEventKind.RECURRED)]
     assert opened[0].kind is FaultEventKind.OPENED
     assert [e.kind for e in events].count(FaultEventKind.FLAPPING) == 1
@@ -455,11 +460,7 @@ def test_flapping_ends_after_a_calm_hour() -> None:
     """A fault that flapped, then stayed away over an hour, comes back as a plain fault."""
     policy = FaultPolicy(min_duration=MINUTE, clear_after=2 * MINUTE, flap_count=3)
     detector = FaultDetector(policy)
-    events: list[FaultEvent] = []
-    for start in range(0, 30, 6):
-        events += feed(detector, "X1", range(start, start + 3), ProblemCode.CAMERA_DOWN)
-        events += feed(detector, "X1", range(start + 3, start + 6))
-    assert any(e.kind is FaultEventKind.FLAPPING for e in events)
+    assert any(e.kind is FaultEventKind.FLAPPING for e in flap(detector, 30))
     feed(detector, "X1", range(30, 120))
     later = feed(detector, "X1", range(120, 123), ProblemCode.CAMERA_DOWN)
     assert kinds(later) == [("recurred", "X1", "camera_down")]
