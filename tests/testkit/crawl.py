@@ -21,7 +21,7 @@ import re
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import aiohttp
 
@@ -55,6 +55,8 @@ class Form:
     method: str
     fields: dict[str, str]
     editable: list[str]
+    #: What a select, checkbox or radio button has chosen, by its name.
+    chosen: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class _Reader(HTMLParser):
         self.page = Page()
         self.hidden = 0
         self.form: Form | None = None
+        self.select = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {name: value or "" for name, value in attrs}
@@ -85,9 +88,16 @@ class _Reader(HTMLParser):
             action = urljoin(self.address, values.get("action") or self.address)
             self.form = Form(self.address, action, method, {}, [])
             self.page.forms.append(self.form)
+        elif tag == "option" and self.form is not None and self.select:
+            if "selected" in values:
+                self.form.chosen[self.select] = values.get("value", "")
         elif tag in ("input", "select", "textarea", "button") and self.form is not None:
             name = values.get("name")
             kind = values.get("type", "text").lower()
+            if tag == "select":
+                self.select = name or ""
+            if name and kind in ("checkbox", "radio") and "checked" in values:
+                self.form.chosen[name] = values.get("value", "on")
             if not name or kind in ("submit", "checkbox", "radio", "button", "reset"):
                 return
             self.form.fields[name] = values.get("value", "")
@@ -95,6 +105,8 @@ class _Reader(HTMLParser):
                 self.form.editable.append(name)
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self.select = ""
         if tag in NOT_PROSE and self.hidden:
             self.hidden -= 1
         elif tag == "form":
@@ -127,6 +139,27 @@ def text_problems(text: str) -> list[str]:
         for m in DEVICE_WORDS.finditer(text)
     ]
     return found
+
+
+#: Query keys that are no filter: the page of a list, the order, a one-off message.
+NOT_FILTERS = frozenset({"page", "sort", "order", "done", "error", "next"})
+
+
+def kept_filters(address: str, page: Page) -> list[str]:
+    """A filter set in the address (by a link from the overview, say) must be visible in the
+    page's own filter form, so that the next change there keeps it."""
+    parts = urlsplit(address)
+    query = {k: v for k, v in parse_qsl(parts.query) if k not in NOT_FILTERS}
+    forms = [f for f in page.forms if f.method == "get" and urlsplit(f.action).path == parts.path]
+    if not query or not forms:
+        return []
+    problems = []
+    for key, value in query.items():
+        if not any(key in form.fields or key in form.chosen for form in forms):
+            problems.append(f"the filter {key}={value} is not in the page's filter form")
+        elif not any(form.chosen.get(key, form.fields.get(key)) == value for form in forms):
+            problems.append(f"the filter {key}={value} is in the form with another value")
+    return problems
 
 
 @dataclass
@@ -191,6 +224,7 @@ async def crawl(
                 continue
             page = read_page(address, body)
             report.problems += [f"{where}: {p}" for p in text_problems("\n".join(page.text))]
+            report.problems += [f"{where}: {p}" for p in kept_filters(address, page)]
             for form in page.forms:
                 found_forms.setdefault((form.method, urlsplit(form.action).path), form)
             for link in page.links:
