@@ -186,6 +186,12 @@ async def screenshot(page: Page, name: str) -> Path:
     return path
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG image, from its header (IHDR)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 async def metric(page: Page, name: str) -> int:
     """The number a page shows in its ``data-metric="NAME"`` element."""
     text = await page.locator(f"[data-metric='{name}']").first.inner_text()
