@@ -153,7 +153,8 @@ async def list_devices(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="One device with peripherals, host/camera links and health history",
+    summary="One device with peripherals, host/camera links and health history; a registered "
+    "Poly product the agents do not poll answers with its entitlement and registry facts",
     roles=READERS,
     response=DeviceDetail,
     errors=(401, 404),
@@ -161,7 +162,9 @@ async def list_devices(request: web.Request) -> web.Response:
 )
 async def get_device(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
-    return web.json_response(devices.device_detail(request.app[CORE], caller(request), serial))
+    return web.json_response(
+        await devices.device_or_asset(request.app[CORE], caller(request), serial)
+    )
 
 
 @endpoint(

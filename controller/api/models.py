@@ -173,6 +173,16 @@ class DeviceDetail(DeviceOut):
     cameras: list[str] = Field(description="serials of cameras (E70) hanging off this device")
     health_history: list[HealthChange]
     reports: list[str] = Field(description="ids of the retained reports, oldest first")
+    entitlement: dict[str, Any] | None = Field(
+        default=None,
+        description="only for monitoring not_monitored: its verdict as "
+        "GET /api/v1/devices/{serial}/entitlement gives it (without at); null when unjudged",
+    )
+    registry: dict[str, Any] | None = Field(
+        default=None,
+        description="only for monitoring not_monitored: the asset registry's facts (model as "
+        "printed, purchase date, site, room, contracts) as GET /api/v1/assets lists them",
+    )
 
 
 class ReportOut(_Out):
