@@ -243,6 +243,33 @@ async def device_or_asset(core: Controller, caller: Caller, serial: str) -> Doc:
     }
 
 
+def device_sessions(core: Controller, caller: Caller, serial: str) -> Doc:
+    """Other admins' sessions open on a reported unit at its latest reading, oldest first:
+    ``{serial, read, sessions: [{user, role, address, kind, since, first_seen,
+    outside_admin_networks}]}``. The unit's session ids are never given out (whoever holds
+    one can act as that admin); ``read`` is false while no agent reported its sessions."""
+    caller.require(Permission.READ)
+    if core.inventory.find_device(serial) is None:
+        raise UnknownDevice(serial)
+    watch = core.admin_sessions
+    return {
+        "serial": serial,
+        "read": watch.has_read(serial),
+        "sessions": [
+            {
+                "user": session.get("user") or "",
+                "role": session.get("role") or "",
+                "address": session.get("address") or "",
+                "kind": session.get("kind") or "other",
+                "since": session.get("since"),
+                "first_seen": session.get("first_seen"),
+                "outside_admin_networks": bool(session.get("outside")),
+            }
+            for session in watch.of(serial)
+        ],
+    }
+
+
 def device_reports(core: Controller, caller: Caller, serial: str) -> list[Doc]:
     caller.require(Permission.READ)
     return core.inventory.recent_reports(serial)
