@@ -531,8 +531,8 @@ class Demo:
                 body = {"id": site.id, "name": site.name, "timezone": site.timezone}
                 await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
             # Tickets are held without a reporter and a delivery address: the demo's go out.
-            body = {**demo_site_contact(site), "admin_networks": list(DEMO_ADMIN_NETWORKS)}
-            await _api(http, "PATCH", path, body)
+            facts = {**demo_site_contact(site), "admin_networks": list(DEMO_ADMIN_NETWORKS)}
+            await _api(http, "PATCH", path, facts)
 
     async def _show_operations(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> None:
         """A maintenance window booked for a unit and a ticket opened by hand, as an admin
