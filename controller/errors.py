@@ -41,9 +41,16 @@ class Refused(Exception):
         problems: Sequence[Mapping[str, Any]] = (),
         rule: str | None = None,
         headers: Mapping[str, str] | None = None,
+        template: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        #: The message as an English text with ``{name}`` fields, and their values: a face
+        #: that speaks another language translates the text and fills the fields (the
+        #: dashboard's catalogue is keyed by these texts). Without them: the message itself.
+        self.template = template if template is not None else message
+        self.params: dict[str, Any] = dict(params or {})
         self.code = code or self.default_code
         self.field = field
         if status is not None:

@@ -61,10 +61,14 @@ DEMO_PACKAGE_BYTES = 8 * 1024 * 1024
 DEMO_ROLLOUT_WINDOW_MIN = 45
 DEMO_ROLLOUT_WAVE_GAP_MIN = 3
 #: Scripted faults an update does not run into: the site's network down for a while (the
-#: agent waits for the unit to come back). A slow unit answers its agent too late to be
+#: agent waits for the unit to come back); another admin signing in (no health problem:
+#: the update's verification never sees it). A slow unit answers its agent too late to be
 #: ordered anything: like a unit with a scripted fault, it is left for another night, so
 #: the demo's rollout runs all its waves to the end.
-UNSEEN_FAULTS = frozenset({"lan_down"})
+UNSEEN_FAULTS = frozenset({"lan_down", "admin_session"})
+#: Where each demo site's admins sign in to its units from: the fleet file's scripted
+#: ``admin_session`` (from 198.51.100.23) is outside them, so it is a security event.
+DEMO_ADMIN_NETWORKS = ("10.0.0.0/8", "192.168.0.0/16")
 #: ``--time-scale``: how much faster the demo may run. Beyond it a poll comes every second
 #: or less, and the whole fleet's polls crowd the one process the demo runs in.
 MAX_TIME_SCALE = 10.0
@@ -529,7 +533,8 @@ class Demo:
                 body = {"id": site.id, "name": site.name, "timezone": site.timezone}
                 await _api(http, "POST", f"{self.controller_url}/api/v1/sites", body)
             # Tickets are held without a reporter and a delivery address: the demo's go out.
-            await _api(http, "PATCH", path, demo_site_contact(site))
+            facts = {**demo_site_contact(site), "admin_networks": list(DEMO_ADMIN_NETWORKS)}
+            await _api(http, "PATCH", path, facts)
 
     async def _show_operations(self, http: aiohttp.ClientSession, fleet: FleetSpec) -> None:
         """A maintenance window booked for a unit and a ticket opened by hand, as an admin
@@ -646,6 +651,7 @@ class Demo:
         duration = self.args.duration
         deadline = None if duration is None else started + duration
         seen_tickets: set[str] = set()
+        seen_events: set[str] = set()
         while not self.stop.is_set():
             timeout = self.seconds(STATUS_EVERY_S)
             if deadline is not None:
@@ -655,6 +661,7 @@ class Demo:
             if self.stop.is_set():
                 break  # Ctrl-C or SIGTERM: the controller is already going away
             await self._status(http, desk, seen_tickets, started)
+            await self._security_events(http, seen_events)
             if deadline is not None and time.monotonic() >= deadline:
                 break
 
@@ -712,6 +719,25 @@ class Demo:
                     f"  new ticket {ticket_id}: {ticket.get('fault')} on {subject} "
                     f"({ticket.get('site')}), status {ticket.get('status')}"
                 )
+
+    async def _security_events(self, http: aiohttp.ClientSession, seen: set[str]) -> None:
+        """Tell each new unexpected admin session once (the audit log holds them)."""
+        url = f"{self.controller_url}/api/v1/audit?action=admin_session.unexpected"
+        try:
+            entries = (await _api(http, "GET", url))["entries"]
+        except (aiohttp.ClientError, PolyfleetError):
+            return  # the status line just said the controller is unavailable
+        for entry in entries:
+            key = f"{entry.get('at')} {entry.get('target')}"
+            if key in seen:
+                continue
+            seen.add(key)
+            details = entry.get("details") or {}
+            self.say(
+                f"  security event: admin session on {details.get('serial')} "
+                f"({entry.get('site')}) by {details.get('user')!r} over {details.get('kind')} "
+                f"from {details.get('address')}, outside the site's admin networks"
+            )
 
 
 async def _api(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from polyfleet.controller.api.models import (
+    AdminSessionList,
     AgentList,
     DeviceDetail,
     DeviceList,
@@ -153,7 +154,8 @@ async def list_devices(request: web.Request) -> web.Response:
 
 
 @endpoint(
-    summary="One device with peripherals, host/camera links and health history",
+    summary="One device with peripherals, host/camera links and health history; a registered "
+    "Poly product the agents do not poll answers with its entitlement and registry facts",
     roles=READERS,
     response=DeviceDetail,
     errors=(401, 404),
@@ -161,7 +163,9 @@ async def list_devices(request: web.Request) -> web.Response:
 )
 async def get_device(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
-    return web.json_response(devices.device_detail(request.app[CORE], caller(request), serial))
+    return web.json_response(
+        await devices.device_or_asset(request.app[CORE], caller(request), serial)
+    )
 
 
 @endpoint(
@@ -205,6 +209,19 @@ async def device_reports(request: web.Request) -> web.Response:
     serial = request.match_info["serial"]
     reports = devices.device_reports(request.app[CORE], caller(request), serial)
     return web.json_response({"reports": reports})
+
+
+@endpoint(
+    summary="Other admins' sessions open on a device (who, from where, web or SSH, since "
+    "when, outside the site's admin networks or not); never their session ids",
+    roles=READERS,
+    response=AdminSessionList,
+    errors=(401, 404),
+    tags=("devices",),
+)
+async def device_sessions(request: web.Request) -> web.Response:
+    serial = request.match_info["serial"]
+    return web.json_response(devices.device_sessions(request.app[CORE], caller(request), serial))
 
 
 @endpoint(
@@ -420,6 +437,7 @@ def register(app: web.Application) -> None:
     router.add_patch("/api/v1/devices/{serial}", patch_device)
     router.add_post("/api/v1/devices/{serial}/move", move_device)
     router.add_get("/api/v1/devices/{serial}/reports", device_reports, allow_head=False)
+    router.add_get("/api/v1/devices/{serial}/sessions", device_sessions, allow_head=False)
     router.add_get("/api/v1/devices/{serial}/jobs", device_jobs, allow_head=False)
     router.add_post("/api/v1/devices/{serial}/jobs", create_job)
     router.add_get("/api/v1/jobs/{job_id}", get_job, allow_head=False)

@@ -173,6 +173,41 @@ class DeviceDetail(DeviceOut):
     cameras: list[str] = Field(description="serials of cameras (E70) hanging off this device")
     health_history: list[HealthChange]
     reports: list[str] = Field(description="ids of the retained reports, oldest first")
+    entitlement: dict[str, Any] | None = Field(
+        default=None,
+        description="only for monitoring not_monitored: its verdict as "
+        "GET /api/v1/devices/{serial}/entitlement gives it (without at); null when unjudged",
+    )
+    registry: dict[str, Any] | None = Field(
+        default=None,
+        description="only for monitoring not_monitored: the asset registry's facts (model as "
+        "printed, purchase date, site, room, contracts) as GET /api/v1/assets lists them",
+    )
+
+
+class AdminSessionOut(_Out):
+    user: str = Field(description="the unit's user name of the session (empty if not told)")
+    role: str
+    address: str = Field(description="the client's address as the unit saw it")
+    kind: Literal["web", "ssh", "other"]
+    since: str | None = Field(description="when the unit says the session started")
+    first_seen: str | None = Field(description="when an agent's report first showed it")
+    outside_admin_networks: bool = Field(
+        description="its address is outside the site's admin networks (a security event "
+        "admin_session.unexpected was recorded when it first appeared)"
+    )
+
+
+class AdminSessionList(_Out):
+    serial: str
+    read: bool = Field(
+        description="false while no agent reported the unit's sessions (agent or firmware "
+        "without the list, SSH polling): sessions is then empty without meaning none"
+    )
+    sessions: list[AdminSessionOut] = Field(
+        description="other admins' sessions at the latest reading, oldest first; the agents' "
+        "own never appear, and no session id is given out"
+    )
 
 
 class ReportOut(_Out):

@@ -17,7 +17,7 @@ import ipaddress
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, WithJsonSchema
 
@@ -40,21 +40,38 @@ _REFUSED_CATEGORIES = UNPRINTABLE_CATEGORIES
 
 
 class AdminInputError(Invalid, ValueError):
-    """A field's text is not acceptable; ``field`` names it, the message says why."""
+    """A field's text is not acceptable; ``field`` names it, the message says why.
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", field=field)
-        self.reason = message
+    ``message`` may be an English text with ``{name}`` fields filled from ``params``: the
+    dashboard then says it in the page's language (``Refused.template``)."""
+
+    def __init__(self, field: str, message: str, params: dict[str, Any] | None = None) -> None:
+        reason = message.format(**params) if params else message
+        words = message if params else message.replace("{", "{{").replace("}", "}}")
+        super().__init__(
+            f"{field}: {reason}",
+            field=field,
+            template="{field}: " + words,
+            params={**(params or {}), "field": field},
+        )
+        self.reason = reason
+        #: The reason's English text with its fields, and their values.
+        self.reason_template = message if params else words
+        self.reason_params: dict[str, Any] = dict(params or {})
 
 
-def _describe(char: str) -> str:
+def _describe(char: str, position: int) -> tuple[str, dict[str, Any]]:
+    """Why a character is refused, as a text with fields and their values."""
     name = unicodedata.name(char, "")
-    code = f"U+{ord(char):04X}"
+    params: dict[str, Any] = {"code": f"U+{ord(char):04X}", "position": position}
     if char in "\r\n":
-        return f"a line break ({code})"
+        return "contains a line break ({code}) at character {position}; use printable text", params
     if char == "\t":
-        return f"a tab ({code})"
-    return f"the invisible character {code}" + (f" {name}" if name else "")
+        return "contains a tab ({code}) at character {position}; use printable text", params
+    return (
+        "contains the invisible character {code}{name} at character {position}; use printable text",
+        {**params, "name": f" {name}" if name else ""},
+    )
 
 
 def printable_text(
@@ -63,18 +80,22 @@ def printable_text(
     """``value`` without surrounding spaces; AdminInputError when it holds a character that
     is not printable (control, format, separator) or is longer than ``max_chars``."""
     if not isinstance(value, str):
-        raise AdminInputError(field, f"expected text, got {type(value).__name__}")
+        raise AdminInputError(field, "expected text, got {kind}", {"kind": type(value).__name__})
     for position, char in enumerate(value, start=1):
         if unicodedata.category(char) in _REFUSED_CATEGORIES:
-            raise AdminInputError(
-                field, f"contains {_describe(char)} at character {position}; use printable text"
-            )
+            raise AdminInputError(field, *_describe(char, position))
     text = value.strip()
     if not text and not allow_empty:
         raise AdminInputError(field, "is empty")
     if len(text) > max_chars:
-        raise AdminInputError(field, f"is {len(text)} characters long; at most {max_chars}")
+        raise _too_long(field, len(text), max_chars)
     return text
+
+
+def _too_long(field: str, length: int, max_chars: int) -> AdminInputError:
+    return AdminInputError(
+        field, "is {length} characters long; at most {max}", {"length": length, "max": max_chars}
+    )
 
 
 #: Longest description of a ticket opened by hand.
@@ -86,16 +107,18 @@ def multiline_text(value: str, *, field: str, max_chars: int = DESCRIPTION_MAX_C
     ``printable_text`` checks it, line ends normalised to ``\\n``, surrounding blank lines
     dropped; "" is allowed."""
     if not isinstance(value, str):
-        raise AdminInputError(field, f"expected text, got {type(value).__name__}")
+        raise AdminInputError(field, "expected text, got {kind}", {"kind": type(value).__name__})
     checked: list[str] = []
     for number, line in enumerate(value.replace("\r\n", "\n").split("\n"), start=1):
         try:
             checked.append(printable_text(line, field=field, max_chars=max_chars, allow_empty=True))
         except AdminInputError as exc:
-            raise AdminInputError(field, f"line {number} {exc.reason}") from None
+            raise AdminInputError(
+                field, "line {line} " + exc.reason_template, {**exc.reason_params, "line": number}
+            ) from None
     text = "\n".join(checked).strip("\n")
     if len(text) > max_chars:
-        raise AdminInputError(field, f"is {len(text)} characters long; at most {max_chars}")
+        raise _too_long(field, len(text), max_chars)
     return text
 
 
@@ -104,7 +127,9 @@ def serial(value: str, *, field: str = "serial") -> str:
     text = printable_text(value, field=field, max_chars=SERIAL_MAX_CHARS)
     if not SERIAL_PATTERN.fullmatch(text):
         raise AdminInputError(
-            field, f"{text!r} is not a serial (letters, digits, '.', '_' and '-' only)"
+            field,
+            "{text} is not a serial (letters, digits, '.', '_' and '-' only)",
+            {"text": repr(text)},
         )
     return text
 

@@ -214,6 +214,62 @@ def device_detail(core: Controller, caller: Caller, serial: str) -> Doc:
     return core.inventory.device_detail(serial)
 
 
+async def device_or_asset(core: Controller, caller: Caller, serial: str) -> Doc:
+    """One device as ``GET /api/v1/devices/{serial}`` answers it: a reported unit's detail,
+    or a registered Poly product the agents do not poll as the list shows it, with its
+    entitlement and the registry's facts (nothing reported: no history, peripherals or
+    reports). ``UnknownDevice`` when neither is known."""
+    caller.require(Permission.READ)
+    if core.inventory.find_device(serial) is not None:
+        return core.inventory.device_detail(serial)
+    asset = core.registry.asset(serial)
+    if asset is None or is_polled_model(asset.model):
+        raise UnknownDevice(serial)
+    verdict = (await verdict_lookup(core))(serial)
+    return {
+        **unpolled_row(asset),
+        "model_raw": "",
+        "in_call": False,
+        "uptime_s": None,
+        "via": None,
+        "collected_at": None,
+        "first_seen": None,
+        "peripherals": [],
+        "cameras": [],
+        "health_history": [],
+        "reports": [],
+        "entitlement": None if verdict is None else verdict.to_json(),
+        "registry": asset.to_doc(),
+    }
+
+
+def device_sessions(core: Controller, caller: Caller, serial: str) -> Doc:
+    """Other admins' sessions open on a reported unit at its latest reading, oldest first:
+    ``{serial, read, sessions: [{user, role, address, kind, since, first_seen,
+    outside_admin_networks}]}``. The unit's session ids are never given out (whoever holds
+    one can act as that admin); ``read`` is false while no agent reported its sessions."""
+    caller.require(Permission.READ)
+    if core.inventory.find_device(serial) is None:
+        raise UnknownDevice(serial)
+    watch = core.admin_sessions
+    return {
+        "serial": serial,
+        "read": watch.has_read(serial),
+        "sessions": [
+            {
+                "user": session.get("user") or "",
+                "role": session.get("role") or "",
+                "address": session.get("address") or "",
+                "kind": session.get("kind") or "other",
+                "since": session.get("since"),
+                "first_seen": session.get("first_seen"),
+                "outside_admin_networks": bool(session.get("outside")),
+            }
+            for session in watch.of(serial)
+        ],
+    }
+
+
 def device_reports(core: Controller, caller: Caller, serial: str) -> list[Doc]:
     caller.require(Permission.READ)
     return core.inventory.recent_reports(serial)

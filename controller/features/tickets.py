@@ -485,6 +485,9 @@ async def open_ticket(
                 f"no unit {serial!r}: it is neither enrolled nor in the asset registry; "
                 "register it first (polyfleet controller assets import)",
                 field="serial",
+                template="no unit {serial}: it is neither enrolled nor in the asset registry; "
+                "register it first (polyfleet controller assets import)",
+                params={"serial": repr(serial)},
             )
         if device is not None:
             model = device.get("model")

@@ -103,7 +103,10 @@ class UnknownSite(NotFound, KeyError):
 
     def __init__(self, site_id: str) -> None:
         super().__init__(
-            f"no site {site_id!r}; add it with: polyfleet controller site add", field="site"
+            f"no site {site_id!r}; add it with: polyfleet controller site add",
+            field="site",
+            template="no site {site}; add it with: polyfleet controller site add",
+            params={"site": repr(site_id)},
         )
         self.site_id = site_id
 

@@ -179,7 +179,12 @@ def _check_timezone(timezone: str) -> None:
 
 class UnknownDevice(NotFound, KeyError):
     def __init__(self, serial: str) -> None:
-        super().__init__(f"no device {serial!r}", field="serial")
+        super().__init__(
+            f"no device {serial!r}",
+            field="serial",
+            template="no device {serial}",
+            params={"serial": repr(serial)},
+        )
         self.serial = serial
 
 

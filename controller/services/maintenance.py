@@ -127,7 +127,11 @@ class MaintenanceService:
         window = self.get(window_id)
         now = self._clock()
         if window.until <= now:
-            raise Conflict(f"maintenance {window_id} is already over (since {window.until})")
+            raise Conflict(
+                f"maintenance {window_id} is already over (since {window.until})",
+                template="maintenance {id} is already over (since {since})",
+                params={"id": window_id, "since": window.until},
+            )
         ended = window.model_copy(update={"ended_at": now})
         await self._put(ended)
         return ended

@@ -9,7 +9,7 @@ from polyfleet.controller.errors import Invalid
 from polyfleet.controller.features import sites, tickets
 from polyfleet.controller.http.spec import ADMINS
 from polyfleet.controller.keys import CORE
-from polyfleet.controller.web.render import render
+from polyfleet.controller.web.render import render, translator
 from polyfleet.controller.web.security import dashboard_caller, form_of, page
 
 #: The form's fields, as ``POST /api/v1/tickets`` names them.
@@ -30,7 +30,7 @@ def _refused(request: web.Request, values: dict[str, str], exc: Invalid) -> web.
             "sites": sites.list_sites(core, caller),
             "values": values,
             "refusal": exc if isinstance(exc, ServiceNotIncluded) else None,
-            "error": exc.message,
+            "error": translator(request).refusal(exc),
         },
         status=exc.status,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from polyfleet.controller.domain import language as texts
 from polyfleet.controller.domain.language import Language
 from polyfleet.controller.domain.language import polish_plural as polish_plural
+from polyfleet.controller.errors import Refused
 
 DEFAULT_LANGUAGE: Language = "en"
 #: The catalogue's table of the dashboard's texts (keyed by their English).
@@ -69,6 +70,20 @@ class Translator:
         text = found if isinstance(found, str) else found[0]
         return text.format(**params) if params else text
 
+    def refusal(self, exc: Refused) -> str:
+        """A refusal in this language: its English text translated, its fields filled (the
+        name of a form field translated too)."""
+        params = dict(exc.params)
+        if isinstance(params.get("field"), str):
+            params["field"] = self.gettext(params["field"])
+        found = catalogue(self.language).get(exc.template, exc.template)
+        text = found if isinstance(found, str) else found[0]
+        try:
+            return text.format(**params) if params else text
+        except (KeyError, IndexError, ValueError):
+            # A catalogue entry naming a field the refusal lacks: the English message.
+            return exc.message
+
     def ngettext(self, singular: str, plural: str, n: int, **params: Any) -> str:
         found = catalogue(self.language).get(singular)
         if isinstance(found, list):
@@ -76,3 +91,47 @@ class Translator:
         else:
             text = singular if n == 1 else plural
         return text.format(n=n, **params)
+
+
+def _(text: str) -> str:
+    """Marks a text the dashboard translates when it is shown (not here)."""
+    return text
+
+
+#: The refusals the forms say in words, as their English texts with ``{fields}``
+#: (``Refused.template``; the checks in ``domain/admin_input.py``, unknown serial or site,
+#: a window already over), and the form fields they name: listed here so the catalogue's
+#: checks know them as the dashboard's. Each is one literal, however long: those checks
+#: read the first literal of a call.
+REFUSAL_TEXTS = (
+    _("{field}: expected text, got {kind}"),
+    _("{field}: contains a line break ({code}) at character {position}; use printable text"),
+    _("{field}: contains a tab ({code}) at character {position}; use printable text"),
+    _(
+        "{field}: contains the invisible character {code}{name} at character {position}; use printable text"  # noqa: E501
+    ),
+    _("{field}: is empty"),
+    _("{field}: is {length} characters long; at most {max}"),
+    _(
+        "{field}: line {line} contains a line break ({code}) at character {position}; use printable text"  # noqa: E501
+    ),
+    _("{field}: line {line} contains a tab ({code}) at character {position}; use printable text"),
+    _(
+        "{field}: line {line} contains the invisible character {code}{name} at character {position}; use printable text"  # noqa: E501
+    ),
+    _("{field}: line {line} is {length} characters long; at most {max}"),
+    _("{field}: {text} is not a serial (letters, digits, '.', '_' and '-' only)"),
+    _("no device {serial}"),
+    _("no site {site}; add it with: polyfleet controller site add"),
+    _("maintenance {id} is already over (since {since})"),
+    _("serial"),
+    _("category"),
+    _("summary"),
+    _("description"),
+    _("contact"),
+    _("reason"),
+    _(
+        "no unit {serial}: it is neither enrolled nor in the asset registry; register it first (polyfleet controller assets import)"  # noqa: E501
+    ),
+    _("give the unit's serial or, for a site-wide problem, the site"),
+)

@@ -53,7 +53,7 @@ def _refused(
             "values": values,
             "why": exc.why if isinstance(exc, MaintenanceRefused) else "",
             "other": exc.other if isinstance(exc, MaintenanceOverlap) else None,
-            "error": exc.message,
+            "error": translator(request).refusal(exc),
         },
         status=exc.status,
     )

@@ -388,7 +388,7 @@ async def _guarded(request: web.Request, handler: Handler, spec: PageSpec) -> we
         page.headers.update(kept_headers(exc))
         return page
     except Refused as exc:
-        return error_page(request, exc.status, exc.message)
+        return error_page(request, exc.status, t.refusal(exc))
     except StoreUnavailable:
         log.error("refusing %s %s: store unavailable", request.method, request.path)
         return error_page(request, 503, t.gettext("Storage failed; restart the controller."))

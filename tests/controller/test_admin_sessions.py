@@ -177,6 +177,32 @@ async def test_the_device_page_shows_other_admins_in_site_time_in_both_languages
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_the_api_lists_other_admins_sessions_without_their_ids(world: World) -> None:
+    """``GET /api/v1/devices/{serial}/sessions`` gives user, address, kind, since and the
+    outside flag of other admins' sessions, never a session id; an unknown serial is 404."""
+    sessions = [session(OWN, agent=True), session(INSIDE), session(OUTSIDE)]
+    await world.send(report(4, sessions))
+    answer = json.loads(await world.get(f"/api/v1/devices/{SERIAL}/sessions"))
+    assert (answer["serial"], answer["read"]) == (SERIAL, True)
+    listed = {s["address"]: s for s in answer["sessions"]}
+    assert sorted(listed) == ["10.20.1.5", "198.51.100.7"], "the agent's own is left out"
+    inside, outside = listed["10.20.1.5"], listed["198.51.100.7"]
+    assert (inside["user"], inside["kind"], inside["outside_admin_networks"]) == (
+        "anna",
+        "web",
+        False,
+    )
+    assert (outside["kind"], outside["outside_admin_networks"]) == ("ssh", True)
+    assert datetime.fromisoformat(inside["since"]) == START
+    assert all("key" not in s and "id" not in s for s in answer["sessions"])
+    assert '"b2"' not in json.dumps(answer) and '"c3"' not in json.dumps(answer)
+    url = f"{world.controller.url}/api/v1/devices/NOSUCH1/sessions"
+    async with world.http.get(url, headers=world.controller.admin_headers) as missing:
+        assert missing.status == 404
+        assert (await missing.json())["error"]["field"] == "serial"
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_ended_sessions_leave_and_a_late_older_reading_brings_none_back(
     world: World,
 ) -> None:

@@ -414,6 +414,8 @@ async def test_every_documented_operation_answers_as_documented(
     await c.call("post", "/api/v1/devices/X50-1/move", json_body={"site": "krk"})
     await c.call("post", "/api/v1/devices/NOPE/move", json_body={"site": "krk"}, expect=404)
     await c.call("get", "/api/v1/devices/X50-1/reports")
+    await c.call("get", "/api/v1/devices/X50-1/sessions")
+    await c.call("get", "/api/v1/devices/NOPE/sessions", expect=404)
     job = await c.call(
         "post",
         "/api/v1/devices/X50-1/jobs",

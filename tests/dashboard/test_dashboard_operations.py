@@ -362,3 +362,56 @@ async def test_viewers_see_maintenance_but_cannot_add_or_end_it(
         assert [w["id"] for w in mine] == [window["id"]]
     finally:
         await lab.admin("DELETE", f"/api/v1/maintenance/{window['id']}")
+
+
+async def test_refusals_of_the_ticket_and_maintenance_forms_are_polish_on_polish_pages(
+    lab: Lab, admin: Browser
+) -> None:
+    """The text checks' refusals, an unknown serial or site and ending a window already
+    over are said in Polish on a Polish page, with no English sentence left."""
+    ticket = {"category": "support", "summary": "Echo", "description": "", "contact": ""}
+    cases = [
+        (
+            "/tickets/new",
+            {**ticket, "serial": "X1", "summary": "Echo\x1b[2J"},
+            "temat: zawiera niewidoczny znak U+001B",
+            "use printable text",
+        ),
+        ("/tickets/new", {**ticket, "serial": "X1", "summary": " "}, "temat: jest puste", "empty"),
+        (
+            "/tickets/new",
+            {**ticket, "serial": "X1", "description": "ok\nzły\u202e"},
+            "opis: wiersz 2 zawiera niewidoczny znak U+202E",
+            "line 2 contains",
+        ),
+        ("/tickets/new", {**ticket, "serial": "NOPE1"}, "nie ma urządzenia 'NOPE1'", "no unit"),
+        ("/tickets/new", {**ticket, "site": "nowhere"}, "nie ma lokalizacji 'nowhere'", "no site"),
+        (
+            "/devices/X2/maintenance",
+            {"from": "", "until": "2099-01-01T10:00", "reason": "x" * 2001},
+            "powód: ma 2001 znaków; najwyżej 200",
+            "characters long",
+        ),
+    ]
+    for path, form, polish, english in cases:
+        status, _, page = await admin.post(path, form, language="pl")
+        words = text_of(page)
+        assert status >= 400 and polish in words, (path, form, words[300:1500])
+        assert english not in words, (path, form, words[:2000])
+    added = await lab.admin(
+        "POST",
+        "/api/v1/maintenance",
+        json={
+            "serial": "X2",
+            "from": "2099-01-01T10:00:00+01:00",
+            "until": "2099-01-01T12:00:00+01:00",
+            "reason": "Cabling",
+        },
+    )
+    await lab.admin("DELETE", f"/api/v1/maintenance/{added['id']}")
+    status, _, page = await admin.post(
+        f"/maintenance/{added['id']}/end", {"serial": "X2"}, language="pl"
+    )
+    words = text_of(page)
+    assert status == 409 and f"konserwacja {added['id']} już się zakończyła" in words, words
+    assert "already over" not in words

@@ -25,6 +25,10 @@ DEMO_FLEET = ROOT / "deploy" / "examples" / "fleet-demo.toml"
 DEMO_SECONDS = 30
 
 
+#: The security events of admin sessions from outside a site's admin networks.
+UNEXPECTED_SESSIONS = "/api/v1/audit?action=admin_session.unexpected"
+
+
 def demo_serials() -> dict[str, str]:
     """Serial -> expected model for every demo device, E70 cameras included."""
     expected: dict[str, str] = {}
@@ -85,7 +89,8 @@ def automatic(tickets: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.expected_seconds(35)
 async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_path: Path) -> None:
-    """`polyfleet demo --duration` serves every demo device, files tickets, and exits 0."""
+    """`polyfleet demo --duration` serves every demo device, files tickets, tells the scripted
+    foreign admin session as a security event, and exits 0."""
     expected = demo_serials()
     assert any(model == "studio_e70" for model in expected.values())
     process = await asyncio.create_subprocess_exec(
@@ -112,6 +117,7 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
         headers = {"Authorization": f"Bearer {demo['admin_token']}"}
         listed: dict[str, dict[str, Any]] = {}
         tickets: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         async with aiohttp.ClientSession(headers=headers) as http:
             deadline = time.monotonic() + DEMO_SECONDS - 5
             while time.monotonic() < deadline:
@@ -120,7 +126,9 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
                     listed = {d["serial"]: d for d in (await response.json())["devices"]}
                 async with http.get(demo["url"] + "/api/v1/tickets") as response:
                     tickets = (await response.json())["tickets"]
-                if set(expected) <= set(listed) and automatic(tickets):
+                async with http.get(demo["url"] + UNEXPECTED_SESSIONS) as response:
+                    events = (await response.json())["entries"]
+                if set(expected) <= set(listed) and automatic(tickets) and events:
                     break
                 await asyncio.sleep(1)  # waits-for: agents' first polls and a fault to persist
         missing = set(expected) - set(listed)
@@ -132,12 +140,16 @@ async def test_demo_lists_every_device_opens_tickets_and_stops_by_itself(tmp_pat
             assert device["firmware"]["version"]
             assert device["health"]["state"] in {"ok", "degraded", "fault", "unreachable"}
         assert automatic(tickets), f"no ticket was opened for the demo's faults: {tickets}"
+        # The fleet file's foreign admin signs in from outside Kraków's admin networks.
+        assert [e["details"]["address"] for e in events] == ["198.51.100.23"], events
+        assert events[0]["site"] == "krakow"
         await signs_in_once(demo)
         assert all(t["serial"] in expected or t["kind"] == "site" for t in tickets)
         code = await asyncio.wait_for(process.wait(), timeout=DEMO_SECONDS + 60)
         text = (await output).decode()
         assert code == 0, text[-3000:]
         assert "demo stopped cleanly" in text
+        assert "security event: admin session on 8L2101D1371C1 (krakow)" in text
         # The scripted outages are told in words: no library's traceback reaches the output.
         assert "Traceback" not in text, text[text.index("Traceback") - 2000 :][:6000]
         assert demo["admin_token"] not in text.replace(f"admin token: {demo['admin_token']}", "")

@@ -81,7 +81,11 @@ async def test_demo_plans_a_rollout_with_its_exclusions_and_runs_it(tmp_path: Pa
                     break
                 await asyncio.sleep(2)  # waits-for: every wave updated and verified
             # Every wave ran to its end: each unit the plan ordered was updated by its agent.
-            assert rollout["status"] == "done", rollout.get("halt") or rollout["status"]
+            assert rollout["status"] == "done", [
+                (d["serial"], d["status"], d.get("notes"), d.get("failures"))
+                for d in rollout["devices"]
+                if d["serial"] in ordered
+            ]
             done = {
                 d["serial"]
                 for d in rollout["devices"]

@@ -161,8 +161,9 @@ async def test_a_poly_product_that_is_not_polled_is_registered_entitled_and_tick
     tmp_path: Path, smtp_peer: SmtpPeer
 ) -> None:
     """A Trio C60 under Partner POLY+ is imported as printed, listed not_monitored, has its
-    entitlement, and gets a hand-opened support ticket that reaches the desk; a Sync 40
-    under HEZO+ (single video systems only) is flagged; an unknown brand is refused."""
+    entitlement, is answered by GET /api/v1/devices/TRIO1 with both, and gets a hand-opened
+    support ticket that reaches the desk; a Sync 40 under HEZO+ (single video systems only)
+    is flagged; an unknown brand is refused."""
     async with start_lab(
         tmp_path / "controller", SettableClock(T0), smtp_peer, None, registry=AUDIO_REGISTRY
     ) as lab:
@@ -175,6 +176,16 @@ async def test_a_poly_product_that_is_not_polled_is_registered_entitled_and_tick
         assert verdict["plan"] == "partner_poly_plus"
         flagged = await lab.admin("GET", "/api/v1/devices/SYNC1/entitlement")
         assert flagged["flags"] and "unknown_asset" not in flagged["flags"]
+        device = await lab.admin("GET", "/api/v1/devices/TRIO1")
+        assert device["monitoring"] == "not_monitored", device
+        assert device["health"]["state"] == "not_monitored" and device["reports"] == []
+        assert device["model"] == "Poly Trio C60" and device["room"] == "Sala Wawel"
+        assert device["entitlement"]["plan"] == "partner_poly_plus"
+        assert device["registry"]["contracts"][0]["contract_number"] == "PPP-T1"
+        async with lab.http.get(
+            f"{lab.controller.url}/api/v1/devices/X1", headers=lab.controller.admin_headers
+        ) as response:
+            assert response.status == 404, "a polled model no agent reported is not a device"
         status, ticket = await post(
             lab, {"serial": "TRIO1", "category": "support", "summary": "echo on calls"}
         )
