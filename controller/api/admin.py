@@ -367,11 +367,11 @@ def _event_id(text: str, name: str) -> int:
 )
 async def stream_events(request: web.Request) -> web.StreamResponse:
     core = request.app[CORE]
+    # Both are checked: a reconnecting client sends the header with the first URL's after.
+    after = _event_id(request.query.get("after", "0"), "after")
     header = request.headers.get("Last-Event-ID")
     if header is not None:
         after = _event_id(header.strip(), "Last-Event-ID")
-    else:
-        after = _event_id(request.query.get("after", "0"), "after")
     once_text = request.query.get("once", "0")
     if once_text not in ("0", "1"):
         raise ApiError(400, "invalid", f"once must be 0 or 1, got {once_text!r}", "once")
