@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from store_backends import StoreBackend
 
+from polyfleet.controller.active import LEADERSHIP
 from polyfleet.controller.events import AgentNoticeReceived
 from polyfleet.controller.services.access import Role
 from polyfleet.controller.testing import RunningController, running_controller
@@ -172,3 +173,26 @@ async def test_an_idle_stream_sends_keep_alives_and_a_bad_cursor_is_refused(
                 assert response.status == 400
                 body = await response.json()
                 assert body["error"]["field"] == "Last-Event-ID"
+
+
+async def test_ids_go_on_after_a_standby_takes_over(postgres_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL, the standby that takes over numbers the next event after the last one
+    the previous active controller recorded."""
+    async with (
+        running_controller(tmp_path / "a", store_url=postgres_url) as first,
+        running_controller(tmp_path / "b", store_url=postgres_url, wait_active=False) as second,
+    ):
+        await _publish(first, "a", "b")
+        last = first.core.bus.last_id
+        # The active one stops (its runner's own cleanup at the end then finds nothing to do).
+        await first.app.shutdown()
+        await first.app.cleanup()
+        await asyncio.wait_for(second.app[LEADERSHIP].became_active.wait(), 30)
+        assert second.core.bus.last_id == last
+        await _publish(second, "c")
+        found = second.core.bus.query(since=last - 2)
+        assert [(e["id"], e["data"]["detail"]) for e in found] == [
+            (last - 1, "a"),
+            (last, "b"),
+            (last + 1, "c"),
+        ]
