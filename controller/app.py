@@ -69,6 +69,7 @@ from polyfleet.controller.http.query import empty_query_middleware
 from polyfleet.controller.http.throttle import AUTH_LIMITER, ENROLL_LIMITER, AttemptLimiter
 from polyfleet.controller.keys import (
     CORE,
+    EVENT_STREAMS,
     METRICS,
 )
 from polyfleet.controller.store.base import Store, StoreUnavailable
@@ -156,6 +157,13 @@ async def audit_retention(app: web.Application) -> AsyncIterator[None]:
 BACKGROUND: list[Lifecycle] = [liveness_monitor, audit_retention]
 
 
+async def _end_event_streams(app: web.Application) -> None:
+    """End the event streams being served: shutdown would otherwise wait on each one."""
+    streams = app[EVENT_STREAMS]
+    for task in list(streams):
+        task.cancel()
+
+
 def create_app(
     config: ControllerConfig,
     *,
@@ -195,6 +203,8 @@ def create_app(
     app[AUTH_LIMITER] = AttemptLimiter("auth", config.auth_failures_per_minute)
     app[ENROLL_LIMITER] = AttemptLimiter("enroll", config.enroll_attempts_per_minute)
     app[METRICS].register(ThrottleCollector([app[AUTH_LIMITER], app[ENROLL_LIMITER]]))
+    app[EVENT_STREAMS] = set()
+    app.on_shutdown.append(_end_event_streams)
     app.cleanup_ctx.append(leadership_lifecycle)
     for lifecycle in BACKGROUND:
         run_when_active(app, lifecycle)

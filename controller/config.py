@@ -50,6 +50,11 @@ DEFAULT_WRITE_RETRY_MAX_S = 30.0
 DEFAULT_REPORT_HISTORY = 5
 DEFAULT_HEALTH_HISTORY = 100
 DEFAULT_EVENTS_KEEP = 10_000
+#: A comment line on an idle event stream this often, so proxies keep it open.
+DEFAULT_EVENTS_STREAM_KEEPALIVE_S = 15.0
+#: An event stream ends after this long; the client resumes with Last-Event-ID (bounds
+#: what one forgotten client holds).
+DEFAULT_EVENTS_STREAM_MAX_S = 3600.0
 DEFAULT_METRICS_REQUIRE_TOKEN = True
 #: How long a request may take to arrive: its headers (from the connection's start or the
 #: previous answer, which is also how long an idle connection is kept) and its body (this
@@ -108,6 +113,8 @@ class ControllerConfig:
     report_history: int = DEFAULT_REPORT_HISTORY
     health_history: int = DEFAULT_HEALTH_HISTORY
     events_keep: int = DEFAULT_EVENTS_KEEP
+    events_stream_keepalive_s: float = DEFAULT_EVENTS_STREAM_KEEPALIVE_S
+    events_stream_max_s: float = DEFAULT_EVENTS_STREAM_MAX_S
     poll_interval_s: int = DEFAULT_POLL_INTERVAL_S
     unreachable_after_polls: int = DEFAULT_UNREACHABLE_AFTER_POLLS
     liveness_check_s: float = DEFAULT_LIVENESS_CHECK_S

@@ -19,6 +19,10 @@ Accepted reports come as one ``SnapshotsIngested`` per batch (a batch holds up t
 of them; one event each made delivery cost more than storing them). The per-report
 ``SnapshotIngested`` is still published, but only while some subscriber asks for it.
 
+Every stored event has an id, one more than the previous one's: it is the key in the store
+and survives restarts and takeovers (``load`` continues after the newest stored one), so
+``GET /api/v1/events?after=ID`` and ``GET /api/v1/events/stream`` resume from it.
+
 Every event except those two is also stored (collection ``events``, newest ``events_keep``
 kept) and served by ``GET /api/v1/events``.
 """
@@ -293,6 +297,16 @@ class EventBus:
         for event_id in keys:
             by_kind.setdefault(str(stored[f"{event_id:012d}"]["kind"]), deque()).append(event_id)
         self._by_kind = by_kind
+
+    @property
+    def first_id(self) -> int:
+        """The oldest stored event's id (the next one's while none is stored)."""
+        return self._first_id
+
+    @property
+    def last_id(self) -> int:
+        """The newest recorded event's id (0 before the first)."""
+        return self._next_id - 1
 
     def _ids(self, since: int, kind: str | None) -> Iterator[int]:
         """Ids to read: after ``since`` oldest first, or without it newest first; of ``kind``

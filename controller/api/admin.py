@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+
 from aiohttp import web
 
 from polyfleet.controller.api.models import (
@@ -35,7 +39,7 @@ from polyfleet.controller.features import access, devices, events, sites
 from polyfleet.controller.http.caller import caller
 from polyfleet.controller.http.errors import ApiError, read_model
 from polyfleet.controller.http.spec import ADMINS, READERS, Param, endpoint
-from polyfleet.controller.keys import CORE
+from polyfleet.controller.keys import CORE, EVENT_STREAMS
 from polyfleet.controller.services.device_table import (
     MAX_LIMIT,
     MONITORING,
@@ -79,6 +83,11 @@ DEVICE_QUERY: dict[str, str | Param] = {
 EVENT_QUERY = {
     "since": Param(
         "only events with a larger id (poll with the last id seen)",
+        {"type": "integer", "minimum": 0},
+    ),
+    "after": Param(
+        "the events after this id in id order, with the cursor to ask with next in next "
+        "(the first limit of them)",
         {"type": "integer", "minimum": 0},
     ),
     "kind": "only this kind (health_changed, device_unreachable, agent_offline...)",
@@ -304,6 +313,18 @@ async def list_events(request: web.Request) -> web.Response:
     limit = min(_int_query(request, "limit", 100), 1000)
     if limit < 1:
         raise ApiError(400, "invalid", "limit must be at least 1", "limit")
+    if "after" in query:
+        after = _event_id(query["after"], "after")
+        found, cursor = events.events_after(
+            request.app[CORE],
+            caller(request),
+            after=after,
+            kind=query.get("kind"),
+            site=query.get("site"),
+            serial=query.get("serial"),
+            limit=limit,
+        )
+        return web.json_response({"events": found, "next": cursor})
     found = events.list_events(
         request.app[CORE],
         caller(request),
@@ -314,6 +335,105 @@ async def list_events(request: web.Request) -> web.Response:
         limit=limit,
     )
     return web.json_response({"events": found})
+
+
+def _event_id(text: str, name: str) -> int:
+    """An event id given as a cursor (``after``, ``Last-Event-ID``)."""
+    if not text.isascii() or not text.isdigit():
+        raise ApiError(
+            400, "invalid", f"{name} must be an event id (0 or more), got {text!r}", name
+        )
+    return int(text)
+
+
+@endpoint(
+    summary="Events as Server-Sent Events: those after Last-Event-ID (or after), then each one "
+    "as it is recorded",
+    roles=READERS,
+    response_media="text/event-stream",
+    response_schema={
+        "type": "string",
+        "description": "id: the event id, event: its kind, data: the event as GET "
+        "/api/v1/events lists it; event: reset (data: reason, after, oldest, newest, "
+        "resumes_after) when the id asked for is older than the events kept; a comment line "
+        "as keep-alive. The stream ends after a while (the client resumes with Last-Event-ID).",
+    },
+    query={
+        "after": Param(
+            "the events after this id (Last-Event-ID, when sent, wins)",
+            {"type": "integer", "minimum": 0},
+        ),
+        "once": Param(
+            "1: end the stream once caught up (no waiting for new events)",
+            {"type": "string", "enum": ["0", "1"]},
+        ),
+    },
+    errors=(400, 401),
+    tags=("events",),
+    extra={
+        "parameters": [
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "the id of the last event seen: the stream resumes after it",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        ]
+    },
+)
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    core = request.app[CORE]
+    # Both are checked: a reconnecting client sends the header with the first URL's after.
+    after = _event_id(request.query.get("after", "0"), "after")
+    header = request.headers.get("Last-Event-ID")
+    if header is not None:
+        after = _event_id(header.strip(), "Last-Event-ID")
+    once_text = request.query.get("once", "0")
+    if once_text not in ("0", "1"):
+        raise ApiError(400, "invalid", f"once must be 0 or 1, got {once_text!r}", "once")
+    config = core.config
+    items = events.follow_events(
+        core,
+        caller(request),
+        after=after,
+        keepalive_s=config.events_stream_keepalive_s,
+        once=once_text == "1",
+    )
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    streams = request.app[EVENT_STREAMS]
+    task = asyncio.current_task()
+    assert task is not None
+    streams.add(task)
+    try:
+        # The stream ends on its own after a while: a forgotten client holds nothing for
+        # ever, and resumes exactly where it was with Last-Event-ID.
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            async with asyncio.timeout(config.events_stream_max_s), contextlib.aclosing(items):
+                async for item in items:
+                    await response.write(_sse(item))
+    finally:
+        streams.discard(task)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+def _sse(item: events.StreamItem) -> bytes:
+    """One Server-Sent Events message (a comment line for a keep-alive)."""
+    if item.doc is None:
+        return b": keep-alive\n\n"
+    data = json.dumps(item.doc, separators=(",", ":"))
+    # A reset carries the id it resumes after, so a reconnect does not ask again.
+    event_id = item.doc["resumes_after"] if item.kind == "reset" else item.doc["id"]
+    return f"id: {event_id}\nevent: {item.kind}\ndata: {data}\n\n".encode()
 
 
 def _int_query(request: web.Request, name: str, default: int) -> int:
@@ -444,6 +564,7 @@ def register(app: web.Application) -> None:
     router.add_get("/api/v1/jobs/{job_id}/artifact", get_job_artifact, allow_head=False)
     router.add_post("/api/v1/jobs/{job_id}/cancel", cancel_job)
     router.add_get("/api/v1/events", list_events, allow_head=False)
+    router.add_get("/api/v1/events/stream", stream_events, allow_head=False)
     router.add_get("/api/v1/tokens", list_tokens, allow_head=False)
     router.add_post("/api/v1/tokens", create_token)
     router.add_delete("/api/v1/tokens/{token_id}", revoke_token)

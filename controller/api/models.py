@@ -242,6 +242,8 @@ class EventOut(_Out):
 
 class EventList(_Out):
     events: list[EventOut]
+    #: With ``after``: the cursor to ask with next (the last id returned, or ``after``).
+    next: int | None = None
 
 
 class AgentClock(_Out):

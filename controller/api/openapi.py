@@ -161,7 +161,11 @@ def _operation(
     operation["security"] = [] if spec.roles == PUBLIC else [{"bearer": []}]
     if spec.roles:
         operation["description"] = "Roles: " + ", ".join(sorted(role.value for role in spec.roles))
-    operation.update(spec.extra)
+    extra = dict(spec.extra)
+    # Parameters the fields cannot say (a header) come after those they do, not instead.
+    if "parameters" in extra:
+        operation["parameters"] = [*operation.get("parameters", ()), *extra.pop("parameters")]
+    operation.update(extra)
     return operation
 
 

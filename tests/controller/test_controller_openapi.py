@@ -247,6 +247,11 @@ async def test_answers_of_the_admin_entitlement_and_ticket_routes_match_the_docu
     await c.call("get", "/api/v1/devices/NOPE", expect=404)
     await c.call("get", "/api/v1/events", query={"since": "0", "limit": "5"})
     await c.call("get", "/api/v1/events", token=None, expect=401)
+    page = await c.call("get", "/api/v1/events", query={"after": "0", "limit": "5"})
+    assert page["next"] >= 0
+    stream = await c.call("get", "/api/v1/events/stream", query={"after": "0", "once": "1"})
+    assert stream.startswith(b"id: ")
+    await c.call("get", "/api/v1/events/stream", query={"once": "maybe"}, expect=400)
     await c.call("get", "/api/v1/tokens")
 
     # Entitlement: import (dry run, real, refused with every problem), verdicts, forecast.
@@ -548,6 +553,7 @@ async def test_every_documented_operation_answers_as_documented(
         ("/api/v1/devices", "get"),
         ("/api/v1/devices/{serial}", "get"),
         ("/api/v1/events", "get"),
+        ("/api/v1/events/stream", "get"),
         ("/api/v1/tokens", "get"),
         ("/api/v1/openapi.json", "get"),
         ("/metrics", "get"),

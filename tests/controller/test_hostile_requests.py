@@ -212,7 +212,9 @@ class Target:
 @pytest.fixture(params=["embedded", "postgresql"])
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     """A controller with a site, an agent, a device and a dashboard session, on each store."""
-    overrides = {}
+    # The event stream ends after a moment (as it does after an hour in service), so each
+    # probe of it gets its whole answer.
+    overrides: dict[str, object] = {"events_stream_max_s": 0.1}
     if request.param == "postgresql":
         overrides["store_url"] = request.getfixturevalue("postgres_url")
     async with running_controller(tmp_path / "data", **overrides) as controller:
