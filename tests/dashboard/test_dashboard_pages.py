@@ -465,6 +465,25 @@ async def test_pages_read_on_a_phone_in_dark_mode_and_work_by_keyboard(world: Wo
     await page.context.close()
 
 
+async def test_main_pages_fit_a_375_pixel_phone_and_keep_serials_and_versions_whole(
+    world: World,
+) -> None:
+    """At 375x800 no main page scrolls sideways, and a serial or firmware version is never
+    broken over two lines."""
+    page = await world.new_page(token=world.controller.admin_token, width=375, height=800)
+    paths = ("/", "/devices", f"/devices/{G7500}", "/tickets", "/entitlement", "/agents")
+    for path in (*paths, "/rollouts", "/kiosk"):
+        await page.goto(world.url + path)
+        width = await page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= 375, (path, width)
+    await page.goto(world.url + "/devices")
+    idents = page.locator("main .ident")
+    assert await idents.count() > 0
+    spaces = await idents.evaluate_all("els => els.map(e => getComputedStyle(e).whiteSpace)")
+    assert set(spaces) == {"nowrap"}, spaces
+    await page.context.close()
+
+
 async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
     """A wall screen signed in with a viewer token shows a new fault without a reload."""
     page = await world.new_page(width=1920, height=1080)
