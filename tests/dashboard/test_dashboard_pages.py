@@ -49,7 +49,8 @@ async def test_signing_in_with_an_api_token_opens_the_overview(world: World) -> 
 
 
 async def test_overview_numbers_equal_the_apis(world: World) -> None:
-    """Every count on the overview is the one the devices, tickets and forecast APIs give."""
+    """Every count on the overview is the one the devices, tickets and forecast APIs give, and
+    "up to date" names the release it is measured against."""
     page = await world.new_page(token=world.controller.admin_token)
     devices = (await world.api("/api/v1/devices"))["devices"]
     health = Counter(device["health"]["state"] for device in devices)
@@ -72,6 +73,10 @@ async def test_overview_numbers_equal_the_apis(world: World) -> None:
     overview = await world.api("/api/v1/overview")
     assert overview["health"] == {state: health[state] for state in overview["health"]}
     assert await metric(page, "firmware-current") == overview["firmware"]["totals"]["current"]
+    newest = overview["firmware"]["newest"]
+    assert newest, "the catalogue of the world has releases"
+    pill = page.locator("[data-metric='firmware-current']").locator("..")
+    assert f"up to date (on {newest} or newer)" in await pill.inner_text()
     await page.context.close()
 
 
