@@ -490,7 +490,8 @@ async def test_main_pages_fit_a_375_pixel_phone_and_keep_serials_and_versions_wh
 
 
 async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
-    """A wall screen signed in with a viewer token shows a new fault without a reload."""
+    """A wall screen signed in with a viewer token shows a new fault without a reload; the
+    tickets it lists plus "and N more" are the open tickets it counts."""
     page = await world.new_page(width=1920, height=1080)
     await sign_in(page, world.url, world.viewer_token, kiosk=True)
     assert urlsplit(page.url).path == "/kiosk"
@@ -502,6 +503,11 @@ async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
         await expect(degraded).to_have_text(str(before + 1), timeout=30_000)
         assert await page.evaluate("window.stillTheSamePage === true"), "updated in place"
         assert await page.locator("form").count() == 0, "no action on a wall screen"
+        listed = await page.locator("#kiosk-tickets li:not([data-more])").count()
+        mores = await page.locator("#kiosk-tickets li[data-more]").evaluate_all(
+            "els => els.map(e => Number(e.dataset.more))"
+        )
+        assert listed + sum(mores) == await metric(page, "tickets-active") >= 1
         await screenshot(page, "kiosk")
     finally:
         await world.lab.devices[X30].set_fault("sip_unregistered", False)
