@@ -129,6 +129,10 @@ class FirmwareTotals(_Out):
 class FirmwareOut(_Out):
     rows: list[FirmwareRow]
     totals: FirmwareTotals
+    newest: str | None = Field(
+        default=None,
+        description="The newest published release: up to date means on it or newer.",
+    )
 
 
 class HorizonOut(_Out):

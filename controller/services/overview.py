@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from polyfleet.controller.domain.entitlement import EXPIRY_HORIZONS, EntitlementVerdict
@@ -221,10 +221,14 @@ def firmware_status(verdict: EntitlementVerdict, model: str, releases: ReleaseCa
 
 
 def firmware_compliance(
-    devices: Mapping[str, Doc], verdicts: Iterable[EntitlementVerdict], releases: ReleaseCatalogue
+    devices: Mapping[str, Doc],
+    verdicts: Iterable[EntitlementVerdict],
+    releases: ReleaseCatalogue,
+    day: date,
 ) -> Doc:
     """Reported devices by model x provider mode x installed version, each row counting the
-    devices per firmware status and naming the newest release the contracts cover."""
+    devices per firmware status and naming the newest release the contracts cover; with the
+    newest release published by ``day``, which "up to date" is measured against."""
     rows: dict[tuple[str, str, str], Doc] = {}
     totals = Counter[str]()
     for verdict in verdicts:
@@ -263,6 +267,7 @@ def firmware_compliance(
     return {
         "rows": ordered,
         "totals": {status: totals.get(status, 0) for status in FIRMWARE_STATUSES},
+        "newest": published[-1].text if (published := releases.published(day)) else None,
     }
 
 
@@ -330,7 +335,9 @@ def build_overview(inputs: OverviewInputs) -> dict[str, Any]:
         "health": health,
         "sites": tiles,
         "tickets": None if inputs.tickets is None else urgent_tickets(inputs.tickets, inputs.now),
-        "firmware": firmware_compliance(devices, inputs.verdicts, inputs.releases),
+        "firmware": firmware_compliance(
+            devices, inputs.verdicts, inputs.releases, inputs.now.date()
+        ),
         "expiring": expiring(inputs.forecast),
         "changes": recent_changes(inputs.events, inputs.now),
         "rollouts": list(inputs.rollouts),

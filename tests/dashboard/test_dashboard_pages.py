@@ -50,7 +50,8 @@ async def test_signing_in_with_an_api_token_opens_the_overview(world: World) -> 
 
 
 async def test_overview_numbers_equal_the_apis(world: World) -> None:
-    """Every count on the overview is the one the devices, tickets and forecast APIs give."""
+    """Every count on the overview is the one the devices, tickets and forecast APIs give, and
+    "up to date" names the release it is measured against."""
     page = await world.new_page(token=world.controller.admin_token)
     devices = (await world.api("/api/v1/devices"))["devices"]
     health = Counter(device["health"]["state"] for device in devices)
@@ -73,6 +74,10 @@ async def test_overview_numbers_equal_the_apis(world: World) -> None:
     overview = await world.api("/api/v1/overview")
     assert overview["health"] == {state: health[state] for state in overview["health"]}
     assert await metric(page, "firmware-current") == overview["firmware"]["totals"]["current"]
+    newest = overview["firmware"]["newest"]
+    assert newest, "the catalogue of the world has releases"
+    pill = page.locator("[data-metric='firmware-current']").locator("..")
+    assert f"up to date (on {newest} or newer)" in await pill.inner_text()
     await page.context.close()
 
 
@@ -505,8 +510,28 @@ async def test_pages_read_on_a_phone_in_dark_mode_and_work_by_keyboard(world: Wo
     await page.context.close()
 
 
+async def test_main_pages_fit_a_375_pixel_phone_and_keep_serials_and_versions_whole(
+    world: World,
+) -> None:
+    """At 375x800 no main page scrolls sideways, and a serial or firmware version is never
+    broken over two lines."""
+    page = await world.new_page(token=world.controller.admin_token, width=375, height=800)
+    paths = ("/", "/devices", f"/devices/{G7500}", "/tickets", "/entitlement", "/agents")
+    for path in (*paths, "/rollouts", "/kiosk"):
+        await page.goto(world.url + path)
+        width = await page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= 375, (path, width)
+    await page.goto(world.url + "/devices")
+    idents = page.locator("main .ident")
+    assert await idents.count() > 0
+    spaces = await idents.evaluate_all("els => els.map(e => getComputedStyle(e).whiteSpace)")
+    assert set(spaces) == {"nowrap"}, spaces
+    await page.context.close()
+
+
 async def test_the_kiosk_refreshes_by_itself(world: World) -> None:
-    """A wall screen signed in with a viewer token shows a new fault without a reload."""
+    """A wall screen signed in with a viewer token shows a new fault without a reload; the
+    tickets it lists plus "and N more" are the open tickets it counts."""
     page = await world.new_page(width=1920, height=1080)
     await sign_in(page, world.url, world.viewer_token, kiosk=True)
     assert urlsplit(page.url).path == "/kiosk"
