@@ -487,7 +487,8 @@ async def test_live_updates_keep_filters_and_scroll_and_a_banner_says_when_unrea
 
 async def test_pages_read_on_a_phone_in_dark_mode_and_work_by_keyboard(world: World) -> None:
     """On a phone nothing scrolls sideways, the dark system setting gives dark pages, and the
-    keyboard reaches the content first through the skip link."""
+    keyboard reaches the content first through the skip link and keeps its place there
+    when the content refreshes itself."""
     page = await world.new_page(
         token=world.controller.admin_token, width=390, height=844, color_scheme="dark"
     )
@@ -507,6 +508,14 @@ async def test_pages_read_on_a_phone_in_dark_mode_and_work_by_keyboard(world: Wo
     assert urlsplit(page.url).fragment == "live"
     await page.keyboard.press("Tab")
     assert await page.evaluate("document.getElementById('live').contains(document.activeElement)")
+    focused = await page.evaluate("document.activeElement.getAttribute('href')")
+    # The next live refresh replaces the region: the keyboard user keeps their place.
+    await page.evaluate(
+        "new Promise(done => document.addEventListener("
+        "'htmx:afterSettle', () => setTimeout(done, 50), {once: true}))"
+    )
+    assert await page.evaluate("document.getElementById('live').contains(document.activeElement)")
+    assert await page.evaluate("document.activeElement.getAttribute('href')") == focused
     await page.context.close()
 
 

@@ -90,6 +90,41 @@
     }
   });
 
+  // A keyboard user keeps their place: the link or button focused in a region that is
+  // refreshed is focused again in the new content (the same address and words, else the
+  // one at the same position), instead of focus falling back to the page's start.
+  var FOCUSABLE = "a[href], button, input, select, textarea, summary, [tabindex]";
+  var refocus = null;
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var region = event.detail && event.detail.target;
+    var active = document.activeElement;
+    refocus = null;
+    if (!region || !region.id || !active || active === document.body) return;
+    if (!region.contains(active)) return;
+    var all = Array.prototype.slice.call(region.querySelectorAll(FOCUSABLE));
+    refocus = {
+      id: region.id,
+      index: all.indexOf(active),
+      href: active.getAttribute("href"),
+      text: active.textContent,
+    };
+  });
+
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!refocus) return;
+    var wanted = refocus;
+    refocus = null;
+    var region = document.getElementById(wanted.id);
+    if (!region) return;
+    var all = Array.prototype.slice.call(region.querySelectorAll(FOCUSABLE));
+    var same = all.filter(function (el) {
+      return el.getAttribute("href") === wanted.href && el.textContent === wanted.text;
+    });
+    var target = same[0] || all[wanted.index];
+    if (target) target.focus({ preventScroll: true });
+  });
+
   document.addEventListener("htmx:afterRequest", function (event) {
     var xhr = event.detail && event.detail.xhr;
     if (!xhr) return;
