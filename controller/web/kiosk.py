@@ -35,7 +35,6 @@ def _first(items: Sequence[Any], shown: int) -> tuple[list[Any], int]:
 def kiosk_board(data: Mapping[str, Any]) -> dict[str, Any]:
     """What the kiosk lists: tickets, sites and the rooms that need a look, each bounded."""
     tickets = data["tickets"]["items"] if data.get("tickets") else []
-    names = {site["id"]: site["name"] for site in data["sites"]}
     rooms = [
         {**room, "site": site["id"], "site_name": site["name"]}
         for site in data["sites"]
@@ -56,10 +55,7 @@ def kiosk_board(data: Mapping[str, Any]) -> dict[str, Any]:
     shown_sites, more_sites = _first(sites, KIOSK_SITES)
     shown_rooms, more_rooms = _first(rooms, KIOSK_ROOMS)
     return {
-        "tickets": [
-            {**t, "site_name": t.get("site_name") or names.get(t.get("site"))}
-            for t in shown_tickets
-        ],
+        "tickets": shown_tickets,
         "more_tickets": more_tickets,
         "sites": shown_sites,
         "more_sites": more_sites,
