@@ -15,6 +15,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
+from polyfleet.controller.domain.rollout import detail_text
 from polyfleet.controller.domain.tickets import MODEL_NAMES, contract_flag_text, fault_text
 from polyfleet.controller.keys import CORE
 from polyfleet.controller.services.access import Role
@@ -22,7 +23,6 @@ from polyfleet.controller.web.i18n import Translator, negotiate
 from polyfleet.controller.web.keys import SESSION, STATIC_VERSION
 from polyfleet.controller.web.words import (
     check_global,
-    detail_global,
     device_text_filter,
     word_global,
 )
@@ -167,7 +167,7 @@ def setup_templates(app: web.Application) -> None:
     env.globals.update(
         word=word_global,
         check_words=check_global,
-        detail_words=detail_global,
+        detail_words=detail_text,
         model_names=MODEL_NAMES,
         fault_text=fault_text,
         contract_flag_text=contract_flag_text,

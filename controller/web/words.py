@@ -26,7 +26,6 @@ from polyfleet.controller.domain.rollout import (
     DEVICE_STATUSES,
     REASON_CODES,
     ROLLOUT_STATUSES,
-    detail_text,
 )
 from polyfleet.controller.domain.tickets import DEADLINES, TicketCategory, TicketStatus
 from polyfleet.controller.events import EVENT_KINDS
@@ -280,10 +279,6 @@ def device_text(t: Translator, text: object) -> str:
 def check_global(context: jinja2.runtime.Context, check: str) -> str:
     """A failed rollout check in words (the domain's English, translated)."""
     return word_for(context["t"], "check", check)
-
-
-def detail_global(detail: str) -> str:
-    return detail_text(detail)
 
 
 @jinja2.pass_context
